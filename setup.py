@@ -1,0 +1,38 @@
+"""crema_jax: CREMA ECG foundation models in JAX/Flax."""
+import setuptools
+
+CORE = [
+    "jax>=0.10",
+    "flax>=0.12.8",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12.8",
+    "grain>=0.2.18",
+    "array-record>=0.8",   # ArrayRecord shards of the preprocessed cache (read by Grain).
+    "numpy>=2.0",
+    "scipy>=1.13",         # Butterworth/notch filters and polyphase resampling.
+    "wfdb>=4.1",
+    "absl-py>=2.1",
+    "ml_collections>=1.0",  # Python config files with --config.FIELD overrides (big_vision style).
+    "safetensors>=0.4",    # Pickle-free weight files for PyTorch interchange.
+    "matplotlib>=3.8",     # Preview, reconstruction and evaluation PNGs.
+    "tensorboardX>=2.6",   # TensorBoard event files without TensorFlow.
+]
+
+setuptools.setup(
+    name="crema_jax",
+    version="0.1.0",
+    description="CREMA: contrastive regularized masked autoencoders for 12-lead ECG, in JAX",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["crema_jax", "crema_jax.*"]),
+    package_data={"crema_jax.data": ["sample_data/*", "sample_data/**/*"]},
+    include_package_data=True,
+    python_requires=">=3.11",
+    install_requires=CORE,
+    extras_require={
+        # torch 2.13.0 is pinned: an unpinned torch pulls several GB of CUDA wheels.
+        "torch": ["torch==2.13.0"],
+        "test": ["pytest>=8", "scikit-learn>=1.4", "torch==2.13.0"],
+    },
+    entry_points={"console_scripts": ["crema-jax=crema_jax.main:run"]},
+)
