@@ -1,0 +1,34 @@
+"""Test-session setup that must happen before JAX or Grain start.
+
+- 8 fake CPU devices, so sharding tests run on any laptop (single-device tests simply use
+  device 0).
+- absl flags parsed once, as Grain worker processes require.
+"""
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_num_cpu_devices", 8)
+
+from absl import flags  # noqa: E402
+
+if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "cinc2021-sample"
+
+
+@pytest.fixture(scope="session")
+def cinc_sample_dir() -> pathlib.Path:
+    """The 50 real CinC 2021 records that sit beside the checkout (../shared)."""
+    if not SHARED_SAMPLE.is_dir():
+        raise FileNotFoundError(
+            f"expected the CinC 2021 sample at {SHARED_SAMPLE} (../shared beside the checkout)")
+    return SHARED_SAMPLE
