@@ -1,0 +1,195 @@
+"""Classification metrics for downstream evaluation, in numpy (no scikit-learn at run time).
+
+Definitions match scikit-learn so numbers are comparable with published tables:
+- AUROC: Mann-Whitney U from average ranks, so tied scores count one half (= sklearn's
+  trapezoidal `roc_auc_score`).
+- AUPRC: average precision with sklearn's step definition, sum_k (R_k - R_{k-1}) P_k over the
+  distinct score thresholds (no interpolation).
+- F1: per class at a threshold chosen on VALIDATION (`choose_thresholds`), then applied to test.
+
+A class with no positives (or no negatives) in a split has no AUROC: it is listed under
+"skipped" with the reason and left out of every macro average, so tables never show NaN.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.stats
+
+NO_POSITIVES = "no_positives"
+NO_NEGATIVES = "no_negatives"
+
+
+def class_status(y_true: np.ndarray) -> str | None:
+    """None when a binary column has both classes, else the reason it cannot be scored."""
+    n_pos = int(np.sum(y_true > 0.5))
+    if n_pos == 0:
+        return NO_POSITIVES
+    if n_pos == len(y_true):
+        return NO_NEGATIVES
+    return None
+
+
+def _binary(y_true, y_score) -> tuple[np.ndarray, np.ndarray]:
+    y_true = np.asarray(y_true).reshape(-1) > 0.5
+    y_score = np.asarray(y_score, dtype=np.float64).reshape(-1)
+    if y_true.shape != y_score.shape:
+        raise ValueError(f"labels {y_true.shape} and scores {y_score.shape} differ in length")
+    reason = class_status(y_true)
+    if reason is not None:
+        raise ValueError(f"metric undefined for a class with {reason.replace('_', ' ')}")
+    return y_true, y_score
+
+
+def auroc(y_true, y_score) -> float:
+    """Area under the ROC curve of one binary column (ties count 1/2)."""
+    y_true, y_score = _binary(y_true, y_score)
+    ranks = scipy.stats.rankdata(y_score)  # average ranks handle ties
+    n_pos = int(y_true.sum())
+    n_neg = len(y_true) - n_pos
+    u = ranks[y_true].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def _columnwise_auroc(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
+    """AUROC of every column at once (NaN where a column lacks a class); used by the bootstrap."""
+    ranks = scipy.stats.rankdata(y_score, axis=0)
+    pos = y_true > 0.5
+    n_pos = pos.sum(0).astype(np.float64)
+    n_neg = pos.shape[0] - n_pos
+    u = (ranks * pos).sum(0) - n_pos * (n_pos + 1) / 2.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
+
+
+def _threshold_counts(y_true: np.ndarray, y_score: np.ndarray):
+    """True/false positives when predicting `score >= t` for each distinct score t, descending."""
+    order = np.argsort(-y_score, kind="mergesort")
+    s, y = y_score[order], y_true[order]
+    last_of_run = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # end of each tie block
+    tps = np.cumsum(y)[last_of_run].astype(np.float64)
+    fps = (last_of_run + 1) - tps
+    return s[last_of_run], tps, fps
+
+
+def roc_curve(y_true, y_score) -> tuple[np.ndarray, np.ndarray]:
+    """(false-positive rate, true-positive rate), starting at (0, 0), for plots."""
+    y_true, y_score = _binary(y_true, y_score)
+    _, tps, fps = _threshold_counts(y_true, y_score)
+    return np.r_[0.0, fps / fps[-1]], np.r_[0.0, tps / tps[-1]]
+
+
+def average_precision(y_true, y_score) -> float:
+    """Area under the precision-recall curve, sklearn's step (non-interpolated) definition."""
+    y_true, y_score = _binary(y_true, y_score)
+    _, tps, fps = _threshold_counts(y_true, y_score)
+    precision = tps / (tps + fps)
+    recall = tps / tps[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def f1_at(y_true, y_score, threshold: float) -> float:
+    """F1 of the predictions `score >= threshold` (0 when nothing is predicted or present)."""
+    y_true = np.asarray(y_true).reshape(-1) > 0.5
+    pred = np.asarray(y_score).reshape(-1) >= threshold
+    tp = np.sum(pred & y_true)
+    denom = pred.sum() + y_true.sum()
+    return float(2.0 * tp / denom) if denom > 0 else 0.0
+
+
+def best_threshold(y_true, y_score, default: float = 0.5) -> float:
+    """The score threshold that maximises F1 on this (validation) column.
+
+    Ties between thresholds keep the highest one (fewest positives). A column without positives
+    has no meaningful F1, so it gets `default`.
+    """
+    y_true = np.asarray(y_true).reshape(-1) > 0.5
+    y_score = np.asarray(y_score, dtype=np.float64).reshape(-1)
+    if not y_true.any():
+        return float(default)
+    thresholds, tps, fps = _threshold_counts(y_true, y_score)
+    f1 = 2.0 * tps / (tps + fps + y_true.sum())
+    return float(thresholds[int(np.argmax(f1))])
+
+
+def choose_thresholds(labels: np.ndarray, scores: np.ndarray, default: float = 0.5) -> np.ndarray:
+    """Per-class F1-optimal thresholds, (C,), chosen on validation labels/scores (n, C)."""
+    return np.array([best_threshold(labels[:, c], scores[:, c], default)
+                     for c in range(labels.shape[1])], dtype=np.float64)
+
+
+def _macro(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def classification_report(labels: np.ndarray, scores: np.ndarray, class_names, *,
+                          thresholds: np.ndarray | None = None) -> dict:
+    """Per-class and macro AUROC/AUPRC/F1 of scores (n, C) against multi-hot labels (n, C).
+
+    Returns plain Python types (JSON-ready). Classes that cannot be scored are listed under
+    "skipped" and carry None for their metrics.
+    """
+    labels = np.asarray(labels)
+    scores = np.asarray(scores, dtype=np.float64)
+    if labels.shape != scores.shape or labels.ndim != 2:
+        raise ValueError(f"labels {labels.shape} and scores {scores.shape}: expected equal (n, C)")
+    if len(class_names) != labels.shape[1]:
+        raise ValueError(f"{len(class_names)} class names for {labels.shape[1]} score columns")
+    per_class, skipped = {}, []
+    sums = {"auroc": [], "auprc": [], "f1": []}
+    for c, name in enumerate(class_names):
+        y, s = labels[:, c], scores[:, c]
+        n_pos = int(np.sum(y > 0.5))
+        entry = {"n_pos": n_pos, "n_neg": int(len(y) - n_pos),
+                 "auroc": None, "auprc": None, "f1": None, "threshold": None}
+        reason = class_status(y)
+        if reason is not None:
+            skipped.append({"class": name, "reason": reason})
+        else:
+            entry["auroc"] = auroc(y, s)
+            entry["auprc"] = average_precision(y, s)
+            sums["auroc"].append(entry["auroc"])
+            sums["auprc"].append(entry["auprc"])
+            if thresholds is not None:
+                entry["threshold"] = float(thresholds[c])
+                entry["f1"] = f1_at(y, s, thresholds[c])
+                sums["f1"].append(entry["f1"])
+        per_class[name] = entry
+    return {
+        "n": int(labels.shape[0]),
+        "macro_auroc": _macro(sums["auroc"]),
+        "macro_auprc": _macro(sums["auprc"]),
+        "macro_f1": _macro(sums["f1"]),
+        "n_scored_classes": len(sums["auroc"]),
+        "per_class": per_class,
+        "skipped": skipped,
+    }
+
+
+def macro_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Macro AUROC over the scorable columns; NaN only when no column is scorable."""
+    values = _columnwise_auroc(np.asarray(labels), np.asarray(scores, dtype=np.float64))
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
+def bootstrap_ci(labels: np.ndarray, scores: np.ndarray, metric_fn=macro_auroc, *,
+                 n_resamples: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
+    """Percentile bootstrap confidence interval of `metric_fn(labels, scores)`.
+
+    Records are resampled with replacement (seeded); resamples where the metric is undefined
+    (NaN) are dropped and counted, never averaged in.
+    """
+    labels, scores = np.asarray(labels), np.asarray(scores)
+    n = labels.shape[0]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_resamples):
+        idx = rng.integers(0, n, size=n)
+        value = metric_fn(labels[idx], scores[idx])
+        if np.isfinite(value):
+            values.append(value)
+    if not values:
+        return {"low": None, "high": None, "n_resamples": n_resamples, "n_valid": 0,
+                "alpha": alpha, "seed": seed}
+    low, high = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return {"low": float(low), "high": float(high), "n_resamples": n_resamples,
+            "n_valid": len(values), "alpha": alpha, "seed": seed}
