@@ -1,0 +1,226 @@
+"""Orbax checkpoints: the training state for exact resume, and model-only checkpoints.
+
+Layout (an Orbax CheckpointManager directory, also readable from gs:// through etils.epath):
+
+    <workdir>/checkpoints/<step>/params     nested dict of arrays: trainable nnx.Param values
+                                             merged with the fixed (non-Param) variables
+                         /<step>/opt_state  optax state (training checkpoints only)
+                         /<step>/rng        {"key": uint32 key data, "step": int} (training only)
+                         /<step>/data_iter  Grain iterator state (training only)
+                         /<step>/config     the full ConfigDict as JSON
+
+Orbax writes every step into a temporary directory and renames it on commit, so a step that a
+`kill -9` interrupted never looks complete: `latest_step` and `load_model_checkpoint` only see
+committed steps.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+CHECKPOINTS_DIRNAME = "checkpoints"
+TRAIN_ITEMS = ("params", "opt_state", "rng", "data_iter", "config")
+_STEP_DIR = re.compile(r"^\d+$")  # Orbax tmp dirs look like "5.orbax-checkpoint-tmp-1234".
+
+
+# ------------------------------------------------------------------------------------------------
+# Paths.
+# ------------------------------------------------------------------------------------------------
+def absolute_path(path) -> epath.Path:
+    """Orbax needs absolute paths; cloud paths (gs://...) already are."""
+    text = str(path)
+    return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
+def checkpoints_dir(workdir) -> epath.Path:
+    return absolute_path(workdir) / CHECKPOINTS_DIRNAME
+
+
+def _is_complete_step_dir(path: epath.Path) -> bool:
+    return path.is_dir() and bool(_STEP_DIR.match(path.name)) and (path / "params").exists()
+
+
+def resolve_checkpoint(path) -> tuple[epath.Path, int]:
+    """`path` = a workdir, its checkpoints dir, or one step dir -> (checkpoints dir, step).
+
+    For a workdir or checkpoints dir the latest COMPLETE step is chosen.
+    """
+    path = absolute_path(path)
+    if _is_complete_step_dir(path):
+        return path.parent, int(path.name)
+    root = path / CHECKPOINTS_DIRNAME if (path / CHECKPOINTS_DIRNAME).is_dir() else path
+    step = latest_step(root)
+    if step is None:
+        raise FileNotFoundError(
+            f"{path}: no complete checkpoint found (expected a workdir with checkpoints/<step>/, "
+            f"a checkpoints dir, or a step dir containing 'params')")
+    return root, step
+
+
+def latest_step(root) -> int | None:
+    """Latest committed step under a checkpoints dir; half-written (tmp) steps are ignored."""
+    root = epath.Path(root)
+    if not root.is_dir():
+        return None
+    steps = [int(p.name) for p in root.iterdir() if _is_complete_step_dir(p)]
+    return max(steps) if steps else None
+
+
+# ------------------------------------------------------------------------------------------------
+# Config <-> JSON.
+# ------------------------------------------------------------------------------------------------
+def config_to_json_dict(config) -> dict:
+    """A JSON-safe dict of the config (tuples become lists; everything else must be plain)."""
+    as_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return json.loads(json.dumps(as_dict, default=_json_default))
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.integer, np.floating, np.bool_)):
+        return obj.item()
+    raise TypeError(f"config value {obj!r} of type {type(obj).__name__} is not JSON-serialisable")
+
+
+def config_from_json_dict(d: dict) -> ml_collections.ConfigDict:
+    """Inverse of config_to_json_dict. JSON lists come back as tuples, as configs write them."""
+    def fix(x):
+        if isinstance(x, dict):
+            return {k: fix(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return tuple(fix(v) for v in x)
+        return x
+    return ml_collections.ConfigDict(fix(d))
+
+
+# ------------------------------------------------------------------------------------------------
+# Training checkpoints (exact resume).
+# ------------------------------------------------------------------------------------------------
+def make_manager(workdir, *, max_to_keep: int = 3, async_save: bool = True,
+                 create: bool = True) -> ocp.CheckpointManager:
+    """The CheckpointManager for `<workdir>/checkpoints` with the Grain handler registered."""
+    import grain  # Local import: model-only readers (export, probe) need no Grain.
+
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=create)
+    return ocp.CheckpointManager(
+        checkpoints_dir(workdir), item_names=TRAIN_ITEMS,
+        item_handlers={"data_iter": grain.checkpoint.CheckpointHandler()},
+        options=options)
+
+
+def save_train_state(manager: ocp.CheckpointManager, step: int, *, params, opt_state, rng,
+                     config, data_iter=None, force: bool = True) -> bool:
+    """Starts an (async) save of the full training state; returns whether a save started.
+
+    `rng` is a typed jax.random key; its raw uint32 data is stored. `data_iter` is a Grain
+    iterator (or None for iterator-free training, e.g. synthetic data).
+    """
+    import grain
+
+    items = dict(
+        params=ocp.args.StandardSave(params),
+        opt_state=ocp.args.StandardSave(opt_state),
+        rng=ocp.args.StandardSave({"key": jax.random.key_data(rng),
+                                   "step": np.asarray(step, np.int64)}),
+        config=ocp.args.JsonSave(config_to_json_dict(config)),
+    )
+    if data_iter is not None:
+        items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
+    return manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def restore_train_state(manager: ocp.CheckpointManager, step: int, *, abstract_params,
+                        abstract_opt_state, rng_impl=None, data_iter=None) -> dict:
+    """Restores a training checkpoint onto the shardings of the abstract targets.
+
+    Targets are pytrees of jax.ShapeDtypeStruct(shape, dtype, sharding=...): a checkpoint
+    written on one mesh restores onto any other. `data_iter` (if given) is set in place.
+    Returns {"params", "opt_state", "rng" (typed key), "step"}.
+    """
+    import grain
+
+    replicated = _replicated_like(abstract_params)
+    items = dict(
+        params=ocp.args.StandardRestore(abstract_params),
+        opt_state=ocp.args.StandardRestore(abstract_opt_state),
+        rng=ocp.args.StandardRestore(None),
+    )
+    if data_iter is not None:
+        items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+    rng_data = np.asarray(restored["rng"]["key"])
+    key_data = jax.device_put(rng_data, replicated) if replicated is not None else rng_data
+    rng = jax.random.wrap_key_data(key_data, impl=rng_impl)
+    return dict(params=restored["params"], opt_state=restored["opt_state"], rng=rng,
+                step=int(np.asarray(restored["rng"]["step"])))
+
+
+def _replicated_like(tree):
+    """A fully replicated sharding on the mesh the targets use (None if they carry none)."""
+    for leaf in jax.tree.leaves(tree):
+        sharding = getattr(leaf, "sharding", None)
+        if isinstance(sharding, jax.sharding.NamedSharding):
+            return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Model-only checkpoints (import-torch writes them; probe, finetune, embed read any checkpoint).
+# ------------------------------------------------------------------------------------------------
+def save_model_checkpoint(workdir, params, config, step: int = 0) -> epath.Path:
+    """Writes `<workdir>/checkpoints/<step>/{params,config}` synchronously; returns the step dir."""
+    with ocp.CheckpointManager(
+            checkpoints_dir(workdir), item_names=("params", "config"),
+            options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False)) as manager:
+        manager.save(step, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(params),
+            config=ocp.args.JsonSave(config_to_json_dict(config))), force=True)
+        manager.wait_until_finished()
+    return checkpoints_dir(workdir) / str(step)
+
+
+def load_model_checkpoint(path) -> tuple[dict, ml_collections.ConfigDict, int]:
+    """(params as nested dict of numpy arrays, config, step) from the latest complete step.
+
+    Works for training and model-only checkpoints and for any mesh they were written on:
+    arrays come back to host memory, the caller places them.
+    """
+    root, step = resolve_checkpoint(path)
+    with ocp.CheckpointManager(
+            root,
+            # Handlers for the training-only items too, so Orbax does not warn that it found them.
+            item_handlers={"params": ocp.PyTreeCheckpointHandler(),
+                           "config": ocp.JsonCheckpointHandler(),
+                           "opt_state": ocp.StandardCheckpointHandler(),
+                           "rng": ocp.StandardCheckpointHandler()},
+            options=ocp.CheckpointManagerOptions(create=False, read_only=True)) as manager:
+        meta = manager.item_metadata(step)["params"]
+        restore_args = jax.tree.map(
+            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), _metadata_tree(meta))
+        restored = manager.restore(step, args=ocp.args.Composite(
+            params=ocp.args.PyTreeRestore(restore_args=restore_args),
+            config=ocp.args.JsonRestore()))
+    return restored["params"], config_from_json_dict(restored["config"]), step
+
+
+def load_config(path) -> ml_collections.ConfigDict:
+    """Only the config of the latest complete checkpoint under `path`."""
+    root, step = resolve_checkpoint(path)
+    with (root / str(step) / "config" / "metadata").open() as f:
+        return config_from_json_dict(json.load(f))
+
+
+def _metadata_tree(meta) -> Any:
+    """Orbax item metadata as a plain nested dict (its wrapper type changed across versions)."""
+    tree = getattr(meta, "tree", meta)
+    if hasattr(tree, "items") and not isinstance(tree, dict):
+        tree = dict(tree.items())
+    return tree
