@@ -1,0 +1,175 @@
+"""Evaluation protocols: which records train, select and test a head, and with which leads.
+
+- Label vocabulary: classes with at least `min_positives` training positives (tiny datasets
+  otherwise give columns that cannot be scored).
+- Splits: the layout's split, or (with `split_fractions`) a seeded re-split made per source so
+  every source has train, validation and test records.
+- Label fractions (1%, 10%, 100%): a seeded subset of the TRAINING split only, stratified by label
+  combination, that keeps at least one positive of every class present in the training split.
+- Reduced leads: `LEAD_SETS` names the canonical lead subsets; the same weights see fewer leads.
+- Cross-domain: train on one source, test in-domain (the source's test split) and out-of-domain
+  (every record of each other source: the head never saw them), and report the drop.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import Counter, defaultdict
+from typing import Sequence
+
+import numpy as np
+
+# Canonical lead order (crema_jax.data.leads.LEADS): index -> name.
+LEAD_NAMES = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+
+LEAD_SETS = {
+    "12": LEAD_NAMES,
+    "limb6": ("I", "II", "III", "aVR", "aVL", "aVF"),
+    "I": ("I",),
+}
+
+SPLITS = ("train", "val", "test")
+
+
+def lead_set(name: str) -> tuple[str, ...]:
+    """A named lead set, or '+'-joined lead names (e.g. 'I+II+V2') in canonical order."""
+    if name in LEAD_SETS:
+        return LEAD_SETS[name]
+    leads = tuple(name.split("+"))
+    unknown = [lead for lead in leads if lead not in LEAD_NAMES]
+    if unknown:
+        raise ValueError(f"--lead_sets entry {name!r}: unknown leads {unknown}; expected one of "
+                         f"{sorted(LEAD_SETS)} or '+'-joined names from {LEAD_NAMES}")
+    return tuple(sorted(leads, key=LEAD_NAMES.index))
+
+
+def lead_indices(leads: Sequence[str]) -> tuple[int, ...]:
+    return tuple(LEAD_NAMES.index(lead) for lead in leads)
+
+
+def label_matrix(infos, class_names: Sequence[str]) -> np.ndarray:
+    """Multi-hot labels (n, C) float32 of records for the given class vocabulary."""
+    column = {name: c for c, name in enumerate(class_names)}
+    y = np.zeros((len(infos), len(class_names)), np.float32)
+    for i, info in enumerate(infos):
+        for label in info.labels:
+            if label in column:
+                y[i, column[label]] = 1.0
+    return y
+
+
+def select_classes(infos, label_names: Sequence[str], splits: Sequence[str], *,
+                   min_positives: int = 1) -> list[str]:
+    """Classes (in vocabulary order) with >= min_positives positives in the training split."""
+    counts = Counter(label for info, split in zip(infos, splits) if split == "train"
+                     for label in set(info.labels))
+    return [name for name in label_names if counts[name] >= min_positives]
+
+
+def infer_label_type(labels: np.ndarray) -> str:
+    """'multiclass' when every record has exactly one class, else 'multilabel'."""
+    return "multiclass" if len(labels) and np.all(labels.sum(1) == 1) else "multilabel"
+
+
+def _stable_unit(key: str, seed: int) -> float:
+    """A deterministic number in [0, 1) from a record id (independent of record order)."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+
+
+def split_counts(n: int, fractions: Sequence[float]) -> list[int]:
+    """Largest-remainder split sizes; every split gets a record when n >= number of splits."""
+    fractions = np.asarray(fractions, np.float64) / np.sum(fractions)
+    counts = np.floor(fractions * n).astype(int)
+    for i in np.argsort(-(fractions * n - counts), kind="stable")[: n - counts.sum()]:
+        counts[i] += 1
+    for i in range(len(counts)):  # steal from the largest split for an empty one
+        if counts[i] == 0 and n >= len(counts) and fractions[i] > 0:
+            counts[int(np.argmax(counts))] -= 1
+            counts[i] = 1
+    return counts.tolist()
+
+
+def resplit(infos, fractions: Sequence[float], *, seed: int = 0) -> list[str]:
+    """Train/val/test per record: within each source, records ordered by a hash of their id."""
+    if len(fractions) != 3 or min(fractions) < 0 or sum(fractions) <= 0:
+        raise ValueError(f"--split_fractions={fractions}: expected three non-negative "
+                         "train,val,test fractions")
+    by_source = defaultdict(list)
+    for i, info in enumerate(infos):
+        by_source[info.source].append(i)
+    splits = [""] * len(infos)
+    for members in by_source.values():
+        members = sorted(members, key=lambda i: _stable_unit(infos[i].record_id, seed))
+        start = 0
+        for name, count in zip(SPLITS, split_counts(len(members), fractions)):
+            for i in members[start:start + count]:
+                splits[i] = name
+            start += count
+    return splits
+
+
+def label_fraction_subset(labels: np.ndarray, fraction: float, *, seed: int = 0) -> np.ndarray:
+    """Sorted row indices of a seeded, stratified `fraction` of the training labels (n, C).
+
+    First one positive of every class that has any (rarest class first), then the rest of the
+    quota drawn from each label-combination group in proportion to its size.
+    """
+    n = labels.shape[0]
+    if not 0 < fraction <= 1:
+        raise ValueError(f"label fraction {fraction}: expected 0 < fraction <= 1")
+    if fraction == 1:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    target = max(1, math.ceil(fraction * n))
+    chosen: set[int] = set()
+    positives = labels > 0.5
+    for c in np.argsort(positives.sum(0), kind="stable"):
+        rows = np.flatnonzero(positives[:, c])
+        if len(rows) and not positives[sorted(chosen), c].any():
+            chosen.add(int(rng.choice(rows)))
+    groups = defaultdict(list)
+    for i in rng.permutation(n):
+        if int(i) not in chosen:
+            groups[positives[i].tobytes()].append(int(i))
+    remaining = target - len(chosen)
+    if remaining > 0:
+        keys = sorted(groups, key=lambda k: (-len(groups[k]), k))
+        pool = sum(len(groups[k]) for k in keys)
+        quota = {k: len(groups[k]) * remaining / pool for k in keys}
+        take = {k: int(quota[k]) for k in keys}
+        by_remainder = sorted(keys, key=lambda k: -(quota[k] - take[k]))
+        for k in by_remainder[: remaining - sum(take.values())]:
+            take[k] += 1
+        for k in keys:
+            chosen.update(groups[k][: take[k]])
+    return np.array(sorted(chosen), dtype=np.int64)
+
+
+def cross_domain_plan(sources: Sequence[str], splits: Sequence[str]) -> list[dict]:
+    """For each source with train and val records: record indices for the head and its tests."""
+    sources, splits = np.asarray(sources), np.asarray(splits)
+    plan = []
+    for source in sorted(set(sources.tolist())):
+        own = sources == source
+        train, val, test = (np.flatnonzero(own & (splits == s)) for s in SPLITS)
+        if len(train) == 0 or len(val) == 0 or len(test) == 0:
+            continue
+        plan.append({
+            "train_source": source, "train": train, "val": val, "in_domain_test": test,
+            "out_of_domain": {other: np.flatnonzero(sources == other)
+                              for other in sorted(set(sources.tolist())) if other != source},
+        })
+    return plan
+
+
+def common_class_macro(in_report: dict, out_report: dict) -> dict:
+    """In-domain and out-of-domain macro AUROC over the classes scorable in BOTH, and the drop."""
+    names = [n for n, e in in_report["per_class"].items()
+             if e["auroc"] is not None and out_report["per_class"][n]["auroc"] is not None]
+    if not names:
+        return {"classes": [], "in_domain": None, "out_of_domain": None, "drop": None}
+    in_auc = float(np.mean([in_report["per_class"][n]["auroc"] for n in names]))
+    out_auc = float(np.mean([out_report["per_class"][n]["auroc"] for n in names]))
+    return {"classes": names, "in_domain": in_auc, "out_of_domain": out_auc,
+            "drop": in_auc - out_auc}

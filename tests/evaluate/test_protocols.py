@@ -1,0 +1,96 @@
+"""Protocol splits: sizes, stratification, coverage and determinism, checked by counting."""
+import collections
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from crema_jax.evaluate import protocols
+
+
+def _infos(n_by_source):
+    infos = []
+    for source, n in n_by_source.items():
+        for i in range(n):
+            infos.append(SimpleNamespace(record_id=f"{source}{i:04d}", source=source,
+                                         labels=("a",) if i % 3 else ("a", "b")))
+    return infos
+
+
+def test_resplit_gives_every_source_every_split_deterministically():
+    infos = _infos({"georgia": 20, "ptbxl": 10, "ningbo": 3})
+    splits = protocols.resplit(infos, (0.6, 0.2, 0.2), seed=0)
+    counts = collections.Counter((i.source, s) for i, s in zip(infos, splits))
+    assert counts[("georgia", "train")] == 12 and counts[("georgia", "val")] == 4
+    assert counts[("ptbxl", "test")] == 2
+    assert all(counts[("ningbo", s)] == 1 for s in protocols.SPLITS)
+    assert splits == protocols.resplit(infos, (0.6, 0.2, 0.2), seed=0)
+    assert splits != protocols.resplit(infos, (0.6, 0.2, 0.2), seed=1)
+    # The assignment follows the record id, not the order of the list.
+    rev = protocols.resplit(infos[::-1], (0.6, 0.2, 0.2), seed=0)
+    assert rev[::-1] == splits
+
+
+@pytest.mark.parametrize("n,fractions,expected", [
+    (10, (0.8, 0.1, 0.1), [8, 1, 1]), (3, (0.9, 0.05, 0.05), [1, 1, 1]),
+    (7, (0.5, 0.25, 0.25), [3, 2, 2]), (2, (0.6, 0.2, 0.2), [1, 1, 0])])
+def test_split_counts(n, fractions, expected):
+    assert protocols.split_counts(n, fractions) == expected
+
+
+def test_label_fraction_is_stratified_seeded_and_covers_every_class():
+    rng = np.random.default_rng(0)
+    n = 1000
+    labels = np.zeros((n, 5), np.float32)
+    labels[:, 0] = rng.random(n) < 0.5
+    labels[:, 1] = rng.random(n) < 0.2
+    labels[:3, 4] = 1  # a rare class: 3 positives
+    for fraction in (0.01, 0.1):
+        idx = protocols.label_fraction_subset(labels, fraction, seed=3)
+        assert len(idx) == int(np.ceil(fraction * n)) and len(set(idx)) == len(idx)
+        sub = labels[idx]
+        assert sub[:, 4].sum() >= 1 and sub[:, 3].sum() == 0  # coverage; empty class stays empty
+        np.testing.assert_array_equal(idx, protocols.label_fraction_subset(labels, fraction, seed=3))
+    idx = protocols.label_fraction_subset(labels, 0.1, seed=3)
+    # Stratified: prevalence of the common classes within 2 records of the full data's.
+    assert abs(labels[idx, 0].sum() - 0.1 * labels[:, 0].sum()) <= 2
+    assert abs(labels[idx, 1].sum() - 0.1 * labels[:, 1].sum()) <= 2
+    assert not np.array_equal(idx, protocols.label_fraction_subset(labels, 0.1, seed=4))
+    np.testing.assert_array_equal(protocols.label_fraction_subset(labels, 1.0), np.arange(n))
+
+
+def test_select_classes_counts_training_positives_only():
+    infos = [SimpleNamespace(labels=l) for l in [("a", "b"), ("a",), ("b",), ("c",), ("c",)]]
+    splits = ["train", "train", "val", "train", "test"]
+    assert protocols.select_classes(infos, ["a", "b", "c"], splits, min_positives=2) == ["a"]
+    assert protocols.select_classes(infos, ["c", "b", "a"], splits, min_positives=1) == [
+        "c", "b", "a"]
+
+
+def test_label_matrix_and_type():
+    infos = [SimpleNamespace(labels=l) for l in [("x",), ("y", "x"), ("zz",)]]
+    y = protocols.label_matrix(infos, ["x", "y"])
+    np.testing.assert_array_equal(y, [[1, 0], [1, 1], [0, 0]])
+    assert protocols.infer_label_type(y) == "multilabel"
+    assert protocols.infer_label_type(np.eye(3)) == "multiclass"
+
+
+def test_lead_sets():
+    assert protocols.lead_indices(protocols.lead_set("I")) == (0,)
+    assert protocols.lead_indices(protocols.lead_set("limb6")) == (0, 1, 2, 3, 4, 5)
+    assert protocols.lead_indices(protocols.lead_set("V2+I")) == (0, 7)
+    with pytest.raises(ValueError, match="unknown leads"):
+        protocols.lead_set("I+V7")
+
+
+def test_cross_domain_plan_and_drop():
+    sources = ["g"] * 6 + ["n"] * 4
+    splits = ["train", "train", "val", "test", "test", "train", "train", "val", "test", "test"]
+    plan = {p["train_source"]: p for p in protocols.cross_domain_plan(sources, splits)}
+    np.testing.assert_array_equal(plan["g"]["train"], [0, 1, 5])
+    np.testing.assert_array_equal(plan["g"]["out_of_domain"]["n"], [6, 7, 8, 9])
+    np.testing.assert_array_equal(plan["n"]["in_domain_test"], [8, 9])
+    ind = {"per_class": {"a": {"auroc": 0.9}, "b": {"auroc": 0.8}, "c": {"auroc": None}}}
+    ood = {"per_class": {"a": {"auroc": 0.7}, "b": {"auroc": None}, "c": {"auroc": 0.5}}}
+    drop = protocols.common_class_macro(ind, ood)
+    assert drop["classes"] == ["a"] and drop["drop"] == pytest.approx(0.2)
