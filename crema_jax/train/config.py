@@ -1,0 +1,76 @@
+"""The full pretraining config: data, model and loss sections from their owners, plus the training
+sections (optim, train, mesh, checkpoint) defined here. configs/*.py start from default_config().
+"""
+from __future__ import annotations
+
+import ml_collections
+
+
+def default_optim_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.name = "adamw"
+    c.base_lr = 1.5e-4           # ST-MEM/MAE: peak lr = base_lr x global_batch / 256.
+    c.scale_lr_with_batch = True
+    c.betas = (0.9, 0.95)        # MAE/ST-MEM: beta2 0.95 is steadier than 0.999 for ViT MAEs.
+    c.eps = 1e-8
+    c.weight_decay = 0.01        # ST-MEM pretraining value.
+    c.decay_mask = False         # ST-MEM decays every trained param; True skips norms/biases/embeddings.
+    c.warmup_steps = 100         # linear warm-up from 0 (per step).
+    c.min_lr = 0.0               # cosine floor at train.num_steps.
+    c.grad_clip_norm = 0.0       # 0 = off (ST-MEM does not clip).
+    c.grad_accum_steps = 1       # micro-batches per optimizer step (scan inside the train step).
+    return c
+
+
+def default_train_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0                   # model init and per-step RNG (data order has its own data.seed).
+    c.num_steps = 1000           # optimizer steps (the schedule's length).
+    c.global_batch_size = 64     # ECGs per optimizer step over all processes and micro-batches.
+    c.log_every_steps = 1        # metrics.jsonl / TensorBoard / progress line.
+    c.stop_after_steps = 0       # > 0: leave the loop early (preemption drills); schedule unchanged.
+    c.inject_nan_at_step = -1    # test hook: the loss at this step becomes NaN (>= 0 to enable).
+    c.tensorboard = True
+    c.reconstruction_png = False  # after training, plot a held-back ECG and its reconstruction.
+    # Multi-host: "auto" starts jax.distributed when a coordinator is given or a TPU pod is seen.
+    c.distributed = "auto"
+    c.coordinator_address = ""   # host:port of process 0 (CPU/GPU clusters; TPU pods need none).
+    c.num_processes = 0
+    c.process_id = -1
+    return c
+
+
+def default_mesh_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.data = -1                  # -1 = every device the other axes leave.
+    c.fsdp = 1
+    c.tensor = 1
+    # Overrides of crema_jax/models/sharding.py DEFAULT_RULES: ((logical, mesh_axes), ...).
+    c.rules = ()
+    return c
+
+
+def default_checkpoint_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.every_steps = 500
+    c.max_to_keep = 3
+    c.async_save = True          # the train loop keeps running while Orbax writes.
+    c.resume = True              # continue from the latest complete checkpoint in the workdir.
+    return c
+
+
+def _section(module: str, fn: str) -> ml_collections.ConfigDict:
+    import importlib
+    return getattr(importlib.import_module(module), fn)()
+
+
+def default_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.data = _section("crema_jax.data.config", "default_data_config")
+    config.model = _section("crema_jax.models.config", "default_model_config")
+    config.loss = _section("crema_jax.losses", "default_loss_config")
+    config.optim = default_optim_config()
+    config.train = default_train_config()
+    config.mesh = default_mesh_config()
+    config.checkpoint = default_checkpoint_config()
+    return config
