@@ -208,7 +208,15 @@ def load_model_checkpoint(path) -> tuple[dict, ml_collections.ConfigDict, int]:
         restored = manager.restore(step, args=ocp.args.Composite(
             params=ocp.args.PyTreeRestore(restore_args=restore_args),
             config=ocp.args.JsonRestore()))
-    return restored["params"], config_from_json_dict(restored["config"]), step
+    return _int_keys(restored["params"]), config_from_json_dict(restored["config"]), step
+
+
+def _int_keys(tree):
+    """Orbax stores dict keys as strings; nnx.List indices are ints in nnx pure dicts."""
+    if isinstance(tree, dict):
+        return {(int(k) if isinstance(k, str) and k.isdigit() else k): _int_keys(v)
+                for k, v in tree.items()}
+    return tree
 
 
 def load_config(path) -> ml_collections.ConfigDict:
