@@ -154,5 +154,5 @@ def parse_comments(comments: tuple[str, ...] | list[str]) -> dict:
     except ValueError:
         pass
     sex = {"m": "Male", "f": "Female"}.get(fields.get("sex", "")[:1].casefold())
-    labels = tuple(code.strip() for code in fields.get("dx", "").split(",") if code.strip())
+    labels = tuple(dict.fromkeys(c.strip() for c in fields.get("dx", "").split(",") if c.strip()))
     return {"age": age, "sex": sex, "labels": labels}
