@@ -1,1 +1,53 @@
+"""Models: the SiT encoder, the pretraining model and the pure functions around them.
 
+    model = build_model(config.model, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)                  # or nnx.split(model, nnx.Param, ...)
+    outputs = jax.jit(forward, static_argnums=0)(graphdef, state, batch, rng)
+    feats = encode_features(graphdef, state, patches, lead_indices)
+"""
+import jax
+from flax import nnx
+from flax.core import spmd as core_spmd
+
+from crema_jax.models.config import SIZES, default_model_config, resolve_size
+from crema_jax.models.pretrain import (MaeDecoder, PretrainModel, ProjectionHead, classify,
+                                       encode_features, forward)
+from crema_jax.models.sit import FixedEmbedding, SiT, sincos_table
+
+
+def _build_net1d(model_cfg, rngs):
+    from crema_jax.models.net1d import Net1D  # lazily: the supervised baseline is optional here
+    return Net1D(model_cfg, rngs=rngs)
+
+
+MODELS = {"sit": PretrainModel, "sit_encoder": SiT, "net1d": _build_net1d}
+
+
+def _eager_sharding():
+    # Params are created already sharded only when both a mesh and logical rules are in context
+    # (inside jax.set_mesh + nnx.logical_axis_rules); otherwise they are plain arrays that carry
+    # their logical names as metadata, for jit out_shardings or nnx.get_partition_spec later.
+    return (not jax.sharding.get_abstract_mesh().empty) and bool(core_spmd.get_logical_axis_rules())
+
+
+def build_model(model_cfg, *, rngs):
+    """The model named by config.model.name: "sit" = PretrainModel (encoder + decoder +
+    projection), "sit_encoder" = bare SiT, "net1d" = ECGFounder's Net1D."""
+    name = model_cfg.get("name", "sit")
+    if name not in MODELS:
+        raise ValueError(f"config.model.name={name!r}: expected one of {sorted(MODELS)}")
+    with nnx.use_eager_sharding(_eager_sharding()):
+        if name == "net1d":
+            return _build_net1d(model_cfg, rngs)
+        return MODELS[name](model_cfg, rngs=rngs)
+
+
+def build_encoder(model_cfg, *, rngs):
+    """The bare SiT encoder (for fine-tuning and feature extraction)."""
+    with nnx.use_eager_sharding(_eager_sharding()):
+        return SiT(model_cfg, rngs=rngs)
+
+
+__all__ = ["SIZES", "default_model_config", "resolve_size", "build_model", "build_encoder",
+           "forward", "encode_features", "classify", "PretrainModel", "SiT", "MaeDecoder",
+           "ProjectionHead", "FixedEmbedding", "sincos_table", "MODELS"]
