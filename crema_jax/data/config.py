@@ -1,0 +1,70 @@
+"""`config.data`: everything the input pipeline needs, each field with the reason for its default."""
+from __future__ import annotations
+
+import ml_collections
+
+from crema_jax.data import preprocess as preprocess_lib
+from crema_jax.data.leads import LEADS
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    placeholder = ml_collections.config_dict.placeholder
+    cfg = ml_collections.ConfigDict()
+
+    # --- where the records come from
+    cfg.layout = "wfdb_folder"   # Key of layouts.LAYOUTS; wfdb_folder reads any folder of .hea files.
+    cfg.root = ""                # Dataset folder for the layout (unused when cache_dir is set).
+    cfg.layout_options = ml_collections.ConfigDict()  # Extra keyword arguments of the layout fn.
+    # A `crema-jax prepare` output folder. When set it replaces root/layout: decoding cached
+    # int16 is ~50x cheaper than reading + filtering + resampling WFDB in every epoch.
+    cfg.cache_dir = ""
+    cfg.split = "train"          # Records of this split ("train"/"val"/"test"; "" = all records).
+    cfg.derive_limb_leads = True  # Rebuild absent limb leads from two present ones (Einthoven).
+
+    # --- signal geometry (ST-MEM's tokenisation, so ST-MEM checkpoints fit unchanged)
+    cfg.target_fs = 250.0        # ST-MEM trains at 250 Hz; 75-sample patches are then 0.3 s.
+    cfg.crop_samples = 2250      # 9 s crops: leaves room for random shifts inside 10 s records.
+    cfg.patch_size = 75          # -> 30 patches per lead, about one beat each at 60-100 bpm.
+    cfg.leads = LEADS            # Rows to feed, in this order; e.g. ("I",) or the six limb leads.
+    # ST-MEM's preprocessing: 0.67-40 Hz zero-phase Butterworth + one global z-score per ECG.
+    # Use preprocess_lib.PRESETS["ecgfounder"]() for ECGFounder's, or ["none"]() for raw mV.
+    cfg.preprocess = preprocess_lib.PRESETS["stmem"]()
+
+    # --- pretraining views
+    # ST-MEM's mask: 75% of patches hidden, the same count (7 visible of 30) in every lead.
+    cfg.mask = ml_collections.ConfigDict(dict(name="random_per_lead", ratio=0.75))
+    # CREMA's contrastive term needs two views of each ECG; set 1 for plain MAE / ST-MEM to halve
+    # the input bandwidth.
+    cfg.num_views = 2
+    # False: both views share one crop and differ only by mask (and augmentations), CREMA's
+    # default. True: each view draws its own crop offset (a time-shift augmentation, no wrap).
+    cfg.independent_view_crops = False
+    cfg.augment = ml_collections.ConfigDict(dict(
+        # Applied in this order, independently per view; empty = off (the default: masks alone
+        # already make the views differ, and augmentations are a documented ablation).
+        names=(),
+        amplitude_scale=dict(prob=0.5, low=0.8, high=1.2),   # +-20% gain differences.
+        baseline_wander=dict(prob=0.5, max_amplitude=0.2, max_freq_hz=0.5, num_components=2),
+        gaussian_noise=dict(prob=0.5, std=0.05),             # ~5% of a unit-variance ECG.
+        time_shift=dict(prob=0.5, max_shift_s=0.5),          # Up to half a beat.
+        lead_drop=dict(prob=0.5, drop_prob=0.25),            # Dropped leads get patch_valid False.
+    ))
+
+    # --- evaluation
+    cfg.eval_crop_offsets = (0, 125, 250)  # ST-MEM's 3 crops of a 10 s record at 250 Hz.
+
+    # --- batching and workers
+    cfg.batch_size = 64          # Per process (global batch = batch_size * process count).
+    cfg.num_epochs = placeholder(int)  # None = endless pretraining stream; 1 = one pass.
+    cfg.seed = 0                 # Shuffle order, crops, masks and augmentations all derive from it.
+    # Worker processes for mp_prefetch; 0 = in-process (tests, debugging, exact skip counts).
+    cfg.num_workers = 0
+    cfg.per_worker_buffer_size = 2  # Batches buffered per worker: enough to hide jitter.
+    # Threads per process reading records; 0 for the cache (in page cache, GIL-bound decode).
+    cfg.read_threads = 0
+    cfg.prefetch_buffer_size = 64   # Elements read ahead per process when read_threads > 0.
+
+    # --- bad records
+    cfg.strict = False           # True: the first bad record raises, naming the file and problem.
+    cfg.skip_log_dir = ""        # Worker processes append skip events here (SkipStats.from_log_dir).
+    return cfg

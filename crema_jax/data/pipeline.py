@@ -1,0 +1,380 @@
+"""Grain input pipelines: pretraining batches (masked views) and evaluation batches (fixed crops).
+
+Pretraining chain (one seed -> the same batches on every run and after a checkpoint restore):
+
+    RecordOrder  seeded shuffle, reshuffled every epoch -> per-process shard [p::P] -> chunks of
+                 B record ids (one vectorised lookup per batch; see below)
+      -> ReadChunk      read + preprocess / decode each record; failures counted and dropped
+      -> NonEmpty       filter: a chunk whose records all failed disappears
+      -> PretrainViews  RandomMap: random crop, per-view augment, patchify, mask
+      -> to_iter_dataset -> rebatch(B, drop_remainder=True) -> mp_prefetch(num_workers)
+
+Why chunks instead of one Grain op per record: Grain spends ~10 us of bookkeeping per op per
+element (~90 us for a source-shuffle-repeat-slice-map-filter-map chain, measured), and
+grain's index_shuffle costs ~65 us per element on datasets of ~1e3 records. The cache target
+(>= 5,000 ECGs/s per worker = 200 us per ECG including the read) leaves no room for that, so each
+Grain element is a batch-sized chunk of records. Skipped records make a chunk short; `rebatch`
+restores the fixed batch size (and passes full chunks through without a copy). Randomness is
+per chunk: RandomMap hands each chunk a Generator derived from (seed, chunk position), so there is
+no global RNG state and restores are exact.
+
+Evaluation chain: source order, one pass, deterministic crops, no masking; the last partial batch
+is zero-padded to B with "valid" (B,) bool marking the real rows.
+
+Batch formats are those of CONTRACTS.md.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Mapping, Sequence
+
+import grain
+import jax
+import numpy as np
+from grain.experimental import RebatchIterDataset
+
+from crema_jax.data import augment as augment_lib
+from crema_jax.data import masking
+from crema_jax.data import records
+from crema_jax.data.leads import LEADS
+from crema_jax.data.sources import SkipStats, WfdbSource
+
+
+# ---------------------------------------------------------------- record order
+
+class RecordOrder:
+    """Grain data source whose element k is the k-th chunk of record ids of this process.
+
+    Global order: epoch e is a permutation of range(n) drawn from default_rng([seed, e]) (or the
+    identity when shuffle=False); epochs are concatenated; this process takes every
+    process_count-th position starting at process_index; chunk k holds positions [kB, (k+1)B).
+    """
+
+    def __init__(self, num_records: int, *, chunk_size: int, seed: int, shuffle: bool,
+                 num_epochs: int | None, process_index: int, process_count: int):
+        if num_records <= 0:
+            raise ValueError("the data source holds no records (check data.root / data.split)")
+        self.n, self.chunk, self.seed, self.shuffle = num_records, chunk_size, seed, shuffle
+        self.num_epochs, self.pi, self.pc = num_epochs, process_index, process_count
+        total = sys.maxsize if num_epochs is None else num_records * num_epochs
+        self.per_process = len(range(process_index, total, process_count))
+        self._perms: dict[int, np.ndarray] = {}
+
+    def __getstate__(self):
+        return {**self.__dict__, "_perms": {}}  # Workers rebuild permutations on demand.
+
+    def __len__(self) -> int:
+        return -(-self.per_process // self.chunk)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            if len(self._perms) >= 2:  # A chunk spans at most two epochs.
+                self._perms.pop(min(self._perms))
+            self._perms[epoch] = (np.random.default_rng([self.seed, epoch]).permutation(self.n)
+                                  if self.shuffle else np.arange(self.n))
+        return self._perms[epoch]
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        local = np.arange(k * self.chunk, min((k + 1) * self.chunk, self.per_process))
+        positions = self.pi + self.pc * local
+        epochs, within = np.divmod(positions, self.n)
+        out = np.empty(len(positions), np.int64)
+        for epoch in np.unique(epochs):
+            sel = epochs == epoch
+            out[sel] = self._permutation(int(epoch))[within[sel]]
+        return out
+
+    def __repr__(self) -> str:
+        return (f"RecordOrder(n={self.n}, chunk={self.chunk}, seed={self.seed}, "
+                f"shuffle={self.shuffle}, epochs={self.num_epochs}, shard={self.pi}/{self.pc})")
+
+
+# ---------------------------------------------------------------- reading, with skips
+
+class ReadChunk(grain.transforms.Map):
+    """Record ids -> loaded records; a failure is counted and dropped (raised when strict)."""
+
+    def __init__(self, source: Any, stats: SkipStats, strict: bool):
+        self.source, self.stats, self.strict = source, stats, strict
+
+    def map(self, ids: np.ndarray) -> list[dict]:
+        loaded = []
+        for index in ids:
+            ref = self.source[int(index)]
+            try:
+                element = self.source.load(ref)
+            except records.RecordError as e:
+                if self.strict:
+                    raise
+                self.stats.record(e.reason, str(e.path), str(e))
+                continue
+            except Exception as e:  # noqa: BLE001 - any record may be broken in a new way.
+                message = f"{ref['path']}: unexpected {type(e).__name__} while reading: {e}"
+                if self.strict:
+                    raise RuntimeError(message) from e
+                self.stats.record("unexpected_error", ref["path"], message)
+                continue
+            element["index"], element["labels"] = ref["index"], ref["labels"]
+            loaded.append(element)
+        return loaded
+
+
+class NonEmpty(grain.transforms.Filter):
+    def filter(self, chunk: Sequence) -> bool:
+        return len(chunk) > 0
+
+
+# ---------------------------------------------------------------- crops, views, masks
+
+def lead_rows(names: Sequence[str]) -> np.ndarray:
+    """Canonical row ids of the configured leads (data.leads), in the configured order."""
+    unknown = [name for name in names if name not in LEADS]
+    if unknown or not names:
+        raise ValueError(f"data.leads: expected names from {LEADS}, got {tuple(names)}")
+    return np.asarray([LEADS.index(name) for name in names], dtype=np.int32)
+
+
+def eval_offsets(length: int, crop_samples: int, offsets: Sequence[int]) -> list[int]:
+    """ST-MEM's fixed crop offsets, clipped so that every crop ends inside the record.
+
+    A 10 s record at 250 Hz (2500 samples) gets crops at 0/125/250 exactly as in ST-MEM; a shorter
+    record gets its crops moved left (all at 0, zero-padded, when shorter than one crop); a longer
+    record keeps the configured offsets (its tail is not scored, as in ST-MEM's protocol).
+    """
+    last = max(length - crop_samples, 0)
+    return [min(int(o), last) for o in offsets]
+
+
+class _Geometry:
+    def __init__(self, data_cfg: Mapping):
+        self.rows = lead_rows(tuple(data_cfg["leads"]))
+        # Plain slicing (a view) when all 12 leads are used in canonical order.
+        self.row_sel = slice(None) if tuple(self.rows) == tuple(range(len(LEADS))) else self.rows
+        self.crop = int(data_cfg["crop_samples"])
+        self.patch = int(data_cfg["patch_size"])
+        if self.crop % self.patch:
+            raise ValueError(f"data.crop_samples={self.crop} must be a multiple of "
+                             f"data.patch_size={self.patch}")
+        self.num_patches = self.crop // self.patch
+
+    def fill(self, out: np.ndarray, signal: np.ndarray, start: int) -> int:
+        """Write crop [start, start+crop) of the selected rows into out (L, crop); zero-pad the
+        end; return the number of real samples."""
+        window = signal[self.row_sel, start:start + self.crop]
+        real = window.shape[1]
+        out[:, :real] = window
+        out[:, real:] = 0.0
+        return real
+
+    def patch_valid(self, lead_valid: np.ndarray, real: np.ndarray) -> np.ndarray:
+        """lead_valid (..., L), real samples (...) -> (..., L, N). A patch with ANY padding is
+        invalid: no reconstruction target or pooled feature should contain appended zeros."""
+        full = (real // self.patch)[..., None, None]
+        return lead_valid[..., None] & (np.arange(self.num_patches) < full)
+
+
+class PretrainViews(grain.transforms.RandomMap):
+    """Chunk of loaded records -> stacked pretraining arrays (CONTRACTS.md batch format)."""
+
+    def __init__(self, data_cfg: Mapping):
+        self.geo = _Geometry(data_cfg)
+        self.num_views = int(data_cfg["num_views"])
+        self.independent_crops = bool(data_cfg["independent_view_crops"])
+        self.fs = float(data_cfg["target_fs"])
+        self.mask_name = data_cfg["mask"]["name"]
+        self.mask_fn = masking.get_mask_fn(self.mask_name)
+        self.ratio = float(data_cfg["mask"]["ratio"])
+        self.num_visible, self.num_masked = masking.mask_sizes(
+            self.mask_name, len(self.geo.rows), self.geo.num_patches, self.ratio)
+        self.augment = dict(data_cfg["augment"])
+        self.augment["names"] = tuple(self.augment["names"])
+
+    def _start(self, length: int, rng: np.random.Generator) -> int:
+        spare = length - self.geo.crop
+        return int(rng.integers(0, spare + 1)) if spare > 0 else 0
+
+    def random_map(self, chunk: Sequence[dict], rng: np.random.Generator) -> dict:
+        geo, n, views = self.geo, len(chunk), self.num_views
+        num_leads, num_patches = len(geo.rows), geo.num_patches
+        signals = np.empty((n, views, num_leads, geo.crop), np.float32)
+        real = np.empty((n, views), np.int64)
+        lead_valid = np.empty((n, views, num_leads), bool)
+        for i, element in enumerate(chunk):
+            signal, length = element["signal"], element["signal"].shape[1]
+            lead_valid[i] = np.asarray(element["lead_present"], bool)[geo.rows]
+            for v in range(views if self.independent_crops else 1):
+                real[i, v] = geo.fill(signals[i, v], signal, self._start(length, rng))
+        if views > 1 and not self.independent_crops:  # Same crop, different masks.
+            signals[:, 1:] = signals[:, :1]
+            real[:, 1:] = real[:, :1]
+        if self.augment["names"]:
+            for i in range(n):
+                for v in range(views):
+                    signals[i, v], lead_valid[i, v] = augment_lib.apply_augmentations(
+                        signals[i, v], lead_valid[i, v], rng, self.augment, self.fs)
+        mask = np.empty((n, views, num_leads, num_patches), bool)
+        visible = np.empty((n, views, self.num_visible), np.int32)
+        masked = np.empty((n, views, self.num_masked), np.int32)
+        for i in range(n):
+            for v in range(views):
+                mask[i, v], visible[i, v], masked[i, v] = self.mask_fn(
+                    rng, num_leads, num_patches, self.ratio)
+        return {
+            "patches": signals.reshape(n, views, num_leads, num_patches, geo.patch),
+            "mask": mask,
+            "visible_idx": visible,
+            "masked_idx": masked,
+            "patch_valid": geo.patch_valid(lead_valid, real),
+            "lead_indices": np.broadcast_to(geo.rows, (n, num_leads)).copy(),
+            "index": np.asarray([e["index"] for e in chunk], np.int64),
+        }
+
+
+class EvalCrops(grain.transforms.Map):
+    """Chunk of loaded records -> C deterministic crops each (no masking) and multi-hot labels."""
+
+    def __init__(self, data_cfg: Mapping):
+        self.geo = _Geometry(data_cfg)
+        self.offsets = tuple(int(o) for o in data_cfg["eval_crop_offsets"])
+
+    def map(self, chunk: Sequence[dict]) -> dict:
+        geo, n, crops = self.geo, len(chunk), len(self.offsets)
+        signals = np.empty((n, crops, len(geo.rows), geo.crop), np.float32)
+        real = np.empty((n, crops), np.int64)
+        lead_valid = np.empty((n, crops, len(geo.rows)), bool)
+        for i, element in enumerate(chunk):
+            signal = element["signal"]
+            lead_valid[i] = np.asarray(element["lead_present"], bool)[geo.rows]
+            for c, start in enumerate(eval_offsets(signal.shape[1], geo.crop, self.offsets)):
+                real[i, c] = geo.fill(signals[i, c], signal, start)
+        return {
+            "patches": signals.reshape(n, crops, len(geo.rows), geo.num_patches, geo.patch),
+            "patch_valid": geo.patch_valid(lead_valid, real),
+            "lead_indices": np.broadcast_to(geo.rows, (n, len(geo.rows))).copy(),
+            "labels": np.stack([np.asarray(e["labels"], np.float32) for e in chunk]),
+            "index": np.asarray([e["index"] for e in chunk], np.int64),
+        }
+
+
+class PadBatch(grain.transforms.Map):
+    """Pad a (possibly short) last batch to batch_size with zero rows; add "valid" (B,) bool."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+
+    def map(self, batch: Mapping) -> dict:
+        n = len(batch["index"])
+        out = {key: np.concatenate([value, np.zeros((self.batch_size - n,) + value.shape[1:],
+                                                    value.dtype)])
+               for key, value in batch.items()}
+        out["valid"] = np.arange(self.batch_size) < n
+        return out
+
+
+# ---------------------------------------------------------------- sources and datasets
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "to_dict"):
+        value = value.to_dict()
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def preprocess_settings(data_cfg: Mapping) -> dict | None:
+    """data.preprocess as a plain dict (None = no preprocessing): what a cache records."""
+    return None if data_cfg["preprocess"] is None else _plain(data_cfg["preprocess"])
+
+
+def make_source(data_cfg: Mapping, *, split: str | None = None):
+    """The configured source: the ArrayRecord cache when data.cache_dir is set, else raw WFDB
+    records of data.layout under data.root. `split` ("" = all records) defaults to data.split."""
+    split = data_cfg["split"] if split is None else split
+    if data_cfg["cache_dir"]:
+        from crema_jax.data import cache
+
+        return cache.CacheSource(data_cfg["cache_dir"], split=split,
+                                 expect_target_fs=data_cfg["target_fs"],
+                                 expect_preprocess=preprocess_settings(data_cfg))
+    from crema_jax.data import layouts  # Only raw-WFDB pipelines need the layout registry.
+
+    if data_cfg["layout"] not in layouts.LAYOUTS:
+        raise ValueError(f"data.layout: unknown layout {data_cfg['layout']!r}; "
+                         f"expected one of {sorted(layouts.LAYOUTS)}")
+    if not data_cfg["root"]:
+        raise ValueError("data.root: set the dataset folder (or data.cache_dir for a cache)")
+    index = layouts.LAYOUTS[data_cfg["layout"]](data_cfg["root"],
+                                                **dict(data_cfg["layout_options"]))
+    infos = [info for info in index.records if not split or info.split == split]
+    return WfdbSource(infos, index.label_names, target_fs=data_cfg["target_fs"],
+                      preprocess_cfg=preprocess_settings(data_cfg),
+                      derive_limb_leads=data_cfg["derive_limb_leads"])
+
+
+def _shard(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    index = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
+    if not 0 <= index < count:
+        raise ValueError(f"process_index={index} must be in [0, process_count={count})")
+    return index, count
+
+
+def _build(data_cfg: Mapping, source: Any, order: RecordOrder, stats: SkipStats | None,
+           transform: Any) -> grain.IterDataset:
+    stats = SkipStats() if stats is None else stats
+    if data_cfg["skip_log_dir"]:
+        stats.log_dir = data_cfg["skip_log_dir"]
+    ds = grain.MapDataset.source(order).seed(int(data_cfg["seed"]))
+    ds = ds.map(ReadChunk(source, stats, bool(data_cfg["strict"]))).filter(NonEmpty())
+    ds = ds.random_map(transform) if isinstance(transform, grain.transforms.RandomMap) \
+        else ds.map(transform)
+    return ds.to_iter_dataset(grain.ReadOptions(
+        num_threads=int(data_cfg["read_threads"]),
+        prefetch_buffer_size=int(data_cfg["prefetch_buffer_size"])))
+
+
+def _prefetch(ds: grain.IterDataset, data_cfg: Mapping) -> grain.IterDataset:
+    if int(data_cfg["num_workers"]) > 0:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=int(data_cfg["num_workers"]),
+            per_worker_buffer_size=int(data_cfg["per_worker_buffer_size"])))
+    return ds
+
+
+def make_pretrain_dataset(data_cfg: Mapping, *, source: Any = None,
+                          process_index: int | None = None, process_count: int | None = None,
+                          stats: SkipStats | None = None) -> grain.IterDataset:
+    """Batches of masked views (CONTRACTS.md pretraining format), B = data.batch_size per process.
+
+    `source` defaults to `make_source(data_cfg)`; process_index/count default to JAX's.
+    `stats` receives the skip counts (exact when data.num_workers == 0).
+    data.num_epochs None = an endless stream, reshuffled every epoch.
+    """
+    source = make_source(data_cfg) if source is None else source
+    index, count = _shard(process_index, process_count)
+    batch = int(data_cfg["batch_size"])
+    order = RecordOrder(len(source), chunk_size=batch, seed=int(data_cfg["seed"]), shuffle=True,
+                        num_epochs=data_cfg["num_epochs"], process_index=index,
+                        process_count=count)
+    ds = _build(data_cfg, source, order, stats, PretrainViews(data_cfg))
+    return _prefetch(RebatchIterDataset(ds, batch, drop_remainder=True), data_cfg)
+
+
+def make_eval_dataset(data_cfg: Mapping, *, source: Any = None, split: str | None = None,
+                      process_index: int | None = None, process_count: int | None = None,
+                      stats: SkipStats | None = None) -> grain.IterDataset:
+    """One pass over the split in source order: deterministic crops, labels, padded last batch.
+
+    Batches: "patches" (B, C, L, N, P), "patch_valid" (B, C, L, N), "lead_indices" (B, L),
+    "labels" float32 (B, num_classes), "index" (B,), "valid" bool (B,) (False on padding rows).
+    """
+    source = make_source(data_cfg, split=split) if source is None else source
+    index, count = _shard(process_index, process_count)
+    batch = int(data_cfg["batch_size"])
+    order = RecordOrder(len(source), chunk_size=batch, seed=int(data_cfg["seed"]), shuffle=False,
+                        num_epochs=1, process_index=index, process_count=count)
+    ds = _build(data_cfg, source, order, stats, EvalCrops(data_cfg))
+    ds = RebatchIterDataset(ds, batch, drop_remainder=False).map(PadBatch(batch))
+    return _prefetch(ds, data_cfg)
