@@ -14,6 +14,7 @@ Presets (`PRESETS[name]()` returns a fresh ConfigDict):
 Absent (zero-filled) leads stay zero and are left out of normalisation statistics when
 `lead_present` is given: the statistics then describe the recorded leads only. For complete
 12-lead records this equals ST-MEM's / ECGFounder's statistics over the whole array exactly.
+A (lead) signal whose std is below 1e-8 (mV) normalises to zeros (ST-MEM: std 0 -> zeros).
 """
 from __future__ import annotations
 
@@ -143,12 +144,17 @@ def median_baseline(x: np.ndarray, fs: float, *, window_s: float = 0.4) -> np.nd
     return x - baseline.reshape(x.shape)
 
 
+# A standard deviation below 10 nV counts as zero: a flat input that went through the filters
+# carries ~1e-17 of rounding noise, which a plain z-score would blow up to unit variance.
+_FLAT_STD = 1e-8
+
+
 def _zscore(x: np.ndarray, axis, eps: float) -> np.ndarray:
     mean = x.mean(axis=axis, keepdims=True)
     std = x.std(axis=axis, keepdims=True)
     # ST-MEM: a flat input (std 0) becomes all zeros rather than NaN.
-    safe = np.where(std + eps > 0, std + eps, 1.0)
-    return np.where(std + eps > 0, (x - mean) / safe, 0.0)
+    flat = std <= _FLAT_STD
+    return np.where(flat, 0.0, (x - mean) / np.where(flat, 1.0, std + eps))
 
 
 def normalise(x: np.ndarray, mode: str, *, lead_present: np.ndarray | None = None,
