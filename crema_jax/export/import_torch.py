@@ -1,0 +1,197 @@
+"""`crema-jax import-torch --format=crema|stmem|ecgfounder FILE --out=DIR`: PyTorch weights ->
+an Orbax checkpoint that `pretrain` (continue), `probe`, `finetune`, `embed` and `predict` read.
+
+The model config is inferred from the tensor shapes (ViT-B from width 768 and 12 blocks; Net1D 12-
+or 1-lead from first_conv) and written with the full default config. Files are loaded safely
+(safe_load.py: safetensors, or torch.load(weights_only=True) only) and checked completely before
+anything is written: on any error the output directory is left untouched.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Mapping
+
+import numpy as np
+from absl import logging
+
+from crema_jax.export import cli, convert, model_io, safe_load, sit_layouts
+
+FORMATS = ("crema", "stmem", "ecgfounder")
+cli.enum("format", None, list(FORMATS), "layout of the PyTorch file")
+cli.string("out", None, "output: import-torch: a new workdir (checkpoints/0/ inside)")
+cli.integer("seed", 0, "seed for model parts a file does not hold (e.g. the decoder)")
+
+
+# ------------------------------------------------------------------------------------------------
+# Config inference from shapes.
+# ------------------------------------------------------------------------------------------------
+def _count(keys, pattern: str) -> int:
+    found = {int(m.group(1)) for k in keys if (m := re.match(pattern, k))}
+    if found != set(range(len(found))):
+        raise safe_load.CheckpointFileError(f"block indices {sorted(found)} are not 0..n-1")
+    return len(found)
+
+
+def _sit_config(width, depth, heads, head_dim, **fields):
+    from crema_jax.models import SIZES, default_model_config
+
+    cfg = default_model_config()
+    wanted = dict(width=width, depth=depth, num_heads=heads, head_dim=head_dim)
+    match = [name for name, size in SIZES.items() if size == wanted]
+    cfg.size = match[0] if match else "base"
+    if not match:  # explicit overrides of the size entry
+        cfg.width, cfg.depth, cfg.num_heads, cfg.head_dim = width, depth, heads, head_dim
+    for key, value in fields.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def infer_stmem_config(sd: Mapping[str, np.ndarray]):
+    """ST-MEM model config from an encoder-only or full state_dict (head_dim 64 as in ST-MEM)."""
+    t = "encoder." if any(k.startswith("encoder.") for k in sd) else ""
+    try:
+        width = sd[t + "sep_embedding"].shape[0]
+        qkv_rows = sd[t + "block0.attn.fn.to_qkv.weight"].shape[0]
+        fields = dict(
+            patch_size=int(sd[t + "to_patch_embedding.2.weight"].shape[1]),
+            num_patches=int(sd[t + "pos_embedding"].shape[1]) - 2,
+            num_lead_embeddings=_count(sd, re.escape(t) + r"lead_embeddings\.(\d+)$"),
+            mlp_ratio=int(sd[t + "block0.ff.fn.net.0.weight"].shape[0] // width),
+            num_classes=int(sd[t + "head.weight"].shape[0]) if t + "head.weight" in sd else 0)
+        if t:
+            dec_width = int(sd["to_decoder_embedding.weight"].shape[0])
+            fields.update(
+                decoder_width=dec_width, decoder_head_dim=64,
+                decoder_depth=_count(sd, r"decoder_blocks\.(\d+)\."),
+                decoder_num_heads=int(sd["decoder_blocks.0.attn.fn.to_qkv.weight"].shape[0]
+                                      // 3 // 64),
+                decoder_mlp_ratio=int(sd["decoder_blocks.0.ff.fn.net.0.weight"].shape[0]
+                                      // dec_width))
+        depth = _count(sd, re.escape(t) + r"block(\d+)\.")
+    except KeyError as err:
+        raise safe_load.CheckpointFileError(
+            f"not an ST-MEM state_dict: key {err} is missing (expected {t or 'no prefix'}"
+            "sep_embedding, to_patch_embedding.*, block{i}.*, ...)") from err
+    return _sit_config(int(width), depth, int(qkv_rows // 3 // 64), 64, **fields), bool(t)
+
+
+def infer_net1d_config(sd: Mapping[str, np.ndarray]):
+    """Net1D config: leads from first_conv, stages/blocks/widths from the keys."""
+    from crema_jax.models.net1d import default_net1d_config
+
+    try:
+        leads = int(sd["first_conv.conv.weight"].shape[1])
+        cfg = default_net1d_config(1 if leads == 1 else 12)
+        cfg.in_channels = leads
+        stages = _count(sd, r"stage_list\.(\d+)\.")
+        cfg.blocks = [_count(sd, rf"stage_list\.{i}\.block_list\.(\d+)\.conv1\.")
+                      for i in range(stages)]
+        cfg.filters = [int(sd[f"stage_list.{i}.block_list.0.conv1.conv.weight"].shape[0])
+                       for i in range(stages)]
+        cfg.kernel = int(sd["first_conv.conv.weight"].shape[2])
+        cfg.group_width = int(sd["stage_list.0.block_list.0.conv2.conv.weight"].shape[1])
+        cfg.num_classes = int(sd["dense.weight"].shape[0])
+    except KeyError as err:
+        raise safe_load.CheckpointFileError(
+            f"not an ECGFounder Net1D state_dict: key {err} is missing") from err
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------
+# File -> (params, model config).
+# ------------------------------------------------------------------------------------------------
+def _crema_model_config(path: str, metadata: Mapping[str, str]):
+    from crema_jax.train.checkpoint import config_from_json_dict
+
+    text = metadata.get("crema_model_config")
+    side = os.path.splitext(path)[0] + ".json"
+    if text is None and os.path.isfile(side):
+        with open(side, encoding="utf-8") as f:
+            text = json.dumps(json.load(f)["model"])
+    if text is None:
+        raise safe_load.CheckpointFileError(
+            f"{path}: a crema-layout file needs its model config: in the safetensors metadata "
+            f"('crema_model_config') or in {side}, both written by export-torch")
+    return config_from_json_dict(json.loads(text))
+
+
+def read_torch_weights(path: str, fmt: str):
+    """(state_dict, model_cfg, rules, ignored key patterns, layout name) for `path` in `fmt`."""
+    obj, metadata = safe_load.read_weight_file(path)
+    if fmt == "ecgfounder":
+        sd = safe_load.strip_prefix(safe_load.extract_state_dict(obj, path, ("state_dict",)),
+                                    "module.")
+        cfg = infer_net1d_config(sd)
+        return sd, cfg, convert.ecgfounder_rules(cfg), convert.ECGFOUNDER_IGNORED
+    sd = safe_load.strip_prefix(safe_load.extract_state_dict(obj, path, ("model", "state_dict")),
+                                "module.")
+    if fmt == "stmem":
+        cfg, full = infer_stmem_config(sd)
+        has_head = any(k.endswith("head.weight") and "decoder" not in k for k in sd)
+        rules = sit_layouts.stmem_rules(cfg, jax_prefix="encoder/", include_head=has_head,
+                                        include_decoder=full)
+        return sd, cfg, rules, ()
+    cfg = _crema_model_config(path, metadata)
+    rules = sit_layouts.crema_rules(
+        cfg, jax_prefix="encoder/", include_head=int(cfg.num_classes) > 0,
+        include_decoder=any(k.startswith("decoder.") for k in sd))
+    return sd, cfg, rules, ()
+
+
+def import_weights(path: str, fmt: str, *, seed: int = 0):
+    """(params nested dict, model config, JAX paths freshly initialised) — nothing written."""
+    if fmt not in FORMATS:
+        raise ValueError(f"--format={fmt!r}: expected one of {FORMATS}")
+    sd, cfg, rules, ignored = read_torch_weights(path, fmt)
+    if "scan_layers" in cfg:
+        cfg.scan_layers = False  # unrolled blocks: one params entry per block, as converted
+    template = model_io.abstract_params(cfg)
+    params, kept = convert.torch_to_jax(sd, rules, template, path=path, layout=fmt,
+                                        ignored=ignored)
+    if kept:  # parts the file does not hold: initialise them, then overlay the file's tensors
+        fresh = convert.flatten(model_io.init_params(cfg, seed))
+        flat = convert.flatten(params)
+        flat.update({p: fresh[p] for p in kept})
+        params = convert.unflatten_like(flat, template)
+    return params, cfg, kept
+
+
+def _summarise(paths: list[str]) -> str:
+    groups = {}
+    for p in paths:
+        head = p.split("/")[0]
+        groups[head] = groups.get(head, 0) + 1
+    return ", ".join(f"{k} ({n} tensors)" for k, n in sorted(groups.items()))
+
+
+def run_import(path: str, fmt: str, out: str, *, seed: int = 0) -> str:
+    """Checks everything, then writes `out/checkpoints/0`; returns the step dir."""
+    from crema_jax.train import checkpoint
+    from crema_jax.train.config import default_config
+
+    if checkpoint.latest_step(checkpoint.checkpoints_dir(out)) is not None:
+        raise FileExistsError(f"--out={out} already holds a checkpoint; choose a new directory")
+    params, model_cfg, kept = import_weights(path, fmt, seed=seed)
+    config = default_config()
+    config.model = model_cfg
+    if kept:
+        logging.warning("*** %s holds no weights for: %s. These are FRESHLY INITIALISED (seed %d)"
+                        " — fine for probing/fine-tuning the encoder; continued pretraining "
+                        "starts them from scratch. ***", path, _summarise(kept), seed)
+        print(f"WARNING: freshly initialised (not in the file): {_summarise(kept)}")
+    step_dir = checkpoint.save_model_checkpoint(out, params, config, step=0)
+    return str(step_dir)
+
+
+def main(argv):
+    if len(argv) != 2 or not cli.value("format") or not cli.value("out"):
+        raise SystemExit("usage: crema-jax import-torch --format=crema|stmem|ecgfounder FILE "
+                         "--out=DIR")
+    try:
+        step_dir = run_import(argv[1], cli.value("format"), cli.value("out"),
+                              seed=cli.value("seed"))
+    except (safe_load.CheckpointFileError, FileExistsError, ImportError) as err:
+        raise SystemExit(f"import-torch: {err}") from err
+    print(f"wrote {step_dir}")

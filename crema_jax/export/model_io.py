@@ -1,0 +1,48 @@
+"""Models <-> param dicts for the export tools: templates, initialisation, checkpoint loading.
+
+"params" is the checkpoint's item: every model variable except RNG state (nnx.Param plus the
+fixed sin-cos tables), as a nested dict (nnx.List entries under integer keys).
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import jax
+import numpy as np
+from flax import nnx
+
+_NOT_RNG = nnx.Not(nnx.RngState)
+
+
+def build(model_cfg, rngs: nnx.Rngs):
+    from crema_jax.models import build_model  # import late: keeps `--help` fast
+    return build_model(model_cfg, rngs=rngs)
+
+
+def abstract_params(model_cfg) -> dict:
+    """Nested dict of jax.ShapeDtypeStruct: shapes without allocating or computing anything."""
+    model = nnx.eval_shape(lambda: build(model_cfg, nnx.Rngs(0)))
+    return nnx.to_pure_dict(nnx.state(model, _NOT_RNG))
+
+
+def init_params(model_cfg, seed: int = 0) -> dict:
+    """Freshly initialised params as numpy arrays (one jitted init: one compile, not one/layer)."""
+    def init(key):
+        return nnx.to_pure_dict(nnx.state(build(model_cfg, nnx.Rngs(key)), _NOT_RNG))
+    return jax.tree.map(np.asarray, jax.jit(init)(jax.random.key(seed)))
+
+
+def merge(model_cfg, params: Mapping):
+    """The nnx model with `params` (shapes must match the config's model)."""
+    model = nnx.eval_shape(lambda: build(model_cfg, nnx.Rngs(0)))
+    graphdef, state, rest = nnx.split(model, _NOT_RNG, ...)
+    nnx.replace_by_pure_dict(state, jax.tree.map(np.asarray, dict(params)))
+    if jax.tree.leaves(rest):
+        raise ValueError("model holds RNG state; export tools expect deterministic models")
+    return nnx.merge(graphdef, state)
+
+
+def load_checkpoint(path):
+    """(params, full config, step) of the latest complete checkpoint under `path`."""
+    from crema_jax.train.checkpoint import load_model_checkpoint
+    return load_model_checkpoint(path)

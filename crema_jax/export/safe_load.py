@@ -1,0 +1,179 @@
+"""Safe, explicit loading of PyTorch weight files: never execute pickled code.
+
+- `.safetensors` is parsed here directly (header JSON + raw little-endian buffers), so importing it
+  needs no torch, handles bfloat16 (numpy's safetensors reader cannot) and reports a truncated file
+  precisely.
+- Any other file is a torch pickle: it is opened ONLY with `torch.load(..., weights_only=True)`,
+  which restores plain tensors, dicts, lists and numbers and refuses every other object. A file
+  that needs arbitrary unpickling is refused with an explanation, never loaded "just this once".
+- Floating weights come back as float32 numpy arrays (float16/bfloat16/float64 upcast or cast).
+- `check_state_dict` compares a state_dict with the expected keys and shapes and lists EVERY
+  missing, unexpected and mis-shaped key in one error, so a user fixes a file in one round.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+from typing import Any, Mapping
+
+import ml_dtypes
+import numpy as np
+
+TORCH_INSTALL_HINT = "pip install crema_jax[torch]"
+
+# safetensors dtype tag -> numpy dtype (all little-endian on disk).
+_ST_DTYPES = {
+    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
+}
+_MAX_HEADER_BYTES = 100 * 1024 * 1024  # The format's own limit; larger means a corrupt file.
+
+
+class CheckpointFileError(ValueError):
+    """A weight file that cannot be used as it is; the message says why and what was expected."""
+
+
+class UnsafeCheckpointError(CheckpointFileError):
+    """A torch pickle that would need arbitrary code execution to load."""
+
+
+def import_torch(purpose: str):
+    """torch, or an ImportError that says how to get it."""
+    try:
+        import torch  # Lazy: safetensors files and the JAX side never need torch.
+    except ImportError as err:
+        raise ImportError(f"{purpose} needs PyTorch, which is not installed: run "
+                          f"`{TORCH_INSTALL_HINT}`") from err
+    return torch
+
+
+def to_float32(array: np.ndarray) -> np.ndarray:
+    """Floating arrays (float16, bfloat16, float64) -> float32; other dtypes unchanged."""
+    if array.dtype == ml_dtypes.bfloat16 or np.issubdtype(array.dtype, np.floating):
+        return np.asarray(array, dtype=np.float32)
+    return np.asarray(array)
+
+
+def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """(tensors as float32/int numpy arrays, metadata) of a .safetensors file."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise CheckpointFileError(f"{path}: {size} bytes, too short for a safetensors header "
+                                      "(expected an 8-byte header length first)")
+        (header_len,) = struct.unpack("<Q", raw)
+        if header_len > min(_MAX_HEADER_BYTES, size - 8):
+            raise CheckpointFileError(
+                f"{path}: safetensors header claims {header_len} bytes but the file has "
+                f"{size} bytes: the file is truncated or not a safetensors file")
+        try:
+            header = json.loads(f.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise CheckpointFileError(f"{path}: unreadable safetensors header ({err})") from err
+        data = f.read()
+    metadata = header.pop("__metadata__", None) or {}
+    tensors, problems = {}, []
+    for key, info in header.items():
+        dtype = _ST_DTYPES.get(info.get("dtype"))
+        start, end = info.get("data_offsets", (0, -1))
+        shape = tuple(info.get("shape", ()))
+        if dtype is None:
+            problems.append(f"{key}: unsupported dtype {info.get('dtype')!r}")
+        elif end > len(data):
+            problems.append(f"{key}: bytes {start}..{end} lie beyond the {len(data)} data bytes")
+        elif end - start != dtype.itemsize * int(np.prod(shape, dtype=np.int64)):
+            problems.append(f"{key}: {end - start} bytes do not hold {shape} {info['dtype']}")
+        else:
+            array = np.frombuffer(data, dtype=dtype, count=int(np.prod(shape, dtype=np.int64)),
+                                  offset=start).reshape(shape)
+            tensors[key] = to_float32(array).copy()
+    if problems:
+        raise CheckpointFileError(f"{path}: not a complete safetensors file (truncated?):\n  "
+                                  + "\n  ".join(problems))
+    return tensors, dict(metadata)
+
+
+def _tensors_to_numpy(obj: Any, torch) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return to_float32(obj.detach().cpu().float().numpy() if obj.is_floating_point()
+                          else obj.detach().cpu().numpy())
+    if isinstance(obj, Mapping):
+        return {k: _tensors_to_numpy(v, torch) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_tensors_to_numpy(v, torch) for v in obj)
+    return obj
+
+
+def read_torch_file(path: str) -> Any:
+    """The object in a torch.save'd file, loaded with weights_only=True; tensors -> numpy."""
+    torch = import_torch(f"Reading the PyTorch file {path}")
+    import pickle
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(
+            f"{path}: refused. This file needs arbitrary Python objects unpickled, which can run "
+            "code; only plain tensors, dicts, lists and numbers are loaded (torch.load with "
+            "weights_only=True). Re-save the weights alone, e.g. "
+            "torch.save({'model': model.state_dict()}, path), or as .safetensors.\n"
+            f"torch said: {str(err).splitlines()[0]}") from err
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointFileError(f"{path}: not a readable torch.save file (truncated or "
+                                  f"corrupt?): {err}") from err
+    return _tensors_to_numpy(obj, torch)
+
+
+def read_weight_file(path: str) -> tuple[Any, dict[str, str]]:
+    """(loaded object, safetensors metadata or {}) for a .safetensors or torch file."""
+    if not os.path.isfile(path):
+        raise CheckpointFileError(f"{path}: no such file")
+    if path.endswith(".safetensors"):
+        return read_safetensors(path)
+    return read_torch_file(path), {}
+
+
+def extract_state_dict(obj: Any, path: str, container_keys: tuple[str, ...] = ()) -> dict:
+    """The flat {name: array} inside `obj`: obj itself, or obj[k] for the first k present."""
+    if isinstance(obj, Mapping):
+        for key in container_keys:
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, np.ndarray) for v in obj.values()):
+        wanted = " or ".join(f"{{'{k}': state_dict}}" for k in container_keys) or "a state_dict"
+        raise CheckpointFileError(f"{path}: expected a flat state_dict of tensors or {wanted}; "
+                                  f"found {type(obj).__name__} with keys "
+                                  f"{sorted(map(str, obj))[:8] if isinstance(obj, Mapping) else '-'}")
+    return dict(obj)
+
+
+def strip_prefix(state_dict: dict, prefix: str) -> dict:
+    """Drop `prefix` when EVERY key carries it (e.g. 'module.' from DataParallel)."""
+    if state_dict and all(k.startswith(prefix) for k in state_dict):
+        return {k[len(prefix):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def check_state_dict(state_dict: Mapping[str, np.ndarray], expected: Mapping[str, tuple],
+                     *, path: str, layout: str, ignored: tuple[str, ...] = ()) -> None:
+    """Raise CheckpointFileError listing all missing, unexpected and mis-shaped keys."""
+    present = {k for k in state_dict if not any(p in k for p in ignored)}
+    missing = sorted(set(expected) - present)
+    unexpected = sorted(present - set(expected))
+    misshaped = sorted(f"{k}: file {tuple(state_dict[k].shape)}, expected {tuple(expected[k])}"
+                       for k in present & set(expected)
+                       if tuple(state_dict[k].shape) != tuple(expected[k]))
+    if not (missing or unexpected or misshaped):
+        return
+    lines = [f"{path}: does not match the {layout!r} layout of the configured model"]
+    for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                         ("mis-shaped keys", misshaped)):
+        if items:
+            lines.append(f"  {title} ({len(items)}):")
+            lines.extend(f"    {item}" for item in items)
+    raise CheckpointFileError("\n".join(lines))

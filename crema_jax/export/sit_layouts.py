@@ -1,0 +1,186 @@
+"""Rule tables for the SiT: our own PyTorch layout ("crema") and ST-MEM's ("stmem").
+
+JAX params come from PretrainModel (`encoder/...`, `decoder/...`, `projector/...`) or from a bare
+SiT (no `encoder/` prefix); scan_layers checkpoints are unstacked first (`unstack_blocks`).
+
+- crema: the JAX tree with dots, PyTorch conventions (weight/bias, Linear (out, in), fused qkv
+  (3*H*hd, D)); crema_jax/export/torch_sit.py holds exactly these keys.
+- stmem: reference-stmem.md. Encoder-only file: 166 keys (ViT-B), no prefix, `block{i}.` with no
+  dot, `lead_embeddings.{i}`. Full pretraining file: `encoder.` + the encoder keys, the alias
+  `to_patch_embedding.*` of the same tensors, and the decoder (228 keys).
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from crema_jax.export.convert import (Rule, alias, fused_in, fused_out, linear, reshaped, rows,
+                                      same)
+from crema_jax.models import config as model_config
+
+_STMEM_BLOCK = dict(attn_norm="attn.norm", qkv="attn.fn.to_qkv", out="attn.fn.to_out.0",
+                    mlp_norm="ff.norm", fc1="ff.fn.net.0", fc2="ff.fn.net.3")
+_CREMA_BLOCK = dict(attn_norm="attn_norm", qkv="attn.qkv", out="attn.out", mlp_norm="mlp_norm",
+                    fc1="mlp.fc1", fc2="mlp.fc2")
+# Parts of PretrainModel that only pretraining uses.
+PRETRAIN_ONLY = ("decoder/", "projector/", "logit_scale", "logit_bias")
+
+
+def _norm(t: str, j: str) -> list[Rule]:
+    return [same(t + ".weight", j + "/scale"), same(t + ".bias", j + "/bias")]
+
+
+def _dense(t: str, j: str) -> list[Rule]:
+    return [linear(t + ".weight", j + "/kernel"), same(t + ".bias", j + "/bias")]
+
+
+def _block(t: str, j: str, names: dict, width: int, heads: int, head_dim: int) -> list[Rule]:
+    hh = heads * head_dim
+    return (_norm(t + names["attn_norm"], j + "attn_norm")
+            + [fused_in(t + names["qkv"] + ".weight", j + "attn/qkv/kernel",
+                        (width, 3, heads, head_dim)),
+               reshaped(t + names["qkv"] + ".bias", j + "attn/qkv/bias", (3 * hh,),
+                        (3, heads, head_dim)),
+               fused_out(t + names["out"] + ".weight", j + "attn/out/kernel",
+                         (heads, head_dim, width)),
+               same(t + names["out"] + ".bias", j + "attn/out/bias")]
+            + _norm(t + names["mlp_norm"], j + "mlp_norm")
+            + _dense(t + names["fc1"], j + "mlp/fc1") + _dense(t + names["fc2"], j + "mlp/fc2"))
+
+
+def _sizes(model_cfg) -> dict:
+    return model_config.resolve_size(model_cfg)
+
+
+def crema_rules(model_cfg, *, jax_prefix: str, include_head: bool, include_decoder: bool
+                ) -> list[Rule]:
+    size, j, t = _sizes(model_cfg), jax_prefix, "encoder."
+    rules = (_norm(t + "patch_embed.in_norm", j + "patch_embed/in_norm")
+             + _dense(t + "patch_embed.proj", j + "patch_embed/proj")
+             + _norm(t + "patch_embed.out_norm", j + "patch_embed/out_norm")
+             + [same(t + "pos_embedding", j + "pos_embedding"),
+                same(t + "sep_embedding", j + "sep_embedding"),
+                same(t + "lead_embeddings", j + "lead_embeddings")])
+    for i in range(size["depth"]):
+        rules += _block(f"{t}blocks.{i}.", f"{j}blocks/{i}/", _CREMA_BLOCK, size["width"],
+                        size["num_heads"], size["head_dim"])
+    rules += _norm(t + "norm", j + "norm")
+    if include_head:
+        rules += _dense(t + "head", j + "head")
+    if include_decoder:
+        w = int(model_cfg.decoder_width)
+        rules += (_dense("decoder.embed", "decoder/embed")
+                  + [same("decoder.mask_embedding", "decoder/mask_embedding"),
+                     same("decoder.pos_embedding", "decoder/pos_embedding")])
+        for i in range(int(model_cfg.decoder_depth)):
+            rules += _block(f"decoder.blocks.{i}.", f"decoder/blocks/{i}/", _CREMA_BLOCK, w,
+                            int(model_cfg.decoder_num_heads), int(model_cfg.decoder_head_dim))
+        rules += _norm("decoder.norm", "decoder/norm") + _dense("decoder.head", "decoder/head")
+        for k in range(int(model_cfg.proj_depth)):
+            rules += _dense(f"projector.layers.{k}", f"projector/layers/{k}")
+        rules += [same("logit_scale", "logit_scale"), same("logit_bias", "logit_bias")]
+    return rules
+
+
+def stmem_rules(model_cfg, *, jax_prefix: str, include_head: bool, include_decoder: bool
+                ) -> list[Rule]:
+    size, j = _sizes(model_cfg), jax_prefix
+    t = "encoder." if include_decoder else ""
+
+    def patch(torch_name, jax_name, linear_weight=False):
+        # The full model also exposes the encoder's patch embedding unprefixed (same tensors).
+        keys = (t + torch_name,) + ((torch_name,) if include_decoder else ())
+        return alias(keys, j + jax_name, linear_weight=linear_weight)
+
+    rules = [same(t + "pos_embedding", j + "pos_embedding"),
+             same(t + "sep_embedding", j + "sep_embedding"),
+             patch("to_patch_embedding.1.weight", "patch_embed/in_norm/scale"),
+             patch("to_patch_embedding.1.bias", "patch_embed/in_norm/bias"),
+             patch("to_patch_embedding.2.weight", "patch_embed/proj/kernel", linear_weight=True),
+             patch("to_patch_embedding.2.bias", "patch_embed/proj/bias"),
+             patch("to_patch_embedding.3.weight", "patch_embed/out_norm/scale"),
+             patch("to_patch_embedding.3.bias", "patch_embed/out_norm/bias"),
+             rows(tuple(f"{t}lead_embeddings.{i}" for i in range(model_cfg.num_lead_embeddings)),
+                  j + "lead_embeddings")]
+    for i in range(size["depth"]):
+        rules += _block(f"{t}block{i}.", f"{j}blocks/{i}/", _STMEM_BLOCK, size["width"],
+                        size["num_heads"], size["head_dim"])
+    rules += _norm(t + "norm", j + "norm")
+    if include_head:
+        rules += _dense(t + "head", j + "head")
+    if include_decoder:
+        w = int(model_cfg.decoder_width)
+        rules += [reshaped("mask_embedding", "decoder/mask_embedding", (1, 1, w), (w,)),
+                  same("decoder_pos_embed", "decoder/pos_embedding")]
+        rules += _dense("to_decoder_embedding", "decoder/embed")
+        for i in range(int(model_cfg.decoder_depth)):
+            rules += _block(f"decoder_blocks.{i}.", f"decoder/blocks/{i}/", _STMEM_BLOCK, w,
+                            int(model_cfg.decoder_num_heads), int(model_cfg.decoder_head_dim))
+        rules += _norm("decoder_norm", "decoder/norm") + _dense("decoder_head", "decoder/head")
+    return rules
+
+
+SIT_LAYOUTS = {"crema": crema_rules, "stmem": stmem_rules}
+
+
+def stmem_incompatibilities(model_cfg, *, include_decoder: bool) -> list[str]:
+    """Why a SiT config cannot be written as an ST-MEM checkpoint ([] = it can)."""
+    from crema_jax.models import pretrain, sit  # the numerics live there, not in the config
+
+    size, c, problems = _sizes(model_cfg), model_cfg, []
+    if sit.ENCODER_LN_EPS != 1e-5:
+        problems.append(f"encoder LayerNorm eps {sit.ENCODER_LN_EPS}, ST-MEM uses 1e-5")
+    if size["head_dim"] != 64:
+        problems.append(f"model.head_dim={size['head_dim']}: ST-MEM heads have 64 dims")
+    if c.mlp_ratio != 4:
+        problems.append(f"model.mlp_ratio={c.mlp_ratio}: ST-MEM's MLP is 4x wide")
+    if int(c.num_patches) != 30:
+        problems.append(f"model.num_patches={c.num_patches}: ST-MEM's position table is "
+                        f"(1, 32, D) for 30 patches per lead")
+    if int(c.num_lead_embeddings) != 12:
+        problems.append(f"model.num_lead_embeddings={c.num_lead_embeddings}: ST-MEM has 12")
+    if include_decoder:
+        got = (int(c.decoder_width), int(c.decoder_depth), int(c.decoder_num_heads),
+               int(c.decoder_head_dim), int(c.decoder_mlp_ratio))
+        if got != (256, 4, 4, 64, 4):
+            problems.append(f"decoder width/depth/heads/head_dim/mlp_ratio {got}: ST-MEM's "
+                            "decoder is (256, 4, 4, 64, 4)")
+        if pretrain.DECODER_NORM_EPS != 1e-6 or pretrain.DECODER_BLOCK_LN_EPS != 1e-5:
+            problems.append("decoder LayerNorm eps differ from ST-MEM's (norm 1e-6, blocks 1e-5)")
+    return problems
+
+
+def is_stacked(blocks: Mapping) -> bool:
+    """scan_layers params hold one Block with a leading layers axis instead of {0: ..., 1: ...}."""
+    return "attn" in blocks
+
+
+def unstack_blocks(params: Mapping) -> dict:
+    """Copy of `params` with every stacked `blocks` subtree split into {i: block_i}."""
+    out = {}
+    for key, value in params.items():
+        if key == "blocks" and isinstance(value, Mapping) and is_stacked(value):
+            depth = _leading_dim(value)
+            out[key] = {i: _index(value, i) for i in range(depth)}
+        elif isinstance(value, Mapping):
+            out[key] = unstack_blocks(value)
+        else:
+            out[key] = value
+    return out
+
+
+def _leading_dim(tree: Mapping) -> int:
+    for value in tree.values():
+        return _leading_dim(value) if isinstance(value, Mapping) else int(np.shape(value)[0])
+    raise ValueError("empty blocks subtree")
+
+
+def _index(tree: Mapping, i: int) -> dict:
+    return {k: _index(v, i) if isinstance(v, Mapping) else np.asarray(v)[i]
+            for k, v in tree.items()}
+
+
+def sit_prefix(params: Mapping) -> str:
+    """"encoder/" for PretrainModel params, "" for a bare SiT."""
+    return "encoder/" if "encoder" in params else ""
