@@ -30,7 +30,14 @@ def default_train_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 1        # metrics.jsonl / TensorBoard / progress line.
     c.stop_after_steps = 0       # > 0: leave the loop early (preemption drills); schedule unchanged.
     c.inject_nan_at_step = -1    # test hook: the loss at this step becomes NaN (>= 0 to enable).
+    c.debug_step_delay_seconds = 0.0  # test hook: sleep after each step (kill/preemption drills).
+    # > 0: train on this many in-memory synthetic ECGs instead of config.data (smoke tests,
+    # benchmarks); the rest of the Grain pipeline (crops, masks, views) is the real one.
+    c.synthetic_records = 0
     c.tensorboard = True
+    # Persistent XLA compilation cache (local path or gs://): restarts and repeated runs of the
+    # same step skip compilation. "" = off.
+    c.compilation_cache_dir = ""
     c.reconstruction_png = False  # after training, plot a held-back ECG and its reconstruction.
     # Multi-host: "auto" starts jax.distributed when a coordinator is given or a TPU pod is seen.
     c.distributed = "auto"

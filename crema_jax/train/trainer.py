@@ -1,0 +1,234 @@
+"""Pretraining, top to bottom: mesh -> input pipeline -> model and optimizer -> sharded state ->
+update step -> checkpoint restore -> train loop (metrics, NaN guard, checkpoints, preemption).
+
+The same code runs on one CPU, on 8 fake CPU devices, on several processes on localhost and on a
+TPU pod slice; only config.mesh and the process count change.
+"""
+from __future__ import annotations
+
+import signal
+import time
+
+import jax
+import numpy as np
+from absl import logging
+from etils import epath
+from flax import nnx
+
+from crema_jax.train import checkpoint as ckpt_lib
+from crema_jax.train import inputs as inputs_lib
+from crema_jax.train import mesh as mesh_lib
+from crema_jax.train import metrics as metrics_lib
+from crema_jax.train import optimizer as optim_lib
+from crema_jax.train import step as step_lib
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN/Inf; the message names the step and the last good checkpoint."""
+
+
+def build(config, *, devices=None):
+    """Everything the loop and the dry run share: mesh, rules, optimizer, shardings, jitted step."""
+    from crema_jax.losses import get_loss
+
+    # ============================================================================ set up the mesh
+    mesh = mesh_lib.make_mesh(config.mesh, devices)
+    rules = mesh_lib.logical_rules(mesh, config.mesh)
+    global_batch = int(config.data.batch_size) * jax.process_count()
+    if global_batch % mesh_lib.batch_divisor(mesh):
+        raise ValueError(f"config.data.batch_size={config.data.batch_size} x {jax.process_count()} "
+                         f"processes = {global_batch} ECGs must divide by the {mesh_lib.BATCH_AXES} "
+                         f"mesh axes ({mesh_lib.batch_divisor(mesh)} shards)")
+    # ============================================================ create model and optimizer
+    tx, schedule = optim_lib.make_optimizer(config.optim, global_batch=global_batch,
+                                            total_steps=int(config.train.num_steps))
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+        graphdef, abstract_params, abstract_fixed = step_lib.abstract_model_state(
+            config.model, mesh)
+        shardings = step_lib.state_shardings(tx, abstract_params, abstract_fixed, mesh)
+    # ================================================================ the update step (jit once)
+    replicated = mesh_lib.replicated(mesh)
+    jitted = step_lib.make_jitted_step(
+        shardings, mesh_lib.batch_sharding(mesh), replicated, graphdef=graphdef, tx=tx,
+        schedule=schedule, loss_fn=get_loss(config.loss),
+        grad_accum_steps=int(config.optim.grad_accum_steps),
+        inject_nan_at_step=int(config.train.inject_nan_at_step))
+    init = jax.jit(lambda key: step_lib.init_state(key, model_cfg=config.model, tx=tx),
+                   out_shardings=shardings)
+    return dict(mesh=mesh, rules=rules, tx=tx, schedule=schedule, graphdef=graphdef,
+                shardings=shardings, jitted=jitted, init=init, global_batch=global_batch,
+                replicated=replicated)
+
+
+def compile_step(parts, config, abstract_state):
+    """AOT-compile the step against abstract arrays (no data, no parameters allocated)."""
+    batch = mesh_lib.abstract_batch(inputs_lib.batch_spec(config.data), parts["mesh"])
+    rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=parts["replicated"])
+    with jax.set_mesh(parts["mesh"]), nnx.logical_axis_rules(parts["rules"]):
+        return parts["jitted"].lower(abstract_state, batch, rng).compile()
+
+
+def init_state(parts, rng):
+    """A fresh sharded state. The init program runs once, so XLA's backend optimisations only
+    cost compile time (seconds on CPU): compile it at level 0."""
+    lowered = parts["init"].lower(rng)
+    try:
+        compiled = lowered.compile(compiler_options={"xla_backend_optimization_level": 0})
+    except Exception:  # noqa: BLE001 - a backend without the option compiles normally.
+        compiled = lowered.compile()
+    return compiled(rng)
+
+
+def abstract_state(parts, config):
+    with jax.set_mesh(parts["mesh"]), nnx.logical_axis_rules(parts["rules"]):
+        shapes = jax.eval_shape(parts["init"], jax.random.key(0))
+    return step_lib.with_shardings(shapes, parts["shardings"])
+
+
+def dry_run(config, *, devices=None) -> dict:
+    """Lower and compile the step for the configured mesh; FLOPs and memory per device."""
+    parts = build(config, devices=devices)
+    compiled = compile_step(parts, config, abstract_state(parts, config))
+    flops = metrics_lib.compiled_flops_per_device(compiled)
+    return {"mesh": dict(parts["mesh"].shape), "global_batch": parts["global_batch"],
+            "flops_per_step_per_device": flops,
+            "flops_per_step": flops * parts["mesh"].size,
+            "memory_per_device": metrics_lib.memory_summary(compiled)}
+
+
+def train(config, workdir, *, devices=None, batch_iter=None) -> dict:
+    """Pretrains per `config` in `workdir`; returns {"losses": {step: loss}, "last_step", ...}.
+
+    `batch_iter` replaces the configured Grain pipeline (tests, benchmarks): any iterator of
+    per-process batches; it is checkpointed only if it has get_state/set_state.
+    """
+    workdir = epath.Path(workdir)
+    parts = build(config, devices=devices)
+    mesh, num_steps = parts["mesh"], int(config.train.num_steps)
+    logging.info("mesh %s, global batch %d", dict(mesh.shape), parts["global_batch"])
+
+    # ============================================================================ input pipeline
+    data_iter = inputs_lib.make_train_iterator(config) if batch_iter is None else batch_iter
+    grain_iter = data_iter if hasattr(data_iter, "get_state") else None
+
+    # ================================================================== shard and transfer
+    manager = ckpt_lib.make_manager(workdir, max_to_keep=int(config.checkpoint.max_to_keep),
+                                    async_save=bool(config.checkpoint.async_save))
+    base_rng = jax.device_put(jax.random.key(int(config.train.seed)), parts["replicated"])
+    target = abstract_state(parts, config)
+
+    # ============================================================================ load checkpoint
+    start = manager.latest_step() if config.checkpoint.resume else None
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(parts["rules"]):
+        if start is not None:
+            restored = ckpt_lib.restore_train_state(
+                manager, start,
+                abstract_params=step_lib.merge_trees(target["params"], target["fixed"]),
+                abstract_opt_state=target["opt_state"], data_iter=grain_iter)
+            state = {"params": step_lib.select_like(restored["params"], target["params"]),
+                     "fixed": step_lib.select_like(restored["params"], target["fixed"]),
+                     "opt_state": restored["opt_state"],
+                     "step": jax.device_put(np.int32(start), parts["replicated"])}
+            base_rng = restored["rng"]
+            metrics_lib.print_line(f"resumed from step {start} of {workdir}")
+        else:
+            start = 0
+            state = init_state(parts, base_rng)
+        compiled = compile_step(parts, config, target)
+
+    flops = metrics_lib.compiled_flops_per_device(compiled)
+    peak, peak_source = metrics_lib.peak_tflops_per_device(config.model.get("dtype", "float32"))
+    metrics_lib.print_line(
+        f"compiled train step: {flops * mesh.size / 1e9:.2f} GFLOP/step, peak "
+        f"{peak:.2f} TFLOP/s/device ({peak_source}), mesh {dict(mesh.shape)}")
+
+    def save(step: int) -> None:
+        ckpt_lib.save_train_state(
+            manager, step, params=step_lib.merge_trees(state["params"], state["fixed"]),
+            opt_state=state["opt_state"], rng=base_rng, config=config, data_iter=grain_iter)
+
+    # ============================================================================ train loop
+    writer = metrics_lib.MetricWriter(workdir, tensorboard=bool(config.train.tensorboard))
+    stop = _PreemptionWatch()
+    losses, step, last_saved = {}, start, start if start else None
+    stop_after = int(config.train.stop_after_steps)
+    delay = float(config.train.get("debug_step_delay_seconds", 0.0))
+    t_prev, ema = time.perf_counter(), None
+    try:
+        while step < num_steps:
+            local = next(data_iter)
+            batch = mesh_lib.global_batch(
+                {k: local[k] for k in step_lib.DEVICE_BATCH_KEYS if k in local}, mesh)
+            state, metrics = compiled(state, batch, base_rng)
+            metrics = jax.device_get(metrics)
+            step += 1
+            now = time.perf_counter()
+            dt, t_prev = now - t_prev, now
+            ema = dt if ema is None else 0.9 * ema + 0.1 * dt
+            loss = float(metrics["loss"])
+            if not np.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"loss became {loss} at step {step}; stopped without saving this state "
+                    f"(last good checkpoint: step {last_saved} in {ckpt_lib.checkpoints_dir(workdir)})")
+            losses[step] = loss
+            metrics = {k: float(v) for k, v in metrics.items()}
+            metrics.update(metrics_lib.perf_metrics(
+                step_seconds=dt, flops_per_device=flops, peak_tflops=peak,
+                global_batch=parts["global_batch"]))
+            if step % int(config.train.log_every_steps) == 0 or step == num_steps:
+                writer.write(step, metrics)
+                metrics_lib.print_line(metrics_lib.progress_line(
+                    step, num_steps, metrics, eta_seconds=ema * (num_steps - step)))
+            preempted = stop.requested(step)
+            early = stop_after and step - start >= stop_after
+            if (step % int(config.checkpoint.every_steps) == 0 or step == num_steps or preempted
+                    or early):
+                save(step)
+                last_saved = step
+            if preempted:
+                metrics_lib.print_line(f"SIGTERM: saved step {step}, exiting")
+                break
+            if early:
+                break
+            if delay:
+                time.sleep(delay)
+    finally:
+        manager.wait_until_finished()
+        manager.close()
+        writer.close()
+        stop.restore()
+        if hasattr(data_iter, "close"):
+            data_iter.close()
+    return {"losses": losses, "last_step": step, "state": state, "graphdef": parts["graphdef"],
+            "mesh": mesh, "flops_per_device": flops}
+
+
+class _PreemptionWatch:
+    """SIGTERM -> save and exit at a step every process agrees on.
+
+    One process: a signal handler sets a flag. Several: JAX's preemption sync point (the
+    coordination service sees the signal and picks one step for all processes).
+    """
+
+    def __init__(self):
+        self._flag = False
+        self._multi = jax.process_count() > 1
+        self._previous = None
+        if not self._multi:
+            try:
+                self._previous = signal.signal(signal.SIGTERM, self._handle)
+            except ValueError:  # Not the main thread (e.g. some notebook runners): no handler.
+                self._previous = None
+
+    def _handle(self, signum, frame):
+        self._flag = True
+
+    def requested(self, step: int) -> bool:
+        if self._multi:
+            from jax.experimental import multihost_utils
+            return bool(multihost_utils.reached_preemption_sync_point(step))
+        return self._flag
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
