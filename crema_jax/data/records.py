@@ -159,7 +159,8 @@ def _read_fast(base: pathlib.Path, header: wfdb_header.Header) -> np.ndarray:
     return out
 
 
-def _read_wfdb(base: pathlib.Path, header: wfdb_header.Header) -> np.ndarray:
+def _read_wfdb(base: pathlib.Path, header: wfdb_header.Header):
+    """(T, n_sig) physical values, lead names and units through wfdb.rdrecord."""
     try:
         record = wfdb.rdrecord(str(base), physical=True, m2s=True, smooth_frames=True)
     except Exception as err:  # wfdb raises ValueError, IndexError, OSError, struct.error, ...
@@ -170,7 +171,8 @@ def _read_wfdb(base: pathlib.Path, header: wfdb_header.Header) -> np.ndarray:
         got = 0 if signal is None else signal.shape[0]
         raise RecordError(base, "truncated_signal", f"record {base} is truncated: header "
                           f"announces {header.sig_len} samples, the signal files hold {got}")
-    return np.asarray(signal, np.float64)
+    signal = np.zeros((0, 0)) if signal is None else np.asarray(signal, np.float64)
+    return signal, list(record.sig_name or []), list(record.units or [])
 
 
 def _repair_nans(x: np.ndarray, present: np.ndarray, repairs: dict) -> None:
@@ -231,12 +233,11 @@ def read_record(path, *, target_fs: float | None = 250.0, derive_limb_leads: boo
         if spec.file_name != "~" and not (base.parent / spec.file_name).is_file():
             raise RecordError(base, "missing_signal_file", f"{base}.hea names signal file "
                               f"{base.parent / spec.file_name}, which does not exist")
-    raw = _read_fast(base, header) if _fast_path_ok(header) else _read_wfdb(base, header)
-    names = [s.name for s in header.signals] if header.signals else []
-    units = [s.units for s in header.signals] if header.signals else []
-    if not names:  # Multi-segment: names and units come from wfdb.
-        record_header = wfdb.rdheader(str(base), rd_segments=False)
-        names, units = list(record_header.sig_name or []), list(record_header.units or [])
+    if _fast_path_ok(header):
+        raw = _read_fast(base, header)
+        names, units = [s.name for s in header.signals], [s.units for s in header.signals]
+    else:
+        raw, names, units = _read_wfdb(base, header)
     if raw.shape[0] == 0:
         raise RecordError(base, "no_signal", f"record {base} holds no samples")
 

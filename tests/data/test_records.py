@@ -266,3 +266,17 @@ def test_files_never_modified(cinc_sample_dir, tmp_path):
         except records.RecordError:
             pass
     assert snapshot() == before
+
+
+def test_multi_segment_record_through_wfdb(tmp_path):
+    names = CANONICAL[:6] + ["V1", "V2", "V3", "V4", "V5", "V6"]
+    signal = np.random.default_rng(9).normal(0.0, 0.4, (12, 3000))
+    for k in range(2):
+        wfdb.wrsamp(f"seg{k}", fs=500, units=["mV"] * 12, sig_name=names,
+                    p_signal=signal[:, k * 1500:(k + 1) * 1500].T, fmt=["16"] * 12,
+                    adc_gain=[1000.0] * 12, baseline=[0] * 12, write_dir=str(tmp_path))
+    (tmp_path / "multi.hea").write_text("multi/2 12 500 3000\nseg0 1500\nseg1 1500\n"
+                                        "# Dx: 164889003\n")
+    ecg = records.read_record(tmp_path / "multi", target_fs=None, derive_limb_leads=False)
+    np.testing.assert_allclose(ecg.signal, signal, atol=0.5e-3 + 1e-6)  # One ADC step.
+    assert ecg.meta["labels"] == ("164889003",) and ecg.lead_present.all()
