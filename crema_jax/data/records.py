@@ -2,9 +2,13 @@
 
 `read_record(path)` accepts any record `wfdb` can read (.hea + .mat/.dat). Single-segment records
 in the common sample formats (16, 61, 80, 160, 24, 32, 212; one sample per frame, no skew) are
-decoded here with numpy after a strict header parse (`wfdb_header`), ~50x faster than
-`wfdb.rdrecord`; everything else (multi-segment records, formats 8/310/311/FLAC, oversampled or
-skewed signals) goes through `wfdb.rdrecord(physical=True)`. Files are opened read-only.
+decoded here with numpy after a strict header parse (`wfdb_header`): 4-9x faster than
+`wfdb.rdrecord`, whose pandas-based header parsing alone costs ~5 ms. Everything else
+(multi-segment records, formats 8/310/311/FLAC, oversampled or skewed signals) goes through
+`wfdb.rdrecord(physical=True)`. Files are opened read-only. Physical value = (digital -
+baseline) / gain in the header's units, then converted to mV. Resampling: scipy's
+`resample_poly` with up/down = Fraction(target_fs / fs).limit_denominator(1000); `Ecg.fs` is the
+exact resulting rate.
 
 REPAIRED (the record is kept; counts land in `Ecg.repairs`):
 - lead names differ in case or use an alias ("LEAD I", "DI", "avr", "C1"; see `leads.py`)
@@ -22,10 +26,12 @@ REPAIRED (the record is kept; counts land in `Ecg.repairs`):
 - units uV/µV/V/nV -> converted to mV; a missing units field means mV (the WFDB default).
 - any sampling rate in `fs_range` -> polyphase resampling to `target_fs`.
 
-SKIPPED (RecordError with `.reason`):
-  missing_header, header_syntax, missing_signal_file, truncated_signal, unreadable,
-  bad_sampling_rate (fs absent or outside `fs_range`), bad_units (a lead in e.g. mmHg),
-  no_signal (no usable lead left), too_short (fewer than `min_seconds` at the output rate).
+SKIPPED (RecordError with `.reason`; the message names the file and what was expected):
+  missing_header, header_syntax (any field that does not parse), missing_signal_file,
+  truncated_signal (a signal file holding fewer bytes / samples than the header announces),
+  unreadable (any other wfdb failure, for records on the wfdb path), bad_sampling_rate (fs
+  absent or outside `fs_range`), bad_units (a lead in e.g. mmHg), no_signal (no usable lead
+  left), too_short (fewer than `min_seconds` at the output rate).
 """
 from __future__ import annotations
 
