@@ -12,6 +12,7 @@ C = 1 / (l2 * n_train), which the tests use as the independent reference.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -45,28 +46,42 @@ def _logits(params, x):
     return x @ params["kernel"] + params["bias"]
 
 
-def data_loss(logits, labels, label_type: str):
-    """Mean loss per record: BCE summed over classes (multilabel) or softmax CE (multiclass)."""
+def _np_data_loss(logits: np.ndarray, labels: np.ndarray, label_type: str) -> float:
+    """Validation loss in numpy (no per-shape compiles): mean CE or summed-over-classes BCE."""
+    logits = np.asarray(logits, np.float64)
     if label_type == "multiclass":
-        return jnp.mean(optax.softmax_cross_entropy(logits, labels))
-    return jnp.mean(jnp.sum(optax.sigmoid_binary_cross_entropy(logits, labels), axis=-1))
+        shifted = logits - logits.max(-1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+        return float(-np.mean(np.sum(labels * log_probs, -1)))
+    per = np.maximum(logits, 0) - logits * labels + np.log1p(np.exp(-np.abs(logits)))
+    return float(np.mean(per.sum(-1)))
 
 
 def probabilities(logits, label_type: str) -> np.ndarray:
-    logits = jnp.asarray(logits)
-    probs = jax.nn.softmax(logits, -1) if label_type == "multiclass" else jax.nn.sigmoid(logits)
-    return np.asarray(probs)
+    """Sigmoid (multilabel) or softmax (multiclass) probabilities, in numpy."""
+    logits = np.asarray(logits, np.float64)
+    if label_type == "multiclass":
+        e = np.exp(logits - logits.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+    return 0.5 * (1.0 + np.tanh(0.5 * logits))  # overflow-free sigmoid
 
 
-def _objective(params, x, y, l2, label_type):
-    return data_loss(_logits(params, x), y, label_type) + 0.5 * l2 * jnp.sum(params["kernel"] ** 2)
+def _objective(params, x, y, w, l2, label_type):
+    """Weighted mean data loss (w = 0 on padding rows) + l2/2 ||W||^2."""
+    logits = _logits(params, x)
+    if label_type == "multiclass":
+        per_row = optax.softmax_cross_entropy(logits, y)
+    else:
+        per_row = jnp.sum(optax.sigmoid_binary_cross_entropy(logits, y), axis=-1)
+    data = jnp.sum(w * per_row) / jnp.sum(w)
+    return data + 0.5 * l2 * jnp.sum(params["kernel"] ** 2)
 
 
-def _fit_one(x, y, l2, *, label_type: str, optimizer: str, steps: int, learning_rate: float):
+def _fit_one(x, y, w, l2, *, label_type: str, optimizer: str, steps: int, learning_rate: float):
     """Minimise the objective from zero weights for a fixed number of full-batch steps."""
     params = {"kernel": jnp.zeros((x.shape[1], y.shape[1]), jnp.float32),
               "bias": jnp.zeros((y.shape[1],), jnp.float32)}
-    value_fn = lambda p: _objective(p, x, y, l2, label_type)  # noqa: E731
+    value_fn = lambda p: _objective(p, x, y, w, l2, label_type)  # noqa: E731
     if optimizer == "lbfgs":
         tx = optax.lbfgs()
         value_and_grad = optax.value_and_grad_from_state(value_fn)
@@ -88,6 +103,20 @@ def _fit_one(x, y, l2, *, label_type: str, optimizer: str, steps: int, learning_
     return params
 
 
+@functools.partial(jax.jit, static_argnames=("label_type", "optimizer", "steps"))
+def _fit_grid(x, y, w, l2s, learning_rate, *, label_type, optimizer, steps):
+    """All L2 values at once. Jitted at module level so one compile serves every protocol run
+    with the same padded shapes."""
+    return jax.vmap(lambda l2: _fit_one(x, y, w, l2, label_type=label_type, optimizer=optimizer,
+                                        steps=steps, learning_rate=learning_rate))(l2s)
+
+
+def _bucket(n: int) -> int:
+    """Rows padded to a power of two (>= 64): label fractions and per-source heads then share
+    compiled shapes instead of compiling once per training-set size."""
+    return max(64, 1 << (int(n) - 1).bit_length())
+
+
 OPTIMIZERS = ("lbfgs", "adam")
 
 
@@ -100,22 +129,22 @@ def fit_linear_probe(x_train, y_train, x_val, y_val, *, label_type: str = "multi
     if label_type not in ("multilabel", "multiclass"):
         raise ValueError(f"label_type={label_type!r}: expected 'multilabel' or 'multiclass'")
     mean, std = standardiser(x_train)
-    xt = jnp.asarray((np.asarray(x_train) - mean) / std, jnp.float32)
-    xv = jnp.asarray((np.asarray(x_val) - mean) / std, jnp.float32)
-    yt = jnp.asarray(y_train, jnp.float32)
-    l2s = jnp.asarray(l2_grid, jnp.float32)
-    fit = jax.jit(jax.vmap(
-        lambda l2: _fit_one(xt, yt, l2, label_type=label_type, optimizer=optimizer, steps=steps,
-                            learning_rate=learning_rate)))
-    all_params = jax.device_get(fit(l2s))
+    n = len(x_train)
+    pad = _bucket(n) - n
+    xt = np.pad((np.asarray(x_train, np.float32) - mean) / std, ((0, pad), (0, 0)))
+    yt = np.pad(np.asarray(y_train, np.float32), ((0, pad), (0, 0)))
+    w = np.r_[np.ones(n, np.float32), np.zeros(pad, np.float32)]
+    xv = (np.asarray(x_val, np.float32) - mean) / std
+    all_params = jax.device_get(_fit_grid(
+        jnp.asarray(xt), jnp.asarray(yt), jnp.asarray(w), jnp.asarray(l2_grid, jnp.float32),
+        jnp.float32(learning_rate), label_type=label_type, optimizer=optimizer, steps=steps))
     val_logits = np.einsum("nd,gdc->gnc", np.asarray(xv), all_params["kernel"]) \
         + all_params["bias"][:, None, :]
     by_l2, best, best_key = {}, None, None
     for g, l2 in enumerate(l2_grid):
         probs = probabilities(val_logits[g], label_type)
         auroc = metrics.macro_auroc(np.asarray(y_val), probs)
-        loss = float(data_loss(jnp.asarray(val_logits[g]), jnp.asarray(y_val, jnp.float32),
-                               label_type))
+        loss = _np_data_loss(val_logits[g], np.asarray(y_val), label_type)
         by_l2[float(l2)] = None if np.isnan(auroc) else float(auroc)
         # Higher AUROC wins; lower validation loss breaks ties and the all-undefined case.
         key = (-np.inf if np.isnan(auroc) else round(auroc, 9), -loss)

@@ -52,7 +52,8 @@ def test_l2_grid_selection_uses_validation_auroc():
     noisy = lambda x: (x @ w + 3 * rng.normal(size=(len(x), 2)) > 0).astype(np.float32)  # noqa
     y_train, y_val = noisy(x_train), noisy(x_val)
     grid = (1e-6, 1.0)
-    probe = linear_probe.fit_linear_probe(x_train, y_train, x_val, y_val, l2_grid=grid, steps=60)
+    probe = linear_probe.fit_linear_probe(x_train, y_train, x_val, y_val, l2_grid=grid,
+                                          optimizer="adam", steps=300, learning_rate=0.05)
     assert set(probe.val_auroc_by_l2) == set(grid)
     best = max(grid, key=lambda g: probe.val_auroc_by_l2[g])
     assert probe.l2 == best
@@ -67,5 +68,5 @@ def test_constant_features_do_not_produce_nan():
     x = np.ones((20, 3), np.float32)
     x[:, 0] = np.arange(20)
     y = (np.arange(20) > 9).astype(np.float32)[:, None]
-    probe = linear_probe.fit_linear_probe(x, y, x, y, l2_grid=(1e-3,), steps=30)
+    probe = linear_probe.fit_linear_probe(x, y, x, y, l2_grid=(1e-3,), optimizer="adam", steps=30)
     assert np.all(np.isfinite(linear_probe.predict_proba(probe, x)))

@@ -1,0 +1,157 @@
+"""Flags and set-up shared by `crema-jax probe` and `crema-jax finetune`.
+
+Defined once here (imported by both CLI modules), so importing both in one process never defines
+a flag twice. Everything below the flags is plain functions of explicit arguments.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import numpy as np
+from absl import flags, logging
+
+from crema_jax.evaluate import protocols
+
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "Checkpoint workdir/step dir (written by `crema-jax pretrain` or "
+    "`import-torch`), or 'random' for a freshly initialised backbone (baseline).")
+_BACKBONE = flags.DEFINE_enum("backbone", "sit", ["sit", "net1d"],
+                              "sit: the SiT encoder; net1d: ECGFounder's Net1D.")
+_MODEL_SIZE = flags.DEFINE_string("model_size", "tiny",
+                                  "SiT size for --checkpoint=random (tiny/small/base/large).")
+_LAYOUT = flags.DEFINE_string("layout", "wfdb_folder", "Dataset layout (wfdb_folder|ptbxl|manifest).")
+_ROOT = flags.DEFINE_string("root", None, "Dataset folder (or manifest CSV).")
+_LABEL_SET = flags.DEFINE_string("label_set", "superclass", "ptbxl layout: label set.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder: report.json, report.md, PNGs.")
+_LABEL_TYPE = flags.DEFINE_enum("label_type", "auto", ["auto", "multilabel", "multiclass"],
+                                "Loss/probabilities: BCE per class or softmax; auto = multiclass "
+                                "when every record has exactly one class.")
+_MIN_POSITIVES = flags.DEFINE_integer("min_positives", 1, "Keep classes with at least this many "
+                                      "positives in the training split.")
+_SPLIT_FRACTIONS = flags.DEFINE_list(
+    "split_fractions", [], "train,val,test fractions for a seeded per-source re-split (default: "
+    "the layout's splits). Small datasets need it so every split has records.")
+_LABEL_FRACTIONS = flags.DEFINE_list("label_fractions", ["1.0"],
+                                     "Fractions of the training labels, e.g. 0.01,0.1,1.0.")
+_LEAD_SETS = flags.DEFINE_list("lead_sets", ["12"], "Lead sets: 12, limb6, I, or '+'-joined "
+                               "lead names (the same weights see fewer leads).")
+_CROSS_DOMAIN = flags.DEFINE_bool("cross_domain", False, "Also train on each source and test "
+                                  "in-domain and on every other source.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Records per batch (rounded up to a multiple "
+                                   "of the device count).")
+_NUM_WORKERS = flags.DEFINE_integer("num_workers", 0, "Grain worker processes reading records.")
+_BOOTSTRAP = flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for the 95% CI.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of splits, label fractions, init and bootstrap.")
+
+
+@dataclasses.dataclass
+class Dataset:
+    infos: list
+    splits: np.ndarray          # (n,) "train"/"val"/"test" per record
+    sources: np.ndarray         # (n,) source per record
+    classes: list[str]
+    labels: np.ndarray          # (n, C) multi-hot
+    label_type: str
+
+
+def require(name: str, value):
+    if value in (None, ""):
+        raise ValueError(f"--{name} is required")
+    return value
+
+
+def load_dataset(layout: str, root: str, *, label_set: str, split_fractions, min_positives: int,
+                 label_type: str, seed: int) -> Dataset:
+    """The layout's index, (re-)split, restricted to classes with enough training positives."""
+    from crema_jax.data import layouts
+    options = {"label_set": label_set} if layout == "ptbxl" else {}
+    index = layouts.build_index(layout, root, **options)
+    infos = list(index.records)
+    if split_fractions:
+        splits = protocols.resplit(infos, [float(f) for f in split_fractions], seed=seed)
+    else:
+        splits = [info.split for info in infos]
+    splits = np.asarray(splits)
+    classes = protocols.select_classes(infos, index.label_names, splits,
+                                       min_positives=min_positives)
+    if not classes:
+        raise ValueError(f"no class has >= {min_positives} training positives in {root} "
+                         f"(--min_positives); {len(index.label_names)} classes in the layout")
+    labels = protocols.label_matrix(infos, classes)
+    if label_type == "auto":
+        label_type = protocols.infer_label_type(labels)
+    if label_type == "multiclass":  # softmax targets need exactly one class per record
+        keep = labels.sum(1) == 1
+        dropped = int((~keep).sum())
+        if dropped:
+            logging.warning("multiclass: leaving out %d records without exactly one class", dropped)
+        infos = [info for info, k in zip(infos, keep) if k]
+        splits, labels = splits[keep], labels[keep]
+    for split in protocols.SPLITS:
+        if not np.any(splits == split):
+            raise ValueError(f"the {split!r} split of {root} is empty; pass --split_fractions="
+                             "0.6,0.2,0.2 (a seeded re-split per source)")
+    return Dataset(infos, splits, np.asarray([info.source for info in infos]), classes, labels,
+                   label_type)
+
+
+def eval_data_config(backbone, lead_names, *, batch_size: int, num_workers: int):
+    """The checkpoint's data section (same preprocessing as pretraining) set up for evaluation."""
+    from crema_jax.data.config import default_data_config
+    from crema_jax.data.preprocess import PRESETS
+    base = backbone.config.get("data") if hasattr(backbone.config, "get") else None
+    cfg = default_data_config()
+    if base is not None:
+        cfg.update_from_flattened_dict(
+            {k: v for k, v in base.to_dict().items() if k in cfg and not isinstance(v, dict)})
+        if base.get("preprocess") is not None:
+            cfg.preprocess = base.preprocess
+        if base.get("augment") is not None:
+            cfg.augment = base.augment
+    if backbone.name == "net1d":  # ECGFounder sees the whole 10 s record at its own rate
+        model = backbone.config.model
+        cfg.target_fs = float(model.get("sample_rate", 500))
+        cfg.crop_samples = int(model.get("num_samples", 5000))
+        cfg.patch_size = cfg.crop_samples // 50
+        cfg.eval_crop_offsets = (0,)
+        if base is None:
+            cfg.preprocess = PRESETS["ecgfounder"]()
+    cfg.leads = tuple(lead_names)
+    cfg.batch_size = int(batch_size)
+    cfg.num_workers = int(num_workers)
+    cfg.split = ""
+    cfg.cache_dir = ""
+    cfg.strict = False
+    return cfg
+
+
+def make_source(dataset: Dataset, data_cfg, rows=None):
+    """A WFDB source over dataset records (all, or `rows`); its "index" is the row position."""
+    from crema_jax.data.sources import WfdbSource
+    from crema_jax.data.pipeline import preprocess_settings
+    infos = dataset.infos if rows is None else [dataset.infos[i] for i in rows]
+    return WfdbSource(infos, dataset.classes, target_fs=data_cfg.target_fs,
+                      preprocess_cfg=preprocess_settings(data_cfg),
+                      derive_limb_leads=data_cfg.derive_limb_leads)
+
+
+def flag_values() -> dict:
+    """The shared flags as keyword arguments (for the report's settings)."""
+    return {
+        "checkpoint": require("checkpoint", _CHECKPOINT.value), "backbone": _BACKBONE.value,
+        "model_size": _MODEL_SIZE.value, "layout": _LAYOUT.value,
+        "root": require("root", _ROOT.value), "label_set": _LABEL_SET.value,
+        "workdir": require("workdir", _WORKDIR.value), "label_type": _LABEL_TYPE.value,
+        "min_positives": _MIN_POSITIVES.value, "split_fractions": list(_SPLIT_FRACTIONS.value),
+        "label_fractions": [float(f) for f in _LABEL_FRACTIONS.value],
+        "lead_sets": list(_LEAD_SETS.value), "cross_domain": _CROSS_DOMAIN.value,
+        "batch_size": _BATCH_SIZE.value, "num_workers": _NUM_WORKERS.value,
+        "bootstrap": _BOOTSTRAP.value, "seed": _SEED.value,
+    }
+
+
+def workdir_path(workdir: str) -> pathlib.Path:
+    path = pathlib.Path(workdir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
