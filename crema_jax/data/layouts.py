@@ -211,6 +211,8 @@ def ptbxl(root, *, label_set: str = "superclass", sampling_rate: int = 500,
         raise ValueError(f"ptbxl label_set must be one of {PTBXL_LABEL_SETS}, got {label_set!r}")
     if sampling_rate not in (100, 500):
         raise ValueError(f"ptbxl sampling_rate must be 100 or 500, got {sampling_rate}")
+    if source not in ("ptbxl", "site"):
+        raise ValueError(f"ptbxl source must be 'ptbxl' or 'site', got {source!r}")
     database, scp = root / "ptbxl_database.csv", root / "scp_statements.csv"
     for path in (database, scp):
         if not path.is_file():

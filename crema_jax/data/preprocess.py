@@ -177,9 +177,11 @@ def normalise(x: np.ndarray, mode: str, *, lead_present: np.ndarray | None = Non
     return out
 
 
-def preprocess(signal: np.ndarray, fs: float, cfg: ml_collections.ConfigDict,
+def preprocess(signal: np.ndarray, fs: float, cfg: ml_collections.ConfigDict | dict,
                lead_present: np.ndarray | None = None) -> np.ndarray:
     """Applies the configured steps to a (leads, T) signal; returns float32 of the same shape."""
+    if not isinstance(cfg, ml_collections.ConfigDict):  # e.g. the plain dict stored in a cache.
+        cfg = ml_collections.ConfigDict(dict(cfg))
     x = np.asarray(signal, np.float64)
     if cfg.notch_hz is not None:
         x = notch(x, fs, freq_hz=cfg.notch_hz, q=cfg.notch_q)

@@ -149,6 +149,8 @@ def test_ptbxl_splits_paths_and_meta(ptbxl_root):
     assert ecg.fs == 100.0 and ecg.signal.shape == (12, 1000) and ecg.lead_present.all()
     with pytest.raises(ValueError, match="label_set"):
         layouts.ptbxl(ptbxl_root, label_set="diag")
+    with pytest.raises(ValueError, match="source"):
+        layouts.ptbxl(ptbxl_root, source="device")
     with pytest.raises(FileNotFoundError, match="ptbxl_database.csv"):
         layouts.ptbxl(ptbxl_root / "records100")
 

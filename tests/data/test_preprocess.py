@@ -178,3 +178,10 @@ def test_absent_leads_stay_zero():
     out = preprocess.preprocess(x, FS, preprocess.default_preprocess_config(), lead_present=present)
     assert not out[~present].any()
     assert abs(out[present].mean()) < 1e-6 and abs(out[present].std() - 1.0) < 1e-5
+
+
+def test_plain_dict_config_gives_the_same_result():
+    x = np.random.default_rng(8).normal(size=(12, 1000))
+    cfg = preprocess.PRESETS["ecgfounder"]()
+    np.testing.assert_array_equal(preprocess.preprocess(x, 500.0, cfg.to_dict()),
+                                  preprocess.preprocess(x, 500.0, cfg))
