@@ -26,18 +26,27 @@ from absl import flags
 from crema_jax.data import cache
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("layout", "wfdb_folder", "dataset layout (a key of layouts.LAYOUTS)")
-flags.DEFINE_string("root", None, "dataset folder read by the layout")
-flags.DEFINE_string("out", None, "output folder of the cache (created; reused to resume)")
-flags.DEFINE_integer("workers", 2, "worker processes (1 = in this process)")
-flags.DEFINE_bool("strict", False, "stop with an error at the first bad record")
-flags.DEFINE_float("target_fs", 250.0, "sampling rate of the cached signals, Hz")
-flags.DEFINE_string("preprocess", "stmem", "preprocessing preset (preprocess.PRESETS key)")
-flags.DEFINE_integer("records_per_shard", 1024, "records per ArrayRecord shard")
-flags.DEFINE_enum("dtype", "int16", sorted(cache.DTYPE_CODES), "stored sample type (cache.py)")
-flags.DEFINE_integer("stop_after_shards", 0,
-                     "stop after this many newly written shards, exit 3, as if interrupted "
-                     "(0 = never; for testing resumption)")
+
+
+def _define(definer, name, *args):
+    """Define a flag unless another imported CLI module already did (tests import several)."""
+    if name not in FLAGS:
+        definer(name, *args)
+
+
+_define(flags.DEFINE_string, "layout", "wfdb_folder", "dataset layout (layouts.LAYOUTS key)")
+_define(flags.DEFINE_string, "root", None, "dataset folder read by the layout")
+_define(flags.DEFINE_string, "out", None, "output folder of the cache (created; reused to resume)")
+_define(flags.DEFINE_integer, "workers", 2, "worker processes (1 = in this process)")
+_define(flags.DEFINE_bool, "strict", False, "stop with an error at the first bad record")
+_define(flags.DEFINE_float, "target_fs", 250.0, "sampling rate of the cached signals, Hz")
+_define(flags.DEFINE_string, "preprocess", "stmem", "preprocessing preset (preprocess.PRESETS)")
+_define(flags.DEFINE_integer, "records_per_shard", 1024, "records per ArrayRecord shard")
+_define(flags.DEFINE_enum, "dtype", "int16", sorted(cache.DTYPE_CODES),
+        "stored sample type (see cache.py for why int16)")
+_define(flags.DEFINE_integer, "stop_after_shards", 0,
+        "stop after this many newly written shards, exit 3, as if interrupted "
+        "(0 = never; for testing resumption)")
 
 
 def _settings(index, preprocess_cfg) -> dict:

@@ -1,0 +1,79 @@
+"""`crema-jax prepare` as a user runs it: workers, interruption + resume, skips, --strict."""
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.data import broken_records
+
+CLI = [os.path.join(os.path.dirname(sys.executable), "crema-jax"), "prepare"]
+
+
+def _prepare(*args):
+    return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=300)
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(pathlib.Path(folder).iterdir())}
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, cinc_sample_dir):
+    common = [f"--root={cinc_sample_dir}", "--records_per_shard=8"]
+    full = _prepare(*common, f"--out={tmp_path / 'a'}", "--workers=2")
+    assert full.returncode == 0, full.stderr
+    assert full.stdout.strip().splitlines()[-1] == "prepared 50 records, skipped 0"
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary == {"records_written": 50, "skipped": {}}
+    shards = sorted(p.name for p in (tmp_path / "a").glob("shard-*.arrayrecord"))
+    assert shards == [f"shard-{i:05d}-of-00007.arrayrecord" for i in range(7)]
+
+    out_b = tmp_path / "b"
+    stopped = _prepare(*common, f"--out={out_b}", "--workers=1", "--stop_after_shards=2")
+    assert stopped.returncode == 3, stopped.stderr
+    assert len(list(out_b.glob("shard-*.json"))) == 2 and not (out_b / "index.json").exists()
+    # A crash mid-shard leaves a temporary file behind; the restart must overwrite it.
+    (out_b / "shard-00004-of-00007.arrayrecord.tmp").write_bytes(b"half a shard")
+    resumed = _prepare(*common, f"--out={out_b}", "--workers=1")  # Worker count is irrelevant.
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.strip().splitlines()[-1] == "prepared 50 records, skipped 0"
+    assert _files(tmp_path / "a") == _files(out_b)  # Byte-identical, names included (no .tmp).
+
+    changed = _prepare(*common, f"--out={out_b}", "--target_fs=100")
+    assert changed.returncode != 0 and "target_fs" in changed.stderr
+
+
+def _strict_folder(tmp_path, cinc_sample_dir):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for name in ("E07500", "E07501"):
+        for ext in (".hea", ".mat"):
+            shutil.copy(cinc_sample_dir / (name + ext), folder / (name + ext))
+    broken = broken_records.make_broken_records(tmp_path / "broken")
+    bad = pathlib.Path(broken["truncated_mat"])
+    for ext in (".hea", ".mat"):
+        shutil.copy(bad.with_suffix(ext), folder / (bad.name + ext))
+    return folder, folder / bad.name
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_bad_record_skipped_or_fatal_with_strict(tmp_path, cinc_sample_dir, strict):
+    folder, bad = _strict_folder(tmp_path, cinc_sample_dir)
+    flags = [f"--root={folder}", f"--out={tmp_path / 'out'}", "--workers=1"]
+    result = _prepare(*flags, *(["--strict"] if strict else []))
+    if strict:
+        assert result.returncode != 0
+        assert str(bad) in result.stderr and "truncated" in result.stderr
+        return
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] == "prepared 2 records, skipped 1"
+    assert any(line.split() == ["truncated_signal", "1"] for line in lines)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["records_written"] == 2
+    assert summary["skipped"]["truncated_signal"]["count"] == 1
+    assert [os.path.splitext(p)[0] for p in summary["skipped"]["truncated_signal"]["paths"]] == [
+        str(bad)]
