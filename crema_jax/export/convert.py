@@ -120,7 +120,8 @@ def jax_to_torch(params: Mapping, rules: list[Rule], *, layout: str,
     out = {}
     for r in rules:
         tensors = r.to_torch(*(flat[p] for p in r.jax_paths))
-        out.update((k, np.ascontiguousarray(t)) for k, t in zip(r.torch_keys, tensors))
+        # np.array, not ascontiguousarray: that would turn 0-d scalars (logit_scale) into (1,).
+        out.update((k, np.array(t, order="C")) for k, t in zip(r.torch_keys, tensors))
     return out
 
 

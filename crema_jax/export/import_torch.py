@@ -151,7 +151,7 @@ def import_weights(path: str, fmt: str, *, seed: int = 0):
     params, kept = convert.torch_to_jax(sd, rules, template, path=path, layout=fmt,
                                         ignored=ignored)
     if kept:  # parts the file does not hold: initialise them, then overlay the file's tensors
-        fresh = convert.flatten(model_io.init_params(cfg, seed))
+        fresh = model_io.init_params(cfg, seed, only=kept)
         flat = convert.flatten(params)
         flat.update({p: fresh[p] for p in kept})
         params = convert.unflatten_like(flat, template)

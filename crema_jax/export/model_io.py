@@ -25,10 +25,18 @@ def abstract_params(model_cfg) -> dict:
     return nnx.to_pure_dict(nnx.state(model, _NOT_RNG))
 
 
-def init_params(model_cfg, seed: int = 0) -> dict:
-    """Freshly initialised params as numpy arrays (one jitted init: one compile, not one/layer)."""
+def init_params(model_cfg, seed: int = 0, *, only: list[str] | None = None) -> dict:
+    """Freshly initialised params as numpy arrays: nested, or {path: array} for the "a/b/0/c"
+    paths in `only` (XLA then compiles just those initialisers). One jitted init: one compile,
+    not one per layer as in eager mode."""
+    from crema_jax.export.convert import flatten
+
     def init(key):
-        return nnx.to_pure_dict(nnx.state(build(model_cfg, nnx.Rngs(key)), _NOT_RNG))
+        tree = nnx.to_pure_dict(nnx.state(build(model_cfg, nnx.Rngs(key)), _NOT_RNG))
+        if only is None:
+            return tree
+        flat = flatten(tree)
+        return {p: flat[p] for p in only}
     return jax.tree.map(np.asarray, jax.jit(init)(jax.random.key(seed)))
 
 

@@ -1,0 +1,137 @@
+"""`crema-jax export-torch --checkpoint=DIR --out=FILE [--layout=crema|stmem|ecgfounder]
+[--include_decoder]`: a checkpoint's weights as a PyTorch state_dict, plus FILE.json (config).
+
+- FILE.safetensors: flat keys, metadata {"format": "pt", "crema_model_config": JSON}.
+- FILE.pth (stmem, ecgfounder): torch.save of plain tensors and numbers, loadable with
+  torch.load(weights_only=True): ST-MEM's {'model': state_dict, 'epoch', 'config'} wrapping, or
+  ECGFounder's {'state_dict': ..., 'epoch'}.
+Layouts: crema (crema_jax/export/torch_sit.py loads it), stmem (ST-MEM's keys; configs ST-MEM
+cannot express are refused with the reason), ecgfounder (Net1D checkpoints; default for them).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import numpy as np
+import safetensors.numpy
+
+from crema_jax.export import cli, convert, model_io, safe_load, sit_layouts
+
+cli.string("checkpoint", None, "workdir, checkpoints dir or step dir to read")
+cli.string("out", None, "output: export-torch: FILE.safetensors or FILE.pth")
+cli.enum("layout", None, ["crema", "stmem", "ecgfounder"],
+         "export-torch key layout (default: crema for SiT, ecgfounder for Net1D)")
+cli.boolean("include_decoder", False, "export-torch: also write the MAE decoder (pretraining model)")
+
+
+class ExportError(ValueError):
+    """A checkpoint that cannot be written in the requested layout; the message says why."""
+
+
+def resolved_model_config(model_cfg) -> dict:
+    """The model config as a dict with the size entry resolved (width/depth/heads/head_dim)."""
+    out = model_cfg.to_dict()
+    if out.get("name", "sit") != "net1d":
+        from crema_jax.models import resolve_size
+        out.update(resolve_size(model_cfg))
+    return out
+
+
+def build_state_dict(params, model_cfg, *, layout: str, include_decoder: bool
+                     ) -> dict[str, np.ndarray]:
+    """The torch state_dict (numpy arrays) of `params` in `layout`; raises ExportError."""
+    if model_cfg.get("name", "sit") == "net1d":
+        if layout != "ecgfounder":
+            raise ExportError(f"a Net1D checkpoint exports only as --layout=ecgfounder, not {layout}")
+        sd = convert.jax_to_torch(params, convert.ecgfounder_rules(model_cfg), layout=layout)
+        return {**sd, **convert.ecgfounder_unused_batchnorm(model_cfg)}
+    if layout not in sit_layouts.SIT_LAYOUTS:
+        raise ExportError(f"a SiT checkpoint exports as --layout=crema or stmem, not {layout}")
+    params = sit_layouts.unstack_blocks(params)
+    prefix = sit_layouts.sit_prefix(params)
+    if include_decoder and "decoder" not in params:
+        raise ExportError("--include_decoder: this checkpoint holds an encoder only (no decoder)")
+    if layout == "stmem":
+        problems = sit_layouts.stmem_incompatibilities(model_cfg, include_decoder=include_decoder)
+        if problems:
+            raise ExportError("this model cannot be written as an ST-MEM checkpoint:\n  "
+                              + "\n  ".join(problems))
+    encoder = params.get("encoder", params)
+    rules = sit_layouts.SIT_LAYOUTS[layout](
+        model_cfg, jax_prefix=prefix, include_head="head" in encoder,
+        include_decoder=include_decoder)
+    # ST-MEM's full file has no projection head or SigLIP scalars: those stay behind.
+    unused = sit_layouts.PRETRAIN_ONLY if not include_decoder else (
+        ("projector/", "logit_scale", "logit_bias") if layout == "stmem" else ())
+    return convert.jax_to_torch(params, rules, layout=layout, allow_unused=unused)
+
+
+def _atomic(out: str, write) -> None:
+    """write(tmp_path) then rename: a crash never leaves a half-written FILE behind."""
+    directory = os.path.dirname(os.path.abspath(out))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-export-")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_files(state_dict, out: str, *, layout: str, model_config: dict, full_config: dict,
+                step: int, include_decoder: bool) -> tuple[str, str]:
+    """Writes FILE (.safetensors or .pth) and FILE.json; returns both paths."""
+    info = {"layout": layout, "include_decoder": include_decoder, "step": step,
+            "num_keys": len(state_dict), "model": model_config, "config": full_config}
+    if out.endswith(".safetensors"):
+        meta = {"format": "pt", "crema_model_config": json.dumps(model_config)}
+        _atomic(out, lambda p: safetensors.numpy.save_file(state_dict, p, metadata=meta))
+    elif out.endswith((".pth", ".pt")):
+        if layout == "crema":
+            raise ExportError("the crema layout is written as .safetensors only")
+        torch = safe_load.import_torch("Writing a .pth file")
+        tensors = {k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}
+        key = "state_dict" if layout == "ecgfounder" else "model"
+        obj = {key: tensors, "epoch": int(step), "config": json.dumps(model_config)}
+        def save(tmp):
+            with open(tmp, "wb") as f:  # a file object: torch rejects some temp file names
+                torch.save(obj, f)
+        _atomic(out, save)
+    else:
+        raise ExportError(f"--out={out}: expected a .safetensors or .pth file name")
+    side = os.path.splitext(out)[0] + ".json"
+    def dump(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=1)
+    _atomic(side, dump)
+    return out, side
+
+
+def run_export(checkpoint: str, out: str, *, layout: str | None = None,
+               include_decoder: bool = False) -> tuple[str, str]:
+    from crema_jax.train.checkpoint import config_to_json_dict
+
+    params, config, step = model_io.load_checkpoint(checkpoint)
+    model_cfg = config.model
+    layout = layout or ("ecgfounder" if model_cfg.get("name") == "net1d" else "crema")
+    state_dict = build_state_dict(params, model_cfg, layout=layout,
+                                  include_decoder=include_decoder)
+    return write_files(state_dict, out, layout=layout, model_config=resolved_model_config(
+        model_cfg), full_config=config_to_json_dict(config), step=step,
+        include_decoder=include_decoder)
+
+
+def main(argv):
+    if len(argv) != 1 or not cli.value("checkpoint") or not cli.value("out"):
+        raise SystemExit("usage: crema-jax export-torch --checkpoint=DIR --out=FILE.safetensors "
+                         "[--layout=crema|stmem|ecgfounder] [--include_decoder]")
+    try:
+        paths = run_export(cli.value("checkpoint"), cli.value("out"), layout=cli.value("layout"),
+                           include_decoder=cli.value("include_decoder"))
+    except (ExportError, FileNotFoundError, ImportError) as err:
+        raise SystemExit(f"export-torch: {err}") from err
+    print("wrote " + " and ".join(paths))

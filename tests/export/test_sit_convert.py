@@ -1,0 +1,142 @@
+"""SiT <-> PyTorch: ST-MEM layout against an in-test ST-MEM reference, crema layout against our
+own torch module; JAX -> PyTorch -> JAX bit-exact. Sizes: tiny (64 wide; 1 head of 64 so ST-MEM
+can express it) and small (ViT-S/75)."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from crema_jax.export import convert, export_torch, import_torch, model_io, sit_layouts, torch_sit
+from crema_jax.models import default_model_config
+from stmem_torch_ref import StMemPretrain, randomise_norms
+
+SIZES = {"tiny": dict(width=64, depth=2, heads=1), "small": dict(width=384, depth=12, heads=6)}
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+def _inputs(seed=0, batch=2):
+    rng = np.random.default_rng(seed)
+    patches = rng.standard_normal((batch, 12, 30, 75)).astype(np.float32)
+    keep = np.sort(np.stack([np.stack([rng.permutation(30)[:7] for _ in range(12)])
+                             for _ in range(batch)]), axis=-1)       # (B, 12, 7) per lead
+    visible_idx = (keep + 30 * np.arange(12)[None, :, None]).reshape(batch, -1)
+    return patches, keep, visible_idx.astype(np.int32)
+
+
+@pytest.fixture(scope="module", params=list(SIZES))
+def imported(request, tmp_path_factory):
+    """An ST-MEM full pretraining file with random weights, and its import."""
+    torch.manual_seed(0)
+    ref = randomise_norms(StMemPretrain(**SIZES[request.param]), seed=1).eval()
+    path = tmp_path_factory.mktemp(request.param) / "stmem_full.pth"
+    torch.save({"epoch": 3, "model": ref.state_dict(), "optimizer": {}, "config": {"x": 1}}, path)
+    params, cfg, kept = import_torch.import_weights(str(path), "stmem")
+    return request.param, ref, params, cfg, kept
+
+
+def _jax_outputs(cfg, params, patches, visible_idx):
+    model = model_io.merge(cfg, params)
+    leads = jnp.tile(jnp.arange(12), (patches.shape[0], 1))
+    feats = model.encoder.features(jnp.asarray(patches), leads)
+    batch = {"patches": jnp.asarray(patches)[:, None], "lead_indices": leads,
+             "visible_idx": jnp.asarray(visible_idx)[:, None]}
+    return np.asarray(feats), np.asarray(model(batch)["pred"][:, 0])
+
+
+def test_stmem_import_reproduces_stmem_forward(imported):
+    name, ref, params, cfg, kept = imported
+    assert sorted({p.split("/")[0] for p in kept}) == ["logit_bias", "logit_scale", "projector"]
+    size = model_io.build.__module__ and default_model_config()
+    assert cfg.num_patches == 30 and cfg.decoder_width == 256 and cfg.size == (
+        "small" if name == "small" else "base")
+    patches, keep, visible_idx = _inputs()
+    feats, pred = _jax_outputs(cfg, params, patches, visible_idx)
+    with torch.no_grad():
+        want_feats = ref.encoder.features(torch.from_numpy(patches)).numpy()
+        want_pred = ref.reconstruct(torch.from_numpy(patches), torch.from_numpy(keep)).numpy()
+    assert rel_err(feats, want_feats) <= 1e-5
+    assert rel_err(pred, want_pred) <= 1e-5
+
+
+def test_stmem_export_is_bit_exact_and_loads_into_stmem(imported, tmp_path):
+    name, ref, params, cfg, _ = imported
+    want = ref.state_dict()
+    full = export_torch.build_state_dict(params, cfg, layout="stmem", include_decoder=True)
+    assert sorted(full) == sorted(want)
+    assert all(np.array_equal(full[k], want[k].numpy()) for k in want)
+    enc = export_torch.build_state_dict(params, cfg, layout="stmem", include_decoder=False)
+    want_enc = ref.encoder.state_dict()
+    assert sorted(enc) == sorted(want_enc)
+    assert all(np.array_equal(enc[k], want_enc[k].numpy()) for k in want_enc)
+    if name == "small":
+        assert len(full) == 228 and len(enc) == 166
+    # .pth wrapping {'model': state_dict}: plain tensors, loadable with weights_only=True.
+    out = tmp_path / "export.pth"
+    export_torch.write_files(enc, str(out), layout="stmem", model_config={"size": name},
+                             full_config={}, step=5, include_decoder=False)
+    loaded = torch.load(out, weights_only=True)
+    assert loaded["epoch"] == 5
+    ref.encoder.load_state_dict(loaded["model"], strict=True)
+    assert json.loads((tmp_path / "export.json").read_text())["num_keys"] == len(enc)
+    # JAX -> torch -> JAX: bit-exact.
+    again, _, kept = import_torch.import_weights(str(out), "stmem")
+    flat_a, flat_b = convert.flatten(params), convert.flatten(again)
+    assert all(np.array_equal(flat_a[p], flat_b[p]) for p in flat_a if p.startswith("encoder/"))
+    assert all(p.startswith(sit_layouts.PRETRAIN_ONLY) for p in kept)
+
+
+def test_crema_layout_torch_module_matches_jax_and_round_trips(imported, tmp_path):
+    name, _, params, cfg, _ = imported
+    state = export_torch.build_state_dict(params, cfg, layout="crema", include_decoder=True)
+    out = tmp_path / "sit.safetensors"
+    model_cfg = export_torch.resolved_model_config(cfg)
+    export_torch.write_files(state, str(out), layout="crema", model_config=model_cfg,
+                             full_config={}, step=0, include_decoder=True)
+    torch_model = torch_sit.load_sit(str(out))
+    patches, keep, visible_idx = _inputs(seed=1)
+    feats, pred = _jax_outputs(cfg, params, patches, visible_idx)
+    leads = torch.arange(12).repeat(2, 1)
+    with torch.no_grad():
+        t_feats = torch_model.features(torch.from_numpy(patches), leads).numpy()
+        t_pred = torch_model.reconstruct(torch.from_numpy(patches), leads,
+                                         torch.from_numpy(visible_idx).long()).numpy()
+    assert rel_err(t_feats, feats) <= 1e-5
+    assert rel_err(t_pred, pred) <= 1e-5
+    again, _, kept = import_torch.import_weights(str(out), "crema")
+    assert kept == []  # the crema layout with the decoder holds the whole pretraining model
+    flat_a, flat_b = convert.flatten(params), convert.flatten(again)
+    assert flat_a.keys() == flat_b.keys()
+    assert all(np.array_equal(flat_a[p], flat_b[p]) for p in flat_a)
+
+
+def test_stmem_key_count_and_size_for_vit_b():
+    cfg = default_model_config()  # base = ViT-B/75
+    template = model_io.abstract_params(cfg)
+    enc = convert.expected_torch_shapes(template, sit_layouts.stmem_rules(
+        cfg, jax_prefix="encoder/", include_head=False, include_decoder=False))
+    full = convert.expected_torch_shapes(template, sit_layouts.stmem_rules(
+        cfg, jax_prefix="encoder/", include_head=False, include_decoder=True))
+    assert len(enc) == 166 and len(full) == 228
+    assert sum(int(np.prod(s)) for s in enc.values()) == 85_150_614
+    assert enc["pos_embedding"] == (1, 32, 768) and enc["block11.attn.fn.to_qkv.weight"] == (2304, 768)
+    assert full["mask_embedding"] == (1, 1, 256) and full["decoder_blocks.3.ff.fn.net.3.weight"] == (256, 1024)
+
+
+def test_configs_stmem_cannot_express_are_refused():
+    cfg = default_model_config()
+    cfg.size = "tiny"  # 2 heads of 32
+    params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), model_io.abstract_params(cfg))
+    with pytest.raises(export_torch.ExportError, match="head_dim=32"):
+        export_torch.build_state_dict(params, cfg, layout="stmem", include_decoder=False)
+    cfg.head_dim, cfg.num_heads, cfg.decoder_depth = 64, 1, 2
+    params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), model_io.abstract_params(cfg))
+    export_torch.build_state_dict(params, cfg, layout="stmem", include_decoder=False)  # fine
+    with pytest.raises(export_torch.ExportError, match="ST-MEM's decoder is"):
+        export_torch.build_state_dict(params, cfg, layout="stmem", include_decoder=True)
