@@ -277,3 +277,16 @@ def test_worker_processes_deterministic_restorable_and_log_skips(tmp_path, cinc_
     logged_names = {os.path.splitext(os.path.basename(p))[0]
                     for paths in logged.paths.values() for p in paths}
     assert logged_names == {name for name, r in broken_records.EXPECTED_REASONS.items() if r}
+
+
+def test_preview_png_shows_the_pipeline_mask(tmp_path):
+    from crema_jax.data import preview
+
+    element = {"signal": _arrays(1)[0], "lead_present": np.ones(12, bool), "index": 0,
+               "labels": None}
+    out = tmp_path / "p.png"
+    views = preview.render(element, "t", str(out), mask_name="random_per_lead", ratio=0.75,
+                           seed=0)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert ((~views["mask"][0, 0]).sum(axis=1) == 7).all()
+    assert _find_crop(element["signal"], views["patches"][0, 0].reshape(12, 2250))
