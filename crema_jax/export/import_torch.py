@@ -48,54 +48,59 @@ def _sit_config(width, depth, heads, head_dim, **fields):
     return cfg
 
 
+def _shape(sd: Mapping[str, np.ndarray], *keys: str) -> tuple:
+    """Shape of the first of `keys` present. Inference looks at alternatives so that a file with
+    a renamed or missing key still reaches the full key check, which lists every problem."""
+    for key in keys:
+        if key in sd:
+            return tuple(sd[key].shape)
+    raise safe_load.CheckpointFileError(
+        f"cannot infer the model size: none of {list(keys)} is in the file")
+
+
 def infer_stmem_config(sd: Mapping[str, np.ndarray]):
     """ST-MEM model config from an encoder-only or full state_dict (head_dim 64 as in ST-MEM)."""
     t = "encoder." if any(k.startswith("encoder.") for k in sd) else ""
-    try:
-        width = sd[t + "sep_embedding"].shape[0]
-        qkv_rows = sd[t + "block0.attn.fn.to_qkv.weight"].shape[0]
-        fields = dict(
-            patch_size=int(sd[t + "to_patch_embedding.2.weight"].shape[1]),
-            num_patches=int(sd[t + "pos_embedding"].shape[1]) - 2,
-            num_lead_embeddings=_count(sd, re.escape(t) + r"lead_embeddings\.(\d+)$"),
-            mlp_ratio=int(sd[t + "block0.ff.fn.net.0.weight"].shape[0] // width),
-            num_classes=int(sd[t + "head.weight"].shape[0]) if t + "head.weight" in sd else 0)
-        if t:
-            dec_width = int(sd["to_decoder_embedding.weight"].shape[0])
-            fields.update(
-                decoder_width=dec_width, decoder_head_dim=64,
-                decoder_depth=_count(sd, r"decoder_blocks\.(\d+)\."),
-                decoder_num_heads=int(sd["decoder_blocks.0.attn.fn.to_qkv.weight"].shape[0]
-                                      // 3 // 64),
-                decoder_mlp_ratio=int(sd["decoder_blocks.0.ff.fn.net.0.weight"].shape[0]
-                                      // dec_width))
-        depth = _count(sd, re.escape(t) + r"block(\d+)\.")
-    except KeyError as err:
-        raise safe_load.CheckpointFileError(
-            f"not an ST-MEM state_dict: key {err} is missing (expected {t or 'no prefix'}"
-            "sep_embedding, to_patch_embedding.*, block{i}.*, ...)") from err
-    return _sit_config(int(width), depth, int(qkv_rows // 3 // 64), 64, **fields), bool(t)
+    width = _shape(sd, t + "sep_embedding", t + "norm.weight", t + "to_patch_embedding.3.weight")[0]
+    qkv = t + "block0.attn.fn.to_qkv."
+    fields = dict(
+        patch_size=_shape(sd, t + "to_patch_embedding.1.weight", t + "to_patch_embedding.1.bias")[0],
+        num_patches=_shape(sd, t + "pos_embedding")[1] - 2,
+        num_lead_embeddings=_count(sd, re.escape(t) + r"lead_embeddings\.(\d+)$"),
+        mlp_ratio=_shape(sd, t + "block0.ff.fn.net.0.weight", t + "block0.ff.fn.net.0.bias")[0]
+        // width,
+        num_classes=_shape(sd, t + "head.weight", t + "head.bias")[0]
+        if (t + "head.weight") in sd or (t + "head.bias") in sd else 0)
+    if t:
+        dec_width = _shape(sd, "to_decoder_embedding.weight", "to_decoder_embedding.bias",
+                           "decoder_norm.weight")[0]
+        fields.update(
+            decoder_width=dec_width, decoder_head_dim=64,
+            decoder_depth=_count(sd, r"decoder_blocks\.(\d+)\."),
+            decoder_num_heads=_shape(sd, "decoder_blocks.0.attn.fn.to_qkv.weight",
+                                     "decoder_blocks.0.attn.fn.to_qkv.bias")[0] // 3 // 64,
+            decoder_mlp_ratio=_shape(sd, "decoder_blocks.0.ff.fn.net.0.weight",
+                                     "decoder_blocks.0.ff.fn.net.0.bias")[0] // dec_width)
+    depth = _count(sd, re.escape(t) + r"block(\d+)\.")
+    heads = _shape(sd, qkv + "weight", qkv + "bias")[0] // 3 // 64
+    return _sit_config(int(width), depth, int(heads), 64, **fields), bool(t)
 
 
 def infer_net1d_config(sd: Mapping[str, np.ndarray]):
     """Net1D config: leads from first_conv, stages/blocks/widths from the keys."""
     from crema_jax.models.net1d import default_net1d_config
 
-    try:
-        leads = int(sd["first_conv.conv.weight"].shape[1])
-        cfg = default_net1d_config(1 if leads == 1 else 12)
-        cfg.in_channels = leads
-        stages = _count(sd, r"stage_list\.(\d+)\.")
-        cfg.blocks = [_count(sd, rf"stage_list\.{i}\.block_list\.(\d+)\.conv1\.")
-                      for i in range(stages)]
-        cfg.filters = [int(sd[f"stage_list.{i}.block_list.0.conv1.conv.weight"].shape[0])
-                       for i in range(stages)]
-        cfg.kernel = int(sd["first_conv.conv.weight"].shape[2])
-        cfg.group_width = int(sd["stage_list.0.block_list.0.conv2.conv.weight"].shape[1])
-        cfg.num_classes = int(sd["dense.weight"].shape[0])
-    except KeyError as err:
-        raise safe_load.CheckpointFileError(
-            f"not an ECGFounder Net1D state_dict: key {err} is missing") from err
+    leads = _shape(sd, "first_conv.conv.weight")[1]
+    cfg = default_net1d_config(1 if leads == 1 else 12)
+    cfg.in_channels = int(leads)
+    stages = _count(sd, r"stage_list\.(\d+)\.")
+    cfg.blocks = [_count(sd, rf"stage_list\.{i}\.block_list\.(\d+)\.") for i in range(stages)]
+    cfg.filters = [_shape(sd, f"stage_list.{i}.block_list.0.conv1.conv.weight",
+                          f"stage_list.{i}.block_list.0.conv1.conv.bias")[0]
+                   for i in range(stages)]
+    cfg.kernel = _shape(sd, "first_conv.conv.weight")[2]
+    cfg.group_width = _shape(sd, "stage_list.0.block_list.0.conv2.conv.weight")[1]
+    cfg.num_classes = _shape(sd, "dense.weight", "dense.bias")[0]
     return cfg
 
 
