@@ -13,36 +13,58 @@ from absl import flags, logging
 
 from crema_jax.evaluate import protocols
 
-_CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "Checkpoint workdir/step dir (written by `crema-jax pretrain` or "
-    "`import-torch`), or 'random' for a freshly initialised backbone (baseline).")
-_BACKBONE = flags.DEFINE_enum("backbone", "sit", ["sit", "net1d"],
-                              "sit: the SiT encoder; net1d: ECGFounder's Net1D.")
-_MODEL_SIZE = flags.DEFINE_string("model_size", "tiny",
-                                  "SiT size for --checkpoint=random (tiny/small/base/large).")
-_LAYOUT = flags.DEFINE_string("layout", "wfdb_folder", "Dataset layout (wfdb_folder|ptbxl|manifest).")
-_ROOT = flags.DEFINE_string("root", None, "Dataset folder (or manifest CSV).")
-_LABEL_SET = flags.DEFINE_string("label_set", "superclass", "ptbxl layout: label set.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder: report.json, report.md, PNGs.")
-_LABEL_TYPE = flags.DEFINE_enum("label_type", "auto", ["auto", "multilabel", "multiclass"],
-                                "Loss/probabilities: BCE per class or softmax; auto = multiclass "
-                                "when every record has exactly one class.")
-_MIN_POSITIVES = flags.DEFINE_integer("min_positives", 1, "Keep classes with at least this many "
-                                      "positives in the training split.")
-_SPLIT_FRACTIONS = flags.DEFINE_list(
-    "split_fractions", [], "train,val,test fractions for a seeded per-source re-split (default: "
-    "the layout's splits). Small datasets need it so every split has records.")
-_LABEL_FRACTIONS = flags.DEFINE_list("label_fractions", ["1.0"],
-                                     "Fractions of the training labels, e.g. 0.01,0.1,1.0.")
-_LEAD_SETS = flags.DEFINE_list("lead_sets", ["12"], "Lead sets: 12, limb6, I, or '+'-joined "
-                               "lead names (the same weights see fewer leads).")
-_CROSS_DOMAIN = flags.DEFINE_bool("cross_domain", False, "Also train on each source and test "
-                                  "in-domain and on every other source.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Records per batch (rounded up to a multiple "
-                                   "of the device count).")
-_NUM_WORKERS = flags.DEFINE_integer("num_workers", 0, "Grain worker processes reading records.")
-_BOOTSTRAP = flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for the 95% CI.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of splits, label fractions, init and bootstrap.")
+
+class _Defined:
+    """The holder of a flag another subcommand module already defined in this process (e.g.
+    --workdir of `pretrain` when tests import several CLIs): same name, same meaning."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    @property
+    def value(self):
+        return flags.FLAGS[self.name].value
+
+
+def define(define_fn, name: str, *args, **kwargs):
+    """define_fn(name, ...) unless a flag of that name exists (one pytest process imports every
+    CLI module; absl would raise DuplicateFlagError)."""
+    if name in flags.FLAGS:
+        return _Defined(name)
+    return define_fn(name, *args, **kwargs)
+
+
+S, I, B, L, E = (flags.DEFINE_string, flags.DEFINE_integer, flags.DEFINE_bool, flags.DEFINE_list,
+                 flags.DEFINE_enum)
+_CHECKPOINT = define(S, "checkpoint", None, "Checkpoint workdir or step dir (from `crema-jax "
+                     "pretrain` or `import-torch`), or 'random' for a freshly initialised backbone.")
+_BACKBONE = define(E, "backbone", "sit", ["sit", "net1d"],
+                   "sit: the SiT encoder; net1d: ECGFounder's Net1D.")
+_MODEL_SIZE = define(S, "model_size", "tiny", "SiT size for --checkpoint=random "
+                     "(tiny/small/base/large).")
+_LAYOUT = define(S, "layout", "wfdb_folder", "Dataset layout (wfdb_folder|ptbxl|manifest).")
+_ROOT = define(S, "root", None, "Dataset folder (or manifest CSV).")
+_LABEL_SET = define(S, "label_set", "superclass", "ptbxl layout: label set.")
+_WORKDIR = define(S, "workdir", None, "Output folder: report.json, report.md, PNGs.")
+_LABEL_TYPE = define(E, "label_type", "auto", ["auto", "multilabel", "multiclass"],
+                     "BCE per class or softmax CE; auto = multiclass when every record has "
+                     "exactly one class.")
+_MIN_POSITIVES = define(I, "min_positives", 1, "Keep classes with at least this many positives "
+                        "in the training split.")
+_SPLIT_FRACTIONS = define(L, "split_fractions", [], "train,val,test fractions of a seeded "
+                          "per-source re-split (default: the layout's splits). Small datasets "
+                          "need it so every split has records.")
+_LABEL_FRACTIONS = define(L, "label_fractions", ["1.0"], "Fractions of the training labels, "
+                          "e.g. 0.01,0.1,1.0.")
+_LEAD_SETS = define(L, "lead_sets", ["12"], "Lead sets: 12, limb6, I, or '+'-joined lead names "
+                    "(the same weights see fewer leads).")
+_CROSS_DOMAIN = define(B, "cross_domain", False, "Also train on each source and test in-domain "
+                       "and on every other source.")
+_BATCH_SIZE = define(I, "batch_size", 64, "Records per batch (rounded up to a multiple of the "
+                     "device count).")
+_NUM_WORKERS = define(I, "num_workers", 0, "Grain worker processes reading records.")
+_BOOTSTRAP = define(I, "bootstrap", 1000, "Bootstrap resamples for the 95% CI.")
+_SEED = define(I, "seed", 0, "Seed of splits, label fractions, init and bootstrap.")
 
 
 @dataclasses.dataclass
@@ -96,11 +118,12 @@ def load_dataset(layout: str, root: str, *, label_set: str, split_fractions, min
                    label_type)
 
 
-def eval_data_config(backbone, lead_names, *, batch_size: int, num_workers: int):
+def eval_data_config(config, backbone_name: str, lead_names, *, batch_size: int,
+                     num_workers: int):
     """The checkpoint's data section (same preprocessing as pretraining) set up for evaluation."""
     from crema_jax.data.config import default_data_config
     from crema_jax.data.preprocess import PRESETS
-    base = backbone.config.get("data") if hasattr(backbone.config, "get") else None
+    base = config.get("data")
     cfg = default_data_config()
     if base is not None:
         cfg.update_from_flattened_dict(
@@ -109,8 +132,8 @@ def eval_data_config(backbone, lead_names, *, batch_size: int, num_workers: int)
             cfg.preprocess = base.preprocess
         if base.get("augment") is not None:
             cfg.augment = base.augment
-    if backbone.name == "net1d":  # ECGFounder sees the whole 10 s record at its own rate
-        model = backbone.config.model
+    if backbone_name == "net1d":  # ECGFounder sees the whole 10 s record at its own rate
+        model = config.model
         cfg.target_fs = float(model.get("sample_rate", 500))
         cfg.crop_samples = int(model.get("num_samples", 5000))
         cfg.patch_size = cfg.crop_samples // 50

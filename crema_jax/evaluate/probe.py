@@ -18,11 +18,12 @@ from absl import flags, logging
 
 from crema_jax.evaluate import cli, features, linear_probe, metrics, protocols, report
 
-_L2_GRID = flags.DEFINE_list("l2_grid", [str(v) for v in linear_probe.DEFAULT_L2_GRID],
-                             "L2 strengths tried; the best validation macro AUROC wins.")
-_OPTIMIZER = flags.DEFINE_enum("probe_optimizer", "lbfgs", list(linear_probe.OPTIMIZERS),
-                               "Full-batch optimizer of the linear head.")
-_STEPS = flags.DEFINE_integer("probe_steps", 200, "Full-batch optimizer steps.")
+_L2_GRID = cli.define(flags.DEFINE_list, "l2_grid",
+                      [str(v) for v in linear_probe.DEFAULT_L2_GRID],
+                      "L2 strengths tried; the best validation macro AUROC wins.")
+_OPTIMIZER = cli.define(flags.DEFINE_enum, "probe_optimizer", "lbfgs",
+                        list(linear_probe.OPTIMIZERS), "Full-batch optimizer of the linear head.")
+_STEPS = cli.define(flags.DEFINE_integer, "probe_steps", 200, "Full-batch optimizer steps.")
 
 
 def score_head(probs_val, labels_val, probs_test, labels_test, classes, *, bootstrap: int,
@@ -65,7 +66,7 @@ def run_probe(settings: dict, probe_kwargs: dict) -> dict:
     runs, cross, headline = [], [], None
     from crema_jax.data.pipeline import make_eval_dataset
     for lead_name in settings["lead_sets"]:
-        data_cfg = cli.eval_data_config(backbone, protocols.lead_set(lead_name),
+        data_cfg = cli.eval_data_config(backbone.config, backbone.name, protocols.lead_set(lead_name),
                                         batch_size=batch_size,
                                         num_workers=settings["num_workers"])
         t0 = time.time()
