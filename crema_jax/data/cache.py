@@ -70,8 +70,10 @@ def encode_record(signal: np.ndarray, lead_present: np.ndarray, dtype: str = "in
     return header + scales.astype("<f4").tobytes() + data.tobytes()
 
 
-def decode_record(data: bytes) -> dict:
-    """Record bytes -> {"signal": float32 (L, T), "lead_present": bool (L,)}."""
+def decode_quantised(data: bytes) -> dict:
+    """Record bytes -> {"signal": int16/float16 (L, T) view of `data`, "scale": float32 (L,) or
+    None, "lead_present": bool (L,)}; the value is signal * scale[:, None]. No copy: the
+    pipeline scales only the crop it keeps, straight into the batch."""
     magic, version, code, num_leads, length, bits = _HEADER.unpack_from(data, 0)
     if magic != MAGIC or version != VERSION or code not in DTYPES:
         raise ValueError(f"not a crema_jax cache record (magic={magic!r}, version={version}, "
@@ -79,11 +81,18 @@ def decode_record(data: bytes) -> dict:
     offset = _HEADER.size
     scales = np.frombuffer(data, "<f4", num_leads, offset)
     values = np.frombuffer(data, DTYPES[code], num_leads * length, offset + 4 * num_leads)
-    signal = values.reshape(num_leads, length).astype(np.float32)
-    if code == 1:
-        signal *= scales[:, None]
     lead_present = ((bits >> np.arange(num_leads)) & 1).astype(bool)
-    return {"signal": signal, "lead_present": lead_present}
+    return {"signal": values.reshape(num_leads, length), "scale": scales if code == 1 else None,
+            "lead_present": lead_present}
+
+
+def decode_record(data: bytes) -> dict:
+    """Record bytes -> {"signal": float32 (L, T), "lead_present": bool (L,)}."""
+    out = decode_quantised(data)
+    signal = out["signal"].astype(np.float32)
+    if out["scale"] is not None:
+        signal *= out["scale"][:, None]
+    return {"signal": signal, "lead_present": out["lead_present"]}
 
 
 def shard_name(shard: int, num_shards: int) -> str:
@@ -132,43 +141,54 @@ def check_settings(index: Mapping, path: str, *, target_fs: float | None = None,
 
 
 class CacheSource:
-    """Grain random-access source over a prepared cache, optionally restricted to one split."""
+    """Grain random-access source over a prepared cache, optionally restricted to one split.
+
+    Reads with one ArrayRecordReader per shard, opened lazily in each process (readers do not
+    pickle): ~30 us per 60 kB record, against ~75 us through grain.sources.ArrayRecordDataSource
+    (its small file buffer and per-call bookkeeping; measured on the bench cache).
+    """
 
     def __init__(self, cache_dir: str, *, split: str = "", expect_target_fs: float | None = None,
                  expect_preprocess: Any = "unchecked"):
-        import grain  # Kept out of module import: `crema-jax prepare` workers do not need it.
-
         self.cache_dir = os.path.abspath(cache_dir)
         index = load_index(self.cache_dir)
         check_settings(index, os.path.join(self.cache_dir, INDEX_FILE),
                        target_fs=expect_target_fs, preprocess=expect_preprocess)
         self.split = split
         self.label_names = list(index["label_names"])
-        starts, total = {}, 0
-        for shard in index["shards"]:
-            starts[shard["file"]] = total
-            total += int(shard["num_records"])
-        rows = [r for r in index["records"] if not split or r["split"] == split]
-        self.records = rows
-        self.positions = np.asarray([starts[r["shard"]] + int(r["position"]) for r in rows],
-                                    np.int64)
-        self.labels = multi_hot([tuple(r["labels"]) for r in rows], self.label_names)
-        self.paths = [r["path"] for r in rows]
-        self._reader = grain.sources.ArrayRecordDataSource(
-            [os.path.join(self.cache_dir, shard["file"]) for shard in index["shards"]])
+        self.shard_files = [os.path.join(self.cache_dir, s["file"]) for s in index["shards"]]
+        shard_of = {s["file"]: i for i, s in enumerate(index["shards"])}
+        self.records = [r for r in index["records"] if not split or r["split"] == split]
+        self.shards = np.asarray([shard_of[r["shard"]] for r in self.records], np.int64)
+        self.positions = np.asarray([int(r["position"]) for r in self.records], np.int64)
+        self.labels = multi_hot([tuple(r["labels"]) for r in self.records], self.label_names)
+        self.paths = [r["path"] for r in self.records]
+        self._readers: dict[int, Any] = {}
+
+    def __getstate__(self):
+        return {**self.__dict__, "_readers": {}}
+
+    def _reader(self, shard: int):
+        if shard not in self._readers:
+            from array_record.python.array_record_module import ArrayRecordReader
+
+            self._readers[shard] = ArrayRecordReader(self.shard_files[shard],
+                                                     "readahead_buffer_size:0")
+        return self._readers[shard]
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict:
+        data = self._reader(int(self.shards[index])).read([int(self.positions[index])])[0]
         return {"index": np.int64(index), "path": self.paths[index], "labels": self.labels[index],
-                "data": self._reader[int(self.positions[index])]}
+                "data": data}
 
     def __repr__(self) -> str:
         return f"CacheSource(dir={self.cache_dir!r}, split={self.split!r}, records={len(self)})"
 
     def load(self, element: Mapping) -> dict:
-        return decode_record(element["data"])
+        return decode_quantised(element["data"])
 
 
 # ---------------------------------------------------------------- writing one shard (a worker task)

@@ -42,6 +42,17 @@ def _from_mask(mask: np.ndarray) -> MaskResult:
     return mask, visible_idx, np.flatnonzero(flat).astype(np.int32)
 
 
+def _per_lead_mask(rng: np.random.Generator, num_rows: int, num_patches: int,
+                   ratio: float) -> np.ndarray:
+    _check_ratio(ratio)
+    keep = int(num_patches * (1.0 - ratio))
+    noise = rng.random((num_rows, num_patches))
+    if keep == 0:
+        return np.ones((num_rows, num_patches), dtype=bool)
+    kth = np.partition(noise, keep - 1, axis=1)[:, keep - 1:keep]
+    return noise > kth
+
+
 def random_per_lead(rng: np.random.Generator, num_leads: int, num_patches: int,
                     ratio: float) -> MaskResult:
     """ST-MEM: every lead keeps int(N * (1 - ratio)) patches at its own random positions.
@@ -50,13 +61,7 @@ def random_per_lead(rng: np.random.Generator, num_leads: int, num_patches: int,
     smallest noise values; np.partition over the whole (L, N) array selects the same set at
     about a third of the cost of a full argsort (noise values are distinct with probability 1).
     """
-    _check_ratio(ratio)
-    keep = int(num_patches * (1.0 - ratio))
-    noise = rng.random((num_leads, num_patches))
-    if keep == 0:
-        return _from_mask(np.ones((num_leads, num_patches), dtype=bool))
-    kth = np.partition(noise, keep - 1, axis=1)[:, keep - 1:keep]
-    return _from_mask(noise > kth)
+    return _from_mask(_per_lead_mask(rng, num_leads, num_patches, ratio))
 
 
 def random_global(rng: np.random.Generator, num_leads: int, num_patches: int,
@@ -146,3 +151,34 @@ def mask_sizes(name: str, num_leads: int, num_patches: int, ratio: float) -> tup
     _, visible_idx, masked_idx = get_mask_fn(name)(
         np.random.default_rng(0), num_leads, num_patches, ratio)
     return int(visible_idx.size), int(masked_idx.size)
+
+
+# Strategies whose leads are drawn independently of each other, as a function of (rng, rows, N,
+# ratio) -> mask: all leads of a whole batch come from ONE call (the pipeline's fast path; a
+# strategy listed here must equal its MASKS entry applied per sample).
+ROW_INDEPENDENT = {"random_per_lead": _per_lead_mask}
+
+
+def batch_masks(name: str, rng: np.random.Generator, batch: int, num_leads: int,
+                num_patches: int, ratio: float) -> MaskResult:
+    """`batch` independent masks: mask (batch, L, N), visible_idx (batch, K), masked_idx (batch, M).
+
+    Per-sample indices come from one np.nonzero over the batch: every sample has exactly K
+    visible patches, and nonzero lists them row-major, i.e. ascending within each sample.
+    """
+    if name in ROW_INDEPENDENT:
+        mask = ROW_INDEPENDENT[name](rng, batch * num_leads, num_patches, ratio)
+        mask = mask.reshape(batch, num_leads, num_patches)
+    else:
+        fn = get_mask_fn(name)
+        mask = np.stack([fn(rng, num_leads, num_patches, ratio)[0] for _ in range(batch)])
+    flat = mask.reshape(batch, num_leads * num_patches)
+    visible_per_sample = (~flat).sum(axis=1)
+    if batch and (visible_per_sample != visible_per_sample[0]).any():
+        raise ValueError(f"masking strategy {name!r} drew different visible counts "
+                         f"{sorted(set(visible_per_sample.tolist()))}; K must be fixed")
+    if batch and visible_per_sample[0] == 0:
+        raise ValueError(f"mask ratio {ratio} leaves no visible patch; lower the ratio")
+    visible = np.nonzero(~flat)[1].astype(np.int32).reshape(batch, -1)
+    masked = np.nonzero(flat)[1].astype(np.int32).reshape(batch, -1)
+    return mask, visible, masked

@@ -157,12 +157,17 @@ class _Geometry:
                              f"data.patch_size={self.patch}")
         self.num_patches = self.crop // self.patch
 
-    def fill(self, out: np.ndarray, signal: np.ndarray, start: int) -> int:
+    def fill(self, out: np.ndarray, element: Mapping, start: int) -> int:
         """Write crop [start, start+crop) of the selected rows into out (L, crop); zero-pad the
-        end; return the number of real samples."""
-        window = signal[self.row_sel, start:start + self.crop]
+        end; return the number of real samples. A quantised signal (cache) is scaled here, in
+        the same pass that copies the crop."""
+        window = element["signal"][self.row_sel, start:start + self.crop]
         real = window.shape[1]
-        out[:, :real] = window
+        scale = element.get("scale")
+        if scale is None:
+            out[:, :real] = window
+        else:
+            np.multiply(window, scale[self.row_sel, None], out=out[:, :real], casting="unsafe")
         out[:, real:] = 0.0
         return real
 
@@ -182,10 +187,8 @@ class PretrainViews(grain.transforms.RandomMap):
         self.independent_crops = bool(data_cfg["independent_view_crops"])
         self.fs = float(data_cfg["target_fs"])
         self.mask_name = data_cfg["mask"]["name"]
-        self.mask_fn = masking.get_mask_fn(self.mask_name)
+        masking.get_mask_fn(self.mask_name)  # Fail early, naming data.mask.name.
         self.ratio = float(data_cfg["mask"]["ratio"])
-        self.num_visible, self.num_masked = masking.mask_sizes(
-            self.mask_name, len(self.geo.rows), self.geo.num_patches, self.ratio)
         self.augment = dict(data_cfg["augment"])
         self.augment["names"] = tuple(self.augment["names"])
 
@@ -200,10 +203,10 @@ class PretrainViews(grain.transforms.RandomMap):
         real = np.empty((n, views), np.int64)
         lead_valid = np.empty((n, views, num_leads), bool)
         for i, element in enumerate(chunk):
-            signal, length = element["signal"], element["signal"].shape[1]
+            length = element["signal"].shape[1]
             lead_valid[i] = np.asarray(element["lead_present"], bool)[geo.rows]
             for v in range(views if self.independent_crops else 1):
-                real[i, v] = geo.fill(signals[i, v], signal, self._start(length, rng))
+                real[i, v] = geo.fill(signals[i, v], element, self._start(length, rng))
         if views > 1 and not self.independent_crops:  # Same crop, different masks.
             signals[:, 1:] = signals[:, :1]
             real[:, 1:] = real[:, :1]
@@ -212,18 +215,13 @@ class PretrainViews(grain.transforms.RandomMap):
                 for v in range(views):
                     signals[i, v], lead_valid[i, v] = augment_lib.apply_augmentations(
                         signals[i, v], lead_valid[i, v], rng, self.augment, self.fs)
-        mask = np.empty((n, views, num_leads, num_patches), bool)
-        visible = np.empty((n, views, self.num_visible), np.int32)
-        masked = np.empty((n, views, self.num_masked), np.int32)
-        for i in range(n):
-            for v in range(views):
-                mask[i, v], visible[i, v], masked[i, v] = self.mask_fn(
-                    rng, num_leads, num_patches, self.ratio)
+        mask, visible, masked = masking.batch_masks(self.mask_name, rng, n * views, num_leads,
+                                                    num_patches, self.ratio)
         return {
             "patches": signals.reshape(n, views, num_leads, num_patches, geo.patch),
-            "mask": mask,
-            "visible_idx": visible,
-            "masked_idx": masked,
+            "mask": mask.reshape(n, views, num_leads, num_patches),
+            "visible_idx": visible.reshape(n, views, -1),
+            "masked_idx": masked.reshape(n, views, -1),
             "patch_valid": geo.patch_valid(lead_valid, real),
             "lead_indices": np.broadcast_to(geo.rows, (n, num_leads)).copy(),
             "index": np.asarray([e["index"] for e in chunk], np.int64),
@@ -246,7 +244,7 @@ class EvalCrops(grain.transforms.Map):
             signal = element["signal"]
             lead_valid[i] = np.asarray(element["lead_present"], bool)[geo.rows]
             for c, start in enumerate(eval_offsets(signal.shape[1], geo.crop, self.offsets)):
-                real[i, c] = geo.fill(signals[i, c], signal, start)
+                real[i, c] = geo.fill(signals[i, c], element, start)
         return {
             "patches": signals.reshape(n, crops, len(geo.rows), geo.num_patches, geo.patch),
             "patch_valid": geo.patch_valid(lead_valid, real),

@@ -6,6 +6,9 @@ runs in Grain's worker processes. `load` returns the preprocessed ECG at the tar
 
     {"signal": float32 (12, T) canonical lead order, "lead_present": bool (12,)}
 
+(or, from the cache, "signal" int16 (12, T) plus "scale" float32 (12,): value = signal * scale,
+applied by the pipeline only to the crop it keeps.)
+
 Sources (no Grain import here, so `crema-jax prepare` workers stay light):
 - `WfdbSource`: raw WFDB records from a layout index; load = records.read_record + preprocess.
 - `cache.CacheSource`: the ArrayRecord cache written by `crema-jax prepare`; load = decode.
