@@ -115,3 +115,15 @@ def test_errors_name_the_problem():
         masking.random_per_lead(np.random.default_rng(0), L, N, 1.0)
     with pytest.raises(ValueError, match="no visible patch"):
         masking.random_per_lead(np.random.default_rng(0), L, N, 0.99)
+
+
+@pytest.mark.parametrize("name", sorted(masking.MASKS))
+def test_batch_masks_are_per_sample_masks(name):
+    mask, vis, msk = masking.batch_masks(name, np.random.default_rng(0), 16, L, N, 0.75)
+    k, m = masking.mask_sizes(name, L, N, 0.75)
+    assert mask.shape == (16, L, N) and vis.shape == (16, k) and msk.shape == (16, m)
+    for b in range(16):
+        _check_common(mask[b], vis[b], msk[b])
+    if name == "random_per_lead":
+        assert ((~mask).sum(axis=2) == 7).all()
+    assert len({mask[b].tobytes() for b in range(16)}) == 16  # Independent draws.
