@@ -16,9 +16,10 @@ Sources (no Grain import here, so `crema-jax prepare` workers stay light):
 
 Every source has a stable `__repr__` (Grain compares it when restoring an iterator).
 
-Bad input never stops a run: `pipeline.ReadStep` catches `records.RecordError` (and any unexpected
-exception, wrapped with the record's path), counts it by reason in a `SkipStats` and returns a
-marker that `pipeline.DropSkipped` filters out. How the counts are surfaced:
+Bad input never stops a run: `pipeline.ReadChunk` catches `records.RecordError` (and any
+unexpected exception, wrapped with the record's path), counts it by reason in a `SkipStats` and
+drops the record from its chunk (`pipeline.NonEmpty` then filters out chunks left empty);
+`strict=True` re-raises instead, naming the file and the problem. How counts are surfaced:
 - in-process (num_workers=0): the `SkipStats` passed to `make_*_dataset` holds exact counts;
 - worker processes: every skip is logged (absl warning, with path and reason) and, when
   `data.skip_log_dir` is set, appended as one JSON line to `<skip_log_dir>/skips-<pid>.jsonl`;
@@ -40,9 +41,6 @@ from absl import logging
 
 from crema_jax.data import preprocess as preprocess_lib
 from crema_jax.data import records
-
-SKIPPED = "skipped"  # Key of the marker element that a failed read turns into.
-
 
 def multi_hot(labels: Sequence[Sequence[str]], label_names: Sequence[str]) -> np.ndarray:
     """float32 (num_records, num_classes); labels outside the vocabulary are ignored."""
