@@ -130,15 +130,15 @@ def train_step(state: dict, batch: dict, rng, *, graphdef, tx, schedule, loss_fn
                                              jnp.arange(grad_accum_steps)))
         loss, aux, grads = jax.tree.map(lambda x: x / grad_accum_steps, total)
     if inject_nan_at_step >= 0:  # Test hook: a diverged step, as a huge lr would produce.
-        poison = jnp.where(step == inject_nan_at_step, jnp.nan, 1.0)
+        poison = jnp.where(step + 1 == inject_nan_at_step, jnp.nan, 1.0)
         loss = loss * poison
         grads = jax.tree.map(lambda g: g * poison, grads)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics = {"loss": loss, **aux,
                "learning/lr": schedule(step),
-               "learning/grad_norm": optax.global_norm(grads),
-               "learning/param_norm": optax.global_norm(params)}
+               "learning/grad_norm": optax.tree.norm(grads),
+               "learning/param_norm": optax.tree.norm(params)}
     new_state = {"params": params, "fixed": fixed, "opt_state": opt_state, "step": step + 1}
     return new_state, metrics
 
