@@ -163,7 +163,10 @@ def run_finetune(settings: dict, ft: dict) -> dict:
               "source": list(data.sources[test_out["index"]])}
     report.write_all(result, workdir,
                      roc=(test_out["labels"], test_out["probs"], data.classes, runs[0]["name"]),
-                     embeddings=(embeddings, groups, "fine-tuned features, test split (PCA)"))
+                     embeddings=(embeddings, groups, "fine-tuned features, test split (PCA)"),
+                     predictions={"record_id": [data.infos[i].record_id for i in test_out["index"]],
+                                  "labels": test_out["labels"], "probs": test_out["probs"],
+                                  "classes": data.classes})
     return result
 
 

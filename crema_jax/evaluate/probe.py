@@ -90,7 +90,8 @@ def run_probe(settings: dict, probe_kwargs: dict) -> dict:
                          "n_train": int(len(subset)), "n_val": int(len(val)),
                          "test": result["scores"]["test"], "selection": result["selection"]})
             if headline is None:
-                headline = (labels[test], probs["test"], feats, labels, sources)
+                ids = [data.infos[r].record_id for r in rows[test]]
+                headline = (labels[test], probs["test"], feats, labels, sources, ids)
         if settings["cross_domain"] and lead_name == settings["lead_sets"][0]:
             cross = cross_domain(feats, labels, splits, sources, data.classes, data.label_type,
                                  settings, probe_kwargs)
@@ -129,11 +130,13 @@ def cross_domain(feats, labels, splits, sources, classes, label_type, settings, 
 
 
 def write_outputs(result: dict, workdir, headline, classes) -> dict:
-    test_labels, test_probs, feats, labels, sources = headline
+    test_labels, test_probs, feats, labels, sources, ids = headline
     groups = {"label": report.primary_label(labels, classes), "source": list(sources)}
     return report.write_all(result, workdir,
                             roc=(test_labels, test_probs, classes, result["runs"][0]["name"]),
-                            embeddings=(feats, groups, "frozen features (PCA)"))
+                            embeddings=(feats, groups, "frozen features (PCA)"),
+                            predictions={"record_id": ids, "labels": test_labels,
+                                         "probs": test_probs, "classes": classes})
 
 
 def main(argv):

@@ -148,17 +148,22 @@ def plot_embeddings(features: np.ndarray, groups: dict, path, title: str) -> Non
     plt.close(fig)
 
 
-def write_all(report: dict, workdir, *, roc=None, embeddings=None) -> dict:
+def write_all(report: dict, workdir, *, roc=None, embeddings=None, predictions=None) -> dict:
     """Writes report.json, report.md and the PNGs under workdir; returns their paths.
 
     roc: (labels, scores, class_names, title) of the headline test run.
     embeddings: (features, {"label": [...], "source": [...]}, title).
+    predictions: arrays saved to predictions.npz (record ids, labels, probabilities of the
+        headline test run), so any figure of the report can be recomputed independently.
     """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     paths = {"json": workdir / "report.json", "markdown": workdir / "report.md"}
     write_json(report, paths["json"])
     paths["markdown"].write_text(markdown(report))
+    if predictions is not None:
+        paths["predictions"] = workdir / "predictions.npz"
+        np.savez(paths["predictions"], **{k: np.asarray(v) for k, v in predictions.items()})
     if roc is not None:
         paths["roc"] = workdir / "roc.png"
         plot_roc(*roc[:3], paths["roc"], roc[3])

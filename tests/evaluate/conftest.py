@@ -1,0 +1,30 @@
+"""A checkpoint written by `crema-jax pretrain` (2 steps of configs/crema_tiny.py), shared by the
+evaluation tests of this session."""
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def pretrained_workdir(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("pretrain")
+    env = dict(os.environ)
+    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_NUM_CPU_DEVICES="1",
+               JAX_PLATFORMS="cpu")
+    args = [sys.executable, "-m", "crema_jax.main", "pretrain",
+            f"--config={REPO / 'configs' / 'crema_tiny.py'}", f"--workdir={workdir}",
+            "--config.train.synthetic_records=16", "--config.train.num_steps=2",
+            "--config.checkpoint.every_steps=2", "--config.optim.warmup_steps=1",
+            "--config.train.tensorboard=False", "--config.mesh.data=-1"]
+    done = subprocess.run(args, env=env, cwd=str(REPO), capture_output=True, text=True,
+                          timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"crema-jax pretrain failed:\n{done.stdout[-3000:]}\n"
+                           f"{done.stderr[-3000:]}")
+    assert (workdir / "checkpoints" / "2").is_dir(), list(workdir.iterdir())
+    return workdir

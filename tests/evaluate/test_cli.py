@@ -1,0 +1,90 @@
+"""`crema-jax probe` / `finetune` end to end on the 50 CinC records, from a `crema-jax pretrain`
+checkpoint; figures are recomputed from predictions.npz with scikit-learn and the labels are read
+back from the WFDB headers by hand."""
+import json
+import pathlib
+
+import matplotlib.image
+import numpy as np
+import pytest
+from absl.testing import flagsaver
+from sklearn.metrics import roc_auc_score
+
+from crema_jax.evaluate import finetune, probe
+
+COMMON = dict(layout="wfdb_folder", split_fractions=["0.6", "0.2", "0.2"], min_positives=3,
+              bootstrap=50, batch_size=16)
+
+
+def _header_labels(root: pathlib.Path, record_id: str) -> set:
+    for line in (root / f"{record_id}.hea").read_text().splitlines():
+        if line.startswith("# Dx:"):
+            return {code.strip() for code in line[5:].split(",")}
+    return set()
+
+
+def _check_outputs(workdir: pathlib.Path, root: pathlib.Path) -> dict:
+    report = json.loads((workdir / "report.json").read_text())
+    assert "NaN" not in (workdir / "report.json").read_text()
+    pred = np.load(workdir / "predictions.npz")
+    classes = list(pred["classes"])
+    assert classes == report["classes"]
+    # Labels agree with the headers; 20% of each source is test: 4 + 4 + 2 records.
+    assert len(pred["record_id"]) == report["runs"][0]["test"]["n"] == 10
+    for rid, row in zip(pred["record_id"], pred["labels"]):
+        codes = _header_labels(root, str(rid))
+        assert [c for c, y in zip(classes, row) if y] == [c for c in classes if c in codes]
+    ok = [c for c in range(len(classes)) if 0 < pred["labels"][:, c].sum() < len(pred["labels"])]
+    test = report["runs"][0]["test"]
+    assert test["macro_auroc"] == pytest.approx(
+        roc_auc_score(pred["labels"][:, ok], pred["probs"][:, ok], average="macro"), abs=1e-6)
+    assert {s["class"] for s in test["skipped"]} == {classes[c] for c in range(len(classes))
+                                                      if c not in ok}
+    assert test["ci"]["low"] <= test["ci"]["high"]
+    assert "| run | leads |" in (workdir / "report.md").read_text()
+    for png in ("roc.png", "embeddings_pca.png"):
+        assert matplotlib.image.imread(workdir / png).shape[0] > 300
+    return report
+
+
+def test_probe_protocols_end_to_end(pretrained_workdir, cinc_sample_dir, tmp_path):
+    with flagsaver.flagsaver(checkpoint=str(pretrained_workdir), root=str(cinc_sample_dir),
+                             workdir=str(tmp_path), label_fractions=["0.01", "0.1", "1.0"],
+                             lead_sets=["12", "I"], cross_domain=True, probe_steps=50, **COMMON):
+        probe.main(["probe"])
+    report = _check_outputs(tmp_path, cinc_sample_dir)
+    runs = {(r["protocol"]["leads"], r["protocol"]["label_fraction"]): r for r in report["runs"]}
+    assert set(runs) == {(l, f) for l in ("12", "I") for f in (0.01, 0.1, 1.0)}
+    # 30 training records (60% of 20 + 20 + 10); 1% keeps >= 1 positive per class instead of 1.
+    assert runs[("12", 1.0)]["n_train"] == 30
+    assert 1 <= runs[("12", 0.01)]["n_train"] <= len(report["classes"])
+    assert runs[("12", 0.1)]["n_train"] >= 3
+    cross = {c["train_source"]: c for c in report["cross_domain"]}
+    assert set(cross) == {"georgia", "ningbo", "ptbxl"}
+    assert {k: v["n"] for k, v in cross["georgia"]["out_of_domain"].items()} == {
+        "ningbo": 20, "ptbxl": 10}
+    for entry in cross.values():
+        for drop in entry["drop"].values():
+            if drop["drop"] is not None:
+                assert drop["drop"] == pytest.approx(drop["in_domain"] - drop["out_of_domain"])
+
+
+def test_finetune_lead_i_end_to_end(pretrained_workdir, cinc_sample_dir, tmp_path):
+    with flagsaver.flagsaver(checkpoint=str(pretrained_workdir), root=str(cinc_sample_dir),
+                             workdir=str(tmp_path), lead_sets=["I"], label_fractions=["1.0"],
+                             cross_domain=False, epochs=2, patience=0, **COMMON):
+        finetune.main(["finetune"])
+    report = _check_outputs(tmp_path, cinc_sample_dir)
+    run = report["runs"][0]
+    assert [h["epoch"] for h in run["history"]] == [1, 2]
+    assert run["best_epoch"] in (1, 2)
+    assert report["prediction_averaging"] == "mean of the crops' logits"
+
+
+def test_random_init_baseline_probe(cinc_sample_dir, tmp_path):
+    with flagsaver.flagsaver(checkpoint="random", model_size="tiny", root=str(cinc_sample_dir),
+                             workdir=str(tmp_path), lead_sets=["12"], label_fractions=["1.0"],
+                             cross_domain=False, probe_steps=50, **COMMON):
+        probe.main(["probe"])
+    report = _check_outputs(tmp_path, cinc_sample_dir)
+    assert report["settings"]["checkpoint"] == "random"
