@@ -37,7 +37,8 @@ def define(define_fn, name: str, *args, **kwargs):
 S, I, B, L, E = (flags.DEFINE_string, flags.DEFINE_integer, flags.DEFINE_bool, flags.DEFINE_list,
                  flags.DEFINE_enum)
 _CHECKPOINT = define(S, "checkpoint", None, "Checkpoint workdir or step dir (from `crema-jax "
-                     "pretrain` or `import-torch`), or 'random' for a freshly initialised backbone.")
+                     "pretrain` or `import-torch`), or 'random' for a freshly initialised "
+                     "backbone.")
 _BACKBONE = define(E, "backbone", "sit", ["sit", "net1d"],
                    "sit: the SiT encoder; net1d: ECGFounder's Net1D.")
 _MODEL_SIZE = define(S, "model_size", "tiny", "SiT size for --checkpoint=random "

@@ -141,10 +141,10 @@ def make_steps(model: Model, tx, mesh, *, label_type: str, label_smoothing: floa
 
     def eval_step(params, rest, batch):
         b, c = batch["patches"].shape[:2]
+        flat = lambda x: x.reshape((b * c,) + x.shape[2:])  # noqa: E731 - crops as records
         leads = jnp.repeat(batch["lead_indices"], c, axis=0)
-        logits = model.logits_fn(
-            model.graphdef, (params, rest), batch["patches"].reshape((b * c,) + batch["patches"].shape[2:]),
-            leads, batch["patch_valid"].reshape((b * c,) + batch["patch_valid"].shape[2:]), None)
+        logits = model.logits_fn(model.graphdef, (params, rest), flat(batch["patches"]), leads,
+                                 flat(batch["patch_valid"]), None)
         return logits.reshape(b, c, -1).mean(1)  # ST-MEM: average over the crops
 
     train = jax.jit(train_step, in_shardings=(repl, repl, repl, batch_sh, repl),

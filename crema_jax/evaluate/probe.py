@@ -66,12 +66,12 @@ def run_probe(settings: dict, probe_kwargs: dict) -> dict:
     runs, cross, headline = [], [], None
     from crema_jax.data.pipeline import make_eval_dataset
     for lead_name in settings["lead_sets"]:
-        data_cfg = cli.eval_data_config(backbone.config, backbone.name, protocols.lead_set(lead_name),
-                                        batch_size=batch_size,
+        data_cfg = cli.eval_data_config(backbone.config, backbone.name,
+                                        protocols.lead_set(lead_name), batch_size=batch_size,
                                         num_workers=settings["num_workers"])
         t0 = time.time()
-        out = features.extract(feature_fn, make_eval_dataset(data_cfg,
-                                                             source=cli.make_source(data, data_cfg)))
+        batches = make_eval_dataset(data_cfg, source=cli.make_source(data, data_cfg))
+        out = features.extract(feature_fn, batches)
         logging.info("features (%s leads): %d ECGs in %.1fs", lead_name, len(out["index"]),
                      time.time() - t0)
         rows = out["index"]  # records that could be read, as rows of `data`

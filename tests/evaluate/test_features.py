@@ -17,7 +17,8 @@ def _batches(rng, n, batch, leads, crops=3, patches=30, size=75):
         pv = np.ones((batch, crops, len(leads), patches), bool)
         pv[:, :, :, -3:] = rng.random((batch, crops, len(leads), 3)) < 0.5  # some padding
         out.append({
-            "patches": rng.normal(size=(batch, crops, len(leads), patches, size)).astype(np.float32),
+            "patches": rng.normal(size=(batch, crops, len(leads), patches, size)).astype(
+                np.float32),
             "patch_valid": pv, "lead_indices": np.tile(np.asarray(leads, np.int32), (batch, 1)),
             "labels": rng.random((batch, 2)).astype(np.float32),
             "index": np.arange(start, start + batch), "valid": valid})

@@ -3,7 +3,6 @@ import json
 
 import matplotlib.image
 import numpy as np
-import pytest
 from sklearn.decomposition import PCA
 from sklearn.metrics import roc_auc_score
 
