@@ -8,6 +8,7 @@ Pretraining chain (one seed -> the same batches on every run and after a checkpo
       -> NonEmpty       filter: a chunk whose records all failed disappears
       -> PretrainViews  RandomMap: random crop, per-view augment, patchify, mask
       -> to_iter_dataset -> rebatch(B, drop_remainder=True) -> mp_prefetch(num_workers)
+      -> ExpandViews    copy the shared crop into V views (in the consuming process)
 
 Why chunks instead of one Grain op per record: Grain spends ~10 us of bookkeeping per op per
 element (~90 us for a source-shuffle-repeat-slice-map-filter-map chain, measured), and
@@ -196,10 +197,16 @@ class PretrainViews(grain.transforms.RandomMap):
         spare = length - self.geo.crop
         return int(rng.integers(0, spare + 1)) if spare > 0 else 0
 
+    @property
+    def shared_crop(self) -> bool:
+        """Views identical before masking: the crop is emitted once, ExpandViews copies it."""
+        return not self.independent_crops and not self.augment["names"]
+
     def random_map(self, chunk: Sequence[dict], rng: np.random.Generator) -> dict:
         geo, n, views = self.geo, len(chunk), self.num_views
         num_leads, num_patches = len(geo.rows), geo.num_patches
-        signals = np.empty((n, views, num_leads, geo.crop), np.float32)
+        crops = 1 if self.shared_crop else views
+        signals = np.empty((n, crops, num_leads, geo.crop), np.float32)
         real = np.empty((n, views), np.int64)
         lead_valid = np.empty((n, views, num_leads), bool)
         for i, element in enumerate(chunk):
@@ -207,9 +214,10 @@ class PretrainViews(grain.transforms.RandomMap):
             lead_valid[i] = np.asarray(element["lead_present"], bool)[geo.rows]
             for v in range(views if self.independent_crops else 1):
                 real[i, v] = geo.fill(signals[i, v], element, self._start(length, rng))
-        if views > 1 and not self.independent_crops:  # Same crop, different masks.
-            signals[:, 1:] = signals[:, :1]
+        if not self.independent_crops:  # Same crop, different masks (and augmentations).
             real[:, 1:] = real[:, :1]
+            if crops > 1:
+                signals[:, 1:] = signals[:, :1]
         if self.augment["names"]:
             for i in range(n):
                 for v in range(views):
@@ -218,7 +226,7 @@ class PretrainViews(grain.transforms.RandomMap):
         mask, visible, masked = masking.batch_masks(self.mask_name, rng, n * views, num_leads,
                                                     num_patches, self.ratio)
         return {
-            "patches": signals.reshape(n, views, num_leads, num_patches, geo.patch),
+            "patches": signals.reshape(n, crops, num_leads, num_patches, geo.patch),
             "mask": mask.reshape(n, views, num_leads, num_patches),
             "visible_idx": visible.reshape(n, views, -1),
             "masked_idx": masked.reshape(n, views, -1),
@@ -226,6 +234,24 @@ class PretrainViews(grain.transforms.RandomMap):
             "lead_indices": np.broadcast_to(geo.rows, (n, num_leads)).copy(),
             "index": np.asarray([e["index"] for e in chunk], np.int64),
         }
+
+
+class ExpandViews(grain.transforms.Map):
+    """(B, 1, L, N, P) patches -> (B, V, L, N, P) when all views share one crop.
+
+    Runs after mp_prefetch, in the consuming process: workers then send each crop once through
+    shared memory (allocating fresh shared memory, ~150 us per ECG of 216 kB, was the largest cost
+    of a worker) and the copy happens where the batch is used anyway.
+    """
+
+    def __init__(self, num_views: int):
+        self.num_views = num_views
+
+    def map(self, batch: dict) -> dict:
+        if batch["patches"].shape[1] != self.num_views:
+            batch = dict(batch)
+            batch["patches"] = np.repeat(batch["patches"], self.num_views, axis=1)
+        return batch
 
 
 class EvalCrops(grain.transforms.Map):
@@ -357,7 +383,8 @@ def make_pretrain_dataset(data_cfg: Mapping, *, source: Any = None,
                         num_epochs=data_cfg["num_epochs"], process_index=index,
                         process_count=count)
     ds = _build(data_cfg, source, order, stats, PretrainViews(data_cfg))
-    return _prefetch(RebatchIterDataset(ds, batch, drop_remainder=True), data_cfg)
+    ds = _prefetch(RebatchIterDataset(ds, batch, drop_remainder=True), data_cfg)
+    return ds.map(ExpandViews(int(data_cfg["num_views"])))
 
 
 def make_eval_dataset(data_cfg: Mapping, *, source: Any = None, split: str | None = None,
