@@ -157,7 +157,10 @@ def restore_train_state(manager: ocp.CheckpointManager, step: int, *, abstract_p
         items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
     restored = manager.restore(step, args=ocp.args.Composite(**items))
     rng_data = np.asarray(restored["rng"]["key"])
-    key_data = jax.device_put(rng_data, replicated) if replicated is not None else rng_data
+    if replicated is not None:  # make_array_from_callback: valid across processes too.
+        rng_data = jax.make_array_from_callback(rng_data.shape, replicated,
+                                                lambda index: rng_data[index])
+    key_data = rng_data
     rng = jax.random.wrap_key_data(key_data, impl=rng_impl)
     return dict(params=restored["params"], opt_state=restored["opt_state"], rng=rng,
                 step=int(np.asarray(restored["rng"]["step"])))

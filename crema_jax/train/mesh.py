@@ -78,6 +78,13 @@ def replicated(mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def replicate(value, sharding: NamedSharding) -> jax.Array:
+    """A host value (identical on every process) as a global array; unlike jax.device_put this
+    also works when the sharding spans other processes' devices."""
+    host = np.asarray(value)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 def batch_divisor(mesh) -> int:
     """The global batch must divide by this (the number of batch shards)."""
     return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))

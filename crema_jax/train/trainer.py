@@ -120,7 +120,8 @@ def train(config, workdir, *, devices=None, batch_iter=None) -> dict:
     # ================================================================== shard and transfer
     manager = ckpt_lib.make_manager(workdir, max_to_keep=int(config.checkpoint.max_to_keep),
                                     async_save=bool(config.checkpoint.async_save))
-    base_rng = jax.device_put(jax.random.key(int(config.train.seed)), parts["replicated"])
+    base_rng = jax.random.wrap_key_data(mesh_lib.replicate(
+        jax.random.key_data(jax.random.key(int(config.train.seed))), parts["replicated"]))
     target = abstract_state(parts, config)
 
     # ============================================================================ load checkpoint
@@ -134,7 +135,7 @@ def train(config, workdir, *, devices=None, batch_iter=None) -> dict:
             state = {"params": step_lib.select_like(restored["params"], target["params"]),
                      "fixed": step_lib.select_like(restored["params"], target["fixed"]),
                      "opt_state": restored["opt_state"],
-                     "step": jax.device_put(np.int32(start), parts["replicated"])}
+                     "step": mesh_lib.replicate(np.int32(start), parts["replicated"])}
             base_rng = restored["rng"]
             metrics_lib.print_line(f"resumed from step {start} of {workdir}")
         else:
