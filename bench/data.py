@@ -6,8 +6,8 @@ Writes synthetic 10 s, 500 Hz WFDB records (synthetic.write_synthetic_wfdb) to a
 folder, builds a cache from them with `crema-jax prepare`, then times the full pretraining
 pipeline (read/decode -> crop -> patchify -> mask -> batches of 64) with num_workers 0 (in-process)
 and 2 (Grain mp_prefetch), after a warm-up that also absorbs worker start-up. Targets per worker
-process: cache >= 5,000 ECGs/s, raw 500 Hz WFDB >= 200 ECGs/s. On a shared machine, run it a few
-times and read the best row.
+process: cache >= 5,000 ECGs/s, raw 500 Hz WFDB >= 200 ECGs/s. "ECGs per CPU-s" (in-process
+rows) is the throughput of one dedicated core, the stable figure on a shared machine.
 """
 from __future__ import annotations
 
@@ -24,17 +24,23 @@ from crema_jax.data import config as config_lib
 from crema_jax.data import pipeline, synthetic
 
 
-def _throughput(cfg, batches: int, warmup: int) -> float:
+def _throughput(cfg, batches: int, warmup: int) -> tuple[float, float | None]:
+    """(ECGs/s wall clock, ECGs per CPU-second of this process or None with workers).
+
+    The CPU figure is what one dedicated core does; on a shared machine it is the stable number
+    (wall clock then depends on how many other processes compete for the cores).
+    """
     iterator = iter(pipeline.make_pretrain_dataset(cfg, process_index=0, process_count=1))
     for _ in range(warmup):
         next(iterator)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(batches):
         next(iterator)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     if hasattr(iterator, "close"):
         iterator.close()
-    return batches * cfg.batch_size / elapsed
+    count = batches * cfg.batch_size
+    return count / elapsed, (count / cpu if cfg.num_workers == 0 else None)
 
 
 def main() -> None:
@@ -66,15 +72,17 @@ def main() -> None:
                     setattr(cfg, key, value)
                 # Raw reading is ~100x slower: time fewer batches so a row takes seconds.
                 timed = args.batches if "cache" in name else max(2, args.batches // 4)
-                rate = _throughput(cfg, timed, warmup=2 if workers else 1)
-                rows.append((name, workers, rate, rate / max(workers, 1)))
+                rate, per_cpu = _throughput(cfg, timed, warmup=2 if workers else 1)
+                rows.append((name, workers, rate, rate / max(workers, 1), per_cpu))
 
     print(f"\nprepare: {args.records} records (500 Hz, 10 s) -> cache in {prepare_s:.1f} s "
           f"with 2 workers; batches of 64, {args.views} view(s), random_per_lead 0.75\n")
-    print(f"| {'source':<18} | workers | ECGs/s total | ECGs/s per worker |")
-    print(f"|{'-' * 20}|---------|--------------|-------------------|")
-    for name, workers, rate, per in rows:
-        print(f"| {name:<18} | {workers:>7} | {rate:>12,.0f} | {per:>17,.0f} |")
+    print(f"| {'source':<18} | workers | ECGs/s total | ECGs/s per worker | ECGs per CPU-s |")
+    print(f"|{'-' * 20}|---------|--------------|-------------------|----------------|")
+    for name, workers, rate, per, per_cpu in rows:
+        cpu = f"{per_cpu:>14,.0f}" if per_cpu else f"{'-':>14}"
+        print(f"| {name:<18} | {workers:>7} | {rate:>12,.0f} | {per:>17,.0f} | {cpu} |")
+    print(f"\nload average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":
