@@ -129,9 +129,13 @@ def load_index(cache_dir: str) -> dict:
 
 
 def check_settings(index: Mapping, path: str, *, target_fs: float | None = None,
-                   preprocess: Any = "unchecked") -> None:
+                   preprocess: Any = "unchecked", derive_limb_leads: bool | None = None) -> None:
     """Raise if the cache was built at another rate or with other preprocessing than expected."""
     settings = index["settings"]
+    if derive_limb_leads is not None and bool(settings["derive_limb_leads"]) != derive_limb_leads:
+        raise ValueError(f"{path}: cache built with derive_limb_leads="
+                         f"{settings['derive_limb_leads']} but data.derive_limb_leads="
+                         f"{derive_limb_leads}; rebuild it with `crema-jax prepare`")
     if target_fs is not None and float(settings["target_fs"]) != float(target_fs):
         raise ValueError(f"{path}: cache built at target_fs={settings['target_fs']} but "
                          f"data.target_fs={target_fs}; rebuild it with `crema-jax prepare`")
@@ -149,11 +153,13 @@ class CacheSource:
     """
 
     def __init__(self, cache_dir: str, *, split: str = "", expect_target_fs: float | None = None,
-                 expect_preprocess: Any = "unchecked"):
+                 expect_preprocess: Any = "unchecked",
+                 expect_derive_limb_leads: bool | None = None):
         self.cache_dir = os.path.abspath(cache_dir)
         index = load_index(self.cache_dir)
         check_settings(index, os.path.join(self.cache_dir, INDEX_FILE),
-                       target_fs=expect_target_fs, preprocess=expect_preprocess)
+                       target_fs=expect_target_fs, preprocess=expect_preprocess,
+                       derive_limb_leads=expect_derive_limb_leads)
         self.split = split
         self.label_names = list(index["label_names"])
         self.shard_files = [os.path.join(self.cache_dir, s["file"]) for s in index["shards"]]

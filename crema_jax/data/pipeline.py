@@ -69,7 +69,7 @@ class RecordOrder:
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch not in self._perms:
-            if len(self._perms) >= 2:  # A chunk spans at most two epochs.
+            if len(self._perms) >= 2:  # Keep the two latest: chunks rarely span more epochs.
                 self._perms.pop(min(self._perms))
             self._perms[epoch] = (np.random.default_rng([self.seed, epoch]).permutation(self.n)
                                   if self.shuffle else np.arange(self.n))
@@ -321,7 +321,8 @@ def make_source(data_cfg: Mapping, *, split: str | None = None):
 
         return cache.CacheSource(data_cfg["cache_dir"], split=split,
                                  expect_target_fs=data_cfg["target_fs"],
-                                 expect_preprocess=preprocess_settings(data_cfg))
+                                 expect_preprocess=preprocess_settings(data_cfg),
+                                 expect_derive_limb_leads=bool(data_cfg["derive_limb_leads"]))
     from crema_jax.data import layouts  # Only raw-WFDB pipelines need the layout registry.
 
     if data_cfg["layout"] not in layouts.LAYOUTS:

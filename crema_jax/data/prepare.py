@@ -1,7 +1,8 @@
 """`crema-jax prepare`: convert a dataset into the preprocessed ArrayRecord cache (see cache.py).
 
     crema-jax prepare --layout=wfdb_folder --root=/data/cinc2021 --out=/data/cinc2021-cache \
-        --workers=8 [--strict] [--target_fs=250] [--preprocess=stmem] [--records_per_shard=1024]
+        --workers=8 [--strict] [--target_fs=250] [--preprocess=stmem] [--records_per_shard=1024] \
+        [--layout_option=KEY=VALUE ...]
 
 - Records are split into shards in layout order (records_per_shard each); one worker process
   writes one shard at a time.
@@ -37,6 +38,9 @@ def _define(definer, name, *args):
 _define(flags.DEFINE_string, "layout", "wfdb_folder", "dataset layout (layouts.LAYOUTS key)")
 _define(flags.DEFINE_string, "root", None, "dataset folder read by the layout")
 _define(flags.DEFINE_string, "out", None, "output folder of the cache (created; reused to resume)")
+_define(flags.DEFINE_multi_string, "layout_option", [],
+        "KEY=VALUE keyword argument of the layout function, repeatable (e.g. label_set=rhythm); "
+        "VALUE is parsed as JSON when it can be (numbers, true/false), else kept as a string")
 _define(flags.DEFINE_integer, "workers", 2, "worker processes (1 = in this process)")
 _define(flags.DEFINE_bool, "strict", False, "stop with an error at the first bad record")
 _define(flags.DEFINE_float, "target_fs", 250.0, "sampling rate of the cached signals, Hz")
@@ -49,9 +53,23 @@ _define(flags.DEFINE_integer, "stop_after_shards", 0,
         "(0 = never; for testing resumption)")
 
 
+def _layout_options() -> dict:
+    options = {}
+    for item in FLAGS.layout_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            sys.exit(f"error: --layout_option={item!r}; expected KEY=VALUE")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
 def _settings(index, preprocess_cfg) -> dict:
     paths = hashlib.sha1("\n".join(r.path for r in index.records).encode()).hexdigest()
     return {"format": "crema_jax.cache/1", "layout": FLAGS.layout,
+            "layout_options": _layout_options(),
             "root": os.path.abspath(FLAGS.root), "target_fs": float(FLAGS.target_fs),
             "preprocess_preset": FLAGS.preprocess, "preprocess": preprocess_cfg,
             "derive_limb_leads": True, "dtype": FLAGS.dtype,
@@ -134,7 +152,7 @@ def main(argv):
                  f"{sorted(preprocess_lib.PRESETS)}")
     if FLAGS.records_per_shard <= 0:
         sys.exit("error: --records_per_shard must be positive")
-    index = layouts.LAYOUTS[FLAGS.layout](FLAGS.root)
+    index = layouts.LAYOUTS[FLAGS.layout](FLAGS.root, **_layout_options())
     preprocess_cfg = preprocess_lib.PRESETS[FLAGS.preprocess]().to_dict()
     settings = _settings(index, preprocess_cfg)
     os.makedirs(FLAGS.out, exist_ok=True)
