@@ -180,9 +180,14 @@ class _Geometry:
 
 
 class PretrainViews(grain.transforms.RandomMap):
-    """Chunk of loaded records -> stacked pretraining arrays (CONTRACTS.md batch format)."""
+    """Chunk of loaded records -> stacked pretraining arrays (CONTRACTS.md batch format).
 
-    def __init__(self, data_cfg: Mapping):
+    compact=True (the pipeline's setting) emits a crop shared by all views once, as patches
+    (n, 1, L, N, P); ExpandViews restores the V axis after the worker processes.
+    """
+
+    def __init__(self, data_cfg: Mapping, *, compact: bool = False):
+        self.compact = compact
         self.geo = _Geometry(data_cfg)
         self.num_views = int(data_cfg["num_views"])
         self.independent_crops = bool(data_cfg["independent_view_crops"])
@@ -200,7 +205,7 @@ class PretrainViews(grain.transforms.RandomMap):
     @property
     def shared_crop(self) -> bool:
         """Views identical before masking: the crop is emitted once, ExpandViews copies it."""
-        return not self.independent_crops and not self.augment["names"]
+        return self.compact and not self.independent_crops and not self.augment["names"]
 
     def random_map(self, chunk: Sequence[dict], rng: np.random.Generator) -> dict:
         geo, n, views = self.geo, len(chunk), self.num_views
@@ -383,7 +388,7 @@ def make_pretrain_dataset(data_cfg: Mapping, *, source: Any = None,
     order = RecordOrder(len(source), chunk_size=batch, seed=int(data_cfg["seed"]), shuffle=True,
                         num_epochs=data_cfg["num_epochs"], process_index=index,
                         process_count=count)
-    ds = _build(data_cfg, source, order, stats, PretrainViews(data_cfg))
+    ds = _build(data_cfg, source, order, stats, PretrainViews(data_cfg, compact=True))
     ds = _prefetch(RebatchIterDataset(ds, batch, drop_remainder=True), data_cfg)
     return ds.map(ExpandViews(int(data_cfg["num_views"])))
 

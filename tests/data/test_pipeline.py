@@ -290,3 +290,13 @@ def test_preview_png_shows_the_pipeline_mask(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert ((~views["mask"][0, 0]).sum(axis=1) == 7).all()
     assert _find_crop(element["signal"], views["patches"][0, 0].reshape(12, 2250))
+
+
+def test_pretrain_views_called_directly_give_every_view():
+    """Other modules (e.g. reconstruction plots) call the transform directly: full V axis."""
+    element = {"signal": _arrays(1)[0], "lead_present": np.ones(12, bool), "index": 0,
+               "labels": None}
+    views = pipeline.PretrainViews(_cfg(num_views=2)).random_map([element],
+                                                                 np.random.default_rng(0))
+    assert views["patches"].shape == (1, 2, 12, 30, 75) and views["mask"].shape == (1, 2, 12, 30)
+    np.testing.assert_array_equal(views["patches"][0, 0], views["patches"][0, 1])
