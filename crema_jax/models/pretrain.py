@@ -28,6 +28,24 @@ DECODER_NORM_EPS = 1e-6
 DECODER_BLOCK_LN_EPS = 1e-5
 
 
+def unshuffle(visible_tokens, mask_token, visible_idx, num_slots):
+    """(B, K, W) visible tokens -> (B, num_slots, W) grid with mask_token in the hidden slots.
+
+    A gather, not a scatter: slot s reads visible token #(rank of s among visible slots) or a mask
+    token. Gathers along a batch-sharded axis partition cleanly under SPMD. Needs visible_idx
+    ASCENDING per row (the CONTRACTS batch format).
+    """
+    b, k, w = visible_tokens.shape
+    slots = jnp.arange(num_slots)
+    is_visible = (visible_idx[:, :, None] == slots[None, None, :]).any(axis=1)     # (B, S)
+    rank_visible = jnp.cumsum(is_visible, axis=1) - 1
+    rank_hidden = jnp.cumsum(~is_visible, axis=1) - 1
+    source = jnp.where(is_visible, rank_visible, k + rank_hidden)                 # (B, S)
+    pool = jnp.concatenate(
+        [visible_tokens, jnp.broadcast_to(mask_token, (b, num_slots - k, w))], axis=1)
+    return jnp.take_along_axis(pool, source[..., None], axis=1)
+
+
 class MaeDecoder(nnx.Module):
     """Per-lead reconstruction: each lead's N+2 tokens go through the same blocks separately."""
 
@@ -53,7 +71,7 @@ class MaeDecoder(nnx.Module):
 
     def __call__(self, patch_tokens, sep_tokens, visible_idx, num_patches):
         """patch_tokens (B, K, D) and sep_tokens (B, L, 2, D) AFTER the encoder's per-token norm;
-        visible_idx (B, K) or None. Returns (B, L, N, P) float32."""
+        visible_idx (B, K) ascending or None. Returns (B, L, N, P) float32."""
         b, num_leads = sep_tokens.shape[:2]
         n = num_patches
         vis = self.embed(patch_tokens)
@@ -61,9 +79,9 @@ class MaeDecoder(nnx.Module):
         w = vis.shape[-1]
         if visible_idx is None:
             grid = vis
-        else:  # unshuffle: mask token everywhere, visible tokens scattered back to their slots
-            grid = jnp.broadcast_to(self.mask_embedding[...].astype(vis.dtype), (b, num_leads * n, w))
-            grid = grid.at[jnp.arange(b)[:, None], visible_idx].set(vis)
+        else:
+            grid = unshuffle(vis, self.mask_embedding[...].astype(vis.dtype), visible_idx,
+                             num_leads * n)
         grid = grid.reshape(b, num_leads, n, w)
         x = jnp.concatenate([sep[:, :, :1], grid, sep[:, :, 1:]], axis=2)   # (B, L, N+2, W)
         x = x + self.pos_embedding[...].astype(x.dtype)                     # no lead embeddings
