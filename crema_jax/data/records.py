@@ -66,6 +66,12 @@ class RecordError(Exception):
         super().__init__(f"{message} [{reason}]")
         self.path = str(path)
         self.reason = reason
+        self.message = message
+
+    def __reduce__(self):
+        # Grain worker processes and `crema-jax prepare` workers send errors back pickled; the
+        # default Exception pickling would call __init__ with the formatted message only.
+        return (type(self), (self.path, self.reason, self.message))
 
 
 @dataclasses.dataclass

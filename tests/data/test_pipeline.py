@@ -1,6 +1,7 @@
 """The Grain pipeline on the shared CinC sample, synthetic arrays and broken records."""
 import collections
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -251,6 +252,10 @@ def test_strict_names_file_and_problem(tmp_path, cinc_sample_dir):
         with pytest.raises(records.RecordError) as err:
             list(pipeline.make_eval_dataset(cfg, source=one, process_index=0, process_count=1))
         assert err.value.reason == reason and name in str(err.value)
+        # Worker processes send the error back pickled: it must survive the trip intact.
+        again = pickle.loads(pickle.dumps(err.value))
+        assert (type(again), again.reason, again.path, str(again)) == (
+            records.RecordError, reason, err.value.path, str(err.value))
 
 
 def test_worker_processes_deterministic_restorable_and_log_skips(tmp_path, cinc_sample_dir):
