@@ -1,13 +1,12 @@
-"""JAX parameter trees <-> PyTorch state_dicts, one rule table per layout.
+"""JAX parameter trees <-> PyTorch state_dicts, driven by rule tables.
 
-A layout is a function `rules(model_cfg, **opts) -> list[Rule]`; each Rule says which JAX leaves
-(paths "a/b/0/c" in the nested params dict) make one torch tensor and how. Conversions are pure
-numpy transposes/reshapes/concatenations, so JAX -> torch -> JAX is bit-exact.
+A rule table is a list of Rules; each says which JAX leaves (paths "a/b/0/c" in the nested params
+dict) make which torch tensors and how. Conversions are pure numpy transposes, reshapes, stacks
+and copies, so JAX -> torch -> JAX is bit-exact.
 
-Layouts (registry LAYOUTS):
-- "crema":      our own PyTorch SiT (crema_jax/export/torch_sit.py);
-- "stmem":      ST-MEM's key names and shapes (encoder-only, or the full pretraining model);
-- "ecgfounder": ECGFounder's Net1D (unused batch-norm entries written as identity, ignored on read).
+Tables: `ecgfounder_rules` below (ECGFounder's Net1D; unused batch-norm entries written as
+identity, ignored on read) and crema_jax/export/sit_layouts.py SIT_LAYOUTS ("crema": our own
+PyTorch SiT, "stmem": ST-MEM's key names and shapes).
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
 """ECGFounder's Net1D: checkpoint import against an in-test PyTorch reference, both directions."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -41,7 +42,7 @@ def test_import_reproduces_the_torch_model_and_round_trips(leads, tmp_path):
 
     params, cfg, kept = import_torch.import_weights(str(path), "ecgfounder")
     assert kept == [] and cfg.in_channels == leads and cfg.num_classes == 150
-    model = model_io.merge(cfg, params)
+    model = model_io.merge(cfg, params)  # eager: cheaper than compiling 24 unrolled blocks
     x = np.random.default_rng(leads).standard_normal((2, leads, 777)).astype(np.float32)
     with torch.no_grad():
         want_logits = ref(torch.from_numpy(x)).numpy()
@@ -73,23 +74,25 @@ def test_import_reproduces_the_torch_model_and_round_trips(leads, tmp_path):
 # Block-level edge cases against the reference block.
 # ------------------------------------------------------------------------------------------------
 def _jax_block(ref: RefBlock, is_first_block):
-    blk = net1d.Block(ref.cin, ref.cout, kernel=16, stride=ref.s, group_width=16,
-                      is_first_block=is_first_block, rngs=nnx.Rngs(0))
-    for n in (1, 2, 3):
-        conv_t, conv_j = getattr(ref, f"conv{n}").conv, getattr(blk, f"conv{n}")
-        conv_j.kernel[...] = jnp.asarray(conv_t.weight.detach().numpy().transpose(2, 1, 0))
-        conv_j.bias[...] = jnp.asarray(conv_t.bias.detach().numpy())
-    for fc in ("se_fc1", "se_fc2"):
-        lin_t, lin_j = getattr(ref, fc), getattr(blk.se, fc)
-        lin_j.kernel[...] = jnp.asarray(lin_t.weight.detach().numpy().T)
-        lin_j.bias[...] = jnp.asarray(lin_t.bias.detach().numpy())
-    return blk
+    """The JAX block with the reference's weights (built abstractly: no random init)."""
+    abstract = nnx.eval_shape(lambda: net1d.Block(
+        ref.cin, ref.cout, kernel=16, stride=ref.s, group_width=16,
+        is_first_block=is_first_block, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    t = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
+    pure = {f"conv{n}": {"kernel": t[f"conv{n}.conv.weight"].transpose(2, 1, 0),
+                         "bias": t[f"conv{n}.conv.bias"]} for n in (1, 2, 3)}
+    pure["se"] = {fc: {"kernel": t[f"{fc}.weight"].T, "bias": t[f"{fc}.bias"]}
+                  for fc in ("se_fc1", "se_fc2")}
+    nnx.replace_by_pure_dict(state, pure)
+    return jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)), state
 
 
 def _run_both(ref, blk, x):
+    apply, state = blk
     with torch.no_grad():
         want = ref(torch.from_numpy(x)).numpy()
-    got = np.asarray(blk(jnp.asarray(x.transpose(0, 2, 1)))).transpose(0, 2, 1)
+    got = np.asarray(apply(state, jnp.asarray(x.transpose(0, 2, 1)))).transpose(0, 2, 1)
     return got, want
 
 

@@ -152,3 +152,12 @@ def test_record_lists_globs_and_folders(cinc_sample_dir):
     assert inputs.crop_offsets(2250, 2250, (0, 125, 250)) == [0, 0, 0]
     np.testing.assert_array_equal(inputs.fit_length(np.arange(7.0)[None], 4), [[1, 2, 3, 4]])
     np.testing.assert_array_equal(inputs.fit_length(np.arange(2.0)[None], 4), [[0, 1, 0, 0]])
+
+
+def test_imported_checkpoints_load_as_evaluation_backbones(net1d_ckpt, sit_ckpt):
+    """probe/finetune read import-torch output through their backbone loaders."""
+    from crema_jax.evaluate import features
+
+    sit = features.load_backbone("sit", sit_ckpt[1])
+    net = features.load_backbone("net1d", net1d_ckpt[1])
+    assert sit.width == 64 and net.width == 32

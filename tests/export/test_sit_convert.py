@@ -42,6 +42,8 @@ def imported(request, tmp_path_factory):
 
 
 def _jax_outputs(cfg, params, patches, visible_idx):
+    """(features, reconstruction) of the JAX model. Eager on purpose: the per-op compile cache
+    is shared by identical blocks, which costs less CPU than compiling the unrolled model."""
     model = model_io.merge(cfg, params)
     leads = jnp.tile(jnp.arange(12), (patches.shape[0], 1))
     feats = model.encoder.features(jnp.asarray(patches), leads)
@@ -53,7 +55,6 @@ def _jax_outputs(cfg, params, patches, visible_idx):
 def test_stmem_import_reproduces_stmem_forward(imported):
     name, ref, params, cfg, kept = imported
     assert sorted({p.split("/")[0] for p in kept}) == ["logit_bias", "logit_scale", "projector"]
-    size = model_io.build.__module__ and default_model_config()
     assert cfg.num_patches == 30 and cfg.decoder_width == 256 and cfg.size == (
         "small" if name == "small" else "base")
     patches, keep, visible_idx = _inputs()
