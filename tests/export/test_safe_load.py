@@ -105,11 +105,14 @@ def test_safetensors_reading_needs_no_torch(tmp_path):
     code = ("import sys; sys.modules['torch'] = None\n"
             "from crema_jax.export import safe_load\n"
             f"t, _ = safe_load.read_safetensors({str(path)!r}); print(t['w'].sum())\n"
-            "try:\n    safe_load.import_torch('x')\nexcept ImportError as e:\n    print(e)\n")
+            "try:\n    safe_load.import_torch('x')\nexcept ImportError as e:\n    print(e)\n"
+            "try:\n    import crema_jax.export.torch_sit\nexcept ImportError as e:\n    print(e)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
-    assert result.stdout.splitlines()[0] == "15.0"
-    assert "pip install crema_jax[torch]" in result.stdout
+    lines = result.stdout.splitlines()
+    assert lines[0] == "15.0"
+    assert "pip install crema_jax[torch]" in lines[1]
+    assert "torch_sit needs PyTorch" in lines[2] and "pip install crema_jax[torch]" in lines[2]
 
 
 def test_import_then_export_through_the_checkpoint(tmp_path):
