@@ -123,7 +123,7 @@ def _crema_model_config(path: str, metadata: Mapping[str, str]):
 
 
 def read_torch_weights(path: str, fmt: str):
-    """(state_dict, model_cfg, rules, ignored key patterns, layout name) for `path` in `fmt`."""
+    """(state_dict, model_cfg, rules, ignored key patterns) for `path` in `fmt`."""
     obj, metadata = safe_load.read_weight_file(path)
     if fmt == "ecgfounder":
         sd = safe_load.strip_prefix(safe_load.extract_state_dict(obj, path, ("state_dict",)),

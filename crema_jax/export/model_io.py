@@ -41,7 +41,15 @@ def init_params(model_cfg, seed: int = 0, *, only: list[str] | None = None) -> d
 
 
 def merge(model_cfg, params: Mapping):
-    """The nnx model with `params` (shapes must match the config's model)."""
+    """The nnx model with `params` (shapes must match the config's model).
+
+    A SiT checkpoint holds either the pretraining model ("encoder", "decoder", ...) or a bare
+    encoder (fine-tuned); the params' structure decides which module is built.
+    """
+    if model_cfg.get("name", "sit") in ("sit", "sit_encoder"):
+        model_cfg = model_cfg.copy_and_resolve_references()
+        with model_cfg.unlocked():
+            model_cfg.name = "sit" if "encoder" in params else "sit_encoder"
     model = nnx.eval_shape(lambda: build(model_cfg, nnx.Rngs(0)))
     graphdef, state, rest = nnx.split(model, _NOT_RNG, ...)
     nnx.replace_by_pure_dict(state, jax.tree.map(np.asarray, dict(params)))

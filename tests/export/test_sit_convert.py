@@ -11,7 +11,7 @@ import torch
 
 from crema_jax.export import convert, export_torch, import_torch, model_io, sit_layouts, torch_sit
 from crema_jax.models import default_model_config
-from stmem_torch_ref import StMemPretrain, randomise_norms
+from stmem_torch_ref import StMemEncoder, StMemPretrain, randomise_norms
 
 SIZES = {"tiny": dict(width=64, depth=2, heads=1), "small": dict(width=384, depth=12, heads=6)}
 
@@ -141,3 +141,32 @@ def test_configs_stmem_cannot_express_are_refused():
     export_torch.build_state_dict(params, cfg, layout="stmem", include_decoder=False)  # fine
     with pytest.raises(export_torch.ExportError, match="ST-MEM's decoder is"):
         export_torch.build_state_dict(params, cfg, layout="stmem", include_decoder=True)
+
+
+def test_fine_tuned_encoder_with_head_exports_to_both_layouts(tmp_path):
+    """A bare SiT with a classification head (fine-tuned): ST-MEM's `head.*` keys; our torch
+    module's logits match the JAX model's."""
+    torch.manual_seed(6)
+    ref = randomise_norms(StMemEncoder(64, 2, 1, num_classes=5), seed=7).eval()
+    state = {k: v.numpy() for k, v in ref.state_dict().items()}
+    cfg, full = import_torch.infer_stmem_config(state)
+    assert cfg.num_classes == 5 and not full
+    cfg.name = "sit_encoder"  # the bare encoder, as a fine-tuned checkpoint holds it
+    rules = sit_layouts.stmem_rules(cfg, jax_prefix="", include_head=True, include_decoder=False)
+    encoder, kept = convert.torch_to_jax(state, rules, model_io.abstract_params(cfg),
+                                         path="mem", layout="stmem")
+    assert kept == []
+    sd = export_torch.build_state_dict(encoder, cfg, layout="stmem", include_decoder=False)
+    assert sorted(sd) == sorted(ref.state_dict()) and "head.weight" in sd
+    patches = _inputs(seed=2)[0]
+    model = model_io.merge(cfg, encoder)
+    got = np.asarray(model.logits(jnp.asarray(patches), jnp.tile(jnp.arange(12), (2, 1))))
+    with torch.no_grad():
+        want = ref(torch.from_numpy(patches)).numpy()
+    assert rel_err(got, want) <= 1e-5
+    crema = export_torch.build_state_dict(encoder, cfg, layout="crema", include_decoder=False)
+    torch_model = torch_sit.CremaSiT(export_torch.resolved_model_config(cfg))
+    torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in crema.items()}, strict=True)
+    with torch.no_grad():
+        mine = torch_model.logits(torch.from_numpy(patches), torch.arange(12).repeat(2, 1)).numpy()
+    assert rel_err(mine, want) <= 1e-5
