@@ -128,6 +128,12 @@ def test_stmem_key_count_and_size_for_vit_b():
     assert sum(int(np.prod(s)) for s in enc.values()) == 85_150_614
     assert enc["pos_embedding"] == (1, 32, 768) and enc["block11.attn.fn.to_qkv.weight"] == (2304, 768)
     assert full["mask_embedding"] == (1, 1, 256) and full["decoder_blocks.3.ff.fn.net.3.weight"] == (256, 1024)
+    # import-torch infers ViT-B from the shapes alone (zero-stride arrays: no memory).
+    for shapes, want_full in ((enc, False), (full, True)):
+        fake = {k: np.broadcast_to(np.float32(0), s) for k, s in shapes.items()}
+        inferred, is_full = import_torch.infer_stmem_config(fake)
+        assert is_full == want_full and inferred.size == "base" and inferred.num_classes == 0
+        assert not inferred.width and inferred.num_patches == 30 and inferred.patch_size == 75
 
 
 def test_configs_stmem_cannot_express_are_refused():
