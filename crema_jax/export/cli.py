@@ -30,3 +30,12 @@ def enum(name, default, values, help_text):
 
 def value(name):
     return getattr(flags.FLAGS, name)
+
+
+def quiet_logs() -> None:
+    """WARNING and above only (Orbax logs every file it opens at INFO), unless --verbosity or
+    -v was given explicitly."""
+    from absl import logging
+
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)

@@ -159,6 +159,7 @@ def load_input(spec: str, config, fs: float | None):
 
 
 def main(argv):
+    cli.quiet_logs()
     if len(argv) != 1 or not all(cli.value(f) for f in ("checkpoint", "input", "out")):
         raise SystemExit("usage: crema-jax embed --checkpoint=DIR --input=X.npy|RECORDS "
                          "--out=Y.npy [--raw] [--logits] [--fs=HZ]")

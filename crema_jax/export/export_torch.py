@@ -129,6 +129,7 @@ def run_export(checkpoint: str, out: str, *, layout: str | None = None,
 
 
 def main(argv):
+    cli.quiet_logs()
     if len(argv) != 1 or not cli.value("checkpoint") or not cli.value("out"):
         raise SystemExit("usage: crema-jax export-torch --checkpoint=DIR --out=FILE.safetensors "
                          "[--layout=crema|stmem|ecgfounder] [--include_decoder]")

@@ -191,6 +191,7 @@ def run_import(path: str, fmt: str, out: str, *, seed: int = 0) -> str:
 
 
 def main(argv):
+    cli.quiet_logs()
     if len(argv) != 2 or not cli.value("format") or not cli.value("out"):
         raise SystemExit("usage: crema-jax import-torch --format=crema|stmem|ecgfounder FILE "
                          "--out=DIR")

@@ -66,6 +66,7 @@ def format_top(ids, probs: np.ndarray, labels, top: int) -> str:
 
 
 def main(argv):
+    cli.quiet_logs()
     if len(argv) < 2 or not cli.value("checkpoint"):
         raise SystemExit("usage: crema-jax predict --model=ecgfounder --checkpoint=DIR RECORD... "
                          "[--out=probs.csv] [--top=5]")
