@@ -76,6 +76,22 @@ class Dataset:
     classes: list[str]
     labels: np.ndarray          # (n, C) multi-hot
     label_type: str
+    display: dict = dataclasses.field(default_factory=dict)  # class -> readable name
+
+
+def class_display_names(root: str, classes) -> dict:
+    """Readable names of label codes from a `snomed_codes.csv` beside the data (CinC 2021 ships
+    one: SNOMEDCTCode,Abbreviation,...); {} when there is none."""
+    import csv
+    path = pathlib.Path(root) / "snomed_codes.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if len(rows) < 2 or len(rows[0]) < 2:
+        return {}
+    names = {row[0].strip(): row[1].strip() for row in rows[1:] if len(row) >= 2}
+    return {c: names[c] for c in classes if names.get(c)}
 
 
 def require(name: str, value):
@@ -116,7 +132,7 @@ def load_dataset(layout: str, root: str, *, label_set: str, split_fractions, min
             raise ValueError(f"the {split!r} split of {root} is empty; pass --split_fractions="
                              "0.6,0.2,0.2 (a seeded re-split per source)")
     return Dataset(infos, splits, np.asarray([info.source for info in infos]), classes, labels,
-                   label_type)
+                   label_type, class_display_names(root, classes))
 
 
 def eval_data_config(config, backbone_name: str, lead_names, *, batch_size: int,
@@ -139,8 +155,9 @@ def eval_data_config(config, backbone_name: str, lead_names, *, batch_size: int,
         cfg.crop_samples = int(model.get("num_samples", 5000))
         cfg.patch_size = cfg.crop_samples // 50
         cfg.eval_crop_offsets = (0,)
-        if base is None:
-            cfg.preprocess = PRESETS["ecgfounder"]()
+        # ECGFounder's own preprocessing (as `crema-jax embed` does): an imported checkpoint's
+        # data section is the SiT default, not what Net1D was trained on.
+        cfg.preprocess = PRESETS["ecgfounder"]()
     cfg.leads = tuple(lead_names)
     cfg.batch_size = int(batch_size)
     cfg.num_workers = int(num_workers)

@@ -150,7 +150,7 @@ def run_finetune(settings: dict, ft: dict) -> dict:
         "title": ("Supervised from scratch (random init)" if is_random else "Fine-tuning")
         + f": sit {settings['checkpoint']}",
         "command": "finetune", "settings": {**settings, **ft},
-        "label_type": data.label_type, "classes": data.classes,
+        "label_type": data.label_type, "classes": data.classes, "class_display": data.display,
         "records": {s: int(np.sum(splits == s)) for s in protocols.SPLITS},
         "prediction_averaging": "mean of the crops' logits",
         "headline": {"macro_auroc": runs[0]["test"]["macro_auroc"], "ci": runs[0]["test"]["ci"],
@@ -159,10 +159,11 @@ def run_finetune(settings: dict, ft: dict) -> dict:
     }
     test_out = headline["outputs"]["test"]
     embeddings = _embeddings(headline["model"], headline["best"], test_out["batches"], mesh)
-    groups = {"label": report.primary_label(test_out["labels"], data.classes),
+    readable = [data.display.get(c, c) for c in data.classes]
+    groups = {"label": report.primary_label(test_out["labels"], readable),
               "source": list(data.sources[test_out["index"]])}
     report.write_all(result, workdir,
-                     roc=(test_out["labels"], test_out["probs"], data.classes, runs[0]["name"]),
+                     roc=(test_out["labels"], test_out["probs"], readable, runs[0]["name"]),
                      embeddings=(embeddings, groups, "fine-tuned features, test split (PCA)"),
                      predictions={"record_id": [data.infos[i].record_id for i in test_out["index"]],
                                   "labels": test_out["labels"], "probs": test_out["probs"],

@@ -98,7 +98,7 @@ def run_probe(settings: dict, probe_kwargs: dict) -> dict:
     result = {
         "title": f"Linear probe: {settings['backbone']} {settings['checkpoint']}",
         "command": "probe", "settings": {**settings, **probe_kwargs},
-        "label_type": data.label_type, "classes": data.classes,
+        "label_type": data.label_type, "classes": data.classes, "class_display": data.display,
         "records": {s: int(np.sum(data.splits == s)) for s in protocols.SPLITS},
         "records_read": int(len(headline[3])),
         "feature_averaging": "mean of the crops' features",
@@ -106,7 +106,8 @@ def run_probe(settings: dict, probe_kwargs: dict) -> dict:
                      "run": runs[0]["name"]},
         "runs": runs, "cross_domain": cross, "seconds": round(time.time() - start, 1),
     }
-    write_outputs(result, workdir, headline, data.classes)
+    write_outputs(result, workdir, headline, data.classes,
+                  [data.display.get(c, c) for c in data.classes])
     return result
 
 
@@ -129,11 +130,11 @@ def cross_domain(feats, labels, splits, sources, classes, label_type, settings, 
     return entries
 
 
-def write_outputs(result: dict, workdir, headline, classes) -> dict:
+def write_outputs(result: dict, workdir, headline, classes, readable) -> dict:
     test_labels, test_probs, feats, labels, sources, ids = headline
-    groups = {"label": report.primary_label(labels, classes), "source": list(sources)}
+    groups = {"label": report.primary_label(labels, readable), "source": list(sources)}
     return report.write_all(result, workdir,
-                            roc=(test_labels, test_probs, classes, result["runs"][0]["name"]),
+                            roc=(test_labels, test_probs, readable, result["runs"][0]["name"]),
                             embeddings=(feats, groups, "frozen features (PCA)"),
                             predictions={"record_id": ids, "labels": test_labels,
                                          "probs": test_probs, "classes": classes})

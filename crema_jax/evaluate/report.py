@@ -29,6 +29,12 @@ def write_json(report: dict, path) -> None:
     pathlib.Path(path).write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
 
 
+def display(report: dict, name: str) -> str:
+    """'PAC (284470004)' when the report has a readable name for a class code."""
+    readable = report.get("class_display", {}).get(name)
+    return f"{readable} ({name})" if readable else name
+
+
 def markdown(report: dict) -> str:
     """The report as Markdown tables: protocols, per-class figures, cross-domain drops."""
     lines = [f"# {report.get('title', 'Evaluation')}", ""]
@@ -44,7 +50,7 @@ def markdown(report: dict) -> str:
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for run in runs:
             test = run["test"]
-            skipped = ", ".join(f"{s['class']} ({s['reason'].replace('_', ' ')})"
+            skipped = ", ".join(f"{display(report, s['class'])}: {s['reason'].replace('_', ' ')}"
                                 for s in test["skipped"]) or DASH
             lines.append(
                 f"| {run['name']} | {run['protocol']['leads']} | "
@@ -57,7 +63,8 @@ def markdown(report: dict) -> str:
                   "| class | test positives | AUROC | AUPRC | F1 | threshold (val) |",
                   "|---|---|---|---|---|---|"]
         for name, e in head["test"]["per_class"].items():
-            lines.append(f"| {name} | {e['n_pos']}/{e['n_pos'] + e['n_neg']} | {_fmt(e['auroc'])} "
+            lines.append(f"| {display(report, name)} | {e['n_pos']}/{e['n_pos'] + e['n_neg']} "
+                         f"| {_fmt(e['auroc'])} "
                          f"| {_fmt(e['auprc'])} | {_fmt(e['f1'])} | {_fmt(e['threshold'])} |")
         lines.append("")
     cross = report.get("cross_domain", [])

@@ -39,8 +39,10 @@ def test_write_all_outputs(tmp_path):
     md = (tmp_path / "report.md").read_text()
     macro = roc_auc_score(labels[:, :2], scores[:, :2], average="macro")
     assert f"| {macro:.3f} |" in md
-    assert "RBBB (no positives)" in md
+    assert "RBBB: no positives" in md
     assert "| georgia | ningbo | 0.900 | 0.700 | 0.200 | 1 |" in md
+    rep["class_display"] = {"AF": "atrial fibrillation"}
+    assert "| atrial fibrillation (AF) |" in report.markdown(rep)
     for key in ("roc", "embeddings"):
         image = matplotlib.image.imread(paths[key])
         assert image.shape[0] > 300 and image.shape[1] > 300
