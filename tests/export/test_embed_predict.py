@@ -161,3 +161,17 @@ def test_imported_checkpoints_load_as_evaluation_backbones(net1d_ckpt, sit_ckpt)
     sit = features.load_backbone("sit", sit_ckpt[1])
     net = features.load_backbone("net1d", net1d_ckpt[1])
     assert sit.width == 64 and net.width == 32
+
+
+def test_one_lead_model_reads_lead_one(cinc_sample_dir, tmp_path):
+    torch.manual_seed(8)
+    ref = Net1DRef(**{**SMALL_NET1D, "in_channels": 1}).eval()
+    torch.save({"state_dict": ref.state_dict()}, tmp_path / "one.pth")
+    import_torch.run_import(str(tmp_path / "one.pth"), "ecgfounder", str(tmp_path / "ckpt"))
+    params, config, _ = checkpoint.load_model_checkpoint(str(tmp_path / "ckpt"))
+    signal = records.read_record(cinc_sample_dir / "E07501", target_fs=500).signal
+    got = predict.predict_probabilities(config, params, [signal])
+    x = ecgfounder_preprocess(signal[:1])[None]
+    with torch.no_grad():
+        want = torch.sigmoid(ref(torch.from_numpy(x))).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
