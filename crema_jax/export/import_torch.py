@@ -139,6 +139,7 @@ def read_torch_weights(path: str, fmt: str):
                                         include_decoder=full)
         return sd, cfg, rules, ()
     cfg = _crema_model_config(path, metadata)
+    cfg.name = "sit"  # always the pretraining model: what pretrain, probe and finetune read
     rules = sit_layouts.crema_rules(
         cfg, jax_prefix="encoder/", include_head=int(cfg.num_classes) > 0,
         include_decoder=any(k.startswith("decoder.") for k in sd))
