@@ -152,3 +152,16 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs():
     for key in ("pred", "pooled", "proj"):
         assert b[key].dtype == jnp.float32 and np.isfinite(b[key]).all()
         assert np.abs(a[key] - b[key]).max() / np.abs(a[key]).max() < 0.05
+
+
+def test_evaluation_crops_axis_gives_per_crop_features():
+    graphdef, state = tiny()
+    rng = np.random.default_rng(6)
+    crops = rng.standard_normal((1, 2, 12, 30, 75)).astype(np.float32)   # (B, C, L, N, P)
+    leads = np.arange(12, dtype=np.int32)[None]
+    enc = jax.jit(encode_features, static_argnums=0)
+    per_crop = enc(graphdef, state, crops, leads)
+    assert per_crop.shape == (1, 2, 64)
+    flat = enc(graphdef, state, crops[0], np.repeat(leads, 2, 0))          # crops as a batch
+    np.testing.assert_allclose(per_crop[0], flat, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(per_crop[0, 0], per_crop[0, 1])
