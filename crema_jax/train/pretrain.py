@@ -77,7 +77,10 @@ def main(argv) -> None:
     except trainer.NonFiniteLossError as err:
         print(f"crema-jax pretrain: {err}", file=sys.stderr, flush=True)
         sys.exit(1)
-    if config.train.reconstruction_png and jax.process_index() == 0:
+    if config.train.reconstruction_png:
+        if jax.process_count() > 1:
+            print("reconstruction.png skipped: single-process runs only")
+            return
         from crema_jax.train import reconstruction
         path = reconstruction.write_png(config, result, FLAGS.workdir)
         print(f"wrote {path}")

@@ -1,0 +1,158 @@
+"""Time the full pretraining step (forward, backward, AdamW) after compilation.
+
+    python bench/train_step.py --model=tiny --batch=8 --steps=5
+    python bench/train_step.py --compare --steps=3          # tiny/small/base, JAX vs PyTorch
+    python bench/train_step.py --model=base --batch=256 --dtype=bfloat16   # GPU/TPU sized
+
+Prints a table, then LAST one JSON line: {"step_seconds" (median), "flops" (per step, all
+devices), "ecgs_per_sec", "mfu", ...}. Works from any directory (the repo root is put on
+sys.path when crema_jax is not installed).
+
+The JAX step is exactly the trainer's (crema_jax.train.step.train_step, jitted with the state
+donated) on a batch from the real input pipeline over synthetic ECGs. The PyTorch reference is the
+same architecture (crema_jax/export/torch_sit.py, the export target) with the same loss (MAE on
+masked patches of every view + weight x InfoNCE between the views' projections) and AdamW.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from crema_jax.train import inputs, mesh as mesh_lib, metrics as metrics_lib, trainer  # noqa: E402
+
+
+def make_config(model: str, batch: int, dtype: str, loss: str):
+    """configs/crema_<model>.py (its decoder and head sizes) with the bench's batch and dtype."""
+    import importlib.util
+
+    path = REPO / "configs" / f"crema_{model}.py"
+    if not path.exists():
+        raise SystemExit(f"--model={model}: expected one of tiny, small, base, large ({path})")
+    spec = importlib.util.spec_from_file_location(f"crema_{model}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.model.dtype = dtype
+    config.loss.name = loss
+    config.data.num_views = 1 if loss in ("mae", "stmem") else 2
+    config.data.batch_size = batch
+    config.train.synthetic_records = batch
+    config.data.num_workers = 0
+    config.train.num_steps = 1000
+    config.optim.warmup_steps = 10
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
+    return config
+
+
+def time_jax(config, steps: int) -> dict:
+    parts = trainer.build(config)
+    target = trainer.abstract_state(parts, config)
+    t0 = time.perf_counter()
+    compiled = trainer.compile_step(parts, config, target)
+    compile_s = time.perf_counter() - t0
+    state = trainer.init_state(parts, jax.random.key(0))
+    local = next(inputs.make_train_iterator(config))
+    batch = mesh_lib.global_batch({k: local[k] for k in inputs.batch_spec(config.data)},
+                                  parts["mesh"])
+    rng = jax.random.key(1)
+    state, m = compiled(state, batch, rng)   # warm-up
+    jax.block_until_ready(m)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        state, m = compiled(state, batch, rng)
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - t)
+    flops_dev = metrics_lib.compiled_flops_per_device(compiled)
+    peak, source = metrics_lib.peak_tflops_per_device(config.model.dtype)
+    # CPU peak: the host GEMM shared by the devices the mesh uses.
+    if jax.devices()[0].platform == "cpu":
+        peak = metrics_lib.measured_gemm_tflops() / parts["mesh"].size
+    step_s = statistics.median(times)
+    return {"step_seconds": step_s, "flops": flops_dev * parts["mesh"].size,
+            "flops_per_device": flops_dev, "compile_seconds": compile_s,
+            "ecgs_per_sec": parts["global_batch"] / step_s,
+            "tflops_per_device": flops_dev / step_s / 1e12,
+            "mfu": flops_dev / step_s / 1e12 / peak, "peak_tflops_per_device": peak,
+            "peak_source": source, "devices": parts["mesh"].size,
+            "loss": float(m["loss"]), "batch": batch["patches"].shape[0]}
+
+
+def time_torch(config, steps: int, compile_mode: bool) -> dict:
+    from bench.torch_train_step import torch_step_seconds
+    return torch_step_seconds(config, steps, compile_mode=compile_mode)
+
+
+def row(name, result):
+    return (f"{name:<28} {result['step_seconds'] * 1e3:10.1f} ms {result.get('ecgs_per_sec', 0):9.1f}"
+            f" ECG/s {result.get('mfu', float('nan')):8.2%} MFU")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="tiny", help="tiny | small | base | large")
+    p.add_argument("--batch", type=int, default=8, help="global batch (ECGs per step)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up")
+    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 (config.model.dtype)")
+    p.add_argument("--loss", default="crema", help="config.loss.name (crema: 2 views)")
+    p.add_argument("--torch", action="store_true", help="also time the PyTorch reference")
+    p.add_argument("--compare", action="store_true",
+                   help="tiny, small and base; JAX vs PyTorch eager and torch.compile")
+    p.add_argument("--no_torch_compile", action="store_true", help="skip torch.compile")
+    args = p.parse_args(argv)
+
+    models = ("tiny", "small", "base") if args.compare else (args.model,)
+    gemm = metrics_lib.measured_gemm_tflops() if jax.devices()[0].platform == "cpu" else None
+    print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}; batch {args.batch}; "
+          f"{args.steps} timed steps; loss {args.loss}; dtype {args.dtype}"
+          + (f"; CPU float32 GEMM peak {gemm * 1e3:.1f} GFLOP/s" if gemm else ""))
+    summary = {}
+    for model in models:
+        config = make_config(model, args.batch, args.dtype, args.loss)
+        result = time_jax(config, args.steps)
+        print(row(f"jax {model}", result) + f"  ({result['flops'] / 1e9:.1f} GFLOP/step, "
+              f"compile {result['compile_seconds']:.1f} s)")
+        if args.compare or args.torch:
+            eager = time_torch(config, args.steps, compile_mode=False)
+            eager["ecgs_per_sec"] = args.batch / eager["step_seconds"]
+            eager["mfu"] = result["flops"] / eager["step_seconds"] / 1e12 / (
+                result["peak_tflops_per_device"] * result["devices"])
+            print(row(f"torch eager {model}", eager)
+                  + f"  PyTorch/JAX time ratio {eager['step_seconds'] / result['step_seconds']:.2f}")
+            result["torch_eager_step_seconds"] = eager["step_seconds"]
+            result["torch_eager_over_jax"] = eager["step_seconds"] / result["step_seconds"]
+            if not args.no_torch_compile:
+                try:
+                    comp = time_torch(config, args.steps, compile_mode=True)
+                    comp["ecgs_per_sec"] = args.batch / comp["step_seconds"]
+                    comp["mfu"] = result["flops"] / comp["step_seconds"] / 1e12 / (
+                        result["peak_tflops_per_device"] * result["devices"])
+                    print(row(f"torch.compile {model}", comp) + f"  PyTorch/JAX time ratio "
+                          f"{comp['step_seconds'] / result['step_seconds']:.2f}")
+                    result["torch_compile_step_seconds"] = comp["step_seconds"]
+                    result["torch_compile_over_jax"] = comp["step_seconds"] / result["step_seconds"]
+                except Exception as err:  # noqa: BLE001 - report, keep the JAX numbers.
+                    print(f"torch.compile {model}: failed ({type(err).__name__}: {err})"[:300])
+        summary[model] = result
+    last = summary[models[-1]]
+    out = dict(last, model=models[-1])
+    if len(models) > 1:
+        out["by_model"] = summary
+    print(json.dumps(out, default=float))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    main()
