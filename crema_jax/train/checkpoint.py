@@ -28,6 +28,7 @@ from etils import epath
 
 CHECKPOINTS_DIRNAME = "checkpoints"
 TRAIN_ITEMS = ("params", "opt_state", "rng", "data_iter", "config")
+COMMIT_MARKER = "commit_success.txt"  # Orbax writes it last, on every file system.
 _STEP_DIR = re.compile(r"^\d+$")  # Orbax tmp dirs look like "5.orbax-checkpoint-tmp-1234".
 
 
@@ -45,7 +46,10 @@ def checkpoints_dir(workdir) -> epath.Path:
 
 
 def _is_complete_step_dir(path: epath.Path) -> bool:
-    return path.is_dir() and bool(_STEP_DIR.match(path.name)) and (path / "params").exists()
+    """A committed step: "<digits>/" holding params and Orbax's commit marker. Local writes are
+    atomic renames of tmp dirs; on gs:// (no rename) only the marker tells a finished step."""
+    return (bool(_STEP_DIR.match(path.name)) and path.is_dir() and (path / "params").exists()
+            and (path / COMMIT_MARKER).exists())
 
 
 def resolve_checkpoint(path) -> tuple[epath.Path, int]:

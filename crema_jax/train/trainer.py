@@ -125,7 +125,8 @@ def train(config, workdir, *, devices=None, batch_iter=None) -> dict:
     target = abstract_state(parts, config)
 
     # ============================================================================ load checkpoint
-    start = manager.latest_step() if config.checkpoint.resume else None
+    start = (ckpt_lib.latest_step(ckpt_lib.checkpoints_dir(workdir))
+             if config.checkpoint.resume else None)
     with jax.set_mesh(mesh), nnx.logical_axis_rules(parts["rules"]):
         if start is not None:
             restored = ckpt_lib.restore_train_state(

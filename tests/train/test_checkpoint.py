@@ -1,0 +1,58 @@
+"""Model-only checkpoints (the format import-torch, probe, finetune and embed rely on), path
+resolution, and half-written steps."""
+import ml_collections
+import numpy as np
+import pytest
+
+from crema_jax.train import checkpoint as ckpt_lib
+
+
+def _params():
+    rng = np.random.default_rng(0)
+    return {"encoder": {"blocks": {0: {"kernel": rng.standard_normal((4, 3)).astype(np.float32)},
+                                   1: {"kernel": rng.standard_normal((4, 3)).astype(np.float32)}},
+                        "pos_embedding": rng.standard_normal((1, 5, 3)).astype(np.float32)},
+            "logit_scale": np.float32(2.3)}
+
+
+def _config():
+    return ml_collections.ConfigDict({"model": {"size": "tiny", "betas": (0.9, 0.95)},
+                                      "loss": {"name": "crema", "temperature": 0.1}})
+
+
+def test_model_checkpoint_round_trip(tmp_path):
+    params = _params()
+    step_dir = ckpt_lib.save_model_checkpoint(tmp_path, params, _config(), step=7)
+    assert step_dir.name == "7" and (step_dir / "params").is_dir()
+    for path in (tmp_path, tmp_path / "checkpoints", step_dir):
+        got, config, step = ckpt_lib.load_model_checkpoint(path)
+        assert step == 7
+        assert config.model.betas == (0.9, 0.95) and config.loss.temperature == 0.1
+        assert sorted(got["encoder"]["blocks"]) == [0, 1]     # nnx.List indices stay ints
+        for key in (0, 1):
+            np.testing.assert_array_equal(got["encoder"]["blocks"][key]["kernel"],
+                                          params["encoder"]["blocks"][key]["kernel"])
+        np.testing.assert_array_equal(got["encoder"]["pos_embedding"],
+                                      params["encoder"]["pos_embedding"])
+        assert isinstance(got["encoder"]["pos_embedding"], np.ndarray)
+        assert float(got["logit_scale"]) == pytest.approx(2.3)
+    assert ckpt_lib.load_config(tmp_path).model.size == "tiny"
+
+
+def test_latest_complete_step_ignores_half_written_ones(tmp_path):
+    ckpt_lib.save_model_checkpoint(tmp_path, _params(), _config(), step=3)
+    ckpt_lib.save_model_checkpoint(tmp_path, _params(), _config(), step=5)
+    root = tmp_path / "checkpoints"
+    # What a kill -9 during a save leaves: a local tmp dir; on gs:// (no atomic rename) a step
+    # dir with data but no commit marker; an empty step dir.
+    (root / "9.orbax-checkpoint-tmp-1234" / "params").mkdir(parents=True)
+    (root / "8" / "params").mkdir(parents=True)
+    (root / "7").mkdir()
+    assert ckpt_lib.latest_step(root) == 5
+    _, _, step = ckpt_lib.load_model_checkpoint(tmp_path)
+    assert step == 5
+
+
+def test_missing_checkpoint_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        ckpt_lib.load_model_checkpoint(tmp_path)

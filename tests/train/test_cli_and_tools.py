@@ -1,0 +1,80 @@
+"""The pretrain CLI's dry run, every config file, the TPU scripts and the step benchmark."""
+import importlib.util
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from crema_jax.models.config import resolve_size
+from tests.train.helpers import REPO, cli_env, start_cli
+
+CONFIGS = {"crema_tiny": ("tiny", "crema"), "crema_small": ("small", "crema"),
+           "crema_base": ("base", "crema"), "crema_large": ("large", "crema"),
+           "stmem_base": ("base", "stmem"), "mae_base": ("base", "mae"),
+           "simclr_base": ("base", "simclr"), "demo": ("tiny", "crema")}
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_config_files(name):
+    module = _load(name)
+    assert "crema-jax pretrain --config=configs/" + name + ".py" in module.__doc__
+    config = module.get_config()
+    assert (config.model.size, config.loss.name) == CONFIGS[name]
+    assert config.data.num_views == (1 if config.loss.name in ("mae", "stmem") else 2)
+    if name == "demo":
+        assert pathlib.Path(config.data.root).is_dir() and config.train.reconstruction_png
+
+
+def test_dry_run_reports_flops_and_memory(tmp_path):
+    proc = start_cli(tmp_path, "--dry_run", "--config.data.batch_size=4", num_devices=2)
+    out, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, out
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["mesh"] == {"data": 2, "fsdp": 1, "tensor": 1}
+    assert "FLOPs per step" in out and "memory per device" in out
+    # Lower bound by hand: the encoder's matmuls alone, forward + backward (x3), on
+    # 2 views x 4 ECGs x (84 visible + 24 SEP) tokens; the decoder and attention come on top.
+    config = _load("crema_tiny").get_config()
+    size = resolve_size(config.model)
+    w = size["width"]
+    per_token = 2 * (w * 3 * w + w * w + 2 * w * 4 * w) * size["depth"]
+    encoder = 3 * per_token * 2 * 4 * 108
+    assert encoder < report["flops_per_step"] < 50 * encoder
+    assert report["memory_per_device"]["argument_size_in_bytes"] > 0
+    assert not (tmp_path / "checkpoints").exists()     # nothing trained, nothing written
+
+
+def test_tpu_scripts_parse_and_pass_shellcheck():
+    scripts = sorted((REPO / "tpu_scripts").glob("*.sh"))
+    assert {s.name for s in scripts} >= {"create_pod.sh", "install.sh", "launch_pretrain.sh",
+                                         "stream_logs.sh", "delete_pod.sh"}
+    for script in scripts:
+        subprocess.run(["bash", "-n", str(script)], check=True)
+    text = (REPO / "tpu_scripts" / "create_pod.sh").read_text()
+    assert "gcloud compute tpus tpu-vm create" in text
+    assert "--worker=all" in (REPO / "tpu_scripts" / "install.sh").read_text()
+    if shutil.which("shellcheck"):  # Linted when installed (apt-get install shellcheck).
+        result = subprocess.run(["shellcheck", "-x", *map(str, scripts)], capture_output=True,
+                                text=True, cwd=REPO / "tpu_scripts")
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_bench_runs_from_outside_the_repo(tmp_path):
+    env = cli_env(1)
+    env.pop("PYTHONPATH")   # the script must find crema_jax on its own
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "train_step.py"),
+                           "--model=tiny", "--batch=2", "--steps=2"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["step_seconds"] > 0 and result["flops"] > 0 and result["batch"] == 2

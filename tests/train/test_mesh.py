@@ -1,0 +1,49 @@
+"""Mesh shapes, logical-axis rules and global-batch assembly on 8 fake CPU devices."""
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from crema_jax.train import mesh as mesh_lib
+
+
+def _cfg(data, fsdp, tensor, rules=()):
+    return ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor, rules=rules))
+
+
+@pytest.mark.parametrize("sizes,want", [((-1, 1, 1), (8, 1, 1)), ((2, -1, 1), (2, 4, 1)),
+                                        ((2, 2, -1), (2, 2, 2)), ((1, 8, 1), (1, 8, 1))])
+def test_mesh_shape_fills_minus_one(sizes, want):
+    assert mesh_lib.mesh_shape(_cfg(*sizes), 8) == want
+
+
+@pytest.mark.parametrize("sizes", [(3, -1, 1), (-1, -1, 1), (2, 2, 1), (0, 8, 1)])
+def test_bad_mesh_shapes_are_rejected(sizes):
+    with pytest.raises(ValueError, match="config.mesh"):
+        mesh_lib.mesh_shape(_cfg(*sizes), 8)
+
+
+def test_rules_follow_the_model_defaults_and_config_overrides():
+    mesh = mesh_lib.make_mesh(_cfg(2, 2, 2))
+    rules = dict(mesh_lib.logical_rules(mesh, _cfg(2, 2, 2)))
+    assert rules["embed"] == "fsdp" and rules["mlp"] == "tensor"
+    rules = dict(mesh_lib.logical_rules(mesh, _cfg(2, 2, 2, rules=(("mlp", None),
+                                                                   ("embed", "tensor")))))
+    assert rules["mlp"] is None and rules["embed"] == "tensor"
+
+
+def test_global_batch_is_split_over_data_and_fsdp():
+    mesh = mesh_lib.make_mesh(_cfg(2, 4, 1))
+    local = {"x": np.arange(16 * 3, dtype=np.float32).reshape(16, 3)}
+    batch = mesh_lib.global_batch(local, mesh)["x"]
+    np.testing.assert_array_equal(np.asarray(batch), local["x"])
+    shards = sorted(batch.addressable_shards, key=lambda s: s.index[0].start)
+    assert len(shards) == 8 and all(s.data.shape == (2, 3) for s in shards)
+    assert mesh_lib.batch_divisor(mesh) == 8
+
+
+def test_replicate_places_a_full_copy_on_every_device():
+    mesh = mesh_lib.make_mesh(_cfg(2, 2, 2))
+    x = mesh_lib.replicate(np.array([1, 2, 3], np.uint32), mesh_lib.replicated(mesh))
+    assert len(x.addressable_shards) == jax.device_count()
+    assert all(np.array_equal(s.data, [1, 2, 3]) for s in x.addressable_shards)
