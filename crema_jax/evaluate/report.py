@@ -100,7 +100,9 @@ def plot_roc(labels: np.ndarray, scores: np.ndarray, class_names, path, title: s
         if metrics.class_status(labels[:, c]) is not None:
             continue
         fpr, tpr = metrics.roc_curve(labels[:, c], scores[:, c])
-        ax.plot(fpr, tpr, lw=1.5, drawstyle="steps-post" if len(fpr) < 30 else "default",
+        # Straight segments between operating points: the area under them is the AUROC
+        # (tied scores give a diagonal segment, as in sklearn's RocCurveDisplay).
+        ax.plot(fpr, tpr, lw=1.5,
                 label=f"{name} ({metrics.auroc(labels[:, c], scores[:, c]):.3f})")
         drawn += 1
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
