@@ -88,3 +88,24 @@ def test_random_init_baseline_probe(cinc_sample_dir, tmp_path):
         probe.main(["probe"])
     report = _check_outputs(tmp_path, cinc_sample_dir)
     assert report["settings"]["checkpoint"] == "random"
+
+
+def test_net1d_backbone_probe(cinc_sample_dir, tmp_path):
+    """A Net1D checkpoint in the layout import-torch writes (default config, model = net1d)."""
+    from flax import nnx
+
+    from crema_jax.models.net1d import Net1D, default_net1d_config
+    from crema_jax.train.checkpoint import save_model_checkpoint
+    from crema_jax.train.config import default_config
+    config = default_config()
+    config.model = default_net1d_config()
+    config.model.filters, config.model.blocks = [16, 32], [1, 1]  # small: the path is under test
+    model = Net1D(config.model, rngs=nnx.Rngs(0))
+    save_model_checkpoint(tmp_path / "net1d", nnx.to_pure_dict(nnx.state(model)), config)
+    with flagsaver.flagsaver(backbone="net1d", checkpoint=str(tmp_path / "net1d"),
+                             root=str(cinc_sample_dir), workdir=str(tmp_path / "out"),
+                             lead_sets=["12"], label_fractions=["1.0"], cross_domain=False,
+                             probe_optimizer="adam", probe_steps=100, **COMMON):
+        probe.main(["probe"])
+    report = _check_outputs(tmp_path / "out", cinc_sample_dir)
+    assert report["settings"]["backbone"] == "net1d"
