@@ -46,6 +46,10 @@ _MODEL_SIZE = define(S, "model_size", "tiny", "SiT size for --checkpoint=random 
 _LAYOUT = define(S, "layout", "wfdb_folder", "Dataset layout (wfdb_folder|ptbxl|manifest).")
 _ROOT = define(S, "root", None, "Dataset folder (or manifest CSV).")
 _LABEL_SET = define(S, "label_set", "superclass", "ptbxl layout: label set.")
+# Same name and type as `crema-jax prepare`'s flag (one pytest process imports both modules).
+_LAYOUT_OPTION = define(flags.DEFINE_multi_string, "layout_option", [], "A layout keyword "
+                        "argument key=value (repeatable), e.g. source=site (PTB-XL: one source "
+                        "per recording site).")
 _WORKDIR = define(S, "workdir", None, "Output folder: report.json, report.md, PNGs.")
 _LABEL_TYPE = define(E, "label_type", "auto", ["auto", "multilabel", "multiclass"],
                      "BCE per class or softmax CE; auto = multiclass when every record has "
@@ -100,11 +104,34 @@ def require(name: str, value):
     return value
 
 
+def parse_options(items) -> dict:
+    """["key=value", ...] -> {key: value} with ints, floats and booleans converted."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--layout_option={item!r}: expected key=value")
+        lowered = value.lower()
+        if lowered in ("true", "false"):
+            options[key] = lowered == "true"
+            continue
+        for kind in (int, float):
+            try:
+                options[key] = kind(value)
+                break
+            except ValueError:
+                continue
+        else:
+            options[key] = value
+    return options
+
+
 def load_dataset(layout: str, root: str, *, label_set: str, split_fractions, min_positives: int,
-                 label_type: str, seed: int) -> Dataset:
+                 label_type: str, seed: int, layout_options=()) -> Dataset:
     """The layout's index, (re-)split, restricted to classes with enough training positives."""
     from crema_jax.data import layouts
     options = {"label_set": label_set} if layout == "ptbxl" else {}
+    options.update(parse_options(layout_options))
     index = layouts.build_index(layout, root, **options)
     infos = list(index.records)
     if split_fractions:
@@ -181,8 +208,10 @@ def flag_values() -> dict:
     """The shared flags as keyword arguments (for the report's settings)."""
     return {
         "checkpoint": require("checkpoint", _CHECKPOINT.value), "backbone": _BACKBONE.value,
-        "model_size": _MODEL_SIZE.value, "layout": _LAYOUT.value,
+        # `or`: another subcommand's --layout of the same name may have no default.
+        "model_size": _MODEL_SIZE.value, "layout": _LAYOUT.value or "wfdb_folder",
         "root": require("root", _ROOT.value), "label_set": _LABEL_SET.value,
+        "layout_options": list(_LAYOUT_OPTION.value or []),
         "workdir": require("workdir", _WORKDIR.value), "label_type": _LABEL_TYPE.value,
         "min_positives": _MIN_POSITIVES.value, "split_fractions": list(_SPLIT_FRACTIONS.value),
         "label_fractions": [float(f) for f in _LABEL_FRACTIONS.value],

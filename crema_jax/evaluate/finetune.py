@@ -109,7 +109,8 @@ def run_finetune(settings: dict, ft: dict) -> dict:
     data = cli.load_dataset(settings["layout"], settings["root"], label_set=settings["label_set"],
                             split_fractions=settings["split_fractions"],
                             min_positives=settings["min_positives"],
-                            label_type=settings["label_type"], seed=settings["seed"])
+                            label_type=settings["label_type"], seed=settings["seed"],
+                            layout_options=settings["layout_options"])
     mesh = features.data_mesh()
     batch_size = features.round_batch(settings["batch_size"], mesh)
     splits = data.splits

@@ -4,8 +4,9 @@
         --workdir=/tmp/probe --label_fractions=0.01,0.1,1.0 --lead_sets=12,limb6,I --cross_domain
 
 Features are extracted once per lead set (3 crops per ECG, averaged), then every protocol trains
-a head on them: label fractions of the training split, and (with --cross_domain) one head per
-source tested in-domain and on every other source. The test split is scored once per run.
+a head on them: label fractions of the training split, and (with --cross_domain, on the first
+lead set) one head per source tested in-domain and on every other source. The test split is
+scored once per run. Multi-process runs are not supported (one process, all its devices).
 Baselines: --checkpoint=random --model_size=... (random SiT); --backbone=net1d with an imported
 ECGFounder checkpoint.
 """
@@ -59,7 +60,8 @@ def run_probe(settings: dict, probe_kwargs: dict) -> dict:
     data = cli.load_dataset(settings["layout"], settings["root"], label_set=settings["label_set"],
                             split_fractions=settings["split_fractions"],
                             min_positives=settings["min_positives"],
-                            label_type=settings["label_type"], seed=settings["seed"])
+                            label_type=settings["label_type"], seed=settings["seed"],
+                            layout_options=settings["layout_options"])
     mesh = features.data_mesh()
     feature_fn = features.make_feature_fn(backbone, mesh)
     batch_size = features.round_batch(settings["batch_size"], mesh)

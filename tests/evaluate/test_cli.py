@@ -12,8 +12,9 @@ from sklearn.metrics import roc_auc_score
 
 from crema_jax.evaluate import finetune, probe
 
-COMMON = dict(layout="wfdb_folder", split_fractions=["0.6", "0.2", "0.2"], min_positives=3,
-              bootstrap=50, batch_size=16)
+# --layout is left at its default (wfdb_folder): export-torch defines a --layout of its own.
+COMMON = dict(split_fractions=["0.6", "0.2", "0.2"], min_positives=3, bootstrap=50,
+              batch_size=16)
 
 
 def _header_labels(root: pathlib.Path, record_id: str) -> set:
