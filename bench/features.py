@@ -7,7 +7,7 @@ Each ECG is 12 leads x 2250 samples at 250 Hz per crop, 3 crops (the evaluation 
 ECG = 3 encoder passes over 12 x 30 patch tokens (+ 24 SEP tokens). Synthetic inputs (random
 normal): throughput does not depend on the values. The timed path is the one `crema-jax probe`
 uses (features.make_feature_fn: one jit, params replicated, batch split over all devices);
-compile time is reported separately. --max_seconds caps the timed loop per size: the table then
+the first batch (compile included) is timed separately. --max_seconds caps the timed loop per size: the table then
 says how many ECGs were measured and projects the time for --num_ecgs from the measured rate.
 """
 from __future__ import annotations
@@ -85,7 +85,7 @@ def main():
                         max_seconds=args.max_seconds, seed=args.seed)
             for s in args.sizes.split(",")]
     print(f"\n| size | width | batch | ECGs timed | seconds | ECGs/s | time for {args.num_ecgs:,} "
-          f"ECGs (s) | compile (s) | GFLOP/ECG | GFLOP/s |")
+          f"ECGs (s) | first batch incl. compile (s) | GFLOP/ECG | GFLOP/s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         projected = f"{r['projected_s']:.1f}" + ("" if r["measured"] >= args.num_ecgs
