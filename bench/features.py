@@ -7,8 +7,13 @@ Each ECG is 12 leads x 2250 samples at 250 Hz per crop, 3 crops (the evaluation 
 ECG = 3 encoder passes over 12 x 30 patch tokens (+ 24 SEP tokens). Synthetic inputs (random
 normal): throughput does not depend on the values. The timed path is the one `crema-jax probe`
 uses (features.make_feature_fn: one jit, params replicated, batch split over all devices);
-the first batch (compile included) is timed separately. --max_seconds caps the timed loop per size: the table then
-says how many ECGs were measured and projects the time for --num_ecgs from the measured rate.
+the first batch (compile included) is timed separately. --max_seconds caps the timed loop per
+size: the table then says how many ECGs were measured and projects the time for --num_ecgs
+from the measured rate.
+
+Arithmetic floor: a base (ViT-B/75) ECG costs ~215 GFLOP (3 crops x 384 tokens x 2 x 85M
+params, plus attention), so 1,000 ECGs are ~215 TFLOP: about 1 hour at the ~60 GFLOP/s a
+2048^3 float32 matmul reaches on a 2-core CPU, a few seconds on one GPU.
 """
 from __future__ import annotations
 
