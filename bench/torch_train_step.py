@@ -65,7 +65,7 @@ def torch_step_seconds(config, steps: int, *, compile_mode: bool = False) -> dic
         loss = fn(patches, mask, visible, leads)
         loss.backward()
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     for _ in range(2 if compile_mode else 1):  # warm-up (and compilation)
         step()
