@@ -111,9 +111,15 @@ def main(argv=None) -> None:
     p.add_argument("--compare", action="store_true",
                    help="tiny, small and base; JAX vs PyTorch eager and torch.compile")
     p.add_argument("--no_torch_compile", action="store_true", help="skip torch.compile")
+    p.add_argument("--torch_threads", type=int, default=0,
+                   help="torch.set_num_threads (0 = PyTorch's default). On a shared/loaded CPU "
+                        "OpenMP spin-waiting can make 2+ threads far slower than 1.")
     args = p.parse_args(argv)
 
     models = ("tiny", "small", "base") if args.compare else (args.model,)
+    if args.torch_threads:
+        import torch
+        torch.set_num_threads(args.torch_threads)
     gemm = metrics_lib.measured_gemm_tflops() if jax.devices()[0].platform == "cpu" else None
     print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}; batch {args.batch}; "
           f"{args.steps} timed steps; loss {args.loss}; dtype {args.dtype}"
