@@ -69,6 +69,12 @@ def resolve_checkpoint(path) -> tuple[epath.Path, int]:
     return root, step
 
 
+def has_train_state(workdir, step: int) -> bool:
+    """Whether step `step` under `workdir` is a training checkpoint (import-torch and
+    save_model_checkpoint write params and config only: no optimizer state to resume)."""
+    return (checkpoints_dir(workdir) / str(step) / "opt_state").exists()
+
+
 def latest_step(root) -> int | None:
     """Latest committed step under a checkpoints dir; half-written (tmp) steps are ignored."""
     root = epath.Path(root)

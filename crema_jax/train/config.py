@@ -1,5 +1,9 @@
 """The full pretraining config: data, model and loss sections from their owners, plus the training
 sections (optim, train, mesh, checkpoint) defined here. configs/*.py start from default_config().
+
+Continued pretraining from imported or earlier weights: `--config.train.init_from=DIR` (or
+`--workdir` pointing at an `import-torch --out` directory) loads the params and starts a fresh
+optimizer; resuming the workdir's own training checkpoints needs nothing.
 """
 from __future__ import annotations
 
@@ -34,6 +38,12 @@ def default_train_config() -> ml_collections.ConfigDict:
     # > 0: train on this many in-memory synthetic ECGs instead of config.data (smoke tests,
     # benchmarks); the rest of the Grain pipeline (crops, masks, views) is the real one.
     c.synthetic_records = 0
+    # A checkpoint (workdir, checkpoints dir or step dir) whose params start this run when the
+    # workdir has no checkpoint of its own: continued pretraining from `import-torch` output or
+    # another run. Only the weights (fixed tables included) are taken; the optimizer, RNG and data
+    # order start fresh at step 0, because an imported file has no optimizer state to resume.
+    # config.model must describe the same architecture. "" = random init.
+    c.init_from = ""
     c.tensorboard = True
     # Persistent XLA compilation cache (local path or gs://): restarts and repeated runs of the
     # same step skip compilation. "" = off.

@@ -21,6 +21,7 @@ from crema_jax.train import mesh as mesh_lib
 from crema_jax.train import metrics as metrics_lib
 from crema_jax.train import optimizer as optim_lib
 from crema_jax.train import step as step_lib
+from crema_jax.train import warm_start
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -91,6 +92,41 @@ def abstract_state(parts, config):
     return step_lib.with_shardings(shapes, parts["shardings"])
 
 
+def _warm_start(parts, config, source: str, rng, target, *, own: bool):
+    """Train state whose params (and fixed tables) come from the params-only checkpoint at
+    `source`, with a fresh optimizer. `own`: `source` is the workdir itself, whose step the run
+    continues from; otherwise (config.train.init_from) the run starts at step 0."""
+    loaded, ckpt_config, ckpt_step = ckpt_lib.load_model_checkpoint(source)
+    warm_start.check_architecture(config.model, ckpt_config.model, source=source)
+    template = step_lib.merge_trees(target["params"], target["fixed"])
+    fitted, missing = warm_start.fit_params(loaded, template, source=source)
+    if missing:  # their fresh values: the init the run would use without a checkpoint
+        fresh = init_state(parts, rng)
+        fitted = warm_start.fill_missing(
+            fitted, step_lib.merge_trees(fresh["params"], fresh["fixed"]))
+    shardings = parts["shardings"]
+    placed = jax.tree.map(_place, fitted, step_lib.merge_trees(shardings["params"],
+                                                               shardings["fixed"]))
+    start = ckpt_step if own else 0
+    state = jax.jit(lambda p, f, s: {"params": p, "fixed": f, "opt_state": parts["tx"].init(p),
+                                     "step": s}, out_shardings=shardings)(
+        step_lib.select_like(placed, target["params"]),
+        step_lib.select_like(placed, target["fixed"]),
+        mesh_lib.replicate(np.int32(start), parts["replicated"]))
+    metrics_lib.print_line(
+        f"initialised params from {source} (step {ckpt_step}, params only): fresh optimizer, "
+        f"starting at step {start}" + (f"; {len(missing)} freshly initialised" if missing else ""))
+    return state, start
+
+
+def _place(value, sharding):
+    """A host array onto `sharding` (every process holds the same copy); device arrays stay."""
+    if isinstance(value, jax.Array):
+        return value
+    host = np.asarray(value)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 def dry_run(config, *, devices=None) -> dict:
     """Lower and compile the step for the configured mesh; FLOPs and memory per device."""
     parts = build(config, devices=devices)
@@ -127,8 +163,16 @@ def train(config, workdir, *, devices=None, batch_iter=None) -> dict:
     # ============================================================================ load checkpoint
     start = (ckpt_lib.latest_step(ckpt_lib.checkpoints_dir(workdir))
              if config.checkpoint.resume else None)
+    init_from = str(config.train.get("init_from", "") or "")
+    if start is not None and not ckpt_lib.has_train_state(workdir, start):
+        init_from = str(workdir)  # e.g. `import-torch --out=W` then `pretrain --workdir=W`
+    elif start is not None:
+        init_from = ""  # the workdir's own training state wins over init_from
     with jax.set_mesh(mesh), nnx.logical_axis_rules(parts["rules"]):
-        if start is not None:
+        if init_from:
+            state, start = _warm_start(parts, config, init_from, base_rng, target,
+                                       own=start is not None)
+        elif start is not None:
             restored = ckpt_lib.restore_train_state(
                 manager, start,
                 abstract_params=step_lib.merge_trees(target["params"], target["fixed"]),

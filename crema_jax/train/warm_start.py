@@ -1,0 +1,101 @@
+"""Starting a run from a params-only checkpoint (import-torch's output, or any crema_jax
+checkpoint named by config.train.init_from): the weights come from the checkpoint, the optimizer,
+RNG and data order start fresh.
+
+Pure host-side helpers: the architecture check, (un)stacking of scan_layers blocks, and fitting a
+checkpoint's nested dict onto the run's abstract params (missing entries keep their fresh init,
+mis-shaped entries are an error that lists them all).
+"""
+from __future__ import annotations
+
+import numpy as np
+from absl import logging
+
+# Fields that fix the encoder's parameter shapes or meaning; a mismatch is a different model.
+ARCH_FIELDS = ("name", "width", "depth", "num_heads", "head_dim", "mlp_ratio", "patch_size",
+               "num_patches", "num_lead_embeddings")
+
+
+def architecture(model_cfg) -> dict:
+    """The ARCH_FIELDS of a model config, with the size entry resolved (size="base" and explicit
+    width=768 etc. are the same architecture)."""
+    from crema_jax.models import config as model_config
+
+    out = {k: model_cfg.get(k) for k in ARCH_FIELDS}
+    if model_cfg.get("name", "sit") == "sit":
+        out.update(model_config.resolve_size(model_cfg))
+    return out
+
+
+def check_architecture(run_cfg, ckpt_cfg, *, source: str) -> None:
+    """Raises ValueError naming every config.model field where the checkpoint differs."""
+    run, ckpt = architecture(run_cfg), architecture(ckpt_cfg)
+    diff = [f"config.model.{k}: run {run[k]!r}, checkpoint {ckpt[k]!r}"
+            for k in ARCH_FIELDS if run[k] != ckpt[k]]
+    if diff:
+        raise ValueError(f"{source}: the checkpoint's model architecture differs from this run's "
+                         f"config.model ({'; '.join(diff)}); set config.model to the checkpoint's "
+                         f"values")
+
+
+def _int_keyed(tree) -> bool:
+    return isinstance(tree, dict) and bool(tree) and all(isinstance(k, int) for k in tree)
+
+
+def _stack(per_layer: dict) -> dict:
+    """{0: block, 1: block, ...} -> one block whose leaves have a leading layers axis."""
+    first = per_layer[0]
+    return {k: _stack({i: per_layer[i][k] for i in range(len(per_layer))})
+            if isinstance(v, dict) else np.stack([per_layer[i][k] for i in range(len(per_layer))])
+            for k, v in first.items()}
+
+
+def _unstack(stacked: dict, depth: int) -> dict:
+    def index(tree, i):
+        return {k: index(v, i) if isinstance(v, dict) else np.asarray(v)[i]
+                for k, v in tree.items()}
+    return {i: index(stacked, i) for i in range(depth)}
+
+
+def fit_params(loaded: dict, template: dict, *, source: str) -> tuple[dict, list[str]]:
+    """`loaded` (host arrays) shaped like `template` (arrays or ShapeDtypeStructs).
+
+    Unscanned per-layer blocks {i: block} are stacked when the template holds scan_layers blocks
+    (and unstacked the other way). Returns (params with template's keys, where an entry the
+    checkpoint lacks is None, list of those "a/b/c" paths). Raises ValueError listing every
+    mis-shaped entry.
+    """
+    missing, misshaped = [], []
+
+    def fit(tree, tmpl, path):
+        if isinstance(tmpl, dict):
+            if isinstance(tree, dict) and _int_keyed(tree) and tmpl and not _int_keyed(tmpl):
+                tree = _stack(tree) if set(tree) == set(range(len(tree))) else tree
+            elif isinstance(tree, dict) and _int_keyed(tmpl) and tree and not _int_keyed(tree):
+                tree = _unstack(tree, len(tmpl))
+            tree = tree if isinstance(tree, dict) else {}
+            return {k: fit(tree.get(k), v, f"{path}{k}/") for k, v in tmpl.items()}
+        name = path.rstrip("/")
+        if tree is None:
+            missing.append(name)
+            return None
+        value = np.asarray(tree)
+        if value.shape != tuple(tmpl.shape):
+            misshaped.append(f"{name}: checkpoint {value.shape}, model {tuple(tmpl.shape)}")
+            return None
+        return value.astype(tmpl.dtype)
+
+    fitted = fit(loaded, template, "")
+    if misshaped:
+        raise ValueError(f"{source}: {len(misshaped)} parameter(s) have other shapes than this "
+                         f"run's model: " + "; ".join(misshaped))
+    if missing:
+        logging.warning("%s holds no values for %d parameter(s); they keep their fresh init: %s",
+                        source, len(missing), ", ".join(missing))
+    return fitted, missing
+
+
+def fill_missing(fitted: dict, fresh: dict) -> dict:
+    """`fitted` with its None entries taken from `fresh` (same nesting)."""
+    return {k: fill_missing(v, fresh[k]) if isinstance(v, dict) else (fresh[k] if v is None else v)
+            for k, v in fitted.items()}

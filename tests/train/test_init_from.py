@@ -1,0 +1,126 @@
+"""Continued pretraining from a params-only checkpoint (what `import-torch` writes): the run must
+start from exactly the saved weights (fixed tables included) with a fresh optimizer."""
+import jax
+import numpy as np
+import pytest
+
+from crema_jax.export import model_io
+from crema_jax.train import checkpoint as ckpt_lib
+from crema_jax.train import trainer
+from tests.train.helpers import tiny_config
+
+
+def _flat(tree, prefix=""):
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = np.asarray(v)
+    return out
+
+
+def _recognisable(tree, counter=None):
+    """Every leaf replaced by a distinct smooth pattern no initialiser would produce."""
+    counter = counter if counter is not None else [0]
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out[k] = _recognisable(v, counter)
+        else:
+            counter[0] += 1
+            n = int(np.prod(v.shape))
+            out[k] = (0.05 * np.sin(0.37 * np.arange(n) + counter[0])).reshape(v.shape).astype(
+                np.float32)
+    return out
+
+
+def _saved_model(tmp_path, name="imported", drop=()):
+    """A tiny model's params as import-torch writes them: unscanned blocks, params + config."""
+    config = tiny_config()
+    config.model.scan_layers = False
+    params = _recognisable(model_io.init_params(config.model, seed=3))
+    for key in drop:
+        params.pop(key)
+    ckpt_lib.save_model_checkpoint(tmp_path / name, params, config, step=0)
+    return tmp_path / name, _flat(params)
+
+
+def _frozen_config(**overrides):
+    # lr 0: two optimizer steps leave every weight as loaded, so the state after training shows
+    # exactly what initialisation produced (AdamW's decay is scaled by the lr too).
+    return tiny_config(**{"train.num_steps": 2, "optim.base_lr": 0.0, **overrides})
+
+
+def _expected_stacked(saved: dict) -> dict:
+    """Per-layer `.../blocks/{i}/x` leaves stacked into `.../blocks/x` (scan_layers layout)."""
+    groups = {}
+    for path, value in saved.items():
+        parts = path.split("/")
+        if "blocks" in parts:
+            at = parts.index("blocks")
+            key = "/".join(parts[:at + 1] + parts[at + 2:])
+            groups.setdefault(key, {})[int(parts[at + 1])] = value
+        else:
+            groups[path] = {None: value}
+    return {k: v[None] if None in v else np.stack([v[i] for i in range(len(v))])
+            for k, v in groups.items()}
+
+
+def test_init_from_starts_from_the_saved_weights_with_scan_layers(tmp_path, capsys):
+    source, saved = _saved_model(tmp_path)
+    # fsdp 2: the loaded host arrays are split onto the mesh.
+    config = _frozen_config(**{"train.init_from": str(source), "model.scan_layers": True,
+                               "mesh.fsdp": 2})
+    out = trainer.train(config, tmp_path / "run", devices=jax.devices()[:2])
+    assert "initialised params from" in capsys.readouterr().out
+    assert sorted(out["losses"]) == [1, 2] and all(np.isfinite(list(out["losses"].values())))
+    state = out["state"]
+    assert int(state["step"]) == 2
+    got = {**_flat(state["params"]), **_flat(state["fixed"])}
+    expected = _expected_stacked(saved)
+    assert sorted(got) == sorted(expected)
+    for path, value in expected.items():
+        np.testing.assert_array_equal(got[path], value, err_msg=path)
+    # The fixed sin-cos tables came from the file (recognisable values), not from sincos_table.
+    assert "encoder/pos_embedding" in _flat(state["fixed"])
+    # The run's own checkpoint (step 2) is a full training checkpoint of the same weights.
+    params, _, step = ckpt_lib.load_model_checkpoint(tmp_path / "run")
+    assert step == 2 and ckpt_lib.has_train_state(tmp_path / "run", 2)
+    np.testing.assert_array_equal(_flat(params)["encoder/pos_embedding"],
+                                  saved["encoder/pos_embedding"])
+
+
+def test_params_only_workdir_continues_with_fresh_optimizer(tmp_path, capsys):
+    # The workdir IS the import output; the projection head is absent from it.
+    proj_key = "projector"
+    workdir, saved = _saved_model(tmp_path, name="workdir", drop=(proj_key,))
+    out = trainer.train(_frozen_config(), workdir, devices=jax.devices()[:1])
+    printed = capsys.readouterr().out
+    assert f"initialised params from {workdir}" in printed and "freshly initialised" in printed
+    got = {**_flat(out["state"]["params"]), **_flat(out["state"]["fixed"])}
+    for path, value in saved.items():
+        np.testing.assert_array_equal(got[path], value, err_msg=path)
+    fresh = {p: v for p, v in got.items() if p.startswith(proj_key + "/")}
+    kernels = [v for p, v in fresh.items() if p.endswith("kernel")]
+    assert len(fresh) == 4 and len(kernels) == 2
+    assert all(np.isfinite(v).all() and v.std() > 0.01 for v in kernels)  # xavier, not zeros
+    assert ckpt_lib.latest_step(ckpt_lib.checkpoints_dir(workdir)) == 2
+
+
+@pytest.mark.parametrize("field,value,expected", [
+    ("model.width", 96, "config.model.width: run 96, checkpoint 64"),
+    ("model.depth", 3, "config.model.depth: run 3, checkpoint 2"),
+    ("model.decoder_width", 48, "decoder/"),
+])
+def test_mismatched_model_is_a_clear_error(tmp_path, field, value, expected):
+    source, _ = _saved_model(tmp_path)
+    config = _frozen_config(**{"train.init_from": str(source), field: value})
+    with pytest.raises(ValueError) as err:
+        trainer.train(config, tmp_path / "run", devices=jax.devices()[:1])
+    message = str(err.value)
+    assert str(source) in message
+    if field == "model.decoder_width":  # not an encoder field: the shape check lists the params
+        assert "other shapes" in message and expected in message and "(32,)" in message
+    else:
+        assert expected in message
