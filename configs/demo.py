@@ -1,9 +1,13 @@
-"""Demo: pretrain the tiny CREMA model on the bundled real ECGs in about two minutes on a laptop CPU.
+"""Demo: pretrain the tiny CREMA model on the bundled real ECGs in a few minutes on a laptop CPU.
 
     crema-jax pretrain --config=configs/demo.py --workdir=/tmp/crema_demo
 
 Watch the loss fall in the progress line, then open /tmp/crema_demo/reconstruction.png: every lead
-of a held-back (test-split) ECG, the patches the encoder never saw, and the model's reconstruction.
+of a held-back (test-split) ECG, the patches the encoder never saw (shaded), and the model's
+reconstruction of them. What to expect from so short a run: the total loss falls mostly through the
+contrastive term (about 2.1 -> 0.5); the MAE term leaves its "predict each patch's mean" plateau
+only after much longer training, so the tiny model's reconstruction is still close to flat. The
+demo shows the whole pipeline working end to end, not a trained model.
 """
 from crema_jax.data import layouts
 from crema_jax.train.config import default_config
