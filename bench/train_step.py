@@ -27,12 +27,6 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-# XLA:CPU's legacy (non-thunk) runtime ran the small model's step ~1.4x faster here (3.1 s vs
-# 4.2-4.7 s at batch 4). CPU-only option: GPU/TPU ignore it. Set the flag yourself to override.
-if "xla_cpu_use_thunk_runtime" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_cpu_use_thunk_runtime=false").strip()
-
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
