@@ -119,7 +119,15 @@ def write_arrayrecord_atomic(path: str, payloads: Sequence[bytes]) -> None:
     os.replace(tmp, path)
 
 
+def _require_local(cache_dir: str) -> None:
+    if "://" in cache_dir:
+        raise ValueError(f"data.cache_dir={cache_dir}: the cache is read from a local folder; copy "
+                         "it to each host's disk first (tpu_scripts/launch_pretrain.sh does this "
+                         "with CACHE_GCS=gs://...)")
+
+
 def load_index(cache_dir: str) -> dict:
+    _require_local(cache_dir)
     path = os.path.join(cache_dir, INDEX_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no cache index; build the cache with `crema-jax prepare "
@@ -155,6 +163,7 @@ class CacheSource:
     def __init__(self, cache_dir: str, *, split: str = "", expect_target_fs: float | None = None,
                  expect_preprocess: Any = "unchecked",
                  expect_derive_limb_leads: bool | None = None):
+        _require_local(cache_dir)
         self.cache_dir = os.path.abspath(cache_dir)
         index = load_index(self.cache_dir)
         check_settings(index, os.path.join(self.cache_dir, INDEX_FILE),

@@ -100,3 +100,8 @@ def test_cache_split_and_settings_checks(sample_cache, cinc_sample_dir):
     cfg.preprocess.high_hz = 30.0
     with pytest.raises(ValueError, match="rebuild it"):
         pipeline.make_source(cfg)
+
+
+def test_remote_cache_dir_is_refused_with_the_fix_named():
+    with pytest.raises(ValueError, match=r"gs://bucket/cache.*local folder.*CACHE_GCS"):
+        cache.CacheSource("gs://bucket/cache")
