@@ -27,6 +27,11 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+if __name__ == "__main__":  # As `crema-jax` runs: glibc THP for XLA:CPU's step buffers.
+    from crema_jax import host_malloc  # noqa: E402
+
+    host_malloc.reexec_with_hugetlb()
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -123,7 +128,8 @@ def main(argv=None) -> None:
     gemm = metrics_lib.measured_gemm_tflops() if jax.devices()[0].platform == "cpu" else None
     print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}; batch {args.batch}; "
           f"{args.steps} timed steps; loss {args.loss}; dtype {args.dtype}"
-          + (f"; CPU float32 GEMM peak {gemm * 1e3:.1f} GFLOP/s" if gemm else ""))
+          + (f"; CPU float32 GEMM peak {gemm * 1e3:.1f} GFLOP/s" if gemm else "")
+          + f"; GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
     summary = {}
     for model in models:
         config = make_config(model, args.batch, args.dtype, args.loss)
@@ -153,7 +159,7 @@ def main(argv=None) -> None:
                     print(f"torch.compile {model}: failed ({type(err).__name__}: {err})"[:300])
         summary[model] = result
     last = summary[models[-1]]
-    out = dict(last, model=models[-1])
+    out = dict(last, model=models[-1], glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""))
     if len(models) > 1:
         out["by_model"] = summary
     print(json.dumps(out, default=float))

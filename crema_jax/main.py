@@ -32,6 +32,10 @@ def _usage() -> str:
 
 
 def run(argv=None) -> None:
+    if argv is None:  # The process's entry point: see crema_jax/host_malloc.py.
+        from crema_jax import host_malloc
+
+        host_malloc.reexec_with_hugetlb()
     argv = list(sys.argv if argv is None else argv)
     if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
         print(_usage())
