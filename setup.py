@@ -33,7 +33,10 @@ setuptools.setup(
     extras_require={
         # torch 2.13.0 is pinned: an unpinned torch pulls several GB of CUDA wheels.
         "torch": ["torch==2.13.0"],
-        "test": ["pytest>=8", "scikit-learn>=1.4", "torch==2.13.0"],
+        # libtpu (pinned to the installed jax by jax's own extra): compile for a TPU slice on
+        # any machine (`crema-jax pretrain --dry_run --topology=v5p:4x4x4`); TPU VMs need it too.
+        "tpu": ["jax[tpu]"],
+        "test": ["pytest>=8", "scikit-learn>=1.4", "torch==2.13.0", "jax[tpu]"],
     },
     entry_points={"console_scripts": ["crema-jax=crema_jax.main:run"]},
 )

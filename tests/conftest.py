@@ -7,6 +7,9 @@
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# libtpu is installed for the ahead-of-time TPU compile tests; the tests themselves (and the
+# processes they start) run on CPU devices only.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import jax
 import numpy as np
@@ -90,6 +91,35 @@ def batch_divisor(mesh) -> int:
     return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
 
 
+def process_count(mesh) -> int:
+    """Processes (hosts) that own the mesh's devices; each feeds config.data.batch_size ECGs.
+
+    It is jax.process_count() for a mesh over all devices, and the slice's host count for the
+    abstract devices of a TPU topology (dry runs).
+    """
+    return len({d.process_index for d in mesh.devices.flat})
+
+
+def tpu_topology_devices(name: str) -> list:
+    """The abstract devices of a TPU slice, e.g. "v5e:4x4", "v5p:2x2x2", "v6e:8x8", "v4:2x2x2".
+
+    XLA compiles for them on any machine (ahead-of-time, nothing runs). It needs libtpu installed
+    (`pip install "crema_jax[tpu]"`), not a TPU.
+    """
+    from jax.experimental import topologies
+
+    if not re.fullmatch(r"v\d+[a-z]*:\d+(x\d+)+", name):
+        raise ValueError(f"--topology={name!r}: expected a TPU type and chip grid such as "
+                         "v5e:4x4, v5p:2x2x2, v6e:8x8 or v4:2x2x2")
+    try:
+        topology = topologies.get_topology_desc(name, "tpu")
+    except Exception as err:  # noqa: BLE001 - libtpu missing, or a type it does not know.
+        raise ValueError(f"--topology={name!r}: could not describe this TPU slice ({err}). "
+                         "Ahead-of-time TPU compilation needs libtpu: "
+                         "pip install \"crema_jax[tpu]\"") from err
+    return list(topology.devices)
+
+
 # ------------------------------------------------------------------------------------------------
 # Multi-host.
 # ------------------------------------------------------------------------------------------------
@@ -143,6 +173,6 @@ def global_batch(local_batch: dict, mesh) -> dict:
 def abstract_batch(local_batch_spec: dict, mesh) -> dict:
     """ShapeDtypeStructs of the GLOBAL batch from per-process (shape, dtype) specs (AOT compile)."""
     sharding = batch_sharding(mesh)
-    n = jax.process_count()
+    n = process_count(mesh)
     return {k: jax.ShapeDtypeStruct((shape[0] * n,) + tuple(shape[1:]), dtype, sharding=sharding)
             for k, (shape, dtype) in local_batch_spec.items()}

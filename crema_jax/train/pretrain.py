@@ -2,7 +2,8 @@
 
     crema-jax pretrain --config=configs/crema_base.py --workdir=/tmp/crema_base \
         [--config.data.root=/data/ptbxl --config.train.num_steps=20000 ...]
-    crema-jax pretrain --config=configs/crema_large.py --workdir=gs://bucket/run --dry_run
+    crema-jax pretrain --config=configs/crema_large.py --dry_run --topology=v5p:4x4x4 \
+        [--config.data.batch_size=64 ...]      # check a pod config here: needs libtpu, no TPU
 
 Re-running the same command resumes from the latest complete checkpoint in the workdir. SIGTERM
 (preemption) saves a checkpoint at the current step and exits 0. A NaN/Inf loss exits 1 with a
@@ -25,6 +26,11 @@ flags.DEFINE_string("workdir", None, "output folder (local path or gs://): check
                     "metrics.jsonl, tensorboard/, reconstruction.png")
 flags.DEFINE_bool("dry_run", False, "lower and compile the train step for the configured mesh "
                   "against abstract arrays; print FLOPs and memory per device, train nothing")
+flags.DEFINE_string("topology", "", "with --dry_run: compile for this TPU slice instead of this "
+                    "machine's devices, e.g. v5e:4x4, v5p:2x2x2, v6e:8x8 (needs libtpu: "
+                    "pip install \"crema_jax[tpu]\"; no TPU). config.data.batch_size is per host")
+flags.DEFINE_integer("num_devices", 0, "with --dry_run: compile for this many CPU devices (checks "
+                     "that a GPU cluster's mesh and batch divide; CPU memory plan)")
 flags.DEFINE_string("coordinator_address", "", "host:port of process 0 for multi-process runs "
                     "(overrides config.train.coordinator_address; TPU pods need none)")
 flags.DEFINE_integer("num_processes", 0, "number of processes (with --coordinator_address)")
@@ -42,6 +48,17 @@ def main(argv) -> None:
         raise SystemExit("crema-jax pretrain: --config=configs/NAME.py is required")
     if not FLAGS.workdir and not FLAGS.dry_run:
         raise SystemExit("crema-jax pretrain: --workdir is required (a local path or gs://...)")
+    if (FLAGS.topology or FLAGS.num_devices) and not FLAGS.dry_run:
+        raise SystemExit("crema-jax pretrain: --topology and --num_devices only go with --dry_run")
+    if FLAGS.topology and FLAGS.num_devices:
+        raise SystemExit("crema-jax pretrain: give --topology or --num_devices, not both")
+    if FLAGS.dry_run and (FLAGS.topology or FLAGS.num_devices):
+        import jax
+        # Before any backend starts: the machine's own devices are CPUs here; libtpu (when
+        # installed) only describes and compiles for the slice, it never opens a TPU.
+        jax.config.update("jax_platforms", "cpu")
+        if FLAGS.num_devices:
+            jax.config.update("jax_num_cpu_devices", FLAGS.num_devices)
 
     # jax.distributed must start before anything touches a JAX backend.
     from crema_jax.train import mesh as mesh_lib
@@ -58,9 +75,19 @@ def main(argv) -> None:
 
     from crema_jax.train import trainer
     if FLAGS.dry_run:
-        report = trainer.dry_run(config)
+        devices = None
+        if FLAGS.topology:
+            try:
+                devices = mesh_lib.tpu_topology_devices(FLAGS.topology)
+            except ValueError as err:
+                raise SystemExit(f"crema-jax pretrain: {err}") from None
+        try:
+            report = trainer.dry_run(config, devices=devices)
+        except ValueError as err:  # a mesh or batch that does not fit: the message says why
+            raise SystemExit(f"crema-jax pretrain --dry_run: {err}") from None
         mem = report["memory_per_device"]
-        print(f"mesh {report['mesh']}  global batch {report['global_batch']}")
+        print(f"{report['devices']} x {report['device_kind']} on {report['processes']} "
+              f"host(s), mesh {report['mesh']}  global batch {report['global_batch']}")
         print(f"FLOPs per step: {report['flops_per_step']:.4g} "
               f"({report['flops_per_step_per_device']:.4g} per device)")
         if mem:
@@ -69,6 +96,9 @@ def main(argv) -> None:
                   f"{mem['temp_size_in_bytes'] / 2**30:.3f}, outputs "
                   f"{mem['output_size_in_bytes'] / 2**30:.3f}, aliased "
                   f"{mem['alias_size_in_bytes'] / 2**30:.3f})")
+        if "step_seconds_at_peak" in report:
+            print(f"step time at 100% of peak: {report['step_seconds_at_peak'] * 1e3:.3g} ms "
+                  f"(at 40% MFU: {report['step_seconds_at_peak'] / 0.4 * 1e3:.3g} ms)")
         print(json.dumps(report))
         return
 

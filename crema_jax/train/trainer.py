@@ -35,9 +35,10 @@ def build(config, *, devices=None):
     # ============================================================================ set up the mesh
     mesh = mesh_lib.make_mesh(config.mesh, devices)
     rules = mesh_lib.logical_rules(mesh, config.mesh)
-    global_batch = int(config.data.batch_size) * jax.process_count()
+    processes = mesh_lib.process_count(mesh)
+    global_batch = int(config.data.batch_size) * processes
     if global_batch % mesh_lib.batch_divisor(mesh):
-        raise ValueError(f"config.data.batch_size={config.data.batch_size} x {jax.process_count()} "
+        raise ValueError(f"config.data.batch_size={config.data.batch_size} x {processes} "
                          f"processes = {global_batch} ECGs must divide by the {mesh_lib.BATCH_AXES} "
                          f"mesh axes ({mesh_lib.batch_divisor(mesh)} shards)")
     # ============================================================ create model and optimizer
@@ -46,7 +47,9 @@ def build(config, *, devices=None):
     with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
         graphdef, abstract_params, abstract_fixed = step_lib.abstract_model_state(
             config.model, mesh)
-        shardings = step_lib.state_shardings(tx, abstract_params, abstract_fixed, mesh)
+    # Outside the mesh context: optax builds the optimizer's scalar leaves eagerly, on the
+    # default device, which the mesh's devices need not be (abstract TPU devices in a dry run).
+    shardings = step_lib.state_shardings(tx, abstract_params, abstract_fixed, mesh)
     # ================================================================ the update step (jit once)
     replicated = mesh_lib.replicated(mesh)
     jitted = step_lib.make_jitted_step(
@@ -87,8 +90,9 @@ def init_state(parts, rng):
 
 
 def abstract_state(parts, config):
+    key = jax.eval_shape(lambda: jax.random.key(0))  # abstract: nothing runs on any device
     with jax.set_mesh(parts["mesh"]), nnx.logical_axis_rules(parts["rules"]):
-        shapes = jax.eval_shape(parts["init"], jax.random.key(0))
+        shapes = jax.eval_shape(parts["init"], key)
     return step_lib.with_shardings(shapes, parts["shardings"])
 
 
@@ -128,14 +132,26 @@ def _place(value, sharding):
 
 
 def dry_run(config, *, devices=None) -> dict:
-    """Lower and compile the step for the configured mesh; FLOPs and memory per device."""
+    """Lower and compile the step for the configured mesh; FLOPs and memory per device.
+
+    `devices` may be abstract (mesh_lib.tpu_topology_devices): a pod slice's step is then
+    compiled by the TPU compiler on this machine, and its per-device memory is the TPU's plan.
+    """
     parts = build(config, devices=devices)
     compiled = compile_step(parts, config, abstract_state(parts, config))
     flops = metrics_lib.compiled_flops_per_device(compiled)
-    return {"mesh": dict(parts["mesh"].shape), "global_batch": parts["global_batch"],
-            "flops_per_step_per_device": flops,
-            "flops_per_step": flops * parts["mesh"].size,
-            "memory_per_device": metrics_lib.memory_summary(compiled)}
+    device = parts["mesh"].devices.flat[0]
+    report = {"mesh": dict(parts["mesh"].shape), "global_batch": parts["global_batch"],
+              "devices": int(parts["mesh"].size), "device_kind": device.device_kind,
+              "processes": mesh_lib.process_count(parts["mesh"]),
+              "flops_per_step_per_device": flops,
+              "flops_per_step": flops * parts["mesh"].size,
+              "memory_per_device": metrics_lib.memory_summary(compiled)}
+    if device.platform != "cpu":  # A table peak: the fastest a step could possibly be.
+        peak, _ = metrics_lib.peak_tflops_per_device(config.model.get("dtype", "float32"), device)
+        if peak == peak:
+            report["step_seconds_at_peak"] = flops / (peak * 1e12)
+    return report
 
 
 def train(config, workdir, *, devices=None, batch_iter=None) -> dict:

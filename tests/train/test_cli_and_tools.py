@@ -54,6 +54,46 @@ def test_dry_run_reports_flops_and_memory(tmp_path):
     assert not (tmp_path / "checkpoints").exists()     # nothing trained, nothing written
 
 
+def _dry_run(tmp_path, *extra):
+    proc = start_cli(tmp_path, "--dry_run", "--config.mesh.fsdp=4", *extra)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_dry_run_for_a_tpu_pod_slice_and_for_n_cpu_devices(tmp_path):
+    """A v5e 4x4 slice (16 chips on 4 hosts) compiled here by the TPU compiler from libtpu, and
+    the same mesh on 16 CPU devices of this one process."""
+    tpu = _dry_run(tmp_path, "--topology=v5e:4x4", "--config.data.batch_size=4")
+    assert tpu["device_kind"] == "TPU v5 lite" and tpu["devices"] == 16
+    assert tpu["processes"] == 4 and tpu["global_batch"] == 16   # batch_size is per host
+    assert tpu["mesh"] == {"data": 4, "fsdp": 4, "tensor": 1}
+    assert tpu["memory_per_device"]["total_bytes"] > 0
+    assert tpu["step_seconds_at_peak"] > 0
+
+    cpu = _dry_run(tmp_path, "--num_devices=16", "--config.data.batch_size=16")
+    assert cpu["device_kind"] == "cpu" and cpu["devices"] == 16 and cpu["processes"] == 1
+    assert cpu["mesh"] == tpu["mesh"] and cpu["global_batch"] == 16
+    assert "step_seconds_at_peak" not in cpu   # no table peak for a CPU
+    # The same step for the same 16 ECGs, costed by two different compilers (XLA:TPU, XLA:CPU):
+    # they agree on the work to within the elementwise ops they count differently.
+    assert cpu["flops_per_step"] == pytest.approx(tpu["flops_per_step"], rel=0.15)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--dry_run", "--topology=v5e"), "expected a TPU type and chip grid"),
+    (("--dry_run", "--topology=v9z:2x2"), "could not describe this TPU slice"),
+    (("--topology=v5e:2x2",), "only go with --dry_run"),
+    (("--dry_run", "--num_devices=3", "--config.data.batch_size=4"),
+     "must divide by the ('data', 'fsdp') mesh axes (3 shards)"),
+])
+def test_dry_run_rejects_a_bad_target(tmp_path, extra, message):
+    proc = start_cli(tmp_path, *extra)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and message in out, out
+
+
 def test_tpu_scripts_parse_and_pass_shellcheck():
     scripts = sorted((REPO / "tpu_scripts").glob("*.sh"))
     assert {s.name for s in scripts} >= {"create_pod.sh", "install.sh", "launch_pretrain.sh",
