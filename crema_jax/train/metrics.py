@@ -52,8 +52,9 @@ def peak_tflops_per_device(dtype: str = "float32", device=None) -> tuple[float, 
 _GEMM_CACHE: dict = {}
 
 
-def measured_gemm_tflops(n: int = 1024, repeats: int = 5) -> float:
-    """TFLOP/s of a float32 n x n GEMM on the first device (best of `repeats`)."""
+def measured_gemm_tflops(n: int = 1024, repeats: int = 20) -> float:
+    """TFLOP/s of a float32 n x n GEMM on the first device (best of `repeats`, ~0.3 s on 2 cores:
+    on a shared host a few repeats can all land in a slow phase and understate the peak)."""
     if n in _GEMM_CACHE:
         return _GEMM_CACHE[n]
     device = jax.local_devices()[0]
