@@ -183,6 +183,19 @@ class CacheSource:
     def __getstate__(self):
         return {**self.__dict__, "_readers": {}}
 
+    def subset(self, rows: Sequence[int], label_names: Sequence[str]) -> "CacheSource":
+        """The records at `rows` (positions in self.records, in that order), with multi-hot
+        labels over `label_names` (e.g. the classes an evaluation kept)."""
+        out = CacheSource.__new__(CacheSource)
+        out.__dict__.update(self.__getstate__())
+        rows = np.asarray(rows, np.int64)
+        out.records = [self.records[i] for i in rows]
+        out.shards, out.positions = self.shards[rows], self.positions[rows]
+        out.paths = [self.paths[i] for i in rows]
+        out.label_names = list(label_names)
+        out.labels = multi_hot([tuple(r["labels"]) for r in out.records], out.label_names)
+        return out
+
     def _reader(self, shard: int):
         if shard not in self._readers:
             from array_record.python.array_record_module import ArrayRecordReader

@@ -46,6 +46,9 @@ _MODEL_SIZE = define(S, "model_size", "tiny", "SiT size for --checkpoint=random 
 _LAYOUT = define(S, "layout", "wfdb_folder", "Dataset layout (wfdb_folder|ptbxl|manifest).")
 _ROOT = define(S, "root", None, "Dataset folder (or manifest CSV).")
 _LABEL_SET = define(S, "label_set", "superclass", "ptbxl layout: label set.")
+_CACHE_DIR = define(S, "cache_dir", "", "A cache from `crema-jax prepare` built with the "
+                    "checkpoint's preprocessing: its records (labels, splits, sources and "
+                    "preprocessed signals) replace --layout/--root's WFDB files.")
 # Same name and type as `crema-jax prepare`'s flag (one pytest process imports both modules).
 _LAYOUT_OPTION = define(flags.DEFINE_multi_string, "layout_option", [], "A layout keyword "
                         "argument key=value (repeatable), e.g. source=site (PTB-XL: one source "
@@ -81,6 +84,7 @@ class Dataset:
     labels: np.ndarray          # (n, C) multi-hot
     label_type: str
     display: dict = dataclasses.field(default_factory=dict)  # class -> readable name
+    cache_dir: str = ""         # records are read from this prepared cache (infos' meta: row)
 
 
 def class_display_names(root: str, classes) -> dict:
@@ -126,13 +130,31 @@ def parse_options(items) -> dict:
     return options
 
 
+def _cache_index(cache_dir: str):
+    """A prepared cache's records as a layout index; each info's meta["cache_row"] is its row."""
+    from crema_jax.data import cache, layouts
+    index = cache.load_index(cache_dir)
+    infos = [layouts.RecordInfo(record_id=r["record_id"], path=r["path"],
+                                labels=tuple(r["labels"]), split=r["split"], source=r["source"],
+                                meta={"cache_row": row})
+             for row, r in enumerate(index["records"])]
+    return layouts.DatasetIndex(infos, list(index["label_names"]),
+                                layout=index["settings"].get("layout", ""),
+                                root=index["settings"].get("root", ""))
+
+
 def load_dataset(layout: str, root: str, *, label_set: str, split_fractions, min_positives: int,
-                 label_type: str, seed: int, layout_options=()) -> Dataset:
-    """The layout's index, (re-)split, restricted to classes with enough training positives."""
+                 label_type: str, seed: int, layout_options=(), cache_dir: str = "") -> Dataset:
+    """The layout's index (or a prepared cache's), (re-)split, restricted to classes with enough
+    training positives."""
     from crema_jax.data import layouts
-    options = {"label_set": label_set} if layout == "ptbxl" else {}
-    options.update(parse_options(layout_options))
-    index = layouts.build_index(layout, root, **options)
+    if cache_dir:
+        index = _cache_index(cache_dir)
+        root = root or index.root
+    else:
+        options = {"label_set": label_set} if layout == "ptbxl" else {}
+        options.update(parse_options(layout_options))
+        index = layouts.build_index(layout, root, **options)
     infos = list(index.records)
     if split_fractions:
         splits = protocols.resplit(infos, [float(f) for f in split_fractions], seed=seed)
@@ -159,7 +181,7 @@ def load_dataset(layout: str, root: str, *, label_set: str, split_fractions, min
             raise ValueError(f"the {split!r} split of {root} is empty; pass --split_fractions="
                              "0.6,0.2,0.2 (a seeded re-split per source)")
     return Dataset(infos, splits, np.asarray([info.source for info in infos]), classes, labels,
-                   label_type, class_display_names(root, classes))
+                   label_type, class_display_names(root, classes), cache_dir=cache_dir)
 
 
 def eval_data_config(config, backbone_name: str, lead_names, *, batch_size: int,
@@ -195,10 +217,19 @@ def eval_data_config(config, backbone_name: str, lead_names, *, batch_size: int,
 
 
 def make_source(dataset: Dataset, data_cfg, rows=None):
-    """A WFDB source over dataset records (all, or `rows`); its "index" is the row position."""
+    """A source over dataset records (all, or `rows`); its "index" is the row position.
+
+    WFDB files, or the prepared cache's records, which must have been preprocessed as `data_cfg`
+    says (CacheSource raises, naming the cache, when they were not)."""
     from crema_jax.data.sources import WfdbSource
     from crema_jax.data.pipeline import preprocess_settings
     infos = dataset.infos if rows is None else [dataset.infos[i] for i in rows]
+    if dataset.cache_dir:
+        from crema_jax.data.cache import CacheSource
+        source = CacheSource(dataset.cache_dir, expect_target_fs=data_cfg.target_fs,
+                             expect_preprocess=preprocess_settings(data_cfg),
+                             expect_derive_limb_leads=bool(data_cfg.derive_limb_leads))
+        return source.subset([info.meta["cache_row"] for info in infos], dataset.classes)
     return WfdbSource(infos, dataset.classes, target_fs=data_cfg.target_fs,
                       preprocess_cfg=preprocess_settings(data_cfg),
                       derive_limb_leads=data_cfg.derive_limb_leads)
@@ -210,7 +241,8 @@ def flag_values() -> dict:
         "checkpoint": require("checkpoint", _CHECKPOINT.value), "backbone": _BACKBONE.value,
         # `or`: another subcommand's --layout of the same name may have no default.
         "model_size": _MODEL_SIZE.value, "layout": _LAYOUT.value or "wfdb_folder",
-        "root": require("root", _ROOT.value), "label_set": _LABEL_SET.value,
+        "root": _ROOT.value if _CACHE_DIR.value else require("root", _ROOT.value),
+        "cache_dir": _CACHE_DIR.value or "", "label_set": _LABEL_SET.value,
         "layout_options": list(_LAYOUT_OPTION.value or []),
         "workdir": require("workdir", _WORKDIR.value), "label_type": _LABEL_TYPE.value,
         "min_positives": _MIN_POSITIVES.value, "split_fractions": list(_SPLIT_FRACTIONS.value),

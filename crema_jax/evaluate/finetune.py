@@ -110,7 +110,8 @@ def run_finetune(settings: dict, ft: dict) -> dict:
                             split_fractions=settings["split_fractions"],
                             min_positives=settings["min_positives"],
                             label_type=settings["label_type"], seed=settings["seed"],
-                            layout_options=settings["layout_options"])
+                            layout_options=settings["layout_options"],
+                            cache_dir=settings.get("cache_dir", ""))
     mesh = features.data_mesh()
     batch_size = features.round_batch(settings["batch_size"], mesh)
     splits = data.splits
