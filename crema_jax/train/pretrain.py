@@ -75,15 +75,10 @@ def main(argv) -> None:
 
     from crema_jax.train import trainer
     if FLAGS.dry_run:
-        devices = None
-        if FLAGS.topology:
-            try:
-                devices = mesh_lib.tpu_topology_devices(FLAGS.topology)
-            except ValueError as err:
-                raise SystemExit(f"crema-jax pretrain: {err}") from None
-        try:
+        try:  # an unknown slice, or a mesh or batch that does not fit: the message says why
+            devices = mesh_lib.tpu_topology_devices(FLAGS.topology) if FLAGS.topology else None
             report = trainer.dry_run(config, devices=devices)
-        except ValueError as err:  # a mesh or batch that does not fit: the message says why
+        except ValueError as err:
             raise SystemExit(f"crema-jax pretrain --dry_run: {err}") from None
         mem = report["memory_per_device"]
         print(f"{report['devices']} x {report['device_kind']} on {report['processes']} "

@@ -6,6 +6,7 @@ TPU pod slice; only config.mesh and the process count change.
 """
 from __future__ import annotations
 
+import math
 import signal
 import time
 
@@ -149,7 +150,7 @@ def dry_run(config, *, devices=None) -> dict:
               "memory_per_device": metrics_lib.memory_summary(compiled)}
     if device.platform != "cpu":  # A table peak: the fastest a step could possibly be.
         peak, _ = metrics_lib.peak_tflops_per_device(config.model.get("dtype", "float32"), device)
-        if peak == peak:
+        if math.isfinite(peak):
             report["step_seconds_at_peak"] = flops / (peak * 1e12)
     return report
 
