@@ -61,7 +61,10 @@ def make_config(model: str, batch: int, dtype: str, loss: str):
     return config
 
 
-def time_jax(config, steps: int) -> dict:
+def compiled_step_after_warmup(config) -> dict:
+    """The trainer's compiled step, its state and a batch from the input pipeline, after one
+    warm-up step (allocator, thread pools). Keys: parts, compiled, state, batch, rng,
+    compile_seconds."""
     parts = trainer.build(config)
     target = trainer.abstract_state(parts, config)
     t0 = time.perf_counter()
@@ -72,14 +75,29 @@ def time_jax(config, steps: int) -> dict:
     batch = mesh_lib.global_batch({k: local[k] for k in inputs.batch_spec(config.data)},
                                   parts["mesh"])
     rng = jax.random.key(1)
-    state, m = compiled(state, batch, rng)   # warm-up
+    state, m = compiled(state, batch, rng)
     jax.block_until_ready(m)
-    times = []
+    return {"parts": parts, "compiled": compiled, "state": state, "batch": batch, "rng": rng,
+            "compile_seconds": compile_s}
+
+
+def time_steps(run: dict, steps: int) -> tuple[list, dict]:
+    """Wall seconds of `steps` calls of run["compiled"] (run["state"] is advanced), and the last
+    step's metrics."""
+    times, m = [], None
     for _ in range(steps):
         t = time.perf_counter()
-        state, m = compiled(state, batch, rng)
+        run["state"], m = run["compiled"](run["state"], run["batch"], run["rng"])
         jax.block_until_ready(m)
         times.append(time.perf_counter() - t)
+    return times, m
+
+
+def time_jax(config, steps: int) -> dict:
+    run = compiled_step_after_warmup(config)
+    parts, compiled, batch, compile_s = (run["parts"], run["compiled"], run["batch"],
+                                         run["compile_seconds"])
+    times, m = time_steps(run, steps)
     flops_dev = metrics_lib.compiled_flops_per_device(compiled)
     peak, source = metrics_lib.peak_tflops_per_device(config.model.dtype)
     # CPU peak: the host GEMM shared by the devices the mesh uses.
