@@ -119,7 +119,8 @@ def train_step(state: dict, batch: dict, rng, *, graphdef, tx, schedule, loss_fn
     if grad_accum_steps == 1:
         (loss, aux), grads = grad_fn(state["params"], batch, step_rng)
     else:
-        # Mean of micro-batch gradients = the big-batch gradient for per-sample-mean losses.
+        # Mean of micro-batch gradients = the big-batch gradient for per-sample-mean losses
+        # (MAE). A contrastive term sees only its micro-batch's negatives.
         def body(carry, xs):
             micro, i = xs
             (l, a), g = grad_fn(state["params"], micro, jax.random.fold_in(step_rng, i))
