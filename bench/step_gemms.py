@@ -29,7 +29,6 @@ import re
 import statistics
 import sys
 import tempfile
-import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -139,6 +138,8 @@ def alone_seconds(dot: dict, repeats: int) -> float:
     import jax
     import numpy as np
 
+    from bench.gemm import _median_seconds
+
     rng = np.random.default_rng(0)
     lhs_dtype, rhs_dtype, out_dtype = (_DTYPES[d] for d in dot["dtypes"])
     lhs = jax.numpy.asarray(rng.standard_normal(dot["lhs"]), dtype=lhs_dtype)
@@ -146,13 +147,7 @@ def alone_seconds(dot: dict, repeats: int) -> float:
     lc, rc, lb, rb = dot["dims"]
     fn = jax.jit(lambda a, b: jax.lax.dot_general(a, b, ((lc, rc), (lb, rb)),
                                                   preferred_element_type=out_dtype))
-    fn(lhs, rhs).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn(lhs, rhs).block_until_ready()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return _median_seconds(lambda: fn(lhs, rhs).block_until_ready(), repeats)
 
 
 def signature(dot: dict) -> str:
