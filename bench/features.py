@@ -26,18 +26,18 @@ import numpy as np
 
 
 def _bench_size(size: str, *, num_ecgs: int, batch_size: int, max_seconds: float, seed: int):
-    from crema_jax.evaluate import features
+    from crema_jax.inference import backbones
 
-    backbone = features.load_sit(features.RANDOM, model_size=size, seed=seed)
-    mesh = features.data_mesh()
-    batch_size = features.round_batch(batch_size, mesh)
+    backbone = backbones.load(backbones.RANDOM, backbone="sit", model_size=size, seed=seed)
+    mesh = backbones.data_mesh()
+    batch_size = backbones.round_batch(batch_size, mesh)
     rng = np.random.default_rng(seed)
     batch = {
         "patches": rng.normal(size=(batch_size, 3, 12, 30, 75)).astype(np.float32),
         "patch_valid": np.ones((batch_size, 3, 12, 30), bool),
         "lead_indices": np.tile(np.arange(12, dtype=np.int32), (batch_size, 1)),
     }
-    fn = features.make_feature_fn(backbone, mesh)
+    fn = backbones.make_apply(backbone, mesh)
     t0 = time.perf_counter()
     jax.block_until_ready(fn(batch))  # compile + first batch, not timed below
     compile_s = time.perf_counter() - t0
@@ -64,7 +64,8 @@ def _bench_size(size: str, *, num_ecgs: int, batch_size: int, max_seconds: float
 def _flops_per_ecg(backbone, batch_size: int) -> float:
     """XLA's FLOP count of one 3-crop ECG (cost analysis of the single-device program)."""
     def fn(state, patches, leads, valid):
-        return backbone.apply(backbone.graphdef, state, patches, leads, valid)
+        return backbone.family.features(backbone.graphdef, state, {
+            "patches": patches, "lead_indices": leads, "patch_valid": valid})
 
     args = (backbone.state,
             jax.ShapeDtypeStruct((1, 3, 12, 30, 75), np.float32),

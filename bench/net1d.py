@@ -47,18 +47,19 @@ def main():
     import torch
     from flax import nnx
 
-    from crema_jax.export import convert, model_io
+    from crema_jax.export import convert
+    from crema_jax.models import params as params_lib
     from crema_jax.models.net1d import default_net1d_config
     from ecgfounder_torch_ref import Net1DRef  # the test suite's independent PyTorch Net1D
 
     torch.manual_seed(0)
     ref = Net1DRef(in_channels=12).eval()
     cfg = default_net1d_config(12)
-    template = model_io.abstract_params(cfg)
+    template = params_lib.abstract_params(cfg)
     sd = {k: v.numpy() for k, v in ref.state_dict().items()}
     params, _ = convert.torch_to_jax(sd, convert.ecgfounder_rules(cfg), template, path="bench",
                                      layout="ecgfounder", ignored=convert.ECGFOUNDER_IGNORED)
-    model = model_io.merge(cfg, params)
+    model = params_lib.merge(cfg, params)
     graphdef, state = nnx.split(model)
     x = np.random.default_rng(0).standard_normal((args.batch, 12, args.samples)).astype(np.float32)
     xj, xt = jnp.asarray(x), torch.from_numpy(x)

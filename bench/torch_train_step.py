@@ -26,13 +26,13 @@ def torch_step_seconds(config, steps: int, *, compile_mode: bool = False) -> dic
     import torch.nn.functional as F
 
     from crema_jax.export.torch_sit import CremaSiT
-    from crema_jax.train import inputs
+    from crema_jax.train import trainer
 
     torch.manual_seed(0)
     model = CremaSiT(model_dict(config.model), with_decoder=True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=tuple(config.optim.betas),
                             eps=float(config.optim.eps), weight_decay=float(config.optim.weight_decay))
-    local = next(inputs.make_train_iterator(config))
+    local = next(trainer.input_iterator(config, int(config.train.global_batch_size)))
     patches = torch.from_numpy(np.asarray(local["patches"]))
     mask = torch.from_numpy(np.asarray(local["mask"]))
     visible = torch.from_numpy(np.asarray(local["visible_idx"]).astype(np.int64))

@@ -35,7 +35,8 @@ if __name__ == "__main__":  # As `crema-jax` runs: glibc THP for XLA:CPU's step 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from crema_jax.train import inputs, mesh as mesh_lib, metrics as metrics_lib, trainer  # noqa: E402
+from crema_jax.data import batch as batch_lib  # noqa: E402
+from crema_jax.train import mesh as mesh_lib, metrics as metrics_lib, trainer  # noqa: E402
 
 
 def make_config(model: str, batch: int, dtype: str, loss: str):
@@ -52,8 +53,8 @@ def make_config(model: str, batch: int, dtype: str, loss: str):
     config.model.dtype = dtype
     config.loss.name = loss
     config.data.num_views = 1 if loss in ("mae", "stmem") else 2
-    config.data.batch_size = batch
-    config.train.synthetic_records = batch
+    config.train.global_batch_size = batch
+    config.data.synthetic_records = batch
     config.data.num_workers = 0
     config.train.num_steps = 1000
     config.optim.warmup_steps = 10
@@ -71,9 +72,8 @@ def compiled_step_after_warmup(config) -> dict:
     compiled = trainer.compile_step(parts, config, target)
     compile_s = time.perf_counter() - t0
     state = trainer.init_state(parts, jax.random.key(0))
-    local = next(inputs.make_train_iterator(config))
-    batch = mesh_lib.global_batch({k: local[k] for k in inputs.batch_spec(config.data)},
-                                  parts["mesh"])
+    local = next(trainer.input_iterator(config, parts["per_process_batch"]))
+    batch = mesh_lib.global_batch(batch_lib.device_part(local), parts["mesh"])
     rng = jax.random.key(1)
     state, m = compiled(state, batch, rng)
     jax.block_until_ready(m)

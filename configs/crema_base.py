@@ -6,7 +6,7 @@
 
 On a TPU pod slice see tpu_scripts/launch_pretrain.sh (mesh data=-1 fills every chip).
 """
-from crema_jax.train.config import default_config
+from crema_jax.config import default_config
 
 
 def get_config():
@@ -15,8 +15,8 @@ def get_config():
     config.loss.name = "crema"            # MAE + lambda * InfoNCE across the global batch.
     config.data.num_views = 2             # two masks of the same crop = the contrastive pair.
     # ST-MEM trains with a global batch of 1024 at lr 1.5e-4 x 1024/256; the contrastive term
-    # gets more negatives from a large batch too (data.batch_size is per process).
-    config.data.batch_size = 256
+    # gets more negatives from a large batch too (every ECG of the global batch is a negative).
+    config.train.global_batch_size = 256
     config.data.num_workers = 8           # WFDB decode + filtering is CPU-bound per record.
     config.train.num_steps = 100_000
     config.optim.warmup_steps = 4_000     # ~4% of training, MAE/ST-MEM style.

@@ -6,7 +6,7 @@
 
 Check memory with --dry_run for the slice you plan to rent before renting it.
 """
-from crema_jax.train.config import default_config
+from crema_jax.config import default_config
 
 
 def get_config():
@@ -16,7 +16,7 @@ def get_config():
     config.model.scan_layers = True       # 24 blocks compiled once: flat compile time.
     config.loss.name = "crema"
     config.data.num_views = 2
-    config.data.batch_size = 128          # per host (4 chips on v4/v5p hosts).
+    config.train.global_batch_size = 512  # e.g. 4 hosts x 128 (4 chips per v4/v5p host).
     config.data.num_workers = 16
     # FSDP over every chip: 300M params + Adam moments split instead of replicated; the batch
     # is split over data x fsdp as well, so there is no idle replica.

@@ -3,7 +3,7 @@
     crema-jax pretrain --config=configs/crema_small.py --workdir=/tmp/crema_small \
         --config.data.root=/data/cinc2021
 """
-from crema_jax.train.config import default_config
+from crema_jax.config import default_config
 
 
 def get_config():
@@ -11,7 +11,7 @@ def get_config():
     config.model.size = "small"
     config.loss.name = "crema"
     config.data.num_views = 2
-    config.data.batch_size = 256          # per process; negatives for InfoNCE come from all of it.
+    config.train.global_batch_size = 256  # InfoNCE's negatives come from all of it.
     config.data.num_workers = 8
     config.train.num_steps = 100_000
     config.optim.warmup_steps = 4_000

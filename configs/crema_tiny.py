@@ -1,12 +1,12 @@
 """CREMA with a tiny SiT (64 wide, 2 deep) and a small decoder: smoke tests and CPU runs.
 
     crema-jax pretrain --config=configs/crema_tiny.py --workdir=/tmp/crema_tiny \
-        --config.train.synthetic_records=64
+        --config.data.synthetic_records=64
 
 Compiles in seconds; every piece (mesh, masks, views, contrastive gathers, checkpoints) is the
 real one, only the widths shrink.
 """
-from crema_jax.train.config import default_config
+from crema_jax.config import default_config
 
 
 def get_config():
@@ -20,7 +20,7 @@ def get_config():
     config.model.proj_dim = 32
     config.loss.name = "crema"
     config.data.num_views = 2
-    config.data.batch_size = 8
+    config.train.global_batch_size = 8
     config.train.num_steps = 200
     config.optim.warmup_steps = 10
     config.checkpoint.every_steps = 50

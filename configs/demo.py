@@ -32,7 +32,7 @@ def get_config():
     config.data.layout = "wfdb_folder"
     config.data.root = str(layouts.sample_data_dir())
     config.data.split = "train"
-    config.data.batch_size = 16           # 2 batches per epoch of the 32 training records.
+    config.train.global_batch_size = 16   # 2 batches per epoch of the 32 training records.
     # Raw (globally z-scored) targets instead of ST-MEM's per-patch normalised ones: the plot then
     # shows the prediction itself, in signal units, not re-scaled by the hidden patch's own stats.
     config.loss.norm_pix_loss = False

@@ -3,7 +3,7 @@
     crema-jax pretrain --config=configs/mae_base.py --workdir=/tmp/mae_base \
         --config.data.root=/data/cinc2021
 """
-from crema_jax.train.config import default_config
+from crema_jax.config import default_config
 
 
 def get_config():
@@ -11,7 +11,7 @@ def get_config():
     config.model.size = "base"
     config.loss.name = "mae"
     config.data.num_views = 1             # nothing to contrast: one masked view per ECG.
-    config.data.batch_size = 256
+    config.train.global_batch_size = 256
     config.data.num_workers = 8
     config.train.num_steps = 100_000
     config.optim.warmup_steps = 4_000

@@ -3,7 +3,7 @@
     crema-jax pretrain --config=configs/simclr_base.py --workdir=/tmp/simclr_base \
         --config.data.root=/data/cinc2021
 """
-from crema_jax.train.config import default_config
+from crema_jax.config import default_config
 
 
 def get_config():
@@ -15,7 +15,7 @@ def get_config():
     # the patches plus signal augmentations make a harder but solvable pairing task.
     config.data.mask.ratio = 0.5
     config.data.augment.names = ("amplitude_scale", "baseline_wander", "gaussian_noise")
-    config.data.batch_size = 256          # SimCLR needs many negatives per step.
+    config.train.global_batch_size = 256  # SimCLR needs many negatives per step.
     config.data.num_workers = 8
     config.train.num_steps = 100_000
     config.optim.warmup_steps = 4_000

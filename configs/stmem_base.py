@@ -5,7 +5,7 @@
 
 The baseline CREMA is compared against; its checkpoints are ST-MEM-layout compatible.
 """
-from crema_jax.train.config import default_config
+from crema_jax.config import default_config
 
 
 def get_config():
@@ -15,7 +15,7 @@ def get_config():
     config.data.num_views = 1             # no contrastive pair: half the input bandwidth.
     config.data.mask.name = "random_per_lead"
     config.data.mask.ratio = 0.75         # 7 of 30 patches visible per lead.
-    config.data.batch_size = 256
+    config.train.global_batch_size = 256
     config.data.num_workers = 8
     # ST-MEM's optimiser: AdamW (0.9, 0.95), wd 0.01 on everything, lr 1.5e-4 x batch/256,
     # linear warm-up then per-step cosine, no clipping (the defaults of default_optim_config).

@@ -18,6 +18,10 @@ def default_data_config() -> ml_collections.ConfigDict:
     # A `crema-jax prepare` output folder. When set it replaces root/layout: decoding cached
     # int16 is ~50x cheaper than reading + filtering + resampling WFDB in every epoch.
     cfg.cache_dir = ""
+    # > 0: this many seeded synthetic 12-lead ECGs (data/synthetic.py, 10 s each) replace the
+    # dataset (smoke tests, benchmarks, dry runs on a machine without data); crops, masks, views
+    # and iterator checkpoints are the real pipeline's.
+    cfg.synthetic_records = 0
     cfg.split = "train"          # Records of this split ("train"/"val"/"test"; "" = all records).
     cfg.derive_limb_leads = True  # Rebuild absent limb leads from two present ones (Einthoven).
 
@@ -51,10 +55,14 @@ def default_data_config() -> ml_collections.ConfigDict:
     ))
 
     # --- evaluation
-    cfg.eval_crop_offsets = (0, 125, 250)  # ST-MEM's 3 crops of a 10 s record at 250 Hz.
+    # Crops per record, placed by batch.eval_crop_starts (the one crop policy of every command):
+    # 3 = ST-MEM's crops, at 0/125/250 of a 10 s record at 250 Hz.
+    cfg.eval_num_crops = 3
 
     # --- batching and workers
-    cfg.batch_size = 64          # Per process (global batch = batch_size * process count).
+    # ECGs per batch in this process. Pretraining derives it from config.train.global_batch_size
+    # and the process count (leave it unset there); evaluation commands set it from --batch_size.
+    cfg.batch_size = placeholder(int)
     cfg.num_epochs = placeholder(int)  # None = endless pretraining stream; 1 = one pass.
     cfg.seed = 0                 # Shuffle order, crops, masks and augmentations all derive from it.
     # Worker processes for mp_prefetch; 0 = in-process (tests, debugging, exact skip counts).

@@ -311,5 +311,37 @@ LAYOUTS = {"wfdb_folder": wfdb_folder, "ptbxl": ptbxl, "manifest": manifest}
 def build_index(layout: str, root, **opts) -> DatasetIndex:
     """LAYOUTS[layout](root, **opts) with a clear error for an unknown layout name."""
     if layout not in LAYOUTS:
-        raise KeyError(f"unknown dataset layout {layout!r}; expected one of {sorted(LAYOUTS)}")
+        raise ValueError(f"--layout={layout!r}: unknown dataset layout; expected one of "
+                         f"{sorted(LAYOUTS)}")
     return LAYOUTS[layout](root, **opts)
+
+
+def record_id_of(path: str) -> str:
+    """A record's id: its file name without extension."""
+    return os.path.basename(str(path))
+
+
+def expand_records(spec: str) -> list[str]:
+    """Records named on a command line, in a stable order, without extension: comma-separated
+    paths ('a,b', with or without .hea/.mat/.dat), globs ('dir/*.hea') or folders (every .hea
+    below them, sorted). Duplicates are dropped; a pattern matching nothing is an error."""
+    import glob
+
+    out = []
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        if os.path.isdir(item):
+            out += sorted(p[:-4] for p in glob.glob(os.path.join(item, "**", "*.hea"),
+                                                    recursive=True))
+        elif any(ch in item for ch in "*?["):
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"{item}: the pattern matches no file")
+            out += [os.path.splitext(p)[0] for p in matches
+                    if p.endswith(".hea") or not os.path.exists(os.path.splitext(p)[0] + ".hea")]
+        else:
+            out.append(item[:-4] if item.endswith((".hea", ".mat", ".dat")) else item)
+    if not out:
+        raise FileNotFoundError(f"no records in {spec!r}")
+    return list(dict.fromkeys(out))

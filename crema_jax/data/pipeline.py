@@ -19,10 +19,10 @@ restores the fixed batch size (and passes full chunks through without a copy). R
 per chunk: RandomMap hands each chunk a Generator derived from (seed, chunk position), so there is
 no global RNG state and restores are exact.
 
-Evaluation chain: source order, one pass, deterministic crops, no masking; the last partial batch
-is zero-padded to B with "valid" (B,) bool marking the real rows.
+Evaluation chain: source order, one pass, the crops of `batch.eval_crop_starts`, no masking; the
+last partial batch is zero-padded to B with "valid" (B,) bool marking the real rows.
 
-Batch formats are those of CONTRACTS.md.
+Batch formats: crema_jax/data/batch.py.
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ import numpy as np
 from grain.experimental import RebatchIterDataset
 
 from crema_jax.data import augment as augment_lib
+from crema_jax.data import batch as batch_lib
 from crema_jax.data import masking
 from crema_jax.data import records
 from crema_jax.data.leads import LEADS
@@ -135,17 +136,6 @@ def lead_rows(names: Sequence[str]) -> np.ndarray:
     return np.asarray([LEADS.index(name) for name in names], dtype=np.int32)
 
 
-def eval_offsets(length: int, crop_samples: int, offsets: Sequence[int]) -> list[int]:
-    """ST-MEM's fixed crop offsets, clipped so that every crop ends inside the record.
-
-    A 10 s record at 250 Hz (2500 samples) gets crops at 0/125/250 exactly as in ST-MEM; a shorter
-    record gets its crops moved left (all at 0, zero-padded, when shorter than one crop); a longer
-    record keeps the configured offsets (its tail is not scored, as in ST-MEM's protocol).
-    """
-    last = max(length - crop_samples, 0)
-    return [min(int(o), last) for o in offsets]
-
-
 class _Geometry:
     def __init__(self, data_cfg: Mapping):
         self.rows = lead_rows(tuple(data_cfg["leads"]))
@@ -153,10 +143,7 @@ class _Geometry:
         self.row_sel = slice(None) if tuple(self.rows) == tuple(range(len(LEADS))) else self.rows
         self.crop = int(data_cfg["crop_samples"])
         self.patch = int(data_cfg["patch_size"])
-        if self.crop % self.patch:
-            raise ValueError(f"data.crop_samples={self.crop} must be a multiple of "
-                             f"data.patch_size={self.patch}")
-        self.num_patches = self.crop // self.patch
+        self.num_patches = batch_lib.num_patches(data_cfg)
 
     def fill(self, out: np.ndarray, element: Mapping, start: int) -> int:
         """Write crop [start, start+crop) of the selected rows into out (L, crop); zero-pad the
@@ -180,7 +167,7 @@ class _Geometry:
 
 
 class PretrainViews(grain.transforms.RandomMap):
-    """Chunk of loaded records -> stacked pretraining arrays (CONTRACTS.md batch format).
+    """Chunk of loaded records -> stacked pretraining arrays (the batch.py format).
 
     compact=True (the pipeline's setting) emits a crop shared by all views once, as patches
     (n, 1, L, N, P); ExpandViews restores the V axis after the worker processes.
@@ -260,21 +247,22 @@ class ExpandViews(grain.transforms.Map):
 
 
 class EvalCrops(grain.transforms.Map):
-    """Chunk of loaded records -> C deterministic crops each (no masking) and multi-hot labels."""
+    """Chunk of loaded records -> the eval crops of each (no masking) and multi-hot labels."""
 
     def __init__(self, data_cfg: Mapping):
         self.geo = _Geometry(data_cfg)
-        self.offsets = tuple(int(o) for o in data_cfg["eval_crop_offsets"])
+        self.num_crops = int(data_cfg["eval_num_crops"])
 
     def map(self, chunk: Sequence[dict]) -> dict:
-        geo, n, crops = self.geo, len(chunk), len(self.offsets)
+        geo, n, crops = self.geo, len(chunk), self.num_crops
         signals = np.empty((n, crops, len(geo.rows), geo.crop), np.float32)
         real = np.empty((n, crops), np.int64)
         lead_valid = np.empty((n, crops, len(geo.rows)), bool)
         for i, element in enumerate(chunk):
             signal = element["signal"]
             lead_valid[i] = np.asarray(element["lead_present"], bool)[geo.rows]
-            for c, start in enumerate(eval_offsets(signal.shape[1], geo.crop, self.offsets)):
+            starts = batch_lib.eval_crop_starts(signal.shape[1], geo.crop, crops)
+            for c, start in enumerate(starts):
                 real[i, c] = geo.fill(signals[i, c], element, start)
         return {
             "patches": signals.reshape(n, crops, len(geo.rows), geo.num_patches, geo.patch),
@@ -318,9 +306,14 @@ def preprocess_settings(data_cfg: Mapping) -> dict | None:
 
 
 def make_source(data_cfg: Mapping, *, split: str | None = None):
-    """The configured source: the ArrayRecord cache when data.cache_dir is set, else raw WFDB
-    records of data.layout under data.root. `split` ("" = all records) defaults to data.split."""
+    """The configured source: synthetic ECGs when data.synthetic_records > 0, the ArrayRecord cache
+    when data.cache_dir is set, else raw WFDB records of data.layout under data.root. `split`
+    ("" = all records) defaults to data.split (synthetic records have no splits)."""
     split = data_cfg["split"] if split is None else split
+    if int(data_cfg["synthetic_records"]) > 0:
+        from crema_jax.data import synthetic
+
+        return synthetic.synthetic_source(data_cfg)
     if data_cfg["cache_dir"]:
         from crema_jax.data import cache
 
@@ -340,7 +333,7 @@ def make_source(data_cfg: Mapping, *, split: str | None = None):
     infos = [info for info in index.records if not split or info.split == split]
     return WfdbSource(infos, index.label_names, target_fs=data_cfg["target_fs"],
                       preprocess_cfg=preprocess_settings(data_cfg),
-                      derive_limb_leads=data_cfg["derive_limb_leads"])
+                      derive_limb_leads=data_cfg["derive_limb_leads"], leads=data_cfg["leads"])
 
 
 def _shard(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -373,10 +366,16 @@ def _prefetch(ds: grain.IterDataset, data_cfg: Mapping) -> grain.IterDataset:
     return ds
 
 
+def _batch_size(data_cfg: Mapping) -> int:
+    if data_cfg["batch_size"] is None:
+        raise ValueError("data.batch_size: set the per-process batch size")
+    return int(data_cfg["batch_size"])
+
+
 def make_pretrain_dataset(data_cfg: Mapping, *, source: Any = None,
                           process_index: int | None = None, process_count: int | None = None,
                           stats: SkipStats | None = None) -> grain.IterDataset:
-    """Batches of masked views (CONTRACTS.md pretraining format), B = data.batch_size per process.
+    """Batches of masked views (batch.py's pretraining format), B = data.batch_size per process.
 
     `source` defaults to `make_source(data_cfg)`; process_index/count default to JAX's.
     `stats` receives the skip counts (exact when data.num_workers == 0).
@@ -384,7 +383,7 @@ def make_pretrain_dataset(data_cfg: Mapping, *, source: Any = None,
     """
     source = make_source(data_cfg) if source is None else source
     index, count = _shard(process_index, process_count)
-    batch = int(data_cfg["batch_size"])
+    batch = _batch_size(data_cfg)
     order = RecordOrder(len(source), chunk_size=batch, seed=int(data_cfg["seed"]), shuffle=True,
                         num_epochs=data_cfg["num_epochs"], process_index=index,
                         process_count=count)
@@ -396,14 +395,11 @@ def make_pretrain_dataset(data_cfg: Mapping, *, source: Any = None,
 def make_eval_dataset(data_cfg: Mapping, *, source: Any = None, split: str | None = None,
                       process_index: int | None = None, process_count: int | None = None,
                       stats: SkipStats | None = None) -> grain.IterDataset:
-    """One pass over the split in source order: deterministic crops, labels, padded last batch.
-
-    Batches: "patches" (B, C, L, N, P), "patch_valid" (B, C, L, N), "lead_indices" (B, L),
-    "labels" float32 (B, num_classes), "index" (B,), "valid" bool (B,) (False on padding rows).
-    """
+    """One pass over the split in source order: batch.py's evaluation batches (the crops of
+    `batch.eval_crop_starts`, labels, the last batch padded and marked by "valid")."""
     source = make_source(data_cfg, split=split) if source is None else source
     index, count = _shard(process_index, process_count)
-    batch = int(data_cfg["batch_size"])
+    batch = _batch_size(data_cfg)
     order = RecordOrder(len(source), chunk_size=batch, seed=int(data_cfg["seed"]), shuffle=False,
                         num_epochs=1, process_index=index, process_count=count)
     ds = _build(data_cfg, source, order, stats, EvalCrops(data_cfg))

@@ -1,7 +1,4 @@
-"""`crema-jax preview`: draw what the model sees — a bundled ECG, its patches and its mask.
-
-    crema-jax preview [--out=preview.png] [--record=E07500] [--mask=random_per_lead]
-        [--mask_ratio=0.75] [--seed=0]
+"""What the model sees (`crema-jax preview`): a bundled ECG, its patches and its mask.
 
 Reads a record of the bundled sample (layouts.sample_data_dir(); a synthetic ECG when the sample
 is missing), preprocesses it and runs the pretraining transform (random crop, lead-wise patchify,
@@ -10,25 +7,7 @@ boundaries, hidden (masked) patches shaded.
 """
 from __future__ import annotations
 
-import sys
-
 import numpy as np
-from absl import flags
-
-FLAGS = flags.FLAGS
-
-
-def _define(definer, name, *args):
-    """Define a flag unless another imported CLI module already did (tests import several)."""
-    if name not in FLAGS:
-        definer(name, *args)
-
-
-_define(flags.DEFINE_string, "out", None, "output PNG (default preview.png)")
-_define(flags.DEFINE_string, "record", "", "record id of the bundled sample (default: the first)")
-_define(flags.DEFINE_string, "mask", "random_per_lead", "masking strategy (masking.MASKS key)")
-_define(flags.DEFINE_float, "mask_ratio", 0.75, "fraction of patches hidden")
-_define(flags.DEFINE_integer, "seed", 0, "seed of the crop and the mask")
 
 
 def load_ecg(record_id: str = "") -> tuple[dict, str]:
@@ -95,14 +74,3 @@ def render(element: dict, title: str, out: str, *, mask_name: str, ratio: float,
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return views
-
-
-def main(argv):
-    del argv
-    out = FLAGS.out or "preview.png"
-    try:
-        element, title = load_ecg(FLAGS.record)
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
-    render(element, title, out, mask_name=FLAGS.mask, ratio=FLAGS.mask_ratio, seed=FLAGS.seed)
-    print(f"wrote {out}")

@@ -12,7 +12,10 @@ applied by the pipeline only to the crop it keeps.)
 Sources (no Grain import here, so `crema-jax prepare` workers stay light):
 - `WfdbSource`: raw WFDB records from a layout index; load = records.read_record + preprocess.
 - `cache.CacheSource`: the ArrayRecord cache written by `crema-jax prepare`; load = decode.
-- `ArraySource`: in-memory arrays (synthetic data, tests, notebooks).
+- `ArraySource`: in-memory arrays already at the target rate and preprocessed (synthetic data,
+  tests, notebooks).
+- `RawArraySource`: in-memory arrays in mV at their own rate; load = resample + preprocess, the
+  steps WfdbSource applies to a file (`crema-jax embed --input=X.npy`).
 
 Every source has a stable `__repr__` (Grain compares it when restoring an iterator).
 
@@ -60,11 +63,23 @@ def _fingerprint(strings: Sequence[str]) -> str:
     return digest.hexdigest()[:12]
 
 
+def fed_leads_mask(leads: Sequence[str] | None) -> np.ndarray:
+    """(12,) bool: the canonical leads a model is fed (None = all 12)."""
+    from crema_jax.data.leads import LEADS
+
+    return np.ones(len(LEADS), bool) if leads is None else np.isin(LEADS, tuple(leads))
+
+
 class WfdbSource:
-    """Raw WFDB records of a layout index; reading + preprocessing happen in `load`."""
+    """Raw WFDB records of a layout index; reading + preprocessing happen in `load`.
+
+    `leads`: the leads the model is fed (data.leads). The others are zeroed and marked absent
+    BEFORE preprocessing, so the statistics of a lead subset are its own (ST-MEM's and
+    ECGFounder's data paths select leads first, too)."""
 
     def __init__(self, infos: Sequence[Any], label_names: Sequence[str], *, target_fs: float,
-                 preprocess_cfg: Mapping | None, derive_limb_leads: bool = True):
+                 preprocess_cfg: Mapping | None, derive_limb_leads: bool = True,
+                 leads: Sequence[str] | None = None):
         self.paths = [str(info.path) for info in infos]
         self.record_ids = [str(info.record_id) for info in infos]
         self.label_names = list(label_names)
@@ -73,6 +88,7 @@ class WfdbSource:
         self.preprocess_cfg = (None if preprocess_cfg is None
                                else ml_collections.ConfigDict(dict(preprocess_cfg)))
         self.derive_limb_leads = bool(derive_limb_leads)
+        self.fed = fed_leads_mask(leads)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -87,11 +103,12 @@ class WfdbSource:
     def load(self, element: Mapping) -> dict:
         ecg = records.read_record(element["path"], target_fs=self.target_fs,
                                   derive_limb_leads=self.derive_limb_leads)
-        signal = ecg.signal
+        present = ecg.lead_present & self.fed
+        signal = np.where(present[:, None], ecg.signal, 0.0).astype(np.float32)
         if self.preprocess_cfg is not None:
             signal = preprocess_lib.preprocess(signal, ecg.fs, self.preprocess_cfg,
-                                               lead_present=ecg.lead_present)
-        return {"signal": np.asarray(signal, dtype=np.float32), "lead_present": ecg.lead_present}
+                                               lead_present=present)
+        return {"signal": np.asarray(signal, dtype=np.float32), "lead_present": present}
 
 
 class ArraySource:
@@ -122,6 +139,34 @@ class ArraySource:
     def load(self, element: Mapping) -> dict:
         i = int(element["index"])
         return {"signal": self.signals[i], "lead_present": self.lead_present[i]}
+
+
+class RawArraySource(ArraySource):
+    """In-memory ECGs in mV at `fs` Hz, float32 (n, 12, T): `load` resamples to target_fs and
+    preprocesses each (NaN -> 0 first, as ECGFounder's scripts do), like WfdbSource for files."""
+
+    def __init__(self, signals: np.ndarray, *, fs: float, target_fs: float,
+                 preprocess_cfg: Mapping | None, lead_present: np.ndarray | None = None,
+                 leads: Sequence[str] | None = None, name: str = "arrays"):
+        super().__init__(signals, lead_present=lead_present, name=name)
+        self.lead_present = self.lead_present & fed_leads_mask(leads)
+        self.fs, self.target_fs = float(fs), float(target_fs)
+        self.preprocess_cfg = (None if preprocess_cfg is None
+                               else ml_collections.ConfigDict(dict(preprocess_cfg)))
+
+    def __repr__(self) -> str:
+        return (f"RawArraySource(name={self.name!r}, shape={tuple(self.signals.shape)}, "
+                f"fs={self.fs:g}->{self.target_fs:g})")
+
+    def load(self, element: Mapping) -> dict:
+        i = int(element["index"])
+        present = self.lead_present[i]
+        signal = np.where(present[:, None], np.nan_to_num(self.signals[i]), 0.0)
+        signal, fs = records.resample(signal.astype(np.float32), self.fs, self.target_fs)
+        if self.preprocess_cfg is not None:
+            signal = preprocess_lib.preprocess(signal, fs, self.preprocess_cfg,
+                                               lead_present=present)
+        return {"signal": np.asarray(signal, np.float32), "lead_present": present}
 
 
 class SkipStats:

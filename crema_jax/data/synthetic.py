@@ -9,6 +9,9 @@ electrical axis, wave amplitudes, RR jitter, noise and baseline wander. `af=True
 AF-like rhythm: irregular RR intervals, no P waves, small 4-8 Hz fibrillatory waves.
 
 These are test signals, not physiology: do not train a model meant for real ECGs on them.
+
+`synthetic_source(data_cfg)` is what `data.synthetic_records > 0` reads: that many of these ECGs,
+10 s each at data.target_fs, preprocessed as data.preprocess says, in memory.
 """
 from __future__ import annotations
 
@@ -117,6 +120,22 @@ def synthetic_ecg(seed: int, seconds: float = 10.0, fs: float = 500.0, *,
     present[[0, 1]] = present[6:] = True
     signal, _, _ = leads_lib.derive_limb_leads(signal, present)
     return signal
+
+
+SOURCE_SECONDS = 10.0  # ST-MEM's record length: 9 s crops then have room to move.
+
+
+def synthetic_source(data_cfg):
+    """An in-memory source of data.synthetic_records ECGs; record k uses seed
+    data.seed * 1_000_000 + k, at data.target_fs, preprocessed by data.preprocess."""
+    from crema_jax.data import preprocess, sources
+
+    n, fs = int(data_cfg["synthetic_records"]), float(data_cfg["target_fs"])
+    first = int(data_cfg["seed"]) * 1_000_000
+    signals = np.stack([synthetic_ecg(first + k, SOURCE_SECONDS, fs) for k in range(n)])
+    if data_cfg["preprocess"] is not None:
+        signals = np.stack([preprocess.preprocess(x, fs, data_cfg["preprocess"]) for x in signals])
+    return sources.ArraySource(signals, name=f"synthetic{n}_seed{first}_fs{fs:g}")
 
 
 def synthetic_labels(seed: int) -> tuple[float, bool]:

@@ -1,77 +1,267 @@
-"""`crema-jax finetune`: full fine-tuning of the SiT encoder under the evaluation protocols.
+"""Full fine-tuning of the SiT encoder with a classification head, under the evaluation protocols
+(`crema-jax finetune`).
 
-    crema-jax finetune --checkpoint=PRETRAIN_WORKDIR --layout=ptbxl --root=/data/ptbxl \
-        --label_set=superclass --workdir=/tmp/ft --epochs=50 --patience=10
+Recipe (ST-MEM's fine-tuning, reference-stmem.md): AdamW, lr = base_lr x batch / 256 with linear
+warm-up then cosine, weight decay 0.05, layer-wise learning-rate decay (embeddings get
+decay^(depth+1), block i decay^(depth-i), `norm` and `head` the full rate), stochastic depth,
+optional label smoothing; the ST-MEM augmentations come from config.data.augment.
 
-Per protocol run (lead set x label fraction, and per source with --cross_domain): a fresh head on
-the checkpoint's encoder, ST-MEM's fine-tuning recipe (finetuning.py), the best epoch by
-validation macro AUROC, then the test split scored ONCE with that epoch's parameters.
+Loss by label type: multi-label BCE (sigmoid per class) or multi-class softmax cross-entropy.
+Validation every epoch on the evaluation crops, with LOGITS averaged over crops (ST-MEM averages
+predictions); the best validation macro AUROC is kept (early stopping with patience).
 
-Supervised-from-scratch baseline: `--checkpoint=random --model_size=...` (the same recipe from a
-random initialisation is exactly a supervised model trained from scratch).
+Per protocol run (lead set x label fraction, and per source with cross_domain): a fresh head on
+the checkpoint's encoder, the recipe above, the best epoch by validation macro AUROC, then each
+test set scored ONCE with that epoch's parameters. Supervised-from-scratch baseline:
+checkpoint "random" (the same recipe from a random initialisation).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
+from typing import Iterable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
-from absl import flags, logging
+import optax
+from absl import logging
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from crema_jax.evaluate import cli, features, finetuning, protocols, report
-from crema_jax.evaluate.probe import score_head
-
-_EPOCHS = cli.define(flags.DEFINE_integer, "epochs", 30, "Maximum fine-tuning epochs.")
-_BASE_LR = cli.define(flags.DEFINE_float, "base_lr", 1e-3, "Peak lr = base_lr x batch / 256 "
-                      "(ST-MEM fine-tuning).")
-_WEIGHT_DECAY = cli.define(flags.DEFINE_float, "weight_decay", 0.05, "AdamW weight decay.")
-_LAYER_DECAY = cli.define(flags.DEFINE_float, "layer_decay", 0.75, "Layer-wise lr decay (1 = off).")
-_DROP_PATH = cli.define(flags.DEFINE_float, "drop_path", 0.1, "Stochastic depth (max rate).")
-_LABEL_SMOOTHING = cli.define(flags.DEFINE_float, "label_smoothing", 0.0, "Label smoothing.")
-_WARMUP = cli.define(flags.DEFINE_float, "warmup_epochs", 1.0, "Linear lr warm-up in epochs.")
-_PATIENCE = cli.define(flags.DEFINE_integer, "patience", 10, "Early stopping: epochs without a "
-                       "better validation macro AUROC (0 = never stop early).")
-_AUGMENT = cli.define(flags.DEFINE_list, "augment", ["config"], "Training augmentations: "
-                      "'config' = the checkpoint's data.augment.names, 'none', or names "
-                      "(amplitude_scale,baseline_wander,gaussian_noise,time_shift,lead_drop).")
-_STEPS_PER_EPOCH = cli.define(flags.DEFINE_integer, "steps_per_epoch", 0, "0 = one pass over "
-                              "the training records per epoch.")
+from crema_jax.data import batch as batch_lib
+from crema_jax.data import pipeline
+from crema_jax.evaluate import datasets, metrics, protocols, report
+from crema_jax.inference import backbones
+from crema_jax.models import resolve_size
 
 
+# ------------------------------------------------------------------- layer-wise lr decay
+def layer_id(path: tuple[str, ...], depth: int) -> int:
+    """0 for the embeddings, i+1 for block i, depth+1 for everything after the blocks."""
+    if path and path[0] == "blocks":
+        return int(path[1]) + 1 if len(path) > 1 and str(path[1]).isdigit() else -1
+    if path and path[0] in ("patch_embed", "pos_embedding", "sep_embedding", "lead_embeddings"):
+        return 0
+    return depth + 1
+
+
+def lr_scales(params, depth: int, decay: float):
+    """A tree like `params` of lr multipliers decay^(depth+1-layer_id).
+
+    Scanned (stacked) blocks carry a leading `layers` axis: their multiplier is a (depth, 1, ...)
+    array so each layer still gets its own rate.
+    """
+    def scale(path, leaf):
+        keys = tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        lid = layer_id(keys, depth)
+        if lid == -1:  # stacked blocks: per-layer vector broadcast over the leaf
+            per_layer = decay ** (depth - np.arange(depth, dtype=np.float32))
+            return jnp.asarray(per_layer.reshape((depth,) + (1,) * (np.ndim(leaf) - 1)))
+        return jnp.asarray(decay ** (depth + 1 - lid), jnp.float32)
+
+    return jax.tree_util.tree_map_with_path(scale, params)
+
+
+def scale_by_tree(scales) -> optax.GradientTransformation:
+    """Multiply each update by its entry of a fixed tree (layer-wise lr decay, incl. weight decay,
+    which AdamW also scales by the lr: the same as per-group lrs in PyTorch/timm)."""
+    def init(params):
+        del params
+        return optax.EmptyState()
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda u, s: u * s.astype(u.dtype), updates, scales), state
+
+    return optax.GradientTransformation(init, update)
+
+
+def make_optimizer(params, *, peak_lr: float, weight_decay: float, layer_decay: float,
+                   depth: int, warmup_steps: int, total_steps: int, betas=(0.9, 0.999)):
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, peak_lr, warmup_steps, max(total_steps, warmup_steps + 1), 0.0)
+    return optax.chain(
+        optax.adamw(schedule, b1=betas[0], b2=betas[1], weight_decay=weight_decay),
+        scale_by_tree(lr_scales(params, depth, layer_decay)))
+
+
+# ------------------------------------------------------------------- losses
+def loss_fn(logits, labels, *, label_type: str, label_smoothing: float = 0.0):
+    """Mean loss per record. Label smoothing moves targets towards uniform (multiclass) or 0.5
+    (multilabel: y(1-e) + e/2, the binary analogue)."""
+    if label_type == "multiclass":
+        k = labels.shape[-1]
+        targets = labels * (1 - label_smoothing) + label_smoothing / k
+        return jnp.mean(optax.softmax_cross_entropy(logits, targets))
+    targets = labels * (1 - label_smoothing) + label_smoothing / 2
+    return jnp.mean(jnp.sum(optax.sigmoid_binary_cross_entropy(logits, targets), -1))
+
+
+def probabilities(logits, label_type: str):
+    return jax.nn.softmax(logits, -1) if label_type == "multiclass" else jax.nn.sigmoid(logits)
+
+
+# ------------------------------------------------------------------- training batches
+def train_batches(data_cfg, source, *, batch_size: int, seed: int):
+    """Endless shuffled training batches (B, 1 crop, L, N, P) with labels.
+
+    The pretraining pipeline with ONE view supplies the random crop and the configured
+    augmentations (its masks are simply not used); labels are looked up by record index.
+    """
+    cfg = data_cfg.copy_and_resolve_references()
+    with cfg.unlocked():
+        cfg.num_views = 1
+        cfg.num_epochs = None
+        cfg.batch_size = int(batch_size)
+        cfg.seed = int(seed)
+    labels = np.asarray(source.labels, np.float32)
+    for batch in pipeline.make_pretrain_dataset(cfg, source=source):
+        yield {"patches": batch["patches"], "patch_valid": batch["patch_valid"],
+               "lead_indices": batch["lead_indices"], "labels": labels[batch["index"]]}
+
+
+# ------------------------------------------------------------------- steps
+@dataclasses.dataclass
+class Model:
+    """A classifier as pure pieces: family.logits(graphdef, (params, rest), batch, rng) ->
+    (B, C crops, classes); `depth` drives the layer-wise lr decay."""
+    graphdef: object
+    params: object  # trainable nnx.Param state
+    rest: object    # everything else (fixed position tables)
+    family: object  # the inference.backbones entry whose model path it shares
+    depth: int
+
+
+def make_steps(model: Model, tx, mesh, *, label_type: str, label_smoothing: float):
+    batch_sh = NamedSharding(mesh, P("data"))
+    repl = NamedSharding(mesh, P())
+
+    def loss(params, rest, batch, rng):
+        logits = model.family.logits(model.graphdef, (params, rest), batch, rng)[:, 0]
+        return loss_fn(logits, batch["labels"], label_type=label_type,
+                       label_smoothing=label_smoothing)
+
+    def train_step(params, opt_state, rest, batch, rng):
+        value, grads = jax.value_and_grad(loss)(params, rest, batch, rng)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value
+
+    def eval_step(params, rest, batch):  # ST-MEM: the crops' logits averaged
+        return model.family.logits(model.graphdef, (params, rest), batch).mean(1)
+
+    train = jax.jit(train_step, in_shardings=(repl, repl, repl, batch_sh, repl),
+                    out_shardings=(repl, repl, repl), donate_argnums=(0, 1))
+    evaluate = jax.jit(eval_step, in_shardings=(repl, repl, batch_sh), out_shardings=batch_sh)
+    return train, evaluate
+
+
+def predict(evaluate, params, rest, batches: Iterable[dict], label_type: str):
+    """(probabilities (n, C), labels (n, C), index (n,)) over evaluation batches."""
+    probs, labels, index = [], [], []
+    for batch in batches:
+        keep = np.asarray(batch["valid"])
+        logits = evaluate(params, rest, batch_lib.device_part(batch, batch_lib.EVAL_KEYS))
+        probs.append(np.asarray(probabilities(logits, label_type))[keep])
+        labels.append(np.asarray(batch["labels"])[keep])
+        index.append(np.asarray(batch["index"])[keep])
+    return np.concatenate(probs), np.concatenate(labels), np.concatenate(index)
+
+
+def fit(model: Model, *, mesh, train_iter, val_batches: list, label_type: str, epochs: int,
+        steps_per_epoch: int, peak_lr: float, weight_decay: float, layer_decay: float,
+        warmup_epochs: float, label_smoothing: float, patience: int, seed: int, log=print):
+    """Train, validate each epoch, keep the best validation macro AUROC. Returns
+    (best params (host), history list, best epoch)."""
+    total = epochs * steps_per_epoch
+    tx = make_optimizer(model.params, peak_lr=peak_lr, weight_decay=weight_decay,
+                        layer_decay=layer_decay, depth=model.depth,
+                        warmup_steps=int(round(warmup_epochs * steps_per_epoch)),
+                        total_steps=total)
+    train, evaluate = make_steps(model, tx, mesh, label_type=label_type,
+                                 label_smoothing=label_smoothing)
+    repl = NamedSharding(mesh, P())
+    params = jax.device_put(model.params, repl)
+    rest = jax.device_put(model.rest, repl)
+    opt_state = jax.jit(tx.init, out_shardings=repl)(params)
+    rng = jax.random.key(seed)
+    best = {"auroc": -math.inf, "params": jax.device_get(params), "epoch": 0}
+    history, since_best = [], 0
+    for epoch in range(1, epochs + 1):
+        losses = []
+        for _ in range(steps_per_epoch):
+            batch = next(train_iter)
+            rng, step_rng = jax.random.split(rng)
+            params, opt_state, value = train(
+                params, opt_state, rest,
+                {k: batch[k] for k in ("patches", "patch_valid", "lead_indices", "labels")},
+                step_rng)
+            losses.append(value)
+        probs, labels, _ = predict(evaluate, params, rest, val_batches, label_type)
+        auroc = metrics.macro_auroc(labels, probs)
+        train_loss = float(np.mean(jax.device_get(losses)))
+        history.append({"epoch": epoch, "train_loss": train_loss,
+                        "val_macro_auroc": None if np.isnan(auroc) else float(auroc)})
+        log(f"epoch {epoch}/{epochs}: train loss {train_loss:.4f}, val macro AUROC "
+            f"{auroc:.4f}")
+        score = -math.inf if np.isnan(auroc) else auroc
+        if score > best["auroc"] or (best["epoch"] == 0):
+            best = {"auroc": score, "params": jax.device_get(params), "epoch": epoch}
+            since_best = 0
+        else:
+            since_best += 1
+            if patience and since_best >= patience:
+                log(f"early stop: no validation improvement in {patience} epochs")
+                break
+    return best["params"], history, best["epoch"], evaluate
+
+
+def classifier(config, params: dict | None, num_classes: int, *, drop_path: float,
+               seed: int) -> Model:
+    """A SiT encoder with a fresh `head` of num_classes, loaded from a checkpoint (or random)."""
+    family = backbones.BACKBONES["sit"]
+    graphdef, state = family.build(config, params, seed=seed, num_classes=int(num_classes),
+                                   drop_path=float(drop_path))
+    params_state, rest = nnx.split_state(state, nnx.Param, ...)
+    return Model(graphdef, params_state, rest, family, resolve_size(config.model)["depth"])
+
+
+# ------------------------------------------------------------------- the protocols
 def _eval_batches(data, data_cfg, rows):
     """The split's evaluation batches, read once and kept in memory for every epoch."""
-    from crema_jax.data.pipeline import make_eval_dataset
-    batches = list(make_eval_dataset(data_cfg, source=cli.make_source(data, data_cfg, rows)))
+    batches = list(pipeline.make_eval_dataset(data_cfg,
+                                              source=datasets.make_source(data, data_cfg, rows)))
     for batch in batches:  # the source's index is a position in `rows`: map back to records
         batch["index"] = np.asarray(rows)[np.asarray(batch["index"])]
     return batches
 
 
-def finetune_once(model_cfg, params, data, data_cfg, mesh, train_rows, val_rows, tests: dict,
+def finetune_once(config, params, data, data_cfg, mesh, train_rows, val_rows, tests: dict,
                   settings, ft) -> dict:
     """One fine-tuning run; scores each {name: rows} of `tests` with the best epoch's params."""
     batch_size = data_cfg.batch_size
-    model = finetuning.sit_classifier(model_cfg, params, len(data.classes),
-                                      drop_path=ft["drop_path"], seed=settings["seed"])
-    train_iter = finetuning.train_batches(data_cfg, cli.make_source(data, data_cfg, train_rows),
-                                          batch_size=batch_size, seed=settings["seed"])
+    model = classifier(config, params, len(data.classes), drop_path=ft["drop_path"],
+                       seed=settings["seed"])
+    train_iter = train_batches(data_cfg, datasets.make_source(data, data_cfg, train_rows),
+                               batch_size=batch_size, seed=settings["seed"])
     steps = ft["steps_per_epoch"] or max(1, math.ceil(len(train_rows) / batch_size))
     val_batches = _eval_batches(data, data_cfg, val_rows)
-    best, history, best_epoch, evaluate = finetuning.fit(
+    best, history, best_epoch, evaluate = fit(
         model, mesh=mesh, train_iter=train_iter, val_batches=val_batches,
         label_type=data.label_type, epochs=ft["epochs"], steps_per_epoch=steps,
         peak_lr=ft["base_lr"] * batch_size / 256, weight_decay=ft["weight_decay"],
         layer_decay=ft["layer_decay"], warmup_epochs=ft["warmup_epochs"],
         label_smoothing=ft["label_smoothing"], patience=ft["patience"], seed=settings["seed"],
         log=logging.info)
-    probs_val, labels_val, _ = finetuning.predict(evaluate, best, model.rest, val_batches,
+    probs_val, labels_val, _ = predict(evaluate, best, model.rest, val_batches,
                                                   data.label_type)
     scores, outputs = {}, {}
     for name, rows in tests.items():  # each test set is evaluated once, on the best epoch
         batches = _eval_batches(data, data_cfg, rows)
-        probs, labels, index = finetuning.predict(evaluate, best, model.rest, batches,
+        probs, labels, index = predict(evaluate, best, model.rest, batches,
                                                   data.label_type)
-        scores[name] = score_head(probs_val, labels_val, probs, labels, data.classes,
+        scores[name] = metrics.test_report(probs_val, labels_val, probs, labels, data.classes,
                                   bootstrap=settings["bootstrap"], seed=settings["seed"])
         outputs[name] = {"probs": probs, "labels": labels, "index": index, "batches": batches}
     return {"scores": scores, "history": history, "best_epoch": best_epoch, "outputs": outputs,
@@ -80,52 +270,38 @@ def finetune_once(model_cfg, params, data, data_cfg, mesh, train_rows, val_rows,
 
 def _embeddings(model, best, batches, mesh):
     """Pooled features of the fine-tuned encoder (crops averaged) for the PCA plot."""
-    backbone = features.Backbone("sit", model.graphdef, (best, model.rest), None,
-                                 features._sit_apply, 0)
-    out = features.extract(features.make_feature_fn(backbone, mesh), batches)
-    return out["features"].mean(1)
-
-
-def load_config_and_params(checkpoint: str, model_size: str):
-    """(config, params) of a checkpoint, or the default config at model_size and None (random)."""
-    if checkpoint == features.RANDOM:
-        from crema_jax.train.config import default_config
-        config = default_config()
-        config.model.size = model_size
-        return config, None
-    from crema_jax.train.checkpoint import load_model_checkpoint
-    params, config, _ = load_model_checkpoint(checkpoint)
-    return config, params
+    backbone = backbones.Backbone(model.family, model.graphdef, (best, model.rest), None, 0, 0)
+    out = backbones.run(backbones.make_apply(backbone, mesh), batches)
+    return out["outputs"].mean(1)
 
 
 def run_finetune(settings: dict, ft: dict) -> dict:
+    """Every protocol of `settings` (the finetune command's flags) with the recipe `ft`; writes
+    report.json/.md, roc.png, embeddings_pca.png and predictions.npz to the workdir."""
     start = time.time()
-    workdir = cli.workdir_path(settings["workdir"])
-    if settings["backbone"] != "sit":
-        raise ValueError("crema-jax finetune: --backbone=sit only; probe Net1D features with "
-                         "`crema-jax probe --backbone=net1d`")
-    config, params = load_config_and_params(settings["checkpoint"], settings["model_size"])
-    model_cfg = config.model
-    data = cli.load_dataset(settings["layout"], settings["root"], label_set=settings["label_set"],
-                            split_fractions=settings["split_fractions"],
-                            min_positives=settings["min_positives"],
-                            label_type=settings["label_type"], seed=settings["seed"],
-                            layout_options=settings["layout_options"],
-                            cache_dir=settings.get("cache_dir", ""))
-    mesh = features.data_mesh()
-    batch_size = features.round_batch(settings["batch_size"], mesh)
+    workdir = report.workdir_path(settings["workdir"])
+    config, params = backbones.load_config_and_params(
+        settings["checkpoint"], backbone=settings["backbone"] or "sit",
+        model_size=settings["model_size"])
+    if backbones.family(config).name != "sit":
+        raise ValueError("finetune trains SiT encoders only; probe Net1D features with "
+                         "`crema-jax probe` instead")
+    data = datasets.load_dataset(settings)
+    mesh = backbones.data_mesh()
+    batch_size = backbones.round_batch(settings["batch_size"], mesh)
     splits = data.splits
     train, val, test = (np.flatnonzero(splits == s) for s in protocols.SPLITS)
     runs, cross, headline = [], [], None
     for lead_name in settings["lead_sets"]:
-        data_cfg = cli.eval_data_config(config, "sit", protocols.lead_set(lead_name),
-                                        batch_size=batch_size, num_workers=settings["num_workers"])
+        data_cfg = backbones.eval_data_config(config, protocols.lead_set(lead_name),
+                                              batch_size=batch_size,
+                                              num_workers=settings["num_workers"])
         if ft["augment"] != ["config"]:
             data_cfg.augment.names = tuple(a for a in ft["augment"] if a != "none")
         for fraction in settings["label_fractions"]:
             subset = train[protocols.label_fraction_subset(data.labels[train], fraction,
                                                            seed=settings["seed"])]
-            out = finetune_once(model_cfg, params, data, data_cfg, mesh, subset, val,
+            out = finetune_once(config, params, data, data_cfg, mesh, subset, val,
                                 {"test": test}, settings, ft)
             runs.append({"name": f"finetune leads={lead_name} labels={fraction:g}",
                          "protocol": {"leads": lead_name, "label_fraction": fraction,
@@ -138,7 +314,7 @@ def run_finetune(settings: dict, ft: dict) -> dict:
         if settings["cross_domain"] and lead_name == settings["lead_sets"][0]:
             for plan in protocols.cross_domain_plan(data.sources, splits):
                 tests = {"in_domain": plan["in_domain_test"], **plan["out_of_domain"]}
-                out = finetune_once(model_cfg, params, data, data_cfg, mesh, plan["train"],
+                out = finetune_once(config, params, data, data_cfg, mesh, plan["train"],
                                     plan["val"], tests, settings, ft)
                 s = out["scores"]
                 cross.append({
@@ -147,7 +323,7 @@ def run_finetune(settings: dict, ft: dict) -> dict:
                     "out_of_domain": {o: s[o] for o in plan["out_of_domain"]},
                     "drop": {o: protocols.common_class_macro(s["in_domain"], s[o])
                              for o in plan["out_of_domain"]}})
-    is_random = settings["checkpoint"] == features.RANDOM
+    is_random = settings["checkpoint"] == backbones.RANDOM
     result = {
         "title": ("Supervised from scratch (random init)" if is_random else "Fine-tuning")
         + f": sit {settings['checkpoint']}",
@@ -171,17 +347,3 @@ def run_finetune(settings: dict, ft: dict) -> dict:
                                   "labels": test_out["labels"], "probs": test_out["probs"],
                                   "classes": data.classes})
     return result
-
-
-def main(argv):
-    if len(argv) > 1:
-        raise ValueError(f"unexpected arguments {argv[1:]}")
-    settings = cli.flag_values()
-    ft = {"epochs": _EPOCHS.value, "base_lr": _BASE_LR.value,
-          "weight_decay": _WEIGHT_DECAY.value, "layer_decay": _LAYER_DECAY.value,
-          "drop_path": _DROP_PATH.value, "label_smoothing": _LABEL_SMOOTHING.value,
-          "warmup_epochs": _WARMUP.value, "patience": _PATIENCE.value,
-          "augment": list(_AUGMENT.value), "steps_per_epoch": _STEPS_PER_EPOCH.value}
-    result = run_finetune(settings, ft)
-    print(report.markdown(result))
-    print(f"wrote {settings['workdir']}/report.json, report.md, roc.png, embeddings_pca.png")

@@ -1,4 +1,4 @@
-"""Linear probing: a linear head on frozen, standardised features.
+"""Linear probing: a linear head on frozen, standardised features, and the probe protocols.
 
 The head is trained full-batch (features fit in memory: 100k ECGs x 768 floats is 300 MB) with
 L-BFGS (default; the objective is convex, so it converges to the regularised optimum) or Adam.
@@ -8,18 +8,28 @@ validation macro AUROC is kept (validation loss breaks the case where no class i
 Objective: mean over records of BCE (multilabel) or softmax cross-entropy (multiclass)
 + l2/2 * ||W||^2 (bias not penalised). This equals scikit-learn's LogisticRegression with
 C = 1 / (l2 * n_train), which the tests use as the independent reference.
+
+`run_probe` (the `crema-jax probe` command's body): features are extracted once per lead set
+(the backbone's evaluation crops, averaged), then every protocol trains a head on them: label
+fractions of the training split, and (with cross_domain, on the first lead set) one head per
+source tested in-domain and on every other source. The test split is scored once per run.
+Multi-process runs are not supported (one process, all its devices).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 
-from crema_jax.evaluate import metrics
+from crema_jax.data import pipeline
+from crema_jax.evaluate import datasets, metrics, protocols, report
+from crema_jax.inference import backbones
 
 DEFAULT_L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
@@ -159,3 +169,107 @@ def predict_proba(probe: LinearProbe, features: np.ndarray) -> np.ndarray:
     """Class probabilities (sigmoid or softmax) for raw (unstandardised) features."""
     x = (np.asarray(features, np.float32) - probe.mean) / probe.std
     return probabilities(x @ probe.kernel + probe.bias, probe.label_type)
+
+
+# ------------------------------------------------------------------------------ the protocols
+def fit_and_score(feats, labels, train, val, tests: dict, classes, *, label_type, settings,
+                  probe_kwargs) -> tuple[dict, dict]:
+    """Train a head on `train` rows (select L2 on `val`); score every {name: rows} of `tests`."""
+    head = fit_linear_probe(feats[train], labels[train], feats[val], labels[val],
+                                         label_type=label_type, **probe_kwargs)
+    probs_val = predict_proba(head, feats[val])
+    scores, probs = {}, {}
+    for name, rows in tests.items():
+        probs[name] = predict_proba(head, feats[rows])
+        scores[name] = metrics.test_report(probs_val, labels[val], probs[name], labels[rows], classes,
+                                  bootstrap=settings["bootstrap"], seed=settings["seed"])
+    selection = {"l2": head.l2, "val_macro_auroc_by_l2": {str(k): v for k, v in
+                                                          head.val_auroc_by_l2.items()}}
+    return {"scores": scores, "selection": selection}, probs
+
+
+def run_probe(settings: dict, probe_kwargs: dict) -> dict:
+    """Every protocol of `settings` (the probe command's flags) on one backbone's features;
+    writes report.json/.md, roc.png, embeddings_pca.png and predictions.npz to the workdir."""
+    start = time.time()
+    workdir = report.workdir_path(settings["workdir"])
+    backbone = backbones.load(settings["checkpoint"], backbone=settings["backbone"],
+                              model_size=settings["model_size"], seed=settings["seed"])
+    data = datasets.load_dataset(settings)
+    mesh = backbones.data_mesh()
+    feature_fn = backbones.make_apply(backbone, mesh, output="features")
+    batch_size = backbones.round_batch(settings["batch_size"], mesh)
+    runs, cross, headline = [], [], None
+    for lead_name in settings["lead_sets"]:
+        data_cfg = backbones.eval_data_config(backbone, protocols.lead_set(lead_name),
+                                              batch_size=batch_size,
+                                              num_workers=settings["num_workers"])
+        t0 = time.time()
+        batches = pipeline.make_eval_dataset(data_cfg, source=datasets.make_source(data, data_cfg))
+        out = backbones.run(feature_fn, batches)
+        logging.info("features (%s leads): %d ECGs in %.1fs", lead_name, len(out["index"]),
+                     time.time() - t0)
+        rows = out["index"]  # records that could be read, as rows of `data`
+        feats = out["outputs"].mean(1)  # average the crops' features (see backbones.py)
+        labels, splits, sources = data.labels[rows], data.splits[rows], data.sources[rows]
+        train, val, test = (np.flatnonzero(splits == s) for s in protocols.SPLITS)
+        for fraction in settings["label_fractions"]:
+            subset = train[protocols.label_fraction_subset(labels[train], fraction,
+                                                           seed=settings["seed"])]
+            result, probs = fit_and_score(feats, labels, subset, val, {"test": test},
+                                          data.classes, label_type=data.label_type,
+                                          settings=settings, probe_kwargs=probe_kwargs)
+            runs.append({"name": f"probe leads={lead_name} labels={fraction:g}",
+                         "protocol": {"leads": lead_name, "label_fraction": fraction,
+                                      "train_source": "all"},
+                         "n_train": int(len(subset)), "n_val": int(len(val)),
+                         "test": result["scores"]["test"], "selection": result["selection"]})
+            if headline is None:
+                ids = [data.infos[r].record_id for r in rows[test]]
+                headline = (labels[test], probs["test"], feats, labels, sources, ids)
+        if settings["cross_domain"] and lead_name == settings["lead_sets"][0]:
+            cross = cross_domain(feats, labels, splits, sources, data.classes, data.label_type,
+                                 settings, probe_kwargs)
+    result = {
+        "title": f"Linear probe: {backbone.name} {settings['checkpoint']}",
+        "command": "probe", "settings": {**settings, **probe_kwargs},
+        "label_type": data.label_type, "classes": data.classes, "class_display": data.display,
+        "records": {s: int(np.sum(data.splits == s)) for s in protocols.SPLITS},
+        "records_read": int(len(headline[3])),
+        "feature_averaging": "mean of the crops' features",
+        "headline": {"macro_auroc": runs[0]["test"]["macro_auroc"], "ci": runs[0]["test"]["ci"],
+                     "run": runs[0]["name"]},
+        "runs": runs, "cross_domain": cross, "seconds": round(time.time() - start, 1),
+    }
+    write_outputs(result, workdir, headline, data.classes,
+                  [data.display.get(c, c) for c in data.classes])
+    return result
+
+
+def cross_domain(feats, labels, splits, sources, classes, label_type, settings, probe_kwargs):
+    """One head per source; in-domain test split vs every record of each other source."""
+    entries = []
+    for plan in protocols.cross_domain_plan(sources, splits):
+        tests = {"in_domain": plan["in_domain_test"], **plan["out_of_domain"]}
+        result, _ = fit_and_score(feats, labels, plan["train"], plan["val"], tests, classes,
+                                  label_type=label_type, settings=settings,
+                                  probe_kwargs=probe_kwargs)
+        scores = result["scores"]
+        entries.append({
+            "train_source": plan["train_source"], "n_train": int(len(plan["train"])),
+            "in_domain": scores["in_domain"],
+            "out_of_domain": {o: scores[o] for o in plan["out_of_domain"]},
+            "drop": {o: protocols.common_class_macro(scores["in_domain"], scores[o])
+                     for o in plan["out_of_domain"]},
+        })
+    return entries
+
+
+def write_outputs(result: dict, workdir, headline, classes, readable) -> dict:
+    test_labels, test_probs, feats, labels, sources, ids = headline
+    groups = {"label": report.primary_label(labels, readable), "source": list(sources)}
+    return report.write_all(result, workdir,
+                            roc=(test_labels, test_probs, readable, result["runs"][0]["name"]),
+                            embeddings=(feats, groups, "frozen features (PCA)"),
+                            predictions={"record_id": ids, "labels": test_labels,
+                                         "probs": test_probs, "classes": classes})

@@ -193,3 +193,13 @@ def bootstrap_ci(labels: np.ndarray, scores: np.ndarray, metric_fn=macro_auroc, 
     low, high = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return {"low": float(low), "high": float(high), "n_resamples": n_resamples,
             "n_valid": len(values), "alpha": alpha, "seed": seed}
+
+
+def test_report(probs_val, labels_val, probs_test, labels_test, classes, *, bootstrap: int,
+                seed: int) -> dict:
+    """A head's test metrics: F1 thresholds chosen on validation, plus the bootstrap 95% CI of
+    the macro AUROC."""
+    thresholds = choose_thresholds(labels_val, probs_val)
+    test = classification_report(labels_test, probs_test, classes, thresholds=thresholds)
+    test["ci"] = bootstrap_ci(labels_test, probs_test, n_resamples=bootstrap, seed=seed)
+    return test

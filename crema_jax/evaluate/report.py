@@ -118,13 +118,17 @@ def plot_roc(labels: np.ndarray, scores: np.ndarray, class_names, path, title: s
 
 
 def pca_2d(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """First two principal components (numpy SVD of centred features) and their variance ratios."""
+    """First two principal components (numpy SVD of centred features) and their variance ratios;
+    a component that does not exist (one record, one feature) is all zeros with ratio 0."""
     x = np.asarray(features, np.float64)
     x = x - x.mean(0)
     _, s, vt = np.linalg.svd(x, full_matrices=False)
     var = s ** 2
-    ratio = var[:2] / max(var.sum(), 1e-12)
-    return x @ vt[:2].T, ratio
+    xy, ratio = np.zeros((len(x), 2)), np.zeros(2)
+    k = min(2, len(var))
+    xy[:, :k] = x @ vt[:k].T
+    ratio[:k] = var[:k] / max(var.sum(), 1e-12)
+    return xy, ratio
 
 
 def primary_label(labels: np.ndarray, class_names) -> list[str]:
@@ -155,6 +159,13 @@ def plot_embeddings(features: np.ndarray, groups: dict, path, title: str) -> Non
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def workdir_path(workdir: str) -> pathlib.Path:
+    """The output folder, created."""
+    path = pathlib.Path(workdir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def write_all(report: dict, workdir, *, roc=None, embeddings=None, predictions=None) -> dict:

@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from crema_jax.export import safe_load
+from crema_jax.models.params import flatten, unflatten_like
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,30 +75,6 @@ def alias(torch_keys: tuple[str, ...], jax_path: str, *, linear_weight: bool = F
     swap = (lambda a: np.swapaxes(a, 0, 1)) if linear_weight else (lambda a: a)
     return Rule(tuple(torch_keys), (jax_path,), lambda a: (swap(a),) * len(torch_keys),
                 lambda *ts: (swap(ts[0]),))
-
-
-# ------------------------------------------------------------------------------------------------
-# Param-tree helpers: nested dicts (int or str keys, as nnx / Orbax give them) <-> flat paths.
-# ------------------------------------------------------------------------------------------------
-def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, path + "/"))
-        else:
-            out[path] = value
-    return out
-
-
-def unflatten_like(flat: Mapping[str, Any], template: Mapping, prefix: str = "") -> dict:
-    """A nested dict with `template`'s keys (and key types) filled from `flat` paths."""
-    out = {}
-    for key, value in template.items():
-        path = f"{prefix}{key}"
-        out[key] = (unflatten_like(flat, value, path + "/") if isinstance(value, Mapping)
-                    else flat[path])
-    return out
 
 
 # ------------------------------------------------------------------------------------------------

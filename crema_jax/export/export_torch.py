@@ -1,5 +1,4 @@
-"""`crema-jax export-torch --checkpoint=DIR --out=FILE [--layout=crema|stmem|ecgfounder]
-[--include_decoder]`: a checkpoint's weights as a PyTorch state_dict, plus FILE.json (config).
+"""A checkpoint's weights as a PyTorch state_dict, plus FILE.json (config): `crema-jax export-torch`.
 
 - FILE.safetensors: flat keys, metadata {"format": "pt", "crema_model_config": JSON}.
 - FILE.pth (stmem, ecgfounder): torch.save of plain tensors and numbers, loadable with
@@ -17,13 +16,10 @@ import tempfile
 import numpy as np
 import safetensors.numpy
 
-from crema_jax.export import cli, convert, model_io, safe_load, sit_layouts
+from crema_jax import checkpoint as ckpt_lib
+from crema_jax.export import convert, safe_load, sit_layouts
 
-cli.string("checkpoint", None, "workdir, checkpoints dir or step dir to read")
-cli.string("out", None, "output: export-torch: FILE.safetensors or FILE.pth")
-cli.enum("layout", None, ["crema", "stmem", "ecgfounder"],
-         "export-torch key layout (default: crema for SiT, ecgfounder for Net1D)")
-cli.boolean("include_decoder", False, "export-torch: also write the MAE decoder (pretraining model)")
+LAYOUTS = ("crema", "stmem", "ecgfounder")
 
 
 class ExportError(ValueError):
@@ -33,7 +29,7 @@ class ExportError(ValueError):
 def resolved_model_config(model_cfg) -> dict:
     """The model config as a dict with the size entry resolved (width/depth/heads/head_dim)."""
     out = model_cfg.to_dict()
-    if out.get("name", "sit") != "net1d":
+    if model_cfg.name != "net1d":
         from crema_jax.models import resolve_size
         out.update(resolve_size(model_cfg))
     return out
@@ -42,7 +38,7 @@ def resolved_model_config(model_cfg) -> dict:
 def build_state_dict(params, model_cfg, *, layout: str, include_decoder: bool
                      ) -> dict[str, np.ndarray]:
     """The torch state_dict (numpy arrays) of `params` in `layout`; raises ExportError."""
-    if model_cfg.get("name", "sit") == "net1d":
+    if model_cfg.name == "net1d":
         if layout != "ecgfounder":
             raise ExportError(f"a Net1D checkpoint exports only as --layout=ecgfounder, not {layout}")
         sd = convert.jax_to_torch(params, convert.ecgfounder_rules(model_cfg), layout=layout)
@@ -116,26 +112,11 @@ def write_files(state_dict, out: str, *, layout: str, model_config: dict, full_c
 
 def run_export(checkpoint: str, out: str, *, layout: str | None = None,
                include_decoder: bool = False) -> tuple[str, str]:
-    from crema_jax.train.checkpoint import config_to_json_dict
-
-    params, config, step = model_io.load_checkpoint(checkpoint)
+    params, config, step = ckpt_lib.load_model_checkpoint(checkpoint)
     model_cfg = config.model
-    layout = layout or ("ecgfounder" if model_cfg.get("name") == "net1d" else "crema")
+    layout = layout or ("ecgfounder" if model_cfg.name == "net1d" else "crema")
     state_dict = build_state_dict(params, model_cfg, layout=layout,
                                   include_decoder=include_decoder)
     return write_files(state_dict, out, layout=layout, model_config=resolved_model_config(
-        model_cfg), full_config=config_to_json_dict(config), step=step,
+        model_cfg), full_config=ckpt_lib.config_to_json_dict(config), step=step,
         include_decoder=include_decoder)
-
-
-def main(argv):
-    cli.quiet_logs()
-    if len(argv) != 1 or not cli.value("checkpoint") or not cli.value("out"):
-        raise SystemExit("usage: crema-jax export-torch --checkpoint=DIR --out=FILE.safetensors "
-                         "[--layout=crema|stmem|ecgfounder] [--include_decoder]")
-    try:
-        paths = run_export(cli.value("checkpoint"), cli.value("out"), layout=cli.value("layout"),
-                           include_decoder=cli.value("include_decoder"))
-    except (ExportError, FileNotFoundError, ImportError) as err:
-        raise SystemExit(f"export-torch: {err}") from err
-    print("wrote " + " and ".join(paths))

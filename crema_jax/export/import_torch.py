@@ -1,5 +1,5 @@
-"""`crema-jax import-torch --format=crema|stmem|ecgfounder FILE --out=DIR`: PyTorch weights ->
-an Orbax checkpoint that `pretrain` (continue), `probe`, `finetune`, `embed` and `predict` read.
+"""PyTorch weights -> an Orbax checkpoint (`crema-jax import-torch`) that `pretrain` (continue),
+`probe`, `finetune`, `embed` and `predict` read.
 
 The model config is inferred from the tensor shapes (ViT-B from width 768 and 12 blocks; Net1D 12-
 or 1-lead from first_conv) and written with the full default config. Files are loaded safely
@@ -16,12 +16,12 @@ from typing import Mapping
 import numpy as np
 from absl import logging
 
-from crema_jax.export import cli, convert, model_io, safe_load, sit_layouts
+from crema_jax import checkpoint as ckpt_lib
+from crema_jax import config as config_lib
+from crema_jax.export import convert, safe_load, sit_layouts
+from crema_jax.models import params as params_lib
 
 FORMATS = ("crema", "stmem", "ecgfounder")
-cli.enum("format", None, list(FORMATS), "layout of the PyTorch file")
-cli.string("out", None, "output: import-torch: a new workdir (checkpoints/0/ inside)")
-cli.integer("seed", 0, "seed for model parts a file does not hold (e.g. the decoder)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -108,8 +108,6 @@ def infer_net1d_config(sd: Mapping[str, np.ndarray]):
 # File -> (params, model config).
 # ------------------------------------------------------------------------------------------------
 def _crema_model_config(path: str, metadata: Mapping[str, str]):
-    from crema_jax.train.checkpoint import config_from_json_dict
-
     text = metadata.get("crema_model_config")
     side = os.path.splitext(path)[0] + ".json"
     if text is None and os.path.isfile(side):
@@ -119,7 +117,13 @@ def _crema_model_config(path: str, metadata: Mapping[str, str]):
         raise safe_load.CheckpointFileError(
             f"{path}: a crema-layout file needs its model config: in the safetensors metadata "
             f"('crema_model_config') or in {side}, both written by export-torch")
-    return config_from_json_dict(json.loads(text))
+    try:
+        saved = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise safe_load.CheckpointFileError(f"{path}: its model config is not JSON ({err})")
+    if not isinstance(saved, dict):
+        raise safe_load.CheckpointFileError(f"{path}: its model config is not a JSON object")
+    return config_lib.from_saved({"model": saved}).model
 
 
 def read_torch_weights(path: str, fmt: str):
@@ -151,16 +155,16 @@ def import_weights(path: str, fmt: str, *, seed: int = 0):
     if fmt not in FORMATS:
         raise ValueError(f"--format={fmt!r}: expected one of {FORMATS}")
     sd, cfg, rules, ignored = read_torch_weights(path, fmt)
-    if "scan_layers" in cfg:
+    if cfg.name == "sit":
         cfg.scan_layers = False  # unrolled blocks: one params entry per block, as converted
-    template = model_io.abstract_params(cfg)
+    template = params_lib.abstract_params(cfg)
     params, kept = convert.torch_to_jax(sd, rules, template, path=path, layout=fmt,
                                         ignored=ignored)
     if kept:  # parts the file does not hold: initialise them, then overlay the file's tensors
-        fresh = model_io.init_params(cfg, seed, only=kept)
-        flat = convert.flatten(params)
+        fresh = params_lib.init_params(cfg, seed, only=kept)
+        flat = params_lib.flatten(params)
         flat.update({p: fresh[p] for p in kept})
-        params = convert.unflatten_like(flat, template)
+        params = params_lib.unflatten_like(flat, template)
     return params, cfg, kept
 
 
@@ -174,31 +178,15 @@ def _summarise(paths: list[str]) -> str:
 
 def run_import(path: str, fmt: str, out: str, *, seed: int = 0) -> str:
     """Checks everything, then writes `out/checkpoints/0`; returns the step dir."""
-    from crema_jax.train import checkpoint
-    from crema_jax.train.config import default_config
-
-    if checkpoint.latest_step(checkpoint.checkpoints_dir(out)) is not None:
+    if ckpt_lib.latest_step(ckpt_lib.checkpoints_dir(out)) is not None:
         raise FileExistsError(f"--out={out} already holds a checkpoint; choose a new directory")
     params, model_cfg, kept = import_weights(path, fmt, seed=seed)
-    config = default_config()
+    config = config_lib.default_config(model_cfg.name)
     config.model = model_cfg
     if kept:
         logging.warning("*** %s holds no weights for: %s. These are FRESHLY INITIALISED (seed %d)"
                         " — fine for probing/fine-tuning the encoder; continued pretraining "
                         "starts them from scratch. ***", path, _summarise(kept), seed)
         print(f"WARNING: freshly initialised (not in the file): {_summarise(kept)}")
-    step_dir = checkpoint.save_model_checkpoint(out, params, config, step=0)
+    step_dir = ckpt_lib.save_model_checkpoint(out, params, config, step=0)
     return str(step_dir)
-
-
-def main(argv):
-    cli.quiet_logs()
-    if len(argv) != 2 or not cli.value("format") or not cli.value("out"):
-        raise SystemExit("usage: crema-jax import-torch --format=crema|stmem|ecgfounder FILE "
-                         "--out=DIR")
-    try:
-        step_dir = run_import(argv[1], cli.value("format"), cli.value("out"),
-                              seed=cli.value("seed"))
-    except (safe_load.CheckpointFileError, FileExistsError, ImportError) as err:
-        raise SystemExit(f"import-torch: {err}") from err
-    print(f"wrote {step_dir}")

@@ -1,4 +1,4 @@
-"""config.loss defaults (composed into the full config by crema_jax/train/config.py)."""
+"""config.loss defaults (composed into the full config by crema_jax/config.py)."""
 import ml_collections
 
 

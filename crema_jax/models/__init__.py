@@ -10,17 +10,16 @@ from flax import nnx
 from flax.core import spmd as core_spmd
 
 from crema_jax.models.config import SIZES, default_model_config, resolve_size
+from crema_jax.models.net1d import Net1D, default_net1d_config
 from crema_jax.models.pretrain import (MaeDecoder, PretrainModel, ProjectionHead, classify,
                                        encode_features, forward)
 from crema_jax.models.sit import FixedEmbedding, SiT, sincos_table
 
-
-def _build_net1d(model_cfg, rngs):
-    from crema_jax.models.net1d import Net1D  # lazily: the supervised baseline is optional here
-    return Net1D(model_cfg, rngs=rngs)
-
-
-MODELS = {"sit": PretrainModel, "sit_encoder": SiT, "net1d": _build_net1d}
+# config.model.name -> the module class, built as MODELS[name](config.model, rngs=...).
+MODELS = {"sit": PretrainModel, "sit_encoder": SiT, "net1d": Net1D}
+# config.model.name -> the defaults of its config section (a saved config is read onto these).
+MODEL_CONFIGS = {"sit": default_model_config, "sit_encoder": default_model_config,
+                 "net1d": default_net1d_config}
 
 
 def _eager_sharding():
@@ -33,12 +32,10 @@ def _eager_sharding():
 def build_model(model_cfg, *, rngs):
     """The model named by config.model.name: "sit" = PretrainModel (encoder + decoder +
     projection), "sit_encoder" = bare SiT, "net1d" = ECGFounder's Net1D."""
-    name = model_cfg.get("name", "sit")
+    name = model_cfg.name
     if name not in MODELS:
         raise ValueError(f"config.model.name={name!r}: expected one of {sorted(MODELS)}")
     with nnx.use_eager_sharding(_eager_sharding()):
-        if name == "net1d":
-            return _build_net1d(model_cfg, rngs)
         return MODELS[name](model_cfg, rngs=rngs)
 
 
@@ -50,4 +47,5 @@ def build_encoder(model_cfg, *, rngs):
 
 __all__ = ["SIZES", "default_model_config", "resolve_size", "build_model", "build_encoder",
            "forward", "encode_features", "classify", "PretrainModel", "SiT", "MaeDecoder",
-           "ProjectionHead", "FixedEmbedding", "sincos_table", "MODELS"]
+           "ProjectionHead", "FixedEmbedding", "sincos_table", "MODELS", "MODEL_CONFIGS", "Net1D",
+           "default_net1d_config"]

@@ -1,6 +1,6 @@
 """config.model defaults and the model-size registry.
 
-`default_model_config()` is composed into the full training config by crema_jax/train/config.py.
+`default_model_config()` is composed into the full training config by crema_jax/config.py.
 Architecture numbers that are not a size choice follow ST-MEM (reference-stmem.md), so a model
 configured with `size="base"` is exactly ST-MEM's ViT-B/75 and its PyTorch checkpoints load.
 """
@@ -35,6 +35,10 @@ def default_model_config() -> ml_collections.ConfigDict:
     c.drop_path = 0.0           # stochastic depth, max rate (linear over depth, timm style).
     c.dtype = "float32"         # compute dtype ("float32" | "bfloat16"); params stay float32.
     c.scan_layers = False       # nnx.scan over stacked blocks: flat compile time at depth 24.
+    # layers.residual_boundary between blocks: an XLA:CPU workaround ("on"), a plain identity
+    # ("off"), or "auto" = on when the program is compiled for CPU devices (the trainer decides by
+    # its mesh's devices, so a TPU dry run compiled on a CPU host gets "off").
+    c.residual_boundary = "auto"
     # MAE decoder (ST-MEM: 256 wide, 4 blocks of 4 heads x 64, MLP 1024).
     c.decoder_width = 256
     c.decoder_depth = 4

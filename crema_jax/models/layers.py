@@ -66,17 +66,27 @@ def residual_boundary(x):
     cotangent's accumulation (backward) into every consumer, re-computing it from all earlier
     layers: quadratic in depth. The transposing copies that feed the weight-gradient GEMMs were
     41% of the small model's CPU train step. `optimization_barrier` is no help on CPU (XLA:CPU
-    drops it before fusion), so on CPU the value and its cotangent go through an opaque
-    conditional. Other backends get a plain identity.
+    drops it before fusion), so the value and its cotangent go through an opaque conditional.
+    Blocks apply it only when built for a CPU program (`uses_residual_boundary`).
     """
-    return _boundary(x)
+    return _opaque_identity(x)
 
 
-def _boundary(x):
-    return _opaque_identity(x) if jax.default_backend() == "cpu" else x
+residual_boundary.defvjp(lambda x: (_opaque_identity(x), None),
+                         lambda _, g: (_opaque_identity(g),))
+
+RESIDUAL_BOUNDARY_MODES = ("auto", "on", "off")
 
 
-residual_boundary.defvjp(lambda x: (_boundary(x), None), lambda _, g: (_boundary(g),))
+def uses_residual_boundary(model_cfg) -> bool:
+    """config.model.residual_boundary: "on" / "off", or "auto" = on when this process's default
+    backend is the CPU. Programs compiled for other devices than this process's own (a TPU dry
+    run) must resolve it from their target first (train/trainer.py does, from the mesh)."""
+    mode = model_cfg.residual_boundary
+    if mode not in RESIDUAL_BOUNDARY_MODES:
+        raise ValueError(f"config.model.residual_boundary={mode!r}: expected one of "
+                         f"{RESIDUAL_BOUNDARY_MODES}")
+    return mode == "on" or (mode == "auto" and jax.default_backend() == "cpu")
 
 
 class Attention(nnx.Module):
@@ -113,7 +123,9 @@ class Mlp(nnx.Module):
 class Block(nnx.Module):
     """Pre-norm transformer block: x += Attn(LN(x)); x += MLP(LN(x))."""
 
-    def __init__(self, width, num_heads, head_dim, mlp_hidden, *, eps, dtype, rngs):
+    def __init__(self, width, num_heads, head_dim, mlp_hidden, *, eps, dtype, rngs,
+                 boundary=False):
+        self.boundary = bool(boundary)  # residual_boundary after the block (CPU programs)
         self.attn_norm = layer_norm(width, eps=eps, dtype=dtype, rngs=rngs)
         self.attn = Attention(width, num_heads, head_dim, dtype=dtype, rngs=rngs)
         self.mlp_norm = layer_norm(width, eps=eps, dtype=dtype, rngs=rngs)
@@ -122,7 +134,9 @@ class Block(nnx.Module):
     def __call__(self, x, rate, rng):
         rng_attn, rng_mlp = (None, None) if rng is None else tuple(jax.random.split(rng))
         x = x + drop_path(self.attn(self.attn_norm(x)), rate, rng_attn)
-        x = residual_boundary(x + drop_path(self.mlp(self.mlp_norm(x)), rate, rng_mlp))
+        x = x + drop_path(self.mlp(self.mlp_norm(x)), rate, rng_mlp)
+        if self.boundary:
+            x = residual_boundary(x)
         return S.constrain(x, (S.ACT_BATCH, S.ACT_LENGTH, S.ACT_EMBED))
 
 

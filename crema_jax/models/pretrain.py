@@ -64,7 +64,8 @@ class MaeDecoder(nnx.Module):
         self.blocks = layers.make_blocks(
             self.depth, self.scan, rngs=rngs, width=w, num_heads=int(model_cfg.decoder_num_heads),
             head_dim=int(model_cfg.decoder_head_dim),
-            mlp_hidden=int(model_cfg.decoder_mlp_ratio * w), eps=DECODER_BLOCK_LN_EPS, dtype=dtype)
+            mlp_hidden=int(model_cfg.decoder_mlp_ratio * w), eps=DECODER_BLOCK_LN_EPS, dtype=dtype,
+            boundary=layers.uses_residual_boundary(model_cfg))
         self.norm = layers.layer_norm(w, eps=DECODER_NORM_EPS, dtype=dtype, rngs=rngs)
         self.head = layers.dense(w, int(model_cfg.patch_size), (S.EMBED, S.PATCH), dtype=dtype,
                                  rngs=rngs)

@@ -78,7 +78,8 @@ class SiT(nnx.Module):
         self.blocks = layers.make_blocks(
             depth, self.scan, rngs=rngs, width=width, num_heads=size["num_heads"],
             head_dim=size["head_dim"], mlp_hidden=int(model_cfg.mlp_ratio * width),
-            eps=ENCODER_LN_EPS, dtype=self.dtype)
+            eps=ENCODER_LN_EPS, dtype=self.dtype,
+            boundary=layers.uses_residual_boundary(model_cfg))
         self.norm = layers.layer_norm(width, eps=ENCODER_LN_EPS, dtype=self.dtype, rngs=rngs)
         self.head = (layers.dense(width, model_cfg.num_classes, (S.EMBED, S.CLASSES),
                                   dtype=self.dtype, rngs=rngs)

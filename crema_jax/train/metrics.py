@@ -93,10 +93,14 @@ def memory_summary(compiled) -> dict:
 
 
 def perf_metrics(*, step_seconds: float, flops_per_device: float, peak_tflops: float,
-                 global_batch: int) -> dict:
+                 global_batch: int, data_wait_seconds: float = 0.0) -> dict:
+    """Per-step performance. step_seconds: between the completions of consecutive steps;
+    data_wait_seconds: what the host spent waiting for this step's batch from the pipeline
+    (close to 0 when the input pipeline keeps ahead of the devices)."""
     tflops = flops_per_device / step_seconds / 1e12
     return {
         "perf/step_time_seconds": step_seconds,
+        "perf/data_wait_seconds": data_wait_seconds,
         "perf/ecgs_per_sec": global_batch / step_seconds,
         "perf/per_device_tflops_per_sec": tflops,
         "perf/mfu": tflops / peak_tflops if peak_tflops and peak_tflops > 0 else float("nan"),

@@ -13,7 +13,7 @@ import optax
 def scaled_learning_rate(optim_cfg, global_batch: int) -> float:
     """The peak lr. ST-MEM/MAE scale linearly with batch: base_lr x global_batch / 256."""
     base = float(optim_cfg.base_lr)
-    if optim_cfg.get("scale_lr_with_batch", True):
+    if optim_cfg.scale_lr_with_batch:
         return base * global_batch / 256.0
     return base
 
@@ -58,9 +58,9 @@ def make_optimizer(optim_cfg, *, global_batch: int, total_steps: int):
     adamw = optax.adamw(
         schedule, b1=b1, b2=b2, eps=float(optim_cfg.eps),
         weight_decay=float(optim_cfg.weight_decay),
-        mask=weight_decay_mask if optim_cfg.get("decay_mask", False) else None)
+        mask=weight_decay_mask if optim_cfg.decay_mask else None)
     parts = []
-    if float(optim_cfg.get("grad_clip_norm", 0.0)) > 0:
+    if float(optim_cfg.grad_clip_norm) > 0:
         parts.append(optax.clip_by_global_norm(float(optim_cfg.grad_clip_norm)))
     parts.append(adamw)
     return optax.chain(*parts), schedule

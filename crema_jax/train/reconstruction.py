@@ -7,46 +7,39 @@ import numpy as np
 from etils import epath
 
 from crema_jax import models
+from crema_jax.data import batch as batch_lib
 from crema_jax.data import pipeline
 from crema_jax.data.leads import LEADS
 
 
 def held_back_batch(config, *, seed: int = 0) -> tuple[dict, str]:
-    """One masked view batch (B=1) of the first record of the test split (else val, else train),
-    built by the training pipeline's own view transform. Returns (batch, record description)."""
+    """One masked view batch (B=1) of the first record of the test split (else val, else train;
+    synthetic data has no splits), built by the training pipeline's own view transform. Returns
+    (batch, record description)."""
     data_cfg = config.data
-    if int(config.train.get("synthetic_records", 0)) > 0:
-        from crema_jax.train import inputs
-        source, split = inputs.make_source(config), "synthetic"
-    for split in (() if int(config.train.get("synthetic_records", 0)) > 0
-                  else ("test", "val", "train")):
-        try:
-            source = pipeline.make_source(data_cfg, split=split)
-        except ValueError:
-            continue
+    splits = ("",) if int(data_cfg.synthetic_records) > 0 else ("test", "val", "train")
+    for split in splits:
+        source = pipeline.make_source(data_cfg, split=split)
         if len(source):
             break
     else:
-        if int(config.train.get("synthetic_records", 0)) <= 0:
-            raise ValueError(f"config.data: no records found under {data_cfg.root!r}")
+        raise ValueError(f"config.data: no records found under {data_cfg.root!r}")
     element = source[0]
     loaded = dict(element, **source.load(element))
     views = pipeline.PretrainViews(data_cfg)
     batch = views.random_map([loaded], np.random.default_rng(seed))
-    return batch, f"{element.get('path', '?')} ({split} split)"
+    return batch, f"{element['path']} ({split or 'synthetic'} split)"
 
 
 def reconstruct(config, state, graphdef, batch) -> np.ndarray:
     """(L, N, P) reconstruction of view 0 in signal units: normalised-target predictions are
     mapped back with each target patch's own mean and std (MAE's visualisation convention)."""
-    device_batch = {k: np.asarray(batch[k]) for k in
-                    ("patches", "mask", "visible_idx", "masked_idx", "patch_valid",
-                     "lead_indices")}
+    device_batch = batch_lib.device_part(batch)
     host_state = jax.device_get((state["params"], state["fixed"]))
     outputs = jax.jit(models.forward, static_argnums=0, static_argnames="train")(
         graphdef, host_state, device_batch, None, train=False)
     pred = np.asarray(outputs["pred"])[0, 0]
-    if config.loss.get("norm_pix_loss", True) or config.loss.name == "stmem":
+    if config.loss.norm_pix_loss or config.loss.name == "stmem":
         target = np.asarray(batch["patches"])[0, 0].astype(np.float64)
         mean = target.mean(-1, keepdims=True)
         std = np.sqrt(target.var(-1, ddof=1, keepdims=True) + 1e-6)

@@ -19,9 +19,6 @@ from flax import nnx
 
 from crema_jax import models
 
-# Batch keys the model and losses read; "index" (int64 record ids) stays on the host.
-DEVICE_BATCH_KEYS = ("patches", "mask", "visible_idx", "masked_idx", "patch_valid",
-                     "lead_indices")
 
 
 # ------------------------------------------------------------------------------------------------

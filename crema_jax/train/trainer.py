@@ -16,8 +16,8 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
-from crema_jax.train import checkpoint as ckpt_lib
-from crema_jax.train import inputs as inputs_lib
+from crema_jax import checkpoint as ckpt_lib
+from crema_jax.data import batch as batch_lib
 from crema_jax.train import mesh as mesh_lib
 from crema_jax.train import metrics as metrics_lib
 from crema_jax.train import optimizer as optim_lib
@@ -29,6 +29,36 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN/Inf; the message names the step and the last good checkpoint."""
 
 
+def batch_sizes(config, mesh) -> tuple[int, int]:
+    """(global batch, per-process batch) from config.train.global_batch_size: every process reads
+    an equal share, and the global batch splits evenly over the mesh's batch shards."""
+    if config.data.batch_size is not None:
+        raise ValueError(f"config.data.batch_size={config.data.batch_size}: pretraining derives "
+                         "the per-process batch from config.train.global_batch_size; set that "
+                         "instead")
+    global_batch, processes = int(config.train.global_batch_size), mesh_lib.process_count(mesh)
+    if global_batch <= 0 or global_batch % processes:
+        raise ValueError(f"config.train.global_batch_size={global_batch} must be a positive "
+                         f"multiple of the {processes} processes (each reads an equal share)")
+    if global_batch % mesh_lib.batch_divisor(mesh):
+        raise ValueError(f"config.train.global_batch_size={global_batch} must divide by the "
+                         f"{mesh_lib.BATCH_AXES} mesh axes ({mesh_lib.batch_divisor(mesh)} shards)")
+    return global_batch, global_batch // processes
+
+
+def for_target(model_cfg, mesh):
+    """config.model with residual_boundary="auto" resolved for the devices the step is compiled
+    for (the mesh's), not this process's default backend: a TPU dry run compiled on a CPU host
+    must carry the plain identity."""
+    if model_cfg.residual_boundary != "auto":
+        return model_cfg
+    resolved = model_cfg.copy_and_resolve_references()
+    on_cpu = mesh.devices.flat[0].platform == "cpu"
+    with resolved.unlocked():
+        resolved.residual_boundary = "on" if on_cpu else "off"
+    return resolved
+
+
 def build(config, *, devices=None):
     """Everything the loop and the dry run share: mesh, rules, optimizer, shardings, jitted step."""
     from crema_jax.losses import get_loss
@@ -36,18 +66,13 @@ def build(config, *, devices=None):
     # ============================================================================ set up the mesh
     mesh = mesh_lib.make_mesh(config.mesh, devices)
     rules = mesh_lib.logical_rules(mesh, config.mesh)
-    processes = mesh_lib.process_count(mesh)
-    global_batch = int(config.data.batch_size) * processes
-    if global_batch % mesh_lib.batch_divisor(mesh):
-        raise ValueError(f"config.data.batch_size={config.data.batch_size} x {processes} "
-                         f"processes = {global_batch} ECGs must divide by the {mesh_lib.BATCH_AXES} "
-                         f"mesh axes ({mesh_lib.batch_divisor(mesh)} shards)")
+    global_batch, per_process = batch_sizes(config, mesh)
+    model_cfg = for_target(config.model, mesh)
     # ============================================================ create model and optimizer
     tx, schedule = optim_lib.make_optimizer(config.optim, global_batch=global_batch,
                                             total_steps=int(config.train.num_steps))
     with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-        graphdef, abstract_params, abstract_fixed = step_lib.abstract_model_state(
-            config.model, mesh)
+        graphdef, abstract_params, abstract_fixed = step_lib.abstract_model_state(model_cfg, mesh)
     # Outside the mesh context: optax builds the optimizer's scalar leaves eagerly, on the
     # default device, which the mesh's devices need not be (abstract TPU devices in a dry run).
     shardings = step_lib.state_shardings(tx, abstract_params, abstract_fixed, mesh)
@@ -58,20 +83,31 @@ def build(config, *, devices=None):
         schedule=schedule, loss_fn=get_loss(config.loss),
         grad_accum_steps=int(config.optim.grad_accum_steps),
         inject_nan_at_step=int(config.train.inject_nan_at_step))
-    init = jax.jit(lambda key: step_lib.init_state(key, model_cfg=config.model, tx=tx),
+    init = jax.jit(lambda key: step_lib.init_state(key, model_cfg=model_cfg, tx=tx),
                    out_shardings=shardings)
     return dict(mesh=mesh, rules=rules, tx=tx, schedule=schedule, graphdef=graphdef,
                 shardings=shardings, jitted=jitted, init=init, global_batch=global_batch,
-                replicated=replicated)
+                per_process_batch=per_process, replicated=replicated, model_cfg=model_cfg)
+
+
+def input_iterator(config, per_process_batch: int):
+    """This process's Grain iterator of pretraining batches: config.data with its batch size."""
+    from crema_jax.data import pipeline
+
+    data_cfg = config.data.copy_and_resolve_references()
+    with data_cfg.unlocked():
+        data_cfg.batch_size = int(per_process_batch)
+    return iter(pipeline.make_pretrain_dataset(data_cfg))
 
 
 def compile_step(parts, config, abstract_state):
     """AOT-compile the step against abstract arrays (no data, no parameters allocated)."""
-    batch = mesh_lib.abstract_batch(inputs_lib.batch_spec(config.data), parts["mesh"])
+    batch = mesh_lib.abstract_batch(
+        batch_lib.pretrain_spec(config.data, parts["per_process_batch"]), parts["mesh"])
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=parts["replicated"])
     with jax.set_mesh(parts["mesh"]), nnx.logical_axis_rules(parts["rules"]):
         lowered = parts["jitted"].lower(abstract_state, batch, rng)
-    if config.train.get("fast_compile", False):
+    if config.train.fast_compile:
         return _compile_fast(lowered)
     return lowered.compile()
 
@@ -149,7 +185,7 @@ def dry_run(config, *, devices=None) -> dict:
               "flops_per_step": flops * parts["mesh"].size,
               "memory_per_device": metrics_lib.memory_summary(compiled)}
     if device.platform != "cpu":  # A table peak: the fastest a step could possibly be.
-        peak, _ = metrics_lib.peak_tflops_per_device(config.model.get("dtype", "float32"), device)
+        peak, _ = metrics_lib.peak_tflops_per_device(config.model.dtype, device)
         if math.isfinite(peak):
             report["step_seconds_at_peak"] = flops / (peak * 1e12)
     return report
@@ -167,7 +203,8 @@ def train(config, workdir, *, devices=None, batch_iter=None) -> dict:
     logging.info("mesh %s, global batch %d", dict(mesh.shape), parts["global_batch"])
 
     # ============================================================================ input pipeline
-    data_iter = inputs_lib.make_train_iterator(config) if batch_iter is None else batch_iter
+    data_iter = (input_iterator(config, parts["per_process_batch"]) if batch_iter is None
+                 else batch_iter)
     grain_iter = data_iter if hasattr(data_iter, "get_state") else None
 
     # ================================================================== shard and transfer
@@ -180,7 +217,7 @@ def train(config, workdir, *, devices=None, batch_iter=None) -> dict:
     # ============================================================================ load checkpoint
     start = (ckpt_lib.latest_step(ckpt_lib.checkpoints_dir(workdir))
              if config.checkpoint.resume else None)
-    init_from = str(config.train.get("init_from", "") or "")
+    init_from = str(config.train.init_from or "")
     if start is not None and not ckpt_lib.has_train_state(workdir, start):
         init_from = str(workdir)  # e.g. `import-torch --out=W` then `pretrain --workdir=W`
     elif start is not None:
@@ -206,7 +243,7 @@ def train(config, workdir, *, devices=None, batch_iter=None) -> dict:
         compiled = compile_step(parts, config, target)
 
     flops = metrics_lib.compiled_flops_per_device(compiled)
-    peak, peak_source = metrics_lib.peak_tflops_per_device(config.model.get("dtype", "float32"))
+    peak, peak_source = metrics_lib.peak_tflops_per_device(config.model.dtype)
     metrics_lib.print_line(
         f"compiled train step: {flops * mesh.size / 1e9:.2f} GFLOP/step, peak "
         f"{peak:.2f} TFLOP/s/device ({peak_source}), mesh {dict(mesh.shape)}")
@@ -217,41 +254,56 @@ def train(config, workdir, *, devices=None, batch_iter=None) -> dict:
             opt_state=state["opt_state"], rng=base_rng, config=config, data_iter=grain_iter)
 
     # ============================================================================ train loop
+    # The host never waits for the step it just dispatched: step N's metrics are fetched after
+    # step N+1 is on its way (MaxText's one-step-behind logging), except where a checkpoint or
+    # the end needs them first (a state is saved only after its loss is known to be finite).
     writer = metrics_lib.MetricWriter(workdir, tensorboard=bool(config.train.tensorboard))
     stop = _PreemptionWatch()
     losses, step, last_saved = {}, start, start if start else None
     stop_after = int(config.train.stop_after_steps)
-    delay = float(config.train.get("debug_step_delay_seconds", 0.0))
-    t_prev, ema = time.perf_counter(), None
+    delay = float(config.train.debug_step_delay_seconds)
+    clock = {"done": time.perf_counter(), "ema": None}
+    pending = None
+
+    def finish(entry) -> None:
+        """Fetch a dispatched step's metrics (blocks until it ran), check, log."""
+        done_step, device_metrics, data_wait = entry
+        host = jax.device_get(device_metrics)
+        now = time.perf_counter()
+        dt, clock["done"] = now - clock["done"], now
+        clock["ema"] = dt if clock["ema"] is None else 0.9 * clock["ema"] + 0.1 * dt
+        loss = float(host["loss"])
+        if not np.isfinite(loss):
+            raise NonFiniteLossError(
+                f"loss became {loss} at step {done_step}; stopped without saving this state "
+                f"(last good checkpoint: step {last_saved} in {ckpt_lib.checkpoints_dir(workdir)})")
+        losses[done_step] = loss
+        row = {k: float(v) for k, v in host.items()}
+        row.update(metrics_lib.perf_metrics(
+            step_seconds=dt, flops_per_device=flops, peak_tflops=peak,
+            global_batch=parts["global_batch"], data_wait_seconds=data_wait))
+        if done_step % int(config.train.log_every_steps) == 0 or done_step == num_steps:
+            writer.write(done_step, row)
+            metrics_lib.print_line(metrics_lib.progress_line(
+                done_step, num_steps, row, eta_seconds=clock["ema"] * (num_steps - done_step)))
+
     try:
         while step < num_steps:
+            t0 = time.perf_counter()
             local = next(data_iter)
-            batch = mesh_lib.global_batch(
-                {k: local[k] for k in step_lib.DEVICE_BATCH_KEYS if k in local}, mesh)
+            data_wait = time.perf_counter() - t0
+            batch = mesh_lib.global_batch(batch_lib.device_part(local), mesh)
             state, metrics = compiled(state, batch, base_rng)
-            metrics = jax.device_get(metrics)
             step += 1
-            now = time.perf_counter()
-            dt, t_prev = now - t_prev, now
-            ema = dt if ema is None else 0.9 * ema + 0.1 * dt
-            loss = float(metrics["loss"])
-            if not np.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"loss became {loss} at step {step}; stopped without saving this state "
-                    f"(last good checkpoint: step {last_saved} in {ckpt_lib.checkpoints_dir(workdir)})")
-            losses[step] = loss
-            metrics = {k: float(v) for k, v in metrics.items()}
-            metrics.update(metrics_lib.perf_metrics(
-                step_seconds=dt, flops_per_device=flops, peak_tflops=peak,
-                global_batch=parts["global_batch"]))
-            if step % int(config.train.log_every_steps) == 0 or step == num_steps:
-                writer.write(step, metrics)
-                metrics_lib.print_line(metrics_lib.progress_line(
-                    step, num_steps, metrics, eta_seconds=ema * (num_steps - step)))
+            if pending is not None:
+                finish(pending)
+            pending = (step, metrics, data_wait)
             preempted = stop.requested(step)
             early = stop_after and step - start >= stop_after
             if (step % int(config.checkpoint.every_steps) == 0 or step == num_steps or preempted
                     or early):
+                finish(pending)
+                pending = None
                 save(step)
                 last_saved = step
             if preempted:
@@ -269,7 +321,7 @@ def train(config, workdir, *, devices=None, batch_iter=None) -> dict:
         if hasattr(data_iter, "close"):
             data_iter.close()
     return {"losses": losses, "last_step": step, "state": state, "graphdef": parts["graphdef"],
-            "mesh": mesh, "flops_per_device": flops}
+            "mesh": mesh, "flops_per_device": flops, "model_cfg": parts["model_cfg"]}
 
 
 class _PreemptionWatch:

@@ -11,18 +11,24 @@ from __future__ import annotations
 import numpy as np
 from absl import logging
 
-# Fields that fix the encoder's parameter shapes or meaning; a mismatch is a different model.
-ARCH_FIELDS = ("name", "width", "depth", "num_heads", "head_dim", "mlp_ratio", "patch_size",
-               "num_patches", "num_lead_embeddings")
+# Per model name: the fields that fix the parameter shapes or meaning; a mismatch is a different
+# model.
+ARCH_FIELDS = {
+    "sit": ("width", "depth", "num_heads", "head_dim", "mlp_ratio", "patch_size", "num_patches",
+            "num_lead_embeddings"),
+    "net1d": ("in_channels", "filters", "blocks", "kernel", "stride", "group_width",
+              "num_classes"),
+}
 
 
 def architecture(model_cfg) -> dict:
-    """The ARCH_FIELDS of a model config, with the size entry resolved (size="base" and explicit
-    width=768 etc. are the same architecture)."""
+    """The name and ARCH_FIELDS of a model config, with a SiT's size entry resolved (size="base"
+    and explicit width=768 etc. are the same architecture)."""
     from crema_jax.models import config as model_config
 
-    out = {k: model_cfg.get(k) for k in ARCH_FIELDS}
-    if model_cfg.get("name", "sit") == "sit":
+    name = model_cfg.name
+    out = {"name": name, **{k: model_cfg[k] for k in ARCH_FIELDS.get(name, ())}}
+    if name == "sit":
         out.update(model_config.resolve_size(model_cfg))
     return out
 
@@ -30,8 +36,9 @@ def architecture(model_cfg) -> dict:
 def check_architecture(run_cfg, ckpt_cfg, *, source: str) -> None:
     """Raises ValueError naming every config.model field where the checkpoint differs."""
     run, ckpt = architecture(run_cfg), architecture(ckpt_cfg)
-    diff = [f"config.model.{k}: run {run[k]!r}, checkpoint {ckpt[k]!r}"
-            for k in ARCH_FIELDS if run[k] != ckpt[k]]
+    diff = [f"config.model.{k}: run {run.get(k)!r}, checkpoint {ckpt.get(k)!r}"
+            for k in sorted(set(run) | set(ckpt))
+            if run.get(k) != ckpt.get(k)]
     if diff:
         raise ValueError(f"{source}: the checkpoint's model architecture differs from this run's "
                          f"config.model ({'; '.join(diff)}); set config.model to the checkpoint's "

@@ -212,5 +212,5 @@ def test_infer_source_and_unknown_layout():
         "cpsc2018", "cpsc2018_extra", "incart", "ptb", "ptbxl", "georgia", "ningbo", "unknown",
         "unknown"]
     assert layouts.infer_source("rec12", "mysite") == "mysite"
-    with pytest.raises(KeyError, match="wfdb_folder"):
+    with pytest.raises(ValueError, match="wfdb_folder"):
         layouts.build_index("hdf5", "/tmp")

@@ -18,7 +18,7 @@ def pretrained_workdir(tmp_path_factory):
                JAX_PLATFORMS="cpu")
     args = [sys.executable, "-m", "crema_jax.main", "pretrain",
             f"--config={REPO / 'configs' / 'crema_tiny.py'}", f"--workdir={workdir}",
-            "--config.train.synthetic_records=16", "--config.train.num_steps=2",
+            "--config.data.synthetic_records=16", "--config.train.num_steps=2",
             "--config.checkpoint.every_steps=2", "--config.optim.warmup_steps=1",
             "--config.train.tensorboard=False", "--config.mesh.data=-1"]
     done = subprocess.run(args, env=env, cwd=str(REPO), capture_output=True, text=True,

@@ -8,17 +8,27 @@ import subprocess
 import sys
 
 import matplotlib.image
-import ml_collections
 import numpy as np
 import pytest
-from absl.testing import flagsaver
 from sklearn.metrics import roc_auc_score
 
-from crema_jax.evaluate import finetune, probe
+from crema_jax.cli import finetune, probe
 
-# --layout is left at its default (wfdb_folder): export-torch defines a --layout of its own.
 COMMON = dict(split_fractions=["0.6", "0.2", "0.2"], min_positives=3, bootstrap=50,
               batch_size=16)
+
+
+def _run(command, **flags):
+    """command.COMMAND.run with --name=value flags (lists comma-joined, booleans --[no]name)."""
+    argv = []
+    for name, value in flags.items():
+        if isinstance(value, bool):
+            argv.append(f"--{name}" if value else f"--no{name}")
+        elif isinstance(value, (list, tuple)):
+            argv.append(f"--{name}={','.join(value)}")
+        elif value is not None:
+            argv.append(f"--{name}={value}")
+    assert command.COMMAND.run(argv) is None
 
 
 def _header_labels(root: pathlib.Path, record_id: str) -> set:
@@ -53,10 +63,9 @@ def _check_outputs(workdir: pathlib.Path, root: pathlib.Path) -> dict:
 
 
 def test_probe_protocols_end_to_end(pretrained_workdir, cinc_sample_dir, tmp_path):
-    with flagsaver.flagsaver(checkpoint=str(pretrained_workdir), root=str(cinc_sample_dir),
-                             workdir=str(tmp_path), label_fractions=["0.01", "0.1", "1.0"],
-                             lead_sets=["12", "I"], cross_domain=True, probe_steps=50, **COMMON):
-        probe.main(["probe"])
+    _run(probe, checkpoint=str(pretrained_workdir), root=str(cinc_sample_dir),
+         workdir=str(tmp_path), label_fractions=["0.01", "0.1", "1.0"], lead_sets=["12", "I"],
+         cross_domain=True, probe_steps=50, **COMMON)
     report = _check_outputs(tmp_path, cinc_sample_dir)
     runs = {(r["protocol"]["leads"], r["protocol"]["label_fraction"]): r for r in report["runs"]}
     assert set(runs) == {(l, f) for l in ("12", "I") for f in (0.01, 0.1, 1.0)}
@@ -89,10 +98,9 @@ def test_probe_from_a_prepared_cache_matches_the_wfdb_probe(pretrained_workdir, 
     for name, where in (("wfdb", dict(root=str(cinc_sample_dir))),
                         ("cache", dict(root=None, cache_dir=str(cache_dir)))):
         # One l2 value: a grid could pick a different l2 for a near-tie and hide the comparison.
-        with flagsaver.flagsaver(checkpoint=str(pretrained_workdir), workdir=str(tmp_path / name),
-                                 lead_sets=["12"], label_fractions=["1.0"], cross_domain=False,
-                                 probe_steps=50, l2_grid=["1.0"], **COMMON, **where):
-            probe.main(["probe"])
+        _run(probe, checkpoint=str(pretrained_workdir), workdir=str(tmp_path / name),
+             lead_sets=["12"], label_fractions=["1.0"], cross_domain=False, probe_steps=50,
+             l2_grid=["1.0"], **COMMON, **where)
         _check_outputs(tmp_path / name, cinc_sample_dir)
         preds[name] = np.load(tmp_path / name / "predictions.npz")
     for key in ("record_id", "classes", "labels"):
@@ -101,14 +109,14 @@ def test_probe_from_a_prepared_cache_matches_the_wfdb_probe(pretrained_workdir, 
     report = json.loads((tmp_path / "cache" / "report.json").read_text())
     assert report["settings"]["cache_dir"] == str(cache_dir)
     # The records really come from the cache, in the dataset's row order and classes.
+    from crema_jax.config import default_config
     from crema_jax.data.cache import CacheSource
-    from crema_jax.evaluate import cli as eval_cli
-    data = eval_cli.load_dataset("wfdb_folder", None, label_set="", split_fractions=[],
-                                 min_positives=3, label_type="auto", seed=0,
-                                 cache_dir=str(cache_dir))
-    cfg = eval_cli.eval_data_config(ml_collections.ConfigDict(), "sit", ["I"], batch_size=4,
-                                    num_workers=0)
-    source = eval_cli.make_source(data, cfg, rows=[5, 2])
+    from crema_jax.evaluate import datasets
+    from crema_jax.inference import backbones
+    data = datasets.load_dataset(dict(root="", cache_dir=str(cache_dir), seed=0,
+                                      split_fractions=[], min_positives=3, label_type="auto"))
+    cfg = backbones.eval_data_config(default_config(), ["I"], batch_size=4)
+    source = datasets.make_source(data, cfg, rows=[5, 2])
     assert isinstance(source, CacheSource) and len(source) == 2
     assert [source[i]["path"] for i in range(2)] == [data.infos[5].path, data.infos[2].path]
     np.testing.assert_array_equal(np.stack([source[i]["labels"] for i in range(2)]),
@@ -116,10 +124,9 @@ def test_probe_from_a_prepared_cache_matches_the_wfdb_probe(pretrained_workdir, 
 
 
 def test_finetune_lead_i_end_to_end(pretrained_workdir, cinc_sample_dir, tmp_path):
-    with flagsaver.flagsaver(checkpoint=str(pretrained_workdir), root=str(cinc_sample_dir),
-                             workdir=str(tmp_path), lead_sets=["I"], label_fractions=["1.0"],
-                             cross_domain=False, epochs=2, patience=0, **COMMON):
-        finetune.main(["finetune"])
+    _run(finetune, checkpoint=str(pretrained_workdir), root=str(cinc_sample_dir),
+         workdir=str(tmp_path), lead_sets=["I"], label_fractions=["1.0"], cross_domain=False,
+         epochs=2, patience=0, **COMMON)
     report = _check_outputs(tmp_path, cinc_sample_dir)
     run = report["runs"][0]
     assert [h["epoch"] for h in run["history"]] == [1, 2]
@@ -128,10 +135,9 @@ def test_finetune_lead_i_end_to_end(pretrained_workdir, cinc_sample_dir, tmp_pat
 
 
 def test_random_init_baseline_probe(cinc_sample_dir, tmp_path):
-    with flagsaver.flagsaver(checkpoint="random", model_size="tiny", root=str(cinc_sample_dir),
-                             workdir=str(tmp_path), lead_sets=["12"], label_fractions=["1.0"],
-                             cross_domain=False, probe_steps=50, **COMMON):
-        probe.main(["probe"])
+    _run(probe, checkpoint="random", model_size="tiny", root=str(cinc_sample_dir),
+         workdir=str(tmp_path), lead_sets=["12"], label_fractions=["1.0"], cross_domain=False,
+         probe_steps=50, **COMMON)
     report = _check_outputs(tmp_path, cinc_sample_dir)
     assert report["settings"]["checkpoint"] == "random"
 
@@ -140,18 +146,15 @@ def test_net1d_backbone_probe(cinc_sample_dir, tmp_path):
     """A Net1D checkpoint in the layout import-torch writes (default config, model = net1d)."""
     from flax import nnx
 
-    from crema_jax.models.net1d import Net1D, default_net1d_config
-    from crema_jax.train.checkpoint import save_model_checkpoint
-    from crema_jax.train.config import default_config
-    config = default_config()
-    config.model = default_net1d_config()
+    from crema_jax.checkpoint import save_model_checkpoint
+    from crema_jax.config import default_config
+    from crema_jax.models.net1d import Net1D
+    config = default_config("net1d")
     config.model.filters, config.model.blocks = [16, 32], [1, 1]  # small: the path is under test
     model = Net1D(config.model, rngs=nnx.Rngs(0))
     save_model_checkpoint(tmp_path / "net1d", nnx.to_pure_dict(nnx.state(model)), config)
-    with flagsaver.flagsaver(backbone="net1d", checkpoint=str(tmp_path / "net1d"),
-                             root=str(cinc_sample_dir), workdir=str(tmp_path / "out"),
-                             lead_sets=["12"], label_fractions=["1.0"], cross_domain=False,
-                             probe_optimizer="adam", probe_steps=100, **COMMON):
-        probe.main(["probe"])
+    _run(probe, checkpoint=str(tmp_path / "net1d"), root=str(cinc_sample_dir),
+         workdir=str(tmp_path / "out"), lead_sets=["12"], label_fractions=["1.0"],
+         cross_domain=False, probe_optimizer="adam", probe_steps=100, **COMMON)
     report = _check_outputs(tmp_path / "out", cinc_sample_dir)
-    assert report["settings"]["backbone"] == "net1d"
+    assert report["title"].startswith("Linear probe: net1d")

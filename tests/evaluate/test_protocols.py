@@ -96,11 +96,3 @@ def test_cross_domain_plan_and_drop():
     drop = protocols.common_class_macro(ind, ood)
     assert drop["classes"] == ["a"] and drop["drop"] == pytest.approx(0.2)
 
-
-def test_layout_options_are_typed():
-    from crema_jax.evaluate import cli
-    assert cli.parse_options(["source=site", "val_fraction=0.2", "sampling_rate=500",
-                              "drop_unlabelled=false"]) == {
-        "source": "site", "val_fraction": 0.2, "sampling_rate": 500, "drop_unlabelled": False}
-    with pytest.raises(ValueError, match="key=value"):
-        cli.parse_options(["site"])

@@ -6,7 +6,8 @@ import pytest
 import torch
 from flax import nnx
 
-from crema_jax.export import convert, import_torch, model_io
+from crema_jax.export import convert, import_torch
+from crema_jax.models import params as params_lib
 from crema_jax.models import net1d
 from ecgfounder_torch_ref import Block as RefBlock, Net1DRef
 
@@ -42,7 +43,7 @@ def test_import_reproduces_the_torch_model_and_round_trips(leads, tmp_path):
 
     params, cfg, kept = import_torch.import_weights(str(path), "ecgfounder")
     assert kept == [] and cfg.in_channels == leads and cfg.num_classes == 150
-    model = model_io.merge(cfg, params)  # eager: cheaper than compiling 24 unrolled blocks
+    model = params_lib.merge(cfg, params)  # eager: cheaper than compiling 24 unrolled blocks
     x = np.random.default_rng(leads).standard_normal((2, leads, 777)).astype(np.float32)
     with torch.no_grad():
         want_logits = ref(torch.from_numpy(x)).numpy()
@@ -65,7 +66,7 @@ def test_import_reproduces_the_torch_model_and_round_trips(leads, tmp_path):
     again, kept = convert.torch_to_jax(full, rules, params, path="mem", layout="ecgfounder",
                                        ignored=convert.ECGFOUNDER_IGNORED)
     assert kept == []
-    flat_a, flat_b = convert.flatten(params), convert.flatten(again)
+    flat_a, flat_b = params_lib.flatten(params), params_lib.flatten(again)
     assert flat_a.keys() == flat_b.keys()
     assert all(np.array_equal(flat_a[k], flat_b[k]) for k in flat_a)
 

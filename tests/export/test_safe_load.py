@@ -11,7 +11,7 @@ import safetensors.torch
 import torch
 
 from crema_jax.export import export_torch, import_torch, safe_load
-from crema_jax.train import checkpoint
+from crema_jax import checkpoint
 from ecgfounder_torch_ref import Net1DRef
 
 SMALL = dict(in_channels=1, filters=(16, 32), blocks=(1, 2), n_classes=3)

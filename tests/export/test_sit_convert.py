@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from crema_jax.export import convert, export_torch, import_torch, model_io, sit_layouts, torch_sit
+from crema_jax.export import convert, export_torch, import_torch, sit_layouts, torch_sit
+from crema_jax.models import params as params_lib
 from crema_jax.models import default_model_config
 from stmem_torch_ref import StMemEncoder, StMemPretrain, randomise_norms
 
@@ -44,7 +45,7 @@ def imported(request, tmp_path_factory):
 def _jax_outputs(cfg, params, patches, visible_idx):
     """(features, reconstruction) of the JAX model. Eager on purpose: the per-op compile cache
     is shared by identical blocks, which costs less CPU than compiling the unrolled model."""
-    model = model_io.merge(cfg, params)
+    model = params_lib.merge(cfg, params)
     leads = jnp.tile(jnp.arange(12), (patches.shape[0], 1))
     feats = model.encoder.features(jnp.asarray(patches), leads)
     batch = {"patches": jnp.asarray(patches)[:, None], "lead_indices": leads,
@@ -88,7 +89,7 @@ def test_stmem_export_is_bit_exact_and_loads_into_stmem(imported, tmp_path):
     assert json.loads((tmp_path / "export.json").read_text())["num_keys"] == len(enc)
     # JAX -> torch -> JAX: bit-exact.
     again, _, kept = import_torch.import_weights(str(out), "stmem")
-    flat_a, flat_b = convert.flatten(params), convert.flatten(again)
+    flat_a, flat_b = params_lib.flatten(params), params_lib.flatten(again)
     assert all(np.array_equal(flat_a[p], flat_b[p]) for p in flat_a if p.startswith("encoder/"))
     assert all(p.startswith(sit_layouts.PRETRAIN_ONLY) for p in kept)
 
@@ -112,14 +113,14 @@ def test_crema_layout_torch_module_matches_jax_and_round_trips(imported, tmp_pat
     assert rel_err(t_pred, pred) <= 1e-5
     again, _, kept = import_torch.import_weights(str(out), "crema")
     assert kept == []  # the crema layout with the decoder holds the whole pretraining model
-    flat_a, flat_b = convert.flatten(params), convert.flatten(again)
+    flat_a, flat_b = params_lib.flatten(params), params_lib.flatten(again)
     assert flat_a.keys() == flat_b.keys()
     assert all(np.array_equal(flat_a[p], flat_b[p]) for p in flat_a)
 
 
 def test_stmem_key_count_and_size_for_vit_b():
     cfg = default_model_config()  # base = ViT-B/75
-    template = model_io.abstract_params(cfg)
+    template = params_lib.abstract_params(cfg)
     enc = convert.expected_torch_shapes(template, sit_layouts.stmem_rules(
         cfg, jax_prefix="encoder/", include_head=False, include_decoder=False))
     full = convert.expected_torch_shapes(template, sit_layouts.stmem_rules(
@@ -139,11 +140,11 @@ def test_stmem_key_count_and_size_for_vit_b():
 def test_configs_stmem_cannot_express_are_refused():
     cfg = default_model_config()
     cfg.size = "tiny"  # 2 heads of 32
-    params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), model_io.abstract_params(cfg))
+    params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params_lib.abstract_params(cfg))
     with pytest.raises(export_torch.ExportError, match="head_dim=32"):
         export_torch.build_state_dict(params, cfg, layout="stmem", include_decoder=False)
     cfg.head_dim, cfg.num_heads, cfg.decoder_depth = 64, 1, 2
-    params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), model_io.abstract_params(cfg))
+    params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params_lib.abstract_params(cfg))
     export_torch.build_state_dict(params, cfg, layout="stmem", include_decoder=False)  # fine
     with pytest.raises(export_torch.ExportError, match="ST-MEM's decoder is"):
         export_torch.build_state_dict(params, cfg, layout="stmem", include_decoder=True)
@@ -159,13 +160,13 @@ def test_fine_tuned_encoder_with_head_exports_to_both_layouts(tmp_path):
     assert cfg.num_classes == 5 and not full
     cfg.name = "sit_encoder"  # the bare encoder, as a fine-tuned checkpoint holds it
     rules = sit_layouts.stmem_rules(cfg, jax_prefix="", include_head=True, include_decoder=False)
-    encoder, kept = convert.torch_to_jax(state, rules, model_io.abstract_params(cfg),
+    encoder, kept = convert.torch_to_jax(state, rules, params_lib.abstract_params(cfg),
                                          path="mem", layout="stmem")
     assert kept == []
     sd = export_torch.build_state_dict(encoder, cfg, layout="stmem", include_decoder=False)
     assert sorted(sd) == sorted(ref.state_dict()) and "head.weight" in sd
     patches = _inputs(seed=2)[0]
-    model = model_io.merge(cfg, encoder)
+    model = params_lib.merge(cfg, encoder)
     got = np.asarray(model.logits(jnp.asarray(patches), jnp.tile(jnp.arange(12), (2, 1))))
     with torch.no_grad():
         want = ref(torch.from_numpy(patches)).numpy()

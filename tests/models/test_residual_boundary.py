@@ -21,12 +21,13 @@ def test_value_and_gradient_are_exactly_the_identity():
     np.testing.assert_array_equal(np.asarray(grad), w)   # d/dx sum(w * x) = w, bit for bit
 
 
-def _max_fusion_parameters(depth):
+def _max_fusion_parameters(depth, boundary=True):
     """Compile grad of a depth-`depth` block stack; return the largest parameter count of any
     fusion in the optimised HLO."""
     with nnx.use_eager_sharding(False):
         blocks = layers.make_blocks(depth, False, rngs=nnx.Rngs(0), width=16, num_heads=2,
-                                    head_dim=8, mlp_hidden=32, eps=1e-5, dtype=jnp.float32)
+                                    head_dim=8, mlp_hidden=32, eps=1e-5, dtype=jnp.float32,
+                                    boundary=boundary)
     graphdef, params = nnx.split(blocks)
     x = jnp.ones((2, 6, 16), jnp.float32)
 
@@ -41,7 +42,7 @@ def _max_fusion_parameters(depth):
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU fusion property")
-def test_cpu_fusions_stay_bounded_in_depth(monkeypatch):
+def test_cpu_fusions_stay_bounded_in_depth():
     """Without the boundary, XLA:CPU fuses the residual cotangent's accumulation over all later
     blocks into each weight-gradient transpose, so the biggest fusion grows with depth; with it,
     the biggest fusion is the same at depth 4 and 12."""
@@ -49,6 +50,6 @@ def test_cpu_fusions_stay_bounded_in_depth(monkeypatch):
     deep, text = _max_fusion_parameters(12)
     assert " conditional(" in text      # the boundary survives XLA's simplifier
     assert deep <= shallow + 2, (shallow, deep)
-    monkeypatch.setattr(layers, "residual_boundary", lambda v: v)
-    unbounded_deep, _ = _max_fusion_parameters(12)
+    unbounded_deep, plain = _max_fusion_parameters(12, boundary=False)
+    assert " conditional(" not in plain
     assert unbounded_deep > deep + 10, (deep, unbounded_deep)   # the pathology it prevents

@@ -15,7 +15,7 @@ def tiny_config(**overrides):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config()
-    config.train.synthetic_records = 16
+    config.data.synthetic_records = 16
     config.train.num_steps = 5
     config.train.tensorboard = False
     config.train.fast_compile = True    # five steps: compile time dominates
@@ -41,7 +41,7 @@ def cli_env(num_devices: int) -> dict:
 
 
 TINY_CLI_OVERRIDES = (
-    "--config.train.synthetic_records=16", "--config.optim.warmup_steps=2",
+    "--config.data.synthetic_records=16", "--config.optim.warmup_steps=2",
     "--config.optim.base_lr=0.01", "--config.train.tensorboard=False",
     "--config.mesh.data=-1", "--config.train.fast_compile=True",
 )

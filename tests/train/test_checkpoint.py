@@ -4,7 +4,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from crema_jax.train import checkpoint as ckpt_lib
+from crema_jax import checkpoint as ckpt_lib
 
 
 def _params():
@@ -16,8 +16,12 @@ def _params():
 
 
 def _config():
-    return ml_collections.ConfigDict({"model": {"size": "tiny", "betas": (0.9, 0.95)},
-                                      "loss": {"name": "crema", "temperature": 0.1}})
+    """A saved config as an older crema_jax may have written it: a few fields, one that no
+    longer exists (eval_crop_offsets), tuples."""
+    return ml_collections.ConfigDict({"model": {"size": "tiny", "patch_size": 50},
+                                      "optim": {"betas": (0.9, 0.99)},
+                                      "data": {"eval_crop_offsets": (0, 125, 250)},
+                                      "loss": {"name": "crema", "temperature": 0.2}})
 
 
 def test_model_checkpoint_round_trip(tmp_path):
@@ -27,7 +31,10 @@ def test_model_checkpoint_round_trip(tmp_path):
     for path in (tmp_path, tmp_path / "checkpoints", step_dir):
         got, config, step = ckpt_lib.load_model_checkpoint(path)
         assert step == 7
-        assert config.model.betas == (0.9, 0.95) and config.loss.temperature == 0.1
+        # Read onto today's defaults: saved fields win, missing ones default, stale ones go.
+        assert config.optim.betas == (0.9, 0.99) and config.loss.temperature == 0.2
+        assert config.model.patch_size == 50 and config.model.num_patches == 30
+        assert config.data.eval_num_crops == 3 and "eval_crop_offsets" not in config.data
         assert sorted(got["encoder"]["blocks"]) == [0, 1]     # nnx.List indices stay ints
         for key in (0, 1):
             np.testing.assert_array_equal(got["encoder"]["blocks"][key]["kernel"],

@@ -36,7 +36,7 @@ def test_config_files(name):
 
 
 def test_dry_run_reports_flops_and_memory(tmp_path):
-    proc = start_cli(tmp_path, "--dry_run", "--config.data.batch_size=4", num_devices=2)
+    proc = start_cli(tmp_path, "--dry_run", "--config.train.global_batch_size=4", num_devices=2)
     out, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, out
     report = json.loads(out.strip().splitlines()[-1])
@@ -64,14 +64,14 @@ def _dry_run(tmp_path, *extra):
 def test_dry_run_for_a_tpu_pod_slice_and_for_n_cpu_devices(tmp_path):
     """A v5e 4x4 slice (16 chips on 4 hosts) compiled here by the TPU compiler from libtpu, and
     the same mesh on 16 CPU devices of this one process."""
-    tpu = _dry_run(tmp_path, "--topology=v5e:4x4", "--config.data.batch_size=4")
+    tpu = _dry_run(tmp_path, "--topology=v5e:4x4", "--config.train.global_batch_size=16")
     assert tpu["device_kind"] == "TPU v5 lite" and tpu["devices"] == 16
-    assert tpu["processes"] == 4 and tpu["global_batch"] == 16   # batch_size is per host
+    assert tpu["processes"] == 4 and tpu["global_batch"] == 16   # 4 ECGs per host
     assert tpu["mesh"] == {"data": 4, "fsdp": 4, "tensor": 1}
     assert tpu["memory_per_device"]["total_bytes"] > 0
     assert tpu["step_seconds_at_peak"] > 0
 
-    cpu = _dry_run(tmp_path, "--num_devices=16", "--config.data.batch_size=16")
+    cpu = _dry_run(tmp_path, "--num_devices=16", "--config.train.global_batch_size=16")
     assert cpu["device_kind"] == "cpu" and cpu["devices"] == 16 and cpu["processes"] == 1
     assert cpu["mesh"] == tpu["mesh"] and cpu["global_batch"] == 16
     assert "step_seconds_at_peak" not in cpu   # no table peak for a CPU
@@ -85,8 +85,9 @@ def test_dry_run_for_a_tpu_pod_slice_and_for_n_cpu_devices(tmp_path):
     (("--dry_run", "--topology=v5e"), "expected a TPU type and chip grid"),
     (("--dry_run", "--topology=v9z:2x2"), "could not describe this TPU slice"),
     (("--topology=v5e:2x2",), "only go with --dry_run"),
-    (("--dry_run", "--num_devices=3", "--config.data.batch_size=4"),
+    (("--dry_run", "--num_devices=3", "--config.train.global_batch_size=4"),
      "must divide by the ('data', 'fsdp') mesh axes (3 shards)"),
+    (("--dry_run", "--config.data.batch_size=4"), "set that instead"),
 ])
 def test_dry_run_rejects_a_bad_target(tmp_path, extra, message):
     proc = start_cli(tmp_path, *extra)

@@ -4,8 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from crema_jax.export import model_io
-from crema_jax.train import checkpoint as ckpt_lib
+from crema_jax.models import params as params_lib
+from crema_jax import checkpoint as ckpt_lib
 from crema_jax.train import trainer
 from tests.train.helpers import tiny_config
 
@@ -40,7 +40,7 @@ def tiny_params():
     """A tiny model's param shapes, filled with recognisable values (no init needed)."""
     config = tiny_config()
     config.model.scan_layers = False
-    return config, _recognisable(model_io.abstract_params(config.model))
+    return config, _recognisable(params_lib.abstract_params(config.model))
 
 
 def _saved_model(tmp_path, tiny_params, name="imported", drop=()):

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 
 from crema_jax.data import pipeline
-from crema_jax.train import inputs, trainer
+from crema_jax.train import trainer
 from tests.train.helpers import start_cli, tiny_config
 
 PER_PROCESS_BATCH = 4
@@ -24,9 +24,10 @@ class _TwoProcessBatches:
     (make_array_from_process_local_data lays the global batch out in process order)."""
 
     def __init__(self, config):
-        local = tiny_config(**{"data.batch_size": PER_PROCESS_BATCH})
-        source = inputs.make_source(local)
-        self.iters = [iter(pipeline.make_pretrain_dataset(local.data, source=source,
+        local = tiny_config().data
+        local.batch_size = PER_PROCESS_BATCH
+        source = pipeline.make_source(local)
+        self.iters = [iter(pipeline.make_pretrain_dataset(local, source=source,
                                                           process_index=i, process_count=2))
                       for i in range(2)]
 
@@ -38,7 +39,8 @@ class _TwoProcessBatches:
 def test_two_processes_match_one_process(tmp_path, jax_cache_dir):
     port = _free_port()
     workdir = tmp_path / "two"
-    procs = [start_cli(workdir, f"--config.data.batch_size={PER_PROCESS_BATCH}",
+    # The global batch is split between the processes: each reads PER_PROCESS_BATCH.
+    procs = [start_cli(workdir, f"--config.train.global_batch_size={2 * PER_PROCESS_BATCH}",
                        "--config.train.num_steps=5", f"--coordinator_address=127.0.0.1:{port}",
                        "--num_processes=2", f"--process_id={i}", num_devices=2,
                        cache_dir=jax_cache_dir) for i in range(2)]
@@ -50,7 +52,7 @@ def test_two_processes_match_one_process(tmp_path, jax_cache_dir):
     two = np.array([r["loss"] for r in rows])          # process 0 alone writes metrics
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
 
-    config = tiny_config(**{"data.batch_size": 2 * PER_PROCESS_BATCH, "mesh.data": 4})
+    config = tiny_config(**{"train.global_batch_size": 2 * PER_PROCESS_BATCH, "mesh.data": 4})
     one = trainer.train(config, tmp_path / "one", devices=jax.devices()[:4],
                         batch_iter=_TwoProcessBatches(config))
     np.testing.assert_allclose(two, [one["losses"][s] for s in range(1, 6)], rtol=1e-5, atol=1e-6)

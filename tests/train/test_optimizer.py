@@ -11,7 +11,7 @@ from flax import nnx
 from crema_jax import models
 from crema_jax.data import masking
 from crema_jax.losses import get_loss
-from crema_jax.train import config as config_lib
+from crema_jax import config as config_lib
 from crema_jax.train import optimizer
 from crema_jax.train import step as step_lib
 from tests.train.helpers import tiny_config

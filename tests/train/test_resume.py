@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from crema_jax.train import checkpoint as ckpt_lib
+from crema_jax import checkpoint as ckpt_lib
 from tests.train.helpers import start_cli
 
 STEPS = ("--config.train.num_steps=8", "--config.checkpoint.every_steps=2")

@@ -26,6 +26,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from crema_jax import config as config_lib
+
 CHECKPOINTS_DIRNAME = "checkpoints"
 TRAIN_ITEMS = ("params", "opt_state", "rng", "data_iter", "config")
 COMMIT_MARKER = "commit_success.txt"  # Orbax writes it last, on every file system.
@@ -97,17 +99,6 @@ def _json_default(obj):
     if isinstance(obj, (np.integer, np.floating, np.bool_)):
         return obj.item()
     raise TypeError(f"config value {obj!r} of type {type(obj).__name__} is not JSON-serialisable")
-
-
-def config_from_json_dict(d: dict) -> ml_collections.ConfigDict:
-    """Inverse of config_to_json_dict. JSON lists come back as tuples, as configs write them."""
-    def fix(x):
-        if isinstance(x, dict):
-            return {k: fix(v) for k, v in x.items()}
-        if isinstance(x, list):
-            return tuple(fix(v) for v in x)
-        return x
-    return ml_collections.ConfigDict(fix(d))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -221,7 +212,7 @@ def load_model_checkpoint(path) -> tuple[dict, ml_collections.ConfigDict, int]:
         restored = manager.restore(step, args=ocp.args.Composite(
             params=ocp.args.PyTreeRestore(restore_args=restore_args),
             config=ocp.args.JsonRestore()))
-    return _int_keys(restored["params"]), config_from_json_dict(restored["config"]), step
+    return _int_keys(restored["params"]), config_lib.from_saved(restored["config"]), step
 
 
 def _int_keys(tree):
@@ -236,7 +227,7 @@ def load_config(path) -> ml_collections.ConfigDict:
     """Only the config of the latest complete checkpoint under `path`."""
     root, step = resolve_checkpoint(path)
     with (root / str(step) / "config" / "metadata").open() as f:
-        return config_from_json_dict(json.load(f))
+        return config_lib.from_saved(json.load(f))
 
 
 def _metadata_tree(meta) -> Any:

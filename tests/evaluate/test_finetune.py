@@ -6,7 +6,7 @@ import optax
 import pytest
 import torch
 
-from crema_jax.evaluate import finetuning
+from crema_jax.evaluate import finetune as finetuning
 
 
 def test_layer_ids_follow_block_depth():

@@ -1,5 +1,7 @@
-"""The full pretraining config: data, model and loss sections from their owners, plus the training
-sections (optim, train, mesh, checkpoint) defined here. configs/*.py start from default_config().
+"""The full config, one for every command: data, model and loss sections from their owners, plus
+the training sections (optim, train, mesh, checkpoint) defined here. configs/*.py start from
+default_config(); every checkpoint stores one, and `from_saved` reads it back onto the defaults
+(so code never needs `.get(field, default)` on a config).
 
 Continued pretraining from imported or earlier weights: `--config.train.init_from=DIR` (or
 `--workdir` pointing at an `import-torch --out` directory) loads the params and starts a fresh
@@ -30,14 +32,13 @@ def default_train_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0                   # model init and per-step RNG (data order has its own data.seed).
     c.num_steps = 1000           # optimizer steps (the schedule's length).
-    c.global_batch_size = 64     # ECGs per optimizer step over all processes and micro-batches.
+    # ECGs per optimizer step over all processes and micro-batches: THE batch size of pretraining.
+    # Each process reads global_batch_size / process count (config.data.batch_size is derived).
+    c.global_batch_size = 64
     c.log_every_steps = 1        # metrics.jsonl / TensorBoard / progress line.
     c.stop_after_steps = 0       # > 0: leave the loop early (preemption drills); schedule unchanged.
     c.inject_nan_at_step = -1    # test hook: the loss of this (1-based) step becomes NaN; -1 = off.
     c.debug_step_delay_seconds = 0.0  # test hook: sleep after each step (kill/preemption drills).
-    # > 0: train on this many in-memory synthetic ECGs instead of config.data (smoke tests,
-    # benchmarks); the rest of the Grain pipeline (crops, masks, views) is the real one.
-    c.synthetic_records = 0
     # A checkpoint (workdir, checkpoints dir or step dir) whose params start this run when the
     # workdir has no checkpoint of its own: continued pretraining from `import-torch` output or
     # another run. Only the weights (fixed tables included) are taken; the optimizer, RNG and data
@@ -79,18 +80,64 @@ def default_checkpoint_config() -> ml_collections.ConfigDict:
     return c
 
 
-def _section(module: str, fn: str) -> ml_collections.ConfigDict:
-    import importlib
-    return getattr(importlib.import_module(module), fn)()
+def default_config(model: str = "sit") -> ml_collections.ConfigDict:
+    """Every section's defaults; `model` picks the model section (a key of models.MODEL_CONFIGS)."""
+    from crema_jax.data.config import default_data_config
+    from crema_jax.losses.config import default_loss_config
+    from crema_jax.models import MODEL_CONFIGS
 
-
-def default_config() -> ml_collections.ConfigDict:
+    if model not in MODEL_CONFIGS:
+        raise ValueError(f"config.model.name={model!r}: expected one of {sorted(MODEL_CONFIGS)}")
     config = ml_collections.ConfigDict()
-    config.data = _section("crema_jax.data.config", "default_data_config")
-    config.model = _section("crema_jax.models.config", "default_model_config")
-    config.loss = _section("crema_jax.losses", "default_loss_config")
+    config.data = default_data_config()
+    config.model = MODEL_CONFIGS[model]()
+    config.model.name = model
+    config.loss = default_loss_config()
     config.optim = default_optim_config()
     config.train = default_train_config()
     config.mesh = default_mesh_config()
     config.checkpoint = default_checkpoint_config()
     return config
+
+
+# Sections whose saved value replaces the default wholesale (their keys vary by preset).
+_FREE_FORM = ("data.preprocess", "data.augment", "data.layout_options", "mesh.rules")
+
+
+def from_saved(saved: dict) -> ml_collections.ConfigDict:
+    """A config stored in a checkpoint (JSON-safe dict) read onto today's defaults.
+
+    Fields the checkpoint lacks keep their default; fields today's config no longer has are
+    dropped (an older or newer crema_jax wrote them). JSON lists come back as tuples.
+    """
+    saved = _tuples(saved)
+    config = default_config(saved.get("model", {}).get("name", "sit"))
+    _merge(config, saved, "")
+    return config
+
+
+def _tuples(x):
+    if isinstance(x, dict):
+        return {k: _tuples(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return tuple(_tuples(v) for v in x)
+    return x
+
+
+def _merge(node: ml_collections.ConfigDict, saved: dict, prefix: str) -> None:
+    with node.unlocked():
+        for key, value in saved.items():
+            path = f"{prefix}{key}"
+            if key not in node:
+                continue
+            current = node[key]
+            if path in _FREE_FORM or current is None or value is None:
+                node[key] = (ml_collections.ConfigDict(value) if isinstance(value, dict)
+                             else value)
+            elif isinstance(current, ml_collections.ConfigDict) and isinstance(value, dict):
+                _merge(current, value, path + ".")
+            else:
+                try:
+                    node[key] = value
+                except TypeError as err:
+                    raise ValueError(f"saved config field {path}={value!r}: {err}") from None

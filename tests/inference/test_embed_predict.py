@@ -12,11 +12,11 @@ import scipy.ndimage
 import scipy.signal
 import torch
 
-from crema_jax.data import records
-from crema_jax.export import embed, import_torch, inputs, model_io, predict
-from crema_jax.train import checkpoint
-from ecgfounder_torch_ref import Net1DRef
-from stmem_torch_ref import StMemEncoder, randomise_norms
+from crema_jax.data import layouts, records
+from crema_jax.export import import_torch
+from crema_jax.inference import backbones, embed, predict
+from tests.export.ecgfounder_torch_ref import Net1DRef
+from tests.export.stmem_torch_ref import StMemEncoder, randomise_norms
 
 SMALL_NET1D = dict(in_channels=12, filters=(16, 32), blocks=(1, 2), n_classes=150)
 
@@ -79,9 +79,9 @@ def test_label_file_is_ecgfounders():
 def test_predict_matches_reference_on_real_records(net1d_ckpt, cinc_sample_dir, tmp_path):
     ref, ckpt = net1d_ckpt
     paths = [str(cinc_sample_dir / r) for r in ("E07500", "E07503")]
-    params, config, _ = checkpoint.load_model_checkpoint(ckpt)
     signals = [records.read_record(p, target_fs=500).signal for p in paths]
-    got = predict.predict_probabilities(config, params, signals)
+    got = predict.predict_probabilities(backbones.load(ckpt, with_head=True),
+                                        records=paths)["probs"]
     x = np.stack([ecgfounder_preprocess(s) for s in signals])
     with torch.no_grad():
         want = torch.sigmoid(ref(torch.from_numpy(x))).numpy()
@@ -104,30 +104,30 @@ def test_predict_matches_reference_on_real_records(net1d_ckpt, cinc_sample_dir, 
 
 def test_embed_net1d_raw_and_logits(net1d_ckpt):
     ref, ckpt = net1d_ckpt
-    params, config, _ = checkpoint.load_model_checkpoint(ckpt)
+    backbone = backbones.load(ckpt, with_head=True)
     x = np.random.default_rng(0).standard_normal((3, 12, 601)).astype(np.float32)
-    feats = embed.embed(config, params, x, raw=True, batch_size=2)
-    logits = embed.embed(config, params, x, raw=True, logits=True, batch_size=2)
+    feats = embed.embed(backbone, array=x, raw=True, batch_size=2)["outputs"]
+    logits = embed.embed(backbone, array=x, raw=True, logits=True, batch_size=2)["outputs"]
     with torch.no_grad():
         assert rel_err(feats, ref.features(torch.from_numpy(x)).numpy()) <= 1e-5
         assert rel_err(logits, ref(torch.from_numpy(x)).numpy()) <= 1e-5
     with pytest.raises(embed.EmbedError, match="takes 12 leads"):
-        embed.embed(config, params, x[:, :3], raw=True)
+        embed.embed(backbone, array=x[:, :3], raw=True)
 
 
 def test_embed_sit_raw_and_three_crop_protocol(sit_ckpt):
     ref, ckpt = sit_ckpt
-    params, config, _ = checkpoint.load_model_checkpoint(ckpt)
+    backbone = backbones.load(ckpt)
     rng = np.random.default_rng(1)
     raw = rng.standard_normal((3, 12, 2250)).astype(np.float32)
-    got = embed.embed(config, params, raw, raw=True, batch_size=2)
+    got = embed.embed(backbone, array=raw, raw=True, batch_size=2)["outputs"]
     with torch.no_grad():
         want = ref.features(torch.from_numpy(raw.reshape(3, 12, 30, 75))).numpy()
     assert rel_err(got, want) <= 1e-5
 
     # Protocol: 10 s at 500 Hz -> 250 Hz, ST-MEM filters + z-score, crops 0/125/250, mean.
     ecg = np.cumsum(rng.standard_normal((2, 12, 5000)), axis=-1).astype(np.float32) * 0.01
-    got = embed.embed(config, params, ecg, fs=500.0, batch_size=2)
+    got = embed.embed(backbone, array=ecg, fs=500.0, batch_size=2)["outputs"]
     want = []
     for e in ecg:
         x = stmem_preprocess(records.resample(e, 500.0, 250.0)[0])
@@ -137,30 +137,27 @@ def test_embed_sit_raw_and_three_crop_protocol(sit_ckpt):
     assert rel_err(got, np.stack(want)) <= 1e-5
 
     with pytest.raises(embed.EmbedError, match=r"\(N, 12, 2250\)"):
-        embed.embed(config, params, raw[:, :, :2000], raw=True)
-    with pytest.raises(embed.EmbedError, match="no classification head"):
-        embed.embed(config, params, raw, raw=True, logits=True)
+        embed.embed(backbone, array=raw[:, :, :2000], raw=True)
+    with pytest.raises(ValueError, match="no classification head"):
+        embed.embed(backbone, array=raw, raw=True, logits=True)
 
 
 def test_record_lists_globs_and_folders(cinc_sample_dir):
-    folder = inputs.expand_records(str(cinc_sample_dir))
+    folder = layouts.expand_records(str(cinc_sample_dir))
     assert len(folder) == 50 and folder == sorted(folder)
-    assert inputs.expand_records(str(cinc_sample_dir / "E0750*.hea")) == folder[:10]
-    two = inputs.expand_records(f"{cinc_sample_dir}/E07500.hea,{cinc_sample_dir}/E07501")
+    assert layouts.expand_records(str(cinc_sample_dir / "E0750*.hea")) == folder[:10]
+    two = layouts.expand_records(f"{cinc_sample_dir}/E07500.hea,{cinc_sample_dir}/E07501")
     assert two == [str(cinc_sample_dir / "E07500"), str(cinc_sample_dir / "E07501")]
-    assert inputs.crop_offsets(2500, 2250, (0, 125, 250)) == [0, 125, 250]
-    assert inputs.crop_offsets(2250, 2250, (0, 125, 250)) == [0, 0, 0]
-    np.testing.assert_array_equal(inputs.fit_length(np.arange(7.0)[None], 4), [[1, 2, 3, 4]])
-    np.testing.assert_array_equal(inputs.fit_length(np.arange(2.0)[None], 4), [[0, 1, 0, 0]])
 
 
 def test_imported_checkpoints_load_as_evaluation_backbones(net1d_ckpt, sit_ckpt):
-    """probe/finetune read import-torch output through their backbone loaders."""
-    from crema_jax.evaluate import features
-
-    sit = features.load_backbone("sit", sit_ckpt[1])
-    net = features.load_backbone("net1d", net1d_ckpt[1])
-    assert sit.width == 64 and net.width == 32
+    """probe/finetune read import-torch output through the backbone registry, which picks the
+    family from the checkpoint."""
+    sit = backbones.load(sit_ckpt[1])
+    net = backbones.load(net1d_ckpt[1])
+    assert (sit.name, sit.width, net.name, net.width) == ("sit", 64, "net1d", 32)
+    with pytest.raises(ValueError, match="holds a 'net1d' model"):
+        backbones.load(net1d_ckpt[1], backbone="sit")
 
 
 def test_one_lead_model_reads_lead_one(cinc_sample_dir, tmp_path):
@@ -168,9 +165,9 @@ def test_one_lead_model_reads_lead_one(cinc_sample_dir, tmp_path):
     ref = Net1DRef(**{**SMALL_NET1D, "in_channels": 1}).eval()
     torch.save({"state_dict": ref.state_dict()}, tmp_path / "one.pth")
     import_torch.run_import(str(tmp_path / "one.pth"), "ecgfounder", str(tmp_path / "ckpt"))
-    params, config, _ = checkpoint.load_model_checkpoint(str(tmp_path / "ckpt"))
     signal = records.read_record(cinc_sample_dir / "E07501", target_fs=500).signal
-    got = predict.predict_probabilities(config, params, [signal])
+    got = predict.predict_probabilities(backbones.load(str(tmp_path / "ckpt"), with_head=True),
+                                        records=[str(cinc_sample_dir / "E07501")])["probs"]
     x = ecgfounder_preprocess(signal[:1])[None]
     with torch.no_grad():
         want = torch.sigmoid(ref(torch.from_numpy(x))).numpy()

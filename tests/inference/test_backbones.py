@@ -1,10 +1,12 @@
-"""Sharded multi-crop feature extraction equals the unsharded model, crop by crop."""
+"""Backbones: sharded multi-crop features equal the unsharded model crop by crop; Net1D's lead
+zero-fill; missing parameters named; the registry picks the family from the checkpoint."""
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-from crema_jax.evaluate import features
+from crema_jax import config as config_lib
+from crema_jax.inference import backbones
 from crema_jax.models import build_model, default_model_config
 from crema_jax.models.net1d import Net1D
 
@@ -31,13 +33,16 @@ def test_sharded_extraction_matches_per_crop_model():
     cfg.size = "tiny"
     model = build_model(cfg, rngs=nnx.Rngs(3))
     params = nnx.to_pure_dict(nnx.state(model))
-    graphdef, state = features.sit_encoder(cfg, params)
-    backbone = features.Backbone("sit", graphdef, state, None, features._sit_apply, 64)
-    mesh = features.data_mesh()
+    config = config_lib.default_config()
+    config.model = cfg
+    family = backbones.BACKBONES["sit"]
+    graphdef, state = family.build(config, params, seed=0)
+    backbone = backbones.Backbone(family, graphdef, state, config, 64, 0)
+    mesh = backbones.data_mesh()
     assert mesh.devices.size == 8
     batches = _batches(np.random.default_rng(0), 13, 8, leads)
-    out = features.extract(features.make_feature_fn(backbone, mesh), batches)
-    assert out["features"].shape == (13, 3, 64)
+    out = backbones.run(backbones.make_apply(backbone, mesh), batches)
+    assert out["outputs"].shape == (13, 3, 64)
     np.testing.assert_array_equal(out["index"], np.arange(13))
     # Reference: the pretraining model's own encoder on the flattened crops, one device.
     encoder = model.encoder
@@ -47,7 +52,7 @@ def test_sharded_extraction_matches_per_crop_model():
         flat = lambda x: x[:real].reshape((real * 3,) + x.shape[2:])  # noqa: E731
         leads_rep = np.repeat(batch["lead_indices"][:real], 3, axis=0)
         ref = np.asarray(reference(flat(batch["patches"]), leads_rep, flat(batch["patch_valid"])))
-        np.testing.assert_allclose(out["features"][b * 8:b * 8 + real].reshape(real * 3, -1),
+        np.testing.assert_allclose(out["outputs"][b * 8:b * 8 + real].reshape(real * 3, -1),
                                    ref, rtol=1e-4, atol=1e-5)
 
 
@@ -57,13 +62,13 @@ def test_net1d_features_zero_fill_missing_leads():
     import ml_collections
     model = Net1D(ml_collections.ConfigDict(cfg), rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(model)
-    backbone = features.Backbone("net1d", graphdef, state, None, features._net1d_apply, 8)
+    backbone = backbones.Backbone(backbones.BACKBONES["net1d"], graphdef, state, None, 8, 0)
     rng = np.random.default_rng(1)
     batch = {"patches": rng.normal(size=(8, 1, 2, 10, 20)).astype(np.float32),
              "patch_valid": np.ones((8, 1, 2, 10), bool),
              "lead_indices": np.tile(np.array([1, 7], np.int32), (8, 1))}
-    mesh = features.data_mesh(jax.devices()[:1])  # the zero-fill is under test, not sharding
-    got = np.asarray(features.make_feature_fn(backbone, mesh)(batch))
+    mesh = backbones.data_mesh(jax.devices()[:1])  # the zero-fill is under test, not sharding
+    got = np.asarray(backbones.make_apply(backbone, mesh)(batch))
     x = np.zeros((8, 12, 200), np.float32)
     x[:, 1] = batch["patches"][:, 0, 0].reshape(8, 200)
     x[:, 7] = batch["patches"][:, 0, 1].reshape(8, 200)
@@ -76,10 +81,21 @@ def test_checkpoint_missing_parameter_is_named():
     cfg.size = "tiny"
     params = nnx.to_pure_dict(nnx.state(build_model(cfg, rngs=nnx.Rngs(0))))
     del params["encoder"]["norm"]
+    config = config_lib.default_config()
+    config.model = cfg
     with pytest.raises(ValueError, match="norm/scale"):
-        features.sit_encoder(cfg, params)
+        backbones.BACKBONES["sit"].build(config, params, seed=0)
 
 
 def test_round_batch():
-    mesh = features.data_mesh(jax.devices()[:8])
-    assert [features.round_batch(b, mesh) for b in (1, 8, 9, 64)] == [8, 8, 16, 64]
+    mesh = backbones.data_mesh(jax.devices()[:8])
+    assert [backbones.round_batch(b, mesh) for b in (1, 8, 9, 64)] == [8, 8, 16, 64]
+
+
+def test_the_family_comes_from_the_model_and_random_needs_a_name():
+    assert backbones.family(config_lib.default_config("net1d")).name == "net1d"
+    assert backbones.family(config_lib.default_config("sit_encoder")).name == "sit"
+    config, params = backbones.load_config_and_params("random", backbone="net1d")
+    assert params is None and config.model.name == "net1d"
+    with pytest.raises(ValueError, match="expected one of"):
+        backbones.load_config_and_params("random", backbone="resnet")

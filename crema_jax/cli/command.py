@@ -1,0 +1,226 @@
+"""The one way a `crema-jax` subcommand declares its flags, prints its help and reports errors.
+
+    COMMAND = command.Command("probe", __doc__, usage="--checkpoint=DIR --root=DIR --workdir=DIR")
+    COMMAND.string("checkpoint", None, "workdir or step dir to read", required=True)
+
+    @COMMAND.main
+    def main(args):                # args.checkpoint, ..., args.positional
+        ...
+
+Each command owns a private absl FlagValues built afresh for every parse, so
+- `crema-jax COMMAND --help` lists that command's flags (help text and default) and nothing else:
+  not absl's, not JAX's, not another command's;
+- running several commands in one process (tests, notebooks) never mixes their flags or values.
+
+Errors end in ONE line on stderr, `crema-jax COMMAND: error: ...`: a bad flag (exit 2), and an
+input or setting the command cannot use (exit 1: CommandError, ValueError, and missing or
+existing files, a missing optional dependency). `--log_level=debug` adds the traceback. Anything else is a bug and keeps its
+traceback.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import textwrap
+import traceback
+import types
+from typing import Any, Callable, Sequence
+
+from absl import flags
+
+PROGRAM = "crema-jax"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+# Errors that mean "this input or setting cannot be used", reported in one line (ImportError:
+# an optional dependency such as torch is missing; its message says how to install it).
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+               IsADirectoryError, PermissionError, ImportError)
+
+
+class CommandError(Exception):
+    """An input or setting the command cannot use; the message says what was expected."""
+
+
+@dataclasses.dataclass
+class _Flag:
+    kind: str
+    name: str
+    default: Any
+    help: str
+    required: bool = False
+    extra: dict = dataclasses.field(default_factory=dict)
+
+
+class Command:
+    """A subcommand: its flags, its help and its entry point."""
+
+    def __init__(self, name: str, doc: str, *, usage: str = "", positional: str = ""):
+        self.name = name
+        self.summary = (doc or "").strip().split("\n\n")[0].strip()
+        self.usage = usage
+        self.positional = positional  # e.g. "RECORD..." ("" = no positional arguments)
+        self._flags: list[_Flag] = []
+        self._main: Callable | None = None
+        self._add("enum", "log_level", "warning", "Log messages at and above this level "
+                  "(debug also prints the traceback of an error).", values=list(LOG_LEVELS))
+
+    # ------------------------------------------------------------------------- declaring flags
+    def _add(self, kind, name, default, help_text, *, required=False, **extra):
+        if any(f.name == name for f in self._flags):
+            raise ValueError(f"{self.name}: flag --{name} declared twice")
+        self._flags.append(_Flag(kind, name, default, help_text, required, extra))
+
+    def string(self, name, default, help_text, *, required=False):
+        self._add("string", name, default, help_text, required=required)
+
+    def integer(self, name, default, help_text, *, lower_bound=None):
+        self._add("integer", name, default, help_text, lower_bound=lower_bound)
+
+    def float(self, name, default, help_text):
+        self._add("float", name, default, help_text)
+
+    def boolean(self, name, default, help_text):
+        self._add("bool", name, default, help_text)
+
+    def enum(self, name, default, values, help_text, *, required=False):
+        self._add("enum", name, default, help_text, required=required, values=list(values))
+
+    def list(self, name, default, help_text):
+        self._add("list", name, default, help_text)
+
+    def multi_string(self, name, default, help_text):
+        self._add("multi_string", name, default, help_text)
+
+    def config_file(self, name, help_text, *, required=True):
+        """An ml_collections config file flag: --NAME=FILE plus --NAME.SECTION.FIELD=VALUE."""
+        self._add("config", name, None, help_text, required=required)
+
+    def main(self, fn: Callable) -> Callable:
+        """Decorator: fn(args) is the command's body; returns it unchanged."""
+        self._main = fn
+        return fn
+
+    # ------------------------------------------------------------------------- parsing
+    def _flag_values(self, argv: Sequence[str]) -> flags.FlagValues:
+        from ml_collections import config_flags
+
+        fv = flags.FlagValues()
+        definers = {"string": flags.DEFINE_string, "float": flags.DEFINE_float,
+                    "bool": flags.DEFINE_boolean, "list": flags.DEFINE_list,
+                    "multi_string": flags.DEFINE_multi_string}
+        for f in self._flags:
+            if f.kind == "config":
+                config_flags.DEFINE_config_file(f.name, None, f.help, flag_values=fv,
+                                                lock_config=True, sys_argv=list(argv))
+            elif f.kind == "enum":
+                flags.DEFINE_enum(f.name, f.default, f.extra["values"], f.help, flag_values=fv)
+            elif f.kind == "integer":
+                flags.DEFINE_integer(f.name, f.default, f.help, flag_values=fv,
+                                     lower_bound=f.extra["lower_bound"])
+            else:
+                definers[f.kind](f.name, f.default, f.help, flag_values=fv)
+        return fv
+
+    def parse(self, argv: Sequence[str]) -> types.SimpleNamespace:
+        """argv WITHOUT the program and command names -> a namespace of flag values plus
+        `.positional`. Raises flags.Error (a usage error) with a one-line message."""
+        argv = [f"{PROGRAM} {self.name}", *argv]
+        fv = self._flag_values(argv)
+        positional = fv(argv)[1:]
+        if positional and not self.positional:
+            raise flags.Error(f"unexpected arguments {positional}; flags are --name=value")
+        values = {f.name: fv[f.name].value for f in self._flags}
+        missing = [f"--{f.name}" for f in self._flags if f.required and values[f.name] in
+                   (None, "")]
+        if missing:
+            raise flags.Error(f"{' and '.join(missing)} required (usage: {self.usage_line()})")
+        return types.SimpleNamespace(**values, positional=positional)
+
+    # ------------------------------------------------------------------------- help
+    def usage_line(self) -> str:
+        return " ".join(p for p in (PROGRAM, self.name, self.usage or "[--flag=value ...]",
+                                    self.positional) if p)
+
+    def help(self) -> str:
+        lines = [f"usage: {self.usage_line()}", "", self.summary, "", "flags:"]
+        for f in self._flags:
+            if f.kind == "config":
+                head = f"  --{f.name}=FILE, --{f.name}.SECTION.FIELD=VALUE"
+            elif f.kind == "bool":
+                head = f"  --[no]{f.name} (default: {str(f.default).lower()})"
+            else:
+                head = f"  --{f.name}=" + _default_text(f)
+            if f.required:
+                head += " (required)"
+            lines.append(head)
+            text = f.help + (f" One of: {', '.join(f.extra['values'])}."
+                             if f.kind == "enum" and f.name != "log_level" else "")
+            lines += textwrap.wrap(text, 96, initial_indent=" " * 6, subsequent_indent=" " * 6)
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------------- running
+    def run(self, argv: Sequence[str]):
+        """Parse argv (without program and command names) and run the command's body.
+
+        --help prints the help and returns 0. Errors print one line and raise SystemExit."""
+        argv = list(argv)
+        if any(a in ("-h", "--help", "-help", "--helpshort", "--helpfull") for a in argv):
+            print(self.help())
+            return 0
+        try:
+            args = self.parse(argv)
+        except flags.Error as err:
+            self._fail(str(err).splitlines()[0], code=2)
+        _set_log_level(args.log_level)
+        try:
+            return self._main(args)
+        except (CommandError, *USER_ERRORS) as err:
+            if args.log_level == "debug":
+                traceback.print_exc()
+            self._fail(_one_line(err), code=1)
+
+    def _fail(self, message: str, *, code: int):
+        sys.stdout.flush()
+        print(f"{PROGRAM} {self.name}: error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(code)
+
+
+def _default_text(f: _Flag) -> str:
+    if f.default is None:
+        return "VALUE" if f.kind != "integer" else "N"
+    if f.kind in ("list", "multi_string"):
+        return ",".join(str(v) for v in f.default) if f.default else "''"
+    return str(f.default) if f.default != "" else "''"
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err) or type(err).__name__
+    if isinstance(err, (FileNotFoundError, PermissionError)) and err.filename and \
+            str(err.filename) not in text:
+        text = f"{text}: {err.filename}"
+    return " ".join(text.split())
+
+
+def _set_log_level(level: str) -> None:
+    from absl import logging
+
+    logging.set_verbosity({"debug": logging.DEBUG, "info": logging.INFO,
+                           "warning": logging.WARNING, "error": logging.ERROR}[level])
+
+
+def parse_key_values(items: Sequence[str], *, flag: str) -> dict:
+    """["key=value", ...] (a repeatable flag) -> {key: value}: a VALUE that reads as JSON (numbers,
+    true/false, lists) becomes that value, True/False any case a bool, anything else a string."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CommandError(f"--{flag}={item!r}: expected KEY=VALUE")
+        if value.lower() in ("true", "false"):
+            options[key] = value.lower() == "true"
+            continue
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options

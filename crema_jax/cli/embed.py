@@ -1,0 +1,58 @@
+"""`crema-jax embed`: the features (or logits) a checkpoint's downstream head consumes, one row
+per ECG.
+
+    crema-jax embed --checkpoint=DIR --input=X.npy --out=Y.npy [--fs=500] [--raw] [--logits]
+    crema-jax embed --checkpoint=DIR --input=/data/records --out=Y.npy   # WFDB: a,b | glob | folder
+
+SiT: SEP tokens dropped, mean over lead x patch tokens, the final LayerNorm (ST-MEM); Net1D: the
+time-averaged features of the last stage. Without --raw the input takes the evaluation path of
+probe and finetune (resampling, the checkpoint's preprocessing, its crops, features averaged
+over crops); --raw feeds an array as given. For WFDB input, Y.records.txt lists the record of
+each row (unreadable records are skipped and counted).
+"""
+import os
+
+from crema_jax.cli import command
+
+COMMAND = command.Command("embed", __doc__,
+                          usage="--checkpoint=DIR --input=X.npy|RECORDS --out=Y.npy")
+COMMAND.string("checkpoint", None, "Workdir, checkpoints dir or step dir to read.", required=True)
+COMMAND.string("input", None, "X.npy (N, 12 or 1 leads, samples) in mV, or WFDB records: "
+               "a,b | a glob | a folder.", required=True)
+COMMAND.string("out", None, "Output Y.npy: (N, features) float32.", required=True)
+COMMAND.string("fs", "", "Sampling rate of an .npy input in Hz (default: the model's rate).")
+COMMAND.boolean("raw", False, "Feed the array as given: no resampling, preprocessing or crops.")
+COMMAND.boolean("logits", False, "Write classification logits (crop-averaged) instead of "
+                "features.")
+COMMAND.integer("batch_size", 16, "ECGs per forward pass.", lower_bound=1)
+
+
+@COMMAND.main
+def main(args) -> None:
+    import numpy as np
+
+    from crema_jax.data import layouts
+    from crema_jax.inference import backbones, embed
+
+    try:
+        fs = float(args.fs) if args.fs else None
+    except ValueError:
+        raise command.CommandError(f"--fs={args.fs!r}: expected a sampling rate in Hz") from None
+    backbone = backbones.load(args.checkpoint, with_head=args.logits)
+    records = None
+    if args.input.endswith(".npy"):
+        if not os.path.isfile(args.input):
+            raise FileNotFoundError(f"--input={args.input}: no such file")
+        out = embed.embed(backbone, array=np.load(args.input, allow_pickle=False), fs=fs,
+                          raw=args.raw, logits=args.logits, batch_size=args.batch_size)
+    else:
+        records = layouts.expand_records(args.input)
+        out = embed.embed(backbone, records=records, raw=args.raw, logits=args.logits,
+                          batch_size=args.batch_size)
+    np.save(args.out, out["outputs"])
+    if records is not None:
+        with open(os.path.splitext(args.out)[0] + ".records.txt", "w", encoding="utf-8") as f:
+            f.write("\n".join(layouts.record_id_of(records[i]) for i in out["index"]) + "\n")
+    skipped = out["skipped"].total
+    print(f"wrote {args.out}: {out['outputs'].shape} {'logits' if args.logits else 'features'}"
+          + (f"; skipped {skipped} unreadable records" if skipped else ""))

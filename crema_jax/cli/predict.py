@@ -1,0 +1,40 @@
+"""`crema-jax predict`: ECGFounder's 150 label probabilities for WFDB records.
+
+    crema-jax predict --model=ecgfounder --checkpoint=DIR RECORD... [--out=probs.csv] [--top=5]
+
+The checkpoint is an `import-torch --format=ecgfounder` import (12-lead, or 1-lead reading lead
+I). Records take ECGFounder's own data path: NaN -> 0, 50 Hz notch, 0.67-40 Hz band-pass, running
+median baseline removed, one z-score, 500 Hz, 10 s (a longer record's centred 10 s). RECORD:
+paths, globs or folders (each may also be comma-separated).
+"""
+from crema_jax.cli import command
+
+COMMAND = command.Command("predict", __doc__, usage="--model=ecgfounder --checkpoint=DIR",
+                          positional="RECORD...")
+COMMAND.enum("model", "ecgfounder", ["ecgfounder"], "The label model.")
+COMMAND.string("checkpoint", None, "Workdir, checkpoints dir or step dir to read.", required=True)
+COMMAND.string("out", "", "Output CSV of all label probabilities per record.")
+COMMAND.integer("top", 5, "Labels printed per record.", lower_bound=0)
+COMMAND.integer("batch_size", 16, "ECGs per forward pass.", lower_bound=1)
+
+
+@COMMAND.main
+def main(args) -> None:
+    from crema_jax.data import layouts
+    from crema_jax.inference import backbones, predict
+
+    if not args.positional:
+        raise command.CommandError(f"no records given (usage: {COMMAND.usage_line()})")
+    labels = predict.label_names()
+    backbone = backbones.load(args.checkpoint, with_head=True)
+    predict.check_backbone(backbone)
+    paths = layouts.expand_records(",".join(args.positional))
+    out = predict.predict_probabilities(backbone, records=paths, batch_size=args.batch_size)
+    ids = [layouts.record_id_of(paths[i]) for i in out["index"]]
+    print(predict.format_top(ids, out["probs"], labels, args.top))
+    if out["skipped"].total:
+        print(f"skipped {out['skipped'].total} unreadable records: "
+              f"{sorted(p for ps in out['skipped'].paths.values() for p in ps)}")
+    if args.out:
+        predict.write_csv(args.out, ids, out["probs"], labels)
+        print(f"wrote {args.out} ({len(ids)} records x {len(labels)} labels)")

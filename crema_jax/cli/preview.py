@@ -1,0 +1,23 @@
+"""`crema-jax preview`: draw what the model sees, a bundled ECG with its patches and its mask.
+
+    crema-jax preview [--out=preview.png] [--record=E07500] [--mask=random_per_lead] \
+        [--mask_ratio=0.75] [--seed=0]
+"""
+from crema_jax.cli import command
+
+COMMAND = command.Command("preview", __doc__, usage="[--out=preview.png] [--record=ID]")
+COMMAND.string("out", "preview.png", "Output PNG.")
+COMMAND.string("record", "", "Record id of the bundled sample (default: the first).")
+COMMAND.string("mask", "random_per_lead", "Masking strategy (a key of data.masking.MASKS).")
+COMMAND.float("mask_ratio", 0.75, "Fraction of patches hidden.")
+COMMAND.integer("seed", 0, "Seed of the crop and the mask.")
+
+
+@COMMAND.main
+def main(args) -> None:
+    from crema_jax.data import preview
+
+    element, title = preview.load_ecg(args.record)
+    preview.render(element, title, args.out, mask_name=args.mask, ratio=args.mask_ratio,
+                   seed=args.seed)
+    print(f"wrote {args.out}")

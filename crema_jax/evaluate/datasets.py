@@ -1,0 +1,115 @@
+"""Labelled datasets for evaluation: a layout's index (or a prepared cache's), its splits, its
+class vocabulary and label matrix, and the record source the evaluation pipeline reads.
+"""
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import numpy as np
+from absl import logging
+
+from crema_jax.evaluate import protocols
+
+
+@dataclasses.dataclass
+class Dataset:
+    infos: list
+    splits: np.ndarray          # (n,) "train"/"val"/"test" per record
+    sources: np.ndarray         # (n,) source per record
+    classes: list[str]
+    labels: np.ndarray          # (n, C) multi-hot
+    label_type: str
+    display: dict = dataclasses.field(default_factory=dict)  # class -> readable name
+    cache_dir: str = ""         # records are read from this prepared cache (infos' meta: row)
+
+
+def class_display_names(root: str, classes) -> dict:
+    """Readable names of label codes from a `snomed_codes.csv` beside the data (CinC 2021 ships
+    one: SNOMEDCTCode,Abbreviation,...); {} when there is none."""
+    import csv
+    path = pathlib.Path(root) / "snomed_codes.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if len(rows) < 2 or len(rows[0]) < 2:
+        return {}
+    names = {row[0].strip(): row[1].strip() for row in rows[1:] if len(row) >= 2}
+    return {c: names[c] for c in classes if names.get(c)}
+
+
+def _cache_index(cache_dir: str):
+    """A prepared cache's records as a layout index; each info's meta["cache_row"] is its row."""
+    from crema_jax.data import cache, layouts
+    index = cache.load_index(cache_dir)
+    infos = [layouts.RecordInfo(record_id=r["record_id"], path=r["path"],
+                                labels=tuple(r["labels"]), split=r["split"], source=r["source"],
+                                meta={"cache_row": row})
+             for row, r in enumerate(index["records"])]
+    return layouts.DatasetIndex(infos, list(index["label_names"]),
+                                layout=index["settings"].get("layout", ""),
+                                root=index["settings"].get("root", ""))
+
+
+def load_dataset(settings: dict) -> Dataset:
+    """The dataset named by an evaluation command's settings (layout, root, layout_options or
+    cache_dir; split_fractions, min_positives, label_type, seed): the index, (re-)split,
+    restricted to classes with enough training positives."""
+    from crema_jax.data import layouts
+
+    root, cache_dir, seed = settings["root"], settings["cache_dir"], settings["seed"]
+    split_fractions, min_positives = settings["split_fractions"], settings["min_positives"]
+    label_type = settings["label_type"]
+    if cache_dir:
+        index = _cache_index(cache_dir)
+        root = root or index.root
+    else:
+        options = dict(settings["layout_options"])
+        index = layouts.build_index(settings["layout"], root, **options)
+    infos = list(index.records)
+    if split_fractions:
+        splits = protocols.resplit(infos, [float(f) for f in split_fractions], seed=seed)
+    else:
+        splits = [info.split for info in infos]
+    splits = np.asarray(splits)
+    classes = protocols.select_classes(infos, index.label_names, splits,
+                                       min_positives=min_positives)
+    if not classes:
+        raise ValueError(f"no class has >= {min_positives} training positives in {root} "
+                         f"(--min_positives); {len(index.label_names)} classes in the layout")
+    labels = protocols.label_matrix(infos, classes)
+    if label_type == "auto":
+        label_type = protocols.infer_label_type(labels)
+    if label_type == "multiclass":  # softmax targets need exactly one class per record
+        keep = labels.sum(1) == 1
+        dropped = int((~keep).sum())
+        if dropped:
+            logging.warning("multiclass: leaving out %d records without exactly one class", dropped)
+        infos = [info for info, k in zip(infos, keep) if k]
+        splits, labels = splits[keep], labels[keep]
+    for split in protocols.SPLITS:
+        if not np.any(splits == split):
+            raise ValueError(f"the {split!r} split of {root} is empty; pass --split_fractions="
+                             "0.6,0.2,0.2 (a seeded re-split per source)")
+    return Dataset(infos, splits, np.asarray([info.source for info in infos]), classes, labels,
+                   label_type, class_display_names(root, classes), cache_dir=cache_dir)
+
+
+def make_source(dataset: Dataset, data_cfg, rows=None):
+    """A source over dataset records (all, or `rows`); its "index" is the row position.
+
+    WFDB files, or the prepared cache's records, which must have been preprocessed as `data_cfg`
+    says (CacheSource raises, naming the cache, when they were not)."""
+    from crema_jax.data.pipeline import preprocess_settings
+    from crema_jax.data.sources import WfdbSource
+    infos = dataset.infos if rows is None else [dataset.infos[i] for i in rows]
+    if dataset.cache_dir:
+        from crema_jax.data.cache import CacheSource
+        source = CacheSource(dataset.cache_dir, expect_target_fs=data_cfg.target_fs,
+                             expect_preprocess=preprocess_settings(data_cfg),
+                             expect_derive_limb_leads=bool(data_cfg.derive_limb_leads))
+        return source.subset([info.meta["cache_row"] for info in infos], dataset.classes)
+    return WfdbSource(infos, dataset.classes, target_fs=data_cfg.target_fs,
+                      preprocess_cfg=preprocess_settings(data_cfg),
+                      derive_limb_leads=data_cfg.derive_limb_leads, leads=data_cfg.leads)

@@ -1,0 +1,271 @@
+"""Trained models applied to evaluation batches: the one model path of probe, finetune, embed and
+predict.
+
+A backbone is a checkpoint's model (or a fresh one: --checkpoint=random) plus what it expects of
+its input. The registry BACKBONES is keyed by model family (config.model.name "sit" and
+"sit_encoder" are the "sit" family); each entry says
+- `data_config`: the data section its batches are built with (rate, crop, patch, preprocessing,
+  number of evaluation crops), and the leads it can take;
+- `build`: the nnx module holding the checkpoint's params (a SiT encoder, optionally with a
+  classification head; Net1D);
+- `features` / `logits`: per-crop outputs (B, C, D) / (B, C, classes) of an evaluation batch
+  (crema_jax/data/batch.py).
+
+Crop averaging: the linear probe and `embed` average the crops' FEATURES (one vector per ECG; a
+linear head on averaged features equals the average of the per-crop heads' logits); fine-tuning
+and `embed --logits` / `predict` average the crops' LOGITS (ST-MEM averages predictions).
+
+Everything is jitted once per batch shape and sharded over a 1-D "data" mesh of the available
+devices: parameters replicated, the batch split (its size rounded up to a multiple of the device
+count; the pipeline pads the last batch).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+from crema_jax import checkpoint as ckpt_lib
+from crema_jax import config as config_lib
+from crema_jax import models
+from crema_jax.data import preprocess
+from crema_jax.models import params as params_lib
+
+RANDOM = "random"  # --checkpoint=random: a freshly initialised backbone (the baseline)
+
+
+# ------------------------------------------------------------------------------------ families
+class SitFamily:
+    """The SiT encoder of a pretraining or fine-tuned checkpoint; ST-MEM features =
+    norm(mean of the valid patch tokens), the crops of the checkpoint's own data section."""
+
+    name = "sit"
+
+    def data_config(self, config):
+        return config.data.copy_and_resolve_references()
+
+    def input_leads(self, config, leads):
+        return tuple(leads)
+
+    def build(self, config, params, *, seed: int, num_classes: int = 0, drop_path: float = 0.0):
+        """(graphdef, state) of a bare encoder; params None = random init. A head of
+        num_classes (0 = none) that the checkpoint lacks keeps its fresh init."""
+        cfg = config.model.copy_and_resolve_references()
+        with cfg.unlocked():
+            cfg.name, cfg.num_classes, cfg.drop_path = "sit_encoder", num_classes, drop_path
+        graphdef, state = nnx.split(models.build_model(cfg, rngs=nnx.Rngs(seed)))
+        if params is None:
+            return graphdef, state
+        params = dict(params.get("encoder", params))
+        fresh = nnx.to_pure_dict(state)
+        if "head" in fresh and "head" not in params:
+            params["head"] = fresh["head"]
+        elif "head" not in fresh:
+            params.pop("head", None)
+        return graphdef, params_lib.fill_state(state, params, "SiT encoder")
+
+    def features(self, graphdef, state, batch):
+        return models.encode_features(graphdef, state, batch["patches"], batch["lead_indices"],
+                                      batch["patch_valid"])
+
+    def logits(self, graphdef, state, batch, rng=None):
+        b, c = batch["patches"].shape[:2]
+        flat = lambda x: x.reshape((b * c,) + x.shape[2:])  # noqa: E731 - crops as records
+        leads = jnp.repeat(batch["lead_indices"], c, axis=0)
+        out = models.classify(graphdef, state, flat(batch["patches"]), leads,
+                              flat(batch["patch_valid"]), rng, train=rng is not None)
+        return out.reshape(b, c, -1)
+
+    def width(self, config):
+        return models.resolve_size(config.model)["width"]
+
+    def num_classes(self, config):
+        return int(config.model.num_classes)
+
+
+class Net1dFamily:
+    """ECGFounder's Net1D: its authors' data path (500 Hz, 10 s, their preprocessing, one crop),
+    time-averaged last-stage features; the 1-lead model reads lead I."""
+
+    name = "net1d"
+
+    def data_config(self, config):
+        data = config_lib.default_config().data
+        samples = int(config.model.num_samples)
+        data.target_fs = float(config.model.sample_rate)
+        data.crop_samples = data.patch_size = samples  # one "patch" per lead: the whole window
+        data.eval_num_crops = 1
+        data.preprocess = preprocess.PRESETS["ecgfounder"]()
+        return data
+
+    def input_leads(self, config, leads):
+        return ("I",) if int(config.model.in_channels) == 1 else tuple(leads)
+
+    def build(self, config, params, *, seed: int, num_classes: int = 0, drop_path: float = 0.0):
+        del num_classes, drop_path
+        graphdef, state = nnx.split(models.build_model(config.model, rngs=nnx.Rngs(seed)))
+        if params is not None:
+            state = params_lib.fill_state(state, params, "Net1D")
+        return graphdef, state
+
+    def _inputs(self, model, batch):
+        """(B*C, in_channels, T): the crops' leads in canonical rows; leads the batch lacks
+        are zeros."""
+        patches, lead_indices = batch["patches"], batch["lead_indices"]
+        b, c, num_leads = patches.shape[:3]
+        x = patches.reshape(b * c, num_leads, -1)
+        if model.in_channels != num_leads:
+            onehot = jax.nn.one_hot(jnp.repeat(lead_indices, c, axis=0), 12, dtype=x.dtype)
+            x = jnp.einsum("blc,blt->bct", onehot, x)[:, : model.in_channels]
+        return x
+
+    def features(self, graphdef, state, batch):
+        model = nnx.merge(graphdef, state)
+        b, c = batch["patches"].shape[:2]
+        return model.features(self._inputs(model, batch)).reshape(b, c, -1)
+
+    def logits(self, graphdef, state, batch, rng=None):
+        del rng
+        model = nnx.merge(graphdef, state)
+        b, c = batch["patches"].shape[:2]
+        return model(self._inputs(model, batch)).reshape(b, c, -1)
+
+    def width(self, config):
+        return int(config.model.filters[-1])
+
+    def num_classes(self, config):
+        return int(config.model.num_classes)
+
+
+BACKBONES = {"sit": SitFamily(), "net1d": Net1dFamily()}
+FAMILY_OF_MODEL = {"sit": "sit", "sit_encoder": "sit", "net1d": "net1d"}
+
+
+def family(config):
+    name = config.model.name
+    if name not in FAMILY_OF_MODEL:
+        raise ValueError(f"config.model.name={name!r}: no backbone for it; expected one of "
+                         f"{sorted(FAMILY_OF_MODEL)}")
+    return BACKBONES[FAMILY_OF_MODEL[name]]
+
+
+# ------------------------------------------------------------------------------------ loading
+@dataclasses.dataclass
+class Backbone:
+    family: Any      # a BACKBONES entry
+    graphdef: Any
+    state: Any
+    config: Any      # the full config (model + data sections at least)
+    width: int
+    num_classes: int  # of the loaded head; 0 = features only
+
+    @property
+    def name(self) -> str:
+        return self.family.name
+
+
+def load_config_and_params(checkpoint: str, *, backbone: str = "", model_size: str = "tiny"):
+    """(full config, params or None) of a checkpoint, or of a fresh model for 'random'
+    (`backbone` sit|net1d, a SiT of `model_size`). A `backbone` that contradicts the
+    checkpoint's model is an error."""
+    if checkpoint == RANDOM:
+        name = backbone or "sit"
+        if name not in BACKBONES:
+            raise ValueError(f"--backbone={name!r}: expected one of {sorted(BACKBONES)}")
+        config = config_lib.default_config(name)
+        if name == "sit":
+            config.model.size = model_size
+        return config, None
+    params, config, _ = ckpt_lib.load_model_checkpoint(checkpoint)
+    if backbone and family(config).name != backbone:
+        raise ValueError(f"--backbone={backbone}: {checkpoint} holds a "
+                         f"{config.model.name!r} model")
+    return config, params
+
+
+def load(checkpoint: str, *, backbone: str = "", model_size: str = "tiny", seed: int = 0,
+         with_head: bool = False) -> Backbone:
+    """The backbone of a checkpoint (or 'random'); with_head keeps its classification head."""
+    config, params = load_config_and_params(checkpoint, backbone=backbone, model_size=model_size)
+    fam = family(config)
+    classes = fam.num_classes(config) if with_head else 0
+    graphdef, state = fam.build(config, params, seed=seed, num_classes=classes)
+    return Backbone(fam, graphdef, state, config, fam.width(config), classes)
+
+
+def eval_data_config(backbone_or_config, leads, *, batch_size: int, num_workers: int = 0):
+    """The data section a backbone's evaluation batches are built with (the same preprocessing
+    and crops in every command), for `leads` (canonical names)."""
+    config = getattr(backbone_or_config, "config", backbone_or_config)
+    fam = family(config)
+    cfg = fam.data_config(config)
+    with cfg.unlocked():
+        cfg.leads = fam.input_leads(config, leads)
+        cfg.batch_size = int(batch_size)
+        cfg.num_workers = int(num_workers)
+        cfg.split, cfg.cache_dir, cfg.strict, cfg.synthetic_records = "", "", False, 0
+        cfg.num_epochs = 1
+    return cfg
+
+
+# ------------------------------------------------------------------------------------ applying
+def data_mesh(devices=None) -> jax.sharding.Mesh:
+    devices = jax.devices() if devices is None else list(devices)
+    return jax.make_mesh((len(devices),), ("data",), axis_types=(AxisType.Auto,), devices=devices)
+
+
+def round_batch(batch_size: int, mesh) -> int:
+    """The smallest multiple of the mesh's device count that holds batch_size records."""
+    n = mesh.devices.size
+    return max(n, int(math.ceil(batch_size / n)) * n)
+
+
+def make_apply(backbone: Backbone, mesh, *, output: str = "features"):
+    """jit(per-crop features or logits) with replicated params and the batch split over the
+    mesh: batch dict (batch.py EVAL_KEYS) -> (B, C, D)."""
+    if output == "logits" and backbone.num_classes <= 0:
+        raise ValueError("this checkpoint has no classification head (config.model.num_classes "
+                         "is 0); write features instead")
+    fn = backbone.family.features if output == "features" else backbone.family.logits
+    batch_sh, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+
+    def apply(state, patches, lead_indices, patch_valid):
+        return fn(backbone.graphdef, state, {"patches": patches, "lead_indices": lead_indices,
+                                             "patch_valid": patch_valid})
+
+    jitted = jax.jit(apply, in_shardings=(replicated, batch_sh, batch_sh, batch_sh),
+                     out_shardings=batch_sh)
+    state = jax.device_put(backbone.state, replicated)
+    return lambda b: jitted(state, b["patches"], b["lead_indices"], b["patch_valid"])
+
+
+def run(apply_fn, batches: Iterable[dict]) -> dict:
+    """apply_fn over evaluation batches, keeping the real rows (the batches' "valid").
+
+    Returns {"outputs": (n, C, D) float32 per crop, "labels": (n, K), "index": (n,) int64}.
+    Dispatch is asynchronous: the next batch is read while the devices compute.
+    """
+    pending, out = [], {"outputs": [], "labels": [], "index": []}
+
+    def collect(item):
+        result, batch = item
+        keep = np.asarray(batch["valid"])
+        out["outputs"].append(np.asarray(result, np.float32)[keep])
+        out["labels"].append(np.asarray(batch["labels"])[keep])
+        out["index"].append(np.asarray(batch["index"], np.int64)[keep])
+
+    for batch in batches:
+        pending.append((apply_fn(batch), batch))
+        if len(pending) > 1:
+            collect(pending.pop(0))
+    for item in pending:
+        collect(item)
+    if not out["index"]:
+        raise ValueError("the dataset yielded no readable records")
+    return {k: np.concatenate(v) for k, v in out.items()}

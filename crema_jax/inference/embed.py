@@ -1,0 +1,98 @@
+"""Features (or logits) of a checkpoint for any ECGs: `crema-jax embed` and `predict`.
+
+One row per ECG. Inputs are WFDB records (paths, globs, folders) or arrays (N, leads, samples)
+at a stated rate, with leads in canonical order (12 leads, or lead I alone). They go through
+the SAME path as probe and finetune: the evaluation pipeline with the backbone's data section
+(resampling to its rate, its preprocessing, the crops of `batch.eval_crop_starts`), then the
+backbone's features averaged over crops (logits averaged with `logits=True`).
+
+`raw=True` feeds an array as given, one crop: (N, 12, num_patches * patch_size) for a SiT,
+(N, in_channels, T) for Net1D.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from crema_jax.data import layouts, pipeline, sources
+from crema_jax.data.leads import LEADS
+from crema_jax.inference import backbones
+
+
+class EmbedError(ValueError):
+    """An input the model cannot take; the message says what was expected."""
+
+
+def record_source(paths, data_cfg) -> sources.WfdbSource:
+    infos = [layouts.RecordInfo(record_id=layouts.record_id_of(p), path=p, labels=(), split="",
+                                source="") for p in paths]
+    return sources.WfdbSource(infos, [], target_fs=data_cfg.target_fs,
+                              preprocess_cfg=pipeline.preprocess_settings(data_cfg),
+                              derive_limb_leads=data_cfg.derive_limb_leads,
+                              leads=data_cfg.leads)
+
+
+def array_source(x: np.ndarray, fs: float, data_cfg) -> sources.RawArraySource:
+    """(N, 12, T) canonical leads, or (N, 1, T) lead I, at `fs` Hz."""
+    x = np.asarray(x)
+    if x.ndim != 3 or x.shape[0] < 1 or x.shape[1] not in (1, 12):
+        raise EmbedError(f"expected an array (N, 12, samples) in canonical lead order, or "
+                         f"(N, 1, samples) of lead I, with N >= 1; got shape {x.shape}")
+    signals = np.zeros((x.shape[0], 12, x.shape[2]), np.float32)
+    signals[:, : x.shape[1]] = x
+    present = np.zeros((x.shape[0], 12), bool)
+    present[:, : x.shape[1]] = True
+    return sources.RawArraySource(signals, fs=fs, target_fs=data_cfg.target_fs,
+                                  preprocess_cfg=pipeline.preprocess_settings(data_cfg),
+                                  lead_present=present, leads=data_cfg.leads)
+
+
+def raw_batches(backbone, x: np.ndarray, batch_size: int):
+    """An array taken as the model input itself: one crop per ECG, every patch valid."""
+    x = np.asarray(x, np.float32)
+    if backbone.name == "sit":
+        patch, n = int(backbone.config.model.patch_size), int(backbone.config.model.num_patches)
+        if x.ndim != 3 or x.shape[1:] != (12, n * patch):
+            raise EmbedError(f"raw input for this SiT must be (N, 12, {n * patch}) ({n} patches "
+                             f"of {patch} samples), got {x.shape}")
+        patches = x.reshape(x.shape[0], 1, 12, n, patch)
+    else:
+        channels = int(backbone.config.model.in_channels)
+        if x.ndim != 3 or x.shape[1] != channels:
+            raise EmbedError(f"this Net1D takes {channels} leads, the input has shape {x.shape}")
+        patches = x[:, None, :, None, :]
+    leads = np.arange(patches.shape[2], dtype=np.int32)
+    for start in range(0, x.shape[0], batch_size):
+        chunk = patches[start:start + batch_size]
+        pad = batch_size - len(chunk)
+        yield {"patches": np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], np.float32)]),
+               "patch_valid": np.ones((batch_size,) + chunk.shape[1:4], bool),
+               "lead_indices": np.broadcast_to(leads, (batch_size, len(leads))).copy(),
+               "labels": np.zeros((batch_size, 0), np.float32),
+               "index": np.arange(start, start + batch_size), "valid":
+                   np.arange(batch_size) < len(chunk)}
+
+
+def embed(backbone, *, records=None, array=None, fs: float | None = None, raw: bool = False,
+          logits: bool = False, batch_size: int = 16, mesh=None) -> dict:
+    """{"outputs": (N, D or classes) crop-averaged, "index": rows read, "skipped": SkipStats}.
+
+    Give `records` (WFDB paths) or `array` (with `fs`, default: the model's rate). Records that
+    cannot be read are skipped and counted, never fatal."""
+    mesh = backbones.data_mesh() if mesh is None else mesh
+    batch_size = backbones.round_batch(batch_size, mesh)
+    stats = sources.SkipStats()
+    data_cfg = backbones.eval_data_config(backbone, backbone.family.input_leads(
+        backbone.config, LEADS), batch_size=batch_size)
+    if raw:
+        if array is None:
+            raise EmbedError("raw input needs an array (.npy), not WFDB records")
+        batches = raw_batches(backbone, array, batch_size)
+    else:
+        source = (record_source(records, data_cfg) if records is not None else
+                  array_source(array, float(fs or data_cfg.target_fs), data_cfg))
+        batches = pipeline.make_eval_dataset(data_cfg, source=source, process_index=0,
+                                             process_count=1, stats=stats)
+    apply = backbones.make_apply(backbone, mesh, output="logits" if logits else "features")
+    out = backbones.run(apply, batches)
+    return {"outputs": out["outputs"].mean(axis=1), "index": out["index"], "skipped": stats}
+

@@ -1,0 +1,66 @@
+"""ECGFounder's 150 label probabilities for ECGs (`crema-jax predict`).
+
+Sigmoid per label (multi-label) of the Net1D logits, computed through `embed` with logits: the
+backbone's data path is ECGFounder's own (inference/backbones.py Net1dFamily: 500 Hz, its
+preprocessing, one centred 10 s crop of longer records, zero-padded shorter ones). The 1-lead
+model reads lead I.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+
+import numpy as np
+
+from crema_jax.inference import embed
+
+LABELS_FILE = os.path.join(os.path.dirname(__file__), "ecgfounder_labels.txt")
+LABELS_SHA256 = "7c087a0d383c7ea9ae9b818ad00a551b029334edfa5f1fbb5036bfbaa0df0c39"
+
+
+def label_names() -> list[str]:
+    """ECGFounder's 150 labels in output order (checked against the published SHA-256)."""
+    with open(LABELS_FILE, "rb") as f:
+        data = f.read()
+    if hashlib.sha256(data).hexdigest() != LABELS_SHA256:
+        raise ValueError(f"{LABELS_FILE}: SHA-256 differs from ECGFounder's label file")
+    return data.decode("utf-8").splitlines()
+
+
+def check_backbone(backbone) -> None:
+    if backbone.name != "net1d":
+        raise ValueError("predict --model=ecgfounder needs a Net1D checkpoint (import one with "
+                         "`crema-jax import-torch --format=ecgfounder`); this one holds a "
+                         f"{backbone.config.model.name!r} model")
+    classes = len(label_names())
+    if backbone.num_classes != classes:
+        raise ValueError(f"the checkpoint has {backbone.num_classes} outputs; ECGFounder's label "
+                         f"file has {classes}")
+
+
+def predict_probabilities(backbone, *, records=None, array=None, fs=None, batch_size: int = 16
+                          ) -> dict:
+    """{"probs": (N, 150) float64, "index": rows read, "skipped": SkipStats}."""
+    check_backbone(backbone)
+    out = embed.embed(backbone, records=records, array=array, fs=fs, logits=True,
+                      batch_size=batch_size)
+    probs = 1.0 / (1.0 + np.exp(-out["outputs"].astype(np.float64)))
+    return {"probs": probs, "index": out["index"], "skipped": out["skipped"]}
+
+
+def write_csv(path: str, ids, probs: np.ndarray, labels) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["record"] + list(labels))
+        for rid, row in zip(ids, probs):
+            writer.writerow([rid] + [f"{p:.6f}" for p in row])
+
+
+def format_top(ids, probs: np.ndarray, labels, top: int) -> str:
+    lines = []
+    for rid, row in zip(ids, probs):
+        lines.append(f"{rid}:")
+        for c in np.argsort(-row, kind="stable")[:top]:
+            lines.append(f"  {row[c]:.3f}  {labels[c]}")
+    return "\n".join(lines)

@@ -1,0 +1,141 @@
+"""The command line: `crema-jax COMMAND --help` lists that command's flags and nothing else, errors
+are one line, and the package keeps its layers (no flags outside cli/, evaluate and export
+never reach train/)."""
+import ast
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from crema_jax.cli import command
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "crema_jax"
+CLI = [sys.executable, "-m", "crema_jax.main"]
+
+# Flags each command must list, chosen so that no other command has them: every command's
+# --help must show its own and none of the others'.
+OWN_FLAGS = {
+    "preview": ["--mask_ratio", "--record"],
+    "prepare": ["--records_per_shard", "--workers", "--stop_after_shards", "--strict"],
+    "pretrain": ["--config", "--dry_run", "--topology", "--coordinator_address"],
+    "probe": ["--l2_grid", "--probe_optimizer", "--probe_steps"],
+    "finetune": ["--epochs", "--layer_decay", "--patience"],
+    "embed": ["--input", "--raw", "--logits", "--fs"],
+    "predict": ["--top", "--model"],
+    "export-torch": ["--include_decoder"],
+    "import-torch": ["--format"],
+}
+# Shared by design (evaluation commands take a checkpoint), listed where they belong.
+SHARED = {"probe": ["--checkpoint", "--label_fractions", "--cross_domain"], "finetune": ["--checkpoint", "--lead_sets"],
+          "embed": ["--checkpoint", "--out"], "predict": ["--checkpoint", "--out"],
+          "export-torch": ["--checkpoint", "--out", "--layout"], "import-torch": ["--out"],
+          "prepare": ["--root", "--out", "--layout"], "pretrain": ["--workdir"],
+          "preview": ["--out", "--seed"]}
+
+
+def _run(*args):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+def _flags_in(text):
+    return {word.split("=")[0].replace("--[no]", "--") for line in text.splitlines()
+            for word in line.split() if word.startswith("--")}
+
+
+@pytest.mark.parametrize("name", sorted(OWN_FLAGS))
+def test_help_lists_the_commands_own_flags_and_no_others(name):
+    done = _run(name, "--help")
+    assert done.returncode == 0, done.stderr
+    listed = _flags_in(done.stdout)
+    for flag in OWN_FLAGS[name] + SHARED[name]:
+        assert flag in listed, (name, flag, done.stdout)
+    foreign = {f for other, flags in OWN_FLAGS.items() if other != name for f in flags}
+    assert not listed & foreign, (name, listed & foreign)
+    # Not absl's or JAX's global flags either, and every flag has help text and a default.
+    assert "--verbosity" not in listed and "jax_" not in done.stdout and "--helpfull" not in listed
+    assert done.stdout.startswith(f"usage: crema-jax {name} ")
+
+
+def test_top_level_help_lists_every_command():
+    done = _run("--help")
+    assert done.returncode == 0
+    for name in OWN_FLAGS:
+        assert f"  {name} " in done.stdout
+
+
+def test_bad_flags_end_in_one_line():
+    for args, fragment in ((("probe", "--nonexistent=1"), "Unknown command line flag"),
+                           (("probe", "--workdir=/tmp/x"), "--checkpoint"),
+                           (("embed", "--checkpoint=/nonexistent", "--input=x.npy",
+                             "--out=y.npy"), "/nonexistent"),
+                           (("import-torch", "--format=stmem", "--out=/tmp/x"),
+                            "expected one weight FILE")):
+        done = _run(*args)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode in (1, 2), (args, done.stderr)
+        assert len(lines) == 1 and lines[0].startswith(f"crema-jax {args[0]}: error: "), lines
+        assert fragment in lines[0], lines
+
+
+def test_key_value_options_are_typed():
+    assert command.parse_key_values(
+        ["source=site", "val_fraction=0.2", "sampling_rate=500", "drop_unlabelled=False"],
+        flag="layout_option") == {"source": "site", "val_fraction": 0.2, "sampling_rate": 500,
+                                  "drop_unlabelled": False}
+    with pytest.raises(command.CommandError, match="KEY=VALUE"):
+        command.parse_key_values(["site"], flag="layout_option")
+
+
+def test_a_command_parses_twice_in_one_process_without_leaking_values():
+    from crema_jax.cli import probe
+    first = probe.COMMAND.parse(["--checkpoint=a", "--workdir=w", "--probe_steps=7"])
+    second = probe.COMMAND.parse(["--checkpoint=b", "--workdir=w"])
+    assert (first.probe_steps, second.probe_steps, second.checkpoint) == (7, 200, "b")
+
+
+# ----------------------------------------------------------------------------- the layers
+def _module_files():
+    return {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(
+        ".__init__"): p for p in PACKAGE.rglob("*.py")}
+
+
+def _imports(path):
+    """crema_jax modules a file imports (at any depth of the file: local imports count)."""
+    tree = ast.parse(path.read_text())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names}
+    return {m for m in out if m.startswith("crema_jax")}
+
+
+def test_evaluate_and_export_never_reach_train():
+    """The transitive closure of imports from crema_jax.evaluate and crema_jax.export holds no
+    crema_jax.train module."""
+    files = _module_files()
+    graph = {m: {i for i in _imports(p) if i in files} for m, p in files.items()}
+    for start in [m for m in files if m.startswith(("crema_jax.evaluate", "crema_jax.export",
+                                                   "crema_jax.inference"))]:
+        seen, todo = set(), [start]
+        while todo:
+            m = todo.pop()
+            if m in seen:
+                continue
+            seen.add(m)
+            todo += graph[m]
+        reached = sorted(m for m in seen if m.startswith("crema_jax.train"))
+        assert not reached, (start, reached)
+
+
+def test_flags_are_defined_only_in_the_cli_package():
+    for module, path in _module_files().items():
+        if module.startswith("crema_jax.cli") or module == "crema_jax.main":  # the dispatcher
+            continue
+        text = path.read_text()
+        assert "DEFINE_" not in text and "absl import flags" not in text, module

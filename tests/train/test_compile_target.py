@@ -1,0 +1,43 @@
+"""What the trainer compiles depends on its target: the global batch comes from
+config.train.global_batch_size, and the XLA:CPU workaround (layers.residual_boundary) is in a CPU
+program only, never in one compiled for a TPU slice."""
+import jax
+import pytest
+
+from crema_jax.train import mesh as mesh_lib
+from crema_jax.train import trainer
+from tests.train.helpers import tiny_config
+
+
+def _compiled(config, devices=None):
+    parts = trainer.build(config, devices=devices)
+    return parts, trainer.compile_step(parts, config, trainer.abstract_state(parts, config))
+
+
+def test_global_batch_size_sets_the_global_batch_on_8_devices():
+    flops = {}
+    for global_batch in (8, 16):
+        config = tiny_config(**{"train.global_batch_size": global_batch, "mesh.data": 8})
+        report = trainer.dry_run(config, devices=jax.devices()[:8])
+        assert report["global_batch"] == global_batch and report["mesh"]["data"] == 8
+        flops[global_batch] = report["flops_per_step_per_device"]
+    # XLA's own count of the work per device doubles with the batch (1 -> 2 ECGs per device).
+    assert flops[16] / flops[8] == pytest.approx(2.0, rel=0.05)
+    with pytest.raises(ValueError, match="global_batch_size=12 must divide"):
+        trainer.dry_run(tiny_config(**{"train.global_batch_size": 12, "mesh.data": 8}),
+                        devices=jax.devices()[:8])
+    with pytest.raises(ValueError, match="data.batch_size=4: pretraining derives"):
+        trainer.dry_run(tiny_config(**{"data.batch_size": 4}), devices=jax.devices()[:1])
+
+
+def test_a_tpu_program_carries_no_cpu_workaround():
+    config = tiny_config(**{"train.global_batch_size": 8, "mesh.data": 4})
+    _, cpu = _compiled(config, devices=jax.devices()[:4])
+    cpu_text = cpu.as_text()
+    assert " conditional(" in cpu_text and "rng" in cpu_text   # the workaround, on CPU
+    parts, tpu = _compiled(config, devices=mesh_lib.tpu_topology_devices("v5e:2x2"))
+    assert parts["mesh"].devices.flat[0].platform == "tpu"
+    assert parts["model_cfg"].residual_boundary == "off"
+    tpu_text = tpu.as_text()
+    assert "fusion" in tpu_text                                  # a real TPU program
+    assert " conditional(" not in tpu_text and "rng" not in tpu_text.lower()
