@@ -53,29 +53,43 @@ def _sizes(model_cfg) -> dict:
     return model_config.resolve_size(model_cfg)
 
 
+def _encoder_blocks_and_head(model_cfg, block_key: str, names: dict, *, t: str, j: str,
+                             include_head: bool) -> list[Rule]:
+    """The encoder's blocks (torch keys block_key.format(i)), final norm and optional head."""
+    size = _sizes(model_cfg)
+    rules = []
+    for i in range(size["depth"]):
+        rules += _block(block_key.format(i), f"{j}blocks/{i}/", names, size["width"],
+                        size["num_heads"], size["head_dim"])
+    rules += _norm(t + "norm", j + "norm")
+    return rules + (_dense(t + "head", j + "head") if include_head else [])
+
+
+def _decoder_blocks(model_cfg, block_key: str, names: dict) -> list[Rule]:
+    rules = []
+    for i in range(int(model_cfg.decoder_depth)):
+        rules += _block(block_key.format(i), f"decoder/blocks/{i}/", names,
+                        int(model_cfg.decoder_width), int(model_cfg.decoder_num_heads),
+                        int(model_cfg.decoder_head_dim))
+    return rules
+
+
 def crema_rules(model_cfg, *, jax_prefix: str, include_head: bool, include_decoder: bool
                 ) -> list[Rule]:
-    size, j, t = _sizes(model_cfg), jax_prefix, "encoder."
+    j, t = jax_prefix, "encoder."
     rules = (_norm(t + "patch_embed.in_norm", j + "patch_embed/in_norm")
              + _dense(t + "patch_embed.proj", j + "patch_embed/proj")
              + _norm(t + "patch_embed.out_norm", j + "patch_embed/out_norm")
              + [same(t + "pos_embedding", j + "pos_embedding"),
                 same(t + "sep_embedding", j + "sep_embedding"),
                 same(t + "lead_embeddings", j + "lead_embeddings")])
-    for i in range(size["depth"]):
-        rules += _block(f"{t}blocks.{i}.", f"{j}blocks/{i}/", _CREMA_BLOCK, size["width"],
-                        size["num_heads"], size["head_dim"])
-    rules += _norm(t + "norm", j + "norm")
-    if include_head:
-        rules += _dense(t + "head", j + "head")
+    rules += _encoder_blocks_and_head(model_cfg, t + "blocks.{}.", _CREMA_BLOCK, t=t, j=j,
+                                      include_head=include_head)
     if include_decoder:
-        w = int(model_cfg.decoder_width)
         rules += (_dense("decoder.embed", "decoder/embed")
                   + [same("decoder.mask_embedding", "decoder/mask_embedding"),
                      same("decoder.pos_embedding", "decoder/pos_embedding")])
-        for i in range(int(model_cfg.decoder_depth)):
-            rules += _block(f"decoder.blocks.{i}.", f"decoder/blocks/{i}/", _CREMA_BLOCK, w,
-                            int(model_cfg.decoder_num_heads), int(model_cfg.decoder_head_dim))
+        rules += _decoder_blocks(model_cfg, "decoder.blocks.{}.", _CREMA_BLOCK)
         rules += _norm("decoder.norm", "decoder/norm") + _dense("decoder.head", "decoder/head")
         for k in range(int(model_cfg.proj_depth)):
             rules += _dense(f"projector.layers.{k}", f"projector/layers/{k}")
@@ -85,7 +99,7 @@ def crema_rules(model_cfg, *, jax_prefix: str, include_head: bool, include_decod
 
 def stmem_rules(model_cfg, *, jax_prefix: str, include_head: bool, include_decoder: bool
                 ) -> list[Rule]:
-    size, j = _sizes(model_cfg), jax_prefix
+    j = jax_prefix
     t = "encoder." if include_decoder else ""
 
     def patch(torch_name, jax_name, linear_weight=False):
@@ -103,20 +117,14 @@ def stmem_rules(model_cfg, *, jax_prefix: str, include_head: bool, include_decod
              patch("to_patch_embedding.3.bias", "patch_embed/out_norm/bias"),
              rows(tuple(f"{t}lead_embeddings.{i}" for i in range(model_cfg.num_lead_embeddings)),
                   j + "lead_embeddings")]
-    for i in range(size["depth"]):
-        rules += _block(f"{t}block{i}.", f"{j}blocks/{i}/", _STMEM_BLOCK, size["width"],
-                        size["num_heads"], size["head_dim"])
-    rules += _norm(t + "norm", j + "norm")
-    if include_head:
-        rules += _dense(t + "head", j + "head")
+    rules += _encoder_blocks_and_head(model_cfg, t + "block{}.", _STMEM_BLOCK, t=t, j=j,
+                                      include_head=include_head)
     if include_decoder:
         w = int(model_cfg.decoder_width)
         rules += [reshaped("mask_embedding", "decoder/mask_embedding", (1, 1, w), (w,)),
                   same("decoder_pos_embed", "decoder/pos_embedding")]
         rules += _dense("to_decoder_embedding", "decoder/embed")
-        for i in range(int(model_cfg.decoder_depth)):
-            rules += _block(f"decoder_blocks.{i}.", f"decoder/blocks/{i}/", _STMEM_BLOCK, w,
-                            int(model_cfg.decoder_num_heads), int(model_cfg.decoder_head_dim))
+        rules += _decoder_blocks(model_cfg, "decoder_blocks.{}.", _STMEM_BLOCK)
         rules += _norm("decoder_norm", "decoder/norm") + _dense("decoder_head", "decoder/head")
     return rules
 

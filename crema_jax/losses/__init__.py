@@ -1,6 +1,10 @@
 """Losses: pure functions `loss(outputs, batch, *, hyperparams) -> (scalar, metrics)` and the
-LOSSES registry. A new loss is one function plus one `register_loss` call (or dict line); its
-keyword-only hyperparameters are bound from config.loss fields of the same name by `get_loss`."""
+LOSSES registry. A new loss is one function plus one `register_loss` call (or dict line).
+
+`get_loss(config.loss)` binds a loss's keyword-only hyperparameters from the config.loss fields
+of the same name (`bind`). A loss composed of others takes them as functions: a keyword-only
+parameter named in LOSS_VALUED (e.g. crema's `contrastive`) is given the registered loss that
+config field names, itself bound by the same rule."""
 import functools
 import inspect
 
@@ -17,6 +21,8 @@ LOSSES = {
     "siglip": siglip,    # contrastive only, pairwise sigmoid, learnable temperature/bias
     "crema": crema,      # mae + lambda * contrastive (config.loss.contrastive)
 }
+# Keyword parameters whose config value is the NAME of another registered loss.
+LOSS_VALUED = ("contrastive",)
 
 
 def register_loss(name, fn):
@@ -26,18 +32,33 @@ def register_loss(name, fn):
     return fn
 
 
-def get_loss(loss_cfg):
-    """LOSSES[loss_cfg.name] with its keyword-only hyperparameters bound from loss_cfg fields of
-    the same name (fields it does not take are ignored; missing ones keep the function default)."""
-    name = loss_cfg["name"]
+def _lookup(name, field):
     if name not in LOSSES:
-        raise ValueError(f"config.loss.name={name!r}: expected one of {sorted(LOSSES)}")
-    fn = LOSSES[name]
-    params = inspect.signature(fn).parameters
-    kwargs = {k: loss_cfg[k] for k, p in params.items()
-              if p.kind is inspect.Parameter.KEYWORD_ONLY and k in loss_cfg}
+        raise ValueError(f"config.loss.{field}={name!r}: expected one of {sorted(LOSSES)}")
+    return LOSSES[name]
+
+
+def bind(fn, loss_cfg, *, _outer=()):
+    """`fn` with every keyword-only hyperparameter that loss_cfg has a field of the same name for
+    (fields it does not take are ignored; missing ones keep the function's default)."""
+    kwargs = {}
+    for key, param in inspect.signature(fn).parameters.items():
+        if param.kind is not inspect.Parameter.KEYWORD_ONLY or key not in loss_cfg:
+            continue
+        value = loss_cfg[key]
+        if key in LOSS_VALUED:
+            inner = _lookup(value, key)
+            if inner is fn or inner in _outer:
+                raise ValueError(f"config.loss.{key}={value!r}: a loss cannot contain itself")
+            value = bind(inner, loss_cfg, _outer=_outer + (fn,))
+        kwargs[key] = value
     return functools.partial(fn, **kwargs)
 
 
-__all__ = ["LOSSES", "CONTRASTIVE", "register_loss", "get_loss", "default_loss_config", "mae",
-           "stmem", "infonce", "simclr", "siglip", "crema"]
+def get_loss(loss_cfg):
+    """LOSSES[loss_cfg.name], bound to loss_cfg (see `bind`)."""
+    return bind(_lookup(loss_cfg["name"], "name"), loss_cfg)
+
+
+__all__ = ["LOSSES", "CONTRASTIVE", "LOSS_VALUED", "register_loss", "bind", "get_loss",
+           "default_loss_config", "mae", "stmem", "infonce", "simclr", "siglip", "crema"]

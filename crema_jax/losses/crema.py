@@ -3,13 +3,10 @@ from crema_jax.losses import contrastive as C
 from crema_jax.losses import mae as M
 
 
-def crema(outputs, batch, *, norm_pix_loss=True, contrastive="infonce", contrastive_weight=0.1,
-          temperature=0.1):
-    if contrastive not in C.CONTRASTIVE:
-        raise ValueError(f"config.loss.contrastive={contrastive!r}: expected one of "
-                         f"{sorted(C.CONTRASTIVE)}")
+def crema(outputs, batch, *, contrastive=C.infonce, norm_pix_loss=True, contrastive_weight=0.1):
+    """`contrastive` is a loss function (outputs, batch) -> (loss, metrics): get_loss passes the
+    registered loss that config.loss.contrastive names, bound to its own config.loss fields."""
     rec, metrics = M.mae(outputs, batch, norm_pix_loss=norm_pix_loss)
-    kwargs = {} if contrastive == "siglip" else {"temperature": temperature}
-    con, con_metrics = C.CONTRASTIVE[contrastive](outputs, batch, **kwargs)
+    con, con_metrics = contrastive(outputs, batch)
     loss = rec + contrastive_weight * con
     return loss, {**metrics, **con_metrics, "loss/total": loss}

@@ -64,7 +64,7 @@ def resolve_size(model_cfg) -> dict:
             f"config.model.size={model_cfg.size!r}: expected one of {sorted(SIZES)}")
     out = dict(SIZES[model_cfg.size])
     for key in out:
-        value = model_cfg.get(key, 0)
+        value = model_cfg[key]
         if value:
             out[key] = int(value)
     return out

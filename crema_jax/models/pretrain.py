@@ -33,7 +33,7 @@ def unshuffle(visible_tokens, mask_token, visible_idx, num_slots):
 
     A gather, not a scatter: slot s reads visible token #(rank of s among visible slots) or a mask
     token. Gathers along a batch-sharded axis partition cleanly under SPMD. Needs visible_idx
-    ASCENDING per row (the CONTRACTS batch format).
+    ASCENDING per row (the batch format of crema_jax/data/batch.py).
     """
     b, k, w = visible_tokens.shape
     slots = jnp.arange(num_slots)
@@ -123,7 +123,7 @@ class PretrainModel(nnx.Module):
         self.logit_bias = nnx.Param(jnp.asarray(model_cfg.logit_bias_init, jnp.float32))
 
     def __call__(self, batch, *, rng=None):
-        """batch per CONTRACTS (view axis V). Returns "pred" (B,V,L,N,P), "pooled" (B,V,D),
+        """batch as crema_jax/data/batch.py's pretraining batch (view axis V). Returns "pred" (B,V,L,N,P), "pooled" (B,V,D),
         "proj" (B,V,E), "logit_scale", "logit_bias" (all float32)."""
         patches = batch["patches"]
         b, v, num_leads, n, p = patches.shape

@@ -114,10 +114,6 @@ class SiT(nnx.Module):
         seq = layers.run_blocks(self.blocks, seq, self.drop_rates, rng, self.scan)
         return seq[:, :k], seq[:, k:].reshape(b, num_leads, 2, -1)
 
-    def encode(self, patches, lead_indices, visible_idx=None, *, rng=None):
-        """CONTRACTS name for __call__."""
-        return self(patches, lead_indices, visible_idx, rng=rng)
-
     def pool(self, patch_tokens, weights=None):
         """ST-MEM's downstream features: mean over patch tokens (SEPs excluded), then `norm`.
         weights (B, K) bool/float restrict the mean (visible & valid); all-zero rows give norm(0)."""

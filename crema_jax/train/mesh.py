@@ -27,7 +27,7 @@ BATCH_AXES = ("data", "fsdp")  # The batch dim is split over both; tensor-parall
 # ------------------------------------------------------------------------------------------------
 def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
     """(data, fsdp, tensor) sizes; one size may be -1 = all devices the others leave."""
-    sizes = [int(mesh_cfg.get(name, 1)) for name in MESH_AXES]
+    sizes = [int(mesh_cfg[name]) for name in MESH_AXES]
     fill = [i for i, s in enumerate(sizes) if s == -1]
     if len(fill) > 1:
         raise ValueError(f"config.mesh: at most one of {MESH_AXES} may be -1, got {sizes}")
@@ -61,7 +61,7 @@ def logical_rules(mesh, mesh_cfg=None) -> tuple:
     from crema_jax.models import sharding
 
     rules = dict(sharding.DEFAULT_RULES)
-    overrides = tuple(mesh_cfg.get("rules", ()) or ()) if mesh_cfg is not None else ()
+    overrides = tuple(mesh_cfg.rules or ()) if mesh_cfg is not None else ()
     for entry in overrides:
         if len(entry) != 2:
             raise ValueError(f"config.mesh.rules: expected (logical_name, mesh_axes) pairs, "

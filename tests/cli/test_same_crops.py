@@ -68,6 +68,7 @@ def _expected(path, fs, preset, starts, crop):
 
 EVAL = ["--split_fractions=0.5,0.25,0.25", "--bootstrap=10", "--batch_size=8",
         "--lead_sets=12"]
+PROBE = ["--probe_steps=5", "--l2_grid=1"]   # the head is not under test: one small fit
 
 
 def test_every_command_uses_the_same_crops(setup, recorded, tmp_path):
@@ -78,7 +79,7 @@ def test_every_command_uses_the_same_crops(setup, recorded, tmp_path):
 
     got = {}
     probe.COMMAND.run([f"--checkpoint={root / 'sit'}", f"--root={root / 'data'}",
-                       f"--workdir={tmp_path / 'probe'}", "--probe_steps=5", *EVAL])
+                       f"--workdir={tmp_path / 'probe'}", *PROBE, *EVAL])
     got["probe"] = _crops_of(recorded, target)
     recorded.clear()
     finetune.COMMAND.run([f"--checkpoint={root / 'sit'}", f"--root={root / 'data'}",
@@ -98,7 +99,7 @@ def test_every_command_uses_the_same_crops(setup, recorded, tmp_path):
     got["predict"] = _crops_of(recorded, target)
     recorded.clear()
     probe.COMMAND.run([f"--checkpoint={root / 'net1d'}", f"--root={root / 'data'}",
-                       f"--workdir={tmp_path / 'probe_net1d'}", "--probe_steps=5", *EVAL])
+                       f"--workdir={tmp_path / 'probe_net1d'}", *PROBE, *EVAL])
     got["probe net1d"] = _crops_of(recorded, target)
     for name in ("predict", "probe net1d"):
         assert got[name].shape == net_want.shape, name

@@ -161,3 +161,28 @@ def test_contrastive_losses_use_global_negatives_across_devices(name, extra):
         jax.tree.map(lambda x: x[i:i + 2] if np.ndim(x) else x, outputs),
         jax.tree.map(lambda x: x[i:i + 2], batch))[0]) for i in range(0, B, 2)])
     assert abs(local - single) > 1e-3
+
+
+def test_crema_binds_its_contrastive_term_like_any_loss():
+    """config.loss.contrastive names any registered loss, user-defined included; its own
+    hyperparameters come from config.loss by the same keyword binding."""
+    from crema_jax import losses
+
+    def halved_infonce(outputs, batch, *, temperature=0.1):
+        loss, metrics = losses.infonce(outputs, batch, temperature=temperature)
+        return 0.5 * loss, metrics
+
+    losses.register_loss("halved_infonce", halved_infonce)
+    try:
+        outputs, batch = make_inputs(5)
+        cfg = {"name": "crema", "contrastive": "halved_infonce", "contrastive_weight": 0.3,
+               "temperature": 0.25, "norm_pix_loss": True}
+        loss = float(get_loss(cfg)(outputs, batch)[0])
+        expected = np_mae(outputs, batch, True) + 0.3 * 0.5 * np_infonce(outputs, 0.25)
+        assert abs(loss - expected) / expected < 1e-5
+        with pytest.raises(ValueError, match="config.loss.contrastive='nope'"):
+            get_loss({**cfg, "contrastive": "nope"})
+        with pytest.raises(ValueError, match="cannot contain itself"):
+            get_loss({**cfg, "contrastive": "crema"})
+    finally:
+        del losses.LOSSES["halved_infonce"]
