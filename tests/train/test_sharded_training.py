@@ -1,5 +1,8 @@
 """Sharded training on 8 fake CPU devices gives the 1-device losses; NaN stops the run; a
 checkpoint written on one mesh restores onto another."""
+import json
+import time
+
 import jax
 import numpy as np
 import optax
@@ -31,13 +34,30 @@ def sharded_runs(tmp_path_factory):
     return runs
 
 
+class _Slow:
+    """An input pipeline that takes `seconds` longer for every batch."""
+
+    def __init__(self, it, seconds):
+        self.it, self.seconds = it, seconds
+
+    def __next__(self):
+        time.sleep(self.seconds)
+        return next(self.it)
+
+
 def test_reference_run_learns(reference, tmp_path):
     losses = [reference["losses"][s] for s in range(1, 6)]
     assert all(np.isfinite(losses))
     # Five steps at lr 1e-2 on 16 ECGs against the same model frozen (lr 0) on the same batches:
-    # the difference is the learning alone, not batch noise.
-    frozen = trainer.train(tiny_config(**{"optim.base_lr": 0.0}), tmp_path,
-                           devices=jax.devices()[:1])["losses"]
+    # the difference is the learning alone, not batch noise. The frozen run's input pipeline is
+    # slowed by 0.25 s a batch, which its perf/data_wait_seconds must show.
+    frozen_config = tiny_config(**{"optim.base_lr": 0.0})
+    frozen = trainer.train(frozen_config, tmp_path, devices=jax.devices()[:1],
+                           batch_iter=_Slow(trainer.input_iterator(frozen_config, 8), 0.25))
+    waits = [json.loads(line)["perf/data_wait_seconds"]
+             for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(waits) == 5 and min(waits) >= 0.25 and max(waits) < 5, waits
+    frozen = frozen["losses"]
     assert frozen[1] == pytest.approx(losses[0], rel=1e-6)    # the same first batch and init
     assert np.mean(losses[-2:]) < 0.97 * np.mean([frozen[4], frozen[5]]), (losses, frozen)
 
