@@ -8,6 +8,10 @@ pipeline (read/decode -> crop -> patchify -> mask -> batches of 64) with num_wor
 and 2 (Grain mp_prefetch), after a warm-up that also absorbs worker start-up. Targets per worker
 process: cache >= 5,000 ECGs/s, raw 500 Hz WFDB >= 200 ECGs/s. "ECGs per CPU-s" (in-process
 rows) is the throughput of one dedicated core, the stable figure on a shared machine.
+
+A second table times the evaluation pipeline (what embed, probe and predict read) from the raw
+records under each data path (data/presets.py: crema, stmem, ecgfounder), in-process; the
+target is the same >= 200 ECGs/s per process.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import time
 from absl import flags
 
 from crema_jax.data import config as config_lib
-from crema_jax.data import pipeline, synthetic
+from crema_jax.data import pipeline, presets, synthetic
 
 
 def _throughput(cfg, batches: int, warmup: int) -> tuple[float, float | None]:
@@ -41,6 +45,17 @@ def _throughput(cfg, batches: int, warmup: int) -> tuple[float, float | None]:
         iterator.close()
     count = batches * cfg.batch_size
     return count / elapsed, (count / cpu if cfg.num_workers == 0 else None)
+
+
+def _eval_throughput(cfg, batches: int) -> tuple[float, float]:
+    """(ECGs/s wall clock, ECGs per CPU-second) of the evaluation pipeline, in-process."""
+    iterator = iter(pipeline.make_eval_dataset(cfg, process_index=0, process_count=1))
+    next(iterator)
+    start, cpu = time.perf_counter(), time.process_time()
+    count = 0
+    for _ in range(batches):
+        count += int(next(iterator)["valid"].sum())
+    return count / (time.perf_counter() - start), count / (time.process_time() - cpu)
 
 
 def main() -> None:
@@ -74,6 +89,14 @@ def main() -> None:
                 timed = args.batches if "cache" in name else max(2, args.batches // 4)
                 rate, per_cpu = _throughput(cfg, timed, warmup=2 if workers else 1)
                 rows.append((name, workers, rate, rate / max(workers, 1), per_cpu))
+        preset_rows = []
+        for preset in presets.NAMES:
+            for threads in (0, 2):
+                cfg = presets.apply(config_lib.default_data_config(), preset)
+                cfg.split, cfg.batch_size, cfg.num_epochs, cfg.root = "", 64, 1, raw_dir
+                cfg.read_threads = threads
+                preset_rows.append((preset, threads,
+                                    *_eval_throughput(cfg, max(2, args.batches // 4))))
 
     print(f"\nprepare: {args.records} records (500 Hz, 10 s) -> cache in {prepare_s:.1f} s "
           f"with 2 workers; batches of 64, {args.views} view(s), random_per_lead 0.75\n")
@@ -82,6 +105,12 @@ def main() -> None:
     for name, workers, rate, per, per_cpu in rows:
         cpu = f"{per_cpu:>14,.0f}" if per_cpu else f"{'-':>14}"
         print(f"| {name:<18} | {workers:>7} | {rate:>12,.0f} | {per:>17,.0f} | {cpu} |")
+    print("\nEvaluation pipeline from raw 500 Hz WFDB, one process, by data path (read threads "
+          "0 = the consuming thread reads; 2 = data.read_threads=2):\n")
+    print(f"| {'data path':<10} | read threads | ECGs/s per process | ECGs per CPU-s |")
+    print(f"|{'-' * 12}|--------------|--------------------|----------------|")
+    for preset, threads, rate, per_cpu in preset_rows:
+        print(f"| {preset:<10} | {threads:>12} | {rate:>18,.0f} | {per_cpu:>14,.0f} |")
     print(f"\nload average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 

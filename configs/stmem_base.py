@@ -6,10 +6,16 @@
 The baseline CREMA is compared against; its checkpoints are ST-MEM-layout compatible.
 """
 from crema_jax.config import default_config
+from crema_jax.data import presets
 
 
 def get_config():
     config = default_config()
+    # ST-MEM's own data path: 10 s windows, FFT resampling to 250 Hz, each random 2250-sample
+    # crop filtered and standardised on its own (data/presets.py), and lead embeddings by
+    # position, as its downstream models take them.
+    presets.apply(config.data, "stmem")
+    config.model.lead_embedding = "position"
     config.model.size = "base"
     config.loss.name = "stmem"            # normalised-target MSE on masked patches of view 0.
     config.data.num_views = 1             # no contrastive pair: half the input bandwidth.

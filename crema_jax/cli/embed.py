@@ -8,7 +8,8 @@ SiT: SEP tokens dropped, mean over lead x patch tokens, the final LayerNorm (ST-
 time-averaged features of the last stage. Without --raw the input takes the evaluation path of
 probe and finetune (resampling, the checkpoint's preprocessing, its crops, features averaged
 over crops); --raw feeds an array as given. For WFDB input, Y.records.txt lists the record of
-each row (unreadable records are skipped and counted).
+each row ("ID#k" for window k when the data path cuts records into windows; unreadable
+records are skipped and counted).
 """
 import os
 
@@ -25,6 +26,11 @@ COMMAND.boolean("raw", False, "Feed the array as given: no resampling, preproces
 COMMAND.boolean("logits", False, "Write classification logits (crop-averaged) instead of "
                 "features.")
 COMMAND.integer("batch_size", 16, "ECGs per forward pass.", lower_bound=1)
+COMMAND.enum("preset", "", ["", "crema", "stmem", "ecgfounder"], "The data path, file to model "
+             "input (data/presets.py): '' = the checkpoint's own (import-torch writes ST-MEM's "
+             "or ECGFounder's; ours is crema).")
+COMMAND.enum("windows", "rows", ["rows", "mean"], "When the data path cuts records into 10 s "
+             "windows (ST-MEM's): one row per window, or one per record (its windows' mean).")
 
 
 @COMMAND.main
@@ -44,15 +50,20 @@ def main(args) -> None:
         if not os.path.isfile(args.input):
             raise FileNotFoundError(f"--input={args.input}: no such file")
         out = embed.embed(backbone, array=np.load(args.input, allow_pickle=False), fs=fs,
-                          raw=args.raw, logits=args.logits, batch_size=args.batch_size)
+                          raw=args.raw, logits=args.logits, batch_size=args.batch_size,
+                          preset=args.preset or None, windows=args.windows)
     else:
         records = layouts.expand_records(args.input)
         out = embed.embed(backbone, records=records, raw=args.raw, logits=args.logits,
-                          batch_size=args.batch_size)
+                          batch_size=args.batch_size, preset=args.preset or None,
+                          windows=args.windows)
+    if out["data_cfg"] is not None:
+        print(backbones.describe_data_path(out["data_cfg"], args.preset))
     np.save(args.out, out["outputs"])
     if records is not None:
         with open(os.path.splitext(args.out)[0] + ".records.txt", "w", encoding="utf-8") as f:
-            f.write("\n".join(layouts.record_id_of(records[i]) for i in out["index"]) + "\n")
+            f.write("\n".join(embed.row_name(records, r, w)
+                              for r, w in zip(out["record"], out["window"])) + "\n")
     skipped = out["skipped"].total
     print(f"wrote {args.out}: {out['outputs'].shape} {'logits' if args.logits else 'features'}"
           + (f"; skipped {skipped} unreadable records" if skipped else ""))

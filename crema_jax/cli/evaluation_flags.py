@@ -7,6 +7,9 @@ def add(cmd: command.Command) -> None:
                "`import-torch`), or 'random' for a freshly initialised backbone.", required=True)
     cmd.string("backbone", "", "With --checkpoint=random: sit (a SiT of --model_size) or net1d "
                "(ECGFounder's Net1D). A checkpoint's own model decides otherwise.")
+    cmd.enum("preset", "", ["", "crema", "stmem", "ecgfounder"], "The data path, file to model "
+             "input (data/presets.py): '' = the checkpoint's own (import-torch writes ST-MEM's "
+             "or ECGFounder's; ours is crema).")
     cmd.string("model_size", "tiny", "SiT size for --checkpoint=random (tiny/small/base/large).")
     cmd.string("layout", "wfdb_folder", "Dataset layout: wfdb_folder, ptbxl or manifest.")
     cmd.string("root", None, "Dataset folder (or the manifest CSV); not needed with --cache_dir.")
@@ -50,6 +53,7 @@ def settings(args) -> dict:
         raise command.CommandError(f"--label_fractions/--split_fractions: {err}") from None
     return {
         "checkpoint": args.checkpoint, "backbone": args.backbone, "model_size": args.model_size,
+        "preset": args.preset,
         "layout": args.layout, "root": args.root or "", "cache_dir": args.cache_dir,
         "label_set": args.label_set, "layout_options": options, "workdir": args.workdir,
         "label_type": args.label_type, "min_positives": args.min_positives,

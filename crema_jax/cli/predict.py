@@ -16,12 +16,14 @@ COMMAND.string("checkpoint", None, "Workdir, checkpoints dir or step dir to read
 COMMAND.string("out", "", "Output CSV of all label probabilities per record.")
 COMMAND.integer("top", 5, "Labels printed per record.", lower_bound=0)
 COMMAND.integer("batch_size", 16, "ECGs per forward pass.", lower_bound=1)
+COMMAND.enum("preset", "", ["", "crema", "stmem", "ecgfounder"], "The data path (data/"
+             "presets.py): '' = the checkpoint's own (ECGFounder's for an import).")
 
 
 @COMMAND.main
 def main(args) -> None:
     from crema_jax.data import layouts
-    from crema_jax.inference import backbones, predict
+    from crema_jax.inference import backbones, embed, predict
 
     if not args.positional:
         raise command.CommandError(f"no records given (usage: {COMMAND.usage_line()})")
@@ -29,8 +31,10 @@ def main(args) -> None:
     backbone = backbones.load(args.checkpoint, with_head=True)
     predict.check_backbone(backbone)
     paths = layouts.expand_records(",".join(args.positional))
-    out = predict.predict_probabilities(backbone, records=paths, batch_size=args.batch_size)
-    ids = [layouts.record_id_of(paths[i]) for i in out["index"]]
+    out = predict.predict_probabilities(backbone, records=paths, batch_size=args.batch_size,
+                                        preset=args.preset or None)
+    print(backbones.describe_data_path(out["data_cfg"], args.preset))
+    ids = [embed.row_name(paths, r, w) for r, w in zip(out["record"], out["window"])]
     print(predict.format_top(ids, out["probs"], labels, args.top))
     if out["skipped"].total:
         print(f"skipped {out['skipped'].total} unreadable records: "

@@ -23,8 +23,8 @@ COMMAND.multi_string("layout_option", [], "KEY=VALUE keyword argument of the lay
 COMMAND.integer("workers", 2, "Worker processes (1 = in this process).", lower_bound=1)
 COMMAND.boolean("strict", False, "Stop with an error at the first bad record.")
 COMMAND.float("target_fs", 250.0, "Sampling rate of the cached signals, Hz.")
-COMMAND.string("preprocess", "stmem", "Preprocessing preset (a key of "
-               "data.preprocess.PRESETS: stmem, ecgfounder, none).")
+COMMAND.string("preprocess", "crema", "Preprocessing preset (a key of "
+               "data.preprocess.PRESETS: crema, ecgfounder, none; record-stage presets only).")
 COMMAND.integer("records_per_shard", 1024, "Records per ArrayRecord shard.", lower_bound=1)
 COMMAND.enum("dtype", "int16", ["float16", "int16"], "Stored sample type (int16 with a per-lead "
              "scale: see data/cache.py for why).")

@@ -178,6 +178,7 @@ class CacheSource:
         self.positions = np.asarray([int(r["position"]) for r in self.records], np.int64)
         self.labels = multi_hot([tuple(r["labels"]) for r in self.records], self.label_names)
         self.paths = [r["path"] for r in self.records]
+        self.record_rows = np.arange(len(self.records), dtype=np.int64)
         self._readers: dict[int, Any] = {}
 
     def __getstate__(self):
@@ -192,6 +193,7 @@ class CacheSource:
         out.records = [self.records[i] for i in rows]
         out.shards, out.positions = self.shards[rows], self.positions[rows]
         out.paths = [self.paths[i] for i in rows]
+        out.record_rows = np.arange(len(rows), dtype=np.int64)
         out.label_names = list(label_names)
         out.labels = multi_hot([tuple(r["labels"]) for r in out.records], out.label_names)
         return out

@@ -25,14 +25,26 @@ def default_data_config() -> ml_collections.ConfigDict:
     cfg.split = "train"          # Records of this split ("train"/"val"/"test"; "" = all records).
     cfg.derive_limb_leads = True  # Rebuild absent limb leads from two present ones (Einthoven).
 
+    # --- the data path: `presets.apply(cfg, NAME)` sets every field of this block (and the
+    # geometry and evaluation fields below) to "crema" (ours), "stmem" or "ecgfounder" (the
+    # peers' own paths; see data/presets.py for each step). These defaults are "crema".
+    cfg.preset = "crema"
+    # 0 = each record is one example; 10 = non-overlapping 10 s windows at the record's own rate
+    # (a trailing remainder dropped; records shorter than one window skipped), ST-MEM's examples.
+    cfg.window_seconds = 0.0
+    cfg.resample = "polyphase"   # "polyphase" (scipy resample_poly) | "fft" (scipy resample).
+    # NaN samples: "interpolate" short runs (a step would make the filters ring) | "zero"
+    # (ECGFounder) | "drop_window" (ST-MEM: a window holding any NaN is skipped).
+    cfg.nan_policy = "interpolate"
+
     # --- signal geometry (ST-MEM's tokenisation, so ST-MEM checkpoints fit unchanged)
     cfg.target_fs = 250.0        # ST-MEM trains at 250 Hz; 75-sample patches are then 0.3 s.
     cfg.crop_samples = 2250      # 9 s crops: leaves room for random shifts inside 10 s records.
     cfg.patch_size = 75          # -> 30 patches per lead, about one beat each at 60-100 bpm.
     cfg.leads = LEADS            # Rows to feed, in this order; e.g. ("I",) or the six limb leads.
-    # ST-MEM's preprocessing: 0.67-40 Hz zero-phase Butterworth + one global z-score per ECG.
-    # Use preprocess_lib.PRESETS["ecgfounder"]() for ECGFounder's, or ["none"]() for raw mV.
-    cfg.preprocess = preprocess_lib.PRESETS["stmem"]()
+    # 0.67-40 Hz zero-phase Butterworth + one z-score per record (preprocess.PRESETS["crema"]);
+    # preprocess.py documents each field; None = no preprocessing at all.
+    cfg.preprocess = preprocess_lib.PRESETS["crema"]()
 
     # --- pretraining views
     # ST-MEM's mask: 75% of patches hidden, the same count (7 visible of 30) in every lead.
@@ -58,6 +70,10 @@ def default_data_config() -> ml_collections.ConfigDict:
     # Crops per record, placed by batch.eval_crop_starts (the one crop policy of every command):
     # 3 = ST-MEM's crops, at 0/125/250 of a 10 s record at 250 Hz.
     cfg.eval_num_crops = 3
+    # How crops' outputs become one per example: "embedding" (the probe averages the crops'
+    # features, finetune their logits: before the nonlinearity) | "probability" (ST-MEM: each
+    # crop's sigmoid/softmax probabilities, averaged).
+    cfg.eval_crop_average = "embedding"
 
     # --- batching and workers
     # ECGs per batch in this process. Pretraining derives it from config.train.global_batch_size

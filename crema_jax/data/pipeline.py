@@ -31,14 +31,17 @@ from typing import Any, Mapping, Sequence
 
 import grain
 import jax
+import ml_collections
 import numpy as np
 from grain.experimental import RebatchIterDataset
 
 from crema_jax.data import augment as augment_lib
 from crema_jax.data import batch as batch_lib
 from crema_jax.data import masking
+from crema_jax.data import preprocess as preprocess_lib
 from crema_jax.data import records
 from crema_jax.data.leads import LEADS
+from crema_jax.data import sources as sources_lib
 from crema_jax.data.sources import SkipStats, WfdbSource
 
 
@@ -144,11 +147,16 @@ class _Geometry:
         self.crop = int(data_cfg["crop_samples"])
         self.patch = int(data_cfg["patch_size"])
         self.num_patches = batch_lib.num_patches(data_cfg)
+        pre = data_cfg["preprocess"]
+        # A crop-stage preset (ST-MEM's) filters and standardises each crop after cutting it.
+        self.crop_preprocess = (ml_collections.ConfigDict(dict(pre)) if pre is not None
+                                and pre["stage"] == "crop" else None)
+        self.fs = float(data_cfg["target_fs"])
 
     def fill(self, out: np.ndarray, element: Mapping, start: int) -> int:
         """Write crop [start, start+crop) of the selected rows into out (L, crop); zero-pad the
         end; return the number of real samples. A quantised signal (cache) is scaled here, in
-        the same pass that copies the crop."""
+        the same pass that copies the crop; a crop-stage preset runs on the real samples."""
         window = element["signal"][self.row_sel, start:start + self.crop]
         real = window.shape[1]
         scale = element.get("scale")
@@ -156,6 +164,10 @@ class _Geometry:
             out[:, :real] = window
         else:
             np.multiply(window, scale[self.row_sel, None], out=out[:, :real], casting="unsafe")
+        if self.crop_preprocess is not None and real >= 2:
+            present = np.asarray(element["lead_present"], bool)[self.rows]
+            out[:, :real] = preprocess_lib.preprocess(out[:, :real], self.fs,
+                                                      self.crop_preprocess, lead_present=present)
         out[:, real:] = 0.0
         return real
 
@@ -290,19 +302,22 @@ class PadBatch(grain.transforms.Map):
 
 # ---------------------------------------------------------------- sources and datasets
 
-def _plain(value: Any) -> Any:
-    if hasattr(value, "to_dict"):
-        value = value.to_dict()
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+def cache_source(data_cfg: Mapping, *, split: str = ""):
+    """The prepared cache of data.cache_dir, checked against the data path: it must hold records
+    resampled and preprocessed as data_cfg says (CacheSource raises, naming the setting), and a
+    cache holds whole records, so windowed or crop-stage paths need the raw files."""
+    from crema_jax.data import cache
 
-
-def preprocess_settings(data_cfg: Mapping) -> dict | None:
-    """data.preprocess as a plain dict (None = no preprocessing): what a cache records."""
-    return None if data_cfg["preprocess"] is None else _plain(data_cfg["preprocess"])
+    reading = sources_lib.Reading.from_data_config(data_cfg)
+    if reading.window_seconds > 0 or reading.native_rate or (
+            data_cfg["preprocess"] is not None and reading.preprocess is None):
+        raise ValueError(f"data.cache_dir: a cache holds whole preprocessed records; the "
+                         f"{data_cfg['preset']!r} data path (windows, FFT resampling or per-crop "
+                         "preprocessing) reads the raw records (data.root) instead")
+    return cache.CacheSource(data_cfg["cache_dir"], split=split,
+                             expect_target_fs=data_cfg["target_fs"],
+                             expect_preprocess=reading.preprocess,
+                             expect_derive_limb_leads=reading.derive_limb_leads)
 
 
 def make_source(data_cfg: Mapping, *, split: str | None = None):
@@ -315,25 +330,16 @@ def make_source(data_cfg: Mapping, *, split: str | None = None):
 
         return synthetic.synthetic_source(data_cfg)
     if data_cfg["cache_dir"]:
-        from crema_jax.data import cache
-
-        return cache.CacheSource(data_cfg["cache_dir"], split=split,
-                                 expect_target_fs=data_cfg["target_fs"],
-                                 expect_preprocess=preprocess_settings(data_cfg),
-                                 expect_derive_limb_leads=bool(data_cfg["derive_limb_leads"]))
+        return cache_source(data_cfg, split=split)
     from crema_jax.data import layouts  # Only raw-WFDB pipelines need the layout registry.
 
-    if data_cfg["layout"] not in layouts.LAYOUTS:
-        raise ValueError(f"data.layout: unknown layout {data_cfg['layout']!r}; "
-                         f"expected one of {sorted(layouts.LAYOUTS)}")
     if not data_cfg["root"]:
         raise ValueError("data.root: set the dataset folder (or data.cache_dir for a cache)")
-    index = layouts.LAYOUTS[data_cfg["layout"]](data_cfg["root"],
-                                                **dict(data_cfg["layout_options"]))
+    index = layouts.build_index(data_cfg["layout"], data_cfg["root"],
+                                **dict(data_cfg["layout_options"]))
     infos = [info for info in index.records if not split or info.split == split]
-    return WfdbSource(infos, index.label_names, target_fs=data_cfg["target_fs"],
-                      preprocess_cfg=preprocess_settings(data_cfg),
-                      derive_limb_leads=data_cfg["derive_limb_leads"], leads=data_cfg["leads"])
+    return WfdbSource(infos, index.label_names,
+                      reading=sources_lib.Reading.from_data_config(data_cfg))
 
 
 def _shard(process_index: int | None, process_count: int | None) -> tuple[int, int]:

@@ -99,7 +99,7 @@ def _finish(out: str, index, settings: dict, sidecars: list[dict]) -> tuple[int,
 
 def prepare(*, layout: str, root: str, out: str, layout_options: dict | None = None,
             workers: int = 2, strict: bool = False, target_fs: float = 250.0,
-            preprocess: str = "stmem", records_per_shard: int = 1024, dtype: str = "int16",
+            preprocess: str = "crema", records_per_shard: int = 1024, dtype: str = "int16",
             stop_after_shards: int = 0) -> dict:
     """Builds (or resumes) the cache in `out`; prints progress and the skip table.
 
@@ -120,6 +120,10 @@ def prepare(*, layout: str, root: str, out: str, layout_options: dict | None = N
     layout_options = dict(layout_options or {})
     index = layouts.LAYOUTS[layout](root, **layout_options)
     preprocess_cfg = preprocess_lib.PRESETS[preprocess]().to_dict()
+    if preprocess_cfg["stage"] != "record":
+        raise PrepareError(f"--preprocess={preprocess}: it runs on each crop, not on the record, "
+                           "and a cache holds preprocessed records; choose crema, ecgfounder or "
+                           "none")
     settings = _settings(index, dict(layout=layout, layout_options=layout_options, root=root,
                                      target_fs=target_fs, preprocess=preprocess, dtype=dtype,
                                      records_per_shard=records_per_shard), preprocess_cfg)

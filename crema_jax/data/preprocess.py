@@ -4,17 +4,22 @@ Order of operations in `preprocess` (the order ECGFounder's authors use; ST-MEM 
 filter -> normalise): notch -> Butterworth filter(s) -> running-median baseline removal ->
 normalisation -> clipping. Every step works along the last axis and is vectorised over leads.
 
-Presets (`PRESETS[name]()` returns a fresh ConfigDict):
-- "stmem" (= `default_preprocess_config()`): order-5 Butterworth high-pass 0.67 Hz then order-5
-  low-pass 40 Hz, both zero-phase (two separate filters, as ST-MEM), one global z-score.
-- "ecgfounder": 50 Hz notch (Q 30), order-4 band-pass 0.67-40 Hz, running median of
-  int(0.4*fs)+1 samples (made odd) subtracted, global (x - mean) / (std + 1e-8).
+Presets (`PRESETS[name]()` returns a fresh ConfigDict; the data paths that use them, with every
+other step, are in presets.py):
+- "crema" (= `default_preprocess_config()`): order-5 Butterworth high-pass 0.67 Hz then order-5
+  low-pass 40 Hz, each zero-phase `sosfiltfilt`, then one z-score of the whole record over its
+  recorded leads.
+- "stmem": the same two filters and a z-score over every fed lead, applied to each CROP
+  (stage "crop"), as ST-MEM's transforms do.
+- "ecgfounder": 50 Hz notch (Q 30) and an order-4 band-pass 0.67-40 Hz, both in (b, a) form
+  with `filtfilt`; `medfilt` baseline of int(0.4*fs)+1 samples (made odd) with zero-padded edges
+  subtracted; (x - mean) / (std + 1e-8) over the whole array.
 - "none": nothing at all.
 
-Absent (zero-filled) leads stay zero and are left out of normalisation statistics when
-`lead_present` is given: the statistics then describe the recorded leads only. For complete
-12-lead records this equals ST-MEM's / ECGFounder's statistics over the whole array exactly.
-A (lead) signal whose std is below 1e-8 (mV) normalises to zeros (ST-MEM: std 0 -> zeros).
+`stats="present"` leaves absent (zero-filled) leads out of the normalisation statistics (our
+choice); `stats="all"` takes every row, as the peers' code does (identical for complete records).
+Absent leads stay zero either way. A signal whose std is below 1e-8 (mV) normalises to zeros
+(ST-MEM: std 0 -> zeros).
 """
 from __future__ import annotations
 
@@ -27,11 +32,16 @@ import scipy.signal
 
 
 def default_preprocess_config() -> ml_collections.ConfigDict:
-    """ST-MEM's preprocessing (the default for pretraining)."""
+    """crema_jax's own preprocessing (the default for our models)."""
     return ml_collections.ConfigDict(dict(
+        # "record": on the whole record when it is read; "crop": on each crop (ST-MEM).
+        stage="record",
         # "cascade": separate high-pass and low-pass filters of `filter_order` (ST-MEM);
         # "bandpass": one band-pass design of `filter_order` (ECGFounder); "none".
         filter_type="cascade",
+        # "sos": second-order sections with sosfiltfilt; "ba": transfer function with filtfilt
+        # (ECGFounder's form; default odd padding of 3 * max(len(a), len(b)) samples).
+        filter_form="sos",
         low_hz=0.67,        # High-pass corner in Hz (None: no high-pass); removes baseline drift.
         high_hz=40.0,       # Low-pass corner in Hz (None: no low-pass); removes EMG and mains.
         filter_order=5,
@@ -39,22 +49,31 @@ def default_preprocess_config() -> ml_collections.ConfigDict:
         notch_q=30.0,
         baseline="none",    # "median": subtract a running median (ECGFounder); "none".
         baseline_window_s=0.4,
+        baseline_edges="nearest",  # running-median edges: "nearest" | "zero" (medfilt's).
         normalise="global",  # "global" | "per_lead" | "none".
+        stats="present",     # normalisation statistics over "present" leads or "all" rows.
         norm_eps=0.0,        # Added to the std; 0 means ST-MEM's "std 0 -> zeros" rule only.
         clip=ml_collections.config_dict.placeholder(float),  # |x| limit after normalisation.
     ))
 
 
-def _stmem() -> ml_collections.ConfigDict:
+def _crema() -> ml_collections.ConfigDict:
     return default_preprocess_config()
+
+
+def _stmem() -> ml_collections.ConfigDict:
+    cfg = default_preprocess_config()
+    cfg.stage, cfg.stats = "crop", "all"
+    return cfg
 
 
 def _ecgfounder() -> ml_collections.ConfigDict:
     cfg = default_preprocess_config()
-    cfg.filter_type, cfg.filter_order = "bandpass", 4
+    cfg.filter_type, cfg.filter_order, cfg.filter_form = "bandpass", 4, "ba"
     cfg.notch_hz = 50.0
-    cfg.baseline = "median"
+    cfg.baseline, cfg.baseline_edges = "median", "zero"
     cfg.norm_eps = 1e-8
+    cfg.stats = "all"
     return cfg
 
 
@@ -64,7 +83,7 @@ def _none() -> ml_collections.ConfigDict:
     return cfg
 
 
-PRESETS = {"stmem": _stmem, "ecgfounder": _ecgfounder, "none": _none}
+PRESETS = {"crema": _crema, "stmem": _stmem, "ecgfounder": _ecgfounder, "none": _none}
 
 
 @functools.lru_cache(maxsize=64)
@@ -100,24 +119,41 @@ def _sosfiltfilt(sos_zi: tuple[np.ndarray, np.ndarray], x: np.ndarray) -> np.nda
     return y[..., ::-1][..., edge:n + edge]
 
 
+def _filtfilt_ba(order: int, cutoff, btype: str, fs: float, x: np.ndarray) -> np.ndarray:
+    """scipy.signal.filtfilt of the (b, a) design, scipy's default odd padding (shortened for a
+    signal shorter than it)."""
+    b, a = scipy.signal.butter(order, cutoff, btype=btype, fs=fs)
+    return scipy.signal.filtfilt(b, a, x, axis=-1,
+                                 padlen=min(3 * max(len(a), len(b)), x.shape[-1] - 1))
+
+
 def butterworth(x: np.ndarray, fs: float, *, low_hz: float | None, high_hz: float | None,
-                order: int, kind: str = "cascade") -> np.ndarray:
+                order: int, kind: str = "cascade", form: str = "sos") -> np.ndarray:
     """Zero-phase Butterworth filtering along the last axis.
 
     kind "cascade": high-pass(low_hz) then low-pass(high_hz), each of `order` (ST-MEM);
     kind "bandpass": a single band-pass design of `order` (ECGFounder). A None corner skips that
     side (a band-pass with one corner degenerates to the single high/low-pass).
+    form "sos": second-order sections, sosfiltfilt; "ba": transfer function, filtfilt.
     """
     corners = [hz for hz in (low_hz, high_hz) if hz is not None]
     _check_cutoffs(corners, fs)
-    if kind == "bandpass" and low_hz is not None and high_hz is not None:
-        return _sosfiltfilt(_butter_sos(order, (low_hz, high_hz), "bandpass", fs), x)
     if kind not in ("cascade", "bandpass"):
         raise ValueError(f"filter kind must be 'cascade' or 'bandpass', got {kind!r}")
+    if form not in ("sos", "ba"):
+        raise ValueError(f"filter form must be 'sos' or 'ba', got {form!r}")
+
+    def run(cutoff, btype):
+        if form == "ba":
+            return _filtfilt_ba(order, cutoff, btype, fs, x)
+        return _sosfiltfilt(_butter_sos(order, cutoff, btype, fs), x)
+
+    if kind == "bandpass" and low_hz is not None and high_hz is not None:
+        return run((low_hz, high_hz), "bandpass")
     if low_hz is not None:
-        x = _sosfiltfilt(_butter_sos(order, low_hz, "highpass", fs), x)
+        x = run(low_hz, "highpass")
     if high_hz is not None:
-        x = _sosfiltfilt(_butter_sos(order, high_hz, "lowpass", fs), x)
+        x = run(high_hz, "lowpass")
     return x
 
 
@@ -129,18 +165,23 @@ def notch(x: np.ndarray, fs: float, *, freq_hz: float, q: float = 30.0) -> np.nd
                                                                x.shape[-1] - 1))
 
 
-def median_baseline(x: np.ndarray, fs: float, *, window_s: float = 0.4) -> np.ndarray:
+def median_baseline(x: np.ndarray, fs: float, *, window_s: float = 0.4,
+                    edges: str = "nearest") -> np.ndarray:
     """Subtracts a running median of int(window_s * fs) + 1 samples (made odd) per lead.
 
-    Edges hold the nearest sample (mode "nearest") rather than padding zeros, so the first and
-    last 0.2 s are not pulled towards zero.
+    edges "nearest" holds the edge sample, so the first and last 0.2 s are not pulled towards
+    zero (our choice); "zero" pads zeros, exactly `scipy.signal.medfilt` (ECGFounder's code).
     """
+    if edges not in ("nearest", "zero"):
+        raise ValueError(f"baseline_edges must be 'nearest' or 'zero', got {edges!r}")
     width = int(window_s * fs) + 1
     width += 1 - width % 2
+    mode = "nearest" if edges == "nearest" else "constant"
     # One 1-D call per lead: scipy's 1-D rank filter is ~25x faster than the same window given
-    # as a (1, width) footprint on the 2-D array.
+    # as a (1, width) footprint on the 2-D array (and than medfilt, whose output it equals).
     rows = x.reshape(-1, x.shape[-1])
-    baseline = np.stack([scipy.ndimage.median_filter(r, size=width, mode="nearest") for r in rows])
+    baseline = np.stack([scipy.ndimage.median_filter(r, size=width, mode=mode, cval=0.0)
+                         for r in rows])
     return x - baseline.reshape(x.shape)
 
 
@@ -158,22 +199,25 @@ def _zscore(x: np.ndarray, axis, eps: float) -> np.ndarray:
 
 
 def normalise(x: np.ndarray, mode: str, *, lead_present: np.ndarray | None = None,
-              eps: float = 0.0) -> np.ndarray:
-    """"global": one mean/std over the present leads and all time; "per_lead"; "none".
+              eps: float = 0.0, stats: str = "present") -> np.ndarray:
+    """"global": one mean/std over the leads and all time; "per_lead"; "none".
 
-    x: (leads, T). Absent leads (lead_present False) are excluded from the statistics and
-    returned as zeros.
+    x: (leads, T). stats "present": absent leads (lead_present False) are excluded from the
+    statistics; "all": every row counts (the peers' code). Absent leads are returned as zeros.
     """
     if mode == "none":
         return x
     if mode not in ("global", "per_lead"):
         raise ValueError(f"normalise must be 'global', 'per_lead' or 'none', got {mode!r}")
+    if stats not in ("present", "all"):
+        raise ValueError(f"stats must be 'present' or 'all', got {stats!r}")
     present = np.ones(x.shape[0], bool) if lead_present is None else np.asarray(lead_present)
     out = np.zeros_like(x)
     if not present.any():
         return out
-    rows = x[present]
-    out[present] = _zscore(rows, None if mode == "global" else -1, eps)
+    if stats == "all":
+        return _zscore(x, None if mode == "global" else -1, eps) * present[:, None]
+    out[present] = _zscore(x[present], None if mode == "global" else -1, eps)
     return out
 
 
@@ -181,18 +225,21 @@ def preprocess(signal: np.ndarray, fs: float, cfg: ml_collections.ConfigDict | d
                lead_present: np.ndarray | None = None) -> np.ndarray:
     """Applies the configured steps to a (leads, T) signal; returns float32 of the same shape."""
     if not isinstance(cfg, ml_collections.ConfigDict):  # e.g. the plain dict stored in a cache.
-        cfg = ml_collections.ConfigDict(dict(cfg))
+        full = default_preprocess_config()  # a dict of an older version lacks the newer keys
+        full.update(dict(cfg))
+        cfg = full
     x = np.asarray(signal, np.float64)
     if cfg.notch_hz is not None:
         x = notch(x, fs, freq_hz=cfg.notch_hz, q=cfg.notch_q)
     if cfg.filter_type != "none":
         x = butterworth(x, fs, low_hz=cfg.low_hz, high_hz=cfg.high_hz, order=cfg.filter_order,
-                        kind=cfg.filter_type)
+                        kind=cfg.filter_type, form=cfg.filter_form)
     if cfg.baseline == "median":
-        x = median_baseline(x, fs, window_s=cfg.baseline_window_s)
+        x = median_baseline(x, fs, window_s=cfg.baseline_window_s, edges=cfg.baseline_edges)
     elif cfg.baseline != "none":
         raise ValueError(f"baseline must be 'median' or 'none', got {cfg.baseline!r}")
-    x = normalise(x, cfg.normalise, lead_present=lead_present, eps=cfg.norm_eps)
+    x = normalise(x, cfg.normalise, lead_present=lead_present, eps=cfg.norm_eps,
+                  stats=cfg.stats)
     if lead_present is not None:
         x[~np.asarray(lead_present)] = 0.0  # Filters keep zero rows zero; this makes it exact.
     if cfg.clip is not None:

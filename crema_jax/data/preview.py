@@ -29,7 +29,7 @@ def load_ecg(record_id: str = "") -> tuple[dict, str]:
         ecg = records.read_record(matches[0].path, target_fs=250.0)
         signal, present, fs = ecg.signal, ecg.lead_present, ecg.fs
         title = f"{matches[0].record_id} ({matches[0].source}; Dx {', '.join(matches[0].labels)})"
-    signal = preprocess.preprocess(signal, fs, preprocess.PRESETS["stmem"](), lead_present=present)
+    signal = preprocess.preprocess(signal, fs, preprocess.PRESETS["crema"](), lead_present=present)
     return {"signal": signal, "lead_present": present, "index": 0, "labels": None}, title
 
 

@@ -40,6 +40,7 @@ import fractions
 import functools
 import os
 import pathlib
+import warnings
 
 import numpy as np
 import scipy.signal
@@ -212,8 +213,20 @@ def _resample_filter(up: int, down: int) -> np.ndarray:
     return scipy.signal.firwin(2 * 10 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0))
 
 
-def resample(x: np.ndarray, fs: float, target_fs: float) -> tuple[np.ndarray, float]:
-    """Polyphase resampling along the last axis; returns (signal, exact output rate)."""
+def resample(x: np.ndarray, fs: float, target_fs: float, *, method: str = "polyphase"
+             ) -> tuple[np.ndarray, float]:
+    """Resampling along the last axis; returns (signal, exact output rate).
+
+    "polyphase": scipy.signal.resample_poly with up/down = Fraction(target/fs) (ours);
+    "fft": scipy.signal.resample to int(T * target / fs) samples (ST-MEM's scripts)."""
+    if method == "fft":
+        if target_fs == fs:
+            return x, float(fs)
+        n = int(x.shape[-1] * target_fs / fs)
+        y = scipy.signal.resample(np.asarray(x, np.float64), n, axis=-1)
+        return y.astype(x.dtype, copy=False), float(target_fs)
+    if method != "polyphase":
+        raise ValueError(f"data.resample={method!r}: expected 'polyphase' or 'fft'")
     ratio = fractions.Fraction(target_fs / fs).limit_denominator(1000)
     if ratio == 1:
         return x, float(fs)
@@ -223,9 +236,12 @@ def resample(x: np.ndarray, fs: float, target_fs: float) -> tuple[np.ndarray, fl
     return y.astype(x.dtype, copy=False), float(fs * ratio)
 
 
+NAN_POLICIES = ("interpolate", "zero", "keep")
+
+
 def read_record(path, *, target_fs: float | None = 250.0, derive_limb_leads: bool = True,
                 min_seconds: float | None = 2.0, fs_range: tuple[float, float] = (50.0, 10000.0),
-                ) -> Ecg:
+                nan_policy: str = "interpolate", resample_method: str = "polyphase") -> Ecg:
     """Reads a WFDB record as a canonical 12-lead ECG (see the module docstring for repairs).
 
     Args:
@@ -235,7 +251,15 @@ def read_record(path, *, target_fs: float | None = 250.0, derive_limb_leads: boo
       min_seconds: shortest accepted duration at the output rate (None: no check). Crops longer
         than the record are the pipeline's business (it pads), this only rejects stubs.
       fs_range: plausible header sampling rates; anything outside is `bad_sampling_rate`.
+      nan_policy: "interpolate" partial NaN runs (all-NaN leads become absent zeros); "zero":
+        every NaN -> 0 (ECGFounder); "keep": leave NaN in place (the caller drops what holds
+        them; with target_fs None only, as resampling would smear them).
+      resample_method: "polyphase" | "fft" (see `resample`).
     """
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError(f"nan_policy={nan_policy!r}: expected one of {NAN_POLICIES}")
+    if nan_policy == "keep" and target_fs is not None:
+        raise ValueError("nan_policy='keep' needs target_fs=None (resampling spreads NaN)")
     base = record_base(path)
     header = read_header(base)
     if header.fs is None or not fs_range[0] <= header.fs <= fs_range[1]:
@@ -268,8 +292,19 @@ def read_record(path, *, target_fs: float | None = 250.0, derive_limb_leads: boo
         signal[row] = raw[:, ch] * _UNIT_TO_MV[unit]
         present[row] = True
 
-    _repair_nans(signal, present, repairs)
-    flat = present & (np.ptp(signal, axis=1) == 0)
+    if nan_policy == "interpolate":
+        _repair_nans(signal, present, repairs)
+    elif nan_policy == "zero" and np.isnan(signal).any():
+        repairs["nan_zeroed"] = int(np.isnan(signal).sum())
+        signal = np.nan_to_num(signal, nan=0.0)
+    if np.isnan(signal).any():  # nan_policy "keep": an all-NaN lead is not "flat"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            span = np.nanmax(signal, axis=1) - np.nanmin(signal, axis=1)
+        span = np.where(np.isnan(span), 1.0, span)
+    else:
+        span = np.ptp(signal, axis=1)
+    flat = present & (span == 0)
     if flat.any():
         signal[flat] = 0.0
         present &= ~flat
@@ -282,7 +317,7 @@ def read_record(path, *, target_fs: float | None = 250.0, derive_limb_leads: boo
     signal = signal.astype(np.float32)
     if target_fs is not None:
         rows = np.flatnonzero(present)
-        resampled, fs = resample(signal[rows], fs, float(target_fs))
+        resampled, fs = resample(signal[rows], fs, float(target_fs), method=resample_method)
         signal = np.zeros((leads_lib.NUM_LEADS, resampled.shape[1]), np.float32)
         signal[rows] = resampled
     if derive_limb_leads:

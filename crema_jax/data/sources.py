@@ -32,6 +32,7 @@ drops the record from its chunk (`pipeline.NonEmpty` then filters out chunks lef
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
 import os
@@ -70,25 +71,96 @@ def fed_leads_mask(leads: Sequence[str] | None) -> np.ndarray:
     return np.ones(len(LEADS), bool) if leads is None else np.isin(LEADS, tuple(leads))
 
 
+def preprocess_fed(signal: np.ndarray, fs: float, cfg, present: np.ndarray,
+                   fed: np.ndarray) -> np.ndarray:
+    """float32 (12, T): `cfg` (None = nothing) applied to the fed rows only, so statistics
+    over "all" rows mean all FED rows (a 1-lead model's z-score is lead I's own)."""
+    signal = np.asarray(signal, np.float32)
+    if cfg is None:
+        return signal
+    out = np.zeros_like(signal)
+    out[fed] = preprocess_lib.preprocess(signal[fed], fs, cfg, lead_present=present[fed])
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Reading:
+    """How a record file becomes a pipeline element: the data path's reading steps (the fields
+    of config.data that presets.py sets; see there for what each preset does)."""
+    target_fs: float = 250.0
+    resample: str = "polyphase"
+    nan_policy: str = "interpolate"     # interpolate | zero | drop_window
+    window_seconds: float = 0.0         # 0 = the whole record is one example
+    derive_limb_leads: bool = True
+    preprocess: Any = None              # applied in `load` (a record-stage preset) or None
+    leads: tuple | None = None          # the fed leads, selected before any statistics
+
+    @classmethod
+    def from_data_config(cls, data_cfg: Mapping) -> "Reading":
+        pre = data_cfg["preprocess"]
+        record_stage = pre is not None and pre["stage"] == "record"
+        return cls(target_fs=float(data_cfg["target_fs"]), resample=data_cfg["resample"],
+                   nan_policy=data_cfg["nan_policy"],
+                   window_seconds=float(data_cfg["window_seconds"]),
+                   derive_limb_leads=bool(data_cfg["derive_limb_leads"]),
+                   preprocess=_plain(pre) if record_stage else None,
+                   leads=tuple(data_cfg["leads"]))
+
+    @property
+    def native_rate(self) -> bool:
+        """Whether records are read at their own rate (windows, NaN checks, FFT come first)."""
+        return (self.window_seconds > 0 or self.nan_policy == "drop_window"
+                or self.resample != "polyphase")
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "to_dict"):
+        value = value.to_dict()
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
 class WfdbSource:
     """Raw WFDB records of a layout index; reading + preprocessing happen in `load`.
 
-    `leads`: the leads the model is fed (data.leads). The others are zeroed and marked absent
-    BEFORE preprocessing, so the statistics of a lead subset are its own (ST-MEM's and
-    ECGFounder's data paths select leads first, too)."""
+    Elements are examples: one per record, or (reading.window_seconds > 0) one per whole window,
+    counted from the headers when the source is built. A record too short for one window stays
+    one element whose `load` is a `too_short` skip, so it is counted like any bad record.
+    `record_rows[i]` is the position in `infos` of element i's record.
 
-    def __init__(self, infos: Sequence[Any], label_names: Sequence[str], *, target_fs: float,
-                 preprocess_cfg: Mapping | None, derive_limb_leads: bool = True,
-                 leads: Sequence[str] | None = None):
-        self.paths = [str(info.path) for info in infos]
-        self.record_ids = [str(info.record_id) for info in infos]
+    The leads the model is not fed are zeroed and marked absent BEFORE preprocessing, so the
+    statistics of a lead subset are its own (ST-MEM and ECGFounder select leads first, too)."""
+
+    def __init__(self, infos: Sequence[Any], label_names: Sequence[str], *,
+                 reading: Reading | None = None):
+        self.reading = Reading() if reading is None else reading
         self.label_names = list(label_names)
-        self.labels = multi_hot([tuple(info.labels) for info in infos], self.label_names)
-        self.target_fs = float(target_fs)
-        self.preprocess_cfg = (None if preprocess_cfg is None
-                               else ml_collections.ConfigDict(dict(preprocess_cfg)))
-        self.derive_limb_leads = bool(derive_limb_leads)
-        self.fed = fed_leads_mask(leads)
+        record_paths = [str(info.path) for info in infos]
+        record_labels = multi_hot([tuple(info.labels) for info in infos], self.label_names)
+        rows, windows = self._examples(record_paths)
+        self.record_rows, self.windows = np.asarray(rows, np.int64), np.asarray(windows, np.int64)
+        self.paths = [record_paths[r] for r in rows]
+        self.record_ids = [str(infos[r].record_id) for r in rows]
+        self.labels = record_labels[self.record_rows] if len(rows) else record_labels[:0]
+        self.preprocess_cfg = (None if self.reading.preprocess is None
+                               else ml_collections.ConfigDict(dict(self.reading.preprocess)))
+        self.fed = fed_leads_mask(self.reading.leads)
+
+    def _examples(self, paths):
+        """(record row, window) per example; window -1 = too short for one window."""
+        if self.reading.window_seconds <= 0:
+            return list(range(len(paths))), [0] * len(paths)
+        rows, windows = [], []
+        for row, path in enumerate(paths):
+            try:
+                header = records.read_header(path)
+                count = int(header.sig_len // int(self.reading.window_seconds * header.fs))
+            except Exception:  # noqa: BLE001 - a bad header is load's to report, as a skip
+                count = 1
+            rows += [row] * max(count, 1)
+            windows += list(range(count)) if count > 0 else [-1]
+        return rows, windows
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -97,22 +169,37 @@ class WfdbSource:
         return {"index": np.int64(index), "path": self.paths[index], "labels": self.labels[index]}
 
     def __repr__(self) -> str:
-        return (f"WfdbSource(records={len(self.paths)}, fs={self.target_fs:g}, "
+        return (f"WfdbSource(examples={len(self.paths)}, reading={self.reading}, "
                 f"paths={_fingerprint(self.paths)})")
 
     def load(self, element: Mapping) -> dict:
-        ecg = records.read_record(element["path"], target_fs=self.target_fs,
-                                  derive_limb_leads=self.derive_limb_leads)
+        r, index = self.reading, int(element["index"])
+        path, window = self.paths[index], int(self.windows[index])
+        if window < 0:
+            raise records.RecordError(path, "too_short", f"{path} is shorter than one "
+                                      f"{r.window_seconds:g} s window")
+        nan = "keep" if r.nan_policy == "drop_window" else r.nan_policy
+        ecg = records.read_record(path, target_fs=None if r.native_rate else r.target_fs,
+                                  derive_limb_leads=r.derive_limb_leads, nan_policy=nan)
+        signal, fs = ecg.signal, ecg.fs
+        if r.native_rate:
+            if r.window_seconds > 0:
+                width = int(r.window_seconds * fs)
+                signal = signal[:, window * width:(window + 1) * width]
+            if np.isnan(signal).any():
+                where = f"window {window} ({window * r.window_seconds:g} s) of " \
+                    if r.window_seconds > 0 else ""
+                raise records.RecordError(path, "nan_window", f"{where}{path} holds NaN samples")
+            signal, fs = records.resample(signal, fs, r.target_fs, method=r.resample)
         present = ecg.lead_present & self.fed
-        signal = np.where(present[:, None], ecg.signal, 0.0).astype(np.float32)
-        if self.preprocess_cfg is not None:
-            signal = preprocess_lib.preprocess(signal, ecg.fs, self.preprocess_cfg,
-                                               lead_present=present)
-        return {"signal": np.asarray(signal, dtype=np.float32), "lead_present": present}
+        signal = np.where(present[:, None], signal, 0.0).astype(np.float32)
+        return {"signal": preprocess_fed(signal, fs, self.preprocess_cfg, present, self.fed),
+                "lead_present": present}
 
 
 class ArraySource:
-    """In-memory ECGs: signals float32 (n, 12, T) already at the target rate and preprocessed."""
+    """In-memory ECGs: signals float32 (n, 12, T) already at the target rate and preprocessed;
+    one example per array row (`record_rows` is the identity)."""
 
     def __init__(self, signals: np.ndarray, *, lead_present: np.ndarray | None = None,
                  labels: np.ndarray | None = None, name: str = "arrays"):
@@ -125,6 +212,7 @@ class ArraySource:
         self.labels = np.zeros((n, 0), np.float32) if labels is None else np.asarray(labels,
                                                                                       np.float32)
         self.name = name
+        self.record_rows = np.arange(n, dtype=np.int64)
 
     def __len__(self) -> int:
         return self.signals.shape[0]
@@ -142,31 +230,38 @@ class ArraySource:
 
 
 class RawArraySource(ArraySource):
-    """In-memory ECGs in mV at `fs` Hz, float32 (n, 12, T): `load` resamples to target_fs and
-    preprocesses each (NaN -> 0 first, as ECGFounder's scripts do), like WfdbSource for files."""
+    """In-memory ECGs in mV at `fs` Hz, float32 (n, 12, T), one example each: `load` applies a
+    Reading's steps to each as WfdbSource does to a file (NaN policy, resampling, the fed
+    leads, record-stage preprocessing); a row with NaN under nan_policy "drop_window" is a
+    skip. Windows do not apply: an array row is taken as one example."""
 
-    def __init__(self, signals: np.ndarray, *, fs: float, target_fs: float,
-                 preprocess_cfg: Mapping | None, lead_present: np.ndarray | None = None,
-                 leads: Sequence[str] | None = None, name: str = "arrays"):
+    def __init__(self, signals: np.ndarray, *, fs: float, reading: Reading,
+                 lead_present: np.ndarray | None = None, name: str = "arrays"):
         super().__init__(signals, lead_present=lead_present, name=name)
-        self.lead_present = self.lead_present & fed_leads_mask(leads)
-        self.fs, self.target_fs = float(fs), float(target_fs)
-        self.preprocess_cfg = (None if preprocess_cfg is None
-                               else ml_collections.ConfigDict(dict(preprocess_cfg)))
+        self.fs, self.reading = float(fs), reading
+        self.lead_present = self.lead_present & fed_leads_mask(reading.leads)
+        self.preprocess_cfg = (None if reading.preprocess is None
+                               else ml_collections.ConfigDict(dict(reading.preprocess)))
 
     def __repr__(self) -> str:
         return (f"RawArraySource(name={self.name!r}, shape={tuple(self.signals.shape)}, "
-                f"fs={self.fs:g}->{self.target_fs:g})")
+                f"fs={self.fs:g}, reading={self.reading})")
 
     def load(self, element: Mapping) -> dict:
         i = int(element["index"])
         present = self.lead_present[i]
-        signal = np.where(present[:, None], np.nan_to_num(self.signals[i]), 0.0)
-        signal, fs = records.resample(signal.astype(np.float32), self.fs, self.target_fs)
-        if self.preprocess_cfg is not None:
-            signal = preprocess_lib.preprocess(signal, fs, self.preprocess_cfg,
-                                               lead_present=present)
-        return {"signal": np.asarray(signal, np.float32), "lead_present": present}
+        signal = self.signals[i]
+        if np.isnan(signal).any():
+            if self.reading.nan_policy == "drop_window":
+                raise records.RecordError(f"{self.name}[{i}]", "nan_window",
+                                          f"{self.name}[{i}] holds NaN samples")
+            signal = np.nan_to_num(signal)  # interpolation needs a reader's lead context
+        signal = np.where(present[:, None], signal, 0.0).astype(np.float32)
+        signal, fs = records.resample(signal, self.fs, self.reading.target_fs,
+                                      method=self.reading.resample)
+        return {"signal": preprocess_fed(signal, fs, self.preprocess_cfg, present,
+                                         fed_leads_mask(self.reading.leads)),
+                "lead_present": present}
 
 
 class SkipStats:

@@ -97,19 +97,14 @@ def load_dataset(settings: dict) -> Dataset:
 
 
 def make_source(dataset: Dataset, data_cfg, rows=None):
-    """A source over dataset records (all, or `rows`); its "index" is the row position.
+    """A source over dataset records (all, or `rows`): WFDB files, or the prepared cache's
+    records (pipeline.cache_source checks them against the data path). Its examples map back to
+    `rows` through `source.record_rows` (several per record when the data path cuts windows)."""
+    from crema_jax.data import pipeline, sources
 
-    WFDB files, or the prepared cache's records, which must have been preprocessed as `data_cfg`
-    says (CacheSource raises, naming the cache, when they were not)."""
-    from crema_jax.data.pipeline import preprocess_settings
-    from crema_jax.data.sources import WfdbSource
     infos = dataset.infos if rows is None else [dataset.infos[i] for i in rows]
     if dataset.cache_dir:
-        from crema_jax.data.cache import CacheSource
-        source = CacheSource(dataset.cache_dir, expect_target_fs=data_cfg.target_fs,
-                             expect_preprocess=preprocess_settings(data_cfg),
-                             expect_derive_limb_leads=bool(data_cfg.derive_limb_leads))
+        source = pipeline.cache_source({**data_cfg, "cache_dir": dataset.cache_dir})
         return source.subset([info.meta["cache_row"] for info in infos], dataset.classes)
-    return WfdbSource(infos, dataset.classes, target_fs=data_cfg.target_fs,
-                      preprocess_cfg=preprocess_settings(data_cfg),
-                      derive_limb_leads=data_cfg.derive_limb_leads, leads=data_cfg.leads)
+    return sources.WfdbSource(infos, dataset.classes,
+                              reading=sources.Reading.from_data_config(data_cfg))

@@ -148,8 +148,8 @@ def make_steps(model: Model, tx, mesh, *, label_type: str, label_smoothing: floa
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, value
 
-    def eval_step(params, rest, batch):  # ST-MEM: the crops' logits averaged
-        return model.family.logits(model.graphdef, (params, rest), batch).mean(1)
+    def eval_step(params, rest, batch):  # per-crop logits (B, C, classes); `predict` averages
+        return model.family.logits(model.graphdef, (params, rest), batch)
 
     train = jax.jit(train_step, in_shardings=(repl, repl, repl, batch_sh, repl),
                     out_shardings=(repl, repl, repl), donate_argnums=(0, 1))
@@ -157,13 +157,25 @@ def make_steps(model: Model, tx, mesh, *, label_type: str, label_smoothing: floa
     return train, evaluate
 
 
-def predict(evaluate, params, rest, batches: Iterable[dict], label_type: str):
-    """(probabilities (n, C), labels (n, C), index (n,)) over evaluation batches."""
+def crop_probabilities(logits, label_type: str, crop_average: str):
+    """(B, C crops, classes) logits -> (B, classes): probabilities of the crops' mean logits
+    ("embedding", ours) or the mean of the crops' probabilities ("probability", ST-MEM)."""
+    if crop_average == "probability":
+        return probabilities(logits, label_type).mean(1)
+    if crop_average != "embedding":
+        raise ValueError(f"data.eval_crop_average={crop_average!r}: expected 'embedding' or "
+                         "'probability'")
+    return probabilities(logits.mean(1), label_type)
+
+
+def predict(evaluate, params, rest, batches: Iterable[dict], label_type: str,
+            crop_average: str = "embedding"):
+    """(probabilities (n, classes), labels (n, classes), index (n,)) over evaluation batches."""
     probs, labels, index = [], [], []
     for batch in batches:
         keep = np.asarray(batch["valid"])
         logits = evaluate(params, rest, batch_lib.device_part(batch, batch_lib.EVAL_KEYS))
-        probs.append(np.asarray(probabilities(logits, label_type))[keep])
+        probs.append(np.asarray(crop_probabilities(logits, label_type, crop_average))[keep])
         labels.append(np.asarray(batch["labels"])[keep])
         index.append(np.asarray(batch["index"])[keep])
     return np.concatenate(probs), np.concatenate(labels), np.concatenate(index)
@@ -171,7 +183,8 @@ def predict(evaluate, params, rest, batches: Iterable[dict], label_type: str):
 
 def fit(model: Model, *, mesh, train_iter, val_batches: list, label_type: str, epochs: int,
         steps_per_epoch: int, peak_lr: float, weight_decay: float, layer_decay: float,
-        warmup_epochs: float, label_smoothing: float, patience: int, seed: int, log=print):
+        warmup_epochs: float, label_smoothing: float, patience: int, seed: int,
+        crop_average: str = "embedding", log=print):
     """Train, validate each epoch, keep the best validation macro AUROC. Returns
     (best params (host), history list, best epoch)."""
     total = epochs * steps_per_epoch
@@ -198,7 +211,8 @@ def fit(model: Model, *, mesh, train_iter, val_batches: list, label_type: str, e
                 {k: batch[k] for k in ("patches", "patch_valid", "lead_indices", "labels")},
                 step_rng)
             losses.append(value)
-        probs, labels, _ = predict(evaluate, params, rest, val_batches, label_type)
+        probs, labels, _ = predict(evaluate, params, rest, val_batches, label_type,
+                                   crop_average)
         auroc = metrics.macro_auroc(labels, probs)
         train_loss = float(np.mean(jax.device_get(losses)))
         history.append({"epoch": epoch, "train_loss": train_loss,
@@ -230,10 +244,10 @@ def classifier(config, params: dict | None, num_classes: int, *, drop_path: floa
 # ------------------------------------------------------------------- the protocols
 def _eval_batches(data, data_cfg, rows):
     """The split's evaluation batches, read once and kept in memory for every epoch."""
-    batches = list(pipeline.make_eval_dataset(data_cfg,
-                                              source=datasets.make_source(data, data_cfg, rows)))
-    for batch in batches:  # the source's index is a position in `rows`: map back to records
-        batch["index"] = np.asarray(rows)[np.asarray(batch["index"])]
+    source = datasets.make_source(data, data_cfg, rows)
+    batches = list(pipeline.make_eval_dataset(data_cfg, source=source))
+    for batch in batches:  # the source's examples -> its records -> rows of `data`
+        batch["index"] = np.asarray(rows)[source.record_rows[np.asarray(batch["index"])]]
     return batches
 
 
@@ -253,14 +267,14 @@ def finetune_once(config, params, data, data_cfg, mesh, train_rows, val_rows, te
         peak_lr=ft["base_lr"] * batch_size / 256, weight_decay=ft["weight_decay"],
         layer_decay=ft["layer_decay"], warmup_epochs=ft["warmup_epochs"],
         label_smoothing=ft["label_smoothing"], patience=ft["patience"], seed=settings["seed"],
-        log=logging.info)
+        crop_average=data_cfg.eval_crop_average, log=logging.info)
     probs_val, labels_val, _ = predict(evaluate, best, model.rest, val_batches,
-                                                  data.label_type)
+                                       data.label_type, data_cfg.eval_crop_average)
     scores, outputs = {}, {}
     for name, rows in tests.items():  # each test set is evaluated once, on the best epoch
         batches = _eval_batches(data, data_cfg, rows)
-        probs, labels, index = predict(evaluate, best, model.rest, batches,
-                                                  data.label_type)
+        probs, labels, index = predict(evaluate, best, model.rest, batches, data.label_type,
+                                       data_cfg.eval_crop_average)
         scores[name] = metrics.test_report(probs_val, labels_val, probs, labels, data.classes,
                                   bootstrap=settings["bootstrap"], seed=settings["seed"])
         outputs[name] = {"probs": probs, "labels": labels, "index": index, "batches": batches}
@@ -295,7 +309,10 @@ def run_finetune(settings: dict, ft: dict) -> dict:
     for lead_name in settings["lead_sets"]:
         data_cfg = backbones.eval_data_config(config, protocols.lead_set(lead_name),
                                               batch_size=batch_size,
-                                              num_workers=settings["num_workers"])
+                                              num_workers=settings["num_workers"],
+                                              preset=settings["preset"])
+        if lead_name == settings["lead_sets"][0]:
+            print(backbones.describe_data_path(data_cfg, settings["preset"]), flush=True)
         if ft["augment"] != ["config"]:
             data_cfg.augment.names = tuple(a for a in ft["augment"] if a != "none")
         for fraction in settings["label_fractions"]:
@@ -330,7 +347,10 @@ def run_finetune(settings: dict, ft: dict) -> dict:
         "command": "finetune", "settings": {**settings, **ft},
         "label_type": data.label_type, "classes": data.classes, "class_display": data.display,
         "records": {s: int(np.sum(splits == s)) for s in protocols.SPLITS},
-        "prediction_averaging": "mean of the crops' logits",
+        "data_path": data_cfg.preset,
+        "prediction_averaging": ("mean of the crops' probabilities"
+                                 if data_cfg.eval_crop_average == "probability"
+                                 else "mean of the crops' logits"),
         "headline": {"macro_auroc": runs[0]["test"]["macro_auroc"], "ci": runs[0]["test"]["ci"],
                      "run": runs[0]["name"]},
         "runs": runs, "cross_domain": cross, "seconds": round(time.time() - start, 1),

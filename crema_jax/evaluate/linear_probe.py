@@ -133,7 +133,12 @@ OPTIMIZERS = ("lbfgs", "adam")
 def fit_linear_probe(x_train, y_train, x_val, y_val, *, label_type: str = "multilabel",
                      l2_grid=DEFAULT_L2_GRID, optimizer: str = "lbfgs", steps: int = 200,
                      learning_rate: float = 1e-2) -> LinearProbe:
-    """Train one head per L2 value on standardised features; keep the best on validation."""
+    """Train one head per L2 value on standardised features; keep the best on validation.
+
+    Features are (n, D), or (n, C, D) for C crops per example (ST-MEM's protocol): every crop is
+    then a training row with its example's labels, and an example's validation probabilities
+    are the mean of its crops' (as `predict_proba`)."""
+    x_train, y_train = _crop_rows(x_train, y_train)
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"--probe_optimizer={optimizer!r}: expected one of {OPTIMIZERS}")
     if label_type not in ("multilabel", "multiclass"):
@@ -148,13 +153,14 @@ def fit_linear_probe(x_train, y_train, x_val, y_val, *, label_type: str = "multi
     all_params = jax.device_get(_fit_grid(
         jnp.asarray(xt), jnp.asarray(yt), jnp.asarray(w), jnp.asarray(l2_grid, jnp.float32),
         jnp.float32(learning_rate), label_type=label_type, optimizer=optimizer, steps=steps))
-    val_logits = np.einsum("nd,gdc->gnc", np.asarray(xv), all_params["kernel"]) \
-        + all_params["bias"][:, None, :]
+    xv = xv if xv.ndim == 3 else xv[:, None]
+    val_logits = np.einsum("ncd,gdk->gnck", xv, all_params["kernel"]) \
+        + all_params["bias"][:, None, None, :]
     by_l2, best, best_key = {}, None, None
     for g, l2 in enumerate(l2_grid):
-        probs = probabilities(val_logits[g], label_type)
+        probs = probabilities(val_logits[g], label_type).mean(1)
         auroc = metrics.macro_auroc(np.asarray(y_val), probs)
-        loss = _np_data_loss(val_logits[g], np.asarray(y_val), label_type)
+        loss = _np_data_loss(val_logits[g].mean(1), np.asarray(y_val), label_type)
         by_l2[float(l2)] = None if np.isnan(auroc) else float(auroc)
         # Higher AUROC wins; lower validation loss breaks ties and the all-undefined case.
         key = (-np.inf if np.isnan(auroc) else round(auroc, 9), -loss)
@@ -166,9 +172,19 @@ def fit_linear_probe(x_train, y_train, x_val, y_val, *, label_type: str = "multi
 
 
 def predict_proba(probe: LinearProbe, features: np.ndarray) -> np.ndarray:
-    """Class probabilities (sigmoid or softmax) for raw (unstandardised) features."""
+    """Class probabilities (sigmoid or softmax) for raw (unstandardised) features (n, D); for
+    (n, C, D) crops, the mean of the crops' probabilities (ST-MEM's averaging)."""
     x = (np.asarray(features, np.float32) - probe.mean) / probe.std
-    return probabilities(x @ probe.kernel + probe.bias, probe.label_type)
+    probs = probabilities(x @ probe.kernel + probe.bias, probe.label_type)
+    return probs.mean(1) if probs.ndim == 3 else probs
+
+
+def _crop_rows(x, y):
+    """(n, C, D) crops and (n, K) labels -> (n*C, D) rows and their labels; 2-D x as it is."""
+    x = np.asarray(x)
+    if x.ndim == 2:
+        return x, y
+    return x.reshape(-1, x.shape[-1]), np.repeat(np.asarray(y), x.shape[1], axis=0)
 
 
 # ------------------------------------------------------------------------------ the protocols
@@ -203,14 +219,22 @@ def run_probe(settings: dict, probe_kwargs: dict) -> dict:
     for lead_name in settings["lead_sets"]:
         data_cfg = backbones.eval_data_config(backbone, protocols.lead_set(lead_name),
                                               batch_size=batch_size,
-                                              num_workers=settings["num_workers"])
+                                              num_workers=settings["num_workers"],
+                                              preset=settings["preset"])
+        if lead_name == settings["lead_sets"][0]:
+            print(backbones.describe_data_path(data_cfg, settings["preset"]), flush=True)
         t0 = time.time()
-        batches = pipeline.make_eval_dataset(data_cfg, source=datasets.make_source(data, data_cfg))
+        source = datasets.make_source(data, data_cfg)
+        batches = pipeline.make_eval_dataset(data_cfg, source=source)
         out = backbones.run(feature_fn, batches)
-        logging.info("features (%s leads): %d ECGs in %.1fs", lead_name, len(out["index"]),
+        logging.info("features (%s leads): %d examples in %.1fs", lead_name, len(out["index"]),
                      time.time() - t0)
-        rows = out["index"]  # records that could be read, as rows of `data`
-        feats = out["outputs"].mean(1)  # average the crops' features (see backbones.py)
+        # Examples that could be read, as rows of `data` (a record's windows share its row).
+        rows = source.record_rows[out["index"]]
+        # (n, 1, D): the crops' features averaged; (n, C, D): each crop a row, its probabilities
+        # averaged (data.eval_crop_average "probability", ST-MEM).
+        feats = (out["outputs"] if data_cfg.eval_crop_average == "probability"
+                 else out["outputs"].mean(1, keepdims=True))
         labels, splits, sources = data.labels[rows], data.splits[rows], data.sources[rows]
         train, val, test = (np.flatnonzero(splits == s) for s in protocols.SPLITS)
         for fraction in settings["label_fractions"]:
@@ -225,8 +249,8 @@ def run_probe(settings: dict, probe_kwargs: dict) -> dict:
                          "n_train": int(len(subset)), "n_val": int(len(val)),
                          "test": result["scores"]["test"], "selection": result["selection"]})
             if headline is None:
-                ids = [data.infos[r].record_id for r in rows[test]]
-                headline = (labels[test], probs["test"], feats, labels, sources, ids)
+                ids = example_ids(data, source, out["index"][test])
+                headline = (labels[test], probs["test"], feats.mean(1), labels, sources, ids)
         if settings["cross_domain"] and lead_name == settings["lead_sets"][0]:
             cross = cross_domain(feats, labels, splits, sources, data.classes, data.label_type,
                                  settings, probe_kwargs)
@@ -235,8 +259,11 @@ def run_probe(settings: dict, probe_kwargs: dict) -> dict:
         "command": "probe", "settings": {**settings, **probe_kwargs},
         "label_type": data.label_type, "classes": data.classes, "class_display": data.display,
         "records": {s: int(np.sum(data.splits == s)) for s in protocols.SPLITS},
-        "records_read": int(len(headline[3])),
-        "feature_averaging": "mean of the crops' features",
+        "examples_read": int(len(headline[3])),
+        "data_path": data_cfg.preset,
+        "crop_averaging": ("mean of the crops' probabilities"
+                           if data_cfg.eval_crop_average == "probability"
+                           else "mean of the crops' features"),
         "headline": {"macro_auroc": runs[0]["test"]["macro_auroc"], "ci": runs[0]["test"]["ci"],
                      "run": runs[0]["name"]},
         "runs": runs, "cross_domain": cross, "seconds": round(time.time() - start, 1),
@@ -244,6 +271,17 @@ def run_probe(settings: dict, probe_kwargs: dict) -> dict:
     write_outputs(result, workdir, headline, data.classes,
                   [data.display.get(c, c) for c in data.classes])
     return result
+
+
+def example_ids(data, source, index) -> list[str]:
+    """Record ids of the examples `index` of `source`, with "#window" when records are cut into
+    windows (the same record then gives several examples, all in its split)."""
+    windowed = getattr(source, "reading", None) is not None and source.reading.window_seconds > 0
+    out = []
+    for i in np.asarray(index):
+        rid = data.infos[int(source.record_rows[i])].record_id
+        out.append(f"{rid}#{int(source.windows[i])}" if windowed else rid)
+    return out
 
 
 def cross_domain(feats, labels, splits, sources, classes, label_type, settings, probe_kwargs):

@@ -18,6 +18,7 @@ import safetensors.numpy
 
 from crema_jax import checkpoint as ckpt_lib
 from crema_jax.export import convert, safe_load, sit_layouts
+from crema_jax.models import params as params_lib
 
 LAYOUTS = ("crema", "stmem", "ecgfounder")
 
@@ -54,6 +55,17 @@ def build_state_dict(params, model_cfg, *, layout: str, include_decoder: bool
         if problems:
             raise ExportError("this model cannot be written as an ST-MEM checkpoint:\n  "
                               + "\n  ".join(problems))
+    if layout == "stmem":  # blocks ST-MEM builds without `to_out` must hold the identity
+        flat = params_lib.flatten(params)
+        for path in sit_layouts.identity_out_paths(params, model_cfg):
+            if path.startswith("decoder/") and not include_decoder:
+                continue
+            want = sit_layouts.identity_out_value(path, np.shape(flat[path]))
+            if not np.array_equal(np.asarray(flat[path], np.float32), want):
+                raise ExportError(
+                    f"{path}: ST-MEM has no output projection for one head as wide as the model "
+                    "(its to_out is an identity), and this one is not the identity; export "
+                    "with --layout=crema instead")
     encoder = params.get("encoder", params)
     rules = sit_layouts.SIT_LAYOUTS[layout](
         model_cfg, jax_prefix=prefix, include_head="head" in encoder,
@@ -61,6 +73,8 @@ def build_state_dict(params, model_cfg, *, layout: str, include_decoder: bool
     # ST-MEM's full file has no projection head or SigLIP scalars: those stay behind.
     unused = sit_layouts.PRETRAIN_ONLY if not include_decoder else (
         ("projector/", "logit_scale", "logit_bias") if layout == "stmem" else ())
+    if layout == "stmem":
+        unused = unused + tuple(sit_layouts.identity_out_paths(params, model_cfg))
     return convert.jax_to_torch(params, rules, layout=layout, allow_unused=unused)
 
 

@@ -18,10 +18,12 @@ from absl import logging
 
 from crema_jax import checkpoint as ckpt_lib
 from crema_jax import config as config_lib
+from crema_jax.data import presets
 from crema_jax.export import convert, safe_load, sit_layouts
 from crema_jax.models import params as params_lib
 
 FORMATS = ("crema", "stmem", "ecgfounder")
+PRESET_OF_FORMAT = {"crema": "crema", "stmem": "stmem", "ecgfounder": "ecgfounder"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -126,6 +128,20 @@ def _crema_model_config(path: str, metadata: Mapping[str, str]):
     return config_lib.from_saved({"model": saved}).model
 
 
+def _saved_lead_embedding(obj) -> str:
+    """model.lead_embedding of an ST-MEM-layout file: what crema_jax's export wrote in its JSON
+    "config" entry, else "position" (ST-MEM's own rule)."""
+    text = obj.get("config") if isinstance(obj, Mapping) else None
+    if isinstance(text, str):
+        try:
+            saved = json.loads(text)
+        except json.JSONDecodeError:
+            saved = None
+        if isinstance(saved, dict) and saved.get("lead_embedding") in ("canonical", "position"):
+            return saved["lead_embedding"]
+    return "position"
+
+
 def read_torch_weights(path: str, fmt: str):
     """(state_dict, model_cfg, rules, ignored key patterns) for `path` in `fmt`."""
     obj, metadata = safe_load.read_weight_file(path)
@@ -138,6 +154,7 @@ def read_torch_weights(path: str, fmt: str):
                                 "module.")
     if fmt == "stmem":
         cfg, full = infer_stmem_config(sd)
+        cfg.lead_embedding = _saved_lead_embedding(obj)
         has_head = any(k.endswith("head.weight") and "decoder" not in k for k in sd)
         rules = sit_layouts.stmem_rules(cfg, jax_prefix="encoder/", include_head=has_head,
                                         include_decoder=full)
@@ -157,15 +174,32 @@ def import_weights(path: str, fmt: str, *, seed: int = 0):
     sd, cfg, rules, ignored = read_torch_weights(path, fmt)
     if cfg.name == "sit":
         cfg.scan_layers = False  # unrolled blocks: one params entry per block, as converted
-    template = params_lib.abstract_params(cfg)
-    params, kept = convert.torch_to_jax(sd, rules, template, path=path, layout=fmt,
-                                        ignored=ignored)
+    params, kept = state_dict_to_params(sd, cfg, rules, fmt=fmt, path=path, ignored=ignored)
     if kept:  # parts the file does not hold: initialise them, then overlay the file's tensors
+        template = params_lib.abstract_params(cfg)
         fresh = params_lib.init_params(cfg, seed, only=kept)
         flat = params_lib.flatten(params)
         flat.update({p: fresh[p] for p in kept})
         params = params_lib.unflatten_like(flat, template)
     return params, cfg, kept
+
+
+def state_dict_to_params(sd, cfg, rules, *, fmt: str, path: str, ignored=()):
+    """(params, the model's paths the file holds no tensor for). ST-MEM's identity `to_out`
+    (one head as wide as the model has none) becomes the identity projection: exactly ST-MEM's
+    function."""
+    template = params_lib.abstract_params(cfg)
+    params, kept = convert.torch_to_jax(sd, rules, template, path=path, layout=fmt,
+                                        ignored=ignored)
+    if fmt == "stmem":
+        identity = [p for p in sit_layouts.identity_out_paths(params, cfg) if p in kept]
+        flat = params_lib.flatten(params)
+        shapes = {k: v.shape for k, v in params_lib.flatten(template).items()}
+        for p in identity:
+            flat[p] = sit_layouts.identity_out_value(p, shapes[p])
+        params = params_lib.unflatten_like(flat, template)
+        kept = [p for p in kept if p not in identity]
+    return params, kept
 
 
 def _summarise(paths: list[str]) -> str:
@@ -183,6 +217,9 @@ def run_import(path: str, fmt: str, out: str, *, seed: int = 0) -> str:
     params, model_cfg, kept = import_weights(path, fmt, seed=seed)
     config = config_lib.default_config(model_cfg.name)
     config.model = model_cfg
+    # The peer's own data path, file to model input, so that embed/probe/finetune/predict give
+    # its authors' outputs with no flag (data/presets.py).
+    presets.apply(config.data, PRESET_OF_FORMAT[fmt])
     if kept:
         logging.warning("*** %s holds no weights for: %s. These are FRESHLY INITIALISED (seed %d)"
                         " — fine for probing/fine-tuning the encoder; continued pretraining "

@@ -35,16 +35,24 @@ def _dense(t: str, j: str) -> list[Rule]:
     return [linear(t + ".weight", j + "/kernel"), same(t + ".bias", j + "/bias")]
 
 
-def _block(t: str, j: str, names: dict, width: int, heads: int, head_dim: int) -> list[Rule]:
+def stmem_has_out_projection(width: int, heads: int, head_dim: int) -> bool:
+    """ST-MEM's attention has no output projection (`to_out` is an identity) when one head is
+    as wide as the model (reference-stmem.md)."""
+    return not (heads == 1 and head_dim == width)
+
+
+def _block(t: str, j: str, names: dict, width: int, heads: int, head_dim: int, *,
+           out_projection: bool = True) -> list[Rule]:
     hh = heads * head_dim
+    out = [fused_out(t + names["out"] + ".weight", j + "attn/out/kernel",
+                     (heads, head_dim, width)),
+           same(t + names["out"] + ".bias", j + "attn/out/bias")] if out_projection else []
     return (_norm(t + names["attn_norm"], j + "attn_norm")
             + [fused_in(t + names["qkv"] + ".weight", j + "attn/qkv/kernel",
                         (width, 3, heads, head_dim)),
                reshaped(t + names["qkv"] + ".bias", j + "attn/qkv/bias", (3 * hh,),
-                        (3, heads, head_dim)),
-               fused_out(t + names["out"] + ".weight", j + "attn/out/kernel",
-                         (heads, head_dim, width)),
-               same(t + names["out"] + ".bias", j + "attn/out/bias")]
+                        (3, heads, head_dim))]
+            + out
             + _norm(t + names["mlp_norm"], j + "mlp_norm")
             + _dense(t + names["fc1"], j + "mlp/fc1") + _dense(t + names["fc2"], j + "mlp/fc2"))
 
@@ -54,23 +62,28 @@ def _sizes(model_cfg) -> dict:
 
 
 def _encoder_blocks_and_head(model_cfg, block_key: str, names: dict, *, t: str, j: str,
-                             include_head: bool) -> list[Rule]:
+                             include_head: bool, stmem: bool = False) -> list[Rule]:
     """The encoder's blocks (torch keys block_key.format(i)), final norm and optional head."""
     size = _sizes(model_cfg)
+    out = not stmem or stmem_has_out_projection(size["width"], size["num_heads"],
+                                                size["head_dim"])
     rules = []
     for i in range(size["depth"]):
         rules += _block(block_key.format(i), f"{j}blocks/{i}/", names, size["width"],
-                        size["num_heads"], size["head_dim"])
+                        size["num_heads"], size["head_dim"], out_projection=out)
     rules += _norm(t + "norm", j + "norm")
     return rules + (_dense(t + "head", j + "head") if include_head else [])
 
 
-def _decoder_blocks(model_cfg, block_key: str, names: dict) -> list[Rule]:
+def _decoder_blocks(model_cfg, block_key: str, names: dict, *, stmem: bool = False
+                    ) -> list[Rule]:
+    w, h, hd = (int(model_cfg.decoder_width), int(model_cfg.decoder_num_heads),
+                int(model_cfg.decoder_head_dim))
+    out = not stmem or stmem_has_out_projection(w, h, hd)
     rules = []
     for i in range(int(model_cfg.decoder_depth)):
-        rules += _block(block_key.format(i), f"decoder/blocks/{i}/", names,
-                        int(model_cfg.decoder_width), int(model_cfg.decoder_num_heads),
-                        int(model_cfg.decoder_head_dim))
+        rules += _block(block_key.format(i), f"decoder/blocks/{i}/", names, w, h, hd,
+                        out_projection=out)
     return rules
 
 
@@ -118,13 +131,13 @@ def stmem_rules(model_cfg, *, jax_prefix: str, include_head: bool, include_decod
              rows(tuple(f"{t}lead_embeddings.{i}" for i in range(model_cfg.num_lead_embeddings)),
                   j + "lead_embeddings")]
     rules += _encoder_blocks_and_head(model_cfg, t + "block{}.", _STMEM_BLOCK, t=t, j=j,
-                                      include_head=include_head)
+                                      include_head=include_head, stmem=True)
     if include_decoder:
         w = int(model_cfg.decoder_width)
         rules += [reshaped("mask_embedding", "decoder/mask_embedding", (1, 1, w), (w,)),
                   same("decoder_pos_embed", "decoder/pos_embedding")]
         rules += _dense("to_decoder_embedding", "decoder/embed")
-        rules += _decoder_blocks(model_cfg, "decoder_blocks.{}.", _STMEM_BLOCK)
+        rules += _decoder_blocks(model_cfg, "decoder_blocks.{}.", _STMEM_BLOCK, stmem=True)
         rules += _norm("decoder_norm", "decoder/norm") + _dense("decoder_head", "decoder/head")
     return rules
 
@@ -157,6 +170,30 @@ def stmem_incompatibilities(model_cfg, *, include_decoder: bool) -> list[str]:
         if pretrain.DECODER_NORM_EPS != 1e-6 or pretrain.DECODER_BLOCK_LN_EPS != 1e-5:
             problems.append("decoder LayerNorm eps differ from ST-MEM's (norm 1e-6, blocks 1e-5)")
     return problems
+
+
+def identity_out_paths(params: Mapping, model_cfg) -> list[str]:
+    """The "a/b/attn/out/kernel" and ".../bias" paths that ST-MEM's layout holds no tensor for
+    (blocks with one head as wide as the model): an ST-MEM file's identity `to_out`."""
+    size = _sizes(model_cfg)
+    prefix = sit_prefix(params)
+    paths = []
+    if not stmem_has_out_projection(size["width"], size["num_heads"], size["head_dim"]):
+        paths += [f"{prefix}blocks/{i}/attn/out/{leaf}" for i in range(size["depth"])
+                  for leaf in ("kernel", "bias")]
+    if "decoder" in params and not stmem_has_out_projection(
+            int(model_cfg.decoder_width), int(model_cfg.decoder_num_heads),
+            int(model_cfg.decoder_head_dim)):
+        paths += [f"decoder/blocks/{i}/attn/out/{leaf}" for i in range(int(model_cfg.decoder_depth))
+                  for leaf in ("kernel", "bias")]
+    return paths
+
+
+def identity_out_value(path: str, shape) -> np.ndarray:
+    """The identity projection (H=1, hd=D): kernel (1, D, D) = eye, bias zeros."""
+    if path.endswith("kernel"):
+        return np.eye(shape[-1], dtype=np.float32).reshape(shape)
+    return np.zeros(shape, np.float32)
 
 
 def is_stacked(blocks: Mapping) -> bool:

@@ -34,7 +34,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 from crema_jax import checkpoint as ckpt_lib
 from crema_jax import config as config_lib
 from crema_jax import models
-from crema_jax.data import preprocess
+from crema_jax.data import presets
 from crema_jax.models import params as params_lib
 
 RANDOM = "random"  # --checkpoint=random: a freshly initialised backbone (the baseline)
@@ -46,9 +46,12 @@ class SitFamily:
     norm(mean of the valid patch tokens), the crops of the checkpoint's own data section."""
 
     name = "sit"
+    default_preset = "crema"
 
-    def data_config(self, config):
-        return config.data.copy_and_resolve_references()
+    def data_config(self, config, preset=None):
+        """The checkpoint's own data path, or `preset` applied to it."""
+        cfg = config.data.copy_and_resolve_references()
+        return cfg if preset is None else presets.apply(cfg, preset)
 
     def input_leads(self, config, leads):
         return tuple(leads)
@@ -94,15 +97,22 @@ class Net1dFamily:
     time-averaged last-stage features; the 1-lead model reads lead I."""
 
     name = "net1d"
+    default_preset = "ecgfounder"
 
-    def data_config(self, config):
-        data = config_lib.default_config().data
-        samples = int(config.model.num_samples)
-        data.target_fs = float(config.model.sample_rate)
-        data.crop_samples = data.patch_size = samples  # one "patch" per lead: the whole window
-        data.eval_num_crops = 1
-        data.preprocess = preprocess.PRESETS["ecgfounder"]()
-        return data
+    def data_config(self, config, preset=None):
+        """The checkpoint's data path (ECGFounder's when it names none of its own: an older
+        import, or our default "crema", which cannot feed a Net1D), at the model's rate and
+        window: one crop of num_samples at sample_rate."""
+        cfg = config.data.copy_and_resolve_references()
+        if preset is None and cfg.preset == "crema":
+            preset = "ecgfounder"
+        if preset is not None:
+            presets.apply(cfg, preset)
+        with cfg.unlocked():
+            cfg.target_fs = float(config.model.sample_rate)
+            cfg.crop_samples = cfg.patch_size = int(config.model.num_samples)
+            cfg.eval_num_crops = 1
+        return cfg
 
     def input_leads(self, config, leads):
         return ("I",) if int(config.model.in_channels) == 1 else tuple(leads)
@@ -199,12 +209,14 @@ def load(checkpoint: str, *, backbone: str = "", model_size: str = "tiny", seed:
     return Backbone(fam, graphdef, state, config, fam.width(config), classes)
 
 
-def eval_data_config(backbone_or_config, leads, *, batch_size: int, num_workers: int = 0):
-    """The data section a backbone's evaluation batches are built with (the same preprocessing
-    and crops in every command), for `leads` (canonical names)."""
+def eval_data_config(backbone_or_config, leads, *, batch_size: int, num_workers: int = 0,
+                     preset: str | None = None):
+    """The data section a backbone's evaluation batches are built with (the same data path and
+    crops in every command), for `leads` (canonical names). `preset` (a --preset flag) replaces
+    the checkpoint's data path (data/presets.py); None keeps it."""
     config = getattr(backbone_or_config, "config", backbone_or_config)
     fam = family(config)
-    cfg = fam.data_config(config)
+    cfg = fam.data_config(config, preset or None)
     with cfg.unlocked():
         cfg.leads = fam.input_leads(config, leads)
         cfg.batch_size = int(batch_size)
@@ -215,6 +227,14 @@ def eval_data_config(backbone_or_config, leads, *, batch_size: int, num_workers:
 
 
 # ------------------------------------------------------------------------------------ applying
+def describe_data_path(data_cfg, preset_flag: str = "") -> str:
+    """One line naming the data path a command uses and where it came from."""
+    origin = "--preset" if preset_flag else "the checkpoint's config"
+    return (f"data path: {data_cfg.preset} (from {origin}; {data_cfg.target_fs:g} Hz, "
+            f"{data_cfg.eval_num_crops} crop(s) of {data_cfg.crop_samples}, "
+            f"{data_cfg.eval_crop_average} averaging)")
+
+
 def data_mesh(devices=None) -> jax.sharding.Mesh:
     devices = jax.devices() if devices is None else list(devices)
     return jax.make_mesh((len(devices),), ("data",), axis_types=(AxisType.Auto,), devices=devices)

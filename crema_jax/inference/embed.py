@@ -25,10 +25,7 @@ class EmbedError(ValueError):
 def record_source(paths, data_cfg) -> sources.WfdbSource:
     infos = [layouts.RecordInfo(record_id=layouts.record_id_of(p), path=p, labels=(), split="",
                                 source="") for p in paths]
-    return sources.WfdbSource(infos, [], target_fs=data_cfg.target_fs,
-                              preprocess_cfg=pipeline.preprocess_settings(data_cfg),
-                              derive_limb_leads=data_cfg.derive_limb_leads,
-                              leads=data_cfg.leads)
+    return sources.WfdbSource(infos, [], reading=sources.Reading.from_data_config(data_cfg))
 
 
 def array_source(x: np.ndarray, fs: float, data_cfg) -> sources.RawArraySource:
@@ -41,9 +38,15 @@ def array_source(x: np.ndarray, fs: float, data_cfg) -> sources.RawArraySource:
     signals[:, : x.shape[1]] = x
     present = np.zeros((x.shape[0], 12), bool)
     present[:, : x.shape[1]] = True
-    return sources.RawArraySource(signals, fs=fs, target_fs=data_cfg.target_fs,
-                                  preprocess_cfg=pipeline.preprocess_settings(data_cfg),
-                                  lead_present=present, leads=data_cfg.leads)
+    return sources.RawArraySource(signals, fs=fs,
+                                  reading=sources.Reading.from_data_config(data_cfg),
+                                  lead_present=present)
+
+
+def row_name(records, record: int, window: int) -> str:
+    """A row's record id, with "#k" for window k of a windowed data path (window -1: none)."""
+    rid = layouts.record_id_of(records[int(record)])
+    return rid if window < 0 else f"{rid}#{int(window)}"
 
 
 def raw_batches(backbone, x: np.ndarray, batch_size: int):
@@ -73,26 +76,48 @@ def raw_batches(backbone, x: np.ndarray, batch_size: int):
 
 
 def embed(backbone, *, records=None, array=None, fs: float | None = None, raw: bool = False,
-          logits: bool = False, batch_size: int = 16, mesh=None) -> dict:
-    """{"outputs": (N, D or classes) crop-averaged, "index": rows read, "skipped": SkipStats}.
+          logits: bool = False, batch_size: int = 16, preset: str | None = None,
+          windows: str = "rows", mesh=None) -> dict:
+    """Crop-averaged features (or logits) of ECGs, one row per example.
 
-    Give `records` (WFDB paths) or `array` (with `fs`, default: the model's rate). Records that
-    cannot be read are skipped and counted, never fatal."""
+    Give `records` (WFDB paths) or `array` (with `fs`, default: the model's rate). `preset`
+    replaces the checkpoint's data path. When the data path cuts records into windows (ST-MEM's),
+    windows="rows" gives one row per window, "mean" one row per record (its windows' mean).
+    Records that cannot be read (and windows with NaN under ST-MEM's path) are skipped and
+    counted, never fatal.
+
+    Returns {"outputs": (rows, D or classes), "record": (rows,) position in `records`/`array`,
+    "window": (rows,) window number (-1: the whole record, or its windows' mean),
+    "skipped": SkipStats,
+    "data_cfg": the data section used (None for raw)}."""
+    if windows not in ("rows", "mean"):
+        raise EmbedError(f"windows={windows!r}: expected 'rows' or 'mean'")
     mesh = backbones.data_mesh() if mesh is None else mesh
     batch_size = backbones.round_batch(batch_size, mesh)
-    stats = sources.SkipStats()
-    data_cfg = backbones.eval_data_config(backbone, backbone.family.input_leads(
-        backbone.config, LEADS), batch_size=batch_size)
+    stats, data_cfg = sources.SkipStats(), None
     if raw:
         if array is None:
             raise EmbedError("raw input needs an array (.npy), not WFDB records")
         batches = raw_batches(backbone, array, batch_size)
+        rows_of = windows_of = None
     else:
+        data_cfg = backbones.eval_data_config(backbone, backbone.family.input_leads(
+            backbone.config, LEADS), batch_size=batch_size, preset=preset)
         source = (record_source(records, data_cfg) if records is not None else
                   array_source(array, float(fs or data_cfg.target_fs), data_cfg))
         batches = pipeline.make_eval_dataset(data_cfg, source=source, process_index=0,
                                              process_count=1, stats=stats)
+        rows_of = source.record_rows
+        windows_of = source.windows if data_cfg.window_seconds > 0 and records is not None \
+            else None
     apply = backbones.make_apply(backbone, mesh, output="logits" if logits else "features")
     out = backbones.run(apply, batches)
-    return {"outputs": out["outputs"].mean(axis=1), "index": out["index"], "skipped": stats}
-
+    outputs, index = out["outputs"].mean(axis=1), out["index"]
+    record = index if rows_of is None else rows_of[index]
+    window = np.full(len(index), -1, np.int64) if windows_of is None else windows_of[index]
+    if windows == "mean":
+        kept = np.unique(record)
+        outputs = np.stack([outputs[record == r].mean(0) for r in kept])
+        record, window = kept, np.full(len(kept), -1, np.int64)
+    return {"outputs": outputs, "record": record, "window": window, "skipped": stats,
+            "data_cfg": data_cfg}

@@ -39,14 +39,14 @@ def check_backbone(backbone) -> None:
                          f"file has {classes}")
 
 
-def predict_probabilities(backbone, *, records=None, array=None, fs=None, batch_size: int = 16
-                          ) -> dict:
-    """{"probs": (N, 150) float64, "index": rows read, "skipped": SkipStats}."""
+def predict_probabilities(backbone, *, records=None, array=None, fs=None, batch_size: int = 16,
+                          preset: str | None = None) -> dict:
+    """embed.embed's dict with "probs" (N, 150) float64: the sigmoid of each label's logit."""
     check_backbone(backbone)
     out = embed.embed(backbone, records=records, array=array, fs=fs, logits=True,
-                      batch_size=batch_size)
-    probs = 1.0 / (1.0 + np.exp(-out["outputs"].astype(np.float64)))
-    return {"probs": probs, "index": out["index"], "skipped": out["skipped"]}
+                      batch_size=batch_size, preset=preset)
+    out["probs"] = 1.0 / (1.0 + np.exp(-out["outputs"].astype(np.float64)))
+    return out
 
 
 def write_csv(path: str, ids, probs: np.ndarray, labels) -> None:

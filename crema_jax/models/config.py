@@ -31,6 +31,10 @@ def default_model_config() -> ml_collections.ConfigDict:
     c.patch_size = 75           # samples per patch at 250 Hz (0.3 s), ST-MEM.
     c.num_patches = 30          # patches per lead: 2250-sample crops / 75.
     c.num_lead_embeddings = 12  # one learned vector per canonical lead id (I..V6).
+    # Which lead embedding a fed lead gets: "canonical" = the one of its lead id (lead II gets
+    # II's, whatever else is fed; ours) | "position" = the one of its row, as ST-MEM's downstream
+    # models do (a model fed [II] alone uses the embedding trained for lead I).
+    c.lead_embedding = "canonical"
     c.num_classes = 0           # > 0 adds ST-MEM's `head` (norm -> Dense(width -> C)).
     c.drop_path = 0.0           # stochastic depth, max rate (linear over depth, timm style).
     c.dtype = "float32"         # compute dtype ("float32" | "bfloat16"); params stay float32.

@@ -64,6 +64,10 @@ class SiT(nnx.Module):
         width, depth = size["width"], size["depth"]
         self.dtype = model_config.compute_dtype(model_cfg)
         self.num_patches = int(model_cfg.num_patches)
+        if model_cfg.lead_embedding not in ("canonical", "position"):
+            raise ValueError(f"config.model.lead_embedding={model_cfg.lead_embedding!r}: "
+                             "expected 'canonical' or 'position'")
+        self.lead_by_position = model_cfg.lead_embedding == "position"
         self.scan = bool(model_cfg.scan_layers)
         # timm-style stochastic depth: rate grows linearly from 0 to drop_path over the depth.
         self.drop_rates = tuple(float(r) for r in np.linspace(0.0, model_cfg.drop_path, depth))
@@ -99,6 +103,8 @@ class SiT(nnx.Module):
         pos = self.pos_embedding[...]
         x = self.patch_embed(patches.astype(self.dtype))                   # (B, L, N, D)
         x = (x + pos[:, None, 1:-1]).reshape(b, num_leads * n, -1)          # positions before masking
+        if self.lead_by_position:  # ST-MEM: the l-th fed lead gets embedding l
+            lead_indices = jnp.broadcast_to(jnp.arange(num_leads), (b, num_leads))
         lead_emb = self.lead_embeddings[...][lead_indices]                  # (B, L, D)
         token_lead = jnp.broadcast_to(jnp.arange(num_leads)[:, None], (num_leads, n)).reshape(-1)
         if visible_idx is not None:

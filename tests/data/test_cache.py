@@ -11,7 +11,7 @@ from crema_jax.data import cache, config as config_lib, layouts, pipeline, prepr
 
 def _preprocessed(path):
     ecg = records.read_record(path, target_fs=250.0)
-    return preprocess.preprocess(ecg.signal, ecg.fs, preprocess.PRESETS["stmem"](),
+    return preprocess.preprocess(ecg.signal, ecg.fs, preprocess.PRESETS["crema"](),
                                  lead_present=ecg.lead_present), ecg.lead_present
 
 

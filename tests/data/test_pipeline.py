@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from crema_jax.data import config as config_lib
-from crema_jax.data import layouts, pipeline, preprocess, records
+from crema_jax.data import layouts, pipeline, preprocess, records, sources
 from crema_jax.data.leads import LEADS
 from crema_jax.data.sources import ArraySource, SkipStats, WfdbSource
 from tests.data import broken_records
@@ -26,7 +26,7 @@ def _cfg(**overrides):
 def _reference(path):
     """The reader's output, preprocessed as the pipeline's config says (independent of it)."""
     ecg = records.read_record(path, target_fs=250.0)
-    sig = preprocess.preprocess(ecg.signal, ecg.fs, preprocess.PRESETS["stmem"](),
+    sig = preprocess.preprocess(ecg.signal, ecg.fs, preprocess.PRESETS["crema"](),
                                 lead_present=ecg.lead_present)
     return sig, ecg.lead_present
 
@@ -215,8 +215,8 @@ def _mixed_source(tmp_path, cinc_sample_dir):
     good = layouts.wfdb_folder(cinc_sample_dir).records[:6]
     infos = list(good) + [layouts.RecordInfo(name, path, ("426783006",), "train", "test")
                           for name, path in sorted(broken.items())]
-    return WfdbSource(infos, ["426783006"], target_fs=250.0,
-                      preprocess_cfg=preprocess.PRESETS["stmem"]()), broken
+    reading = sources.Reading(target_fs=250.0, preprocess=preprocess.PRESETS["crema"]().to_dict())
+    return WfdbSource(infos, ["426783006"], reading=reading), broken
 
 
 def test_broken_records_are_skipped_and_counted(tmp_path, cinc_sample_dir):
@@ -248,7 +248,7 @@ def test_strict_names_file_and_problem(tmp_path, cinc_sample_dir):
         if reason is None:
             continue
         one = WfdbSource([layouts.RecordInfo(name, str(broken[name]), (), "train", "test")], [],
-                         target_fs=250.0, preprocess_cfg=None)
+                         reading=sources.Reading(target_fs=250.0))
         with pytest.raises(records.RecordError) as err:
             list(pipeline.make_eval_dataset(cfg, source=one, process_index=0, process_count=1))
         assert err.value.reason == reason and name in str(err.value)

@@ -69,13 +69,15 @@ def test_stmem_equals_scipy_pipeline_by_hand():
 
 
 def test_ecgfounder_equals_scipy_pipeline_by_hand():
+    """ECGFounder's released code (reference-ecgfounder.md): notch and band-pass in (b, a) form
+    with filtfilt, scipy.signal.medfilt (zero-padded edges) baseline, z-score with std + 1e-8."""
     rng = np.random.default_rng(1)
     x = rng.normal(size=(12, 5000)) + np.linspace(0, 3, 5000)
     b, a = scipy.signal.iirnotch(50.0, 30.0, fs=500.0)
     y = scipy.signal.filtfilt(b, a, x, axis=-1)
-    bp = scipy.signal.butter(4, [0.67, 40.0], "bandpass", fs=500.0, output="sos")
-    y = scipy.signal.sosfiltfilt(bp, y, axis=-1)
-    y = y - np.stack([scipy.ndimage.median_filter(r, 201, mode="nearest") for r in y])
+    b, a = scipy.signal.butter(N=4, Wn=[0.67, 40], btype="bandpass", fs=500.0)
+    y = scipy.signal.filtfilt(b, a, y, axis=-1)
+    y = y - np.stack([scipy.signal.medfilt(r, 201) for r in y])
     expected = (y - y.mean()) / (y.std() + 1e-8)
     out = preprocess.preprocess(x, 500.0, preprocess.PRESETS["ecgfounder"]())
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
@@ -156,18 +158,22 @@ def test_median_baseline_removes_slow_ramp():
 
 
 def test_clip_and_preset_fields():
-    cfg = preprocess.PRESETS["stmem"]()
+    cfg = preprocess.PRESETS["crema"]()
     cfg.clip = 0.5
     x = np.random.default_rng(6).normal(size=(12, 2500))
     out = preprocess.preprocess(x, FS, cfg)
     assert out.max() == pytest.approx(0.5) and out.min() == pytest.approx(-0.5)
     ecgf = preprocess.PRESETS["ecgfounder"]()
-    assert (ecgf.filter_type, ecgf.filter_order, ecgf.notch_hz, ecgf.notch_q, ecgf.baseline,
-            ecgf.norm_eps) == ("bandpass", 4, 50.0, 30.0, "median", 1e-8)
-    stmem = preprocess.default_preprocess_config()
-    assert (stmem.filter_type, stmem.filter_order, stmem.low_hz, stmem.high_hz, stmem.notch_hz,
-            stmem.baseline, stmem.normalise, stmem.clip) == (
-                "cascade", 5, 0.67, 40.0, None, "none", "global", None)
+    assert (ecgf.filter_type, ecgf.filter_order, ecgf.filter_form, ecgf.notch_hz, ecgf.notch_q,
+            ecgf.baseline, ecgf.baseline_edges, ecgf.norm_eps, ecgf.stats) == (
+                "bandpass", 4, "ba", 50.0, 30.0, "median", "zero", 1e-8, "all")
+    crema = preprocess.default_preprocess_config()
+    assert (crema.stage, crema.filter_type, crema.filter_order, crema.low_hz, crema.high_hz,
+            crema.notch_hz, crema.baseline, crema.normalise, crema.clip, crema.stats) == (
+                "record", "cascade", 5, 0.67, 40.0, None, "none", "global", None, "present")
+    stmem = preprocess.PRESETS["stmem"]()
+    assert (stmem.stage, stmem.filter_type, stmem.filter_form, stmem.stats) == (
+        "crop", "cascade", "sos", "all")
 
 
 def test_absent_leads_stay_zero():

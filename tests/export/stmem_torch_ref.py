@@ -32,7 +32,10 @@ class Attention(nn.Module):
         super().__init__()
         self.heads, self.dim_head = heads, dim_head
         self.to_qkv = nn.Linear(dim, 3 * heads * dim_head)
-        self.to_out = nn.Sequential(nn.Linear(heads * dim_head, dim), nn.Dropout(0.0))
+        # reference-stmem.md: one head as wide as the model has no output projection.
+        project_out = not (heads == 1 and dim_head == dim)
+        self.to_out = (nn.Sequential(nn.Linear(heads * dim_head, dim), nn.Dropout(0.0))
+                       if project_out else nn.Identity())
 
     def forward(self, x):
         b, n, _ = x.shape

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from crema_jax import checkpoint as ckpt_lib
 from crema_jax.export import convert, export_torch, import_torch, sit_layouts, torch_sit
 from crema_jax.models import params as params_lib
 from crema_jax.models import default_model_config
@@ -145,7 +146,14 @@ def test_configs_stmem_cannot_express_are_refused():
         export_torch.build_state_dict(params, cfg, layout="stmem", include_decoder=False)
     cfg.head_dim, cfg.num_heads, cfg.decoder_depth = 64, 1, 2
     params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params_lib.abstract_params(cfg))
-    export_torch.build_state_dict(params, cfg, layout="stmem", include_decoder=False)  # fine
+    # One head as wide as the model: ST-MEM has no output projection, so ours must be the
+    # identity to be written without one.
+    with pytest.raises(export_torch.ExportError, match="attn/out/kernel: ST-MEM has no output"):
+        export_torch.build_state_dict(params, cfg, layout="stmem", include_decoder=False)
+    for block in params["encoder"]["blocks"].values():
+        block["attn"]["out"]["kernel"] = np.eye(64, dtype=np.float32)[None]
+    sd = export_torch.build_state_dict(params, cfg, layout="stmem", include_decoder=False)
+    assert not any("to_out" in k for k in sd)
     with pytest.raises(export_torch.ExportError, match="ST-MEM's decoder is"):
         export_torch.build_state_dict(params, cfg, layout="stmem", include_decoder=True)
 
@@ -160,16 +168,31 @@ def test_fine_tuned_encoder_with_head_exports_to_both_layouts(tmp_path):
     assert cfg.num_classes == 5 and not full
     cfg.name = "sit_encoder"  # the bare encoder, as a fine-tuned checkpoint holds it
     rules = sit_layouts.stmem_rules(cfg, jax_prefix="", include_head=True, include_decoder=False)
-    encoder, kept = convert.torch_to_jax(state, rules, params_lib.abstract_params(cfg),
-                                         path="mem", layout="stmem")
-    assert kept == []
+    encoder, kept = import_torch.state_dict_to_params(state, cfg, rules, fmt="stmem", path="mem")
+    assert kept == []   # one head of 64 = the width: ST-MEM's identity to_out, no tensors
+    assert not any("to_out" in k for k in state)
     sd = export_torch.build_state_dict(encoder, cfg, layout="stmem", include_decoder=False)
     assert sorted(sd) == sorted(ref.state_dict()) and "head.weight" in sd
+    # A module built from the reference's rules (no to_out for one head as wide as the model)
+    # takes the exported file with strict=True and computes the original's logits.
+    clone = StMemEncoder(64, 2, 1, num_classes=5).eval()
+    clone.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
+    # The lead-embedding rule travels with the file: position (ST-MEM's) and canonical.
+    for rule in ("position", "canonical"):
+        cfg.lead_embedding = rule
+        export_torch.write_files(sd, str(tmp_path / f"{rule}.pth"), layout="stmem",
+                                 model_config=export_torch.resolved_model_config(cfg),
+                                 full_config={}, step=0, include_decoder=False)
+        import_torch.run_import(str(tmp_path / f"{rule}.pth"), "stmem", str(tmp_path / rule))
+        saved = ckpt_lib.load_config(tmp_path / rule)
+        assert saved.model.lead_embedding == rule and saved.data.preset == "stmem"
+    cfg.lead_embedding = "position"
     patches = _inputs(seed=2)[0]
     model = params_lib.merge(cfg, encoder)
     got = np.asarray(model.logits(jnp.asarray(patches), jnp.tile(jnp.arange(12), (2, 1))))
     with torch.no_grad():
         want = ref(torch.from_numpy(patches)).numpy()
+        assert rel_err(clone(torch.from_numpy(patches)).numpy(), want) <= 1e-6
     assert rel_err(got, want) <= 1e-5
     crema = export_torch.build_state_dict(encoder, cfg, layout="crema", include_decoder=False)
     torch_model = torch_sit.CremaSiT(export_torch.resolved_model_config(cfg))

@@ -12,6 +12,7 @@ import scipy.ndimage
 import scipy.signal
 import torch
 
+from crema_jax import checkpoint
 from crema_jax.data import layouts, records
 from crema_jax.export import import_torch
 from crema_jax.inference import backbones, embed, predict
@@ -27,25 +28,45 @@ def rel_err(a, b):
 
 
 def ecgfounder_preprocess(x, fs=500.0):
-    """The authors' recipe, written from reference-ecgfounder.md with scipy."""
+    """Its released code, step by step from reference-ecgfounder.md ("Its preprocessing
+    exactly"): NaN -> 0; iirnotch(50, 30) and butter(4, [0.67, 40]) as (b, a) with filtfilt;
+    scipy.signal.medfilt baseline (zero-padded edges); z-score with std + 1e-8."""
     x = np.nan_to_num(np.asarray(x, np.float64))
     b, a = scipy.signal.iirnotch(50.0, 30.0, fs=fs)
     x = scipy.signal.filtfilt(b, a, x, axis=-1)
-    x = scipy.signal.sosfiltfilt(scipy.signal.butter(4, [0.67, 40], "bandpass", fs=fs,
-                                                     output="sos"), x, axis=-1)
+    b, a = scipy.signal.butter(N=4, Wn=[0.67, 40], btype="bandpass", fs=fs)
+    x = scipy.signal.filtfilt(b, a, x, axis=-1)
     width = int(0.4 * fs) + 1
     width += 1 - width % 2
-    x = x - np.stack([scipy.ndimage.median_filter(r, size=width, mode="nearest") for r in x])
+    x = x - np.stack([scipy.signal.medfilt(r, width) for r in x])
     return ((x - x.mean()) / (x.std() + 1e-8)).astype(np.float32)
 
 
-def stmem_preprocess(x, fs=250.0):
-    """ST-MEM: order-5 zero-phase high-pass 0.67 Hz and low-pass 40 Hz, one global z-score."""
+def stmem_crop(x, fs=250.0):
+    """ST-MEM's per-crop transforms (reference-stmem.md, data path step 4): order-5 high-pass
+    0.67 Hz, THEN order-5 low-pass 40 Hz (two sosfiltfilt passes), then one z-score (ddof 0)
+    over leads and time; std 0 -> zeros."""
     x = np.asarray(x, np.float64)
     for cut, kind in ((0.67, "highpass"), (40.0, "lowpass")):
         x = scipy.signal.sosfiltfilt(scipy.signal.butter(5, cut, kind, fs=fs, output="sos"), x,
                                      axis=-1)
-    return ((x - x.mean()) / x.std()).astype(np.float32)
+    std = x.std()
+    return (np.zeros_like(x) if std == 0 else (x - x.mean()) / std).astype(np.float32)
+
+
+def stmem_examples(x, fs):
+    """ST-MEM's examples of a (12, T) record at fs: non-overlapping 10 s windows, each FFT-
+    resampled to int(T * 250 / fs), then 3 crops of 2250 at 0, s, 2s (s = (T - 2250) // 2),
+    each through `stmem_crop`. -> list of (3, 12, 30, 75) per window."""
+    width = int(10 * fs)
+    out = []
+    for k in range(x.shape[1] // width):
+        w = scipy.signal.resample(np.asarray(x[:, k * width:(k + 1) * width], np.float64),
+                                  int(width * 250 / fs), axis=-1)
+        s = (w.shape[1] - 2250) // 2
+        out.append(np.stack([stmem_crop(w[:, o:o + 2250]).reshape(12, 30, 75)
+                             for o in (0, s, 2 * s)]))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -125,13 +146,14 @@ def test_embed_sit_raw_and_three_crop_protocol(sit_ckpt):
         want = ref.features(torch.from_numpy(raw.reshape(3, 12, 30, 75))).numpy()
     assert rel_err(got, want) <= 1e-5
 
-    # Protocol: 10 s at 500 Hz -> 250 Hz, ST-MEM filters + z-score, crops 0/125/250, mean.
+    # An ST-MEM import takes ST-MEM's data path with no flag: 10 s at 500 Hz, FFT to 250 Hz,
+    # crops 0/125/250, each filtered and standardised on its own; the crops' features averaged.
+    assert backbone.config.data.preset == "stmem"
     ecg = np.cumsum(rng.standard_normal((2, 12, 5000)), axis=-1).astype(np.float32) * 0.01
     got = embed.embed(backbone, array=ecg, fs=500.0, batch_size=2)["outputs"]
     want = []
     for e in ecg:
-        x = stmem_preprocess(records.resample(e, 500.0, 250.0)[0])
-        crops = np.stack([x[:, o:o + 2250].reshape(12, 30, 75) for o in (0, 125, 250)])
+        (crops,) = stmem_examples(e, 500.0)
         with torch.no_grad():
             want.append(ref.features(torch.from_numpy(crops)).numpy().mean(0))
     assert rel_err(got, np.stack(want)) <= 1e-5
@@ -172,3 +194,63 @@ def test_one_lead_model_reads_lead_one(cinc_sample_dir, tmp_path):
     with torch.no_grad():
         want = torch.sigmoid(ref(torch.from_numpy(x))).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def _write_record(folder, name, seconds, fs=500.0, seed=0):
+    import wfdb
+
+    from crema_jax.data.leads import LEADS
+    rng = np.random.default_rng(seed)
+    n = int(seconds * fs)
+    x = np.cumsum(rng.normal(size=(n, 12)), 0) * 0.01 + np.sin(
+        2 * np.pi * 1.1 * np.arange(n) / fs)[:, None]
+    wfdb.wrsamp(name, fs=fs, units=["mV"] * 12, sig_name=list(LEADS), p_signal=x,
+                fmt=["16"] * 12, adc_gain=[1000.0] * 12, baseline=[0] * 12,
+                write_dir=str(folder))
+    signal, fields = wfdb.rdsamp(str(folder / name))   # ST-MEM's reader, as the reference
+    return str(folder / name), signal[:, [fields["sig_name"].index(n) for n in LEADS]].T
+
+
+def test_stmem_import_embeds_wfdb_windows_by_its_own_path(sit_ckpt, tmp_path, capsys):
+    """import-torch --format=stmem, then embed WFDB files with no flag: ST-MEM's windows, FFT
+    resampling and per-crop preprocessing; one row per 10 s window, or their mean."""
+    from crema_jax.cli import embed as embed_cli
+
+    ref, ckpt = sit_ckpt
+    path, raw = _write_record(tmp_path, "R25", 25.0)
+    backbone = backbones.load(ckpt)
+    out = embed.embed(backbone, records=[path])
+    with torch.no_grad():
+        want = np.stack([ref.features(torch.from_numpy(c)).numpy().mean(0)
+                         for c in stmem_examples(raw, 500.0)])
+    assert out["outputs"].shape == (2, 64) and list(out["window"]) == [0, 1]
+    assert rel_err(out["outputs"], want) <= 1e-5
+    mean = embed.embed(backbone, records=[path], windows="mean")
+    assert rel_err(mean["outputs"], want.mean(0, keepdims=True)) <= 1e-5
+    embed_cli.COMMAND.run([f"--checkpoint={ckpt}", f"--input={path}",
+                           f"--out={tmp_path / 'y.npy'}"])
+    printed = capsys.readouterr().out
+    assert "data path: stmem (from the checkpoint's config" in printed
+    assert (tmp_path / "y.records.txt").read_text().split() == ["R25#0", "R25#1"]
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), out["outputs"], rtol=1e-6)
+
+
+def test_stmem_lead_subsets_take_lead_embeddings_by_position(sit_ckpt):
+    """ST-MEM's downstream model for lead II alone uses the embedding trained for lead I (the
+    first L of a 12-lead checkpoint); import-torch sets model.lead_embedding="position"."""
+    ref, ckpt = sit_ckpt
+    backbone = backbones.load(ckpt)
+    assert backbone.config.model.lead_embedding == "position"
+    patches = np.random.default_rng(9).normal(size=(2, 1, 1, 30, 75)).astype(np.float32)
+    batch = {"patches": patches, "lead_indices": np.ones((2, 1), np.int32),   # lead II
+             "patch_valid": np.ones((2, 1, 1, 30), bool)}
+    got = np.asarray(backbone.family.features(backbone.graphdef, backbone.state, batch))[:, 0]
+    with torch.no_grad():
+        want = ref.features(torch.from_numpy(patches[:, 0])).numpy()
+    assert rel_err(got, want) <= 1e-5
+    config = backbone.config.copy_and_resolve_references()
+    config.model.lead_embedding = "canonical"   # ours: lead II keeps lead II's embedding
+    params, _, _ = checkpoint.load_model_checkpoint(ckpt)
+    graphdef, state = backbone.family.build(config, params, seed=0)
+    canonical = np.asarray(backbone.family.features(graphdef, state, batch))[:, 0]
+    assert rel_err(canonical, want) > 1e-3

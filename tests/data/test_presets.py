@@ -1,0 +1,197 @@
+"""The peers' data paths (data/presets.py) against implementations written here, with wfdb and
+scipy, from the facts of reference-stmem.md ("ST-MEM's own data path") and
+reference-ecgfounder.md ("Its preprocessing exactly"): windows, FFT resampling, crop THEN
+filter, per-crop statistics, std = 0, crop starts, probability averaging, medfilt edges."""
+import numpy as np
+import pytest
+import scipy.signal
+import wfdb
+
+from crema_jax.data import batch, config as config_lib, layouts, pipeline, preprocess, presets
+from crema_jax.data import records, sources
+from crema_jax.data.leads import LEADS
+
+FS = 500.0
+
+
+def _write(folder, name, seconds, *, seed, nan_at=None):
+    """A 12-lead record in mV (smooth random walk plus beats), optionally NaN samples."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * FS)
+    t = np.arange(n) / FS
+    x = 0.05 * np.cumsum(rng.normal(size=(n, 12)), 0) / np.sqrt(FS) \
+        + np.sin(2 * np.pi * 1.2 * t)[:, None] * rng.uniform(0.5, 1.5, 12)
+    if nan_at is not None:
+        x[nan_at:nan_at + 10] = np.nan
+    wfdb.wrsamp(name, fs=FS, units=["mV"] * 12, sig_name=list(LEADS), p_signal=x,
+                fmt=["16"] * 12, adc_gain=[1000.0] * 12, baseline=[0] * 12,
+                write_dir=str(folder))
+    return str(folder / name)
+
+
+def _rdsamp(path):
+    """ST-MEM's step 1: wfdb.rdsamp in physical units, the 12 leads by exact name, (12, T)."""
+    signal, fields = wfdb.rdsamp(path)
+    order = [fields["sig_name"].index(name) for name in LEADS]
+    return signal[:, order].T
+
+
+def _stmem_crop(x):
+    """Step 4 on one crop: order-5 high-pass 0.67 Hz, then order-5 low-pass 40 Hz (two
+    sosfiltfilt passes at 250 Hz), then one mean and one population std; std 0 -> zeros."""
+    x = np.asarray(x, np.float64)
+    for cut, kind in ((0.67, "highpass"), (40.0, "lowpass")):
+        x = scipy.signal.sosfiltfilt(scipy.signal.butter(5, cut, kind, fs=250.0, output="sos"),
+                                     x, axis=-1)
+    std = x.std()
+    return np.zeros_like(x) if std == 0 else (x - x.mean()) / std
+
+
+def _data_cfg(preset, **fields):
+    cfg = presets.apply(config_lib.default_data_config(), preset)
+    cfg.split, cfg.num_epochs, cfg.batch_size = "", 1, 2
+    for key, value in fields.items():
+        cfg[key] = value
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("presets")
+    return {"r35": _write(root, "R35", 35.0, seed=0), "r9": _write(root, "R9", 9.0, seed=1),
+            "rnan": _write(root, "RNAN", 25.0, seed=2, nan_at=int(13 * FS))}
+
+
+def _source(paths, cfg):
+    infos = [layouts.RecordInfo(layouts.record_id_of(p), p, (), "", "") for p in paths]
+    return sources.WfdbSource(infos, [], reading=sources.Reading.from_data_config(cfg))
+
+
+def test_stmem_windows_fft_resampling_and_skips(folder):
+    cfg = _data_cfg("stmem")
+    source = _source([folder["r35"], folder["r9"], folder["rnan"]], cfg)
+    # 35 s -> 3 windows (5 s remainder dropped), 9 s -> one placeholder skipped as too short,
+    # 25 s -> 2 windows, the second of which holds NaN.
+    assert len(source) == 6
+    np.testing.assert_array_equal(source.record_rows, [0, 0, 0, 1, 2, 2])
+    raw = _rdsamp(folder["r35"])
+    for k in range(3):
+        want = scipy.signal.resample(raw[:, k * 5000:(k + 1) * 5000], 2500, axis=-1)
+        got = source.load(source[k])
+        assert got["signal"].shape == (12, 2500)
+        np.testing.assert_allclose(got["signal"], want, rtol=1e-5, atol=1e-5)  # unfiltered yet
+    with pytest.raises(records.RecordError) as short:
+        source.load(source[3])
+    assert short.value.reason == "too_short"
+    source.load(source[4])
+    with pytest.raises(records.RecordError) as nan:
+        source.load(source[5])
+    assert nan.value.reason == "nan_window" and "window 1" in str(nan.value)
+    stats = sources.SkipStats()
+    batches = list(pipeline.make_eval_dataset(cfg, source=source, process_index=0,
+                                              process_count=1, stats=stats))
+    assert dict(stats.counts) == {"too_short": 1, "nan_window": 1}
+    assert sum(int(b["valid"].sum()) for b in batches) == 4
+
+
+def test_stmem_crops_are_cut_then_filtered_and_standardised_each(folder):
+    cfg = _data_cfg("stmem")
+    source = _source([folder["r35"]], cfg)
+    first = next(iter(pipeline.make_eval_dataset(cfg, source=source, process_index=0,
+                                                 process_count=1)))
+    window = scipy.signal.resample(_rdsamp(folder["r35"])[:, :5000], 2500, axis=-1)
+    s = (2500 - 2250) // 2                       # ST-MEM's crop starts 0, s, 2s: 0/125/250
+    want = np.stack([_stmem_crop(window[:, o:o + 2250]) for o in (0, s, 2 * s)])
+    got = first["patches"][0].reshape(3, 12, 2250)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for c in range(3):                           # every crop has its own statistics
+        assert abs(got[c].mean()) < 1e-5 and abs(got[c].std() - 1) < 1e-5
+    # The order matters: filtering and standardising the window first gives other crops.
+    whole = _stmem_crop(window)
+    assert np.abs(whole[:, :2250] - want[0]).max() > 1e-2
+    # A flat crop has std 0: all zeros, not NaN.
+    flat = preprocess.preprocess(np.full((12, 2250), 0.7), 250.0, preprocess.PRESETS["stmem"]())
+    assert not flat.any()
+
+
+@pytest.mark.parametrize("seconds", [10, 15, 60])
+def test_crop_starts_are_stmems_formula(seconds):
+    """'starts 0, s, 2s, ... up to T - 2250 with s = (T - 2250) // 2' (T at 250 Hz)."""
+    t = seconds * 250
+    s = (t - 2250) // 2
+    assert batch.eval_crop_starts(t, 2250, 3) == list(range(0, t - 2250 + 1, s))
+    assert batch.eval_crop_starts(t, 2250, 3) == {10: [0, 125, 250], 15: [0, 750, 1500],
+                                                  60: [0, 6375, 12750]}[seconds]
+    assert batch.eval_crop_starts(2 * t, 5000, 1) == [(2 * t - 5000) // 2]  # Net1D: centred
+
+
+def test_probability_averaging_is_the_mean_of_the_crops_probabilities():
+    from crema_jax.evaluate import finetune, linear_probe
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(4, 3, 5))
+    sigmoid = 1 / (1 + np.exp(-logits))
+    np.testing.assert_allclose(finetune.crop_probabilities(logits, "multilabel", "probability"),
+                               sigmoid.mean(1), rtol=1e-6)
+    np.testing.assert_allclose(finetune.crop_probabilities(logits, "multilabel", "embedding"),
+                               1 / (1 + np.exp(-logits.mean(1))), rtol=1e-6)
+    softmax = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    np.testing.assert_allclose(finetune.crop_probabilities(logits, "multiclass", "probability"),
+                               softmax.mean(1), rtol=1e-6)
+    feats = rng.normal(size=(4, 3, 6)).astype(np.float32)
+    probe = linear_probe.LinearProbe(kernel=rng.normal(size=(6, 5)).astype(np.float32),
+                                     bias=np.zeros(5, np.float32), mean=np.zeros(6, np.float32),
+                                     std=np.ones(6, np.float32), label_type="multilabel", l2=0.0,
+                                     val_auroc_by_l2={})
+    per_crop = 1 / (1 + np.exp(-(feats.astype(np.float64) @ probe.kernel)))
+    np.testing.assert_allclose(linear_probe.predict_proba(probe, feats), per_crop.mean(1),
+                               rtol=1e-5)
+
+
+def test_ecgfounder_median_baseline_has_medfilts_zero_edges():
+    x = np.random.default_rng(4).normal(size=(3, 1200)).cumsum(1)
+    got = preprocess.median_baseline(x, FS, window_s=0.4, edges="zero")
+    want = x - np.stack([scipy.signal.medfilt(r, 201) for r in x])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)   # at the edges too
+    nearest = preprocess.median_baseline(x, FS, window_s=0.4, edges="nearest")
+    assert np.abs(nearest[:, :100] - want[:, :100]).max() > 1e-3  # the edge mode matters
+
+
+def test_ecgfounder_path_zeroes_nan_then_preprocesses_the_record(folder):
+    cfg = _data_cfg("ecgfounder")
+    source = _source([folder["rnan"]], cfg)
+    got = source.load(source[0])["signal"]
+    x = np.nan_to_num(_rdsamp(folder["rnan"]))             # NaN -> 0, at 500 Hz
+    b, a = scipy.signal.iirnotch(50.0, 30.0, fs=FS)
+    x = scipy.signal.filtfilt(b, a, x, axis=-1)
+    b, a = scipy.signal.butter(N=4, Wn=[0.67, 40], btype="bandpass", fs=FS)
+    x = scipy.signal.filtfilt(b, a, x, axis=-1)
+    x = x - np.stack([scipy.signal.medfilt(r, 201) for r in x])
+    want = (x - x.mean()) / (x.std() + 1e-8)
+    # float32 in, float64 here: medfilt may pick a neighbouring sample where two are within
+    # float32 rounding, so the bound is relative to the signal's scale.
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_presets_set_every_field_and_refuse_unknown_names():
+    cfg = presets.apply(config_lib.default_data_config(), "stmem")
+    assert (cfg.preset, cfg.window_seconds, cfg.resample, cfg.nan_policy, cfg.preprocess.stage,
+            cfg.eval_crop_average, cfg.target_fs) == ("stmem", 10.0, "fft", "drop_window", "crop",
+                                                      "probability", 250.0)
+    back = presets.apply(cfg, "crema")
+    assert back.to_dict() == presets.apply(config_lib.default_data_config(), "crema").to_dict()
+    assert back.to_dict() == config_lib.default_data_config().to_dict()  # crema = the defaults
+    with pytest.raises(ValueError, match="expected one of"):
+        presets.apply(cfg, "physionet")
+
+
+def test_stmem_pretraining_views_are_standardised_per_crop(folder):
+    """configs/stmem_base.py trains on ST-MEM's path: every random crop is filtered and
+    standardised on its own before it is patchified and masked."""
+    cfg = _data_cfg("stmem", num_views=1, num_epochs=None)
+    source = _source([folder["r35"]], cfg)
+    views = next(iter(pipeline.make_pretrain_dataset(cfg, source=source, process_index=0,
+                                                     process_count=1)))
+    crops = views["patches"][:, 0].reshape(2, 12, 2250)
+    for crop in crops:
+        assert abs(crop.mean()) < 1e-5 and abs(crop.std() - 1.0) < 1e-5
