@@ -1,0 +1,124 @@
+"""Writing outputs without losing anything: the one place every command's files are written from.
+
+Rules (every command follows them):
+- An output is never one of the command's inputs, never a folder where a file is expected, and
+  an existing file is replaced only when the command owns it (a file it wrote, recognised by
+  `owned`) or the user said so (`overwrite=True`, e.g. `--overwrite`).
+- An output FOLDER is new, empty, or one the command wrote before (it holds the command's marker
+  file); a folder holding anything else is refused, so a user's own files are never touched.
+- Every file is written to a temporary file created exclusively in the output's own folder, with
+  a name unique to the process (mkstemp: O_CREAT | O_EXCL, never following a planted link), then
+  renamed over the output in one step (os.replace renames a link itself, never its target). A
+  crash leaves the old file or the new one, never half of one; two processes never share a
+  temporary name.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+from typing import Any, Callable, Iterable
+
+
+class OutputError(ValueError):
+    """An output the command refuses to write; the message names it and says why."""
+
+
+def _real(path) -> str:
+    return os.path.realpath(os.fspath(path))
+
+
+def same_file(a, b) -> bool:
+    """Whether two paths name the same file (or would: one need not exist)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return _real(a) == _real(b)
+
+
+def check_output_file(path, *, inputs: Iterable = (), flag: str = "--out",
+                      overwrite: bool = False, owned: Callable[[str], bool] | None = None) -> str:
+    """`path` as a safe output file name, or OutputError: not an input (nor inside an input
+    folder), not a folder, not a link; an existing file only with overwrite or when `owned`."""
+    path = os.fspath(path)
+    for item in inputs:
+        if item is None or item == "":
+            continue
+        if same_file(path, item) or (os.path.isdir(item) and
+                                     _real(path).startswith(_real(item).rstrip(os.sep) + os.sep)):
+            raise OutputError(f"{flag}={path}: that is an input of this command ({item}); "
+                              "choose another output")
+    if os.path.isdir(path):
+        raise OutputError(f"{flag}={path}: a folder; expected a file name")
+    if os.path.islink(path):
+        raise OutputError(f"{flag}={path}: a symbolic link; name a plain file")
+    if os.path.exists(path) and not overwrite and not (owned and owned(path)):
+        raise OutputError(f"{flag}={path}: the file exists; choose a new name or pass --overwrite")
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise OutputError(f"{flag}={path}: {parent} is a file, not a folder")
+    return path
+
+
+def check_output_dir(path, *, marker: str, flag: str, inputs: Iterable = ()) -> pathlib.Path:
+    """`path` as an output folder this command may write into, created if new: it must be new,
+    empty, or hold `marker` (a file the command writes there). Anything else: OutputError."""
+    path = pathlib.Path(os.fspath(path))
+    for item in inputs:
+        if item and same_file(path, item):
+            raise OutputError(f"{flag}={path}: that is an input of this command; choose another "
+                              "folder")
+    if path.is_symlink():
+        raise OutputError(f"{flag}={path}: a symbolic link; name a plain folder")
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{flag}={path}: a file, not a folder")
+    if path.is_dir():
+        entries = [p.name for p in path.iterdir()]
+        if entries and marker not in entries:
+            shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
+            raise OutputError(f"{flag}={path}: the folder holds files this command did not write "
+                              f"({shown}); choose a new or empty folder")
+        if marker in entries and (path / marker).is_symlink():
+            raise OutputError(f"{flag}={path}: {marker} is a symbolic link")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{flag}={path}: cannot create the folder ({err.strerror})") from None
+    if not os.access(path, os.W_OK):
+        raise OutputError(f"{flag}={path}: the folder is not writable")
+    return path
+
+
+def write_atomic(path, write: Callable[[str], Any]) -> None:
+    """write(temporary path) then rename it to `path` (see the module docstring)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
+                               suffix=f".{os.getpid()}.tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result is an ordinary file
+        os.replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+
+
+def write_bytes_atomic(path, data: bytes) -> None:
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+    write_atomic(path, write)
+
+
+def write_text_atomic(path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
