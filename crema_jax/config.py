@@ -77,6 +77,12 @@ def default_checkpoint_config() -> ml_collections.ConfigDict:
     c.max_to_keep = 3
     c.async_save = True          # the train loop keeps running while Orbax writes.
     c.resume = True              # continue from the latest complete checkpoint in the workdir.
+    # resume=False on a workdir holding checkpoints is refused unless this is True; the old
+    # checkpoints are then moved aside (checkpoints.replaced-TIME), never deleted.
+    c.overwrite = False
+    # A workdir lock from another host whose heartbeat is older than this is stale (a lock of a
+    # process gone from this host always is); see checkpoint.WorkdirLock.
+    c.lock_stale_seconds = 3600.0
     return c
 
 
@@ -141,3 +147,64 @@ def _merge(node: ml_collections.ConfigDict, saved: dict, prefix: str) -> None:
                     node[key] = value
                 except TypeError as err:
                     raise ValueError(f"saved config field {path}={value!r}: {err}") from None
+
+
+def _check(ok: bool, field: str, value, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"config.{field}={value!r}: expected {expected}")
+
+
+def _one_of(config, field: str, allowed) -> None:
+    section, name = field.split(".", 1)
+    value = config[section]
+    for key in name.split("."):
+        value = value[key]
+    _check(value in allowed, field, value, f"one of {sorted(allowed)}")
+
+
+def validate(config) -> None:
+    """Impossible values refused before anything is built or compiled: a ValueError naming the
+    field, its value and what is allowed."""
+    from crema_jax import losses, models
+    from crema_jax.data import masking, presets
+    from crema_jax.models import config as model_config
+
+    c = config
+    for field in ("checkpoint.every_steps", "checkpoint.max_to_keep", "train.num_steps",
+                  "train.log_every_steps", "train.global_batch_size", "optim.grad_accum_steps"):
+        section, name = field.split(".")
+        value = c[section][name]
+        _check(isinstance(value, int) and value >= 1, field, value, "an integer >= 1")
+    _check(c.optim.warmup_steps >= 0, "optim.warmup_steps", c.optim.warmup_steps, ">= 0")
+    _check(c.optim.base_lr >= 0, "optim.base_lr", c.optim.base_lr, ">= 0")
+    _check(0.0 < float(c.data.mask.ratio) < 1.0, "data.mask.ratio", c.data.mask.ratio,
+           "a fraction strictly between 0 and 1 (0 hides nothing to reconstruct, 1 leaves the "
+           "encoder nothing to see)")
+    _one_of(c, "data.mask.name", masking.MASKS)
+    _one_of(c, "data.num_views", (1, 2))
+    _one_of(c, "data.preset", presets.NAMES)
+    _one_of(c, "data.resample", ("polyphase", "fft"))
+    _one_of(c, "data.nan_policy", ("interpolate", "zero", "drop_window"))
+    _one_of(c, "data.eval_crop_average", ("embedding", "probability"))
+    _check(c.data.window_seconds >= 0, "data.window_seconds", c.data.window_seconds,
+           "0 (whole records) or a window length in seconds")
+    _check(c.data.eval_num_crops >= 1, "data.eval_num_crops", c.data.eval_num_crops, ">= 1")
+    _check(c.data.patch_size >= 1 and c.data.crop_samples % c.data.patch_size == 0,
+           "data.crop_samples", c.data.crop_samples,
+           f"a multiple of data.patch_size={c.data.patch_size}")
+    _check(c.data.target_fs > 0, "data.target_fs", c.data.target_fs, "> 0 Hz")
+    _one_of(c, "loss.name", losses.LOSSES)
+    _one_of(c, "model.name", models.MODELS)
+    if c.model.name in ("sit", "sit_encoder"):
+        _one_of(c, "model.size", model_config.SIZES)
+        _one_of(c, "model.dtype", ("float32", "bfloat16"))
+        _one_of(c, "model.lead_embedding", ("canonical", "position"))
+        _one_of(c, "model.residual_boundary", ("auto", "on", "off"))
+        _check(c.model.patch_size == c.data.patch_size, "model.patch_size", c.model.patch_size,
+               f"data.patch_size={c.data.patch_size} (the patches the data path cuts)")
+        _check(c.model.num_patches == c.data.crop_samples // c.data.patch_size,
+               "model.num_patches", c.model.num_patches,
+               f"data.crop_samples / data.patch_size = {c.data.crop_samples // c.data.patch_size}")
+    if c.loss.name in ("crema", "infonce", "simclr", "siglip"):
+        _check(c.data.num_views == 2, "data.num_views", c.data.num_views,
+               f"2 for loss {c.loss.name!r} (its contrastive term pairs two views)")

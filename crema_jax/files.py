@@ -61,9 +61,13 @@ def check_output_file(path, *, inputs: Iterable = (), flag: str = "--out",
     return path
 
 
-def check_output_dir(path, *, marker: str, flag: str, inputs: Iterable = ()) -> pathlib.Path:
+def check_output_dir(path, *, marker, flag: str, inputs: Iterable = (),
+                     create: bool = True) -> pathlib.Path:
     """`path` as an output folder this command may write into, created if new: it must be new,
-    empty, or hold `marker` (a file the command writes there). Anything else: OutputError."""
+    empty, or hold `marker` (a name, or a tuple of names, the command writes there; None: new
+    or empty only). Anything else: OutputError. create=False checks without creating it (the
+    writer creates it later, so that a command failing before then leaves nothing)."""
+    markers = () if marker is None else (marker,) if isinstance(marker, str) else tuple(marker)
     path = pathlib.Path(os.fspath(path))
     for item in inputs:
         if item and same_file(path, item):
@@ -75,18 +79,25 @@ def check_output_dir(path, *, marker: str, flag: str, inputs: Iterable = ()) -> 
         raise OutputError(f"{flag}={path}: a file, not a folder")
     if path.is_dir():
         entries = [p.name for p in path.iterdir()]
-        if entries and marker not in entries:
+        ours = [m for m in markers if m in entries]
+        if entries and not ours:
             shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
             raise OutputError(f"{flag}={path}: the folder holds files this command did not write "
                               f"({shown}); choose a new or empty folder")
-        if marker in entries and (path / marker).is_symlink():
-            raise OutputError(f"{flag}={path}: {marker} is a symbolic link")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OutputError(f"{flag}={path}: cannot create the folder ({err.strerror})") from None
-    if not os.access(path, os.W_OK):
-        raise OutputError(f"{flag}={path}: the folder is not writable")
+        for m in ours:
+            if (path / m).is_symlink():
+                raise OutputError(f"{flag}={path}: {m} is a symbolic link")
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise OutputError(f"{flag}={path}: {existing} is a file, not a folder")
+    if existing is not None and not os.access(existing, os.W_OK):
+        raise OutputError(f"{flag}={path}: {existing} is not writable")
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OutputError(f"{flag}={path}: cannot create the folder ({err.strerror})") \
+                from None
     return path
 
 
@@ -122,3 +133,26 @@ def write_text_atomic(path, text: str) -> None:
 
 def write_json_atomic(path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+
+def remove_stale_temporaries(folder) -> int:
+    """Delete the temporary files `write_atomic` left in `folder` when its process died (their
+    names carry the writer's pid; a live writer's are kept). Returns how many were removed."""
+    removed = 0
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        return 0
+    for path in folder.glob(".*.tmp"):
+        parts = path.name.rsplit(".", 2)
+        if len(parts) != 3 or not parts[1].isdigit() or path.is_symlink():
+            continue
+        try:
+            os.kill(int(parts[1]), 0)
+            continue                       # the writer is alive: its file, not ours to touch
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        path.unlink()
+        removed += 1
+    return removed

@@ -14,8 +14,8 @@ Each command owns a private absl FlagValues built afresh for every parse, so
 
 Errors end in ONE line on stderr, `crema-jax COMMAND: error: ...`: a bad flag (exit 2), and an
 input or setting the command cannot use (exit 1: CommandError, ValueError, and missing or
-existing files, a missing optional dependency). `--log_level=debug` adds the traceback. Anything else is a bug and keeps its
-traceback.
+existing files, a missing optional dependency). `--verbose` adds the traceback. Anything else is
+a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -61,8 +61,10 @@ class Command:
         self.positional = positional  # e.g. "RECORD..." ("" = no positional arguments)
         self._flags: list[_Flag] = []
         self._main: Callable | None = None
-        self._add("enum", "log_level", "warning", "Log messages at and above this level "
-                  "(debug also prints the traceback of an error).", values=list(LOG_LEVELS))
+        self._add("enum", "log_level", "warning", "Log messages at and above this level.",
+                  values=list(LOG_LEVELS))
+        self._add("bool", "verbose", False, "On an error, print its traceback too (and log at "
+                  "info level).")
 
     # ------------------------------------------------------------------------- declaring flags
     def _add(self, kind, name, default, help_text, *, required=False, **extra):
@@ -126,7 +128,11 @@ class Command:
         `.positional`. Raises flags.Error (a usage error) with a one-line message."""
         argv = [f"{PROGRAM} {self.name}", *argv]
         fv = self._flag_values(argv)
-        positional = fv(argv)[1:]
+        try:
+            positional = fv(argv)[1:]
+        except (AttributeError, KeyError, TypeError) as err:  # a config override that misses
+            configs = [f.name for f in self._flags if f.kind == "config"]
+            raise flags.Error(_config_override_problem(argv, configs) or str(err)) from None
         if positional and not self.positional:
             raise flags.Error(f"unexpected arguments {positional}; flags are --name=value")
         values = {f.name: fv[f.name].value for f in self._flags}
@@ -171,11 +177,12 @@ class Command:
             args = self.parse(argv)
         except flags.Error as err:
             self._fail(str(err).splitlines()[0], code=2)
-        _set_log_level(args.log_level)
+        _set_log_level("info" if args.verbose and args.log_level == "warning"
+                       else args.log_level)
         try:
             return self._main(args)
         except (CommandError, *USER_ERRORS) as err:
-            if args.log_level == "debug":
+            if args.verbose or args.log_level == "debug":
                 traceback.print_exc()
             self._fail(_one_line(err), code=1)
 
@@ -183,6 +190,40 @@ class Command:
         sys.stdout.flush()
         print(f"{PROGRAM} {self.name}: error: {message}", file=sys.stderr, flush=True)
         raise SystemExit(code)
+
+
+def _config_override_problem(argv, config_flags: list[str]) -> str | None:
+    """A one-line account of the first --NAME.a.b=v override naming no field of the config
+    file, with the nearest field names."""
+    import difflib
+    import importlib.util
+
+    for name in config_flags:
+        path = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{name}=")), None)
+        if path is None:
+            continue
+        try:
+            spec = importlib.util.spec_from_file_location("crema_jax_cli_config", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            config = module.get_config()
+        except Exception:  # noqa: BLE001 - the flag's own parser reports a bad file
+            return None
+        for arg in argv:
+            if not arg.startswith(f"--{name}."):
+                continue
+            keys = arg.split("=", 1)[0][len(name) + 3:].split(".")
+            node, where = config, name
+            for key in keys:
+                if not hasattr(node, "keys") or key not in node:
+                    fields = list(node.keys()) if hasattr(node, "keys") else []
+                    near = difflib.get_close_matches(key, fields, n=3)
+                    hint = (f"did you mean {', '.join(f'{where}.{n}' for n in near)}?" if near
+                            else f"its fields: {', '.join(sorted(fields))}" if fields else
+                            f"{where} is a value, not a section")
+                    return f"{arg.split('=', 1)[0]}: {where} has no field {key!r}; {hint}"
+                node, where = node[key], f"{where}.{key}"
+    return None
 
 
 def _default_text(f: _Flag) -> str:

@@ -29,6 +29,7 @@ COMMAND.integer("batch_size", 16, "ECGs per forward pass.", lower_bound=1)
 COMMAND.enum("preset", "", ["", "crema", "stmem", "ecgfounder"], "The data path, file to model "
              "input (data/presets.py): '' = the checkpoint's own (import-torch writes ST-MEM's "
              "or ECGFounder's; ours is crema).")
+COMMAND.boolean("overwrite", False, "Replace Y.npy (and Y.records.txt) when they exist.")
 COMMAND.enum("windows", "rows", ["rows", "mean"], "When the data path cuts records into 10 s "
              "windows (ST-MEM's): one row per window, or one per record (its windows' mean).")
 
@@ -44,12 +45,25 @@ def main(args) -> None:
         fs = float(args.fs) if args.fs else None
     except ValueError:
         raise command.CommandError(f"--fs={args.fs!r}: expected a sampling rate in Hz") from None
+    from crema_jax import files
+
+    if not args.out.endswith(".npy"):
+        raise command.CommandError(f"--out={args.out}: expected a file name ending in .npy")
+    side = os.path.splitext(args.out)[0] + ".records.txt"
+    for path in (args.out, side):   # checked before any work: nothing is written on error
+        files.check_output_file(path, inputs=[args.input, args.checkpoint],
+                                overwrite=args.overwrite)
     backbone = backbones.load(args.checkpoint, with_head=args.logits)
     records = None
     if args.input.endswith(".npy"):
         if not os.path.isfile(args.input):
             raise FileNotFoundError(f"--input={args.input}: no such file")
-        out = embed.embed(backbone, array=np.load(args.input, allow_pickle=False), fs=fs,
+        try:
+            array = np.load(args.input, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise command.CommandError(f"--input={args.input}: not a NumPy .npy array ({err})") \
+                from None
+        out = embed.embed(backbone, array=array, fs=fs,
                           raw=args.raw, logits=args.logits, batch_size=args.batch_size,
                           preset=args.preset or None, windows=args.windows)
     else:
@@ -59,11 +73,18 @@ def main(args) -> None:
                           windows=args.windows)
     if out["data_cfg"] is not None:
         print(backbones.describe_data_path(out["data_cfg"], args.preset))
-    np.save(args.out, out["outputs"])
+    if out["note"]:
+        print(out["note"])
+    if not len(out["outputs"]):
+        raise command.CommandError(f"--input={args.input}: no ECG could be read "
+                                   f"({out['skipped'].total} skipped); nothing written")
+    def save(tmp):
+        with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to tmp
+            np.save(f, out["outputs"])
+    files.write_atomic(args.out, save)
     if records is not None:
-        with open(os.path.splitext(args.out)[0] + ".records.txt", "w", encoding="utf-8") as f:
-            f.write("\n".join(embed.row_name(records, r, w)
-                              for r, w in zip(out["record"], out["window"])) + "\n")
+        files.write_text_atomic(side, "\n".join(embed.row_name(records, r, w) for r, w in
+                                                zip(out["record"], out["window"])) + "\n")
     skipped = out["skipped"].total
     print(f"wrote {args.out}: {out['outputs'].shape} {'logits' if args.logits else 'features'}"
           + (f"; skipped {skipped} unreadable records" if skipped else ""))

@@ -17,6 +17,7 @@ COMMAND.string("out", None, "Output FILE.safetensors or FILE.pth (FILE.json is w
 COMMAND.enum("layout", "", ["", "crema", "stmem", "ecgfounder"], "Key layout ('' = crema for a "
              "SiT, ecgfounder for Net1D).")
 COMMAND.boolean("include_decoder", False, "Also write the MAE decoder (pretraining model).")
+COMMAND.boolean("overwrite", False, "Replace FILE and FILE.json when they exist.")
 
 
 @COMMAND.main
@@ -24,5 +25,6 @@ def main(args) -> None:
     from crema_jax.export import export_torch
 
     paths = export_torch.run_export(args.checkpoint, args.out, layout=args.layout or None,
-                                    include_decoder=args.include_decoder)
+                                    include_decoder=args.include_decoder,
+                                    overwrite=args.overwrite)
     print("wrote " + " and ".join(paths))

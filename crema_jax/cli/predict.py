@@ -15,6 +15,7 @@ COMMAND.enum("model", "ecgfounder", ["ecgfounder"], "The label model.")
 COMMAND.string("checkpoint", None, "Workdir, checkpoints dir or step dir to read.", required=True)
 COMMAND.string("out", "", "Output CSV of all label probabilities per record.")
 COMMAND.integer("top", 5, "Labels printed per record.", lower_bound=0)
+COMMAND.boolean("overwrite", False, "Replace the --out CSV when it exists.")
 COMMAND.integer("batch_size", 16, "ECGs per forward pass.", lower_bound=1)
 COMMAND.enum("preset", "", ["", "crema", "stmem", "ecgfounder"], "The data path (data/"
              "presets.py): '' = the checkpoint's own (ECGFounder's for an import).")
@@ -27,6 +28,11 @@ def main(args) -> None:
 
     if not args.positional:
         raise command.CommandError(f"no records given (usage: {COMMAND.usage_line()})")
+    from crema_jax import files
+
+    if args.out:
+        files.check_output_file(args.out, inputs=[args.checkpoint, *args.positional],
+                                overwrite=args.overwrite)
     labels = predict.label_names()
     backbone = backbones.load(args.checkpoint, with_head=True)
     predict.check_backbone(backbone)

@@ -34,6 +34,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from crema_jax import files
+
 from crema_jax.data.sources import multi_hot
 
 MAGIC = b"CRMA"
@@ -100,23 +102,19 @@ def shard_name(shard: int, num_shards: int) -> str:
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-    """Write to a temporary name, then rename: a crash never leaves a half-written file."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    """A unique temporary file, then a rename (crema_jax/files.py): never half-written."""
+    files.write_json_atomic(path, obj)
 
 
 def write_arrayrecord_atomic(path: str, payloads: Sequence[bytes]) -> None:
     from array_record.python.array_record_module import ArrayRecordWriter
 
-    tmp = path + ".tmp"
-    writer = ArrayRecordWriter(tmp, WRITER_OPTIONS)
-    for payload in payloads:
-        writer.write(payload)
-    writer.close()
-    os.replace(tmp, path)
+    def write(tmp):
+        writer = ArrayRecordWriter(tmp, WRITER_OPTIONS)
+        for payload in payloads:
+            writer.write(payload)
+        writer.close()
+    files.write_atomic(path, write)
 
 
 def _require_local(cache_dir: str) -> None:

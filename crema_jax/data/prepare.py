@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import sys
 
+from crema_jax import files
 from crema_jax.data import cache
 
 
@@ -127,7 +128,9 @@ def prepare(*, layout: str, root: str, out: str, layout_options: dict | None = N
     settings = _settings(index, dict(layout=layout, layout_options=layout_options, root=root,
                                      target_fs=target_fs, preprocess=preprocess, dtype=dtype,
                                      records_per_shard=records_per_shard), preprocess_cfg)
-    os.makedirs(out, exist_ok=True)
+    # New, empty, or a cache of ours (its settings.json): a user's own files are never touched.
+    files.check_output_dir(out, marker=cache.SETTINGS_FILE, flag="--out", inputs=[root])
+    files.remove_stale_temporaries(out)   # a crashed run's half-written shards
     _check_or_write_settings(out, settings)
 
     per = records_per_shard

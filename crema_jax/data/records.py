@@ -28,6 +28,7 @@ REPAIRED (the record is kept; counts land in `Ecg.repairs`):
 
 SKIPPED (RecordError with `.reason`; the message names the file and what was expected):
   missing_header, header_syntax (any field that does not parse), missing_signal_file,
+  unsafe_signal_path (a signal file outside the header's folder: "../..", absolute, a link out),
   truncated_signal (a signal file holding fewer bytes / samples than the header announces),
   unreadable (any other wfdb failure, for records on the wfdb path), bad_sampling_rate (fs
   absent or outside `fs_range`), bad_units (a lead in e.g. mmHg), no_signal (no usable lead
@@ -188,7 +189,7 @@ def _read_wfdb(base: pathlib.Path, header: wfdb_header.Header):
     return signal, list(record.sig_name or []), list(record.units or [])
 
 
-def _repair_nans(x: np.ndarray, present: np.ndarray, repairs: dict) -> None:
+def repair_nans(x: np.ndarray, present: np.ndarray, repairs: dict) -> None:
     """In place: interpolates partial NaN runs; all-NaN leads become absent zero rows."""
     nan = np.isnan(x)
     if not nan.any():
@@ -265,8 +266,16 @@ def read_record(path, *, target_fs: float | None = 250.0, derive_limb_leads: boo
     if header.fs is None or not fs_range[0] <= header.fs <= fs_range[1]:
         raise RecordError(base, "bad_sampling_rate", f"{base}.hea: sampling frequency "
                           f"{header.fs} Hz, expected {fs_range[0]:g}-{fs_range[1]:g} Hz")
+    folder = base.parent.resolve()
     for spec in header.signals:
-        if spec.file_name != "~" and not (base.parent / spec.file_name).is_file():
+        if spec.file_name == "~":
+            continue
+        target = (base.parent / spec.file_name).resolve()
+        if folder not in target.parents:
+            raise RecordError(base, "unsafe_signal_path", f"{base}.hea names signal file "
+                              f"{spec.file_name!r}, outside the record's folder {folder}; "
+                              "only files beside the header are read")
+        if not target.is_file():
             raise RecordError(base, "missing_signal_file", f"{base}.hea names signal file "
                               f"{base.parent / spec.file_name}, which does not exist")
     if _fast_path_ok(header):
@@ -293,7 +302,7 @@ def read_record(path, *, target_fs: float | None = 250.0, derive_limb_leads: boo
         present[row] = True
 
     if nan_policy == "interpolate":
-        _repair_nans(signal, present, repairs)
+        repair_nans(signal, present, repairs)
     elif nan_policy == "zero" and np.isnan(signal).any():
         repairs["nan_zeroed"] = int(np.isnan(signal).sum())
         signal = np.nan_to_num(signal, nan=0.0)

@@ -10,6 +10,7 @@ import pathlib
 
 import numpy as np
 
+from crema_jax import files
 from crema_jax.evaluate import metrics
 
 DASH = "\u2014"
@@ -113,7 +114,7 @@ def plot_roc(labels: np.ndarray, scores: np.ndarray, class_names, path, title: s
     else:
         ax.text(0.5, 0.5, "no class has both positives and negatives", ha="center")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -157,15 +158,15 @@ def plot_embeddings(features: np.ndarray, groups: dict, path, title: str) -> Non
                title=f"{title}: by {group_name}")
         ax.legend(fontsize=7, markerscale=1.2, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
 
 
-def workdir_path(workdir: str) -> pathlib.Path:
-    """The output folder, created."""
-    path = pathlib.Path(workdir)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def workdir_path(workdir: str, *, inputs=()) -> pathlib.Path:
+    """The output folder, created: new, empty, or one an evaluation wrote before (it holds a
+    report.json); never one of the inputs (crema_jax/files.py)."""
+    return files.check_output_dir(workdir, marker="report.json", flag="--workdir", inputs=inputs,
+                                  create=False)
 
 
 def write_all(report: dict, workdir, *, roc=None, embeddings=None, predictions=None) -> dict:
@@ -179,15 +180,21 @@ def write_all(report: dict, workdir, *, roc=None, embeddings=None, predictions=N
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     paths = {"json": workdir / "report.json", "markdown": workdir / "report.md"}
-    write_json(report, paths["json"])
-    paths["markdown"].write_text(markdown(report))
+    files.write_atomic(paths["json"], lambda tmp: write_json(report, tmp))
+    files.write_text_atomic(paths["markdown"], markdown(report))
     if predictions is not None:
         paths["predictions"] = workdir / "predictions.npz"
-        np.savez(paths["predictions"], **{k: np.asarray(v) for k, v in predictions.items()})
+        arrays = {k: np.asarray(v) for k, v in predictions.items()}
+
+        def save_npz(tmp):
+            with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz"
+                np.savez(f, **arrays)
+        files.write_atomic(paths["predictions"], save_npz)
     if roc is not None:
         paths["roc"] = workdir / "roc.png"
-        plot_roc(*roc[:3], paths["roc"], roc[3])
+        files.write_atomic(paths["roc"], lambda tmp: plot_roc(*roc[:3], tmp, roc[3]))
     if embeddings is not None:
         paths["embeddings"] = workdir / "embeddings_pca.png"
-        plot_embeddings(embeddings[0], embeddings[1], paths["embeddings"], embeddings[2])
+        files.write_atomic(paths["embeddings"], lambda tmp: plot_embeddings(
+            embeddings[0], embeddings[1], tmp, embeddings[2]))
     return {k: str(v) for k, v in paths.items()}

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import numpy as np
 import safetensors.numpy
 
 from crema_jax import checkpoint as ckpt_lib
+from crema_jax import files
 from crema_jax.export import convert, safe_load, sit_layouts
 from crema_jax.models import params as params_lib
 
@@ -78,23 +78,6 @@ def build_state_dict(params, model_cfg, *, layout: str, include_decoder: bool
     return convert.jax_to_torch(params, rules, layout=layout, allow_unused=unused)
 
 
-def _atomic(out: str, write) -> None:
-    """write(tmp_path) then rename: a crash never leaves a half-written FILE behind."""
-    directory = os.path.dirname(os.path.abspath(out))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-export-")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result is an ordinary file
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def write_files(state_dict, out: str, *, layout: str, model_config: dict, full_config: dict,
                 step: int, include_decoder: bool) -> tuple[str, str]:
     """Writes FILE (.safetensors or .pth) and FILE.json; returns both paths."""
@@ -102,7 +85,7 @@ def write_files(state_dict, out: str, *, layout: str, model_config: dict, full_c
             "num_keys": len(state_dict), "model": model_config, "config": full_config}
     if out.endswith(".safetensors"):
         meta = {"format": "pt", "crema_model_config": json.dumps(model_config)}
-        _atomic(out, lambda p: safetensors.numpy.save_file(state_dict, p, metadata=meta))
+        files.write_atomic(out, lambda p: safetensors.numpy.save_file(state_dict, p, metadata=meta))
     elif out.endswith((".pth", ".pt")):
         if layout == "crema":
             raise ExportError("the crema layout is written as .safetensors only")
@@ -113,19 +96,25 @@ def write_files(state_dict, out: str, *, layout: str, model_config: dict, full_c
         def save(tmp):
             with open(tmp, "wb") as f:  # a file object: torch rejects some temp file names
                 torch.save(obj, f)
-        _atomic(out, save)
+        files.write_atomic(out, save)
     else:
         raise ExportError(f"--out={out}: expected a .safetensors or .pth file name")
     side = os.path.splitext(out)[0] + ".json"
     def dump(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(info, f, indent=1)
-    _atomic(side, dump)
+    files.write_atomic(side, dump)
     return out, side
 
 
 def run_export(checkpoint: str, out: str, *, layout: str | None = None,
-               include_decoder: bool = False) -> tuple[str, str]:
+               include_decoder: bool = False, overwrite: bool = False) -> tuple[str, str]:
+    """Checks the outputs (not the checkpoint, not existing files unless overwrite), converts,
+    then writes FILE and FILE.json atomically."""
+    if not out.endswith((".safetensors", ".pth", ".pt")):
+        raise ExportError(f"--out={out}: expected a .safetensors or .pth file name")
+    for path in (out, os.path.splitext(out)[0] + ".json"):
+        files.check_output_file(path, inputs=[checkpoint], overwrite=overwrite)
     params, config, step = ckpt_lib.load_model_checkpoint(checkpoint)
     model_cfg = config.model
     layout = layout or ("ecgfounder" if model_cfg.name == "net1d" else "crema")

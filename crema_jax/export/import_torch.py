@@ -18,6 +18,7 @@ from absl import logging
 
 from crema_jax import checkpoint as ckpt_lib
 from crema_jax import config as config_lib
+from crema_jax import files
 from crema_jax.data import presets
 from crema_jax.export import convert, safe_load, sit_layouts
 from crema_jax.models import params as params_lib
@@ -160,10 +161,14 @@ def read_torch_weights(path: str, fmt: str):
                                         include_decoder=full)
         return sd, cfg, rules, ()
     cfg = _crema_model_config(path, metadata)
-    cfg.name = "sit"  # always the pretraining model: what pretrain, probe and finetune read
+    # The architecture comes from the tensors; the metadata may only agree with them (the shape
+    # check lists every disagreement). A file without a decoder is a bare encoder: nothing the
+    # file does not hold is built from the metadata's word alone.
+    has_decoder = any(k.startswith("decoder.") for k in sd)
+    cfg.name = "sit" if has_decoder else "sit_encoder"
     rules = sit_layouts.crema_rules(
-        cfg, jax_prefix="encoder/", include_head=int(cfg.num_classes) > 0,
-        include_decoder=any(k.startswith("decoder.") for k in sd))
+        cfg, jax_prefix="encoder/" if has_decoder else "", include_head=int(cfg.num_classes) > 0,
+        include_decoder=has_decoder)
     return sd, cfg, rules, ()
 
 
@@ -212,8 +217,8 @@ def _summarise(paths: list[str]) -> str:
 
 def run_import(path: str, fmt: str, out: str, *, seed: int = 0) -> str:
     """Checks everything, then writes `out/checkpoints/0`; returns the step dir."""
-    if ckpt_lib.latest_step(ckpt_lib.checkpoints_dir(out)) is not None:
-        raise FileExistsError(f"--out={out} already holds a checkpoint; choose a new directory")
+    if "://" not in str(out):  # a new or empty folder: an import never mixes with other files
+        files.check_output_dir(out, marker=None, flag="--out", inputs=[path], create=False)
     params, model_cfg, kept = import_weights(path, fmt, seed=seed)
     config = config_lib.default_config(model_cfg.name)
     config.model = model_cfg

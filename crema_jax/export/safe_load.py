@@ -72,15 +72,27 @@ def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
                 f"{size} bytes: the file is truncated or not a safetensors file")
         try:
             header = json.loads(f.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise CheckpointFileError(f"{path}: unreadable safetensors header ({err})") from err
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+            raise CheckpointFileError(f"{path}: unreadable safetensors header "
+                                      f"({type(err).__name__}: {err})") from None
         data = f.read()
+    if not isinstance(header, dict):
+        raise CheckpointFileError(f"{path}: the safetensors header is a JSON "
+                                  f"{type(header).__name__}, expected an object of tensors")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise CheckpointFileError(f"{path}: the safetensors __metadata__ must map strings to "
+                                  "strings")
     tensors, problems = {}, []
     for key, info in header.items():
-        dtype = _ST_DTYPES.get(info.get("dtype"))
-        start, end = info.get("data_offsets", (0, -1))
-        shape = tuple(info.get("shape", ()))
+        problem = _entry_problem(info)
+        if problem:
+            problems.append(f"{key}: {problem}")
+            continue
+        dtype = _ST_DTYPES.get(info["dtype"])
+        start, end = info["data_offsets"]
+        shape = tuple(info["shape"])
         if dtype is None:
             problems.append(f"{key}: unsupported dtype {info.get('dtype')!r}")
         elif end > len(data):
@@ -95,6 +107,23 @@ def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         raise CheckpointFileError(f"{path}: not a complete safetensors file (truncated?):\n  "
                                   + "\n  ".join(problems))
     return tensors, dict(metadata)
+
+
+def _entry_problem(info) -> str | None:
+    """Why a safetensors header entry is malformed (None when it is well-formed)."""
+    if not isinstance(info, dict):
+        return f"expected an object with dtype, shape and data_offsets, got {type(info).__name__}"
+    if not isinstance(info.get("dtype"), str):
+        return f"dtype must be a string, got {info.get('dtype')!r}"
+    shape, offsets = info.get("shape"), info.get("data_offsets")
+    if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        return f"shape must be a list of non-negative integers, got {shape!r}"
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(
+            isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]):
+        return f"data_offsets must be two integers 0 <= start <= end, got {offsets!r}"
+    return None
 
 
 def _tensors_to_numpy(obj: Any, torch) -> Any:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from crema_jax.data import layouts, pipeline, sources
+from crema_jax.data import layouts, pipeline, records, sources
 from crema_jax.data.leads import LEADS
 from crema_jax.inference import backbones
 
@@ -28,19 +28,42 @@ def record_source(paths, data_cfg) -> sources.WfdbSource:
     return sources.WfdbSource(infos, [], reading=sources.Reading.from_data_config(data_cfg))
 
 
-def array_source(x: np.ndarray, fs: float, data_cfg) -> sources.RawArraySource:
-    """(N, 12, T) canonical leads, or (N, 1, T) lead I, at `fs` Hz."""
+def array_source(x: np.ndarray, fs: float, data_cfg):
+    """(source, note) for (N, 12, T) canonical leads, or (N, 1, T) lead I, at `fs` Hz.
+
+    Non-finite samples (NaN, +-Inf) are counted and handled as the data path's reader handles
+    NaN in a file: interpolated (an all-NaN lead becomes absent), set to 0 (ECGFounder's), or
+    the ECG skipped (ST-MEM's); `note` says what was done (None when the input was clean)."""
     x = np.asarray(x)
-    if x.ndim != 3 or x.shape[0] < 1 or x.shape[1] not in (1, 12):
+    if x.ndim != 3 or x.shape[0] < 1 or x.shape[1] not in (1, 12) or x.shape[2] < 2:
         raise EmbedError(f"expected an array (N, 12, samples) in canonical lead order, or "
                          f"(N, 1, samples) of lead I, with N >= 1; got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.number):
+        raise EmbedError(f"expected a numeric array of mV; got dtype {x.dtype}")
     signals = np.zeros((x.shape[0], 12, x.shape[2]), np.float32)
     signals[:, : x.shape[1]] = x
     present = np.zeros((x.shape[0], 12), bool)
     present[:, : x.shape[1]] = True
+    bad = ~np.isfinite(signals)
+    note = None
+    if bad.any():
+        rows = np.flatnonzero(bad.any(axis=(1, 2)))
+        signals[bad] = np.nan
+        policy = data_cfg.nan_policy
+        if policy == "interpolate":
+            for i in rows:
+                records.repair_nans(signals[i], present[i], {})
+            what = "interpolated (a lead with no finite sample left out)"
+        elif policy == "zero":
+            signals[bad] = 0.0
+            what = "set to 0"
+        else:
+            what = "left in: those ECGs are skipped"
+        note = (f"input: {int(bad.sum())} non-finite samples (NaN/Inf) in {len(rows)} of "
+                f"{x.shape[0]} ECGs, {what} ({data_cfg.preset} data path)")
     return sources.RawArraySource(signals, fs=fs,
                                   reading=sources.Reading.from_data_config(data_cfg),
-                                  lead_present=present)
+                                  lead_present=present), note
 
 
 def row_name(records, record: int, window: int) -> str:
@@ -98,13 +121,19 @@ def embed(backbone, *, records=None, array=None, fs: float | None = None, raw: b
     if raw:
         if array is None:
             raise EmbedError("raw input needs an array (.npy), not WFDB records")
+        if not np.isfinite(np.asarray(array, np.float32)).all():
+            raise EmbedError("raw input holds NaN/Inf samples; --raw feeds the array as given, "
+                             "so clean it, or drop --raw to have them handled")
         batches = raw_batches(backbone, array, batch_size)
         rows_of = windows_of = None
     else:
         data_cfg = backbones.eval_data_config(backbone, backbone.family.input_leads(
             backbone.config, LEADS), batch_size=batch_size, preset=preset)
-        source = (record_source(records, data_cfg) if records is not None else
-                  array_source(array, float(fs or data_cfg.target_fs), data_cfg))
+        note = None
+        if records is not None:
+            source = record_source(records, data_cfg)
+        else:
+            source, note = array_source(array, float(fs or data_cfg.target_fs), data_cfg)
         batches = pipeline.make_eval_dataset(data_cfg, source=source, process_index=0,
                                              process_count=1, stats=stats)
         rows_of = source.record_rows
@@ -120,4 +149,4 @@ def embed(backbone, *, records=None, array=None, fs: float | None = None, raw: b
         outputs = np.stack([outputs[record == r].mean(0) for r in kept])
         record, window = kept, np.full(len(kept), -1, np.int64)
     return {"outputs": outputs, "record": record, "window": window, "skipped": stats,
-            "data_cfg": data_cfg}
+            "data_cfg": data_cfg, "note": None if raw else note}

@@ -50,11 +50,16 @@ def predict_probabilities(backbone, *, records=None, array=None, fs=None, batch_
 
 
 def write_csv(path: str, ids, probs: np.ndarray, labels) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["record"] + list(labels))
-        for rid, row in zip(ids, probs):
-            writer.writerow([rid] + [f"{p:.6f}" for p in row])
+    """The probabilities as CSV, written atomically (crema_jax/files.py)."""
+    from crema_jax import files
+
+    def write(tmp):
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["record"] + list(labels))
+            for rid, row in zip(ids, probs):
+                writer.writerow([rid] + [f"{p:.6f}" for p in row])
+    files.write_atomic(path, write)
 
 
 def format_top(ids, probs: np.ndarray, labels, top: int) -> str:

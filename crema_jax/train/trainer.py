@@ -17,6 +17,7 @@ from etils import epath
 from flax import nnx
 
 from crema_jax import checkpoint as ckpt_lib
+from crema_jax import config as config_lib
 from crema_jax.data import batch as batch_lib
 from crema_jax.train import mesh as mesh_lib
 from crema_jax.train import metrics as metrics_lib
@@ -140,6 +141,8 @@ def _warm_start(parts, config, source: str, rng, target, *, own: bool):
     loaded, ckpt_config, ckpt_step = ckpt_lib.load_model_checkpoint(source)
     warm_start.check_architecture(config.model, ckpt_config.model, source=source)
     template = step_lib.merge_trees(target["params"], target["fixed"])
+    if "encoder" in template and "encoder" not in loaded:  # a bare encoder checkpoint
+        loaded = {"encoder": loaded}
     fitted, missing = warm_start.fit_params(loaded, template, source=source)
     if missing:  # their fresh values: the init the run would use without a checkpoint
         fresh = init_state(parts, rng)
@@ -168,12 +171,57 @@ def _place(value, sharding):
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
+def _flat(tree, prefix=""):
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# Fields whose change makes a checkpoint's state unusable (other parameter or optimizer trees).
+_STATE_FIELDS = ("model.scan_layers", "optim.name", "optim.decay_mask")
+
+
+def resume_changes(config, saved, *, source: str) -> list[str]:
+    """Lines naming what differs between the run's config and the checkpoint's. A change that
+    the saved state cannot follow (the architecture, the optimizer's structure) is a ValueError
+    naming the fields; anything else (steps, learning rate, logging) is reported and allowed."""
+    run, old = (_flat(ckpt_lib.config_to_json_dict(c)) for c in (config, saved))
+    changed = sorted(k for k in set(run) | set(old) if run.get(k) != old.get(k))
+    if not changed:
+        return []
+    arch_run, arch_old = (warm_start.architecture(c.model) for c in (config, saved))
+    fatal = []
+    if arch_run != arch_old:  # name the fields as the user set them (model.size) and resolved
+        fatal = [f"config.{k}: checkpoint {old.get(k)!r}, run {run.get(k)!r}"
+                 for k in changed if k.startswith("model.")]
+        fatal += [f"(model {k}: {arch_old.get(k)!r} vs {arch_run.get(k)!r})"
+                  for k in sorted(set(arch_run) | set(arch_old))
+                  if arch_run.get(k) != arch_old.get(k) and f"model.{k}" not in changed]
+    fatal += [f"config.{k}: checkpoint {old.get(k)!r}, run {run.get(k)!r}"
+              for k in _STATE_FIELDS if k in changed]
+    if (float(old.get("optim.grad_clip_norm", 0)) > 0) != (float(run.get("optim.grad_clip_norm",
+                                                                              0)) > 0):
+        fatal.append("config.optim.grad_clip_norm: clipping turned on or off changes the "
+                     "optimizer state")
+    if fatal:
+        raise ValueError(f"{source}: this run cannot resume the workdir's checkpoint: "
+                         + "; ".join(fatal) + ". Use the checkpoint's values, or a new --workdir")
+    shown = ", ".join(f"{k} {old.get(k)!r} -> {run.get(k)!r}" for k in changed[:8])
+    more = f" (+{len(changed) - 8} more)" if len(changed) > 8 else ""
+    return [f"resuming with changed config fields: {shown}{more}"]
+
+
 def dry_run(config, *, devices=None) -> dict:
     """Lower and compile the step for the configured mesh; FLOPs and memory per device.
 
     `devices` may be abstract (mesh_lib.tpu_topology_devices): a pod slice's step is then
     compiled by the TPU compiler on this machine, and its per-device memory is the TPU's plan.
     """
+    config_lib.validate(config)
     parts = build(config, devices=devices)
     compiled = compile_step(parts, config, abstract_state(parts, config))
     flops = metrics_lib.compiled_flops_per_device(compiled)
@@ -196,8 +244,69 @@ def train(config, workdir, *, devices=None, batch_iter=None) -> dict:
 
     `batch_iter` replaces the configured Grain pipeline (tests, benchmarks): any iterator of
     per-process batches; it is checkpointed only if it has get_state/set_state.
+
+    The workdir is locked for the run (checkpoint.WorkdirLock, process 0); incomplete steps a
+    crash left are set aside; resume=False on a workdir with checkpoints is refused unless
+    checkpoint.overwrite (checkpoint.prepare_workdir).
     """
+    config_lib.validate(config)
     workdir = epath.Path(workdir)
+    lock = None
+    if jax.process_index() == 0:
+        lock = ckpt_lib.WorkdirLock(workdir,
+                                    stale_seconds=float(config.checkpoint.lock_stale_seconds))
+        note = lock.acquire()
+        if note:
+            metrics_lib.print_line(note)
+    try:
+        if jax.process_index() == 0:
+            for note in ckpt_lib.prepare_workdir(workdir, resume=bool(config.checkpoint.resume),
+                                                 overwrite=bool(config.checkpoint.overwrite)):
+                metrics_lib.print_line(note)
+        return _train(config, workdir, devices=devices, batch_iter=batch_iter, lock=lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _restore(parts, config, workdir, manager, target, grain_iter):
+    """(state, rng, step, manager) of the newest training checkpoint that restores. A step that
+    fails is set aside as `<step>.damaged-TIME` (kept) with one line naming it, and the one
+    before it is tried; None when no step restores (then the run starts afresh only if there
+    was none: a workdir whose every step is damaged is an error)."""
+    root = ckpt_lib.checkpoints_dir(workdir)
+    steps = sorted(ckpt_lib.complete_steps(root), reverse=True)
+    for step in steps:
+        try:
+            restored = ckpt_lib.restore_train_state(
+                manager, step,
+                abstract_params=step_lib.merge_trees(target["params"], target["fixed"]),
+                abstract_opt_state=target["opt_state"], data_iter=grain_iter)
+        except Exception as err:  # noqa: BLE001 - any damage: truncated, corrupt, mismatched
+            if jax.process_count() > 1:
+                raise
+            manager.close()
+            moved = ckpt_lib.set_aside(root / str(step), "damaged")
+            reason = " ".join(str(err).split())[:200]
+            metrics_lib.print_line(f"checkpoint step {step} could not be restored "
+                                   f"({type(err).__name__}: {reason}); kept as {moved.name}, "
+                                   "trying the step before it")
+            manager = ckpt_lib.make_manager(workdir,
+                                            max_to_keep=int(config.checkpoint.max_to_keep),
+                                            async_save=bool(config.checkpoint.async_save))
+            continue
+        state = {"params": step_lib.select_like(restored["params"], target["params"]),
+                 "fixed": step_lib.select_like(restored["params"], target["fixed"]),
+                 "opt_state": restored["opt_state"],
+                 "step": mesh_lib.replicate(np.int32(step), parts["replicated"])}
+        return state, restored["rng"], step, manager
+    if steps:
+        raise ValueError(f"{root}: no checkpoint step restores (all set aside as damaged); "
+                         "start a new run with a new --workdir")
+    return None, None, None, manager
+
+
+def _train(config, workdir, *, devices, batch_iter, lock) -> dict:
     parts = build(config, devices=devices)
     mesh, num_steps = parts["mesh"], int(config.train.num_steps)
     logging.info("mesh %s, global batch %d", dict(mesh.shape), parts["global_batch"])
@@ -222,21 +331,21 @@ def train(config, workdir, *, devices=None, batch_iter=None) -> dict:
         init_from = str(workdir)  # e.g. `import-torch --out=W` then `pretrain --workdir=W`
     elif start is not None:
         init_from = ""  # the workdir's own training state wins over init_from
+    if start is not None and not init_from:
+        for line in resume_changes(config, ckpt_lib.load_config(workdir), source=str(workdir)):
+            metrics_lib.print_line(line)
     with jax.set_mesh(mesh), nnx.logical_axis_rules(parts["rules"]):
         if init_from:
             state, start = _warm_start(parts, config, init_from, base_rng, target,
                                        own=start is not None)
         elif start is not None:
-            restored = ckpt_lib.restore_train_state(
-                manager, start,
-                abstract_params=step_lib.merge_trees(target["params"], target["fixed"]),
-                abstract_opt_state=target["opt_state"], data_iter=grain_iter)
-            state = {"params": step_lib.select_like(restored["params"], target["params"]),
-                     "fixed": step_lib.select_like(restored["params"], target["fixed"]),
-                     "opt_state": restored["opt_state"],
-                     "step": mesh_lib.replicate(np.int32(start), parts["replicated"])}
-            base_rng = restored["rng"]
-            metrics_lib.print_line(f"resumed from step {start} of {workdir}")
+            state, rng, start, manager = _restore(parts, config, workdir, manager, target,
+                                                  grain_iter)
+            if state is None:
+                start, state = 0, init_state(parts, base_rng)
+            else:
+                base_rng = rng
+                metrics_lib.print_line(f"resumed from step {start} of {workdir}")
         else:
             start = 0
             state = init_state(parts, base_rng)
@@ -311,6 +420,8 @@ def train(config, workdir, *, devices=None, batch_iter=None) -> dict:
                 break
             if early:
                 break
+            if lock is not None:
+                lock.refresh()
             if delay:
                 time.sleep(delay)
     finally:

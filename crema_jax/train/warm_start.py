@@ -26,7 +26,9 @@ def architecture(model_cfg) -> dict:
     and explicit width=768 etc. are the same architecture)."""
     from crema_jax.models import config as model_config
 
-    name = model_cfg.name
+    # A bare encoder (an encoder-only import) has the architecture of the pretraining model it
+    # came from: the decoder and projection head are the run's to add.
+    name = "sit" if model_cfg.name == "sit_encoder" else model_cfg.name
     out = {"name": name, **{k: model_cfg[k] for k in ARCH_FIELDS.get(name, ())}}
     if name == "sit":
         out.update(model_config.resolve_size(model_cfg))

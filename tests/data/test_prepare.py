@@ -35,8 +35,9 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, cinc_sample_dir
     stopped = _prepare(*common, f"--out={out_b}", "--workers=1", "--stop_after_shards=2")
     assert stopped.returncode == 3, stopped.stderr
     assert len(list(out_b.glob("shard-*.json"))) == 2 and not (out_b / "index.json").exists()
-    # A crash mid-shard leaves a temporary file behind; the restart must overwrite it.
-    (out_b / "shard-00004-of-00007.arrayrecord.tmp").write_bytes(b"half a shard")
+    # A crash mid-shard leaves its writer's temporary file behind (the name carries the dead
+    # writer's pid); the restart removes it and writes the shard anew.
+    (out_b / ".shard-00004-of-00007.arrayrecord.x1y2z3.4194303.tmp").write_bytes(b"half a shard")
     resumed = _prepare(*common, f"--out={out_b}", "--workers=1")  # Worker count is irrelevant.
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.strip().splitlines()[-1] == "prepared 50 records, skipped 0"

@@ -96,7 +96,7 @@ def test_probe_from_a_prepared_cache_matches_the_wfdb_probe(pretrained_workdir, 
     assert done.returncode == 0, done.stderr
     preds = {}
     for name, where in (("wfdb", dict(root=str(cinc_sample_dir))),
-                        ("cache", dict(root=None, cache_dir=str(cache_dir)))):
+                        ("from_cache", dict(root=None, cache_dir=str(cache_dir)))):
         # One l2 value: a grid could pick a different l2 for a near-tie and hide the comparison.
         _run(probe, checkpoint=str(pretrained_workdir), workdir=str(tmp_path / name),
              lead_sets=["12"], label_fractions=["1.0"], cross_domain=False, probe_steps=50,
@@ -104,9 +104,9 @@ def test_probe_from_a_prepared_cache_matches_the_wfdb_probe(pretrained_workdir, 
         _check_outputs(tmp_path / name, cinc_sample_dir)
         preds[name] = np.load(tmp_path / name / "predictions.npz")
     for key in ("record_id", "classes", "labels"):
-        np.testing.assert_array_equal(preds["cache"][key], preds["wfdb"][key])
-    np.testing.assert_allclose(preds["cache"]["probs"], preds["wfdb"]["probs"], atol=1e-3)
-    report = json.loads((tmp_path / "cache" / "report.json").read_text())
+        np.testing.assert_array_equal(preds["from_cache"][key], preds["wfdb"][key])
+    np.testing.assert_allclose(preds["from_cache"]["probs"], preds["wfdb"]["probs"], atol=1e-3)
+    report = json.loads((tmp_path / "from_cache" / "report.json").read_text())
     assert report["settings"]["cache_dir"] == str(cache_dir)
     # The records really come from the cache, in the dataset's row order and classes.
     from crema_jax.config import default_config

@@ -1,0 +1,111 @@
+"""Nothing lost: damaged and incomplete steps, a stale lock, a second run on one workdir,
+starting over on a used workdir, and resuming with another model."""
+import json
+import os
+import socket
+import time
+
+import jax
+import pytest
+
+from crema_jax import checkpoint as ckpt_lib
+from crema_jax.train import trainer
+from tests.train.helpers import start_cli, tiny_config
+
+
+def _run(workdir, **overrides):
+    return trainer.train(tiny_config(**overrides), workdir, devices=jax.devices()[:1])
+
+
+def _dead_pid() -> int:
+    pid = 4_000_000
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except PermissionError:
+            pass
+        pid -= 1
+
+
+def test_damaged_incomplete_and_stale_are_survived(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    _run(workdir, **{"train.num_steps": 4})
+    root = workdir / "checkpoints"
+    assert ckpt_lib.complete_steps(root) == [2, 4]
+
+    # Step 4's array data overwritten (a disk fault), and the lock of a run that died.
+    for path in (root / "4" / "params").rglob("*"):
+        if path.is_file() and path.parent.name == "d":
+            path.write_bytes(b"\0garbage" * 8)
+    (workdir / ckpt_lib.WorkdirLock.NAME).write_text(json.dumps(
+        {"pid": _dead_pid(), "host": socket.gethostname(), "started": "earlier"}))
+    capsys.readouterr()
+    out = _run(workdir, **{"train.num_steps": 6})
+    printed = capsys.readouterr().out
+    assert "took over the stale lock of pid" in printed
+    assert "checkpoint step 4 could not be restored" in printed and "resumed from step 2" in printed
+    assert sorted(out["losses"]) == [3, 4, 5, 6]
+    damaged = [p.name for p in root.iterdir() if p.name.startswith("4.damaged-")]
+    assert len(damaged) == 1 and (root / damaged[0] / "params").is_dir()   # kept, not deleted
+    assert not (workdir / ckpt_lib.WorkdirLock.NAME).exists()            # released
+
+    # A crash while saving step 6: its commit marker never written. The rerun is not blocked.
+    (root / "6" / ckpt_lib.COMMIT_MARKER).unlink()
+    out = _run(workdir, **{"train.num_steps": 8})
+    printed = capsys.readouterr().out
+    assert "checkpoint step 6 was left incomplete" in printed and "resumed from step 4" in printed
+    assert sorted(out["losses"]) == [5, 6, 7, 8]
+    assert ckpt_lib.complete_steps(root)[-1] == 8
+    assert any(p.name.startswith("6.incomplete-") for p in root.iterdir())
+
+
+def test_an_item_without_its_commit_marker_is_not_a_step(tmp_path):
+    _run(tmp_path, **{"train.num_steps": 2})
+    root = tmp_path / "checkpoints"
+    assert ckpt_lib.latest_step(root) == 2
+    (root / "2" / "opt_state" / ckpt_lib.COMMIT_MARKER).unlink()
+    assert ckpt_lib.latest_step(root) is None
+
+
+def test_starting_over_on_a_used_workdir_needs_overwrite(tmp_path):
+    _run(tmp_path, **{"train.num_steps": 2})
+    with pytest.raises(ValueError, match="checkpoint.overwrite=True"):
+        _run(tmp_path, **{"train.num_steps": 2, "checkpoint.resume": False})
+    assert ckpt_lib.complete_steps(tmp_path / "checkpoints") == [2]
+    notes = ckpt_lib.prepare_workdir(tmp_path, resume=False, overwrite=True)
+    moved = [p for p in tmp_path.iterdir() if p.name.startswith("checkpoints.replaced-")]
+    assert len(moved) == 1 and ckpt_lib.complete_steps(moved[0]) == [2] and notes
+
+
+def test_resuming_with_another_model_names_the_field(tmp_path, capsys):
+    _run(tmp_path, **{"train.num_steps": 2})
+    with pytest.raises(ValueError, match=r"config\.model\.size: checkpoint 'tiny', run 'small'"):
+        _run(tmp_path, **{"train.num_steps": 4, "model.size": "small"})
+    capsys.readouterr()
+    _run(tmp_path, **{"train.num_steps": 4})                     # a longer run: allowed, said
+    assert "resuming with changed config fields: train.num_steps 2 -> 4" in \
+        capsys.readouterr().out
+
+
+def test_a_second_run_on_the_same_workdir_is_refused(tmp_path, jax_cache_dir):
+    """Two real processes: the second is refused at once; the first finishes with its
+    checkpoints intact."""
+    first = start_cli(tmp_path, "--config.train.num_steps=6", "--config.checkpoint.every_steps=2",
+                      "--config.train.debug_step_delay_seconds=1.0", cache_dir=jax_cache_dir)
+    lock = tmp_path / ckpt_lib.WorkdirLock.NAME
+    deadline = time.time() + 300
+    while not lock.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert lock.exists(), first.communicate()[0]
+    second = start_cli(tmp_path, "--config.train.num_steps=6", cache_dir=jax_cache_dir)
+    out2, _ = second.communicate(timeout=300)
+    assert second.returncode == 1, out2
+    lines = [line for line in out2.splitlines() if "error" in line]
+    assert lines and "is in use: a run by pid" in lines[-1] and str(first.pid) in lines[-1]
+    out1, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, out1
+    assert ckpt_lib.complete_steps(tmp_path / "checkpoints")[-1] == 6
+    params, _, step = ckpt_lib.load_model_checkpoint(tmp_path)
+    assert step == 6 and not lock.exists()
