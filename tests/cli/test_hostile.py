@@ -9,6 +9,7 @@ import struct
 
 import numpy as np
 import pytest
+import wfdb
 
 from crema_jax import checkpoint, config as config_lib
 from crema_jax.cli import embed, export_torch, import_torch, prepare, pretrain, probe
@@ -139,6 +140,10 @@ def test_a_signal_file_outside_the_records_folder_is_a_skip(tmp_path, capsys, si
     synthetic.write_synthetic_wfdb(data, 1, fs=500.0, seconds=10.0)
     header = (data / "SYN00000.hea").read_text().replace("SYN00000.dat", "../../secret.dat")
     (data / "EVIL.hea").write_text(header.replace("SYN00000", "EVIL", 1))
+    # A record with no canonical lead (vectorcardiogram leads only): a skip too, not an abort.
+    wfdb.wrsamp("VCG", fs=500.0, units=["mV"] * 3, sig_name=["vx", "vy", "vz"],
+                p_signal=np.random.default_rng(1).normal(size=(5000, 3)) * 0.1, fmt=["16"] * 3,
+                adc_gain=[1000.0] * 3, baseline=[0] * 3, write_dir=str(data))
     with pytest.raises(records.RecordError) as err:
         records.read_record(data / "EVIL")
     assert err.value.reason == "unsafe_signal_path" and "outside the record's folder" in str(
@@ -147,7 +152,7 @@ def test_a_signal_file_outside_the_records_folder_is_a_skip(tmp_path, capsys, si
     out = tmp_path / "f.npy"
     embed.COMMAND.run([f"--checkpoint={sit_checkpoint}", f"--input={data}", f"--out={out}"])
     printed = capsys.readouterr().out
-    assert "skipped 1 unreadable records" in printed
+    assert "skipped 2 unreadable records" in printed
     assert np.load(out).shape[0] == 1 and (tmp_path / "f.records.txt").read_text().split() == [
         "SYN00000"]
     assert _hashes(tmp_path / "data", secret) == before
@@ -255,22 +260,27 @@ def test_impossible_config_values_are_refused_before_any_compile(tmp_path, capsy
     assert not workdir.exists()
 
 
-def test_a_file_or_read_only_workdir(tmp_path, capsys):
+def test_a_file_as_workdir(tmp_path, capsys):
     as_file = tmp_path / "file"
     as_file.write_text("not a folder")
     _fails(pretrain, [f"--config={TINY}", f"--workdir={as_file}",
                       "--config.data.synthetic_records=16"], capsys, str(as_file))
+    assert as_file.read_text() == "not a folder"
+
+
+def test_a_read_only_workdir(tmp_path, capsys):
     locked = tmp_path / "ro"
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        if os.access(locked, os.W_OK):  # root ignores permissions: nothing to check here
-            return
-        _fails(pretrain, [f"--config={TINY}", f"--workdir={locked}",
-                          "--config.data.synthetic_records=16"], capsys, str(locked))
+        # root writes through permission bits; /proc refuses new folders to every user.
+        workdir = locked / "run" if not os.access(locked, os.W_OK) else pathlib.Path(
+            "/proc/crema_jax_run")
+        _fails(pretrain, [f"--config={TINY}", f"--workdir={workdir}",
+                          "--config.data.synthetic_records=16"], capsys, str(workdir))
+        assert not list(locked.iterdir()) and not workdir.exists()
     finally:
         locked.chmod(0o700)
-    assert as_file.read_text() == "not a folder"
 
 
 def test_verbose_adds_the_traceback(tmp_path, capsys):
