@@ -53,6 +53,9 @@ def default_train_config() -> ml_collections.ConfigDict:
     # steps. For smoke tests and CI only.
     c.fast_compile = False
     c.reconstruction_png = False  # after training, plot a held-back ECG and its reconstruction.
+    # "A:B": a jax.profiler trace of steps A+1..B (after step A, before step B+1) into
+    # WORKDIR/profile (TensorBoard's profile plugin reads it); "" = off.
+    c.profile_steps = ""
     # Multi-host: "auto" starts jax.distributed when a coordinator is given or a TPU pod is seen.
     c.distributed = "auto"
     c.coordinator_address = ""   # host:port of process 0 (CPU/GPU clusters; TPU pods need none).
@@ -86,6 +89,32 @@ def default_checkpoint_config() -> ml_collections.ConfigDict:
     return c
 
 
+def default_evals_config() -> ml_collections.ConfigDict:
+    """Evaluators run while pretraining (crema_jax/evaluate/evaluators.py documents each)."""
+    c = ml_collections.ConfigDict()
+    c.names = ()                 # keys of EVALUATORS, run in this order; () = none.
+    c.every_steps = 500          # evaluate at every multiple of this step, and at the last step.
+    c.reconstruction = ml_collections.ConfigDict(dict(
+        split="test",            # held-back records of the training data's layout.
+        num_records=8,           # the first records of that split (several, never one).
+        seed=0,                  # their crops and masks: the same at every evaluation.
+        correlation_records=64,  # training records the correlated-lead baseline is measured on.
+    ))
+    c.fewshot_probe = ml_collections.ConfigDict(dict(
+        layout="",               # "" = config.data.layout (and root) of the training data.
+        root="",
+        layout_options=ml_collections.ConfigDict(),
+        split_fractions=(),      # () = the layout's splits; e.g. (0.6, 0.2, 0.2): seeded re-split.
+        label_fraction=1.0,      # of the training split (protocols.label_fraction_subset).
+        min_positives=2,         # classes with fewer training positives are left out.
+        leads="12",              # a protocols.LEAD_SETS name.
+        l2_grid=(1e-4, 1e-2, 1.0),
+        batch_size=16,
+        seed=0,
+    ))
+    return c
+
+
 def default_config(model: str = "sit") -> ml_collections.ConfigDict:
     """Every section's defaults; `model` picks the model section (a key of models.MODEL_CONFIGS)."""
     from crema_jax.data.config import default_data_config
@@ -103,11 +132,13 @@ def default_config(model: str = "sit") -> ml_collections.ConfigDict:
     config.train = default_train_config()
     config.mesh = default_mesh_config()
     config.checkpoint = default_checkpoint_config()
+    config.evals = default_evals_config()
     return config
 
 
 # Sections whose saved value replaces the default wholesale (their keys vary by preset).
-_FREE_FORM = ("data.preprocess", "data.augment", "data.layout_options", "mesh.rules")
+_FREE_FORM = ("data.preprocess", "data.augment", "data.layout_options", "mesh.rules",
+              "evals.fewshot_probe.layout_options")
 
 
 def from_saved(saved: dict) -> ml_collections.ConfigDict:
@@ -162,6 +193,17 @@ def _one_of(config, field: str, allowed) -> None:
     _check(value in allowed, field, value, f"one of {sorted(allowed)}")
 
 
+def profile_range(spec: str) -> tuple[int, int]:
+    """config.train.profile_steps "A:B" -> (A, B) with 0 <= A < B."""
+    try:
+        first, last = (int(v) for v in str(spec).split(":"))
+    except ValueError:
+        first = last = -1
+    _check(0 <= first < last, "train.profile_steps", spec,
+           "'A:B' with integers 0 <= A < B (trace steps A+1..B)")
+    return first, last
+
+
 def validate(config) -> None:
     """Impossible values refused before anything is built or compiled: a ValueError naming the
     field, its value and what is allowed."""
@@ -194,6 +236,14 @@ def validate(config) -> None:
            f"a multiple of data.patch_size={c.data.patch_size}")
     _check(c.data.target_fs > 0, "data.target_fs", c.data.target_fs, "> 0 Hz")
     _one_of(c, "loss.name", losses.LOSSES)
+    _check(c.evals.every_steps >= 1, "evals.every_steps", c.evals.every_steps, "an integer >= 1")
+    if c.evals.names:
+        from crema_jax.evaluate.evaluators import EVALUATORS
+        for name in c.evals.names:
+            _check(name in EVALUATORS, "evals.names", tuple(c.evals.names),
+                   f"names from {sorted(EVALUATORS)}")
+    if c.train.profile_steps:
+        profile_range(c.train.profile_steps)
     _one_of(c, "model.name", models.MODELS)
     if c.model.name in ("sit", "sit_encoder"):
         _one_of(c, "model.size", model_config.SIZES)

@@ -20,7 +20,7 @@ COMMAND = command.Command(
     "[--config.SECTION.FIELD=VALUE ...]")
 COMMAND.config_file("config", "configs/NAME.py; override any field with "
                     "--config.SECTION.FIELD=VALUE (sections: data, model, loss, optim, train, "
-                    "mesh, checkpoint).")
+                    "mesh, checkpoint, evals).")
 COMMAND.string("workdir", None, "Output folder (local path or gs://): checkpoints, "
                "metrics.jsonl, tensorboard/, reconstruction.png. Re-using it resumes the run.")
 COMMAND.boolean("dry_run", False, "Lower and compile the train step for the configured mesh "
@@ -66,6 +66,7 @@ def main(args) -> None:
         jax.config.update("jax_compilation_cache_dir", config.train.compilation_cache_dir)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
+    from crema_jax.evaluate import evaluators
     from crema_jax.train import trainer
     if args.dry_run:
         # An unknown slice, or a mesh or batch that does not fit: a ValueError says why.
@@ -89,13 +90,13 @@ def main(args) -> None:
         return
 
     try:
-        result = trainer.train(config, args.workdir)
+        result = trainer.train(config, args.workdir, evaluators=evaluators.build)
     except trainer.NonFiniteLossError as err:
         raise command.CommandError(str(err)) from None
     if config.train.reconstruction_png:
         if jax.process_count() > 1:
             print("reconstruction.png skipped: single-process runs only")
             return
-        from crema_jax.train import reconstruction
+        from crema_jax.evaluate import reconstruction
         path = reconstruction.write_png(config, result, args.workdir)
         print(f"wrote {path}")

@@ -87,6 +87,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     # Threads per process reading records; 0 for the cache (in page cache, GIL-bound decode).
     cfg.read_threads = 0
     cfg.prefetch_buffer_size = 64   # Elements read ahead per process when read_threads > 0.
+    # Keep every raw-WFDB record in memory once read and preprocessed (each worker its own
+    # copy): for datasets that fit, such as the bundled records (36 x 12 x 2500 float32, 4 MB).
+    cfg.keep_in_memory = False
 
     # --- bad records
     cfg.strict = False           # True: the first bad record raises, naming the file and problem.

@@ -339,7 +339,8 @@ def make_source(data_cfg: Mapping, *, split: str | None = None):
                                 **dict(data_cfg["layout_options"]))
     infos = [info for info in index.records if not split or info.split == split]
     return WfdbSource(infos, index.label_names,
-                      reading=sources_lib.Reading.from_data_config(data_cfg))
+                      reading=sources_lib.Reading.from_data_config(data_cfg),
+                      keep_in_memory=bool(data_cfg["keep_in_memory"]))
 
 
 def _shard(process_index: int | None, process_count: int | None) -> tuple[int, int]:

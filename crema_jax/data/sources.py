@@ -128,13 +128,16 @@ class WfdbSource:
     counted from the headers when the source is built. A record too short for one window stays
     one element whose `load` is a `too_short` skip, so it is counted like any bad record.
     `record_rows[i]` is the position in `infos` of element i's record.
+    `keep_in_memory`: every example's loaded arrays are kept after its first read (datasets that
+    fit in memory, e.g. the bundled records: later epochs read and filter nothing again).
 
     The leads the model is not fed are zeroed and marked absent BEFORE preprocessing, so the
     statistics of a lead subset are its own (ST-MEM and ECGFounder select leads first, too)."""
 
     def __init__(self, infos: Sequence[Any], label_names: Sequence[str], *,
-                 reading: Reading | None = None):
+                 reading: Reading | None = None, keep_in_memory: bool = False):
         self.reading = Reading() if reading is None else reading
+        self.kept = {} if keep_in_memory else None
         self.label_names = list(label_names)
         record_paths = [str(info.path) for info in infos]
         record_labels = multi_hot([tuple(info.labels) for info in infos], self.label_names)
@@ -173,7 +176,15 @@ class WfdbSource:
                 f"paths={_fingerprint(self.paths)})")
 
     def load(self, element: Mapping) -> dict:
-        r, index = self.reading, int(element["index"])
+        index = int(element["index"])
+        if self.kept is None:
+            return self._load(index)
+        if index not in self.kept:
+            self.kept[index] = self._load(index)
+        return {k: v.copy() for k, v in self.kept[index].items()}
+
+    def _load(self, index: int) -> dict:
+        r = self.reading
         path, window = self.paths[index], int(self.windows[index])
         if window < 0:
             raise records.RecordError(path, "too_short", f"{path} is shorter than one "

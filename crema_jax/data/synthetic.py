@@ -38,7 +38,11 @@ _WAVES = {
     "S": (0.03, 0.011, 0.45, (-0.3, -0.3, -0.9)),
     "T": (0.26, 0.05, 0.35, (0.6, 0.55, 0.3)),
 }
-SNOMED = {"sinus": "426783006", "af": "164889003", "tachy": "427084000", "brady": "426177001"}
+SNOMED = {"sinus": "426783006", "af": "164889003", "tachy": "427084000", "brady": "426177001",
+          "lad": "39732003", "rad": "47665007", "wide_qrs": "6374002"}
+# write_synthetic_wfdb(factors=True): left/right axis deviation (frontal axis turned by -60/+90
+# degrees) and a wide QRS (Q, R, S 2.2x wider, bundle-branch-like), each drawn per record.
+FACTORS = {"lad": (0.2, -60.0), "rad": (0.15, 90.0), "wide_qrs": (0.25, 2.2)}
 
 
 def _lead_vectors(rng: np.random.Generator) -> np.ndarray:
@@ -74,11 +78,16 @@ def _beat_times(rng, seconds: float, heart_rate: float, af: bool) -> np.ndarray:
 
 def synthetic_ecg(seed: int, seconds: float = 10.0, fs: float = 500.0, *,
                   heart_rate: float | None = None, af: bool | None = None,
-                  noise_mv: float = 0.015, wander_mv: float = 0.1) -> np.ndarray:
+                  noise_mv: float = 0.015, wander_mv: float = 0.1, axis_shift_deg: float = 0.0,
+                  qrs_width_scale: float = 1.0) -> np.ndarray:
     """A seeded synthetic 12-lead ECG, float32 (12, round(seconds * fs)) in mV, canonical order.
 
     heart_rate: beats per minute (default: drawn from 50-120). af: AF-like rhythm (default:
     drawn, 15 % of seeds). noise_mv: white-noise std; wander_mv: baseline-wander amplitude.
+    axis_shift_deg: the heart's electrical axis turned by this angle in the frontal plane
+    (positive = towards the right, i.e. right-axis deviation; negative = left). qrs_width_scale:
+    Q, R and S waves this many times wider (> 1.5: a wide, bundle-branch-like QRS). Neither
+    draws from the seed's generator: the rest of the record stays the same.
     """
     rng = np.random.default_rng(seed)
     # Both are always drawn, so the rest of the record does not depend on what was overridden.
@@ -89,6 +98,9 @@ def synthetic_ecg(seed: int, seconds: float = 10.0, fs: float = 500.0, *,
     t = np.arange(n) / fs
     lead_vectors = _lead_vectors(rng)              # (8, 3)
     rotation = _rotation(rng, 15.0)  # Keeps the frontal QRS axis normal (R dominant in II).
+    turn = np.deg2rad(axis_shift_deg)  # about the anterior (z) axis: x (left) towards y (down)
+    rotation = np.array([[np.cos(turn), -np.sin(turn), 0.0], [np.sin(turn), np.cos(turn), 0.0],
+                         [0.0, 0.0, 1.0]]) @ rotation
     beats = _beat_times(rng, seconds, hr, is_af)
     rr = 60.0 / hr
     dipole = np.zeros((3, n))
@@ -98,6 +110,8 @@ def synthetic_ecg(seed: int, seconds: float = 10.0, fs: float = 500.0, *,
         if name == "T":
             offset *= np.sqrt(rr)  # The QT interval shortens with heart rate (Bazett).
         amp = amplitude * rng.uniform(0.7, 1.3)
+        if name in ("Q", "R", "S"):
+            width *= qrs_width_scale
         direction = rotation @ (np.asarray(direction) / np.linalg.norm(direction))
         centres = beats + offset * rng.uniform(0.9, 1.1)
         # (beats, n) Gaussians summed over beats; beats are few, so the outer product is cheap.
@@ -144,10 +158,24 @@ def synthetic_labels(seed: int) -> tuple[float, bool]:
     return float(rng.uniform(50.0, 120.0)), bool(rng.uniform() < 0.15)
 
 
+def record_factors(seed: int) -> dict:
+    """The axis and QRS-width factors of record `seed` (write_synthetic_wfdb(factors=True)):
+    {"axis_shift_deg", "qrs_width_scale", "labels": [names of FACTORS present]}."""
+    rng = np.random.default_rng(seed + 2 * 10**6)
+    u_axis, u_qrs = rng.uniform(), rng.uniform()
+    p_lad, p_rad = FACTORS["lad"][0], FACTORS["rad"][0]
+    axis = "lad" if u_axis < p_lad else "rad" if u_axis < p_lad + p_rad else None
+    wide = u_qrs < FACTORS["wide_qrs"][0]
+    return {"axis_shift_deg": FACTORS[axis][1] if axis else 0.0,
+            "qrs_width_scale": FACTORS["wide_qrs"][1] if wide else 1.0,
+            "labels": [name for name in (axis, "wide_qrs" if wide else None) if name]}
+
+
 def write_synthetic_wfdb(folder, n: int, fs: float = 500.0, seconds: float = 10.0, seed: int = 0,
-                         fmt: str = "16") -> list[str]:
+                         fmt: str = "16", factors: bool = False) -> list[str]:
     """Writes `n` synthetic records SYN00000.. (.hea + .dat) with `# Age:`, `# Sex:` and
-    `# Dx:` comments (SNOMED-CT: sinus rhythm or AF, plus tachy-/bradycardia by rate).
+    `# Dx:` comments (SNOMED-CT: sinus rhythm or AF, plus tachy-/bradycardia by rate; with
+    `factors`, also left/right axis deviation and wide QRS drawn by `record_factors`).
 
     Returns the record paths without extension. Record k uses seed `seed + k`.
     """
@@ -158,8 +186,11 @@ def write_synthetic_wfdb(folder, n: int, fs: float = 500.0, seconds: float = 10.
     for k in range(n):
         record_seed = seed + k
         hr, af = synthetic_labels(record_seed)
-        signal = synthetic_ecg(record_seed, seconds, fs)
-        dx = [SNOMED["af"] if af else SNOMED["sinus"]]
+        drawn = record_factors(record_seed) if factors else {"labels": []}
+        signal = synthetic_ecg(record_seed, seconds, fs,
+                               axis_shift_deg=drawn.get("axis_shift_deg", 0.0),
+                               qrs_width_scale=drawn.get("qrs_width_scale", 1.0))
+        dx = [SNOMED["af"] if af else SNOMED["sinus"]] + [SNOMED[f] for f in drawn["labels"]]
         if hr > 100:
             dx.append(SNOMED["tachy"])
         elif hr < 60:

@@ -166,6 +166,14 @@ def read_torch_weights(path: str, fmt: str):
     # file does not hold is built from the metadata's word alone.
     has_decoder = any(k.startswith("decoder.") for k in sd)
     cfg.name = "sit" if has_decoder else "sit_encoder"
+    held = {"patch_norms": "encoder.patch_embed.in_norm.weight" in sd,
+            "decoder_variant": ("axial" if any(k.startswith("decoder.lead_blocks.") for k in sd)
+                                else "per_lead") if has_decoder else cfg.decoder_variant}
+    for field, value in held.items():
+        if cfg[field] != value:
+            raise safe_load.CheckpointFileError(
+                f"{path}: its model config says {field}={cfg[field]!r}, its tensors are those "
+                f"of {field}={value!r}")
     rules = sit_layouts.crema_rules(
         cfg, jax_prefix="encoder/" if has_decoder else "", include_head=int(cfg.num_classes) > 0,
         include_decoder=has_decoder)

@@ -75,14 +75,14 @@ def _encoder_blocks_and_head(model_cfg, block_key: str, names: dict, *, t: str, 
     return rules + (_dense(t + "head", j + "head") if include_head else [])
 
 
-def _decoder_blocks(model_cfg, block_key: str, names: dict, *, stmem: bool = False
-                    ) -> list[Rule]:
+def _decoder_blocks(model_cfg, block_key: str, names: dict, *, stmem: bool = False,
+                    jax_key: str = "decoder/blocks/{}/") -> list[Rule]:
     w, h, hd = (int(model_cfg.decoder_width), int(model_cfg.decoder_num_heads),
                 int(model_cfg.decoder_head_dim))
     out = not stmem or stmem_has_out_projection(w, h, hd)
     rules = []
     for i in range(int(model_cfg.decoder_depth)):
-        rules += _block(block_key.format(i), f"decoder/blocks/{i}/", names, w, h, hd,
+        rules += _block(block_key.format(i), jax_key.format(i), names, w, h, hd,
                         out_projection=out)
     return rules
 
@@ -90,9 +90,10 @@ def _decoder_blocks(model_cfg, block_key: str, names: dict, *, stmem: bool = Fal
 def crema_rules(model_cfg, *, jax_prefix: str, include_head: bool, include_decoder: bool
                 ) -> list[Rule]:
     j, t = jax_prefix, "encoder."
-    rules = (_norm(t + "patch_embed.in_norm", j + "patch_embed/in_norm")
+    norms = bool(model_cfg.patch_norms)
+    rules = ((_norm(t + "patch_embed.in_norm", j + "patch_embed/in_norm") if norms else [])
              + _dense(t + "patch_embed.proj", j + "patch_embed/proj")
-             + _norm(t + "patch_embed.out_norm", j + "patch_embed/out_norm")
+             + (_norm(t + "patch_embed.out_norm", j + "patch_embed/out_norm") if norms else [])
              + [same(t + "pos_embedding", j + "pos_embedding"),
                 same(t + "sep_embedding", j + "sep_embedding"),
                 same(t + "lead_embeddings", j + "lead_embeddings")])
@@ -103,6 +104,10 @@ def crema_rules(model_cfg, *, jax_prefix: str, include_head: bool, include_decod
                   + [same("decoder.mask_embedding", "decoder/mask_embedding"),
                      same("decoder.pos_embedding", "decoder/pos_embedding")])
         rules += _decoder_blocks(model_cfg, "decoder.blocks.{}.", _CREMA_BLOCK)
+        if model_cfg.decoder_variant == "axial":
+            rules += _decoder_blocks(model_cfg, "decoder.lead_blocks.{}.", _CREMA_BLOCK,
+                                     jax_key="decoder/lead_blocks/{}/")
+            rules.append(same("decoder.lead_embeddings", "decoder/lead_embeddings"))
         rules += _norm("decoder.norm", "decoder/norm") + _dense("decoder.head", "decoder/head")
         for k in range(int(model_cfg.proj_depth)):
             rules += _dense(f"projector.layers.{k}", f"projector/layers/{k}")
@@ -161,6 +166,12 @@ def stmem_incompatibilities(model_cfg, *, include_decoder: bool) -> list[str]:
                         f"(1, 32, D) for 30 patches per lead")
     if int(c.num_lead_embeddings) != 12:
         problems.append(f"model.num_lead_embeddings={c.num_lead_embeddings}: ST-MEM has 12")
+    if not c.patch_norms:
+        problems.append("model.patch_norms=False: ST-MEM's patch embedding is LayerNorm -> "
+                        "Linear -> LayerNorm")
+    if include_decoder and c.decoder_variant != "per_lead":
+        problems.append(f"model.decoder_variant={c.decoder_variant!r}: ST-MEM's decoder is "
+                        "per lead")
     if include_decoder:
         got = (int(c.decoder_width), int(c.decoder_depth), int(c.decoder_num_heads),
                int(c.decoder_head_dim), int(c.decoder_mlp_ratio))

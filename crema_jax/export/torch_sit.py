@@ -66,13 +66,15 @@ class Block(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    def __init__(self, patch_size, width):
+    def __init__(self, patch_size, width, norms=True):
         super().__init__()
-        self.in_norm = nn.LayerNorm(patch_size, eps=ENCODER_LN_EPS)
+        self.in_norm = nn.LayerNorm(patch_size, eps=ENCODER_LN_EPS) if norms else None
         self.proj = nn.Linear(patch_size, width)
-        self.out_norm = nn.LayerNorm(width, eps=ENCODER_LN_EPS)
+        self.out_norm = nn.LayerNorm(width, eps=ENCODER_LN_EPS) if norms else None
 
     def forward(self, x):
+        if self.in_norm is None:
+            return self.proj(x)
         return self.out_norm(self.proj(self.in_norm(x)))
 
 
@@ -81,7 +83,7 @@ class Encoder(nn.Module):
         super().__init__()
         w, n = c["width"], c["num_patches"]
         self.num_patches = n
-        self.patch_embed = PatchEmbed(c["patch_size"], w)
+        self.patch_embed = PatchEmbed(c["patch_size"], w, c.get("patch_norms", True))
         self.register_buffer("pos_embedding", torch.zeros(1, n + 2, w))
         self.sep_embedding = nn.Parameter(torch.zeros(w))
         self.lead_embeddings = nn.Parameter(torch.zeros(c["num_lead_embeddings"], w))
@@ -121,8 +123,14 @@ class Decoder(nn.Module):
             for _ in range(c["decoder_depth"]))
         self.norm = nn.LayerNorm(w, eps=DECODER_NORM_EPS)
         self.head = nn.Linear(w, c["patch_size"])
+        self.axial = c.get("decoder_variant", "per_lead") == "axial"
+        if self.axial:  # a block over the leads at each position after every block
+            self.lead_blocks = nn.ModuleList(
+                Block(w, c["decoder_num_heads"], c["decoder_head_dim"], c["decoder_mlp_ratio"] * w)
+                for _ in range(c["decoder_depth"]))
+            self.lead_embeddings = nn.Parameter(torch.zeros(c["num_lead_embeddings"], w))
 
-    def forward(self, patch_tokens, sep_tokens, visible_idx, n):
+    def forward(self, patch_tokens, sep_tokens, visible_idx, n, lead_indices=None):
         b, nl = sep_tokens.shape[:2]
         vis, sep = self.embed(patch_tokens), self.embed(sep_tokens)
         w = vis.shape[-1]
@@ -132,9 +140,17 @@ class Decoder(nn.Module):
             grid = self.mask_embedding.expand(b, nl * n, w).clone()
             grid.scatter_(1, visible_idx[..., None].expand(-1, -1, w), vis)
         x = torch.cat([sep[:, :, :1], grid.reshape(b, nl, n, w), sep[:, :, 1:]], dim=2)
-        x = (x + self.pos_embedding).reshape(b * nl, n + 2, w)
-        for block in self.blocks:
+        x = x + self.pos_embedding
+        if self.axial:
+            x = x + self.lead_embeddings[lead_indices][:, :, None]
+        x = x.reshape(b * nl, n + 2, w)
+        for i, block in enumerate(self.blocks):
             x = block(x)
+            if self.axial:
+                t = n + 2
+                x = x.reshape(b, nl, t, w).transpose(1, 2).reshape(b * t, nl, w)
+                x = self.lead_blocks[i](x)
+                x = x.reshape(b, t, nl, w).transpose(1, 2).reshape(b * nl, t, w)
         return self.head(self.norm(x)).reshape(b, nl, n + 2, -1)[:, :, 1:-1]
 
 
@@ -185,7 +201,8 @@ class CremaSiT(nn.Module):
             raise ValueError("this file holds the encoder only: export with --include_decoder")
         tokens, seps = self.encoder(patches, lead_indices, visible_idx)
         norm = self.encoder.norm
-        return self.decoder(norm(tokens), norm(seps), visible_idx, patches.shape[2])
+        return self.decoder(norm(tokens), norm(seps), visible_idx, patches.shape[2],
+                            lead_indices)
 
 
 def load_sit(path: str, *, config: dict | None = None) -> CremaSiT:

@@ -35,6 +35,11 @@ def default_model_config() -> ml_collections.ConfigDict:
     # II's, whatever else is fed; ours) | "position" = the one of its row, as ST-MEM's downstream
     # models do (a model fed [II] alone uses the embedding trained for lead I).
     c.lead_embedding = "canonical"
+    # ST-MEM's patch embedding is LayerNorm(P) -> Dense -> LayerNorm(D): both norms remove a
+    # patch's scale (and the first its offset), so the encoder never sees how large a visible
+    # wave is. False (a CREMA variant) keeps the Dense alone: the z-scored samples' amplitudes
+    # reach the encoder, which reconstruction in signal units needs.
+    c.patch_norms = True
     c.num_classes = 0           # > 0 adds ST-MEM's `head` (norm -> Dense(width -> C)).
     c.drop_path = 0.0           # stochastic depth, max rate (linear over depth, timm style).
     c.dtype = "float32"         # compute dtype ("float32" | "bfloat16"); params stay float32.
@@ -49,6 +54,11 @@ def default_model_config() -> ml_collections.ConfigDict:
     c.decoder_num_heads = 4
     c.decoder_head_dim = 64
     c.decoder_mlp_ratio = 4
+    # "per_lead" (ST-MEM): each lead's tokens are decoded alone, so a hidden patch sees only its
+    # own lead. "axial" (a CREMA variant): every decoder block is followed by a block over the
+    # leads at the same patch position (with decoder lead embeddings), so a hidden patch reads
+    # the same instant in the visible leads: the 12 leads are projections of one cardiac dipole.
+    c.decoder_variant = "per_lead"
     # Projection head for the contrastive term, on the pooled features. SimCLR's head: 2 layers,
     # hidden = feature width, 128 outputs (a small output keeps the contrastive geometry from
     # constraining every feature dimension).

@@ -7,6 +7,7 @@ Parameter tree of PretrainModel (ST-MEM key of the full pretraining checkpoint i
   decoder.mask_embedding (W,)                  [mask_embedding (1,1,W)]
   decoder.pos_embedding (1, N+2, W) fixed      [decoder_pos_embed]
   decoder.blocks.{i}.*  (see layers.py)        [decoder_blocks.{i}.*]
+  decoder.lead_blocks.{i}.*, decoder.lead_embeddings (12, W)   (decoder_variant="axial" only)
   decoder.norm.{scale,bias}                    [decoder_norm.{weight,bias}]
   decoder.head.{kernel (W,P), bias}            [decoder_head.{weight.T,bias}]
   projector.layers.{j}.{kernel,bias}           (CREMA only)
@@ -46,8 +47,12 @@ def unshuffle(visible_tokens, mask_token, visible_idx, num_slots):
     return jnp.take_along_axis(pool, source[..., None], axis=1)
 
 
+DECODER_VARIANTS = ("per_lead", "axial")
+
+
 class MaeDecoder(nnx.Module):
-    """Per-lead reconstruction: each lead's N+2 tokens go through the same blocks separately."""
+    """Per-lead reconstruction (ST-MEM): each lead's N+2 tokens go through the same blocks
+    separately. "axial": after each such block, a block over the L leads at each position."""
 
     def __init__(self, model_cfg, enc_width, *, rngs):
         w = int(model_cfg.decoder_width)
@@ -61,18 +66,33 @@ class MaeDecoder(nnx.Module):
             out_sharding=(None, None, S.EMBED))
         self.depth = int(model_cfg.decoder_depth)
         self.scan = bool(model_cfg.scan_layers)
-        self.blocks = layers.make_blocks(
-            self.depth, self.scan, rngs=rngs, width=w, num_heads=int(model_cfg.decoder_num_heads),
+        block_kwargs = dict(
+            width=w, num_heads=int(model_cfg.decoder_num_heads),
             head_dim=int(model_cfg.decoder_head_dim),
             mlp_hidden=int(model_cfg.decoder_mlp_ratio * w), eps=DECODER_BLOCK_LN_EPS, dtype=dtype,
             boundary=layers.uses_residual_boundary(model_cfg))
+        variant = model_cfg.decoder_variant
+        if variant not in DECODER_VARIANTS:
+            raise ValueError(f"config.model.decoder_variant={variant!r}: expected one of "
+                             f"{DECODER_VARIANTS}")
+        self.axial = variant == "axial"
+        self.scan = self.scan and not self.axial  # axial: unrolled (a decoder is a few blocks)
+        self.blocks = layers.make_blocks(self.depth, self.scan, rngs=rngs, **block_kwargs)
         self.norm = layers.layer_norm(w, eps=DECODER_NORM_EPS, dtype=dtype, rngs=rngs)
         self.head = layers.dense(w, int(model_cfg.patch_size), (S.EMBED, S.PATCH), dtype=dtype,
                                  rngs=rngs)
+        self.lead_blocks, self.lead_embeddings = nnx.data(None), nnx.data(None)
+        if self.axial:
+            self.lead_blocks = layers.make_blocks(self.depth, False, rngs=rngs, **block_kwargs)
+            self.lead_embeddings = nnx.Param(
+                jax.nn.initializers.normal(0.02)(rngs.params(),
+                                                 (int(model_cfg.num_lead_embeddings), w)),
+                out_sharding=(S.LEADS, S.EMBED))
 
-    def __call__(self, patch_tokens, sep_tokens, visible_idx, num_patches):
+    def __call__(self, patch_tokens, sep_tokens, visible_idx, num_patches, lead_indices=None):
         """patch_tokens (B, K, D) and sep_tokens (B, L, 2, D) AFTER the encoder's per-token norm;
-        visible_idx (B, K) ascending or None. Returns (B, L, N, P) float32."""
+        visible_idx (B, K) ascending or None; lead_indices (B, L) canonical ids (the axial
+        variant's lead embeddings). Returns (B, L, N, P) float32."""
         b, num_leads = sep_tokens.shape[:2]
         n = num_patches
         vis = self.embed(patch_tokens)
@@ -85,11 +105,29 @@ class MaeDecoder(nnx.Module):
                              num_leads * n)
         grid = grid.reshape(b, num_leads, n, w)
         x = jnp.concatenate([sep[:, :, :1], grid, sep[:, :, 1:]], axis=2)   # (B, L, N+2, W)
-        x = x + self.pos_embedding[...].astype(x.dtype)                     # no lead embeddings
-        x = x.reshape(b * num_leads, n + 2, w)
-        x = layers.run_blocks(self.blocks, x, (0.0,) * self.depth, None, self.scan)
+        x = x + self.pos_embedding[...].astype(x.dtype)
+        if self.axial:
+            x = self._axial(x, lead_indices)
+        else:  # ST-MEM: no lead embeddings, leads apart
+            x = layers.run_blocks(self.blocks, x.reshape(b * num_leads, n + 2, w),
+                                  (0.0,) * self.depth, None, self.scan)
         x = self.head(self.norm(x)).reshape(b, num_leads, n + 2, -1)
         return x[:, :, 1:-1].astype(jnp.float32)
+
+    def _axial(self, x, lead_indices):
+        """(B, L, T, W) -> (B*L, T, W): blocks along time within each lead, each followed by a
+        block along the leads at each of the T positions."""
+        b, num_leads, t, w = x.shape
+        if lead_indices is None:
+            lead_indices = jnp.broadcast_to(jnp.arange(num_leads), (b, num_leads))
+        x = x + self.lead_embeddings[...][lead_indices][:, :, None, :].astype(x.dtype)
+        x = x.reshape(b * num_leads, t, w)
+        for along_time, along_leads in zip(self.blocks, self.lead_blocks):
+            x = along_time(x, 0.0, None)
+            x = x.reshape(b, num_leads, t, w).transpose(0, 2, 1, 3).reshape(b * t, num_leads, w)
+            x = along_leads(x, 0.0, None)
+            x = x.reshape(b, t, num_leads, w).transpose(0, 2, 1, 3).reshape(b * num_leads, t, w)
+        return x
 
 
 class ProjectionHead(nnx.Module):
@@ -142,7 +180,7 @@ class PretrainModel(nnx.Module):
             weights = valid if visible_idx is None else jnp.take_along_axis(valid, visible_idx, 1)
         pooled = self.encoder.pool(tokens, weights)
         norm = self.encoder.norm  # ST-MEM: per-token norm before the decoder.
-        pred = self.decoder(norm(tokens), norm(seps), visible_idx, n)
+        pred = self.decoder(norm(tokens), norm(seps), visible_idx, n, leads)
         return {
             "pred": pred.reshape(b, v, num_leads, n, p),
             "pooled": pooled.reshape(b, v, -1),

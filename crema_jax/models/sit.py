@@ -46,15 +46,19 @@ def sincos_table(num_patches: int, dim: int) -> np.ndarray:
 
 
 class PatchEmbed(nnx.Module):
-    """LayerNorm(P) -> Dense(P -> D) -> LayerNorm(D)."""
+    """LayerNorm(P) -> Dense(P -> D) -> LayerNorm(D); the Dense alone when
+    config.model.patch_norms is False."""
 
-    def __init__(self, patch_size, width, *, dtype, rngs):
-        self.in_norm = layers.layer_norm(patch_size, eps=ENCODER_LN_EPS, dtype=dtype, rngs=rngs,
-                                         axis_name=S.PATCH)
+    def __init__(self, patch_size, width, *, dtype, rngs, norms=True):
+        self.in_norm = (layers.layer_norm(patch_size, eps=ENCODER_LN_EPS, dtype=dtype, rngs=rngs,
+                                          axis_name=S.PATCH) if norms else nnx.data(None))
         self.proj = layers.dense(patch_size, width, (S.PATCH, S.EMBED), dtype=dtype, rngs=rngs)
-        self.out_norm = layers.layer_norm(width, eps=ENCODER_LN_EPS, dtype=dtype, rngs=rngs)
+        self.out_norm = (layers.layer_norm(width, eps=ENCODER_LN_EPS, dtype=dtype, rngs=rngs)
+                         if norms else nnx.data(None))
 
     def __call__(self, x):
+        if self.in_norm is None:
+            return self.proj(x)
         return self.out_norm(self.proj(self.in_norm(x)))
 
 
@@ -72,7 +76,8 @@ class SiT(nnx.Module):
         # timm-style stochastic depth: rate grows linearly from 0 to drop_path over the depth.
         self.drop_rates = tuple(float(r) for r in np.linspace(0.0, model_cfg.drop_path, depth))
         init02 = jax.nn.initializers.normal(0.02)
-        self.patch_embed = PatchEmbed(model_cfg.patch_size, width, dtype=self.dtype, rngs=rngs)
+        self.patch_embed = PatchEmbed(model_cfg.patch_size, width, dtype=self.dtype, rngs=rngs,
+                                      norms=bool(model_cfg.patch_norms))
         self.pos_embedding = FixedEmbedding(
             jnp.asarray(sincos_table(self.num_patches, width)), out_sharding=(None, None, S.EMBED))
         self.sep_embedding = nnx.Param(init02(rngs.params(), (width,)), out_sharding=(S.EMBED,))

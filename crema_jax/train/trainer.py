@@ -239,17 +239,26 @@ def dry_run(config, *, devices=None) -> dict:
     return report
 
 
-def train(config, workdir, *, devices=None, batch_iter=None) -> dict:
-    """Pretrains per `config` in `workdir`; returns {"losses": {step: loss}, "last_step", ...}.
+def train(config, workdir, *, devices=None, batch_iter=None, evaluators=None) -> dict:
+    """Pretrains per `config` in `workdir`; returns {"losses": {step: loss}, "last_step",
+    "evals": {step: row}, ...}.
 
     `batch_iter` replaces the configured Grain pipeline (tests, benchmarks): any iterator of
     per-process batches; it is checkpointed only if it has get_state/set_state.
+    `evaluators(config, parts) -> [evaluator, ...]` builds what config.evals.names lists
+    (crema_jax.evaluate.evaluators.build; the pretrain command passes it); each evaluator's
+    `run(state)` metrics are logged at every multiple of config.evals.every_steps and at the
+    last step, before that step's checkpoint is written.
 
     The workdir is locked for the run (checkpoint.WorkdirLock, process 0); incomplete steps a
     crash left are set aside; resume=False on a workdir with checkpoints is refused unless
     checkpoint.overwrite (checkpoint.prepare_workdir).
     """
     config_lib.validate(config)
+    if config.evals.names and evaluators is None:
+        raise ValueError(f"config.evals.names={tuple(config.evals.names)} needs "
+                         "evaluators=crema_jax.evaluate.evaluators.build (the pretrain command "
+                         "passes it)")
     workdir = epath.Path(workdir)
     lock = None
     if jax.process_index() == 0:
@@ -263,7 +272,8 @@ def train(config, workdir, *, devices=None, batch_iter=None) -> dict:
             for note in ckpt_lib.prepare_workdir(workdir, resume=bool(config.checkpoint.resume),
                                                  overwrite=bool(config.checkpoint.overwrite)):
                 metrics_lib.print_line(note)
-        return _train(config, workdir, devices=devices, batch_iter=batch_iter, lock=lock)
+        return _train(config, workdir, devices=devices, batch_iter=batch_iter, lock=lock,
+                      evaluators=evaluators)
     finally:
         if lock is not None:
             lock.release()
@@ -306,7 +316,7 @@ def _restore(parts, config, workdir, manager, target, grain_iter):
     return None, None, None, manager
 
 
-def _train(config, workdir, *, devices, batch_iter, lock) -> dict:
+def _train(config, workdir, *, devices, batch_iter, lock, evaluators) -> dict:
     parts = build(config, devices=devices)
     mesh, num_steps = parts["mesh"], int(config.train.num_steps)
     logging.info("mesh %s, global batch %d", dict(mesh.shape), parts["global_batch"])
@@ -357,6 +367,21 @@ def _train(config, workdir, *, devices, batch_iter, lock) -> dict:
         f"compiled train step: {flops * mesh.size / 1e9:.2f} GFLOP/step, peak "
         f"{peak:.2f} TFLOP/s/device ({peak_source}), mesh {dict(mesh.shape)}")
 
+    evals = evaluators(config, parts) if config.evals.names else []
+    eval_rows, every_eval = {}, int(config.evals.every_steps)
+    profile = _Profile(config.train.profile_steps, workdir)
+
+    def evaluate(step: int) -> None:
+        row = {}
+        for evaluator in evals:
+            t0 = time.perf_counter()
+            row.update(evaluator.run(state))
+            row[f"eval/{evaluator.name}_seconds"] = time.perf_counter() - t0
+        eval_rows[step] = row
+        writer.write(step, row)
+        for evaluator in evals:
+            metrics_lib.print_line(f"step {step} eval: {evaluator.summary(row)}")
+
     def save(step: int) -> None:
         ckpt_lib.save_train_state(
             manager, step, params=step_lib.merge_trees(state["params"], state["fixed"]),
@@ -402,16 +427,23 @@ def _train(config, workdir, *, devices, batch_iter, lock) -> dict:
             local = next(data_iter)
             data_wait = time.perf_counter() - t0
             batch = mesh_lib.global_batch(batch_lib.device_part(local), mesh)
+            profile.before(step)
             state, metrics = compiled(state, batch, base_rng)
             step += 1
             if pending is not None:
                 finish(pending)
             pending = (step, metrics, data_wait)
+            profile.after(step, state)
             preempted = stop.requested(step)
             early = stop_after and step - start >= stop_after
+            if evals and (step % every_eval == 0 or step == num_steps):
+                finish(pending)
+                pending = None
+                evaluate(step)
             if (step % int(config.checkpoint.every_steps) == 0 or step == num_steps or preempted
                     or early):
-                finish(pending)
+                if pending is not None:
+                    finish(pending)
                 pending = None
                 save(step)
                 last_saved = step
@@ -425,14 +457,44 @@ def _train(config, workdir, *, devices, batch_iter, lock) -> dict:
             if delay:
                 time.sleep(delay)
     finally:
+        profile.stop()
         manager.wait_until_finished()
         manager.close()
         writer.close()
         stop.restore()
         if hasattr(data_iter, "close"):
             data_iter.close()
-    return {"losses": losses, "last_step": step, "state": state, "graphdef": parts["graphdef"],
+    return {"losses": losses, "last_step": step, "evals": eval_rows, "evaluators": evals,
+            "state": state, "graphdef": parts["graphdef"],
             "mesh": mesh, "flops_per_device": flops, "model_cfg": parts["model_cfg"]}
+
+
+class _Profile:
+    """config.train.profile_steps "A:B": a jax.profiler trace of steps A+1..B in
+    WORKDIR/profile (process 0; TensorBoard's profile plugin reads it)."""
+
+    def __init__(self, spec: str, workdir):
+        self.range = config_lib.profile_range(spec) if spec else None
+        self.dir = str(epath.Path(workdir) / "profile")
+        self.active = False
+
+    def before(self, step: int) -> None:
+        """Called before dispatching step+1."""
+        if self.range and step == self.range[0] and jax.process_index() == 0:
+            jax.profiler.start_trace(self.dir)
+            self.active = True
+
+    def after(self, step: int, state) -> None:
+        if self.active and step == self.range[1]:
+            jax.block_until_ready(state)
+            self.stop()
+
+    def stop(self) -> None:
+        if self.active:
+            self.active = False
+            jax.profiler.stop_trace()
+            metrics_lib.print_line(f"profile of steps {self.range[0] + 1}-{self.range[1]} "
+                                   f"written to {self.dir}")
 
 
 class _PreemptionWatch:

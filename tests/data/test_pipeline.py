@@ -305,3 +305,27 @@ def test_pretrain_views_called_directly_give_every_view():
                                                                  np.random.default_rng(0))
     assert views["patches"].shape == (1, 2, 12, 30, 75) and views["mask"].shape == (1, 2, 12, 30)
     np.testing.assert_array_equal(views["patches"][0, 0], views["patches"][0, 1])
+
+
+def test_keep_in_memory_reads_each_record_once(tmp_path):
+    import shutil
+
+    from crema_jax.data import layouts, sources
+
+    src = layouts.sample_data_dir()
+    header = sorted(src.glob("*.hea"))[0]
+    for f in src.glob(header.stem + ".*"):
+        shutil.copy(f, tmp_path / f.name)
+    infos = [layouts.RecordInfo(record_id=header.stem, path=str(tmp_path / header.stem),
+                                labels=(), split="", source="")]
+    kept = sources.WfdbSource(infos, [], keep_in_memory=True)
+    fresh = sources.WfdbSource(infos, [])
+    first = kept.load(kept[0])
+    expected = fresh.load(fresh[0])
+    np.testing.assert_array_equal(first["signal"], expected["signal"])
+    first["signal"][:] = 0.0                       # a caller's edit never reaches the copy kept
+    for f in tmp_path.glob(header.stem + ".*"):    # the test's own copy: gone from disk
+        f.unlink()
+    again = kept.load(kept[0])
+    np.testing.assert_array_equal(again["signal"], expected["signal"])
+    np.testing.assert_array_equal(again["lead_present"], expected["lead_present"])

@@ -195,3 +195,4 @@ def test_stmem_pretraining_views_are_standardised_per_crop(folder):
     crops = views["patches"][:, 0].reshape(2, 12, 2250)
     for crop in crops:
         assert abs(crop.mean()) < 1e-5 and abs(crop.std() - 1.0) < 1e-5
+

@@ -83,3 +83,64 @@ def test_write_synthetic_wfdb(tmp_path, fmt, step):
         assert ("427084000" in dx) == (bpm > 100) and ("426177001" in dx) == (bpm < 60)
         ecg = records.read_record(path)
         assert ecg.signal.shape == (12, 1000) and ecg.lead_present.all()
+
+
+def test_axis_shift_turns_the_frontal_axis_by_the_angle():
+    """Without noise or wander, the frontal-plane net vector of the whole record (x = lead I,
+    y = (II - I/2) / sin 60 from the lead vectors at 0 and 60 degrees) turns by the angle."""
+    from crema_jax.data import synthetic
+
+    def angle(x):
+        lead_i, lead_ii = x[0].astype(np.float64).sum(), x[1].astype(np.float64).sum()
+        return np.degrees(np.arctan2((lead_ii - 0.5 * lead_i) / np.sin(np.pi / 3), lead_i))
+
+    quiet = dict(noise_mv=0.0, wander_mv=0.0)
+    base = angle(synthetic.synthetic_ecg(7, **quiet))
+    for shift in (-60.0, 90.0):
+        turned = angle(synthetic.synthetic_ecg(7, axis_shift_deg=shift, **quiet))
+        assert abs((turned - base - shift + 180) % 360 - 180) < 0.05
+
+
+def test_wide_qrs_widens_the_r_wave():
+    """Full width at half maximum of the R wave in lead II (noise off): ~2.2x wider."""
+    from crema_jax.data import synthetic
+
+    def fwhm(x, fs=2000.0):
+        lead = x[1].astype(np.float64)
+        peak = int(np.argmax(lead))
+        half = lead[peak] / 2
+        left = peak
+        while lead[left] > half:
+            left -= 1
+        right = peak
+        while lead[right] > half:
+            right += 1
+        return (right - left) / fs
+
+    quiet = dict(noise_mv=0.0, wander_mv=0.0, fs=2000.0, heart_rate=60.0, af=False)
+    ratio = fwhm(synthetic.synthetic_ecg(4, qrs_width_scale=2.2, **quiet)) / fwhm(
+        synthetic.synthetic_ecg(4, **quiet))
+    assert 1.8 < ratio < 2.6  # Q and S overlap R's flanks: not exactly 2.2
+
+
+def test_factor_labels_follow_the_drawn_factors(tmp_path):
+    import wfdb
+
+    from crema_jax.data import synthetic
+
+    paths = synthetic.write_synthetic_wfdb(tmp_path, 40, fs=250.0, seconds=2.0, seed=100,
+                                           factors=True)
+    seen = set()
+    for k, path in enumerate(paths):
+        drawn = synthetic.record_factors(100 + k)
+        dx = [c for c in wfdb.rdheader(path).comments if c.startswith("Dx:")][0]
+        codes = set(dx[3:].strip().split(","))
+        for name in ("lad", "rad", "wide_qrs"):
+            assert (synthetic.SNOMED[name] in codes) == (name in drawn["labels"])
+        seen.update(drawn["labels"])
+        signal = wfdb.rdrecord(path).p_signal.T
+        expected = synthetic.synthetic_ecg(100 + k, 2.0, 250.0,
+                                           axis_shift_deg=drawn["axis_shift_deg"],
+                                           qrs_width_scale=drawn["qrs_width_scale"])
+        np.testing.assert_allclose(signal, expected, atol=1e-3)  # 16-bit at 1000/mV
+    assert seen == {"lad", "rad", "wide_qrs"}

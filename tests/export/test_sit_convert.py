@@ -200,3 +200,39 @@ def test_fine_tuned_encoder_with_head_exports_to_both_layouts(tmp_path):
     with torch.no_grad():
         mine = torch_model.logits(torch.from_numpy(patches), torch.arange(12).repeat(2, 1)).numpy()
     assert rel_err(mine, want) <= 1e-5
+
+
+def test_crema_variants_export_to_the_torch_module_and_back(tmp_path):
+    """patch_norms=False and the axial decoder: the crema layout carries them (tensors and
+    config), our torch module computes the same, and ST-MEM's layout refuses them by name."""
+    cfg = default_model_config()
+    cfg.size, cfg.num_heads, cfg.head_dim = "tiny", 2, 32
+    cfg.decoder_width, cfg.decoder_depth, cfg.decoder_num_heads, cfg.decoder_head_dim = 32, 2, 2, 16
+    cfg.patch_norms, cfg.decoder_variant = False, "axial"
+    cfg.residual_boundary = "off"
+    params = params_lib.init_params(cfg, 3)
+    flat = params_lib.flatten(params)
+    assert not any("in_norm" in p or "out_norm" in p for p in flat)
+    assert any(p.startswith("decoder/lead_blocks/1/") for p in flat)
+    state = export_torch.build_state_dict(params, cfg, layout="crema", include_decoder=True)
+    out = tmp_path / "variant.safetensors"
+    export_torch.write_files(state, str(out), layout="crema",
+                             model_config=export_torch.resolved_model_config(cfg),
+                             full_config={}, step=0, include_decoder=True)
+    torch_model = torch_sit.load_sit(str(out))
+    patches, _, visible_idx = _inputs(seed=2)
+    patches = patches * np.linspace(0.2, 3.0, 12)[None, :, None, None]  # amplitudes now matter
+    feats, pred = _jax_outputs(cfg, params, patches.astype(np.float32), visible_idx)
+    leads = torch.arange(12).repeat(2, 1)
+    with torch.no_grad():
+        x = torch.from_numpy(patches.astype(np.float32))
+        t_feats = torch_model.features(x, leads).numpy()
+        t_pred = torch_model.reconstruct(x, leads, torch.from_numpy(visible_idx).long()).numpy()
+    assert rel_err(t_feats, feats) <= 1e-5 and rel_err(t_pred, pred) <= 1e-5
+    again, again_cfg, kept = import_torch.import_weights(str(out), "crema")
+    assert kept == [] and again_cfg.patch_norms is False
+    assert again_cfg.decoder_variant == "axial"
+    flat_b = params_lib.flatten(again)
+    assert flat.keys() == flat_b.keys() and all(np.array_equal(flat[p], flat_b[p]) for p in flat)
+    problems = " ".join(sit_layouts.stmem_incompatibilities(cfg, include_decoder=True))
+    assert "model.patch_norms=False" in problems and "model.decoder_variant='axial'" in problems

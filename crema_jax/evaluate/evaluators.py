@@ -1,0 +1,183 @@
+"""Evaluators that run while pretraining, selected by name (big_vision style):
+
+    config.evals.names = ("reconstruction", "fewshot_probe")
+    config.evals.every_steps = 100        # and at the last step
+
+Each evaluator is built once from the config and the trainer's parts (mesh, graphdef), and
+`run(state)` returns metrics the trainer logs with the step to metrics.jsonl and TensorBoard
+(keys "eval/..."). Everything an evaluator reads is fixed at build time (records, masks, crops),
+so a figure changes only because the model did. The forward passes are jitted over the
+training mesh with the sharded state as it is: every process runs the same program and gets
+the same (replicated) numbers, so multi-host jobs evaluate too.
+
+- reconstruction: masked-patch MSE on held-back records (config.evals.reconstruction.split),
+  beside the baselines of evaluate/reconstruction.py (predict zero, nearest visible patch, most
+  correlated visible lead) on the same masks.
+- fewshot_probe: a linear probe on frozen features of a labelled dataset (the training data's
+  layout and root unless config.evals.fewshot_probe names another), trained on its "train"
+  split (a label fraction of it), L2 chosen on "val", macro AUROC on "test".
+
+The trainer receives these through `trainer.train(..., evaluators=build)` (the pretrain command
+passes it), so the training loop never imports evaluation code.
+"""
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from crema_jax import models
+from crema_jax.data import batch as batch_lib
+from crema_jax.data import pipeline
+from crema_jax.evaluate import datasets, linear_probe, metrics, protocols
+from crema_jax.evaluate import reconstruction as recon_lib
+from crema_jax.inference import backbones
+from crema_jax.train import mesh as mesh_lib
+
+
+def _pad_rows(batch: dict, multiple: int) -> tuple[dict, int]:
+    """Repeat the last example until the batch divides by `multiple` (the mesh's batch shards)."""
+    n = len(batch["patches"])
+    pad = -n % multiple
+    if not pad:
+        return batch, n
+    return {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in batch.items()}, n
+
+
+def view_matching_accuracy(proj: np.ndarray) -> float:
+    """(B, 2, E) projections: the fraction of records whose view 0 is most cosine-similar to
+    their own view 1 among the B records' view 1 (the contrastive task's top-1 accuracy)."""
+    z = proj / np.maximum(np.linalg.norm(proj, axis=-1, keepdims=True), 1e-12)
+    sim = z[:, 0] @ z[:, 1].T
+    return float(np.mean(np.argmax(sim, axis=1) == np.arange(len(z))))
+
+
+class Reconstruction:
+    name = "reconstruction"
+
+    def __init__(self, config, parts):
+        opts = config.evals.reconstruction
+        data_cfg = config.data
+        self.norm_pix_loss = bool(config.loss.norm_pix_loss) or config.loss.name == "stmem"
+        self.batch, self.paths = recon_lib.held_back_batch(
+            data_cfg, split=opts.split, num_records=opts.num_records, seed=int(opts.seed))
+        self.corr = recon_lib.lead_correlations(
+            data_cfg, split=data_cfg.split, max_records=int(opts.correlation_records))
+        device_part = batch_lib.device_part(self.batch)
+        device_part, self.n = _pad_rows(device_part, mesh_lib.batch_divisor(parts["mesh"]))
+        replicated = parts["replicated"]
+        self.device_batch = {k: mesh_lib.replicate(v, replicated) for k, v in device_part.items()}
+        graphdef = parts["graphdef"]
+        self.forward = jax.jit(
+            lambda params, fixed, batch: {k: v for k, v in models.forward(
+                graphdef, (params, fixed), batch, None, train=False).items()
+                if k in ("pred", "proj")}, out_shardings=replicated)
+        self.mesh, self.rules = parts["mesh"], parts["rules"]
+        self.last = None
+
+    def run(self, state) -> dict:
+        from flax import nnx
+        with jax.set_mesh(self.mesh), nnx.logical_axis_rules(self.rules):
+            outputs = self.forward(state["params"], state["fixed"], self.device_batch)
+        outputs = {k: np.asarray(v)[: self.n] for k, v in jax.device_get(outputs).items()}
+        pred = self.last = outputs["pred"]
+        scores = recon_lib.scores(pred, self.batch, self.corr, norm_pix_loss=self.norm_pix_loss)
+        out = {"eval/recon_mse": scores["mse"]}
+        for name in recon_lib.BASELINES:
+            out[f"eval/recon_mse_{name}"] = scores[f"mse/{name}"]
+            out[f"eval/recon_mse_over_{name}"] = scores[f"mse_over/{name}"]
+        if outputs["proj"].shape[1] == 2:  # two views: does view 0 find its own view 1?
+            out["eval/contrastive_accuracy"] = view_matching_accuracy(outputs["proj"])
+        return out
+
+    def summary(self, row: dict) -> str:
+        ratios = ", ".join(f"{row[f'eval/recon_mse_over_{b}']:.2f} x {b.replace('_', '-')} "
+                           f"({row[f'eval/recon_mse_{b}']:.3f})" for b in recon_lib.BASELINES)
+        line = (f"held-back masked MSE {row['eval/recon_mse']:.3f} on {self.n} records = "
+                f"{ratios}")
+        if "eval/contrastive_accuracy" in row:
+            line += (f"; views matched {row['eval/contrastive_accuracy']:.2f} "
+                     f"(chance {1 / self.n:.2f})")
+        return line
+
+
+class FewShotProbe:
+    name = "fewshot_probe"
+
+    def __init__(self, config, parts):
+        opts = config.evals.fewshot_probe
+        own = not (opts.root or opts.layout)  # the training data's own labels
+        root = opts.root or (config.data.root if own else "")
+        cache_dir = config.data.cache_dir if own else ""
+        if (own and int(config.data.synthetic_records) > 0) or not (root or cache_dir):
+            raise ValueError("config.evals.fewshot_probe.root: name a labelled dataset (the "
+                             "training data has no labels: synthetic records or no root)")
+        layout_options = opts.layout_options if not own else config.data.layout_options
+        settings = {"root": root, "cache_dir": cache_dir,
+                    "layout": opts.layout or config.data.layout,
+                    "layout_options": dict(layout_options or {}), "seed": int(opts.seed),
+                    "split_fractions": tuple(opts.split_fractions),
+                    "min_positives": int(opts.min_positives), "label_type": "multilabel"}
+        self.data = datasets.load_dataset(settings)
+        divisor = mesh_lib.batch_divisor(parts["mesh"])
+        batch_size = -(-int(opts.batch_size) // divisor) * divisor
+        self.data_cfg = backbones.eval_data_config(config, protocols.lead_set(opts.leads),
+                                                   batch_size=batch_size)
+        self.source = datasets.make_source(self.data, self.data_cfg)
+        self.l2_grid = tuple(float(v) for v in opts.l2_grid)
+        self.label_fraction, self.seed = float(opts.label_fraction), int(opts.seed)
+        graphdef, replicated = parts["graphdef"], parts["replicated"]
+        self.replicated = replicated
+        self.features = jax.jit(
+            lambda params, fixed, b: models.encode_features(
+                graphdef, (params, fixed), b["patches"], b["lead_indices"], b["patch_valid"]),
+            out_shardings=replicated)
+        self.mesh, self.rules = parts["mesh"], parts["rules"]
+        self.last = None
+
+    def _features(self, state) -> tuple[np.ndarray, np.ndarray]:
+        from flax import nnx
+        feats, rows = [], []
+        keys = ("patches", "lead_indices", "patch_valid")
+        with jax.set_mesh(self.mesh), nnx.logical_axis_rules(self.rules):
+            for batch in pipeline.make_eval_dataset(self.data_cfg, source=self.source):
+                device = {k: mesh_lib.replicate(np.asarray(batch[k]), self.replicated)
+                          for k in keys}
+                out = np.asarray(jax.device_get(
+                    self.features(state["params"], state["fixed"], device)))
+                keep = np.asarray(batch["valid"])
+                feats.append(out[keep].mean(1))
+                rows.append(self.source.record_rows[np.asarray(batch["index"])[keep]])
+        return np.concatenate(feats), np.concatenate(rows)
+
+    def run(self, state) -> dict:
+        feats, rows = self._features(state)
+        labels, splits = self.data.labels[rows], self.data.splits[rows]
+        train, val, test = (np.flatnonzero(splits == s) for s in protocols.SPLITS)
+        train = train[protocols.label_fraction_subset(labels[train], self.label_fraction,
+                                                      seed=self.seed)]
+        head = linear_probe.fit_linear_probe(feats[train], labels[train], feats[val],
+                                             labels[val], l2_grid=self.l2_grid)
+        probs = linear_probe.predict_proba(head, feats[test])
+        auroc = metrics.macro_auroc(labels[test], probs)
+        self.last = {"features": feats, "rows": rows, "test": test, "labels": labels[test],
+                     "probabilities": probs}
+        return {"eval/fewshot_macro_auroc": float(auroc), "eval/fewshot_l2": head.l2,
+                "eval/fewshot_train_records": int(len(train)),
+                "eval/fewshot_test_records": int(len(test))}
+
+    def summary(self, row: dict) -> str:
+        return (f"few-shot probe macro AUROC {row['eval/fewshot_macro_auroc']:.3f} "
+                f"({row['eval/fewshot_train_records']} training, "
+                f"{row['eval/fewshot_test_records']} test records)")
+
+
+EVALUATORS = {"reconstruction": Reconstruction, "fewshot_probe": FewShotProbe}
+
+
+def build(config, parts) -> list:
+    """The evaluators config.evals.names lists, built for the trainer's parts."""
+    unknown = [n for n in config.evals.names if n not in EVALUATORS]
+    if unknown:
+        raise ValueError(f"config.evals.names: unknown {unknown}; expected names from "
+                         f"{sorted(EVALUATORS)}")
+    return [EVALUATORS[name](config, parts) for name in config.evals.names]
