@@ -1,18 +1,35 @@
-"""Demo: pretrain the tiny CREMA model on the bundled real ECGs in a few minutes on a laptop CPU.
+"""Demo: pretrain a tiny CREMA model on the bundled real ECGs on a laptop CPU, and watch it learn.
 
     crema-jax pretrain --config=configs/demo.py --workdir=/tmp/crema_demo
 
-Watch the loss fall in the progress line, then open /tmp/crema_demo/reconstruction.png: every lead
-of a held-back (test-split) ECG, the patches the encoder never saw (shaded), and the model's
-reconstruction of them. What to expect from so short a run: the total loss falls mostly through the
-contrastive term (about 2.1 -> 0.5); the MAE term leaves its "predict each patch's mean" plateau
-only after much longer training, so the tiny model's reconstruction is still close to flat. The
-demo shows the whole pipeline working end to end, not a trained model.
+Every EVAL_EVERY steps (and at the end) the `reconstruction` evaluator prints the masked-patch
+MSE on held-back (test-split) ECGs, in z-scored signal units, as a multiple of three baselines
+on the same masks: predict zero, copy the nearest visible patch of the lead, and the same instant
+of the most correlated visible lead. At the end, /tmp/crema_demo/reconstruction.png shows every
+lead of a held-back ECG, the patches the encoder never saw (shaded) and the reconstruction.
+
+What makes this tiny model learn in minutes where ST-MEM's exact recipe (configs/stmem_base.py)
+at this size stays on its "predict zero" plateau (about 1.0, measured: MAE 0.95-1.00 after 800
+to 3,000 steps) is two CREMA variants of the architecture, both config fields:
+- model.patch_norms=False: ST-MEM's patch embedding LayerNorm -> Dense -> LayerNorm removes each
+  patch's scale, so the encoder cannot see how tall a visible wave is; reconstruction in signal
+  units needs it.
+- model.decoder_variant="axial": after each per-lead decoder block, a block across the leads at
+  the same instant, so a hidden patch reads the leads that are visible at that moment (the 12
+  leads are projections of one cardiac dipole; III = II - I exactly). With ST-MEM's per-lead
+  decoder and the same patch embedding, the MSE stayed at 1.00 after 300 steps (measured).
+Raw z-scored targets (loss.norm_pix_loss=False) keep the figure in signal units.
+
+The contrastive term stays a real task: each view has its own crop offset and augmentations
+(amplitude, noise, baseline wander), and the held-back records were never trained on; the
+evaluator prints how often a held-back record's two views find each other (chance = 1/records).
 """
 import importlib.util
 import pathlib
 
 from crema_jax.data import layouts
+
+EVAL_EVERY = 100
 
 
 def _tiny_config():
@@ -25,26 +42,31 @@ def _tiny_config():
 
 
 def get_config():
-    # Tiny SiT (64 wide, 2 deep), its proportionate decoder, crema loss: a step takes ~0.1 s on
-    # 2 cores.
+    # Tiny SiT (64 wide, 2 deep) with the two variants above; a step takes ~0.2 s on 2 cores.
     config = _tiny_config()
-    # The 36 CinC 2021 records shipped in the package (train/val/test split by record hash).
+    config.model.patch_norms = False
+    config.model.decoder_variant = "axial"
+    # The 36 CinC 2021 records shipped in the package; a fifth of them held back (split by
+    # record hash: 32 train, 4 test), kept in memory after their first read.
     config.data.layout = "wfdb_folder"
     config.data.root = str(layouts.sample_data_dir())
+    config.data.layout_options = {"val_fraction": 0.0, "test_fraction": 0.2}
     config.data.split = "train"
+    config.data.keep_in_memory = True
     config.train.global_batch_size = 16   # 2 batches per epoch of the 32 training records.
-    # Raw (globally z-scored) targets instead of ST-MEM's per-patch normalised ones: the plot then
-    # shows the prediction itself, in signal units, not re-scaled by the hidden patch's own stats.
     config.loss.norm_pix_loss = False
-    config.train.num_steps = 300
+    config.train.num_steps = 800
     config.train.reconstruction_png = True
-    # A tiny model on a tiny dataset tolerates (and needs, to show progress in minutes) a far
-    # larger lr than ST-MEM's batch-scaled 1.5e-4 x 16/256.
+    # A tiny model on a tiny dataset tolerates (and needs, to learn in minutes) a far larger lr
+    # than ST-MEM's batch-scaled 1.5e-4 x 16/256.
     config.optim.scale_lr_with_batch = False
     config.optim.base_lr = 2e-3
     config.optim.warmup_steps = 20
     config.optim.grad_clip_norm = 1.0
-    config.train.log_every_steps = 10
-    config.checkpoint.every_steps = 100
+    config.train.log_every_steps = 50
+    config.checkpoint.every_steps = 400
+    config.evals.names = ("reconstruction",)
+    config.evals.every_steps = EVAL_EVERY
+    config.evals.reconstruction.split = "test"
     config.mesh.data = 1                  # one CPU device: nothing to shard in a demo.
     return config

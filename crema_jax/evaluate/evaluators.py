@@ -18,7 +18,9 @@ the same (replicated) numbers, so multi-host jobs evaluate too.
   split (a label fraction of it), L2 chosen on "val", macro AUROC on "test".
 
 The trainer receives these through `trainer.train(..., evaluators=build)` (the pretrain command
-passes it), so the training loop never imports evaluation code.
+passes it), so the training loop never imports evaluation code, and this module reaches the
+mesh only through the trainer's parts ("mesh", "rules", "graphdef", "replicated", "replicate",
+"batch_divisor"), never importing train/.
 """
 from __future__ import annotations
 
@@ -31,7 +33,6 @@ from crema_jax.data import pipeline
 from crema_jax.evaluate import datasets, linear_probe, metrics, protocols
 from crema_jax.evaluate import reconstruction as recon_lib
 from crema_jax.inference import backbones
-from crema_jax.train import mesh as mesh_lib
 
 
 def _pad_rows(batch: dict, multiple: int) -> tuple[dict, int]:
@@ -63,9 +64,9 @@ class Reconstruction:
         self.corr = recon_lib.lead_correlations(
             data_cfg, split=data_cfg.split, max_records=int(opts.correlation_records))
         device_part = batch_lib.device_part(self.batch)
-        device_part, self.n = _pad_rows(device_part, mesh_lib.batch_divisor(parts["mesh"]))
+        device_part, self.n = _pad_rows(device_part, parts["batch_divisor"])
         replicated = parts["replicated"]
-        self.device_batch = {k: mesh_lib.replicate(v, replicated) for k, v in device_part.items()}
+        self.device_batch = {k: parts["replicate"](v) for k, v in device_part.items()}
         graphdef = parts["graphdef"]
         self.forward = jax.jit(
             lambda params, fixed, batch: {k: v for k, v in models.forward(
@@ -118,7 +119,7 @@ class FewShotProbe:
                     "split_fractions": tuple(opts.split_fractions),
                     "min_positives": int(opts.min_positives), "label_type": "multilabel"}
         self.data = datasets.load_dataset(settings)
-        divisor = mesh_lib.batch_divisor(parts["mesh"])
+        divisor = parts["batch_divisor"]
         batch_size = -(-int(opts.batch_size) // divisor) * divisor
         self.data_cfg = backbones.eval_data_config(config, protocols.lead_set(opts.leads),
                                                    batch_size=batch_size)
@@ -126,7 +127,7 @@ class FewShotProbe:
         self.l2_grid = tuple(float(v) for v in opts.l2_grid)
         self.label_fraction, self.seed = float(opts.label_fraction), int(opts.seed)
         graphdef, replicated = parts["graphdef"], parts["replicated"]
-        self.replicated = replicated
+        self.replicate = parts["replicate"]
         self.features = jax.jit(
             lambda params, fixed, b: models.encode_features(
                 graphdef, (params, fixed), b["patches"], b["lead_indices"], b["patch_valid"]),
@@ -140,8 +141,7 @@ class FewShotProbe:
         keys = ("patches", "lead_indices", "patch_valid")
         with jax.set_mesh(self.mesh), nnx.logical_axis_rules(self.rules):
             for batch in pipeline.make_eval_dataset(self.data_cfg, source=self.source):
-                device = {k: mesh_lib.replicate(np.asarray(batch[k]), self.replicated)
-                          for k in keys}
+                device = {k: self.replicate(np.asarray(batch[k])) for k in keys}
                 out = np.asarray(jax.device_get(
                     self.features(state["params"], state["fixed"], device)))
                 keep = np.asarray(batch["valid"])

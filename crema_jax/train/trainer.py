@@ -88,7 +88,11 @@ def build(config, *, devices=None):
                    out_shardings=shardings)
     return dict(mesh=mesh, rules=rules, tx=tx, schedule=schedule, graphdef=graphdef,
                 shardings=shardings, jitted=jitted, init=init, global_batch=global_batch,
-                per_process_batch=per_process, replicated=replicated, model_cfg=model_cfg)
+                per_process_batch=per_process, replicated=replicated, model_cfg=model_cfg,
+                # for evaluators (which never import train/): a host value (identical on every
+                # process) as a replicated global array, and what a batch must divide by
+                replicate=lambda value: mesh_lib.replicate(value, replicated),
+                batch_divisor=mesh_lib.batch_divisor(mesh))
 
 
 def input_iterator(config, per_process_batch: int):
