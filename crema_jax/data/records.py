@@ -52,7 +52,7 @@ from crema_jax.data import wfdb_header
 
 _EXTENSIONS = (".hea", ".mat", ".dat")
 # Physical unit (case-folded) -> factor to millivolts.
-_UNIT_TO_MV = {"mv": 1.0, "millivolt": 1.0, "millivolts": 1.0, "uv": 1e-3, "µv": 1e-3,
+UNIT_TO_MV = {"mv": 1.0, "millivolt": 1.0, "millivolts": 1.0, "uv": 1e-3, "µv": 1e-3,
                "μv": 1e-3, "microvolt": 1e-3, "microvolts": 1e-3, "v": 1e3, "volt": 1e3,
                "volts": 1e3, "nv": 1e-6}
 # fmt -> (numpy dtype of one stored sample, WFDB invalid-sample value after decoding).
@@ -320,10 +320,10 @@ def canonical_ecg(raw: np.ndarray, names, units, fs: float, *, path: str, where:
             repairs["leads_dropped"] = repairs.get("leads_dropped", 0) + 1
             continue
         unit = (units[ch] or "mV").strip().casefold()
-        if unit not in _UNIT_TO_MV:
+        if unit not in UNIT_TO_MV:
             raise RecordError(path, "bad_units", f"{where}: lead {name} is in {units[ch]!r}, "
                               f"expected a voltage unit (mV, uV, V)")
-        signal[row] = raw[:, ch] * _UNIT_TO_MV[unit]
+        signal[row] = raw[:, ch] * UNIT_TO_MV[unit]
         present[row] = True
 
     if nan_policy == "interpolate":
