@@ -119,7 +119,7 @@ def prepare(*, layout: str, root: str, out: str, layout_options: dict | None = N
     if records_per_shard <= 0:
         raise PrepareError("--records_per_shard must be positive")
     layout_options = dict(layout_options or {})
-    index = layouts.LAYOUTS[layout](root, **layout_options)
+    index = layouts.build_index(layout, root, **layout_options)
     preprocess_cfg = preprocess_lib.PRESETS[preprocess]().to_dict()
     if preprocess_cfg["stage"] != "record":
         raise PrepareError(f"--preprocess={preprocess}: it runs on each crop, not on the record, "
@@ -139,7 +139,7 @@ def prepare(*, layout: str, root: str, out: str, layout_options: dict | None = N
     sidecars = {s: _load_sidecar(out, names[s]) for s in range(num_shards)}
     tasks = [{"out_dir": out, "shard": s, "num_shards": num_shards,
               "records": [{"record_id": r.record_id, "path": str(r.path), "labels": list(r.labels),
-                           "split": r.split, "source": r.source}
+                           "split": r.split, "source": r.source, "reader": r.reader}
                           for r in index.records[s * per:(s + 1) * per]],
               "target_fs": float(target_fs), "preprocess": preprocess_cfg,
               "derive_limb_leads": True, "dtype": dtype, "strict": strict}
