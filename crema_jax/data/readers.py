@@ -82,21 +82,34 @@ def _cached(key, opener):
     return _OPEN[key]
 
 
-def _hdf5_dataset(file: str, key: str):
-    import h5py
+class _Hdf5Dataset:
+    """An open HDF5 file and one of its datasets (looking the dataset up costs ~0.3 ms, as much
+    as reading a 10 s exam, so it is looked up once per process)."""
 
+    def __init__(self, file: str, key: str):
+        import h5py
+
+        try:
+            self.handle = h5py.File(file, "r")
+        except OSError as err:
+            reason = "truncated_signal" if "truncated" in str(err) else "unreadable"
+            raise records.RecordError(file, reason, f"{file}: HDF5 file does not open: "
+                                      f"{err}") from None
+        if key not in self.handle:
+            names = sorted(self.handle)
+            self.handle.close()
+            raise records.RecordError(file, "unreadable", f"{file}: no HDF5 dataset {key!r} "
+                                      f"(it holds {names})")
+        self.dataset = self.handle[key]
+
+    def close(self):
+        self.handle.close()
+
+
+def _hdf5_dataset(file: str, key: str):
     if not os.path.isfile(file):
         raise records.RecordError(file, "missing_signal_file", f"{file} does not exist")
-    try:
-        handle = _cached(("h5", file), lambda: h5py.File(file, "r"))
-    except OSError as err:
-        reason = "truncated_signal" if "truncated" in str(err) else "unreadable"
-        raise records.RecordError(file, reason, f"{file}: HDF5 file does not open: {err}") \
-            from None
-    if key not in handle:
-        raise records.RecordError(file, "unreadable", f"{file}: no HDF5 dataset {key!r} "
-                                  f"(it holds {sorted(handle)})")
-    return handle[key]
+    return _cached(("h5", file, key), lambda: _Hdf5Dataset(file, key)).dataset
 
 
 def _npy_array(file: str):
