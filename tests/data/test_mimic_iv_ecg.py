@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import wfdb
 
-from crema_jax.data import cache, layouts, pipeline, preprocess, readers
+from crema_jax.data import cache, layouts, pipeline, preprocess, readers, records
 from crema_jax.data import config as config_lib
 from crema_jax.data.sources import SkipStats
 
@@ -144,6 +144,9 @@ def test_eval_pipeline_and_prepare(mimic_root, tmp_path):
             seen.append(study)
     assert seen == [s[1] for s in STUDIES]
     assert dict(stats.counts) == {"missing_header": 1}
+    cfg.strict = True
+    with pytest.raises(records.RecordError, match=rf"s{ABSENT[1]}/{ABSENT[1]}.hea"):
+        list(pipeline.make_eval_dataset(cfg, process_index=0, process_count=1))
 
     out = tmp_path / "cache"
     done = subprocess.run([os.path.join(os.path.dirname(sys.executable), "crema-jax"),

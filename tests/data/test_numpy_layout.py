@@ -138,6 +138,9 @@ def test_pipeline_and_prepare_read_the_array(arrays, tmp_path):
                 crop = _canonical_mv(x[row])[:, start:start + 2250].reshape(12, 30, 75)
                 np.testing.assert_allclose(batch["patches"][b, c], crop, rtol=1e-5, atol=1e-6)
     assert rows == [0, 1, 2, 3, 5] and dict(stats.counts) == {"no_signal": 1}
+    cfg.strict = True
+    with pytest.raises(records.RecordError, match=r"ecgs.npy#4 has none of the 12 standard"):
+        list(pipeline.make_eval_dataset(cfg, process_index=0, process_count=1))
 
     out = tmp_path / "cache"
     done = subprocess.run([os.path.join(os.path.dirname(sys.executable), "crema-jax"),
