@@ -45,8 +45,9 @@ def _int(environ: Mapping, name: str, default: int | None = None) -> int | None:
 def detect(environ: Mapping | None = None) -> tuple[int, int, str]:
     """(host_index, num_hosts, where they came from); see the module docstring."""
     environ = os.environ if environ is None else environ
-    jax = sys.modules.get("jax")
-    if jax is not None and jax.distributed.is_initialized():
+    distributed = getattr(sys.modules.get("jax"), "distributed", None)
+    if distributed is not None and distributed.is_initialized():
+        jax = sys.modules["jax"]
         return jax.process_index(), jax.process_count(), "jax.distributed"
     count, task = _int(environ, "SLURM_ARRAY_TASK_COUNT"), _int(environ, "SLURM_ARRAY_TASK_ID")
     if count and task is not None:
