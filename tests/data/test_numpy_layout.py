@@ -120,11 +120,12 @@ def test_folder_of_records_skips_bad_files_without_unpickling(arrays):
         assert err.value.reason == reason and says in str(err.value) and name in str(err.value)
 
 
-def test_pipeline_and_prepare_read_the_array(arrays, tmp_path):
+@pytest.mark.parametrize("name", ["ecgs.npy", "packed.npz"])
+def test_pipeline_and_prepare_read_the_array(arrays, tmp_path, name):
     root, x, _ = arrays
     cfg = config_lib.default_data_config()
     cfg.layout, cfg.root, cfg.split, cfg.num_epochs, cfg.batch_size = "numpy", \
-        str(root / "ecgs.npy"), "", 1, 4
+        str(root / name), "", 1, 4
     cfg.layout_options = {"fs": FS, "leads": ",".join(STATED), "units": "uV"}
     cfg.target_fs, cfg.preprocess = float(FS), preprocess.PRESETS["none"]()
     stats = SkipStats()
@@ -139,12 +140,12 @@ def test_pipeline_and_prepare_read_the_array(arrays, tmp_path):
                 np.testing.assert_allclose(batch["patches"][b, c], crop, rtol=1e-5, atol=1e-6)
     assert rows == [0, 1, 2, 3, 5] and dict(stats.counts) == {"no_signal": 1}
     cfg.strict = True
-    with pytest.raises(records.RecordError, match=r"ecgs.npy#4 has none of the 12 standard"):
+    with pytest.raises(records.RecordError, match=rf"{name}#4 has none of the 12 standard"):
         list(pipeline.make_eval_dataset(cfg, process_index=0, process_count=1))
 
     out = tmp_path / "cache"
     done = subprocess.run([os.path.join(os.path.dirname(sys.executable), "crema-jax"),
-                           "prepare", "--layout=numpy", f"--root={root / 'ecgs.npy'}",
+                           "prepare", "--layout=numpy", f"--root={root / name}",
                            f"--out={out}", f"--layout_option=fs={FS}",
                            f"--layout_option=leads={','.join(STATED)}",
                            "--layout_option=units=uV", "--workers=1", "--preprocess=none",
