@@ -11,6 +11,7 @@ CORE = [
     "numpy>=2.0",
     "scipy>=1.13",         # Butterworth/notch filters and polyphase resampling.
     "wfdb>=4.1",
+    "h5py>=3.8",           # CODE-15%'s exams_part*.hdf5 (the code15 layout reads one exam a time).
     "absl-py>=2.1",
     "ml_collections>=1.0",  # Python config files with --config.FIELD overrides (big_vision style).
     "safetensors>=0.4",    # Pickle-free weight files for PyTorch interchange.

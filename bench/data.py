@@ -1,13 +1,17 @@
-"""Input-pipeline throughput: ECGs/s from raw WFDB and from the ArrayRecord cache to batches.
+"""Input-pipeline throughput: ECGs/s from raw WFDB, CODE-15% HDF5 and the ArrayRecord cache.
 
     python bench/data.py [--records=512] [--batches=12] [--views=2]
 
-Writes synthetic 10 s, 500 Hz WFDB records (synthetic.write_synthetic_wfdb) to a temporary
-folder, builds a cache from them with `crema-jax prepare`, then times the full pretraining
-pipeline (read/decode -> crop -> patchify -> mask -> batches of 64) with num_workers 0 (in-process)
-and 2 (Grain mp_prefetch), after a warm-up that also absorbs worker start-up. Targets per worker
-process: cache >= 5,000 ECGs/s, raw 500 Hz WFDB >= 200 ECGs/s. "ECGs per CPU-s" (in-process
-rows) is the throughput of one dedicated core, the stable figure on a shared machine.
+Writes synthetic 10 s, 500 Hz WFDB records (synthetic.write_synthetic_wfdb) and the same number
+of synthetic 10 s, 400 Hz exams in CODE-15%'s HDF5 files (synthetic.write_synthetic_code15) to a
+temporary folder, builds a cache from the WFDB records with `crema-jax prepare`, then times the
+full pretraining pipeline (read/decode -> crop -> patchify -> mask -> batches of 64) with
+num_workers 0 (in-process) and 2 (Grain mp_prefetch), after a warm-up that also absorbs worker
+start-up. Targets per worker process: cache >= 5,000 ECGs/s, raw 500 Hz WFDB and CODE-15% HDF5
+>= 200 ECGs/s. "ECGs per CPU-s" (in-process rows) is the throughput of one dedicated core, the
+stable figure on a shared machine. The CODE-15% cost breakdown times each step of one exam's
+way alone (CPU ms per ECG): the HDF5 row read, the reader's canonical Ecg at 400 Hz, polyphase
+resampling to 250 Hz, the crema preprocessing, and the pipeline's own work (the rest).
 
 A second table times the evaluation pipeline (what embed, probe and predict read) from the raw
 records under each data path (data/presets.py: crema, stmem, ecgfounder), in-process; the
@@ -22,6 +26,7 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 from absl import flags
 
 from crema_jax.data import config as config_lib
@@ -58,6 +63,49 @@ def _eval_throughput(cfg, batches: int) -> tuple[float, float]:
     return count / (time.perf_counter() - start), count / (time.process_time() - cpu)
 
 
+def _cpu_ms(fn, items) -> float:
+    start = time.process_time()
+    for item in items:
+        fn(item)
+    return (time.process_time() - start) / len(items) * 1e3
+
+
+def _code15_breakdown(root: str, n: int = 128) -> list[tuple[str, float]]:
+    """CPU ms per exam of each step of the CODE-15% path (see the module docstring)."""
+    import h5py
+
+    from crema_jax.data import layouts, preprocess, readers, records
+
+    infos = layouts.build_index("code15", root).records[:n]
+    parts = {}
+
+    def row(info):
+        file, index = readers.split_locator(info.path)
+        if file not in parts:
+            parts[file] = h5py.File(file, "r")["tracings"]
+        return parts[file][index]
+
+    native = [readers.read(i.path, i.reader, target_fs=None) for i in infos]  # also a warm-up
+    resampled = [readers.read(i.path, i.reader, target_fs=250.0) for i in infos]
+    crema = preprocess.PRESETS["crema"]()
+    loaded = [{"signal": preprocess.preprocess(e.signal, e.fs, crema,
+                                               lead_present=e.lead_present),
+               "lead_present": e.lead_present, "index": k} for k, e in enumerate(resampled)]
+    views = pipeline.PretrainViews(config_lib.default_data_config(), compact=True)
+    chunks = [loaded[k:k + 64] for k in range(0, len(loaded), 64)]
+    rng = np.random.default_rng(0)
+    return [("HDF5 row read (h5py; part of the next step)", _cpu_ms(row, infos)),
+            ("reader to the canonical Ecg at 400 Hz", _cpu_ms(
+                lambda i: readers.read(i.path, i.reader, target_fs=None), infos)),
+            ("polyphase 400 -> 250 Hz", _cpu_ms(
+                lambda e: records.resample(e.signal, e.fs, 250.0), native)),
+            ("crema preprocessing (filters, z-score)", _cpu_ms(
+                lambda e: preprocess.preprocess(e.signal, e.fs, crema,
+                                                lead_present=e.lead_present), resampled)),
+            ("pipeline: crop, patches, masks (per ECG of a chunk of 64)", _cpu_ms(
+                lambda c: views.random_map(c, rng), chunks) / 64)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=512)
@@ -68,7 +116,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         raw_dir, cache_dir = os.path.join(tmp, "wfdb"), os.path.join(tmp, "cache")
+        code15_dir = os.path.join(tmp, "code15")
         synthetic.write_synthetic_wfdb(raw_dir, args.records, fs=500.0, seconds=10.0)
+        synthetic.write_synthetic_code15(code15_dir, args.records, parts=2)
         cli = os.path.join(os.path.dirname(sys.executable), "crema-jax")
         start = time.perf_counter()
         subprocess.run([cli, "prepare", f"--root={raw_dir}", f"--out={cache_dir}",
@@ -78,6 +128,7 @@ def main() -> None:
 
         rows = []
         for name, source in (("raw WFDB 500 Hz", {"root": raw_dir}),
+                             ("CODE-15 HDF5 400 Hz", {"layout": "code15", "root": code15_dir}),
                              ("ArrayRecord cache", {"cache_dir": cache_dir})):
             for workers in (0, 2):
                 cfg = config_lib.default_data_config()
@@ -89,6 +140,8 @@ def main() -> None:
                 timed = args.batches if "cache" in name else max(2, args.batches // 4)
                 rate, per_cpu = _throughput(cfg, timed, warmup=2 if workers else 1)
                 rows.append((name, workers, rate, rate / max(workers, 1), per_cpu))
+        code15_cpu = next(r[4] for r in rows if r[0].startswith("CODE-15") and r[1] == 0)
+        breakdown = _code15_breakdown(code15_dir)
         preset_rows = []
         for preset in presets.NAMES:
             for threads in (0, 2):
@@ -100,17 +153,25 @@ def main() -> None:
 
     print(f"\nprepare: {args.records} records (500 Hz, 10 s) -> cache in {prepare_s:.1f} s "
           f"with 2 workers; batches of 64, {args.views} view(s), random_per_lead 0.75\n")
-    print(f"| {'source':<18} | workers | ECGs/s total | ECGs/s per worker | ECGs per CPU-s |")
-    print(f"|{'-' * 20}|---------|--------------|-------------------|----------------|")
+    print(f"| {'source':<19} | workers | ECGs/s total | ECGs/s per worker | ECGs per CPU-s |")
+    print(f"|{'-' * 21}|---------|--------------|-------------------|----------------|")
     for name, workers, rate, per, per_cpu in rows:
         cpu = f"{per_cpu:>14,.0f}" if per_cpu else f"{'-':>14}"
-        print(f"| {name:<18} | {workers:>7} | {rate:>12,.0f} | {per:>17,.0f} | {cpu} |")
+        print(f"| {name:<19} | {workers:>7} | {rate:>12,.0f} | {per:>17,.0f} | {cpu} |")
     print("\nEvaluation pipeline from raw 500 Hz WFDB, one process, by data path (read threads "
           "0 = the consuming thread reads; 2 = data.read_threads=2):\n")
     print(f"| {'data path':<10} | read threads | ECGs/s per process | ECGs per CPU-s |")
     print(f"|{'-' * 12}|--------------|--------------------|----------------|")
     for preset, threads, rate, per_cpu in preset_rows:
         print(f"| {preset:<10} | {threads:>12} | {rate:>18,.0f} | {per_cpu:>14,.0f} |")
+    print(f"\nCODE-15% HDF5 path, CPU ms per exam (in-process; {code15_cpu:,.0f} ECGs per CPU-s "
+          f"= {1e3 / code15_cpu:.2f} ms):\n")
+    print(f"| {'step':<58} | CPU ms |")
+    print(f"|{'-' * 60}|--------|")
+    for step, ms in breakdown:
+        print(f"| {step:<58} | {ms:>6.2f} |")
+    print(f"| {'sum of the steps after the first':<58} | "
+          f"{sum(ms for _, ms in breakdown[1:]):>6.2f} |")
     print(f"\nload average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 

@@ -135,19 +135,24 @@ def write_json_atomic(path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
-def remove_stale_temporaries(folder) -> int:
+def remove_stale_temporaries(folder, names: Iterable[str] | None = None) -> int:
     """Delete the temporary files `write_atomic` left in `folder` when its process died (their
-    names carry the writer's pid; a live writer's are kept). Returns how many were removed."""
+    names carry the writer's pid; a live writer's are kept). `names`: only the temporaries of
+    these output file names (a host sharing the folder with other hosts removes only its own:
+    another machine's pids mean nothing here). Returns how many were removed."""
     removed = 0
     folder = pathlib.Path(folder)
     if not folder.is_dir():
         return 0
+    names = None if names is None else set(names)
     for path in folder.glob(".*.tmp"):
-        parts = path.name.rsplit(".", 2)
-        if len(parts) != 3 or not parts[1].isdigit() or path.is_symlink():
+        parts = path.name[1:].rsplit(".", 3)   # <output name>.<random>.<pid>.tmp
+        if len(parts) != 4 or not parts[2].isdigit() or path.is_symlink():
+            continue
+        if names is not None and parts[0] not in names:
             continue
         try:
-            os.kill(int(parts[1]), 0)
+            os.kill(int(parts[2]), 0)
             continue                       # the writer is alive: its file, not ours to touch
         except ProcessLookupError:
             pass

@@ -11,7 +11,8 @@ def add(cmd: command.Command) -> None:
              "input (data/presets.py): '' = the checkpoint's own (import-torch writes ST-MEM's "
              "or ECGFounder's; ours is crema).")
     cmd.string("model_size", "tiny", "SiT size for --checkpoint=random (tiny/small/base/large).")
-    cmd.string("layout", "wfdb_folder", "Dataset layout: wfdb_folder, ptbxl or manifest.")
+    cmd.string("layout", "wfdb_folder", "Dataset layout: wfdb_folder, ptbxl, manifest, code15, "
+               "mimic_iv_ecg or numpy.")
     cmd.string("root", None, "Dataset folder (or the manifest CSV); not needed with --cache_dir.")
     cmd.string("label_set", "superclass", "ptbxl layout: label set (superclass, subclass, "
                "diagnostic, form, rhythm, all).")

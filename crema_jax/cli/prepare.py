@@ -7,12 +7,22 @@
 Resumable: rerunning the same command after an interruption finishes the same shards. Bad
 records are skipped, counted in a table by reason and listed in summary.json; the last line is
 `prepared N records, skipped M`. Train from the cache with --config.data.cache_dir=OUT.
+
+Many hosts, one folder they all see (the same command on each; host index and count default to
+jax.distributed, a SLURM array / srun step, or a TPU VM slice):
+
+    crema-jax prepare --layout=code15 --root=/nfs/code15 --out=/nfs/code15-cache \
+        --num_hosts=4 --host_index=$I
+
+Host i writes its block of shards; host 0 waits for the others and merges the index. The result
+is byte-identical to a one-host run; a killed host is rerun with the same flags; `--merge`
+merges shards written elsewhere.
 """
 from crema_jax.cli import command
 
 COMMAND = command.Command("prepare", __doc__, usage="--layout=NAME --root=DIR --out=DIR")
 COMMAND.string("layout", "wfdb_folder", "Dataset layout (a key of data.layouts.LAYOUTS: "
-               "wfdb_folder, ptbxl, manifest).")
+               "wfdb_folder, ptbxl, manifest, code15, mimic_iv_ecg, numpy).")
 COMMAND.string("root", None, "Dataset folder read by the layout (or the manifest CSV's folder).",
                required=True)
 COMMAND.string("out", None, "Output folder of the cache (created; rerun into it to resume).",
@@ -28,24 +38,42 @@ COMMAND.string("preprocess", "crema", "Preprocessing preset (a key of "
 COMMAND.integer("records_per_shard", 1024, "Records per ArrayRecord shard.", lower_bound=1)
 COMMAND.enum("dtype", "int16", ["float16", "int16"], "Stored sample type (int16 with a per-lead "
              "scale: see data/cache.py for why).")
+COMMAND.integer("num_hosts", -1, "Hosts writing this cache together (-1: from jax.distributed, "
+                "SLURM_ARRAY_TASK_COUNT / SLURM_NTASKS or TPU_WORKER_HOSTNAMES, else 1).")
+COMMAND.integer("host_index", -1, "This host's index in [0, num_hosts) (-1: from "
+                "jax.distributed, SLURM_ARRAY_TASK_ID / SLURM_PROCID or TPU_WORKER_ID, else 0).")
+COMMAND.boolean("merge", False, "Only merge the shards already in --out into its index (every "
+                "shard must be there); writes no shard.")
+COMMAND.float("wait_s", 0.0, "Seconds host 0 waits for the other hosts' shards, and they for its "
+              "settings.json (0 = no limit).")
 COMMAND.integer("stop_after_shards", 0, "Stop after this many newly written shards and exit 3, "
                 "as if interrupted (0 = never; for testing resumption).", lower_bound=0)
 
 
 @COMMAND.main
 def main(args) -> int:
-    from crema_jax.data import prepare
+    from crema_jax.data import hosts, prepare
 
+    host, num_hosts, origin = hosts.resolve(args.host_index, args.num_hosts)
+    if num_hosts > 1:
+        print(f"prepare: host {host} of {num_hosts} ({origin})")
     result = prepare.prepare(
         layout=args.layout, root=args.root, out=args.out,
         layout_options=command.parse_key_values(args.layout_option, flag="layout_option"),
         workers=args.workers, strict=args.strict, target_fs=args.target_fs,
         preprocess=args.preprocess, records_per_shard=args.records_per_shard, dtype=args.dtype,
-        stop_after_shards=args.stop_after_shards)
+        stop_after_shards=args.stop_after_shards, num_hosts=num_hosts, host_index=host,
+        merge_only=args.merge, wait_s=args.wait_s)
     if result["stopped"]:
         print(f"stopped after {args.stop_after_shards} new shards (--stop_after_shards); "
               "rerun to resume")
         return 3
-    print(f"prepared {result['records']} records, skipped "
-          f"{sum(e['count'] for e in result['skipped'].values())}")
+    skipped = sum(e["count"] for e in result["skipped"].values())
+    if not result["merged"]:
+        shards = result["shards"]
+        which = f"shards {shards.start}-{shards.stop - 1}" if shards else "no shards"
+        print(f"host {host}/{num_hosts}: prepared {result['records']} records, skipped {skipped} "
+              f"({which}); host 0 merges the index")
+        return 0
+    print(f"prepared {result['records']} records, skipped {skipped}")
     return 0

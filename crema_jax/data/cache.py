@@ -224,23 +224,27 @@ class CacheSource:
 def build_shard(task: Mapping) -> dict:
     """Read, preprocess and write the records of one shard; return its sidecar metadata.
 
-    `task`: out_dir, shard, num_shards, records (RecordInfo fields as dicts), target_fs,
-    preprocess (dict or None), derive_limb_leads, dtype, strict. Runs in a worker process, so it
+    `task`: out_dir, shard, num_shards, records (RecordInfo fields as dicts: record_id, path,
+    labels, split, source, reader), target_fs, preprocess (dict or None), derive_limb_leads,
+    dtype, strict. Runs in a worker process, so it
     returns plain data; a bad record under `strict` comes back as {"strict_error": message}
     (exceptions with custom constructors do not survive the trip between processes).
     """
     import ml_collections
 
     from crema_jax.data import preprocess as preprocess_lib
+    from crema_jax.data import readers
     from crema_jax.data import records as records_lib
 
     name = shard_name(task["shard"], task["num_shards"])
     cfg = None if task["preprocess"] is None else ml_collections.ConfigDict(task["preprocess"])
     payloads, rows, skipped = [], [], []
     for info in task["records"]:
+        reader = info.get("reader")
+        info = {k: v for k, v in info.items() if k != "reader"}  # the index row: JSON only
         try:
-            ecg = records_lib.read_record(info["path"], target_fs=task["target_fs"],
-                                          derive_limb_leads=task["derive_limb_leads"])
+            ecg = readers.read(info["path"], reader, target_fs=task["target_fs"],
+                               derive_limb_leads=task["derive_limb_leads"])
             signal = ecg.signal if cfg is None else preprocess_lib.preprocess(
                 ecg.signal, ecg.fs, cfg, lead_present=ecg.lead_present)
         except records_lib.RecordError as e:

@@ -10,6 +10,13 @@ read as text, so a million records index in minutes, not hours.
   benchmark (Strodthoff et al. 2021), splits from strat_fold (1-8 train, 9 val, 10 test).
 - "manifest": a CSV with a `path` column (relative to the CSV's folder, or absolute) and optional
   `labels`, `split`, `source`, `patient_id`, `record_id` columns.
+- "code15" (code15.py): CODE-15%'s exams.csv + exams_part*.hdf5.
+- "mimic_iv_ecg" (mimic_iv_ecg.py): MIMIC-IV-ECG's record_list.csv, WFDB files and reports.
+- "numpy" (numpy_layout.py): one .npy/.npz array of records, or a folder of per-record .npy.
+
+A RecordInfo's `reader` says how its record is read (readers.py): None for WFDB files, an
+ArrayFormat for arrays (sampling rate, leads, unit), a BadRecord for a record the index knows
+is unusable (read as a skip, counted with every other bad record).
 
 Splits not given by the layout come from `hash_split`: a SHA-1 of the patient id (the record id
 when there is none), so a patient never straddles splits and the assignment is identical in
@@ -25,7 +32,7 @@ import os
 import pathlib
 import re
 
-from crema_jax.data import wfdb_header
+from crema_jax.data import code15, mimic_iv_ecg, numpy_layout, wfdb_header
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
@@ -40,11 +47,12 @@ _PREFIX_RE = re.compile(r"^([A-Za-z]+)\d")
 @dataclasses.dataclass(frozen=True)
 class RecordInfo:
     record_id: str
-    path: str                  # record path without extension, accepted by records.read_record.
+    path: str                  # WFDB record path without extension, or an array locator.
     labels: tuple[str, ...]
     split: str                 # "train" | "val" | "test"
     source: str                # institution / dataset / site.
     meta: dict = dataclasses.field(default_factory=dict, compare=False)
+    reader: object = None      # None = WFDB; readers.ArrayFormat or readers.BadRecord.
 
 
 @dataclasses.dataclass
@@ -94,7 +102,7 @@ def infer_source(record_id: str, folder_name: str = "") -> str:
     return folder_name or "unknown"
 
 
-def _vocabulary(records, label_names) -> list[str]:
+def vocabulary(records, label_names) -> list[str]:
     return list(label_names) if label_names is not None else sorted(
         {label for r in records for label in r.labels})
 
@@ -147,7 +155,7 @@ def wfdb_folder(root, *, val_fraction: float = 0.1, test_fraction: float = 0.1,
             record_id=record_id, path=base, labels=labels,
             split=hash_split(record_id, val_fraction=val_fraction, test_fraction=test_fraction),
             source=source or infer_source(record_id, folder_name), meta=meta))
-    return DatasetIndex(records, _vocabulary(records, label_names), "wfdb_folder", str(root))
+    return DatasetIndex(records, vocabulary(records, label_names), "wfdb_folder", str(root))
 
 
 # ---------------------------------------------------------------------------- ptbxl
@@ -234,7 +242,7 @@ def ptbxl(root, *, label_set: str = "superclass", sampling_rate: int = 500,
                 continue
             meta = {"ecg_id": row.get("ecg_id"), "patient_id": row.get("patient_id"),
                     "strat_fold": fold, "scp_codes": scp_codes,
-                    "age": _number(row.get("age")),
+                    "age": number(row.get("age")),
                     # PTB-XL codes sex as 0 = male, 1 = female.
                     "sex": {"0": "Male", "1": "Female"}.get(str(row.get("sex", "")).split(".")[0])}
             site = str(row.get("site", "")).split(".")[0]
@@ -242,10 +250,10 @@ def ptbxl(root, *, label_set: str = "superclass", sampling_rate: int = 500,
                 record_id=os.path.basename(filename), path=str(root / filename), labels=labels,
                 split="train" if fold <= 8 else ("val" if fold == 9 else "test"),
                 source=f"ptbxl_site{site}" if source == "site" and site else "ptbxl", meta=meta))
-    return DatasetIndex(records, _vocabulary(records, None), "ptbxl", str(root))
+    return DatasetIndex(records, vocabulary(records, None), "ptbxl", str(root))
 
 
-def _number(value):
+def number(value):
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -255,6 +263,22 @@ def _number(value):
 
 # ---------------------------------------------------------------------------- manifest
 _LABEL_SEPARATORS = re.compile(r"[;|,]")
+
+
+def parse_labels(value: str) -> tuple[str, ...]:
+    """A CSV labels cell: codes separated by ';', '|' or ',' -> sorted unique codes."""
+    return tuple(sorted({s.strip() for s in _LABEL_SEPARATORS.split(value or "") if s.strip()}))
+
+
+def parse_split(value: str, key: str, *, where: str, val_fraction: float = 0.1,
+                test_fraction: float = 0.1) -> str:
+    """A CSV split cell (train/val/test and their aliases), or hash_split(key) when empty."""
+    split = (value or "").strip().lower()
+    if not split:
+        return hash_split(key, val_fraction=val_fraction, test_fraction=test_fraction)
+    if split not in _SPLIT_ALIASES:
+        raise ValueError(f"{where}: split {split!r}, expected one of {sorted(_SPLIT_ALIASES)}")
+    return _SPLIT_ALIASES[split]
 
 
 def manifest(root, *, csv_name: str = "manifest.csv", val_fraction: float = 0.1,
@@ -287,25 +311,20 @@ def manifest(root, *, csv_name: str = "manifest.csv", val_fraction: float = 0.1,
             if path.suffix.lower() in (".hea", ".mat", ".dat"):
                 path = path.with_suffix("")
             record_id = get("record_id") or path.name
-            split = get("split").lower()
-            if split:
-                if split not in _SPLIT_ALIASES:
-                    raise ValueError(f"{csv_path}:{line}: split {split!r}, expected one of "
-                                     f"{sorted(_SPLIT_ALIASES)}")
-                split = _SPLIT_ALIASES[split]
-            else:
-                split = hash_split(get("patient_id") or record_id, val_fraction=val_fraction,
-                                   test_fraction=test_fraction)
-            labels = tuple(sorted({s.strip() for s in _LABEL_SEPARATORS.split(get("labels"))
-                                   if s.strip()}))
+            split = parse_split(get("split"), get("patient_id") or record_id,
+                                where=f"{csv_path}:{line}", val_fraction=val_fraction,
+                                test_fraction=test_fraction)
+            labels = parse_labels(get("labels"))
             meta = {"patient_id": get("patient_id") or None}
             records.append(RecordInfo(record_id, str(path), labels, split,
                                       get("source") or infer_source(record_id, path.parent.name),
                                       meta))
-    return DatasetIndex(records, _vocabulary(records, label_names), "manifest", str(csv_path))
+    return DatasetIndex(records, vocabulary(records, label_names), "manifest", str(csv_path))
 
 
-LAYOUTS = {"wfdb_folder": wfdb_folder, "ptbxl": ptbxl, "manifest": manifest}
+LAYOUTS = {"wfdb_folder": wfdb_folder, "ptbxl": ptbxl, "manifest": manifest,
+           "code15": code15.code15, "mimic_iv_ecg": mimic_iv_ecg.mimic_iv_ecg,
+           "numpy": numpy_layout.numpy_arrays}
 
 
 def build_index(layout: str, root, **opts) -> DatasetIndex:

@@ -52,7 +52,7 @@ from crema_jax.data import wfdb_header
 
 _EXTENSIONS = (".hea", ".mat", ".dat")
 # Physical unit (case-folded) -> factor to millivolts.
-_UNIT_TO_MV = {"mv": 1.0, "millivolt": 1.0, "millivolts": 1.0, "uv": 1e-3, "µv": 1e-3,
+UNIT_TO_MV = {"mv": 1.0, "millivolt": 1.0, "millivolts": 1.0, "uv": 1e-3, "µv": 1e-3,
                "μv": 1e-3, "microvolt": 1e-3, "microvolts": 1e-3, "v": 1e3, "volt": 1e3,
                "volts": 1e3, "nv": 1e-6}
 # fmt -> (numpy dtype of one stored sample, WFDB invalid-sample value after decoding).
@@ -257,10 +257,7 @@ def read_record(path, *, target_fs: float | None = 250.0, derive_limb_leads: boo
         them; with target_fs None only, as resampling would smear them).
       resample_method: "polyphase" | "fft" (see `resample`).
     """
-    if nan_policy not in NAN_POLICIES:
-        raise ValueError(f"nan_policy={nan_policy!r}: expected one of {NAN_POLICIES}")
-    if nan_policy == "keep" and target_fs is not None:
-        raise ValueError("nan_policy='keep' needs target_fs=None (resampling spreads NaN)")
+    check_nan_policy(nan_policy, target_fs)
     base = record_base(path)
     header = read_header(base)
     if header.fs is None or not fs_range[0] <= header.fs <= fs_range[1]:
@@ -283,8 +280,36 @@ def read_record(path, *, target_fs: float | None = 250.0, derive_limb_leads: boo
         names, units = [s.name for s in header.signals], [s.units for s in header.signals]
     else:
         raw, names, units = _read_wfdb(base, header)
+    meta = wfdb_header.parse_comments(header.comments)
+    return canonical_ecg(raw, names, units, float(header.fs), path=os.fspath(base),
+                         where=f"{base}.hea", meta=meta, target_fs=target_fs,
+                         derive_limb_leads=derive_limb_leads, min_seconds=min_seconds,
+                         nan_policy=nan_policy, resample_method=resample_method)
+
+
+def check_nan_policy(nan_policy: str, target_fs: float | None) -> None:
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError(f"nan_policy={nan_policy!r}: expected one of {NAN_POLICIES}")
+    if nan_policy == "keep" and target_fs is not None:
+        raise ValueError("nan_policy='keep' needs target_fs=None (resampling spreads NaN)")
+
+
+def canonical_ecg(raw: np.ndarray, names, units, fs: float, *, path: str, where: str = "",
+                  meta: dict | None = None, target_fs: float | None = 250.0,
+                  derive_limb_leads: bool = True, min_seconds: float | None = 2.0,
+                  nan_policy: str = "interpolate", resample_method: str = "polyphase") -> Ecg:
+    """Decoded samples of any record format -> the canonical Ecg: THE one place where channels
+    become the 12 leads, units become mV, NaN runs are repaired, flat leads dropped, the signal
+    resampled and limb leads derived (every reader ends here; read_record's arguments).
+
+    raw: (T, channels) physical values in `units` (one per channel; "" = mV); names: the
+    channels' lead names; path: the record as errors name it; where: the file that states the
+    units (default: path).
+    """
+    check_nan_policy(nan_policy, target_fs)
+    where = where or path
     if raw.shape[0] == 0:
-        raise RecordError(base, "no_signal", f"record {base} holds no samples")
+        raise RecordError(path, "no_signal", f"record {path} holds no samples")
 
     signal = np.zeros((leads_lib.NUM_LEADS, raw.shape[0]), np.float64)
     present = np.zeros(leads_lib.NUM_LEADS, bool)
@@ -295,10 +320,10 @@ def read_record(path, *, target_fs: float | None = 250.0, derive_limb_leads: boo
             repairs["leads_dropped"] = repairs.get("leads_dropped", 0) + 1
             continue
         unit = (units[ch] or "mV").strip().casefold()
-        if unit not in _UNIT_TO_MV:
-            raise RecordError(base, "bad_units", f"{base}.hea: lead {name} is in {units[ch]!r}, "
+        if unit not in UNIT_TO_MV:
+            raise RecordError(path, "bad_units", f"{where}: lead {name} is in {units[ch]!r}, "
                               f"expected a voltage unit (mV, uV, V)")
-        signal[row] = raw[:, ch] * _UNIT_TO_MV[unit]
+        signal[row] = raw[:, ch] * UNIT_TO_MV[unit]
         present[row] = True
 
     if nan_policy == "interpolate":
@@ -319,10 +344,10 @@ def read_record(path, *, target_fs: float | None = 250.0, derive_limb_leads: boo
         present &= ~flat
         repairs["flat_leads"] = int(flat.sum())
     if not present.any():
-        raise RecordError(base, "no_signal", f"record {base} has none of the 12 standard leads "
-                          f"with a usable signal (lead names {names})")
+        raise RecordError(path, "no_signal", f"record {path} has none of the 12 standard leads "
+                          f"with a usable signal (lead names {list(names)})")
 
-    fs = float(header.fs)
+    source_fs = fs = float(fs)
     signal = signal.astype(np.float32)
     if target_fs is not None:
         rows = np.flatnonzero(present)
@@ -334,9 +359,9 @@ def read_record(path, *, target_fs: float | None = 250.0, derive_limb_leads: boo
         if derived:
             repairs["leads_derived"] = derived
     if min_seconds is not None and signal.shape[1] < min_seconds * fs:
-        raise RecordError(base, "too_short", f"record {base} lasts {signal.shape[1] / fs:.2f} s, "
+        raise RecordError(path, "too_short", f"record {path} lasts {signal.shape[1] / fs:.2f} s, "
                           f"expected at least {min_seconds:g} s")
-    meta = wfdb_header.parse_comments(header.comments)
-    meta.update(source_fs=float(header.fs), source_leads=tuple(names))
+    meta = dict(meta or {})
+    meta.update(source_fs=source_fs, source_leads=tuple(names))
     return Ecg(signal=np.ascontiguousarray(signal, np.float32), lead_present=present, fs=fs,
-               record_id=base.name, path=os.fspath(base), meta=meta, repairs=repairs)
+               record_id=os.path.basename(path), path=path, meta=meta, repairs=repairs)

@@ -10,7 +10,8 @@ runs in Grain's worker processes. `load` returns the preprocessed ECG at the tar
 applied by the pipeline only to the crop it keeps.)
 
 Sources (no Grain import here, so `crema-jax prepare` workers stay light):
-- `WfdbSource`: raw WFDB records from a layout index; load = records.read_record + preprocess.
+- `WfdbSource`: raw records from a layout index (WFDB files, or HDF5 / NumPy arrays: each
+  record's `reader`, readers.py); load = readers.read + preprocess.
 - `cache.CacheSource`: the ArrayRecord cache written by `crema-jax prepare`; load = decode.
 - `ArraySource`: in-memory arrays already at the target rate and preprocessed (synthetic data,
   tests, notebooks).
@@ -44,7 +45,7 @@ import numpy as np
 from absl import logging
 
 from crema_jax.data import preprocess as preprocess_lib
-from crema_jax.data import records
+from crema_jax.data import readers, records
 
 def multi_hot(labels: Sequence[Sequence[str]], label_names: Sequence[str]) -> np.ndarray:
     """float32 (num_records, num_classes); labels outside the vocabulary are ignored."""
@@ -122,7 +123,8 @@ def _plain(value: Any) -> Any:
 
 
 class WfdbSource:
-    """Raw WFDB records of a layout index; reading + preprocessing happen in `load`.
+    """Raw records of a layout index (WFDB files, or arrays through each record's `reader`:
+    readers.py); reading + preprocessing happen in `load`.
 
     Elements are examples: one per record, or (reading.window_seconds > 0) one per whole window,
     counted from the headers when the source is built. A record too short for one window stays
@@ -140,26 +142,28 @@ class WfdbSource:
         self.kept = {} if keep_in_memory else None
         self.label_names = list(label_names)
         record_paths = [str(info.path) for info in infos]
+        record_readers = [getattr(info, "reader", None) for info in infos]
         record_labels = multi_hot([tuple(info.labels) for info in infos], self.label_names)
-        rows, windows = self._examples(record_paths)
+        rows, windows = self._examples(record_paths, record_readers)
         self.record_rows, self.windows = np.asarray(rows, np.int64), np.asarray(windows, np.int64)
         self.paths = [record_paths[r] for r in rows]
+        self.readers = [record_readers[r] for r in rows]
         self.record_ids = [str(infos[r].record_id) for r in rows]
         self.labels = record_labels[self.record_rows] if len(rows) else record_labels[:0]
         self.preprocess_cfg = (None if self.reading.preprocess is None
                                else ml_collections.ConfigDict(dict(self.reading.preprocess)))
         self.fed = fed_leads_mask(self.reading.leads)
 
-    def _examples(self, paths):
+    def _examples(self, paths, record_readers):
         """(record row, window) per example; window -1 = too short for one window."""
         if self.reading.window_seconds <= 0:
             return list(range(len(paths))), [0] * len(paths)
         rows, windows = [], []
-        for row, path in enumerate(paths):
+        for row, (path, reader) in enumerate(zip(paths, record_readers)):
             try:
-                header = records.read_header(path)
-                count = int(header.sig_len // int(self.reading.window_seconds * header.fs))
-            except Exception:  # noqa: BLE001 - a bad header is load's to report, as a skip
+                length, fs = readers.stored_length(path, reader)
+                count = int(length // int(self.reading.window_seconds * fs))
+            except Exception:  # noqa: BLE001 - a bad record is load's to report, as a skip
                 count = 1
             rows += [row] * max(count, 1)
             windows += list(range(count)) if count > 0 else [-1]
@@ -190,13 +194,17 @@ class WfdbSource:
             raise records.RecordError(path, "too_short", f"{path} is shorter than one "
                                       f"{r.window_seconds:g} s window")
         nan = "keep" if r.nan_policy == "drop_window" else r.nan_policy
-        ecg = records.read_record(path, target_fs=None if r.native_rate else r.target_fs,
-                                  derive_limb_leads=r.derive_limb_leads, nan_policy=nan)
+        ecg = readers.read(path, self.readers[index],
+                           target_fs=None if r.native_rate else r.target_fs,
+                           derive_limb_leads=r.derive_limb_leads, nan_policy=nan)
         signal, fs = ecg.signal, ecg.fs
         if r.native_rate:
             if r.window_seconds > 0:
                 width = int(r.window_seconds * fs)
                 signal = signal[:, window * width:(window + 1) * width]
+                if signal.shape[1] < width:  # stored length counted padding (CODE-15%)
+                    raise records.RecordError(path, "too_short", f"{path} holds no whole "
+                                              f"{r.window_seconds:g} s window {window}")
             if np.isnan(signal).any():
                 where = f"window {window} ({window * r.window_seconds:g} s) of " \
                     if r.window_seconds > 0 else ""

@@ -12,6 +12,8 @@ These are test signals, not physiology: do not train a model meant for real ECGs
 
 `synthetic_source(data_cfg)` is what `data.synthetic_records > 0` reads: that many of these ECGs,
 10 s each at data.target_fs, preprocessed as data.preprocess says, in memory.
+`write_synthetic_wfdb` and `write_synthetic_code15` write them as WFDB records or as CODE-15%'s
+HDF5 files.
 """
 from __future__ import annotations
 
@@ -205,3 +207,34 @@ def write_synthetic_wfdb(folder, n: int, fs: float = 500.0, seconds: float = 10.
                               f"Dx: {','.join(dx)}"])
         paths.append(str(folder / name))
     return paths
+
+
+def write_synthetic_code15(folder, n: int, *, parts: int = 2, seed: int = 0) -> None:
+    """CODE-15%'s files for `n` synthetic exams (code15.py's layout, for benchmarks and demos):
+    exams.csv and exams_part{i}.hdf5 with `tracings` float32 (N, 4096, 12) in mV, 10 s at 400 Hz
+    centred in zero padding, `exam_id` (N,), each part closed by a padding entry (exam_id 0).
+    Exam k: exam_id 1000 + k, patient 1 + k // 2, seed `seed + k`, AF and SB from its rhythm."""
+    import csv
+
+    import h5py
+
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    columns = ["exam_id", "age", "is_male", "nn_predicted_age", "1dAVb", "RBBB", "LBBB", "SB",
+               "ST", "AF", "patient_id", "death", "timey", "normal_ecg", "trace_file"]
+    rows = []
+    for part in range(parts):
+        exams = range(part * n // parts, (part + 1) * n // parts)
+        tracings = np.zeros((len(exams) + 1, 4096, 12), np.float32)
+        for i, k in enumerate(exams):
+            tracings[i, 48:4048] = synthetic_ecg(seed + k, 10.0, 400.0).T
+            hr, af = synthetic_labels(seed + k)
+            rows.append([1000 + k, 60, k % 2 == 0, 60.0, False, False, False, hr < 60, hr > 100,
+                         af, 1 + k // 2, "", "", not af, f"exams_part{part}.hdf5"])
+        with h5py.File(folder / f"exams_part{part}.hdf5", "w") as f:
+            f.create_dataset("tracings", data=tracings)
+            f.create_dataset("exam_id", data=np.asarray([1000 + k for k in exams] + [0]))
+    with open(folder / "exams.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        writer.writerows(rows)
