@@ -1,15 +1,15 @@
 """Does pretraining learn features? CR-MAE vs MAE only vs contrastive only vs random init, for one
 fixed CPU budget, judged by linear probes on frozen features:
 
-    python bench/learning.py [--steps=600] [--records=384] [--eval_every=150] \
+    python bench/learning.py [--steps=400] [--records=384] [--eval_every=100] \
         [--out=/tmp/crema_learning]
 
 - Pretraining data: `--records` synthetic 12-lead ECGs (data/synthetic.py) whose generating
   factors vary: rhythm (AF), rate (tachy-/bradycardia), electrical axis (left/right deviation),
   QRS width; written as WFDB once, read like any dataset.
 - Probes (the `fewshot_probe` evaluator, every --eval_every steps and at the end): (1) those
-  factors as labels on 256 OTHER synthetic records (60/20/20 split), (2) the bundled real CinC
-  2021 records' SNOMED labels (their train/val/test split). Macro AUROC on the test part.
+  factors as labels on 256 OTHER synthetic records, (2) the bundled real CinC 2021 records' SNOMED
+  labels; each re-split 50/20/30 (train/val/test). Macro AUROC on the test part.
 - Arms: configs/demo.py's model and recipe with loss crema (CR-MAE), mae (lambda = 0),
   infonce (contrastive only), and the same model at random init (evaluated, never trained).
 
@@ -29,8 +29,10 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+TITLES = {"synthetic": "synthetic factors (rhythm, rate, axis, QRS width)",
+          "real": "bundled real records (SNOMED labels)"}
 ARMS = {"CR-MAE": "crema", "MAE only": "mae", "contrastive only": "infonce"}
-PROBES = ("synthetic factors", "bundled real labels")
+PROBES = ("synthetic", "real")  # factors of synthetic ECGs; the bundled records' SNOMED labels
 
 
 def demo_config():
@@ -57,30 +59,24 @@ def arm_config(loss: str, *, pretrain_root: str, steps: int, eval_every: int):
 
 
 def probe_builders(synthetic_root: str):
-    """evaluators(config, parts): the few-shot probe on each probe set, named apart."""
+    """evaluators(config, parts): the few-shot probe on each probe set (metric keys apart)."""
     from crema_jax.data import layouts
     from crema_jax.evaluate import evaluators
 
     def build(config, parts):
         out = []
-        for name, root, fractions in ((PROBES[0], synthetic_root, (0.6, 0.2, 0.2)),
-                                      (PROBES[1], str(layouts.sample_data_dir()), ())):
+        roots = {PROBES[0]: synthetic_root, PROBES[1]: str(layouts.sample_data_dir())}
+        for key, root in roots.items():
             c = config.copy_and_resolve_references()
             c.evals.fewshot_probe.root = root
             c.evals.fewshot_probe.layout = "wfdb_folder"
             c.evals.fewshot_probe.layout_options = {}
-            c.evals.fewshot_probe.split_fractions = fractions
+            c.evals.fewshot_probe.split_fractions = (0.5, 0.2, 0.3)
             c.evals.fewshot_probe.min_positives = 2
-            probe = evaluators.FewShotProbe(c, parts)
-            probe.name = name
-            out.append(probe)
+            out.append(evaluators.FewShotProbe(c, parts, key=key))
         return out
 
     return build
-
-
-def _auroc(evaluator, state) -> float:
-    return evaluator.run(state)["eval/fewshot_macro_auroc"]
 
 
 def random_init_arm(config, build_probes) -> dict:
@@ -90,29 +86,17 @@ def random_init_arm(config, build_probes) -> dict:
 
     parts = trainer.build(config, devices=jax.devices()[:1])
     state = trainer.init_state(parts, jax.random.key(int(config.train.seed)))
-    return {probe.name: _auroc(probe, state) for probe in build_probes(config, parts)}
+    return {p.key: p.run(state)[f"eval/{p.key}_macro_auroc"] for p in build_probes(config, parts)}
 
 
 def train_arm(config, workdir, build_probes) -> dict:
-    """{probe name: {step: AUROC}} along one pretraining run."""
+    """{probe set: {step: AUROC}} along one pretraining run, and its first and last loss."""
     import jax
     from crema_jax.train import trainer
 
-    seen = {}
-
-    def evaluators(cfg, parts):
-        probes = build_probes(cfg, parts)
-        for probe in probes:  # key each probe's metrics by its probe set
-            run, name = probe.run, probe.name
-            probe.run = (lambda state, run=run, name=name:
-                         {f"eval/{name}": run(state)["eval/fewshot_macro_auroc"]})
-            probe.summary = lambda row, name=name: f"{name} macro AUROC {row[f'eval/{name}']:.3f}"
-            seen[name] = probe
-        return probes
-
-    result = trainer.train(config, workdir, devices=jax.devices()[:1], evaluators=evaluators)
-    curves = {name: {step: row[f"eval/{name}"] for step, row in result["evals"].items()}
-              for name in seen}
+    result = trainer.train(config, workdir, devices=jax.devices()[:1], evaluators=build_probes)
+    curves = {p: {step: row[f"eval/{p}_macro_auroc"] for step, row in result["evals"].items()}
+              for p in PROBES}
     losses = result["losses"]
     return {"curves": curves, "first_loss": losses[min(losses)], "last_loss": losses[max(losses)]}
 
@@ -128,7 +112,7 @@ def plot(results: dict, random: dict, path: pathlib.Path) -> None:
             steps = sorted(res["curves"][probe])
             ax.plot(steps, [res["curves"][probe][s] for s in steps], marker="o", label=arm)
         ax.axhline(random[probe], color="grey", ls="--", label="random init")
-        ax.set_title(f"linear probe: {probe}", fontsize=10)
+        ax.set_title(f"linear probe: {TITLES[probe]}", fontsize=10)
         ax.set_xlabel("pretraining step")
         ax.set_ylabel("test macro AUROC")
     axes[0].legend(fontsize=8)
@@ -139,9 +123,9 @@ def plot(results: dict, random: dict, path: pathlib.Path) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=600, help="pretraining steps per arm")
+    parser.add_argument("--steps", type=int, default=400, help="pretraining steps per arm")
     parser.add_argument("--records", type=int, default=384, help="synthetic pretraining ECGs")
-    parser.add_argument("--eval_every", type=int, default=150, help="probe every N steps")
+    parser.add_argument("--eval_every", type=int, default=100, help="probe every N steps")
     parser.add_argument("--out", default="/tmp/crema_learning", help="output folder")
     args = parser.parse_args(argv)
 

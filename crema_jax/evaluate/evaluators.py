@@ -102,9 +102,12 @@ class Reconstruction:
 
 
 class FewShotProbe:
+    """`key` names its metrics (eval/<key>_macro_auroc, ...): several probes on different
+    labelled sets can run side by side (bench/learning.py)."""
     name = "fewshot_probe"
 
-    def __init__(self, config, parts):
+    def __init__(self, config, parts, *, key: str = "fewshot"):
+        self.key = key
         opts = config.evals.fewshot_probe
         own = not (opts.root or opts.layout)  # the training data's own labels
         root = opts.root or (config.data.root if own else "")
@@ -161,14 +164,15 @@ class FewShotProbe:
         auroc = metrics.macro_auroc(labels[test], probs)
         self.last = {"features": feats, "rows": rows, "test": test, "labels": labels[test],
                      "probabilities": probs}
-        return {"eval/fewshot_macro_auroc": float(auroc), "eval/fewshot_l2": head.l2,
-                "eval/fewshot_train_records": int(len(train)),
-                "eval/fewshot_test_records": int(len(test))}
+        k = f"eval/{self.key}"
+        return {f"{k}_macro_auroc": float(auroc), f"{k}_l2": head.l2,
+                f"{k}_train_records": int(len(train)), f"{k}_test_records": int(len(test))}
 
     def summary(self, row: dict) -> str:
-        return (f"few-shot probe macro AUROC {row['eval/fewshot_macro_auroc']:.3f} "
-                f"({row['eval/fewshot_train_records']} training, "
-                f"{row['eval/fewshot_test_records']} test records)")
+        k = f"eval/{self.key}"
+        return (f"{self.key} probe macro AUROC {row[f'{k}_macro_auroc']:.3f} "
+                f"({row[f'{k}_train_records']} training, {row[f'{k}_test_records']} test "
+                "records)")
 
 
 EVALUATORS = {"reconstruction": Reconstruction, "fewshot_probe": FewShotProbe}

@@ -68,8 +68,10 @@ def nearest_patch(patches: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """(..., L, N, P) predictions: each hidden patch a copy of its lead's nearest visible one."""
     n = mask.shape[-1]
     position = np.arange(n)
-    # distance from every slot to every visible slot of its lead; hidden slots are "infinitely" far
-    dist = np.abs(position[:, None] - position[None, :]) * 2 + (position[None, :] > position[:, None])
+    # distance from every slot to every visible slot of its lead (doubled, +1 for a later slot:
+    # the earlier wins a tie); hidden slots are "infinitely" far
+    later = position[None, :] > position[:, None]
+    dist = np.abs(position[:, None] - position[None, :]) * 2 + later
     dist = np.where(mask[..., None, :], np.iinfo(np.int64).max // 4, dist)   # (..., L, N, N)
     source = np.argmin(dist, axis=-1)                                        # (..., L, N)
     return np.take_along_axis(patches, source[..., None], axis=-2)
