@@ -22,6 +22,7 @@ OWN_FLAGS = {
     "pretrain": ["--config", "--dry_run", "--topology", "--coordinator_address"],
     "probe": [],
     "finetune": [],
+    "compare": ["--checkpoint_b", "--backbone_b", "--alpha", "--method"],
     "embed": ["--input", "--raw", "--logits", "--fs"],
     "predict": ["--top", "--model"],
     "export-torch": ["--include_decoder"],
@@ -33,6 +34,7 @@ PROBE_HEAD = ["--l2_grid", "--probe_optimizer", "--probe_steps"]
 FINETUNE_RECIPE = ["--epochs", "--layer_decay", "--patience"]
 # Shared by design (evaluation commands take a checkpoint), listed where they belong.
 SHARED = {"probe": EVALUATION + PROBE_HEAD, "finetune": EVALUATION + FINETUNE_RECIPE,
+          "compare": EVALUATION + PROBE_HEAD + FINETUNE_RECIPE,
           "embed": ["--checkpoint", "--out"], "predict": ["--checkpoint", "--out"],
           "export-torch": ["--checkpoint", "--out", "--layout"], "import-torch": ["--out"],
           "prepare": ["--root", "--out", "--layout"], "pretrain": ["--workdir"],
