@@ -27,9 +27,10 @@ def add(cmd: command.Command) -> None:
     cmd.enum("label_type", "auto", ["auto", "multilabel", "multiclass"], "BCE per class or "
              "softmax CE; auto = multiclass when every record has exactly one class.")
     cmd.integer("min_positives", 1, "Keep classes with at least this many positives in the "
-                "training split.", lower_bound=1)
-    cmd.list("split_fractions", [], "train,val,test fractions of a seeded per-source re-split "
-             "(default: the layout's splits). Small datasets need it so every split has records.")
+                "training split (with --folds: in all records).", lower_bound=1)
+    cmd.list("split_fractions", [], "train,val,test fractions of a seeded per-source re-split, "
+             "a patient's records in one split (default: the layout's splits). Small datasets "
+             "need it (or --folds) so every split has records.")
     cmd.list("label_fractions", ["1.0"], "Fractions of the training labels, e.g. 0.01,0.1,1.0.")
     cmd.list("lead_sets", ["12"], "Lead sets: 12, limb6, I, or '+'-joined lead names (the same "
              "weights see fewer leads).")

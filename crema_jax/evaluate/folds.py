@@ -1,8 +1,9 @@
 """K-fold cross-validation: every record tested exactly once, by a head that never saw its patient.
 
-Folds (`stratified_group_folds`) are made over PATIENTS (a record's `meta["patient_id"]`, its
-record id when the layout has none), so all of a patient's records share one fold, and are
-stratified by label, greedily (iterative stratification, Sechidis et al. 2011, over groups):
+Folds (`stratified_group_folds`) are made over PATIENTS (protocols.patient_keys: a record's
+`meta["patient_id"]`, its record id when the layout has none), so all of a patient's records
+share one fold, and are stratified by label, greedily (iterative stratification, Sechidis et
+al. 2011, over groups):
 patients are visited by their rarest class (fewest positives in the dataset), larger patients
 first, ties in a seeded random order; each goes to the fold that most lacks that class, then the
 fold that most lacks the patient's other classes, then the smallest fold. For one record per
@@ -22,16 +23,6 @@ import numpy as np
 from crema_jax.evaluate import metrics, protocols
 
 MIN_FOLDS = 3  # a test fold, a validation fold and at least one training fold
-
-
-def patient_keys(infos) -> np.ndarray:
-    """One grouping key per record: its patient id, or its own record id when it has none."""
-    keys = []
-    for info in infos:
-        patient = (info.meta or {}).get("patient_id")
-        keys.append(f"patient:{patient}" if patient not in (None, "") else
-                    f"record:{info.record_id}")
-    return np.asarray(keys)
 
 
 def stratified_group_folds(labels: np.ndarray, groups, k: int, *, seed: int = 0) -> np.ndarray:
@@ -73,7 +64,7 @@ def stratified_group_folds(labels: np.ndarray, groups, k: int, *, seed: int = 0)
 def dataset_plan(data, settings: dict):
     """(fold plan or None, patient key of every record) of an evaluation dataset: K folds with
     settings["folds"] = K, the layout's splits with 0."""
-    groups = patient_keys(data.infos)
+    groups = protocols.patient_keys(data.infos)
     k = int(settings.get("folds") or 0)
     if not k:
         return None, groups

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
-from crema_jax.evaluate import folds
+from crema_jax.evaluate import folds, protocols
 
 
 def _multilabel(rng, n, prevalences):
@@ -73,7 +73,7 @@ def test_patients_stay_together_and_folds_are_stratified_by_patient():
              for i, p in enumerate(patient)]
     labels = _multilabel(rng, len(patient), [0.4, 0.15, 0.05])
     k = 4
-    keys = folds.patient_keys(infos)
+    keys = protocols.patient_keys(infos)
     record_folds = folds.stratified_group_folds(labels, keys, k, seed=5)
     for p in np.unique(patient):
         assert len(set(record_folds[patient == p])) == 1
@@ -90,7 +90,7 @@ def test_patient_keys_fall_back_to_the_record_id():
              SimpleNamespace(record_id="a2", meta={"patient_id": "7"}),
              SimpleNamespace(record_id="7", meta={"patient_id": None}),
              SimpleNamespace(record_id="b", meta={})]
-    keys = folds.patient_keys(infos)
+    keys = protocols.patient_keys(infos)
     assert keys[0] == keys[1] and len(set(keys)) == 3   # record "7" is not patient "7"
 
 
