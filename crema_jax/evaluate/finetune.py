@@ -328,10 +328,10 @@ def finetune_model(config, params, data, settings: dict, ft: dict, mesh, *, mode
             data_cfg.augment.names = tuple(a for a in ft["augment"] if a != "none")
         fit_predict = finetune_fit_predict(config, params, data, data_cfg, mesh, settings, ft,
                                            keep)
-        runs_, cross, preds = runs.model_runs(
+        new_runs, cross, preds = runs.model_runs(
             fit_predict, data, lead_name, settings, method="finetune", model=model, plan=plan,
             groups=groups, cross_domain=settings["cross_domain"] and first)
-        out["runs"] += runs_
+        out["runs"] += new_runs
         out["cross_domain"] += cross
         for key in preds:
             out["predictions"][key].update(preds[key])

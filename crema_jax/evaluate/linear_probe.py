@@ -265,11 +265,11 @@ def probe_model(backbone, data, settings: dict, probe_kwargs: dict, mesh, *, mod
                                                                     settings["preset"]),
                   flush=True)
             out["features"] = features
-        runs_, cross, preds = runs.model_runs(
+        new_runs, cross, preds = runs.model_runs(
             head_fit_predict(features, data, probe_kwargs), data, lead_name, settings,
             method="probe", model=model, plan=plan, groups=groups,
             cross_domain=settings["cross_domain"] and first)
-        out["runs"] += runs_
+        out["runs"] += new_runs
         out["cross_domain"] += cross
         for key in preds:
             out["predictions"][key].update(preds[key])

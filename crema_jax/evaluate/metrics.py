@@ -231,10 +231,11 @@ def bootstrap_ci(labels: np.ndarray, scores: np.ndarray, metric_fn=macro_auroc, 
 
 
 def test_report(probs_val, labels_val, probs_test, labels_test, classes, *, bootstrap: int,
-                seed: int) -> dict:
+                seed: int, groups=None) -> dict:
     """A head's test metrics: F1 thresholds chosen on validation, plus the bootstrap 95% CI of
-    the macro AUROC."""
+    the macro AUROC (test records, or with `groups` their patients, resampled)."""
     thresholds = choose_thresholds(labels_val, probs_val)
     test = classification_report(labels_test, probs_test, classes, thresholds=thresholds)
-    test["ci"] = bootstrap_ci(labels_test, probs_test, n_resamples=bootstrap, seed=seed)
+    test["ci"] = bootstrap_ci(labels_test, probs_test, n_resamples=bootstrap, seed=seed,
+                              groups=groups)
     return test

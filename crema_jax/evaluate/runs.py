@@ -9,6 +9,7 @@ records `train_rows`, select it on `val_rows` (L2 strength, epoch), then predict
 Per lead set and label fraction, one run: on the layout's splits (train / val / test), or with
 K folds (folds.py) K heads whose out-of-fold predictions are pooled. With cross_domain, one
 head per source (on its train and val splits), tested in-domain and on every other source.
+Every test set's bootstrap CI resamples patients (`groups`: protocols.patient_keys).
 """
 from __future__ import annotations
 
@@ -21,15 +22,22 @@ def run_name(method: str, leads: str, fraction: float, k: int) -> str:
     return f"{method} leads={leads} labels={fraction:g}" + (f" folds={k}" if k else "")
 
 
-def _split_run(fit_predict, data, fraction, settings):
+def _scores(out, name, data, settings, groups):
+    """The test report of one test set of a fit_predict output; its CI resamples patients."""
+    pred = out["tests"][name]
+    return metrics.test_report(out["val"]["probs"], out["val"]["labels"], pred["probs"],
+                               pred["labels"], data.classes, bootstrap=settings["bootstrap"],
+                               seed=settings["seed"],
+                               groups=None if groups is None else groups[pred["rows"]])
+
+
+def _split_run(fit_predict, data, fraction, settings, groups):
     train, val, test = (np.flatnonzero(data.splits == s) for s in protocols.SPLITS)
     subset = train[protocols.label_fraction_subset(data.labels[train], fraction,
                                                    seed=settings["seed"])]
     out = fit_predict(subset, val, {"test": test})
     pred = out["tests"]["test"]
-    scores = metrics.test_report(out["val"]["probs"], out["val"]["labels"], pred["probs"],
-                                 pred["labels"], data.classes, bootstrap=settings["bootstrap"],
-                                 seed=settings["seed"])
+    scores = _scores(out, "test", data, settings, groups)
     fields = {"n_train": int(len(subset)), "n_val": int(len(val)), "test": scores,
               **out["info"]}
     return fields, pred
@@ -49,13 +57,14 @@ def model_runs(fit_predict, data, lead_name: str, settings: dict, *, method: str
     """(runs, cross-domain entries, predictions {"runs": {name: pred}, "cross_domain":
     {(train source, test set): pred}}) of one model on one lead set."""
     k = len(plan) if plan is not None else 0
+    groups = None if groups is None else np.asarray(groups)
     runs, predictions = [], {"runs": {}, "cross_domain": {}}
     for fraction in settings["label_fractions"]:
         name = run_name(method, lead_name, fraction, k)
         if k:
             fields, pred = _kfold_run(fit_predict, data, fraction, settings, plan, groups)
         else:
-            fields, pred = _split_run(fit_predict, data, fraction, settings)
+            fields, pred = _split_run(fit_predict, data, fraction, settings, groups)
         runs.append({"name": name, "model": model,
                      "protocol": {"leads": lead_name, "label_fraction": fraction,
                                   "train_source": "all", "folds": k}, **fields})
@@ -65,10 +74,7 @@ def model_runs(fit_predict, data, lead_name: str, settings: dict, *, method: str
         for entry_plan in protocols.cross_domain_plan(data.sources, data.splits):
             tests = {"in_domain": entry_plan["in_domain_test"], **entry_plan["out_of_domain"]}
             out = fit_predict(entry_plan["train"], entry_plan["val"], tests)
-            scores = {name: metrics.test_report(
-                out["val"]["probs"], out["val"]["labels"], pred["probs"], pred["labels"],
-                data.classes, bootstrap=settings["bootstrap"], seed=settings["seed"])
-                for name, pred in out["tests"].items()}
+            scores = {name: _scores(out, name, data, settings, groups) for name in out["tests"]}
             source = entry_plan["train_source"]
             others = list(entry_plan["out_of_domain"])
             cross.append({
