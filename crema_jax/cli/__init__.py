@@ -13,6 +13,8 @@ COMMANDS = {
                  True),
     "probe": ("crema_jax.cli.probe", "linear probing of frozen features", False),
     "finetune": ("crema_jax.cli.finetune", "full fine-tuning on a labelled dataset", False),
+    "compare": ("crema_jax.cli.compare", "two models on the same folds, with paired tests",
+                False),
     "embed": ("crema_jax.cli.embed", "write pooled features (or logits) for ECGs", False),
     "predict": ("crema_jax.cli.predict", "ECGFounder label probabilities for WFDB records",
                 False),

@@ -1,4 +1,6 @@
-"""The flags `probe` and `finetune` share (backbone, dataset, protocols), declared once."""
+"""The flags the evaluation commands share, declared once: `add` (backbone, dataset, protocols:
+probe, finetune, compare), `add_probe_head` (probe, compare) and `add_finetune_recipe`
+(finetune, compare)."""
 from crema_jax.cli import command
 
 
@@ -26,14 +28,19 @@ def add(cmd: command.Command) -> None:
     cmd.enum("label_type", "auto", ["auto", "multilabel", "multiclass"], "BCE per class or "
              "softmax CE; auto = multiclass when every record has exactly one class.")
     cmd.integer("min_positives", 1, "Keep classes with at least this many positives in the "
-                "training split.", lower_bound=1)
-    cmd.list("split_fractions", [], "train,val,test fractions of a seeded per-source re-split "
-             "(default: the layout's splits). Small datasets need it so every split has records.")
+                "training split (with --folds: in all records).", lower_bound=1)
+    cmd.list("split_fractions", [], "train,val,test fractions of a seeded per-source re-split, "
+             "a patient's records in one split (default: the layout's splits). Small datasets "
+             "need it (or --folds) so every split has records.")
     cmd.list("label_fractions", ["1.0"], "Fractions of the training labels, e.g. 0.01,0.1,1.0.")
     cmd.list("lead_sets", ["12"], "Lead sets: 12, limb6, I, or '+'-joined lead names (the same "
              "weights see fewer leads).")
+    cmd.integer("folds", 0, "K-fold cross-validation (K >= 3): folds stratified by label, a "
+                "patient's records in one fold, seeded; every record is tested once (fold f "
+                "tests, fold f+1 selects, the rest train). 0 = the layout's (or "
+                "--split_fractions') train/val/test splits.", lower_bound=0)
     cmd.boolean("cross_domain", False, "Also train on each source and test in-domain and on "
-                "every other source.")
+                "every other source (on the splits, also with --folds).")
     cmd.integer("batch_size", 64, "Records per batch (rounded up to a multiple of the device "
                 "count).", lower_bound=1)
     cmd.integer("num_workers", 0, "Grain worker processes reading records.", lower_bound=0)
@@ -59,7 +66,52 @@ def settings(args) -> dict:
         "label_set": args.label_set, "layout_options": options, "workdir": args.workdir,
         "label_type": args.label_type, "min_positives": args.min_positives,
         "split_fractions": split_fractions, "label_fractions": label_fractions,
-        "lead_sets": list(args.lead_sets), "cross_domain": args.cross_domain,
+        "lead_sets": list(args.lead_sets), "folds": args.folds, "cross_domain": args.cross_domain,
         "batch_size": args.batch_size, "num_workers": args.num_workers,
         "bootstrap": args.bootstrap, "seed": args.seed,
     }
+
+
+def add_probe_head(cmd: command.Command) -> None:
+    cmd.list("l2_grid", [], "L2 strengths tried; the best validation macro AUROC wins "
+             "(default: six decades, 1e-6 to 0.1).")
+    cmd.enum("probe_optimizer", "lbfgs", ["lbfgs", "adam"], "Full-batch optimizer of the "
+             "linear head.")
+    cmd.integer("probe_steps", 200, "Full-batch optimizer steps.", lower_bound=1)
+
+
+def probe_head(args) -> dict:
+    """The linear head's settings (evaluate.linear_probe.fit_linear_probe's keywords)."""
+    from crema_jax.evaluate import linear_probe
+
+    try:
+        l2_grid = tuple(float(v) for v in args.l2_grid) or linear_probe.DEFAULT_L2_GRID
+    except ValueError as err:
+        raise command.CommandError(f"--l2_grid: {err}") from None
+    return {"l2_grid": l2_grid, "optimizer": args.probe_optimizer, "steps": args.probe_steps}
+
+
+def add_finetune_recipe(cmd: command.Command) -> None:
+    cmd.integer("epochs", 30, "Maximum fine-tuning epochs.", lower_bound=1)
+    cmd.float("base_lr", 1e-3, "Peak lr = base_lr x batch / 256 (ST-MEM fine-tuning).")
+    cmd.float("weight_decay", 0.05, "AdamW weight decay.")
+    cmd.float("layer_decay", 0.75, "Layer-wise lr decay (1 = off).")
+    cmd.float("drop_path", 0.1, "Stochastic depth (max rate).")
+    cmd.float("label_smoothing", 0.0, "Label smoothing.")
+    cmd.float("warmup_epochs", 1.0, "Linear lr warm-up in epochs.")
+    cmd.integer("patience", 10, "Early stopping: epochs without a better validation macro "
+                "AUROC (0 = never stop early).", lower_bound=0)
+    cmd.list("augment", ["config"], "Training augmentations: 'config' = the checkpoint's "
+             "data.augment.names, 'none', or names (amplitude_scale, baseline_wander, "
+             "gaussian_noise, time_shift, lead_drop).")
+    cmd.integer("steps_per_epoch", 0, "0 = one pass over the training records per epoch.",
+                lower_bound=0)
+
+
+def finetune_recipe(args) -> dict:
+    """The fine-tuning recipe (evaluate.finetune's `ft`)."""
+    return {"epochs": args.epochs, "base_lr": args.base_lr, "weight_decay": args.weight_decay,
+            "layer_decay": args.layer_decay, "drop_path": args.drop_path,
+            "label_smoothing": args.label_smoothing, "warmup_epochs": args.warmup_epochs,
+            "patience": args.patience, "augment": list(args.augment),
+            "steps_per_epoch": args.steps_per_epoch}

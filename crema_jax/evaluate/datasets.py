@@ -54,8 +54,8 @@ def _cache_index(cache_dir: str):
 
 def load_dataset(settings: dict) -> Dataset:
     """The dataset named by an evaluation command's settings (layout, root, layout_options or
-    cache_dir; split_fractions, min_positives, label_type, seed): the index, (re-)split,
-    restricted to classes with enough training positives."""
+    cache_dir; split_fractions, min_positives, label_type, seed, folds): the index, (re-)split,
+    restricted to classes with enough training positives (with K folds: positives)."""
     from crema_jax.data import layouts
 
     root, cache_dir, seed = settings["root"], settings["cache_dir"], settings["seed"]
@@ -73,11 +73,15 @@ def load_dataset(settings: dict) -> Dataset:
     else:
         splits = [info.split for info in infos]
     splits = np.asarray(splits)
-    classes = protocols.select_classes(infos, index.label_names, splits,
+    # With K folds every record trains some fold's head: classes count all their positives.
+    k = int(settings.get("folds") or 0)
+    counted = np.full(len(infos), "train") if k else splits
+    classes = protocols.select_classes(infos, index.label_names, counted,
                                        min_positives=min_positives)
     if not classes:
-        raise ValueError(f"no class has >= {min_positives} training positives in {root} "
-                         f"(--min_positives); {len(index.label_names)} classes in the layout")
+        raise ValueError(f"no class has >= {min_positives} {'' if k else 'training '}positives "
+                         f"in {root} (--min_positives); {len(index.label_names)} classes in the "
+                         "layout")
     labels = protocols.label_matrix(infos, classes)
     if label_type == "auto":
         label_type = protocols.infer_label_type(labels)
@@ -88,10 +92,11 @@ def load_dataset(settings: dict) -> Dataset:
             logging.warning("multiclass: leaving out %d records without exactly one class", dropped)
         infos = [info for info, k in zip(infos, keep) if k]
         splits, labels = splits[keep], labels[keep]
-    for split in protocols.SPLITS:
+    for split in protocols.SPLITS if not k or settings.get("cross_domain") else ():
         if not np.any(splits == split):
             raise ValueError(f"the {split!r} split of {root} is empty; pass --split_fractions="
-                             "0.6,0.2,0.2 (a seeded re-split per source)")
+                             "0.6,0.2,0.2 (a seeded re-split per source)"
+                             + ("" if k else " or --folds=5 (cross-validation)"))
     return Dataset(infos, splits, np.asarray([info.source for info in infos]), classes, labels,
                    label_type, class_display_names(root, classes), cache_dir=cache_dir)
 

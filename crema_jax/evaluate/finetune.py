@@ -10,10 +10,10 @@ Loss by label type: multi-label BCE (sigmoid per class) or multi-class softmax c
 Validation every epoch on the evaluation crops, with LOGITS averaged over crops (ST-MEM averages
 predictions); the best validation macro AUROC is kept (early stopping with patience).
 
-Per protocol run (lead set x label fraction, and per source with cross_domain): a fresh head on
-the checkpoint's encoder, the recipe above, the best epoch by validation macro AUROC, then each
-test set scored ONCE with that epoch's parameters. Supervised-from-scratch baseline:
-checkpoint "random" (the same recipe from a random initialisation).
+Per run of runs.py (lead set x label fraction, on the splits or per fold; per source with
+cross_domain): a fresh head on the checkpoint's encoder, the recipe above, the best epoch by
+validation macro AUROC, then each test set scored ONCE with that epoch's parameters.
+Supervised-from-scratch baseline: checkpoint "random" (the same recipe from a random init).
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from crema_jax.data import batch as batch_lib
 from crema_jax.data import pipeline
-from crema_jax.evaluate import datasets, metrics, protocols, report
+from crema_jax.evaluate import datasets, folds, metrics, plots, protocols, report, runs
 from crema_jax.inference import backbones
 from crema_jax.models import resolve_size
 
@@ -251,42 +251,92 @@ def _eval_batches(data, data_cfg, rows):
     return batches
 
 
-def finetune_once(config, params, data, data_cfg, mesh, train_rows, val_rows, tests: dict,
-                  settings, ft) -> dict:
-    """One fine-tuning run; scores each {name: rows} of `tests` with the best epoch's params."""
+def finetune_fit_predict(config, params, data, data_cfg, mesh, settings, ft, keep: dict):
+    """Fine-tuning as a runs.py model: each call a fresh head on the checkpoint's encoder, the
+    recipe `ft`, the best epoch by validation macro AUROC, then each test set predicted ONCE
+    with that epoch's parameters. The first call's model and test batches stay in `keep` (the
+    report's embedding plot)."""
     batch_size = data_cfg.batch_size
-    model = classifier(config, params, len(data.classes), drop_path=ft["drop_path"],
-                       seed=settings["seed"])
-    train_iter = train_batches(data_cfg, datasets.make_source(data, data_cfg, train_rows),
-                               batch_size=batch_size, seed=settings["seed"])
-    steps = ft["steps_per_epoch"] or max(1, math.ceil(len(train_rows) / batch_size))
-    val_batches = _eval_batches(data, data_cfg, val_rows)
-    best, history, best_epoch, evaluate = fit(
-        model, mesh=mesh, train_iter=train_iter, val_batches=val_batches,
-        label_type=data.label_type, epochs=ft["epochs"], steps_per_epoch=steps,
-        peak_lr=ft["base_lr"] * batch_size / 256, weight_decay=ft["weight_decay"],
-        layer_decay=ft["layer_decay"], warmup_epochs=ft["warmup_epochs"],
-        label_smoothing=ft["label_smoothing"], patience=ft["patience"], seed=settings["seed"],
-        crop_average=data_cfg.eval_crop_average, log=logging.info)
-    probs_val, labels_val, _ = predict(evaluate, best, model.rest, val_batches,
-                                       data.label_type, data_cfg.eval_crop_average)
-    scores, outputs = {}, {}
-    for name, rows in tests.items():  # each test set is evaluated once, on the best epoch
-        batches = _eval_batches(data, data_cfg, rows)
-        probs, labels, index = predict(evaluate, best, model.rest, batches, data.label_type,
-                                       data_cfg.eval_crop_average)
-        scores[name] = metrics.test_report(probs_val, labels_val, probs, labels, data.classes,
-                                  bootstrap=settings["bootstrap"], seed=settings["seed"])
-        outputs[name] = {"probs": probs, "labels": labels, "index": index, "batches": batches}
-    return {"scores": scores, "history": history, "best_epoch": best_epoch, "outputs": outputs,
-            "model": model, "best": best}
+
+    def fit_predict(train_rows, val_rows, tests):
+        model = classifier(config, params, len(data.classes), drop_path=ft["drop_path"],
+                           seed=settings["seed"])
+        train_iter = train_batches(data_cfg, datasets.make_source(data, data_cfg, train_rows),
+                                   batch_size=batch_size, seed=settings["seed"])
+        steps = ft["steps_per_epoch"] or max(1, math.ceil(len(train_rows) / batch_size))
+        val_batches = _eval_batches(data, data_cfg, val_rows)
+        best, history, best_epoch, evaluate = fit(
+            model, mesh=mesh, train_iter=train_iter, val_batches=val_batches,
+            label_type=data.label_type, epochs=ft["epochs"], steps_per_epoch=steps,
+            peak_lr=ft["base_lr"] * batch_size / 256, weight_decay=ft["weight_decay"],
+            layer_decay=ft["layer_decay"], warmup_epochs=ft["warmup_epochs"],
+            label_smoothing=ft["label_smoothing"], patience=ft["patience"],
+            seed=settings["seed"], crop_average=data_cfg.eval_crop_average, log=logging.info)
+        probs_val, labels_val, _ = predict(evaluate, best, model.rest, val_batches,
+                                           data.label_type, data_cfg.eval_crop_average)
+        out = {"val": {"probs": probs_val, "labels": labels_val}, "tests": {},
+               "info": {"best_epoch": best_epoch, "history": history}}
+        for name, rows in tests.items():
+            batches = _eval_batches(data, data_cfg, rows)
+            probs, labels, index = predict(evaluate, best, model.rest, batches, data.label_type,
+                                           data_cfg.eval_crop_average)
+            out["tests"][name] = {"probs": probs, "labels": labels, "rows": index,
+                                  "ids": [data.infos[r].record_id for r in index]}
+            keep.setdefault("embedding", (model, best, batches))
+        return out
+
+    return fit_predict
 
 
 def _embeddings(model, best, batches, mesh):
     """Pooled features of the fine-tuned encoder (crops averaged) for the PCA plot."""
     backbone = backbones.Backbone(model.family, model.graphdef, (best, model.rest), None, 0, 0)
     out = backbones.run(backbones.make_apply(backbone, mesh), batches)
-    return out["outputs"].mean(1)
+    return out["outputs"].mean(1), out["index"]
+
+
+def prediction_averaging(data_cfg) -> str:
+    return ("mean of the crops' probabilities" if data_cfg.eval_crop_average == "probability"
+            else "mean of the crops' logits")
+
+
+def finetune_model(config, params, data, settings: dict, ft: dict, mesh, *, model: str,
+                   plan=None, groups=None) -> dict:
+    """Every protocol of `settings` for one SiT checkpoint (or 'random': supervised from
+    scratch). Returns {"runs", "cross_domain", "predictions", "embedding", "model"}."""
+    if backbones.family(config).name != "sit":
+        raise ValueError("finetune trains SiT encoders only; probe Net1D features with "
+                         "`crema-jax probe` instead")
+    batch_size = backbones.round_batch(settings["batch_size"], mesh)
+    out = {"runs": [], "cross_domain": [], "predictions": {"runs": {}, "cross_domain": {}}}
+    keep = {}
+    for lead_name in settings["lead_sets"]:
+        data_cfg = backbones.eval_data_config(config, protocols.lead_set(lead_name),
+                                              batch_size=batch_size,
+                                              num_workers=settings["num_workers"],
+                                              preset=settings["preset"])
+        first = lead_name == settings["lead_sets"][0]
+        if first:
+            print(f"model {model}: " + backbones.describe_data_path(data_cfg,
+                                                                    settings["preset"]),
+                  flush=True)
+            out["model"] = {"checkpoint": settings["checkpoint"], "backbone": "sit",
+                            "data_path": data_cfg.preset,
+                            "data": backbones.data_path_summary(data_cfg),
+                            "crop_averaging": prediction_averaging(data_cfg)}
+        if ft["augment"] != ["config"]:
+            data_cfg.augment.names = tuple(a for a in ft["augment"] if a != "none")
+        fit_predict = finetune_fit_predict(config, params, data, data_cfg, mesh, settings, ft,
+                                           keep)
+        new_runs, cross, preds = runs.model_runs(
+            fit_predict, data, lead_name, settings, method="finetune", model=model, plan=plan,
+            groups=groups, cross_domain=settings["cross_domain"] and first)
+        out["runs"] += new_runs
+        out["cross_domain"] += cross
+        for key in preds:
+            out["predictions"][key].update(preds[key])
+    out["embedding"] = _embeddings(*keep["embedding"], mesh)
+    return out
 
 
 def run_finetune(settings: dict, ft: dict) -> dict:
@@ -298,73 +348,23 @@ def run_finetune(settings: dict, ft: dict) -> dict:
     config, params = backbones.load_config_and_params(
         settings["checkpoint"], backbone=settings["backbone"] or "sit",
         model_size=settings["model_size"])
-    if backbones.family(config).name != "sit":
-        raise ValueError("finetune trains SiT encoders only; probe Net1D features with "
-                         "`crema-jax probe` instead")
     data = datasets.load_dataset(settings)
-    mesh = backbones.data_mesh()
-    batch_size = backbones.round_batch(settings["batch_size"], mesh)
-    splits = data.splits
-    train, val, test = (np.flatnonzero(splits == s) for s in protocols.SPLITS)
-    runs, cross, headline = [], [], None
-    for lead_name in settings["lead_sets"]:
-        data_cfg = backbones.eval_data_config(config, protocols.lead_set(lead_name),
-                                              batch_size=batch_size,
-                                              num_workers=settings["num_workers"],
-                                              preset=settings["preset"])
-        if lead_name == settings["lead_sets"][0]:
-            print(backbones.describe_data_path(data_cfg, settings["preset"]), flush=True)
-        if ft["augment"] != ["config"]:
-            data_cfg.augment.names = tuple(a for a in ft["augment"] if a != "none")
-        for fraction in settings["label_fractions"]:
-            subset = train[protocols.label_fraction_subset(data.labels[train], fraction,
-                                                           seed=settings["seed"])]
-            out = finetune_once(config, params, data, data_cfg, mesh, subset, val,
-                                {"test": test}, settings, ft)
-            runs.append({"name": f"finetune leads={lead_name} labels={fraction:g}",
-                         "protocol": {"leads": lead_name, "label_fraction": fraction,
-                                      "train_source": "all"},
-                         "n_train": int(len(subset)), "n_val": int(len(val)),
-                         "test": out["scores"]["test"], "best_epoch": out["best_epoch"],
-                         "history": out["history"]})
-            if headline is None:
-                headline = out
-        if settings["cross_domain"] and lead_name == settings["lead_sets"][0]:
-            for plan in protocols.cross_domain_plan(data.sources, splits):
-                tests = {"in_domain": plan["in_domain_test"], **plan["out_of_domain"]}
-                out = finetune_once(config, params, data, data_cfg, mesh, plan["train"],
-                                    plan["val"], tests, settings, ft)
-                s = out["scores"]
-                cross.append({
-                    "train_source": plan["train_source"], "n_train": int(len(plan["train"])),
-                    "best_epoch": out["best_epoch"], "in_domain": s["in_domain"],
-                    "out_of_domain": {o: s[o] for o in plan["out_of_domain"]},
-                    "drop": {o: protocols.common_class_macro(s["in_domain"], s[o])
-                             for o in plan["out_of_domain"]}})
+    plan, groups = folds.dataset_plan(data, settings)
+    result = finetune_model(config, params, data, settings, ft, backbones.data_mesh(),
+                            model="A", plan=plan, groups=groups)
     is_random = settings["checkpoint"] == backbones.RANDOM
-    result = {
-        "title": ("Supervised from scratch (random init)" if is_random else "Fine-tuning")
-        + f": sit {settings['checkpoint']}",
-        "command": "finetune", "settings": {**settings, **ft},
-        "label_type": data.label_type, "classes": data.classes, "class_display": data.display,
-        "records": {s: int(np.sum(splits == s)) for s in protocols.SPLITS},
-        "data_path": data_cfg.preset,
-        "prediction_averaging": ("mean of the crops' probabilities"
-                                 if data_cfg.eval_crop_average == "probability"
-                                 else "mean of the crops' logits"),
-        "headline": {"macro_auroc": runs[0]["test"]["macro_auroc"], "ci": runs[0]["test"]["ci"],
-                     "run": runs[0]["name"]},
-        "runs": runs, "cross_domain": cross, "seconds": round(time.time() - start, 1),
-    }
-    test_out = headline["outputs"]["test"]
-    embeddings = _embeddings(headline["model"], headline["best"], test_out["batches"], mesh)
+    out = report.new_report(
+        title=("Supervised from scratch (random init)" if is_random else "Fine-tuning")
+        + f": sit {settings['checkpoint']}", command="finetune", settings={**settings, **ft},
+        data=data, models={"A": result["model"]}, runs=result["runs"],
+        cross_domain=result["cross_domain"], record_folds=plan, seconds=time.time() - start)
+    head = result["predictions"]["runs"][out["headline"]["run"]]
     readable = [data.display.get(c, c) for c in data.classes]
-    groups = {"label": report.primary_label(test_out["labels"], readable),
-              "source": list(data.sources[test_out["index"]])}
-    report.write_all(result, workdir,
-                     roc=(test_out["labels"], test_out["probs"], readable, runs[0]["name"]),
-                     embeddings=(embeddings, groups, "fine-tuned features, test split (PCA)"),
-                     predictions={"record_id": [data.infos[i].record_id for i in test_out["index"]],
-                                  "labels": test_out["labels"], "probs": test_out["probs"],
-                                  "classes": data.classes})
-    return result
+    features, rows = result["embedding"]
+    groups_ = {"label": plots.primary_label(data.labels[rows], readable),
+               "source": list(data.sources[rows])}
+    report.write_all(out, workdir,
+                     roc=(head["labels"], head["probs"], readable, out["headline"]["run"]),
+                     embeddings=(features, groups_, "fine-tuned features, a test set (PCA)"),
+                     predictions=report.prediction_arrays(head, data.classes))
+    return out

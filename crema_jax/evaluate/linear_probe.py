@@ -9,10 +9,9 @@ Objective: mean over records of BCE (multilabel) or softmax cross-entropy (multi
 + l2/2 * ||W||^2 (bias not penalised). This equals scikit-learn's LogisticRegression with
 C = 1 / (l2 * n_train), which the tests use as the independent reference.
 
-`run_probe` (the `crema-jax probe` command's body): features are extracted once per lead set
-(the backbone's evaluation crops, averaged), then every protocol trains a head on them: label
-fractions of the training split, and (with cross_domain, on the first lead set) one head per
-source tested in-domain and on every other source. The test split is scored once per run.
+`probe_model` (the body of `crema-jax probe`, and of `compare` for each model): features are
+extracted once per lead set (the backbone's evaluation crops, averaged), then every protocol of
+runs.py trains a head on them (label fractions, on the splits or K folds, and cross-domain).
 Multi-process runs are not supported (one process, all its devices).
 """
 from __future__ import annotations
@@ -28,7 +27,7 @@ import optax
 from absl import logging
 
 from crema_jax.data import pipeline
-from crema_jax.evaluate import datasets, metrics, protocols, report
+from crema_jax.evaluate import datasets, folds, metrics, plots, protocols, report, runs
 from crema_jax.inference import backbones
 
 DEFAULT_L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -188,20 +187,98 @@ def _crop_rows(x, y):
 
 
 # ------------------------------------------------------------------------------ the protocols
-def fit_and_score(feats, labels, train, val, tests: dict, classes, *, label_type, settings,
-                  probe_kwargs) -> tuple[dict, dict]:
-    """Train a head on `train` rows (select L2 on `val`); score every {name: rows} of `tests`."""
-    head = fit_linear_probe(feats[train], labels[train], feats[val], labels[val],
-                                         label_type=label_type, **probe_kwargs)
-    probs_val = predict_proba(head, feats[val])
-    scores, probs = {}, {}
-    for name, rows in tests.items():
-        probs[name] = predict_proba(head, feats[rows])
-        scores[name] = metrics.test_report(probs_val, labels[val], probs[name], labels[rows], classes,
-                                  bootstrap=settings["bootstrap"], seed=settings["seed"])
-    selection = {"l2": head.l2, "val_macro_auroc_by_l2": {str(k): v for k, v in
-                                                          head.val_auroc_by_l2.items()}}
-    return {"scores": scores, "selection": selection}, probs
+@dataclasses.dataclass
+class Features:
+    """One backbone's frozen features of a dataset's readable examples, for one lead set."""
+    values: np.ndarray  # (n, 1, D) the crops' mean, or (n, C, D) per crop (probability averaging)
+    rows: np.ndarray    # (n,) the dataset record of each example
+    ids: list           # (n,) record ids, "ID#k" for window k of a record cut into windows
+    data_cfg: object
+
+
+def extract_features(backbone, data, lead_name: str, settings: dict, mesh) -> Features:
+    """Features of every readable example of `data` through `backbone`'s evaluation crops."""
+    batch_size = backbones.round_batch(settings["batch_size"], mesh)
+    data_cfg = backbones.eval_data_config(backbone, protocols.lead_set(lead_name),
+                                          batch_size=batch_size,
+                                          num_workers=settings["num_workers"],
+                                          preset=settings["preset"])
+    t0 = time.time()
+    source = datasets.make_source(data, data_cfg)
+    out = backbones.run(backbones.make_apply(backbone, mesh, output="features"),
+                        pipeline.make_eval_dataset(data_cfg, source=source))
+    logging.info("features (%s leads): %d examples in %.1fs", lead_name, len(out["index"]),
+                 time.time() - t0)
+    # (n, 1, D): the crops' features averaged; (n, C, D): each crop a row, its probabilities
+    # averaged (data.eval_crop_average "probability", ST-MEM).
+    values = (out["outputs"] if data_cfg.eval_crop_average == "probability"
+              else out["outputs"].mean(1, keepdims=True))
+    windowed = getattr(source, "reading", None) is not None and source.reading.window_seconds > 0
+    rows = source.record_rows[out["index"]]
+    ids = [f"{data.infos[r].record_id}#{int(source.windows[i])}" if windowed
+           else data.infos[r].record_id for r, i in zip(rows, out["index"])]
+    return Features(values, np.asarray(rows, np.int64), ids, data_cfg)
+
+
+def head_fit_predict(features: Features, data, probe_kwargs: dict):
+    """The linear probe on `features` as a runs.py model: records -> their examples."""
+    labels = data.labels[features.rows]
+
+    def examples(rows):
+        return np.flatnonzero(np.isin(features.rows, rows))
+
+    def fit_predict(train_rows, val_rows, tests):
+        train, val = examples(train_rows), examples(val_rows)
+        head = fit_linear_probe(features.values[train], labels[train], features.values[val],
+                                labels[val], label_type=data.label_type, **probe_kwargs)
+        out = {"val": {"probs": predict_proba(head, features.values[val]),
+                       "labels": labels[val]},
+               "tests": {},
+               "info": {"selection": {"l2": head.l2, "val_macro_auroc_by_l2": {
+                   str(k): v for k, v in head.val_auroc_by_l2.items()}}}}
+        for name, rows in tests.items():
+            ex = examples(rows)
+            out["tests"][name] = {"probs": predict_proba(head, features.values[ex]),
+                                  "labels": labels[ex], "rows": features.rows[ex],
+                                  "ids": [features.ids[i] for i in ex]}
+        return out
+
+    return fit_predict
+
+
+def crop_averaging(data_cfg) -> str:
+    return ("mean of the crops' probabilities" if data_cfg.eval_crop_average == "probability"
+            else "mean of the crops' features")
+
+
+def probe_model(backbone, data, settings: dict, probe_kwargs: dict, mesh, *, model: str,
+                plan=None, groups=None) -> dict:
+    """Every protocol of `settings` for one backbone: features once per lead set, then a head
+    per run (runs.py). Returns {"runs", "cross_domain", "predictions", "features" (the first
+    lead set's), "model" (the report's description)}."""
+    out = {"runs": [], "cross_domain": [], "predictions": {"runs": {}, "cross_domain": {}}}
+    for lead_name in settings["lead_sets"]:
+        features = extract_features(backbone, data, lead_name, settings, mesh)
+        first = lead_name == settings["lead_sets"][0]
+        if first:
+            print(f"model {model}: " + backbones.describe_data_path(features.data_cfg,
+                                                                    settings["preset"]),
+                  flush=True)
+            out["features"] = features
+        new_runs, cross, preds = runs.model_runs(
+            head_fit_predict(features, data, probe_kwargs), data, lead_name, settings,
+            method="probe", model=model, plan=plan, groups=groups,
+            cross_domain=settings["cross_domain"] and first)
+        out["runs"] += new_runs
+        out["cross_domain"] += cross
+        for key in preds:
+            out["predictions"][key].update(preds[key])
+    cfg = out["features"].data_cfg
+    out["model"] = {"checkpoint": settings["checkpoint"], "backbone": backbone.name,
+                    "data_path": cfg.preset, "data": backbones.data_path_summary(cfg),
+                    "crop_averaging": crop_averaging(cfg),
+                    "examples_read": int(len(out["features"].rows))}
+    return out
 
 
 def run_probe(settings: dict, probe_kwargs: dict) -> dict:
@@ -213,102 +290,21 @@ def run_probe(settings: dict, probe_kwargs: dict) -> dict:
     backbone = backbones.load(settings["checkpoint"], backbone=settings["backbone"],
                               model_size=settings["model_size"], seed=settings["seed"])
     data = datasets.load_dataset(settings)
-    mesh = backbones.data_mesh()
-    feature_fn = backbones.make_apply(backbone, mesh, output="features")
-    batch_size = backbones.round_batch(settings["batch_size"], mesh)
-    runs, cross, headline = [], [], None
-    for lead_name in settings["lead_sets"]:
-        data_cfg = backbones.eval_data_config(backbone, protocols.lead_set(lead_name),
-                                              batch_size=batch_size,
-                                              num_workers=settings["num_workers"],
-                                              preset=settings["preset"])
-        if lead_name == settings["lead_sets"][0]:
-            print(backbones.describe_data_path(data_cfg, settings["preset"]), flush=True)
-        t0 = time.time()
-        source = datasets.make_source(data, data_cfg)
-        batches = pipeline.make_eval_dataset(data_cfg, source=source)
-        out = backbones.run(feature_fn, batches)
-        logging.info("features (%s leads): %d examples in %.1fs", lead_name, len(out["index"]),
-                     time.time() - t0)
-        # Examples that could be read, as rows of `data` (a record's windows share its row).
-        rows = source.record_rows[out["index"]]
-        # (n, 1, D): the crops' features averaged; (n, C, D): each crop a row, its probabilities
-        # averaged (data.eval_crop_average "probability", ST-MEM).
-        feats = (out["outputs"] if data_cfg.eval_crop_average == "probability"
-                 else out["outputs"].mean(1, keepdims=True))
-        labels, splits, sources = data.labels[rows], data.splits[rows], data.sources[rows]
-        train, val, test = (np.flatnonzero(splits == s) for s in protocols.SPLITS)
-        for fraction in settings["label_fractions"]:
-            subset = train[protocols.label_fraction_subset(labels[train], fraction,
-                                                           seed=settings["seed"])]
-            result, probs = fit_and_score(feats, labels, subset, val, {"test": test},
-                                          data.classes, label_type=data.label_type,
-                                          settings=settings, probe_kwargs=probe_kwargs)
-            runs.append({"name": f"probe leads={lead_name} labels={fraction:g}",
-                         "protocol": {"leads": lead_name, "label_fraction": fraction,
-                                      "train_source": "all"},
-                         "n_train": int(len(subset)), "n_val": int(len(val)),
-                         "test": result["scores"]["test"], "selection": result["selection"]})
-            if headline is None:
-                ids = example_ids(data, source, out["index"][test])
-                headline = (labels[test], probs["test"], feats.mean(1), labels, sources, ids)
-        if settings["cross_domain"] and lead_name == settings["lead_sets"][0]:
-            cross = cross_domain(feats, labels, splits, sources, data.classes, data.label_type,
-                                 settings, probe_kwargs)
-    result = {
-        "title": f"Linear probe: {backbone.name} {settings['checkpoint']}",
-        "command": "probe", "settings": {**settings, **probe_kwargs},
-        "label_type": data.label_type, "classes": data.classes, "class_display": data.display,
-        "records": {s: int(np.sum(data.splits == s)) for s in protocols.SPLITS},
-        "examples_read": int(len(headline[3])),
-        "data_path": data_cfg.preset,
-        "crop_averaging": ("mean of the crops' probabilities"
-                           if data_cfg.eval_crop_average == "probability"
-                           else "mean of the crops' features"),
-        "headline": {"macro_auroc": runs[0]["test"]["macro_auroc"], "ci": runs[0]["test"]["ci"],
-                     "run": runs[0]["name"]},
-        "runs": runs, "cross_domain": cross, "seconds": round(time.time() - start, 1),
-    }
-    write_outputs(result, workdir, headline, data.classes,
-                  [data.display.get(c, c) for c in data.classes])
-    return result
-
-
-def example_ids(data, source, index) -> list[str]:
-    """Record ids of the examples `index` of `source`, with "#window" when records are cut into
-    windows (the same record then gives several examples, all in its split)."""
-    windowed = getattr(source, "reading", None) is not None and source.reading.window_seconds > 0
-    out = []
-    for i in np.asarray(index):
-        rid = data.infos[int(source.record_rows[i])].record_id
-        out.append(f"{rid}#{int(source.windows[i])}" if windowed else rid)
+    plan, groups = folds.dataset_plan(data, settings)
+    result = probe_model(backbone, data, settings, probe_kwargs, backbones.data_mesh(),
+                         model="A", plan=plan, groups=groups)
+    out = report.new_report(
+        title=f"Linear probe: {backbone.name} {settings['checkpoint']}", command="probe",
+        settings={**settings, **probe_kwargs}, data=data, models={"A": result["model"]},
+        runs=result["runs"], cross_domain=result["cross_domain"], record_folds=plan,
+        seconds=time.time() - start)
+    features = result["features"]
+    readable = [data.display.get(c, c) for c in data.classes]
+    head = result["predictions"]["runs"][out["headline"]["run"]]
+    report.write_all(out, workdir, roc=(head["labels"], head["probs"], readable,
+                                        out["headline"]["run"]),
+                     embeddings=(features.values.mean(1), {
+                         "label": plots.primary_label(data.labels[features.rows], readable),
+                         "source": list(data.sources[features.rows])}, "frozen features (PCA)"),
+                     predictions=report.prediction_arrays(head, data.classes))
     return out
-
-
-def cross_domain(feats, labels, splits, sources, classes, label_type, settings, probe_kwargs):
-    """One head per source; in-domain test split vs every record of each other source."""
-    entries = []
-    for plan in protocols.cross_domain_plan(sources, splits):
-        tests = {"in_domain": plan["in_domain_test"], **plan["out_of_domain"]}
-        result, _ = fit_and_score(feats, labels, plan["train"], plan["val"], tests, classes,
-                                  label_type=label_type, settings=settings,
-                                  probe_kwargs=probe_kwargs)
-        scores = result["scores"]
-        entries.append({
-            "train_source": plan["train_source"], "n_train": int(len(plan["train"])),
-            "in_domain": scores["in_domain"],
-            "out_of_domain": {o: scores[o] for o in plan["out_of_domain"]},
-            "drop": {o: protocols.common_class_macro(scores["in_domain"], scores[o])
-                     for o in plan["out_of_domain"]},
-        })
-    return entries
-
-
-def write_outputs(result: dict, workdir, headline, classes, readable) -> dict:
-    test_labels, test_probs, feats, labels, sources, ids = headline
-    groups = {"label": report.primary_label(labels, readable), "source": list(sources)}
-    return report.write_all(result, workdir,
-                            roc=(test_labels, test_probs, readable, result["runs"][0]["name"]),
-                            embeddings=(feats, groups, "frozen features (PCA)"),
-                            predictions={"record_id": ids, "labels": test_labels,
-                                         "probs": test_probs, "classes": classes})

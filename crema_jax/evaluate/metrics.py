@@ -50,7 +50,7 @@ def auroc(y_true, y_score) -> float:
     return float(u / (n_pos * n_neg))
 
 
-def _columnwise_auroc(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
+def columnwise_auroc(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
     """AUROC of every column at once (NaN where a column lacks a class); used by the bootstrap."""
     ranks = scipy.stats.rankdata(y_score, axis=0)
     pos = y_true > 0.5
@@ -87,10 +87,11 @@ def average_precision(y_true, y_score) -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
-def f1_at(y_true, y_score, threshold: float) -> float:
-    """F1 of the predictions `score >= threshold` (0 when nothing is predicted or present)."""
+def f1_at(y_true, y_score, threshold) -> float:
+    """F1 of the predictions `score >= threshold` (a number, or one per record; 0 when nothing
+    is predicted or present)."""
     y_true = np.asarray(y_true).reshape(-1) > 0.5
-    pred = np.asarray(y_score).reshape(-1) >= threshold
+    pred = np.asarray(y_score).reshape(-1) >= np.asarray(threshold).reshape(-1)
     tp = np.sum(pred & y_true)
     denom = pred.sum() + y_true.sum()
     return float(2.0 * tp / denom) if denom > 0 else 0.0
@@ -125,8 +126,9 @@ def classification_report(labels: np.ndarray, scores: np.ndarray, class_names, *
                           thresholds: np.ndarray | None = None) -> dict:
     """Per-class and macro AUROC/AUPRC/F1 of scores (n, C) against multi-hot labels (n, C).
 
-    Returns plain Python types (JSON-ready). Classes that cannot be scored are listed under
-    "skipped" and carry None for their metrics.
+    thresholds: (C,), or (n, C) when each record has its own (pooled out-of-fold predictions:
+    its fold's); a class's "threshold" is then None. Returns plain Python types (JSON-ready).
+    Classes that cannot be scored are listed under "skipped" and carry None for their metrics.
     """
     labels = np.asarray(labels)
     scores = np.asarray(scores, dtype=np.float64)
@@ -134,6 +136,7 @@ def classification_report(labels: np.ndarray, scores: np.ndarray, class_names, *
         raise ValueError(f"labels {labels.shape} and scores {scores.shape}: expected equal (n, C)")
     if len(class_names) != labels.shape[1]:
         raise ValueError(f"{len(class_names)} class names for {labels.shape[1]} score columns")
+    per_record = thresholds is not None and np.ndim(thresholds) == 2
     per_class, skipped = {}, []
     sums = {"auroc": [], "auprc": [], "f1": []}
     for c, name in enumerate(class_names):
@@ -150,8 +153,9 @@ def classification_report(labels: np.ndarray, scores: np.ndarray, class_names, *
             sums["auroc"].append(entry["auroc"])
             sums["auprc"].append(entry["auprc"])
             if thresholds is not None:
-                entry["threshold"] = float(thresholds[c])
-                entry["f1"] = f1_at(y, s, thresholds[c])
+                column = np.asarray(thresholds)[..., c]
+                entry["threshold"] = None if per_record else float(column)
+                entry["f1"] = f1_at(y, s, column)
                 sums["f1"].append(entry["f1"])
         per_class[name] = entry
     return {
@@ -167,23 +171,54 @@ def classification_report(labels: np.ndarray, scores: np.ndarray, class_names, *
 
 def macro_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Macro AUROC over the scorable columns; NaN only when no column is scorable."""
-    values = _columnwise_auroc(np.asarray(labels), np.asarray(scores, dtype=np.float64))
+    values = columnwise_auroc(np.asarray(labels), np.asarray(scores, dtype=np.float64))
     return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
 
+class Groups:
+    """Records grouped for resampling (patients), groups in order of first appearance; None:
+    every record its own group, so a resample draws records."""
+
+    def __init__(self, n: int, groups=None):
+        if groups is None:
+            self.flat = self.starts = np.arange(n)
+            self.sizes = np.ones(n, np.int64)
+            return
+        _, first, inverse = np.unique(np.asarray(groups), return_index=True,
+                                      return_inverse=True)
+        rank = np.empty(len(first), np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+        self.flat = np.argsort(rank[inverse], kind="stable")   # records, group by group
+        self.sizes = np.bincount(rank[inverse])
+        self.starts = np.r_[0, np.cumsum(self.sizes)[:-1]]
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def resample(self, rng: np.random.Generator) -> np.ndarray:
+        """One bootstrap resample: G of the G groups drawn with replacement (rng.integers(0, G,
+        G)), their records concatenated in draw order (each group's in record order)."""
+        draw = rng.integers(0, len(self), size=len(self))
+        sizes = self.sizes[draw]
+        within = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        return self.flat[np.repeat(self.starts[draw], sizes) + within]
+
+
 def bootstrap_ci(labels: np.ndarray, scores: np.ndarray, metric_fn=macro_auroc, *,
-                 n_resamples: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
+                 n_resamples: int = 1000, seed: int = 0, alpha: float = 0.05,
+                 groups=None) -> dict:
     """Percentile bootstrap confidence interval of `metric_fn(labels, scores)`.
 
-    Records are resampled with replacement (seeded); resamples where the metric is undefined
-    (NaN) are dropped and counted, never averaged in.
+    Records (or, with `groups`, patients: all of a patient's records together) are resampled
+    with replacement (seeded); resamples where the metric is undefined (NaN) are dropped and
+    counted, never averaged in.
     """
     labels, scores = np.asarray(labels), np.asarray(scores)
-    n = labels.shape[0]
+    resampler = Groups(labels.shape[0], groups)
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(n_resamples):
-        idx = rng.integers(0, n, size=n)
+        idx = resampler.resample(rng)
         value = metric_fn(labels[idx], scores[idx])
         if np.isfinite(value):
             values.append(value)
@@ -196,10 +231,11 @@ def bootstrap_ci(labels: np.ndarray, scores: np.ndarray, metric_fn=macro_auroc, 
 
 
 def test_report(probs_val, labels_val, probs_test, labels_test, classes, *, bootstrap: int,
-                seed: int) -> dict:
+                seed: int, groups=None) -> dict:
     """A head's test metrics: F1 thresholds chosen on validation, plus the bootstrap 95% CI of
-    the macro AUROC."""
+    the macro AUROC (test records, or with `groups` their patients, resampled)."""
     thresholds = choose_thresholds(labels_val, probs_val)
     test = classification_report(labels_test, probs_test, classes, thresholds=thresholds)
-    test["ci"] = bootstrap_ci(labels_test, probs_test, n_resamples=bootstrap, seed=seed)
+    test["ci"] = bootstrap_ci(labels_test, probs_test, n_resamples=bootstrap, seed=seed,
+                              groups=groups)
     return test

@@ -3,7 +3,7 @@
 - Label vocabulary: classes with at least `min_positives` training positives (tiny datasets
   otherwise give columns that cannot be scored).
 - Splits: the layout's split, or (with `split_fractions`) a seeded re-split made per source so
-  every source has train, validation and test records.
+  every source has train, validation and test records, a patient's records in one split.
 - Label fractions (1%, 10%, 100%): a seeded subset of the TRAINING split only, stratified by label
   combination, that keeps at least one positive of every class present in the training split.
 - Reduced leads: `LEAD_SETS` names the canonical lead subsets; the same weights see fewer leads.
@@ -90,22 +90,41 @@ def split_counts(n: int, fractions: Sequence[float]) -> list[int]:
     return counts.tolist()
 
 
+def patient_keys(infos) -> np.ndarray:
+    """One grouping key per record: "patient:ID" from its meta["patient_id"], or its own record
+    id when it has none (then it is its own patient)."""
+    keys = []
+    for info in infos:
+        patient = (getattr(info, "meta", None) or {}).get("patient_id")
+        keys.append(f"patient:{patient}" if patient not in (None, "") else info.record_id)
+    return np.asarray(keys)
+
+
 def resplit(infos, fractions: Sequence[float], *, seed: int = 0) -> list[str]:
-    """Train/val/test per record: within each source, records ordered by a hash of their id."""
+    """Train/val/test per record: within each source, patients ordered by a hash of their key
+    (patient_keys), cut at the fractions' record counts; a patient's records share the split
+    where its first record falls (so the sizes hold up to one patient)."""
     if len(fractions) != 3 or min(fractions) < 0 or sum(fractions) <= 0:
         raise ValueError(f"--split_fractions={fractions}: expected three non-negative "
                          "train,val,test fractions")
+    keys = patient_keys(infos)
     by_source = defaultdict(list)
     for i, info in enumerate(infos):
         by_source[info.source].append(i)
     splits = [""] * len(infos)
     for members in by_source.values():
-        members = sorted(members, key=lambda i: _stable_unit(infos[i].record_id, seed))
+        members = sorted(members, key=lambda i: (_stable_unit(keys[i], seed), keys[i],
+                                                 infos[i].record_id))
+        ends = np.cumsum(split_counts(len(members), fractions))
         start = 0
-        for name, count in zip(SPLITS, split_counts(len(members), fractions)):
-            for i in members[start:start + count]:
+        while start < len(members):
+            stop = start
+            while stop < len(members) and keys[members[stop]] == keys[members[start]]:
+                stop += 1
+            name = SPLITS[min(int(np.searchsorted(ends, start, side="right")), 2)]
+            for i in members[start:stop]:
                 splits[i] = name
-            start += count
+            start = stop
     return splits
 
 

@@ -11,7 +11,7 @@ import pathlib
 import numpy as np
 
 from crema_jax import files
-from crema_jax.evaluate import metrics
+from crema_jax.evaluate import plots
 
 DASH = "\u2014"
 
@@ -36,130 +36,158 @@ def display(report: dict, name: str) -> str:
     return f"{readable} ({name})" if readable else name
 
 
+def _fold_spread(run: dict) -> str:
+    spread = run.get("fold_summary", {}).get("macro_auroc")
+    if not spread or spread["mean"] is None:
+        return DASH
+    return f"{spread['mean']:.3f} ± {_fmt(spread['std'])}"
+
+
+def _level(alpha: float) -> str:
+    return f"{100 * (1 - alpha):g}%"
+
+
+def _p(value) -> str:
+    return DASH if value is None else ("< 0.001" if value < 0.001 else f"{value:.3f}")
+
+
+def _runs_markdown(report: dict) -> list[str]:
+    runs = report["runs"]
+    lines = ["## Test results", "",
+             "| run | model | leads | label fraction | train records | test records "
+             "| macro AUROC | 95% CI | folds: mean ± std | macro AUPRC | macro F1 "
+             "| skipped classes |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        test = run["test"]
+        skipped = ", ".join(f"{display(report, s['class'])}: {s['reason'].replace('_', ' ')}"
+                            for s in test["skipped"]) or DASH
+        lines.append(
+            f"| {run['name']} | {run['model']} | {run['protocol']['leads']} | "
+            f"{run['protocol']['label_fraction']:g} | {run['n_train']:g} | {test['n']} | "
+            f"{_fmt(test['macro_auroc'])} | {_ci(test.get('ci'))} | {_fold_spread(run)} | "
+            f"{_fmt(test['macro_auprc'])} | {_fmt(test['macro_f1'])} | {skipped} |")
+    lines.append("")
+    for run in runs:
+        if run.get("folds") and run["protocol"] == runs[0]["protocol"]:
+            lines += [f"### Folds of {run['name']} (model {run['model']})", "",
+                      "| fold | train | val | test | macro AUROC | macro AUPRC | macro F1 |",
+                      "|---|---|---|---|---|---|---|"]
+            lines += [f"| {f['fold']} | {f['n_train']} | {f['n_val']} | {f['test']['n']} | "
+                      f"{_fmt(f['test']['macro_auroc'])} | {_fmt(f['test']['macro_auprc'])} | "
+                      f"{_fmt(f['test']['macro_f1'])} |" for f in run["folds"]]
+            lines.append("")
+    head = runs[0]
+    lines += [f"## Per class ({head['name']}, model {head['model']})", "",
+              "| class | test positives | AUROC | AUPRC | F1 | threshold (val) |",
+              "|---|---|---|---|---|---|"]
+    for name, e in head["test"]["per_class"].items():
+        lines.append(f"| {display(report, name)} | {e['n_pos']}/{e['n_pos'] + e['n_neg']} "
+                     f"| {_fmt(e['auroc'])} | {_fmt(e['auprc'])} | {_fmt(e['f1'])} "
+                     f"| {_fmt(e['threshold'])} |")
+    return lines + [""]
+
+
+def _comparison_markdown(report: dict, comparison: dict) -> list[str]:
+    lines = [f"## A vs B: {comparison['run']}", "",
+             f"**{comparison['verdict']}** (macro AUROC, paired bootstrap over "
+             f"{comparison['n']} records, patients resampled together)", "",
+             f"| figure | A | B | A − B | {_level(comparison['alpha'])} CI "
+             "| p (paired bootstrap) |",
+             "|---|---|---|---|---|---|"]
+    for key in ("macro_auroc", "macro_auprc"):
+        m = comparison[key]
+        lines.append(f"| {key.replace('_', ' ')} | {_fmt(m['a'])} | {_fmt(m['b'])} | "
+                     f"{_fmt(m['difference'])} | {_ci(m['ci'])} | {_p(m['p'])} |")
+    lines += ["", "| class | positives | AUROC A | AUROC B | A − B "
+              f"| {_level(comparison['alpha'])} CI (DeLong) "
+              "| p (DeLong) | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for name, c in comparison["per_class"].items():
+        if "skipped" in c:
+            lines.append(f"| {display(report, name)} | {DASH} | {DASH} | {DASH} | {DASH} | "
+                         f"{DASH} | {DASH} | {c['skipped'].replace('_', ' ')} |")
+            continue
+        lines.append(f"| {display(report, name)} | {c['n_pos']}/{c['n_pos'] + c['n_neg']} | "
+                     f"{_fmt(c['auroc_a'])} | {_fmt(c['auroc_b'])} | {_fmt(c['difference'])} "
+                     f"| {_ci(c['ci'])} | {_p(c['p'])} | {c['verdict']} |")
+    return lines + [""]
+
+
 def markdown(report: dict) -> str:
-    """The report as Markdown tables: protocols, per-class figures, cross-domain drops."""
+    """The report as Markdown tables: models, runs, folds, per-class figures, cross-domain
+    drops, and the paired comparisons of two models."""
     lines = [f"# {report.get('title', 'Evaluation')}", ""]
     settings = report.get("settings", {})
     if settings:
-        lines.append(", ".join(f"{k}: `{v}`" for k, v in settings.items()))
+        lines += [", ".join(f"{k}: `{v}`" for k, v in settings.items()), ""]
+    models = report.get("models", {})
+    if models:
+        lines += ["| model | checkpoint | backbone | data path and crops | crop averaging |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {label} | {m['checkpoint']} | {m['backbone']} | {m['data']} | "
+                  f"{m['crop_averaging']} |" for label, m in models.items()]
         lines.append("")
-    runs = report.get("runs", [])
-    if runs:
-        lines += ["## Test results", "",
-                  "| run | leads | label fraction | train records | test records | macro AUROC "
-                  "| 95% CI | macro AUPRC | macro F1 | skipped classes |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        for run in runs:
-            test = run["test"]
-            skipped = ", ".join(f"{display(report, s['class'])}: {s['reason'].replace('_', ' ')}"
-                                for s in test["skipped"]) or DASH
-            lines.append(
-                f"| {run['name']} | {run['protocol']['leads']} | "
-                f"{run['protocol']['label_fraction']:g} | {run['n_train']} | {test['n']} | "
-                f"{_fmt(test['macro_auroc'])} | {_ci(test.get('ci'))} | "
-                f"{_fmt(test['macro_auprc'])} | {_fmt(test['macro_f1'])} | {skipped} |")
-        lines.append("")
-        head = runs[0]
-        lines += [f"## Per class ({head['name']})", "",
-                  "| class | test positives | AUROC | AUPRC | F1 | threshold (val) |",
-                  "|---|---|---|---|---|---|"]
-        for name, e in head["test"]["per_class"].items():
-            lines.append(f"| {display(report, name)} | {e['n_pos']}/{e['n_pos'] + e['n_neg']} "
-                         f"| {_fmt(e['auroc'])} "
-                         f"| {_fmt(e['auprc'])} | {_fmt(e['f1'])} | {_fmt(e['threshold'])} |")
-        lines.append("")
+    if report.get("runs"):
+        lines += _runs_markdown(report)
+    for comparison in report.get("comparisons", []):
+        lines += _comparison_markdown(report, comparison)
     cross = report.get("cross_domain", [])
     if cross:
         lines += ["## Cross-domain (head trained on one source)", "",
-                  "| train source | test source | in-domain AUROC | out-of-domain AUROC | drop "
-                  "| common classes | out-of-domain macro AUROC (all scorable) |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| model | train source | test source | in-domain AUROC | out-of-domain AUROC "
+                  "| drop | common classes | out-of-domain macro AUROC (all scorable) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for entry in cross:
             for other, drop in entry["drop"].items():
                 lines.append(
-                    f"| {entry['train_source']} | {other} | {_fmt(drop['in_domain'])} | "
-                    f"{_fmt(drop['out_of_domain'])} | {_fmt(drop['drop'])} | "
-                    f"{len(drop['classes'])} | "
+                    f"| {entry['model']} | {entry['train_source']} | {other} | "
+                    f"{_fmt(drop['in_domain'])} | {_fmt(drop['out_of_domain'])} | "
+                    f"{_fmt(drop['drop'])} | {len(drop['classes'])} | "
                     f"{_fmt(entry['out_of_domain'][other]['macro_auroc'])} |")
+        lines.append("")
+    drops = report.get("cross_domain_comparisons", [])
+    if drops:
+        lines += ["## Robustness: the drop of A vs the drop of B (paired bootstrap)", "",
+                  "| train source | test source | drop A | drop B | A − B "
+                  f"| {_level(drops[0]['alpha'])} CI | p | verdict |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {d['train_source']} | {d['test_source']} | {_fmt(d['drop_a'])} | "
+                  f"{_fmt(d['drop_b'])} | {_fmt(d['difference'])} | {_ci(d['ci'])} | "
+                  f"{_p(d['p'])} | {d['verdict']} |" for d in drops]
         lines.append("")
     return "\n".join(lines)
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")  # files only: no display on servers or in CI
-    import matplotlib.pyplot as plt
-    return plt
+def new_report(*, title: str, command: str, settings: dict, data, models: dict, runs: list,
+               cross_domain: list, record_folds=None, comparisons=(),
+               cross_domain_comparisons=(), seconds: float) -> dict:
+    """report.json's one schema (README, "Report schema"), whatever the command and protocol:
+    every key is present; what a protocol does not produce is an empty list or None."""
+    comparisons = list(comparisons)
+    head = runs[0]
+    return {
+        "title": title, "command": command, "settings": settings, "models": models,
+        "label_type": data.label_type, "classes": list(data.classes),
+        "class_display": data.display,
+        "records": {"total": int(len(data.infos)),
+                    **{s: int(np.sum(data.splits == s)) for s in ("train", "val", "test")},
+                    "folds": [int(len(part["test"])) for part in record_folds or []]},
+        "headline": {"run": head["name"], "model": head["model"],
+                     "macro_auroc": head["test"]["macro_auroc"], "ci": head["test"]["ci"],
+                     "verdict": comparisons[0]["verdict"] if comparisons else None},
+        "runs": runs, "cross_domain": cross_domain, "comparisons": comparisons,
+        "cross_domain_comparisons": list(cross_domain_comparisons),
+        "seconds": round(float(seconds), 1),
+    }
 
 
-def plot_roc(labels: np.ndarray, scores: np.ndarray, class_names, path, title: str) -> None:
-    """One ROC curve per scorable class, AUROC in the legend."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 6))
-    drawn = 0
-    for c, name in enumerate(class_names):
-        if metrics.class_status(labels[:, c]) is not None:
-            continue
-        fpr, tpr = metrics.roc_curve(labels[:, c], scores[:, c])
-        # Straight segments between operating points: the area under them is the AUROC
-        # (tied scores give a diagonal segment, as in sklearn's RocCurveDisplay).
-        ax.plot(fpr, tpr, lw=1.5,
-                label=f"{name} ({metrics.auroc(labels[:, c], scores[:, c]):.3f})")
-        drawn += 1
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false-positive rate", ylabel="true-positive rate",
-           title=title)
-    if drawn:
-        ax.legend(fontsize=7, loc="lower right", title="class (AUROC)", title_fontsize=7)
-    else:
-        ax.text(0.5, 0.5, "no class has both positives and negatives", ha="center")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, format="png")
-    plt.close(fig)
-
-
-def pca_2d(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """First two principal components (numpy SVD of centred features) and their variance ratios;
-    a component that does not exist (one record, one feature) is all zeros with ratio 0."""
-    x = np.asarray(features, np.float64)
-    x = x - x.mean(0)
-    _, s, vt = np.linalg.svd(x, full_matrices=False)
-    var = s ** 2
-    xy, ratio = np.zeros((len(x), 2)), np.zeros(2)
-    k = min(2, len(var))
-    xy[:, :k] = x @ vt[:k].T
-    ratio[:k] = var[:k] / max(var.sum(), 1e-12)
-    return xy, ratio
-
-
-def primary_label(labels: np.ndarray, class_names) -> list[str]:
-    """One colour group per record: its rarest positive class, or 'none'."""
-    order = np.argsort(labels.sum(0), kind="stable")
-    out = []
-    for row in labels > 0.5:
-        present = [c for c in order if row[c]]
-        out.append(class_names[present[0]] if present else "none")
-    return out
-
-
-def plot_embeddings(features: np.ndarray, groups: dict, path, title: str) -> None:
-    """PCA scatter of features, one panel per grouping (e.g. {"label": [...], "source": [...]})."""
-    plt = _pyplot()
-    xy, ratio = pca_2d(features)
-    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 5), squeeze=False)
-    cmap = plt.get_cmap("tab20")
-    for ax, (group_name, values) in zip(axes[0], groups.items()):
-        names = sorted(set(values))
-        for k, name in enumerate(names):
-            sel = np.array([v == name for v in values])
-            ax.scatter(xy[sel, 0], xy[sel, 1], s=14, color=cmap(k % 20), label=name, alpha=0.8)
-        ax.set(xlabel=f"PC1 ({100 * ratio[0]:.1f}%)",
-               ylabel=f"PC2 ({100 * ratio[1]:.1f}%)" if len(ratio) > 1 else "PC2",
-               title=f"{title}: by {group_name}")
-        ax.legend(fontsize=7, markerscale=1.2, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, format="png")
-    plt.close(fig)
+def prediction_arrays(pred: dict, classes, **more) -> dict:
+    """predictions.npz's arrays: one row per test example (every record once with K folds)."""
+    arrays = {"record_id": np.asarray(pred["ids"], dtype=str), "labels": pred["labels"],
+              "probs": pred["probs"], "classes": np.asarray(classes, dtype=str),
+              "row": pred["rows"]}
+    if "fold" in pred:
+        arrays["fold"] = pred["fold"]
+    return {**arrays, **more}
 
 
 def workdir_path(workdir: str, *, inputs=()) -> pathlib.Path:
@@ -169,13 +197,15 @@ def workdir_path(workdir: str, *, inputs=()) -> pathlib.Path:
                                   create=False)
 
 
-def write_all(report: dict, workdir, *, roc=None, embeddings=None, predictions=None) -> dict:
+def write_all(report: dict, workdir, *, roc=None, embeddings=None, predictions=None,
+              paired: bool = False) -> dict:
     """Writes report.json, report.md and the PNGs under workdir; returns their paths.
 
     roc: (labels, scores, class_names, title) of the headline test run.
     embeddings: (features, {"label": [...], "source": [...]}, title).
     predictions: arrays saved to predictions.npz (record ids, labels, probabilities of the
         headline test run), so any figure of the report can be recomputed independently.
+    paired: paired_differences.png of the report's comparisons.
     """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -192,9 +222,13 @@ def write_all(report: dict, workdir, *, roc=None, embeddings=None, predictions=N
         files.write_atomic(paths["predictions"], save_npz)
     if roc is not None:
         paths["roc"] = workdir / "roc.png"
-        files.write_atomic(paths["roc"], lambda tmp: plot_roc(*roc[:3], tmp, roc[3]))
+        files.write_atomic(paths["roc"], lambda tmp: plots.plot_roc(*roc[:3], tmp, roc[3]))
     if embeddings is not None:
         paths["embeddings"] = workdir / "embeddings_pca.png"
-        files.write_atomic(paths["embeddings"], lambda tmp: plot_embeddings(
+        files.write_atomic(paths["embeddings"], lambda tmp: plots.plot_embeddings(
             embeddings[0], embeddings[1], tmp, embeddings[2]))
+    if paired and report["comparisons"]:
+        paths["paired"] = workdir / "paired_differences.png"
+        files.write_atomic(paths["paired"], lambda tmp: plots.plot_paired_differences(
+            report["comparisons"], report.get("class_display", {}), report["models"], tmp))
     return {k: str(v) for k, v in paths.items()}

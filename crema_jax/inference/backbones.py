@@ -203,6 +203,11 @@ def load(checkpoint: str, *, backbone: str = "", model_size: str = "tiny", seed:
          with_head: bool = False) -> Backbone:
     """The backbone of a checkpoint (or 'random'); with_head keeps its classification head."""
     config, params = load_config_and_params(checkpoint, backbone=backbone, model_size=model_size)
+    return build(config, params, seed=seed, with_head=with_head)
+
+
+def build(config, params, *, seed: int = 0, with_head: bool = False) -> Backbone:
+    """The backbone of a config and its params (None: randomly initialised from `seed`)."""
     fam = family(config)
     classes = fam.num_classes(config) if with_head else 0
     graphdef, state = fam.build(config, params, seed=seed, num_classes=classes)
@@ -227,12 +232,18 @@ def eval_data_config(backbone_or_config, leads, *, batch_size: int, num_workers:
 
 
 # ------------------------------------------------------------------------------------ applying
+def data_path_summary(data_cfg) -> str:
+    """The data path and the crops it cuts, e.g. 'crema: 250 Hz, 3 crop(s) of 2250, embedding
+    averaging' (two models with the same summary read the same crops)."""
+    return (f"{data_cfg.preset}: {data_cfg.target_fs:g} Hz, {data_cfg.eval_num_crops} crop(s) "
+            f"of {data_cfg.crop_samples}, {data_cfg.eval_crop_average} averaging")
+
+
 def describe_data_path(data_cfg, preset_flag: str = "") -> str:
     """One line naming the data path a command uses and where it came from."""
     origin = "--preset" if preset_flag else "the checkpoint's config"
-    return (f"data path: {data_cfg.preset} (from {origin}; {data_cfg.target_fs:g} Hz, "
-            f"{data_cfg.eval_num_crops} crop(s) of {data_cfg.crop_samples}, "
-            f"{data_cfg.eval_crop_average} averaging)")
+    name, details = data_path_summary(data_cfg).split(": ", 1)
+    return f"data path: {name} (from {origin}; {details})"
 
 
 def data_mesh(devices=None) -> jax.sharding.Mesh:

@@ -15,24 +15,31 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "crema_jax"
 CLI = [sys.executable, "-m", "crema_jax.main"]
 
 # Flags each command must list, chosen so that no other command has them: every command's
-# --help must show its own and none of the others'.
+# --help must show its own and none of the others' (nor those in ABSENT).
 OWN_FLAGS = {
     "preview": ["--mask_ratio", "--record"],
     "prepare": ["--records_per_shard", "--workers", "--stop_after_shards", "--strict"],
     "pretrain": ["--config", "--dry_run", "--topology", "--coordinator_address"],
-    "probe": ["--l2_grid", "--probe_optimizer", "--probe_steps"],
-    "finetune": ["--epochs", "--layer_decay", "--patience"],
+    "probe": [],
+    "finetune": [],
+    "compare": ["--checkpoint_b", "--backbone_b", "--alpha", "--method"],
     "embed": ["--input", "--raw", "--logits", "--fs"],
     "predict": ["--top", "--model"],
     "export-torch": ["--include_decoder"],
     "import-torch": ["--format"],
 }
+EVALUATION = ["--checkpoint", "--label_fractions", "--lead_sets", "--cross_domain", "--folds",
+              "--root", "--layout", "--workdir", "--seed"]
+PROBE_HEAD = ["--l2_grid", "--probe_optimizer", "--probe_steps"]
+FINETUNE_RECIPE = ["--epochs", "--layer_decay", "--patience"]
 # Shared by design (evaluation commands take a checkpoint), listed where they belong.
-SHARED = {"probe": ["--checkpoint", "--label_fractions", "--cross_domain"], "finetune": ["--checkpoint", "--lead_sets"],
+SHARED = {"probe": EVALUATION + PROBE_HEAD, "finetune": EVALUATION + FINETUNE_RECIPE,
+          "compare": EVALUATION + PROBE_HEAD + FINETUNE_RECIPE,
           "embed": ["--checkpoint", "--out"], "predict": ["--checkpoint", "--out"],
           "export-torch": ["--checkpoint", "--out", "--layout"], "import-torch": ["--out"],
           "prepare": ["--root", "--out", "--layout"], "pretrain": ["--workdir"],
           "preview": ["--out", "--seed"]}
+ABSENT = {"probe": FINETUNE_RECIPE, "finetune": PROBE_HEAD}
 
 
 def _run(*args):
@@ -53,6 +60,7 @@ def test_help_lists_the_commands_own_flags_and_no_others(name):
     for flag in OWN_FLAGS[name] + SHARED[name]:
         assert flag in listed, (name, flag, done.stdout)
     foreign = {f for other, flags in OWN_FLAGS.items() if other != name for f in flags}
+    foreign |= set(ABSENT.get(name, []))
     assert not listed & foreign, (name, listed & foreign)
     # Not absl's or JAX's global flags either, and every flag has help text and a default.
     assert "--verbosity" not in listed and "jax_" not in done.stdout and "--helpfull" not in listed

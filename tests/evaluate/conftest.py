@@ -1,5 +1,6 @@
-"""A checkpoint written by `crema-jax pretrain` (2 steps of configs/crema_tiny.py), shared by the
-evaluation tests of this session."""
+"""Shared by the evaluation tests of this session: a checkpoint written by `crema-jax pretrain`
+(2 steps of configs/crema_tiny.py), and a manifest giving the 50 CinC records patients."""
+import csv
 import os
 import pathlib
 import subprocess
@@ -28,3 +29,28 @@ def pretrained_workdir(tmp_path_factory):
                            f"{done.stderr[-3000:]}")
     assert (workdir / "checkpoints" / "2").is_dir(), list(workdir.iterdir())
     return workdir
+
+
+def header_labels(header: pathlib.Path) -> set:
+    """The SNOMED codes of a WFDB header's `# Dx:` line, read by hand."""
+    for line in header.read_text().splitlines():
+        if line.startswith("# Dx:"):
+            return {code.strip() for code in line[5:].split(",")}
+    return set()
+
+
+@pytest.fixture(scope="session")
+def manifest(cinc_sample_dir, tmp_path_factory):
+    """The CinC records with their header labels; consecutive records of a source share a
+    patient."""
+    path = tmp_path_factory.mktemp("manifest") / "manifest.csv"
+    heads = sorted(cinc_sample_dir.glob("*.hea"))
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "labels", "patient_id"])
+        for i, head in enumerate(heads):
+            writer.writerow([str(head.with_suffix("")),
+                             ";".join(sorted(header_labels(head))),
+                             f"P{i // 2}"])
+    patients = {head.stem: f"P{i // 2}" for i, head in enumerate(heads)}
+    return path, patients

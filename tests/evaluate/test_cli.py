@@ -13,9 +13,15 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from crema_jax.cli import finetune, probe
+from tests.evaluate.conftest import header_labels
 
 COMMON = dict(split_fractions=["0.6", "0.2", "0.2"], min_positives=3, bootstrap=50,
               batch_size=16)
+# report.json's one schema (README, "Report schema"): every command, every protocol.
+SCHEMA = {"title", "command", "settings", "models", "label_type", "classes", "class_display",
+          "records", "headline", "runs", "cross_domain", "comparisons",
+          "cross_domain_comparisons", "seconds"}
+RUN_KEYS = {"name", "model", "protocol", "n_train", "n_val", "test"}
 
 
 def _run(command, **flags):
@@ -32,15 +38,13 @@ def _run(command, **flags):
 
 
 def _header_labels(root: pathlib.Path, record_id: str) -> set:
-    for line in (root / f"{record_id}.hea").read_text().splitlines():
-        if line.startswith("# Dx:"):
-            return {code.strip() for code in line[5:].split(",")}
-    return set()
+    return header_labels(root / f"{record_id}.hea")
 
 
 def _check_outputs(workdir: pathlib.Path, root: pathlib.Path) -> dict:
     report = json.loads((workdir / "report.json").read_text())
     assert "NaN" not in (workdir / "report.json").read_text()
+    assert set(report) == SCHEMA and all(RUN_KEYS <= set(run) for run in report["runs"])
     pred = np.load(workdir / "predictions.npz")
     classes = list(pred["classes"])
     assert classes == report["classes"]
@@ -56,7 +60,7 @@ def _check_outputs(workdir: pathlib.Path, root: pathlib.Path) -> dict:
     assert {s["class"] for s in test["skipped"]} == {classes[c] for c in range(len(classes))
                                                       if c not in ok}
     assert test["ci"]["low"] <= test["ci"]["high"]
-    assert "| run | leads |" in (workdir / "report.md").read_text()
+    assert "| run | model | leads |" in (workdir / "report.md").read_text()
     for png in ("roc.png", "embeddings_pca.png"):
         assert matplotlib.image.imread(workdir / png).shape[0] > 300
     return report
@@ -131,7 +135,7 @@ def test_finetune_lead_i_end_to_end(pretrained_workdir, cinc_sample_dir, tmp_pat
     run = report["runs"][0]
     assert [h["epoch"] for h in run["history"]] == [1, 2]
     assert run["best_epoch"] in (1, 2)
-    assert report["prediction_averaging"] == "mean of the crops' logits"
+    assert report["models"]["A"]["crop_averaging"] == "mean of the crops' logits"
 
 
 def test_random_init_baseline_probe(cinc_sample_dir, tmp_path):
@@ -158,3 +162,64 @@ def test_net1d_backbone_probe(cinc_sample_dir, tmp_path):
          cross_domain=False, probe_optimizer="adam", probe_steps=100, **COMMON)
     report = _check_outputs(tmp_path / "out", cinc_sample_dir)
     assert report["title"].startswith("Linear probe: net1d")
+
+
+def _scorable(labels):
+    return [c for c in range(labels.shape[1]) if 0 < labels[:, c].sum() < len(labels)]
+
+
+def _macro(labels, probs):
+    ok = _scorable(labels)
+    return roc_auc_score(labels[:, ok], probs[:, ok], average="macro")
+
+
+def test_probe_folds_test_every_record_once_and_keep_patients_together(
+        pretrained_workdir, cinc_sample_dir, manifest, tmp_path):
+    csv_path, patients = manifest
+    _run(probe, checkpoint=str(pretrained_workdir), layout="manifest", root=str(csv_path),
+         workdir=str(tmp_path), folds=5, min_positives=5, probe_steps=50, bootstrap=50,
+         batch_size=16)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report) == SCHEMA and RUN_KEYS | {"folds", "fold_summary"} <= set(report["runs"][0])
+    pred = np.load(tmp_path / "predictions.npz")
+    ids = [str(r) for r in pred["record_id"]]
+    assert sorted(ids) == sorted(patients) and len(set(ids)) == 50   # every record, once
+    classes = list(pred["classes"])
+    for rid, row in zip(ids, pred["labels"]):
+        assert {c for c, y in zip(classes, row) if y} == _header_labels(cinc_sample_dir, rid) \
+            & set(classes)
+    fold = pred["fold"]
+    for patient in set(patients.values()):
+        assert len({int(f) for r, f in zip(ids, fold) if patients[r] == patient}) == 1
+    # Stratified by counting: each class's positives per fold are within one patient's records
+    # (2) of its fifth.
+    for c in range(len(classes)):
+        per_fold = np.bincount(fold[pred["labels"][:, c] > 0], minlength=6)[1:]
+        assert np.abs(per_fold - pred["labels"][:, c].sum() / 5).max() <= 2, (c, per_fold)
+    run = report["runs"][0]
+    assert run["protocol"]["folds"] == 5 and report["records"]["folds"] == \
+        np.bincount(fold)[1:].tolist()
+    assert run["test"]["macro_auroc"] == pytest.approx(_macro(pred["labels"], pred["probs"]),
+                                                       abs=1e-9)
+    per_fold = [_macro(pred["labels"][fold == f], pred["probs"][fold == f]) for f in range(1, 6)]
+    assert [f["test"]["macro_auroc"] for f in run["folds"]] == pytest.approx(per_fold, abs=1e-9)
+    summary = run["fold_summary"]["macro_auroc"]
+    assert summary["mean"] == pytest.approx(np.mean(per_fold), abs=1e-12)
+    assert summary["std"] == pytest.approx(np.std(per_fold, ddof=1), abs=1e-12)
+    assert run["test"]["ci"]["low"] < run["test"]["macro_auroc"] < run["test"]["ci"]["high"]
+    assert report["headline"]["macro_auroc"] == run["test"]["macro_auroc"]
+    assert "### Folds of probe leads=12 labels=1 folds=5" in (tmp_path / "report.md").read_text()
+
+
+def test_finetune_folds_test_every_record_once(pretrained_workdir, cinc_sample_dir, tmp_path):
+    _run(finetune, checkpoint=str(pretrained_workdir), root=str(cinc_sample_dir),
+         workdir=str(tmp_path), folds=3, min_positives=5, lead_sets=["I"], epochs=1,
+         steps_per_epoch=1, patience=0, bootstrap=20, batch_size=16)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report) == SCHEMA and report["command"] == "finetune"
+    pred = np.load(tmp_path / "predictions.npz")
+    assert len(set(pred["record_id"].tolist())) == len(pred["record_id"]) == 50
+    run = report["runs"][0]
+    assert [f["history"][0]["epoch"] for f in run["folds"]] == [1, 1, 1]
+    assert run["test"]["macro_auroc"] == pytest.approx(_macro(pred["labels"], pred["probs"]),
+                                                       abs=1e-9)

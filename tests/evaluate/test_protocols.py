@@ -31,6 +31,22 @@ def test_resplit_gives_every_source_every_split_deterministically():
     assert rev[::-1] == splits
 
 
+def test_resplit_keeps_a_patients_records_in_one_split():
+    infos = [SimpleNamespace(record_id=f"r{i:03d}", source="s" if i < 60 else "t",
+                             labels=("a",), meta={"patient_id": f"p{i // 3}"})
+             for i in range(90)]                                  # 30 patients of 3 records
+    splits = protocols.resplit(infos, (0.6, 0.2, 0.2), seed=0)
+    by_patient = collections.defaultdict(set)
+    for info, split in zip(infos, splits):
+        by_patient[info.meta["patient_id"]].add(split)
+    assert all(len(s) == 1 for s in by_patient.values())
+    for source, n in (("s", 60), ("t", 30)):
+        counts = collections.Counter(s for i, s in zip(infos, splits) if i.source == source)
+        for split, fraction in zip(protocols.SPLITS, (0.6, 0.2, 0.2)):
+            assert abs(counts[split] - fraction * n) < 3, (source, counts)  # within a patient
+    assert splits != protocols.resplit(infos, (0.6, 0.2, 0.2), seed=1)
+
+
 @pytest.mark.parametrize("n,fractions,expected", [
     (10, (0.8, 0.1, 0.1), [8, 1, 1]), (3, (0.9, 0.05, 0.05), [1, 1, 1]),
     (7, (0.5, 0.25, 0.25), [3, 2, 2]), (2, (0.6, 0.2, 0.2), [1, 1, 0])])

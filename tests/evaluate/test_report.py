@@ -6,7 +6,7 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.metrics import roc_auc_score
 
-from crema_jax.evaluate import metrics, report
+from crema_jax.evaluate import metrics, plots, report
 
 
 def _report(rng):
@@ -16,9 +16,9 @@ def _report(rng):
     test = metrics.classification_report(labels, scores, ["AF", "PAC", "RBBB"],
                                          thresholds=np.full(3, 0.5))
     test["ci"] = metrics.bootstrap_ci(labels, scores, n_resamples=50)
-    run = {"name": "probe", "protocol": {"leads": "12", "label_fraction": 1.0},
+    run = {"name": "probe", "model": "A", "protocol": {"leads": "12", "label_fraction": 1.0},
            "n_train": 30, "test": test}
-    cross = {"train_source": "georgia", "out_of_domain": {"ningbo": test},
+    cross = {"model": "A", "train_source": "georgia", "out_of_domain": {"ningbo": test},
              "drop": {"ningbo": {"classes": ["AF"], "in_domain": 0.9, "out_of_domain": 0.7,
                                  "drop": 0.2}}}
     return labels, scores, {"title": "t", "settings": {"seed": 0}, "runs": [run],
@@ -40,7 +40,7 @@ def test_write_all_outputs(tmp_path):
     macro = roc_auc_score(labels[:, :2], scores[:, :2], average="macro")
     assert f"| {macro:.3f} |" in md
     assert "RBBB: no positives" in md
-    assert "| georgia | ningbo | 0.900 | 0.700 | 0.200 | 1 |" in md
+    assert "| A | georgia | ningbo | 0.900 | 0.700 | 0.200 | 1 |" in md
     rep["class_display"] = {"AF": "atrial fibrillation"}
     assert "| atrial fibrillation (AF) |" in report.markdown(rep)
     for key in ("roc", "embeddings"):
@@ -51,7 +51,7 @@ def test_write_all_outputs(tmp_path):
 
 def test_pca_matches_sklearn_up_to_sign():
     x = np.random.default_rng(1).normal(size=(50, 6)) * np.arange(1, 7)
-    xy, ratio = report.pca_2d(x)
+    xy, ratio = plots.pca_2d(x)
     ref = PCA(n_components=2).fit(x)
     proj = ref.transform(x)
     for k in range(2):
@@ -62,4 +62,4 @@ def test_pca_matches_sklearn_up_to_sign():
 
 def test_primary_label_is_rarest_positive():
     labels = np.array([[1, 1, 0], [1, 0, 0], [0, 0, 0], [1, 0, 1]], np.float32)
-    assert report.primary_label(labels, ["a", "b", "c"]) == ["b", "a", "none", "c"]
+    assert plots.primary_label(labels, ["a", "b", "c"]) == ["b", "a", "none", "c"]

@@ -1,0 +1,52 @@
+"""`crema-jax compare`: two models on the same folds and crops; is their difference real?
+
+    crema-jax compare --checkpoint=PRETRAIN_WORKDIR --checkpoint_b=random --root=DATA \
+        --workdir=/tmp/cmp --folds=5
+    crema-jax compare --checkpoint=CREMA --checkpoint_b=ECGFOUNDER_IMPORT --root=DATA \
+        --workdir=/tmp/cmp_net1d --folds=5 --cross_domain --split_fractions=0.6,0.2,0.2
+
+Model A (--checkpoint) and model B (--checkpoint_b: a checkpoint, or 'random' = A's
+architecture and data path randomly initialised) go through the same runs (the same splits or
+folds, label fractions and lead sets) by linear probing or fine-tuning (--method). Per class:
+AUROC(A) - AUROC(B) with DeLong's test; macro AUROC and AUPRC: a paired bootstrap over patients;
+a verdict "A better / B better / no detectable difference at alpha". With --cross_domain: each
+model's in-domain minus out-of-domain drop and the paired difference of the drops. Writes
+report.json, report.md, paired_differences.png and predictions.npz.
+"""
+from crema_jax.cli import command, evaluation_flags
+
+COMMAND = command.Command(
+    "compare", __doc__, usage="--checkpoint=DIR|random --checkpoint_b=DIR|random "
+    "(--root=DIR | --cache_dir=DIR) --workdir=DIR")
+evaluation_flags.add(COMMAND)
+COMMAND.string("checkpoint_b", None, "Model B: a checkpoint (workdir or step dir, e.g. an "
+               "imported ECGFounder), or 'random': model A's architecture and data path with "
+               "a random init (seeded by --seed).", required=True)
+COMMAND.string("backbone_b", "", "With --checkpoint_b=random: sit or net1d instead of model "
+               "A's family (then that family's default; a SiT of --model_size).")
+COMMAND.enum("method", "probe", ["probe", "finetune"], "How both models are evaluated: a "
+             "linear probe of frozen features, or full fine-tuning.")
+COMMAND.float("alpha", 0.05, "Significance level of the verdicts and level of the "
+              "(1 - alpha) CIs of the differences.")
+evaluation_flags.add_probe_head(COMMAND)
+evaluation_flags.add_finetune_recipe(COMMAND)
+
+
+@COMMAND.main
+def main(args) -> None:
+    from crema_jax.evaluate import compare, report
+
+    if not 0 < args.alpha < 1:
+        raise command.CommandError(f"--alpha={args.alpha}: expected 0 < alpha < 1")
+    settings = {**evaluation_flags.settings(args), "checkpoint_b": args.checkpoint_b,
+                "backbone_b": args.backbone_b, "method": args.method, "alpha": args.alpha}
+    method_kwargs = (evaluation_flags.probe_head(args) if args.method == "probe"
+                     else evaluation_flags.finetune_recipe(args))
+    result = compare.run_compare(settings, method_kwargs)
+    print(report.markdown(result))
+    for comparison in result["comparisons"]:
+        print(f"{comparison['run']}: {comparison['verdict']}")
+    for drop in result["cross_domain_comparisons"]:
+        print(f"drop {drop['train_source']} -> {drop['test_source']}: {drop['verdict']}")
+    print(f"wrote {settings['workdir']}/report.json, report.md, paired_differences.png, "
+          "predictions.npz")

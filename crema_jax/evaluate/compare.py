@@ -1,0 +1,136 @@
+"""Two models on the same records, folds and crops, with paired tests (`crema-jax compare`).
+
+Model A is --checkpoint; model B is --checkpoint_b: another checkpoint, an imported ECGFounder
+(Net1D), or "random": A's own architecture and data path, randomly initialised (seeded), so the
+two read identical crops (--backbone_b=sit|net1d picks another family's default instead). Both
+go through the same protocol runs (runs.py: the same splits or the same K folds, label
+fractions, lead sets) by linear probing (features once per model and lead set) or fine-tuning.
+
+Each run's predictions are paired record by record (a record's windows averaged, records only
+one model could read left out and counted), then compared (paired.py): per class DeLong's test,
+macro AUROC and AUPRC by a paired bootstrap over patients, and a verdict at --alpha. With
+--cross_domain, each model's in-domain minus out-of-domain drop, and the paired difference of
+the two drops.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from crema_jax.evaluate import datasets, finetune, folds, linear_probe, paired, report
+from crema_jax.inference import backbones
+
+METHODS = ("probe", "finetune")
+
+
+def load_models(settings: dict) -> dict:
+    """{"A": (config, params), "B": (config, params)} (params None: random init)."""
+    config_a, params_a = backbones.load_config_and_params(
+        settings["checkpoint"], backbone=settings["backbone"], model_size=settings["model_size"])
+    name_b = settings["backbone_b"]
+    if settings["checkpoint_b"] != backbones.RANDOM:
+        b = backbones.load_config_and_params(settings["checkpoint_b"], backbone=name_b)
+    elif not name_b or name_b == backbones.family(config_a).name:
+        b = (config_a.copy_and_resolve_references(), None)
+    else:
+        b = backbones.load_config_and_params(backbones.RANDOM, backbone=name_b,
+                                             model_size=settings["model_size"])
+    return {"A": (config_a, params_a), "B": b}
+
+
+def _evaluate(label, config, params, data, settings, method_kwargs, mesh, plan, groups):
+    own = {**settings, "checkpoint": settings["checkpoint" if label == "A" else "checkpoint_b"]}
+    if settings["method"] == "finetune":
+        return finetune.finetune_model(config, params, data, own, method_kwargs, mesh,
+                                       model=label, plan=plan, groups=groups)
+    backbone = backbones.build(config, params, seed=settings["seed"])
+    return linear_probe.probe_model(backbone, data, own, method_kwargs, mesh, model=label,
+                                    plan=plan, groups=groups)
+
+
+def per_record(pred: dict, n_classes: int):
+    """(records, probabilities (records, classes), fold per record or None): a record's
+    examples (windows) averaged."""
+    rows, inverse = np.unique(np.asarray(pred["rows"]), return_inverse=True)
+    probs = np.zeros((len(rows), n_classes))
+    np.add.at(probs, inverse, np.asarray(pred["probs"], np.float64))
+    probs /= np.bincount(inverse)[:, None]
+    fold = None
+    if "fold" in pred:
+        fold = np.zeros(len(rows), np.int64)
+        fold[inverse] = pred["fold"]  # a record's examples share its fold
+    return rows, probs, fold
+
+
+def pair(pred_a: dict, pred_b: dict, n_classes: int) -> dict:
+    """The records both models predicted, their two probabilities, and how many were not."""
+    rows_a, a, fold = per_record(pred_a, n_classes)
+    rows_b, b, _ = per_record(pred_b, n_classes)
+    rows, ia, ib = np.intersect1d(rows_a, rows_b, return_indices=True)
+    return {"rows": rows, "a": a[ia], "b": b[ib], "fold": None if fold is None else fold[ia],
+            "unpaired": {"A": int(len(rows_a) - len(rows)), "B": int(len(rows_b) - len(rows))}}
+
+
+def compare_runs(results: dict, data, groups, settings: dict):
+    """(comparisons, cross-domain comparisons, paired predictions of each run)."""
+    comparisons, drops, pairs = [], [], {}
+    n_classes, alpha = len(data.classes), settings["alpha"]
+    kwargs = dict(alpha=alpha, n_resamples=settings["bootstrap"], seed=settings["seed"])
+    for run in results["A"]["runs"]:
+        p = pair(results["A"]["predictions"]["runs"][run["name"]],
+                 results["B"]["predictions"]["runs"][run["name"]], n_classes)
+        test = paired.compare_predictions(data.labels[p["rows"]], p["a"], p["b"], data.classes,
+                                          groups=groups[p["rows"]], **kwargs)
+        comparisons.append({"run": run["name"], "protocol": run["protocol"],
+                            "unpaired": p["unpaired"], **test})
+        pairs[run["name"]] = p
+    cross_a = results["A"]["predictions"]["cross_domain"]
+    cross_b = results["B"]["predictions"]["cross_domain"]
+    for source, test_set in cross_a:
+        if test_set == "in_domain" or (source, test_set) not in cross_b:
+            continue
+        sets = []
+        for name in ("in_domain", test_set):
+            p = pair(cross_a[(source, name)], cross_b[(source, name)], n_classes)
+            sets.append({"labels": data.labels[p["rows"]], "a": p["a"], "b": p["b"],
+                         "groups": groups[p["rows"]]})
+        drops.append({"train_source": source, "test_source": test_set,
+                      **paired.paired_drop_difference(sets[0], sets[1], data.classes,
+                                                      **kwargs)})
+    return comparisons, drops, pairs
+
+
+def run_compare(settings: dict, method_kwargs: dict) -> dict:
+    """Both models through every protocol of `settings`, paired; writes report.json/.md,
+    paired_differences.png and predictions.npz (both models' paired probabilities)."""
+    start = time.time()
+    if settings["method"] not in METHODS:
+        raise ValueError(f"--method={settings['method']!r}: expected one of {METHODS}")
+    workdir = report.workdir_path(settings["workdir"], inputs=[
+        settings["checkpoint"], settings["checkpoint_b"], settings["root"],
+        settings["cache_dir"]])
+    models = load_models(settings)
+    data = datasets.load_dataset(settings)
+    plan, groups = folds.dataset_plan(data, settings)
+    mesh = backbones.data_mesh()
+    results = {label: _evaluate(label, *models[label], data, settings, method_kwargs, mesh,
+                                plan, groups) for label in models}
+    comparisons, drops, pairs = compare_runs(results, data, groups, settings)
+    descriptions = {label: results[label]["model"] for label in results}
+    out = report.new_report(
+        title=f"Compare ({settings['method']}): A = {settings['checkpoint']} vs "
+              f"B = {settings['checkpoint_b']}",
+        command="compare", settings={**settings, **method_kwargs}, data=data,
+        models=descriptions, runs=results["A"]["runs"] + results["B"]["runs"],
+        cross_domain=results["A"]["cross_domain"] + results["B"]["cross_domain"],
+        record_folds=plan, comparisons=comparisons, cross_domain_comparisons=drops,
+        seconds=time.time() - start)
+    head = pairs[comparisons[0]["run"]]
+    arrays = {"record_id": np.asarray([data.infos[r].record_id for r in head["rows"]]),
+              "row": head["rows"], "labels": data.labels[head["rows"]],
+              "probs_a": head["a"], "probs_b": head["b"], "classes": np.asarray(data.classes)}
+    if head["fold"] is not None:
+        arrays["fold"] = head["fold"]
+    report.write_all(out, workdir, predictions=arrays, paired=True)
+    return out

@@ -1,0 +1,186 @@
+"""Paired tests of two models scored on the SAME records: is a difference real?
+
+- Per class: DeLong, DeLong & Clarke-Pearson (1988), "Comparing the areas under two or more
+  correlated receiver operating characteristic curves", in the fast midrank form of Sun & Xu
+  (2014): each record's placement value (the fraction of the other class it outranks, ties one
+  half) for each model; var(AUC_A - AUC_B) = S10/m + S01/n from the covariances of the two
+  models' placements over the m positives (S10) and the n negatives (S01); z = difference / sd,
+  two-sided normal p-value.
+- Macro figures: a paired bootstrap. Each resample draws patients with replacement (all of a
+  patient's records together, metrics.Groups) and scores BOTH models on that same resample;
+  the statistic is macro(A) - macro(B) over the classes the resample can score.
+  CI: percentiles alpha/2 and 1 - alpha/2 (numpy's linear interpolation). p = min(1,
+  2 min(P*(d <= 0), P*(d >= 0))) over the resamples: the alpha at which the percentile CI
+  reaches 0, so "p < alpha" and "the CI excludes 0" agree (up to that interpolation).
+- Verdict at alpha: "A better" / "B better" when p < alpha, else "no detectable difference".
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.stats
+
+from crema_jax.evaluate import metrics
+
+ALPHA = 0.05
+
+
+def verdict(difference: float | None, p: float | None, alpha: float) -> str:
+    if difference is None or p is None or p >= alpha or difference == 0:
+        return f"no detectable difference at alpha={alpha:g}"
+    return f"{'A' if difference > 0 else 'B'} better at alpha={alpha:g}"
+
+
+def _placements(y: np.ndarray, scores: np.ndarray):
+    """(AUC per model (k,), positives' placements (k, m), negatives' placements (k, n)) from
+    midranks: a positive's placement is the fraction of negatives below it (ties 1/2)."""
+    pos, neg = scores[:, y], scores[:, ~y]
+    m, n = pos.shape[1], neg.shape[1]
+    rank_all = scipy.stats.rankdata(np.concatenate([pos, neg], 1), axis=1)
+    rank_pos = scipy.stats.rankdata(pos, axis=1)
+    rank_neg = scipy.stats.rankdata(neg, axis=1)
+    v_pos = (rank_all[:, :m] - rank_pos) / n
+    v_neg = 1.0 - (rank_all[:, m:] - rank_neg) / m
+    auc = (rank_all[:, :m].sum(1) - m * (m + 1) / 2.0) / (m * n)
+    return auc, v_pos, v_neg
+
+
+def delong(y_true, scores_a, scores_b, *, alpha: float = ALPHA) -> dict:
+    """DeLong's test of AUC_A - AUC_B for one binary column scored by two models."""
+    y = np.asarray(y_true).reshape(-1) > 0.5
+    reason = metrics.class_status(y)
+    if reason is not None:
+        raise ValueError(f"DeLong's test is undefined for a class with "
+                         f"{reason.replace('_', ' ')}")
+    scores = np.stack([np.asarray(scores_a, np.float64).reshape(-1),
+                       np.asarray(scores_b, np.float64).reshape(-1)])
+    if scores.shape[1] != len(y):
+        raise ValueError(f"labels ({len(y)}) and scores {scores.shape[1:]} differ in length")
+    auc, v_pos, v_neg = _placements(y, scores)
+    m, n = v_pos.shape[1], v_neg.shape[1]
+    s10 = np.cov(v_pos) if m > 1 else np.zeros((2, 2))
+    s01 = np.cov(v_neg) if n > 1 else np.zeros((2, 2))
+    cov = s10 / m + s01 / n
+    diff = float(auc[0] - auc[1])
+    var = float(max(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1], 0.0))
+    sd = np.sqrt(var)
+    if sd > 0:
+        z = diff / sd
+        p = float(2 * scipy.stats.norm.sf(abs(z)))
+    else:  # no sampling variability: equal AUCs are no difference, unequal ones are certain
+        z, p = (0.0, 1.0) if diff == 0 else (float(np.copysign(np.inf, diff)), 0.0)
+    half = float(scipy.stats.norm.ppf(1 - alpha / 2) * sd)
+    return {"auroc_a": float(auc[0]), "auroc_b": float(auc[1]), "difference": diff,
+            "variance": var, "z": float(z), "p": p, "ci": {"low": diff - half, "high": diff + half},
+            "n_pos": int(m), "n_neg": int(n)}
+
+
+def _columnwise_auprc(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Average precision of every column (NaN where a column lacks a class)."""
+    out = np.full(labels.shape[1], np.nan)
+    for c in range(labels.shape[1]):
+        if metrics.class_status(labels[:, c]) is None:
+            out[c] = metrics.average_precision(labels[:, c], scores[:, c])
+    return out
+
+
+def _percentile_test(values: np.ndarray, alpha: float) -> tuple[dict, float | None]:
+    """(percentile CI, p-value) of bootstrap differences (module docstring)."""
+    if not len(values):
+        return {"low": None, "high": None}, None
+    low, high = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    p = float(min(1.0, 2 * min(np.mean(values <= 0), np.mean(values >= 0))))
+    return {"low": float(low), "high": float(high)}, p
+
+
+MACRO_METRICS = {"macro_auroc": metrics.columnwise_auroc, "macro_auprc": _columnwise_auprc}
+
+
+def paired_bootstrap(labels, scores_a, scores_b, *, metric: str = "macro_auroc", groups=None,
+                     n_resamples: int = 1000, seed: int = 0, alpha: float = ALPHA) -> dict:
+    """Macro(A) - macro(B) with its paired-bootstrap CI and p-value (module docstring)."""
+    labels = np.asarray(labels) > 0.5
+    scores_a, scores_b = np.asarray(scores_a, np.float64), np.asarray(scores_b, np.float64)
+    columnwise = MACRO_METRICS[metric]
+
+    def difference(idx):
+        a, b = columnwise(labels[idx], scores_a[idx]), columnwise(labels[idx], scores_b[idx])
+        scored = np.isfinite(a)  # the labels decide, so the same classes for both models
+        if not scored.any():
+            return np.nan, np.nan, np.nan
+        return float(a[scored].mean()), float(b[scored].mean()), float(
+            a[scored].mean() - b[scored].mean())
+
+    a, b, diff = difference(np.arange(len(labels)))
+    resampler = metrics.Groups(len(labels), groups)
+    rng = np.random.default_rng(seed)
+    values = np.array([difference(resampler.resample(rng))[2] for _ in range(n_resamples)])
+    values = values[np.isfinite(values)]
+    out = {"a": None if np.isnan(a) else a, "b": None if np.isnan(b) else b,
+           "difference": None if np.isnan(diff) else diff, "ci": {"low": None, "high": None},
+           "p": None, "n_resamples": n_resamples, "n_valid": int(len(values)), "seed": seed,
+           "alpha": alpha}
+    if out["difference"] is not None:
+        out["ci"], out["p"] = _percentile_test(values, alpha)
+    out["verdict"] = verdict(out["difference"], out["p"], alpha)
+    return out
+
+
+def compare_predictions(labels, probs_a, probs_b, classes, *, groups=None, alpha: float = ALPHA,
+                        n_resamples: int = 1000, seed: int = 0) -> dict:
+    """Per-class DeLong tests and paired-bootstrap macro AUROC/AUPRC differences of two models'
+    predictions on the same records (rows aligned); the verdict is the macro AUROC's."""
+    labels = np.asarray(labels)
+    per_class = {}
+    for c, name in enumerate(classes):
+        reason = metrics.class_status(labels[:, c])
+        if reason is not None:
+            per_class[name] = {"skipped": reason}
+            continue
+        test = delong(labels[:, c], probs_a[:, c], probs_b[:, c], alpha=alpha)
+        per_class[name] = {**test, "verdict": verdict(test["difference"], test["p"], alpha)}
+    macro = {metric: paired_bootstrap(labels, probs_a, probs_b, metric=metric, groups=groups,
+                                      n_resamples=n_resamples, seed=seed, alpha=alpha)
+             for metric in MACRO_METRICS}
+    return {"n": int(len(labels)), "alpha": alpha, "per_class": per_class, **macro,
+            "verdict": macro["macro_auroc"]["verdict"]}
+
+
+def paired_drop_difference(in_domain: dict, out_of_domain: dict, classes, *, alpha=ALPHA,
+                           n_resamples: int = 1000, seed: int = 0) -> dict:
+    """(in-domain - out-of-domain macro AUROC) of A minus that of B, with a paired bootstrap.
+
+    in_domain / out_of_domain: {"labels", "a", "b", "groups"} of two disjoint record sets. The
+    drop is taken over the classes scorable in both sets (protocols.common_class_macro); each
+    resample draws patients of each set (in-domain first, from one seeded generator) and uses
+    the classes scorable in both resampled sets."""
+    sets = (in_domain, out_of_domain)
+    y = [np.asarray(s["labels"]) > 0.5 for s in sets]
+    resamplers = [metrics.Groups(len(s["labels"]), s.get("groups")) for s in sets]
+
+    def drops(idx_in, idx_out):
+        auc = {m: [metrics.columnwise_auroc(y[k][idx], np.asarray(sets[k][m])[idx])
+                   for k, idx in enumerate((idx_in, idx_out))] for m in ("a", "b")}
+        common = np.isfinite(auc["a"][0]) & np.isfinite(auc["a"][1])
+        if not common.any():
+            return None
+        return {m: float(auc[m][0][common].mean() - auc[m][1][common].mean()) for m in auc}
+
+    observed = drops(np.arange(len(y[0])), np.arange(len(y[1])))
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_resamples):
+        d = drops(resamplers[0].resample(rng), resamplers[1].resample(rng))
+        if d is not None:
+            values.append(d["a"] - d["b"])
+    values = np.asarray(values)
+    out = {"drop_a": None, "drop_b": None, "difference": None, "ci": {"low": None, "high": None},
+           "p": None, "n_resamples": n_resamples, "n_valid": int(len(values)), "seed": seed,
+           "alpha": alpha, "n_in_domain": int(len(y[0])), "n_out_of_domain": int(len(y[1]))}
+    if observed is not None:
+        out.update(drop_a=observed["a"], drop_b=observed["b"],
+                   difference=observed["a"] - observed["b"])
+        out["ci"], out["p"] = _percentile_test(values, alpha)
+    # A smaller drop is the better (more robust) model: the verdict names it.
+    out["verdict"] = verdict(None if out["difference"] is None else -out["difference"],
+                             out["p"], alpha).replace("better", "more robust")
+    return out

@@ -1,0 +1,89 @@
+"""The protocol runs of one model, the same for a linear probe and for fine-tuning.
+
+A model is given as `fit_predict(train_rows, val_rows, tests)`: train a head on the dataset
+records `train_rows`, select it on `val_rows` (L2 strength, epoch), then predict each
+{name: rows} of `tests` once. It returns {"val": {"probs", "labels"}, "tests": {name: {"probs",
+"labels", "rows", "ids"}}, "info": {...}} where "rows" are the dataset record of each example
+(a record cut into windows gives several) and "info" goes into the run's report entry.
+
+Per lead set and label fraction, one run: on the layout's splits (train / val / test), or with
+K folds (folds.py) K heads whose out-of-fold predictions are pooled. With cross_domain, one
+head per source (on its train and val splits), tested in-domain and on every other source.
+Every test set's bootstrap CI resamples patients (`groups`: protocols.patient_keys).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from crema_jax.evaluate import folds, metrics, protocols
+
+
+def run_name(method: str, leads: str, fraction: float, k: int) -> str:
+    return f"{method} leads={leads} labels={fraction:g}" + (f" folds={k}" if k else "")
+
+
+def _scores(out, name, data, settings, groups):
+    """The test report of one test set of a fit_predict output; its CI resamples patients."""
+    pred = out["tests"][name]
+    return metrics.test_report(out["val"]["probs"], out["val"]["labels"], pred["probs"],
+                               pred["labels"], data.classes, bootstrap=settings["bootstrap"],
+                               seed=settings["seed"],
+                               groups=None if groups is None else groups[pred["rows"]])
+
+
+def _split_run(fit_predict, data, fraction, settings, groups):
+    train, val, test = (np.flatnonzero(data.splits == s) for s in protocols.SPLITS)
+    subset = train[protocols.label_fraction_subset(data.labels[train], fraction,
+                                                   seed=settings["seed"])]
+    out = fit_predict(subset, val, {"test": test})
+    pred = out["tests"]["test"]
+    scores = _scores(out, "test", data, settings, groups)
+    fields = {"n_train": int(len(subset)), "n_val": int(len(val)), "test": scores,
+              **out["info"]}
+    return fields, pred
+
+
+def _kfold_run(fit_predict, data, fraction, settings, plan, groups):
+    fields, oof = folds.cross_validate(fit_predict, plan, data.labels, groups, data.classes,
+                                       label_fraction=fraction, seed=settings["seed"],
+                                       bootstrap=settings["bootstrap"])
+    sizes = {key: round(float(np.mean([f[key] for f in fields["folds"]])), 1)
+             for key in ("n_train", "n_val")}  # per fold in fields["folds"]
+    return {**sizes, **fields}, oof
+
+
+def model_runs(fit_predict, data, lead_name: str, settings: dict, *, method: str, model: str,
+               plan=None, groups=None, cross_domain: bool = False):
+    """(runs, cross-domain entries, predictions {"runs": {name: pred}, "cross_domain":
+    {(train source, test set): pred}}) of one model on one lead set."""
+    k = len(plan) if plan is not None else 0
+    groups = None if groups is None else np.asarray(groups)
+    runs, predictions = [], {"runs": {}, "cross_domain": {}}
+    for fraction in settings["label_fractions"]:
+        name = run_name(method, lead_name, fraction, k)
+        if k:
+            fields, pred = _kfold_run(fit_predict, data, fraction, settings, plan, groups)
+        else:
+            fields, pred = _split_run(fit_predict, data, fraction, settings, groups)
+        runs.append({"name": name, "model": model,
+                     "protocol": {"leads": lead_name, "label_fraction": fraction,
+                                  "train_source": "all", "folds": k}, **fields})
+        predictions["runs"][name] = pred
+    cross = []
+    if cross_domain:
+        for entry_plan in protocols.cross_domain_plan(data.sources, data.splits):
+            tests = {"in_domain": entry_plan["in_domain_test"], **entry_plan["out_of_domain"]}
+            out = fit_predict(entry_plan["train"], entry_plan["val"], tests)
+            scores = {name: _scores(out, name, data, settings, groups) for name in out["tests"]}
+            source = entry_plan["train_source"]
+            others = list(entry_plan["out_of_domain"])
+            cross.append({
+                "model": model, "leads": lead_name, "train_source": source,
+                "n_train": int(len(entry_plan["train"])), **out["info"],
+                "in_domain": scores["in_domain"],
+                "out_of_domain": {o: scores[o] for o in others},
+                "drop": {o: protocols.common_class_macro(scores["in_domain"], scores[o])
+                         for o in others}})
+            for name, pred in out["tests"].items():
+                predictions["cross_domain"][(source, name)] = pred
+    return runs, cross, predictions

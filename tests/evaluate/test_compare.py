@@ -1,0 +1,103 @@
+"""`crema-jax compare` end to end on the 50 CinC records (the manifest fixture gives them
+patients: two records each): every figure recomputed from the saved predictions with
+scikit-learn and the DeLong and bootstrap references of test_paired.py."""
+import json
+
+import matplotlib.image
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from crema_jax.cli import compare
+from tests.cli.test_hostile import _fails
+from tests.evaluate.test_cli import RUN_KEYS, SCHEMA, _macro, _run, _scorable
+from tests.evaluate.test_paired import _reference_paired_bootstrap, reference_delong
+
+
+def test_two_identical_checkpoints_give_no_detectable_difference(
+        pretrained_workdir, cinc_sample_dir, tmp_path):
+    _run(compare, checkpoint=str(pretrained_workdir), checkpoint_b=str(pretrained_workdir),
+         root=str(cinc_sample_dir), workdir=str(tmp_path), folds=3, min_positives=5,
+         probe_steps=30, bootstrap=50, batch_size=16)
+    report = json.loads((tmp_path / "report.json").read_text())
+    pred = np.load(tmp_path / "predictions.npz")
+    np.testing.assert_array_equal(pred["probs_a"], pred["probs_b"])
+    comparison = report["comparisons"][0]
+    assert comparison["verdict"] == report["headline"]["verdict"] == \
+        "no detectable difference at alpha=0.05"
+    assert comparison["macro_auroc"]["difference"] == 0 and comparison["macro_auroc"]["p"] == 1
+    for entry in comparison["per_class"].values():
+        assert entry["difference"] == 0 and entry["p"] == 1
+        assert entry["verdict"] == "no detectable difference at alpha=0.05"
+
+
+def test_compare_a_checkpoint_with_random_on_the_same_folds_and_crops(
+        pretrained_workdir, manifest, tmp_path):
+    csv_path, patients = manifest
+    _run(compare, checkpoint=str(pretrained_workdir), checkpoint_b="random", layout="manifest",
+         root=str(csv_path), workdir=str(tmp_path), folds=3, min_positives=5, cross_domain=True,
+         split_fractions=["0.6", "0.2", "0.2"], probe_steps=50, bootstrap=200, batch_size=16)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report) == SCHEMA and all(RUN_KEYS <= set(run) for run in report["runs"])
+    pred = np.load(tmp_path / "predictions.npz")
+    labels, a, b = pred["labels"], pred["probs_a"], pred["probs_b"]
+    assert len(set(pred["record_id"].tolist())) == 50
+    models = report["models"]
+    assert models["B"]["checkpoint"] == "random"
+    assert models["A"]["data"] == models["B"]["data"]                 # the same crops
+    run_a, run_b = (r for r in report["runs"] if r["protocol"]["folds"] == 3)
+    assert (run_a["model"], run_b["model"]) == ("A", "B")
+    assert [(f["n_train"], f["n_val"], f["test"]["n"]) for f in run_a["folds"]] == \
+        [(f["n_train"], f["n_val"], f["test"]["n"]) for f in run_b["folds"]]
+    assert run_a["test"]["macro_auroc"] == pytest.approx(_macro(labels, a), abs=1e-9)
+    assert run_b["test"]["macro_auroc"] == pytest.approx(_macro(labels, b), abs=1e-9)
+    comparison = report["comparisons"][0]
+    assert comparison["n"] == 50
+    ok = _scorable(labels)
+    for c, name in enumerate(report["classes"]):
+        entry = comparison["per_class"][name]
+        if c not in ok:
+            assert "skipped" in entry
+            continue
+        auc_a, auc_b, var, p = reference_delong(labels[:, c], a[:, c], b[:, c])
+        assert entry["auroc_a"] == pytest.approx(auc_a, abs=1e-12)
+        assert entry["auroc_b"] == pytest.approx(auc_b, abs=1e-12)
+        assert entry["variance"] == pytest.approx(var, abs=1e-8, rel=0)
+        assert entry["p"] == pytest.approx(p, abs=1e-8, rel=0)
+    groups = [patients[str(r)] for r in pred["record_id"]]
+    low, high, p, _ = _reference_paired_bootstrap(labels, a, b, groups, 200, 0, roc_auc_score)
+    macro = comparison["macro_auroc"]
+    assert macro["difference"] == pytest.approx(_macro(labels, a) - _macro(labels, b), abs=1e-12)
+    assert (macro["ci"]["low"], macro["ci"]["high"], macro["p"]) == pytest.approx(
+        (low, high, p), abs=1e-12)
+    assert comparison["verdict"] == ("no detectable difference at alpha=0.05" if p >= 0.05 else
+                                     f"{'A' if macro['difference'] > 0 else 'B'} better at "
+                                     "alpha=0.05")
+    # Robustness: each model's drop, and their paired difference.
+    drops = {(e["model"], e["train_source"]): e["drop"] for e in report["cross_domain"]}
+    defined = 0
+    for d in report["cross_domain_comparisons"]:
+        own_a = drops[("A", d["train_source"])][d["test_source"]]["drop"]
+        own_b = drops[("B", d["train_source"])][d["test_source"]]["drop"]
+        assert d["verdict"].endswith("at alpha=0.05")
+        if own_a is None:  # no class scorable both in and out of domain
+            assert d["drop_a"] is d["difference"] is d["p"] is None
+            continue
+        defined += 1
+        assert d["drop_a"] == pytest.approx(own_a, abs=1e-12)
+        assert d["difference"] == pytest.approx(own_a - own_b, abs=1e-12)
+    assert defined >= 2
+    md = (tmp_path / "report.md").read_text()
+    assert f"**{comparison['verdict']}**" in md and "## Robustness" in md
+    image = matplotlib.image.imread(tmp_path / "paired_differences.png")
+    assert image.shape[0] > 300 and image[..., :3].std() > 0.05
+
+
+def test_compare_refuses_bad_flags_in_one_line(pretrained_workdir, cinc_sample_dir, tmp_path,
+                                               capsys):
+    argv = [f"--checkpoint={pretrained_workdir}", "--checkpoint_b=random",
+            f"--root={cinc_sample_dir}", f"--workdir={tmp_path / 'out'}"]
+    _fails(compare, argv + ["--alpha=1.5"], capsys, "--alpha=1.5: expected 0 < alpha < 1")
+    _fails(compare, argv + ["--folds=2"], capsys, "--folds=2: expected at least 3")
+    _fails(compare, argv[1:], capsys, "--checkpoint required", code=2)
+    assert not (tmp_path / "out").exists()

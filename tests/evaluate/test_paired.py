@@ -1,0 +1,180 @@
+"""Paired tests against references written here: DeLong from the published structural
+components (O(m n), DeLong et al. 1988), the paired bootstrap re-drawn with numpy and
+scored with scikit-learn."""
+import numpy as np
+import pytest
+import scipy.stats
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from crema_jax.evaluate import paired
+
+
+def reference_delong(y, score_a, score_b):
+    """DeLong, DeLong & Clarke-Pearson (1988), section 2: psi(X, Y) = 1 if Y < X, 1/2 if Y = X,
+    0 otherwise, for positives X_i (m) and negatives Y_j (n); V10(X_i) = mean_j psi(X_i, Y_j),
+    V01(Y_j) = mean_i psi(X_i, Y_j); S10 and S01 their covariance matrices over the two models
+    (divisors m - 1 and n - 1); S = S10 / m + S01 / n; the contrast L = (1, -1) has variance
+    L S L'. Returns (AUC_A, AUC_B, variance of the difference, two-sided p)."""
+    y = np.asarray(y) > 0.5
+    v10, v01, theta = [], [], []
+    for s in (np.asarray(score_a, float), np.asarray(score_b, float)):
+        x_pos, y_neg = s[y], s[~y]
+        psi = (y_neg[None, :] < x_pos[:, None]) + 0.5 * (y_neg[None, :] == x_pos[:, None])
+        theta.append(psi.mean())
+        v10.append(psi.mean(1))
+        v01.append(psi.mean(0))
+    m, n = int(y.sum()), int((~y).sum())
+    s10 = np.zeros((2, 2))
+    s01 = np.zeros((2, 2))
+    for r in range(2):
+        for s in range(2):
+            s10[r, s] = np.sum((v10[r] - theta[r]) * (v10[s] - theta[s])) / (m - 1)
+            s01[r, s] = np.sum((v01[r] - theta[r]) * (v01[s] - theta[s])) / (n - 1)
+    contrast = np.array([1.0, -1.0])
+    var = contrast @ (s10 / m + s01 / n) @ contrast
+    z = (theta[0] - theta[1]) / np.sqrt(var)
+    return theta[0], theta[1], var, 2 * (1 - scipy.stats.norm.cdf(abs(z)))
+
+
+def _correlated_scores(rng, n, tie_levels=0):
+    y = (rng.random(n) < 0.35).astype(np.float32)
+    y[:2] = [1, 0]
+    shared = rng.normal(size=n)
+    a = shared + 1.0 * y + 0.5 * rng.normal(size=n)
+    b = shared + 0.6 * y + 0.5 * rng.normal(size=n)
+    if tie_levels:
+        a, b = np.round(a * tie_levels) / tie_levels, np.round(b * tie_levels) / tie_levels
+    return y, a, b
+
+
+@pytest.mark.parametrize("n,tie_levels", [(60, 0), (97, 2), (200, 1)])
+def test_delong_matches_the_published_structural_components(n, tie_levels):
+    y, a, b = _correlated_scores(np.random.default_rng(n), n, tie_levels)
+    got = paired.delong(y, a, b)
+    auc_a, auc_b, var, p = reference_delong(y, a, b)
+    assert got["auroc_a"] == pytest.approx(roc_auc_score(y, a), abs=1e-12)
+    assert got["auroc_a"] == pytest.approx(auc_a, abs=1e-12)
+    assert got["auroc_b"] == pytest.approx(auc_b, abs=1e-12)
+    assert got["variance"] == pytest.approx(var, abs=1e-8, rel=0)
+    assert got["p"] == pytest.approx(p, abs=1e-8, rel=0)
+    half = scipy.stats.norm.ppf(0.975) * np.sqrt(var)
+    assert got["ci"]["low"] == pytest.approx(auc_a - auc_b - half, abs=1e-8)
+    assert 0 < got["p"] < 1
+
+
+def test_delong_on_fixed_data():
+    """A hand-checkable case: 3 positives, 4 negatives, ties across models and classes."""
+    y = [1, 1, 1, 0, 0, 0, 0]
+    a = [0.9, 0.8, 0.4, 0.4, 0.3, 0.2, 0.1]
+    b = [0.7, 0.3, 0.6, 0.5, 0.3, 0.8, 0.1]
+    got = paired.delong(y, a, b)
+    auc_a, auc_b, var, p = reference_delong(y, a, b)
+    # A: 11.5 of 12 pairs ranked right (0.4 ties 0.4); B: 7.5 of 12.
+    assert (auc_a, auc_b) == (11.5 / 12, 7.5 / 12)
+    assert got["auroc_a"] == pytest.approx(auc_a, abs=1e-12)
+    assert got["auroc_b"] == pytest.approx(auc_b, abs=1e-12)
+    assert got["variance"] == pytest.approx(var, abs=1e-8, rel=0)
+    assert got["p"] == pytest.approx(p, abs=1e-8, rel=0)
+
+
+def test_identical_models_are_no_detectable_difference():
+    y, a, _ = _correlated_scores(np.random.default_rng(1), 80)
+    test = paired.delong(y, a, a.copy())
+    assert test["difference"] == 0 and test["variance"] == 0 and test["p"] == 1.0
+    labels = np.stack([y, 1 - y], 1)
+    probs = np.stack([a, -a], 1)
+    out = paired.compare_predictions(labels, probs, probs.copy(), ["x", "y"], n_resamples=50)
+    assert out["macro_auroc"]["p"] == 1.0 and out["macro_auroc"]["difference"] == 0
+    assert out["verdict"] == "no detectable difference at alpha=0.05"
+    assert {c["verdict"] for c in out["per_class"].values()} == {
+        "no detectable difference at alpha=0.05"}
+
+
+def test_delong_refuses_a_column_without_negatives():
+    with pytest.raises(ValueError, match="no negatives"):
+        paired.delong(np.ones(5), np.arange(5), np.arange(5))
+
+
+def _reference_paired_bootstrap(labels, a, b, groups, n_resamples, seed, score, alpha=0.05):
+    """Patients drawn with replacement (numpy's integers(0, G, G), groups in order of first
+    appearance), both models scored on the same records with scikit-learn."""
+    first = {}
+    for i, g in enumerate(groups):
+        first.setdefault(g, []).append(i)
+    members = list(first.values())
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n_resamples):
+        idx = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+        cols = [c for c in range(labels.shape[1]) if 0 < labels[idx, c].sum() < len(idx)]
+        if not cols:
+            continue
+        diffs.append(np.mean([score(labels[idx, c], a[idx, c]) for c in cols])
+                     - np.mean([score(labels[idx, c], b[idx, c]) for c in cols]))
+    diffs = np.array(diffs)
+    low, high = np.percentile(diffs, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    p = min(1.0, 2 * min(np.mean(diffs <= 0), np.mean(diffs >= 0)))
+    return low, high, p, len(diffs)
+
+
+@pytest.mark.parametrize("metric,score", [("macro_auroc", roc_auc_score),
+                                          ("macro_auprc", average_precision_score)])
+def test_paired_bootstrap_is_reproduced_with_patients_resampled_together(metric, score):
+    rng = np.random.default_rng(4)
+    n = 70
+    labels = (rng.random((n, 3)) < [0.4, 0.2, 0.08]).astype(np.float32)
+    a = labels + rng.normal(size=(n, 3))
+    b = 0.5 * labels + rng.normal(size=(n, 3))
+    groups = [f"p{i // 2}" for i in rng.permutation(n)]  # two records per patient, shuffled
+    got = paired.paired_bootstrap(labels, a, b, metric=metric, groups=groups, n_resamples=200,
+                                  seed=7)
+    low, high, p, n_valid = _reference_paired_bootstrap(labels, a, b, groups, 200, 7, score)
+    assert got["n_valid"] == n_valid
+    assert got["ci"]["low"] == pytest.approx(low, abs=1e-12)
+    assert got["ci"]["high"] == pytest.approx(high, abs=1e-12)
+    assert got["p"] == pytest.approx(p, abs=1e-12)
+    point = np.mean([score(labels[:, c], a[:, c]) - score(labels[:, c], b[:, c])
+                     for c in range(3)])
+    assert got["difference"] == pytest.approx(point, abs=1e-12)
+    assert got == paired.paired_bootstrap(labels, a, b, metric=metric, groups=groups,
+                                          n_resamples=200, seed=7)
+
+
+def test_a_clearly_better_model_wins_and_the_verdict_names_it():
+    rng = np.random.default_rng(5)
+    n = 300
+    labels = (rng.random((n, 2)) < 0.3).astype(np.float32)
+    good = labels * 2 + rng.normal(size=(n, 2))
+    poor = rng.normal(size=(n, 2))
+    out = paired.compare_predictions(labels, poor, good, ["x", "y"], n_resamples=200)
+    assert out["macro_auroc"]["difference"] < 0 and out["macro_auroc"]["p"] < 0.01
+    assert out["verdict"] == "B better at alpha=0.05"
+    assert out["per_class"]["x"]["verdict"] == "B better at alpha=0.05"
+    assert out["macro_auroc"]["ci"]["high"] < 0
+
+
+def test_drop_difference_resamples_both_sets_jointly():
+    rng = np.random.default_rng(6)
+    sets = []
+    for n, signal_b in ((60, 1.5), (80, 0.3)):
+        labels = (rng.random((n, 2)) < 0.4).astype(np.float32)
+        sets.append({"labels": labels, "a": labels + rng.normal(size=(n, 2)),
+                     "b": signal_b * labels + rng.normal(size=(n, 2))})
+    got = paired.paired_drop_difference(sets[0], sets[1], ["x", "y"], n_resamples=100, seed=3)
+    macro = lambda s, m: np.mean([roc_auc_score(s["labels"][:, c], s[m][:, c])  # noqa: E731
+                                  for c in range(2)])
+    drop_a, drop_b = (macro(sets[0], m) - macro(sets[1], m) for m in ("a", "b"))
+    assert got["drop_a"] == pytest.approx(drop_a, abs=1e-12)
+    assert got["difference"] == pytest.approx(drop_a - drop_b, abs=1e-12)
+    # The resamples: in-domain patients first, then out-of-domain, from one generator.
+    r = np.random.default_rng(3)
+    diffs = []
+    for _ in range(100):
+        i, o = r.integers(0, 60, 60), r.integers(0, 80, 80)
+        sub = [{k: v[idx] for k, v in s.items()} for s, idx in zip(sets, (i, o))]
+        diffs.append((macro(sub[0], "a") - macro(sub[1], "a"))
+                     - (macro(sub[0], "b") - macro(sub[1], "b")))
+    assert got["ci"]["low"] == pytest.approx(np.percentile(diffs, 2.5), abs=1e-12)
+    assert got["p"] == pytest.approx(min(1, 2 * min(np.mean(np.array(diffs) <= 0),
+                                                    np.mean(np.array(diffs) >= 0))), abs=1e-12)
+    assert got["verdict"].endswith("at alpha=0.05")

@@ -1,0 +1,80 @@
+"""The protocol runs of one model (runs.py) with a model whose scores are fixed per record:
+split runs, label fractions and cross-domain drops against scikit-learn, and CIs that resample
+patients, re-drawn here."""
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from crema_jax.evaluate import protocols, runs
+
+
+def _dataset(rng, n=120):
+    infos = [SimpleNamespace(record_id=f"r{i:03d}", source="g" if i % 3 else "n", labels=(),
+                             meta={"patient_id": f"p{i // 2}" if i % 3 else None})
+             for i in range(n)]
+    labels = (rng.random((n, 2)) < [0.4, 0.3]).astype(np.float32)
+    splits = np.asarray(protocols.resplit(infos, (0.6, 0.2, 0.2), seed=0))
+    return SimpleNamespace(infos=infos, labels=labels, splits=splits, classes=["x", "y"],
+                           sources=np.asarray([i.source for i in infos]))
+
+
+def _fixed_model(data, score):
+    def fit_predict(train, val, tests):
+        return {"val": {"probs": score[val], "labels": data.labels[val]},
+                "tests": {name: {"probs": score[rows], "labels": data.labels[rows],
+                                 "rows": np.asarray(rows), "ids": [f"r{r}" for r in rows]}
+                          for name, rows in tests.items()},
+                "info": {"selection": {"l2": 1.0}}}
+    return fit_predict
+
+
+def _macro(labels, probs):
+    ok = [c for c in range(labels.shape[1]) if 0 < labels[:, c].sum() < len(labels)]
+    return np.mean([roc_auc_score(labels[:, c], probs[:, c]) for c in ok])
+
+
+def _patient_bootstrap(labels, probs, groups, n, seed):
+    members = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    members = list(members.values())
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n):
+        idx = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+        values.append(_macro(labels[idx], probs[idx]))
+    return np.percentile(values, [2.5, 97.5])
+
+
+def test_split_runs_and_cross_domain_drops_with_patient_resampled_cis():
+    rng = np.random.default_rng(0)
+    data = _dataset(rng)
+    score = data.labels + rng.normal(size=data.labels.shape)
+    groups = protocols.patient_keys(data.infos)
+    settings = {"label_fractions": [1.0, 0.1], "seed": 0, "bootstrap": 100}
+    out_runs, cross, preds = runs.model_runs(_fixed_model(data, score), data, "12", settings,
+                                             method="probe", model="A", groups=groups,
+                                             cross_domain=True)
+    test = np.flatnonzero(data.splits == "test")
+    full, tenth = out_runs
+    assert full["name"] == "probe leads=12 labels=1" and full["protocol"]["folds"] == 0
+    assert full["n_train"] == int(np.sum(data.splits == "train"))
+    assert tenth["n_train"] == int(np.ceil(0.1 * full["n_train"]))
+    assert full["test"]["macro_auroc"] == pytest.approx(_macro(data.labels[test], score[test]),
+                                                        abs=1e-12)
+    low, high = _patient_bootstrap(data.labels[test], score[test], groups[test], 100, 0)
+    assert (full["test"]["ci"]["low"], full["test"]["ci"]["high"]) == pytest.approx(
+        (low, high), abs=1e-12)
+    np.testing.assert_array_equal(preds["runs"][full["name"]]["rows"], test)
+    by_source = {e["train_source"]: e for e in cross}
+    assert set(by_source) == {"g", "n"}
+    g_test = np.flatnonzero((data.sources == "g") & (data.splits == "test"))
+    n_all = np.flatnonzero(data.sources == "n")
+    drop = by_source["g"]["drop"]["n"]
+    assert drop["in_domain"] == pytest.approx(_macro(data.labels[g_test], score[g_test]),
+                                              abs=1e-12)
+    assert drop["out_of_domain"] == pytest.approx(_macro(data.labels[n_all], score[n_all]),
+                                                  abs=1e-12)
+    np.testing.assert_array_equal(preds["cross_domain"][("g", "n")]["rows"], n_all)
