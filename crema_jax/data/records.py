@@ -264,17 +264,17 @@ def read_record(path, *, target_fs: float | None = 250.0, derive_limb_leads: boo
         raise RecordError(base, "bad_sampling_rate", f"{base}.hea: sampling frequency "
                           f"{header.fs} Hz, expected {fs_range[0]:g}-{fs_range[1]:g} Hz")
     folder = base.parent.resolve()
-    for spec in header.signals:
-        if spec.file_name == "~":
+    for file_name in dict.fromkeys(spec.file_name for spec in header.signals):  # once per file
+        if file_name == "~":
             continue
-        target = (base.parent / spec.file_name).resolve()
+        target = (base.parent / file_name).resolve()
         if folder not in target.parents:
             raise RecordError(base, "unsafe_signal_path", f"{base}.hea names signal file "
-                              f"{spec.file_name!r}, outside the record's folder {folder}; "
+                              f"{file_name!r}, outside the record's folder {folder}; "
                               "only files beside the header are read")
         if not target.is_file():
             raise RecordError(base, "missing_signal_file", f"{base}.hea names signal file "
-                              f"{base.parent / spec.file_name}, which does not exist")
+                              f"{base.parent / file_name}, which does not exist")
     if _fast_path_ok(header):
         raw = _read_fast(base, header)
         names, units = [s.name for s in header.signals], [s.units for s in header.signals]
