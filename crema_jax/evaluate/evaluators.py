@@ -24,8 +24,11 @@ mesh only through the trainer's parts ("mesh", "rules", "graphdef", "replicated"
 """
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import numpy as np
+from flax import nnx
 
 from crema_jax import models
 from crema_jax.data import batch as batch_lib
@@ -33,6 +36,13 @@ from crema_jax.data import pipeline
 from crema_jax.evaluate import datasets, linear_probe, metrics, protocols
 from crema_jax.evaluate import reconstruction as recon_lib
 from crema_jax.inference import backbones
+
+
+@contextlib.contextmanager
+def _on_mesh(mesh, rules):
+    """The training mesh and its logical-axis rules, as the train step runs under."""
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+        yield
 
 
 def _pad_rows(batch: dict, multiple: int) -> tuple[dict, int]:
@@ -76,8 +86,7 @@ class Reconstruction:
         self.last = None
 
     def run(self, state) -> dict:
-        from flax import nnx
-        with jax.set_mesh(self.mesh), nnx.logical_axis_rules(self.rules):
+        with _on_mesh(self.mesh, self.rules):
             outputs = self.forward(state["params"], state["fixed"], self.device_batch)
         outputs = {k: np.asarray(v)[: self.n] for k, v in jax.device_get(outputs).items()}
         pred = self.last = outputs["pred"]
@@ -139,10 +148,9 @@ class FewShotProbe:
         self.last = None
 
     def _features(self, state) -> tuple[np.ndarray, np.ndarray]:
-        from flax import nnx
         feats, rows = [], []
         keys = ("patches", "lead_indices", "patch_valid")
-        with jax.set_mesh(self.mesh), nnx.logical_axis_rules(self.rules):
+        with _on_mesh(self.mesh, self.rules):
             for batch in pipeline.make_eval_dataset(self.data_cfg, source=self.source):
                 device = {k: self.replicate(np.asarray(batch[k])) for k in keys}
                 out = np.asarray(jax.device_get(
