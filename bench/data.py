@@ -1,6 +1,6 @@
 """Input-pipeline throughput: ECGs/s from raw WFDB, CODE-15% HDF5 and the ArrayRecord cache.
 
-    python bench/data.py [--records=512] [--batches=12] [--views=2]
+    python bench/data.py [--records=512] [--batches=12] [--views=2] [--tables=pretrain,eval]
 
 Writes synthetic 10 s, 500 Hz WFDB records (synthetic.write_synthetic_wfdb) and the same number
 of synthetic 10 s, 400 Hz exams in CODE-15%'s HDF5 files (synthetic.write_synthetic_code15) to a
@@ -111,45 +111,52 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=512)
     parser.add_argument("--batches", type=int, default=12, help="timed batches per row")
     parser.add_argument("--views", type=int, default=2, help="views per ECG (2 = CREMA)")
+    parser.add_argument("--tables", default="pretrain,eval",
+                        help="comma-separated: pretrain (sources x workers, with the CODE-15% "
+                             "breakdown), eval (the evaluation pipeline by data path)")
     args = parser.parse_args()
+    tables = set(args.tables.split(","))
+    if not tables or tables - {"pretrain", "eval"}:
+        parser.error(f"--tables={args.tables!r}: expected a comma-separated subset of "
+                     "pretrain,eval")
     flags.FLAGS.mark_as_parsed()  # Grain workers read absl flags.
 
     with tempfile.TemporaryDirectory() as tmp:
-        raw_dir, cache_dir = os.path.join(tmp, "wfdb"), os.path.join(tmp, "cache")
-        code15_dir = os.path.join(tmp, "code15")
+        raw_dir = os.path.join(tmp, "wfdb")
         synthetic.write_synthetic_wfdb(raw_dir, args.records, fs=500.0, seconds=10.0)
-        synthetic.write_synthetic_code15(code15_dir, args.records, parts=2)
-        cli = os.path.join(os.path.dirname(sys.executable), "crema-jax")
-        start = time.perf_counter()
-        subprocess.run([cli, "prepare", f"--root={raw_dir}", f"--out={cache_dir}",
-                        "--workers=2", "--records_per_shard=128"], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        prepare_s = time.perf_counter() - start
+        if "pretrain" in tables:
+            _pretrain_tables(tmp, raw_dir, args)
+        if "eval" in tables:
+            _eval_table(raw_dir, args)
+    print(f"\nload average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
-        rows = []
-        for name, source in (("raw WFDB 500 Hz", {"root": raw_dir}),
-                             ("CODE-15 HDF5 400 Hz", {"layout": "code15", "root": code15_dir}),
-                             ("ArrayRecord cache", {"cache_dir": cache_dir})):
-            for workers in (0, 2):
-                cfg = config_lib.default_data_config()
-                cfg.split, cfg.batch_size, cfg.num_views = "", 64, args.views
-                cfg.num_workers = workers
-                for key, value in source.items():
-                    setattr(cfg, key, value)
-                # Raw reading is ~100x slower: time fewer batches so a row takes seconds.
-                timed = args.batches if "cache" in name else max(2, args.batches // 4)
-                rate, per_cpu = _throughput(cfg, timed, warmup=2 if workers else 1)
-                rows.append((name, workers, rate, rate / max(workers, 1), per_cpu))
-        code15_cpu = next(r[4] for r in rows if r[0].startswith("CODE-15") and r[1] == 0)
-        breakdown = _code15_breakdown(code15_dir)
-        preset_rows = []
-        for preset in presets.NAMES:
-            for threads in (0, 2):
-                cfg = presets.apply(config_lib.default_data_config(), preset)
-                cfg.split, cfg.batch_size, cfg.num_epochs, cfg.root = "", 64, 1, raw_dir
-                cfg.read_threads = threads
-                preset_rows.append((preset, threads,
-                                    *_eval_throughput(cfg, max(2, args.batches // 4))))
+
+def _pretrain_tables(tmp: str, raw_dir: str, args) -> None:
+    """Pretraining pipeline by source and worker count, and the CODE-15% cost breakdown."""
+    cache_dir, code15_dir = os.path.join(tmp, "cache"), os.path.join(tmp, "code15")
+    synthetic.write_synthetic_code15(code15_dir, args.records, parts=2)
+    cli = os.path.join(os.path.dirname(sys.executable), "crema-jax")
+    start = time.perf_counter()
+    subprocess.run([cli, "prepare", f"--root={raw_dir}", f"--out={cache_dir}",
+                    "--workers=2", "--records_per_shard=128"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    prepare_s = time.perf_counter() - start
+    rows = []
+    for name, source in (("raw WFDB 500 Hz", {"root": raw_dir}),
+                         ("CODE-15 HDF5 400 Hz", {"layout": "code15", "root": code15_dir}),
+                         ("ArrayRecord cache", {"cache_dir": cache_dir})):
+        for workers in (0, 2):
+            cfg = config_lib.default_data_config()
+            cfg.split, cfg.batch_size, cfg.num_views = "", 64, args.views
+            cfg.num_workers = workers
+            for key, value in source.items():
+                setattr(cfg, key, value)
+            # Raw reading is ~100x slower: time fewer batches so a row takes seconds.
+            timed = args.batches if "cache" in name else max(2, args.batches // 4)
+            rate, per_cpu = _throughput(cfg, timed, warmup=2 if workers else 1)
+            rows.append((name, workers, rate, rate / max(workers, 1), per_cpu))
+    code15_cpu = next(r[4] for r in rows if r[0].startswith("CODE-15") and r[1] == 0)
+    breakdown = _code15_breakdown(code15_dir)
 
     print(f"\nprepare: {args.records} records (500 Hz, 10 s) -> cache in {prepare_s:.1f} s "
           f"with 2 workers; batches of 64, {args.views} view(s), random_per_lead 0.75\n")
@@ -158,12 +165,6 @@ def main() -> None:
     for name, workers, rate, per, per_cpu in rows:
         cpu = f"{per_cpu:>14,.0f}" if per_cpu else f"{'-':>14}"
         print(f"| {name:<19} | {workers:>7} | {rate:>12,.0f} | {per:>17,.0f} | {cpu} |")
-    print("\nEvaluation pipeline from raw 500 Hz WFDB, one process, by data path (read threads "
-          "0 = the consuming thread reads; 2 = data.read_threads=2):\n")
-    print(f"| {'data path':<10} | read threads | ECGs/s per process | ECGs per CPU-s |")
-    print(f"|{'-' * 12}|--------------|--------------------|----------------|")
-    for preset, threads, rate, per_cpu in preset_rows:
-        print(f"| {preset:<10} | {threads:>12} | {rate:>18,.0f} | {per_cpu:>14,.0f} |")
     print(f"\nCODE-15% HDF5 path, CPU ms per exam (in-process; {code15_cpu:,.0f} ECGs per CPU-s "
           f"= {1e3 / code15_cpu:.2f} ms):\n")
     print(f"| {'step':<58} | CPU ms |")
@@ -172,7 +173,25 @@ def main() -> None:
         print(f"| {step:<58} | {ms:>6.2f} |")
     print(f"| {'sum of the steps after the first':<58} | "
           f"{sum(ms for _, ms in breakdown[1:]):>6.2f} |")
-    print(f"\nload average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+
+
+def _eval_table(raw_dir: str, args) -> None:
+    """The evaluation pipeline (embed, probe, predict) from raw WFDB under each data path."""
+    timed = max(2, min(args.batches, args.records // 64 - 1))  # one pass: batch 0 warms up
+    rows = []
+    for preset in presets.NAMES:
+        for threads in (0, 2):
+            cfg = presets.apply(config_lib.default_data_config(), preset)
+            cfg.split, cfg.batch_size, cfg.num_epochs, cfg.root = "", 64, 1, raw_dir
+            cfg.read_threads = threads
+            rows.append((preset, threads, *_eval_throughput(cfg, timed)))
+    print(f"\nEvaluation pipeline from raw 500 Hz WFDB, one process, {timed} batches of 64 by "
+          "data path (read threads 0 = the consuming thread reads; 2 = data.read_threads=2; "
+          "CPU-s count every thread of the process):\n")
+    print(f"| {'data path':<10} | read threads | ECGs/s per process | ECGs per CPU-s |")
+    print(f"|{'-' * 12}|--------------|--------------------|----------------|")
+    for preset, threads, rate, per_cpu in rows:
+        print(f"| {preset:<10} | {threads:>12} | {rate:>18,.0f} | {per_cpu:>14,.0f} |")
 
 
 if __name__ == "__main__":

@@ -153,22 +153,30 @@ class _Geometry:
                                 and pre["stage"] == "crop" else None)
         self.fs = float(data_cfg["target_fs"])
 
-    def fill(self, out: np.ndarray, element: Mapping, start: int) -> int:
-        """Write crop [start, start+crop) of the selected rows into out (L, crop); zero-pad the
-        end; return the number of real samples. A quantised signal (cache) is scaled here, in
-        the same pass that copies the crop; a crop-stage preset runs on the real samples."""
-        window = element["signal"][self.row_sel, start:start + self.crop]
-        real = window.shape[1]
+    def fill(self, out: np.ndarray, element: Mapping, starts: Sequence[int]) -> np.ndarray:
+        """Write crop [start, start+crop) of the selected rows for each start into out[c]
+        (C, L, crop); zero-pad the ends; return the real samples per crop (C,). A quantised
+        signal (cache) is scaled here, in the same pass that copies a crop; a crop-stage preset
+        then runs on the real samples, on all crops of one length in one vectorised call."""
+        real = np.empty(len(starts), np.int64)
         scale = element.get("scale")
-        if scale is None:
-            out[:, :real] = window
-        else:
-            np.multiply(window, scale[self.row_sel, None], out=out[:, :real], casting="unsafe")
-        if self.crop_preprocess is not None and real >= 2:
+        for c, start in enumerate(starts):
+            window = element["signal"][self.row_sel, start:start + self.crop]
+            real[c] = window.shape[1]
+            if scale is None:
+                out[c, :, :real[c]] = window
+            else:
+                np.multiply(window, scale[self.row_sel, None], out=out[c, :, :real[c]],
+                            casting="unsafe")
+            out[c, :, real[c]:] = 0.0
+        if self.crop_preprocess is not None:
             present = np.asarray(element["lead_present"], bool)[self.rows]
-            out[:, :real] = preprocess_lib.preprocess(out[:, :real], self.fs,
-                                                      self.crop_preprocess, lead_present=present)
-        out[:, real:] = 0.0
+            groups = [slice(None)] if (real == real[0]).all() else [[c] for c in range(len(real))]
+            for sel in groups:
+                n = int(real[sel][0])
+                if n >= 2:
+                    out[sel, :, :n] = preprocess_lib.preprocess(
+                        out[sel, :, :n], self.fs, self.crop_preprocess, lead_present=present)
         return real
 
     def patch_valid(self, lead_valid: np.ndarray, real: np.ndarray) -> np.ndarray:
@@ -216,8 +224,9 @@ class PretrainViews(grain.transforms.RandomMap):
         for i, element in enumerate(chunk):
             length = element["signal"].shape[1]
             lead_valid[i] = np.asarray(element["lead_present"], bool)[geo.rows]
-            for v in range(views if self.independent_crops else 1):
-                real[i, v] = geo.fill(signals[i, v], element, self._start(length, rng))
+            filled = views if self.independent_crops else 1
+            real[i, :filled] = geo.fill(signals[i, :filled], element,
+                                        [self._start(length, rng) for _ in range(filled)])
         if not self.independent_crops:  # Same crop, different masks (and augmentations).
             real[:, 1:] = real[:, :1]
             if crops > 1:
@@ -273,9 +282,8 @@ class EvalCrops(grain.transforms.Map):
         for i, element in enumerate(chunk):
             signal = element["signal"]
             lead_valid[i] = np.asarray(element["lead_present"], bool)[geo.rows]
-            starts = batch_lib.eval_crop_starts(signal.shape[1], geo.crop, crops)
-            for c, start in enumerate(starts):
-                real[i, c] = geo.fill(signals[i, c], element, start)
+            real[i] = geo.fill(signals[i], element,
+                               batch_lib.eval_crop_starts(signal.shape[1], geo.crop, crops))
         return {
             "patches": signals.reshape(n, crops, len(geo.rows), geo.num_patches, geo.patch),
             "patch_valid": geo.patch_valid(lead_valid, real),

@@ -1,4 +1,4 @@
-"""ECG preprocessing: pure numpy/scipy functions on (leads, T) arrays, chosen by a ConfigDict.
+"""ECG preprocessing: pure numpy/scipy functions on (..., leads, T) arrays, set by a ConfigDict.
 
 Order of operations in `preprocess` (the order ECGFounder's authors use; ST-MEM uses the subset
 filter -> normalise): notch -> Butterworth filter(s) -> running-median baseline removal ->
@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import functools
 
+import bottleneck
 import ml_collections
 import numpy as np
-import scipy.ndimage
 import scipy.signal
 
 
@@ -101,6 +101,14 @@ def _check_cutoffs(cutoffs, fs: float) -> None:
                              f"frequency {fs / 2} Hz (fs = {fs} Hz)")
 
 
+def _odd_ext(x: np.ndarray, edge: int) -> np.ndarray:
+    """scipy.signal's odd extension by `edge` samples at both ends of the last axis."""
+    if edge == 0:
+        return x
+    return np.concatenate([2 * x[..., :1] - x[..., edge:0:-1], x,
+                           2 * x[..., -1:] - x[..., -2:-edge - 2:-1]], axis=-1)
+
+
 def _sosfiltfilt(sos_zi: tuple[np.ndarray, np.ndarray], x: np.ndarray) -> np.ndarray:
     """scipy.signal.sosfiltfilt along the last axis (odd padding), with cached initial
     conditions; for signals shorter than scipy's padding it pads T - 1 samples instead of
@@ -111,20 +119,41 @@ def _sosfiltfilt(sos_zi: tuple[np.ndarray, np.ndarray], x: np.ndarray) -> np.nda
         raise ValueError(f"cannot filter a signal of {n} sample(s); need at least 2")
     padlen = 3 * (2 * len(sos) + 1 - min((sos[:, 2] == 0).sum(), (sos[:, 5] == 0).sum()))
     edge = min(padlen, n - 1)
-    ext = np.concatenate([2 * x[..., :1] - x[..., edge:0:-1], x,
-                          2 * x[..., -1:] - x[..., -2:-edge - 2:-1]], axis=-1)
+    ext = _odd_ext(x, edge)
     zi = zi.reshape((len(sos),) + (1,) * (x.ndim - 1) + (2,))
     y, _ = scipy.signal.sosfilt(sos, ext, axis=-1, zi=zi * ext[..., :1])
     y, _ = scipy.signal.sosfilt(sos, y[..., ::-1], axis=-1, zi=zi * y[..., -1:])
     return y[..., ::-1][..., edge:n + edge]
 
 
-def _filtfilt_ba(order: int, cutoff, btype: str, fs: float, x: np.ndarray) -> np.ndarray:
-    """scipy.signal.filtfilt of the (b, a) design, scipy's default odd padding (shortened for a
-    signal shorter than it)."""
+@functools.lru_cache(maxsize=64)
+def _butter_ba(order: int, cutoff, btype: str, fs: float) -> tuple[np.ndarray, ...]:
+    """(b, a) of a Butterworth design and `lfilter_zi` (cached: the design alone costs a
+    quarter of filtering a 10 s 12-lead ECG at 500 Hz)."""
     b, a = scipy.signal.butter(order, cutoff, btype=btype, fs=fs)
-    return scipy.signal.filtfilt(b, a, x, axis=-1,
-                                 padlen=min(3 * max(len(a), len(b)), x.shape[-1] - 1))
+    return b, a, scipy.signal.lfilter_zi(b, a)
+
+
+@functools.lru_cache(maxsize=16)
+def _notch_ba(freq_hz: float, q: float, fs: float) -> tuple[np.ndarray, ...]:
+    b, a = scipy.signal.iirnotch(freq_hz, q, fs=fs)
+    return b, a, scipy.signal.lfilter_zi(b, a)
+
+
+def _filtfilt_ba(ba_zi: tuple[np.ndarray, ...], x: np.ndarray) -> np.ndarray:
+    """scipy.signal.filtfilt(b, a, x, axis=-1) step for step (odd padding of
+    3 * max(len(a), len(b)) samples, shortened to T - 1 for a shorter signal), with the design
+    and its initial conditions cached."""
+    b, a, zi = ba_zi
+    n = x.shape[-1]
+    if n < 2:
+        raise ValueError(f"cannot filter a signal of {n} sample(s); need at least 2")
+    edge = min(3 * max(len(a), len(b)), n - 1)
+    ext = _odd_ext(x, edge)
+    zi = zi.reshape((1,) * (x.ndim - 1) + (-1,))
+    y, _ = scipy.signal.lfilter(b, a, ext, axis=-1, zi=zi * ext[..., :1])
+    y, _ = scipy.signal.lfilter(b, a, y[..., ::-1], axis=-1, zi=zi * y[..., -1:])
+    return y[..., ::-1][..., edge:n + edge]
 
 
 def butterworth(x: np.ndarray, fs: float, *, low_hz: float | None, high_hz: float | None,
@@ -145,7 +174,7 @@ def butterworth(x: np.ndarray, fs: float, *, low_hz: float | None, high_hz: floa
 
     def run(cutoff, btype):
         if form == "ba":
-            return _filtfilt_ba(order, cutoff, btype, fs, x)
+            return _filtfilt_ba(_butter_ba(order, cutoff, btype, fs), x)
         return _sosfiltfilt(_butter_sos(order, cutoff, btype, fs), x)
 
     if kind == "bandpass" and low_hz is not None and high_hz is not None:
@@ -160,9 +189,7 @@ def butterworth(x: np.ndarray, fs: float, *, low_hz: float | None, high_hz: floa
 def notch(x: np.ndarray, fs: float, *, freq_hz: float, q: float = 30.0) -> np.ndarray:
     """Zero-phase IIR notch (scipy.signal.iirnotch + filtfilt) at `freq_hz`."""
     _check_cutoffs([freq_hz], fs)
-    b, a = scipy.signal.iirnotch(freq_hz, q, fs=fs)
-    return scipy.signal.filtfilt(b, a, x, axis=-1, padlen=min(3 * max(len(a), len(b)),
-                                                               x.shape[-1] - 1))
+    return _filtfilt_ba(_notch_ba(float(freq_hz), float(q), float(fs)), x)
 
 
 def median_baseline(x: np.ndarray, fs: float, *, window_s: float = 0.4,
@@ -176,13 +203,14 @@ def median_baseline(x: np.ndarray, fs: float, *, window_s: float = 0.4,
         raise ValueError(f"baseline_edges must be 'nearest' or 'zero', got {edges!r}")
     width = int(window_s * fs) + 1
     width += 1 - width % 2
-    mode = "nearest" if edges == "nearest" else "constant"
-    # One 1-D call per lead: scipy's 1-D rank filter is ~25x faster than the same window given
-    # as a (1, width) footprint on the 2-D array (and than medfilt, whose output it equals).
-    rows = x.reshape(-1, x.shape[-1])
-    baseline = np.stack([scipy.ndimage.median_filter(r, size=width, mode=mode, cval=0.0)
-                         for r in rows])
-    return x - baseline.reshape(x.shape)
+    half = width // 2
+    padded = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(half, half)],
+                    mode="edge" if edges == "nearest" else "constant")
+    # bottleneck's double-heap running median over all leads in one call, without the GIL (so
+    # read threads overlap); its trailing window ending at padded[i + width - 1] is the window
+    # centred on x[i]. scipy.ndimage's 1-D rank filter gives the same values, holding the GIL.
+    baseline = bottleneck.move_median(padded, width, axis=-1)[..., width - 1:]
+    return x - baseline
 
 
 # A standard deviation below 10 nV counts as zero: a flat input that went through the filters
@@ -191,19 +219,24 @@ _FLAT_STD = 1e-8
 
 
 def _zscore(x: np.ndarray, axis, eps: float) -> np.ndarray:
-    mean = x.mean(axis=axis, keepdims=True)
-    std = x.std(axis=axis, keepdims=True)
-    # ST-MEM: a flat input (std 0) becomes all zeros rather than NaN.
+    """(x - mean) / (std + eps) over `axis`, numpy's std (population, ddof 0) computed from the
+    same centred values; where std <= _FLAT_STD the output is all zeros (ST-MEM: std 0 -> 0)."""
+    centred = x - x.mean(axis=axis, keepdims=True)
+    std = np.sqrt(np.mean(np.square(centred), axis=axis, keepdims=True))
     flat = std <= _FLAT_STD
-    return np.where(flat, 0.0, (x - mean) / np.where(flat, 1.0, std + eps))
+    centred /= np.where(flat, 1.0, std + eps)
+    if flat.any():
+        centred *= ~flat
+    return centred
 
 
 def normalise(x: np.ndarray, mode: str, *, lead_present: np.ndarray | None = None,
               eps: float = 0.0, stats: str = "present") -> np.ndarray:
     """"global": one mean/std over the leads and all time; "per_lead"; "none".
 
-    x: (leads, T). stats "present": absent leads (lead_present False) are excluded from the
-    statistics; "all": every row counts (the peers' code). Absent leads are returned as zeros.
+    x: (..., leads, T), every leading index (e.g. the crops of one record) its own statistics.
+    stats "present": absent leads (lead_present False) are excluded from the statistics; "all":
+    every row counts (the peers' code). Absent leads are returned as zeros.
     """
     if mode == "none":
         return x
@@ -211,19 +244,24 @@ def normalise(x: np.ndarray, mode: str, *, lead_present: np.ndarray | None = Non
         raise ValueError(f"normalise must be 'global', 'per_lead' or 'none', got {mode!r}")
     if stats not in ("present", "all"):
         raise ValueError(f"stats must be 'present' or 'all', got {stats!r}")
-    present = np.ones(x.shape[0], bool) if lead_present is None else np.asarray(lead_present)
-    out = np.zeros_like(x)
+    present = (np.ones(x.shape[-2], bool) if lead_present is None
+               else np.asarray(lead_present, bool))
+    axis = (-2, -1) if mode == "global" else -1
     if not present.any():
+        return np.zeros_like(x)
+    if present.all() or stats == "all":
+        out = _zscore(x, axis, eps)
+        out[..., ~present, :] = 0.0
         return out
-    if stats == "all":
-        return _zscore(x, None if mode == "global" else -1, eps) * present[:, None]
-    out[present] = _zscore(x[present], None if mode == "global" else -1, eps)
+    out = np.zeros_like(x)
+    out[..., present, :] = _zscore(x[..., present, :], axis, eps)
     return out
 
 
 def preprocess(signal: np.ndarray, fs: float, cfg: ml_collections.ConfigDict | dict,
                lead_present: np.ndarray | None = None) -> np.ndarray:
-    """Applies the configured steps to a (leads, T) signal; returns float32 of the same shape."""
+    """Applies the configured steps to a (..., leads, T) signal (each leading index, e.g. a crop,
+    filtered and normalised on its own); returns float32 of the same shape."""
     if not isinstance(cfg, ml_collections.ConfigDict):  # e.g. the plain dict stored in a cache.
         full = default_preprocess_config()  # a dict of an older version lacks the newer keys
         full.update(dict(cfg))
@@ -241,7 +279,8 @@ def preprocess(signal: np.ndarray, fs: float, cfg: ml_collections.ConfigDict | d
     x = normalise(x, cfg.normalise, lead_present=lead_present, eps=cfg.norm_eps,
                   stats=cfg.stats)
     if lead_present is not None:
-        x[~np.asarray(lead_present)] = 0.0  # Filters keep zero rows zero; this makes it exact.
+        x = x.copy() if x is signal else x  # never write into the caller's array
+        x[..., ~np.asarray(lead_present, bool), :] = 0.0  # Filters keep zero rows zero; exact.
     if cfg.clip is not None:
         x = np.clip(x, -cfg.clip, cfg.clip)
     return x.astype(np.float32)
