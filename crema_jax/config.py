@@ -144,12 +144,16 @@ _FREE_FORM = ("data.preprocess", "data.augment", "data.layout_options", "mesh.ru
 def from_saved(saved: dict) -> ml_collections.ConfigDict:
     """A config stored in a checkpoint (JSON-safe dict) read onto today's defaults.
 
-    Fields the checkpoint lacks keep their default; fields today's config no longer has are
-    dropped (an older or newer crema_jax wrote them). JSON lists come back as tuples.
+    Fields the checkpoint lacks keep their default (a data field its data preset sets: the
+    preset's value); fields today's config no longer has are dropped (an older or newer
+    crema_jax wrote them). JSON lists come back as tuples.
     """
+    from crema_jax.data import presets
+
     saved = _tuples(saved)
     config = default_config(saved.get("model", {}).get("name", "sit"))
     _merge(config, saved, "")
+    presets.fill_missing(config.data, saved.get("data", {}))
     return config
 
 
@@ -227,6 +231,7 @@ def validate(config) -> None:
     _one_of(c, "data.preset", presets.NAMES)
     _one_of(c, "data.resample", ("polyphase", "fft"))
     _one_of(c, "data.nan_policy", ("interpolate", "zero", "drop_window"))
+    _one_of(c, "data.flat_leads", ("absent", "keep"))
     _one_of(c, "data.eval_crop_average", ("embedding", "probability"))
     _check(c.data.window_seconds >= 0, "data.window_seconds", c.data.window_seconds,
            "0 (whole records) or a window length in seconds")

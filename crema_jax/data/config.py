@@ -36,6 +36,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     # NaN samples: "interpolate" short runs (a step would make the filters ring) | "zero"
     # (ECGFounder) | "drop_window" (ST-MEM: a window holding any NaN is skipped).
     cfg.nan_policy = "interpolate"
+    # A constant lead (e.g. all zeros: a disconnected electrode): "absent" = a zero row marked
+    # absent, left out of statistics and pooling (ours) | "keep" = fed as recorded (the peers).
+    cfg.flat_leads = "absent"
 
     # --- signal geometry (ST-MEM's tokenisation, so ST-MEM checkpoints fit unchanged)
     cfg.target_fs = 250.0        # ST-MEM trains at 250 Hz; 75-sample patches are then 0.3 s.

@@ -7,6 +7,7 @@ writes them. The steps, in the order the pipeline runs them:
 |---|---|---|---|
 | read | wfdb, leads by name and alias, units to mV | same | same |
 | NaN | short runs interpolated | a 10 s window with any NaN is dropped | NaN -> 0 |
+| flat lead | a constant lead becomes an absent zero row (out of statistics and pooling) | kept as recorded, pooled like any lead | kept as recorded |
 | limb leads | absent III/aVR/aVL/aVF derived | not derived | not derived |
 | examples | the whole record | non-overlapping 10 s windows at the record's rate, the remainder dropped; records under 10 s dropped (a skip) | the whole record |
 | rate | polyphase to 250 Hz | FFT (scipy.signal.resample) to int(T * 250 / fs) | 500 Hz (polyphase only if the file is not) |
@@ -33,6 +34,7 @@ def _crema(cfg) -> None:
     cfg.resample = "polyphase"
     cfg.window_seconds = 0.0
     cfg.nan_policy = "interpolate"
+    cfg.flat_leads = "absent"
     cfg.derive_limb_leads = True
     cfg.preprocess = preprocess_lib.PRESETS["crema"]()
     cfg.crop_samples, cfg.patch_size, cfg.eval_num_crops = 2250, 75, 3
@@ -44,6 +46,7 @@ def _stmem(cfg) -> None:
     cfg.resample = "fft"
     cfg.window_seconds = 10.0
     cfg.nan_policy = "drop_window"
+    cfg.flat_leads = "keep"
     cfg.derive_limb_leads = False
     cfg.preprocess = preprocess_lib.PRESETS["stmem"]()
     cfg.eval_crop_average = "probability"
@@ -53,6 +56,7 @@ def _ecgfounder(cfg) -> None:
     _crema(cfg)
     cfg.target_fs = 500.0
     cfg.nan_policy = "zero"
+    cfg.flat_leads = "keep"
     cfg.derive_limb_leads = False
     cfg.preprocess = preprocess_lib.PRESETS["ecgfounder"]()
     cfg.crop_samples = cfg.patch_size = 5000  # one "patch" per lead: the whole 10 s window
@@ -60,6 +64,22 @@ def _ecgfounder(cfg) -> None:
 
 
 _APPLY = {"crema": _crema, "stmem": _stmem, "ecgfounder": _ecgfounder}
+
+
+def fill_missing(data_cfg, saved_data: dict) -> None:
+    """In place: the fields of data_cfg's preset that `saved_data` (a checkpoint's stored data
+    section) lacks take the preset's value, not the generic default (a checkpoint written
+    before a field existed keeps its data path)."""
+    name = data_cfg.get("preset")
+    if name not in _APPLY:
+        return
+    reference = data_cfg.copy_and_resolve_references()
+    with reference.unlocked():
+        _APPLY[name](reference)
+    with data_cfg.unlocked():
+        for key in reference:
+            if key not in saved_data and key != "preset" and reference[key] != data_cfg[key]:
+                data_cfg[key] = reference[key]
 
 
 def apply(data_cfg, name: str):

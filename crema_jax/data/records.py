@@ -19,8 +19,9 @@ REPAIRED (the record is kept; counts land in `Ecg.repairs`):
 - isolated NaN / WFDB invalid samples inside a lead -> linear interpolation between the nearest
   valid samples, edges held ("nan_replaced": number of samples). Interpolation (rather than
   ECGFounder's NaN -> 0) avoids steps that make the band-pass filters ring.
-- a lead that is entirely NaN ("all_nan_leads") or constant, e.g. all zero ("flat_leads")
-  -> zero row, marked absent.
+- a lead that is entirely NaN ("all_nan_leads") -> zero row, marked absent; a constant lead,
+  e.g. all zero ("flat_leads") -> zero row, marked absent with flat_leads "absent" (ours); kept
+  as recorded with "keep" (the peers' scripts feed it like any other lead).
 - absent III, aVR, aVL, aVF (and I or II when the other two of I/II/III exist) -> derived with
   the Einthoven/Goldberger identities when `derive_limb_leads` ("leads_derived").
 - units uV/µV/V/nV -> converted to mV; a missing units field means mV (the WFDB default).
@@ -238,11 +239,13 @@ def resample(x: np.ndarray, fs: float, target_fs: float, *, method: str = "polyp
 
 
 NAN_POLICIES = ("interpolate", "zero", "keep")
+FLAT_LEADS = ("absent", "keep")
 
 
 def read_record(path, *, target_fs: float | None = 250.0, derive_limb_leads: bool = True,
                 min_seconds: float | None = 2.0, fs_range: tuple[float, float] = (50.0, 10000.0),
-                nan_policy: str = "interpolate", resample_method: str = "polyphase") -> Ecg:
+                nan_policy: str = "interpolate", resample_method: str = "polyphase",
+                flat_leads: str = "absent") -> Ecg:
     """Reads a WFDB record as a canonical 12-lead ECG (see the module docstring for repairs).
 
     Args:
@@ -256,6 +259,7 @@ def read_record(path, *, target_fs: float | None = 250.0, derive_limb_leads: boo
         every NaN -> 0 (ECGFounder); "keep": leave NaN in place (the caller drops what holds
         them; with target_fs None only, as resampling would smear them).
       resample_method: "polyphase" | "fft" (see `resample`).
+      flat_leads: "absent": a constant lead becomes an absent zero row; "keep": it stays.
     """
     check_nan_policy(nan_policy, target_fs)
     base = record_base(path)
@@ -284,7 +288,8 @@ def read_record(path, *, target_fs: float | None = 250.0, derive_limb_leads: boo
     return canonical_ecg(raw, names, units, float(header.fs), path=os.fspath(base),
                          where=f"{base}.hea", meta=meta, target_fs=target_fs,
                          derive_limb_leads=derive_limb_leads, min_seconds=min_seconds,
-                         nan_policy=nan_policy, resample_method=resample_method)
+                         nan_policy=nan_policy, resample_method=resample_method,
+                         flat_leads=flat_leads)
 
 
 def check_nan_policy(nan_policy: str, target_fs: float | None) -> None:
@@ -297,7 +302,8 @@ def check_nan_policy(nan_policy: str, target_fs: float | None) -> None:
 def canonical_ecg(raw: np.ndarray, names, units, fs: float, *, path: str, where: str = "",
                   meta: dict | None = None, target_fs: float | None = 250.0,
                   derive_limb_leads: bool = True, min_seconds: float | None = 2.0,
-                  nan_policy: str = "interpolate", resample_method: str = "polyphase") -> Ecg:
+                  nan_policy: str = "interpolate", resample_method: str = "polyphase",
+                  flat_leads: str = "absent") -> Ecg:
     """Decoded samples of any record format -> the canonical Ecg: THE one place where channels
     become the 12 leads, units become mV, NaN runs are repaired, flat leads dropped, the signal
     resampled and limb leads derived (every reader ends here; read_record's arguments).
@@ -307,6 +313,8 @@ def canonical_ecg(raw: np.ndarray, names, units, fs: float, *, path: str, where:
     units (default: path).
     """
     check_nan_policy(nan_policy, target_fs)
+    if flat_leads not in FLAT_LEADS:
+        raise ValueError(f"flat_leads={flat_leads!r}: expected one of {FLAT_LEADS}")
     where = where or path
     if raw.shape[0] == 0:
         raise RecordError(path, "no_signal", f"record {path} holds no samples")
@@ -338,7 +346,7 @@ def canonical_ecg(raw: np.ndarray, names, units, fs: float, *, path: str, where:
         span = np.where(np.isnan(span), 1.0, span)
     else:
         span = np.ptp(signal, axis=1)
-    flat = present & (span == 0)
+    flat = present & (span == 0) & (flat_leads == "absent")
     if flat.any():
         signal[flat] = 0.0
         present &= ~flat

@@ -93,6 +93,7 @@ class Reading:
     nan_policy: str = "interpolate"     # interpolate | zero | drop_window
     window_seconds: float = 0.0         # 0 = the whole record is one example
     derive_limb_leads: bool = True
+    flat_leads: str = "absent"          # absent | keep (records.read_record)
     preprocess: Any = None              # applied in `load` (a record-stage preset) or None
     leads: tuple | None = None          # the fed leads, selected before any statistics
 
@@ -104,6 +105,7 @@ class Reading:
                    nan_policy=data_cfg["nan_policy"],
                    window_seconds=float(data_cfg["window_seconds"]),
                    derive_limb_leads=bool(data_cfg["derive_limb_leads"]),
+                   flat_leads=data_cfg["flat_leads"],
                    preprocess=_plain(pre) if record_stage else None,
                    leads=tuple(data_cfg["leads"]))
 
@@ -196,7 +198,8 @@ class WfdbSource:
         nan = "keep" if r.nan_policy == "drop_window" else r.nan_policy
         ecg = readers.read(path, self.readers[index],
                            target_fs=None if r.native_rate else r.target_fs,
-                           derive_limb_leads=r.derive_limb_leads, nan_policy=nan)
+                           derive_limb_leads=r.derive_limb_leads, nan_policy=nan,
+                           flat_leads=r.flat_leads)
         signal, fs = ecg.signal, ecg.fs
         if r.native_rate:
             if r.window_seconds > 0:

@@ -14,8 +14,9 @@ from crema_jax.data.leads import LEADS
 FS = 500.0
 
 
-def _write(folder, name, seconds, *, seed, nan_at=None):
-    """A 12-lead record in mV (smooth random walk plus beats), optionally NaN samples."""
+def _write(folder, name, seconds, *, seed, nan_at=None, flat=()):
+    """A 12-lead record in mV (smooth random walk plus beats), optionally NaN samples and
+    constant leads (`flat`: (lead index, value) pairs)."""
     rng = np.random.default_rng(seed)
     n = int(seconds * FS)
     t = np.arange(n) / FS
@@ -23,6 +24,8 @@ def _write(folder, name, seconds, *, seed, nan_at=None):
         + np.sin(2 * np.pi * 1.2 * t)[:, None] * rng.uniform(0.5, 1.5, 12)
     if nan_at is not None:
         x[nan_at:nan_at + 10] = np.nan
+    for lead, value in flat:
+        x[:, lead] = value
     wfdb.wrsamp(name, fs=FS, units=["mV"] * 12, sig_name=list(LEADS), p_signal=x,
                 fmt=["16"] * 12, adc_gain=[1000.0] * 12, baseline=[0] * 12,
                 write_dir=str(folder))
@@ -59,7 +62,8 @@ def _data_cfg(preset, **fields):
 def folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("presets")
     return {"r35": _write(root, "R35", 35.0, seed=0), "r9": _write(root, "R9", 9.0, seed=1),
-            "rnan": _write(root, "RNAN", 25.0, seed=2, nan_at=int(13 * FS))}
+            "rnan": _write(root, "RNAN", 25.0, seed=2, nan_at=int(13 * FS)),
+            "rflat": _write(root, "RFLAT", 10.0, seed=5, flat=((8, 0.3), (10, 0.0)))}
 
 
 def _source(paths, cfg):
@@ -155,6 +159,53 @@ def test_ecgfounder_median_baseline_has_medfilts_zero_edges():
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)   # at the edges too
     nearest = preprocess.median_baseline(x, FS, window_s=0.4, edges="nearest")
     assert np.abs(nearest[:, :100] - want[:, :100]).max() > 1e-3  # the edge mode matters
+
+
+def _ecgfounder_reference(x):
+    """Steps 2-5 of ECGFounder's preprocessing on (12, T) at 500 Hz."""
+    b, a = scipy.signal.iirnotch(50.0, 30.0, fs=FS)
+    x = scipy.signal.filtfilt(b, a, x, axis=-1)
+    b, a = scipy.signal.butter(N=4, Wn=[0.67, 40], btype="bandpass", fs=FS)
+    x = scipy.signal.filtfilt(b, a, x, axis=-1)
+    x = x - np.stack([scipy.signal.medfilt(r, 201) for r in x])
+    return (x - x.mean()) / (x.std() + 1e-8)
+
+
+def test_peer_paths_feed_a_flat_lead_as_recorded(folder):
+    """ST-MEM's and ECGFounder's scripts pick the 12 leads and process them all: a constant
+    lead (0.3 mV on V3, all zero on V5) is filtered, counted in the statistics and, for
+    ST-MEM, pooled like the others. Ours marks it absent and leaves it out."""
+    raw = _rdsamp(folder["rflat"])
+    cfg = _data_cfg("stmem")
+    first = next(iter(pipeline.make_eval_dataset(cfg, source=_source([folder["rflat"]], cfg),
+                                                 process_index=0, process_count=1)))
+    window = scipy.signal.resample(raw, 2500, axis=-1)
+    want = np.stack([_stmem_crop(window[:, o:o + 2250]) for o in (0, 125, 250)])
+    np.testing.assert_allclose(first["patches"][0].reshape(3, 12, 2250), want,
+                               rtol=1e-5, atol=1e-5)
+    assert first["patch_valid"][0].all()          # every lead's tokens enter the mean
+    assert np.abs(want[:, 8]).max() > 1e-3        # the flat lead is -mean/std, not zero
+
+    cfg = _data_cfg("ecgfounder")
+    got = _source([folder["rflat"]], cfg).load({"index": 0})
+    assert got["lead_present"].all()
+    want = _ecgfounder_reference(raw)
+    assert np.abs(got["signal"] - want).max() <= 1e-5 * np.abs(want).max()
+
+    ours = _source([folder["rflat"]], _data_cfg("crema")).load({"index": 0})
+    assert list(np.flatnonzero(~ours["lead_present"])) == [8, 10]
+    assert not ours["signal"][[8, 10]].any()
+
+
+def test_a_checkpoint_config_without_a_newer_field_keeps_its_presets_value():
+    from crema_jax import config as crema_config
+
+    saved = crema_config.default_config("sit").to_dict()
+    saved["data"] = presets.apply(config_lib.default_data_config(), "stmem").to_dict()
+    del saved["data"]["flat_leads"]               # written before the field existed
+    assert crema_config.from_saved(saved).data.flat_leads == "keep"
+    saved["data"]["flat_leads"] = "absent"        # a stored value always wins
+    assert crema_config.from_saved(saved).data.flat_leads == "absent"
 
 
 def test_ecgfounder_path_zeroes_nan_then_preprocesses_the_record(folder):
