@@ -1,6 +1,6 @@
 """Input-pipeline throughput: ECGs/s from raw WFDB, CODE-15% HDF5 and the ArrayRecord cache.
 
-    python bench/data.py [--records=512] [--batches=12] [--views=2] [--tables=pretrain,eval]
+    python bench/data.py [--records=512] [--batches=12] [--views=2] [--tables=pretrain,eval] [--repeats=3]
 
 Writes synthetic 10 s, 500 Hz WFDB records (synthetic.write_synthetic_wfdb) and the same number
 of synthetic 10 s, 400 Hz exams in CODE-15%'s HDF5 files (synthetic.write_synthetic_code15) to a
@@ -52,15 +52,20 @@ def _throughput(cfg, batches: int, warmup: int) -> tuple[float, float | None]:
     return count / elapsed, (count / cpu if cfg.num_workers == 0 else None)
 
 
-def _eval_throughput(cfg, batches: int) -> tuple[float, float]:
-    """(ECGs/s wall clock, ECGs per CPU-second) of the evaluation pipeline, in-process."""
-    iterator = iter(pipeline.make_eval_dataset(cfg, process_index=0, process_count=1))
-    next(iterator)
-    start, cpu = time.perf_counter(), time.process_time()
-    count = 0
-    for _ in range(batches):
-        count += int(next(iterator)["valid"].sum())
-    return count / (time.perf_counter() - start), count / (time.process_time() - cpu)
+def _eval_throughput(cfg, batches: int, repeats: int) -> tuple[float, float]:
+    """(ECGs/s wall clock, ECGs per CPU-second) of the evaluation pipeline, in-process: the
+    median of `repeats` passes (a shared machine's rate moves by a quarter from run to run)."""
+    rates, per_cpu = [], []
+    for _ in range(repeats):
+        iterator = iter(pipeline.make_eval_dataset(cfg, process_index=0, process_count=1))
+        next(iterator)
+        start, cpu = time.perf_counter(), time.process_time()
+        count = 0
+        for _ in range(batches):
+            count += int(next(iterator)["valid"].sum())
+        rates.append(count / (time.perf_counter() - start))
+        per_cpu.append(count / (time.process_time() - cpu))
+    return float(np.median(rates)), float(np.median(per_cpu))
 
 
 def _cpu_ms(fn, items) -> float:
@@ -111,6 +116,8 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=512)
     parser.add_argument("--batches", type=int, default=12, help="timed batches per row")
     parser.add_argument("--views", type=int, default=2, help="views per ECG (2 = CREMA)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="passes per evaluation-table row (the median is printed)")
     parser.add_argument("--tables", default="pretrain,eval",
                         help="comma-separated: pretrain (sources x workers, with the CODE-15% "
                              "breakdown), eval (the evaluation pipeline by data path)")
@@ -184,8 +191,9 @@ def _eval_table(raw_dir: str, args) -> None:
             cfg = presets.apply(config_lib.default_data_config(), preset)
             cfg.split, cfg.batch_size, cfg.num_epochs, cfg.root = "", 64, 1, raw_dir
             cfg.read_threads = threads
-            rows.append((preset, threads, *_eval_throughput(cfg, timed)))
-    print(f"\nEvaluation pipeline from raw 500 Hz WFDB, one process, {timed} batches of 64 by "
+            rows.append((preset, threads, *_eval_throughput(cfg, timed, args.repeats)))
+    print(f"\nEvaluation pipeline from raw 500 Hz WFDB, one process, {timed} batches of 64 "
+          f"(median of {args.repeats} passes) by "
           "data path (read threads 0 = the consuming thread reads; 2 = data.read_threads=2; "
           "CPU-s count every thread of the process):\n")
     print(f"| {'data path':<10} | read threads | ECGs/s per process | ECGs per CPU-s |")
