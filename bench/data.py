@@ -52,17 +52,17 @@ def _throughput(cfg, batches: int, warmup: int) -> tuple[float, float | None]:
     return count / elapsed, (count / cpu if cfg.num_workers == 0 else None)
 
 
-def _eval_throughput(cfg, batches: int, repeats: int) -> tuple[float, float]:
-    """(ECGs/s wall clock, ECGs per CPU-second) of the evaluation pipeline, in-process: the
-    median of `repeats` passes (a shared machine's rate moves by a quarter from run to run)."""
+def _eval_throughput(cfg, repeats: int) -> tuple[float, float]:
+    """(ECGs/s wall clock, ECGs per CPU-second) of whole passes of the evaluation pipeline over
+    the records, in-process, timed from the first read to the last batch (read-ahead threads
+    do no work outside the timed span); the median of `repeats` passes (a shared machine's rate
+    moves by a quarter from run to run). The folder is indexed once, before any pass."""
+    source = pipeline.make_source(cfg)
     rates, per_cpu = [], []
     for _ in range(repeats):
-        iterator = iter(pipeline.make_eval_dataset(cfg, process_index=0, process_count=1))
-        next(iterator)
         start, cpu = time.perf_counter(), time.process_time()
-        count = 0
-        for _ in range(batches):
-            count += int(next(iterator)["valid"].sum())
+        count = sum(int(b["valid"].sum()) for b in pipeline.make_eval_dataset(
+            cfg, source=source, process_index=0, process_count=1))
         rates.append(count / (time.perf_counter() - start))
         per_cpu.append(count / (time.process_time() - cpu))
     return float(np.median(rates)), float(np.median(per_cpu))
@@ -184,17 +184,18 @@ def _pretrain_tables(tmp: str, raw_dir: str, args) -> None:
 
 def _eval_table(raw_dir: str, args) -> None:
     """The evaluation pipeline (embed, probe, predict) from raw WFDB under each data path."""
-    timed = max(2, min(args.batches, args.records // 64 - 1))  # one pass: batch 0 warms up
     rows = []
     for preset in presets.NAMES:
         for threads in (0, 2):
             cfg = presets.apply(config_lib.default_data_config(), preset)
             cfg.split, cfg.batch_size, cfg.num_epochs, cfg.root = "", 64, 1, raw_dir
             cfg.read_threads = threads
-            rows.append((preset, threads, *_eval_throughput(cfg, timed, args.repeats)))
-    print(f"\nEvaluation pipeline from raw 500 Hz WFDB, one process, {timed} batches of 64 "
-          f"(median of {args.repeats} passes) by "
-          "data path (read threads 0 = the consuming thread reads; 2 = data.read_threads=2; "
+            cfg.prefetch_buffer_size = 2 * max(threads, 1)  # as embed/probe/predict read
+            rows.append((preset, threads, *_eval_throughput(cfg, args.repeats)))
+    print(f"\nEvaluation pipeline from raw 500 Hz WFDB, one process, whole passes over the "
+          f"{args.records} records in batches of 64 (median of {args.repeats} passes) by "
+          "data path (read threads 0 = the consuming thread reads; 2 = data.read_threads=2, "
+          "what embed, probe and predict use in-process; "
           "CPU-s count every thread of the process):\n")
     print(f"| {'data path':<10} | read threads | ECGs/s per process | ECGs per CPU-s |")
     print(f"|{'-' * 12}|--------------|--------------------|----------------|")

@@ -95,8 +95,10 @@ def add_finetune_recipe(cmd: command.Command) -> None:
     cmd.integer("epochs", 30, "Maximum fine-tuning epochs.", lower_bound=1)
     cmd.float("base_lr", 1e-3, "Peak lr = base_lr x batch / 256 (ST-MEM fine-tuning).")
     cmd.float("weight_decay", 0.05, "AdamW weight decay.")
-    cmd.float("layer_decay", 0.75, "Layer-wise lr decay (1 = off).")
-    cmd.float("drop_path", 0.1, "Stochastic depth (max rate).")
+    cmd.float("layer_decay", None, "Layer-wise lr decay (1 = off). Default: the checkpoint's "
+              "data path's recipe: 0.75 (crema), 1 (stmem: ST-MEM's configs decay no layer).")
+    cmd.float("drop_path", None, "Stochastic depth (max rate). Default: the data path's "
+              "recipe: 0.1 (crema), 0 (stmem).")
     cmd.float("label_smoothing", 0.0, "Label smoothing.")
     cmd.float("warmup_epochs", 1.0, "Linear lr warm-up in epochs.")
     cmd.integer("patience", 10, "Early stopping: epochs without a better validation macro "

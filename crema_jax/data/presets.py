@@ -16,6 +16,7 @@ writes them. The steps, in the order the pipeline runs them:
 | standardise | one z-score of the recorded leads of the record | one z-score of each crop over its leads (std 0 -> zeros) | one z-score of the array, std + 1e-8 |
 | crops | 3 crops of 2250 (batch.eval_crop_starts) | the same starts (0, s, 2s; s = (T - 2250) // 2) | one window of 5000, centred |
 | averaging | probe: crops' features; finetune: logits | crops' probabilities | one crop |
+| fine-tuning recipe | layer-wise lr decay 0.75, drop-path 0.1 | no layer-wise decay, drop-path 0 (evaluate/finetune.py RECIPE_BY_DATA_PATH) | Net1D is probed |
 | lead embedding | by lead identity (model.lead_embedding "canonical") | by position ("position"; set by import-torch --format=stmem) | Net1D has none |
 
 `crema` keeps our own choices (one filter and z-score per record is cheaper and sees whole

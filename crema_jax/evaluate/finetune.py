@@ -295,6 +295,20 @@ def _embeddings(model, best, batches, mesh):
     return out["outputs"].mean(1), out["index"]
 
 
+# The recipe fields that follow the checkpoint's data path when a flag leaves them unset
+# (None): ST-MEM's configs fine-tune plain AdamW on all parameters with no layer-wise decay and
+# no drop-path (reference-stmem.md, its data path, step 6); ours decays the lr by layer (0.75)
+# and drops paths (0.1), the MAE fine-tuning recipe. Net1D is not fine-tuned here.
+RECIPE_BY_DATA_PATH = {"crema": {"layer_decay": 0.75, "drop_path": 0.1},
+                       "stmem": {"layer_decay": 1.0, "drop_path": 0.0}}
+
+
+def resolve_recipe(ft: dict, data_path: str) -> dict:
+    """`ft` with its unset (None) fields taken from the data path's recipe."""
+    defaults = RECIPE_BY_DATA_PATH.get(data_path, RECIPE_BY_DATA_PATH["crema"])
+    return {**ft, **{k: v for k, v in defaults.items() if ft.get(k) is None}}
+
+
 def prediction_averaging(data_cfg) -> str:
     return ("mean of the crops' probabilities" if data_cfg.eval_crop_average == "probability"
             else "mean of the crops' logits")
@@ -303,7 +317,8 @@ def prediction_averaging(data_cfg) -> str:
 def finetune_model(config, params, data, settings: dict, ft: dict, mesh, *, model: str,
                    plan=None, groups=None) -> dict:
     """Every protocol of `settings` for one SiT checkpoint (or 'random': supervised from
-    scratch). Returns {"runs", "cross_domain", "predictions", "embedding", "model"}."""
+    scratch). Unset recipe fields follow the data path (resolve_recipe). Returns {"runs",
+    "cross_domain", "predictions", "embedding", "model", "recipe" (the recipe used)}."""
     if backbones.family(config).name != "sit":
         raise ValueError("finetune trains SiT encoders only; probe Net1D features with "
                          "`crema-jax probe` instead")
@@ -317,13 +332,16 @@ def finetune_model(config, params, data, settings: dict, ft: dict, mesh, *, mode
                                               preset=settings["preset"])
         first = lead_name == settings["lead_sets"][0]
         if first:
+            ft = out["recipe"] = resolve_recipe(ft, data_cfg.preset)
             print(f"model {model}: " + backbones.describe_data_path(data_cfg,
-                                                                    settings["preset"]),
+                                                                    settings["preset"])
+                  + f"; layer decay {ft['layer_decay']:g}, drop-path {ft['drop_path']:g}",
                   flush=True)
             out["model"] = {"checkpoint": settings["checkpoint"], "backbone": "sit",
                             "data_path": data_cfg.preset,
                             "data": backbones.data_path_summary(data_cfg),
-                            "crop_averaging": prediction_averaging(data_cfg)}
+                            "crop_averaging": prediction_averaging(data_cfg),
+                            "recipe": {k: ft[k] for k in ("layer_decay", "drop_path")}}
         if ft["augment"] != ["config"]:
             data_cfg.augment.names = tuple(a for a in ft["augment"] if a != "none")
         fit_predict = finetune_fit_predict(config, params, data, data_cfg, mesh, settings, ft,
@@ -355,7 +373,8 @@ def run_finetune(settings: dict, ft: dict) -> dict:
     is_random = settings["checkpoint"] == backbones.RANDOM
     out = report.new_report(
         title=("Supervised from scratch (random init)" if is_random else "Fine-tuning")
-        + f": sit {settings['checkpoint']}", command="finetune", settings={**settings, **ft},
+        + f": sit {settings['checkpoint']}", command="finetune",
+        settings={**settings, **result["recipe"]},
         data=data, models={"A": result["model"]}, runs=result["runs"],
         cross_domain=result["cross_domain"], record_folds=plan, seconds=time.time() - start)
     head = result["predictions"]["runs"][out["headline"]["run"]]

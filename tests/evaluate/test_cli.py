@@ -136,6 +136,9 @@ def test_finetune_lead_i_end_to_end(pretrained_workdir, cinc_sample_dir, tmp_pat
     assert [h["epoch"] for h in run["history"]] == [1, 2]
     assert run["best_epoch"] in (1, 2)
     assert report["models"]["A"]["crop_averaging"] == "mean of the crops' logits"
+    # Unset recipe flags follow the data path: ours decays the lr by layer and drops paths.
+    assert report["models"]["A"]["recipe"] == {"layer_decay": 0.75, "drop_path": 0.1}
+    assert report["settings"]["layer_decay"] == 0.75
 
 
 def test_random_init_baseline_probe(cinc_sample_dir, tmp_path):
@@ -214,9 +217,14 @@ def test_probe_folds_test_every_record_once_and_keep_patients_together(
 def test_finetune_folds_test_every_record_once(pretrained_workdir, cinc_sample_dir, tmp_path):
     _run(finetune, checkpoint=str(pretrained_workdir), root=str(cinc_sample_dir),
          workdir=str(tmp_path), folds=3, min_positives=5, lead_sets=["I"], epochs=1,
-         steps_per_epoch=1, patience=0, bootstrap=20, batch_size=16)
+         steps_per_epoch=1, patience=0, bootstrap=20, batch_size=16, preset="stmem",
+         drop_path=0.05)
     report = json.loads((tmp_path / "report.json").read_text())
     assert set(report) == SCHEMA and report["command"] == "finetune"
+    # ST-MEM's path brings its recipe (no layer-wise decay, reference-stmem.md step 6); a
+    # given flag wins over it.
+    assert report["models"]["A"]["recipe"] == {"layer_decay": 1.0, "drop_path": 0.05}
+    assert report["models"]["A"]["data_path"] == "stmem"
     pred = np.load(tmp_path / "predictions.npz")
     assert len(set(pred["record_id"].tolist())) == len(pred["record_id"]) == 50
     run = report["runs"][0]
