@@ -88,6 +88,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     cfg.num_workers = 0
     cfg.per_worker_buffer_size = 2  # Batches buffered per worker: enough to hide jitter.
     # Threads per process reading records; 0 for the cache (in page cache, GIL-bound decode).
+    # embed/probe/finetune/predict read raw records on 2 in-process (inference/backbones.py).
     cfg.read_threads = 0
     cfg.prefetch_buffer_size = 64   # Elements read ahead per process when read_threads > 0.
     # Keep every raw-WFDB record in memory once read and preprocessed (each worker its own
