@@ -322,6 +322,14 @@ def cache_source(data_cfg: Mapping, *, split: str = ""):
         raise ValueError(f"data.cache_dir: a cache holds whole preprocessed records; the "
                          f"{data_cfg['preset']!r} data path (windows, FFT resampling or per-crop "
                          "preprocessing) reads the raw records (data.root) instead")
+    # `crema-jax prepare` reads every record with NaN runs interpolated and constant leads
+    # absent (read_record's defaults); a path that reads them otherwise needs the raw files.
+    for field, cached in (("nan_policy", "interpolate"), ("flat_leads", "absent")):
+        if getattr(reading, field) != cached:
+            raise ValueError(f"data.cache_dir: a cache holds records read with data.{field}="
+                             f"{cached!r}; the {data_cfg['preset']!r} data path reads them with "
+                             f"{getattr(reading, field)!r}, so it reads the raw records "
+                             "(data.root) instead")
     return cache.CacheSource(data_cfg["cache_dir"], split=split,
                              expect_target_fs=data_cfg["target_fs"],
                              expect_preprocess=reading.preprocess,

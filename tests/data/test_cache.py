@@ -1,12 +1,14 @@
 """Cache record format, stored-dtype precision, and cache -> pipeline == raw -> pipeline."""
 import os
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from crema_jax.data import cache, config as config_lib, layouts, pipeline, preprocess, records
+from crema_jax.data import cache, config as config_lib, layouts, pipeline, preprocess, presets
+from crema_jax.data import records
 
 
 def _preprocessed(path):
@@ -99,6 +101,15 @@ def test_cache_split_and_settings_checks(sample_cache, cinc_sample_dir):
     cfg = _cfg(cache_dir=str(sample_cache))
     cfg.preprocess.high_hz = 30.0
     with pytest.raises(ValueError, match="rebuild it"):
+        pipeline.make_source(cfg)
+    # The peers' paths read NaN and flat leads otherwise than `prepare` did: raw files only.
+    for preset, field in (("ecgfounder", "data.nan_policy='interpolate'"),
+                          ("stmem", "raw records")):
+        cfg = presets.apply(_cfg(cache_dir=str(sample_cache)), preset)
+        with pytest.raises(ValueError, match=re.escape(field)):
+            pipeline.make_source(cfg)
+    cfg = _cfg(cache_dir=str(sample_cache), flat_leads="keep")
+    with pytest.raises(ValueError, match="data.flat_leads='absent'"):
         pipeline.make_source(cfg)
 
 
