@@ -15,9 +15,6 @@ from crema_jax.evaluate import evaluators, reconstruction
 from crema_jax.train import trainer
 from tests.train.helpers import start_cli, tiny_config
 
-# One xdist worker builds this module's shared run (pytest.ini: --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("evaluator_run")
-
 
 def _bundled(**overrides):
     """The tiny model on the bundled real records, both evaluators every 2 steps."""

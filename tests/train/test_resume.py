@@ -10,9 +10,6 @@ import pytest
 from crema_jax import checkpoint as ckpt_lib
 from tests.train.helpers import start_cli
 
-# One xdist worker builds this module's shared run (pytest.ini: --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("resume_drills")
-
 STEPS = ("--config.train.num_steps=8", "--config.checkpoint.every_steps=2")
 SLOW = ("--config.train.debug_step_delay_seconds=1.0",)
 

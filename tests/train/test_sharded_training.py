@@ -14,9 +14,6 @@ from crema_jax.train import step as step_lib
 from crema_jax.train import trainer
 from tests.train.helpers import tiny_config
 
-# One xdist worker builds this module's shared run (pytest.ini: --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("sharded_runs")
-
 MESHES = {"data8": (8, 1, 1), "data2_fsdp4": (2, 4, 1), "data2_fsdp2_tensor2": (2, 2, 2)}
 
 
