@@ -109,21 +109,28 @@ def _odd_ext(x: np.ndarray, edge: int) -> np.ndarray:
                            2 * x[..., -1:] - x[..., -2:-edge - 2:-1]], axis=-1)
 
 
-def _sosfiltfilt(sos_zi: tuple[np.ndarray, np.ndarray], x: np.ndarray) -> np.ndarray:
-    """scipy.signal.sosfiltfilt along the last axis (odd padding), with cached initial
-    conditions; for signals shorter than scipy's padding it pads T - 1 samples instead of
-    refusing (larger edge transients, but a short crop still filters)."""
-    sos, zi = sos_zi
+def _zero_phase(x: np.ndarray, padlen: int, run) -> np.ndarray:
+    """scipy's filtfilt / sosfiltfilt ("pad" method) along the last axis: odd extension by
+    padlen samples (T - 1 for a shorter signal, where scipy refuses: larger edge transients, but
+    a short crop still filters), a forward pass from the steady state scaled by the first
+    sample, the same backwards, the extension cut off. run(signal, first) filters one pass."""
     n = x.shape[-1]
     if n < 2:
         raise ValueError(f"cannot filter a signal of {n} sample(s); need at least 2")
-    padlen = 3 * (2 * len(sos) + 1 - min((sos[:, 2] == 0).sum(), (sos[:, 5] == 0).sum()))
     edge = min(padlen, n - 1)
     ext = _odd_ext(x, edge)
-    zi = zi.reshape((len(sos),) + (1,) * (x.ndim - 1) + (2,))
-    y, _ = scipy.signal.sosfilt(sos, ext, axis=-1, zi=zi * ext[..., :1])
-    y, _ = scipy.signal.sosfilt(sos, y[..., ::-1], axis=-1, zi=zi * y[..., -1:])
+    y = run(ext, ext[..., :1])
+    y = run(y[..., ::-1], y[..., -1:])
     return y[..., ::-1][..., edge:n + edge]
+
+
+def _sosfiltfilt(sos_zi: tuple[np.ndarray, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """scipy.signal.sosfiltfilt along the last axis, with cached initial conditions."""
+    sos, zi = sos_zi
+    padlen = 3 * (2 * len(sos) + 1 - min((sos[:, 2] == 0).sum(), (sos[:, 5] == 0).sum()))
+    zi = zi.reshape((len(sos),) + (1,) * (x.ndim - 1) + (2,))
+    return _zero_phase(x, padlen, lambda s, first: scipy.signal.sosfilt(
+        sos, s, axis=-1, zi=zi * first)[0])
 
 
 @functools.lru_cache(maxsize=64)
@@ -141,19 +148,12 @@ def _notch_ba(freq_hz: float, q: float, fs: float) -> tuple[np.ndarray, ...]:
 
 
 def _filtfilt_ba(ba_zi: tuple[np.ndarray, ...], x: np.ndarray) -> np.ndarray:
-    """scipy.signal.filtfilt(b, a, x, axis=-1) step for step (odd padding of
-    3 * max(len(a), len(b)) samples, shortened to T - 1 for a shorter signal), with the design
-    and its initial conditions cached."""
+    """scipy.signal.filtfilt(b, a, x, axis=-1) step for step (padlen 3 * max(len(a), len(b))),
+    with the design and its initial conditions cached."""
     b, a, zi = ba_zi
-    n = x.shape[-1]
-    if n < 2:
-        raise ValueError(f"cannot filter a signal of {n} sample(s); need at least 2")
-    edge = min(3 * max(len(a), len(b)), n - 1)
-    ext = _odd_ext(x, edge)
     zi = zi.reshape((1,) * (x.ndim - 1) + (-1,))
-    y, _ = scipy.signal.lfilter(b, a, ext, axis=-1, zi=zi * ext[..., :1])
-    y, _ = scipy.signal.lfilter(b, a, y[..., ::-1], axis=-1, zi=zi * y[..., -1:])
-    return y[..., ::-1][..., edge:n + edge]
+    return _zero_phase(x, 3 * max(len(a), len(b)), lambda s, first: scipy.signal.lfilter(
+        b, a, s, axis=-1, zi=zi * first)[0])
 
 
 def butterworth(x: np.ndarray, fs: float, *, low_hz: float | None, high_hz: float | None,

@@ -145,10 +145,10 @@ def _fast_path_ok(header: wfdb_header.Header) -> bool:
 def _read_fast(base: pathlib.Path, header: wfdb_header.Header) -> np.ndarray:
     """(T, n_sig) float64 physical values (header units), NaN for invalid samples: a transposed
     view of a (n_sig, T) array, so each lead is one contiguous row (what canonical_ecg copies)."""
-    out = np.empty((len(header.signals), header.sig_len), np.float64)
     by_file: dict[str, list[int]] = {}
     for ch, spec in enumerate(header.signals):
         by_file.setdefault(spec.file_name, []).append(ch)
+    out = None if len(by_file) == 1 else np.empty((len(header.signals), header.sig_len))
     for file_name, channels in by_file.items():
         spec = header.signals[channels[0]]
         if any(header.signals[c].fmt != spec.fmt for c in channels):
@@ -174,7 +174,7 @@ def _read_fast(base: pathlib.Path, header: wfdb_header.Header) -> np.ndarray:
         invalid = digital == _FAST_FORMATS[spec.fmt][1]
         if invalid.any():
             physical[invalid] = np.nan
-        if len(by_file) == 1:  # one file holds every signal, in header order
+        if out is None:  # one file holds every signal, in header order
             return physical.T
         out[channels] = physical
     return out.T
