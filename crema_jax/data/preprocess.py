@@ -1,4 +1,6 @@
-"""ECG preprocessing: pure numpy/scipy functions on (..., leads, T) arrays, set by a ConfigDict.
+"""ECG preprocessing: pure functions on (..., leads, T) arrays, set by a ConfigDict. The designs
+come from scipy.signal; the zero-phase filters and the running median run as compiled loops
+(kernels.py) that give scipy's results bit for bit.
 
 Order of operations in `preprocess` (the order ECGFounder's authors use; ST-MEM uses the subset
 filter -> normalise): notch -> Butterworth filter(s) -> running-median baseline removal ->
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import functools
 
-import bottleneck
 import ml_collections
 import numpy as np
 import scipy.signal
@@ -101,36 +102,13 @@ def _check_cutoffs(cutoffs, fs: float) -> None:
                              f"frequency {fs / 2} Hz (fs = {fs} Hz)")
 
 
-def _odd_ext(x: np.ndarray, edge: int) -> np.ndarray:
-    """scipy.signal's odd extension by `edge` samples at both ends of the last axis."""
-    if edge == 0:
-        return x
-    return np.concatenate([2 * x[..., :1] - x[..., edge:0:-1], x,
-                           2 * x[..., -1:] - x[..., -2:-edge - 2:-1]], axis=-1)
-
-
-def _zero_phase(x: np.ndarray, padlen: int, run) -> np.ndarray:
-    """scipy's filtfilt / sosfiltfilt ("pad" method) along the last axis: odd extension by
-    padlen samples (T - 1 for a shorter signal, where scipy refuses: larger edge transients, but
-    a short crop still filters), a forward pass from the steady state scaled by the first
-    sample, the same backwards, the extension cut off. run(signal, first) filters one pass."""
-    n = x.shape[-1]
-    if n < 2:
-        raise ValueError(f"cannot filter a signal of {n} sample(s); need at least 2")
-    edge = min(padlen, n - 1)
-    ext = _odd_ext(x, edge)
-    y = run(ext, ext[..., :1])
-    y = run(y[..., ::-1], y[..., -1:])
-    return y[..., ::-1][..., edge:n + edge]
-
-
 def _sosfiltfilt(sos_zi: tuple[np.ndarray, np.ndarray], x: np.ndarray) -> np.ndarray:
-    """scipy.signal.sosfiltfilt along the last axis, with cached initial conditions."""
+    """scipy.signal.sosfiltfilt along the last axis (its default padlen), compiled, with cached
+    initial conditions."""
+    from crema_jax.data import kernels  # numba: imported (and compiled) on first use
     sos, zi = sos_zi
     padlen = 3 * (2 * len(sos) + 1 - min((sos[:, 2] == 0).sum(), (sos[:, 5] == 0).sum()))
-    zi = zi.reshape((len(sos),) + (1,) * (x.ndim - 1) + (2,))
-    return _zero_phase(x, padlen, lambda s, first: scipy.signal.sosfilt(
-        sos, s, axis=-1, zi=zi * first)[0])
+    return kernels.sosfiltfilt(sos, zi, x, padlen)
 
 
 @functools.lru_cache(maxsize=64)
@@ -148,12 +126,11 @@ def _notch_ba(freq_hz: float, q: float, fs: float) -> tuple[np.ndarray, ...]:
 
 
 def _filtfilt_ba(ba_zi: tuple[np.ndarray, ...], x: np.ndarray) -> np.ndarray:
-    """scipy.signal.filtfilt(b, a, x, axis=-1) step for step (padlen 3 * max(len(a), len(b))),
-    with the design and its initial conditions cached."""
+    """scipy.signal.filtfilt(b, a, x, axis=-1) (padlen 3 * max(len(a), len(b))), compiled, with
+    the design and its initial conditions cached."""
+    from crema_jax.data import kernels
     b, a, zi = ba_zi
-    zi = zi.reshape((1,) * (x.ndim - 1) + (-1,))
-    return _zero_phase(x, 3 * max(len(a), len(b)), lambda s, first: scipy.signal.lfilter(
-        b, a, s, axis=-1, zi=zi * first)[0])
+    return kernels.filtfilt(b, a, zi, x, 3 * max(len(a), len(b)))
 
 
 def butterworth(x: np.ndarray, fs: float, *, low_hz: float | None, high_hz: float | None,
@@ -206,11 +183,10 @@ def median_baseline(x: np.ndarray, fs: float, *, window_s: float = 0.4,
     half = width // 2
     padded = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(half, half)],
                     mode="edge" if edges == "nearest" else "constant")
-    # bottleneck's double-heap running median over all leads in one call, without the GIL (so
-    # read threads overlap); its trailing window ending at padded[i + width - 1] is the window
-    # centred on x[i]. scipy.ndimage's 1-D rank filter gives the same values, holding the GIL.
-    baseline = bottleneck.move_median(padded, width, axis=-1)[..., width - 1:]
-    return x - baseline
+    # The window starting at padded[i] is the one centred on x[i]. A compiled sort-based running
+    # median (kernels.py), exact, without the GIL so read threads overlap.
+    from crema_jax.data import kernels
+    return x - kernels.running_median(padded, width)
 
 
 # A standard deviation below 10 nV counts as zero: a flat input that went through the filters
