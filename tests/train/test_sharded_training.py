@@ -24,14 +24,25 @@ def reference(tmp_path_factory):
     return out
 
 
+class _LazyRuns(dict):
+    """Each mesh's run, trained the first time a test asks for it: an xdist worker builds only
+    the meshes of the tests it was given (compiling a sharded run costs ~45 s here)."""
+
+    def __init__(self, tmp_path_factory):
+        super().__init__()
+        self.tmp_path_factory = tmp_path_factory
+
+    def __missing__(self, name):
+        d, f, t = MESHES[name]
+        config = tiny_config(**{"mesh.data": d, "mesh.fsdp": f, "mesh.tensor": t})
+        workdir = self.tmp_path_factory.mktemp(name)
+        self[name] = (trainer.train(config, workdir), workdir)
+        return self[name]
+
+
 @pytest.fixture(scope="module")
 def sharded_runs(tmp_path_factory):
-    runs = {}
-    for name, (d, f, t) in MESHES.items():
-        config = tiny_config(**{"mesh.data": d, "mesh.fsdp": f, "mesh.tensor": t})
-        workdir = tmp_path_factory.mktemp(name)
-        runs[name] = (trainer.train(config, workdir), workdir)
-    return runs
+    return _LazyRuns(tmp_path_factory)
 
 
 class _Slow:
