@@ -258,36 +258,22 @@ def _cut(e, edge, out):
             out[r, t] = e[edge + t, r]
 
 
-@numba.njit(nogil=True, cache=True)
-def _filtfilt_rows(b, a, zi, x, edge):
-    e = _odd_extended(x, edge)
-    _ba_pass(b, a, zi, e, True)
-    _ba_pass(b, a, zi, e, False)
-    out = np.empty(x.shape)
-    _cut(e, edge, out)
-    return out
-
-
-@numba.njit(nogil=True, cache=True)
-def _sosfiltfilt_rows(sos, zi, x, edge):
-    e = _odd_extended(x, edge)
-    _sos_pass(sos, zi, e, True)
-    _sos_pass(sos, zi, e, False)
-    out = np.empty(x.shape)
-    _cut(e, edge, out)
-    return out
-
-
-def _zero_phase(x: np.ndarray, padlen: int, run) -> np.ndarray:
-    """Rows of (..., T) through run(rows, edge): scipy's "pad" method with an odd extension of
-    padlen samples (T - 1 for a shorter signal, where scipy refuses: larger edge transients,
-    but a short crop still filters)."""
+def _zero_phase(x: np.ndarray, padlen: int, one_pass) -> np.ndarray:
+    """scipy's "pad" method along the last axis of (..., T): an odd extension of padlen samples
+    (T - 1 for a shorter signal, where scipy refuses: larger edge transients, but a short crop
+    still filters), one_pass(e, forward) over it forwards then backwards, the extension cut."""
     x = np.asarray(x, np.float64)
     n = x.shape[-1]
     if n < 2:
         raise ValueError(f"cannot filter a signal of {n} sample(s); need at least 2")
     rows = np.ascontiguousarray(x.reshape(-1, n))
-    return run(rows, min(padlen, n - 1)).reshape(x.shape)
+    edge = min(padlen, n - 1)
+    e = _odd_extended(rows, edge)
+    one_pass(e, True)
+    one_pass(e, False)
+    out = np.empty(rows.shape)
+    _cut(e, edge, out)
+    return out.reshape(x.shape)
 
 
 def filtfilt(b: np.ndarray, a: np.ndarray, zi: np.ndarray, x: np.ndarray,
@@ -301,7 +287,7 @@ def filtfilt(b: np.ndarray, a: np.ndarray, zi: np.ndarray, x: np.ndarray,
                          f"shapes {b.shape} and {a.shape}")
     b, a = b / a[0], a / a[0]  # as scipy's lfilter normalises them
     zi = np.asarray(zi, np.float64)
-    return _zero_phase(x, padlen, lambda rows, edge: _filtfilt_rows(b, a, zi, rows, edge))
+    return _zero_phase(x, padlen, lambda e, forward: _ba_pass(b, a, zi, e, forward))
 
 
 def sosfiltfilt(sos: np.ndarray, zi: np.ndarray, x: np.ndarray, padlen: int) -> np.ndarray:
@@ -310,4 +296,4 @@ def sosfiltfilt(sos: np.ndarray, zi: np.ndarray, x: np.ndarray, padlen: int) -> 
     if sos.ndim != 2 or sos.shape[1] != 6:
         raise ValueError(f"sosfiltfilt needs sos of shape (sections, 6), got {sos.shape}")
     zi = np.asarray(zi, np.float64)
-    return _zero_phase(x, padlen, lambda rows, edge: _sosfiltfilt_rows(sos, zi, rows, edge))
+    return _zero_phase(x, padlen, lambda e, forward: _sos_pass(sos, zi, e, forward))
