@@ -35,7 +35,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 if __name__ == "__main__":  # Same process set-up as bench/train_step.py and `crema-jax`.
-    from crema_jax import host_malloc  # noqa: E402
+    from crema_jax.runtime import host_malloc  # noqa: E402
 
     host_malloc.reexec_with_hugetlb()
 

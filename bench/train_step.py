@@ -28,7 +28,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 if __name__ == "__main__":  # As `crema-jax` runs: glibc THP for XLA:CPU's step buffers.
-    from crema_jax import host_malloc  # noqa: E402
+    from crema_jax.runtime import host_malloc  # noqa: E402
 
     host_malloc.reexec_with_hugetlb()
 

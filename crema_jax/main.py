@@ -27,8 +27,8 @@ def run(argv=None) -> None:
         print(f"crema-jax: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
     module_name, _, hugetlb = COMMANDS[name]
-    if from_process and hugetlb:  # before anything allocates: see crema_jax/host_malloc.py
-        from crema_jax import host_malloc
+    if from_process and hugetlb:  # before anything allocates: see runtime/host_malloc.py
+        from crema_jax.runtime import host_malloc
 
         host_malloc.reexec_with_hugetlb()
     from absl import flags

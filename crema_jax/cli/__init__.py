@@ -1,7 +1,7 @@
 """The `crema-jax` subcommands: one module each (its flags and `main`), listed here.
 
 COMMANDS: name -> (module, one-line help, re-execute with the huge-page malloc tunable). The
-tunable (crema_jax/host_malloc.py) was measured to help XLA:CPU's train step only, so only
+tunable (crema_jax/runtime/host_malloc.py) was measured to help XLA:CPU's train step only, so only
 `pretrain` takes it. Importing this package imports nothing else: `crema-jax --help` is instant.
 """
 COMMANDS = {

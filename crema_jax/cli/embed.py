@@ -45,7 +45,7 @@ def main(args) -> None:
         fs = float(args.fs) if args.fs else None
     except ValueError:
         raise command.CommandError(f"--fs={args.fs!r}: expected a sampling rate in Hz") from None
-    from crema_jax import files
+    from crema_jax.runtime import files
 
     if not args.out.endswith(".npy"):
         raise command.CommandError(f"--out={args.out}: expected a file name ending in .npy")

@@ -28,7 +28,7 @@ def main(args) -> None:
 
     if not args.positional:
         raise command.CommandError(f"no records given (usage: {COMMAND.usage_line()})")
-    from crema_jax import files
+    from crema_jax.runtime import files
 
     if args.out:
         files.check_output_file(args.out, inputs=[args.checkpoint, *args.positional],

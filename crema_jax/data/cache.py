@@ -34,7 +34,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from crema_jax import files
+from crema_jax.runtime import files
 
 from crema_jax.data.sources import multi_hot
 

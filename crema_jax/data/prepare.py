@@ -25,7 +25,7 @@ import os
 import sys
 import time
 
-from crema_jax import files
+from crema_jax.runtime import files
 from crema_jax.data import cache, hosts
 
 

@@ -10,7 +10,7 @@ import pathlib
 
 import numpy as np
 
-from crema_jax import files
+from crema_jax.runtime import files
 from crema_jax.evaluate import plots
 
 DASH = "\u2014"

@@ -16,7 +16,7 @@ import numpy as np
 import safetensors.numpy
 
 from crema_jax import checkpoint as ckpt_lib
-from crema_jax import files
+from crema_jax.runtime import files
 from crema_jax.export import convert, safe_load, sit_layouts
 from crema_jax.models import params as params_lib
 

@@ -18,7 +18,7 @@ from absl import logging
 
 from crema_jax import checkpoint as ckpt_lib
 from crema_jax import config as config_lib
-from crema_jax import files
+from crema_jax.runtime import files
 from crema_jax.data import presets
 from crema_jax.export import convert, safe_load, sit_layouts
 from crema_jax.models import params as params_lib

@@ -51,7 +51,7 @@ def predict_probabilities(backbone, *, records=None, array=None, fs=None, batch_
 
 def write_csv(path: str, ids, probs: np.ndarray, labels) -> None:
     """The probabilities as CSV, written atomically (crema_jax/files.py)."""
-    from crema_jax import files
+    from crema_jax.runtime import files
 
     def write(tmp):
         with open(tmp, "w", newline="", encoding="utf-8") as f:

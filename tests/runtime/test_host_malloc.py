@@ -1,4 +1,4 @@
-"""crema_jax/host_malloc.py: when the process re-executes itself, and that glibc then really
+"""crema_jax/runtime/host_malloc.py: when the process re-executes itself, and that glibc then really
 serves big allocations with huge pages (page faults counted by the kernel)."""
 import os
 import subprocess
@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from crema_jax import host_malloc
+from crema_jax.runtime import host_malloc
 
 GLIBC = (2, 36)
 
@@ -38,7 +38,7 @@ def test_thp_mode_reads_the_bracketed_mode(tmp_path):
 CHILD = textwrap.dedent("""
     import os, sys
     print("start", os.getpid(), flush=True)
-    from crema_jax import host_malloc
+    from crema_jax.runtime import host_malloc
     host_malloc.reexec_with_hugetlb(thp_path=sys.argv[1])
     print("args", sys.argv[2:], "tunables", os.environ.get("GLIBC_TUNABLES", ""), flush=True)
 """)
