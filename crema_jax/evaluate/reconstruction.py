@@ -24,6 +24,8 @@ from crema_jax import models
 from crema_jax.data import batch as batch_lib
 from crema_jax.data import pipeline
 from crema_jax.data.leads import LEADS
+from crema_jax.losses.mae import masked_mse as loss_masked_mse
+from crema_jax.losses.mae import normalise_patches
 
 BASELINES = ("zero", "nearest_patch", "correlated_lead")
 
@@ -93,19 +95,12 @@ def correlated_lead(patches: np.ndarray, mask: np.ndarray, corr: np.ndarray) -> 
     return np.where(found[..., None], slope[..., None] * copied, 0.0)
 
 
-def _standardise(x: np.ndarray) -> np.ndarray:
-    """Per-patch standardisation (ddof=1, eps 1e-6), as the loss's normalised targets."""
-    x = x.astype(np.float64)
-    return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, ddof=1, keepdims=True) + 1e-6)
-
-
 def masked_mse(pred: np.ndarray, patches: np.ndarray, weights: np.ndarray, *,
                norm_pix_loss: bool) -> float:
-    """Mean over hidden valid patches of the per-patch MSE (the loss's definition)."""
-    target = _standardise(patches) if norm_pix_loss else patches.astype(np.float64)
-    per_patch = np.mean((pred.astype(np.float64) - target) ** 2, axis=-1)
-    w = weights.astype(np.float64)
-    return float((per_patch * w).sum() / max(w.sum(), 1.0))
+    """Mean over hidden valid patches of the per-patch MSE: the training loss's definition
+    (losses/mae.py), in float64."""
+    return float(loss_masked_mse(np.asarray(pred), np.asarray(patches), np.asarray(weights),
+                                norm_pix_loss=norm_pix_loss, xp=np)[0])
 
 
 def baseline_predictions(batch: dict, corr: np.ndarray, *, norm_pix_loss: bool) -> dict:
@@ -113,7 +108,8 @@ def baseline_predictions(batch: dict, corr: np.ndarray, *, norm_pix_loss: bool) 
     preds = {"zero": np.zeros_like(patches), "nearest_patch": nearest_patch(patches, mask),
              "correlated_lead": correlated_lead(patches, mask, corr)}
     if norm_pix_loss:  # a copied patch standardised by its own statistics (zero stays zero)
-        preds = {k: v if k == "zero" else _standardise(v) for k, v in preds.items()}
+        preds = {k: v if k == "zero" else normalise_patches(v, xp=np)
+                 for k, v in preds.items()}
     return preds
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from crema_jax.data import layouts, pipeline, records, sources
 from crema_jax.data.leads import LEADS
 from crema_jax.inference import backbones
+from crema_jax.runtime import mesh as mesh_lib
 
 
 class EmbedError(ValueError):
@@ -115,8 +116,8 @@ def embed(backbone, *, records=None, array=None, fs: float | None = None, raw: b
     "data_cfg": the data section used (None for raw)}."""
     if windows not in ("rows", "mean"):
         raise EmbedError(f"windows={windows!r}: expected 'rows' or 'mean'")
-    mesh = backbones.data_mesh() if mesh is None else mesh
-    batch_size = backbones.round_batch(batch_size, mesh)
+    mesh = mesh_lib.make_mesh() if mesh is None else mesh
+    batch_size = mesh_lib.round_batch(batch_size, mesh)
     stats, data_cfg = sources.SkipStats(), None
     if raw:
         if array is None:

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import wfdb
 
-from crema_jax import checkpoint, config as config_lib
+from crema_jax import config as config_lib
+from crema_jax.runtime import checkpoint
 from crema_jax.cli import embed, export_torch, import_torch, prepare, pretrain, probe
 from crema_jax.data import records, synthetic
 from crema_jax.models import params as params_lib
@@ -233,7 +234,7 @@ def test_crema_metadata_may_only_agree_with_the_tensors(tmp_path, capsys):
     import_torch.COMMAND.run(["--format=crema", f"--out={tmp_path / 'ok'}", str(path)])
     size = sum(p.stat().st_size for p in (tmp_path / "ok").rglob("*") if p.is_file())
     assert size < 4 * path.stat().st_size, size        # no decoder the file never held
-    assert checkpoint.load_config(tmp_path / "ok").model.name == "sit_encoder"
+    assert config_lib.load_checkpoint_config(tmp_path / "ok").model.name == "sit_encoder"
     meta["width"], meta["decoder_width"] = 128, 32
     bad = tmp_path / "bad.safetensors"
     safetensors.numpy.save_file(sd, str(bad), metadata={"format": "pt",

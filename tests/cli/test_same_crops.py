@@ -8,7 +8,8 @@ signal at the hand-computed starts.
 import numpy as np
 import pytest
 
-from crema_jax import checkpoint, config as config_lib
+from crema_jax import config as config_lib
+from crema_jax.runtime import checkpoint
 from crema_jax.cli import embed, finetune, predict, probe
 from crema_jax.data import pipeline, preprocess, records, synthetic
 from crema_jax.models import params as params_lib

@@ -153,7 +153,7 @@ def test_net1d_backbone_probe(cinc_sample_dir, tmp_path):
     """A Net1D checkpoint in the layout import-torch writes (default config, model = net1d)."""
     from flax import nnx
 
-    from crema_jax.checkpoint import save_model_checkpoint
+    from crema_jax.runtime.checkpoint import save_model_checkpoint
     from crema_jax.config import default_config
     from crema_jax.models.net1d import Net1D
     config = default_config("net1d")

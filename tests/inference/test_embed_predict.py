@@ -12,7 +12,7 @@ import scipy.ndimage
 import scipy.signal
 import torch
 
-from crema_jax import checkpoint
+from crema_jax.runtime import checkpoint
 from crema_jax.data import layouts, records
 from crema_jax.export import import_torch
 from crema_jax.inference import backbones, embed, predict

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from crema_jax import checkpoint as ckpt_lib
+from crema_jax.runtime import workdir as workdir_lib
 from crema_jax.data import layouts
-from crema_jax.evaluate import evaluators, reconstruction
+from crema_jax.evaluate import evaluators
 from crema_jax.train import trainer
 from tests.train.helpers import start_cli, tiny_config
 
@@ -119,11 +119,11 @@ def test_evaluations_continue_after_kill_minus_9(tmp_path, jax_cache_dir):
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
     work = tmp_path / "drill"
-    proc = start_cli(work, *evals, "--config.train.debug_step_delay_seconds=1.0",
+    proc = start_cli(work, *evals, step_delay_seconds=1.0,
                      cache_dir=jax_cache_dir)
     import time
     deadline = time.time() + 600
-    while (ckpt_lib.latest_step(work / "checkpoints") or 0) < 2 and time.time() < deadline:
+    while (workdir_lib.latest_step(work / "checkpoints") or 0) < 2 and time.time() < deadline:
         assert proc.poll() is None, proc.stdout.read()
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)

@@ -5,7 +5,7 @@ One mesh with three named axes serves every layout (sizes may be 1):
   fsdp    batch split AND the `embed` dim of every parameter split (ZeRO-3 style),
   tensor  attention heads and MLP hidden split (Megatron style).
 The batch is split over data x fsdp; which parameter dim goes where is decided by the logical-axis
-rules table alone (crema_jax/models/sharding.py DEFAULT_RULES, overridable by config.mesh.rules).
+rules table alone (the model's, models/sharding.py DEFAULT_RULES, overridable by config.mesh.rules).
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # The batch dim is split over both; tensor-parallel ranks share it.
+DATA_PARALLEL = {"data": -1, "fsdp": 1, "tensor": 1}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -45,22 +46,25 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:
     return tuple(sizes)
 
 
-def make_mesh(mesh_cfg, devices=None) -> jax.sharding.Mesh:
-    """The ("data", "fsdp", "tensor") mesh with Auto axes (GSPMD partitions what we leave open)."""
+def make_mesh(mesh_cfg=None, devices=None) -> jax.sharding.Mesh:
+    """The ("data", "fsdp", "tensor") mesh with Auto axes (GSPMD partitions what we leave open).
+
+    mesh_cfg: config.mesh (sizes of the three axes); None = DATA_PARALLEL, every device on
+    "data" (what evaluation and inference run on).
+    """
     devices = jax.devices() if devices is None else list(devices)
-    shape = mesh_shape(mesh_cfg, len(devices))
+    shape = mesh_shape(DATA_PARALLEL if mesh_cfg is None else mesh_cfg, len(devices))
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
                          devices=devices)
 
 
-def logical_rules(mesh, mesh_cfg=None) -> tuple:
-    """The logical -> mesh rules: the model's defaults with config.mesh.rules overriding entries.
+def logical_rules(mesh, mesh_cfg, default_rules) -> tuple:
+    """The logical -> mesh rules: the model's `default_rules` with config.mesh.rules overriding
+    entries, restricted to the mesh's axes.
 
     config.mesh.rules is a tuple of (logical_name, mesh_axis or tuple of axes or None).
     """
-    from crema_jax.models import sharding
-
-    rules = dict(sharding.DEFAULT_RULES)
+    rules = dict(default_rules)
     overrides = tuple(mesh_cfg.rules or ()) if mesh_cfg is not None else ()
     for entry in overrides:
         if len(entry) != 2:
@@ -68,7 +72,24 @@ def logical_rules(mesh, mesh_cfg=None) -> tuple:
                              f"got {entry!r}")
         name, target = entry
         rules[name] = tuple(target) if isinstance(target, list) else target
-    return sharding.rules_for_mesh(mesh, tuple(rules.items()))
+    return rules_for_mesh(mesh, tuple(rules.items()))
+
+
+def rules_for_mesh(mesh, rules):
+    """`rules` with mesh axes the mesh lacks removed, so one table serves ("data",) and
+    ("data", "fsdp", "tensor") meshes alike."""
+    names = set(mesh.axis_names)
+
+    def keep(target):
+        if target is None:
+            return None
+        targets = (target,) if isinstance(target, str) else tuple(target)
+        kept = tuple(t for t in targets if t in names)
+        if not kept:
+            return None
+        return kept[0] if len(kept) == 1 else kept
+
+    return tuple((logical, keep(target)) for logical, target in rules)
 
 
 def batch_sharding(mesh) -> NamedSharding:
@@ -79,9 +100,12 @@ def replicated(mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def replicate(value, sharding: NamedSharding) -> jax.Array:
-    """A host value (identical on every process) as a global array; unlike jax.device_put this
-    also works when the sharding spans other processes' devices."""
+def place(value, sharding: NamedSharding) -> jax.Array:
+    """A host value (identical on every process) as a global array on `sharding`; unlike
+    jax.device_put this also works when the sharding spans other processes' devices. An array
+    already on `sharding` is returned as it is."""
+    if isinstance(value, jax.Array) and value.sharding == sharding:
+        return value
     host = np.asarray(value)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
@@ -89,6 +113,12 @@ def replicate(value, sharding: NamedSharding) -> jax.Array:
 def batch_divisor(mesh) -> int:
     """The global batch must divide by this (the number of batch shards)."""
     return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+
+
+def round_batch(batch_size: int, mesh) -> int:
+    """The smallest multiple of the mesh's batch shards that holds batch_size records."""
+    n = batch_divisor(mesh)
+    return max(n, int(math.ceil(batch_size / n)) * n)
 
 
 def process_count(mesh) -> int:

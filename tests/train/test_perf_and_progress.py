@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from crema_jax.train import metrics
+from crema_jax.train import perf, progress
 
 
 @pytest.mark.parametrize("kind,dtype,peak", [
@@ -17,17 +17,17 @@ from crema_jax.train import metrics
     ("NVIDIA H200", "bfloat16", 989.0), ("NVIDIA A100-SXM4-40GB", "float32", 156.0)])
 def test_peak_table(kind, dtype, peak):
     device = types.SimpleNamespace(device_kind=kind, platform="tpu")
-    assert metrics.peak_tflops_per_device(dtype, device)[0] == peak
+    assert perf.peak_tflops_per_device(dtype, device)[0] == peak
 
 
 def test_compiled_flops_of_a_matmul():
     f = jax.jit(lambda a, b: a @ b).lower(jax.ShapeDtypeStruct((64, 32), jnp.float32),
                                           jax.ShapeDtypeStruct((32, 16), jnp.float32)).compile()
-    assert metrics.compiled_flops_per_device(f) == 2 * 64 * 32 * 16
+    assert perf.compiled_flops_per_device(f) == 2 * 64 * 32 * 16
 
 
 def test_perf_metrics_arithmetic():
-    m = metrics.perf_metrics(step_seconds=0.5, flops_per_device=2e12, peak_tflops=8.0,
+    m = perf.perf_metrics(step_seconds=0.5, flops_per_device=2e12, peak_tflops=8.0,
                              global_batch=64)
     assert m["perf/ecgs_per_sec"] == 128.0
     assert m["perf/per_device_tflops_per_sec"] == pytest.approx(4.0)
@@ -35,7 +35,7 @@ def test_perf_metrics_arithmetic():
 
 
 def test_metric_writer_jsonl_and_tensorboard(tmp_path):
-    writer = metrics.MetricWriter(tmp_path, enabled=True)
+    writer = progress.MetricWriter(tmp_path, enabled=True)
     writer.write(1, {"loss": np.float32(1.5), "learning/lr": 0.1})
     writer.write(2, {"loss": 1.25, "learning/lr": 0.2})
     writer.close()
@@ -47,7 +47,7 @@ def test_metric_writer_jsonl_and_tensorboard(tmp_path):
 
 
 def test_progress_line_has_loss_terms_and_eta():
-    line = metrics.progress_line(10, 100, {"loss": 0.5, "loss/mae": 0.4,
+    line = progress.progress_line(10, 100, {"loss": 0.5, "loss/mae": 0.4,
                                            "perf/step_time_seconds": 0.25}, eta_seconds=3725)
     assert line.startswith("step 10/100 loss=0.50000 mae=0.4000")
     assert "250ms/step" in line and "eta=1h02m05s" in line
