@@ -35,7 +35,7 @@ if __name__ == "__main__":  # As `crema-jax` runs: glibc THP for XLA:CPU's step 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from crema_jax.data import batch as batch_lib  # noqa: E402
+from crema_jax.data.pipeline import batch as batch_lib  # noqa: E402
 from crema_jax.train import mesh as mesh_lib, metrics as metrics_lib, trainer  # noqa: E402
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from crema_jax.data import preprocess as preprocess_lib
-from crema_jax.data.leads import LEADS
+from crema_jax.data.reading.leads import LEADS
+from crema_jax.data.signal import preprocess as preprocess_lib
 
 
 def default_data_config() -> ml_collections.ConfigDict:

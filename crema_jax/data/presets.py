@@ -25,7 +25,7 @@ paths exist so that their released weights give their authors' outputs from the 
 """
 from __future__ import annotations
 
-from crema_jax.data import preprocess as preprocess_lib
+from crema_jax.data.signal import preprocess as preprocess_lib
 
 NAMES = ("crema", "stmem", "ecgfounder")
 

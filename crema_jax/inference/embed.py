@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from crema_jax.data import layouts, pipeline, records, sources
-from crema_jax.data.leads import LEADS
+from crema_jax.data.index import dataset_index as layouts
+from crema_jax.data.pipeline import datasets as pipeline
+from crema_jax.data.pipeline import skips, sources
+from crema_jax.data.reading import ecg as records
+from crema_jax.data.reading.leads import LEADS
 from crema_jax.inference import backbones
 
 
@@ -117,7 +120,7 @@ def embed(backbone, *, records=None, array=None, fs: float | None = None, raw: b
         raise EmbedError(f"windows={windows!r}: expected 'rows' or 'mean'")
     mesh = backbones.data_mesh() if mesh is None else mesh
     batch_size = backbones.round_batch(batch_size, mesh)
-    stats, data_cfg = sources.SkipStats(), None
+    stats, data_cfg = skips.SkipStats(), None
     if raw:
         if array is None:
             raise EmbedError("raw input needs an array (.npy), not WFDB records")

@@ -18,7 +18,7 @@ from flax import nnx
 
 from crema_jax import checkpoint as ckpt_lib
 from crema_jax import config as config_lib
-from crema_jax.data import batch as batch_lib
+from crema_jax.data.pipeline import batch as batch_lib
 from crema_jax.train import mesh as mesh_lib
 from crema_jax.train import metrics as metrics_lib
 from crema_jax.train import optimizer as optim_lib
@@ -97,7 +97,7 @@ def build(config, *, devices=None):
 
 def input_iterator(config, per_process_batch: int):
     """This process's Grain iterator of pretraining batches: config.data with its batch size."""
-    from crema_jax.data import pipeline
+    from crema_jax.data.pipeline import datasets as pipeline
 
     data_cfg = config.data.copy_and_resolve_references()
     with data_cfg.unlocked():

@@ -5,7 +5,7 @@ import jax
 import pytest
 from flax import nnx
 
-from crema_jax.data import batch as batch_lib
+from crema_jax.data.pipeline import batch as batch_lib
 from crema_jax.train import mesh as mesh_lib
 from crema_jax.train import trainer
 from tests.train.helpers import tiny_config

@@ -1,0 +1,112 @@
+"""ECG preprocessing: the steps of filters.py on (..., leads, T) arrays, set by a ConfigDict.
+
+Order of operations in `preprocess` (the order ECGFounder's authors use; ST-MEM uses the subset
+filter -> normalise): notch -> Butterworth filter(s) -> running-median baseline removal ->
+normalisation -> clipping. Every step works along the last axis and is vectorised over leads.
+
+Presets (`PRESETS[name]()` returns a fresh ConfigDict; the data paths that use them, with every
+other step, are in presets.py):
+- "crema" (= `default_preprocess_config()`): order-5 Butterworth high-pass 0.67 Hz then order-5
+  low-pass 40 Hz, each zero-phase `sosfiltfilt`, then one z-score of the whole record over its
+  recorded leads.
+- "stmem": the same two filters and a z-score over every fed lead, applied to each CROP
+  (stage "crop"), as ST-MEM's transforms do.
+- "ecgfounder": 50 Hz notch (Q 30) and an order-4 band-pass 0.67-40 Hz, both in (b, a) form
+  with `filtfilt`; `medfilt` baseline of int(0.4*fs)+1 samples (made odd) with zero-padded edges
+  subtracted; (x - mean) / (std + 1e-8) over the whole array.
+- "none": nothing at all.
+
+`stats="present"` leaves absent (zero-filled) leads out of the normalisation statistics (our
+choice); `stats="all"` takes every row, as the peers' code does (identical for complete records).
+Absent leads stay zero either way. A signal whose std is below 1e-8 (mV) normalises to zeros
+(ST-MEM: std 0 -> zeros).
+"""
+from __future__ import annotations
+
+import ml_collections
+import numpy as np
+
+from crema_jax.data.signal.filters import butterworth, median_baseline, normalise, notch
+
+
+def default_preprocess_config() -> ml_collections.ConfigDict:
+    """crema_jax's own preprocessing (the default for our models)."""
+    return ml_collections.ConfigDict(dict(
+        # "record": on the whole record when it is read; "crop": on each crop (ST-MEM).
+        stage="record",
+        # "cascade": separate high-pass and low-pass filters of `filter_order` (ST-MEM);
+        # "bandpass": one band-pass design of `filter_order` (ECGFounder); "none".
+        filter_type="cascade",
+        # "sos": second-order sections with sosfiltfilt; "ba": transfer function with filtfilt
+        # (ECGFounder's form; default odd padding of 3 * max(len(a), len(b)) samples).
+        filter_form="sos",
+        low_hz=0.67,        # High-pass corner in Hz (None: no high-pass); removes baseline drift.
+        high_hz=40.0,       # Low-pass corner in Hz (None: no low-pass); removes EMG and mains.
+        filter_order=5,
+        notch_hz=ml_collections.config_dict.placeholder(float),  # e.g. 50.0 or 60.0 (mains).
+        notch_q=30.0,
+        baseline="none",    # "median": subtract a running median (ECGFounder); "none".
+        baseline_window_s=0.4,
+        baseline_edges="nearest",  # running-median edges: "nearest" | "zero" (medfilt's).
+        normalise="global",  # "global" | "per_lead" | "none".
+        stats="present",     # normalisation statistics over "present" leads or "all" rows.
+        norm_eps=0.0,        # Added to the std; 0 means ST-MEM's "std 0 -> zeros" rule only.
+        clip=ml_collections.config_dict.placeholder(float),  # |x| limit after normalisation.
+    ))
+
+
+def _crema() -> ml_collections.ConfigDict:
+    return default_preprocess_config()
+
+
+def _stmem() -> ml_collections.ConfigDict:
+    cfg = default_preprocess_config()
+    cfg.stage, cfg.stats = "crop", "all"
+    return cfg
+
+
+def _ecgfounder() -> ml_collections.ConfigDict:
+    cfg = default_preprocess_config()
+    cfg.filter_type, cfg.filter_order, cfg.filter_form = "bandpass", 4, "ba"
+    cfg.notch_hz = 50.0
+    cfg.baseline, cfg.baseline_edges = "median", "zero"
+    cfg.norm_eps = 1e-8
+    cfg.stats = "all"
+    return cfg
+
+
+def _none() -> ml_collections.ConfigDict:
+    cfg = default_preprocess_config()
+    cfg.filter_type, cfg.normalise = "none", "none"
+    return cfg
+
+
+PRESETS = {"crema": _crema, "stmem": _stmem, "ecgfounder": _ecgfounder, "none": _none}
+
+
+def preprocess(signal: np.ndarray, fs: float, cfg: ml_collections.ConfigDict | dict,
+               lead_present: np.ndarray | None = None) -> np.ndarray:
+    """Applies the configured steps to a (..., leads, T) signal (each leading index, e.g. a crop,
+    filtered and normalised on its own); returns float32 of the same shape."""
+    if not isinstance(cfg, ml_collections.ConfigDict):  # e.g. the plain dict stored in a cache.
+        full = default_preprocess_config()  # a dict of an older version lacks the newer keys
+        full.update(dict(cfg))
+        cfg = full
+    x = np.asarray(signal, np.float64)
+    if cfg.notch_hz is not None:
+        x = notch(x, fs, freq_hz=cfg.notch_hz, q=cfg.notch_q)
+    if cfg.filter_type != "none":
+        x = butterworth(x, fs, low_hz=cfg.low_hz, high_hz=cfg.high_hz, order=cfg.filter_order,
+                        kind=cfg.filter_type, form=cfg.filter_form)
+    if cfg.baseline == "median":
+        x = median_baseline(x, fs, window_s=cfg.baseline_window_s, edges=cfg.baseline_edges)
+    elif cfg.baseline != "none":
+        raise ValueError(f"baseline must be 'median' or 'none', got {cfg.baseline!r}")
+    x = normalise(x, cfg.normalise, lead_present=lead_present, eps=cfg.norm_eps,
+                  stats=cfg.stats)
+    if lead_present is not None:
+        x = x.copy() if x is signal else x  # never write into the caller's array
+        x[..., ~np.asarray(lead_present, bool), :] = 0.0  # Filters keep zero rows zero; exact.
+    if cfg.clip is not None:
+        x = np.clip(x, -cfg.clip, cfg.clip)
+    return x.astype(np.float32)
