@@ -97,7 +97,7 @@ def _code15_breakdown(root: str, n: int = 128) -> list[tuple[str, float]]:
 
     native = [read_lib.read(i.path, i.reader, target_fs=None) for i in infos]  # also a warm-up
     resampled = [read_lib.read(i.path, i.reader, target_fs=250.0) for i in infos]
-    crema = preprocess.PRESETS["crema"]()
+    crema = presets.preprocessing("crema")
     loaded = [{"signal": preprocess.preprocess(e.signal, e.fs, crema,
                                                lead_present=e.lead_present),
                "lead_present": e.lead_present, "index": k} for k, e in enumerate(resampled)]

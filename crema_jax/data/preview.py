@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from crema_jax.data import config as config_lib
+from crema_jax.data import presets
 from crema_jax.data import synthetic
 from crema_jax.data.index import dataset_index
 from crema_jax.data.index.wfdb_folder import wfdb_folder
@@ -36,7 +37,7 @@ def load_ecg(record_id: str = "") -> tuple[dict, str]:
         ecg = read_record(matches[0].path, target_fs=250.0)
         signal, present, fs = ecg.signal, ecg.lead_present, ecg.fs
         title = f"{matches[0].record_id} ({matches[0].source}; Dx {', '.join(matches[0].labels)})"
-    signal = preprocess.preprocess(signal, fs, preprocess.PRESETS["crema"](), lead_present=present)
+    signal = preprocess.preprocess(signal, fs, presets.preprocessing("crema"), lead_present=present)
     return {"signal": signal, "lead_present": present, "index": 0, "labels": None}, title
 
 

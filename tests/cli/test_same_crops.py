@@ -10,6 +10,7 @@ import pytest
 
 from crema_jax import checkpoint, config as config_lib
 from crema_jax.cli import embed, finetune, predict, probe
+from crema_jax.data import presets
 from crema_jax.data import synthetic
 from crema_jax.data.pipeline import datasets
 from crema_jax.data.reading import wfdb_records
@@ -64,7 +65,7 @@ def _crops_of(seen, path):
 
 def _expected(path, fs, preset, starts, crop):
     signal = wfdb_records.read_record(path, target_fs=fs).signal
-    x = preprocess.preprocess(signal, fs, preprocess.PRESETS[preset]())
+    x = preprocess.preprocess(signal, fs, presets.preprocessing(preset))
     assert x.shape[1] == 15 * fs
     return np.stack([x[:, s:s + crop] for s in starts])
 

@@ -122,7 +122,7 @@ def test_stmem_crops_are_cut_then_filtered_and_standardised_each(folder):
     whole = _stmem_crop(window)
     assert np.abs(whole[:, :2250] - want[0]).max() > 1e-2
     # A flat crop has std 0: all zeros, not NaN.
-    flat = preprocess.preprocess(np.full((12, 2250), 0.7), 250.0, preprocess.PRESETS["stmem"]())
+    flat = preprocess.preprocess(np.full((12, 2250), 0.7), 250.0, presets.preprocessing("stmem"))
     assert not flat.any()
 
 

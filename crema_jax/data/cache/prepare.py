@@ -26,11 +26,11 @@ import os
 import sys
 import time
 
+from crema_jax.data import presets
 from crema_jax.data.cache import hosts
 from crema_jax.data.cache import record_format
 from crema_jax.data.cache.shard_writer import build_shard
 from crema_jax.data.index import registry
-from crema_jax.data.signal import preprocess as preprocess_lib
 from crema_jax.runtime import files
 
 
@@ -193,9 +193,9 @@ def prepare(*, layout: str, root: str, out: str, layout_options: dict | None = N
     """
     if layout not in registry.LAYOUTS:
         raise PrepareError(f"--layout={layout!r}; expected one of {sorted(registry.LAYOUTS)}")
-    if preprocess not in preprocess_lib.PRESETS:
+    if preprocess not in presets.PRESETS:
         raise PrepareError(f"--preprocess={preprocess!r}; expected one of "
-                           f"{sorted(preprocess_lib.PRESETS)}")
+                           f"{sorted(presets.PRESETS)}")
     if dtype not in record_format.DTYPE_CODES:
         raise PrepareError(f"--dtype={dtype!r}; expected one of "
                            f"{sorted(record_format.DTYPE_CODES)}")
@@ -204,7 +204,7 @@ def prepare(*, layout: str, root: str, out: str, layout_options: dict | None = N
     hosts.host_shards(1, num_hosts, host_index)  # checks the pair
     layout_options = dict(layout_options or {})
     index = registry.build_index(layout, root, **layout_options)
-    preprocess_cfg = preprocess_lib.PRESETS[preprocess]().to_dict()
+    preprocess_cfg = presets.preprocessing(preprocess).to_dict()
     if preprocess_cfg["stage"] != "record":
         raise PrepareError(f"--preprocess={preprocess}: it runs on each crop, not on the record, "
                            "and a cache holds preprocessed records; choose crema, ecgfounder or "

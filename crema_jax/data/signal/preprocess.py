@@ -4,11 +4,10 @@ Order of operations in `preprocess` (the order ECGFounder's authors use; ST-MEM 
 filter -> normalise): notch -> Butterworth filter(s) -> running-median baseline removal ->
 normalisation -> clipping. Every step works along the last axis and is vectorised over leads.
 
-Presets (`PRESETS[name]()` returns a fresh ConfigDict; the data paths that use them, with every
-other step, are in presets.py):
-- "crema" (= `default_preprocess_config()`): order-5 Butterworth high-pass 0.67 Hz then order-5
-  low-pass 40 Hz, each zero-phase `sosfiltfilt`, then one z-score of the whole record over its
-  recorded leads.
+`default_preprocess_config()` documents every field; its values are crema_jax's own ("crema":
+order-5 Butterworth high-pass 0.67 Hz then order-5 low-pass 40 Hz, each zero-phase
+`sosfiltfilt`, then one z-score of the whole record over its recorded leads). The named presets
+(crema, stmem, ecgfounder, none) are in data/presets.py, with the data paths that use them:
 - "stmem": the same two filters and a z-score over every fed lead, applied to each CROP
   (stage "crop"), as ST-MEM's transforms do.
 - "ecgfounder": 50 Hz notch (Q 30) and an order-4 band-pass 0.67-40 Hz, both in (b, a) form
@@ -53,35 +52,6 @@ def default_preprocess_config() -> ml_collections.ConfigDict:
         norm_eps=0.0,        # Added to the std; 0 means ST-MEM's "std 0 -> zeros" rule only.
         clip=ml_collections.config_dict.placeholder(float),  # |x| limit after normalisation.
     ))
-
-
-def _crema() -> ml_collections.ConfigDict:
-    return default_preprocess_config()
-
-
-def _stmem() -> ml_collections.ConfigDict:
-    cfg = default_preprocess_config()
-    cfg.stage, cfg.stats = "crop", "all"
-    return cfg
-
-
-def _ecgfounder() -> ml_collections.ConfigDict:
-    cfg = default_preprocess_config()
-    cfg.filter_type, cfg.filter_order, cfg.filter_form = "bandpass", 4, "ba"
-    cfg.notch_hz = 50.0
-    cfg.baseline, cfg.baseline_edges = "median", "zero"
-    cfg.norm_eps = 1e-8
-    cfg.stats = "all"
-    return cfg
-
-
-def _none() -> ml_collections.ConfigDict:
-    cfg = default_preprocess_config()
-    cfg.filter_type, cfg.normalise = "none", "none"
-    return cfg
-
-
-PRESETS = {"crema": _crema, "stmem": _stmem, "ecgfounder": _ecgfounder, "none": _none}
 
 
 def preprocess(signal: np.ndarray, fs: float, cfg: ml_collections.ConfigDict | dict,

@@ -20,7 +20,7 @@ from crema_jax.data.signal import preprocess
 
 def _preprocessed(path):
     ecg = wfdb_records.read_record(path, target_fs=250.0)
-    return preprocess.preprocess(ecg.signal, ecg.fs, preprocess.PRESETS["crema"](),
+    return preprocess.preprocess(ecg.signal, ecg.fs, presets.preprocessing("crema"),
                                  lead_present=ecg.lead_present), ecg.lead_present
 
 

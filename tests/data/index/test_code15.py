@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 
 from crema_jax.data import config as config_lib
+from crema_jax.data import presets
 from crema_jax.data.cache import record_format
 from crema_jax.data.cache import source as cache_source
 from crema_jax.data.index import registry
 from crema_jax.data.pipeline import datasets
 from crema_jax.data.pipeline import sources
+from crema_jax.data.pipeline.skips import SkipStats
 from crema_jax.data.reading import ecg as ecg_lib
 from crema_jax.data.reading import read as read_lib
-from crema_jax.data.signal import preprocess
-from crema_jax.data.pipeline.skips import SkipStats
 
 FS, STORED = 400, 4096
 LABELS = ["1dAVb", "RBBB", "LBBB", "SB", "AF", "ST"]       # the README's order
@@ -145,7 +145,7 @@ def test_reader_cuts_padding_keeps_mv_and_lead_order(code15_root):
 def _cfg(root, **overrides):
     cfg = config_lib.default_data_config()
     cfg.layout, cfg.root, cfg.split, cfg.num_epochs, cfg.batch_size = "code15", str(root), "", 1, 4
-    cfg.target_fs, cfg.preprocess = float(FS), preprocess.PRESETS["none"]()
+    cfg.target_fs, cfg.preprocess = float(FS), presets.preprocessing("none")
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return cfg
@@ -227,11 +227,9 @@ def test_stmem_windows_drop_the_7_second_exams(code15_root):
     """ST-MEM's 10 s windows at the record's rate: 4000 samples of a 10 s exam make one window;
     a 7 s exam (2800 samples once its padding is cut) makes none, although its stored length,
     4096, would fit one."""
-    from crema_jax.data import presets
-
     root, _ = code15_root
     cfg = presets.apply(_cfg(root), "stmem")
-    cfg.preprocess = preprocess.PRESETS["none"]()
+    cfg.preprocess = presets.preprocessing("none")
     stats, source = SkipStats(), sources.make_source(cfg)
     kept = [int(source.record_ids[int(i)])
             for batch in datasets.make_eval_dataset(cfg, source=source, process_index=0,

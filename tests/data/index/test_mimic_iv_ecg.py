@@ -15,15 +15,15 @@ import pytest
 import wfdb
 
 from crema_jax.data import config as config_lib
+from crema_jax.data import presets
 from crema_jax.data.cache import record_format
 from crema_jax.data.cache import source as cache_source
 from crema_jax.data.index import registry
 from crema_jax.data.pipeline import datasets
 from crema_jax.data.pipeline import sources
+from crema_jax.data.pipeline.skips import SkipStats
 from crema_jax.data.reading import ecg as ecg_lib
 from crema_jax.data.reading import read as read_lib
-from crema_jax.data.signal import preprocess
-from crema_jax.data.pipeline.skips import SkipStats
 
 FS, SAMPLES, GAIN = 500, 5000, 200.0
 MIMIC_LEADS = ["I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6"]
@@ -133,7 +133,7 @@ def test_eval_pipeline_and_prepare(mimic_root, tmp_path):
     cfg.layout, cfg.root, cfg.split, cfg.num_epochs, cfg.batch_size = "mimic_iv_ecg", str(root), \
         "", 1, 4
     cfg.layout_options = {"label_map": "default"}
-    cfg.target_fs, cfg.preprocess = float(FS), preprocess.PRESETS["none"]()
+    cfg.target_fs, cfg.preprocess = float(FS), presets.preprocessing("none")
     stats, source = SkipStats(), sources.make_source(cfg)
     names = source.label_names
     seen = []

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 
 from crema_jax.data import config as config_lib
+from crema_jax.data import presets
 from crema_jax.data.cache import record_format
 from crema_jax.data.cache import source as cache_source
 from crema_jax.data.index import registry
 from crema_jax.data.pipeline import datasets
+from crema_jax.data.pipeline.skips import SkipStats
 from crema_jax.data.reading import ecg as ecg_lib
 from crema_jax.data.reading import read as read_lib
-from crema_jax.data.signal import preprocess
-from crema_jax.data.pipeline.skips import SkipStats
 
 FS, SAMPLES, N = 250, 2500, 6
 STATED = ["V1", "V2", "V3", "V4", "V5", "V6", "I", "II"]
@@ -133,7 +133,7 @@ def test_pipeline_and_prepare_read_the_array(arrays, tmp_path, name):
     cfg.layout, cfg.root, cfg.split, cfg.num_epochs, cfg.batch_size = "numpy", \
         str(root / name), "", 1, 4
     cfg.layout_options = {"fs": FS, "leads": ",".join(STATED), "units": "uV"}
-    cfg.target_fs, cfg.preprocess = float(FS), preprocess.PRESETS["none"]()
+    cfg.target_fs, cfg.preprocess = float(FS), presets.preprocessing("none")
     stats = SkipStats()
     rows = []
     for batch in datasets.make_eval_dataset(cfg, process_index=0, process_count=1,

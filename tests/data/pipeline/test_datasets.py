@@ -7,17 +7,18 @@ import numpy as np
 import pytest
 
 from crema_jax.data import config as config_lib
+from crema_jax.data import presets
 from crema_jax.data.index import dataset_index
 from crema_jax.data.index import wfdb_folder
-from crema_jax.data.reading.leads import LEADS
 from crema_jax.data.pipeline import datasets
 from crema_jax.data.pipeline import sources
 from crema_jax.data.pipeline import transforms
-from crema_jax.data.reading import ecg as ecg_lib
-from crema_jax.data.reading import wfdb_records
-from crema_jax.data.signal import preprocess
 from crema_jax.data.pipeline.skips import SkipStats
 from crema_jax.data.pipeline.sources import ArraySource, WfdbSource
+from crema_jax.data.reading import ecg as ecg_lib
+from crema_jax.data.reading import wfdb_records
+from crema_jax.data.reading.leads import LEADS
+from crema_jax.data.signal import preprocess
 from tests.data import broken_records
 
 LIMB = ("I", "II", "III", "aVR", "aVL", "aVF")
@@ -34,7 +35,7 @@ def _cfg(**overrides):
 def _reference(path):
     """The reader's output, preprocessed as the pipeline's config says (independent of it)."""
     ecg = wfdb_records.read_record(path, target_fs=250.0)
-    sig = preprocess.preprocess(ecg.signal, ecg.fs, preprocess.PRESETS["crema"](),
+    sig = preprocess.preprocess(ecg.signal, ecg.fs, presets.preprocessing("crema"),
                                 lead_present=ecg.lead_present)
     return sig, ecg.lead_present
 
@@ -223,7 +224,7 @@ def _mixed_source(tmp_path, cinc_sample_dir):
     good = wfdb_folder.wfdb_folder(cinc_sample_dir).records[:6]
     infos = list(good) + [dataset_index.RecordInfo(name, path, ("426783006",), "train", "test")
                           for name, path in sorted(broken.items())]
-    reading = sources.Reading(target_fs=250.0, preprocess=preprocess.PRESETS["crema"]().to_dict())
+    reading = sources.Reading(target_fs=250.0, preprocess=presets.preprocessing("crema").to_dict())
     return WfdbSource(infos, ["426783006"], reading=reading), broken
 
 

@@ -4,6 +4,7 @@ import pytest
 import scipy.ndimage
 import scipy.signal
 
+from crema_jax.data import presets
 from crema_jax.data.signal import filters
 from crema_jax.data.signal import preprocess
 
@@ -28,7 +29,7 @@ def _response_db(cfg, freqs, fs=FS, seconds=120.0):
 
 
 def _filters_only(name):
-    cfg = preprocess.PRESETS[name]()
+    cfg = presets.preprocessing(name)
     cfg.normalise, cfg.notch_hz, cfg.baseline = "none", None, "none"
     return cfg
 
@@ -80,7 +81,7 @@ def test_ecgfounder_equals_scipy_pipeline_by_hand():
     y = scipy.signal.filtfilt(b, a, y, axis=-1)
     y = y - np.stack([scipy.signal.medfilt(r, 201) for r in y])
     expected = (y - y.mean()) / (y.std() + 1e-8)
-    out = preprocess.preprocess(x, 500.0, preprocess.PRESETS["ecgfounder"]())
+    out = preprocess.preprocess(x, 500.0, presets.preprocessing("ecgfounder"))
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -127,7 +128,7 @@ def test_zero_std_gives_zeros_and_none_is_identity():
     assert not preprocess.preprocess(x, FS, preprocess.default_preprocess_config()).any()
     assert not filters.normalise(x, "global").any()
     y = np.random.default_rng(5).normal(size=(12, 300))
-    np.testing.assert_array_equal(preprocess.preprocess(y, FS, preprocess.PRESETS["none"]()),
+    np.testing.assert_array_equal(preprocess.preprocess(y, FS, presets.preprocessing("none")),
                                   y.astype(np.float32))
     with pytest.raises(ValueError, match="normalise"):
         filters.normalise(y, "minmax")
@@ -159,12 +160,12 @@ def test_median_baseline_removes_slow_ramp():
 
 
 def test_clip_and_preset_fields():
-    cfg = preprocess.PRESETS["crema"]()
+    cfg = presets.preprocessing("crema")
     cfg.clip = 0.5
     x = np.random.default_rng(6).normal(size=(12, 2500))
     out = preprocess.preprocess(x, FS, cfg)
     assert out.max() == pytest.approx(0.5) and out.min() == pytest.approx(-0.5)
-    ecgf = preprocess.PRESETS["ecgfounder"]()
+    ecgf = presets.preprocessing("ecgfounder")
     assert (ecgf.filter_type, ecgf.filter_order, ecgf.filter_form, ecgf.notch_hz, ecgf.notch_q,
             ecgf.baseline, ecgf.baseline_edges, ecgf.norm_eps, ecgf.stats) == (
                 "bandpass", 4, "ba", 50.0, 30.0, "median", "zero", 1e-8, "all")
@@ -172,7 +173,7 @@ def test_clip_and_preset_fields():
     assert (crema.stage, crema.filter_type, crema.filter_order, crema.low_hz, crema.high_hz,
             crema.notch_hz, crema.baseline, crema.normalise, crema.clip, crema.stats) == (
                 "record", "cascade", 5, 0.67, 40.0, None, "none", "global", None, "present")
-    stmem = preprocess.PRESETS["stmem"]()
+    stmem = presets.preprocessing("stmem")
     assert (stmem.stage, stmem.filter_type, stmem.filter_form, stmem.stats) == (
         "crop", "cascade", "sos", "all")
 
@@ -189,7 +190,7 @@ def test_absent_leads_stay_zero():
 
 def test_plain_dict_config_gives_the_same_result():
     x = np.random.default_rng(8).normal(size=(12, 1000))
-    cfg = preprocess.PRESETS["ecgfounder"]()
+    cfg = presets.preprocessing("ecgfounder")
     np.testing.assert_array_equal(preprocess.preprocess(x, 500.0, cfg.to_dict()),
                                   preprocess.preprocess(x, 500.0, cfg))
 
@@ -201,7 +202,7 @@ def test_stacked_crops_are_each_preprocessed_on_their_own(name):
     fs = 250.0 if name == "stmem" else 500.0
     rng = np.random.default_rng(11)
     crops = rng.normal(size=(3, 12, 2250)) * np.array([1.0, 5.0, 0.0])[:, None, None] + 0.3
-    got = preprocess.preprocess(crops, fs, preprocess.PRESETS[name]())
+    got = preprocess.preprocess(crops, fs, presets.preprocessing(name))
     for c in range(3):
         x = crops[c]
         if name == "stmem":
