@@ -16,7 +16,6 @@ import numpy as np
 from crema_jax.data.index import dataset_index as layouts
 from crema_jax.data.pipeline import datasets as pipeline
 from crema_jax.data.pipeline import skips, sources
-from crema_jax.data.reading import ecg as records
 from crema_jax.data.reading.leads import LEADS
 from crema_jax.inference import backbones
 
@@ -34,9 +33,10 @@ def record_source(paths, data_cfg) -> sources.WfdbSource:
 def array_source(x: np.ndarray, fs: float, data_cfg):
     """(source, note) for (N, 12, T) canonical leads, or (N, 1, T) lead I, at `fs` Hz.
 
-    Non-finite samples (NaN, +-Inf) are counted and handled as the data path's reader handles
-    NaN in a file: interpolated (an all-NaN lead becomes absent), set to 0 (ECGFounder's), or
-    the ECG skipped (ST-MEM's); `note` says what was done (None when the input was clean)."""
+    Non-finite samples (NaN, +-Inf) are counted and become NaN, which the data path handles as
+    in a file (canonical_ecg's NaN policy): interpolated (an all-NaN lead becomes absent), set to
+    0 (ECGFounder's), or the ECG skipped (ST-MEM's); `note` says what is done (None when the
+    input was clean)."""
     x = np.asarray(x)
     if x.ndim != 3 or x.shape[0] < 1 or x.shape[1] not in (1, 12) or x.shape[2] < 2:
         raise EmbedError(f"expected an array (N, 12, samples) in canonical lead order, or "
@@ -52,16 +52,8 @@ def array_source(x: np.ndarray, fs: float, data_cfg):
     if bad.any():
         rows = np.flatnonzero(bad.any(axis=(1, 2)))
         signals[bad] = np.nan
-        policy = data_cfg.nan_policy
-        if policy == "interpolate":
-            for i in rows:
-                records.repair_nans(signals[i], present[i], {})
-            what = "interpolated (a lead with no finite sample left out)"
-        elif policy == "zero":
-            signals[bad] = 0.0
-            what = "set to 0"
-        else:
-            what = "left in: those ECGs are skipped"
+        what = {"interpolate": "interpolated (a lead with no finite sample left out)",
+                "zero": "set to 0"}.get(data_cfg.nan_policy, "left in: those ECGs are skipped")
         note = (f"input: {int(bad.sum())} non-finite samples (NaN/Inf) in {len(rows)} of "
                 f"{x.shape[0]} ECGs, {what} ({data_cfg.preset} data path)")
     return sources.RawArraySource(signals, fs=fs,

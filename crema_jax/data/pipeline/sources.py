@@ -36,10 +36,9 @@ from crema_jax.data.cache.source import CacheSource
 from crema_jax.data.index import registry
 from crema_jax.data.index.dataset_index import multi_hot
 from crema_jax.data.reading import read as read_lib
-from crema_jax.data.reading.ecg import RecordError
+from crema_jax.data.reading.ecg import RecordError, Window, canonical_ecg, resampled_last
 from crema_jax.data.reading.leads import LEADS
 from crema_jax.data.signal import preprocess as preprocess_lib
-from crema_jax.data.signal.resample import resample
 
 
 def _fingerprint(strings: Sequence[str]) -> str:
@@ -91,11 +90,22 @@ class Reading:
                    preprocess=_plain(pre) if record_stage else None,
                    leads=tuple(data_cfg["leads"]))
 
-    @property
-    def native_rate(self) -> bool:
-        """Whether records are read at their own rate (windows, NaN checks, FFT come first)."""
-        return (self.window_seconds > 0 or self.nan_policy == "drop_window"
-                or self.resample != "polyphase")
+    def canonical_options(self, window: int = 0) -> dict:
+        """canonical_ecg's keyword arguments for example `window` of a record (reading/ecg.py:
+        the NaN policy, resampling and the window are applied there, for every source)."""
+        return dict(target_fs=self.target_fs, resample_method=self.resample,
+                    nan_policy=self.nan_policy, derive_limb_leads=self.derive_limb_leads,
+                    flat_leads=self.flat_leads,
+                    window=Window(window, self.window_seconds) if self.window_seconds > 0
+                    else None)
+
+    def element(self, signal: np.ndarray, fs: float, lead_present: np.ndarray, cfg) -> dict:
+        """A pipeline element of a canonical ECG: the leads the model is not fed zeroed and
+        marked absent, then the record-stage preprocessing `cfg` (None: none)."""
+        fed = fed_leads_mask(self.leads)
+        present = lead_present & fed
+        signal = np.where(present[:, None], signal, 0.0).astype(np.float32)
+        return {"signal": preprocess_fed(signal, fs, cfg, present, fed), "lead_present": present}
 
 
 def _plain(value: Any) -> Any:
@@ -136,7 +146,6 @@ class WfdbSource:
         self.labels = record_labels[self.record_rows] if len(rows) else record_labels[:0]
         self.preprocess_cfg = (None if self.reading.preprocess is None
                                else ml_collections.ConfigDict(dict(self.reading.preprocess)))
-        self.fed = fed_leads_mask(self.reading.leads)
 
     def _examples(self, paths, record_readers):
         """(record row, window) per example; window -1 = too short for one window."""
@@ -177,28 +186,8 @@ class WfdbSource:
         if window < 0:
             raise RecordError(path, "too_short", f"{path} is shorter than one "
                               f"{r.window_seconds:g} s window")
-        nan = "keep" if r.nan_policy == "drop_window" else r.nan_policy
-        ecg = read_lib.read(path, self.readers[index],
-                            target_fs=None if r.native_rate else r.target_fs,
-                            derive_limb_leads=r.derive_limb_leads, nan_policy=nan,
-                            flat_leads=r.flat_leads)
-        signal, fs = ecg.signal, ecg.fs
-        if r.native_rate:
-            if r.window_seconds > 0:
-                width = int(r.window_seconds * fs)
-                signal = signal[:, window * width:(window + 1) * width]
-                if signal.shape[1] < width:  # stored length counted padding (CODE-15%)
-                    raise RecordError(path, "too_short", f"{path} holds no whole "
-                                      f"{r.window_seconds:g} s window {window}")
-            if np.isnan(signal).any():
-                where = f"window {window} ({window * r.window_seconds:g} s) of " \
-                    if r.window_seconds > 0 else ""
-                raise RecordError(path, "nan_window", f"{where}{path} holds NaN samples")
-            signal, fs = resample(signal, fs, r.target_fs, method=r.resample)
-        present = ecg.lead_present & self.fed
-        signal = np.where(present[:, None], signal, 0.0).astype(np.float32)
-        return {"signal": preprocess_fed(signal, fs, self.preprocess_cfg, present, self.fed),
-                "lead_present": present}
+        ecg = read_lib.read(path, self.readers[index], **r.canonical_options(window))
+        return r.element(ecg.signal, ecg.fs, ecg.lead_present, self.preprocess_cfg)
 
 
 class ArraySource:
@@ -234,16 +223,16 @@ class ArraySource:
 
 
 class RawArraySource(ArraySource):
-    """In-memory ECGs in mV at `fs` Hz, float32 (n, 12, T), one example each: `load` applies a
-    Reading's steps to each as WfdbSource does to a file (NaN policy, resampling, the fed
-    leads, record-stage preprocessing); a row with NaN under nan_policy "drop_window" is a
-    skip. Windows do not apply: an array row is taken as one example."""
+    """In-memory ECGs in mV at `fs` Hz, float32 (n, 12, T) with NaN for missing samples, one
+    example each: `load` takes each through canonical_ecg as WfdbSource does a file (the NaN
+    policy, resampling) and then the fed leads and record-stage preprocessing; a row with NaN
+    under nan_policy "drop_window" is a skip. An array is fed as given otherwise: no limb lead
+    derived, no flat lead dropped, any length; windows do not apply (a row is one example)."""
 
     def __init__(self, signals: np.ndarray, *, fs: float, reading: Reading,
                  lead_present: np.ndarray | None = None, name: str = "arrays"):
         super().__init__(signals, lead_present=lead_present, name=name)
         self.fs, self.reading = float(fs), reading
-        self.lead_present = self.lead_present & fed_leads_mask(reading.leads)
         self.preprocess_cfg = (None if reading.preprocess is None
                                else ml_collections.ConfigDict(dict(reading.preprocess)))
 
@@ -253,19 +242,13 @@ class RawArraySource(ArraySource):
 
     def load(self, element: Mapping) -> dict:
         i = int(element["index"])
-        present = self.lead_present[i]
-        signal = self.signals[i]
-        if np.isnan(signal).any():
-            if self.reading.nan_policy == "drop_window":
-                raise RecordError(f"{self.name}[{i}]", "nan_window",
-                                  f"{self.name}[{i}] holds NaN samples")
-            signal = np.nan_to_num(signal)  # interpolation needs a reader's lead context
-        signal = np.where(present[:, None], signal, 0.0).astype(np.float32)
-        signal, fs = resample(signal, self.fs, self.reading.target_fs,
-                              method=self.reading.resample)
-        return {"signal": preprocess_fed(signal, fs, self.preprocess_cfg, present,
-                                         fed_leads_mask(self.reading.leads)),
-                "lead_present": present}
+        rows = np.flatnonzero(self.lead_present[i])
+        options = dict(self.reading.canonical_options(), derive_limb_leads=False,
+                       flat_leads="keep", window=None)
+        ecg = canonical_ecg(self.signals[i][rows].T, [LEADS[r] for r in rows],
+                            ["mV"] * len(rows), self.fs, path=f"{self.name}[{i}]",
+                            min_seconds=None, **options)
+        return self.reading.element(ecg.signal, ecg.fs, ecg.lead_present, self.preprocess_cfg)
 
 
 # ---------------------------------------------------------------- the source of a data config
@@ -275,7 +258,8 @@ def cache_source(data_cfg: Mapping, *, split: str = ""):
     resampled and preprocessed as data_cfg says (CacheSource raises, naming the setting), and a
     cache holds whole records, so windowed or crop-stage paths need the raw files."""
     reading = Reading.from_data_config(data_cfg)
-    if reading.window_seconds > 0 or reading.native_rate or (
+    if resampled_last(windowed=reading.window_seconds > 0, nan_policy=reading.nan_policy,
+                      resample_method=reading.resample) or (
             data_cfg["preprocess"] is not None and reading.preprocess is None):
         raise ValueError(f"data.cache_dir: a cache holds whole preprocessed records; the "
                          f"{data_cfg['preset']!r} data path (windows, FFT resampling or per-crop "

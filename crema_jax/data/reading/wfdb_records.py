@@ -25,7 +25,8 @@ import numpy as np
 import wfdb
 
 from crema_jax.data.reading import wfdb_header
-from crema_jax.data.reading.ecg import Ecg, RecordError, canonical_ecg, check_nan_policy
+from crema_jax.data.reading.ecg import (Ecg, RecordError, Window, canonical_ecg,
+                                        check_nan_policy)
 
 _EXTENSIONS = (".hea", ".mat", ".dat")
 # fmt -> (numpy dtype of one stored sample, WFDB invalid-sample value after decoding).
@@ -145,21 +146,20 @@ def _read_wfdb(base: pathlib.Path, header: wfdb_header.Header):
 def read_record(path, *, target_fs: float | None = 250.0, derive_limb_leads: bool = True,
                 min_seconds: float | None = 2.0, fs_range: tuple[float, float] = (50.0, 10000.0),
                 nan_policy: str = "interpolate", resample_method: str = "polyphase",
-                flat_leads: str = "absent") -> Ecg:
-    """Reads a WFDB record as a canonical 12-lead ECG (see the module docstring for repairs).
+                flat_leads: str = "absent", window: Window | None = None) -> Ecg:
+    """Reads a WFDB record as a canonical 12-lead ECG (ecg.py says what is repaired).
 
     Args:
       path: the record with or without its .hea/.mat/.dat extension.
       target_fs: output sampling rate in Hz; None keeps the record's own rate.
       derive_limb_leads: fill absent III/aVR/aVL/aVF (and I or II) from the other limb leads.
-      min_seconds: shortest accepted duration at the output rate (None: no check). Crops longer
-        than the record are the pipeline's business (it pads), this only rejects stubs.
+      min_seconds: shortest accepted duration (None: no check). Crops longer than the record
+        are the pipeline's business (it pads), this only rejects stubs.
       fs_range: plausible header sampling rates; anything outside is `bad_sampling_rate`.
-      nan_policy: "interpolate" partial NaN runs (all-NaN leads become absent zeros); "zero":
-        every NaN -> 0 (ECGFounder); "keep": leave NaN in place (the caller drops what holds
-        them; with target_fs None only, as resampling would smear them).
-      resample_method: "polyphase" | "fft" (see `resample`).
+      nan_policy: "interpolate" | "zero" | "drop_window" | "keep" (see ecg.canonical_ecg).
+      resample_method: "polyphase" | "fft" (see signal/resample.py).
       flat_leads: "absent": a constant lead becomes an absent zero row; "keep": it stays.
+      window: the window of the record to return (ST-MEM's examples; see ecg.canonical_ecg).
     """
     check_nan_policy(nan_policy, target_fs)
     base = record_base(path)
@@ -167,6 +167,22 @@ def read_record(path, *, target_fs: float | None = 250.0, derive_limb_leads: boo
     if header.fs is None or not fs_range[0] <= header.fs <= fs_range[1]:
         raise RecordError(base, "bad_sampling_rate", f"{base}.hea: sampling frequency "
                           f"{header.fs} Hz, expected {fs_range[0]:g}-{fs_range[1]:g} Hz")
+    _check_signal_files(base, header)
+    if _fast_path_ok(header):
+        raw = _read_fast(base, header)
+        names, units = [s.name for s in header.signals], [s.units for s in header.signals]
+    else:
+        raw, names, units = _read_wfdb(base, header)
+    meta = wfdb_header.parse_comments(header.comments)
+    return canonical_ecg(raw, names, units, float(header.fs), path=os.fspath(base),
+                         where=f"{base}.hea", meta=meta, target_fs=target_fs,
+                         derive_limb_leads=derive_limb_leads, min_seconds=min_seconds,
+                         nan_policy=nan_policy, resample_method=resample_method,
+                         flat_leads=flat_leads, window=window)
+
+
+def _check_signal_files(base: pathlib.Path, header: wfdb_header.Header) -> None:
+    """Every signal file the header names exists beside it (never a path out of its folder)."""
     folder = base.parent.resolve()
     for file_name in dict.fromkeys(spec.file_name for spec in header.signals):  # once per file
         if file_name == "~":
@@ -179,14 +195,3 @@ def read_record(path, *, target_fs: float | None = 250.0, derive_limb_leads: boo
         if not target.is_file():
             raise RecordError(base, "missing_signal_file", f"{base}.hea names signal file "
                               f"{base.parent / file_name}, which does not exist")
-    if _fast_path_ok(header):
-        raw = _read_fast(base, header)
-        names, units = [s.name for s in header.signals], [s.units for s in header.signals]
-    else:
-        raw, names, units = _read_wfdb(base, header)
-    meta = wfdb_header.parse_comments(header.comments)
-    return canonical_ecg(raw, names, units, float(header.fs), path=os.fspath(base),
-                         where=f"{base}.hea", meta=meta, target_fs=target_fs,
-                         derive_limb_leads=derive_limb_leads, min_seconds=min_seconds,
-                         nan_policy=nan_policy, resample_method=resample_method,
-                         flat_leads=flat_leads)
