@@ -27,7 +27,7 @@ class EmbedError(ValueError):
 def record_source(paths, data_cfg) -> sources.WfdbSource:
     infos = [layouts.RecordInfo(record_id=layouts.record_id_of(p), path=p, labels=(), split="",
                                 source="") for p in paths]
-    return sources.WfdbSource(infos, [], reading=sources.Reading.from_data_config(data_cfg))
+    return sources.make_source(data_cfg, records=infos)
 
 
 def array_source(x: np.ndarray, fs: float, data_cfg):
@@ -56,9 +56,7 @@ def array_source(x: np.ndarray, fs: float, data_cfg):
                 "zero": "set to 0"}.get(data_cfg.nan_policy, "left in: those ECGs are skipped")
         note = (f"input: {int(bad.sum())} non-finite samples (NaN/Inf) in {len(rows)} of "
                 f"{x.shape[0]} ECGs, {what} ({data_cfg.preset} data path)")
-    return sources.RawArraySource(signals, fs=fs,
-                                  reading=sources.Reading.from_data_config(data_cfg),
-                                  lead_present=present), note
+    return sources.make_source(data_cfg, arrays=signals, fs=fs, lead_present=present), note
 
 
 def row_name(records, record: int, window: int) -> str:

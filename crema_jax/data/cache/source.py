@@ -1,5 +1,6 @@
-"""Reading a prepared cache: its index, the check that it was built as the data path expects,
-and CacheSource, the Grain source over its records (file format: record_format.py)."""
+"""Reading a prepared cache: its index (also as a layout's DatasetIndex), the check that it was
+built as the data path expects, and CacheSource, the Grain source over its records (file format:
+record_format.py)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader
 
 from crema_jax.data.cache.record_format import INDEX_FILE, decode_quantised
-from crema_jax.data.index.dataset_index import multi_hot
+from crema_jax.data.index.dataset_index import DatasetIndex, RecordInfo, multi_hot
 
 
 def _require_local(cache_dir: str) -> None:
@@ -28,6 +29,18 @@ def load_index(cache_dir: str) -> dict:
                                 f"--out={cache_dir}` (an interrupted run writes it only at the end)")
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def cache_index(cache_dir: str) -> DatasetIndex:
+    """A prepared cache's records as a layout index; each info's meta["cache_row"] is its row
+    (what CacheSource.subset takes)."""
+    index = load_index(cache_dir)
+    infos = [RecordInfo(record_id=r["record_id"], path=r["path"], labels=tuple(r["labels"]),
+                        split=r["split"], source=r["source"], meta={"cache_row": row})
+             for row, r in enumerate(index["records"])]
+    return DatasetIndex(infos, list(index["label_names"]),
+                        layout=index["settings"].get("layout", ""),
+                        root=index["settings"].get("root", ""))
 
 
 def check_settings(index: Mapping, path: str, *, target_fs: float | None = None,

@@ -253,7 +253,7 @@ class RawArraySource(ArraySource):
 
 # ---------------------------------------------------------------- the source of a data config
 
-def cache_source(data_cfg: Mapping, *, split: str = ""):
+def _cache_source(data_cfg: Mapping, *, split: str = ""):
     """The prepared cache of data.cache_dir, checked against the data path: it must hold records
     resampled and preprocessed as data_cfg says (CacheSource raises, naming the setting), and a
     cache holds whole records, so windowed or crop-stage paths need the raw files."""
@@ -277,21 +277,37 @@ def cache_source(data_cfg: Mapping, *, split: str = ""):
                        expect_derive_limb_leads=reading.derive_limb_leads)
 
 
-def make_source(data_cfg: Mapping, *, split: str | None = None):
-    """The configured source: synthetic ECGs when data.synthetic_records > 0, the ArrayRecord cache
-    when data.cache_dir is set, else raw WFDB records of data.layout under data.root. `split`
-    ("" = all records) defaults to data.split (synthetic records have no splits)."""
+def make_source(data_cfg: Mapping, *, split: str | None = None, records: Sequence | None = None,
+                label_names: Sequence[str] = (), arrays: np.ndarray | None = None,
+                fs: float | None = None, lead_present: np.ndarray | None = None):
+    """THE source of a data config: every command builds the source of its records here.
+
+    - `arrays` (n, 12, T) in mV at `fs` Hz (rows outside `lead_present` absent): RawArraySource.
+    - `records` (a layout index's RecordInfos; with data.cache_dir, the cache's own, from
+      cache/source.py's cache_index): those records in that order, labels over `label_names`.
+    - otherwise the configured dataset: synthetic ECGs when data.synthetic_records > 0, the
+      ArrayRecord cache when data.cache_dir is set, else the records of data.layout under
+      data.root (kept in memory with data.keep_in_memory); `split` ("" = all records)
+      defaults to data.split (synthetic records have no splits).
+    """
+    if arrays is not None:
+        return RawArraySource(arrays, fs=fs, reading=Reading.from_data_config(data_cfg),
+                              lead_present=lead_present)
+    if records is not None:
+        if data_cfg["cache_dir"]:
+            rows = [info.meta["cache_row"] for info in records]
+            return _cache_source(data_cfg).subset(rows, label_names)
+        return WfdbSource(records, label_names, reading=Reading.from_data_config(data_cfg))
     split = data_cfg["split"] if split is None else split
     if int(data_cfg["synthetic_records"]) > 0:
         signals, name = synthetic.synthetic_records(data_cfg)
         return ArraySource(signals, name=name)
     if data_cfg["cache_dir"]:
-        return cache_source(data_cfg, split=split)
+        return _cache_source(data_cfg, split=split)
     if not data_cfg["root"]:
         raise ValueError("data.root: set the dataset folder (or data.cache_dir for a cache)")
     index = registry.build_index(data_cfg["layout"], data_cfg["root"],
                                  **dict(data_cfg["layout_options"]))
     infos = [info for info in index.records if not split or info.split == split]
-    return WfdbSource(infos, index.label_names,
-                      reading=Reading.from_data_config(data_cfg),
+    return WfdbSource(infos, index.label_names, reading=Reading.from_data_config(data_cfg),
                       keep_in_memory=bool(data_cfg["keep_in_memory"]))
