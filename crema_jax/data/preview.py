@@ -17,7 +17,7 @@ from crema_jax.data.index.wfdb_folder import wfdb_folder
 from crema_jax.data.pipeline.transforms import PretrainViews
 from crema_jax.data.reading.leads import LEADS
 from crema_jax.data.reading.wfdb_records import read_record
-from crema_jax.data.signal import preprocess
+from crema_jax.data.signal.preprocess import preprocess_record
 
 
 def load_ecg(record_id: str = "") -> tuple[dict, str]:
@@ -37,7 +37,7 @@ def load_ecg(record_id: str = "") -> tuple[dict, str]:
         ecg = read_record(matches[0].path, target_fs=250.0)
         signal, present, fs = ecg.signal, ecg.lead_present, ecg.fs
         title = f"{matches[0].record_id} ({matches[0].source}; Dx {', '.join(matches[0].labels)})"
-    signal = preprocess.preprocess(signal, fs, presets.preprocessing("crema"), lead_present=present)
+    signal = preprocess_record(signal, fs, presets.preprocessing("crema"), present)
     return {"signal": signal, "lead_present": present, "index": 0, "labels": None}, title
 
 

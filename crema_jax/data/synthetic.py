@@ -24,7 +24,7 @@ import numpy as np
 import wfdb
 
 from crema_jax.data.reading import leads as leads_lib
-from crema_jax.data.signal import preprocess
+from crema_jax.data.signal.preprocess import preprocess_record
 
 # Lead vectors in (x: to the patient's left, y: inferior, z: anterior). Frontal leads at 0 and 60
 # degrees; precordial leads sweep the horizontal plane from anterior-right (V1) to left (V6).
@@ -150,7 +150,7 @@ def synthetic_records(data_cfg) -> tuple[np.ndarray, str]:
     first = int(data_cfg["seed"]) * 1_000_000
     signals = np.stack([synthetic_ecg(first + k, SOURCE_SECONDS, fs) for k in range(n)])
     if data_cfg["preprocess"] is not None:
-        signals = np.stack([preprocess.preprocess(x, fs, data_cfg["preprocess"]) for x in signals])
+        signals = np.stack([preprocess_record(x, fs, data_cfg["preprocess"]) for x in signals])
     return signals, f"synthetic{n}_seed{first}_fs{fs:g}"
 
 

@@ -31,6 +31,7 @@ from crema_jax.data.cache import hosts
 from crema_jax.data.cache import record_format
 from crema_jax.data.cache.shard_writer import build_shard
 from crema_jax.data.index import registry
+from crema_jax.data.signal.preprocess import stage_config
 from crema_jax.runtime import files
 
 
@@ -205,7 +206,7 @@ def prepare(*, layout: str, root: str, out: str, layout_options: dict | None = N
     layout_options = dict(layout_options or {})
     index = registry.build_index(layout, root, **layout_options)
     preprocess_cfg = presets.preprocessing(preprocess).to_dict()
-    if preprocess_cfg["stage"] != "record":
+    if stage_config(preprocess_cfg, "record") is None:
         raise PrepareError(f"--preprocess={preprocess}: it runs on each crop, not on the record, "
                            "and a cache holds preprocessed records; choose crema, ecgfounder or "
                            "none")

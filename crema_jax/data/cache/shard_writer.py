@@ -11,7 +11,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from crema_jax.data.cache.record_format import WRITER_OPTIONS, encode_record, shard_name
 from crema_jax.data.reading import read as read_lib
 from crema_jax.data.reading.ecg import RecordError
-from crema_jax.data.signal import preprocess as preprocess_lib
+from crema_jax.data.signal.preprocess import preprocess_record
 from crema_jax.runtime import files
 
 
@@ -42,8 +42,7 @@ def build_shard(task: Mapping) -> dict:
         try:
             ecg = read_lib.read(info["path"], reader, target_fs=task["target_fs"],
                                 derive_limb_leads=task["derive_limb_leads"])
-            signal = ecg.signal if cfg is None else preprocess_lib.preprocess(
-                ecg.signal, ecg.fs, cfg, lead_present=ecg.lead_present)
+            signal = preprocess_record(ecg.signal, ecg.fs, cfg, ecg.lead_present)
         except RecordError as e:
             if task["strict"]:
                 return {"strict_error": str(e)}

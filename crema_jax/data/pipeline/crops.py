@@ -28,10 +28,9 @@ class CropGeometry:
         self.crop = int(data_cfg["crop_samples"])
         self.patch = int(data_cfg["patch_size"])
         self.num_patches = batch_lib.num_patches(data_cfg)
-        pre = data_cfg["preprocess"]
         # A crop-stage preset (ST-MEM's) filters and standardises each crop after cutting it.
-        self.crop_preprocess = (ml_collections.ConfigDict(dict(pre)) if pre is not None
-                                and pre["stage"] == "crop" else None)
+        pre = preprocess_lib.stage_config(data_cfg["preprocess"], "crop")
+        self.crop_preprocess = None if pre is None else ml_collections.ConfigDict(dict(pre))
         self.fs = float(data_cfg["target_fs"])
 
     def fill(self, out: np.ndarray, element: Mapping, starts: Sequence[int]) -> np.ndarray:
@@ -52,12 +51,7 @@ class CropGeometry:
             out[c, :, real[c]:] = 0.0
         if self.crop_preprocess is not None:
             present = np.asarray(element["lead_present"], bool)[self.rows]
-            groups = [slice(None)] if (real == real[0]).all() else [[c] for c in range(len(real))]
-            for sel in groups:
-                n = int(real[sel][0])
-                if n >= 2:
-                    out[sel, :, :n] = preprocess_lib.preprocess(
-                        out[sel, :, :n], self.fs, self.crop_preprocess, lead_present=present)
+            preprocess_lib.preprocess_crops(out, real, self.fs, self.crop_preprocess, present)
         return real
 
     def patch_valid(self, lead_valid: np.ndarray, real: np.ndarray) -> np.ndarray:

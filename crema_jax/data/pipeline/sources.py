@@ -38,7 +38,7 @@ from crema_jax.data.index.dataset_index import multi_hot
 from crema_jax.data.reading import read as read_lib
 from crema_jax.data.reading.ecg import RecordError, Window, canonical_ecg, resampled_last
 from crema_jax.data.reading.leads import LEADS
-from crema_jax.data.signal import preprocess as preprocess_lib
+from crema_jax.data.signal.preprocess import preprocess_record, stage_config
 
 
 def _fingerprint(strings: Sequence[str]) -> str:
@@ -51,18 +51,6 @@ def _fingerprint(strings: Sequence[str]) -> str:
 def fed_leads_mask(leads: Sequence[str] | None) -> np.ndarray:
     """(12,) bool: the canonical leads a model is fed (None = all 12)."""
     return np.ones(len(LEADS), bool) if leads is None else np.isin(LEADS, tuple(leads))
-
-
-def preprocess_fed(signal: np.ndarray, fs: float, cfg, present: np.ndarray,
-                   fed: np.ndarray) -> np.ndarray:
-    """float32 (12, T): `cfg` (None = nothing) applied to the fed rows only, so statistics
-    over "all" rows mean all FED rows (a 1-lead model's z-score is lead I's own)."""
-    signal = np.asarray(signal, np.float32)
-    if cfg is None:
-        return signal
-    out = np.zeros_like(signal)
-    out[fed] = preprocess_lib.preprocess(signal[fed], fs, cfg, lead_present=present[fed])
-    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,14 +68,12 @@ class Reading:
 
     @classmethod
     def from_data_config(cls, data_cfg: Mapping) -> "Reading":
-        pre = data_cfg["preprocess"]
-        record_stage = pre is not None and pre["stage"] == "record"
         return cls(target_fs=float(data_cfg["target_fs"]), resample=data_cfg["resample"],
                    nan_policy=data_cfg["nan_policy"],
                    window_seconds=float(data_cfg["window_seconds"]),
                    derive_limb_leads=bool(data_cfg["derive_limb_leads"]),
                    flat_leads=data_cfg["flat_leads"],
-                   preprocess=_plain(pre) if record_stage else None,
+                   preprocess=_plain(stage_config(data_cfg["preprocess"], "record")),
                    leads=tuple(data_cfg["leads"]))
 
     def canonical_options(self, window: int = 0) -> dict:
@@ -105,7 +91,8 @@ class Reading:
         fed = fed_leads_mask(self.leads)
         present = lead_present & fed
         signal = np.where(present[:, None], signal, 0.0).astype(np.float32)
-        return {"signal": preprocess_fed(signal, fs, cfg, present, fed), "lead_present": present}
+        return {"signal": preprocess_record(signal, fs, cfg, present, fed),
+                "lead_present": present}
 
 
 def _plain(value: Any) -> Any:

@@ -80,3 +80,41 @@ def preprocess(signal: np.ndarray, fs: float, cfg: ml_collections.ConfigDict | d
     if cfg.clip is not None:
         x = np.clip(x, -cfg.clip, cfg.clip)
     return x.astype(np.float32)
+
+
+# ---------------------------------------------------------------- the two stages
+# The one home of "where preprocessing runs": on the whole record as it is read (the sources,
+# the cache writer, synthetic ECGs, the preview) or on each crop after it is cut (ST-MEM's).
+
+def stage_config(cfg, stage: str):
+    """`cfg` (a data.preprocess section; None = no preprocessing) when it runs at `stage`
+    ("record" | "crop"), else None."""
+    return cfg if cfg is not None and cfg["stage"] == stage else None
+
+
+def preprocess_record(signal: np.ndarray, fs: float, cfg, lead_present: np.ndarray | None = None,
+                      fed: np.ndarray | None = None) -> np.ndarray:
+    """The record stage: `cfg` (None = nothing) on a whole (12, T) record; float32 out. With
+    `fed` (the rows the model is fed) only those rows are preprocessed and the others stay
+    zero, so statistics over "all" rows mean all FED rows (a 1-lead model's z-score is lead
+    I's own)."""
+    signal = np.asarray(signal, np.float32)
+    if cfg is None:
+        return signal
+    if fed is None:
+        return preprocess(signal, fs, cfg, lead_present=lead_present)
+    out = np.zeros_like(signal)
+    out[fed] = preprocess(signal[fed], fs, cfg, lead_present=lead_present[fed])
+    return out
+
+
+def preprocess_crops(crops: np.ndarray, real: np.ndarray, fs: float, cfg,
+                     lead_present: np.ndarray) -> None:
+    """The crop stage, in place: `cfg` on the `real[c]` recorded samples of each crop
+    crops[c] (C, L, crop_samples), the zero padding after them left alone; crops of one length
+    go through in one vectorised call."""
+    groups = [slice(None)] if (real == real[0]).all() else [[c] for c in range(len(real))]
+    for sel in groups:
+        n = int(real[sel][0])
+        if n >= 2:
+            crops[sel, :, :n] = preprocess(crops[sel, :, :n], fs, cfg, lead_present=lead_present)
