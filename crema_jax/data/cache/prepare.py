@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -31,6 +32,7 @@ from crema_jax.data.cache import hosts
 from crema_jax.data.cache import record_format
 from crema_jax.data.cache.shard_writer import build_shard
 from crema_jax.data.index import registry
+from crema_jax.data.index.dataset_index import DatasetIndex
 from crema_jax.data.signal.preprocess import stage_config
 from crema_jax.runtime import files
 
@@ -192,6 +194,36 @@ def prepare(*, layout: str, root: str, out: str, layout_options: dict | None = N
     stop_after_shards new shards were written and the rest was left for a rerun. wait_s: how
     long host 0 waits for the other hosts' shards (and they for its settings.json); 0 = no limit.
     """
+    _check_flags(layout=layout, preprocess=preprocess, dtype=dtype,
+                 records_per_shard=records_per_shard, num_hosts=num_hosts, host_index=host_index)
+    plan = _plan(layout=layout, root=root, out=out, layout_options=dict(layout_options or {}),
+                 target_fs=target_fs, preprocess=preprocess, dtype=dtype,
+                 records_per_shard=records_per_shard, num_hosts=num_hosts,
+                 host_index=host_index, merge_only=merge_only)
+    _claim_output(plan, root, merge_only=merge_only, wait_s=wait_s, poll_s=poll_s)
+    mine = plan.mine
+    sidecars = {s: _load_sidecar(out, plan.names[s]) for s in mine}
+    progress, stopped = _write_shards(plan, sidecars, workers=workers, strict=strict,
+                                      stop_after_shards=stop_after_shards)
+    if stopped:
+        return {"records": progress.records, "skipped": {}, "stopped": True, "merged": False,
+                "shards": mine}
+    if mine:
+        sys.stderr.write("\n")
+    host_skipped = _skip_table(sidecars[s] for s in mine)
+    if num_hosts > 1 and mine:
+        _print_table(host_skipped, f" (host {host_index}, shards {mine.start}-{mine.stop - 1})")
+    if not plan.merges:
+        return {"records": progress.records, "skipped": host_skipped, "stopped": False,
+                "merged": False, "shards": mine}
+    written, skipped = _merge(plan, sidecars, num_hosts=num_hosts, merge_only=merge_only,
+                              wait_s=wait_s, poll_s=poll_s)
+    _print_table(skipped)
+    return {"records": written, "skipped": skipped, "stopped": False, "merged": True,
+            "shards": mine}
+
+
+def _check_flags(*, layout, preprocess, dtype, records_per_shard, num_hosts, host_index) -> None:
     if layout not in registry.LAYOUTS:
         raise PrepareError(f"--layout={layout!r}; expected one of {sorted(registry.LAYOUTS)}")
     if preprocess not in presets.PRESETS:
@@ -203,7 +235,24 @@ def prepare(*, layout: str, root: str, out: str, layout_options: dict | None = N
     if records_per_shard <= 0:
         raise PrepareError("--records_per_shard must be positive")
     hosts.host_shards(1, num_hosts, host_index)  # checks the pair
-    layout_options = dict(layout_options or {})
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """The cache to build and this host's part of it."""
+    out: str
+    index: DatasetIndex
+    settings: dict              # settings.json: what the cache is built from
+    task_options: dict          # target_fs, preprocess_cfg, dtype (and strict, added later)
+    records_per_shard: int
+    names: list                 # every shard's file name without extension, in shard order
+    mine: range                 # the shards this host writes
+    merges: bool                # host 0 (or --merge): owns settings.json, index and summary
+    label: str                  # " [host h/H]" on progress lines of a many-host run
+
+
+def _plan(*, layout, root, out, layout_options, target_fs, preprocess, dtype, records_per_shard,
+          num_hosts, host_index, merge_only) -> _Plan:
     index = registry.build_index(layout, root, **layout_options)
     preprocess_cfg = presets.preprocessing(preprocess).to_dict()
     if stage_config(preprocess_cfg, "record") is None:
@@ -213,16 +262,25 @@ def prepare(*, layout: str, root: str, out: str, layout_options: dict | None = N
     settings = _settings(index, dict(layout=layout, layout_options=layout_options, root=root,
                                      target_fs=target_fs, preprocess=preprocess, dtype=dtype,
                                      records_per_shard=records_per_shard), preprocess_cfg)
-    per = records_per_shard
-    num_shards = max(1, -(-len(index.records) // per))
-    names = [record_format.shard_name(s, num_shards) for s in range(num_shards)]
-    mine = range(0) if merge_only else hosts.host_shards(num_shards, num_hosts, host_index)
-    merges = merge_only or host_index == 0
-    label = f" [host {host_index}/{num_hosts}]" if num_hosts > 1 else ""
+    num_shards = max(1, -(-len(index.records) // records_per_shard))
+    return _Plan(
+        out=out, index=index, settings=settings,
+        task_options=dict(target_fs=target_fs, preprocess_cfg=preprocess_cfg, dtype=dtype),
+        records_per_shard=records_per_shard,
+        names=[record_format.shard_name(s, num_shards) for s in range(num_shards)],
+        mine=range(0) if merge_only else hosts.host_shards(num_shards, num_hosts, host_index),
+        merges=merge_only or host_index == 0,
+        label=f" [host {host_index}/{num_hosts}]" if num_hosts > 1 else "")
 
+
+def _claim_output(plan: _Plan, root: str, *, merge_only: bool, wait_s: float,
+                  poll_s: float) -> None:
+    """The output folder checked, this host's crashed half-written files removed, and the
+    settings written (host 0) or checked against the ones there."""
+    out = plan.out
     # Host 0 owns settings.json (and the index); the other hosts wait for it, then check it.
     settings_path = os.path.join(out, record_format.SETTINGS_FILE)
-    if not (merges or os.path.isfile(settings_path)):
+    if not (plan.merges or os.path.isfile(settings_path)):
         if _wait(lambda: [] if os.path.isfile(settings_path) else [settings_path], wait_s,
                  "host 0's settings.json", poll_s):
             raise PrepareError(f"{settings_path} did not appear within {wait_s:g} s: start host "
@@ -230,43 +288,48 @@ def prepare(*, layout: str, root: str, out: str, layout_options: dict | None = N
     # New, empty, or a cache of ours (its settings.json): a user's own files are never touched.
     files.check_output_dir(out, marker=record_format.SETTINGS_FILE, flag="--out", inputs=[root],
                            create=not merge_only)
-    own = [names[s] + ext for s in mine for ext in (".arrayrecord", ".json")]
-    if merges:
+    own = [plan.names[s] + ext for s in plan.mine for ext in (".arrayrecord", ".json")]
+    if plan.merges:
         own += [record_format.SETTINGS_FILE, record_format.INDEX_FILE, record_format.SUMMARY_FILE]
     files.remove_stale_temporaries(out, names=own)   # this host's crashed half-written files
-    _check_or_write_settings(out, settings, write=merges and not merge_only)
+    _check_or_write_settings(out, plan.settings, write=plan.merges and not merge_only)
 
-    sidecars = {s: _load_sidecar(out, names[s]) for s in mine}
-    opts = dict(target_fs=target_fs, preprocess_cfg=preprocess_cfg, dtype=dtype, strict=strict)
-    tasks = [_task(out, s, num_shards, index.records[s * per:(s + 1) * per], opts)
-             for s in mine if sidecars[s] is None]
-    progress = _Progress(label, len(mine), [s for s in sidecars.values() if s is not None],
+
+def _write_shards(plan: _Plan, sidecars: dict, *, workers: int, strict: bool,
+                  stop_after_shards: int) -> tuple[_Progress, bool]:
+    """Writes this host's shards that have no sidecar yet (filling `sidecars` in); returns the
+    progress and whether it stopped after `stop_after_shards` new shards."""
+    per, num_shards = plan.records_per_shard, len(plan.names)
+    opts = dict(plan.task_options, strict=strict)
+    tasks = [_task(plan.out, s, num_shards, plan.index.records[s * per:(s + 1) * per], opts)
+             for s in plan.mine if sidecars[s] is None]
+    progress = _Progress(plan.label, len(plan.mine),
+                         [s for s in sidecars.values() if s is not None],
                          sum(len(t["records"]) for t in tasks))
     new = 0
     for result in _run_tasks(tasks, workers):
         if "strict_error" in result:
             sys.stderr.write("\n")
             raise PrepareError(f"(--strict) {result['strict_error']}")
-        sidecars[names.index(result["file"][:-len(".arrayrecord")])] = result
+        sidecars[plan.names.index(result["file"][:-len(".arrayrecord")])] = result
         progress.add(result)
         new += 1
         if stop_after_shards and new >= stop_after_shards:
             sys.stderr.write("\n")
-            return {"records": progress.records, "skipped": {}, "stopped": True,
-                    "merged": False, "shards": mine}
-    if mine:
-        sys.stderr.write("\n")
-    host_skipped = _skip_table(sidecars[s] for s in mine)
-    if num_hosts > 1 and mine:
-        _print_table(host_skipped, f" (host {host_index}, shards {mine.start}-{mine.stop - 1})")
-    if not merges:
-        return {"records": progress.records, "skipped": host_skipped, "stopped": False,
-                "merged": False, "shards": mine}
+            return progress, True
+    return progress, False
+
+
+def _merge(plan: _Plan, sidecars: dict, *, num_hosts: int, merge_only: bool, wait_s: float,
+           poll_s: float) -> tuple[int, dict]:
+    """Once every shard's sidecar is there (waiting for the other hosts unless merge_only),
+    writes index.json and summary.json; returns (records written, skip table)."""
+    names, num_shards = plan.names, len(plan.names)
 
     def missing():
         for s in range(num_shards):
             if sidecars.get(s) is None:
-                sidecars[s] = _load_sidecar(out, names[s])
+                sidecars[s] = _load_sidecar(plan.out, names[s])
         return [names[s] for s in range(num_shards) if sidecars[s] is None]
     left = missing() if merge_only else _wait(missing, wait_s, "the other hosts' shards", poll_s)
     if left:
@@ -275,7 +338,5 @@ def prepare(*, layout: str, root: str, out: str, layout_options: dict | None = N
         raise PrepareError(f"{len(left)} of {num_shards} shards are not written yet ({left[0]}"
                            f"{', ...' if len(left) > 1 else ''}; hosts {owners} of {num_hosts}): "
                            "run (or rerun) those hosts, then `crema-jax prepare ... --merge`")
-    written, skipped = _finish(out, index, settings, [sidecars[s] for s in range(num_shards)])
-    _print_table(skipped)
-    return {"records": written, "skipped": skipped, "stopped": False, "merged": True,
-            "shards": mine}
+    return _finish(plan.out, plan.index, plan.settings,
+                   [sidecars[s] for s in range(num_shards)])
