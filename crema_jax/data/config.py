@@ -12,7 +12,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict()
 
     # --- where the records come from
-    cfg.layout = "wfdb_folder"   # Key of layouts.LAYOUTS; wfdb_folder reads any folder of .hea files.
+    cfg.layout = "wfdb_folder"   # Key of index/registry.LAYOUTS; any folder of .hea files.
     cfg.root = ""                # Dataset folder for the layout (unused when cache_dir is set).
     cfg.layout_options = ml_collections.ConfigDict()  # Extra keyword arguments of the layout fn.
     # A `crema-jax prepare` output folder. When set it replaces root/layout: decoding cached

@@ -5,7 +5,7 @@ B = ECGs in the batch (per process), V = views, C = evaluation crops, L = leads 
 (`data.leads`), N = patches per lead (`data.crop_samples // data.patch_size`), P = samples per
 patch, K / M = visible / masked patches per view (fixed by the mask strategy and ratio).
 
-Pretraining batch (`pipeline.make_pretrain_dataset`; the train step reads `PRETRAIN_KEYS`):
+Pretraining batch (`datasets.make_pretrain_dataset`; the train step reads `PRETRAIN_KEYS`):
 
 | key            | shape              | dtype   | meaning                                        |
 |----------------|--------------------|---------|------------------------------------------------|
@@ -17,7 +17,7 @@ Pretraining batch (`pipeline.make_pretrain_dataset`; the train step reads `PRETR
 | `lead_indices` | (B, L)             | int32   | canonical lead ids (0 = I ... 11 = V6)         |
 | `index`        | (B,)               | int64   | record position in the source (host only)      |
 
-Evaluation batch (`pipeline.make_eval_dataset`; probe, finetune, embed and predict read
+Evaluation batch (`datasets.make_eval_dataset`; probe, finetune, embed and predict read
 `EVAL_KEYS` through one model function, inference/backbones.py):
 
 | key            | shape              | dtype   | meaning                                        |

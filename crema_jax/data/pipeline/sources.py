@@ -1,4 +1,5 @@
-"""Random-access record sources for the Grain pipeline, and what happens to a record that fails.
+"""Random-access record sources for the Grain pipeline, and `make_source`, which builds the
+source of a data config for every command.
 
 A source's `__getitem__` is cheap (a path, or the raw bytes of a cached record, plus the label
 vector); the expensive part, `source.load(element)`, runs in the pipeline's map step so that it
@@ -9,15 +10,15 @@ runs in Grain's worker processes. `load` returns the preprocessed ECG at the tar
 (or, from the cache, "signal" int16 (12, T) plus "scale" float32 (12,): value = signal * scale,
 applied by the pipeline only to the crop it keeps.)
 
-Sources (no Grain import here, so `crema-jax prepare` workers stay light):
+Sources (plain Python objects; no Grain import here):
 - `WfdbSource`: raw records from a layout index (WFDB files, or HDF5 / NumPy arrays: each
   record's `reader`, reading/read.py); load = read + preprocess.
 - `CacheSource` (cache/source.py): the ArrayRecord cache written by `crema-jax prepare`; load =
   decode.
 - `ArraySource`: in-memory arrays already at the target rate and preprocessed (synthetic data,
   tests, notebooks).
-- `RawArraySource`: in-memory arrays in mV at their own rate; load = resample + preprocess, the
-  steps WfdbSource applies to a file (`crema-jax embed --input=X.npy`).
+- `RawArraySource`: in-memory arrays in mV at their own rate; load = canonical_ecg (NaN policy,
+  resampling) + preprocess, as WfdbSource does a file (`crema-jax embed --input=X.npy`).
 
 Every source has a stable `__repr__` (Grain compares it when restoring an iterator). A record
 that fails to load raises RecordError: skips.py says what happens then.

@@ -46,7 +46,7 @@ def test_int16_round_trip_bound_and_header():
 
 
 def test_int16_beats_float16_on_real_ecgs(cinc_sample_dir):
-    """The measurement behind cache.py's choice of int16 (max abs error after normalisation)."""
+    """The measurement behind record_format.py's int16 (max abs error after normalisation)."""
     errors = {"int16": [], "float16": []}
     for info in wfdb_folder.wfdb_folder(cinc_sample_dir).records[:10]:
         x, present = _preprocessed(info.path)
