@@ -61,12 +61,12 @@ def arm_config(loss: str, *, pretrain_root: str, steps: int, eval_every: int):
 def probe_builders(synthetic_root: str):
     """evaluators(config, setup, predict_fns): the few-shot probe on each probe set (metric keys
     apart)."""
-    from crema_jax.data import layouts
+    from crema_jax.data.index import dataset_index
     from crema_jax.evaluate import evaluators
 
     def build(config, setup, predict_fns):
         out = []
-        roots = {PROBES[0]: synthetic_root, PROBES[1]: str(layouts.sample_data_dir())}
+        roots = {PROBES[0]: synthetic_root, PROBES[1]: str(dataset_index.sample_data_dir())}
         for key, root in roots.items():
             c = config.copy_and_resolve_references()
             c.evals.fewshot_probe.root = root

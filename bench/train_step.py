@@ -34,8 +34,8 @@ if __name__ == "__main__":  # As `crema-jax` runs: glibc THP for XLA:CPU's step 
 
 import jax  # noqa: E402
 
-from crema_jax.data import batch as batch_lib  # noqa: E402
-from crema_jax.runtime import mesh as mesh_lib
+from crema_jax.data.pipeline import batch as batch_lib  # noqa: E402
+from crema_jax.runtime import mesh as mesh_lib  # noqa: E402
 from crema_jax.train import perf as metrics_lib, trainer  # noqa: E402
 
 

@@ -224,7 +224,8 @@ def validate(config) -> None:
     """Impossible values refused before anything is built or compiled: a ValueError naming the
     field, its value and what is allowed."""
     from crema_jax import losses, models
-    from crema_jax.data import masking, presets
+    from crema_jax.data import presets
+    from crema_jax.data.pipeline import masking
     from crema_jax.models import config as model_config
 
     c = config

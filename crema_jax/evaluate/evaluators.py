@@ -26,8 +26,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from crema_jax.data import batch as batch_lib
-from crema_jax.data import pipeline
+from crema_jax.data.pipeline import batch as batch_lib
+from crema_jax.data.pipeline import datasets as pipeline
 from crema_jax.evaluate import datasets, linear_probe, metrics, protocols
 from crema_jax.evaluate import reconstruction as recon_lib
 from crema_jax.inference import backbones

@@ -29,8 +29,8 @@ import optax
 from absl import logging
 from flax import nnx
 
-from crema_jax.data import batch as batch_lib
-from crema_jax.data import pipeline
+from crema_jax.data.pipeline import batch as batch_lib
+from crema_jax.data.pipeline import datasets as pipeline
 from crema_jax.evaluate import datasets, folds, metrics, plots, protocols, report, runs
 from crema_jax.inference import backbones
 from crema_jax.models import resolve_size, sit

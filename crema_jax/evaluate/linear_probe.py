@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from crema_jax.data import pipeline
+from crema_jax.data.pipeline import datasets as pipeline
 from crema_jax.evaluate import datasets, folds, metrics, plots, protocols, report, runs
 from crema_jax.inference import backbones
 from crema_jax.runtime import mesh as mesh_lib

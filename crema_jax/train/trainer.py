@@ -21,8 +21,8 @@ from flax import nnx
 
 from crema_jax import config as config_lib
 from crema_jax import losses, models
-from crema_jax.data import batch as batch_lib
-from crema_jax.data import pipeline
+from crema_jax.data.pipeline import batch as batch_lib
+from crema_jax.data.pipeline import datasets as pipeline
 from crema_jax.models import sharding
 from crema_jax.runtime import checkpoint as ckpt_lib
 from crema_jax.runtime import mesh as mesh_lib

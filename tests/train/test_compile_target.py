@@ -4,7 +4,7 @@ program only, never in one compiled for a TPU slice."""
 import jax
 import pytest
 
-from crema_jax.data import batch as batch_lib
+from crema_jax.data.pipeline import batch as batch_lib
 from crema_jax.runtime import mesh as mesh_lib
 from crema_jax.train import trainer
 from tests.train.helpers import tiny_config

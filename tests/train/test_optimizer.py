@@ -9,7 +9,7 @@ import optax
 from flax import nnx
 
 from crema_jax import models
-from crema_jax.data import masking
+from crema_jax.data.pipeline import masking
 from crema_jax.losses import get_loss
 from crema_jax import config as config_lib
 from crema_jax.runtime import optimizer
