@@ -123,24 +123,6 @@ def _imports(path):
     return {m for m in out if m.startswith("crema_jax")}
 
 
-def test_evaluate_and_export_never_reach_train():
-    """The transitive closure of imports from crema_jax.evaluate and crema_jax.export holds no
-    crema_jax.train module."""
-    files = _module_files()
-    graph = {m: {i for i in _imports(p) if i in files} for m, p in files.items()}
-    for start in [m for m in files if m.startswith(("crema_jax.evaluate", "crema_jax.export",
-                                                   "crema_jax.inference"))]:
-        seen, todo = set(), [start]
-        while todo:
-            m = todo.pop()
-            if m in seen:
-                continue
-            seen.add(m)
-            todo += graph[m]
-        reached = sorted(m for m in seen if m.startswith("crema_jax.train"))
-        assert not reached, (start, reached)
-
-
 def test_flags_are_defined_only_in_the_cli_package():
     for module, path in _module_files().items():
         if module.startswith("crema_jax.cli") or module == "crema_jax.main":  # the dispatcher
