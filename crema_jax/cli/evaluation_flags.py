@@ -117,3 +117,23 @@ def finetune_recipe(args) -> dict:
             "label_smoothing": args.label_smoothing, "warmup_epochs": args.warmup_epochs,
             "patience": args.patience, "augment": list(args.augment),
             "steps_per_epoch": args.steps_per_epoch}
+
+
+def evaluation_command(name: str, doc: str, add_recipe) -> command.Command:
+    """The `probe` or `finetune` command: the evaluation flags (add) and its recipe's flags."""
+    cmd = command.Command(name, doc, usage="--checkpoint=DIR|random (--root=DIR | "
+                          "--cache_dir=DIR) --workdir=DIR")
+    add(cmd)
+    add_recipe(cmd)
+    return cmd
+
+
+def run_and_report(run, args, recipe: dict) -> None:
+    """An evaluation command's body: `run(settings, recipe)` (run_probe or run_finetune) on the
+    parsed flags, then its report printed and the files it wrote named."""
+    from crema_jax.evaluate import report  # here: --help answers without importing JAX
+
+    chosen = settings(args)
+    print(report.markdown(run(chosen, recipe)))
+    print(f"wrote {chosen['workdir']}/report.json, report.md, roc.png, embeddings_pca.png, "
+          "predictions.npz")

@@ -9,21 +9,13 @@ protocol trains a linear head on them; with --folds=K, K heads test every record
 --checkpoint=random --model_size=... (a random SiT); an imported ECGFounder checkpoint probes
 Net1D's features. Two models on the same folds, with paired tests: `crema-jax compare`.
 """
-from crema_jax.cli import command, evaluation_flags
+from crema_jax.cli import evaluation_flags
 
-COMMAND = command.Command(
-    "probe", __doc__, usage="--checkpoint=DIR|random (--root=DIR | --cache_dir=DIR) "
-    "--workdir=DIR")
-evaluation_flags.add(COMMAND)
-evaluation_flags.add_probe_head(COMMAND)
+COMMAND = evaluation_flags.evaluation_command("probe", __doc__, evaluation_flags.add_probe_head)
 
 
 @COMMAND.main
 def main(args) -> None:
-    from crema_jax.evaluate import linear_probe, report
+    from crema_jax.evaluate import linear_probe  # here: --help answers without importing JAX
 
-    settings = evaluation_flags.settings(args)
-    result = linear_probe.run_probe(settings, evaluation_flags.probe_head(args))
-    print(report.markdown(result))
-    print(f"wrote {settings['workdir']}/report.json, report.md, roc.png, embeddings_pca.png, "
-          "predictions.npz")
+    evaluation_flags.run_and_report(linear_probe.run_probe, args, evaluation_flags.probe_head(args))
