@@ -50,28 +50,39 @@ export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 
 say() { echo "accelerator: $*"; }
 
-# Prints "missing: MODULES", "gpu: yes|no" and one line of versions. The GPU client is made
-# without taking the GPU's memory, and not at all for --dry.
+# Prints "missing: MODULES", "gpu: yes|no" and one line of versions. JAX's GPU client is made
+# (not for --dry) before torch is imported, as in the rows, and without taking the GPU's memory.
 probe() {
   XLA_PYTHON_CLIENT_PREALLOCATE=false "$PY" - "$DRY" <<'EOF'
 import importlib, sys
-missing, versions = [], []
-for name in ("numpy", "jax", "jaxlib", "flax", "optax", "orbax.checkpoint", "ml_collections",
-             "absl", "etils", "torch"):
+missing, versions, gpu = [], [], "no"
+
+
+def check(name):
     try:
         module = importlib.import_module(name)
         versions.append(f"{name} {getattr(module, '__version__', '?')}")
-    except Exception as err:  # noqa: BLE001 - any import failure is "missing"
+    except Exception:  # noqa: BLE001 - any import failure is "missing"
         missing.append(name)
-print("missing:", " ".join(missing))
-gpu = "no"
+
+
+for name in ("numpy", "jax", "jaxlib", "flax", "optax", "orbax.checkpoint", "ml_collections",
+             "absl", "etils"):
+    check(name)
 if sys.argv[1] == "0" and "jax" not in missing:
     import jax
     try:
-        gpu = "yes" if jax.devices("gpu") else "no"
-        versions.append(f"GPU: {jax.devices('gpu')[0].device_kind}")
+        kind = jax.devices("gpu")[0].device_kind
+        gpu = "yes"
+        versions.append(f"JAX GPU: {kind}")
     except RuntimeError:
         pass
+check("torch")
+if "torch" not in missing:
+    import torch
+    versions.append(f"torch CUDA: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available()
+                    else "torch CUDA: none")
+print("missing:", " ".join(missing))
 print("gpu:", gpu)
 print("versions:", f"Python {sys.version.split()[0]} ({sys.executable});", ", ".join(versions))
 EOF
