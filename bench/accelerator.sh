@@ -5,7 +5,11 @@
 # 256 in both), each row in its own process under its own cap, one table within 8 minutes.
 #
 #   bash bench/accelerator.sh [--out=PATH] [--budget=SECONDS] [--offline] [accelerator.py flags]
-#   bash bench/accelerator.sh --dry     # CPU, tiny sizes, every step once: ~1.5 min on 2 cores
+#   bash bench/accelerator.sh --dry     # CPU, tiny sizes, every step once: ~1 min on 2 cores
+#
+# --offline: do not ask an index (a machine without network: saves the index's time-out).
+# accelerator.py's flags: --tiny (tiny sizes on whatever device there is), --models=small,base,
+# --batch=256, --net1d_batch=256, --samples=5000, --steps=20, --budget=480, --loss=crema.
 #
 # The table goes to stdout, to --out=PATH and, when $OUT is set, to $OUT/accelerator.md (every
 # row's output to $OUT/accelerator.md.log). `python3`, or $PYTHON, runs everything; the repo is
@@ -23,8 +27,11 @@
 #   ml_collections-1.1.0-py3-none-any.whl
 # fetched, where pip reaches an index, from the repository root with
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-#     -d .whl ml_collections==1.1.0
+#     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+#     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#     --platform manylinux1_x86_64 -d .whl ml_collections==1.1.0
+# On the bench path crema_jax imports ml_collections (config), orbax-checkpoint (train/trainer.py
+# imports crema_jax.checkpoint at the top) and nothing of the input pipeline.
 set -uo pipefail
 
 START=$(date +%s)
