@@ -8,7 +8,7 @@ starts one per row, each under its own time cap).
 
 - jax_train: crema_jax's own pretraining step (bench/train_step.py: config -> trainer.build ->
   trainer.compile_step, the jitted step with the state donated), model.dtype bfloat16, on ONE
-  device, on a synthetic batch of the batch contract (crema_jax/data/batch.py) with the
+  device, on a synthetic batch of the batch contract (crema_jax/data/pipeline/batch.py) with the
   configured masks: no input pipeline is imported.
 - torch_train: the same step in PyTorch (bench/torch_train_step.py): bf16 autocast,
   torch.compile, fused AdamW on a GPU.
@@ -47,7 +47,8 @@ def say(text: str) -> None:
 def synthetic_batch(config, batch: int) -> dict:
     """A host pretraining batch of config.data's shapes (batch.pretrain_spec): standard-normal
     patches and masks drawn by the configured strategy, as the input pipeline would hand over."""
-    from crema_jax.data import batch as batch_lib, leads as leads_lib, masking
+    from crema_jax.data.pipeline import batch as batch_lib, masking
+    from crema_jax.data.reading import leads as leads_lib
 
     spec = batch_lib.pretrain_spec(config.data, batch)
     b, v, nl, n, p = spec["patches"][0]
@@ -69,11 +70,11 @@ def synthetic_batch(config, batch: int) -> dict:
 
 
 def host_peak(dtype: str) -> tuple[float, str]:
-    """The chip's table peak (crema_jax.train.metrics.PEAK_TFLOPS) for a torch device, or the
+    """The chip's table peak (crema_jax.train.perf.PEAK_TFLOPS) for a torch device, or the
     host's measured float32 GEMM on CPU, the figure the JAX rows use."""
     import torch
 
-    from crema_jax.train import metrics as metrics_lib
+    from crema_jax.train import perf as metrics_lib
 
     if torch.cuda.is_available():
         kind = torch.cuda.get_device_name(0)
@@ -106,7 +107,7 @@ def jax_memory(compiled) -> tuple[int, str]:
     """Peak bytes the device allocator held (GPU/TPU), else XLA's plan for the program."""
     import jax
 
-    from crema_jax.train import metrics as metrics_lib
+    from crema_jax.train import perf as metrics_lib
 
     stats = jax.local_devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
@@ -118,7 +119,7 @@ def jax_train(args) -> dict:
     import jax
 
     from bench import train_step
-    from crema_jax.train import metrics as metrics_lib
+    from crema_jax.train import perf as metrics_lib
 
     config = train_step.make_config(args.model, args.batch, "bfloat16", args.loss)
     device = jax.local_devices()[0]
@@ -191,7 +192,7 @@ def jax_net1d(args) -> dict:
     from flax import nnx
 
     from crema_jax.models import build_model
-    from crema_jax.train import metrics as metrics_lib
+    from crema_jax.train import perf as metrics_lib
 
     device = jax.local_devices()[0]
     say(f"jax {jax.__version__} on {device.device_kind}: Net1D {args.batch} x 12 x {args.samples}")

@@ -30,7 +30,14 @@ import numpy as np
 from absl import flags
 
 from crema_jax.data import config as config_lib
-from crema_jax.data import pipeline, presets, synthetic
+from crema_jax.data import presets, synthetic
+from crema_jax.data.index import registry
+from crema_jax.data.pipeline import datasets as pipeline
+from crema_jax.data.pipeline import sources
+from crema_jax.data.pipeline.transforms import PretrainViews
+from crema_jax.data.reading import arrays, read as read_lib
+from crema_jax.data.signal import preprocess
+from crema_jax.data.signal.resample import resample
 
 
 def _throughput(cfg, batches: int, warmup: int) -> tuple[float, float | None]:
@@ -57,7 +64,7 @@ def _eval_throughput(cfg, repeats: int) -> tuple[float, float]:
     the records, in-process, timed from the first read to the last batch (read-ahead threads
     do no work outside the timed span); the median of `repeats` passes (a shared machine's rate
     moves by a quarter from run to run). The folder is indexed once, before any pass."""
-    source = pipeline.make_source(cfg)
+    source = sources.make_source(cfg)
     rates, per_cpu = [], []
     for _ in range(repeats):
         start, cpu = time.perf_counter(), time.process_time()
@@ -77,33 +84,31 @@ def _cpu_ms(fn, items) -> float:
 
 def _code15_breakdown(root: str, n: int = 128) -> list[tuple[str, float]]:
     """CPU ms per exam of each step of the CODE-15% path (see the module docstring)."""
-    import h5py
+    import h5py  # optional heavy import (HDF5's C library): the CODE-15% rows only
 
-    from crema_jax.data import layouts, preprocess, readers, records
-
-    infos = layouts.build_index("code15", root).records[:n]
+    infos = registry.build_index("code15", root).records[:n]
     parts = {}
 
     def row(info):
-        file, index = readers.split_locator(info.path)
+        file, index = arrays.split_locator(info.path)
         if file not in parts:
             parts[file] = h5py.File(file, "r")["tracings"]
         return parts[file][index]
 
-    native = [readers.read(i.path, i.reader, target_fs=None) for i in infos]  # also a warm-up
-    resampled = [readers.read(i.path, i.reader, target_fs=250.0) for i in infos]
-    crema = preprocess.PRESETS["crema"]()
+    native = [read_lib.read(i.path, i.reader, target_fs=None) for i in infos]  # also a warm-up
+    resampled = [read_lib.read(i.path, i.reader, target_fs=250.0) for i in infos]
+    crema = presets.preprocessing("crema")
     loaded = [{"signal": preprocess.preprocess(e.signal, e.fs, crema,
                                                lead_present=e.lead_present),
                "lead_present": e.lead_present, "index": k} for k, e in enumerate(resampled)]
-    views = pipeline.PretrainViews(config_lib.default_data_config(), compact=True)
+    views = PretrainViews(config_lib.default_data_config(), compact=True)
     chunks = [loaded[k:k + 64] for k in range(0, len(loaded), 64)]
     rng = np.random.default_rng(0)
     return [("HDF5 row read (h5py; part of the next step)", _cpu_ms(row, infos)),
             ("reader to the canonical Ecg at 400 Hz", _cpu_ms(
-                lambda i: readers.read(i.path, i.reader, target_fs=None), infos)),
+                lambda i: read_lib.read(i.path, i.reader, target_fs=None), infos)),
             ("polyphase 400 -> 250 Hz", _cpu_ms(
-                lambda e: records.resample(e.signal, e.fs, 250.0), native)),
+                lambda e: resample(e.signal, e.fs, 250.0), native)),
             ("crema preprocessing (filters, z-score)", _cpu_ms(
                 lambda e: preprocess.preprocess(e.signal, e.fs, crema,
                                                 lead_present=e.lead_present), resampled)),

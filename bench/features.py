@@ -27,10 +27,11 @@ import numpy as np
 
 def _bench_size(size: str, *, num_ecgs: int, batch_size: int, max_seconds: float, seed: int):
     from crema_jax.inference import backbones
+    from crema_jax.runtime import mesh as mesh_lib
 
     backbone = backbones.load(backbones.RANDOM, backbone="sit", model_size=size, seed=seed)
-    mesh = backbones.data_mesh()
-    batch_size = backbones.round_batch(batch_size, mesh)
+    mesh = mesh_lib.make_mesh()
+    batch_size = mesh_lib.round_batch(batch_size, mesh)
     rng = np.random.default_rng(seed)
     batch = {
         "patches": rng.normal(size=(batch_size, 3, 12, 30, 75)).astype(np.float32),

@@ -59,13 +59,14 @@ def arm_config(loss: str, *, pretrain_root: str, steps: int, eval_every: int):
 
 
 def probe_builders(synthetic_root: str):
-    """evaluators(config, parts): the few-shot probe on each probe set (metric keys apart)."""
-    from crema_jax.data import layouts
+    """evaluators(config, setup, predict_fns): the few-shot probe on each probe set (metric keys
+    apart)."""
+    from crema_jax.data.index import dataset_index
     from crema_jax.evaluate import evaluators
 
-    def build(config, parts):
+    def build(config, setup, predict_fns):
         out = []
-        roots = {PROBES[0]: synthetic_root, PROBES[1]: str(layouts.sample_data_dir())}
+        roots = {PROBES[0]: synthetic_root, PROBES[1]: str(dataset_index.sample_data_dir())}
         for key, root in roots.items():
             c = config.copy_and_resolve_references()
             c.evals.fewshot_probe.root = root
@@ -73,7 +74,7 @@ def probe_builders(synthetic_root: str):
             c.evals.fewshot_probe.layout_options = {}
             c.evals.fewshot_probe.split_fractions = (0.5, 0.2, 0.3)
             c.evals.fewshot_probe.min_positives = 2
-            out.append(evaluators.FewShotProbe(c, parts, key=key))
+            out.append(evaluators.FewShotProbe(c, setup.mesh, predict_fns, key=key))
         return out
 
     return build
@@ -84,9 +85,10 @@ def random_init_arm(config, build_probes) -> dict:
     import jax
     from crema_jax.train import trainer
 
-    parts = trainer.build(config, devices=jax.devices()[:1])
-    state = trainer.init_state(parts, jax.random.key(int(config.train.seed)))
-    return {p.key: p.run(state)[f"eval/{p.key}_macro_auroc"] for p in build_probes(config, parts)}
+    setup = trainer.build(config, devices=jax.devices()[:1])
+    state = trainer.init_state(setup, jax.random.key(int(config.train.seed)))
+    probes = build_probes(config, setup, trainer.predict_fns(setup))
+    return {p.key: p.run(state)[f"eval/{p.key}_macro_auroc"] for p in probes}
 
 
 def train_arm(config, workdir, build_probes) -> dict:

@@ -33,10 +33,10 @@ if __name__ == "__main__":  # As `crema-jax` runs: glibc THP for XLA:CPU's step 
     host_malloc.reexec_with_hugetlb()
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
-from crema_jax.data import batch as batch_lib  # noqa: E402
-from crema_jax.train import mesh as mesh_lib, metrics as metrics_lib, trainer  # noqa: E402
+from crema_jax.data.pipeline import batch as batch_lib  # noqa: E402
+from crema_jax.runtime import mesh as mesh_lib  # noqa: E402
+from crema_jax.train import perf as metrics_lib, trainer  # noqa: E402
 
 
 def make_config(model: str, batch: int, dtype: str, loss: str):
@@ -65,20 +65,20 @@ def make_config(model: str, batch: int, dtype: str, loss: str):
 def compiled_step_after_warmup(config, *, local=None, devices=None) -> dict:
     """The trainer's compiled step, its state and a batch from the input pipeline (or `local`, a
     host batch), after one warm-up step (allocator, thread pools), on `devices` (default: all).
-    Keys: parts, compiled, state, batch, rng, compile_seconds."""
-    parts = trainer.build(config, devices=devices)
-    target = trainer.abstract_state(parts, config)
+    Keys: setup, compiled, state, batch, rng, compile_seconds."""
+    setup = trainer.build(config, devices=devices)
+    target = trainer.abstract_state(setup)
     t0 = time.perf_counter()
-    compiled = trainer.compile_step(parts, config, target)
+    compiled = trainer.compile_step(setup, config, target)
     compile_s = time.perf_counter() - t0
-    state = trainer.init_state(parts, jax.random.key(0))
+    state = trainer.init_state(setup, jax.random.key(0))
     if local is None:
-        local = next(trainer.input_iterator(config, parts["per_process_batch"]))
-    batch = mesh_lib.global_batch(batch_lib.device_part(local), parts["mesh"])
+        local = next(trainer.input_iterator(config, setup.per_process_batch))
+    batch = mesh_lib.global_batch(batch_lib.device_part(local), setup.mesh)
     rng = jax.random.key(1)
     state, m = compiled(state, batch, rng)
     jax.block_until_ready(m)
-    return {"parts": parts, "compiled": compiled, "state": state, "batch": batch, "rng": rng,
+    return {"setup": setup, "compiled": compiled, "state": state, "batch": batch, "rng": rng,
             "compile_seconds": compile_s}
 
 
@@ -96,21 +96,21 @@ def time_steps(run: dict, steps: int) -> tuple[list, dict]:
 
 def time_jax(config, steps: int) -> dict:
     run = compiled_step_after_warmup(config)
-    parts, compiled, batch, compile_s = (run["parts"], run["compiled"], run["batch"],
+    setup, compiled, batch, compile_s = (run["setup"], run["compiled"], run["batch"],
                                          run["compile_seconds"])
     times, m = time_steps(run, steps)
     flops_dev = metrics_lib.compiled_flops_per_device(compiled)
     peak, source = metrics_lib.peak_tflops_per_device(config.model.dtype)
     # CPU peak: the host GEMM shared by the devices the mesh uses.
     if jax.devices()[0].platform == "cpu":
-        peak = metrics_lib.measured_gemm_tflops() / parts["mesh"].size
+        peak = metrics_lib.measured_gemm_tflops() / setup.mesh.size
     step_s = statistics.median(times)
-    return {"step_seconds": step_s, "flops": flops_dev * parts["mesh"].size,
+    return {"step_seconds": step_s, "flops": flops_dev * setup.mesh.size,
             "flops_per_device": flops_dev, "compile_seconds": compile_s,
-            "ecgs_per_sec": parts["global_batch"] / step_s,
+            "ecgs_per_sec": setup.global_batch / step_s,
             "tflops_per_device": flops_dev / step_s / 1e12,
             "mfu": flops_dev / step_s / 1e12 / peak, "peak_tflops_per_device": peak,
-            "peak_source": source, "devices": parts["mesh"].size,
+            "peak_source": source, "devices": setup.mesh.size,
             "loss": float(m["loss"]), "batch": batch["patches"].shape[0]}
 
 

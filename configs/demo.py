@@ -28,7 +28,7 @@ often a held-back ECG's two views find each other among them (chance = 1 / recor
 import importlib.util
 import pathlib
 
-from crema_jax.data import layouts
+from crema_jax.data.index import dataset_index
 
 EVAL_EVERY = 100
 
@@ -58,7 +58,7 @@ def get_config():
     # The 36 CinC 2021 records shipped in the package; 30% held back by record hash (30 train,
     # 6 test), kept in memory after their first read.
     config.data.layout = "wfdb_folder"
-    config.data.root = str(layouts.sample_data_dir())
+    config.data.root = str(dataset_index.sample_data_dir())
     config.data.layout_options = {"val_fraction": 0.0, "test_fraction": 0.3}
     config.data.split = "train"
     config.data.keep_in_memory = True

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from crema_jax.runtime import checkpoint
+
 
 def default_optim_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -37,8 +39,6 @@ def default_train_config() -> ml_collections.ConfigDict:
     c.global_batch_size = 64
     c.log_every_steps = 1        # metrics.jsonl / TensorBoard / progress line.
     c.stop_after_steps = 0       # > 0: leave the loop early (preemption drills); schedule unchanged.
-    c.inject_nan_at_step = -1    # test hook: the loss of this (1-based) step becomes NaN; -1 = off.
-    c.debug_step_delay_seconds = 0.0  # test hook: sleep after each step (kill/preemption drills).
     # A checkpoint (workdir, checkpoints dir or step dir) whose params start this run when the
     # workdir has no checkpoint of its own: continued pretraining from `import-torch` output or
     # another run. Only the weights (fixed tables included) are taken; the optimizer, RNG and data
@@ -157,6 +157,18 @@ def from_saved(saved: dict) -> ml_collections.ConfigDict:
     return config
 
 
+def load_checkpoint(path) -> tuple[dict, ml_collections.ConfigDict, int]:
+    """(params, config read onto today's defaults, step) of the latest complete checkpoint under
+    `path` (a workdir, its checkpoints dir or a step dir)."""
+    params, saved, step = checkpoint.load_model_checkpoint(path)
+    return params, from_saved(saved), step
+
+
+def load_checkpoint_config(path) -> ml_collections.ConfigDict:
+    """Only the config of the latest complete checkpoint under `path`, on today's defaults."""
+    return from_saved(checkpoint.load_saved_config(path))
+
+
 def _tuples(x):
     if isinstance(x, dict):
         return {k: _tuples(v) for k, v in x.items()}
@@ -212,7 +224,8 @@ def validate(config) -> None:
     """Impossible values refused before anything is built or compiled: a ValueError naming the
     field, its value and what is allowed."""
     from crema_jax import losses, models
-    from crema_jax.data import masking, presets
+    from crema_jax.data import presets
+    from crema_jax.data.pipeline import masking
     from crema_jax.models import config as model_config
 
     c = config
@@ -242,11 +255,6 @@ def validate(config) -> None:
     _check(c.data.target_fs > 0, "data.target_fs", c.data.target_fs, "> 0 Hz")
     _one_of(c, "loss.name", losses.LOSSES)
     _check(c.evals.every_steps >= 1, "evals.every_steps", c.evals.every_steps, "an integer >= 1")
-    if c.evals.names:
-        from crema_jax.evaluate.evaluators import EVALUATORS
-        for name in c.evals.names:
-            _check(name in EVALUATORS, "evals.names", tuple(c.evals.names),
-                   f"names from {sorted(EVALUATORS)}")
     if c.train.profile_steps:
         profile_range(c.train.profile_steps)
     _one_of(c, "model.name", models.MODELS)

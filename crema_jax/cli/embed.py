@@ -38,7 +38,7 @@ COMMAND.enum("windows", "rows", ["rows", "mean"], "When the data path cuts recor
 def main(args) -> None:
     import numpy as np
 
-    from crema_jax.data import layouts
+    from crema_jax.data.index import dataset_index
     from crema_jax.inference import backbones, embed
 
     try:
@@ -67,7 +67,7 @@ def main(args) -> None:
                           raw=args.raw, logits=args.logits, batch_size=args.batch_size,
                           preset=args.preset or None, windows=args.windows)
     else:
-        records = layouts.expand_records(args.input)
+        records = dataset_index.expand_records(args.input)
         out = embed.embed(backbone, records=records, raw=args.raw, logits=args.logits,
                           batch_size=args.batch_size, preset=args.preset or None,
                           windows=args.windows)

@@ -23,7 +23,7 @@ COMMAND.enum("preset", "", ["", "crema", "stmem", "ecgfounder"], "The data path 
 
 @COMMAND.main
 def main(args) -> None:
-    from crema_jax.data import layouts
+    from crema_jax.data.index import dataset_index
     from crema_jax.inference import backbones, embed, predict
 
     if not args.positional:
@@ -36,7 +36,7 @@ def main(args) -> None:
     labels = predict.label_names()
     backbone = backbones.load(args.checkpoint, with_head=True)
     predict.check_backbone(backbone)
-    paths = layouts.expand_records(",".join(args.positional))
+    paths = dataset_index.expand_records(",".join(args.positional))
     out = predict.predict_probabilities(backbone, records=paths, batch_size=args.batch_size,
                                         preset=args.preset or None)
     print(backbones.describe_data_path(out["data_cfg"], args.preset))

@@ -21,7 +21,7 @@ merges shards written elsewhere.
 from crema_jax.cli import command
 
 COMMAND = command.Command("prepare", __doc__, usage="--layout=NAME --root=DIR --out=DIR")
-COMMAND.string("layout", "wfdb_folder", "Dataset layout (a key of data.layouts.LAYOUTS: "
+COMMAND.string("layout", "wfdb_folder", "Dataset layout (a key of data.index.registry.LAYOUTS: "
                "wfdb_folder, ptbxl, manifest, code15, mimic_iv_ecg, numpy).")
 COMMAND.string("root", None, "Dataset folder read by the layout (or the manifest CSV's folder).",
                required=True)
@@ -34,10 +34,10 @@ COMMAND.integer("workers", 2, "Worker processes (1 = in this process).", lower_b
 COMMAND.boolean("strict", False, "Stop with an error at the first bad record.")
 COMMAND.float("target_fs", 250.0, "Sampling rate of the cached signals, Hz.")
 COMMAND.string("preprocess", "crema", "Preprocessing preset (a key of "
-               "data.preprocess.PRESETS: crema, ecgfounder, none; record-stage presets only).")
+               "data.presets.PRESETS: crema, ecgfounder, none; record-stage presets only).")
 COMMAND.integer("records_per_shard", 1024, "Records per ArrayRecord shard.", lower_bound=1)
 COMMAND.enum("dtype", "int16", ["float16", "int16"], "Stored sample type (int16 with a per-lead "
-             "scale: see data/cache.py for why).")
+             "scale: see data/cache/record_format.py for why).")
 COMMAND.integer("num_hosts", -1, "Hosts writing this cache together (-1: from jax.distributed, "
                 "SLURM_ARRAY_TASK_COUNT / SLURM_NTASKS or TPU_WORKER_HOSTNAMES, else 1).")
 COMMAND.integer("host_index", -1, "This host's index in [0, num_hosts) (-1: from "
@@ -52,7 +52,7 @@ COMMAND.integer("stop_after_shards", 0, "Stop after this many newly written shar
 
 @COMMAND.main
 def main(args) -> int:
-    from crema_jax.data import hosts, prepare
+    from crema_jax.data.cache import hosts, prepare
 
     host, num_hosts, origin = hosts.resolve(args.host_index, args.num_hosts)
     if num_hosts > 1:

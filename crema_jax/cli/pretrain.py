@@ -54,7 +54,7 @@ def main(args) -> None:
             jax.config.update("jax_num_cpu_devices", args.num_devices)
 
     # jax.distributed must start before anything touches a JAX backend.
-    from crema_jax.train import mesh as mesh_lib
+    from crema_jax.runtime import mesh as mesh_lib
     mesh_lib.maybe_initialize_distributed(
         coordinator_address=args.coordinator_address or config.train.coordinator_address,
         num_processes=args.num_processes or config.train.num_processes,
@@ -67,7 +67,7 @@ def main(args) -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
     from crema_jax.evaluate import evaluators
-    from crema_jax.train import trainer
+    from crema_jax.train import hooks, trainer
     if args.dry_run:
         # An unknown slice, or a mesh or batch that does not fit: a ValueError says why.
         devices = mesh_lib.tpu_topology_devices(args.topology) if args.topology else None
@@ -89,8 +89,10 @@ def main(args) -> None:
         print(json.dumps(report))
         return
 
+    evaluators.check_names(config)
     try:
-        result = trainer.train(config, args.workdir, evaluators=evaluators.build)
+        result = trainer.train(config, args.workdir, evaluators=evaluators.build,
+                               drill=hooks.FaultDrill.from_env())
     except trainer.NonFiniteLossError as err:
         raise command.CommandError(str(err)) from None
     if config.train.reconstruction_png:

@@ -8,7 +8,7 @@ from crema_jax.cli import command
 COMMAND = command.Command("preview", __doc__, usage="[--out=preview.png] [--record=ID]")
 COMMAND.string("out", "preview.png", "Output PNG.")
 COMMAND.string("record", "", "Record id of the bundled sample (default: the first).")
-COMMAND.string("mask", "random_per_lead", "Masking strategy (a key of data.masking.MASKS).")
+COMMAND.string("mask", "random_per_lead", "Masking strategy (a key of data.pipeline.masking.MASKS).")
 COMMAND.float("mask_ratio", 0.75, "Fraction of patches hidden.")
 COMMAND.integer("seed", 0, "Seed of the crop and the mask.")
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from crema_jax.data import preprocess as preprocess_lib
-from crema_jax.data.leads import LEADS
+from crema_jax.data import presets
+from crema_jax.data.reading.leads import LEADS
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -12,7 +12,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict()
 
     # --- where the records come from
-    cfg.layout = "wfdb_folder"   # Key of layouts.LAYOUTS; wfdb_folder reads any folder of .hea files.
+    cfg.layout = "wfdb_folder"   # Key of index/registry.LAYOUTS; any folder of .hea files.
     cfg.root = ""                # Dataset folder for the layout (unused when cache_dir is set).
     cfg.layout_options = ml_collections.ConfigDict()  # Extra keyword arguments of the layout fn.
     # A `crema-jax prepare` output folder. When set it replaces root/layout: decoding cached
@@ -45,9 +45,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     cfg.crop_samples = 2250      # 9 s crops: leaves room for random shifts inside 10 s records.
     cfg.patch_size = 75          # -> 30 patches per lead, about one beat each at 60-100 bpm.
     cfg.leads = LEADS            # Rows to feed, in this order; e.g. ("I",) or the six limb leads.
-    # 0.67-40 Hz zero-phase Butterworth + one z-score per record (preprocess.PRESETS["crema"]);
-    # preprocess.py documents each field; None = no preprocessing at all.
-    cfg.preprocess = preprocess_lib.PRESETS["crema"]()
+    # 0.67-40 Hz zero-phase Butterworth + one z-score per record (presets.py, "crema");
+    # signal/preprocess.py documents each field; None = no preprocessing at all.
+    cfg.preprocess = presets.preprocessing("crema")
 
     # --- pretraining views
     # ST-MEM's mask: 75% of patches hidden, the same count (7 visible of 30) in every lead.

@@ -1,7 +1,11 @@
-"""Data paths: how a record file becomes a model's input, each a named preset (data.preset).
+"""THE preset registry: how a record file becomes a model's input, each path a named preset.
 
-A preset sets every data field that decides the path, step by step; `apply(data_cfg, name)`
-writes them. The steps, in the order the pipeline runs them:
+`PRESETS[name]` holds the data fields a preset sets (`apply(data_cfg, name)` writes them; the
+config's data.preset names the one in use) and its preprocessing (`preprocessing(name)`; the
+fields are documented in signal/preprocess.py). Every command reads its data path from here, and
+`crema-jax prepare --preprocess=NAME` caches records with the same preprocessing. "none" is a
+preprocessing only (no filter, no normalisation: a cache of raw millivolts), not a data path.
+The steps of the three data paths, in the order the pipeline runs them:
 
 | step | "crema" (our models' default) | "stmem" (ST-MEM's scripts) | "ecgfounder" (its code) |
 |---|---|---|---|
@@ -25,46 +29,58 @@ paths exist so that their released weights give their authors' outputs from the 
 """
 from __future__ import annotations
 
-from crema_jax.data import preprocess as preprocess_lib
+import dataclasses
+from typing import Mapping
 
-NAMES = ("crema", "stmem", "ecgfounder")
+import ml_collections
 
-
-def _crema(cfg) -> None:
-    cfg.target_fs = 250.0
-    cfg.resample = "polyphase"
-    cfg.window_seconds = 0.0
-    cfg.nan_policy = "interpolate"
-    cfg.flat_leads = "absent"
-    cfg.derive_limb_leads = True
-    cfg.preprocess = preprocess_lib.PRESETS["crema"]()
-    cfg.crop_samples, cfg.patch_size, cfg.eval_num_crops = 2250, 75, 3
-    cfg.eval_crop_average = "embedding"
+from crema_jax.data.signal.preprocess import default_preprocess_config
 
 
-def _stmem(cfg) -> None:
-    _crema(cfg)
-    cfg.resample = "fft"
-    cfg.window_seconds = 10.0
-    cfg.nan_policy = "drop_window"
-    cfg.flat_leads = "keep"
-    cfg.derive_limb_leads = False
-    cfg.preprocess = preprocess_lib.PRESETS["stmem"]()
-    cfg.eval_crop_average = "probability"
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    preprocessing: Mapping    # how its preprocessing differs from default_preprocess_config()
+    data_path: Mapping | None  # the data fields it sets; None: a preprocessing only
 
 
-def _ecgfounder(cfg) -> None:
-    _crema(cfg)
-    cfg.target_fs = 500.0
-    cfg.nan_policy = "zero"
-    cfg.flat_leads = "keep"
-    cfg.derive_limb_leads = False
-    cfg.preprocess = preprocess_lib.PRESETS["ecgfounder"]()
-    cfg.crop_samples = cfg.patch_size = 5000  # one "patch" per lead: the whole 10 s window
-    cfg.eval_num_crops = 1
+_CREMA = dict(target_fs=250.0, resample="polyphase", window_seconds=0.0, nan_policy="interpolate",
+              flat_leads="absent", derive_limb_leads=True, crop_samples=2250, patch_size=75,
+              eval_num_crops=3, eval_crop_average="embedding")
+
+PRESETS = {
+    "crema": Preset(preprocessing={}, data_path=_CREMA),
+    "stmem": Preset(
+        preprocessing=dict(stage="crop", stats="all"),
+        data_path={**_CREMA, "resample": "fft", "window_seconds": 10.0,
+                   "nan_policy": "drop_window", "flat_leads": "keep",
+                   "derive_limb_leads": False, "eval_crop_average": "probability"}),
+    "ecgfounder": Preset(
+        preprocessing=dict(filter_type="bandpass", filter_order=4, filter_form="ba",
+                           notch_hz=50.0, baseline="median", baseline_edges="zero",
+                           norm_eps=1e-8, stats="all"),
+        # One "patch" per lead: the whole 10 s window at 500 Hz.
+        data_path={**_CREMA, "target_fs": 500.0, "nan_policy": "zero", "flat_leads": "keep",
+                   "derive_limb_leads": False, "crop_samples": 5000, "patch_size": 5000,
+                   "eval_num_crops": 1}),
+    "none": Preset(preprocessing=dict(filter_type="none", normalise="none"), data_path=None),
+}
+NAMES = tuple(name for name, preset in PRESETS.items() if preset.data_path is not None)
 
 
-_APPLY = {"crema": _crema, "stmem": _stmem, "ecgfounder": _ecgfounder}
+def preprocessing(name: str) -> ml_collections.ConfigDict:
+    """A fresh preprocessing config of preset `name` (any of PRESETS, "none" included)."""
+    if name not in PRESETS:
+        raise ValueError(f"preprocessing preset {name!r}: expected one of {sorted(PRESETS)}")
+    cfg = default_preprocess_config()
+    for key, value in PRESETS[name].preprocessing.items():
+        cfg[key] = value
+    return cfg
+
+
+def _write(data_cfg, name: str) -> None:
+    for key, value in PRESETS[name].data_path.items():
+        data_cfg[key] = value
+    data_cfg.preprocess = preprocessing(name)
 
 
 def fill_missing(data_cfg, saved_data: dict) -> None:
@@ -72,11 +88,11 @@ def fill_missing(data_cfg, saved_data: dict) -> None:
     section) lacks take the preset's value, not the generic default (a checkpoint written
     before a field existed keeps its data path)."""
     name = data_cfg.get("preset")
-    if name not in _APPLY:
+    if name not in NAMES:
         return
     reference = data_cfg.copy_and_resolve_references()
     with reference.unlocked():
-        _APPLY[name](reference)
+        _write(reference, name)
     with data_cfg.unlocked():
         for key in reference:
             if key not in saved_data and key != "preset" and reference[key] != data_cfg[key]:
@@ -84,10 +100,10 @@ def fill_missing(data_cfg, saved_data: dict) -> None:
 
 
 def apply(data_cfg, name: str):
-    """Sets the fields of preset `name` on data_cfg (in place) and returns it."""
-    if name not in _APPLY:
+    """Sets the fields of data-path preset `name` on data_cfg (in place) and returns it."""
+    if name not in NAMES:
         raise ValueError(f"data.preset={name!r}: expected one of {list(NAMES)}")
     with data_cfg.unlocked():
-        _APPLY[name](data_cfg)
+        _write(data_cfg, name)
         data_cfg.preset = name
     return data_cfg

@@ -1,21 +1,29 @@
 """What the model sees (`crema-jax preview`): a bundled ECG, its patches and its mask.
 
-Reads a record of the bundled sample (layouts.sample_data_dir(); a synthetic ECG when the sample
-is missing), preprocesses it and runs the pretraining transform (random crop, lead-wise patchify,
-mask) exactly as the pipeline does, then writes a PNG: one row per lead, thin lines at patch
-boundaries, hidden (masked) patches shaded.
+Reads a record of the bundled sample (dataset_index.sample_data_dir(); a synthetic ECG when the
+sample is missing), preprocesses it and runs the pretraining transform (random crop, lead-wise
+patchify, mask) exactly as the pipeline does, then writes a PNG: one row per lead, thin lines at
+patch boundaries, hidden (masked) patches shaded.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from crema_jax.data import config as config_lib
+from crema_jax.data import presets
+from crema_jax.data import synthetic
+from crema_jax.data.index import dataset_index
+from crema_jax.data.index.wfdb_folder import wfdb_folder
+from crema_jax.data.pipeline.transforms import PretrainViews
+from crema_jax.data.reading.leads import LEADS
+from crema_jax.data.reading.wfdb_records import read_record
+from crema_jax.data.signal.preprocess import preprocess_record
+
 
 def load_ecg(record_id: str = "") -> tuple[dict, str]:
     """A preprocessed bundled ECG as a pipeline element, and a title for it."""
-    from crema_jax.data import layouts, preprocess, records, synthetic
-
-    folder = layouts.sample_data_dir()
-    infos = layouts.wfdb_folder(folder).records if folder.is_dir() else []
+    folder = dataset_index.sample_data_dir()
+    infos = wfdb_folder(folder).records if folder.is_dir() else []
     if not infos:
         if record_id:
             raise FileNotFoundError(f"no bundled sample at {folder}; cannot show {record_id!r}")
@@ -26,28 +34,24 @@ def load_ecg(record_id: str = "") -> tuple[dict, str]:
         if not matches:
             raise ValueError(f"--record={record_id!r} is not in {folder}; "
                              f"available: {', '.join(i.record_id for i in infos[:10])} ...")
-        ecg = records.read_record(matches[0].path, target_fs=250.0)
+        ecg = read_record(matches[0].path, target_fs=250.0)
         signal, present, fs = ecg.signal, ecg.lead_present, ecg.fs
         title = f"{matches[0].record_id} ({matches[0].source}; Dx {', '.join(matches[0].labels)})"
-    signal = preprocess.preprocess(signal, fs, preprocess.PRESETS["crema"](), lead_present=present)
+    signal = preprocess_record(signal, fs, presets.preprocessing("crema"), present)
     return {"signal": signal, "lead_present": present, "index": 0, "labels": None}, title
 
 
 def render(element: dict, title: str, out: str, *, mask_name: str, ratio: float,
            seed: int) -> dict:
     """Run the pretraining transform on one element and draw it; return the transformed views."""
-    import matplotlib
+    import matplotlib  # optional heavy import (~0.3 s): only this command draws
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from crema_jax.data import config as config_lib
-    from crema_jax.data import pipeline
-    from crema_jax.data.leads import LEADS
-
     cfg = config_lib.default_data_config()
     cfg.num_views, cfg.mask.name, cfg.mask.ratio = 1, mask_name, ratio
-    views = pipeline.PretrainViews(cfg).random_map([element], np.random.default_rng(seed))
+    views = PretrainViews(cfg).random_map([element], np.random.default_rng(seed))
     patches, mask = views["patches"][0, 0], views["mask"][0, 0]  # (L, N, P), (L, N)
     valid = views["patch_valid"][0, 0]
     num_leads, num_patches, patch = patches.shape

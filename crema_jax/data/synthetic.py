@@ -10,19 +10,21 @@ AF-like rhythm: irregular RR intervals, no P waves, small 4-8 Hz fibrillatory wa
 
 These are test signals, not physiology: do not train a model meant for real ECGs on them.
 
-`synthetic_source(data_cfg)` is what `data.synthetic_records > 0` reads: that many of these ECGs,
-10 s each at data.target_fs, preprocessed as data.preprocess says, in memory.
+`synthetic_records(data_cfg)` is what `data.synthetic_records > 0` reads (pipeline/sources.py):
+that many of these ECGs, 10 s each at data.target_fs, preprocessed as data.preprocess says.
 `write_synthetic_wfdb` and `write_synthetic_code15` write them as WFDB records or as CODE-15%'s
 HDF5 files.
 """
 from __future__ import annotations
 
+import csv
 import pathlib
 
 import numpy as np
 import wfdb
 
-from crema_jax.data import leads as leads_lib
+from crema_jax.data.reading import leads as leads_lib
+from crema_jax.data.signal.preprocess import preprocess_record
 
 # Lead vectors in (x: to the patient's left, y: inferior, z: anterior). Frontal leads at 0 and 60
 # degrees; precordial leads sweep the horizontal plane from anterior-right (V1) to left (V6).
@@ -141,17 +143,15 @@ def synthetic_ecg(seed: int, seconds: float = 10.0, fs: float = 500.0, *,
 SOURCE_SECONDS = 10.0  # ST-MEM's record length: 9 s crops then have room to move.
 
 
-def synthetic_source(data_cfg):
-    """An in-memory source of data.synthetic_records ECGs; record k uses seed
-    data.seed * 1_000_000 + k, at data.target_fs, preprocessed by data.preprocess."""
-    from crema_jax.data import preprocess, sources
-
+def synthetic_records(data_cfg) -> tuple[np.ndarray, str]:
+    """(float32 (data.synthetic_records, 12, T), a name for them): record k uses seed
+    data.seed * 1_000_000 + k, 10 s at data.target_fs, preprocessed by data.preprocess."""
     n, fs = int(data_cfg["synthetic_records"]), float(data_cfg["target_fs"])
     first = int(data_cfg["seed"]) * 1_000_000
     signals = np.stack([synthetic_ecg(first + k, SOURCE_SECONDS, fs) for k in range(n)])
     if data_cfg["preprocess"] is not None:
-        signals = np.stack([preprocess.preprocess(x, fs, data_cfg["preprocess"]) for x in signals])
-    return sources.ArraySource(signals, name=f"synthetic{n}_seed{first}_fs{fs:g}")
+        signals = np.stack([preprocess_record(x, fs, data_cfg["preprocess"]) for x in signals])
+    return signals, f"synthetic{n}_seed{first}_fs{fs:g}"
 
 
 def synthetic_labels(seed: int) -> tuple[float, bool]:
@@ -210,13 +210,11 @@ def write_synthetic_wfdb(folder, n: int, fs: float = 500.0, seconds: float = 10.
 
 
 def write_synthetic_code15(folder, n: int, *, parts: int = 2, seed: int = 0) -> None:
-    """CODE-15%'s files for `n` synthetic exams (code15.py's layout, for benchmarks and demos):
+    """CODE-15%'s files for `n` synthetic exams (the code15 layout's, for benchmarks and demos):
     exams.csv and exams_part{i}.hdf5 with `tracings` float32 (N, 4096, 12) in mV, 10 s at 400 Hz
     centred in zero padding, `exam_id` (N,), each part closed by a padding entry (exam_id 0).
     Exam k: exam_id 1000 + k, patient 1 + k // 2, seed `seed + k`, AF and SB from its rhythm."""
-    import csv
-
-    import h5py
+    import h5py  # optional heavy import (HDF5's C library, ~0.1 s): these files only
 
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

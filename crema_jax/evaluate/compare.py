@@ -20,6 +20,7 @@ import numpy as np
 
 from crema_jax.evaluate import datasets, finetune, folds, linear_probe, paired, report
 from crema_jax.inference import backbones
+from crema_jax.runtime import mesh as mesh_lib
 
 METHODS = ("probe", "finetune")
 
@@ -113,7 +114,7 @@ def run_compare(settings: dict, method_kwargs: dict) -> dict:
     models = load_models(settings)
     data = datasets.load_dataset(settings)
     plan, groups = folds.dataset_plan(data, settings)
-    mesh = backbones.data_mesh()
+    mesh = mesh_lib.make_mesh()
     results = {label: _evaluate(label, *models[label], data, settings, method_kwargs, mesh,
                                 plan, groups) for label in models}
     comparisons, drops, pairs = compare_runs(results, data, groups, settings)

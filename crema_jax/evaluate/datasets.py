@@ -9,6 +9,9 @@ import pathlib
 import numpy as np
 from absl import logging
 
+from crema_jax.data.cache.source import cache_index
+from crema_jax.data.index import registry
+from crema_jax.data.pipeline import sources
 from crema_jax.evaluate import protocols
 
 
@@ -39,34 +42,19 @@ def class_display_names(root: str, classes) -> dict:
     return {c: names[c] for c in classes if names.get(c)}
 
 
-def _cache_index(cache_dir: str):
-    """A prepared cache's records as a layout index; each info's meta["cache_row"] is its row."""
-    from crema_jax.data import cache, layouts
-    index = cache.load_index(cache_dir)
-    infos = [layouts.RecordInfo(record_id=r["record_id"], path=r["path"],
-                                labels=tuple(r["labels"]), split=r["split"], source=r["source"],
-                                meta={"cache_row": row})
-             for row, r in enumerate(index["records"])]
-    return layouts.DatasetIndex(infos, list(index["label_names"]),
-                                layout=index["settings"].get("layout", ""),
-                                root=index["settings"].get("root", ""))
-
-
 def load_dataset(settings: dict) -> Dataset:
     """The dataset named by an evaluation command's settings (layout, root, layout_options or
     cache_dir; split_fractions, min_positives, label_type, seed, folds): the index, (re-)split,
     restricted to classes with enough training positives (with K folds: positives)."""
-    from crema_jax.data import layouts
-
     root, cache_dir, seed = settings["root"], settings["cache_dir"], settings["seed"]
     split_fractions, min_positives = settings["split_fractions"], settings["min_positives"]
     label_type = settings["label_type"]
     if cache_dir:
-        index = _cache_index(cache_dir)
+        index = cache_index(cache_dir)
         root = root or index.root
     else:
         options = dict(settings["layout_options"])
-        index = layouts.build_index(settings["layout"], root, **options)
+        index = registry.build_index(settings["layout"], root, **options)
     infos = list(index.records)
     if split_fractions:
         splits = protocols.resplit(infos, [float(f) for f in split_fractions], seed=seed)
@@ -103,13 +91,8 @@ def load_dataset(settings: dict) -> Dataset:
 
 def make_source(dataset: Dataset, data_cfg, rows=None):
     """A source over dataset records (all, or `rows`): WFDB files, or the prepared cache's
-    records (pipeline.cache_source checks them against the data path). Its examples map back to
-    `rows` through `source.record_rows` (several per record when the data path cuts windows)."""
-    from crema_jax.data import pipeline, sources
-
+    records (checked against the data path). Its examples map back to `rows` through
+    `source.record_rows` (several per record when the data path cuts windows)."""
     infos = dataset.infos if rows is None else [dataset.infos[i] for i in rows]
-    if dataset.cache_dir:
-        source = pipeline.cache_source({**data_cfg, "cache_dir": dataset.cache_dir})
-        return source.subset([info.meta["cache_row"] for info in infos], dataset.classes)
-    return sources.WfdbSource(infos, dataset.classes,
-                              reading=sources.Reading.from_data_config(data_cfg))
+    return sources.make_source({**data_cfg, "cache_dir": dataset.cache_dir}, records=infos,
+                               label_names=dataset.classes)

@@ -3,12 +3,13 @@
     config.evals.names = ("reconstruction", "fewshot_probe")
     config.evals.every_steps = 100        # and at the last step
 
-Each evaluator is built once from the config and the trainer's parts (mesh, graphdef), and
-`run(state)` returns metrics the trainer logs with the step to metrics.jsonl and TensorBoard
-(keys "eval/..."). Everything an evaluator reads is fixed at build time (records, masks, crops),
-so a figure changes only because the model did. The forward passes are jitted over the
-training mesh with the sharded state as it is: every process runs the same program and gets
-the same (replicated) numbers, so multi-host jobs evaluate too.
+Each evaluator is built once from the config, the training mesh and the trainer's prediction
+functions (big_vision's predict_fns: `fn(state, batch) -> outputs`, jitted on the training mesh
+with the sharded state as it is), and `run(state)` returns metrics the trainer logs with the
+step to metrics.jsonl and TensorBoard (keys "eval/..."). Everything an evaluator reads is fixed
+at build time (records, masks, crops), so a figure changes only because the model did. Every
+process runs the same program and gets the same (replicated) numbers, so multi-host jobs
+evaluate too.
 
 - reconstruction: masked-patch MSE on held-back records (config.evals.reconstruction.split),
   beside the baselines of evaluate/reconstruction.py (predict zero, nearest visible patch, most
@@ -18,31 +19,19 @@ the same (replicated) numbers, so multi-host jobs evaluate too.
   split (a label fraction of it), L2 chosen on "val", macro AUROC on "test".
 
 The trainer receives these through `trainer.train(..., evaluators=build)` (the pretrain command
-passes it), so the training loop never imports evaluation code, and this module reaches the
-mesh only through the trainer's parts ("mesh", "rules", "graphdef", "replicated", "replicate",
-"batch_divisor"), never importing train/.
+passes it), so the training loop never imports evaluation code.
 """
 from __future__ import annotations
 
-import contextlib
-
 import jax
 import numpy as np
-from flax import nnx
 
-from crema_jax import models
-from crema_jax.data import batch as batch_lib
-from crema_jax.data import pipeline
+from crema_jax.data.pipeline import batch as batch_lib
+from crema_jax.data.pipeline import datasets as pipeline
 from crema_jax.evaluate import datasets, linear_probe, metrics, protocols
 from crema_jax.evaluate import reconstruction as recon_lib
 from crema_jax.inference import backbones
-
-
-@contextlib.contextmanager
-def _on_mesh(mesh, rules):
-    """The training mesh and its logical-axis rules, as the train step runs under."""
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-        yield
+from crema_jax.runtime import mesh as mesh_lib
 
 
 def _pad_rows(batch: dict, multiple: int) -> tuple[dict, int]:
@@ -65,7 +54,7 @@ def view_matching_accuracy(proj: np.ndarray) -> float:
 class Reconstruction:
     name = "reconstruction"
 
-    def __init__(self, config, parts):
+    def __init__(self, config, mesh, predict_fns):
         opts = config.evals.reconstruction
         data_cfg = config.data
         self.norm_pix_loss = bool(config.loss.norm_pix_loss) or config.loss.name == "stmem"
@@ -74,20 +63,14 @@ class Reconstruction:
         self.corr = recon_lib.lead_correlations(
             data_cfg, split=data_cfg.split, max_records=int(opts.correlation_records))
         device_part = batch_lib.device_part(self.batch)
-        device_part, self.n = _pad_rows(device_part, parts["batch_divisor"])
-        replicated = parts["replicated"]
-        self.device_batch = {k: parts["replicate"](v) for k, v in device_part.items()}
-        graphdef = parts["graphdef"]
-        self.forward = jax.jit(
-            lambda params, fixed, batch: {k: v for k, v in models.forward(
-                graphdef, (params, fixed), batch, None, train=False).items()
-                if k in ("pred", "proj")}, out_shardings=replicated)
-        self.mesh, self.rules = parts["mesh"], parts["rules"]
+        device_part, self.n = _pad_rows(device_part, mesh_lib.batch_divisor(mesh))
+        replicated = mesh_lib.replicated(mesh)
+        self.device_batch = {k: mesh_lib.place(v, replicated) for k, v in device_part.items()}
+        self.reconstruct = predict_fns["reconstruct"]
         self.last = None
 
     def run(self, state) -> dict:
-        with _on_mesh(self.mesh, self.rules):
-            outputs = self.forward(state["params"], state["fixed"], self.device_batch)
+        outputs = self.reconstruct(state, self.device_batch)
         outputs = {k: np.asarray(v)[: self.n] for k, v in jax.device_get(outputs).items()}
         pred = self.last = outputs["pred"]
         scores = recon_lib.scores(pred, self.batch, self.corr, norm_pix_loss=self.norm_pix_loss)
@@ -115,7 +98,7 @@ class FewShotProbe:
     labelled sets can run side by side (bench/learning.py)."""
     name = "fewshot_probe"
 
-    def __init__(self, config, parts, *, key: str = "fewshot"):
+    def __init__(self, config, mesh, predict_fns, *, key: str = "fewshot"):
         self.key = key
         opts = config.evals.fewshot_probe
         own = not (opts.root or opts.layout)  # the training data's own labels
@@ -131,34 +114,22 @@ class FewShotProbe:
                     "split_fractions": tuple(opts.split_fractions),
                     "min_positives": int(opts.min_positives), "label_type": "multilabel"}
         self.data = datasets.load_dataset(settings)
-        divisor = parts["batch_divisor"]
-        batch_size = -(-int(opts.batch_size) // divisor) * divisor
+        batch_size = mesh_lib.round_batch(int(opts.batch_size), mesh)
         self.data_cfg = backbones.eval_data_config(config, protocols.lead_set(opts.leads),
                                                    batch_size=batch_size)
         self.source = datasets.make_source(self.data, self.data_cfg)
         self.l2_grid = tuple(float(v) for v in opts.l2_grid)
         self.label_fraction, self.seed = float(opts.label_fraction), int(opts.seed)
-        graphdef, replicated = parts["graphdef"], parts["replicated"]
-        self.replicate = parts["replicate"]
-        self.features = jax.jit(
-            lambda params, fixed, b: models.encode_features(
-                graphdef, (params, fixed), b["patches"], b["lead_indices"], b["patch_valid"]),
-            out_shardings=replicated)
-        self.mesh, self.rules = parts["mesh"], parts["rules"]
+        self.replicated = mesh_lib.replicated(mesh)
+        self.features = predict_fns["features"]
         self.last = None
 
     def _features(self, state) -> tuple[np.ndarray, np.ndarray]:
-        feats, rows = [], []
-        keys = ("patches", "lead_indices", "patch_valid")
-        with _on_mesh(self.mesh, self.rules):
-            for batch in pipeline.make_eval_dataset(self.data_cfg, source=self.source):
-                device = {k: self.replicate(np.asarray(batch[k])) for k in keys}
-                out = np.asarray(jax.device_get(
-                    self.features(state["params"], state["fixed"], device)))
-                keep = np.asarray(batch["valid"])
-                feats.append(out[keep].mean(1))
-                rows.append(self.source.record_rows[np.asarray(batch["index"])[keep]])
-        return np.concatenate(feats), np.concatenate(rows)
+        def apply(batch):
+            return self.features(state, {k: mesh_lib.place(np.asarray(batch[k]), self.replicated)
+                                         for k in batch_lib.EVAL_KEYS})
+        out = backbones.run(apply, pipeline.make_eval_dataset(self.data_cfg, source=self.source))
+        return out["outputs"].mean(1), self.source.record_rows[out["index"]]
 
     def run(self, state) -> dict:
         feats, rows = self._features(state)
@@ -186,10 +157,16 @@ class FewShotProbe:
 EVALUATORS = {"reconstruction": Reconstruction, "fewshot_probe": FewShotProbe}
 
 
-def build(config, parts) -> list:
-    """The evaluators config.evals.names lists, built for the trainer's parts."""
+def check_names(config) -> None:
+    """config.evals.names must all be EVALUATORS keys (checked before anything is built)."""
     unknown = [n for n in config.evals.names if n not in EVALUATORS]
     if unknown:
-        raise ValueError(f"config.evals.names: unknown {unknown}; expected names from "
-                         f"{sorted(EVALUATORS)}")
-    return [EVALUATORS[name](config, parts) for name in config.evals.names]
+        raise ValueError(f"config.evals.names={tuple(config.evals.names)!r}: unknown {unknown}; "
+                         f"expected names from {sorted(EVALUATORS)}")
+
+
+def build(config, setup, predict_fns) -> list:
+    """The evaluators config.evals.names lists, on the trainer's mesh (setup.mesh) with its
+    prediction functions."""
+    check_names(config)
+    return [EVALUATORS[name](config, setup.mesh, predict_fns) for name in config.evals.names]

@@ -28,63 +28,27 @@ import numpy as np
 import optax
 from absl import logging
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from crema_jax.data import batch as batch_lib
-from crema_jax.data import pipeline
+from crema_jax.data.pipeline import batch as batch_lib
+from crema_jax.data.pipeline import datasets as pipeline
 from crema_jax.evaluate import datasets, folds, metrics, plots, protocols, report, runs
 from crema_jax.inference import backbones
-from crema_jax.models import resolve_size
+from crema_jax.models import resolve_size, sit
+from crema_jax.runtime import mesh as mesh_lib
+from crema_jax.runtime import optimizer as optim_lib
+from crema_jax.train import step as step_lib
 
 
-# ------------------------------------------------------------------- layer-wise lr decay
-def layer_id(path: tuple[str, ...], depth: int) -> int:
-    """0 for the embeddings, i+1 for block i, depth+1 for everything after the blocks."""
-    if path and path[0] == "blocks":
-        return int(path[1]) + 1 if len(path) > 1 and str(path[1]).isdigit() else -1
-    if path and path[0] in ("patch_embed", "pos_embedding", "sep_embedding", "lead_embeddings"):
-        return 0
-    return depth + 1
-
-
-def lr_scales(params, depth: int, decay: float):
-    """A tree like `params` of lr multipliers decay^(depth+1-layer_id).
-
-    Scanned (stacked) blocks carry a leading `layers` axis: their multiplier is a (depth, 1, ...)
-    array so each layer still gets its own rate.
-    """
-    def scale(path, leaf):
-        keys = tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-        lid = layer_id(keys, depth)
-        if lid == -1:  # stacked blocks: per-layer vector broadcast over the leaf
-            per_layer = decay ** (depth - np.arange(depth, dtype=np.float32))
-            return jnp.asarray(per_layer.reshape((depth,) + (1,) * (np.ndim(leaf) - 1)))
-        return jnp.asarray(decay ** (depth + 1 - lid), jnp.float32)
-
-    return jax.tree_util.tree_map_with_path(scale, params)
-
-
-def scale_by_tree(scales) -> optax.GradientTransformation:
-    """Multiply each update by its entry of a fixed tree (layer-wise lr decay, incl. weight decay,
-    which AdamW also scales by the lr: the same as per-group lrs in PyTorch/timm)."""
-    def init(params):
-        del params
-        return optax.EmptyState()
-
-    def update(updates, state, params=None):
-        del params
-        return jax.tree.map(lambda u, s: u * s.astype(u.dtype), updates, scales), state
-
-    return optax.GradientTransformation(init, update)
-
-
+# ------------------------------------------------------------------- the recipe's optimizer
 def make_optimizer(params, *, peak_lr: float, weight_decay: float, layer_decay: float,
                    depth: int, warmup_steps: int, total_steps: int, betas=(0.9, 0.999)):
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, peak_lr, warmup_steps, max(total_steps, warmup_steps + 1), 0.0)
-    return optax.chain(
-        optax.adamw(schedule, b1=betas[0], b2=betas[1], weight_decay=weight_decay),
-        scale_by_tree(lr_scales(params, depth, layer_decay)))
+    """(optax transformation, schedule): the one AdamW of crema_jax (runtime/optimizer.py) with
+    the SiT's layer-wise lr multipliers (models/sit.py layer_decay_scales)."""
+    schedule = optim_lib.warmup_cosine(peak_lr, warmup_steps=warmup_steps,
+                                       total_steps=total_steps)
+    tx = optim_lib.adamw(schedule, betas=betas, weight_decay=weight_decay,
+                         lr_scales=sit.layer_decay_scales(params, depth, layer_decay))
+    return tx, schedule
 
 
 # ------------------------------------------------------------------- losses
@@ -134,26 +98,21 @@ class Model:
     depth: int
 
 
-def make_steps(model: Model, tx, mesh, *, label_type: str, label_smoothing: float):
-    batch_sh = NamedSharding(mesh, P("data"))
-    repl = NamedSharding(mesh, P())
-
-    def loss(params, rest, batch, rng):
+def make_steps(model: Model, tx, schedule, mesh, *, label_type: str, label_smoothing: float):
+    """(train step, eval step): the train step is crema_jax's one step (train/step.py) on the
+    classification loss; the eval step gives per-crop logits (B, C, classes)."""
+    def loss_of(params, rest, batch, rng):
         logits = model.family.logits(model.graphdef, (params, rest), batch, rng)[:, 0]
         return loss_fn(logits, batch["labels"], label_type=label_type,
-                       label_smoothing=label_smoothing)
+                       label_smoothing=label_smoothing), {}
 
-    def train_step(params, opt_state, rest, batch, rng):
-        value, grads = jax.value_and_grad(loss)(params, rest, batch, rng)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, value
-
-    def eval_step(params, rest, batch):  # per-crop logits (B, C, classes); `predict` averages
-        return model.family.logits(model.graphdef, (params, rest), batch)
-
-    train = jax.jit(train_step, in_shardings=(repl, repl, repl, batch_sh, repl),
-                    out_shardings=(repl, repl, repl), donate_argnums=(0, 1))
-    evaluate = jax.jit(eval_step, in_shardings=(repl, repl, batch_sh), out_shardings=batch_sh)
+    replicated = mesh_lib.replicated(mesh)
+    state_sharding = {"params": replicated, "fixed": replicated, "opt_state": replicated,
+                      "step": replicated}
+    train = step_lib.make_jitted_step(state_sharding, mesh_lib.batch_sharding(mesh), replicated,
+                                      loss_of=loss_of, tx=tx, schedule=schedule)
+    evaluate = jax.jit(lambda params, rest, batch: model.family.logits(
+        model.graphdef, (params, rest), batch), out_shardings=mesh_lib.batch_sharding(mesh))
     return train, evaluate
 
 
@@ -171,14 +130,10 @@ def crop_probabilities(logits, label_type: str, crop_average: str):
 def predict(evaluate, params, rest, batches: Iterable[dict], label_type: str,
             crop_average: str = "embedding"):
     """(probabilities (n, classes), labels (n, classes), index (n,)) over evaluation batches."""
-    probs, labels, index = [], [], []
-    for batch in batches:
-        keep = np.asarray(batch["valid"])
-        logits = evaluate(params, rest, batch_lib.device_part(batch, batch_lib.EVAL_KEYS))
-        probs.append(np.asarray(crop_probabilities(logits, label_type, crop_average))[keep])
-        labels.append(np.asarray(batch["labels"])[keep])
-        index.append(np.asarray(batch["index"])[keep])
-    return np.concatenate(probs), np.concatenate(labels), np.concatenate(index)
+    out = backbones.run(lambda batch: evaluate(
+        params, rest, batch_lib.device_part(batch, batch_lib.EVAL_KEYS)), batches)
+    probs = np.asarray(crop_probabilities(out["outputs"], label_type, crop_average))
+    return probs, out["labels"], out["index"]
 
 
 def fit(model: Model, *, mesh, train_iter, val_batches: list, label_type: str, epochs: int,
@@ -186,18 +141,20 @@ def fit(model: Model, *, mesh, train_iter, val_batches: list, label_type: str, e
         warmup_epochs: float, label_smoothing: float, patience: int, seed: int,
         crop_average: str = "embedding", log=print):
     """Train, validate each epoch, keep the best validation macro AUROC. Returns
-    (best params (host), history list, best epoch)."""
-    total = epochs * steps_per_epoch
-    tx = make_optimizer(model.params, peak_lr=peak_lr, weight_decay=weight_decay,
-                        layer_decay=layer_decay, depth=model.depth,
-                        warmup_steps=int(round(warmup_epochs * steps_per_epoch)),
-                        total_steps=total)
-    train, evaluate = make_steps(model, tx, mesh, label_type=label_type,
+    (best params (host), history list, best epoch, the jitted eval step)."""
+    tx, schedule = make_optimizer(model.params, peak_lr=peak_lr, weight_decay=weight_decay,
+                                  layer_decay=layer_decay, depth=model.depth,
+                                  warmup_steps=int(round(warmup_epochs * steps_per_epoch)),
+                                  total_steps=epochs * steps_per_epoch)
+    train, evaluate = make_steps(model, tx, schedule, mesh, label_type=label_type,
                                  label_smoothing=label_smoothing)
-    repl = NamedSharding(mesh, P())
-    params = jax.device_put(model.params, repl)
-    rest = jax.device_put(model.rest, repl)
-    opt_state = jax.jit(tx.init, out_shardings=repl)(params)
+    replicated = mesh_lib.replicated(mesh)
+    # Host copies on the devices: the step donates its state, model.rest must survive it.
+    params, rest = (jax.device_put(jax.device_get(t), replicated) for t in (model.params,
+                                                                              model.rest))
+    state = {"params": params, "fixed": rest,
+             "opt_state": jax.jit(tx.init, out_shardings=replicated)(params),
+             "step": jax.device_put(np.int32(0), replicated)}
     rng = jax.random.key(seed)
     best = {"auroc": -math.inf, "params": jax.device_get(params), "epoch": 0}
     history, since_best = [], 0
@@ -205,14 +162,10 @@ def fit(model: Model, *, mesh, train_iter, val_batches: list, label_type: str, e
         losses = []
         for _ in range(steps_per_epoch):
             batch = next(train_iter)
-            rng, step_rng = jax.random.split(rng)
-            params, opt_state, value = train(
-                params, opt_state, rest,
-                {k: batch[k] for k in ("patches", "patch_valid", "lead_indices", "labels")},
-                step_rng)
-            losses.append(value)
-        probs, labels, _ = predict(evaluate, params, rest, val_batches, label_type,
-                                   crop_average)
+            state, step_metrics = train(state, {k: batch[k] for k in _TRAIN_KEYS}, rng)
+            losses.append(step_metrics["loss"])
+        probs, labels, _ = predict(evaluate, state["params"], state["fixed"], val_batches,
+                                   label_type, crop_average)
         auroc = metrics.macro_auroc(labels, probs)
         train_loss = float(np.mean(jax.device_get(losses)))
         history.append({"epoch": epoch, "train_loss": train_loss,
@@ -221,7 +174,7 @@ def fit(model: Model, *, mesh, train_iter, val_batches: list, label_type: str, e
             f"{auroc:.4f}")
         score = -math.inf if np.isnan(auroc) else auroc
         if score > best["auroc"] or (best["epoch"] == 0):
-            best = {"auroc": score, "params": jax.device_get(params), "epoch": epoch}
+            best = {"auroc": score, "params": jax.device_get(state["params"]), "epoch": epoch}
             since_best = 0
         else:
             since_best += 1
@@ -229,6 +182,9 @@ def fit(model: Model, *, mesh, train_iter, val_batches: list, label_type: str, e
                 log(f"early stop: no validation improvement in {patience} epochs")
                 break
     return best["params"], history, best["epoch"], evaluate
+
+
+_TRAIN_KEYS = ("patches", "patch_valid", "lead_indices", "labels")
 
 
 def classifier(config, params: dict | None, num_classes: int, *, drop_path: float,
@@ -322,7 +278,7 @@ def finetune_model(config, params, data, settings: dict, ft: dict, mesh, *, mode
     if backbones.family(config).name != "sit":
         raise ValueError("finetune trains SiT encoders only; probe Net1D features with "
                          "`crema-jax probe` instead")
-    batch_size = backbones.round_batch(settings["batch_size"], mesh)
+    batch_size = mesh_lib.round_batch(settings["batch_size"], mesh)
     out = {"runs": [], "cross_domain": [], "predictions": {"runs": {}, "cross_domain": {}}}
     keep = {}
     for lead_name in settings["lead_sets"]:
@@ -368,7 +324,7 @@ def run_finetune(settings: dict, ft: dict) -> dict:
         model_size=settings["model_size"])
     data = datasets.load_dataset(settings)
     plan, groups = folds.dataset_plan(data, settings)
-    result = finetune_model(config, params, data, settings, ft, backbones.data_mesh(),
+    result = finetune_model(config, params, data, settings, ft, mesh_lib.make_mesh(),
                             model="A", plan=plan, groups=groups)
     is_random = settings["checkpoint"] == backbones.RANDOM
     out = report.new_report(

@@ -26,9 +26,10 @@ import numpy as np
 import optax
 from absl import logging
 
-from crema_jax.data import pipeline
+from crema_jax.data.pipeline import datasets as pipeline
 from crema_jax.evaluate import datasets, folds, metrics, plots, protocols, report, runs
 from crema_jax.inference import backbones
+from crema_jax.runtime import mesh as mesh_lib
 
 DEFAULT_L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
@@ -198,7 +199,7 @@ class Features:
 
 def extract_features(backbone, data, lead_name: str, settings: dict, mesh) -> Features:
     """Features of every readable example of `data` through `backbone`'s evaluation crops."""
-    batch_size = backbones.round_batch(settings["batch_size"], mesh)
+    batch_size = mesh_lib.round_batch(settings["batch_size"], mesh)
     data_cfg = backbones.eval_data_config(backbone, protocols.lead_set(lead_name),
                                           batch_size=batch_size,
                                           num_workers=settings["num_workers"],
@@ -291,7 +292,7 @@ def run_probe(settings: dict, probe_kwargs: dict) -> dict:
                               model_size=settings["model_size"], seed=settings["seed"])
     data = datasets.load_dataset(settings)
     plan, groups = folds.dataset_plan(data, settings)
-    result = probe_model(backbone, data, settings, probe_kwargs, backbones.data_mesh(),
+    result = probe_model(backbone, data, settings, probe_kwargs, mesh_lib.make_mesh(),
                          model="A", plan=plan, groups=groups)
     out = report.new_report(
         title=f"Linear probe: {backbone.name} {settings['checkpoint']}", command="probe",

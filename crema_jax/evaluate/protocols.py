@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-# Canonical lead order (crema_jax.data.leads.LEADS): index -> name.
+# Canonical lead order (crema_jax.data.reading.leads.LEADS): index -> name.
 LEAD_NAMES = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 
 LEAD_SETS = {

@@ -21,9 +21,12 @@ import numpy as np
 from etils import epath
 
 from crema_jax import models
-from crema_jax.data import batch as batch_lib
-from crema_jax.data import pipeline
-from crema_jax.data.leads import LEADS
+from crema_jax.data.pipeline import batch as batch_lib
+from crema_jax.data.pipeline import crops, sources
+from crema_jax.data.pipeline.transforms import PretrainViews
+from crema_jax.data.reading.leads import LEADS
+from crema_jax.losses.mae import masked_mse as loss_masked_mse
+from crema_jax.losses.mae import normalise_patches
 
 BASELINES = ("zero", "nearest_patch", "correlated_lead")
 
@@ -32,7 +35,7 @@ def held_back_batch(data_cfg, *, split: str, num_records: int, seed: int) -> tup
     """Fixed masked views (view axis V) of the first `num_records` records of `split`, drawn by
     the pretraining pipeline's own transform with a fixed seed: the same masks at every
     evaluation. Returns (batch, record paths)."""
-    source = pipeline.make_source(data_cfg, split=split)
+    source = sources.make_source(data_cfg, split=split)
     if not len(source):
         raise ValueError(f"config.evals.reconstruction.split={split!r}: no records in "
                          f"{data_cfg.root or data_cfg.cache_dir!r}")
@@ -40,7 +43,7 @@ def held_back_batch(data_cfg, *, split: str, num_records: int, seed: int) -> tup
     for i in range(min(int(num_records), len(source))):
         element = source[i]
         chunk.append(dict(element, **source.load(element)))
-    batch = pipeline.PretrainViews(data_cfg).random_map(chunk, np.random.default_rng(seed))
+    batch = PretrainViews(data_cfg).random_map(chunk, np.random.default_rng(seed))
     batch["patches"] = np.broadcast_to(
         batch["patches"], batch["mask"].shape + batch["patches"].shape[-1:]).copy()
     return batch, [e["path"] for e in chunk]
@@ -49,8 +52,8 @@ def held_back_batch(data_cfg, *, split: str, num_records: int, seed: int) -> tup
 def lead_correlations(data_cfg, *, split: str = "train", max_records: int = 64) -> np.ndarray:
     """(L, L) Pearson correlations of the fed leads over (up to) `max_records` preprocessed
     records of `split`, pooled over samples."""
-    source = pipeline.make_source(data_cfg, split=split)
-    rows = pipeline.lead_rows(data_cfg.leads)
+    source = sources.make_source(data_cfg, split=split)
+    rows = crops.lead_rows(data_cfg.leads)
     sums, count = None, 0
     for i in range(min(len(source), int(max_records))):
         element = source[i]
@@ -93,19 +96,12 @@ def correlated_lead(patches: np.ndarray, mask: np.ndarray, corr: np.ndarray) -> 
     return np.where(found[..., None], slope[..., None] * copied, 0.0)
 
 
-def _standardise(x: np.ndarray) -> np.ndarray:
-    """Per-patch standardisation (ddof=1, eps 1e-6), as the loss's normalised targets."""
-    x = x.astype(np.float64)
-    return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, ddof=1, keepdims=True) + 1e-6)
-
-
 def masked_mse(pred: np.ndarray, patches: np.ndarray, weights: np.ndarray, *,
                norm_pix_loss: bool) -> float:
-    """Mean over hidden valid patches of the per-patch MSE (the loss's definition)."""
-    target = _standardise(patches) if norm_pix_loss else patches.astype(np.float64)
-    per_patch = np.mean((pred.astype(np.float64) - target) ** 2, axis=-1)
-    w = weights.astype(np.float64)
-    return float((per_patch * w).sum() / max(w.sum(), 1.0))
+    """Mean over hidden valid patches of the per-patch MSE: the training loss's definition
+    (losses/mae.py), in float64."""
+    return float(loss_masked_mse(np.asarray(pred), np.asarray(patches), np.asarray(weights),
+                                norm_pix_loss=norm_pix_loss, xp=np)[0])
 
 
 def baseline_predictions(batch: dict, corr: np.ndarray, *, norm_pix_loss: bool) -> dict:
@@ -113,7 +109,8 @@ def baseline_predictions(batch: dict, corr: np.ndarray, *, norm_pix_loss: bool) 
     preds = {"zero": np.zeros_like(patches), "nearest_patch": nearest_patch(patches, mask),
              "correlated_lead": correlated_lead(patches, mask, corr)}
     if norm_pix_loss:  # a copied patch standardised by its own statistics (zero stays zero)
-        preds = {k: v if k == "zero" else _standardise(v) for k, v in preds.items()}
+        preds = {k: v if k == "zero" else normalise_patches(v, xp=np)
+                 for k, v in preds.items()}
     return preds
 
 
@@ -186,7 +183,7 @@ def write_png(config, result: dict, workdir) -> epath.Path:
     else:
         splits = ("",) if int(config.data.synthetic_records) > 0 else ("test", "val", "train")
         for split in splits:
-            if len(pipeline.make_source(config.data, split=split)):
+            if len(sources.make_source(config.data, split=split)):
                 break
         batch, paths = held_back_batch(config.data, split=split, num_records=1, seed=0)
         host_state = jax.device_get((result["state"]["params"], result["state"]["fixed"]))

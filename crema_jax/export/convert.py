@@ -11,12 +11,12 @@ PyTorch SiT, "stmem": ST-MEM's key names and shapes).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
 from crema_jax.export import safe_load
-from crema_jax.models.params import flatten, unflatten_like
+from crema_jax.runtime.trees import flatten, unflatten_like
 
 
 @dataclasses.dataclass(frozen=True)

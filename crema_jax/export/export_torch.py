@@ -15,10 +15,11 @@ import os
 import numpy as np
 import safetensors.numpy
 
-from crema_jax import checkpoint as ckpt_lib
+from crema_jax import config as config_lib
+from crema_jax.runtime import trees
+from crema_jax.runtime import checkpoint as ckpt_lib
 from crema_jax.runtime import files
 from crema_jax.export import convert, safe_load, sit_layouts
-from crema_jax.models import params as params_lib
 
 LAYOUTS = ("crema", "stmem", "ecgfounder")
 
@@ -56,7 +57,7 @@ def build_state_dict(params, model_cfg, *, layout: str, include_decoder: bool
             raise ExportError("this model cannot be written as an ST-MEM checkpoint:\n  "
                               + "\n  ".join(problems))
     if layout == "stmem":  # blocks ST-MEM builds without `to_out` must hold the identity
-        flat = params_lib.flatten(params)
+        flat = trees.flatten(params)
         for path in sit_layouts.identity_out_paths(params, model_cfg):
             if path.startswith("decoder/") and not include_decoder:
                 continue
@@ -115,7 +116,7 @@ def run_export(checkpoint: str, out: str, *, layout: str | None = None,
         raise ExportError(f"--out={out}: expected a .safetensors or .pth file name")
     for path in (out, os.path.splitext(out)[0] + ".json"):
         files.check_output_file(path, inputs=[checkpoint], overwrite=overwrite)
-    params, config, step = ckpt_lib.load_model_checkpoint(checkpoint)
+    params, config, step = config_lib.load_checkpoint(checkpoint)
     model_cfg = config.model
     layout = layout or ("ecgfounder" if model_cfg.name == "net1d" else "crema")
     state_dict = build_state_dict(params, model_cfg, layout=layout,

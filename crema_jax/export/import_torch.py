@@ -16,7 +16,8 @@ from typing import Mapping
 import numpy as np
 from absl import logging
 
-from crema_jax import checkpoint as ckpt_lib
+from crema_jax.runtime import trees
+from crema_jax.runtime import checkpoint as ckpt_lib
 from crema_jax import config as config_lib
 from crema_jax.runtime import files
 from crema_jax.data import presets
@@ -191,9 +192,9 @@ def import_weights(path: str, fmt: str, *, seed: int = 0):
     if kept:  # parts the file does not hold: initialise them, then overlay the file's tensors
         template = params_lib.abstract_params(cfg)
         fresh = params_lib.init_params(cfg, seed, only=kept)
-        flat = params_lib.flatten(params)
+        flat = trees.flatten(params)
         flat.update({p: fresh[p] for p in kept})
-        params = params_lib.unflatten_like(flat, template)
+        params = trees.unflatten_like(flat, template)
     return params, cfg, kept
 
 
@@ -206,11 +207,11 @@ def state_dict_to_params(sd, cfg, rules, *, fmt: str, path: str, ignored=()):
                                         ignored=ignored)
     if fmt == "stmem":
         identity = [p for p in sit_layouts.identity_out_paths(params, cfg) if p in kept]
-        flat = params_lib.flatten(params)
-        shapes = {k: v.shape for k, v in params_lib.flatten(template).items()}
+        flat = trees.flatten(params)
+        shapes = {k: v.shape for k, v in trees.flatten(template).items()}
         for p in identity:
             flat[p] = sit_layouts.identity_out_value(p, shapes[p])
-        params = params_lib.unflatten_like(flat, template)
+        params = trees.unflatten_like(flat, template)
         kept = [p for p in kept if p not in identity]
     return params, kept
 

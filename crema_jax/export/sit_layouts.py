@@ -18,6 +18,7 @@ import numpy as np
 from crema_jax.export.convert import (Rule, alias, fused_in, fused_out, linear, reshaped, rows,
                                       same)
 from crema_jax.models import config as model_config
+from crema_jax.runtime import trees
 
 _STMEM_BLOCK = dict(attn_norm="attn.norm", qkv="attn.fn.to_qkv", out="attn.fn.to_out.0",
                     mlp_norm="ff.norm", fc1="ff.fn.net.0", fc2="ff.fn.net.3")
@@ -217,24 +218,12 @@ def unstack_blocks(params: Mapping) -> dict:
     out = {}
     for key, value in params.items():
         if key == "blocks" and isinstance(value, Mapping) and is_stacked(value):
-            depth = _leading_dim(value)
-            out[key] = {i: _index(value, i) for i in range(depth)}
+            out[key] = trees.unstack(value)
         elif isinstance(value, Mapping):
             out[key] = unstack_blocks(value)
         else:
             out[key] = value
     return out
-
-
-def _leading_dim(tree: Mapping) -> int:
-    for value in tree.values():
-        return _leading_dim(value) if isinstance(value, Mapping) else int(np.shape(value)[0])
-    raise ValueError("empty blocks subtree")
-
-
-def _index(tree: Mapping, i: int) -> dict:
-    return {k: _index(v, i) if isinstance(v, Mapping) else np.asarray(v)[i]
-            for k, v in tree.items()}
 
 
 def sit_prefix(params: Mapping) -> str:

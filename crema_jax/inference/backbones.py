@@ -15,27 +15,25 @@ Crop averaging: the linear probe and `embed` average the crops' FEATURES (one ve
 linear head on averaged features equals the average of the per-crop heads' logits); fine-tuning
 and `embed --logits` / `predict` average the crops' LOGITS (ST-MEM averages predictions).
 
-Everything is jitted once per batch shape and sharded over a 1-D "data" mesh of the available
-devices: parameters replicated, the batch split (its size rounded up to a multiple of the device
-count; the pipeline pads the last batch).
+Everything is jitted once per batch shape and sharded over the data-parallel mesh of the
+available devices (runtime/mesh.py make_mesh()): parameters replicated, the batch split (its size
+rounded up to a multiple of the device count; the pipeline pads the last batch).
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Iterable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from crema_jax import checkpoint as ckpt_lib
 from crema_jax import config as config_lib
 from crema_jax import models
 from crema_jax.data import presets
 from crema_jax.models import params as params_lib
+from crema_jax.runtime import mesh as mesh_lib
 
 RANDOM = "random"  # --checkpoint=random: a freshly initialised backbone (the baseline)
 
@@ -192,7 +190,7 @@ def load_config_and_params(checkpoint: str, *, backbone: str = "", model_size: s
         if name == "sit":
             config.model.size = model_size
         return config, None
-    params, config, _ = ckpt_lib.load_model_checkpoint(checkpoint)
+    params, config, _ = config_lib.load_checkpoint(checkpoint)
     if backbone and family(config).name != backbone:
         raise ValueError(f"--backbone={backbone}: {checkpoint} holds a "
                          f"{config.model.name!r} model")
@@ -254,17 +252,6 @@ def describe_data_path(data_cfg, preset_flag: str = "") -> str:
     return f"data path: {name} (from {origin}; {details})"
 
 
-def data_mesh(devices=None) -> jax.sharding.Mesh:
-    devices = jax.devices() if devices is None else list(devices)
-    return jax.make_mesh((len(devices),), ("data",), axis_types=(AxisType.Auto,), devices=devices)
-
-
-def round_batch(batch_size: int, mesh) -> int:
-    """The smallest multiple of the mesh's device count that holds batch_size records."""
-    n = mesh.devices.size
-    return max(n, int(math.ceil(batch_size / n)) * n)
-
-
 def make_apply(backbone: Backbone, mesh, *, output: str = "features"):
     """jit(per-crop features or logits) with replicated params and the batch split over the
     mesh: batch dict (batch.py EVAL_KEYS) -> (B, C, D)."""
@@ -272,7 +259,7 @@ def make_apply(backbone: Backbone, mesh, *, output: str = "features"):
         raise ValueError("this checkpoint has no classification head (config.model.num_classes "
                          "is 0); write features instead")
     fn = backbone.family.features if output == "features" else backbone.family.logits
-    batch_sh, replicated = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+    batch_sh, replicated = mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)
 
     def apply(state, patches, lead_indices, patch_valid):
         return fn(backbone.graphdef, state, {"patches": patches, "lead_indices": lead_indices,

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from crema_jax.data import layouts, pipeline, records, sources
-from crema_jax.data.leads import LEADS
+from crema_jax.data.index import dataset_index as layouts
+from crema_jax.data.pipeline import datasets as pipeline
+from crema_jax.data.pipeline import skips, sources
+from crema_jax.data.reading.leads import LEADS
 from crema_jax.inference import backbones
+from crema_jax.runtime import mesh as mesh_lib
 
 
 class EmbedError(ValueError):
@@ -25,15 +28,16 @@ class EmbedError(ValueError):
 def record_source(paths, data_cfg) -> sources.WfdbSource:
     infos = [layouts.RecordInfo(record_id=layouts.record_id_of(p), path=p, labels=(), split="",
                                 source="") for p in paths]
-    return sources.WfdbSource(infos, [], reading=sources.Reading.from_data_config(data_cfg))
+    return sources.make_source(data_cfg, records=infos)
 
 
 def array_source(x: np.ndarray, fs: float, data_cfg):
     """(source, note) for (N, 12, T) canonical leads, or (N, 1, T) lead I, at `fs` Hz.
 
-    Non-finite samples (NaN, +-Inf) are counted and handled as the data path's reader handles
-    NaN in a file: interpolated (an all-NaN lead becomes absent), set to 0 (ECGFounder's), or
-    the ECG skipped (ST-MEM's); `note` says what was done (None when the input was clean)."""
+    Non-finite samples (NaN, +-Inf) are counted and become NaN, which the data path handles as
+    in a file (canonical_ecg's NaN policy): interpolated (an all-NaN lead becomes absent), set to
+    0 (ECGFounder's), or the ECG skipped (ST-MEM's); `note` says what is done (None when the
+    input was clean)."""
     x = np.asarray(x)
     if x.ndim != 3 or x.shape[0] < 1 or x.shape[1] not in (1, 12) or x.shape[2] < 2:
         raise EmbedError(f"expected an array (N, 12, samples) in canonical lead order, or "
@@ -49,21 +53,11 @@ def array_source(x: np.ndarray, fs: float, data_cfg):
     if bad.any():
         rows = np.flatnonzero(bad.any(axis=(1, 2)))
         signals[bad] = np.nan
-        policy = data_cfg.nan_policy
-        if policy == "interpolate":
-            for i in rows:
-                records.repair_nans(signals[i], present[i], {})
-            what = "interpolated (a lead with no finite sample left out)"
-        elif policy == "zero":
-            signals[bad] = 0.0
-            what = "set to 0"
-        else:
-            what = "left in: those ECGs are skipped"
+        what = {"interpolate": "interpolated (a lead with no finite sample left out)",
+                "zero": "set to 0"}.get(data_cfg.nan_policy, "left in: those ECGs are skipped")
         note = (f"input: {int(bad.sum())} non-finite samples (NaN/Inf) in {len(rows)} of "
                 f"{x.shape[0]} ECGs, {what} ({data_cfg.preset} data path)")
-    return sources.RawArraySource(signals, fs=fs,
-                                  reading=sources.Reading.from_data_config(data_cfg),
-                                  lead_present=present), note
+    return sources.make_source(data_cfg, arrays=signals, fs=fs, lead_present=present), note
 
 
 def row_name(records, record: int, window: int) -> str:
@@ -115,9 +109,9 @@ def embed(backbone, *, records=None, array=None, fs: float | None = None, raw: b
     "data_cfg": the data section used (None for raw)}."""
     if windows not in ("rows", "mean"):
         raise EmbedError(f"windows={windows!r}: expected 'rows' or 'mean'")
-    mesh = backbones.data_mesh() if mesh is None else mesh
-    batch_size = backbones.round_batch(batch_size, mesh)
-    stats, data_cfg = sources.SkipStats(), None
+    mesh = mesh_lib.make_mesh() if mesh is None else mesh
+    batch_size = mesh_lib.round_batch(batch_size, mesh)
+    stats, data_cfg = skips.SkipStats(), None
     if raw:
         if array is None:
             raise EmbedError("raw input needs an array (.npy), not WFDB records")

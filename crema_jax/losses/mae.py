@@ -1,26 +1,38 @@
-"""Masked-patch reconstruction losses (MAE, ST-MEM)."""
+"""Masked-patch reconstruction losses (MAE, ST-MEM).
+
+`normalise_patches` and `masked_mse` are written once for two array namespaces: jax.numpy in
+float32 (the training loss) and numpy in float64 (the held-back reconstruction figures of
+evaluate/reconstruction.py, which must mean the same thing).
+"""
 import jax.numpy as jnp
+import numpy as np
 
 NORM_PIX_EPS = 1e-6  # ST-MEM/MAE: (x - mean) / sqrt(var + 1e-6)
 
 
-def normalise_patches(patches):
+def _float(xp):
+    return np.float64 if xp is np else jnp.float32
+
+
+def normalise_patches(patches, *, xp=jnp):
     """Per-patch standardisation over the last axis with the UNBIASED variance (ddof=1), as
-    ST-MEM's PyTorch `.var(dim=-1)`."""
-    x = patches.astype(jnp.float32)
+    ST-MEM's PyTorch `.var(dim=-1)`. xp: jax.numpy (float32) or numpy (float64)."""
+    x = patches.astype(_float(xp))
     mean = x.mean(axis=-1, keepdims=True)
     var = x.var(axis=-1, keepdims=True, ddof=1)
-    return (x - mean) / jnp.sqrt(var + NORM_PIX_EPS)
+    return (x - mean) / xp.sqrt(var + NORM_PIX_EPS)
 
 
-def masked_mse(pred, patches, weights, *, norm_pix_loss):
+def masked_mse(pred, patches, weights, *, norm_pix_loss, xp=jnp):
     """Mean over weighted patches of the per-patch MSE over its samples.
-    pred/patches (..., P); weights (...) bool/float; returns (loss, number of patches)."""
-    target = normalise_patches(patches) if norm_pix_loss else patches.astype(jnp.float32)
-    per_patch = jnp.mean(jnp.square(pred.astype(jnp.float32) - target), axis=-1)
-    w = weights.astype(jnp.float32)
+    pred/patches (..., P); weights (...) bool/float; returns (loss, number of patches).
+    xp: jax.numpy (float32) or numpy (float64)."""
+    dtype = _float(xp)
+    target = normalise_patches(patches, xp=xp) if norm_pix_loss else patches.astype(dtype)
+    per_patch = xp.mean(xp.square(pred.astype(dtype) - target), axis=-1)
+    w = weights.astype(dtype)
     count = w.sum()
-    return (per_patch * w).sum() / jnp.maximum(count, 1.0), count
+    return (per_patch * w).sum() / xp.maximum(count, 1.0), count
 
 
 def _weights(batch):

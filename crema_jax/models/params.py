@@ -6,7 +6,7 @@ as digit strings, which `fill_state` accepts too).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -14,30 +14,9 @@ import numpy as np
 from flax import nnx
 
 from crema_jax import models
+from crema_jax.runtime import trees
 
 _NOT_RNG = nnx.Not(nnx.RngState)
-
-
-def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> {"a/b/0/c": leaf}."""
-    out = {}
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, path + "/"))
-        else:
-            out[path] = value
-    return out
-
-
-def unflatten_like(flat: Mapping[str, Any], template: Mapping, prefix: str = "") -> dict:
-    """A nested dict with `template`'s keys (and key types) filled from `flat` paths."""
-    out = {}
-    for key, value in template.items():
-        path = f"{prefix}{key}"
-        out[key] = (unflatten_like(flat, value, path + "/") if isinstance(value, Mapping)
-                    else flat[path])
-    return out
 
 
 def abstract_params(model_cfg) -> dict:
@@ -55,7 +34,7 @@ def init_params(model_cfg, seed: int = 0, *, only: list[str] | None = None) -> d
         tree = nnx.to_pure_dict(nnx.state(model, _NOT_RNG))
         if only is None:
             return tree
-        flat = flatten(tree)
+        flat = trees.flatten(tree)
         return {p: flat[p] for p in only}
     return jax.tree.map(np.asarray, jax.jit(init)(jax.random.key(seed)))
 
@@ -63,8 +42,8 @@ def init_params(model_cfg, seed: int = 0, *, only: list[str] | None = None) -> d
 def fill_state(state, params: Mapping, what: str):
     """Copy a checkpoint's nested dict into an nnx.State in place; every missing or mis-shaped
     entry is named (a ValueError)."""
-    want = flatten(nnx.to_pure_dict(state))
-    have = {_digits(path): value for path, value in flatten(params).items()}
+    want = trees.flatten(nnx.to_pure_dict(state))
+    have = trees.flatten(trees.int_keys(params))
     missing = sorted(set(want) - set(have))
     if missing:
         raise ValueError(f"{what}: the checkpoint lacks parameters {missing[:5]} "
@@ -75,12 +54,8 @@ def fill_state(state, params: Mapping, what: str):
         raise ValueError(f"{what}: {len(wrong)} parameter(s) have other shapes than the model: "
                          + "; ".join(wrong[:5]))
     values = {path: jnp.asarray(have[path], target.dtype) for path, target in want.items()}
-    nnx.replace_by_pure_dict(state, unflatten_like(values, nnx.to_pure_dict(state)))
+    nnx.replace_by_pure_dict(state, trees.unflatten_like(values, nnx.to_pure_dict(state)))
     return state
-
-
-def _digits(path: str) -> str:
-    return "/".join(str(int(k)) if k.isdigit() else k for k in path.split("/"))
 
 
 def merge(model_cfg, params: Mapping):

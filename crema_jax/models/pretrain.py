@@ -15,7 +15,6 @@ Parameter tree of PretrainModel (ST-MEM key of the full pretraining checkpoint i
 """
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from crema_jax.models import config as model_config

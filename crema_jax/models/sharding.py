@@ -11,6 +11,8 @@ nnx.get_partition_spec(state)` under `jax.set_mesh(mesh)`.
 import jax
 from flax.core import spmd as core_spmd
 
+from crema_jax.runtime.mesh import rules_for_mesh
+
 # Parameter axes.
 EMBED = "embed"          # model width (encoder or decoder).
 MLP = "mlp"              # MLP hidden width.
@@ -44,23 +46,6 @@ DEFAULT_RULES = (
     (CLASSES, None),
     (PROJ, None),
 )
-
-
-def rules_for_mesh(mesh, rules=DEFAULT_RULES):
-    """`rules` with mesh axes the mesh lacks removed, so one table serves ("data",) and
-    ("data", "fsdp", "tensor") meshes alike."""
-    names = set(mesh.axis_names)
-
-    def keep(target):
-        if target is None:
-            return None
-        targets = (target,) if isinstance(target, str) else tuple(target)
-        kept = tuple(t for t in targets if t in names)
-        if not kept:
-            return None
-        return kept[0] if len(kept) == 1 else kept
-
-    return tuple((logical, keep(target)) for logical, target in rules)
 
 
 def constrain(x, logical_axes):

@@ -148,3 +148,33 @@ class SiT(nnx.Module):
         tokens, _ = self(patches, lead_indices, rng=rng)
         weights = None if patch_valid is None else patch_valid.reshape(patch_valid.shape[0], -1)
         return self.head(self.pool(tokens, weights).astype(self.dtype)).astype(jnp.float32)
+
+
+# ------------------------------------------------------------------- layer-wise lr decay
+_EMBEDDINGS = ("patch_embed", "pos_embedding", "sep_embedding", "lead_embeddings")
+
+
+def layer_id(path: tuple[str, ...], depth: int) -> int:
+    """A SiT parameter's layer for layer-wise lr decay: 0 for the embeddings, i+1 for block i,
+    depth+1 for everything after the blocks (`norm`, `head`); -1 for scanned (stacked) blocks,
+    whose leading axis holds every layer."""
+    if path and path[0] == "blocks":
+        return int(path[1]) + 1 if len(path) > 1 and str(path[1]).isdigit() else -1
+    if path and path[0] in _EMBEDDINGS:
+        return 0
+    return depth + 1
+
+
+def layer_decay_scales(params, depth: int, decay: float):
+    """A tree like a SiT's `params` of lr multipliers decay^(depth+1-layer_id) (the MAE/BEiT
+    fine-tuning recipe). Scanned blocks carry a leading `layers` axis: their multiplier is a
+    (depth, 1, ...) array so each layer still gets its own rate."""
+    def scale(path, leaf):
+        keys = tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        lid = layer_id(keys, depth)
+        if lid == -1:
+            per_layer = decay ** (depth - np.arange(depth, dtype=np.float32))
+            return jnp.asarray(per_layer.reshape((depth,) + (1,) * (np.ndim(leaf) - 1)))
+        return jnp.asarray(decay ** (depth + 1 - lid), jnp.float32)
+
+    return jax.tree_util.tree_map_with_path(scale, params)

@@ -5,7 +5,9 @@ Train state (a plain pytree of arrays, exactly what Orbax saves):
      "fixed":     nested dict of the other variables (fixed sin-cos tables; never updated),
      "opt_state": optax state over "params",
      "step":      int32 scalar, optimizer steps done}
-The step is `(state, batch, rng) -> (state, metrics)`; the model is rebuilt inside with
+The step is `(state, batch, rng) -> (state, metrics)` for any `loss_of(params, fixed, batch, rng)`:
+pretraining's (`pretraining_loss`: the model's forward + a crema_jax.losses loss) and
+fine-tuning's (a classification loss on the encoder's logits). The model is rebuilt inside with
 nnx.merge, so nothing but arrays crosses the jit boundary.
 """
 from __future__ import annotations
@@ -18,23 +20,6 @@ import optax
 from flax import nnx
 
 from crema_jax import models
-
-
-
-# ------------------------------------------------------------------------------------------------
-# Nested-dict helpers (Param and fixed variables are stored together in checkpoints).
-# ------------------------------------------------------------------------------------------------
-def merge_trees(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = merge_trees(out[k], v) if k in out and isinstance(v, dict) else v
-    return out
-
-
-def select_like(tree: dict, template: dict) -> dict:
-    """The entries of `tree` whose keys appear in `template` (recursively)."""
-    return {k: select_like(tree[k], v) if isinstance(v, dict) else tree[k]
-            for k, v in template.items()}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -75,7 +60,7 @@ def with_shardings(abstract, shardings):
 
 
 # ------------------------------------------------------------------------------------------------
-# The train step.
+# The train step (pretraining and fine-tuning alike).
 # ------------------------------------------------------------------------------------------------
 def _scalars(tree: dict, prefix: str) -> dict:
     """Scalar entries of a (possibly nested) loss-metrics dict, flattened with '/' names."""
@@ -99,46 +84,55 @@ def _micro_batches(batch: dict, num: int) -> dict:
     return jax.tree.map(split, batch)
 
 
-def train_step(state: dict, batch: dict, rng, *, graphdef, tx, schedule, loss_fn,
-               grad_accum_steps: int = 1, inject_nan_at_step: int = -1):
-    """One optimizer step. `rng` is the run's base key; each step folds in its step number, so a
-    resumed run draws exactly the keys an uninterrupted one would."""
-    step = state["step"]
-    step_rng = jax.random.fold_in(rng, step)
-    fixed = state["fixed"]
-
-    def loss_of(params, micro, key):
-        outputs = models.forward(graphdef, (params, fixed), micro, key)
-        loss, aux = loss_fn(outputs, micro)
+def _value_and_grad(loss_of, params, fixed, batch, rng, grad_accum_steps: int):
+    """((loss, aux), grads) of `loss_of(params, fixed, batch, rng) -> (loss, aux dict)`; over
+    `grad_accum_steps` micro-batches, the mean of their losses and gradients (= the big-batch
+    gradient for per-sample-mean losses; a contrastive term sees only its micro-batch's
+    negatives)."""
+    def scalar_metrics(*args):
+        loss, aux = loss_of(*args)
         return loss, _scalars(aux, "")
 
-    grad_fn = jax.value_and_grad(loss_of, has_aux=True)
+    grad_fn = jax.value_and_grad(scalar_metrics, has_aux=True)
     if grad_accum_steps == 1:
-        (loss, aux), grads = grad_fn(state["params"], batch, step_rng)
-    else:
-        # Mean of micro-batch gradients = the big-batch gradient for per-sample-mean losses
-        # (MAE). A contrastive term sees only its micro-batch's negatives.
-        def body(carry, xs):
-            micro, i = xs
-            (l, a), g = grad_fn(state["params"], micro, jax.random.fold_in(step_rng, i))
-            return jax.tree.map(jnp.add, carry, (l, a, g)), None
-        (l0, a0), g0 = jax.eval_shape(grad_fn, state["params"], batch, step_rng)
-        zero = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), (l0, a0, g0))
-        total, _ = jax.lax.scan(body, zero, (_micro_batches(batch, grad_accum_steps),
-                                             jnp.arange(grad_accum_steps)))
-        loss, aux, grads = jax.tree.map(lambda x: x / grad_accum_steps, total)
-    if inject_nan_at_step >= 0:  # Test hook: a diverged step, as a huge lr would produce.
-        poison = jnp.where(step + 1 == inject_nan_at_step, jnp.nan, 1.0)
-        loss = loss * poison
-        grads = jax.tree.map(lambda g: g * poison, grads)
+        return grad_fn(params, fixed, batch, rng)
+
+    def body(carry, xs):
+        micro, i = xs
+        (l, a), g = grad_fn(params, fixed, micro, jax.random.fold_in(rng, i))
+        return jax.tree.map(jnp.add, carry, (l, a, g)), None
+    (l0, a0), g0 = jax.eval_shape(grad_fn, params, fixed, batch, rng)
+    zero = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), (l0, a0, g0))
+    total, _ = jax.lax.scan(body, zero, (_micro_batches(batch, grad_accum_steps),
+                                         jnp.arange(grad_accum_steps)))
+    loss, aux, grads = jax.tree.map(lambda x: x / grad_accum_steps, total)
+    return (loss, aux), grads
+
+
+def train_step(state: dict, batch: dict, rng, *, loss_of, tx, schedule,
+               grad_accum_steps: int = 1):
+    """One optimizer step of `loss_of(params, fixed, batch, rng) -> (loss, aux dict)`. `rng` is
+    the run's base key; each step folds in its step number, so a resumed run draws exactly the
+    keys an uninterrupted one would."""
+    step = state["step"]
+    (loss, aux), grads = _value_and_grad(loss_of, state["params"], state["fixed"], batch,
+                                         jax.random.fold_in(rng, step), grad_accum_steps)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics = {"loss": loss, **aux,
                "learning/lr": schedule(step),
                "learning/grad_norm": optax.tree.norm(grads),
                "learning/param_norm": optax.tree.norm(params)}
-    new_state = {"params": params, "fixed": fixed, "opt_state": opt_state, "step": step + 1}
+    new_state = {"params": params, "fixed": state["fixed"], "opt_state": opt_state,
+                 "step": step + 1}
     return new_state, metrics
+
+
+def pretraining_loss(graphdef, loss_fn):
+    """`loss_of` for train_step: the pretraining model's forward, then a loss of crema_jax.losses."""
+    def loss_of(params, fixed, batch, rng):
+        return loss_fn(models.forward(graphdef, (params, fixed), batch, rng), batch)
+    return loss_of
 
 
 def make_jitted_step(shardings: dict, batch_sharding, replicated, **step_kwargs):

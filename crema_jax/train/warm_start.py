@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from absl import logging
 
+from crema_jax.runtime import trees
+
 # Per model name: the fields that fix the parameter shapes or meaning; a mismatch is a different
 # model.
 ARCH_FIELDS = {
@@ -47,25 +49,6 @@ def check_architecture(run_cfg, ckpt_cfg, *, source: str) -> None:
                          f"values")
 
 
-def _int_keyed(tree) -> bool:
-    return isinstance(tree, dict) and bool(tree) and all(isinstance(k, int) for k in tree)
-
-
-def _stack(per_layer: dict) -> dict:
-    """{0: block, 1: block, ...} -> one block whose leaves have a leading layers axis."""
-    first = per_layer[0]
-    return {k: _stack({i: per_layer[i][k] for i in range(len(per_layer))})
-            if isinstance(v, dict) else np.stack([per_layer[i][k] for i in range(len(per_layer))])
-            for k, v in first.items()}
-
-
-def _unstack(stacked: dict, depth: int) -> dict:
-    def index(tree, i):
-        return {k: index(v, i) if isinstance(v, dict) else np.asarray(v)[i]
-                for k, v in tree.items()}
-    return {i: index(stacked, i) for i in range(depth)}
-
-
 def fit_params(loaded: dict, template: dict, *, source: str) -> tuple[dict, list[str]]:
     """`loaded` (host arrays) shaped like `template` (arrays or ShapeDtypeStructs).
 
@@ -78,10 +61,11 @@ def fit_params(loaded: dict, template: dict, *, source: str) -> tuple[dict, list
 
     def fit(tree, tmpl, path):
         if isinstance(tmpl, dict):
-            if isinstance(tree, dict) and _int_keyed(tree) and tmpl and not _int_keyed(tmpl):
-                tree = _stack(tree) if set(tree) == set(range(len(tree))) else tree
-            elif isinstance(tree, dict) and _int_keyed(tmpl) and tree and not _int_keyed(tree):
-                tree = _unstack(tree, len(tmpl))
+            if trees.is_int_keyed(tree) and tmpl and not trees.is_int_keyed(tmpl):
+                tree = trees.stack(tree) if set(tree) == set(range(len(tree))) else tree
+            elif (isinstance(tree, dict) and trees.is_int_keyed(tmpl) and tree
+                  and not trees.is_int_keyed(tree)):
+                tree = trees.unstack(tree, len(tmpl))
             tree = tree if isinstance(tree, dict) else {}
             return {k: fit(tree.get(k), v, f"{path}{k}/") for k, v in tmpl.items()}
         name = path.rstrip("/")

@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 import wfdb
 
-from crema_jax import checkpoint, config as config_lib
+from crema_jax import config as config_lib
+from crema_jax.runtime import checkpoint
 from crema_jax.cli import embed, export_torch, import_torch, prepare, pretrain, probe
-from crema_jax.data import records, synthetic
+from crema_jax.data import synthetic
+from crema_jax.data.reading import ecg as ecg_lib
+from crema_jax.data.reading import wfdb_records
 from crema_jax.models import params as params_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -144,8 +147,8 @@ def test_a_signal_file_outside_the_records_folder_is_a_skip(tmp_path, capsys, si
     wfdb.wrsamp("VCG", fs=500.0, units=["mV"] * 3, sig_name=["vx", "vy", "vz"],
                 p_signal=np.random.default_rng(1).normal(size=(5000, 3)) * 0.1, fmt=["16"] * 3,
                 adc_gain=[1000.0] * 3, baseline=[0] * 3, write_dir=str(data))
-    with pytest.raises(records.RecordError) as err:
-        records.read_record(data / "EVIL")
+    with pytest.raises(ecg_lib.RecordError) as err:
+        wfdb_records.read_record(data / "EVIL")
     assert err.value.reason == "unsafe_signal_path" and "outside the record's folder" in str(
         err.value)
     before = _hashes(tmp_path / "data", secret)
@@ -229,11 +232,11 @@ def test_crema_metadata_may_only_agree_with_the_tensors(tmp_path, capsys):
     meta["decoder_width"] = 2048
     path = tmp_path / "enc.safetensors"
     safetensors.numpy.save_file(sd, str(path), metadata={"format": "pt",
-                                                          "crema_model_config": json.dumps(meta)})
+                                                         "crema_model_config": json.dumps(meta)})
     import_torch.COMMAND.run(["--format=crema", f"--out={tmp_path / 'ok'}", str(path)])
     size = sum(p.stat().st_size for p in (tmp_path / "ok").rglob("*") if p.is_file())
     assert size < 4 * path.stat().st_size, size        # no decoder the file never held
-    assert checkpoint.load_config(tmp_path / "ok").model.name == "sit_encoder"
+    assert config_lib.load_checkpoint_config(tmp_path / "ok").model.name == "sit_encoder"
     meta["width"], meta["decoder_width"] = 128, 32
     bad = tmp_path / "bad.safetensors"
     safetensors.numpy.save_file(sd, str(bad), metadata={"format": "pt",

@@ -8,9 +8,14 @@ signal at the hand-computed starts.
 import numpy as np
 import pytest
 
-from crema_jax import checkpoint, config as config_lib
+from crema_jax import config as config_lib
+from crema_jax.runtime import checkpoint
 from crema_jax.cli import embed, finetune, predict, probe
-from crema_jax.data import pipeline, preprocess, records, synthetic
+from crema_jax.data import presets
+from crema_jax.data import synthetic
+from crema_jax.data.pipeline import datasets
+from crema_jax.data.reading import wfdb_records
+from crema_jax.data.signal import preprocess
 from crema_jax.models import params as params_lib
 
 # A 15 s record at 250 Hz is 3750 samples: a SiT's three 2250-sample crops start 0, s, 2s with
@@ -37,7 +42,7 @@ def setup(tmp_path_factory):
 def recorded(monkeypatch):
     """Every evaluation batch built in the test, as numpy arrays."""
     seen = []
-    real = pipeline.make_eval_dataset
+    real = datasets.make_eval_dataset
 
     def spy(*args, **kwargs):
         source = kwargs.get("source")
@@ -45,7 +50,7 @@ def recorded(monkeypatch):
             seen.append((source, {k: np.asarray(v) for k, v in batch.items()}))
             yield batch
 
-    monkeypatch.setattr(pipeline, "make_eval_dataset", spy)
+    monkeypatch.setattr(datasets, "make_eval_dataset", spy)
     return seen
 
 
@@ -60,8 +65,8 @@ def _crops_of(seen, path):
 
 
 def _expected(path, fs, preset, starts, crop):
-    signal = records.read_record(path, target_fs=fs).signal
-    x = preprocess.preprocess(signal, fs, preprocess.PRESETS[preset]())
+    signal = wfdb_records.read_record(path, target_fs=fs).signal
+    x = preprocess.preprocess(signal, fs, presets.preprocessing(preset))
     assert x.shape[1] == 15 * fs
     return np.stack([x[:, s:s + crop] for s in starts])
 

@@ -16,7 +16,8 @@ import shutil
 import numpy as np
 import wfdb
 
-from crema_jax.data import layouts, synthetic
+from crema_jax.data import synthetic
+from crema_jax.data.index import dataset_index
 
 FRANK_NAMES = ["vx", "ii", "i", "iii", "avr", "avl", "avf", "v6", "v5", "v4", "v3", "v2", "v1",
                "vy", "vz"]
@@ -57,7 +58,7 @@ def _write(folder: pathlib.Path, name: str, signal: np.ndarray, fs: float, names
 
 
 def _copy_sample(folder: pathlib.Path, record: str, name: str) -> pathlib.Path:
-    src = layouts.sample_data_dir() / record
+    src = dataset_index.sample_data_dir() / record
     hea = (src.with_suffix(".hea")).read_text().replace(record, name)
     (folder / f"{name}.hea").write_text(hea)
     shutil.copyfile(src.with_suffix(".mat"), folder / f"{name}.mat")

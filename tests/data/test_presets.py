@@ -7,9 +7,17 @@ import pytest
 import scipy.signal
 import wfdb
 
-from crema_jax.data import batch, config as config_lib, layouts, pipeline, preprocess, presets
-from crema_jax.data import records, sources
-from crema_jax.data.leads import LEADS
+from crema_jax.data import config as config_lib
+from crema_jax.data import presets
+from crema_jax.data.index import dataset_index
+from crema_jax.data.reading.leads import LEADS
+from crema_jax.data.pipeline import batch
+from crema_jax.data.pipeline import datasets
+from crema_jax.data.pipeline import skips
+from crema_jax.data.pipeline import sources
+from crema_jax.data.reading import ecg as ecg_lib
+from crema_jax.data.signal import filters
+from crema_jax.data.signal import preprocess
 
 FS = 500.0
 
@@ -67,7 +75,7 @@ def folder(tmp_path_factory):
 
 
 def _source(paths, cfg):
-    infos = [layouts.RecordInfo(layouts.record_id_of(p), p, (), "", "") for p in paths]
+    infos = [dataset_index.RecordInfo(dataset_index.record_id_of(p), p, (), "", "") for p in paths]
     return sources.WfdbSource(infos, [], reading=sources.Reading.from_data_config(cfg))
 
 
@@ -84,15 +92,15 @@ def test_stmem_windows_fft_resampling_and_skips(folder):
         got = source.load(source[k])
         assert got["signal"].shape == (12, 2500)
         np.testing.assert_allclose(got["signal"], want, rtol=1e-5, atol=1e-5)  # unfiltered yet
-    with pytest.raises(records.RecordError) as short:
+    with pytest.raises(ecg_lib.RecordError) as short:
         source.load(source[3])
     assert short.value.reason == "too_short"
     source.load(source[4])
-    with pytest.raises(records.RecordError) as nan:
+    with pytest.raises(ecg_lib.RecordError) as nan:
         source.load(source[5])
     assert nan.value.reason == "nan_window" and "window 1" in str(nan.value)
-    stats = sources.SkipStats()
-    batches = list(pipeline.make_eval_dataset(cfg, source=source, process_index=0,
+    stats = skips.SkipStats()
+    batches = list(datasets.make_eval_dataset(cfg, source=source, process_index=0,
                                               process_count=1, stats=stats))
     assert dict(stats.counts) == {"too_short": 1, "nan_window": 1}
     assert sum(int(b["valid"].sum()) for b in batches) == 4
@@ -101,7 +109,7 @@ def test_stmem_windows_fft_resampling_and_skips(folder):
 def test_stmem_crops_are_cut_then_filtered_and_standardised_each(folder):
     cfg = _data_cfg("stmem")
     source = _source([folder["r35"]], cfg)
-    first = next(iter(pipeline.make_eval_dataset(cfg, source=source, process_index=0,
+    first = next(iter(datasets.make_eval_dataset(cfg, source=source, process_index=0,
                                                  process_count=1)))
     window = scipy.signal.resample(_rdsamp(folder["r35"])[:, :5000], 2500, axis=-1)
     s = (2500 - 2250) // 2                       # ST-MEM's crop starts 0, s, 2s: 0/125/250
@@ -114,7 +122,7 @@ def test_stmem_crops_are_cut_then_filtered_and_standardised_each(folder):
     whole = _stmem_crop(window)
     assert np.abs(whole[:, :2250] - want[0]).max() > 1e-2
     # A flat crop has std 0: all zeros, not NaN.
-    flat = preprocess.preprocess(np.full((12, 2250), 0.7), 250.0, preprocess.PRESETS["stmem"]())
+    flat = preprocess.preprocess(np.full((12, 2250), 0.7), 250.0, presets.preprocessing("stmem"))
     assert not flat.any()
 
 
@@ -154,10 +162,10 @@ def test_probability_averaging_is_the_mean_of_the_crops_probabilities():
 
 def test_ecgfounder_median_baseline_has_medfilts_zero_edges():
     x = np.random.default_rng(4).normal(size=(3, 1200)).cumsum(1)
-    got = preprocess.median_baseline(x, FS, window_s=0.4, edges="zero")
+    got = filters.median_baseline(x, FS, window_s=0.4, edges="zero")
     want = x - np.stack([scipy.signal.medfilt(r, 201) for r in x])
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)   # at the edges too
-    nearest = preprocess.median_baseline(x, FS, window_s=0.4, edges="nearest")
+    nearest = filters.median_baseline(x, FS, window_s=0.4, edges="nearest")
     assert np.abs(nearest[:, :100] - want[:, :100]).max() > 1e-3  # the edge mode matters
 
 
@@ -177,7 +185,7 @@ def test_peer_paths_feed_a_flat_lead_as_recorded(folder):
     ST-MEM, pooled like the others. Ours marks it absent and leaves it out."""
     raw = _rdsamp(folder["rflat"])
     cfg = _data_cfg("stmem")
-    first = next(iter(pipeline.make_eval_dataset(cfg, source=_source([folder["rflat"]], cfg),
+    first = next(iter(datasets.make_eval_dataset(cfg, source=_source([folder["rflat"]], cfg),
                                                  process_index=0, process_count=1)))
     window = scipy.signal.resample(raw, 2500, axis=-1)
     want = np.stack([_stmem_crop(window[:, o:o + 2250]) for o in (0, 125, 250)])
@@ -241,9 +249,8 @@ def test_stmem_pretraining_views_are_standardised_per_crop(folder):
     standardised on its own before it is patchified and masked."""
     cfg = _data_cfg("stmem", num_views=1, num_epochs=None)
     source = _source([folder["r35"]], cfg)
-    views = next(iter(pipeline.make_pretrain_dataset(cfg, source=source, process_index=0,
+    views = next(iter(datasets.make_pretrain_dataset(cfg, source=source, process_index=0,
                                                      process_count=1)))
     crops = views["patches"][:, 0].reshape(2, 12, 2250)
     for crop in crops:
         assert abs(crop.mean()) < 1e-5 and abs(crop.std() - 1.0) < 1e-5
-

@@ -4,7 +4,8 @@ import pytest
 import scipy.signal
 import wfdb
 
-from crema_jax.data import records, synthetic
+from crema_jax.data import synthetic
+from crema_jax.data.reading import wfdb_records
 
 
 def _heart_rate(lead: np.ndarray, fs: float) -> float:
@@ -81,7 +82,7 @@ def test_write_synthetic_wfdb(tmp_path, fmt, step):
         dx = [c for c in raw.comments if c.startswith("Dx:")][0][3:].strip().split(",")
         assert dx[0] == ("164889003" if af else "426783006")
         assert ("427084000" in dx) == (bpm > 100) and ("426177001" in dx) == (bpm < 60)
-        ecg = records.read_record(path)
+        ecg = wfdb_records.read_record(path)
         assert ecg.signal.shape == (12, 1000) and ecg.lead_present.all()
 
 

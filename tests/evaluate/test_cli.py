@@ -114,7 +114,7 @@ def test_probe_from_a_prepared_cache_matches_the_wfdb_probe(pretrained_workdir, 
     assert report["settings"]["cache_dir"] == str(cache_dir)
     # The records really come from the cache, in the dataset's row order and classes.
     from crema_jax.config import default_config
-    from crema_jax.data.cache import CacheSource
+    from crema_jax.data.cache.source import CacheSource
     from crema_jax.evaluate import datasets
     from crema_jax.inference import backbones
     data = datasets.load_dataset(dict(root="", cache_dir=str(cache_dir), seed=0,
@@ -153,7 +153,7 @@ def test_net1d_backbone_probe(cinc_sample_dir, tmp_path):
     """A Net1D checkpoint in the layout import-torch writes (default config, model = net1d)."""
     from flax import nnx
 
-    from crema_jax.checkpoint import save_model_checkpoint
+    from crema_jax.runtime.checkpoint import save_model_checkpoint
     from crema_jax.config import default_config
     from crema_jax.models.net1d import Net1D
     config = default_config("net1d")

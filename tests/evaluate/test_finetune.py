@@ -7,16 +7,17 @@ import pytest
 import torch
 
 from crema_jax.evaluate import finetune as finetuning
+from crema_jax.models import sit
 
 
 def test_layer_ids_follow_block_depth():
     depth = 12
-    assert finetuning.layer_id(("patch_embed", "proj", "kernel"), depth) == 0
-    assert finetuning.layer_id(("lead_embeddings",), depth) == 0
-    assert finetuning.layer_id(("blocks", "0", "attn", "qkv", "kernel"), depth) == 1
-    assert finetuning.layer_id(("blocks", "11", "mlp", "fc2", "bias"), depth) == 12
-    assert finetuning.layer_id(("norm", "scale"), depth) == 13
-    assert finetuning.layer_id(("head", "kernel"), depth) == 13
+    assert sit.layer_id(("patch_embed", "proj", "kernel"), depth) == 0
+    assert sit.layer_id(("lead_embeddings",), depth) == 0
+    assert sit.layer_id(("blocks", "0", "attn", "qkv", "kernel"), depth) == 1
+    assert sit.layer_id(("blocks", "11", "mlp", "fc2", "bias"), depth) == 12
+    assert sit.layer_id(("norm", "scale"), depth) == 13
+    assert sit.layer_id(("head", "kernel"), depth) == 13
 
 
 def test_layer_decay_scales_adamw_updates_per_block():
@@ -27,8 +28,8 @@ def test_layer_decay_scales_adamw_updates_per_block():
               "head": {"kernel": jnp.asarray(rng.normal(size=(2, 2)), jnp.float32)}}
     grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
     kwargs = dict(peak_lr=0.1, weight_decay=0.05, depth=2, warmup_steps=0, total_steps=10)
-    tx = finetuning.make_optimizer(params, layer_decay=0.5, **kwargs)
-    ref_tx = finetuning.make_optimizer(params, layer_decay=1.0, **kwargs)
+    tx, _ = finetuning.make_optimizer(params, layer_decay=0.5, **kwargs)
+    ref_tx, _ = finetuning.make_optimizer(params, layer_decay=1.0, **kwargs)
     updates, _ = tx.update(grads, tx.init(params), params)
     ref, _ = ref_tx.update(grads, ref_tx.init(params), params)
     # Hand: embeddings 0.5^3, block 0 0.5^2, block 1 0.5^1, head 1.
@@ -47,7 +48,7 @@ def test_layer_decay_scales_adamw_updates_per_block():
 
 def test_stacked_blocks_get_per_layer_scales():
     params = {"blocks": {"w": jnp.ones((3, 4, 5))}, "norm": {"scale": jnp.ones(5)}}
-    scales = finetuning.lr_scales(params, depth=3, decay=0.5)
+    scales = sit.layer_decay_scales(params, depth=3, decay=0.5)
     np.testing.assert_allclose(np.asarray(scales["blocks"]["w"]).ravel(), [0.125, 0.25, 0.5])
     assert float(scales["norm"]["scale"]) == 1.0
 

@@ -76,13 +76,14 @@ def test_scores_put_the_model_beside_each_baseline():
 
 
 def test_lead_correlations_match_numpy(tmp_path):
-    from crema_jax.data import layouts, pipeline
+    from crema_jax.data.index import dataset_index
+    from crema_jax.data.pipeline import sources
     from crema_jax.config import default_config
 
     cfg = default_config().data
-    cfg.root = str(layouts.sample_data_dir())
+    cfg.root = str(dataset_index.sample_data_dir())
     got = R.lead_correlations(cfg, split="train", max_records=5)
-    source = pipeline.make_source(cfg, split="train")
+    source = sources.make_source(cfg, split="train")
     signals = np.concatenate([np.asarray(source.load(source[i])["signal"], np.float64)
                               - np.asarray(source.load(source[i])["signal"], np.float64).mean(
                                   1, keepdims=True) for i in range(5)], axis=1)

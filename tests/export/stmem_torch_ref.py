@@ -6,7 +6,6 @@ Independent of crema_jax: ST-MEM's key names and its lead-major token order
 import numpy as np
 import torch
 from torch import nn
-import torch.nn.functional as F
 
 
 def sincos(num_patches, dim):

@@ -6,6 +6,7 @@ import pytest
 import torch
 from flax import nnx
 
+from crema_jax.runtime import trees
 from crema_jax.export import convert, import_torch
 from crema_jax.models import params as params_lib
 from crema_jax.models import net1d
@@ -66,7 +67,7 @@ def test_import_reproduces_the_torch_model_and_round_trips(leads, tmp_path):
     again, kept = convert.torch_to_jax(full, rules, params, path="mem", layout="ecgfounder",
                                        ignored=convert.ECGFOUNDER_IGNORED)
     assert kept == []
-    flat_a, flat_b = params_lib.flatten(params), params_lib.flatten(again)
+    flat_a, flat_b = trees.flatten(params), trees.flatten(again)
     assert flat_a.keys() == flat_b.keys()
     assert all(np.array_equal(flat_a[k], flat_b[k]) for k in flat_a)
 

@@ -10,8 +10,8 @@ import safetensors.numpy
 import safetensors.torch
 import torch
 
+from crema_jax import config as config_lib
 from crema_jax.export import export_torch, import_torch, safe_load
-from crema_jax import checkpoint
 from ecgfounder_torch_ref import Net1DRef
 
 SMALL = dict(in_channels=1, filters=(16, 32), blocks=(1, 2), n_classes=3)
@@ -122,7 +122,7 @@ def test_import_then_export_through_the_checkpoint(tmp_path):
     torch.save({"state_dict": sd, "epoch": 1}, path)
     out = tmp_path / "ckpt"
     import_torch.run_import(str(path), "ecgfounder", str(out))
-    params, config, step = checkpoint.load_model_checkpoint(str(out))
+    params, config, step = config_lib.load_checkpoint(str(out))
     assert config.model.name == "net1d" and config.model.in_channels == 1
     assert list(config.model.filters) == [16, 32] and list(config.model.blocks) == [1, 2]
     with pytest.raises(ValueError, match="holds files this command did not write"):

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from crema_jax import checkpoint as ckpt_lib
+from crema_jax import config as config_lib
+from crema_jax.runtime import trees
 from crema_jax.export import convert, export_torch, import_torch, sit_layouts, torch_sit
 from crema_jax.models import params as params_lib
 from crema_jax.models import default_model_config
@@ -90,7 +91,7 @@ def test_stmem_export_is_bit_exact_and_loads_into_stmem(imported, tmp_path):
     assert json.loads((tmp_path / "export.json").read_text())["num_keys"] == len(enc)
     # JAX -> torch -> JAX: bit-exact.
     again, _, kept = import_torch.import_weights(str(out), "stmem")
-    flat_a, flat_b = params_lib.flatten(params), params_lib.flatten(again)
+    flat_a, flat_b = trees.flatten(params), trees.flatten(again)
     assert all(np.array_equal(flat_a[p], flat_b[p]) for p in flat_a if p.startswith("encoder/"))
     assert all(p.startswith(sit_layouts.PRETRAIN_ONLY) for p in kept)
 
@@ -114,7 +115,7 @@ def test_crema_layout_torch_module_matches_jax_and_round_trips(imported, tmp_pat
     assert rel_err(t_pred, pred) <= 1e-5
     again, _, kept = import_torch.import_weights(str(out), "crema")
     assert kept == []  # the crema layout with the decoder holds the whole pretraining model
-    flat_a, flat_b = params_lib.flatten(params), params_lib.flatten(again)
+    flat_a, flat_b = trees.flatten(params), trees.flatten(again)
     assert flat_a.keys() == flat_b.keys()
     assert all(np.array_equal(flat_a[p], flat_b[p]) for p in flat_a)
 
@@ -184,7 +185,7 @@ def test_fine_tuned_encoder_with_head_exports_to_both_layouts(tmp_path):
                                  model_config=export_torch.resolved_model_config(cfg),
                                  full_config={}, step=0, include_decoder=False)
         import_torch.run_import(str(tmp_path / f"{rule}.pth"), "stmem", str(tmp_path / rule))
-        saved = ckpt_lib.load_config(tmp_path / rule)
+        saved = config_lib.load_checkpoint_config(tmp_path / rule)
         assert saved.model.lead_embedding == rule and saved.data.preset == "stmem"
     cfg.lead_embedding = "position"
     patches = _inputs(seed=2)[0]
@@ -211,7 +212,7 @@ def test_crema_variants_export_to_the_torch_module_and_back(tmp_path):
     cfg.patch_norms, cfg.decoder_variant = False, "axial"
     cfg.residual_boundary = "off"
     params = params_lib.init_params(cfg, 3)
-    flat = params_lib.flatten(params)
+    flat = trees.flatten(params)
     assert not any("in_norm" in p or "out_norm" in p for p in flat)
     assert any(p.startswith("decoder/lead_blocks/1/") for p in flat)
     state = export_torch.build_state_dict(params, cfg, layout="crema", include_decoder=True)
@@ -232,7 +233,7 @@ def test_crema_variants_export_to_the_torch_module_and_back(tmp_path):
     again, again_cfg, kept = import_torch.import_weights(str(out), "crema")
     assert kept == [] and again_cfg.patch_norms is False
     assert again_cfg.decoder_variant == "axial"
-    flat_b = params_lib.flatten(again)
+    flat_b = trees.flatten(again)
     assert flat.keys() == flat_b.keys() and all(np.array_equal(flat[p], flat_b[p]) for p in flat)
     problems = " ".join(sit_layouts.stmem_incompatibilities(cfg, include_decoder=True))
     assert "model.patch_norms=False" in problems and "model.decoder_variant='axial'" in problems

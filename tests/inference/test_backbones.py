@@ -7,6 +7,7 @@ from flax import nnx
 
 from crema_jax import config as config_lib
 from crema_jax.inference import backbones
+from crema_jax.runtime import mesh as mesh_lib
 from crema_jax.models import build_model, default_model_config
 from crema_jax.models.net1d import Net1D
 
@@ -38,7 +39,7 @@ def test_sharded_extraction_matches_per_crop_model():
     family = backbones.BACKBONES["sit"]
     graphdef, state = family.build(config, params, seed=0)
     backbone = backbones.Backbone(family, graphdef, state, config, 64, 0)
-    mesh = backbones.data_mesh()
+    mesh = mesh_lib.make_mesh()
     assert mesh.devices.size == 8
     batches = _batches(np.random.default_rng(0), 13, 8, leads)
     out = backbones.run(backbones.make_apply(backbone, mesh), batches)
@@ -67,7 +68,7 @@ def test_net1d_features_zero_fill_missing_leads():
     batch = {"patches": rng.normal(size=(8, 1, 2, 10, 20)).astype(np.float32),
              "patch_valid": np.ones((8, 1, 2, 10), bool),
              "lead_indices": np.tile(np.array([1, 7], np.int32), (8, 1))}
-    mesh = backbones.data_mesh(jax.devices()[:1])  # the zero-fill is under test, not sharding
+    mesh = mesh_lib.make_mesh(devices=jax.devices()[:1])  # the zero-fill is under test
     got = np.asarray(backbones.make_apply(backbone, mesh)(batch))
     x = np.zeros((8, 12, 200), np.float32)
     x[:, 1] = batch["patches"][:, 0, 0].reshape(8, 200)
@@ -88,8 +89,8 @@ def test_checkpoint_missing_parameter_is_named():
 
 
 def test_round_batch():
-    mesh = backbones.data_mesh(jax.devices()[:8])
-    assert [backbones.round_batch(b, mesh) for b in (1, 8, 9, 64)] == [8, 8, 16, 64]
+    mesh = mesh_lib.make_mesh(devices=jax.devices()[:8])
+    assert [mesh_lib.round_batch(b, mesh) for b in (1, 8, 9, 64)] == [8, 8, 16, 64]
 
 
 def test_the_family_comes_from_the_model_and_random_needs_a_name():

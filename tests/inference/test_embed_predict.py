@@ -12,8 +12,9 @@ import scipy.ndimage
 import scipy.signal
 import torch
 
-from crema_jax import checkpoint
-from crema_jax.data import layouts, records
+from crema_jax.runtime import checkpoint
+from crema_jax.data.index import dataset_index
+from crema_jax.data.reading import wfdb_records
 from crema_jax.export import import_torch
 from crema_jax.inference import backbones, embed, predict
 from tests.export.ecgfounder_torch_ref import Net1DRef
@@ -100,7 +101,7 @@ def test_label_file_is_ecgfounders():
 def test_predict_matches_reference_on_real_records(net1d_ckpt, cinc_sample_dir, tmp_path):
     ref, ckpt = net1d_ckpt
     paths = [str(cinc_sample_dir / r) for r in ("E07500", "E07503")]
-    signals = [records.read_record(p, target_fs=500).signal for p in paths]
+    signals = [wfdb_records.read_record(p, target_fs=500).signal for p in paths]
     got = predict.predict_probabilities(backbones.load(ckpt, with_head=True),
                                         records=paths)["probs"]
     x = np.stack([ecgfounder_preprocess(s) for s in signals])
@@ -165,10 +166,10 @@ def test_embed_sit_raw_and_three_crop_protocol(sit_ckpt):
 
 
 def test_record_lists_globs_and_folders(cinc_sample_dir):
-    folder = layouts.expand_records(str(cinc_sample_dir))
+    folder = dataset_index.expand_records(str(cinc_sample_dir))
     assert len(folder) == 50 and folder == sorted(folder)
-    assert layouts.expand_records(str(cinc_sample_dir / "E0750*.hea")) == folder[:10]
-    two = layouts.expand_records(f"{cinc_sample_dir}/E07500.hea,{cinc_sample_dir}/E07501")
+    assert dataset_index.expand_records(str(cinc_sample_dir / "E0750*.hea")) == folder[:10]
+    two = dataset_index.expand_records(f"{cinc_sample_dir}/E07500.hea,{cinc_sample_dir}/E07501")
     assert two == [str(cinc_sample_dir / "E07500"), str(cinc_sample_dir / "E07501")]
 
 
@@ -187,7 +188,7 @@ def test_one_lead_model_reads_lead_one(cinc_sample_dir, tmp_path):
     ref = Net1DRef(**{**SMALL_NET1D, "in_channels": 1}).eval()
     torch.save({"state_dict": ref.state_dict()}, tmp_path / "one.pth")
     import_torch.run_import(str(tmp_path / "one.pth"), "ecgfounder", str(tmp_path / "ckpt"))
-    signal = records.read_record(cinc_sample_dir / "E07501", target_fs=500).signal
+    signal = wfdb_records.read_record(cinc_sample_dir / "E07501", target_fs=500).signal
     got = predict.predict_probabilities(backbones.load(str(tmp_path / "ckpt"), with_head=True),
                                         records=[str(cinc_sample_dir / "E07501")])["probs"]
     x = ecgfounder_preprocess(signal[:1])[None]
@@ -199,7 +200,7 @@ def test_one_lead_model_reads_lead_one(cinc_sample_dir, tmp_path):
 def _write_record(folder, name, seconds, fs=500.0, seed=0):
     import wfdb
 
-    from crema_jax.data.leads import LEADS
+    from crema_jax.data.reading.leads import LEADS
     rng = np.random.default_rng(seed)
     n = int(seconds * fs)
     x = np.cumsum(rng.normal(size=(n, 12)), 0) * 0.01 + np.sin(

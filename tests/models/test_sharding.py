@@ -5,7 +5,8 @@ from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from crema_jax.models import build_model, forward
-from crema_jax.models.sharding import DEFAULT_RULES, rules_for_mesh
+from crema_jax.models.sharding import DEFAULT_RULES
+from crema_jax.runtime.mesh import rules_for_mesh
 from tests.models import helpers
 
 fwd = jax.jit(forward, static_argnums=0, static_argnames="train")
@@ -18,7 +19,7 @@ def mesh_of(shape, names):
 def specs(mesh, **overrides):
     cfg = helpers.tiny_config(**overrides)
     abstract = nnx.eval_shape(lambda: build_model(cfg, rngs=nnx.Rngs(0)))
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules_for_mesh(mesh)):
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules_for_mesh(mesh, DEFAULT_RULES)):
         flat = nnx.to_flat_state(nnx.get_partition_spec(nnx.state(abstract)))
     return {"/".join(map(str, path)): v.get_value() if hasattr(v, "get_value") else v
             for path, v in flat}
@@ -56,7 +57,7 @@ def test_data_parallel_mesh_replicates_params_and_scan_adds_a_layers_axis():
 
 
 def test_rules_for_mesh_drops_missing_mesh_axes():
-    rules = dict(rules_for_mesh(mesh_of((8,), ("data",))))
+    rules = dict(rules_for_mesh(mesh_of((8,), ("data",)), DEFAULT_RULES))
     assert rules["activation_batch"] == "data" and rules["embed"] is None
     assert dict(DEFAULT_RULES)["activation_batch"] == ("data", "fsdp")
 
@@ -66,7 +67,7 @@ def test_sharded_forward_equals_single_device():
     batch = helpers.make_batch(np.random.default_rng(0), b=8, v=1)
     single = fwd(graphdef, state, batch, None, train=False)      # no mesh at all
     mesh = mesh_of((4, 2), ("data", "fsdp"))
-    rules = rules_for_mesh(mesh)
+    rules = rules_for_mesh(mesh, DEFAULT_RULES)
     with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
         shardings = nnx.get_named_sharding(state, mesh)
         sharded_state = jax.device_put(state, shardings)
@@ -83,7 +84,7 @@ def test_sharded_forward_equals_single_device():
 def test_build_under_mesh_and_rules_creates_sharded_params():
     mesh = mesh_of((2, 4), ("data", "fsdp"))
     cfg = helpers.tiny_config()
-    with nnx.logical_axis_rules(rules_for_mesh(mesh)):
+    with nnx.logical_axis_rules(rules_for_mesh(mesh, DEFAULT_RULES)):
         _, abstract = nnx.get_abstract_model(lambda: build_model(cfg, rngs=nnx.Rngs(0)), mesh)
     qkv = abstract["encoder"]["blocks"][0]["attn"]["qkv"]["kernel"].get_value()
     assert qkv.sharding.spec == P("fsdp", None, None, None)

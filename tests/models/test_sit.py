@@ -1,5 +1,4 @@
 """SiT encoder and pretraining model behaviour (tiny sizes)."""
-import functools
 
 import jax
 import jax.numpy as jnp

@@ -4,6 +4,8 @@ import pathlib
 import subprocess
 import sys
 
+from crema_jax.train.hooks import FaultDrill
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -47,12 +49,18 @@ TINY_CLI_OVERRIDES = (
 )
 
 
-def start_cli(workdir, *extra, num_devices=1, cache_dir=None, **popen_kwargs):
+def start_cli(workdir, *extra, num_devices=1, cache_dir=None, step_delay_seconds=0.0,
+              **popen_kwargs):
+    """A `crema-jax pretrain` process on the tiny config; step_delay_seconds > 0 slows every
+    step (the fault drill a kill or preemption test needs, train/hooks.py FaultDrill)."""
+    env = cli_env(num_devices)
+    if step_delay_seconds:
+        env[FaultDrill.ENV_DELAY] = str(step_delay_seconds)
     args = [sys.executable, "-m", "crema_jax.main", "pretrain",
             f"--config={REPO / 'configs' / 'crema_tiny.py'}", f"--workdir={workdir}",
             *TINY_CLI_OVERRIDES, *extra]
     if cache_dir:
         args.append(f"--config.train.compilation_cache_dir={cache_dir}")
-    return subprocess.Popen(args, env=cli_env(num_devices), cwd=str(REPO),
+    return subprocess.Popen(args, env=env, cwd=str(REPO),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             **popen_kwargs)

@@ -4,7 +4,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from crema_jax import checkpoint as ckpt_lib
+from crema_jax import config as config_lib
+from crema_jax.runtime import checkpoint as ckpt_lib
+from crema_jax.runtime import workdir as workdir_lib
 
 
 def _params():
@@ -29,7 +31,7 @@ def test_model_checkpoint_round_trip(tmp_path):
     step_dir = ckpt_lib.save_model_checkpoint(tmp_path, params, _config(), step=7)
     assert step_dir.name == "7" and (step_dir / "params").is_dir()
     for path in (tmp_path, tmp_path / "checkpoints", step_dir):
-        got, config, step = ckpt_lib.load_model_checkpoint(path)
+        got, config, step = config_lib.load_checkpoint(path)
         assert step == 7
         # Read onto today's defaults: saved fields win, missing ones default, stale ones go.
         assert config.optim.betas == (0.9, 0.99) and config.loss.temperature == 0.2
@@ -43,7 +45,7 @@ def test_model_checkpoint_round_trip(tmp_path):
                                       params["encoder"]["pos_embedding"])
         assert isinstance(got["encoder"]["pos_embedding"], np.ndarray)
         assert float(got["logit_scale"]) == pytest.approx(2.3)
-    assert ckpt_lib.load_config(tmp_path).model.size == "tiny"
+    assert config_lib.load_checkpoint_config(tmp_path).model.size == "tiny"
 
 
 def test_latest_complete_step_ignores_half_written_ones(tmp_path):
@@ -55,11 +57,11 @@ def test_latest_complete_step_ignores_half_written_ones(tmp_path):
     (root / "9.orbax-checkpoint-tmp-1234" / "params").mkdir(parents=True)
     (root / "8" / "params").mkdir(parents=True)
     (root / "7").mkdir()
-    assert ckpt_lib.latest_step(root) == 5
-    _, _, step = ckpt_lib.load_model_checkpoint(tmp_path)
+    assert workdir_lib.latest_step(root) == 5
+    _, _, step = config_lib.load_checkpoint(tmp_path)
     assert step == 5
 
 
 def test_missing_checkpoint_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
-        ckpt_lib.load_model_checkpoint(tmp_path)
+        config_lib.load_checkpoint(tmp_path)

@@ -8,7 +8,8 @@ import time
 import jax
 import pytest
 
-from crema_jax import checkpoint as ckpt_lib
+from crema_jax.runtime import checkpoint as ckpt_lib
+from crema_jax.runtime import workdir as workdir_lib
 from crema_jax.train import trainer
 from tests.train.helpers import start_cli, tiny_config
 
@@ -33,13 +34,13 @@ def test_damaged_incomplete_and_stale_are_survived(tmp_path, capsys):
     workdir = tmp_path / "run"
     _run(workdir, **{"train.num_steps": 4})
     root = workdir / "checkpoints"
-    assert ckpt_lib.complete_steps(root) == [2, 4]
+    assert workdir_lib.complete_steps(root) == [2, 4]
 
     # Step 4's array data overwritten (a disk fault), and the lock of a run that died.
     for path in (root / "4" / "params").rglob("*"):
         if path.is_file() and path.parent.name == "d":
             path.write_bytes(b"\0garbage" * 8)
-    (workdir / ckpt_lib.WorkdirLock.NAME).write_text(json.dumps(
+    (workdir / workdir_lib.WorkdirLock.NAME).write_text(json.dumps(
         {"pid": _dead_pid(), "host": socket.gethostname(), "started": "earlier"}))
     capsys.readouterr()
     out = _run(workdir, **{"train.num_steps": 6})
@@ -49,34 +50,34 @@ def test_damaged_incomplete_and_stale_are_survived(tmp_path, capsys):
     assert sorted(out["losses"]) == [3, 4, 5, 6]
     damaged = [p.name for p in root.iterdir() if p.name.startswith("4.damaged-")]
     assert len(damaged) == 1 and (root / damaged[0] / "params").is_dir()   # kept, not deleted
-    assert not (workdir / ckpt_lib.WorkdirLock.NAME).exists()            # released
+    assert not (workdir / workdir_lib.WorkdirLock.NAME).exists()            # released
 
     # A crash while saving step 6: its commit marker never written. The rerun is not blocked.
-    (root / "6" / ckpt_lib.COMMIT_MARKER).unlink()
+    (root / "6" / workdir_lib.COMMIT_MARKER).unlink()
     out = _run(workdir, **{"train.num_steps": 8})
     printed = capsys.readouterr().out
     assert "checkpoint step 6 was left incomplete" in printed and "resumed from step 4" in printed
     assert sorted(out["losses"]) == [5, 6, 7, 8]
-    assert ckpt_lib.complete_steps(root)[-1] == 8
+    assert workdir_lib.complete_steps(root)[-1] == 8
     assert any(p.name.startswith("6.incomplete-") for p in root.iterdir())
 
 
 def test_an_item_without_its_commit_marker_is_not_a_step(tmp_path):
     _run(tmp_path, **{"train.num_steps": 2})
     root = tmp_path / "checkpoints"
-    assert ckpt_lib.latest_step(root) == 2
-    (root / "2" / "opt_state" / ckpt_lib.COMMIT_MARKER).unlink()
-    assert ckpt_lib.latest_step(root) is None
+    assert workdir_lib.latest_step(root) == 2
+    (root / "2" / "opt_state" / workdir_lib.COMMIT_MARKER).unlink()
+    assert workdir_lib.latest_step(root) is None
 
 
 def test_starting_over_on_a_used_workdir_needs_overwrite(tmp_path):
     _run(tmp_path, **{"train.num_steps": 2})
     with pytest.raises(ValueError, match="checkpoint.overwrite=True"):
         _run(tmp_path, **{"train.num_steps": 2, "checkpoint.resume": False})
-    assert ckpt_lib.complete_steps(tmp_path / "checkpoints") == [2]
-    notes = ckpt_lib.prepare_workdir(tmp_path, resume=False, overwrite=True)
+    assert workdir_lib.complete_steps(tmp_path / "checkpoints") == [2]
+    notes = workdir_lib.prepare_workdir(tmp_path, resume=False, overwrite=True)
     moved = [p for p in tmp_path.iterdir() if p.name.startswith("checkpoints.replaced-")]
-    assert len(moved) == 1 and ckpt_lib.complete_steps(moved[0]) == [2] and notes
+    assert len(moved) == 1 and workdir_lib.complete_steps(moved[0]) == [2] and notes
 
 
 def test_resuming_with_another_model_names_the_field(tmp_path, capsys):
@@ -93,8 +94,8 @@ def test_a_second_run_on_the_same_workdir_is_refused(tmp_path, jax_cache_dir):
     """Two real processes: the second is refused at once; the first finishes with its
     checkpoints intact."""
     first = start_cli(tmp_path, "--config.train.num_steps=6", "--config.checkpoint.every_steps=2",
-                      "--config.train.debug_step_delay_seconds=1.0", cache_dir=jax_cache_dir)
-    lock = tmp_path / ckpt_lib.WorkdirLock.NAME
+                      step_delay_seconds=1.0, cache_dir=jax_cache_dir)
+    lock = tmp_path / workdir_lib.WorkdirLock.NAME
     deadline = time.time() + 300
     while not lock.exists() and first.poll() is None and time.time() < deadline:
         time.sleep(0.2)
@@ -106,6 +107,6 @@ def test_a_second_run_on_the_same_workdir_is_refused(tmp_path, jax_cache_dir):
     assert lines and "is in use: a run by pid" in lines[-1] and str(first.pid) in lines[-1]
     out1, _ = first.communicate(timeout=600)
     assert first.returncode == 0, out1
-    assert ckpt_lib.complete_steps(tmp_path / "checkpoints")[-1] == 6
+    assert workdir_lib.complete_steps(tmp_path / "checkpoints")[-1] == 6
     params, _, step = ckpt_lib.load_model_checkpoint(tmp_path)
     assert step == 6 and not lock.exists()

@@ -3,23 +3,22 @@ config.train.global_batch_size, and the XLA:CPU workaround (layers.residual_boun
 program only, never in one compiled for a TPU slice."""
 import jax
 import pytest
-from flax import nnx
 
-from crema_jax.data import batch as batch_lib
-from crema_jax.train import mesh as mesh_lib
+from crema_jax.data.pipeline import batch as batch_lib
+from crema_jax.runtime import mesh as mesh_lib
 from crema_jax.train import trainer
 from tests.train.helpers import tiny_config
 
 
 def _lowered(config, devices):
-    """(parts, the step lowered to StableHLO) for `devices`."""
-    parts = trainer.build(config, devices=devices)
+    """(setup, the step lowered to StableHLO) for `devices`."""
+    setup = trainer.build(config, devices=devices)
     batch = mesh_lib.abstract_batch(batch_lib.pretrain_spec(config.data,
-                                                            parts["per_process_batch"]),
-                                    parts["mesh"])
-    rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=parts["replicated"])
-    with jax.set_mesh(parts["mesh"]), nnx.logical_axis_rules(parts["rules"]):
-        return parts, parts["jitted"].lower(trainer.abstract_state(parts, config), batch, rng)
+                                                            setup.per_process_batch),
+                                    setup.mesh)
+    rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=setup.replicated)
+    with setup.on_mesh():
+        return setup, setup.step_fn.lower(trainer.abstract_state(setup), batch, rng)
 
 
 # The workaround's trace in StableHLO: its opaque predicate, an rng draw (nothing else in the
@@ -32,9 +31,9 @@ def test_global_batch_size_sets_the_global_batch_on_8_devices():
     flops = {}
     for global_batch in (8, 16):
         config = tiny_config(**{"train.global_batch_size": global_batch, "mesh.data": 8})
-        parts, lowered = _lowered(config, jax.devices()[:8])
-        assert parts["global_batch"] == global_batch and parts["mesh"].shape["data"] == 8
-        assert parts["per_process_batch"] == global_batch            # one process
+        setup, lowered = _lowered(config, jax.devices()[:8])
+        assert setup.global_batch == global_batch and setup.mesh.shape["data"] == 8
+        assert setup.per_process_batch == global_batch            # one process
         patches = lowered.args_info[0][1]["patches"]   # (args, kwargs): (state, batch, rng)
         assert patches.shape[0] == global_batch                      # what the step is fed
         flops[global_batch] = lowered.cost_analysis()["flops"]
@@ -51,7 +50,7 @@ def test_a_tpu_program_carries_no_cpu_workaround():
     config = tiny_config(**{"train.global_batch_size": 8, "mesh.data": 4})
     _, cpu = _lowered(config, jax.devices()[:4])
     assert WORKAROUND in cpu.as_text()                              # the workaround, on CPU
-    parts, tpu = _lowered(config, mesh_lib.tpu_topology_devices("v5e:2x2"))
-    assert parts["mesh"].devices.flat[0].platform == "tpu"
-    assert parts["model_cfg"].residual_boundary == "off"
+    setup, tpu = _lowered(config, mesh_lib.tpu_topology_devices("v5e:2x2"))
+    assert setup.mesh.devices.flat[0].platform == "tpu"
+    assert setup.model_cfg.residual_boundary == "off"
     assert WORKAROUND not in tpu.as_text()   # (the dry-run test compiles such a program)

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from crema_jax import checkpoint as ckpt_lib
-from crema_jax.data import layouts
-from crema_jax.evaluate import evaluators, reconstruction
+from crema_jax.runtime import workdir as workdir_lib
+from crema_jax.data.index import dataset_index
+from crema_jax.data.index import registry
+from crema_jax.evaluate import evaluators
 from crema_jax.train import trainer
 from tests.train.helpers import start_cli, tiny_config
 
@@ -20,7 +21,7 @@ def _bundled(**overrides):
     """The tiny model on the bundled real records, both evaluators every 2 steps."""
     config = tiny_config(**overrides)
     config.data.synthetic_records = 0
-    config.data.root = str(layouts.sample_data_dir())
+    config.data.root = str(dataset_index.sample_data_dir())
     config.data.layout_options = {"val_fraction": 0.15, "test_fraction": 0.25}
     config.evals.names = ("reconstruction", "fewshot_probe")
     config.evals.every_steps = 2
@@ -66,7 +67,7 @@ def test_reconstruction_figure_is_the_masked_mse_of_the_held_back_records(run):
     recon = [e for e in result["evaluators"] if e.name == "reconstruction"][0]
     batch, pred = recon.batch, recon.last
     assert len(recon.paths) == 4
-    test_ids = {i.path for i in layouts.build_index(
+    test_ids = {i.path for i in registry.build_index(
         "wfdb_folder", config.data.root, **dict(config.data.layout_options)).records
         if i.split == "test"}
     assert set(recon.paths) <= test_ids
@@ -119,11 +120,11 @@ def test_evaluations_continue_after_kill_minus_9(tmp_path, jax_cache_dir):
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
     work = tmp_path / "drill"
-    proc = start_cli(work, *evals, "--config.train.debug_step_delay_seconds=1.0",
+    proc = start_cli(work, *evals, step_delay_seconds=1.0,
                      cache_dir=jax_cache_dir)
     import time
     deadline = time.time() + 600
-    while (ckpt_lib.latest_step(work / "checkpoints") or 0) < 2 and time.time() < deadline:
+    while (workdir_lib.latest_step(work / "checkpoints") or 0) < 2 and time.time() < deadline:
         assert proc.poll() is None, proc.stdout.read()
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)

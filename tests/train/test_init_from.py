@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from crema_jax.models import params as params_lib
-from crema_jax import checkpoint as ckpt_lib
+from crema_jax.runtime import checkpoint as ckpt_lib
+from crema_jax.runtime import workdir as workdir_lib
 from crema_jax.train import trainer
 from tests.train.helpers import tiny_config
 
@@ -94,7 +95,7 @@ def test_init_from_starts_from_the_saved_weights_with_scan_layers(tmp_path, tiny
     assert {"encoder/pos_embedding", "decoder/pos_embedding"} <= set(_flat(state["fixed"]))
     # The run's own checkpoint (step 2) is a full training checkpoint of the same weights.
     params, _, step = ckpt_lib.load_model_checkpoint(tmp_path / "run")
-    assert step == 2 and ckpt_lib.has_train_state(tmp_path / "run", 2)
+    assert step == 2 and workdir_lib.has_train_state(tmp_path / "run", 2)
     np.testing.assert_array_equal(_flat(params)["encoder/pos_embedding"],
                                   saved["encoder/pos_embedding"])
 
@@ -115,7 +116,7 @@ def test_params_only_workdir_continues_with_fresh_optimizer(tmp_path, tiny_param
     kernels = [v for p, v in fresh.items() if p.endswith("kernel")]
     assert len(fresh) == 4 and len(kernels) == 2
     assert all(np.isfinite(v).all() and v.std() > 0.01 for v in kernels)  # xavier, not zeros
-    assert ckpt_lib.latest_step(ckpt_lib.checkpoints_dir(workdir)) == 2
+    assert workdir_lib.latest_step(workdir_lib.checkpoints_dir(workdir)) == 2
 
 
 def test_other_architecture_is_a_clear_error(tmp_path, tiny_params):

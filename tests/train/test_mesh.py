@@ -4,7 +4,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from crema_jax.train import mesh as mesh_lib
+from crema_jax.models.sharding import DEFAULT_RULES
+from crema_jax.runtime import mesh as mesh_lib
 
 
 def _cfg(data, fsdp, tensor, rules=()):
@@ -25,10 +26,10 @@ def test_bad_mesh_shapes_are_rejected(sizes):
 
 def test_rules_follow_the_model_defaults_and_config_overrides():
     mesh = mesh_lib.make_mesh(_cfg(2, 2, 2))
-    rules = dict(mesh_lib.logical_rules(mesh, _cfg(2, 2, 2)))
+    rules = dict(mesh_lib.logical_rules(mesh, _cfg(2, 2, 2), DEFAULT_RULES))
     assert rules["embed"] == "fsdp" and rules["mlp"] == "tensor"
-    rules = dict(mesh_lib.logical_rules(mesh, _cfg(2, 2, 2, rules=(("mlp", None),
-                                                                   ("embed", "tensor")))))
+    overrides = (("mlp", None), ("embed", "tensor"))
+    rules = dict(mesh_lib.logical_rules(mesh, _cfg(2, 2, 2, rules=overrides), DEFAULT_RULES))
     assert rules["mlp"] is None and rules["embed"] == "tensor"
 
 
@@ -44,6 +45,6 @@ def test_global_batch_is_split_over_data_and_fsdp():
 
 def test_replicate_places_a_full_copy_on_every_device():
     mesh = mesh_lib.make_mesh(_cfg(2, 2, 2))
-    x = mesh_lib.replicate(np.array([1, 2, 3], np.uint32), mesh_lib.replicated(mesh))
+    x = mesh_lib.place(np.array([1, 2, 3], np.uint32), mesh_lib.replicated(mesh))
     assert len(x.addressable_shards) == jax.device_count()
     assert all(np.array_equal(s.data, [1, 2, 3]) for s in x.addressable_shards)

@@ -6,7 +6,8 @@ import socket
 import jax
 import numpy as np
 
-from crema_jax.data import pipeline
+from crema_jax.data.pipeline import datasets
+from crema_jax.data.pipeline import sources
 from crema_jax.train import trainer
 from tests.train.helpers import start_cli, tiny_config
 
@@ -26,8 +27,8 @@ class _TwoProcessBatches:
     def __init__(self, config):
         local = tiny_config().data
         local.batch_size = PER_PROCESS_BATCH
-        source = pipeline.make_source(local)
-        self.iters = [iter(pipeline.make_pretrain_dataset(local, source=source,
+        source = sources.make_source(local)
+        self.iters = [iter(datasets.make_pretrain_dataset(local, source=source,
                                                           process_index=i, process_count=2))
                       for i in range(2)]
 

@@ -9,10 +9,10 @@ import optax
 from flax import nnx
 
 from crema_jax import models
-from crema_jax.data import masking
+from crema_jax.data.pipeline import masking
 from crema_jax.losses import get_loss
 from crema_jax import config as config_lib
-from crema_jax.train import optimizer
+from crema_jax.runtime import optimizer
 from crema_jax.train import step as step_lib
 from tests.train.helpers import tiny_config
 
@@ -108,7 +108,8 @@ def test_gradient_accumulation_equals_the_big_batch_update():
     state = {"params": params, "fixed": fixed, "opt_state": tx.init(params),
              "step": jnp.zeros((), jnp.int32)}
     batch = _mae_batch(8, config)
-    common = dict(graphdef=graphdef, tx=tx, schedule=sched, loss_fn=get_loss(config.loss))
+    common = dict(loss_of=step_lib.pretraining_loss(graphdef, get_loss(config.loss)), tx=tx,
+                  schedule=sched)
     outs = {}
     for accum in (1, 4):
         fn = jax.jit(functools.partial(step_lib.train_step, grad_accum_steps=accum, **common))

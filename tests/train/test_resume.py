@@ -7,11 +7,11 @@ import time
 import numpy as np
 import pytest
 
-from crema_jax import checkpoint as ckpt_lib
+from crema_jax import config as config_lib
+from crema_jax.runtime import workdir as workdir_lib
 from tests.train.helpers import start_cli
 
 STEPS = ("--config.train.num_steps=8", "--config.checkpoint.every_steps=2")
-SLOW = ("--config.train.debug_step_delay_seconds=1.0",)
 
 
 def _losses(workdir) -> dict[int, list[float]]:
@@ -55,21 +55,21 @@ def drills(tmp_path_factory, jax_cache_dir):
     # 2. kill -9 right after the step-2 checkpoint is committed.
     work = tmp_path_factory.mktemp("drill")
     ckpts = work / "checkpoints"
-    proc = start_cli(work, *STEPS, *SLOW, cache_dir=jax_cache_dir)
-    _wait_for(lambda: (ckpt_lib.latest_step(ckpts) or 0) >= 2, proc)
+    proc = start_cli(work, *STEPS, step_delay_seconds=1.0, cache_dir=jax_cache_dir)
+    _wait_for(lambda: (workdir_lib.latest_step(ckpts) or 0) >= 2, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = max(_losses(work))
-    after_kill = ckpt_lib.latest_step(ckpts)
+    after_kill = workdir_lib.latest_step(ckpts)
 
     # 3. Restart; SIGTERM once it has trained past the restored step.
-    proc = start_cli(work, *STEPS, *SLOW, cache_dir=jax_cache_dir)
+    proc = start_cli(work, *STEPS, step_delay_seconds=1.0, cache_dir=jax_cache_dir)
     lines_before = _num_lines(work)
     _wait_for(lambda: _num_lines(work) > lines_before, proc)
     proc.send_signal(signal.SIGTERM)
     term_out = _finish(proc)
     term_rc = proc.returncode
-    after_term = ckpt_lib.latest_step(ckpts)
+    after_term = workdir_lib.latest_step(ckpts)
 
     # 4. Restart to the end.
     final_out = _finish(start_cli(work, *STEPS, cache_dir=jax_cache_dir))
@@ -95,7 +95,7 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(drills):
     assert step > drills["after_kill"]
     assert f"resumed from step {step}" in drills["final_out"]
     assert "step 8/8" in drills["final_out"]
-    params, config, saved = ckpt_lib.load_model_checkpoint(drills["workdir"])
+    params, config, saved = config_lib.load_checkpoint(drills["workdir"])
     assert saved == 8 and config.train.num_steps == 8
     assert all(np.isfinite(v).all() for v in _leaves(params))
 

@@ -7,11 +7,11 @@ import jax
 import numpy as np
 import optax
 import pytest
-from flax import nnx
 
-from crema_jax import checkpoint as ckpt_lib
-from crema_jax.train import step as step_lib
-from crema_jax.train import trainer
+from crema_jax.runtime import trees
+from crema_jax.runtime import checkpoint as ckpt_lib
+from crema_jax.runtime import workdir as workdir_lib
+from crema_jax.train import hooks, trainer
 from tests.train.helpers import tiny_config
 
 MESHES = {"data8": (8, 1, 1), "data2_fsdp4": (2, 4, 1), "data2_fsdp2_tensor2": (2, 2, 2)}
@@ -103,13 +103,13 @@ def test_restore_onto_a_different_mesh(sharded_runs):
     """A checkpoint from the data=8 mesh restored onto data 2 x fsdp 2 x tensor 2."""
     run, workdir = sharded_runs["data8"]
     config = tiny_config(**{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2})
-    parts = trainer.build(config)
-    target = trainer.abstract_state(parts, config)
+    setup = trainer.build(config)
+    target = trainer.abstract_state(setup)
     manager = ckpt_lib.make_manager(workdir)
     assert manager.latest_step() == 5
-    with jax.set_mesh(parts["mesh"]), nnx.logical_axis_rules(parts["rules"]):
+    with setup.on_mesh():
         restored = ckpt_lib.restore_train_state(
-            manager, 5, abstract_params=step_lib.merge_trees(target["params"], target["fixed"]),
+            manager, 5, abstract_params=trees.merge(target["params"], target["fixed"]),
             abstract_opt_state=target["opt_state"])
     manager.close()
     kernel = restored["params"]["encoder"]["blocks"][0]["mlp"]["fc1"]["kernel"]
@@ -117,7 +117,7 @@ def test_restore_onto_a_different_mesh(sharded_runs):
     assert dict(kernel.sharding.mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
     saved = jax.device_get(run["state"])
     for got, want in zip(jax.tree.leaves(restored["params"]),
-                         jax.tree.leaves(step_lib.merge_trees(saved["params"], saved["fixed"]))):
+                         jax.tree.leaves(trees.merge(saved["params"], saved["fixed"]))):
         np.testing.assert_array_equal(np.asarray(got), want)
     for got, want in zip(jax.tree.leaves(restored["opt_state"]),
                          jax.tree.leaves(saved["opt_state"])):
@@ -128,10 +128,11 @@ def test_restore_onto_a_different_mesh(sharded_runs):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-    config = tiny_config(**{"train.inject_nan_at_step": 4})
+    config = tiny_config()
     with pytest.raises(trainer.NonFiniteLossError, match=r"at step 4\b.*step 2"):
-        trainer.train(config, tmp_path, devices=jax.devices()[:1])
-    assert ckpt_lib.latest_step(tmp_path / "checkpoints") == 2
+        trainer.train(config, tmp_path, devices=jax.devices()[:1],
+                      drill=hooks.FaultDrill(nan_batch_at_step=4))
+    assert workdir_lib.latest_step(tmp_path / "checkpoints") == 2
     params, _, step = ckpt_lib.load_model_checkpoint(tmp_path)
     assert step == 2
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))

@@ -1,0 +1,342 @@
+"""Converting a dataset into the preprocessed ArrayRecord cache (`crema-jax prepare`; its files:
+record_format.py).
+
+- Records are split into shards in layout order (records_per_shard each); one worker process
+  writes one shard at a time.
+- Resumable: each shard is written under a temporary name and renamed when complete (its JSON
+  sidecar last); a restart skips finished shards, so an interrupted-then-restarted run produces
+  exactly the files of an uninterrupted one. Restarting with other settings is refused.
+- Many hosts (num_hosts H > 1, one folder they all see: NFS, Filestore, a gcsfuse mount): host h
+  writes its block of shards (hosts.py: the same shards, whatever H); host 0 writes
+  settings.json first (the others wait for it), then, once every shard's sidecar exists, merges
+  them into index.json and summary.json, so the folder equals a one-host run's byte for byte. A
+  killed host is rerun with the same flags: it finishes its own missing shards only. merge_only
+  (`--merge`) merges shards written elsewhere (e.g. copied into one folder) without waiting.
+- Bad records are skipped and reported (a table by reason; per host, then for the whole cache;
+  summary.json with the paths); strict=True stops at the first bad record.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+import time
+
+from crema_jax.data import presets
+from crema_jax.data.cache import hosts
+from crema_jax.data.cache import record_format
+from crema_jax.data.cache.shard_writer import build_shard
+from crema_jax.data.index import registry
+from crema_jax.data.index.dataset_index import DatasetIndex
+from crema_jax.data.signal.preprocess import stage_config
+from crema_jax.runtime import files
+
+
+class PrepareError(ValueError):
+    """A cache that cannot be built as asked; the message says why."""
+
+
+def _settings(index, opts: dict, preprocess_cfg) -> dict:
+    paths = hashlib.sha1("\n".join(r.path for r in index.records).encode()).hexdigest()
+    return {"format": "crema_jax.cache/1", "layout": opts["layout"],
+            "layout_options": opts["layout_options"],
+            "root": os.path.abspath(opts["root"]), "target_fs": float(opts["target_fs"]),
+            "preprocess_preset": opts["preprocess"], "preprocess": preprocess_cfg,
+            "derive_limb_leads": True, "dtype": opts["dtype"],
+            "records_per_shard": int(opts["records_per_shard"]),
+            "num_records": len(index.records), "records_sha1": paths}
+
+
+def _check_or_write_settings(out: str, settings: dict, *, write: bool) -> None:
+    path = os.path.join(out, record_format.SETTINGS_FILE)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+        changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if changed:
+            raise PrepareError(f"{out} holds a cache built with other settings (changed: "
+                               f"{', '.join(changed)}); use a new --out folder")
+    elif write:
+        files.write_json_atomic(path, settings)
+    else:
+        raise PrepareError(f"{out}: no {record_format.SETTINGS_FILE}; nothing to merge (run "
+                           "prepare there first)")
+
+
+def _wait(missing, wait_s: float, what: str, poll_s: float) -> list:
+    """Poll `missing()` (the things not there yet) until it is empty or wait_s (0 = no limit)
+    has passed; a status line every minute. Returns what is still missing."""
+    start = last = time.monotonic()
+    left = missing()
+    while left and (wait_s <= 0 or time.monotonic() - start < wait_s):
+        if time.monotonic() - last >= 60:
+            sys.stderr.write(f"prepare: waiting for {what}: {len(left)} missing "
+                             f"({', '.join(map(str, left[:3]))}{', ...' if len(left) > 3 else ''})"
+                             "\n")
+            last = time.monotonic()
+        time.sleep(poll_s)
+        left = missing()
+    return left
+
+
+class _Progress:
+    """One status line: shards, records, skips, ECG/s of this run and the ETA of this host."""
+
+    def __init__(self, label: str, total: int, done: list, todo_records: int):
+        self.label, self.total, self.todo = label, total, todo_records
+        self.shards = len(done)
+        self.records = sum(s["num_records"] for s in done)
+        self.skipped = sum(len(s["skipped"]) for s in done)
+        self.seen, self.start = 0, time.monotonic()
+        self.show()
+
+    def add(self, sidecar: dict) -> None:
+        self.shards += 1
+        self.records += sidecar["num_records"]
+        self.skipped += len(sidecar["skipped"])
+        self.seen += sidecar["num_records"] + len(sidecar["skipped"])
+        self.show()
+
+    def show(self) -> None:
+        if not self.total:
+            return
+        elapsed = time.monotonic() - self.start
+        eta = ""
+        if self.seen and elapsed > 0:
+            rate = self.seen / elapsed
+            left = int(max(self.todo - self.seen, 0) / rate)
+            eta = f", {rate:.0f} ECG/s, ETA {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
+        sys.stderr.write(f"\rprepare{self.label}: {self.shards}/{self.total} shards, "
+                         f"{self.records} records, {self.skipped} skipped{eta}")
+        sys.stderr.flush()
+
+
+def _run_tasks(tasks: list[dict], workers: int):
+    """Yield shard results as they finish (worker processes, or in-process when workers <= 1)."""
+    if workers <= 1:
+        for task in tasks:
+            yield build_shard(task)
+        return
+    # spawn: worker processes must not inherit a parent's threads (JAX, Grain, pytest).
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = [pool.submit(build_shard, task) for task in tasks]
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                yield future.result()
+        finally:
+            for future in futures:
+                future.cancel()
+
+
+def _load_sidecar(out: str, name: str) -> dict | None:
+    path = os.path.join(out, name + ".json")
+    if not (os.path.isfile(path) and os.path.isfile(os.path.join(out, name + ".arrayrecord"))):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _skip_table(sidecars) -> dict:
+    skipped = collections.defaultdict(list)
+    for sidecar in sidecars:
+        for skip in sidecar["skipped"]:
+            skipped[skip["reason"]].append(skip["path"])
+    return {reason: {"count": len(paths), "paths": sorted(paths)}
+            for reason, paths in sorted(skipped.items())}
+
+
+def _print_table(skipped: dict, title: str = "") -> None:
+    if skipped:
+        width = max(len("reason"), *(len(r) for r in skipped))
+        print(f"{'reason'.ljust(width)}  skipped{title}")
+        for reason, entry in skipped.items():
+            print(f"{reason.ljust(width)}  {entry['count']}")
+
+
+def _finish(out: str, index, settings: dict, sidecars: list[dict]) -> tuple[int, dict]:
+    """Merge every shard's sidecar (in shard order) into index.json and summary.json."""
+    rows = [row for sidecar in sidecars for row in sidecar["records"]]
+    files.write_json_atomic(os.path.join(out, record_format.INDEX_FILE), {
+        "settings": settings, "label_names": list(index.label_names),
+        "shards": [{"file": s["file"], "num_records": s["num_records"]} for s in sidecars],
+        "records": rows})
+    skipped = _skip_table(sidecars)
+    files.write_json_atomic(os.path.join(out, record_format.SUMMARY_FILE),
+                            {"records_written": len(rows), "skipped": skipped})
+    return len(rows), skipped
+
+
+def _task(out, s, num_shards, records, opts) -> dict:
+    return {"out_dir": out, "shard": s, "num_shards": num_shards,
+            "records": [{"record_id": r.record_id, "path": str(r.path), "labels": list(r.labels),
+                         "split": r.split, "source": r.source, "reader": r.reader}
+                        for r in records],
+            "target_fs": float(opts["target_fs"]), "preprocess": opts["preprocess_cfg"],
+            "derive_limb_leads": True, "dtype": opts["dtype"], "strict": opts["strict"]}
+
+
+def prepare(*, layout: str, root: str, out: str, layout_options: dict | None = None,
+            workers: int = 2, strict: bool = False, target_fs: float = 250.0,
+            preprocess: str = "crema", records_per_shard: int = 1024, dtype: str = "int16",
+            stop_after_shards: int = 0, num_hosts: int = 1, host_index: int = 0,
+            merge_only: bool = False, wait_s: float = 0.0, poll_s: float = 1.0) -> dict:
+    """Builds (or resumes) this host's part of the cache in `out`, and (host 0, or merge_only)
+    merges the index; prints progress and the skip tables.
+
+    Returns {"records": N, "skipped": {reason: {"count", "paths"}}, "stopped": bool, "merged":
+    bool, "shards": range}: the whole cache's figures when merged, else this host's; stopped:
+    stop_after_shards new shards were written and the rest was left for a rerun. wait_s: how
+    long host 0 waits for the other hosts' shards (and they for its settings.json); 0 = no limit.
+    """
+    _check_flags(layout=layout, preprocess=preprocess, dtype=dtype,
+                 records_per_shard=records_per_shard, num_hosts=num_hosts, host_index=host_index)
+    plan = _plan(layout=layout, root=root, out=out, layout_options=dict(layout_options or {}),
+                 target_fs=target_fs, preprocess=preprocess, dtype=dtype,
+                 records_per_shard=records_per_shard, num_hosts=num_hosts,
+                 host_index=host_index, merge_only=merge_only)
+    _claim_output(plan, root, merge_only=merge_only, wait_s=wait_s, poll_s=poll_s)
+    mine = plan.mine
+    sidecars = {s: _load_sidecar(out, plan.names[s]) for s in mine}
+    progress, stopped = _write_shards(plan, sidecars, workers=workers, strict=strict,
+                                      stop_after_shards=stop_after_shards)
+    if stopped:
+        return {"records": progress.records, "skipped": {}, "stopped": True, "merged": False,
+                "shards": mine}
+    if mine:
+        sys.stderr.write("\n")
+    host_skipped = _skip_table(sidecars[s] for s in mine)
+    if num_hosts > 1 and mine:
+        _print_table(host_skipped, f" (host {host_index}, shards {mine.start}-{mine.stop - 1})")
+    if not plan.merges:
+        return {"records": progress.records, "skipped": host_skipped, "stopped": False,
+                "merged": False, "shards": mine}
+    written, skipped = _merge(plan, sidecars, num_hosts=num_hosts, merge_only=merge_only,
+                              wait_s=wait_s, poll_s=poll_s)
+    _print_table(skipped)
+    return {"records": written, "skipped": skipped, "stopped": False, "merged": True,
+            "shards": mine}
+
+
+def _check_flags(*, layout, preprocess, dtype, records_per_shard, num_hosts, host_index) -> None:
+    if layout not in registry.LAYOUTS:
+        raise PrepareError(f"--layout={layout!r}; expected one of {sorted(registry.LAYOUTS)}")
+    if preprocess not in presets.PRESETS:
+        raise PrepareError(f"--preprocess={preprocess!r}; expected one of "
+                           f"{sorted(presets.PRESETS)}")
+    if dtype not in record_format.DTYPE_CODES:
+        raise PrepareError(f"--dtype={dtype!r}; expected one of "
+                           f"{sorted(record_format.DTYPE_CODES)}")
+    if records_per_shard <= 0:
+        raise PrepareError("--records_per_shard must be positive")
+    hosts.host_shards(1, num_hosts, host_index)  # checks the pair
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """The cache to build and this host's part of it."""
+    out: str
+    index: DatasetIndex
+    settings: dict              # settings.json: what the cache is built from
+    task_options: dict          # target_fs, preprocess_cfg, dtype (and strict, added later)
+    records_per_shard: int
+    names: list                 # every shard's file name without extension, in shard order
+    mine: range                 # the shards this host writes
+    merges: bool                # host 0 (or --merge): owns settings.json, index and summary
+    label: str                  # " [host h/H]" on progress lines of a many-host run
+
+
+def _plan(*, layout, root, out, layout_options, target_fs, preprocess, dtype, records_per_shard,
+          num_hosts, host_index, merge_only) -> _Plan:
+    index = registry.build_index(layout, root, **layout_options)
+    preprocess_cfg = presets.preprocessing(preprocess).to_dict()
+    if stage_config(preprocess_cfg, "record") is None:
+        raise PrepareError(f"--preprocess={preprocess}: it runs on each crop, not on the record, "
+                           "and a cache holds preprocessed records; choose crema, ecgfounder or "
+                           "none")
+    settings = _settings(index, dict(layout=layout, layout_options=layout_options, root=root,
+                                     target_fs=target_fs, preprocess=preprocess, dtype=dtype,
+                                     records_per_shard=records_per_shard), preprocess_cfg)
+    num_shards = max(1, -(-len(index.records) // records_per_shard))
+    return _Plan(
+        out=out, index=index, settings=settings,
+        task_options=dict(target_fs=target_fs, preprocess_cfg=preprocess_cfg, dtype=dtype),
+        records_per_shard=records_per_shard,
+        names=[record_format.shard_name(s, num_shards) for s in range(num_shards)],
+        mine=range(0) if merge_only else hosts.host_shards(num_shards, num_hosts, host_index),
+        merges=merge_only or host_index == 0,
+        label=f" [host {host_index}/{num_hosts}]" if num_hosts > 1 else "")
+
+
+def _claim_output(plan: _Plan, root: str, *, merge_only: bool, wait_s: float,
+                  poll_s: float) -> None:
+    """The output folder checked, this host's crashed half-written files removed, and the
+    settings written (host 0) or checked against the ones there."""
+    out = plan.out
+    # Host 0 owns settings.json (and the index); the other hosts wait for it, then check it.
+    settings_path = os.path.join(out, record_format.SETTINGS_FILE)
+    if not (plan.merges or os.path.isfile(settings_path)):
+        if _wait(lambda: [] if os.path.isfile(settings_path) else [settings_path], wait_s,
+                 "host 0's settings.json", poll_s):
+            raise PrepareError(f"{settings_path} did not appear within {wait_s:g} s: start host "
+                               "0 (it writes the settings every host checks)")
+    # New, empty, or a cache of ours (its settings.json): a user's own files are never touched.
+    files.check_output_dir(out, marker=record_format.SETTINGS_FILE, flag="--out", inputs=[root],
+                           create=not merge_only)
+    own = [plan.names[s] + ext for s in plan.mine for ext in (".arrayrecord", ".json")]
+    if plan.merges:
+        own += [record_format.SETTINGS_FILE, record_format.INDEX_FILE, record_format.SUMMARY_FILE]
+    files.remove_stale_temporaries(out, names=own)   # this host's crashed half-written files
+    _check_or_write_settings(out, plan.settings, write=plan.merges and not merge_only)
+
+
+def _write_shards(plan: _Plan, sidecars: dict, *, workers: int, strict: bool,
+                  stop_after_shards: int) -> tuple[_Progress, bool]:
+    """Writes this host's shards that have no sidecar yet (filling `sidecars` in); returns the
+    progress and whether it stopped after `stop_after_shards` new shards."""
+    per, num_shards = plan.records_per_shard, len(plan.names)
+    opts = dict(plan.task_options, strict=strict)
+    tasks = [_task(plan.out, s, num_shards, plan.index.records[s * per:(s + 1) * per], opts)
+             for s in plan.mine if sidecars[s] is None]
+    progress = _Progress(plan.label, len(plan.mine),
+                         [s for s in sidecars.values() if s is not None],
+                         sum(len(t["records"]) for t in tasks))
+    new = 0
+    for result in _run_tasks(tasks, workers):
+        if "strict_error" in result:
+            sys.stderr.write("\n")
+            raise PrepareError(f"(--strict) {result['strict_error']}")
+        sidecars[plan.names.index(result["file"][:-len(".arrayrecord")])] = result
+        progress.add(result)
+        new += 1
+        if stop_after_shards and new >= stop_after_shards:
+            sys.stderr.write("\n")
+            return progress, True
+    return progress, False
+
+
+def _merge(plan: _Plan, sidecars: dict, *, num_hosts: int, merge_only: bool, wait_s: float,
+           poll_s: float) -> tuple[int, dict]:
+    """Once every shard's sidecar is there (waiting for the other hosts unless merge_only),
+    writes index.json and summary.json; returns (records written, skip table)."""
+    names, num_shards = plan.names, len(plan.names)
+
+    def missing():
+        for s in range(num_shards):
+            if sidecars.get(s) is None:
+                sidecars[s] = _load_sidecar(plan.out, names[s])
+        return [names[s] for s in range(num_shards) if sidecars[s] is None]
+    left = missing() if merge_only else _wait(missing, wait_s, "the other hosts' shards", poll_s)
+    if left:
+        owners = sorted({hosts.host_of_shard(names.index(n), num_shards, max(num_hosts, 1))
+                         for n in left})
+        raise PrepareError(f"{len(left)} of {num_shards} shards are not written yet ({left[0]}"
+                           f"{', ...' if len(left) > 1 else ''}; hosts {owners} of {num_hosts}): "
+                           "run (or rerun) those hosts, then `crema-jax prepare ... --merge`")
+    return _finish(plan.out, plan.index, plan.settings,
+                   [sidecars[s] for s in range(num_shards)])

@@ -1,0 +1,68 @@
+"""Writing one shard of the cache (a `crema-jax prepare` worker task): read, preprocess and
+encode its records, write the ArrayRecord file and its JSON sidecar, atomically."""
+from __future__ import annotations
+
+import os
+from typing import Mapping, Sequence
+
+import ml_collections
+from array_record.python.array_record_module import ArrayRecordWriter
+
+from crema_jax.data.cache.record_format import WRITER_OPTIONS, encode_record, shard_name
+from crema_jax.data.reading import read as read_lib
+from crema_jax.data.reading.ecg import RecordError
+from crema_jax.data.signal.preprocess import preprocess_record
+from crema_jax.runtime import files
+
+
+def write_arrayrecord_atomic(path: str, payloads: Sequence[bytes]) -> None:
+    def write(tmp):
+        writer = ArrayRecordWriter(tmp, WRITER_OPTIONS)
+        for payload in payloads:
+            writer.write(payload)
+        writer.close()
+    files.write_atomic(path, write)
+
+
+def build_shard(task: Mapping) -> dict:
+    """Read, preprocess and write the records of one shard; return its sidecar metadata.
+
+    `task`: out_dir, shard, num_shards, records (RecordInfo fields as dicts: record_id, path,
+    labels, split, source, reader), target_fs, preprocess (dict or None), derive_limb_leads,
+    dtype, strict. Runs in a worker process, so it
+    returns plain data; a bad record under `strict` comes back as {"strict_error": message}
+    (exceptions with custom constructors do not survive the trip between processes).
+    """
+    name = shard_name(task["shard"], task["num_shards"])
+    cfg = None if task["preprocess"] is None else ml_collections.ConfigDict(task["preprocess"])
+    payloads, rows, skipped = [], [], []
+    for info in task["records"]:
+        reader = info.get("reader")
+        info = {k: v for k, v in info.items() if k != "reader"}  # the index row: JSON only
+        try:
+            ecg = read_lib.read(info["path"], reader, target_fs=task["target_fs"],
+                                derive_limb_leads=task["derive_limb_leads"])
+            signal = preprocess_record(ecg.signal, ecg.fs, cfg, ecg.lead_present)
+        except RecordError as e:
+            if task["strict"]:
+                return {"strict_error": str(e)}
+            skipped.append({"path": str(e.path), "reason": e.reason, "message": str(e)})
+            continue
+        except Exception as e:  # noqa: BLE001 - a new kind of broken file must not stop the run.
+            message = f"{info['path']}: unexpected {type(e).__name__} while reading: {e}"
+            if task["strict"]:
+                return {"strict_error": message}
+            skipped.append({"path": info["path"], "reason": "unexpected_error",
+                            "message": message})
+            continue
+        payloads.append(encode_record(signal, ecg.lead_present, task["dtype"]))
+        rows.append({**info, "shard": name + ".arrayrecord", "position": len(rows),
+                     "length": int(signal.shape[1]),
+                     "lead_present": [bool(b) for b in ecg.lead_present],
+                     "repairs": {k: int(v) for k, v in sorted(ecg.repairs.items())}})
+    write_arrayrecord_atomic(os.path.join(task["out_dir"], name + ".arrayrecord"), payloads)
+    sidecar = {"file": name + ".arrayrecord", "num_records": len(rows), "records": rows,
+               "skipped": skipped}
+    # The sidecar is renamed into place last: its presence marks the shard complete.
+    files.write_json_atomic(os.path.join(task["out_dir"], name + ".json"), sidecar)
+    return sidecar

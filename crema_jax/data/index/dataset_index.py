@@ -1,0 +1,162 @@
+"""A dataset's index: one RecordInfo (record, labels, split, source) per record, and the helpers
+every layout shares (splits, labels, sources). The layouts that build an index are in
+registry.py.
+
+A RecordInfo's `reader` says how its record is read (reading/read.py): None for WFDB files, an
+ArrayFormat for arrays (sampling rate, leads, unit), a BadRecord for a record the index knows
+is unusable (read as a skip, counted with every other bad record).
+
+Splits not given by the layout come from `hash_split`: a SHA-1 of the patient id (the record id
+when there is none), so a patient never straddles splits and the assignment is identical in
+every process and Python version (no dependence on `hash()` randomisation).
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import os
+import pathlib
+import re
+from typing import Sequence
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                  "validation": "val", "dev": "val", "test": "test", "testing": "test"}
+# PhysioNet/CinC Challenge 2021 record-id prefixes -> source database. (JS covers both
+# Chapman-Shaoxing and Ningbo, which share one numbering; "ningbo" names the pair.)
+CINC_SOURCES = {"A": "cpsc2018", "Q": "cpsc2018_extra", "I": "incart", "S": "ptb",
+                "HR": "ptbxl", "E": "georgia", "JS": "ningbo"}
+_PREFIX_RE = re.compile(r"^([A-Za-z]+)\d")
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordInfo:
+    record_id: str
+    path: str                  # WFDB record path without extension, or an array locator.
+    labels: tuple[str, ...]
+    split: str                 # "train" | "val" | "test"
+    source: str                # institution / dataset / site.
+    meta: dict = dataclasses.field(default_factory=dict, compare=False)
+    reader: object = None      # None = WFDB; arrays.ArrayFormat or read.BadRecord.
+
+
+@dataclasses.dataclass
+class DatasetIndex:
+    records: list[RecordInfo]
+    label_names: list[str]     # the class vocabulary, in the order of multi-hot label vectors.
+    layout: str = ""
+    root: str = ""
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self):
+        return iter(self.records)
+
+    def __getitem__(self, i) -> RecordInfo:
+        return self.records[i]
+
+    def split(self, name: str) -> list[RecordInfo]:
+        if name not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {name!r}")
+        return [r for r in self.records if r.split == name]
+
+
+def multi_hot(labels: Sequence[Sequence[str]], label_names: Sequence[str]) -> np.ndarray:
+    """float32 (num_records, num_classes); labels outside the vocabulary are ignored."""
+    column = {name: i for i, name in enumerate(label_names)}
+    out = np.zeros((len(labels), len(label_names)), dtype=np.float32)
+    for row, names in enumerate(labels):
+        for name in names:
+            if name in column:
+                out[row, column[name]] = 1.0
+    return out
+
+
+def sample_data_dir() -> pathlib.Path:
+    """The real CinC 2021 records shipped with the package (see sample_data/README.md)."""
+    return pathlib.Path(__file__).resolve().parent.parent / "sample_data"
+
+
+def hash_split(key: str, *, val_fraction: float = 0.1, test_fraction: float = 0.1) -> str:
+    """Deterministic split of `key`: u = first 8 bytes of SHA-1(utf-8 key), big-endian, / 2**64;
+    train if u < 1 - val - test, val if u < 1 - test, else test."""
+    if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction <= 1):
+        raise ValueError(f"split fractions val={val_fraction}, test={test_fraction} must be "
+                         "non-negative and sum to at most 1")
+    u = int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") / 2.0**64
+    if u < 1.0 - val_fraction - test_fraction:
+        return "train"
+    return "val" if u < 1.0 - test_fraction else "test"
+
+
+def infer_source(record_id: str, folder_name: str = "") -> str:
+    """CinC 2021 prefix source ("E07500" -> "georgia"), else the folder name, else "unknown"."""
+    match = _PREFIX_RE.match(record_id)
+    if match and match.group(1).upper() in CINC_SOURCES:
+        return CINC_SOURCES[match.group(1).upper()]
+    return folder_name or "unknown"
+
+
+def vocabulary(records, label_names) -> list[str]:
+    return list(label_names) if label_names is not None else sorted(
+        {label for r in records for label in r.labels})
+
+
+def number(value):
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if number != number else number  # NaN -> None.
+
+
+_LABEL_SEPARATORS = re.compile(r"[;|,]")
+
+
+def parse_labels(value: str) -> tuple[str, ...]:
+    """A CSV labels cell: codes separated by ';', '|' or ',' -> sorted unique codes."""
+    return tuple(sorted({s.strip() for s in _LABEL_SEPARATORS.split(value or "") if s.strip()}))
+
+
+def parse_split(value: str, key: str, *, where: str, val_fraction: float = 0.1,
+                test_fraction: float = 0.1) -> str:
+    """A CSV split cell (train/val/test and their aliases), or hash_split(key) when empty."""
+    split = (value or "").strip().lower()
+    if not split:
+        return hash_split(key, val_fraction=val_fraction, test_fraction=test_fraction)
+    if split not in _SPLIT_ALIASES:
+        raise ValueError(f"{where}: split {split!r}, expected one of {sorted(_SPLIT_ALIASES)}")
+    return _SPLIT_ALIASES[split]
+
+
+def record_id_of(path: str) -> str:
+    """A record's id: its file name without extension."""
+    return os.path.basename(str(path))
+
+
+def expand_records(spec: str) -> list[str]:
+    """Records named on a command line, in a stable order, without extension: comma-separated
+    paths ('a,b', with or without .hea/.mat/.dat), globs ('dir/*.hea') or folders (every .hea
+    below them, sorted). Duplicates are dropped; a pattern matching nothing is an error."""
+    out = []
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        if os.path.isdir(item):
+            out += sorted(p[:-4] for p in glob.glob(os.path.join(item, "**", "*.hea"),
+                                                    recursive=True))
+        elif any(ch in item for ch in "*?["):
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"{item}: the pattern matches no file")
+            out += [os.path.splitext(p)[0] for p in matches
+                    if p.endswith(".hea") or not os.path.exists(os.path.splitext(p)[0] + ".hea")]
+        else:
+            out.append(item[:-4] if item.endswith((".hea", ".mat", ".dat")) else item)
+    if not out:
+        raise FileNotFoundError(f"no records in {spec!r}")
+    return list(dict.fromkeys(out))

@@ -1,0 +1,33 @@
+"""Dataset layouts: how a folder of ECG records becomes an index of (record, labels, split, source).
+
+`LAYOUTS[name](root, **opts) -> DatasetIndex` (dataset_index.py); one file per layout, each
+importing only the shared index helpers. Indexing never loads a signal.
+
+- "wfdb_folder" (wfdb_folder.py): every `*.hea` below `root`, labels from `# Dx:` comments.
+- "ptbxl" (ptbxl.py): PTB-XL's ptbxl_database.csv + scp_statements.csv.
+- "manifest" (manifest.py): a CSV with a `path` column and optional labels, split, source,
+  patient_id, record_id.
+- "code15" (code15.py): CODE-15%'s exams.csv + exams_part*.hdf5.
+- "mimic_iv_ecg" (mimic_iv_ecg.py): MIMIC-IV-ECG's record_list.csv, WFDB files and reports.
+- "numpy" (numpy_arrays.py): one .npy/.npz array of records, or a folder of per-record .npy.
+"""
+from __future__ import annotations
+
+from crema_jax.data.index.code15 import code15
+from crema_jax.data.index.dataset_index import DatasetIndex
+from crema_jax.data.index.manifest import manifest
+from crema_jax.data.index.mimic_iv_ecg import mimic_iv_ecg
+from crema_jax.data.index.numpy_arrays import numpy_arrays
+from crema_jax.data.index.ptbxl import ptbxl
+from crema_jax.data.index.wfdb_folder import wfdb_folder
+
+LAYOUTS = {"wfdb_folder": wfdb_folder, "ptbxl": ptbxl, "manifest": manifest, "code15": code15,
+           "mimic_iv_ecg": mimic_iv_ecg, "numpy": numpy_arrays}
+
+
+def build_index(layout: str, root, **opts) -> DatasetIndex:
+    """LAYOUTS[layout](root, **opts) with a clear error for an unknown layout name."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"--layout={layout!r}: unknown dataset layout; expected one of "
+                         f"{sorted(LAYOUTS)}")
+    return LAYOUTS[layout](root, **opts)

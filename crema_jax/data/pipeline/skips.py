@@ -1,0 +1,73 @@
+"""What happens to a record that fails: it is counted by reason in a SkipStats and dropped.
+
+Bad input never stops a run: `transforms.ReadChunk` catches `RecordError` (and any unexpected
+exception, wrapped with the record's path), counts it by reason in a `SkipStats` and drops the
+record from its chunk (`transforms.NonEmpty` then filters out chunks left empty); `strict=True`
+re-raises instead, naming the file and the problem. How counts are surfaced:
+- in-process (num_workers=0): the `SkipStats` passed to `make_*_dataset` holds exact counts;
+- worker processes: every skip is logged (absl warning, with path and reason) and, when
+  `data.skip_log_dir` is set, appended as one JSON line to `<skip_log_dir>/skips-<pid>.jsonl`;
+  `SkipStats.from_log_dir(dir)` sums them (each worker owns its file, so no locking between
+  processes). Counts are events: a bad record is counted once per epoch in which it is read.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import threading
+
+from absl import logging
+
+
+class SkipStats:
+    """Counts of skipped records by reason, with their paths (see the module docstring)."""
+
+    def __init__(self, log_dir: str = ""):
+        self.log_dir = log_dir
+        self.counts: collections.Counter = collections.Counter()
+        self.paths: dict[str, list[str]] = collections.defaultdict(list)
+        self._lock = threading.Lock()  # Grain reads with several threads per process.
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def record(self, reason: str, path: str, message: str) -> None:
+        logging.warning("skipping %s [%s]: %s", path, reason, message)
+        with self._lock:
+            self.counts[reason] += 1
+            self.paths[reason].append(path)
+            if self.log_dir:
+                os.makedirs(self.log_dir, exist_ok=True)
+                line = json.dumps({"reason": reason, "path": path, "message": message})
+                with open(os.path.join(self.log_dir, f"skips-{os.getpid()}.jsonl"), "a",
+                          encoding="utf-8") as f:
+                    f.write(line + "\n")
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self) -> dict:
+        return {reason: {"count": self.counts[reason], "paths": sorted(self.paths[reason])}
+                for reason in sorted(self.counts)}
+
+    @classmethod
+    def from_log_dir(cls, log_dir: str) -> "SkipStats":
+        """Sum the per-process JSON-lines files written by every worker."""
+        stats = cls()
+        if os.path.isdir(log_dir):
+            for name in sorted(os.listdir(log_dir)):
+                if name.startswith("skips-") and name.endswith(".jsonl"):
+                    with open(os.path.join(log_dir, name), encoding="utf-8") as f:
+                        for line in f:
+                            event = json.loads(line)
+                            stats.counts[event["reason"]] += 1
+                            stats.paths[event["reason"]].append(event["path"])
+        return stats

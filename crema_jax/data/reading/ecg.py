@@ -1,0 +1,256 @@
+"""The canonical ECG: every reader's decoded samples become one `Ecg` here (`canonical_ecg`),
+12 leads in a fixed order, in millivolts, at the target rate.
+
+REPAIRED (the record is kept; counts land in `Ecg.repairs`):
+- lead names differ in case or use an alias ("LEAD I", "DI", "avr", "C1"; see `leads.py`)
+  -> mapped onto the canonical order I, II, III, aVR, aVL, aVF, V1-V6.
+- extra channels (Frank vx/vy/vz, respiration, duplicates of a lead) -> dropped
+  ("leads_dropped").
+- missing leads -> zero rows, `lead_present` False.
+- isolated NaN / WFDB invalid samples inside a lead -> linear interpolation between the nearest
+  valid samples, edges held ("nan_replaced": number of samples). Interpolation (rather than
+  ECGFounder's NaN -> 0) avoids steps that make the band-pass filters ring.
+- a lead that is entirely NaN ("all_nan_leads") -> zero row, marked absent; a constant lead,
+  e.g. all zero ("flat_leads") -> zero row, marked absent with flat_leads "absent" (ours); kept
+  as recorded with "keep" (the peers' scripts feed it like any other lead).
+- absent III, aVR, aVL, aVF (and I or II when the other two of I/II/III exist) -> derived with
+  the Einthoven/Goldberger identities when `derive_limb_leads` ("leads_derived").
+- units uV/µV/V/nV -> converted to mV; a missing units field means mV (the WFDB default).
+- any sampling rate -> resampled to `target_fs` (signal/resample.py); `Ecg.fs` is the exact
+  resulting rate.
+
+SKIPPED here (RecordError with `.reason`; the message names the file and what was expected):
+  bad_units (a lead in e.g. mmHg), no_signal (no usable lead left), too_short (fewer than
+  `min_seconds`). The readers add their own reasons (wfdb_records.py, arrays.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+
+import numpy as np
+
+from crema_jax.data.reading import leads as leads_lib
+from crema_jax.data.signal.resample import resample
+
+UNIT_TO_MV = {"mv": 1.0, "millivolt": 1.0, "millivolts": 1.0, "uv": 1e-3, "µv": 1e-3,
+              "μv": 1e-3, "microvolt": 1e-3, "microvolts": 1e-3, "v": 1e3, "volt": 1e3,
+              "volts": 1e3, "nv": 1e-6}
+
+
+class RecordError(Exception):
+    """A record that cannot be used; `.reason` is a snake_case key, `.path` the record."""
+
+    def __init__(self, path, reason: str, message: str):
+        super().__init__(f"{message} [{reason}]")
+        self.path = str(path)
+        self.reason = reason
+        self.message = message
+
+    def __reduce__(self):
+        # Grain worker processes and `crema-jax prepare` workers send errors back pickled; the
+        # default Exception pickling would call __init__ with the formatted message only.
+        return (type(self), (self.path, self.reason, self.message))
+
+
+@dataclasses.dataclass
+class Ecg:
+    signal: np.ndarray        # float32 (12, T) mV, canonical lead order.
+    lead_present: np.ndarray  # bool (12,); False rows are zero.
+    fs: float                 # sampling rate of `signal` (the target rate after resampling).
+    record_id: str
+    path: str                 # the record path without extension.
+    meta: dict = dataclasses.field(default_factory=dict)     # age, sex, labels, source_fs, ...
+    repairs: dict = dataclasses.field(default_factory=dict)  # repair name -> count.
+
+
+def repair_nans(x: np.ndarray, present: np.ndarray, repairs: dict) -> None:
+    """In place: interpolates partial NaN runs; all-NaN leads become absent zero rows."""
+    nan = np.isnan(x)
+    if not nan.any():
+        return
+    for row in np.flatnonzero(nan.any(axis=1)):
+        bad = nan[row]
+        if bad.all():
+            x[row] = 0.0
+            present[row] = False
+            repairs["all_nan_leads"] = repairs.get("all_nan_leads", 0) + 1
+            continue
+        idx = np.arange(x.shape[1])
+        x[row, bad] = np.interp(idx[bad], idx[~bad], x[row, ~bad])
+        repairs["nan_replaced"] = repairs.get("nan_replaced", 0) + int(bad.sum())
+
+
+NAN_POLICIES = ("interpolate", "zero", "drop_window", "keep")
+FLAT_LEADS = ("absent", "keep")
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """Window `index` of the non-overlapping windows of `seconds` that a record is cut into at its
+    own rate (ST-MEM's examples); a trailing remainder belongs to no window."""
+    index: int
+    seconds: float
+
+
+def check_nan_policy(nan_policy: str, target_fs: float | None) -> None:
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError(f"nan_policy={nan_policy!r}: expected one of {NAN_POLICIES}")
+    if nan_policy == "keep" and target_fs is not None:
+        raise ValueError("nan_policy='keep' needs target_fs=None (resampling spreads NaN)")
+
+
+def resampled_last(*, windowed: bool, nan_policy: str, resample_method: str) -> bool:
+    """Whether canonical_ecg cuts and checks a record at its own rate and resamples it last
+    (ST-MEM's order: 10 s windows at the record's rate, a window with NaN dropped, each window
+    FFT-resampled), rather than resampling the whole record first (ours, and the cache's)."""
+    return windowed or nan_policy == "drop_window" or resample_method != "polyphase"
+
+
+def canonical_ecg(raw: np.ndarray, names, units, fs: float, *, path: str, where: str = "",
+                  meta: dict | None = None, target_fs: float | None = 250.0,
+                  derive_limb_leads: bool = True, min_seconds: float | None = 2.0,
+                  nan_policy: str = "interpolate", resample_method: str = "polyphase",
+                  flat_leads: str = "absent", window: Window | None = None) -> Ecg:
+    """Decoded samples of any record format -> the canonical Ecg: THE one place where channels
+    become the 12 leads, units become mV, the NaN policy applies, flat leads are dropped, limb
+    leads derived and the signal resampled (and, on ST-MEM's path, cut into a window). Every
+    reader and every source ends here.
+
+    raw: (T, channels) physical values in `units` (one per channel; "" = mV); names: the
+    channels' lead names; path: the record as errors name it; where: the file that states the
+    units (default: path). nan_policy: "interpolate" partial NaN runs (all-NaN leads become
+    absent zeros); "zero": every NaN -> 0 (ECGFounder); "drop_window": the record (or window)
+    holding any NaN is skipped as nan_window (ST-MEM); "keep": NaN stays (target_fs None only).
+    window: cut this window after the whole record is repaired and checked. Two orders, each
+    exact as it was written: the recorded leads resampled first, then limb leads derived at the
+    target rate (ours: polyphase, whole records); or, when `resampled_last` says so, limb leads
+    derived and the length checked at the record's rate, then the window cut, checked for NaN
+    and resampled.
+    """
+    check_nan_policy(nan_policy, target_fs)
+    if flat_leads not in FLAT_LEADS:
+        raise ValueError(f"flat_leads={flat_leads!r}: expected one of {FLAT_LEADS}")
+    if raw.shape[0] == 0:
+        raise RecordError(path, "no_signal", f"record {path} holds no samples")
+    signal, present, repairs = _to_leads(raw, names, units, path=path, where=where or path)
+    signal = _apply_nan_policy(signal, present, repairs, nan_policy)
+    _drop_flat_leads(signal, present, repairs, flat_leads)
+    if not present.any():
+        raise RecordError(path, "no_signal", f"record {path} has none of the 12 standard leads "
+                          f"with a usable signal (lead names {list(names)})")
+    source_fs = fs = float(fs)
+    signal = signal.astype(np.float32)
+    if not resampled_last(windowed=window is not None, nan_policy=nan_policy,
+                          resample_method=resample_method):
+        if target_fs is not None:
+            signal, fs = _resample_recorded(signal, present, fs, float(target_fs),
+                                            resample_method)
+        signal, present = _derive(signal, present, repairs, derive_limb_leads)
+        _check_length(signal, fs, min_seconds, path)
+    else:
+        signal, present = _derive(signal, present, repairs, derive_limb_leads)
+        _check_length(signal, fs, min_seconds, path)
+        signal = _cut(signal, window, fs, path)
+        if nan_policy == "drop_window" and np.isnan(signal).any():
+            where_in = (f"window {window.index} ({window.index * window.seconds:g} s) of "
+                        if window is not None else "")
+            raise RecordError(path, "nan_window", f"{where_in}{path} holds NaN samples")
+        if target_fs is not None:
+            signal, fs = resample(signal, fs, float(target_fs), method=resample_method)
+    meta = dict(meta or {})
+    meta.update(source_fs=source_fs, source_leads=tuple(names))
+    return Ecg(signal=np.ascontiguousarray(signal, np.float32), lead_present=present, fs=fs,
+               record_id=os.path.basename(path), path=path, meta=meta, repairs=repairs)
+
+
+def _to_leads(raw: np.ndarray, names, units, *, path: str, where: str):
+    """(float64 (12, T) in mV, lead_present, repairs): each channel named after a standard lead
+    goes to its row; unknown names and repeats of a lead are dropped."""
+    present = np.zeros(leads_lib.NUM_LEADS, bool)
+    repairs: dict[str, int] = {}
+    rows, channels, factors = [], [], []
+    for ch, name in enumerate(names):
+        row = leads_lib.lead_index(name or "")
+        if row is None or present[row]:
+            repairs["leads_dropped"] = repairs.get("leads_dropped", 0) + 1
+            continue
+        unit = (units[ch] or "mV").strip().casefold()
+        if unit not in UNIT_TO_MV:
+            raise RecordError(path, "bad_units", f"{where}: lead {name} is in {units[ch]!r}, "
+                              f"expected a voltage unit (mV, uV, V)")
+        rows.append(row)
+        channels.append(ch)
+        factors.append(UNIT_TO_MV[unit])
+        present[row] = True
+    signal = np.zeros((leads_lib.NUM_LEADS, raw.shape[0]), np.float64)
+    if rows:  # one transposing copy: (T, channels) -> the lead rows, scaled to mV
+        factor = np.asarray(factors)
+        picked = raw.T[channels]  # contiguous rows when raw is a transposed (leads, T) array
+        signal[rows] = picked if (factor == 1.0).all() else picked * factor[:, None]
+    return signal, present, repairs
+
+
+def _apply_nan_policy(signal: np.ndarray, present: np.ndarray, repairs: dict,
+                      nan_policy: str) -> np.ndarray:
+    """"interpolate" and "zero" repair NaN here; "drop_window" and "keep" leave it in place."""
+    if nan_policy == "interpolate":
+        repair_nans(signal, present, repairs)
+    elif nan_policy == "zero" and np.isnan(signal).any():
+        repairs["nan_zeroed"] = int(np.isnan(signal).sum())
+        signal = np.nan_to_num(signal, nan=0.0)
+    return signal
+
+
+def _drop_flat_leads(signal: np.ndarray, present: np.ndarray, repairs: dict,
+                     flat_leads: str) -> None:
+    """In place, flat_leads "absent": a constant lead becomes an absent zero row."""
+    if np.isnan(signal).any():  # NaN left in place: an all-NaN lead is not "flat"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            span = np.nanmax(signal, axis=1) - np.nanmin(signal, axis=1)
+        span = np.where(np.isnan(span), 1.0, span)
+    else:
+        span = np.ptp(signal, axis=1)
+    flat = present & (span == 0) & (flat_leads == "absent")
+    if flat.any():
+        signal[flat] = 0.0
+        present &= ~flat
+        repairs["flat_leads"] = int(flat.sum())
+
+
+def _resample_recorded(signal: np.ndarray, present: np.ndarray, fs: float, target_fs: float,
+                       method: str) -> tuple[np.ndarray, float]:
+    """The recorded rows resampled (absent rows stay zero, at the new length)."""
+    rows = np.flatnonzero(present)
+    resampled, fs = resample(signal[rows], fs, target_fs, method=method)
+    out = np.zeros((leads_lib.NUM_LEADS, resampled.shape[1]), np.float32)
+    out[rows] = resampled
+    return out, fs
+
+
+def _derive(signal: np.ndarray, present: np.ndarray, repairs: dict, derive_limb_leads: bool):
+    if derive_limb_leads:
+        signal, present, derived = leads_lib.derive_limb_leads(signal, present)
+        if derived:
+            repairs["leads_derived"] = derived
+    return signal, present
+
+
+def _check_length(signal: np.ndarray, fs: float, min_seconds: float | None, path: str) -> None:
+    if min_seconds is not None and signal.shape[1] < min_seconds * fs:
+        raise RecordError(path, "too_short", f"record {path} lasts {signal.shape[1] / fs:.2f} s, "
+                          f"expected at least {min_seconds:g} s")
+
+
+def _cut(signal: np.ndarray, window: Window | None, fs: float, path: str) -> np.ndarray:
+    """Window `window.index` of `window.seconds` at the record's rate (None: the whole record)."""
+    if window is None:
+        return signal
+    width = int(window.seconds * fs)
+    cut = signal[:, window.index * width:(window.index + 1) * width]
+    if cut.shape[1] < width:  # a stored length that counted padding (CODE-15%)
+        raise RecordError(path, "too_short", f"{path} holds no whole {window.seconds:g} s "
+                          f"window {window.index}")
+    return cut

@@ -1,0 +1,46 @@
+"""Reading one record of any stored format into the canonical Ecg (ecg.canonical_ecg).
+
+A layout's RecordInfo names a record by `path` and says how to read it by `reader`:
+- None: a WFDB record (.hea + .mat/.dat; wfdb_records.read_record).
+- ArrayFormat: stored arrays (arrays.py): a row of an HDF5 / .npy / .npz array of records, or a
+  .npy file holding one record, with the sampling rate, leads and unit the array cannot state.
+- BadRecord: a record the layout already knows it cannot use (an exam missing from its
+  dataset's table, a file that does not open); reading it raises its RecordError, so it is
+  skipped and counted where every bad record is (the pipeline's SkipStats, prepare's table).
+
+`read(path, reader, **kwargs)` takes read_record's keyword arguments and returns what it
+returns; a record it cannot use raises RecordError, the message naming the file.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from crema_jax.data.reading import arrays, wfdb_records
+from crema_jax.data.reading.ecg import Ecg, RecordError
+
+
+@dataclasses.dataclass(frozen=True)
+class BadRecord:
+    reason: str                        # a RecordError reason
+    message: str                       # names the file and what was expected
+
+
+def read(path, reader=None, **kwargs) -> Ecg:
+    """The record at `path` as the canonical Ecg; `kwargs` are read_record's."""
+    if reader is None:
+        return wfdb_records.read_record(path, **kwargs)
+    if isinstance(reader, BadRecord):
+        raise RecordError(path, reader.reason, reader.message)
+    return arrays.read_array(str(path), reader, **kwargs)
+
+
+def stored_length(path, reader=None) -> tuple[int, float]:
+    """(samples as stored, sampling rate) without reading the signal: WFDB's header length, an
+    array's time axis (zero padding included). For window counts; `read` has the truth."""
+    if reader is None:
+        header = wfdb_records.read_header(path)
+        return int(header.sig_len or 0), float(header.fs or 0.0)
+    if isinstance(reader, BadRecord):
+        raise RecordError(path, reader.reason, reader.message)
+    array, _, row = arrays.checked_array(str(path), reader)
+    return int(array.shape[(row is not None) + reader.time_axis]), float(reader.fs)

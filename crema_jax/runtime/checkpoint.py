@@ -1,0 +1,173 @@
+"""Orbax checkpoints: the training state for exact resume, and model-only checkpoints.
+
+Layout (an Orbax CheckpointManager directory, also readable from gs:// through etils.epath):
+
+    <workdir>/checkpoints/<step>/params     nested dict of arrays: trainable nnx.Param values
+                                             merged with the fixed (non-Param) variables
+                         /<step>/opt_state  optax state (training checkpoints only)
+                         /<step>/rng        {"key": uint32 key data, "step": int} (training only)
+                         /<step>/data_iter  Grain iterator state (training only)
+                         /<step>/config     the full ConfigDict as JSON
+
+Only committed steps are read (runtime/workdir.py tells them). The config is stored and returned
+as a JSON-safe dict: reading it onto today's defaults is crema_jax.config.from_saved's job.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+from crema_jax.runtime import trees
+from crema_jax.runtime.workdir import checkpoints_dir, resolve_checkpoint
+
+TRAIN_ITEMS = ("params", "opt_state", "rng", "data_iter", "config")
+
+
+# ------------------------------------------------------------------------------------------------
+# Config <-> JSON.
+# ------------------------------------------------------------------------------------------------
+def config_to_json_dict(config) -> dict:
+    """A JSON-safe dict of the config (tuples become lists; everything else must be plain)."""
+    as_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return json.loads(json.dumps(as_dict, default=_json_default))
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.integer, np.floating, np.bool_)):
+        return obj.item()
+    raise TypeError(f"config value {obj!r} of type {type(obj).__name__} is not JSON-serialisable")
+
+
+# ------------------------------------------------------------------------------------------------
+# Training checkpoints (exact resume).
+# ------------------------------------------------------------------------------------------------
+def make_manager(workdir, *, max_to_keep: int = 3, async_save: bool = True,
+                 create: bool = True) -> ocp.CheckpointManager:
+    """The CheckpointManager for `<workdir>/checkpoints` with the Grain handler registered."""
+    import grain  # Local import: model-only readers (export, probe) need no Grain.
+
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=create)
+    return ocp.CheckpointManager(
+        checkpoints_dir(workdir), item_names=TRAIN_ITEMS,
+        item_handlers={"data_iter": grain.checkpoint.CheckpointHandler()},
+        options=options)
+
+
+def save_train_state(manager: ocp.CheckpointManager, step: int, *, params, opt_state, rng,
+                     config, data_iter=None, force: bool = True) -> bool:
+    """Starts an (async) save of the full training state; returns whether a save started.
+
+    `rng` is a typed jax.random key; its raw uint32 data is stored. `data_iter` is a Grain
+    iterator (or None for iterator-free training, e.g. synthetic data).
+    """
+    import grain
+
+    items = dict(
+        params=ocp.args.StandardSave(params),
+        opt_state=ocp.args.StandardSave(opt_state),
+        rng=ocp.args.StandardSave({"key": jax.random.key_data(rng),
+                                   "step": np.asarray(step, np.int64)}),
+        config=ocp.args.JsonSave(config_to_json_dict(config)),
+    )
+    if data_iter is not None:
+        items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
+    return manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def restore_train_state(manager: ocp.CheckpointManager, step: int, *, abstract_params,
+                        abstract_opt_state, rng_impl=None, data_iter=None) -> dict:
+    """Restores a training checkpoint onto the shardings of the abstract targets.
+
+    Targets are pytrees of jax.ShapeDtypeStruct(shape, dtype, sharding=...): a checkpoint
+    written on one mesh restores onto any other. `data_iter` (if given) is set in place.
+    Returns {"params", "opt_state", "rng" (typed key), "step"}.
+    """
+    import grain
+
+    replicated = _replicated_like(abstract_params)
+    items = dict(
+        params=ocp.args.StandardRestore(abstract_params),
+        opt_state=ocp.args.StandardRestore(abstract_opt_state),
+        rng=ocp.args.StandardRestore(None),
+    )
+    if data_iter is not None:
+        items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+    rng_data = np.asarray(restored["rng"]["key"])
+    if replicated is not None:  # make_array_from_callback: valid across processes too.
+        rng_data = jax.make_array_from_callback(rng_data.shape, replicated,
+                                                lambda index: rng_data[index])
+    key_data = rng_data
+    rng = jax.random.wrap_key_data(key_data, impl=rng_impl)
+    return dict(params=restored["params"], opt_state=restored["opt_state"], rng=rng,
+                step=int(np.asarray(restored["rng"]["step"])))
+
+
+def _replicated_like(tree):
+    """A fully replicated sharding on the mesh the targets use (None if they carry none)."""
+    for leaf in jax.tree.leaves(tree):
+        sharding = getattr(leaf, "sharding", None)
+        if isinstance(sharding, jax.sharding.NamedSharding):
+            return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Model-only checkpoints (import-torch writes them; probe, finetune, embed read any checkpoint).
+# ------------------------------------------------------------------------------------------------
+def save_model_checkpoint(workdir, params, config, step: int = 0) -> epath.Path:
+    """Writes `<workdir>/checkpoints/<step>/{params,config}` synchronously; returns the step dir."""
+    with ocp.CheckpointManager(
+            checkpoints_dir(workdir), item_names=("params", "config"),
+            options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False)) as manager:
+        manager.save(step, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(params),
+            config=ocp.args.JsonSave(config_to_json_dict(config))), force=True)
+        manager.wait_until_finished()
+    return checkpoints_dir(workdir) / str(step)
+
+
+def load_model_checkpoint(path) -> tuple[dict, dict, int]:
+    """(params as nested dict of numpy arrays, saved config as a JSON dict, step) from the latest
+    complete step (crema_jax.config.from_saved reads the dict onto today's defaults).
+
+    Works for training and model-only checkpoints and for any mesh they were written on:
+    arrays come back to host memory, the caller places them.
+    """
+    root, step = resolve_checkpoint(path)
+    with ocp.CheckpointManager(
+            root,
+            # Handlers for the training-only items too, so Orbax does not warn that it found them.
+            item_handlers={"params": ocp.PyTreeCheckpointHandler(),
+                           "config": ocp.JsonCheckpointHandler(),
+                           "opt_state": ocp.StandardCheckpointHandler(),
+                           "rng": ocp.StandardCheckpointHandler()},
+            options=ocp.CheckpointManagerOptions(create=False, read_only=True)) as manager:
+        meta = manager.item_metadata(step)["params"]
+        restore_args = jax.tree.map(
+            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), _metadata_tree(meta))
+        restored = manager.restore(step, args=ocp.args.Composite(
+            params=ocp.args.PyTreeRestore(restore_args=restore_args),
+            config=ocp.args.JsonRestore()))
+    return trees.int_keys(restored["params"]), restored["config"], step
+
+
+def load_saved_config(path) -> dict:
+    """Only the saved config (a JSON dict) of the latest complete checkpoint under `path`."""
+    root, step = resolve_checkpoint(path)
+    with (root / str(step) / "config" / "metadata").open() as f:
+        return json.load(f)
+
+
+def _metadata_tree(meta) -> Any:
+    """Orbax item metadata as a plain nested dict (its wrapper type changed across versions)."""
+    tree = getattr(meta, "tree", meta)
+    if hasattr(tree, "items") and not isinstance(tree, dict):
+        tree = dict(tree.items())
+    return tree

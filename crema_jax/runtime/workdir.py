@@ -1,0 +1,235 @@
+"""The workdir a run owns: where its checkpoints live (`<workdir>/checkpoints/<step>/`), which
+steps are complete, one writer at a time (`WorkdirLock`), and nothing deleted (`set_aside`,
+`prepare_workdir`).
+
+Orbax writes every step into a temporary directory and renames it on commit (on object stores,
+which cannot rename, it writes commit markers), so a step that a `kill -9` interrupted never
+looks complete: `latest_step` and `resolve_checkpoint` only see committed steps.
+
+- `prepare_workdir` moves a step dir left incomplete by a crash aside (`<step>.incomplete-TIME`),
+  so that a rerun can write that step again, and refuses to start over on a workdir with
+  checkpoints unless told to (then `checkpoints/` is moved to `checkpoints.replaced-TIME`);
+- a step that cannot be restored is moved aside as `<step>.damaged-TIME` by the trainer, which
+  then resumes from the newest step that restores;
+- `WorkdirLock` keeps a second run from writing into the same workdir.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import time
+
+from etils import epath
+
+CHECKPOINTS_DIRNAME = "checkpoints"
+COMMIT_MARKER = "commit_success.txt"  # Orbax writes it last, on every file system.
+_STEP_DIR = re.compile(r"^\d+$")  # Orbax tmp dirs look like "5.orbax-checkpoint-tmp-1234".
+
+
+# ------------------------------------------------------------------------------------------------
+# Paths.
+# ------------------------------------------------------------------------------------------------
+def absolute_path(path) -> epath.Path:
+    """Orbax needs absolute paths; cloud paths (gs://...) already are."""
+    text = str(path)
+    return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
+def checkpoints_dir(workdir) -> epath.Path:
+    return absolute_path(workdir) / CHECKPOINTS_DIRNAME
+
+
+def is_complete_step_dir(path: epath.Path) -> bool:
+    """A committed step: "<digits>/" holding params, Orbax's commit marker, and the marker of
+    every item inside it. Local writes are atomic renames of tmp dirs; on gs:// (no rename)
+    only the markers tell a finished step."""
+    if not (_STEP_DIR.match(path.name) and path.is_dir() and (path / "params").is_dir()
+            and (path / COMMIT_MARKER).exists()):
+        return False
+    return all((item / COMMIT_MARKER).exists() for item in path.iterdir() if item.is_dir())
+
+
+def resolve_checkpoint(path) -> tuple[epath.Path, int]:
+    """`path` = a workdir, its checkpoints dir, or one step dir -> (checkpoints dir, step).
+
+    For a workdir or checkpoints dir the latest COMPLETE step is chosen.
+    """
+    path = absolute_path(path)
+    if is_complete_step_dir(path):
+        return path.parent, int(path.name)
+    root = path / CHECKPOINTS_DIRNAME if (path / CHECKPOINTS_DIRNAME).is_dir() else path
+    step = latest_step(root)
+    if step is None:
+        raise FileNotFoundError(
+            f"{path}: no complete checkpoint found (expected a workdir with checkpoints/<step>/, "
+            f"a checkpoints dir, or a step dir containing 'params')")
+    return root, step
+
+
+def has_train_state(workdir, step: int) -> bool:
+    """Whether step `step` under `workdir` is a training checkpoint (import-torch and
+    save_model_checkpoint write params and config only: no optimizer state to resume)."""
+    return (checkpoints_dir(workdir) / str(step) / "opt_state").exists()
+
+
+def step_dirs(root) -> list[epath.Path]:
+    """Every "<digits>" dir under a checkpoints dir, complete or not, oldest first."""
+    root = epath.Path(root)
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if _STEP_DIR.match(p.name) and p.is_dir()),
+                  key=lambda p: int(p.name))
+
+
+def complete_steps(root) -> list[int]:
+    return [int(p.name) for p in step_dirs(root) if is_complete_step_dir(p)]
+
+
+def latest_step(root) -> int | None:
+    """Latest committed step under a checkpoints dir; half-written (tmp) steps are ignored."""
+    root = epath.Path(root)
+    if not root.is_dir():
+        return None
+    steps = [int(p.name) for p in root.iterdir() if is_complete_step_dir(p)]
+    return max(steps) if steps else None
+
+
+def set_aside(path: epath.Path, why: str) -> epath.Path:
+    """Rename `path` to `<name>.<why>-<UTC time>` beside it (Orbax ignores such names); return
+    the new path. Nothing is deleted."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = path.parent / f"{path.name}.{why}-{stamp}"
+    n = 1
+    while target.exists():
+        target = path.parent / f"{path.name}.{why}-{stamp}-{n}"
+        n += 1
+    path.rename(target)
+    return target
+
+
+def prepare_workdir(workdir, *, resume: bool, overwrite: bool) -> list[str]:
+    """Before a training run writes into `workdir`: set incomplete steps aside; with
+    resume=False, refuse existing checkpoints unless overwrite (then move them aside).
+    Returns one line per thing moved, for the log."""
+    root = checkpoints_dir(workdir)
+    notes = []
+    for path in step_dirs(root):
+        if not is_complete_step_dir(path):
+            moved = set_aside(path, "incomplete")
+            notes.append(f"checkpoint step {path.name} was left incomplete (a crash during its "
+                         f"save); moved aside to {moved.name}")
+    steps = complete_steps(root)
+    if steps and not resume:
+        if not overwrite:
+            raise ValueError(
+                f"config.checkpoint.resume=False: {root} holds checkpoints up to step "
+                f"{max(steps)}, which a fresh run would overwrite; pass "
+                "--config.checkpoint.overwrite=True to move them aside (kept, as "
+                "checkpoints.replaced-TIME), or choose a new --workdir")
+        moved = set_aside(root, "replaced")
+        notes.append(f"config.checkpoint.overwrite: moved the old checkpoints to {moved}")
+    return notes
+
+
+class WorkdirLockedError(ValueError):
+    """Another run holds the workdir; the message names it."""
+
+
+class WorkdirLock:
+    """`<workdir>/crema_jax.lock`: which process (pid, host, start time) trains in a workdir.
+
+    Taken with an exclusive create, so of two runs started together one wins. Stale-lock rule:
+    a lock whose process is gone from THIS host, or whose heartbeat (the file's mtime, touched
+    by `refresh`) is older than `stale_seconds` from another host, is taken over with a note;
+    any other lock refuses the run. Only process 0 of a multi-process job takes it.
+    """
+
+    NAME = "crema_jax.lock"
+
+    def __init__(self, workdir, *, stale_seconds: float = 3600.0):
+        self.path = absolute_path(workdir) / self.NAME
+        self.stale_seconds = float(stale_seconds)
+        self.info = {"pid": os.getpid(), "host": socket.gethostname(),
+                     "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        self.held = False
+        self._refreshed = 0.0
+
+    def acquire(self) -> str | None:
+        """Takes the lock or raises WorkdirLockedError; returns a note when a stale lock was
+        taken over."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        note = None
+        if not self._create():
+            holder = self._holder()
+            if not self._stale(holder):
+                raise WorkdirLockedError(
+                    f"{self.path.parent} is in use: a run by pid {holder.get('pid', '?')} on "
+                    f"{holder.get('host', '?')} since {holder.get('started', '?')} holds "
+                    f"{self.path}; wait for it to finish, or delete that file if the run is gone")
+            note = (f"took over the stale lock of pid {holder.get('pid', '?')} on "
+                    f"{holder.get('host', '?')} (that run is gone)")
+            self.path.unlink()
+            if not self._create():
+                raise WorkdirLockedError(f"{self.path.parent}: another run took the lock first")
+        self.held = True
+        return note
+
+    def _create(self) -> bool:
+        text = json.dumps(self.info)
+        if "://" in str(self.path):  # object stores have no exclusive create: best effort
+            if self.path.exists():
+                return False
+            self.path.write_text(text)
+            return True
+        try:
+            fd = os.open(str(self.path), os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW,
+                         0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return True
+
+    def _holder(self) -> dict:
+        try:
+            holder = json.loads(self.path.read_text())
+            return holder if isinstance(holder, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _stale(self, holder: dict) -> bool:
+        if holder.get("host") == self.info["host"] and isinstance(holder.get("pid"), int):
+            try:
+                os.kill(holder["pid"], 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                return False
+            return False
+        try:
+            age = time.time() - os.path.getmtime(str(self.path))
+        except OSError:
+            return True
+        return age > self.stale_seconds
+
+    def refresh(self, every_seconds: float = 60.0) -> None:
+        """The heartbeat: touch the lock at most every `every_seconds`."""
+        now = time.time()
+        if self.held and now - self._refreshed >= every_seconds and "://" not in str(self.path):
+            try:
+                os.utime(str(self.path))
+            except OSError:
+                pass
+            self._refreshed = now
+
+    def release(self) -> None:
+        if self.held and self._holder().get("pid") == self.info["pid"]:
+            try:
+                self.path.unlink()
+            except OSError:
+                pass
+        self.held = False
+
+

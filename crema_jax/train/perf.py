@@ -1,0 +1,104 @@
+"""Per-step performance: the compiled step's FLOPs and memory, the devices' peak, step time,
+ECGs/s, TFLOP/s and MFU.
+
+Names follow MaxText (`perf/step_time_seconds`, `perf/per_device_tflops_per_sec`, ...) so the
+numbers read the same as on any JAX LLM trainer.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+
+# Dense peak TFLOP/s per device (chip for TPUs, GPU for NVIDIA), keyed by a substring of
+# jax.Device.device_kind (first match wins, so longer names come first).
+# TPUs run float32 matmuls as bf16 passes at default precision, so one figure serves both;
+# NVIDIA GPUs run float32 matmuls as TF32 at XLA's default precision, hence the TF32 figure.
+PEAK_TFLOPS = {
+    "TPU v6 lite": {"bfloat16": 918.0, "float32": 918.0},   # v6e (Trillium)
+    "TPU v6e": {"bfloat16": 918.0, "float32": 918.0},
+    "TPU v5 lite": {"bfloat16": 197.0, "float32": 197.0},   # v5e
+    "TPU v5e": {"bfloat16": 197.0, "float32": 197.0},
+    "TPU v5p": {"bfloat16": 459.0, "float32": 459.0},
+    "TPU v5": {"bfloat16": 459.0, "float32": 459.0},        # v5p reports "TPU v5"
+    "TPU v4": {"bfloat16": 275.0, "float32": 275.0},
+    "H200": {"bfloat16": 989.0, "float32": 494.5},          # SXM; TF32 dense
+    "H100": {"bfloat16": 989.0, "float32": 494.5},          # SXM; TF32 dense
+    "A100": {"bfloat16": 312.0, "float32": 156.0},          # TF32 dense
+}
+
+
+def peak_tflops_per_device(dtype: str = "float32", device=None) -> tuple[float, str]:
+    """(peak TFLOP/s of one device, where the figure came from).
+
+    CPUs have no table entry: the peak is a timed float32 GEMM on this host, shared by the local
+    devices (fake CPU devices split the same cores).
+    """
+    device = device or jax.local_devices()[0]
+    kind = device.device_kind
+    for key, peaks in PEAK_TFLOPS.items():
+        if key.lower() in kind.lower():
+            return peaks.get(dtype, peaks["bfloat16"]), f"table:{key}:{dtype}"
+    if device.platform == "cpu":
+        return measured_gemm_tflops() / jax.local_device_count(), "measured_cpu_gemm"
+    return float("nan"), f"unknown device {kind!r}"
+
+
+_GEMM_CACHE: dict = {}
+
+
+def measured_gemm_tflops(n: int = 1024, repeats: int = 20) -> float:
+    """TFLOP/s of a float32 n x n GEMM on the first device (best of `repeats`, ~0.3 s on 2 cores:
+    on a shared host a few repeats can all land in a slow phase and understate the peak)."""
+    if n in _GEMM_CACHE:
+        return _GEMM_CACHE[n]
+    device = jax.local_devices()[0]
+    a = jax.device_put(jnp.ones((n, n), jnp.float32), device)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    _GEMM_CACHE[n] = 2.0 * n ** 3 / best / 1e12
+    return _GEMM_CACHE[n]
+
+
+def compiled_flops_per_device(compiled) -> float:
+    """FLOPs of one call of a compiled (SPMD-partitioned) function on ONE device, from XLA."""
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):  # Older JAX returned one dict per computation.
+        cost = cost[0] if cost else {}
+    return float((cost or {}).get("flops", float("nan")))
+
+
+def memory_summary(compiled) -> dict:
+    """Bytes per device XLA plans for the compiled step (arguments, outputs, temporaries)."""
+    stats = compiled.memory_analysis()
+    if stats is None:
+        return {}
+    fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+              "temp_size_in_bytes", "generated_code_size_in_bytes")
+    out = {f: int(getattr(stats, f, 0)) for f in fields}
+    # Donated arguments alias outputs: count them once.
+    out["total_bytes"] = (out["argument_size_in_bytes"] + out["output_size_in_bytes"]
+                          - out["alias_size_in_bytes"] + out["temp_size_in_bytes"])
+    return out
+
+
+def perf_metrics(*, step_seconds: float, flops_per_device: float, peak_tflops: float,
+                 global_batch: int, data_wait_seconds: float = 0.0) -> dict:
+    """Per-step performance. step_seconds: between the completions of consecutive steps;
+    data_wait_seconds: what the host spent waiting for this step's batch from the pipeline
+    (close to 0 when the input pipeline keeps ahead of the devices)."""
+    tflops = flops_per_device / step_seconds / 1e12
+    return {
+        "perf/step_time_seconds": step_seconds,
+        "perf/data_wait_seconds": data_wait_seconds,
+        "perf/ecgs_per_sec": global_batch / step_seconds,
+        "perf/per_device_tflops_per_sec": tflops,
+        "perf/mfu": tflops / peak_tflops if peak_tflops and peak_tflops > 0 else float("nan"),
+    }

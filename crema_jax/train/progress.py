@@ -1,0 +1,86 @@
+"""What a training run reports as it goes: the progress line, metrics.jsonl and TensorBoard events
+(process 0 only)."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import jax
+import numpy as np
+from etils import epath
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def progress_line(step: int, total_steps: int, metrics: dict, eta_seconds: float) -> str:
+    loss_terms = " ".join(f"{k.split('/', 1)[1]}={v:.4f}" for k, v in metrics.items()
+                          if k.startswith("loss/"))
+    return (f"step {step}/{total_steps} loss={metrics['loss']:.5f} {loss_terms} "
+            f"lr={metrics.get('learning/lr', float('nan')):.3e} "
+            f"gnorm={metrics.get('learning/grad_norm', float('nan')):.3f} "
+            f"{metrics.get('perf/step_time_seconds', float('nan')) * 1e3:.0f}ms/step "
+            f"{metrics.get('perf/ecgs_per_sec', float('nan')):.1f}ecg/s "
+            f"mfu={metrics.get('perf/mfu', float('nan')):.2%} "
+            f"eta={format_duration(eta_seconds)}").replace("  ", " ")
+
+
+class MetricWriter:
+    """WORKDIR/metrics.jsonl (one object per logged step) + TensorBoard events, on process 0.
+
+    The JSONL file is appended to, so a resumed run continues it; each line carries its step.
+    """
+
+    def __init__(self, workdir, *, enabled: bool | None = None, tensorboard: bool = True):
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self._jsonl = None
+        self._tb = None
+        if not self.enabled:
+            return
+        workdir = epath.Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = (workdir / "metrics.jsonl").open("a")
+        if tensorboard:
+            from tensorboardX import SummaryWriter  # only when asked for: it loads protobuf
+            self._tb = SummaryWriter(logdir=str(workdir / "tensorboard"))
+
+    def write(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step)}
+        row.update({k: _plain(v) for k, v in metrics.items()})
+        self._jsonl.write(json.dumps(row) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                    self._tb.add_scalar(k, v, global_step=step)
+
+    def flush(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def _plain(v):
+    v = np.asarray(v)
+    return v.item() if v.size == 1 else v.tolist()
+
+
+def print_line(text: str) -> None:
+    if jax.process_index() == 0:
+        print(text, flush=True, file=sys.stdout)

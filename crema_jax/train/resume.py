@@ -1,0 +1,157 @@
+"""Where a run starts: the workdir's own latest training checkpoint (exact resume), a params-only
+checkpoint (warm start: `import-torch --out` output in the workdir, or config.train.init_from),
+or a fresh init.
+
+A training checkpoint that fails to restore is set aside (`<step>.damaged-TIME`, kept) and the
+step before it is tried. A warm start takes the weights only: the optimizer, RNG and data order
+start fresh, because an imported file has no optimizer state to resume.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from crema_jax import config as config_lib
+from crema_jax.runtime import checkpoint as ckpt_lib
+from crema_jax.runtime import mesh as mesh_lib
+from crema_jax.runtime import trees
+from crema_jax.runtime import workdir as workdir_lib
+from crema_jax.train import progress, warm_start
+
+# Fields whose change makes a checkpoint's state unusable (other parameter or optimizer trees).
+_STATE_FIELDS = ("model.scan_layers", "optim.name", "optim.decay_mask")
+
+
+@dataclasses.dataclass
+class Start:
+    """The state a run starts from, its base RNG key, its step, and the checkpoint manager (a
+    new one when a damaged step was set aside)."""
+    state: dict
+    rng: Any
+    step: int
+    manager: Any
+
+
+def start_state(setup, config, workdir, *, manager, target, rng, grain_iter,
+                fresh: Callable[[], dict]) -> Start:
+    """The run's starting point (call under the training mesh and its logical rules).
+
+    `target`: the abstract, sharded train state; `rng`: the run's base key; `grain_iter`: the
+    input iterator restored in place with a training checkpoint; `fresh()`: a new init.
+    """
+    step = (workdir_lib.latest_step(workdir_lib.checkpoints_dir(workdir))
+            if config.checkpoint.resume else None)
+    init_from = str(config.train.init_from or "")
+    if step is not None and not workdir_lib.has_train_state(workdir, step):
+        init_from = str(workdir)  # e.g. `import-torch --out=W` then `pretrain --workdir=W`
+    elif step is not None:
+        init_from = ""  # the workdir's own training state wins over init_from
+    if init_from:
+        state, step = _warm_start(setup, config, init_from, target, fresh, own=step is not None)
+        return Start(state, rng, step, manager)
+    if step is None:
+        return Start(fresh(), rng, 0, manager)
+    for line in resume_changes(config, config_lib.load_checkpoint_config(workdir),
+                               source=str(workdir)):
+        progress.print_line(line)
+    restored = _restore(setup, config, workdir, manager, target, grain_iter)
+    if restored.state is None:
+        return Start(fresh(), rng, 0, restored.manager)
+    progress.print_line(f"resumed from step {restored.step} of {workdir}")
+    return restored
+
+
+def _restore(setup, config, workdir, manager, target, grain_iter) -> Start:
+    """The newest training checkpoint that restores. A step that fails is set aside with one
+    line naming it, and the one before it is tried; state None when the workdir held none (a
+    workdir whose every step is damaged is an error)."""
+    root = workdir_lib.checkpoints_dir(workdir)
+    steps = sorted(workdir_lib.complete_steps(root), reverse=True)
+    for step in steps:
+        try:
+            restored = ckpt_lib.restore_train_state(
+                manager, step, abstract_params=trees.merge(target["params"], target["fixed"]),
+                abstract_opt_state=target["opt_state"], data_iter=grain_iter)
+        except Exception as err:  # noqa: BLE001 - any damage: truncated, corrupt, mismatched
+            if jax.process_count() > 1:
+                raise
+            manager.close()
+            moved = workdir_lib.set_aside(root / str(step), "damaged")
+            reason = " ".join(str(err).split())[:200]
+            progress.print_line(f"checkpoint step {step} could not be restored "
+                                f"({type(err).__name__}: {reason}); kept as {moved.name}, "
+                                "trying the step before it")
+            manager = ckpt_lib.make_manager(workdir,
+                                            max_to_keep=int(config.checkpoint.max_to_keep),
+                                            async_save=bool(config.checkpoint.async_save))
+            continue
+        state = {"params": trees.select_like(restored["params"], target["params"]),
+                 "fixed": trees.select_like(restored["params"], target["fixed"]),
+                 "opt_state": restored["opt_state"],
+                 "step": mesh_lib.place(np.int32(step), setup.replicated)}
+        return Start(state, restored["rng"], step, manager)
+    if steps:
+        raise ValueError(f"{root}: no checkpoint step restores (all set aside as damaged); "
+                         "start a new run with a new --workdir")
+    return Start(None, None, 0, manager)
+
+
+def _warm_start(setup, config, source: str, target, fresh, *, own: bool):
+    """(train state, step) whose params (and fixed tables) come from the params-only
+    checkpoint at `source`, with a fresh optimizer. `own`: `source` is the workdir itself,
+    whose step the run continues from; otherwise (config.train.init_from) it starts at 0."""
+    loaded, ckpt_config, ckpt_step = config_lib.load_checkpoint(source)
+    warm_start.check_architecture(config.model, ckpt_config.model, source=source)
+    template = trees.merge(target["params"], target["fixed"])
+    if "encoder" in template and "encoder" not in loaded:  # a bare encoder checkpoint
+        loaded = {"encoder": loaded}
+    fitted, missing = warm_start.fit_params(loaded, template, source=source)
+    if missing:  # their fresh values: the init the run would use without a checkpoint
+        new = fresh()
+        fitted = warm_start.fill_missing(fitted, trees.merge(new["params"], new["fixed"]))
+    shardings = setup.shardings
+    placed = jax.tree.map(mesh_lib.place, fitted,
+                          trees.merge(shardings["params"], shardings["fixed"]))
+    start = ckpt_step if own else 0
+    state = jax.jit(lambda p, f, s: {"params": p, "fixed": f, "opt_state": setup.tx.init(p),
+                                     "step": s}, out_shardings=shardings)(
+        trees.select_like(placed, target["params"]),
+        trees.select_like(placed, target["fixed"]),
+        mesh_lib.place(np.int32(start), setup.replicated))
+    progress.print_line(
+        f"initialised params from {source} (step {ckpt_step}, params only): fresh optimizer, "
+        f"starting at step {start}" + (f"; {len(missing)} freshly initialised" if missing else ""))
+    return state, start
+
+
+def resume_changes(config, saved, *, source: str) -> list[str]:
+    """Lines naming what differs between the run's config and the checkpoint's. A change that
+    the saved state cannot follow (the architecture, the optimizer's structure) is a ValueError
+    naming the fields; anything else (steps, learning rate, logging) is reported and allowed."""
+    run, old = (trees.flatten(ckpt_lib.config_to_json_dict(c), sep=".") for c in (config, saved))
+    changed = sorted(k for k in set(run) | set(old) if run.get(k) != old.get(k))
+    if not changed:
+        return []
+    arch_run, arch_old = (warm_start.architecture(c.model) for c in (config, saved))
+    fatal = []
+    if arch_run != arch_old:  # name the fields as the user set them (model.size) and resolved
+        fatal = [f"config.{k}: checkpoint {old.get(k)!r}, run {run.get(k)!r}"
+                 for k in changed if k.startswith("model.")]
+        fatal += [f"(model {k}: {arch_old.get(k)!r} vs {arch_run.get(k)!r})"
+                  for k in sorted(set(arch_run) | set(arch_old))
+                  if arch_run.get(k) != arch_old.get(k) and f"model.{k}" not in changed]
+    fatal += [f"config.{k}: checkpoint {old.get(k)!r}, run {run.get(k)!r}"
+              for k in _STATE_FIELDS if k in changed]
+    clipped = [float(c.get("optim.grad_clip_norm", 0)) > 0 for c in (old, run)]
+    if clipped[0] != clipped[1]:
+        fatal.append("config.optim.grad_clip_norm: clipping turned on or off changes the "
+                     "optimizer state")
+    if fatal:
+        raise ValueError(f"{source}: this run cannot resume the workdir's checkpoint: "
+                         + "; ".join(fatal) + ". Use the checkpoint's values, or a new --workdir")
+    shown = ", ".join(f"{k} {old.get(k)!r} -> {run.get(k)!r}" for k in changed[:8])
+    more = f" (+{len(changed) - 8} more)" if len(changed) > 8 else ""
+    return [f"resuming with changed config fields: {shown}{more}"]

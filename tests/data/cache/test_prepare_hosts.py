@@ -1,0 +1,143 @@
+"""`crema-jax prepare` on several hosts: real processes sharing one output folder must write
+exactly the files of a one-host run, also when a host is killed mid-way and rerun."""
+import csv
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from crema_jax.data.cache import hosts
+
+CLI = [os.path.join(os.path.dirname(sys.executable), "crema-jax"), "prepare"]
+N, PER, SHARDS = 40, 2, 20          # host 0 of 2 writes shards 0-9, host 1 shards 10-19
+NAN_ROWS = (3, 31)                  # one bad record in each host's part
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hosts")
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 0.5, (N, 12, 5000)).astype(np.float32)  # 10 s at 500 Hz, mV
+    x[list(NAN_ROWS)] = np.nan
+    np.save(root / "ecgs.npy", x)
+    with open(root / "ecgs.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["labels"]] + [["AF" if r % 3 else "SB"] for r in range(N)])
+    return root / "ecgs.npy"
+
+
+def _args(data, out, *extra):
+    return CLI + ["--layout=numpy", f"--root={data}", "--layout_option=fs=500",
+                  f"--out={out}", "--workers=1", f"--records_per_shard={PER}", *extra]
+
+
+def _host(data, out, i, *extra):
+    return _args(data, out, "--num_hosts=2", f"--host_index={i}", *extra)
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(pathlib.Path(folder).iterdir())}
+
+
+@pytest.fixture(scope="module")
+def one_host(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one") / "cache"
+    done = subprocess.run(_args(dataset, out), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == f"prepared {N - 2} records, skipped 2"
+    assert "ETA" in done.stderr and "ECG/s" in done.stderr
+    return _files(out)
+
+
+def test_two_processes_write_the_one_host_cache(dataset, one_host, tmp_path):
+    out = tmp_path / "cache"
+    procs = [subprocess.Popen(_host(dataset, out, i, "--wait_s=240"), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in (1, 0)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outputs]
+    host1, host0 = (o[0].strip().splitlines() for o in outputs)
+    assert host1[-1] == (f"host 1/2: prepared {N // 2 - 1} records, skipped 1 (shards 10-19); "
+                         "host 0 merges the index")
+    assert ["no_signal", "1"] in [line.split() for line in host1]     # host 1's own table
+    assert host0[-1] == f"prepared {N - 2} records, skipped 2"
+    assert ["no_signal", "2"] in [line.split() for line in host0]     # the merged table
+    assert _files(out) == one_host
+
+
+def test_a_killed_host_reruns_only_its_missing_shards(dataset, one_host, tmp_path):
+    out = tmp_path / "cache"
+    host0 = subprocess.Popen(_host(dataset, out, 0, "--wait_s=240"), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    host1 = subprocess.Popen(_host(dataset, out, 1, "--wait_s=240"), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    first = out / f"shard-00010-of-000{SHARDS}.json"
+    deadline = time.monotonic() + 240
+    while not first.exists() and time.monotonic() < deadline and host1.poll() is None:
+        time.sleep(0.001)
+    host1.send_signal(signal.SIGKILL)
+    host1.wait()
+    written = sorted(p.name for p in out.glob("shard-000[1][0-9]-*.json"))
+    assert first.name in written and len(written) < SHARDS // 2      # killed mid-way
+    kept = {name: (out / name).stat().st_ino for name in written}
+    assert not (out / "index.json").exists() and host0.poll() is None  # host 0 still waits
+
+    rerun = subprocess.run(_host(dataset, out, 1), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    stdout, stderr = host0.communicate(timeout=300)
+    assert host0.returncode == 0, stderr
+    assert {name: (out / name).stat().st_ino for name in written} == kept  # not rewritten
+    assert not list(out.glob(".*.tmp"))
+    assert _files(out) == one_host
+
+
+def test_host_0_gives_up_naming_the_missing_host_then_merge(dataset, one_host, tmp_path):
+    out = tmp_path / "cache"
+    alone = subprocess.run(_host(dataset, out, 0, "--wait_s=1"), capture_output=True,
+                           text=True, timeout=300)
+    assert alone.returncode == 1
+    assert "10 of 20 shards are not written yet" in alone.stderr
+    assert "hosts [1] of 2" in alone.stderr and "--merge" in alone.stderr
+    early = subprocess.run(_args(dataset, out, "--merge"), capture_output=True, text=True,
+                           timeout=300)
+    assert early.returncode == 1 and "not written yet" in early.stderr
+    assert subprocess.run(_host(dataset, out, 1), capture_output=True, timeout=300).returncode == 0
+    assert not (out / "index.json").exists()
+    merged = subprocess.run(_args(dataset, out, "--merge"), capture_output=True, text=True,
+                            timeout=300)
+    assert merged.returncode == 0, merged.stderr
+    assert _files(out) == one_host
+
+
+def test_host_shards_are_fixed_blocks_whatever_the_host_count():
+    assert [list(hosts.host_shards(10, 3, h)) for h in range(3)] == [[0, 1, 2], [3, 4, 5],
+                                                                     [6, 7, 8, 9]]
+    assert [list(hosts.host_shards(2, 4, h)) for h in range(4)] == [[], [0], [], [1]]
+    assert [hosts.host_of_shard(s, 10, 3) for s in range(10)] == [0] * 3 + [1] * 3 + [2] * 4
+    with pytest.raises(ValueError, match="--host_index=2"):
+        hosts.host_shards(10, 2, 2)
+
+
+@pytest.mark.parametrize("environ,expected", [
+    ({}, (0, 1)),
+    ({"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "1",
+      "SLURM_ARRAY_TASK_STEP": "2"}, (3, 4)),
+    ({"SLURM_PROCID": "2", "SLURM_NTASKS": "8"}, (2, 8)),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, (0, 1)),
+    ({"TPU_WORKER_ID": "3", "TPU_WORKER_HOSTNAMES": "w0,w1,w2,w3"}, (3, 4)),
+    ({"TPU_WORKER_ID": "0", "TPU_WORKER_HOSTNAMES": "w0"}, (0, 1)),
+])
+def test_host_defaults_from_the_environment(environ, expected):
+    assert hosts.detect(environ)[:2] == expected
+    assert hosts.resolve(-1, -1, environ)[:2] == expected
+    assert hosts.resolve(1, 5, environ) == (1, 5, "flags")
+
+
+def test_half_given_host_flags_are_refused():
+    with pytest.raises(ValueError, match="go together"):
+        hosts.resolve(1, -1, {})
+    with pytest.raises(ValueError, match="0 <= --host_index < --num_hosts"):
+        hosts.resolve(-1, -1, {"SLURM_PROCID": "9", "SLURM_NTASKS": "4"})

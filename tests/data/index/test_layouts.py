@@ -1,0 +1,222 @@
+"""Dataset layouts on the shared CinC sample, a hand-made PTB-XL tree and manifests."""
+import collections
+import csv
+import hashlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import wfdb
+
+from crema_jax.data import synthetic
+from crema_jax.data.index import dataset_index
+from crema_jax.data.index import manifest
+from crema_jax.data.index import ptbxl
+from crema_jax.data.index import registry
+from crema_jax.data.index import wfdb_folder
+from crema_jax.data.reading import wfdb_records
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _sha1_split(key, val=0.1, test=0.1):
+    u = int(hashlib.sha1(key.encode()).hexdigest()[:16], 16) / 2**64
+    return "train" if u < 1 - val - test else ("val" if u < 1 - test else "test")
+
+
+def test_wfdb_folder_on_cinc_sample(cinc_sample_dir):
+    index = registry.build_index("wfdb_folder", cinc_sample_dir)
+    assert len(index) == 50 and index.layout == "wfdb_folder"
+    assert collections.Counter(r.source for r in index) == {"georgia": 20, "ptbxl": 10,
+                                                            "ningbo": 20}
+    all_codes = set()
+    for info in index:
+        lines = open(info.path + ".hea").read().splitlines()
+        dx = [ln for ln in lines if ln.startswith("# Dx:")][0][len("# Dx:"):]
+        codes = {c.strip() for c in dx.split(",")}
+        assert set(info.labels) == codes
+        all_codes |= codes
+        assert info.split == _sha1_split(info.record_id)
+        assert os.path.isfile(info.path + ".mat")
+    assert index.label_names == sorted(all_codes) and len(all_codes) == 25
+    e07500 = next(r for r in index if r.record_id == "E07500")
+    assert set(e07500.labels) == {"67741000119109", "426177001"}
+    assert e07500.meta["age"] == 78 and e07500.meta["sex"] == "Male"
+    assert e07500.meta["fs"] == 500.0 and e07500.meta["num_samples"] == 5000
+    assert sum(len(index.split(s)) for s in ("train", "val", "test")) == 50
+
+
+def test_wfdb_folder_recursive_with_folder_sources_and_unknown_meta(tmp_path):
+    synthetic.write_synthetic_wfdb(tmp_path / "siteA", 2, seconds=2.5)
+    synthetic.write_synthetic_wfdb(tmp_path / "siteB" / "deeper", 1, seconds=2.5, seed=5)
+    hea = tmp_path / "siteA" / "SYN00001.hea"
+    text = hea.read_text()
+    text = "\n".join(ln for ln in text.splitlines() if not ln.startswith(("# Age", "# Sex")))
+    hea.write_text(text + "\n# Age: NaN\n# Sex: Unknown\n")
+    index = wfdb_folder.wfdb_folder(tmp_path, val_fraction=0.5, test_fraction=0.5)
+    assert [r.record_id for r in index] == ["SYN00000", "SYN00001", "SYN00000"]
+    assert [r.source for r in index] == ["siteA", "siteA", "deeper"]
+    assert index[1].meta["age"] is None and index[1].meta["sex"] is None
+    assert all(r.split in ("val", "test") for r in index)
+    assert wfdb_folder.wfdb_folder(tmp_path, source="mine")[0].source == "mine"
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        wfdb_folder.wfdb_folder(tmp_path / "nope")
+
+
+def test_package_sample_data():
+    index = wfdb_folder.wfdb_folder(dataset_index.sample_data_dir())
+    assert collections.Counter(r.source for r in index) == {"georgia": 14, "ptbxl": 10,
+                                                            "ningbo": 12}
+    total = sum(f.stat().st_size for f in dataset_index.sample_data_dir().iterdir())
+    assert total <= 5 * 2**20
+    assert (dataset_index.sample_data_dir() / "README.md").read_text().count("CC BY 4.0") >= 1
+    ecg = wfdb_records.read_record(index[0].path)
+    assert ecg.signal.shape == (12, 2500)
+
+
+# Hand-made statements: (code, diagnostic, form, rhythm, diagnostic_class, diagnostic_subclass)
+SCP = [
+    ("NORM", "1.0", "", "", "NORM", "NORM"),
+    ("IMI", "1.0", "", "", "MI", "IMI"),
+    ("ASMI", "1.0", "", "", "MI", "AMI"),
+    ("LVH", "1.0", "", "", "HYP", "LVH"),
+    ("NDT", "1.0", "1.0", "", "STTC", "STTC"),
+    ("ABQRS", "", "1.0", "", "", ""),
+    ("INVT", "", "1.0", "", "", ""),
+    ("SR", "", "", "1.0", "", ""),
+    ("AFIB", "", "", "1.0", "", ""),
+]
+# (ecg_id, patient_id, scp_codes, strat_fold, site)
+DATABASE = [
+    (1, 101, "{'NORM': 100.0, 'SR': 0.0}", 1, 0),
+    (2, 102, "{'IMI': 15.0, 'ASMI': 50.0, 'ABQRS': 0.0, 'SR': 0.0}", 8, 1),
+    (3, 103, "{'NDT': 100.0, 'LVH': 35.0, 'AFIB': 0.0, 'XYZ': 100.0}", 9, 2),
+    (4, 104, "{'SR': 0.0, 'INVT': 0.0}", 10, 0),
+]
+
+
+@pytest.fixture(scope="module")
+def ptbxl_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ptbxl")
+    with open(root / "scp_statements.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["", "description", "diagnostic", "form", "rhythm", "diagnostic_class",
+                         "diagnostic_subclass", "Statement Category"])
+        for code, diag, form, rhythm, cls, sub in SCP:
+            writer.writerow([code, code.lower(), diag, form, rhythm, cls, sub, "x"])
+    with open(root / "ptbxl_database.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["ecg_id", "patient_id", "age", "sex", "site", "scp_codes", "strat_fold",
+                         "filename_lr", "filename_hr"])
+        for ecg_id, patient, scp, fold, site in DATABASE:
+            lr, hr = f"records100/00000/{ecg_id:05d}_lr", f"records500/00000/{ecg_id:05d}_hr"
+            writer.writerow([ecg_id, f"{patient}.0", "56.0", "1", f"{site}.0", scp, fold, lr, hr])
+            for name, fs in ((lr, 100), (hr, 500)):
+                folder = root / os.path.dirname(name)
+                folder.mkdir(parents=True, exist_ok=True)
+                sig = synthetic.synthetic_ecg(ecg_id, seconds=10.0, fs=fs)
+                wfdb.wrsamp(os.path.basename(name), fs=fs, units=["mV"] * 12,
+                            sig_name=["I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3",
+                                      "V4", "V5", "V6"],
+                            p_signal=sig.T.astype(np.float64), fmt=["16"] * 12,
+                            adc_gain=[1000.0] * 12, baseline=[0] * 12, write_dir=str(folder))
+    return root
+
+
+@pytest.mark.parametrize("label_set,expected", [
+    ("superclass", {1: ("NORM",), 2: ("MI",), 3: ("HYP", "STTC")}),
+    ("subclass", {1: ("NORM",), 2: ("AMI", "IMI"), 3: ("LVH", "STTC")}),
+    ("diagnostic", {1: ("NORM",), 2: ("ASMI", "IMI"), 3: ("LVH", "NDT")}),
+    ("form", {2: ("ABQRS",), 3: ("NDT",), 4: ("INVT",)}),
+    ("rhythm", {1: ("SR",), 2: ("SR",), 3: ("AFIB",), 4: ("SR",)}),
+    ("all", {1: ("NORM", "SR"), 2: ("ABQRS", "ASMI", "IMI", "SR"),
+             3: ("AFIB", "LVH", "NDT", "XYZ"), 4: ("INVT", "SR")}),
+])
+def test_ptbxl_label_sets(ptbxl_root, label_set, expected):
+    index = ptbxl.ptbxl(ptbxl_root, label_set=label_set)
+    assert {int(r.meta["ecg_id"]): r.labels for r in index} == expected
+    assert index.label_names == sorted({c for labels in expected.values() for c in labels})
+
+
+def test_ptbxl_splits_paths_and_meta(ptbxl_root):
+    index = ptbxl.ptbxl(ptbxl_root, label_set="all", source="site")
+    assert [r.split for r in index] == ["train", "train", "val", "test"]
+    assert [r.source for r in index] == ["ptbxl_site0", "ptbxl_site1", "ptbxl_site2",
+                                         "ptbxl_site0"]
+    assert index[1].meta["patient_id"] == "102.0" and index[1].meta["sex"] == "Female"
+    assert index[0].path == str(ptbxl_root / "records500" / "00000" / "00001_hr")
+    assert wfdb_records.read_record(index[0].path).signal.shape == (12, 2500)
+    low = ptbxl.ptbxl(ptbxl_root, label_set="superclass", sampling_rate=100,
+                      drop_unlabelled=False)
+    assert len(low) == 4 and low[3].labels == () and low[0].source == "ptbxl"
+    ecg = wfdb_records.read_record(low[0].path, target_fs=None)
+    assert ecg.fs == 100.0 and ecg.signal.shape == (12, 1000) and ecg.lead_present.all()
+    with pytest.raises(ValueError, match="label_set"):
+        ptbxl.ptbxl(ptbxl_root, label_set="diag")
+    with pytest.raises(ValueError, match="source"):
+        ptbxl.ptbxl(ptbxl_root, source="device")
+    with pytest.raises(FileNotFoundError, match="ptbxl_database.csv"):
+        ptbxl.ptbxl(ptbxl_root / "records100")
+
+
+def test_manifest_relative_paths_labels_and_splits(tmp_path):
+    paths = synthetic.write_synthetic_wfdb(tmp_path / "data", 4, seconds=2.5)
+    rows = [
+        ["path", "labels", "split", "source", "patient_id"],
+        ["data/SYN00000.hea", "a;b", "train", "hosp1", ""],
+        ["data/SYN00001", "c|a", "", "", "p7"],
+        [paths[2], "b,c", "validation", "", ""],
+        ["data/SYN00003.dat", "", "", "", ""],
+    ]
+    with open(tmp_path / "manifest.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)  # "b,c" is quoted by the csv writer.
+    index = manifest.manifest(tmp_path)
+    assert [r.path for r in index] == paths
+    assert [r.labels for r in index] == [("a", "b"), ("a", "c"), ("b", "c"), ()]
+    assert [r.split for r in index] == ["train", _sha1_split("p7"), "val",
+                                        _sha1_split("SYN00003")]
+    assert [r.source for r in index] == ["hosp1", "data", "data", "data"]
+    assert index.label_names == ["a", "b", "c"]
+    assert wfdb_records.read_record(index[1].path).signal.shape == (12, 625)
+    same = registry.build_index("manifest", tmp_path / "manifest.csv")
+    assert [r.path for r in same] == paths
+
+    with open(tmp_path / "bad.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["path", "split"], ["data/SYN00000", "holdout"]])
+    with pytest.raises(ValueError, match=r"bad.csv:2: split 'holdout'"):
+        manifest.manifest(tmp_path / "bad.csv")
+    with open(tmp_path / "nopath.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["file"], ["data/SYN00000"]])
+    with pytest.raises(ValueError, match="'path' column"):
+        manifest.manifest(tmp_path / "nopath.csv")
+
+
+def test_hash_split_matches_hashlib_and_is_stable_across_processes():
+    keys = [f"patient{i}" for i in range(300)] + ["E07500", "HR06000", "ünïcode"]
+    ours = [dataset_index.hash_split(k) for k in keys]
+    assert ours == [_sha1_split(k) for k in keys]
+    counts = collections.Counter(ours)
+    assert 200 < counts["train"] < 280 and counts["val"] > 10 and counts["test"] > 10
+    assert [dataset_index.hash_split(k, val_fraction=0.3, test_fraction=0.2) for k in keys] == [
+        _sha1_split(k, 0.3, 0.2) for k in keys]
+    code = ("import sys; from crema_jax.data.index.dataset_index import hash_split; "
+            "print(''.join(hash_split(k)[0] for k in sys.argv[1:]))")
+    outputs = {subprocess.run([sys.executable, "-c", code, *keys], capture_output=True,
+                              text=True, check=True, cwd=REPO_ROOT,
+                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip()
+               for seed in ("1", "2")}
+    assert outputs == {"".join(s[0] for s in ours)}
+    with pytest.raises(ValueError, match="fractions"):
+        dataset_index.hash_split("x", val_fraction=0.7, test_fraction=0.5)
+
+
+def test_infer_source_and_unknown_layout():
+    assert [dataset_index.infer_source(r) for r in ("A0001", "Q0001", "I01", "S0001", "HR00001",
+                                                    "E00001", "JS00001", "X1", "abc")] == [
+        "cpsc2018", "cpsc2018_extra", "incart", "ptb", "ptbxl", "georgia", "ningbo", "unknown",
+        "unknown"]
+    assert dataset_index.infer_source("rec12", "mysite") == "mysite"
+    with pytest.raises(ValueError, match="wfdb_folder"):
+        registry.build_index("hdf5", "/tmp")

@@ -1,0 +1,53 @@
+"""canonical_ecg's windows: cut at the record's rate, checked for NaN, then resampled (ST-MEM's
+order), against scipy applied by hand to the same slice."""
+import numpy as np
+import pytest
+import scipy.signal
+
+from crema_jax.data.reading.ecg import RecordError, Window, canonical_ecg
+from crema_jax.data.reading.leads import LEADS
+
+FS = 500.0
+
+
+def _raw(seconds: float, seed: int = 0) -> np.ndarray:
+    """(T, 12) random-walk leads in mV."""
+    rng = np.random.default_rng(seed)
+    return np.cumsum(rng.standard_normal((int(seconds * FS), 12)), axis=0) * 0.01
+
+
+def _read(raw, **options):
+    return canonical_ecg(raw, list(LEADS), ["mV"] * 12, FS, path="rec", target_fs=250.0,
+                         resample_method="fft", nan_policy="drop_window", flat_leads="keep",
+                         derive_limb_leads=False, **options)
+
+
+def test_a_window_is_cut_at_the_record_rate_then_fft_resampled():
+    raw = _raw(25.0)
+    ecg = _read(raw, window=Window(1, 10.0))
+    cut = raw[5000:10000].T.astype(np.float32)           # window 1: samples 5000..9999
+    expected = scipy.signal.resample(cut.astype(np.float64), 2500, axis=-1)
+    assert ecg.fs == 250.0 and ecg.signal.shape == (12, 2500)
+    np.testing.assert_array_equal(ecg.signal, expected.astype(np.float32))
+
+
+def test_nan_drops_only_its_window_and_a_partial_window_is_too_short():
+    raw = _raw(25.0)
+    raw[6000, 3] = np.nan                                 # inside window 1 (10-20 s)
+    assert _read(raw, window=Window(0, 10.0)).signal.shape == (12, 2500)
+    with pytest.raises(RecordError) as err:
+        _read(raw, window=Window(1, 10.0))
+    assert err.value.reason == "nan_window"
+    assert str(err.value).startswith("window 1 (10 s) of rec holds NaN samples")
+    with pytest.raises(RecordError) as err:
+        _read(raw, window=Window(2, 10.0))                # 20-30 s: only 5 s recorded
+    assert err.value.reason == "too_short"
+
+
+def test_drop_window_without_windows_checks_the_whole_record():
+    raw = _raw(10.0)
+    raw[100, 0] = np.nan
+    with pytest.raises(RecordError) as err:
+        _read(raw)
+    assert (err.value.reason, str(err.value)) == ("nan_window", "rec holds NaN samples "
+                                                  "[nan_window]")

@@ -1,0 +1,53 @@
+"""FLOPs from XLA, the peak table, MFU arithmetic and the metric files."""
+import json
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from crema_jax.train import perf, progress
+
+
+@pytest.mark.parametrize("kind,dtype,peak", [
+    ("TPU v4", "bfloat16", 275.0), ("TPU v5 lite", "bfloat16", 197.0),
+    ("TPU v5", "bfloat16", 459.0), ("TPU v6 lite", "bfloat16", 918.0),
+    ("NVIDIA A100-SXM4-80GB", "bfloat16", 312.0), ("NVIDIA H100 80GB HBM3", "bfloat16", 989.0),
+    ("NVIDIA H200", "bfloat16", 989.0), ("NVIDIA A100-SXM4-40GB", "float32", 156.0)])
+def test_peak_table(kind, dtype, peak):
+    device = types.SimpleNamespace(device_kind=kind, platform="tpu")
+    assert perf.peak_tflops_per_device(dtype, device)[0] == peak
+
+
+def test_compiled_flops_of_a_matmul():
+    f = jax.jit(lambda a, b: a @ b).lower(jax.ShapeDtypeStruct((64, 32), jnp.float32),
+                                          jax.ShapeDtypeStruct((32, 16), jnp.float32)).compile()
+    assert perf.compiled_flops_per_device(f) == 2 * 64 * 32 * 16
+
+
+def test_perf_metrics_arithmetic():
+    m = perf.perf_metrics(step_seconds=0.5, flops_per_device=2e12, peak_tflops=8.0,
+                             global_batch=64)
+    assert m["perf/ecgs_per_sec"] == 128.0
+    assert m["perf/per_device_tflops_per_sec"] == pytest.approx(4.0)
+    assert m["perf/mfu"] == pytest.approx(0.5)
+
+
+def test_metric_writer_jsonl_and_tensorboard(tmp_path):
+    writer = progress.MetricWriter(tmp_path, enabled=True)
+    writer.write(1, {"loss": np.float32(1.5), "learning/lr": 0.1})
+    writer.write(2, {"loss": 1.25, "learning/lr": 0.2})
+    writer.close()
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [{"step": 1, "loss": 1.5, "learning/lr": 0.1},
+                    {"step": 2, "loss": 1.25, "learning/lr": 0.2}]
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+
+
+def test_progress_line_has_loss_terms_and_eta():
+    line = progress.progress_line(10, 100, {"loss": 0.5, "loss/mae": 0.4,
+                                           "perf/step_time_seconds": 0.25}, eta_seconds=3725)
+    assert line.startswith("step 10/100 loss=0.50000 mae=0.4000")
+    assert "250ms/step" in line and "eta=1h02m05s" in line
