@@ -31,7 +31,7 @@
 #     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 #     --platform manylinux1_x86_64 -d .whl ml_collections==1.1.0
 # On the bench path crema_jax imports ml_collections (config), orbax-checkpoint (train/trainer.py
-# imports crema_jax.checkpoint at the top) and nothing of the input pipeline.
+# imports crema_jax.runtime.checkpoint at the top) and nothing of the input pipeline.
 set -uo pipefail
 
 START=$(date +%s)
