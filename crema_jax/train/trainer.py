@@ -22,7 +22,6 @@ from flax import nnx
 from crema_jax import config as config_lib
 from crema_jax import losses, models
 from crema_jax.data.pipeline import batch as batch_lib
-from crema_jax.data.pipeline import datasets as pipeline
 from crema_jax.models import sharding
 from crema_jax.runtime import checkpoint as ckpt_lib
 from crema_jax.runtime import mesh as mesh_lib
@@ -147,6 +146,10 @@ def input_iterator(config, per_process_batch: int):
     data_cfg = config.data.copy_and_resolve_references()
     with data_cfg.unlocked():
         data_cfg.batch_size = int(per_process_batch)
+    # Imported here, not at the top: the input pipeline needs grain and wfdb, and the compiled
+    # step alone (dry runs, bench/accelerator.sh on an image without them) does not.
+    from crema_jax.data.pipeline import datasets as pipeline
+
     return iter(pipeline.make_pretrain_dataset(data_cfg))
 
 
