@@ -73,8 +73,9 @@ def test_dry_run_reports_every_row(tmp_path):
         last_digit = 10.0 ** -len(tflops.split(".")[1])
         slack = rate * (0.05 / step_ms + 0.005) + last_digit / 2
         assert abs(float(tflops) - rate) <= slack, (label, tflops, rate)
-        # (On a CPU the peak is a GEMM timed in each row's process, as noisy as the host.)
-        assert float(mfu.rstrip("%")) > 0, (label, mfu)
+        # (On a CPU the peak is a GEMM timed in each row's process, as noisy as the host, and a
+        # loaded host rounds a slow row's MFU to 0.0%.)
+        assert 0 <= float(mfu.rstrip("%")) <= 100, (label, mfu)
         assert re.fullmatch(r"[\d.]+ (MiB|GiB) \((XLA plan|host RSS)\)", memory), memory
     # The Net1D pair is credited with PyTorch's flop_counter count: exactly the convolutions and
     # linear layers, i.e. the hand count.
