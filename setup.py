@@ -39,6 +39,9 @@ setuptools.setup(
         # libtpu (pinned to the installed jax by jax's own extra): compile for a TPU slice on
         # any machine (`crema-jax pretrain --dry_run --topology=v5p:4x4x4`); TPU VMs need it too.
         "tpu": ["jax[tpu]"],
+        # NVIDIA GPUs: jaxlib's CUDA 13 plugin with CUDA's own wheels (pinned to the installed
+        # jax by jax's extra); bench/accelerator.sh installs it where jax has no GPU backend.
+        "cuda": ["jax[cuda13]"],
         # pytest-xdist: the suite runs on two worker processes (XLA compiles single-threaded).
         "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-learn>=1.4", "torch==2.13.0",
                  "jax[tpu]"],

@@ -62,17 +62,18 @@ def make_config(model: str, batch: int, dtype: str, loss: str):
     return config
 
 
-def compiled_step_after_warmup(config) -> dict:
-    """The trainer's compiled step, its state and a batch from the input pipeline, after one
-    warm-up step (allocator, thread pools). Keys: setup, compiled, state, batch, rng,
-    compile_seconds."""
-    setup = trainer.build(config)
+def compiled_step_after_warmup(config, *, local=None, devices=None) -> dict:
+    """The trainer's compiled step, its state and a batch from the input pipeline (or `local`, a
+    host batch), after one warm-up step (allocator, thread pools), on `devices` (default: all).
+    Keys: setup, compiled, state, batch, rng, compile_seconds."""
+    setup = trainer.build(config, devices=devices)
     target = trainer.abstract_state(setup)
     t0 = time.perf_counter()
     compiled = trainer.compile_step(setup, config, target)
     compile_s = time.perf_counter() - t0
     state = trainer.init_state(setup, jax.random.key(0))
-    local = next(trainer.input_iterator(config, setup.per_process_batch))
+    if local is None:
+        local = next(trainer.input_iterator(config, setup.per_process_batch))
     batch = mesh_lib.global_batch(batch_lib.device_part(local), setup.mesh)
     rng = jax.random.key(1)
     state, m = compiled(state, batch, rng)
