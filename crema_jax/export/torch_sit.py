@@ -137,7 +137,8 @@ class Decoder(nn.Module):
         if visible_idx is None:
             grid = vis
         else:
-            grid = self.mask_embedding.expand(b, nl * n, w).clone()
+            # .to: under autocast the embedded tokens are bf16 and scatter_ needs one dtype.
+            grid = self.mask_embedding.to(vis.dtype).expand(b, nl * n, w).clone()
             grid.scatter_(1, visible_idx[..., None].expand(-1, -1, w), vis)
         x = torch.cat([sep[:, :, :1], grid.reshape(b, nl, n, w), sep[:, :, 1:]], dim=2)
         x = x + self.pos_embedding

@@ -120,6 +120,26 @@ def test_crema_layout_torch_module_matches_jax_and_round_trips(imported, tmp_pat
     assert all(np.array_equal(flat_a[p], flat_b[p]) for p in flat_a)
 
 
+def test_torch_module_reconstructs_under_bf16_autocast(imported, tmp_path):
+    """Mixed precision (PyTorch AMP) reconstructs too: the decoder's mask embedding (float32)
+    takes the dtype of the embedded bf16 tokens before they are scattered into it. The result
+    equals float32's to bf16's precision (8 mantissa bits, ~4e-3 relative per rounding)."""
+    _, _, params, cfg, _ = imported
+    model_cfg = export_torch.resolved_model_config(cfg)
+    state = export_torch.build_state_dict(params, cfg, layout="crema", include_decoder=True)
+    torch_model = torch_sit.CremaSiT(model_cfg, with_decoder=True)
+    torch_model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
+    patches, _, visible_idx = _inputs(seed=2)
+    args = (torch.from_numpy(patches), torch.arange(12).repeat(2, 1),
+            torch.from_numpy(visible_idx).long())
+    with torch.no_grad():
+        full = torch_model.reconstruct(*args).numpy()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = torch_model.reconstruct(*args).float().numpy()
+    assert np.isfinite(mixed).all()
+    assert 1e-4 < rel_err(mixed, full) <= 5e-2  # rounded to bf16, yet the same reconstruction
+
+
 def test_stmem_key_count_and_size_for_vit_b():
     cfg = default_model_config()  # base = ViT-B/75
     template = params_lib.abstract_params(cfg)
