@@ -19,7 +19,6 @@ learning.png (AUROC vs step, one panel per probe set) and learning.json. Float32
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import pathlib
 import sys
@@ -29,6 +28,8 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from crema_jax import config as config_lib  # noqa: E402
+
 TITLES = {"synthetic": "synthetic factors (rhythm, rate, axis, QRS width)",
           "real": "bundled real records (SNOMED labels)"}
 ARMS = {"CR-MAE": "crema", "MAE only": "mae", "contrastive only": "infonce"}
@@ -36,10 +37,7 @@ PROBES = ("synthetic", "real")  # factors of synthetic ECGs; the bundled records
 
 
 def demo_config():
-    spec = importlib.util.spec_from_file_location("demo", REPO / "configs" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return config_lib.load_config_file(REPO / "configs" / "demo.py")
 
 
 def arm_config(loss: str, *, pretrain_root: str, steps: int, eval_every: int):

@@ -34,6 +34,7 @@ if __name__ == "__main__":  # As `crema-jax` runs: glibc THP for XLA:CPU's step 
 
 import jax  # noqa: E402
 
+from crema_jax import config as config_lib  # noqa: E402
 from crema_jax.data.pipeline import batch as batch_lib  # noqa: E402
 from crema_jax.runtime import mesh as mesh_lib  # noqa: E402
 from crema_jax.train import perf as metrics_lib, trainer  # noqa: E402
@@ -41,15 +42,10 @@ from crema_jax.train import perf as metrics_lib, trainer  # noqa: E402
 
 def make_config(model: str, batch: int, dtype: str, loss: str):
     """configs/crema_<model>.py (its decoder and head sizes) with the bench's batch and dtype."""
-    import importlib.util
-
     path = REPO / "configs" / f"crema_{model}.py"
     if not path.exists():
         raise SystemExit(f"--model={model}: expected one of tiny, small, base, large ({path})")
-    spec = importlib.util.spec_from_file_location(f"crema_{model}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = config_lib.load_config_file(path)
     config.model.dtype = dtype
     config.loss.name = loss
     config.data.num_views = 1 if loss in ("mae", "stmem") else 2

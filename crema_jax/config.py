@@ -9,6 +9,9 @@ optimizer; resuming the workdir's own training checkpoints needs nothing.
 """
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+
 import ml_collections
 
 from crema_jax.runtime import checkpoint
@@ -155,6 +158,18 @@ def from_saved(saved: dict) -> ml_collections.ConfigDict:
     _merge(config, saved, "")
     presets.fill_missing(config.data, saved.get("data", {}))
     return config
+
+
+def load_config_file(path) -> ml_collections.ConfigDict:
+    """The config a config file (configs/*.py style: a module with `get_config()`) returns: the
+    one loader of config files for the commands' error messages, benchmarks and tests."""
+    path = pathlib.Path(path)
+    spec = importlib.util.spec_from_file_location(f"crema_jax_config_{path.stem}", path)
+    if spec is None:
+        raise ValueError(f"{path}: expected a Python config file (.py) with get_config()")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def load_checkpoint(path) -> tuple[dict, ml_collections.ConfigDict, int]:

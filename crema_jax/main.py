@@ -1,9 +1,13 @@
 """The `crema-jax` command: `crema-jax COMMAND [--flag=value ...]`, one module per subcommand
 (crema_jax/cli/). Only the chosen command's module is imported."""
 import importlib
+import os
 import sys
 
+from absl import flags
+
 from crema_jax.cli import COMMANDS
+from crema_jax.runtime import host_malloc
 
 
 def usage() -> str:
@@ -28,15 +32,15 @@ def run(argv=None) -> None:
         sys.exit(2)
     module_name, _, hugetlb = COMMANDS[name]
     if from_process and hugetlb:  # before anything allocates: see runtime/host_malloc.py
-        from crema_jax.runtime import host_malloc
-
         host_malloc.reexec_with_hugetlb()
-    from absl import flags
-
     if not flags.FLAGS.is_parsed():  # absl logging and Grain workers expect parsed flags
         flags.FLAGS([argv[0]])
     module = importlib.import_module(module_name)
-    sys.exit(module.COMMAND.run(argv[2:]) or 0)
+    try:
+        sys.exit(module.COMMAND.run(argv[2:]) or 0)
+    except BrokenPipeError:  # `crema-jax ... | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)  # 128 + SIGPIPE, as a shell reports it
 
 
 if __name__ == "__main__":

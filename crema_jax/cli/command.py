@@ -20,6 +20,7 @@ a bug and keeps its traceback.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import sys
 import textwrap
@@ -27,7 +28,8 @@ import traceback
 import types
 from typing import Any, Callable, Sequence
 
-from absl import flags
+from absl import flags, logging
+from ml_collections import config_flags
 
 PROGRAM = "crema-jax"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -104,8 +106,6 @@ class Command:
 
     # ------------------------------------------------------------------------- parsing
     def _flag_values(self, argv: Sequence[str]) -> flags.FlagValues:
-        from ml_collections import config_flags
-
         fv = flags.FlagValues()
         definers = {"string": flags.DEFINE_string, "float": flags.DEFINE_float,
                     "bool": flags.DEFINE_boolean, "list": flags.DEFINE_list,
@@ -195,18 +195,14 @@ class Command:
 def _config_override_problem(argv, config_flags: list[str]) -> str | None:
     """A one-line account of the first --NAME.a.b=v override naming no field of the config
     file, with the nearest field names."""
-    import difflib
-    import importlib.util
+    from crema_jax import config as config_lib  # here: --help answers without importing JAX
 
     for name in config_flags:
         path = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{name}=")), None)
         if path is None:
             continue
         try:
-            spec = importlib.util.spec_from_file_location("crema_jax_cli_config", path)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            config = module.get_config()
+            config = config_lib.load_config_file(path)
         except Exception:  # noqa: BLE001 - the flag's own parser reports a bad file
             return None
         for arg in argv:
@@ -243,8 +239,6 @@ def _one_line(err: BaseException) -> str:
 
 
 def _set_log_level(level: str) -> None:
-    from absl import logging
-
     logging.set_verbosity({"debug": logging.DEBUG, "info": logging.INFO,
                            "warning": logging.WARNING, "error": logging.ERROR}[level])
 

@@ -34,7 +34,7 @@ evaluation_flags.add_finetune_recipe(COMMAND)
 
 @COMMAND.main
 def main(args) -> None:
-    from crema_jax.evaluate import compare, report
+    from crema_jax.evaluate import compare, report  # run time: --help needs no JAX
 
     if not 0 < args.alpha < 1:
         raise command.CommandError(f"--alpha={args.alpha}: expected 0 < alpha < 1")

@@ -13,7 +13,10 @@ records are skipped and counted).
 """
 import os
 
+import numpy as np
+
 from crema_jax.cli import command
+from crema_jax.runtime import files
 
 COMMAND = command.Command("embed", __doc__,
                           usage="--checkpoint=DIR --input=X.npy|RECORDS --out=Y.npy")
@@ -36,17 +39,13 @@ COMMAND.enum("windows", "rows", ["rows", "mean"], "When the data path cuts recor
 
 @COMMAND.main
 def main(args) -> None:
-    import numpy as np
-
-    from crema_jax.data.index import dataset_index
+    from crema_jax.data.index import dataset_index  # run time: --help needs no JAX
     from crema_jax.inference import backbones, embed
 
     try:
         fs = float(args.fs) if args.fs else None
     except ValueError:
         raise command.CommandError(f"--fs={args.fs!r}: expected a sampling rate in Hz") from None
-    from crema_jax.runtime import files
-
     if not args.out.endswith(".npy"):
         raise command.CommandError(f"--out={args.out}: expected a file name ending in .npy")
     side = os.path.splitext(args.out)[0] + ".records.txt"

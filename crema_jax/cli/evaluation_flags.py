@@ -82,7 +82,7 @@ def add_probe_head(cmd: command.Command) -> None:
 
 def probe_head(args) -> dict:
     """The linear head's settings (evaluate.linear_probe.fit_linear_probe's keywords)."""
-    from crema_jax.evaluate import linear_probe
+    from crema_jax.evaluate import linear_probe  # at run time: --help answers without importing JAX
 
     try:
         l2_grid = tuple(float(v) for v in args.l2_grid) or linear_probe.DEFAULT_L2_GRID

@@ -22,7 +22,7 @@ COMMAND.boolean("overwrite", False, "Replace FILE and FILE.json when they exist.
 
 @COMMAND.main
 def main(args) -> None:
-    from crema_jax.export import export_torch
+    from crema_jax.export import export_torch  # at run time: --help answers without importing JAX
 
     paths = export_torch.run_export(args.checkpoint, args.out, layout=args.layout or None,
                                     include_decoder=args.include_decoder,

@@ -19,7 +19,7 @@ COMMAND.integer("seed", 0, "Seed for model parts the file does not hold (e.g. th
 
 @COMMAND.main
 def main(args) -> None:
-    from crema_jax.export import import_torch
+    from crema_jax.export import import_torch  # at run time: --help answers without importing JAX
 
     if len(args.positional) != 1:
         raise command.CommandError(f"expected one weight FILE, got {len(args.positional)} "

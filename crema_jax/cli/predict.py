@@ -8,6 +8,7 @@ median baseline removed, one z-score, 500 Hz, 10 s (a longer record's centred 10
 paths, globs or folders (each may also be comma-separated).
 """
 from crema_jax.cli import command
+from crema_jax.runtime import files
 
 COMMAND = command.Command("predict", __doc__, usage="--model=ecgfounder --checkpoint=DIR",
                           positional="RECORD...")
@@ -23,13 +24,11 @@ COMMAND.enum("preset", "", ["", "crema", "stmem", "ecgfounder"], "The data path 
 
 @COMMAND.main
 def main(args) -> None:
-    from crema_jax.data.index import dataset_index
+    from crema_jax.data.index import dataset_index  # run time: --help needs no JAX
     from crema_jax.inference import backbones, embed, predict
 
     if not args.positional:
         raise command.CommandError(f"no records given (usage: {COMMAND.usage_line()})")
-    from crema_jax.runtime import files
-
     if args.out:
         files.check_output_file(args.out, inputs=[args.checkpoint, *args.positional],
                                 overwrite=args.overwrite)

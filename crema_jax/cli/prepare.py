@@ -52,7 +52,7 @@ COMMAND.integer("stop_after_shards", 0, "Stop after this many newly written shar
 
 @COMMAND.main
 def main(args) -> int:
-    from crema_jax.data.cache import hosts, prepare
+    from crema_jax.data.cache import hosts, prepare  # run time: --help needs no JAX
 
     host, num_hosts, origin = hosts.resolve(args.host_index, args.num_hosts)
     if num_hosts > 1:

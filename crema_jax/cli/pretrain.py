@@ -46,15 +46,17 @@ def main(args) -> None:
     if args.topology and args.num_devices:
         raise command.CommandError("give --topology or --num_devices, not both")
     if args.dry_run and (args.topology or args.num_devices):
-        import jax
+        import jax  # here, as every import below: --help answers without importing JAX
         # Before any backend starts: the machine's own devices are CPUs here; libtpu (when
         # installed) only describes and compiles for the slice, it never opens a TPU.
         jax.config.update("jax_platforms", "cpu")
         if args.num_devices:
             jax.config.update("jax_num_cpu_devices", args.num_devices)
 
-    # jax.distributed must start before anything touches a JAX backend.
+    # jax.distributed must start before anything touches a JAX backend (importing the trainer
+    # and evaluators below may).
     from crema_jax.runtime import mesh as mesh_lib
+
     mesh_lib.maybe_initialize_distributed(
         coordinator_address=args.coordinator_address or config.train.coordinator_address,
         num_processes=args.num_processes or config.train.num_processes,
@@ -62,12 +64,14 @@ def main(args) -> None:
         mode=config.train.distributed)
 
     import jax
+
     if config.train.compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", config.train.compilation_cache_dir)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
-    from crema_jax.evaluate import evaluators
+    from crema_jax.evaluate import evaluators  # after the distributed start, as said above
     from crema_jax.train import hooks, trainer
+
     if args.dry_run:
         # An unknown slice, or a mesh or batch that does not fit: a ValueError says why.
         devices = mesh_lib.tpu_topology_devices(args.topology) if args.topology else None
@@ -99,6 +103,7 @@ def main(args) -> None:
         if jax.process_count() > 1:
             print("reconstruction.png skipped: single-process runs only")
             return
-        from crema_jax.evaluate import reconstruction
+        from crema_jax.evaluate import reconstruction  # matplotlib: only for this figure
+
         path = reconstruction.write_png(config, result, args.workdir)
         print(f"wrote {path}")

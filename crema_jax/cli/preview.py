@@ -16,7 +16,7 @@ COMMAND.integer("seed", 0, "Seed of the crop and the mask.")
 
 @COMMAND.main
 def main(args) -> None:
-    from crema_jax.data import preview
+    from crema_jax.data import preview  # at run time: --help answers without importing JAX
 
     element, title = preview.load_ecg(args.record)
     preview.render(element, title, args.out, mask_name=args.mask, ratio=args.mask_ratio,

@@ -3,6 +3,7 @@ class vocabulary and label matrix, and the record source the evaluation pipeline
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import pathlib
 
@@ -30,7 +31,6 @@ class Dataset:
 def class_display_names(root: str, classes) -> dict:
     """Readable names of label codes from a `snomed_codes.csv` beside the data (CinC 2021 ships
     one: SNOMEDCTCode,Abbreviation,...); {} when there is none."""
-    import csv
     path = pathlib.Path(root) / "snomed_codes.csv"
     if not path.is_file():
         return {}

@@ -7,7 +7,9 @@ import numpy as np
 from crema_jax.evaluate import metrics
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot drawing to files. Imported on first use: matplotlib costs ~0.3 s and
+    only the commands that draw need it."""
     import matplotlib
     matplotlib.use("Agg")  # files only: no display on servers or in CI
     import matplotlib.pyplot as plt
@@ -16,7 +18,7 @@ def _pyplot():
 
 def plot_roc(labels: np.ndarray, scores: np.ndarray, class_names, path, title: str) -> None:
     """One ROC curve per scorable class, AUROC in the legend."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 6))
     drawn = 0
     for c, name in enumerate(class_names):
@@ -66,7 +68,7 @@ def primary_label(labels: np.ndarray, class_names) -> list[str]:
 
 def plot_embeddings(features: np.ndarray, groups: dict, path, title: str) -> None:
     """PCA scatter of features, one panel per grouping (e.g. {"label": [...], "source": [...]})."""
-    plt = _pyplot()
+    plt = pyplot()
     xy, ratio = pca_2d(features)
     fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 5), squeeze=False)
     cmap = plt.get_cmap("tab20")
@@ -89,7 +91,7 @@ def plot_paired_differences(comparisons: list[dict], class_display: dict, models
     """AUROC(A) - AUROC(B) per class (its test positives in brackets) with its DeLong CI, and
     the macro AUROC difference with its paired-bootstrap CI (bottom row, black); one panel per
     comparison, the verdict in its title."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = max(len(c["per_class"]) for c in comparisons) + 1
     fig, axes = plt.subplots(1, len(comparisons), figsize=(7 * len(comparisons),
                                                            1.2 + 0.42 * rows), squeeze=False)

@@ -25,6 +25,7 @@ from crema_jax.data.pipeline import batch as batch_lib
 from crema_jax.data.pipeline import crops, sources
 from crema_jax.data.pipeline.transforms import PretrainViews
 from crema_jax.data.reading.leads import LEADS
+from crema_jax.evaluate import plots
 from crema_jax.losses.mae import masked_mse as loss_masked_mse
 from crema_jax.losses.mae import normalise_patches
 
@@ -140,9 +141,7 @@ def in_signal_units(pred: np.ndarray, patches: np.ndarray, norm_pix_loss: bool) 
 
 
 def plot(batch, pred, path, *, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     patches = np.asarray(batch["patches"])[0, 0]          # (L, N, P)
     mask = np.asarray(batch["mask"])[0, 0]                # (L, N)

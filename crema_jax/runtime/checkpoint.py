@@ -49,7 +49,7 @@ def _json_default(obj):
 def make_manager(workdir, *, max_to_keep: int = 3, async_save: bool = True,
                  create: bool = True) -> ocp.CheckpointManager:
     """The CheckpointManager for `<workdir>/checkpoints` with the Grain handler registered."""
-    import grain  # Local import: model-only readers (export, probe) need no Grain.
+    import grain  # here: model-only readers (export, probe, the accelerator bench) need no Grain
 
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=create)
@@ -66,7 +66,7 @@ def save_train_state(manager: ocp.CheckpointManager, step: int, *, params, opt_s
     `rng` is a typed jax.random key; its raw uint32 data is stored. `data_iter` is a Grain
     iterator (or None for iterator-free training, e.g. synthetic data).
     """
-    import grain
+    import grain  # here: see make_manager
 
     items = dict(
         params=ocp.args.StandardSave(params),
@@ -88,7 +88,7 @@ def restore_train_state(manager: ocp.CheckpointManager, step: int, *, abstract_p
     written on one mesh restores onto any other. `data_iter` (if given) is set in place.
     Returns {"params", "opt_state", "rng" (typed key), "step"}.
     """
-    import grain
+    import grain  # here: see make_manager
 
     replicated = _replicated_like(abstract_params)
     items = dict(

@@ -136,7 +136,7 @@ def tpu_topology_devices(name: str) -> list:
     XLA compiles for them on any machine (ahead-of-time, nothing runs). It needs libtpu installed
     (`pip install "crema_jax[tpu]"`), not a TPU.
     """
-    from jax.experimental import topologies
+    from jax.experimental import topologies  # here: libtpu's, only for TPU dry runs
 
     if not re.fullmatch(r"v\d+[a-z]*:\d+(x\d+)+", name):
         raise ValueError(f"--topology={name!r}: expected a TPU type and chip grid such as "

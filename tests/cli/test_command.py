@@ -129,3 +129,14 @@ def test_flags_are_defined_only_in_the_cli_package():
             continue
         text = path.read_text()
         assert "DEFINE_" not in text and "absl import flags" not in text, module
+
+
+def test_help_into_a_closed_pipe_ends_without_a_traceback():
+    """`crema-jax probe --help | head -1`: the reader is gone when the help is written; the
+    command ends with SIGPIPE's status and prints nothing to stderr."""
+    proc = subprocess.Popen([*CLI, "probe", "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    proc.stdout.close()  # before the command writes: its write fails with EPIPE
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert err == ""
