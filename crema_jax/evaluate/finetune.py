@@ -31,7 +31,7 @@ from flax import nnx
 
 from crema_jax.data.pipeline import batch as batch_lib
 from crema_jax.data.pipeline import datasets as pipeline
-from crema_jax.evaluate import datasets, folds, metrics, plots, protocols, report, runs
+from crema_jax.evaluate import datasets, folds, plots, protocols, report, runs, scoring
 from crema_jax.inference import backbones
 from crema_jax.models import families, resolve_size, sit
 from crema_jax.runtime import mesh as mesh_lib
@@ -166,7 +166,7 @@ def fit(model: Model, *, mesh, train_iter, val_batches: list, label_type: str, e
             losses.append(step_metrics["loss"])
         probs, labels, _ = predict(evaluate, state["params"], state["fixed"], val_batches,
                                    label_type, crop_average)
-        auroc = metrics.macro_auroc(labels, probs)
+        auroc = scoring.macro_auroc(labels, probs)
         train_loss = float(np.mean(jax.device_get(losses)))
         history.append({"epoch": epoch, "train_loss": train_loss,
                         "val_macro_auroc": None if np.isnan(auroc) else float(auroc)})
