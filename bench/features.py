@@ -65,7 +65,7 @@ def _bench_size(size: str, *, num_ecgs: int, batch_size: int, max_seconds: float
 def _flops_per_ecg(backbone, batch_size: int) -> float:
     """XLA's FLOP count of one 3-crop ECG (cost analysis of the single-device program)."""
     def fn(state, patches, leads, valid):
-        return backbone.family.features(backbone.graphdef, state, {
+        return backbone.runner.features(backbone.graphdef, state, {
             "patches": patches, "lead_indices": leads, "patch_valid": valid})
 
     args = (backbone.state,

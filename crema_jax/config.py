@@ -118,17 +118,16 @@ def default_evals_config() -> ml_collections.ConfigDict:
     return c
 
 
-def default_config(model: str = "sit") -> ml_collections.ConfigDict:
-    """Every section's defaults; `model` picks the model section (a key of models.MODEL_CONFIGS)."""
+def default_config(model: str = "sit_pretrain") -> ml_collections.ConfigDict:
+    """Every section's defaults; `model` (a config.model.name, models/families.py) picks the
+    model section."""
     from crema_jax.data.config import default_data_config
     from crema_jax.losses.config import default_loss_config
-    from crema_jax.models import MODEL_CONFIGS
+    from crema_jax.models import families
 
-    if model not in MODEL_CONFIGS:
-        raise ValueError(f"config.model.name={model!r}: expected one of {sorted(MODEL_CONFIGS)}")
     config = ml_collections.ConfigDict()
     config.data = default_data_config()
-    config.model = MODEL_CONFIGS[model]()
+    config.model = families.family_of(model).default_config()
     config.model.name = model
     config.loss = default_loss_config()
     config.optim = default_optim_config()
@@ -149,12 +148,16 @@ def from_saved(saved: dict) -> ml_collections.ConfigDict:
 
     Fields the checkpoint lacks keep their default (a data field its data preset sets: the
     preset's value); fields today's config no longer has are dropped (an older or newer
-    crema_jax wrote them). JSON lists come back as tuples.
+    crema_jax wrote them); an older model name is read as today's. JSON lists come back as
+    tuples.
     """
     from crema_jax.data import presets
+    from crema_jax.models import families
 
     saved = _tuples(saved)
-    config = default_config(saved.get("model", {}).get("name", "sit"))
+    model = saved.get("model", {})
+    saved["model"] = {**model, "name": families.current_name(model.get("name", "sit_pretrain"))}
+    config = default_config(saved["model"]["name"])
     _merge(config, saved, "")
     presets.fill_missing(config.data, saved.get("data", {}))
     return config
@@ -238,10 +241,10 @@ def profile_range(spec: str) -> tuple[int, int]:
 def validate(config) -> None:
     """Impossible values refused before anything is built or compiled: a ValueError naming the
     field, its value and what is allowed."""
-    from crema_jax import losses, models
+    from crema_jax import losses
     from crema_jax.data import presets
     from crema_jax.data.pipeline import masking
-    from crema_jax.models import config as model_config
+    from crema_jax.models import families
 
     c = config
     for field in ("checkpoint.every_steps", "checkpoint.max_to_keep", "train.num_steps",
@@ -272,12 +275,13 @@ def validate(config) -> None:
     _check(c.evals.every_steps >= 1, "evals.every_steps", c.evals.every_steps, "an integer >= 1")
     if c.train.profile_steps:
         profile_range(c.train.profile_steps)
-    _one_of(c, "model.name", models.MODELS)
-    if c.model.name in ("sit", "sit_encoder"):
-        _one_of(c, "model.size", model_config.SIZES)
-        _one_of(c, "model.dtype", ("float32", "bfloat16"))
-        _one_of(c, "model.lead_embedding", ("canonical", "position"))
-        _one_of(c, "model.residual_boundary", ("auto", "on", "off"))
+    # A config file or flag written for an older version may use an older model name.
+    c.model.name = families.current_name(c.model.name)
+    _one_of(c, "model.name", families.MODEL_NAMES)
+    family = families.family_of(c.model)
+    for field, allowed in family.field_choices.items():
+        _one_of(c, f"model.{field}", allowed)
+    if family.reads_patches:
         _check(c.model.patch_size == c.data.patch_size, "model.patch_size", c.model.patch_size,
                f"data.patch_size={c.data.patch_size} (the patches the data path cuts)")
         _check(c.model.num_patches == c.data.crop_samples // c.data.patch_size,

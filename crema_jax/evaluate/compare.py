@@ -20,6 +20,7 @@ import numpy as np
 
 from crema_jax.evaluate import datasets, finetune, folds, linear_probe, paired, report
 from crema_jax.inference import backbones
+from crema_jax.models import families
 from crema_jax.runtime import mesh as mesh_lib
 
 METHODS = ("probe", "finetune")
@@ -32,7 +33,7 @@ def load_models(settings: dict) -> dict:
     name_b = settings["backbone_b"]
     if settings["checkpoint_b"] != backbones.RANDOM:
         b = backbones.load_config_and_params(settings["checkpoint_b"], backbone=name_b)
-    elif not name_b or name_b == backbones.family(config_a).name:
+    elif not name_b or name_b == families.family_of(config_a.model).name:
         b = (config_a.copy_and_resolve_references(), None)
     else:
         b = backbones.load_config_and_params(backbones.RANDOM, backbone=name_b,

@@ -28,7 +28,7 @@ import numpy as np
 
 from crema_jax.data.pipeline import batch as batch_lib
 from crema_jax.data.pipeline import datasets as pipeline
-from crema_jax.evaluate import datasets, linear_probe, metrics, protocols
+from crema_jax.evaluate import datasets, linear_probe, protocols, scoring
 from crema_jax.evaluate import reconstruction as recon_lib
 from crema_jax.inference import backbones
 from crema_jax.runtime import mesh as mesh_lib
@@ -140,7 +140,7 @@ class FewShotProbe:
         head = linear_probe.fit_linear_probe(feats[train], labels[train], feats[val],
                                              labels[val], l2_grid=self.l2_grid)
         probs = linear_probe.predict_proba(head, feats[test])
-        auroc = metrics.macro_auroc(labels[test], probs)
+        auroc = scoring.macro_auroc(labels[test], probs)
         self.last = {"features": feats, "rows": rows, "test": test, "labels": labels[test],
                      "probabilities": probs}
         k = f"eval/{self.key}"

@@ -31,9 +31,9 @@ from flax import nnx
 
 from crema_jax.data.pipeline import batch as batch_lib
 from crema_jax.data.pipeline import datasets as pipeline
-from crema_jax.evaluate import datasets, folds, metrics, plots, protocols, report, runs
+from crema_jax.evaluate import datasets, folds, plots, protocols, report, runs, scoring
 from crema_jax.inference import backbones
-from crema_jax.models import resolve_size, sit
+from crema_jax.models import families, resolve_size, sit
 from crema_jax.runtime import mesh as mesh_lib
 from crema_jax.runtime import optimizer as optim_lib
 from crema_jax.train import step as step_lib
@@ -89,12 +89,12 @@ def train_batches(data_cfg, source, *, batch_size: int, seed: int):
 # ------------------------------------------------------------------- steps
 @dataclasses.dataclass
 class Model:
-    """A classifier as pure pieces: family.logits(graphdef, (params, rest), batch, rng) ->
+    """A classifier as pure pieces: runner.logits(graphdef, (params, rest), batch, rng) ->
     (B, C crops, classes); `depth` drives the layer-wise lr decay."""
     graphdef: object
     params: object  # trainable nnx.Param state
     rest: object    # everything else (fixed position tables)
-    family: object  # the inference.backbones entry whose model path it shares
+    runner: object  # the inference.backbones runner whose model path it shares
     depth: int
 
 
@@ -102,7 +102,7 @@ def make_steps(model: Model, tx, schedule, mesh, *, label_type: str, label_smoot
     """(train step, eval step): the train step is crema_jax's one step (train/step.py) on the
     classification loss; the eval step gives per-crop logits (B, C, classes)."""
     def loss_of(params, rest, batch, rng):
-        logits = model.family.logits(model.graphdef, (params, rest), batch, rng)[:, 0]
+        logits = model.runner.logits(model.graphdef, (params, rest), batch, rng)[:, 0]
         return loss_fn(logits, batch["labels"], label_type=label_type,
                        label_smoothing=label_smoothing), {}
 
@@ -111,7 +111,7 @@ def make_steps(model: Model, tx, schedule, mesh, *, label_type: str, label_smoot
                       "step": replicated}
     train = step_lib.make_jitted_step(state_sharding, mesh_lib.batch_sharding(mesh), replicated,
                                       loss_of=loss_of, tx=tx, schedule=schedule)
-    evaluate = jax.jit(lambda params, rest, batch: model.family.logits(
+    evaluate = jax.jit(lambda params, rest, batch: model.runner.logits(
         model.graphdef, (params, rest), batch), out_shardings=mesh_lib.batch_sharding(mesh))
     return train, evaluate
 
@@ -166,7 +166,7 @@ def fit(model: Model, *, mesh, train_iter, val_batches: list, label_type: str, e
             losses.append(step_metrics["loss"])
         probs, labels, _ = predict(evaluate, state["params"], state["fixed"], val_batches,
                                    label_type, crop_average)
-        auroc = metrics.macro_auroc(labels, probs)
+        auroc = scoring.macro_auroc(labels, probs)
         train_loss = float(np.mean(jax.device_get(losses)))
         history.append({"epoch": epoch, "train_loss": train_loss,
                         "val_macro_auroc": None if np.isnan(auroc) else float(auroc)})
@@ -190,11 +190,11 @@ _TRAIN_KEYS = ("patches", "patch_valid", "lead_indices", "labels")
 def classifier(config, params: dict | None, num_classes: int, *, drop_path: float,
                seed: int) -> Model:
     """A SiT encoder with a fresh `head` of num_classes, loaded from a checkpoint (or random)."""
-    family = backbones.BACKBONES["sit"]
-    graphdef, state = family.build(config, params, seed=seed, num_classes=int(num_classes),
+    runner = backbones.RUNNERS[families.SIT.name]
+    graphdef, state = runner.build(config, params, seed=seed, num_classes=int(num_classes),
                                    drop_path=float(drop_path))
     params_state, rest = nnx.split_state(state, nnx.Param, ...)
-    return Model(graphdef, params_state, rest, family, resolve_size(config.model)["depth"])
+    return Model(graphdef, params_state, rest, runner, resolve_size(config.model)["depth"])
 
 
 # ------------------------------------------------------------------- the protocols
@@ -246,7 +246,7 @@ def finetune_fit_predict(config, params, data, data_cfg, mesh, settings, ft, kee
 
 def _embeddings(model, best, batches, mesh):
     """Pooled features of the fine-tuned encoder (crops averaged) for the PCA plot."""
-    backbone = backbones.Backbone(model.family, model.graphdef, (best, model.rest), None, 0, 0)
+    backbone = backbones.Backbone(model.runner, model.graphdef, (best, model.rest), None, 0, 0)
     out = backbones.run(backbones.make_apply(backbone, mesh), batches)
     return out["outputs"].mean(1), out["index"]
 
@@ -275,9 +275,10 @@ def finetune_model(config, params, data, settings: dict, ft: dict, mesh, *, mode
     """Every protocol of `settings` for one SiT checkpoint (or 'random': supervised from
     scratch). Unset recipe fields follow the data path (resolve_recipe). Returns {"runs",
     "cross_domain", "predictions", "embedding", "model", "recipe" (the recipe used)}."""
-    if backbones.family(config).name != "sit":
-        raise ValueError("finetune trains SiT encoders only; probe Net1D features with "
-                         "`crema-jax probe` instead")
+    family = families.family_of(config.model)
+    if not family.fine_tunable:
+        raise ValueError(f"finetune trains SiT encoders only; probe {family.title} features "
+                         "with `crema-jax probe` instead")
     batch_size = mesh_lib.round_batch(settings["batch_size"], mesh)
     out = {"runs": [], "cross_domain": [], "predictions": {"runs": {}, "cross_domain": {}}}
     keep = {}
@@ -293,7 +294,7 @@ def finetune_model(config, params, data, settings: dict, ft: dict, mesh, *, mode
                                                                     settings["preset"])
                   + f"; layer decay {ft['layer_decay']:g}, drop-path {ft['drop_path']:g}",
                   flush=True)
-            out["model"] = {"checkpoint": settings["checkpoint"], "backbone": "sit",
+            out["model"] = {"checkpoint": settings["checkpoint"], "backbone": family.name,
                             "data_path": data_cfg.preset,
                             "data": backbones.data_path_summary(data_cfg),
                             "crop_averaging": prediction_averaging(data_cfg),
@@ -320,7 +321,7 @@ def run_finetune(settings: dict, ft: dict) -> dict:
     workdir = report.workdir_path(settings["workdir"], inputs=[
         settings["checkpoint"], settings["root"], settings["cache_dir"]])
     config, params = backbones.load_config_and_params(
-        settings["checkpoint"], backbone=settings["backbone"] or "sit",
+        settings["checkpoint"], backbone=settings["backbone"] or families.SIT.name,
         model_size=settings["model_size"])
     data = datasets.load_dataset(settings)
     plan, groups = folds.dataset_plan(data, settings)
@@ -329,7 +330,7 @@ def run_finetune(settings: dict, ft: dict) -> dict:
     is_random = settings["checkpoint"] == backbones.RANDOM
     out = report.new_report(
         title=("Supervised from scratch (random init)" if is_random else "Fine-tuning")
-        + f": sit {settings['checkpoint']}", command="finetune",
+        + f": {families.SIT.name} {settings['checkpoint']}", command="finetune",
         settings={**settings, **result["recipe"]},
         data=data, models={"A": result["model"]}, runs=result["runs"],
         cross_domain=result["cross_domain"], record_folds=plan, seconds=time.time() - start)

@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from crema_jax.evaluate import metrics, protocols
+from crema_jax.evaluate import protocols, scoring
 
 MIN_FOLDS = 3  # a test fold, a validation fold and at least one training fold
 
@@ -121,8 +121,8 @@ def cross_validate(fit_predict: Callable, plan: list[dict], labels: np.ndarray, 
                                                               label_fraction, seed=seed)]
         out = fit_predict(train, part["val"], {"test": part["test"]})
         pred = out["tests"]["test"]
-        thresholds = metrics.choose_thresholds(out["val"]["labels"], out["val"]["probs"])
-        test = metrics.classification_report(pred["labels"], pred["probs"], classes,
+        thresholds = scoring.choose_thresholds(out["val"]["labels"], out["val"]["probs"])
+        test = scoring.classification_report(pred["labels"], pred["probs"], classes,
                                              thresholds=thresholds)
         test["ci"] = None  # the pooled figures carry the CI; the folds give the spread
         entries.append({"fold": part["fold"] + 1, "n_train": int(len(train)),
@@ -135,9 +135,9 @@ def cross_validate(fit_predict: Callable, plan: list[dict], labels: np.ndarray, 
         pooled["fold"].append(np.full(n_test, part["fold"] + 1, np.int64))
         pooled["thresholds"].append(np.broadcast_to(thresholds, (n_test, len(classes))))
     oof = {k: np.concatenate(v) for k, v in pooled.items()}
-    test = metrics.classification_report(oof["labels"], oof["probs"], classes,
+    test = scoring.classification_report(oof["labels"], oof["probs"], classes,
                                          thresholds=oof.pop("thresholds"))
-    test["ci"] = metrics.bootstrap_ci(oof["labels"], oof["probs"], n_resamples=bootstrap,
+    test["ci"] = scoring.bootstrap_ci(oof["labels"], oof["probs"], n_resamples=bootstrap,
                                       seed=seed, groups=groups[oof["rows"]])
     summary = {key: _mean_std([e["test"][key] for e in entries])
                for key in ("macro_auroc", "macro_auprc", "macro_f1")}

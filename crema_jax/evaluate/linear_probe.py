@@ -27,7 +27,7 @@ import optax
 from absl import logging
 
 from crema_jax.data.pipeline import datasets as pipeline
-from crema_jax.evaluate import datasets, folds, metrics, plots, protocols, report, runs
+from crema_jax.evaluate import datasets, folds, plots, protocols, report, runs, scoring
 from crema_jax.inference import backbones
 from crema_jax.runtime import mesh as mesh_lib
 
@@ -159,7 +159,7 @@ def fit_linear_probe(x_train, y_train, x_val, y_val, *, label_type: str = "multi
     by_l2, best, best_key = {}, None, None
     for g, l2 in enumerate(l2_grid):
         probs = probabilities(val_logits[g], label_type).mean(1)
-        auroc = metrics.macro_auroc(np.asarray(y_val), probs)
+        auroc = scoring.macro_auroc(np.asarray(y_val), probs)
         loss = _np_data_loss(val_logits[g].mean(1), np.asarray(y_val), label_type)
         by_l2[float(l2)] = None if np.isnan(auroc) else float(auroc)
         # Higher AUROC wins; lower validation loss breaks ties and the all-undefined case.

@@ -7,7 +7,7 @@
   models' placements over the m positives (S10) and the n negatives (S01); z = difference / sd,
   two-sided normal p-value.
 - Macro figures: a paired bootstrap. Each resample draws patients with replacement (all of a
-  patient's records together, metrics.Groups) and scores BOTH models on that same resample;
+  patient's records together, scoring.Groups) and scores BOTH models on that same resample;
   the statistic is macro(A) - macro(B) over the classes the resample can score.
   CI: percentiles alpha/2 and 1 - alpha/2 (numpy's linear interpolation). p = min(1,
   2 min(P*(d <= 0), P*(d >= 0))) over the resamples: the alpha at which the percentile CI
@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.stats
 
-from crema_jax.evaluate import metrics
+from crema_jax.evaluate import scoring
 
 ALPHA = 0.05
 
@@ -47,7 +47,7 @@ def _placements(y: np.ndarray, scores: np.ndarray):
 def delong(y_true, scores_a, scores_b, *, alpha: float = ALPHA) -> dict:
     """DeLong's test of AUC_A - AUC_B for one binary column scored by two models."""
     y = np.asarray(y_true).reshape(-1) > 0.5
-    reason = metrics.class_status(y)
+    reason = scoring.class_status(y)
     if reason is not None:
         raise ValueError(f"DeLong's test is undefined for a class with "
                          f"{reason.replace('_', ' ')}")
@@ -78,8 +78,8 @@ def _columnwise_auprc(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Average precision of every column (NaN where a column lacks a class)."""
     out = np.full(labels.shape[1], np.nan)
     for c in range(labels.shape[1]):
-        if metrics.class_status(labels[:, c]) is None:
-            out[c] = metrics.average_precision(labels[:, c], scores[:, c])
+        if scoring.class_status(labels[:, c]) is None:
+            out[c] = scoring.average_precision(labels[:, c], scores[:, c])
     return out
 
 
@@ -92,7 +92,7 @@ def _percentile_test(values: np.ndarray, alpha: float) -> tuple[dict, float | No
     return {"low": float(low), "high": float(high)}, p
 
 
-MACRO_METRICS = {"macro_auroc": metrics.columnwise_auroc, "macro_auprc": _columnwise_auprc}
+MACRO_METRICS = {"macro_auroc": scoring.columnwise_auroc, "macro_auprc": _columnwise_auprc}
 
 
 def paired_bootstrap(labels, scores_a, scores_b, *, metric: str = "macro_auroc", groups=None,
@@ -111,7 +111,7 @@ def paired_bootstrap(labels, scores_a, scores_b, *, metric: str = "macro_auroc",
             a[scored].mean() - b[scored].mean())
 
     a, b, diff = difference(np.arange(len(labels)))
-    resampler = metrics.Groups(len(labels), groups)
+    resampler = scoring.Groups(len(labels), groups)
     rng = np.random.default_rng(seed)
     values = np.array([difference(resampler.resample(rng))[2] for _ in range(n_resamples)])
     values = values[np.isfinite(values)]
@@ -132,7 +132,7 @@ def compare_predictions(labels, probs_a, probs_b, classes, *, groups=None, alpha
     labels = np.asarray(labels)
     per_class = {}
     for c, name in enumerate(classes):
-        reason = metrics.class_status(labels[:, c])
+        reason = scoring.class_status(labels[:, c])
         if reason is not None:
             per_class[name] = {"skipped": reason}
             continue
@@ -155,10 +155,10 @@ def paired_drop_difference(in_domain: dict, out_of_domain: dict, classes, *, alp
     the classes scorable in both resampled sets."""
     sets = (in_domain, out_of_domain)
     y = [np.asarray(s["labels"]) > 0.5 for s in sets]
-    resamplers = [metrics.Groups(len(s["labels"]), s.get("groups")) for s in sets]
+    resamplers = [scoring.Groups(len(s["labels"]), s.get("groups")) for s in sets]
 
     def drops(idx_in, idx_out):
-        auc = {m: [metrics.columnwise_auroc(y[k][idx], np.asarray(sets[k][m])[idx])
+        auc = {m: [scoring.columnwise_auroc(y[k][idx], np.asarray(sets[k][m])[idx])
                    for k, idx in enumerate((idx_in, idx_out))] for m in ("a", "b")}
         common = np.isfinite(auc["a"][0]) & np.isfinite(auc["a"][1])
         if not common.any():

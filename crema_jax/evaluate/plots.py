@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from crema_jax.evaluate import metrics
+from crema_jax.evaluate import scoring
 
 
 def pyplot():
@@ -22,13 +22,13 @@ def plot_roc(labels: np.ndarray, scores: np.ndarray, class_names, path, title: s
     fig, ax = plt.subplots(figsize=(6.5, 6))
     drawn = 0
     for c, name in enumerate(class_names):
-        if metrics.class_status(labels[:, c]) is not None:
+        if scoring.class_status(labels[:, c]) is not None:
             continue
-        fpr, tpr = metrics.roc_curve(labels[:, c], scores[:, c])
+        fpr, tpr = scoring.roc_curve(labels[:, c], scores[:, c])
         # Straight segments between operating points: the area under them is the AUROC
         # (tied scores give a diagonal segment, as in sklearn's RocCurveDisplay).
         ax.plot(fpr, tpr, lw=1.5,
-                label=f"{name} ({metrics.auroc(labels[:, c], scores[:, c]):.3f})")
+                label=f"{name} ({scoring.auroc(labels[:, c], scores[:, c]):.3f})")
         drawn += 1
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false-positive rate", ylabel="true-positive rate",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from crema_jax.evaluate import folds, metrics, protocols
+from crema_jax.evaluate import folds, protocols, scoring
 
 
 def run_name(method: str, leads: str, fraction: float, k: int) -> str:
@@ -25,7 +25,7 @@ def run_name(method: str, leads: str, fraction: float, k: int) -> str:
 def _scores(out, name, data, settings, groups):
     """The test report of one test set of a fit_predict output; its CI resamples patients."""
     pred = out["tests"][name]
-    return metrics.test_report(out["val"]["probs"], out["val"]["labels"], pred["probs"],
+    return scoring.test_report(out["val"]["probs"], out["val"]["labels"], pred["probs"],
                                pred["labels"], data.classes, bootstrap=settings["bootstrap"],
                                seed=settings["seed"],
                                groups=None if groups is None else groups[pred["rows"]])

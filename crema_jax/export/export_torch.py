@@ -16,10 +16,10 @@ import numpy as np
 import safetensors.numpy
 
 from crema_jax import config as config_lib
-from crema_jax.runtime import trees
-from crema_jax.runtime import checkpoint as ckpt_lib
-from crema_jax.runtime import files
 from crema_jax.export import convert, safe_load, sit_layouts
+from crema_jax.models import families
+from crema_jax.runtime import checkpoint as ckpt_lib
+from crema_jax.runtime import files, trees
 
 LAYOUTS = ("crema", "stmem", "ecgfounder")
 
@@ -30,23 +30,19 @@ class ExportError(ValueError):
 
 def resolved_model_config(model_cfg) -> dict:
     """The model config as a dict with the size entry resolved (width/depth/heads/head_dim)."""
-    out = model_cfg.to_dict()
-    if model_cfg.name != "net1d":
-        from crema_jax.models import resolve_size
-        out.update(resolve_size(model_cfg))
-    return out
+    return {**model_cfg.to_dict(), **families.family_of(model_cfg).size_fields(model_cfg)}
 
 
 def build_state_dict(params, model_cfg, *, layout: str, include_decoder: bool
                      ) -> dict[str, np.ndarray]:
     """The torch state_dict (numpy arrays) of `params` in `layout`; raises ExportError."""
-    if model_cfg.name == "net1d":
-        if layout != "ecgfounder":
-            raise ExportError(f"a Net1D checkpoint exports only as --layout=ecgfounder, not {layout}")
+    family = families.family_of(model_cfg)
+    if layout not in family.export_layouts:
+        raise ExportError(f"a {family.title} checkpoint exports as --layout="
+                          f"{' or '.join(family.export_layouts)}, not {layout}")
+    if layout == "ecgfounder":
         sd = convert.jax_to_torch(params, convert.ecgfounder_rules(model_cfg), layout=layout)
         return {**sd, **convert.ecgfounder_unused_batchnorm(model_cfg)}
-    if layout not in sit_layouts.SIT_LAYOUTS:
-        raise ExportError(f"a SiT checkpoint exports as --layout=crema or stmem, not {layout}")
     params = sit_layouts.unstack_blocks(params)
     prefix = sit_layouts.sit_prefix(params)
     if include_decoder and "decoder" not in params:
@@ -118,7 +114,7 @@ def run_export(checkpoint: str, out: str, *, layout: str | None = None,
         files.check_output_file(path, inputs=[checkpoint], overwrite=overwrite)
     params, config, step = config_lib.load_checkpoint(checkpoint)
     model_cfg = config.model
-    layout = layout or ("ecgfounder" if model_cfg.name == "net1d" else "crema")
+    layout = layout or families.family_of(model_cfg).export_layouts[0]
     state_dict = build_state_dict(params, model_cfg, layout=layout,
                                   include_decoder=include_decoder)
     return write_files(state_dict, out, layout=layout, model_config=resolved_model_config(

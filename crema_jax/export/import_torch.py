@@ -16,13 +16,13 @@ from typing import Mapping
 import numpy as np
 from absl import logging
 
-from crema_jax.runtime import trees
-from crema_jax.runtime import checkpoint as ckpt_lib
 from crema_jax import config as config_lib
-from crema_jax.runtime import files
 from crema_jax.data import presets
 from crema_jax.export import convert, safe_load, sit_layouts
+from crema_jax.models import families
 from crema_jax.models import params as params_lib
+from crema_jax.runtime import checkpoint as ckpt_lib
+from crema_jax.runtime import files, trees
 
 FORMATS = ("crema", "stmem", "ecgfounder")
 PRESET_OF_FORMAT = {"crema": "crema", "stmem": "stmem", "ecgfounder": "ecgfounder"}
@@ -166,7 +166,7 @@ def read_torch_weights(path: str, fmt: str):
     # check lists every disagreement). A file without a decoder is a bare encoder: nothing the
     # file does not hold is built from the metadata's word alone.
     has_decoder = any(k.startswith("decoder.") for k in sd)
-    cfg.name = "sit" if has_decoder else "sit_encoder"
+    cfg.name = families.SIT.pretrain_model if has_decoder else families.SIT.encoder_model
     held = {"patch_norms": "encoder.patch_embed.in_norm.weight" in sd,
             "decoder_variant": ("axial" if any(k.startswith("decoder.lead_blocks.") for k in sd)
                                 else "per_lead") if has_decoder else cfg.decoder_variant}
@@ -186,7 +186,7 @@ def import_weights(path: str, fmt: str, *, seed: int = 0):
     if fmt not in FORMATS:
         raise ValueError(f"--format={fmt!r}: expected one of {FORMATS}")
     sd, cfg, rules, ignored = read_torch_weights(path, fmt)
-    if cfg.name == "sit":
+    if families.family_of(cfg).has_decoder(cfg.name):
         cfg.scan_layers = False  # unrolled blocks: one params entry per block, as converted
     params, kept = state_dict_to_params(sd, cfg, rules, fmt=fmt, path=path, ignored=ignored)
     if kept:  # parts the file does not hold: initialise them, then overlay the file's tensors

@@ -2,10 +2,10 @@
 predict.
 
 A backbone is a checkpoint's model (or a fresh one: --checkpoint=random) plus what it expects of
-its input. The registry BACKBONES is keyed by model family (config.model.name "sit" and
-"sit_encoder" are the "sit" family); each entry says
+its input. What a kind of model is lives in its family (models/families.py); the runner of a
+family (RUNNERS, keyed by family name) says how to apply one:
 - `data_config`: the data section its batches are built with (rate, crop, patch, preprocessing,
-  number of evaluation crops), and the leads it can take;
+  number of evaluation crops);
 - `build`: the nnx module holding the checkpoint's params (a SiT encoder, optionally with a
   classification head; Net1D);
 - `features` / `logits`: per-crop outputs (B, C, D) / (B, C, classes) of an evaluation batch
@@ -32,38 +32,34 @@ from flax import nnx
 from crema_jax import config as config_lib
 from crema_jax import models
 from crema_jax.data import presets
+from crema_jax.models import families
 from crema_jax.models import params as params_lib
 from crema_jax.runtime import mesh as mesh_lib
 
 RANDOM = "random"  # --checkpoint=random: a freshly initialised backbone (the baseline)
 
 
-# ------------------------------------------------------------------------------------ families
-class SitFamily:
+# ------------------------------------------------------------------------------------ runners
+class SitRunner:
     """The SiT encoder of a pretraining or fine-tuned checkpoint; ST-MEM features =
     norm(mean of the valid patch tokens), the crops of the checkpoint's own data section."""
 
-    name = "sit"
-    default_preset = "crema"
+    family = families.SIT
 
     def data_config(self, config, preset=None):
         """The checkpoint's own data path, or `preset` applied to it."""
         cfg = config.data.copy_and_resolve_references()
         return cfg if preset is None else presets.apply(cfg, preset)
 
-    def input_leads(self, config, leads):
-        return tuple(leads)
-
     def build(self, config, params, *, seed: int, num_classes: int = 0, drop_path: float = 0.0):
         """(graphdef, state) of a bare encoder; params None = random init. A head of
         num_classes (0 = none) that the checkpoint lacks keeps its fresh init."""
-        cfg = config.model.copy_and_resolve_references()
-        with cfg.unlocked():
-            cfg.name, cfg.num_classes, cfg.drop_path = "sit_encoder", num_classes, drop_path
+        cfg = self.family.encoder_config(config.model, num_classes=num_classes,
+                                         drop_path=drop_path)
         graphdef, state = nnx.split(models.build_model(cfg, rngs=nnx.Rngs(seed)))
         if params is None:
             return graphdef, state
-        params = dict(params.get("encoder", params))
+        params = self.family.encoder_params(params)
         fresh = nnx.to_pure_dict(state)
         if "head" in fresh and "head" not in params:
             params["head"] = fresh["head"]
@@ -83,19 +79,12 @@ class SitFamily:
                               flat(batch["patch_valid"]), rng, train=rng is not None)
         return out.reshape(b, c, -1)
 
-    def width(self, config):
-        return models.resolve_size(config.model)["width"]
 
-    def num_classes(self, config):
-        return int(config.model.num_classes)
-
-
-class Net1dFamily:
+class Net1dRunner:
     """ECGFounder's Net1D: its authors' data path (500 Hz, 10 s, their preprocessing, one crop),
-    time-averaged last-stage features; the 1-lead model reads lead I."""
+    time-averaged last-stage features."""
 
-    name = "net1d"
-    default_preset = "ecgfounder"
+    family = families.NET1D
 
     def data_config(self, config, preset=None):
         """The checkpoint's data path (ECGFounder's when it names none of its own: an older
@@ -103,7 +92,7 @@ class Net1dFamily:
         window: one crop of num_samples at sample_rate."""
         cfg = config.data.copy_and_resolve_references()
         if preset is None and cfg.preset == "crema":
-            preset = "ecgfounder"
+            preset = self.family.default_preset
         if preset is not None:
             presets.apply(cfg, preset)
         with cfg.unlocked():
@@ -111,9 +100,6 @@ class Net1dFamily:
             cfg.crop_samples = cfg.patch_size = int(config.model.num_samples)
             cfg.eval_num_crops = 1
         return cfg
-
-    def input_leads(self, config, leads):
-        return ("I",) if int(config.model.in_channels) == 1 else tuple(leads)
 
     def build(self, config, params, *, seed: int, num_classes: int = 0, drop_path: float = 0.0):
         del num_classes, drop_path
@@ -144,29 +130,20 @@ class Net1dFamily:
         b, c = batch["patches"].shape[:2]
         return model(self._inputs(model, batch)).reshape(b, c, -1)
 
-    def width(self, config):
-        return int(config.model.filters[-1])
 
-    def num_classes(self, config):
-        return int(config.model.num_classes)
+# Family name -> its runner.
+RUNNERS = {runner.family.name: runner for runner in (SitRunner(), Net1dRunner())}
 
 
-BACKBONES = {"sit": SitFamily(), "net1d": Net1dFamily()}
-FAMILY_OF_MODEL = {"sit": "sit", "sit_encoder": "sit", "net1d": "net1d"}
-
-
-def family(config):
-    name = config.model.name
-    if name not in FAMILY_OF_MODEL:
-        raise ValueError(f"config.model.name={name!r}: no backbone for it; expected one of "
-                         f"{sorted(FAMILY_OF_MODEL)}")
-    return BACKBONES[FAMILY_OF_MODEL[name]]
+def runner_of(config):
+    """The runner of the config's model family."""
+    return RUNNERS[families.family_of(config.model).name]
 
 
 # ------------------------------------------------------------------------------------ loading
 @dataclasses.dataclass
 class Backbone:
-    family: Any      # a BACKBONES entry
+    runner: Any      # a RUNNERS entry
     graphdef: Any
     state: Any
     config: Any      # the full config (model + data sections at least)
@@ -174,24 +151,27 @@ class Backbone:
     num_classes: int  # of the loaded head; 0 = features only
 
     @property
+    def family(self) -> families.Family:
+        return self.runner.family
+
+    @property
     def name(self) -> str:
+        """The family's name (a --backbone value)."""
         return self.family.name
 
 
 def load_config_and_params(checkpoint: str, *, backbone: str = "", model_size: str = "tiny"):
     """(full config, params or None) of a checkpoint, or of a fresh model for 'random'
-    (`backbone` sit|net1d, a SiT of `model_size`). A `backbone` that contradicts the
-    checkpoint's model is an error."""
+    (`backbone`: a family name, models/families.py; a model with sizes is of `model_size`). A
+    `backbone` that contradicts the checkpoint's model is an error."""
     if checkpoint == RANDOM:
-        name = backbone or "sit"
-        if name not in BACKBONES:
-            raise ValueError(f"--backbone={name!r}: expected one of {sorted(BACKBONES)}")
-        config = config_lib.default_config(name)
-        if name == "sit":
+        family = families.family_named(backbone or families.SIT.name)
+        config = config_lib.default_config(family.default_model)
+        if family.has_sizes:
             config.model.size = model_size
         return config, None
     params, config, _ = config_lib.load_checkpoint(checkpoint)
-    if backbone and family(config).name != backbone:
+    if backbone and families.family_of(config.model).name != backbone:
         raise ValueError(f"--backbone={backbone}: {checkpoint} holds a "
                          f"{config.model.name!r} model")
     return config, params
@@ -206,10 +186,10 @@ def load(checkpoint: str, *, backbone: str = "", model_size: str = "tiny", seed:
 
 def build(config, params, *, seed: int = 0, with_head: bool = False) -> Backbone:
     """The backbone of a config and its params (None: randomly initialised from `seed`)."""
-    fam = family(config)
-    classes = fam.num_classes(config) if with_head else 0
-    graphdef, state = fam.build(config, params, seed=seed, num_classes=classes)
-    return Backbone(fam, graphdef, state, config, fam.width(config), classes)
+    runner = runner_of(config)
+    classes = int(config.model.num_classes) if with_head else 0
+    graphdef, state = runner.build(config, params, seed=seed, num_classes=classes)
+    return Backbone(runner, graphdef, state, config, runner.family.width(config.model), classes)
 
 
 EVAL_READ_THREADS = 2
@@ -221,10 +201,10 @@ def eval_data_config(backbone_or_config, leads, *, batch_size: int, num_workers:
     crops in every command), for `leads` (canonical names). `preset` (a --preset flag) replaces
     the checkpoint's data path (data/presets.py); None keeps it."""
     config = getattr(backbone_or_config, "config", backbone_or_config)
-    fam = family(config)
-    cfg = fam.data_config(config, preset or None)
+    runner = runner_of(config)
+    cfg = runner.data_config(config, preset or None)
     with cfg.unlocked():
-        cfg.leads = fam.input_leads(config, leads)
+        cfg.leads = runner.family.input_leads(config.model, leads)
         cfg.batch_size = int(batch_size)
         cfg.num_workers = int(num_workers)
         # In-process reading runs on two threads ahead of the model: the filters, resampling
@@ -258,7 +238,7 @@ def make_apply(backbone: Backbone, mesh, *, output: str = "features"):
     if output == "logits" and backbone.num_classes <= 0:
         raise ValueError("this checkpoint has no classification head (config.model.num_classes "
                          "is 0); write features instead")
-    fn = backbone.family.features if output == "features" else backbone.family.logits
+    fn = backbone.runner.features if output == "features" else backbone.runner.logits
     batch_sh, replicated = mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)
 
     def apply(state, patches, lead_indices, patch_valid):

@@ -69,7 +69,7 @@ def row_name(records, record: int, window: int) -> str:
 def raw_batches(backbone, x: np.ndarray, batch_size: int):
     """An array taken as the model input itself: one crop per ECG, every patch valid."""
     x = np.asarray(x, np.float32)
-    if backbone.name == "sit":
+    if backbone.family.reads_patches:
         patch, n = int(backbone.config.model.patch_size), int(backbone.config.model.num_patches)
         if x.ndim != 3 or x.shape[1:] != (12, n * patch):
             raise EmbedError(f"raw input for this SiT must be (N, 12, {n * patch}) ({n} patches "
@@ -122,7 +122,7 @@ def embed(backbone, *, records=None, array=None, fs: float | None = None, raw: b
         rows_of = windows_of = None
     else:
         data_cfg = backbones.eval_data_config(backbone, backbone.family.input_leads(
-            backbone.config, LEADS), batch_size=batch_size, preset=preset)
+            backbone.config.model, LEADS), batch_size=batch_size, preset=preset)
         note = None
         if records is not None:
             source = record_source(records, data_cfg)

@@ -1,7 +1,7 @@
 """ECGFounder's 150 label probabilities for ECGs (`crema-jax predict`).
 
 Sigmoid per label (multi-label) of the Net1D logits, computed through `embed` with logits: the
-backbone's data path is ECGFounder's own (inference/backbones.py Net1dFamily: 500 Hz, its
+backbone's data path is ECGFounder's own (inference/backbones.py Net1dRunner: 500 Hz, its
 preprocessing, one centred 10 s crop of longer records, zero-padded shorter ones). The 1-lead
 model reads lead I.
 """
@@ -29,7 +29,7 @@ def label_names() -> list[str]:
 
 
 def check_backbone(backbone) -> None:
-    if backbone.name != "net1d":
+    if not backbone.family.predicts_labels:
         raise ValueError("predict --model=ecgfounder needs a Net1D checkpoint (import one with "
                          "`crema-jax import-torch --format=ecgfounder`); this one holds a "
                          f"{backbone.config.model.name!r} model")

@@ -1,4 +1,5 @@
-"""Models: the SiT encoder, the pretraining model and the pure functions around them.
+"""Models: the SiT encoder, the pretraining model, Net1D and the pure functions around them.
+Which models exist and what each kind needs: models/families.py.
 
     model = build_model(config.model, rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(model)                  # or nnx.split(model, nnx.Param, ...)
@@ -9,17 +10,12 @@ import jax
 from flax import nnx
 from flax.core import spmd as core_spmd
 
+from crema_jax.models import families
 from crema_jax.models.config import SIZES, default_model_config, resolve_size
 from crema_jax.models.net1d import Net1D, default_net1d_config
 from crema_jax.models.pretrain import (MaeDecoder, PretrainModel, ProjectionHead, classify,
                                        encode_features, forward)
 from crema_jax.models.sit import FixedEmbedding, SiT, sincos_table
-
-# config.model.name -> the module class, built as MODELS[name](config.model, rngs=...).
-MODELS = {"sit": PretrainModel, "sit_encoder": SiT, "net1d": Net1D}
-# config.model.name -> the defaults of its config section (a saved config is read onto these).
-MODEL_CONFIGS = {"sit": default_model_config, "sit_encoder": default_model_config,
-                 "net1d": default_net1d_config}
 
 
 def _eager_sharding():
@@ -30,13 +26,10 @@ def _eager_sharding():
 
 
 def build_model(model_cfg, *, rngs):
-    """The model named by config.model.name: "sit" = PretrainModel (encoder + decoder +
-    projection), "sit_encoder" = bare SiT, "net1d" = ECGFounder's Net1D."""
-    name = model_cfg.name
-    if name not in MODELS:
-        raise ValueError(f"config.model.name={name!r}: expected one of {sorted(MODELS)}")
+    """The model named by config.model.name (families.py lists them)."""
+    module = families.family_of(model_cfg).modules[model_cfg.name]
     with nnx.use_eager_sharding(_eager_sharding()):
-        return MODELS[name](model_cfg, rngs=rngs)
+        return module(model_cfg, rngs=rngs)
 
 
 def build_encoder(model_cfg, *, rngs):
@@ -47,5 +40,5 @@ def build_encoder(model_cfg, *, rngs):
 
 __all__ = ["SIZES", "default_model_config", "resolve_size", "build_model", "build_encoder",
            "forward", "encode_features", "classify", "PretrainModel", "SiT", "MaeDecoder",
-           "ProjectionHead", "FixedEmbedding", "sincos_table", "MODELS", "MODEL_CONFIGS", "Net1D",
-           "default_net1d_config"]
+           "ProjectionHead", "FixedEmbedding", "sincos_table", "Net1D", "default_net1d_config",
+           "families"]

@@ -20,7 +20,9 @@ SIZES = {
 
 def default_model_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.name = "sit"              # "sit" (Signal Transformer) or "net1d" (ECGFounder baseline).
+    # The model (models/families.py): "sit_pretrain" (SiT encoder + MAE decoder + projection
+    # head), "sit_encoder" (the bare SiT encoder) or "net1d" (the ECGFounder baseline).
+    c.name = "sit_pretrain"
     c.size = "base"             # key of SIZES; ST-MEM's released weights are ViT-B/75.
     # Explicit overrides of the size entry; 0 = take it from SIZES[size].
     c.width = 0

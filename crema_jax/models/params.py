@@ -14,6 +14,7 @@ import numpy as np
 from flax import nnx
 
 from crema_jax import models
+from crema_jax.models import families
 from crema_jax.runtime import trees
 
 _NOT_RNG = nnx.Not(nnx.RngState)
@@ -61,13 +62,14 @@ def fill_state(state, params: Mapping, what: str):
 def merge(model_cfg, params: Mapping):
     """The nnx model of `model_cfg` holding `params` (built abstractly: nothing initialised).
 
-    A SiT checkpoint holds either the pretraining model ("encoder", "decoder", ...) or a bare
-    encoder (fine-tuned); the params' structure decides which module is built.
+    The params' structure decides which model of the config's family is built (a SiT
+    checkpoint holds either the pretraining model or a bare encoder).
     """
-    if model_cfg.name in ("sit", "sit_encoder"):
+    name = families.family_of(model_cfg).model_of_params(params)
+    if name != model_cfg.name:
         model_cfg = model_cfg.copy_and_resolve_references()
         with model_cfg.unlocked():
-            model_cfg.name = "sit" if "encoder" in params else "sit_encoder"
+            model_cfg.name = name
     model = nnx.eval_shape(lambda: models.build_model(model_cfg, rngs=nnx.Rngs(0)))
     graphdef, state, rest = nnx.split(model, _NOT_RNG, ...)
     if jax.tree.leaves(rest):

@@ -11,30 +11,20 @@ from __future__ import annotations
 import numpy as np
 from absl import logging
 
+from crema_jax.models import families
 from crema_jax.runtime import trees
-
-# Per model name: the fields that fix the parameter shapes or meaning; a mismatch is a different
-# model.
-ARCH_FIELDS = {
-    "sit": ("width", "depth", "num_heads", "head_dim", "mlp_ratio", "patch_size", "num_patches",
-            "num_lead_embeddings"),
-    "net1d": ("in_channels", "filters", "blocks", "kernel", "stride", "group_width",
-              "num_classes"),
-}
 
 
 def architecture(model_cfg) -> dict:
-    """The name and ARCH_FIELDS of a model config, with a SiT's size entry resolved (size="base"
-    and explicit width=768 etc. are the same architecture)."""
-    from crema_jax.models import config as model_config
+    """The family name and architecture fields of a model config (models/families.py), with a
+    size entry resolved (size="base" and explicit width=768 etc. are the same architecture).
 
-    # A bare encoder (an encoder-only import) has the architecture of the pretraining model it
-    # came from: the decoder and projection head are the run's to add.
-    name = "sit" if model_cfg.name == "sit_encoder" else model_cfg.name
-    out = {"name": name, **{k: model_cfg[k] for k in ARCH_FIELDS.get(name, ())}}
-    if name == "sit":
-        out.update(model_config.resolve_size(model_cfg))
-    return out
+    A bare encoder (an encoder-only import) has the architecture of the pretraining model it
+    came from: the decoder and projection head are the run's to add.
+    """
+    family = families.family_of(model_cfg)
+    return {"name": family.name, **{k: model_cfg[k] for k in family.arch_fields},
+            **family.size_fields(model_cfg)}
 
 
 def check_architecture(run_cfg, ckpt_cfg, *, source: str) -> None:

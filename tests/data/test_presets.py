@@ -208,7 +208,7 @@ def test_peer_paths_feed_a_flat_lead_as_recorded(folder):
 def test_a_checkpoint_config_without_a_newer_field_keeps_its_presets_value():
     from crema_jax import config as crema_config
 
-    saved = crema_config.default_config("sit").to_dict()
+    saved = crema_config.default_config("sit_pretrain").to_dict()
     saved["data"] = presets.apply(config_lib.default_data_config(), "stmem").to_dict()
     del saved["data"]["flat_leads"]               # written before the field existed
     assert crema_config.from_saved(saved).data.flat_leads == "keep"

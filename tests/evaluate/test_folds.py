@@ -156,7 +156,7 @@ def test_cross_validate_pools_out_of_fold_predictions_like_sklearn():
     for part in plan:
         val, rows = part["val"], part["test"]
         for c in range(2):
-            t = folds.metrics.best_threshold(labels[val, c], score[val, c])
+            t = folds.scoring.best_threshold(labels[val, c], score[val, c])
             predicted[rows, c] = score[rows, c] >= t
     assert pooled["macro_f1"] == pytest.approx(f1_score(labels, predicted, average="macro"),
                                                abs=1e-12)

@@ -6,16 +6,16 @@ import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.metrics import roc_auc_score
 
-from crema_jax.evaluate import metrics, plots, report
+from crema_jax.evaluate import plots, report, scoring
 
 
 def _report(rng):
     labels = (rng.random((40, 3)) < 0.4).astype(np.float32)
     labels[:, 2] = 0
     scores = rng.random((40, 3))
-    test = metrics.classification_report(labels, scores, ["AF", "PAC", "RBBB"],
+    test = scoring.classification_report(labels, scores, ["AF", "PAC", "RBBB"],
                                          thresholds=np.full(3, 0.5))
-    test["ci"] = metrics.bootstrap_ci(labels, scores, n_resamples=50)
+    test["ci"] = scoring.bootstrap_ci(labels, scores, n_resamples=50)
     run = {"name": "probe", "model": "A", "protocol": {"leads": "12", "label_fraction": 1.0},
            "n_train": 30, "test": test}
     cross = {"model": "A", "train_source": "georgia", "out_of_domain": {"ningbo": test},

@@ -1,5 +1,6 @@
 """Backbones: sharded multi-crop features equal the unsharded model crop by crop; Net1D's lead
-zero-fill; missing parameters named; the registry picks the family from the checkpoint."""
+zero-fill; missing parameters named; the registry picks the family from the checkpoint; a
+checkpoint of the older model name loads."""
 import jax
 import numpy as np
 import pytest
@@ -7,8 +8,10 @@ from flax import nnx
 
 from crema_jax import config as config_lib
 from crema_jax.inference import backbones
+from crema_jax.runtime import checkpoint
 from crema_jax.runtime import mesh as mesh_lib
-from crema_jax.models import build_model, default_model_config
+from crema_jax.models import PretrainModel, build_model, default_model_config
+from crema_jax.models import params as params_lib
 from crema_jax.models.net1d import Net1D
 
 
@@ -36,9 +39,9 @@ def test_sharded_extraction_matches_per_crop_model():
     params = nnx.to_pure_dict(nnx.state(model))
     config = config_lib.default_config()
     config.model = cfg
-    family = backbones.BACKBONES["sit"]
-    graphdef, state = family.build(config, params, seed=0)
-    backbone = backbones.Backbone(family, graphdef, state, config, 64, 0)
+    runner = backbones.RUNNERS["sit"]
+    graphdef, state = runner.build(config, params, seed=0)
+    backbone = backbones.Backbone(runner, graphdef, state, config, 64, 0)
     mesh = mesh_lib.make_mesh()
     assert mesh.devices.size == 8
     batches = _batches(np.random.default_rng(0), 13, 8, leads)
@@ -63,7 +66,7 @@ def test_net1d_features_zero_fill_missing_leads():
     import ml_collections
     model = Net1D(ml_collections.ConfigDict(cfg), rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(model)
-    backbone = backbones.Backbone(backbones.BACKBONES["net1d"], graphdef, state, None, 8, 0)
+    backbone = backbones.Backbone(backbones.RUNNERS["net1d"], graphdef, state, None, 8, 0)
     rng = np.random.default_rng(1)
     batch = {"patches": rng.normal(size=(8, 1, 2, 10, 20)).astype(np.float32),
              "patch_valid": np.ones((8, 1, 2, 10), bool),
@@ -85,7 +88,7 @@ def test_checkpoint_missing_parameter_is_named():
     config = config_lib.default_config()
     config.model = cfg
     with pytest.raises(ValueError, match="norm/scale"):
-        backbones.BACKBONES["sit"].build(config, params, seed=0)
+        backbones.RUNNERS["sit"].build(config, params, seed=0)
 
 
 def test_round_batch():
@@ -94,9 +97,31 @@ def test_round_batch():
 
 
 def test_the_family_comes_from_the_model_and_random_needs_a_name():
-    assert backbones.family(config_lib.default_config("net1d")).name == "net1d"
-    assert backbones.family(config_lib.default_config("sit_encoder")).name == "sit"
+    assert backbones.runner_of(config_lib.default_config("net1d")).family.name == "net1d"
+    assert backbones.runner_of(config_lib.default_config("sit_encoder")).family.name == "sit"
     config, params = backbones.load_config_and_params("random", backbone="net1d")
     assert params is None and config.model.name == "net1d"
     with pytest.raises(ValueError, match="expected one of"):
         backbones.load_config_and_params("random", backbone="resnet")
+
+
+def test_a_checkpoint_of_the_older_model_name_loads_with_the_same_outputs(tmp_path):
+    """Checkpoints written before the pretraining model was called "sit_pretrain" say "sit"."""
+    config = config_lib.default_config()
+    config.model.size = "tiny"
+    model = build_model(config.model, rngs=nnx.Rngs(5))
+    saved = checkpoint.config_to_json_dict(config)
+    saved["model"]["name"] = "sit"
+    checkpoint.save_model_checkpoint(tmp_path, nnx.to_pure_dict(nnx.state(model)), saved)
+
+    params, loaded, _ = config_lib.load_checkpoint(tmp_path)
+    assert loaded.model.name == "sit_pretrain"
+    assert isinstance(params_lib.merge(loaded.model, params), PretrainModel)
+    backbone = backbones.load(str(tmp_path))
+    assert (backbone.name, backbone.width) == ("sit", 64)
+    batches = _batches(np.random.default_rng(2), 4, 4, tuple(range(12)), crops=1)
+    got = backbones.make_apply(backbone, mesh_lib.make_mesh(devices=jax.devices()[:1]))(
+        batches[0])
+    b = batches[0]
+    want = model.encoder.features(b["patches"][:, 0], b["lead_indices"], b["patch_valid"][:, 0])
+    np.testing.assert_allclose(np.asarray(got)[:, 0], np.asarray(want), rtol=1e-5, atol=1e-6)

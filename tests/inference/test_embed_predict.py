@@ -245,13 +245,13 @@ def test_stmem_lead_subsets_take_lead_embeddings_by_position(sit_ckpt):
     patches = np.random.default_rng(9).normal(size=(2, 1, 1, 30, 75)).astype(np.float32)
     batch = {"patches": patches, "lead_indices": np.ones((2, 1), np.int32),   # lead II
              "patch_valid": np.ones((2, 1, 1, 30), bool)}
-    got = np.asarray(backbone.family.features(backbone.graphdef, backbone.state, batch))[:, 0]
+    got = np.asarray(backbone.runner.features(backbone.graphdef, backbone.state, batch))[:, 0]
     with torch.no_grad():
         want = ref.features(torch.from_numpy(patches[:, 0])).numpy()
     assert rel_err(got, want) <= 1e-5
     config = backbone.config.copy_and_resolve_references()
     config.model.lead_embedding = "canonical"   # ours: lead II keeps lead II's embedding
     params, _, _ = checkpoint.load_model_checkpoint(ckpt)
-    graphdef, state = backbone.family.build(config, params, seed=0)
-    canonical = np.asarray(backbone.family.features(graphdef, state, batch))[:, 0]
+    graphdef, state = backbone.runner.build(config, params, seed=0)
+    canonical = np.asarray(backbone.runner.features(graphdef, state, batch))[:, 0]
     assert rel_err(canonical, want) > 1e-3

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from crema_jax.evaluate import metrics
+from crema_jax.evaluate import scoring
 
 
 def _random_column(rng, n, tie_levels):
@@ -22,11 +22,11 @@ def test_auroc_auprc_f1_match_sklearn(tie_levels):
     rng = np.random.default_rng(tie_levels)
     for trial in range(20):
         y, s = _random_column(rng, int(rng.integers(5, 200)), tie_levels)
-        assert metrics.auroc(y, s) == pytest.approx(skm.roc_auc_score(y, s), abs=1e-6)
-        assert metrics.average_precision(y, s) == pytest.approx(
+        assert scoring.auroc(y, s) == pytest.approx(skm.roc_auc_score(y, s), abs=1e-6)
+        assert scoring.average_precision(y, s) == pytest.approx(
             skm.average_precision_score(y, s), abs=1e-6)
         threshold = float(np.quantile(s, rng.random()))
-        assert metrics.f1_at(y, s, threshold) == pytest.approx(
+        assert scoring.f1_at(y, s, threshold) == pytest.approx(
             skm.f1_score(y, s >= threshold, zero_division=0.0), abs=1e-6)
 
 
@@ -36,14 +36,14 @@ def test_best_threshold_maximises_f1_by_brute_force(tie_levels):
     for _ in range(10):
         y, s = _random_column(rng, 60, tie_levels)
         best = max(skm.f1_score(y, s >= t) for t in np.unique(s))
-        t = metrics.best_threshold(y, s)
+        t = scoring.best_threshold(y, s)
         assert skm.f1_score(y, s >= t) == pytest.approx(best, abs=1e-9)
 
 
 def test_roc_curve_matches_sklearn():
     rng = np.random.default_rng(3)
     y, s = _random_column(rng, 80, 5)
-    fpr, tpr = metrics.roc_curve(y, s)
+    fpr, tpr = scoring.roc_curve(y, s)
     ref_fpr, ref_tpr, _ = skm.roc_curve(y, s, drop_intermediate=False)
     np.testing.assert_allclose(fpr, ref_fpr, atol=1e-12)
     np.testing.assert_allclose(tpr, ref_tpr, atol=1e-12)
@@ -57,8 +57,8 @@ def test_report_macro_matches_sklearn_and_skips_degenerate_classes():
     labels[:, 3] = 1.0  # no negatives
     scores = rng.random((n, 4)).round(1)  # ties
     val_labels = (rng.random((n, 4)) < 0.3).astype(np.float32)
-    thresholds = metrics.choose_thresholds(val_labels, rng.random((n, 4)))
-    report = metrics.classification_report(labels, scores, ["a", "b", "c", "d"],
+    thresholds = scoring.choose_thresholds(val_labels, rng.random((n, 4)))
+    report = scoring.classification_report(labels, scores, ["a", "b", "c", "d"],
                                            thresholds=thresholds)
     ok = [0, 1]
     assert report["macro_auroc"] == pytest.approx(
@@ -73,14 +73,14 @@ def test_report_macro_matches_sklearn_and_skips_degenerate_classes():
     assert report["per_class"]["c"]["auroc"] is None
     assert report["n_scored_classes"] == 2
     # macro_auroc (vectorised, used by the bootstrap) agrees with the per-class path.
-    assert metrics.macro_auroc(labels, scores) == pytest.approx(report["macro_auroc"], abs=1e-9)
+    assert scoring.macro_auroc(labels, scores) == pytest.approx(report["macro_auroc"], abs=1e-9)
 
 
 def test_all_classes_degenerate_gives_none_not_nan():
     labels = np.zeros((10, 2), np.float32)
-    report = metrics.classification_report(labels, np.random.rand(10, 2), ["a", "b"])
+    report = scoring.classification_report(labels, np.random.rand(10, 2), ["a", "b"])
     assert report["macro_auroc"] is None and len(report["skipped"]) == 2
-    ci = metrics.bootstrap_ci(labels, np.random.rand(10, 2), n_resamples=20)
+    ci = scoring.bootstrap_ci(labels, np.random.rand(10, 2), n_resamples=20)
     assert ci["low"] is None and ci["n_valid"] == 0
 
 
@@ -89,13 +89,13 @@ def test_bootstrap_ci_covers_estimate_and_is_seeded():
     labels = (rng.random((300, 3)) < 0.3).astype(np.float32)
     scores = rng.normal(size=(300, 3)) + labels
     point = skm.roc_auc_score(labels, scores, average="macro")
-    ci = metrics.bootstrap_ci(labels, scores, n_resamples=300, seed=1)
+    ci = scoring.bootstrap_ci(labels, scores, n_resamples=300, seed=1)
     assert ci["low"] < point < ci["high"]
     assert ci["high"] - ci["low"] < 0.2
-    assert ci == metrics.bootstrap_ci(labels, scores, n_resamples=300, seed=1)
-    assert ci != metrics.bootstrap_ci(labels, scores, n_resamples=300, seed=2)
+    assert ci == scoring.bootstrap_ci(labels, scores, n_resamples=300, seed=1)
+    assert ci != scoring.bootstrap_ci(labels, scores, n_resamples=300, seed=2)
 
 
 def test_undefined_binary_metric_names_the_reason():
     with pytest.raises(ValueError, match="no positives"):
-        metrics.auroc(np.zeros(5), np.arange(5))
+        scoring.auroc(np.zeros(5), np.arange(5))

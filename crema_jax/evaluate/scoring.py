@@ -1,4 +1,6 @@
-"""Classification metrics for downstream evaluation, in numpy (no scikit-learn at run time).
+"""Scoring predictions: the classification metrics of downstream evaluation (AUROC, AUPRC, F1,
+bootstrap intervals), in numpy (no scikit-learn at run time). Training throughput and MFU are
+another thing: crema_jax/train/perf.py.
 
 Definitions match scikit-learn so numbers are comparable with published tables:
 - AUROC: Mann-Whitney U from average ranks, so tied scores count one half (= sklearn's
