@@ -1,6 +1,6 @@
 """Net1D (ECGFounder, 12-lead, 30.75 M params) inference: JAX vs PyTorch on this machine's CPU.
 
-    /work/venv/bin/python bench/net1d.py [--batch=64] [--samples=5000] [--iters=3] [--compile]
+    python bench/net1d.py [--batch=64] [--samples=5000] [--iters=3] [--compile]
 
 Same random weights in both frameworks (converted with crema_jax.export), float32, one batch of
 (batch, 12, samples). JAX: jax.jit of the forward (compile excluded, reported apart). PyTorch:
