@@ -1,7 +1,7 @@
 """Full fine-tuning of the SiT encoder with a classification head, under the evaluation protocols
 (`crema-jax finetune`).
 
-Recipe (ST-MEM's fine-tuning, reference-stmem.md): AdamW, lr = base_lr x batch / 256 with linear
+Recipe (ST-MEM's fine-tuning, docs/reference/stmem.md): AdamW, lr = base_lr x batch / 256 with linear
 warm-up then cosine, weight decay 0.05, layer-wise learning-rate decay (embeddings get
 decay^(depth+1), block i decay^(depth-i), `norm` and `head` the full rate), stochastic depth,
 optional label smoothing; the ST-MEM augmentations come from config.data.augment.
@@ -253,7 +253,7 @@ def _embeddings(model, best, batches, mesh):
 
 # The recipe fields that follow the checkpoint's data path when a flag leaves them unset
 # (None): ST-MEM's configs fine-tune plain AdamW on all parameters with no layer-wise decay and
-# no drop-path (reference-stmem.md, its data path, step 6); ours decays the lr by layer (0.75)
+# no drop-path (docs/reference/stmem.md, its data path, step 6); ours decays the lr by layer (0.75)
 # and drops paths (0.1), the MAE fine-tuning recipe. Net1D is not fine-tuned here.
 RECIPE_BY_DATA_PATH = {"crema": {"layer_decay": 0.75, "drop_path": 0.1},
                        "stmem": {"layer_decay": 1.0, "drop_path": 0.0}}

@@ -5,7 +5,7 @@ SiT (no `encoder/` prefix); scan_layers checkpoints are unstacked first (`unstac
 
 - crema: the JAX tree with dots, PyTorch conventions (weight/bias, Linear (out, in), fused qkv
   (3*H*hd, D)); crema_jax/export/torch_sit.py holds exactly these keys.
-- stmem: reference-stmem.md. Encoder-only file: 166 keys (ViT-B), no prefix, `block{i}.` with no
+- stmem: docs/reference/stmem.md. Encoder-only file: 166 keys (ViT-B), no prefix, `block{i}.` with no
   dot, `lead_embeddings.{i}`. Full pretraining file: `encoder.` + the encoder keys, the alias
   `to_patch_embedding.*` of the same tensors, and the decoder (228 keys).
 """
@@ -38,7 +38,7 @@ def _dense(t: str, j: str) -> list[Rule]:
 
 def stmem_has_out_projection(width: int, heads: int, head_dim: int) -> bool:
     """ST-MEM's attention has no output projection (`to_out` is an identity) when one head is
-    as wide as the model (reference-stmem.md)."""
+    as wide as the model (docs/reference/stmem.md)."""
     return not (heads == 1 and head_dim == width)
 
 

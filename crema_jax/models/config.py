@@ -1,7 +1,7 @@
 """config.model defaults and the model-size registry.
 
 `default_model_config()` is composed into the full training config by crema_jax/config.py.
-Architecture numbers that are not a size choice follow ST-MEM (reference-stmem.md), so a model
+Architecture numbers that are not a size choice follow ST-MEM (docs/reference/stmem.md), so a model
 configured with `size="base"` is exactly ST-MEM's ViT-B/75 and its PyTorch checkpoints load.
 """
 import math

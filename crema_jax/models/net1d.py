@@ -1,4 +1,4 @@
-"""ECGFounder's Net1D backbone in Flax NNX (see docs: reference-ecgfounder.md).
+"""ECGFounder's Net1D backbone in Flax NNX (see docs/reference/ecgfounder.md).
 
 A pre-activation bottleneck ResNeXt with squeeze-excitation, no batch norm and no dropout. The
 padding and pooling follow the released PyTorch model exactly, so its checkpoints import with
