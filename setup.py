@@ -36,6 +36,9 @@ setuptools.setup(
     extras_require={
         # torch 2.13.0 is pinned: an unpinned torch pulls several GB of CUDA wheels.
         "torch": ["torch==2.13.0"],
+        # huggingface_hub: `import-torch hf://OWNER/REPO/FILE` fetches through its download
+        # cache, offline mode and token handling (the peers publish their weights there).
+        "hub": ["huggingface_hub>=1.0"],
         # libtpu (pinned to the installed jax by jax's own extra): compile for a TPU slice on
         # any machine (`crema-jax pretrain --dry_run --topology=v5p:4x4x4`); TPU VMs need it too.
         "tpu": ["jax[tpu]"],
@@ -44,7 +47,7 @@ setuptools.setup(
         "cuda": ["jax[cuda13]"],
         # pytest-xdist: the suite runs on two worker processes (XLA compiles single-threaded).
         "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-learn>=1.4", "torch==2.13.0",
-                 "jax[tpu]"],
+                 "jax[tpu]", "huggingface_hub>=1.0"],
     },
     entry_points={"console_scripts": ["crema-jax=crema_jax.main:run"]},
 )

@@ -3,16 +3,22 @@ probe, finetune, embed and predict read.
 
     crema-jax import-torch --format=stmem st_mem_vit_base.pth --out=/ckpt/stmem
     crema-jax import-torch --format=ecgfounder 12_lead_ECGFounder.pth --out=/ckpt/ecgfounder
+    crema-jax import-torch --format=ecgfounder \
+        hf://PKUDigitalHealth/ECGFounder/12_lead_ECGFounder.pth --out=/ckpt/ecgfounder
+    crema-jax import-torch hf://OWNER/REPO --out=/ckpt/model    # a folder export-torch
+                                                                 # --hub_folder wrote (or its path)
 
-The model config is inferred from the tensor shapes. Files are loaded safely (safetensors, or
+`hf://OWNER/REPO[@REVISION][/FILE]` is fetched through huggingface_hub (`pip install
+crema_jax[hub]`; its cache, HF_HUB_OFFLINE and token apply); the commit fetched is recorded in
+the checkpoint's config (`source`). The model config is inferred from the tensor shapes. Files are loaded safely (safetensors, or
 torch.load(weights_only=True) only) and checked completely before anything is written.
 """
 from crema_jax.cli import command
 
-COMMAND = command.Command("import-torch", __doc__, usage="--format=crema|stmem|ecgfounder "
-                          "--out=DIR", positional="FILE")
-COMMAND.enum("format", None, ["crema", "stmem", "ecgfounder"], "Layout of the PyTorch file.",
-             required=True)
+COMMAND = command.Command("import-torch", __doc__, usage="[--format=crema|stmem|ecgfounder] "
+                          "--out=DIR", positional="FILE|FOLDER|hf://OWNER/REPO[@REV][/FILE]")
+COMMAND.enum("format", None, ["crema", "stmem", "ecgfounder"], "Layout of the PyTorch file "
+             "(required for a file; a folder's config.json says its own).")
 COMMAND.string("out", None, "Output: a new workdir (checkpoints/0/ inside).", required=True)
 COMMAND.integer("seed", 0, "Seed for model parts the file does not hold (e.g. the decoder).")
 
@@ -22,7 +28,7 @@ def main(args) -> None:
     from crema_jax.export import import_torch  # at run time: --help answers without importing JAX
 
     if len(args.positional) != 1:
-        raise command.CommandError(f"expected one weight FILE, got {len(args.positional)} "
+        raise command.CommandError(f"expected one weight FILE, FOLDER or hub id, got {len(args.positional)} "
                                    f"(usage: {COMMAND.usage_line()})")
     step_dir = import_torch.run_import(args.positional[0], args.format, args.out, seed=args.seed)
     print(f"wrote {step_dir}")

@@ -75,14 +75,19 @@ def build_state_dict(params, model_cfg, *, layout: str, include_decoder: bool
     return convert.jax_to_torch(params, rules, layout=layout, allow_unused=unused)
 
 
+def write_safetensors(state_dict, out: str, model_config: dict) -> None:
+    """`out` (.safetensors), atomically, with the model config in its metadata."""
+    meta = {"format": "pt", "crema_model_config": json.dumps(model_config)}
+    files.write_atomic(out, lambda p: safetensors.numpy.save_file(state_dict, p, metadata=meta))
+
+
 def write_files(state_dict, out: str, *, layout: str, model_config: dict, full_config: dict,
                 step: int, include_decoder: bool) -> tuple[str, str]:
     """Writes FILE (.safetensors or .pth) and FILE.json; returns both paths."""
     info = {"layout": layout, "include_decoder": include_decoder, "step": step,
             "num_keys": len(state_dict), "model": model_config, "config": full_config}
     if out.endswith(".safetensors"):
-        meta = {"format": "pt", "crema_model_config": json.dumps(model_config)}
-        files.write_atomic(out, lambda p: safetensors.numpy.save_file(state_dict, p, metadata=meta))
+        write_safetensors(state_dict, out, model_config)
     elif out.endswith((".pth", ".pt")):
         if layout == "crema":
             raise ExportError("the crema layout is written as .safetensors only")

@@ -18,7 +18,7 @@ from absl import logging
 
 from crema_jax import config as config_lib
 from crema_jax.data import presets
-from crema_jax.export import convert, safe_load, sit_layouts
+from crema_jax.export import convert, hub, hub_folder, safe_load, sit_layouts
 from crema_jax.models import families
 from crema_jax.models import params as params_lib
 from crema_jax.runtime import checkpoint as ckpt_lib
@@ -224,16 +224,49 @@ def _summarise(paths: list[str]) -> str:
     return ", ".join(f"{k} ({n} tensors)" for k, n in sorted(groups.items()))
 
 
-def run_import(path: str, fmt: str, out: str, *, seed: int = 0) -> str:
-    """Checks everything, then writes `out/checkpoints/0`; returns the step dir."""
+def resolve_source(source: str, fmt: str | None) -> tuple[str, str, dict | None, dict]:
+    """(weight file, format, saved data section or None, source record) for a weight file, a
+    folder export-torch --hub_folder wrote, or a hub id of either (fetched into the hub cache)."""
+    if hub.is_hub_id(source):
+        local, record = hub.fetch(source, hub_folder.CONFIG_FILE)
+    else:
+        local, record = source, {"path": os.path.abspath(source)}
+    data = None
+    if hub_folder.is_folder(local):
+        local, layout, data = hub_folder.read_folder(local)
+        if fmt not in (None, layout):
+            raise safe_load.CheckpointFileError(
+                f"{source}: a folder of {layout}-layout weights; drop --format={fmt} (the "
+                "folder's config.json says its layout)")
+        fmt = layout
+    elif os.path.isdir(local):
+        raise safe_load.CheckpointFileError(
+            f"{source}: a folder without {hub_folder.CONFIG_FILE}; expected a weight file or a "
+            "folder export-torch --hub_folder wrote")
+    elif fmt is None:
+        raise safe_load.CheckpointFileError(
+            f"{source}: a weight file needs --format ({'|'.join(FORMATS)})")
+    return local, fmt, data, {**record, "format": fmt}
+
+
+def run_import(source: str, fmt: str | None, out: str, *, seed: int = 0) -> str:
+    """Checks everything, then writes `out/checkpoints/0`; returns the step dir. The source (the
+    path, or the hub id and the commit fetched) is recorded in the checkpoint's config as
+    `source`, which readers of the config leave aside."""
+    path, fmt, saved_data, record = resolve_source(source, fmt)
     if "://" not in str(out):  # a new or empty folder: an import never mixes with other files
         files.check_output_dir(out, marker=None, flag="--out", inputs=[path], create=False)
     params, model_cfg, kept = import_weights(path, fmt, seed=seed)
     config = config_lib.default_config(model_cfg.name)
     config.model = model_cfg
-    # The peer's own data path, file to model input, so that embed/probe/finetune/predict give
-    # its authors' outputs with no flag (data/presets.py).
-    presets.apply(config.data, PRESET_OF_FORMAT[fmt])
+    if saved_data is not None:  # a hub folder: the data path its model was trained with
+        config.data = config_lib.from_saved({"model": {"name": model_cfg.name},
+                                             "data": saved_data}).data
+    else:
+        # The peer's own data path, file to model input, so that embed/probe/finetune/predict
+        # give its authors' outputs with no flag (data/presets.py).
+        presets.apply(config.data, PRESET_OF_FORMAT[fmt])
+    config.source = record
     if kept:
         logging.warning("*** %s holds no weights for: %s. These are FRESHLY INITIALISED (seed %d)"
                         " — fine for probing/fine-tuning the encoder; continued pretraining "
