@@ -17,8 +17,8 @@ from crema_jax.data.index import dataset_index
 from crema_jax.data.reading import wfdb_records
 from crema_jax.export import import_torch
 from crema_jax.inference import backbones, embed, predict
-from tests.export.ecgfounder_torch_ref import Net1DRef
-from tests.export.stmem_torch_ref import StMemEncoder, randomise_norms
+from tests.references.ecgfounder_torch import Net1DRef
+from tests.references.stmem_torch import StMemEncoder, randomise_norms
 
 SMALL_NET1D = dict(in_channels=12, filters=(16, 32), blocks=(1, 2), n_classes=150)
 
