@@ -11,7 +11,8 @@ import pytest
 from crema_jax.runtime import checkpoint as ckpt_lib
 from crema_jax.runtime import workdir as workdir_lib
 from crema_jax.train import trainer
-from tests.train.helpers import start_cli, tiny_config
+from tests.configs import tiny_config
+from tests.train.helpers import start_cli
 
 
 def _run(workdir, **overrides):

@@ -14,7 +14,8 @@ from crema_jax.data.index import dataset_index
 from crema_jax.data.index import registry
 from crema_jax.evaluate import evaluators
 from crema_jax.train import trainer
-from tests.train.helpers import start_cli, tiny_config
+from tests.configs import tiny_config
+from tests.train.helpers import start_cli
 
 
 def _bundled(**overrides):

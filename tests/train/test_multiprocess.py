@@ -9,7 +9,8 @@ import numpy as np
 from crema_jax.data.pipeline import datasets
 from crema_jax.data.pipeline import sources
 from crema_jax.train import trainer
-from tests.train.helpers import start_cli, tiny_config
+from tests.configs import tiny_config
+from tests.train.helpers import start_cli
 
 PER_PROCESS_BATCH = 4
 
