@@ -52,6 +52,7 @@ def _flags_in(text):
             for word in line.split() if word.startswith("--")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(OWN_FLAGS))
 def test_help_lists_the_commands_own_flags_and_no_others(name):
     done = _run(name, "--help")
@@ -67,6 +68,7 @@ def test_help_lists_the_commands_own_flags_and_no_others(name):
     assert done.stdout.startswith(f"usage: crema-jax {name} ")
 
 
+@pytest.mark.slow
 def test_top_level_help_lists_every_command():
     done = _run("--help")
     assert done.returncode == 0
@@ -74,6 +76,7 @@ def test_top_level_help_lists_every_command():
         assert f"  {name} " in done.stdout
 
 
+@pytest.mark.slow
 def test_bad_flags_end_in_one_line():
     for args, fragment in ((("probe", "--nonexistent=1"), "Unknown command line flag"),
                            (("probe", "--workdir=/tmp/x"), "--checkpoint"),

@@ -98,6 +98,7 @@ def test_label_file_is_ecgfounders():
     assert len(names) == 150 and names[:2] == ["ABNORMAL ECG", "NORMAL SINUS RHYTHM"]
 
 
+@pytest.mark.slow
 def test_predict_matches_reference_on_real_records(net1d_ckpt, cinc_sample_dir, tmp_path):
     ref, ckpt = net1d_ckpt
     paths = [str(cinc_sample_dir / r) for r in ("E07500", "E07503")]

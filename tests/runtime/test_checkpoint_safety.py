@@ -91,6 +91,7 @@ def test_resuming_with_another_model_names_the_field(tmp_path, capsys):
         capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_workdir_is_refused(tmp_path, jax_cache_dir):
     """Two real processes: the second is refused at once; the first finishes with its
     checkpoints intact."""

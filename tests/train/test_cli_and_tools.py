@@ -28,6 +28,7 @@ def test_config_files(name):
         assert pathlib.Path(config.data.root).is_dir() and config.train.reconstruction_png
 
 
+@pytest.mark.slow
 def test_dry_run_reports_flops_and_memory(tmp_path):
     proc = start_cli(tmp_path, "--dry_run", "--config.train.global_batch_size=4", num_devices=2)
     out, _ = proc.communicate(timeout=400)
@@ -54,6 +55,7 @@ def _dry_run(tmp_path, *extra):
     return json.loads(out.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_dry_run_for_a_tpu_pod_slice_and_for_n_cpu_devices(tmp_path):
     """A v5e 4x4 slice (16 chips on 4 hosts) compiled here by the TPU compiler from libtpu, and
     the same mesh on 16 CPU devices of this one process."""
@@ -74,6 +76,7 @@ def test_dry_run_for_a_tpu_pod_slice_and_for_n_cpu_devices(tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra, message", [
     (("--dry_run", "--topology=v5e"), "expected a TPU type and chip grid"),
     (("--dry_run", "--topology=v9z:2x2"), "could not describe this TPU slice"),
@@ -103,6 +106,7 @@ def test_tpu_scripts_parse_and_pass_shellcheck():
         assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_bench_runs_from_outside_the_repo(tmp_path):
     env = cli_env(1)
     env.pop("PYTHONPATH")   # the script must find crema_jax on its own

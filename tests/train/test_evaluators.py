@@ -112,6 +112,7 @@ def _eval_rows(workdir) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_evaluations_continue_after_kill_minus_9(tmp_path, jax_cache_dir):
     evals = ("--config.evals.names=('reconstruction',)", "--config.evals.every_steps=2",
              "--config.evals.reconstruction.split=", "--config.train.num_steps=6",

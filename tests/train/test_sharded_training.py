@@ -14,6 +14,8 @@ from crema_jax.runtime import workdir as workdir_lib
 from crema_jax.train import hooks, trainer
 from tests.configs import tiny_config
 
+pytestmark = pytest.mark.slow  # trains the tiny model on every mesh shape
+
 MESHES = {"data8": (8, 1, 1), "data2_fsdp4": (2, 4, 1), "data2_fsdp2_tensor2": (2, 2, 2)}
 
 
