@@ -226,8 +226,8 @@ def test_finetune_folds_test_every_record_once(pretrained_workdir, cinc_sample_d
          drop_path=0.05)
     report = json.loads((tmp_path / "report.json").read_text())
     assert set(report) == SCHEMA and report["command"] == "finetune"
-    # ST-MEM's path brings its recipe (no layer-wise decay, reference-stmem.md step 6); a
-    # given flag wins over it.
+    # ST-MEM's path brings its recipe (no layer-wise decay, docs/reference/stmem.md, its data
+    # path step 6); a given flag wins over it.
     assert report["models"]["A"]["recipe"] == {"layer_decay": 1.0, "drop_path": 0.05}
     assert report["models"]["A"]["data_path"] == "stmem"
     pred = np.load(tmp_path / "predictions.npz")

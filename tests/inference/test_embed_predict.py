@@ -29,7 +29,7 @@ def rel_err(a, b):
 
 
 def ecgfounder_preprocess(x, fs=500.0):
-    """Its released code, step by step from reference-ecgfounder.md ("Its preprocessing
+    """Its released code, step by step from docs/reference/ecgfounder.md ("Its data path
     exactly"): NaN -> 0; iirnotch(50, 30) and butter(4, [0.67, 40]) as (b, a) with filtfilt;
     scipy.signal.medfilt baseline (zero-padded edges); z-score with std + 1e-8."""
     x = np.nan_to_num(np.asarray(x, np.float64))
@@ -44,9 +44,9 @@ def ecgfounder_preprocess(x, fs=500.0):
 
 
 def stmem_crop(x, fs=250.0):
-    """ST-MEM's per-crop transforms (reference-stmem.md, data path step 4): order-5 high-pass
-    0.67 Hz, THEN order-5 low-pass 40 Hz (two sosfiltfilt passes), then one z-score (ddof 0)
-    over leads and time; std 0 -> zeros."""
+    """ST-MEM's per-crop transforms (docs/reference/stmem.md, its data path step 4): order-5
+    high-pass 0.67 Hz, THEN order-5 low-pass 40 Hz (two sosfiltfilt passes), then one z-score
+    (ddof 0) over leads and time; std 0 -> zeros."""
     x = np.asarray(x, np.float64)
     for cut, kind in ((0.67, "highpass"), (40.0, "lowpass")):
         x = scipy.signal.sosfiltfilt(scipy.signal.butter(5, cut, kind, fs=fs, output="sos"), x,
