@@ -52,7 +52,6 @@ def _flags_in(text):
             for word in line.split() if word.startswith("--")}
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(OWN_FLAGS))
 def test_help_lists_the_commands_own_flags_and_no_others(name):
     done = _run(name, "--help")
@@ -68,7 +67,6 @@ def test_help_lists_the_commands_own_flags_and_no_others(name):
     assert done.stdout.startswith(f"usage: crema-jax {name} ")
 
 
-@pytest.mark.slow
 def test_top_level_help_lists_every_command():
     done = _run("--help")
     assert done.returncode == 0

@@ -14,6 +14,8 @@ from crema_jax.train import trainer
 from tests.configs import tiny_config
 from tests.train.helpers import start_cli
 
+pytestmark = pytest.mark.slow  # drills: every test trains the tiny model, some several times
+
 
 def _run(workdir, **overrides):
     return trainer.train(tiny_config(**overrides), workdir, devices=jax.devices()[:1])
@@ -91,7 +93,6 @@ def test_resuming_with_another_model_names_the_field(tmp_path, capsys):
         capsys.readouterr().out
 
 
-@pytest.mark.slow
 def test_a_second_run_on_the_same_workdir_is_refused(tmp_path, jax_cache_dir):
     """Two real processes: the second is refused at once; the first finishes with its
     checkpoints intact."""
