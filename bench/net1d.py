@@ -18,7 +18,7 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "export"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "references"))
 
 
 def _time(fn, iters):
@@ -50,7 +50,7 @@ def main():
     from crema_jax.export import convert
     from crema_jax.models import params as params_lib
     from crema_jax.models.net1d import default_net1d_config
-    from ecgfounder_torch_ref import Net1DRef  # the test suite's independent PyTorch Net1D
+    from ecgfounder_torch import Net1DRef  # the test suite's independent PyTorch Net1D
 
     torch.manual_seed(0)
     ref = Net1DRef(in_channels=12).eval()

@@ -35,3 +35,9 @@ def cinc_sample_dir() -> pathlib.Path:
         raise FileNotFoundError(
             f"expected the CinC 2021 sample at {SHARED_SAMPLE} (../shared beside the checkout)")
     return SHARED_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def jax_cache_dir(tmp_path_factory):
+    """A compilation cache shared by this session's subprocesses (same program: compile once)."""
+    return tmp_path_factory.mktemp("jax_cache")

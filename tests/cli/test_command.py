@@ -74,6 +74,7 @@ def test_top_level_help_lists_every_command():
         assert f"  {name} " in done.stdout
 
 
+@pytest.mark.slow
 def test_bad_flags_end_in_one_line():
     for args, fragment in ((("probe", "--nonexistent=1"), "Unknown command line flag"),
                            (("probe", "--workdir=/tmp/x"), "--checkpoint"),

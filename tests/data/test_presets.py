@@ -1,6 +1,6 @@
 """The peers' data paths (data/presets.py) against implementations written here, with wfdb and
-scipy, from the facts of reference-stmem.md ("ST-MEM's own data path") and
-reference-ecgfounder.md ("Its preprocessing exactly"): windows, FFT resampling, crop THEN
+scipy, from the facts of docs/reference/stmem.md ("Its data path, file to features") and
+docs/reference/ecgfounder.md ("Its data path exactly"): windows, FFT resampling, crop THEN
 filter, per-crop statistics, std = 0, crop starts, probability averaging, medfilt edges."""
 import numpy as np
 import pytest

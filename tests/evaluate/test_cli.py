@@ -66,6 +66,7 @@ def _check_outputs(workdir: pathlib.Path, root: pathlib.Path) -> dict:
     return report
 
 
+@pytest.mark.slow
 def test_probe_protocols_end_to_end(pretrained_workdir, cinc_sample_dir, tmp_path):
     _run(probe, checkpoint=str(pretrained_workdir), root=str(cinc_sample_dir),
          workdir=str(tmp_path), label_fractions=["0.01", "0.1", "1.0"], lead_sets=["12", "I"],
@@ -87,6 +88,7 @@ def test_probe_protocols_end_to_end(pretrained_workdir, cinc_sample_dir, tmp_pat
                 assert drop["drop"] == pytest.approx(drop["in_domain"] - drop["out_of_domain"])
 
 
+@pytest.mark.slow
 def test_probe_from_a_prepared_cache_matches_the_wfdb_probe(pretrained_workdir, cinc_sample_dir,
                                                            tmp_path):
     """--cache_dir reads `crema-jax prepare`'s preprocessed records instead of the WFDB files:
@@ -127,6 +129,7 @@ def test_probe_from_a_prepared_cache_matches_the_wfdb_probe(pretrained_workdir, 
                                   data.labels[[5, 2]])
 
 
+@pytest.mark.slow
 def test_finetune_lead_i_end_to_end(pretrained_workdir, cinc_sample_dir, tmp_path):
     _run(finetune, checkpoint=str(pretrained_workdir), root=str(cinc_sample_dir),
          workdir=str(tmp_path), lead_sets=["I"], label_fractions=["1.0"], cross_domain=False,
@@ -176,6 +179,7 @@ def _macro(labels, probs):
     return roc_auc_score(labels[:, ok], probs[:, ok], average="macro")
 
 
+@pytest.mark.slow
 def test_probe_folds_test_every_record_once_and_keep_patients_together(
         pretrained_workdir, cinc_sample_dir, manifest, tmp_path):
     csv_path, patients = manifest
@@ -214,6 +218,7 @@ def test_probe_folds_test_every_record_once_and_keep_patients_together(
     assert "### Folds of probe leads=12 labels=1 folds=5" in (tmp_path / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_finetune_folds_test_every_record_once(pretrained_workdir, cinc_sample_dir, tmp_path):
     _run(finetune, checkpoint=str(pretrained_workdir), root=str(cinc_sample_dir),
          workdir=str(tmp_path), folds=3, min_positives=5, lead_sets=["I"], epochs=1,
@@ -221,8 +226,8 @@ def test_finetune_folds_test_every_record_once(pretrained_workdir, cinc_sample_d
          drop_path=0.05)
     report = json.loads((tmp_path / "report.json").read_text())
     assert set(report) == SCHEMA and report["command"] == "finetune"
-    # ST-MEM's path brings its recipe (no layer-wise decay, reference-stmem.md step 6); a
-    # given flag wins over it.
+    # ST-MEM's path brings its recipe (no layer-wise decay, docs/reference/stmem.md, its data
+    # path step 6); a given flag wins over it.
     assert report["models"]["A"]["recipe"] == {"layer_decay": 1.0, "drop_path": 0.05}
     assert report["models"]["A"]["data_path"] == "stmem"
     pred = np.load(tmp_path / "predictions.npz")

@@ -14,6 +14,7 @@ from tests.evaluate.test_cli import RUN_KEYS, SCHEMA, _macro, _run, _scorable
 from tests.evaluate.test_paired import _reference_paired_bootstrap, reference_delong
 
 
+@pytest.mark.slow
 def test_two_identical_checkpoints_give_no_detectable_difference(
         pretrained_workdir, cinc_sample_dir, tmp_path):
     _run(compare, checkpoint=str(pretrained_workdir), checkpoint_b=str(pretrained_workdir),
@@ -31,6 +32,7 @@ def test_two_identical_checkpoints_give_no_detectable_difference(
         assert entry["verdict"] == "no detectable difference at alpha=0.05"
 
 
+@pytest.mark.slow
 def test_compare_a_checkpoint_with_random_on_the_same_folds_and_crops(
         pretrained_workdir, manifest, tmp_path):
     csv_path, patients = manifest
@@ -93,6 +95,7 @@ def test_compare_a_checkpoint_with_random_on_the_same_folds_and_crops(
     assert image.shape[0] > 300 and image[..., :3].std() > 0.05
 
 
+@pytest.mark.slow
 def test_compare_refuses_bad_flags_in_one_line(pretrained_workdir, cinc_sample_dir, tmp_path,
                                                capsys):
     argv = [f"--checkpoint={pretrained_workdir}", "--checkpoint_b=random",

@@ -10,7 +10,7 @@ from crema_jax.runtime import trees
 from crema_jax.export import convert, import_torch
 from crema_jax.models import params as params_lib
 from crema_jax.models import net1d
-from ecgfounder_torch_ref import Block as RefBlock, Net1DRef
+from tests.references.ecgfounder_torch import Block as RefBlock, Net1DRef
 
 
 def rel_err(a, b):

@@ -12,7 +12,7 @@ import torch
 
 from crema_jax import config as config_lib
 from crema_jax.export import export_torch, import_torch, safe_load
-from ecgfounder_torch_ref import Net1DRef
+from tests.references.ecgfounder_torch import Net1DRef
 
 SMALL = dict(in_channels=1, filters=(16, 32), blocks=(1, 2), n_classes=3)
 

@@ -14,7 +14,7 @@ from crema_jax.runtime import trees
 from crema_jax.export import convert, export_torch, import_torch, sit_layouts, torch_sit
 from crema_jax.models import params as params_lib
 from crema_jax.models import default_model_config
-from stmem_torch_ref import StMemEncoder, StMemPretrain, randomise_norms
+from tests.references.stmem_torch import StMemEncoder, StMemPretrain, randomise_norms
 
 SIZES = {"tiny": dict(width=64, depth=2, heads=1), "small": dict(width=384, depth=12, heads=6)}
 

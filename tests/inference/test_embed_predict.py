@@ -17,8 +17,8 @@ from crema_jax.data.index import dataset_index
 from crema_jax.data.reading import wfdb_records
 from crema_jax.export import import_torch
 from crema_jax.inference import backbones, embed, predict
-from tests.export.ecgfounder_torch_ref import Net1DRef
-from tests.export.stmem_torch_ref import StMemEncoder, randomise_norms
+from tests.references.ecgfounder_torch import Net1DRef
+from tests.references.stmem_torch import StMemEncoder, randomise_norms
 
 SMALL_NET1D = dict(in_channels=12, filters=(16, 32), blocks=(1, 2), n_classes=150)
 
@@ -29,7 +29,7 @@ def rel_err(a, b):
 
 
 def ecgfounder_preprocess(x, fs=500.0):
-    """Its released code, step by step from reference-ecgfounder.md ("Its preprocessing
+    """Its released code, step by step from docs/reference/ecgfounder.md ("Its data path
     exactly"): NaN -> 0; iirnotch(50, 30) and butter(4, [0.67, 40]) as (b, a) with filtfilt;
     scipy.signal.medfilt baseline (zero-padded edges); z-score with std + 1e-8."""
     x = np.nan_to_num(np.asarray(x, np.float64))
@@ -44,9 +44,9 @@ def ecgfounder_preprocess(x, fs=500.0):
 
 
 def stmem_crop(x, fs=250.0):
-    """ST-MEM's per-crop transforms (reference-stmem.md, data path step 4): order-5 high-pass
-    0.67 Hz, THEN order-5 low-pass 40 Hz (two sosfiltfilt passes), then one z-score (ddof 0)
-    over leads and time; std 0 -> zeros."""
+    """ST-MEM's per-crop transforms (docs/reference/stmem.md, its data path step 4): order-5
+    high-pass 0.67 Hz, THEN order-5 low-pass 40 Hz (two sosfiltfilt passes), then one z-score
+    (ddof 0) over leads and time; std 0 -> zeros."""
     x = np.asarray(x, np.float64)
     for cut, kind in ((0.67, "highpass"), (40.0, "lowpass")):
         x = scipy.signal.sosfiltfilt(scipy.signal.butter(5, cut, kind, fs=fs, output="sos"), x,
@@ -98,6 +98,7 @@ def test_label_file_is_ecgfounders():
     assert len(names) == 150 and names[:2] == ["ABNORMAL ECG", "NORMAL SINUS RHYTHM"]
 
 
+@pytest.mark.slow
 def test_predict_matches_reference_on_real_records(net1d_ckpt, cinc_sample_dir, tmp_path):
     ref, ckpt = net1d_ckpt
     paths = [str(cinc_sample_dir / r) for r in ("E07500", "E07503")]

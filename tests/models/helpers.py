@@ -4,21 +4,14 @@ import functools
 import numpy as np
 from flax import nnx
 
-from crema_jax.models import build_model, default_model_config
+from crema_jax.models import build_model
+from tests.configs import tiny_model_config
 
 L, N, P = 12, 30, 75
 
 
-def tiny_config(**overrides):
-    c = default_model_config()
-    c.size = "tiny"
-    for k, v in overrides.items():
-        c[k] = v
-    return c
-
-
 def tiny_model(seed=0, **overrides):
-    return build_model(tiny_config(**overrides), rngs=nnx.Rngs(seed))
+    return build_model(tiny_model_config(**overrides), rngs=nnx.Rngs(seed))
 
 
 def per_lead_keep(rng, b, v, keep=7, num_leads=L, n=N):
@@ -54,7 +47,7 @@ def tiny_split(seed=0):
 
 def abstract_split(**overrides):
     """(graphdef, abstract state) of a tiny variant without initialising it (jax.eval_shape)."""
-    cfg = tiny_config(**overrides)
+    cfg = tiny_model_config(**overrides)
     return nnx.split(nnx.eval_shape(lambda: build_model(cfg, rngs=nnx.Rngs(0))))
 
 

@@ -10,6 +10,7 @@ from flax import nnx
 from crema_jax.losses.mae import masked_mse
 from crema_jax.models import FixedEmbedding, build_model, forward
 from crema_jax.models.pretrain import MaeDecoder, unshuffle
+from tests.configs import tiny_model_config
 from tests.models import helpers
 
 L, N = 12, 30
@@ -40,7 +41,7 @@ def test_unshuffle_equals_a_numpy_scatter(kind):
 def test_each_prediction_reads_its_own_slot_only():
     """With no decoder blocks, pred[l, n] = head(norm(slot (l, n) + position)): its gradient must
     reach exactly the visible token for l*N+n, or only the mask embedding if (l, n) is hidden."""
-    cfg = helpers.tiny_config(decoder_depth=0)
+    cfg = tiny_model_config(decoder_depth=0)
     with nnx.use_eager_sharding(False):
         decoder = MaeDecoder(cfg, 64, rngs=nnx.Rngs(0))
     rng = np.random.default_rng(1)
@@ -63,7 +64,7 @@ def test_each_prediction_reads_its_own_slot_only():
 def test_tiny_model_learns_to_reconstruct_its_visible_patches():
     """Identity through encoder + decoder: a loss on the VISIBLE patches falls far below the ~1
     of a constant prediction. A wrong gather/unshuffle leaves it near 1."""
-    cfg = helpers.tiny_config(decoder_width=32, decoder_depth=1, decoder_num_heads=2,
+    cfg = tiny_model_config(decoder_width=32, decoder_depth=1, decoder_num_heads=2,
                               decoder_head_dim=16)
     graphdef, params, fixed = nnx.split(build_model(cfg, rngs=nnx.Rngs(0)), nnx.Param,
                                         FixedEmbedding)

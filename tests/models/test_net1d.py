@@ -13,7 +13,7 @@ def _abstract(leads=12):
 
 
 def test_parameter_count_matches_ecgfounder():
-    # reference-ecgfounder.md: 30,752,646 parameters in use for the 12-lead model.
+    # docs/reference/ecgfounder.md: 30,752,646 parameters in use for the 12-lead model.
     sizes = [int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(_abstract(12), nnx.Param))]
     assert sum(sizes) == 30_752_646
     # The 1-lead model differs only in the stem: 11 fewer input channels x 64 x 16.

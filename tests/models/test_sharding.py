@@ -7,6 +7,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 from crema_jax.models import build_model, forward
 from crema_jax.models.sharding import DEFAULT_RULES
 from crema_jax.runtime.mesh import rules_for_mesh
+from tests.configs import tiny_model_config
 from tests.models import helpers
 
 fwd = jax.jit(forward, static_argnums=0, static_argnames="train")
@@ -17,7 +18,7 @@ def mesh_of(shape, names):
 
 
 def specs(mesh, **overrides):
-    cfg = helpers.tiny_config(**overrides)
+    cfg = tiny_model_config(**overrides)
     abstract = nnx.eval_shape(lambda: build_model(cfg, rngs=nnx.Rngs(0)))
     with jax.set_mesh(mesh), nnx.logical_axis_rules(rules_for_mesh(mesh, DEFAULT_RULES)):
         flat = nnx.to_flat_state(nnx.get_partition_spec(nnx.state(abstract)))
@@ -83,7 +84,7 @@ def test_sharded_forward_equals_single_device():
 
 def test_build_under_mesh_and_rules_creates_sharded_params():
     mesh = mesh_of((2, 4), ("data", "fsdp"))
-    cfg = helpers.tiny_config()
+    cfg = tiny_model_config()
     with nnx.logical_axis_rules(rules_for_mesh(mesh, DEFAULT_RULES)):
         _, abstract = nnx.get_abstract_model(lambda: build_model(cfg, rngs=nnx.Rngs(0)), mesh)
     qkv = abstract["encoder"]["blocks"][0]["attn"]["qkv"]["kernel"].get_value()

@@ -1,4 +1,4 @@
-"""The tiny SiT + decoder against an independent PyTorch ST-MEM (tests/models/stmem_torch_ref.py)."""
+"""The tiny SiT + decoder against an independent PyTorch ST-MEM (tests/references/stmem_torch.py)."""
 import functools
 
 import jax
@@ -8,7 +8,8 @@ from flax import nnx
 
 from crema_jax.losses import stmem
 from crema_jax.models import encode_features, forward
-from tests.models import helpers, stmem_torch_ref as ref
+from tests.models import helpers
+from tests.references import stmem_torch as ref
 
 
 def rel_err(a, b):
@@ -16,26 +17,16 @@ def rel_err(a, b):
     return np.max(np.abs(a - b)) / np.max(np.abs(b))
 
 
-def torch_sincos(n, dim):
-    # From the reference text: positions 0..n-1 in rows 1..n, sin half first, zero SEP rows.
-    i = torch.arange(dim // 2, dtype=torch.float64)
-    omega = 10000.0 ** (-i / (dim / 2))
-    ang = torch.arange(n, dtype=torch.float64)[:, None] * omega[None]
-    table = torch.zeros(1, n + 2, dim, dtype=torch.float64)
-    table[0, 1:-1] = torch.cat([ang.sin(), ang.cos()], dim=1)
-    return table.float()
-
-
 @functools.lru_cache(maxsize=None)  # one tiny model per session: building compiles init ops
 def build_pair(seed=0):
     graphdef, state = helpers.tiny_split(seed)
     params = nnx.to_pure_dict(state)
-    enc_t = ref.StMemEncoder(helpers.P, helpers.N, 64, 2, 2, 32)
-    full_t = ref.StMemPretrain(enc_t, helpers.P, helpers.N, 64)
+    full_t = ref.StMemPretrain(64, 2, 2, dim_head=32, patch=helpers.P, n=helpers.N)
+    enc_t = full_t.encoder
     sd = ref.jax_to_torch_state(params["encoder"], params["decoder"])
     for key, width in (("encoder.pos_embedding", 64), ("decoder_pos_embed", 256)):
-        assert np.allclose(sd[key].numpy(), torch_sincos(helpers.N, width).numpy(), atol=1e-6)
-        sd[key] = torch_sincos(helpers.N, width)
+        assert np.allclose(sd[key].numpy(), ref.sincos(helpers.N, width).numpy(), atol=1e-6)
+        sd[key] = ref.sincos(helpers.N, width)
     full_t.load_state_dict(sd, strict=True)
     return graphdef, state, enc_t, full_t
 
@@ -60,7 +51,7 @@ def test_per_lead_masked_reconstruction_and_loss_match_torch():
     loss, _ = stmem(out, batch)
     x = torch.tensor(batch["patches"][:, 0])
     with torch.no_grad():
-        pred_t = full_t(x, torch.tensor(keep[:, 0]))
+        pred_t = full_t.reconstruct(x, torch.tensor(keep[:, 0]))
         loss_t = ref.stmem_loss(pred_t, x, torch.tensor(batch["mask"][:, 0]).float())
     assert rel_err(out["pred"][:, 0], pred_t.numpy()) < 1e-5
     assert abs(float(loss) - float(loss_t)) / float(loss_t) < 1e-5

@@ -1,4 +1,4 @@
-"""Helpers for the training tests: a tiny config and a CLI launcher for subprocesses."""
+"""The training tests' launcher of `crema-jax pretrain` subprocesses on the tiny config."""
 import os
 import pathlib
 import subprocess
@@ -7,28 +7,6 @@ import sys
 from crema_jax.train.hooks import FaultDrill
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-
-
-def tiny_config(**overrides):
-    """configs/crema_tiny.py on 16 synthetic ECGs, batch 8, 5 steps, checkpoints every 2."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("crema_tiny", REPO / "configs" / "crema_tiny.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    config.data.synthetic_records = 16
-    config.train.num_steps = 5
-    config.train.tensorboard = False
-    config.train.fast_compile = True    # five steps: compile time dominates
-    config.optim.warmup_steps = 2
-    config.optim.base_lr = 1e-2    # big enough that 5 steps move the loss visibly
-    config.checkpoint.every_steps = 2
-    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 1, 1
-    for key, value in overrides.items():
-        section, field = key.split(".")
-        config[section][field] = value
-    return config
 
 
 def cli_env(num_devices: int) -> dict:

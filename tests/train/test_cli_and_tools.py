@@ -1,5 +1,4 @@
 """The pretrain CLI's dry run, every config file, the TPU scripts and the step benchmark."""
-import importlib.util
 import json
 import pathlib
 import shutil
@@ -9,6 +8,7 @@ import sys
 import pytest
 
 from crema_jax.models.config import resolve_size
+from tests.configs import load_config_file
 from tests.train.helpers import REPO, cli_env, start_cli
 
 CONFIGS = {"crema_tiny": ("tiny", "crema"), "crema_small": ("small", "crema"),
@@ -17,16 +17,9 @@ CONFIGS = {"crema_tiny": ("tiny", "crema"), "crema_small": ("small", "crema"),
            "simclr_base": ("base", "simclr"), "demo": ("tiny", "crema")}
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_config_files(name):
-    module = _load(name)
+    module = load_config_file(name)
     assert "crema-jax pretrain --config=configs/" + name + ".py" in module.__doc__
     config = module.get_config()
     assert (config.model.size, config.loss.name) == CONFIGS[name]
@@ -35,6 +28,7 @@ def test_config_files(name):
         assert pathlib.Path(config.data.root).is_dir() and config.train.reconstruction_png
 
 
+@pytest.mark.slow
 def test_dry_run_reports_flops_and_memory(tmp_path):
     proc = start_cli(tmp_path, "--dry_run", "--config.train.global_batch_size=4", num_devices=2)
     out, _ = proc.communicate(timeout=400)
@@ -44,7 +38,7 @@ def test_dry_run_reports_flops_and_memory(tmp_path):
     assert "FLOPs per step" in out and "memory per device" in out
     # Lower bound by hand: the encoder's matmuls alone, forward + backward (x3), on
     # 2 views x 4 ECGs x (84 visible + 24 SEP) tokens; the decoder and attention come on top.
-    config = _load("crema_tiny").get_config()
+    config = load_config_file("crema_tiny").get_config()
     size = resolve_size(config.model)
     w = size["width"]
     per_token = 2 * (w * 3 * w + w * w + 2 * w * 4 * w) * size["depth"]
@@ -61,6 +55,7 @@ def _dry_run(tmp_path, *extra):
     return json.loads(out.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_dry_run_for_a_tpu_pod_slice_and_for_n_cpu_devices(tmp_path):
     """A v5e 4x4 slice (16 chips on 4 hosts) compiled here by the TPU compiler from libtpu, and
     the same mesh on 16 CPU devices of this one process."""
@@ -81,6 +76,7 @@ def test_dry_run_for_a_tpu_pod_slice_and_for_n_cpu_devices(tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra, message", [
     (("--dry_run", "--topology=v5e"), "expected a TPU type and chip grid"),
     (("--dry_run", "--topology=v9z:2x2"), "could not describe this TPU slice"),
@@ -110,6 +106,7 @@ def test_tpu_scripts_parse_and_pass_shellcheck():
         assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_bench_runs_from_outside_the_repo(tmp_path):
     env = cli_env(1)
     env.pop("PYTHONPATH")   # the script must find crema_jax on its own

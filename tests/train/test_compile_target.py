@@ -7,7 +7,7 @@ import pytest
 from crema_jax.data.pipeline import batch as batch_lib
 from crema_jax.runtime import mesh as mesh_lib
 from crema_jax.train import trainer
-from tests.train.helpers import tiny_config
+from tests.configs import tiny_config
 
 
 def _lowered(config, devices):

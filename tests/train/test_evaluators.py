@@ -14,7 +14,8 @@ from crema_jax.data.index import dataset_index
 from crema_jax.data.index import registry
 from crema_jax.evaluate import evaluators
 from crema_jax.train import trainer
-from tests.train.helpers import start_cli, tiny_config
+from tests.configs import tiny_config
+from tests.train.helpers import start_cli
 
 
 def _bundled(**overrides):
@@ -111,6 +112,7 @@ def _eval_rows(workdir) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_evaluations_continue_after_kill_minus_9(tmp_path, jax_cache_dir):
     evals = ("--config.evals.names=('reconstruction',)", "--config.evals.every_steps=2",
              "--config.evals.reconstruction.split=", "--config.train.num_steps=6",

@@ -8,7 +8,7 @@ from crema_jax.models import params as params_lib
 from crema_jax.runtime import checkpoint as ckpt_lib
 from crema_jax.runtime import workdir as workdir_lib
 from crema_jax.train import trainer
-from tests.train.helpers import tiny_config
+from tests.configs import tiny_config
 
 
 def _flat(tree, prefix=""):

@@ -5,11 +5,13 @@ import socket
 
 import jax
 import numpy as np
+import pytest
 
 from crema_jax.data.pipeline import datasets
 from crema_jax.data.pipeline import sources
 from crema_jax.train import trainer
-from tests.train.helpers import start_cli, tiny_config
+from tests.configs import tiny_config
+from tests.train.helpers import start_cli
 
 PER_PROCESS_BATCH = 4
 
@@ -37,6 +39,7 @@ class _TwoProcessBatches:
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path, jax_cache_dir):
     port = _free_port()
     workdir = tmp_path / "two"

@@ -11,6 +11,8 @@ from crema_jax import config as config_lib
 from crema_jax.runtime import workdir as workdir_lib
 from tests.train.helpers import start_cli
 
+pytestmark = pytest.mark.slow  # kill -9 and SIGTERM drills on `crema-jax pretrain` processes
+
 STEPS = ("--config.train.num_steps=8", "--config.checkpoint.every_steps=2")
 
 

@@ -12,7 +12,9 @@ from crema_jax.runtime import trees
 from crema_jax.runtime import checkpoint as ckpt_lib
 from crema_jax.runtime import workdir as workdir_lib
 from crema_jax.train import hooks, trainer
-from tests.train.helpers import tiny_config
+from tests.configs import tiny_config
+
+pytestmark = pytest.mark.slow  # trains the tiny model on every mesh shape
 
 MESHES = {"data8": (8, 1, 1), "data2_fsdp4": (2, 4, 1), "data2_fsdp2_tensor2": (2, 2, 2)}
 

@@ -76,6 +76,7 @@ def _cfg(**overrides):
     return cfg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["pretrain", "eval"])
 def test_cache_batches_equal_raw_batches(sample_cache, cinc_sample_dir, mode):
     make = datasets.make_pretrain_dataset if mode == "pretrain" else datasets.make_eval_dataset
@@ -97,6 +98,7 @@ def test_cache_batches_equal_raw_batches(sample_cache, cinc_sample_dir, mode):
             assert (diff <= step / 2 + np.abs(signal).max(axis=1) * 2 ** -23 + 1e-7).all()
 
 
+@pytest.mark.slow
 def test_cache_split_and_settings_checks(sample_cache, cinc_sample_dir):
     train = {info.record_id for info in wfdb_folder.wfdb_folder(cinc_sample_dir).records
              if info.split == "train"}

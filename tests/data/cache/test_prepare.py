@@ -21,6 +21,7 @@ def _files(folder):
     return {p.name: p.read_bytes() for p in sorted(pathlib.Path(folder).iterdir())}
 
 
+@pytest.mark.slow
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, cinc_sample_dir):
     common = [f"--root={cinc_sample_dir}", "--records_per_shard=8"]
     full = _prepare(*common, f"--out={tmp_path / 'a'}", "--workers=2")
@@ -60,6 +61,7 @@ def _strict_folder(tmp_path, cinc_sample_dir):
     return folder, folder / bad.name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strict", [False, True])
 def test_bad_record_skipped_or_fatal_with_strict(tmp_path, cinc_sample_dir, strict):
     folder, bad = _strict_folder(tmp_path, cinc_sample_dir)

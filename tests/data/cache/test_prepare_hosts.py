@@ -53,6 +53,7 @@ def one_host(dataset, tmp_path_factory):
     return _files(out)
 
 
+@pytest.mark.slow
 def test_two_processes_write_the_one_host_cache(dataset, one_host, tmp_path):
     out = tmp_path / "cache"
     procs = [subprocess.Popen(_host(dataset, out, i, "--wait_s=240"), stdout=subprocess.PIPE,
@@ -68,6 +69,7 @@ def test_two_processes_write_the_one_host_cache(dataset, one_host, tmp_path):
     assert _files(out) == one_host
 
 
+@pytest.mark.slow
 def test_a_killed_host_reruns_only_its_missing_shards(dataset, one_host, tmp_path):
     out = tmp_path / "cache"
     host0 = subprocess.Popen(_host(dataset, out, 0, "--wait_s=240"), stdout=subprocess.PIPE,
@@ -94,6 +96,7 @@ def test_a_killed_host_reruns_only_its_missing_shards(dataset, one_host, tmp_pat
     assert _files(out) == one_host
 
 
+@pytest.mark.slow
 def test_host_0_gives_up_naming_the_missing_host_then_merge(dataset, one_host, tmp_path):
     out = tmp_path / "cache"
     alone = subprocess.run(_host(dataset, out, 0, "--wait_s=1"), capture_output=True,

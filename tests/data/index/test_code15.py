@@ -192,6 +192,7 @@ def test_pretrain_pipeline_reads_every_usable_exam(code15_root):
 CLI = [os.path.join(os.path.dirname(sys.executable), "crema-jax"), "prepare"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strict", [False, True])
 def test_prepare_caches_exams_in_mv_and_counts_skips(code15_root, tmp_path, strict):
     root, truth = code15_root

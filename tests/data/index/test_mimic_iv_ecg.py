@@ -127,6 +127,7 @@ def test_reader_maps_mimic_lead_order_to_canonical(mimic_root):
     np.testing.assert_allclose(ecg.signal, _expected_mv(digital, STUDIES[1][1]), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_eval_pipeline_and_prepare(mimic_root, tmp_path):
     root, digital = mimic_root
     cfg = config_lib.default_data_config()

@@ -126,6 +126,7 @@ def test_folder_of_records_skips_bad_files_without_unpickling(arrays):
         assert err.value.reason == reason and says in str(err.value) and name in str(err.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ecgs.npy", "packed.npz"])
 def test_pipeline_and_prepare_read_the_array(arrays, tmp_path, name):
     root, x, _ = arrays

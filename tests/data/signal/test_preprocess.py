@@ -71,7 +71,7 @@ def test_stmem_equals_scipy_pipeline_by_hand():
 
 
 def test_ecgfounder_equals_scipy_pipeline_by_hand():
-    """ECGFounder's released code (reference-ecgfounder.md): notch and band-pass in (b, a) form
+    """ECGFounder's released code (docs/reference/ecgfounder.md): notch and band-pass in (b, a) form
     with filtfilt, scipy.signal.medfilt (zero-padded edges) baseline, z-score with std + 1e-8."""
     rng = np.random.default_rng(1)
     x = rng.normal(size=(12, 5000)) + np.linspace(0, 3, 5000)

@@ -11,7 +11,10 @@ import pytest
 from crema_jax.runtime import checkpoint as ckpt_lib
 from crema_jax.runtime import workdir as workdir_lib
 from crema_jax.train import trainer
-from tests.train.helpers import start_cli, tiny_config
+from tests.configs import tiny_config
+from tests.train.helpers import start_cli
+
+pytestmark = pytest.mark.slow  # drills: every test trains the tiny model, some several times
 
 
 def _run(workdir, **overrides):

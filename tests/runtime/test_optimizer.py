@@ -14,7 +14,7 @@ from crema_jax.losses import get_loss
 from crema_jax import config as config_lib
 from crema_jax.runtime import optimizer
 from crema_jax.train import step as step_lib
-from tests.train.helpers import tiny_config
+from tests.configs import tiny_config
 
 
 def _optim(**overrides):

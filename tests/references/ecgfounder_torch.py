@@ -1,4 +1,4 @@
-"""ECGFounder's Net1D in PyTorch, written from reference-ecgfounder.md for tests only.
+"""ECGFounder's Net1D in PyTorch, written from docs/reference/ecgfounder.md for tests only.
 
 Independent of crema_jax: key names, padding and pooling as the released checkpoints use them
 (batch-norm modules are built but unused, as in the released model).

@@ -1,0 +1,1 @@
+"""Independent PyTorch references (ST-MEM, ECGFounder) that the tests compare crema_jax with."""
