@@ -13,7 +13,7 @@ starts one per row, each under its own time cap).
 - torch_train: the same step in PyTorch (bench/torch_train_step.py): bf16 autocast,
   torch.compile, fused AdamW on a GPU.
 - jax_net1d / torch_net1d: ECGFounder's Net1D forward, float32, jax.jit against torch.compile
-  of the test suite's independent PyTorch Net1D (tests/export/ecgfounder_torch_ref.py).
+  of the test suite's independent PyTorch Net1D (tests/references/ecgfounder_torch.py).
 
 Prints progress lines, then LAST one JSON line: step_seconds (median), batch, flops (one step,
 XLA's cost analysis or torch.utils.flop_counter), peak_tflops and peak_source, memory_bytes
@@ -217,8 +217,8 @@ def torch_net1d(args) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    sys.path.insert(0, str(REPO / "tests" / "export"))
-    from ecgfounder_torch_ref import Net1DRef  # the test suite's independent PyTorch Net1D
+    sys.path.insert(0, str(REPO / "tests" / "references"))
+    from ecgfounder_torch import Net1DRef  # the test suite's independent PyTorch Net1D
 
     cfg = net1d_config(args)
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -163,16 +163,21 @@ def from_saved(saved: dict) -> ml_collections.ConfigDict:
     return config
 
 
-def load_config_file(path) -> ml_collections.ConfigDict:
-    """The config a config file (configs/*.py style: a module with `get_config()`) returns: the
-    one loader of config files for the commands' error messages, benchmarks and tests."""
+def load_config_module(path):
+    """A config file (configs/*.py style) as a module: its docstring and `get_config()`. The one
+    loader of config files, for the commands' error messages, benchmarks and tests."""
     path = pathlib.Path(path)
     spec = importlib.util.spec_from_file_location(f"crema_jax_config_{path.stem}", path)
     if spec is None:
         raise ValueError(f"{path}: expected a Python config file (.py) with get_config()")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    return module
+
+
+def load_config_file(path) -> ml_collections.ConfigDict:
+    """The config a config file's `get_config()` returns."""
+    return load_config_module(path).get_config()
 
 
 def load_checkpoint(path) -> tuple[dict, ml_collections.ConfigDict, int]:

@@ -1,11 +1,11 @@
 """The configs the tests build on: the files under configs/, a tiny full run config for training
 tests, and a tiny model section for model tests."""
-import importlib.util
 import pathlib
 import types
 
 import ml_collections
 
+from crema_jax import config as config_lib
 from crema_jax.models import default_model_config
 
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -13,11 +13,7 @@ CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 def load_config_file(name: str) -> types.ModuleType:
     """configs/{name}.py as a module (its docstring and `get_config`), as `--config=` reads it."""
-    path = CONFIGS_DIR / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return config_lib.load_config_module(CONFIGS_DIR / f"{name}.py")
 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:

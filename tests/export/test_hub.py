@@ -24,7 +24,7 @@ from crema_jax.inference import backbones, embed
 from crema_jax.models import build_model
 from crema_jax.runtime import checkpoint as ckpt_lib
 from crema_jax.runtime import trees
-from ecgfounder_torch_ref import Net1DRef
+from tests.references.ecgfounder_torch import Net1DRef
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 LABELS = REPO / "crema_jax" / "inference" / "ecgfounder_labels.txt"
