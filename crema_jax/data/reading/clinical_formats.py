@@ -2,12 +2,15 @@
 
     parse(path) -> Parsed     the format detected by content (`detect`), never by extension
 
-| format | detected by | library | signal |
-|---|---|---|---|
-| DICOM 12-lead / general ECG waveform | "DICM" at byte 128 | pydicom | the first ORIGINAL multiplex group: sample * ChannelSensitivity * CorrectionFactor + ChannelBaseline (pydicom's waveform_array), unit from ChannelSensitivityUnitsSequence (UCUM) |
-| HL7 aECG (FDA) | XML root AnnotatedECG | defusedxml | the first series' sequenceSet: origin + scale * digits, rate 1 / GLIST_TS increment |
-| GE MUSE XML | XML root RestingECG | defusedxml | the Rhythm waveform: base64 int16 * LeadAmplitudeUnitsPerBit, rate SampleBase * 10^SampleExponent |
-| EDF / EDF+ | "0       " + numeric header fields | edfio | physical values of the signals labelled with a lead ("ECG V1") |
+- DICOM 12-lead / general ECG waveform ("DICM" at byte 128; pydicom): the first ORIGINAL
+  multiplex group, sample * ChannelSensitivity * CorrectionFactor + ChannelBaseline (pydicom's
+  waveform_array), the unit from ChannelSensitivityUnitsSequence (UCUM).
+- HL7 aECG, FDA (XML root AnnotatedECG; defusedxml): the first series' sequenceSet,
+  origin + scale * digits, rate 1 / the GLIST_TS increment.
+- GE MUSE XML (XML root RestingECG; defusedxml): the Rhythm waveform, base64 int16 *
+  LeadAmplitudeUnitsPerBit, rate SampleBase * 10^SampleExponent.
+- EDF / EDF+ ("0       " and numeric header fields; edfio): the physical values of the signals
+  labelled with a lead ("ECG V1").
 
 Lead names: DICOM's CID 3001 SCPECG codes, aECG's MDC_ECG_LEAD_*, MUSE's LeadID, EDF+'s
 "ECG <lead>" labels; the alias table (leads.py) then maps them. `Parsed.patient_key` is the
