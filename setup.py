@@ -20,6 +20,10 @@ CORE = [
     "matplotlib>=3.8",     # Preview, reconstruction and evaluation PNGs.
     "tensorboardX>=2.6",   # TensorBoard event files without TensorFlow.
 ]
+# Hospital ECG exports (the clinical_exports layout, data/reading/clinical_formats.py): pydicom
+# reads DICOM waveforms, edfio EDF/EDF+ (numpy only), defusedxml guards the XML parser (HL7 aECG,
+# GE MUSE) against entity expansion and external references.
+CLINICAL = ["pydicom>=3.0", "edfio>=0.4", "defusedxml>=0.7"]
 
 setuptools.setup(
     name="crema_jax",
@@ -45,9 +49,10 @@ setuptools.setup(
         # NVIDIA GPUs: jaxlib's CUDA 13 plugin with CUDA's own wheels (pinned to the installed
         # jax by jax's extra); bench/accelerator.sh installs it where jax has no GPU backend.
         "cuda": ["jax[cuda13]"],
+        "clinical": CLINICAL,
         # pytest-xdist: the suite runs on two worker processes (XLA compiles single-threaded).
         "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-learn>=1.4", "torch==2.13.0",
-                 "jax[tpu]", "huggingface_hub>=1.0"],
+                 "jax[tpu]", "huggingface_hub>=1.0", *CLINICAL],
     },
     entry_points={"console_scripts": ["crema-jax=crema_jax.main:run"]},
 )

@@ -16,6 +16,7 @@ import numpy as np
 from crema_jax.data.index import dataset_index as layouts
 from crema_jax.data.pipeline import datasets as pipeline
 from crema_jax.data.pipeline import skips, sources
+from crema_jax.data.reading import clinical
 from crema_jax.data.reading.leads import LEADS
 from crema_jax.inference import backbones
 from crema_jax.runtime import mesh as mesh_lib
@@ -27,7 +28,8 @@ class EmbedError(ValueError):
 
 def record_source(paths, data_cfg) -> sources.WfdbSource:
     infos = [layouts.RecordInfo(record_id=layouts.record_id_of(p), path=p, labels=(), split="",
-                                source="") for p in paths]
+                                source="", reader=clinical.ClinicalFile()
+                                if clinical.is_clinical_path(p) else None) for p in paths]
     return sources.make_source(data_cfg, records=infos)
 
 

@@ -138,10 +138,16 @@ def record_id_of(path: str) -> str:
     return os.path.basename(str(path))
 
 
+def _record_path(path: str) -> str:
+    """A WFDB file -> its record (no extension); any other file stays as named."""
+    return os.path.splitext(path)[0] if path.endswith((".hea", ".mat", ".dat")) else path
+
+
 def expand_records(spec: str) -> list[str]:
     """Records named on a command line, in a stable order, without extension: comma-separated
-    paths ('a,b', with or without .hea/.mat/.dat), globs ('dir/*.hea') or folders (every .hea
-    below them, sorted). Duplicates are dropped; a pattern matching nothing is an error."""
+    paths ('a,b', with or without .hea/.mat/.dat), globs ('dir/*.hea', 'exports/*.xml') or
+    folders (every .hea below them, sorted). A file of another kind (a hospital export) keeps its
+    extension. Duplicates are dropped; a pattern matching nothing is an error."""
     out = []
     for item in (s.strip() for s in spec.split(",")):
         if not item:
@@ -153,7 +159,7 @@ def expand_records(spec: str) -> list[str]:
             matches = sorted(glob.glob(item, recursive=True))
             if not matches:
                 raise FileNotFoundError(f"{item}: the pattern matches no file")
-            out += [os.path.splitext(p)[0] for p in matches
+            out += [_record_path(p) for p in matches
                     if p.endswith(".hea") or not os.path.exists(os.path.splitext(p)[0] + ".hea")]
         else:
             out.append(item[:-4] if item.endswith((".hea", ".mat", ".dat")) else item)

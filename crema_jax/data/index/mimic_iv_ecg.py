@@ -79,14 +79,15 @@ class ReportLabeller:
         return tuple(sorted(labels))
 
 
-def _label_map(spec: str) -> dict | None:
+def label_map_rules(spec: str, layout: str = "mimic_iv_ecg") -> dict | None:
+    """label_map "" / "default" / a JSON file -> {label: (include, exclude)} or None."""
     if not spec:
         return None
     if spec == "default":
         return REPORT_KEYWORDS
     path = pathlib.Path(spec)
     if not path.is_file():
-        raise FileNotFoundError(f"mimic_iv_ecg label_map={spec!r}: expected '', 'default' or a "
+        raise FileNotFoundError(f"{layout} label_map={spec!r}: expected '', 'default' or a "
                                 "JSON file {label: [keywords]}")
     with open(path, encoding="utf-8") as f:
         raw = json.load(f)
@@ -137,7 +138,7 @@ def mimic_iv_ecg(root, *, label_map: str = "", drop_unlabelled: bool = False,
     if not record_list.is_file():
         raise FileNotFoundError(f"mimic_iv_ecg layout: expected {record_list} (MIMIC-IV-ECG's "
                                 "record list)")
-    keywords = _label_map(label_map)
+    keywords = label_map_rules(label_map)
     labeller = ReportLabeller(keywords) if keywords else None
     reports = _reports(root / "machine_measurements.csv")
     real_root = os.path.realpath(root)

@@ -10,9 +10,11 @@ importing only the shared index helpers. Indexing never loads a signal.
 - "code15" (code15.py): CODE-15%'s exams.csv + exams_part*.hdf5.
 - "mimic_iv_ecg" (mimic_iv_ecg.py): MIMIC-IV-ECG's record_list.csv, WFDB files and reports.
 - "numpy" (numpy_arrays.py): one .npy/.npz array of records, or a folder of per-record .npy.
+- "clinical_exports" (clinical_exports.py): hospital exports (DICOM, HL7 aECG, GE MUSE, EDF+).
 """
 from __future__ import annotations
 
+from crema_jax.data.index.clinical_exports import clinical_exports
 from crema_jax.data.index.code15 import code15
 from crema_jax.data.index.dataset_index import DatasetIndex
 from crema_jax.data.index.manifest import manifest
@@ -22,7 +24,8 @@ from crema_jax.data.index.ptbxl import ptbxl
 from crema_jax.data.index.wfdb_folder import wfdb_folder
 
 LAYOUTS = {"wfdb_folder": wfdb_folder, "ptbxl": ptbxl, "manifest": manifest, "code15": code15,
-           "mimic_iv_ecg": mimic_iv_ecg, "numpy": numpy_arrays}
+           "mimic_iv_ecg": mimic_iv_ecg, "numpy": numpy_arrays,
+           "clinical_exports": clinical_exports}
 
 
 def build_index(layout: str, root, **opts) -> DatasetIndex:

@@ -4,6 +4,7 @@ A layout's RecordInfo names a record by `path` and says how to read it by `reade
 - None: a WFDB record (.hea + .mat/.dat; wfdb_records.read_record).
 - ArrayFormat: stored arrays (arrays.py): a row of an HDF5 / .npy / .npz array of records, or a
   .npy file holding one record, with the sampling rate, leads and unit the array cannot state.
+- ClinicalFile: a hospital export (DICOM waveform, HL7 aECG, GE MUSE XML, EDF+; clinical.py).
 - BadRecord: a record the layout already knows it cannot use (an exam missing from its
   dataset's table, a file that does not open); reading it raises its RecordError, so it is
   skipped and counted where every bad record is (the pipeline's SkipStats, prepare's table).
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from crema_jax.data.reading import arrays, wfdb_records
+from crema_jax.data.reading import arrays, clinical, wfdb_records
 from crema_jax.data.reading.ecg import Ecg, RecordError
 
 
@@ -31,6 +32,8 @@ def read(path, reader=None, **kwargs) -> Ecg:
         return wfdb_records.read_record(path, **kwargs)
     if isinstance(reader, BadRecord):
         raise RecordError(path, reader.reason, reader.message)
+    if isinstance(reader, clinical.ClinicalFile):
+        return clinical.read_clinical(path, reader, **kwargs)
     return arrays.read_array(str(path), reader, **kwargs)
 
 
@@ -42,5 +45,8 @@ def stored_length(path, reader=None) -> tuple[int, float]:
         return int(header.sig_len or 0), float(header.fs or 0.0)
     if isinstance(reader, BadRecord):
         raise RecordError(path, reader.reason, reader.message)
+    if isinstance(reader, clinical.ClinicalFile):
+        parsed = clinical.clinical_formats.parse(path)
+        return int(parsed.signal.shape[0]), float(parsed.fs)
     array, _, row = arrays.checked_array(str(path), reader)
     return int(array.shape[(row is not None) + reader.time_axis]), float(reader.fs)

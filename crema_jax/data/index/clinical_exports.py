@@ -1,0 +1,89 @@
+"""The "clinical_exports" layout: a folder tree of hospital ECG exports in any mix of DICOM
+waveform, HL7 aECG, GE MUSE XML and EDF+ files, each detected by content (reading/clinical.py).
+
+    crema-jax prepare --layout=clinical_exports --root=/data/exports --out=/data/exports-cache \
+        [--layout_option=labels=labels.csv | --layout_option=label_map=default]
+
+Every file below `root` (sorted; hidden files and .csv/.json/.txt/.md/WFDB files excepted) is one
+record; record id = its path relative to root. A file that is not an export, or does not parse,
+stays in the index as a BadRecord, so reading it counts a skip with its reason.
+
+meta: format, exam_id, statements (the machine's interpretation), age, sex and patient_id, the
+salted hash of the file's patient identifier (clinical.patient_hash). Splits: hash_split of that
+hash (a patient never straddles splits), or of the record id when the file names no patient.
+
+Labels (optional): `labels=CSV` with a `file` column (the path relative to root) and `labels`
+(codes separated by ';', '|' or ','; optional `split`); or `label_map=default|JSON`: the
+MIMIC-IV-ECG keyword map over the statements (mimic_iv_ecg.ReportLabeller, the same rules).
+"""
+from __future__ import annotations
+
+import csv
+import os
+import pathlib
+
+from crema_jax.data.index.dataset_index import (DatasetIndex, RecordInfo, parse_labels,
+                                                parse_split, vocabulary)
+from crema_jax.data.index.mimic_iv_ecg import ReportLabeller, label_map_rules
+from crema_jax.data.reading import clinical
+from crema_jax.data.reading.ecg import RecordError
+from crema_jax.data.reading.read import BadRecord
+
+
+def _files(root: pathlib.Path) -> list[str]:
+    out = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        out.extend(os.path.join(folder, f) for f in sorted(files)
+                   if not f.startswith(".") and not f.lower().endswith(clinical.NOT_ECG_SUFFIXES))
+    return out
+
+
+def _label_rows(spec: str, root: pathlib.Path) -> dict[str, dict]:
+    """relative path -> its CSV row (labels, split)."""
+    if not spec:
+        return {}
+    path = pathlib.Path(spec) if os.path.isabs(spec) else root / spec
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if "file" not in (reader.fieldnames or []) or "labels" not in reader.fieldnames:
+            raise ValueError(f"{path}: expected columns file, labels (and optional split), got "
+                             f"{reader.fieldnames}")
+        return {pathlib.PurePath(row["file"].strip()).as_posix(): row for row in reader}
+
+
+def clinical_exports(root, *, labels: str = "", label_map: str = "",
+                     val_fraction: float = 0.1, test_fraction: float = 0.1,
+                     source: str = "", label_names: list[str] | None = None) -> DatasetIndex:
+    """Every export below `root`; see the module docstring."""
+    root = pathlib.Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"clinical_exports layout: {root} is not a directory")
+    if labels and label_map:
+        raise ValueError("clinical_exports: give labels=CSV or label_map=..., not both")
+    rows = _label_rows(labels, root)
+    rules = label_map_rules(label_map, "clinical_exports")
+    labeller = ReportLabeller(rules) if rules else None
+    fractions = dict(val_fraction=val_fraction, test_fraction=test_fraction)
+    records = []
+    for path in _files(root):
+        rel = pathlib.Path(path).relative_to(root).as_posix()
+        try:
+            meta, reader = clinical.read_meta(path), clinical.ClinicalFile()
+        except RecordError as e:
+            meta, reader = {}, BadRecord(e.reason, e.message)
+        except OSError as e:
+            meta, reader = {}, BadRecord("unreadable", f"{path}: {e.strerror or e}")
+        row = rows.get(rel, {})
+        found = (parse_labels(row.get("labels", "")) if labels
+                 else labeller(meta.get("statements", ())) if labeller else ())
+        key = meta.get("patient_id") or rel
+        split = parse_split(row.get("split", ""), key, where=f"{labels}: {rel}", **fractions)
+        folder = os.path.dirname(rel)
+        records.append(RecordInfo(record_id=rel, path=path, labels=found, split=split,
+                                  source=source or folder or meta.get("format", "unknown"),
+                                  meta=meta, reader=reader))
+    if not records:
+        raise FileNotFoundError(f"clinical_exports layout: no files below {root}")
+    return DatasetIndex(records, vocabulary(records, label_names), "clinical_exports", str(root))
+

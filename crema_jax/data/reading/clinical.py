@@ -1,0 +1,91 @@
+"""A hospital ECG export (DICOM waveform, HL7 aECG, GE MUSE XML, EDF+) as the canonical Ecg.
+
+`ClinicalFile` is the RecordInfo.reader of such files (read.py dispatches on it); the format is
+detected by content (clinical_formats.py). What a file says about its patient is reduced to
+`patient_hash(key)`: a salted SHA-256 of its patient identifier, for patient-grouped splits.
+Names, birth dates and identifiers never reach an Ecg, an index, a cache, a log or a report.
+The salt is the environment variable CREMA_JAX_PATIENT_SALT (set it to a secret: identifiers
+such as record numbers are few enough to be recovered from an unsalted hash by trying them all),
+read from the environment so that it is never written into a cache's settings.
+
+Beyond canonical_ecg's own checks, a file whose leads do not give all 12 (after deriving the
+limb leads) is skipped as `missing_leads` unless the reader says `require_12_leads=False`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+
+import numpy as np
+
+from crema_jax.data.reading import clinical_formats
+from crema_jax.data.reading import leads as leads_lib
+from crema_jax.data.reading.ecg import Ecg, RecordError, canonical_ecg
+
+SALT_ENV = "CREMA_JAX_PATIENT_SALT"
+_DEFAULT_SALT = "crema_jax.patient"
+# Files that a folder of exports may hold beside the ECGs; the folder layout does not read them.
+NOT_ECG_SUFFIXES = (".csv", ".json", ".txt", ".md", ".hea", ".mat", ".dat")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClinicalFile:
+    require_12_leads: bool = True
+
+
+def patient_hash(key: str | None) -> str:
+    """"p" + 16 hex digits of SHA-256(salt NUL key); "" for no key."""
+    if not key:
+        return ""
+    salt = os.environ.get(SALT_ENV, _DEFAULT_SALT)
+    return "p" + hashlib.sha256(f"{salt}\0{key}".encode("utf-8")).hexdigest()[:16]
+
+
+def is_clinical_path(path) -> bool:
+    """Whether a command-line record path names an export file (rather than a WFDB record)."""
+    return os.path.isfile(path) and not str(path).lower().endswith(NOT_ECG_SUFFIXES)
+
+
+def read_meta(path) -> dict:
+    """The record's meta without the canonical signal: format, exam_id, statements, age, sex,
+    patient_id (the salted hash). Raises RecordError as `read_clinical` would on a bad file."""
+    parsed = clinical_formats.parse(path)
+    return _meta(parsed)
+
+
+def _meta(parsed) -> dict:
+    meta = {k: v for k, v in parsed.meta.items() if v not in (None, "", [])}
+    meta["statements"] = tuple(parsed.meta.get("statements", ()))
+    meta.update(format=parsed.format, patient_id=patient_hash(parsed.patient_key))
+    return meta
+
+
+def read_clinical(path, reader: ClinicalFile = ClinicalFile(), *,
+                  fs_range=(50.0, 10000.0), **kwargs) -> Ecg:
+    """The export at `path` as the canonical Ecg; kwargs are canonical_ecg's."""
+    path = str(path)
+    try:
+        parsed = clinical_formats.parse(path)
+    except OSError as e:
+        raise RecordError(path, "unreadable", f"{path}: {e.strerror or e}") from e
+    if not fs_range[0] <= parsed.fs <= fs_range[1]:
+        raise RecordError(path, "bad_sampling_rate", f"{path}: sampling rate {parsed.fs:g} Hz, "
+                          f"expected {fs_range[0]:g}-{fs_range[1]:g} Hz")
+    if reader.require_12_leads:
+        _check_leads(path, parsed.names)
+    return canonical_ecg(parsed.signal, parsed.names, parsed.units, parsed.fs, path=path,
+                         meta=_meta(parsed), **kwargs)
+
+
+def _check_leads(path: str, names) -> None:
+    present = np.zeros(leads_lib.NUM_LEADS, bool)
+    for name in names:
+        row = leads_lib.lead_index(name or "")
+        if row is not None:
+            present[row] = True
+    _, derivable, _ = leads_lib.derive_limb_leads(np.zeros((leads_lib.NUM_LEADS, 1)), present)
+    if not derivable.all():
+        missing = [lead for lead, ok in zip(leads_lib.LEADS, derivable) if not ok]
+        raise RecordError(path, "missing_leads", f"{path}: leads {missing} are neither recorded "
+                          f"nor derivable (the file's leads: {list(names)}), expected 12")

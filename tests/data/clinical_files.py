@@ -1,0 +1,211 @@
+"""Writes hospital ECG exports from known signals (a helper module, not a test file).
+
+Each writer follows its standard's documented fields and shares no code with the readers, so a
+read-back that matches is a check against the standard, not against ourselves:
+- DICOM 12-lead ECG waveform (PS3.3 A.34.3 / C.10.9 Waveform module): interleaved int16 samples,
+  physical = sample * ChannelSensitivity * ChannelSensitivityCorrectionFactor (ChannelBaseline
+  0) in the ChannelSensitivityUnitsSequence's UCUM unit; leads coded in CID 3001's SCPECG scheme
+  (5.6.3-9-1 I, -2 II, -3..-8 V1..V6, -61 III, -62 aVR, -63 aVL, -64 aVF).
+- HL7 aECG (HL7 v3 Annotated ECG, FDA): SLIST_PQ digits, physical = origin + scale * digit;
+  the time axis a GLIST_TS (head, increment); leads MDC_ECG_LEAD_*.
+- GE MUSE XML (RestingECG export): base64 little-endian int16 per lead, LeadAmplitudeUnitsPerBit
+  in LeadAmplitudeUnits, rate SampleBase * 10^SampleExponent; 8 recorded leads.
+- EDF+ (Kemp & Olivan 2003): a 256-byte header, 256 bytes per signal, int16 data records;
+  physical = (digital - dmin) * (pmax - pmin) / (dmax - dmin) + pmin.
+
+Every writer quantises the signal; `quantised(...)` returns the exact mV values a correct reader
+must give back.
+"""
+from __future__ import annotations
+
+import base64
+import pathlib
+
+import numpy as np
+
+LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+PATIENT_NAME = "Quixote^Dulcinea"
+PATIENT_ID = "MRN-99417"
+STATEMENTS = ("Sinus rhythm", "Atrial fibrillation with rapid ventricular response")
+DICOM_UV_PER_BIT = 2.5
+AECG_UV_PER_DIGIT = 5.0
+MUSE_UV_PER_BIT = 4.88
+SCPECG_CODES = {"I": 1, "II": 2, **{f"V{k}": k + 2 for k in range(1, 7)}, "III": 61, "aVR": 62,
+                "aVL": 63, "aVF": 64}
+MUSE_LEADS = ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")
+
+
+def quantised(signal_mv: np.ndarray, uv_per_bit: float) -> np.ndarray:
+    """(leads, T) mV -> the int16 counts a writer stores at `uv_per_bit`."""
+    return np.clip(np.round(signal_mv * 1000.0 / uv_per_bit), -32768, 32767).astype(np.int16)
+
+
+def write_dicom(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_NAME,
+                patient_id=PATIENT_ID, statements=STATEMENTS) -> np.ndarray:
+    """12-lead ECG waveform object; returns the stored values in mV."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    counts = quantised(signal_mv, DICOM_UV_PER_BIT)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.9.1.1"  # 12-lead ECG waveform
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "ECG"
+    ds.PatientName, ds.PatientID = patient_name, patient_id
+    ds.AccessionNumber = "ACC123"
+    ds.StudyInstanceUID = generate_uid()
+    group = Dataset()
+    group.MultiplexGroupTimeOffset = 0.0
+    group.WaveformOriginality = "ORIGINAL"
+    group.NumberOfWaveformChannels = len(LEADS)
+    group.NumberOfWaveformSamples = counts.shape[1]
+    group.SamplingFrequency = fs
+    group.MultiplexGroupLabel = "RHYTHM"
+    channels = []
+    for k, lead in enumerate(LEADS):
+        ch = Dataset()
+        source = Dataset()
+        source.CodeValue = f"5.6.3-9-{SCPECG_CODES[lead]}"
+        source.CodingSchemeDesignator = "SCPECG"
+        source.CodeMeaning = f"Lead {lead}"
+        ch.ChannelSourceSequence = Sequence([source])
+        ch.ChannelSensitivity = DICOM_UV_PER_BIT
+        unit = Dataset()
+        unit.CodeValue, unit.CodingSchemeDesignator, unit.CodeMeaning = "uV", "UCUM", "microvolt"
+        ch.ChannelSensitivityUnitsSequence = Sequence([unit])
+        ch.ChannelSensitivityCorrectionFactor = 1.0
+        ch.ChannelBaseline = 0.0
+        ch.WaveformBitsStored = 16
+        channels.append(ch)
+    group.ChannelDefinitionSequence = Sequence(channels)
+    group.WaveformBitsAllocated = 16
+    group.WaveformSampleInterpretation = "SS"
+    group.WaveformData = np.ascontiguousarray(counts.T).astype("<i2").tobytes()  # interleaved
+    ds.WaveformSequence = Sequence([group])
+    notes = []
+    for text in statements:
+        note = Dataset()
+        note.UnformattedTextValue = text
+        note.ReferencedWaveformChannels = [1, 0]
+        notes.append(note)
+    ds.WaveformAnnotationSequence = Sequence(notes)
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return counts.astype(np.float64) * DICOM_UV_PER_BIT / 1000.0
+
+
+def _esc(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def write_aecg(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_NAME,
+               patient_id=PATIENT_ID, statements=STATEMENTS) -> np.ndarray:
+    """HL7 aECG rhythm series; returns the stored values in mV."""
+    counts = quantised(signal_mv, AECG_UV_PER_DIGIT)
+    given, family = patient_name.split("^")[1], patient_name.split("^")[0]
+    seqs = [f"""<component><sequence><code code="TIME_ABSOLUTE" codeSystem="2.16.840.1.113883.5.4"/>
+<value xsi:type="GLIST_TS"><head value="20260101120000.000"/><increment value="{1.0 / fs!r}" unit="s"/></value>
+</sequence></component>"""]
+    for lead, row in zip(LEADS, counts):
+        seqs.append(f"""<component><sequence><code code="MDC_ECG_LEAD_{lead.upper() if lead[0] != 'a' else 'a' + lead[1:]}" codeSystem="2.16.840.1.113883.6.24"/>
+<value xsi:type="SLIST_PQ"><origin value="0" unit="uV"/><scale value="{AECG_UV_PER_DIGIT}" unit="uV"/>
+<digits>{' '.join(map(str, row.tolist()))}</digits></value></sequence></component>""")
+    notes = "".join(f"""<component><annotation><code code="MDC_ECG_INTERPRETATION_STATEMENT" codeSystem="2.16.840.1.113883.6.24"/>
+<value xsi:type="ST">{_esc(t)}</value></annotation></component>""" for t in statements)
+    xml = f"""<?xml version="1.0" encoding="UTF-8"?>
+<AnnotatedECG xmlns="urn:hl7-org:v3" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+<id root="2.16.840.1.113883.3.1" extension="EXAM-42"/>
+<code code="93000" codeSystem="2.16.840.1.113883.6.12"/>
+<componentOf><timepointEvent><componentOf><subjectAssignment><subject><trialSubject>
+<id root="1.2.3" extension="{_esc(patient_id)}"/>
+<subjectDemographicPerson><name><given>{_esc(given)}</given><family>{_esc(family)}</family></name></subjectDemographicPerson>
+</trialSubject></subject></subjectAssignment></componentOf></timepointEvent></componentOf>
+<component><series><code code="RHYTHM" codeSystem="2.16.840.1.113883.5.4"/>
+<component><sequenceSet>{''.join(seqs)}</sequenceSet></component>
+<subjectOf><annotationSet>{notes}</annotationSet></subjectOf>
+</series></component>
+</AnnotatedECG>
+"""
+    pathlib.Path(path).write_text(xml, encoding="utf-8")
+    return counts.astype(np.float64) * AECG_UV_PER_DIGIT / 1000.0
+
+
+def write_muse(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_NAME,
+               patient_id=PATIENT_ID, statements=STATEMENTS) -> np.ndarray:
+    """GE MUSE RestingECG with the 8 recorded leads; returns all 12 leads in mV as a reader
+    must give them (III, aVR, aVL, aVF by Einthoven/Goldberger from the stored I and II)."""
+    rows = [LEADS.index(lead) for lead in MUSE_LEADS]
+    counts = quantised(signal_mv[rows], MUSE_UV_PER_BIT)
+    family, given = patient_name.split("^")
+    leads = "".join(f"""<LeadData><LeadByteCountTotal>{2 * counts.shape[1]}</LeadByteCountTotal>
+<LeadSampleCountTotal>{counts.shape[1]}</LeadSampleCountTotal>
+<LeadAmplitudeUnitsPerBit>{MUSE_UV_PER_BIT}</LeadAmplitudeUnitsPerBit>
+<LeadAmplitudeUnits>MICROVOLTS</LeadAmplitudeUnits><LeadID>{lead}</LeadID>
+<WaveFormData>{base64.b64encode(row.astype('<i2').tobytes()).decode()}</WaveFormData></LeadData>"""
+                    for lead, row in zip(MUSE_LEADS, counts))
+    stmts = "".join(f"<DiagnosisStatement><StmtFlag>ENDSLINE</StmtFlag><StmtText>{_esc(t)}"
+                    f"</StmtText></DiagnosisStatement>" for t in statements)
+    xml = f"""<?xml version="1.0" encoding="ISO-8859-1"?>
+<!DOCTYPE RestingECG SYSTEM "restecg.dtd">
+<RestingECG><MuseInfo><MuseVersion>9.0.9.18167</MuseVersion></MuseInfo>
+<PatientDemographics><PatientID>{_esc(patient_id)}</PatientID><PatientLastName>{_esc(family)}</PatientLastName>
+<PatientFirstName>{_esc(given)}</PatientFirstName><PatientAge>61</PatientAge><Gender>FEMALE</Gender></PatientDemographics>
+<TestDemographics><AcquisitionDate>01-01-2026</AcquisitionDate><AcquisitionTime>12:00:00</AcquisitionTime></TestDemographics>
+<Diagnosis>{stmts}</Diagnosis>
+<Waveform><WaveformType>Median</WaveformType><SampleBase>500</SampleBase><SampleExponent>0</SampleExponent></Waveform>
+<Waveform><WaveformType>Rhythm</WaveformType><WaveformStartTime>0</WaveformStartTime>
+<NumberofLeads>{len(MUSE_LEADS)}</NumberofLeads><SampleType>CONTINUOUS_SAMPLES</SampleType>
+<SampleBase>{int(fs)}</SampleBase><SampleExponent>0</SampleExponent>{leads}</Waveform>
+</RestingECG>
+"""
+    pathlib.Path(path).write_bytes(xml.encode("iso-8859-1"))
+    stored = counts.astype(np.float64) * MUSE_UV_PER_BIT / 1000.0
+    lead_i, lead_ii = stored[0], stored[1]
+    derived = [lead_ii - lead_i, -(lead_i + lead_ii) / 2, lead_i - lead_ii / 2,
+               lead_ii - lead_i / 2]
+    return np.concatenate([stored[:2], np.stack(derived), stored[2:]])
+
+
+def _field(value, width: int) -> bytes:
+    text = str(value).encode("ascii")
+    assert len(text) <= width, (value, width)
+    return text.ljust(width)
+
+
+def write_edf(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_NAME,
+              patient_id=PATIENT_ID) -> np.ndarray:
+    """EDF+C, one data record per second, labels "ECG <lead>" (EDF+ signal type + name), in uV
+    with physical range +-32768*2.5 uV; returns the stored values in mV."""
+    per_record = int(fs)
+    seconds = signal_mv.shape[1] // per_record
+    counts = quantised(signal_mv[:, :seconds * per_record], DICOM_UV_PER_BIT)
+    pmin, pmax, dmin, dmax = -32768 * 2.5, 32767 * 2.5, -32768, 32767
+    ns, tal_samples = len(LEADS) + 1, 16   # + the EDF+ "EDF Annotations" signal
+    name = patient_name.replace("^", "_").replace(" ", "_")
+    head = b"".join([
+        _field("0", 8), _field(f"{patient_id} F 02-MAY-1951 {name}", 80),
+        _field("Startdate 01-JAN-2026 X X X", 80), _field("01.01.26", 8), _field("12.00.00", 8),
+        _field(256 * (ns + 1), 8), _field("EDF+C", 44), _field(seconds, 8), _field(1, 8),
+        _field(ns, 4)])
+    ecg = len(LEADS)
+    columns = [
+        [_field(f"ECG {lead}", 16) for lead in LEADS] + [_field("EDF Annotations", 16)],
+        [_field("AgAgCl electrode", 80)] * ns, [_field("uV", 8)] * ecg + [_field("", 8)],
+        [_field(pmin, 8)] * ecg + [_field(-1, 8)], [_field(pmax, 8)] * ecg + [_field(1, 8)],
+        [_field(dmin, 8)] * ns, [_field(dmax, 8)] * ns, [_field("HP:0.05Hz LP:150Hz", 80)] * ns,
+        [_field(per_record, 8)] * ecg + [_field(tal_samples, 8)], [_field("", 32)] * ns]
+    blocks = counts.reshape(ecg, seconds, per_record).transpose(1, 0, 2).astype("<i2")
+    data = b"".join(block.tobytes() + f"+{k}\x14\x14\x00".encode().ljust(2 * tal_samples, b"\x00")
+                    for k, block in enumerate(blocks))   # each record opens with its time stamp
+    pathlib.Path(path).write_bytes(head + b"".join(b"".join(c) for c in columns) + data)
+    gain = (pmax - pmin) / (dmax - dmin)
+    return ((counts.astype(np.float64) - dmin) * gain + pmin) / 1000.0
+
+
+WRITERS = {"dcm": write_dicom, "xml_aecg": write_aecg, "xml_muse": write_muse, "edf": write_edf}
+SUFFIX = {"dcm": ".dcm", "xml_aecg": ".xml", "xml_muse": ".xml", "edf": ".edf"}

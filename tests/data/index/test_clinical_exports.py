@@ -1,0 +1,172 @@
+"""The clinical_exports layout through `crema-jax prepare`: the same recordings as WFDB and as
+each export format give the same cache rows; a folder of mixed, corrupt and truncated files is
+prepared with a skip table; no patient name or identifier reaches the cache, index or logs."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import wfdb
+
+from crema_jax.data.cache.source import CacheSource
+from crema_jax.data.index import registry
+from crema_jax.data.index.dataset_index import hash_split
+from crema_jax.data.reading import clinical
+from tests.data import clinical_files as cf
+
+CLI = [os.path.join(os.path.dirname(sys.executable), "crema-jax"), "prepare"]
+RECORDS = ("E07500", "E07501")
+UV_PER_COUNT = {"dcm": cf.DICOM_UV_PER_BIT, "xml_aecg": cf.AECG_UV_PER_DIGIT,
+                "xml_muse": cf.MUSE_UV_PER_BIT, "edf": cf.DICOM_UV_PER_BIT}
+
+
+def _prepare(*args):
+    return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=300)
+
+
+def _signal(cinc_sample_dir, name):
+    return wfdb.rdrecord(str(cinc_sample_dir / name)).p_signal.T.copy()
+
+
+def _write_twins(tmp_path, cinc_sample_dir):
+    """Each record in each format under exports/, and its stored counts as WFDB under wfdb/."""
+    exports, twins = tmp_path / "exports", tmp_path / "wfdb"
+    exports.mkdir()
+    twins.mkdir()
+    for name in RECORDS:
+        signal = _signal(cinc_sample_dir, name)
+        for fmt, writer in cf.WRITERS.items():
+            writer(exports / f"{fmt}_{name}{cf.SUFFIX[fmt]}", signal, 500.0)
+            leads = cf.MUSE_LEADS if fmt == "xml_muse" else cf.LEADS
+            rows = [cf.LEADS.index(lead) for lead in leads]
+            counts = cf.quantised(signal[rows], UV_PER_COUNT[fmt])
+            wfdb.wrsamp(f"{fmt}_{name}", fs=500, units=["mV"] * len(leads), sig_name=list(leads),
+                        d_signal=counts.T.astype(np.int64), fmt=["16"] * len(leads),
+                        adc_gain=[1000.0 / UV_PER_COUNT[fmt]] * len(leads),
+                        baseline=[0] * len(leads), write_dir=str(twins))
+    return exports, twins
+
+
+def _rows(cache_dir) -> dict:
+    source = CacheSource(str(cache_dir))
+    out = {}
+    for i in range(len(source)):
+        element = source[i]
+        decoded = source.load(element)
+        value = decoded["signal"].astype(np.float64) * decoded["scale"][:, None]
+        out[pathlib.PurePath(element["path"]).name.split(".")[0]] = (value,
+                                                                     decoded["lead_present"])
+    return out
+
+
+def test_wfdb_and_each_export_format_give_the_same_cache_rows(tmp_path, cinc_sample_dir):
+    exports, twins = _write_twins(tmp_path, cinc_sample_dir)
+    for root, layout, out in ((exports, "clinical_exports", "a"), (twins, "wfdb_folder", "b")):
+        done = _prepare(f"--layout={layout}", f"--root={root}", f"--out={tmp_path / out}",
+                        "--workers=1")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip().splitlines()[-1] == "prepared 8 records, skipped 0"
+    from_exports, from_wfdb = _rows(tmp_path / "a"), _rows(tmp_path / "b")
+    assert sorted(from_exports) == sorted(from_wfdb) and len(from_wfdb) == 8
+    for name, (value, present) in from_wfdb.items():
+        assert present.all()
+        np.testing.assert_allclose(from_exports[name][0], value, rtol=0, atol=1e-6)
+
+
+def _damaged_folder(tmp_path, cinc_sample_dir):
+    folder = tmp_path / "mixed"
+    (folder / "ward").mkdir(parents=True)
+    signal = _signal(cinc_sample_dir, "E07500")
+    for fmt, writer in cf.WRITERS.items():
+        writer(folder / f"good_{fmt}{cf.SUFFIX[fmt]}", signal, 500.0)
+        path = folder / "ward" / f"cut_{fmt}{cf.SUFFIX[fmt]}"
+        writer(path, signal, 500.0)
+        path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    (folder / "ward" / "noise.dcm").write_bytes(bytes(range(256)) * 8)
+    (folder / "ward" / "scan.pdf").write_bytes(b"%PDF-1.4 not an ECG")
+    (folder / "labels.csv").write_text("file,labels\ngood_dcm.dcm,AF\n")
+    return folder
+
+
+EXPECTED_SKIPS = {"truncated_signal": 2, "unreadable": 2, "unknown_format": 2}
+
+
+def test_mixed_folder_is_prepared_with_a_skip_table_and_no_patient_identity(tmp_path,
+                                                                           cinc_sample_dir):
+    folder = _damaged_folder(tmp_path, cinc_sample_dir)
+    out = tmp_path / "cache"
+    done = _prepare("--layout=clinical_exports", f"--root={folder}", f"--out={out}",
+                    "--workers=1", "--layout_option=labels=labels.csv")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[-1] == "prepared 4 records, skipped 6"
+    for reason, count in EXPECTED_SKIPS.items():
+        assert any(line.split() == [reason, str(count)] for line in lines), (reason, lines)
+    summary = json.loads((out / "summary.json").read_text())
+    assert {r: s["count"] for r, s in summary["skipped"].items()} == EXPECTED_SKIPS
+    index = json.loads((out / "index.json").read_text())
+    assert {r["record_id"]: tuple(r["labels"]) for r in index["records"]}["good_dcm.dcm"] == (
+        "AF",)
+    # Every byte written (shards, index, summary, settings) and every line printed or logged.
+    texts = [p.read_bytes() for p in out.rglob("*") if p.is_file()]
+    texts.append((done.stdout + done.stderr).encode())
+    for secret in ("Quixote", "Dulcinea", cf.PATIENT_ID):
+        assert not any(secret.encode() in t for t in texts), secret
+    inputs = b"".join(p.read_bytes() for p in folder.rglob("*.xml"))
+    assert b"Quixote" in inputs and cf.PATIENT_ID.encode() in inputs  # the scan could fail
+    assert b"good_dcm.dcm" in b"".join(texts)                           # it reads the index
+    key = clinical.patient_hash(cf.PATIENT_ID)
+    assert {r["split"] for r in index["records"]} == {hash_split(key)}  # grouped by patient
+
+
+def test_strict_names_the_file(tmp_path, cinc_sample_dir):
+    folder = _damaged_folder(tmp_path, cinc_sample_dir)
+    done = _prepare("--layout=clinical_exports", f"--root={folder}", f"--out={tmp_path / 'c'}",
+                    "--workers=1", "--strict")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert str(folder / "ward") in done.stderr
+
+
+def test_labels_from_the_statements_by_the_mimic_keyword_map(tmp_path, cinc_sample_dir):
+    folder = tmp_path / "x"
+    folder.mkdir()
+    cf.write_aecg(folder / "a.xml", _signal(cinc_sample_dir, "E07500")[:, :1000], 500.0)
+    cf.write_muse(folder / "b.xml", _signal(cinc_sample_dir, "E07501")[:, :1000], 500.0,
+                  statements=("Sinus rhythm", "Incomplete right bundle branch block"),
+                  patient_id="other")
+    index = registry.build_index("clinical_exports", folder, label_map="default")
+    got = {r.record_id: r.labels for r in index.records}
+    assert got == {"a.xml": ("AF",), "b.xml": ()}  # "incomplete RBBB" is excluded from RBBB
+    patients = {r.record_id: r.meta["patient_id"] for r in index.records}
+    assert patients["a.xml"] == clinical.patient_hash(cf.PATIENT_ID) != patients["b.xml"]
+
+
+def test_labels_and_label_map_together_is_an_error(tmp_path):
+    (tmp_path / "x.csv").write_text("file,labels\n")
+    with pytest.raises(ValueError, match="not both"):
+        registry.build_index("clinical_exports", tmp_path, labels="x.csv", label_map="default")
+
+
+def test_command_line_record_paths_take_export_files(tmp_path, cinc_sample_dir):
+    """What embed/predict do with `exports/*.xml`: the files keep their names and are read as
+    exports (a WFDB record named beside them stays a WFDB record)."""
+    from crema_jax.data.config import default_data_config
+    from crema_jax.data.index.dataset_index import expand_records
+    from crema_jax.inference.embed import record_source
+    signal = _signal(cinc_sample_dir, "E07500")
+    cf.write_muse(tmp_path / "a.xml", signal, 500.0)
+    cf.write_dicom(tmp_path / "b.dcm", signal, 500.0)
+    paths = expand_records(f"{tmp_path}/*.xml,{tmp_path}/b.dcm,{cinc_sample_dir}/E07500.hea")
+    assert paths == [str(tmp_path / "a.xml"), str(tmp_path / "b.dcm"),
+                     str(cinc_sample_dir / "E07500")]
+    cfg = default_data_config()
+    source = record_source(paths, cfg)
+    assert [type(r).__name__ for r in source.readers] == ["ClinicalFile", "ClinicalFile",
+                                                          "NoneType"]
+    first = source.load(source[0])
+    third = source.load(source[2])
+    assert first["signal"].shape == third["signal"].shape

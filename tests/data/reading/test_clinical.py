@@ -1,0 +1,100 @@
+"""Hospital exports read back: files written from the standards' fields (tests/data/
+clinical_files.py) give the stored signal in mV, in canonical lead order, at the file's rate;
+damaged files are RecordErrors with their reason."""
+import numpy as np
+import pytest
+import wfdb
+
+from crema_jax.data.reading import clinical
+from crema_jax.data.reading.ecg import RecordError
+from tests.data import clinical_files as cf
+
+FS = 500.0
+
+
+@pytest.fixture(scope="module")
+def signal_mv(cinc_sample_dir):
+    """E07500's 12 leads (mV, 500 Hz, 10 s) in the order I..V6, as wfdb reads them."""
+    record = wfdb.rdrecord(str(cinc_sample_dir / "E07500"))
+    assert list(record.sig_name) == list(cf.LEADS) and record.fs == FS
+    return record.p_signal.T.copy()
+
+
+@pytest.mark.parametrize("fmt", sorted(cf.WRITERS))
+def test_read_back_in_mv_lead_order_and_rate(tmp_path, signal_mv, fmt):
+    path = tmp_path / f"exam{cf.SUFFIX[fmt]}"
+    stored = cf.WRITERS[fmt](path, signal_mv, FS)
+    ecg = clinical.read_clinical(path, target_fs=None)
+    assert ecg.fs == FS and ecg.signal.shape == (12, 5000) and ecg.lead_present.all()
+    recorded = [0, 1, 6, 7, 8, 9, 10, 11] if fmt == "xml_muse" else list(range(12))
+    derived = sorted(set(range(12)) - set(recorded))
+    # float32 of the stored values: one rounding (relative 2^-24) plus float64 scaling noise.
+    np.testing.assert_allclose(ecg.signal[recorded], stored[recorded], rtol=1.2e-7, atol=1e-9)
+    # MUSE's III, aVR, aVL, aVF: the identities evaluated in float32 (a few roundings of I, II).
+    np.testing.assert_allclose(ecg.signal[derived], stored[derived], rtol=0,
+                               atol=2.0**-21 * np.abs(stored[:2]).max())
+    # The stored values are the recording to the writer's quantisation (half a step).
+    step_mv = {"dcm": cf.DICOM_UV_PER_BIT, "edf": cf.DICOM_UV_PER_BIT,
+               "xml_aecg": cf.AECG_UV_PER_DIGIT, "xml_muse": cf.MUSE_UV_PER_BIT}[fmt] / 1000
+    assert np.abs(ecg.signal[recorded] - signal_mv[recorded]).max() <= step_mv / 2 + 1e-6
+    assert ecg.meta["source_fs"] == FS
+    assert ecg.meta["statements"] == (() if fmt == "edf" else cf.STATEMENTS)
+
+
+@pytest.mark.parametrize("fmt", sorted(cf.WRITERS))
+def test_patient_identity_is_only_a_salted_hash(tmp_path, signal_mv, fmt, monkeypatch):
+    path = tmp_path / f"exam{cf.SUFFIX[fmt]}"
+    cf.WRITERS[fmt](path, signal_mv[:, :1000], FS)
+    monkeypatch.setenv(clinical.SALT_ENV, "site-secret")
+    meta = clinical.read_clinical(path).meta
+    text = repr(meta)
+    for part in ("Quixote", "Dulcinea", cf.PATIENT_ID):
+        assert part not in text
+    import hashlib
+    want = "p" + hashlib.sha256(f"site-secret\0{cf.PATIENT_ID}".encode()).hexdigest()[:16]
+    assert meta["patient_id"] == want
+
+
+def _truncated(path):
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) * 2 // 3])
+    return path
+
+
+@pytest.mark.parametrize("fmt,reason", [("dcm", "truncated_signal"), ("edf", "truncated_signal"),
+                                        ("xml_aecg", "unreadable"), ("xml_muse", "unreadable")])
+def test_truncated_file_is_a_skip_naming_it(tmp_path, signal_mv, fmt, reason):
+    path = tmp_path / f"exam{cf.SUFFIX[fmt]}"
+    cf.WRITERS[fmt](path, signal_mv, FS)
+    with pytest.raises(RecordError) as err:
+        clinical.read_clinical(_truncated(path))
+    assert err.value.reason == reason and str(path) in str(err.value)
+
+
+def test_unknown_format_and_missing_leads(tmp_path, signal_mv):
+    junk = tmp_path / "notes.xml"
+    junk.write_text("<Report><Text>not an ECG</Text></Report>")
+    with pytest.raises(RecordError, match="unknown_format"):
+        clinical.read_clinical(junk)
+    muse = tmp_path / "four.xml"
+    cf.write_muse(muse, signal_mv, FS)
+    text = muse.read_text(encoding="iso-8859-1")
+    for lead in ("V3", "V4", "V5", "V6"):  # drop four chest leads' LeadData
+        start = text.index(f"<LeadID>{lead}</LeadID>")
+        begin, end = text.rindex("<LeadData>", 0, start), text.index("</LeadData>", start)
+        text = text[:begin] + text[end + len("</LeadData>"):]
+    muse.write_text(text, encoding="iso-8859-1")
+    with pytest.raises(RecordError) as err:
+        clinical.read_clinical(muse)
+    assert err.value.reason == "missing_leads" and "V3" in str(err.value)
+    ecg = clinical.read_clinical(muse, clinical.ClinicalFile(require_12_leads=False))
+    assert ecg.lead_present.tolist() == [True] * 8 + [False] * 4
+
+
+def test_entity_expansion_is_refused(tmp_path):
+    bomb = tmp_path / "bomb.xml"
+    bomb.write_text('<?xml version="1.0"?><!DOCTYPE RestingECG [<!ENTITY a "aaaaaaaa">'
+                    '<!ENTITY b "&a;&a;&a;&a;">]><RestingECG>&b;</RestingECG>')
+    with pytest.raises(RecordError) as err:
+        clinical.read_clinical(bomb)
+    assert err.value.reason == "unreadable" and str(bomb) in str(err.value)
