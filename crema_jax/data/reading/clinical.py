@@ -14,10 +14,12 @@ limb leads) is skipped as `missing_leads` unless the reader says `require_12_lea
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 
 import numpy as np
+from absl import logging
 
 from crema_jax.data.reading import clinical_formats
 from crema_jax.data.reading import leads as leads_lib
@@ -38,8 +40,19 @@ def patient_hash(key: str | None) -> str:
     """"p" + 16 hex digits of SHA-256(salt NUL key); "" for no key."""
     if not key:
         return ""
-    salt = os.environ.get(SALT_ENV, _DEFAULT_SALT)
+    salt = os.environ.get(SALT_ENV)
+    if not salt:
+        _warn_public_salt()
+        salt = _DEFAULT_SALT
     return "p" + hashlib.sha256(f"{salt}\0{key}".encode("utf-8")).hexdigest()[:16]
+
+
+@functools.cache
+def _warn_public_salt() -> None:
+    logging.warning("%s is not set: patient ids are hashed with crema_jax's public default salt, "
+                    "so a holder of the cache could recover them by trying every id; set it to a "
+                    "secret (the same on every host of a run) for data that leaves this machine",
+                    SALT_ENV)
 
 
 def is_clinical_path(path) -> bool:

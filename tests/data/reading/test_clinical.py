@@ -55,6 +55,21 @@ def test_patient_identity_is_only_a_salted_hash(tmp_path, signal_mv, fmt, monkey
     assert meta["patient_id"] == want
 
 
+def test_the_public_default_salt_is_warned_about_once(monkeypatch):
+    """Without CREMA_JAX_PATIENT_SALT the hash uses the documented public salt (recoverable by
+    trying every id), and the user is told once per process."""
+    monkeypatch.delenv(clinical.SALT_ENV, raising=False)
+    clinical._warn_public_salt.cache_clear()
+    warned = []
+    monkeypatch.setattr(clinical.logging, "warning", lambda msg, *a: warned.append(msg % a))
+    got = [clinical.patient_hash("12345"), clinical.patient_hash("67890")]
+    import hashlib
+    assert got[0] == "p" + hashlib.sha256(b"crema_jax.patient\x0012345").hexdigest()[:16]
+    assert len(warned) == 1 and clinical.SALT_ENV in warned[0]
+    monkeypatch.setenv(clinical.SALT_ENV, "site-secret")
+    assert clinical.patient_hash("12345") != got[0] and len(warned) == 1
+
+
 def _truncated(path):
     data = path.read_bytes()
     path.write_bytes(data[:len(data) * 2 // 3])
