@@ -41,3 +41,9 @@ def cinc_sample_dir() -> pathlib.Path:
 def jax_cache_dir(tmp_path_factory):
     """A compilation cache shared by this session's subprocesses (same program: compile once)."""
     return tmp_path_factory.mktemp("jax_cache")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: an end-to-end drill (crema-jax processes, kill -9, several processes, "
+        "sharded runs); `-m 'not slow'` runs the unit tests alone, CI runs both")
