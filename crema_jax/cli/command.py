@@ -34,9 +34,10 @@ from ml_collections import config_flags
 PROGRAM = "crema-jax"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # Errors that mean "this input or setting cannot be used", reported in one line (ImportError:
-# an optional dependency such as torch is missing; its message says how to install it).
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
-               IsADirectoryError, PermissionError, ImportError)
+# an optional dependency such as torch is missing; its message says how to install it; OSError:
+# a file that cannot be read or written, a read-only folder, a full disk, a failed checkpoint
+# save: the message names the path).
+USER_ERRORS = (ValueError, OSError, ImportError)
 
 
 class CommandError(Exception):
@@ -181,6 +182,8 @@ class Command:
                        else args.log_level)
         try:
             return self._main(args)
+        except BrokenPipeError:  # the reader of stdout left: crema_jax.main ends quietly
+            raise
         except (CommandError, *USER_ERRORS) as err:
             if args.verbose or args.log_level == "debug":
                 traceback.print_exc()
@@ -232,8 +235,7 @@ def _default_text(f: _Flag) -> str:
 
 def _one_line(err: BaseException) -> str:
     text = str(err) or type(err).__name__
-    if isinstance(err, (FileNotFoundError, PermissionError)) and err.filename and \
-            str(err.filename) not in text:
+    if isinstance(err, OSError) and err.filename and str(err.filename) not in text:
         text = f"{text}: {err.filename}"
     return " ".join(text.split())
 

@@ -94,6 +94,10 @@ def main(args) -> None:
         return
 
     evaluators.check_names(config)
+    if not args.verbose:
+        from crema_jax.runtime import checkpoint
+
+        checkpoint.quiet_background_save_errors()
     try:
         result = trainer.train(config, args.workdir, evaluators=evaluators.build,
                                drill=hooks.FaultDrill.from_env())

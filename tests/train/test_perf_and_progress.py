@@ -46,6 +46,21 @@ def test_metric_writer_jsonl_and_tensorboard(tmp_path):
     assert events and events[0].stat().st_size > 0
 
 
+def test_a_resumed_writer_supersedes_the_rows_it_redoes(tmp_path):
+    """A run killed after logging step 3 (its last line cut short) resumes from step 2: rows 3 and
+    the torn line move to metrics.superseded.jsonl, row 3 is logged once more."""
+    lines = ['{"step": 1, "loss": 1.0}', '{"step": 2, "loss": 0.5}', '{"step": 3, "loss": 0.25}',
+             '{"step": 4, "lo']
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    writer = progress.MetricWriter(tmp_path, enabled=True, tensorboard=False, resume_step=2)
+    writer.write(3, {"loss": 0.25})
+    writer.close()
+    assert (tmp_path / "metrics.jsonl").read_text().splitlines() == [
+        lines[0], lines[1], '{"step": 3, "loss": 0.25}']
+    assert (tmp_path / "metrics.superseded.jsonl").read_text().splitlines() == lines[2:]
+    assert not list(tmp_path.glob(".*"))
+
+
 def test_progress_line_has_loss_terms_and_eta():
     line = progress.progress_line(10, 100, {"loss": 0.5, "loss/mae": 0.4,
                                            "perf/step_time_seconds": 0.25}, eta_seconds=3725)
