@@ -174,6 +174,9 @@ class Command:
         if any(a in ("-h", "--help", "-help", "--helpshort", "--helpfull") for a in argv):
             print(self.help())
             return 0
+        problem = self._config_file_problem(argv)
+        if problem:
+            self._fail(problem, code=1)
         try:
             args = self.parse(argv)
         except flags.Error as err:
@@ -188,6 +191,23 @@ class Command:
             if args.verbose or args.log_level == "debug":
                 traceback.print_exc()
             self._fail(_one_line(err), code=1)
+
+    def _config_file_problem(self, argv) -> str | None:
+        """One line naming a --CONFIG=FILE that gives no config (missing, empty, a syntax
+        error, raising, returning something else), before ml_collections' own loader would
+        end in a traceback or a misleading "--config required"."""
+        for f in self._flags:
+            path = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{f.name}=")),
+                        None)
+            if f.kind != "config" or path is None:
+                continue
+            from crema_jax import config as config_lib  # here: --help answers without JAX
+
+            try:
+                config_lib.load_config_file(path)
+            except ValueError as err:
+                return f"--{f.name}: {_one_line(err)}"
+        return None
 
     def _fail(self, message: str, *, code: int):
         sys.stdout.flush()

@@ -14,6 +14,7 @@ as a JSON-safe dict: reading it onto today's defaults is crema_jax.config.from_s
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -207,6 +208,19 @@ def quiet_background_save_errors() -> None:
     sys.unraisablehook = unraisablehook
 
 
+@contextlib.contextmanager
+def _absl_quiet(message_start: str):
+    """Absl log records starting with `message_start` dropped inside the block."""
+    def drop(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(message_start)
+    logger = logging.getLogger("absl")
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
 def _drop_orbax_errors(record: logging.LogRecord) -> bool:
     return not (record.levelno >= logging.ERROR and
                 f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
@@ -235,14 +249,18 @@ def load_model_checkpoint(path) -> tuple[dict, dict, int]:
     arrays come back to host memory, the caller places them.
     """
     root, step = resolve_checkpoint(path)
-    with ocp.CheckpointManager(
+    # read_only makes Orbax warn "Given directory is read only" on every read: it is meant.
+    with _absl_quiet("Given directory is read only"), ocp.CheckpointManager(
             root,
-            # Handlers for the training-only items too, so Orbax does not warn that it found them.
+            # Handlers for the training-only items too, so Orbax does not warn that it found them
+            # (data_iter: Grain's state is JSON; never read here, so Grain need not be loaded).
             item_handlers={"params": ocp.PyTreeCheckpointHandler(),
                            "config": ocp.JsonCheckpointHandler(),
                            "opt_state": ocp.StandardCheckpointHandler(),
-                           "rng": ocp.StandardCheckpointHandler()},
-            options=ocp.CheckpointManagerOptions(create=False, read_only=True)) as manager:
+                           "rng": ocp.StandardCheckpointHandler(),
+                           "data_iter": ocp.JsonCheckpointHandler()},
+            options=ocp.CheckpointManagerOptions(create=False, read_only=True,
+                                                 save_interval_steps=0)) as manager:
         meta = manager.item_metadata(step)["params"]
         restore_args = jax.tree.map(
             lambda _: ocp.RestoreArgs(restore_type=np.ndarray), _metadata_tree(meta))

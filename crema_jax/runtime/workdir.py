@@ -160,8 +160,8 @@ class WorkdirLock:
 
     NAME = "crema_jax.lock"
 
-    def __init__(self, workdir, *, stale_seconds: float = 3600.0):
-        self.path = absolute_path(workdir) / self.NAME
+    def __init__(self, workdir, *, stale_seconds: float = 3600.0, name: str = NAME):
+        self.path = absolute_path(workdir) / name
         self.stale_seconds = float(stale_seconds)
         self.info = {"pid": os.getpid(), "host": socket.gethostname(),
                      "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
