@@ -235,3 +235,15 @@ def test_embed_from_a_training_checkpoint_warns_of_nothing(tmp_path, ecgs):
     assert done.returncode == 0, done.stderr
     assert "data_iter" not in done.stderr, done.stderr
     assert np.load(out).shape == (16, 64)
+
+
+def test_a_workdir_that_cannot_be_made_is_one_line_naming_it(tmp_path):
+    """Any OSError of a command (here: a folder asked for under a regular file) is one line
+    naming the path (read-only folders cannot be tested as root, which ignores permissions)."""
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("mine")
+    before = _hashes(tmp_path)
+    done = _cli("pretrain", f"--config={TINY}", f"--workdir={blocker / 'run'}",
+                "--config.train.num_steps=1")
+    _one_line(done, "pretrain", "Not a directory", str(blocker / "run"))
+    assert _hashes(tmp_path) == before
