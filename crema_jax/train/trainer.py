@@ -367,6 +367,7 @@ class _Loop:
         self.clock["ema"] = dt if ema is None else 0.9 * ema + 0.1 * dt
         loss = float(host["loss"])
         if not np.isfinite(loss):
+            self.saves.wait()  # the message names the last checkpoint known to be written
             raise NonFiniteLossError(
                 f"loss became {loss} at step {done_step}; stopped without saving this state "
                 f"(last good checkpoint: step {self.saves.last_complete} in "
