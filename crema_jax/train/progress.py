@@ -53,7 +53,8 @@ class MetricWriter:
         workdir.mkdir(parents=True, exist_ok=True)
         if resume_step is not None:
             supersede_rows_after(workdir / "metrics.jsonl", resume_step)
-        self._jsonl = (workdir / "metrics.jsonl").open("a")
+        self._jsonl_path = workdir / "metrics.jsonl"
+        self._jsonl = self._jsonl_path.open("a")
         if tensorboard:
             from tensorboardX import SummaryWriter  # only when asked for: it loads protobuf
             self._tb = SummaryWriter(logdir=str(workdir / "tensorboard"))
@@ -63,8 +64,12 @@ class MetricWriter:
             return
         row = {"step": int(step)}
         row.update({k: _plain(v) for k, v in metrics.items()})
-        self._jsonl.write(json.dumps(row) + "\n")
-        self._jsonl.flush()
+        try:
+            self._jsonl.write(json.dumps(row) + "\n")
+            self._jsonl.flush()
+        except OSError as err:  # a full disk: the one-line report names the file
+            raise OSError(err.errno, f"cannot write {self._jsonl_path}: "
+                                     f"{err.strerror or err}") from None
         if self._tb is not None:
             for k, v in row.items():
                 if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
