@@ -30,6 +30,7 @@ from tests.train.helpers import cli_env
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "crema_tiny.py")
 TIMEOUT = 180
+MEMORY = 8 << 30   # address space: JAX and a tiny model's embed fit in a fraction of it
 
 
 def _hashes(*roots) -> dict:
@@ -50,13 +51,16 @@ def _hashes(*roots) -> dict:
 
 
 def _cli(*args, file_size_limit=None) -> subprocess.CompletedProcess:
-    """`crema-jax ARGS` in a fresh process; file_size_limit: RLIMIT_FSIZE in bytes (full disk)."""
+    """`crema-jax ARGS` in a fresh process with at most MEMORY bytes of address space, within
+    TIMEOUT seconds; file_size_limit: RLIMIT_FSIZE in bytes (the full disk)."""
     def limit():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # EFBIG instead of a kill
-        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+        resource.setrlimit(resource.RLIMIT_AS, (MEMORY, MEMORY))
+        if file_size_limit is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # EFBIG instead of a kill
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
     return subprocess.run([sys.executable, "-m", "crema_jax.main", *args], env=cli_env(1),
                           cwd=str(REPO), capture_output=True, text=True, timeout=TIMEOUT,
-                          preexec_fn=limit if file_size_limit is not None else None)
+                          preexec_fn=limit)
 
 
 def _one_line(done, command, *fragments) -> str:
