@@ -50,17 +50,26 @@ def _hashes(*roots) -> dict:
     return out
 
 
+# Sets the limits, then becomes `python -m crema_jax.main ARGS` (limits and an ignored signal
+# survive exec); a preexec_fn would fork this multithreaded (JAX) test process.
+_LIMITED = """
+import os, resource, signal, sys
+memory, file_size, *args = sys.argv[1:]
+resource.setrlimit(resource.RLIMIT_AS, (int(memory), int(memory)))
+if int(file_size) >= 0:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # EFBIG instead of a kill
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(file_size), int(file_size)))
+os.execv(sys.executable, [sys.executable, "-m", "crema_jax.main", *args])
+"""
+
+
 def _cli(*args, file_size_limit=None) -> subprocess.CompletedProcess:
     """`crema-jax ARGS` in a fresh process with at most MEMORY bytes of address space, within
     TIMEOUT seconds; file_size_limit: RLIMIT_FSIZE in bytes (the full disk)."""
-    def limit():
-        resource.setrlimit(resource.RLIMIT_AS, (MEMORY, MEMORY))
-        if file_size_limit is not None:
-            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # EFBIG instead of a kill
-            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
-    return subprocess.run([sys.executable, "-m", "crema_jax.main", *args], env=cli_env(1),
-                          cwd=str(REPO), capture_output=True, text=True, timeout=TIMEOUT,
-                          preexec_fn=limit)
+    size = -1 if file_size_limit is None else int(file_size_limit)
+    return subprocess.run([sys.executable, "-c", _LIMITED, str(MEMORY), str(size), *args],
+                          env=cli_env(1), cwd=str(REPO), capture_output=True, text=True,
+                          timeout=TIMEOUT)
 
 
 def _one_line(done, command, *fragments) -> str:
