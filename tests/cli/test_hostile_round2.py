@@ -12,8 +12,6 @@ import hashlib
 import json
 import os
 import pathlib
-import resource
-import signal
 import subprocess
 import sys
 
