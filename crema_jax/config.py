@@ -10,6 +10,8 @@ optimizer; resuming the workdir's own training checkpoints needs nothing.
 from __future__ import annotations
 
 import importlib.util
+import math
+import numbers
 import pathlib
 
 import ml_collections
@@ -165,19 +167,47 @@ def from_saved(saved: dict) -> ml_collections.ConfigDict:
 
 def load_config_module(path):
     """A config file (configs/*.py style) as a module: its docstring and `get_config()`. The one
-    loader of config files, for the commands' error messages, benchmarks and tests."""
+    loader of config files, for the commands, benchmarks and tests. A file that cannot be loaded
+    (missing, a syntax error, raising) is a ValueError naming it and the Python error's message."""
     path = pathlib.Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {path}: " + ("a folder; expected a Python file"
+                                                    if path.is_dir() else "no such file"))
     spec = importlib.util.spec_from_file_location(f"crema_jax_config_{path.stem}", path)
     if spec is None:
-        raise ValueError(f"{path}: expected a Python config file (.py) with get_config()")
+        raise ValueError(f"config file {path}: expected a Python config file (.py) with "
+                         "get_config()")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:  # noqa: BLE001 - whatever the user's file raised, named once
+        raise ValueError(f"config file {path}: {_python_error(err)}") from None
     return module
 
 
 def load_config_file(path) -> ml_collections.ConfigDict:
-    """The config a config file's `get_config()` returns."""
-    return load_config_module(path).get_config()
+    """The config a config file's `get_config()` returns; a file that cannot give one (also:
+    empty, no get_config, raising in it, returning something else) is a ValueError naming it."""
+    module = load_config_module(path)
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+        raise ValueError(f"config file {path}: defines no get_config() (expected a function "
+                         "returning an ml_collections.ConfigDict, as configs/*.py do)")
+    try:
+        config = get_config()
+    except Exception as err:  # noqa: BLE001 - whatever the user's file raised, named once
+        raise ValueError(f"config file {path}: {_python_error(err)}") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ValueError(f"config file {path}: get_config() returned {type(config).__name__}; "
+                         "expected an ml_collections.ConfigDict")
+    return config
+
+
+def _python_error(err: BaseException) -> str:
+    """'SyntaxError: invalid syntax (line 3)', 'ZeroDivisionError: division by zero', ..."""
+    if isinstance(err, SyntaxError):
+        return f"{type(err).__name__}: {err.msg} (line {err.lineno})"
+    return " ".join(f"{type(err).__name__}: {err}".split())
 
 
 def load_checkpoint(path) -> tuple[dict, ml_collections.ConfigDict, int]:
@@ -243,6 +273,88 @@ def profile_range(spec: str) -> tuple[int, int]:
     return first, last
 
 
+# Every numeric field's domain: (field, test, what is expected). Fields absent from a config (a
+# model family without them) are not checked; every number anywhere must also be finite.
+_POSITIVE_INT = (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
+_NON_NEGATIVE_INT = (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
+_NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
+_POSITIVE = (lambda v: v > 0, "> 0")
+_FRACTION = (lambda v: 0 <= v <= 1, "a probability in [0, 1]")
+_DOMAINS = {
+    **{f: _POSITIVE_INT for f in (
+        "checkpoint.every_steps", "checkpoint.max_to_keep", "train.num_steps",
+        "train.log_every_steps", "train.global_batch_size", "optim.grad_accum_steps",
+        "evals.every_steps", "data.eval_num_crops", "data.per_worker_buffer_size",
+        "data.prefetch_buffer_size", "evals.fewshot_probe.batch_size",
+        "evals.fewshot_probe.min_positives", "evals.reconstruction.correlation_records")},
+    **{f: _NON_NEGATIVE_INT for f in (
+        "optim.warmup_steps", "train.seed", "train.stop_after_steps", "train.num_processes",
+        "data.seed", "data.synthetic_records", "data.num_workers", "data.read_threads",
+        "evals.fewshot_probe.seed", "evals.reconstruction.seed")},
+    **{f: _NON_NEGATIVE for f in (
+        "optim.base_lr", "optim.weight_decay", "optim.min_lr", "loss.contrastive_weight",
+        "data.window_seconds")},
+    "optim.grad_clip_norm": (lambda v: v >= 0, ">= 0 (0 = no clipping)"),
+    "optim.eps": _POSITIVE, "loss.temperature": _POSITIVE,
+    "checkpoint.lock_stale_seconds": _POSITIVE,
+    "optim.betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v),
+                    "two decay rates in [0, 1)"),
+    "evals.fewshot_probe.l2_grid": (lambda v: len(v) >= 1 and all(x > 0 for x in v),
+                                    "one or more penalties > 0"),
+    "evals.fewshot_probe.label_fraction": (lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
+    "evals.reconstruction.num_records": (lambda v: isinstance(v, int) and v >= 2,
+                                         "an integer >= 2"),
+    "train.process_id": (lambda v: isinstance(v, int) and v >= -1, "-1 (auto) or an id >= 0"),
+    **{f: (lambda v: isinstance(v, int) and (v == -1 or v >= 1),
+           "-1 (every device the other axes leave) or an integer >= 1")
+       for f in ("mesh.data", "mesh.fsdp", "mesh.tensor")},
+    "model.drop_path": (lambda v: 0 <= v < 1, "a rate in [0, 1)"),
+}
+
+
+def _numbers(node, prefix: str = ""):
+    """(dotted field, value, its numbers) of every numeric field of a config, tuples of
+    numbers included (bools are not numbers here)."""
+    def is_number(v):
+        return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+    for key in node.keys():
+        value, path = node[key], f"{prefix}{key}"
+        if hasattr(value, "keys"):
+            yield from _numbers(value, path + ".")
+        elif isinstance(value, (tuple, list)) and any(is_number(v) for v in value):
+            yield path, value, [v for v in value if is_number(v)]
+        elif is_number(value):
+            yield path, value, [value]
+
+
+def _check_numbers(c) -> None:
+    """Every number finite, every field of _DOMAINS in its domain; the augmentations (their
+    keys vary by preset): probabilities in [0, 1], every other number >= 0."""
+    for field, value, values in _numbers(c):
+        _check(all(math.isfinite(v) for v in values), field, value, "a finite number")
+    for field, (test, expected) in _DOMAINS.items():
+        section, *keys = field.split(".")
+        value = c[section]
+        for key in keys:
+            value = value[key] if key in value else None
+            if value is None:
+                break
+        if value is None:
+            continue
+        try:
+            ok = bool(test(value))
+        except TypeError:
+            ok = False
+        _check(ok, field, value, expected)
+    if "augment" in c.data:
+        for field, value, values in _numbers(c.data.augment, "data.augment."):
+            if field.endswith("prob"):
+                _check(all(0 <= v <= 1 for v in values), field, value, "a probability in [0, 1]")
+            else:
+                _check(all(v >= 0 for v in values), field, value, ">= 0")
+
+
 def validate(config) -> None:
     """Impossible values refused before anything is built or compiled: a ValueError naming the
     field, its value and what is allowed."""
@@ -252,13 +364,7 @@ def validate(config) -> None:
     from crema_jax.models import families
 
     c = config
-    for field in ("checkpoint.every_steps", "checkpoint.max_to_keep", "train.num_steps",
-                  "train.log_every_steps", "train.global_batch_size", "optim.grad_accum_steps"):
-        section, name = field.split(".")
-        value = c[section][name]
-        _check(isinstance(value, int) and value >= 1, field, value, "an integer >= 1")
-    _check(c.optim.warmup_steps >= 0, "optim.warmup_steps", c.optim.warmup_steps, ">= 0")
-    _check(c.optim.base_lr >= 0, "optim.base_lr", c.optim.base_lr, ">= 0")
+    _check_numbers(c)
     _check(0.0 < float(c.data.mask.ratio) < 1.0, "data.mask.ratio", c.data.mask.ratio,
            "a fraction strictly between 0 and 1 (0 hides nothing to reconstruct, 1 leaves the "
            "encoder nothing to see)")
@@ -269,15 +375,11 @@ def validate(config) -> None:
     _one_of(c, "data.nan_policy", ("interpolate", "zero", "drop_window"))
     _one_of(c, "data.flat_leads", ("absent", "keep"))
     _one_of(c, "data.eval_crop_average", ("embedding", "probability"))
-    _check(c.data.window_seconds >= 0, "data.window_seconds", c.data.window_seconds,
-           "0 (whole records) or a window length in seconds")
-    _check(c.data.eval_num_crops >= 1, "data.eval_num_crops", c.data.eval_num_crops, ">= 1")
     _check(c.data.patch_size >= 1 and c.data.crop_samples % c.data.patch_size == 0,
            "data.crop_samples", c.data.crop_samples,
            f"a multiple of data.patch_size={c.data.patch_size}")
     _check(c.data.target_fs > 0, "data.target_fs", c.data.target_fs, "> 0 Hz")
     _one_of(c, "loss.name", losses.LOSSES)
-    _check(c.evals.every_steps >= 1, "evals.every_steps", c.evals.every_steps, "an integer >= 1")
     if c.train.profile_steps:
         profile_range(c.train.profile_steps)
     # A config file or flag written for an older version may use an older model name.

@@ -34,9 +34,10 @@ from ml_collections import config_flags
 PROGRAM = "crema-jax"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # Errors that mean "this input or setting cannot be used", reported in one line (ImportError:
-# an optional dependency such as torch is missing; its message says how to install it).
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
-               IsADirectoryError, PermissionError, ImportError)
+# an optional dependency such as torch is missing; its message says how to install it; OSError:
+# a file that cannot be read or written, a read-only folder, a full disk, a failed checkpoint
+# save: the message names the path).
+USER_ERRORS = (ValueError, OSError, ImportError)
 
 
 class CommandError(Exception):
@@ -173,6 +174,9 @@ class Command:
         if any(a in ("-h", "--help", "-help", "--helpshort", "--helpfull") for a in argv):
             print(self.help())
             return 0
+        problem = self._config_file_problem(argv)
+        if problem:
+            self._fail(problem, code=1)
         try:
             args = self.parse(argv)
         except flags.Error as err:
@@ -181,10 +185,29 @@ class Command:
                        else args.log_level)
         try:
             return self._main(args)
+        except BrokenPipeError:  # the reader of stdout left: crema_jax.main ends quietly
+            raise
         except (CommandError, *USER_ERRORS) as err:
             if args.verbose or args.log_level == "debug":
                 traceback.print_exc()
             self._fail(_one_line(err), code=1)
+
+    def _config_file_problem(self, argv) -> str | None:
+        """One line naming a --CONFIG=FILE that gives no config (missing, empty, a syntax
+        error, raising, returning something else), before ml_collections' own loader would
+        end in a traceback or a misleading "--config required"."""
+        for f in self._flags:
+            path = next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{f.name}=")),
+                        None)
+            if f.kind != "config" or path is None:
+                continue
+            from crema_jax import config as config_lib  # here: --help answers without JAX
+
+            try:
+                config_lib.load_config_file(path)
+            except ValueError as err:
+                return f"--{f.name}: {_one_line(err)}"
+        return None
 
     def _fail(self, message: str, *, code: int):
         sys.stdout.flush()
@@ -232,8 +255,7 @@ def _default_text(f: _Flag) -> str:
 
 def _one_line(err: BaseException) -> str:
     text = str(err) or type(err).__name__
-    if isinstance(err, (FileNotFoundError, PermissionError)) and err.filename and \
-            str(err.filename) not in text:
+    if isinstance(err, OSError) and err.filename and str(err.filename) not in text:
         text = f"{text}: {err.filename}"
     return " ".join(text.split())
 

@@ -11,6 +11,7 @@ over crops); --raw feeds an array as given. For WFDB input, Y.records.txt lists 
 each row ("ID#k" for window k when the data path cuts records into windows; unreadable
 records are skipped and counted).
 """
+import io
 import os
 
 import numpy as np
@@ -77,10 +78,9 @@ def main(args) -> None:
     if not len(out["outputs"]):
         raise command.CommandError(f"--input={args.input}: no ECG could be read "
                                    f"({out['skipped'].total} skipped); nothing written")
-    def save(tmp):
-        with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to tmp
-            np.save(f, out["outputs"])
-    files.write_atomic(args.out, save)
+    npy = io.BytesIO()  # written by Python, not by numpy's C writer, so that a full disk is
+    np.save(npy, out["outputs"])  # an OSError with its errno ("No space left on device")
+    files.write_bytes_atomic(args.out, npy.getvalue())
     if records is not None:
         files.write_text_atomic(side, "\n".join(embed.row_name(records, r, w) for r, w in
                                                 zip(out["record"], out["window"])) + "\n")

@@ -15,7 +15,7 @@ def add(cmd: command.Command) -> None:
     cmd.string("model_size", "tiny", "SiT size for --checkpoint=random (tiny/small/base/large).")
     cmd.string("layout", "wfdb_folder", "Dataset layout: wfdb_folder, ptbxl, manifest, code15, "
                "mimic_iv_ecg or numpy.")
-    cmd.string("root", None, "Dataset folder (or the manifest CSV); not needed with --cache_dir.")
+    cmd.string("root", None, "Dataset folder (or the manifest CSV); not with --cache_dir.")
     cmd.string("label_set", "superclass", "ptbxl layout: label set (superclass, subclass, "
                "diagnostic, form, rhythm, all).")
     cmd.multi_string("layout_option", [], "A layout keyword argument KEY=VALUE (repeatable), e.g. "
@@ -52,6 +52,9 @@ def settings(args) -> dict:
     """The shared flags as the settings dict the evaluation library reads (and reports)."""
     if not args.cache_dir and not args.root:
         raise command.CommandError("--root (the dataset folder) or --cache_dir is required")
+    if args.cache_dir and args.root:
+        raise command.CommandError(f"--root={args.root} and --cache_dir={args.cache_dir}: give "
+                                   "one (the cache's records replace the dataset folder's)")
     options = {"label_set": args.label_set} if args.layout == "ptbxl" else {}
     options.update(command.parse_key_values(args.layout_option, flag="layout_option"))
     try:

@@ -45,8 +45,12 @@ def main(args) -> None:
         raise command.CommandError("--topology and --num_devices only go with --dry_run")
     if args.topology and args.num_devices:
         raise command.CommandError("give --topology or --num_devices, not both")
+    # Here, as every import below: --help answers without importing JAX.
+    from crema_jax import config as config_lib
+
+    config_lib.validate(config)  # before the workdir or a backend is touched
     if args.dry_run and (args.topology or args.num_devices):
-        import jax  # here, as every import below: --help answers without importing JAX
+        import jax
         # Before any backend starts: the machine's own devices are CPUs here; libtpu (when
         # installed) only describes and compiles for the slice, it never opens a TPU.
         jax.config.update("jax_platforms", "cpu")
@@ -94,6 +98,10 @@ def main(args) -> None:
         return
 
     evaluators.check_names(config)
+    if not args.verbose:
+        from crema_jax.runtime import checkpoint
+
+        checkpoint.quiet_background_save_errors()
     try:
         result = trainer.train(config, args.workdir, evaluators=evaluators.build,
                                drill=hooks.FaultDrill.from_env())

@@ -14,7 +14,12 @@ as a JSON-safe dict: reading it onto today's defaults is crema_jax.config.from_s
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
+import re
+import sys
 from typing import Any
 
 import jax
@@ -118,6 +123,109 @@ def _replicated_like(tree):
     return None
 
 
+class CheckpointSaveError(OSError):
+    """A checkpoint save failed; the message names the step, its path and the cause."""
+
+
+class SaveWatch:
+    """Whether the saves a run started were written. Orbax writes asynchronously and reports a
+    failure only when asked, so the train loop asks before every step it dispatches (`poll`,
+    which never waits) and waits for a save to end before starting the next one and at the
+    end (`wait`): a failed save (a full disk) stops the run within a step of its failure, not
+    one checkpoint interval later, and the last complete step stays the one a rerun resumes."""
+
+    def __init__(self, manager: ocp.CheckpointManager, last_complete: int | None):
+        self.manager = manager
+        self.last_complete = last_complete
+        self.pending: int | None = None
+
+    def save(self, step: int, **state) -> None:
+        """save_train_state(step, **state), after the previous save is known to be written."""
+        self.wait()
+        self.pending = step
+        try:
+            save_train_state(self.manager, step, **state)
+        except Exception as err:  # noqa: BLE001 - whatever the writer raised, named once
+            raise self._failure(step, err) from None
+
+    def poll(self) -> None:
+        """Raise CheckpointSaveError if a save has failed; never waits for a running one."""
+        if self.pending is not None and not self.manager.is_saving_in_progress():
+            self.wait()
+
+    def wait(self) -> None:
+        """Wait for the running save; CheckpointSaveError if it failed."""
+        if self.pending is None:
+            return
+        step, self.pending = self.pending, None
+        try:
+            self.manager.check_for_errors()
+            self.manager.wait_until_finished()
+        except Exception as err:  # noqa: BLE001 - see save
+            raise self._failure(step, err) from None
+        self.last_complete = step
+
+    def _failure(self, step: int, err: BaseException) -> CheckpointSaveError:
+        path = epath.Path(self.manager.directory)
+        kept = (f"step {self.last_complete} is the last complete checkpoint; a rerun resumes "
+                "from it" if self.last_complete is not None else
+                "no complete checkpoint was written; a rerun starts over")
+        return CheckpointSaveError(f"saving checkpoint step {step} to {path / str(step)} "
+                                   f"failed: {_cause(err)}; {kept}")
+
+
+def _cause(err: BaseException) -> str:
+    """The OS's account of the failure when the message carries one (TensorStore writes
+    "... [os_error_code='28']" for a full disk), else the innermost error's message; one line."""
+    seen = set()
+    while id(err) not in seen:
+        seen.add(id(err))
+        inner = err.__cause__ or err.__context__
+        if inner is None:
+            break
+        err = inner
+    text = " ".join((str(err) or type(err).__name__).split())
+    code = re.search(r"os_error_code='?(\d+)", text)
+    if isinstance(err, OSError) and err.errno:
+        return f"{err.strerror or os.strerror(err.errno)} (errno {err.errno})"
+    if code:
+        return f"{os.strerror(int(code.group(1)))} (errno {code.group(1)})"
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def quiet_background_save_errors() -> None:
+    """A failed save is reported once, by SaveWatch: Orbax's own error logs of it (a traceback
+    per background thread) and the "Event loop is closed" tracebacks TensorStore's late
+    callbacks print once Orbax has closed the save's event loop are dropped. For this process
+    from now on (the callbacks outlive the run); `--verbose` keeps them."""
+    logging.getLogger("absl").addFilter(_drop_orbax_errors)
+    previous = sys.unraisablehook
+
+    def unraisablehook(unraisable):
+        value = unraisable.exc_value
+        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+            previous(unraisable)
+    sys.unraisablehook = unraisablehook
+
+
+@contextlib.contextmanager
+def _absl_quiet(message_start: str):
+    """Absl log records starting with `message_start` dropped inside the block."""
+    def drop(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(message_start)
+    logger = logging.getLogger("absl")
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
+def _drop_orbax_errors(record: logging.LogRecord) -> bool:
+    return not (record.levelno >= logging.ERROR and
+                f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
+
+
 # ------------------------------------------------------------------------------------------------
 # Model-only checkpoints (import-torch writes them; probe, finetune, embed read any checkpoint).
 # ------------------------------------------------------------------------------------------------
@@ -141,14 +249,18 @@ def load_model_checkpoint(path) -> tuple[dict, dict, int]:
     arrays come back to host memory, the caller places them.
     """
     root, step = resolve_checkpoint(path)
-    with ocp.CheckpointManager(
+    # read_only makes Orbax warn "Given directory is read only" on every read: it is meant.
+    with _absl_quiet("Given directory is read only"), ocp.CheckpointManager(
             root,
-            # Handlers for the training-only items too, so Orbax does not warn that it found them.
+            # Handlers for the training-only items too, so Orbax does not warn that it found them
+            # (data_iter: Grain's state is JSON; never read here, so Grain need not be loaded).
             item_handlers={"params": ocp.PyTreeCheckpointHandler(),
                            "config": ocp.JsonCheckpointHandler(),
                            "opt_state": ocp.StandardCheckpointHandler(),
-                           "rng": ocp.StandardCheckpointHandler()},
-            options=ocp.CheckpointManagerOptions(create=False, read_only=True)) as manager:
+                           "rng": ocp.StandardCheckpointHandler(),
+                           "data_iter": ocp.JsonCheckpointHandler()},
+            options=ocp.CheckpointManagerOptions(create=False, read_only=True,
+                                                 save_interval_steps=0)) as manager:
         meta = manager.item_metadata(step)["params"]
         restore_args = jax.tree.map(
             lambda _: ocp.RestoreArgs(restore_type=np.ndarray), _metadata_tree(meta))

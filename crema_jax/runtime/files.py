@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import stat
 import tempfile
 from typing import Any, Callable, Iterable
 
@@ -27,6 +28,20 @@ class OutputError(ValueError):
 
 def _real(path) -> str:
     return os.path.realpath(os.fspath(path))
+
+
+def special_kind(path) -> str | None:
+    """"a FIFO", "a character device", ... for a special file at `path` (not followed if a link),
+    None for a regular file, a folder, a link or nothing. Never opens it (a FIFO would block)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return None
 
 
 def same_file(a, b) -> bool:
@@ -53,6 +68,9 @@ def check_output_file(path, *, inputs: Iterable = (), flag: str = "--out",
         raise OutputError(f"{flag}={path}: a folder; expected a file name")
     if os.path.islink(path):
         raise OutputError(f"{flag}={path}: a symbolic link; name a plain file")
+    kind = special_kind(path)
+    if kind:
+        raise OutputError(f"{flag}={path}: {kind}, not a regular file; name a plain file")
     if os.path.exists(path) and not overwrite and not (owned and owned(path)):
         raise OutputError(f"{flag}={path}: the file exists; choose a new name or pass --overwrite")
     parent = os.path.dirname(os.path.abspath(path))
@@ -87,6 +105,9 @@ def check_output_dir(path, *, marker, flag: str, inputs: Iterable = (),
         for m in ours:
             if (path / m).is_symlink():
                 raise OutputError(f"{flag}={path}: {m} is a symbolic link")
+            if special_kind(path / m):
+                raise OutputError(f"{flag}={path}: {m} is {special_kind(path / m)}, not a "
+                                  "regular file")
     existing = next((p for p in (path, *path.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
         raise OutputError(f"{flag}={path}: {existing} is a file, not a folder")
@@ -105,18 +126,25 @@ def write_atomic(path, write: Callable[[str], Any]) -> None:
     """write(temporary path) then rename it to `path` (see the module docstring)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
-                               suffix=f".{os.getpid()}.tmp")
-    os.close(fd)
+    tmp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
+                                   suffix=f".{os.getpid()}.tmp")
+        os.close(fd)
         write(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result is an ordinary file
         os.replace(tmp, path)
+    except OSError as err:  # a full disk, a read-only folder: name the output, not the temp
+        if err.filename == path:
+            raise
+        if err.errno is None:  # e.g. numpy's "N requested and M written"
+            raise OSError(f"cannot write {path}: {err}") from None
+        raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}") from None
     finally:
-        if os.path.lexists(tmp):
+        if tmp is not None and os.path.lexists(tmp):
             os.remove(tmp)
 
 

@@ -6,8 +6,10 @@ Orbax writes every step into a temporary directory and renames it on commit (on 
 which cannot rename, it writes commit markers), so a step that a `kill -9` interrupted never
 looks complete: `latest_step` and `resolve_checkpoint` only see committed steps.
 
-- `prepare_workdir` moves a step dir left incomplete by a crash aside (`<step>.incomplete-TIME`),
-  so that a rerun can write that step again, and refuses to start over on a workdir with
+- `prepare_workdir` moves a step left incomplete by a crash or a failed save aside as
+  `<step>.incomplete-TIME` (Orbax's `<step>.orbax-checkpoint-tmp` dir; on object stores a
+  `<step>` dir without its commit markers), which Orbax would otherwise delete when the rerun
+  writes that step again, and refuses to start over on a workdir with
   checkpoints unless told to (then `checkpoints/` is moved to `checkpoints.replaced-TIME`);
 - a step that cannot be restored is moved aside as `<step>.damaged-TIME` by the trainer, which
   then resumes from the newest step that restores;
@@ -25,7 +27,10 @@ from etils import epath
 
 CHECKPOINTS_DIRNAME = "checkpoints"
 COMMIT_MARKER = "commit_success.txt"  # Orbax writes it last, on every file system.
-_STEP_DIR = re.compile(r"^\d+$")  # Orbax tmp dirs look like "5.orbax-checkpoint-tmp-1234".
+_STEP_DIR = re.compile(r"^\d+$")
+# Where Orbax writes a step before its commit renames it to "<step>"; a failed or killed save
+# leaves it, and Orbax deletes it when that step is saved again.
+_TMP_STEP_DIR = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -96,14 +101,15 @@ def latest_step(root) -> int | None:
     return max(steps) if steps else None
 
 
-def set_aside(path: epath.Path, why: str) -> epath.Path:
-    """Rename `path` to `<name>.<why>-<UTC time>` beside it (Orbax ignores such names); return
-    the new path. Nothing is deleted."""
+def set_aside(path: epath.Path, why: str, *, name: str | None = None) -> epath.Path:
+    """Rename `path` to `<name>.<why>-<UTC time>` beside it (Orbax ignores such names; `name`
+    defaults to the path's own); return the new path. Nothing is deleted."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target = path.parent / f"{path.name}.{why}-{stamp}"
+    name = path.name if name is None else name
+    target = path.parent / f"{name}.{why}-{stamp}"
     n = 1
     while target.exists():
-        target = path.parent / f"{path.name}.{why}-{stamp}-{n}"
+        target = path.parent / f"{name}.{why}-{stamp}-{n}"
         n += 1
     path.rename(target)
     return target
@@ -120,6 +126,12 @@ def prepare_workdir(workdir, *, resume: bool, overwrite: bool) -> list[str]:
             moved = set_aside(path, "incomplete")
             notes.append(f"checkpoint step {path.name} was left incomplete (a crash during its "
                          f"save); moved aside to {moved.name}")
+    for path in sorted(root.iterdir()) if root.is_dir() else ():
+        step = _TMP_STEP_DIR.match(path.name)
+        if step and path.is_dir():
+            moved = set_aside(path, "incomplete", name=step.group(1))
+            notes.append(f"checkpoint step {step.group(1)} was left incomplete (a crash or a "
+                         f"failed save); moved aside to {moved.name}")
     steps = complete_steps(root)
     if steps and not resume:
         if not overwrite:
@@ -148,8 +160,8 @@ class WorkdirLock:
 
     NAME = "crema_jax.lock"
 
-    def __init__(self, workdir, *, stale_seconds: float = 3600.0):
-        self.path = absolute_path(workdir) / self.NAME
+    def __init__(self, workdir, *, stale_seconds: float = 3600.0, name: str = NAME):
+        self.path = absolute_path(workdir) / name
         self.stale_seconds = float(stale_seconds)
         self.info = {"pid": os.getpid(), "host": socket.gethostname(),
                      "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import resource
 import signal
 
 import jax
@@ -83,18 +84,37 @@ class FaultDrill:
     nan_batch_at_step: the batch of this (1-based) step is all NaN, so its loss is, as a diverged
       step's would be (-1: off).
     step_delay_seconds: sleep after every step, so that a drill can kill the run mid-way.
+    full_disk_at_step: before the checkpoint of this step is written (earlier saves finished),
+      no file of the process may grow past `full_disk_bytes` any more (RLIMIT_FSIZE, with
+      SIGXFSZ ignored: the kernel fails such writes with EFBIG, as a full disk fails them with
+      ENOSPC), so that save fails in Orbax's background threads (-1: off).
     """
     nan_batch_at_step: int = -1
     step_delay_seconds: float = 0.0
+    full_disk_at_step: int = -1
+    full_disk_bytes: int = 0
 
     ENV_NAN = "CREMA_JAX_DRILL_NAN_BATCH_AT_STEP"
     ENV_DELAY = "CREMA_JAX_DRILL_STEP_DELAY_SECONDS"
+    ENV_FULL_DISK = "CREMA_JAX_DRILL_FULL_DISK_AT_STEP"
+    ENV_FULL_DISK_BYTES = "CREMA_JAX_DRILL_FULL_DISK_BYTES"
 
     @classmethod
     def from_env(cls, environ=None) -> "FaultDrill":
         environ = os.environ if environ is None else environ
         return cls(nan_batch_at_step=int(environ.get(cls.ENV_NAN, "-1")),
-                   step_delay_seconds=float(environ.get(cls.ENV_DELAY, "0")))
+                   step_delay_seconds=float(environ.get(cls.ENV_DELAY, "0")),
+                   full_disk_at_step=int(environ.get(cls.ENV_FULL_DISK, "-1")),
+                   full_disk_bytes=int(environ.get(cls.ENV_FULL_DISK_BYTES, "0")))
+
+    def before_save(self, step: int, manager) -> None:
+        """Called before the checkpoint of `step` is started."""
+        if step != self.full_disk_at_step:
+            return
+        manager.wait_until_finished()
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.full_disk_bytes, hard))
 
     def batch(self, step: int, batch: dict) -> dict:
         """`batch` as step `step` (1-based) trains on it."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 
 import jax
@@ -36,9 +37,13 @@ class MetricWriter:
     """WORKDIR/metrics.jsonl (one object per logged step) + TensorBoard events, on process 0.
 
     The JSONL file is appended to, so a resumed run continues it; each line carries its step.
+    A run resumed from step `resume_step` redoes the steps after it, so their rows of the run
+    before (and a line a crash cut short) move to WORKDIR/metrics.superseded.jsonl first: every
+    step has one row in metrics.jsonl, and nothing is lost.
     """
 
-    def __init__(self, workdir, *, enabled: bool | None = None, tensorboard: bool = True):
+    def __init__(self, workdir, *, enabled: bool | None = None, tensorboard: bool = True,
+                 resume_step: int | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self._jsonl = None
         self._tb = None
@@ -46,7 +51,10 @@ class MetricWriter:
             return
         workdir = epath.Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = (workdir / "metrics.jsonl").open("a")
+        if resume_step is not None:
+            supersede_rows_after(workdir / "metrics.jsonl", resume_step)
+        self._jsonl_path = workdir / "metrics.jsonl"
+        self._jsonl = self._jsonl_path.open("a")
         if tensorboard:
             from tensorboardX import SummaryWriter  # only when asked for: it loads protobuf
             self._tb = SummaryWriter(logdir=str(workdir / "tensorboard"))
@@ -56,8 +64,12 @@ class MetricWriter:
             return
         row = {"step": int(step)}
         row.update({k: _plain(v) for k, v in metrics.items()})
-        self._jsonl.write(json.dumps(row) + "\n")
-        self._jsonl.flush()
+        try:
+            self._jsonl.write(json.dumps(row) + "\n")
+            self._jsonl.flush()
+        except OSError as err:  # a full disk: the one-line report names the file
+            raise OSError(err.errno, f"cannot write {self._jsonl_path}: "
+                                     f"{err.strerror or err}") from None
         if self._tb is not None:
             for k, v in row.items():
                 if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
@@ -74,6 +86,31 @@ class MetricWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+SUPERSEDED_NAME = "metrics.superseded.jsonl"
+
+
+def supersede_rows_after(path: epath.Path, step: int) -> int:
+    """Move the rows of `path` (metrics.jsonl) logged after `step`, and any line that is not a
+    row, to metrics.superseded.jsonl beside it (appended); returns how many moved."""
+    if not path.exists():
+        return 0
+    keep, later = [], []
+    for line in path.read_text().splitlines():
+        try:
+            row_step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            row_step = None
+        (keep if isinstance(row_step, int) and row_step <= step else later).append(line)
+    if not later:
+        return 0
+    with (path.parent / SUPERSEDED_NAME).open("a") as f:
+        f.write("".join(line + "\n" for line in later))
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    tmp.write_text("".join(line + "\n" for line in keep))
+    tmp.replace(path)   # one step: a crash leaves the old rows or the new ones
+    return len(later)
 
 
 def _plain(v):

@@ -310,12 +310,13 @@ class _Loop:
         self.config, self.workdir, self.setup, self.compiled = config, workdir, setup, compiled
         self.state, self.rng, self.manager = start.state, start.rng, start.manager
         self.step, self.start = start.step, start.step
-        self.last_saved = start.step if start.step else None
+        self.saves = ckpt_lib.SaveWatch(self.manager, start.step if start.step else None)
         self.evals, self.lock, self.drill, self.grain_iter = evals, lock, drill, grain_iter
         self.flops, self.peak = flops, peak
         self.losses, self.eval_rows, self.pending = {}, {}, None
         self.clock = {"done": time.perf_counter(), "ema": None}
-        self.writer = progress.MetricWriter(workdir, tensorboard=bool(config.train.tensorboard))
+        self.writer = progress.MetricWriter(workdir, tensorboard=bool(config.train.tensorboard),
+                                            resume_step=start.step)
         self.profile = hooks.Profile(config.train.profile_steps, workdir)
         self.preemption = hooks.PreemptionWatch()
 
@@ -323,6 +324,7 @@ class _Loop:
         num_steps, cfg = int(self.config.train.num_steps), self.config
         stop_after, every_eval = int(cfg.train.stop_after_steps), int(cfg.evals.every_steps)
         while self.step < num_steps:
+            self.saves.poll()
             t0 = time.perf_counter()
             local = self.drill.batch(self.step + 1, next(data_iter))
             data_wait = time.perf_counter() - t0
@@ -365,9 +367,10 @@ class _Loop:
         self.clock["ema"] = dt if ema is None else 0.9 * ema + 0.1 * dt
         loss = float(host["loss"])
         if not np.isfinite(loss):
+            self.saves.wait()  # the message names the last checkpoint known to be written
             raise NonFiniteLossError(
                 f"loss became {loss} at step {done_step}; stopped without saving this state "
-                f"(last good checkpoint: step {self.last_saved} in "
+                f"(last good checkpoint: step {self.saves.last_complete} in "
                 f"{workdir_lib.checkpoints_dir(self.workdir)})")
         self.losses[done_step] = loss
         row = {k: float(v) for k, v in host.items()}
@@ -392,16 +395,17 @@ class _Loop:
             progress.print_line(f"step {self.step} eval: {evaluator.summary(row)}")
 
     def save(self) -> None:
-        ckpt_lib.save_train_state(
-            self.manager, self.step,
-            params=trees.merge(self.state["params"], self.state["fixed"]),
+        self.drill.before_save(self.step, self.manager)
+        self.saves.save(
+            self.step, params=trees.merge(self.state["params"], self.state["fixed"]),
             opt_state=self.state["opt_state"], rng=self.rng, config=self.config,
             data_iter=self.grain_iter)
-        self.last_saved = self.step
 
     def close(self) -> None:
         self.profile.stop()
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.saves.wait()
+        finally:
+            self.manager.close()
         self.writer.close()
         self.preemption.restore()

@@ -28,10 +28,11 @@ TINY_CLI_OVERRIDES = (
 
 
 def start_cli(workdir, *extra, num_devices=1, cache_dir=None, step_delay_seconds=0.0,
-              **popen_kwargs):
+              env_extra=None, **popen_kwargs):
     """A `crema-jax pretrain` process on the tiny config; step_delay_seconds > 0 slows every
-    step (the fault drill a kill or preemption test needs, train/hooks.py FaultDrill)."""
-    env = cli_env(num_devices)
+    step (the fault drill a kill or preemption test needs, train/hooks.py FaultDrill);
+    env_extra: more environment variables (other drills). stderr joins stdout unless given."""
+    env = {**cli_env(num_devices), **(env_extra or {})}
     if step_delay_seconds:
         env[FaultDrill.ENV_DELAY] = str(step_delay_seconds)
     args = [sys.executable, "-m", "crema_jax.main", "pretrain",
@@ -39,6 +40,6 @@ def start_cli(workdir, *extra, num_devices=1, cache_dir=None, step_delay_seconds
             *TINY_CLI_OVERRIDES, *extra]
     if cache_dir:
         args.append(f"--config.train.compilation_cache_dir={cache_dir}")
-    return subprocess.Popen(args, env=env, cwd=str(REPO),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    popen_kwargs.setdefault("stderr", subprocess.STDOUT)
+    return subprocess.Popen(args, env=env, cwd=str(REPO), stdout=subprocess.PIPE, text=True,
                             **popen_kwargs)

@@ -1,5 +1,7 @@
 """FLOPs from XLA, the peak table, MFU arithmetic and the metric files."""
 import json
+import resource
+import signal
 import types
 
 import jax
@@ -44,6 +46,38 @@ def test_metric_writer_jsonl_and_tensorboard(tmp_path):
                     {"step": 2, "loss": 1.25, "learning/lr": 0.2}]
     events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+
+
+def test_a_resumed_writer_supersedes_the_rows_it_redoes(tmp_path):
+    """A run killed after logging step 3 (its last line cut short) resumes from step 2: rows 3 and
+    the torn line move to metrics.superseded.jsonl, row 3 is logged once more."""
+    lines = ['{"step": 1, "loss": 1.0}', '{"step": 2, "loss": 0.5}', '{"step": 3, "loss": 0.25}',
+             '{"step": 4, "lo']
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    writer = progress.MetricWriter(tmp_path, enabled=True, tensorboard=False, resume_step=2)
+    writer.write(3, {"loss": 0.25})
+    writer.close()
+    assert (tmp_path / "metrics.jsonl").read_text().splitlines() == [
+        lines[0], lines[1], '{"step": 3, "loss": 0.25}']
+    assert (tmp_path / "metrics.superseded.jsonl").read_text().splitlines() == lines[2:]
+    assert not list(tmp_path.glob(".*"))
+
+
+def test_a_full_disk_under_the_metric_writer_names_the_file(tmp_path):
+    """The full disk is RLIMIT_FSIZE with SIGXFSZ ignored: the kernel fails the write past 64
+    bytes with EFBIG, as a full disk fails it with ENOSPC."""
+    writer = progress.MetricWriter(tmp_path, enabled=True, tensorboard=False)
+    previous_signal = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    previous_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64, previous_limit[1]))
+    try:
+        with pytest.raises(OSError) as err:
+            writer.write(1, {"loss": 1.0, "learning/lr": 0.1, "perf/step_time_seconds": 0.5})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, previous_limit)
+        signal.signal(signal.SIGXFSZ, previous_signal)
+    assert str(err.value) == f"[Errno 27] cannot write {tmp_path / 'metrics.jsonl'}: File too large"
+    writer.close()
 
 
 def test_progress_line_has_loss_terms_and_eta():

@@ -22,6 +22,7 @@ import concurrent.futures
 import dataclasses
 import hashlib
 import json
+import math
 import multiprocessing
 import os
 import sys
@@ -34,7 +35,7 @@ from crema_jax.data.cache.shard_writer import build_shard
 from crema_jax.data.index import registry
 from crema_jax.data.index.dataset_index import DatasetIndex
 from crema_jax.data.signal.preprocess import stage_config
-from crema_jax.runtime import files
+from crema_jax.runtime import files, workdir
 
 
 class PrepareError(ValueError):
@@ -200,7 +201,26 @@ def prepare(*, layout: str, root: str, out: str, layout_options: dict | None = N
                  target_fs=target_fs, preprocess=preprocess, dtype=dtype,
                  records_per_shard=records_per_shard, num_hosts=num_hosts,
                  host_index=host_index, merge_only=merge_only)
-    _claim_output(plan, root, merge_only=merge_only, wait_s=wait_s, poll_s=poll_s)
+    lock = workdir.WorkdirLock(out, name=lock_name(host_index), stale_seconds=math.inf)
+    try:
+        _claim_output(plan, root, lock=lock, merge_only=merge_only, wait_s=wait_s,
+                      poll_s=poll_s)
+        return _prepare_claimed(plan, out, workers=workers, strict=strict,
+                                stop_after_shards=stop_after_shards, num_hosts=num_hosts,
+                                host_index=host_index, merge_only=merge_only, wait_s=wait_s,
+                                poll_s=poll_s)
+    finally:
+        lock.release()
+
+
+def lock_name(host_index: int) -> str:
+    """One writer per host in a cache folder: a second run of the same host on the same --out
+    stops, naming the first (runtime/workdir.WorkdirLock; a killed run's lock is taken over)."""
+    return f"crema_jax.prepare-host{host_index}.lock"
+
+
+def _prepare_claimed(plan, out, *, workers, strict, stop_after_shards, num_hosts, host_index,
+                     merge_only, wait_s, poll_s) -> dict:
     mine = plan.mine
     sidecars = {s: _load_sidecar(out, plan.names[s]) for s in mine}
     progress, stopped = _write_shards(plan, sidecars, workers=workers, strict=strict,
@@ -273,10 +293,10 @@ def _plan(*, layout, root, out, layout_options, target_fs, preprocess, dtype, re
         label=f" [host {host_index}/{num_hosts}]" if num_hosts > 1 else "")
 
 
-def _claim_output(plan: _Plan, root: str, *, merge_only: bool, wait_s: float,
+def _claim_output(plan: _Plan, root: str, *, lock, merge_only: bool, wait_s: float,
                   poll_s: float) -> None:
-    """The output folder checked, this host's crashed half-written files removed, and the
-    settings written (host 0) or checked against the ones there."""
+    """The output folder checked, this host's lock taken, its crashed half-written files
+    removed, and the settings written (host 0) or checked against the ones there."""
     out = plan.out
     # Host 0 owns settings.json (and the index); the other hosts wait for it, then check it.
     settings_path = os.path.join(out, record_format.SETTINGS_FILE)
@@ -286,8 +306,11 @@ def _claim_output(plan: _Plan, root: str, *, merge_only: bool, wait_s: float,
             raise PrepareError(f"{settings_path} did not appear within {wait_s:g} s: start host "
                                "0 (it writes the settings every host checks)")
     # New, empty, or a cache of ours (its settings.json): a user's own files are never touched.
-    files.check_output_dir(out, marker=record_format.SETTINGS_FILE, flag="--out", inputs=[root],
-                           create=not merge_only)
+    files.check_output_dir(out, marker=(record_format.SETTINGS_FILE, lock.path.name),
+                           flag="--out", inputs=[root], create=not merge_only)
+    note = lock.acquire()
+    if note:
+        print(f"prepare: {note}")
     own = [plan.names[s] + ext for s in plan.mine for ext in (".arrayrecord", ".json")]
     if plan.merges:
         own += [record_format.SETTINGS_FILE, record_format.INDEX_FILE, record_format.SUMMARY_FILE]
