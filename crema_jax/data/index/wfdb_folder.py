@@ -36,7 +36,7 @@ def _header_fields(text: str) -> dict:
 
 
 def _read_fields(hea: str):
-    """(header fields, None), or ({"labels": ()}, a BadRecord) for a header that is not a
+    """(header fields, None), or (empty fields, a BadRecord) for a header that is not a
     readable regular file of a header's size: skipped and counted when the record is read,
     never opened here if it could block (a FIFO) or never end (a device)."""
     try:
@@ -44,7 +44,8 @@ def _read_fields(hea: str):
     except (OSError, ValueError) as err:
         reason = ("not_a_regular_file" if isinstance(err, safe_files.NotRegularFileError)
                   else "missing_header")
-        return {"labels": ()}, BadRecord(reason, f"cannot read header {hea}: {err}")
+        return wfdb_header.parse_comments(()), BadRecord(reason, f"cannot read header {hea}: "
+                                                         f"{err}")
     return _header_fields(text), None
 
 
