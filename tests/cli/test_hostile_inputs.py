@@ -6,7 +6,6 @@ cache (`pretrain` stops in one line naming the shard, or skips and counts with t
 input and pre-existing file is unchanged (sha256)."""
 import json
 import os
-import pathlib
 import shutil
 
 import numpy as np

@@ -36,6 +36,7 @@ import dataclasses
 import math
 import os
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -179,9 +180,13 @@ class _Inflated:
     def values(self) -> np.ndarray:
         if self._values is None:
             nbytes = math.prod(self.shape) * self.dtype.itemsize
-            with zipfile.ZipFile(self.file) as archive, archive.open(self.info) as member:
-                _npy_header(member)
-                data = member.read(nbytes)
+            try:
+                with zipfile.ZipFile(self.file) as archive, archive.open(self.info) as member:
+                    _npy_header(member)
+                    data = member.read(nbytes)
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+                raise RecordError(self.file, "unreadable", f"{self.file}: member "
+                                  f"{self.info.filename} does not inflate: {err}") from None
             if len(data) < nbytes:
                 raise RecordError(self.file, "truncated_signal", f"{self.file}: member "
                                   f"{self.info.filename} holds {len(data)} of {nbytes} bytes")

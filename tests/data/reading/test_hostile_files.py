@@ -163,6 +163,25 @@ def test_npz_bomb_is_refused_from_its_header(tmp_path):
     assert hashes(tmp_path) == before
 
 
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_npz_records_read_as_numpy_loads_them(tmp_path, save, order):
+    """Stored members are memory-mapped and compressed ones inflated on first use, from their
+    own headers: every row equals np.load's."""
+    from crema_jax.data.reading import arrays
+    x = np.asarray(np.random.default_rng(0).standard_normal((3, 12, 700)), order=order)
+    save(tmp_path / "x.npz", a=x[:1], signals=x)
+    fmt = arrays.ArrayFormat(fs=500.0, leads=("I",) * 12, key="signals")
+    with np.load(tmp_path / "x.npz") as reference:
+        expected = reference["signals"]
+    assert arrays.array_shape(tmp_path / "x.npz", "signals") == (3, 12, 700)
+    mapped = isinstance(arrays._npz_member(str(tmp_path / "x.npz"), "signals"), np.memmap)
+    assert mapped == (save is np.savez)
+    for row in range(3):
+        stored = arrays._record_array(arrays.locator(tmp_path / "x.npz", row), fmt)
+        np.testing.assert_array_equal(np.asarray(stored), expected[row])
+
+
 def test_hdf5_exam_id_claiming_2e9_entries_is_not_loaded(tmp_path):
     """CODE-15%'s part with an `exam_id` of 2e9 int64 (16 GB) in a file of kilobytes: the
     shape is compared with the stored bytes from the metadata, and the part's exams (from
