@@ -184,9 +184,26 @@ def _check_announced_sizes(base: pathlib.Path, header: wfdb_header.Header) -> No
                                                                    need, max(size, 0)))
 
 
+def _check_segments(base: pathlib.Path, header: wfdb_header.Header) -> None:
+    """A multi-segment record's segment headers and their signal files checked as a record's
+    own are (kind, place, size) before wfdb opens any of them."""
+    for segment in dict.fromkeys(header.segments):
+        if segment == "~":
+            continue
+        if "/" in segment or segment in (".", ".."):
+            raise RecordError(base, "unsafe_signal_path", f"{base}.hea names segment "
+                              f"{segment!r}; only segments beside the header are read")
+        seg_base = base.parent / segment
+        seg_header = read_header(seg_base)
+        if seg_header.n_seg is None:
+            _check_signal_files(seg_base, seg_header)
+            _check_announced_sizes(seg_base, seg_header)
+
+
 def _read_wfdb(base: pathlib.Path, header: wfdb_header.Header):
     """(T, n_sig) physical values, lead names and units through wfdb.rdrecord."""
     _check_announced_sizes(base, header)
+    _check_segments(base, header)
     try:
         record = wfdb.rdrecord(str(base), physical=True, m2s=True, smooth_frames=True)
     except Exception as err:  # wfdb raises ValueError, IndexError, OSError, struct.error, ...

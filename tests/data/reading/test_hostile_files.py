@@ -91,6 +91,31 @@ def test_header_claiming_1e9_samples_is_truncated_before_allocating(tmp_path, fm
     assert hashes(tmp_path) == before
 
 
+def test_multi_segment_records_check_every_segment_before_wfdb_opens_it(tmp_path):
+    """A segment header that is a FIFO, a segment whose header claims 10^9 samples, a segment
+    named outside the folder: each a reasoned skip; an intact two-segment record reads."""
+    def multi(name: str, first: str, second: str = "seg_ok") -> None:
+        (tmp_path / f"{name}.hea").write_text(f"{name}/2 12 500 10000\n{first} 5000\n"
+                                              f"{second} 5000\n")
+    lines = _copy_record(tmp_path, "seg_ok").splitlines()
+    multi("good", "seg_ok")
+    os.mkfifo(tmp_path / "seg_fifo.hea")
+    multi("fifo", "seg_fifo")
+    _copy_record(tmp_path, "seg_huge")
+    record = lines[0].replace("seg_ok", "seg_huge").split()
+    record[3] = "1000000000"
+    (tmp_path / "seg_huge.hea").write_text("\n".join([" ".join(record), *[
+        line.replace("seg_ok", "seg_huge") for line in lines[1:]]]) + "\n")
+    multi("huge", "seg_huge")
+    multi("outside", "../elsewhere")
+    before = hashes(tmp_path)
+    reasons = _read_all("wfdb_folder", tmp_path)
+    assert {k: reasons[k] for k in ("good", "fifo", "huge", "outside")} == {
+        "good": None, "fifo": "not_a_regular_file", "huge": "truncated_signal",
+        "outside": "unsafe_signal_path"}
+    assert hashes(tmp_path) == before
+
+
 def test_special_files_named_like_per_record_npy_are_skipped_unopened(tmp_path):
     np.save(tmp_path / "good.npy", np.zeros((12, 5000), np.float32) + np.arange(5000) / 5000)
     os.mkfifo(tmp_path / "fifo.npy")
