@@ -175,3 +175,24 @@ def test_damaged_index_is_named_with_the_rebuild(cache, tmp_path, damage, fragme
     index = os.path.join(cache_dir, "index.json")
     for skip in (False, True):   # nothing says what a damaged index held: never skipped
         _refused(_read(cache_dir, skip=skip), index, fragment, f"--out={cache_dir}")
+
+
+@pytest.mark.parametrize("name", ["sidecar", "settings.json"])
+def test_prepare_rerun_names_a_damaged_sidecar_or_settings(cache, tmp_path, name):
+    """A rerun of `prepare` into a cache whose shard sidecar or settings.json was cut short:
+    one message naming the file and what to do, and no file changed."""
+    file = SHARDS[1].replace(".arrayrecord", ".json") if name == "sidecar" else name
+    def cut(copy):
+        text = (copy / file).read_text()
+        (copy / file).write_text(text[:len(text) // 2])
+    cache_dir = _damaged(cache, tmp_path, cut)
+    root = json.loads((cache / "settings.json").read_text())["root"]
+    before = hashes(cache_dir)
+    with pytest.raises(prepare.PrepareError) as error:
+        prepare.prepare(layout="wfdb_folder", root=root, out=cache_dir, workers=1,
+                        records_per_shard=PER_SHARD)
+    message = str(error.value)
+    assert message.startswith(f"{os.path.join(cache_dir, file)}: damaged (") and "\n" not in \
+        message, message
+    assert ("rerun prepare" if name == "sidecar" else "new --out") in message
+    assert hashes(cache_dir) == before
