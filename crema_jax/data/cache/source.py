@@ -29,6 +29,7 @@ DAMAGED = "damaged_cache_record"   # the skip reason
 _INDEX_KEYS = {"settings": dict, "label_names": list, "shards": list, "records": list}
 _SHARD_KEYS = ("file", "num_records")
 _RECORD_KEYS = ("record_id", "path", "labels", "split", "source", "shard", "position")
+_SETTINGS_KEYS = ("target_fs", "preprocess", "derive_limb_leads")  # what check_settings reads
 
 
 class DamagedCacheError(ValueError):
@@ -84,6 +85,15 @@ def _check_index(index, path: str) -> None:
             missing = [k for k in keys if not isinstance(row, dict) or k not in row]
             if missing:
                 raise _rebuild_index(path, f"{what} {i} lacks {missing}")
+    for i, shard in enumerate(index["shards"]):
+        name, count = shard["file"], shard["num_records"]
+        if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
+            raise _rebuild_index(path, f"shard {i} is {name!r}, expected a file name in the cache")
+        if type(count) is not int or count < 0:  # noqa: E721 - bool is no count
+            raise _rebuild_index(path, f"shard {i} holds {count!r} records, expected a count")
+    missing = [k for k in _SETTINGS_KEYS if k not in index["settings"]]
+    if missing:
+        raise _rebuild_index(path, f"its settings lack {missing}")
     files = {s["file"] for s in index["shards"]}
     for i, row in enumerate(index["records"]):
         if row["shard"] not in files:

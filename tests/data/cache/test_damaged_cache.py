@@ -166,7 +166,12 @@ def test_shard_replaced_by_a_fifo_is_named_without_opening_it(cache, tmp_path):
     (lambda text: json.dumps({**json.loads(text), "records": [
         {k: v for k, v in r.items() if k != "shard"} for r in json.loads(text)["records"]]}),
      "record 0 lacks ['shard']"),
-], ids=["truncated", "no_records", "record_without_shard"])
+    (lambda text: json.dumps({**json.loads(text), "shards": [
+        {**s, "file": "../" + s["file"]} for s in json.loads(text)["shards"]]}),
+     "shard 0 is '../shard-00000-of-00002.arrayrecord', expected a file name in the cache"),
+    (lambda text: json.dumps({**json.loads(text), "settings": {}}),
+     "its settings lack ['target_fs', 'preprocess', 'derive_limb_leads']"),
+], ids=["truncated", "no_records", "record_without_shard", "shard_outside", "no_settings"])
 def test_damaged_index_is_named_with_the_rebuild(cache, tmp_path, damage, fragment):
     def write(copy):
         path = copy / "index.json"
