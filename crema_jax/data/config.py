@@ -98,4 +98,8 @@ def default_data_config() -> ml_collections.ConfigDict:
     # --- bad records
     cfg.strict = False           # True: the first bad record raises, naming the file and problem.
     cfg.skip_log_dir = ""        # Worker processes append skip events here (SkipStats.from_log_dir).
+    # A damaged cache (a shard failing its checksum, truncated or missing; cache/source.py) stops
+    # the run, naming the file: a damaged record is never trained on. True: its records are
+    # skipped instead and counted as `damaged_cache_record` (e.g. to finish a run, then rebuild).
+    cfg.skip_damaged_cache_records = False
     return cfg

@@ -34,6 +34,7 @@ from crema_jax.data.cache import record_format
 from crema_jax.data.cache.shard_writer import build_shard
 from crema_jax.data.index import registry
 from crema_jax.data.index.dataset_index import DatasetIndex
+from crema_jax.data.reading import safe_files
 from crema_jax.data.signal.preprocess import stage_config
 from crema_jax.runtime import files, workdir
 
@@ -56,8 +57,7 @@ def _settings(index, opts: dict, preprocess_cfg) -> dict:
 def _check_or_write_settings(out: str, settings: dict, *, write: bool) -> None:
     path = os.path.join(out, record_format.SETTINGS_FILE)
     if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            old = json.load(f)
+        old = _read_json(path, "use a new --out folder", dict)
         changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
         if changed:
             raise PrepareError(f"{out} holds a cache built with other settings (changed: "
@@ -139,8 +139,25 @@ def _load_sidecar(out: str, name: str) -> dict | None:
     path = os.path.join(out, name + ".json")
     if not (os.path.isfile(path) and os.path.isfile(os.path.join(out, name + ".arrayrecord"))):
         return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    sidecar = _read_json(path, f"delete it and {name}.arrayrecord, then rerun prepare (it "
+                         "rewrites that shard)", dict)
+    if not all(isinstance(sidecar.get(k), t) for k, t in (("file", str), ("num_records", int),
+                                                          ("records", list), ("skipped", list))):
+        raise PrepareError(f"{path}: a shard sidecar without file, num_records, records and "
+                           f"skipped; delete it and {name}.arrayrecord, then rerun prepare")
+    return sidecar
+
+
+def _read_json(path: str, remedy: str, kind: type):
+    """A JSON file of the cache; PrepareError naming it (and `remedy`) when it is damaged."""
+    try:
+        value = json.loads(safe_files.read_text(path, encoding="utf-8"))
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError included
+        raise PrepareError(f"{path}: damaged ({err}); {remedy}") from None
+    if not isinstance(value, kind):
+        raise PrepareError(f"{path}: damaged (a {type(value).__name__}, expected a "
+                           f"{kind.__name__}); {remedy}")
+    return value
 
 
 def _skip_table(sidecars) -> dict:

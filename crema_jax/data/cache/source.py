@@ -1,6 +1,15 @@
 """Reading a prepared cache: its index (also as a layout's DatasetIndex), the check that it was
 built as the data path expects, and CacheSource, the Grain source over its records (file format:
-record_format.py)."""
+record_format.py).
+
+A damaged cache is named, never trained on. index.json that does not parse or lacks its keys,
+a shard listed but missing (or a FIFO, device, ...), a shard holding fewer records than its
+index says (a truncated file), and a record that fails its checksum (Riegeli's chunk hashes:
+a bit flip) or is not a crema_jax record raise DamagedCacheError, one line naming the file and
+what to do. With data.skip_damaged_cache_records, the records of a damaged shard and the records
+that fail to read are skipped instead, counted as `damaged_cache_record` like any bad record
+(pipeline/skips.py); a damaged index.json is never skipped: nothing says what it held.
+"""
 from __future__ import annotations
 
 import json
@@ -12,6 +21,32 @@ from array_record.python.array_record_module import ArrayRecordReader
 
 from crema_jax.data.cache.record_format import INDEX_FILE, decode_quantised
 from crema_jax.data.index.dataset_index import DatasetIndex, RecordInfo, multi_hot
+from crema_jax.data.reading import safe_files
+from crema_jax.data.reading.ecg import RecordError
+
+SKIP_FLAG = "--config.data.skip_damaged_cache_records=true"
+DAMAGED = "damaged_cache_record"   # the skip reason
+_INDEX_KEYS = {"settings": dict, "label_names": list, "shards": list, "records": list}
+_SHARD_KEYS = ("file", "num_records")
+_RECORD_KEYS = ("record_id", "path", "labels", "split", "source", "shard", "position")
+_SETTINGS_KEYS = ("target_fs", "preprocess", "derive_limb_leads")  # what check_settings reads
+
+
+class DamagedCacheError(ValueError):
+    """A cache file that fails its checks; the message names it and the ways on."""
+
+
+def _rebuild_index(path: str, problem: str) -> DamagedCacheError:
+    cache_dir = os.path.dirname(path)
+    return DamagedCacheError(f"{path}: {problem}; the cache index is damaged: rerun `crema-jax "
+                             f"prepare` with the same flags and --out={cache_dir} (it rebuilds "
+                             "index.json from the shards' sidecars)")
+
+
+def _damaged_shard(path: str, problem: str) -> str:
+    return (f"{path}: {problem}; the cache is damaged: delete this shard and its .json sidecar "
+            f"and rerun `crema-jax prepare` into the same --out (it rewrites missing shards), "
+            f"or set {SKIP_FLAG} to skip and count its records")
 
 
 def _require_local(cache_dir: str) -> None:
@@ -22,13 +57,52 @@ def _require_local(cache_dir: str) -> None:
 
 
 def load_index(cache_dir: str) -> dict:
+    """index.json, checked to hold every key a reader uses (DamagedCacheError otherwise)."""
     _require_local(cache_dir)
     path = os.path.join(cache_dir, INDEX_FILE)
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise FileNotFoundError(f"{path}: no cache index; build the cache with `crema-jax prepare "
                                 f"--out={cache_dir}` (an interrupted run writes it only at the end)")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        index = json.loads(safe_files.read_text(path, encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise _rebuild_index(path, f"does not read ({err})") from None
+    except json.JSONDecodeError as err:
+        raise _rebuild_index(path, f"not JSON ({err})") from None
+    _check_index(index, path)
+    return index
+
+
+def _check_index(index, path: str) -> None:
+    if not isinstance(index, dict):
+        raise _rebuild_index(path, f"holds a {type(index).__name__}, expected an object")
+    for key, kind in _INDEX_KEYS.items():
+        if not isinstance(index.get(key), kind):
+            raise _rebuild_index(path, f"no {key!r} {kind.__name__} (keys: {sorted(index)})")
+    for what, rows, keys in (("shard", index["shards"], _SHARD_KEYS),
+                             ("record", index["records"], _RECORD_KEYS)):
+        for i, row in enumerate(rows):
+            missing = [k for k in keys if not isinstance(row, dict) or k not in row]
+            if missing:
+                raise _rebuild_index(path, f"{what} {i} lacks {missing}")
+    for i, shard in enumerate(index["shards"]):
+        name, count = shard["file"], shard["num_records"]
+        if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
+            raise _rebuild_index(path, f"shard {i} is {name!r}, expected a file name in the cache")
+        if type(count) is not int or count < 0:  # noqa: E721 - bool is no count
+            raise _rebuild_index(path, f"shard {i} holds {count!r} records, expected a count")
+    missing = [k for k in _SETTINGS_KEYS if k not in index["settings"]]
+    if missing:
+        raise _rebuild_index(path, f"its settings lack {missing}")
+    files = {s["file"] for s in index["shards"]}
+    for i, row in enumerate(index["records"]):
+        if row["shard"] not in files:
+            raise _rebuild_index(path, f"record {i} is in shard {row['shard']!r}, which the "
+                                 "index does not list")
+        position = row["position"]
+        if type(position) is not int or position < 0:  # noqa: E721 - bool is no position
+            raise _rebuild_index(path, f"record {i} at position {position!r}, expected a "
+                                 "non-negative integer")
 
 
 def cache_index(cache_dir: str) -> DatasetIndex:
@@ -64,12 +138,15 @@ class CacheSource:
 
     Reads with one ArrayRecordReader per shard, opened lazily in each process (readers do not
     pickle): ~30 us per 60 kB record, against ~75 us through grain.sources.ArrayRecordDataSource
-    (its small file buffer and per-call bookkeeping; measured on the bench cache).
+    (its small file buffer and per-call bookkeeping; measured on the bench cache). A record is
+    read in `load`, where the pipeline names and counts bad records (transforms.ReadChunk);
+    `__getitem__` only says which record. Damage: the module docstring.
     """
 
     def __init__(self, cache_dir: str, *, split: str = "", expect_target_fs: float | None = None,
                  expect_preprocess: Any = "unchecked",
-                 expect_derive_limb_leads: bool | None = None):
+                 expect_derive_limb_leads: bool | None = None,
+                 skip_damaged_records: bool = False):
         _require_local(cache_dir)
         self.cache_dir = os.path.abspath(cache_dir)
         index = load_index(self.cache_dir)
@@ -77,16 +154,46 @@ class CacheSource:
                        target_fs=expect_target_fs, preprocess=expect_preprocess,
                        derive_limb_leads=expect_derive_limb_leads)
         self.split = split
+        self.skip_damaged = bool(skip_damaged_records)
         self.label_names = list(index["label_names"])
         self.shard_files = [os.path.join(self.cache_dir, s["file"]) for s in index["shards"]]
         shard_of = {s["file"]: i for i, s in enumerate(index["shards"])}
         self.records = [r for r in index["records"] if not split or r["split"] == split]
         self.shards = np.asarray([shard_of[r["shard"]] for r in self.records], np.int64)
-        self.positions = np.asarray([int(r["position"]) for r in self.records], np.int64)
+        self.positions = np.asarray([r["position"] for r in self.records], np.int64)
         self.labels = multi_hot([tuple(r["labels"]) for r in self.records], self.label_names)
         self.paths = [r["path"] for r in self.records]
         self.record_rows = np.arange(len(self.records), dtype=np.int64)
         self._readers: dict[int, Any] = {}
+        self.shard_damage = self._check_shards(index["shards"])
+
+    def _check_shards(self, shards: list) -> dict[int, str]:
+        """{shard: what is wrong} for the shards this source reads that are missing, not regular
+        files, or hold fewer records than the index says or than its records' positions need
+        (a truncated shard); raises on the first unless skip_damaged."""
+        damage = {}
+        needed = np.full(len(shards), -1, np.int64)
+        np.maximum.at(needed, self.shards, self.positions)
+        for shard in np.flatnonzero(needed >= 0):
+            path, listed = self.shard_files[shard], int(shards[shard]["num_records"])
+            kind = safe_files.special_kind(path)
+            if kind is not None or not os.path.isfile(path):
+                problem = f"is a {kind}, not a shard" if kind else "listed in the index, missing"
+            else:
+                try:
+                    held = self._reader(int(shard)).num_records()
+                except Exception as err:  # noqa: BLE001 - Riegeli raises RuntimeError, OSError
+                    held, problem = -1, f"does not open ({err})"
+                if held >= 0 and (held != listed or needed[shard] >= held):
+                    problem = (f"holds {held} records, the index lists {listed} (records up to "
+                               f"position {needed[shard]}): truncated or replaced")
+                elif held >= 0:
+                    continue
+            if not self.skip_damaged:
+                raise DamagedCacheError(_damaged_shard(path, problem))
+            damage[int(shard)] = f"{path}: {problem}"
+        self._readers.clear()  # opened here to check; each process opens its own
+        return damage
 
     def __getstate__(self):
         return {**self.__dict__, "_readers": {}}
@@ -115,12 +222,33 @@ class CacheSource:
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict:
-        data = self._reader(int(self.shards[index])).read([int(self.positions[index])])[0]
-        return {"index": np.int64(index), "path": self.paths[index], "labels": self.labels[index],
-                "data": data}
+        return {"index": np.int64(index), "path": self.paths[index], "labels": self.labels[index]}
 
     def __repr__(self) -> str:
         return f"CacheSource(dir={self.cache_dir!r}, split={self.split!r}, records={len(self)})"
 
+    def record_bytes(self, index: int) -> bytes:
+        """Record `index`'s stored bytes, checked (see `_read`)."""
+        return self._read(index)[0]
+
     def load(self, element: Mapping) -> dict:
-        return decode_quantised(element["data"])
+        return self._read(int(element["index"]))[1]
+
+    def _read(self, index: int) -> tuple[bytes, dict]:
+        """(stored bytes, decoded record) of record `index`, checked by Riegeli's hashes and the
+        record header; DamagedCacheError (or, skipping, RecordError damaged_cache_record)
+        naming the shard when either fails."""
+        shard, position = int(self.shards[index]), int(self.positions[index])
+        where = f"{self.shard_files[shard]}#{position}"
+        if shard in self.shard_damage:
+            raise RecordError(where, DAMAGED, f"{self.shard_damage[shard]} (record "
+                              f"{self.paths[index]})")
+        try:
+            data = self._reader(shard).read([position])[0]
+            return data, decode_quantised(data)
+        except Exception as err:  # noqa: BLE001 - Riegeli raises RuntimeError; decode ValueError
+            problem = f"record {position} ({self.paths[index]}) does not read: {err}"
+            if not self.skip_damaged:
+                raise DamagedCacheError(_damaged_shard(self.shard_files[shard], problem)) \
+                    from None
+            raise RecordError(where, DAMAGED, f"{self.shard_files[shard]}: {problem}") from None

@@ -25,17 +25,20 @@ import pathlib
 from crema_jax.data.index.dataset_index import (DatasetIndex, RecordInfo, parse_labels,
                                                 parse_split, vocabulary)
 from crema_jax.data.index.mimic_iv_ecg import ReportLabeller, label_map_rules
-from crema_jax.data.reading import clinical
+from crema_jax.data.reading import clinical, safe_files
 from crema_jax.data.reading.ecg import RecordError
 from crema_jax.data.reading.read import BadRecord
 
 
 def _files(root: pathlib.Path) -> list[str]:
+    """Every file below root (safe_files.walk: sorted, never into a symlinked folder) except
+    hidden ones, those in hidden folders, and the suffixes of tables and WFDB files."""
     out = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        out.extend(os.path.join(folder, f) for f in sorted(files)
-                   if not f.startswith(".") and not f.lower().endswith(clinical.NOT_ECG_SUFFIXES))
+    for path in safe_files.walk(root, ("",)):
+        parts = os.path.relpath(path, root).split(os.sep)
+        if not any(part.startswith(".") for part in parts) and \
+                not parts[-1].lower().endswith(clinical.NOT_ECG_SUFFIXES):
+            out.append(path)
     return out
 
 

@@ -46,7 +46,8 @@ import re
 from absl import logging
 
 from crema_jax.data.index.dataset_index import DatasetIndex, RecordInfo, hash_split, number
-from crema_jax.data.reading.arrays import ArrayFormat, locator
+from crema_jax.data.reading import safe_files
+from crema_jax.data.reading.arrays import ArrayFormat, hdf5_storage_problem, locator
 from crema_jax.data.reading.read import BadRecord
 
 CODE15_LABELS = ("1dAVb", "RBBB", "LBBB", "SB", "AF", "ST")
@@ -76,7 +77,7 @@ def _read_exams(path: pathlib.Path) -> dict[int, dict]:
     if not path.is_file():
         raise FileNotFoundError(f"code15 layout: expected {path} (CODE-15%'s exam table)")
     exams = {}
-    with open(path, newline="", encoding="utf-8") as f:
+    with safe_files.open_text(path, newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in _REQUIRED if c not in (reader.fieldnames or [])]
         if missing:
@@ -100,11 +101,19 @@ def _probe(part: pathlib.Path):
     """(exam ids of the part, None) or (None, BadRecord for all its exams)."""
     import h5py  # optional heavy import (HDF5's C library, ~0.1 s): this layout only
 
+    kind = safe_files.special_kind(part)
+    if kind is not None:   # never opened: a FIFO would block, a device never end
+        return None, BadRecord("not_a_regular_file", f"{part} is a {kind}, not a regular file")
     try:
         with h5py.File(part, "r") as f:
             if "exam_id" not in f or "tracings" not in f:
                 return None, BadRecord("unreadable", f"{part}: expected HDF5 datasets "
                                        f"'tracings' and 'exam_id', found {sorted(f)}")
+            # Shapes and sizes from the metadata before any data is read.
+            problem = hdf5_storage_problem(f["exam_id"])
+            if problem or f["exam_id"].ndim != 1:
+                return None, BadRecord("truncated_signal" if problem else "bad_shape",
+                                       f"{part}: {problem or 'exam_id is not one-dimensional'}")
             exam_ids = [int(e) for e in f["exam_id"][:]]
             shape = tuple(f["tracings"].shape)
     except OSError as err:

@@ -13,7 +13,6 @@ every process and Python version (no dependence on `hash()` randomisation).
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import os
 import pathlib
@@ -21,6 +20,8 @@ import re
 from typing import Sequence
 
 import numpy as np
+
+from crema_jax.data.reading import safe_files
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
@@ -147,16 +148,17 @@ def expand_records(spec: str) -> list[str]:
     """Records named on a command line, in a stable order, without extension: comma-separated
     paths ('a,b', with or without .hea/.mat/.dat), globs ('dir/*.hea', 'exports/*.xml') or
     folders (every .hea below them, sorted). A file of another kind (a hospital export) keeps its
-    extension. Duplicates are dropped; a pattern matching nothing is an error."""
+    extension. Folders are walked by safe_files.walk, globs expanded by safe_files.glob_paths:
+    neither enters a symlinked folder (no link loops). Duplicates are dropped; a pattern matching
+    nothing is an error."""
     out = []
     for item in (s.strip() for s in spec.split(",")):
         if not item:
             continue
         if os.path.isdir(item):
-            out += sorted(p[:-4] for p in glob.glob(os.path.join(item, "**", "*.hea"),
-                                                    recursive=True))
+            out += sorted(p[:-4] for p in safe_files.walk(item, (".hea",)))
         elif any(ch in item for ch in "*?["):
-            matches = sorted(glob.glob(item, recursive=True))
+            matches = safe_files.glob_paths(item)
             if not matches:
                 raise FileNotFoundError(f"{item}: the pattern matches no file")
             out += [_record_path(p) for p in matches

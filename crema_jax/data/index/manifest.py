@@ -8,6 +8,7 @@ import pathlib
 
 from crema_jax.data.index.dataset_index import (DatasetIndex, RecordInfo, infer_source,
                                                 parse_labels, parse_split, vocabulary)
+from crema_jax.data.reading import safe_files
 
 
 def manifest(root, *, csv_name: str = "manifest.csv", val_fraction: float = 0.1,
@@ -26,7 +27,7 @@ def manifest(root, *, csv_name: str = "manifest.csv", val_fraction: float = 0.1,
     if not csv_path.is_file():
         raise FileNotFoundError(f"manifest layout: expected a CSV file at {csv_path}")
     records = []
-    with open(csv_path, newline="", encoding="utf-8") as f:
+    with safe_files.open_text(csv_path, newline="") as f:
         reader = csv.DictReader(f)
         if "path" not in (reader.fieldnames or []):
             raise ValueError(f"{csv_path}: expected a 'path' column (optional: labels, split, "

@@ -31,6 +31,7 @@ import pathlib
 import re
 
 from crema_jax.data.index.dataset_index import DatasetIndex, RecordInfo, hash_split
+from crema_jax.data.reading import safe_files
 
 REPORT_COLUMNS = tuple(f"report_{k}" for k in range(18))
 # label -> (include, exclude). Names follow CODE-15%'s six where they overlap (code15.py).
@@ -89,7 +90,7 @@ def label_map_rules(spec: str, layout: str = "mimic_iv_ecg") -> dict | None:
     if not path.is_file():
         raise FileNotFoundError(f"{layout} label_map={spec!r}: expected '', 'default' or a "
                                 "JSON file {label: [keywords]}")
-    with open(path, encoding="utf-8") as f:
+    with safe_files.open_text(path) as f:
         raw = json.load(f)
     out = {}
     for label, rule in (raw.items() if isinstance(raw, dict) else ()):
@@ -113,7 +114,7 @@ def _reports(path: pathlib.Path) -> dict[str, tuple[str, ...]]:
     """study_id -> its non-empty report lines, from machine_measurements.csv."""
     if not path.is_file():
         return {}
-    with open(path, newline="", encoding="utf-8") as f:
+    with safe_files.open_text(path, newline="") as f:
         reader = csv.DictReader(f)
         if "study_id" not in (reader.fieldnames or []):
             raise ValueError(f"{path}: expected a study_id column and report_0..report_17, got "
@@ -143,7 +144,7 @@ def mimic_iv_ecg(root, *, label_map: str = "", drop_unlabelled: bool = False,
     reports = _reports(root / "machine_measurements.csv")
     real_root = os.path.realpath(root)
     records = []
-    with open(record_list, newline="", encoding="utf-8") as f:
+    with safe_files.open_text(record_list, newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in ("subject_id", "study_id", "path") if c not in
                    (reader.fieldnames or [])]

@@ -36,6 +36,7 @@ from crema_jax.data.index.dataset_index import (DatasetIndex, RecordInfo, parse_
                                                 parse_split, vocabulary)
 from crema_jax.data.reading import arrays
 from crema_jax.data.reading import leads as leads_lib
+from crema_jax.data.reading import safe_files
 from crema_jax.data.reading.ecg import UNIT_TO_MV, RecordError
 
 ORDERS = {"leads_samples": 1, "samples_leads": 0}   # -> arrays.ArrayFormat.time_axis
@@ -69,7 +70,7 @@ def _format(fs, leads, units, order, key) -> arrays.ArrayFormat:
 def _csv_rows(path: pathlib.Path | None) -> list[tuple[int, dict]] | None:
     if path is None:
         return None
-    with open(path, newline="", encoding="utf-8") as f:
+    with safe_files.open_text(path, newline="") as f:
         reader = csv.DictReader(f)
         rows = [(line, {k: (v or "").strip() for k, v in row.items() if k})
                 for line, row in enumerate(reader, start=2)]
@@ -108,7 +109,7 @@ def _array_records(file: pathlib.Path, fmt, table, csv_path):
 def _folder_records(folder: pathlib.Path, table, csv_path):
     """(file, record_id, cells, where) of each per-record .npy file."""
     if table is None:
-        files = sorted(folder.rglob("*.npy"))
+        files = sorted(pathlib.Path(f) for f in safe_files.walk(folder, (".npy",)))
         return [(f, f.stem, {}, str(f)) for f in files]
     out = []
     for line, cells in table:

@@ -10,12 +10,13 @@ import os
 import pathlib
 
 from crema_jax.data.index.dataset_index import DatasetIndex, RecordInfo, number, vocabulary
+from crema_jax.data.reading import safe_files
 
 PTBXL_LABEL_SETS = ("superclass", "subclass", "diagnostic", "form", "rhythm", "all")
 
 
 def _read_scp_statements(path: pathlib.Path) -> dict[str, dict]:
-    with open(path, newline="", encoding="utf-8") as f:
+    with safe_files.open_text(path, newline="") as f:
         reader = csv.reader(f)
         header = next(reader)
         rows = {}
@@ -80,7 +81,7 @@ def ptbxl(root, *, label_set: str = "superclass", sampling_rate: int = 500,
     statements = _read_scp_statements(scp)
     column = "filename_hr" if sampling_rate == 500 else "filename_lr"
     records = []
-    with open(database, newline="", encoding="utf-8") as f:
+    with safe_files.open_text(database, newline="") as f:
         for line, row in enumerate(csv.DictReader(f), start=2):
             try:
                 scp_codes = ast.literal_eval(row["scp_codes"])

@@ -11,7 +11,8 @@ import pathlib
 
 from crema_jax.data.index.dataset_index import (DatasetIndex, RecordInfo, hash_split,
                                                 infer_source, vocabulary)
-from crema_jax.data.reading import wfdb_header
+from crema_jax.data.reading import safe_files, wfdb_header, wfdb_records
+from crema_jax.data.reading.read import BadRecord
 
 
 def _header_fields(text: str) -> dict:
@@ -34,6 +35,20 @@ def _header_fields(text: str) -> dict:
     return meta
 
 
+def _read_fields(hea: str):
+    """(header fields, None), or (empty fields, a BadRecord) for a header that is not a
+    readable regular file of a header's size: skipped and counted when the record is read,
+    never opened here if it could block (a FIFO) or never end (a device)."""
+    try:
+        text = safe_files.read_text(hea, limit=wfdb_records.MAX_HEADER_BYTES)
+    except (OSError, ValueError) as err:
+        reason = ("not_a_regular_file" if isinstance(err, safe_files.NotRegularFileError)
+                  else "missing_header")
+        return wfdb_header.parse_comments(()), BadRecord(reason, f"cannot read header {hea}: "
+                                                         f"{err}")
+    return _header_fields(text), None
+
+
 def wfdb_folder(root, *, val_fraction: float = 0.1, test_fraction: float = 0.1,
                 label_names: list[str] | None = None, source: str | None = None) -> DatasetIndex:
     """Every WFDB record below `root`; see the module docstring.
@@ -44,15 +59,10 @@ def wfdb_folder(root, *, val_fraction: float = 0.1, test_fraction: float = 0.1,
     root = pathlib.Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"wfdb_folder layout: {root} is not a directory of WFDB records")
-    headers = []
-    for folder, dirs, files in os.walk(root):
-        dirs.sort()
-        headers.extend(os.path.join(folder, f) for f in sorted(files) if f.endswith(".hea"))
     records = []
-    for hea in headers:
-        with open(hea, encoding="latin-1") as f:
-            meta = _header_fields(f.read())
+    for hea in safe_files.walk(root, (".hea",)):
         base = hea[:-4]
+        meta, reader = _read_fields(hea)
         record_id = os.path.basename(base)
         folder_name = os.path.basename(os.path.dirname(hea)) if os.path.dirname(hea) != str(
             root) else ""
@@ -60,5 +70,5 @@ def wfdb_folder(root, *, val_fraction: float = 0.1, test_fraction: float = 0.1,
         records.append(RecordInfo(
             record_id=record_id, path=base, labels=labels,
             split=hash_split(record_id, val_fraction=val_fraction, test_fraction=test_fraction),
-            source=source or infer_source(record_id, folder_name), meta=meta))
+            source=source or infer_source(record_id, folder_name), meta=meta, reader=reader))
     return DatasetIndex(records, vocabulary(records, label_names), "wfdb_folder", str(root))

@@ -3,7 +3,9 @@
 Bad input never stops a run: `transforms.ReadChunk` catches `RecordError` (and any unexpected
 exception, wrapped with the record's path), counts it by reason in a `SkipStats` and drops the
 record from its chunk (`transforms.NonEmpty` then filters out chunks left empty); `strict=True`
-re-raises instead, naming the file and the problem. How counts are surfaced:
+re-raises instead, naming the file and the problem. A damaged cache (cache/source.py's
+DamagedCacheError) always stops the run, naming the shard, unless
+data.skip_damaged_cache_records makes it a `damaged_cache_record` skip. How counts are surfaced:
 - in-process (num_workers=0): the `SkipStats` passed to `make_*_dataset` holds exact counts;
 - worker processes: every skip is logged (absl warning, with path and reason) and, when
   `data.skip_log_dir` is set, appended as one JSON line to `<skip_log_dir>/skips-<pid>.jsonl`;

@@ -262,7 +262,9 @@ def _cache_source(data_cfg: Mapping, *, split: str = ""):
                              "(data.root) instead")
     return CacheSource(data_cfg["cache_dir"], split=split, expect_target_fs=data_cfg["target_fs"],
                        expect_preprocess=reading.preprocess,
-                       expect_derive_limb_leads=reading.derive_limb_leads)
+                       expect_derive_limb_leads=reading.derive_limb_leads,
+                       skip_damaged_records=bool(data_cfg.get("skip_damaged_cache_records",
+                                                              False)))
 
 
 def make_source(data_cfg: Mapping, *, split: str | None = None, records: Sequence | None = None,

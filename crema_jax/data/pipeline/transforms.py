@@ -9,6 +9,7 @@ from typing import Any, Mapping, Sequence
 import grain
 import numpy as np
 
+from crema_jax.data.cache.source import DamagedCacheError
 from crema_jax.data.pipeline import batch as batch_lib
 from crema_jax.data.pipeline import masking
 from crema_jax.data.pipeline.crops import CropGeometry
@@ -29,6 +30,8 @@ class ReadChunk(grain.transforms.Map):
             ref = self.source[int(index)]
             try:
                 element = self.source.load(ref)
+            except DamagedCacheError:
+                raise  # a damaged cache stops the run unless its source skips (cache/source.py)
             except RecordError as e:
                 if self.strict:
                     raise

@@ -14,23 +14,41 @@ A record that cannot be used raises RecordError, the message naming the file:
   bad_shape         not (records, samples, channels) / (samples, channels) with one channel per
                     stated lead (the shape found and the one expected are named)
   missing_row       ROW beyond the array's records
+  not_a_regular_file  a FIFO, device or socket (never opened: reading it could block or never end)
+  too_large         a compressed .npz member inflating beyond MAX_INFLATED_BYTES, or one HDF5
+                    record beyond MAX_RECORD_BYTES
   no_signal         nothing but zero padding, or every lead NaN (canonical_ecg's reasons follow)
 
+Shapes come from headers, never from loading an array: the .npy header, the .npz member's own
+.npy header (inflating only its first bytes), the HDF5 dataset's metadata. What a header claims
+is compared with what the file stores before anything is read: a .npy file or an unfiltered
+HDF5 dataset must hold every byte of its shape, a compressed one at most DEFLATE_MAX_RATIO times
+its stored bytes.
+
 Reads are lazy and per record: an HDF5 file stays open in each process and one row is read per
-record (h5py); a .npy array is memory-mapped; a .npz member (a zip entry, which cannot be
-mapped) is read whole, once per process -- use .npy for arrays larger than memory.
+record (h5py); a .npy array and an uncompressed .npz member (np.savez) are memory-mapped; a
+compressed member (np.savez_compressed) is inflated whole, once per process -- use .npy or
+np.savez for arrays larger than memory.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import zipfile
+import zlib
 
 import numpy as np
 
+from crema_jax.data.reading import safe_files
 from crema_jax.data.reading.ecg import RecordError, canonical_ecg
 
 HDF5_SUFFIXES = (".hdf5", ".h5", ".hdf")
+# DEFLATE (zip, HDF5 gzip) never compresses better than ~1032:1, so more than that many bytes per
+# stored byte is a header that lies (or a file cut short).
+DEFLATE_MAX_RATIO = 1032
+MAX_INFLATED_BYTES = 2 << 30   # a compressed .npz member inflated whole in each process
+MAX_RECORD_BYTES = 256 << 20   # one record: 12 leads x 2.8 M float64 samples (3 h at 250 Hz)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +95,7 @@ class _Hdf5Dataset:
     def __init__(self, file: str, key: str):
         import h5py  # optional heavy import (~0.1 s, HDF5's C library): HDF5 datasets only
 
+        _check_regular(file, file)
         try:
             self.handle = h5py.File(file, "r")
         except OSError as err:
@@ -89,9 +108,34 @@ class _Hdf5Dataset:
             raise RecordError(file, "unreadable", f"{file}: no HDF5 dataset {key!r} "
                               f"(it holds {names})")
         self.dataset = self.handle[key]
+        problem = hdf5_storage_problem(self.dataset)
+        if problem:
+            self.handle.close()
+            raise RecordError(file, "truncated_signal", f"{file}: {problem}")
 
     def close(self):
         self.handle.close()
+
+
+def _check_regular(path: str, file: str) -> None:
+    kind = safe_files.special_kind(file)
+    if kind is not None:
+        raise RecordError(path, "not_a_regular_file", f"{file} is a {kind}, not a regular "
+                          "file")
+
+
+def hdf5_storage_problem(dataset) -> str | None:
+    """Why an HDF5 dataset's shape cannot be what the file stores (None when it can): without
+    filters every byte must be stored; with filters at most DEFLATE_MAX_RATIO per stored byte
+    (metadata only: nothing is read)."""
+    nbytes = math.prod(dataset.shape or ()) * dataset.dtype.itemsize
+    stored = dataset.id.get_storage_size()
+    filtered = dataset.id.get_create_plist().get_nfilters() > 0
+    if nbytes <= (stored * DEFLATE_MAX_RATIO if filtered else stored):
+        return None
+    return (f"dataset {dataset.name} announces shape {tuple(dataset.shape)} {dataset.dtype} "
+            f"({nbytes} bytes), the file stores {stored} bytes of it"
+            f"{' compressed' if filtered else ''}")
 
 
 def _hdf5_dataset(file: str, key: str):
@@ -103,12 +147,11 @@ def _hdf5_dataset(file: str, key: str):
 def _npy_array(file: str):
     """A memory-mapped .npy array, after checking its header against the file's size."""
     try:
-        with open(file, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                      else np.lib.format.read_array_header_2_0)  # 3.0 differs in encoding only
-            shape, _, dtype = header(f)
+        with safe_files.open_regular(file) as f:
+            shape, dtype, _ = _npy_header(f)
             offset = f.tell()
+    except safe_files.NotRegularFileError as err:
+        raise RecordError(file, "not_a_regular_file", str(err)) from None
     except FileNotFoundError:
         raise RecordError(file, "missing_signal_file", f"{file} does not exist") \
             from None
@@ -118,7 +161,7 @@ def _npy_array(file: str):
     if dtype.hasobject:
         raise RecordError(file, "unreadable", f"{file} holds Python objects; expected a "
                           "numeric array (object arrays need unpickling: never done)")
-    need = offset + int(np.prod(shape)) * dtype.itemsize
+    need = offset + math.prod(shape) * dtype.itemsize
     if os.path.getsize(file) < need:
         raise RecordError(file, "truncated_signal", f"{file} is truncated: its header "
                           f"announces {shape} {dtype} ({need} bytes), the file holds "
@@ -126,20 +169,96 @@ def _npy_array(file: str):
     return np.load(file, mmap_mode="r", allow_pickle=False)
 
 
+class _Inflated:
+    """A compressed .npz member: shape and dtype from its header; inflated whole on the first
+    read of its values (once per process)."""
+
+    def __init__(self, file: str, info: zipfile.ZipInfo, shape, dtype, fortran: bool):
+        self.file, self.info, self.shape, self.dtype = file, info, shape, dtype
+        self.ndim, self.fortran, self._values = len(shape), fortran, None
+
+    def values(self) -> np.ndarray:
+        if self._values is None:
+            nbytes = math.prod(self.shape) * self.dtype.itemsize
+            try:
+                with zipfile.ZipFile(self.file) as archive, archive.open(self.info) as member:
+                    _npy_header(member)
+                    data = member.read(nbytes)
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+                raise RecordError(self.file, "unreadable", f"{self.file}: member "
+                                  f"{self.info.filename} does not inflate: {err}") from None
+            if len(data) < nbytes:
+                raise RecordError(self.file, "truncated_signal", f"{self.file}: member "
+                                  f"{self.info.filename} holds {len(data)} of {nbytes} bytes")
+            self._values = np.frombuffer(data, self.dtype).reshape(
+                self.shape, order="F" if self.fortran else "C")
+        return self._values
+
+    def __getitem__(self, item):
+        return self.values()[item]
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.values(), dtype)
+
+
 def _npz_member(file: str, key: str):
     def load():
+        _check_regular(file, file)
         try:
-            with np.load(file, allow_pickle=False) as npz:
-                names = list(npz.files)
+            with zipfile.ZipFile(file) as archive:
+                names = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
                 name = key or (names[0] if len(names) == 1 else "")
                 if name not in names:
                     raise RecordError(file, "unreadable", f"{file}: expected member "
                                       f"{key or '(the only one)'!r}, it holds {names}")
-                return npz[name]
+                info = archive.getinfo(name + ".npy")
+                with archive.open(info) as member:
+                    shape, dtype, fortran = _npy_header(member)
+                    header_size = member.tell()
         except (OSError, ValueError, zipfile.BadZipFile) as err:
             raise RecordError(file, "unreadable", f"{file}: not a readable .npz "
                               f"archive of numeric arrays: {err}") from None
+        return _npz_array(file, info, header_size, shape, dtype, fortran)
     return _cached(("npz", file, key), load)
+
+
+def _npz_array(file, info: zipfile.ZipInfo, header_size: int, shape, dtype, fortran):
+    """The member as a memory map (stored uncompressed) or an _Inflated (compressed), after
+    checking its header's shape against the member's sizes in the archive."""
+    if dtype.hasobject:
+        raise RecordError(file, "unreadable", f"{file} holds Python objects; expected a "
+                          "numeric array (object arrays need unpickling: never done)")
+    nbytes = math.prod(shape) * dtype.itemsize
+    what = f"{file}: member {info.filename} announces {shape} {dtype} ({nbytes} bytes)"
+    if info.file_size < header_size + nbytes:
+        raise RecordError(file, "truncated_signal", f"{what}, the archive holds "
+                          f"{info.file_size - header_size}")
+    if info.compress_type != zipfile.ZIP_STORED:
+        if info.file_size > info.compress_size * DEFLATE_MAX_RATIO:
+            raise RecordError(file, "truncated_signal", f"{what}, more than "
+                              f"{DEFLATE_MAX_RATIO}x its {info.compress_size} compressed bytes")
+        if nbytes > MAX_INFLATED_BYTES:
+            raise RecordError(file, "too_large", f"{what}, inflated in every process; store "
+                              "it with np.savez (uncompressed: memory-mapped) or as .npy")
+        return _Inflated(file, info, shape, dtype, fortran)
+    with open(file, "rb") as f:  # the local file header's name and extra field lengths
+        f.seek(info.header_offset + 26)
+        names_size = int.from_bytes(f.read(2), "little") + int.from_bytes(f.read(2), "little")
+    offset = info.header_offset + 30 + names_size + header_size
+    if os.path.getsize(file) < offset + nbytes:
+        raise RecordError(file, "truncated_signal", f"{what}, the file ends before")
+    if not nbytes:
+        return np.zeros(shape, dtype)
+    return np.memmap(file, dtype, "r", offset, shape, "F" if fortran else "C")
+
+
+def _npy_header(f):
+    """(shape, dtype, fortran order) of the .npy stream `f`, left at the data's first byte."""
+    version = np.lib.format.read_magic(f)
+    header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+              else np.lib.format.read_array_header_2_0)  # 3.0 differs in encoding only
+    shape, fortran, dtype = header(f)
+    return tuple(shape), dtype, fortran
 
 
 def _array_of(file: str, fmt: ArrayFormat):
@@ -179,6 +298,11 @@ def _record_array(path: str, fmt: ArrayFormat):
     array, file, row = checked_array(path, fmt)
     if row is None:
         return array
+    row_bytes = math.prod(array.shape[1:]) * array.dtype.itemsize
+    if row_bytes > MAX_RECORD_BYTES:
+        raise RecordError(path, "too_large", f"{file}: one record of shape "
+                          f"{tuple(array.shape[1:])} {array.dtype} is {row_bytes} bytes, "
+                          f"expected at most {MAX_RECORD_BYTES}")
     try:
         return array[row]
     except (OSError, ValueError) as err:

@@ -54,6 +54,7 @@ class Header:
     sig_len: int | None        # None when omitted (then implied by the signal file size).
     signals: tuple[SignalSpec, ...]
     comments: tuple[str, ...]  # Comment lines without the leading '#', stripped.
+    segments: tuple[str, ...] = ()  # A multi-segment record's segment names ("~": a gap).
 
 
 def _int(token: str, what: str, line: int) -> int:
@@ -127,8 +128,10 @@ def parse_header(text: str) -> Header:
     number, tokens = lines[0]
     name, n_seg, n_sig, fs, sig_len = _parse_record_line(tokens, number)
     if n_seg is not None:
-        # Multi-segment layouts are left to wfdb; only the record line is needed here.
-        return Header(name, n_seg, fs, sig_len, (), tuple(comments))
+        # Multi-segment layouts are left to wfdb; the segment names let the reader check each
+        # segment's files before wfdb opens them.
+        segments = tuple(t[0] for _, t in lines[1:1 + n_seg])
+        return Header(name, n_seg, fs, sig_len, (), tuple(comments), segments)
     if len(lines) - 1 < n_sig:
         raise HeaderError(f"record line announces {n_sig} signals but {len(lines) - 1} signal "
                           f"lines follow", lines[-1][0])

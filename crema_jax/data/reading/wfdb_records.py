@@ -14,7 +14,11 @@ canonical_ecg's reasons:
   unsafe_signal_path (a signal file outside the header's folder: "../..", absolute, a link out),
   truncated_signal (a signal file holding fewer bytes / samples than the header announces),
   unreadable (any other wfdb failure, for records on the wfdb path), bad_sampling_rate (fs
-  absent or outside `fs_range`).
+  absent or outside `fs_range`), not_a_regular_file (a header or signal file that is a FIFO,
+  device or socket: never opened, reading it could block or never end).
+Reads are bounded by the files' real sizes (safe_files.py): a header is read up to its size
+(and refused above MAX_HEADER_BYTES), and the bytes a header announces are compared with the
+signal files' sizes before anything is allocated.
 """
 from __future__ import annotations
 
@@ -24,11 +28,18 @@ import pathlib
 import numpy as np
 import wfdb
 
-from crema_jax.data.reading import wfdb_header
+from crema_jax.data.reading import safe_files, wfdb_header
 from crema_jax.data.reading.ecg import (Ecg, RecordError, Window, canonical_ecg,
                                         check_nan_policy)
 
 _EXTENSIONS = (".hea", ".mat", ".dat")
+# Headers are a few hundred bytes (a multi-segment one lists a line per segment); a "header" of
+# megabytes is not one, and is refused before it is read.
+MAX_HEADER_BYTES = 4 << 20
+# Stored bytes per sample of the formats whose size is fixed (FLAC 508/516/524 compress, so
+# their size says nothing in advance).
+_BYTES_PER_SAMPLE = {"8": 1.0, "80": 1.0, "16": 2.0, "61": 2.0, "160": 2.0, "24": 3.0,
+                     "32": 4.0, "212": 1.5, "310": 4 / 3, "311": 4 / 3}
 # fmt -> (numpy dtype of one stored sample, WFDB invalid-sample value after decoding).
 _FAST_FORMATS = {"16": ("<i2", -2**15), "61": (">i2", -2**15), "80": ("u1", -2**7),
                  "160": ("<u2", -2**15), "24": (None, -2**23), "32": ("<i4", -2**31),
@@ -45,9 +56,14 @@ def read_header(path) -> wfdb_header.Header:
     """Parses `<record>.hea`; RecordError missing_header / header_syntax."""
     hea = record_base(path).with_name(record_base(path).name + ".hea")
     try:
-        text = hea.read_text(encoding="latin-1")
+        text = safe_files.read_text(hea, limit=MAX_HEADER_BYTES)
+    except safe_files.NotRegularFileError as err:
+        raise RecordError(hea, "not_a_regular_file", f"cannot read header {hea}: {err}") \
+            from None
     except OSError as err:
         raise RecordError(hea, "missing_header", f"cannot read header {hea}: {err}") from None
+    except ValueError as err:
+        raise RecordError(hea, "header_syntax", f"{err}: not a WFDB header") from None
     try:
         return wfdb_header.parse_header(text)
     except wfdb_header.HeaderError as err:
@@ -95,23 +111,23 @@ def _read_fast(base: pathlib.Path, header: wfdb_header.Header) -> np.ndarray:
     by_file: dict[str, list[int]] = {}
     for ch, spec in enumerate(header.signals):
         by_file.setdefault(spec.file_name, []).append(ch)
+    for file_name, channels in by_file.items():
+        if any(header.signals[c].fmt != header.signals[channels[0]].fmt for c in channels):
+            raise RecordError(base, "header_syntax", f"{base}.hea: signals stored in {file_name} "
+                              "have different formats; WFDB requires one format per file")
+    _check_announced_sizes(base, header)  # before any allocation the header asks for
     out = None if len(by_file) == 1 else np.empty((len(header.signals), header.sig_len))
     for file_name, channels in by_file.items():
         spec = header.signals[channels[0]]
-        if any(header.signals[c].fmt != spec.fmt for c in channels):
-            raise RecordError(base, "header_syntax", f"{base}.hea: signals stored in {file_name} "
-                              "have different formats; WFDB requires one format per file")
         path = base.parent / file_name
         n = header.sig_len * len(channels)
         need = _nbytes(spec.fmt, n)
-        with open(path, "rb") as f:  # Read-only: never touch the user's files.
+        with _open_signal(base, path) as f:  # Read-only: never touch the user's files.
             f.seek(spec.byte_offset)
             raw = np.frombuffer(f.read(need), np.uint8)
-        if raw.size < need:
-            raise RecordError(path, "truncated_signal", (
-                f"{path} is truncated: the header announces {header.sig_len} samples x "
-                f"{len(channels)} signals in format {spec.fmt} ({need} bytes after offset "
-                f"{spec.byte_offset}), the file holds {raw.size}"))
+        if raw.size < need:  # the file shrank since its size was checked
+            raise RecordError(path, "truncated_signal", _truncated(path, header, spec, channels,
+                                                                   need, raw.size))
         digital = _decode(raw, spec.fmt, n).reshape(header.sig_len, len(channels)).T
         # In-place float64 steps on (channels, T) rows: numpy's mixed int/float broadcasting
         # over a 12-wide last axis costs ~8x more for the same values.
@@ -127,8 +143,67 @@ def _read_fast(base: pathlib.Path, header: wfdb_header.Header) -> np.ndarray:
     return out.T
 
 
+def _truncated(path, header, spec, channels, need: int, size: int) -> str:
+    return (f"{path} is truncated: the header announces {header.sig_len} samples x "
+            f"{len(channels)} signals in format {spec.fmt} ({need} bytes after offset "
+            f"{spec.byte_offset}), the file holds {size}")
+
+
+def _open_signal(base: pathlib.Path, path: pathlib.Path):
+    try:
+        return safe_files.open_regular(path)
+    except safe_files.NotRegularFileError as err:
+        raise RecordError(base, "not_a_regular_file", f"{base}.hea names signal file "
+                          f"{err}") from None
+
+
+def _check_announced_sizes(base: pathlib.Path, header: wfdb_header.Header) -> None:
+    """truncated_signal when a signal file holds fewer bytes than the header announces for it
+    (formats of a fixed size per sample; multi-segment records are checked segment by segment
+    by wfdb)."""
+    if header.n_seg is not None or not header.sig_len:
+        return
+    by_file: dict[str, list[int]] = {}
+    for ch, spec in enumerate(header.signals):
+        if spec.file_name != "~":
+            by_file.setdefault(spec.file_name, []).append(ch)
+    for file_name, channels in by_file.items():
+        spec = header.signals[channels[0]]
+        if spec.fmt not in _BYTES_PER_SAMPLE:
+            continue
+        samples = header.sig_len * sum(header.signals[c].samps_per_frame for c in channels)
+        need = (_nbytes(spec.fmt, samples) if spec.fmt in _FAST_FORMATS
+                else int(samples * _BYTES_PER_SAMPLE[spec.fmt]))
+        path = base.parent / file_name
+        try:
+            size = os.stat(path).st_size - spec.byte_offset
+        except OSError:
+            continue  # _check_signal_files reports a missing file
+        if size < need:
+            raise RecordError(path, "truncated_signal", _truncated(path, header, spec, channels,
+                                                                   need, max(size, 0)))
+
+
+def _check_segments(base: pathlib.Path, header: wfdb_header.Header) -> None:
+    """A multi-segment record's segment headers and their signal files checked as a record's
+    own are (kind, place, size) before wfdb opens any of them."""
+    for segment in dict.fromkeys(header.segments):
+        if segment == "~":
+            continue
+        if "/" in segment or segment in (".", ".."):
+            raise RecordError(base, "unsafe_signal_path", f"{base}.hea names segment "
+                              f"{segment!r}; only segments beside the header are read")
+        seg_base = base.parent / segment
+        seg_header = read_header(seg_base)
+        if seg_header.n_seg is None:
+            _check_signal_files(seg_base, seg_header)
+            _check_announced_sizes(seg_base, seg_header)
+
+
 def _read_wfdb(base: pathlib.Path, header: wfdb_header.Header):
     """(T, n_sig) physical values, lead names and units through wfdb.rdrecord."""
+    _check_announced_sizes(base, header)
+    _check_segments(base, header)
     try:
         record = wfdb.rdrecord(str(base), physical=True, m2s=True, smooth_frames=True)
     except Exception as err:  # wfdb raises ValueError, IndexError, OSError, struct.error, ...
@@ -192,6 +267,11 @@ def _check_signal_files(base: pathlib.Path, header: wfdb_header.Header) -> None:
             raise RecordError(base, "unsafe_signal_path", f"{base}.hea names signal file "
                               f"{file_name!r}, outside the record's folder {folder}; "
                               "only files beside the header are read")
+        kind = safe_files.special_kind(target)
+        if kind is not None:
+            raise RecordError(base, "not_a_regular_file", f"{base}.hea names signal file "
+                              f"{base.parent / file_name}, which is a {kind}, not a regular "
+                              "file")
         if not target.is_file():
             raise RecordError(base, "missing_signal_file", f"{base}.hea names signal file "
                               f"{base.parent / file_name}, which does not exist")

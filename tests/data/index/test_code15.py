@@ -215,7 +215,7 @@ def test_prepare_caches_exams_in_mv_and_counts_skips(code15_root, tmp_path, stri
     assert [r["record_id"] for r in source.records] == ["101", "102", "103", "201", "203"]
     assert source.label_names == LABELS
     for i, row in enumerate(source.records):
-        stored = record_format.decode_record(source[i]["data"])["signal"]
+        stored = record_format.decode_record(source.record_bytes(i))["signal"]
         exam_id = int(row["record_id"])
         expected = _unpadded_mv(truth, exam_id)
         step = np.abs(expected).max(axis=1, keepdims=True) / 32767   # int16 quantisation

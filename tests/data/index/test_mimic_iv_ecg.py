@@ -168,7 +168,7 @@ def test_eval_pipeline_and_prepare(mimic_root, tmp_path):
     cached = cache_source.CacheSource(str(out))
     for i, row in enumerate(cached.records):
         expected = _expected_mv(digital, int(row["record_id"]))
-        stored = record_format.decode_record(cached[i]["data"])["signal"]
+        stored = record_format.decode_record(cached.record_bytes(i))["signal"]
         step = np.abs(expected).max(axis=1, keepdims=True) / 32767
         assert (np.abs(stored - expected) <= step / 2 + 1e-6).all()
         assert tuple(row["labels"]) == STUDIES[i][3]

@@ -162,6 +162,6 @@ def test_pipeline_and_prepare_read_the_array(arrays, tmp_path, name):
     cached = cache_source.CacheSource(str(out))
     for i, row in enumerate([0, 1, 2, 3, 5]):
         expected = _canonical_mv(x[row])
-        stored = record_format.decode_record(cached[i]["data"])["signal"]
+        stored = record_format.decode_record(cached.record_bytes(i))["signal"]
         step = np.abs(expected).max(axis=1, keepdims=True) / 32767
         assert (np.abs(stored - expected) <= step / 2 + 1e-6).all()

@@ -1,0 +1,133 @@
+"""Input files as they really are: the one folder walker of every command, and opens and reads
+bounded by a file's kind and real size.
+
+- A special file (FIFO, device, socket) named like a record is never read: opening a FIFO for
+  reading blocks until a writer comes, and a device such as /dev/zero never ends. Files are
+  opened with O_NONBLOCK (no effect on regular files, no wait on a FIFO) and checked with fstat
+  on the open descriptor, so a file swapped after the check is still caught.
+- A read never takes more than the file's size at open (a file that grows meanwhile is read up
+  to that size), and callers compare what a header announces with that size before allocating.
+- Folder walks never follow symlinked directories: a link back up the tree would make them
+  endless (a linked folder is not walked; files that are links are listed, and then read only if
+  they lead to a regular file).
+"""
+from __future__ import annotations
+
+import fnmatch
+import glob
+import io
+import os
+import re
+import stat
+
+
+class NotRegularFileError(OSError, ValueError):
+    """A path that leads to a FIFO, device, socket or folder where a file was expected (a
+    ValueError too: an input the command cannot use, reported in one line)."""
+
+
+_KINDS = ((stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISCHR, "character device"),
+          (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"), (stat.S_ISDIR, "folder"))
+
+
+def kind_of(mode: int) -> str:
+    """A file's kind in words ("regular file", "FIFO (named pipe)", ...) from its st_mode."""
+    for test, name in _KINDS:
+        if test(mode):
+            return name
+    return "regular file" if stat.S_ISREG(mode) else "special file"
+
+
+def special_kind(path) -> str | None:
+    """None for a regular file (links followed) or a missing one, else its kind in words; stat
+    never opens the file, so it does not block on a FIFO."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return None if stat.S_ISREG(mode) else kind_of(mode)
+
+
+def open_regular(path):
+    """A binary file object of `path`, opened without blocking; NotRegularFileError (naming the
+    path and its kind) when it is not a regular file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(f"{os.fspath(path)} is a {kind_of(mode)}, not a regular "
+                                      "file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_text(path, *, encoding: str = "utf-8", newline: str | None = None):
+    """open(path, encoding=..., newline=...) for reading, through open_regular."""
+    return io.TextIOWrapper(open_regular(path), encoding=encoding, newline=newline)
+
+
+def read_bytes(path, *, limit: int | None = None) -> bytes:
+    """The bytes of a regular file, at most its size at open; ValueError when that size exceeds
+    `limit` (a file far larger than its kind ever is: read nothing of it)."""
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if limit is not None and size > limit:
+            raise ValueError(f"{os.fspath(path)} is {size} bytes, expected at most {limit}")
+        return f.read(size)
+
+
+def read_text(path, *, limit: int | None = None, encoding: str = "latin-1") -> str:
+    return read_bytes(path, limit=limit).decode(encoding)
+
+
+def walk(root, suffixes: tuple[str, ...], *, max_depth: int | None = None) -> list[str]:
+    """Every file below `root` whose name ends with one of `suffixes`: each folder's files
+    sorted, then its sub-folders in sorted order; symlinked folders are not entered.
+    max_depth: how many folders down to look (0 = `root`'s own files; None = all)."""
+    out = []
+    root = os.fspath(root)
+    top = root.rstrip(os.sep).count(os.sep)
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        dirs.sort()
+        if max_depth is not None and folder.rstrip(os.sep).count(os.sep) - top >= max_depth:
+            dirs.clear()
+        out.extend(os.path.join(folder, f) for f in sorted(files) if f.endswith(suffixes))
+    return out
+
+
+def glob_paths(pattern: str) -> list[str]:
+    """The files glob.glob(pattern, recursive=True) names, sorted, except those reached through
+    a symlinked folder: the pattern's fixed leading folder is walked by `walk` (as deep as the
+    pattern reaches; never into a link loop) and the paths below it matched."""
+    parts = pattern.split(os.sep)
+    fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), None)
+    if fixed is None:
+        return [pattern] if os.path.isfile(pattern) else []
+    base = os.sep.join(parts[:fixed]) or (os.sep if pattern.startswith(os.sep) else ".")
+    regex = re.compile(_pattern_regex(parts[fixed:]))
+    depth = None if "**" in parts[fixed:] else len(parts) - fixed - 1
+    out = []
+    for path in walk(base, ("",), max_depth=depth):
+        relative = os.path.relpath(path, base)
+        hidden = any(p.startswith(".") for p in relative.split(os.sep))  # as glob: no dotfiles
+        if regex.fullmatch(relative) and not hidden:
+            out.append(path if parts[:fixed] else relative)
+    return sorted(out)
+
+
+def _pattern_regex(parts: list[str]) -> str:
+    """A regex of glob components: `**` any number of folders (none included), `*` and `?`
+    within one name."""
+    pieces = []
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if part == "**":
+            pieces.append(".*" if last else f"(?:[^{os.sep}]+{os.sep})*")
+            continue
+        # fnmatch's translation lets `*` cross folders; confine it to one name.
+        body = fnmatch.translate(part)[4:-3].replace(".*", f"[^{os.sep}]*").replace(
+            "(?s:", "(?:")
+        pieces.append(body + ("" if last else os.sep))
+    return "".join(pieces)

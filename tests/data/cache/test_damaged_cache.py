@@ -1,0 +1,203 @@
+"""A damaged cache is named, never trained on: a truncated or bit-flipped shard, an index
+pointing past a shard's end, an index listing a missing shard, a truncated index.json and an
+index without its keys each stop the read with one message naming the file and what to do
+(rerun `prepare`, or data.skip_damaged_cache_records); with that flag the damaged records are
+skipped and counted as `damaged_cache_record`, the others read. Each case reads the whole split
+through the evaluation pipeline in a child process, under a timeout and RLIMIT_AS
+(tests/data/bounded.py), and no file of the cache changes."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from crema_jax.data.cache import prepare, record_format
+from crema_jax.data.index import dataset_index
+from tests.data.bounded import hashes, run_bounded
+
+RECORDS, PER_SHARD = 6, 3
+SHARDS = [record_format.shard_name(s, 2) + ".arrayrecord" for s in range(2)]
+SKIP_FLAG = "--config.data.skip_damaged_cache_records=true"
+
+# Reads every record of the cache argv[1] through make_eval_dataset (argv[2]: "skip" sets
+# data.skip_damaged_cache_records) and prints the outcome as JSON.
+READ_CACHE = """
+import json, sys
+from crema_jax.data import config
+from crema_jax.data.pipeline import datasets
+from crema_jax.data.pipeline.skips import SkipStats
+cfg = config.default_data_config()
+cfg.cache_dir, cfg.split, cfg.num_epochs, cfg.batch_size = sys.argv[1], "", 1, 4
+cfg.skip_damaged_cache_records = sys.argv[2] == "skip"
+stats = SkipStats()
+try:
+    batches = list(datasets.make_eval_dataset(cfg, stats=stats, process_index=0,
+                                              process_count=1))
+except Exception as err:
+    print(json.dumps({"error": type(err).__name__, "message": str(err)}))
+else:
+    read = sorted(int(i) for b in batches for i, v in zip(b["index"], b["valid"]) if v)
+    print(json.dumps({"read": read, "skips": stats.summary()}))
+"""
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A 6-record cache in 2 shards of 3, built from the bundled records."""
+    root = tmp_path_factory.mktemp("records")
+    for name in sorted(os.listdir(dataset_index.sample_data_dir()))[:2 * RECORDS]:
+        shutil.copyfile(dataset_index.sample_data_dir() / name, root / name)
+    out = tmp_path_factory.mktemp("cache") / "cache"
+    prepare.prepare(layout="wfdb_folder", root=str(root), out=str(out), workers=1,
+                    records_per_shard=PER_SHARD)
+    assert sorted(f for f in os.listdir(out) if f.endswith(".arrayrecord")) == SHARDS
+    return out
+
+
+def _damaged(cache, tmp_path, damage) -> str:
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    damage(copy)
+    return str(copy)
+
+
+def _read(cache_dir: str, *, skip: bool = False) -> dict:
+    before = hashes(cache_dir)
+    result = run_bounded(READ_CACHE, argv=(cache_dir, "skip" if skip else "stop"),
+                         timeout_s=120, memory_gib=3.0)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert hashes(cache_dir) == before            # nothing in the cache touched
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _refused(outcome: dict, file: str, *fragments: str) -> None:
+    assert outcome.get("error") == "DamagedCacheError", outcome
+    message = outcome["message"]
+    assert "\n" not in message and message.startswith(f"{file}: "), message
+    for fragment in ("crema-jax prepare", *fragments):
+        assert fragment in message, (fragment, message)
+
+
+def _index(cache_dir: str) -> dict:
+    with open(os.path.join(cache_dir, "index.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _rows_of_shard(cache_dir: str, shard: str) -> list[int]:
+    return [i for i, r in enumerate(_index(cache_dir)["records"]) if r["shard"] == shard]
+
+
+def test_intact_cache_reads_every_record(cache):
+    assert _read(str(cache)) == {"read": list(range(RECORDS)), "skips": {}}
+
+
+def _truncate_shard(copy):
+    path = copy / SHARDS[1]
+    path.write_bytes(path.read_bytes()[:os.path.getsize(path) // 2])
+
+
+def test_truncated_shard_is_named_or_skipped_and_counted(cache, tmp_path):
+    cache_dir = _damaged(cache, tmp_path, _truncate_shard)
+    shard = os.path.join(cache_dir, SHARDS[1])
+    _refused(_read(cache_dir), shard, "holds 0 records, the index lists 3", SKIP_FLAG)
+    outcome = _read(cache_dir, skip=True)
+    bad = _rows_of_shard(cache_dir, SHARDS[1])
+    assert outcome["read"] == [i for i in range(RECORDS) if i not in bad]
+    assert outcome["skips"] == {"damaged_cache_record": {
+        "count": 3, "paths": sorted(f"{shard}#{p}" for p in range(3))}}
+
+
+def _flip_a_record_byte(copy):
+    """One bit of the second record of shard 0, in its signal data (Riegeli's chunk data hash
+    covers it: uncompressed chunks of one record each)."""
+    path = copy / SHARDS[0]
+    data = bytearray(path.read_bytes())
+    record = record_format.encode_record(np.zeros((12, 2500), np.float32), np.ones(12, bool))
+    # Each record is ~len(record) bytes after a 64-byte file header; aim at the middle of the
+    # second one.
+    offset = 64 + len(record) + len(record) // 2
+    data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_bit_flipped_shard_is_named_or_skipped_and_counted(cache, tmp_path):
+    cache_dir = _damaged(cache, tmp_path, _flip_a_record_byte)
+    shard = os.path.join(cache_dir, SHARDS[0])
+    _refused(_read(cache_dir), shard, "hash mismatch", SKIP_FLAG)
+    outcome = _read(cache_dir, skip=True)
+    assert len(outcome["read"]) == RECORDS - 1
+    (skipped,) = outcome["skips"]["damaged_cache_record"]["paths"]
+    assert skipped.startswith(f"{shard}#") and outcome["skips"][
+        "damaged_cache_record"]["count"] == 1
+
+
+def test_index_pointing_past_a_shards_end(cache, tmp_path):
+    def damage(copy):
+        index = _index(copy)
+        index["records"][1]["position"] = 50
+        (copy / "index.json").write_text(json.dumps(index))
+    cache_dir = _damaged(cache, tmp_path, damage)
+    shard = os.path.join(cache_dir, _index(cache_dir)["records"][1]["shard"])
+    _refused(_read(cache_dir), shard, "holds 3 records", "position 50", SKIP_FLAG)
+    outcome = _read(cache_dir, skip=True)
+    assert outcome["skips"]["damaged_cache_record"]["count"] == 3
+
+
+def test_index_listing_a_missing_shard(cache, tmp_path):
+    cache_dir = _damaged(cache, tmp_path, lambda copy: os.remove(copy / SHARDS[0]))
+    shard = os.path.join(cache_dir, SHARDS[0])
+    _refused(_read(cache_dir), shard, "missing", SKIP_FLAG)
+    assert _read(cache_dir, skip=True)["skips"]["damaged_cache_record"]["count"] == 3
+
+
+def test_shard_replaced_by_a_fifo_is_named_without_opening_it(cache, tmp_path):
+    def damage(copy):
+        os.remove(copy / SHARDS[0])
+        os.mkfifo(copy / SHARDS[0])
+    cache_dir = _damaged(cache, tmp_path, damage)
+    _refused(_read(cache_dir), os.path.join(cache_dir, SHARDS[0]), "FIFO", SKIP_FLAG)
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda text: text[:len(text) // 2], "not JSON"),
+    (lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "records"}),
+     "no 'records' list"),
+    (lambda text: json.dumps({**json.loads(text), "records": [
+        {k: v for k, v in r.items() if k != "shard"} for r in json.loads(text)["records"]]}),
+     "record 0 lacks ['shard']"),
+    (lambda text: json.dumps({**json.loads(text), "shards": [
+        {**s, "file": "../" + s["file"]} for s in json.loads(text)["shards"]]}),
+     "shard 0 is '../shard-00000-of-00002.arrayrecord', expected a file name in the cache"),
+    (lambda text: json.dumps({**json.loads(text), "settings": {}}),
+     "its settings lack ['target_fs', 'preprocess', 'derive_limb_leads']"),
+], ids=["truncated", "no_records", "record_without_shard", "shard_outside", "no_settings"])
+def test_damaged_index_is_named_with_the_rebuild(cache, tmp_path, damage, fragment):
+    def write(copy):
+        path = copy / "index.json"
+        path.write_text(damage(path.read_text()))
+    cache_dir = _damaged(cache, tmp_path, write)
+    index = os.path.join(cache_dir, "index.json")
+    for skip in (False, True):   # nothing says what a damaged index held: never skipped
+        _refused(_read(cache_dir, skip=skip), index, fragment, f"--out={cache_dir}")
+
+
+@pytest.mark.parametrize("name", ["sidecar", "settings.json"])
+def test_prepare_rerun_names_a_damaged_sidecar_or_settings(cache, tmp_path, name):
+    """A rerun of `prepare` into a cache whose shard sidecar or settings.json was cut short:
+    one message naming the file and what to do, and no file changed."""
+    file = SHARDS[1].replace(".arrayrecord", ".json") if name == "sidecar" else name
+    def cut(copy):
+        text = (copy / file).read_text()
+        (copy / file).write_text(text[:len(text) // 2])
+    cache_dir = _damaged(cache, tmp_path, cut)
+    root = json.loads((cache / "settings.json").read_text())["root"]
+    before = hashes(cache_dir)
+    with pytest.raises(prepare.PrepareError) as error:
+        prepare.prepare(layout="wfdb_folder", root=root, out=cache_dir, workers=1,
+                        records_per_shard=PER_SHARD)
+    message = str(error.value)
+    assert message.startswith(f"{os.path.join(cache_dir, file)}: damaged (") and "\n" not in \
+        message, message
+    assert ("rerun prepare" if name == "sidecar" else "new --out") in message
+    assert hashes(cache_dir) == before

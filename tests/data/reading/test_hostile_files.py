@@ -1,0 +1,277 @@
+"""Readers bounded by a file's real kind and size: FIFOs, devices and links to /dev/zero named like
+records, headers claiming more samples than their files hold, a .npz bomb and an HDF5 dataset
+claiming 2e9 entries in a small file, and folders with symlink loops. Every case runs in a child
+process with a timeout and an address-space limit (tests/data/bounded.py), so a read that blocks
+or allocates without bound fails the test; each asserts the skip reason and that no input
+changed."""
+import io
+import json
+import os
+import shutil
+import struct
+import zlib
+
+import h5py
+import numpy as np
+import pytest
+
+from crema_jax.data.index import dataset_index
+from tests.data.bounded import hashes, run_bounded
+
+SAMPLE = dataset_index.sample_data_dir()
+
+# Reads every record of an index (argv[1]: layout, argv[2]: root, argv[3]: layout options as
+# JSON) and prints {record id: skip reason or null} as JSON.
+READ_ALL = """
+import json, sys
+from crema_jax.data.index import registry
+from crema_jax.data.reading import read
+from crema_jax.data.reading.ecg import RecordError
+index = registry.build_index(sys.argv[1], sys.argv[2], **json.loads(sys.argv[3]))
+out = {}
+for info in index.records:
+    try:
+        read.read(info.path, info.reader)
+        out[info.record_id] = None
+    except RecordError as err:
+        out[info.record_id] = err.reason
+print(json.dumps(out))
+"""
+
+
+def _read_all(layout: str, root, options=None, *, memory_gib: float = 1.5) -> dict:
+    result = run_bounded(READ_ALL, argv=(layout, str(root), json.dumps(options or {})),
+                         timeout_s=90, memory_gib=memory_gib)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _copy_record(folder, name: str, source: str = "E07500"):
+    text = (SAMPLE / f"{source}.hea").read_text().replace(source, name)
+    (folder / f"{name}.hea").write_text(text)
+    shutil.copyfile(SAMPLE / f"{source}.mat", folder / f"{name}.mat")
+    return text
+
+
+def test_special_files_named_like_wfdb_records_are_skipped_unopened(tmp_path):
+    _copy_record(tmp_path, "good")
+    os.mkfifo(tmp_path / "fifo_header.hea")                    # open() would block for ever
+    (tmp_path / "zero_header.hea").symlink_to("/dev/zero")     # read() would never end
+    _copy_record(tmp_path, "fifo_signal")
+    (tmp_path / "fifo_signal.mat").unlink()
+    os.mkfifo(tmp_path / "fifo_signal.mat")
+    _copy_record(tmp_path, "zero_signal")
+    (tmp_path / "zero_signal.mat").unlink()
+    (tmp_path / "zero_signal.mat").symlink_to("/dev/zero")
+    before = hashes(tmp_path)
+    reasons = _read_all("wfdb_folder", tmp_path)
+    assert reasons == {"good": None, "fifo_header": "not_a_regular_file",
+                       "fifo_signal": "not_a_regular_file", "zero_header": "not_a_regular_file",
+                       # a link out of the record's folder is refused before its kind is looked at
+                       "zero_signal": "unsafe_signal_path"}
+    assert hashes(tmp_path) == before
+
+
+@pytest.mark.parametrize("fmt", ["16", "8"])  # the numpy decoder's path, and wfdb's
+def test_header_claiming_1e9_samples_is_truncated_before_allocating(tmp_path, fmt):
+    """10^9 samples x 12 leads would ask for 24 GB (format 16) before reading the 60 kB file;
+    the header is compared with the file's size first (under a 1.5 GiB limit)."""
+    text = _copy_record(tmp_path, "huge")
+    lines = text.splitlines()
+    record = lines[0].split()
+    record[3] = "1000000000"
+    lines[0] = " ".join(record)
+    if fmt == "8":
+        lines[1:13] = [line.replace(" 16+24 ", " 8+24 ").replace(" 16 ", " 8 ")
+                       for line in lines[1:13]]
+        assert all(" 8" in line for line in lines[1:13])
+    (tmp_path / "huge.hea").write_text("\n".join(lines) + "\n")
+    before = hashes(tmp_path)
+    assert _read_all("wfdb_folder", tmp_path) == {"huge": "truncated_signal"}
+    assert hashes(tmp_path) == before
+
+
+def test_multi_segment_records_check_every_segment_before_wfdb_opens_it(tmp_path):
+    """A segment header that is a FIFO, a segment whose header claims 10^9 samples, a segment
+    named outside the folder: each a reasoned skip; an intact two-segment record reads."""
+    def multi(name: str, first: str, second: str = "seg_ok") -> None:
+        (tmp_path / f"{name}.hea").write_text(f"{name}/2 12 500 10000\n{first} 5000\n"
+                                              f"{second} 5000\n")
+    lines = _copy_record(tmp_path, "seg_ok").splitlines()
+    multi("good", "seg_ok")
+    os.mkfifo(tmp_path / "seg_fifo.hea")
+    multi("fifo", "seg_fifo")
+    _copy_record(tmp_path, "seg_huge")
+    record = lines[0].replace("seg_ok", "seg_huge").split()
+    record[3] = "1000000000"
+    (tmp_path / "seg_huge.hea").write_text("\n".join([" ".join(record), *[
+        line.replace("seg_ok", "seg_huge") for line in lines[1:]]]) + "\n")
+    multi("huge", "seg_huge")
+    multi("outside", "../elsewhere")
+    before = hashes(tmp_path)
+    reasons = _read_all("wfdb_folder", tmp_path)
+    assert {k: reasons[k] for k in ("good", "fifo", "huge", "outside")} == {
+        "good": None, "fifo": "not_a_regular_file", "huge": "truncated_signal",
+        "outside": "unsafe_signal_path"}
+    assert hashes(tmp_path) == before
+
+
+def test_special_files_named_like_per_record_npy_are_skipped_unopened(tmp_path):
+    np.save(tmp_path / "good.npy", np.zeros((12, 5000), np.float32) + np.arange(5000) / 5000)
+    os.mkfifo(tmp_path / "fifo.npy")
+    (tmp_path / "zero.npy").symlink_to("/dev/zero")
+    before = hashes(tmp_path)
+    reasons = _read_all("numpy", tmp_path, {"fs": 500.0})
+    assert reasons == {"good": None, "fifo": "not_a_regular_file",
+                       "zero": "not_a_regular_file"}
+    assert hashes(tmp_path) == before
+
+
+def _deflate_bomb_zip(path, member: str, header: bytes, zero_bytes: int) -> None:
+    """A one-member zip: `header` + `zero_bytes` zeros, deflated to ~1/1000 of that. Written by
+    hand (zipfile would compress every byte): after a full flush, each further MiB of zeros
+    compresses to the same block, which is repeated."""
+    mib = 1 << 20
+    assert zero_bytes % mib == 0
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    start = compressor.compress(header) + compressor.flush(zlib.Z_FULL_FLUSH)
+    block = compressor.compress(bytes(mib)) + compressor.flush(zlib.Z_FULL_FLUSH)
+    assert compressor.compress(bytes(mib)) + compressor.flush(zlib.Z_FULL_FLUSH) == block
+    end = compressor.flush(zlib.Z_FINISH)
+    crc = zlib.crc32(header)
+    zeros = bytes(mib)
+    for _ in range(zero_bytes // mib):
+        crc = zlib.crc32(zeros, crc)
+    size = len(header) + zero_bytes
+    compressed = len(start) + len(block) * (zero_bytes // mib) + len(end)
+    name = member.encode()
+    fields = (20, 0, 8, 0, 0, crc, compressed, size, len(name))
+    local = struct.pack("<4s5H3I2H", b"PK\x03\x04", *fields, 0) + name
+    central = struct.pack("<4s6H3I5H2I", b"PK\x01\x02", 20, *fields, 0, 0, 0, 0, 0, 0) + name
+    with open(path, "wb") as f:
+        f.write(local + start)
+        for _ in range(zero_bytes // mib):
+            f.write(block)
+        f.write(end)
+        directory = f.tell()
+        f.write(central)
+        f.write(struct.pack("<4s4H2IH", b"PK\x05\x06", 0, 0, 1, 1, len(central), directory, 0))
+
+
+def test_npz_bomb_is_refused_from_its_header(tmp_path):
+    """A 3.5 MB .npz inflating to 3.4 GB (more than MAX_INFLATED_BYTES, which every worker
+    process would hold): its shape is read from the member's .npy header, under a 1.5 GiB
+    limit, and the layout refuses it in one message naming the file and what to do."""
+    records, shape = 7000, (12, 5000)          # float64: 480 kB a record, 3.36 GB in all
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, *shape)))
+    header["shape"] = (records, *shape)
+    stream = io.BytesIO()
+    np.lib.format.write_array_header_1_0(stream, header)
+    payload = records * 12 * 5000 * 8
+    padded = -(-payload // (1 << 20)) * (1 << 20)
+    _deflate_bomb_zip(tmp_path / "bomb.npz", "ecgs.npy", stream.getvalue(), padded)
+    assert os.path.getsize(tmp_path / "bomb.npz") < 8 << 20
+    before = hashes(tmp_path)
+    result = run_bounded("""
+        import sys
+        from crema_jax.data.index import registry
+        try:
+            registry.build_index("numpy", sys.argv[1], fs=500.0)
+        except ValueError as err:
+            print(err)
+    """, argv=(str(tmp_path / "bomb.npz"),), memory_gib=1.5, timeout_s=90)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines() == [
+        f"numpy layout: {tmp_path / 'bomb.npz'}: member ecgs.npy announces (7000, 12, 5000) "
+        "float64 (3360000000 bytes), inflated in every process; store it with np.savez "
+        "(uncompressed: memory-mapped) or as .npy"]
+    assert hashes(tmp_path) == before
+
+
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_npz_records_read_as_numpy_loads_them(tmp_path, save, order):
+    """Stored members are memory-mapped and compressed ones inflated on first use, from their
+    own headers: every row equals np.load's."""
+    from crema_jax.data.reading import arrays
+    x = np.asarray(np.random.default_rng(0).standard_normal((3, 12, 700)), order=order)
+    save(tmp_path / "x.npz", a=x[:1], signals=x)
+    fmt = arrays.ArrayFormat(fs=500.0, leads=("I",) * 12, key="signals")
+    with np.load(tmp_path / "x.npz") as reference:
+        expected = reference["signals"]
+    assert arrays.array_shape(tmp_path / "x.npz", "signals") == (3, 12, 700)
+    mapped = isinstance(arrays._npz_member(str(tmp_path / "x.npz"), "signals"), np.memmap)
+    assert mapped == (save is np.savez)
+    for row in range(3):
+        stored = arrays._record_array(arrays.locator(tmp_path / "x.npz", row), fmt)
+        np.testing.assert_array_equal(np.asarray(stored), expected[row])
+
+
+def test_hdf5_exam_id_claiming_2e9_entries_is_not_loaded(tmp_path):
+    """CODE-15%'s part with an `exam_id` of 2e9 int64 (16 GB) in a file of kilobytes: the
+    shape is compared with the stored bytes from the metadata, and the part's exams (from
+    exams.csv) are skipped as truncated_signal."""
+    part = tmp_path / "exams_part0.hdf5"
+    with h5py.File(part, "w") as f:
+        f.create_dataset("exam_id", shape=(2_000_000_000,), dtype="<i8")
+        f.create_dataset("tracings", shape=(2_000_000_000, 4096, 12), dtype="<f4")
+    assert os.path.getsize(part) < 64 << 10
+    from crema_jax.data.index import code15
+    columns = ["exam_id", "patient_id", *code15.CODE15_LABELS, "trace_file"]
+    rows = [[str(e), str(e), *["False"] * len(code15.CODE15_LABELS), part.name] for e in (7, 8)]
+    (tmp_path / "exams.csv").write_text("\n".join(",".join(r) for r in [columns, *rows]) + "\n")
+    before = hashes(tmp_path)
+    assert _read_all("code15", tmp_path) == {"7": "truncated_signal", "8": "truncated_signal"}
+    assert hashes(tmp_path) == before
+
+
+@pytest.fixture
+def looped_folder(tmp_path):
+    """Records in a/ and a/b/, with links a/b/up -> a, a/self -> ., and a linked folder that
+    leads outside the tree; none of them is walked."""
+    root = tmp_path / "a"
+    (root / "b").mkdir(parents=True)
+    _copy_record(root, "r1")
+    _copy_record(root / "b", "r2", "E07501")
+    (root / "b" / "up").symlink_to(root)
+    (root / "self").symlink_to(".")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    _copy_record(outside, "r3", "E07502")
+    (root / "elsewhere").symlink_to(outside)
+    return root
+
+
+def test_folder_walks_never_enter_symlinked_folders(looped_folder):
+    root = looped_folder
+    before = hashes(root.parent)
+    result = run_bounded("""
+        import json, sys
+        from crema_jax.data.index import dataset_index, registry
+        root = sys.argv[1]
+        print(json.dumps({
+            "folder": dataset_index.expand_records(root),
+            "glob": dataset_index.expand_records(root + "/**/*.hea"),
+            "glob_b": dataset_index.expand_records(root + "/*/*.hea"),
+            "layout": [r.path for r in registry.build_index("wfdb_folder", root).records],
+        }))
+    """, argv=(str(root),), timeout_s=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.splitlines()[-1])
+    both = [str(root / "b" / "r2"), str(root / "r1")]
+    assert found == {"folder": both, "glob": both, "glob_b": [str(root / "b" / "r2")],
+                     "layout": [str(root / "r1"), str(root / "b" / "r2")]}
+    assert hashes(root.parent) == before
+
+
+def test_per_record_npy_folder_walk_never_enters_symlinked_folders(tmp_path):
+    (tmp_path / "x").mkdir()
+    np.save(tmp_path / "x" / "one.npy", np.ones((12, 5000), np.float32))
+    (tmp_path / "x" / "loop").symlink_to(tmp_path)
+    result = run_bounded("""
+        import sys
+        from crema_jax.data.index import registry
+        print([r.path for r in registry.build_index("numpy", sys.argv[1], fs=500.0).records])
+    """, argv=(str(tmp_path),), timeout_s=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == repr([str(tmp_path / "x" / "one.npy")])
