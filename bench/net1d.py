@@ -120,6 +120,8 @@ def _print_stages(model, ref, xj, xt, iters):
     import torch.nn.functional as F
     from flax import nnx
 
+    from crema_jax.models.net1d import grouped_conv
+
     def jax_fn(module, fn):
         graphdef, state = nnx.split(module)
         jitted = jax.jit(lambda s, v: fn(nnx.merge(graphdef, s), v))
@@ -136,7 +138,8 @@ def _print_stages(model, ref, xj, xt, iters):
                                                   iters)))
         # The grouped convolutions alone, each on an input of its real shape (the stage's
         # first block takes the stage input's length, the others the output's).
-        convs_j = [jax_fn(b.conv2, lambda m, v: m(v)) for b in stage_j.block_list]
+        convs_j = [jax_fn(b, lambda m, v: grouped_conv(m.conv2, v, m.groups))
+                   for b in stage_j.block_list]
         convs_t = [b.conv2 for b in stage_t.block_list]
         width = stage_j.block_list[0].out_ch
         outs_j, outs_t = run_j(hj), stage_t(ht)
