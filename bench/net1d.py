@@ -1,6 +1,6 @@
 """Net1D (ECGFounder, 12-lead, 30.75 M params) inference: JAX vs PyTorch on this machine's CPU.
 
-    python bench/net1d.py [--batch=64] [--samples=5000] [--iters=3] [--compile]
+    python bench/net1d.py [--batch=64] [--samples=5000] [--iters=3] [--compile] [--stages]
 
 Same random weights in both frameworks (converted with crema_jax.export), float32, one batch of
 (batch, 12, samples). JAX: jax.jit of the forward (compile excluded, reported apart). PyTorch:
@@ -8,6 +8,8 @@ eager under torch.no_grad(); --compile adds torch.compile (off by default: on a 
 compiled for 3.5 minutes and then ran slower than eager for batch 8 x 1000).
 Prints ms/batch (median of --iters timed runs after one warm-up) and ECGs/s, and the max relative
 difference of the logits between frameworks.
+--stages adds a per-stage table: the stem and each stage alone on its real input, and the stage's
+grouped (middle) convolutions alone, JAX against PyTorch eager, timings interleaved per repeat.
 """
 from __future__ import annotations
 
@@ -39,6 +41,8 @@ def main():
     parser.add_argument("--samples", type=int, default=5000)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--stages", action="store_true",
+                        help="also time the stem, each stage and its grouped convolutions alone")
     args = parser.parse_args()
 
     import jax
@@ -88,6 +92,69 @@ def main():
     for name, sec, note in rows:
         print(f"{name:<26} {sec * 1e3:>10.0f} {args.batch / sec:>9.1f}  {note}")
     print(f"max relative logit difference JAX vs PyTorch: {diff:.1e}")
+    if args.stages:
+        _print_stages(model, ref, xj, xt, args.iters)
+    print(f"load average (1 min) at the end: {os.getloadavg()[0]:.1f}")
+
+
+def _interleaved(fn_jax, fn_torch, iters):
+    """Median seconds of each, warmed up once, the two timed alternately."""
+    fn_jax()
+    fn_torch()
+    tj, tt = [], []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn_jax()
+        tj.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        fn_torch()
+        tt.append(time.perf_counter() - t0)
+    return statistics.median(tj), statistics.median(tt)
+
+
+def _print_stages(model, ref, xj, xt, iters):
+    """Stem, each stage, and each stage's grouped convolutions alone: JAX vs PyTorch eager."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+    import torch.nn.functional as F
+    from flax import nnx
+
+    from crema_jax.models.net1d import grouped_conv
+
+    def jax_fn(module, fn):
+        graphdef, state = nnx.split(module)
+        jitted = jax.jit(lambda s, v: fn(nnx.merge(graphdef, s), v))
+        return lambda v: jitted(state, v).block_until_ready()
+
+    torch.set_grad_enabled(False)
+    stem_j = jax_fn(model.first_conv, lambda m, v: jax.nn.silu(m(jnp.swapaxes(v, 1, 2))))
+    rows = [("stem", *_interleaved(lambda: stem_j(xj), lambda: F.silu(ref.first_conv(xt)),
+                                   iters))]
+    hj, ht = stem_j(xj), F.silu(ref.first_conv(xt))
+    for i, (stage_j, stage_t) in enumerate(zip(model.stage_list, ref.stage_list)):
+        run_j = jax_fn(stage_j, lambda m, v: m(v))
+        rows.append((f"stage {i}", *_interleaved(lambda: run_j(hj), lambda: stage_t(ht),
+                                                  iters)))
+        # The grouped convolutions alone, each on an input of its real shape (the stage's
+        # first block takes the stage input's length, the others the output's).
+        convs_j = [jax_fn(b, lambda m, v: grouped_conv(m.conv2, v, m.groups))
+                   for b in stage_j.block_list]
+        convs_t = [b.conv2 for b in stage_t.block_list]
+        width = stage_j.block_list[0].out_ch
+        outs_j, outs_t = run_j(hj), stage_t(ht)
+        ins_j = [jnp.zeros((hj.shape[0], hj.shape[1] if j == 0 else outs_j.shape[1], width))
+                 for j in range(len(convs_j))]
+        ins_t = [torch.zeros(ht.shape[0], width, ht.shape[2] if j == 0 else outs_t.shape[2])
+                 for j in range(len(convs_t))]
+        rows.append((f"  grouped convs ({len(convs_j)})", *_interleaved(
+            lambda: [f(v) for f, v in zip(convs_j, ins_j)],
+            lambda: [f(v) for f, v in zip(convs_t, ins_t)], iters)))
+        hj, ht = outs_j, outs_t
+    print(f"\nper stage, ms (medians of {iters}, JAX and PyTorch eager interleaved)")
+    print(f"{'part':<24} {'JAX':>8} {'PyTorch':>8} {'PyTorch/JAX':>12}")
+    for name, tj, tt in rows:
+        print(f"{name:<24} {tj * 1e3:>8.0f} {tt * 1e3:>8.0f} {tt / tj:>12.2f}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,11 @@ identical outputs:
   length the last window is max(x_last, 0);
 - a widening shortcut pads zero channels centred: (out - in) // 2 before, the rest after.
 
+The middle (grouped) convolution runs as one plain convolution per group on that group's channels
+(`grouped_conv`): XLA:CPU's own `feature_group_count` convolution was half of the model's time at
+a quarter of its FLOPs; split per group, the whole forward runs about 15-20% faster on CPU, with the
+same sums.
+
 Input layout is PyTorch's (B, leads, samples); the model transposes to channels-last once.
 Parameter names mirror the PyTorch module (first_conv, stage_list/i/block_list/j/conv1, ...), which
 keeps the checkpoint conversion a plain rename plus transposes.
@@ -67,6 +72,37 @@ def pad_channels_centred(x: jax.Array, out_ch: int) -> jax.Array:
     return jnp.pad(x, ((0, 0), (0, 0), (extra // 2, extra - extra // 2)))
 
 
+# Above this many groups the per-group convolutions run as a loop (lax.map) instead of unrolled:
+# ECGFounder's 64-group stages unrolled took the forward's compile from ~4 s to ~8 s for ~1% speed.
+_MAX_UNROLLED_GROUPS = 32
+
+
+def grouped_conv(conv: nnx.Conv, x: jax.Array, groups: int) -> jax.Array:
+    """`conv(x)` for a grouped nnx.Conv, as one ungrouped convolution per group.
+
+    Same parameters and padding as the module (kernel (k, in // groups, out), outputs group-major,
+    "SAME"), the same sums; XLA:CPU runs these faster than one `feature_group_count` convolution.
+    """
+    b, t, c = x.shape
+    in_w, out_w = c // groups, conv.out_features // groups
+    kernel = conv.kernel[...]
+
+    def one_group(xg, kg):
+        return jax.lax.conv_general_dilated(xg, kg, conv.strides, "SAME",
+                                            dimension_numbers=("NWC", "WIO", "NWC"))
+
+    if groups <= _MAX_UNROLLED_GROUPS:
+        out = jnp.concatenate([
+            one_group(x[..., g * in_w:(g + 1) * in_w], kernel[..., g * out_w:(g + 1) * out_w])
+            for g in range(groups)], axis=-1)
+    else:  # Group-major copies, one group per loop step.
+        xs = jnp.moveaxis(x.reshape(b, t, groups, in_w), 2, 0)
+        ks = jnp.moveaxis(kernel.reshape(kernel.shape[0], in_w, groups, out_w), 2, 0)
+        out = jax.lax.map(lambda a: one_group(*a), (xs, ks))
+        out = jnp.moveaxis(out, 0, 2).reshape(b, out.shape[2], groups * out_w)
+    return out + conv.bias[...]
+
+
 class SqueezeExcite(nnx.Module):
     def __init__(self, channels: int, *, rngs: nnx.Rngs):
         self.se_fc1 = _linear(channels, channels // 2, rngs)
@@ -88,16 +124,17 @@ class Block(nnx.Module):
         if out_ch < in_ch:
             raise ValueError(f"Net1D: a block cannot narrow the width ({in_ch} -> {out_ch})")
         self.in_ch, self.out_ch, self.stride = in_ch, out_ch, stride
+        self.groups = out_ch // group_width
         self.is_first_block = is_first_block
         self.conv1 = _conv(in_ch, out_ch, 1, 1, 1, rngs)
-        self.conv2 = _conv(out_ch, out_ch, kernel, stride, out_ch // group_width, rngs)
+        self.conv2 = _conv(out_ch, out_ch, kernel, stride, self.groups, rngs)
         self.conv3 = _conv(out_ch, out_ch, 1, 1, 1, rngs)
         self.se = SqueezeExcite(out_ch, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         out = x if self.is_first_block else jax.nn.silu(x)
         out = jax.nn.silu(self.conv1(out))
-        out = jax.nn.silu(self.conv2(out))
+        out = jax.nn.silu(grouped_conv(self.conv2, out, self.groups))
         out = self.se(self.conv3(out))
         shortcut = maxpool_pad_right_zero(x) if self.stride > 1 else x
         return out + pad_channels_centred(shortcut, self.out_ch)
