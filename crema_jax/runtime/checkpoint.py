@@ -199,6 +199,9 @@ def quiet_background_save_errors() -> None:
     callbacks print once Orbax has closed the save's event loop are dropped. For this process
     from now on (the callbacks outlive the run); `--verbose` keeps them."""
     logging.getLogger("absl").addFilter(_drop_orbax_errors)
+    # The failed write coroutines themselves, logged by asyncio when collected ("Task exception
+    # was never retrieved"): the same failure, already reported.
+    logging.getLogger("asyncio").addFilter(_drop_unretrieved_task_errors)
     previous = sys.unraisablehook
 
     def unraisablehook(unraisable):
@@ -219,6 +222,10 @@ def _absl_quiet(message_start: str):
         yield
     finally:
         logger.removeFilter(drop)
+
+
+def _drop_unretrieved_task_errors(record: logging.LogRecord) -> bool:
+    return not str(record.msg).split("\n", 1)[0].endswith("exception was never retrieved")
 
 
 def _drop_orbax_errors(record: logging.LogRecord) -> bool:
