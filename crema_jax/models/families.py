@@ -14,6 +14,7 @@ name to today's, where a saved or configured name is read (`current_name`).
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 from typing import Callable, Mapping
 
@@ -29,7 +30,7 @@ LEGACY_MODEL_NAMES = {"sit": "sit_pretrain"}
 
 
 @dataclasses.dataclass(frozen=True)
-class Family:
+class Family(abc.ABC):
     """What one kind of model is; the subclasses add the methods that differ by kind."""
 
     name: str                   # the family's name: the --backbone flag value
@@ -61,9 +62,9 @@ class Family:
         """The model name whose parameter tree `params` is."""
         return self.default_model
 
+    @abc.abstractmethod
     def width(self, model_cfg) -> int:
-        """The width of the features the backbone extracts."""
-        raise NotImplementedError
+        """The width of the features the backbone extracts (each family says)."""
 
     def input_leads(self, model_cfg, leads) -> tuple:
         """The leads (canonical names) the model reads when `leads` are asked for."""
