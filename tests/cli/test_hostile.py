@@ -12,7 +12,6 @@ import pytest
 import wfdb
 
 from crema_jax import config as config_lib
-from crema_jax.runtime import checkpoint
 from crema_jax.cli import embed, export_torch, import_torch, prepare, pretrain, probe
 from crema_jax.data import synthetic
 from crema_jax.data.reading import ecg as ecg_lib
@@ -52,16 +51,6 @@ def _fails(command, argv, capsys, *fragments, code=1):
         assert fragment in lines[0], (fragment, lines[0])
     assert "Traceback" not in captured.err + captured.out
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def sit_checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sit")
-    config = config_lib.default_config()
-    config.model.size = "tiny"
-    checkpoint.save_model_checkpoint(root / "ckpt", params_lib.init_params(config.model, 0),
-                                     config)
-    return root / "ckpt"
 
 
 # ----------------------------------------------------------------------------- outputs

@@ -11,11 +11,8 @@ import shutil
 import numpy as np
 import pytest
 
-from crema_jax import config as config_lib
 from crema_jax.data.cache import record_format
 from crema_jax.data.index import dataset_index
-from crema_jax.models import params as params_lib
-from crema_jax.runtime import checkpoint
 from tests.data.bounded import REPO, hashes, run_bounded
 
 SAMPLE = dataset_index.sample_data_dir()
@@ -71,16 +68,6 @@ def test_prepare_skips_special_files_and_oversized_claims_with_reasons(tmp_path)
     assert summary["skipped"]["not_a_regular_file"]["paths"] == [str(data / "fifo"),
                                                                  str(data / "zero")]
     assert hashes(data) == before
-
-
-@pytest.fixture(scope="module")
-def sit_checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sit")
-    config = config_lib.default_config()
-    config.model.size = "tiny"
-    checkpoint.save_model_checkpoint(root / "ckpt", params_lib.init_params(config.model, 0),
-                                     config)
-    return root / "ckpt"
 
 
 def test_embed_returns_on_a_folder_with_symlink_loops(sit_checkpoint, tmp_path):

@@ -149,16 +149,6 @@ def test_every_numeric_field_names_itself_when_out_of_domain(field, value, expec
 
 
 # ----------------------------------------------------------------------------- outputs
-@pytest.fixture(scope="module")
-def model_checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sit")
-    config = config_lib.default_config()
-    config.model.size = "tiny"
-    checkpoint.save_model_checkpoint(root / "ckpt", params_lib.init_params(config.model, 0),
-                                     config)
-    return root / "ckpt"
-
-
 @pytest.fixture()
 def ecgs(tmp_path):
     path = tmp_path / "x.npy"
@@ -167,14 +157,14 @@ def ecgs(tmp_path):
     return path
 
 
-def test_embed_refuses_special_files_even_with_overwrite(tmp_path, ecgs, model_checkpoint):
+def test_embed_refuses_special_files_even_with_overwrite(tmp_path, ecgs, sit_checkpoint):
     fifo = tmp_path / "out.npy"
     os.mkfifo(fifo)
-    before = _hashes(tmp_path, model_checkpoint)
-    done = _cli("embed", f"--checkpoint={model_checkpoint}", f"--input={ecgs}", f"--out={fifo}",
+    before = _hashes(tmp_path, sit_checkpoint)
+    done = _cli("embed", f"--checkpoint={sit_checkpoint}", f"--input={ecgs}", f"--out={fifo}",
                 "--overwrite")
     _one_line(done, "embed", f"--out={fifo}: a FIFO, not a regular file")
-    assert _hashes(tmp_path, model_checkpoint) == before
+    assert _hashes(tmp_path, sit_checkpoint) == before
     assert fifo.is_fifo()
     # A device (making one needs root: the one every machine has).
     with pytest.raises(files.OutputError, match="^--out=/dev/null: a character device, not a "
@@ -193,25 +183,25 @@ def test_prepare_refuses_a_cache_whose_settings_are_a_fifo(tmp_path, cinc_sample
 
 
 def test_a_full_disk_under_embed_is_one_line_naming_the_output(tmp_path, ecgs,
-                                                                model_checkpoint):
+                                                                sit_checkpoint):
     out = tmp_path / "features.npy"
-    before = _hashes(tmp_path, model_checkpoint)
+    before = _hashes(tmp_path, sit_checkpoint)
     # 16 ECGs x 64 features x 4 bytes = 4 KiB of output, 2 KiB of room.
-    done = _cli("embed", f"--checkpoint={model_checkpoint}", f"--input={ecgs}", f"--out={out}",
+    done = _cli("embed", f"--checkpoint={sit_checkpoint}", f"--input={ecgs}", f"--out={out}",
                 file_size_limit=2048)
     _one_line(done, "embed", f"cannot write {out}: File too large")
-    assert _hashes(tmp_path, model_checkpoint) == before    # no output, no temporary left
+    assert _hashes(tmp_path, sit_checkpoint) == before    # no output, no temporary left
 
 
 # ----------------------------------------------------------------------------- flags, locks
-def test_root_and_cache_dir_together_are_refused(tmp_path, cinc_sample_dir, model_checkpoint):
+def test_root_and_cache_dir_together_are_refused(tmp_path, cinc_sample_dir, sit_checkpoint):
     cache = tmp_path / "cache"
     cache.mkdir()
-    before = _hashes(tmp_path, model_checkpoint)
-    done = _cli("probe", f"--checkpoint={model_checkpoint}", f"--root={cinc_sample_dir}",
+    before = _hashes(tmp_path, sit_checkpoint)
+    done = _cli("probe", f"--checkpoint={sit_checkpoint}", f"--root={cinc_sample_dir}",
                 f"--cache_dir={cache}", f"--workdir={tmp_path / 'probe'}")
     _one_line(done, "probe", f"--root={cinc_sample_dir} and --cache_dir={cache}: give one")
-    assert _hashes(tmp_path, model_checkpoint) == before
+    assert _hashes(tmp_path, sit_checkpoint) == before
 
 
 def test_a_second_prepare_on_one_out_stops_naming_the_first(tmp_path, cinc_sample_dir):

@@ -1,4 +1,5 @@
 """The training tests' launcher of `crema-jax pretrain` subprocesses on the tiny config."""
+import json
 import os
 import pathlib
 import subprocess
@@ -43,3 +44,13 @@ def start_cli(workdir, *extra, num_devices=1, cache_dir=None, step_delay_seconds
     popen_kwargs.setdefault("stderr", subprocess.STDOUT)
     return subprocess.Popen(args, env=env, cwd=str(REPO), stdout=subprocess.PIPE, text=True,
                             **popen_kwargs)
+
+
+def losses_by_step(workdir) -> dict[int, list[float]]:
+    """metrics.jsonl's training losses: step -> every logged value (a step redone after a
+    restart logs again)."""
+    out: dict[int, list[float]] = {}
+    for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        out.setdefault(row["step"], []).append(row["loss"])
+    return out

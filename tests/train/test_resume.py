@@ -1,6 +1,5 @@
 """Preemption drills with the real CLI in subprocesses: `kill -9` after a checkpoint, then SIGTERM,
 then a plain restart must log exactly the losses of one uninterrupted run."""
-import json
 import signal
 import time
 
@@ -9,19 +8,11 @@ import pytest
 
 from crema_jax import config as config_lib
 from crema_jax.runtime import workdir as workdir_lib
-from tests.train.helpers import start_cli
+from tests.train.helpers import losses_by_step, start_cli
 
 pytestmark = pytest.mark.slow  # kill -9 and SIGTERM drills on `crema-jax pretrain` processes
 
 STEPS = ("--config.train.num_steps=8", "--config.checkpoint.every_steps=2")
-
-
-def _losses(workdir) -> dict[int, list[float]]:
-    out: dict[int, list[float]] = {}
-    for line in (workdir / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        out.setdefault(row["step"], []).append(row["loss"])
-    return out
 
 
 def _num_lines(workdir) -> int:
@@ -61,7 +52,7 @@ def drills(tmp_path_factory, jax_cache_dir):
     _wait_for(lambda: (workdir_lib.latest_step(ckpts) or 0) >= 2, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = max(_losses(work))
+    killed_at = max(losses_by_step(work))
     after_kill = workdir_lib.latest_step(ckpts)
 
     # 3. Restart; SIGTERM once it has trained past the restored step.
@@ -75,12 +66,12 @@ def drills(tmp_path_factory, jax_cache_dir):
 
     # 4. Restart to the end.
     final_out = _finish(start_cli(work, *STEPS, cache_dir=jax_cache_dir))
-    return dict(clean=_losses(clean), drill=_losses(work), after_kill=after_kill,
+    return dict(clean=losses_by_step(clean), drill=losses_by_step(work), after_kill=after_kill,
                 killed_at=killed_at, term_out=term_out, term_rc=term_rc, after_term=after_term,
                 final_out=final_out, workdir=work)
 
 
-def test_kill_minus_9_resumes_with_identical_losses(drills):
+def test_kill_minus_9_resumes_with_identicallosses_by_step(drills):
     assert drills["after_kill"] >= 2
     assert f"resumed from step {drills['after_kill']}" in drills["term_out"]
     clean, drill = drills["clean"], drills["drill"]

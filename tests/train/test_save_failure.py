@@ -8,7 +8,6 @@ ignored, so the kernel itself fails every write past that size with EFBIG inside
 TensorStore's background threads, as a full disk fails them with ENOSPC (a tmpfs needs root).
 """
 import hashlib
-import json
 import subprocess
 
 import numpy as np
@@ -16,7 +15,7 @@ import pytest
 
 from crema_jax.runtime import workdir as workdir_lib
 from crema_jax.train.hooks import FaultDrill
-from tests.train.helpers import start_cli
+from tests.train.helpers import losses_by_step, start_cli
 
 STEPS = ("--config.train.num_steps=8", "--config.checkpoint.every_steps=2",
          "--config.checkpoint.max_to_keep=10")   # keep step 2, to compare it afterwards
@@ -28,14 +27,6 @@ def _run(workdir, cache_dir, **env):
                      stderr=subprocess.PIPE)
     out, err = proc.communicate(timeout=TIMEOUT)
     return proc.returncode, out, err
-
-
-def _losses(workdir) -> dict[int, list[float]]:
-    out: dict[int, list[float]] = {}
-    for line in (workdir / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        out.setdefault(row["step"], []).append(row["loss"])
-    return out
 
 
 def _hashes(root) -> dict:
@@ -56,7 +47,7 @@ def runs(tmp_path_factory, jax_cache_dir):
     after_failure = workdir_lib.complete_steps(ckpts)
     step2 = _hashes(ckpts / "2")
     rerun = _run(work, jax_cache_dir)
-    return dict(clean=_losses(clean), failed=failed, rerun=rerun, work=work,
+    return dict(clean=losses_by_step(clean), failed=failed, rerun=rerun, work=work,
                 after_failure=after_failure, step2=step2)
 
 
@@ -74,7 +65,7 @@ def test_a_failed_save_stops_the_run_with_one_line(runs):
     assert "step 8/8" not in out
 
 
-def test_the_rerun_resumes_from_the_last_complete_step_with_identical_losses(runs):
+def test_the_rerun_resumes_from_the_last_complete_step_with_identicallosses_by_step(runs):
     rc, out, err = runs["rerun"]
     work = runs["work"]
     assert rc == 0, out + err
@@ -84,7 +75,7 @@ def test_the_rerun_resumes_from_the_last_complete_step_with_identical_losses(run
     assert [p.name.split(".")[0] for p in (work / "checkpoints").glob("4.incomplete-*")] == ["4"]
     assert _hashes(work / "checkpoints" / "2") == runs["step2"]
     assert workdir_lib.complete_steps(work / "checkpoints") == [2, 4, 6, 8]
-    clean, drill = runs["clean"], _losses(work)
+    clean, drill = runs["clean"], losses_by_step(work)
     assert sorted(drill) == sorted(clean) == list(range(1, 9))
     for step, values in drill.items():
         np.testing.assert_array_equal(values, clean[step], err_msg=f"step {step}")
