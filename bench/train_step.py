@@ -1,7 +1,8 @@
 """Time the full pretraining step (forward, backward, AdamW) after compilation.
 
     python bench/train_step.py --model=tiny --batch=8 --steps=5
-    python bench/train_step.py --compare --steps=3          # tiny/small/base, JAX vs PyTorch
+    python bench/train_step.py --model=base --batch=32 --loss=stmem --compare   # JAX vs PyTorch
+    python bench/train_step.py --model=tiny,small,base --compare --steps=3
     python bench/train_step.py --model=base --batch=256 --dtype=bfloat16   # GPU/TPU sized
 
 Prints a table, then LAST one JSON line: {"step_seconds" (median), "flops" (per step, all
@@ -122,21 +123,21 @@ def row(name, result):
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="tiny", help="tiny | small | base | large")
+    p.add_argument("--model", default="tiny",
+                   help="tiny | small | base | large, or a comma-separated list of them")
     p.add_argument("--batch", type=int, default=8, help="global batch (ECGs per step)")
     p.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up")
     p.add_argument("--dtype", default="float32", help="float32 | bfloat16 (config.model.dtype)")
     p.add_argument("--loss", default="crema", help="config.loss.name (crema: 2 views)")
-    p.add_argument("--torch", action="store_true", help="also time the PyTorch reference")
-    p.add_argument("--compare", action="store_true",
-                   help="tiny, small and base; JAX vs PyTorch eager and torch.compile")
+    p.add_argument("--compare", "--torch", action="store_true",
+                   help="also time the PyTorch reference, eager and under torch.compile")
     p.add_argument("--no_torch_compile", action="store_true", help="skip torch.compile")
     p.add_argument("--torch_threads", type=int, default=0,
                    help="torch.set_num_threads (0 = PyTorch's default). On a shared/loaded CPU "
                         "OpenMP spin-waiting can make 2+ threads far slower than 1.")
     args = p.parse_args(argv)
 
-    models = ("tiny", "small", "base") if args.compare else (args.model,)
+    models = tuple(args.model.split(","))
     if args.torch_threads:
         import torch
         torch.set_num_threads(args.torch_threads)
@@ -151,7 +152,7 @@ def main(argv=None) -> None:
         result = time_jax(config, args.steps)
         print(row(f"jax {model}", result) + f"  ({result['flops'] / 1e9:.1f} GFLOP/step, "
               f"compile {result['compile_seconds']:.1f} s)")
-        if args.compare or args.torch:
+        if args.compare:
             eager = time_torch(config, args.steps, compile_mode=False)
             eager["ecgs_per_sec"] = args.batch / eager["step_seconds"]
             eager["mfu"] = result["flops"] / eager["step_seconds"] / 1e12 / (
