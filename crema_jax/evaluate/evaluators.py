@@ -13,7 +13,9 @@ evaluate too.
 
 - reconstruction: masked-patch MSE on held-back records (config.evals.reconstruction.split),
   beside the baselines of evaluate/reconstruction.py (predict zero, nearest visible patch, most
-  correlated visible lead) on the same masks.
+  correlated visible lead) on the same masks. Only the parts config.loss trains are
+  reported: no MSE for a decoder a contrastive-only loss never trains, no view matching for an
+  untrained projection head.
 - fewshot_probe: a linear probe on frozen features of a labelled dataset (the training data's
   layout and root unless config.evals.fewshot_probe names another), trained on its "train"
   split (a label fraction of it), L2 chosen on "val", macro AUROC on "test".
