@@ -10,7 +10,8 @@ head in one fold and test it in another. `content_key` names a record by what it
 - a row of an array file ("FILE#ROW") or anything else: its resolved path.
 
 Hashing every byte of a large dataset is slow, so files are first told apart by their size and
-the hash of their first 64 KiB; only records whose fingerprints collide are hashed whole.
+the hash of their first 4 KiB (a few hundred samples of 12 leads); only records whose
+fingerprints collide are hashed whole.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from collections import defaultdict
 from crema_jax.data.reading import safe_files
 
 SIGNAL_SUFFIXES = (".dat", ".mat")
-_PREFIX = 64 * 1024
+_PREFIX = 4 * 1024
 _CHUNK = 1 << 20
 
 
