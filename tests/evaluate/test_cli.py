@@ -205,7 +205,7 @@ def test_probe_folds_test_every_record_once_and_keep_patients_together(
         assert {c for c, y in zip(classes, row) if y} == _header_labels(cinc_sample_dir, rid) \
             & set(classes)
     fold = pred["fold"]
-    for patient in set(patients.values()):
+    for patient in {patients[r] for r in ids}:
         assert len({int(f) for r, f in zip(ids, fold) if patients[r] == patient}) == 1
     # Stratified by counting: each class's positives per fold are within one patient's records
     # (2) of its fifth.
