@@ -1,6 +1,8 @@
 """A command on a machine without a TPU, with libtpu installed, prints no libtpu error, and
 evaluating from a training checkpoint (model restored alone) prints no Orbax warning about its
-data-iterator item."""
+data-iterator item. (libtpu prints its errors only when it takes its lock file, so this
+check is completed by tests/runtime/test_platforms.py, which asserts the platforms a command
+chose before JAX started.)"""
 import importlib.util
 import os
 import subprocess
