@@ -7,7 +7,7 @@ import sys
 from absl import flags
 
 from crema_jax.cli import COMMANDS
-from crema_jax.runtime import host_malloc
+from crema_jax.runtime import host_malloc, platforms
 
 
 def usage() -> str:
@@ -31,6 +31,8 @@ def run(argv=None) -> None:
         print(f"crema-jax: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
     module_name, _, hugetlb = COMMANDS[name]
+    if from_process:  # before JAX starts (and into a re-executed process's environment)
+        platforms.use_tpu_only_when_present()
     if from_process and hugetlb:  # before anything allocates: see runtime/host_malloc.py
         host_malloc.reexec_with_hugetlb()
     if not flags.FLAGS.is_parsed():  # absl logging and Grain workers expect parsed flags

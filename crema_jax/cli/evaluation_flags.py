@@ -26,9 +26,14 @@ def add(cmd: command.Command) -> None:
     cmd.string("workdir", None, "Output folder: report.json, report.md, roc.png, "
                "embeddings_pca.png, predictions.npz.", required=True)
     cmd.enum("label_type", "auto", ["auto", "multilabel", "multiclass"], "BCE per class or "
-             "softmax CE; auto = multiclass when every record has exactly one class.")
+             "softmax CE; auto = multiclass when every record has exactly one class of the "
+             "layout's, decided before --min_positives drops any (printed).")
+    cmd.enum("duplicates", "merge", ["merge", "refuse"], "Records holding the same ECG (a path "
+             "listed twice, or byte-identical signal files under two ids): merge = keep each "
+             "ECG's first row (counted and printed), refuse = stop with their count.")
     cmd.integer("min_positives", 1, "Keep classes with at least this many positives in the "
-                "training split (with --folds: in all records).", lower_bound=1)
+                "training split (with --folds: in all records); records left with no class are "
+                "dropped and counted.", lower_bound=1)
     cmd.list("split_fractions", [], "train,val,test fractions of a seeded per-source re-split, "
              "a patient's records in one split (default: the layout's splits). Small datasets "
              "need it (or --folds) so every split has records.")
@@ -68,6 +73,7 @@ def settings(args) -> dict:
         "layout": args.layout, "root": args.root or "", "cache_dir": args.cache_dir,
         "label_set": args.label_set, "layout_options": options, "workdir": args.workdir,
         "label_type": args.label_type, "min_positives": args.min_positives,
+        "duplicates": args.duplicates,
         "split_fractions": split_fractions, "label_fractions": label_fractions,
         "lead_sets": list(args.lead_sets), "folds": args.folds, "cross_domain": args.cross_domain,
         "batch_size": args.batch_size, "num_workers": args.num_workers,

@@ -11,7 +11,7 @@ import numpy as np
 from absl import logging
 
 from crema_jax.data.cache.source import cache_index
-from crema_jax.data.index import registry
+from crema_jax.data.index import duplicates, registry
 from crema_jax.data.pipeline import sources
 from crema_jax.evaluate import protocols
 
@@ -26,6 +26,9 @@ class Dataset:
     label_type: str
     display: dict = dataclasses.field(default_factory=dict)  # class -> readable name
     cache_dir: str = ""         # records are read from this prepared cache (infos' meta: row)
+    # What loading left out: "indexed" rows, "duplicates_merged" (and their "duplicate_groups"),
+    # "no_class_left" (every class dropped by min_positives), "not_one_class" (multiclass).
+    counts: dict = dataclasses.field(default_factory=dict)
 
 
 def class_display_names(root: str, classes) -> dict:
@@ -42,20 +45,66 @@ def class_display_names(root: str, classes) -> dict:
     return {c: names[c] for c in classes if names.get(c)}
 
 
+DUPLICATES = ("merge", "refuse")
+
+
+def unique_records(infos, policy: str, where: str) -> tuple[list, dict]:
+    """The records with every ECG once (duplicates.py: a path listed twice, or byte-identical
+    signal files under two ids), so no ECG sits in two splits or folds. policy "merge" keeps
+    each ECG's first row and counts the rest; "refuse" stops with the count."""
+    if policy not in DUPLICATES:
+        raise ValueError(f"--duplicates={policy!r}: expected one of {DUPLICATES}")
+    found = duplicates.find(infos)
+    counts = {"duplicates_merged": found.merged, "duplicate_groups": found.groups}
+    if not found.merged:
+        return list(infos), counts
+    example = ", ".join(found.groups[0])
+    if policy == "refuse":
+        raise ValueError(f"{where}: {found.merged} records repeat an ECG listed before (the same "
+                         f"file, or byte-identical signal files), in {len(found.groups)} groups "
+                         f"(e.g. {example}); remove them, or pass --duplicates=merge")
+    print(f"duplicates: {found.merged} records repeat an ECG listed before (the same file or "
+          f"byte-identical signal files, e.g. {example}); each ECG kept once, its first row")
+    return found.kept, counts
+
+
+def decide_label_type(requested: str, infos, label_names) -> tuple[str, str]:
+    """(label type, why): the flag's, or with "auto" multiclass when every record has exactly
+    one class of the layout's vocabulary, decided BEFORE --min_positives drops any class (a
+    dropped class must not turn one-class records into "multilabel" rows with no class)."""
+    if requested != "auto":
+        return requested, "--label_type"
+    inferred = protocols.infer_label_type(protocols.label_matrix(infos, label_names))
+    return inferred, "auto: from every record's labels, before --min_positives"
+
+
+def _checked_splits(splits, settings: dict, root: str) -> None:
+    k = int(settings.get("folds") or 0)
+    for split in protocols.SPLITS if not k or settings.get("cross_domain") else ():
+        if not np.any(splits == split):
+            raise ValueError(f"the {split!r} split of {root} is empty; pass --split_fractions="
+                             "0.6,0.2,0.2 (a seeded re-split per source)"
+                             + ("" if k else " or --folds=5 (cross-validation)"))
+
+
 def load_dataset(settings: dict) -> Dataset:
     """The dataset named by an evaluation command's settings (layout, root, layout_options or
-    cache_dir; split_fractions, min_positives, label_type, seed, folds): the index, (re-)split,
-    restricted to classes with enough training positives (with K folds: positives)."""
+    cache_dir; duplicates, split_fractions, min_positives, label_type, seed, folds): the index
+    with every ECG once, (re-)split, restricted to classes with enough training positives (with
+    K folds: positives); records left with no class are dropped and counted in `counts`."""
     root, cache_dir, seed = settings["root"], settings["cache_dir"], settings["seed"]
     split_fractions, min_positives = settings["split_fractions"], settings["min_positives"]
-    label_type = settings["label_type"]
     if cache_dir:
         index = cache_index(cache_dir)
         root = root or index.root
     else:
         options = dict(settings["layout_options"])
         index = registry.build_index(settings["layout"], root, **options)
-    infos = list(index.records)
+    infos, counts = unique_records(index.records, settings.get("duplicates", "merge"),
+                                   root or cache_dir)
+    counts["indexed"] = len(index.records)
+    label_type, why = decide_label_type(settings["label_type"], infos, index.label_names)
+    print(f"label type: {label_type} ({why})")
     if split_fractions:
         splits = protocols.resplit(infos, [float(f) for f in split_fractions], seed=seed)
     else:
@@ -71,22 +120,26 @@ def load_dataset(settings: dict) -> Dataset:
                          f"in {root} (--min_positives); {len(index.label_names)} classes in the "
                          "layout")
     labels = protocols.label_matrix(infos, classes)
-    if label_type == "auto":
-        label_type = protocols.infer_label_type(labels)
+    had_class = protocols.label_matrix(infos, index.label_names).sum(1) > 0
+    keep = ~(had_class & (labels.sum(1) == 0))
+    counts["no_class_left"] = int((~keep).sum())
+    if counts["no_class_left"]:
+        print(f"--min_positives={min_positives}: {counts['no_class_left']} records whose "
+              f"classes were all dropped ({len(classes)} of {len(index.label_names)} kept) are "
+              "left out")
+    counts["not_one_class"] = 0
     if label_type == "multiclass":  # softmax targets need exactly one class per record
-        keep = labels.sum(1) == 1
-        dropped = int((~keep).sum())
-        if dropped:
-            logging.warning("multiclass: leaving out %d records without exactly one class", dropped)
-        infos = [info for info, k in zip(infos, keep) if k]
-        splits, labels = splits[keep], labels[keep]
-    for split in protocols.SPLITS if not k or settings.get("cross_domain") else ():
-        if not np.any(splits == split):
-            raise ValueError(f"the {split!r} split of {root} is empty; pass --split_fractions="
-                             "0.6,0.2,0.2 (a seeded re-split per source)"
-                             + ("" if k else " or --folds=5 (cross-validation)"))
+        counts["not_one_class"] = int((keep & (labels.sum(1) != 1)).sum())
+        if counts["not_one_class"]:
+            logging.warning("multiclass: leaving out %d records without exactly one class",
+                            counts["not_one_class"])
+        keep &= labels.sum(1) == 1
+    infos = [info for info, k in zip(infos, keep) if k]
+    splits, labels = splits[keep], labels[keep]
+    _checked_splits(splits, settings, root)
     return Dataset(infos, splits, np.asarray([info.source for info in infos]), classes, labels,
-                   label_type, class_display_names(root, classes), cache_dir=cache_dir)
+                   label_type, class_display_names(root, classes), cache_dir=cache_dir,
+                   counts=counts)
 
 
 def make_source(dataset: Dataset, data_cfg, rows=None):

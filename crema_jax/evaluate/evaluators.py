@@ -13,7 +13,9 @@ evaluate too.
 
 - reconstruction: masked-patch MSE on held-back records (config.evals.reconstruction.split),
   beside the baselines of evaluate/reconstruction.py (predict zero, nearest visible patch, most
-  correlated visible lead) on the same masks.
+  correlated visible lead) on the same masks. Only the parts config.loss trains are
+  reported: no MSE for a decoder a contrastive-only loss never trains, no view matching for an
+  untrained projection head.
 - fewshot_probe: a linear probe on frozen features of a labelled dataset (the training data's
   layout and root unless config.evals.fewshot_probe names another), trained on its "train"
   split (a label fraction of it), L2 chosen on "val", macro AUROC on "test".
@@ -26,6 +28,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from crema_jax import losses
 from crema_jax.data.pipeline import batch as batch_lib
 from crema_jax.data.pipeline import datasets as pipeline
 from crema_jax.evaluate import datasets, linear_probe, protocols, scoring
@@ -52,16 +55,26 @@ def view_matching_accuracy(proj: np.ndarray) -> float:
 
 
 class Reconstruction:
+    """Reports only the parts config.loss trains (losses.trained_parts): no reconstruction
+    figures for a decoder no loss term reaches (a contrastive-only loss), no view matching for
+    an untrained projection head (mae, stmem); `notes` says which were left out and why."""
     name = "reconstruction"
 
     def __init__(self, config, mesh, predict_fns):
         opts = config.evals.reconstruction
         data_cfg = config.data
+        self.parts = losses.trained_parts(config.loss)
+        self.notes = [f"no {what}: loss {config.loss.name!r} trains no {part}"
+                      for part, what in (("decoder", "reconstruction MSE"),
+                                         ("projector", "view matching"))
+                      if not self.parts[part]]
         self.norm_pix_loss = bool(config.loss.norm_pix_loss) or config.loss.name == "stmem"
         self.batch, self.paths = recon_lib.held_back_batch(
             data_cfg, split=opts.split, num_records=opts.num_records, seed=int(opts.seed))
-        self.corr = recon_lib.lead_correlations(
-            data_cfg, split=data_cfg.split, max_records=int(opts.correlation_records))
+        self.corr = None
+        if self.parts["decoder"]:
+            self.corr = recon_lib.lead_correlations(
+                data_cfg, split=data_cfg.split, max_records=int(opts.correlation_records))
         device_part = batch_lib.device_part(self.batch)
         device_part, self.n = _pad_rows(device_part, mesh_lib.batch_divisor(mesh))
         replicated = mesh_lib.replicated(mesh)
@@ -72,25 +85,32 @@ class Reconstruction:
     def run(self, state) -> dict:
         outputs = self.reconstruct(state, self.device_batch)
         outputs = {k: np.asarray(v)[: self.n] for k, v in jax.device_get(outputs).items()}
-        pred = self.last = outputs["pred"]
-        scores = recon_lib.scores(pred, self.batch, self.corr, norm_pix_loss=self.norm_pix_loss)
-        out = {"eval/recon_mse": scores["mse"]}
-        for name in recon_lib.BASELINES:
-            out[f"eval/recon_mse_{name}"] = scores[f"mse/{name}"]
-            out[f"eval/recon_mse_over_{name}"] = scores[f"mse_over/{name}"]
-        if outputs["proj"].shape[1] == 2:  # two views: does view 0 find its own view 1?
+        out = {}
+        if self.parts["decoder"]:
+            pred = self.last = outputs["pred"]
+            scores = recon_lib.scores(pred, self.batch, self.corr,
+                                      norm_pix_loss=self.norm_pix_loss)
+            out["eval/recon_mse"] = scores["mse"]
+            for name in recon_lib.BASELINES:
+                out[f"eval/recon_mse_{name}"] = scores[f"mse/{name}"]
+                out[f"eval/recon_mse_over_{name}"] = scores[f"mse_over/{name}"]
+        # two views and a trained head: does view 0 find its own view 1?
+        if self.parts["projector"] and outputs["proj"].shape[1] == 2:
             out["eval/contrastive_accuracy"] = view_matching_accuracy(outputs["proj"])
         return out
 
     def summary(self, row: dict) -> str:
-        ratios = ", ".join(f"{row[f'eval/recon_mse_over_{b}']:.2f} x {b.replace('_', '-')} "
-                           f"({row[f'eval/recon_mse_{b}']:.3f})" for b in recon_lib.BASELINES)
-        line = (f"held-back masked MSE {row['eval/recon_mse']:.3f} on {self.n} records = "
-                f"{ratios}")
+        parts = []
+        if "eval/recon_mse" in row:
+            ratios = ", ".join(f"{row[f'eval/recon_mse_over_{b}']:.2f} x "
+                               f"{b.replace('_', '-')} ({row[f'eval/recon_mse_{b}']:.3f})"
+                               for b in recon_lib.BASELINES)
+            parts.append(f"held-back masked MSE {row['eval/recon_mse']:.3f} on {self.n} "
+                         f"records = {ratios}")
         if "eval/contrastive_accuracy" in row:
-            line += (f"; views matched {row['eval/contrastive_accuracy']:.2f} "
-                     f"(chance {1 / self.n:.2f})")
-        return line
+            parts.append(f"views matched {row['eval/contrastive_accuracy']:.2f} "
+                         f"(chance {1 / self.n:.2f})")
+        return "; ".join(parts + self.notes)
 
 
 class FewShotProbe:

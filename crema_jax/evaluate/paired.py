@@ -11,10 +11,14 @@
   the statistic is macro(A) - macro(B) over the classes the resample can score.
   CI: percentiles alpha/2 and 1 - alpha/2 (numpy's linear interpolation). p = min(1,
   2 min(P*(d <= 0), P*(d >= 0))) over the resamples: the alpha at which the percentile CI
-  reaches 0, so "p < alpha" and "the CI excludes 0" agree (up to that interpolation).
+  reaches 0, so "p < alpha" and "the CI excludes 0" agree (up to that interpolation). A
+  bootstrap cannot give p = 0: when no resample reaches 0, p is the bound 2 / (B + 1) with
+  "p_bound": "<" (DeLong's p-values are exact: "p_bound": null).
 - Verdict at alpha: "A better" / "B better" when p < alpha, else "no detectable difference".
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import scipy.stats
@@ -70,7 +74,8 @@ def delong(y_true, scores_a, scores_b, *, alpha: float = ALPHA) -> dict:
         z, p = (0.0, 1.0) if diff == 0 else (float(np.copysign(np.inf, diff)), 0.0)
     half = float(scipy.stats.norm.ppf(1 - alpha / 2) * sd)
     return {"auroc_a": float(auc[0]), "auroc_b": float(auc[1]), "difference": diff,
-            "variance": var, "z": float(z), "p": p, "ci": {"low": diff - half, "high": diff + half},
+            "variance": var, "z": float(z), "p": p, "p_bound": None,
+            "ci": {"low": diff - half, "high": diff + half},
             "n_pos": int(m), "n_neg": int(n)}
 
 
@@ -83,13 +88,30 @@ def _columnwise_auprc(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return out
 
 
-def _percentile_test(values: np.ndarray, alpha: float) -> tuple[dict, float | None]:
-    """(percentile CI, p-value) of bootstrap differences (module docstring)."""
+def _percentile_test(values: np.ndarray, alpha: float) -> tuple[dict, float | None, str | None]:
+    """(percentile CI, p-value, p_bound) of bootstrap differences (module docstring). When no
+    resample reaches 0 the resampling cannot resolve p: it is reported as the bound
+    p < 2 / (B + 1) (B valid resamples; two-sided, each side < 1 / (B + 1)), p_bound "<"."""
     if not len(values):
-        return {"low": None, "high": None}, None
+        return {"low": None, "high": None}, None, None
     low, high = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     p = float(min(1.0, 2 * min(np.mean(values <= 0), np.mean(values >= 0))))
-    return {"low": float(low), "high": float(high)}, p
+    if p == 0.0:
+        return {"low": float(low), "high": float(high)}, 2.0 / (len(values) + 1), "<"
+    return {"low": float(low), "high": float(high)}, p, None
+
+
+def p_text(entry: dict) -> str | None:
+    """An entry's p-value as the reports write it (None without one): its bound, rounded up
+    to two significant digits, when `p_bound` is "<" (no resample resolved it), else the value
+    (below 0.001: "< 0.001")."""
+    value = entry.get("p")
+    if value is None:
+        return None
+    if entry.get("p_bound") == "<":
+        digits = 1 - math.floor(math.log10(value))
+        return f"< {math.ceil(round(value * 10 ** digits, 9)) / 10 ** digits:g}"
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
 MACRO_METRICS = {"macro_auroc": scoring.columnwise_auroc, "macro_auprc": _columnwise_auprc}
@@ -117,10 +139,10 @@ def paired_bootstrap(labels, scores_a, scores_b, *, metric: str = "macro_auroc",
     values = values[np.isfinite(values)]
     out = {"a": None if np.isnan(a) else a, "b": None if np.isnan(b) else b,
            "difference": None if np.isnan(diff) else diff, "ci": {"low": None, "high": None},
-           "p": None, "n_resamples": n_resamples, "n_valid": int(len(values)), "seed": seed,
-           "alpha": alpha}
+           "p": None, "p_bound": None, "n_resamples": n_resamples,
+           "n_valid": int(len(values)), "seed": seed, "alpha": alpha}
     if out["difference"] is not None:
-        out["ci"], out["p"] = _percentile_test(values, alpha)
+        out["ci"], out["p"], out["p_bound"] = _percentile_test(values, alpha)
     out["verdict"] = verdict(out["difference"], out["p"], alpha)
     return out
 
@@ -174,12 +196,13 @@ def paired_drop_difference(in_domain: dict, out_of_domain: dict, classes, *, alp
             values.append(d["a"] - d["b"])
     values = np.asarray(values)
     out = {"drop_a": None, "drop_b": None, "difference": None, "ci": {"low": None, "high": None},
-           "p": None, "n_resamples": n_resamples, "n_valid": int(len(values)), "seed": seed,
-           "alpha": alpha, "n_in_domain": int(len(y[0])), "n_out_of_domain": int(len(y[1]))}
+           "p": None, "p_bound": None, "n_resamples": n_resamples,
+           "n_valid": int(len(values)), "seed": seed, "alpha": alpha,
+           "n_in_domain": int(len(y[0])), "n_out_of_domain": int(len(y[1]))}
     if observed is not None:
         out.update(drop_a=observed["a"], drop_b=observed["b"],
                    difference=observed["a"] - observed["b"])
-        out["ci"], out["p"] = _percentile_test(values, alpha)
+        out["ci"], out["p"], out["p_bound"] = _percentile_test(values, alpha)
     # A smaller drop is the better (more robust) model: the verdict names it.
     out["verdict"] = verdict(None if out["difference"] is None else -out["difference"],
                              out["p"], alpha).replace("better", "more robust")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from crema_jax.evaluate import scoring
+from crema_jax.evaluate import paired, scoring
 
 
 def pyplot():
@@ -86,6 +86,12 @@ def plot_embeddings(features: np.ndarray, groups: dict, path, title: str) -> Non
     plt.close(fig)
 
 
+def _p_label(entry: dict) -> str:
+    """"p=0.078", or "p < 0.002" for a bound (paired.p_text); "" without a p-value."""
+    text = paired.p_text(entry)
+    return "" if text is None else (f"p {text}" if text.startswith("<") else f"p={text}")
+
+
 def plot_paired_differences(comparisons: list[dict], class_display: dict, models: dict,
                             path) -> None:
     """AUROC(A) - AUROC(B) per class (its test positives in brackets) with its DeLong CI, and
@@ -104,14 +110,14 @@ def plot_paired_differences(comparisons: list[dict], class_display: dict, models
             points.append(c["difference"])
             lows.append(c["ci"]["low"])
             highs.append(c["ci"]["high"])
-            labels.append(f"p={c['p']:.3f}")
+            labels.append(_p_label(c))
         macro = comparison["macro_auroc"]
         if macro["difference"] is not None:
             names.append("macro AUROC")
             points.append(macro["difference"])
             lows.append(macro["ci"]["low"] if macro["ci"]["low"] is not None else np.nan)
             highs.append(macro["ci"]["high"] if macro["ci"]["high"] is not None else np.nan)
-            labels.append(f"p={macro['p']:.3f}" if macro["p"] is not None else "")
+            labels.append(_p_label(macro))
         y = np.arange(len(names))[::-1]
         points, lows, highs = (np.asarray(v, np.float64) for v in (points, lows, highs))
         colours = ["tab:blue"] * (len(names) - 1) + ["black"] if names else []

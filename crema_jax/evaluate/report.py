@@ -11,7 +11,7 @@ import pathlib
 import numpy as np
 
 from crema_jax.runtime import files
-from crema_jax.evaluate import plots
+from crema_jax.evaluate import paired, plots
 
 DASH = "\u2014"
 
@@ -47,8 +47,9 @@ def _level(alpha: float) -> str:
     return f"{100 * (1 - alpha):g}%"
 
 
-def _p(value) -> str:
-    return DASH if value is None else ("< 0.001" if value < 0.001 else f"{value:.3f}")
+def p_text(entry: dict) -> str:
+    text = paired.p_text(entry)
+    return DASH if text is None else text
 
 
 def _runs_markdown(report: dict) -> list[str]:
@@ -97,7 +98,7 @@ def _comparison_markdown(report: dict, comparison: dict) -> list[str]:
     for key in ("macro_auroc", "macro_auprc"):
         m = comparison[key]
         lines.append(f"| {key.replace('_', ' ')} | {_fmt(m['a'])} | {_fmt(m['b'])} | "
-                     f"{_fmt(m['difference'])} | {_ci(m['ci'])} | {_p(m['p'])} |")
+                     f"{_fmt(m['difference'])} | {_ci(m['ci'])} | {p_text(m)} |")
     lines += ["", "| class | positives | AUROC A | AUROC B | A − B "
               f"| {_level(comparison['alpha'])} CI (DeLong) "
               "| p (DeLong) | verdict |", "|---|---|---|---|---|---|---|---|"]
@@ -108,7 +109,7 @@ def _comparison_markdown(report: dict, comparison: dict) -> list[str]:
             continue
         lines.append(f"| {display(report, name)} | {c['n_pos']}/{c['n_pos'] + c['n_neg']} | "
                      f"{_fmt(c['auroc_a'])} | {_fmt(c['auroc_b'])} | {_fmt(c['difference'])} "
-                     f"| {_ci(c['ci'])} | {_p(c['p'])} | {c['verdict']} |")
+                     f"| {_ci(c['ci'])} | {p_text(c)} | {c['verdict']} |")
     return lines + [""]
 
 
@@ -126,6 +127,8 @@ def markdown(report: dict) -> str:
         lines += [f"| {label} | {m['checkpoint']} | {m['backbone']} | {m['data']} | "
                   f"{m['crop_averaging']} |" for label, m in models.items()]
         lines.append("")
+    if report.get("records"):
+        lines += _records_markdown(report)
     if report.get("runs"):
         lines += _runs_markdown(report)
     for comparison in report.get("comparisons", []):
@@ -152,9 +155,45 @@ def markdown(report: dict) -> str:
                   "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {d['train_source']} | {d['test_source']} | {_fmt(d['drop_a'])} | "
                   f"{_fmt(d['drop_b'])} | {_fmt(d['difference'])} | {_ci(d['ci'])} | "
-                  f"{_p(d['p'])} | {d['verdict']} |" for d in drops]
+                  f"{p_text(d)} | {d['verdict']} |" for d in drops]
         lines.append("")
     return "\n".join(lines)
+
+
+def records(data, record_folds=None) -> dict:
+    """report.json's `records`: what was evaluated and what loading left out. train/val/test
+    count the records the headline protocol's heads train, select and test on, as the runs
+    table does: the splits, or with K folds the mean per fold of training and validation
+    records and every record tested (once)."""
+    counts = {"indexed": int(data.counts.get("indexed", len(data.infos))),
+              "duplicates_merged": int(data.counts.get("duplicates_merged", 0)),
+              "no_class_left": int(data.counts.get("no_class_left", 0)),
+              "not_one_class": int(data.counts.get("not_one_class", 0))}
+    if record_folds:
+        used = {"train": round(float(np.mean([len(p["train"]) for p in record_folds])), 1),
+                "val": round(float(np.mean([len(p["val"]) for p in record_folds])), 1),
+                "test": int(sum(len(p["test"]) for p in record_folds))}
+    else:
+        used = {s: int(np.sum(data.splits == s)) for s in ("train", "val", "test")}
+    return {"total": int(len(data.infos)), **counts, **used,
+            "folds": [int(len(part["test"])) for part in record_folds or []]}
+
+
+def _records_markdown(report: dict) -> list[str]:
+    r = report["records"]
+    left_out = [f"{r[key]} {words}" for key, words in (
+        ("duplicates_merged", "duplicate rows merged"),
+        ("no_class_left", "left with no class by --min_positives"),
+        ("not_one_class", "without exactly one class")) if r.get(key)]
+    line = (f"**Records**: {r['total']} evaluated of {r['indexed']} indexed"
+            + (f" ({'; '.join(left_out)})" if left_out else "")
+            + f"; label type {report['label_type']}; ")
+    if r["folds"]:
+        line += (f"{len(r['folds'])} folds of {', '.join(map(str, r['folds']))} test records; "
+                 f"per fold {r['train']:g} train, {r['val']:g} val; {r['test']} tested")
+    else:
+        line += f"{r['train']} train, {r['val']} val, {r['test']} test"
+    return [line, ""]
 
 
 def new_report(*, title: str, command: str, settings: dict, data, models: dict, runs: list,
@@ -168,9 +207,7 @@ def new_report(*, title: str, command: str, settings: dict, data, models: dict, 
         "title": title, "command": command, "settings": settings, "models": models,
         "label_type": data.label_type, "classes": list(data.classes),
         "class_display": data.display,
-        "records": {"total": int(len(data.infos)),
-                    **{s: int(np.sum(data.splits == s)) for s in ("train", "val", "test")},
-                    "folds": [int(len(part["test"])) for part in record_folds or []]},
+        "records": records(data, record_folds),
         "headline": {"run": head["name"], "model": head["model"],
                      "macro_auroc": head["test"]["macro_auroc"], "ci": head["test"]["ci"],
                      "verdict": comparisons[0]["verdict"] if comparisons else None},

@@ -23,6 +23,18 @@ LOSSES = {
 }
 # Keyword parameters whose config value is the NAME of another registered loss.
 LOSS_VALUED = ("contrastive",)
+# The parts of the pretraining model each loss trains: a decoder no loss term reaches stays at
+# its random init (its reconstructions mean nothing), likewise a projection head.
+RECONSTRUCTING = ("mae", "stmem", "crema")
+CONTRASTING = ("infonce", "simclr", "siglip", "crema")
+
+
+def trained_parts(loss_cfg) -> dict:
+    """{"decoder": bool, "projector": bool}: whether config.loss trains the MAE decoder and the
+    contrastive projection head (crema with contrastive_weight 0 trains no projection head)."""
+    name = loss_cfg["name"]
+    weight = float(loss_cfg.get("contrastive_weight", 1.0)) if name == "crema" else 1.0
+    return {"decoder": name in RECONSTRUCTING, "projector": name in CONTRASTING and weight != 0}
 
 
 def register_loss(name, fn):
@@ -60,5 +72,6 @@ def get_loss(loss_cfg):
     return bind(_lookup(loss_cfg["name"], "name"), loss_cfg)
 
 
-__all__ = ["LOSSES", "CONTRASTIVE", "LOSS_VALUED", "register_loss", "bind", "get_loss",
+__all__ = ["LOSSES", "CONTRASTIVE", "LOSS_VALUED", "RECONSTRUCTING", "CONTRASTING",
+           "trained_parts", "register_loss", "bind", "get_loss",
            "default_loss_config", "mae", "stmem", "infonce", "simclr", "siglip", "crema"]

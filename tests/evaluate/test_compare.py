@@ -10,6 +10,8 @@ from sklearn.metrics import roc_auc_score
 
 from crema_jax.cli import compare
 from tests.cli.test_hostile import _fails
+from tests.evaluate.conftest import evaluated_ids
+from tests.evaluate.test_report import check_markdown_agrees
 from tests.evaluate.test_cli import RUN_KEYS, SCHEMA, _macro, _run, _scorable
 from tests.evaluate.test_paired import _reference_paired_bootstrap, reference_delong
 
@@ -34,7 +36,7 @@ def test_two_identical_checkpoints_give_no_detectable_difference(
 
 @pytest.mark.slow
 def test_compare_a_checkpoint_with_random_on_the_same_folds_and_crops(
-        pretrained_workdir, manifest, tmp_path):
+        pretrained_workdir, cinc_sample_dir, manifest, tmp_path):
     csv_path, patients = manifest
     _run(compare, checkpoint=str(pretrained_workdir), checkpoint_b="random", layout="manifest",
          root=str(csv_path), workdir=str(tmp_path), folds=3, min_positives=5, cross_domain=True,
@@ -43,7 +45,8 @@ def test_compare_a_checkpoint_with_random_on_the_same_folds_and_crops(
     assert set(report) == SCHEMA and all(RUN_KEYS <= set(run) for run in report["runs"])
     pred = np.load(tmp_path / "predictions.npz")
     labels, a, b = pred["labels"], pred["probs_a"], pred["probs_b"]
-    assert len(set(pred["record_id"].tolist())) == 50
+    expected = evaluated_ids(cinc_sample_dir, 5)
+    assert sorted(set(pred["record_id"].tolist())) == expected
     models = report["models"]
     assert models["B"]["checkpoint"] == "random"
     assert models["A"]["data"] == models["B"]["data"]                 # the same crops
@@ -54,7 +57,7 @@ def test_compare_a_checkpoint_with_random_on_the_same_folds_and_crops(
     assert run_a["test"]["macro_auroc"] == pytest.approx(_macro(labels, a), abs=1e-9)
     assert run_b["test"]["macro_auroc"] == pytest.approx(_macro(labels, b), abs=1e-9)
     comparison = report["comparisons"][0]
-    assert comparison["n"] == 50
+    assert comparison["n"] == len(expected)
     ok = _scorable(labels)
     for c, name in enumerate(report["classes"]):
         entry = comparison["per_class"][name]
@@ -65,13 +68,20 @@ def test_compare_a_checkpoint_with_random_on_the_same_folds_and_crops(
         assert entry["auroc_a"] == pytest.approx(auc_a, abs=1e-12)
         assert entry["auroc_b"] == pytest.approx(auc_b, abs=1e-12)
         assert entry["variance"] == pytest.approx(var, abs=1e-8, rel=0)
-        assert entry["p"] == pytest.approx(p, abs=1e-8, rel=0)
+        if var == 0:  # no sampling variability (paired.delong): equal AUCs are p = 1
+            assert entry["p"] == (1.0 if auc_a == auc_b else 0.0)
+        else:
+            assert entry["p"] == pytest.approx(p, abs=1e-8, rel=0)
     groups = [patients[str(r)] for r in pred["record_id"]]
-    low, high, p, _ = _reference_paired_bootstrap(labels, a, b, groups, 200, 0, roc_auc_score)
+    low, high, p, n_valid = _reference_paired_bootstrap(labels, a, b, groups, 200, 0,
+                                                        roc_auc_score)
     macro = comparison["macro_auroc"]
     assert macro["difference"] == pytest.approx(_macro(labels, a) - _macro(labels, b), abs=1e-12)
+    # No resample reaching 0 is reported as the bound p < 2 / (B + 1).
+    bound = p == 0
+    assert macro["p_bound"] == ("<" if bound else None)
     assert (macro["ci"]["low"], macro["ci"]["high"], macro["p"]) == pytest.approx(
-        (low, high, p), abs=1e-12)
+        (low, high, 2 / (n_valid + 1) if bound else p), abs=1e-12)
     assert comparison["verdict"] == ("no detectable difference at alpha=0.05" if p >= 0.05 else
                                      f"{'A' if macro['difference'] > 0 else 'B'} better at "
                                      "alpha=0.05")
@@ -91,6 +101,7 @@ def test_compare_a_checkpoint_with_random_on_the_same_folds_and_crops(
     assert defined >= 2
     md = (tmp_path / "report.md").read_text()
     assert f"**{comparison['verdict']}**" in md and "## Robustness" in md
+    check_markdown_agrees(report, md)
     image = matplotlib.image.imread(tmp_path / "paired_differences.png")
     assert image.shape[0] > 300 and image[..., :3].std() > 0.05
 

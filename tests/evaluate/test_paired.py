@@ -175,6 +175,8 @@ def test_drop_difference_resamples_both_sets_jointly():
         diffs.append((macro(sub[0], "a") - macro(sub[1], "a"))
                      - (macro(sub[0], "b") - macro(sub[1], "b")))
     assert got["ci"]["low"] == pytest.approx(np.percentile(diffs, 2.5), abs=1e-12)
-    assert got["p"] == pytest.approx(min(1, 2 * min(np.mean(np.array(diffs) <= 0),
-                                                    np.mean(np.array(diffs) >= 0))), abs=1e-12)
+    p = min(1, 2 * min(np.mean(np.array(diffs) <= 0), np.mean(np.array(diffs) >= 0)))
+    # No resample reaching 0 cannot give p = 0: the bound 2 / (B + 1), marked "<".
+    assert got["p_bound"] == ("<" if p == 0 else None)
+    assert got["p"] == pytest.approx(2 / (len(diffs) + 1) if p == 0 else p, abs=1e-12)
     assert got["verdict"].endswith("at alpha=0.05")

@@ -63,3 +63,103 @@ def test_pca_matches_sklearn_up_to_sign():
 def test_primary_label_is_rarest_positive():
     labels = np.array([[1, 1, 0], [1, 0, 0], [0, 0, 0], [1, 0, 1]], np.float32)
     assert plots.primary_label(labels, ["a", "b", "c"]) == ["b", "a", "none", "c"]
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def _check_p(cell: str, entry: dict) -> None:
+    """A Markdown p-value against its JSON entry: a bound "< X" with X >= p within p's second
+    significant digit when p_bound is "<"; else p to three decimals (or "< 0.001")."""
+    p = entry["p"]
+    if p is None:
+        assert cell == report.DASH
+    elif entry.get("p_bound") == "<":
+        assert cell.startswith("< "), (cell, entry)
+        shown = float(cell[2:])
+        assert p <= shown < p + 10.0 ** (np.floor(np.log10(p)) - 1), (cell, p)
+    elif p < 0.001:
+        assert cell == "< 0.001", (cell, p)
+    else:
+        assert float(cell) == round(p, 3), (cell, p)
+
+
+def check_markdown_agrees(rep: dict, md: str) -> None:
+    """report.md says what report.json says: the records line, the runs table's record counts
+    (runs on all training labels) and every p-value of the comparisons."""
+    lines = md.splitlines()
+    records = rep["records"]
+    line = next(x for x in lines if x.startswith("**Records**"))
+    assert line.startswith(f"**Records**: {records['total']} evaluated of "
+                           f"{records['indexed']} indexed")
+    for key, words in (("duplicates_merged", "duplicate rows merged"),
+                       ("no_class_left", "left with no class by --min_positives")):
+        assert (f"{records[key]} {words}" in line) is (records[key] > 0), line
+    if records["folds"]:
+        assert f"per fold {records['train']:g} train, {records['val']:g} val; " \
+               f"{records['test']} tested" in line, line
+    else:
+        assert f"{records['train']} train, {records['val']} val, {records['test']} test" in line
+    header = _cells(next(x for x in lines if x.startswith("| run | model |")))
+    rows = {_cells(x)[0] + "/" + _cells(x)[1]: dict(zip(header, _cells(x))) for x in lines
+            if x.startswith("| ") and any(x.startswith(f"| {r['name']} |") for r in rep["runs"])}
+    for run in rep["runs"]:
+        row = rows[f"{run['name']}/{run['model']}"]
+        assert float(row["test records"]) == run["test"]["n"]
+        if run["protocol"]["label_fraction"] == 1.0 and run["protocol"]["leads"] == \
+                rep["runs"][0]["protocol"]["leads"]:
+            assert float(row["train records"]) == records["train"]
+            assert run["test"]["n"] == records["test"]
+    for comparison in rep["comparisons"]:
+        block = lines[lines.index(f"## A vs B: {comparison['run']}"):]
+        for key in ("macro_auroc", "macro_auprc"):
+            row = _cells(next(x for x in block if x.startswith(f"| {key.replace('_', ' ')} |")))
+            _check_p(row[-1], comparison[key])
+        start = next(i for i, x in enumerate(block) if x.startswith("| class | positives |"))
+        for entry, line in zip(comparison["per_class"].values(), block[start + 2:]):
+            if "skipped" not in entry:
+                _check_p(_cells(line)[-2], entry)
+
+
+def test_report_json_and_markdown_agree_on_counts_and_p_values(tmp_path):
+    """45 records in 5 folds of 9 (by hand: each fold trains on 3 x 9 = 27, selects on 9; every
+    record tested once), 2 duplicates merged and 3 records left with no class; model A far
+    better than B on every resample: p is the bound 2 / (1000 + 1), "< 0.002" in Markdown."""
+    from types import SimpleNamespace
+
+    from crema_jax.evaluate import folds, paired
+
+    rng = np.random.default_rng(1)
+    labels = np.zeros((45, 2), np.float32)
+    labels[np.arange(45), rng.integers(0, 2, 45)] = 1
+    a = labels + 0.01 * rng.random((45, 2))
+    b = rng.random((45, 2))
+    plan = folds.fold_plan(np.repeat(np.arange(5), 9), 5)
+    data = SimpleNamespace(
+        infos=[None] * 45, splits=np.full(45, "train"), label_type="multiclass",
+        classes=["AF", "SR"], display={},
+        counts={"indexed": 50, "duplicates_merged": 2, "no_class_left": 3, "not_one_class": 0})
+    test = scoring.classification_report(labels, a, ["AF", "SR"], thresholds=np.full(2, 0.5))
+    test["ci"] = None
+    runs = [{"name": "probe leads=12 labels=1 folds=5", "model": model,
+             "protocol": {"leads": "12", "label_fraction": 1.0, "folds": 5}, "n_train": 27.0,
+             "n_val": 9.0, "test": test} for model in ("A", "B")]
+    comparison = {"run": runs[0]["name"], "protocol": runs[0]["protocol"],
+                  **paired.compare_predictions(labels, a, b, ["AF", "SR"], n_resamples=1000)}
+    rep = report.new_report(title="t", command="compare", settings={}, data=data, models={},
+                            runs=runs, cross_domain=[], record_folds=plan,
+                            comparisons=[comparison], seconds=1.0)
+    assert rep["records"] == {"total": 45, "indexed": 50, "duplicates_merged": 2,
+                              "no_class_left": 3, "not_one_class": 0, "train": 27.0,
+                              "val": 9.0, "test": 45, "folds": [9] * 5}
+    macro = rep["comparisons"][0]["macro_auroc"]
+    assert macro["n_valid"] == 1000 and macro["p_bound"] == "<"
+    assert macro["p"] == 2 / 1001
+    report.write_all(rep, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    loaded = json.loads((tmp_path / "report.json").read_text())
+    assert loaded["comparisons"][0]["macro_auroc"]["p"] == 2 / 1001
+    assert "| macro auroc |" in md and md.split("| macro auroc |")[1].split("\n")[0] \
+        .rstrip().endswith("| < 0.002 |")
+    check_markdown_agrees(loaded, md)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from crema_jax.runtime import mesh as mesh_lib
 from crema_jax.runtime import workdir as workdir_lib
 from crema_jax.data.index import dataset_index
 from crema_jax.data.index import registry
@@ -138,3 +139,38 @@ def test_evaluations_continue_after_kill_minus_9(tmp_path, jax_cache_dir):
     assert sorted(reference) == [2, 4, 6] and sorted(drill) == [2, 4, 6]
     for step, values in drill.items():  # a step evaluated twice (before and after the kill)
         np.testing.assert_allclose(values, reference[step] * len(values), rtol=1e-5)
+
+
+def _fixed_outputs(batch_size, views):
+    """A stand-in for the trainer's "reconstruct" prediction: zero reconstructions and fixed
+    projections, whatever the state."""
+    rng = np.random.default_rng(0)
+    proj = rng.normal(size=(batch_size, views, 8))
+
+    def reconstruct(state, batch):
+        return {"pred": np.zeros(batch["patches"].shape, np.float32), "proj": proj}
+    return reconstruct, proj
+
+
+@pytest.mark.parametrize("loss, decoder, projector", [
+    ("infonce", False, True), ("mae", True, False), ("crema", True, True)])
+def test_reconstruction_reports_only_the_parts_the_loss_trains(loss, decoder, projector):
+    config = _bundled(**{"loss.name": loss})
+    config.data.num_views = 2
+    config.evals.reconstruction.num_records = 4
+    reconstruct, proj = _fixed_outputs(4, 2)
+    mesh = mesh_lib.make_mesh(devices=jax.devices()[:1])
+    evaluator = evaluators.Reconstruction(config, mesh, {"reconstruct": reconstruct})
+    row = evaluator.run(None)
+    line = evaluator.summary(row)
+    recon_keys = [k for k in row if k.startswith("eval/recon_mse")]
+    assert bool(recon_keys) is decoder and ("masked MSE" in line) is decoder
+    assert (f"no reconstruction MSE: loss {loss!r} trains no decoder" in line) is not decoder
+    if decoder:  # a zero prediction is the zero baseline: their ratio is exactly 1
+        assert row["eval/recon_mse"] == row["eval/recon_mse_zero"]
+    assert ("eval/contrastive_accuracy" in row) is projector
+    assert (f"no view matching: loss {loss!r} trains no projector" in line) is not projector
+    if projector:  # view 0 of record i against view 1 of every record, by cosine similarity
+        z = proj / np.linalg.norm(proj, axis=-1, keepdims=True)
+        expected = np.mean([np.argmax(z[i, 0] @ z[:, 1].T) == i for i in range(4)])
+        assert row["eval/contrastive_accuracy"] == expected

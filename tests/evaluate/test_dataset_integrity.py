@@ -1,0 +1,127 @@
+"""What would make a table lie, at loading: the label type decided before --min_positives drops
+a class (records left with no class dropped and counted), and one ECG listed twice (the same
+path, or byte-identical signal files under two ids) never in two folds or two splits. Counts
+and hashes are computed here from the CSV rows and the files' bytes."""
+import csv
+import hashlib
+import shutil
+
+import numpy as np
+import pytest
+
+from crema_jax.evaluate import datasets, folds
+
+# The rows' own labels (not the headers'): a one-class-per-record dataset with a rare class.
+COMMON, OTHER, RARE = "1000", "2000", "9999"
+
+
+def _settings(root, **more):
+    return {"root": str(root), "cache_dir": "", "layout": "manifest", "layout_options": {},
+            "seed": 0, "split_fractions": [0.6, 0.2, 0.2], "min_positives": 1,
+            "label_type": "auto", "folds": 0, **more}
+
+
+def _write(path, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "labels", "record_id"])
+        writer.writerows(rows)
+    return path
+
+
+def _signal_hash(path_without_suffix) -> str:
+    return hashlib.sha256(open(f"{path_without_suffix}.mat", "rb").read()).hexdigest()
+
+
+@pytest.fixture
+def one_class_manifest(cinc_sample_dir, tmp_path):
+    """30 records with distinct signals, one class each: 3 of RARE, the rest COMMON or OTHER."""
+    heads, seen = [], set()
+    for head in sorted(cinc_sample_dir.glob("*.hea")):
+        if _signal_hash(head.with_suffix("")) not in seen and len(heads) < 30:
+            seen.add(_signal_hash(head.with_suffix("")))
+            heads.append(head)
+    labels = [RARE if i < 3 else (COMMON if i % 2 else OTHER) for i in range(len(heads))]
+    rows = [[str(h.with_suffix("")), label, h.stem] for h, label in zip(heads, labels)]
+    return _write(tmp_path / "manifest.csv", rows), labels
+
+
+def test_a_class_dropped_by_min_positives_leaves_the_label_type_as_it_was(one_class_manifest,
+                                                                            capsys):
+    path, labels = one_class_manifest
+    data = datasets.load_dataset(_settings(path, min_positives=4, folds=5))
+    rare = labels.count(RARE)
+    assert rare == 3
+    assert data.label_type == "multiclass"  # every row has exactly one class before the drop
+    assert data.classes == [COMMON, OTHER]
+    assert data.counts["no_class_left"] == rare
+    assert len(data.infos) == len(labels) - rare
+    assert np.all(data.labels.sum(1) == 1)
+    out = capsys.readouterr().out
+    assert "label type: multiclass (auto" in out
+    assert f"{rare} records whose classes were all dropped" in out
+
+
+def test_without_a_drop_nothing_is_left_out_and_the_flag_fixes_the_type(one_class_manifest):
+    path, labels = one_class_manifest
+    data = datasets.load_dataset(_settings(path, folds=5))
+    assert data.label_type == "multiclass" and len(data.infos) == len(labels)
+    assert data.counts["no_class_left"] == 0
+    fixed = datasets.load_dataset(_settings(path, folds=5, min_positives=4,
+                                            label_type="multilabel"))
+    assert fixed.label_type == "multilabel"
+    assert fixed.counts["no_class_left"] == labels.count(RARE)
+
+
+@pytest.fixture
+def duplicated_manifest(cinc_sample_dir, tmp_path):
+    """20 records with their header labels; the first listed twice (two rows, one path), and
+    the second copied byte for byte under a new id. (The CinC sample itself holds two records
+    with byte-identical signals.)"""
+    heads = sorted(cinc_sample_dir.glob("*.hea"))[:20]
+    rows = []
+    for head in heads:
+        dx = [line[5:] for line in head.read_text().splitlines() if line.startswith("# Dx:")]
+        rows.append([str(head.with_suffix("")), dx[0].strip().replace(",", ";"), head.stem])
+    copy = tmp_path / "copy" / "X99999"
+    copy.parent.mkdir()
+    shutil.copyfile(heads[1].with_suffix(".mat"), copy.with_suffix(".mat"))
+    header = heads[1].read_text().replace(heads[1].stem, copy.name)
+    copy.with_suffix(".hea").write_text(header)
+    rows += [[rows[0][0], rows[0][1], "again"], [str(copy), rows[1][1], copy.name]]
+    path = _write(tmp_path / "manifest.csv", rows)
+    return path, len(rows), len({_signal_hash(row[0]) for row in rows})
+
+
+def test_a_duplicated_ecg_is_merged_and_never_in_two_folds(duplicated_manifest, capsys):
+    path, n_rows, distinct = duplicated_manifest
+    assert n_rows - distinct >= 2  # the two made here, and any in the sample
+    settings = _settings(path, folds=5, split_fractions=[])
+    data = datasets.load_dataset(settings)
+    assert data.counts["indexed"] == n_rows
+    assert data.counts["duplicates_merged"] == n_rows - distinct
+    assert len(data.infos) == distinct
+    assert f"duplicates: {n_rows - distinct} records repeat an ECG" in capsys.readouterr().out
+    plan, _ = folds.dataset_plan(data, settings)
+    fold_of = {}
+    for part in plan:
+        for row in part["test"]:
+            key = _signal_hash(data.infos[row].path)
+            assert key not in fold_of, f"{data.infos[row].record_id} in folds {fold_of[key]}, " \
+                                       f"{part['fold']}"
+            fold_of[key] = part["fold"]
+    assert len(fold_of) == distinct  # every distinct ECG tested once
+
+
+def test_a_duplicated_ecg_is_never_in_train_and_test(duplicated_manifest):
+    path, n_rows, distinct = duplicated_manifest
+    data = datasets.load_dataset(_settings(path))
+    hashes = np.asarray([_signal_hash(info.path) for info in data.infos])
+    assert len(set(hashes.tolist())) == len(hashes) == distinct - data.counts["no_class_left"]
+    assert not set(hashes[data.splits == "train"]) & set(hashes[data.splits == "test"])
+
+
+def test_duplicates_can_be_refused_with_their_count(duplicated_manifest):
+    path, n_rows, distinct = duplicated_manifest
+    with pytest.raises(ValueError, match=f"{n_rows - distinct} records repeat an ECG listed"):
+        datasets.load_dataset(_settings(path, duplicates="refuse"))
