@@ -221,8 +221,11 @@ def extract_features(backbone, data, lead_name: str, settings: dict, mesh) -> Fe
     return Features(values, np.asarray(rows, np.int64), ids, data_cfg)
 
 
-def head_fit_predict(features: Features, data, probe_kwargs: dict):
-    """The linear probe on `features` as a runs.py model: records -> their examples."""
+def head_fit_predict(features: Features, data, probe_kwargs: dict, *, fit=None, predict=None):
+    """The linear probe (or another head on frozen features: `fit` like fit_linear_probe,
+    `predict` like predict_proba) on `features` as a runs.py model: records -> their
+    examples."""
+    fit, predict = fit or fit_linear_probe, predict or predict_proba
     labels = data.labels[features.rows]
 
     def examples(rows):
@@ -230,16 +233,16 @@ def head_fit_predict(features: Features, data, probe_kwargs: dict):
 
     def fit_predict(train_rows, val_rows, tests):
         train, val = examples(train_rows), examples(val_rows)
-        head = fit_linear_probe(features.values[train], labels[train], features.values[val],
-                                labels[val], label_type=data.label_type, **probe_kwargs)
-        out = {"val": {"probs": predict_proba(head, features.values[val]),
+        head = fit(features.values[train], labels[train], features.values[val], labels[val],
+                   label_type=data.label_type, **probe_kwargs)
+        out = {"val": {"probs": predict(head, features.values[val]),
                        "labels": labels[val]},
                "tests": {},
                "info": {"selection": {"l2": head.l2, "val_macro_auroc_by_l2": {
                    str(k): v for k, v in head.val_auroc_by_l2.items()}}}}
         for name, rows in tests.items():
             ex = examples(rows)
-            out["tests"][name] = {"probs": predict_proba(head, features.values[ex]),
+            out["tests"][name] = {"probs": predict(head, features.values[ex]),
                                   "labels": labels[ex], "rows": features.rows[ex],
                                   "ids": [features.ids[i] for i in ex]}
         return out

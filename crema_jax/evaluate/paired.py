@@ -184,3 +184,15 @@ def paired_drop_difference(in_domain: dict, out_of_domain: dict, classes, *, alp
     out["verdict"] = verdict(None if out["difference"] is None else -out["difference"],
                              out["p"], alpha).replace("better", "more robust")
     return out
+
+
+def holm(p_values) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979), in the given order: with the m p-values
+    sorted ascending, p_(i) becomes max over j <= i of min(1, (m - j + 1) p_(j)). Rejecting
+    where the adjusted p < alpha controls the family-wise error rate at alpha."""
+    p = np.asarray(p_values, np.float64)
+    order = np.argsort(p, kind="stable")
+    scaled = np.minimum(1.0, (len(p) - np.arange(len(p))) * p[order])
+    adjusted = np.empty_like(p)
+    adjusted[order] = np.maximum.accumulate(scaled) if len(p) else scaled
+    return adjusted.tolist()
