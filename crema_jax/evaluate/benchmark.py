@@ -156,8 +156,10 @@ def cell_path(workdir: pathlib.Path, model: str, column: str, protocol: str) -> 
     return workdir / "cells" / model.replace(":", "_") / safe / f"{protocol}.npz"
 
 
-def save_cell(path, spec: str, fields: dict, arrays: dict) -> None:
-    meta = json.dumps({"spec": spec, "fields": fields}, default=float)
+def save_cell(path, key: tuple, spec: str, fields: dict, arrays: dict) -> None:
+    """The cell's predictions and, in `meta`, which cell it is, its digest and its run fields."""
+    meta = json.dumps({"model": key[0], "column": key[1], "protocol": key[2], "spec": spec,
+                       "fields": fields}, default=float)
 
     def write(tmp):
         with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz"
@@ -209,7 +211,7 @@ def run_cells(models, cols, suite: dict, workdir: pathlib.Path, log=print) -> tu
                 fields, arrays = compute_cell(model, column, protocol, suite, loaded, store,
                                               mesh)
                 fields["seconds"] = round(time.time() - t0, 1)
-                save_cell(path, spec, fields, arrays)
+                save_cell(path, key, spec, fields, arrays)
                 cells[key] = {**arrays, "fields": fields}
                 counts["cells_computed"] += 1
                 log(f"cell {model.name} | {column.name} | {protocol}: {fields['seconds']} s")

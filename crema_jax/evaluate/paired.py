@@ -10,8 +10,9 @@
   patient's records together, scoring.Groups) and scores BOTH models on that same resample;
   the statistic is macro(A) - macro(B) over the classes the resample can score.
   CI: percentiles alpha/2 and 1 - alpha/2 (numpy's linear interpolation). p = min(1,
-  2 min(P*(d <= 0), P*(d >= 0))) over the resamples: the alpha at which the percentile CI
-  reaches 0, so "p < alpha" and "the CI excludes 0" agree (up to that interpolation).
+  2 min(P*(d <= 0), P*(d >= 0))) over the resamples (|d| <= 1e-12 counts as 0: equal AUROCs
+  but for rounding): the alpha at which the percentile CI reaches 0, so "p < alpha" and "the
+  CI excludes 0" agree (up to that interpolation).
 - Verdict at alpha: "A better" / "B better" when p < alpha, else "no detectable difference".
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ import scipy.stats
 from crema_jax.evaluate import scoring
 
 ALPHA = 0.05
+TIE = 1e-12  # bootstrap differences this close to 0 are ties (_percentile_test)
 
 
 def verdict(difference: float | None, p: float | None, alpha: float) -> str:
@@ -88,7 +90,10 @@ def _percentile_test(values: np.ndarray, alpha: float) -> tuple[dict, float | No
     if not len(values):
         return {"low": None, "high": None}, None
     low, high = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    p = float(min(1.0, 2 * min(np.mean(values <= 0), np.mean(values >= 0))))
+    # Two AUROCs equal in exact arithmetic can differ by rounding (1e-17) in floating point;
+    # such a resample is a tie and counts on both sides, whatever the sign of its rounding.
+    tie = np.abs(values) <= TIE
+    p = float(min(1.0, 2 * min(np.mean((values <= 0) | tie), np.mean((values >= 0) | tie))))
     return {"low": float(low), "high": float(high)}, p
 
 
