@@ -130,6 +130,18 @@ def _bucket(n: int) -> int:
 OPTIMIZERS = ("lbfgs", "adam")
 
 
+def training_rows(x_train, y_train):
+    """(standardised features, labels, row weights, mean, std) of a head's training rows,
+    padded to _bucket rows with weight 0 (the heads of linear_probe.py and mlp_head.py)."""
+    mean, std = standardiser(x_train)
+    n = len(x_train)
+    pad = _bucket(n) - n
+    xt = np.pad((np.asarray(x_train, np.float32) - mean) / std, ((0, pad), (0, 0)))
+    yt = np.pad(np.asarray(y_train, np.float32), ((0, pad), (0, 0)))
+    w = np.r_[np.ones(n, np.float32), np.zeros(pad, np.float32)]
+    return xt, yt, w, mean, std
+
+
 def fit_linear_probe(x_train, y_train, x_val, y_val, *, label_type: str = "multilabel",
                      l2_grid=DEFAULT_L2_GRID, optimizer: str = "lbfgs", steps: int = 200,
                      learning_rate: float = 1e-2) -> LinearProbe:
@@ -138,17 +150,12 @@ def fit_linear_probe(x_train, y_train, x_val, y_val, *, label_type: str = "multi
     Features are (n, D), or (n, C, D) for C crops per example (ST-MEM's protocol): every crop is
     then a training row with its example's labels, and an example's validation probabilities
     are the mean of its crops' (as `predict_proba`)."""
-    x_train, y_train = _crop_rows(x_train, y_train)
+    x_train, y_train = crop_rows(x_train, y_train)
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"--probe_optimizer={optimizer!r}: expected one of {OPTIMIZERS}")
     if label_type not in ("multilabel", "multiclass"):
         raise ValueError(f"label_type={label_type!r}: expected 'multilabel' or 'multiclass'")
-    mean, std = standardiser(x_train)
-    n = len(x_train)
-    pad = _bucket(n) - n
-    xt = np.pad((np.asarray(x_train, np.float32) - mean) / std, ((0, pad), (0, 0)))
-    yt = np.pad(np.asarray(y_train, np.float32), ((0, pad), (0, 0)))
-    w = np.r_[np.ones(n, np.float32), np.zeros(pad, np.float32)]
+    xt, yt, w, mean, std = training_rows(x_train, y_train)
     xv = (np.asarray(x_val, np.float32) - mean) / std
     all_params = jax.device_get(_fit_grid(
         jnp.asarray(xt), jnp.asarray(yt), jnp.asarray(w), jnp.asarray(l2_grid, jnp.float32),
@@ -179,7 +186,7 @@ def predict_proba(probe: LinearProbe, features: np.ndarray) -> np.ndarray:
     return probs.mean(1) if probs.ndim == 3 else probs
 
 
-def _crop_rows(x, y):
+def crop_rows(x, y):
     """(n, C, D) crops and (n, K) labels -> (n*C, D) rows and their labels; 2-D x as it is."""
     x = np.asarray(x)
     if x.ndim == 2:

@@ -72,13 +72,8 @@ def fit_mlp_head(x_train, y_train, x_val, y_val, *, label_type: str = "multilabe
                  learning_rate: float = 1e-3, seed: int = 0) -> MlpHead:
     """One head per L2 strength on standardised features; the best on validation is kept.
     Features (n, D) or (n, C crops, D) as linear_probe.fit_linear_probe takes them."""
-    x_train, y_train = linear_probe._crop_rows(x_train, y_train)
-    mean, std = linear_probe.standardiser(x_train)
-    n = len(x_train)
-    pad = linear_probe._bucket(n) - n
-    xt = np.pad((np.asarray(x_train, np.float32) - mean) / std, ((0, pad), (0, 0)))
-    yt = np.pad(np.asarray(y_train, np.float32), ((0, pad), (0, 0)))
-    w = np.r_[np.ones(n, np.float32), np.zeros(pad, np.float32)]
+    xt, yt, w, mean, std = linear_probe.training_rows(
+        *linear_probe.crop_rows(x_train, y_train))
     grid = jax.device_get(_fit_grid(jnp.asarray(xt), jnp.asarray(yt), jnp.asarray(w),
                                     jnp.asarray(l2_grid, jnp.float32), jnp.float32(learning_rate),
                                     int(seed), hidden=int(hidden), label_type=label_type,
