@@ -15,6 +15,8 @@ COMMANDS = {
     "finetune": ("crema_jax.cli.finetune", "full fine-tuning on a labelled dataset", False),
     "compare": ("crema_jax.cli.compare", "two models on the same folds, with paired tests",
                 False),
+    "benchmark": ("crema_jax.cli.benchmark", "many models x many tasks: a resumable leaderboard",
+                  False),
     "embed": ("crema_jax.cli.embed", "write pooled features (or logits) for ECGs", False),
     "predict": ("crema_jax.cli.predict", "ECGFounder label probabilities for WFDB records",
                 False),

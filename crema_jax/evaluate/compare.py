@@ -14,6 +14,7 @@ the two drops.
 """
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
@@ -65,13 +66,24 @@ def per_record(pred: dict, n_classes: int):
     return rows, probs, fold
 
 
+def common_records(preds: dict, n_classes: int) -> dict:
+    """The records every model of {name: predictions} predicted: {"rows" (sorted), "probs":
+    {name: (records, classes)}, "fold" (the first model's, or None), "unpaired": {name: how
+    many of its records the others lack}}."""
+    per = {name: per_record(pred, n_classes) for name, pred in preds.items()}
+    rows = functools.reduce(np.intersect1d, [r for r, _, _ in per.values()])
+    first_rows, _, fold = next(iter(per.values()))
+    return {"rows": rows,
+            "probs": {name: probs[np.searchsorted(r, rows)] for name, (r, probs, _) in per.items()},
+            "fold": None if fold is None else fold[np.searchsorted(first_rows, rows)],
+            "unpaired": {name: int(len(r) - len(rows)) for name, (r, _, _) in per.items()}}
+
+
 def pair(pred_a: dict, pred_b: dict, n_classes: int) -> dict:
     """The records both models predicted, their two probabilities, and how many were not."""
-    rows_a, a, fold = per_record(pred_a, n_classes)
-    rows_b, b, _ = per_record(pred_b, n_classes)
-    rows, ia, ib = np.intersect1d(rows_a, rows_b, return_indices=True)
-    return {"rows": rows, "a": a[ia], "b": b[ib], "fold": None if fold is None else fold[ia],
-            "unpaired": {"A": int(len(rows_a) - len(rows)), "B": int(len(rows_b) - len(rows))}}
+    common = common_records({"A": pred_a, "B": pred_b}, n_classes)
+    return {"rows": common["rows"], "a": common["probs"]["A"], "b": common["probs"]["B"],
+            "fold": common["fold"], "unpaired": common["unpaired"]}
 
 
 def compare_runs(results: dict, data, groups, settings: dict):

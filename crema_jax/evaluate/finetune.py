@@ -270,6 +270,20 @@ def prediction_averaging(data_cfg) -> str:
             else "mean of the crops' logits")
 
 
+def lead_setup(config, lead_name: str, settings: dict, ft: dict, mesh):
+    """(evaluation data section for one lead set, the recipe with its unset fields taken from
+    the data path): the checkpoint's crops, and the recipe's training augmentations."""
+    data_cfg = backbones.eval_data_config(config, protocols.lead_set(lead_name),
+                                          batch_size=mesh_lib.round_batch(settings["batch_size"],
+                                                                          mesh),
+                                          num_workers=settings["num_workers"],
+                                          preset=settings["preset"])
+    ft = resolve_recipe(ft, data_cfg.preset)
+    if ft["augment"] != ["config"]:
+        data_cfg.augment.names = tuple(a for a in ft["augment"] if a != "none")
+    return data_cfg, ft
+
+
 def finetune_model(config, params, data, settings: dict, ft: dict, mesh, *, model: str,
                    plan=None, groups=None) -> dict:
     """Every protocol of `settings` for one SiT checkpoint (or 'random': supervised from
@@ -279,17 +293,13 @@ def finetune_model(config, params, data, settings: dict, ft: dict, mesh, *, mode
     if not family.fine_tunable:
         raise ValueError(f"finetune trains SiT encoders only; probe {family.title} features "
                          "with `crema-jax probe` instead")
-    batch_size = mesh_lib.round_batch(settings["batch_size"], mesh)
     out = {"runs": [], "cross_domain": [], "predictions": {"runs": {}, "cross_domain": {}}}
     keep = {}
     for lead_name in settings["lead_sets"]:
-        data_cfg = backbones.eval_data_config(config, protocols.lead_set(lead_name),
-                                              batch_size=batch_size,
-                                              num_workers=settings["num_workers"],
-                                              preset=settings["preset"])
+        data_cfg, ft = lead_setup(config, lead_name, settings, ft, mesh)
         first = lead_name == settings["lead_sets"][0]
         if first:
-            ft = out["recipe"] = resolve_recipe(ft, data_cfg.preset)
+            out["recipe"] = ft
             print(f"model {model}: " + backbones.describe_data_path(data_cfg,
                                                                     settings["preset"])
                   + f"; layer decay {ft['layer_decay']:g}, drop-path {ft['drop_path']:g}",
@@ -299,8 +309,6 @@ def finetune_model(config, params, data, settings: dict, ft: dict, mesh, *, mode
                             "data": backbones.data_path_summary(data_cfg),
                             "crop_averaging": prediction_averaging(data_cfg),
                             "recipe": {k: ft[k] for k in ("layer_decay", "drop_path")}}
-        if ft["augment"] != ["config"]:
-            data_cfg.augment.names = tuple(a for a in ft["augment"] if a != "none")
         fit_predict = finetune_fit_predict(config, params, data, data_cfg, mesh, settings, ft,
                                            keep)
         new_runs, cross, preds = runs.model_runs(

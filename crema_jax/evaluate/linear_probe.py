@@ -130,6 +130,18 @@ def _bucket(n: int) -> int:
 OPTIMIZERS = ("lbfgs", "adam")
 
 
+def training_rows(x_train, y_train):
+    """(standardised features, labels, row weights, mean, std) of a head's training rows,
+    padded to _bucket rows with weight 0 (the heads of linear_probe.py and mlp_head.py)."""
+    mean, std = standardiser(x_train)
+    n = len(x_train)
+    pad = _bucket(n) - n
+    xt = np.pad((np.asarray(x_train, np.float32) - mean) / std, ((0, pad), (0, 0)))
+    yt = np.pad(np.asarray(y_train, np.float32), ((0, pad), (0, 0)))
+    w = np.r_[np.ones(n, np.float32), np.zeros(pad, np.float32)]
+    return xt, yt, w, mean, std
+
+
 def fit_linear_probe(x_train, y_train, x_val, y_val, *, label_type: str = "multilabel",
                      l2_grid=DEFAULT_L2_GRID, optimizer: str = "lbfgs", steps: int = 200,
                      learning_rate: float = 1e-2) -> LinearProbe:
@@ -138,17 +150,12 @@ def fit_linear_probe(x_train, y_train, x_val, y_val, *, label_type: str = "multi
     Features are (n, D), or (n, C, D) for C crops per example (ST-MEM's protocol): every crop is
     then a training row with its example's labels, and an example's validation probabilities
     are the mean of its crops' (as `predict_proba`)."""
-    x_train, y_train = _crop_rows(x_train, y_train)
+    x_train, y_train = crop_rows(x_train, y_train)
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"--probe_optimizer={optimizer!r}: expected one of {OPTIMIZERS}")
     if label_type not in ("multilabel", "multiclass"):
         raise ValueError(f"label_type={label_type!r}: expected 'multilabel' or 'multiclass'")
-    mean, std = standardiser(x_train)
-    n = len(x_train)
-    pad = _bucket(n) - n
-    xt = np.pad((np.asarray(x_train, np.float32) - mean) / std, ((0, pad), (0, 0)))
-    yt = np.pad(np.asarray(y_train, np.float32), ((0, pad), (0, 0)))
-    w = np.r_[np.ones(n, np.float32), np.zeros(pad, np.float32)]
+    xt, yt, w, mean, std = training_rows(x_train, y_train)
     xv = (np.asarray(x_val, np.float32) - mean) / std
     all_params = jax.device_get(_fit_grid(
         jnp.asarray(xt), jnp.asarray(yt), jnp.asarray(w), jnp.asarray(l2_grid, jnp.float32),
@@ -179,7 +186,7 @@ def predict_proba(probe: LinearProbe, features: np.ndarray) -> np.ndarray:
     return probs.mean(1) if probs.ndim == 3 else probs
 
 
-def _crop_rows(x, y):
+def crop_rows(x, y):
     """(n, C, D) crops and (n, K) labels -> (n*C, D) rows and their labels; 2-D x as it is."""
     x = np.asarray(x)
     if x.ndim == 2:
@@ -221,8 +228,11 @@ def extract_features(backbone, data, lead_name: str, settings: dict, mesh) -> Fe
     return Features(values, np.asarray(rows, np.int64), ids, data_cfg)
 
 
-def head_fit_predict(features: Features, data, probe_kwargs: dict):
-    """The linear probe on `features` as a runs.py model: records -> their examples."""
+def head_fit_predict(features: Features, data, probe_kwargs: dict, *, fit=None, predict=None):
+    """The linear probe (or another head on frozen features: `fit` like fit_linear_probe,
+    `predict` like predict_proba) on `features` as a runs.py model: records -> their
+    examples."""
+    fit, predict = fit or fit_linear_probe, predict or predict_proba
     labels = data.labels[features.rows]
 
     def examples(rows):
@@ -230,16 +240,16 @@ def head_fit_predict(features: Features, data, probe_kwargs: dict):
 
     def fit_predict(train_rows, val_rows, tests):
         train, val = examples(train_rows), examples(val_rows)
-        head = fit_linear_probe(features.values[train], labels[train], features.values[val],
-                                labels[val], label_type=data.label_type, **probe_kwargs)
-        out = {"val": {"probs": predict_proba(head, features.values[val]),
+        head = fit(features.values[train], labels[train], features.values[val], labels[val],
+                   label_type=data.label_type, **probe_kwargs)
+        out = {"val": {"probs": predict(head, features.values[val]),
                        "labels": labels[val]},
                "tests": {},
                "info": {"selection": {"l2": head.l2, "val_macro_auroc_by_l2": {
                    str(k): v for k, v in head.val_auroc_by_l2.items()}}}}
         for name, rows in tests.items():
             ex = examples(rows)
-            out["tests"][name] = {"probs": predict_proba(head, features.values[ex]),
+            out["tests"][name] = {"probs": predict(head, features.values[ex]),
                                   "labels": labels[ex], "rows": features.rows[ex],
                                   "ids": [features.ids[i] for i in ex]}
         return out

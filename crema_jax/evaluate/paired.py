@@ -10,10 +10,11 @@
   patient's records together, scoring.Groups) and scores BOTH models on that same resample;
   the statistic is macro(A) - macro(B) over the classes the resample can score.
   CI: percentiles alpha/2 and 1 - alpha/2 (numpy's linear interpolation). p = min(1,
-  2 min(P*(d <= 0), P*(d >= 0))) over the resamples: the alpha at which the percentile CI
-  reaches 0, so "p < alpha" and "the CI excludes 0" agree (up to that interpolation). A
-  bootstrap cannot give p = 0: when no resample reaches 0, p is the bound 2 / (B + 1) with
-  "p_bound": "<" (DeLong's p-values are exact: "p_bound": null).
+  2 min(P*(d <= 0), P*(d >= 0))) over the resamples (|d| <= 1e-12 counts as 0: equal AUROCs
+  but for rounding): the alpha at which the percentile CI reaches 0, so "p < alpha" and "the
+  CI excludes 0" agree (up to that interpolation). A bootstrap cannot give p = 0: when no
+  resample reaches 0, p is the bound 2 / (B + 1) with "p_bound": "<" (DeLong's p-values are
+  exact: "p_bound": null).
 - Verdict at alpha: "A better" / "B better" when p < alpha, else "no detectable difference".
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ import scipy.stats
 from crema_jax.evaluate import scoring
 
 ALPHA = 0.05
+TIE = 1e-12  # bootstrap differences this close to 0 are ties (_percentile_test)
 
 
 def verdict(difference: float | None, p: float | None, alpha: float) -> str:
@@ -95,7 +97,10 @@ def _percentile_test(values: np.ndarray, alpha: float) -> tuple[dict, float | No
     if not len(values):
         return {"low": None, "high": None}, None, None
     low, high = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    p = float(min(1.0, 2 * min(np.mean(values <= 0), np.mean(values >= 0))))
+    # Two AUROCs equal in exact arithmetic can differ by rounding (1e-17) in floating point;
+    # such a resample is a tie and counts on both sides, whatever the sign of its rounding.
+    tie = np.abs(values) <= TIE
+    p = float(min(1.0, 2 * min(np.mean((values <= 0) | tie), np.mean((values >= 0) | tie))))
     if p == 0.0:
         return {"low": float(low), "high": float(high)}, 2.0 / (len(values) + 1), "<"
     return {"low": float(low), "high": float(high)}, p, None
@@ -207,3 +212,15 @@ def paired_drop_difference(in_domain: dict, out_of_domain: dict, classes, *, alp
     out["verdict"] = verdict(None if out["difference"] is None else -out["difference"],
                              out["p"], alpha).replace("better", "more robust")
     return out
+
+
+def holm(p_values) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979), in the given order: with the m p-values
+    sorted ascending, p_(i) becomes max over j <= i of min(1, (m - j + 1) p_(j)). Rejecting
+    where the adjusted p < alpha controls the family-wise error rate at alpha."""
+    p = np.asarray(p_values, np.float64)
+    order = np.argsort(p, kind="stable")
+    scaled = np.minimum(1.0, (len(p) - np.arange(len(p))) * p[order])
+    adjusted = np.empty_like(p)
+    adjusted[order] = np.maximum.accumulate(scaled) if len(p) else scaled
+    return adjusted.tolist()

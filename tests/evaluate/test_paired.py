@@ -113,7 +113,8 @@ def _reference_paired_bootstrap(labels, a, b, groups, n_resamples, seed, score, 
                      - np.mean([score(labels[idx, c], b[idx, c]) for c in cols]))
     diffs = np.array(diffs)
     low, high = np.percentile(diffs, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    p = min(1.0, 2 * min(np.mean(diffs <= 0), np.mean(diffs >= 0)))
+    tie = np.abs(diffs) <= 1e-12  # equal AUROCs but for floating-point rounding
+    p = min(1.0, 2 * min(np.mean((diffs <= 0) | tie), np.mean((diffs >= 0) | tie)))
     return low, high, p, len(diffs)
 
 

@@ -1,0 +1,53 @@
+"""`crema-jax benchmark`: many models x many tasks under one protocol, in one resumable command.
+
+    crema-jax benchmark --models=crema=/runs/crema_base,stmem=/ckpt/stmem,founder=/ckpt/ecgfounder \
+        --tasks=configs/benchmarks/ptbxl.py --roots=ptbxl=/data/ptbxl --workdir=/runs/bench
+    crema-jax benchmark --models=tiny=/runs/demo --tasks=configs/benchmarks/bundled_sample.py \
+        --workdir=/tmp/bench
+
+--models: NAME=CHECKPOINT pairs; CHECKPOINT a checkpoint (ours, or imported ST-MEM/ECGFounder),
+`random` (a SiT of --model_size) or `random:sit` / `random:net1d`. The random init of every
+architecture in the table is added as a row (`random:NAME`) when none is given.
+--tasks: a task file (configs/benchmarks/*.py) naming the datasets (layout, root, classes, split
+rule), the tasks (lead sets, label fractions, cross-domain source pairs) and the protocols
+(probe: linear head; mlp: frozen encoder + a small MLP head; finetune: SiT models only).
+
+Every model sees the same records, splits and label fractions, each through its own data path.
+Frozen features are extracted once per model x dataset and cached in --workdir; every finished
+cell's predictions are saved, so a killed benchmark rerun with the same flags computes only the
+missing cells. Writes leaderboard.json, leaderboard.md and leaderboard.png: per column the best
+model, and paired tests (DeLong per class, paired bootstrap of the macro AUROC over patients)
+of every model against the best and against its random init, Holm-corrected across the table.
+"""
+from crema_jax.cli import command
+
+COMMAND = command.Command("benchmark", __doc__,
+                          usage="--models=NAME=CHECKPOINT,... --tasks=FILE.py --workdir=DIR")
+COMMAND.list("models", None, "NAME=CHECKPOINT pairs (CHECKPOINT: a checkpoint folder, random "
+             "or random:FAMILY).")
+COMMAND.string("tasks", None, "The task file (a Python config, configs/benchmarks/*.py).",
+               required=True)
+COMMAND.string("workdir", None, "Output folder: cells/, features/, leaderboard.json/.md/.png; "
+               "rerunning into it resumes.", required=True)
+COMMAND.multi_string("roots", [], "DATASET=FOLDER (repeatable): where a dataset of the task "
+                     "file lives, replacing its root.")
+COMMAND.string("model_size", "tiny", "SiT size of a `random` model (tiny/small/base/large).")
+
+
+@COMMAND.main
+def main(args) -> None:
+    # run time: --help needs no JAX
+    from crema_jax.evaluate import benchmark, benchmark_leaderboard
+
+    if not args.models:
+        raise command.CommandError("--models: expected NAME=CHECKPOINT pairs")
+    roots = {k: str(v) for k, v in command.parse_key_values(args.roots, flag="roots").items()}
+    board = benchmark.run_benchmark(list(args.models), args.tasks, args.workdir, roots=roots,
+                                    model_size=args.model_size)
+    counts = board["counts"]
+    print(benchmark_leaderboard.markdown(board))
+    print(f"cells: {counts['cells_computed']} computed, {counts['cells_reused']} reused, "
+          f"{counts['cells_not_applicable']} not applicable; feature extractions: "
+          f"{counts['feature_extractions']} ({counts['features_reused']} reused); "
+          f"{board['seconds']} s")
+    print(f"wrote {args.workdir}/leaderboard.json, leaderboard.md, leaderboard.png")

@@ -1,0 +1,243 @@
+"""`crema-jax benchmark`: many models x many tasks under one protocol, resumable.
+
+Every model sees the same records, splits (the layout's, K patient-grouped folds, or a seeded
+re-split) and label fractions, each through its own data path (its crops). A cell is one model
+on one column (task x lead set x label fraction, benchmark_tasks.py) by one protocol:
+- probe: a linear head on frozen features (linear_probe.py);
+- mlp: a one-hidden-layer head on the same frozen features (mlp_head.py);
+- finetune: the encoder and a head trained together (finetune.py; SiT models only, other cells
+  are marked not applicable).
+Frozen features are extracted ONCE per model x records x lead set and cached under
+workdir/features (feature_store.py). Each finished cell's predictions are written atomically to
+workdir/cells/MODEL/COLUMN/PROTOCOL.npz with a digest of what they depend on; a rerun (after a
+kill, or with more models) reuses every cell whose digest matches and computes the rest. The
+leaderboard (benchmark_leaderboard.py) is computed from the saved predictions alone.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import time
+
+import numpy as np
+
+from crema_jax.evaluate import (
+    benchmark_leaderboard,
+    benchmark_tasks,
+    datasets,
+    feature_store,
+    finetune,
+    folds,
+    linear_probe,
+    mlp_head,
+    protocols,
+    runs,
+)
+from crema_jax.models import families
+from crema_jax.runtime import files
+from crema_jax.runtime import mesh as mesh_lib
+
+MARKERS = ("cells", "features", "leaderboard.json")
+# A fault drill for the resume test: the process kills itself (SIGKILL, no clean-up) once it has
+# computed this many cells.
+ENV_DRILL_KILL = "CREMA_JAX_DRILL_KILL_AFTER_CELLS"
+
+PROTOCOL_DEFAULTS = {
+    "probe": {"l2_grid": list(linear_probe.DEFAULT_L2_GRID), "optimizer": "lbfgs", "steps": 200},
+    "mlp": {"l2_grid": list(mlp_head.DEFAULT_L2_GRID), "hidden": 128, "steps": 300,
+            "learning_rate": 1e-3},
+    # The finetune command's defaults (cli/evaluation_flags.py); None: the data path's.
+    "finetune": {"epochs": 30, "base_lr": 1e-3, "weight_decay": 0.05, "layer_decay": None,
+                 "drop_path": None, "label_smoothing": 0.0, "warmup_epochs": 1.0,
+                 "patience": 10, "augment": ["config"], "steps_per_epoch": 0},
+}
+
+
+def recipe(suite: dict, protocol: str) -> dict:
+    given = dict(suite["protocols"][protocol] or {})
+    unknown = sorted(set(given) - set(PROTOCOL_DEFAULTS[protocol]))
+    if unknown:
+        raise ValueError(f"task file: protocols[{protocol!r}]: unknown field(s) {unknown}; "
+                         f"expected {sorted(PROTOCOL_DEFAULTS[protocol])}")
+    out = {**PROTOCOL_DEFAULTS[protocol], **given}
+    if "l2_grid" in out:
+        out["l2_grid"] = tuple(float(v) for v in out["l2_grid"])
+    return out
+
+
+class Datasets:
+    """Each dataset of the task file loaded on first use: (Dataset, fold plan, patient keys)."""
+
+    def __init__(self, suite: dict):
+        self.suite, self.loaded = suite, {}
+
+    def get(self, name: str):
+        if name not in self.loaded:
+            settings = benchmark_tasks.dataset_settings(self.suite, name)
+            data = datasets.load_dataset(settings)
+            if settings["classes"]:
+                data = restrict_classes(data, [str(c) for c in settings["classes"]])
+            plan, groups = folds.dataset_plan(data, settings)
+            self.loaded[name] = (data, plan, groups)
+        return self.loaded[name]
+
+
+def restrict_classes(data, classes: list[str]):
+    """The dataset scored on the task file's classes only (a label set such as CPSC2018's nine
+    or CODE-15%'s six); a class absent from the dataset is an error naming it."""
+    missing = [c for c in classes if c not in data.classes]
+    if missing:
+        raise ValueError(f"task file: classes {missing} have too few positives in the dataset "
+                         f"(its classes: {data.classes[:20]}...)")
+    keep = [data.classes.index(c) for c in classes]
+    data.classes, data.labels = list(classes), data.labels[:, keep]
+    data.display = {c: n for c, n in data.display.items() if c in classes}
+    return data
+
+
+def _cross_domain_cell(fit_predict, data, column, seed: int):
+    """Train on column.train_source's train split (its label fraction), select on its val
+    split, test on every record of column.test_source."""
+    own, other = data.sources == column.train_source, data.sources == column.test_source
+    train, val = (np.flatnonzero(own & (data.splits == s)) for s in ("train", "val"))
+    test = np.flatnonzero(other)
+    if not (len(train) and len(val) and len(test)):
+        raise ValueError(f"task {column.task!r}: source {column.train_source!r} needs train and "
+                         f"val records and {column.test_source!r} records (sources: "
+                         f"{sorted(set(data.sources.tolist()))})")
+    train = train[protocols.label_fraction_subset(data.labels[train], column.label_fraction,
+                                                  seed=seed)]
+    out = fit_predict(train, val, {"test": test})
+    return {"n_train": len(train), "n_val": len(val), **out["info"]}, \
+        out["tests"]["test"]
+
+
+def _fit_predict(model, protocol, rec, data, column, settings, store, mesh):
+    if protocol == "finetune":
+        data_cfg, ft = finetune.lead_setup(model.config, column.leads, settings, rec, mesh)
+        return finetune.finetune_fit_predict(model.config, model.params, data, data_cfg, mesh,
+                                             settings, ft, keep={})
+    features = store.features(model, data, column.leads, settings, mesh)
+    if protocol == "mlp":
+        return linear_probe.head_fit_predict(features, data, {**rec, "seed": settings["seed"]},
+                                             fit=mlp_head.fit_mlp_head,
+                                             predict=mlp_head.predict_proba)
+    return linear_probe.head_fit_predict(features, data, rec)
+
+
+def compute_cell(model, column, protocol: str, suite: dict, loaded: Datasets, store, mesh):
+    """(run fields, predictions with the records' patient keys) of one cell."""
+    data, plan, groups = loaded.get(column.dataset)
+    settings = {**benchmark_tasks.dataset_settings(suite, column.dataset),
+                "label_fractions": [column.label_fraction], "checkpoint": model.checkpoint}
+    fit_predict = _fit_predict(model, protocol, recipe(suite, protocol), data, column, settings,
+                               store, mesh)
+    if column.train_source:
+        fields, pred = _cross_domain_cell(fit_predict, data, column, suite["seed"])
+    else:
+        found, _, preds = runs.model_runs(fit_predict, data, column.leads, settings,
+                                          method=protocol, model=model.name, plan=plan,
+                                          groups=groups)
+        fields = {k: v for k, v in found[0].items() if k not in ("test", "folds")}
+        pred = preds["runs"][found[0]["name"]]
+    rows = np.asarray(pred["rows"], np.int64)
+    return fields, {"probs": np.asarray(pred["probs"], np.float64),
+                    "labels": np.asarray(pred["labels"], np.float32), "rows": rows,
+                    "ids": np.asarray(pred["ids"], dtype=str), "group": groups[rows],
+                    "record_id": np.asarray([data.infos[r].record_id for r in rows], dtype=str),
+                    "classes": np.asarray(data.classes, dtype=str),
+                    **({"fold": np.asarray(pred["fold"])} if "fold" in pred else {})}
+
+
+def cell_path(workdir: pathlib.Path, model: str, column: str, protocol: str) -> pathlib.Path:
+    safe = "".join(ch if ch.isalnum() or ch in "-_.=" else "_" for ch in column)
+    return workdir / "cells" / model.replace(":", "_") / safe / f"{protocol}.npz"
+
+
+def save_cell(path, key: tuple, spec: str, fields: dict, arrays: dict) -> None:
+    """The cell's predictions and, in `meta`, which cell it is, its digest and its run fields."""
+    meta = json.dumps({"model": key[0], "column": key[1], "protocol": key[2], "spec": spec,
+                       "fields": fields}, default=float)
+
+    def write(tmp):
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz"
+            np.savez(f, meta=np.asarray(meta), **arrays)
+    files.write_atomic(path, write)
+
+
+def load_cell(path, spec: str) -> dict | None:
+    """A finished cell's saved predictions, or None when it is missing or its digest differs."""
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as saved:
+        arrays = {k: saved[k] for k in saved.files}
+    meta = json.loads(str(arrays.pop("meta")))
+    if meta["spec"] != spec:
+        return None
+    return {**arrays, "fields": meta["fields"]}
+
+
+def _drill(counts: dict) -> None:
+    limit = int(os.environ.get(ENV_DRILL_KILL, "0") or 0)
+    if limit and counts["cells_computed"] >= limit:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_cells(models, cols, suite: dict, workdir: pathlib.Path, log=print) -> tuple[dict, dict]:
+    """Every cell, computed or reused: ({(model, column, protocol): cell}, counts)."""
+    counts = {"cells_computed": 0, "cells_reused": 0, "cells_not_applicable": 0,
+              "feature_extractions": 0, "features_reused": 0}
+    loaded, mesh = Datasets(suite), mesh_lib.make_mesh()
+    store = feature_store.FeatureStore(workdir / "features", counts, log=log)
+    cells = {}
+    for column in cols:
+        for protocol in suite["protocols"]:
+            for model in models:
+                key = (model.name, column.name, protocol)
+                if protocol == "finetune" and not families.family_of(
+                        model.config.model).fine_tunable:
+                    counts["cells_not_applicable"] += 1
+                    continue
+                path = cell_path(workdir, *key)
+                spec = benchmark_tasks.cell_spec(model, column, protocol, suite)
+                cell = load_cell(path, spec)
+                if cell is not None:
+                    counts["cells_reused"] += 1
+                    cells[key] = cell
+                    continue
+                t0 = time.time()
+                fields, arrays = compute_cell(model, column, protocol, suite, loaded, store,
+                                              mesh)
+                fields["seconds"] = round(time.time() - t0, 1)
+                save_cell(path, key, spec, fields, arrays)
+                cells[key] = {**arrays, "fields": fields}
+                counts["cells_computed"] += 1
+                log(f"cell {model.name} | {column.name} | {protocol}: {fields['seconds']} s")
+                _drill(counts)
+    return cells, counts
+
+
+def run_benchmark(model_items, tasks_path, workdir, *, roots=None, model_size: str = "tiny",
+                  log=print) -> dict:
+    """Every cell of the task file for every model (and the random rows), then
+    leaderboard.json, leaderboard.md and leaderboard.png in workdir."""
+    start = time.time()
+    suite = benchmark_tasks.load_suite(tasks_path, roots)
+    cols = benchmark_tasks.columns(suite)
+    for protocol in suite["protocols"]:
+        recipe(suite, protocol)  # a bad field fails before any model loads
+    workdir = files.check_output_dir(workdir, marker=MARKERS, flag="--workdir",
+                                     inputs=[d["root"] for d in suite["datasets"].values()])
+    models = benchmark_tasks.load_models(model_items, model_size=model_size)
+    (workdir / "cells").mkdir(exist_ok=True)
+    for folder in (workdir / "cells").rglob("*"):
+        if folder.is_dir():  # a killed run's half-written temporaries
+            files.remove_stale_temporaries(folder)
+    cells, counts = run_cells(models, cols, suite, workdir, log=log)
+    board = benchmark_leaderboard.build(models, cols, suite, cells)
+    board.update(counts=counts, seconds=round(time.time() - start, 1),
+                 task_file=str(tasks_path))
+    benchmark_leaderboard.write_all(board, workdir)
+    return board

@@ -1,0 +1,217 @@
+"""The benchmark's leaderboard, computed from the cells' saved predictions alone.
+
+Per column x protocol: the records every model predicted (a record's windows averaged,
+compare.common_records; records only some models read are left out and counted), each model's
+macro AUROC and AUPRC over the classes scorable there, with a 95% bootstrap CI of the macro
+AUROC over patients; the best model (highest macro AUROC; ties: the first listed); then paired
+tests (paired.compare_predictions: DeLong per class, a paired bootstrap of the macro AUROC over
+patients) of every model against the best and against the random init of its architecture.
+Holm's correction runs across the whole table: once over every macro AUROC comparison, once
+over every per-class DeLong test. A difference is called significant where the Holm-adjusted
+p < alpha.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from crema_jax.evaluate import benchmark_tasks, compare, paired, plots, scoring
+from crema_jax.runtime import files
+
+
+def _per_record_truth(cell: dict, rows: np.ndarray):
+    """(labels, patient key, record id) of each of `rows`, from a cell's per-example arrays."""
+    first = {int(r): i for i, r in reversed(list(enumerate(cell["rows"])))}
+    idx = np.asarray([first[int(r)] for r in rows], np.int64)
+    return cell["labels"][idx], cell["group"][idx], cell["record_id"][idx]
+
+
+def _score(labels, probs, groups, suite) -> dict:
+    auprc = paired.MACRO_METRICS["macro_auprc"](labels > 0.5, probs)
+    auroc = scoring.columnwise_auroc(labels, probs)
+    ci = scoring.bootstrap_ci(labels, probs, n_resamples=suite["bootstrap"], seed=suite["seed"],
+                              alpha=suite["alpha"], groups=groups)
+    scored = np.isfinite(auroc)
+    return {"macro_auroc": float(auroc[scored].mean()) if scored.any() else None,
+            "macro_auprc": float(auprc[scored].mean()) if scored.any() else None,
+            "ci": {"low": ci["low"], "high": ci["high"]}, "n_scored_classes": int(scored.sum())}
+
+
+def _references(names: list, best: str, random_row: dict) -> list[tuple[str, str, list]]:
+    """(model, reference, [what the reference is]) of each paired test, one per pair."""
+    tests, seen = [], {}
+    for name in names:
+        if name != best:
+            seen[frozenset((name, best))] = len(tests)
+            tests.append((name, best, ["best"]))
+    for name in names:
+        ref = random_row[name]
+        if ref == name or ref not in names:
+            continue
+        if frozenset((name, ref)) in seen:
+            tests[seen[frozenset((name, ref))]][2].append("random init")
+        else:
+            seen[frozenset((name, ref))] = len(tests)
+            tests.append((name, ref, ["random init"]))
+    return tests
+
+
+def _column(column, protocol, names, cells, random_row, suite):
+    """(cells' scores, the best model, paired tests) of one column x protocol."""
+    group = {n: cells[(n, column.name, protocol)] for n in names}
+    classes = [str(c) for c in group[names[0]]["classes"]]
+    common = compare.common_records(group, len(classes))
+    labels, groups, _ = _per_record_truth(group[names[0]], common["rows"])
+    scores = []
+    for name in names:
+        fields = group[name]["fields"]
+        scores.append({"model": name, "column": column.name, "protocol": protocol,
+                       "n": len(common["rows"]), "unpaired": common["unpaired"][name],
+                       "n_train": fields.get("n_train"), "n_val": fields.get("n_val"),
+                       **_score(labels, common["probs"][name], groups, suite)})
+    ranked = [s for s in scores if s["macro_auroc"] is not None]
+    best = max(ranked, key=lambda s: s["macro_auroc"])["model"] if ranked else None
+    tests = []
+    for name, ref, against in (_references(names, best, random_row) if best else []):
+        test = paired.compare_predictions(labels, common["probs"][name], common["probs"][ref],
+                                          classes, groups=groups, alpha=suite["alpha"],
+                                          n_resamples=suite["bootstrap"], seed=suite["seed"])
+        macro = test["macro_auroc"]
+        tests.append({"column": column.name, "protocol": protocol, "model": name,
+                      "reference": ref, "against": against,
+                      "macro_auroc": {k: macro[k]
+                                      for k in ("a", "b", "difference", "ci", "p", "p_bound")},
+                      "per_class": {c: {"difference": e["difference"], "p": e["p"]}
+                                    for c, e in test["per_class"].items() if "skipped" not in e}})
+    return scores, best, tests
+
+
+def _apply_holm(tests: list, alpha: float) -> dict:
+    """Holm-adjusted p-values written into `tests`; the two families' sizes. A bootstrap p that
+    no resample resolved enters as its bound 2/(B+1) (paired.py), so its adjusted value is a
+    bound too."""
+    macro = [t["macro_auroc"] for t in tests if t["macro_auroc"]["p"] is not None]
+    for entry, adjusted in zip(macro, paired.holm([m["p"] for m in macro])):
+        entry["p_holm"] = adjusted
+        entry["significant"] = bool(adjusted < alpha)
+    per_class = [e for t in tests for e in t["per_class"].values()]
+    for entry, adjusted in zip(per_class, paired.holm([e["p"] for e in per_class])):
+        entry["p_holm"] = adjusted
+    return {"macro": len(macro), "per_class": len(per_class)}
+
+
+def build(models, cols, suite: dict, cells: dict) -> dict:
+    """leaderboard.json's content (module docstring)."""
+    random_row = benchmark_tasks.model_random_row(models)
+    scores, best, tests, not_applicable = [], [], [], []
+    for column in cols:
+        for protocol in suite["protocols"]:
+            names = [m.name for m in models if (m.name, column.name, protocol) in cells]
+            not_applicable += [{"model": m.name, "column": column.name, "protocol": protocol}
+                               for m in models if m.name not in names]
+            if not names:
+                continue
+            found, winner, found_tests = _column(column, protocol, names, cells, random_row,
+                                                 suite)
+            scores += found
+            tests += found_tests
+            best.append({"column": column.name, "protocol": protocol, "model": winner})
+    sizes = _apply_holm(tests, suite["alpha"])
+    b = suite["bootstrap"]
+    return {
+        "models": [{"name": m.name, "checkpoint": m.checkpoint, "random_of": m.random_of,
+                    "random_row": random_row[m.name],
+                    "family": m.config.model.name} for m in models],
+        "columns": [c.__dict__ for c in cols], "protocols": list(suite["protocols"]),
+        "settings": {k: suite[k] for k in ("bootstrap", "alpha", "seed")},
+        "cells": scores, "best": best, "comparisons": tests, "not_applicable": not_applicable,
+        "tests": {
+            "macro_auroc": f"paired bootstrap of the macro AUROC difference over patients "
+                           f"({b} resamples, seed {suite['seed']}: a p below 1/{b + 1} is "
+                           f"not resolved and enters as 1/{b + 1}); Holm's correction over the "
+                           f"{sizes['macro']} comparisons of the table",
+            "per_class": f"DeLong's test of each class's AUROC difference; Holm's correction "
+                         f"over the {sizes['per_class']} per-class tests of the table"}}
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _p(value, bound: str | None = None) -> str:
+    """A p-value as the reports write it (paired.p_text), "—" without one."""
+    text = paired.p_text({"p": value, "p_bound": bound})
+    return "—" if text is None else text
+
+
+def markdown(board: dict) -> str:
+    level = f"{100 * (1 - board['settings']['alpha']):g}%"
+    keys = [(b["column"], b["protocol"]) for b in board["best"]]
+    best = {(b["column"], b["protocol"]): b["model"] for b in board["best"]}
+    by_cell = {(s["model"], s["column"], s["protocol"]): s for s in board["cells"]}
+    worse = {(t["model"], t["column"], t["protocol"]) for t in board["comparisons"]
+             if "best" in t["against"] and t["macro_auroc"].get("significant")}
+    lines = ["# Benchmark leaderboard", "",
+             (f"Macro AUROC [{level} CI over patients]; **bold**: the best of the column; "
+              "\\*: below the best after Holm's correction; —: not applicable."), "",
+             "| model | " + " | ".join(f"{c} / {p}" for c, p in keys) + " |",
+             "|---|" + "---|" * len(keys)]
+    for model in board["models"]:
+        row = []
+        for column, protocol in keys:
+            s = by_cell.get((model["name"], column, protocol))
+            if s is None or s["macro_auroc"] is None:
+                row.append("—")
+                continue
+            text = f"{s['macro_auroc']:.3f} [{_fmt(s['ci']['low'])}, {_fmt(s['ci']['high'])}]"
+            text = f"**{text}**" if best[(column, protocol)] == model["name"] else text
+            row.append(text + ("\\*" if (model["name"], column, protocol) in worse else ""))
+        lines.append(f"| {model['name']} | " + " | ".join(row) + " |")
+    lines += ["", "## Paired tests", "", f"- macro AUROC: {board['tests']['macro_auroc']}",
+              f"- per class: {board['tests']['per_class']}", "",
+              ("| column | protocol | model | against | reference | Δ macro AUROC | "
+               f"{level} CI | p | p (Holm) |"), "|---|---|---|---|---|---|---|---|---|"]
+    for t in board["comparisons"]:
+        m = t["macro_auroc"]
+        lines.append(f"| {t['column']} | {t['protocol']} | {t['model']} | "
+                     f"{' and '.join(t['against'])} | {t['reference']} | "
+                     f"{_fmt(m['difference'])} | [{_fmt(m['ci']['low'])}, "
+                     f"{_fmt(m['ci']['high'])}] | {_p(m['p'], m['p_bound'])} | "
+                     f"{_p(m.get('p_holm'), m['p_bound'])} |")
+    lines += ["", "## Models", ""] + [
+        f"- {m['name']}: {m['family']}, {m['checkpoint']}"
+        + (f" (the random init of {m['random_of']}'s architecture)" if m["random_of"] else "")
+        for m in board["models"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(board: dict, path) -> None:
+    """One panel per column x protocol: each model's macro AUROC with its CI, the best black."""
+    plt = plots.pyplot()
+    keys = [(b["column"], b["protocol"], b["model"]) for b in board["best"]]
+    names = [m["name"] for m in board["models"]]
+    by_cell = {(s["model"], s["column"], s["protocol"]): s for s in board["cells"]}
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 1.2 + 0.4 * len(names)),
+                             squeeze=False, sharey=True)
+    for ax, (column, protocol, winner) in zip(axes[0], keys):
+        for y, name in enumerate(names[::-1]):
+            s = by_cell.get((name, column, protocol))
+            if s is None or s["macro_auroc"] is None:
+                continue
+            low = s["ci"]["low"] if s["ci"]["low"] is not None else s["macro_auroc"]
+            high = s["ci"]["high"] if s["ci"]["high"] is not None else s["macro_auroc"]
+            ax.errorbar(s["macro_auroc"], y, xerr=[[s["macro_auroc"] - low],
+                                                   [high - s["macro_auroc"]]], fmt="o",
+                        capsize=3, color="black" if name == winner else "tab:blue")
+        ax.set_yticks(range(len(names)), names[::-1], fontsize=8)
+        ax.axvline(0.5, color="grey", ls="--", lw=1)
+        ax.set(title=f"{column}\n{protocol}", xlabel="macro AUROC (95% CI)")
+        ax.title.set_fontsize(9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+
+
+def write_all(board: dict, workdir) -> None:
+    files.write_json_atomic(workdir / "leaderboard.json", board)
+    files.write_text_atomic(workdir / "leaderboard.md", markdown(board))
+    files.write_atomic(workdir / "leaderboard.png", lambda tmp: plot(board, tmp))

@@ -1,0 +1,192 @@
+"""The benchmark's inputs: its task file (datasets, tasks, protocols) and its models.
+
+A task file is a Python config (configs/benchmarks/*.py) whose `get_config()` returns:
+
+    datasets: {name: {layout, root, layout_options, classes, label_type, min_positives,
+               folds, split_fractions}}   # the split rule: the layout's own splits (folds 0,
+                                           # no split_fractions), K patient-grouped folds, or a
+                                           # seeded per-source re-split
+    tasks: [{name, dataset, leads: [lead sets], label_fractions: [...],
+             train_source, test_source}]   # a source pair: train on A, test on all of B
+    protocols: {probe: {...}, mlp: {...}, finetune: {...}}   # each one's head or recipe
+    bootstrap, alpha, seed, batch_size, num_workers
+
+Each task expands into one column per lead set and label fraction; every model is evaluated on
+every column by every protocol: one cell per model x column x protocol.
+
+Models: `NAME=CHECKPOINT` pairs; CHECKPOINT a checkpoint (ours, or imported ST-MEM/ECGFounder),
+`random` (a SiT of the default size) or `random:FAMILY` (sit, net1d). The random init of every
+architecture in the table is always a row: one `random:NAME` row is added per architecture
+(model config and data path) that has no random row yet, NAME the first model of it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+from crema_jax import config as config_lib
+from crema_jax.evaluate import protocols
+from crema_jax.inference import backbones
+from crema_jax.models import families
+
+PROTOCOLS = ("probe", "mlp", "finetune")
+DATASET_DEFAULTS = {"layout": "wfdb_folder", "root": "", "layout_options": {}, "classes": [],
+                    "label_type": "auto", "min_positives": 1, "folds": 0,
+                    "split_fractions": [], "cache_dir": ""}
+TASK_DEFAULTS = {"leads": ["12"], "label_fractions": [1.0], "train_source": "",
+                 "test_source": ""}
+SUITE_DEFAULTS = {"bootstrap": 1000, "alpha": 0.05, "seed": 0, "batch_size": 64,
+                  "num_workers": 0}
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """One column of the table: a task at one lead set and label fraction."""
+    name: str
+    task: str
+    dataset: str
+    leads: str
+    label_fraction: float
+    train_source: str
+    test_source: str
+
+
+@dataclasses.dataclass
+class Model:
+    name: str
+    checkpoint: str
+    config: object
+    params: object      # None: random init (seeded)
+    random_of: str = ""  # the model whose architecture this random row is
+
+
+def _fields(entry, defaults: dict, where: str) -> dict:
+    entry = dict(entry.to_dict() if hasattr(entry, "to_dict") else entry)
+    unknown = sorted(set(entry) - set(defaults) - {"name", "dataset"})
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown}; expected "
+                         f"{sorted(set(defaults) | {'name', 'dataset'})}")
+    return {**defaults, **entry}
+
+
+def load_suite(path, roots: dict | None = None) -> dict:
+    """The task file as plain dicts, defaults filled in and checked; `roots` ({dataset: folder})
+    replaces datasets' roots (the data lives where the user downloaded it)."""
+    config = config_lib.load_config_file(path).to_dict()
+    for key in ("datasets", "tasks", "protocols"):
+        if not config.get(key):
+            raise ValueError(f"task file {path}: `{key}` is missing or empty")
+    datasets = {name: _fields(entry, DATASET_DEFAULTS, f"task file {path}: datasets[{name!r}]")
+                for name, entry in config["datasets"].items()}
+    for name, root in (roots or {}).items():
+        if name not in datasets:
+            raise ValueError(f"--roots: {name!r} is not a dataset of {path} "
+                             f"({sorted(datasets)})")
+        datasets[name]["root"] = root
+    tasks = [_fields(task, TASK_DEFAULTS, f"task file {path}: tasks[{i}]")
+             for i, task in enumerate(config["tasks"])]
+    for i, task in enumerate(tasks):
+        if task.get("dataset") not in datasets or not task.get("name"):
+            raise ValueError(f"task file {path}: tasks[{i}] needs a name and a dataset of "
+                             f"{sorted(datasets)}")
+        if bool(task["train_source"]) != bool(task["test_source"]):
+            raise ValueError(f"task file {path}: task {task['name']!r} gives train_source and "
+                             "test_source together (a cross-domain pair) or neither")
+        for leads in task["leads"]:
+            protocols.lead_set(leads)
+    unknown = sorted(set(config["protocols"]) - set(PROTOCOLS))
+    if unknown:
+        raise ValueError(f"task file {path}: protocols {unknown}: expected some of {PROTOCOLS}")
+    suite = {key: config.get(key, default) for key, default in SUITE_DEFAULTS.items()}
+    ordered = {name: config["protocols"][name] for name in PROTOCOLS if name in config["protocols"]}
+    return {**suite, "datasets": datasets, "tasks": tasks, "protocols": ordered}
+
+
+def columns(suite: dict) -> list[Column]:
+    """Every task expanded over its lead sets and label fractions."""
+    out = []
+    for task in suite["tasks"]:
+        several = len(task["leads"]) * len(task["label_fractions"]) > 1
+        for leads in task["leads"]:
+            for fraction in task["label_fractions"]:
+                name = task["name"] + (f" leads={leads} labels={float(fraction):g}" if several
+                                       else "")
+                out.append(Column(name, task["name"], task["dataset"], str(leads),
+                                  float(fraction), task["train_source"], task["test_source"]))
+    if len({c.name for c in out}) != len(out):
+        raise ValueError("task file: two tasks share a name")
+    return out
+
+
+def dataset_settings(suite: dict, name: str, **more) -> dict:
+    """The settings datasets.load_dataset and the protocol runs read, for one dataset."""
+    entry = suite["datasets"][name]
+    return {**entry, "label_set": entry["layout_options"].get("label_set", ""),
+            "seed": suite["seed"], "bootstrap": suite["bootstrap"],
+            "batch_size": suite["batch_size"], "num_workers": suite["num_workers"],
+            "preset": "", "cross_domain": False, "lead_sets": ["12"],
+            "label_fractions": [1.0], **more}
+
+
+def parse_models(items) -> list[tuple[str, str]]:
+    """["NAME=CHECKPOINT", ...] -> [(name, checkpoint)], names unique."""
+    out = []
+    for item in items:
+        name, sep, checkpoint = item.partition("=")
+        if not sep or not name or not checkpoint or "/" in name:
+            raise ValueError(f"--models entry {item!r}: expected NAME=CHECKPOINT (a name "
+                             "without '/', then a checkpoint folder, random or random:FAMILY)")
+        out.append((name, checkpoint))
+    names = [n for n, _ in out]
+    if len(set(names)) != len(names) or not out:
+        raise ValueError(f"--models: expected distinct names, got {names}")
+    return out
+
+
+def architecture(config) -> str:
+    """What a random init copies: the model config and the data path (its crops)."""
+    data_cfg = backbones.runner_of(config).data_config(config, None)
+    text = json.dumps({"model": config.model.to_dict(),
+                       "data": backbones.data_path_summary(data_cfg)}, sort_keys=True,
+                      default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_models(items, *, model_size: str = "tiny") -> list[Model]:
+    """The models named on the command line, then one random row per architecture lacking one."""
+    models = []
+    for name, checkpoint in parse_models(items):
+        family = ""
+        if checkpoint.startswith(backbones.RANDOM + ":"):
+            checkpoint, family = backbones.RANDOM, checkpoint.split(":", 1)[1]
+            families.family_named(family)
+        config, params = backbones.load_config_and_params(checkpoint, backbone=family,
+                                                          model_size=model_size)
+        models.append(Model(name, checkpoint if not family else f"random:{family}", config,
+                            params))
+    covered = {architecture(m.config) for m in models if m.params is None}
+    for model in list(models):
+        key = architecture(model.config)
+        if key not in covered:
+            covered.add(key)
+            models.append(Model(f"random:{model.name}", backbones.RANDOM,
+                                model.config.copy_and_resolve_references(), None,
+                                random_of=model.name))
+    return models
+
+
+def model_random_row(models: list[Model]) -> dict:
+    """{model name: the name of the random row of its architecture}."""
+    random_by_key = {architecture(m.config): m.name for m in models if m.params is None}
+    return {m.name: random_by_key[architecture(m.config)] for m in models}
+
+
+def cell_spec(model: Model, column: Column, protocol: str, suite: dict) -> str:
+    """A digest of everything a cell's predictions depend on: a finished cell is reused only
+    when it matches (another checkpoint, recipe or dataset recomputes it)."""
+    text = json.dumps({"model": [model.name, model.checkpoint], "column": dataclasses.asdict(
+        column), "dataset": suite["datasets"][column.dataset], "protocol": protocol,
+        "recipe": suite["protocols"][protocol], "seed": suite["seed"],
+        "batch_size": suite["batch_size"]}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

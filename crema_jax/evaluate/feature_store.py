@@ -1,0 +1,80 @@
+"""Frozen features cached on disk: one extraction per model x records x lead set.
+
+A dataset's features are written to FOLDER/MODEL/RECORDS-LEADS.npz, RECORDS a digest of the
+layout, root and layout options other than the label set (PTB-XL's label sets, or two split
+rules over one folder, read the same records). Each example is stored with its record id, so
+another dataset over the same records (other classes, other splits) maps them to its own rows;
+it is reused when every record of that dataset was among those the extraction read.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+
+from crema_jax.evaluate import linear_probe
+from crema_jax.inference import backbones
+from crema_jax.runtime import files
+
+
+def records_key(settings: dict) -> str:
+    options = {k: v for k, v in settings["layout_options"].items() if k != "label_set"}
+    text = json.dumps([settings["layout"], str(settings["root"]), options,
+                       settings["cache_dir"]], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+class FeatureStore:
+    def __init__(self, folder, counts: dict, log=print):
+        self.folder, self.counts, self.log = folder, counts, log
+        self.backbones = {}
+
+    def _backbone(self, model, seed: int):
+        if model.name not in self.backbones:
+            self.backbones[model.name] = backbones.build(model.config, model.params, seed=seed)
+        return self.backbones[model.name]
+
+    def features(self, model, data, leads: str, settings: dict, mesh) -> linear_probe.Features:
+        """`model`'s features of `data`'s records with `leads`: from the cache, or extracted
+        (and cached) when the cache lacks a record of `data`."""
+        path = (self.folder / model.name.replace(":", "_")
+                / f"{records_key(settings)}-{leads.replace('+', '_')}.npz")
+        ids = [info.record_id for info in data.infos]
+        cached = self._load(path, model.checkpoint, ids)
+        if cached is not None:
+            self.counts["features_reused"] += 1
+            return _for_dataset(cached, ids)
+        features = linear_probe.extract_features(self._backbone(model, settings["seed"]), data,
+                                                 leads, settings, mesh)
+        self.counts["feature_extractions"] += 1
+        self.log(f"features {model.name} | {leads} leads: {len(features.rows)} examples")
+        arrays = {"values": np.asarray(features.values, np.float32),
+                  "record_id": np.asarray([ids[r] for r in features.rows], dtype=str),
+                  "ids": np.asarray(features.ids, dtype=str),
+                  "tried": np.asarray(ids, dtype=str), "checkpoint": np.asarray(model.checkpoint)}
+
+        def write(tmp):
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+        files.write_atomic(path, write)
+        return features
+
+    @staticmethod
+    def _load(path, checkpoint: str, ids) -> dict | None:
+        if not path.is_file():
+            return None
+        with np.load(path, allow_pickle=False) as saved:
+            arrays = {k: saved[k] for k in saved.files}
+        if str(arrays["checkpoint"]) != checkpoint or not set(ids) <= set(arrays["tried"]):
+            return None
+        return arrays
+
+
+def _for_dataset(cached: dict, ids) -> linear_probe.Features:
+    """Cached examples of the dataset's records, mapped to its rows (in the cache's order)."""
+    row_of = {rid: r for r, rid in enumerate(ids)}
+    keep = np.asarray([rid in row_of for rid in cached["record_id"]], bool)
+    rows = np.asarray([row_of[rid] for rid in cached["record_id"][keep]], np.int64)
+    return linear_probe.Features(cached["values"][keep], rows,
+                                 [str(i) for i in cached["ids"][keep]], None)

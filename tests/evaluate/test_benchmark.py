@@ -1,0 +1,230 @@
+"""`crema-jax benchmark` on the records shipped with the package (configs/benchmarks/
+bundled_sample.py): a tiny SiT checkpoint, random init and an imported ECGFounder Net1D, two
+tasks (3 folds over patients; a cross-domain pair) by two protocols (linear probe, MLP head).
+Every figure of leaderboard.json is recomputed from the saved predictions with scikit-learn and
+the references of test_paired.py; Holm's correction by hand; a run killed mid-way and rerun
+reuses its finished cells and gives the uninterrupted run's leaderboard."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from crema_jax import config as config_lib
+from crema_jax.cli import benchmark as benchmark_cli
+from crema_jax.data.index import dataset_index
+from crema_jax.evaluate import benchmark, benchmark_tasks, paired
+from crema_jax.export import import_torch
+from crema_jax.models import params as params_lib
+from crema_jax.runtime import checkpoint
+from tests.evaluate.conftest import header_labels
+from tests.evaluate.test_paired import _reference_paired_bootstrap, reference_delong
+from tests.references.ecgfounder_torch import Net1DRef
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+TASKS = REPO / "configs" / "benchmarks" / "bundled_sample.py"
+BOOTSTRAP, ALPHA = 200, 0.05  # the task file's
+SMALL_NET1D = {"in_channels": 12, "filters": (16, 32), "blocks": (1, 2), "n_classes": 150}
+
+
+@pytest.fixture(scope="module")
+def model_flags(tmp_path_factory):
+    """tiny: a tiny SiT checkpoint (seed 1, so not the random row's seed-0 init); random; net1d:
+    a small ECGFounder Net1D imported from PyTorch."""
+    root = tmp_path_factory.mktemp("models")
+    config = config_lib.default_config()
+    config.model.size = "tiny"
+    checkpoint.save_model_checkpoint(root / "sit", params_lib.init_params(config.model, 1),
+                                     config)
+    torch.manual_seed(3)
+    torch.save({"state_dict": Net1DRef(**SMALL_NET1D).eval().state_dict()}, root / "net1d.pth")
+    import_torch.run_import(str(root / "net1d.pth"), "ecgfounder", str(root / "net1d"))
+    return [f"tiny={root / 'sit'}", "random=random", f"net1d={root / 'net1d'}"]
+
+
+def _run(models, workdir) -> dict:
+    assert benchmark_cli.COMMAND.run([f"--models={','.join(models)}", f"--tasks={TASKS}",
+                                      f"--workdir={workdir}"]) is None
+    return json.loads((workdir / "leaderboard.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(model_flags, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("bench")
+    return workdir, _run(model_flags, workdir)
+
+
+def _cells(workdir) -> dict:
+    """{(model, column, protocol): the cell's saved arrays}, read with numpy alone."""
+    out = {}
+    for path in (workdir / "cells").rglob("*.npz"):
+        with np.load(path, allow_pickle=False) as saved:
+            arrays = {k: saved[k] for k in saved.files}
+        meta = json.loads(str(arrays["meta"]))
+        out[(meta["model"], meta["column"], meta["protocol"])] = arrays
+    return out
+
+
+def _per_record(cell):
+    """Record ids (sorted), their probabilities (a record's examples averaged), labels, rows."""
+    ids, inverse = np.unique(cell["record_id"], return_inverse=True)
+    probs = np.zeros((len(ids), cell["probs"].shape[1]))
+    for k in range(len(ids)):
+        probs[k] = cell["probs"][inverse == k].mean(0)
+    first = [int(np.flatnonzero(inverse == k)[0]) for k in range(len(ids))]
+    return ids, probs, cell["labels"][first]
+
+
+def _reference_ci(labels, probs, n_resamples, seed):
+    """Records (each its own patient here) drawn with replacement, scikit-learn's macro AUROC
+    over the classes the resample can score."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_resamples):
+        idx = rng.integers(0, len(labels), len(labels))
+        cols = [c for c in range(labels.shape[1]) if 0 < labels[idx, c].sum() < len(idx)]
+        if cols:
+            values.append(roc_auc_score(labels[idx][:, cols], probs[idx][:, cols]))
+    return np.percentile(values, [2.5, 97.5])
+
+
+def holm_by_hand(p_values):
+    """Holm (1979): the i-th smallest of m p-values times (m - i + 1), capped at 1, made
+    non-decreasing in that order."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def test_holm_on_numbers_worked_by_hand():
+    # sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04 -> 0.06.
+    assert paired.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02],
+                                                                   abs=1e-15)
+    assert paired.holm([0.5, 0.9]) == [1.0, 1.0] and paired.holm([]) == []
+
+
+def test_task_file_and_model_errors_name_the_field(tmp_path):
+    bad = tmp_path / "tasks.py"
+    bad.write_text("import ml_collections\ndef get_config():\n    c = ml_collections."
+                   "ConfigDict()\n    c.datasets = {'d': {'root': '/x', 'fold': 3}}\n"
+                   "    c.tasks = [{'name': 't', 'dataset': 'd'}]\n    c.protocols = "
+                   "{'probe': {}}\n    return c\n")
+    with pytest.raises(ValueError, match=r"datasets\['d'\]: unknown field\(s\) \['fold'\]"):
+        benchmark_tasks.load_suite(bad)
+    with pytest.raises(ValueError, match="expected NAME=CHECKPOINT"):
+        benchmark_tasks.parse_models(["just_a_path"])
+    with pytest.raises(ValueError, match="expected distinct names"):
+        benchmark_tasks.parse_models(["a=random", "a=random:net1d"])
+
+
+@pytest.mark.slow
+def test_leaderboard_figures_are_recomputed_from_the_saved_predictions(uninterrupted):
+    workdir, board = uninterrupted
+    assert [m["name"] for m in board["models"]] == ["tiny", "random", "net1d", "random:net1d"]
+    assert {m["name"]: m["random_row"] for m in board["models"]} == {
+        "tiny": "random", "random": "random", "net1d": "random:net1d",
+        "random:net1d": "random:net1d"}
+    # One extraction per model (both tasks read the same 36 records), 4 models x 2 x 2 cells.
+    assert board["counts"] == {"cells_computed": 16, "cells_reused": 0,
+                               "cells_not_applicable": 0, "feature_extractions": 4,
+                               "features_reused": 12}
+    cells = _cells(workdir)
+    assert len(cells) == 16
+    root = dataset_index.sample_data_dir()
+    scores = {(s["model"], s["column"], s["protocol"]): s for s in board["cells"]}
+    for best in board["best"]:
+        column, protocol = best["column"], best["protocol"]
+        per = {m: _per_record(cells[(m, column, protocol)]) for m in
+               ["tiny", "random", "net1d", "random:net1d"]}
+        ids, _, labels = per["tiny"]
+        classes = [str(c) for c in cells[("tiny", column, protocol)]["classes"]]
+        for rid, row in zip(ids, labels):   # the labels are the headers' `# Dx:` codes
+            codes = header_labels(root / f"{rid}.hea")
+            assert [c for c, y in zip(classes, row) if y] == [c for c in classes if c in codes]
+        assert len(ids) == (36 if column == "rhythm-3fold" else 14)  # every record / georgia
+        ok = [c for c in range(len(classes)) if 0 < labels[:, c].sum() < len(labels)]
+        macro = {}
+        for name, (other_ids, probs, _) in per.items():
+            np.testing.assert_array_equal(other_ids, ids)
+            s = scores[(name, column, protocol)]
+            macro[name] = roc_auc_score(labels[:, ok], probs[:, ok], average="macro")
+            assert s["macro_auroc"] == pytest.approx(macro[name], abs=1e-12)
+            assert s["macro_auprc"] == pytest.approx(np.mean(
+                [average_precision_score(labels[:, c], probs[:, c]) for c in ok]), abs=1e-12)
+            low, high = _reference_ci(labels, probs, BOOTSTRAP, 0)
+            assert (s["ci"]["low"], s["ci"]["high"]) == pytest.approx((low, high), abs=1e-12)
+            assert s["n"] == len(ids) and s["unpaired"] == 0
+        assert best["model"] == max(macro, key=macro.get)
+        random_row = {"tiny": "random", "net1d": "random:net1d"}
+        expected = {frozenset((m, best["model"])) for m in macro if m != best["model"]}
+        expected |= {frozenset(pair) for pair in random_row.items()}
+        tests = [t for t in board["comparisons"]
+                 if (t["column"], t["protocol"]) == (column, protocol)]
+        assert {frozenset((t["model"], t["reference"])) for t in tests} == expected
+        for t in tests:
+            a, b = per[t["model"]][1], per[t["reference"]][1]
+            low, high, p, n_valid = _reference_paired_bootstrap(labels, a, b, list(ids),
+                                                                BOOTSTRAP, 0, roc_auc_score)
+            m = t["macro_auroc"]
+            assert m["difference"] == pytest.approx(macro[t["model"]] - macro[t["reference"]],
+                                                    abs=1e-12)
+            if p == 0:  # no resample reached 0: the bound 2/(B+1) (paired.py)
+                p, bound = 2 / (n_valid + 1), "<"
+            else:
+                bound = None
+            assert (m["ci"]["low"], m["ci"]["high"], m["p"]) == pytest.approx((low, high, p),
+                                                                               abs=1e-12)
+            assert m["p_bound"] == bound
+            assert set(t["per_class"]) == {classes[c] for c in ok}
+            for c in ok:
+                *_, p_delong = reference_delong(labels[:, c], a[:, c], b[:, c])
+                assert t["per_class"][classes[c]]["p"] == pytest.approx(p_delong, abs=1e-9)
+    # Holm across the whole table, by hand, from the p-values checked above (bounds as given).
+    macro_p = [t["macro_auroc"]["p"] for t in board["comparisons"]]
+    assert [t["macro_auroc"]["p_holm"] for t in board["comparisons"]] == pytest.approx(
+        holm_by_hand(macro_p), abs=1e-12)
+    assert [t["macro_auroc"]["significant"] for t in board["comparisons"]] == \
+        [p < ALPHA for p in holm_by_hand(macro_p)]
+    per_class = [e for t in board["comparisons"] for e in t["per_class"].values()]
+    assert [e["p_holm"] for e in per_class] == pytest.approx(
+        holm_by_hand([e["p"] for e in per_class]), abs=1e-12)
+    assert f"Holm's correction over the {len(macro_p)} comparisons" in \
+        board["tests"]["macro_auroc"]
+    md = (workdir / "leaderboard.md").read_text()
+    assert board["tests"]["per_class"] in md
+    assert sum(md.count(f"\n| {b['column']} | {b['protocol']} |") for b in board["best"]) \
+        == len(board["comparisons"])
+    image = matplotlib.image.imread(workdir / "leaderboard.png")
+    assert image.shape[0] > 200 and image[..., :3].std() > 0.05
+
+
+@pytest.mark.slow
+def test_a_killed_benchmark_resumes_without_recomputing_finished_cells(
+        model_flags, uninterrupted, tmp_path):
+    env = {**os.environ, benchmark.ENV_DRILL_KILL: "5", "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    killed = subprocess.run([sys.executable, "-m", "crema_jax.main", "benchmark",
+                             f"--models={','.join(model_flags)}", f"--tasks={TASKS}",
+                             f"--workdir={tmp_path}"], env=env, cwd=str(REPO),
+                            capture_output=True, text=True, timeout=900, check=False)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert len(list((tmp_path / "cells").rglob("*.npz"))) == 5
+    assert not (tmp_path / "leaderboard.json").exists()
+    board = _run(model_flags, tmp_path)
+    # The 5 finished cells are reused; the features the killed run cached are too.
+    assert board["counts"] == {"cells_computed": 11, "cells_reused": 5,
+                               "cells_not_applicable": 0, "feature_extractions": 0,
+                               "features_reused": 11}
+    clean = dict(uninterrupted[1])
+    for key in ("counts", "seconds"):
+        board.pop(key), clean.pop(key)
+    assert board == clean
