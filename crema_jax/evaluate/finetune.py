@@ -1,8 +1,8 @@
 """Full fine-tuning of the SiT encoder with a classification head, under the evaluation protocols
 (`crema-jax finetune`).
 
-Recipe (ST-MEM's fine-tuning, docs/reference/stmem.md): AdamW, lr = base_lr x batch / 256 with linear
-warm-up then cosine, weight decay 0.05, layer-wise learning-rate decay (embeddings get
+Recipe (ST-MEM's fine-tuning, docs/reference/stmem.md): AdamW, lr = base_lr x batch / 256 with
+linear warm-up then cosine, weight decay 0.05, layer-wise learning-rate decay (embeddings get
 decay^(depth+1), block i decay^(depth-i), `norm` and `head` the full rate), stochastic depth,
 optional label smoothing; the ST-MEM augmentations come from config.data.augment.
 

@@ -76,14 +76,19 @@ def probabilities(logits, label_type: str) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * logits))  # overflow-free sigmoid
 
 
-def _objective(params, x, y, w, l2, label_type):
-    """Weighted mean data loss (w = 0 on padding rows) + l2/2 ||W||^2."""
-    logits = _logits(params, x)
+def weighted_data_loss(logits, y, w, label_type: str):
+    """Mean cross-entropy weighted by w (0 on padding rows): softmax (multiclass) or summed
+    sigmoid (multilabel). The probe's and the MLP head's objectives add their L2 terms to it."""
     if label_type == "multiclass":
         per_row = optax.softmax_cross_entropy(logits, y)
     else:
         per_row = jnp.sum(optax.sigmoid_binary_cross_entropy(logits, y), axis=-1)
-    data = jnp.sum(w * per_row) / jnp.sum(w)
+    return jnp.sum(w * per_row) / jnp.sum(w)
+
+
+def _objective(params, x, y, w, l2, label_type):
+    """Weighted mean data loss (w = 0 on padding rows) + l2/2 ||W||^2."""
+    data = weighted_data_loss(_logits(params, x), y, w, label_type)
     return data + 0.5 * l2 * jnp.sum(params["kernel"] ** 2)
 
 

@@ -37,13 +37,8 @@ def _logits(params, x):
 
 
 def _objective(params, x, y, w, l2, label_type):
-    logits = _logits(params, x)
-    if label_type == "multiclass":
-        per_row = optax.softmax_cross_entropy(logits, y)
-    else:
-        per_row = jnp.sum(optax.sigmoid_binary_cross_entropy(logits, y), axis=-1)
-    weights = jnp.sum(params["w1"] ** 2) + jnp.sum(params["w2"] ** 2)
-    return jnp.sum(w * per_row) / jnp.sum(w) + 0.5 * l2 * weights
+    data = linear_probe.weighted_data_loss(_logits(params, x), y, w, label_type)
+    return data + 0.5 * l2 * (jnp.sum(params["w1"] ** 2) + jnp.sum(params["w2"] ** 2))
 
 
 @functools.partial(jax.jit, static_argnames=("hidden", "label_type", "steps"))
