@@ -62,7 +62,7 @@ setuptools.setup(
         "s3": ["s3fs"],
         # pytest-xdist: the suite runs on two worker processes (XLA compiles single-threaded).
         "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-learn>=1.4", "torch==2.13.0",
-                 "jax[tpu]", "huggingface_hub>=1.0", *CLINICAL, "apache-beam==2.77.0"],
+                 "jax[tpu]", "huggingface_hub>=1.0", *CLINICAL],
     },
     entry_points={"console_scripts": ["crema-jax=crema_jax.main:run"]},
 )

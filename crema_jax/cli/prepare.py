@@ -92,7 +92,7 @@ def main(args) -> int:
         layout_options=command.parse_key_values(args.layout_option, flag="layout_option"),
         workers=args.workers, strict=args.strict, target_fs=args.target_fs,
         preprocess=args.preprocess, records_per_shard=args.records_per_shard, dtype=args.dtype,
-        stop_after_shards=args.stop_after_shards, num_hosts=1 if args.merge else num_hosts,
+        stop_after_shards=args.stop_after_shards, num_hosts=num_hosts,
         host_index=0 if args.merge else host, merge_only=args.merge)
     if result["stopped"]:
         print(f"stopped after {args.stop_after_shards} new shards (--stop_after_shards); "
