@@ -121,8 +121,3 @@ def test_cache_split_and_settings_checks(sample_cache, cinc_sample_dir):
     cfg = _cfg(cache_dir=str(sample_cache), flat_leads="keep")
     with pytest.raises(ValueError, match="data.flat_leads='absent'"):
         sources.make_source(cfg)
-
-
-def test_remote_cache_dir_is_refused_with_the_fix_named():
-    with pytest.raises(ValueError, match=r"gs://bucket/cache.*local folder.*CACHE_GCS"):
-        cache_source.CacheSource("gs://bucket/cache")
