@@ -10,7 +10,6 @@ import pytest
 from crema_jax.data import config as config_lib
 from crema_jax.data import presets
 from crema_jax.data.cache import record_format
-from crema_jax.data.cache import source as cache_source
 from crema_jax.data.index import wfdb_folder
 from crema_jax.data.pipeline import datasets
 from crema_jax.data.pipeline import sources
