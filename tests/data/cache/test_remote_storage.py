@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from crema_jax.data.cache import prepare
+from crema_jax.data.cache import beam_pipeline, prepare
 from crema_jax.train import trainer
 from tests.configs import tiny_config
 
@@ -60,3 +60,19 @@ def test_prepare_reads_and_writes_urls_then_pretrains_from_them(memory_records, 
             .splitlines()]
     losses = {r["step"]: r["loss"] for r in rows if "loss" in r}
     assert sorted(losses) == [1, 2] and np.isfinite(list(losses.values())).all()
+
+
+@pytest.mark.slow
+def test_beam_in_one_process_writes_the_local_paths_cache_to_a_url(memory_records):
+    """The Beam path's own remote writes (settings, shards from its workers, the merge), on the
+    DirectRunner in this process (memory:// lives in one process)."""
+    fs, base, _, _ = memory_records
+    flags = dict(layout="wfdb_folder", root=f"{base}/records", records_per_shard=6)
+    prepare.prepare(out=f"{base}/local", workers=1, **flags)
+    beam_pipeline.prepare_on_beam(out=f"{base}/beam", runner="DirectRunner",
+                                  beam_options={"direct_running_mode": "in_memory"}, **flags)
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{base}/local", detail=False))
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{base}/beam", detail=False)) == names
+    assert len(names) == 2 * -(-NUM_RECORDS // 6) + 3
+    for name in names:
+        assert fs.cat_file(f"{base}/beam/{name}") == fs.cat_file(f"{base}/local/{name}"), name
