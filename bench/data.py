@@ -151,8 +151,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         raw_dir = os.path.join(tmp, "wfdb")
         sizes = [int(n) for n in args.prepare_memory.split(",") if n]
-        synthetic.write_synthetic_wfdb(raw_dir, max(sizes or [args.records]), fs=500.0,
-                                       seconds=10.0)
+        synthetic.write_synthetic_wfdb(raw_dir, MEMORY_DISTINCT if sizes else args.records,
+                                       fs=500.0, seconds=10.0)
         if sizes:
             for records in sizes:
                 _prepare_memory(tmp, raw_dir, records)
@@ -261,15 +261,22 @@ def _tree_rss_kib(root: int) -> int:
     return total
 
 
+MEMORY_DISTINCT = 64  # distinct synthetic records behind --prepare_memory's N
+
+
 def _prepare_memory(tmp: str, raw_dir: str, records: int) -> None:
-    """Peak RSS of a DirectRunner prepare (2 worker processes) of the first `records` records
-    of raw_dir (hard links in a folder of their own)."""
+    """Peak RSS of a DirectRunner prepare (2 worker processes) of `records` records: record k
+    is synthetic record k % MEMORY_DISTINCT under a name of its own (its header rewritten, its
+    signal file a hard link), as drawing 20,000 distinct ones takes longer than preparing them."""
     root = os.path.join(tmp, f"raw{records}")
     os.makedirs(root)
     for k in range(records):
-        for ext in (".hea", ".dat"):
-            name = f"SYN{k:05d}{ext}"
-            os.link(os.path.join(raw_dir, name), os.path.join(root, name))
+        source, name = f"SYN{k % MEMORY_DISTINCT:05d}", f"REC{k:06d}"
+        with open(os.path.join(raw_dir, source + ".hea")) as f:
+            header = f.read().replace(source, name)
+        with open(os.path.join(root, name + ".hea"), "w") as f:
+            f.write(header)
+        os.link(os.path.join(raw_dir, source + ".dat"), os.path.join(root, name + ".dat"))
     cmd = _prepare_cmd(root, os.path.join(tmp, f"cache{records}"), *_DIRECT,
                        "--beam_option=direct_num_workers=2", "--records_per_shard=1024")
     start, peak = time.perf_counter(), 0

@@ -36,7 +36,16 @@ def is_remote(path) -> bool:
 
 
 def _fs(url: str):
-    return fsspec.core.url_to_fs(url)
+    """(fsspec file system, path inside it) of a URL; one line naming the URL and the fix when
+    its scheme is unknown or its implementation is not installed."""
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as err:
+        raise ImportError(f"{url}: {err} (gs:// needs `pip install \".[gcs]\"`, s3:// "
+                          "`pip install \".[s3]\"`)") from None
+    except ValueError as err:
+        raise ValueError(f"{url}: {err}; expected a local path or a URL of an fsspec file "
+                         "system (gs://, s3://, ...)") from None
 
 
 def join(base, *names: str) -> str:

@@ -76,3 +76,11 @@ def test_beam_in_one_process_writes_the_local_paths_cache_to_a_url(memory_record
     assert len(names) == 2 * -(-NUM_RECORDS // 6) + 3
     for name in names:
         assert fs.cat_file(f"{base}/beam/{name}") == fs.cat_file(f"{base}/local/{name}"), name
+
+
+def test_an_unknown_url_scheme_is_named_in_one_line(tmp_path):
+    with pytest.raises(ValueError, match=r"^nosuchfs://bucket/records: .*nosuchfs.*expected a "
+                                         r"local path or a URL"):
+        prepare.prepare(layout="wfdb_folder", root="nosuchfs://bucket/records",
+                        out=str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
