@@ -239,8 +239,8 @@ def _prepare_table(tmp: str, raw_dir: str, records: int) -> None:
         print(f"| {path:<17} | {workers:>7} | {rate:>6,.0f} |")
 
 
-def _tree_rss_kib(root: int) -> int:
-    """Resident memory of process `root` and all its descendants, KiB (from /proc)."""
+def _tree_rss_kib(root: int) -> dict[int, int]:
+    """{pid: resident memory, KiB} of process `root` and all its descendants (from /proc)."""
     children, rss = collections.defaultdict(list), {}
     page_kib = os.sysconf("SC_PAGE_SIZE") // 1024
     for entry in os.listdir("/proc"):
@@ -253,12 +253,21 @@ def _tree_rss_kib(root: int) -> int:
             continue  # the process ended meanwhile
         children[int(fields[1])].append(int(entry))
         rss[int(entry)] = int(fields[21]) * page_kib
-    total, stack = 0, [root]
+    tree, stack = {}, [root]
     while stack:
         pid = stack.pop()
-        total += rss.get(pid, 0)
+        tree[pid] = rss.get(pid, 0)
         stack += children[pid]
-    return total
+    return tree
+
+
+def _high_water_kib(pid: int) -> int:
+    """The kernel's peak resident memory of a live process (VmHWM), KiB; 0 once it ended."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("VmHWM:")), 0)
+    except OSError:
+        return 0
 
 
 MEMORY_DISTINCT = 64  # distinct synthetic records behind --prepare_memory's N
@@ -279,19 +288,25 @@ def _prepare_memory(tmp: str, raw_dir: str, records: int) -> None:
         os.link(os.path.join(raw_dir, source + ".dat"), os.path.join(root, name + ".dat"))
     cmd = _prepare_cmd(root, os.path.join(tmp, f"cache{records}"), *_DIRECT,
                        "--beam_option=direct_num_workers=2", "--records_per_shard=1024")
-    start, peak = time.perf_counter(), 0
+    start, peak, high = time.perf_counter(), 0, collections.Counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     while proc.poll() is None:
-        peak = max(peak, _tree_rss_kib(proc.pid))
+        tree = _tree_rss_kib(proc.pid)
+        peak = max(peak, sum(tree.values()))
+        for pid in tree:
+            high[pid] = max(high[pid], _high_water_kib(pid))
         time.sleep(0.2)
+    worker = max((kib for pid, kib in high.items() if pid != proc.pid), default=0)
     last = proc.stdout.read().strip().splitlines()[-1:]
     if proc.returncode:
         raise SystemExit(f"prepare failed (exit {proc.returncode}): {last}")
     # The largest single process of every run so far (exact: the kernel's own peak).
     largest = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
     print(f"prepare_memory: {records} records, DirectRunner 2 workers, records_per_shard 1024: "
-          f"peak RSS of the process tree {peak / 1024:,.0f} MiB; largest process so far "
-          f"{largest / 1024:,.0f} MiB; {time.perf_counter() - start:,.0f} s; {last[0]}",
+          f"peak RSS of the process tree {peak / 1024:,.0f} MiB (sampled); peak of the "
+          f"launching process {high[proc.pid] / 1024:,.0f} MiB, of the largest other process "
+          f"{worker / 1024:,.0f} MiB (VmHWM); largest process so far {largest / 1024:,.0f} MiB "
+          f"(getrusage); {time.perf_counter() - start:,.0f} s; {last[0]}",
           flush=True)
 
 
