@@ -19,6 +19,8 @@ CORE = [
     "safetensors>=0.4",    # Pickle-free weight files for PyTorch interchange.
     "matplotlib>=3.8",     # Preview, reconstruction and evaluation PNGs.
     "tensorboardX>=2.6",   # TensorBoard event files without TensorFlow.
+    "fsspec>=2024.6",      # gs://, s3:// (and memory://) paths of prepare and the cache:
+                           # runtime/storage.py says why fsspec.
 ]
 # Hospital ECG exports (the clinical_exports layout, data/reading/clinical_formats.py): pydicom
 # reads DICOM waveforms, edfio EDF/EDF+ (numpy only), defusedxml guards the XML parser (HL7 aECG,
@@ -50,6 +52,14 @@ setuptools.setup(
         # jax by jax's extra); bench/accelerator.sh installs it where jax has no GPU backend.
         "cuda": ["jax[cuda13]"],
         "clinical": CLINICAL,
+        # `crema-jax prepare --runner=...`: the cache built as an Apache Beam pipeline
+        # (DirectRunner, Dataflow, Flink/Spark). 2.77.0 installs beside the pinned jax, grain,
+        # array-record and numpy; it needs protobuf < 7 (pip takes 6.33, which grain, orbax and
+        # tensorboardX accept).
+        "beam": ["apache-beam==2.77.0"],
+        # Object storage for --root/--out/cache_dir URLs (fsspec's implementations).
+        "gcs": ["gcsfs"],
+        "s3": ["s3fs"],
         # pytest-xdist: the suite runs on two worker processes (XLA compiles single-threaded).
         "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-learn>=1.4", "torch==2.13.0",
                  "jax[tpu]", "huggingface_hub>=1.0", *CLINICAL],

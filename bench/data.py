@@ -13,6 +13,16 @@ stable figure on a shared machine. The CODE-15% cost breakdown times each step o
 way alone (CPU ms per ECG): the HDF5 row read, the reader's canonical Ecg at 400 Hz, polyphase
 resampling to 250 Hz, the crema preprocessing, and the pipeline's own work (the rest).
 
+`--tables=prepare` times `crema-jax prepare` itself, whole runs of the command (indexing and
+start-up included): ECGs/s of the local path (worker processes, no Beam) and of the Beam
+DirectRunner with 1 and 2 workers (the [beam] extra), on --records synthetic records:
+
+    python bench/data.py --tables=prepare --records=2000
+
+`--prepare_memory=N` prepares N synthetic records on the DirectRunner (2 worker processes) and
+prints the peak resident memory of the whole process tree (sampled from /proc every 0.2 s) and
+of its largest process: run it at 5,000 and 20,000 records to see it flat in the record count.
+
 A second table times the evaluation pipeline (what embed, probe and predict read) from the raw
 records under each data path (data/presets.py: crema, stmem, ecgfounder), in-process; the
 target is the same >= 200 ECGs/s per process.
@@ -20,7 +30,9 @@ target is the same >= 200 ECGs/s per process.
 from __future__ import annotations
 
 import argparse
+import collections
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -125,17 +137,28 @@ def main() -> None:
                         help="passes per evaluation-table row (the median is printed)")
     parser.add_argument("--tables", default="pretrain,eval",
                         help="comma-separated: pretrain (sources x workers, with the CODE-15% "
-                             "breakdown), eval (the evaluation pipeline by data path)")
+                             "breakdown), eval (the evaluation pipeline by data path), prepare "
+                             "(the prepare command: local path and Beam DirectRunner)")
+    parser.add_argument("--prepare_memory", default="",
+                        help="only this: peak RSS of DirectRunner prepares of N[,N...] records")
     args = parser.parse_args()
     tables = set(args.tables.split(","))
-    if not tables or tables - {"pretrain", "eval"}:
+    if not tables or tables - {"pretrain", "eval", "prepare"}:
         parser.error(f"--tables={args.tables!r}: expected a comma-separated subset of "
-                     "pretrain,eval")
+                     "pretrain,eval,prepare")
     flags.FLAGS.mark_as_parsed()  # Grain workers read absl flags.
 
     with tempfile.TemporaryDirectory() as tmp:
         raw_dir = os.path.join(tmp, "wfdb")
-        synthetic.write_synthetic_wfdb(raw_dir, args.records, fs=500.0, seconds=10.0)
+        sizes = [int(n) for n in args.prepare_memory.split(",") if n]
+        synthetic.write_synthetic_wfdb(raw_dir, MEMORY_DISTINCT if sizes else args.records,
+                                       fs=500.0, seconds=10.0)
+        if sizes:
+            for records in sizes:
+                _prepare_memory(tmp, raw_dir, records)
+            return
+        if "prepare" in tables:
+            _prepare_table(tmp, raw_dir, args.records)
         if "pretrain" in tables:
             _pretrain_tables(tmp, raw_dir, args)
         if "eval" in tables:
@@ -185,6 +208,106 @@ def _pretrain_tables(tmp: str, raw_dir: str, args) -> None:
         print(f"| {step:<58} | {ms:>6.2f} |")
     print(f"| {'sum of the steps after the first':<58} | "
           f"{sum(ms for _, ms in breakdown[1:]):>6.2f} |")
+
+
+_DIRECT = ["--runner=DirectRunner", "--beam_option=direct_running_mode=multi_processing"]
+PREPARE_RUNS = (("local path", "--workers=1"), ("local path", "--workers=2"),
+                ("Beam DirectRunner", "--beam_option=direct_num_workers=1"),
+                ("Beam DirectRunner", "--beam_option=direct_num_workers=2"))
+
+
+def _prepare_cmd(raw_dir: str, out: str, *extra: str) -> list[str]:
+    cli = os.path.join(os.path.dirname(sys.executable), "crema-jax")
+    return [cli, "prepare", f"--root={raw_dir}", f"--out={out}", "--records_per_shard=128",
+            *extra]
+
+
+def _prepare_table(tmp: str, raw_dir: str, records: int) -> None:
+    """Whole `crema-jax prepare` runs: local path and DirectRunner, 1 and 2 workers."""
+    rows = []
+    for i, (path, flag) in enumerate(PREPARE_RUNS):
+        extra = [flag] if path == "local path" else [*_DIRECT, flag]
+        start = time.perf_counter()
+        subprocess.run(_prepare_cmd(raw_dir, os.path.join(tmp, f"prepared{i}"), *extra),
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        rows.append((path, flag.rsplit("=", 1)[1], records / (time.perf_counter() - start)))
+    print(f"\nprepare: {records} synthetic records (500 Hz, 10 s) -> cache, whole command "
+          "runs (indexing and start-up included), records_per_shard 128:\n")
+    print(f"| {'path':<17} | workers | ECGs/s |")
+    print(f"|{'-' * 19}|---------|--------|")
+    for path, workers, rate in rows:
+        print(f"| {path:<17} | {workers:>7} | {rate:>6,.0f} |")
+
+
+def _tree_rss_kib(root: int) -> dict[int, int]:
+    """{pid: resident memory, KiB} of process `root` and all its descendants (from /proc)."""
+    children, rss = collections.defaultdict(list), {}
+    page_kib = os.sysconf("SC_PAGE_SIZE") // 1024
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()  # after "(name)": state, ppid, ...
+        except OSError:
+            continue  # the process ended meanwhile
+        children[int(fields[1])].append(int(entry))
+        rss[int(entry)] = int(fields[21]) * page_kib
+    tree, stack = {}, [root]
+    while stack:
+        pid = stack.pop()
+        tree[pid] = rss.get(pid, 0)
+        stack += children[pid]
+    return tree
+
+
+def _high_water_kib(pid: int) -> int:
+    """The kernel's peak resident memory of a live process (VmHWM), KiB; 0 once it ended."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("VmHWM:")), 0)
+    except OSError:
+        return 0
+
+
+MEMORY_DISTINCT = 64  # distinct synthetic records behind --prepare_memory's N
+
+
+def _prepare_memory(tmp: str, raw_dir: str, records: int) -> None:
+    """Peak RSS of a DirectRunner prepare (2 worker processes) of `records` records: record k
+    is synthetic record k % MEMORY_DISTINCT under a name of its own (its header rewritten, its
+    signal file a hard link), as drawing 20,000 distinct ones takes longer than preparing them."""
+    root = os.path.join(tmp, f"raw{records}")
+    os.makedirs(root)
+    for k in range(records):
+        source, name = f"SYN{k % MEMORY_DISTINCT:05d}", f"REC{k:06d}"
+        with open(os.path.join(raw_dir, source + ".hea")) as f:
+            header = f.read().replace(source, name)
+        with open(os.path.join(root, name + ".hea"), "w") as f:
+            f.write(header)
+        os.link(os.path.join(raw_dir, source + ".dat"), os.path.join(root, name + ".dat"))
+    cmd = _prepare_cmd(root, os.path.join(tmp, f"cache{records}"), *_DIRECT,
+                       "--beam_option=direct_num_workers=2", "--records_per_shard=1024")
+    start, peak, high = time.perf_counter(), 0, collections.Counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    while proc.poll() is None:
+        tree = _tree_rss_kib(proc.pid)
+        peak = max(peak, sum(tree.values()))
+        for pid in tree:
+            high[pid] = max(high[pid], _high_water_kib(pid))
+        time.sleep(0.2)
+    worker = max((kib for pid, kib in high.items() if pid != proc.pid), default=0)
+    last = proc.stdout.read().strip().splitlines()[-1:]
+    if proc.returncode:
+        raise SystemExit(f"prepare failed (exit {proc.returncode}): {last}")
+    # The largest single process of every run so far (exact: the kernel's own peak).
+    largest = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
+    print(f"prepare_memory: {records} records, DirectRunner 2 workers, records_per_shard 1024: "
+          f"peak RSS of the process tree {peak / 1024:,.0f} MiB (sampled); peak of the "
+          f"launching process {high[proc.pid] / 1024:,.0f} MiB, of the largest other process "
+          f"{worker / 1024:,.0f} MiB (VmHWM); largest process so far {largest / 1024:,.0f} MiB "
+          f"(getrusage); {time.perf_counter() - start:,.0f} s; {last[0]}",
+          flush=True)
 
 
 def _eval_table(raw_dir: str, args) -> None:

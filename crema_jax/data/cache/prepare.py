@@ -6,12 +6,18 @@ record_format.py).
 - Resumable: each shard is written under a temporary name and renamed when complete (its JSON
   sidecar last); a restart skips finished shards, so an interrupted-then-restarted run produces
   exactly the files of an uninterrupted one. Restarting with other settings is refused.
-- Many hosts (num_hosts H > 1, one folder they all see: NFS, Filestore, a gcsfuse mount): host h
-  writes its block of shards (hosts.py: the same shards, whatever H); host 0 writes
-  settings.json first (the others wait for it), then, once every shard's sidecar exists, merges
-  them into index.json and summary.json, so the folder equals a one-host run's byte for byte. A
-  killed host is rerun with the same flags: it finishes its own missing shards only. merge_only
-  (`--merge`) merges shards written elsewhere (e.g. copied into one folder) without waiting.
+- An array job (num_hosts H > 1: a SLURM array, TPU VM hosts; one folder they all see, or a
+  bucket): host h writes its block of shards only (hosts.py: the same shards, whatever H) and
+  the settings.json every host writes or checks (the same bytes); nothing waits for anything.
+  The merge is one explicit step once every host is done: merge_only (`--merge`) merges the
+  shards' sidecars into index.json and summary.json (refusing, naming the missing shards and
+  their hosts, when a shard is not there), so the folder equals a one-host run's byte for byte.
+  A killed host is rerun with the same flags: it finishes its own missing shards only.
+- The same cache on Apache Beam (any runner): beam_pipeline.py, with this module's plan, shard
+  tasks and merge, and shard_writer.build_shard, the one function that writes a shard.
+- --root and --out may be URLs (gs://, s3://; runtime/storage.py): records are read from a local
+  copy one at a time, each file is written locally and uploaded whole. A remote --out has no
+  lock: run one writer per shard.
 - Bad records are skipped and reported (a table by reason; per host, then for the whole cache;
   summary.json with the paths); strict=True stops at the first bad record.
 """
@@ -24,7 +30,6 @@ import hashlib
 import json
 import math
 import multiprocessing
-import os
 import sys
 import time
 
@@ -36,7 +41,7 @@ from crema_jax.data.index import registry
 from crema_jax.data.index.dataset_index import DatasetIndex
 from crema_jax.data.reading import safe_files
 from crema_jax.data.signal.preprocess import stage_config
-from crema_jax.runtime import files, workdir
+from crema_jax.runtime import files, storage, workdir
 
 
 class PrepareError(ValueError):
@@ -47,42 +52,27 @@ def _settings(index, opts: dict, preprocess_cfg) -> dict:
     paths = hashlib.sha1("\n".join(r.path for r in index.records).encode()).hexdigest()
     return {"format": "crema_jax.cache/1", "layout": opts["layout"],
             "layout_options": opts["layout_options"],
-            "root": os.path.abspath(opts["root"]), "target_fs": float(opts["target_fs"]),
+            "root": storage.absolute(opts["root"]), "target_fs": float(opts["target_fs"]),
             "preprocess_preset": opts["preprocess"], "preprocess": preprocess_cfg,
             "derive_limb_leads": True, "dtype": opts["dtype"],
             "records_per_shard": int(opts["records_per_shard"]),
             "num_records": len(index.records), "records_sha1": paths}
 
 
-def _check_or_write_settings(out: str, settings: dict, *, write: bool) -> None:
-    path = os.path.join(out, record_format.SETTINGS_FILE)
-    if os.path.isfile(path):
+def check_or_write_settings(out: str, settings: dict, *, write: bool) -> None:
+    """settings.json written (when absent and `write`) or checked to equal `settings`."""
+    path = storage.join(out, record_format.SETTINGS_FILE)
+    if storage.isfile(path):
         old = _read_json(path, "use a new --out folder", dict)
         changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
         if changed:
             raise PrepareError(f"{out} holds a cache built with other settings (changed: "
                                f"{', '.join(changed)}); use a new --out folder")
     elif write:
-        files.write_json_atomic(path, settings)
+        storage.write_json_atomic(path, settings)
     else:
         raise PrepareError(f"{out}: no {record_format.SETTINGS_FILE}; nothing to merge (run "
                            "prepare there first)")
-
-
-def _wait(missing, wait_s: float, what: str, poll_s: float) -> list:
-    """Poll `missing()` (the things not there yet) until it is empty or wait_s (0 = no limit)
-    has passed; a status line every minute. Returns what is still missing."""
-    start = last = time.monotonic()
-    left = missing()
-    while left and (wait_s <= 0 or time.monotonic() - start < wait_s):
-        if time.monotonic() - last >= 60:
-            sys.stderr.write(f"prepare: waiting for {what}: {len(left)} missing "
-                             f"({', '.join(map(str, left[:3]))}{', ...' if len(left) > 3 else ''})"
-                             "\n")
-            last = time.monotonic()
-        time.sleep(poll_s)
-        left = missing()
-    return left
 
 
 class _Progress:
@@ -135,9 +125,10 @@ def _run_tasks(tasks: list[dict], workers: int):
                 future.cancel()
 
 
-def _load_sidecar(out: str, name: str) -> dict | None:
-    path = os.path.join(out, name + ".json")
-    if not (os.path.isfile(path) and os.path.isfile(os.path.join(out, name + ".arrayrecord"))):
+def load_sidecar(out: str, name: str) -> dict | None:
+    """Shard `name`'s sidecar when the shard is complete (its .json and .arrayrecord there)."""
+    path = storage.join(out, name + ".json")
+    if not (storage.isfile(path) and storage.isfile(storage.join(out, name + ".arrayrecord"))):
         return None
     sidecar = _read_json(path, f"delete it and {name}.arrayrecord, then rerun prepare (it "
                          "rewrites that shard)", dict)
@@ -160,6 +151,11 @@ def _read_json(path: str, remedy: str, kind: type):
     return value
 
 
+def read_summary(out: str) -> dict:
+    """summary.json of a finished cache."""
+    return _read_json(storage.join(out, record_format.SUMMARY_FILE), "rerun prepare", dict)
+
+
 def _skip_table(sidecars) -> dict:
     skipped = collections.defaultdict(list)
     for sidecar in sidecars:
@@ -169,7 +165,7 @@ def _skip_table(sidecars) -> dict:
             for reason, paths in sorted(skipped.items())}
 
 
-def _print_table(skipped: dict, title: str = "") -> None:
+def print_table(skipped: dict, title: str = "") -> None:
     if skipped:
         width = max(len("reason"), *(len(r) for r in skipped))
         print(f"{'reason'.ljust(width)}  skipped{title}")
@@ -177,17 +173,26 @@ def _print_table(skipped: dict, title: str = "") -> None:
             print(f"{reason.ljust(width)}  {entry['count']}")
 
 
-def _finish(out: str, index, settings: dict, sidecars: list[dict]) -> tuple[int, dict]:
-    """Merge every shard's sidecar (in shard order) into index.json and summary.json."""
+def finish(out: str, label_names, settings: dict, sidecars: list[dict]) -> tuple[int, dict]:
+    """Merge every shard's sidecar (in shard order) into index.json and summary.json; returns
+    (records written, skip table)."""
     rows = [row for sidecar in sidecars for row in sidecar["records"]]
-    files.write_json_atomic(os.path.join(out, record_format.INDEX_FILE), {
-        "settings": settings, "label_names": list(index.label_names),
+    storage.write_json_atomic(storage.join(out, record_format.INDEX_FILE), {
+        "settings": settings, "label_names": list(label_names),
         "shards": [{"file": s["file"], "num_records": s["num_records"]} for s in sidecars],
         "records": rows})
     skipped = _skip_table(sidecars)
-    files.write_json_atomic(os.path.join(out, record_format.SUMMARY_FILE),
+    storage.write_json_atomic(storage.join(out, record_format.SUMMARY_FILE),
                             {"records_written": len(rows), "skipped": skipped})
     return len(rows), skipped
+
+
+def shard_tasks(plan, strict: bool, shards) -> list[dict]:
+    """build_shard's task of each shard in `shards` (records taken from the index in order)."""
+    per, num_shards = plan.records_per_shard, len(plan.names)
+    opts = dict(plan.task_options, strict=strict)
+    return [_task(plan.out, s, num_shards, plan.index.records[s * per:(s + 1) * per], opts)
+            for s in shards]
 
 
 def _task(out, s, num_shards, records, opts) -> dict:
@@ -203,31 +208,29 @@ def prepare(*, layout: str, root: str, out: str, layout_options: dict | None = N
             workers: int = 2, strict: bool = False, target_fs: float = 250.0,
             preprocess: str = "crema", records_per_shard: int = 1024, dtype: str = "int16",
             stop_after_shards: int = 0, num_hosts: int = 1, host_index: int = 0,
-            merge_only: bool = False, wait_s: float = 0.0, poll_s: float = 1.0) -> dict:
-    """Builds (or resumes) this host's part of the cache in `out`, and (host 0, or merge_only)
-    merges the index; prints progress and the skip tables.
+            merge_only: bool = False) -> dict:
+    """Builds (or resumes) this host's part of the cache in `out`, and (one host, or
+    merge_only) merges the index; prints progress and the skip tables.
 
     Returns {"records": N, "skipped": {reason: {"count", "paths"}}, "stopped": bool, "merged":
     bool, "shards": range}: the whole cache's figures when merged, else this host's; stopped:
-    stop_after_shards new shards were written and the rest was left for a rerun. wait_s: how
-    long host 0 waits for the other hosts' shards (and they for its settings.json); 0 = no limit.
+    stop_after_shards new shards were written and the rest was left for a rerun.
     """
-    _check_flags(layout=layout, preprocess=preprocess, dtype=dtype,
-                 records_per_shard=records_per_shard, num_hosts=num_hosts, host_index=host_index)
-    plan = _plan(layout=layout, root=root, out=out, layout_options=dict(layout_options or {}),
-                 target_fs=target_fs, preprocess=preprocess, dtype=dtype,
-                 records_per_shard=records_per_shard, num_hosts=num_hosts,
-                 host_index=host_index, merge_only=merge_only)
-    lock = workdir.WorkdirLock(out, name=lock_name(host_index), stale_seconds=math.inf)
+    plan = make_plan(layout=layout, root=root, out=out, layout_options=layout_options,
+                     target_fs=target_fs, preprocess=preprocess, dtype=dtype,
+                     records_per_shard=records_per_shard, num_hosts=num_hosts,
+                     host_index=host_index, merge_only=merge_only)
+    remote = storage.is_remote(out)
+    lock = None if remote else workdir.WorkdirLock(out, name=lock_name(host_index),
+                                                   stale_seconds=math.inf)
     try:
-        _claim_output(plan, root, lock=lock, merge_only=merge_only, wait_s=wait_s,
-                      poll_s=poll_s)
+        claim_output(plan, root, lock=lock, merge_only=merge_only)
         return _prepare_claimed(plan, out, workers=workers, strict=strict,
                                 stop_after_shards=stop_after_shards, num_hosts=num_hosts,
-                                host_index=host_index, merge_only=merge_only, wait_s=wait_s,
-                                poll_s=poll_s)
+                                host_index=host_index)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 def lock_name(host_index: int) -> str:
@@ -236,10 +239,10 @@ def lock_name(host_index: int) -> str:
     return f"crema_jax.prepare-host{host_index}.lock"
 
 
-def _prepare_claimed(plan, out, *, workers, strict, stop_after_shards, num_hosts, host_index,
-                     merge_only, wait_s, poll_s) -> dict:
+def _prepare_claimed(plan, out, *, workers, strict, stop_after_shards, num_hosts,
+                     host_index) -> dict:
     mine = plan.mine
-    sidecars = {s: _load_sidecar(out, plan.names[s]) for s in mine}
+    sidecars = {s: load_sidecar(out, plan.names[s]) for s in mine}
     progress, stopped = _write_shards(plan, sidecars, workers=workers, strict=strict,
                                       stop_after_shards=stop_after_shards)
     if stopped:
@@ -249,13 +252,12 @@ def _prepare_claimed(plan, out, *, workers, strict, stop_after_shards, num_hosts
         sys.stderr.write("\n")
     host_skipped = _skip_table(sidecars[s] for s in mine)
     if num_hosts > 1 and mine:
-        _print_table(host_skipped, f" (host {host_index}, shards {mine.start}-{mine.stop - 1})")
+        print_table(host_skipped, f" (host {host_index}, shards {mine.start}-{mine.stop - 1})")
     if not plan.merges:
         return {"records": progress.records, "skipped": host_skipped, "stopped": False,
                 "merged": False, "shards": mine}
-    written, skipped = _merge(plan, sidecars, num_hosts=num_hosts, merge_only=merge_only,
-                              wait_s=wait_s, poll_s=poll_s)
-    _print_table(skipped)
+    written, skipped = merge(plan, sidecars, num_hosts=num_hosts)
+    print_table(skipped)
     return {"records": written, "skipped": skipped, "stopped": False, "merged": True,
             "shards": mine}
 
@@ -275,7 +277,7 @@ def _check_flags(*, layout, preprocess, dtype, records_per_shard, num_hosts, hos
 
 
 @dataclasses.dataclass(frozen=True)
-class _Plan:
+class Plan:
     """The cache to build and this host's part of it."""
     out: str
     index: DatasetIndex
@@ -284,12 +286,18 @@ class _Plan:
     records_per_shard: int
     names: list                 # every shard's file name without extension, in shard order
     mine: range                 # the shards this host writes
-    merges: bool                # host 0 (or --merge): owns settings.json, index and summary
+    merges: bool                # one host (or --merge): writes index.json and summary.json
     label: str                  # " [host h/H]" on progress lines of a many-host run
 
 
-def _plan(*, layout, root, out, layout_options, target_fs, preprocess, dtype, records_per_shard,
-          num_hosts, host_index, merge_only) -> _Plan:
+def make_plan(*, layout, root, out, layout_options=None, target_fs=250.0, preprocess="crema",
+              dtype="int16", records_per_shard=1024, num_hosts=1, host_index=0,
+              merge_only=False) -> Plan:
+    """The flags checked, the dataset indexed (metadata only, no signal read) and its records
+    assigned to shards: shard s holds records [s * R, (s + 1) * R) of the layout's order."""
+    _check_flags(layout=layout, preprocess=preprocess, dtype=dtype,
+                 records_per_shard=records_per_shard, num_hosts=num_hosts, host_index=host_index)
+    layout_options = dict(layout_options or {})
     index = registry.build_index(layout, root, **layout_options)
     preprocess_cfg = presets.preprocessing(preprocess).to_dict()
     if stage_config(preprocess_cfg, "record") is None:
@@ -300,49 +308,54 @@ def _plan(*, layout, root, out, layout_options, target_fs, preprocess, dtype, re
                                      target_fs=target_fs, preprocess=preprocess, dtype=dtype,
                                      records_per_shard=records_per_shard), preprocess_cfg)
     num_shards = max(1, -(-len(index.records) // records_per_shard))
-    return _Plan(
+    return Plan(
         out=out, index=index, settings=settings,
         task_options=dict(target_fs=target_fs, preprocess_cfg=preprocess_cfg, dtype=dtype),
         records_per_shard=records_per_shard,
         names=[record_format.shard_name(s, num_shards) for s in range(num_shards)],
         mine=range(0) if merge_only else hosts.host_shards(num_shards, num_hosts, host_index),
-        merges=merge_only or host_index == 0,
+        merges=merge_only or num_hosts == 1,
         label=f" [host {host_index}/{num_hosts}]" if num_hosts > 1 else "")
 
 
-def _claim_output(plan: _Plan, root: str, *, lock, merge_only: bool, wait_s: float,
-                  poll_s: float) -> None:
-    """The output folder checked, this host's lock taken, its crashed half-written files
-    removed, and the settings written (host 0) or checked against the ones there."""
+def _check_remote_output(out: str) -> None:
+    """A remote --out is new, empty or a cache of ours (its settings.json), as a local one."""
+    names = storage.listdir(out)
+    if names and record_format.SETTINGS_FILE not in names:
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise files.OutputError(f"--out={out}: the folder holds files this command did not "
+                                f"write ({shown}); choose a new or empty folder")
+
+
+def claim_output(plan: Plan, root: str, *, lock, merge_only: bool) -> None:
+    """The output folder checked, this host's lock taken (a local --out), its crashed
+    half-written files removed, and the settings written or checked against the ones there
+    (every host writes the same bytes; --merge only checks)."""
     out = plan.out
-    # Host 0 owns settings.json (and the index); the other hosts wait for it, then check it.
-    settings_path = os.path.join(out, record_format.SETTINGS_FILE)
-    if not (plan.merges or os.path.isfile(settings_path)):
-        if _wait(lambda: [] if os.path.isfile(settings_path) else [settings_path], wait_s,
-                 "host 0's settings.json", poll_s):
-            raise PrepareError(f"{settings_path} did not appear within {wait_s:g} s: start host "
-                               "0 (it writes the settings every host checks)")
-    # New, empty, or a cache of ours (its settings.json): a user's own files are never touched.
-    files.check_output_dir(out, marker=(record_format.SETTINGS_FILE, lock.path.name),
-                           flag="--out", inputs=[root], create=not merge_only)
-    note = lock.acquire()
-    if note:
-        print(f"prepare: {note}")
-    own = [plan.names[s] + ext for s in plan.mine for ext in (".arrayrecord", ".json")]
-    if plan.merges:
-        own += [record_format.SETTINGS_FILE, record_format.INDEX_FILE, record_format.SUMMARY_FILE]
-    files.remove_stale_temporaries(out, names=own)   # this host's crashed half-written files
-    _check_or_write_settings(out, plan.settings, write=plan.merges and not merge_only)
+    if storage.is_remote(out):
+        _check_remote_output(out)
+    else:
+        # New, empty, or a cache of ours (settings.json): a user's own files are never touched.
+        markers = (record_format.SETTINGS_FILE,) + ((lock.path.name,) if lock else ())
+        files.check_output_dir(out, marker=markers, flag="--out", inputs=[root],
+                               create=not merge_only)
+    if lock is not None:
+        note = lock.acquire()
+        if note:
+            print(f"prepare: {note}")
+        own = [plan.names[s] + ext for s in plan.mine for ext in (".arrayrecord", ".json")]
+        own.append(record_format.SETTINGS_FILE)
+        if plan.merges:
+            own += [record_format.INDEX_FILE, record_format.SUMMARY_FILE]
+        files.remove_stale_temporaries(out, names=own)   # this host's crashed half-written files
+    check_or_write_settings(out, plan.settings, write=not merge_only)
 
 
-def _write_shards(plan: _Plan, sidecars: dict, *, workers: int, strict: bool,
+def _write_shards(plan: Plan, sidecars: dict, *, workers: int, strict: bool,
                   stop_after_shards: int) -> tuple[_Progress, bool]:
     """Writes this host's shards that have no sidecar yet (filling `sidecars` in); returns the
     progress and whether it stopped after `stop_after_shards` new shards."""
-    per, num_shards = plan.records_per_shard, len(plan.names)
-    opts = dict(plan.task_options, strict=strict)
-    tasks = [_task(plan.out, s, num_shards, plan.index.records[s * per:(s + 1) * per], opts)
-             for s in plan.mine if sidecars[s] is None]
+    tasks = shard_tasks(plan, strict, [s for s in plan.mine if sidecars[s] is None])
     progress = _Progress(plan.label, len(plan.mine),
                          [s for s in sidecars.values() if s is not None],
                          sum(len(t["records"]) for t in tasks))
@@ -360,23 +373,20 @@ def _write_shards(plan: _Plan, sidecars: dict, *, workers: int, strict: bool,
     return progress, False
 
 
-def _merge(plan: _Plan, sidecars: dict, *, num_hosts: int, merge_only: bool, wait_s: float,
-           poll_s: float) -> tuple[int, dict]:
-    """Once every shard's sidecar is there (waiting for the other hosts unless merge_only),
-    writes index.json and summary.json; returns (records written, skip table)."""
+def merge(plan: Plan, sidecars: dict, *, num_hosts: int) -> tuple[int, dict]:
+    """Once every shard's sidecar is there (read from the folder where `sidecars` lacks it),
+    writes index.json and summary.json; returns (records written, skip table). A missing shard
+    stops it, naming the shard and the hosts that write it: nothing waits."""
     names, num_shards = plan.names, len(plan.names)
-
-    def missing():
-        for s in range(num_shards):
-            if sidecars.get(s) is None:
-                sidecars[s] = _load_sidecar(plan.out, names[s])
-        return [names[s] for s in range(num_shards) if sidecars[s] is None]
-    left = missing() if merge_only else _wait(missing, wait_s, "the other hosts' shards", poll_s)
+    for s in range(num_shards):
+        if sidecars.get(s) is None:
+            sidecars[s] = load_sidecar(plan.out, names[s])
+    left = [names[s] for s in range(num_shards) if sidecars[s] is None]
     if left:
         owners = sorted({hosts.host_of_shard(names.index(n), num_shards, max(num_hosts, 1))
                          for n in left})
         raise PrepareError(f"{len(left)} of {num_shards} shards are not written yet ({left[0]}"
                            f"{', ...' if len(left) > 1 else ''}; hosts {owners} of {num_hosts}): "
                            "run (or rerun) those hosts, then `crema-jax prepare ... --merge`")
-    return _finish(plan.out, plan.index, plan.settings,
-                   [sidecars[s] for s in range(num_shards)])
+    return finish(plan.out, plan.index.label_names, plan.settings,
+                  [sidecars[s] for s in range(num_shards)])

@@ -1,8 +1,9 @@
-"""Writing one shard of the cache (a `crema-jax prepare` worker task): read, preprocess and
-encode its records, write the ArrayRecord file and its JSON sidecar, atomically."""
+"""Writing one shard of the cache: read, preprocess and encode its records, write the ArrayRecord
+file and its JSON sidecar, atomically. The one function that writes a shard, whoever runs it: a
+`crema-jax prepare` worker process, one host of an array job, or a Beam worker
+(beam_pipeline.py); the output folder may be a URL (runtime/storage.py)."""
 from __future__ import annotations
 
-import os
 from typing import Mapping, Sequence
 
 import ml_collections
@@ -12,7 +13,7 @@ from crema_jax.data.cache.record_format import WRITER_OPTIONS, encode_record, sh
 from crema_jax.data.reading import read as read_lib
 from crema_jax.data.reading.ecg import RecordError
 from crema_jax.data.signal.preprocess import preprocess_record
-from crema_jax.runtime import files
+from crema_jax.runtime import storage
 
 
 def write_arrayrecord_atomic(path: str, payloads: Sequence[bytes]) -> None:
@@ -21,7 +22,7 @@ def write_arrayrecord_atomic(path: str, payloads: Sequence[bytes]) -> None:
         for payload in payloads:
             writer.write(payload)
         writer.close()
-    files.write_atomic(path, write)
+    storage.write_atomic(path, write)
 
 
 def build_shard(task: Mapping) -> dict:
@@ -60,9 +61,9 @@ def build_shard(task: Mapping) -> dict:
                      "length": int(signal.shape[1]),
                      "lead_present": [bool(b) for b in ecg.lead_present],
                      "repairs": {k: int(v) for k, v in sorted(ecg.repairs.items())}})
-    write_arrayrecord_atomic(os.path.join(task["out_dir"], name + ".arrayrecord"), payloads)
+    write_arrayrecord_atomic(storage.join(task["out_dir"], name + ".arrayrecord"), payloads)
     sidecar = {"file": name + ".arrayrecord", "num_records": len(rows), "records": rows,
                "skipped": skipped}
     # The sidecar is renamed into place last: its presence marks the shard complete.
-    files.write_json_atomic(os.path.join(task["out_dir"], name + ".json"), sidecar)
+    storage.write_json_atomic(storage.join(task["out_dir"], name + ".json"), sidecar)
     return sidecar

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -23,6 +24,7 @@ from crema_jax.data.cache.record_format import INDEX_FILE, decode_quantised
 from crema_jax.data.index.dataset_index import DatasetIndex, RecordInfo, multi_hot
 from crema_jax.data.reading import safe_files
 from crema_jax.data.reading.ecg import RecordError
+from crema_jax.runtime import storage
 
 SKIP_FLAG = "--config.data.skip_damaged_cache_records=true"
 DAMAGED = "damaged_cache_record"   # the skip reason
@@ -49,16 +51,32 @@ def _damaged_shard(path: str, problem: str) -> str:
             f"or set {SKIP_FLAG} to skip and count its records")
 
 
-def _require_local(cache_dir: str) -> None:
-    if "://" in cache_dir:
-        raise ValueError(f"data.cache_dir={cache_dir}: the cache is read from a local folder; copy "
-                         "it to each host's disk first (tpu_scripts/launch_pretrain.sh does this "
-                         "with CACHE_GCS=gs://...)")
+def local_cache_dir(cache_dir: str) -> str:
+    """`cache_dir` itself, or for a URL (gs://, s3://; runtime/storage.py) a local copy of it:
+    ArrayRecord's reader is C++ and opens local files only, and Grain reads records in random
+    order, which local disk serves far better than an object store. The copy goes to
+    storage.staging_dir (CREMA_JAX_STAGING or the temporary folder; one per URL, so a later run
+    reuses it): index.json always fresh; a shard already there with the remote size is kept
+    when index.json is unchanged, else copied again."""
+    if not storage.is_remote(cache_dir):
+        return cache_dir
+    local = storage.staging_dir(cache_dir, "cache")
+    old = os.path.join(local, INDEX_FILE)
+    old_bytes = safe_files.read_bytes(old) if os.path.isfile(old) else None
+    if not storage.isfile(storage.join(cache_dir, INDEX_FILE)):
+        raise FileNotFoundError(f"{storage.join(cache_dir, INDEX_FILE)}: no cache index; build "
+                                f"the cache with `crema-jax prepare --out={cache_dir}`")
+    storage.mirror(cache_dir, local, names=[INDEX_FILE], resume=False)
+    index = load_index(local)
+    sys.stderr.write(f"cache: reading {cache_dir} from a local copy in {local}\n")
+    storage.mirror(cache_dir, local, names=[s["file"] for s in index["shards"]],
+                   resume=old_bytes == safe_files.read_bytes(old))
+    return local
 
 
 def load_index(cache_dir: str) -> dict:
     """index.json, checked to hold every key a reader uses (DamagedCacheError otherwise)."""
-    _require_local(cache_dir)
+    cache_dir = local_cache_dir(cache_dir)
     path = os.path.join(cache_dir, INDEX_FILE)
     if not os.path.lexists(path):
         raise FileNotFoundError(f"{path}: no cache index; build the cache with `crema-jax prepare "
@@ -147,8 +165,7 @@ class CacheSource:
                  expect_preprocess: Any = "unchecked",
                  expect_derive_limb_leads: bool | None = None,
                  skip_damaged_records: bool = False):
-        _require_local(cache_dir)
-        self.cache_dir = os.path.abspath(cache_dir)
+        self.cache_dir = os.path.abspath(local_cache_dir(cache_dir))
         index = load_index(self.cache_dir)
         check_settings(index, os.path.join(self.cache_dir, INDEX_FILE),
                        target_fs=expect_target_fs, preprocess=expect_preprocess,

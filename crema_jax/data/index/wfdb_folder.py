@@ -13,6 +13,7 @@ from crema_jax.data.index.dataset_index import (DatasetIndex, RecordInfo, hash_s
                                                 infer_source, vocabulary)
 from crema_jax.data.reading import safe_files, wfdb_header, wfdb_records
 from crema_jax.data.reading.read import BadRecord
+from crema_jax.runtime import storage
 
 
 def _header_fields(text: str) -> dict:
@@ -56,8 +57,9 @@ def wfdb_folder(root, *, val_fraction: float = 0.1, test_fraction: float = 0.1,
     label_names: a fixed class vocabulary (default: every code seen, sorted).
     source: force one source for all records (default: CinC prefix, else parent folder name).
     """
-    root = pathlib.Path(root)
-    if not root.is_dir():
+    # A URL (gs://...) is listed and read through runtime/storage.py; pathlib would mangle it.
+    root = os.fspath(root).rstrip("/") if storage.is_remote(root) else pathlib.Path(root)
+    if not storage.isdir(root):
         raise FileNotFoundError(f"wfdb_folder layout: {root} is not a directory of WFDB records")
     records = []
     for hea in safe_files.walk(root, (".hea",)):

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from crema_jax.data.reading import arrays, clinical, wfdb_records
+from crema_jax.data.reading import arrays, clinical, remote_records, wfdb_records
 from crema_jax.data.reading.ecg import Ecg, RecordError
+from crema_jax.runtime import storage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +28,10 @@ class BadRecord:
 
 
 def read(path, reader=None, **kwargs) -> Ecg:
-    """The record at `path` as the canonical Ecg; `kwargs` are read_record's."""
+    """The record at `path` as the canonical Ecg; `kwargs` are read_record's. A URL
+    (gs://...) is read from a local copy (remote_records.py)."""
+    if storage.is_remote(path) and not isinstance(reader, BadRecord):
+        return remote_records.read_staged(str(path), reader, read, **kwargs)
     if reader is None:
         return wfdb_records.read_record(path, **kwargs)
     if isinstance(reader, BadRecord):

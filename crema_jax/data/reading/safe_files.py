@@ -20,6 +20,8 @@ import os
 import re
 import stat
 
+from crema_jax.runtime import storage
+
 
 class NotRegularFileError(OSError, ValueError):
     """A path that leads to a FIFO, device, socket or folder where a file was expected (a
@@ -70,7 +72,10 @@ def open_text(path, *, encoding: str = "utf-8", newline: str | None = None):
 
 def read_bytes(path, *, limit: int | None = None) -> bytes:
     """The bytes of a regular file, at most its size at open; ValueError when that size exceeds
-    `limit` (a file far larger than its kind ever is: read nothing of it)."""
+    `limit` (a file far larger than its kind ever is: read nothing of it). A URL (gs://...)
+    is read through runtime/storage.py."""
+    if storage.is_remote(path):
+        return storage.read_bytes(path, limit=limit)
     with open_regular(path) as f:
         size = os.fstat(f.fileno()).st_size
         if limit is not None and size > limit:
@@ -85,7 +90,10 @@ def read_text(path, *, limit: int | None = None, encoding: str = "latin-1") -> s
 def walk(root, suffixes: tuple[str, ...], *, max_depth: int | None = None) -> list[str]:
     """Every file below `root` whose name ends with one of `suffixes`: each folder's files
     sorted, then its sub-folders in sorted order; symlinked folders are not entered.
-    max_depth: how many folders down to look (0 = `root`'s own files; None = all)."""
+    max_depth: how many folders down to look (0 = `root`'s own files; None = all). A URL
+    (gs://...) is listed through runtime/storage.py (object stores hold no links)."""
+    if storage.is_remote(root) and max_depth is None:
+        return storage.walk(os.fspath(root), suffixes)
     out = []
     root = os.fspath(root)
     top = root.rstrip(os.sep).count(os.sep)

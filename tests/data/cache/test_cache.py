@@ -10,7 +10,6 @@ import pytest
 from crema_jax.data import config as config_lib
 from crema_jax.data import presets
 from crema_jax.data.cache import record_format
-from crema_jax.data.cache import source as cache_source
 from crema_jax.data.index import wfdb_folder
 from crema_jax.data.pipeline import datasets
 from crema_jax.data.pipeline import sources
@@ -121,8 +120,3 @@ def test_cache_split_and_settings_checks(sample_cache, cinc_sample_dir):
     cfg = _cfg(cache_dir=str(sample_cache), flat_leads="keep")
     with pytest.raises(ValueError, match="data.flat_leads='absent'"):
         sources.make_source(cfg)
-
-
-def test_remote_cache_dir_is_refused_with_the_fix_named():
-    with pytest.raises(ValueError, match=r"gs://bucket/cache.*local folder.*CACHE_GCS"):
-        cache_source.CacheSource("gs://bucket/cache")

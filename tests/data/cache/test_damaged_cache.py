@@ -64,8 +64,10 @@ def _damaged(cache, tmp_path, damage) -> str:
 
 def _read(cache_dir: str, *, skip: bool = False) -> dict:
     before = hashes(cache_dir)
+    # 4.5 GiB of address space: pandas (imported by wfdb) imports pyarrow where it is installed
+    # (apache-beam brings it), and pyarrow reserves about 1.2 GiB more at import.
     result = run_bounded(READ_CACHE, argv=(cache_dir, "skip" if skip else "stop"),
-                         timeout_s=120, memory_gib=3.0)
+                         timeout_s=120, memory_gib=4.5)
     assert result.returncode == 0, result.stderr[-3000:]
     assert hashes(cache_dir) == before            # nothing in the cache touched
     return json.loads(result.stdout.strip().splitlines()[-1])

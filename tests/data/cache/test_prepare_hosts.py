@@ -1,5 +1,6 @@
-"""`crema-jax prepare` on several hosts: real processes sharing one output folder must write
-exactly the files of a one-host run, also when a host is killed mid-way and rerun."""
+"""`crema-jax prepare` as an array job: real processes sharing one output folder, each writing its
+shards, then one `--merge`, must write exactly the files of a one-host run, also when a task is
+killed mid-way and rerun; nothing waits for anything."""
 import csv
 import os
 import pathlib
@@ -53,28 +54,39 @@ def one_host(dataset, tmp_path_factory):
     return _files(out)
 
 
+def _merge(data, out, *extra):
+    return subprocess.run(_args(data, out, "--merge", *extra), capture_output=True, text=True,
+                          timeout=300)
+
+
 @pytest.mark.slow
-def test_two_processes_write_the_one_host_cache(dataset, one_host, tmp_path):
+def test_two_processes_then_merge_write_the_one_host_cache(dataset, one_host, tmp_path):
     out = tmp_path / "cache"
-    procs = [subprocess.Popen(_host(dataset, out, i, "--wait_s=240"), stdout=subprocess.PIPE,
+    procs = [subprocess.Popen(_host(dataset, out, i), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in (1, 0)]
     outputs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outputs]
     host1, host0 = (o[0].strip().splitlines() for o in outputs)
     assert host1[-1] == (f"host 1/2: prepared {N // 2 - 1} records, skipped 1 (shards 10-19); "
-                         "host 0 merges the index")
+                         "when every host is done, merge with `crema-jax prepare ... --merge`")
+    assert host0[-1].startswith(f"host 0/2: prepared {N // 2 - 1} records, skipped 1 (shards "
+                                "0-9)")
     assert ["no_signal", "1"] in [line.split() for line in host1]     # host 1's own table
-    assert host0[-1] == f"prepared {N - 2} records, skipped 2"
-    assert ["no_signal", "2"] in [line.split() for line in host0]     # the merged table
+    assert not (out / "index.json").exists()                           # nobody merged
+    merged = _merge(dataset, out)
+    assert merged.returncode == 0, merged.stderr
+    lines = merged.stdout.strip().splitlines()
+    assert lines[-1] == f"prepared {N - 2} records, skipped 2"
+    assert ["no_signal", "2"] in [line.split() for line in lines]     # the merged table
     assert _files(out) == one_host
 
 
 @pytest.mark.slow
 def test_a_killed_host_reruns_only_its_missing_shards(dataset, one_host, tmp_path):
     out = tmp_path / "cache"
-    host0 = subprocess.Popen(_host(dataset, out, 0, "--wait_s=240"), stdout=subprocess.PIPE,
+    host0 = subprocess.Popen(_host(dataset, out, 0), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
-    host1 = subprocess.Popen(_host(dataset, out, 1, "--wait_s=240"), stdout=subprocess.DEVNULL,
+    host1 = subprocess.Popen(_host(dataset, out, 1), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     first = out / f"shard-00010-of-000{SHARDS}.json"
     deadline = time.monotonic() + 240
@@ -85,32 +97,31 @@ def test_a_killed_host_reruns_only_its_missing_shards(dataset, one_host, tmp_pat
     written = sorted(p.name for p in out.glob("shard-000[1][0-9]-*.json"))
     assert first.name in written and len(written) < SHARDS // 2      # killed mid-way
     kept = {name: (out / name).stat().st_ino for name in written}
-    assert not (out / "index.json").exists() and host0.poll() is None  # host 0 still waits
+    _, stderr = host0.communicate(timeout=300)
+    assert host0.returncode == 0, stderr                               # host 0 never waits
+    assert not (out / "index.json").exists()
 
     rerun = subprocess.run(_host(dataset, out, 1), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
-    stdout, stderr = host0.communicate(timeout=300)
-    assert host0.returncode == 0, stderr
     assert {name: (out / name).stat().st_ino for name in written} == kept  # not rewritten
+    merged = _merge(dataset, out)
+    assert merged.returncode == 0, merged.stderr
     assert not list(out.glob(".*.tmp"))
     assert _files(out) == one_host
 
 
 @pytest.mark.slow
-def test_host_0_gives_up_naming_the_missing_host_then_merge(dataset, one_host, tmp_path):
+def test_merge_refuses_naming_the_missing_host(dataset, one_host, tmp_path):
     out = tmp_path / "cache"
-    alone = subprocess.run(_host(dataset, out, 0, "--wait_s=1"), capture_output=True,
-                           text=True, timeout=300)
-    assert alone.returncode == 1
-    assert "10 of 20 shards are not written yet" in alone.stderr
-    assert "hosts [1] of 2" in alone.stderr and "--merge" in alone.stderr
-    early = subprocess.run(_args(dataset, out, "--merge"), capture_output=True, text=True,
-                           timeout=300)
-    assert early.returncode == 1 and "not written yet" in early.stderr
+    alone = subprocess.run(_host(dataset, out, 0), capture_output=True, text=True, timeout=300)
+    assert alone.returncode == 0, alone.stderr
+    early = _merge(dataset, out, "--num_hosts=2", "--host_index=0")
+    assert early.returncode == 1
+    assert "10 of 20 shards are not written yet" in early.stderr
+    assert "hosts [1] of 2" in early.stderr and "--merge" in early.stderr
     assert subprocess.run(_host(dataset, out, 1), capture_output=True, timeout=300).returncode == 0
     assert not (out / "index.json").exists()
-    merged = subprocess.run(_args(dataset, out, "--merge"), capture_output=True, text=True,
-                            timeout=300)
+    merged = _merge(dataset, out)
     assert merged.returncode == 0, merged.stderr
     assert _files(out) == one_host
 

@@ -1,0 +1,182 @@
+"""The one file-system abstraction for paths that may be URLs: records read, the cache written,
+the cache read. A path with a scheme (gs://, s3://, memory://, ...) goes through fsspec; any other
+path is a local (or mounted) one and goes through the os module as before.
+
+Why fsspec: one interface for every object store (gcsfs for gs://, s3fs for s3://, installed with
+the store), an in-memory implementation (memory://) that lets the remote code paths run offline
+in tests, and byte-range file objects. Beam's own FileSystems only run inside Beam, and etils'
+epath reaches gs:// and s3:// through fsspec (or TensorFlow) anyway.
+
+ArrayRecord's writer and reader are C++ and open local paths only, as do wfdb and h5py, so:
+- writing a remote file = writing a local temporary file, then uploading it under a temporary
+  name beside the target and renaming it into place (`write_atomic`): the target is either
+  absent or complete, as with local files (object stores publish an object whole; a rename there
+  is a copy of the complete object, then a delete of the temporary one);
+- reading remote files that a C++ reader opens = a local copy first (`download`).
+Nothing here deletes or overwrites anything but the temporaries it made and the target it was
+asked to write.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import uuid
+from typing import Any, Callable
+
+import fsspec
+
+from crema_jax.runtime import files
+
+
+def is_remote(path) -> bool:
+    """Whether `path` is a URL with a scheme (gs://bucket/x); file:// and plain paths are local."""
+    text = os.fspath(path) if not isinstance(path, str) else path
+    return "://" in text and not text.startswith("file://")
+
+
+def _fs(url: str):
+    """(fsspec file system, path inside it) of a URL; one line naming the URL and the fix when
+    its scheme is unknown or its implementation is not installed."""
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as err:
+        raise ImportError(f"{url}: {err} (gs:// needs `pip install \".[gcs]\"`, s3:// "
+                          "`pip install \".[s3]\"`)") from None
+    except ValueError as err:
+        raise ValueError(f"{url}: {err}; expected a local path or a URL of an fsspec file "
+                         "system (gs://, s3://, ...)") from None
+
+
+def join(base, *names: str) -> str:
+    """os.path.join for local paths; '/'-joined names for URLs (keeping the URL's spelling)."""
+    base = os.fspath(base)
+    if not is_remote(base):
+        return os.path.join(base, *names)
+    return "/".join([base.rstrip("/"), *names])
+
+
+def absolute(path) -> str:
+    """os.path.abspath for local paths; URLs unchanged."""
+    path = os.fspath(path)
+    return path if is_remote(path) else os.path.abspath(path)
+
+
+def exists(path) -> bool:
+    if not is_remote(path):
+        return os.path.exists(path)
+    fs, inner = _fs(path)
+    return fs.exists(inner)
+
+
+def isfile(path) -> bool:
+    if not is_remote(path):
+        return os.path.isfile(path)
+    fs, inner = _fs(path)
+    return fs.isfile(inner)
+
+
+def isdir(path) -> bool:
+    if not is_remote(path):
+        return os.path.isdir(path)
+    fs, inner = _fs(path)
+    return fs.isdir(inner)
+
+
+def listdir(url: str) -> list[str]:
+    """The names (not paths) directly in a remote folder, sorted; [] when it does not exist."""
+    fs, inner = _fs(url)
+    if not fs.isdir(inner):
+        return []
+    return sorted(os.path.basename(p.rstrip("/")) for p in fs.ls(inner, detail=False))
+
+
+def read_bytes(url: str, *, limit: int | None = None) -> bytes:
+    """A remote file's bytes; ValueError when it is larger than `limit` (nothing read)."""
+    fs, inner = _fs(url)
+    if not fs.isfile(inner):
+        raise FileNotFoundError(f"{url}: no such file")
+    size = fs.size(inner)
+    if limit is not None and size > limit:
+        raise ValueError(f"{url} is {size} bytes, expected at most {limit}")
+    return fs.cat_file(inner)
+
+
+def walk(url: str, suffixes: tuple[str, ...]) -> list[str]:
+    """Every file below the remote folder `url` whose name ends with one of `suffixes`, in the
+    order of safe_files.walk (each folder's files sorted, then its sub-folders in sorted order),
+    as URLs spelled from `url`."""
+    fs, inner = _fs(url)
+    prefix = inner.rstrip("/") + "/"
+    relative = [p[len(prefix):] for p in fs.find(inner) if p.startswith(prefix)]
+    relative = [r for r in relative if r.endswith(suffixes)]
+
+    def order(rel: str):
+        parts = rel.split("/")
+        return [(1, d) for d in parts[:-1]] + [(0, parts[-1])]
+    return [join(url, r) for r in sorted(relative, key=order)]
+
+
+def download(url: str, local_path: str) -> None:
+    """Copy a remote file to `local_path` (written atomically)."""
+    fs, inner = _fs(url)
+    files.write_atomic(local_path, lambda tmp: fs.get_file(inner, tmp))
+
+
+def upload_atomic(local_path: str, url: str) -> None:
+    """Upload a complete local file to `url`: under a unique temporary name beside it, then
+    renamed into place, so `url` is never seen half-written."""
+    fs, inner = _fs(url)
+    folder, name = inner.rsplit("/", 1)
+    tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+    try:
+        fs.put_file(local_path, tmp)
+        fs.mv(tmp, inner)
+    finally:
+        if fs.exists(tmp):
+            fs.rm_file(tmp)
+
+
+def write_atomic(path, write: Callable[[str], Any]) -> None:
+    """files.write_atomic for local paths; for a URL, write(local temporary file), then
+    `upload_atomic` (see the module docstring)."""
+    path = os.fspath(path)
+    if not is_remote(path):
+        files.write_atomic(path, write)
+        return
+    with tempfile.TemporaryDirectory(prefix="crema_jax-upload-") as tmp_dir:
+        local = os.path.join(tmp_dir, path.rsplit("/", 1)[-1])
+        write(local)
+        upload_atomic(local, path)
+
+
+def write_json_atomic(path, obj: Any) -> None:
+    """files.write_json_atomic, also to a URL (the same bytes either way)."""
+    write_atomic(path, lambda tmp: files.write_json_atomic(tmp, obj))
+
+
+def staging_dir(url: str, purpose: str) -> str:
+    """A local folder standing for `url` (the same one on every call, so an interrupted copy or
+    build resumes): $CREMA_JAX_STAGING, else the system's temporary folder, then
+    crema_jax-PURPOSE-<hash of url>."""
+    base = os.environ.get("CREMA_JAX_STAGING") or tempfile.gettempdir()
+    digest = hashlib.sha1(url.encode()).hexdigest()[:16]
+    return os.path.join(base, f"crema_jax-{purpose}-{digest}")
+
+
+def mirror(url: str, local_dir: str, *, names: list[str] | None = None,
+           resume: bool = True) -> str:
+    """Copy the files directly in the remote folder `url` (or only `names`) into `local_dir`;
+    with `resume`, a file already there with the remote size is kept (files that never change
+    once written: a resumed copy). Returns local_dir."""
+    fs, inner = _fs(url)
+    os.makedirs(local_dir, exist_ok=True)
+    for name in names if names is not None else listdir(url):
+        remote = f"{inner.rstrip('/')}/{name}"
+        if not fs.isfile(remote):
+            continue
+        local = os.path.join(local_dir, name)
+        if resume and os.path.isfile(local) and os.path.getsize(local) == fs.size(remote):
+            continue
+        files.write_atomic(local, lambda tmp, remote=remote: fs.get_file(remote, tmp))
+    return local_dir

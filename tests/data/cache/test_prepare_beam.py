@@ -1,0 +1,85 @@
+"""`crema-jax prepare --runner=DirectRunner` (Apache Beam, two worker processes) writes the cache
+the local path writes, byte for byte; the preparation code runs without importing jax."""
+import collections
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.data import broken_records
+
+CLI = [os.path.join(os.path.dirname(sys.executable), "crema-jax"), "prepare"]
+BEAM = ["--runner=DirectRunner", "--beam_option=direct_num_workers=2",
+        "--beam_option=direct_running_mode=multi_processing"]
+
+
+def _prepare(*args):
+    return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=600)
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(pathlib.Path(folder).iterdir())}
+
+
+@pytest.fixture(scope="module")
+def mixed_root(tmp_path_factory, cinc_sample_dir):
+    """The 50 bundled CinC records and the broken ones, with the skips expected by reason (the
+    broken records that have a header, so that the wfdb_folder layout lists them)."""
+    root = tmp_path_factory.mktemp("mixed")
+    for path in sorted(cinc_sample_dir.iterdir()):
+        shutil.copy(path, root / path.name)
+    broken = broken_records.make_broken_records(root / "broken")
+    listed = [name for name, path in broken.items() if os.path.isfile(path + ".hea")]
+    expected = collections.Counter(broken_records.EXPECTED_REASONS[name] for name in listed
+                                   if broken_records.EXPECTED_REASONS[name] is not None)
+    readable = sum(broken_records.EXPECTED_REASONS[name] is None for name in listed)
+    return root, expected, 50 + readable
+
+
+@pytest.mark.slow
+def test_direct_runner_two_processes_equals_local_prepare(mixed_root, tmp_path):
+    root, expected, written = mixed_root
+    common = [f"--root={root}", "--records_per_shard=8"]
+    local = _prepare(*common, f"--out={tmp_path / 'local'}", "--workers=2")
+    assert local.returncode == 0, local.stderr
+    beam = _prepare(*common, f"--out={tmp_path / 'beam'}", *BEAM)
+    assert beam.returncode == 0, beam.stderr
+    skipped = sum(expected.values())
+    for run in (local, beam):
+        lines = run.stdout.strip().splitlines()
+        assert lines[-1] == f"prepared {written} records, skipped {skipped}"
+        # The skip table by reason (Beam's: its counters).
+        for reason, count in expected.items():
+            assert [reason, str(count)] in [line.split() for line in lines]
+    local_files, beam_files = _files(tmp_path / "local"), _files(tmp_path / "beam")
+    num_shards = -(-(written + skipped) // 8)
+    assert sum(name.endswith(".arrayrecord") for name in beam_files) == num_shards
+    assert {"index.json", "settings.json", "summary.json"} <= set(beam_files)
+    assert beam_files == local_files  # every file, byte for byte, and no other file
+
+
+def test_preparation_code_never_imports_jax(tmp_path, cinc_sample_dir):
+    """A Beam worker needs the data stack only: import every module of `prepare` (and Beam) and
+    write a shard in a fresh interpreter, then look for jax."""
+    code = f"""
+import sys
+import apache_beam
+from crema_jax.cli import prepare as cli
+from crema_jax.data.cache import beam_pipeline, hosts, prepare, shard_writer, source
+from crema_jax.data import presets
+task = {{"out_dir": {str(tmp_path)!r}, "shard": 0, "num_shards": 1,
+        "records": [{{"record_id": "E07500", "path": {str(cinc_sample_dir / 'E07500')!r},
+                     "labels": [], "split": "train", "source": "x", "reader": None}}],
+        "target_fs": 250.0, "preprocess": presets.preprocessing("crema").to_dict(),
+        "derive_limb_leads": True, "dtype": "int16", "strict": False}}
+sidecar = shard_writer.build_shard(task)
+print(sidecar["num_records"], sorted(m for m in sys.modules if m == "jax" or
+                                     m.startswith(("jax.", "jaxlib", "flax", "orbax"))))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[-2] == "1 []"

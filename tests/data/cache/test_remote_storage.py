@@ -1,0 +1,86 @@
+"""Records read and a cache written through a non-local file system (fsspec's memory://, which
+works offline like gs:// and s3:// do online), then pretraining from that cache."""
+import json
+import uuid
+
+import fsspec
+import jax
+import numpy as np
+import pytest
+
+from crema_jax.data.cache import beam_pipeline, prepare
+from crema_jax.train import trainer
+from tests.configs import tiny_config
+
+NUM_RECORDS = 16
+
+
+@pytest.fixture
+def memory_records(cinc_sample_dir, tmp_path, monkeypatch):
+    """The first NUM_RECORDS bundled records under memory://, and the same files on disk."""
+    monkeypatch.setenv("CREMA_JAX_STAGING", str(tmp_path / "staging"))
+    fs = fsspec.filesystem("memory")
+    base = f"memory://crema-test-{uuid.uuid4().hex}"
+    names = sorted(p.stem for p in cinc_sample_dir.glob("*.hea"))[:NUM_RECORDS]
+    local = tmp_path / "records"
+    local.mkdir()
+    for name in names:
+        for ext in (".hea", ".mat"):
+            data = (cinc_sample_dir / (name + ext)).read_bytes()
+            fs.pipe(f"{base}/records/{name}{ext}", data)
+            (local / (name + ext)).write_bytes(data)
+    yield fs, base, local, names
+    fs.rm(base, recursive=True)
+
+
+@pytest.mark.slow
+def test_prepare_reads_and_writes_urls_then_pretrains_from_them(memory_records, tmp_path):
+    fs, base, local, names = memory_records
+    flags = dict(layout="wfdb_folder", workers=1, records_per_shard=6)
+    remote = prepare.prepare(root=f"{base}/records", out=f"{base}/cache", **flags)
+    prepare.prepare(root=str(local), out=str(tmp_path / "local"), **flags)
+    assert remote["records"] == NUM_RECORDS and remote["merged"]
+
+    # The shards hold the bytes the local path writes; the index names the records by URL.
+    shards = sorted(p.name for p in (tmp_path / "local").glob("shard-*.arrayrecord"))
+    assert len(shards) == -(-NUM_RECORDS // 6)
+    for name in shards:
+        assert fs.cat_file(f"{base}/cache/{name}") == (tmp_path / "local" / name).read_bytes()
+    index = json.loads(fs.cat_file(f"{base}/cache/index.json"))
+    assert [r["path"] for r in index["records"]] == [f"{base}/records/{n}" for n in names]
+    assert index["settings"]["root"] == f"{base}/records"
+    uploaded = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{base}/cache", detail=False))
+    assert uploaded == sorted(shards + [s.replace(".arrayrecord", ".json") for s in shards] +
+                              ["index.json", "settings.json", "summary.json"])  # no temporary
+
+    config = tiny_config(**{"train.num_steps": 2, "data.synthetic_records": 0,
+                            "data.cache_dir": f"{base}/cache"})
+    trainer.train(config, tmp_path / "run", devices=jax.devices()[:1])
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
+            .splitlines()]
+    losses = {r["step"]: r["loss"] for r in rows if "loss" in r}
+    assert sorted(losses) == [1, 2] and np.isfinite(list(losses.values())).all()
+
+
+@pytest.mark.slow
+def test_beam_in_one_process_writes_the_local_paths_cache_to_a_url(memory_records):
+    """The Beam path's own remote writes (settings, shards from its workers, the merge), on the
+    DirectRunner in this process (memory:// lives in one process)."""
+    fs, base, _, _ = memory_records
+    flags = dict(layout="wfdb_folder", root=f"{base}/records", records_per_shard=6)
+    prepare.prepare(out=f"{base}/local", workers=1, **flags)
+    beam_pipeline.prepare_on_beam(out=f"{base}/beam", runner="DirectRunner",
+                                  beam_options={"direct_running_mode": "in_memory"}, **flags)
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{base}/local", detail=False))
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{base}/beam", detail=False)) == names
+    assert len(names) == 2 * -(-NUM_RECORDS // 6) + 3
+    for name in names:
+        assert fs.cat_file(f"{base}/beam/{name}") == fs.cat_file(f"{base}/local/{name}"), name
+
+
+def test_an_unknown_url_scheme_is_named_in_one_line(tmp_path):
+    with pytest.raises(ValueError, match=r"^nosuchfs://bucket/records: .*nosuchfs.*expected a "
+                                         r"local path or a URL"):
+        prepare.prepare(layout="wfdb_folder", root="nosuchfs://bucket/records",
+                        out=str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
