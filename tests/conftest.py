@@ -3,13 +3,22 @@
 - 8 fake CPU devices, so sharding tests run on any laptop (single-device tests simply use
   device 0).
 - absl flags parsed once, as Grain worker processes require.
+- One persistent XLA compilation cache for the whole run, shared by the xdist workers and the
+  crema-jax processes the tests start (they inherit the environment): the tiny models' programs
+  recur across tests, and compiling them again is most of the suite's time.
 """
 import os
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 # libtpu is installed for the ahead-of-time TPU compile tests; the tests themselves (and the
 # processes they start) run on CPU devices only.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One directory per test run: xdist workers share PYTEST_XDIST_TESTRUNUID; a plain run its pid.
+_RUN_ID = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"crema_jax_tests_xla_{_RUN_ID}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import jax  # noqa: E402
 

@@ -83,6 +83,16 @@ class Datasets:
             self.loaded[name] = (data, plan, groups)
         return self.loaded[name]
 
+    def records_like(self, settings: dict) -> list:
+        """Every record of the task file's datasets over the same records as `settings`
+        (feature_store.records_key), in first-seen order: one extraction serves them all."""
+        key, union = feature_store.records_key(settings), {}
+        for name in self.suite["datasets"]:
+            if feature_store.records_key(benchmark_tasks.dataset_settings(self.suite, name)) == key:
+                for info in self.get(name)[0].infos:
+                    union.setdefault(info.record_id, info)
+        return list(union.values())
+
 
 def restrict_classes(data, classes: list[str]):
     """The dataset scored on the task file's classes only (a label set such as CPSC2018's nine
@@ -190,7 +200,8 @@ def run_cells(models, cols, suite: dict, workdir: pathlib.Path, log=print) -> tu
     counts = {"cells_computed": 0, "cells_reused": 0, "cells_not_applicable": 0,
               "feature_extractions": 0, "features_reused": 0}
     loaded, mesh = Datasets(suite), mesh_lib.make_mesh()
-    store = feature_store.FeatureStore(workdir / "features", counts, log=log)
+    store = feature_store.FeatureStore(workdir / "features", counts, log=log,
+                                       records_of=loaded.records_like)
     cells = {}
     for column in cols:
         for protocol in suite["protocols"]:

@@ -4,10 +4,14 @@ A dataset's features are written to FOLDER/MODEL/RECORDS-LEADS.npz, RECORDS a di
 layout, root and layout options other than the label set (PTB-XL's label sets, or two split
 rules over one folder, read the same records). Each example is stored with its record id, so
 another dataset over the same records (other classes, other splits) maps them to its own rows;
-it is reused when every record of that dataset was among those the extraction read.
+it is reused when every record of that dataset was among those the extraction read. An
+extraction reads every record of the task file's datasets over the same records (`records_of`),
+so datasets that keep different records of one folder (other classes dropped by
+min_positives, another label set) share it.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -26,8 +30,12 @@ def records_key(settings: dict) -> str:
 
 
 class FeatureStore:
-    def __init__(self, folder, counts: dict, log=print):
+    """`records_of(settings)`: the records an extraction for a dataset with these settings reads
+    (a superset of the dataset's own; None: the dataset's own)."""
+
+    def __init__(self, folder, counts: dict, log=print, records_of=None):
         self.folder, self.counts, self.log = folder, counts, log
+        self.records_of = records_of
         self.backbones = {}
 
     def _backbone(self, model, seed: int):
@@ -45,20 +53,25 @@ class FeatureStore:
         if cached is not None:
             self.counts["features_reused"] += 1
             return _for_dataset(cached, ids)
-        features = linear_probe.extract_features(self._backbone(model, settings["seed"]), data,
+        # The extraction reads only infos and cache_dir of the dataset it is given.
+        every = dataclasses.replace(data, infos=self.records_of(settings)) \
+            if self.records_of else data
+        every_ids = [info.record_id for info in every.infos]
+        features = linear_probe.extract_features(self._backbone(model, settings["seed"]), every,
                                                  leads, settings, mesh)
         self.counts["feature_extractions"] += 1
         self.log(f"features {model.name} | {leads} leads: {len(features.rows)} examples")
         arrays = {"values": np.asarray(features.values, np.float32),
-                  "record_id": np.asarray([ids[r] for r in features.rows], dtype=str),
+                  "record_id": np.asarray([every_ids[r] for r in features.rows], dtype=str),
                   "ids": np.asarray(features.ids, dtype=str),
-                  "tried": np.asarray(ids, dtype=str), "checkpoint": np.asarray(model.checkpoint)}
+                  "tried": np.asarray(every_ids, dtype=str),
+                  "checkpoint": np.asarray(model.checkpoint)}
 
         def write(tmp):
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
         files.write_atomic(path, write)
-        return features
+        return _for_dataset(arrays, ids)
 
     @staticmethod
     def _load(path, checkpoint: str, ids) -> dict | None:

@@ -61,12 +61,21 @@ os.execv(sys.executable, [sys.executable, "-m", "crema_jax.main", *args])
 """
 
 
+def _env(file_size_limit) -> dict:
+    """cli_env(1); under a file-size limit without the suite's shared XLA compilation cache, which
+    the limit would also stop (JAX warns, on stderr, of each entry it cannot write)."""
+    env = cli_env(1)
+    if file_size_limit is not None:
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    return env
+
+
 def _cli(*args, file_size_limit=None) -> subprocess.CompletedProcess:
     """`crema-jax ARGS` in a fresh process with at most MEMORY bytes of address space, within
     TIMEOUT seconds; file_size_limit: RLIMIT_FSIZE in bytes (the full disk)."""
     size = -1 if file_size_limit is None else int(file_size_limit)
     return subprocess.run([sys.executable, "-c", _LIMITED, str(MEMORY), str(size), *args],
-                          env=cli_env(1), cwd=str(REPO), capture_output=True, text=True,
+                          env=_env(file_size_limit), cwd=str(REPO), capture_output=True, text=True,
                           timeout=TIMEOUT)
 
 
