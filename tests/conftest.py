@@ -8,16 +8,18 @@
   recur across tests, and compiling them again is most of the suite's time.
 """
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 # libtpu is installed for the ahead-of-time TPU compile tests; the tests themselves (and the
 # processes they start) run on CPU devices only.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# One directory per test run: xdist workers share PYTEST_XDIST_TESTRUNUID; a plain run its pid.
-_RUN_ID = os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid()))
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      os.path.join(tempfile.gettempdir(), f"crema_jax_tests_xla_{_RUN_ID}"))
+# One directory per test run, named by the pytest process that leads it (xdist workers are its
+# children) and removed when that process ends (pytest_unconfigure).
+_LEAD_PID = os.getppid() if "PYTEST_XDIST_WORKER" in os.environ else os.getpid()
+_RUN_CACHE = os.path.join(tempfile.gettempdir(), f"crema_jax_tests_xla_{_LEAD_PID}")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _RUN_CACHE)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import jax  # noqa: E402
@@ -56,3 +58,8 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "slow: an end-to-end drill (crema-jax processes, kill -9, several processes, "
         "sharded runs); `-m 'not slow'` runs the unit tests alone, CI runs both")
+
+
+def pytest_unconfigure(config):
+    if not hasattr(config, "workerinput"):  # the leading process, after its workers ended
+        shutil.rmtree(_RUN_CACHE, ignore_errors=True)
