@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3,
                         help="passes per evaluation-table row (the median is printed)")
     parser.add_argument("--tables", default="pretrain,eval",
-                        help="comma-separated: pretrain (sources x workers, with the CODE-15% "
+                        help="comma-separated: pretrain (sources x workers, with the CODE-15%% "
                              "breakdown), eval (the evaluation pipeline by data path), prepare "
                              "(the prepare command: local path and Beam DirectRunner)")
     parser.add_argument("--prepare_memory", default="",
