@@ -126,8 +126,9 @@ def build(models, cols, suite: dict, cells: dict) -> dict:
         "cells": scores, "best": best, "comparisons": tests, "not_applicable": not_applicable,
         "tests": {
             "macro_auroc": f"paired bootstrap of the macro AUROC difference over patients "
-                           f"({b} resamples, seed {suite['seed']}: a p below 1/{b + 1} is "
-                           f"not resolved and enters as 1/{b + 1}); Holm's correction over the "
+                           f"({b} resamples, seed {suite['seed']}: a p no resample resolves "
+                           f"is the bound 2/{b + 1}, shown as < and entering Holm's correction "
+                           f"at that value); Holm's correction over the "
                            f"{sizes['macro']} comparisons of the table",
             "per_class": f"DeLong's test of each class's AUROC difference; Holm's correction "
                          f"over the {sizes['per_class']} per-class tests of the table"}}
