@@ -15,3 +15,15 @@ def sit_checkpoint(tmp_path_factory):
     checkpoint.save_model_checkpoint(root / "ckpt", params_lib.init_params(config.model, 0),
                                      config)
     return root / "ckpt"
+
+
+def assert_one_error_line(command: str, out: str, err: str, *fragments) -> str:
+    """The command's refusal: exactly one stderr line `crema-jax COMMAND: error: ...` holding
+    every fragment, and no traceback anywhere; returns that line."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"crema-jax {command}: error: "), lines
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert "Traceback" not in out + err
+    return lines[0]

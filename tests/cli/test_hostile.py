@@ -17,6 +17,7 @@ from crema_jax.data import synthetic
 from crema_jax.data.reading import ecg as ecg_lib
 from crema_jax.data.reading import wfdb_records
 from crema_jax.models import params as params_lib
+from tests.cli.conftest import assert_one_error_line
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "crema_tiny.py")
@@ -43,14 +44,8 @@ def _fails(command, argv, capsys, *fragments, code=1):
     with pytest.raises(SystemExit) as exit_info:
         command.COMMAND.run(argv)
     captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
     assert exit_info.value.code == code, (exit_info.value.code, captured.err)
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith(f"crema-jax {command.COMMAND.name}: error: "), lines
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    assert "Traceback" not in captured.err + captured.out
-    return lines[0]
+    return assert_one_error_line(command.COMMAND.name, captured.out, captured.err, *fragments)
 
 
 # ----------------------------------------------------------------------------- outputs

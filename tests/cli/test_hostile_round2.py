@@ -23,6 +23,7 @@ from crema_jax import config as config_lib
 from crema_jax.data.cache import prepare as prepare_lib
 from crema_jax.models import params as params_lib
 from crema_jax.runtime import checkpoint, files
+from tests.cli.conftest import assert_one_error_line
 from tests.train.helpers import cli_env
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -80,14 +81,8 @@ def _cli(*args, file_size_limit=None) -> subprocess.CompletedProcess:
 
 
 def _one_line(done, command, *fragments) -> str:
-    lines = done.stderr.strip().splitlines()
     assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
-    assert len(lines) == 1, done.stderr
-    assert lines[0].startswith(f"crema-jax {command}: error: "), lines
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    assert "Traceback" not in done.stdout + done.stderr
-    return lines[0]
+    return assert_one_error_line(command, done.stdout, done.stderr, *fragments)
 
 
 # ----------------------------------------------------------------------------- config files

@@ -20,6 +20,7 @@ pipeline: the local path and Beam's workers import this module's callers without
 """
 from __future__ import annotations
 
+import logging
 import math
 
 from crema_jax.data.cache import prepare, record_format
@@ -82,12 +83,25 @@ def _counters(result) -> dict[str, int]:
     return totals
 
 
-def run_pipeline(plan: prepare.Plan, tasks: list[dict], flags: list[str]) -> dict[str, int]:
+def new_pipeline(flags: list[str]):
+    """A Beam pipeline on the runner the flags name; an unknown runner or option is refused
+    here, before anything is written. Beam's import logs optional GCP clients' absence as a
+    root WARNING, which a command's output does not need: raised to ERROR meanwhile."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        import apache_beam as beam  # the optional [beam] extra (module docstring)
+        from apache_beam.options.pipeline_options import PipelineOptions
+    finally:
+        root.setLevel(level)
+    return beam.Pipeline(options=PipelineOptions(flags))
+
+
+def run_pipeline(pipeline, plan: prepare.Plan, tasks: list[dict]) -> dict[str, int]:
     """Runs the pipeline to the end; returns its counters."""
     import apache_beam as beam  # the optional [beam] extra (module docstring)
-    from apache_beam.options.pipeline_options import PipelineOptions
 
-    pipeline = beam.Pipeline(options=PipelineOptions(flags))
     _ = (pipeline
          | "shard assignment" >> beam.Create(tasks)
          | "read, preprocess, write shards" >> beam.Map(write_shard)
@@ -107,6 +121,7 @@ def prepare_on_beam(*, layout: str, root: str, out: str, layout_options: dict | 
     """Builds the whole cache in `out` on Beam's `runner`; prints the skip table from the
     counters. Returns {"records": N, "skipped": {reason: {"count", "paths"}}, "counters": ...}
     (the skip table of summary.json)."""
+    pipeline = new_pipeline(beam_flags(runner, dict(beam_options or {})))
     plan = prepare.make_plan(layout=layout, root=root, out=out, layout_options=layout_options,
                              target_fs=target_fs, preprocess=preprocess, dtype=dtype,
                              records_per_shard=records_per_shard)
@@ -115,7 +130,7 @@ def prepare_on_beam(*, layout: str, root: str, out: str, layout_options: dict | 
     try:
         prepare.claim_output(plan, root, lock=lock, merge_only=False)
         tasks = prepare.shard_tasks(plan, strict, range(len(plan.names)))
-        counters = run_pipeline(plan, tasks, beam_flags(runner, dict(beam_options or {})))
+        counters = run_pipeline(pipeline, plan, tasks)
     finally:
         if lock is not None:
             lock.release()
