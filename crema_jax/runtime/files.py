@@ -163,6 +163,33 @@ def write_json_atomic(path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
+def _nested_json(value: Any, depth: int) -> str:
+    """json.dumps(value, indent=1, sort_keys=True) as it reads nested `depth` levels deep (JSON
+    escapes newlines inside strings, so every raw newline is one of the layout's)."""
+    return json.dumps(value, indent=1, sort_keys=True).replace("\n", "\n" + " " * depth)
+
+
+def write_json_streamed(path, obj: dict, key: str, items: Iterable) -> int:
+    """Writes (not atomically: inside a `write_atomic` callback) the bytes write_json_atomic
+    writes for `{**obj, key: list(items)}`, taking `items` one at a time, so a list larger than
+    memory never is in memory. Returns the number of items written."""
+    whole = dict(obj, **{key: None})
+    count = 0
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("{")
+        for i, name in enumerate(sorted(whole)):
+            f.write(("," if i else "") + "\n " + json.dumps(name) + ": ")
+            if name != key:
+                f.write(_nested_json(whole[name], 1))
+                continue
+            for item in items:
+                f.write(("," if count else "[") + "\n  " + _nested_json(item, 2))
+                count += 1
+            f.write("\n ]" if count else "[]")
+        f.write("\n}\n" if whole else "}\n")
+    return count
+
+
 def remove_stale_temporaries(folder, names: Iterable[str] | None = None) -> int:
     """Delete the temporary files `write_atomic` left in `folder` when its process died (their
     names carry the writer's pid; a live writer's are kept). `names`: only the temporaries of

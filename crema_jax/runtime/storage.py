@@ -102,6 +102,30 @@ def read_bytes(url: str, *, limit: int | None = None) -> bytes:
     return fs.cat_file(inner)
 
 
+def read_range(path, offset: int, length: int) -> bytes:
+    """`length` bytes of a local file or URL from byte `offset` (a ranged read: an object
+    store sends only those bytes)."""
+    path = os.fspath(path)
+    if not is_remote(path):
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(length)
+    fs, inner = _fs(path)
+    return fs.cat_file(inner, start=offset, end=offset + length)
+
+
+def remove(path) -> None:
+    """Delete a file this program wrote (a local path or a URL); absent is fine."""
+    path = os.fspath(path)
+    if not is_remote(path):
+        if os.path.lexists(path):
+            os.remove(path)
+        return
+    fs, inner = _fs(path)
+    if fs.exists(inner):
+        fs.rm_file(inner)
+
+
 def walk(url: str, suffixes: tuple[str, ...]) -> list[str]:
     """Every file below the remote folder `url` whose name ends with one of `suffixes`, in the
     order of safe_files.walk (each folder's files sorted, then its sub-folders in sorted order),

@@ -2,24 +2,28 @@
 DirectRunner (this machine), Dataflow, or Flink / Spark through Beam's portable runner.
 
     index (here, metadata only) -> shard assignment (prepare.make_plan: shard s holds records
-    [s * R, (s + 1) * R) of the layout's order) -> one element per shard: read + canonical ECG
-    + preprocess + ArrayRecord shard and sidecar (shard_writer.build_shard, the one function
-    that writes a shard, whoever runs it) -> every sidecar -> index.json and summary.json
-    (prepare.finish)
+    [s * R, (s + 1) * R) of the layout's order) -> the plan file (every shard's task, one JSON
+    line each, in --out) -> one element per shard, (shard, byte span of its task): read +
+    canonical ECG + preprocess + ArrayRecord shard and sidecar (shard_writer.build_shard, the one
+    function that writes a shard, whoever runs it) -> every shard's light sidecar (counts and
+    skips) -> index.json and summary.json, the rows streamed from the sidecar files one shard at
+    a time (prepare.finish) -> the plan file removed
 
 settings.json is written before the pipeline starts, as the local path does. The cache is
 byte-identical to a local `crema-jax prepare` with the same flags (tests/data/cache/
 test_prepare_beam.py compares the files). Skipped records are counted by Beam counters, one per
 reason (namespace crema_jax.prepare, name skipped/REASON), and listed with their paths in
-summary.json. A worker holds one shard's records at a time; the index travels as shard tasks
-(metadata: path, labels, split, source of each record), never a signal. A shard whose sidecar
-is already in --out is not written again, so a rerun resumes a failed job.
+summary.json. Memory stays flat in the number of records: the launcher drops the index once the
+plan file is written, a worker holds one shard's records at a time, and the merge holds one
+shard's rows at a time (bench/data.py --prepare_memory measures it). A shard whose sidecar is
+already in --out is not written again, so a rerun resumes a failed job.
 
 apache_beam is the optional [beam] extra, imported only inside the functions that run the
 pipeline: the local path and Beam's workers import this module's callers without it.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 
@@ -28,6 +32,7 @@ from crema_jax.data.cache.shard_writer import build_shard
 from crema_jax.runtime import storage, workdir
 
 COUNTERS = "crema_jax.prepare"     # the Beam counters' namespace
+PLAN_FILE = "prepare_plan.jsonl"   # the shard tasks while the pipeline runs (write_plan)
 _SKIPPED = "skipped/"              # counter name prefix, then the skip reason
 
 
@@ -43,11 +48,32 @@ def beam_flags(runner: str, options: dict) -> list[str]:
     return flags
 
 
-def write_shard(task: dict) -> dict:
-    """build_shard(task) on a Beam worker, unless the shard is already complete in the output
-    (a rerun); the skips counted by reason. A bad record under --strict fails the pipeline."""
+def write_plan(plan: prepare.Plan, strict: bool) -> list[tuple[int, int, int]]:
+    """Every shard's task (prepare.shard_task), one JSON line each, streamed into PLAN_FILE in
+    the output folder; returns each shard's (shard, byte offset, length) in that file: all the
+    pipeline carries, whatever the number of records."""
+    spans = []
+
+    def write(tmp):
+        spans.clear()
+        with open(tmp, "wb") as f:
+            for s in range(len(plan.names)):
+                line = json.dumps(prepare.shard_task(plan, strict, s), sort_keys=True) + "\n"
+                spans.append((s, f.tell(), len(line.encode())))
+                f.write(line.encode())
+    storage.write_atomic(storage.join(plan.out, PLAN_FILE), write)
+    return spans
+
+
+def write_shard(span: tuple[int, int, int], plan_path: str) -> dict:
+    """build_shard of the shard whose task is at `span` of the plan file, unless the shard is
+    already complete in the output (a rerun); the skips counted by reason. Returns the shard's
+    light sidecar (prepare.light: no record rows). A bad record under --strict fails the
+    pipeline."""
     from apache_beam.metrics import Metrics  # the optional [beam] extra (module docstring)
 
+    _, offset, length = span
+    task = json.loads(storage.read_range(plan_path, offset, length))
     name = record_format.shard_name(task["shard"], task["num_shards"])
     sidecar = prepare.load_sidecar(task["out_dir"], name)
     if sidecar is None:
@@ -57,11 +83,12 @@ def write_shard(task: dict) -> dict:
     Metrics.counter(COUNTERS, "records_written").inc(sidecar["num_records"])
     for skip in sidecar["skipped"]:
         Metrics.counter(COUNTERS, _SKIPPED + skip["reason"]).inc()
-    return sidecar
+    return prepare.light(sidecar)
 
 
 def merge_sidecars(sidecars: list[dict], out: str, label_names: list, settings: dict) -> int:
-    """index.json and summary.json from every shard's sidecar, in shard order."""
+    """index.json and summary.json from every shard's light sidecar, in shard order (the rows
+    streamed from the sidecar files: prepare.finish)."""
     written, _ = prepare.finish(out, label_names, settings,
                                 sorted(sidecars, key=lambda s: s["file"]))
     return written
@@ -98,17 +125,18 @@ def new_pipeline(flags: list[str]):
     return beam.Pipeline(options=PipelineOptions(flags))
 
 
-def run_pipeline(pipeline, plan: prepare.Plan, tasks: list[dict]) -> dict[str, int]:
+def run_pipeline(pipeline, out: str, spans: list, label_names: list,
+                 settings: dict) -> dict[str, int]:
     """Runs the pipeline to the end; returns its counters."""
     import apache_beam as beam  # the optional [beam] extra (module docstring)
 
     _ = (pipeline
-         | "shard assignment" >> beam.Create(tasks)
-         | "read, preprocess, write shards" >> beam.Map(write_shard)
-         | "every sidecar" >> beam.combiners.ToList()
-         | "index and summary" >> beam.Map(merge_sidecars, out=plan.out,
-                                           label_names=list(plan.index.label_names),
-                                           settings=plan.settings))
+         | "shard assignment" >> beam.Create(spans)
+         | "read, preprocess, write shards" >> beam.Map(
+             write_shard, plan_path=storage.join(out, PLAN_FILE))
+         | "every shard" >> beam.combiners.ToList()
+         | "index and summary" >> beam.Map(merge_sidecars, out=out, label_names=label_names,
+                                           settings=settings))
     result = pipeline.run()
     result.wait_until_finish()
     return _counters(result)
@@ -127,10 +155,16 @@ def prepare_on_beam(*, layout: str, root: str, out: str, layout_options: dict | 
                              records_per_shard=records_per_shard)
     lock = None if storage.is_remote(out) else workdir.WorkdirLock(
         out, name=prepare.lock_name(0), stale_seconds=math.inf)
+    plan_path = storage.join(out, PLAN_FILE)
     try:
         prepare.claim_output(plan, root, lock=lock, merge_only=False)
-        tasks = prepare.shard_tasks(plan, strict, range(len(plan.names)))
-        counters = run_pipeline(pipeline, plan, tasks)
+        try:
+            spans = write_plan(plan, strict)
+            label_names, settings = list(plan.index.label_names), plan.settings
+            del plan  # the index: from here on, nothing in this process grows with the records
+            counters = run_pipeline(pipeline, out, spans, label_names, settings)
+        finally:  # done or failed, the plan is this run's own (a rerun writes it again)
+            storage.remove(plan_path)
     finally:
         if lock is not None:
             lock.release()

@@ -18,6 +18,9 @@ record_format.py).
 - --root and --out may be URLs (gs://, s3://; runtime/storage.py): records are read from a local
   copy one at a time, each file is written locally and uploaded whole. A remote --out has no
   lock: run one writer per shard.
+- Memory is flat in the number of records past indexing: what is kept of each finished shard is
+  its light sidecar (counts and skips), and the merge streams index.json's rows from the
+  sidecar files one shard at a time (`finish`).
 - Bad records are skipped and reported (a table by reason; per host, then for the whole cache;
   summary.json with the paths); strict=True stops at the first bad record.
 """
@@ -39,6 +42,7 @@ from crema_jax.data.cache import record_format
 from crema_jax.data.cache.shard_writer import build_shard
 from crema_jax.data.index import registry
 from crema_jax.data.index.dataset_index import DatasetIndex
+from crema_jax.data.reading import read as read_lib
 from crema_jax.data.reading import safe_files
 from crema_jax.data.signal.preprocess import stage_config
 from crema_jax.runtime import files, storage, workdir
@@ -139,6 +143,11 @@ def load_sidecar(out: str, name: str) -> dict | None:
     return sidecar
 
 
+def _light_sidecar(out: str, name: str) -> dict | None:
+    sidecar = load_sidecar(out, name)
+    return None if sidecar is None else light(sidecar)
+
+
 def _read_json(path: str, remedy: str, kind: type):
     """A JSON file of the cache; PrepareError naming it (and `remedy`) when it is damaged."""
     try:
@@ -173,35 +182,51 @@ def print_table(skipped: dict, title: str = "") -> None:
             print(f"{reason.ljust(width)}  {entry['count']}")
 
 
+def light(sidecar: dict) -> dict:
+    """A shard's sidecar without its record rows: what progress, skip tables and the merge keep
+    of each shard (the rows are read back from the folder, one shard at a time, by `finish`)."""
+    return {k: v for k, v in sidecar.items() if k != "records"}
+
+
 def finish(out: str, label_names, settings: dict, sidecars: list[dict]) -> tuple[int, dict]:
-    """Merge every shard's sidecar (in shard order) into index.json and summary.json; returns
-    (records written, skip table)."""
-    rows = [row for sidecar in sidecars for row in sidecar["records"]]
-    storage.write_json_atomic(storage.join(out, record_format.INDEX_FILE), {
-        "settings": settings, "label_names": list(label_names),
-        "shards": [{"file": s["file"], "num_records": s["num_records"]} for s in sidecars],
-        "records": rows})
+    """Merge every shard's sidecar (in shard order; light ones will do) into index.json and
+    summary.json; returns (records written, skip table). The record rows are streamed from the
+    sidecar files in `out`, one shard at a time: no step holds the whole index."""
+    def rows():
+        for s in sidecars:
+            full = load_sidecar(out, s["file"][:-len(".arrayrecord")])
+            if full is None or full["num_records"] != s["num_records"]:
+                raise PrepareError(f"{out}: shard {s['file']} changed or went missing during "
+                                   "the merge; rerun prepare")
+            yield from full["records"]
+
+    head = {"settings": settings, "label_names": list(label_names),
+            "shards": [{"file": s["file"], "num_records": s["num_records"]} for s in sidecars]}
+    written = []
+    storage.write_atomic(storage.join(out, record_format.INDEX_FILE), lambda tmp: written.append(
+        files.write_json_streamed(tmp, head, "records", rows())))
     skipped = _skip_table(sidecars)
     storage.write_json_atomic(storage.join(out, record_format.SUMMARY_FILE),
-                            {"records_written": len(rows), "skipped": skipped})
-    return len(rows), skipped
+                              {"records_written": written[0], "skipped": skipped})
+    return written[0], skipped
 
 
 def shard_tasks(plan, strict: bool, shards) -> list[dict]:
-    """build_shard's task of each shard in `shards` (records taken from the index in order)."""
-    per, num_shards = plan.records_per_shard, len(plan.names)
-    opts = dict(plan.task_options, strict=strict)
-    return [_task(plan.out, s, num_shards, plan.index.records[s * per:(s + 1) * per], opts)
-            for s in shards]
+    """build_shard's task of each shard in `shards`."""
+    return [shard_task(plan, strict, s) for s in shards]
 
 
-def _task(out, s, num_shards, records, opts) -> dict:
-    return {"out_dir": out, "shard": s, "num_shards": num_shards,
+def shard_task(plan, strict: bool, s: int) -> dict:
+    """build_shard's task of shard s (records [s * R, (s + 1) * R) of the index), JSON data."""
+    per = plan.records_per_shard
+    opts = plan.task_options
+    return {"out_dir": plan.out, "shard": s, "num_shards": len(plan.names),
             "records": [{"record_id": r.record_id, "path": str(r.path), "labels": list(r.labels),
-                         "split": r.split, "source": r.source, "reader": r.reader}
-                        for r in records],
+                         "split": r.split, "source": r.source,
+                         "reader": read_lib.reader_to_json(r.reader)}
+                        for r in plan.index.records[s * per:(s + 1) * per]],
             "target_fs": float(opts["target_fs"]), "preprocess": opts["preprocess_cfg"],
-            "derive_limb_leads": True, "dtype": opts["dtype"], "strict": opts["strict"]}
+            "derive_limb_leads": True, "dtype": opts["dtype"], "strict": strict}
 
 
 def prepare(*, layout: str, root: str, out: str, layout_options: dict | None = None,
@@ -242,7 +267,7 @@ def lock_name(host_index: int) -> str:
 def _prepare_claimed(plan, out, *, workers, strict, stop_after_shards, num_hosts,
                      host_index) -> dict:
     mine = plan.mine
-    sidecars = {s: load_sidecar(out, plan.names[s]) for s in mine}
+    sidecars = {s: _light_sidecar(out, plan.names[s]) for s in mine}
     progress, stopped = _write_shards(plan, sidecars, workers=workers, strict=strict,
                                       stop_after_shards=stop_after_shards)
     if stopped:
@@ -364,7 +389,7 @@ def _write_shards(plan: Plan, sidecars: dict, *, workers: int, strict: bool,
         if "strict_error" in result:
             sys.stderr.write("\n")
             raise PrepareError(f"(--strict) {result['strict_error']}")
-        sidecars[plan.names.index(result["file"][:-len(".arrayrecord")])] = result
+        sidecars[plan.names.index(result["file"][:-len(".arrayrecord")])] = light(result)
         progress.add(result)
         new += 1
         if stop_after_shards and new >= stop_after_shards:
@@ -380,7 +405,7 @@ def merge(plan: Plan, sidecars: dict, *, num_hosts: int) -> tuple[int, dict]:
     names, num_shards = plan.names, len(plan.names)
     for s in range(num_shards):
         if sidecars.get(s) is None:
-            sidecars[s] = load_sidecar(plan.out, names[s])
+            sidecars[s] = _light_sidecar(plan.out, names[s])
     left = [names[s] for s in range(num_shards) if sidecars[s] is None]
     if left:
         owners = sorted({hosts.host_of_shard(names.index(n), num_shards, max(num_hosts, 1))

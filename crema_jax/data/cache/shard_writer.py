@@ -28,9 +28,9 @@ def write_arrayrecord_atomic(path: str, payloads: Sequence[bytes]) -> None:
 def build_shard(task: Mapping) -> dict:
     """Read, preprocess and write the records of one shard; return its sidecar metadata.
 
-    `task`: out_dir, shard, num_shards, records (RecordInfo fields as dicts: record_id, path,
-    labels, split, source, reader), target_fs, preprocess (dict or None), derive_limb_leads,
-    dtype, strict. Runs in a worker process, so it
+    `task` (JSON data): out_dir, shard, num_shards, records (RecordInfo fields as dicts:
+    record_id, path, labels, split, source, reader as read.reader_to_json), target_fs,
+    preprocess (dict or None), derive_limb_leads, dtype, strict. Runs in a worker process, so it
     returns plain data; a bad record under `strict` comes back as {"strict_error": message}
     (exceptions with custom constructors do not survive the trip between processes).
     """
@@ -38,7 +38,7 @@ def build_shard(task: Mapping) -> dict:
     cfg = None if task["preprocess"] is None else ml_collections.ConfigDict(task["preprocess"])
     payloads, rows, skipped = [], [], []
     for info in task["records"]:
-        reader = info.get("reader")
+        reader = read_lib.reader_from_json(info.get("reader"))
         info = {k: v for k, v in info.items() if k != "reader"}  # the index row: JSON only
         try:
             ecg = read_lib.read(info["path"], reader, target_fs=task["target_fs"],

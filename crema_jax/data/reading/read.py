@@ -27,6 +27,28 @@ class BadRecord:
     message: str                       # names the file and what was expected
 
 
+# The reader kinds by name, for plain-data (JSON) tasks that cross machines: a Beam worker gets
+# its shard's records from a file, and pickles from shared storage are never loaded.
+_READER_KINDS = {"array": arrays.ArrayFormat, "clinical": clinical.ClinicalFile,
+                 "bad": BadRecord}
+
+
+def reader_to_json(reader) -> dict | None:
+    """A RecordInfo's reader as JSON data ({"kind", "fields"}; None stays None)."""
+    if reader is None:
+        return None
+    kind = next(k for k, cls in _READER_KINDS.items() if type(reader) is cls)
+    return {"kind": kind, "fields": dataclasses.asdict(reader)}
+
+
+def reader_from_json(data: dict | None):
+    """reader_to_json's inverse (JSON lists back to the dataclasses' tuples)."""
+    if data is None:
+        return None
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in data["fields"].items()}
+    return _READER_KINDS[data["kind"]](**fields)
+
+
 def read(path, reader=None, **kwargs) -> Ecg:
     """The record at `path` as the canonical Ecg; `kwargs` are read_record's. A URL
     (gs://...) is read from a local copy (remote_records.py)."""

@@ -61,6 +61,20 @@ def test_direct_runner_two_processes_equals_local_prepare(mixed_root, tmp_path):
     assert beam_files == local_files  # every file, byte for byte, and no other file
 
 
+def test_a_strict_failure_leaves_no_plan_and_no_index(mixed_root, tmp_path):
+    """--strict on Beam stops at the first broken record, naming it, and removes its plan file
+    (the shard tasks it wrote for the workers); no index.json claims a finished cache."""
+    root, _, _ = mixed_root
+    out = tmp_path / "beam"
+    done = _prepare(f"--root={root}", f"--out={out}", "--records_per_shard=16", "--strict",
+                    "--runner=DirectRunner", "--beam_option=direct_running_mode=in_memory")
+    assert done.returncode != 0
+    assert "(--strict)" in done.stderr and str(root / "broken") in done.stderr
+    names = {p.name for p in out.iterdir()}
+    assert "settings.json" in names
+    assert not names & {"prepare_plan.jsonl", "index.json", "summary.json"}
+
+
 def test_preparation_code_never_imports_jax(tmp_path, cinc_sample_dir):
     """A Beam worker needs the data stack only: import every module of `prepare` (and Beam) and
     write a shard in a fresh interpreter, then look for jax."""
