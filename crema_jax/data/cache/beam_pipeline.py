@@ -137,9 +137,21 @@ def run_pipeline(pipeline, out: str, spans: list, label_names: list,
          | "every shard" >> beam.combiners.ToList()
          | "index and summary" >> beam.Map(merge_sidecars, out=out, label_names=label_names,
                                            settings=settings))
-    result = pipeline.run()
-    result.wait_until_finish()
+    beam_log = logging.getLogger("apache_beam.runners.common")
+    beam_log.addFilter(_drop_own_errors)
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    finally:
+        beam_log.removeFilter(_drop_own_errors)
     return _counters(result)
+
+
+def _drop_own_errors(record: logging.LogRecord) -> bool:
+    """Beam logs a failing element's traceback before it raises; a PrepareError (--strict's bad
+    record) is then the command's one error line, so its traceback is not logged too."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not isinstance(error, prepare.PrepareError)
 
 
 def prepare_on_beam(*, layout: str, root: str, out: str, layout_options: dict | None = None,
