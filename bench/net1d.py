@@ -120,7 +120,7 @@ def _print_stages(model, ref, xj, xt, iters):
     import torch.nn.functional as F
     from flax import nnx
 
-    from crema_jax.models.net1d import grouped_conv
+    from crema_jax.models.net1d import grouped_conv, silu
 
     def jax_fn(module, fn):
         graphdef, state = nnx.split(module)
@@ -128,7 +128,7 @@ def _print_stages(model, ref, xj, xt, iters):
         return lambda v: jitted(state, v).block_until_ready()
 
     torch.set_grad_enabled(False)
-    stem_j = jax_fn(model.first_conv, lambda m, v: jax.nn.silu(m(jnp.swapaxes(v, 1, 2))))
+    stem_j = jax_fn(model.first_conv, lambda m, v: silu(m(jnp.swapaxes(v, 1, 2))))
     rows = [("stem", *_interleaved(lambda: stem_j(xj), lambda: F.silu(ref.first_conv(xt)),
                                    iters))]
     hj, ht = stem_j(xj), F.silu(ref.first_conv(xt))

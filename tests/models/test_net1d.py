@@ -100,7 +100,7 @@ def _grouped_conv_numpy(x, kernel, bias, stride, groups):
     return out + bias
 
 
-@pytest.mark.parametrize("groups", [3, 40])  # unrolled, and the loop over groups (> 32)
+@pytest.mark.parametrize("groups", [3, 40])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_grouped_conv_matches_direct_sum(groups, stride):
     conv = nnx.Conv(groups * 4, groups * 4, kernel_size=(5,), strides=(stride,), padding="SAME",
@@ -111,3 +111,43 @@ def test_grouped_conv_matches_direct_sum(groups, stride):
     want = _grouped_conv_numpy(x, np.asarray(conv.kernel[...]), np.asarray(conv.bias[...]),
                                stride, groups)
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+
+
+def test_silu_and_its_derivative_match_the_sigmoid_formulas_everywhere():
+    x = np.array([-120.0, -89.0, -20.0, -1.5, -1e-3, 0.0, 0.7, 3.0, 30.0, 120.0], np.float32)
+    x64 = x.astype(np.float64)
+    sig = 0.5 * (1 + np.tanh(0.5 * x64))  # sigmoid, without overflow
+    np.testing.assert_allclose(np.asarray(net1d.silu(jnp.asarray(x))), x64 * sig,
+                               rtol=1e-6, atol=1e-30)
+    grad = np.asarray(jax.vmap(jax.grad(net1d.silu))(jnp.asarray(x)))
+    assert np.isfinite(grad).all()  # the quotient's autodiff would give inf/inf below -88
+    np.testing.assert_allclose(grad, sig * (1 + x64 * (1 - sig)), rtol=1e-6, atol=1e-30)
+
+
+def test_micro_batched_forward_matches_the_torch_reference_row_by_row(monkeypatch):
+    """A batch of 7 in micro-batches of at most 3 (3 of 3 rows, 2 of them padding) through the
+    first four stages, then the whole batch: each row equals ECGFounder's PyTorch module."""
+    import torch
+
+    from crema_jax.export import convert
+    from crema_jax.models import params as params_lib
+    from tests.references.ecgfounder_torch import Net1DRef
+
+    filters, blocks = [16, 16, 32, 32, 48, 48], [1, 1, 1, 1, 2, 1]
+    torch.manual_seed(0)
+    ref = Net1DRef(in_channels=12, filters=filters, blocks=blocks, n_classes=5).eval()
+    cfg = net1d.default_net1d_config(12)
+    cfg.filters, cfg.blocks, cfg.num_classes = filters, blocks, 5
+    sd = {k: v.numpy() for k, v in ref.state_dict().items()}
+    params, _ = convert.torch_to_jax(sd, convert.ecgfounder_rules(cfg),
+                                     params_lib.abstract_params(cfg), path="mem",
+                                     layout="ecgfounder", ignored=convert.ECGFOUNDER_IGNORED)
+    graphdef, state = nnx.split(params_lib.merge(cfg, params))
+    monkeypatch.setattr(net1d, "_MICRO_BATCH", 3)
+    x = np.random.default_rng(0).standard_normal((7, 12, 300)).astype(np.float32)
+    got = np.asarray(jax.jit(lambda s, v: nnx.merge(graphdef, s)(v))(state, jnp.asarray(x)))
+    with torch.no_grad():
+        want = ref(torch.from_numpy(x)).numpy()
+    assert got.shape == want.shape == (7, 5)
+    scale = np.max(np.abs(want))
+    assert np.max(np.abs(got - want)) / scale <= 1e-5
