@@ -14,6 +14,7 @@ Rules (every command follows them):
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import pathlib
@@ -82,8 +83,8 @@ def check_output_file(path, *, inputs: Iterable = (), flag: str = "--out",
 def check_output_dir(path, *, marker, flag: str, inputs: Iterable = (),
                      create: bool = True) -> pathlib.Path:
     """`path` as an output folder this command may write into, created if new: it must be new,
-    empty, or hold `marker` (a name, or a tuple of names, the command writes there; None: new
-    or empty only). Anything else: OutputError. create=False checks without creating it (the
+    empty, or hold `marker` (a name, or a tuple of names or fnmatch patterns, the command
+    writes there; None: new or empty only). Anything else: OutputError. create=False checks without creating it (the
     writer creates it later, so that a command failing before then leaves nothing)."""
     markers = () if marker is None else (marker,) if isinstance(marker, str) else tuple(marker)
     path = pathlib.Path(os.fspath(path))
@@ -97,7 +98,7 @@ def check_output_dir(path, *, marker, flag: str, inputs: Iterable = (),
         raise OutputError(f"{flag}={path}: a file, not a folder")
     if path.is_dir():
         entries = [p.name for p in path.iterdir()]
-        ours = [m for m in markers if m in entries]
+        ours = [e for e in entries if any(fnmatch.fnmatchcase(e, m) for m in markers)]
         if entries and not ours:
             shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
             raise OutputError(f"{flag}={path}: the folder holds files this command did not write "

@@ -361,7 +361,9 @@ def claim_output(plan: Plan, root: str, *, lock, merge_only: bool) -> None:
         _check_remote_output(out)
     else:
         # New, empty, or a cache of ours (settings.json): a user's own files are never touched.
-        markers = (record_format.SETTINGS_FILE,) + ((lock.path.name,) if lock else ())
+        # Hosts starting together see each other's lock and half-written settings.json.
+        markers = (record_format.SETTINGS_FILE, f".{record_format.SETTINGS_FILE}.*.tmp",
+                   lock_name(0).replace("host0", "host*"))
         files.check_output_dir(out, marker=markers, flag="--out", inputs=[root],
                                create=not merge_only)
     if lock is not None:

@@ -2,6 +2,7 @@
 shards, then one `--merge`, must write exactly the files of a one-host run, also when a task is
 killed mid-way and rerun; nothing waits for anything."""
 import csv
+import json
 import os
 import pathlib
 import signal
@@ -12,7 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from crema_jax.data.cache import hosts
+from crema_jax.data.cache import hosts, prepare
+from crema_jax.runtime import files
 
 CLI = [os.path.join(os.path.dirname(sys.executable), "crema-jax"), "prepare"]
 N, PER, SHARDS = 40, 2, 20          # host 0 of 2 writes shards 0-9, host 1 shards 10-19
@@ -155,3 +157,27 @@ def test_half_given_host_flags_are_refused():
         hosts.resolve(1, -1, {})
     with pytest.raises(ValueError, match="0 <= --host_index < --num_hosts"):
         hosts.resolve(-1, -1, {"SLURM_PROCID": "9", "SLURM_NTASKS": "4"})
+
+
+
+@pytest.mark.parametrize("left_by_host_0", [["crema_jax.prepare-host0.lock"],
+                                            [".settings.json.k3j2.99999.tmp"]])
+def test_a_host_starting_beside_another_accepts_its_lock_and_half_written_settings(
+        tmp_path, cinc_sample_dir, left_by_host_0):
+    """Two hosts start together: host 1 finds only host 0's lock, or its settings.json still
+    under a temporary name, and must go on (not refuse the folder as someone else's); a user's
+    file is still refused."""
+    out = tmp_path / "cache"
+    out.mkdir()
+    for name in left_by_host_0:
+        (out / name).write_text("")
+    result = prepare.prepare(layout="wfdb_folder", root=str(cinc_sample_dir), out=str(out),
+                             records_per_shard=16, workers=1, num_hosts=2, host_index=1)
+    written = [json.loads(p.with_suffix(".json").read_text()) for p in out.glob("*.arrayrecord")]
+    assert written and result["records"] == sum(s["num_records"] for s in written)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("a user's file")
+    with pytest.raises(files.OutputError, match="did not write"):
+        prepare.prepare(layout="wfdb_folder", root=str(cinc_sample_dir), out=str(other),
+                        records_per_shard=16, workers=1, num_hosts=2, host_index=1)
