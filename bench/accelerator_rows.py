@@ -133,7 +133,8 @@ def jax_train(args) -> dict:
     peak, source = metrics_lib.peak_tflops_per_device("bfloat16", device)
     memory, memory_source = jax_memory(run["compiled"])
     return {"step_seconds": statistics.median(times), "batch": args.batch,
-            "flops": metrics_lib.compiled_flops_per_device(run["compiled"]),
+            "flops": metrics_lib.compiled_flops_per_device(
+                run["compiled"], grad_accum_steps=int(config.optim.grad_accum_steps)),
             "peak_tflops": peak, "peak_source": source, "memory_bytes": memory,
             "memory_source": memory_source, "compile_seconds": run["compile_seconds"],
             "device": device.device_kind, "software": jax_software(),

@@ -4,6 +4,7 @@
     python bench/train_step.py --model=base --batch=32 --loss=stmem --compare   # JAX vs PyTorch
     python bench/train_step.py --model=tiny,small,base --compare --steps=3
     python bench/train_step.py --model=base --batch=256 --dtype=bfloat16   # GPU/TPU sized
+    python bench/train_step.py --model=small --batch=32 --loss=stmem --grad_accum=4  # 4 x 8 ECGs
 
 Prints a table, then LAST one JSON line: {"step_seconds" (median), "flops" (per step, all
 devices), "ecgs_per_sec", "mfu", ...}. Works from any directory (the repo root is put on
@@ -41,8 +42,9 @@ from crema_jax.runtime import mesh as mesh_lib  # noqa: E402
 from crema_jax.train import perf as metrics_lib, trainer  # noqa: E402
 
 
-def make_config(model: str, batch: int, dtype: str, loss: str):
-    """configs/crema_<model>.py (its decoder and head sizes) with the bench's batch and dtype."""
+def make_config(model: str, batch: int, dtype: str, loss: str, grad_accum: int = 1):
+    """configs/crema_<model>.py (its decoder and head sizes) with the bench's batch, dtype and
+    micro-batches per optimizer step."""
     path = REPO / "configs" / f"crema_{model}.py"
     if not path.exists():
         raise SystemExit(f"--model={model}: expected one of tiny, small, base, large ({path})")
@@ -51,6 +53,7 @@ def make_config(model: str, batch: int, dtype: str, loss: str):
     config.loss.name = loss
     config.data.num_views = 1 if loss in ("mae", "stmem") else 2
     config.train.global_batch_size = batch
+    config.optim.grad_accum_steps = grad_accum
     config.data.synthetic_records = batch
     config.data.num_workers = 0
     config.train.num_steps = 1000
@@ -96,7 +99,8 @@ def time_jax(config, steps: int) -> dict:
     setup, compiled, batch, compile_s = (run["setup"], run["compiled"], run["batch"],
                                          run["compile_seconds"])
     times, m = time_steps(run, steps)
-    flops_dev = metrics_lib.compiled_flops_per_device(compiled)
+    flops_dev = metrics_lib.compiled_flops_per_device(
+        compiled, grad_accum_steps=int(config.optim.grad_accum_steps))
     peak, source = metrics_lib.peak_tflops_per_device(config.model.dtype)
     # CPU peak: the host GEMM shared by the devices the mesh uses.
     if jax.devices()[0].platform == "cpu":
@@ -129,6 +133,10 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up")
     p.add_argument("--dtype", default="float32", help="float32 | bfloat16 (config.model.dtype)")
     p.add_argument("--loss", default="crema", help="config.loss.name (crema: 2 views)")
+    p.add_argument("--grad_accum", type=int, default=1,
+                   help="config.optim.grad_accum_steps: the JAX step runs the batch as this many "
+                        "micro-batches (one optimizer step; the same gradient for per-sample-mean "
+                        "losses such as mae/stmem). PyTorch always runs the whole batch.")
     p.add_argument("--compare", "--torch", action="store_true",
                    help="also time the PyTorch reference, eager and under torch.compile")
     p.add_argument("--no_torch_compile", action="store_true", help="skip torch.compile")
@@ -138,17 +146,21 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
 
     models = tuple(args.model.split(","))
+    if args.grad_accum < 1 or args.batch % args.grad_accum:
+        p.error(f"--grad_accum={args.grad_accum}: expected a positive divisor of "
+                f"--batch={args.batch}")
     if args.torch_threads:
         import torch
         torch.set_num_threads(args.torch_threads)
     gemm = metrics_lib.measured_gemm_tflops() if jax.devices()[0].platform == "cpu" else None
     print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}; batch {args.batch}; "
-          f"{args.steps} timed steps; loss {args.loss}; dtype {args.dtype}"
+          f"{args.steps} timed steps; loss {args.loss}; dtype {args.dtype}; "
+          f"grad_accum {args.grad_accum}"
           + (f"; CPU float32 GEMM peak {gemm * 1e3:.1f} GFLOP/s" if gemm else "")
           + f"; GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
     summary = {}
     for model in models:
-        config = make_config(model, args.batch, args.dtype, args.loss)
+        config = make_config(model, args.batch, args.dtype, args.loss, args.grad_accum)
         result = time_jax(config, args.steps)
         print(row(f"jax {model}", result) + f"  ({result['flops'] / 1e9:.1f} GFLOP/step, "
               f"compile {result['compile_seconds']:.1f} s)")

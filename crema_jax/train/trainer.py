@@ -196,7 +196,8 @@ def dry_run(config, *, devices=None) -> dict:
     config_lib.validate(config)
     setup = build(config, devices=devices)
     compiled = compile_step(setup, config, abstract_state(setup))
-    flops = perf.compiled_flops_per_device(compiled)
+    flops = perf.compiled_flops_per_device(
+        compiled, grad_accum_steps=int(config.optim.grad_accum_steps))
     device = setup.mesh.devices.flat[0]
     report = {"mesh": dict(setup.mesh.shape), "global_batch": setup.global_batch,
               "devices": int(setup.mesh.size), "device_kind": device.device_kind,
@@ -276,7 +277,8 @@ def _train(config, workdir, *, devices, batch_iter, lock, evaluators, drill) -> 
                                    rng=base_rng, grain_iter=grain_iter,
                                    fresh=lambda: init_state(setup, base_rng))
         compiled = compile_step(setup, config, target)
-    flops = perf.compiled_flops_per_device(compiled)
+    flops = perf.compiled_flops_per_device(
+        compiled, grad_accum_steps=int(config.optim.grad_accum_steps))
     peak, peak_source = perf.peak_tflops_per_device(config.model.dtype)
     progress.print_line(
         f"compiled train step: {flops * setup.mesh.size / 1e9:.2f} GFLOP/step, peak "
