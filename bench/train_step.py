@@ -99,8 +99,15 @@ def time_jax(config, steps: int) -> dict:
     setup, compiled, batch, compile_s = (run["setup"], run["compiled"], run["batch"],
                                          run["compile_seconds"])
     times, m = time_steps(run, steps)
-    flops_dev = metrics_lib.compiled_flops_per_device(
-        compiled, grad_accum_steps=int(config.optim.grad_accum_steps))
+    flops_dev = metrics_lib.compiled_flops_per_device(compiled)
+    if config.optim.grad_accum_steps > 1:
+        # XLA counts the micro-batch loop's body once: count the same step unlooped (compiled,
+        # never run), not the trainer's estimate that also repeats the update.
+        whole = config.copy_and_resolve_references()
+        whole.optim.grad_accum_steps = 1
+        setup1 = trainer.build(whole)
+        flops_dev = metrics_lib.compiled_flops_per_device(
+            trainer.compile_step(setup1, whole, trainer.abstract_state(setup1)))
     peak, source = metrics_lib.peak_tflops_per_device(config.model.dtype)
     # CPU peak: the host GEMM shared by the devices the mesh uses.
     if jax.devices()[0].platform == "cpu":
