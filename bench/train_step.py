@@ -109,9 +109,10 @@ def time_jax(config, steps: int) -> dict:
         flops_dev = metrics_lib.compiled_flops_per_device(
             trainer.compile_step(setup1, whole, trainer.abstract_state(setup1)))
     peak, source = metrics_lib.peak_tflops_per_device(config.model.dtype)
-    # CPU peak: the host GEMM shared by the devices the mesh uses.
+    # CPU peak: the host GEMM shared by the devices the mesh uses, the fastest of the rates
+    # measured before and after the timed steps.
     if jax.devices()[0].platform == "cpu":
-        peak = metrics_lib.measured_gemm_tflops() / setup.mesh.size
+        peak = metrics_lib.measured_gemm_tflops(refresh=True) / setup.mesh.size
     step_s = statistics.median(times)
     return {"step_seconds": step_s, "flops": flops_dev * setup.mesh.size,
             "flops_per_device": flops_dev, "compile_seconds": compile_s,
@@ -163,14 +164,16 @@ def main(argv=None) -> None:
     print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}; batch {args.batch}; "
           f"{args.steps} timed steps; loss {args.loss}; dtype {args.dtype}; "
           f"grad_accum {args.grad_accum}"
-          + (f"; CPU float32 GEMM peak {gemm * 1e3:.1f} GFLOP/s" if gemm else "")
+          + (f"; CPU float32 GEMM peak {gemm * 1e3:.1f} GFLOP/s (measured again after each "
+             "model's steps; MFU uses the faster)" if gemm else "")
           + f"; GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
     summary = {}
     for model in models:
         config = make_config(model, args.batch, args.dtype, args.loss, args.grad_accum)
         result = time_jax(config, args.steps)
         print(row(f"jax {model}", result) + f"  ({result['flops'] / 1e9:.1f} GFLOP/step, "
-              f"compile {result['compile_seconds']:.1f} s)")
+              f"compile {result['compile_seconds']:.1f} s, peak "
+              f"{result['peak_tflops_per_device'] * result['devices'] * 1e3:.0f} GFLOP/s)")
         if args.compare:
             eager = time_torch(config, args.steps, compile_mode=False)
             eager["ecgs_per_sec"] = args.batch / eager["step_seconds"]

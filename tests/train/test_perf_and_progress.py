@@ -103,3 +103,11 @@ def test_step_flops_count_every_micro_batch():
             trainer.compile_step(setup, config, trainer.abstract_state(setup)))
     assert counts[4] == pytest.approx(counts[1], rel=0.01)
     assert raw[4] == pytest.approx(counts[1] / 4, rel=0.02)   # what XLA alone reports
+
+
+def test_a_refreshed_gemm_peak_keeps_the_faster_rate(monkeypatch):
+    monkeypatch.setattr(perf, "_GEMM_CACHE", {64: 1e6})       # an impossibly fast earlier rate
+    assert perf.measured_gemm_tflops(64, 2) == 1e6             # cached: not measured again
+    assert perf.measured_gemm_tflops(64, 2, refresh=True) == 1e6   # measured, slower: kept
+    monkeypatch.setattr(perf, "_GEMM_CACHE", {64: 0.0})
+    assert 0.0 < perf.measured_gemm_tflops(64, 2, refresh=True) < 1e6
