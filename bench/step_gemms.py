@@ -9,8 +9,9 @@ trainer's compiled step (jax.profiler), reads every dot out of the optimised HLO
 such as XLA:CPU's `ynn_fusion`, or bare), and times each distinct dot again on its own with
 `lax.dot_general` on the same shapes and dimension numbers. It prints a table, then LAST one JSON
 line with the step time (unprofiled, and first-to-last thunk event when profiled), the time in
-dot thunks and in everything else, and the profiled step time the GEMMs would give at their
-stand-alone rates.
+dot thunks and in everything else (split by what those thunks do: transposing copies,
+reductions, exponentials, other elementwise), and the profiled step time the GEMMs would give at
+their stand-alone rates.
 
 A thunk's time is its event's wall duration in the profile: a dot that runs while another thunk
 holds the second core shows up slower, which is the point of the comparison. A bare `dot` (kind
@@ -107,6 +108,44 @@ def dots_in_hlo(hlo_text: str) -> dict:
                 by_thunk[name] = [dict(d, kind=kind.group(1) if kind else "fusion")
                                   for d in inner.values()]
     return by_thunk
+
+
+# What a thunk that is not a dot does, from the ops of the computation it runs (first match).
+OTHER_KINDS = (("transposing copies", {"transpose", "copy"}),
+               ("reductions (norms, softmax, loss)", {"reduce", "reduce-window"}),
+               ("exponentials (softmax, sigmoid)", {"exponential", "log", "tanh"}),
+               ("conditionals, loops", {"conditional", "while", "call"}))
+
+
+def other_kind(ops) -> str:
+    """The OTHER_KINDS name of a thunk from its ops, else "other elementwise" (adds, multiplies,
+    selects: biases, residuals, AdamW, the exact GELU's erf polynomial)."""
+    ops = set(ops)
+    for name, members in OTHER_KINDS:
+        if ops & members:
+            return name
+    return "other elementwise"
+
+
+def ops_by_thunk(hlo_text: str) -> dict:
+    """{instruction name: [op, ...]} for every top-level instruction of the optimised HLO: a
+    fusion's are the ops of the computation it calls, any other instruction's its own op."""
+    computations, current, calls = {}, None, {}
+    for line in hlo_text.splitlines():
+        if not line.startswith(" "):
+            m = _COMP.match(line)
+            current = m.group(1) if m else None
+            if current:
+                computations[current] = []
+            continue
+        m = _INSTR.match(line) if current is not None else None
+        if m:
+            name, op, rest = m.group(1), m.group(5), m.group(6)
+            computations[current].append(op)
+            called = re.search(r"calls=%([\w.\-]+)", rest) if op == "fusion" else None
+            calls[name] = called.group(1) if called else [op]
+    return {name: computations.get(c, []) if isinstance(c, str) else c
+            for name, c in calls.items()}
 
 
 def thunk_seconds(trace_dir: str, names) -> tuple[dict, float]:
@@ -215,11 +254,17 @@ def main(argv=None) -> None:
     flops = sum(g["flops"] for g in groups.values())
     print(f"dots: {dot_s:.3f} s at {flops / dot_s / 1e9:.0f} GFLOP/s in the step; alone they take "
           f"{ideal_s:.3f} s ({flops / ideal_s / 1e9:.0f} GFLOP/s). Other thunks: {other_s:.3f} s.")
+    others, ops = collections.defaultdict(float), ops_by_thunk(text)
+    for name, s in seconds.items():
+        if name not in dots:
+            others[other_kind(ops.get(name, ()))] += s
+    print("other thunks: " + "; ".join(f"{kind} {s * 1e3:.0f} ms" for kind, s in
+                                       sorted(others.items(), key=lambda kv: -kv[1])))
     print(json.dumps({"model": args.model, "batch": args.batch, "dtype": args.dtype,
                       "step_seconds": statistics.median(plain),
                       "profiled_step_seconds": span_s,
                       "dot_seconds": dot_s, "dot_flops": flops, "other_thunk_seconds": other_s,
-                      "dot_seconds_alone": ideal_s,
+                      "dot_seconds_alone": ideal_s, "other_thunk_seconds_by_kind": others,
                       "profiled_step_seconds_if_dots_ran_alone": span_s - dot_s + ideal_s}))
 
 

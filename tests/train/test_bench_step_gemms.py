@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.step_gemms import dots_in_hlo
+from bench.step_gemms import dots_in_hlo, ops_by_thunk, other_kind
 
 # XLA:CPU's text format: a YNNPACK fusion around a dense layer, a bare batched dot (attention
 # scores), and a loop fusion without a dot.
@@ -68,3 +68,13 @@ def test_flops_of_a_compiled_program_match_a_hand_count():
     dots = dots_in_hlo(text)
     total = sum(d["flops"] for name, ds in dots.items() if name in names for d in ds)
     assert total == 2 * m * k * n + 2 * b * i * j * l
+
+
+def test_what_the_other_thunks_do_from_hand_written_hlo():
+    ops = ops_by_thunk(HLO)
+    assert ops["exp_fusion"] == ["parameter", "exponential"]      # the fused computation's ops
+    assert ops["dot.12"] == ["dot"] and ops["q"] == ["parameter"]  # a bare instruction's own
+    assert other_kind(ops["exp_fusion"]) == "exponentials (softmax, sigmoid)"
+    assert other_kind(["parameter", "transpose", "add"]) == "transposing copies"
+    assert other_kind(["parameter", "reduce", "exponential"]) == "reductions (norms, softmax, loss)"
+    assert other_kind(["parameter", "multiply", "add", "select"]) == "other elementwise"
