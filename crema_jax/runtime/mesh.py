@@ -138,6 +138,11 @@ def tpu_topology_devices(name: str) -> list:
     """
     from jax.experimental import topologies  # here: libtpu's, only for TPU dry runs
 
+    from crema_jax.runtime import platforms
+    if not platforms.tpu_present():
+        # libtpu's lock file (/tmp/libtpu_lockfile) guards a machine's TPU chips from a second
+        # process; without chips it guards nothing, and would refuse a second dry run at once.
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     if not re.fullmatch(r"v\d+[a-z]*:\d+(x\d+)+", name):
         raise ValueError(f"--topology={name!r}: expected a TPU type and chip grid such as "
                          "v5e:4x4, v5p:2x2x2, v6e:8x8 or v4:2x2x2")

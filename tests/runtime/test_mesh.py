@@ -1,4 +1,9 @@
 """Mesh shapes, logical-axis rules and global-batch assembly on 8 fake CPU devices."""
+import os
+import pathlib
+import subprocess
+import sys
+
 import jax
 import ml_collections
 import numpy as np
@@ -6,6 +11,8 @@ import pytest
 
 from crema_jax.models.sharding import DEFAULT_RULES
 from crema_jax.runtime import mesh as mesh_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _cfg(data, fsdp, tensor, rules=()):
@@ -48,3 +55,28 @@ def test_replicate_places_a_full_copy_on_every_device():
     x = mesh_lib.place(np.array([1, 2, 3], np.uint32), mesh_lib.replicated(mesh))
     assert len(x.addressable_shards) == jax.device_count()
     assert all(np.array_equal(s.data, [1, 2, 3]) for s in x.addressable_shards)
+
+
+def test_two_tpu_dry_runs_at_once_on_a_machine_without_tpu(tmp_path):
+    """libtpu locks /tmp/libtpu_lockfile for the life of the first process that loads it; on a
+    machine without TPU chips a second process describing a slice at the same time must not be
+    refused (two dry runs, or two test workers)."""
+    script = ("import sys, time\n"
+              "from crema_jax.runtime import mesh\n"
+              "print(len(mesh.tpu_topology_devices('v5e:2x2')), flush=True)\n"
+              "time.sleep(float(sys.argv[1]))\n")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("ALLOW_MULTIPLE_LIBTPU_LOAD", "XLA_FLAGS")}
+    env["JAX_PLATFORMS"] = "cpu"
+    holder = subprocess.Popen([sys.executable, "-c", script, "120"], env=env, cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "4"          # it holds libtpu now
+        second = subprocess.run([sys.executable, "-c", script, "0"], env=env, cwd=REPO,
+                                capture_output=True, text=True, timeout=300)
+        assert holder.poll() is None                             # still holding it
+        assert second.returncode == 0, second.stderr[-2000:]
+        assert second.stdout.strip() == "4"
+    finally:
+        holder.kill()
+        holder.wait()
