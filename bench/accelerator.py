@@ -149,7 +149,8 @@ def cells(row: dict, flops: dict) -> list[str]:
     if r.get("memory_source", "device peak") != "device peak":
         memory += f" ({r['memory_source']})"
     step_spec = ".1f" if step >= 1e-2 else ".2f"   # a few-ms step keeps three digits
-    return [row["label"], str(r["batch"]), fmt(step * 1e3, step_spec), fmt(r["batch"] / step, ".0f"),
+    return [row["label"], str(r["batch"]), fmt(step * 1e3, step_spec),
+            fmt(r["batch"] / step, ".0f"),
             fmt(tflops, ".1f" if tflops and tflops >= 1 else ".3f"), fmt(mfu * 100 if mfu else None,
                                                                          ".1f", "%"),
             memory, fmt(r.get("compile_seconds"), ".1f"), fmt(row["wall"], ".0f"), ""]
