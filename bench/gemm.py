@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from crema_jax.train import perf
+
 
 def _median_seconds(fn, repeats):
     fn()
@@ -71,6 +73,7 @@ def main(argv=None):
 
     print(f"float32 GEMM GFLOP/s, {args.tokens} tokens x width {args.width}; "
           f"{jax.devices()[0].device_kind}, torch {torch.get_num_threads()} threads")
+    print(f"host: {perf.host_cpu()}")
     print(f"{'layer':<10} {'M x K x N':>18} {'XLA fwd':>8} {'torch fwd':>9} {'XLA dW':>8} "
           f"{'torch dW':>9}")
     total_jax = total_torch = 0.0

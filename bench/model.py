@@ -19,6 +19,7 @@ from flax import nnx
 
 from crema_jax.losses import get_loss
 from crema_jax.models import FixedEmbedding, build_model, default_model_config, forward
+from crema_jax.train import perf
 
 L, N, P, KEEP = 12, 30, 75, 7
 
@@ -97,7 +98,7 @@ def main():
     rows = [bench_step(m, loss, args.batch, args.steps)
             for m in args.models.split(",") for loss in args.losses.split(",")]
     print(f"backend={jax.default_backend()} devices={jax.device_count()} batch={args.batch} "
-          f"(forward+backward, float32, median of {args.steps})")
+          f"(forward+backward, float32, median of {args.steps}); host: {perf.host_cpu()}")
     header = ("model", "step", "views", "compile s", "step s", "TFLOP/step", "GFLOP/s",
               "GEMM peak GFLOP/s", "% peak")
     print("| " + " | ".join(header) + " |")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -54,6 +53,7 @@ def main():
     from crema_jax.export import convert
     from crema_jax.models import params as params_lib
     from crema_jax.models.net1d import default_net1d_config
+    from crema_jax.train import perf
     from ecgfounder_torch import Net1DRef  # the test suite's independent PyTorch Net1D
 
     torch.manual_seed(0)
@@ -85,7 +85,7 @@ def main():
     diff = float(np.max(np.abs(np.asarray(out_j) - out_t.numpy())) / np.max(np.abs(out_t.numpy())))
 
     print(f"Net1D 12-lead inference, batch {args.batch} x 12 x {args.samples}, float32, "
-          f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+          f"{perf.host_cpu()}, "
           f"jax {jax.__version__}, torch {torch.__version__}, torch threads "
           f"{torch.get_num_threads()}")
     print(f"{'framework':<26} {'ms/batch':>10} {'ECGs/s':>9}  note")

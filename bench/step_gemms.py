@@ -211,6 +211,7 @@ def main(argv=None) -> None:
     import jax
 
     from bench.train_step import compiled_step_after_warmup, make_config, time_steps
+    from crema_jax.train import perf
 
     config = make_config(args.model, args.batch, args.dtype, args.loss)
     run = compiled_step_after_warmup(config)
@@ -238,6 +239,7 @@ def main(argv=None) -> None:
     if not groups:
         raise SystemExit("no dot thunk found in the profile")
 
+    print(f"host: {perf.host_cpu()}")
     print(f"{args.model}, batch {args.batch}, {args.dtype}; {jax.devices()[0].device_kind}; "
           f"step {statistics.median(plain):.3f} s unprofiled (median of {args.steps}), "
           f"{span_s:.3f} s profiled (first to last thunk event)")

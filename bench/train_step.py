@@ -167,6 +167,7 @@ def main(argv=None) -> None:
           + (f"; CPU float32 GEMM peak {gemm * 1e3:.1f} GFLOP/s (measured again after each "
              "model's steps; MFU uses the faster)" if gemm else "")
           + f"; GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
+    print(f"host: {metrics_lib.host_cpu()}")
     summary = {}
     for model in models:
         config = make_config(model, args.batch, args.dtype, args.loss, args.grad_accum)

@@ -46,6 +46,53 @@ def peak_tflops_per_device(dtype: str = "float32", device=None) -> tuple[float, 
     return float("nan"), f"unknown device {kind!r}"
 
 
+# x86 cores by (vendor, family, model range): their float32 FLOPs per cycle per core with AVX-512
+# or AVX2 FMA. A CPU figure depends on it: Zen 4 runs AVX-512 on two 256-bit FMA pipes (32
+# FLOP/cycle), Zen 5 server cores on two 512-bit ones (64): the same 2-core VM measures twice the
+# GEMM rate on the second. AMD's families and models, from its processor programming references.
+CPU_CORES = (
+    ("AuthenticAMD", 0x19, range(0x00, 0x10), "Zen 3", 32),
+    ("AuthenticAMD", 0x19, range(0x10, 0x20), "Zen 4", 32),
+    ("AuthenticAMD", 0x19, range(0x20, 0x60), "Zen 3", 32),
+    ("AuthenticAMD", 0x19, range(0x60, 0x80), "Zen 4", 32),
+    ("AuthenticAMD", 0x19, range(0xA0, 0xB0), "Zen 4", 32),
+    ("AuthenticAMD", 0x1A, range(0x00, 0x20), "Zen 5", 64),     # EPYC 9005 (Turin)
+)
+
+
+def host_cpu(cpuinfo: str | None = None) -> str:
+    """This host's CPU in one line, for a benchmark's header: model name, x86 family/model, the
+    core generation where CPU_CORES knows it (with its float32 FLOPs per cycle per core), AVX-512
+    or not, and the logical CPUs. `cpuinfo`: the text of /proc/cpuinfo (read when None)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return "unknown CPU (no /proc/cpuinfo)"
+    first, count = {}, 0
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        key = key.strip()
+        if not sep:
+            continue
+        if key == "processor":
+            count += 1
+        first.setdefault(key, value.strip())
+    text = first.get("model name", "unknown CPU")
+    try:
+        family, model = int(first["cpu family"]), int(first["model"])
+    except (KeyError, ValueError):
+        return f"{text}, {count} CPU{'' if count == 1 else 's'}"
+    text += f", family {family:#x} model {model:#x}"
+    for vendor, fam, models, name, flops in CPU_CORES:
+        if first.get("vendor_id") == vendor and family == fam and model in models:
+            text += f" ({name}: {flops} float32 FLOP/cycle/core)"
+    flags = first.get("flags", "").split()
+    text += ", AVX-512" if "avx512f" in flags else (", AVX2" if "avx2" in flags else "")
+    return f"{text}, {count} CPU{'' if count == 1 else 's'}"
+
+
 _GEMM_CACHE: dict = {}
 
 

@@ -111,3 +111,30 @@ def test_a_refreshed_gemm_peak_keeps_the_faster_rate(monkeypatch):
     assert perf.measured_gemm_tflops(64, 2, refresh=True) == 1e6   # measured, slower: kept
     monkeypatch.setattr(perf, "_GEMM_CACHE", {64: 0.0})
     assert 0.0 < perf.measured_gemm_tflops(64, 2, refresh=True) < 1e6
+
+
+def _cpuinfo(vendor, family, model, flags, cpus=2, name="AMD EPYC"):
+    block = (f"processor\t: {{}}\nvendor_id\t: {vendor}\ncpu family\t: {family}\n"
+             f"model\t\t: {model}\nmodel name\t: {name}\nflags\t\t: fpu sse2 {flags}\n\n")
+    return "".join(block.format(i) for i in range(cpus))
+
+
+@pytest.mark.parametrize("vendor, family, model, flags, cpus, expected", [
+    # Genoa (family 19h, model 11h): Zen 4, AVX-512 on 256-bit pipes.
+    ("AuthenticAMD", 25, 17, "avx2 avx512f", 2,
+     "AMD EPYC, family 0x19 model 0x11 (Zen 4: 32 float32 FLOP/cycle/core), AVX-512, 2 CPUs"),
+    # Turin (family 1Ah, model 2h): Zen 5, full-width AVX-512.
+    ("AuthenticAMD", 26, 2, "avx2 avx512f", 4,
+     "AMD EPYC, family 0x1a model 0x2 (Zen 5: 64 float32 FLOP/cycle/core), AVX-512, 4 CPUs"),
+    # Milan (family 19h, model 1h): Zen 3, AVX2 only.
+    ("AuthenticAMD", 25, 1, "avx2", 2,
+     "AMD EPYC, family 0x19 model 0x1 (Zen 3: 32 float32 FLOP/cycle/core), AVX2, 2 CPUs"),
+    # A core the table does not know: no generation claimed.
+    ("GenuineIntel", 6, 143, "avx2 avx512f", 8, "AMD EPYC, family 0x6 model 0x8f, AVX-512, 8 CPUs"),
+])
+def test_host_cpu_names_the_core_generation(vendor, family, model, flags, cpus, expected):
+    assert perf.host_cpu(_cpuinfo(vendor, family, model, flags, cpus)) == expected
+
+
+def test_host_cpu_without_family_fields():
+    assert perf.host_cpu("processor\t: 0\nmodel name\t: Neoverse\n") == "Neoverse, 1 CPU"
