@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 
 from crema_jax.data.cache import prepare, record_format
 from crema_jax.data.cache.shard_writer import build_shard
@@ -34,11 +35,18 @@ from crema_jax.runtime import storage, workdir
 COUNTERS = "crema_jax.prepare"     # the Beam counters' namespace
 PLAN_FILE = "prepare_plan.jsonl"   # the shard tasks while the pipeline runs (write_plan)
 _SKIPPED = "skipped/"              # counter name prefix, then the skip reason
+# A PrepareError raised in a worker process reaches the launcher as the text of the worker's
+# traceback (DirectRunner's multi_processing mode: a RuntimeError): its last such line.
+_WORKER_PREPARE_ERROR = re.compile(r"PrepareError: (.*)$", re.MULTILINE)
 
 
 def beam_flags(runner: str, options: dict) -> list[str]:
     """--runner and the --beam_option KEY=VALUE pairs as Beam's command-line flags (True: a bare
     --KEY, False: left out, as Beam's boolean flags are switches)."""
+    if runner == "DirectRunner":
+        # Its worker processes write to this terminal; a failure reaches the launcher, which
+        # reports it in one line, so they log only critical errors unless the user chose.
+        options = {"default_sdk_harness_log_level": "CRITICAL", **options}
     flags = [f"--runner={runner}"]
     for key, value in options.items():
         if value is True:
@@ -142,6 +150,13 @@ def run_pipeline(pipeline, out: str, spans: list, label_names: list,
     try:
         result = pipeline.run()
         result.wait_until_finish()
+    except prepare.PrepareError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a worker's PrepareError arrives as text.
+        found = _WORKER_PREPARE_ERROR.findall(str(err))
+        if not found:
+            raise
+        raise prepare.PrepareError(found[-1]) from None
     finally:
         beam_log.removeFilter(_drop_own_errors)
     return _counters(result)

@@ -61,15 +61,22 @@ def test_direct_runner_two_processes_equals_local_prepare(mixed_root, tmp_path):
     assert beam_files == local_files  # every file, byte for byte, and no other file
 
 
-def test_a_strict_failure_leaves_no_plan_and_no_index(mixed_root, tmp_path):
-    """--strict on Beam stops at the first broken record, naming it, and removes its plan file
-    (the shard tasks it wrote for the workers); no index.json claims a finished cache."""
+@pytest.mark.parametrize("mode", [["--beam_option=direct_running_mode=in_memory"], BEAM[1:]])
+def test_a_strict_failure_leaves_no_plan_and_no_index(mixed_root, tmp_path, mode):
+    """--strict on Beam stops at the first broken record, naming it in the command's last line
+    (also when it failed in a worker process: the launcher then gets the worker's traceback as
+    text), and removes its plan file (the shard tasks it wrote for the workers); no index.json
+    claims a finished cache."""
     root, _, _ = mixed_root
     out = tmp_path / "beam"
     done = _prepare(f"--root={root}", f"--out={out}", "--records_per_shard=16", "--strict",
-                    "--runner=DirectRunner", "--beam_option=direct_running_mode=in_memory")
-    assert done.returncode != 0
-    assert "(--strict)" in done.stderr and str(root / "broken") in done.stderr
+                    "--runner=DirectRunner", *mode)
+    assert done.returncode == 1, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("crema-jax prepare: error: (--strict) "), last
+    assert str(root / "broken") in last
+    assert "RuntimeError" not in done.stderr      # no launcher traceback
+    assert "INFO:apache_beam" not in done.stderr  # the workers log critical errors only
     names = {p.name for p in out.iterdir()}
     assert "settings.json" in names
     assert not names & {"prepare_plan.jsonl", "index.json", "summary.json"}
