@@ -108,10 +108,11 @@ def main(args) -> None:
     except trainer.NonFiniteLossError as err:
         raise command.CommandError(str(err)) from None
     if config.train.reconstruction_png:
-        if jax.process_count() > 1:
-            print("reconstruction.png skipped: single-process runs only")
-            return
         from crema_jax.evaluate import reconstruction  # matplotlib: only for this figure
 
+        skipped = reconstruction.png_skip_reason(config)
+        if skipped:
+            print(f"reconstruction.png skipped: {skipped}")
+            return
         path = reconstruction.write_png(config, result, args.workdir)
         print(f"wrote {path}")

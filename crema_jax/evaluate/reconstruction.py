@@ -168,6 +168,19 @@ def plot(batch, pred, path, *, title: str) -> None:
     plt.close(fig)
 
 
+def png_skip_reason(config) -> str | None:
+    """Why `crema-jax pretrain` draws no reconstruction.png for this config, or None: the figure
+    is drawn by a single process, of a decoder the loss trains (a contrastive-only loss leaves it
+    at its random init: its reconstructions would mean nothing)."""
+    from crema_jax import losses
+
+    if jax.process_count() > 1:
+        return "single-process runs only"
+    if not losses.trained_parts(config.loss)["decoder"]:
+        return f"loss {config.loss.name!r} trains no decoder"
+    return None
+
+
 def write_png(config, result: dict, workdir) -> epath.Path:
     """Plots the first held-back record of a finished `trainer.train` result: the
     reconstruction evaluator's batch and predictions when it ran, else one record of the

@@ -1,6 +1,7 @@
 """The held-back reconstruction figures and their baselines, against loops written from their
 definitions (evaluate/reconstruction.py's docstring)."""
 import numpy as np
+import pytest
 
 from crema_jax.evaluate import reconstruction as R
 
@@ -90,3 +91,14 @@ def test_lead_correlations_match_numpy(tmp_path):
     expected = (signals @ signals.T) / np.sqrt(np.outer((signals ** 2).sum(1),
                                                         (signals ** 2).sum(1)))
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("loss, reason", [
+    ("crema", None), ("mae", None), ("stmem", None),
+    ("infonce", "loss 'infonce' trains no decoder"),
+    ("siglip", "loss 'siglip' trains no decoder"),
+])
+def test_reconstruction_png_only_of_a_decoder_the_loss_trains(loss, reason):
+    from tests.configs import tiny_config
+
+    assert R.png_skip_reason(tiny_config(**{"loss.name": loss})) == reason
