@@ -25,6 +25,9 @@ import dataclasses
 import hashlib
 import json
 
+import jax
+import numpy as np
+
 from crema_jax import config as config_lib
 from crema_jax.evaluate import protocols
 from crema_jax.inference import backbones
@@ -59,6 +62,7 @@ class Model:
     config: object
     params: object      # None: random init (seeded)
     random_of: str = ""  # the model whose architecture this random row is
+    weights: str = ""    # weights_digest: what its predictions are computed from
 
 
 def _fields(entry, defaults: dict, where: str) -> dict:
@@ -153,6 +157,21 @@ def architecture(config) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def weights_digest(config, params) -> str:
+    """A digest of what a model computes with: every parameter's name, dtype, shape and bytes (a
+    checkpoint retrained or replaced at the same path is another model), or for a random init
+    (params None) its architecture, the seed being the suite's."""
+    digest = hashlib.sha256()
+    if params is None:
+        digest.update(f"random:{architecture(config)}".encode())
+    else:
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+            array = np.ascontiguousarray(np.asarray(leaf))
+            digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype}|{array.shape}|".encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
+
+
 def load_models(items, *, model_size: str = "tiny") -> list[Model]:
     """The models named on the command line, then one random row per architecture lacking one."""
     models = []
@@ -164,7 +183,7 @@ def load_models(items, *, model_size: str = "tiny") -> list[Model]:
         config, params = backbones.load_config_and_params(checkpoint, backbone=family,
                                                           model_size=model_size)
         models.append(Model(name, checkpoint if not family else f"random:{family}", config,
-                            params))
+                            params, weights=weights_digest(config, params)))
     covered = {architecture(m.config) for m in models if m.params is None}
     for model in list(models):
         key = architecture(model.config)
@@ -172,7 +191,8 @@ def load_models(items, *, model_size: str = "tiny") -> list[Model]:
             covered.add(key)
             models.append(Model(f"random:{model.name}", backbones.RANDOM,
                                 model.config.copy_and_resolve_references(), None,
-                                random_of=model.name))
+                                random_of=model.name,
+                                weights=weights_digest(model.config, None)))
     return models
 
 
@@ -184,9 +204,11 @@ def model_random_row(models: list[Model]) -> dict:
 
 def cell_spec(model: Model, column: Column, protocol: str, suite: dict) -> str:
     """A digest of everything a cell's predictions depend on: a finished cell is reused only
-    when it matches (another checkpoint, recipe or dataset recomputes it)."""
-    text = json.dumps({"model": [model.name, model.checkpoint], "column": dataclasses.asdict(
-        column), "dataset": suite["datasets"][column.dataset], "protocol": protocol,
-        "recipe": suite["protocols"][protocol], "seed": suite["seed"],
-        "batch_size": suite["batch_size"]}, sort_keys=True, default=str)
+    when it matches (another checkpoint, other weights at the same path, recipe or dataset
+    recomputes it)."""
+    text = json.dumps({"model": [model.name, model.checkpoint, model.weights],
+                       "column": dataclasses.asdict(column),
+                       "dataset": suite["datasets"][column.dataset], "protocol": protocol,
+                       "recipe": suite["protocols"][protocol], "seed": suite["seed"],
+                       "batch_size": suite["batch_size"]}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

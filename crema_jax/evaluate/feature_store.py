@@ -49,7 +49,7 @@ class FeatureStore:
         path = (self.folder / model.name.replace(":", "_")
                 / f"{records_key(settings)}-{leads.replace('+', '_')}.npz")
         ids = [info.record_id for info in data.infos]
-        cached = self._load(path, model.checkpoint, ids)
+        cached = self._load(path, model.weights, ids)
         if cached is not None:
             self.counts["features_reused"] += 1
             return _for_dataset(cached, ids)
@@ -65,7 +65,8 @@ class FeatureStore:
                   "record_id": np.asarray([every_ids[r] for r in features.rows], dtype=str),
                   "ids": np.asarray(features.ids, dtype=str),
                   "tried": np.asarray(every_ids, dtype=str),
-                  "checkpoint": np.asarray(model.checkpoint)}
+                  "checkpoint": np.asarray(model.checkpoint),
+                  "weights": np.asarray(model.weights)}
 
         def write(tmp):
             with open(tmp, "wb") as f:
@@ -74,12 +75,15 @@ class FeatureStore:
         return _for_dataset(arrays, ids)
 
     @staticmethod
-    def _load(path, checkpoint: str, ids) -> dict | None:
+    def _load(path, weights: str, ids) -> dict | None:
+        """The cached features of the same weights (benchmark_tasks.weights_digest: a checkpoint
+        retrained at the same path is extracted again) covering `ids`, or None."""
         if not path.is_file():
             return None
         with np.load(path, allow_pickle=False) as saved:
             arrays = {k: saved[k] for k in saved.files}
-        if str(arrays["checkpoint"]) != checkpoint or not set(ids) <= set(arrays["tried"]):
+        if "weights" not in arrays or str(arrays["weights"]) != weights \
+                or not set(ids) <= set(arrays["tried"]):
             return None
         return arrays
 

@@ -139,6 +139,43 @@ def test_task_file_and_model_errors_name_the_field(tmp_path):
         benchmark_tasks.parse_models(["a=random", "a=random:net1d"])
 
 
+def test_other_weights_at_the_same_checkpoint_path_are_another_model(tmp_path):
+    """A checkpoint retrained or replaced at the same path must not reuse the cells and features
+    of the weights it held before: both are keyed by a digest of the weights themselves."""
+    from crema_jax.evaluate import feature_store
+    from tests.configs import tiny_config
+
+    config = tiny_config()
+    params = {"encoder": {"w": np.arange(6, dtype=np.float32).reshape(2, 3),
+                          "b": np.zeros(3, np.float32)}}
+    same = {"encoder": {"w": params["encoder"]["w"].copy(), "b": np.zeros(3, np.float32)}}
+    nudged = {"encoder": {"w": params["encoder"]["w"].copy(), "b": np.zeros(3, np.float32)}}
+    nudged["encoder"]["w"][1, 2] = np.nextafter(np.float32(5), np.float32(6))   # one ulp
+    renamed = {"encoder": {"w2": params["encoder"]["w"], "b": params["encoder"]["b"]}}
+    digest = benchmark_tasks.weights_digest
+    assert digest(config, params) == digest(config, same)
+    assert len({digest(config, p) for p in (params, nudged, renamed)}) == 3
+    other = tiny_config(**{"model.depth": 3})
+    assert digest(config, None) == digest(tiny_config(), None) != digest(other, None)
+    assert digest(config, None) != digest(config, params)
+
+    models = [benchmark_tasks.Model("tiny", "/runs/tiny", config, p,
+                                    weights=digest(config, p)) for p in (params, nudged)]
+    column = benchmark_tasks.Column("c", "t", "d", "12", 1.0, "", "")
+    suite = {"datasets": {"d": {}}, "protocols": {"probe": {}}, "seed": 0, "batch_size": 8}
+    specs = [benchmark_tasks.cell_spec(m, column, "probe", suite) for m in models]
+    assert specs[0] != specs[1]
+
+    path = tmp_path / "features.npz"
+    np.savez(path, values=np.zeros((1, 2), np.float32), record_id=np.asarray(["r1"]),
+             ids=np.asarray(["r1"]), tried=np.asarray(["r1", "r2"]),
+             checkpoint=np.asarray("/runs/tiny"), weights=np.asarray(models[0].weights))
+    load = feature_store.FeatureStore._load
+    assert load(path, models[0].weights, ["r1"]) is not None
+    assert load(path, models[1].weights, ["r1"]) is None            # retrained at that path
+    assert load(path, models[0].weights, ["r3"]) is None            # a record never read
+
+
 @pytest.mark.slow
 def test_leaderboard_figures_are_recomputed_from_the_saved_predictions(uninterrupted):
     workdir, board = uninterrupted
