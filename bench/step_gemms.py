@@ -58,14 +58,9 @@ def _attr(rest, name):
     return _dims(m.group(1)) if m else ()
 
 
-def dots_in_hlo(hlo_text: str) -> dict:
-    """{thunk name: [dot, ...]} for every instruction of the optimised HLO that is, or calls, a dot.
-
-    A dot is a dict: lhs/rhs shapes, their layouts, (lhs, rhs, output) HLO dtypes, the four
-    dimension-number tuples, `flops` (2 x output elements x contracted elements) and `kind`: "dot"
-    for a bare dot, else the fusion's kind (XLA:CPU's "ynn_fusion", or kLoop/kOutput/...). Bare
-    dots map to themselves; fusions map to the dots of the computation they call.
-    """
+def hlo_computations(hlo_text: str) -> dict:
+    """{computation name: [(name, dtype, dims, layout, op, rest), ...]}: every instruction of the
+    optimised HLO text, by the computation it is in (_INSTR's groups)."""
     computations, current = {}, None
     for line in hlo_text.splitlines():
         if not line.startswith(" "):
@@ -74,10 +69,21 @@ def dots_in_hlo(hlo_text: str) -> dict:
             if current:
                 computations[current] = []
             continue
-        if current is not None:
-            m = _INSTR.match(line)
-            if m:
-                computations[current].append(m.groups())
+        m = _INSTR.match(line) if current is not None else None
+        if m:
+            computations[current].append(m.groups())
+    return computations
+
+
+def dots_in_hlo(hlo_text: str) -> dict:
+    """{thunk name: [dot, ...]} for every instruction of the optimised HLO that is, or calls, a dot.
+
+    A dot is a dict: lhs/rhs shapes, their layouts, (lhs, rhs, output) HLO dtypes, the four
+    dimension-number tuples, `flops` (2 x output elements x contracted elements) and `kind`: "dot"
+    for a bare dot, else the fusion's kind (XLA:CPU's "ynn_fusion", or kLoop/kOutput/...). Bare
+    dots map to themselves; fusions map to the dots of the computation they call.
+    """
+    computations = hlo_computations(hlo_text)
 
     def dots_of(instrs):
         shapes = {name: (_dims(dims), layout, dtype) for name, dtype, dims, layout, _, _ in instrs}
@@ -130,21 +136,12 @@ def other_kind(ops) -> str:
 def ops_by_thunk(hlo_text: str) -> dict:
     """{instruction name: [op, ...]} for every top-level instruction of the optimised HLO: a
     fusion's are the ops of the computation it calls, any other instruction's its own op."""
-    computations, current, calls = {}, None, {}
-    for line in hlo_text.splitlines():
-        if not line.startswith(" "):
-            m = _COMP.match(line)
-            current = m.group(1) if m else None
-            if current:
-                computations[current] = []
-            continue
-        m = _INSTR.match(line) if current is not None else None
-        if m:
-            name, op, rest = m.group(1), m.group(5), m.group(6)
-            computations[current].append(op)
+    computations, calls = hlo_computations(hlo_text), {}
+    for instrs in computations.values():
+        for name, _, _, _, op, rest in instrs:
             called = re.search(r"calls=%([\w.\-]+)", rest) if op == "fusion" else None
             calls[name] = called.group(1) if called else [op]
-    return {name: computations.get(c, []) if isinstance(c, str) else c
+    return {name: [i[4] for i in computations.get(c, [])] if isinstance(c, str) else c
             for name, c in calls.items()}
 
 
