@@ -23,6 +23,9 @@ def add(cmd: command.Command) -> None:
     cmd.string("cache_dir", "", "A `crema-jax prepare` cache built with the checkpoint's "
                "preprocessing: its records (labels, splits, sources, preprocessed signals) "
                "replace --layout/--root's WFDB files.")
+    cmd.boolean("skip_damaged_cache_records", False, "With --cache_dir: skip the records of a "
+                "damaged shard (missing, truncated, failing its checksum), counted as "
+                "damaged_cache_record, instead of stopping.")
     cmd.string("workdir", None, "Output folder: report.json, report.md, roc.png, "
                "embeddings_pca.png, predictions.npz.", required=True)
     cmd.enum("label_type", "auto", ["auto", "multilabel", "multiclass"], "BCE per class or "
@@ -71,6 +74,7 @@ def settings(args) -> dict:
         "checkpoint": args.checkpoint, "backbone": args.backbone, "model_size": args.model_size,
         "preset": args.preset,
         "layout": args.layout, "root": args.root or "", "cache_dir": args.cache_dir,
+        "skip_damaged_cache_records": args.skip_damaged_cache_records,
         "label_set": args.label_set, "layout_options": options, "workdir": args.workdir,
         "label_type": args.label_type, "min_positives": args.min_positives,
         "duplicates": args.duplicates,

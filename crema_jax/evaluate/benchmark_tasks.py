@@ -36,7 +36,7 @@ from crema_jax.models import families
 PROTOCOLS = ("probe", "mlp", "finetune")
 DATASET_DEFAULTS = {"layout": "wfdb_folder", "root": "", "layout_options": {}, "classes": [],
                     "label_type": "auto", "min_positives": 1, "folds": 0,
-                    "split_fractions": [], "cache_dir": ""}
+                    "split_fractions": [], "cache_dir": "", "skip_damaged_cache_records": False}
 TASK_DEFAULTS = {"leads": ["12"], "label_fractions": [1.0], "train_source": "",
                  "test_source": ""}
 SUITE_DEFAULTS = {"bootstrap": 1000, "alpha": 0.05, "seed": 0, "batch_size": 64,

@@ -26,6 +26,7 @@ class Dataset:
     label_type: str
     display: dict = dataclasses.field(default_factory=dict)  # class -> readable name
     cache_dir: str = ""         # records are read from this prepared cache (infos' meta: row)
+    skip_damaged_cache_records: bool = False   # a damaged shard's records skipped, not fatal
     # What loading left out: "indexed" rows, "duplicates_merged" (and their "duplicate_groups"),
     # "no_class_left" (every class dropped by min_positives), "not_one_class" (multiclass).
     counts: dict = dataclasses.field(default_factory=dict)
@@ -139,6 +140,7 @@ def load_dataset(settings: dict) -> Dataset:
     _checked_splits(splits, settings, root)
     return Dataset(infos, splits, np.asarray([info.source for info in infos]), classes, labels,
                    label_type, class_display_names(root, classes), cache_dir=cache_dir,
+                   skip_damaged_cache_records=bool(settings.get("skip_damaged_cache_records")),
                    counts=counts)
 
 
@@ -147,5 +149,6 @@ def make_source(dataset: Dataset, data_cfg, rows=None):
     records (checked against the data path). Its examples map back to `rows` through
     `source.record_rows` (several per record when the data path cuts windows)."""
     infos = dataset.infos if rows is None else [dataset.infos[i] for i in rows]
-    return sources.make_source({**data_cfg, "cache_dir": dataset.cache_dir}, records=infos,
-                               label_names=dataset.classes)
+    return sources.make_source({**data_cfg, "cache_dir": dataset.cache_dir,
+                                "skip_damaged_cache_records": dataset.skip_damaged_cache_records},
+                               records=infos, label_names=dataset.classes)

@@ -29,7 +29,7 @@ OWN_FLAGS = {
     "import-torch": ["--format"],
 }
 EVALUATION = ["--checkpoint", "--label_fractions", "--lead_sets", "--cross_domain", "--folds",
-              "--root", "--layout", "--workdir", "--seed"]
+              "--root", "--layout", "--workdir", "--seed", "--skip_damaged_cache_records"]
 PROBE_HEAD = ["--l2_grid", "--probe_optimizer", "--probe_steps"]
 FINETUNE_RECIPE = ["--epochs", "--layer_decay", "--patience"]
 # Shared by design (evaluation commands take a checkpoint), listed where they belong.

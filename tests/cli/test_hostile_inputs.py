@@ -131,3 +131,33 @@ def test_pretrain_skips_and_counts_damaged_records_with_the_flag(flipped_cache, 
     shard = flipped_cache / (record_format.shard_name(0, 2) + ".arrayrecord")
     assert f"skipping {shard}#1 [damaged_cache_record]" in result.stderr
     assert hashes(flipped_cache) == before
+
+
+def test_probe_features_of_a_damaged_cache_stop_or_skip_with_the_flag(flipped_cache):
+    """The evaluation commands read a cache through the same source: without
+    --skip_damaged_cache_records a damaged shard stops them naming that flag; with it, every
+    record but the damaged one has its features (tiny random SiT, in this process; the flag is
+    on probe's, finetune's and compare's --help: tests/cli/test_command.py)."""
+    import jax
+
+    from crema_jax.data.cache.source import DamagedCacheError
+    from crema_jax.evaluate import datasets, linear_probe
+    from crema_jax.inference import backbones
+    from crema_jax.runtime import mesh as mesh_lib
+
+    before = hashes(flipped_cache)
+    settings = {"root": "", "cache_dir": str(flipped_cache), "seed": 0, "split_fractions": [],
+                "folds": 3,
+                "min_positives": 1, "label_type": "auto", "batch_size": 8, "num_workers": 0,
+                "preset": ""}
+    backbone = backbones.load("random", backbone="sit", model_size="tiny")
+    mesh = mesh_lib.make_mesh(devices=jax.devices()[:1])
+    data = datasets.load_dataset(settings)
+    damaged = data.infos.index(next(i for i in data.infos if i.meta["cache_row"] == 1))
+    with pytest.raises(DamagedCacheError, match="--skip_damaged_cache_records for probe"):
+        linear_probe.extract_features(backbone, data, "12", settings, mesh)
+    data = datasets.load_dataset({**settings, "skip_damaged_cache_records": True})
+    features = linear_probe.extract_features(backbone, data, "12", settings, mesh)
+    assert sorted(features.rows) == [r for r in range(len(data.infos)) if r != damaged]
+    assert np.isfinite(features.values).all()
+    assert hashes(flipped_cache) == before

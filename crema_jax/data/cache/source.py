@@ -26,7 +26,8 @@ from crema_jax.data.reading import safe_files
 from crema_jax.data.reading.ecg import RecordError
 from crema_jax.runtime import storage
 
-SKIP_FLAG = "--config.data.skip_damaged_cache_records=true"
+SKIP_FLAG = "--config.data.skip_damaged_cache_records=true"   # pretrain's
+EVAL_SKIP_FLAG = "--skip_damaged_cache_records"                 # probe, finetune, compare
 DAMAGED = "damaged_cache_record"   # the skip reason
 _INDEX_KEYS = {"settings": dict, "label_names": list, "shards": list, "records": list}
 _SHARD_KEYS = ("file", "num_records")
@@ -48,7 +49,8 @@ def _rebuild_index(path: str, problem: str) -> DamagedCacheError:
 def _damaged_shard(path: str, problem: str) -> str:
     return (f"{path}: {problem}; the cache is damaged: delete this shard and its .json sidecar "
             f"and rerun `crema-jax prepare` into the same --out (it rewrites missing shards), "
-            f"or set {SKIP_FLAG} to skip and count its records")
+            f"or set {SKIP_FLAG} (pretrain; {EVAL_SKIP_FLAG} for probe, finetune and compare, "
+            "skip_damaged_cache_records in a benchmark dataset) to skip and count its records")
 
 
 def local_cache_dir(cache_dir: str) -> str:
