@@ -24,8 +24,10 @@ CORE = [
 ]
 # Hospital ECG exports (the clinical_exports layout, data/reading/clinical_formats.py): pydicom
 # reads DICOM waveforms, edfio EDF/EDF+ (numpy only), defusedxml guards the XML parser (HL7 aECG,
-# GE MUSE) against entity expansion and external references.
-CLINICAL = ["pydicom>=3.0", "edfio>=0.4", "defusedxml>=0.7"]
+# GE MUSE, Philips) against entity expansion and external references; sierraecg (MIT, numpy and
+# defusedxml only) is the sierra-ecg-tools project's reference decoder of Philips' XLI
+# compression, used for that step alone (data/reading/philips_xml.py says why not its reader).
+CLINICAL = ["pydicom>=3.0", "edfio>=0.4", "defusedxml>=0.7", "sierraecg>=0.4"]
 
 setuptools.setup(
     name="crema_jax",

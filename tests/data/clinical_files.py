@@ -12,6 +12,12 @@ read-back that matches is a check against the standard, not against ourselves:
   in LeadAmplitudeUnits, rate SampleBase * 10^SampleExponent; 8 recorded leads.
 - EDF+ (Kemp & Olivan 2003): a 256-byte header, 256 bytes per signal, int16 data records;
   physical = (digital - dmin) * (pmax - pmin) / (dmax - dmin) + pmin.
+- Philips (Sierra) XML, schema 1.04.01: parsedwaveforms lead after lead, @resolution uV per
+  count, @samplespersecond, @durationperchannel in ms, @leadlabels; XLI-compressed as the
+  sierra-ecg-tools documentation describes the carts' format (one chunk per lead: an 8-byte
+  header, int32 size and int16 first second-difference; 10-bit LZW codes, MSB first; the
+  16-bit second differences + 64 stored high bytes first, then low bytes), III, aVR, aVL and aVF
+  stored as residuals against I and II.
 
 Every writer quantises the signal; `quantised(...)` returns the exact mV values a correct reader
 must give back.
@@ -207,5 +213,94 @@ def write_edf(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_NA
     return ((counts.astype(np.float64) - dmin) * gain + pmin) / 1000.0
 
 
-WRITERS = {"dcm": write_dicom, "xml_aecg": write_aecg, "xml_muse": write_muse, "edf": write_edf}
-SUFFIX = {"dcm": ".dcm", "xml_aecg": ".xml", "xml_muse": ".xml", "edf": ".edf"}
+PHILIPS_UV_PER_BIT = 5.0
+PHILIPS_NS = "http://www3.medical.philips.com"
+
+
+def _lzw_10bit(data: bytes) -> bytes:
+    """LZW with 10-bit codes packed most significant bit first; the table (codes 256-1022)
+    grows by one entry per code emitted until full, as the XLI decoder expects."""
+    table, next_code, word, codes = {bytes([i]): i for i in range(256)}, 256, b"", []
+    for byte in data:
+        grown = word + bytes([byte])
+        if grown in table:
+            word = grown
+            continue
+        codes.append(table[word])
+        if next_code <= 1022:
+            table[grown], next_code = next_code, next_code + 1
+        word = bytes([byte])
+    if word:
+        codes.append(table[word])
+    acc, bits, out = 0, 0, bytearray()
+    for code in codes:
+        acc, bits = (acc << 10) | code, bits + 10
+        while bits >= 8:
+            bits -= 8
+            out.append((acc >> bits) & 0xFF)
+    if bits:
+        out.append((acc << (8 - bits)) & 0xFF)
+    return bytes(out)
+
+
+def xli_chunk(samples: np.ndarray) -> bytes:
+    """One lead's XLI chunk: samples[0], samples[1] as they are, then for j >= 2 the value
+    64 + 2 s[j] - s[j-1] - s[j+1] (the decoder applies value j-1 at sample j; the header's
+    int16 holds the first one, 2 s[1] - s[0] - s[2])."""
+    s = samples.astype(np.int64)
+    stored = np.zeros(len(s), np.int64)
+    stored[:2] = s[:2]
+    stored[2:-1] = 64 + 2 * s[2:-1] - s[1:-2] - s[3:]
+    first = int(2 * s[1] - s[0] - s[2])
+    assert np.abs(stored).max() < 2**15 and abs(first) < 2**15
+    words = stored.astype(np.int16).view(np.uint16)
+    body = _lzw_10bit(bytes((words >> 8).astype(np.uint8)) + bytes((words & 0xFF).astype(np.uint8)))
+    header = len(body).to_bytes(4, "little") + bytes(2) + first.to_bytes(2, "little", signed=True)
+    return header + body
+
+
+def write_philips(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_NAME,
+                  patient_id=PATIENT_ID, statements=STATEMENTS, compression="XLI") -> np.ndarray:
+    """Philips Sierra XML 1.04.01 with the 12 leads, XLI-compressed (or compression=None:
+    plain base64 little-endian int16); returns the stored values in mV."""
+    counts = quantised(signal_mv, PHILIPS_UV_PER_BIT).astype(np.int64)
+    if compression == "XLI":
+        i, ii, iii, avr, avl, avf = counts[:6]
+        residuals = [ii - i - iii, -avr - (i + ii) // 2, (i - iii) // 2 - avl,
+                     (ii + iii) // 2 - avf]
+        payload = b"".join(xli_chunk(row) for row in [i, ii, *residuals, *counts[6:]])
+        attrs = 'compression="XLI"'
+    else:
+        payload, attrs = counts.astype("<i2").tobytes(), ""
+    family, given = patient_name.split("^")
+    stmts = "".join(f"<statement><statementcode>X{k}</statementcode><leftstatement>{_esc(t)}"
+                    f"</leftstatement><rightstatement></rightstatement></statement>"
+                    for k, t in enumerate(statements))
+    duration_ms = int(round(counts.shape[1] * 1000 / fs))
+    xml = f"""<?xml version="1.0" encoding="UTF-8"?>
+<restingecgdata xmlns="{PHILIPS_NS}" status="Confirmed" lang="en">
+<documentinfo><documentname>0a1b2c3d-0000-4000-8000-00000000e042.xml</documentname>
+<documenttype>PhilipsECG</documenttype><documentversion>1.04.01</documentversion></documentinfo>
+<reportinfo/>
+<dataacquisition date="2026-01-01" time="12:00:00"><machine detaildescription="Philips Medical Products:860306:A.07.07.07">PageWriter TC</machine>
+<signalcharacteristics><samplingrate>{fs}</samplingrate><resolution>{PHILIPS_UV_PER_BIT}</resolution><hipass>0.05</hipass><lowpass>150</lowpass>
+<acquisitiontype>10-WIRE</acquisitiontype><bitspersample>16</bitspersample><signaloffset>0</signaloffset><signalsigned>True</signalsigned>
+<numberchannelsallocated>12</numberchannelsallocated><numberchannelsvalid>12</numberchannelsvalid><electrodeplacement>STD</electrodeplacement></signalcharacteristics></dataacquisition>
+<patient criteriaversionforpatientdata="Unknown"><generalpatientdata><patientid>{_esc(patient_id)}</patientid>
+<name><lastname>{_esc(family)}</lastname><firstname>{_esc(given)}</firstname></name>
+<age><years>61</years></age><pacestatus>Non paced</pacestatus><sex>Female</sex></generalpatientdata></patient>
+<interpretations><interpretation>{stmts}</interpretation></interpretations>
+<waveforms><parsedwaveforms dataencoding="Base64" {attrs} numberofleads="12" leadlabels="{' '.join(LEADS)}"
+ durationperchannel="{duration_ms}" samplespersecond="{fs}" resolution="{PHILIPS_UV_PER_BIT}" signaloffset="0"
+ signalsigned="True" bitspersample="16" hipass="0.05" lowpass="150" notchfiltered="False">
+{base64.encodebytes(payload).decode()}</parsedwaveforms></waveforms>
+</restingecgdata>
+"""
+    pathlib.Path(path).write_text(xml, encoding="utf-8")
+    return counts.astype(np.float64) * PHILIPS_UV_PER_BIT / 1000.0
+
+
+WRITERS = {"dcm": write_dicom, "xml_aecg": write_aecg, "xml_muse": write_muse, "edf": write_edf,
+           "xml_philips": write_philips}
+SUFFIX = {"dcm": ".dcm", "xml_aecg": ".xml", "xml_muse": ".xml", "edf": ".edf",
+          "xml_philips": ".xml"}

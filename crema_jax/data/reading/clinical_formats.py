@@ -11,11 +11,13 @@
   LeadAmplitudeUnitsPerBit, rate SampleBase * 10^SampleExponent.
 - EDF / EDF+ ("0       " and numeric header fields; edfio): the physical values of the signals
   labelled with a lead ("ECG V1").
+- Philips (Sierra) XML (XML root restingecgdata; defusedxml, sierraecg for XLI): parsedwaveforms,
+  (count - signaloffset) * resolution uV, XLI's residual limb leads rebuilt (philips_xml.py).
 
 Lead names: DICOM's CID 3001 SCPECG codes, aECG's MDC_ECG_LEAD_*, MUSE's LeadID, EDF+'s
-"ECG <lead>" labels; the alias table (leads.py) then maps them. `Parsed.patient_key` is the
-file's patient identifier, for a salted hash only (clinical.py): names, birth dates and the
-identifier itself never go into `meta`.
+"ECG <lead>" labels, Philips' @leadlabels; the alias table (leads.py) then maps them.
+`Parsed.patient_key` is the file's patient identifier, for a salted hash only (clinical.py):
+names, birth dates and the identifier itself never go into `meta`.
 
 Failures raise RecordError: unknown_format, unreadable (the library refused the file),
 truncated_signal, bad_sampling_rate, bad_units, unequal_lengths.
@@ -31,6 +33,7 @@ from xml.etree.ElementTree import ParseError
 
 import numpy as np
 
+from crema_jax.data.reading import philips_xml
 from crema_jax.data.reading.ecg import RecordError
 
 HL7 = "{urn:hl7-org:v3}"
@@ -52,7 +55,7 @@ class Parsed:
 
 
 def detect(path) -> str | None:
-    """"dicom", "aecg", "muse", "edf" or None, from the file's first bytes."""
+    """"dicom", "aecg", "muse", "edf", "philips" or None, from the file's first bytes."""
     with open(path, "rb") as f:
         head = f.read(4096)
     if head[128:132] == b"DICM":
@@ -61,15 +64,17 @@ def detect(path) -> str | None:
         return "edf"
     text = head.decode("latin-1")
     root = re.search(r"<(?!\?|!)([A-Za-z_][\w.-]*:)?([A-Za-z_][\w.-]*)", text)
-    return {"AnnotatedECG": "aecg", "RestingECG": "muse"}.get(root.group(2) if root else "")
+    return {"AnnotatedECG": "aecg", "RestingECG": "muse", "restingecgdata": "philips"}.get(
+        root.group(2) if root else "")
 
 
 def parse(path) -> Parsed:
     fmt = detect(path)
     if fmt is None:
         raise RecordError(path, "unknown_format", f"{path}: not a DICOM waveform, HL7 aECG, "
-                          "GE MUSE XML or EDF file (detected by content)")
-    return {"dicom": _dicom, "aecg": _aecg, "muse": _muse, "edf": _edf}[fmt](str(path))
+                          "GE MUSE XML, Philips XML or EDF file (detected by content)")
+    return {"dicom": _dicom, "aecg": _aecg, "muse": _muse, "edf": _edf,
+            "philips": _philips}[fmt](str(path))
 
 
 def _stacked(path, rows, fmt: str) -> np.ndarray:
@@ -252,6 +257,14 @@ def _muse(path) -> Parsed:
             "age": int(age) if age and age.strip().isdigit() else None}
     key = (demo.findtext("PatientID") or "").strip() if demo is not None else ""
     return Parsed(_stacked(path, rows, "GE MUSE"), names, units, fs, "muse", meta, key or None)
+
+
+def _philips(path) -> Parsed:
+    root = _xml_root(path, "Philips")
+    rows, names, uv_per_count, fs = philips_xml.leads(path, root)
+    meta, key = philips_xml.details(root)
+    return Parsed(_stacked(path, rows, "Philips XML") * uv_per_count, names, ["uV"] * len(names),
+                  _rate(path, fs, "samplespersecond"), "philips", meta, key)
 
 
 def _edf_expected_bytes(path) -> int | None:

@@ -1,6 +1,9 @@
 """Hospital exports read back: files written from the standards' fields (tests/data/
 clinical_files.py) give the stored signal in mV, in canonical lead order, at the file's rate;
 damaged files are RecordErrors with their reason."""
+import base64
+import re
+
 import numpy as np
 import pytest
 import wfdb
@@ -35,7 +38,8 @@ def test_read_back_in_mv_lead_order_and_rate(tmp_path, signal_mv, fmt):
                                atol=2.0**-21 * np.abs(stored[:2]).max())
     # The stored values are the recording to the writer's quantisation (half a step).
     step_mv = {"dcm": cf.DICOM_UV_PER_BIT, "edf": cf.DICOM_UV_PER_BIT,
-               "xml_aecg": cf.AECG_UV_PER_DIGIT, "xml_muse": cf.MUSE_UV_PER_BIT}[fmt] / 1000
+               "xml_aecg": cf.AECG_UV_PER_DIGIT, "xml_muse": cf.MUSE_UV_PER_BIT,
+               "xml_philips": cf.PHILIPS_UV_PER_BIT}[fmt] / 1000
     assert np.abs(ecg.signal[recorded] - signal_mv[recorded]).max() <= step_mv / 2 + 1e-6
     assert ecg.meta["source_fs"] == FS
     assert ecg.meta["statements"] == (() if fmt == "edf" else cf.STATEMENTS)
@@ -77,7 +81,8 @@ def _truncated(path):
 
 
 @pytest.mark.parametrize("fmt,reason", [("dcm", "truncated_signal"), ("edf", "truncated_signal"),
-                                        ("xml_aecg", "unreadable"), ("xml_muse", "unreadable")])
+                                        ("xml_aecg", "unreadable"), ("xml_muse", "unreadable"),
+                                        ("xml_philips", "unreadable")])
 def test_truncated_file_is_a_skip_naming_it(tmp_path, signal_mv, fmt, reason):
     path = tmp_path / f"exam{cf.SUFFIX[fmt]}"
     cf.WRITERS[fmt](path, signal_mv, FS)
@@ -113,3 +118,75 @@ def test_entity_expansion_is_refused(tmp_path):
     with pytest.raises(RecordError) as err:
         clinical.read_clinical(bomb)
     assert err.value.reason == "unreadable" and str(bomb) in str(err.value)
+
+
+def _philips_variant(path, signal_mv, variant):
+    """A Philips file written as the carts write it (1.04.01, XLI), then changed to `variant`:
+    plain base64 int16 ("base64"), counts as text with a signal offset ("plain_offset"), 1.03's
+    attributes (no lead labels or per-waveform rate and resolution, compressflag/compressmethod:
+    "xli_1.03"), or four zero chunks after the 12 leads as 16-channel carts write ("xli_16")."""
+    compression = None if variant == "base64" else "XLI"
+    stored = cf.write_philips(path, signal_mv, FS, compression=compression)
+    text = path.read_text(encoding="utf-8")
+    head, rest = text.split("<parsedwaveforms ", 1)
+    attrs, rest = rest.split(">", 1)
+    payload, tail = rest.split("</parsedwaveforms>", 1)
+    counts = np.round(stored * 1000 / cf.PHILIPS_UV_PER_BIT).astype(np.int64)
+    if variant == "plain_offset":
+        attrs = attrs.replace('dataencoding="Base64" compression="XLI"', 'dataencoding="Plain"')
+        attrs = attrs.replace('signaloffset="0"', 'signaloffset="100"')
+        payload = " ".join(map(str, (counts + 100).ravel().tolist()))
+    elif variant == "xli_1.03":
+        for name in ("numberofleads", "leadlabels", "samplespersecond", "resolution"):
+            attrs = re.sub(rf'\s{name}="[^"]*"', "", attrs)
+        attrs = attrs.replace('compression="XLI"', 'compressflag="True" compressmethod="XLI"')
+        head = head.replace("<acquisitiontype>10-WIRE<", "<acquisitiontype>STD-12<")
+    elif variant == "xli_16":
+        zeros = b"".join(cf.xli_chunk(np.zeros(counts.shape[1], np.int64)) for _ in range(4))
+        payload = base64.encodebytes(base64.b64decode(payload) + zeros).decode()
+    path.write_text(f"{head}<parsedwaveforms {attrs}>{payload}</parsedwaveforms>{tail}",
+                    encoding="utf-8")
+    return stored
+
+
+@pytest.mark.parametrize("variant", ["base64", "plain_offset", "xli_1.03", "xli_16"])
+def test_philips_encodings_give_the_stored_leads(tmp_path, signal_mv, variant):
+    path = tmp_path / "exam.xml"
+    stored = _philips_variant(path, signal_mv, variant)
+    ecg = clinical.read_clinical(path, target_fs=None)
+    assert ecg.fs == FS and ecg.signal.shape == (12, 5000) and ecg.lead_present.all()
+    np.testing.assert_allclose(ecg.signal, stored, rtol=1.2e-7, atol=1e-9)
+    assert ecg.meta["statements"] == cf.STATEMENTS
+
+
+def test_philips_xli_residual_leads_are_rebuilt_with_floor_halves():
+    """The residual coding by hand on odd sums, where floor and truncation differ: I = -3,
+    II = 0, III = 3 (II - I), aVR = 1 (-(I + II) / 2 = 1.5), aVL = -3, aVF = 1."""
+    from crema_jax.data.reading import philips_xml
+    true = np.array([[-3, 0, 3, 1, -3, 1]] * 3, np.int64).T  # 6 limb leads x 3 samples
+    i, ii, iii, avr, avl, avf = true
+    # Stored residuals (the cart's side): r3 = II - I - III, r4 = -aVR - floor((I+II)/2), ...
+    r3, r4 = ii - i - iii, -avr - np.floor_divide(i + ii, 2)
+    r5, r6 = np.floor_divide(i - iii, 2) - avl, np.floor_divide(ii + iii, 2) - avf
+    assert r4.tolist() == [1, 1, 1] and r5.tolist() == [0, 0, 0]  # floor(-1.5) = -2, not -1
+    data = b"".join(cf.xli_chunk(np.concatenate([row, [row[-1]]]))
+                    for row in [i, ii, r3, r4, r5, r6])
+    rows = philips_xml._xli("exam.xml", data, list(philips_xml.STD_LEADS[:6]), 3)
+    np.testing.assert_array_equal(np.stack(rows), true)
+
+
+def test_philips_damaged_xli_chunk_header_is_a_skip_not_a_hang(tmp_path, signal_mv):
+    path = tmp_path / "exam.xml"
+    cf.write_philips(path, signal_mv[:, :1000], FS)
+    text = path.read_text(encoding="utf-8")
+    head, rest = text.split('resolution="5.0" signaloffset="0"', 1)
+    attrs, rest = rest.split(">", 1)
+    payload, tail = rest.split("</parsedwaveforms>", 1)
+    data = bytearray(base64.b64decode(payload))
+    data[:4] = (-8).to_bytes(4, "little", signed=True)  # a size pointing back at its header
+    path.write_text(f'{head}resolution="5.0" signaloffset="0"{attrs}>'
+                    f"{base64.encodebytes(bytes(data)).decode()}</parsedwaveforms>{tail}",
+                    encoding="utf-8")
+    with pytest.raises(RecordError) as err:
+        clinical.read_clinical(path)
+    assert err.value.reason == "truncated_signal" and "chunk 0" in str(err.value)

@@ -1,0 +1,168 @@
+"""Philips (Sierra) ECG XML, schema 1.03 to 1.04.02: the waveform fields, read by the schema.
+
+    leads(path, root) -> (rows, names, uv_per_count, fs)     counts per lead, before scaling
+    details(root) -> (meta, patient_key)
+
+What the schema (SierraECGSchema_1_04_01.xsd) documents, in the order it is applied:
+1. `waveforms/parsedwaveforms` holds every lead, lead after lead ("all the data for channel 1
+   comes first"); @dataencoding "Base64" (or "Plain": counts as text).
+2. Compression: @compression="XLI" (1.04), or @compressflag="True" with @compressmethod="XLI"
+   (1.03); otherwise the bytes are little-endian int16 (@bitspersample 16).
+3. @leadlabels names the leads and @numberofleads how many are used (1.04); a 1.03 file has
+   neither and its `signalcharacteristics/acquisitiontype` (STD-12, 10-WIRE) implies
+   I, II, III, aVR, aVL, aVF, V1-V6. XLI files often carry 16 chunks: the first
+   @numberofleads are the leads.
+4. Samples per lead = @durationperchannel (ms) x rate / 1000, the rate @samplespersecond (1.04)
+   else `signalcharacteristics/samplingrate`.
+5. Physical value = (count - @signaloffset) x @resolution, in uV ("all amplitudes are in
+   microvolts"); without the attributes (1.03), `signalcharacteristics/resolution` and
+   `signaloffset`.
+XLI itself (LZW, second differences) is decoded by `sierraecg` (the [clinical] extra; the
+reference decoder of the sierra-ecg-tools project): chunk headers are checked here first (a
+negative or overlong size would send its loop backwards). Its `read_file` is not used: it
+rebuilds the residual leads of uncompressed files too (their leads are stored as they are) and
+leaves out the resolution and the offset. An XLI cart stores III, aVR, aVL and
+aVF as residuals against I and II; they are rebuilt as that reference does, step by step:
+III = II - I - r3, aVR = -r4 - floor((I + II) / 2), aVL = floor((I - III) / 2) - r5,
+aVF = floor((II + III) / 2) - r6. Uncompressed data holds the leads themselves.
+Interpretation statements: `interpretations/interpretation/statement` (leftstatement and
+rightstatement). The patient id is returned for hashing only; names never leave this module.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+
+import numpy as np
+
+from crema_jax.data.reading.ecg import RecordError
+
+STD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+
+
+def _find(node, path: str):
+    """ElementTree find by local names, whatever the namespace (1.04 files declare Philips')."""
+    return None if node is None else node.find("/".join(f"{{*}}{p}" for p in path.split("/")))
+
+
+def _text(node, path: str) -> str:
+    found = _find(node, path)
+    return (found.text or "").strip() if found is not None else ""
+
+
+def _number(path, value, field: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise RecordError(path, "bad_units", f"{path}: Philips XML {field} is {value!r}, "
+                          "expected a number") from None
+
+
+def leads(path, root) -> tuple[list[np.ndarray], list[str], float, float]:
+    """The counts of each lead, the lead names, uV per count and the rate (Hz, unchecked)."""
+    wave = _find(root, "waveforms/parsedwaveforms")
+    signal = _find(root, "dataacquisition/signalcharacteristics")
+    if wave is None:
+        raise RecordError(path, "no_signal", f"{path}: Philips XML has no "
+                          "waveforms/parsedwaveforms")
+    fs = _number(path, wave.get("samplespersecond") or _text(signal, "samplingrate"),
+                 "samplespersecond (or signalcharacteristics/samplingrate)")
+    uv = _number(path, wave.get("resolution") or _text(signal, "resolution"),
+                 "resolution (or signalcharacteristics/resolution)")
+    offset = _number(path, wave.get("signaloffset") or _text(signal, "signaloffset") or 0,
+                     "signaloffset")
+    samples = int(round(_number(path, wave.get("durationperchannel"), "durationperchannel")
+                        * fs / 1000.0))
+    names = (wave.get("leadlabels") or "").split()
+    if names:
+        names = names[:int(_number(path, wave.get("numberofleads") or len(names),
+                                   "numberofleads"))]
+    elif _text(signal, "acquisitiontype") in ("STD-12", "10-WIRE"):
+        names = list(STD_LEADS)
+    else:
+        raise RecordError(path, "unreadable", f"{path}: Philips XML names no leads (no "
+                          "@leadlabels, acquisitiontype not STD-12 or 10-WIRE)")
+    encoding, text = wave.get("dataencoding", ""), wave.text or ""
+    if encoding == "Plain":
+        rows = _split(path, np.array(text.split(), np.int64), len(names), samples)
+        return [r - offset for r in rows], names, uv, fs
+    if encoding != "Base64":
+        raise RecordError(path, "unreadable", f"{path}: Philips XML dataencoding {encoding!r}, "
+                          "expected Base64 or Plain")
+    try:
+        data = base64.b64decode(text)
+    except (binascii.Error, ValueError) as e:
+        raise RecordError(path, "unreadable", f"{path}: Philips XML waveform: {e}") from e
+    xli = (wave.get("compression") == "XLI"
+           or (wave.get("compressflag") == "True" and wave.get("compressmethod") == "XLI"))
+    if xli:
+        rows = _xli(path, data, names, samples)
+    elif wave.get("compression") or wave.get("compressflag") == "True":
+        raise RecordError(path, "unreadable", f"{path}: Philips XML compression "
+                          f"{wave.get('compression') or wave.get('compressmethod')!r}, "
+                          "expected XLI or none")
+    else:
+        if len(data) % 2:
+            raise RecordError(path, "truncated_signal", f"{path}: Philips XML waveform holds "
+                              f"{len(data)} bytes, expected int16 samples")
+        rows = _split(path, np.frombuffer(data, "<i2").astype(np.int64), len(names), samples)
+    return [r - offset for r in rows], names, uv, fs
+
+
+def _split(path, counts: np.ndarray, leads_: int, samples: int) -> list[np.ndarray]:
+    if samples <= 0 or len(counts) < leads_ * samples:
+        raise RecordError(path, "truncated_signal", f"{path}: Philips XML holds {len(counts)} "
+                          f"samples, expected {leads_} leads x {samples}")
+    return list(counts[:leads_ * samples].reshape(leads_, samples))
+
+
+def _xli(path, data: bytes, names: list[str], samples: int) -> list[np.ndarray]:
+    from sierraecg.xli import xli_decode  # the [clinical] extra; only XLI files need it
+
+    if names[:6] != list(STD_LEADS[:6]):
+        raise RecordError(path, "unreadable", f"{path}: Philips XLI leads {names[:6]}, expected "
+                          "I II III aVR aVL aVF first (their residual coding)")
+    offset, chunks = 0, 0
+    while offset < len(data):  # walk the chunk headers before the decoder does
+        size = int.from_bytes(data[offset:offset + 4], "little", signed=True)
+        if len(data) - offset < 8 or not 0 < size <= len(data) - offset - 8:
+            raise RecordError(path, "truncated_signal", f"{path}: Philips XLI chunk {chunks} at "
+                              f"byte {offset} declares {size} bytes, {len(data) - offset - 8} "
+                              "remain")
+        offset, chunks = offset + 8 + size, chunks + 1
+    if chunks < len(names):
+        raise RecordError(path, "truncated_signal", f"{path}: Philips XLI data holds {chunks} "
+                          f"leads, expected {len(names)}")
+    try:
+        decoded = xli_decode(data, names)[:len(names)]
+    except (IndexError, ValueError, OverflowError) as e:  # a damaged LZW stream
+        raise RecordError(path, "unreadable", f"{path}: Philips XLI data does not decode "
+                          f"({type(e).__name__}: {e})") from e
+    short = min(len(d) for d in decoded)
+    if short < samples:
+        raise RecordError(path, "truncated_signal", f"{path}: a Philips XLI lead decodes to "
+                          f"{short} samples, expected {samples}")
+    rows = [np.asarray(d[:samples], np.int64) for d in decoded]
+    lead_i, lead_ii = rows[0], rows[1]
+    rows[2] = lead_ii - lead_i - rows[2]
+    rows[3] = -rows[3] - (lead_i + lead_ii) // 2
+    rows[4] = (lead_i - rows[2]) // 2 - rows[4]
+    rows[5] = (lead_ii + rows[2]) // 2 - rows[5]
+    return rows
+
+
+def details(root) -> tuple[dict, str | None]:
+    """meta (exam id, statements, age, sex) and the patient id to hash."""
+    statements = []
+    interpretation = _find(root, "interpretations/interpretation")
+    for statement in [] if interpretation is None else interpretation.findall("{*}statement"):
+        text = " ".join(t for t in (_text(statement, "leftstatement"),
+                                    _text(statement, "rightstatement")) if t)
+        if text:
+            statements.append(text)
+    patient = _find(root, "patient/generalpatientdata")
+    age = _text(patient, "age/years")
+    meta = {"exam_id": _text(root, "documentinfo/documentname").removesuffix(".xml"),
+            "statements": statements, "sex": _text(patient, "sex"),
+            "age": int(age) if age.isdigit() else None}
+    return meta, _text(patient, "patientid") or None
