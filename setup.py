@@ -26,8 +26,11 @@ CORE = [
 # reads DICOM waveforms, edfio EDF/EDF+ (numpy only), defusedxml guards the XML parser (HL7 aECG,
 # GE MUSE, Philips) against entity expansion and external references; sierraecg (MIT, numpy and
 # defusedxml only) is the sierra-ecg-tools project's reference decoder of Philips' XLI
-# compression, used for that step alone (data/reading/philips_xml.py says why not its reader).
-CLINICAL = ["pydicom>=3.0", "edfio>=0.4", "defusedxml>=0.7", "sierraecg>=0.4"]
+# compression, used for that step alone (data/reading/philips_xml.py says why not its reader);
+# ecgdatakit (Apache-2.0; numpy, defusedxml, xmltodict) decodes SCP-ECG (Huffman, differences,
+# reference-beat subtraction), used for that format alone (data/reading/scp_ecg.py).
+CLINICAL = ["pydicom>=3.0", "edfio>=0.4", "defusedxml>=0.7", "sierraecg>=0.4",
+            "ecgdatakit>=2.0.3"]
 
 setuptools.setup(
     name="crema_jax",

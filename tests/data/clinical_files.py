@@ -18,6 +18,14 @@ read-back that matches is a check against the standard, not against ourselves:
   header, int32 size and int16 first second-difference; 10-bit LZW codes, MSB first; the
   16-bit second differences + 64 stored high bytes first, then low bytes), III, aVR, aVL and aVF
   stored as residuals against I and II.
+- SCP-ECG (EN 1064, version 2.0): a CRC-CCITT and the record size, then sections of a 16-byte
+  header (CRC, id, length, versions); Section 0 points at Sections 0-11 (1-based offsets),
+  Section 1 holds tags (0 last name, 1 first name, 2 patient id, 4 age, 8 sex, 255 end),
+  Section 3 the leads (start, end, SCP lead code), Section 6 the rhythm data: AVM in nV per
+  count, the sample interval in us, second differences coded with the standard's default
+  Huffman table (Section 2 = 19999: 0 -> "0", +-m for m <= 8 -> m ones, "0", a sign bit; else
+  "1111111110" + 8 bits or "1111111111" + 16 bits), or plain int16 amplitudes without
+  Section 2; Section 8 the statements.
 
 Every writer quantises the signal; `quantised(...)` returns the exact mV values a correct reader
 must give back.
@@ -25,6 +33,7 @@ must give back.
 from __future__ import annotations
 
 import base64
+import binascii
 import pathlib
 
 import numpy as np
@@ -300,7 +309,85 @@ def write_philips(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIEN
     return counts.astype(np.float64) * PHILIPS_UV_PER_BIT / 1000.0
 
 
+SCP_NV_PER_COUNT = 5000
+
+
+def _scp_section(sid: int, body: bytes) -> bytes:
+    body += b"\0" * (len(body) % 2)  # sections have even lengths
+    reserved = b"SCPECG" if sid == 0 else bytes(6)
+    chunk = sid.to_bytes(2, "little") + (16 + len(body)).to_bytes(4, "little") + bytes(
+        [20, 20]) + reserved + body
+    return binascii.crc_hqx(chunk, 0xFFFF).to_bytes(2, "little") + chunk
+
+
+def _huffman_default(values) -> bytes:
+    bits = []
+    for v in values.tolist():
+        if v == 0:
+            bits.append("0")
+        elif abs(v) <= 8:
+            bits.append("1" * abs(v) + "0" + ("0" if v > 0 else "1"))
+        elif -128 <= v <= 127:
+            bits.append("1111111110" + format(v & 0xFF, "08b"))
+        else:
+            bits.append("1111111111" + format(v & 0xFFFF, "016b"))
+    text = "".join(bits)
+    text += "0" * (-len(text) % 8)
+    return int(text, 2).to_bytes(len(text) // 8, "big") if text else b""
+
+
+def write_scp(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_NAME,
+              patient_id=PATIENT_ID, statements=STATEMENTS, huffman=True) -> np.ndarray:
+    """SCP-ECG 2.0 record with the 12 leads; returns the stored values in mV."""
+    counts = quantised(signal_mv, SCP_NV_PER_COUNT / 1000).astype(np.int64)
+    n = counts.shape[1]
+    family, given = patient_name.split("^")
+
+    def tag(t, value: bytes) -> bytes:
+        return bytes([t]) + len(value).to_bytes(2, "little") + value
+
+    sections = {1: b"".join([tag(0, family.encode() + b"\0"), tag(1, given.encode() + b"\0"),
+                             tag(2, patient_id.encode() + b"\0"),
+                             tag(4, (61).to_bytes(2, "little") + b"\x01"), tag(8, b"\x02"),
+                             tag(255, b"")])}
+    sections[3] = bytes([12, 0x04 | (12 << 3)]) + b"".join(
+        (1).to_bytes(4, "little") + n.to_bytes(4, "little") + bytes([SCPECG_CODES[lead]])
+        for lead in LEADS)
+    if huffman:
+        sections[2] = (19999).to_bytes(2, "little")
+        second = counts.copy()
+        second[:, 2:] = counts[:, 2:] - 2 * counts[:, 1:-1] + counts[:, :-2]
+        data = [_huffman_default(row) for row in second]
+    else:
+        data = [row.astype("<i2").tobytes() for row in counts]
+    sections[6] = (SCP_NV_PER_COUNT.to_bytes(2, "little") + int(round(1e6 / fs)).to_bytes(
+        2, "little") + bytes([2 if huffman else 0, 0]) + b"".join(
+        len(d).to_bytes(2, "little") for d in data) + b"".join(data))
+    texts = [t.encode() + b"\0" for t in statements]
+    sections[8] = (bytes([0]) + (2026).to_bytes(2, "little") + bytes([1, 1, 12, 0, 0])
+                   + bytes([len(texts)]) + b"".join(
+                       bytes([k + 1]) + len(t).to_bytes(2, "little") + t
+                       for k, t in enumerate(texts)))
+    blobs = {sid: _scp_section(sid, body) for sid, body in sections.items()}
+    section0_size = 16 + 10 * 12
+    offset, pointers = 6 + section0_size, [(0, section0_size, 7)]
+    for sid in range(1, 12):
+        if sid in blobs:
+            pointers.append((sid, len(blobs[sid]), offset + 1))
+            offset += len(blobs[sid])
+        else:
+            pointers.append((sid, 0, 0))
+    section0 = _scp_section(0, b"".join(sid.to_bytes(2, "little") + size.to_bytes(4, "little")
+                                        + index.to_bytes(4, "little")
+                                        for sid, size, index in pointers))
+    body = section0 + b"".join(blobs[sid] for sid in sorted(blobs))
+    size = (6 + len(body)).to_bytes(4, "little")
+    record = binascii.crc_hqx(size + body, 0xFFFF).to_bytes(2, "little") + size + body
+    pathlib.Path(path).write_bytes(record)
+    return counts.astype(np.float64) * SCP_NV_PER_COUNT / 1e6
+
+
 WRITERS = {"dcm": write_dicom, "xml_aecg": write_aecg, "xml_muse": write_muse, "edf": write_edf,
-           "xml_philips": write_philips}
+           "xml_philips": write_philips, "scp": write_scp}
 SUFFIX = {"dcm": ".dcm", "xml_aecg": ".xml", "xml_muse": ".xml", "edf": ".edf",
-          "xml_philips": ".xml"}
+          "xml_philips": ".xml", "scp": ".scp"}

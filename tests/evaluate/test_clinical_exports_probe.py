@@ -13,7 +13,7 @@ from tests.data import clinical_files as cf
 from tests.evaluate.conftest import header_labels
 from tests.evaluate.test_cli import COMMON, _run
 
-FORMATS = ("dcm", "xml_aecg", "xml_muse", "edf", "xml_philips")
+FORMATS = ("dcm", "xml_aecg", "xml_muse", "edf", "xml_philips", "scp")
 
 
 @pytest.mark.slow

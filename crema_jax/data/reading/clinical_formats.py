@@ -13,11 +13,13 @@
   labelled with a lead ("ECG V1").
 - Philips (Sierra) XML (XML root restingecgdata; defusedxml, sierraecg for XLI): parsedwaveforms,
   (count - signaloffset) * resolution uV, XLI's residual limb leads rebuilt (philips_xml.py).
+- SCP-ECG (Section 0 after the 6-byte preamble; ecgdatakit): Section 6's rhythm data x AVM nV,
+  rate 1e6 / the sample interval in us, SCP lead codes (scp_ecg.py).
 
 Lead names: DICOM's CID 3001 SCPECG codes, aECG's MDC_ECG_LEAD_*, MUSE's LeadID, EDF+'s
-"ECG <lead>" labels, Philips' @leadlabels; the alias table (leads.py) then maps them.
-`Parsed.patient_key` is the file's patient identifier, for a salted hash only (clinical.py):
-names, birth dates and the identifier itself never go into `meta`.
+"ECG <lead>" labels, Philips' @leadlabels, SCP-ECG's lead codes; the alias table (leads.py)
+then maps them. `Parsed.patient_key` is the file's patient identifier, for a salted hash only
+(clinical.py): names, birth dates and the identifier itself never go into `meta`.
 
 Failures raise RecordError: unknown_format, unreadable (the library refused the file),
 truncated_signal, bad_sampling_rate, bad_units, unequal_lengths.
@@ -33,7 +35,7 @@ from xml.etree.ElementTree import ParseError
 
 import numpy as np
 
-from crema_jax.data.reading import philips_xml
+from crema_jax.data.reading import philips_xml, scp_ecg
 from crema_jax.data.reading.ecg import RecordError
 
 HL7 = "{urn:hl7-org:v3}"
@@ -55,13 +57,15 @@ class Parsed:
 
 
 def detect(path) -> str | None:
-    """"dicom", "aecg", "muse", "edf", "philips" or None, from the file's first bytes."""
+    """"dicom", "aecg", "muse", "edf", "philips", "scp" or None, from the file's first bytes."""
     with open(path, "rb") as f:
         head = f.read(4096)
     if head[128:132] == b"DICM":
         return "dicom"
     if head[:8] == b"0       " and len(head) >= 256 and head[184:192].strip().isdigit():
         return "edf"
+    if scp_ecg.looks_like(head):
+        return "scp"
     text = head.decode("latin-1")
     root = re.search(r"<(?!\?|!)([A-Za-z_][\w.-]*:)?([A-Za-z_][\w.-]*)", text)
     return {"AnnotatedECG": "aecg", "RestingECG": "muse", "restingecgdata": "philips"}.get(
@@ -72,9 +76,9 @@ def parse(path) -> Parsed:
     fmt = detect(path)
     if fmt is None:
         raise RecordError(path, "unknown_format", f"{path}: not a DICOM waveform, HL7 aECG, "
-                          "GE MUSE XML, Philips XML or EDF file (detected by content)")
+                          "GE MUSE XML, Philips XML, SCP-ECG or EDF file (detected by content)")
     return {"dicom": _dicom, "aecg": _aecg, "muse": _muse, "edf": _edf,
-            "philips": _philips}[fmt](str(path))
+            "philips": _philips, "scp": _scp}[fmt](str(path))
 
 
 def _stacked(path, rows, fmt: str) -> np.ndarray:
@@ -265,6 +269,12 @@ def _philips(path) -> Parsed:
     meta, key = philips_xml.details(root)
     return Parsed(_stacked(path, rows, "Philips XML") * uv_per_count, names, ["uV"] * len(names),
                   _rate(path, fs, "samplespersecond"), "philips", meta, key)
+
+
+def _scp(path) -> Parsed:
+    rows, names, fs, meta, key = scp_ecg.read(path)
+    return Parsed(_stacked(path, rows, "SCP-ECG"), names, ["uV"] * len(names),
+                  _rate(path, fs, "the Section 6 sample interval"), "scp", meta, key)
 
 
 def _edf_expected_bytes(path) -> int | None:

@@ -21,7 +21,7 @@ CLI = [os.path.join(os.path.dirname(sys.executable), "crema-jax"), "prepare"]
 RECORDS = ("E07500", "E07501")
 UV_PER_COUNT = {"dcm": cf.DICOM_UV_PER_BIT, "xml_aecg": cf.AECG_UV_PER_DIGIT,
                 "xml_muse": cf.MUSE_UV_PER_BIT, "edf": cf.DICOM_UV_PER_BIT,
-                "xml_philips": cf.PHILIPS_UV_PER_BIT}
+                "xml_philips": cf.PHILIPS_UV_PER_BIT, "scp": cf.SCP_NV_PER_COUNT / 1000}
 
 
 def _prepare(*args):
@@ -93,8 +93,9 @@ def _damaged_folder(tmp_path, cinc_sample_dir):
     return folder
 
 
-# Cut in half: DICOM and EDF are short of samples, the XML files (aECG, MUSE, Philips) malformed.
-EXPECTED_SKIPS = {"truncated_signal": 2, "unreadable": 3, "unknown_format": 2}
+# Cut in half: DICOM, EDF and SCP-ECG are short of samples, the XML files (aECG, MUSE, Philips)
+# malformed.
+EXPECTED_SKIPS = {"truncated_signal": 3, "unreadable": 3, "unknown_format": 2}
 
 
 def test_mixed_folder_is_prepared_with_a_skip_table_and_no_patient_identity(tmp_path,

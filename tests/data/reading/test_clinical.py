@@ -39,7 +39,7 @@ def test_read_back_in_mv_lead_order_and_rate(tmp_path, signal_mv, fmt):
     # The stored values are the recording to the writer's quantisation (half a step).
     step_mv = {"dcm": cf.DICOM_UV_PER_BIT, "edf": cf.DICOM_UV_PER_BIT,
                "xml_aecg": cf.AECG_UV_PER_DIGIT, "xml_muse": cf.MUSE_UV_PER_BIT,
-               "xml_philips": cf.PHILIPS_UV_PER_BIT}[fmt] / 1000
+               "xml_philips": cf.PHILIPS_UV_PER_BIT, "scp": cf.SCP_NV_PER_COUNT / 1000}[fmt] / 1000
     assert np.abs(ecg.signal[recorded] - signal_mv[recorded]).max() <= step_mv / 2 + 1e-6
     assert ecg.meta["source_fs"] == FS
     assert ecg.meta["statements"] == (() if fmt == "edf" else cf.STATEMENTS)
@@ -82,7 +82,8 @@ def _truncated(path):
 
 @pytest.mark.parametrize("fmt,reason", [("dcm", "truncated_signal"), ("edf", "truncated_signal"),
                                         ("xml_aecg", "unreadable"), ("xml_muse", "unreadable"),
-                                        ("xml_philips", "unreadable")])
+                                        ("xml_philips", "unreadable"),
+                                        ("scp", "truncated_signal")])
 def test_truncated_file_is_a_skip_naming_it(tmp_path, signal_mv, fmt, reason):
     path = tmp_path / f"exam{cf.SUFFIX[fmt]}"
     cf.WRITERS[fmt](path, signal_mv, FS)
@@ -190,3 +191,25 @@ def test_philips_damaged_xli_chunk_header_is_a_skip_not_a_hang(tmp_path, signal_
     with pytest.raises(RecordError) as err:
         clinical.read_clinical(path)
     assert err.value.reason == "truncated_signal" and "chunk 0" in str(err.value)
+
+
+def test_scp_plain_amplitudes_and_the_exact_rate(tmp_path, signal_mv):
+    """Without Section 2 the rhythm data is int16 amplitudes; the rate is 1e6 / the sample
+    interval in us (1953 us: 512.03 Hz, not the decoder's rounded 512)."""
+    path = tmp_path / "exam.scp"
+    stored = cf.write_scp(path, signal_mv[:, :2000], 1e6 / 1953, huffman=False)
+    ecg = clinical.read_clinical(path, target_fs=None)
+    assert ecg.fs == pytest.approx(1e6 / 1953, rel=1e-12)
+    np.testing.assert_allclose(ecg.signal, stored, rtol=1.2e-7, atol=1e-9)
+    assert ecg.meta["statements"] == cf.STATEMENTS and ecg.meta["format"] == "scp"
+
+
+def test_scp_crc_mismatch_is_a_skip(tmp_path, signal_mv):
+    path = tmp_path / "exam.scp"
+    cf.write_scp(path, signal_mv[:, :1000], FS)
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0x01  # one bit of Section 8's text: the file still parses
+    path.write_bytes(bytes(data))
+    with pytest.raises(RecordError) as err:
+        clinical.read_clinical(path)
+    assert err.value.reason == "unreadable" and "CRC" in str(err.value)
