@@ -89,7 +89,7 @@ def default_checkpoint_config() -> ml_collections.ConfigDict:
     # checkpoints are then moved aside (checkpoints.replaced-TIME), never deleted.
     c.overwrite = False
     # A workdir lock from another host whose heartbeat is older than this is stale (a lock of a
-    # process gone from this host always is); see checkpoint.WorkdirLock.
+    # process gone from this host always is); see runtime/workdir.WorkdirLock (local or gs://).
     c.lock_stale_seconds = 3600.0
     return c
 

@@ -126,6 +126,56 @@ def remove(path) -> None:
         fs.rm_file(inner)
 
 
+def create_exclusive(path, data: bytes) -> bool:
+    """Writes `data` to a file that does not exist yet; False (nothing written) when it exists.
+    Local: O_CREAT | O_EXCL. A URL: fsspec's exclusive mode "xb", which an object store's
+    implementation turns into a conditional write (memory://, and s3fs, gcsfs and adlfs
+    releases since 2024-12); an implementation that ignores the mode may replace the object,
+    so a caller that must win alone reads its own bytes back (runtime/workdir.WorkdirLock)."""
+    path = os.fspath(path)
+    if not is_remote(path):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+    fs, inner = _fs(path)
+    if fs.exists(inner):
+        return False
+    try:
+        with fs.open(inner, "xb") as f:
+            f.write(data)
+    except FileExistsError:
+        return False
+    return True
+
+
+def replace_bytes(path, data: bytes) -> None:
+    """Overwrites a file this program owns (a local path or a URL) with `data` in one write."""
+    path = os.fspath(path)
+    if not is_remote(path):
+        with open(path, "wb") as f:
+            f.write(data)
+        return
+    fs, inner = _fs(path)
+    fs.pipe_file(inner, data)
+
+
+def modified(path) -> float | None:
+    """The file's last-modified time (seconds since the epoch); None when the file system cannot
+    say (an fsspec implementation without `modified`) or the file is gone."""
+    path = os.fspath(path)
+    try:
+        if not is_remote(path):
+            return os.path.getmtime(path)
+        fs, inner = _fs(path)
+        return fs.modified(inner).timestamp()
+    except (OSError, NotImplementedError, AttributeError, ValueError):
+        return None
+
+
 def walk(url: str, suffixes: tuple[str, ...]) -> list[str]:
     """Every file below the remote folder `url` whose name ends with one of `suffixes`, in the
     order of safe_files.walk (each folder's files sorted, then its sub-folders in sorted order),

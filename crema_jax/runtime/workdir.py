@@ -22,8 +22,11 @@ import os
 import re
 import socket
 import time
+import uuid
 
 from etils import epath
+
+from crema_jax.runtime import storage
 
 CHECKPOINTS_DIRNAME = "checkpoints"
 COMMIT_MARKER = "commit_success.txt"  # Orbax writes it last, on every file system.
@@ -152,61 +155,62 @@ class WorkdirLockedError(ValueError):
 class WorkdirLock:
     """`<workdir>/crema_jax.lock`: which process (pid, host, start time) trains in a workdir.
 
-    Taken with an exclusive create, so of two runs started together one wins. Stale-lock rule:
-    a lock whose process is gone from THIS host, or whose heartbeat (the file's mtime, touched
-    by `refresh`) is older than `stale_seconds` from another host, is taken over with a note;
-    any other lock refuses the run. Only process 0 of a multi-process job takes it.
+    Taken with an exclusive create, so of two runs started together one wins (on an object
+    store: a conditional write, and the lock read back, storage.create_exclusive). Stale-lock
+    rule: a lock whose process is gone from THIS host, or whose heartbeat (the file's mtime,
+    renewed by `refresh`) is older than `stale_seconds` from another host, is taken over with a
+    note; any other lock, or one whose age the store cannot tell, refuses the run. Only process
+    0 of a multi-process job takes it.
     """
 
     NAME = "crema_jax.lock"
 
     def __init__(self, workdir, *, stale_seconds: float = 3600.0, name: str = NAME):
-        self.path = absolute_path(workdir) / name
+        self.folder = storage.absolute(str(workdir))  # a local path or a URL (storage.py)
+        self.path = storage.join(self.folder, name)
         self.stale_seconds = float(stale_seconds)
         self.info = {"pid": os.getpid(), "host": socket.gethostname(),
-                     "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+                     "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "id": uuid.uuid4().hex}
+        self.remote = storage.is_remote(self.path)
         self.held = False
         self._refreshed = 0.0
 
     def acquire(self) -> str | None:
         """Takes the lock or raises WorkdirLockedError; returns a note when a stale lock was
         taken over."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.remote:  # object stores have no folders to make
+            os.makedirs(self.folder, exist_ok=True)
         note = None
         if not self._create():
             holder = self._holder()
             if not self._stale(holder):
                 raise WorkdirLockedError(
-                    f"{self.path.parent} is in use: a run by pid {holder.get('pid', '?')} on "
+                    f"{self.folder} is in use: a run by pid {holder.get('pid', '?')} on "
                     f"{holder.get('host', '?')} since {holder.get('started', '?')} holds "
                     f"{self.path}; wait for it to finish, or delete that file if the run is gone")
             note = (f"took over the stale lock of pid {holder.get('pid', '?')} on "
                     f"{holder.get('host', '?')} (that run is gone)")
-            self.path.unlink()
+            storage.remove(self.path)
             if not self._create():
-                raise WorkdirLockedError(f"{self.path.parent}: another run took the lock first")
+                raise WorkdirLockedError(f"{self.folder}: another run took the lock first")
         self.held = True
         return note
 
     def _create(self) -> bool:
         text = json.dumps(self.info)
-        if "://" in str(self.path):  # object stores have no exclusive create: best effort
-            if self.path.exists():
-                return False
-            self.path.write_text(text)
-            return True
-        try:
-            fd = os.open(str(self.path), os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW,
-                         0o644)
-        except FileExistsError:
+        if not storage.create_exclusive(self.path, text.encode()):
             return False
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        return True
+        # A store that ignores the exclusive mode lets the last of two writers win: read back.
+        return not self.remote or self._holder() == self.info
 
     def _holder(self) -> dict:
         try:
-            holder = json.loads(self.path.read_text())
+            if self.remote:
+                text = storage.read_bytes(self.path, limit=1 << 16)
+            else:
+                with open(self.path, "rb") as f:
+                    text = f.read(1 << 16)
+            holder = json.loads(text)
             return holder if isinstance(holder, dict) else {}
         except (OSError, ValueError):
             return {}
@@ -220,26 +224,28 @@ class WorkdirLock:
             except PermissionError:
                 return False
             return False
-        try:
-            age = time.time() - os.path.getmtime(str(self.path))
-        except OSError:
-            return True
-        return age > self.stale_seconds
+        mtime = storage.modified(self.path)
+        if mtime is None:  # gone since it was read (stale), or a store that cannot tell (not)
+            return not storage.exists(self.path)
+        return time.time() - mtime > self.stale_seconds
 
     def refresh(self, every_seconds: float = 60.0) -> None:
         """The heartbeat: touch the lock at most every `every_seconds`."""
         now = time.time()
-        if self.held and now - self._refreshed >= every_seconds and "://" not in str(self.path):
+        if self.held and now - self._refreshed >= every_seconds:
             try:
-                os.utime(str(self.path))
+                if self.remote:  # an object's mtime is its last write
+                    storage.replace_bytes(self.path, json.dumps(self.info).encode())
+                else:
+                    os.utime(self.path)
             except OSError:
                 pass
             self._refreshed = now
 
     def release(self) -> None:
-        if self.held and self._holder().get("pid") == self.info["pid"]:
+        if self.held and self._holder().get("id") == self.info["id"]:
             try:
-                self.path.unlink()
+                storage.remove(self.path)
             except OSError:
                 pass
         self.held = False

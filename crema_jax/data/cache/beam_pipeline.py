@@ -180,8 +180,7 @@ def prepare_on_beam(*, layout: str, root: str, out: str, layout_options: dict | 
     plan = prepare.make_plan(layout=layout, root=root, out=out, layout_options=layout_options,
                              target_fs=target_fs, preprocess=preprocess, dtype=dtype,
                              records_per_shard=records_per_shard)
-    lock = None if storage.is_remote(out) else workdir.WorkdirLock(
-        out, name=prepare.lock_name(0), stale_seconds=math.inf)
+    lock = workdir.WorkdirLock(out, name=prepare.lock_name(0), stale_seconds=math.inf)
     plan_path = storage.join(out, PLAN_FILE)
     try:
         prepare.claim_output(plan, root, lock=lock, merge_only=False)
@@ -193,8 +192,7 @@ def prepare_on_beam(*, layout: str, root: str, out: str, layout_options: dict | 
         finally:  # done or failed, the plan is this run's own (a rerun writes it again)
             storage.remove(plan_path)
     finally:
-        if lock is not None:
-            lock.release()
+        lock.release()
     summary = prepare.read_summary(out)
     reasons = {name[len(_SKIPPED):]: count for name, count in sorted(counters.items())
                if name.startswith(_SKIPPED) and count}

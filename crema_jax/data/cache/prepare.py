@@ -16,8 +16,8 @@ record_format.py).
 - The same cache on Apache Beam (any runner): beam_pipeline.py, with this module's plan, shard
   tasks and merge, and shard_writer.build_shard, the one function that writes a shard.
 - --root and --out may be URLs (gs://, s3://; runtime/storage.py): records are read from a local
-  copy one at a time, each file is written locally and uploaded whole. A remote --out has no
-  lock: run one writer per shard.
+  copy one at a time, each file is written locally and uploaded whole. A remote --out is locked
+  per host as a local one is, with the store's conditional write (runtime/workdir.WorkdirLock).
 - Memory is flat in the number of records past indexing: what is kept of each finished shard is
   its light sidecar (counts and skips), and the merge streams index.json's rows from the
   sidecar files one shard at a time (`finish`).
@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import fnmatch
 import hashlib
 import json
 import math
@@ -245,17 +246,14 @@ def prepare(*, layout: str, root: str, out: str, layout_options: dict | None = N
                      target_fs=target_fs, preprocess=preprocess, dtype=dtype,
                      records_per_shard=records_per_shard, num_hosts=num_hosts,
                      host_index=host_index, merge_only=merge_only)
-    remote = storage.is_remote(out)
-    lock = None if remote else workdir.WorkdirLock(out, name=lock_name(host_index),
-                                                   stale_seconds=math.inf)
+    lock = workdir.WorkdirLock(out, name=lock_name(host_index), stale_seconds=math.inf)
     try:
         claim_output(plan, root, lock=lock, merge_only=merge_only)
         return _prepare_claimed(plan, out, workers=workers, strict=strict,
                                 stop_after_shards=stop_after_shards, num_hosts=num_hosts,
                                 host_index=host_index)
     finally:
-        if lock is not None:
-            lock.release()
+        lock.release()
 
 
 def lock_name(host_index: int) -> str:
@@ -344,18 +342,22 @@ def make_plan(*, layout, root, out, layout_options=None, target_fs=250.0, prepro
 
 
 def _check_remote_output(out: str) -> None:
-    """A remote --out is new, empty or a cache of ours (its settings.json), as a local one."""
+    """A remote --out is new, empty or a cache of ours (its settings.json, or only the lock of a
+    run that has not written it yet), as a local one."""
     names = storage.listdir(out)
-    if names and record_format.SETTINGS_FILE not in names:
+    ours = [n for n in names if n == record_format.SETTINGS_FILE
+            or fnmatch.fnmatch(n, lock_name(0).replace("host0", "host*"))]
+    if names and not ours:
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
         raise files.OutputError(f"--out={out}: the folder holds files this command did not "
                                 f"write ({shown}); choose a new or empty folder")
 
 
 def claim_output(plan: Plan, root: str, *, lock, merge_only: bool) -> None:
-    """The output folder checked, this host's lock taken (a local --out), its crashed
-    half-written files removed, and the settings written or checked against the ones there
-    (every host writes the same bytes; --merge only checks)."""
+    """The output folder checked, this host's lock taken, its crashed half-written files removed
+    (a local --out: a remote one is written under unique temporary names), and the settings
+    written or checked against the ones there (every host writes the same bytes; --merge only
+    checks)."""
     out = plan.out
     if storage.is_remote(out):
         _check_remote_output(out)
@@ -370,6 +372,7 @@ def claim_output(plan: Plan, root: str, *, lock, merge_only: bool) -> None:
         note = lock.acquire()
         if note:
             print(f"prepare: {note}")
+    if lock is not None and not storage.is_remote(out):
         own = [plan.names[s] + ext for s in plan.mine for ext in (".arrayrecord", ".json")]
         own.append(record_format.SETTINGS_FILE)
         if plan.merges:

@@ -84,3 +84,61 @@ def test_an_unknown_url_scheme_is_named_in_one_line(tmp_path):
         prepare.prepare(layout="wfdb_folder", root="nosuchfs://bucket/records",
                         out=str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def _holder(**fields) -> bytes:
+    return json.dumps({"pid": 1, "host": "other-host", "started": "2026-12-05 09:00:00 UTC",
+                       "id": "0" * 32, **fields}).encode()
+
+
+def test_a_remote_out_is_locked_per_host_like_a_local_one(memory_records, capsys):
+    """A live run's lock object (another host's, fresh) stops a second prepare, naming it, and
+    nothing is written; a dead run's lock on this host (its pid gone) is taken over; a finished
+    run leaves no lock behind."""
+    import socket
+    import subprocess
+    import sys
+
+    from crema_jax.runtime import workdir
+    fs, base, _, _ = memory_records
+    flags = dict(layout="wfdb_folder", workers=1, records_per_shard=6)
+    lock = f"{base}/cache/{prepare.lock_name(0)}"
+    fs.pipe(lock, _holder())
+    with pytest.raises(workdir.WorkdirLockedError, match="other-host"):
+        prepare.prepare(root=f"{base}/records", out=f"{base}/cache", **flags)
+    assert fs.cat_file(lock) == _holder()
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{base}/cache", detail=False)) == [
+        prepare.lock_name(0)]
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    fs.pipe(lock, _holder(pid=int(gone.stdout), host=socket.gethostname()))
+    done = prepare.prepare(root=f"{base}/records", out=f"{base}/cache", **flags)
+    assert done["records"] == NUM_RECORDS and "took over the stale lock" in capsys.readouterr().out
+    assert not fs.exists(lock)
+
+
+def test_remote_lock_create_is_exclusive_and_its_heartbeat_keeps_it_fresh(memory_records,
+                                                                          monkeypatch):
+    from crema_jax.runtime import storage, workdir
+    fs, base, _, _ = memory_records
+    path = f"{base}/locks/a.lock"
+    assert storage.create_exclusive(path, b"first") and not storage.create_exclusive(path, b"x")
+    assert fs.cat_file(path) == b"first"
+
+    lock = workdir.WorkdirLock(f"{base}/run", stale_seconds=600)
+    assert lock.acquire() is None and json.loads(fs.cat_file(lock.path)) == lock.info
+    other = workdir.WorkdirLock(f"{base}/run", stale_seconds=600)
+    other.info["host"] = "other-host"  # a second machine: its pid cannot be checked here
+    with pytest.raises(workdir.WorkdirLockedError):
+        other.acquire()
+    before = storage.modified(lock.path)
+    lock.refresh(every_seconds=0)
+    assert storage.modified(lock.path) > before
+    # Ten minutes without a heartbeat: the other machine takes the lock over.
+    monkeypatch.setattr(storage, "modified", lambda p: before - 601)
+    assert "took over the stale lock" in other.acquire()
+    lock.release()  # no longer its lock: left alone
+    assert json.loads(fs.cat_file(lock.path))["id"] == other.info["id"]
+    other.release()
+    assert not fs.exists(lock.path)
