@@ -24,6 +24,7 @@ import socket
 import time
 import uuid
 
+from absl import logging
 from etils import epath
 
 from crema_jax.runtime import storage
@@ -190,6 +191,8 @@ class WorkdirLock:
                     f"{self.path}; wait for it to finish, or delete that file if the run is gone")
             note = (f"took over the stale lock of pid {holder.get('pid', '?')} on "
                     f"{holder.get('host', '?')} (that run is gone)")
+            if self._holder() != holder:  # another run took it over (or renewed it) meanwhile
+                raise WorkdirLockedError(f"{self.folder}: another run took the lock first")
             storage.remove(self.path)
             if not self._create():
                 raise WorkdirLockedError(f"{self.folder}: another run took the lock first")
@@ -230,17 +233,26 @@ class WorkdirLock:
         return time.time() - mtime > self.stale_seconds
 
     def refresh(self, every_seconds: float = 60.0) -> None:
-        """The heartbeat: touch the lock at most every `every_seconds`."""
+        """The heartbeat: renew the lock at most every `every_seconds`, while it is still ours
+        (a run that stalled past `stale_seconds` may have lost it to another host: it stops
+        renewing, with a warning, rather than overwrite the other run's lock)."""
         now = time.time()
-        if self.held and now - self._refreshed >= every_seconds:
-            try:
-                if self.remote:  # an object's mtime is its last write
-                    storage.replace_bytes(self.path, json.dumps(self.info).encode())
-                else:
-                    os.utime(self.path)
-            except OSError:
-                pass
-            self._refreshed = now
+        if not self.held or now - self._refreshed < every_seconds:
+            return
+        self._refreshed = now
+        try:
+            holder = self._holder()
+            if holder.get("id") != self.info["id"]:
+                self.held = False
+                logging.warning("%s: the workdir lock is no longer this run's (now pid %s on %s)",
+                                self.path, holder.get("pid", "?"), holder.get("host", "?"))
+            elif self.remote:  # an object's mtime is its last write
+                storage.replace_bytes(self.path, json.dumps(self.info).encode())
+            else:
+                os.utime(self.path)
+        except Exception as err:  # noqa: BLE001 - a store's transient error must not stop a run
+            logging.warning("%s: lock heartbeat failed (%s: %s)", self.path,
+                            type(err).__name__, err)
 
     def release(self) -> None:
         if self.held and self._holder().get("id") == self.info["id"]:

@@ -336,11 +336,28 @@ def _huffman_default(values) -> bytes:
     return int(text, 2).to_bytes(len(text) // 8, "big") if text else b""
 
 
+def _scp_lead_data(counts: np.ndarray, huffman: bool) -> list[bytes]:
+    """Each lead's bytes: second differences in the default Huffman table, or int16 values."""
+    if not huffman:
+        return [row.astype("<i2").tobytes() for row in counts]
+    second = counts.copy()
+    second[:, 2:] = counts[:, 2:] - 2 * counts[:, 1:-1] + counts[:, :-2]
+    return [_huffman_default(row) for row in second]
+
+
 def write_scp(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_NAME,
-              patient_id=PATIENT_ID, statements=STATEMENTS, huffman=True) -> np.ndarray:
-    """SCP-ECG 2.0 record with the 12 leads; returns the stored values in mV."""
+              patient_id=PATIENT_ID, statements=STATEMENTS, huffman=True, reference_avm=None,
+              lead_starts=None) -> np.ndarray:
+    """SCP-ECG 2.0 record with the 12 leads; returns the stored values in mV.
+
+    reference_avm: reference-beat subtraction (Section 3 flag bit 0): Section 5 holds a 100-ms
+    reference beat (fiducial at its sample 25) at that AVM (nV), Section 4 one type-0 QRS zone
+    around the first R peak of lead II; Section 6 then holds rhythm - beat (beat sample k
+    aligned with rhythm sample k + fiducial - 25, inside the zone) at SCP_NV_PER_COUNT.
+    lead_starts: each lead's first sample (1-based), for leads not recorded together."""
+    n = signal_mv.shape[1]
     counts = quantised(signal_mv, SCP_NV_PER_COUNT / 1000).astype(np.int64)
-    n = counts.shape[1]
+    stored_nv = counts * SCP_NV_PER_COUNT
     family, given = patient_name.split("^")
 
     def tag(t, value: bytes) -> bytes:
@@ -350,19 +367,37 @@ def write_scp(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_NA
                              tag(2, patient_id.encode() + b"\0"),
                              tag(4, (61).to_bytes(2, "little") + b"\x01"), tag(8, b"\x02"),
                              tag(255, b"")])}
-    sections[3] = bytes([12, 0x04 | (12 << 3)]) + b"".join(
-        (1).to_bytes(4, "little") + n.to_bytes(4, "little") + bytes([SCPECG_CODES[lead]])
-        for lead in LEADS)
+    starts = lead_starts or [1] * 12
+    sections[3] = bytes([12, 0x04 | (12 << 3) | (1 if reference_avm else 0)]) + b"".join(
+        s0.to_bytes(4, "little") + (s0 + n - 1).to_bytes(4, "little")
+        + bytes([SCPECG_CODES[lead]]) for s0, lead in zip(starts, LEADS))
+    interval = int(round(1e6 / fs))
+    if reference_avm:
+        beat_len, beat_fid = int(round(0.1 * fs)), 25
+        fid = int(np.argmax(signal_mv[1, beat_len:n - beat_len])) + beat_len + 1  # 1-based
+        first = fid - beat_fid + 1                       # rhythm sample of beat sample 1
+        zone = (first + 5, first + beat_len - 6)          # start, end: inside the beat
+        beat = quantised(signal_mv[:, first - 1:first - 1 + beat_len],
+                         reference_avm / 1000).astype(np.int64)
+        sl = slice(zone[0] - 1, zone[1])
+        beat_nv = beat[:, zone[0] - first:zone[1] - first + 1] * reference_avm
+        counts[:, sl] = np.round((signal_mv[:, sl] * 1e6 - beat_nv) / SCP_NV_PER_COUNT)
+        stored_nv = counts * SCP_NV_PER_COUNT
+        stored_nv[:, sl] += beat_nv
+        sections[4] = (int(round(beat_len * 1000 / fs)).to_bytes(2, "little")
+                       + beat_fid.to_bytes(2, "little") + (1).to_bytes(2, "little")
+                       + (0).to_bytes(2, "little") + zone[0].to_bytes(4, "little")
+                       + fid.to_bytes(4, "little") + zone[1].to_bytes(4, "little"))
+        beats = _scp_lead_data(beat, huffman)  # Section 2's coding applies to Section 5 too
+        sections[5] = (reference_avm.to_bytes(2, "little") + interval.to_bytes(2, "little")
+                       + bytes([2 if huffman else 0, 0])
+                       + b"".join(len(b).to_bytes(2, "little") for b in beats) + b"".join(beats))
     if huffman:
         sections[2] = (19999).to_bytes(2, "little")
-        second = counts.copy()
-        second[:, 2:] = counts[:, 2:] - 2 * counts[:, 1:-1] + counts[:, :-2]
-        data = [_huffman_default(row) for row in second]
-    else:
-        data = [row.astype("<i2").tobytes() for row in counts]
-    sections[6] = (SCP_NV_PER_COUNT.to_bytes(2, "little") + int(round(1e6 / fs)).to_bytes(
-        2, "little") + bytes([2 if huffman else 0, 0]) + b"".join(
-        len(d).to_bytes(2, "little") for d in data) + b"".join(data))
+    data = _scp_lead_data(counts, huffman)
+    sections[6] = (SCP_NV_PER_COUNT.to_bytes(2, "little") + interval.to_bytes(2, "little")
+                   + bytes([2 if huffman else 0, 0]) + b"".join(
+                       len(d).to_bytes(2, "little") for d in data) + b"".join(data))
     texts = [t.encode() + b"\0" for t in statements]
     sections[8] = (bytes([0]) + (2026).to_bytes(2, "little") + bytes([1, 1, 12, 0, 0])
                    + bytes([len(texts)]) + b"".join(
@@ -384,7 +419,7 @@ def write_scp(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_NA
     size = (6 + len(body)).to_bytes(4, "little")
     record = binascii.crc_hqx(size + body, 0xFFFF).to_bytes(2, "little") + size + body
     pathlib.Path(path).write_bytes(record)
-    return counts.astype(np.float64) * SCP_NV_PER_COUNT / 1e6
+    return stored_nv.astype(np.float64) / 1e6
 
 
 WRITERS = {"dcm": write_dicom, "xml_aecg": write_aecg, "xml_muse": write_muse, "edf": write_edf,

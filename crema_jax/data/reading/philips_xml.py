@@ -16,10 +16,13 @@ What the schema (SierraECGSchema_1_04_01.xsd) documents, in the order it is appl
    else `signalcharacteristics/samplingrate`.
 5. Physical value = (count - @signaloffset) x @resolution, in uV ("all amplitudes are in
    microvolts"); without the attributes (1.03), `signalcharacteristics/resolution` and
-   `signaloffset`.
-XLI itself (LZW, second differences) is decoded by `sierraecg` (the [clinical] extra; the
-reference decoder of the sierra-ecg-tools project): chunk headers are checked here first (a
-negative or overlong size would send its loop backwards). Its `read_file` is not used: it
+   `signaloffset`. Samples are signed 16-bit words (@bitspersample 16, @signalsigned True);
+   other word sizes are refused.
+XLI itself (LZW, second differences) is decoded with `sierraecg`'s LZW decoder and delta step
+(the [clinical] extra; the reference decoder of the sierra-ecg-tools project), one chunk at a
+time and only the chunks of the leads used: each chunk's header is checked first (a negative or
+overlong size would send its `xli_decode` loop backwards) and its output capped at twice the
+lead's 2 x samples bytes (LZW turns 10 bits into up to ~770 bytes). Its `read_file` is not used: it
 rebuilds the residual leads of uncompressed files too (their leads are stored as they are) and
 leaves out the resolution and the offset. An XLI cart stores III, aVR, aVL and
 aVF as residuals against I and II; they are rebuilt as that reference does, step by step:
@@ -32,12 +35,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 
 import numpy as np
 
 from crema_jax.data.reading.ecg import RecordError
 
 STD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+MAX_DURATION_MS = 3_600_000  # a resting ECG is 10-11 s; longer is a damaged header
 
 
 def _find(node, path: str):
@@ -50,12 +55,16 @@ def _text(node, path: str) -> str:
     return (found.text or "").strip() if found is not None else ""
 
 
-def _number(path, value, field: str) -> float:
+def _number(path, value, field: str, *, positive: bool = False,
+            reason: str = "bad_units") -> float:
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
-        raise RecordError(path, "bad_units", f"{path}: Philips XML {field} is {value!r}, "
-                          "expected a number") from None
+        number = float("nan")
+    if not math.isfinite(number) or (positive and number <= 0):
+        raise RecordError(path, reason, f"{path}: Philips XML {field} is {value!r}, expected a "
+                          f"{'positive ' if positive else ''}finite number")
+    return number
 
 
 def leads(path, root) -> tuple[list[np.ndarray], list[str], float, float]:
@@ -66,17 +75,29 @@ def leads(path, root) -> tuple[list[np.ndarray], list[str], float, float]:
         raise RecordError(path, "no_signal", f"{path}: Philips XML has no "
                           "waveforms/parsedwaveforms")
     fs = _number(path, wave.get("samplespersecond") or _text(signal, "samplingrate"),
-                 "samplespersecond (or signalcharacteristics/samplingrate)")
+                 "samplespersecond (or signalcharacteristics/samplingrate)", positive=True,
+                 reason="bad_sampling_rate")
     uv = _number(path, wave.get("resolution") or _text(signal, "resolution"),
-                 "resolution (or signalcharacteristics/resolution)")
+                 "resolution (or signalcharacteristics/resolution)", positive=True)
     offset = _number(path, wave.get("signaloffset") or _text(signal, "signaloffset") or 0,
                      "signaloffset")
-    samples = int(round(_number(path, wave.get("durationperchannel"), "durationperchannel")
-                        * fs / 1000.0))
+    bits = (wave.get("bitspersample") or wave.get("nbitspersample")
+            or _text(signal, "bitspersample") or "16")
+    signed = wave.get("signalsigned") or _text(signal, "signalsigned") or "True"
+    if bits.strip() != "16" or signed.strip() == "False":
+        raise RecordError(path, "unreadable", f"{path}: Philips XML samples of {bits} bits, "
+                          f"signalsigned {signed}: expected signed 16-bit samples")
+    duration_ms = _number(path, wave.get("durationperchannel"), "durationperchannel",
+                          positive=True, reason="unreadable")
+    if duration_ms > MAX_DURATION_MS:
+        raise RecordError(path, "unreadable", f"{path}: Philips XML durationperchannel is "
+                          f"{duration_ms:.0f} ms, expected at most {MAX_DURATION_MS} (1 hour)")
+    samples = int(round(duration_ms * fs / 1000.0))
     names = (wave.get("leadlabels") or "").split()
     if names:
-        names = names[:int(_number(path, wave.get("numberofleads") or len(names),
-                                   "numberofleads"))]
+        count = _number(path, wave.get("numberofleads") or len(names), "numberofleads",
+                        positive=True, reason="unreadable")
+        names = names[:int(min(count, len(names)))]
     elif _text(signal, "acquisitiontype") in ("STD-12", "10-WIRE"):
         names = list(STD_LEADS)
     else:
@@ -84,7 +105,12 @@ def leads(path, root) -> tuple[list[np.ndarray], list[str], float, float]:
                           "@leadlabels, acquisitiontype not STD-12 or 10-WIRE)")
     encoding, text = wave.get("dataencoding", ""), wave.text or ""
     if encoding == "Plain":
-        rows = _split(path, np.array(text.split(), np.int64), len(names), samples)
+        try:
+            counts = np.array(text.split(), np.int64)
+        except (ValueError, OverflowError) as e:
+            raise RecordError(path, "unreadable", f"{path}: Philips XML Plain waveform: {e}, "
+                              "expected integer counts") from None
+        rows = _split(path, counts, len(names), samples)
         return [r - offset for r in rows], names, uv, fs
     if encoding != "Base64":
         raise RecordError(path, "unreadable", f"{path}: Philips XML dataencoding {encoding!r}, "
@@ -117,32 +143,45 @@ def _split(path, counts: np.ndarray, leads_: int, samples: int) -> list[np.ndarr
 
 
 def _xli(path, data: bytes, names: list[str], samples: int) -> list[np.ndarray]:
-    from sierraecg.xli import xli_decode  # the [clinical] extra; only XLI files need it
+    # The [clinical] extra; only XLI files need it. Its LZW decoder and second-difference step,
+    # chunk by chunk here: a chunk's output is bounded (LZW can expand 10 bits to ~770 bytes).
+    from sierraecg.lzw import LzwDecoder
+    from sierraecg.xli import xli_decode_deltas
 
     if names[:6] != list(STD_LEADS[:6]):
         raise RecordError(path, "unreadable", f"{path}: Philips XLI leads {names[:6]}, expected "
                           "I II III aVR aVL aVF first (their residual coding)")
-    offset, chunks = 0, 0
-    while offset < len(data):  # walk the chunk headers before the decoder does
+    offset, rows = 0, []
+    while len(rows) < len(names):
         size = int.from_bytes(data[offset:offset + 4], "little", signed=True)
         if len(data) - offset < 8 or not 0 < size <= len(data) - offset - 8:
-            raise RecordError(path, "truncated_signal", f"{path}: Philips XLI chunk {chunks} at "
-                              f"byte {offset} declares {size} bytes, {len(data) - offset - 8} "
-                              "remain")
-        offset, chunks = offset + 8 + size, chunks + 1
-    if chunks < len(names):
-        raise RecordError(path, "truncated_signal", f"{path}: Philips XLI data holds {chunks} "
-                          f"leads, expected {len(names)}")
-    try:
-        decoded = xli_decode(data, names)[:len(names)]
-    except (IndexError, ValueError, OverflowError) as e:  # a damaged LZW stream
-        raise RecordError(path, "unreadable", f"{path}: Philips XLI data does not decode "
-                          f"({type(e).__name__}: {e})") from e
-    short = min(len(d) for d in decoded)
-    if short < samples:
-        raise RecordError(path, "truncated_signal", f"{path}: a Philips XLI lead decodes to "
-                          f"{short} samples, expected {samples}")
-    rows = [np.asarray(d[:samples], np.int64) for d in decoded]
+            raise RecordError(path, "truncated_signal", f"{path}: Philips XLI chunk {len(rows)} "
+                              f"at byte {offset} declares {size} bytes, "
+                              f"{max(len(data) - offset - 8, 0)} remain ({len(names)} leads "
+                              "expected)")
+        first = int.from_bytes(data[offset + 6:offset + 8], "little", signed=True)
+        # Up to twice the lead's bytes (a chunk may hold more samples than the duration says).
+        decoder, limit, out = LzwDecoder(data[offset + 8:offset + 8 + size], bits=10), \
+            4 * samples + 64, []
+        try:
+            while len(out) <= limit and (byte := decoder.read()) != -1:
+                out.append(byte & 0xFF)
+        except (IndexError, ValueError) as e:  # a code before any string: a damaged stream
+            raise RecordError(path, "unreadable", f"{path}: Philips XLI chunk {len(rows)} "
+                              f"does not decode ({type(e).__name__}: {e})") from e
+        if len(out) > limit:
+            raise RecordError(path, "unreadable", f"{path}: Philips XLI chunk {len(rows)} "
+                              f"decodes past {limit} bytes ({samples} samples expected)")
+        if len(out) < 2 * samples:
+            raise RecordError(path, "truncated_signal", f"{path}: Philips XLI lead {len(rows)} "
+                              f"decodes to {len(out) // 2} samples, expected {samples}")
+        try:
+            rows.append(np.asarray(xli_decode_deltas(out + [0] * (len(out) % 2), first),
+                                   np.int64)[:samples])
+        except (IndexError, ValueError, OverflowError) as e:  # a damaged LZW stream
+            raise RecordError(path, "unreadable", f"{path}: Philips XLI data does not decode "
+                              f"({type(e).__name__}: {e})") from e
+        offset += 8 + size
     lead_i, lead_ii = rows[0], rows[1]
     rows[2] = lead_ii - lead_i - rows[2]
     rows[3] = -rows[3] - (lead_i + lead_ii) // 2

@@ -136,8 +136,13 @@ def test_remote_lock_create_is_exclusive_and_its_heartbeat_keeps_it_fresh(memory
     lock.refresh(every_seconds=0)
     assert storage.modified(lock.path) > before
     # Ten minutes without a heartbeat: the other machine takes the lock over.
+    modified = storage.modified
     monkeypatch.setattr(storage, "modified", lambda p: before - 601)
     assert "took over the stale lock" in other.acquire()
+    monkeypatch.setattr(storage, "modified", modified)
+    taken = fs.cat_file(lock.path)
+    lock.refresh(every_seconds=0)  # the stalled run wakes up: it must not renew the other's lock
+    assert fs.cat_file(lock.path) == taken and not lock.held
     lock.release()  # no longer its lock: left alone
     assert json.loads(fs.cat_file(lock.path))["id"] == other.info["id"]
     other.release()

@@ -213,3 +213,60 @@ def test_scp_crc_mismatch_is_a_skip(tmp_path, signal_mv):
     with pytest.raises(RecordError) as err:
         clinical.read_clinical(path)
     assert err.value.reason == "unreadable" and "CRC" in str(err.value)
+
+
+@pytest.mark.parametrize("huffman", [False, True])
+def test_scp_reference_beat_subtraction_is_undone_at_both_amplitude_steps(tmp_path, signal_mv,
+                                                                          huffman):
+    """Section 6 holds rhythm - reference beat inside the QRS zone, at 5 uV per count, the beat
+    (Section 5) at 2 uV: the reader gives residual x 5 uV + beat x 2 uV there, the rhythm
+    elsewhere (a reader scaling everything by Section 6's AVM is 2.5x off inside the zone)."""
+    path = tmp_path / "exam.scp"
+    stored = cf.write_scp(path, signal_mv[:, :2500], FS, huffman=huffman, reference_avm=2000)
+    ecg = clinical.read_clinical(path, target_fs=None)
+    np.testing.assert_allclose(ecg.signal, stored, rtol=1.2e-7, atol=1e-9)
+    # The beat's 2-uV steps show inside the zone only: the stored values are not all on 5 uV.
+    assert np.any(np.abs(stored * 200 - np.round(stored * 200)) > 1e-6)
+
+
+def test_scp_leads_not_recorded_together_are_a_skip(tmp_path, signal_mv):
+    """A 3-channel cart records 4 groups one after the other (Section 3's sample ranges):
+    stacking them as one 12-lead instant would be wrong."""
+    path = tmp_path / "exam.scp"
+    cf.write_scp(path, signal_mv[:, :1250], FS, lead_starts=[1 + 1250 * (k // 3)
+                                                             for k in range(12)])
+    with pytest.raises(RecordError) as err:
+        clinical.read_clinical(path)
+    assert err.value.reason == "unequal_lengths"
+
+
+@pytest.mark.parametrize("change,reason", [
+    (('samplespersecond="500.0"', 'samplespersecond="nan"'), "bad_sampling_rate"),
+    (('durationperchannel="10000"', 'durationperchannel="1e12"'), "unreadable"),
+    (('bitspersample="16"', 'bitspersample="8"'), "unreadable"),
+    (('resolution="5.0" signaloffset', 'resolution="inf" signaloffset'), "bad_units"),
+])
+def test_philips_impossible_attributes_are_skips(tmp_path, signal_mv, change, reason):
+    path = tmp_path / "exam.xml"
+    cf.write_philips(path, signal_mv, FS)
+    text = path.read_text(encoding="utf-8")
+    assert change[0] in text
+    path.write_text(text.replace(change[0], change[1]), encoding="utf-8")
+    with pytest.raises(RecordError) as err:
+        clinical.read_clinical(path)
+    assert err.value.reason == reason and str(path) in str(err.value)
+
+
+def test_philips_xli_chunk_that_expands_without_end_is_cut_short():
+    """LZW turns a 10-bit code into up to ~770 bytes: 2 KB of codes for a run of 400,000 zero
+    bytes. The decoder stops past twice the lead's bytes instead of expanding it all."""
+    import time
+
+    from crema_jax.data.reading import philips_xml
+    body = cf._lzw_10bit(bytes(400_000))
+    assert len(body) < 4000
+    data = (len(body).to_bytes(4, "little") + bytes(4) + body) * 12
+    start = time.perf_counter()
+    with pytest.raises(RecordError, match="decodes past") as err:
+        philips_xml._xli("exam.xml", data, list(philips_xml.STD_LEADS), 1000)
+    assert err.value.reason == "unreadable" and time.perf_counter() - start < 2.0
