@@ -270,3 +270,23 @@ def test_philips_xli_chunk_that_expands_without_end_is_cut_short():
     with pytest.raises(RecordError, match="decodes past") as err:
         philips_xml._xli("exam.xml", data, list(philips_xml.STD_LEADS), 1000)
     assert err.value.reason == "unreadable" and time.perf_counter() - start < 2.0
+
+
+def test_philips_second_differences_match_the_reference_decoder():
+    """Our vectorised XLI delta step against sierraecg's loop (the sierra-ecg-tools reference)
+    on the bytes of random-walk leads, an odd-length stream padded as it pads, and short ones."""
+    from sierraecg.xli import xli_decode_deltas
+
+    from crema_jax.data.reading import philips_xml
+    rng = np.random.default_rng(0)
+    for n in (3, 4, 5, 999, 5000):
+        lead = np.cumsum(rng.integers(-40, 41, n)).clip(-3000, 3000)
+        chunk = cf.xli_chunk(lead)
+        first = int.from_bytes(chunk[6:8], "little", signed=True)
+        words = lead.copy()
+        words[2:-1] = 64 + 2 * lead[2:-1] - lead[1:-2] - lead[3:]
+        planar = np.concatenate([(words.astype(np.int16).view(np.uint16) >> 8),
+                                 words.astype(np.int16).view(np.uint16) & 0xFF]).astype(np.uint8)
+        want = np.asarray(xli_decode_deltas(planar.tolist(), first), np.int64)
+        np.testing.assert_array_equal(philips_xml.second_differences(planar, first), want)
+        np.testing.assert_array_equal(want, lead)
