@@ -19,6 +19,12 @@ DirectRunner with 1 and 2 workers (the [beam] extra), on --records synthetic rec
 
     python bench/data.py --tables=prepare --records=2000
 
+`--tables=clinical` times the same command on hospital exports (`--layout=clinical_exports`,
+2 workers): --records synthetic records written in each format by the test suite's writers
+(tests/data/clinical_files.py: DICOM, HL7 aECG, GE MUSE, EDF+, Philips XLI, SCP-ECG Huffman):
+
+    python bench/data.py --tables=clinical --records=500
+
 `--prepare_memory=N` prepares N synthetic records on the DirectRunner (2 worker processes) and
 prints the peak resident memory of the whole process tree (sampled from /proc every 0.2 s) and
 of its largest process: run it at 5,000 and 20,000 records to see it flat in the record count.
@@ -138,14 +144,15 @@ def main() -> None:
     parser.add_argument("--tables", default="pretrain,eval",
                         help="comma-separated: pretrain (sources x workers, with the CODE-15%% "
                              "breakdown), eval (the evaluation pipeline by data path), prepare "
-                             "(the prepare command: local path and Beam DirectRunner)")
+                             "(the prepare command: local path and Beam DirectRunner), clinical "
+                             "(prepare on each hospital export format)")
     parser.add_argument("--prepare_memory", default="",
                         help="only this: peak RSS of DirectRunner prepares of N[,N...] records")
     args = parser.parse_args()
     tables = set(args.tables.split(","))
-    if not tables or tables - {"pretrain", "eval", "prepare"}:
+    if not tables or tables - {"pretrain", "eval", "prepare", "clinical"}:
         parser.error(f"--tables={args.tables!r}: expected a comma-separated subset of "
-                     "pretrain,eval,prepare")
+                     "pretrain,eval,prepare,clinical")
     flags.FLAGS.mark_as_parsed()  # Grain workers read absl flags.
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -159,6 +166,8 @@ def main() -> None:
             return
         if "prepare" in tables:
             _prepare_table(tmp, raw_dir, args.records)
+        if "clinical" in tables:
+            _clinical_table(tmp, raw_dir, args.records)
         if "pretrain" in tables:
             _pretrain_tables(tmp, raw_dir, args)
         if "eval" in tables:
@@ -237,6 +246,35 @@ def _prepare_table(tmp: str, raw_dir: str, records: int) -> None:
     print(f"|{'-' * 19}|---------|--------|")
     for path, workers, rate in rows:
         print(f"| {path:<17} | {workers:>7} | {rate:>6,.0f} |")
+
+
+def _clinical_table(tmp: str, raw_dir: str, records: int) -> None:
+    """Whole `crema-jax prepare --layout=clinical_exports` runs (2 workers), one format each."""
+    import wfdb
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+    from tests.data import clinical_files
+
+    names = sorted(f[:-4] for f in os.listdir(raw_dir) if f.endswith(".hea"))[:records]
+    signals = [wfdb.rdrecord(os.path.join(raw_dir, n)).p_signal.T for n in names]
+    rows = []
+    for fmt, writer in sorted(clinical_files.WRITERS.items()):
+        root = os.path.join(tmp, f"exports_{fmt}")
+        os.makedirs(root)
+        for name, signal in zip(names, signals):
+            writer(os.path.join(root, name + clinical_files.SUFFIX[fmt]), signal, 500.0)
+        size = sum(os.path.getsize(os.path.join(root, f)) for f in os.listdir(root))
+        start = time.perf_counter()
+        subprocess.run(_prepare_cmd(root, os.path.join(tmp, f"cache_{fmt}"), "--workers=2",
+                                    "--layout=clinical_exports"),
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        rows.append((fmt, size / len(names) / 1024, len(names) / (time.perf_counter() - start)))
+    print(f"\nprepare --layout=clinical_exports: {len(names)} synthetic records (500 Hz, 10 s) "
+          "per format -> cache, whole command runs, 2 workers:\n")
+    print(f"| {'format':<12} | KiB per file | ECGs/s |")
+    print(f"|{'-' * 14}|--------------|--------|")
+    for fmt, kib, rate in rows:
+        print(f"| {fmt:<12} | {kib:>12.1f} | {rate:>6,.0f} |")
 
 
 def _tree_rss_kib(root: int) -> dict[int, int]:
