@@ -327,7 +327,10 @@ def make_plan(*, layout, root, out, layout_options=None, target_fs=250.0, prepro
         raise PrepareError(f"--preprocess={preprocess}: it runs on each crop, not on the record, "
                            "and a cache holds preprocessed records; choose crema, ecgfounder or "
                            "none")
-    settings = _settings(index, dict(layout=layout, layout_options=layout_options, root=root,
+    # How the index is built (e.g. clinical_exports' index_workers) is not what it holds.
+    content_options = {k: v for k, v in layout_options.items()
+                       if k not in registry.EXECUTION_OPTIONS}
+    settings = _settings(index, dict(layout=layout, layout_options=content_options, root=root,
                                      target_fs=target_fs, preprocess=preprocess, dtype=dtype,
                                      records_per_shard=records_per_shard), preprocess_cfg)
     num_shards = max(1, -(-len(index.records) // records_per_shard))

@@ -1,8 +1,10 @@
 """The "clinical_exports" layout: a folder tree of hospital ECG exports in any mix of DICOM
-waveform, HL7 aECG, GE MUSE XML and EDF+ files, each detected by content (reading/clinical.py).
+waveform, HL7 aECG, GE MUSE XML, Philips XML, SCP-ECG and EDF+ files, each detected by content
+(reading/clinical.py).
 
     crema-jax prepare --layout=clinical_exports --root=/data/exports --out=/data/exports-cache \
-        [--layout_option=labels=labels.csv | --layout_option=label_map=default]
+        [--layout_option=labels=labels.csv | --layout_option=label_map=default] \
+        [--layout_option=index_workers=N]
 
 Every file below `root` (sorted; hidden files and .csv/.json/.txt/.md/WFDB files excepted) is one
 record; record id = its path relative to root. A file that is not an export, or does not parse,
@@ -12,15 +14,22 @@ meta: format, exam_id, statements (the machine's interpretation), age, sex and p
 salted hash of the file's patient identifier (clinical.patient_hash). Splits: hash_split of that
 hash (a patient never straddles splits), or of the record id when the file names no patient.
 
+Indexing parses every file for its meta: in `index_workers` spawned processes (0: one per core,
+at most 8, from INDEX_POOL_MIN_FILES files on; 1: in this process), the same index either way.
+
 Labels (optional): `labels=CSV` with a `file` column (the path relative to root) and `labels`
 (codes separated by ';', '|' or ','; optional `split`); or `label_map=default|JSON`: the
 MIMIC-IV-ECG keyword map over the statements (mimic_iv_ecg.ReportLabeller, the same rules).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import csv
+import multiprocessing
 import os
 import pathlib
+
+from absl import logging
 
 from crema_jax.data.index.dataset_index import (DatasetIndex, RecordInfo, parse_labels,
                                                 parse_split, vocabulary)
@@ -42,6 +51,35 @@ def _files(root: pathlib.Path) -> list[str]:
     return out
 
 
+INDEX_POOL_MIN_FILES = 256  # fewer files: in-process (spawning the pool costs a few seconds)
+
+
+def _read_meta(path: str) -> tuple[dict, BadRecord | None]:
+    """(meta, None), or ({}, the BadRecord of a file that does not parse)."""
+    try:
+        return clinical.read_meta(path), None
+    except RecordError as e:
+        return {}, BadRecord(e.reason, e.message)
+    except OSError as e:
+        return {}, BadRecord("unreadable", f"{path}: {e.strerror or e}")
+
+
+def _quiet_worker() -> None:
+    logging.set_verbosity(logging.ERROR)  # the parent gave the salt warning once
+
+
+def _metas(paths: list[str], workers: int) -> list[tuple[dict, BadRecord | None]]:
+    """_read_meta of each path, in order; over `workers` spawned processes when > 1."""
+    if workers <= 1:
+        return [_read_meta(p) for p in paths]
+    clinical.warn_if_public_salt()
+    # spawn: worker processes must not inherit a parent's threads (JAX, Grain, pytest).
+    with concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_quiet_worker) as pool:
+        return list(pool.map(_read_meta, paths, chunksize=max(1, len(paths) // (8 * workers))))
+
+
 def _label_rows(spec: str, root: pathlib.Path) -> dict[str, dict]:
     """relative path -> its CSV row (labels, split)."""
     if not spec:
@@ -57,7 +95,8 @@ def _label_rows(spec: str, root: pathlib.Path) -> dict[str, dict]:
 
 def clinical_exports(root, *, labels: str = "", label_map: str = "",
                      val_fraction: float = 0.1, test_fraction: float = 0.1,
-                     source: str = "", label_names: list[str] | None = None) -> DatasetIndex:
+                     source: str = "", label_names: list[str] | None = None,
+                     index_workers: int = 0) -> DatasetIndex:
     """Every export below `root`; see the module docstring."""
     root = pathlib.Path(root)
     if not root.is_dir():
@@ -68,15 +107,12 @@ def clinical_exports(root, *, labels: str = "", label_map: str = "",
     rules = label_map_rules(label_map, "clinical_exports")
     labeller = ReportLabeller(rules) if rules else None
     fractions = dict(val_fraction=val_fraction, test_fraction=test_fraction)
-    records = []
-    for path in _files(root):
+    records, paths = [], _files(root)
+    workers = int(index_workers) or (min(os.cpu_count() or 1, 8)
+                                     if len(paths) >= INDEX_POOL_MIN_FILES else 1)
+    for path, (meta, bad) in zip(paths, _metas(paths, workers)):
         rel = pathlib.Path(path).relative_to(root).as_posix()
-        try:
-            meta, reader = clinical.read_meta(path), clinical.ClinicalFile()
-        except RecordError as e:
-            meta, reader = {}, BadRecord(e.reason, e.message)
-        except OSError as e:
-            meta, reader = {}, BadRecord("unreadable", f"{path}: {e.strerror or e}")
+        reader = bad or clinical.ClinicalFile()
         row = rows.get(rel, {})
         found = (parse_labels(row.get("labels", "")) if labels
                  else labeller(meta.get("statements", ())) if labeller else ())

@@ -28,6 +28,11 @@ LAYOUTS = {"wfdb_folder": wfdb_folder, "ptbxl": ptbxl, "manifest": manifest, "co
            "clinical_exports": clinical_exports}
 
 
+# Layout options that change how an index is built, never what it holds: a cache's settings
+# leave them out, so a rerun with another value resumes the same cache.
+EXECUTION_OPTIONS = ("index_workers",)
+
+
 def build_index(layout: str, root, **opts) -> DatasetIndex:
     """LAYOUTS[layout](root, **opts) with a clear error for an unknown layout name."""
     if layout not in LAYOUTS:

@@ -47,6 +47,13 @@ def patient_hash(key: str | None) -> str:
     return "p" + hashlib.sha256(f"{salt}\0{key}".encode("utf-8")).hexdigest()[:16]
 
 
+def warn_if_public_salt() -> None:
+    """The once-per-process warning patient_hash gives without CREMA_JAX_PATIENT_SALT, given up
+    front (for a caller whose worker processes hash, silenced, on its behalf)."""
+    if not os.environ.get(SALT_ENV):
+        _warn_public_salt()
+
+
 @functools.cache
 def _warn_public_salt() -> None:
     logging.warning("%s is not set: patient ids are hashed with crema_jax's public default salt, "

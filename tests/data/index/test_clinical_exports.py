@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import wfdb
 
+from crema_jax.data.cache import prepare
 from crema_jax.data.cache.source import CacheSource
 from crema_jax.data.index import registry
 from crema_jax.data.index.dataset_index import hash_split
@@ -174,3 +175,21 @@ def test_command_line_record_paths_take_export_files(tmp_path, cinc_sample_dir):
     first = source.load(source[0])
     third = source.load(source[2])
     assert first["signal"].shape == third["signal"].shape
+
+
+def test_index_workers_give_the_same_index_and_cache_settings(tmp_path, cinc_sample_dir):
+    """Parsing the exports in 2 spawned processes gives the index one process gives (records,
+    labels, meta, splits, skip reasons), and the same cache settings (index_workers is how the
+    index is built, not what it holds)."""
+    folder = _damaged_folder(tmp_path, cinc_sample_dir)
+    one, two = (registry.build_index("clinical_exports", str(folder), labels="labels.csv",
+                                     index_workers=n) for n in (1, 2))
+    as_rows = [[(r.record_id, r.labels, r.split, r.source, r.meta, r.reader) for r in i.records]
+               for i in (one, two)]
+    assert as_rows[0] == as_rows[1] and len(as_rows[0]) == 2 * len(cf.WRITERS) + 2
+    assert sum(type(r.reader).__name__ == "BadRecord" for r in one.records) == sum(
+        EXPECTED_SKIPS.values())
+    plans = [prepare.make_plan(layout="clinical_exports", root=str(folder), out=str(tmp_path / o),
+                               layout_options={"labels": "labels.csv", "index_workers": n})
+             for o, n in (("a", 1), ("b", 2))]
+    assert plans[0].settings == plans[1].settings
