@@ -51,7 +51,7 @@ def _files(root: pathlib.Path) -> list[str]:
     return out
 
 
-INDEX_POOL_MIN_FILES = 256  # fewer files: in-process (spawning the pool costs a few seconds)
+INDEX_POOL_MIN_FILES = 2048  # fewer files: in-process (spawning the pool costs a few seconds)
 
 
 def _read_meta(path: str) -> tuple[dict, BadRecord | None]:
