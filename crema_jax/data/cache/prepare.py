@@ -356,7 +356,8 @@ def _check_remote_output(out: str) -> None:
                                 f"write ({shown}); choose a new or empty folder")
 
 
-def claim_output(plan: Plan, root: str, *, lock, merge_only: bool) -> None:
+def claim_output(plan: Plan, root: str, *, lock: workdir.WorkdirLock,
+                 merge_only: bool) -> None:
     """The output folder checked, this host's lock taken, its crashed half-written files removed
     (a local --out: a remote one is written under unique temporary names), and the settings
     written or checked against the ones there (every host writes the same bytes; --merge only
@@ -371,11 +372,10 @@ def claim_output(plan: Plan, root: str, *, lock, merge_only: bool) -> None:
                    lock_name(0).replace("host0", "host*"))
         files.check_output_dir(out, marker=markers, flag="--out", inputs=[root],
                                create=not merge_only)
-    if lock is not None:
-        note = lock.acquire()
-        if note:
-            print(f"prepare: {note}")
-    if lock is not None and not storage.is_remote(out):
+    note = lock.acquire()
+    if note:
+        print(f"prepare: {note}")
+    if not storage.is_remote(out):
         own = [plan.names[s] + ext for s in plan.mine for ext in (".arrayrecord", ".json")]
         own.append(record_format.SETTINGS_FILE)
         if plan.merges:

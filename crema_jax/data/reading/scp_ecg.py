@@ -33,21 +33,6 @@ import numpy as np
 from crema_jax.data.reading.ecg import RecordError
 
 
-def looks_like(head: bytes) -> bool:
-    """Section 0 right after the 6-byte preamble (id 0 at byte 8), its first pointer naming
-    Section 0 itself at byte 7 (1-based), as every SCP-ECG record starts."""
-    if len(head) < 32:
-        return False
-    u16, u32 = (lambda p: int.from_bytes(head[p:p + 2], "little"),
-                lambda p: int.from_bytes(head[p:p + 4], "little"))
-    return u16(8) == 0 and u16(22) == 0 and u32(28) == 7 and u32(10) >= 26
-
-
-MAX_BYTES = 8 << 20      # a short-term record (10 s: ~30 KB; 5 min uncompressed: ~4 MB)
-MAX_LEADS = 32
-MAX_QRS = 5000           # Section 4's subtraction zones: tens in a 10-s record
-
-
 def _u16(data: bytes, pos: int) -> int:
     return int.from_bytes(data[pos:pos + 2], "little")
 
@@ -56,17 +41,29 @@ def _u32(data: bytes, pos: int) -> int:
     return int.from_bytes(data[pos:pos + 4], "little")
 
 
+def looks_like(head: bytes) -> bool:
+    """Section 0 right after the 6-byte preamble (id 0 at byte 8), its first pointer naming
+    Section 0 itself at byte 7 (1-based), as every SCP-ECG record starts."""
+    if len(head) < 32:
+        return False
+    return (_u16(head, 8) == 0 and _u16(head, 22) == 0 and _u32(head, 28) == 7
+            and _u32(head, 10) >= 26)
+
+
+MAX_BYTES = 8 << 20      # a short-term record (10 s: ~30 KB; 5 min uncompressed: ~4 MB)
+MAX_LEADS = 32
+MAX_QRS = 5000           # Section 4's subtraction zones: tens in a 10-s record
+
+
 def _check_layout(path, data: bytes) -> None:
-    """What the decoder would act on before checking it: the record size, Section 3's lead count
-    and sample ranges (one common range: leads recorded together; a sample takes at least one
-    bit of the file), Section 4's QRS count; refused here as RecordErrors."""
+    """What the decoder would act on before checking it (the file already within MAX_BYTES):
+    the record size, Section 3's lead count and sample ranges (one common range: leads recorded
+    together; a sample takes at least one bit of the file), Section 4's QRS count; refused here
+    as RecordErrors."""
     declared = _u32(data, 2)
     if len(data) < declared:
         raise RecordError(path, "truncated_signal", f"{path}: SCP-ECG file holds {len(data)} "
                           f"bytes, its record size says {declared}")
-    if len(data) > MAX_BYTES:
-        raise RecordError(path, "unreadable", f"{path}: SCP-ECG file of {len(data)} bytes, "
-                          f"expected a short-term record (at most {MAX_BYTES})")
     sections = {}
     for pos in range(22, min(6 + _u32(data, 10), len(data)) - 9, 10):
         sid, length, index = _u16(data, pos), _u32(data, pos + 2), _u32(data, pos + 6)
