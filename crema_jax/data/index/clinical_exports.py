@@ -14,8 +14,10 @@ meta: format, exam_id, statements (the machine's interpretation), age, sex and p
 salted hash of the file's patient identifier (clinical.patient_hash). Splits: hash_split of that
 hash (a patient never straddles splits), or of the record id when the file names no patient.
 
-Indexing parses every file for its meta: in `index_workers` spawned processes (0: one per core,
-at most 8, from INDEX_POOL_MIN_FILES files on; 1: in this process), the same index either way.
+Indexing parses every file for its meta (clinical.read_meta: Philips XLI and SCP-ECG rhythm data
+left coded, its damage found when the record is read): in `index_workers` spawned processes (0: one
+per core, at most 8, from INDEX_POOL_MIN_FILES files on; 1: in this process), the same index
+either way.
 
 Labels (optional): `labels=CSV` with a `file` column (the path relative to root) and `labels`
 (codes separated by ';', '|' or ','; optional `split`); or `label_map=default|JSON`: the

@@ -69,9 +69,10 @@ def is_clinical_path(path) -> bool:
 
 def read_meta(path) -> dict:
     """The record's meta without the canonical signal: format, exam_id, statements, age, sex,
-    patient_id (the salted hash). Raises RecordError as `read_clinical` would on a bad file."""
-    parsed = clinical_formats.parse(path)
-    return _meta(parsed)
+    patient_id (the salted hash). Raises RecordError as `read_clinical` would on a bad file,
+    except for damage inside Philips XLI and SCP-ECG rhythm data, which is left coded here
+    (clinical_formats.parse's decode=False) and found by `read_clinical`."""
+    return _meta(clinical_formats.parse(path, decode=False))
 
 
 def _meta(parsed) -> dict:

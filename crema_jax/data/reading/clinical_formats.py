@@ -1,6 +1,9 @@
 """The exports of ECG management systems, each parsed from its standard's documented fields.
 
     parse(path) -> Parsed     the format detected by content (`detect`), never by extension
+    parse(path, decode=False) the same meta and checks, but Philips XLI and SCP-ECG leave their
+                              rhythm data coded (Parsed.signal None): their pure-Python decoders
+                              are those files' cost, and an index needs the meta alone
 
 - DICOM 12-lead / general ECG waveform ("DICM" at byte 128; pydicom): the first ORIGINAL
   multiplex group, sample * ChannelSensitivity * CorrectionFactor + ChannelBaseline (pydicom's
@@ -47,7 +50,7 @@ _EDF_TYPE = re.compile(r"^\s*(ECG|EKG)\s+", re.IGNORECASE)  # EDF+ label: "<type
 
 @dataclasses.dataclass
 class Parsed:
-    signal: np.ndarray          # float64 (T, channels), physical values in `units`
+    signal: np.ndarray | None   # float64 (T, channels), physical values in `units`
     names: list[str]            # the channels' lead names as the file states them
     units: list[str]
     fs: float
@@ -72,13 +75,14 @@ def detect(path) -> str | None:
         root.group(2) if root else "")
 
 
-def parse(path) -> Parsed:
+def parse(path, *, decode: bool = True) -> Parsed:
     fmt = detect(path)
     if fmt is None:
         raise RecordError(path, "unknown_format", f"{path}: not a DICOM waveform, HL7 aECG, "
                           "GE MUSE XML, Philips XML, SCP-ECG or EDF file (detected by content)")
-    return {"dicom": _dicom, "aecg": _aecg, "muse": _muse, "edf": _edf,
-            "philips": _philips, "scp": _scp}[fmt](str(path))
+    if fmt in ("philips", "scp"):
+        return (_philips if fmt == "philips" else _scp)(str(path), decode)
+    return {"dicom": _dicom, "aecg": _aecg, "muse": _muse, "edf": _edf}[fmt](str(path))
 
 
 def _stacked(path, rows, fmt: str) -> np.ndarray:
@@ -263,15 +267,19 @@ def _muse(path) -> Parsed:
     return Parsed(_stacked(path, rows, "GE MUSE"), names, units, fs, "muse", meta, key or None)
 
 
-def _philips(path) -> Parsed:
+def _philips(path, decode: bool) -> Parsed:
     root = _xml_root(path, "Philips")
-    rows, names, uv_per_count, fs = philips_xml.leads(path, root)
+    rows, names, uv_per_count, fs = philips_xml.leads(path, root, decode=decode)
     meta, key = philips_xml.details(root)
-    return Parsed(_stacked(path, rows, "Philips XML") * uv_per_count, names, ["uV"] * len(names),
-                  _rate(path, fs, "samplespersecond"), "philips", meta, key)
+    signal = None if rows is None else _stacked(path, rows, "Philips XML") * uv_per_count
+    return Parsed(signal, names, ["uV"] * len(names), _rate(path, fs, "samplespersecond"),
+                  "philips", meta, key)
 
 
-def _scp(path) -> Parsed:
+def _scp(path, decode: bool) -> Parsed:
+    if not decode:
+        meta, key = scp_ecg.read_meta(path)
+        return Parsed(None, [], [], float("nan"), "scp", meta, key)
     rows, names, fs, meta, key = scp_ecg.read(path)
     return Parsed(_stacked(path, rows, "SCP-ECG"), names, ["uV"] * len(names),
                   _rate(path, fs, "the Section 6 sample interval"), "scp", meta, key)

@@ -1,6 +1,7 @@
 """Philips (Sierra) ECG XML, schema 1.03 to 1.04.02: the waveform fields, read by the schema.
 
     leads(path, root) -> (rows, names, uv_per_count, fs)     counts per lead, before scaling
+    leads(path, root, decode=False) -> (None, names, ...)    every check but XLI's LZW decode
     details(root) -> (meta, patient_key)
 
 What the schema (SierraECGSchema_1_04_01.xsd) documents, in the order it is applied:
@@ -68,8 +69,11 @@ def _number(path, value, field: str, *, positive: bool = False,
     return number
 
 
-def leads(path, root) -> tuple[list[np.ndarray], list[str], float, float]:
-    """The counts of each lead, the lead names, uV per count and the rate (Hz, unchecked)."""
+def leads(path, root, *, decode: bool = True
+          ) -> tuple[list[np.ndarray] | None, list[str], float, float]:
+    """The counts of each lead, the lead names, uV per count and the rate (Hz, unchecked).
+    decode=False: rows None, an XLI stream's chunk headers checked but its LZW (in pure Python,
+    the file's cost) not run; the other encodings are checked in full."""
     wave = _find(root, "waveforms/parsedwaveforms")
     signal = _find(root, "dataacquisition/signalcharacteristics")
     if wave is None:
@@ -123,6 +127,9 @@ def leads(path, root) -> tuple[list[np.ndarray], list[str], float, float]:
     xli = (wave.get("compression") == "XLI"
            or (wave.get("compressflag") == "True" and wave.get("compressmethod") == "XLI"))
     if xli:
+        if not decode:
+            _xli_chunks(path, data, names)
+            return None, names, uv, fs
         rows = _xli(path, data, names, samples)
     elif wave.get("compression") or wave.get("compressflag") == "True":
         raise RecordError(path, "unreadable", f"{path}: Philips XML compression "
@@ -143,45 +150,53 @@ def _split(path, counts: np.ndarray, leads_: int, samples: int) -> list[np.ndarr
     return list(counts[:leads_ * samples].reshape(leads_, samples))
 
 
+def _xli_chunks(path, data: bytes, names: list[str]) -> list[tuple[int, bytes]]:
+    """(first difference, LZW stream) of the chunk of each lead, each chunk's header checked:
+    a negative or overlong size would send sierraecg's `xli_decode` loop backwards."""
+    if names[:6] != list(STD_LEADS[:6]):
+        raise RecordError(path, "unreadable", f"{path}: Philips XLI leads {names[:6]}, expected "
+                          "I II III aVR aVL aVF first (their residual coding)")
+    offset, chunks = 0, []
+    while len(chunks) < len(names):
+        size = int.from_bytes(data[offset:offset + 4], "little", signed=True)
+        if len(data) - offset < 8 or not 0 < size <= len(data) - offset - 8:
+            raise RecordError(path, "truncated_signal", f"{path}: Philips XLI chunk "
+                              f"{len(chunks)} at byte {offset} declares {size} bytes, "
+                              f"{max(len(data) - offset - 8, 0)} remain ({len(names)} leads "
+                              "expected)")
+        first = int.from_bytes(data[offset + 6:offset + 8], "little", signed=True)
+        chunks.append((first, data[offset + 8:offset + 8 + size]))
+        offset += 8 + size
+    return chunks
+
+
 def _xli(path, data: bytes, names: list[str], samples: int) -> list[np.ndarray]:
     # The [clinical] extra; only XLI files need it. Its LZW decoder and second-difference step,
     # chunk by chunk here: a chunk's output is bounded (LZW can expand 10 bits to ~770 bytes).
     from sierraecg.lzw import LzwDecoder
 
-    if names[:6] != list(STD_LEADS[:6]):
-        raise RecordError(path, "unreadable", f"{path}: Philips XLI leads {names[:6]}, expected "
-                          "I II III aVR aVL aVF first (their residual coding)")
-    offset, rows = 0, []
-    while len(rows) < len(names):
-        size = int.from_bytes(data[offset:offset + 4], "little", signed=True)
-        if len(data) - offset < 8 or not 0 < size <= len(data) - offset - 8:
-            raise RecordError(path, "truncated_signal", f"{path}: Philips XLI chunk {len(rows)} "
-                              f"at byte {offset} declares {size} bytes, "
-                              f"{max(len(data) - offset - 8, 0)} remain ({len(names)} leads "
-                              "expected)")
-        first = int.from_bytes(data[offset + 6:offset + 8], "little", signed=True)
+    rows = []
+    for lead, (first, stream) in enumerate(_xli_chunks(path, data, names)):
         # Up to twice the lead's bytes (a chunk may hold more samples than the duration says).
-        decoder, limit, out = LzwDecoder(data[offset + 8:offset + 8 + size], bits=10), \
-            4 * samples + 64, []
+        decoder, limit, out = LzwDecoder(stream, bits=10), 4 * samples + 64, []
         try:
             while len(out) <= limit and (byte := decoder.read()) != -1:
                 out.append(byte & 0xFF)
         except (IndexError, ValueError) as e:  # a code before any string: a damaged stream
-            raise RecordError(path, "unreadable", f"{path}: Philips XLI chunk {len(rows)} "
+            raise RecordError(path, "unreadable", f"{path}: Philips XLI chunk {lead} "
                               f"does not decode ({type(e).__name__}: {e})") from e
         if len(out) > limit:
-            raise RecordError(path, "unreadable", f"{path}: Philips XLI chunk {len(rows)} "
+            raise RecordError(path, "unreadable", f"{path}: Philips XLI chunk {lead} "
                               f"decodes past {limit} bytes ({samples} samples expected)")
         if len(out) < 2 * samples:
-            raise RecordError(path, "truncated_signal", f"{path}: Philips XLI lead {len(rows)} "
+            raise RecordError(path, "truncated_signal", f"{path}: Philips XLI lead {lead} "
                               f"decodes to {len(out) // 2} samples, expected {samples}")
-        lead = second_differences(np.frombuffer(bytes(out + [0] * (len(out) % 2)), np.uint8),
-                                  first)
-        if np.abs(lead).max(initial=0) > 32767:  # the 16-bit samples of a damaged stream
-            raise RecordError(path, "unreadable", f"{path}: Philips XLI lead {len(rows)} "
+        values = second_differences(np.frombuffer(bytes(out + [0] * (len(out) % 2)), np.uint8),
+                                    first)
+        if np.abs(values).max(initial=0) > 32767:  # the 16-bit samples of a damaged stream
+            raise RecordError(path, "unreadable", f"{path}: Philips XLI lead {lead} "
                               "decodes outside 16-bit samples (a damaged stream)")
-        rows.append(lead[:samples])
-        offset += 8 + size
+        rows.append(values[:samples])
     lead_i, lead_ii = rows[0], rows[1]
     rows[2] = lead_ii - lead_i - rows[2]
     rows[3] = -rows[3] - (lead_i + lead_ii) // 2

@@ -2,6 +2,7 @@
 
     looks_like(head) -> bool                     the record's first bytes
     read(path) -> (rows, names, fs, meta, key)   rows in uV per lead, before stacking
+    read_meta(path) -> (meta, key)               the same meta, the rhythm data not decoded
 
 The decoding (Section 2's Huffman tables or the standard's default one, first or second
 differences, reference-beat subtraction with Sections 4 and 5) is `ecgdatakit`'s SCP-ECG parser
@@ -25,6 +26,7 @@ anything it calls corrupt or unsupported (unreadable; e.g. long-term Section 12 
 """
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
@@ -88,7 +90,25 @@ def _check_layout(path, data: bytes) -> None:
                           f"complexes, expected at most {MAX_QRS}")
 
 
-def read(path) -> tuple[list[np.ndarray], list[str], float, dict, str | None]:
+@functools.cache
+def _meta_parser_class():
+    """ecgdatakit's parser without its two decoders, Sections 5 and 6 (Huffman, differences,
+    reference beats): the other sections are parsed and checked by the same code, CRCs included."""
+    from ecgdatakit.parsing.parsers.scp_ecg import SCPECGParser
+
+    class MetaParser(SCPECGParser):
+        def _parse_section5(self, ctx, record):
+            return None
+
+        def _parse_section6(self, ctx, record, median):
+            return None
+
+    return MetaParser
+
+
+def _parse(path, decode: bool):
+    """ecgdatakit's record of the file (the rhythm data decoded or not), its refusals and CRC
+    warnings raised as RecordErrors."""
     import ecgdatakit  # the [clinical] extra; only SCP-ECG files need it
     from ecgdatakit.parsing.parsers.scp_ecg import SCPECGParser
 
@@ -98,10 +118,11 @@ def read(path) -> tuple[list[np.ndarray], list[str], float, dict, str | None]:
                           f"{MAX_BYTES})")
     with open(path, "rb") as f:
         _check_layout(path, f.read())
+    parser = SCPECGParser() if decode else _meta_parser_class()()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            record = SCPECGParser().parse(path)
+            record = parser.parse(path)
         except (ecgdatakit.ECGDataKitError, ValueError, OverflowError, MemoryError) as e:
             raise RecordError(path, "unreadable", f"{path}: SCP-ECG file does not decode "
                               f"({type(e).__name__}: {e})") from e
@@ -109,6 +130,26 @@ def read(path) -> tuple[list[np.ndarray], list[str], float, dict, str | None]:
                                                             ecgdatakit.ChecksumWarning)]
     if bad_crc:
         raise RecordError(path, "unreadable", f"{path}: {bad_crc[0]} (a damaged file)")
+    return record
+
+
+def _details(record) -> tuple[dict, str | None]:
+    statements = [" ".join(p for p in pair if p) for pair in
+                  (record.interpretation.statements if record.interpretation else [])]
+    patient = record.patient
+    meta = {"statements": [s for s in statements if s],
+            "sex": patient.sex if patient.sex in ("M", "F") else "", "age": patient.age}
+    return meta, patient.patient_id.strip() or None
+
+
+def read_meta(path) -> tuple[dict, str | None]:
+    """(meta, patient key) as `read` gives them, without decoding the rhythm data: damage inside
+    Sections 5 and 6 that their CRCs do not show is found by `read`."""
+    return _details(_parse(path, decode=False))
+
+
+def read(path) -> tuple[list[np.ndarray], list[str], float, dict, str | None]:
+    record = _parse(path, decode=True)
     if "bimodal" in (record.recording.acquisition.signal.compression or ""):
         raise RecordError(path, "unreadable", f"{path}: SCP-ECG bimodal compression (decimated "
                           "rhythm data) is not read")
@@ -122,10 +163,5 @@ def read(path) -> tuple[list[np.ndarray], list[str], float, dict, str | None]:
                               "amplitude value multiplier is 0, expected nV per count")
         rows.append(np.asarray(lead.samples, np.float64) * lead.resolution)
         names.append(lead.label)
-    statements = [" ".join(p for p in pair if p) for pair in
-                  (record.interpretation.statements if record.interpretation else [])]
-    patient = record.patient
-    meta = {"statements": [s for s in statements if s],
-            "sex": patient.sex if patient.sex in ("M", "F") else "", "age": patient.age}
-    return rows, names, 1e6 / interval if interval else float("nan"), meta, (
-        patient.patient_id.strip() or None)
+    meta, key = _details(record)
+    return rows, names, 1e6 / interval if interval else float("nan"), meta, key

@@ -59,6 +59,69 @@ def test_patient_identity_is_only_a_salted_hash(tmp_path, signal_mv, fmt, monkey
     assert meta["patient_id"] == want
 
 
+@pytest.mark.parametrize("fmt", sorted(cf.WRITERS))
+def test_the_index_meta_is_the_files_facts_and_the_reads_meta(tmp_path, signal_mv, fmt):
+    """read_meta (what an index stores; Philips XLI and SCP-ECG rhythm data left coded) gives
+    what the writer put in the file, and what reading the whole record gives."""
+    path = tmp_path / f"exam{cf.SUFFIX[fmt]}"
+    cf.WRITERS[fmt](path, signal_mv[:, :1000], FS)
+    meta = clinical.read_meta(path)
+    assert meta["statements"] == (() if fmt == "edf" else cf.STATEMENTS)
+    assert meta["patient_id"] == clinical.patient_hash(cf.PATIENT_ID)
+    assert meta["format"] == {"dcm": "dicom", "xml_aecg": "aecg", "xml_muse": "muse",
+                              "xml_philips": "philips"}.get(fmt, fmt)
+    whole = clinical.read_clinical(path).meta
+    assert {k: whole[k] for k in meta} == meta
+
+
+def _undecodable(path, fmt, signal_mv, monkeypatch):
+    """A file whose structure, sizes and CRCs are right but whose coded leads do not decode:
+    Philips XLI chunk 0's LZW stream garbled after its header; SCP-ECG Huffman data cut to a
+    third per lead before the writer computes the CRCs."""
+    if fmt == "scp":
+        whole = cf._huffman_default
+        monkeypatch.setattr(cf, "_huffman_default", lambda v: whole(v)[:len(whole(v)) // 3])
+        cf.write_scp(path, signal_mv[:, :1000], FS)
+        return "unreadable"
+    cf.write_philips(path, signal_mv[:, :1000], FS)
+    text = path.read_text(encoding="utf-8")
+    head, rest = text.split("<parsedwaveforms", 1)
+    attrs, rest = rest.split(">", 1)
+    payload, tail = rest.split("</parsedwaveforms>", 1)
+    data = bytearray(base64.b64decode(payload))
+    data[8:12] = b"\xff" * 4  # 10-bit codes 1023: no such string yet, or an empty lead
+    path.write_text(f"{head}<parsedwaveforms{attrs}>{base64.encodebytes(bytes(data)).decode()}"
+                    f"</parsedwaveforms>{tail}", encoding="utf-8")
+    return "truncated_signal"
+
+
+@pytest.mark.parametrize("fmt", ["xml_philips", "scp"])
+def test_the_index_leaves_philips_and_scp_rhythm_data_coded(tmp_path, signal_mv, fmt,
+                                                            monkeypatch):
+    """Indexing never runs the two pure-Python decoders (sierraecg's LZW, ecgdatakit's
+    Huffman: the file's whole cost); damage inside the coded leads is found when the record is
+    read, a RecordError naming the file (a skip, counted with its reason)."""
+    from crema_jax.data.index import registry
+    from crema_jax.data.reading import read
+    path = tmp_path / f"exam{cf.SUFFIX[fmt]}"
+    reason = _undecodable(path, fmt, signal_mv, monkeypatch)
+    record, = registry.build_index("clinical_exports", tmp_path).records
+    assert isinstance(record.reader, clinical.ClinicalFile)
+    assert record.meta["statements"] == cf.STATEMENTS
+    with pytest.raises(RecordError) as err:
+        read.read(record.path, record.reader)
+    assert err.value.reason == reason and str(path) in str(err.value)
+    decoder = ("sierraecg.lzw.LzwDecoder.read" if fmt == "xml_philips" else
+               "ecgdatakit.parsing.parsers.scp_ecg._huffman_decode")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the index ran the decoder")
+    good = tmp_path / f"good{cf.SUFFIX[fmt]}"
+    cf.WRITERS[fmt](good, signal_mv[:, :1000], FS)
+    monkeypatch.setattr(decoder, refuse)
+    assert clinical.read_meta(good)["patient_id"] == clinical.patient_hash(cf.PATIENT_ID)
+
+
 def test_the_public_default_salt_is_warned_about_once(monkeypatch):
     """Without CREMA_JAX_PATIENT_SALT the hash uses the documented public salt (recoverable by
     trying every id), and the user is told once per process."""
