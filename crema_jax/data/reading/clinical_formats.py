@@ -14,7 +14,7 @@
   LeadAmplitudeUnitsPerBit, rate SampleBase * 10^SampleExponent.
 - EDF / EDF+ ("0       " and numeric header fields; edfio): the physical values of the signals
   labelled with a lead ("ECG V1").
-- Philips (Sierra) XML (XML root restingecgdata; defusedxml, sierraecg for XLI): parsedwaveforms,
+- Philips (Sierra) XML (XML root restingecgdata; defusedxml, XLI decoded here): parsedwaveforms,
   (count - signaloffset) * resolution uV, XLI's residual limb leads rebuilt (philips_xml.py).
 - SCP-ECG (Section 0 after the 6-byte preamble; ecgdatakit): Section 6's rhythm data x AVM nV,
   rate 1e6 / the sample interval in us, SCP lead codes (scp_ecg.py).

@@ -19,14 +19,14 @@ What the schema (SierraECGSchema_1_04_01.xsd) documents, in the order it is appl
    microvolts"); without the attributes (1.03), `signalcharacteristics/resolution` and
    `signaloffset`. Samples are signed 16-bit words (@bitspersample 16, @signalsigned True);
    other word sizes are refused.
-XLI itself is decoded with `sierraecg`'s LZW decoder (the [clinical] extra; the reference
-decoder of the sierra-ecg-tools project) and its second-difference step vectorised here
-(`second_differences`, tested against sierraecg's), one chunk at a
-time and only the chunks of the leads used: each chunk's header is checked first (a negative or
-overlong size would send its `xli_decode` loop backwards) and its output capped at twice the
-lead's 2 x samples bytes (LZW turns 10 bits into up to ~770 bytes). Its `read_file` is not used: it
-rebuilds the residual leads of uncompressed files too (their leads are stored as they are) and
-leaves out the resolution and the offset. An XLI cart stores III, aVR, aVL and
+XLI is decoded as the reference decoder of the sierra-ecg-tools project (`sierraecg`) decodes
+it, its LZW (`lzw_decode`) and second-difference step (`second_differences`) written here to run
+~7x and ~80x faster, each tested against sierraecg's on the same streams; one chunk at a time
+and only the chunks of the leads used: each chunk's header is checked first (a negative or
+overlong size would send the reference's `xli_decode` loop backwards) and its output capped at
+twice the lead's 2 x samples bytes (LZW turns 10 bits into up to ~770 bytes). The reference's
+`read_file` would not do: it rebuilds the residual leads of uncompressed files too (their leads
+are stored as they are) and leaves out the resolution and the offset. An XLI cart stores III, aVR, aVL and
 aVF as residuals against I and II; they are rebuilt as that reference does, step by step:
 III = II - I - r3, aVR = -r4 - floor((I + II) / 2), aVL = floor((I - III) / 2) - r5,
 aVF = floor((II + III) / 2) - r6. Uncompressed data holds the leads themselves.
@@ -152,7 +152,7 @@ def _split(path, counts: np.ndarray, leads_: int, samples: int) -> list[np.ndarr
 
 def _xli_chunks(path, data: bytes, names: list[str]) -> list[tuple[int, bytes]]:
     """(first difference, LZW stream) of the chunk of each lead, each chunk's header checked:
-    a negative or overlong size would send sierraecg's `xli_decode` loop backwards."""
+    refused here as a RecordError, before any decoding."""
     if names[:6] != list(STD_LEADS[:6]):
         raise RecordError(path, "unreadable", f"{path}: Philips XLI leads {names[:6]}, expected "
                           "I II III aVR aVL aVF first (their residual coding)")
@@ -171,28 +171,22 @@ def _xli_chunks(path, data: bytes, names: list[str]) -> list[tuple[int, bytes]]:
 
 
 def _xli(path, data: bytes, names: list[str], samples: int) -> list[np.ndarray]:
-    # The [clinical] extra; only XLI files need it. Its LZW decoder and second-difference step,
-    # chunk by chunk here: a chunk's output is bounded (LZW can expand 10 bits to ~770 bytes).
-    from sierraecg.lzw import LzwDecoder
-
     rows = []
     for lead, (first, stream) in enumerate(_xli_chunks(path, data, names)):
         # Up to twice the lead's bytes (a chunk may hold more samples than the duration says).
-        decoder, limit, out = LzwDecoder(stream, bits=10), 4 * samples + 64, []
+        limit = 4 * samples + 64
         try:
-            while len(out) <= limit and (byte := decoder.read()) != -1:
-                out.append(byte & 0xFF)
-        except (IndexError, ValueError) as e:  # a code before any string: a damaged stream
+            out = lzw_decode(stream, limit)
+        except IndexError as e:  # a code before any string: a damaged stream
             raise RecordError(path, "unreadable", f"{path}: Philips XLI chunk {lead} "
-                              f"does not decode ({type(e).__name__}: {e})") from e
-        if len(out) > limit:
+                              f"does not decode ({e})") from e
+        if out is None:
             raise RecordError(path, "unreadable", f"{path}: Philips XLI chunk {lead} "
                               f"decodes past {limit} bytes ({samples} samples expected)")
         if len(out) < 2 * samples:
             raise RecordError(path, "truncated_signal", f"{path}: Philips XLI lead {lead} "
                               f"decodes to {len(out) // 2} samples, expected {samples}")
-        values = second_differences(np.frombuffer(bytes(out + [0] * (len(out) % 2)), np.uint8),
-                                    first)
+        values = second_differences(np.frombuffer(out + bytes(len(out) % 2), np.uint8), first)
         if np.abs(values).max(initial=0) > 32767:  # the 16-bit samples of a damaged stream
             raise RecordError(path, "unreadable", f"{path}: Philips XLI lead {lead} "
                               "decodes outside 16-bit samples (a damaged stream)")
@@ -203,6 +197,41 @@ def _xli(path, data: bytes, names: list[str], samples: int) -> list[np.ndarray]:
     rows[4] = (lead_i - rows[2]) // 2 - rows[4]
     rows[5] = (lead_ii + rows[2]) // 2 - rows[5]
     return rows
+
+
+def lzw_decode(stream: bytes, limit: int, bits: int = 10) -> bytes | None:
+    """XLI's LZW as sierraecg's LzwDecoder decodes it, None once the output passes `limit` bytes.
+
+    Codes are the stream's whole `bits`-bit groups, most significant bit first; a code above
+    2^bits - 2 ends the data. Codes 0-255 are their byte; a code not yet in the table is the
+    previous string plus its first byte (stored under that code); after each code the next free
+    code (from 256, up to 2^bits - 2) takes the previous string plus the current one's first byte.
+    A first code that is not a byte raises IndexError. The codes are unpacked at once (numpy)
+    and each yields a whole string, where the reference reads a bit and a byte per call: the same
+    bytes ~7x faster (tests/data/reading/test_clinical.py compares the two)."""
+    count = len(stream) * 8 // bits
+    groups = np.unpackbits(np.frombuffer(stream, np.uint8))[:count * bits].reshape(count, bits)
+    codes = (groups.astype(np.int64) @ (1 << np.arange(bits - 1, -1, -1))).tolist()
+    max_code = (1 << bits) - 2
+    table: list[bytes | None] = [bytes((i,)) for i in range(256)] + [None] * (max_code - 255)
+    previous, next_code, out, total = b"", 256, [], 0
+    for code in codes:
+        if code > max_code:
+            break
+        string = table[code]
+        if string is None:
+            if not previous:
+                raise IndexError(f"code {code} before any string")
+            string = table[code] = previous + previous[:1]
+        if previous and next_code <= max_code:
+            table[next_code] = previous + string[:1]
+            next_code += 1
+        previous = string
+        out.append(string)
+        total += len(string)
+        if total > limit:
+            return None
+    return b"".join(out)
 
 
 def second_differences(planar: np.ndarray, first: int) -> np.ndarray:

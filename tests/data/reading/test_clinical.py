@@ -98,8 +98,8 @@ def _undecodable(path, fmt, signal_mv, monkeypatch):
 @pytest.mark.parametrize("fmt", ["xml_philips", "scp"])
 def test_the_index_leaves_philips_and_scp_rhythm_data_coded(tmp_path, signal_mv, fmt,
                                                             monkeypatch):
-    """Indexing never runs the two pure-Python decoders (sierraecg's LZW, ecgdatakit's
-    Huffman: the file's whole cost); damage inside the coded leads is found when the record is
+    """Indexing never runs the two decoders (XLI's LZW, ecgdatakit's Huffman: Python loops,
+    the file's cost); damage inside the coded leads is found when the record is
     read, a RecordError naming the file (a skip, counted with its reason)."""
     from crema_jax.data.index import registry
     from crema_jax.data.reading import read
@@ -111,7 +111,7 @@ def test_the_index_leaves_philips_and_scp_rhythm_data_coded(tmp_path, signal_mv,
     with pytest.raises(RecordError) as err:
         read.read(record.path, record.reader)
     assert err.value.reason == reason and str(path) in str(err.value)
-    decoder = ("sierraecg.lzw.LzwDecoder.read" if fmt == "xml_philips" else
+    decoder = ("crema_jax.data.reading.philips_xml.lzw_decode" if fmt == "xml_philips" else
                "ecgdatakit.parsing.parsers.scp_ecg._huffman_decode")
 
     def refuse(*args, **kwargs):
@@ -353,3 +353,52 @@ def test_philips_second_differences_match_the_reference_decoder():
         want = np.asarray(xli_decode_deltas(planar.tolist(), first), np.int64)
         np.testing.assert_array_equal(philips_xml.second_differences(planar, first), want)
         np.testing.assert_array_equal(want, lead)
+
+
+def _reference_lzw(stream: bytes, limit: int):
+    """sierraecg's LzwDecoder (the sierra-ecg-tools reference) read a byte at a time, as the
+    reader used it: the bytes, None past `limit`, or "IndexError" for a code before any string."""
+    from sierraecg.lzw import LzwDecoder
+    decoder, out = LzwDecoder(stream, bits=10), []
+    try:
+        while len(out) <= limit and (byte := decoder.read()) != -1:
+            out.append(byte & 0xFF)
+    except IndexError:
+        return "IndexError"
+    return None if len(out) > limit else bytes(out)
+
+
+def test_philips_lzw_matches_the_reference_decoder():
+    """Our LZW against sierraecg's on the streams of random-walk leads (a full code table:
+    ~4,000 codes past its 767 free ones), of long runs (codes used in the step that makes them),
+    cut mid-code, and of random bytes (codes before any string, end codes, unknown codes), at
+    limits that cut the output short and that do not."""
+    from crema_jax.data.reading import philips_xml
+
+    def ours(stream, limit):
+        try:
+            return philips_xml.lzw_decode(stream, limit)
+        except IndexError:
+            return "IndexError"
+
+    rng = np.random.default_rng(0)
+    streams = []
+    for n in (3, 1000, 5000):
+        streams.append(cf.xli_chunk(np.cumsum(rng.integers(-40, 41, n)).clip(-3000, 3000))[8:])
+    streams.append(cf._lzw_10bit(bytes(3000) + b"ab" * 500 + bytes(range(256)) * 4))
+    streams.append(streams[-1][:-7])
+    # Codes 104 105 256, the end code 1023, then codes the decoder must not read ("hihi").
+    codes = "".join(format(c, "010b") for c in (104, 105, 256, 1023, 104, 105, 1022))
+    streams.append(int(codes + "0" * (-len(codes) % 8), 2).to_bytes(-(-len(codes) // 8), "big"))
+    for _ in range(400):
+        raw = rng.integers(0, 256, int(rng.integers(0, 300)), dtype=np.uint8)
+        streams.append((raw & rng.choice([0x3F, 0x7F, 0xFF])).tobytes())
+    outcomes = set()
+    for stream in streams:
+        for limit in (10, 1000, 30000):
+            want = _reference_lzw(stream, limit)
+            assert ours(stream, limit) == want, (stream[:16], limit)
+            outcomes.add(type(want).__name__)
+    assert outcomes == {"bytes", "NoneType", "str"}  # every outcome was compared
+    assert philips_xml.lzw_decode(streams[-401], 100) == b"hihi"
+    assert _reference_lzw(streams[1], 30000)[:8] != bytes(8)  # real data, not a constant run
