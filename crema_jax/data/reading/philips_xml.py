@@ -23,11 +23,12 @@ XLI is decoded as the reference decoder of the sierra-ecg-tools project (`sierra
 it, its LZW (`lzw_decode`) and second-difference step (`second_differences`) written here to run
 ~7x and ~80x faster, each tested against sierraecg's on the same streams; one chunk at a time
 and only the chunks of the leads used: each chunk's header is checked first (a negative or
-overlong size would send the reference's `xli_decode` loop backwards) and its output capped at
-twice the lead's 2 x samples bytes (LZW turns 10 bits into up to ~770 bytes). The reference's
-`read_file` would not do: it rebuilds the residual leads of uncompressed files too (their leads
-are stored as they are) and leaves out the resolution and the offset. An XLI cart stores III, aVR, aVL and
-aVF as residuals against I and II; they are rebuilt as that reference does, step by step:
+overlong size is a damaged file, one the reference's `xli_decode` loop ran backwards on) and its
+output capped at twice the lead's 2 x samples bytes (LZW turns 10 bits into up to ~770 bytes).
+The reference's `read_file` would not do: it rebuilds the residual leads of uncompressed files
+too (their leads are stored as they are) and leaves out the resolution and the offset. An XLI
+cart stores III, aVR, aVL and aVF as residuals against I and II; they are rebuilt as that
+reference does, step by step:
 III = II - I - r3, aVR = -r4 - floor((I + II) / 2), aVL = floor((I - III) / 2) - r5,
 aVF = floor((II + III) / 2) - r6. Uncompressed data holds the leads themselves.
 Interpretation statements: `interpretations/interpretation/statement` (leftstatement and
