@@ -43,6 +43,11 @@ def run(argv=None) -> None:
     except BrokenPipeError:  # `crema-jax ... | head`: the reader left; no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(141)  # 128 + SIGPIPE, as a shell reports it
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback (`--verbose` keeps it)
+        if "--verbose" in argv or "--verbose=true" in argv:
+            raise
+        print(f"\ncrema-jax {name}: interrupted", file=sys.stderr)  # after a progress line
+        sys.exit(130)  # 128 + SIGINT, as a shell reports it
 
 
 if __name__ == "__main__":

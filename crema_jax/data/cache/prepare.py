@@ -40,7 +40,7 @@ import time
 from crema_jax.data import presets
 from crema_jax.data.cache import hosts
 from crema_jax.data.cache import record_format
-from crema_jax.data.cache.shard_writer import build_shard
+from crema_jax.data.cache.shard_writer import build_shard, finish_record_on_interrupt
 from crema_jax.data.index import registry
 from crema_jax.data.index.dataset_index import DatasetIndex
 from crema_jax.data.reading import read as read_lib
@@ -120,7 +120,9 @@ def _run_tasks(tasks: list[dict], workers: int):
         return
     # spawn: worker processes must not inherit a parent's threads (JAX, Grain, pytest).
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=context,
+            initializer=finish_record_on_interrupt) as pool:
         futures = [pool.submit(build_shard, task) for task in tasks]
         try:
             for future in concurrent.futures.as_completed(futures):

@@ -4,6 +4,8 @@ file and its JSON sidecar, atomically. The one function that writes a shard, who
 (beam_pipeline.py); the output folder may be a URL (runtime/storage.py)."""
 from __future__ import annotations
 
+import signal
+import threading
 from typing import Mapping, Sequence
 
 import ml_collections
@@ -25,6 +27,19 @@ def write_arrayrecord_atomic(path: str, payloads: Sequence[bytes]) -> None:
     storage.write_atomic(path, write)
 
 
+# Set in a prepare worker process by Ctrl-C (its SIGINT handler, `finish_record_on_interrupt`).
+_INTERRUPTED = threading.Event()
+
+
+def finish_record_on_interrupt() -> None:
+    """A worker process's initializer: Ctrl-C (SIGINT, sent to the whole process group) lets
+    the record being read finish, and `build_shard` then stops without writing its shard.
+    Raised inside a record's read instead, the KeyboardInterrupt could cut an import short (the
+    next records then fail, say with numba's "duplicate registration") or a file read (EBADF),
+    and those records were skipped and committed in a shard as broken: lost for every rerun."""
+    signal.signal(signal.SIGINT, lambda signum, frame: _INTERRUPTED.set())
+
+
 def build_shard(task: Mapping) -> dict:
     """Read, preprocess and write the records of one shard; return its sidecar metadata.
 
@@ -38,6 +53,8 @@ def build_shard(task: Mapping) -> dict:
     cfg = None if task["preprocess"] is None else ml_collections.ConfigDict(task["preprocess"])
     payloads, rows, skipped = [], [], []
     for info in task["records"]:
+        if _INTERRUPTED.is_set():  # nothing written: the rerun builds this shard
+            raise KeyboardInterrupt(f"shard {name} interrupted")
         reader = read_lib.reader_from_json(info.get("reader"))
         info = {k: v for k, v in info.items() if k != "reader"}  # the index row: JSON only
         try:
@@ -61,6 +78,8 @@ def build_shard(task: Mapping) -> dict:
                      "length": int(signal.shape[1]),
                      "lead_present": [bool(b) for b in ecg.lead_present],
                      "repairs": {k: int(v) for k, v in sorted(ecg.repairs.items())}})
+    if _INTERRUPTED.is_set():
+        raise KeyboardInterrupt(f"shard {name} interrupted")
     write_arrayrecord_atomic(storage.join(task["out_dir"], name + ".arrayrecord"), payloads)
     sidecar = {"file": name + ".arrayrecord", "num_records": len(rows), "records": rows,
                "skipped": skipped}
