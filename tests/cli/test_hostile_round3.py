@@ -1,4 +1,5 @@
-"""Careless and hostile use, third round: Ctrl-C during a multi-worker `prepare`, ...
+"""Careless and hostile use, third round: Ctrl-C during a multi-worker `prepare`, exports their
+own libraries fail on, ...
 Each case ends in one line on stderr (no traceback) and loses nothing a rerun would not redo."""
 import json
 import os
@@ -69,3 +70,40 @@ def test_ctrl_c_during_prepare_is_one_line_and_the_rerun_has_every_record(tmp_pa
     done = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "prepared 50 records, skipped 0"
+
+
+def _library_failures(folder, cinc_sample_dir):
+    """Exports on which pydicom or edfio themselves raise (no RecordError of ours): a DICOM
+    ChannelBaseline written with a comma decimal ("0,0", as some European systems write it);
+    EDF headers giving a 0-s data record or 0 signals."""
+    import wfdb
+
+    from tests.data import clinical_files as cf
+    signal_mv = wfdb.rdrecord(str(cinc_sample_dir / "E07500")).p_signal.T.copy()
+    cf.write_dicom(folder / "good.dcm", signal_mv, 500.0)
+    data = (folder / "good.dcm").read_bytes()
+    tag = b":\x00\x13\x02DS\x04\x00"  # (003A,0213) ChannelBaseline, DS, 4 bytes
+    assert tag + b"0.0 " in data
+    (folder / "comma.dcm").write_bytes(data.replace(tag + b"0.0 ", tag + b"0,0 "))
+    cf.write_edf(folder / "edf.edf", signal_mv, 500.0)
+    edf = (folder / "edf.edf").read_bytes()
+    (folder / "duration0.edf").write_bytes(edf[:244] + b"0       " + edf[252:])
+    (folder / "signals0.edf").write_bytes(edf[:252] + b"0   " + edf[256:])
+    (folder / "edf.edf").unlink()
+    return ["comma.dcm", "duration0.edf", "signals0.edf"]
+
+
+def test_an_export_its_library_cannot_parse_is_a_counted_skip(tmp_path, cinc_sample_dir):
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    bad = _library_failures(folder, cinc_sample_dir)
+    out = tmp_path / "cache"
+    done = subprocess.run(CLI + ["prepare", "--layout=clinical_exports", f"--root={folder}",
+                                 f"--out={out}", "--workers=1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "prepared 1 records, skipped 3"
+    skipped = json.loads((out / "summary.json").read_text())["skipped"]
+    assert {r: s["count"] for r, s in skipped.items()} == {"unreadable": 3}
+    examples = json.dumps(skipped)
+    assert all(name in examples for name in bad)

@@ -80,9 +80,17 @@ def parse(path, *, decode: bool = True) -> Parsed:
     if fmt is None:
         raise RecordError(path, "unknown_format", f"{path}: not a DICOM waveform, HL7 aECG, "
                           "GE MUSE XML, Philips XML, SCP-ECG or EDF file (detected by content)")
-    if fmt in ("philips", "scp"):
-        return (_philips if fmt == "philips" else _scp)(str(path), decode)
-    return {"dicom": _dicom, "aecg": _aecg, "muse": _muse, "edf": _edf}[fmt](str(path))
+    try:
+        if fmt in ("philips", "scp"):
+            return (_philips if fmt == "philips" else _scp)(str(path), decode)
+        return {"dicom": _dicom, "aecg": _aecg, "muse": _muse, "edf": _edf}[fmt](str(path))
+    except (RecordError, OSError):
+        raise
+    except Exception as e:  # noqa: BLE001 - a library failing on a file it cannot read
+        # (pydicom on a comma decimal or a flipped header byte, edfio on a 0-s data record):
+        # that file is a skip with its reason, never the end of an index or a run.
+        raise RecordError(path, "unreadable", f"{path}: the {fmt} file does not parse "
+                          f"({type(e).__name__}: {e})") from e
 
 
 def _stacked(path, rows, fmt: str) -> np.ndarray:
