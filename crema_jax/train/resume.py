@@ -13,16 +13,19 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+from flax import nnx
 
 from crema_jax import config as config_lib
+from crema_jax import models
 from crema_jax.runtime import checkpoint as ckpt_lib
 from crema_jax.runtime import mesh as mesh_lib
 from crema_jax.runtime import trees
 from crema_jax.runtime import workdir as workdir_lib
 from crema_jax.train import progress, warm_start
 
-# Fields whose change makes a checkpoint's state unusable (other parameter or optimizer trees).
-_STATE_FIELDS = ("model.scan_layers", "optim.name", "optim.decay_mask")
+# Fields whose change makes a checkpoint's state unusable (other parameter or optimizer trees;
+# the global batch: the saved data iterator's batches).
+_STATE_FIELDS = ("model.scan_layers", "optim.name", "optim.decay_mask", "train.global_batch_size")
 
 
 @dataclasses.dataclass
@@ -55,7 +58,7 @@ def start_state(setup, config, workdir, *, manager, target, rng, grain_iter,
     if step is None:
         return Start(fresh(), rng, 0, manager)
     for line in resume_changes(config, config_lib.load_checkpoint_config(workdir),
-                               source=str(workdir)):
+                               source=str(workdir), target=target):
         progress.print_line(line)
     restored = _restore(setup, config, workdir, manager, target, grain_iter)
     if restored.state is None:
@@ -127,10 +130,21 @@ def _warm_start(setup, config, source: str, target, fresh, *, own: bool):
     return state, start
 
 
-def resume_changes(config, saved, *, source: str) -> list[str]:
+def _state_shapes(model_cfg) -> dict[str, tuple]:
+    """{"params/a/b": shape} of every parameter and fixed table `model_cfg` builds (abstract)."""
+    abstract = nnx.eval_shape(lambda: models.build_model(model_cfg, rngs=nnx.Rngs(0)))
+    _, params, fixed = nnx.split(abstract, nnx.Param, ...)
+    return {k: tuple(v.shape) for k, v in trees.flatten(
+        {"params": nnx.to_pure_dict(params), "fixed": nnx.to_pure_dict(fixed)}).items()}
+
+
+def resume_changes(config, saved, *, source: str, target=None) -> list[str]:
     """Lines naming what differs between the run's config and the checkpoint's. A change that
-    the saved state cannot follow (the architecture, the optimizer's structure) is a ValueError
-    naming the fields; anything else (steps, learning rate, logging) is reported and allowed."""
+    the saved state cannot follow (the architecture, decoder and heads included: any model field
+    that changes a parameter's shape or the tree, when `target`, the run's abstract state, is
+    given; the optimizer's structure) is a ValueError naming the fields, before any restore
+    (which would otherwise fail on every step and set each aside as damaged); anything else
+    (steps, learning rate, logging) is reported and allowed."""
     run, old = (trees.flatten(ckpt_lib.config_to_json_dict(c), sep=".") for c in (config, saved))
     changed = sorted(k for k in set(run) | set(old) if run.get(k) != old.get(k))
     if not changed:
@@ -143,6 +157,16 @@ def resume_changes(config, saved, *, source: str) -> list[str]:
         fatal += [f"(model {k}: {arch_old.get(k)!r} vs {arch_run.get(k)!r})"
                   for k in sorted(set(arch_run) | set(arch_old))
                   if arch_run.get(k) != arch_old.get(k) and f"model.{k}" not in changed]
+    if not fatal and target is not None and any(k.startswith("model.") for k in changed):
+        ours = {k: tuple(v.shape) for k, v in trees.flatten(
+            {"params": target["params"], "fixed": target["fixed"]}).items()}
+        theirs = _state_shapes(saved.model)
+        if ours != theirs:
+            differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+            fatal = [f"config.{k}: checkpoint {old.get(k)!r}, run {run.get(k)!r}"
+                     for k in changed if k.startswith("model.")]
+            fatal.append(f"(the saved parameters differ in shape or presence: {differ[0]}"
+                         + (f" and {len(differ) - 1} more)" if len(differ) > 1 else ")"))
     fatal += [f"config.{k}: checkpoint {old.get(k)!r}, run {run.get(k)!r}"
               for k in _STATE_FIELDS if k in changed]
     clipped = [float(c.get("optim.grad_clip_norm", 0)) > 0 for c in (old, run)]

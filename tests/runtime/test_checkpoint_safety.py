@@ -2,6 +2,7 @@
 starting over on a used workdir, and resuming with another model."""
 import json
 import os
+import re
 import socket
 import time
 
@@ -91,6 +92,24 @@ def test_resuming_with_another_model_names_the_field(tmp_path, capsys):
     _run(tmp_path, **{"train.num_steps": 4})                     # a longer run: allowed, said
     assert "resuming with changed config fields: train.num_steps 2 -> 4" in \
         capsys.readouterr().out
+
+
+@pytest.mark.parametrize("field,value", [("model.decoder_depth", 2),
+                                         ("train.global_batch_size", 4)])
+def test_a_change_the_saved_state_cannot_follow_is_refused_before_any_restore(tmp_path, field,
+                                                                             value):
+    """A decoder field is outside the encoder architecture a warm start compares, yet it shapes
+    the saved parameters: the restore of every step failed and each was set aside as damaged,
+    and the corrected rerun then started again from step 0. The batch size shapes the saved
+    data iterator (the step was then called with the old batch). Both are refused up front,
+    naming the field; every step stays, and the corrected run resumes."""
+    _run(tmp_path, **{"train.num_steps": 2})
+    root = tmp_path / "checkpoints"
+    with pytest.raises(ValueError, match=re.escape(f"config.{field}: checkpoint")):
+        _run(tmp_path, **{"train.num_steps": 4, field: value})
+    assert sorted(p.name for p in root.iterdir()) == ["2"]
+    out = _run(tmp_path, **{"train.num_steps": 4})
+    assert sorted(out["losses"]) == [3, 4]
 
 
 def test_a_second_run_on_the_same_workdir_is_refused(tmp_path, jax_cache_dir):
