@@ -277,11 +277,24 @@ def load_model_checkpoint(path) -> tuple[dict, dict, int]:
     return trees.int_keys(restored["params"]), restored["config"], step
 
 
+class DamagedConfigError(ValueError):
+    """A checkpoint step's saved config does not read as a JSON object (the message names it)."""
+
+
 def load_saved_config(path) -> dict:
-    """Only the saved config (a JSON dict) of the latest complete checkpoint under `path`."""
+    """Only the saved config (a JSON dict) of the latest complete checkpoint under `path` (or
+    of the step dir `path`); DamagedConfigError naming the file when it does not read."""
     root, step = resolve_checkpoint(path)
-    with (root / str(step) / "config" / "metadata").open() as f:
-        return json.load(f)
+    file = root / str(step) / "config" / "metadata"
+    try:
+        with file.open() as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError included
+        raise DamagedConfigError(f"{file}: damaged checkpoint config ({err})") from None
+    if not isinstance(saved, dict):
+        raise DamagedConfigError(f"{file}: damaged checkpoint config (a "
+                                 f"{type(saved).__name__}, expected a JSON object)")
+    return saved
 
 
 def _metadata_tree(meta) -> Any:

@@ -57,9 +57,6 @@ def start_state(setup, config, workdir, *, manager, target, rng, grain_iter,
         return Start(state, rng, step, manager)
     if step is None:
         return Start(fresh(), rng, 0, manager)
-    for line in resume_changes(config, config_lib.load_checkpoint_config(workdir),
-                               source=str(workdir), target=target):
-        progress.print_line(line)
     restored = _restore(setup, config, workdir, manager, target, grain_iter)
     if restored.state is None:
         return Start(fresh(), rng, 0, restored.manager)
@@ -68,28 +65,41 @@ def start_state(setup, config, workdir, *, manager, target, rng, grain_iter,
 
 
 def _restore(setup, config, workdir, manager, target, grain_iter) -> Start:
-    """The newest training checkpoint that restores. A step that fails is set aside with one
-    line naming it, and the one before it is tried; state None when the workdir held none (a
-    workdir whose every step is damaged is an error)."""
+    """The newest training checkpoint that restores, after its saved config is compared with the
+    run's (resume_changes: a change the state cannot follow is an error, never damage). A step
+    whose config or state fails to read is set aside with one line naming it, and the one before
+    it is tried; state None when the workdir held none (a workdir whose every step is damaged is
+    an error)."""
     root = workdir_lib.checkpoints_dir(workdir)
     steps = sorted(workdir_lib.complete_steps(root), reverse=True)
+
+    def set_aside(step, err):
+        if jax.process_count() > 1:
+            raise err
+        manager.close()
+        moved = workdir_lib.set_aside(root / str(step), "damaged")
+        reason = " ".join(str(err).split())[:200]
+        progress.print_line(f"checkpoint step {step} could not be restored "
+                            f"({type(err).__name__}: {reason}); kept as {moved.name}, "
+                            "trying the step before it")
+        return ckpt_lib.make_manager(workdir, max_to_keep=int(config.checkpoint.max_to_keep),
+                                     async_save=bool(config.checkpoint.async_save))
+
     for step in steps:
+        try:
+            saved = ckpt_lib.load_saved_config(root / str(step))
+        except ckpt_lib.DamagedConfigError as err:
+            manager = set_aside(step, err)
+            continue
+        for line in resume_changes(config, config_lib.from_saved(saved), source=str(workdir),
+                                   target=target):
+            progress.print_line(line)
         try:
             restored = ckpt_lib.restore_train_state(
                 manager, step, abstract_params=trees.merge(target["params"], target["fixed"]),
                 abstract_opt_state=target["opt_state"], data_iter=grain_iter)
-        except Exception as err:  # noqa: BLE001 - any damage: truncated, corrupt, mismatched
-            if jax.process_count() > 1:
-                raise
-            manager.close()
-            moved = workdir_lib.set_aside(root / str(step), "damaged")
-            reason = " ".join(str(err).split())[:200]
-            progress.print_line(f"checkpoint step {step} could not be restored "
-                                f"({type(err).__name__}: {reason}); kept as {moved.name}, "
-                                "trying the step before it")
-            manager = ckpt_lib.make_manager(workdir,
-                                            max_to_keep=int(config.checkpoint.max_to_keep),
-                                            async_save=bool(config.checkpoint.async_save))
+        except Exception as err:  # noqa: BLE001 - any damage: truncated, corrupt
+            manager = set_aside(step, err)
             continue
         state = {"params": trees.select_like(restored["params"], target["params"]),
                  "fixed": trees.select_like(restored["params"], target["fixed"]),

@@ -94,6 +94,23 @@ def test_resuming_with_another_model_names_the_field(tmp_path, capsys):
         capsys.readouterr().out
 
 
+def test_a_damaged_saved_config_is_a_damaged_step(tmp_path, capsys):
+    """Step 4's config/metadata emptied: pretrain sets step 4 aside and resumes from step 2
+    (it stopped with "Expecting value: line 1 column 1", naming no file); reading the
+    checkpoint elsewhere (embed, export-torch) names the file."""
+    from crema_jax import config as config_lib
+    _run(tmp_path, **{"train.num_steps": 4})
+    metadata = tmp_path / "checkpoints" / "4" / "config" / "metadata"
+    metadata.write_bytes(b"")
+    with pytest.raises(ValueError, match=re.escape(f"{metadata}: damaged checkpoint config")):
+        config_lib.load_checkpoint_config(tmp_path)
+    capsys.readouterr()
+    out = _run(tmp_path, **{"train.num_steps": 6})
+    printed = capsys.readouterr().out
+    assert "checkpoint step 4 could not be restored (DamagedConfigError" in printed
+    assert "resumed from step 2" in printed and sorted(out["losses"]) == [3, 4, 5, 6]
+
+
 @pytest.mark.parametrize("field,value", [("model.decoder_depth", 2),
                                          ("train.global_batch_size", 4)])
 def test_a_change_the_saved_state_cannot_follow_is_refused_before_any_restore(tmp_path, field,
