@@ -135,6 +135,7 @@ def canonical_ecg(raw: np.ndarray, names, units, fs: float, *, path: str, where:
     if raw.shape[0] == 0:
         raise RecordError(path, "no_signal", f"record {path} holds no samples")
     signal, present, repairs = _to_leads(raw, names, units, path=path, where=where or path)
+    _check_magnitude(signal, path=path, where=where or path)
     signal = _apply_nan_policy(signal, present, repairs, nan_policy)
     _drop_flat_leads(signal, present, repairs, flat_leads)
     if not present.any():
@@ -190,6 +191,22 @@ def _to_leads(raw: np.ndarray, names, units, *, path: str, where: str):
         picked = raw.T[channels]  # contiguous rows when raw is a transposed (leads, T) array
         signal[rows] = picked if (factor == 1.0).all() else picked * factor[:, None]
     return signal, present, repairs
+
+
+# 100 V: ECGs are millivolts, and even raw 16-bit counts read at 1 count per mV stay below
+# 33 V; beyond this a header misstates the gain or the unit (1e-300/mV gains overflowed float32
+# into inf: NaN features, or cache rows of zeros counted as good).
+MAX_ABS_MV = 1e5
+
+
+def _check_magnitude(signal: np.ndarray, *, path: str, where: str) -> None:
+    """RecordError bad_units when a sample is infinite or beyond MAX_ABS_MV (NaN: the NaN
+    policy's)."""
+    with np.errstate(invalid="ignore"):
+        peak = np.max(np.abs(signal), initial=0.0, where=~np.isnan(signal))
+    if peak > MAX_ABS_MV:
+        raise RecordError(path, "bad_units", f"{where}: samples reach {peak:.3g} mV, expected "
+                          f"at most {MAX_ABS_MV:g} mV (a gain or unit that misstates the signal)")
 
 
 def _apply_nan_policy(signal: np.ndarray, present: np.ndarray, repairs: dict,

@@ -51,3 +51,32 @@ def test_drop_window_without_windows_checks_the_whole_record():
         _read(raw)
     assert (err.value.reason, str(err.value)) == ("nan_window", "rec holds NaN samples "
                                                   "[nan_window]")
+
+
+def test_samples_beyond_any_ecg_are_bad_units_not_silent_inf(tmp_path, cinc_sample_dir):
+    """A header gain of 1e-300/mV made samples of ~1e300 mV: float32 turned them into inf (NaN
+    features from embed, a cache row of zeros counted as good). Samples beyond 100 V, or
+    infinite, are a skip naming the file; 30 V (raw 16-bit counts at 1 per mV) still reads."""
+    raw = _raw(10.0)
+    raw[100, 3] = 3e4
+    assert _read(raw).signal[3].max() > 1e4
+    for value in (2e5, np.inf, -np.inf):
+        bad = raw.copy()
+        bad[100, 3] = value
+        with pytest.raises(RecordError) as err:
+            _read(bad)
+        assert err.value.reason == "bad_units" and "mV" in str(err.value)
+    with_nan = raw.copy()
+    with_nan[100:110, 3] = np.nan                 # NaN stays the NaN policy's to repair
+    repaired = canonical_ecg(with_nan, list(LEADS), ["mV"] * 12, FS, path="rec")
+    assert repaired.repairs["nan_replaced"] == 10
+
+    from crema_jax.data.reading import wfdb_records
+    header = (cinc_sample_dir / "E07500.hea").read_text()
+    (tmp_path / "tiny.hea").write_text(header.replace("E07500", "tiny").replace(
+        "1000.0(0)/mV", "1e-300(0)/mV"))
+    (tmp_path / "tiny.mat").write_bytes((cinc_sample_dir / "E07500.mat").read_bytes())
+    assert "1e-300(0)/mV" in (tmp_path / "tiny.hea").read_text()
+    with pytest.raises(RecordError) as err:
+        wfdb_records.read_record(str(tmp_path / "tiny"))
+    assert err.value.reason == "bad_units" and "tiny" in str(err.value)
