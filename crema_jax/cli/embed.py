@@ -8,8 +8,9 @@ SiT: SEP tokens dropped, mean over lead x patch tokens, the final LayerNorm (ST-
 time-averaged features of the last stage. Without --raw the input takes the evaluation path of
 probe and finetune (resampling, the checkpoint's preprocessing, its crops, features averaged
 over crops); --raw feeds an array as given. For WFDB input, Y.records.txt lists the record of
-each row ("ID#k" for window k when the data path cuts records into windows; unreadable
-records are skipped and counted).
+each row: its file name, or its path below the records' common folder when two share a name
+("ID#k" for window k when the data path cuts records into windows; unreadable records are
+skipped and counted).
 """
 import io
 import os
@@ -82,8 +83,8 @@ def main(args) -> None:
     np.save(npy, out["outputs"])  # an OSError with its errno ("No space left on device")
     files.write_bytes_atomic(args.out, npy.getvalue())
     if records is not None:
-        files.write_text_atomic(side, "\n".join(embed.row_name(records, r, w) for r, w in
-                                                zip(out["record"], out["window"])) + "\n")
+        files.write_text_atomic(side, "\n".join(
+            embed.row_names(records, out["record"], out["window"])) + "\n")
     skipped = out["skipped"].total
     print(f"wrote {args.out}: {out['outputs'].shape} {'logits' if args.logits else 'features'}"
           + (f"; skipped {skipped} unreadable records" if skipped else ""))

@@ -39,7 +39,7 @@ def main(args) -> None:
     out = predict.predict_probabilities(backbone, records=paths, batch_size=args.batch_size,
                                         preset=args.preset or None)
     print(backbones.describe_data_path(out["data_cfg"], args.preset))
-    ids = [embed.row_name(paths, r, w) for r, w in zip(out["record"], out["window"])]
+    ids = embed.row_names(paths, out["record"], out["window"])
     print(predict.format_top(ids, out["probs"], labels, args.top))
     if out["skipped"].total:
         print(f"skipped {out['skipped'].total} unreadable records: "

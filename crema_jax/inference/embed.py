@@ -11,6 +11,8 @@ backbone's features averaged over crops (logits averaged with `logits=True`).
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from crema_jax.data.index import dataset_index as layouts
@@ -62,10 +64,17 @@ def array_source(x: np.ndarray, fs: float, data_cfg):
     return sources.make_source(data_cfg, arrays=signals, fs=fs, lead_present=present), note
 
 
-def row_name(records, record: int, window: int) -> str:
-    """A row's record id, with "#k" for window k of a windowed data path (window -1: none)."""
-    rid = layouts.record_id_of(records[int(record)])
-    return rid if window < 0 else f"{rid}#{int(window)}"
+def row_names(records, record_rows, windows) -> list[str]:
+    """Each output row's record, with "#k" for window k of a windowed data path (window -1:
+    none). A record is named by its id (file name), unless two records share one (p1/rec0 and
+    p2/rec0): then every record is named by its path below the records' common folder, so that
+    each row maps back to one file."""
+    ids = [layouts.record_id_of(r) for r in records]
+    if len(set(ids)) < len(ids):
+        common = os.path.commonpath([os.path.abspath(r) for r in records])
+        ids = [os.path.relpath(os.path.abspath(r), common) for r in records]
+    return [ids[int(r)] if w < 0 else f"{ids[int(r)]}#{int(w)}"
+            for r, w in zip(record_rows, windows)]
 
 
 def raw_batches(backbone, x: np.ndarray, batch_size: int):

@@ -107,3 +107,31 @@ def test_an_export_its_library_cannot_parse_is_a_counted_skip(tmp_path, cinc_sam
     assert {r: s["count"] for r, s in skipped.items()} == {"unreadable": 3}
     examples = json.dumps(skipped)
     assert all(name in examples for name in bad)
+
+
+def test_records_sharing_a_name_are_told_apart_in_records_txt(tmp_path, cinc_sample_dir,
+                                                             sit_checkpoint):
+    """Two different ECGs named rec0 in p1/ and p2/: Y.records.txt said "rec0" twice, so rows
+    could not be mapped back to files; it now gives each path below the input folder."""
+    import shutil
+
+    import numpy as np
+
+    from crema_jax.cli import embed
+    from crema_jax.inference.embed import row_names
+    for folder, source in (("p1", "E07500"), ("p2", "E07501")):
+        (tmp_path / "in" / folder).mkdir(parents=True)
+        for ext in (".hea", ".mat"):
+            text = (cinc_sample_dir / f"{source}{ext}").read_bytes()
+            if ext == ".hea":
+                text = text.replace(source.encode(), b"rec0")
+            (tmp_path / "in" / folder / f"rec0{ext}").write_bytes(text)
+    out = tmp_path / "y.npy"
+    embed.COMMAND.run([f"--checkpoint={sit_checkpoint}", f"--input={tmp_path / 'in'}",
+                       f"--out={out}"])
+    assert (tmp_path / "y.records.txt").read_text().split() == ["p1/rec0", "p2/rec0"]
+    rows = np.load(out)
+    assert rows.shape[0] == 2 and not np.allclose(rows[0], rows[1])
+    # Unique file names keep their plain ids; windows keep their "#k".
+    assert row_names(["/a/x", "/b/y"], [0, 1, 1], [-1, 0, 1]) == ["x", "y#0", "y#1"]
+    shutil.rmtree(tmp_path / "in")
