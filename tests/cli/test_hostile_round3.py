@@ -135,3 +135,37 @@ def test_records_sharing_a_name_are_told_apart_in_records_txt(tmp_path, cinc_sam
     # Unique file names keep their plain ids; windows keep their "#k".
     assert row_names(["/a/x", "/b/y"], [0, 1, 1], [-1, 0, 1]) == ["x", "y#0", "y#1"]
     shutil.rmtree(tmp_path / "in")
+
+
+def test_label_csvs_with_a_bom_duplicates_and_strays(tmp_path, cinc_sample_dir, monkeypatch):
+    """A spreadsheet's "CSV UTF-8" starts with a byte order mark, which hid the first column
+    (manifest and clinical_exports refused the file); two rows for one file that disagree
+    were resolved silently (the last won); rows naming no file were ignored unsaid."""
+    import wfdb
+
+    from crema_jax.data.index import clinical_exports, registry
+    from tests.data import clinical_files as cf
+    signal_mv = wfdb.rdrecord(str(cinc_sample_dir / "E07500")).p_signal.T[:, :1000].copy()
+    for name in ("a.dcm", "b.dcm"):
+        cf.write_dicom(tmp_path / name, signal_mv, 500.0)
+    bom = "\ufeff".encode()
+    (tmp_path / "labels.csv").write_bytes(
+        bom + b"file,labels\na.dcm,AF\nb.dcm,NORM\nb.dcm,NORM\nmissing.dcm,AF\n")
+    monkeypatch.setenv("CREMA_JAX_PATIENT_SALT", "site-secret")
+    warned = []
+    monkeypatch.setattr(clinical_exports.logging, "warning",
+                        lambda msg, *args: warned.append(msg % args))
+    index = registry.build_index("clinical_exports", tmp_path, labels="labels.csv")
+    assert {r.record_id: r.labels for r in index.records} == {"a.dcm": ("AF",),
+                                                              "b.dcm": ("NORM",)}
+    assert len(warned) == 1 and "1 row(s) name no file" in warned[0] and "missing.dcm" in \
+        warned[0]
+    (tmp_path / "labels.csv").write_bytes(b"file,labels\na.dcm,AF\nb.dcm,NORM\na.dcm,NORM\n")
+    with pytest.raises(ValueError, match=r"labels\.csv:4: a\.dcm has labels \('NORM',\).*"
+                                         r"line 2 gives it others"):
+        registry.build_index("clinical_exports", tmp_path, labels="labels.csv")
+
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_bytes(bom + f"path,labels\n{cinc_sample_dir / 'E07500'},AF\n".encode())
+    index = registry.build_index("manifest", manifest)
+    assert [(r.record_id, r.labels) for r in index.records] == [("E07500", ("AF",))]

@@ -82,17 +82,29 @@ def _metas(paths: list[str], workers: int) -> list[tuple[dict, BadRecord | None]
         return list(pool.map(_read_meta, paths, chunksize=max(1, len(paths) // (8 * workers))))
 
 
-def _label_rows(spec: str, root: pathlib.Path) -> dict[str, dict]:
-    """relative path -> its CSV row (labels, split)."""
+def _label_rows(spec: str, root: pathlib.Path) -> tuple[dict[str, dict], pathlib.Path | None]:
+    """(relative path -> its CSV row (labels, split), the CSV). Two rows for one file that
+    disagree are an error naming both lines (the last one silently won)."""
     if not spec:
-        return {}
+        return {}, None
     path = pathlib.Path(spec) if os.path.isabs(spec) else root / spec
-    with open(path, newline="", encoding="utf-8") as f:
+    rows, lines = {}, {}
+    with safe_files.open_text(path, newline="") as f:
         reader = csv.DictReader(f)
         if "file" not in (reader.fieldnames or []) or "labels" not in reader.fieldnames:
             raise ValueError(f"{path}: expected columns file, labels (and optional split), got "
                              f"{reader.fieldnames}")
-        return {pathlib.PurePath(row["file"].strip()).as_posix(): row for row in reader}
+        for line, row in enumerate(reader, start=2):
+            rel = pathlib.PurePath((row["file"] or "").strip()).as_posix()
+            given = (parse_labels(row.get("labels") or ""), (row.get("split") or "").strip())
+            if rel in rows and given != (parse_labels(rows[rel].get("labels") or ""),
+                                         (rows[rel].get("split") or "").strip()):
+                raise ValueError(f"{path}:{line}: {rel} has labels {given[0]} split "
+                                 f"{given[1]!r}, but line {lines[rel]} gives it others; expected "
+                                 "one row per file")
+            rows.setdefault(rel, row)
+            lines.setdefault(rel, line)
+    return rows, path
 
 
 def clinical_exports(root, *, labels: str = "", label_map: str = "",
@@ -105,7 +117,7 @@ def clinical_exports(root, *, labels: str = "", label_map: str = "",
         raise FileNotFoundError(f"clinical_exports layout: {root} is not a directory")
     if labels and label_map:
         raise ValueError("clinical_exports: give labels=CSV or label_map=..., not both")
-    rows = _label_rows(labels, root)
+    rows, labels_csv = _label_rows(labels, root)
     rules = label_map_rules(label_map, "clinical_exports")
     labeller = ReportLabeller(rules) if rules else None
     fractions = dict(val_fraction=val_fraction, test_fraction=test_fraction)
@@ -126,5 +138,9 @@ def clinical_exports(root, *, labels: str = "", label_map: str = "",
                                   meta=meta, reader=reader))
     if not records:
         raise FileNotFoundError(f"clinical_exports layout: no files below {root}")
+    unmatched = sorted(set(rows) - {r.record_id for r in records})
+    if unmatched:
+        logging.warning("%s: %d row(s) name no file below %s (e.g. %s): their labels are not "
+                        "used", labels_csv, len(unmatched), root, ", ".join(unmatched[:3]))
     return DatasetIndex(records, vocabulary(records, label_names), "clinical_exports", str(root))
 

@@ -65,8 +65,10 @@ def open_regular(path):
         raise
 
 
-def open_text(path, *, encoding: str = "utf-8", newline: str | None = None):
-    """open(path, encoding=..., newline=...) for reading, through open_regular."""
+def open_text(path, *, encoding: str = "utf-8-sig", newline: str | None = None):
+    """open(path, encoding=..., newline=...) for reading, through open_regular. UTF-8 with or
+    without the byte order mark a spreadsheet's "CSV UTF-8" starts with (read as part of the
+    first column's name, it hid that column)."""
     return io.TextIOWrapper(open_regular(path), encoding=encoding, newline=newline)
 
 
