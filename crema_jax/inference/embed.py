@@ -35,6 +35,16 @@ def record_source(paths, data_cfg) -> sources.WfdbSource:
     return sources.make_source(data_cfg, records=infos)
 
 
+MIN_SECONDS = 2.0  # the shortest ECG embedded from an array, as from a file (ecg.canonical_ecg)
+
+
+def check_real(x: np.ndarray) -> None:
+    """EmbedError unless x holds real numbers (bool, strings, objects and complex values are
+    not mV: a complex array lost its imaginary part with a warning only)."""
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise EmbedError(f"expected a real numeric array of mV; got dtype {x.dtype}")
+
+
 def array_source(x: np.ndarray, fs: float, data_cfg):
     """(source, note) for (N, 12, T) canonical leads, or (N, 1, T) lead I, at `fs` Hz.
 
@@ -46,8 +56,10 @@ def array_source(x: np.ndarray, fs: float, data_cfg):
     if x.ndim != 3 or x.shape[0] < 1 or x.shape[1] not in (1, 12) or x.shape[2] < 2:
         raise EmbedError(f"expected an array (N, 12, samples) in canonical lead order, or "
                          f"(N, 1, samples) of lead I, with N >= 1; got shape {x.shape}")
-    if not np.issubdtype(x.dtype, np.number):
-        raise EmbedError(f"expected a numeric array of mV; got dtype {x.dtype}")
+    check_real(x)
+    if x.shape[2] < MIN_SECONDS * fs:  # as a record file's too_short
+        raise EmbedError(f"ECGs of {x.shape[2]} samples at {fs:g} Hz ({x.shape[2] / fs:.2f} s), "
+                         f"expected at least {MIN_SECONDS:g} s (--fs gives the rate)")
     signals = np.zeros((x.shape[0], 12, x.shape[2]), np.float32)
     signals[:, : x.shape[1]] = x
     present = np.zeros((x.shape[0], 12), bool)
@@ -126,6 +138,7 @@ def embed(backbone, *, records=None, array=None, fs: float | None = None, raw: b
     if raw:
         if array is None:
             raise EmbedError("raw input needs an array (.npy), not WFDB records")
+        check_real(np.asarray(array))
         if not np.isfinite(np.asarray(array, np.float32)).all():
             raise EmbedError("raw input holds NaN/Inf samples; --raw feeds the array as given, "
                              "so clean it, or drop --raw to have them handled")

@@ -169,3 +169,24 @@ def test_label_csvs_with_a_bom_duplicates_and_strays(tmp_path, cinc_sample_dir, 
     manifest.write_bytes(bom + f"path,labels\n{cinc_sample_dir / 'E07500'},AF\n".encode())
     index = registry.build_index("manifest", manifest)
     assert [(r.record_id, r.labels) for r in index.records] == [("E07500", ("AF",))]
+
+
+def test_embed_refuses_complex_and_too_short_arrays(tmp_path, sit_checkpoint, capsys):
+    """A complex array lost its imaginary part with a numpy warning only; a 0.12-s array was
+    embedded silently where the same ECG as a file is a too_short skip."""
+    import numpy as np
+
+    from crema_jax.cli import embed
+    rng = np.random.default_rng(0)
+    cases = {"complex.npy": (rng.normal(size=(2, 12, 2500)) * (1 + 1j), "real numeric"),
+             "short.npy": (rng.normal(size=(2, 12, 30)), "expected at least 2 s")}
+    for name, (array, fragment) in cases.items():
+        np.save(tmp_path / name, array)
+        for raw in ([], ["--raw"]) if name == "complex.npy" else ([],):
+            with pytest.raises(SystemExit) as exit_:
+                embed.COMMAND.run([f"--checkpoint={sit_checkpoint}",
+                                   f"--input={tmp_path / name}", f"--out={tmp_path / 'y.npy'}",
+                                   "--fs=250", *raw])
+            err = capsys.readouterr().err.strip().splitlines()
+            assert exit_.value.code == 1 and len(err) == 1 and fragment in err[0], err
+            assert not (tmp_path / "y.npy").exists()
