@@ -27,7 +27,7 @@ from crema_jax.cli import command
 
 COMMAND = command.Command("prepare", __doc__, usage="--layout=NAME --root=DIR --out=DIR")
 COMMAND.string("layout", "wfdb_folder", "Dataset layout (a key of data.index.registry.LAYOUTS: "
-               "wfdb_folder, ptbxl, manifest, code15, mimic_iv_ecg, numpy).")
+               "wfdb_folder, ptbxl, manifest, code15, mimic_iv_ecg, numpy, clinical_exports).")
 COMMAND.string("root", None, "Dataset folder read by the layout (or the manifest CSV's folder).",
                required=True)
 COMMAND.string("out", None, "Output folder of the cache (created; rerun into it to resume).",

@@ -1,9 +1,9 @@
 """Careless and hostile use, third round: Ctrl-C during a multi-worker `prepare`, exports their
-own libraries fail on, ...
-Each case ends in one line on stderr (no traceback) and loses nothing a rerun would not redo."""
+own libraries fail on, records sharing a file name, label CSVs with a byte order mark, duplicate
+rows and rows naming no file, complex and too-short arrays, a folder with a comma in its name.
+Each case ends in one line (no traceback) and loses nothing a rerun would not redo."""
 import json
 import os
-import pathlib
 import signal
 import subprocess
 import sys
@@ -190,3 +190,23 @@ def test_embed_refuses_complex_and_too_short_arrays(tmp_path, sit_checkpoint, ca
             err = capsys.readouterr().err.strip().splitlines()
             assert exit_.value.code == 1 and len(err) == 1 and fragment in err[0], err
             assert not (tmp_path / "y.npy").exists()
+
+
+def test_prepare_help_lists_every_layout():
+    from crema_jax.cli import prepare
+    from crema_jax.data.index import registry
+    text = prepare.COMMAND.help()
+    assert all(name in text for name in registry.LAYOUTS), text
+
+
+def test_a_records_folder_with_a_comma_in_its_name_is_one_folder(tmp_path, cinc_sample_dir):
+    """`--input="ECG, 2021"` was split at the comma into two paths that do not exist."""
+    from crema_jax.data.index.dataset_index import expand_records
+    folder = tmp_path / "ECG, 2021"
+    folder.mkdir()
+    for ext in (".hea", ".mat"):
+        (folder / f"E07500{ext}").write_bytes((cinc_sample_dir / f"E07500{ext}").read_bytes())
+    assert expand_records(str(folder)) == [str(folder / "E07500")]
+    assert expand_records(f"{folder / 'E07500'}") == [str(folder / "E07500")]
+    assert expand_records(f"{cinc_sample_dir / 'E07500'},{cinc_sample_dir / 'E07501'}") == [
+        str(cinc_sample_dir / "E07500"), str(cinc_sample_dir / "E07501")]

@@ -148,11 +148,14 @@ def expand_records(spec: str) -> list[str]:
     """Records named on a command line, in a stable order, without extension: comma-separated
     paths ('a,b', with or without .hea/.mat/.dat), globs ('dir/*.hea', 'exports/*.xml') or
     folders (every .hea below them, sorted). A file of another kind (a hospital export) keeps its
-    extension. Folders are walked by safe_files.walk, globs expanded by safe_files.glob_paths:
+    extension. A spec that names an existing path as a whole is that one path, commas and all.
+    Folders are walked by safe_files.walk, globs expanded by safe_files.glob_paths:
     neither enters a symlinked folder (no link loops). Duplicates are dropped; a pattern matching
     nothing is an error."""
     out = []
-    for item in (s.strip() for s in spec.split(",")):
+    # A path that exists as written is one item, commas and all ("ECG, 2021/").
+    items = [spec] if os.path.exists(spec) or os.path.exists(spec + ".hea") else spec.split(",")
+    for item in (s.strip() for s in items):
         if not item:
             continue
         if os.path.isdir(item):

@@ -296,7 +296,9 @@ def _scp(path, decode: bool) -> Parsed:
 def _edf_expected_bytes(path) -> int | None:
     """Header bytes + records x record bytes from the EDF header (Kemp & Olivan 2003: "number of
     data records" at byte 236, ns at 252, each signal's samples per record after its 216 bytes
-    of other fields); None when the header does not say (-1: still recording)."""
+    of other fields); None when the header does not say (-1: still recording). A header-bytes
+    field other than 256 x (ns + 1) is a RecordError (edfio read such a file's data from the
+    wrong offset)."""
     with open(path, "rb") as f:
         head = f.read(256)
         try:
@@ -307,6 +309,9 @@ def _edf_expected_bytes(path) -> int | None:
             header_bytes = int(head[184:192])
         except ValueError:
             return None
+    if header_bytes != 256 * (ns + 1):
+        raise RecordError(path, "unreadable", f"{path}: EDF header says {header_bytes} header "
+                          f"bytes, expected 256 x (1 + {ns} signals) = {256 * (ns + 1)}")
     return header_bytes + 2 * per_record * records if records >= 0 else None
 
 
@@ -320,6 +325,12 @@ def _edf(path) -> Parsed:
     try:
         edf = edfio.read_edf(path, lazy_load_data=False)
         signals = [s for s in edf.signals if _lead_label(s.label)]
+        for s in signals:  # the scale (pmax - pmin) / (dmax - dmin): edfio warns and goes on
+            if s.physical_min == s.physical_max or s.digital_min == s.digital_max:
+                raise RecordError(path, "bad_units", f"{path}: EDF signal {s.label!r} has "
+                                  f"physical {s.physical_min:g}..{s.physical_max:g}, digital "
+                                  f"{s.digital_min:g}..{s.digital_max:g}: expected two ranges "
+                                  "that give a scale")
         rows = [np.asarray(s.data, np.float64) for s in signals]
     except (ValueError, OSError, EOFError, IndexError) as e:  # edfio: a short or bad file
         reason = "truncated_signal" if "size" in str(e) or "truncat" in str(e) else "unreadable"

@@ -402,3 +402,27 @@ def test_philips_lzw_matches_the_reference_decoder():
     assert outcomes == {"bytes", "NoneType", "str"}  # every outcome was compared
     assert philips_xml.lzw_decode(streams[-401], 100) == b"hihi"
     assert _reference_lzw(streams[1], 30000)[:8] != bytes(8)  # real data, not a constant run
+
+
+@pytest.mark.parametrize("damage", ["header_bytes", "physical_range", "digital_range"])
+def test_edf_headers_that_misstate_the_data_are_skips(tmp_path, signal_mv, damage):
+    """A header-bytes field of 0 (edfio read the data from the wrong offset: 76-mV garbage),
+    and a signal whose physical or digital minimum equals its maximum (edfio warned and gave
+    values 2.5x too small), per the EDF fields (Kemp et al. 1992: 256 header bytes, then ns x
+    16 label, 80 transducer, 8 dimension, 8 pmin, 8 pmax, 8 dmin, 8 dmax, ...)."""
+    path = tmp_path / "exam.edf"
+    cf.write_edf(path, signal_mv, FS)
+    data = bytearray(path.read_bytes())
+    ns = int(data[252:256])
+    pmin, dmin = 256 + ns * 104, 256 + ns * 120
+    if damage == "header_bytes":
+        data[184:192] = b"0       "
+    elif damage == "physical_range":
+        data[pmin + ns * 8:pmin + ns * 8 + 8] = data[pmin:pmin + 8]    # signal 0: pmax = pmin
+    else:
+        data[dmin + ns * 8:dmin + ns * 8 + 8] = data[dmin:dmin + 8]    # signal 0: dmax = dmin
+    path.write_bytes(bytes(data))
+    with pytest.raises(RecordError) as err:
+        clinical.read_clinical(path)
+    assert err.value.reason == ("unreadable" if damage == "header_bytes" else "bad_units")
+    assert str(path) in str(err.value)
