@@ -264,17 +264,22 @@ def _clinical_table(tmp: str, raw_dir: str, records: int) -> None:
         for name, signal in zip(names, signals):
             writer(os.path.join(root, name + clinical_files.SUFFIX[fmt]), signal, 500.0)
         size = sum(os.path.getsize(os.path.join(root, f)) for f in os.listdir(root))
-        start = time.perf_counter()
-        subprocess.run(_prepare_cmd(root, os.path.join(tmp, f"cache_{fmt}"), "--workers=2",
-                                    "--layout=clinical_exports"),
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        rows.append((fmt, size / len(names) / 1024, len(names) / (time.perf_counter() - start)))
+        rates = []
+        for index_workers in (1, 2):  # the index in-process, then in 2 spawned processes
+            start = time.perf_counter()
+            subprocess.run(_prepare_cmd(root, os.path.join(tmp, f"cache_{fmt}_{index_workers}"),
+                                        "--workers=2", "--layout=clinical_exports",
+                                        f"--layout_option=index_workers={index_workers}"),
+                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            rates.append(len(names) / (time.perf_counter() - start))
+        rows.append((fmt, size / len(names) / 1024, *rates))
     print(f"\nprepare --layout=clinical_exports: {len(names)} synthetic records (500 Hz, 10 s) "
           "per format -> cache, whole command runs, 2 workers:\n")
-    print(f"| {'format':<12} | KiB per file | ECGs/s |")
-    print(f"|{'-' * 14}|--------------|--------|")
-    for fmt, kib, rate in rows:
-        print(f"| {fmt:<12} | {kib:>12.1f} | {rate:>6,.0f} |")
+    print(f"| {'format':<12} | KiB per file | ECGs/s, index in-process | ECGs/s, index in 2 "
+          "processes |")
+    print(f"|{'-' * 14}|--------------|--------------------------|---------------------------|")
+    for fmt, kib, serial, pooled in rows:
+        print(f"| {fmt:<12} | {kib:>12.1f} | {serial:>24,.0f} | {pooled:>25,.0f} |")
 
 
 def _tree_rss_kib(root: int) -> dict[int, int]:
