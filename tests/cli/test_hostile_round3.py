@@ -210,3 +210,32 @@ def test_a_records_folder_with_a_comma_in_its_name_is_one_folder(tmp_path, cinc_
     assert expand_records(f"{folder / 'E07500'}") == [str(folder / "E07500")]
     assert expand_records(f"{cinc_sample_dir / 'E07500'},{cinc_sample_dir / 'E07501'}") == [
         str(cinc_sample_dir / "E07500"), str(cinc_sample_dir / "E07501")]
+
+
+def test_a_rerun_retries_the_records_an_unexpected_error_skipped(tmp_path, cinc_sample_dir,
+                                                                 monkeypatch, capsys):
+    """A record skipped for an unexpected error (here a MemoryError on its first read: not
+    damage of the record's own) is read again by the rerun, which rebuilds its shard."""
+    from crema_jax.data.cache import prepare
+    root = tmp_path / "records"
+    root.mkdir()
+    for name in ("E07500", "E07501", "E07502"):
+        for ext in (".hea", ".mat"):
+            (root / f"{name}{ext}").write_bytes((cinc_sample_dir / f"{name}{ext}").read_bytes())
+    real_read = shard_writer.read_lib.read
+
+    def out_of_memory_once(path, *args, **kwargs):
+        if path.endswith("E07501"):
+            raise MemoryError("cannot allocate")
+        return real_read(path, *args, **kwargs)
+
+    kwargs = dict(layout="wfdb_folder", root=str(root), out=str(tmp_path / "cache"), workers=1,
+                  records_per_shard=2)
+    monkeypatch.setattr(shard_writer.read_lib, "read", out_of_memory_once)
+    first = prepare.prepare(**kwargs)
+    assert first["records"] == 2 and first["skipped"]["unexpected_error"]["count"] == 1
+    monkeypatch.setattr(shard_writer.read_lib, "read", real_read)
+    second = prepare.prepare(**kwargs)
+    assert second["records"] == 3 and second["skipped"] == {}
+    assert "rebuilding 1 shard(s) that skipped records for unexpected errors" in \
+        capsys.readouterr().out

@@ -84,7 +84,7 @@ def write_shard(span: tuple[int, int, int], plan_path: str) -> dict:
     task = json.loads(storage.read_range(plan_path, offset, length))
     name = record_format.shard_name(task["shard"], task["num_shards"])
     sidecar = prepare.load_sidecar(task["out_dir"], name)
-    if sidecar is None:
+    if sidecar is None or prepare.worth_rebuilding(sidecar):
         sidecar = build_shard(task)
         if "strict_error" in sidecar:
             raise prepare.PrepareError(f"(--strict) {sidecar['strict_error']}")

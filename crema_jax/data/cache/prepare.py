@@ -146,6 +146,14 @@ def load_sidecar(out: str, name: str) -> dict | None:
     return sidecar
 
 
+def worth_rebuilding(sidecar: dict | None) -> bool:
+    """Whether a written shard skipped a record for an unexpected error (a MemoryError, an I/O
+    fault, an interrupted import: not the record's own damage, a RecordError): a rerun builds
+    such a shard again rather than keep those records lost."""
+    return sidecar is not None and any(skip.get("reason") == "unexpected_error"
+                                       for skip in sidecar["skipped"])
+
+
 def _light_sidecar(out: str, name: str) -> dict | None:
     sidecar = load_sidecar(out, name)
     return None if sidecar is None else light(sidecar)
@@ -268,6 +276,12 @@ def _prepare_claimed(plan, out, *, workers, strict, stop_after_shards, num_hosts
                      host_index) -> dict:
     mine = plan.mine
     sidecars = {s: _light_sidecar(out, plan.names[s]) for s in mine}
+    retried = [s for s in mine if worth_rebuilding(sidecars[s])]
+    for s in retried:
+        sidecars[s] = None
+    if retried:
+        print(f"rebuilding {len(retried)} shard(s) that skipped records for unexpected errors "
+              f"({plan.names[retried[0]]}{', ...' if len(retried) > 1 else ''})")
     progress, stopped = _write_shards(plan, sidecars, workers=workers, strict=strict,
                                       stop_after_shards=stop_after_shards)
     if stopped:
