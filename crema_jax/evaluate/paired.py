@@ -50,10 +50,26 @@ def _placements(y: np.ndarray, scores: np.ndarray):
     return auc, v_pos, v_neg
 
 
-def delong(y_true, scores_a, scores_b, *, alpha: float = ALPHA) -> dict:
-    """DeLong's test of AUC_A - AUC_B for one binary column scored by two models."""
+# DeLong's variance needs the spread of at least two positives' (and negatives') placements:
+# with one, S10 is undefined, and taking it as 0 left out the term that dominates (two models
+# of independent random scores, 49 records, alpha 0.05: 71% of such tests said "better").
+MIN_PER_CLASS = 2
+
+
+def delong_status(y_true) -> str | None:
+    """None when DeLong's test is defined for the column, else the reason it is not."""
     y = np.asarray(y_true).reshape(-1) > 0.5
     reason = scoring.class_status(y)
+    if reason is None and min(int(y.sum()), int((~y).sum())) < MIN_PER_CLASS:
+        reason = ("one_positive" if y.sum() < MIN_PER_CLASS else "one_negative")
+    return reason
+
+
+def delong(y_true, scores_a, scores_b, *, alpha: float = ALPHA) -> dict:
+    """DeLong's test of AUC_A - AUC_B for one binary column scored by two models (at least
+    MIN_PER_CLASS positives and negatives)."""
+    y = np.asarray(y_true).reshape(-1) > 0.5
+    reason = delong_status(y)
     if reason is not None:
         raise ValueError(f"DeLong's test is undefined for a class with "
                          f"{reason.replace('_', ' ')}")
@@ -63,9 +79,7 @@ def delong(y_true, scores_a, scores_b, *, alpha: float = ALPHA) -> dict:
         raise ValueError(f"labels ({len(y)}) and scores {scores.shape[1:]} differ in length")
     auc, v_pos, v_neg = _placements(y, scores)
     m, n = v_pos.shape[1], v_neg.shape[1]
-    s10 = np.cov(v_pos) if m > 1 else np.zeros((2, 2))
-    s01 = np.cov(v_neg) if n > 1 else np.zeros((2, 2))
-    cov = s10 / m + s01 / n
+    cov = np.cov(v_pos) / m + np.cov(v_neg) / n
     diff = float(auc[0] - auc[1])
     var = float(max(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1], 0.0))
     sd = np.sqrt(var)
@@ -159,7 +173,7 @@ def compare_predictions(labels, probs_a, probs_b, classes, *, groups=None, alpha
     labels = np.asarray(labels)
     per_class = {}
     for c, name in enumerate(classes):
-        reason = scoring.class_status(labels[:, c])
+        reason = delong_status(labels[:, c])
         if reason is not None:
             per_class[name] = {"skipped": reason}
             continue

@@ -12,8 +12,9 @@ from crema_jax.cli import compare
 from tests.cli.test_hostile import _fails
 from tests.evaluate.conftest import evaluated_ids
 from tests.evaluate.test_report import check_markdown_agrees
-from tests.evaluate.test_cli import RUN_KEYS, SCHEMA, _macro, _run, _scorable
-from tests.evaluate.test_paired import _reference_paired_bootstrap, reference_delong
+from tests.evaluate.test_cli import RUN_KEYS, SCHEMA, _macro, _run
+from tests.evaluate.test_paired import (_reference_paired_bootstrap, delong_testable,
+                                        reference_delong)
 
 
 @pytest.mark.slow
@@ -58,7 +59,7 @@ def test_compare_a_checkpoint_with_random_on_the_same_folds_and_crops(
     assert run_b["test"]["macro_auroc"] == pytest.approx(_macro(labels, b), abs=1e-9)
     comparison = report["comparisons"][0]
     assert comparison["n"] == len(expected)
-    ok = _scorable(labels)
+    ok = delong_testable(labels)
     for c, name in enumerate(report["classes"]):
         entry = comparison["per_class"][name]
         if c not in ok:

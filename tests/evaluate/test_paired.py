@@ -95,6 +95,37 @@ def test_delong_refuses_a_column_without_negatives():
         paired.delong(np.ones(5), np.arange(5), np.arange(5))
 
 
+def delong_testable(labels) -> list[int]:
+    """The columns DeLong's variance is defined for: at least 2 positives and 2 negatives (the
+    covariances S10 and S01 divide by m - 1 and n - 1)."""
+    labels = np.asarray(labels) > 0.5
+    return [c for c in range(labels.shape[1])
+            if 2 <= labels[:, c].sum() <= len(labels) - 2]
+
+
+def test_one_positive_gets_no_test_rather_than_a_false_verdict():
+    """With one positive S10 is undefined (the reference divides by m - 1 = 0); taken as 0 it
+    left out the term that dominates, and two models of independent random scores were called
+    different in most such classes. Such a class is skipped, with its reason."""
+    rng = np.random.default_rng(0)
+    y = np.zeros((49, 2))
+    y[3, 0] = 1
+    y[[3, 7], 1] = 1
+    with pytest.raises(ValueError, match="one positive"):
+        paired.delong(y[:, 0], rng.random(49), rng.random(49))
+    with pytest.raises(ValueError, match="one negative"):
+        paired.delong(1 - y[:, 0], rng.random(49), rng.random(49))
+    called_different = 0
+    for _ in range(40):
+        a, b = rng.random((49, 2)), rng.random((49, 2))
+        out = paired.compare_predictions(y, a, b, ["one", "two"], n_resamples=20)
+        assert out["per_class"]["one"] == {"skipped": "one_positive"}
+        assert out["per_class"]["two"]["n_pos"] == 2
+        called_different += out["per_class"]["two"]["p"] < 0.05
+    assert delong_testable(y) == [1]
+    assert called_different < 20  # two positives: defined (anti-conservative, not absurd)
+
+
 def _reference_paired_bootstrap(labels, a, b, groups, n_resamples, seed, score, alpha=0.05):
     """Patients drawn with replacement (numpy's integers(0, G, G), groups in order of first
     appearance), both models scored on the same records with scikit-learn."""
