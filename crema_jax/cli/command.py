@@ -127,6 +127,9 @@ class Command:
     def parse(self, argv: Sequence[str]) -> types.SimpleNamespace:
         """argv WITHOUT the program and command names -> a namespace of flag values plus
         `.positional`. Raises flags.Error (a usage error) with a one-line message."""
+        repeated = self._repeated(argv)
+        if repeated:
+            raise flags.Error(repeated)
         argv = [f"{PROGRAM} {self.name}", *argv]
         fv = self._flag_values(argv)
         try:
@@ -142,6 +145,27 @@ class Command:
         if missing:
             raise flags.Error(f"{' and '.join(missing)} required (usage: {self.usage_line()})")
         return types.SimpleNamespace(**values, positional=positional)
+
+    def _repeated(self, argv: Sequence[str]) -> str | None:
+        """A flag that takes one value given more than once (absl keeps the last one silently:
+        `--models=a --models=b` dropped a); None when there is none."""
+        kinds = {f.name: f.kind for f in self._flags}
+        counts: dict[str, int] = {}
+        for arg in argv:
+            if arg == "--":
+                break
+            if not arg.startswith("-"):
+                continue
+            name = arg.lstrip("-").split("=", 1)[0]
+            if name not in kinds and name.startswith("no") and kinds.get(name[2:]) == "bool":
+                name = name[2:]
+            if kinds.get(name) not in (None, "multi_string", "config"):
+                counts[name] = counts.get(name, 0) + 1
+        name = next((n for n, k in counts.items() if k > 1), None)
+        if name is None:
+            return None
+        listed = " (one comma-separated list)" if kinds[name] == "list" else ""
+        return f"--{name} given {counts[name]} times; give it once{listed}"
 
     # ------------------------------------------------------------------------- help
     def usage_line(self) -> str:

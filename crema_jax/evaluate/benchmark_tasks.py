@@ -94,6 +94,9 @@ def load_suite(path, roots: dict | None = None) -> dict:
         if task.get("dataset") not in datasets or not task.get("name"):
             raise ValueError(f"task file {path}: tasks[{i}] needs a name and a dataset of "
                              f"{sorted(datasets)}")
+        if not str(datasets[task["dataset"]]["root"] or "").strip():  # "" is the working dir
+            raise ValueError(f"task file {path}: datasets[{task['dataset']!r}] has no root; give "
+                             f"one in the file or --roots={task['dataset']}=FOLDER")
         if bool(task["train_source"]) != bool(task["test_source"]):
             raise ValueError(f"task file {path}: task {task['name']!r} gives train_source and "
                              "test_source together (a cross-domain pair) or neither")

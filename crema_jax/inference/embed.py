@@ -133,7 +133,10 @@ def embed(backbone, *, records=None, array=None, fs: float | None = None, raw: b
     if windows not in ("rows", "mean"):
         raise EmbedError(f"windows={windows!r}: expected 'rows' or 'mean'")
     mesh = mesh_lib.make_mesh() if mesh is None else mesh
-    batch_size = mesh_lib.round_batch(batch_size, mesh)
+    count = len(records) if records is not None else len(array) if array is not None else 0
+    # No larger than the input: a batch is padded to its size (--batch_size=100000 for one
+    # record allocated 22 GiB).
+    batch_size = mesh_lib.round_batch(min(batch_size, max(count, 1)), mesh)
     stats, data_cfg = skips.SkipStats(), None
     if raw:
         if array is None:

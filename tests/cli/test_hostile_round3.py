@@ -239,3 +239,52 @@ def test_a_rerun_retries_the_records_an_unexpected_error_skipped(tmp_path, cinc_
     assert second["records"] == 3 and second["skipped"] == {}
     assert "rebuilding 1 shard(s) that skipped records for unexpected errors" in \
         capsys.readouterr().out
+
+
+def test_a_single_value_flag_given_twice_is_refused(capsys):
+    """absl keeps the last value silently: `benchmark --models=m=A --models=f=B` benchmarked f
+    alone, `predict --out=a.csv --out=b.csv` wrote b.csv only. Repeatable flags (--roots,
+    --layout_option, config overrides) stay repeatable."""
+    from crema_jax.cli import benchmark, predict, prepare
+    for command, argv, fragment in (
+            (benchmark, ["--models=m=/a", "--models=f=/b", "--workdir=/tmp/x"],
+             "--models given 2 times; give it once (one comma-separated list)"),
+            (predict, ["--checkpoint=/c", "--out=a.csv", "--out=b.csv", "r"],
+             "--out given 2 times; give it once"),
+            (prepare, ["--root=/r", "--out=/o", "--strict", "--nostrict"],
+             "--strict given 2 times")):
+        with pytest.raises(SystemExit) as exit_:
+            command.COMMAND.run(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 2 and len(err) == 1 and fragment in err[0], err
+    args = prepare.COMMAND.parse(["--root=/r", "--out=/o", "--layout_option=a=1",
+                                  "--layout_option=b=2"])
+    assert args.layout_option == ["a=1", "b=2"]
+
+
+def test_an_unknown_layout_option_is_one_line_naming_it(tmp_path, cinc_sample_dir, capsys):
+    """It was a 25-line TypeError traceback ("unexpected keyword argument 'colour'") in probe,
+    compare, prepare and benchmark task files alike: all go through registry.build_index."""
+    from crema_jax.cli import prepare
+    from crema_jax.data.index import registry
+    with pytest.raises(ValueError, match="layout wfdb_folder: unknown option 'colour'; it "
+                                         "takes val_fraction, test_fraction, label_names"):
+        registry.build_index("wfdb_folder", cinc_sample_dir, colour="blue")
+    with pytest.raises(SystemExit) as exit_:
+        prepare.COMMAND.run([f"--root={cinc_sample_dir}", f"--out={tmp_path / 'c'}",
+                             "--layout_option=label_set=rhythm"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 1 and len(err) == 1 and "unknown option 'label_set'" in err[0]
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_batch_larger_than_the_input_is_cut_to_the_input(tmp_path, cinc_sample_dir,
+                                                          sit_checkpoint):
+    """A batch was padded to --batch_size: a million for one record is ~120 GB of input."""
+    import numpy as np
+
+    from crema_jax.cli import embed
+    out = tmp_path / "y.npy"
+    embed.COMMAND.run([f"--checkpoint={sit_checkpoint}", f"--input={cinc_sample_dir / 'E07500'}",
+                       f"--out={out}", "--batch_size=1000000"])
+    assert np.load(out).shape[0] == 1

@@ -134,6 +134,13 @@ def test_task_file_and_model_errors_name_the_field(tmp_path):
                    "{'probe': {}}\n    return c\n")
     with pytest.raises(ValueError, match=r"datasets\['d'\]: unknown field\(s\) \['fold'\]"):
         benchmark_tasks.load_suite(bad)
+    # No root (or --roots=d=): "" indexed the working directory, recursively.
+    bad.write_text(bad.read_text().replace(", 'fold': 3", "").replace("'/x'", "''"))
+    for roots in (None, {"d": ""}):
+        with pytest.raises(ValueError, match=r"datasets\['d'\] has no root; give one in the "
+                                             r"file or --roots=d=FOLDER"):
+            benchmark_tasks.load_suite(bad, roots=roots)
+    assert benchmark_tasks.load_suite(bad, roots={"d": "/x"})["datasets"]["d"]["root"] == "/x"
     with pytest.raises(ValueError, match="expected NAME=CHECKPOINT"):
         benchmark_tasks.parse_models(["just_a_path"])
     with pytest.raises(ValueError, match="expected distinct names"):

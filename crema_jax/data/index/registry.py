@@ -14,6 +14,8 @@ importing only the shared index helpers. Indexing never loads a signal.
 """
 from __future__ import annotations
 
+import inspect
+
 from crema_jax.data.index.clinical_exports import clinical_exports
 from crema_jax.data.index.code15 import code15
 from crema_jax.data.index.dataset_index import DatasetIndex
@@ -38,4 +40,10 @@ def build_index(layout: str, root, **opts) -> DatasetIndex:
     if layout not in LAYOUTS:
         raise ValueError(f"--layout={layout!r}: unknown dataset layout; expected one of "
                          f"{sorted(LAYOUTS)}")
+    accepted = [name for name, p in inspect.signature(LAYOUTS[layout]).parameters.items()
+                if p.kind == p.KEYWORD_ONLY]
+    unknown = sorted(set(opts) - set(accepted))
+    if unknown:
+        raise ValueError(f"layout {layout}: unknown option {unknown[0]!r}; it takes "
+                         f"{', '.join(accepted)}")
     return LAYOUTS[layout](root, **opts)
