@@ -15,6 +15,7 @@ leaderboard (benchmark_leaderboard.py) is computed from the saved predictions al
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
@@ -82,6 +83,16 @@ class Datasets:
             plan, groups = folds.dataset_plan(data, settings)
             self.loaded[name] = (data, plan, groups)
         return self.loaded[name]
+
+    def fingerprint(self, name: str) -> str:
+        """A digest of what dataset `name` holds (record ids and paths, splits, sources, classes,
+        labels): a cell computed before its records or labels changed is not reused."""
+        data = self.get(name)[0]
+        digest = hashlib.sha256(json.dumps(
+            [[[str(i.record_id), str(i.path)] for i in data.infos], data.splits.tolist(),
+             data.sources.tolist(), list(data.classes)]).encode())
+        digest.update(np.ascontiguousarray(data.labels, np.uint8).tobytes())
+        return digest.hexdigest()[:16]
 
     def records_like(self, settings: dict) -> list:
         """Every record of the task file's datasets over the same records as `settings`
@@ -162,8 +173,8 @@ def compute_cell(model, column, protocol: str, suite: dict, loaded: Datasets, st
 
 
 def cell_path(workdir: pathlib.Path, model: str, column: str, protocol: str) -> pathlib.Path:
-    safe = "".join(ch if ch.isalnum() or ch in "-_.=" else "_" for ch in column)
-    return workdir / "cells" / model.replace(":", "_") / safe / f"{protocol}.npz"
+    return (workdir / "cells" / files.folder_name(model) / files.folder_name(column)
+            / f"{protocol}.npz")
 
 
 def save_cell(path, key: tuple, spec: str, fields: dict, arrays: dict) -> None:
@@ -212,7 +223,8 @@ def run_cells(models, cols, suite: dict, workdir: pathlib.Path, log=print) -> tu
                     counts["cells_not_applicable"] += 1
                     continue
                 path = cell_path(workdir, *key)
-                spec = benchmark_tasks.cell_spec(model, column, protocol, suite)
+                spec = benchmark_tasks.cell_spec(model, column, protocol, suite,
+                                                 loaded.fingerprint(column.dataset))
                 cell = load_cell(path, spec)
                 if cell is not None:
                     counts["cells_reused"] += 1

@@ -205,13 +205,16 @@ def model_random_row(models: list[Model]) -> dict:
     return {m.name: random_by_key[architecture(m.config)] for m in models}
 
 
-def cell_spec(model: Model, column: Column, protocol: str, suite: dict) -> str:
+def cell_spec(model: Model, column: Column, protocol: str, suite: dict,
+              dataset_digest: str = "") -> str:
     """A digest of everything a cell's predictions depend on: a finished cell is reused only
-    when it matches (another checkpoint, other weights at the same path, recipe or dataset
-    recomputes it)."""
+    when it matches (another checkpoint, other weights at the same path, recipe, dataset
+    settings or, by `dataset_digest` (benchmark.Datasets.fingerprint), the dataset's records and
+    labels recompute it)."""
     text = json.dumps({"model": [model.name, model.checkpoint, model.weights],
                        "column": dataclasses.asdict(column),
-                       "dataset": suite["datasets"][column.dataset], "protocol": protocol,
+                       "dataset": suite["datasets"][column.dataset],
+                       "dataset_digest": dataset_digest, "protocol": protocol,
                        "recipe": suite["protocols"][protocol], "seed": suite["seed"],
                        "batch_size": suite["batch_size"]}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

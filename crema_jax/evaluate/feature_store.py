@@ -46,7 +46,7 @@ class FeatureStore:
     def features(self, model, data, leads: str, settings: dict, mesh) -> linear_probe.Features:
         """`model`'s features of `data`'s records with `leads`: from the cache, or extracted
         (and cached) when the cache lacks a record of `data`."""
-        path = (self.folder / model.name.replace(":", "_")
+        path = (self.folder / files.folder_name(model.name)
                 / f"{records_key(settings)}-{leads.replace('+', '_')}.npz")
         ids = [info.record_id for info in data.infos]
         cached = self._load(path, model.weights, ids)

@@ -15,6 +15,7 @@ Rules (every command follows them):
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import os
 import pathlib
@@ -121,6 +122,14 @@ def check_output_dir(path, *, marker, flag: str, inputs: Iterable = (),
             raise OutputError(f"{flag}={path}: cannot create the folder ({err.strerror})") \
                 from None
     return path
+
+
+def folder_name(text: str) -> str:
+    """`text` as one file or folder name: itself when made of letters, digits and "-_.=";
+    otherwise those kept, every other character "_", and 8 hex digits of its SHA-256, so that
+    two names never share a folder ("rhythm a" and "rhythm_a", "random:m" and "random_m")."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_.=" else "_" for ch in text)
+    return safe if safe == text else f"{safe}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
 def write_atomic(path, write: Callable[[str], Any]) -> None:

@@ -288,3 +288,43 @@ def test_a_batch_larger_than_the_input_is_cut_to_the_input(tmp_path, cinc_sample
     embed.COMMAND.run([f"--checkpoint={sit_checkpoint}", f"--input={cinc_sample_dir / 'E07500'}",
                        f"--out={out}", "--batch_size=1000000"])
     assert np.load(out).shape[0] == 1
+
+
+def test_benchmark_cells_follow_their_dataset_and_never_share_a_file(tmp_path, cinc_sample_dir):
+    """A rerun after records were added or removed or a label edited reused every cell of the
+    old data (the digest held the dataset's settings only); "rhythm a" and "rhythm_a" (and
+    "random:m" and "random_m") shared one cell file, so each rerun recomputed the other's."""
+    from crema_jax.evaluate import benchmark, benchmark_tasks
+    from crema_jax.runtime import files
+    root = tmp_path / "data"
+    root.mkdir()
+    for k in range(10):
+        for ext in (".hea", ".mat"):
+            (root / f"E075{k:02d}{ext}").write_bytes(
+                (cinc_sample_dir / f"E075{k:02d}{ext}").read_bytes())
+    tasks = tmp_path / "tasks.py"
+    tasks.write_text("import ml_collections\ndef get_config():\n    c = ml_collections."
+                     f"ConfigDict()\n    c.datasets = {{'d': {{'root': {str(root)!r}, "
+                     "'folds': 3}}\n"
+                     "    c.tasks = [{'name': 't', 'dataset': 'd'}]\n"
+                     "    c.protocols = {'probe': {}}\n    return c\n")
+
+    def digest():
+        suite = benchmark_tasks.load_suite(tasks)
+        return benchmark.Datasets(suite).fingerprint("d")
+
+    first = digest()
+    assert digest() == first                                  # the same data, the same digest
+    header = root / "E07501.hea"   # a class it lacks, which other records have
+    header.write_text(header.read_text().replace("# Dx: ", "# Dx: 426177001,", 1))
+    relabelled = digest()
+    assert relabelled != first
+    for ext in (".hea", ".mat"):                              # a record removed
+        (root / f"E07502{ext}").unlink()
+    assert digest() not in (first, relabelled)
+    paths = {benchmark.cell_path(tmp_path, m, c, "probe")
+             for m in ("m", "random:m", "random_m") for c in ("rhythm a", "rhythm_a")}
+    assert len(paths) == 6
+    assert benchmark.cell_path(tmp_path, "m", "rhythm_a", "probe") == \
+        tmp_path / "cells" / "m" / "rhythm_a" / "probe.npz"    # plain names keep their paths
+    assert files.folder_name("rhythm a").startswith("rhythm_a-")
