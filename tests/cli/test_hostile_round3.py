@@ -328,3 +328,26 @@ def test_benchmark_cells_follow_their_dataset_and_never_share_a_file(tmp_path, c
     assert benchmark.cell_path(tmp_path, "m", "rhythm_a", "probe") == \
         tmp_path / "cells" / "m" / "rhythm_a" / "probe.npz"    # plain names keep their paths
     assert files.folder_name("rhythm a").startswith("rhythm_a-")
+
+
+def test_a_lead_i_model_skips_a_record_without_lead_i(tmp_path, cinc_sample_dir):
+    """A record holding V1 alone gave a lead-I model's prediction of an all-zero ECG, without
+    a word; it is a no_signal skip naming the record and the lead."""
+    import numpy as np
+    import wfdb
+
+    from crema_jax.data.pipeline.sources import Reading
+    from crema_jax.data.reading.ecg import RecordError
+    signal = wfdb.rdrecord(str(cinc_sample_dir / "E07500")).p_signal
+    reading = Reading(leads=("I",))
+    present = np.zeros(12, bool)
+    present[6] = True                                        # V1 only
+    with pytest.raises(RecordError) as err:
+        reading.element(signal.T.astype(np.float32), 500.0, present, None, path="one_V1")
+    assert err.value.reason == "no_signal" and "one_V1" in str(err.value) and "(I)" in str(
+        err.value)
+    present[0] = True                                        # with lead I: read as before
+    out = reading.element(signal.T.astype(np.float32), 500.0, present, None, path="x")
+    assert out["lead_present"].tolist() == [True] + [False] * 11
+    np.testing.assert_allclose(out["signal"][0], signal[:, 0], rtol=1e-6)
+    assert not out["signal"][1:].any()

@@ -86,11 +86,16 @@ class Reading:
                     window=Window(window, self.window_seconds) if self.window_seconds > 0
                     else None)
 
-    def element(self, signal: np.ndarray, fs: float, lead_present: np.ndarray, cfg) -> dict:
+    def element(self, signal: np.ndarray, fs: float, lead_present: np.ndarray, cfg, *,
+                path: str = "") -> dict:
         """A pipeline element of a canonical ECG: the leads the model is not fed zeroed and
-        marked absent, then the record-stage preprocessing `cfg` (None: none)."""
+        marked absent, then the record-stage preprocessing `cfg` (None: none). A record that
+        has none of the fed leads is a no_signal skip (a lead-I model fed all zeros)."""
         fed = fed_leads_mask(self.leads)
         present = lead_present & fed
+        if not present.any():
+            raise RecordError(path, "no_signal", f"record {path} has none of the leads the "
+                              f"model reads ({', '.join(np.asarray(LEADS)[fed])})")
         signal = np.where(present[:, None], signal, 0.0).astype(np.float32)
         return {"signal": preprocess_record(signal, fs, cfg, present, fed),
                 "lead_present": present}
@@ -175,7 +180,8 @@ class WfdbSource:
             raise RecordError(path, "too_short", f"{path} is shorter than one "
                               f"{r.window_seconds:g} s window")
         ecg = read_lib.read(path, self.readers[index], **r.canonical_options(window))
-        return r.element(ecg.signal, ecg.fs, ecg.lead_present, self.preprocess_cfg)
+        return r.element(ecg.signal, ecg.fs, ecg.lead_present, self.preprocess_cfg,
+                         path=ecg.path)
 
 
 class ArraySource:
@@ -236,7 +242,8 @@ class RawArraySource(ArraySource):
         ecg = canonical_ecg(self.signals[i][rows].T, [LEADS[r] for r in rows],
                             ["mV"] * len(rows), self.fs, path=f"{self.name}[{i}]",
                             min_seconds=None, **options)
-        return self.reading.element(ecg.signal, ecg.fs, ecg.lead_present, self.preprocess_cfg)
+        return self.reading.element(ecg.signal, ecg.fs, ecg.lead_present, self.preprocess_cfg,
+                                    path=ecg.path)
 
 
 # ---------------------------------------------------------------- the source of a data config
