@@ -131,8 +131,18 @@ def _cross_domain_cell(fit_predict, data, column, seed: int):
     train = train[protocols.label_fraction_subset(data.labels[train], column.label_fraction,
                                                   seed=seed)]
     out = fit_predict(train, val, {"test": test})
-    return {"n_train": len(train), "n_val": len(val), **out["info"]}, \
-        out["tests"]["test"]
+    # A class without positives in the training source was never learnt: its test AUROC is
+    # noise and is not scored (it was, and ranked).
+    learnt = data.labels[train].sum(0) > 0
+    if not learnt.any():
+        raise ValueError(f"task {column.task!r}: no class has positives in the training records "
+                         f"of {column.train_source!r}")
+    pred = dict(out["tests"]["test"])
+    pred["probs"] = np.asarray(pred["probs"])[:, learnt]
+    pred["labels"] = np.asarray(pred["labels"])[:, learnt]
+    unlearnt = [c for c, ok in zip(data.classes, learnt) if not ok]
+    return {"n_train": len(train), "n_val": len(val), **out["info"],
+            "classes_without_train_positives": unlearnt}, pred, learnt
 
 
 def _fit_predict(model, protocol, rec, data, column, settings, store, mesh):
@@ -155,8 +165,9 @@ def compute_cell(model, column, protocol: str, suite: dict, loaded: Datasets, st
                 "label_fractions": [column.label_fraction], "checkpoint": model.checkpoint}
     fit_predict = _fit_predict(model, protocol, recipe(suite, protocol), data, column, settings,
                                store, mesh)
+    learnt = np.ones(len(data.classes), bool)
     if column.train_source:
-        fields, pred = _cross_domain_cell(fit_predict, data, column, suite["seed"])
+        fields, pred, learnt = _cross_domain_cell(fit_predict, data, column, suite["seed"])
     else:
         found, _, preds = runs.model_runs(fit_predict, data, column.leads, settings,
                                           method=protocol, model=model.name, plan=plan,
@@ -168,7 +179,7 @@ def compute_cell(model, column, protocol: str, suite: dict, loaded: Datasets, st
                     "labels": np.asarray(pred["labels"], np.float32), "rows": rows,
                     "ids": np.asarray(pred["ids"], dtype=str), "group": groups[rows],
                     "record_id": np.asarray([data.infos[r].record_id for r in rows], dtype=str),
-                    "classes": np.asarray(data.classes, dtype=str),
+                    "classes": np.asarray(data.classes, dtype=str)[learnt],
                     **({"fold": np.asarray(pred["fold"])} if "fold" in pred else {})}
 
 

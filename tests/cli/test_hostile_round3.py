@@ -351,3 +351,39 @@ def test_a_lead_i_model_skips_a_record_without_lead_i(tmp_path, cinc_sample_dir)
     assert out["lead_present"].tolist() == [True] + [False] * 11
     np.testing.assert_allclose(out["signal"][0], signal[:, 0], rtol=1e-6)
     assert not out["signal"][1:].any()
+
+
+def test_a_cross_domain_class_the_training_source_lacks_is_not_scored():
+    """Ningbo had no record of a class: its Georgia AUROC (noise: no head ever learnt it) was
+    scored and ranked. Such a class is left out of the cell's predictions, and named."""
+    import types
+
+    import numpy as np
+
+    from crema_jax.evaluate import benchmark
+    from crema_jax.evaluate.benchmark_tasks import Column
+    rng = np.random.default_rng(0)
+    sources = np.array(["ningbo"] * 12 + ["georgia"] * 6)
+    splits = np.array(["train"] * 8 + ["val"] * 4 + ["test"] * 6)
+    labels = np.zeros((18, 3), np.float32)
+    labels[[0, 3, 8, 13], 0] = 1                     # class a: in both sources
+    labels[[1, 2, 9, 14], 2] = 1                     # class c: in both
+    labels[[12, 15], 1] = 1                          # class b: Georgia only
+    data = types.SimpleNamespace(sources=sources, splits=splits, labels=labels,
+                                 classes=["a", "b", "c"])
+    seen = {}
+
+    def fit_predict(train, val, tests):
+        seen["train"] = train
+        test = tests["test"]
+        return {"info": {}, "tests": {"test": {"probs": rng.random((len(test), 3)),
+                                               "labels": labels[test], "rows": test,
+                                               "ids": test.astype(str)}}}
+
+    column = Column("x", "x", "d", "12", 1.0, "ningbo", "georgia")
+    fields, pred, learnt = benchmark._cross_domain_cell(fit_predict, data, column, seed=0)
+    assert learnt.tolist() == [True, False, True]
+    assert fields["classes_without_train_positives"] == ["b"]
+    assert pred["probs"].shape == (6, 2) and pred["labels"].tolist() == labels[12:][:, [0, 2]] \
+        .tolist()
+    assert set(seen["train"]) <= set(range(8))
