@@ -27,7 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from crema_jax.runtime import trees
+from crema_jax.runtime import files, trees
 from crema_jax.runtime.workdir import checkpoints_dir, resolve_checkpoint
 
 TRAIN_ITEMS = ("params", "opt_state", "rng", "data_iter", "config")
@@ -286,15 +286,8 @@ def load_saved_config(path) -> dict:
     of the step dir `path`); DamagedConfigError naming the file when it does not read."""
     root, step = resolve_checkpoint(path)
     file = root / str(step) / "config" / "metadata"
-    try:
-        with file.open() as f:
-            saved = json.load(f)
-    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError included
-        raise DamagedConfigError(f"{file}: damaged checkpoint config ({err})") from None
-    if not isinstance(saved, dict):
-        raise DamagedConfigError(f"{file}: damaged checkpoint config (a "
-                                 f"{type(saved).__name__}, expected a JSON object)")
-    return saved
+    return files.load_json(file.read_text, file, dict, DamagedConfigError,
+                           " (the checkpoint's saved config)")
 
 
 def _metadata_tree(meta) -> Any:

@@ -124,6 +124,20 @@ def check_output_dir(path, *, marker, flag: str, inputs: Iterable = (),
     return path
 
 
+def load_json(read: Callable[[], str], where, kind: type, error: type[Exception],
+              remedy: str = ""):
+    """json.loads(read()) when it parses to a `kind`; otherwise `error` naming `where` as
+    damaged (and saying `remedy`): a file that does not read, is not JSON or holds another type."""
+    try:
+        value = json.loads(read())
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError included
+        raise error(f"{where}: damaged ({err}){remedy}") from None
+    if not isinstance(value, kind):
+        raise error(f"{where}: damaged (a {type(value).__name__}, expected a {kind.__name__})"
+                    f"{remedy}")
+    return value
+
+
 def folder_name(text: str) -> str:
     """`text` as one file or folder name: itself when made of letters, digits and "-_.=";
     otherwise those kept, every other character "_", and 8 hex digits of its SHA-256, so that

@@ -102,7 +102,7 @@ def test_a_damaged_saved_config_is_a_damaged_step(tmp_path, capsys):
     _run(tmp_path, **{"train.num_steps": 4})
     metadata = tmp_path / "checkpoints" / "4" / "config" / "metadata"
     metadata.write_bytes(b"")
-    with pytest.raises(ValueError, match=re.escape(f"{metadata}: damaged checkpoint config")):
+    with pytest.raises(ValueError, match=re.escape(f"{metadata}: damaged (")):
         config_lib.load_checkpoint_config(tmp_path)
     capsys.readouterr()
     out = _run(tmp_path, **{"train.num_steps": 6})

@@ -31,7 +31,6 @@ import concurrent.futures
 import dataclasses
 import fnmatch
 import hashlib
-import json
 import math
 import multiprocessing
 import sys
@@ -161,14 +160,8 @@ def _light_sidecar(out: str, name: str) -> dict | None:
 
 def _read_json(path: str, remedy: str, kind: type):
     """A JSON file of the cache; PrepareError naming it (and `remedy`) when it is damaged."""
-    try:
-        value = json.loads(safe_files.read_text(path, encoding="utf-8"))
-    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError included
-        raise PrepareError(f"{path}: damaged ({err}); {remedy}") from None
-    if not isinstance(value, kind):
-        raise PrepareError(f"{path}: damaged (a {type(value).__name__}, expected a "
-                           f"{kind.__name__}); {remedy}")
-    return value
+    return files.load_json(lambda: safe_files.read_text(path, encoding="utf-8"), path, kind,
+                           PrepareError, f"; {remedy}")
 
 
 def read_summary(out: str) -> dict:

@@ -84,15 +84,24 @@ def _undecodable(path, fmt, signal_mv, monkeypatch):
         cf.write_scp(path, signal_mv[:, :1000], FS)
         return "unreadable"
     cf.write_philips(path, signal_mv[:, :1000], FS)
+    data = _philips_payload(path)
+    data[8:12] = b"\xff" * 4  # 10-bit codes 1023: no such string yet, or an empty lead
+    _philips_payload(path, data)
+    return "truncated_signal"
+
+
+def _philips_payload(path, data: bytearray | None = None) -> bytearray | None:
+    """The decoded parsedwaveforms bytes of a Philips file, or (data given) those written back
+    in their place."""
     text = path.read_text(encoding="utf-8")
     head, rest = text.split("<parsedwaveforms", 1)
     attrs, rest = rest.split(">", 1)
     payload, tail = rest.split("</parsedwaveforms>", 1)
-    data = bytearray(base64.b64decode(payload))
-    data[8:12] = b"\xff" * 4  # 10-bit codes 1023: no such string yet, or an empty lead
+    if data is None:
+        return bytearray(base64.b64decode(payload))
     path.write_text(f"{head}<parsedwaveforms{attrs}>{base64.encodebytes(bytes(data)).decode()}"
                     f"</parsedwaveforms>{tail}", encoding="utf-8")
-    return "truncated_signal"
+    return None
 
 
 @pytest.mark.parametrize("fmt", ["xml_philips", "scp"])
@@ -242,15 +251,9 @@ def test_philips_xli_residual_leads_are_rebuilt_with_floor_halves():
 def test_philips_damaged_xli_chunk_header_is_a_skip_not_a_hang(tmp_path, signal_mv):
     path = tmp_path / "exam.xml"
     cf.write_philips(path, signal_mv[:, :1000], FS)
-    text = path.read_text(encoding="utf-8")
-    head, rest = text.split('resolution="5.0" signaloffset="0"', 1)
-    attrs, rest = rest.split(">", 1)
-    payload, tail = rest.split("</parsedwaveforms>", 1)
-    data = bytearray(base64.b64decode(payload))
+    data = _philips_payload(path)
     data[:4] = (-8).to_bytes(4, "little", signed=True)  # a size pointing back at its header
-    path.write_text(f'{head}resolution="5.0" signaloffset="0"{attrs}>'
-                    f"{base64.encodebytes(bytes(data)).decode()}</parsedwaveforms>{tail}",
-                    encoding="utf-8")
+    _philips_payload(path, data)
     with pytest.raises(RecordError) as err:
         clinical.read_clinical(path)
     assert err.value.reason == "truncated_signal" and "chunk 0" in str(err.value)
