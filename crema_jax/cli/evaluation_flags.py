@@ -70,6 +70,10 @@ def settings(args) -> dict:
         split_fractions = [float(f) for f in args.split_fractions]
     except ValueError as err:
         raise command.CommandError(f"--label_fractions/--split_fractions: {err}") from None
+    if args.folds and split_fractions and not args.cross_domain:  # it was ignored, unsaid
+        raise command.CommandError(f"--split_fractions with --folds={args.folds}: the folds "
+                                   "replace the splits (only --cross_domain reads both); give "
+                                   "one of the two")
     return {
         "checkpoint": args.checkpoint, "backbone": args.backbone, "model_size": args.model_size,
         "preset": args.preset,

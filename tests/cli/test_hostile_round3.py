@@ -387,3 +387,16 @@ def test_a_cross_domain_class_the_training_source_lacks_is_not_scored():
     assert pred["probs"].shape == (6, 2) and pred["labels"].tolist() == labels[12:][:, [0, 2]] \
         .tolist()
     assert set(seen["train"]) <= set(range(8))
+
+
+def test_split_fractions_with_folds_and_no_cross_domain_is_refused(tmp_path, cinc_sample_dir,
+                                                                   capsys):
+    """The folds replace the splits: the fractions were ignored without a word."""
+    from crema_jax.cli import probe
+    with pytest.raises(SystemExit) as exit_:
+        probe.COMMAND.run([f"--root={cinc_sample_dir}", f"--workdir={tmp_path / 'w'}",
+                           "--checkpoint=random", "--folds=3", "--split_fractions=0.6,0.2,0.2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 1 and len(err) == 1, err
+    assert "--split_fractions with --folds=3: the folds replace the splits" in err[0]
+    assert not (tmp_path / "w").exists()
