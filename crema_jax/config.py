@@ -348,6 +348,11 @@ def _check_numbers(c) -> None:
             ok = False
         _check(ok, field, value, expected)
     if "augment" in c.data:
+        from crema_jax.data.signal.augment import AUGMENTS  # numpy only
+        names = tuple(c.data.augment.get("names", ()) or ())
+        _check(all(n in AUGMENTS and n in c.data.augment for n in names), "data.augment.names",
+               names, f"names among {sorted(AUGMENTS)}, each with its data.augment.NAME "
+               "section (it was found only once data loading began, after the compile)")
         for field, value, values in _numbers(c.data.augment, "data.augment."):
             if field.endswith("prob"):
                 _check(all(0 <= v <= 1 for v in values), field, value, "a probability in [0, 1]")

@@ -4,6 +4,7 @@ rows and rows naming no file, complex and too-short arrays, a folder with a comm
 Each case ends in one line (no traceback) and loses nothing a rerun would not redo."""
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from crema_jax.data.cache import shard_writer
 from crema_jax.data.reading import read as read_lib
 
 CLI = [os.path.join(os.path.dirname(sys.executable), "crema-jax")]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_an_interrupted_shard_finishes_its_record_and_writes_nothing(tmp_path, monkeypatch,
@@ -400,3 +402,18 @@ def test_split_fractions_with_folds_and_no_cross_domain_is_refused(tmp_path, cin
     assert exit_.value.code == 1 and len(err) == 1, err
     assert "--split_fractions with --folds=3: the folds replace the splits" in err[0]
     assert not (tmp_path / "w").exists()
+
+
+def test_an_unknown_augmentation_is_refused_with_the_config():
+    """data.augment.names=('foo',) passed validation and --dry_run, and stopped the run only
+    once data loading began, after the compile."""
+    from crema_jax import config as config_lib
+    from crema_jax.data.signal.augment import AUGMENTS
+    config = config_lib.load_config_file(str(REPO / "configs" / "crema_tiny.py"))
+    config.data.augment.names = ("gaussian_noise",)
+    config_lib.validate(config)
+    config.data.augment.names = ("gaussian_noise", "foo")
+    with pytest.raises(ValueError) as err:
+        config_lib.validate(config)
+    assert str(err.value).startswith("config.data.augment.names=('gaussian_noise', 'foo'): "
+                                     f"expected names among {sorted(AUGMENTS)}")
