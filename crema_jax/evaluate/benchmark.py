@@ -72,7 +72,7 @@ class Datasets:
     """Each dataset of the task file loaded on first use: (Dataset, fold plan, patient keys)."""
 
     def __init__(self, suite: dict):
-        self.suite, self.loaded = suite, {}
+        self.suite, self.loaded, self.digests = suite, {}, {}
 
     def get(self, name: str):
         if name not in self.loaded:
@@ -87,12 +87,15 @@ class Datasets:
     def fingerprint(self, name: str) -> str:
         """A digest of what dataset `name` holds (record ids and paths, splits, sources, classes,
         labels): a cell computed before its records or labels changed is not reused."""
+        if name in self.digests:
+            return self.digests[name]
         data = self.get(name)[0]
         digest = hashlib.sha256(json.dumps(
             [[[str(i.record_id), str(i.path)] for i in data.infos], data.splits.tolist(),
              data.sources.tolist(), list(data.classes)]).encode())
         digest.update(np.ascontiguousarray(data.labels, np.uint8).tobytes())
-        return digest.hexdigest()[:16]
+        self.digests[name] = digest.hexdigest()[:16]
+        return self.digests[name]
 
     def records_like(self, settings: dict) -> list:
         """Every record of the task file's datasets over the same records as `settings`

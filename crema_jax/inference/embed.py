@@ -19,6 +19,7 @@ from crema_jax.data.index import dataset_index as layouts
 from crema_jax.data.pipeline import datasets as pipeline
 from crema_jax.data.pipeline import skips, sources
 from crema_jax.data.reading import clinical
+from crema_jax.data.reading.ecg import MIN_SECONDS
 from crema_jax.data.reading.leads import LEADS
 from crema_jax.inference import backbones
 from crema_jax.runtime import mesh as mesh_lib
@@ -33,9 +34,6 @@ def record_source(paths, data_cfg) -> sources.WfdbSource:
                                 source="", reader=clinical.ClinicalFile()
                                 if clinical.is_clinical_path(p) else None) for p in paths]
     return sources.make_source(data_cfg, records=infos)
-
-
-MIN_SECONDS = 2.0  # the shortest ECG embedded from an array, as from a file (ecg.canonical_ecg)
 
 
 def check_real(x: np.ndarray) -> None:

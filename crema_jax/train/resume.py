@@ -160,23 +160,23 @@ def resume_changes(config, saved, *, source: str, target=None) -> list[str]:
     if not changed:
         return []
     arch_run, arch_old = (warm_start.architecture(c.model) for c in (config, saved))
+    model_changes = [f"config.{k}: checkpoint {old.get(k)!r}, run {run.get(k)!r}"
+                     for k in changed if k.startswith("model.")]
     fatal = []
     if arch_run != arch_old:  # name the fields as the user set them (model.size) and resolved
-        fatal = [f"config.{k}: checkpoint {old.get(k)!r}, run {run.get(k)!r}"
-                 for k in changed if k.startswith("model.")]
+        fatal = list(model_changes)
         fatal += [f"(model {k}: {arch_old.get(k)!r} vs {arch_run.get(k)!r})"
                   for k in sorted(set(arch_run) | set(arch_old))
                   if arch_run.get(k) != arch_old.get(k) and f"model.{k}" not in changed]
-    if not fatal and target is not None and any(k.startswith("model.") for k in changed):
+    if not fatal and target is not None and model_changes:
         ours = {k: tuple(v.shape) for k, v in trees.flatten(
             {"params": target["params"], "fixed": target["fixed"]}).items()}
         theirs = _state_shapes(saved.model)
         if ours != theirs:
             differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
-            fatal = [f"config.{k}: checkpoint {old.get(k)!r}, run {run.get(k)!r}"
-                     for k in changed if k.startswith("model.")]
-            fatal.append(f"(the saved parameters differ in shape or presence: {differ[0]}"
-                         + (f" and {len(differ) - 1} more)" if len(differ) > 1 else ")"))
+            fatal = model_changes + [
+                f"(the saved parameters differ in shape or presence: {differ[0]}"
+                + (f" and {len(differ) - 1} more)" if len(differ) > 1 else ")")]
     fatal += [f"config.{k}: checkpoint {old.get(k)!r}, run {run.get(k)!r}"
               for k in _STATE_FIELDS if k in changed]
     clipped = [float(c.get("optim.grad_clip_norm", 0)) > 0 for c in (old, run)]

@@ -82,6 +82,7 @@ def repair_nans(x: np.ndarray, present: np.ndarray, repairs: dict) -> None:
         repairs["nan_replaced"] = repairs.get("nan_replaced", 0) + int(bad.sum())
 
 
+MIN_SECONDS = 2.0  # a shorter record is a too_short skip (every reader, every source)
 NAN_POLICIES = ("interpolate", "zero", "drop_window", "keep")
 FLAT_LEADS = ("absent", "keep")
 
@@ -110,7 +111,7 @@ def resampled_last(*, windowed: bool, nan_policy: str, resample_method: str) -> 
 
 def canonical_ecg(raw: np.ndarray, names, units, fs: float, *, path: str, where: str = "",
                   meta: dict | None = None, target_fs: float | None = 250.0,
-                  derive_limb_leads: bool = True, min_seconds: float | None = 2.0,
+                  derive_limb_leads: bool = True, min_seconds: float | None = MIN_SECONDS,
                   nan_policy: str = "interpolate", resample_method: str = "polyphase",
                   flat_leads: str = "absent", window: Window | None = None) -> Ecg:
     """Decoded samples of any record format -> the canonical Ecg: THE one place where channels

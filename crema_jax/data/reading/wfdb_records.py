@@ -29,7 +29,7 @@ import numpy as np
 import wfdb
 
 from crema_jax.data.reading import safe_files, wfdb_header
-from crema_jax.data.reading.ecg import (Ecg, RecordError, Window, canonical_ecg,
+from crema_jax.data.reading.ecg import (MIN_SECONDS, Ecg, RecordError, Window, canonical_ecg,
                                         check_nan_policy)
 
 _EXTENSIONS = (".hea", ".mat", ".dat")
@@ -219,7 +219,8 @@ def _read_wfdb(base: pathlib.Path, header: wfdb_header.Header):
 
 
 def read_record(path, *, target_fs: float | None = 250.0, derive_limb_leads: bool = True,
-                min_seconds: float | None = 2.0, fs_range: tuple[float, float] = (50.0, 10000.0),
+                min_seconds: float | None = MIN_SECONDS,
+                fs_range: tuple[float, float] = (50.0, 10000.0),
                 nan_policy: str = "interpolate", resample_method: str = "polyphase",
                 flat_leads: str = "absent", window: Window | None = None) -> Ecg:
     """Reads a WFDB record as a canonical 12-lead ECG (ecg.py says what is repaired).
