@@ -207,6 +207,8 @@ class Command:
             self._fail(str(err).splitlines()[0], code=2)
         _set_log_level("info" if args.verbose and args.log_level == "warning"
                        else args.log_level)
+        if not args.verbose:
+            _ignore_closed_event_loop_callbacks()
         try:
             return self._main(args)
         except BrokenPipeError:  # the reader of stdout left: crema_jax.main ends quietly
@@ -282,6 +284,27 @@ def _one_line(err: BaseException) -> str:
     if isinstance(err, OSError) and err.filename and str(err.filename) not in text:
         text = f"{text}: {err.filename}"
     return " ".join(text.split())
+
+
+def _ignore_closed_event_loop_callbacks() -> None:
+    """After a failed checkpoint read or save, TensorStore's late callbacks find the event loop
+    Orbax used already closed and each prints an "Event loop is closed" traceback, often after
+    the command's one-line error: the same failure, already reported. They are dropped for this
+    process from now on (the callbacks outlive the command); `--verbose` keeps them."""
+    global _closed_loop_hook_installed
+    if _closed_loop_hook_installed:
+        return
+    _closed_loop_hook_installed = True
+    previous = sys.unraisablehook
+
+    def unraisablehook(unraisable):
+        value = unraisable.exc_value
+        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+            previous(unraisable)
+    sys.unraisablehook = unraisablehook
+
+
+_closed_loop_hook_installed = False
 
 
 def _set_log_level(level: str) -> None:

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import re
-import sys
 from typing import Any
 
 import jax
@@ -174,7 +173,7 @@ class SaveWatch:
                                    f"failed: {_cause(err)}; {kept}")
 
 
-def _cause(err: BaseException) -> str:
+def _cause(err: BaseException, limit: int = 300) -> str:
     """The OS's account of the failure when the message carries one (TensorStore writes
     "... [os_error_code='28']" for a full disk), else the innermost error's message; one line."""
     seen = set()
@@ -185,30 +184,23 @@ def _cause(err: BaseException) -> str:
             break
         err = inner
     text = " ".join((str(err) or type(err).__name__).split())
+    text = re.sub(r" ?\[tensorstore_spec='.*'\]$", "", text)  # the store's full spec, ~1 KB
     code = re.search(r"os_error_code='?(\d+)", text)
     if isinstance(err, OSError) and err.errno:
         return f"{err.strerror or os.strerror(err.errno)} (errno {err.errno})"
     if code:
         return f"{os.strerror(int(code.group(1)))} (errno {code.group(1)})"
-    return text if len(text) <= 300 else text[:297] + "..."
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def quiet_background_save_errors() -> None:
     """A failed save is reported once, by SaveWatch: Orbax's own error logs of it (a traceback
-    per background thread) and the "Event loop is closed" tracebacks TensorStore's late
-    callbacks print once Orbax has closed the save's event loop are dropped. For this process
-    from now on (the callbacks outlive the run); `--verbose` keeps them."""
+    per background thread) are dropped, and so are the failed write coroutines asyncio logs
+    when they are collected ("Task exception was never retrieved"). For this process from now
+    on (the callbacks outlive the run); `--verbose` keeps them. (The CLI drops TensorStore's
+    "Event loop is closed" tracebacks of any failed read or save: cli/command.py.)"""
     logging.getLogger("absl").addFilter(_drop_orbax_errors)
-    # The failed write coroutines themselves, logged by asyncio when collected ("Task exception
-    # was never retrieved"): the same failure, already reported.
     logging.getLogger("asyncio").addFilter(_drop_unretrieved_task_errors)
-    previous = sys.unraisablehook
-
-    def unraisablehook(unraisable):
-        value = unraisable.exc_value
-        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
-            previous(unraisable)
-    sys.unraisablehook = unraisablehook
 
 
 @contextlib.contextmanager
@@ -268,13 +260,42 @@ def load_model_checkpoint(path) -> tuple[dict, dict, int]:
                            "data_iter": ocp.JsonCheckpointHandler()},
             options=ocp.CheckpointManagerOptions(create=False, read_only=True,
                                                  save_interval_steps=0)) as manager:
-        meta = manager.item_metadata(step)["params"]
+        params_dir = root / str(step) / "params"
+        damaged = f"{params_dir}: damaged, the saved weights do not read"
+        try:
+            meta = manager.item_metadata(step)["params"]
+        except json.JSONDecodeError as err:  # the one JSON file it reads
+            raise DamagedCheckpointError(
+                f"{damaged} ({params_dir / '_METADATA'}: not JSON: {err})") from err
+        except (ValueError, OSError, KeyError, TypeError) as err:
+            raise DamagedCheckpointError(f"{damaged} ({_damage(err)})") from err
         restore_args = jax.tree.map(
             lambda _: ocp.RestoreArgs(restore_type=np.ndarray), _metadata_tree(meta))
-        restored = manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.PyTreeRestore(restore_args=restore_args),
-            config=ocp.args.JsonRestore()))
-    return trees.int_keys(restored["params"]), restored["config"], step
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(
+                params=ocp.args.PyTreeRestore(restore_args=restore_args)))
+        except (ValueError, OSError, KeyError, TypeError) as err:
+            raise DamagedCheckpointError(f"{damaged} ({_damage(err)})") from err
+    return trees.int_keys(restored["params"]), load_saved_config(root / str(step)), step
+
+
+class DamagedCheckpointError(ValueError):
+    """A checkpoint step's saved weights do not read (the message names the step's params)."""
+
+
+def _damage(err: BaseException) -> str:
+    """The last file TensorStore names and what was wrong with it ("d/0323...: Requested byte
+    range [0, 11944) is not valid for value of size 16", "manifest.ocdbt: Error decoding
+    manifest: ...", "d/0323...: not found"), else the cause in one line."""
+    text = _cause(err, limit=10_000)
+    found = list(re.finditer(r'local file "([^"]+)"', text))
+    if not found:
+        return _cause(err)
+    reason = text[found[-1].end():].lstrip(": ")
+    status = re.match(r"([A-Z_]+): ", text)
+    reason = reason or (status.group(1).lower().replace("_", " ") if status else "unreadable")
+    reason = reason if len(reason) <= 200 else reason[:197] + "..."
+    return f"{found[-1].group(1)}: {reason}"
 
 
 class DamagedConfigError(ValueError):
