@@ -50,3 +50,4 @@ def main(args) -> None:
         print(f"drop {drop['train_source']} -> {drop['test_source']}: {drop['verdict']}")
     print(f"wrote {settings['workdir']}/report.json, report.md, paired_differences.png, "
           "predictions.npz")
+    evaluation_flags.refuse_if_nothing_scored(result)

@@ -151,6 +151,18 @@ def run_and_report(run, args, recipe: dict) -> None:
     from crema_jax.evaluate import report  # here: --help answers without importing JAX
 
     chosen = settings(args)
-    print(report.markdown(run(chosen, recipe)))
+    result = run(chosen, recipe)
+    print(report.markdown(result))
     print(f"wrote {chosen['workdir']}/report.json, report.md, roc.png, embeddings_pca.png, "
           "predictions.npz")
+    refuse_if_nothing_scored(result)
+
+
+def refuse_if_nothing_scored(result: dict) -> None:
+    """Exit 1 (after the report is written) when no test set could be scored at all: a script
+    must not read a report of dashes as a result."""
+    from crema_jax.evaluate import report  # here: --help answers without importing JAX
+
+    problem = report.nothing_scored(result)
+    if problem:
+        raise command.CommandError(problem)

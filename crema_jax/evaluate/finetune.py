@@ -8,11 +8,12 @@ optional label smoothing; the ST-MEM augmentations come from config.data.augment
 
 Loss by label type: multi-label BCE (sigmoid per class) or multi-class softmax cross-entropy.
 Validation every epoch on the evaluation crops, with LOGITS averaged over crops (ST-MEM averages
-predictions); the best validation macro AUROC is kept (early stopping with patience).
+predictions); the best epoch on validation is kept (scoring.validation_key: macro AUROC, then
+validation loss, which chooses alone when no class is scorable; early stopping with patience).
 
 Per run of runs.py (lead set x label fraction, on the splits or per fold; per source with
-cross_domain): a fresh head on the checkpoint's encoder, the recipe above, the best epoch by
-validation macro AUROC, then each test set scored ONCE with that epoch's parameters.
+cross_domain): a fresh head on the checkpoint's encoder, the recipe above, the best epoch on
+validation, then each test set scored ONCE with that epoch's parameters.
 Supervised-from-scratch baseline: checkpoint "random" (the same recipe from a random init).
 """
 from __future__ import annotations
@@ -140,8 +141,9 @@ def fit(model: Model, *, mesh, train_iter, val_batches: list, label_type: str, e
         steps_per_epoch: int, peak_lr: float, weight_decay: float, layer_decay: float,
         warmup_epochs: float, label_smoothing: float, patience: int, seed: int,
         crop_average: str = "embedding", log=print):
-    """Train, validate each epoch, keep the best validation macro AUROC. Returns
-    (best params (host), history list, best epoch, the jitted eval step)."""
+    """Train, validate each epoch, keep the best epoch on validation (scoring.validation_key:
+    macro AUROC, then validation loss). Returns (best params (host), history list, best
+    epoch, what chose it (scoring.chosen_by), the jitted eval step)."""
     tx, schedule = make_optimizer(model.params, peak_lr=peak_lr, weight_decay=weight_decay,
                                   layer_decay=layer_decay, depth=model.depth,
                                   warmup_steps=int(round(warmup_epochs * steps_per_epoch)),
@@ -156,7 +158,7 @@ def fit(model: Model, *, mesh, train_iter, val_batches: list, label_type: str, e
              "opt_state": jax.jit(tx.init, out_shardings=replicated)(params),
              "step": jax.device_put(np.int32(0), replicated)}
     rng = jax.random.key(seed)
-    best = {"auroc": -math.inf, "params": jax.device_get(params), "epoch": 0}
+    best = {"key": None, "params": jax.device_get(params), "epoch": 0, "chosen_by": None}
     history, since_best = [], 0
     for epoch in range(1, epochs + 1):
         losses = []
@@ -166,22 +168,22 @@ def fit(model: Model, *, mesh, train_iter, val_batches: list, label_type: str, e
             losses.append(step_metrics["loss"])
         probs, labels, _ = predict(evaluate, state["params"], state["fixed"], val_batches,
                                    label_type, crop_average)
-        auroc = scoring.macro_auroc(labels, probs)
+        val = scoring.validation_key(labels, probs, label_type)
         train_loss = float(np.mean(jax.device_get(losses)))
         history.append({"epoch": epoch, "train_loss": train_loss,
-                        "val_macro_auroc": None if np.isnan(auroc) else float(auroc)})
+                        "val_macro_auroc": val["macro_auroc"], "val_loss": val["loss"]})
         log(f"epoch {epoch}/{epochs}: train loss {train_loss:.4f}, val macro AUROC "
-            f"{auroc:.4f}")
-        score = -math.inf if np.isnan(auroc) else auroc
-        if score > best["auroc"] or (best["epoch"] == 0):
-            best = {"auroc": score, "params": jax.device_get(state["params"]), "epoch": epoch}
+            f"{val['macro_auroc']}, val loss {val['loss']:.4f}")
+        if best["key"] is None or val["key"] > best["key"]:
+            best = {"key": val["key"], "params": jax.device_get(state["params"]),
+                    "epoch": epoch, "chosen_by": scoring.chosen_by(val)}
             since_best = 0
         else:
             since_best += 1
             if patience and since_best >= patience:
                 log(f"early stop: no validation improvement in {patience} epochs")
                 break
-    return best["params"], history, best["epoch"], evaluate
+    return best["params"], history, best["epoch"], best["chosen_by"], evaluate
 
 
 _TRAIN_KEYS = ("patches", "patch_valid", "lead_indices", "labels")
@@ -209,7 +211,7 @@ def _eval_batches(data, data_cfg, rows):
 
 def finetune_fit_predict(config, params, data, data_cfg, mesh, settings, ft, keep: dict):
     """Fine-tuning as a runs.py model: each call a fresh head on the checkpoint's encoder, the
-    recipe `ft`, the best epoch by validation macro AUROC, then each test set predicted ONCE
+    recipe `ft`, the best epoch on validation, then each test set predicted ONCE
     with that epoch's parameters. The first call's model and test batches stay in `keep` (the
     report's embedding plot)."""
     batch_size = data_cfg.batch_size
@@ -221,7 +223,7 @@ def finetune_fit_predict(config, params, data, data_cfg, mesh, settings, ft, kee
                                    batch_size=batch_size, seed=settings["seed"])
         steps = ft["steps_per_epoch"] or max(1, math.ceil(len(train_rows) / batch_size))
         val_batches = _eval_batches(data, data_cfg, val_rows)
-        best, history, best_epoch, evaluate = fit(
+        best, history, best_epoch, chosen_by, evaluate = fit(
             model, mesh=mesh, train_iter=train_iter, val_batches=val_batches,
             label_type=data.label_type, epochs=ft["epochs"], steps_per_epoch=steps,
             peak_lr=ft["base_lr"] * batch_size / 256, weight_decay=ft["weight_decay"],
@@ -231,7 +233,8 @@ def finetune_fit_predict(config, params, data, data_cfg, mesh, settings, ft, kee
         probs_val, labels_val, _ = predict(evaluate, best, model.rest, val_batches,
                                            data.label_type, data_cfg.eval_crop_average)
         out = {"val": {"probs": probs_val, "labels": labels_val}, "tests": {},
-               "info": {"best_epoch": best_epoch, "history": history}}
+               "info": {"best_epoch": best_epoch, "chosen_by": chosen_by,
+                        "history": history}}
         for name, rows in tests.items():
             batches = _eval_batches(data, data_cfg, rows)
             probs, labels, index = predict(evaluate, best, model.rest, batches, data.label_type,

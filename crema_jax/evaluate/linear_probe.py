@@ -3,7 +3,8 @@
 The head is trained full-batch (features fit in memory: 100k ECGs x 768 floats is 300 MB) with
 L-BFGS (default; the objective is convex, so it converges to the regularised optimum) or Adam.
 All L2 strengths of the grid are trained at once with `jax.vmap`, and the one with the best
-validation macro AUROC is kept (validation loss breaks the case where no class is scorable).
+validation macro AUROC is kept (scoring.validation_key: validation loss breaks ties, and
+chooses alone when no class is scorable on validation; the report says so).
 
 Objective: mean over records of BCE (multilabel) or softmax cross-entropy (multiclass)
 + l2/2 * ||W||^2 (bias not penalised). This equals scikit-learn's LogisticRegression with
@@ -43,6 +44,7 @@ class LinearProbe:
     label_type: str
     l2: float
     val_auroc_by_l2: dict  # l2 -> validation macro AUROC (None when undefined)
+    chosen_by: str = scoring.BY_AUROC  # what chose the L2 (scoring.chosen_by)
 
 
 def standardiser(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -54,17 +56,6 @@ def standardiser(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _logits(params, x):
     return x @ params["kernel"] + params["bias"]
-
-
-def _np_data_loss(logits: np.ndarray, labels: np.ndarray, label_type: str) -> float:
-    """Validation loss in numpy (no per-shape compiles): mean CE or summed-over-classes BCE."""
-    logits = np.asarray(logits, np.float64)
-    if label_type == "multiclass":
-        shifted = logits - logits.max(-1, keepdims=True)
-        log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-        return float(-np.mean(np.sum(labels * log_probs, -1)))
-    per = np.maximum(logits, 0) - logits * labels + np.log1p(np.exp(-np.abs(logits)))
-    return float(np.mean(per.sum(-1)))
 
 
 def probabilities(logits, label_type: str) -> np.ndarray:
@@ -168,19 +159,16 @@ def fit_linear_probe(x_train, y_train, x_val, y_val, *, label_type: str = "multi
     xv = xv if xv.ndim == 3 else xv[:, None]
     val_logits = np.einsum("ncd,gdk->gnck", xv, all_params["kernel"]) \
         + all_params["bias"][:, None, None, :]
-    by_l2, best, best_key = {}, None, None
-    for g, l2 in enumerate(l2_grid):
-        probs = probabilities(val_logits[g], label_type).mean(1)
-        auroc = scoring.macro_auroc(np.asarray(y_val), probs)
-        loss = _np_data_loss(val_logits[g].mean(1), np.asarray(y_val), label_type)
-        by_l2[float(l2)] = None if np.isnan(auroc) else float(auroc)
-        # Higher AUROC wins; lower validation loss breaks ties and the all-undefined case.
-        key = (-np.inf if np.isnan(auroc) else round(auroc, 9), -loss)
-        if best_key is None or key > best_key:
-            best, best_key = g, key
+    candidates = [scoring.validation_key(np.asarray(y_val),
+                                         probabilities(val_logits[g], label_type).mean(1),
+                                         label_type) for g in range(len(l2_grid))]
+    best = scoring.best_on_validation(candidates)
     return LinearProbe(kernel=np.asarray(all_params["kernel"][best]),
                        bias=np.asarray(all_params["bias"][best]), mean=mean, std=std,
-                       label_type=label_type, l2=float(l2_grid[best]), val_auroc_by_l2=by_l2)
+                       label_type=label_type, l2=float(l2_grid[best]),
+                       val_auroc_by_l2={float(l2): c["macro_auroc"]
+                                        for l2, c in zip(l2_grid, candidates)},
+                       chosen_by=scoring.chosen_by(candidates[best]))
 
 
 def predict_proba(probe: LinearProbe, features: np.ndarray) -> np.ndarray:
@@ -250,8 +238,9 @@ def head_fit_predict(features: Features, data, probe_kwargs: dict, *, fit=None, 
         out = {"val": {"probs": predict(head, features.values[val]),
                        "labels": labels[val]},
                "tests": {},
-               "info": {"selection": {"l2": head.l2, "val_macro_auroc_by_l2": {
-                   str(k): v for k, v in head.val_auroc_by_l2.items()}}}}
+               "info": {"selection": {"l2": head.l2, "chosen_by": head.chosen_by,
+                                      "val_macro_auroc_by_l2": {
+                                          str(k): v for k, v in head.val_auroc_by_l2.items()}}}}
         for name, rows in tests.items():
             ex = examples(rows)
             out["tests"][name] = {"probs": predict(head, features.values[ex]),

@@ -4,7 +4,8 @@ features (the benchmark protocol between the linear probe and fine-tuning).
 Objective: the linear probe's (linear_probe.py: mean BCE or softmax cross-entropy) on
 x -> relu(x W1 + b1) W2 + b2, plus l2/2 (||W1||^2 + ||W2||^2). Trained full-batch with Adam
 for a fixed number of steps from a seeded init (He-normal W1, zero W2), every L2 strength of
-the grid at once (`jax.vmap`); the best validation macro AUROC wins, as for the probe.
+the grid at once (`jax.vmap`); chosen on validation as the probe is
+(scoring.validation_key).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ class MlpHead:
     label_type: str
     l2: float
     val_auroc_by_l2: dict
+    chosen_by: str = scoring.BY_AUROC
 
 
 def _logits(params, x):
@@ -75,15 +77,12 @@ def fit_mlp_head(x_train, y_train, x_val, y_val, *, label_type: str = "multilabe
                                     steps=int(steps)))
     heads = [MlpHead({k: np.asarray(v[g]) for k, v in grid.items()}, mean, std, label_type,
                      float(l2), {}) for g, l2 in enumerate(l2_grid)]
-    by_l2, best, best_key = {}, 0, None
-    for g, head in enumerate(heads):
-        probs = predict_proba(head, x_val)
-        auroc = scoring.macro_auroc(np.asarray(y_val), probs)
-        by_l2[float(l2_grid[g])] = None if np.isnan(auroc) else float(auroc)
-        key = (-np.inf if np.isnan(auroc) else round(auroc, 9), -g)  # ties: the weakest L2
-        if best_key is None or key > best_key:
-            best, best_key = g, key
-    return dataclasses.replace(heads[best], val_auroc_by_l2=by_l2)
+    candidates = [scoring.validation_key(np.asarray(y_val), predict_proba(head, x_val),
+                                         label_type) for head in heads]
+    best = scoring.best_on_validation(candidates)
+    return dataclasses.replace(
+        heads[best], chosen_by=scoring.chosen_by(candidates[best]),
+        val_auroc_by_l2={float(l2): c["macro_auroc"] for l2, c in zip(l2_grid, candidates)})
 
 
 def predict_proba(head: MlpHead, features: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ import pathlib
 import numpy as np
 
 from crema_jax.runtime import files
-from crema_jax.evaluate import paired, plots
+from crema_jax.evaluate import paired, plots, scoring
 
 DASH = "\u2014"
 
@@ -131,6 +131,12 @@ def markdown(report: dict) -> str:
         lines += _records_markdown(report)
     if report.get("runs"):
         lines += _runs_markdown(report)
+    by_loss = chosen_by_loss(report)
+    if by_loss:
+        lines += [f"**Chosen by validation loss alone**: {', '.join(by_loss)}: no class was "
+                  "scorable on their validation records (none had both a positive and a "
+                  "negative), so the L2 strength or epoch was chosen by validation loss, not "
+                  "validation macro AUROC.", ""]
     for comparison in report.get("comparisons", []):
         lines += _comparison_markdown(report, comparison)
     cross = report.get("cross_domain", [])
@@ -158,6 +164,40 @@ def markdown(report: dict) -> str:
                   f"{p_text(d)} | {d['verdict']} |" for d in drops]
         lines.append("")
     return "\n".join(lines)
+
+
+def chosen_by_loss(report: dict) -> list[str]:
+    """The heads (runs, folds, cross-domain sources) chosen by validation loss alone."""
+    def by_loss(entry):
+        chosen = entry.get("chosen_by") or entry.get("selection", {}).get("chosen_by")
+        return chosen == scoring.BY_LOSS
+
+    names = []
+    for run in report.get("runs", []):
+        model = f"model {run['model']}"
+        names += [f"{run['name']} ({model})"] if by_loss(run) else []
+        names += [f"{run['name']} fold {f['fold']} ({model})" for f in run.get("folds", [])
+                  if by_loss(f)]
+    names += [f"cross-domain, trained on {e['train_source']} (model {e['model']})"
+              for e in report.get("cross_domain", []) if by_loss(e)]
+    return names
+
+
+def nothing_scored(report: dict) -> str | None:
+    """A one-line account when no test set of any run or cross-domain entry could be scored
+    (every class lacked a positive or a negative there), else None."""
+    tests = [(run["name"], run["test"]) for run in report.get("runs", [])]
+    tests += [(f"cross-domain {e['train_source']} -> {name}", t)
+              for e in report.get("cross_domain", [])
+              for name, t in [("in-domain", e["in_domain"]), *e["out_of_domain"].items()]]
+    if not tests or any(t["macro_auroc"] is not None for _, t in tests):
+        return None
+    name, test = tests[0]
+    why = ", ".join(f"{display(report, s['class'])}: {s['reason'].replace('_', ' ')}"
+                    for s in test["skipped"][:4]) + (", ..." if len(test["skipped"]) > 4 else "")
+    return (f"no class could be scored on any test set ({name}: {why}): no figure was "
+            "measured; re-split (--split_fractions) or use --folds so that each test set holds "
+            "positives and negatives of a class")
 
 
 def records(data, record_folds=None) -> dict:

@@ -177,6 +177,44 @@ def macro_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
 
+# ------------------------------------------------------------------ choosing a head on validation
+BY_AUROC = "validation macro AUROC"
+BY_LOSS = "validation loss (no class scorable on the validation records)"
+
+
+def validation_loss(labels: np.ndarray, probs: np.ndarray, label_type: str) -> float:
+    """Mean over records of the cross-entropy of the predicted probabilities: summed over
+    classes of the binary CE (multilabel) or the softmax CE (multiclass); p clipped to
+    [1e-7, 1 - 1e-7]."""
+    y = np.asarray(labels, np.float64)
+    p = np.clip(np.asarray(probs, np.float64), 1e-7, 1 - 1e-7)
+    if label_type == "multiclass":
+        return float(np.mean(-np.sum(y * np.log(p), -1)))
+    return float(np.mean(-np.sum(y * np.log(p) + (1 - y) * np.log1p(-p), -1)))
+
+
+def validation_key(labels: np.ndarray, probs: np.ndarray, label_type: str) -> dict:
+    """How a candidate head (an L2 strength, an epoch) did on the validation records:
+    {"macro_auroc" (None when no class is scorable), "loss", "key"}. The best candidate has
+    the largest key: higher macro AUROC (to 1e-9), then lower validation loss; a candidate
+    with no AUROC ranks below every one with one, so with no class scorable on validation the
+    loss alone chooses (`chosen_by` says which)."""
+    auroc = macro_auroc(labels, probs)
+    loss = validation_loss(labels, probs, label_type)
+    return {"macro_auroc": None if np.isnan(auroc) else float(auroc), "loss": loss,
+            "key": (-np.inf if np.isnan(auroc) else round(float(auroc), 9), -loss)}
+
+
+def chosen_by(candidate: dict) -> str:
+    """BY_AUROC, or BY_LOSS when the chosen candidate had no validation macro AUROC."""
+    return BY_AUROC if candidate["macro_auroc"] is not None else BY_LOSS
+
+
+def best_on_validation(candidates: list[dict]) -> int:
+    """The index of the largest validation_key (the first of equal ones)."""
+    return max(range(len(candidates)), key=lambda i: (candidates[i]["key"], -i))
+
+
 class Groups:
     """Records grouped for resampling (patients), groups in order of first appearance; None:
     every record its own group, so a resample draws records."""
