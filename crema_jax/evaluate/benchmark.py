@@ -39,8 +39,9 @@ from crema_jax.evaluate import (
 from crema_jax.models import families
 from crema_jax.runtime import files
 from crema_jax.runtime import mesh as mesh_lib
+from crema_jax.runtime import workdir as workdir_lib
 
-MARKERS = ("cells", "features", "leaderboard.json")
+MARKERS = ("cells", "features", "leaderboard.json", workdir_lib.WorkdirLock.NAME)
 # A fault drill for the resume test: the process kills itself (SIGKILL, no clean-up) once it has
 # computed this many cells.
 ENV_DRILL_KILL = "CREMA_JAX_DRILL_KILL_AFTER_CELLS"
@@ -268,13 +269,22 @@ def run_benchmark(model_items, tasks_path, workdir, *, roots=None, model_size: s
     workdir = files.check_output_dir(workdir, marker=MARKERS, flag="--workdir",
                                      inputs=[d["root"] for d in suite["datasets"].values()])
     models = benchmark_tasks.load_models(model_items, model_size=model_size)
-    (workdir / "cells").mkdir(exist_ok=True)
-    for folder in (workdir / "cells").rglob("*"):
-        if folder.is_dir():  # a killed run's half-written temporaries
-            files.remove_stale_temporaries(folder)
-    cells, counts = run_cells(models, cols, suite, workdir, log=log)
-    board = benchmark_leaderboard.build(models, cols, suite, cells)
-    board.update(counts=counts, seconds=round(time.time() - start, 1),
-                 task_file=str(tasks_path))
-    benchmark_leaderboard.write_all(board, workdir)
+    # One run per workdir: a second would compute the same features and cells alongside the
+    # first, each overwriting the other's (a killed run's lock, its pid gone, is taken over).
+    lock = workdir_lib.WorkdirLock(workdir)
+    note = lock.acquire()
+    if note:
+        log(note)
+    try:
+        (workdir / "cells").mkdir(exist_ok=True)
+        for folder in (workdir / "cells").rglob("*"):
+            if folder.is_dir():  # a killed run's half-written temporaries
+                files.remove_stale_temporaries(folder)
+        cells, counts = run_cells(models, cols, suite, workdir, log=log)
+        board = benchmark_leaderboard.build(models, cols, suite, cells)
+        board.update(counts=counts, seconds=round(time.time() - start, 1),
+                     task_file=str(tasks_path))
+        benchmark_leaderboard.write_all(board, workdir)
+    finally:
+        lock.release()
     return board

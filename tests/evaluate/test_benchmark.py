@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -24,6 +25,7 @@ from crema_jax.evaluate import benchmark, benchmark_tasks, paired
 from crema_jax.export import import_torch
 from crema_jax.models import params as params_lib
 from crema_jax.runtime import checkpoint
+from crema_jax.runtime import workdir as workdir_lib
 from tests.evaluate.conftest import header_labels
 from tests.evaluate.test_paired import (_reference_paired_bootstrap, delong_testable,
                                         reference_delong)
@@ -271,6 +273,20 @@ def test_leaderboard_figures_are_recomputed_from_the_saved_predictions(uninterru
 
 
 @pytest.mark.slow
+def test_a_second_benchmark_on_a_workdir_in_use_is_refused(model_flags, tmp_path, capsys):
+    lock = tmp_path / workdir_lib.WorkdirLock.NAME
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": "now"}
+    lock.write_text(json.dumps(holder))  # a live process holds it
+    with pytest.raises(SystemExit) as exited:
+        _run(model_flags, tmp_path)
+    assert exited.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"crema-jax benchmark: error: {tmp_path} is in use: a run by pid {os.getpid()} on "
+        f"{holder['host']} since now holds {lock}; wait for it to finish, or delete that file "
+        "if the run is gone"]
+    assert json.loads(lock.read_text()) == holder and sorted(os.listdir(tmp_path)) == [lock.name]
+
+
 def test_a_killed_benchmark_resumes_without_recomputing_finished_cells(
         model_flags, uninterrupted, tmp_path):
     env = {**os.environ, benchmark.ENV_DRILL_KILL: "5", "JAX_PLATFORMS": "cpu",
@@ -282,7 +298,12 @@ def test_a_killed_benchmark_resumes_without_recomputing_finished_cells(
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert len(list((tmp_path / "cells").rglob("*.npz"))) == 5
     assert not (tmp_path / "leaderboard.json").exists()
+    lock = tmp_path / workdir_lib.WorkdirLock.NAME
+    dead = json.loads(lock.read_text())["pid"]  # left by the killed run
+    with pytest.raises(ProcessLookupError):
+        os.kill(dead, 0)
     board = _run(model_flags, tmp_path)
+    assert not lock.exists()  # taken over (its process gone), then released
     # The 5 finished cells are reused; the features the killed run cached are too.
     assert board["counts"] == {"cells_computed": 11, "cells_reused": 5,
                                "cells_not_applicable": 0, "feature_extractions": 0,
