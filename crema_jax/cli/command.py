@@ -44,6 +44,11 @@ class CommandError(Exception):
     """An input or setting the command cannot use; the message says what was expected."""
 
 
+class FlagValueError(CommandError):
+    """A flag's value the command cannot use, found after parsing (a list's item, two flags
+    that exclude each other): a usage error, exit 2 as absl's own flag errors."""
+
+
 @dataclasses.dataclass
 class _Flag:
     kind: str
@@ -81,8 +86,10 @@ class Command:
     def integer(self, name, default, help_text, *, lower_bound=None):
         self._add("integer", name, default, help_text, lower_bound=lower_bound)
 
-    def float(self, name, default, help_text):
-        self._add("float", name, default, help_text)
+    def float(self, name, default, help_text, *, valid=None):
+        """A float flag; with `valid` (an evaluate/ranges.Range: `.ok(value)`, `.text`) a value
+        it refuses (NaN included) is a usage error naming the flag."""
+        self._add("float", name, default, help_text, valid=valid)
 
     def boolean(self, name, default, help_text):
         self._add("bool", name, default, help_text)
@@ -122,6 +129,9 @@ class Command:
                                      lower_bound=f.extra["lower_bound"])
             else:
                 definers[f.kind](f.name, f.default, f.help, flag_values=fv)
+            if f.kind == "float" and f.extra["valid"] is not None:
+                flags.register_validator(f.name, f.extra["valid"].ok,
+                                         message=f.extra["valid"].text, flag_values=fv)
         return fv
 
     def parse(self, argv: Sequence[str]) -> types.SimpleNamespace:
@@ -216,7 +226,7 @@ class Command:
         except (CommandError, *USER_ERRORS) as err:
             if args.verbose or args.log_level == "debug":
                 traceback.print_exc()
-            self._fail(_one_line(err), code=1)
+            self._fail(_one_line(err), code=2 if isinstance(err, FlagValueError) else 1)
 
     def _config_file_problem(self, argv) -> str | None:
         """One line naming a --CONFIG=FILE that gives no config (missing, empty, a syntax

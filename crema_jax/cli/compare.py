@@ -14,6 +14,7 @@ model's in-domain minus out-of-domain drop and the paired difference of the drop
 report.json, report.md, paired_differences.png and predictions.npz.
 """
 from crema_jax.cli import command, evaluation_flags
+from crema_jax.evaluate import ranges
 
 COMMAND = command.Command(
     "compare", __doc__, usage="--checkpoint=DIR|random --checkpoint_b=DIR|random "
@@ -27,7 +28,7 @@ COMMAND.string("backbone_b", "", "With --checkpoint_b=random: sit or net1d inste
 COMMAND.enum("method", "probe", ["probe", "finetune"], "How both models are evaluated: a "
              "linear probe of frozen features, or full fine-tuning.")
 COMMAND.float("alpha", 0.05, "Significance level of the verdicts and level of the "
-              "(1 - alpha) CIs of the differences.")
+              "(1 - alpha) CIs of the differences.", valid=ranges.SUITE["alpha"])
 evaluation_flags.add_probe_head(COMMAND)
 evaluation_flags.add_finetune_recipe(COMMAND)
 
@@ -36,8 +37,6 @@ evaluation_flags.add_finetune_recipe(COMMAND)
 def main(args) -> None:
     from crema_jax.evaluate import compare, report  # run time: --help needs no JAX
 
-    if not 0 < args.alpha < 1:
-        raise command.CommandError(f"--alpha={args.alpha}: expected 0 < alpha < 1")
     settings = {**evaluation_flags.settings(args), "checkpoint_b": args.checkpoint_b,
                 "backbone_b": args.backbone_b, "method": args.method, "alpha": args.alpha}
     method_kwargs = (evaluation_flags.probe_head(args) if args.method == "probe"

@@ -7,17 +7,19 @@ per ECG.
 SiT: SEP tokens dropped, mean over lead x patch tokens, the final LayerNorm (ST-MEM); Net1D: the
 time-averaged features of the last stage. Without --raw the input takes the evaluation path of
 probe and finetune (resampling, the checkpoint's preprocessing, its crops, features averaged
-over crops); --raw feeds an array as given. For WFDB input, Y.records.txt lists the record of
-each row: its file name, or its path below the records' common folder when two share a name
-("ID#k" for window k when the data path cuts records into windows; unreadable records are
-skipped and counted).
+over crops); --raw feeds an array as given. Y.records.txt names the ECG of each row (unreadable
+ones are skipped and counted): for an array its row number in X; for WFDB input the record's
+file name, or its path below the records' common folder when two share a name ("ID#k" for
+window k when the data path cuts records into windows).
 """
 import io
+import math
 import os
 
 import numpy as np
 
 from crema_jax.cli import command
+from crema_jax.evaluate import ranges
 from crema_jax.runtime import files
 
 COMMAND = command.Command("embed", __doc__,
@@ -42,33 +44,35 @@ COMMAND.enum("windows", "rows", ["rows", "mean"], "When the data path cuts recor
 @COMMAND.main
 def main(args) -> None:
     from crema_jax.data.index import dataset_index  # run time: --help needs no JAX
+    from crema_jax.data.reading import arrays
+    from crema_jax.data.reading.ecg import RecordError
     from crema_jax.inference import backbones, embed
 
     try:
         fs = float(args.fs) if args.fs else None
     except ValueError:
-        raise command.CommandError(f"--fs={args.fs!r}: expected a sampling rate in Hz") from None
+        fs = math.nan
+    if not ranges.SAMPLING_RATE.ok(fs):
+        raise command.FlagValueError(f"--fs={args.fs}: a sampling rate in Hz, "
+                                     f"{ranges.SAMPLING_RATE.text}")
     if not args.out.endswith(".npy"):
         raise command.CommandError(f"--out={args.out}: expected a file name ending in .npy")
     side = os.path.splitext(args.out)[0] + ".records.txt"
+    records = None if args.input.endswith(".npy") else dataset_index.expand_records(args.input)
     for path in (args.out, side):   # checked before any work: nothing is written on error
-        files.check_output_file(path, inputs=[args.input, args.checkpoint],
+        files.check_output_file(path, inputs=[args.input, args.checkpoint,
+                                              *dataset_index.files_read(records or [])],
                                 overwrite=args.overwrite)
     backbone = backbones.load(args.checkpoint, with_head=args.logits)
-    records = None
-    if args.input.endswith(".npy"):
-        if not os.path.isfile(args.input):
-            raise FileNotFoundError(f"--input={args.input}: no such file")
-        try:
-            array = np.load(args.input, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as err:
-            raise command.CommandError(f"--input={args.input}: not a NumPy .npy array ({err})") \
-                from None
+    if records is None:
+        try:  # the header checked against the file's size before anything is allocated
+            array = np.asarray(arrays.open_npy(args.input))
+        except RecordError as err:
+            raise command.CommandError(f"--input={err.message}") from None
         out = embed.embed(backbone, array=array, fs=fs,
                           raw=args.raw, logits=args.logits, batch_size=args.batch_size,
                           preset=args.preset or None, windows=args.windows)
     else:
-        records = dataset_index.expand_records(args.input)
         out = embed.embed(backbone, records=records, raw=args.raw, logits=args.logits,
                           batch_size=args.batch_size, preset=args.preset or None,
                           windows=args.windows)
@@ -82,9 +86,12 @@ def main(args) -> None:
     npy = io.BytesIO()  # written by Python, not by numpy's C writer, so that a full disk is
     np.save(npy, out["outputs"])  # an OSError with its errno ("No space left on device")
     files.write_bytes_atomic(args.out, npy.getvalue())
-    if records is not None:
-        files.write_text_atomic(side, "\n".join(
-            embed.row_names(records, out["record"], out["window"])) + "\n")
+    # Each row's ECG: a record, or for an array its row number (an unreadable one is skipped,
+    # so row i of Y need not be row i of X).
+    names = (embed.row_names(records, out["record"], out["window"]) if records is not None
+             else [str(int(r)) for r in out["record"]])
+    files.write_text_atomic(side, "\n".join(names) + "\n")
     skipped = out["skipped"].total
     print(f"wrote {args.out}: {out['outputs'].shape} {'logits' if args.logits else 'features'}"
+          f", each row's ECG in {side}"
           + (f"; skipped {skipped} unreadable records" if skipped else ""))

@@ -1,7 +1,10 @@
 """The flags the evaluation commands share, declared once: `add` (backbone, dataset, protocols:
 probe, finetune, compare), `add_probe_head` (probe, compare) and `add_finetune_recipe`
 (finetune, compare)."""
+import math
+
 from crema_jax.cli import command
+from crema_jax.evaluate import ranges
 
 
 def add(cmd: command.Command) -> None:
@@ -53,7 +56,7 @@ def add(cmd: command.Command) -> None:
                 "count).", lower_bound=1)
     cmd.integer("num_workers", 0, "Grain worker processes reading records.", lower_bound=0)
     cmd.integer("bootstrap", 1000, "Bootstrap resamples for the 95% CI.", lower_bound=1)
-    cmd.integer("seed", 0, "Seed of splits, label fractions, init and bootstrap.")
+    cmd.integer("seed", 0, "Seed of splits, label fractions, init and bootstrap.", lower_bound=0)
 
 
 def settings(args) -> dict:
@@ -65,11 +68,14 @@ def settings(args) -> dict:
                                    "one (the cache's records replace the dataset folder's)")
     options = {"label_set": args.label_set} if args.layout == "ptbxl" else {}
     options.update(command.parse_key_values(args.layout_option, flag="layout_option"))
-    try:
-        label_fractions = [float(f) for f in args.label_fractions]
-        split_fractions = [float(f) for f in args.split_fractions]
-    except ValueError as err:
-        raise command.CommandError(f"--label_fractions/--split_fractions: {err}") from None
+    label_fractions = _numbers(args.label_fractions, "label_fractions",
+                               ranges.FRACTION_OF_LABELS.ok, "each in (0, 1]")
+    split_fractions = _numbers(args.split_fractions, "split_fractions", lambda v: 0 <= v <= 1,
+                               "three, train,val,test, each in [0, 1], summing to at most 1")
+    if split_fractions and (len(split_fractions) != 3 or not 0 < sum(split_fractions) <= 1 + 1e-9):
+        raise command.FlagValueError(
+            f"--split_fractions={','.join(args.split_fractions)}: expected three fractions, "
+            "train,val,test, each in [0, 1], summing to at most 1")
     if args.folds and split_fractions and not args.cross_domain:  # it was ignored, unsaid
         raise command.CommandError(f"--split_fractions with --folds={args.folds}: the folds "
                                    "replace the splits (only --cross_domain reads both); give "
@@ -89,6 +95,17 @@ def settings(args) -> dict:
     }
 
 
+def _numbers(items, flag: str, ok, expected: str) -> list[float]:
+    """A list flag's items as finite floats passing `ok`, else a usage error naming the flag."""
+    try:
+        values = [float(v) for v in items]
+    except ValueError:
+        values = [float("nan")]
+    if not all(math.isfinite(v) and ok(v) for v in values):
+        raise command.FlagValueError(f"--{flag}={','.join(items)}: expected numbers, {expected}")
+    return values
+
+
 def add_probe_head(cmd: command.Command) -> None:
     cmd.list("l2_grid", [], "L2 strengths tried; the best validation macro AUROC wins "
              "(default: six decades, 1e-6 to 0.1).")
@@ -101,23 +118,24 @@ def probe_head(args) -> dict:
     """The linear head's settings (evaluate.linear_probe.fit_linear_probe's keywords)."""
     from crema_jax.evaluate import linear_probe  # at run time: --help answers without importing JAX
 
-    try:
-        l2_grid = tuple(float(v) for v in args.l2_grid) or linear_probe.DEFAULT_L2_GRID
-    except ValueError as err:
-        raise command.CommandError(f"--l2_grid: {err}") from None
+    l2_grid = (tuple(_numbers(args.l2_grid, "l2_grid", ranges.L2.ok, "each >= 0"))
+               or linear_probe.DEFAULT_L2_GRID)
     return {"l2_grid": l2_grid, "optimizer": args.probe_optimizer, "steps": args.probe_steps}
 
 
 def add_finetune_recipe(cmd: command.Command) -> None:
     cmd.integer("epochs", 30, "Maximum fine-tuning epochs.", lower_bound=1)
-    cmd.float("base_lr", 1e-3, "Peak lr = base_lr x batch / 256 (ST-MEM fine-tuning).")
-    cmd.float("weight_decay", 0.05, "AdamW weight decay.")
+    ft = ranges.FINETUNE
+    cmd.float("base_lr", 1e-3, "Peak lr = base_lr x batch / 256 (ST-MEM fine-tuning).",
+              valid=ft["base_lr"])
+    cmd.float("weight_decay", 0.05, "AdamW weight decay.", valid=ft["weight_decay"])
     cmd.float("layer_decay", None, "Layer-wise lr decay (1 = off). Default: the checkpoint's "
-              "data path's recipe: 0.75 (crema), 1 (stmem: ST-MEM's configs decay no layer).")
+              "data path's recipe: 0.75 (crema), 1 (stmem: ST-MEM's configs decay no layer).",
+              valid=ft["layer_decay"])
     cmd.float("drop_path", None, "Stochastic depth (max rate). Default: the data path's "
-              "recipe: 0.1 (crema), 0 (stmem).")
-    cmd.float("label_smoothing", 0.0, "Label smoothing.")
-    cmd.float("warmup_epochs", 1.0, "Linear lr warm-up in epochs.")
+              "recipe: 0.1 (crema), 0 (stmem).", valid=ft["drop_path"])
+    cmd.float("label_smoothing", 0.0, "Label smoothing.", valid=ft["label_smoothing"])
+    cmd.float("warmup_epochs", 1.0, "Linear lr warm-up in epochs.", valid=ft["warmup_epochs"])
     cmd.integer("patience", 10, "Early stopping: epochs without a better validation macro "
                 "AUROC (0 = never stop early).", lower_bound=0)
     cmd.list("augment", ["config"], "Training augmentations: 'config' = the checkpoint's "

@@ -20,7 +20,8 @@ COMMAND = command.Command("import-torch", __doc__, usage="[--format=crema|stmem|
 COMMAND.enum("format", None, ["crema", "stmem", "ecgfounder"], "Layout of the PyTorch file "
              "(required for a file; a folder's config.json says its own).")
 COMMAND.string("out", None, "Output: a new workdir (checkpoints/0/ inside).", required=True)
-COMMAND.integer("seed", 0, "Seed for model parts the file does not hold (e.g. the decoder).")
+COMMAND.integer("seed", 0, "Seed for model parts the file does not hold (e.g. the "
+                "decoder).", lower_bound=0)
 
 
 @COMMAND.main

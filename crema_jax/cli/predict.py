@@ -29,13 +29,14 @@ def main(args) -> None:
 
     if not args.positional:
         raise command.CommandError(f"no records given (usage: {COMMAND.usage_line()})")
-    if args.out:
-        files.check_output_file(args.out, inputs=[args.checkpoint, *args.positional],
+    paths = dataset_index.expand_records(",".join(args.positional))
+    if args.out:  # never one of the records' files, --overwrite or not
+        files.check_output_file(args.out, inputs=[args.checkpoint, *args.positional,
+                                                  *dataset_index.files_read(paths)],
                                 overwrite=args.overwrite)
     labels = predict.label_names()
     backbone = backbones.load(args.checkpoint, with_head=True)
     predict.check_backbone(backbone)
-    paths = dataset_index.expand_records(",".join(args.positional))
     out = predict.predict_probabilities(backbone, records=paths, batch_size=args.batch_size,
                                         preset=args.preset or None)
     print(backbones.describe_data_path(out["data_cfg"], args.preset))

@@ -24,6 +24,7 @@ environment): each task writes its block of shards, then one merge writes the in
 Whichever way it is built, the cache is byte-identical to a one-process run (docs/data.md).
 """
 from crema_jax.cli import command
+from crema_jax.evaluate import ranges
 
 COMMAND = command.Command("prepare", __doc__, usage="--layout=NAME --root=DIR --out=DIR")
 COMMAND.string("layout", "wfdb_folder", "Dataset layout (a key of data.index.registry.LAYOUTS: "
@@ -37,7 +38,8 @@ COMMAND.multi_string("layout_option", [], "KEY=VALUE keyword argument of the lay
                      "(numbers, true/false), else kept as a string.")
 COMMAND.integer("workers", 2, "Worker processes (1 = in this process).", lower_bound=1)
 COMMAND.boolean("strict", False, "Stop with an error at the first bad record.")
-COMMAND.float("target_fs", 250.0, "Sampling rate of the cached signals, Hz.")
+COMMAND.float("target_fs", 250.0, "Sampling rate of the cached signals, Hz.",
+              valid=ranges.SAMPLING_RATE)
 COMMAND.string("preprocess", "crema", "Preprocessing preset (a key of "
                "data.presets.PRESETS: crema, ecgfounder, none; record-stage presets only).")
 COMMAND.integer("records_per_shard", 1024, "Records per ArrayRecord shard.", lower_bound=1)
@@ -72,6 +74,7 @@ def _on_beam(args) -> int:
         beam_options=command.parse_key_values(args.beam_option, flag="beam_option"))
     skipped = sum(e["count"] for e in result["skipped"].values())
     print(f"prepared {result['records']} records, skipped {skipped}")
+    _refuse_an_empty_cache(result, args.out)
     return 0
 
 
@@ -106,4 +109,15 @@ def main(args) -> int:
               f"({which}); when every host is done, merge with `crema-jax prepare ... --merge`")
         return 0
     print(f"prepared {result['records']} records, skipped {skipped}")
+    _refuse_an_empty_cache(result, args.out)
     return 0
+
+
+def _refuse_an_empty_cache(result: dict, out: str) -> None:
+    """Exit 1 when every record was skipped: the cache is written (its summary.json lists each
+    skip), but a script must not train on an empty one."""
+    if not result["records"]:
+        reasons = ", ".join(f"{n} {r}" for r, n in sorted(
+            (r, e["count"]) for r, e in result["skipped"].items()))
+        raise command.CommandError(f"--out={out}: no record could be prepared ({reasons}); "
+                                   f"{out}/summary.json lists each skipped file")

@@ -4,20 +4,26 @@
         [--mask_ratio=0.75] [--seed=0]
 """
 from crema_jax.cli import command
+from crema_jax.evaluate import ranges
+from crema_jax.runtime import files
 
 COMMAND = command.Command("preview", __doc__, usage="[--out=preview.png] [--record=ID]")
 COMMAND.string("out", "preview.png", "Output PNG.")
 COMMAND.string("record", "", "Record id of the bundled sample (default: the first).")
 COMMAND.string("mask", "random_per_lead", "Masking strategy (a key of "
                "data.pipeline.masking.MASKS).")
-COMMAND.float("mask_ratio", 0.75, "Fraction of patches hidden.")
-COMMAND.integer("seed", 0, "Seed of the crop and the mask.")
+COMMAND.float("mask_ratio", 0.75, "Fraction of patches hidden.", valid=ranges.FRACTION)
+COMMAND.integer("seed", 0, "Seed of the crop and the mask.", lower_bound=0)
+COMMAND.boolean("overwrite", False, "Replace the --out PNG when it exists.")
 
 
 @COMMAND.main
 def main(args) -> None:
     from crema_jax.data import preview  # at run time: --help answers without importing JAX
 
+    if not args.out.lower().endswith(".png"):  # matplotlib would add ".png" to another name
+        raise command.FlagValueError(f"--out={args.out}: expected a file name ending in .png")
+    files.check_output_file(args.out, overwrite=args.overwrite)
     element, title = preview.load_ecg(args.record)
     preview.render(element, title, args.out, mask_name=args.mask, ratio=args.mask_ratio,
                    seed=args.seed)

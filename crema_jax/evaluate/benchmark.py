@@ -34,6 +34,7 @@ from crema_jax.evaluate import (
     linear_probe,
     mlp_head,
     protocols,
+    ranges,
     runs,
 )
 from crema_jax.models import families
@@ -57,6 +58,9 @@ PROTOCOL_DEFAULTS = {
 }
 
 
+RANGES = {"probe": ranges.PROBE, "mlp": ranges.MLP, "finetune": ranges.FINETUNE}
+
+
 def recipe(suite: dict, protocol: str) -> dict:
     given = dict(suite["protocols"][protocol] or {})
     unknown = sorted(set(given) - set(PROTOCOL_DEFAULTS[protocol]))
@@ -64,8 +68,14 @@ def recipe(suite: dict, protocol: str) -> dict:
         raise ValueError(f"task file: protocols[{protocol!r}]: unknown field(s) {unknown}; "
                          f"expected {sorted(PROTOCOL_DEFAULTS[protocol])}")
     out = {**PROTOCOL_DEFAULTS[protocol], **given}
+    where = f"task file: protocols[{protocol!r}]"
+    ranges.check(out, RANGES[protocol], f"{where}.")
     if "l2_grid" in out:
-        out["l2_grid"] = tuple(float(v) for v in out["l2_grid"])
+        grid = list(out["l2_grid"] or [])
+        if not grid or not all(ranges.L2.ok(v) for v in grid):
+            raise ValueError(f"{where}.l2_grid={out['l2_grid']!r}: expected strengths, each "
+                             f"{ranges.L2.text[len('expected '):]}")
+        out["l2_grid"] = tuple(float(v) for v in grid)
     return out
 
 

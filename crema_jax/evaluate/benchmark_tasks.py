@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 from crema_jax import config as config_lib
-from crema_jax.evaluate import protocols
+from crema_jax.evaluate import protocols, ranges
 from crema_jax.inference import backbones
 from crema_jax.models import families
 
@@ -106,6 +106,11 @@ def load_suite(path, roots: dict | None = None) -> dict:
     if unknown:
         raise ValueError(f"task file {path}: protocols {unknown}: expected some of {PROTOCOLS}")
     suite = {key: config.get(key, default) for key, default in SUITE_DEFAULTS.items()}
+    ranges.check(suite, ranges.SUITE, f"task file {path}: ")
+    for name, task in zip([t["name"] for t in tasks], tasks):
+        if not all(ranges.FRACTION_OF_LABELS.ok(f) for f in task["label_fractions"]):
+            raise ValueError(f"task file {path}: tasks {name!r}: label_fractions="
+                             f"{task['label_fractions']}: each {ranges.FRACTION_OF_LABELS.text}")
     ordered = {name: config["protocols"][name] for name in PROTOCOLS if name in config["protocols"]}
     return {**suite, "datasets": datasets, "tasks": tasks, "protocols": ordered}
 

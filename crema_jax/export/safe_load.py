@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
+import warnings
 from typing import Any, Mapping
 
 import ml_dtypes
@@ -143,17 +145,27 @@ def read_torch_file(path: str) -> Any:
     import pickle
 
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on legacy pickles: the error says it
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        text = str(err)
+        if "Unsupported global" not in text and "allowed global" not in text:
+            found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+            raise CheckpointFileError(
+                f"{path}: not a torch.save file of weights: its bytes do not unpickle as one "
+                f"({found.group(1).strip() if found else text.splitlines()[0]})") from err
         raise UnsafeCheckpointError(
             f"{path}: refused. This file needs arbitrary Python objects unpickled, which can run "
             "code; only plain tensors, dicts, lists and numbers are loaded (torch.load with "
             "weights_only=True). Re-save the weights alone, e.g. "
             "torch.save({'model': model.state_dict()}, path), or as .safetensors.\n"
-            f"torch said: {str(err).splitlines()[0]}") from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+            f"torch said: {text.splitlines()[0]}") from err
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError,
+            AttributeError, UnicodeDecodeError, struct.error) as err:
+        # The weights-only unpickler's own failures on bytes that are no pickle at all.
         raise CheckpointFileError(f"{path}: not a readable torch.save file (truncated or "
-                                  f"corrupt?): {err}") from err
+                                  f"corrupt?): {type(err).__name__}: {err}") from err
     return _tensors_to_numpy(obj, torch)
 
 

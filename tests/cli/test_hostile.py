@@ -168,7 +168,8 @@ def test_a_text_file_named_npy_and_a_bad_rate(sit_checkpoint, tmp_path, capsys):
                    f"--out={tmp_path / 'y.npy'}"], capsys, str(tmp_path / "x.npy"))
     np.save(tmp_path / "ok.npy", np.zeros((1, 12, 2500), np.float32))
     _fails(embed, [f"--checkpoint={sit_checkpoint}", f"--input={tmp_path / 'ok.npy'}",
-                   f"--out={tmp_path / 'y.npy'}", "--fs=abc"], capsys, "--fs='abc'")
+                   f"--out={tmp_path / 'y.npy'}", "--fs=abc"], capsys,
+           "--fs=abc: a sampling rate in Hz", code=2)
     assert not (tmp_path / "y.npy").exists()
 
 

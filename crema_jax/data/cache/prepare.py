@@ -331,6 +331,9 @@ def make_plan(*, layout, root, out, layout_options=None, target_fs=250.0, prepro
                  records_per_shard=records_per_shard, num_hosts=num_hosts, host_index=host_index)
     layout_options = dict(layout_options or {})
     index = registry.build_index(layout, root, **layout_options)
+    if not index.records:
+        raise PrepareError(f"--root={root}: the {layout} layout finds no record there; nothing "
+                           "to prepare")
     preprocess_cfg = presets.preprocessing(preprocess).to_dict()
     if stage_config(preprocess_cfg, "record") is None:
         raise PrepareError(f"--preprocess={preprocess}: it runs on each crop, not on the record, "

@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from crema_jax.data.index import duplicates
 from crema_jax.data.reading import safe_files
 
 SPLITS = ("train", "val", "test")
@@ -144,6 +145,16 @@ def _record_path(path: str) -> str:
     return os.path.splitext(path)[0] if path.endswith((".hea", ".mat", ".dat")) else path
 
 
+def files_read(records: Sequence[str]) -> list[str]:
+    """Every file the records `expand_records` named are read from: a WFDB record's header and
+    signal files, an export file itself (so a command's output is never one of them)."""
+    out = []
+    for record in records:
+        out += [record + ".hea"] if os.path.isfile(record + ".hea") else []
+        out += duplicates.record_files(record)
+    return out
+
+
 def expand_records(spec: str) -> list[str]:
     """Records named on a command line, in a stable order, without extension: comma-separated
     paths ('a,b', with or without .hea/.mat/.dat), globs ('dir/*.hea', 'exports/*.xml') or
@@ -154,8 +165,10 @@ def expand_records(spec: str) -> list[str]:
     nothing is an error."""
     out = []
     # A path that exists as written is one item, commas and all ("ECG, 2021/").
-    items = [spec] if os.path.exists(spec) or os.path.exists(spec + ".hea") else spec.split(",")
-    for item in (s.strip() for s in items):
+    # Items of a comma-separated list lose the spaces around them, a whole path keeps its own.
+    items = ([spec] if os.path.exists(spec) or os.path.exists(spec + ".hea")
+             else [s.strip() for s in spec.split(",")])
+    for item in items:
         if not item:
             continue
         if os.path.isdir(item):

@@ -39,9 +39,10 @@ class Duplicates:
         return sum(len(g) - 1 for g in self.groups)
 
 
-def record_files(info) -> list[str]:
-    """The files whose bytes are the record's signal ([] for a row of an array file)."""
-    path = str(info.path)
+def record_files(path) -> list[str]:
+    """The files whose bytes are the record at `path`'s signal ([] for a row of an array
+    file)."""
+    path = str(path)
     if os.path.isfile(path):
         return [path]
     return [path + s for s in SIGNAL_SUFFIXES if os.path.isfile(path + s)]
@@ -66,7 +67,7 @@ def _digest(files, *, limit: int | None) -> str:
 def content_keys(infos) -> list[str]:
     """One key per record; two records share a key when their files hold the same bytes (or,
     without files, when they name the same path)."""
-    files = [record_files(info) for info in infos]
+    files = [record_files(info.path) for info in infos]
     keys = [f"sha256-prefix:{_digest(f, limit=_PREFIX)}" if f
             else f"path:{os.path.realpath(info.path)}" for info, f in zip(infos, files)]
     rows = defaultdict(list)

@@ -144,8 +144,9 @@ def _hdf5_dataset(file: str, key: str):
     return _cached(("h5", file, key), lambda: _Hdf5Dataset(file, key)).dataset
 
 
-def _npy_array(file: str):
-    """A memory-mapped .npy array, after checking its header against the file's size."""
+def open_npy(file: str):
+    """A memory-mapped .npy array, after checking its header against the file's size (a
+    RecordError naming the file: missing, not a regular file, not .npy, objects, truncated)."""
     try:
         with safe_files.open_regular(file) as f:
             shape, dtype, _ = _npy_header(f)
@@ -266,7 +267,7 @@ def _array_of(file: str, fmt: ArrayFormat):
         return _hdf5_dataset(file, fmt.key)
     if file.lower().endswith(".npz"):
         return _npz_member(file, fmt.key)
-    return _cached(("npy", file), lambda: _npy_array(file))
+    return _cached(("npy", file), lambda: open_npy(file))
 
 
 def array_shape(file, key: str = "") -> tuple[int, ...]:

@@ -1,0 +1,67 @@
+"""The allowed values of the evaluation settings (and of the sampling-rate flags), written
+once: the commands' flags (cli/) and the benchmark's task file (benchmark_tasks.load_suite)
+check the same ranges. Pure Python, so that `--help` imports nothing heavy."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A finite number (an integer with `integer`) from `low` to `high` (None: unbounded),
+    ends included unless open; None passes (a setting left to the data path's recipe)."""
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+
+    def ok(self, value) -> bool:
+        if value is None:
+            return True
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.integer and not float(value).is_integer():
+            return False
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    @property
+    def text(self) -> str:
+        kind = "an integer" if self.integer else "a finite number"
+        if self.high is None:
+            return f"expected {kind} {'>' if self.low_open else '>='} {self.low:g}"
+        if self.low is None:
+            return f"expected {kind} {'<' if self.high_open else '<='} {self.high:g}"
+        return (f"expected {kind} in {'(' if self.low_open else '['}{self.low:g}, "
+                f"{self.high:g}{')' if self.high_open else ']'}")
+
+
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+FRACTION = Range(0, 1, high_open=True)      # drop-path, label smoothing: 1 would drop all
+COUNT = Range(1, integer=True)
+INDEX = Range(0, integer=True)
+SAMPLING_RATE = Range(0, 20_000, low_open=True)   # Hz; ECGs are recorded at 100 Hz to 10 kHz
+
+FINETUNE = {"epochs": COUNT, "base_lr": POSITIVE, "weight_decay": NON_NEGATIVE,
+            "layer_decay": Range(0, 1, low_open=True), "drop_path": FRACTION,
+            "label_smoothing": FRACTION, "warmup_epochs": NON_NEGATIVE, "patience": INDEX,
+            "steps_per_epoch": INDEX}
+PROBE = {"steps": COUNT}
+MLP = {"hidden": COUNT, "steps": COUNT, "learning_rate": POSITIVE}
+L2 = NON_NEGATIVE                                  # each L2 strength of a grid
+FRACTION_OF_LABELS = Range(0, 1, low_open=True)    # each label fraction
+SUITE = {"bootstrap": COUNT, "alpha": Range(0, 1, low_open=True, high_open=True),
+         "seed": INDEX, "batch_size": COUNT, "num_workers": INDEX}
+
+
+def check(values: dict, ranges: dict, where: str) -> None:
+    """ValueError naming the first of `values` outside its range in `ranges` ("{where}NAME=...")."""
+    for name, valid in ranges.items():
+        if name in values and not valid.ok(values[name]):
+            raise ValueError(f"{where}{name}={values[name]!r}: {valid.text}")
