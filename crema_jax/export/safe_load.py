@@ -171,8 +171,10 @@ def read_torch_file(path: str) -> Any:
 
 def read_weight_file(path: str) -> tuple[Any, dict[str, str]]:
     """(loaded object, safetensors metadata or {}) for a .safetensors or torch file."""
-    if not os.path.isfile(path):
-        raise CheckpointFileError(f"{path}: no such file")
+    if not os.path.isfile(path):  # (a FIFO would block the reader)
+        what = ("no such file" if not os.path.exists(path) else "a folder" if os.path.isdir(path)
+                else "not a regular file (a FIFO, a device or a socket)")
+        raise CheckpointFileError(f"{path}: {what}; expected a .safetensors or torch.save file")
     if path.endswith(".safetensors"):
         return read_safetensors(path)
     return read_torch_file(path), {}

@@ -209,3 +209,15 @@ def test_a_folder_named_with_spaces_around_is_read_as_named(tmp_path, cinc_sampl
     assert dataset_index.expand_records(str(folder)) == [str(folder / "E07500")]
     assert dataset_index.expand_records(f" {folder / 'E07500'} , {folder / 'E07500'}") == [
         str(folder / "E07500")]
+
+
+def test_a_weights_path_that_is_no_regular_file_is_named_as_such(tmp_path):
+    """A FIFO or a folder was "no such file" (and a FIFO must never be opened: it blocks)."""
+    os.mkfifo(tmp_path / "pipe.pth")
+    (tmp_path / "folder.safetensors").mkdir()
+    for name, what in (("pipe.pth", "not a regular file (a FIFO, a device or a socket)"),
+                       ("folder.safetensors", "a folder"), ("none.pth", "no such file")):
+        with pytest.raises(safe_load.CheckpointFileError) as raised:
+            safe_load.read_weight_file(str(tmp_path / name))
+        assert str(raised.value) == (f"{tmp_path / name}: {what}; expected a .safetensors or "
+                                     "torch.save file")
