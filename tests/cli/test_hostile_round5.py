@@ -221,3 +221,13 @@ def test_a_weights_path_that_is_no_regular_file_is_named_as_such(tmp_path):
             safe_load.read_weight_file(str(tmp_path / name))
         assert str(raised.value) == (f"{tmp_path / name}: {what}; expected a .safetensors or "
                                      "torch.save file")
+
+
+def test_a_cache_dir_that_is_a_file_is_named_as_such(tmp_path):
+    """It said to build the cache with `prepare --out=x.npy`, which prepare refuses."""
+    from crema_jax.data.cache import source
+
+    (tmp_path / "x.npy").write_bytes(b"not a folder")
+    with pytest.raises(NotADirectoryError, match=r"^" + __import__("re").escape(
+            f"{tmp_path / 'x.npy'}: a file, not a cache folder")):
+        source.load_index(str(tmp_path / "x.npy"))

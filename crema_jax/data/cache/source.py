@@ -80,6 +80,9 @@ def load_index(cache_dir: str) -> dict:
     """index.json, checked to hold every key a reader uses (DamagedCacheError otherwise)."""
     cache_dir = local_cache_dir(cache_dir)
     path = os.path.join(cache_dir, INDEX_FILE)
+    if os.path.exists(cache_dir) and not os.path.isdir(cache_dir):
+        raise NotADirectoryError(f"{cache_dir}: a file, not a cache folder (the --out folder of "
+                                 "`crema-jax prepare`)")
     if not os.path.lexists(path):
         raise FileNotFoundError(f"{path}: no cache index; build the cache with `crema-jax prepare "
                                 f"--out={cache_dir}` (an interrupted run writes it only at the end)")
