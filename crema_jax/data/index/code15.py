@@ -47,7 +47,8 @@ from absl import logging
 
 from crema_jax.data.index.dataset_index import DatasetIndex, RecordInfo, hash_split, number
 from crema_jax.data.reading import safe_files
-from crema_jax.data.reading.arrays import ArrayFormat, hdf5_storage_problem, locator
+from crema_jax.data.reading.arrays import (ArrayFormat, hdf5_elsewhere, hdf5_storage_problem,
+                                          locator)
 from crema_jax.data.reading.read import BadRecord
 
 CODE15_LABELS = ("1dAVb", "RBBB", "LBBB", "SB", "AF", "ST")
@@ -106,17 +107,25 @@ def _probe(part: pathlib.Path):
         return None, BadRecord("not_a_regular_file", f"{part} is a {kind}, not a regular file")
     try:
         with h5py.File(part, "r") as f:
-            if "exam_id" not in f or "tracings" not in f:
+            if any(isinstance(f.get(name, getlink=True), h5py.ExternalLink)
+                   for name in ("exam_id", "tracings")):
+                return None, BadRecord("unreadable", f"{part}: 'tracings' or 'exam_id' links "
+                                       "to another file; only data inside the file is read")
+            if not all(isinstance(f.get(name), h5py.Dataset) for name in ("exam_id",
+                                                                          "tracings")):
                 return None, BadRecord("unreadable", f"{part}: expected HDF5 datasets "
                                        f"'tracings' and 'exam_id', found {sorted(f)}")
             # Shapes and sizes from the metadata before any data is read.
+            elsewhere = hdf5_elsewhere(f["exam_id"]) or hdf5_elsewhere(f["tracings"])
+            if elsewhere:
+                return None, BadRecord("unreadable", f"{part}: {elsewhere}")
             problem = hdf5_storage_problem(f["exam_id"])
             if problem or f["exam_id"].ndim != 1:
                 return None, BadRecord("truncated_signal" if problem else "bad_shape",
                                        f"{part}: {problem or 'exam_id is not one-dimensional'}")
             exam_ids = [int(e) for e in f["exam_id"][:]]
             shape = tuple(f["tracings"].shape)
-    except OSError as err:
+    except (OSError, RuntimeError, KeyError, ValueError) as err:  # links that loop or dangle
         reason = "truncated_signal" if "truncated" in str(err) else "unreadable"
         return None, BadRecord(reason, f"{part}: HDF5 file does not open: {err}")
     if len(shape) != 3 or shape[0] != len(exam_ids) or shape[2] != len(CODE15_LEADS):

@@ -18,7 +18,10 @@ PTBXL_LABEL_SETS = ("superclass", "subclass", "diagnostic", "form", "rhythm", "a
 def _read_scp_statements(path: pathlib.Path) -> dict[str, dict]:
     with safe_files.open_text(path, newline="") as f:
         reader = csv.reader(f)
-        header = next(reader)
+        header = next(reader, None)
+        if not header:
+            raise ValueError(f"{path}: empty; expected PTB-XL's scp_statements.csv (a header "
+                             "row, then one row per statement code)")
         rows = {}
         for row in reader:
             if row:
@@ -57,6 +60,18 @@ def _ptbxl_labels(scp_codes: dict, statements: dict, label_set: str) -> tuple[st
     return tuple(sorted(labels))
 
 
+def _row_problem(scp_codes, fold: float, filename: str) -> str | None:
+    """What is wrong with a ptbxl_database.csv row's fields (None: nothing)."""
+    if not isinstance(scp_codes, dict) or not all(isinstance(k, str) for k in scp_codes):
+        return f"scp_codes is a {type(scp_codes).__name__}, not a dict of statement codes"
+    if fold not in range(1, 11):   # NaN and inf too
+        return f"strat_fold {fold:g}"
+    parts = pathlib.PurePosixPath(filename.replace("\\", "/")).parts
+    if not filename.strip() or os.path.isabs(filename) or ".." in parts or "/" == filename[:1]:
+        return f"{filename!r}"
+    return None
+
+
 def ptbxl(root, *, label_set: str = "superclass", sampling_rate: int = 500,
           drop_unlabelled: bool = True, source: str = "ptbxl") -> DatasetIndex:
     """PTB-XL (https://physionet.org/content/ptb-xl/) from its own folder layout.
@@ -83,13 +98,19 @@ def ptbxl(root, *, label_set: str = "superclass", sampling_rate: int = 500,
     records = []
     with safe_files.open_text(database, newline="") as f:
         for line, row in enumerate(csv.DictReader(f), start=2):
-            try:
-                scp_codes = ast.literal_eval(row["scp_codes"])
-                fold = int(float(row["strat_fold"]))
-                filename = row[column]
-            except (KeyError, ValueError, SyntaxError) as err:
-                raise ValueError(f"{database}:{line}: expected scp_codes (a dict literal), "
-                                 f"strat_fold (1-10) and {column}: {err!r}") from None
+            try:  # literal_eval: Python literals only, never code
+                scp_codes = ast.literal_eval(row["scp_codes"] or "")
+                fold = float(row["strat_fold"] or "")
+                filename = row[column] or ""
+                problem = _row_problem(scp_codes, fold, filename)
+            except (KeyError, ValueError, TypeError, SyntaxError, MemoryError,
+                    RecursionError) as err:
+                problem = repr(err)
+            if problem:
+                raise ValueError(f"{database}:{line}: expected scp_codes (a dict literal of "
+                                 f"statement codes), strat_fold (1-10) and {column} (a path "
+                                 f"inside the folder): {problem}")
+            fold = int(fold)
             labels = _ptbxl_labels(scp_codes, statements, label_set)
             if drop_unlabelled and not labels:
                 continue

@@ -107,7 +107,22 @@ class _Hdf5Dataset:
             self.handle.close()
             raise RecordError(file, "unreadable", f"{file}: no HDF5 dataset {key!r} "
                               f"(it holds {names})")
-        self.dataset = self.handle[key]
+        try:  # a link may dangle, loop or point to another file
+            if isinstance(self.handle.get(key, getlink=True), h5py.ExternalLink):
+                raise ValueError("a link to another file; only data inside the file is read")
+            self.dataset = self.handle[key]
+        except (KeyError, RuntimeError, OSError, ValueError) as err:
+            self.handle.close()
+            raise RecordError(file, "unreadable", f"{file}: HDF5 entry {key!r} does not open "
+                              f"({err})") from None
+        if not isinstance(self.dataset, h5py.Dataset):
+            self.handle.close()
+            raise RecordError(file, "unreadable", f"{file}: HDF5 entry {key!r} is a "
+                              f"{type(self.dataset).__name__}, expected a dataset of arrays")
+        elsewhere = hdf5_elsewhere(self.dataset)
+        if elsewhere:
+            self.handle.close()
+            raise RecordError(file, "unreadable", f"{file}: {elsewhere}")
         problem = hdf5_storage_problem(self.dataset)
         if problem:
             self.handle.close()
@@ -122,6 +137,16 @@ def _check_regular(path: str, file: str) -> None:
     if kind is not None:
         raise RecordError(path, "not_a_regular_file", f"{file} is a {kind}, not a regular "
                           "file")
+
+
+def hdf5_elsewhere(dataset) -> str | None:
+    """Why an HDF5 dataset is not read (None: it is): its bytes live in other files (external
+    storage, a virtual dataset), which could be any file on the machine, or a FIFO."""
+    if dataset.external or dataset.is_virtual:
+        return (f"dataset {dataset.name} is stored in other files "
+                f"({'virtual' if dataset.is_virtual else 'external storage'}); only data "
+                "inside the file itself is read")
+    return None
 
 
 def hdf5_storage_problem(dataset) -> str | None:

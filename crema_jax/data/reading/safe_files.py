@@ -13,6 +13,7 @@ bounded by a file's kind and real size.
 """
 from __future__ import annotations
 
+import csv
 import fnmatch
 import glob
 import io
@@ -65,11 +66,29 @@ def open_regular(path):
         raise
 
 
+class _TextFile(io.TextIOWrapper):
+    """A text file whose `with` block ends a CSV or decoding failure inside it in a ValueError
+    naming the file (csv's "field larger than field limit" and a UTF-16 file's decoding error
+    named none)."""
+
+    def __exit__(self, kind, err, traceback):
+        super().__exit__(kind, err, traceback)
+        if isinstance(err, csv.Error):
+            raise ValueError(f"{self.source}: not a readable CSV file ({err})") from None
+        if isinstance(err, UnicodeDecodeError):
+            raise ValueError(f"{self.source}: not {self.encoding.split('-sig')[0].upper()} text "
+                             f"({err.reason} at byte {err.start}); save it as UTF-8") from None
+        return False
+
+
 def open_text(path, *, encoding: str = "utf-8-sig", newline: str | None = None):
     """open(path, encoding=..., newline=...) for reading, through open_regular. UTF-8 with or
     without the byte order mark a spreadsheet's "CSV UTF-8" starts with (read as part of the
-    first column's name, it hid that column)."""
-    return io.TextIOWrapper(open_regular(path), encoding=encoding, newline=newline)
+    first column's name, it hid that column). Used as `with open_text(...) as f:`, a CSV or
+    decoding failure in the block is a ValueError naming the file."""
+    f = _TextFile(open_regular(path), encoding=encoding, newline=newline)
+    f.source = os.fspath(path)
+    return f
 
 
 def read_bytes(path, *, limit: int | None = None) -> bytes:
