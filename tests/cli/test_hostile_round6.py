@@ -105,3 +105,27 @@ def test_an_empty_scp_statements_file_is_named(tmp_path):
     (tmp_path / "scp_statements.csv").write_text("")
     with pytest.raises(ValueError, match=f"^{tmp_path / 'scp_statements.csv'}: empty"):
         ptbxl.ptbxl(tmp_path)
+
+
+def test_mimic_short_rows_and_a_too_deep_label_map(tmp_path):
+    """Short rows of machine_measurements.csv and record_list.csv (csv gives their missing
+    cells as None: AttributeError) are read as empty; a label map nested 100,000 deep is one
+    line naming it (RecursionError)."""
+    from crema_jax.data.index import mimic_iv_ecg
+
+    (tmp_path / "record_list.csv").write_text(
+        "subject_id,study_id,file_name,ecg_time,path\n"
+        "1000,5000,5000,t,files/p1000/s5000/5000\n1001,5001\n")
+    (tmp_path / "machine_measurements.csv").write_text(
+        "subject_id,study_id,report_0,report_1\n1000\n1001,5001\n1000,5000,Sinus rhythm\n")
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'record_list.csv'}:3: path ''"):
+        mimic_iv_ecg.mimic_iv_ecg(tmp_path)
+    (tmp_path / "record_list.csv").write_text(
+        "subject_id,study_id,file_name,ecg_time,path\n1000,5000,5000,t,files/p1000/s5000/5000\n")
+    index = mimic_iv_ecg.mimic_iv_ecg(tmp_path, label_map="default")
+    assert [(r.record_id, r.meta["report"]) for r in index.records] == [
+        ("5000", ("Sinus rhythm",))]
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match=f"^{deep}: not a JSON object"):
+        mimic_iv_ecg.label_map_rules(str(deep))

@@ -90,8 +90,12 @@ def label_map_rules(spec: str, layout: str = "mimic_iv_ecg") -> dict | None:
     if not path.is_file():
         raise FileNotFoundError(f"{layout} label_map={spec!r}: expected '', 'default' or a "
                                 "JSON file {label: [keywords]}")
-    with safe_files.open_text(path) as f:
-        raw = json.load(f)
+    try:
+        with safe_files.open_text(path) as f:
+            raw = json.load(f)
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{path}: not a JSON object {{label: [keywords]}} "
+                         f"({type(err).__name__}: {err})") from None
     out = {}
     for label, rule in (raw.items() if isinstance(raw, dict) else ()):
         if isinstance(rule, list):
@@ -120,8 +124,9 @@ def _reports(path: pathlib.Path) -> dict[str, tuple[str, ...]]:
             raise ValueError(f"{path}: expected a study_id column and report_0..report_17, got "
                              f"{reader.fieldnames}")
         columns = [c for c in REPORT_COLUMNS if c in reader.fieldnames]
-        return {row["study_id"].strip(): tuple(row[c].strip() for c in columns
-                                               if (row[c] or "").strip())
+        # A short row's missing cells are None (csv.DictReader).
+        return {(row["study_id"] or "").strip(): tuple((row[c] or "").strip() for c in columns
+                                                       if (row[c] or "").strip())
                 for row in reader}
 
 
@@ -152,8 +157,8 @@ def mimic_iv_ecg(root, *, label_map: str = "", drop_unlabelled: bool = False,
             raise ValueError(f"{record_list}: missing columns {missing}; expected subject_id, "
                              f"study_id, path (and file_name, ecg_time), got {reader.fieldnames}")
         for line, row in enumerate(reader, start=2):
-            subject, study = row["subject_id"].strip(), row["study_id"].strip()
-            relative = row["path"].strip()
+            subject, study, relative = ((row[k] or "").strip()
+                                        for k in ("subject_id", "study_id", "path"))
             path = os.path.realpath(root / relative)
             if not relative or os.path.isabs(relative) or not path.startswith(real_root + os.sep):
                 raise ValueError(f"{record_list}:{line}: path {relative!r} is not a record path "
