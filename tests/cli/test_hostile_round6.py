@@ -129,3 +129,36 @@ def test_mimic_short_rows_and_a_too_deep_label_map(tmp_path):
     deep.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ValueError, match=f"^{deep}: not a JSON object"):
         mimic_iv_ecg.label_map_rules(str(deep))
+
+
+def test_a_negative_count_in_a_wfdb_header_is_a_header_error(tmp_path, cinc_sample_dir):
+    """`E07500 -3 500 5000` kept 10 of the 12 signal lines (slicing by -3): 12 interleaved
+    leads were decoded as 10, with no skip."""
+    from crema_jax.data.reading import wfdb_header
+
+    lines = (cinc_sample_dir / "E07500.hea").read_text().splitlines()
+    name, n_sig, *rest = lines[0].split()
+    for bad in (f"{name} -3 {' '.join(rest)}", f"{name} {n_sig} {rest[0]} -5000"):
+        path = tmp_path / "E07500.hea"
+        path.write_text("\n".join([bad, *lines[1:]]) + "\n")
+        with pytest.raises(wfdb_header.HeaderError, match="must be a non-negative integer"):
+            wfdb_header.parse_header(path.read_text())
+
+
+def test_a_fifo_in_an_export_folder_is_a_skip_not_a_hang(tmp_path):
+    """detect() opened every file with a blocking open(): a FIFO stopped prepare forever."""
+    import os
+    import subprocess
+    import sys
+
+    from crema_jax.data.reading import clinical_formats
+
+    os.mkfifo(tmp_path / "pipe.xml")
+    with pytest.raises(RecordError) as raised:
+        clinical_formats.detect(tmp_path / "pipe.xml")
+    assert raised.value.reason == "not_a_regular_file"
+    cli = os.path.join(os.path.dirname(sys.executable), "crema-jax")
+    done = subprocess.run([cli, "prepare", "--layout=clinical_exports", f"--root={tmp_path}",
+                           f"--out={tmp_path / 'out'}", "--workers=1"], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 1 and "not_a_regular_file" in done.stdout + done.stderr, done

@@ -38,7 +38,7 @@ from xml.etree.ElementTree import ParseError
 
 import numpy as np
 
-from crema_jax.data.reading import philips_xml, scp_ecg
+from crema_jax.data.reading import philips_xml, safe_files, scp_ecg
 from crema_jax.data.reading.ecg import RecordError
 
 HL7 = "{urn:hl7-org:v3}"
@@ -61,8 +61,11 @@ class Parsed:
 
 def detect(path) -> str | None:
     """"dicom", "aecg", "muse", "edf", "philips", "scp" or None, from the file's first bytes."""
-    with open(path, "rb") as f:
-        head = f.read(4096)
+    try:  # opened without blocking: a FIFO in an export folder hung the index
+        with safe_files.open_regular(path) as f:
+            head = f.read(4096)
+    except safe_files.NotRegularFileError as err:
+        raise RecordError(path, "not_a_regular_file", str(err)) from None
     if head[128:132] == b"DICM":
         return "dicom"
     if head[:8] == b"0       " and len(head) >= 256 and head[184:192].strip().isdigit():

@@ -57,11 +57,16 @@ class Header:
     segments: tuple[str, ...] = ()  # A multi-segment record's segment names ("~": a gap).
 
 
-def _int(token: str, what: str, line: int) -> int:
+def _int(token: str, what: str, line: int, *, count: bool = False) -> int:
+    """An integer field; a count (of signals, samples, segments) must not be negative: -3
+    signals kept 10 of 12 signal lines and scrambled the leads."""
     try:
-        return int(token)
+        value = int(token)
     except ValueError:
         raise HeaderError(f"{what} must be an integer, got {token!r}", line) from None
+    if count and value < 0:
+        raise HeaderError(f"{what} must be a non-negative integer, got {token!r}", line)
+    return value
 
 
 def _parse_record_line(tokens: list[str], line: int) -> tuple[str, int | None, int, float | None, int | None]:
@@ -70,15 +75,17 @@ def _parse_record_line(tokens: list[str], line: int) -> tuple[str, int | None, i
         raise HeaderError("record line has no record name", line)
     if len(tokens) < 2:
         raise HeaderError("record line must give the number of signals after the name", line)
-    n_sig = _int(tokens[1], "number of signals", line)
+    n_sig = _int(tokens[1], "number of signals", line, count=True)
     fs = None
     if len(tokens) > 2:
         match = _FS_RE.match(tokens[2])
         if match is None:
             raise HeaderError(f"sampling frequency must be a number, got {tokens[2]!r}", line)
         fs = float(match.group(1))
-    sig_len = _int(tokens[3], "number of samples per signal", line) if len(tokens) > 3 else None
-    return name, (_int(n_seg, "number of segments", line) if n_seg else None), n_sig, fs, sig_len
+    sig_len = (_int(tokens[3], "number of samples per signal", line, count=True)
+               if len(tokens) > 3 else None)
+    return name, (_int(n_seg, "number of segments", line, count=True) if n_seg else None), \
+        n_sig, fs, sig_len
 
 
 def _parse_signal_line(tokens: list[str], line: int) -> SignalSpec:
