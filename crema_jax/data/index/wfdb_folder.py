@@ -44,7 +44,7 @@ def _read_fields(hea: str):
         text = safe_files.read_text(hea, limit=wfdb_records.MAX_HEADER_BYTES)
     except (OSError, ValueError) as err:
         reason = ("not_a_regular_file" if isinstance(err, safe_files.NotRegularFileError)
-                  else "missing_header")
+                  else "missing_header" if isinstance(err, OSError) else "header_syntax")
         return wfdb_header.parse_comments(()), BadRecord(reason, f"cannot read header {hea}: "
                                                          f"{err}")
     return _header_fields(text), None

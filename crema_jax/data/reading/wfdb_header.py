@@ -44,6 +44,7 @@ class SignalSpec:
     baseline: int
     units: str
     name: str
+    checksum: int | None = None  # 16-bit signed sum of the signal's samples; None if omitted.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +119,7 @@ def _parse_signal_line(tokens: list[str], line: int) -> SignalSpec:
         baseline=adc_zero if baseline is None else baseline,  # WFDB: baseline defaults to zero.
         units=units,
         name=" ".join(tokens[8:]),
+        checksum=ints[3] if len(ints) > 3 else None,
     )
 
 

@@ -15,7 +15,10 @@ canonical_ecg's reasons:
   truncated_signal (a signal file holding fewer bytes / samples than the header announces),
   unreadable (any other wfdb failure, for records on the wfdb path), bad_sampling_rate (fs
   absent or outside `fs_range`), not_a_regular_file (a header or signal file that is a FIFO,
-  device or socket: never opened, reading it could block or never end).
+  device or socket: never opened, reading it could block or never end), checksum_mismatch
+  (a signal's samples do not sum to the checksum its header line gives), signal_file_mismatch
+  (a .mat file whose MATLAB header contradicts the WFDB header: transposed, another variable
+  name moving the data, a MATLAB 5 file), header_syntax also for a skew longer than the record.
 Reads are bounded by the files' real sizes (safe_files.py): a header is read up to its size
 (and refused above MAX_HEADER_BYTES), and the bytes a header announces are compared with the
 signal files' sizes before anything is allocated.
@@ -115,7 +118,6 @@ def _read_fast(base: pathlib.Path, header: wfdb_header.Header) -> np.ndarray:
         if any(header.signals[c].fmt != header.signals[channels[0]].fmt for c in channels):
             raise RecordError(base, "header_syntax", f"{base}.hea: signals stored in {file_name} "
                               "have different formats; WFDB requires one format per file")
-    _check_announced_sizes(base, header)  # before any allocation the header asks for
     out = None if len(by_file) == 1 else np.empty((len(header.signals), header.sig_len))
     for file_name, channels in by_file.items():
         spec = header.signals[channels[0]]
@@ -129,6 +131,7 @@ def _read_fast(base: pathlib.Path, header: wfdb_header.Header) -> np.ndarray:
             raise RecordError(path, "truncated_signal", _truncated(path, header, spec, channels,
                                                                    need, raw.size))
         digital = _decode(raw, spec.fmt, n).reshape(header.sig_len, len(channels)).T
+        _verify_checksums(base, path, header, channels, digital)
         # In-place float64 steps on (channels, T) rows: numpy's mixed int/float broadcasting
         # over a 12-wide last axis costs ~8x more for the same values.
         physical = digital.astype(np.float64, order="C")
@@ -141,6 +144,28 @@ def _read_fast(base: pathlib.Path, header: wfdb_header.Header) -> np.ndarray:
             return physical.T
         out[channels] = physical
     return out.T
+
+
+def _verify_checksums(base: pathlib.Path, path: pathlib.Path, header: wfdb_header.Header,
+                      channels: list[int], digital: np.ndarray) -> None:
+    """checksum_mismatch when a signal's samples do not sum to its header's checksum (WFDB: the
+    sum of all the signal's samples as a signed 16-bit integer): the signal file is not the
+    one the header was written with (bytes flipped or overwritten, a file of another record)."""
+    sums = digital.sum(axis=1, dtype=np.int64)
+    for row, channel in enumerate(channels):
+        spec = header.signals[channel]
+        if spec.checksum is None:
+            continue
+        got, expected = _int16(int(sums[row])), _int16(spec.checksum)
+        if got != expected:
+            raise RecordError(path, "checksum_mismatch", f"{path}: signal {channel + 1} "
+                              f"({spec.name or 'unnamed'}) sums to checksum {got}, {base}.hea "
+                              f"says {expected}: the signal file is not the one the header "
+                              "was written with")
+
+
+def _int16(value: int) -> int:
+    return (value + 2**15) % 2**16 - 2**15
 
 
 def _truncated(path, header, spec, channels, need: int, size: int) -> str:
@@ -184,6 +209,89 @@ def _check_announced_sizes(base: pathlib.Path, header: wfdb_header.Header) -> No
                                                                    need, max(size, 0)))
 
 
+def _check_skews(base: pathlib.Path, header: wfdb_header.Header) -> None:
+    """header_syntax when a signal's skew (the samples it lags the others by) is longer than
+    the record: wfdb allocates the record plus the skew (16x1:999999999 asked for ~22 GB)."""
+    for number, spec in enumerate(header.signals, start=1):
+        if not spec.skew:
+            continue
+        length = header.sig_len or _stored_frames(base, header, spec)
+        if spec.skew > length:
+            raise RecordError(base, "header_syntax", f"{base}.hea: signal {number} is skewed by "
+                              f"{spec.skew} samples, more than the record's {length}")
+
+
+def _stored_frames(base: pathlib.Path, header: wfdb_header.Header,
+                   spec: wfdb_header.SignalSpec) -> float:
+    """The frames `spec`'s signal file holds, from its size (inf when its format's size per
+    sample is not fixed, or the file cannot be seen)."""
+    per_frame = sum(s.samps_per_frame for s in header.signals if s.file_name == spec.file_name)
+    try:
+        size = os.stat(base.parent / spec.file_name).st_size - spec.byte_offset
+    except OSError:
+        return float("inf")
+    if spec.fmt not in _BYTES_PER_SAMPLE or not per_frame:
+        return float("inf")
+    return max(size, 0) // (_BYTES_PER_SAMPLE[spec.fmt] * per_frame)
+
+
+# A MATLAB v4 matrix header: type (MOPT), rows, columns, imaginary flag, name length, then the
+# name; wfdb2mat writes a record's signals as the rows of one int matrix named "val".
+_MAT_V4 = 20
+# The MOPT precision digit P that a format's samples are stored as (3: int16, 2: int32).
+_MAT_PRECISION = {"16": 3, "61": 3, "32": 2}
+
+
+def _check_mat_headers(base: pathlib.Path, header: wfdb_header.Header) -> None:
+    """signal_file_mismatch when a .mat signal file's MATLAB header contradicts the WFDB
+    header: the samples would be read from the wrong bytes or in the wrong order (a transposed
+    matrix, a longer variable name moving the data, a MATLAB 5 file) and decode as noise."""
+    for file_name in dict.fromkeys(s.file_name for s in header.signals):
+        if not file_name.lower().endswith(".mat"):
+            continue
+        channels = [s for s in header.signals if s.file_name == file_name]
+        path = base.parent / file_name
+        with _open_signal(base, path) as f:
+            head = f.read(_MAT_V4)
+        problem = _mat_problem(head, channels, header.sig_len)
+        if problem:
+            raise RecordError(path, "signal_file_mismatch", f"{path} is not the signal matrix "
+                              f"{base}.hea describes: {problem}")
+
+
+def _mat_problem(head: bytes, channels: list, sig_len: int | None) -> str | None:
+    spec = channels[0]
+    if len(head) < _MAT_V4:
+        return None  # a file too short for any header: truncated_signal says what it lacks
+    fields = None
+    for order in "<>":  # MOPT's M digit says the byte order; try both
+        mopt, rows, cols, imag, namlen = np.frombuffer(head, f"{order}i4").tolist()
+        if 0 <= mopt < 5000 and mopt % 10 == 0 and (mopt // 100) % 10 == 0:
+            fields = mopt, rows, cols, imag, namlen
+            break
+    if fields is None:
+        if spec.byte_offset == 0:
+            return None  # a plain signal file that happens to be named .mat
+        what = "a MATLAB 5 file" if head.startswith(b"MATLAB") else "not a MATLAB v4 file"
+        return f"it is {what}; WFDB's .mat files are MATLAB v4 matrices (wfdb2mat)"
+    mopt, rows, cols, imag, namlen = fields
+    problems = []
+    n_rows = sum(s.samps_per_frame for s in channels)
+    if rows != n_rows or (sig_len is not None and cols != sig_len):
+        problems.append(f"its matrix is {rows} x {cols}, the header announces {n_rows} signals x "
+                        f"{sig_len} samples")
+    if imag:
+        problems.append("its matrix is complex")
+    if _MAT_V4 + namlen != spec.byte_offset:
+        problems.append(f"its data starts at byte {_MAT_V4 + namlen}, the header reads from "
+                        f"byte {spec.byte_offset}")
+    precision = _MAT_PRECISION.get(spec.fmt)
+    if precision is not None and (mopt // 10 % 10 != precision
+                                  or mopt // 1000 != (spec.fmt == "61")):
+        problems.append(f"its type code {mopt} does not store format {spec.fmt}")
+    return "; ".join(problems) or None
+
+
 def _check_segments(base: pathlib.Path, header: wfdb_header.Header) -> None:
     """A multi-segment record's segment headers and their signal files checked as a record's
     own are (kind, place, size) before wfdb opens any of them."""
@@ -197,12 +305,13 @@ def _check_segments(base: pathlib.Path, header: wfdb_header.Header) -> None:
         seg_header = read_header(seg_base)
         if seg_header.n_seg is None:
             _check_signal_files(seg_base, seg_header)
+            _check_skews(seg_base, seg_header)
             _check_announced_sizes(seg_base, seg_header)
+            _check_mat_headers(seg_base, seg_header)
 
 
 def _read_wfdb(base: pathlib.Path, header: wfdb_header.Header):
     """(T, n_sig) physical values, lead names and units through wfdb.rdrecord."""
-    _check_announced_sizes(base, header)
     _check_segments(base, header)
     try:
         record = wfdb.rdrecord(str(base), physical=True, m2s=True, smooth_frames=True)
@@ -244,6 +353,9 @@ def read_record(path, *, target_fs: float | None = 250.0, derive_limb_leads: boo
         raise RecordError(base, "bad_sampling_rate", f"{base}.hea: sampling frequency "
                           f"{header.fs} Hz, expected {fs_range[0]:g}-{fs_range[1]:g} Hz")
     _check_signal_files(base, header)
+    _check_skews(base, header)
+    _check_announced_sizes(base, header)  # before any allocation the header asks for
+    _check_mat_headers(base, header)
     if _fast_path_ok(header):
         raw = _read_fast(base, header)
         names, units = [s.name for s in header.signals], [s.units for s in header.signals]

@@ -91,6 +91,25 @@ def test_header_claiming_1e9_samples_is_truncated_before_allocating(tmp_path, fm
     assert hashes(tmp_path) == before
 
 
+def test_a_skew_longer_than_the_record_is_refused_before_allocating(tmp_path):
+    """A 16x1:999999999 signal would make wfdb allocate the record plus the skew (~22 GB); a
+    skew of 2 samples is legal WFDB and reads (through wfdb, which applies it). A header of
+    megabytes is not a header: header_syntax, not a missing one."""
+    lines = _copy_record(tmp_path, "skewed").splitlines()
+    for name, skew in (("huge_skew", 999999999), ("small_skew", 2)):
+        text = _copy_record(tmp_path, name).splitlines()
+        text[1:13] = [line.replace(" 16x1+24 ", f" 16x1:{skew}+24 ") for line in lines[1:13]]
+        (tmp_path / f"{name}.hea").write_text("\n".join(text).replace("skewed", name) + "\n")
+    (tmp_path / "skewed.hea").unlink()
+    (tmp_path / "skewed.mat").unlink()
+    (tmp_path / "long_header.hea").write_text("long_header 12 500 5000\n# " + "A" * (5 << 20))
+    before = hashes(tmp_path)
+    assert _read_all("wfdb_folder", tmp_path) == {"huge_skew": "header_syntax",
+                                                  "long_header": "header_syntax",
+                                                  "small_skew": None}
+    assert hashes(tmp_path) == before
+
+
 def test_multi_segment_records_check_every_segment_before_wfdb_opens_it(tmp_path):
     """A segment header that is a FIFO, a segment whose header claims 10^9 samples, a segment
     named outside the folder: each a reasoned skip; an intact two-segment record reads."""
