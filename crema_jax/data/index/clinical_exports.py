@@ -90,7 +90,7 @@ def _label_rows(spec: str, root: pathlib.Path) -> tuple[dict[str, dict], pathlib
     path = pathlib.Path(spec) if os.path.isabs(spec) else root / spec
     rows, lines = {}, {}
     with safe_files.open_text(path, newline="") as f:
-        reader = csv.DictReader(f)
+        reader = csv.DictReader(f, strict=True)
         if "file" not in (reader.fieldnames or []) or "labels" not in reader.fieldnames:
             raise ValueError(f"{path}: expected columns file, labels (and optional split), got "
                              f"{reader.fieldnames}")

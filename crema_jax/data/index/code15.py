@@ -79,7 +79,7 @@ def _read_exams(path: pathlib.Path) -> dict[int, dict]:
         raise FileNotFoundError(f"code15 layout: expected {path} (CODE-15%'s exam table)")
     exams = {}
     with safe_files.open_text(path, newline="") as f:
-        reader = csv.DictReader(f)
+        reader = csv.DictReader(f, strict=True)
         missing = [c for c in _REQUIRED if c not in (reader.fieldnames or [])]
         if missing:
             raise ValueError(f"{path}: missing columns {missing}; expected CODE-15%'s exams.csv "

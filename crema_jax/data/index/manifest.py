@@ -28,7 +28,7 @@ def manifest(root, *, csv_name: str = "manifest.csv", val_fraction: float = 0.1,
         raise FileNotFoundError(f"manifest layout: expected a CSV file at {csv_path}")
     records = []
     with safe_files.open_text(csv_path, newline="") as f:
-        reader = csv.DictReader(f)
+        reader = csv.DictReader(f, strict=True)
         if "path" not in (reader.fieldnames or []):
             raise ValueError(f"{csv_path}: expected a 'path' column (optional: labels, split, "
                              f"source, patient_id, record_id), got {reader.fieldnames}")

@@ -13,7 +13,8 @@ ECGs at 500 Hz of ~160,000 patients, https://physionet.org/content/mimic-iv-ecg/
 
 Record id = study_id; splits = hash_split(subject_id) (a patient never straddles splits);
 meta: patient_id (= subject_id), ecg_time and `report`, the non-empty report lines in column
-order. A `path` that leaves ROOT is refused.
+order. A `path` that leaves ROOT is refused. A study_id listed again is a duplicate_study_id
+skip (its report and labels would be the first's; the first row is used).
 
 Labels are optional (`label_map`): "" (default) none; "default" the map below; or a JSON file
 {"LABEL": ["keyword", ...]} or {"LABEL": {"include": [...], "exclude": [...]}}. A record has a
@@ -32,6 +33,7 @@ import re
 
 from crema_jax.data.index.dataset_index import DatasetIndex, RecordInfo, hash_split
 from crema_jax.data.reading import safe_files
+from crema_jax.data.reading.read import BadRecord
 
 REPORT_COLUMNS = tuple(f"report_{k}" for k in range(18))
 # label -> (include, exclude). Names follow CODE-15%'s six where they overlap (code15.py).
@@ -119,7 +121,7 @@ def _reports(path: pathlib.Path) -> dict[str, tuple[str, ...]]:
     if not path.is_file():
         return {}
     with safe_files.open_text(path, newline="") as f:
-        reader = csv.DictReader(f)
+        reader = csv.DictReader(f, strict=True)
         if "study_id" not in (reader.fieldnames or []):
             raise ValueError(f"{path}: expected a study_id column and report_0..report_17, got "
                              f"{reader.fieldnames}")
@@ -148,9 +150,9 @@ def mimic_iv_ecg(root, *, label_map: str = "", drop_unlabelled: bool = False,
     labeller = ReportLabeller(keywords) if keywords else None
     reports = _reports(root / "machine_measurements.csv")
     real_root = os.path.realpath(root)
-    records = []
+    records, seen = [], {}
     with safe_files.open_text(record_list, newline="") as f:
-        reader = csv.DictReader(f)
+        reader = csv.DictReader(f, strict=True)
         missing = [c for c in ("subject_id", "study_id", "path") if c not in
                    (reader.fieldnames or [])]
         if missing:
@@ -172,10 +174,15 @@ def mimic_iv_ecg(root, *, label_map: str = "", drop_unlabelled: bool = False,
                 continue
             meta = {"patient_id": subject or None, "study_id": study,
                     "ecg_time": row.get("ecg_time"), "report": lines}
+            reader = None
+            if study in seen:  # its report (and labels) would be another record's
+                reader = BadRecord("duplicate_study_id", f"{record_list}:{line}: study_id "
+                                   f"{study} appears again (line {seen[study]} is used)")
+            seen.setdefault(study, line)
             records.append(RecordInfo(
                 study, path, labels, hash_split(subject or study,
                                                 val_fraction=val_fraction,
                                                 test_fraction=test_fraction),
-                source, meta))
+                source, meta, reader))
     names = sorted(keywords) if keywords else []
     return DatasetIndex(records, names, "mimic_iv_ecg", str(root))

@@ -71,7 +71,7 @@ def _csv_rows(path: pathlib.Path | None) -> list[tuple[int, dict]] | None:
     if path is None:
         return None
     with safe_files.open_text(path, newline="") as f:
-        reader = csv.DictReader(f)
+        reader = csv.DictReader(f, strict=True)
         rows = [(line, {k: (v or "").strip() for k, v in row.items() if k})
                 for line, row in enumerate(reader, start=2)]
     return rows

@@ -17,7 +17,7 @@ PTBXL_LABEL_SETS = ("superclass", "subclass", "diagnostic", "form", "rhythm", "a
 
 def _read_scp_statements(path: pathlib.Path) -> dict[str, dict]:
     with safe_files.open_text(path, newline="") as f:
-        reader = csv.reader(f)
+        reader = csv.reader(f, strict=True)
         header = next(reader, None)
         if not header:
             raise ValueError(f"{path}: empty; expected PTB-XL's scp_statements.csv (a header "
@@ -97,7 +97,7 @@ def ptbxl(root, *, label_set: str = "superclass", sampling_rate: int = 500,
     column = "filename_hr" if sampling_rate == 500 else "filename_lr"
     records = []
     with safe_files.open_text(database, newline="") as f:
-        for line, row in enumerate(csv.DictReader(f), start=2):
+        for line, row in enumerate(csv.DictReader(f, strict=True), start=2):
             try:  # literal_eval: Python literals only, never code
                 scp_codes = ast.literal_eval(row["scp_codes"] or "")
                 fold = float(row["strat_fold"] or "")

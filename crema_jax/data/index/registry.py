@@ -15,6 +15,7 @@ importing only the shared index helpers. Indexing never loads a signal.
 from __future__ import annotations
 
 import inspect
+import math
 
 from crema_jax.data.index.clinical_exports import clinical_exports
 from crema_jax.data.index.code15 import code15
@@ -46,4 +47,44 @@ def build_index(layout: str, root, **opts) -> DatasetIndex:
     if unknown:
         raise ValueError(f"layout {layout}: unknown option {unknown[0]!r}; it takes "
                          f"{', '.join(accepted)}")
+    parameters = inspect.signature(LAYOUTS[layout]).parameters
+    opts = {name: _typed(layout, name, parameters[name].annotation, value)
+            for name, value in opts.items()}
     return LAYOUTS[layout](root, **opts)
+
+
+def _typed(layout: str, name: str, annotation, value):
+    """An option's value as its keyword's annotated type. Options come as JSON-read text
+    (`--layout_option=KEY=VALUE`, a config, a task file): val_fraction=abc or label_names=5 is
+    one line naming the option, never a TypeError inside the layout, and label_names=AF,LBBB
+    a list of two names, not of the letters of a string."""
+    def refuse(expected: str):
+        return ValueError(f"layout {layout}: option {name}={value!r}, expected {expected}")
+    if annotation == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
+                value):
+            raise refuse("a finite number")
+        return float(value)
+    if annotation == "int":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
+                value) or value != int(value):
+            raise refuse("an integer")
+        return int(value)
+    if annotation == "bool":
+        if not isinstance(value, bool):
+            raise refuse("true or false")
+        return value
+    if annotation in ("str", "str | None"):
+        if value is None and annotation == "str | None":
+            return value
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise refuse("a text")
+        return str(value)
+    if annotation == "list[str] | None":
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if value is not None and (not isinstance(value, (list, tuple)) or not all(
+                isinstance(v, str) and v for v in value)):
+            raise refuse('a list of names, e.g. AF,LBBB or ["AF","LBBB"]')
+        return None if value is None else list(value)
+    return value

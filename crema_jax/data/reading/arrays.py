@@ -13,6 +13,8 @@ A record that cannot be used raises RecordError, the message naming the file:
                     Python objects (it would need unpickling, which is never done)
   bad_shape         not (records, samples, channels) / (samples, channels) with one channel per
                     stated lead (the shape found and the one expected are named)
+  bad_dtype         values that are not real numbers (complex: the imaginary part would be
+                    dropped; text; booleans)
   missing_row       ROW beyond the array's records
   not_a_regular_file  a FIFO, device or socket (never opened: reading it could block or never end)
   too_large         a compressed .npz member inflating beyond MAX_INFLATED_BYTES, or one HDF5
@@ -306,6 +308,9 @@ def checked_array(path: str, fmt: ArrayFormat):
     """(the stored array, its file, the row or None), its shape and the row checked."""
     file, row = split_locator(path)
     array = _array_of(file, fmt)
+    if array.dtype.kind not in "iuf":  # complex values would lose their imaginary part
+        raise RecordError(path, "bad_dtype", f"{file}: array of {array.dtype}, expected real "
+                          "numbers (integers or floats)")
     want = 2 if row is None else 3
     if array.ndim != want or array.shape[-1 - fmt.time_axis] != len(fmt.leads):
         axes = ["samples", "samples"]

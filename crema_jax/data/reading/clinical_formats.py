@@ -34,6 +34,7 @@ import binascii
 import dataclasses
 import os
 import re
+import warnings
 from xml.etree.ElementTree import ParseError
 
 import numpy as np
@@ -312,6 +313,9 @@ def _edf_expected_bytes(path) -> int | None:
             header_bytes = int(head[184:192])
         except ValueError:
             return None
+    if records < -1:
+        raise RecordError(path, "unreadable", f"{path}: EDF header says {records} data records, "
+                          "expected a count or -1 (a recording whose length is unknown)")
     if header_bytes != 256 * (ns + 1):
         raise RecordError(path, "unreadable", f"{path}: EDF header says {header_bytes} header "
                           f"bytes, expected 256 x (1 + {ns} signals) = {256 * (ns + 1)}")
@@ -326,7 +330,10 @@ def _edf(path) -> Parsed:
         raise RecordError(path, "truncated_signal", f"{path}: EDF file holds {size} bytes, its "
                           f"header declares {want}")
     try:
-        edf = edfio.read_edf(path, lazy_load_data=False)
+        with warnings.catch_warnings():  # -1 records: edfio counts them, and says so twice
+            warnings.filterwarnings("ignore", r".*(data records|data record at the end)",
+                                    UserWarning)
+            edf = edfio.read_edf(path, lazy_load_data=False)
         signals = [s for s in edf.signals if _lead_label(s.label)]
         for s in signals:  # the scale (pmax - pmin) / (dmax - dmin): edfio warns and goes on
             if s.physical_min == s.physical_max or s.digital_min == s.digital_max:

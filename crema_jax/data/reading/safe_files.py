@@ -69,12 +69,15 @@ def open_regular(path):
 class _TextFile(io.TextIOWrapper):
     """A text file whose `with` block ends a CSV or decoding failure inside it in a ValueError
     naming the file (csv's "field larger than field limit" and a UTF-16 file's decoding error
-    named none)."""
+    named none). Its CSV readers are strict: an unbalanced quote is an error, not a cell that
+    swallows every row after it."""
 
     def __exit__(self, kind, err, traceback):
         super().__exit__(kind, err, traceback)
         if isinstance(err, csv.Error):
-            raise ValueError(f"{self.source}: not a readable CSV file ({err})") from None
+            hint = ("; a quote opens a cell that never closes" if "end of data" in str(err)
+                    else "")
+            raise ValueError(f"{self.source}: not a readable CSV file ({err}{hint})") from None
         if isinstance(err, UnicodeDecodeError):
             raise ValueError(f"{self.source}: not {self.encoding.split('-sig')[0].upper()} text "
                              f"({err.reason} at byte {err.start}); save it as UTF-8") from None

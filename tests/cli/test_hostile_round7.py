@@ -1,0 +1,136 @@
+"""Careless and hostile datasets, seventh round: layout options of the wrong type, a CSV with a
+quote that never closes, arrays of complex or boolean values, an EDF header with a negative
+record count, a MIMIC-IV-ECG record list naming one study twice. Each is one line naming the
+option or file, or a counted skip; none is read as something else."""
+import csv
+import json
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+from crema_jax.data.index import dataset_index, registry
+from crema_jax.data.reading import arrays, clinical_formats, read
+from crema_jax.data.reading.ecg import RecordError
+from crema_jax.data.reading.leads import LEADS
+from tests.data import clinical_files
+
+SAMPLE = dataset_index.sample_data_dir()
+
+
+def _manifest(folder, rows: str) -> str:
+    (folder / "manifest.csv").write_text("path,labels\n" + rows)
+    return str(folder / "manifest.csv")
+
+
+@pytest.mark.parametrize("layout, option, said", [
+    ("manifest", {"label_names": 5}, 'option label_names=5, expected a list of names, e.g. '
+                                     'AF,LBBB or ["AF","LBBB"]'),
+    ("manifest", {"val_fraction": "abc"}, "option val_fraction='abc', expected a finite number"),
+    ("manifest", {"test_fraction": float("nan")}, "option test_fraction=nan, expected a finite number"),
+    ("ptbxl", {"sampling_rate": 1.5}, "option sampling_rate=1.5, expected an integer"),
+    ("ptbxl", {"drop_unlabelled": "yes"}, "option drop_unlabelled='yes', expected true or "
+                                          "false"),
+    ("code15", {"units": [1, 2]}, "option units=[1, 2], expected a text"),
+])
+def test_layout_options_of_the_wrong_type_are_named(tmp_path, layout, option, said):
+    root = _manifest(tmp_path, f"{SAMPLE}/E07500,AF\n") if layout == "manifest" else tmp_path
+    with pytest.raises(ValueError) as raised:
+        registry.build_index(layout, root, **option)
+    assert str(raised.value) == f"layout {layout}: {said}"
+
+
+def test_label_names_given_as_text_are_a_list_of_names(tmp_path):
+    """label_names=AF,LBBB from a flag is two classes, not the letters A, F, ',', L, B..."""
+    root = _manifest(tmp_path, f"{SAMPLE}/E07500,AF\n{SAMPLE}/E07501,LBBB;X\n")
+    for value in ("AF,LBBB", ["AF", "LBBB"], ("AF", "LBBB")):
+        index = registry.build_index("manifest", root, label_names=value)
+        assert index.label_names == ["AF", "LBBB"]
+    assert registry.build_index("manifest", root, val_fraction=0).records[0].split in (
+        "train", "test")
+
+
+def test_a_wrong_layout_option_on_the_command_line_is_one_line(tmp_path):
+    root = _manifest(tmp_path, f"{SAMPLE}/E07500,AF\n")
+    done = subprocess.run([sys.executable, "-m", "crema_jax.main", "prepare", "--layout=manifest",
+                           f"--root={root}", f"--out={tmp_path / 'cache'}",
+                           "--layout_option=val_fraction=abc"],
+                          capture_output=True, text=True, timeout=120,
+                          env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 1, done.stderr
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert errors == ["crema-jax prepare: error: layout manifest: option val_fraction='abc', "
+                      "expected a finite number"], done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_quote_that_never_closes_is_an_error_not_one_swallowing_cell(tmp_path):
+    """Read leniently, `"AF` opened a cell holding every following row: 1 record of 4, exit 0."""
+    cells = ['"AF', "AF", "AF", "AF"]
+    root = _manifest(tmp_path, "".join(f"{SAMPLE}/E0750{k},{cell}\n"
+                                       for k, cell in enumerate(cells)))
+    with pytest.raises(ValueError, match=r"manifest.csv: not a readable CSV file \(unexpected end "
+                                         r"of data; a quote opens a cell that never closes\)"):
+        registry.build_index("manifest", root)
+    root = _manifest(tmp_path, f'{SAMPLE}/E07500,"AF,LBBB"\n{SAMPLE}/E07501,AF\n')
+    index = registry.build_index("manifest", root)
+    assert [r.labels for r in index.records] == [("AF", "LBBB"), ("AF",)]
+
+
+@pytest.mark.parametrize("dtype", [np.complex64, np.bool_, "U4"])
+def test_arrays_of_values_that_are_no_real_numbers_are_skipped(tmp_path, dtype):
+    """complex -> float64 dropped the imaginary part with a ComplexWarning and went on."""
+    values = np.ones((12, 1000)) * (1 + 2j)
+    np.save(tmp_path / "x.npy", values.astype(dtype) if dtype != "U4" else values.astype("U4"))
+    fmt = arrays.ArrayFormat(fs=500.0, leads=LEADS)
+    with pytest.raises(RecordError, match=r"x.npy: array of (complex64|bool|<U4), expected real "
+                                          r"numbers") as raised:
+        read.read(str(tmp_path / "x.npy"), fmt)
+    assert raised.value.reason == "bad_dtype"
+    ints = np.random.default_rng(0).integers(-500, 500, (12, 1000)).astype(np.int16)
+    np.save(tmp_path / "y.npy", ints)
+    np.testing.assert_array_equal(read.read(str(tmp_path / "y.npy"), fmt, target_fs=None,
+                                            derive_limb_leads=False).signal, ints)
+
+
+def _edf(tmp_path, records_field: bytes):
+    rng = np.random.default_rng(0)
+    stored = clinical_files.write_edf(tmp_path / "x.edf", rng.normal(0, 0.5, (12, 2500)), 500)
+    data = bytearray((tmp_path / "x.edf").read_bytes())
+    data[236:244] = records_field.ljust(8)
+    (tmp_path / "x.edf").write_bytes(bytes(data))
+    return tmp_path / "x.edf", stored
+
+
+def test_an_edf_with_a_negative_record_count_is_refused_and_minus_one_is_read_quietly(tmp_path):
+    path, _ = _edf(tmp_path, b"-5")
+    with pytest.raises(RecordError, match="EDF header says -5 data records, expected a count or "
+                                          "-1") as raised:
+        clinical_formats.parse(path)
+    assert raised.value.reason == "unreadable"
+    path, stored = _edf(tmp_path, b"-1")  # the length is unknown: the file's 5 records count
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        parsed = clinical_formats.parse(path)
+    assert [str(w.message) for w in caught] == []
+    assert parsed.units == ["uV"] * 12
+    np.testing.assert_allclose(parsed.signal.T / 1000.0, stored, rtol=1e-12, atol=1e-12)
+
+
+def test_a_study_listed_twice_in_mimic_record_list_is_a_counted_skip(tmp_path):
+    """The second row's record would get the first study's report and labels."""
+    with open(tmp_path / "record_list.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["subject_id", "study_id", "file_name", "ecg_time", "path"])
+        for subject, study in ((1000, 5000), (1001, 5000), (1002, 5002)):
+            writer.writerow([subject, study, study, "t", f"files/p{subject}/s{study}/{study}"])
+    index = registry.build_index("mimic_iv_ecg", tmp_path)
+    reasons = [r.reader.reason if r.reader is not None else None for r in index.records]
+    assert reasons == [None, "duplicate_study_id", None]
+    with pytest.raises(RecordError, match=r"record_list.csv:3: study_id 5000 appears again "
+                                          r"\(line 2 is used\)"):
+        read.read(index.records[1].path, index.records[1].reader)
+    assert json.dumps([r.record_id for r in index.records]) == '["5000", "5000", "5002"]'
