@@ -29,7 +29,8 @@ def _manifest(folder, rows: str) -> str:
     ("manifest", {"label_names": 5}, 'option label_names=5, expected a list of names, e.g. '
                                      'AF,LBBB or ["AF","LBBB"]'),
     ("manifest", {"val_fraction": "abc"}, "option val_fraction='abc', expected a finite number"),
-    ("manifest", {"test_fraction": float("nan")}, "option test_fraction=nan, expected a finite number"),
+    ("manifest", {"test_fraction": float("nan")},
+     "option test_fraction=nan, expected a finite number"),
     ("ptbxl", {"sampling_rate": 1.5}, "option sampling_rate=1.5, expected an integer"),
     ("ptbxl", {"drop_unlabelled": "yes"}, "option drop_unlabelled='yes', expected true or "
                                           "false"),
