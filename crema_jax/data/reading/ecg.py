@@ -83,6 +83,11 @@ def repair_nans(x: np.ndarray, present: np.ndarray, repairs: dict) -> None:
 
 
 MIN_SECONDS = 2.0  # a shorter record is a too_short skip (every reader, every source)
+# The most samples (x channels) a record is read whole with: 3.1 h of 12 leads at 500 Hz, 24 h
+# of 3 leads at 256 Hz. Reading one costs ~14 bytes a sample at its peak (float64 rows, their
+# float32 copy, the resampled output): ~0.9 GB here, where a 24 h 12-lead record at 500 Hz
+# peaked at 12.8 GB. A longer record is a too_large skip.
+MAX_SAMPLES = 2**26
 NAN_POLICIES = ("interpolate", "zero", "drop_window", "keep")
 FLAT_LEADS = ("absent", "keep")
 
@@ -113,7 +118,8 @@ def canonical_ecg(raw: np.ndarray, names, units, fs: float, *, path: str, where:
                   meta: dict | None = None, target_fs: float | None = 250.0,
                   derive_limb_leads: bool = True, min_seconds: float | None = MIN_SECONDS,
                   nan_policy: str = "interpolate", resample_method: str = "polyphase",
-                  flat_leads: str = "absent", window: Window | None = None) -> Ecg:
+                  flat_leads: str = "absent", window: Window | None = None,
+                  owned: bool = False) -> Ecg:
     """Decoded samples of any record format -> the canonical Ecg: THE one place where channels
     become the 12 leads, units become mV, the NaN policy applies, flat leads are dropped, limb
     leads derived and the signal resampled (and, on ST-MEM's path, cut into a window). Every
@@ -124,6 +130,8 @@ def canonical_ecg(raw: np.ndarray, names, units, fs: float, *, path: str, where:
     units (default: path). nan_policy: "interpolate" partial NaN runs (all-NaN leads become
     absent zeros); "zero": every NaN -> 0 (ECGFounder); "drop_window": the record (or window)
     holding any NaN is skipped as nan_window (ST-MEM); "keep": NaN stays (target_fs None only).
+    owned: `raw` is the reader's own new array, which may be reused and changed in place (a
+    record stored in lead order needs no copy; never a memory map or a cached array).
     window: cut this window after the whole record is repaired and checked. Two orders, each
     exact as it was written: the recorded leads resampled first, then limb leads derived at the
     target rate (ours: polyphase, whole records); or, when `resampled_last` says so, limb leads
@@ -135,7 +143,8 @@ def canonical_ecg(raw: np.ndarray, names, units, fs: float, *, path: str, where:
         raise ValueError(f"flat_leads={flat_leads!r}: expected one of {FLAT_LEADS}")
     if raw.shape[0] == 0:
         raise RecordError(path, "no_signal", f"record {path} holds no samples")
-    signal, present, repairs = _to_leads(raw, names, units, path=path, where=where or path)
+    signal, present, repairs = _to_leads(raw, names, units, path=path, where=where or path,
+                                         owned=owned)
     _check_magnitude(signal, path=path, where=where or path)
     signal = _apply_nan_policy(signal, present, repairs, nan_policy)
     _drop_flat_leads(signal, present, repairs, flat_leads)
@@ -167,9 +176,11 @@ def canonical_ecg(raw: np.ndarray, names, units, fs: float, *, path: str, where:
                record_id=os.path.basename(path), path=path, meta=meta, repairs=repairs)
 
 
-def _to_leads(raw: np.ndarray, names, units, *, path: str, where: str):
+def _to_leads(raw: np.ndarray, names, units, *, path: str, where: str, owned: bool = False):
     """(float64 (12, T) in mV, lead_present, repairs): each channel named after a standard lead
-    goes to its row; unknown names and repeats of a lead are dropped."""
+    goes to its row; unknown names and repeats of a lead are dropped. An `owned` raw whose
+    transpose already is those rows (12 channels in lead order, in mV, float64, C order) is
+    used as it is."""
     present = np.zeros(leads_lib.NUM_LEADS, bool)
     repairs: dict[str, int] = {}
     rows, channels, factors = [], [], []
@@ -186,6 +197,12 @@ def _to_leads(raw: np.ndarray, names, units, *, path: str, where: str):
         channels.append(ch)
         factors.append(UNIT_TO_MV[unit])
         present[row] = True
+    rows_view = raw.T
+    if (owned and rows == list(range(leads_lib.NUM_LEADS)) and channels == rows
+            and raw.shape[1] == leads_lib.NUM_LEADS and all(f == 1.0 for f in factors)
+            and rows_view.dtype == np.float64 and rows_view.flags.c_contiguous
+            and rows_view.flags.writeable):
+        return rows_view, present, repairs
     signal = np.zeros((leads_lib.NUM_LEADS, raw.shape[0]), np.float64)
     if rows:  # one transposing copy: (T, channels) -> the lead rows, scaled to mV
         factor = np.asarray(factors)
@@ -203,8 +220,9 @@ MAX_ABS_MV = 1e5
 def _check_magnitude(signal: np.ndarray, *, path: str, where: str) -> None:
     """RecordError bad_units when a sample is infinite or beyond MAX_ABS_MV (NaN: the NaN
     policy's)."""
-    with np.errstate(invalid="ignore"):
-        peak = np.max(np.abs(signal), initial=0.0, where=~np.isnan(signal))
+    # fmax/fmin skip NaN without the copies abs and isnan made (a long record's size each).
+    peak = max(np.fmax.reduce(signal, axis=None, initial=0.0),
+               -np.fmin.reduce(signal, axis=None, initial=0.0))
     if peak > MAX_ABS_MV:
         raise RecordError(path, "bad_units", f"{where}: samples reach {peak:.3g} mV, expected "
                           f"at most {MAX_ABS_MV:g} mV (a gain or unit that misstates the signal)")
@@ -242,6 +260,8 @@ def _resample_recorded(signal: np.ndarray, present: np.ndarray, fs: float, targe
                        method: str) -> tuple[np.ndarray, float]:
     """The recorded rows resampled (absent rows stay zero, at the new length)."""
     rows = np.flatnonzero(present)
+    if rows.size == len(present):  # every lead: no copy of the rows first
+        return resample(signal, fs, target_fs, method=method)
     resampled, fs = resample(signal[rows], fs, target_fs, method=method)
     out = np.zeros((leads_lib.NUM_LEADS, resampled.shape[1]), np.float32)
     out[rows] = resampled

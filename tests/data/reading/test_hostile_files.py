@@ -110,6 +110,27 @@ def test_a_skew_longer_than_the_record_is_refused_before_allocating(tmp_path):
     assert hashes(tmp_path) == before
 
 
+def test_a_record_too_long_to_read_whole_is_refused_before_allocating(tmp_path):
+    """24 h of 12 leads at 500 Hz peaked at 12.8 GB; a record of more than 2**26 samples over
+    its signals (whose file really holds them: a sparse file) is a too_large skip, one sample
+    less reads as far as its checksums."""
+    lines = _copy_record(tmp_path, "template").splitlines()
+    for name, samples in (("long", 2**26 // 12 + 1), ("longest_read", 2**26 // 12)):
+        signals = [" ".join(line.split()[:3] + ["16", "0"]).replace("template.mat", f"{name}.dat")
+                   .replace("16x1+24", "16") for line in lines[1:13]]
+        (tmp_path / f"{name}.hea").write_text(f"{name} 12 500 {samples}\n" + "\n".join(signals)
+                                              + "\n")
+        with open(tmp_path / f"{name}.dat", "wb") as f:
+            f.truncate(2 * 12 * samples)
+    for suffix in (".hea", ".mat"):
+        (tmp_path / f"template{suffix}").unlink()
+    before = hashes(tmp_path)
+    # The read one sample short of the limit is all zeros: its leads are flat, none is left.
+    assert _read_all("wfdb_folder", tmp_path, memory_gib=3) == {"long": "too_large",
+                                                                "longest_read": "no_signal"}
+    assert hashes(tmp_path) == before
+
+
 def test_multi_segment_records_check_every_segment_before_wfdb_opens_it(tmp_path):
     """A segment header that is a FIFO, a segment whose header claims 10^9 samples, a segment
     named outside the folder: each a reasoned skip; an intact two-segment record reads."""

@@ -128,3 +128,23 @@ def test_a_shuffled_copy_of_another_record_is_caught(tmp_path):
     path = _write(tmp_path, "swapped", _samples("E07500"))
     shutil.copyfile(SAMPLE / "E07501.mat", tmp_path / "swapped.mat")
     assert _reason(path) == "checksum_mismatch"
+
+
+@pytest.mark.parametrize("fmt, high, gain", [("16", 30000, 1000.0), ("212", 2000, 200.0),
+                                             ("80", 100, 100.0), ("24", 2**22, 1e5),
+                                             ("32", 2**30, 1e6)])
+def test_wfdb_written_checksums_verify_in_every_decoded_format(tmp_path, fmt, high, gain):
+    """wfdb.wrsamp computes its own checksums: each format reads, and one changed sample (the
+    low bit of the first) is a checksum_mismatch. (A change by a multiple of 65536, possible in
+    24 and 32 bits, leaves a 16-bit checksum as it was: WFDB's checksums cannot see it.)"""
+    import wfdb
+    digital = np.random.default_rng(1).integers(-high, high, (5000, 12)).astype(np.int32)
+    names = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+    wfdb.wrsamp("rec", fs=500, units=["mV"] * 12, sig_name=names, d_signal=digital,
+                fmt=[fmt] * 12, adc_gain=[gain] * 12, baseline=[0] * 12, write_dir=str(tmp_path))
+    ecg = wfdb_records.read_record(tmp_path / "rec", target_fs=None, derive_limb_leads=False)
+    np.testing.assert_allclose(ecg.signal, digital.T / gain, rtol=1e-6)
+    data = bytearray((tmp_path / "rec.dat").read_bytes())
+    data[0] ^= 0x01
+    (tmp_path / "rec.dat").write_bytes(bytes(data))
+    assert _reason(tmp_path / "rec") == "checksum_mismatch"
