@@ -1,7 +1,6 @@
 """The flags the evaluation commands share, declared once: `add` (backbone, dataset, protocols:
 probe, finetune, compare), `add_probe_head` (probe, compare) and `add_finetune_recipe`
 (finetune, compare)."""
-import math
 
 from crema_jax.cli import command
 from crema_jax.evaluate import ranges
@@ -69,9 +68,9 @@ def settings(args) -> dict:
     options = {"label_set": args.label_set} if args.layout == "ptbxl" else {}
     options.update(command.parse_key_values(args.layout_option, flag="layout_option"))
     label_fractions = _numbers(args.label_fractions, "label_fractions",
-                               ranges.FRACTION_OF_LABELS.ok, "each in (0, 1]")
-    split_fractions = _numbers(args.split_fractions, "split_fractions", lambda v: 0 <= v <= 1,
-                               "three, train,val,test, each in [0, 1], summing to at most 1")
+                               ranges.FRACTION_OF_LABELS)
+    split_fractions = _numbers(args.split_fractions, "split_fractions", ranges.SPLIT_FRACTION,
+                               "three, train,val,test, ")
     if split_fractions and (len(split_fractions) != 3 or not 0 < sum(split_fractions) <= 1 + 1e-9):
         raise command.FlagValueError(
             f"--split_fractions={','.join(args.split_fractions)}: expected three fractions, "
@@ -95,14 +94,16 @@ def settings(args) -> dict:
     }
 
 
-def _numbers(items, flag: str, ok, expected: str) -> list[float]:
-    """A list flag's items as finite floats passing `ok`, else a usage error naming the flag."""
+def _numbers(items, flag: str, valid: ranges.Range, which: str = "") -> list[float]:
+    """A list flag's items as floats, each in `valid`, else a usage error naming the flag."""
     try:
         values = [float(v) for v in items]
     except ValueError:
         values = [float("nan")]
-    if not all(math.isfinite(v) and ok(v) for v in values):
-        raise command.FlagValueError(f"--{flag}={','.join(items)}: expected numbers, {expected}")
+    if not all(valid.ok(v) for v in values):
+        each = valid.text.removeprefix("expected ")
+        raise command.FlagValueError(f"--{flag}={','.join(items)}: expected numbers, {which}"
+                                     f"each {each}")
     return values
 
 
@@ -118,7 +119,7 @@ def probe_head(args) -> dict:
     """The linear head's settings (evaluate.linear_probe.fit_linear_probe's keywords)."""
     from crema_jax.evaluate import linear_probe  # at run time: --help answers without importing JAX
 
-    l2_grid = (tuple(_numbers(args.l2_grid, "l2_grid", ranges.L2.ok, "each >= 0"))
+    l2_grid = (tuple(_numbers(args.l2_grid, "l2_grid", ranges.L2))
                or linear_probe.DEFAULT_L2_GRID)
     return {"l2_grid": l2_grid, "optimizer": args.probe_optimizer, "steps": args.probe_steps}
 

@@ -56,6 +56,7 @@ PROBE = {"steps": COUNT}
 MLP = {"hidden": COUNT, "steps": COUNT, "learning_rate": POSITIVE}
 L2 = NON_NEGATIVE                                  # each L2 strength of a grid
 FRACTION_OF_LABELS = Range(0, 1, low_open=True)    # each label fraction
+SPLIT_FRACTION = Range(0, 1)                       # each of train,val,test
 SUITE = {"bootstrap": COUNT, "alpha": Range(0, 1, low_open=True, high_open=True),
          "seed": INDEX, "batch_size": COUNT, "num_workers": INDEX}
 

@@ -112,9 +112,10 @@ def test_embed_names_each_rows_ecg_when_an_array_row_is_skipped(tmp_path, sit_ch
     ("finetune", ["--label_smoothing=2"], "flag --label_smoothing=2.0: expected a finite number"),
     ("finetune", ["--warmup_epochs=-1"], "flag --warmup_epochs=-1.0: expected a finite number "
                                          ">= 0"),
-    ("probe", ["--l2_grid=nan"], "--l2_grid=nan: expected numbers, each >= 0"),
-    ("probe", ["--l2_grid=-1,0"], "--l2_grid=-1,0: expected numbers, each >= 0"),
-    ("probe", ["--label_fractions=0"], "--label_fractions=0: expected numbers, each in (0, 1]"),
+    ("probe", ["--l2_grid=nan"], "--l2_grid=nan: expected numbers, each a finite number >= 0"),
+    ("probe", ["--l2_grid=-1,0"], "--l2_grid=-1,0: expected numbers, each a finite number >= 0"),
+    ("probe", ["--label_fractions=0"], "--label_fractions=0: expected numbers, each a finite "
+                                       "number in (0, 1]"),
     ("probe", ["--split_fractions=0.9,0.9,0.9"], "--split_fractions=0.9,0.9,0.9: expected three"),
     ("probe", ["--split_fractions=nan,0.5,0.5"], "--split_fractions=nan,0.5,0.5: expected"),
     ("compare", ["--checkpoint_b=random", "--alpha=nan"], "flag --alpha=nan: expected a finite"),
