@@ -249,9 +249,19 @@ def _merge(node: ml_collections.ConfigDict, saved: dict, prefix: str) -> None:
                     raise ValueError(f"saved config field {path}={value!r}: {err}") from None
 
 
+class ConfigValueError(ValueError):
+    """A config field outside its domain; `.config_field` names it ("train.global_batch_size"),
+    so that a command can tell a value set by a --config.FIELD= override (a usage error, exit
+    2) from one in the config file (exit 1)."""
+
+    def __init__(self, message: str, config_field: str):
+        super().__init__(message)
+        self.config_field = config_field
+
+
 def _check(ok: bool, field: str, value, expected: str) -> None:
     if not ok:
-        raise ValueError(f"config.{field}={value!r}: expected {expected}")
+        raise ConfigValueError(f"config.{field}={value!r}: expected {expected}", field)
 
 
 def _one_of(config, field: str, allowed) -> None:

@@ -226,7 +226,20 @@ class Command:
         except (CommandError, *USER_ERRORS) as err:
             if args.verbose or args.log_level == "debug":
                 traceback.print_exc()
+            flag = self._overriding_flag(err, argv)
+            if flag:
+                self._fail(f"flag --{flag}{_one_line(err).removeprefix('config')}", code=2)
             self._fail(_one_line(err), code=2 if isinstance(err, FlagValueError) else 1)
+
+    def _overriding_flag(self, err: BaseException, argv) -> str | None:
+        """The config flag whose --NAME.FIELD=VALUE override set the field `err` refuses
+        (config.ConfigValueError's `config_field`), else None."""
+        field = getattr(err, "config_field", None)
+        for f in self._flags:
+            if field and f.kind == "config" and any(
+                    a.startswith(f"--{f.name}.{field}=") for a in argv):
+                return f.name
+        return None
 
     def _config_file_problem(self, argv) -> str | None:
         """One line naming a --CONFIG=FILE that gives no config (missing, empty, a syntax

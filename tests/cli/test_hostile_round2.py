@@ -107,14 +107,31 @@ def test_a_config_file_that_gives_no_config_is_one_line_naming_it(tmp_path, text
 
 # ----------------------------------------------------------------------------- numeric fields
 @pytest.mark.parametrize("override,expected", [
-    ("optim.weight_decay=nan", "config.optim.weight_decay=nan: expected a finite number"),
-    ("optim.grad_clip_norm=nan", "config.optim.grad_clip_norm=nan: expected a finite number"),
-    ("data.seed=-1", "config.data.seed=-1: expected an integer >= 0"),
+    ("optim.weight_decay=nan", "flag --config.optim.weight_decay=nan: expected a finite number"),
+    ("optim.grad_clip_norm=nan",
+     "flag --config.optim.grad_clip_norm=nan: expected a finite number"),
+    ("data.seed=-1", "flag --config.data.seed=-1: expected an integer >= 0"),
 ])
 def test_a_number_outside_its_domain_is_refused_before_any_work(tmp_path, override, expected):
+    """A value set by an override is a usage error (exit 2) naming the flag."""
     done = _cli("pretrain", f"--config={TINY}", f"--workdir={tmp_path / 'run'}",
                 f"--config.{override}")
-    assert _one_line(done, "pretrain") == f"crema-jax pretrain: error: {expected}"
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    assert (assert_one_error_line("pretrain", done.stdout, done.stderr)
+            == f"crema-jax pretrain: error: {expected}")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_config_file_value_outside_its_domain_is_an_input_error(tmp_path):
+    """The same value set in the config file: exit 1, the field named, no flag."""
+    path = tmp_path / "bad.py"
+    path.write_text(f"import importlib.util\nspec = importlib.util.spec_from_file_location("
+                    f"'tiny', {TINY!r})\nbase = importlib.util.module_from_spec(spec)\n"
+                    "spec.loader.exec_module(base)\n\n\ndef get_config():\n"
+                    "    c = base.get_config()\n    c.data.seed = -1\n    return c\n")
+    done = _cli("pretrain", f"--config={path}", f"--workdir={tmp_path / 'run'}")
+    assert (_one_line(done, "pretrain")
+            == "crema-jax pretrain: error: config.data.seed=-1: expected an integer >= 0")
     assert not (tmp_path / "run").exists()
 
 
