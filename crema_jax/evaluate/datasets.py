@@ -79,13 +79,27 @@ def decide_label_type(requested: str, infos, label_names) -> tuple[str, str]:
     return inferred, "auto: from every record's labels, before --min_positives"
 
 
-def _checked_splits(splits, settings: dict, root: str) -> None:
+def _checked_splits(splits, settings: dict, root: str, infos) -> None:
+    """ValueError naming an empty split and what would fill it: a re-split, or (when the
+    records belong to too few patients for any split to fill three) more patients."""
     k = int(settings.get("folds") or 0)
     for split in protocols.SPLITS if not k or settings.get("cross_domain") else ():
-        if not np.any(splits == split):
-            raise ValueError(f"the {split!r} split of {root} is empty; pass --split_fractions="
-                             "0.6,0.2,0.2 (a seeded re-split per source)"
-                             + ("" if k else " or --folds=5 (cross-validation)"))
+        if np.any(splits == split):
+            continue
+        patients = len(set(protocols.patient_keys(infos)))
+        if patients < len(protocols.SPLITS):  # no re-split, no fold can help
+            raise ValueError(f"the {split!r} split of {root} is empty: its {len(infos)} records "
+                             f"belong to {patients} patient(s) (patient_id, else record id), "
+                             "and a patient's records stay in one split; evaluating needs "
+                             "records of at least 3 patients")
+        if settings.get("split_fractions"):
+            fractions = ",".join(str(f) for f in settings["split_fractions"])
+            raise ValueError(f"the {split!r} split of {root} is empty after --split_fractions="
+                             f"{fractions} ({len(infos)} records of {patients} patients); give "
+                             f"it a larger fraction")
+        raise ValueError(f"the {split!r} split of {root} is empty; pass --split_fractions="
+                         "0.6,0.2,0.2 (a seeded re-split per source)"
+                         + ("" if k else " or --folds=5 (cross-validation)"))
 
 
 def load_dataset(settings: dict) -> Dataset:
@@ -137,7 +151,7 @@ def load_dataset(settings: dict) -> Dataset:
         keep &= labels.sum(1) == 1
     infos = [info for info, k in zip(infos, keep) if k]
     splits, labels = splits[keep], labels[keep]
-    _checked_splits(splits, settings, root)
+    _checked_splits(splits, settings, root, infos)
     return Dataset(infos, splits, np.asarray([info.source for info in infos]), classes, labels,
                    label_type, class_display_names(root, classes), cache_dir=cache_dir,
                    skip_damaged_cache_records=bool(settings.get("skip_damaged_cache_records")),

@@ -125,3 +125,26 @@ def test_duplicates_can_be_refused_with_their_count(duplicated_manifest):
     path, n_rows, distinct = duplicated_manifest
     with pytest.raises(ValueError, match=f"{n_rows - distinct} records repeat an ECG listed"):
         datasets.load_dataset(_settings(path, duplicates="refuse"))
+
+
+@pytest.mark.parametrize("patients, fractions, said", [
+    (1, [0.6, 0.2, 0.2], "its 30 records belong to 1 patient(s) (patient_id, else record id), "
+                         "and a patient's records stay in one split; evaluating needs records "
+                         "of at least 3 patients"),
+    (2, [0.6, 0.2, 0.2], "its 30 records belong to 2 patient(s)"),
+    (30, [1.0, 0.0, 0.0], "is empty after --split_fractions=1.0,0.0,0.0 (30 records of 30 "
+                          "patients); give it a larger fraction"),
+])
+def test_an_empty_split_says_what_would_fill_it(one_class_manifest, tmp_path, patients,
+                                                fractions, said):
+    """Every record of one patient: no re-split can fill val and test, and the message said
+    to pass the --split_fractions the user had passed."""
+    path, _ = one_class_manifest
+    rows = list(csv.reader(open(path)))[1:]
+    with open(tmp_path / "patients.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "labels", "record_id", "patient_id"])
+        writer.writerows(row + [f"P{i % patients}"] for i, row in enumerate(rows))
+    with pytest.raises(ValueError, match=r"split of .* (is empty: |is empty after)") as raised:
+        datasets.load_dataset(_settings(tmp_path / "patients.csv", split_fractions=fractions))
+    assert said in str(raised.value)
