@@ -32,7 +32,6 @@ import dataclasses
 import fnmatch
 import hashlib
 import math
-import multiprocessing
 import sys
 import time
 
@@ -45,7 +44,7 @@ from crema_jax.data.index.dataset_index import DatasetIndex
 from crema_jax.data.reading import read as read_lib
 from crema_jax.data.reading import safe_files
 from crema_jax.data.signal.preprocess import stage_config
-from crema_jax.runtime import files, storage, workdir
+from crema_jax.runtime import files, processes, storage, workdir
 
 
 class PrepareError(ValueError):
@@ -117,10 +116,8 @@ def _run_tasks(tasks: list[dict], workers: int):
         for task in tasks:
             yield build_shard(task)
         return
-    # spawn: worker processes must not inherit a parent's threads (JAX, Grain, pytest).
-    context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=context,
+            workers, mp_context=processes.spawn_context(),
             initializer=finish_record_on_interrupt) as pool:
         futures = [pool.submit(build_shard, task) for task in tasks]
         try:

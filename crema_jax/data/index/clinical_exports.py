@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import csv
-import multiprocessing
 import os
 import pathlib
 
@@ -39,6 +38,7 @@ from crema_jax.data.index.mimic_iv_ecg import ReportLabeller, label_map_rules
 from crema_jax.data.reading import clinical, safe_files
 from crema_jax.data.reading.ecg import RecordError
 from crema_jax.data.reading.read import BadRecord
+from crema_jax.runtime import processes
 
 
 def _files(root: pathlib.Path) -> list[str]:
@@ -68,6 +68,7 @@ def _read_meta(path: str) -> tuple[dict, BadRecord | None]:
 
 def _quiet_worker() -> None:
     logging.set_verbosity(logging.ERROR)  # the parent gave the salt warning once
+    processes.interrupt_raises()
 
 
 def _metas(paths: list[str], workers: int) -> list[tuple[dict, BadRecord | None]]:
@@ -75,9 +76,8 @@ def _metas(paths: list[str], workers: int) -> list[tuple[dict, BadRecord | None]
     if workers <= 1:
         return [_read_meta(p) for p in paths]
     clinical.warn_if_public_salt()
-    # spawn: worker processes must not inherit a parent's threads (JAX, Grain, pytest).
     with concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"),
+            workers, mp_context=processes.spawn_context(),
             initializer=_quiet_worker) as pool:
         return list(pool.map(_read_meta, paths, chunksize=max(1, len(paths) // (8 * workers))))
 

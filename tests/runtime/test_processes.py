@@ -1,0 +1,38 @@
+"""Worker processes start deaf to Ctrl-C: a SIGINT to the process group while a worker was
+still importing numba printed a KeyboardInterrupt traceback under `prepare: interrupted`. The
+reference is Python's documented behaviour: a child keeps an ignored signal ignored, and Python
+installs its KeyboardInterrupt handler only over the default one."""
+import concurrent.futures
+import functools
+import multiprocessing
+import signal
+
+from crema_jax.runtime import processes
+
+DISPOSITION = functools.partial(signal.getsignal, signal.SIGINT)
+
+
+def _child_disposition(initializer=None):
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=processes.spawn_context(),
+                                                initializer=initializer) as pool:
+        return pool.submit(DISPOSITION).result(timeout=120)
+
+
+def test_workers_start_with_ctrl_c_ignored_and_the_parent_keeps_its_handler():
+    def parent_handler(signum, frame):
+        raise AssertionError("never called")
+
+    previous = signal.signal(signal.SIGINT, parent_handler)
+    try:
+        assert _child_disposition() == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is parent_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    # A plain spawned worker, for contrast: Python's own KeyboardInterrupt handler.
+    with concurrent.futures.ProcessPoolExecutor(
+            1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        assert pool.submit(DISPOSITION).result(timeout=120) == signal.default_int_handler
+
+
+def test_an_initializer_gives_the_workers_their_ctrl_c():
+    assert _child_disposition(processes.interrupt_raises) == signal.default_int_handler
