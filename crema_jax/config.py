@@ -319,6 +319,16 @@ _DOMAINS = {
            "-1 (every device the other axes leave) or an integer >= 1")
        for f in ("mesh.data", "mesh.fsdp", "mesh.tensor")},
     "model.drop_path": (lambda v: 0 <= v < 1, "a rate in [0, 1)"),
+    # The model's own numbers (also what a weight file's saved config can get wrong): SiT's
+    # size overrides (0 = the size's own), and every count of either family.
+    **{f"model.{f}": _NON_NEGATIVE_INT for f in (
+        "width", "depth", "num_heads", "head_dim", "proj_hidden_dim", "proj_depth",
+        "num_classes")},
+    **{f"model.{f}": _POSITIVE_INT for f in (
+        "patch_size", "num_patches", "num_lead_embeddings", "decoder_width", "decoder_depth",
+        "decoder_num_heads", "decoder_head_dim", "proj_dim", "in_channels", "kernel", "stride",
+        "group_width", "sample_rate", "num_samples")},
+    **{f"model.{f}": _POSITIVE for f in ("mlp_ratio", "decoder_mlp_ratio")},
 }
 
 
@@ -338,12 +348,11 @@ def _numbers(node, prefix: str = ""):
             yield path, value, [value]
 
 
-def _check_numbers(c) -> None:
-    """Every number finite, every field of _DOMAINS in its domain; the augmentations (their
-    keys vary by preset): probabilities in [0, 1], every other number >= 0."""
-    for field, value, values in _numbers(c):
-        _check(all(math.isfinite(v) for v in values), field, value, "a finite number")
+def _check_domains(c, prefix: str) -> None:
+    """Every field of _DOMAINS starting with `prefix` that `c` has, in its domain."""
     for field, (test, expected) in _DOMAINS.items():
+        if not field.startswith(prefix):
+            continue
         section, *keys = field.split(".")
         value = c[section]
         for key in keys:
@@ -357,6 +366,30 @@ def _check_numbers(c) -> None:
         except TypeError:
             ok = False
         _check(ok, field, value, expected)
+
+
+def validate_model(config) -> None:
+    """The model section's fields in their domains, and a SiT's widths even (its sin-cos position
+    tables pair a sine with a cosine): ConfigValueError naming the field. What `validate` checks
+    of the model, and all that a weight file's own model config is checked against."""
+    _check_domains(config, "model.")
+    model = config.model
+    if "size" in model and "width" in model:
+        from crema_jax.models.config import resolve_size  # numpy-free registry
+        width = resolve_size(model)["width"]
+        _check(width % 2 == 0, "model.width", model.width or width,
+               f"an even width (size {model.size!r} with this override gives {width})")
+    if "decoder_width" in model:
+        _check(model.decoder_width % 2 == 0, "model.decoder_width", model.decoder_width,
+               "an even width")
+
+
+def _check_numbers(c) -> None:
+    """Every number finite, every field of _DOMAINS in its domain; the augmentations (their
+    keys vary by preset): probabilities in [0, 1], every other number >= 0."""
+    for field, value, values in _numbers(c):
+        _check(all(math.isfinite(v) for v in values), field, value, "a finite number")
+    _check_domains(c, "")
     if "augment" in c.data:
         from crema_jax.data.signal.augment import AUGMENTS  # numpy only
         names = tuple(c.data.augment.get("names", ()) or ())
@@ -403,6 +436,7 @@ def validate(config) -> None:
     family = families.family_of(c.model)
     for field, allowed in family.field_choices.items():
         _one_of(c, f"model.{field}", allowed)
+    validate_model(c)
     if family.reads_patches:
         _check(c.model.patch_size == c.data.patch_size, "model.patch_size", c.model.patch_size,
                f"data.patch_size={c.data.patch_size} (the patches the data path cuts)")

@@ -127,7 +127,12 @@ def _crema_model_config(path: str, metadata: Mapping[str, str]):
         raise safe_load.CheckpointFileError(f"{path}: its model config is not JSON ({err})")
     if not isinstance(saved, dict):
         raise safe_load.CheckpointFileError(f"{path}: its model config is not a JSON object")
-    return config_lib.from_saved({"model": saved}).model
+    config = config_lib.from_saved({"model": saved})
+    try:  # before a model is built from it: num_heads=-1 or patch_size=0 ended in tracebacks
+        config_lib.validate_model(config)
+    except ValueError as err:
+        raise safe_load.CheckpointFileError(f"{path}: its model config has {err}") from None
+    return config.model
 
 
 def _saved_lead_embedding(obj) -> str:

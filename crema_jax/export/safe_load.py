@@ -8,7 +8,8 @@
   that needs arbitrary unpickling is refused with an explanation, never loaded "just this once".
 - Floating weights come back as float32 numpy arrays (float16/bfloat16/float64 upcast or cast).
 - `check_state_dict` compares a state_dict with the expected keys and shapes and lists EVERY
-  missing, unexpected and mis-shaped key in one error, so a user fixes a file in one round.
+  missing, unexpected and mis-shaped key, and every weight that is not floating-point or holds
+  NaN or inf, in one error, so a user fixes a file in one round.
 """
 from __future__ import annotations
 
@@ -211,11 +212,20 @@ def check_state_dict(state_dict: Mapping[str, np.ndarray], expected: Mapping[str
     misshaped = sorted(f"{k}: file {tuple(state_dict[k].shape)}, expected {tuple(expected[k])}"
                        for k in present & set(expected)
                        if tuple(state_dict[k].shape) != tuple(expected[k]))
-    if not (missing or unexpected or misshaped):
+    # Weights are floating-point numbers (read as float32) and finite: integer tensors would be
+    # truncated weights, NaN or inf ones give NaN features that every later step passes on.
+    not_float = sorted(f"{k}: {state_dict[k].dtype}" for k in present & set(expected)
+                       if state_dict[k].dtype.kind != "f")
+    not_finite = sorted(f"{k}: {int(np.size(v) - np.isfinite(v).sum())} NaN or inf values"
+                        for k, v in state_dict.items() if k in present & set(expected)
+                        and v.dtype.kind == "f" and not np.isfinite(v).all())
+    if not (missing or unexpected or misshaped or not_float or not_finite):
         return
-    lines = [f"{path}: does not match the {layout!r} layout of the configured model"]
+    lines = [f"{path}: does not match the {layout!r} layout of the configured model"
+             if missing or unexpected or misshaped else f"{path}: holds unusable weights"]
     for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                         ("mis-shaped keys", misshaped)):
+                         ("mis-shaped keys", misshaped), ("not floating-point", not_float),
+                         ("not finite", not_finite)):
         if items:
             lines.append(f"  {title} ({len(items)}):")
             lines.extend(f"    {item}" for item in items)

@@ -276,7 +276,23 @@ def load_model_checkpoint(path) -> tuple[dict, dict, int]:
                 params=ocp.args.PyTreeRestore(restore_args=restore_args)))
         except (ValueError, OSError, KeyError, TypeError) as err:
             raise DamagedCheckpointError(f"{damaged} ({_damage(err)})") from err
-    return trees.int_keys(restored["params"]), load_saved_config(root / str(step)), step
+    params = trees.int_keys(restored["params"])
+    _check_finite(params, params_dir)
+    return params, load_saved_config(root / str(step)), step
+
+
+def _check_finite(params, params_dir) -> None:
+    """DamagedCheckpointError when a weight is NaN or inf: every feature, prediction and test
+    statistic computed from it would be NaN (a comparison reported 'B better' from one)."""
+    bad = {path: int(np.size(v) - np.isfinite(v).sum())
+           for path, v in trees.flatten(params).items()
+           if np.asarray(v).dtype.kind == "f" and not np.isfinite(v).all()}
+    if bad:
+        first = sorted(bad)[0]
+        raise DamagedCheckpointError(
+            f"{params_dir}: the saved weights hold {sum(bad.values())} NaN or inf values in "
+            f"{len(bad)} arrays (first: {first}); the run that saved them diverged, or the "
+            "files are damaged")
 
 
 class DamagedCheckpointError(ValueError):

@@ -135,3 +135,85 @@ def test_a_study_listed_twice_in_mimic_record_list_is_a_counted_skip(tmp_path):
                                           r"\(line 2 is used\)"):
         read.read(index.records[1].path, index.records[1].reader)
     assert json.dumps([r.record_id for r in index.records]) == '["5000", "5000", "5002"]'
+
+
+# ----------------------------------------------------------------------------- weights
+def _crema_file(tmp_path, name: str, change=None, meta_change=None):
+    """A tiny SiT exported in the crema layout, its tensors or saved model config changed."""
+    import safetensors.numpy
+
+    from crema_jax import config as config_lib
+    from crema_jax.export import export_torch as export_lib
+    from crema_jax.models import params as params_lib
+
+    cfg = config_lib.default_config()
+    cfg.model.size = "tiny"
+    params = params_lib.init_params(cfg.model, 0)
+    sd = export_lib.build_state_dict(params, cfg.model, layout="crema", include_decoder=False)
+    meta = export_lib.resolved_model_config(cfg.model)
+    sd = change(sd) if change else sd
+    meta.update(meta_change or {})
+    path = tmp_path / f"{name}.safetensors"
+    safetensors.numpy.save_file(sd, str(path), metadata={"format": "pt",
+                                                         "crema_model_config": json.dumps(meta)})
+    return path
+
+
+def _import_fails(tmp_path, capsys, path) -> str:
+    from crema_jax.cli import import_torch
+    from tests.cli.conftest import assert_one_error_line
+
+    with pytest.raises(SystemExit) as exit_info:
+        import_torch.COMMAND.run(["--format=crema", f"--out={tmp_path / 'out'}", str(path)])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 1, captured.err
+    assert not (tmp_path / "out").exists()
+    return assert_one_error_line("import-torch", captured.out, captured.err, str(path))
+
+
+def test_weights_that_are_nan_or_integers_are_refused_naming_each_tensor(tmp_path, capsys):
+    """A NaN file imported with exit 0; embed gave NaN features and compare a verdict."""
+    def poison(sd):
+        sd = dict(sd)
+        key = sorted(sd)[3]
+        sd[key] = sd[key].copy()
+        sd[key].flat[[0, 5]] = [np.nan, np.inf]
+        return sd
+
+    line = _import_fails(tmp_path, capsys, _crema_file(tmp_path, "nan", poison))
+    assert "holds unusable weights not finite (1): " in line and "2 NaN or inf values" in line
+    ints = _crema_file(tmp_path, "ints", lambda sd: {k: np.round(v * 100).astype(np.int32)
+                                                    for k, v in sd.items()})
+    line = _import_fails(tmp_path, capsys, ints)
+    assert "not floating-point (" in line and ": int32" in line
+
+
+@pytest.mark.parametrize("field, value, said", [
+    ("num_heads", -1, "its model config has config.model.num_heads=-1: expected an integer >= 0"),
+    ("patch_size", 0, "its model config has config.model.patch_size=0: expected an integer >= 1"),
+])
+def test_a_weight_files_model_config_is_checked_before_a_model_is_built(tmp_path, capsys, field,
+                                                                        value, said):
+    """num_heads=-1 ended in a 98-line reshape traceback, patch_size=0 in a ZeroDivisionError."""
+    line = _import_fails(tmp_path, capsys, _crema_file(tmp_path, field, meta_change={
+        field: value}))
+    assert line.endswith(said), line
+
+
+def test_a_checkpoint_holding_nan_weights_is_damaged(tmp_path):
+    from crema_jax import config as config_lib
+    from crema_jax.models import params as params_lib
+    from crema_jax.runtime import checkpoint, trees
+
+    cfg = config_lib.default_config()
+    cfg.model.size = "tiny"
+    params = trees.flatten(params_lib.init_params(cfg.model, 0))
+    first = sorted(params)[0]
+    params[first] = np.array(params[first], copy=True)
+    params[first].flat[0] = np.nan
+    checkpoint.save_model_checkpoint(tmp_path / "run", trees.unflatten_like(
+        params, params_lib.init_params(cfg.model, 0)), cfg)
+    with pytest.raises(checkpoint.DamagedCheckpointError,
+                       match=rf"the saved weights hold 1 NaN or inf values in 1 arrays \(first: "
+                             rf"{first}\); the run that saved them diverged"):
+        config_lib.load_checkpoint(tmp_path / "run")
