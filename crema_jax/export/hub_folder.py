@@ -72,6 +72,8 @@ def write_folder(checkpoint: str, folder: str, *, include_decoder: bool = False,
     """Writes FILES into `folder` (new, empty, or with overwrite one this wrote); their paths."""
     files.check_output_dir(folder, marker=FILES if overwrite else None, flag="--hub_folder",
                            inputs=[checkpoint], create=False)
+    if overwrite and os.path.isdir(folder) and os.listdir(folder):
+        _check_written_here(folder)
     params, config, step = config_lib.load_checkpoint(checkpoint)
     saved = ckpt_lib.load_saved_config(checkpoint)
     layout = families.family_of(config.model).export_layouts[0]
@@ -85,6 +87,26 @@ def write_folder(checkpoint: str, folder: str, *, include_decoder: bool = False,
     card = model_card.render(info, state_dict.keys())
     files.write_atomic(paths[2], lambda tmp: _write_text(tmp, card))
     return paths
+
+
+def _check_written_here(folder: str) -> None:
+    """--overwrite replaces a folder this command wrote, and nothing else: only FILES in it, and
+    a config.json of ours (a user's folder with a README.md of their own passed as 'ours', and
+    --overwrite replaced the README)."""
+    foreign = sorted(set(os.listdir(folder)) - set(FILES))
+    if foreign:
+        raise files.OutputError(f"--hub_folder={folder}: the folder holds files this command did "
+                                f"not write ({', '.join(foreign[:3])}); --overwrite replaces only "
+                                "a folder export-torch wrote")
+    try:
+        with open(os.path.join(folder, CONFIG_FILE), encoding="utf-8") as f:
+            ours = json.load(f).get("library_name") == LIBRARY
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise files.OutputError(f"--hub_folder={folder}: its {CONFIG_FILE} is missing or was not "
+                                "written by export-torch; --overwrite replaces only a folder "
+                                "export-torch wrote")
 
 
 def _write_text(path: str, text: str) -> None:

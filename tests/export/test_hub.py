@@ -194,3 +194,32 @@ def test_an_ecgfounder_folder_by_hub_id_names_its_labels(tmp_path, tiny_ecgfound
     a, b = flat_params(tmp_path / "ckpt"), flat_params(tmp_path / "back")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     assert ckpt_lib.load_saved_config(tmp_path / "back")["source"]["commit"] == COMMIT
+
+
+def test_overwrite_replaces_only_a_hub_folder_export_torch_wrote(tmp_path, tiny_ecgfounder,
+                                                                 capsys):
+    """A user's folder holding a README.md of their own passed as 'ours', and --overwrite
+    replaced that README."""
+    path, _ = tiny_ecgfounder
+    import_cli.COMMAND.run(["--format=ecgfounder", str(path), f"--out={tmp_path / 'ckpt'}"])
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    export_cli.COMMAND.run([f"--checkpoint={tmp_path / 'ckpt'}", f"--hub_folder={ours}"])
+    (ours / "README.md").write_text("stale card")
+    export_cli.COMMAND.run([f"--checkpoint={tmp_path / 'ckpt'}", f"--hub_folder={ours}",
+                            "--overwrite"])
+    assert (ours / "README.md").read_text() != "stale card"      # ours: rewritten
+    theirs.mkdir()
+    (theirs / "README.md").write_text("my own notes")
+    (ours / "notes.txt").write_text("mine")
+    for folder, said in ((theirs, "its config.json is missing or was not written by "
+                                  "export-torch"),
+                         (ours, "the folder holds files this command did not write "
+                                "(notes.txt)")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            export_cli.COMMAND.run([f"--checkpoint={tmp_path / 'ckpt'}",
+                                    f"--hub_folder={folder}", "--overwrite"])
+        assert exit_info.value.code == 1
+        assert said in capsys.readouterr().err
+    assert (theirs / "README.md").read_text() == "my own notes"
+    assert sorted(os.listdir(theirs)) == ["README.md"]
