@@ -276,6 +276,8 @@ def _train(config, workdir, *, devices, batch_iter, lock, evaluators, drill) -> 
         start = resume.start_state(setup, config, workdir, manager=manager, target=target,
                                    rng=base_rng, grain_iter=grain_iter,
                                    fresh=lambda: init_state(setup, base_rng))
+        if start.step and start.step >= int(config.train.num_steps):
+            return _nothing_to_train(config, workdir, setup, start, data_iter)
         compiled = compile_step(setup, config, target)
     flops = perf.compiled_flops_per_device(
         compiled, grad_accum_steps=int(config.optim.grad_accum_steps))
@@ -299,6 +301,19 @@ def _train(config, workdir, *, devices, batch_iter, lock, evaluators, drill) -> 
     return {"losses": loop.losses, "last_step": loop.step, "evals": loop.eval_rows,
             "evaluators": evals, "state": loop.state, "graphdef": setup.graphdef,
             "mesh": setup.mesh, "flops_per_device": flops, "model_cfg": setup.model_cfg}
+
+
+def _nothing_to_train(config, workdir, setup, start, data_iter) -> dict:
+    """A resumed run already at config.train.num_steps or past it: one line says so, and the
+    restored state is the result (it was a silent exit 0 after compiling the step)."""
+    progress.print_line(f"step {start.step} of {workdir} is at or past config.train.num_steps="
+                        f"{int(config.train.num_steps)}: nothing to train (raise it to go on)")
+    start.manager.close()
+    if hasattr(data_iter, "close"):
+        data_iter.close()
+    return {"losses": {}, "last_step": start.step, "evals": {}, "evaluators": [],
+            "state": start.state, "graphdef": setup.graphdef, "mesh": setup.mesh,
+            "flops_per_device": 0.0, "model_cfg": setup.model_cfg}
 
 
 class _Loop:

@@ -174,3 +174,21 @@ def test_reconstruction_reports_only_the_parts_the_loss_trains(loss, decoder, pr
         z = proj / np.linalg.norm(proj, axis=-1, keepdims=True)
         expected = np.mean([np.argmax(z[i, 0] @ z[:, 1].T) == i for i in range(4)])
         assert row["eval/contrastive_accuracy"] == expected
+
+
+def test_a_resumed_run_already_at_num_steps_says_there_is_nothing_to_train(tmp_path, capsys):
+    """Resuming a run at step 4 with num_steps=2 compiled the step and ended with exit 0 and
+    no word; it now says so, compiles nothing and returns the restored state unchanged."""
+    workdir = tmp_path / "run"
+    first = trainer.train(tiny_config(**{"train.num_steps": 4}), workdir,
+                          devices=jax.devices()[:1])
+    capsys.readouterr()
+    again = trainer.train(tiny_config(**{"train.num_steps": 2}), workdir,
+                          devices=jax.devices()[:1])
+    out = capsys.readouterr().out
+    assert f"step 4 of {workdir} is at or past config.train.num_steps=2: nothing to train" in out
+    assert "compiled train step" not in out
+    assert again["last_step"] == 4 and again["losses"] == {}
+    a, b = (jax.tree.leaves(state) for state in (first["state"], again["state"]))
+    assert len(a) == len(b) and all(np.array_equal(np.asarray(x), np.asarray(y))
+                                    for x, y in zip(a, b))
