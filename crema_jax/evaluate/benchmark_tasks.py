@@ -83,6 +83,15 @@ def load_suite(path, roots: dict | None = None) -> dict:
             raise ValueError(f"task file {path}: `{key}` is missing or empty")
     datasets = {name: _fields(entry, DATASET_DEFAULTS, f"task file {path}: datasets[{name!r}]")
                 for name, entry in config["datasets"].items()}
+    for name, entry in datasets.items():
+        where = f"task file {path}: datasets[{name!r}]."
+        ranges.check(entry, ranges.DATASET, where)  # "three" folds was an int() traceback line
+        fractions = entry["split_fractions"]
+        if fractions and (not isinstance(fractions, (list, tuple)) or len(fractions) != 3
+                          or not all(ranges.SPLIT_FRACTION.ok(f) for f in fractions)):
+            each = ranges.SPLIT_FRACTION.text.removeprefix("expected ")
+            raise ValueError(f"{where}split_fractions={fractions!r}: expected three, "
+                             f"train,val,test, each {each}")
     for name, root in (roots or {}).items():
         if name not in datasets:
             raise ValueError(f"--roots: {name!r} is not a dataset of {path} "

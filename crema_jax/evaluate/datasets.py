@@ -115,6 +115,9 @@ def load_dataset(settings: dict) -> Dataset:
     else:
         options = dict(settings["layout_options"])
         index = registry.build_index(settings["layout"], root, **options)
+        if not index.records:  # it went on to "no class has >= 1 training positives"
+            raise ValueError(f"--root={root}: the {settings['layout']} layout finds no record "
+                             "there")
     infos, counts = unique_records(index.records, settings.get("duplicates", "merge"),
                                    root or cache_dir)
     counts["indexed"] = len(index.records)

@@ -57,6 +57,7 @@ MLP = {"hidden": COUNT, "steps": COUNT, "learning_rate": POSITIVE}
 L2 = NON_NEGATIVE                                  # each L2 strength of a grid
 FRACTION_OF_LABELS = Range(0, 1, low_open=True)    # each label fraction
 SPLIT_FRACTION = Range(0, 1)                       # each of train,val,test
+DATASET = {"folds": INDEX, "min_positives": COUNT}   # a benchmark task file's dataset entry
 SUITE = {"bootstrap": COUNT, "alpha": Range(0, 1, low_open=True, high_open=True),
          "seed": INDEX, "batch_size": COUNT, "num_workers": INDEX}
 

@@ -106,9 +106,11 @@ def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
             array = np.frombuffer(data, dtype=dtype, count=int(np.prod(shape, dtype=np.int64)),
                                   offset=start).reshape(shape)
             tensors[key] = to_float32(array).copy()
-    if problems:
+    if problems:  # the first few: a truncated file has every later tensor beyond its end
+        shown = problems[:3] + ([f"and {len(problems) - 3} more tensors"]
+                                if len(problems) > 3 else [])
         raise CheckpointFileError(f"{path}: not a complete safetensors file (truncated?):\n  "
-                                  + "\n  ".join(problems))
+                                  + "\n  ".join(shown))
     return tensors, dict(metadata)
 
 
@@ -190,9 +192,10 @@ def extract_state_dict(obj: Any, path: str, container_keys: tuple[str, ...] = ()
                 break
     if not isinstance(obj, Mapping) or not all(isinstance(v, np.ndarray) for v in obj.values()):
         wanted = " or ".join(f"{{'{k}': state_dict}}" for k in container_keys) or "a state_dict"
+        found = (f"a {type(obj).__name__} with keys {sorted(map(str, obj))[:8]}"
+                 if isinstance(obj, Mapping) else f"a {type(obj).__name__}")
         raise CheckpointFileError(f"{path}: expected a flat state_dict of tensors or {wanted}; "
-                                  f"found {type(obj).__name__} with keys "
-                                  f"{sorted(map(str, obj))[:8] if isinstance(obj, Mapping) else '-'}")
+                                  f"found {found}")
     return dict(obj)
 
 

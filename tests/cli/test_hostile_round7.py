@@ -217,3 +217,17 @@ def test_a_checkpoint_holding_nan_weights_is_damaged(tmp_path):
                        match=rf"the saved weights hold 1 NaN or inf values in 1 arrays \(first: "
                              rf"{first}\); the run that saved them diverged"):
         config_lib.load_checkpoint(tmp_path / "run")
+
+
+def test_a_truncated_weight_file_is_one_short_line(tmp_path, capsys):
+    """Every tensor past the cut was listed: one 'line' of several KB."""
+    path = _crema_file(tmp_path, "whole")
+    data = path.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[:len(data) // 2])
+    line = _import_fails(tmp_path, capsys, cut)
+    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    beyond = sum(1 for k, v in header.items() if k != "__metadata__"
+                 and v["data_offsets"][1] > len(data) // 2 - 8 - int.from_bytes(data[:8], "little"))
+    assert "not a complete safetensors file (truncated?): " in line
+    assert f"and {beyond - 3} more tensors" in line and len(line) < 600, line

@@ -143,6 +143,16 @@ def test_task_file_and_model_errors_name_the_field(tmp_path):
                                              r"file or --roots=d=FOLDER"):
             benchmark_tasks.load_suite(bad, roots=roots)
     assert benchmark_tasks.load_suite(bad, roots={"d": "/x"})["datasets"]["d"]["root"] == "/x"
+    # A dataset field of the wrong kind ("three" folds was an int() error naming nothing).
+    template = bad.read_text()
+    for field, value, said in (("folds", "'three'", "folds='three': expected an integer >= 0"),
+                               ("min_positives", "0", "min_positives=0: expected an integer >= 1"),
+                               ("split_fractions", "[0.5, 0.5]", "split_fractions=[0.5, 0.5]: "
+                                "expected three, train,val,test, each a finite number in [0, 1]")):
+        bad.write_text(template.replace("'root': ''", f"'root': '/x', '{field}': {value}"))
+        with pytest.raises(ValueError) as raised:
+            benchmark_tasks.load_suite(bad)
+        assert str(raised.value) == f"task file {bad}: datasets['d'].{said}"
     with pytest.raises(ValueError, match="expected NAME=CHECKPOINT"):
         benchmark_tasks.parse_models(["just_a_path"])
     with pytest.raises(ValueError, match="expected distinct names"):

@@ -148,3 +148,11 @@ def test_an_empty_split_says_what_would_fill_it(one_class_manifest, tmp_path, pa
     with pytest.raises(ValueError, match=r"split of .* (is empty: |is empty after)") as raised:
         datasets.load_dataset(_settings(tmp_path / "patients.csv", split_fractions=fractions))
     assert said in str(raised.value)
+
+
+def test_a_root_without_records_says_so(tmp_path):
+    (tmp_path / "empty").mkdir()
+    settings = {**_settings(tmp_path / "empty"), "layout": "wfdb_folder"}
+    with pytest.raises(ValueError, match=r"^--root=.*empty: the wfdb_folder layout finds no "
+                                         r"record there$"):
+        datasets.load_dataset(settings)
