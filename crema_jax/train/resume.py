@@ -165,9 +165,11 @@ def resume_changes(config, saved, *, source: str, target=None) -> list[str]:
     fatal = []
     if arch_run != arch_old:  # name the fields as the user set them (model.size) and resolved
         fatal = list(model_changes)
+        # Resolved too: "width: checkpoint 0" is the size's own width, "(model width: 64 vs
+        # 128)" says which.
         fatal += [f"(model {k}: {arch_old.get(k)!r} vs {arch_run.get(k)!r})"
                   for k in sorted(set(arch_run) | set(arch_old))
-                  if arch_run.get(k) != arch_old.get(k) and f"model.{k}" not in changed]
+                  if arch_run.get(k) != arch_old.get(k)]
     if not fatal and target is not None and model_changes:
         ours = {k: tuple(v.shape) for k, v in trees.flatten(
             {"params": target["params"], "fixed": target["fixed"]}).items()}

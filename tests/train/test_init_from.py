@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from crema_jax.models import params as params_lib
+from crema_jax.models.config import SIZES
 from crema_jax.runtime import checkpoint as ckpt_lib
 from crema_jax.runtime import workdir as workdir_lib
 from crema_jax.train import trainer
@@ -140,3 +141,16 @@ def test_misshaped_params_are_listed(tmp_path, tiny_params):
     message = str(err.value)
     assert str(source) in message and "other shapes" in message
     assert "decoder/norm/scale: checkpoint (32,), model (48,)" in message
+
+
+def test_a_resume_refused_for_another_width_names_the_widths_it_resolves_to():
+    """A size override of 0 is the size's own width: "checkpoint 0, run 128" named no width."""
+    from crema_jax.train import resume
+
+    saved, run = tiny_config(), tiny_config(**{"model.width": 128})
+    with pytest.raises(ValueError) as raised:
+        resume.resume_changes(run, saved, source="W")
+    text = str(raised.value)
+    assert text.startswith("W: this run cannot resume the workdir's checkpoint: ")
+    assert "config.model.width: checkpoint 0, run 128" in text
+    assert f"(model width: {SIZES[saved.model.size]['width']} vs 128)" in text  # the registry's
