@@ -24,6 +24,10 @@ def main(args) -> None:
     if not args.out.lower().endswith(".png"):  # matplotlib would add ".png" to another name
         raise command.FlagValueError(f"--out={args.out}: expected a file name ending in .png")
     files.check_output_file(args.out, overwrite=args.overwrite)
+    from crema_jax.data.pipeline import masking  # numpy only
+    if args.mask not in masking.MASKS:  # it was named as config field data.mask.name
+        raise command.FlagValueError(f"--mask={args.mask}: expected one of "
+                                     f"{sorted(masking.MASKS)}")
     element, title = preview.load_ecg(args.record)
     preview.render(element, title, args.out, mask_name=args.mask, ratio=args.mask_ratio,
                    seed=args.seed)

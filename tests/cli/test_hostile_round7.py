@@ -231,3 +231,22 @@ def test_a_truncated_weight_file_is_one_short_line(tmp_path, capsys):
                  and v["data_offsets"][1] > len(data) // 2 - 8 - int.from_bytes(data[:8], "little"))
     assert "not a complete safetensors file (truncated?): " in line
     assert f"and {beyond - 3} more tensors" in line and len(line) < 600, line
+
+
+def test_preview_names_its_mask_flag_and_makes_the_out_folder(tmp_path, capsys):
+    """--mask=bogus named config field data.mask.name; --out in a missing folder was an
+    errno line naming no flag (embed makes the folder)."""
+    from crema_jax.cli import preview
+    from tests.cli.conftest import assert_one_error_line
+
+    with pytest.raises(SystemExit) as exit_info:
+        preview.COMMAND.run([f"--out={tmp_path / 'a.png'}", "--mask=bogus"])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2
+    assert assert_one_error_line("preview", captured.out, captured.err) == (
+        "crema-jax preview: error: --mask=bogus: expected one of ['lead_drop', 'random_global', "
+        "'random_per_lead', 'time_block']")
+    out = tmp_path / "new" / "folder" / "p.png"
+    preview.COMMAND.run([f"--out={out}"])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["p.png"]   # no temporary left
