@@ -81,8 +81,11 @@ def main(args) -> None:
     if out["note"]:
         print(out["note"])
     if not len(out["outputs"]):
+        reasons = ", ".join(f"{reason} {count}" for reason, count in
+                            sorted(out["skipped"].counts.items()))
         raise command.CommandError(f"--input={args.input}: no ECG could be read "
-                                   f"({out['skipped'].total} skipped); nothing written")
+                                   f"({out['skipped'].total} skipped: {reasons or 'none'}); "
+                                   "nothing written")
     npy = io.BytesIO()  # written by Python, not by numpy's C writer, so that a full disk is
     np.save(npy, out["outputs"])  # an OSError with its errno ("No space left on device")
     files.write_bytes_atomic(args.out, npy.getvalue())

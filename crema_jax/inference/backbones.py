@@ -251,6 +251,10 @@ def make_apply(backbone: Backbone, mesh, *, output: str = "features"):
     return lambda b: jitted(state, b["patches"], b["lead_indices"], b["patch_valid"])
 
 
+class NoRecordsError(ValueError):
+    """Every record of an evaluation pass was skipped (the skip counts say why)."""
+
+
 def run(apply_fn, batches: Iterable[dict]) -> dict:
     """apply_fn over evaluation batches, keeping the real rows (the batches' "valid").
 
@@ -273,5 +277,5 @@ def run(apply_fn, batches: Iterable[dict]) -> dict:
     for item in pending:
         collect(item)
     if not out["index"]:
-        raise ValueError("the dataset yielded no readable records")
+        raise NoRecordsError("the dataset yielded no readable records")
     return {k: np.concatenate(v) for k, v in out.items()}

@@ -159,7 +159,12 @@ def embed(backbone, *, records=None, array=None, fs: float | None = None, raw: b
         windows_of = source.windows if data_cfg.window_seconds > 0 and records is not None \
             else None
     apply = backbones.make_apply(backbone, mesh, output="logits" if logits else "features")
-    out = backbones.run(apply, batches)
+    try:
+        out = backbones.run(apply, batches)
+    except backbones.NoRecordsError:  # the caller names its input and the skips' reasons
+        return {"outputs": np.zeros((0, 0), np.float32), "record": np.zeros(0, np.int64),
+                "window": np.zeros(0, np.int64), "skipped": stats, "data_cfg": data_cfg,
+                "note": None if raw else note}
     outputs, index = out["outputs"].mean(axis=1), out["index"]
     record = index if rows_of is None else rows_of[index]
     window = np.full(len(index), -1, np.int64) if windows_of is None else windows_of[index]

@@ -250,3 +250,23 @@ def test_preview_names_its_mask_flag_and_makes_the_out_folder(tmp_path, capsys):
     preview.COMMAND.run([f"--out={out}"])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in out.parent.iterdir()) == ["p.png"]   # no temporary left
+
+
+def test_embed_of_inputs_that_are_all_unreadable_names_the_input_and_why(tmp_path, capsys):
+    """It was 'the dataset yielded no readable records', naming neither."""
+    from crema_jax.cli import embed
+    from tests.cli.conftest import assert_one_error_line
+
+    folder = tmp_path / "records"
+    folder.mkdir()
+    (folder / "A.hea").write_text((SAMPLE / "E07500.hea").read_text().replace("E07500", "A"))
+    (folder / "A.mat").write_bytes((SAMPLE / "E07500.mat").read_bytes()[:5000])
+    with pytest.raises(SystemExit) as exit_info:
+        embed.COMMAND.run(["--checkpoint=random", f"--input={folder}",
+                           f"--out={tmp_path / 'x.npy'}"])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 1, captured.err
+    assert assert_one_error_line("embed", captured.out, captured.err) == (
+        f"crema-jax embed: error: --input={folder}: no ECG could be read (1 skipped: "
+        "truncated_signal 1); nothing written")
+    assert not (tmp_path / "x.npy").exists()
