@@ -267,11 +267,16 @@ def prediction_arrays(pred: dict, classes, **more) -> dict:
     return {**arrays, **more}
 
 
-def workdir_path(workdir: str, *, inputs=()) -> pathlib.Path:
+def workdir_path(workdir: str, *, inputs=(), log=print) -> pathlib.Path:
     """The output folder, created: new, empty, or one an evaluation wrote before (it holds a
-    report.json); never one of the inputs (crema_jax/files.py)."""
-    return files.check_output_dir(workdir, marker="report.json", flag="--workdir", inputs=inputs,
-                                  create=False)
+    report.json: its report is replaced, and `log` says so, its cached features are reused);
+    never one of the inputs (crema_jax/files.py)."""
+    path = files.check_output_dir(workdir, marker="report.json", flag="--workdir",
+                                  inputs=inputs, create=False)
+    if (path / "report.json").is_file():
+        log(f"{path}: replacing the report of an earlier evaluation there (its cached features "
+            "are reused); use a new --workdir to keep it")
+    return path
 
 
 def write_all(report: dict, workdir, *, roc=None, embeddings=None, predictions=None,

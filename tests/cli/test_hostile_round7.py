@@ -270,3 +270,18 @@ def test_embed_of_inputs_that_are_all_unreadable_names_the_input_and_why(tmp_pat
         f"crema-jax embed: error: --input={folder}: no ECG could be read (1 skipped: "
         "truncated_signal 1); nothing written")
     assert not (tmp_path / "x.npy").exists()
+
+
+def test_an_evaluation_workdir_with_an_earlier_report_says_it_is_replaced(tmp_path):
+    """A second probe into the same --workdir replaced report.json, report.md and the plots
+    without a word."""
+    from crema_jax.evaluate import report
+
+    said = []
+    report.workdir_path(str(tmp_path / "new"), log=said.append)
+    assert said == []
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "report.json").write_text("{}")
+    report.workdir_path(str(tmp_path / "old"), log=said.append)
+    assert said == [f"{tmp_path / 'old'}: replacing the report of an earlier evaluation there "
+                    "(its cached features are reused); use a new --workdir to keep it"]
