@@ -40,6 +40,10 @@ def lead_set(name: str) -> tuple[str, ...]:
     if unknown:
         raise ValueError(f"--lead_sets entry {name!r}: unknown leads {unknown}; expected one of "
                          f"{sorted(LEAD_SETS)} or '+'-joined names from {LEAD_NAMES}")
+    repeated = sorted({lead for lead in leads if leads.count(lead) > 1}, key=LEAD_NAMES.index)
+    if repeated:  # I+I fed lead I once, and its column was named as two leads
+        raise ValueError(f"--lead_sets entry {name!r}: {'+'.join(repeated)} named twice; "
+                         "expected distinct leads")
     return tuple(sorted(leads, key=LEAD_NAMES.index))
 
 

@@ -98,6 +98,8 @@ def test_lead_sets():
     assert protocols.lead_indices(protocols.lead_set("V2+I")) == (0, 7)
     with pytest.raises(ValueError, match="unknown leads"):
         protocols.lead_set("I+V7")
+    with pytest.raises(ValueError, match=r"'V2\+I\+V2\+I': I\+V2 named twice; expected distinct"):
+        protocols.lead_set("V2+I+V2+I")
 
 
 def test_cross_domain_plan_and_drop():
