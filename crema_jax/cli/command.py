@@ -12,9 +12,10 @@ Each command owns a private absl FlagValues built afresh for every parse, so
   not absl's, not JAX's, not another command's;
 - running several commands in one process (tests, notebooks) never mixes their flags or values.
 
-Errors end in ONE line on stderr, `crema-jax COMMAND: error: ...`: a bad flag (exit 2), and an
-input or setting the command cannot use (exit 1: CommandError, ValueError, and missing or
-existing files, a missing optional dependency). `--verbose` adds the traceback. Anything else is
+Errors end in ONE line on stderr, `crema-jax COMMAND: error: ...`: a bad flag (exit 2; a config
+value a --config.FIELD= override set and validation refused is one too), and an input or setting
+the command cannot use (exit 1: CommandError, ValueError, and missing or existing files, a
+missing optional dependency). `--verbose` adds the traceback. Anything else is
 a bug and keeps its traceback.
 """
 from __future__ import annotations
