@@ -204,10 +204,10 @@ def quiet_background_save_errors() -> None:
 
 
 @contextlib.contextmanager
-def _absl_quiet(message_start: str):
-    """Absl log records starting with `message_start` dropped inside the block."""
+def _absl_quiet(*message_starts: str):
+    """Absl log records starting with one of `message_starts` dropped inside the block."""
     def drop(record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(message_start)
+        return not str(record.msg).startswith(message_starts)
     logger = logging.getLogger("absl")
     logger.addFilter(drop)
     try:
@@ -249,7 +249,10 @@ def load_model_checkpoint(path) -> tuple[dict, dict, int]:
     """
     root, step = resolve_checkpoint(path)
     # read_only makes Orbax warn "Given directory is read only" on every read: it is meant.
-    with _absl_quiet("Given directory is read only"), ocp.CheckpointManager(
+    # The step's _CHECKPOINT_METADATA (Orbax's timestamps) is not read for anything here: a
+    # damaged one logged its content on ERROR lines, 2-4 per read, for a checkpoint that loads.
+    with _absl_quiet("Given directory is read only", "Failed to json parse Metadata file"), \
+            ocp.CheckpointManager(
             root,
             # Handlers for the training-only items too, so Orbax does not warn that it found them
             # (data_iter: Grain's state is JSON; never read here, so Grain need not be loaded).

@@ -285,3 +285,21 @@ def test_an_evaluation_workdir_with_an_earlier_report_says_it_is_replaced(tmp_pa
     report.workdir_path(str(tmp_path / "old"), log=said.append)
     assert said == [f"{tmp_path / 'old'}: replacing the report of an earlier evaluation there "
                     "(its cached features are reused); use a new --workdir to keep it"]
+
+
+def test_a_damaged_orbax_step_metadata_file_is_not_logged_as_errors(tmp_path, caplog):
+    """_CHECKPOINT_METADATA (Orbax's timestamps) is read for nothing of ours: a damaged one
+    printed its content on 2 to 4 ERROR lines for a checkpoint that loads."""
+    from crema_jax import config as config_lib
+    from crema_jax.models import params as params_lib
+    from crema_jax.runtime import checkpoint
+
+    cfg = config_lib.default_config()
+    cfg.model.size = "tiny"
+    step = checkpoint.save_model_checkpoint(tmp_path / "run", params_lib.init_params(cfg.model, 0),
+                                            cfg)
+    (step / "_CHECKPOINT_METADATA").write_text("{garbage")
+    with caplog.at_level("INFO"):
+        params, _, loaded = config_lib.load_checkpoint(tmp_path / "run")
+    assert loaded == 0 and params
+    assert not [r for r in caplog.records if "json parse" in r.getMessage()]
