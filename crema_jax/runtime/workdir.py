@@ -74,6 +74,10 @@ def resolve_checkpoint(path) -> tuple[epath.Path, int]:
         raise FileNotFoundError(
             f"{path}: no complete checkpoint found (expected a workdir with checkpoints/<step>/, "
             f"a checkpoints dir, or a step dir containing 'params')")
+    newer = [p.name for p in step_dirs(root) if int(p.name) > step]
+    if newer:  # an interrupted save: the step read is not the latest one the run reached
+        logging.warning("%s: step %s is incomplete (a save cut short); reading step %d",
+                        root, newer[-1], step)
     return root, step
 
 

@@ -303,3 +303,21 @@ def test_a_damaged_orbax_step_metadata_file_is_not_logged_as_errors(tmp_path, ca
         params, _, loaded = config_lib.load_checkpoint(tmp_path / "run")
     assert loaded == 0 and params
     assert not [r for r in caplog.records if "json parse" in r.getMessage()]
+
+
+def test_a_checkpoint_read_past_an_incomplete_step_says_which_step(tmp_path, caplog):
+    """An interrupted save left step 4 half-written: embed read step 0 without a word."""
+    from crema_jax import config as config_lib
+    from crema_jax.models import params as params_lib
+    from crema_jax.runtime import checkpoint
+
+    cfg = config_lib.default_config()
+    cfg.model.size = "tiny"
+    step = checkpoint.save_model_checkpoint(tmp_path / "run", params_lib.init_params(cfg.model, 0),
+                                            cfg)
+    (step.parent / "4" / "params").mkdir(parents=True)   # no commit marker, no config
+    with caplog.at_level("WARNING"):
+        _, _, loaded = config_lib.load_checkpoint(tmp_path / "run")
+    said = [r.getMessage() for r in caplog.records if "incomplete" in r.getMessage()]
+    assert loaded == 0
+    assert said == [f"{step.parent}: step 4 is incomplete (a save cut short); reading step 0"]
