@@ -321,3 +321,14 @@ def test_a_checkpoint_read_past_an_incomplete_step_says_which_step(tmp_path, cap
     said = [r.getMessage() for r in caplog.records if "incomplete" in r.getMessage()]
     assert loaded == 0
     assert said == [f"{step.parent}: step 4 is incomplete (a save cut short); reading step 0"]
+
+
+def test_include_decoder_for_a_family_without_one_is_refused():
+    """export-torch --include_decoder of a Net1D checkpoint was ignored without a word."""
+    from crema_jax.export import export_torch as export_lib
+    from crema_jax.models.net1d import default_net1d_config
+
+    with pytest.raises(export_lib.ExportError, match="--include_decoder: a Net1D model has no "
+                                                     "decoder"):
+        export_lib.build_state_dict({}, default_net1d_config(), layout="ecgfounder",
+                                    include_decoder=True)
