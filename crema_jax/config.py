@@ -426,6 +426,12 @@ def validate(config) -> None:
     _check(c.data.patch_size >= 1 and c.data.crop_samples % c.data.patch_size == 0,
            "data.crop_samples", c.data.crop_samples,
            f"a multiple of data.patch_size={c.data.patch_size}")
+    patches = c.data.crop_samples // c.data.patch_size
+    try:  # the strategy's own count (0.999 of 30 patches a lead hides them all)
+        masking.mask_sizes(c.data.mask.name, 12, patches, float(c.data.mask.ratio))
+    except ValueError:
+        _check(False, "data.mask.ratio", c.data.mask.ratio, f"a ratio that leaves a patch "
+               f"visible ({c.data.mask.name} masking of {patches} patches a lead)")
     _check(c.data.target_fs > 0, "data.target_fs", c.data.target_fs, "> 0 Hz")
     _one_of(c, "loss.name", losses.LOSSES)
     if c.train.profile_steps:

@@ -332,3 +332,20 @@ def test_include_decoder_for_a_family_without_one_is_refused():
                                                      "decoder"):
         export_lib.build_state_dict({}, default_net1d_config(), layout="ecgfounder",
                                     include_decoder=True)
+
+
+def test_a_mask_ratio_that_hides_every_patch_is_a_config_error():
+    """0.999 passed validation and failed in the data pipeline with a message naming no field.
+    By hand: ST-MEM's per-lead masking hides round(0.999 * 30) = 30 of 30 patches a lead."""
+    from crema_jax import config as config_lib
+    from tests.configs import tiny_config
+
+    config = tiny_config()
+    config.data.mask.ratio = 0.999
+    patches = config.data.crop_samples // config.data.patch_size
+    with pytest.raises(config_lib.ConfigValueError,
+                       match=rf"config.data.mask.ratio=0.999: expected a ratio that leaves a "
+                             rf"patch visible \(random_per_lead masking of {patches} patches"):
+        config_lib.validate(config)
+    config.data.mask.ratio = 0.9
+    config_lib.validate(config)
