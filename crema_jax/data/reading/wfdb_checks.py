@@ -115,11 +115,12 @@ def check_length(base: pathlib.Path, header: wfdb_header.Header) -> None:
     else:
         samples = (header.sig_len or 0) * max(1, len(header.signals))
     if samples > MAX_SAMPLES:
-        hours = (header.sig_len or 0) / (header.fs or 1) / 3600
+        rate = (f" ({header.sig_len / header.fs / 3600:.1f} h at {header.fs:g} Hz)"
+                if header.fs else "")  # a segment's header may leave its rate out
         raise RecordError(base, "too_large", f"{base}.hea: {header.sig_len} samples of "
-                          f"{len(header.signals) or 'its'} signals ({hours:.1f} h at "
-                          f"{header.fs:g} Hz), more than the {MAX_SAMPLES} samples a record is "
-                          "read whole with; split it into shorter records")
+                          f"{len(header.signals) or 'its'} signals{rate}, more than the "
+                          f"{MAX_SAMPLES} samples a record is read whole with; split it into "
+                          "shorter records")
 
 
 def check_skews(base: pathlib.Path, header: wfdb_header.Header) -> None:
@@ -224,6 +225,7 @@ def check_signal_files(base: pathlib.Path, header: wfdb_header.Header) -> None:
         if not target.is_file():
             raise RecordError(base, "missing_signal_file", f"{base}.hea names signal file "
                               f"{base.parent / file_name}, which does not exist")
+
 
 def check_before_reading(base: pathlib.Path, header: wfdb_header.Header) -> None:
     """Every check of a single-segment record (or segment) before a byte of its signals is
