@@ -348,10 +348,11 @@ def _numbers(node, prefix: str = ""):
             yield path, value, [value]
 
 
-def _check_domains(c, prefix: str) -> None:
-    """Every field of _DOMAINS starting with `prefix` that `c` has, in its domain."""
+def _check_domains(c, *, model: bool) -> None:
+    """Every field of _DOMAINS that `c` has, of the model section or of the others, in its
+    domain."""
     for field, (test, expected) in _DOMAINS.items():
-        if not field.startswith(prefix):
+        if field.startswith("model.") != model:
             continue
         section, *keys = field.split(".")
         value = c[section]
@@ -372,7 +373,7 @@ def validate_model(config) -> None:
     """The model section's fields in their domains, and a SiT's widths even (its sin-cos position
     tables pair a sine with a cosine): ConfigValueError naming the field. What `validate` checks
     of the model, and all that a weight file's own model config is checked against."""
-    _check_domains(config, "model.")
+    _check_domains(config, model=True)
     model = config.model
     if "size" in model and "width" in model:
         from crema_jax.models.config import resolve_size  # numpy-free registry
@@ -389,7 +390,7 @@ def _check_numbers(c) -> None:
     keys vary by preset): probabilities in [0, 1], every other number >= 0."""
     for field, value, values in _numbers(c):
         _check(all(math.isfinite(v) for v in values), field, value, "a finite number")
-    _check_domains(c, "")
+    _check_domains(c, model=False)  # the model's: validate_model, once
     if "augment" in c.data:
         from crema_jax.data.signal.augment import AUGMENTS  # numpy only
         names = tuple(c.data.augment.get("names", ()) or ())
