@@ -8,6 +8,8 @@ Layout (an Orbax CheckpointManager directory, also readable from gs:// through e
                          /<step>/rng        {"key": uint32 key data, "step": int} (training only)
                          /<step>/data_iter  Grain iterator state (training only)
                          /<step>/config     the full ConfigDict as JSON
+                         /<step>/digests    {"params": ..., "opt_state": ...}: each array's
+                                             digest (runtime/digests.py), checked on every read
 
 Only committed steps are read (runtime/workdir.py tells them). The config is stored and returned
 as a JSON-safe dict: reading it onto today's defaults is crema_jax.config.from_saved's job.
@@ -26,10 +28,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from crema_jax.runtime import files, trees
+from crema_jax.runtime import digests, files, trees
 from crema_jax.runtime.workdir import checkpoints_dir, resolve_checkpoint
 
-TRAIN_ITEMS = ("params", "opt_state", "rng", "data_iter", "config")
+TRAIN_ITEMS = ("params", "opt_state", "rng", "data_iter", "config", "digests")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -78,6 +80,7 @@ def save_train_state(manager: ocp.CheckpointManager, step: int, *, params, opt_s
         rng=ocp.args.StandardSave({"key": jax.random.key_data(rng),
                                    "step": np.asarray(step, np.int64)}),
         config=ocp.args.JsonSave(config_to_json_dict(config)),
+        digests=_digests_save(params=params, opt_state=opt_state),
     )
     if data_iter is not None:
         items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
@@ -107,8 +110,9 @@ def restore_train_state(manager: ocp.CheckpointManager, step: int, *, abstract_p
     if replicated is not None:  # make_array_from_callback: valid across processes too.
         rng_data = jax.make_array_from_callback(rng_data.shape, replicated,
                                                 lambda index: rng_data[index])
-    key_data = rng_data
-    rng = jax.random.wrap_key_data(key_data, impl=rng_impl)
+    step_dir = epath.Path(manager.directory) / str(step)
+    _check_digests(step_dir, params=restored["params"], opt_state=restored["opt_state"])
+    rng = jax.random.wrap_key_data(rng_data, impl=rng_impl)
     return dict(params=restored["params"], opt_state=restored["opt_state"], rng=rng,
                 step=int(np.asarray(restored["rng"]["step"])))
 
@@ -231,11 +235,12 @@ def _drop_orbax_errors(record: logging.LogRecord) -> bool:
 def save_model_checkpoint(workdir, params, config, step: int = 0) -> epath.Path:
     """Writes `<workdir>/checkpoints/<step>/{params,config}` synchronously; returns the step dir."""
     with ocp.CheckpointManager(
-            checkpoints_dir(workdir), item_names=("params", "config"),
+            checkpoints_dir(workdir), item_names=("params", "config", "digests"),
             options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False)) as manager:
         manager.save(step, args=ocp.args.Composite(
             params=ocp.args.StandardSave(params),
-            config=ocp.args.JsonSave(config_to_json_dict(config))), force=True)
+            config=ocp.args.JsonSave(config_to_json_dict(config)),
+            digests=_digests_save(params=params)), force=True)
         manager.wait_until_finished()
     return checkpoints_dir(workdir) / str(step)
 
@@ -260,7 +265,8 @@ def load_model_checkpoint(path) -> tuple[dict, dict, int]:
                            "config": ocp.JsonCheckpointHandler(),
                            "opt_state": ocp.StandardCheckpointHandler(),
                            "rng": ocp.StandardCheckpointHandler(),
-                           "data_iter": ocp.JsonCheckpointHandler()},
+                           "data_iter": ocp.JsonCheckpointHandler(),
+                           "digests": ocp.JsonCheckpointHandler()},
             options=ocp.CheckpointManagerOptions(create=False, read_only=True,
                                                  save_interval_steps=0)) as manager:
         params_dir = root / str(step) / "params"
@@ -279,6 +285,7 @@ def load_model_checkpoint(path) -> tuple[dict, dict, int]:
                 params=ocp.args.PyTreeRestore(restore_args=restore_args)))
         except (ValueError, OSError, KeyError, TypeError) as err:
             raise DamagedCheckpointError(f"{damaged} ({_damage(err)})") from err
+    _check_digests(root / str(step), params=restored["params"])
     params = trees.int_keys(restored["params"])
     _check_finite(params, params_dir)
     return params, load_saved_config(root / str(step)), step
@@ -296,6 +303,33 @@ def _check_finite(params, params_dir) -> None:
             f"{params_dir}: the saved weights hold {sum(bad.values())} NaN or inf values in "
             f"{len(bad)} arrays (first: {first}); the run that saved them diverged, or the "
             "files are damaged")
+
+
+def _digests_save(**trees_by_item) -> ocp.args.JsonSave:
+    return ocp.args.JsonSave({"format": digests.FORMAT, **{
+        item: digests.of_tree(tree) for item, tree in trees_by_item.items()}})
+
+
+def _check_digests(step_dir, **trees_by_item) -> None:
+    """DamagedCheckpointError when an array read back differs from the digest saved with it: the
+    files changed after they were written (a disk fault, a bad copy), which Orbax's reader does
+    not see. Steps saved before digests were written are read unchecked."""
+    file = epath.Path(step_dir) / "digests" / "metadata"
+    if not file.exists():
+        return
+    saved = files.load_json(file.read_text, file, dict, DamagedCheckpointError,
+                            " (the digests saved with the checkpoint)")
+    if saved.get("format") != digests.FORMAT:
+        return  # written by a later version, in a format this one does not know
+    for item, tree in trees_by_item.items():
+        changed = digests.mismatches(tree, saved.get(item, {}))
+        if changed:
+            arrays = "1 saved array differs" if len(changed) == 1 else \
+                f"{len(changed)} saved arrays differ"
+            raise DamagedCheckpointError(
+                f"{epath.Path(step_dir) / item}: damaged, {arrays} from the digests in {file} "
+                f"(first: {changed[0]}); the files changed after they were saved (a disk fault "
+                "or a bad copy)")
 
 
 class DamagedCheckpointError(ValueError):

@@ -66,6 +66,26 @@ def test_damaged_incomplete_and_stale_are_survived(tmp_path, capsys):
     assert any(p.name.startswith("6.incomplete-") for p in root.iterdir())
 
 
+def test_optimizer_state_changed_after_saving_is_a_damaged_step(tmp_path, capsys):
+    """Same-size damage to a data file (one byte) reads without an error from Orbax; the digests
+    saved with the step catch it, and the run resumes from the step before."""
+    workdir = tmp_path / "run"
+    _run(workdir, **{"train.num_steps": 4})
+    root = workdir / "checkpoints"
+    data = max((p for p in (root / "4" / "opt_state").rglob("*")
+                if p.is_file() and p.parent.name == "d"), key=lambda p: p.stat().st_size)
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0x10
+    data.write_bytes(bytes(raw))
+    capsys.readouterr()
+    out = _run(workdir, **{"train.num_steps": 6})
+    printed = " ".join(capsys.readouterr().out.split())
+    assert (f"checkpoint step 4 could not be restored (DamagedCheckpointError: "
+            f"{root / '4' / 'opt_state'}: damaged, 1 saved array differs from the digests") \
+        in printed, printed
+    assert "resumed from step 2" in printed and sorted(out["losses"]) == [3, 4, 5, 6]
+
+
 def test_an_item_without_its_commit_marker_is_not_a_step(tmp_path):
     _run(tmp_path, **{"train.num_steps": 2})
     root = tmp_path / "checkpoints"
