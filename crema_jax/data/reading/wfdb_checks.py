@@ -62,6 +62,15 @@ def verify_checksums(base: pathlib.Path, path: pathlib.Path, header: wfdb_header
                               "was written with")
 
 
+def signal_files(header: wfdb_header.Header) -> dict[str, list[int]]:
+    """{signal file name: the channels stored in it}, files and channels in header order ("~",
+    a signal without a file, included)."""
+    by_file: dict[str, list[int]] = {}
+    for channel, spec in enumerate(header.signals):
+        by_file.setdefault(spec.file_name, []).append(channel)
+    return by_file
+
+
 def _int16(value: int) -> int:
     return (value + 2**15) % 2**16 - 2**15
 
@@ -86,13 +95,9 @@ def check_announced_sizes(base: pathlib.Path, header: wfdb_header.Header) -> Non
     by wfdb)."""
     if header.n_seg is not None or not header.sig_len:
         return
-    by_file: dict[str, list[int]] = {}
-    for ch, spec in enumerate(header.signals):
-        if spec.file_name != "~":
-            by_file.setdefault(spec.file_name, []).append(ch)
-    for file_name, channels in by_file.items():
+    for file_name, channels in signal_files(header).items():
         spec = header.signals[channels[0]]
-        if spec.fmt not in BYTES_PER_SAMPLE:
+        if file_name == "~" or spec.fmt not in BYTES_PER_SAMPLE:
             continue
         samples = header.sig_len * sum(header.signals[c].samps_per_frame for c in channels)
         need = (nbytes(spec.fmt, samples) if spec.fmt in FAST_FORMATS
@@ -139,7 +144,8 @@ def _stored_frames(base: pathlib.Path, header: wfdb_header.Header,
                    spec: wfdb_header.SignalSpec) -> float:
     """The frames `spec`'s signal file holds, from its size (inf when its format's size per
     sample is not fixed, or the file cannot be seen)."""
-    per_frame = sum(s.samps_per_frame for s in header.signals if s.file_name == spec.file_name)
+    per_frame = sum(header.signals[c].samps_per_frame
+                    for c in signal_files(header)[spec.file_name])
     try:
         size = os.stat(base.parent / spec.file_name).st_size - spec.byte_offset
     except OSError:
@@ -160,14 +166,13 @@ def check_mat_headers(base: pathlib.Path, header: wfdb_header.Header) -> None:
     """signal_file_mismatch when a .mat signal file's MATLAB header contradicts the WFDB
     header: the samples would be read from the wrong bytes or in the wrong order (a transposed
     matrix, a longer variable name moving the data, a MATLAB 5 file) and decode as noise."""
-    for file_name in dict.fromkeys(s.file_name for s in header.signals):
+    for file_name, channels in signal_files(header).items():
         if not file_name.lower().endswith(".mat"):
             continue
-        channels = [s for s in header.signals if s.file_name == file_name]
         path = base.parent / file_name
         with open_signal(base, path) as f:
             head = f.read(_MAT_V4)
-        problem = _mat_problem(head, channels, header.sig_len)
+        problem = _mat_problem(head, [header.signals[c] for c in channels], header.sig_len)
         if problem:
             raise RecordError(path, "signal_file_mismatch", f"{path} is not the signal matrix "
                               f"{base}.hea describes: {problem}")
@@ -209,7 +214,7 @@ def _mat_problem(head: bytes, channels: list, sig_len: int | None) -> str | None
 def check_signal_files(base: pathlib.Path, header: wfdb_header.Header) -> None:
     """Every signal file the header names exists beside it (never a path out of its folder)."""
     folder = base.parent.resolve()
-    for file_name in dict.fromkeys(spec.file_name for spec in header.signals):  # once per file
+    for file_name in signal_files(header):
         if file_name == "~":
             continue
         target = (base.parent / file_name).resolve()

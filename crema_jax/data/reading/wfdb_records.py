@@ -95,9 +95,7 @@ def _fast_path_ok(header: wfdb_header.Header) -> bool:
 def _read_fast(base: pathlib.Path, header: wfdb_header.Header) -> np.ndarray:
     """(T, n_sig) float64 physical values (header units), NaN for invalid samples: a transposed
     view of a (n_sig, T) array, so each lead is one contiguous row (what canonical_ecg copies)."""
-    by_file: dict[str, list[int]] = {}
-    for ch, spec in enumerate(header.signals):
-        by_file.setdefault(spec.file_name, []).append(ch)
+    by_file = wfdb_checks.signal_files(header)
     for file_name, channels in by_file.items():
         if any(header.signals[c].fmt != header.signals[channels[0]].fmt for c in channels):
             raise RecordError(base, "header_syntax", f"{base}.hea: signals stored in {file_name} "
