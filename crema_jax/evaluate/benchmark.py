@@ -96,13 +96,14 @@ class Datasets:
         return self.loaded[name]
 
     def fingerprint(self, name: str) -> str:
-        """A digest of what dataset `name` holds (record ids and paths, splits, sources, classes,
-        labels): a cell computed before its records or labels changed is not reused."""
+        """A digest of what dataset `name` holds (feature_store.record_key: ids, paths and file
+        stats; splits, sources, classes, labels): a cell computed before its records, their
+        files or labels changed is not reused."""
         if name in self.digests:
             return self.digests[name]
         data = self.get(name)[0]
         digest = hashlib.sha256(json.dumps(
-            [[[str(i.record_id), str(i.path)] for i in data.infos], data.splits.tolist(),
+            [[feature_store.record_key(i) for i in data.infos], data.splits.tolist(),
              data.sources.tolist(), list(data.classes)]).encode())
         digest.update(np.ascontiguousarray(data.labels, np.uint8).tobytes())
         self.digests[name] = digest.hexdigest()[:16]
@@ -115,7 +116,7 @@ class Datasets:
         for name in self.suite["datasets"]:
             if feature_store.records_key(benchmark_tasks.dataset_settings(self.suite, name)) == key:
                 for info in self.get(name)[0].infos:
-                    union.setdefault(info.record_id, info)
+                    union.setdefault((info.record_id, str(info.path)), info)
         return list(union.values())
 
 

@@ -2,7 +2,9 @@
 
 A dataset's features are written to FOLDER/MODEL/RECORDS-LEADS.npz, RECORDS a digest of the
 layout, root and layout options other than the label set (PTB-XL's label sets, or two split
-rules over one folder, read the same records). Each example is stored with its record id, so
+rules over one folder, read the same records). Each example is stored with its record's key
+(`record_key`: id, path, and the size and modification time of its files, so that two records
+of one name in two folders stay two, and a record whose files changed is read again), so
 another dataset over the same records (other classes, other splits) maps them to its own rows;
 it is reused when every record of that dataset was among those the extraction read. An
 extraction reads every record of the task file's datasets over the same records (`records_of`),
@@ -11,12 +13,16 @@ min_positives, another label set) share it.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
+import os
 
 import numpy as np
 
+from crema_jax.data.index import duplicates
+from crema_jax.data.reading import arrays as arrays_lib
 from crema_jax.evaluate import linear_probe
 from crema_jax.inference import backbones
 from crema_jax.runtime import files
@@ -29,6 +35,20 @@ def records_key(settings: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def record_key(info) -> str:
+    """A record as the caches know it: its id, its path, and the size and modification time of
+    each file it is read from (none for a remote path)."""
+    file, _ = arrays_lib.split_locator(str(info.path))
+    stats = []
+    for name in [file + ".hea", *duplicates.record_files(file)]:
+        try:
+            found = os.stat(name)
+            stats.append([found.st_size, found.st_mtime_ns])
+        except (OSError, ValueError):
+            stats.append(None)
+    return json.dumps([str(info.record_id), str(info.path), stats])
+
+
 class FeatureStore:
     """`records_of(settings)`: the records an extraction for a dataset with these settings reads
     (a superset of the dataset's own; None: the dataset's own)."""
@@ -37,6 +57,10 @@ class FeatureStore:
         self.folder, self.counts, self.log = folder, counts, log
         self.records_of = records_of
         self.backbones = {}
+        self.keys = {}   # RecordInfo -> record_key, once per run
+
+    def _keys(self, infos) -> list[str]:
+        return [self.keys.setdefault(info, record_key(info)) for info in infos]
 
     def _backbone(self, model, seed: int):
         if model.name not in self.backbones:
@@ -48,7 +72,7 @@ class FeatureStore:
         (and cached) when the cache lacks a record of `data`."""
         path = (self.folder / files.folder_name(model.name)
                 / f"{records_key(settings)}-{leads.replace('+', '_')}.npz")
-        ids = [info.record_id for info in data.infos]
+        ids = self._keys(data.infos)
         cached = self._load(path, model.weights, ids)
         if cached is not None:
             self.counts["features_reused"] += 1
@@ -56,13 +80,13 @@ class FeatureStore:
         # The extraction reads only infos and cache_dir of the dataset it is given.
         every = dataclasses.replace(data, infos=self.records_of(settings)) \
             if self.records_of else data
-        every_ids = [info.record_id for info in every.infos]
+        every_ids = self._keys(every.infos)
         features = linear_probe.extract_features(self._backbone(model, settings["seed"]), every,
                                                  leads, settings, mesh)
         self.counts["feature_extractions"] += 1
         self.log(f"features {model.name} | {leads} leads: {len(features.rows)} examples")
         arrays = {"values": np.asarray(features.values, np.float32),
-                  "record_id": np.asarray([every_ids[r] for r in features.rows], dtype=str),
+                  "record_key": np.asarray([every_ids[r] for r in features.rows], dtype=str),
                   "ids": np.asarray(features.ids, dtype=str),
                   "tried": np.asarray(every_ids, dtype=str),
                   "checkpoint": np.asarray(model.checkpoint),
@@ -83,15 +107,20 @@ class FeatureStore:
         with np.load(path, allow_pickle=False) as saved:
             arrays = {k: saved[k] for k in saved.files}
         if "weights" not in arrays or str(arrays["weights"]) != weights \
-                or not set(ids) <= set(arrays["tried"]):
+                or "record_key" not in arrays or not set(ids) <= set(arrays["tried"]):
             return None
         return arrays
 
 
-def _for_dataset(cached: dict, ids) -> linear_probe.Features:
-    """Cached examples of the dataset's records, mapped to its rows (in the cache's order)."""
-    row_of = {rid: r for r, rid in enumerate(ids)}
-    keep = np.asarray([rid in row_of for rid in cached["record_id"]], bool)
-    rows = np.asarray([row_of[rid] for rid in cached["record_id"][keep]], np.int64)
-    return linear_probe.Features(cached["values"][keep], rows,
-                                 [str(i) for i in cached["ids"][keep]], None)
+def _for_dataset(cached: dict, keys) -> linear_probe.Features:
+    """Cached examples of the dataset's records, mapped to its rows (in the cache's order; a
+    record on two rows, a path listed twice, gives its examples to both)."""
+    rows_of = collections.defaultdict(list)
+    for row, key in enumerate(keys):
+        rows_of[key].append(row)
+    pairs = [(example, row) for example, key in enumerate(cached["record_key"])
+             for row in rows_of.get(str(key), ())]
+    examples = np.asarray([e for e, _ in pairs], np.int64)
+    return linear_probe.Features(cached["values"][examples],
+                                 np.asarray([r for _, r in pairs], np.int64),
+                                 [str(cached["ids"][e]) for e in examples], None)

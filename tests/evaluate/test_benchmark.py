@@ -187,7 +187,7 @@ def test_other_weights_at_the_same_checkpoint_path_are_another_model(tmp_path):
     assert specs[0] != specs[1]
 
     path = tmp_path / "features.npz"
-    np.savez(path, values=np.zeros((1, 2), np.float32), record_id=np.asarray(["r1"]),
+    np.savez(path, values=np.zeros((1, 2), np.float32), record_key=np.asarray(["r1"]),
              ids=np.asarray(["r1"]), tried=np.asarray(["r1", "r2"]),
              checkpoint=np.asarray("/runs/tiny"), weights=np.asarray(models[0].weights))
     load = feature_store.FeatureStore._load
