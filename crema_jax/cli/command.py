@@ -84,8 +84,9 @@ class Command:
     def string(self, name, default, help_text, *, required=False):
         self._add("string", name, default, help_text, required=required)
 
-    def integer(self, name, default, help_text, *, lower_bound=None):
-        self._add("integer", name, default, help_text, lower_bound=lower_bound)
+    def integer(self, name, default, help_text, *, lower_bound=None, upper_bound=None):
+        self._add("integer", name, default, help_text, lower_bound=lower_bound,
+                  upper_bound=upper_bound)
 
     def float(self, name, default, help_text, *, valid=None):
         """A float flag; with `valid` (an evaluate/ranges.Range: `.ok(value)`, `.text`) a value
@@ -127,7 +128,8 @@ class Command:
                 flags.DEFINE_enum(f.name, f.default, f.extra["values"], f.help, flag_values=fv)
             elif f.kind == "integer":
                 flags.DEFINE_integer(f.name, f.default, f.help, flag_values=fv,
-                                     lower_bound=f.extra["lower_bound"])
+                                     lower_bound=f.extra["lower_bound"],
+                                     upper_bound=f.extra["upper_bound"])
             else:
                 definers[f.kind](f.name, f.default, f.help, flag_values=fv)
             if f.kind == "float" and f.extra["valid"] is not None:

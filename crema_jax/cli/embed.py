@@ -10,7 +10,8 @@ probe and finetune (resampling, the checkpoint's preprocessing, its crops, featu
 over crops); --raw feeds an array as given. Y.records.txt names the ECG of each row (unreadable
 ones are skipped and counted): for an array its row number in X; for WFDB input the record's
 file name, or its path below the records' common folder when two share a name ("ID#k" for
-window k when the data path cuts records into windows).
+window k when the data path cuts records into windows). One line per row: a backslash, newline
+or carriage return in a name is written as \\\\, \\n or \\r.
 """
 import io
 import math
@@ -93,8 +94,13 @@ def main(args) -> None:
     # so row i of Y need not be row i of X).
     names = (embed.row_names(records, out["record"], out["window"]) if records is not None
              else [str(int(r)) for r in out["record"]])
-    files.write_text_atomic(side, "\n".join(names) + "\n")
+    files.write_text_atomic(side, "".join(_one_line(name) + "\n" for name in names))
     skipped = out["skipped"].total
     print(f"wrote {args.out}: {out['outputs'].shape} {'logits' if args.logits else 'features'}"
           f", each row's ECG in {side}"
           + (f"; skipped {skipped} unreadable records" if skipped else ""))
+
+
+def _one_line(name: str) -> str:
+    """A row's name on one line of Y.records.txt (a record named "A\\nB" took two)."""
+    return name.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")

@@ -52,7 +52,8 @@ def add(cmd: command.Command) -> None:
     cmd.boolean("cross_domain", False, "Also train on each source and test in-domain and on "
                 "every other source (on the splits, also with --folds).")
     cmd.integer("batch_size", 64, "Records per batch (rounded up to a multiple of the device "
-                "count).", lower_bound=1)
+                "count; frozen features: at most the records there are).", lower_bound=1,
+                upper_bound=ranges.MAX_EVAL_BATCH)
     cmd.integer("num_workers", 0, "Grain worker processes reading records.", lower_bound=0)
     cmd.integer("bootstrap", 1000, "Bootstrap resamples for the 95% CI.", lower_bound=1)
     cmd.integer("seed", 0, "Seed of splits, label fractions, init and bootstrap.", lower_bound=0)
@@ -69,6 +70,8 @@ def settings(args) -> dict:
     options.update(command.parse_key_values(args.layout_option, flag="layout_option"))
     label_fractions = _numbers(args.label_fractions, "label_fractions",
                                ranges.FRACTION_OF_LABELS)
+    _distinct(label_fractions, args.label_fractions, "label_fractions", "fractions")
+    _distinct(_lead_sets(args.lead_sets), args.lead_sets, "lead_sets", "lead sets")
     split_fractions = _numbers(args.split_fractions, "split_fractions", ranges.SPLIT_FRACTION,
                                "three, train,val,test, ")
     if split_fractions and (len(split_fractions) != 3 or not 0 < sum(split_fractions) <= 1 + 1e-9):
@@ -92,6 +95,23 @@ def settings(args) -> dict:
         "batch_size": args.batch_size, "num_workers": args.num_workers,
         "bootstrap": args.bootstrap, "seed": args.seed,
     }
+
+
+def _lead_sets(items) -> list[tuple[str, ...]]:
+    from crema_jax.evaluate import protocols  # run time: --help imports no numpy
+
+    try:
+        return [protocols.lead_set(item) for item in items]
+    except ValueError as err:
+        raise command.FlagValueError(str(err)) from None
+
+
+def _distinct(values, items, flag: str, what: str) -> None:
+    """A usage error when a list flag is empty or names one value twice (each copy was run
+    again under the same name, and added a test to Holm's correction in compare)."""
+    if not values or len(set(values)) != len(values):
+        raise command.FlagValueError(f"--{flag}={','.join(items)}: expected one or more "
+                                     f"distinct {what}")
 
 
 def _numbers(items, flag: str, valid: ranges.Range, which: str = "") -> list[float]:

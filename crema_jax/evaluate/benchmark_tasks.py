@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 
 import jax
 import numpy as np
@@ -41,6 +42,16 @@ TASK_DEFAULTS = {"leads": ["12"], "label_fractions": [1.0], "train_source": "",
                  "test_source": ""}
 SUITE_DEFAULTS = {"bootstrap": 1000, "alpha": 0.05, "seed": 0, "batch_size": 64,
                   "num_workers": 0}
+LABEL_TYPES = ("auto", "multilabel", "multiclass")
+# The kind of value each field holds ("texts": a list of distinct strings, "numbers": of
+# distinct numbers); a wrong kind was a TypeError traceback deep in the run.
+_KINDS = {"layout": str, "root": "path", "layout_options": dict, "classes": "texts",
+          "label_type": str, "cache_dir": "path", "skip_damaged_cache_records": bool,
+          "name": str, "dataset": str, "leads": "texts", "label_fractions": "numbers",
+          "train_source": str, "test_source": str}
+_KIND_TEXT = {str: "a string", "path": "a path", dict: "a mapping {key: value}",
+              bool: "True or False", "texts": "a list of strings",
+              "numbers": "a list of numbers"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,26 +77,61 @@ class Model:
 
 
 def _fields(entry, defaults: dict, where: str) -> dict:
-    entry = dict(entry.to_dict() if hasattr(entry, "to_dict") else entry)
+    entry = entry.to_dict() if hasattr(entry, "to_dict") else entry
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: {entry!r}: expected a mapping of its fields "
+                         f"{sorted(set(defaults) | {'name', 'dataset'})}")
     unknown = sorted(set(entry) - set(defaults) - {"name", "dataset"})
     if unknown:
         raise ValueError(f"{where}: unknown field(s) {unknown}; expected "
                          f"{sorted(set(defaults) | {'name', 'dataset'})}")
+    for field, value in entry.items():
+        _check_kind(value, _KINDS.get(field), f"{where}.{field}")
     return {**defaults, **entry}
+
+
+def _check_kind(value, kind, where: str) -> None:
+    if kind is None:
+        return
+    if kind in ("texts", "numbers"):
+        each = str if kind == "texts" else (int, float)
+        ok = isinstance(value, (list, tuple)) and all(
+            isinstance(v, each) and not isinstance(v, bool) for v in value)
+    elif kind == "path":
+        ok = isinstance(value, (str, os.PathLike))
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise ValueError(f"{where}={value!r}: expected {_KIND_TEXT[kind]}")
+    if kind in ("texts", "numbers") and len(set(value)) != len(value):
+        raise ValueError(f"{where}={list(value)!r}: a value is listed twice; expected distinct "
+                         "values")
+
+
+def _section(config: dict, key: str, kind: type, path) -> None:
+    value = config.get(key)
+    if not value:
+        raise ValueError(f"task file {path}: `{key}` is missing or empty")
+    if not isinstance(value, kind):
+        raise ValueError(f"task file {path}: `{key}` is a {type(value).__name__}; expected "
+                         + ("a mapping {name: {fields}}" if kind is dict else
+                            "a list of tasks, each a mapping {name, dataset, ...}"))
 
 
 def load_suite(path, roots: dict | None = None) -> dict:
     """The task file as plain dicts, defaults filled in and checked; `roots` ({dataset: folder})
     replaces datasets' roots (the data lives where the user downloaded it)."""
     config = config_lib.load_config_file(path).to_dict()
-    for key in ("datasets", "tasks", "protocols"):
-        if not config.get(key):
-            raise ValueError(f"task file {path}: `{key}` is missing or empty")
+    for key, kind in (("datasets", dict), ("tasks", (list, tuple)), ("protocols", dict)):
+        _section(config, key, kind, path)
     datasets = {name: _fields(entry, DATASET_DEFAULTS, f"task file {path}: datasets[{name!r}]")
                 for name, entry in config["datasets"].items()}
     for name, entry in datasets.items():
         where = f"task file {path}: datasets[{name!r}]."
         ranges.check(entry, ranges.DATASET, where)  # "three" folds was an int() traceback line
+        if entry["label_type"] not in LABEL_TYPES:
+            raise ValueError(f"{where}label_type={entry['label_type']!r}: expected one of "
+                             f"{list(LABEL_TYPES)}")
         fractions = entry["split_fractions"]
         if fractions and (not isinstance(fractions, (list, tuple)) or len(fractions) != 3
                           or not all(ranges.SPLIT_FRACTION.ok(f) for f in fractions)):
@@ -109,11 +155,25 @@ def load_suite(path, roots: dict | None = None) -> dict:
         if bool(task["train_source"]) != bool(task["test_source"]):
             raise ValueError(f"task file {path}: task {task['name']!r} gives train_source and "
                              "test_source together (a cross-domain pair) or neither")
-        for leads in task["leads"]:
-            protocols.lead_set(leads)
+        if task["train_source"] and task["train_source"] == task["test_source"]:
+            raise ValueError(f"task file {path}: task {task['name']!r}: train_source and "
+                             f"test_source are both {task['train_source']!r}; the test source's "
+                             "every record is tested, the training ones too: a cross-domain "
+                             "pair needs two sources (leave both out for in-domain figures)")
+        lead_sets = [protocols.lead_set(leads) for leads in task["leads"]]
+        if not lead_sets or len(set(lead_sets)) != len(lead_sets):
+            raise ValueError(f"task file {path}: tasks[{i}].leads={task['leads']!r}: expected "
+                             "distinct lead sets")
+        if not task["label_fractions"]:
+            raise ValueError(f"task file {path}: tasks[{i}].label_fractions=[]: expected at "
+                             "least one fraction")
     unknown = sorted(set(config["protocols"]) - set(PROTOCOLS))
     if unknown:
         raise ValueError(f"task file {path}: protocols {unknown}: expected some of {PROTOCOLS}")
+    for name, recipe in config["protocols"].items():
+        if recipe is not None and not isinstance(recipe, dict):
+            raise ValueError(f"task file {path}: protocols[{name!r}]={recipe!r}: expected a "
+                             "mapping of its recipe's fields ({} for the defaults)")
     suite = {key: config.get(key, default) for key, default in SUITE_DEFAULTS.items()}
     ranges.check(suite, ranges.SUITE, f"task file {path}: ")
     for name, task in zip([t["name"] for t in tasks], tasks):
@@ -155,9 +215,13 @@ def parse_models(items) -> list[tuple[str, str]]:
     out = []
     for item in items:
         name, sep, checkpoint = item.partition("=")
-        if not sep or not name or not checkpoint or "/" in name:
+        if not sep or not name or not checkpoint or "/" in name or name.strip(".") == "":
             raise ValueError(f"--models entry {item!r}: expected NAME=CHECKPOINT (a name "
                              "without '/', then a checkpoint folder, random or random:FAMILY)")
+        if name.startswith(backbones.RANDOM + ":"):  # it would share the added row's files
+            raise ValueError(f"--models entry {item!r}: names starting with "
+                             f"'{backbones.RANDOM}:' are the random-init rows the benchmark "
+                             "adds; choose another name")
         out.append((name, checkpoint))
     names = [n for n, _ in out]
     if len(set(names)) != len(names) or not out:

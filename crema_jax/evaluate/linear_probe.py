@@ -199,7 +199,10 @@ class Features:
 
 def extract_features(backbone, data, lead_name: str, settings: dict, mesh) -> Features:
     """Features of every readable example of `data` through `backbone`'s evaluation crops."""
-    batch_size = mesh_lib.round_batch(settings["batch_size"], mesh)
+    # No larger than the records: the last batch is padded to its size (--batch_size=2048 on
+    # 45 records was killed for memory).
+    batch_size = mesh_lib.round_batch(min(settings["batch_size"], max(len(data.infos), 1)),
+                                      mesh)
     data_cfg = backbones.eval_data_config(backbone, protocols.lead_set(lead_name),
                                           batch_size=batch_size,
                                           num_workers=settings["num_workers"],

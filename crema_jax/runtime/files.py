@@ -141,9 +141,12 @@ def load_json(read: Callable[[], str], where, kind: type, error: type[Exception]
 def folder_name(text: str) -> str:
     """`text` as one file or folder name: itself when made of letters, digits and "-_.=";
     otherwise those kept, every other character "_", and 8 hex digits of its SHA-256, so that
-    two names never share a folder ("rhythm a" and "rhythm_a", "random:m" and "random_m")."""
+    two names never share a folder ("rhythm a" and "rhythm_a", "random:m" and "random_m").
+    Never "", "." or "..": a model or task named ".." wrote beside the workdir."""
     safe = "".join(ch if ch.isalnum() or ch in "-_.=" else "_" for ch in text)
-    return safe if safe == text else f"{safe}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+    if safe == text and text.strip(".") != "":
+        return safe
+    return f"{safe}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
 def write_atomic(path, write: Callable[[str], Any]) -> None:

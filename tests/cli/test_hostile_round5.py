@@ -120,7 +120,7 @@ def test_embed_names_each_rows_ecg_when_an_array_row_is_skipped(tmp_path, sit_ch
     ("probe", ["--split_fractions=nan,0.5,0.5"], "--split_fractions=nan,0.5,0.5: expected"),
     ("compare", ["--checkpoint_b=random", "--alpha=nan"], "flag --alpha=nan: expected a finite"),
     ("prepare", ["--target_fs=nan"], "flag --target_fs=nan: expected a finite number in "
-                                     "(0, 20000]"),
+                                     "[50, 10000]"),
     ("prepare", ["--target_fs=-250"], "flag --target_fs=-250.0: expected a finite number"),
     ("embed", ["--input=x.npy", "--out=y.npy", "--fs=0"], "--fs=0: a sampling rate in Hz"),
     ("embed", ["--input=x.npy", "--out=y.npy", "--fs=nan"], "--fs=nan: a sampling rate in Hz"),
@@ -161,7 +161,7 @@ def _task_file(tmp_path, root, extra: str) -> pathlib.Path:
 @pytest.mark.parametrize("extra, said", [
     ("    c.bootstrap = float('nan')\n", "bootstrap=nan: expected an integer >= 1"),
     ("    c.bootstrap = -3\n", "bootstrap=-3: expected an integer >= 1"),
-    ("    c.batch_size = 0\n", "batch_size=0: expected an integer >= 1"),
+    ("    c.batch_size = 0\n", "batch_size=0: expected an integer in [1, 65536]"),
     ("    c.alpha = 1.0\n", "alpha=1.0: expected a finite number in (0, 1)"),
     ("    c.tasks = [{'name': 't', 'dataset': 'd', 'label_fractions': [0.0]}]\n",
      "tasks 't': label_fractions=[0.0]: each expected a finite number in (0, 1]")])
