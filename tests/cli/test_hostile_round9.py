@@ -199,3 +199,15 @@ def test_frozen_features_of_a_small_dataset_use_a_batch_no_larger_than_it(monkey
         linear_probe.extract_features(None, data, "12", {"batch_size": 2048, "num_workers": 0,
                                                          "preset": ""}, mesh)
     assert seen["batch_size"] == 45
+
+
+@pytest.mark.parametrize("samples, reason", [(1, "too_short"), (2, "too_short"),
+                                             (5000, "no_signal")])
+def test_a_one_sample_record_is_named_too_short_not_signal_less(samples, reason):
+    """One sample is flat in every lead: it was called no_signal, two samples too_short."""
+    from crema_jax.data.reading.ecg import RecordError, canonical_ecg
+    from crema_jax.data.reading.leads import LEADS
+
+    with pytest.raises(RecordError) as raised:
+        canonical_ecg(np.full((samples, 12), 0.5), list(LEADS), ["mV"] * 12, 500.0, path="r")
+    assert raised.value.reason == reason, str(raised.value)

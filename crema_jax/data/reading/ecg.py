@@ -149,6 +149,8 @@ def canonical_ecg(raw: np.ndarray, names, units, fs: float, *, path: str, where:
     signal = _apply_nan_policy(signal, present, repairs, nan_policy)
     _drop_flat_leads(signal, present, repairs, flat_leads)
     if not present.any():
+        # One sample is flat in every lead: such a record is named for its length.
+        _check_length(raw.T, float(fs), min_seconds, path)
         raise RecordError(path, "no_signal", f"record {path} has none of the 12 standard leads "
                           f"with a usable signal (lead names {list(names)})")
     source_fs = fs = float(fs)
