@@ -322,6 +322,9 @@ def _check_digests(step_dir, **trees_by_item) -> None:
     if saved.get("format") != digests.FORMAT:
         return  # written by a later version, in a format this one does not know
     for item, tree in trees_by_item.items():
+        if not isinstance(saved.get(item, {}), dict):
+            raise DamagedCheckpointError(f"{file}: damaged ({item!r} holds a "
+                                         f"{type(saved[item]).__name__}, expected a mapping)")
         changed = digests.mismatches(tree, saved.get(item, {}))
         if changed:
             arrays = "1 saved array differs" if len(changed) == 1 else \

@@ -88,5 +88,4 @@ def mismatches(tree, saved: Mapping[str, Any]) -> list[str]:
     """The names of `tree`'s arrays whose digest differs from the `saved` one (of_tree's
     output, read back from JSON). Arrays without a saved digest are not judged."""
     now = of_tree(tree)
-    return sorted(name for name, entry in now.items()
-                  if name in saved and entry != dict(saved[name]))
+    return sorted(name for name, entry in now.items() if name in saved and entry != saved[name])

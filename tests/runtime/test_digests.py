@@ -136,3 +136,7 @@ def test_a_damaged_digests_file_is_named(saved):
     file.write_text(file.read_text()[:-10])
     with pytest.raises(checkpoint.DamagedCheckpointError, match=f"^{file}: damaged \\("):
         checkpoint.load_model_checkpoint(run)
+    file.write_text('{"format": "%s", "params": [1, 2]}' % digests.FORMAT)
+    with pytest.raises(checkpoint.DamagedCheckpointError,
+                       match=f"^{file}: damaged \\('params' holds a list, expected a mapping\\)"):
+        checkpoint.load_model_checkpoint(run)
