@@ -152,9 +152,7 @@ def _cross_domain_cell(fit_predict, data, column, seed: int):
     if not learnt.any():
         raise ValueError(f"task {column.task!r}: no class has positives in the training records "
                          f"of {column.train_source!r}")
-    pred = dict(out["tests"]["test"])
-    pred["probs"] = np.asarray(pred["probs"])[:, learnt]
-    pred["labels"] = np.asarray(pred["labels"])[:, learnt]
+    pred = runs.learnt_only(out, learnt)["tests"]["test"]
     unlearnt = [c for c, ok in zip(data.classes, learnt) if not ok]
     return {"n_train": len(train), "n_val": len(val), **out["info"],
             "classes_without_train_positives": unlearnt}, pred, learnt

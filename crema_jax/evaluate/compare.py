@@ -104,14 +104,14 @@ def compare_runs(results: dict, data, groups, settings: dict):
     for source, test_set in cross_a:
         if test_set == "in_domain" or (source, test_set) not in cross_b:
             continue
-        sets = []
+        sets, learnt = [], cross_a[(source, "in_domain")]["learnt"]  # runs.model_runs
         for name in ("in_domain", test_set):
             p = pair(cross_a[(source, name)], cross_b[(source, name)], n_classes)
-            sets.append({"labels": data.labels[p["rows"]], "a": p["a"], "b": p["b"],
-                         "groups": groups[p["rows"]]})
+            sets.append({"labels": data.labels[p["rows"]][:, learnt], "a": p["a"][:, learnt],
+                         "b": p["b"][:, learnt], "groups": groups[p["rows"]]})
+        classes = [c for c, ok in zip(data.classes, learnt) if ok]
         drops.append({"train_source": source, "test_source": test_set,
-                      **paired.paired_drop_difference(sets[0], sets[1], data.classes,
-                                                      **kwargs)})
+                      **paired.paired_drop_difference(sets[0], sets[1], classes, **kwargs)})
     return comparisons, drops, pairs
 
 

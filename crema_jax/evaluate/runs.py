@@ -8,7 +8,10 @@ records `train_rows`, select it on `val_rows` (L2 strength, epoch), then predict
 
 Per lead set and label fraction, one run: on the layout's splits (train / val / test), or with
 K folds (folds.py) K heads whose out-of-fold predictions are pooled. With cross_domain, one
-head per source (on its train and val splits), tested in-domain and on every other source.
+head per source (on its train and val splits), tested in-domain and on every other source, on
+the classes with a positive among that source's training records (a class the head never saw
+positive has a test AUROC of noise: it was scored, and entered the drop; the entry names the
+others in `classes_without_train_positives`, and a source with none is left out).
 Every test set's bootstrap CI resamples patients (`groups`: protocols.patient_keys).
 """
 from __future__ import annotations
@@ -22,11 +25,12 @@ def run_name(method: str, leads: str, fraction: float, k: int) -> str:
     return f"{method} leads={leads} labels={fraction:g}" + (f" folds={k}" if k else "")
 
 
-def _scores(out, name, data, settings, groups):
+def _scores(out, name, data, settings, groups, classes=None):
     """The test report of one test set of a fit_predict output; its CI resamples patients."""
     pred = out["tests"][name]
     return scoring.test_report(out["val"]["probs"], out["val"]["labels"], pred["probs"],
-                               pred["labels"], data.classes, bootstrap=settings["bootstrap"],
+                               pred["labels"], data.classes if classes is None else classes,
+                               bootstrap=settings["bootstrap"],
                                seed=settings["seed"],
                                groups=None if groups is None else groups[pred["rows"]])
 
@@ -73,17 +77,32 @@ def model_runs(fit_predict, data, lead_name: str, settings: dict, *, method: str
     if cross_domain:
         for entry_plan in protocols.cross_domain_plan(data.sources, data.splits):
             tests = {"in_domain": entry_plan["in_domain_test"], **entry_plan["out_of_domain"]}
+            learnt = data.labels[entry_plan["train"]].sum(0) > 0
+            if not learnt.any():
+                continue
             out = fit_predict(entry_plan["train"], entry_plan["val"], tests)
-            scores = {name: _scores(out, name, data, settings, groups) for name in out["tests"]}
+            classes = [c for c, ok in zip(data.classes, learnt) if ok]
+            scores = {name: _scores(learnt_only(out, learnt), name, data, settings, groups,
+                                    classes) for name in out["tests"]}
             source = entry_plan["train_source"]
             others = list(entry_plan["out_of_domain"])
             cross.append({
                 "model": model, "leads": lead_name, "train_source": source,
                 "n_train": int(len(entry_plan["train"])), **out["info"],
+                "classes_without_train_positives": [c for c, ok in zip(data.classes, learnt)
+                                                    if not ok],
                 "in_domain": scores["in_domain"],
                 "out_of_domain": {o: scores[o] for o in others},
                 "drop": {o: protocols.common_class_macro(scores["in_domain"], scores[o])
                          for o in others}})
             for name, pred in out["tests"].items():
-                predictions["cross_domain"][(source, name)] = pred
+                predictions["cross_domain"][(source, name)] = {**pred, "learnt": learnt}
     return runs, cross, predictions
+
+
+def learnt_only(out: dict, learnt: np.ndarray) -> dict:
+    """A fit_predict output with the probabilities and labels of the `learnt` classes only."""
+    def cut(pred):
+        return {**pred, "probs": np.asarray(pred["probs"])[:, learnt],
+                "labels": np.asarray(pred["labels"])[:, learnt]}
+    return {**out, "val": cut(out["val"]), "tests": {n: cut(p) for n, p in out["tests"].items()}}

@@ -78,3 +78,31 @@ def test_split_runs_and_cross_domain_drops_with_patient_resampled_cis():
     assert drop["out_of_domain"] == pytest.approx(_macro(data.labels[n_all], score[n_all]),
                                                   abs=1e-12)
     np.testing.assert_array_equal(preds["cross_domain"][("g", "n")]["rows"], n_all)
+
+
+def test_a_class_without_positives_in_a_sources_training_records_is_not_scored():
+    """Source n's training records hold no positive of class y: its head never learnt y, so y's
+    test AUROC (noise; 0.889 in one report) leaves n's in-domain, out-of-domain and drop
+    figures, named in the entry; source g still scores both classes."""
+    rng = np.random.default_rng(1)
+    data = _dataset(rng)
+    n_train = (data.sources == "n") & (data.splits == "train")
+    data.labels[n_train, 1] = 0.0
+    score = data.labels + rng.normal(size=data.labels.shape)
+    settings = {"label_fractions": [1.0], "seed": 0, "bootstrap": 20}
+    _, cross, preds = runs.model_runs(_fixed_model(data, score), data, "12", settings,
+                                      method="probe", model="A",
+                                      groups=protocols.patient_keys(data.infos),
+                                      cross_domain=True)
+    by_source = {e["train_source"]: e for e in cross}
+    n_entry, g_entry = by_source["n"], by_source["g"]
+    assert n_entry["classes_without_train_positives"] == ["y"]
+    assert g_entry["classes_without_train_positives"] == []
+    assert list(n_entry["out_of_domain"]["g"]["per_class"]) == ["x"]
+    g_all = np.flatnonzero(data.sources == "g")
+    assert n_entry["out_of_domain"]["g"]["macro_auroc"] == pytest.approx(
+        roc_auc_score(data.labels[g_all, 0], score[g_all, 0]), abs=1e-12)
+    assert n_entry["drop"]["g"]["classes"] == ["x"]
+    np.testing.assert_array_equal(preds["cross_domain"][("n", "g")]["learnt"], [True, False])
+    assert g_entry["out_of_domain"]["n"]["macro_auroc"] == pytest.approx(
+        _macro(data.labels[data.sources == "n"], score[data.sources == "n"]), abs=1e-12)
