@@ -28,7 +28,8 @@ class Dataset:
     cache_dir: str = ""         # records are read from this prepared cache (infos' meta: row)
     skip_damaged_cache_records: bool = False   # a damaged shard's records skipped, not fatal
     # What loading left out: "indexed" rows, "duplicates_merged" (and their "duplicate_groups"),
-    # "no_class_left" (every class dropped by min_positives), "not_one_class" (multiclass).
+    # "no_class_left" (every class dropped by min_positives), "not_one_class" (multiclass);
+    # and what was kept: "unlabelled" (no label at all: a negative of every class).
     counts: dict = dataclasses.field(default_factory=dict)
 
 
@@ -152,6 +153,10 @@ def load_dataset(settings: dict) -> Dataset:
             logging.warning("multiclass: leaving out %d records without exactly one class",
                             counts["not_one_class"])
         keep &= labels.sum(1) == 1
+    counts["unlabelled"] = int((keep & ~had_class).sum())
+    if counts["unlabelled"]:  # CODE-15%'s normal ECGs; a header without its `# Dx:` line too
+        print(f"{counts['unlabelled']} records carry no label of the layout's: each is scored "
+              "as a negative of every class")
     infos = [info for info, k in zip(infos, keep) if k]
     splits, labels = splits[keep], labels[keep]
     _checked_splits(splits, settings, root, infos)

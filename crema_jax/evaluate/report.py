@@ -208,7 +208,8 @@ def records(data, record_folds=None) -> dict:
     counts = {"indexed": int(data.counts.get("indexed", len(data.infos))),
               "duplicates_merged": int(data.counts.get("duplicates_merged", 0)),
               "no_class_left": int(data.counts.get("no_class_left", 0)),
-              "not_one_class": int(data.counts.get("not_one_class", 0))}
+              "not_one_class": int(data.counts.get("not_one_class", 0)),
+              "unlabelled": int(data.counts.get("unlabelled", 0))}
     if record_folds:
         used = {"train": round(float(np.mean([len(p["train"]) for p in record_folds])), 1),
                 "val": round(float(np.mean([len(p["val"]) for p in record_folds])), 1),
@@ -227,6 +228,8 @@ def _records_markdown(report: dict) -> list[str]:
         ("not_one_class", "without exactly one class")) if r.get(key)]
     line = (f"**Records**: {r['total']} evaluated of {r['indexed']} indexed"
             + (f" ({'; '.join(left_out)})" if left_out else "")
+            + (f", {r['unlabelled']} of them with no label (negatives of every class)"
+               if r.get("unlabelled") else "")
             + f"; label type {report['label_type']}; ")
     if r["folds"]:
         line += (f"{len(r['folds'])} folds of {', '.join(map(str, r['folds']))} test records; "

@@ -73,6 +73,21 @@ def test_without_a_drop_nothing_is_left_out_and_the_flag_fixes_the_type(one_clas
     assert fixed.counts["no_class_left"] == labels.count(RARE)
 
 
+def test_records_with_no_label_are_kept_as_negatives_and_counted(one_class_manifest, tmp_path,
+                                                                 capsys):
+    """A row with no label (a header without its `# Dx:` line) counts as a negative of every
+    class: kept, as CODE-15%'s normal ECGs must be, but said and counted, not silently."""
+    path, labels = one_class_manifest
+    rows = list(csv.reader(open(path)))[1:]
+    for row in rows[3:8]:
+        row[1] = ""
+    data = datasets.load_dataset(_settings(_write(tmp_path / "some_unlabelled.csv", rows),
+                                           label_type="multilabel", folds=5))
+    assert data.counts["unlabelled"] == 5 and len(data.infos) == len(labels)
+    assert int((data.labels.sum(1) == 0).sum()) == 5
+    assert "5 records carry no label of the layout's" in capsys.readouterr().out
+
+
 @pytest.fixture
 def duplicated_manifest(cinc_sample_dir, tmp_path):
     """20 records with their header labels; the first listed twice (two rows, one path), and
