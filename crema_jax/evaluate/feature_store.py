@@ -17,12 +17,10 @@ import collections
 import dataclasses
 import hashlib
 import json
-import os
 
 import numpy as np
 
 from crema_jax.data.index import duplicates
-from crema_jax.data.reading import arrays as arrays_lib
 from crema_jax.evaluate import linear_probe
 from crema_jax.inference import backbones
 from crema_jax.runtime import files
@@ -37,16 +35,9 @@ def records_key(settings: dict) -> str:
 
 def record_key(info) -> str:
     """A record as the caches know it: its id, its path, and the size and modification time of
-    each file it is read from (none for a remote path)."""
-    file, _ = arrays_lib.split_locator(str(info.path))
-    stats = []
-    for name in [file + ".hea", *duplicates.record_files(file)]:
-        try:
-            found = os.stat(name)
-            stats.append([found.st_size, found.st_mtime_ns])
-        except (OSError, ValueError):
-            stats.append(None)
-    return json.dumps([str(info.record_id), str(info.path), stats])
+    each file it is read from (duplicates.file_stats; none for a remote path)."""
+    return json.dumps([str(info.record_id), str(info.path),
+                       duplicates.file_stats(info.path)])
 
 
 class FeatureStore:

@@ -31,6 +31,7 @@ import concurrent.futures
 import dataclasses
 import fnmatch
 import hashlib
+import json
 import math
 import sys
 import time
@@ -39,7 +40,7 @@ from crema_jax.data import presets
 from crema_jax.data.cache import hosts
 from crema_jax.data.cache import record_format
 from crema_jax.data.cache.shard_writer import build_shard, finish_record_on_interrupt
-from crema_jax.data.index import registry
+from crema_jax.data.index import duplicates, registry
 from crema_jax.data.index.dataset_index import DatasetIndex
 from crema_jax.data.reading import read as read_lib
 from crema_jax.data.reading import safe_files
@@ -51,8 +52,20 @@ class PrepareError(ValueError):
     """A cache that cannot be built as asked; the message says why."""
 
 
+def _records_sha1(index) -> str:
+    """What the cache's rows are made of: each record's path, id, labels, split, source, meta
+    and (local files) their sizes and modification times: a record relabelled or rewritten
+    since the cache was started changes it (a rerun kept the old labels and signals)."""
+    digest = hashlib.sha1()
+    for r in index.records:
+        digest.update(json.dumps([r.path, r.record_id, list(r.labels), r.split, r.source,
+                                  r.meta, duplicates.file_stats(r.path)], sort_keys=True,
+                                 default=str).encode() + b"\n")
+    return digest.hexdigest()
+
+
 def _settings(index, opts: dict, preprocess_cfg) -> dict:
-    paths = hashlib.sha1("\n".join(r.path for r in index.records).encode()).hexdigest()
+    paths = _records_sha1(index)
     return {"format": "crema_jax.cache/1", "layout": opts["layout"],
             "layout_options": opts["layout_options"],
             "root": storage.absolute(opts["root"]), "target_fs": float(opts["target_fs"]),
@@ -68,6 +81,10 @@ def check_or_write_settings(out: str, settings: dict, *, write: bool) -> None:
     if storage.isfile(path):
         old = _read_json(path, "use a new --out folder", dict)
         changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if changed == ["records_sha1"]:
+            raise PrepareError(f"{out} holds a cache of these records as they were: one or more "
+                               "was relabelled, rewritten, added or removed since (records_sha1)"
+                               "; use a new --out folder")
         if changed:
             raise PrepareError(f"{out} holds a cache built with other settings (changed: "
                                f"{', '.join(changed)}); use a new --out folder")
@@ -327,7 +344,8 @@ def make_plan(*, layout, root, out, layout_options=None, target_fs=250.0, prepro
     _check_flags(layout=layout, preprocess=preprocess, dtype=dtype,
                  records_per_shard=records_per_shard, num_hosts=num_hosts, host_index=host_index)
     layout_options = dict(layout_options or {})
-    index = registry.build_index(layout, root, **layout_options)
+    # An absolute root: the cache's record paths name the files wherever it is read from.
+    index = registry.build_index(layout, storage.absolute(root), **layout_options)
     if not index.records:
         raise PrepareError(f"--root={root}: the {layout} layout finds no record there; nothing "
                            "to prepare")

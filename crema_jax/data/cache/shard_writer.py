@@ -12,6 +12,7 @@ import ml_collections
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from crema_jax.data.cache.record_format import WRITER_OPTIONS, encode_record, shard_name
+from crema_jax.data.index import duplicates
 from crema_jax.data.reading import read as read_lib
 from crema_jax.data.reading.ecg import RecordError
 from crema_jax.data.signal.preprocess import preprocess_record
@@ -74,7 +75,8 @@ def build_shard(task: Mapping) -> dict:
                             "message": message})
             continue
         payloads.append(encode_record(signal, ecg.lead_present, task["dtype"]))
-        rows.append({**info, "shard": name + ".arrayrecord", "position": len(rows),
+        rows.append({**info, "content_key": duplicates.content_key(info["path"]),
+                     "shard": name + ".arrayrecord", "position": len(rows),
                      "length": int(signal.shape[1]),
                      "lead_present": [bool(b) for b in ecg.lead_present],
                      "repairs": {k: int(v) for k, v in sorted(ecg.repairs.items())}})

@@ -133,7 +133,9 @@ def cache_index(cache_dir: str) -> DatasetIndex:
     (what CacheSource.subset takes)."""
     index = load_index(cache_dir)
     infos = [RecordInfo(record_id=r["record_id"], path=r["path"], labels=tuple(r["labels"]),
-                        split=r["split"], source=r["source"], meta={"cache_row": row})
+                        split=r["split"], source=r["source"],
+                        meta={"cache_row": row, **({"content_key": r["content_key"]}
+                                                   if r.get("content_key") else {})})
              for row, r in enumerate(index["records"])]
     return DatasetIndex(infos, list(index["label_names"]),
                         layout=index["settings"].get("layout", ""),

@@ -7,7 +7,9 @@ head in one fold and test it in another. `content_key` names a record by what it
 - a WFDB record (path without extension): the SHA-256 of its signal files (`.dat`, `.mat`);
   the header is left out, since a copy's header names the copy's own record;
 - a file read whole (a clinical export): the SHA-256 of the file;
-- a row of an array file ("FILE#ROW") or anything else: its resolved path.
+- a row of an array file ("FILE#ROW") or anything else: its resolved path;
+- a record of a prepared cache: the key `prepare` stored for it (`content_key`, the same
+  SHA-256 of its source files when they were read), so that the source need not be there.
 
 Hashing every byte of a large dataset is slow, so files are first told apart by their size and
 the hash of their first 4 KiB (a few hundred samples of 12 leads); only records whose
@@ -21,6 +23,7 @@ import os
 from collections import defaultdict
 
 from crema_jax.data.reading import safe_files
+from crema_jax.runtime import storage
 
 SIGNAL_SUFFIXES = (".dat", ".mat")
 _PREFIX = 4 * 1024
@@ -48,6 +51,23 @@ def record_files(path) -> list[str]:
     return [path + s for s in SIGNAL_SUFFIXES if os.path.isfile(path + s)]
 
 
+def file_stats(path) -> list:
+    """[size, modification time in ns] (None when it cannot be seen) of each file the record at
+    `path` is read from (a WFDB header and signal files, a file read whole, the array file of
+    "FILE#ROW"): a record rewritten since is told apart from the one read before."""
+    file = str(path)
+    base, sep, row = file.rpartition("#")
+    file = base if sep and row.isdigit() and os.path.isfile(base) else file
+    stats = []
+    for name in [file + ".hea", *record_files(file)]:
+        try:
+            found = os.stat(name)
+            stats.append([found.st_size, found.st_mtime_ns])
+        except (OSError, ValueError):
+            stats.append(None)
+    return stats
+
+
 def _digest(files, *, limit: int | None) -> str:
     h = hashlib.sha256()
     for name in files:
@@ -64,12 +84,24 @@ def _digest(files, *, limit: int | None) -> str:
     return h.hexdigest()
 
 
+def content_key(path) -> str:
+    """The whole-file key of the record at `path` (what content_keys gives a record whose
+    fingerprint is shared), computed now: `prepare` stores it with each cached record."""
+    if storage.is_remote(path):
+        return f"path:{path}"
+    files = record_files(path)
+    return f"sha256:{_digest(files, limit=None)}" if files else \
+        f"path:{os.path.realpath(str(path))}"
+
+
 def content_keys(infos) -> list[str]:
     """One key per record; two records share a key when their files hold the same bytes (or,
     without files, when they name the same path)."""
-    files = [record_files(info.path) for info in infos]
-    keys = [f"sha256-prefix:{_digest(f, limit=_PREFIX)}" if f
-            else f"path:{os.path.realpath(info.path)}" for info, f in zip(infos, files)]
+    stored = [(info.meta or {}).get("content_key") for info in infos]
+    files = [[] if key else record_files(info.path) for info, key in zip(infos, stored)]
+    keys = [key or (f"sha256-prefix:{_digest(f, limit=_PREFIX)}" if f
+                    else f"path:{os.path.realpath(info.path)}")
+            for info, f, key in zip(infos, files, stored)]
     rows = defaultdict(list)
     for i, key in enumerate(keys):
         rows[key].append(i)

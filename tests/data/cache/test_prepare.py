@@ -80,3 +80,73 @@ def test_bad_record_skipped_or_fatal_with_strict(tmp_path, cinc_sample_dir, stri
     assert summary["skipped"]["truncated_signal"]["count"] == 1
     assert [os.path.splitext(p)[0] for p in summary["skipped"]["truncated_signal"]["paths"]] == [
         str(bad)]
+
+
+def test_a_rerun_after_records_changed_is_refused_not_resumed(tmp_path, cinc_sample_dir):
+    """A relabelled header or a rewritten signal file under unchanged paths: the rerun counted
+    every shard done and kept the old labels and signals (exit 0)."""
+    from crema_jax.data.cache import prepare
+
+    root, out = tmp_path / "data", str(tmp_path / "cache")
+    root.mkdir()
+    for name in ("E07500", "E07501", "E07502"):
+        for suffix in (".hea", ".mat"):
+            shutil.copy(cinc_sample_dir / (name + suffix), root)
+
+    def check():
+        plan = prepare.make_plan(layout="wfdb_folder", root=str(root), out=out)
+        prepare.check_or_write_settings(out, plan.settings, write=True)
+
+    check()
+    check()   # the same records: a resume
+    header = root / "E07501.hea"
+    written = os.stat(header).st_mtime_ns
+    header.write_text(header.read_text().replace("# Dx: ", "# Dx: 164873001,", 1))
+    with pytest.raises(prepare.PrepareError, match=r"one or more was relabelled, rewritten"):
+        check()
+    shutil.copy(cinc_sample_dir / "E07501.hea", header)   # the header as it was ...
+    os.utime(header, ns=(written, written))
+    check()
+    signal = root / "E07502.mat"
+    stat = os.stat(signal)
+    signal.write_bytes(signal.read_bytes()[::-1])   # ... a signal rewritten, same size
+    os.utime(signal, ns=(stat.st_mtime_ns + 10**9,) * 2)
+    with pytest.raises(prepare.PrepareError, match=r"\(records_sha1\); use a new --out folder"):
+        check()
+
+
+def test_a_cache_finds_its_duplicates_without_its_source_files(tmp_path, cinc_sample_dir,
+                                                               monkeypatch):
+    """Duplicates of a cache's records were found by hashing the source files at the paths it
+    stored: relative to the folder prepare ran in, or gone once the source moved. Two
+    byte-identical records then sat in two folds. Each cached row now carries its content key,
+    the SHA-256 computed here from the signal file's bytes."""
+    import hashlib
+
+    from crema_jax.data.cache import prepare
+    from crema_jax.evaluate import datasets
+
+    root = tmp_path / "data"
+    root.mkdir()
+    for name in ("E07500", "E07501", "E07502", "E07503"):
+        for suffix in (".hea", ".mat"):
+            shutil.copy(cinc_sample_dir / (name + suffix), root)
+    shutil.copy(root / "E07500.mat", root / "COPY.mat")   # the same ECG under another id
+    (root / "COPY.hea").write_text((root / "E07500.hea").read_text().replace("E07500", "COPY"))
+    monkeypatch.chdir(tmp_path)
+    prepare.prepare(layout="wfdb_folder", root="data", out=str(tmp_path / "cache"), workers=1,
+                    records_per_shard=2)
+    rows = json.loads((tmp_path / "cache" / "index.json").read_text())["records"]
+    signal = (root / "E07500.mat").read_bytes()
+    expected = "sha256:" + hashlib.sha256(f"{len(signal)}:".encode() + signal).hexdigest()
+    by_id = {r["record_id"]: r for r in rows}
+    assert by_id["E07500"]["content_key"] == by_id["COPY"]["content_key"] == expected
+    assert by_id["E07500"]["path"] == str(root / "E07500")   # absolute, wherever it is read
+    shutil.move(root, tmp_path / "moved")
+    monkeypatch.chdir(tmp_path / "moved")
+    settings = {"root": "", "cache_dir": str(tmp_path / "cache"), "seed": 0, "min_positives": 1,
+                "split_fractions": [], "label_type": "multilabel", "folds": 3}
+    data = datasets.load_dataset(settings)
+    assert data.counts["duplicates_merged"] == 1 and len(data.infos) == 4
+    assert data.counts["duplicate_groups"] == [["COPY", "E07500"]] or \
+        data.counts["duplicate_groups"] == [["E07500", "COPY"]]
