@@ -118,7 +118,7 @@ SIT = SitFamily(
     modules={"sit_pretrain": PretrainModel, "sit_encoder": SiT},
     default_config=model_config.default_model_config, default_model="sit_pretrain",
     arch_fields=("width", "depth", "num_heads", "head_dim", "mlp_ratio", "patch_size",
-                 "num_patches", "num_lead_embeddings"),
+                 "num_patches", "num_lead_embeddings", "patch_norms"),
     field_choices={"size": tuple(model_config.SIZES), "dtype": ("float32", "bfloat16"),
                    "lead_embedding": ("canonical", "position"),
                    "residual_boundary": ("auto", "on", "off")},

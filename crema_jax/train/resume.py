@@ -121,7 +121,7 @@ def _warm_start(setup, config, source: str, target, fresh, *, own: bool):
     template = trees.merge(target["params"], target["fixed"])
     if "encoder" in template and "encoder" not in loaded:  # a bare encoder checkpoint
         loaded = {"encoder": loaded}
-    fitted, missing = warm_start.fit_params(loaded, template, source=source)
+    fitted, missing, unused = warm_start.fit_params(loaded, template, source=source)
     if missing:  # their fresh values: the init the run would use without a checkpoint
         new = fresh()
         fitted = warm_start.fill_missing(fitted, trees.merge(new["params"], new["fixed"]))
@@ -136,7 +136,12 @@ def _warm_start(setup, config, source: str, target, fresh, *, own: bool):
         mesh_lib.place(np.int32(start), setup.replicated))
     progress.print_line(
         f"initialised params from {source} (step {ckpt_step}, params only): fresh optimizer, "
-        f"starting at step {start}" + (f"; {len(missing)} freshly initialised" if missing else ""))
+        f"starting at step {start}" + (f"; {len(missing)} freshly initialised" if missing else "")
+        + (f"; {len(unused)} of the checkpoint's entries unused, this model has no place for "
+           f"them: {', '.join(unused[:4])}{', ...' if len(unused) > 4 else ''}" if unused else ""))
+    for change in warm_start.meaning_changes(config.model, ckpt_config.model):
+        progress.print_line(f"{source}: {change} (the same weights; a subset of the leads gets "
+                            "other lead embeddings)")
     return state, start
 
 

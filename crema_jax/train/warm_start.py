@@ -39,15 +39,26 @@ def check_architecture(run_cfg, ckpt_cfg, *, source: str) -> None:
                          f"values")
 
 
-def fit_params(loaded: dict, template: dict, *, source: str) -> tuple[dict, list[str]]:
+# Fields that change what the weights mean without changing them: a warm start says so.
+MEANING_FIELDS = ("lead_embedding",)
+
+
+def meaning_changes(run_cfg, ckpt_cfg) -> list[str]:
+    """"config.model.F: run X, checkpoint Y" for each of MEANING_FIELDS that differs."""
+    return [f"config.model.{k}: run {run_cfg.get(k)!r}, checkpoint {ckpt_cfg.get(k)!r}"
+            for k in MEANING_FIELDS if k in run_cfg and run_cfg.get(k) != ckpt_cfg.get(k)]
+
+
+def fit_params(loaded: dict, template: dict, *,
+               source: str) -> tuple[dict, list[str], list[str]]:
     """`loaded` (host arrays) shaped like `template` (arrays or ShapeDtypeStructs).
 
     Unscanned per-layer blocks {i: block} are stacked when the template holds scan_layers blocks
     (and unstacked the other way). Returns (params with template's keys, where an entry the
-    checkpoint lacks is None, list of those "a/b/c" paths). Raises ValueError listing every
-    mis-shaped entry.
+    checkpoint lacks is None; those "a/b/c" paths; the checkpoint's entries the template has no
+    place for, which were dropped unsaid). Raises ValueError listing every mis-shaped entry.
     """
-    missing, misshaped = [], []
+    missing, misshaped, unused = [], [], []
 
     def fit(tree, tmpl, path):
         if isinstance(tmpl, dict):
@@ -57,6 +68,7 @@ def fit_params(loaded: dict, template: dict, *, source: str) -> tuple[dict, list
                   and not trees.is_int_keyed(tree)):
                 tree = trees.unstack(tree, len(tmpl))
             tree = tree if isinstance(tree, dict) else {}
+            unused.extend(f"{path}{k}" for k in tree if k not in tmpl)
             return {k: fit(tree.get(k), v, f"{path}{k}/") for k, v in tmpl.items()}
         name = path.rstrip("/")
         if tree is None:
@@ -75,7 +87,7 @@ def fit_params(loaded: dict, template: dict, *, source: str) -> tuple[dict, list
     if missing:
         logging.warning("%s holds no values for %d parameter(s); they keep their fresh init: %s",
                         source, len(missing), ", ".join(missing))
-    return fitted, missing
+    return fitted, missing, unused
 
 
 def fill_missing(fitted: dict, fresh: dict) -> dict:

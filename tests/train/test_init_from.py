@@ -154,3 +154,24 @@ def test_a_resume_refused_for_another_width_names_the_widths_it_resolves_to():
     assert text.startswith("W: this run cannot resume the workdir's checkpoint: ")
     assert "config.model.width: checkpoint 0, run 128" in text
     assert f"(model width: {SIZES[saved.model.size]['width']} vs 128)" in text  # the registry's
+
+
+def test_a_warm_start_refuses_other_patch_norms_and_names_what_it_leaves_unused(tiny_params):
+    """A checkpoint with ST-MEM's patch norms warm-started a run without them: the norms were
+    dropped unsaid, and embeddings differed by up to 0.58 from the checkpoint's."""
+    from crema_jax.train import warm_start
+
+    config, params = tiny_params
+    without = tiny_config(**{"model.patch_norms": False})
+    with pytest.raises(ValueError, match="config.model.patch_norms: run False, checkpoint True"):
+        warm_start.check_architecture(without.model, config.model, source="ckpt")
+    template = params_lib.abstract_params(without.model)
+    fitted, missing, unused = warm_start.fit_params(params, template, source="ckpt")
+    assert missing == [] and unused == ["encoder/patch_embed/in_norm",
+                                        "encoder/patch_embed/out_norm"]
+    np.testing.assert_array_equal(fitted["encoder"]["patch_embed"]["proj"]["kernel"],
+                                  params["encoder"]["patch_embed"]["proj"]["kernel"])
+    position = tiny_config(**{"model.lead_embedding": "position"})
+    assert warm_start.meaning_changes(position.model, config.model) == [
+        "config.model.lead_embedding: run 'position', checkpoint 'canonical'"]
+    assert warm_start.meaning_changes(config.model, config.model) == []
