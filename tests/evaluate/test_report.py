@@ -96,6 +96,9 @@ def check_markdown_agrees(rep: dict, md: str) -> None:
     for key, words in (("duplicates_merged", "duplicate rows merged"),
                        ("no_class_left", "left with no class by --min_positives")):
         assert (f"{records[key]} {words}" in line) is (records[key] > 0), line
+    unlabelled = records.get("unlabelled", 0)
+    assert (f", {unlabelled} of them with no label (negatives of every class)" in line) is (
+        unlabelled > 0), line
     if records["folds"]:
         assert f"per fold {records['train']:g} train, {records['val']:g} val; " \
                f"{records['test']} tested" in line, line
@@ -139,7 +142,8 @@ def test_report_json_and_markdown_agree_on_counts_and_p_values(tmp_path):
     data = SimpleNamespace(
         infos=[None] * 45, splits=np.full(45, "train"), label_type="multiclass",
         classes=["AF", "SR"], display={},
-        counts={"indexed": 50, "duplicates_merged": 2, "no_class_left": 3, "not_one_class": 0})
+        counts={"indexed": 50, "duplicates_merged": 2, "no_class_left": 3, "not_one_class": 0,
+                "unlabelled": 4})
     test = scoring.classification_report(labels, a, ["AF", "SR"], thresholds=np.full(2, 0.5))
     test["ci"] = None
     runs = [{"name": "probe leads=12 labels=1 folds=5", "model": model,
@@ -151,7 +155,8 @@ def test_report_json_and_markdown_agree_on_counts_and_p_values(tmp_path):
                             runs=runs, cross_domain=[], record_folds=plan,
                             comparisons=[comparison], seconds=1.0)
     assert rep["records"] == {"total": 45, "indexed": 50, "duplicates_merged": 2,
-                              "no_class_left": 3, "not_one_class": 0, "train": 27.0,
+                              "no_class_left": 3, "not_one_class": 0, "unlabelled": 4,
+                              "train": 27.0,
                               "val": 9.0, "test": 45, "folds": [9] * 5}
     macro = rep["comparisons"][0]["macro_auroc"]
     assert macro["n_valid"] == 1000 and macro["p_bound"] == "<"
