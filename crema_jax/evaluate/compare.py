@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from crema_jax.evaluate import datasets, finetune, folds, linear_probe, paired, report
+from crema_jax.evaluate import datasets, finetune, folds, linear_probe, paired, report, scoring
 from crema_jax.inference import backbones
 from crema_jax.models import families
 from crema_jax.runtime import mesh as mesh_lib
@@ -55,15 +55,12 @@ def _evaluate(label, config, params, data, settings, method_kwargs, mesh, plan, 
 def per_record(pred: dict, n_classes: int):
     """(records, probabilities (records, classes), fold per record or None): a record's
     examples (windows) averaged."""
-    rows, inverse = np.unique(np.asarray(pred["rows"]), return_inverse=True)
-    probs = np.zeros((len(rows), n_classes))
-    np.add.at(probs, inverse, np.asarray(pred["probs"], np.float64))
-    probs /= np.bincount(inverse)[:, None]
-    fold = None
-    if "fold" in pred:
-        fold = np.zeros(len(rows), np.int64)
-        fold[inverse] = pred["fold"]  # a record's examples share its fold
-    return rows, probs, fold
+    probs = np.asarray(pred["probs"], np.float64).reshape(-1, n_classes)
+    if "fold" not in pred:
+        rows, probs = scoring.per_record(pred["rows"], probs)
+        return rows, probs, None
+    rows, probs, fold = scoring.per_record(pred["rows"], probs, pred["fold"])
+    return rows, probs, fold.astype(np.int64)   # a record's examples share its fold
 
 
 def common_records(preds: dict, n_classes: int) -> dict:

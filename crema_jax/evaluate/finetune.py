@@ -351,7 +351,7 @@ def run_finetune(settings: dict, ft: dict) -> dict:
     groups_ = {"label": plots.primary_label(data.labels[rows], readable),
                "source": list(data.sources[rows])}
     report.write_all(out, workdir,
-                     roc=(head["labels"], head["probs"], readable, out["headline"]["run"]),
+                     roc=report.headline_roc(head, readable, out["headline"]["run"]),
                      embeddings=(features, groups_, "fine-tuned features, a test set (PCA)"),
                      predictions=report.prediction_arrays(head, data.classes))
     return out

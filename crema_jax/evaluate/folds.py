@@ -122,8 +122,8 @@ def cross_validate(fit_predict: Callable, plan: list[dict], labels: np.ndarray, 
         out = fit_predict(train, part["val"], {"test": part["test"]})
         pred = out["tests"]["test"]
         thresholds = scoring.choose_thresholds(out["val"]["labels"], out["val"]["probs"])
-        test = scoring.classification_report(pred["labels"], pred["probs"], classes,
-                                             thresholds=thresholds)
+        _, probs, fold_labels = scoring.per_record(pred["rows"], pred["probs"], pred["labels"])
+        test = scoring.classification_report(fold_labels, probs, classes, thresholds=thresholds)
         test["ci"] = None  # the pooled figures carry the CI; the folds give the spread
         entries.append({"fold": part["fold"] + 1, "n_train": int(len(train)),
                         "n_val": int(len(part["val"])), "test": test, **out["info"]})
@@ -135,10 +135,12 @@ def cross_validate(fit_predict: Callable, plan: list[dict], labels: np.ndarray, 
         pooled["fold"].append(np.full(n_test, part["fold"] + 1, np.int64))
         pooled["thresholds"].append(np.broadcast_to(thresholds, (n_test, len(classes))))
     oof = {k: np.concatenate(v) for k, v in pooled.items()}
-    test = scoring.classification_report(oof["labels"], oof["probs"], classes,
-                                         thresholds=oof.pop("thresholds"))
-    test["ci"] = scoring.bootstrap_ci(oof["labels"], oof["probs"], n_resamples=bootstrap,
-                                      seed=seed, groups=groups[oof["rows"]])
+    # Per record (a record's windows averaged; they share its fold and its thresholds).
+    records, probs, record_labels, thresholds = scoring.per_record(
+        oof["rows"], oof["probs"], oof["labels"], oof.pop("thresholds"))
+    test = scoring.classification_report(record_labels, probs, classes, thresholds=thresholds)
+    test["ci"] = scoring.bootstrap_ci(record_labels, probs, n_resamples=bootstrap, seed=seed,
+                                      groups=groups[records])
     summary = {key: _mean_std([e["test"][key] for e in entries])
                for key in ("macro_auroc", "macro_auprc", "macro_f1")}
     return {"test": test, "folds": entries, "fold_summary": summary}, oof

@@ -309,8 +309,8 @@ def run_probe(settings: dict, probe_kwargs: dict) -> dict:
     features = result["features"]
     readable = [data.display.get(c, c) for c in data.classes]
     head = result["predictions"]["runs"][out["headline"]["run"]]
-    report.write_all(out, workdir, roc=(head["labels"], head["probs"], readable,
-                                        out["headline"]["run"]),
+    report.write_all(out, workdir, roc=report.headline_roc(head, readable,
+                                                           out["headline"]["run"]),
                      embeddings=(features.values.mean(1), {
                          "label": plots.primary_label(data.labels[features.rows], readable),
                          "source": list(data.sources[features.rows])}, "frozen features (PCA)"),

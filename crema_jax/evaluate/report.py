@@ -260,6 +260,12 @@ def new_report(*, title: str, command: str, settings: dict, data, models: dict, 
     }
 
 
+def headline_roc(pred: dict, names, title: str) -> tuple:
+    """write_all's `roc` of a run's predictions: per record, as its figures are scored."""
+    _, probs, labels = scoring.per_record(pred["rows"], pred["probs"], pred["labels"])
+    return labels, probs, names, title
+
+
 def prediction_arrays(pred: dict, classes, **more) -> dict:
     """predictions.npz's arrays: one row per test example (every record once with K folds)."""
     arrays = {"record_id": np.asarray(pred["ids"], dtype=str), "labels": pred["labels"],

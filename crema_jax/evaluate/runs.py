@@ -26,13 +26,14 @@ def run_name(method: str, leads: str, fraction: float, k: int) -> str:
 
 
 def _scores(out, name, data, settings, groups, classes=None):
-    """The test report of one test set of a fit_predict output; its CI resamples patients."""
+    """The test report of one test set of a fit_predict output, per record (a record's windows
+    averaged); its CI resamples patients."""
     pred = out["tests"][name]
-    return scoring.test_report(out["val"]["probs"], out["val"]["labels"], pred["probs"],
-                               pred["labels"], data.classes if classes is None else classes,
-                               bootstrap=settings["bootstrap"],
-                               seed=settings["seed"],
-                               groups=None if groups is None else groups[pred["rows"]])
+    records, probs, labels = scoring.per_record(pred["rows"], pred["probs"], pred["labels"])
+    return scoring.test_report(out["val"]["probs"], out["val"]["labels"], probs, labels,
+                               data.classes if classes is None else classes,
+                               bootstrap=settings["bootstrap"], seed=settings["seed"],
+                               groups=None if groups is None else groups[records])
 
 
 def _split_run(fit_predict, data, fraction, settings, groups):

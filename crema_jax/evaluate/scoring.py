@@ -11,6 +11,10 @@ Definitions match scikit-learn so numbers are comparable with published tables:
 
 A class with no positives (or no negatives) in a split has no AUROC: it is listed under
 "skipped" with the reason and left out of every macro average, so tables never show NaN.
+
+Test figures are per record: a record cut into windows (ST-MEM's data path) is scored once, its
+windows' probabilities averaged (`per_record`), as the paired comparisons and the benchmark
+score it (a run's AUROC was per window, its comparison's per record: two figures for one model).
 """
 from __future__ import annotations
 
@@ -268,6 +272,21 @@ def bootstrap_ci(labels: np.ndarray, scores: np.ndarray, metric_fn=macro_auroc, 
     low, high = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return {"low": float(low), "high": float(high), "n_resamples": n_resamples,
             "n_valid": len(values), "alpha": alpha, "seed": seed}
+
+
+def per_record(rows, *arrays) -> tuple:
+    """(the records of `rows`, sorted; each of `arrays` averaged over each record's rows): a
+    record's windows share its labels (and its fold's thresholds), their probabilities are
+    averaged."""
+    records, inverse = np.unique(np.asarray(rows, np.int64), return_inverse=True)
+    counts = np.bincount(inverse, minlength=len(records)).astype(np.float64)
+    out = []
+    for array in arrays:
+        array = np.asarray(array, np.float64)
+        total = np.zeros((len(records),) + array.shape[1:])
+        np.add.at(total, inverse, array)
+        out.append(total / counts.reshape((-1,) + (1,) * (array.ndim - 1)))
+    return (records, *out)
 
 
 def test_report(probs_val, labels_val, probs_test, labels_test, classes, *, bootstrap: int,

@@ -160,7 +160,10 @@ def test_cross_validate_pools_out_of_fold_predictions_like_sklearn():
             predicted[rows, c] = score[rows, c] >= t
     assert pooled["macro_f1"] == pytest.approx(f1_score(labels, predicted, average="macro"),
                                                abs=1e-12)
-    # The CI resamples patients: a patient's records are drawn together (numpy, sklearn).
+    # The CI resamples patients: a patient's records are drawn together (numpy, sklearn),
+    # the records in their order (scoring.per_record: sorted; one example each here).
+    order = np.argsort(oof["rows"])
+    oof = {k: np.asarray(v)[order] for k, v in oof.items()}
     patients = groups[oof["rows"]]
     members = {}
     for i, g in enumerate(patients):

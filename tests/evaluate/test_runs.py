@@ -106,3 +106,30 @@ def test_a_class_without_positives_in_a_sources_training_records_is_not_scored()
     np.testing.assert_array_equal(preds["cross_domain"][("n", "g")]["learnt"], [True, False])
     assert g_entry["out_of_domain"]["n"]["macro_auroc"] == pytest.approx(
         _macro(data.labels[data.sources == "n"], score[data.sources == "n"]), abs=1e-12)
+
+
+def test_a_record_cut_into_windows_is_scored_once_its_windows_averaged():
+    """ST-MEM's data path cuts a long record into windows: the run's AUROC was per window
+    while its paired comparison was per record (two figures for one model, one report)."""
+    rng = np.random.default_rng(2)
+    data = _dataset(rng)
+    windows = rng.normal(size=(len(data.labels), 3, 2)) + data.labels[:, None, :]
+
+    def fit_predict(train, val, tests):
+        def examples(rows):   # three windows a record, in window order
+            rows = np.repeat(np.asarray(rows), 3)
+            probs = windows[rows, np.tile(np.arange(3), len(rows) // 3)]
+            return {"probs": probs, "labels": data.labels[rows], "rows": rows,
+                    "ids": [f"r{r}#{w}" for r, w in zip(rows, np.tile(np.arange(3),
+                                                                      len(rows) // 3))]}
+        return {"val": examples(val), "tests": {n: examples(r) for n, r in tests.items()},
+                "info": {}}
+
+    settings = {"label_fractions": [1.0], "seed": 0, "bootstrap": 20}
+    (run,), _, preds = runs.model_runs(fit_predict, data, "12", settings, method="probe",
+                                       model="A", groups=protocols.patient_keys(data.infos))
+    test = np.flatnonzero(data.splits == "test")
+    assert run["test"]["n"] == len(test) and len(preds["runs"][run["name"]]["rows"]) == 3 * len(
+        test)
+    assert run["test"]["macro_auroc"] == pytest.approx(
+        _macro(data.labels[test], windows[test].mean(1)), abs=1e-12)
