@@ -37,10 +37,14 @@ COMMAND.string("model_size", "tiny", "SiT size of a `random` model (tiny/small/b
 @COMMAND.main
 def main(args) -> None:
     # run time: --help needs no JAX
-    from crema_jax.evaluate import benchmark, benchmark_leaderboard
+    from crema_jax.evaluate import benchmark, benchmark_leaderboard, benchmark_tasks
 
     if not args.models:
         raise command.CommandError("--models: expected NAME=CHECKPOINT pairs")
+    try:  # a usage error (exit 2), before the task file and the models are read
+        benchmark_tasks.parse_models(list(args.models))
+    except ValueError as err:
+        raise command.FlagValueError(str(err)) from None
     roots = {k: str(v) for k, v in command.parse_key_values(args.roots, flag="roots").items()}
     board = benchmark.run_benchmark(list(args.models), args.tasks, args.workdir, roots=roots,
                                     model_size=args.model_size)

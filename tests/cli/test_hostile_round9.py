@@ -211,3 +211,12 @@ def test_a_one_sample_record_is_named_too_short_not_signal_less(samples, reason)
     with pytest.raises(RecordError) as raised:
         canonical_ecg(np.full((samples, 12), 0.5), list(LEADS), ["mV"] * 12, 500.0, path="r")
     assert raised.value.reason == reason, str(raised.value)
+
+
+def test_a_bad_models_flag_is_a_usage_error(tmp_path, capsys):
+    from crema_jax.cli import benchmark as benchmark_cli
+
+    _fails(benchmark_cli, ["--models=random:a=random", f"--tasks={tmp_path / 'none.py'}",
+                           f"--workdir={tmp_path / 'w'}"], capsys,
+           "--models entry 'random:a=random': names starting with 'random:'", code=2)
+    assert not (tmp_path / "w").exists()
