@@ -227,7 +227,8 @@ def extract_features(backbone, data, lead_name: str, settings: dict, mesh) -> Fe
 def head_fit_predict(features: Features, data, probe_kwargs: dict, *, fit=None, predict=None):
     """The linear probe (or another head on frozen features: `fit` like fit_linear_probe,
     `predict` like predict_proba) on `features` as a runs.py model: records -> their
-    examples."""
+    examples. Its info's n_train and n_val count the records it read (they replace the
+    records assigned in the run's entry)."""
     fit, predict = fit or fit_linear_probe, predict or predict_proba
     labels = data.labels[features.rows]
 
@@ -243,7 +244,11 @@ def head_fit_predict(features: Features, data, probe_kwargs: dict, *, fit=None, 
                "tests": {},
                "info": {"selection": {"l2": head.l2, "chosen_by": head.chosen_by,
                                       "val_macro_auroc_by_l2": {
-                                          str(k): v for k, v in head.val_auroc_by_l2.items()}}}}
+                                          str(k): v for k, v in head.val_auroc_by_l2.items()}},
+                        # The records the head saw (a record the backbone could not read, e.g.
+                        # too short for its windows, is not counted as trained on).
+                        "n_train": int(len(np.unique(features.rows[train]))),
+                        "n_val": int(len(np.unique(features.rows[val])))}}
         for name, rows in tests.items():
             ex = examples(rows)
             out["tests"][name] = {"probs": predict(head, features.values[ex]),

@@ -133,3 +133,28 @@ def test_a_record_cut_into_windows_is_scored_once_its_windows_averaged():
         test)
     assert run["test"]["macro_auroc"] == pytest.approx(
         _macro(data.labels[test], windows[test].mean(1)), abs=1e-12)
+
+
+def test_a_heads_counts_are_the_records_it_read():
+    """A record the backbone could not read (too short for its windows) was still counted in
+    the run's n_train and n_val: a model reading 11 of 16 training records said 16."""
+    from crema_jax.evaluate import linear_probe
+
+    rng = np.random.default_rng(3)
+    data = _dataset(rng, n=30)
+    data.label_type = "multilabel"
+    readable = np.asarray([r for r in range(30) if r % 5])          # every fifth unreadable
+    rows = np.repeat(readable, 2)                                     # two windows each
+    features = linear_probe.Features(rng.normal(size=(len(rows), 1, 4)), rows,
+                                     [f"r{r}" for r in rows], None)
+    head = SimpleNamespace(l2=1.0, chosen_by="val_macro_auroc", val_auroc_by_l2={1.0: 0.5})
+    fit_predict = linear_probe.head_fit_predict(
+        features, data, {}, fit=lambda *a, **k: head,
+        predict=lambda h, x: np.full((len(x), 2), 0.5))
+    train, val = np.arange(0, 20), np.arange(20, 30)
+    out = fit_predict(train, val, {"test": val})
+    assert out["info"]["n_train"] == 16 and out["info"]["n_val"] == 8
+    settings = {"label_fractions": [1.0], "seed": 0, "bootstrap": 5}
+    (run,), _, _ = runs.model_runs(fit_predict, data, "12", settings, method="probe", model="A")
+    assigned = np.flatnonzero(data.splits == "train")
+    assert run["n_train"] == int(np.sum(assigned % 5 != 0)) < len(assigned)
