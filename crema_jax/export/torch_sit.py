@@ -87,6 +87,9 @@ class Encoder(nn.Module):
         self.register_buffer("pos_embedding", torch.zeros(1, n + 2, w))
         self.sep_embedding = nn.Parameter(torch.zeros(w))
         self.lead_embeddings = nn.Parameter(torch.zeros(c["num_lead_embeddings"], w))
+        # "position" (ST-MEM's rule, what import-torch --format=stmem writes): the l-th fed lead
+        # gets embedding l, whatever its lead id; "canonical": the embedding of its lead id.
+        self.lead_by_position = c.get("lead_embedding", "canonical") == "position"
         self.blocks = nn.ModuleList(Block(w, c["num_heads"], c["head_dim"], c["mlp_ratio"] * w)
                                     for _ in range(c["depth"]))
         self.norm = nn.LayerNorm(w, eps=ENCODER_LN_EPS)
@@ -97,6 +100,8 @@ class Encoder(nn.Module):
         b, nl, n, _ = patches.shape
         pos = self.pos_embedding
         x = (self.patch_embed(patches) + pos[:, None, 1:-1]).reshape(b, nl * n, -1)
+        if self.lead_by_position:
+            lead_indices = torch.arange(nl, device=patches.device).expand(b, nl)
         lead_emb = self.lead_embeddings[lead_indices]                       # (B, L, D)
         token_lead = torch.arange(nl).repeat_interleave(n).expand(b, -1)
         if visible_idx is not None:

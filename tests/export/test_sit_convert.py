@@ -257,3 +257,29 @@ def test_crema_variants_export_to_the_torch_module_and_back(tmp_path):
     assert flat.keys() == flat_b.keys() and all(np.array_equal(flat[p], flat_b[p]) for p in flat)
     problems = " ".join(sit_layouts.stmem_incompatibilities(cfg, include_decoder=True))
     assert "model.patch_norms=False" in problems and "model.decoder_variant='axial'" in problems
+
+
+@pytest.mark.parametrize("rule", ["position", "canonical"])
+def test_the_torch_module_follows_the_lead_embedding_rule_on_lead_subsets(tmp_path, rule):
+    """"position" (what import-torch --format=stmem writes) embeds the l-th fed lead with
+    embedding l: the exported torch module took the lead ids' embeddings, so on [II] or
+    [V6, I, aVF] its features were 16% off the JAX model's (all 12 leads in order hid it: both
+    rules agree there)."""
+    cfg = default_model_config()
+    cfg.size, cfg.lead_embedding, cfg.residual_boundary = "tiny", rule, "off"
+    params = params_lib.init_params(cfg, 4)
+    state = export_torch.build_state_dict(params, cfg, layout="crema", include_decoder=False)
+    out = tmp_path / "sit.safetensors"
+    export_torch.write_files(state, str(out), layout="crema",
+                             model_config=export_torch.resolved_model_config(cfg),
+                             full_config={}, step=0, include_decoder=False)
+    torch_model = torch_sit.load_sit(str(out))
+    model = params_lib.merge(cfg, params)
+    patches, _, _ = _inputs(seed=3)
+    for subset in ([1], [11, 0, 5], [6, 7, 8, 9, 10, 11]):
+        x = patches[:, subset]
+        leads = np.tile(np.asarray(subset), (x.shape[0], 1))
+        want = np.asarray(model.encoder.features(jnp.asarray(x), jnp.asarray(leads)))
+        with torch.no_grad():
+            got = torch_model.features(torch.from_numpy(x), torch.from_numpy(leads)).numpy()
+        assert rel_err(got, want) <= 1e-5, (rule, subset)
