@@ -378,9 +378,10 @@ def test_a_cross_domain_class_the_training_source_lacks_is_not_scored():
     def fit_predict(train, val, tests):
         seen["train"] = train
         test = tests["test"]
-        return {"info": {}, "tests": {"test": {"probs": rng.random((len(test), 3)),
-                                               "labels": labels[test], "rows": test,
-                                               "ids": test.astype(str)}}}
+        return {"info": {}, "val": {"probs": rng.random((len(val), 3)), "labels": labels[val]},
+                "tests": {"test": {"probs": rng.random((len(test), 3)),
+                                   "labels": labels[test], "rows": test,
+                                   "ids": test.astype(str)}}}
 
     column = Column("x", "x", "d", "12", 1.0, "ningbo", "georgia")
     fields, pred, learnt = benchmark._cross_domain_cell(fit_predict, data, column, seed=0)
