@@ -96,14 +96,20 @@ def test_stmem_export_is_bit_exact_and_loads_into_stmem(imported, tmp_path):
     assert all(p.startswith(sit_layouts.PRETRAIN_ONLY) for p in kept)
 
 
+def _torch_export(params, cfg, out, *, include_decoder: bool):
+    """`params` written in the crema layout to `out` (and its JSON), loaded as our torch module."""
+    state = export_torch.build_state_dict(params, cfg, layout="crema",
+                                          include_decoder=include_decoder)
+    export_torch.write_files(state, str(out), layout="crema",
+                             model_config=export_torch.resolved_model_config(cfg),
+                             full_config={}, step=0, include_decoder=include_decoder)
+    return torch_sit.load_sit(str(out))
+
+
 def test_crema_layout_torch_module_matches_jax_and_round_trips(imported, tmp_path):
     name, _, params, cfg, _ = imported
-    state = export_torch.build_state_dict(params, cfg, layout="crema", include_decoder=True)
     out = tmp_path / "sit.safetensors"
-    model_cfg = export_torch.resolved_model_config(cfg)
-    export_torch.write_files(state, str(out), layout="crema", model_config=model_cfg,
-                             full_config={}, step=0, include_decoder=True)
-    torch_model = torch_sit.load_sit(str(out))
+    torch_model = _torch_export(params, cfg, out, include_decoder=True)
     patches, keep, visible_idx = _inputs(seed=1)
     feats, pred = _jax_outputs(cfg, params, patches, visible_idx)
     leads = torch.arange(12).repeat(2, 1)
@@ -235,12 +241,8 @@ def test_crema_variants_export_to_the_torch_module_and_back(tmp_path):
     flat = trees.flatten(params)
     assert not any("in_norm" in p or "out_norm" in p for p in flat)
     assert any(p.startswith("decoder/lead_blocks/1/") for p in flat)
-    state = export_torch.build_state_dict(params, cfg, layout="crema", include_decoder=True)
     out = tmp_path / "variant.safetensors"
-    export_torch.write_files(state, str(out), layout="crema",
-                             model_config=export_torch.resolved_model_config(cfg),
-                             full_config={}, step=0, include_decoder=True)
-    torch_model = torch_sit.load_sit(str(out))
+    torch_model = _torch_export(params, cfg, out, include_decoder=True)
     patches, _, visible_idx = _inputs(seed=2)
     patches = patches * np.linspace(0.2, 3.0, 12)[None, :, None, None]  # amplitudes now matter
     feats, pred = _jax_outputs(cfg, params, patches.astype(np.float32), visible_idx)
@@ -268,12 +270,7 @@ def test_the_torch_module_follows_the_lead_embedding_rule_on_lead_subsets(tmp_pa
     cfg = default_model_config()
     cfg.size, cfg.lead_embedding, cfg.residual_boundary = "tiny", rule, "off"
     params = params_lib.init_params(cfg, 4)
-    state = export_torch.build_state_dict(params, cfg, layout="crema", include_decoder=False)
-    out = tmp_path / "sit.safetensors"
-    export_torch.write_files(state, str(out), layout="crema",
-                             model_config=export_torch.resolved_model_config(cfg),
-                             full_config={}, step=0, include_decoder=False)
-    torch_model = torch_sit.load_sit(str(out))
+    torch_model = _torch_export(params, cfg, tmp_path / "sit.safetensors", include_decoder=False)
     model = params_lib.merge(cfg, params)
     patches, _, _ = _inputs(seed=3)
     for subset in ([1], [11, 0, 5], [6, 7, 8, 9, 10, 11]):
