@@ -91,6 +91,10 @@ def main():
     print(f"{'framework':<26} {'ms/batch':>10} {'ECGs/s':>9}  note")
     for name, sec, note in rows:
         print(f"{name:<26} {sec * 1e3:>10.0f} {args.batch / sec:>9.1f}  {note}")
+    jax_sec = rows[0][1]
+    for name, sec, _ in rows[1:]:
+        print(f"ratio {name} / JAX: {sec / jax_sec:.2f}x"
+              + (" (issue target: >= 1.30x)" if "compile" in name else ""))
     print(f"max relative logit difference JAX vs PyTorch: {diff:.1e}")
     if args.stages:
         _print_stages(model, ref, xj, xt, args.iters)
