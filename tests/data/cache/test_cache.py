@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pytest
 
-from crema_jax.data import config as config_lib
 from crema_jax.data import presets
 from crema_jax.data.cache import record_format
 from crema_jax.data.index import wfdb_folder
@@ -15,6 +14,7 @@ from crema_jax.data.pipeline import datasets
 from crema_jax.data.pipeline import sources
 from crema_jax.data.reading import wfdb_records
 from crema_jax.data.signal import preprocess
+from tests.data.configs import one_epoch_config
 
 
 def _preprocessed(path):
@@ -67,20 +67,14 @@ def sample_cache(tmp_path_factory, cinc_sample_dir):
     return out
 
 
-def _cfg(**overrides):
-    cfg = config_lib.default_data_config()
-    cfg.split, cfg.num_epochs, cfg.batch_size = "", 1, 8
-    for key, value in overrides.items():
-        setattr(cfg, key, value)
-    return cfg
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["pretrain", "eval"])
 def test_cache_batches_equal_raw_batches(sample_cache, cinc_sample_dir, mode):
     make = datasets.make_pretrain_dataset if mode == "pretrain" else datasets.make_eval_dataset
-    raw = list(make(_cfg(root=str(cinc_sample_dir)), process_index=0, process_count=1))
-    cached = list(make(_cfg(cache_dir=str(sample_cache)), process_index=0, process_count=1))
+    raw = list(make(one_epoch_config(root=str(cinc_sample_dir)), process_index=0,
+                    process_count=1))
+    cached = list(make(one_epoch_config(cache_dir=str(sample_cache)), process_index=0,
+                       process_count=1))
     assert len(raw) == len(cached) == (6 if mode == "pretrain" else 7)
     index = wfdb_folder.wfdb_folder(cinc_sample_dir)
     for a, b in zip(raw, cached):
@@ -101,22 +95,22 @@ def test_cache_batches_equal_raw_batches(sample_cache, cinc_sample_dir, mode):
 def test_cache_split_and_settings_checks(sample_cache, cinc_sample_dir):
     train = {info.record_id for info in wfdb_folder.wfdb_folder(cinc_sample_dir).records
              if info.split == "train"}
-    source = sources.make_source(_cfg(cache_dir=str(sample_cache), split="train"))
+    source = sources.make_source(one_epoch_config(cache_dir=str(sample_cache), split="train"))
     assert {r["record_id"] for r in source.records} == train and len(source) == len(train)
-    assert repr(source) == repr(sources.make_source(_cfg(cache_dir=str(sample_cache),
+    assert repr(source) == repr(sources.make_source(one_epoch_config(cache_dir=str(sample_cache),
                                                          split="train")))
     with pytest.raises(ValueError, match="target_fs=500"):
-        sources.make_source(_cfg(cache_dir=str(sample_cache), target_fs=500.0))
-    cfg = _cfg(cache_dir=str(sample_cache))
+        sources.make_source(one_epoch_config(cache_dir=str(sample_cache), target_fs=500.0))
+    cfg = one_epoch_config(cache_dir=str(sample_cache))
     cfg.preprocess.high_hz = 30.0
     with pytest.raises(ValueError, match="rebuild it"):
         sources.make_source(cfg)
     # The peers' paths read NaN and flat leads otherwise than `prepare` did: raw files only.
     for preset, field in (("ecgfounder", "data.nan_policy='interpolate'"),
                           ("stmem", "raw records")):
-        cfg = presets.apply(_cfg(cache_dir=str(sample_cache)), preset)
+        cfg = presets.apply(one_epoch_config(cache_dir=str(sample_cache)), preset)
         with pytest.raises(ValueError, match=re.escape(field)):
             sources.make_source(cfg)
-    cfg = _cfg(cache_dir=str(sample_cache), flat_leads="keep")
+    cfg = one_epoch_config(cache_dir=str(sample_cache), flat_leads="keep")
     with pytest.raises(ValueError, match="data.flat_leads='absent'"):
         sources.make_source(cfg)

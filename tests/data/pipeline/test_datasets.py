@@ -6,7 +6,6 @@ import pickle
 import numpy as np
 import pytest
 
-from crema_jax.data import config as config_lib
 from crema_jax.data import presets
 from crema_jax.data.index import dataset_index
 from crema_jax.data.index import wfdb_folder
@@ -20,16 +19,9 @@ from crema_jax.data.reading import wfdb_records
 from crema_jax.data.reading.leads import LEADS
 from crema_jax.data.signal import preprocess
 from tests.data import broken_records
+from tests.data.configs import one_epoch_config
 
 LIMB = ("I", "II", "III", "aVR", "aVL", "aVF")
-
-
-def _cfg(**overrides):
-    cfg = config_lib.default_data_config()
-    cfg.split, cfg.num_epochs, cfg.batch_size = "", 1, 8
-    for key, value in overrides.items():
-        setattr(cfg, key, value)
-    return cfg
 
 
 def _reference(path):
@@ -52,7 +44,7 @@ def sample_index(cinc_sample_dir):
 
 
 def test_all_sample_records_once_per_epoch_and_equal_to_reader(cinc_sample_dir, sample_index):
-    cfg = _cfg(root=str(cinc_sample_dir), batch_size=10)
+    cfg = one_epoch_config(root=str(cinc_sample_dir), batch_size=10)
     batches = list(datasets.make_pretrain_dataset(cfg, process_index=0, process_count=1))
     assert len(batches) == 5
     seen = []
@@ -83,7 +75,7 @@ def test_all_sample_records_once_per_epoch_and_equal_to_reader(cinc_sample_dir, 
 
 
 def test_eval_crops_labels_and_padding(cinc_sample_dir, sample_index):
-    cfg = _cfg(root=str(cinc_sample_dir), batch_size=16)
+    cfg = one_epoch_config(root=str(cinc_sample_dir), batch_size=16)
     batches = list(datasets.make_eval_dataset(cfg, process_index=0, process_count=1))
     assert len(batches) == 4 and batches[-1]["valid"].tolist() == [True] * 2 + [False] * 14
     vocab = sample_index.label_names
@@ -111,7 +103,7 @@ def _arrays(n=20, length=2500, seed=0):
 @pytest.mark.parametrize("leads", [("I",), LIMB, ("V6", "I")])
 def test_lead_subsets(leads):
     signals = _arrays(8)
-    cfg = _cfg(leads=leads, num_views=1)
+    cfg = one_epoch_config(leads=leads, num_views=1)
     batch = next(iter(datasets.make_pretrain_dataset(cfg, source=ArraySource(signals),
                                                      process_index=0, process_count=1)))
     rows = [LEADS.index(name) for name in leads]
@@ -127,7 +119,7 @@ def test_short_records_are_padded_and_marked_invalid():
     signals = _arrays(4, length=2000)
     present = np.ones((4, 12), bool)
     present[:, 9] = False
-    cfg = _cfg(batch_size=4, num_views=1)
+    cfg = one_epoch_config(batch_size=4, num_views=1)
     batch = next(iter(datasets.make_pretrain_dataset(
         cfg, source=ArraySource(signals, lead_present=present), process_index=0,
         process_count=1)))
@@ -145,7 +137,7 @@ def test_short_records_are_padded_and_marked_invalid():
 
 
 def test_independent_view_crops_and_augmentations_per_view():
-    cfg = _cfg(num_views=2, independent_view_crops=True, batch_size=8)
+    cfg = one_epoch_config(num_views=2, independent_view_crops=True, batch_size=8)
     cfg.augment.names = ("amplitude_scale",)
     cfg.augment.amplitude_scale = dict(prob=1.0, low=0.5, high=2.0)
     signals = _arrays(8, length=5000)
@@ -181,7 +173,7 @@ def _assert_same(a, b):
 
 def test_determinism_and_state_restore_mid_epoch():
     source = ArraySource(_arrays(40))
-    cfg = _cfg(num_epochs=None, batch_size=6, seed=3)
+    cfg = one_epoch_config(num_epochs=None, batch_size=6, seed=3)
     make = lambda: iter(datasets.make_pretrain_dataset(cfg, source=source, process_index=0,
                                                        process_count=1))
     first, second = make(), make()
@@ -202,7 +194,7 @@ def test_determinism_and_state_restore_mid_epoch():
 
 def test_epochs_reshuffle_and_cover_everything():
     source = ArraySource(_arrays(24))
-    cfg = _cfg(num_epochs=2, batch_size=6)
+    cfg = one_epoch_config(num_epochs=2, batch_size=6)
     ids = [i for batch in datasets.make_pretrain_dataset(cfg, source=source, process_index=0,
                                                          process_count=1)
            for i in batch["index"].tolist()]
@@ -211,7 +203,7 @@ def test_epochs_reshuffle_and_cover_everything():
 
 def test_two_processes_see_disjoint_records_covering_all():
     source = ArraySource(_arrays(40))
-    cfg = _cfg(batch_size=5)
+    cfg = one_epoch_config(batch_size=5)
     seen = [[i for batch in datasets.make_pretrain_dataset(cfg, source=source, process_index=p,
                                                            process_count=2)
              for i in batch["index"].tolist()] for p in (0, 1)]
@@ -231,7 +223,7 @@ def _mixed_source(tmp_path, cinc_sample_dir):
 def test_broken_records_are_skipped_and_counted(tmp_path, cinc_sample_dir):
     source, broken = _mixed_source(tmp_path, cinc_sample_dir)
     stats = SkipStats(str(tmp_path / "skips"))
-    cfg = _cfg(batch_size=4)
+    cfg = one_epoch_config(batch_size=4)
     cfg.skip_log_dir = str(tmp_path / "skips")
     batches = list(datasets.make_pretrain_dataset(cfg, source=source, process_index=0,
                                                   process_count=1, stats=stats))
@@ -252,7 +244,7 @@ def test_broken_records_are_skipped_and_counted(tmp_path, cinc_sample_dir):
 
 def test_strict_names_file_and_problem(tmp_path, cinc_sample_dir):
     source, broken = _mixed_source(tmp_path, cinc_sample_dir)
-    cfg = _cfg(batch_size=1, strict=True)
+    cfg = one_epoch_config(batch_size=1, strict=True)
     for name, reason in broken_records.EXPECTED_REASONS.items():
         if reason is None:
             continue
@@ -271,7 +263,7 @@ def test_worker_processes_deterministic_restorable_and_log_skips(tmp_path, cinc_
     """num_workers=2 (mp_prefetch): the same batches after a restore; worker skips reach
     skip_log_dir. (Two iterators only: each starts two worker processes, seconds apiece.)"""
     source, broken = _mixed_source(tmp_path, cinc_sample_dir)
-    cfg = _cfg(num_epochs=None, batch_size=3, num_workers=2)
+    cfg = one_epoch_config(num_epochs=None, batch_size=3, num_workers=2)
     cfg.skip_log_dir = str(tmp_path / "skips")
     make = lambda: iter(datasets.make_pretrain_dataset(cfg, source=source, process_index=0,
                                                        process_count=1))
@@ -310,7 +302,7 @@ def test_pretrain_views_called_directly_give_every_view():
     """Other modules (e.g. reconstruction plots) call the transform directly: full V axis."""
     element = {"signal": _arrays(1)[0], "lead_present": np.ones(12, bool), "index": 0,
                "labels": None}
-    views = transforms.PretrainViews(_cfg(num_views=2)).random_map([element],
+    views = transforms.PretrainViews(one_epoch_config(num_views=2)).random_map([element],
                                                                    np.random.default_rng(0))
     assert views["patches"].shape == (1, 2, 12, 30, 75) and views["mask"].shape == (1, 2, 12, 30)
     np.testing.assert_array_equal(views["patches"][0, 0], views["patches"][0, 1])

@@ -12,8 +12,8 @@ import wfdb
 from crema_jax.data.reading import ecg as ecg_lib
 from crema_jax.data.reading import leads
 from crema_jax.data.reading import wfdb_records
-from tests.data.broken_records import (FRANK_NAMES, NAN_LEAD, NAN_SAMPLES, ZERO_LEAD,
-                                       make_broken_records)
+from tests.data.broken_records import (EXPECTED_REASONS, FRANK_NAMES, NAN_LEAD, NAN_SAMPLES,
+                                       ZERO_LEAD, make_broken_records)
 
 CANONICAL = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
 
@@ -103,19 +103,7 @@ def test_resampling_from_360_and_1000_hz(tmp_path):
                                    atol=0.01)
 
 
-ERRORS = {
-    "truncated_mat": "truncated_signal",
-    "truncated_dat": "truncated_signal",
-    "empty_dat": "truncated_signal",
-    "corrupt_header": "header_syntax",
-    "corrupt_record_line": "header_syntax",
-    "missing_signal_file": "missing_signal_file",
-    "missing_header": "missing_header",
-    "bad_fs": "bad_sampling_rate",
-    "no_fs": "bad_sampling_rate",
-    "all_nan": "no_signal",
-    "short_1s": "too_short",
-}
+ERRORS = {name: reason for name, reason in EXPECTED_REASONS.items() if reason}
 
 
 @pytest.mark.parametrize("name", sorted(ERRORS))
