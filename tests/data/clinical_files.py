@@ -56,18 +56,19 @@ def quantised(signal_mv: np.ndarray, uv_per_bit: float) -> np.ndarray:
 
 
 def write_dicom(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_NAME,
-                patient_id=PATIENT_ID, statements=STATEMENTS) -> np.ndarray:
-    """12-lead ECG waveform object; returns the stored values in mV."""
+                patient_id=PATIENT_ID, statements=STATEMENTS, deflated=False) -> np.ndarray:
+    """12-lead ECG waveform object (deflated: in the Deflated Explicit VR Little Endian transfer
+    syntax); returns the stored values in mV."""
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 
     counts = quantised(signal_mv, DICOM_UV_PER_BIT)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.9.1.1"  # 12-lead ECG waveform
     meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian if deflated else ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID

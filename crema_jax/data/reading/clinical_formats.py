@@ -25,7 +25,9 @@ then maps them. `Parsed.patient_key` is the file's patient identifier, for a sal
 (clinical.py): names, birth dates and the identifier itself never go into `meta`.
 
 Failures raise RecordError: unknown_format, unreadable (the library refused the file),
-truncated_signal, bad_sampling_rate, bad_units, unequal_lengths.
+truncated_signal, bad_sampling_rate, bad_units, unequal_lengths, too_large (an XML file over
+MAX_XML_BYTES, a deflated DICOM inflating past MAX_INFLATED_DICOM_BYTES, a Philips XML declaring
+more than ecg.MAX_SAMPLES samples).
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ import dataclasses
 import os
 import re
 import warnings
+import zlib
 from xml.etree.ElementTree import ParseError
 
 import numpy as np
@@ -43,6 +46,13 @@ from crema_jax.data.reading import philips_xml, safe_files, scp_ecg
 from crema_jax.data.reading.ecg import RecordError
 
 HL7 = "{urn:hl7-org:v3}"
+# The largest XML export parsed (~0.8 GB at its peak); a 10-s ECG is 0.1-1 MB, 15 min of 12 leads
+# as aECG digits ~30 MB.
+MAX_XML_BYTES = 32 << 20
+# The most bytes a deflated DICOM file may inflate to (pydicom inflates it whole, before any
+# field can be checked): 1 h of 12 leads of 16-bit samples at 500 Hz is ~43 MB.
+MAX_INFLATED_DICOM_BYTES = 64 << 20
+DEFLATED_DICOM = "1.2.840.10008.1.2.1.99"
 SCPECG_LEADS = {"1": "I", "2": "II", **{str(k + 2): f"V{k}" for k in range(1, 7)}, "61": "III",
                 "62": "aVR", "63": "aVL", "64": "aVF"}  # DICOM CID 3001, scheme SCPECG
 MUSE_UNITS = {"MICROVOLTS": "uV", "MILLIVOLTS": "mV", "VOLTS": "V"}
@@ -122,6 +132,7 @@ def _dicom(path) -> Parsed:
     import pydicom  # the [clinical] extra; only DICOM files need it
     from pydicom.errors import InvalidDicomError
     try:
+        _check_inflated_size(path, pydicom.filereader.read_file_meta_info(path))
         ds = pydicom.dcmread(path)
         groups = list(ds.get("WaveformSequence", []))
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as e:
@@ -161,6 +172,28 @@ def _dicom(path) -> Parsed:
                   str(ds.get("PatientID", "")) or None)
 
 
+def _check_inflated_size(path, file_meta) -> None:
+    """too_large when a deflated file's body inflates past MAX_INFLATED_DICOM_BYTES: counted in
+    bounded pieces, the inflated bytes never held."""
+    if str(file_meta.get("TransferSyntaxUID", "")) != DEFLATED_DICOM:
+        return
+    # Preamble (128) + "DICM" (4) + the group-length element (12) + the group it counts.
+    offset = 144 + int(file_meta.get("FileMetaInformationGroupLength", 0))
+    inflate, total = zlib.decompressobj(-zlib.MAX_WBITS), 0
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while total <= MAX_INFLATED_DICOM_BYTES:
+            data = inflate.unconsumed_tail or f.read(1 << 16)
+            if not data:
+                break
+            total += len(inflate.decompress(data, 1 << 20))
+            if inflate.eof:
+                break
+    if total > MAX_INFLATED_DICOM_BYTES:
+        raise RecordError(path, "too_large", f"{path}: deflated DICOM inflates past "
+                          f"{MAX_INFLATED_DICOM_BYTES} bytes, expected an ECG's few MB")
+
+
 def _dicom_age(text: str):
     """DICOM AS "061Y" -> 61 (years only; D/W/M ages are infants -> 0)."""
     match = re.fullmatch(r"(\d{3})([DWMY])", text.strip())
@@ -170,6 +203,10 @@ def _dicom_age(text: str):
 def _xml_root(path, fmt: str):
     # defusedxml (the [clinical] extra) refuses entity expansion and external references.
     from defusedxml import DefusedXmlException, ElementTree
+    size = os.path.getsize(path)
+    if size > MAX_XML_BYTES:  # a parsed tree takes ~25x its file's bytes
+        raise RecordError(path, "too_large", f"{path}: {fmt} XML of {size} bytes, expected at "
+                          f"most {MAX_XML_BYTES} (a 10-s ECG is 0.1-1 MB)")
     try:
         return ElementTree.parse(path).getroot()
     except DefusedXmlException as e:
@@ -260,8 +297,11 @@ def _muse(path) -> Parsed:
             raw = base64.b64decode(lead.findtext("WaveFormData") or "", validate=False)
         except (binascii.Error, ValueError) as e:
             raise RecordError(path, "unreadable", f"{path}: MUSE lead {name}: {e}") from e
-        count = lead.findtext("LeadSampleCountTotal")
-        if len(raw) % 2 or (count and count.strip().isdigit() and len(raw) < 2 * int(count)):
+        count = (lead.findtext("LeadSampleCountTotal") or "").strip()
+        if count and not count.isdigit():
+            raise RecordError(path, "unreadable", f"{path}: MUSE lead {name}: "
+                              f"LeadSampleCountTotal {count!r}, expected a sample count")
+        if len(raw) % 2 or (count and len(raw) < 2 * int(count)):
             raise RecordError(path, "truncated_signal", f"{path}: MUSE lead {name} holds "
                               f"{len(raw)} bytes, expected {2 * int(count or 0)}")
         samples = np.frombuffer(raw, "<i2")[:int(count)] if count else np.frombuffer(raw, "<i2")

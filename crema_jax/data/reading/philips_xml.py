@@ -42,7 +42,7 @@ import math
 
 import numpy as np
 
-from crema_jax.data.reading.ecg import RecordError
+from crema_jax.data.reading.ecg import MAX_SAMPLES, RecordError
 
 STD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 MAX_DURATION_MS = 3_600_000  # a resting ECG is 10-11 s; longer is a damaged header
@@ -109,6 +109,10 @@ def leads(path, root, *, decode: bool = True
     else:
         raise RecordError(path, "unreadable", f"{path}: Philips XML names no leads (no "
                           "@leadlabels, acquisitiontype not STD-12 or 10-WIRE)")
+    if samples * len(names) > MAX_SAMPLES:  # before any decoding: XLI inflates ~600x
+        raise RecordError(path, "too_large", f"{path}: Philips XML declares {len(names)} leads "
+                          f"x {samples} samples ({fs:g} Hz x {duration_ms:.0f} ms), more than "
+                          f"the {MAX_SAMPLES} samples a record is read whole with")
     encoding, text = wave.get("dataencoding", ""), wave.text or ""
     if encoding == "Plain":
         try:

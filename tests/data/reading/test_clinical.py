@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import wfdb
 
-from crema_jax.data.reading import clinical
+from crema_jax.data.reading import clinical, clinical_formats
 from crema_jax.data.reading.ecg import RecordError
 from tests.data import clinical_files as cf
 
@@ -311,6 +311,9 @@ def test_scp_leads_not_recorded_together_are_a_skip(tmp_path, signal_mv):
     (('durationperchannel="10000"', 'durationperchannel="1e12"'), "unreadable"),
     (('bitspersample="16"', 'bitspersample="8"'), "unreadable"),
     (('resolution="5.0" signaloffset', 'resolution="inf" signaloffset'), "bad_units"),
+    # 12 x 36e6 samples declared (10 kHz for 1 h): refused before XLI inflates ~600x.
+    (('durationperchannel="10000" samplespersecond="500.0"',
+      'durationperchannel="3600000" samplespersecond="10000"'), "too_large"),
 ])
 def test_philips_impossible_attributes_are_skips(tmp_path, signal_mv, change, reason):
     path = tmp_path / "exam.xml"
@@ -429,3 +432,40 @@ def test_edf_headers_that_misstate_the_data_are_skips(tmp_path, signal_mv, damag
         clinical.read_clinical(path)
     assert err.value.reason == ("unreadable" if damage == "header_bytes" else "bad_units")
     assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("count", ["-4000", "5e3", "many"])
+def test_muse_sample_count_that_is_not_a_count_is_a_skip_naming_it(tmp_path, signal_mv, count):
+    """A negative LeadSampleCountTotal had cut the 10-s leads to 2 s without a word."""
+    path = tmp_path / "exam.xml"
+    cf.write_muse(path, signal_mv, FS)
+    text = path.read_text(encoding="utf-8")
+    assert "<LeadSampleCountTotal>5000</LeadSampleCountTotal>" in text
+    path.write_text(text.replace("<LeadSampleCountTotal>5000<", f"<LeadSampleCountTotal>{count}<"),
+                    encoding="utf-8")
+    with pytest.raises(RecordError) as err:
+        clinical.read_clinical(path)
+    assert err.value.reason == "unreadable" and "LeadSampleCountTotal" in str(err.value)
+
+
+@pytest.mark.parametrize("fmt", ["xml_aecg", "xml_muse", "xml_philips"])
+def test_xml_exports_over_the_size_cap_are_skipped_unparsed(tmp_path, signal_mv, fmt,
+                                                            monkeypatch):
+    path = tmp_path / "exam.xml"
+    cf.WRITERS[fmt](path, signal_mv, FS)
+    size = path.stat().st_size
+    monkeypatch.setattr(clinical_formats, "MAX_XML_BYTES", size)
+    assert clinical.read_clinical(path, target_fs=None).signal.shape == (12, 5000)
+    monkeypatch.setattr(clinical_formats, "MAX_XML_BYTES", size - 1)
+    with pytest.raises(RecordError) as err:
+        clinical.read_clinical(path)
+    assert err.value.reason == "too_large" and f"{size} bytes" in str(err.value)
+
+
+def test_deflated_dicom_reads_the_same_values(tmp_path, signal_mv):
+    plain, deflated = tmp_path / "plain.dcm", tmp_path / "deflated.dcm"
+    stored = cf.write_dicom(plain, signal_mv, FS)
+    assert np.array_equal(cf.write_dicom(deflated, signal_mv, FS, deflated=True), stored)
+    assert deflated.stat().st_size < plain.stat().st_size  # it is deflated
+    ecg = clinical.read_clinical(deflated, target_fs=None)
+    np.testing.assert_allclose(ecg.signal, stored, rtol=1.2e-7, atol=1e-9)

@@ -1,9 +1,9 @@
 """Readers bounded by a file's real kind and size: FIFOs, devices and links to /dev/zero named like
-records, headers claiming more samples than their files hold, a .npz bomb and an HDF5 dataset
-claiming 2e9 entries in a small file, and folders with symlink loops. Every case runs in a child
-process with a timeout and an address-space limit (tests/data/bounded.py), so a read that blocks
-or allocates without bound fails the test; each asserts the skip reason and that no input
-changed."""
+records, headers claiming more samples than their files hold, .npz and deflated DICOM bombs, an
+HDF5 dataset claiming 2e9 entries in a small file, and folders with symlink loops. Every case
+runs in a child process with a timeout and an address-space limit (tests/data/bounded.py), so a
+read that blocks or allocates without bound fails the test; each asserts the skip reason and
+that no input changed."""
 import io
 import json
 import os
@@ -167,10 +167,10 @@ def test_special_files_named_like_per_record_npy_are_skipped_unopened(tmp_path):
     assert hashes(tmp_path) == before
 
 
-def _deflate_bomb_zip(path, member: str, header: bytes, zero_bytes: int) -> None:
-    """A one-member zip: `header` + `zero_bytes` zeros, deflated to ~1/1000 of that. Written by
-    hand (zipfile would compress every byte): after a full flush, each further MiB of zeros
-    compresses to the same block, which is repeated."""
+def _deflated_zeros(header: bytes, zero_bytes: int) -> tuple[list[bytes], int]:
+    """A raw deflate stream of `header` + `zero_bytes` zeros, ~1/1000 of that, as its pieces, and
+    its CRC-32. Made by hand (zlib would compress every byte): after a full flush, each further
+    MiB of zeros compresses to the same block, which is repeated."""
     mib = 1 << 20
     assert zero_bytes % mib == 0
     compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
@@ -182,20 +182,66 @@ def _deflate_bomb_zip(path, member: str, header: bytes, zero_bytes: int) -> None
     zeros = bytes(mib)
     for _ in range(zero_bytes // mib):
         crc = zlib.crc32(zeros, crc)
-    size = len(header) + zero_bytes
-    compressed = len(start) + len(block) * (zero_bytes // mib) + len(end)
+    return [start] + [block] * (zero_bytes // mib) + [end], crc
+
+
+def _deflate_bomb_zip(path, member: str, header: bytes, zero_bytes: int) -> None:
+    """A one-member zip: `header` + `zero_bytes` zeros, deflated (_deflated_zeros)."""
+    pieces, crc = _deflated_zeros(header, zero_bytes)
+    size, compressed = len(header) + zero_bytes, sum(map(len, pieces))
     name = member.encode()
     fields = (20, 0, 8, 0, 0, crc, compressed, size, len(name))
     local = struct.pack("<4s5H3I2H", b"PK\x03\x04", *fields, 0) + name
     central = struct.pack("<4s6H3I5H2I", b"PK\x01\x02", 20, *fields, 0, 0, 0, 0, 0, 0) + name
     with open(path, "wb") as f:
-        f.write(local + start)
-        for _ in range(zero_bytes // mib):
-            f.write(block)
-        f.write(end)
+        f.write(local)
+        f.writelines(pieces)
         directory = f.tell()
         f.write(central)
         f.write(struct.pack("<4s4H2IH", b"PK\x05\x06", 0, 0, 1, 1, len(central), directory, 0))
+
+
+def test_deflated_dicom_bomb_is_refused_before_inflating(tmp_path):
+    """A 2 MB deflated DICOM file whose body inflates to 2 GiB (an OB element of zeros): pydicom
+    inflates a deflated file whole before any field can be checked, so its inflated size is
+    counted first, in bounded pieces, under a 1.5 GiB limit."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.9.1.1"  # 12-lead ECG waveform
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    stream = io.BytesIO()
+    pydicom.dcmwrite(stream, ds, enforce_file_format=True)
+    # Preamble 128 + "DICM" + the group-length element 12 + the group (PS3.10 7.1): then the body.
+    group_length = struct.unpack("<I", stream.getvalue()[140:144])[0]
+    file_meta = stream.getvalue()[:144 + group_length]
+    zeros = 2 << 30
+    element = struct.pack("<HH2sHI", 0x0009, 0x1010, b"OB", 0, zeros)  # a private OB element
+    pieces, _ = _deflated_zeros(element, zeros)
+    path = tmp_path / "exams" / "bomb.dcm"
+    path.parent.mkdir()
+    with open(path, "wb") as f:
+        f.write(file_meta)
+        f.writelines(pieces)
+    assert path.stat().st_size < 4 << 20
+    before = hashes(tmp_path)
+    result = run_bounded("""
+        import sys
+        from crema_jax.data.reading import clinical_formats
+        from crema_jax.data.reading.ecg import RecordError
+        try:
+            clinical_formats.parse(sys.argv[1])
+        except RecordError as err:
+            print(err.reason)
+    """, argv=(str(path),), memory_gib=1.5, timeout_s=90)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["too_large"]
+    assert hashes(tmp_path) == before
 
 
 def test_npz_bomb_is_refused_from_its_header(tmp_path):
