@@ -116,16 +116,29 @@ def check_length(base: pathlib.Path, header: wfdb_header.Header) -> None:
     """too_large when the record holds more than ecg.MAX_SAMPLES samples (all signals): it is
     read whole, and its peak memory grows with it."""
     if header.n_seg is None:
-        samples = (header.sig_len or 0) * sum(s.samps_per_frame for s in header.signals)
+        samples, signals = record_samples(base, header), len(header.signals)
     else:
-        samples = (header.sig_len or 0) * max(1, len(header.signals))
+        frames = max(header.sig_len or 0, sum(header.segment_lengths))
+        samples, signals = frames * (header.n_sig or 1), header.n_sig
     if samples > MAX_SAMPLES:
-        rate = (f" ({header.sig_len / header.fs / 3600:.1f} h at {header.fs:g} Hz)"
-                if header.fs else "")  # a segment's header may leave its rate out
-        raise RecordError(base, "too_large", f"{base}.hea: {header.sig_len} samples of "
-                          f"{len(header.signals) or 'its'} signals{rate}, more than the "
-                          f"{MAX_SAMPLES} samples a record is read whole with; split it into "
-                          "shorter records")
+        raise too_large(base, samples, signals, header.fs)
+
+
+def record_samples(base: pathlib.Path, header: wfdb_header.Header) -> int:
+    """The samples (all signals) a single-segment record holds: its length x its samples per
+    frame; without a length in the header, the length its signal files' sizes imply (wfdb
+    reads them to their end)."""
+    frames = header.sig_len or _frames_stored(base, header)
+    return frames * sum(s.samps_per_frame for s in header.signals)
+
+
+def too_large(base: pathlib.Path, samples: int, signals, fs) -> RecordError:
+    frames = samples // max(signals or 1, 1)
+    rate = f" ({frames / fs / 3600:.1f} h at {fs:g} Hz)" if fs else ""  # a segment's header
+    # may leave its rate out
+    return RecordError(base, "too_large", f"{base}.hea: {frames} samples of {signals or 'its'} "
+                       f"signals{rate}, more than the {MAX_SAMPLES} samples a record is read "
+                       "whole with; split it into shorter records")
 
 
 def check_skews(base: pathlib.Path, header: wfdb_header.Header) -> None:
@@ -138,6 +151,13 @@ def check_skews(base: pathlib.Path, header: wfdb_header.Header) -> None:
         if spec.skew > length:
             raise RecordError(base, "header_syntax", f"{base}.hea: signal {number} is skewed by "
                               f"{spec.skew} samples, more than the record's {length}")
+
+
+def _frames_stored(base: pathlib.Path, header: wfdb_header.Header) -> int:
+    """The most frames any signal file holds by its size (0 when no size says)."""
+    frames = [_stored_frames(base, header, header.signals[channels[0]])
+              for name, channels in signal_files(header).items() if name != "~"]
+    return int(max((f for f in frames if f != float("inf")), default=0))
 
 
 def _stored_frames(base: pathlib.Path, header: wfdb_header.Header,
@@ -217,7 +237,12 @@ def check_signal_files(base: pathlib.Path, header: wfdb_header.Header) -> None:
     for file_name in signal_files(header):
         if file_name == "~":
             continue
-        target = (base.parent / file_name).resolve()
+        try:
+            target = (base.parent / file_name).resolve()
+        except (RuntimeError, OSError) as err:  # a symlink loop (RuntimeError before 3.13)
+            raise RecordError(base, "missing_signal_file", f"{base}.hea names signal file "
+                              f"{base.parent / file_name}, which does not resolve to a file "
+                              f"({err})") from None
         if folder not in target.parents:
             raise RecordError(base, "unsafe_signal_path", f"{base}.hea names signal file "
                               f"{file_name!r}, outside the record's folder {folder}; "

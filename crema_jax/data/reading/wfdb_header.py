@@ -56,6 +56,8 @@ class Header:
     signals: tuple[SignalSpec, ...]
     comments: tuple[str, ...]  # Comment lines without the leading '#', stripped.
     segments: tuple[str, ...] = ()  # A multi-segment record's segment names ("~": a gap).
+    segment_lengths: tuple[int, ...] = ()  # Their lengths in samples, as the header states.
+    n_sig: int | None = None   # A multi-segment record's number of signals (else len(signals)).
 
 
 def _int(token: str, what: str, line: int, *, count: bool = False) -> int:
@@ -140,7 +142,9 @@ def parse_header(text: str) -> Header:
         # Multi-segment layouts are left to wfdb; the segment names let the reader check each
         # segment's files before wfdb opens them.
         segments = tuple(t[0] for _, t in lines[1:1 + n_seg])
-        return Header(name, n_seg, fs, sig_len, (), tuple(comments), segments)
+        lengths = tuple(_int(t[1], "segment length", n, count=True) if len(t) > 1 else 0
+                        for n, t in lines[1:1 + n_seg])
+        return Header(name, n_seg, fs, sig_len, (), tuple(comments), segments, lengths, n_sig)
     if len(lines) - 1 < n_sig:
         raise HeaderError(f"record line announces {n_sig} signals but {len(lines) - 1} signal "
                           f"lines follow", lines[-1][0])

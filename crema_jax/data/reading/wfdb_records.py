@@ -33,8 +33,8 @@ import numpy as np
 import wfdb
 
 from crema_jax.data.reading import safe_files, wfdb_checks, wfdb_header
-from crema_jax.data.reading.ecg import (MIN_SECONDS, Ecg, RecordError, Window, canonical_ecg,
-                                        check_nan_policy)
+from crema_jax.data.reading.ecg import (MAX_SAMPLES, MIN_SECONDS, Ecg, RecordError, Window,
+                                        canonical_ecg, check_nan_policy)
 
 _EXTENSIONS = (".hea", ".mat", ".dat")
 # Headers are a few hundred bytes (a multi-segment one lists a line per segment); a "header" of
@@ -132,6 +132,7 @@ def _read_fast(base: pathlib.Path, header: wfdb_header.Header) -> np.ndarray:
 def _check_segments(base: pathlib.Path, header: wfdb_header.Header) -> None:
     """A multi-segment record's segment headers and their signal files checked as a record's
     own are (kind, place, size) before wfdb opens any of them."""
+    samples = {}
     for segment in dict.fromkeys(header.segments):
         if segment == "~":
             continue
@@ -142,6 +143,11 @@ def _check_segments(base: pathlib.Path, header: wfdb_header.Header) -> None:
         seg_header = read_header(seg_base)
         if seg_header.n_seg is None:
             wfdb_checks.check_before_reading(seg_base, seg_header)
+            samples[segment] = wfdb_checks.record_samples(seg_base, seg_header)
+    # A segment may be listed many times (a 2 KB header repeating one 12 MB segment 200 times).
+    total = sum(samples.get(segment, 0) for segment in header.segments)
+    if total > MAX_SAMPLES:
+        raise wfdb_checks.too_large(base, total, header.n_sig, header.fs)
 
 
 def _read_wfdb(base: pathlib.Path, header: wfdb_header.Header):

@@ -63,12 +63,15 @@ def test_special_files_named_like_wfdb_records_are_skipped_unopened(tmp_path):
     _copy_record(tmp_path, "zero_signal")
     (tmp_path / "zero_signal.mat").unlink()
     (tmp_path / "zero_signal.mat").symlink_to("/dev/zero")
+    _copy_record(tmp_path, "loop_signal")
+    (tmp_path / "loop_signal.mat").unlink()
+    (tmp_path / "loop_signal.mat").symlink_to("loop_signal.mat")  # resolve() raises
     before = hashes(tmp_path)
     reasons = _read_all("wfdb_folder", tmp_path)
     assert reasons == {"good": None, "fifo_header": "not_a_regular_file",
                        "fifo_signal": "not_a_regular_file", "zero_header": "not_a_regular_file",
                        # a link out of the record's folder is refused before its kind is looked at
-                       "zero_signal": "unsafe_signal_path"}
+                       "zero_signal": "unsafe_signal_path", "loop_signal": "missing_signal_file"}
     assert hashes(tmp_path) == before
 
 
@@ -110,24 +113,32 @@ def test_a_skew_longer_than_the_record_is_refused_before_allocating(tmp_path):
     assert hashes(tmp_path) == before
 
 
+def _sparse_record(folder, name: str, template_lines, samples: int, stated: bool = True):
+    """A 12-signal format-16 record of `samples` zero samples a signal, its .dat a sparse file."""
+    signals = [" ".join([f"{name}.dat", "16"] + line.split()[2:3] + ["16", "0"])
+               for line in template_lines[1:13]]
+    (folder / f"{name}.hea").write_text(f"{name} 12 500{f' {samples}' if stated else ''}\n"
+                                        + "\n".join(signals) + "\n")
+    with open(folder / f"{name}.dat", "wb") as f:
+        f.truncate(2 * 12 * samples)
+
+
 def test_a_record_too_long_to_read_whole_is_refused_before_allocating(tmp_path):
     """24 h of 12 leads at 500 Hz peaked at 12.8 GB; a record of more than 2**26 samples over
     its signals (whose file really holds them: a sparse file) is a too_large skip, one sample
     less reads as far as its checksums."""
     lines = _copy_record(tmp_path, "template").splitlines()
-    for name, samples in (("long", 2**26 // 12 + 1), ("longest_read", 2**26 // 12)):
-        signals = [" ".join(line.split()[:3] + ["16", "0"]).replace("template.mat", f"{name}.dat")
-                   .replace("16x1+24", "16") for line in lines[1:13]]
-        (tmp_path / f"{name}.hea").write_text(f"{name} 12 500 {samples}\n" + "\n".join(signals)
-                                              + "\n")
-        with open(tmp_path / f"{name}.dat", "wb") as f:
-            f.truncate(2 * 12 * samples)
+    # "long_unstated": no length in the header, so the file's size says it (wfdb reads to the end).
+    for name, samples, stated in (("long", 2**26 // 12 + 1, True),
+                                  ("longest_read", 2**26 // 12, True),
+                                  ("long_unstated", 2**26 // 12 + 1, False)):
+        _sparse_record(tmp_path, name, lines, samples, stated)
     for suffix in (".hea", ".mat"):
         (tmp_path / f"template{suffix}").unlink()
     before = hashes(tmp_path)
     # The read one sample short of the limit is all zeros: its leads are flat, none is left.
-    assert _read_all("wfdb_folder", tmp_path, memory_gib=3) == {"long": "too_large",
-                                                                "longest_read": "no_signal"}
+    assert _read_all("wfdb_folder", tmp_path, memory_gib=3) == {
+        "long": "too_large", "longest_read": "no_signal", "long_unstated": "too_large"}
     assert hashes(tmp_path) == before
 
 
@@ -148,11 +159,19 @@ def test_multi_segment_records_check_every_segment_before_wfdb_opens_it(tmp_path
         line.replace("seg_ok", "seg_huge") for line in lines[1:]]]) + "\n")
     multi("huge", "seg_huge")
     multi("outside", "../elsewhere")
+    # 12 x 500,000 samples (12 MB) listed 12 times: 72e6 samples, more than read whole, whether
+    # the master header states its length or understates it.
+    _sparse_record(tmp_path, "seg_big", lines, 500_000)
+    for name, length in (("repeated", 12 * 500_000), ("repeated_understated", 5000)):
+        (tmp_path / f"{name}.hea").write_text(f"{name}/12 12 500 {length}\n"
+                                              + f"seg_big {length // 12}\n" * 12)
     before = hashes(tmp_path)
     reasons = _read_all("wfdb_folder", tmp_path)
-    assert {k: reasons[k] for k in ("good", "fifo", "huge", "outside")} == {
+    assert {k: reasons[k] for k in ("good", "fifo", "huge", "outside", "repeated",
+                                    "repeated_understated")} == {
         "good": None, "fifo": "not_a_regular_file", "huge": "truncated_signal",
-        "outside": "unsafe_signal_path"}
+        "outside": "unsafe_signal_path", "repeated": "too_large",
+        "repeated_understated": "too_large"}
     assert hashes(tmp_path) == before
 
 
