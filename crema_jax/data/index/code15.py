@@ -123,6 +123,9 @@ def _probe(part: pathlib.Path):
             if problem or f["exam_id"].ndim != 1:
                 return None, BadRecord("truncated_signal" if problem else "bad_shape",
                                        f"{part}: {problem or 'exam_id is not one-dimensional'}")
+            if f["exam_id"].dtype.kind not in "iu":  # 1.4 had become exam 1, with its labels
+                return None, BadRecord("bad_dtype", f"{part}: exam_id holds "
+                                       f"{f['exam_id'].dtype}, expected integers")
             exam_ids = [int(e) for e in f["exam_id"][:]]
             shape = tuple(f["tracings"].shape)
     except (OSError, RuntimeError, KeyError, ValueError) as err:  # links that loop or dangle

@@ -330,6 +330,25 @@ def test_hdf5_exam_id_claiming_2e9_entries_is_not_loaded(tmp_path):
     assert hashes(tmp_path) == before
 
 
+@pytest.mark.parametrize("ids", [np.array([7.0, 8.0, np.inf]), np.array([7.4, 8.0, 7.0]),
+                                 np.array([(7, 1), (8, 1), (9, 1)], "i4,i4")],
+                         ids=["inf", "fractional", "compound"])
+def test_code15_exam_ids_that_are_not_integers_skip_their_part(tmp_path, ids):
+    """exam_id of floats or records: inf and a compound type had ended the index in a traceback,
+    and 7.4 had become exam 7 (with exam 7's labels, the real exam 7 a duplicate)."""
+    part = tmp_path / "exams_part0.hdf5"
+    with h5py.File(part, "w") as f:
+        f["exam_id"] = ids
+        f["tracings"] = np.ones((3, 4096, 12), np.float32)
+    from crema_jax.data.index import code15
+    columns = ["exam_id", "patient_id", *code15.CODE15_LABELS, "trace_file"]
+    rows = [[str(e), str(e), *["False"] * len(code15.CODE15_LABELS), part.name] for e in (7, 8)]
+    (tmp_path / "exams.csv").write_text("\n".join(",".join(r) for r in [columns, *rows]) + "\n")
+    before = hashes(tmp_path)
+    assert _read_all("code15", tmp_path) == {"7": "bad_dtype", "8": "bad_dtype"}
+    assert hashes(tmp_path) == before
+
+
 @pytest.fixture
 def looped_folder(tmp_path):
     """Records in a/ and a/b/, with links a/b/up -> a, a/self -> ., and a linked folder that
