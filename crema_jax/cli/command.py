@@ -27,6 +27,7 @@ import sys
 import textwrap
 import traceback
 import types
+import urllib.parse
 from typing import Any, Callable, Sequence
 
 from absl import flags, logging
@@ -157,6 +158,10 @@ class Command:
                    (None, "")]
         if missing:
             raise flags.Error(f"{' and '.join(missing)} required (usage: {self.usage_line()})")
+        for f in self._flags:
+            if f.kind in ("string", "list", "multi_string") and values[f.name]:
+                values[f.name] = _paths(f"--{f.name}", values[f.name])
+        positional = _paths(self.positional or "argument", positional)
         return types.SimpleNamespace(**values, positional=positional)
 
     def _repeated(self, argv: Sequence[str]) -> str | None:
@@ -265,6 +270,26 @@ class Command:
         sys.stdout.flush()
         print(f"{PROGRAM} {self.name}: error: {message}", file=sys.stderr, flush=True)
         raise SystemExit(code)
+
+
+def _paths(flag: str, value):
+    """A path flag's value (or each of a list's) with file:// URLs made the local paths they
+    name; memory:// refused: it lives inside one process, and what a command wrote there would
+    be gone when it ends (or, read, is empty)."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(_paths(flag, v) for v in value)
+    if not isinstance(value, str):
+        return value
+    if value.startswith("memory://"):
+        raise flags.Error(f"{flag}={value}: memory:// lives inside one process and is gone when "
+                          "the command ends; use a local path or a store's URL (gs://, s3://)")
+    if value.startswith("file://"):
+        parts = urllib.parse.urlparse(value)
+        if parts.netloc not in ("", "localhost"):
+            raise flags.Error(f"{flag}={value}: a file:// URL on host {parts.netloc!r}; expected "
+                              "file:///PATH or a local path")
+        return urllib.parse.unquote(parts.path)
+    return value
 
 
 def _config_override_problem(argv, config_flags: list[str]) -> str | None:

@@ -81,7 +81,14 @@ def test_bad_flags_end_in_one_line():
                            (("embed", "--checkpoint=/nonexistent", "--input=x.npy",
                              "--out=y.npy"), "/nonexistent"),
                            (("import-torch", "--format=stmem", "--out=/tmp/x"),
-                            "expected one weight FILE")):
+                            "expected one weight FILE"),
+                           # memory:// output: exit 0 and nothing kept, until refused
+                           (("prepare", "--layout=wfdb_folder", "--root=/tmp",
+                             "--out=memory://cache"), "--out=memory://cache: memory:// lives"),
+                           (("predict", "--checkpoint=/tmp/x", "memory://a.hea"),
+                            "memory://a.hea: memory:// lives"),
+                           (("prepare", "--layout=wfdb_folder", "--root=file://host/x",
+                             "--out=/tmp/y"), "file:// URL on host 'host'")):
         done = _run(*args)
         lines = done.stderr.strip().splitlines()
         assert done.returncode in (1, 2), (args, done.stderr)
@@ -96,6 +103,16 @@ def test_key_value_options_are_typed():
                                   "drop_unlabelled": False}
     with pytest.raises(command.CommandError, match="KEY=VALUE"):
         command.parse_key_values(["site"], flag="layout_option")
+
+
+def test_file_urls_are_the_local_paths_they_name():
+    """file:///tmp/x had become CWD/file:/tmp/x."""
+    from crema_jax.cli import embed, predict
+    args = embed.COMMAND.parse(["--checkpoint=file:///tmp/run%20a", "--input=x.npy",
+                                "--out=file://localhost/tmp/y.npy"])
+    assert (args.checkpoint, args.input, args.out) == ("/tmp/run a", "x.npy", "/tmp/y.npy")
+    args = predict.COMMAND.parse(["--checkpoint=c", "file:///data/a.hea", "b.hea"])
+    assert args.positional == ["/data/a.hea", "b.hea"]
 
 
 def test_a_command_parses_twice_in_one_process_without_leaking_values():
