@@ -62,31 +62,44 @@ def _shape(sd: Mapping[str, np.ndarray], *keys: str) -> tuple:
         f"cannot infer the model size: none of {list(keys)} is in the file")
 
 
+def _dim(sd: Mapping[str, np.ndarray], axis: int, *keys: str) -> int:
+    """Size of `axis` of the first of `keys` present (as _shape), at least 1: a tensor with
+    too few axes or an empty one names the key (they had ended in IndexError and
+    ZeroDivisionError tracebacks)."""
+    shape = _shape(sd, *keys)
+    key = next(k for k in keys if k in sd)
+    if len(shape) <= axis or shape[axis] < 1:
+        raise safe_load.CheckpointFileError(
+            f"{key} has shape {shape}: cannot infer the model size from it (expected at least "
+            f"{axis + 1} ax{'is' if axis == 0 else 'es'}, none empty)")
+    return int(shape[axis])
+
+
 def infer_stmem_config(sd: Mapping[str, np.ndarray]):
     """ST-MEM model config from an encoder-only or full state_dict (head_dim 64 as in ST-MEM)."""
     t = "encoder." if any(k.startswith("encoder.") for k in sd) else ""
-    width = _shape(sd, t + "sep_embedding", t + "norm.weight", t + "to_patch_embedding.3.weight")[0]
+    width = _dim(sd, 0, t + "sep_embedding", t + "norm.weight", t + "to_patch_embedding.3.weight")
     qkv = t + "block0.attn.fn.to_qkv."
+    has_head = (t + "head.weight") in sd or (t + "head.bias") in sd
     fields = dict(
-        patch_size=_shape(sd, t + "to_patch_embedding.1.weight", t + "to_patch_embedding.1.bias")[0],
-        num_patches=_shape(sd, t + "pos_embedding")[1] - 2,
+        patch_size=_dim(sd, 0, t + "to_patch_embedding.1.weight", t + "to_patch_embedding.1.bias"),
+        num_patches=_dim(sd, 1, t + "pos_embedding") - 2,
         num_lead_embeddings=_count(sd, re.escape(t) + r"lead_embeddings\.(\d+)$"),
-        mlp_ratio=_shape(sd, t + "block0.ff.fn.net.0.weight", t + "block0.ff.fn.net.0.bias")[0]
+        mlp_ratio=_dim(sd, 0, t + "block0.ff.fn.net.0.weight", t + "block0.ff.fn.net.0.bias")
         // width,
-        num_classes=_shape(sd, t + "head.weight", t + "head.bias")[0]
-        if (t + "head.weight") in sd or (t + "head.bias") in sd else 0)
+        num_classes=_dim(sd, 0, t + "head.weight", t + "head.bias") if has_head else 0)
     if t:
-        dec_width = _shape(sd, "to_decoder_embedding.weight", "to_decoder_embedding.bias",
-                           "decoder_norm.weight")[0]
+        dec_width = _dim(sd, 0, "to_decoder_embedding.weight", "to_decoder_embedding.bias",
+                         "decoder_norm.weight")
         fields.update(
             decoder_width=dec_width, decoder_head_dim=64,
             decoder_depth=_count(sd, r"decoder_blocks\.(\d+)\."),
-            decoder_num_heads=_shape(sd, "decoder_blocks.0.attn.fn.to_qkv.weight",
-                                     "decoder_blocks.0.attn.fn.to_qkv.bias")[0] // 3 // 64,
-            decoder_mlp_ratio=_shape(sd, "decoder_blocks.0.ff.fn.net.0.weight",
-                                     "decoder_blocks.0.ff.fn.net.0.bias")[0] // dec_width)
+            decoder_num_heads=_dim(sd, 0, "decoder_blocks.0.attn.fn.to_qkv.weight",
+                                   "decoder_blocks.0.attn.fn.to_qkv.bias") // 3 // 64,
+            decoder_mlp_ratio=_dim(sd, 0, "decoder_blocks.0.ff.fn.net.0.weight",
+                                   "decoder_blocks.0.ff.fn.net.0.bias") // dec_width)
     depth = _count(sd, re.escape(t) + r"block(\d+)\.")
-    heads = _shape(sd, qkv + "weight", qkv + "bias")[0] // 3 // 64
+    heads = _dim(sd, 0, qkv + "weight", qkv + "bias") // 3 // 64
     return _sit_config(int(width), depth, int(heads), 64, **fields), bool(t)
 
 
@@ -94,17 +107,20 @@ def infer_net1d_config(sd: Mapping[str, np.ndarray]):
     """Net1D config: leads from first_conv, stages/blocks/widths from the keys."""
     from crema_jax.models.net1d import default_net1d_config
 
-    leads = _shape(sd, "first_conv.conv.weight")[1]
-    cfg = default_net1d_config(1 if leads == 1 else 12)
-    cfg.in_channels = int(leads)
+    leads = _dim(sd, 1, "first_conv.conv.weight")
+    if leads not in (1, 12):  # 3 leads had been fed leads I, II and III without a word
+        raise safe_load.CheckpointFileError(
+            f"first_conv.conv.weight has shape {_shape(sd, 'first_conv.conv.weight')}: "
+            f"{leads} input leads; ECGFounder's Net1D takes 12 leads or lead I alone")
+    cfg = default_net1d_config(leads)
     stages = _count(sd, r"stage_list\.(\d+)\.")
     cfg.blocks = [_count(sd, rf"stage_list\.{i}\.block_list\.(\d+)\.") for i in range(stages)]
-    cfg.filters = [_shape(sd, f"stage_list.{i}.block_list.0.conv1.conv.weight",
-                          f"stage_list.{i}.block_list.0.conv1.conv.bias")[0]
+    cfg.filters = [_dim(sd, 0, f"stage_list.{i}.block_list.0.conv1.conv.weight",
+                        f"stage_list.{i}.block_list.0.conv1.conv.bias")
                    for i in range(stages)]
-    cfg.kernel = _shape(sd, "first_conv.conv.weight")[2]
-    cfg.group_width = _shape(sd, "stage_list.0.block_list.0.conv2.conv.weight")[1]
-    cfg.num_classes = _shape(sd, "dense.weight", "dense.bias")[0]
+    cfg.kernel = _dim(sd, 2, "first_conv.conv.weight")
+    cfg.group_width = _dim(sd, 1, "stage_list.0.block_list.0.conv2.conv.weight")
+    cfg.num_classes = _dim(sd, 0, "dense.weight", "dense.bias")
     return cfg
 
 
@@ -112,27 +128,62 @@ def infer_net1d_config(sd: Mapping[str, np.ndarray]):
 # File -> (params, model config).
 # ------------------------------------------------------------------------------------------------
 def _crema_model_config(path: str, metadata: Mapping[str, str]):
-    text = metadata.get("crema_model_config")
+    text, where = metadata.get("crema_model_config"), "its safetensors metadata"
     side = os.path.splitext(path)[0] + ".json"
     if text is None and os.path.isfile(side):
-        with open(side, encoding="utf-8") as f:
-            text = json.dumps(json.load(f)["model"])
-    if text is None:
+        with open(side, encoding="utf-8", errors="replace") as f:
+            side_json = _json(side, f.read())
+        if not isinstance(side_json, dict) or not isinstance(side_json.get("model"), dict):
+            raise safe_load.CheckpointFileError(
+                f"{side}: expected a JSON object with a 'model' object, as export-torch writes")
+        saved, where = side_json["model"], side
+    elif text is None:
         raise safe_load.CheckpointFileError(
             f"{path}: a crema-layout file needs its model config: in the safetensors metadata "
             f"('crema_model_config') or in {side}, both written by export-torch")
-    try:
-        saved = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise safe_load.CheckpointFileError(f"{path}: its model config is not JSON ({err})")
+    else:
+        saved = _json(f"{path}: its model config", text)
     if not isinstance(saved, dict):
         raise safe_load.CheckpointFileError(f"{path}: its model config is not a JSON object")
-    config = config_lib.from_saved({"model": saved})
-    try:  # before a model is built from it: num_heads=-1 or patch_size=0 ended in tracebacks
-        config_lib.validate_model(config)
-    except ValueError as err:
+    name = families.current_name(str(saved.get("name", "sit_pretrain")))
+    if name not in families.MODEL_NAMES or families.family_of(name) is not families.SIT:
+        raise safe_load.CheckpointFileError(
+            f"{path}: the model config in {where} names model {saved.get('name')!r}; a "
+            "crema-layout file holds a SiT (net1d weights: --format=ecgfounder)")
+    try:
+        model_cfg = config_lib.from_saved({"model": saved}).model
+    except (ValueError, OverflowError) as err:
         raise safe_load.CheckpointFileError(f"{path}: its model config has {err}") from None
-    return config.model
+    return _checked(path, model_cfg, "its model config")
+
+
+def _checked(path: str, model_cfg, what: str):
+    """model_cfg when its fields are in their domains (config.validate_model), before a model
+    is built from it: num_heads=-1, patch_size=0 or num_patches=-1 ended in tracebacks or in a
+    checkpoint nothing could run."""
+    config = config_lib.default_config(model_cfg.name)
+    config.model = model_cfg
+    try:
+        config_lib.validate_model(config)
+    except (ValueError, OverflowError) as err:
+        raise safe_load.CheckpointFileError(f"{path}: {what} has {err}") from None
+    for key, value in model_cfg.items():  # sizes numpy's shapes can hold (10**30 overflowed)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 2**31
+               for v in values):
+            raise safe_load.CheckpointFileError(
+                f"{path}: {what} has model.{key}={value!r}: expected sizes below 2**31")
+    return model_cfg
+
+
+def _json(what: str, text: str):
+    """json.loads, a CheckpointFileError naming `what` for text that is not JSON or nests too
+    deep to parse."""
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as err:
+        reason = "nests too deep" if isinstance(err, RecursionError) else f"({err})"
+        raise safe_load.CheckpointFileError(f"{what} is not readable JSON {reason}") from None
 
 
 def _saved_lead_embedding(obj) -> str:
@@ -142,11 +193,18 @@ def _saved_lead_embedding(obj) -> str:
     if isinstance(text, str):
         try:
             saved = json.loads(text)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             saved = None
         if isinstance(saved, dict) and saved.get("lead_embedding") in ("canonical", "position"):
             return saved["lead_embedding"]
     return "position"
+
+
+def _inferred(path: str, infer, sd):
+    try:
+        return infer(sd)
+    except safe_load.CheckpointFileError as err:
+        raise safe_load.CheckpointFileError(f"{path}: {err}") from None
 
 
 def read_torch_weights(path: str, fmt: str):
@@ -155,12 +213,14 @@ def read_torch_weights(path: str, fmt: str):
     if fmt == "ecgfounder":
         sd = safe_load.strip_prefix(safe_load.extract_state_dict(obj, path, ("state_dict",)),
                                     "module.")
-        cfg = infer_net1d_config(sd)
+        cfg = _checked(path, _inferred(path, infer_net1d_config, sd),
+                       "the model its tensors' shapes give")
         return sd, cfg, convert.ecgfounder_rules(cfg), convert.ECGFOUNDER_IGNORED
     sd = safe_load.strip_prefix(safe_load.extract_state_dict(obj, path, ("model", "state_dict")),
                                 "module.")
     if fmt == "stmem":
-        cfg, full = infer_stmem_config(sd)
+        cfg, full = _inferred(path, infer_stmem_config, sd)
+        cfg = _checked(path, cfg, "the model its tensors' shapes give")
         cfg.lead_embedding = _saved_lead_embedding(obj)
         has_head = any(k.endswith("head.weight") and "decoder" not in k for k in sd)
         rules = sit_layouts.stmem_rules(cfg, jax_prefix="encoder/", include_head=has_head,
@@ -191,8 +251,8 @@ def import_weights(path: str, fmt: str, *, seed: int = 0):
     if fmt not in FORMATS:
         raise ValueError(f"--format={fmt!r}: expected one of {FORMATS}")
     sd, cfg, rules, ignored = read_torch_weights(path, fmt)
-    if families.family_of(cfg).has_decoder(cfg.name):
-        cfg.scan_layers = False  # unrolled blocks: one params entry per block, as converted
+    if "scan_layers" in cfg:  # unrolled blocks: one params entry per block, as converted (an
+        cfg.scan_layers = False  # encoder-only export of a scan_layers run said True)
     params, kept = state_dict_to_params(sd, cfg, rules, fmt=fmt, path=path, ignored=ignored)
     if kept:  # parts the file does not hold: initialise them, then overlay the file's tensors
         template = params_lib.abstract_params(cfg)

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import struct
@@ -100,10 +101,10 @@ def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
             problems.append(f"{key}: unsupported dtype {info.get('dtype')!r}")
         elif end > len(data):
             problems.append(f"{key}: bytes {start}..{end} lie beyond the {len(data)} data bytes")
-        elif end - start != dtype.itemsize * int(np.prod(shape, dtype=np.int64)):
+        elif end - start != dtype.itemsize * math.prod(shape):
             problems.append(f"{key}: {end - start} bytes do not hold {shape} {info['dtype']}")
         else:
-            array = np.frombuffer(data, dtype=dtype, count=int(np.prod(shape, dtype=np.int64)),
+            array = np.frombuffer(data, dtype=dtype, count=math.prod(shape),
                                   offset=start).reshape(shape)
             tensors[key] = to_float32(array).copy()
     if problems:  # the first few: a truncated file has every later tensor beyond its end
@@ -131,14 +132,36 @@ def _entry_problem(info) -> str | None:
     return None
 
 
-def _tensors_to_numpy(obj: Any, torch) -> Any:
+_MAX_NESTING = 32  # a checkpoint nests a state_dict a few levels deep
+
+
+def _tensors_to_numpy(obj: Any, torch, path: str, where: str = "", depth: int = 0) -> Any:
+    """Tensors -> numpy arrays, through dicts, lists and tuples; CheckpointFileError naming the
+    entry for a tensor that is not a dense CPU-copyable one (sparse, meta, quantised), a key
+    that is not a string, or nesting deeper than _MAX_NESTING."""
+    if depth > _MAX_NESTING:
+        raise CheckpointFileError(f"{path}: objects nested more than {_MAX_NESTING} deep at "
+                                  f"{where or 'the top'}; expected a state_dict of tensors")
     if isinstance(obj, torch.Tensor):
-        return to_float32(obj.detach().cpu().float().numpy() if obj.is_floating_point()
-                          else obj.detach().cpu().numpy())
+        try:
+            return to_float32(obj.detach().cpu().float().numpy() if obj.is_floating_point()
+                              else obj.detach().cpu().numpy())
+        except (TypeError, RuntimeError, NotImplementedError) as err:
+            raise CheckpointFileError(
+                f"{path}: tensor {where or '(the top)'} ({obj.layout}, {obj.dtype}, on "
+                f"{obj.device}) is not a dense tensor of numbers ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}); save dense tensors "
+                "(.to_dense(), .dequantize())") from None
     if isinstance(obj, Mapping):
-        return {k: _tensors_to_numpy(v, torch) for k, v in obj.items()}
+        bad = [k for k in obj if not isinstance(k, str)]
+        if bad:
+            raise CheckpointFileError(f"{path}: key {bad[0]!r} ({type(bad[0]).__name__}) in "
+                                      f"{where or 'the top'}; expected names (strings)")
+        return {k: _tensors_to_numpy(v, torch, path, f"{where}.{k}" if where else k, depth + 1)
+                for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_tensors_to_numpy(v, torch) for v in obj)
+        return type(obj)(_tensors_to_numpy(v, torch, path, f"{where}[{i}]", depth + 1)
+                         for i, v in enumerate(obj))
     return obj
 
 
@@ -169,7 +192,7 @@ def read_torch_file(path: str) -> Any:
         # The weights-only unpickler's own failures on bytes that are no pickle at all.
         raise CheckpointFileError(f"{path}: not a readable torch.save file (truncated or "
                                   f"corrupt?): {type(err).__name__}: {err}") from err
-    return _tensors_to_numpy(obj, torch)
+    return _tensors_to_numpy(obj, torch, path)
 
 
 def read_weight_file(path: str) -> tuple[Any, dict[str, str]]:

@@ -1,5 +1,8 @@
 """Safe loading: bad files give clear errors and write nothing; dtypes; no torch for safetensors."""
+import json
 import os
+import re
+import struct
 import subprocess
 import sys
 
@@ -134,3 +137,118 @@ def test_import_then_export_through_the_checkpoint(tmp_path):
         if ".bn" not in key and "first_bn" not in key:
             assert torch.equal(back[key], value), key
     assert os.path.isfile(side)
+
+
+def _nested(depth):
+    x = torch.zeros(1)
+    for _ in range(depth):
+        x = [x]
+    return x
+
+
+@pytest.mark.parametrize("make,fragment", [
+    (lambda: {"w": torch.eye(3).to_sparse()}, "tensor w (torch.sparse_coo"),
+    (lambda: {"w": torch.zeros(3, device="meta")},
+     "tensor w (torch.strided, torch.float32, on meta"),
+    (lambda: {"w": torch.quantize_per_tensor(torch.zeros(4), 0.1, 0, torch.qint8)},
+     "tensor w (torch.strided, torch.qint8"),
+    (lambda: {1: torch.zeros(3)}, "key 1 (int) in the top; expected names"),
+    (lambda: {"model": {"a": _nested(40)}}, "nested more than 32 deep at model.a[0]"),
+])
+def test_torch_objects_that_are_not_dense_named_tensors_are_refused(tmp_path, make, fragment):
+    """Each passes torch.load(weights_only=True), then had ended in a traceback (TypeError,
+    NotImplementedError, AttributeError, RecursionError)."""
+    path = tmp_path / "weights.pth"
+    torch.save(make(), path)
+    out = tmp_path / "imported"
+    with pytest.raises(safe_load.CheckpointFileError) as err:
+        import_torch.run_import(str(path), "ecgfounder", str(out))
+    assert str(err.value).startswith(f"{path}: ") and fragment in str(err.value)
+    _assert_nothing_written(out)
+
+
+def _stmem_state_dict():
+    from tests.references.stmem_torch import StMemEncoder
+    torch.manual_seed(0)
+    return StMemEncoder(64, 2, 1).state_dict()
+
+
+@pytest.mark.parametrize("fmt,change,fragment", [
+    ("stmem", {"sep_embedding": torch.zeros(())}, "sep_embedding has shape ()"),
+    ("stmem", {"sep_embedding": torch.zeros(0)}, "sep_embedding has shape (0,)"),
+    ("stmem", {"head.weight": torch.zeros(0, 64), "head.bias": torch.zeros(0)},
+     "head.weight has shape (0, 64)"),
+    ("stmem", {"pos_embedding": torch.zeros(1, 1, 64)}, "model.num_patches=-1"),
+    ("ecgfounder", {"first_conv.conv.weight": torch.zeros(3)},
+     "first_conv.conv.weight has shape (3,)"),
+    ("ecgfounder", {"first_conv.conv.weight": torch.zeros(16, 1, 0)},
+     "first_conv.conv.weight has shape (16, 1, 0)"),
+    ("ecgfounder", {"first_conv.conv.weight": torch.zeros(16, 3, 16)},
+     "3 input leads; ECGFounder's Net1D takes 12 leads or lead I alone"),
+])
+def test_shapes_that_give_no_model_are_refused_by_name(tmp_path, fmt, change, fragment):
+    """The model is inferred from the tensors' shapes: a scalar or empty tensor had ended in
+    IndexError or ZeroDivisionError, num_patches=-1 had been written into a checkpoint nothing
+    could run, and a 3-lead Net1D had been fed leads I, II and III by predict."""
+    sd = {**(_stmem_state_dict() if fmt == "stmem" else _small_state_dict()), **change}
+    path = tmp_path / "weights.pth"
+    torch.save({"model" if fmt == "stmem" else "state_dict": sd}, path)
+    out = tmp_path / "imported"
+    with pytest.raises(safe_load.CheckpointFileError) as err:
+        import_torch.run_import(str(path), fmt, str(out))
+    assert str(err.value).startswith(f"{path}: ") and fragment in str(err.value)
+    _assert_nothing_written(out)
+
+
+@pytest.fixture(scope="module")
+def crema_file(tmp_path_factory):
+    """A tiny SiT encoder in the crema layout: (its tensors, its metadata's model config)."""
+    from crema_jax.models import default_model_config
+    from crema_jax.models import params as params_lib
+    cfg = default_model_config()
+    cfg.name, cfg.size, cfg.num_heads, cfg.head_dim = "sit_encoder", "tiny", 2, 32
+    path = tmp_path_factory.mktemp("crema") / "tiny.safetensors"
+    state = export_torch.build_state_dict(params_lib.init_params(cfg, 0), cfg, layout="crema",
+                                          include_decoder=False)
+    export_torch.write_files(state, str(path), layout="crema",
+                             model_config=export_torch.resolved_model_config(cfg),
+                             full_config={}, step=0, include_decoder=False)
+    import_torch.import_weights(str(path), "crema")  # intact, it imports
+    tensors, metadata = safe_load.read_safetensors(str(path))
+    return tensors, json.loads(metadata["crema_model_config"])
+
+
+@pytest.mark.parametrize("case,fragment", [
+    ("deep", "is not readable JSON nests too deep"),
+    ("family", "names model 'net1d'; a crema-layout file holds a SiT"),
+    ("huge_int", "num_classes"),
+    ("side_without_model", "expected a JSON object with a 'model' object"),
+    ("side_list", "expected a JSON object with a 'model' object"),
+])
+def test_crema_model_configs_that_describe_no_sit_are_refused(tmp_path, crema_file, case,
+                                                             fragment):
+    """Each had ended in a traceback: RecursionError, AttributeError, OverflowError, KeyError
+    and TypeError."""
+    tensors, model = crema_file
+    path = tmp_path / "w.safetensors"
+    metadata = {"deep": {"crema_model_config": "[" * 100_000},
+                "family": {"crema_model_config": json.dumps({**model, "name": "net1d"})},
+                "huge_int": {"crema_model_config": json.dumps({**model,
+                                                               "num_classes": 10**30})},
+                }.get(case)
+    safetensors.numpy.save_file(tensors, str(path), metadata=metadata)
+    if case.startswith("side"):
+        (tmp_path / "w.json").write_text('{"layout": "crema"}' if case == "side_without_model"
+                                         else "[1, 2]")
+    out = tmp_path / "imported"
+    with pytest.raises(safe_load.CheckpointFileError, match=re.escape(fragment)):
+        import_torch.run_import(str(path), "crema", str(out))
+    _assert_nothing_written(out)
+
+
+def test_a_safetensors_shape_beyond_int64_is_a_listed_problem(tmp_path):
+    header = json.dumps({"x": {"dtype": "F32", "shape": [2**70], "data_offsets": [0, 0]}})
+    path = tmp_path / "huge.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header.encode())
+    with pytest.raises(safe_load.CheckpointFileError, match=r"x: 0 bytes do not hold"):
+        safe_load.read_safetensors(str(path))

@@ -280,3 +280,25 @@ def test_the_torch_module_follows_the_lead_embedding_rule_on_lead_subsets(tmp_pa
         with torch.no_grad():
             got = torch_model.features(torch.from_numpy(x), torch.from_numpy(leads)).numpy()
         assert rel_err(got, want) <= 1e-5, (rule, subset)
+
+
+@pytest.mark.parametrize("include_decoder", [False, True])
+def test_a_scan_layers_model_round_trips_through_the_crema_layout(tmp_path, include_decoder):
+    """An export of a scan_layers=True model says so in its config; the import (unrolled
+    blocks) had read that flag and failed on an encoder-only file with a KeyError."""
+    cfg = default_model_config()
+    cfg.size, cfg.num_heads, cfg.head_dim, cfg.scan_layers = "tiny", 2, 32, True
+    cfg.decoder_width, cfg.decoder_depth, cfg.decoder_num_heads, cfg.decoder_head_dim = 32, 2, 2, 16
+    params = params_lib.init_params(cfg, 4)
+    assert sit_layouts.is_stacked(params["encoder"]["blocks"])
+    out = tmp_path / "scan.safetensors"
+    _torch_export(params, cfg, out, include_decoder=include_decoder)
+    again, again_cfg, _ = import_torch.import_weights(str(out), "crema")
+    assert again_cfg.scan_layers is False
+    expected = trees.flatten(sit_layouts.unstack_blocks(params))
+    if not include_decoder:  # a bare encoder: the encoder's arrays, without its prefix
+        expected = {p.removeprefix("encoder/"): v for p, v in expected.items()
+                    if p.startswith("encoder/")}
+    got = trees.flatten(again)
+    assert got.keys() == expected.keys()
+    assert all(np.array_equal(got[p], expected[p]) for p in got)
