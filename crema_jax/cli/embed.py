@@ -87,14 +87,16 @@ def main(args) -> None:
         raise command.CommandError(f"--input={args.input}: no ECG could be read "
                                    f"({out['skipped'].total} skipped: {reasons or 'none'}); "
                                    "nothing written")
+    # Each row's ECG: a record, or for an array its row number (an unreadable one is skipped,
+    # so row i of Y need not be row i of X). Both files' bytes are made before either is
+    # written (a name that did not encode had left Y.npy without its records).
+    names = (embed.row_names(records, out["record"], out["window"]) if records is not None
+             else [str(int(r)) for r in out["record"]])
+    names_text = "".join(_one_line(name) + "\n" for name in names)
     npy = io.BytesIO()  # written by Python, not by numpy's C writer, so that a full disk is
     np.save(npy, out["outputs"])  # an OSError with its errno ("No space left on device")
     files.write_bytes_atomic(args.out, npy.getvalue())
-    # Each row's ECG: a record, or for an array its row number (an unreadable one is skipped,
-    # so row i of Y need not be row i of X).
-    names = (embed.row_names(records, out["record"], out["window"]) if records is not None
-             else [str(int(r)) for r in out["record"]])
-    files.write_text_atomic(side, "".join(_one_line(name) + "\n" for name in names))
+    files.write_text_atomic(side, names_text)
     skipped = out["skipped"].total
     print(f"wrote {args.out}: {out['outputs'].shape} {'logits' if args.logits else 'features'}"
           f", each row's ECG in {side}"
@@ -102,5 +104,7 @@ def main(args) -> None:
 
 
 def _one_line(name: str) -> str:
-    """A row's name on one line of Y.records.txt (a record named "A\\nB" took two)."""
-    return name.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+    """A row's name on one line of Y.records.txt (a record named "A\\nB" took two); a file
+    name's bytes that are not UTF-8 as \\xNN (b"r\\xffx" is written r\\xffx)."""
+    name = name.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

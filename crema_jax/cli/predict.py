@@ -30,8 +30,8 @@ def main(args) -> None:
     if not args.positional:
         raise command.CommandError(f"no records given (usage: {COMMAND.usage_line()})")
     # Each argument is one spec: a path with a comma in it stays one path.
-    paths = list(dict.fromkeys(p for spec in args.positional
-                               for p in dataset_index.expand_records(spec)))
+    paths = dataset_index.unique_records(p for spec in args.positional
+                                         for p in dataset_index.expand_records(spec))
     if args.out:  # never one of the records' files, --overwrite or not
         files.check_output_file(args.out, inputs=[args.checkpoint, *args.positional,
                                                   *dataset_index.files_read(paths)],

@@ -98,8 +98,9 @@ def raw_batches(backbone, x: np.ndarray, batch_size: int):
         patches = x.reshape(x.shape[0], 1, 12, n, patch)
     else:
         channels = int(backbone.config.model.in_channels)
-        if x.ndim != 3 or x.shape[1] != channels:
-            raise EmbedError(f"this Net1D takes {channels} leads, the input has shape {x.shape}")
+        if x.ndim != 3 or x.shape[1] != channels or x.shape[2] < 1:  # 0 samples: NaN rows
+            raise EmbedError(f"this Net1D takes (N, {channels} leads, samples >= 1), the input "
+                             f"has shape {x.shape}")
         patches = x[:, None, :, None, :]
     leads = np.arange(patches.shape[2], dtype=np.int32)
     for start in range(0, x.shape[0], batch_size):

@@ -4,6 +4,7 @@ that were paths ("..") or another row's ("random:a"), lead sets and label fracti
 a sampling rate no ECG has, a record name holding a newline or a comma, and a batch larger than
 the dataset. Each is one line naming the field or flag (exit 2 for a flag), or is read as what
 it is."""
+import os
 import pathlib
 import types
 
@@ -165,6 +166,23 @@ def test_a_record_name_with_a_newline_stays_on_one_line_of_records_txt(
     lines = out.with_suffix(".records.txt").read_text().split("\n")
     assert len(np.load(out)) == 2 and lines[-1] == "" and len(lines) == 3, lines
     assert sorted(lines[:2]) == ["A\\nB", "E1"], lines
+
+
+def test_a_record_name_that_is_not_utf8_is_escaped_in_records_txt(sit_checkpoint, records,
+                                                                  tmp_path):
+    """A file name with the byte 0xff had ended in a UnicodeEncodeError naming no file, Y.npy
+    written and Y.records.txt not (or left from the last run)."""
+    root, paths = records
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    first = paths[0]
+    (folder / os.fsdecode(b"r\xffx.hea")).write_text(first.with_suffix(".hea").read_text())
+    (folder / f"{first.name}.dat").write_bytes(first.with_suffix(".dat").read_bytes())
+    out = tmp_path / "f.npy"
+    assert embed.COMMAND.run([f"--checkpoint={sit_checkpoint}", f"--input={folder}",
+                              f"--out={out}"]) is None
+    assert len(np.load(out)) == 1
+    assert out.with_suffix(".records.txt").read_bytes() == b"r\\xffx\n"
 
 
 def test_predict_reads_a_record_path_with_a_comma_as_one_path(records, tmp_path, capsys):

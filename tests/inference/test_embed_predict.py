@@ -134,8 +134,11 @@ def test_embed_net1d_raw_and_logits(net1d_ckpt):
     with torch.no_grad():
         assert rel_err(feats, ref.features(torch.from_numpy(x)).numpy()) <= 1e-5
         assert rel_err(logits, ref(torch.from_numpy(x)).numpy()) <= 1e-5
-    with pytest.raises(embed.EmbedError, match="takes 12 leads"):
+    with pytest.raises(embed.EmbedError, match=r"takes \(N, 12 leads"):
         embed.embed(backbone, array=x[:, :3], raw=True)
+    with pytest.raises(embed.EmbedError, match=r"samples >= 1\), the input has shape "
+                                               r"\(3, 12, 0\)"):  # had written NaN rows
+        embed.embed(backbone, array=x[:, :, :0], raw=True, logits=True)
 
 
 def test_embed_sit_raw_and_three_crop_protocol(sit_ckpt):
@@ -172,6 +175,10 @@ def test_record_lists_globs_and_folders(cinc_sample_dir):
     assert dataset_index.expand_records(str(cinc_sample_dir / "E0750*.hea")) == folder[:10]
     two = dataset_index.expand_records(f"{cinc_sample_dir}/E07500.hea,{cinc_sample_dir}/E07501")
     assert two == [str(cinc_sample_dir / "E07500"), str(cinc_sample_dir / "E07501")]
+    # One record spelt twice is read once (both rows had been named "."), as first spelt.
+    once = dataset_index.expand_records(f"{cinc_sample_dir}/E07500,{cinc_sample_dir}/./E07500.hea,"
+                                        f"{cinc_sample_dir}/../{cinc_sample_dir.name}/E07500")
+    assert once == [str(cinc_sample_dir / "E07500")]
 
 
 def test_imported_checkpoints_load_as_evaluation_backbones(net1d_ckpt, sit_ckpt):

@@ -161,8 +161,8 @@ def expand_records(spec: str) -> list[str]:
     folders (every .hea below them, sorted). A file of another kind (a hospital export) keeps its
     extension. A spec that names an existing path as a whole is that one path, commas and all.
     Folders are walked by safe_files.walk, globs expanded by safe_files.glob_paths:
-    neither enters a symlinked folder (no link loops). Duplicates are dropped; a pattern matching
-    nothing is an error."""
+    neither enters a symlinked folder (no link loops). Duplicates (unique_records) are dropped;
+    a pattern matching nothing is an error."""
     out = []
     # A path that exists as written is one item, commas and all ("ECG, 2021/").
     # Items of a comma-separated list lose the spaces around them, a whole path keeps its own.
@@ -183,4 +183,16 @@ def expand_records(spec: str) -> list[str]:
             out.append(item[:-4] if item.endswith((".hea", ".mat", ".dat")) else item)
     if not out:
         raise FileNotFoundError(f"no records in {spec!r}")
-    return list(dict.fromkeys(out))
+    return unique_records(out)
+
+
+def unique_records(paths) -> list[str]:
+    """`paths` in order, each record once: two spellings of one file (rec, ./rec, a link to
+    it) are one record, named as first given (they had been read twice, both rows named ".")."""
+    seen, out = set(), []
+    for path in paths:
+        key = os.path.realpath(path)
+        if key not in seen:
+            seen.add(key)
+            out.append(path)
+    return out
