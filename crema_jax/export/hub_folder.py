@@ -71,7 +71,7 @@ def write_folder(checkpoint: str, folder: str, *, include_decoder: bool = False,
                  overwrite: bool = False) -> list[str]:
     """Writes FILES into `folder` (new, empty, or with overwrite one this wrote); their paths."""
     files.check_output_dir(folder, marker=FILES if overwrite else None, flag="--hub_folder",
-                           inputs=[checkpoint], create=False)
+                           inputs=[checkpoint], outside=[checkpoint], create=False)
     if overwrite and os.path.isdir(folder) and os.listdir(folder):
         _check_written_here(folder)
     params, config, step = config_lib.load_checkpoint(checkpoint)
@@ -80,11 +80,12 @@ def write_folder(checkpoint: str, folder: str, *, include_decoder: bool = False,
     state_dict = export_torch.build_state_dict(params, config.model, layout=layout,
                                                include_decoder=include_decoder)
     info = folder_config(config, saved, step, layout=layout)
+    card = model_card.render(info, state_dict.keys())  # all made before any file is written
+    text = json.dumps(info, indent=1)
     os.makedirs(folder, exist_ok=True)
     paths = [os.path.join(folder, name) for name in FILES]
     export_torch.write_safetensors(state_dict, paths[1], info["model"])
-    files.write_atomic(paths[0], lambda tmp: _write_text(tmp, json.dumps(info, indent=1)))
-    card = model_card.render(info, state_dict.keys())
+    files.write_atomic(paths[0], lambda tmp: _write_text(tmp, text))
     files.write_atomic(paths[2], lambda tmp: _write_text(tmp, card))
     return paths
 

@@ -22,7 +22,7 @@ from crema_jax.export import convert, hub, hub_folder, safe_load, sit_layouts
 from crema_jax.models import families
 from crema_jax.models import params as params_lib
 from crema_jax.runtime import checkpoint as ckpt_lib
-from crema_jax.runtime import files, trees
+from crema_jax.runtime import files, storage, trees
 
 FORMATS = ("crema", "stmem", "ecgfounder")
 PRESET_OF_FORMAT = {"crema": "crema", "stmem": "stmem", "ecgfounder": "ecgfounder"}
@@ -319,8 +319,11 @@ def run_import(source: str, fmt: str | None, out: str, *, seed: int = 0) -> str:
     path, or the hub id and the commit fetched) is recorded in the checkpoint's config as
     `source`, which readers of the config leave aside."""
     path, fmt, saved_data, record = resolve_source(source, fmt)
-    if "://" not in str(out):  # a new or empty folder: an import never mixes with other files
-        files.check_output_dir(out, marker=None, flag="--out", inputs=[path], create=False)
+    if storage.is_remote(out):
+        storage.check_url(str(out))
+    else:  # a new or empty folder: an import never mixes with other files
+        files.check_output_dir(out, marker=None, flag="--out", inputs=[path], outside=[source],
+                               create=False)
     params, model_cfg, kept = import_weights(path, fmt, seed=seed)
     config = config_lib.default_config(model_cfg.name)
     config.model = model_cfg

@@ -86,6 +86,8 @@ def _pretraining(info: dict) -> list[str]:
     lines = ["## How it was pretrained", ""]
     source = pre.get("imported_from")
     if source:
+        if not isinstance(source, dict):  # a hand-edited config: what it says, as it says it
+            source = {"path": str(source)}
         origin = source.get("uri") or source.get("path")
         commit = f" at commit {source['commit']}" if source.get("commit") else ""
         lines += [f"Weights imported with `crema-jax import-torch` from `{origin}`{commit} "

@@ -54,16 +54,21 @@ def same_file(a, b) -> bool:
         return _real(a) == _real(b)
 
 
+def _is_or_inside(path, item) -> bool:
+    """Whether `path` is the input `item`, or lies inside it when it is a folder."""
+    if item is None or item == "":
+        return False
+    return same_file(path, item) or (os.path.isdir(item) and _real(path).startswith(
+        _real(item).rstrip(os.sep) + os.sep))
+
+
 def check_output_file(path, *, inputs: Iterable = (), flag: str = "--out",
                       overwrite: bool = False, owned: Callable[[str], bool] | None = None) -> str:
     """`path` as a safe output file name, or OutputError: not an input (nor inside an input
     folder), not a folder, not a link; an existing file only with overwrite or when `owned`."""
     path = os.fspath(path)
     for item in inputs:
-        if item is None or item == "":
-            continue
-        if same_file(path, item) or (os.path.isdir(item) and
-                                     _real(path).startswith(_real(item).rstrip(os.sep) + os.sep)):
+        if _is_or_inside(path, item):
             raise OutputError(f"{flag}={path}: that is an input of this command ({item}); "
                               "choose another output")
     if os.path.isdir(path):
@@ -81,11 +86,12 @@ def check_output_file(path, *, inputs: Iterable = (), flag: str = "--out",
     return path
 
 
-def check_output_dir(path, *, marker, flag: str, inputs: Iterable = (),
+def check_output_dir(path, *, marker, flag: str, inputs: Iterable = (), outside: Iterable = (),
                      create: bool = True) -> pathlib.Path:
     """`path` as an output folder this command may write into, created if new: it must be new,
     empty, or hold `marker` (a name, or a tuple of names or fnmatch patterns, the command
-    writes there; None: new or empty only). Anything else: OutputError. create=False checks without creating it (the
+    writes there; None: new or empty only), not be one of `inputs` nor lie inside one of the
+    folders `outside`. Anything else: OutputError. create=False checks without creating it (the
     writer creates it later, so that a command failing before then leaves nothing)."""
     markers = () if marker is None else (marker,) if isinstance(marker, str) else tuple(marker)
     path = pathlib.Path(os.fspath(path))
@@ -93,6 +99,10 @@ def check_output_dir(path, *, marker, flag: str, inputs: Iterable = (),
         if item and same_file(path, item):
             raise OutputError(f"{flag}={path}: that is an input of this command; choose another "
                               "folder")
+    for item in outside:  # a user's hub folder had gained the imported checkpoint, a
+        if _is_or_inside(path, item):  # checkpoint's checkpoints/ a step-named hub folder
+            raise OutputError(f"{flag}={path}: inside the input {item}, which this command "
+                              "reads and never writes into; choose a folder outside it")
     if path.is_symlink():
         raise OutputError(f"{flag}={path}: a symbolic link; name a plain folder")
     if path.exists() and not path.is_dir():

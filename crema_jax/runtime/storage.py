@@ -48,6 +48,12 @@ def _fs(url: str):
                          "system (gs://, s3://, ...)") from None
 
 
+def check_url(url: str) -> None:
+    """ValueError (or ImportError) naming `url` when no installed fsspec file system reads its
+    scheme (abc://x had failed deep inside a writer with KeyError: 'abc://')."""
+    _fs(url)
+
+
 def join(base, *names: str) -> str:
     """os.path.join for local paths; '/'-joined names for URLs (keeping the URL's spelling)."""
     base = os.fspath(base)

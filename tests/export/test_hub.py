@@ -1,6 +1,7 @@
 """Weights by hub id (a local hub cache in huggingface_hub's layout, offline) and the folder
 `export-torch --hub_folder` writes, read back by `import-torch` with no further flag."""
 import hashlib
+import json
 import os
 import pathlib
 import subprocess
@@ -223,3 +224,42 @@ def test_overwrite_replaces_only_a_hub_folder_export_torch_wrote(tmp_path, tiny_
         assert said in capsys.readouterr().err
     assert (theirs / "README.md").read_text() == "my own notes"
     assert sorted(os.listdir(theirs)) == ["README.md"]
+
+
+def test_a_hand_edited_source_is_carried_into_the_card(tmp_path, tiny_ecgfounder):
+    """A checkpoint whose saved `source` is a string had ended in an AttributeError after
+    config.json and the weights were written, leaving the folder without its README.md."""
+    path, _ = tiny_ecgfounder
+    ckpt = tmp_path / "ckpt"
+    import_cli.COMMAND.run(["--format=ecgfounder", str(path), f"--out={ckpt}"])
+    metadata = ckpt / "checkpoints" / "0" / "config" / "metadata"
+    saved = json.loads(metadata.read_text())
+    saved["source"] = "weights from the vendor"
+    metadata.write_text(json.dumps(saved))
+    folder = tmp_path / "hub"
+    export_cli.COMMAND.run([f"--checkpoint={ckpt}", f"--hub_folder={folder}"])
+    assert sorted(os.listdir(folder)) == ["README.md", "config.json", "model.safetensors"]
+    assert "from `weights from the vendor`" in (folder / "README.md").read_text()
+
+
+def test_outputs_inside_the_folders_read_are_refused(tmp_path, tiny_ecgfounder, capsys):
+    """import-torch into the hub folder it reads had added the checkpoint to the user's folder;
+    export-torch --hub_folder=CKPT/checkpoints/7 had put a step-named folder among the
+    checkpoint's steps; --out=abc://x had ended in KeyError: 'abc://'."""
+    path, _ = tiny_ecgfounder
+    ckpt, hub_dir = tmp_path / "ckpt", tmp_path / "hub"
+    import_cli.COMMAND.run(["--format=ecgfounder", str(path), f"--out={ckpt}"])
+    export_cli.COMMAND.run([f"--checkpoint={ckpt}", f"--hub_folder={hub_dir}"])
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for command, args, said in (
+            (import_cli, [str(hub_dir), f"--out={hub_dir / 'imported'}"], f"inside the input "
+             f"{hub_dir}"),
+            (export_cli, [f"--checkpoint={ckpt}", f"--hub_folder={ckpt / 'checkpoints' / '7'}"],
+             f"inside the input {ckpt}"),
+            (import_cli, [str(hub_dir), "--out=abc://x"], "abc://x: ")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            command.COMMAND.run(args)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 1 and len(err) == 1 and said in err[0], err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
