@@ -238,8 +238,11 @@ def _merge(node: ml_collections.ConfigDict, saved: dict, prefix: str) -> None:
                 continue
             current = node[key]
             if path in _FREE_FORM or current is None or value is None:
-                node[key] = (ml_collections.ConfigDict(value) if isinstance(value, dict)
-                             else value)
+                try:
+                    node[key] = (ml_collections.ConfigDict(value) if isinstance(value, dict)
+                                 else value)
+                except TypeError as err:  # "preprocess": "x" onto a section
+                    raise ValueError(f"saved config field {path}={value!r}: {err}") from None
             elif isinstance(current, ml_collections.ConfigDict) and isinstance(value, dict):
                 _merge(current, value, path + ".")
             else:
@@ -404,26 +407,51 @@ def _check_numbers(c) -> None:
                 _check(all(v >= 0 for v in values), field, value, ">= 0")
 
 
-def validate(config) -> None:
-    """Impossible values refused before anything is built or compiled: a ValueError naming the
-    field, its value and what is allowed."""
-    from crema_jax import losses
+def validate_data(config) -> None:
+    """The data path's fields, as every command reading records with them needs them (a
+    weight folder's saved data path is checked with this on import: a negative target_fs had
+    passed, and every record was then skipped as an unexpected error): numbers finite, choices
+    known, and the preprocessing run once on a synthetic 10-s ECG at data.target_fs."""
     from crema_jax.data import presets
-    from crema_jax.data.pipeline import masking
-    from crema_jax.models import families
 
     c = config
     _check_numbers(c)
-    _check(0.0 < float(c.data.mask.ratio) < 1.0, "data.mask.ratio", c.data.mask.ratio,
-           "a fraction strictly between 0 and 1 (0 hides nothing to reconstruct, 1 leaves the "
-           "encoder nothing to see)")
-    _one_of(c, "data.mask.name", masking.MASKS)
-    _one_of(c, "data.num_views", (1, 2))
     _one_of(c, "data.preset", presets.NAMES)
     _one_of(c, "data.resample", ("polyphase", "fft"))
     _one_of(c, "data.nan_policy", ("interpolate", "zero", "drop_window"))
     _one_of(c, "data.flat_leads", ("absent", "keep"))
     _one_of(c, "data.eval_crop_average", ("embedding", "probability"))
+    _check(c.data.target_fs > 0, "data.target_fs", c.data.target_fs, "> 0 Hz")
+    if c.data.preprocess is not None:
+        import numpy as np
+
+        from crema_jax.data.signal import preprocess
+        from crema_jax.data.synthetic import synthetic_ecg
+        fs = float(c.data.target_fs)
+        try:
+            out = preprocess.preprocess(synthetic_ecg(0, 10.0, fs), fs, c.data.preprocess)
+            problem = None if np.isfinite(out).all() else "gives non-finite values"
+        except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError) as err:
+            problem = f"fails ({type(err).__name__}: {err})"
+        _check(problem is None, "data.preprocess", c.data.preprocess.to_dict()
+               if isinstance(c.data.preprocess, ml_collections.ConfigDict) else c.data.preprocess,
+               f"preprocessing that runs on a 10-s ECG at {fs:g} Hz (it {problem})")
+
+
+def validate(config) -> None:
+    """Impossible values refused before anything is built or compiled: a ValueError naming the
+    field, its value and what is allowed."""
+    from crema_jax import losses
+    from crema_jax.data.pipeline import masking
+    from crema_jax.models import families
+
+    c = config
+    validate_data(c)
+    _check(0.0 < float(c.data.mask.ratio) < 1.0, "data.mask.ratio", c.data.mask.ratio,
+           "a fraction strictly between 0 and 1 (0 hides nothing to reconstruct, 1 leaves the "
+           "encoder nothing to see)")
+    _one_of(c, "data.mask.name", masking.MASKS)
+    _one_of(c, "data.num_views", (1, 2))
     _check(c.data.patch_size >= 1 and c.data.crop_samples % c.data.patch_size == 0,
            "data.crop_samples", c.data.crop_samples,
            f"a multiple of data.patch_size={c.data.patch_size}")
@@ -433,7 +461,6 @@ def validate(config) -> None:
     except ValueError:
         _check(False, "data.mask.ratio", c.data.mask.ratio, f"a ratio that leaves a patch "
                f"visible ({c.data.mask.name} masking of {patches} patches a lead)")
-    _check(c.data.target_fs > 0, "data.target_fs", c.data.target_fs, "> 0 Hz")
     _one_of(c, "loss.name", losses.LOSSES)
     if c.train.profile_steps:
         profile_range(c.train.profile_steps)

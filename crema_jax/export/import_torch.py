@@ -328,8 +328,14 @@ def run_import(source: str, fmt: str | None, out: str, *, seed: int = 0) -> str:
     config = config_lib.default_config(model_cfg.name)
     config.model = model_cfg
     if saved_data is not None:  # a hub folder: the data path its model was trained with
-        config.data = config_lib.from_saved({"model": {"name": model_cfg.name},
-                                             "data": saved_data}).data
+        where = os.path.join(source, hub_folder.CONFIG_FILE) if os.path.isdir(source) else source
+        try:
+            config.data = config_lib.from_saved({"model": {"name": model_cfg.name},
+                                                 "data": saved_data}).data
+            config_lib.validate_data(config)
+        except (ValueError, OverflowError) as err:
+            raise safe_load.CheckpointFileError(f"{where}: its data path (\"config\".\"data\") "
+                                                f"has {err}") from None
     else:
         # The peer's own data path, file to model input, so that embed/probe/finetune/predict
         # give its authors' outputs with no flag (data/presets.py).

@@ -20,7 +20,7 @@ from crema_jax import config as config_lib
 from crema_jax.cli import export_torch as export_cli
 from crema_jax.cli import import_torch as import_cli
 from crema_jax.data import presets
-from crema_jax.export import hub
+from crema_jax.export import hub, import_torch, safe_load
 from crema_jax.inference import backbones, embed
 from crema_jax.models import build_model
 from crema_jax.runtime import checkpoint as ckpt_lib
@@ -263,3 +263,29 @@ def test_outputs_inside_the_folders_read_are_refused(tmp_path, tiny_ecgfounder, 
         err = capsys.readouterr().err.strip().splitlines()
         assert exit_info.value.code == 1 and len(err) == 1 and said in err[0], err
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("field,value,said", [
+    ("target_fs", -500.0, "config.data.target_fs=-500.0: expected > 0 Hz"),
+    ("target_fs", float("nan"), "config.data.target_fs=nan: expected a finite number"),
+    ("nan_policy", "bogus", "config.data.nan_policy='bogus'"),
+    ("preprocess", "x", "saved config field data.preprocess='x'"),
+    ("preprocess", {"high_hz": 300.0}, "config.data.preprocess="),
+])
+def test_a_folder_whose_data_path_cannot_run_is_refused_on_import(tmp_path, tiny_ecgfounder,
+                                                                  field, value, said):
+    """The import had passed and every record was then skipped as an unexpected error (a
+    negative rate, a low-pass above Nyquist), or ended in a TypeError traceback."""
+    path, _ = tiny_ecgfounder
+    ckpt, folder = tmp_path / "ckpt", tmp_path / "hub"
+    import_cli.COMMAND.run(["--format=ecgfounder", str(path), f"--out={ckpt}"])
+    export_cli.COMMAND.run([f"--checkpoint={ckpt}", f"--hub_folder={folder}"])
+    info = json.loads((folder / "config.json").read_text())
+    data = info["config"]["data"]
+    data[field] = {**data[field], **value} if isinstance(value, dict) else value
+    (folder / "config.json").write_text(json.dumps(info))
+    with pytest.raises(safe_load.CheckpointFileError) as err:
+        import_torch.run_import(str(folder), None, str(tmp_path / "back"))
+    assert str(err.value).startswith(f"{folder / 'config.json'}: its data path") and \
+        said in str(err.value), str(err.value)
+    assert not (tmp_path / "back").exists()
