@@ -312,6 +312,15 @@ def test_npz_records_read_as_numpy_loads_them(tmp_path, save, order):
         np.testing.assert_array_equal(np.asarray(stored), expected[row])
 
 
+def _exams_csv(folder, part_name: str, exam_ids) -> None:
+    """CODE-15%'s exams.csv naming `exam_ids` (patient = exam, no label) in part `part_name`."""
+    from crema_jax.data.index import code15
+    columns = ["exam_id", "patient_id", *code15.CODE15_LABELS, "trace_file"]
+    rows = [[str(e), str(e), *["False"] * len(code15.CODE15_LABELS), part_name]
+            for e in exam_ids]
+    (folder / "exams.csv").write_text("\n".join(",".join(r) for r in [columns, *rows]) + "\n")
+
+
 def test_hdf5_exam_id_claiming_2e9_entries_is_not_loaded(tmp_path):
     """CODE-15%'s part with an `exam_id` of 2e9 int64 (16 GB) in a file of kilobytes: the
     shape is compared with the stored bytes from the metadata, and the part's exams (from
@@ -321,10 +330,7 @@ def test_hdf5_exam_id_claiming_2e9_entries_is_not_loaded(tmp_path):
         f.create_dataset("exam_id", shape=(2_000_000_000,), dtype="<i8")
         f.create_dataset("tracings", shape=(2_000_000_000, 4096, 12), dtype="<f4")
     assert os.path.getsize(part) < 64 << 10
-    from crema_jax.data.index import code15
-    columns = ["exam_id", "patient_id", *code15.CODE15_LABELS, "trace_file"]
-    rows = [[str(e), str(e), *["False"] * len(code15.CODE15_LABELS), part.name] for e in (7, 8)]
-    (tmp_path / "exams.csv").write_text("\n".join(",".join(r) for r in [columns, *rows]) + "\n")
+    _exams_csv(tmp_path, part.name, (7, 8))
     before = hashes(tmp_path)
     assert _read_all("code15", tmp_path) == {"7": "truncated_signal", "8": "truncated_signal"}
     assert hashes(tmp_path) == before
@@ -340,10 +346,7 @@ def test_code15_exam_ids_that_are_not_integers_skip_their_part(tmp_path, ids):
     with h5py.File(part, "w") as f:
         f["exam_id"] = ids
         f["tracings"] = np.ones((3, 4096, 12), np.float32)
-    from crema_jax.data.index import code15
-    columns = ["exam_id", "patient_id", *code15.CODE15_LABELS, "trace_file"]
-    rows = [[str(e), str(e), *["False"] * len(code15.CODE15_LABELS), part.name] for e in (7, 8)]
-    (tmp_path / "exams.csv").write_text("\n".join(",".join(r) for r in [columns, *rows]) + "\n")
+    _exams_csv(tmp_path, part.name, (7, 8))
     before = hashes(tmp_path)
     assert _read_all("code15", tmp_path) == {"7": "bad_dtype", "8": "bad_dtype"}
     assert hashes(tmp_path) == before
