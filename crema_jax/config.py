@@ -405,6 +405,32 @@ def _check_numbers(c) -> None:
                 _check(all(0 <= v <= 1 for v in values), field, value, "a probability in [0, 1]")
             else:
                 _check(all(v >= 0 for v in values), field, value, ">= 0")
+        _check_augment_ranges(c.data.augment)
+
+
+# Upper limits of the augmentations' numbers, where a larger one allocates or draws without
+# bound (1e5 wander components: a (12, 1e5, T) array a view; a 1e30 s shift overflowed int64).
+_AUGMENT_LIMITS = {"baseline_wander.num_components": 64, "time_shift.max_shift_s": 60.0}
+
+
+def _check_augment_ranges(augment) -> None:
+    """Each augmentation's numbers agreeing with each other (they had failed after the compile
+    with numpy's "high - low < 0", naming no field)."""
+    def get(path):
+        section, key = path.split(".")
+        return augment[section][key] if section in augment and key in augment[section] else None
+
+    low, high = get("amplitude_scale.low"), get("amplitude_scale.high")
+    if low is not None and high is not None:
+        _check(low <= high, "data.augment.amplitude_scale.low", low,
+               f"<= data.augment.amplitude_scale.high={high}")
+    wander = get("baseline_wander.max_freq_hz")
+    if wander is not None:  # its components are drawn from [0.05 Hz, max_freq_hz]
+        _check(wander >= 0.05, "data.augment.baseline_wander.max_freq_hz", wander, ">= 0.05 Hz")
+    for path, limit in _AUGMENT_LIMITS.items():
+        value = get(path)
+        if value is not None:
+            _check(value <= limit, f"data.augment.{path}", value, f"<= {limit}")
 
 
 def validate_data(config) -> None:
@@ -421,7 +447,10 @@ def validate_data(config) -> None:
     _one_of(c, "data.nan_policy", ("interpolate", "zero", "drop_window"))
     _one_of(c, "data.flat_leads", ("absent", "keep"))
     _one_of(c, "data.eval_crop_average", ("embedding", "probability"))
-    _check(c.data.target_fs > 0, "data.target_fs", c.data.target_fs, "> 0 Hz")
+    # The rates a record file may have (the readers' fs_range): 1 Hz had put every record past
+    # its filters' Nyquist limit, 1e9 Hz had asked for 449 GiB a record.
+    _check(50 <= c.data.target_fs <= 10_000, "data.target_fs", c.data.target_fs,
+           "a rate in Hz in [50, 10000]")
     if c.data.preprocess is not None:
         import numpy as np
 
@@ -461,6 +490,14 @@ def validate(config) -> None:
     except ValueError:
         _check(False, "data.mask.ratio", c.data.mask.ratio, f"a ratio that leaves a patch "
                f"visible ({c.data.mask.name} masking of {patches} patches a lead)")
+    _check(c.data.get("num_epochs") is None, "data.num_epochs", c.data.get("num_epochs"),
+           "None for pretraining (an endless stream; train.num_steps ends the run)")
+    from crema_jax.runtime import optimizer
+    peak = optimizer.scaled_learning_rate(c.optim, int(c.train.global_batch_size))
+    _check(peak < 1e30, "optim.base_lr", c.optim.base_lr,  # float32 overflows past ~3.4e38
+           f"a learning rate float32 holds (x global_batch / 256 = {peak:g})")
+    _check(c.optim.min_lr <= peak, "optim.min_lr", c.optim.min_lr,
+           f"<= the peak learning rate {peak:g} (the cosine's floor; above it the rate climbs)")
     _one_of(c, "loss.name", losses.LOSSES)
     if c.train.profile_steps:
         profile_range(c.train.profile_steps)

@@ -29,7 +29,9 @@ COMMAND.string("topology", "", "With --dry_run: compile for this TPU slice inste
                "machine's devices, e.g. v5e:4x4, v5p:2x2x2, v6e:8x8 (needs libtpu: "
                "pip install \"crema_jax[tpu]\"; no TPU).")
 COMMAND.integer("num_devices", 0, "With --dry_run: compile for this many CPU devices (does a "
-                "GPU cluster's mesh and batch divide? CPU memory plan).", lower_bound=0)
+                "GPU cluster's mesh and batch divide? CPU memory plan); at most 2048, what "
+                "XLA's CPU backend compiles for in one process.", lower_bound=0,
+                upper_bound=2048)
 COMMAND.string("coordinator_address", "", "host:port of process 0 for multi-process runs "
                "(overrides config.train.coordinator_address; TPU pods need none).")
 COMMAND.integer("num_processes", 0, "Number of processes (with --coordinator_address).")

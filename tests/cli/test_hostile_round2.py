@@ -155,6 +155,17 @@ def test_a_config_file_value_outside_its_domain_is_an_input_error(tmp_path):
     ("evals.fewshot_probe.l2_grid", (1.0, -1.0), "one or more penalties > 0"),
     ("data.augment.gaussian_noise.prob", 1.5, "a probability in [0, 1]"),
     ("data.augment.gaussian_noise.std", -0.05, ">= 0"),
+    # Each below had passed: 1 Hz put every record past its filters' Nyquist limit (an endless
+    # loop of skips), 1e9 Hz asked for 449 GiB a record, num_epochs=1 ended in a StopIteration
+    # traceback, the augmentations failed after the compile naming no field.
+    ("data.target_fs", 1.0, "a rate in Hz in [50, 10000]"),
+    ("data.target_fs", 1e9, "a rate in Hz in [50, 10000]"),
+    ("data.num_epochs", 1, "None for pretraining (an endless stream; train.num_steps ends the "
+                           "run)"),
+    ("data.augment.amplitude_scale.low", 3.0, "<= data.augment.amplitude_scale.high=1.2"),
+    ("data.augment.baseline_wander.max_freq_hz", 0.01, ">= 0.05 Hz"),
+    ("data.augment.baseline_wander.num_components", 100_000, "<= 64"),
+    ("data.augment.time_shift.max_shift_s", 1e30, "<= 60.0"),
 ])
 def test_every_numeric_field_names_itself_when_out_of_domain(field, value, expected):
     config = config_lib.load_config_file(TINY)
@@ -167,6 +178,21 @@ def test_every_numeric_field_names_itself_when_out_of_domain(field, value, expec
     with pytest.raises(ValueError) as err:
         config_lib.validate(config)
     assert str(err.value) == f"config.{field}={value!r}: expected {expected}"
+
+
+@pytest.mark.parametrize("field,value,expected", [
+    ("optim.min_lr", 0.5, "expected <= the peak learning rate "),   # the rate had climbed
+    ("optim.base_lr", 1e300, "expected a learning rate float32 holds"),  # a NaN checkpoint
+])
+def test_learning_rates_that_cannot_train_are_refused(field, value, expected):
+    config = config_lib.load_config_file(TINY)
+    section, name = field.split(".")
+    config[section][name] = value
+    peak = config.optim.base_lr * config.train.global_batch_size / 256
+    with pytest.raises(ValueError) as err:
+        config_lib.validate(config)
+    assert str(err.value).startswith(f"config.{field}={value!r}: {expected}")
+    assert f"{peak:g}" in str(err.value)
 
 
 # ----------------------------------------------------------------------------- outputs
