@@ -28,11 +28,13 @@ import grain
 import jax
 from grain.experimental import RebatchIterDataset
 
+from crema_jax.data.cache.source import DamagedCacheError
 from crema_jax.data.pipeline.record_order import RecordOrder
 from crema_jax.data.pipeline.skips import SkipStats
 from crema_jax.data.pipeline.sources import make_source
 from crema_jax.data.pipeline.transforms import (EvalCrops, ExpandViews, NonEmpty, PadBatch,
                                                 PretrainViews, ReadChunk)
+from crema_jax.data.reading.ecg import RecordError
 
 
 def _shard(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -83,12 +85,37 @@ def make_pretrain_dataset(data_cfg: Mapping, *, source: Any = None,
     source = make_source(data_cfg) if source is None else source
     index, count = _shard(process_index, process_count)
     batch = _batch_size(data_cfg)
+    if data_cfg["num_epochs"] is None:
+        check_one_reads(source)
     order = RecordOrder(len(source), chunk_size=batch, seed=int(data_cfg["seed"]), shuffle=True,
                         num_epochs=data_cfg["num_epochs"], process_index=index,
                         process_count=count)
     ds = _build(data_cfg, source, order, stats, PretrainViews(data_cfg, compact=True))
     ds = _prefetch(RebatchIterDataset(ds, batch, drop_remainder=True), data_cfg)
     return ds.map(ExpandViews(int(data_cfg["num_views"])))
+
+
+def check_one_reads(source) -> None:
+    """ValueError unless at least one record of `source` reads, tried in order until one does.
+    An endless stream drops every chunk whose records all fail: with none readable it had
+    looped for ever, logging a skip a record (80 MB of log in 90 s) and never a step."""
+    reasons: dict[str, int] = {}
+    first = None
+    for i in range(len(source)):
+        try:
+            source.load(source[i])
+            return
+        except DamagedCacheError:
+            raise
+        except RecordError as err:
+            reason, text = err.reason, str(err)
+        except Exception as err:  # noqa: BLE001 - as ReadChunk counts it
+            reason, text = "unexpected_error", f"{type(err).__name__}: {err}"
+        reasons[reason] = reasons.get(reason, 0) + 1
+        first = first or text
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items()))
+    raise ValueError(f"no record of the data could be read ({len(source)} tried: "
+                     f"{counts or 'the source is empty'}){f'; the first: {first}' if first else ''}")
 
 
 def make_eval_dataset(data_cfg: Mapping, *, source: Any = None, split: str | None = None,

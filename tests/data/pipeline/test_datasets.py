@@ -242,6 +242,28 @@ def test_broken_records_are_skipped_and_counted(tmp_path, cinc_sample_dir):
         assert np.isfinite(batch["patches"]).all()
 
 
+def test_an_endless_stream_of_records_none_of_which_reads_is_refused(tmp_path):
+    """Every chunk of the endless pretraining stream was dropped as empty: the iterator looped
+    for ever, logging skips, and no batch ever came. Now refused up front, the reasons counted;
+    one readable record (the last tried) is enough."""
+    broken = broken_records.make_broken_records(tmp_path)
+    failing = sorted(name for name, reason in broken_records.EXPECTED_REASONS.items() if reason)
+    infos = [dataset_index.RecordInfo(name, str(broken[name]), (), "", "") for name in failing]
+    cfg = one_epoch_config(batch_size=2, num_epochs=None)
+    with pytest.raises(ValueError) as err:
+        datasets.make_pretrain_dataset(cfg, source=sources.make_source(cfg, records=infos),
+                                       process_index=0, process_count=1)
+    counts = collections.Counter(broken_records.EXPECTED_REASONS[name] for name in failing)
+    assert str(err.value).startswith(
+        f"no record of the data could be read ({len(failing)} tried: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + "); the first: ")
+    good = dataset_index.RecordInfo("good", str(broken["nan_lead"]), (), "", "")
+    ds = datasets.make_pretrain_dataset(cfg, source=sources.make_source(cfg, records=infos
+                                                                        + [good]),
+                                        process_index=0, process_count=1)
+    assert next(iter(ds))["patches"].shape[0] == 2
+
+
 def test_strict_names_file_and_problem(tmp_path, cinc_sample_dir):
     source, broken = _mixed_source(tmp_path, cinc_sample_dir)
     cfg = one_epoch_config(batch_size=1, strict=True)
