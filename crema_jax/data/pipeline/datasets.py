@@ -114,8 +114,9 @@ def check_one_reads(source) -> None:
         reasons[reason] = reasons.get(reason, 0) + 1
         first = first or text
     counts = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items()))
+    first = f"; the first: {first}" if first else ""
     raise ValueError(f"no record of the data could be read ({len(source)} tried: "
-                     f"{counts or 'the source is empty'}){f'; the first: {first}' if first else ''}")
+                     f"{counts or 'the source is empty'}){first}")
 
 
 def make_eval_dataset(data_cfg: Mapping, *, source: Any = None, split: str | None = None,
