@@ -383,10 +383,16 @@ class _Loop:
         ema = self.clock["ema"]
         self.clock["ema"] = dt if ema is None else 0.9 * ema + 0.1 * dt
         loss = float(host["loss"])
-        if not np.isfinite(loss):
+        # The loss is of the parameters before the step's update; their norm after it says
+        # whether the update itself overflowed (a learning rate of 1e300 had saved a checkpoint
+        # of NaN weights as the "last good" one).
+        norm = float(host.get("learning/param_norm", 0.0))
+        if not np.isfinite(loss) or not np.isfinite(norm):
             self.saves.wait()  # the message names the last checkpoint known to be written
+            what = (f"loss became {loss}" if not np.isfinite(loss) else
+                    f"the parameters' norm became {norm} (the update overflowed float32)")
             raise NonFiniteLossError(
-                f"loss became {loss} at step {done_step}; stopped without saving this state "
+                f"{what} at step {done_step}; stopped without saving this state "
                 f"(last good checkpoint: step {self.saves.last_complete} in "
                 f"{workdir_lib.checkpoints_dir(self.workdir)})")
         self.losses[done_step] = loss

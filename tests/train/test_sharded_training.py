@@ -140,3 +140,15 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
     logged = [line for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(logged) == 3     # steps 1-3 logged; the NaN step is not
+
+
+def test_an_update_that_overflows_the_weights_is_never_saved(tmp_path):
+    """Step 1's loss is finite (it is of the initial weights), but a learning rate of 1e20
+    makes its update overflow: that state had been saved and named the last good one."""
+    config = tiny_config()
+    config.optim.base_lr, config.optim.warmup_steps = 1e20, 0
+    config.checkpoint.every_steps = 1
+    with pytest.raises(trainer.NonFiniteLossError,
+                       match=r"parameters' norm became inf .* at step 1; .*step None"):
+        trainer.train(config, tmp_path, devices=jax.devices()[:1])
+    assert workdir_lib.latest_step(tmp_path / "checkpoints") is None
