@@ -128,6 +128,13 @@ def prepare_workdir(workdir, *, resume: bool, overwrite: bool) -> list[str]:
     resume=False, refuse existing checkpoints unless overwrite (then move them aside).
     Returns one line per thing moved, for the log."""
     root = checkpoints_dir(workdir)
+    if root.exists() and not root.is_dir():  # Orbax's first save had hung on it
+        raise ValueError(f"{root}: a file where the run keeps its checkpoints (a folder); move "
+                         "it away or choose a new --workdir")
+    for path in sorted(root.iterdir()) if root.is_dir() else ():
+        if (_STEP_DIR.match(path.name) or _TMP_STEP_DIR.match(path.name)) and not path.is_dir():
+            raise ValueError(f"{path}: a file named like a checkpoint step, which a save "
+                             "would replace; move it out of the checkpoints folder")
     notes = []
     for path in step_dirs(root):
         if not is_complete_step_dir(path):

@@ -104,6 +104,19 @@ def test_starting_over_on_a_used_workdir_needs_overwrite(tmp_path):
     assert len(moved) == 1 and workdir_lib.complete_steps(moved[0]) == [2] and notes
 
 
+@pytest.mark.parametrize("name", ["checkpoints", "checkpoints/2",
+                                  "checkpoints/2.orbax-checkpoint-tmp-1"])
+def test_files_where_checkpoints_go_are_refused_and_kept(tmp_path, name):
+    """A file named checkpoints had hung the first save (Orbax waited for ever); a file named
+    like a step had been replaced by that step without a word."""
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("the user's")
+    with pytest.raises(ValueError, match=re.escape(f"{path}: a file ")):
+        _run(tmp_path, **{"train.num_steps": 2})
+    assert path.read_text() == "the user's"
+
+
 def test_resuming_with_another_model_names_the_field(tmp_path, capsys):
     _run(tmp_path, **{"train.num_steps": 2})
     with pytest.raises(ValueError, match=r"config\.model\.size: checkpoint 'tiny', run 'small'"):
