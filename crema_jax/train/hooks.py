@@ -45,6 +45,10 @@ class Profile:
                                 f"written to {self.dir}")
 
 
+class DataWaitInterrupted(Exception):
+    """SIGTERM arrived while the train loop waited for a batch."""
+
+
 class PreemptionWatch:
     """SIGTERM -> save and exit at a step every process agrees on.
 
@@ -56,6 +60,9 @@ class PreemptionWatch:
         self._flag = False
         self._multi = jax.process_count() > 1
         self._previous = None
+        # True while the loop waits for its next batch: a SIGTERM then interrupts the wait
+        # (DataWaitInterrupted), which could otherwise last for ever (a stalled input).
+        self.waiting_for_data = False
         if not self._multi:
             try:
                 self._previous = signal.signal(signal.SIGTERM, self._handle)
@@ -64,6 +71,9 @@ class PreemptionWatch:
 
     def _handle(self, signum, frame):
         self._flag = True
+        if self.waiting_for_data:
+            self.waiting_for_data = False
+            raise DataWaitInterrupted()
 
     def requested(self, step: int) -> bool:
         if self._multi:

@@ -343,7 +343,19 @@ class _Loop:
         while self.step < num_steps:
             self.saves.poll()
             t0 = time.perf_counter()
-            local = self.drill.batch(self.step + 1, next(data_iter))
+            try:
+                self.preemption.waiting_for_data = True
+                local = self.drill.batch(self.step + 1, next(data_iter))
+            except hooks.DataWaitInterrupted:  # SIGTERM during a wait that may never end
+                self.finish_pending()
+                if self.step > self.start:
+                    self.save()
+                progress.print_line(f"SIGTERM while waiting for data: "
+                                    f"{'saved' if self.step > self.start else 'at'} step "
+                                    f"{self.step}, exiting")
+                break
+            finally:
+                self.preemption.waiting_for_data = False
             data_wait = time.perf_counter() - t0
             batch = mesh_lib.global_batch(batch_lib.device_part(local), self.setup.mesh)
             self.profile.before(self.step)

@@ -1,6 +1,9 @@
 """Sharded training on 8 fake CPU devices gives the 1-device losses; NaN stops the run; a
 checkpoint written on one mesh restores onto another."""
 import json
+import os
+import signal
+import threading
 import time
 
 import jax
@@ -56,6 +59,33 @@ class _Slow:
     def __next__(self):
         time.sleep(self.seconds)
         return next(self.it)
+
+
+class _Stalling:
+    """An input pipeline that gives `batches` batches, then never another (a stalled store):
+    once stalled, it has the process sent SIGTERM one second later."""
+
+    def __init__(self, it, batches):
+        self.it, self.left = it, batches
+
+    def __next__(self):
+        if self.left == 0:
+            threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+            time.sleep(60)
+            raise AssertionError("the stalled wait was not interrupted")
+        self.left -= 1
+        return next(self.it)
+
+
+def test_sigterm_while_the_input_stalls_saves_and_exits(tmp_path, capsys):
+    """SIGTERM only set a flag read after the next step, which a stalled input never gave:
+    `timeout` could not stop the run. Now the wait is interrupted, the trained steps saved."""
+    config = tiny_config(**{"train.num_steps": 10, "checkpoint.every_steps": 100})
+    out = trainer.train(config, tmp_path, devices=jax.devices()[:1],
+                        batch_iter=_Stalling(trainer.input_iterator(config, 8), 2))
+    assert out["last_step"] == 2
+    assert "SIGTERM while waiting for data: saved step 2, exiting" in capsys.readouterr().out
+    assert workdir_lib.latest_step(tmp_path / "checkpoints") == 2
 
 
 def test_reference_run_learns(reference, tmp_path):
