@@ -481,6 +481,12 @@ def validate(config) -> None:
            "encoder nothing to see)")
     _one_of(c, "data.mask.name", masking.MASKS)
     _one_of(c, "data.num_views", (1, 2))
+    from crema_jax.data import presets
+    wrong = presets.contradictions(c.data)
+    _check(not wrong, "data.preset", c.data.preset,
+           f"the data path whose fields this config holds; {', '.join(wrong[:4])} contradict "
+           "it (a preset's fields are set in the config file, presets.apply(config.data, "
+           "NAME): a --config.data.preset= override renames the path only)")
     _check(c.data.patch_size >= 1 and c.data.crop_samples % c.data.patch_size == 0,
            "data.crop_samples", c.data.crop_samples,
            f"a multiple of data.patch_size={c.data.patch_size}")

@@ -99,6 +99,28 @@ def fill_missing(data_cfg, saved_data: dict) -> None:
                 data_cfg[key] = reference[key]
 
 
+# What tells the data paths apart (geometry such as target_fs or crop_samples may be tuned
+# under a preset's name; these make it another path).
+_IDENTITY = ("resample", "nan_policy", "flat_leads", "derive_limb_leads", "eval_crop_average")
+_PREPROCESS_IDENTITY = ("stage", "filter_type", "filter_form", "baseline", "notch_hz")
+
+
+def contradictions(data_cfg) -> list[str]:
+    """The fields of data_cfg that contradict the path its data.preset names ("field=ours
+    (the preset's)"): a --config.data.preset= override renames the path without setting it."""
+    name = data_cfg.get("preset")
+    if name not in NAMES:
+        return []
+    want = PRESETS[name].data_path
+    out = [f"{key}={data_cfg[key]!r} ({name}: {want[key]!r})" for key in _IDENTITY
+           if key in data_cfg and data_cfg[key] != want[key]]
+    ours, theirs = data_cfg.get("preprocess"), preprocessing(name)
+    if ours is not None:
+        out += [f"preprocess.{key}={ours.get(key)!r} ({name}: {theirs[key]!r})"
+                for key in _PREPROCESS_IDENTITY if ours.get(key) != theirs[key]]
+    return out
+
+
 def apply(data_cfg, name: str):
     """Sets the fields of data-path preset `name` on data_cfg (in place) and returns it."""
     if name not in NAMES:

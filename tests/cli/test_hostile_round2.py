@@ -195,6 +195,19 @@ def test_learning_rates_that_cannot_train_are_refused(field, value, expected):
     assert f"{peak:g}" in str(err.value)
 
 
+def test_a_preset_renamed_by_an_override_is_refused(tmp_path):
+    """--config.data.preset=ecgfounder on the crema path trained crema's path under the
+    ecgfounder name (the fine-tuning recipe and the model card trust the name)."""
+    done = _cli("pretrain", f"--config={TINY}", "--config.data.preset=ecgfounder",
+                f"--workdir={tmp_path / 'run'}")
+    assert done.returncode == 2, done.stderr  # a flag's value: a usage error
+    line = assert_one_error_line("pretrain", done.stdout, done.stderr)
+    assert line.startswith("crema-jax pretrain: error: flag --config.data.preset='ecgfounder': "
+                           "expected the data path whose fields this config holds; nan_policy="
+                           "'interpolate' (ecgfounder: 'zero'), "), line
+    assert not (tmp_path / "run").exists()
+
+
 # ----------------------------------------------------------------------------- outputs
 @pytest.fixture()
 def ecgs(tmp_path):
