@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 import sys
 import textwrap
 import traceback
@@ -283,6 +284,11 @@ def _paths(flag: str, value):
     if value.startswith("memory://"):
         raise flags.Error(f"{flag}={value}: memory:// lives inside one process and is gone when "
                           "the command ends; use a local path or a store's URL (gs://, s3://)")
+    scheme, sep, rest = value.partition("://")
+    if (sep and scheme != "file" and re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme)
+            and not rest.strip("/")):
+        raise flags.Error(f"{flag}={value}: the URL names no bucket or path; expected "  # it
+                          f"{scheme}://BUCKET/PATH")  # had read as the local folder 'gs:'
     if value.startswith("file://"):
         parts = urllib.parse.urlparse(value)
         if parts.netloc not in ("", "localhost"):

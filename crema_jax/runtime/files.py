@@ -120,17 +120,24 @@ def check_output_dir(path, *, marker, flag: str, inputs: Iterable = (), outside:
             if special_kind(path / m):
                 raise OutputError(f"{flag}={path}: {m} is {special_kind(path / m)}, not a "
                                   "regular file")
+    return make_folder(path, f"{flag}={path}", create=create)
+
+
+def make_folder(path, label: str, *, create: bool = True) -> pathlib.Path:
+    """`path` created as a folder (parents too), or an OutputError starting with `label` that
+    says why: it or a parent is a file ('[Errno 17] File exists' had been all a run said), or
+    the nearest existing folder is not writable. create=False only checks."""
+    path = pathlib.Path(os.fspath(path))
     existing = next((p for p in (path, *path.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
-        raise OutputError(f"{flag}={path}: {existing} is a file, not a folder")
+        raise OutputError(f"{label}: {existing} is a file, not a folder")
     if existing is not None and not os.access(existing, os.W_OK):
-        raise OutputError(f"{flag}={path}: {existing} is not writable")
+        raise OutputError(f"{label}: {existing} is not writable")
     if create:
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise OutputError(f"{flag}={path}: cannot create the folder ({err.strerror})") \
-                from None
+            raise OutputError(f"{label}: cannot create the folder ({err.strerror})") from None
     return path
 
 

@@ -27,7 +27,7 @@ import uuid
 from absl import logging
 from etils import epath
 
-from crema_jax.runtime import storage
+from crema_jax.runtime import files, storage
 
 CHECKPOINTS_DIRNAME = "checkpoints"
 COMMIT_MARKER = "commit_success.txt"  # Orbax writes it last, on every file system.
@@ -191,7 +191,7 @@ class WorkdirLock:
         """Takes the lock or raises WorkdirLockedError; returns a note when a stale lock was
         taken over."""
         if not self.remote:  # object stores have no folders to make
-            os.makedirs(self.folder, exist_ok=True)
+            files.make_folder(self.folder, self.folder)
         note = None
         if not self._create():
             holder = self._holder()

@@ -4,6 +4,7 @@ never reach train/)."""
 import ast
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -113,6 +114,18 @@ def test_file_urls_are_the_local_paths_they_name():
     assert (args.checkpoint, args.input, args.out) == ("/tmp/run a", "x.npy", "/tmp/y.npy")
     args = predict.COMMAND.parse(["--checkpoint=c", "file:///data/a.hea", "b.hea"])
     assert args.positional == ["/data/a.hea", "b.hea"]
+    assert embed.COMMAND.parse(["--checkpoint=file:///", "--input=x", "--out=y"]).checkpoint \
+        == "/"
+
+
+@pytest.mark.parametrize("url", ["gs://", "s3:///"])
+def test_a_url_naming_no_bucket_is_refused(url):
+    """--root=gs:// had read as the local folder 'gs:' ('gs: is not a directory')."""
+    from absl import flags
+
+    from crema_jax.cli import prepare
+    with pytest.raises(flags.Error, match=re.escape(f"--root={url}: the URL names no bucket")):
+        prepare.COMMAND.parse(["--layout=wfdb_folder", f"--root={url}", "--out=/tmp/y"])
 
 
 def test_a_command_parses_twice_in_one_process_without_leaking_values():

@@ -117,6 +117,20 @@ def test_files_where_checkpoints_go_are_refused_and_kept(tmp_path, name):
     assert path.read_text() == "the user's"
 
 
+@pytest.mark.parametrize("inside", [False, True])
+def test_a_file_given_as_the_workdir_is_named_and_kept(tmp_path, inside):
+    """A file as --workdir (or as a folder above it) had stopped the run with only
+    '[Errno 17] File exists'."""
+    user_file = tmp_path / "notes.txt"
+    user_file.write_text("the user's")
+    workdir = user_file / "run" if inside else user_file
+    lock = workdir_lib.WorkdirLock(workdir)
+    with pytest.raises(ValueError, match=re.escape(f"{workdir}: {user_file} is a file, not a "
+                                                   "folder")):
+        lock.acquire()
+    assert user_file.read_text() == "the user's" and not lock.held
+
+
 def test_resuming_with_another_model_names_the_field(tmp_path, capsys):
     _run(tmp_path, **{"train.num_steps": 2})
     with pytest.raises(ValueError, match=r"config\.model\.size: checkpoint 'tiny', run 'small'"):
