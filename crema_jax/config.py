@@ -451,6 +451,8 @@ def validate_data(config) -> None:
     # its filters' Nyquist limit, 1e9 Hz had asked for 449 GiB a record.
     _check(50 <= c.data.target_fs <= 10_000, "data.target_fs", c.data.target_fs,
            "a rate in Hz in [50, 10000]")
+    from crema_jax.data.pipeline import crops
+    crops.lead_rows(tuple(c.data.leads))  # names known, each once
     if c.data.preprocess is not None:
         import numpy as np
 

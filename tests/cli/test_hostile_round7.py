@@ -349,3 +349,20 @@ def test_a_mask_ratio_that_hides_every_patch_is_a_config_error():
         config_lib.validate(config)
     config.data.mask.ratio = 0.9
     config_lib.validate(config)
+
+
+@pytest.mark.parametrize("leads, said", [(("I", "I"), "I named twice"),
+                                         (("V1", "II", "V1", "II"), "II+V1 named twice"),
+                                         (("I", "X"), "expected names from")])
+def test_a_lead_fed_twice_or_unknown_is_a_config_error(leads, said):
+    """data.leads=('I', 'I') had passed: one row fed twice, under two lead embeddings."""
+    from crema_jax import config as config_lib
+    from tests.configs import tiny_config
+
+    config = tiny_config()
+    config.data.leads = leads
+    with pytest.raises(ValueError, match="^data.leads: ") as err:
+        config_lib.validate(config)
+    assert said in str(err.value)
+    config.data.leads = ("V1", "II")
+    config_lib.validate(config)

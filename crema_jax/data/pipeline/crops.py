@@ -17,6 +17,10 @@ def lead_rows(names: Sequence[str]) -> np.ndarray:
     unknown = [name for name in names if name not in LEADS]
     if unknown or not names:
         raise ValueError(f"data.leads: expected names from {LEADS}, got {tuple(names)}")
+    repeated = sorted({name for name in names if list(names).count(name) > 1}, key=LEADS.index)
+    if repeated:  # ("I", "I") had fed one row twice, under two lead embeddings
+        raise ValueError(f"data.leads: each lead once, got {tuple(names)} ({'+'.join(repeated)} "
+                         "named twice)")
     return np.asarray([LEADS.index(name) for name in names], dtype=np.int32)
 
 
