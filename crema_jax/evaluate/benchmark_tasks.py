@@ -207,7 +207,8 @@ def dataset_settings(suite: dict, name: str, **more) -> dict:
             "seed": suite["seed"], "bootstrap": suite["bootstrap"],
             "batch_size": suite["batch_size"], "num_workers": suite["num_workers"],
             "preset": "", "cross_domain": False, "lead_sets": ["12"],
-            "label_fractions": [1.0], **more}
+            "label_fractions": [1.0], "flag_prefix": f"the task file's datasets[{name!r}].",
+            **more}
 
 
 def parse_models(items) -> list[tuple[str, str]]:

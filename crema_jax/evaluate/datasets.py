@@ -70,14 +70,22 @@ def unique_records(infos, policy: str, where: str) -> tuple[list, dict]:
     return found.kept, counts
 
 
-def decide_label_type(requested: str, infos, label_names) -> tuple[str, str]:
-    """(label type, why): the flag's, or with "auto" multiclass when every record has exactly
-    one class of the layout's vocabulary, decided BEFORE --min_positives drops any class (a
-    dropped class must not turn one-class records into "multilabel" rows with no class)."""
-    if requested != "auto":
-        return requested, "--label_type"
+def flag(settings: dict, name: str) -> str:
+    """How the user sets `name` in messages: an evaluation command's --NAME, or the config
+    field or task-file entry `settings["flag_prefix"]` names (the pretraining probe's
+    config.evals.fewshot_probe. had been told to pass probe flags it has not got)."""
+    return f"{settings.get('flag_prefix', '--')}{name}"
+
+
+def decide_label_type(settings: dict, infos, label_names) -> tuple[str, str]:
+    """(label type, why): settings["label_type"], or with "auto" multiclass when every record
+    has exactly one class of the layout's vocabulary, decided BEFORE min_positives drops any
+    class (a dropped class must not turn one-class records into "multilabel" rows with no
+    class)."""
+    if settings["label_type"] != "auto":
+        return settings["label_type"], flag(settings, "label_type")
     inferred = protocols.infer_label_type(protocols.label_matrix(infos, label_names))
-    return inferred, "auto: from every record's labels, before --min_positives"
+    return inferred, f"auto: from every record's labels, before {flag(settings, 'min_positives')}"
 
 
 def _checked_splits(splits, settings: dict, root: str, infos) -> None:
@@ -95,12 +103,14 @@ def _checked_splits(splits, settings: dict, root: str, infos) -> None:
                              "records of at least 3 patients")
         if settings.get("split_fractions"):
             fractions = ",".join(str(f) for f in settings["split_fractions"])
-            raise ValueError(f"the {split!r} split of {root} is empty after --split_fractions="
-                             f"{fractions} ({len(infos)} records of {patients} patients); give "
-                             f"it a larger fraction")
-        raise ValueError(f"the {split!r} split of {root} is empty; pass --split_fractions="
-                         "0.6,0.2,0.2 (a seeded re-split per source)"
-                         + ("" if k else " or --folds=5 (cross-validation)"))
+            raise ValueError(f"the {split!r} split of {root} is empty after "
+                             f"{flag(settings, 'split_fractions')}={fractions} ({len(infos)} "
+                             f"records of {patients} patients); give it a larger fraction")
+        folds = "" if k or "folds" not in settings else f" or {flag(settings, 'folds')}=5 " \
+            "(cross-validation)"
+        raise ValueError(f"the {split!r} split of {root} is empty; pass "
+                         f"{flag(settings, 'split_fractions')}=0.6,0.2,0.2 (a seeded re-split "
+                         f"per source){folds}")
 
 
 def load_dataset(settings: dict) -> Dataset:
@@ -117,12 +127,12 @@ def load_dataset(settings: dict) -> Dataset:
         options = dict(settings["layout_options"])
         index = registry.build_index(settings["layout"], root, **options)
         if not index.records:  # it went on to "no class has >= 1 training positives"
-            raise ValueError(f"--root={root}: the {settings['layout']} layout finds no record "
-                             "there")
+            raise ValueError(f"{flag(settings, 'root')}={root}: the {settings['layout']} "
+                             "layout finds no record there")
     infos, counts = unique_records(index.records, settings.get("duplicates", "merge"),
                                    root or cache_dir)
     counts["indexed"] = len(index.records)
-    label_type, why = decide_label_type(settings["label_type"], infos, index.label_names)
+    label_type, why = decide_label_type(settings, infos, index.label_names)
     print(f"label type: {label_type} ({why})")
     if split_fractions:
         splits = protocols.resplit(infos, [float(f) for f in split_fractions], seed=seed)
@@ -136,16 +146,16 @@ def load_dataset(settings: dict) -> Dataset:
                                        min_positives=min_positives)
     if not classes:
         raise ValueError(f"no class has >= {min_positives} {'' if k else 'training '}positives "
-                         f"in {root} (--min_positives); {len(index.label_names)} classes in the "
-                         "layout")
+                         f"in {root} ({flag(settings, 'min_positives')}); "
+                         f"{len(index.label_names)} classes in the layout")
     labels = protocols.label_matrix(infos, classes)
     had_class = protocols.label_matrix(infos, index.label_names).sum(1) > 0
     keep = ~(had_class & (labels.sum(1) == 0))
     counts["no_class_left"] = int((~keep).sum())
     if counts["no_class_left"]:
-        print(f"--min_positives={min_positives}: {counts['no_class_left']} records whose "
-              f"classes were all dropped ({len(classes)} of {len(index.label_names)} kept) are "
-              "left out")
+        print(f"{flag(settings, 'min_positives')}={min_positives}: {counts['no_class_left']} "
+              f"records whose classes were all dropped ({len(classes)} of "
+              f"{len(index.label_names)} kept) are left out")
     counts["not_one_class"] = 0
     if label_type == "multiclass":  # softmax targets need exactly one class per record
         counts["not_one_class"] = int((keep & (labels.sum(1) != 1)).sum())

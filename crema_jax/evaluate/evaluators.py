@@ -132,7 +132,8 @@ class FewShotProbe:
                     "layout": opts.layout or config.data.layout,
                     "layout_options": dict(layout_options or {}), "seed": int(opts.seed),
                     "split_fractions": tuple(opts.split_fractions),
-                    "min_positives": int(opts.min_positives), "label_type": "multilabel"}
+                    "min_positives": int(opts.min_positives), "label_type": "multilabel",
+                    "flag_prefix": "--config.evals.fewshot_probe."}
         self.data = datasets.load_dataset(settings)
         batch_size = mesh_lib.round_batch(int(opts.batch_size), mesh)
         self.data_cfg = backbones.eval_data_config(config, protocols.lead_set(opts.leads),

@@ -171,3 +171,23 @@ def test_a_root_without_records_says_so(tmp_path):
     with pytest.raises(ValueError, match=r"^--root=.*empty: the wfdb_folder layout finds no "
                                          r"record there$"):
         datasets.load_dataset(settings)
+
+
+@pytest.mark.parametrize("field, value, said", [
+    ("min_positives", 1000, "(--config.evals.fewshot_probe.min_positives); "),
+    ("split_fractions", (1.0, 0.0, 0.0),
+     "is empty after --config.evals.fewshot_probe.split_fractions=1.0,0.0,0.0 ("),
+])
+def test_the_pretraining_probe_names_its_config_fields(one_class_manifest, field, value, said):
+    """The probe inside pretraining had been told to pass the probe command's --min_positives
+    and --split_fractions, flags pretrain has not got."""
+    from crema_jax.evaluate import evaluators
+    from tests.configs import tiny_config
+
+    config = tiny_config()
+    opts = config.evals.fewshot_probe
+    opts.root, opts.layout = str(one_class_manifest[0]), "manifest"
+    opts[field] = value
+    with pytest.raises(ValueError) as raised:
+        evaluators.FewShotProbe(config, None, {})
+    assert said in str(raised.value) and "--folds" not in str(raised.value)
