@@ -28,13 +28,11 @@ import grain
 import jax
 from grain.experimental import RebatchIterDataset
 
-from crema_jax.data.cache.source import DamagedCacheError
 from crema_jax.data.pipeline.record_order import RecordOrder
 from crema_jax.data.pipeline.skips import SkipStats
 from crema_jax.data.pipeline.sources import make_source
 from crema_jax.data.pipeline.transforms import (EvalCrops, ExpandViews, NonEmpty, PadBatch,
-                                                PretrainViews, ReadChunk)
-from crema_jax.data.reading.ecg import RecordError
+                                                PretrainViews, ReadChunk, read_record)
 
 
 def _shard(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -102,17 +100,11 @@ def check_one_reads(source) -> None:
     reasons: dict[str, int] = {}
     first = None
     for i in range(len(source)):
-        try:
-            source.load(source[i])
+        _, failure = read_record(source, source[i], strict=False)
+        if failure is None:
             return
-        except DamagedCacheError:
-            raise
-        except RecordError as err:
-            reason, text = err.reason, str(err)
-        except Exception as err:  # noqa: BLE001 - as ReadChunk counts it
-            reason, text = "unexpected_error", f"{type(err).__name__}: {err}"
-        reasons[reason] = reasons.get(reason, 0) + 1
-        first = first or text
+        reasons[failure[0]] = reasons.get(failure[0], 0) + 1
+        first = first or failure[2]
     counts = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items()))
     first = f"; the first: {first}" if first else ""
     raise ValueError(f"no record of the data could be read ({len(source)} tried: "

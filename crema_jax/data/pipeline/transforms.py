@@ -18,6 +18,26 @@ from crema_jax.data.reading.ecg import RecordError
 from crema_jax.data.signal import augment as augment_lib
 
 
+def read_record(source: Any, ref: Mapping, *, strict: bool) -> tuple[dict | None, tuple | None]:
+    """(loaded record, None), or (None, (reason, path, message)) for a record that fails to
+    read: a RecordError's reason, any other exception "unexpected_error". A DamagedCacheError
+    is always raised (a damaged cache stops the run unless its source skips, cache/source.py);
+    strict raises every failure."""
+    try:
+        return source.load(ref), None
+    except DamagedCacheError:
+        raise
+    except RecordError as e:
+        if strict:
+            raise
+        return None, (e.reason, str(e.path), str(e))
+    except Exception as e:  # noqa: BLE001 - any record may be broken in a new way.
+        message = f"{ref['path']}: unexpected {type(e).__name__} while reading: {e}"
+        if strict:
+            raise RuntimeError(message) from e
+        return None, ("unexpected_error", ref["path"], message)
+
+
 class ReadChunk(grain.transforms.Map):
     """Record ids -> loaded records; a failure is counted and dropped (raised when strict)."""
 
@@ -28,20 +48,9 @@ class ReadChunk(grain.transforms.Map):
         loaded = []
         for index in ids:
             ref = self.source[int(index)]
-            try:
-                element = self.source.load(ref)
-            except DamagedCacheError:
-                raise  # a damaged cache stops the run unless its source skips (cache/source.py)
-            except RecordError as e:
-                if self.strict:
-                    raise
-                self.stats.record(e.reason, str(e.path), str(e))
-                continue
-            except Exception as e:  # noqa: BLE001 - any record may be broken in a new way.
-                message = f"{ref['path']}: unexpected {type(e).__name__} while reading: {e}"
-                if self.strict:
-                    raise RuntimeError(message) from e
-                self.stats.record("unexpected_error", ref["path"], message)
+            element, failure = read_record(self.source, ref, strict=self.strict)
+            if failure is not None:
+                self.stats.record(*failure)
                 continue
             element["index"], element["labels"] = ref["index"], ref["labels"]
             loaded.append(element)
