@@ -52,22 +52,27 @@ def _sit_config(width, depth, heads, head_dim, **fields):
     return cfg
 
 
+def _first(sd: Mapping[str, np.ndarray], *keys: str) -> str:
+    """The first of `keys` present. Inference looks at alternatives so that a file with a
+    renamed or missing key still reaches the full key check, which lists every problem."""
+    key = next((k for k in keys if k in sd), None)
+    if key is None:
+        raise safe_load.CheckpointFileError(
+            f"cannot infer the model size: none of {list(keys)} is in the file")
+    return key
+
+
 def _shape(sd: Mapping[str, np.ndarray], *keys: str) -> tuple:
-    """Shape of the first of `keys` present. Inference looks at alternatives so that a file with
-    a renamed or missing key still reaches the full key check, which lists every problem."""
-    for key in keys:
-        if key in sd:
-            return tuple(sd[key].shape)
-    raise safe_load.CheckpointFileError(
-        f"cannot infer the model size: none of {list(keys)} is in the file")
+    """Shape of the first of `keys` present."""
+    return tuple(sd[_first(sd, *keys)].shape)
 
 
 def _dim(sd: Mapping[str, np.ndarray], axis: int, *keys: str) -> int:
-    """Size of `axis` of the first of `keys` present (as _shape), at least 1: a tensor with
-    too few axes or an empty one names the key (they had ended in IndexError and
-    ZeroDivisionError tracebacks)."""
-    shape = _shape(sd, *keys)
-    key = next(k for k in keys if k in sd)
+    """Size of `axis` of the first of `keys` present, at least 1: a tensor with too few axes
+    or an empty one names the key (they had ended in IndexError and ZeroDivisionError
+    tracebacks)."""
+    key = _first(sd, *keys)
+    shape = tuple(sd[key].shape)
     if len(shape) <= axis or shape[axis] < 1:
         raise safe_load.CheckpointFileError(
             f"{key} has shape {shape}: cannot infer the model size from it (expected at least "
