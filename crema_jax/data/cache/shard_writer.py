@@ -14,7 +14,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from crema_jax.data.cache.record_format import WRITER_OPTIONS, encode_record, shard_name
 from crema_jax.data.index import duplicates
 from crema_jax.data.reading import read as read_lib
-from crema_jax.data.reading.ecg import RecordError
+from crema_jax.data.reading.ecg import read_failure
 from crema_jax.data.signal.preprocess import preprocess_record
 from crema_jax.runtime import storage
 
@@ -62,17 +62,11 @@ def build_shard(task: Mapping) -> dict:
             ecg = read_lib.read(info["path"], reader, target_fs=task["target_fs"],
                                 derive_limb_leads=task["derive_limb_leads"])
             signal = preprocess_record(ecg.signal, ecg.fs, cfg, ecg.lead_present)
-        except RecordError as e:
-            if task["strict"]:
-                return {"strict_error": str(e)}
-            skipped.append({"path": str(e.path), "reason": e.reason, "message": str(e)})
-            continue
         except Exception as e:  # noqa: BLE001 - a new kind of broken file must not stop the run.
-            message = f"{info['path']}: unexpected {type(e).__name__} while reading: {e}"
+            reason, path, message = read_failure(e, info["path"])
             if task["strict"]:
                 return {"strict_error": message}
-            skipped.append({"path": info["path"], "reason": "unexpected_error",
-                            "message": message})
+            skipped.append({"path": path, "reason": reason, "message": message})
             continue
         payloads.append(encode_record(signal, ecg.lead_present, task["dtype"]))
         rows.append({**info, "content_key": duplicates.content_key(info["path"]),

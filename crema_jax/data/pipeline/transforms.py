@@ -14,7 +14,7 @@ from crema_jax.data.pipeline import batch as batch_lib
 from crema_jax.data.pipeline import masking
 from crema_jax.data.pipeline.crops import CropGeometry
 from crema_jax.data.pipeline.skips import SkipStats
-from crema_jax.data.reading.ecg import RecordError
+from crema_jax.data.reading.ecg import RecordError, read_failure
 from crema_jax.data.signal import augment as augment_lib
 
 
@@ -27,15 +27,13 @@ def read_record(source: Any, ref: Mapping, *, strict: bool) -> tuple[dict | None
         return source.load(ref), None
     except DamagedCacheError:
         raise
-    except RecordError as e:
-        if strict:
-            raise
-        return None, (e.reason, str(e.path), str(e))
     except Exception as e:  # noqa: BLE001 - any record may be broken in a new way.
-        message = f"{ref['path']}: unexpected {type(e).__name__} while reading: {e}"
+        if strict and isinstance(e, RecordError):
+            raise
+        failure = read_failure(e, ref["path"])
         if strict:
-            raise RuntimeError(message) from e
-        return None, ("unexpected_error", ref["path"], message)
+            raise RuntimeError(failure[2]) from e
+        return None, failure
 
 
 class ReadChunk(grain.transforms.Map):

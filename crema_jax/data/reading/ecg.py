@@ -54,6 +54,15 @@ class RecordError(Exception):
         return (type(self), (self.path, self.reason, self.message))
 
 
+def read_failure(err: Exception, path) -> tuple[str, str, str]:
+    """(reason, path, message) of a record that failed to read, as skip counts keep it: a
+    RecordError's own, any other exception "unexpected_error" (a new kind of broken file)."""
+    if isinstance(err, RecordError):
+        return err.reason, err.path, str(err)
+    return ("unexpected_error", str(path),
+            f"{path}: unexpected {type(err).__name__} while reading: {err}")
+
+
 @dataclasses.dataclass
 class Ecg:
     signal: np.ndarray        # float32 (12, T) mV, canonical lead order.

@@ -350,3 +350,41 @@ def test_keep_in_memory_reads_each_record_once(tmp_path):
     again = kept.load(kept[0])
     np.testing.assert_array_equal(again["signal"], expected["signal"])
     np.testing.assert_array_equal(again["lead_present"], expected["lead_present"])
+
+
+class _Failing:
+    """A source whose every load raises `error`."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def __getitem__(self, i):
+        return {"path": f"/data/r{i}", "index": i, "labels": ()}
+
+    def load(self, ref):
+        raise self.error
+
+
+def test_a_failed_read_is_classified_once_for_every_reader():
+    """The pipeline, the nothing-readable check and prepare's shard writer count a failed
+    read the same way (each had written the rule)."""
+    from crema_jax.data.cache.source import DamagedCacheError
+
+    record_error = ecg_lib.RecordError("/data/r0", "bad_header", "/data/r0.hea: no fs")
+    assert transforms.read_record(_Failing(record_error), {"path": "/data/r0"},
+                                  strict=False) == (None, ("bad_header", "/data/r0",
+                                                           "/data/r0.hea: no fs [bad_header]"))
+    other = ZeroDivisionError("division by zero")
+    assert transforms.read_record(_Failing(other), {"path": "/data/r1"}, strict=False) == (
+        None, ("unexpected_error", "/data/r1",
+               "/data/r1: unexpected ZeroDivisionError while reading: division by zero"))
+    with pytest.raises(ecg_lib.RecordError, match=r"no fs \[bad_header\]$"):
+        transforms.read_record(_Failing(record_error), {"path": "/data/r0"}, strict=True)
+    with pytest.raises(RuntimeError, match="^/data/r1: unexpected ZeroDivisionError"):
+        transforms.read_record(_Failing(other), {"path": "/data/r1"}, strict=True)
+    with pytest.raises(DamagedCacheError):
+        transforms.read_record(_Failing(DamagedCacheError("x")), {"path": "p"}, strict=False)
+    stats = SkipStats()
+    assert transforms.ReadChunk(_Failing(other), stats, strict=False).map(np.arange(3)) == []
+    assert stats.counts == {"unexpected_error": 3} and stats.paths["unexpected_error"] == [
+        "/data/r0", "/data/r1", "/data/r2"]
