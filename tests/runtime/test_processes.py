@@ -22,16 +22,18 @@ def test_workers_start_with_ctrl_c_ignored_and_the_parent_keeps_its_handler():
     def parent_handler(signum, frame):
         raise AssertionError("never called")
 
+    # The parent handles SIGINT here whatever it inherited (a suite started in the background
+    # inherits it ignored, and so would every child), so the contrast below holds.
     previous = signal.signal(signal.SIGINT, parent_handler)
     try:
         assert _child_disposition() == signal.SIG_IGN
         assert signal.getsignal(signal.SIGINT) is parent_handler
+        # A plain spawned worker, for contrast: Python's own KeyboardInterrupt handler.
+        with concurrent.futures.ProcessPoolExecutor(
+                1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            assert pool.submit(DISPOSITION).result(timeout=120) == signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, previous)
-    # A plain spawned worker, for contrast: Python's own KeyboardInterrupt handler.
-    with concurrent.futures.ProcessPoolExecutor(
-            1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        assert pool.submit(DISPOSITION).result(timeout=120) == signal.default_int_handler
 
 
 def test_an_initializer_gives_the_workers_their_ctrl_c():
