@@ -16,6 +16,7 @@ import sys
 import numpy as np
 import pytest
 
+from crema_jax import main
 from crema_jax.evaluate import benchmark, benchmark_tasks, ranges
 from crema_jax.export import safe_load
 from tests.cli.conftest import assert_one_error_line
@@ -128,15 +129,20 @@ def test_embed_names_each_rows_ecg_when_an_array_row_is_skipped(tmp_path, sit_ch
     ("preview", ["--out=figure"], "--out=figure: expected a file name ending in .png"),
     ("preview", ["--seed=-1"], "flag --seed=-1: -1 is not a non-negative integer"),
 ])
-def test_a_number_out_of_range_is_a_usage_error_naming_its_flag(tmp_path, command, flags, said):
+def test_a_number_out_of_range_is_a_usage_error_naming_its_flag(tmp_path, monkeypatch, capsys,
+                                                                command, flags, said):
+    """In this process (the console script's own entry point): a usage error stops before
+    anything runs."""
     common = {"finetune": ["--checkpoint=random", "--root=r", "--workdir=w"],
               "probe": ["--checkpoint=random", "--root=r", "--workdir=w"],
               "compare": ["--checkpoint=random", "--root=r", "--workdir=w"],
               "prepare": ["--root=r", "--out=o"], "embed": ["--checkpoint=c"], "preview": []}
-    done = subprocess.run(CLI + [command, *common[command], *flags], capture_output=True,
-                          text=True, timeout=300, env=ENV, cwd=tmp_path)
-    assert done.returncode == 2, done.stderr
-    assert_one_error_line(command, done.stdout, done.stderr, said)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main.run(["crema-jax", command, *common[command], *flags])
+    done = capsys.readouterr()
+    assert exited.value.code == 2, done.err
+    assert_one_error_line(command, done.out, done.err, said)
     assert os.listdir(tmp_path) == []   # nothing written
 
 
