@@ -1,7 +1,10 @@
 """Fixtures shared by the command tests."""
+import types
+
 import pytest
 
 from crema_jax import config as config_lib
+from crema_jax import main
 from crema_jax.models import params as params_lib
 from crema_jax.runtime import checkpoint
 
@@ -27,3 +30,13 @@ def assert_one_error_line(command: str, out: str, err: str, *fragments) -> str:
         assert fragment in lines[0], (fragment, lines[0])
     assert "Traceback" not in out + err
     return lines[0]
+
+
+def run_in_process(capsys, *args) -> types.SimpleNamespace:
+    """`crema-jax ARGS` through the console script's entry point, in this process (a refusal
+    that stops before any work costs no interpreter start): returncode, stdout, stderr."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main.run(["crema-jax", *args])
+    done = capsys.readouterr()
+    return types.SimpleNamespace(returncode=exited.value.code, stdout=done.out, stderr=done.err)

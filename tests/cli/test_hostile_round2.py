@@ -306,5 +306,5 @@ def test_a_workdir_that_cannot_be_made_is_one_line_naming_it(tmp_path):
     before = _hashes(tmp_path)
     done = _cli("pretrain", f"--config={TINY}", f"--workdir={blocker / 'run'}",
                 "--config.train.num_steps=1")
-    _one_line(done, "pretrain", "Not a directory", str(blocker / "run"))
+    _one_line(done, "pretrain", f"{blocker / 'run'}: {blocker} is a file, not a folder")
     assert _hashes(tmp_path) == before

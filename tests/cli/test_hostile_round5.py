@@ -16,10 +16,9 @@ import sys
 import numpy as np
 import pytest
 
-from crema_jax import main
 from crema_jax.evaluate import benchmark, benchmark_tasks, ranges
 from crema_jax.export import safe_load
-from tests.cli.conftest import assert_one_error_line
+from tests.cli.conftest import assert_one_error_line, run_in_process
 
 CLI = [os.path.join(os.path.dirname(sys.executable), "crema-jax")]
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
@@ -79,15 +78,15 @@ def _npy_claiming(path, shape):
     path.write_bytes(buffer.getvalue() + bytes(64))
 
 
-def test_embed_refuses_a_bad_npy_before_allocating_it(tmp_path, sit_checkpoint):
+def test_embed_refuses_a_bad_npy_before_allocating_it(tmp_path, sit_checkpoint, capsys):
     huge = tmp_path / "huge.npy"
     _npy_claiming(huge, (100_000_000, 12, 5000))   # 24 TB: np.load raised MemoryError
     fifo = tmp_path / "pipe.npy"
     os.mkfifo(fifo)
     for given, said in ((huge, "is truncated: its header announces (100000000, 12, 5000)"),
                         (fifo, "is a FIFO"), (tmp_path / "none.npy", "does not exist")):
-        done = _cli("embed", f"--checkpoint={sit_checkpoint}", f"--input={given}",
-                    f"--out={tmp_path / 'y.npy'}")
+        done = run_in_process(capsys, "embed", f"--checkpoint={sit_checkpoint}",
+                              f"--input={given}", f"--out={tmp_path / 'y.npy'}")
         assert done.returncode == 1
         assert_one_error_line("embed", done.stdout, done.stderr, f"--input={given} {said}")
     assert not (tmp_path / "y.npy").exists()
@@ -138,11 +137,9 @@ def test_a_number_out_of_range_is_a_usage_error_naming_its_flag(tmp_path, monkey
               "compare": ["--checkpoint=random", "--root=r", "--workdir=w"],
               "prepare": ["--root=r", "--out=o"], "embed": ["--checkpoint=c"], "preview": []}
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exited:
-        main.run(["crema-jax", command, *common[command], *flags])
-    done = capsys.readouterr()
-    assert exited.value.code == 2, done.err
-    assert_one_error_line(command, done.out, done.err, said)
+    done = run_in_process(capsys, command, *common[command], *flags)
+    assert done.returncode == 2, done.stderr
+    assert_one_error_line(command, done.stdout, done.stderr, said)
     assert os.listdir(tmp_path) == []   # nothing written
 
 
