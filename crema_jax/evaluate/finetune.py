@@ -69,11 +69,13 @@ def probabilities(logits, label_type: str):
 
 
 # ------------------------------------------------------------------- training batches
-def train_batches(data_cfg, source, *, batch_size: int, seed: int):
+def train_batches(data_cfg, source, *, batch_size: int, seed: int, seen: set | None = None):
     """Endless shuffled training batches (B, 1 crop, L, N, P) with labels.
 
     The pretraining pipeline with ONE view supplies the random crop and the configured
     augmentations (its masks are simply not used); labels are looked up by record index.
+    `seen` gathers the source records the batches held (a record that fails to read never
+    does).
     """
     cfg = data_cfg.copy_and_resolve_references()
     with cfg.unlocked():
@@ -83,6 +85,8 @@ def train_batches(data_cfg, source, *, batch_size: int, seed: int):
         cfg.seed = int(seed)
     labels = np.asarray(source.labels, np.float32)
     for batch in pipeline.make_pretrain_dataset(cfg, source=source):
+        if seen is not None:
+            seen.update(np.asarray(source.record_rows)[np.asarray(batch["index"])].tolist())
         yield {"patches": batch["patches"], "patch_valid": batch["patch_valid"],
                "lead_indices": batch["lead_indices"], "labels": labels[batch["index"]]}
 
@@ -209,6 +213,12 @@ def _eval_batches(data, data_cfg, rows):
     return batches
 
 
+def _records_in(batches) -> int:
+    """How many records the evaluation batches hold (padding left out)."""
+    rows = [np.asarray(b["index"])[np.asarray(b["valid"], bool)] for b in batches]
+    return int(len(np.unique(np.concatenate(rows)))) if rows else 0
+
+
 def finetune_fit_predict(config, params, data, data_cfg, mesh, settings, ft, keep: dict):
     """Fine-tuning as a runs.py model: each call a fresh head on the checkpoint's encoder, the
     recipe `ft`, the best epoch on validation, then each test set predicted ONCE
@@ -219,8 +229,9 @@ def finetune_fit_predict(config, params, data, data_cfg, mesh, settings, ft, kee
     def fit_predict(train_rows, val_rows, tests):
         model = classifier(config, params, len(data.classes), drop_path=ft["drop_path"],
                            seed=settings["seed"])
+        trained_on: set = set()
         train_iter = train_batches(data_cfg, datasets.make_source(data, data_cfg, train_rows),
-                                   batch_size=batch_size, seed=settings["seed"])
+                                   batch_size=batch_size, seed=settings["seed"], seen=trained_on)
         steps = ft["steps_per_epoch"] or max(1, math.ceil(len(train_rows) / batch_size))
         val_batches = _eval_batches(data, data_cfg, val_rows)
         best, history, best_epoch, chosen_by, evaluate = fit(
@@ -233,8 +244,10 @@ def finetune_fit_predict(config, params, data, data_cfg, mesh, settings, ft, kee
         probs_val, labels_val, _ = predict(evaluate, best, model.rest, val_batches,
                                            data.label_type, data_cfg.eval_crop_average)
         out = {"val": {"probs": probs_val, "labels": labels_val}, "tests": {},
-               "info": {"best_epoch": best_epoch, "chosen_by": chosen_by,
-                        "history": history}}
+               "info": {"best_epoch": best_epoch, "chosen_by": chosen_by, "history": history,
+                        # The records read (as the probe counts them), not those assigned: a
+                        # record that fails to read is never trained or selected on.
+                        "n_train": len(trained_on), "n_val": _records_in(val_batches)}}
         for name, rows in tests.items():
             batches = _eval_batches(data, data_cfg, rows)
             probs, labels, index = predict(evaluate, best, model.rest, batches, data.label_type,

@@ -236,7 +236,7 @@ def test_probe_folds_test_every_record_once_and_keep_patients_together(
 def test_finetune_folds_test_every_record_once(pretrained_workdir, cinc_sample_dir, tmp_path):
     _run(finetune, checkpoint=str(pretrained_workdir), root=str(cinc_sample_dir),
          workdir=str(tmp_path), folds=3, min_positives=5, lead_sets=["I"], epochs=1,
-         steps_per_epoch=1, patience=0, bootstrap=20, batch_size=16, preset="stmem",
+         steps_per_epoch=1, patience=0, bootstrap=20, batch_size=8, preset="stmem",
          drop_path=0.05)
     report = json.loads((tmp_path / "report.json").read_text())
     assert set(report) == SCHEMA and report["command"] == "finetune"
@@ -249,5 +249,8 @@ def test_finetune_folds_test_every_record_once(pretrained_workdir, cinc_sample_d
     assert len(pred["record_id"]) == len(evaluated_ids(cinc_sample_dir, 5))
     run = report["runs"][0]
     assert [f["history"][0]["epoch"] for f in run["folds"]] == [1, 1, 1]
+    # One step of 8 ECGs a fold: the head trained on 8 of the fold's 15 training records, and
+    # the table says 8 (it had said the 15 assigned).
+    assert [(f["n_train"], f["n_val"], f["test"]["n"]) for f in run["folds"]] == [(8, 15, 15)] * 3
     assert run["test"]["macro_auroc"] == pytest.approx(_macro(pred["labels"], pred["probs"]),
                                                        abs=1e-9)
