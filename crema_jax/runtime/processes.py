@@ -10,8 +10,10 @@ spawn, never fork: worker processes must not inherit a parent's threads (JAX, Gr
 from __future__ import annotations
 
 import multiprocessing.context
+import os
 import signal
 import threading
+import time
 
 
 class _SpawnProcess(multiprocessing.context.SpawnProcess):
@@ -38,3 +40,29 @@ def interrupt_raises() -> None:
     """A worker initializer: from now on Ctrl-C raises KeyboardInterrupt in this worker, as in
     any Python process (its result then carries the interruption back to the parent)."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def interrupt_and_join(workers, *, grace: float = 30.0) -> None:
+    """What a terminal's Ctrl-C does to a whole process group, for a SIGINT that reached only
+    this process (`timeout -s INT`, `kill -INT PID`, a job scheduler): SIGINT to each worker
+    (its pool's initializer says what that does), then each still alive after `grace` seconds
+    is terminated. Left alone, the workers had kept this process waiting for ever. A second
+    Ctrl-C meanwhile is ignored (it had ended in an atexit traceback and orphaned workers)."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        for worker in workers:
+            if worker.is_alive():
+                try:
+                    os.kill(worker.pid, signal.SIGINT)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + grace
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+            if worker.is_alive():
+                worker.terminate()
+                worker.join(5)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)

@@ -7,6 +7,8 @@ import functools
 import multiprocessing
 import signal
 
+import pytest
+
 from crema_jax.runtime import processes
 
 DISPOSITION = functools.partial(signal.getsignal, signal.SIGINT)
@@ -38,3 +40,27 @@ def test_workers_start_with_ctrl_c_ignored_and_the_parent_keeps_its_handler():
 
 def test_an_initializer_gives_the_workers_their_ctrl_c():
     assert _child_disposition(processes.interrupt_raises) == signal.default_int_handler
+
+
+def test_a_ctrl_c_while_the_pool_starts_leaves_no_worker(monkeypatch):
+    """A SIGINT to prepare alone (`timeout -s INT`) landing after its first worker started and
+    before the pool's manager thread did: the pool's shutdown had nothing to stop, and the
+    worker kept the process waiting for ever at exit."""
+    import concurrent.futures.process
+
+    from crema_jax.data.cache import prepare
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(concurrent.futures.process.ProcessPoolExecutor,
+                        "_start_executor_manager_thread", interrupted)
+    monkeypatch.setattr(prepare, "STOP_GRACE_SECONDS", 2.0)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            list(prepare._run_tasks([{}, {}], workers=2))
+        left = [p for p in multiprocessing.active_children() if p.is_alive()]
+        assert left == []
+    finally:
+        for p in multiprocessing.active_children():
+            p.kill()

@@ -33,6 +33,7 @@ import fnmatch
 import hashlib
 import json
 import math
+import multiprocessing
 import sys
 import time
 
@@ -127,6 +128,10 @@ class _Progress:
         sys.stderr.flush()
 
 
+# After a Ctrl-C, how long a worker may take to finish its record before it is terminated.
+STOP_GRACE_SECONDS = 10.0
+
+
 def _run_tasks(tasks: list[dict], workers: int):
     """Yield shard results as they finish (worker processes, or in-process when workers <= 1)."""
     if workers <= 1:
@@ -136,10 +141,16 @@ def _run_tasks(tasks: list[dict], workers: int):
     with concurrent.futures.ProcessPoolExecutor(
             workers, mp_context=processes.spawn_context(),
             initializer=finish_record_on_interrupt) as pool:
-        futures = [pool.submit(build_shard, task) for task in tasks]
+        futures = []
         try:
+            futures += [pool.submit(build_shard, task) for task in tasks]
             for future in concurrent.futures.as_completed(futures):
                 yield future.result()
+        except KeyboardInterrupt:  # also one that reached this process alone, maybe while
+            workers = multiprocessing.active_children()  # the pool was still starting
+            pool.shutdown(wait=False, cancel_futures=True)
+            processes.interrupt_and_join(workers, grace=STOP_GRACE_SECONDS)
+            raise
         finally:
             for future in futures:
                 future.cancel()
