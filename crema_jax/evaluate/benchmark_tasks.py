@@ -239,13 +239,14 @@ def architecture(config) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def weights_digest(config, params) -> str:
+def weights_digest(config, params, seed: int) -> str:
     """A digest of what a model computes with: every parameter's name, dtype, shape and bytes (a
     checkpoint retrained or replaced at the same path is another model), or for a random init
-    (params None) its architecture, the seed being the suite's."""
+    (params None) its architecture and the seed it is drawn with (the suite's: a task file
+    whose seed changed had reused the features of the other seed's random weights)."""
     digest = hashlib.sha256()
     if params is None:
-        digest.update(f"random:{architecture(config)}".encode())
+        digest.update(f"random:{architecture(config)}:seed={int(seed)}".encode())
     else:
         for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
             array = np.ascontiguousarray(np.asarray(leaf))
@@ -254,8 +255,9 @@ def weights_digest(config, params) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_models(items, *, model_size: str = "tiny") -> list[Model]:
-    """The models named on the command line, then one random row per architecture lacking one."""
+def load_models(items, *, seed: int, model_size: str = "tiny") -> list[Model]:
+    """The models named on the command line, then one random row per architecture lacking one
+    (random weights drawn with `seed`, the suite's)."""
     models = []
     for name, checkpoint in parse_models(items):
         family = ""
@@ -265,7 +267,7 @@ def load_models(items, *, model_size: str = "tiny") -> list[Model]:
         config, params = backbones.load_config_and_params(checkpoint, backbone=family,
                                                           model_size=model_size)
         models.append(Model(name, checkpoint if not family else f"random:{family}", config,
-                            params, weights=weights_digest(config, params)))
+                            params, weights=weights_digest(config, params, seed)))
     covered = {architecture(m.config) for m in models if m.params is None}
     for model in list(models):
         key = architecture(model.config)
@@ -274,7 +276,7 @@ def load_models(items, *, model_size: str = "tiny") -> list[Model]:
             models.append(Model(f"random:{model.name}", backbones.RANDOM,
                                 model.config.copy_and_resolve_references(), None,
                                 random_of=model.name,
-                                weights=weights_digest(model.config, None)))
+                                weights=weights_digest(model.config, None, seed)))
     return models
 
 

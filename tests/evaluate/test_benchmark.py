@@ -172,12 +172,16 @@ def test_other_weights_at_the_same_checkpoint_path_are_another_model(tmp_path):
     nudged = {"encoder": {"w": params["encoder"]["w"].copy(), "b": np.zeros(3, np.float32)}}
     nudged["encoder"]["w"][1, 2] = np.nextafter(np.float32(5), np.float32(6))   # one ulp
     renamed = {"encoder": {"w2": params["encoder"]["w"], "b": params["encoder"]["b"]}}
-    digest = benchmark_tasks.weights_digest
-    assert digest(config, params) == digest(config, same)
+    def digest(config, params, seed=0):
+        return benchmark_tasks.weights_digest(config, params, seed)
+
+    assert digest(config, params) == digest(config, same) == digest(config, params, seed=1)
     assert len({digest(config, p) for p in (params, nudged, renamed)}) == 3
     other = tiny_config(**{"model.depth": 3})
     assert digest(config, None) == digest(tiny_config(), None) != digest(other, None)
     assert digest(config, None) != digest(config, params)
+    # Random weights drawn with another seed are another model (their features had been reused).
+    assert digest(config, None, seed=1) != digest(config, None)
 
     models = [benchmark_tasks.Model("tiny", "/runs/tiny", config, p,
                                     weights=digest(config, p)) for p in (params, nudged)]
