@@ -15,6 +15,7 @@ leaderboard (benchmark_leaderboard.py) is computed from the saved predictions al
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -130,6 +131,12 @@ def restrict_classes(data, classes: list[str]):
     keep = [data.classes.index(c) for c in classes]
     data.classes, data.labels = list(classes), data.labels[:, keep]
     data.display = {c: n for c, n in data.display.items() if c in classes}
+    if data.label_type == "multiclass":  # softmax targets: exactly one of the classes kept
+        one = data.labels.sum(1) == 1  # (records of another class had stayed, all-zero rows)
+        data.counts["not_one_class"] = data.counts.get("not_one_class", 0) + int((~one).sum())
+        data = dataclasses.replace(data, infos=[i for i, k in zip(data.infos, one) if k],
+                                   splits=data.splits[one], sources=data.sources[one],
+                                   labels=data.labels[one])
     return data
 
 
