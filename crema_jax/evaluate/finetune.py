@@ -174,6 +174,10 @@ def fit(model: Model, *, mesh, train_iter, val_batches: list, label_type: str, e
                                    label_type, crop_average)
         val = scoring.validation_key(labels, probs, label_type)
         train_loss = float(np.mean(jax.device_get(losses)))
+        if not math.isfinite(train_loss):  # it had gone on to a report of NaNs, then a
+            raise ValueError(                # PCA traceback ("SVD did not converge")
+                f"fine-tuning diverged: the training loss was {train_loss} in epoch {epoch} "
+                f"(peak learning rate {peak_lr:g}); no report written: lower --base_lr")
         history.append({"epoch": epoch, "train_loss": train_loss,
                         "val_macro_auroc": val["macro_auroc"], "val_loss": val["loss"]})
         log(f"epoch {epoch}/{epochs}: train loss {train_loss:.4f}, val macro AUROC "

@@ -4,6 +4,7 @@ back from the WFDB headers by hand."""
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -254,3 +255,20 @@ def test_finetune_folds_test_every_record_once(pretrained_workdir, cinc_sample_d
     assert [(f["n_train"], f["n_val"], f["test"]["n"]) for f in run["folds"]] == [(8, 15, 15)] * 3
     assert run["test"]["macro_auroc"] == pytest.approx(_macro(pred["labels"], pred["probs"]),
                                                        abs=1e-9)
+
+
+def test_a_diverging_finetune_stops_in_one_line_and_writes_no_report(cinc_sample_dir, tmp_path,
+                                                                     capsys):
+    """--base_lr=1e30 had written a report of NaNs, then ended in a PCA traceback."""
+    with pytest.raises(SystemExit) as exited:
+        _run(finetune, checkpoint="random", model_size="tiny", root=str(cinc_sample_dir),
+             workdir=str(tmp_path / "ft"), lead_sets=["I"], label_fractions=["1.0"],
+             cross_domain=False, epochs=2, steps_per_epoch=2, patience=0, base_lr="1e30",
+             **{**COMMON, "batch_size": 8})
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exited.value.code == 1 and len(err) == 1, err
+    assert re.fullmatch(r"crema-jax finetune: error: fine-tuning diverged: the training loss "
+                        r"was (nan|inf) in epoch [12] \(peak learning rate 3\.125e\+28\); no report "
+                        r"written: lower --base_lr", err[0]), err[0]
+    assert not list((tmp_path / "ft").glob("report*")) and \
+        not list((tmp_path / "ft").glob("*.png"))
