@@ -267,8 +267,9 @@ def test_a_diverging_finetune_stops_in_one_line_and_writes_no_report(cinc_sample
              **{**COMMON, "batch_size": 8})
     err = capsys.readouterr().err.strip().splitlines()
     assert exited.value.code == 1 and len(err) == 1, err
+    # Peak learning rate by hand: 1e30 x batch 8 / 256.
     assert re.fullmatch(r"crema-jax finetune: error: fine-tuning diverged: the training loss "
-                        r"was (nan|inf) in epoch [12] \(peak learning rate 3\.125e\+28\); no report "
-                        r"written: lower --base_lr", err[0]), err[0]
+                        r"was (nan|inf) in epoch [12] \(peak learning rate 3\.125e\+28\); "
+                        r"no report written: lower --base_lr", err[0]), err[0]
     assert not list((tmp_path / "ft").glob("report*")) and \
         not list((tmp_path / "ft").glob("*.png"))
