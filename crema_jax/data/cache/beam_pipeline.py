@@ -83,7 +83,7 @@ def write_shard(span: tuple[int, int, int], plan_path: str) -> dict:
     _, offset, length = span
     task = json.loads(storage.read_range(plan_path, offset, length))
     name = record_format.shard_name(task["shard"], task["num_shards"])
-    sidecar = prepare.load_sidecar(task["out_dir"], name)
+    sidecar = prepare.load_sidecar(task["out_dir"], name, task["settings_digest"])
     if sidecar is None or prepare.worth_rebuilding(sidecar):
         sidecar = build_shard(task)
         if "strict_error" in sidecar:

@@ -156,17 +156,45 @@ def _run_tasks(tasks: list[dict], workers: int):
                 future.cancel()
 
 
-def load_sidecar(out: str, name: str) -> dict | None:
-    """Shard `name`'s sidecar when the shard is complete (its .json and .arrayrecord there)."""
+def settings_digest(settings: dict) -> str:
+    """What a shard's sidecar keeps of the settings.json it was built for: a shard copied in
+    from another cache or another run (other settings, other records) is told apart (a merge
+    had mixed such shards into a cache that still claimed its own settings)."""
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def _sidecar_problem(sidecar: dict, name: str, digest: str) -> str | None:
+    file, records = sidecar.get("file"), sidecar.get("records")
+    count, skipped = sidecar.get("num_records"), sidecar.get("skipped")
+    if file != name + ".arrayrecord":
+        return f"it names the shard {file!r}, not {name}.arrayrecord"
+    if not isinstance(records, list) or not all(
+            isinstance(r, dict) and r.get("shard") == file and r.get("position") == i
+            for i, r in enumerate(records)):
+        return "its records are not this shard's rows, in order"
+    if type(count) is not int or count != len(records):
+        return f"num_records={count!r} for {len(records)} records"
+    if not isinstance(skipped, list) or not all(
+            isinstance(k, dict) and isinstance(k.get("reason"), str)
+            and isinstance(k.get("path"), str) for k in skipped):
+        return "its skipped entries are not {reason, path, message} objects"
+    if sidecar.get("settings_digest", digest) != digest:  # (none: a shard of an older version)
+        return ("it was built for other settings than this folder's settings.json (a shard "
+                "copied from another cache or run)")
+    return None
+
+
+def load_sidecar(out: str, name: str, digest: str) -> dict | None:
+    """Shard `name`'s sidecar when the shard is complete (its .json and .arrayrecord there),
+    checked to be this shard's, built for the settings whose settings_digest is `digest`."""
     path = storage.join(out, name + ".json")
     if not (storage.isfile(path) and storage.isfile(storage.join(out, name + ".arrayrecord"))):
         return None
-    sidecar = _read_json(path, f"delete it and {name}.arrayrecord, then rerun prepare (it "
-                         "rewrites that shard)", dict)
-    if not all(isinstance(sidecar.get(k), t) for k, t in (("file", str), ("num_records", int),
-                                                          ("records", list), ("skipped", list))):
-        raise PrepareError(f"{path}: a shard sidecar without file, num_records, records and "
-                           f"skipped; delete it and {name}.arrayrecord, then rerun prepare")
+    remedy = f"delete it and {name}.arrayrecord, then rerun prepare (it rewrites that shard)"
+    sidecar = _read_json(path, remedy, dict)
+    problem = _sidecar_problem(sidecar, name, digest)
+    if problem:
+        raise PrepareError(f"{path}: {problem}; {remedy}")
     return sidecar
 
 
@@ -178,8 +206,8 @@ def worth_rebuilding(sidecar: dict | None) -> bool:
                                        for skip in sidecar["skipped"])
 
 
-def _light_sidecar(out: str, name: str) -> dict | None:
-    sidecar = load_sidecar(out, name)
+def _light_sidecar(out: str, name: str, digest: str) -> dict | None:
+    sidecar = load_sidecar(out, name, digest)
     return None if sidecar is None else light(sidecar)
 
 
@@ -221,9 +249,11 @@ def finish(out: str, label_names, settings: dict, sidecars: list[dict]) -> tuple
     """Merge every shard's sidecar (in shard order; light ones will do) into index.json and
     summary.json; returns (records written, skip table). The record rows are streamed from the
     sidecar files in `out`, one shard at a time: no step holds the whole index."""
+    digest = settings_digest(settings)
+
     def rows():
         for s in sidecars:
-            full = load_sidecar(out, s["file"][:-len(".arrayrecord")])
+            full = load_sidecar(out, s["file"][:-len(".arrayrecord")], digest)
             if full is None or full["num_records"] != s["num_records"]:
                 raise PrepareError(f"{out}: shard {s['file']} changed or went missing during "
                                    "the merge; rerun prepare")
@@ -255,7 +285,8 @@ def shard_task(plan, strict: bool, s: int) -> dict:
                          "reader": read_lib.reader_to_json(r.reader)}
                         for r in plan.index.records[s * per:(s + 1) * per]],
             "target_fs": float(opts["target_fs"]), "preprocess": opts["preprocess_cfg"],
-            "derive_limb_leads": True, "dtype": opts["dtype"], "strict": strict}
+            "derive_limb_leads": True, "dtype": opts["dtype"], "strict": strict,
+            "settings_digest": settings_digest(plan.settings)}
 
 
 def prepare(*, layout: str, root: str, out: str, layout_options: dict | None = None,
@@ -293,7 +324,8 @@ def lock_name(host_index: int) -> str:
 def _prepare_claimed(plan, out, *, workers, strict, stop_after_shards, num_hosts,
                      host_index) -> dict:
     mine = plan.mine
-    sidecars = {s: _light_sidecar(out, plan.names[s]) for s in mine}
+    digest = settings_digest(plan.settings)
+    sidecars = {s: _light_sidecar(out, plan.names[s], digest) for s in mine}
     retried = [s for s in mine if worth_rebuilding(sidecars[s])]
     for s in retried:
         sidecars[s] = None
@@ -451,7 +483,7 @@ def merge(plan: Plan, sidecars: dict, *, num_hosts: int) -> tuple[int, dict]:
     names, num_shards = plan.names, len(plan.names)
     for s in range(num_shards):
         if sidecars.get(s) is None:
-            sidecars[s] = _light_sidecar(plan.out, names[s])
+            sidecars[s] = _light_sidecar(plan.out, names[s], settings_digest(plan.settings))
     left = [names[s] for s in range(num_shards) if sidecars[s] is None]
     if left:
         owners = sorted({hosts.host_of_shard(names.index(n), num_shards, max(num_hosts, 1))

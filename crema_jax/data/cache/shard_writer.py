@@ -46,9 +46,11 @@ def build_shard(task: Mapping) -> dict:
 
     `task` (JSON data): out_dir, shard, num_shards, records (RecordInfo fields as dicts:
     record_id, path, labels, split, source, reader as read.reader_to_json), target_fs,
-    preprocess (dict or None), derive_limb_leads, dtype, strict. Runs in a worker process, so it
-    returns plain data; a bad record under `strict` comes back as {"strict_error": message}
-    (exceptions with custom constructors do not survive the trip between processes).
+    preprocess (dict or None), derive_limb_leads, dtype, strict, settings_digest (of the
+    cache's settings.json: kept in the sidecar, prepare.load_sidecar). Runs in a worker
+    process, so it returns plain data; a bad record under `strict` comes back as
+    {"strict_error": message} (exceptions with custom constructors do not survive the trip
+    between processes).
     """
     name = shard_name(task["shard"], task["num_shards"])
     cfg = None if task["preprocess"] is None else ml_collections.ConfigDict(task["preprocess"])
@@ -78,7 +80,7 @@ def build_shard(task: Mapping) -> dict:
         raise KeyboardInterrupt(f"shard {name} interrupted")
     write_arrayrecord_atomic(storage.join(task["out_dir"], name + ".arrayrecord"), payloads)
     sidecar = {"file": name + ".arrayrecord", "num_records": len(rows), "records": rows,
-               "skipped": skipped}
+               "skipped": skipped, "settings_digest": task["settings_digest"]}
     # The sidecar is renamed into place last: its presence marks the shard complete.
     storage.write_json_atomic(storage.join(task["out_dir"], name + ".json"), sidecar)
     return sidecar

@@ -95,7 +95,7 @@ task = {{"out_dir": {str(tmp_path)!r}, "shard": 0, "num_shards": 1,
         "records": [{{"record_id": "E07500", "path": {str(cinc_sample_dir / 'E07500')!r},
                      "labels": [], "split": "train", "source": "x", "reader": None}}],
         "target_fs": 250.0, "preprocess": presets.preprocessing("crema").to_dict(),
-        "derive_limb_leads": True, "dtype": "int16", "strict": False}}
+        "derive_limb_leads": True, "dtype": "int16", "strict": False, "settings_digest": "x"}}
 sidecar = shard_writer.build_shard(task)
 print(sidecar["num_records"], sorted(m for m in sys.modules if m == "jax" or
                                      m.startswith(("jax.", "jaxlib", "flax", "orbax"))))

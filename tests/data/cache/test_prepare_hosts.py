@@ -5,6 +5,8 @@ import csv
 import json
 import os
 import pathlib
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -181,3 +183,68 @@ def test_a_host_starting_beside_another_accepts_its_lock_and_half_written_settin
     with pytest.raises(files.OutputError, match="did not write"):
         prepare.prepare(layout="wfdb_folder", root=str(cinc_sample_dir), out=str(other),
                         records_per_shard=16, workers=1, num_hosts=2, host_index=1)
+
+
+@pytest.fixture
+def six_records(tmp_path, cinc_sample_dir):
+    root = tmp_path / "six"
+    root.mkdir()
+    for head in sorted(cinc_sample_dir.glob("*.hea"))[:6]:
+        for suffix in (".hea", ".mat"):
+            shutil.copy(head.with_suffix(suffix), root / head.with_suffix(suffix).name)
+    return root
+
+
+def test_a_merge_refuses_a_shard_built_with_other_settings(tmp_path, six_records):
+    """Host 1's shards written with other settings and copied beside host 0's had been merged
+    (exit 0) into a cache whose settings.json still claimed host 0's: half its records raw
+    500 Hz signals, half normalised 250 Hz ones. The same copy with the same settings (the
+    array-job workflow) merges."""
+    common = dict(layout="wfdb_folder", root=str(six_records), records_per_shard=2, workers=1,
+                  num_hosts=2)
+    for other, settings in (("same", {}), ("other", dict(preprocess="none", target_fs=500.0))):
+        out, host1 = tmp_path / f"merged-{other}", tmp_path / f"host1-{other}"
+        prepare.prepare(out=str(out), host_index=0, **common)
+        prepare.prepare(out=str(host1), host_index=1, **{**common, **settings})
+        copied = sorted(p.name for p in host1.glob("shard-*"))
+        assert copied and not set(copied) & {p.name for p in out.glob("shard-*")}
+        for name in copied:
+            shutil.copy(host1 / name, out / name)
+        if not settings:
+            assert prepare.prepare(out=str(out), merge_only=True, **common)["records"] == 6
+            continue
+        first = out / sorted(n for n in copied if n.endswith(".json"))[0]
+        with pytest.raises(prepare.PrepareError, match=re.escape(
+                f"{first}: it was built for other settings than this folder's settings.json")):
+            prepare.prepare(out=str(out), merge_only=True, **common)
+        assert not (out / "index.json").exists()
+
+
+@pytest.mark.parametrize("edit, said", [
+    (lambda s: s.update(file="shard-00002-of-00003.arrayrecord"),
+     "it names the shard 'shard-00002-of-00003.arrayrecord', not shard-00001-of-00003"),
+    (lambda s: s.update(num_records=1), "num_records=1 for 2 records"),
+    (lambda s: s.update(num_records=True), "num_records=True for 2 records"),
+    (lambda s: s.update(records=["oops"]), "its records are not this shard's rows"),
+    (lambda s: s.update(skipped=[{"path": "x"}]), "its skipped entries are not"),
+    (lambda s: s.update(skipped=["oops"]), "its skipped entries are not"),
+], ids=["other_file", "count", "bool_count", "records", "skip_fields", "skip_type"])
+def test_a_hand_edited_sidecar_is_named_on_the_rerun(tmp_path, six_records, edit, said):
+    """A shard's sidecar naming another shard had put that shard's records in the index twice
+    (exit 0); a wrong count was written into an index readers refused; bad skip entries were
+    KeyError and AttributeError tracebacks."""
+    out = tmp_path / "cache"
+    kwargs = dict(layout="wfdb_folder", root=str(six_records), out=str(out),
+                  records_per_shard=2, workers=1)
+    prepare.prepare(**kwargs)
+    for name in ("index.json", "summary.json"):
+        (out / name).unlink()
+    path = out / "shard-00001-of-00003.json"
+    sidecar = json.loads(path.read_text())
+    edit(sidecar)
+    path.write_text(json.dumps(sidecar))
+    with pytest.raises(prepare.PrepareError) as raised:
+        prepare.prepare(**kwargs)
+    assert str(raised.value).startswith(f"{path}: {said}")
+    assert str(raised.value).endswith("; delete it and shard-00001-of-00003.arrayrecord, then "
+                                      "rerun prepare (it rewrites that shard)")
