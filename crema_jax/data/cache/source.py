@@ -117,15 +117,32 @@ def _check_index(index, path: str) -> None:
     missing = [k for k in _SETTINGS_KEYS if k not in index["settings"]]
     if missing:
         raise _rebuild_index(path, f"its settings lack {missing}")
-    files = {s["file"] for s in index["shards"]}
+    target_fs = index["settings"]["target_fs"]
+    if not isinstance(target_fs, (int, float)) or isinstance(target_fs, bool) \
+            or not 0 < target_fs < float("inf"):
+        raise _rebuild_index(path, f"its settings' target_fs is {target_fs!r}, expected a rate "
+                             "in Hz")
+    if not all(isinstance(name, str) for name in index["label_names"]):
+        raise _rebuild_index(path, "its label_names are not all strings")
+    counts = {s["file"]: s["num_records"] for s in index["shards"]}
+    seen = set()
     for i, row in enumerate(index["records"]):
-        if row["shard"] not in files:
+        if row["shard"] not in counts:
             raise _rebuild_index(path, f"record {i} is in shard {row['shard']!r}, which the "
                                  "index does not list")
         position = row["position"]
-        if type(position) is not int or position < 0:  # noqa: E721 - bool is no position
-            raise _rebuild_index(path, f"record {i} at position {position!r}, expected a "
-                                 "non-negative integer")
+        if type(position) is not int or not 0 <= position < counts[row["shard"]]:  # noqa: E721
+            raise _rebuild_index(path, f"record {i} at position {position!r} of shard "
+                                 f"{row['shard']}, expected 0 to {counts[row['shard']] - 1}")
+        if (row["shard"], position) in seen:  # one ECG had been read for 50 records
+            raise _rebuild_index(path, f"record {i} at position {position} of shard "
+                                 f"{row['shard']}, where an earlier record is")
+        seen.add((row["shard"], position))
+        texts = (row["record_id"], row["path"], row["split"], row["source"])
+        if not all(isinstance(t, str) for t in texts) or not isinstance(row["labels"], list) \
+                or not all(isinstance(label, str) for label in row["labels"]):
+            raise _rebuild_index(path, f"record {i}: record_id, path, split and source must "
+                                 "be strings and labels a list of strings")
 
 
 def cache_index(cache_dir: str) -> DatasetIndex:

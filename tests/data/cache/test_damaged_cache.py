@@ -136,8 +136,10 @@ def test_bit_flipped_shard_is_named_or_skipped_and_counted(cache, tmp_path):
 
 def test_index_pointing_past_a_shards_end(cache, tmp_path):
     def damage(copy):
-        index = _index(copy)
+        index = _index(copy)  # as if the shard had been cut short after the index was made
         index["records"][1]["position"] = 50
+        shard = next(s for s in index["shards"] if s["file"] == index["records"][1]["shard"])
+        shard["num_records"] = 51
         (copy / "index.json").write_text(json.dumps(index))
     cache_dir = _damaged(cache, tmp_path, damage)
     shard = os.path.join(cache_dir, _index(cache_dir)["records"][1]["shard"])
@@ -203,3 +205,44 @@ def test_prepare_rerun_names_a_damaged_sidecar_or_settings(cache, tmp_path, name
         message, message
     assert ("rerun prepare" if name == "sidecar" else "new --out") in message
     assert hashes(cache_dir) == before
+
+
+def _records_edited(edit):
+    def damage(text):
+        index = json.loads(text)
+        for i, row in enumerate(index["records"]):
+            edit(i, row)
+        return json.dumps(index)
+    return damage
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (_records_edited(lambda i, r: r.update(position=10**30) if i == 0 else None),
+     "record 0 at position 1000000000000000000000000000000 of shard shard-00000-of-00002"
+     ".arrayrecord, expected 0 to 2"),
+    (_records_edited(lambda i, r: r.update(shard=SHARDS[0], position=0)),
+     "record 1 at position 0 of shard shard-00000-of-00002.arrayrecord, where an earlier "
+     "record is"),
+    (_records_edited(lambda i, r: r.update(labels=None)), "record 0: record_id, path, split"),
+    (_records_edited(lambda i, r: r.update(labels="AF")), "record 0: record_id, path, split"),
+    (_records_edited(lambda i, r: r.update(split=7)), "record 0: record_id, path, split"),
+    (lambda text: json.dumps({**json.loads(text), "label_names": [1, 2, 3]}),
+     "its label_names are not all strings"),
+    (lambda text: json.dumps({**json.loads(text), "settings": {
+        **json.loads(text)["settings"], "target_fs": "abc"}}),
+     "its settings' target_fs is 'abc', expected a rate in Hz"),
+], ids=["position_overflow", "one_position_for_all", "labels_null", "labels_text", "split_number",
+        "label_names_numbers", "target_fs_text"])
+def test_an_index_whose_rows_cannot_be_right_is_named(cache, tmp_path, damage, fragment):
+    """Each had been a traceback (OverflowError, TypeError), an error naming no file, a
+    'no class has >= 1 training positives' blaming the data, or (one position for every
+    record) a report computed from one ECG read 6 times."""
+    from crema_jax.data.cache import source
+
+    def edit(copy):
+        path = copy / "index.json"
+        path.write_text(damage(path.read_text()))
+    cache_dir = _damaged(cache, tmp_path, edit)
+    with pytest.raises(source.DamagedCacheError) as raised:
+        source.load_index(cache_dir)
+    assert str(raised.value).startswith(f"{cache_dir}/index.json: {fragment}")
