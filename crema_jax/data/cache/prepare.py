@@ -81,6 +81,9 @@ def check_or_write_settings(out: str, settings: dict, *, write: bool) -> None:
     path = storage.join(out, record_format.SETTINGS_FILE)
     if storage.isfile(path):
         old = _read_json(path, "use a new --out folder", dict)
+        if old.get("format") != settings["format"]:  # another program's settings.json
+            raise PrepareError(f"{path}: not the settings of a crema_jax cache (no \"format\": "
+                               f"\"{settings['format']}\"); use a new --out folder")
         changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
         if changed == ["records_sha1"]:
             raise PrepareError(f"{out} holds a cache of these records as they were: one or more "
@@ -433,6 +436,8 @@ def claim_output(plan: Plan, root: str, *, lock: workdir.WorkdirLock,
     written or checked against the ones there (every host writes the same bytes; --merge only
     checks)."""
     out = plan.out
+    if merge_only:  # before the lock makes the folder: a mistyped --out is left as it was
+        check_or_write_settings(out, plan.settings, write=False)
     if storage.is_remote(out):
         _check_remote_output(out)
     else:
@@ -486,10 +491,14 @@ def merge(plan: Plan, sidecars: dict, *, num_hosts: int) -> tuple[int, dict]:
             sidecars[s] = _light_sidecar(plan.out, names[s], settings_digest(plan.settings))
     left = [names[s] for s in range(num_shards) if sidecars[s] is None]
     if left:
-        owners = sorted({hosts.host_of_shard(names.index(n), num_shards, max(num_hosts, 1))
-                         for n in left})
+        # The hosts that write them, when the host count is known (a plain --merge's is not:
+        # "hosts [0] of 1" had named the one host that was done).
+        owners = sorted({hosts.host_of_shard(names.index(n), num_shards, num_hosts)
+                         for n in left}) if num_hosts > 1 else []
         raise PrepareError(f"{len(left)} of {num_shards} shards are not written yet ({left[0]}"
-                           f"{', ...' if len(left) > 1 else ''}; hosts {owners} of {num_hosts}): "
-                           "run (or rerun) those hosts, then `crema-jax prepare ... --merge`")
+                           f"{', ...' if len(left) > 1 else ''}"
+                           f"{f'; hosts {owners} of {num_hosts}' if owners else ''}): run (or "
+                           "rerun) the hosts that write them, then `crema-jax prepare ... "
+                           "--merge`")
     return finish(plan.out, plan.index.label_names, plan.settings,
                   [sidecars[s] for s in range(num_shards)])

@@ -248,3 +248,34 @@ def test_a_hand_edited_sidecar_is_named_on_the_rerun(tmp_path, six_records, edit
     assert str(raised.value).startswith(f"{path}: {said}")
     assert str(raised.value).endswith("; delete it and shard-00001-of-00003.arrayrecord, then "
                                       "rerun prepare (it rewrites that shard)")
+
+
+def test_a_merge_before_every_host_is_done_names_only_what_it_knows(tmp_path, six_records):
+    """A plain --merge knows no host count: it had named "hosts [0] of 1", the host that was
+    done. A refused merge into a mistyped folder had left the folder made."""
+    common = dict(layout="wfdb_folder", root=str(six_records), records_per_shard=2, workers=1)
+    out = tmp_path / "cache"
+    prepare.prepare(out=str(out), num_hosts=3, host_index=0, **common)
+    with pytest.raises(prepare.PrepareError) as plain:
+        prepare.prepare(out=str(out), merge_only=True, **common)
+    assert str(plain.value) == ("2 of 3 shards are not written yet (shard-00001-of-00003, ...): "
+                                "run (or rerun) the hosts that write them, then `crema-jax "
+                                "prepare ... --merge`")
+    with pytest.raises(prepare.PrepareError, match=re.escape(
+            "(shard-00001-of-00003, ...; hosts [1, 2] of 3): run (or rerun)")):
+        prepare.prepare(out=str(out), merge_only=True, num_hosts=3, **common)
+    typo = tmp_path / "typo" / "deep"
+    with pytest.raises(prepare.PrepareError, match="no settings.json; nothing to merge"):
+        prepare.prepare(out=str(typo), merge_only=True, **common)
+    assert not (tmp_path / "typo").exists()
+
+
+def test_another_programs_settings_json_is_not_called_a_cache(tmp_path, six_records):
+    out = tmp_path / "editor"
+    out.mkdir()
+    (out / "settings.json").write_text('{"editor.tabSize": 4}')
+    with pytest.raises(prepare.PrepareError, match=re.escape(
+            f"{out / 'settings.json'}: not the settings of a crema_jax cache (no \"format\": "
+            "\"crema_jax.cache/1\"); use a new --out folder")):
+        prepare.prepare(layout="wfdb_folder", root=str(six_records), out=str(out), workers=1)
+    assert (out / "settings.json").read_text() == '{"editor.tabSize": 4}'
