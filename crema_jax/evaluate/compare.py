@@ -118,9 +118,9 @@ def run_compare(settings: dict, method_kwargs: dict) -> dict:
     start = time.time()
     if settings["method"] not in METHODS:
         raise ValueError(f"--method={settings['method']!r}: expected one of {METHODS}")
-    workdir = report.workdir_path(settings["workdir"], inputs=[
-        settings["checkpoint"], settings["checkpoint_b"], settings["root"],
-        settings["cache_dir"]])
+    workdir = report.workdir_path(
+        settings["workdir"], inputs=[settings["root"], settings["cache_dir"]],
+        checkpoints=[settings["checkpoint"], settings["checkpoint_b"]])
     models = load_models(settings)
     data = datasets.load_dataset(settings)
     plan, groups = folds.dataset_plan(data, settings)

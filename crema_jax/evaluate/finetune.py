@@ -346,8 +346,8 @@ def run_finetune(settings: dict, ft: dict) -> dict:
     """Every protocol of `settings` (the finetune command's flags) with the recipe `ft`; writes
     report.json/.md, roc.png, embeddings_pca.png and predictions.npz to the workdir."""
     start = time.time()
-    workdir = report.workdir_path(settings["workdir"], inputs=[
-        settings["checkpoint"], settings["root"], settings["cache_dir"]])
+    workdir = report.workdir_path(settings["workdir"], checkpoints=[settings["checkpoint"]],
+                                  inputs=[settings["root"], settings["cache_dir"]])
     config, params = backbones.load_config_and_params(
         settings["checkpoint"], backbone=settings["backbone"] or families.SIT.name,
         model_size=settings["model_size"])

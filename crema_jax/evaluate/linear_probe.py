@@ -298,8 +298,8 @@ def run_probe(settings: dict, probe_kwargs: dict) -> dict:
     """Every protocol of `settings` (the probe command's flags) on one backbone's features;
     writes report.json/.md, roc.png, embeddings_pca.png and predictions.npz to the workdir."""
     start = time.time()
-    workdir = report.workdir_path(settings["workdir"], inputs=[
-        settings["checkpoint"], settings["root"], settings["cache_dir"]])
+    workdir = report.workdir_path(settings["workdir"], checkpoints=[settings["checkpoint"]],
+                                  inputs=[settings["root"], settings["cache_dir"]])
     backbone = backbones.load(settings["checkpoint"], backbone=settings["backbone"],
                               model_size=settings["model_size"], seed=settings["seed"])
     data = datasets.load_dataset(settings)

@@ -276,15 +276,17 @@ def prediction_arrays(pred: dict, classes, **more) -> dict:
     return {**arrays, **more}
 
 
-def workdir_path(workdir: str, *, inputs=(), log=print) -> pathlib.Path:
-    """The output folder, created: new, empty, or one an evaluation wrote before (it holds a
-    report.json: its report is replaced, and `log` says so, its cached features are reused);
-    never one of the inputs (crema_jax/files.py)."""
+def workdir_path(workdir: str, *, inputs=(), checkpoints=(), log=print) -> pathlib.Path:
+    """The output folder, checked (the writers create it): new, empty, or one an evaluation
+    wrote before (it holds a report.json: its report is replaced, and `log` says so); never one
+    of the inputs, nor inside a checkpoint folder read (crema_jax/files.py: a report written
+    into CKPT/checkpoints/9 had been set aside by the next pretraining there)."""
     path = files.check_output_dir(workdir, marker="report.json", flag="--workdir",
-                                  inputs=inputs, create=False)
+                                  inputs=[*inputs, *checkpoints], outside=checkpoints,
+                                  create=False)
     if (path / "report.json").is_file():
-        log(f"{path}: replacing the report of an earlier evaluation there (its cached features "
-            "are reused); use a new --workdir to keep it")
+        log(f"{path}: replacing the report of an earlier evaluation there; use a new "
+            "--workdir to keep it")
     return path
 
 

@@ -283,8 +283,8 @@ def test_an_evaluation_workdir_with_an_earlier_report_says_it_is_replaced(tmp_pa
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "report.json").write_text("{}")
     report.workdir_path(str(tmp_path / "old"), log=said.append)
-    assert said == [f"{tmp_path / 'old'}: replacing the report of an earlier evaluation there "
-                    "(its cached features are reused); use a new --workdir to keep it"]
+    assert said == [f"{tmp_path / 'old'}: replacing the report of an earlier evaluation "
+                    "there; use a new --workdir to keep it"]
 
 
 def test_a_damaged_orbax_step_metadata_file_is_not_logged_as_errors(tmp_path, caplog):

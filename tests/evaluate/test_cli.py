@@ -273,3 +273,18 @@ def test_a_diverging_finetune_stops_in_one_line_and_writes_no_report(cinc_sample
                         r"no report written: lower --base_lr", err[0]), err[0]
     assert not list((tmp_path / "ft").glob("report*")) and \
         not list((tmp_path / "ft").glob("*.png"))
+
+
+def test_a_workdir_inside_the_checkpoint_read_is_refused(pretrained_workdir, cinc_sample_dir,
+                                                         capsys):
+    """probe --workdir=CKPT/checkpoints/9 had written its report among the checkpoint's steps,
+    where the next pretraining in CKPT set it aside as an incomplete step."""
+    inside = pretrained_workdir / "checkpoints" / "9"
+    with pytest.raises(SystemExit) as exited:
+        _run(probe, checkpoint=str(pretrained_workdir), root=str(cinc_sample_dir),
+             workdir=str(inside), **COMMON)
+    err = capsys.readouterr().err.strip()
+    assert exited.value.code == 1 and err == (
+        f"crema-jax probe: error: --workdir={inside}: inside the input {pretrained_workdir}, "
+        "which this command reads and never writes into; choose a folder outside it")
+    assert not inside.exists()
