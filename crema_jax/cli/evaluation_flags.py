@@ -54,9 +54,12 @@ def add(cmd: command.Command) -> None:
     cmd.integer("batch_size", 64, "Records per batch (rounded up to a multiple of the device "
                 "count; frozen features: at most the records there are).", lower_bound=1,
                 upper_bound=ranges.MAX_EVAL_BATCH)
-    cmd.integer("num_workers", 0, "Grain worker processes reading records.", lower_bound=0)
-    cmd.integer("bootstrap", 1000, "Bootstrap resamples for the 95% CI.", lower_bound=1)
-    cmd.integer("seed", 0, "Seed of splits, label fractions, init and bootstrap.", lower_bound=0)
+    cmd.integer("num_workers", 0, "Grain worker processes reading records.",
+                lower_bound=ranges.NUM_WORKERS.low, upper_bound=ranges.NUM_WORKERS.high)
+    cmd.integer("bootstrap", 1000, "Bootstrap resamples for the 95% CI.",
+                lower_bound=ranges.BOOTSTRAP.low, upper_bound=ranges.BOOTSTRAP.high)
+    cmd.integer("seed", 0, "Seed of splits, label fractions, init and bootstrap.",
+                lower_bound=ranges.SEED.low, upper_bound=ranges.SEED.high)
 
 
 def settings(args) -> dict:

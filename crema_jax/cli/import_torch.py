@@ -14,6 +14,7 @@ the checkpoint's config (`source`). The model config is inferred from the tensor
 torch.load(weights_only=True) only) and checked completely before anything is written.
 """
 from crema_jax.cli import command
+from crema_jax.evaluate import ranges
 
 COMMAND = command.Command("import-torch", __doc__, usage="[--format=crema|stmem|ecgfounder] "
                           "--out=DIR", positional="FILE|FOLDER|hf://OWNER/REPO[@REV][/FILE]")
@@ -21,7 +22,7 @@ COMMAND.enum("format", None, ["crema", "stmem", "ecgfounder"], "Layout of the Py
              "(required for a file; a folder's config.json says its own).")
 COMMAND.string("out", None, "Output: a new workdir (checkpoints/0/ inside).", required=True)
 COMMAND.integer("seed", 0, "Seed for model parts the file does not hold (e.g. the "
-                "decoder).", lower_bound=0)
+                "decoder).", lower_bound=ranges.SEED.low, upper_bound=ranges.SEED.high)
 
 
 @COMMAND.main

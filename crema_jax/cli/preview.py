@@ -13,7 +13,8 @@ COMMAND.string("record", "", "Record id of the bundled sample (default: the firs
 COMMAND.string("mask", "random_per_lead", "Masking strategy (a key of "
                "data.pipeline.masking.MASKS).")
 COMMAND.float("mask_ratio", 0.75, "Fraction of patches hidden.", valid=ranges.FRACTION)
-COMMAND.integer("seed", 0, "Seed of the crop and the mask.", lower_bound=0)
+COMMAND.integer("seed", 0, "Seed of the crop and the mask.", lower_bound=ranges.SEED.low,
+                upper_bound=ranges.SEED.high)
 COMMAND.boolean("overwrite", False, "Replace the --out PNG when it exists.")
 
 

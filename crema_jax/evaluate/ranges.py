@@ -22,8 +22,8 @@ class Range:
             return True
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False
-        if self.integer and not float(value).is_integer():
-            return False
+        if self.integer and not isinstance(value, int):  # 20.0 bootstrap resamples had been a
+            return False                                   # TypeError after the checks
         if not math.isfinite(value):
             return False
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
@@ -33,12 +33,20 @@ class Range:
     @property
     def text(self) -> str:
         kind = "an integer" if self.integer else "a finite number"
+        low, high = _shown(self.low), _shown(self.high)
         if self.high is None:
-            return f"expected {kind} {'>' if self.low_open else '>='} {self.low:g}"
+            return f"expected {kind} {'>' if self.low_open else '>='} {low}"
         if self.low is None:
-            return f"expected {kind} {'<' if self.high_open else '<='} {self.high:g}"
-        return (f"expected {kind} in {'(' if self.low_open else '['}{self.low:g}, "
-                f"{self.high:g}{')' if self.high_open else ']'}")
+            return f"expected {kind} {'<' if self.high_open else '<='} {high}"
+        return (f"expected {kind} in {'(' if self.low_open else '['}{low}, "
+                f"{high}{')' if self.high_open else ']'}")
+
+
+def _shown(bound) -> str:
+    """A bound as written: integers in full (4294967295, not 4.29497e+09)."""
+    if bound is None:
+        return ""
+    return str(int(bound)) if float(bound).is_integer() and abs(bound) < 1e16 else f"{bound:g}"
 
 
 POSITIVE = Range(0, low_open=True)
@@ -61,9 +69,14 @@ DATASET = {"folds": INDEX, "min_positives": COUNT}   # a benchmark task file's d
 # Records per evaluation batch: 10**12 asked Grain for 7 TiB (a traceback); a frozen-feature
 # extraction is cut to the records there are (linear_probe.extract_features).
 MAX_EVAL_BATCH = 65_536
-SUITE = {"bootstrap": COUNT, "alpha": Range(0, 1, low_open=True, high_open=True),
-         "seed": INDEX, "batch_size": Range(1, MAX_EVAL_BATCH, integer=True),
-         "num_workers": INDEX}
+# Seeds a PRNG takes (2**64 had been an OverflowError traceback); bootstrap resamples and reader
+# processes a run can finish (10**9 resamples, 10**20 workers had run for ever).
+SEED = Range(0, 2**32 - 1, integer=True)
+BOOTSTRAP = Range(1, 100_000, integer=True)
+NUM_WORKERS = Range(0, 256, integer=True)
+SUITE = {"bootstrap": BOOTSTRAP, "alpha": Range(0, 1, low_open=True, high_open=True),
+         "seed": SEED, "batch_size": Range(1, MAX_EVAL_BATCH, integer=True),
+         "num_workers": NUM_WORKERS}
 
 
 def check(values: dict, ranges: dict, where: str) -> None:

@@ -126,7 +126,14 @@ def test_embed_names_each_rows_ecg_when_an_array_row_is_skipped(tmp_path, sit_ch
     ("embed", ["--input=x.npy", "--out=y.npy", "--fs=nan"], "--fs=nan: a sampling rate in Hz"),
     ("preview", ["--mask_ratio=nan"], "flag --mask_ratio=nan: expected a finite number in [0, 1)"),
     ("preview", ["--out=figure"], "--out=figure: expected a file name ending in .png"),
-    ("preview", ["--seed=-1"], "flag --seed=-1: -1 is not a non-negative integer"),
+    ("preview", ["--seed=-1"], "flag --seed=-1: -1 is not an integer in the range [0, "
+                               "4294967295]"),
+    # Past what a run can use: an OverflowError traceback; runs that never ended.
+    ("probe", ["--seed=18446744073709551616"], "flag --seed=18446744073709551616: "
+     "18446744073709551616 is not an integer in the range [0, 4294967295]"),
+    ("compare", ["--checkpoint_b=random", "--bootstrap=1000000000"],
+     "flag --bootstrap=1000000000: 1000000000 is not an integer in the range [1, 100000]"),
+    ("finetune", ["--num_workers=99999999999999999999"], "flag --num_workers=9999"),
 ])
 def test_a_number_out_of_range_is_a_usage_error_naming_its_flag(tmp_path, monkeypatch, capsys,
                                                                 command, flags, said):

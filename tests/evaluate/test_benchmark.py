@@ -153,6 +153,17 @@ def test_task_file_and_model_errors_name_the_field(tmp_path):
         with pytest.raises(ValueError) as raised:
             benchmark_tasks.load_suite(bad)
         assert str(raised.value) == f"task file {bad}: datasets['d'].{said}"
+    # Suite fields past what a run can use: 20.0 resamples had been a TypeError traceback,
+    # seed 2**64 an OverflowError, 10**9 resamples a run that never ended.
+    for field, value, said in (("bootstrap", "20.0", "expected an integer in [1, 100000]"),
+                               ("bootstrap", "10**9", "expected an integer in [1, 100000]"),
+                               ("seed", "2**64", "expected an integer in [0, 4294967295]"),
+                               ("num_workers", "10**20", "expected an integer in [0, 256]")):
+        bad.write_text(template.replace("'root': ''", "'root': '/x'").replace(
+            "    return c", f"    c.{field} = {value}\n    return c"))
+        with pytest.raises(ValueError) as raised:
+            benchmark_tasks.load_suite(bad)
+        assert str(raised.value) == f"task file {bad}: {field}={eval(value)!r}: {said}"
     with pytest.raises(ValueError, match="expected NAME=CHECKPOINT"):
         benchmark_tasks.parse_models(["just_a_path"])
     with pytest.raises(ValueError, match="expected distinct names"):
