@@ -220,15 +220,18 @@ def save_cell(path, key: tuple, spec: str, fields: dict, arrays: dict) -> None:
 
 
 def load_cell(path, spec: str) -> dict | None:
-    """A finished cell's saved predictions, or None when it is missing or its digest differs."""
-    if not path.is_file():
+    """A finished cell's saved predictions, or None when it is missing, damaged (computed
+    again) or its digest differs."""
+    arrays = feature_store.load_saved(path)
+    if arrays is None:
         return None
-    with np.load(path, allow_pickle=False) as saved:
-        arrays = {k: saved[k] for k in saved.files}
-    meta = json.loads(str(arrays.pop("meta")))
-    if meta["spec"] != spec:
+    try:
+        meta = json.loads(str(arrays.pop("meta")))
+        fields = meta["fields"] if meta["spec"] == spec else None
+    except (KeyError, TypeError, json.JSONDecodeError):
+        print(f"{path}: its metadata does not read; computing the cell again")
         return None
-    return {**arrays, "fields": meta["fields"]}
+    return None if fields is None else {**arrays, "fields": fields}
 
 
 def _drill(counts: dict) -> None:

@@ -17,6 +17,7 @@ import collections
 import dataclasses
 import hashlib
 import json
+import zipfile
 
 import numpy as np
 
@@ -93,14 +94,25 @@ class FeatureStore:
     def _load(path, weights: str, ids) -> dict | None:
         """The cached features of the same weights (benchmark_tasks.weights_digest: a checkpoint
         retrained at the same path is extracted again) covering `ids`, or None."""
-        if not path.is_file():
-            return None
-        with np.load(path, allow_pickle=False) as saved:
-            arrays = {k: saved[k] for k in saved.files}
-        if "weights" not in arrays or str(arrays["weights"]) != weights \
+        arrays = load_saved(path)
+        if arrays is None or "weights" not in arrays or str(arrays["weights"]) != weights \
                 or "record_key" not in arrays or not set(ids) <= set(arrays["tried"]):
             return None
         return arrays
+
+
+def load_saved(path) -> dict | None:
+    """The arrays of a file the benchmark saved (features, a cell's predictions), or None when
+    there is none or it does not read whole (cut short by a full disk or a copy): the caller
+    computes it again and replaces it (a truncated one had been a BadZipFile traceback)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            return {k: saved[k] for k in saved.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
+        print(f"{path}: does not read ({type(err).__name__}: {err}); computing it again")
+        return None
 
 
 def _for_dataset(cached: dict, keys) -> linear_probe.Features:

@@ -356,3 +356,22 @@ def test_a_multiclass_dataset_restricted_to_some_classes_leaves_out_the_others(l
     np.testing.assert_array_equal(out.labels, labels[kept][:, :2])
     assert out.splits.tolist() == [["train", "val", "test", "test", "train"][i] for i in kept]
     assert out.counts["not_one_class"] == (2 if label_type == "multiclass" else 0)
+
+
+def test_a_damaged_saved_cell_is_computed_again(tmp_path, capsys):
+    """A cell file cut short (or its metadata unreadable) had been a BadZipFile (or a JSON)
+    traceback on the resume; it is a cell to compute again, as a missing one."""
+    path = tmp_path / "probe.npz"
+    probs = np.arange(6, dtype=np.float32).reshape(3, 2)
+    benchmark.save_cell(path, ("m", "c", "probe"), "SPEC", {"n_train": 3}, {"probs": probs})
+    loaded = benchmark.load_cell(path, "SPEC")
+    np.testing.assert_array_equal(loaded["probs"], probs)
+    assert loaded["fields"] == {"n_train": 3} and benchmark.load_cell(path, "OTHER") is None
+    whole = path.read_bytes()
+    path.write_bytes(whole[:len(whole) // 2])
+    assert benchmark.load_cell(path, "SPEC") is None
+    assert f"{path}: does not read (BadZipFile" in capsys.readouterr().out
+    with open(path, "wb") as f:
+        np.savez(f, meta=np.asarray("{not json"), probs=probs)
+    assert benchmark.load_cell(path, "SPEC") is None
+    assert benchmark.load_cell(tmp_path / "none.npz", "SPEC") is None
