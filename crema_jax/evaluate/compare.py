@@ -118,30 +118,30 @@ def run_compare(settings: dict, method_kwargs: dict) -> dict:
     start = time.time()
     if settings["method"] not in METHODS:
         raise ValueError(f"--method={settings['method']!r}: expected one of {METHODS}")
-    workdir = report.workdir_path(
+    with report.claimed_workdir(
         settings["workdir"], inputs=[settings["root"], settings["cache_dir"]],
-        checkpoints=[settings["checkpoint"], settings["checkpoint_b"]])
-    models = load_models(settings)
-    data = datasets.load_dataset(settings)
-    plan, groups = folds.dataset_plan(data, settings)
-    mesh = mesh_lib.make_mesh()
-    results = {label: _evaluate(label, *models[label], data, settings, method_kwargs, mesh,
-                                plan, groups) for label in models}
-    comparisons, drops, pairs = compare_runs(results, data, groups, settings)
-    descriptions = {label: results[label]["model"] for label in results}
-    out = report.new_report(
-        title=f"Compare ({settings['method']}): A = {settings['checkpoint']} vs "
-              f"B = {settings['checkpoint_b']}",
-        command="compare", settings={**settings, **method_kwargs}, data=data,
-        models=descriptions, runs=results["A"]["runs"] + results["B"]["runs"],
-        cross_domain=results["A"]["cross_domain"] + results["B"]["cross_domain"],
-        record_folds=plan, comparisons=comparisons, cross_domain_comparisons=drops,
-        seconds=time.time() - start)
-    head = pairs[comparisons[0]["run"]]
-    arrays = {"record_id": np.asarray([data.infos[r].record_id for r in head["rows"]]),
-              "row": head["rows"], "labels": data.labels[head["rows"]],
-              "probs_a": head["a"], "probs_b": head["b"], "classes": np.asarray(data.classes)}
-    if head["fold"] is not None:
-        arrays["fold"] = head["fold"]
-    report.write_all(out, workdir, predictions=arrays, paired=True)
-    return out
+        checkpoints=[settings["checkpoint"], settings["checkpoint_b"]]) as workdir:
+        models = load_models(settings)
+        data = datasets.load_dataset(settings)
+        plan, groups = folds.dataset_plan(data, settings)
+        mesh = mesh_lib.make_mesh()
+        results = {label: _evaluate(label, *models[label], data, settings, method_kwargs, mesh,
+                                    plan, groups) for label in models}
+        comparisons, drops, pairs = compare_runs(results, data, groups, settings)
+        descriptions = {label: results[label]["model"] for label in results}
+        out = report.new_report(
+            title=f"Compare ({settings['method']}): A = {settings['checkpoint']} vs "
+                  f"B = {settings['checkpoint_b']}",
+            command="compare", settings={**settings, **method_kwargs}, data=data,
+            models=descriptions, runs=results["A"]["runs"] + results["B"]["runs"],
+            cross_domain=results["A"]["cross_domain"] + results["B"]["cross_domain"],
+            record_folds=plan, comparisons=comparisons, cross_domain_comparisons=drops,
+            seconds=time.time() - start)
+        head = pairs[comparisons[0]["run"]]
+        arrays = {"record_id": np.asarray([data.infos[r].record_id for r in head["rows"]]),
+                  "row": head["rows"], "labels": data.labels[head["rows"]],
+                  "probs_a": head["a"], "probs_b": head["b"], "classes": np.asarray(data.classes)}
+        if head["fold"] is not None:
+            arrays["fold"] = head["fold"]
+        report.write_all(out, workdir, predictions=arrays, paired=True)
+        return out

@@ -346,29 +346,29 @@ def run_finetune(settings: dict, ft: dict) -> dict:
     """Every protocol of `settings` (the finetune command's flags) with the recipe `ft`; writes
     report.json/.md, roc.png, embeddings_pca.png and predictions.npz to the workdir."""
     start = time.time()
-    workdir = report.workdir_path(settings["workdir"], checkpoints=[settings["checkpoint"]],
-                                  inputs=[settings["root"], settings["cache_dir"]])
-    config, params = backbones.load_config_and_params(
-        settings["checkpoint"], backbone=settings["backbone"] or families.SIT.name,
-        model_size=settings["model_size"])
-    data = datasets.load_dataset(settings)
-    plan, groups = folds.dataset_plan(data, settings)
-    result = finetune_model(config, params, data, settings, ft, mesh_lib.make_mesh(),
-                            model="A", plan=plan, groups=groups)
-    is_random = settings["checkpoint"] == backbones.RANDOM
-    out = report.new_report(
-        title=("Supervised from scratch (random init)" if is_random else "Fine-tuning")
-        + f": {families.SIT.name} {settings['checkpoint']}", command="finetune",
-        settings={**settings, **result["recipe"]},
-        data=data, models={"A": result["model"]}, runs=result["runs"],
-        cross_domain=result["cross_domain"], record_folds=plan, seconds=time.time() - start)
-    head = result["predictions"]["runs"][out["headline"]["run"]]
-    readable = [data.display.get(c, c) for c in data.classes]
-    features, rows = result["embedding"]
-    groups_ = {"label": plots.primary_label(data.labels[rows], readable),
-               "source": list(data.sources[rows])}
-    report.write_all(out, workdir,
-                     roc=report.headline_roc(head, readable, out["headline"]["run"]),
-                     embeddings=(features, groups_, "fine-tuned features, a test set (PCA)"),
-                     predictions=report.prediction_arrays(head, data.classes))
-    return out
+    with report.claimed_workdir(settings["workdir"], checkpoints=[settings["checkpoint"]],
+                                  inputs=[settings["root"], settings["cache_dir"]]) as workdir:
+        config, params = backbones.load_config_and_params(
+            settings["checkpoint"], backbone=settings["backbone"] or families.SIT.name,
+            model_size=settings["model_size"])
+        data = datasets.load_dataset(settings)
+        plan, groups = folds.dataset_plan(data, settings)
+        result = finetune_model(config, params, data, settings, ft, mesh_lib.make_mesh(),
+                                model="A", plan=plan, groups=groups)
+        is_random = settings["checkpoint"] == backbones.RANDOM
+        out = report.new_report(
+            title=("Supervised from scratch (random init)" if is_random else "Fine-tuning")
+            + f": {families.SIT.name} {settings['checkpoint']}", command="finetune",
+            settings={**settings, **result["recipe"]},
+            data=data, models={"A": result["model"]}, runs=result["runs"],
+            cross_domain=result["cross_domain"], record_folds=plan, seconds=time.time() - start)
+        head = result["predictions"]["runs"][out["headline"]["run"]]
+        readable = [data.display.get(c, c) for c in data.classes]
+        features, rows = result["embedding"]
+        groups_ = {"label": plots.primary_label(data.labels[rows], readable),
+                   "source": list(data.sources[rows])}
+        report.write_all(out, workdir,
+                         roc=report.headline_roc(head, readable, out["headline"]["run"]),
+                         embeddings=(features, groups_, "fine-tuned features, a test set (PCA)"),
+                         predictions=report.prediction_arrays(head, data.classes))
+        return out

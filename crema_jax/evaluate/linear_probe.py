@@ -298,26 +298,26 @@ def run_probe(settings: dict, probe_kwargs: dict) -> dict:
     """Every protocol of `settings` (the probe command's flags) on one backbone's features;
     writes report.json/.md, roc.png, embeddings_pca.png and predictions.npz to the workdir."""
     start = time.time()
-    workdir = report.workdir_path(settings["workdir"], checkpoints=[settings["checkpoint"]],
-                                  inputs=[settings["root"], settings["cache_dir"]])
-    backbone = backbones.load(settings["checkpoint"], backbone=settings["backbone"],
-                              model_size=settings["model_size"], seed=settings["seed"])
-    data = datasets.load_dataset(settings)
-    plan, groups = folds.dataset_plan(data, settings)
-    result = probe_model(backbone, data, settings, probe_kwargs, mesh_lib.make_mesh(),
-                         model="A", plan=plan, groups=groups)
-    out = report.new_report(
-        title=f"Linear probe: {backbone.name} {settings['checkpoint']}", command="probe",
-        settings={**settings, **probe_kwargs}, data=data, models={"A": result["model"]},
-        runs=result["runs"], cross_domain=result["cross_domain"], record_folds=plan,
-        seconds=time.time() - start)
-    features = result["features"]
-    readable = [data.display.get(c, c) for c in data.classes]
-    head = result["predictions"]["runs"][out["headline"]["run"]]
-    report.write_all(out, workdir, roc=report.headline_roc(head, readable,
-                                                           out["headline"]["run"]),
-                     embeddings=(features.values.mean(1), {
-                         "label": plots.primary_label(data.labels[features.rows], readable),
-                         "source": list(data.sources[features.rows])}, "frozen features (PCA)"),
-                     predictions=report.prediction_arrays(head, data.classes))
-    return out
+    with report.claimed_workdir(settings["workdir"], checkpoints=[settings["checkpoint"]],
+                                  inputs=[settings["root"], settings["cache_dir"]]) as workdir:
+        backbone = backbones.load(settings["checkpoint"], backbone=settings["backbone"],
+                                  model_size=settings["model_size"], seed=settings["seed"])
+        data = datasets.load_dataset(settings)
+        plan, groups = folds.dataset_plan(data, settings)
+        result = probe_model(backbone, data, settings, probe_kwargs, mesh_lib.make_mesh(),
+                             model="A", plan=plan, groups=groups)
+        out = report.new_report(
+            title=f"Linear probe: {backbone.name} {settings['checkpoint']}", command="probe",
+            settings={**settings, **probe_kwargs}, data=data, models={"A": result["model"]},
+            runs=result["runs"], cross_domain=result["cross_domain"], record_folds=plan,
+            seconds=time.time() - start)
+        features = result["features"]
+        readable = [data.display.get(c, c) for c in data.classes]
+        head = result["predictions"]["runs"][out["headline"]["run"]]
+        report.write_all(out, workdir, roc=report.headline_roc(head, readable,
+                                                               out["headline"]["run"]),
+                         embeddings=(features.values.mean(1), {
+                             "label": plots.primary_label(data.labels[features.rows], readable),
+                             "source": list(data.sources[features.rows])}, "frozen features (PCA)"),
+                         predictions=report.prediction_arrays(head, data.classes))
+        return out

@@ -5,12 +5,14 @@ The report is a plain dict built by probe/finetune; this module only renders it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 
 import numpy as np
 
 from crema_jax.runtime import files
+from crema_jax.runtime import workdir as workdir_lib
 from crema_jax.evaluate import paired, plots, scoring
 
 DASH = "\u2014"
@@ -276,12 +278,33 @@ def prediction_arrays(pred: dict, classes, **more) -> dict:
     return {**arrays, **more}
 
 
+@contextlib.contextmanager
+def claimed_workdir(workdir: str, *, inputs=(), checkpoints=(), log=print):
+    """workdir_path's folder, held by this run (runtime/workdir.WorkdirLock) while it computes
+    and writes: two evaluations into one workdir had both ended "wrote ...", one report lost
+    and their files mixed. A folder this run made and left empty (it failed before writing) is
+    removed."""
+    path = workdir_path(workdir, inputs=inputs, checkpoints=checkpoints, log=log)
+    made = not path.exists()
+    lock = workdir_lib.WorkdirLock(path)
+    note = lock.acquire()
+    if note:
+        log(note)
+    try:
+        yield path
+    finally:
+        lock.release()
+        if made and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+
+
 def workdir_path(workdir: str, *, inputs=(), checkpoints=(), log=print) -> pathlib.Path:
     """The output folder, checked (the writers create it): new, empty, or one an evaluation
     wrote before (it holds a report.json: its report is replaced, and `log` says so); never one
     of the inputs, nor inside a checkpoint folder read (crema_jax/files.py: a report written
     into CKPT/checkpoints/9 had been set aside by the next pretraining there)."""
-    path = files.check_output_dir(workdir, marker="report.json", flag="--workdir",
+    path = files.check_output_dir(workdir, marker=("report.json", workdir_lib.WorkdirLock.NAME),
+                                  flag="--workdir",
                                   inputs=[*inputs, *checkpoints], outside=checkpoints,
                                   create=False)
     if (path / "report.json").is_file():

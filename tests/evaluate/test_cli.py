@@ -288,3 +288,27 @@ def test_a_workdir_inside_the_checkpoint_read_is_refused(pretrained_workdir, cin
         f"crema-jax probe: error: --workdir={inside}: inside the input {pretrained_workdir}, "
         "which this command reads and never writes into; choose a folder outside it")
     assert not inside.exists()
+
+
+def test_an_evaluation_holds_its_workdir(cinc_sample_dir, tmp_path, capsys):
+    """Two probes into one workdir had both ended "wrote ...": one report lost, their files
+    mixed. A run that fails before writing leaves no folder it made."""
+    from crema_jax.runtime import workdir as workdir_lib
+
+    held = workdir_lib.WorkdirLock(tmp_path / "busy")
+    held.acquire()
+    try:
+        with pytest.raises(SystemExit) as exited:
+            _run(probe, checkpoint="random", model_size="tiny", root=str(cinc_sample_dir),
+                 workdir=str(tmp_path / "busy"), **COMMON)
+        err = capsys.readouterr().err.strip()
+        assert exited.value.code == 1 and err.startswith(
+            f"crema-jax probe: error: {tmp_path / 'busy'} is in use: a run by pid {os.getpid()}")
+    finally:
+        held.release()
+    assert list((tmp_path / "busy").iterdir()) == []
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit):
+        _run(probe, checkpoint="random", model_size="tiny", root=str(tmp_path / "empty"),
+             workdir=str(tmp_path / "new"), **COMMON)
+    assert "finds no record" in capsys.readouterr().err and not (tmp_path / "new").exists()
