@@ -278,6 +278,12 @@ def prediction_arrays(pred: dict, classes, **more) -> dict:
     return {**arrays, **more}
 
 
+# Every file an evaluation report may have (write_all); a new report removes the ones it does
+# not write, so that no figure of an earlier report stays beside it.
+REPORT_FILES = ("report.json", "report.md", "predictions.npz", "roc.png", "embeddings_pca.png",
+                "paired_differences.png")
+
+
 @contextlib.contextmanager
 def claimed_workdir(workdir: str, *, inputs=(), checkpoints=(), log=print):
     """workdir_path's folder, held by this run (runtime/workdir.WorkdirLock) while it computes
@@ -303,10 +309,14 @@ def workdir_path(workdir: str, *, inputs=(), checkpoints=(), log=print) -> pathl
     wrote before (it holds a report.json: its report is replaced, and `log` says so); never one
     of the inputs, nor inside a checkpoint folder read (crema_jax/files.py: a report written
     into CKPT/checkpoints/9 had been set aside by the next pretraining there)."""
-    path = files.check_output_dir(workdir, marker=("report.json", workdir_lib.WorkdirLock.NAME),
+    path = files.check_output_dir(workdir, marker=(*REPORT_FILES, workdir_lib.WorkdirLock.NAME),
                                   flag="--workdir",
                                   inputs=[*inputs, *checkpoints], outside=checkpoints,
                                   create=False)
+    for name in REPORT_FILES:  # found only after the whole run, its other files replaced
+        if (path / name).is_dir() and not (path / name).is_symlink():
+            raise files.OutputError(f"--workdir={path}: {name} is a folder, where this command "
+                                    "writes a file; move it away or choose a new --workdir")
     if (path / "report.json").is_file():
         log(f"{path}: replacing the report of an earlier evaluation there; use a new "
             "--workdir to keep it")
@@ -347,4 +357,8 @@ def write_all(report: dict, workdir, *, roc=None, embeddings=None, predictions=N
         paths["paired"] = workdir / "paired_differences.png"
         files.write_atomic(paths["paired"], lambda tmp: plots.plot_paired_differences(
             report["comparisons"], report.get("class_display", {}), report["models"], tmp))
+    for name in set(REPORT_FILES) - {p.name for p in paths.values()}:
+        stale = workdir / name  # an earlier report's (a compare's paired_differences.png had
+        if stale.is_file() and not stale.is_symlink():  # stayed beside a probe's report)
+            stale.unlink()
     return {k: str(v) for k, v in paths.items()}

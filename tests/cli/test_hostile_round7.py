@@ -4,6 +4,7 @@ record count, a MIMIC-IV-ECG record list naming one study twice. Each is one lin
 option or file, or a counted skip; none is read as something else."""
 import csv
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -285,6 +286,13 @@ def test_an_evaluation_workdir_with_an_earlier_report_says_it_is_replaced(tmp_pa
     report.workdir_path(str(tmp_path / "old"), log=said.append)
     assert said == [f"{tmp_path / 'old'}: replacing the report of an earlier evaluation "
                     "there; use a new --workdir to keep it"]
+    # A folder where a figure goes: refused before the run (it had failed after replacing the
+    # report's other files).
+    (tmp_path / "old" / "roc.png").mkdir()
+    with pytest.raises(ValueError, match=re.escape(
+            f"--workdir={tmp_path / 'old'}: roc.png is a folder, where this command writes a "
+            "file")):
+        report.workdir_path(str(tmp_path / "old"), log=said.append)
 
 
 def test_a_damaged_orbax_step_metadata_file_is_not_logged_as_errors(tmp_path, caplog):

@@ -161,7 +161,10 @@ def test_report_json_and_markdown_agree_on_counts_and_p_values(tmp_path):
     macro = rep["comparisons"][0]["macro_auroc"]
     assert macro["n_valid"] == 1000 and macro["p_bound"] == "<"
     assert macro["p"] == 2 / 1001
+    for stale in ("paired_differences.png", "roc.png"):  # an earlier report's figures
+        (tmp_path / stale).write_bytes(b"old")
     report.write_all(rep, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "report.md"]
     md = (tmp_path / "report.md").read_text()
     loaded = json.loads((tmp_path / "report.json").read_text())
     assert loaded["comparisons"][0]["macro_auroc"]["p"] == 2 / 1001
