@@ -77,10 +77,9 @@ def settings(args) -> dict:
     _distinct(_lead_sets(args.lead_sets), args.lead_sets, "lead_sets", "lead sets")
     split_fractions = _numbers(args.split_fractions, "split_fractions", ranges.SPLIT_FRACTION,
                                "three, train,val,test, ")
-    if split_fractions and (len(split_fractions) != 3 or not 0 < sum(split_fractions) <= 1 + 1e-9):
-        raise command.FlagValueError(
-            f"--split_fractions={','.join(args.split_fractions)}: expected three fractions, "
-            "train,val,test, each in [0, 1], summing to at most 1")
+    if split_fractions and not ranges.split_fractions_ok(split_fractions):
+        raise command.FlagValueError(f"--split_fractions={','.join(args.split_fractions)}: "
+                                     f"{ranges.SPLIT_FRACTIONS_TEXT}")
     if args.folds and split_fractions and not args.cross_domain:  # it was ignored, unsaid
         raise command.CommandError(f"--split_fractions with --folds={args.folds}: the folds "
                                    "replace the splits (only --cross_domain reads both); give "

@@ -122,6 +122,11 @@ def load_suite(path, roots: dict | None = None) -> dict:
     """The task file as plain dicts, defaults filled in and checked; `roots` ({dataset: folder})
     replaces datasets' roots (the data lives where the user downloaded it)."""
     config = config_lib.load_config_file(path).to_dict()
+    known = {"datasets", "tasks", "protocols", *SUITE_DEFAULTS}
+    unknown = sorted(set(config) - known)
+    if unknown:  # a typo (boostrap = 200) had been ignored
+        raise ValueError(f"task file {path}: unknown field(s) {unknown}; expected "
+                         f"{sorted(known)}")
     for key, kind in (("datasets", dict), ("tasks", (list, tuple)), ("protocols", dict)):
         _section(config, key, kind, path)
     datasets = {name: _fields(entry, DATASET_DEFAULTS, f"task file {path}: datasets[{name!r}]")
@@ -133,11 +138,9 @@ def load_suite(path, roots: dict | None = None) -> dict:
             raise ValueError(f"{where}label_type={entry['label_type']!r}: expected one of "
                              f"{list(LABEL_TYPES)}")
         fractions = entry["split_fractions"]
-        if fractions and (not isinstance(fractions, (list, tuple)) or len(fractions) != 3
-                          or not all(ranges.SPLIT_FRACTION.ok(f) for f in fractions)):
-            each = ranges.SPLIT_FRACTION.text.removeprefix("expected ")
-            raise ValueError(f"{where}split_fractions={fractions!r}: expected three, "
-                             f"train,val,test, each {each}")
+        if fractions and not ranges.split_fractions_ok(fractions):
+            raise ValueError(f"{where}split_fractions={fractions!r}: "
+                             f"{ranges.SPLIT_FRACTIONS_TEXT}")
     for name, root in (roots or {}).items():
         if name not in datasets:
             raise ValueError(f"--roots: {name!r} is not a dataset of {path} "
@@ -160,6 +163,12 @@ def load_suite(path, roots: dict | None = None) -> dict:
                              f"test_source are both {task['train_source']!r}; the test source's "
                              "every record is tested, the training ones too: a cross-domain "
                              "pair needs two sources (leave both out for in-domain figures)")
+        data = datasets[task["dataset"]]
+        if data["folds"] and data["split_fractions"] and not task["train_source"] and not any(
+                t["dataset"] == task["dataset"] and t["train_source"] for t in tasks):
+            raise ValueError(f"task file {path}: datasets[{task['dataset']!r}] gives folds and "
+                             "split_fractions, and no cross-domain task reads its splits: the "
+                             "folds replace them; give one of the two")
         lead_sets = [protocols.lead_set(leads) for leads in task["leads"]]
         if not lead_sets or len(set(lead_sets)) != len(lead_sets):
             raise ValueError(f"task file {path}: tasks[{i}].leads={task['leads']!r}: expected "

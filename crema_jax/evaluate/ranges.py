@@ -79,6 +79,17 @@ SUITE = {"bootstrap": BOOTSTRAP, "alpha": Range(0, 1, low_open=True, high_open=T
          "num_workers": NUM_WORKERS}
 
 
+def split_fractions_ok(values) -> bool:
+    """Three train,val,test fractions, each in [0, 1], summing to more than 0 and at most 1
+    (a task file's [1, 1, 1] had become thirds, where the flag refuses it)."""
+    return (isinstance(values, (list, tuple)) and len(values) == 3
+            and all(SPLIT_FRACTION.ok(v) for v in values) and 0 < sum(values) <= 1 + 1e-9)
+
+
+SPLIT_FRACTIONS_TEXT = ("expected three fractions, train,val,test, each in [0, 1], summing to "
+                        "at most 1")
+
+
 def check(values: dict, ranges: dict, where: str) -> None:
     """ValueError naming the first of `values` outside its range in `ranges` ("{where}NAME=...")."""
     for name, valid in ranges.items():

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import socket
 import subprocess
 import sys
@@ -148,7 +149,12 @@ def test_task_file_and_model_errors_name_the_field(tmp_path):
     for field, value, said in (("folds", "'three'", "folds='three': expected an integer >= 0"),
                                ("min_positives", "0", "min_positives=0: expected an integer >= 1"),
                                ("split_fractions", "[0.5, 0.5]", "split_fractions=[0.5, 0.5]: "
-                                "expected three, train,val,test, each a finite number in [0, 1]")):
+                                "expected three fractions, train,val,test, each in [0, 1], "
+                                "summing to at most 1"),
+                               # [1, 1, 1] had become thirds (the flag refuses it)
+                               ("split_fractions", "[1, 1, 1]", "split_fractions=[1, 1, 1]: "
+                                "expected three fractions, train,val,test, each in [0, 1], "
+                                "summing to at most 1")):
         bad.write_text(template.replace("'root': ''", f"'root': '/x', '{field}': {value}"))
         with pytest.raises(ValueError) as raised:
             benchmark_tasks.load_suite(bad)
@@ -164,6 +170,18 @@ def test_task_file_and_model_errors_name_the_field(tmp_path):
         with pytest.raises(ValueError) as raised:
             benchmark_tasks.load_suite(bad)
         assert str(raised.value) == f"task file {bad}: {field}={eval(value)!r}: {said}"
+    # A typo at the top had been ignored; folds beside split_fractions had dropped the split.
+    bad.write_text(template.replace("'root': ''", "'root': '/x'").replace(
+        "    return c", "    c.boostrap = 200\n    return c"))
+    with pytest.raises(ValueError, match=re.escape(f"task file {bad}: unknown field(s) "
+                                                   "['boostrap']; expected [")):
+        benchmark_tasks.load_suite(bad)
+    bad.write_text(template.replace("'root': ''", "'root': '/x', 'folds': 3, "
+                                    "'split_fractions': [0.6, 0.2, 0.2]"))
+    with pytest.raises(ValueError, match=re.escape(
+            f"task file {bad}: datasets['d'] gives folds and split_fractions, and no "
+            "cross-domain task reads its splits")):
+        benchmark_tasks.load_suite(bad)
     with pytest.raises(ValueError, match="expected NAME=CHECKPOINT"):
         benchmark_tasks.parse_models(["just_a_path"])
     with pytest.raises(ValueError, match="expected distinct names"):
