@@ -23,6 +23,8 @@ pipeline: the local path and Beam's workers import this module's callers without
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import math
@@ -130,7 +132,32 @@ def new_pipeline(flags: list[str]):
         from apache_beam.options.pipeline_options import PipelineOptions
     finally:
         root.setLevel(level)
-    return beam.Pipeline(options=PipelineOptions(flags))
+    options = PipelineOptions(flags)
+    problem = _options_problem(options)
+    if problem:
+        raise prepare.PrepareError(f"--beam_option: {problem}")
+    return beam.Pipeline(options=options)
+
+
+def _options_problem(options) -> str | None:
+    """What Beam refuses in `options`, in one line, or None. Beam parses them only when a
+    pipeline runs: a bad value had printed 129 lines of usage after --out was written, an
+    unknown option (a typo) had been dropped with a warning."""
+    said = io.StringIO()
+    beam_log = logging.getLogger("apache_beam.options.pipeline_options")
+    level = beam_log.level
+    beam_log.setLevel(logging.ERROR)  # its "Discarding unparseable args": said here instead
+    try:
+        with contextlib.redirect_stderr(said):
+            known = options.get_all_options(retain_unknown_options=False)
+            given = options.get_all_options(retain_unknown_options=True)
+    except SystemExit:  # argparse's usage error
+        lines = said.getvalue().strip().splitlines()
+        return lines[-1].split("error: ", 1)[-1] if lines else "options Beam does not read"
+    finally:
+        beam_log.setLevel(level)
+    unknown = sorted(set(given) - set(known))
+    return f"Beam has no option {', '.join(unknown)}" if unknown else None
 
 
 def run_pipeline(pipeline, out: str, spans: list, label_names: list,
@@ -153,6 +180,8 @@ def run_pipeline(pipeline, out: str, spans: list, label_names: list,
     except prepare.PrepareError:
         raise
     except Exception as err:  # noqa: BLE001 - a worker's PrepareError arrives as text.
+        if "KeyboardInterrupt" in str(err):  # Ctrl-C inside the DirectRunner: `interrupted`,
+            raise KeyboardInterrupt from None  # not a 223-line traceback
         found = _WORKER_PREPARE_ERROR.findall(str(err))
         if not found:
             raise

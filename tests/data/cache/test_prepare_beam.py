@@ -104,3 +104,38 @@ print(sidecar["num_records"], sorted(m for m in sys.modules if m == "jax" or
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[-2] == "1 []"
+
+
+@pytest.mark.parametrize("option, said", [
+    ("direct_num_workers=abc", "--beam_option: argument --direct_num_workers: invalid int "
+                               "value: 'abc'"),
+    ("direct_num_wokers=2", "--beam_option: Beam has no option direct_num_wokers"),
+])
+def test_a_beam_option_beam_refuses_is_one_line_before_anything_is_written(tmp_path, option,
+                                                                           said):
+    """Beam parses its options only when the pipeline runs: a bad value had printed 129 lines
+    of usage after --out was made and its settings.json written; a misspelt option had been
+    dropped with a warning (exit 0)."""
+    from crema_jax.data.cache import beam_pipeline, prepare
+
+    out = tmp_path / "cache"
+    with pytest.raises(prepare.PrepareError) as raised:
+        beam_pipeline.prepare_on_beam(layout="wfdb_folder", root=str(tmp_path), out=str(out),
+                                      beam_options=dict([option.split("=")]))
+    assert str(raised.value) == said and not out.exists()
+
+
+def test_ctrl_c_inside_the_direct_runner_is_an_interruption(tmp_path):
+    """The DirectRunner hands a Ctrl-C back as RuntimeError('KeyboardInterrupt [while running
+    ...]'): it had ended in a 223-line traceback instead of `prepare: interrupted`."""
+    import apache_beam as beam
+
+    from crema_jax.data.cache import beam_pipeline
+
+    pipeline = beam.Pipeline()
+
+    def interrupted():
+        raise RuntimeError("KeyboardInterrupt [while running 'read, preprocess, write shards']")
+    pipeline.run = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        beam_pipeline.run_pipeline(pipeline, str(tmp_path), [], [], {})
