@@ -67,6 +67,9 @@ def unique_records(infos, policy: str, where: str) -> tuple[list, dict]:
                          f"(e.g. {example}); remove them, or pass --duplicates=merge")
     print(f"duplicates: {found.merged} records repeat an ECG listed before (the same file or "
           f"byte-identical signal files, e.g. {example}); each ECG kept once, its first row")
+    if found.conflicts:  # they had been merged without a word
+        print(f"duplicates: {len(found.conflicts)} of them give other labels than the row "
+              f"kept (e.g. {found.conflicts[0]}); the kept row's are used")
     return found.kept, counts
 
 
@@ -144,12 +147,19 @@ def load_dataset(settings: dict) -> Dataset:
     counted = np.full(len(infos), "train") if k else splits
     classes = protocols.select_classes(infos, index.label_names, counted,
                                        min_positives=min_positives)
+    every_class = protocols.label_matrix(infos, index.label_names)
+    left_out = [c for c, present in zip(index.label_names, every_class.any(0))
+                if present and c not in set(classes)]
+    if left_out and classes:  # a class with positives in test only had vanished unsaid
+        print(f"{flag(settings, 'min_positives')}={min_positives}: {len(left_out)} class(es) "
+              f"with fewer {'' if k else 'training '}positives left out (e.g. "
+              f"{', '.join(left_out[:5])})")
     if not classes:
         raise ValueError(f"no class has >= {min_positives} {'' if k else 'training '}positives "
                          f"in {root} ({flag(settings, 'min_positives')}); "
                          f"{len(index.label_names)} classes in the layout")
     labels = protocols.label_matrix(infos, classes)
-    had_class = protocols.label_matrix(infos, index.label_names).sum(1) > 0
+    had_class = every_class.sum(1) > 0
     keep = ~(had_class & (labels.sum(1) == 0))
     counts["no_class_left"] = int((~keep).sum())
     if counts["no_class_left"]:

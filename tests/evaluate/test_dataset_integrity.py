@@ -60,6 +60,8 @@ def test_a_class_dropped_by_min_positives_leaves_the_label_type_as_it_was(one_cl
     out = capsys.readouterr().out
     assert "label type: multiclass (auto" in out
     assert f"{rare} records whose classes were all dropped" in out
+    # The class itself is named (a class with positives in test only had vanished unsaid).
+    assert f"--min_positives=4: 1 class(es) with fewer positives left out (e.g. {RARE})" in out
 
 
 def test_without_a_drop_nothing_is_left_out_and_the_flag_fixes_the_type(one_class_manifest):
@@ -103,7 +105,8 @@ def duplicated_manifest(cinc_sample_dir, tmp_path):
     shutil.copyfile(heads[1].with_suffix(".mat"), copy.with_suffix(".mat"))
     header = heads[1].read_text().replace(heads[1].stem, copy.name)
     copy.with_suffix(".hea").write_text(header)
-    rows += [[rows[0][0], rows[0][1], "again"], [str(copy), rows[1][1], copy.name]]
+    rows += [[rows[0][0], rows[0][1], "again"], [str(copy), rows[1][1], copy.name],
+             [rows[2][0], "1234567", "relabelled"]]   # a row that disagrees with the first
     path = _write(tmp_path / "manifest.csv", rows)
     return path, len(rows), len({_signal_hash(row[0]) for row in rows})
 
@@ -116,7 +119,11 @@ def test_a_duplicated_ecg_is_merged_and_never_in_two_folds(duplicated_manifest, 
     assert data.counts["indexed"] == n_rows
     assert data.counts["duplicates_merged"] == n_rows - distinct
     assert len(data.infos) == distinct
-    assert f"duplicates: {n_rows - distinct} records repeat an ECG" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"duplicates: {n_rows - distinct} records repeat an ECG" in out
+    # Only the relabelled row disagrees with its kept row: said, not merged unsaid.
+    assert ("duplicates: 1 of them give other labels than the row kept (e.g. relabelled); "
+            "the kept row's are used") in out
     plan, _ = folds.dataset_plan(data, settings)
     fold_of = {}
     for part in plan:

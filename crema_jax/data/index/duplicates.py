@@ -35,6 +35,8 @@ class Duplicates:
     """The records kept (the first row of each ECG, in index order) and what was merged."""
     kept: list
     groups: list[list[str]]     # record ids of each ECG listed more than once (kept id first)
+    # Merged rows whose labels differ from their kept row's (the kept row's are used).
+    conflicts: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def merged(self) -> int:
@@ -114,12 +116,15 @@ def content_keys(infos) -> list[str]:
 
 def find(infos) -> Duplicates:
     """The index's records with every ECG once (its first row) and the groups merged."""
-    first, groups = {}, defaultdict(list)
+    first, groups, conflicts = {}, defaultdict(list), []
     for info, key in zip(infos, content_keys(infos)):
         if key in first:
             groups[key].append(info.record_id)
+            kept = first[key]
+            if sorted(info.labels) != sorted(kept.labels):
+                conflicts.append(info.record_id)
         else:
             first[key] = info
     kept_ids = {id(info) for info in first.values()}
     return Duplicates([info for info in infos if id(info) in kept_ids],
-                      [[first[key].record_id] + ids for key, ids in groups.items()])
+                      [[first[key].record_id] + ids for key, ids in groups.items()], conflicts)
