@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from crema_jax.evaluate import protocols, scoring
+from crema_jax.evaluate import datasets, protocols, scoring
 
 MIN_FOLDS = 3  # a test fold, a validation fold and at least one training fold
 
@@ -68,9 +68,15 @@ def dataset_plan(data, settings: dict):
     k = int(settings.get("folds") or 0)
     if not k:
         return None, groups
+    where = datasets.flag(settings, "folds")
     if k < MIN_FOLDS:
-        raise ValueError(f"--folds={k}: expected at least {MIN_FOLDS} (a test, a validation and a "
-                         "training fold), or 0 for the layout's splits")
+        raise ValueError(f"{where}={k}: expected at least {MIN_FOLDS} (a test, a validation and "
+                         "a training fold), or 0 for the layout's splits")
+    patients = len(set(groups.tolist()))
+    if k > patients:  # it had said "expected 2 <= folds", 2 being no choice
+        raise ValueError(f"{where}={k}: expected {MIN_FOLDS} to {patients}, the number of "
+                         "patients (patient_id, else record id): a patient's records share a "
+                         "fold")
     return fold_plan(stratified_group_folds(data.labels, groups, k, seed=settings["seed"]), k), \
         groups
 

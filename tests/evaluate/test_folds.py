@@ -1,6 +1,7 @@
 """K-fold cross-validation, checked by counting: folds are disjoint, cover every record once, keep
 a patient's records together and are stratified; pooled out-of-fold figures against
 scikit-learn."""
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -110,6 +111,12 @@ def test_bad_fold_counts_name_the_flag():
                            labels=labels)
     with pytest.raises(ValueError, match="--folds=2: expected at least 3"):
         folds.dataset_plan(data, {"folds": 2, "seed": 0})
+    # More folds than patients: the range the command accepts (it had said "2 <= folds").
+    with pytest.raises(ValueError, match=re.escape("--folds=60: expected 3 to 4, the number "
+                                                   "of patients")):
+        folds.dataset_plan(data, {"folds": 60, "seed": 0})
+    with pytest.raises(ValueError, match=re.escape("datasets['d'].folds=60: expected 3 to 4")):
+        folds.dataset_plan(data, {"folds": 60, "seed": 0, "flag_prefix": "datasets['d']."})
 
 
 def test_cross_validate_pools_out_of_fold_predictions_like_sklearn():
