@@ -204,8 +204,11 @@ def columns(suite: dict) -> list[Column]:
                                        else "")
                 out.append(Column(name, task["name"], task["dataset"], str(leads),
                                   float(fraction), task["train_source"], task["test_source"]))
-    if len({c.name for c in out}) != len(out):
-        raise ValueError("task file: two tasks share a name")
+    names = [c.name for c in out]
+    shared = sorted({n for n in names if names.count(n) > 1})
+    if shared:
+        raise ValueError(f"task file: two tasks (or a task's lead sets and label fractions) "
+                         f"give the same column {shared[0]!r}; rename one")
     return out
 
 
@@ -272,7 +275,7 @@ def load_models(items, *, seed: int, model_size: str = "tiny") -> list[Model]:
         family = ""
         if checkpoint.startswith(backbones.RANDOM + ":"):
             checkpoint, family = backbones.RANDOM, checkpoint.split(":", 1)[1]
-            families.family_named(family)
+            families.family_named(family, flag=f"--models entry {name!r}: random:FAMILY, FAMILY")
         config, params = backbones.load_config_and_params(checkpoint, backbone=family,
                                                           model_size=model_size)
         models.append(Model(name, checkpoint if not family else f"random:{family}", config,

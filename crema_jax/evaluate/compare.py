@@ -33,12 +33,14 @@ def load_models(settings: dict) -> dict:
         settings["checkpoint"], backbone=settings["backbone"], model_size=settings["model_size"])
     name_b = settings["backbone_b"]
     if settings["checkpoint_b"] != backbones.RANDOM:
-        b = backbones.load_config_and_params(settings["checkpoint_b"], backbone=name_b)
+        b = backbones.load_config_and_params(settings["checkpoint_b"], backbone=name_b,
+                                             flag="--backbone_b")
     elif not name_b or name_b == families.family_of(config_a.model).name:
         b = (config_a.copy_and_resolve_references(), None)
     else:
         b = backbones.load_config_and_params(backbones.RANDOM, backbone=name_b,
-                                             model_size=settings["model_size"])
+                                             model_size=settings["model_size"],
+                                             flag="--backbone_b")
     return {"A": (config_a, params_a), "B": b}
 
 

@@ -160,19 +160,20 @@ class Backbone:
         return self.family.name
 
 
-def load_config_and_params(checkpoint: str, *, backbone: str = "", model_size: str = "tiny"):
+def load_config_and_params(checkpoint: str, *, backbone: str = "", model_size: str = "tiny",
+                           flag: str = "--backbone"):
     """(full config, params or None) of a checkpoint, or of a fresh model for 'random'
     (`backbone`: a family name, models/families.py; a model with sizes is of `model_size`). A
-    `backbone` that contradicts the checkpoint's model is an error."""
+    `backbone` that contradicts the checkpoint's model is an error naming `flag`."""
     if checkpoint == RANDOM:
-        family = families.family_named(backbone or families.SIT.name)
+        family = families.family_named(backbone or families.SIT.name, flag=flag)
         config = config_lib.default_config(family.default_model)
         if family.has_sizes:
             config.model.size = model_size
         return config, None
     params, config, _ = config_lib.load_checkpoint(checkpoint)
     if backbone and families.family_of(config.model).name != backbone:
-        raise ValueError(f"--backbone={backbone}: {checkpoint} holds a "
+        raise ValueError(f"{flag}={backbone}: {checkpoint} holds a "
                          f"{config.model.name!r} model")
     return config, params
 

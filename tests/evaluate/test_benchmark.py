@@ -182,6 +182,14 @@ def test_task_file_and_model_errors_name_the_field(tmp_path):
             f"task file {bad}: datasets['d'] gives folds and split_fractions, and no "
             "cross-domain task reads its splits")):
         benchmark_tasks.load_suite(bad)
+    # The flag the user gave is named (both had named --backbone, a flag neither command has).
+    with pytest.raises(ValueError, match=re.escape("--models entry 'a': random:FAMILY, "
+                                                   "FAMILY='foo': expected one of")):
+        benchmark_tasks.load_models(["a=random:foo"], seed=0)
+    from crema_jax.evaluate import compare
+    with pytest.raises(ValueError, match=re.escape("--backbone_b='foo': expected one of")):
+        compare.load_models({"checkpoint": "random", "backbone": "", "model_size": "tiny",
+                             "checkpoint_b": "random", "backbone_b": "foo"})
     with pytest.raises(ValueError, match="expected NAME=CHECKPOINT"):
         benchmark_tasks.parse_models(["just_a_path"])
     with pytest.raises(ValueError, match="expected distinct names"):
