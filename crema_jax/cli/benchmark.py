@@ -19,7 +19,7 @@ missing cells. Writes leaderboard.json, leaderboard.md and leaderboard.png: per 
 model, and paired tests (DeLong per class, paired bootstrap of the macro AUROC over patients)
 of every model against the best and against its random init, Holm-corrected across the table.
 """
-from crema_jax.cli import command
+from crema_jax.cli import command, evaluation_flags
 
 COMMAND = command.Command("benchmark", __doc__,
                           usage="--models=NAME=CHECKPOINT,... --tasks=FILE.py --workdir=DIR")
@@ -41,6 +41,7 @@ def main(args) -> None:
 
     if not args.models:
         raise command.CommandError("--models: expected NAME=CHECKPOINT pairs")
+    evaluation_flags.check_model_size(args.model_size)
     try:  # a usage error (exit 2), before the task file and the models are read
         benchmark_tasks.parse_models(list(args.models))
     except ValueError as err:

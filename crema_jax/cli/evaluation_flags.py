@@ -62,6 +62,15 @@ def add(cmd: command.Command) -> None:
                 lower_bound=ranges.SEED.low, upper_bound=ranges.SEED.high)
 
 
+def check_model_size(size: str) -> None:
+    """A usage error naming --model_size unless it is a SiT size (config.model.size='huge' had
+    named a field the user never wrote)."""
+    from crema_jax.models.config import SIZES  # at run time: --help imports no model code
+
+    if size not in SIZES:
+        raise command.FlagValueError(f"--model_size={size!r}: expected one of {list(SIZES)}")
+
+
 def settings(args) -> dict:
     """The shared flags as the settings dict the evaluation library reads (and reports)."""
     if not args.cache_dir and not args.root:
@@ -69,6 +78,7 @@ def settings(args) -> dict:
     if args.cache_dir and args.root:
         raise command.CommandError(f"--root={args.root} and --cache_dir={args.cache_dir}: give "
                                    "one (the cache's records replace the dataset folder's)")
+    check_model_size(args.model_size)
     options = {"label_set": args.label_set} if args.layout == "ptbxl" else {}
     options.update(command.parse_key_values(args.layout_option, flag="layout_option"))
     label_fractions = _numbers(args.label_fractions, "label_fractions",

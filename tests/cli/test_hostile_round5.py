@@ -134,6 +134,9 @@ def test_embed_names_each_rows_ecg_when_an_array_row_is_skipped(tmp_path, sit_ch
     ("compare", ["--checkpoint_b=random", "--bootstrap=1000000000"],
      "flag --bootstrap=1000000000: 1000000000 is not an integer in the range [1, 100000]"),
     ("finetune", ["--num_workers=99999999999999999999"], "flag --num_workers=9999"),
+    # It had named config.model.size, a field the user never wrote.
+    ("probe", ["--model_size=huge"], "--model_size='huge': expected one of ['tiny', 'small', "
+                                     "'base', 'large']"),
 ])
 def test_a_number_out_of_range_is_a_usage_error_naming_its_flag(tmp_path, monkeypatch, capsys,
                                                                 command, flags, said):
