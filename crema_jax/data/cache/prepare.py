@@ -150,9 +150,9 @@ def _run_tasks(tasks: list[dict], workers: int):
             for future in concurrent.futures.as_completed(futures):
                 yield future.result()
         except KeyboardInterrupt:  # also one that reached this process alone, maybe while
-            workers = multiprocessing.active_children()  # the pool was still starting
+            children = multiprocessing.active_children()  # the pool was still starting
             pool.shutdown(wait=False, cancel_futures=True)
-            processes.interrupt_and_join(workers, grace=STOP_GRACE_SECONDS)
+            processes.interrupt_and_join(children, grace=STOP_GRACE_SECONDS)
             raise
         finally:
             for future in futures:
