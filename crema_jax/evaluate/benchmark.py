@@ -285,8 +285,9 @@ def run_benchmark(model_items, tasks_path, workdir, *, roots=None, model_size: s
     cols = benchmark_tasks.columns(suite)
     for protocol in suite["protocols"]:
         recipe(suite, protocol)  # a bad field fails before any model loads
-    workdir = files.check_output_dir(workdir, marker=MARKERS, flag="--workdir",
-                                     inputs=[d["root"] for d in suite["datasets"].values()])
+    workdir = files.check_output_dir(workdir, marker=MARKERS, flag="--workdir",  # the lock
+                                     inputs=[d["root"] for d in suite["datasets"].values()],
+                                     create=False)  # makes it, once the models are loaded
     models = benchmark_tasks.load_models(model_items, seed=suite["seed"], model_size=model_size)
     # One run per workdir: a second would compute the same features and cells alongside the
     # first, each overwriting the other's (a killed run's lock, its pid gone, is taken over).

@@ -401,3 +401,11 @@ def test_a_damaged_saved_cell_is_computed_again(tmp_path, capsys):
         np.savez(f, meta=np.asarray("{not json"), probs=probs)
     assert benchmark.load_cell(path, "SPEC") is None
     assert benchmark.load_cell(tmp_path / "none.npz", "SPEC") is None
+
+
+def test_a_benchmark_refused_at_its_models_makes_no_workdir(tmp_path):
+    """A bad --models entry had been refused after the workdir was made."""
+    tasks = pathlib.Path(__file__).resolve().parents[2] / "configs/benchmarks/bundled_sample.py"
+    with pytest.raises(ValueError, match="random:FAMILY, FAMILY='foo'"):
+        benchmark.run_benchmark(["a=random:foo"], str(tasks), str(tmp_path / "bench"))
+    assert not (tmp_path / "bench").exists()
