@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 
+from crema_jax.data.signal import augment
 from crema_jax.evaluate import (
     benchmark_leaderboard,
     benchmark_tasks,
@@ -77,6 +78,18 @@ def recipe(suite: dict, protocol: str) -> dict:
             raise ValueError(f"{where}.l2_grid={out['l2_grid']!r}: expected strengths, each "
                              f"{ranges.L2.text[len('expected '):]}")
         out["l2_grid"] = tuple(float(v) for v in grid)
+    # Checked here, before any model loads (a bad optimizer had surfaced after the feature
+    # extraction as a flag the benchmark has not got; an augment string letter by letter).
+    if "optimizer" in out and out["optimizer"] not in linear_probe.OPTIMIZERS:
+        raise ValueError(f"{where}.optimizer={out['optimizer']!r}: expected one of "
+                         f"{list(linear_probe.OPTIMIZERS)}")
+    if "augment" in out:
+        known = sorted({"config", "none", *augment.AUGMENTS})
+        names = out["augment"]
+        if not isinstance(names, (list, tuple)) or not all(n in known for n in names):
+            raise ValueError(f"{where}.augment={names!r}: expected a list of names from "
+                             f"{known}")
+        out["augment"] = list(names)
     return out
 
 

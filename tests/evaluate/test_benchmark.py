@@ -403,6 +403,21 @@ def test_a_damaged_saved_cell_is_computed_again(tmp_path, capsys):
     assert benchmark.load_cell(tmp_path / "none.npz", "SPEC") is None
 
 
+@pytest.mark.parametrize("protocol, field, value, said", [
+    ("probe", "optimizer", "sgd", "expected one of ['lbfgs', 'adam']"),
+    ("finetune", "augment", "none", "expected a list of names from ["),
+    ("finetune", "augment", ["jitter"], "expected a list of names from ["),
+])
+def test_a_recipe_field_is_checked_before_any_model_loads(protocol, field, value, said):
+    """A probe optimizer 'sgd' had surfaced after the feature extraction, as a flag the
+    benchmark has not got; an augment string had been read letter by letter."""
+    suite = {"protocols": {protocol: {field: value}}}
+    with pytest.raises(ValueError) as raised:
+        benchmark.recipe(suite, protocol)
+    assert str(raised.value).startswith(
+        f"task file: protocols[{protocol!r}].{field}={value!r}: {said}")
+
+
 def test_a_benchmark_refused_at_its_models_makes_no_workdir(tmp_path):
     """A bad --models entry had been refused after the workdir was made."""
     tasks = pathlib.Path(__file__).resolve().parents[2] / "configs/benchmarks/bundled_sample.py"
