@@ -180,8 +180,10 @@ def fit(model: Model, *, mesh, train_iter, val_batches: list, label_type: str, e
                 f"(peak learning rate {peak_lr:g}); no report written: lower --base_lr")
         history.append({"epoch": epoch, "train_loss": train_loss,
                         "val_macro_auroc": val["macro_auroc"], "val_loss": val["loss"]})
+        auroc = val["macro_auroc"]
         log(f"epoch {epoch}/{epochs}: train loss {train_loss:.4f}, val macro AUROC "
-            f"{val['macro_auroc']}, val loss {val['loss']:.4f}")
+            f"{'n/a (no class scorable)' if auroc is None else f'{auroc:.4f}'}, "
+            f"val loss {val['loss']:.4f}")
         if best["key"] is None or val["key"] > best["key"]:
             best = {"key": val["key"], "params": jax.device_get(state["params"]),
                     "epoch": epoch, "chosen_by": scoring.chosen_by(val)}

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss
 
-from crema_jax.cli import probe
+from crema_jax.cli import finetune, probe
+from crema_jax.evaluate import finetune as finetune_lib
 from crema_jax.evaluate import linear_probe, mlp_head, report, scoring
 
 
@@ -101,6 +102,32 @@ def test_a_probe_chosen_by_loss_is_named_in_the_report(tmp_path, cinc_sample_dir
     line = "**Chosen by validation loss alone**: probe leads=12 labels=1 (model A):"
     assert line in (tmp_path / "out" / "report.md").read_text()
     assert line in capsys.readouterr().out
+
+
+def test_a_finetune_chosen_by_loss_says_so_per_epoch_and_in_the_report(tmp_path,
+                                                                       cinc_sample_dir, capsys,
+                                                                       monkeypatch):
+    logged = []
+    monkeypatch.setattr(finetune_lib.logging, "info",
+                        lambda msg, *args: logged.append(msg % args if args else msg))
+    manifest = _write_manifest(tmp_path, cinc_sample_dir, labelled_test=True,
+                               labelled_val=False)
+    assert finetune.COMMAND.run([
+        "--checkpoint=random", "--model_size=tiny", "--layout=manifest", f"--root={manifest}",
+        f"--workdir={tmp_path / 'ft'}", "--bootstrap=20", "--epochs=2", "--steps_per_epoch=1",
+        "--patience=0", "--batch_size=8", "--lead_sets=I"]) is None
+    written = json.loads((tmp_path / "ft" / "report.json").read_text())
+    run = written["runs"][0]
+    assert run["chosen_by"] == scoring.BY_LOSS
+    history = run["history"]
+    losses = [h["val_loss"] for h in history]
+    assert all(h["val_macro_auroc"] is None for h in history) and len(losses) == 2
+    # The rule by hand: no AUROC anywhere, so the lower validation loss (the first of equals).
+    assert run["best_epoch"] == 1 + losses.index(min(losses))
+    for h in history:  # each epoch's line says why there is no AUROC (it had printed "None")
+        assert (f"epoch {h['epoch']}/2: train loss {h['train_loss']:.4f}, val macro AUROC n/a "
+                f"(no class scorable), val loss {h['val_loss']:.4f}") in logged
+    assert "**Chosen by validation loss alone**: finetune" in capsys.readouterr().out
 
 
 def test_a_probe_that_scores_nothing_exits_1_after_writing_its_report(tmp_path, cinc_sample_dir,
