@@ -12,7 +12,8 @@ looks complete: `latest_step` and `resolve_checkpoint` only see committed steps.
   writes that step again, and refuses to start over on a workdir with
   checkpoints unless told to (then `checkpoints/` is moved to `checkpoints.replaced-TIME`);
 - a step that cannot be restored is moved aside as `<step>.damaged-TIME` by the trainer, which
-  then resumes from the newest step that restores;
+  then resumes from the newest step that restores; a resume finding every step set aside is
+  refused (a start from step 0 would hide them);
 - `WorkdirLock` keeps a second run from writing into the same workdir.
 """
 from __future__ import annotations
@@ -35,6 +36,7 @@ _STEP_DIR = re.compile(r"^\d+$")
 # Where Orbax writes a step before its commit renames it to "<step>"; a failed or killed save
 # leaves it, and Orbax deletes it when that step is saved again.
 _TMP_STEP_DIR = re.compile(r"^(\d+)\.orbax-checkpoint-tmp")
+_DAMAGED_STEP_DIR = re.compile(r"^\d+\.damaged-")  # set_aside(step, "damaged")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -148,6 +150,13 @@ def prepare_workdir(workdir, *, resume: bool, overwrite: bool) -> list[str]:
             notes.append(f"checkpoint step {step.group(1)} was left incomplete (a crash or a "
                          f"failed save); moved aside to {moved.name}")
     steps = complete_steps(root)
+    damaged = sorted(p.name for p in root.iterdir() if _DAMAGED_STEP_DIR.match(p.name)) \
+        if root.is_dir() else []
+    if resume and damaged and not steps:  # a fresh start here would hide the lost steps
+        raise ValueError(
+            f"{root}: every checkpoint step was set aside as damaged ({', '.join(damaged[:3])}"
+            f"{' ...' if len(damaged) > 3 else ''}), so there is nothing to resume; choose a new "
+            "--workdir, or pass --config.checkpoint.resume=False to train this one from step 0")
     if steps and not resume:
         if not overwrite:
             raise ValueError(

@@ -24,8 +24,10 @@ from crema_jax.runtime import workdir as workdir_lib
 from crema_jax.train import progress, warm_start
 
 # Fields whose change makes a checkpoint's state unusable (other parameter or optimizer trees;
-# the global batch: the saved data iterator's batches).
-_STATE_FIELDS = ("model.scan_layers", "optim.name", "optim.decay_mask", "train.global_batch_size")
+# the global batch: the saved data iterator's batches; the input workers: Grain saves one
+# iterator state per worker, and a restore with another count fails on every step).
+_STATE_FIELDS = ("model.scan_layers", "optim.name", "optim.decay_mask", "train.global_batch_size",
+                 "data.num_workers")
 
 
 @dataclasses.dataclass

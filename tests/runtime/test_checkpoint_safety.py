@@ -104,6 +104,28 @@ def test_starting_over_on_a_used_workdir_needs_overwrite(tmp_path):
     assert len(moved) == 1 and workdir_lib.complete_steps(moved[0]) == [2] and notes
 
 
+def test_a_resume_whose_every_step_was_set_aside_is_refused_not_started_from_0(tmp_path):
+    """After every step had been set aside as damaged, the next rerun had trained from step 0
+    without a word; with resume=False it starts over, as asked."""
+    root = tmp_path / "checkpoints"
+    for name in ("2.damaged-20261206T100000Z", "4.damaged-20261206T100000Z"):
+        (root / name).mkdir(parents=True)
+    with pytest.raises(ValueError) as refused:
+        workdir_lib.prepare_workdir(tmp_path, resume=True, overwrite=False)
+    assert str(refused.value) == (
+        f"{root}: every checkpoint step was set aside as damaged (2.damaged-20261206T100000Z, "
+        "4.damaged-20261206T100000Z), so there is nothing to resume; choose a new --workdir, "
+        "or pass --config.checkpoint.resume=False to train this one from step 0")
+    assert workdir_lib.prepare_workdir(tmp_path, resume=False, overwrite=False) == []
+    for folder in (root / "6", root / "6" / "params"):  # a committed step beside them
+        folder.mkdir()
+        (folder / workdir_lib.COMMIT_MARKER).write_text("")
+    assert workdir_lib.complete_steps(root) == [6]
+    assert workdir_lib.prepare_workdir(tmp_path, resume=True, overwrite=False) == []
+    assert sorted(p.name for p in root.iterdir())[:2] == ["2.damaged-20261206T100000Z",
+                                                          "4.damaged-20261206T100000Z"]
+
+
 @pytest.mark.parametrize("name", ["checkpoints", "checkpoints/2",
                                   "checkpoints/2.orbax-checkpoint-tmp-1"])
 def test_files_where_checkpoints_go_are_refused_and_kept(tmp_path, name):

@@ -156,6 +156,20 @@ def test_a_resume_refused_for_another_width_names_the_widths_it_resolves_to():
     assert f"(model width: {SIZES[saved.model.size]['width']} vs 128)" in text  # the registry's
 
 
+def test_a_resume_with_another_worker_count_is_refused_before_any_restore():
+    """data.num_workers 0 -> 2 on resume had failed to restore Grain's per-worker iterator
+    state at every step, set each aside as damaged, and the next rerun started from step 0."""
+    from crema_jax.train import resume
+
+    saved, run = tiny_config(), tiny_config(**{"data.num_workers": 2})
+    with pytest.raises(ValueError) as raised:
+        resume.resume_changes(run, saved, source="W")
+    assert str(raised.value) == (
+        f"W: this run cannot resume the workdir's checkpoint: config.data.num_workers: "
+        f"checkpoint {saved.data.num_workers!r}, run 2. Use the checkpoint's values, or a new "
+        "--workdir")
+
+
 def test_a_warm_start_refuses_other_patch_norms_and_names_what_it_leaves_unused(tiny_params):
     """A checkpoint with ST-MEM's patch norms warm-started a run without them: the norms were
     dropped unsaid, and embeddings differed by up to 0.58 from the checkpoint's."""
