@@ -112,7 +112,27 @@ def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
                                 if len(problems) > 3 else [])
         raise CheckpointFileError(f"{path}: not a complete safetensors file (truncated?):\n  "
                                   + "\n  ".join(shown))
+    tiling = _tiling_problem(header, len(data))
+    if tiling:  # two tensors on the same bytes had been read as each other's weights
+        raise CheckpointFileError(f"{path}: not a valid safetensors file: {tiling} (the format's "
+                                  "tensors tile the data bytes in order, with no overlap or gap)")
     return tensors, dict(metadata)
+
+
+def _tiling_problem(header: dict, data_bytes: int) -> str | None:
+    """Where the tensors' data_offsets fail to tile [0, data_bytes) (None when they do)."""
+    spans = sorted((info["data_offsets"][0], info["data_offsets"][1], key)
+                   for key, info in header.items())
+    end, before = 0, None
+    for start, stop, key in spans:
+        if start != end:
+            where = f"after {before}, which ends at byte {end}" if before else "at the start"
+            what = "overlaps the tensor before it" if start < end else "leaves a gap"
+            return f"tensor {key} starts at byte {start} and {what} ({where})"
+        end, before = stop, key
+    if end != data_bytes:
+        return f"the tensors end at byte {end} of the {data_bytes} data bytes"
+    return None
 
 
 def _entry_problem(info) -> str | None:
@@ -176,17 +196,20 @@ def read_torch_file(path: str) -> Any:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         text = str(err)
-        if "Unsupported global" not in text and "allowed global" not in text:
+        # A reference to a Python global: "Unsupported global: GLOBAL numpy...reconstruct",
+        # "unsupported GLOBAL posix.system whose module posix is blocked" (torch's wording
+        # varies; its advice to retry with weights_only=False is not passed on).
+        named = re.search(r"\bGLOBAL ([\w.]+)", text)
+        if named is None:
             found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
             raise CheckpointFileError(
                 f"{path}: not a torch.save file of weights: its bytes do not unpickle as one "
                 f"({found.group(1).strip() if found else text.splitlines()[0]})") from err
         raise UnsafeCheckpointError(
-            f"{path}: refused. This file needs arbitrary Python objects unpickled, which can run "
-            "code; only plain tensors, dicts, lists and numbers are loaded (torch.load with "
-            "weights_only=True). Re-save the weights alone, e.g. "
-            "torch.save({'model': model.state_dict()}, path), or as .safetensors.\n"
-            f"torch said: {text.splitlines()[0]}") from err
+            f"{path}: refused. This file needs arbitrary Python objects unpickled (it names "
+            f"{named.group(1)}), which can run code; only plain tensors, dicts, lists and numbers "
+            "are loaded (torch.load with weights_only=True). Re-save the weights alone, e.g. "
+            "torch.save({'model': model.state_dict()}, path), or as .safetensors") from err
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError,
             AttributeError, UnicodeDecodeError, struct.error) as err:
         # The weights-only unpickler's own failures on bytes that are no pickle at all.

@@ -50,14 +50,33 @@ def test_truncated_safetensors_is_refused_and_nothing_written(tmp_path):
     _assert_nothing_written(out)
 
 
-def test_pickle_with_code_is_refused_without_running_it(tmp_path):
+class SystemPayload:
+    """Unpickling calls os.system (torch's unpickler words this global "blocked")."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("payload, named", [  # as pickle names the functions
+    (CodePayload, f"{open.__module__}.open"), (SystemPayload, f"{os.system.__module__}.system")])
+def test_pickle_with_code_is_refused_without_running_it(tmp_path, payload, named):
+    """A pickle calling os.system had been called bytes that "do not unpickle", with torch's
+    advice to load it with weights_only=False passed on."""
     marker = tmp_path / "payload_ran"
     path = tmp_path / "evil.pth"
-    torch.save({"state_dict": _small_state_dict(), "extra": CodePayload(str(marker))}, path)
+    torch.save({"state_dict": _small_state_dict(), "extra": payload(str(marker))}, path)
     assert not marker.exists()
     out = tmp_path / "imported"
-    with pytest.raises(safe_load.UnsafeCheckpointError, match="weights_only=True"):
+    with pytest.raises(safe_load.UnsafeCheckpointError) as refused:
         import_torch.run_import(str(path), "ecgfounder", str(out))
+    assert str(refused.value) == (
+        f"{path}: refused. This file needs arbitrary Python objects unpickled (it names "
+        f"{named}), which can run code; only plain tensors, dicts, lists and numbers are loaded "
+        "(torch.load with weights_only=True). Re-save the weights alone, e.g. "
+        "torch.save({'model': model.state_dict()}, path), or as .safetensors")
     assert not marker.exists()
     _assert_nothing_written(out)
 
@@ -252,3 +271,40 @@ def test_a_safetensors_shape_beyond_int64_is_a_listed_problem(tmp_path):
     path.write_bytes(struct.pack("<Q", len(header)) + header.encode())
     with pytest.raises(safe_load.CheckpointFileError, match=r"x: 0 bytes do not hold"):
         safe_load.read_safetensors(str(path))
+
+
+def _raw_safetensors(path, entries: dict, data: bytes):
+    header = json.dumps(entries).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header + data)
+
+
+@pytest.mark.parametrize("offsets, size, problem", [
+    # b on a's bytes: every same-shaped tensor had been read as one tensor's weights
+    ({"a": [0, 16], "b": [0, 16]}, 16,
+     "tensor b starts at byte 0 and overlaps the tensor before it (after a, which ends at byte "
+     "16)"),
+    ({"a": [0, 16], "b": [24, 40]}, 40,
+     "tensor b starts at byte 24 and leaves a gap (after a, which ends at byte 16)"),
+    ({"a": [8, 24], "b": [24, 40]}, 40,
+     "tensor a starts at byte 8 and leaves a gap (at the start)"),
+    ({"a": [0, 16], "b": [16, 32]}, 48, "the tensors end at byte 32 of the 48 data bytes")])
+def test_safetensors_offsets_that_do_not_tile_the_data_are_refused(tmp_path, offsets, size,
+                                                                   problem):
+    """The format's rule (safetensors' own reader refuses such files): the tensors' bytes tile
+    the data in order."""
+    path = tmp_path / "w.safetensors"
+    _raw_safetensors(path, {k: {"dtype": "F32", "shape": [4], "data_offsets": v}
+                            for k, v in offsets.items()}, bytes(size))
+    with pytest.raises(Exception):  # the reference: safetensors' own reader refuses it too
+        safetensors.numpy.load_file(str(path))
+    with pytest.raises(safe_load.CheckpointFileError) as refused:
+        safe_load.read_safetensors(str(path))
+    assert str(refused.value) == (
+        f"{path}: not a valid safetensors file: {problem} (the format's tensors tile the data "
+        "bytes in order, with no overlap or gap)")
+    _raw_safetensors(path, {"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+                            "b": {"dtype": "F32", "shape": [4], "data_offsets": [16, 32]}},
+                     np.arange(8, dtype="<f4").tobytes())
+    tensors, _ = safe_load.read_safetensors(str(path))   # a tiling file reads as its own reader
+    for key, array in safetensors.numpy.load_file(str(path)).items():
+        np.testing.assert_array_equal(tensors[key], array)
