@@ -19,7 +19,7 @@ from crema_jax.data.index import dataset_index as layouts
 from crema_jax.data.pipeline import datasets as pipeline
 from crema_jax.data.pipeline import skips, sources
 from crema_jax.data.reading import clinical
-from crema_jax.data.reading.ecg import MIN_SECONDS
+from crema_jax.data.reading.ecg import MAX_ABS_MV, MIN_SECONDS
 from crema_jax.data.reading.leads import LEADS
 from crema_jax.inference import backbones
 from crema_jax.runtime import mesh as mesh_lib
@@ -59,6 +59,11 @@ def array_source(x: np.ndarray, fs: float, data_cfg):
         raise EmbedError(f"ECGs of {x.shape[2]} samples at {fs:g} Hz ({x.shape[2] / fs:.2f} s), "
                          f"expected at least {MIN_SECONDS:g} s (--fs gives the rate)")
     signals = np.zeros((x.shape[0], 12, x.shape[2]), np.float32)
+    if np.issubdtype(x.dtype, np.floating) and x.dtype.itemsize > 4:
+        # Kept within float32's range: a float64 1e300 had become Inf (interpolated as a
+        # missing sample, with numpy's overflow warning); above MAX_ABS_MV it is bad_units.
+        f32 = np.finfo(np.float32).max
+        x = np.clip(x, -f32, f32)
     signals[:, : x.shape[1]] = x
     present = np.zeros((x.shape[0], 12), bool)
     present[:, : x.shape[1]] = True
@@ -132,7 +137,11 @@ def embed(backbone, *, records=None, array=None, fs: float | None = None, raw: b
     if windows not in ("rows", "mean"):
         raise EmbedError(f"windows={windows!r}: expected 'rows' or 'mean'")
     mesh = mesh_lib.make_mesh() if mesh is None else mesh
-    count = len(records) if records is not None else len(array) if array is not None else 0
+    count = 0  # (a 0-d array too: refused below for its shape)
+    if records is not None:
+        count = len(records)
+    elif array is not None and np.ndim(array):
+        count = len(array)
     # No larger than the input: a batch is padded to its size (--batch_size=100000 for one
     # record allocated 22 GiB).
     batch_size = mesh_lib.round_batch(min(batch_size, max(count, 1)), mesh)
@@ -141,9 +150,14 @@ def embed(backbone, *, records=None, array=None, fs: float | None = None, raw: b
         if array is None:
             raise EmbedError("raw input needs an array (.npy), not WFDB records")
         check_real(np.asarray(array))
-        if not np.isfinite(np.asarray(array, np.float32)).all():
+        if not np.isfinite(np.asarray(array)).all():
             raise EmbedError("raw input holds NaN/Inf samples; --raw feeds the array as given, "
                              "so clean it, or drop --raw to have them handled")
+        peak = float(np.max(np.abs(array))) if np.size(array) else 0.0
+        if peak > MAX_ABS_MV:  # 1e19 had given every ECG the features of a flat one
+            raise EmbedError(f"raw input holds a sample of magnitude {peak:.3g}, above "
+                             f"{MAX_ABS_MV:g} (a model input is a preprocessed signal, an ECG "
+                             "in mV stays far below); check its scaling, or drop --raw")
         batches = raw_batches(backbone, array, batch_size)
         rows_of = windows_of = None
     else:

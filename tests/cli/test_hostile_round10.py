@@ -1,0 +1,54 @@
+"""Careless and hostile inputs, tenth round: arrays that are a scalar, of a size a float32
+cannot hold, or far beyond any ECG's scale under --raw. Each is one line naming what was
+expected, or is read as what it is (an ECG beyond the mV bound is a bad_units skip, as in a
+file)."""
+import warnings
+
+import numpy as np
+
+from crema_jax.cli import embed
+from crema_jax.data.pipeline import skips
+from crema_jax.data.reading.ecg import MAX_ABS_MV
+from tests.cli.test_hostile import _fails
+
+
+def test_a_scalar_array_is_refused_for_its_shape(sit_checkpoint, tmp_path, capsys):
+    """A 0-d .npy had ended in `TypeError: len() of unsized object`."""
+    np.save(tmp_path / "scalar.npy", np.float32(3))
+    for raw, fragment in (([], "got shape ()"),
+                          (["--raw"], "(30 patches of 75 samples), got ()")):
+        _fails(embed, [f"--checkpoint={sit_checkpoint}", f"--input={tmp_path / 'scalar.npy'}",
+                       f"--out={tmp_path / 'y.npy'}", *raw], capsys, fragment)
+    assert not (tmp_path / "y.npy").exists()
+
+
+def test_raw_input_beyond_any_ecgs_scale_is_refused(sit_checkpoint, tmp_path, capsys):
+    """--raw of 1e19-scaled noise had written every ECG the features of a flat one, exit 0."""
+    x = np.random.default_rng(0).standard_normal((2, 12, 2250)).astype(np.float32)
+    x[1, 3, 5] = -1e19
+    np.save(tmp_path / "big.npy", x)
+    _fails(embed, [f"--checkpoint={sit_checkpoint}", f"--input={tmp_path / 'big.npy'}",
+           f"--out={tmp_path / 'y.npy'}", "--raw"], capsys,
+           f"raw input holds a sample of magnitude 1e+19, above {MAX_ABS_MV:g}")
+    assert not (tmp_path / "y.npy").exists()
+
+
+def test_a_float64_sample_beyond_float32_is_a_bad_units_skip_not_a_missing_one(
+        sit_checkpoint, tmp_path, capsys, monkeypatch):
+    """A float64 1e300 had become Inf in float32 (numpy's overflow warning printed), then been
+    interpolated as a missing sample: the ECG embedded as if clean."""
+    x = np.random.default_rng(1).standard_normal((3, 12, 2500)) * 0.5
+    x[1, 4, 100] = 1e300
+    np.save(tmp_path / "x.npy", x)
+    reasons = []
+    monkeypatch.setattr(skips.logging, "warning", lambda msg, *args: reasons.append(args[1])
+                        if msg.startswith("skipping %s [%s]") else None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's overflow warning fails the test
+        embed.COMMAND.run([f"--checkpoint={sit_checkpoint}", f"--input={tmp_path / 'x.npy'}",
+                           f"--out={tmp_path / 'y.npy'}"])
+    captured = capsys.readouterr()
+    assert "non-finite" not in captured.out and "skipped 1 unreadable" in captured.out
+    assert reasons == ["bad_units"]
+    assert np.load(tmp_path / "y.npy").shape[0] == 2
+    assert (tmp_path / "y.records.txt").read_text().split() == ["0", "2"]
