@@ -478,6 +478,12 @@ def validate(config) -> None:
 
     c = config
     validate_data(c)
+    dataset = [f"data.{k}={c.data[k]!r}" for k in ("root", "cache_dir") if c.data[k]]
+    # Synthetic records win over a dataset (data/pipeline/sources.py): a root beside them had
+    # been left unused, the run training on synthetic ECGs with exit 0.
+    _check(int(c.data.synthetic_records) == 0 or not dataset, "data.synthetic_records",
+           c.data.synthetic_records, f"0 when a dataset is named ({', '.join(dataset)}, which "
+           "synthetic records would leave unused): set data.synthetic_records=0 to train on it")
     _check(0.0 < float(c.data.mask.ratio) < 1.0, "data.mask.ratio", c.data.mask.ratio,
            "a fraction strictly between 0 and 1 (0 hides nothing to reconstruct, 1 leaves the "
            "encoder nothing to see)")
