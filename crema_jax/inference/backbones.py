@@ -49,7 +49,18 @@ class SitRunner:
     def data_config(self, config, preset=None):
         """The checkpoint's own data path, or `preset` applied to it."""
         cfg = config.data.copy_and_resolve_references()
-        return cfg if preset is None else presets.apply(cfg, preset)
+        if preset is None:
+            return cfg
+        cfg = presets.apply(cfg, preset)
+        patch, count = int(config.model.patch_size), int(config.model.num_patches)
+        if (cfg.patch_size, cfg.crop_samples) != (patch, patch * count):
+            # (it had failed in the model: "patches have 1 patches per lead")
+            raise ValueError(
+                f"--preset={preset} cuts crops of {cfg.crop_samples} samples in patches of "
+                f"{cfg.patch_size}, but this SiT reads {count} patches of {patch} samples "
+                f"({count * patch}) a lead: that data path does not fit this model (without "
+                "--preset, the checkpoint's own data path is used)")
+        return cfg
 
     def build(self, config, params, *, seed: int, num_classes: int = 0, drop_path: float = 0.0):
         """(graphdef, state) of a bare encoder; params None = random init. A head of

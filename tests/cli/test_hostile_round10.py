@@ -72,3 +72,15 @@ def test_synthetic_records_beside_a_named_dataset_is_a_config_error(tmp_path):
     config_lib.validate(config)
     config = tiny_config(**{"data.synthetic_records": 16})
     config_lib.validate(config)  # synthetic records alone: the quick runs' data
+
+
+def test_a_preset_whose_crops_do_not_fit_the_sit_is_named(sit_checkpoint, tmp_path, capsys):
+    """--preset=ecgfounder (one 5000-sample window) on a SiT had failed in the model with
+    "patches have 1 patches per lead; config.model.num_patches is 30"."""
+    np.save(tmp_path / "x.npy", np.zeros((1, 12, 5000), np.float32))
+    _fails(embed, [f"--checkpoint={sit_checkpoint}", f"--input={tmp_path / 'x.npy'}",
+                   f"--out={tmp_path / 'y.npy'}", "--preset=ecgfounder", "--fs=500"], capsys,
+           "--preset=ecgfounder cuts crops of 5000 samples in patches of 5000, but this SiT "
+           "reads 30 patches of 75 samples (2250) a lead: that data path does not fit this "
+           "model (without --preset, the checkpoint's own data path is used)")
+    assert not (tmp_path / "y.npy").exists()
