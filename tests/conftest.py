@@ -1,7 +1,7 @@
 """Test-session setup that must happen before JAX or Grain start.
 
 - 8 fake CPU devices, so sharding tests run on any laptop (single-device tests simply use
-  device 0).
+  device 0), compiled at XLA's backend optimisation level 0 (tests/xla_flags.py).
 - absl flags parsed once, as Grain worker processes require.
 - One persistent XLA compilation cache for the whole run, shared by the xdist workers and the
   crema-jax processes the tests start (they inherit the environment): the tiny models' programs
@@ -11,7 +11,9 @@ import os
 import shutil
 import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+from tests import xla_flags
+
+os.environ.setdefault("XLA_FLAGS", xla_flags.cpu_devices(8))
 # libtpu is installed for the ahead-of-time TPU compile tests; the tests themselves (and the
 # processes they start) run on CPU devices only.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from tests import xla_flags
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -17,7 +19,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 def pretrained_workdir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("pretrain")
     env = dict(os.environ)
-    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_NUM_CPU_DEVICES="1",
+    env.update(XLA_FLAGS=xla_flags.cpu_devices(1), JAX_NUM_CPU_DEVICES="1",
                JAX_PLATFORMS="cpu")
     args = [sys.executable, "-m", "crema_jax.main", "pretrain",
             f"--config={REPO / 'configs' / 'crema_tiny.py'}", f"--workdir={workdir}",

@@ -27,6 +27,7 @@ from crema_jax.export import import_torch
 from crema_jax.models import params as params_lib
 from crema_jax.runtime import checkpoint
 from crema_jax.runtime import workdir as workdir_lib
+from tests import xla_flags
 from tests.evaluate.conftest import header_labels
 from tests.evaluate.test_paired import (_reference_paired_bootstrap, delong_testable,
                                         reference_delong)
@@ -341,7 +342,7 @@ def test_a_second_benchmark_on_a_workdir_in_use_is_refused(model_flags, tmp_path
 def test_a_killed_benchmark_resumes_without_recomputing_finished_cells(
         model_flags, uninterrupted, tmp_path):
     env = {**os.environ, benchmark.ENV_DRILL_KILL: "5", "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+           "XLA_FLAGS": xla_flags.cpu_devices(8)}
     killed = subprocess.run([sys.executable, "-m", "crema_jax.main", "benchmark",
                              f"--models={','.join(model_flags)}", f"--tasks={TASKS}",
                              f"--workdir={tmp_path}"], env=env, cwd=str(REPO),

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from crema_jax.train.hooks import FaultDrill
+from tests import xla_flags
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -14,7 +15,7 @@ def cli_env(num_devices: int) -> dict:
     """Environment of a fresh `crema-jax` process with `num_devices` CPU devices (this test
     process's 8-device XLA_FLAGS must not leak into it)."""
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+    env["XLA_FLAGS"] = xla_flags.cpu_devices(num_devices)
     env["JAX_NUM_CPU_DEVICES"] = str(num_devices)
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
