@@ -25,7 +25,8 @@ then maps them. `Parsed.patient_key` is the file's patient identifier, for a sal
 (clinical.py): names, birth dates and the identifier itself never go into `meta`.
 
 Failures raise RecordError: unknown_format, unreadable (the library refused the file),
-truncated_signal, bad_sampling_rate, bad_units, unequal_lengths, too_large (an XML file over
+truncated_signal, bad_sampling_rate, bad_units (also an amplitude scale that is not a positive
+finite number: ecg.positive_scale), unequal_lengths, too_large (an XML file over
 MAX_XML_BYTES, a deflated DICOM inflating past MAX_INFLATED_DICOM_BYTES, a Philips XML declaring
 more than ecg.MAX_SAMPLES samples).
 """
@@ -43,7 +44,7 @@ from xml.etree.ElementTree import ParseError
 import numpy as np
 
 from crema_jax.data.reading import philips_xml, safe_files, scp_ecg
-from crema_jax.data.reading.ecg import RecordError
+from crema_jax.data.reading.ecg import RecordError, positive_scale
 
 HL7 = "{urn:hl7-org:v3}"
 # The largest XML export parsed (~0.8 GB at its peak); a 10-s ECG is 0.1-1 MB, 15 min of 12 leads
@@ -160,6 +161,10 @@ def _dicom(path) -> Parsed:
         if "ChannelSensitivity" not in ch or not ch.get("ChannelSensitivityUnitsSequence"):
             raise RecordError(path, "bad_units", f"{path}: channel {names[-1] or len(names)} "
                               "has no ChannelSensitivity and units, expected both")
+        for field in ("ChannelSensitivity", "ChannelSensitivityCorrectionFactor"):
+            if field in ch:  # pydicom's waveform_array multiplies the samples by both
+                positive_scale(path, ch.get(field), f"DICOM channel {names[-1] or len(names)} "
+                               f"{field}")
         units.append(str(ch.ChannelSensitivityUnitsSequence[0].get("CodeValue", "")))
     signal = ds.waveform_array(index).astype(np.float64)
     statements = [str(a.UnformattedTextValue) for a in ds.get("WaveformAnnotationSequence", [])
@@ -244,10 +249,10 @@ def _aecg(path) -> Parsed:
         if origin is not None and origin.get("unit", unit) != unit:
             raise RecordError(path, "bad_units", f"{path}: aECG lead {code}: origin in "
                               f"{origin.get('unit')!r}, scale in {unit!r}, expected one unit")
+        gain = positive_scale(path, scale.get("value"), f"aECG lead {code} scale value")
         try:
             samples = np.array((digits.text or "").split(), np.float64)
-            row = float(scale.get("value")) * samples + float(
-                origin.get("value", 0) if origin is not None else 0)
+            row = gain * samples + float(origin.get("value", 0) if origin is not None else 0)
         except (TypeError, ValueError) as e:
             raise RecordError(path, "unreadable", f"{path}: aECG lead {code}: {e}") from e
         names.append(code.removeprefix("MDC_ECG_LEAD_"))
@@ -285,14 +290,12 @@ def _muse(path) -> Parsed:
     for lead in wave.findall("LeadData"):
         name = (lead.findtext("LeadID") or "").strip()
         unit = MUSE_UNITS.get((lead.findtext("LeadAmplitudeUnits") or "").strip().upper())
-        try:
-            gain = float(lead.findtext("LeadAmplitudeUnitsPerBit"))
-        except (TypeError, ValueError):
-            gain = None
-        if unit is None or gain is None:
-            raise RecordError(path, "bad_units", f"{path}: MUSE lead {name}: "
-                              "LeadAmplitudeUnitsPerBit and LeadAmplitudeUnits (MICROVOLTS, "
-                              "MILLIVOLTS) expected")
+        if unit is None:
+            raise RecordError(path, "bad_units", f"{path}: MUSE lead {name}: LeadAmplitudeUnits "
+                              f"is {lead.findtext('LeadAmplitudeUnits')!r}, expected MICROVOLTS, "
+                              "MILLIVOLTS or VOLTS")
+        gain = positive_scale(path, lead.findtext("LeadAmplitudeUnitsPerBit"),
+                              f"MUSE lead {name} LeadAmplitudeUnitsPerBit")
         try:
             raw = base64.b64decode(lead.findtext("WaveFormData") or "", validate=False)
         except (binascii.Error, ValueError) as e:

@@ -26,6 +26,7 @@ SKIPPED here (RecordError with `.reason`; the message names the file and what wa
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import warnings
 
@@ -52,6 +53,21 @@ class RecordError(Exception):
         # Grain worker processes and `crema-jax prepare` workers send errors back pickled; the
         # default Exception pickling would call __init__ with the formatted message only.
         return (type(self), (self.path, self.reason, self.message))
+
+
+def positive_scale(path, value, field: str) -> float:
+    """A file's amplitude scale (units per stored count: MUSE LeadAmplitudeUnitsPerBit, aECG
+    scale, DICOM ChannelSensitivity, Philips resolution) as a positive finite number; else
+    RecordError bad_units naming `field`: a negative scale inverts the signal, 0 or NaN erases
+    it (read as flat leads, a misleading no_signal), inf overflows it."""
+    try:
+        scale = float(value)
+    except (TypeError, ValueError):
+        scale = float("nan")
+    if not (math.isfinite(scale) and scale > 0):
+        raise RecordError(path, "bad_units", f"{path}: {field} is {value!r}, expected a positive "
+                          "finite number (the amplitude of one stored count)")
+    return scale
 
 
 def read_failure(err: Exception, path) -> tuple[str, str, str]:

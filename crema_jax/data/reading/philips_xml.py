@@ -42,7 +42,7 @@ import math
 
 import numpy as np
 
-from crema_jax.data.reading.ecg import MAX_SAMPLES, RecordError
+from crema_jax.data.reading.ecg import MAX_SAMPLES, RecordError, positive_scale
 
 STD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 MAX_DURATION_MS = 3_600_000  # a resting ECG is 10-11 s; longer is a damaged header
@@ -83,8 +83,8 @@ def leads(path, root, *, decode: bool = True
     fs = _number(path, wave.get("samplespersecond") or _text(signal, "samplingrate"),
                  "samplespersecond (or signalcharacteristics/samplingrate)", positive=True,
                  reason="bad_sampling_rate")
-    uv = _number(path, wave.get("resolution") or _text(signal, "resolution"),
-                 "resolution (or signalcharacteristics/resolution)", positive=True)
+    uv = positive_scale(path, wave.get("resolution") or _text(signal, "resolution"),
+                        "Philips XML resolution (or signalcharacteristics/resolution)")
     offset = _number(path, wave.get("signaloffset") or _text(signal, "signaloffset") or 0,
                      "signaloffset")
     bits = (wave.get("bitspersample") or wave.get("nbitspersample")

@@ -469,3 +469,44 @@ def test_deflated_dicom_reads_the_same_values(tmp_path, signal_mv):
     assert deflated.stat().st_size < plain.stat().st_size  # it is deflated
     ecg = clinical.read_clinical(deflated, target_fs=None)
     np.testing.assert_allclose(ecg.signal, stored, rtol=1.2e-7, atol=1e-9)
+
+
+def _dicom_channel_edit(path, **fields):
+    """The DICOM file at `path` with `fields` set on its first channel definition."""
+    import pydicom
+    ds = pydicom.dcmread(path)
+    channel = ds.WaveformSequence[0].ChannelDefinitionSequence[0]
+    for name, value in fields.items():
+        setattr(channel, name, value)
+    ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.mark.parametrize("fmt,field,value", [
+    ("xml_muse", "LeadAmplitudeUnitsPerBit", "-4.88"),
+    ("xml_muse", "LeadAmplitudeUnitsPerBit", "0"),     # had been a misleading no_signal
+    ("xml_muse", "LeadAmplitudeUnitsPerBit", "nan"),
+    ("xml_aecg", "scale value", "-5.0"),
+    ("dcm", "ChannelSensitivity", "-2.5"),
+    ("dcm", "ChannelSensitivityCorrectionFactor", "-1.0"),
+])
+def test_a_scale_that_is_not_positive_is_a_bad_units_skip_naming_it(tmp_path, signal_mv, fmt,
+                                                                       field, value):
+    """A negative amplitude scale had read every lead upside down (exit 0, no skip); 0 or NaN
+    had been flat leads (no_signal). Each is bad_units, naming the file, field and value."""
+    path = tmp_path / f"exam{cf.SUFFIX[fmt]}"
+    cf.WRITERS[fmt](path, signal_mv[:, :1000], FS)
+    if fmt == "dcm":
+        _dicom_channel_edit(path, **{field: value})
+    else:
+        old = {"xml_muse": f"<LeadAmplitudeUnitsPerBit>{cf.MUSE_UV_PER_BIT}<",
+               "xml_aecg": f'<scale value="{cf.AECG_UV_PER_DIGIT}"'}[fmt]
+        new = {"xml_muse": f"<LeadAmplitudeUnitsPerBit>{value}<",
+               "xml_aecg": f'<scale value="{value}"'}[fmt]
+        text = path.read_text(encoding="iso-8859-1")
+        assert old in text
+        path.write_text(text.replace(old, new), encoding="iso-8859-1")
+    with pytest.raises(RecordError) as err:
+        clinical.read_clinical(path)
+    assert err.value.reason == "bad_units"
+    assert str(path) in str(err.value) and field in str(err.value)
+    assert f"{value!r}" in str(err.value) and "positive finite" in str(err.value)
