@@ -44,7 +44,7 @@ from xml.etree.ElementTree import ParseError
 import numpy as np
 
 from crema_jax.data.reading import philips_xml, safe_files, scp_ecg
-from crema_jax.data.reading.ecg import RecordError, positive_scale
+from crema_jax.data.reading.ecg import RecordError, positive_scale, stated_unit
 
 HL7 = "{urn:hl7-org:v3}"
 # The largest XML export parsed (~0.8 GB at its peak); a 10-s ECG is 0.1-1 MB, 15 min of 12 leads
@@ -165,7 +165,9 @@ def _dicom(path) -> Parsed:
             if field in ch:  # pydicom's waveform_array multiplies the samples by both
                 positive_scale(path, ch.get(field), f"DICOM channel {names[-1] or len(names)} "
                                f"{field}")
-        units.append(str(ch.ChannelSensitivityUnitsSequence[0].get("CodeValue", "")))
+        units.append(stated_unit(path, ch.ChannelSensitivityUnitsSequence[0].get("CodeValue"),
+                                 f"DICOM channel {names[-1] or len(names)} "
+                                 "ChannelSensitivityUnitsSequence CodeValue"))
     signal = ds.waveform_array(index).astype(np.float64)
     statements = [str(a.UnformattedTextValue) for a in ds.get("WaveformAnnotationSequence", [])
                   if "UnformattedTextValue" in a]
@@ -245,7 +247,7 @@ def _aecg(path) -> Parsed:
         if scale is None or digits is None:
             raise RecordError(path, "bad_units", f"{path}: aECG lead {code} has no scale or "
                               "digits, expected an SLIST_PQ")
-        unit = scale.get("unit", "")
+        unit = stated_unit(path, scale.get("unit"), f"aECG lead {code} scale unit")
         if origin is not None and origin.get("unit", unit) != unit:
             raise RecordError(path, "bad_units", f"{path}: aECG lead {code}: origin in "
                               f"{origin.get('unit')!r}, scale in {unit!r}, expected one unit")
@@ -384,6 +386,8 @@ def _edf(path) -> Parsed:
                                   f"physical {s.physical_min:g}..{s.physical_max:g}, digital "
                                   f"{s.digital_min:g}..{s.digital_max:g}: expected two ranges "
                                   "that give a scale")
+            stated_unit(path, s.physical_dimension, f"EDF signal {s.label!r} physical "
+                        "dimension")
         rows = [np.asarray(s.data, np.float64) for s in signals]
     except (ValueError, OSError, EOFError, IndexError) as e:  # edfio: a short or bad file
         reason = "truncated_signal" if "size" in str(e) or "truncat" in str(e) else "unreadable"
@@ -398,7 +402,7 @@ def _edf(path) -> Parsed:
     except (ValueError, AttributeError, IndexError):  # plain EDF: a free-text field, not read
         key = None
     return Parsed(_stacked(path, rows, "EDF"), [_lead_label(s.label) for s in signals],
-                  [s.physical_dimension for s in signals],
+                  [s.physical_dimension.strip() for s in signals],
                   _rate(path, rates[0] if rates else None, "samples per data record / duration"),
                   "edf", {"statements": []}, key)
 

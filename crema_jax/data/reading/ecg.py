@@ -15,7 +15,8 @@ REPAIRED (the record is kept; counts land in `Ecg.repairs`):
   as recorded with "keep" (the peers' scripts feed it like any other lead).
 - absent III, aVR, aVL, aVF (and I or II when the other two of I/II/III exist) -> derived with
   the Einthoven/Goldberger identities when `derive_limb_leads` ("leads_derived").
-- units uV/µV/V/nV -> converted to mV; a missing units field means mV (the WFDB default).
+- units uV/µV/V/nV -> converted to mV; a missing units field means mV (the WFDB default;
+  the export readers refuse a file that states no unit: `stated_unit`).
 - any sampling rate -> resampled to `target_fs` (signal/resample.py); `Ecg.fs` is the exact
   resulting rate.
 
@@ -68,6 +69,17 @@ def positive_scale(path, value, field: str) -> float:
         raise RecordError(path, "bad_units", f"{path}: {field} is {value!r}, expected a positive "
                           "finite number (the amplitude of one stored count)")
     return scale
+
+
+def stated_unit(path, unit, field: str) -> str:
+    """A file's amplitude unit as the file states it; RecordError bad_units naming `field` when
+    it states none. Only WFDB defaults a missing unit to mV; an HL7 PQ's default is "1"
+    (dimensionless), EDF and DICOM have none, and a uV file read as mV is 1000x too large."""
+    unit = (unit or "").strip()
+    if not unit:
+        raise RecordError(path, "bad_units", f"{path}: {field} states no unit, expected a "
+                          "voltage unit (mV, uV, V)")
+    return unit
 
 
 def read_failure(err: Exception, path) -> tuple[str, str, str]:
@@ -150,10 +162,10 @@ def canonical_ecg(raw: np.ndarray, names, units, fs: float, *, path: str, where:
     leads derived and the signal resampled (and, on ST-MEM's path, cut into a window). Every
     reader and every source ends here.
 
-    raw: (T, channels) physical values in `units` (one per channel; "" = mV); names: the
-    channels' lead names; path: the record as errors name it; where: the file that states the
-    units (default: path). nan_policy: "interpolate" partial NaN runs (all-NaN leads become
-    absent zeros); "zero": every NaN -> 0 (ECGFounder); "drop_window": the record (or window)
+    raw: (T, channels) physical values in `units` (one per channel; "" = mV, WFDB's default);
+    names: the channels' lead names; path: the record as errors name it; where: the file that
+    states the units (default: path). nan_policy: "interpolate" partial NaN runs (all-NaN leads
+    become absent zeros); "zero": every NaN -> 0 (ECGFounder); "drop_window": the record (or window)
     holding any NaN is skipped as nan_window (ST-MEM); "keep": NaN stays (target_fs None only).
     owned: `raw` is the reader's own new array, which may be reused and changed in place (a
     record stored in lead order needs no copy; never a memory map or a cached array).

@@ -510,3 +510,39 @@ def test_a_scale_that_is_not_positive_is_a_bad_units_skip_naming_it(tmp_path, si
     assert err.value.reason == "bad_units"
     assert str(path) in str(err.value) and field in str(err.value)
     assert f"{value!r}" in str(err.value) and "positive finite" in str(err.value)
+
+
+@pytest.mark.parametrize("fmt,field", [("xml_aecg", "scale unit"),
+                                       ("edf", "physical dimension"),
+                                       ("dcm", "ChannelSensitivityUnitsSequence CodeValue")])
+def test_a_missing_unit_is_a_bad_units_skip_not_millivolts(tmp_path, signal_mv, fmt, field):
+    """An aECG scale (and origin) without its unit attribute, an EDF signal with a blank
+    physical dimension, a DICOM unit code left empty: each had been read as mV (values 1000x
+    too large when they were uV), exit 0. Only WFDB defaults a missing unit to mV."""
+    path = tmp_path / f"exam{cf.SUFFIX[fmt]}"
+    cf.WRITERS[fmt](path, signal_mv[:, :1000], FS)
+    if fmt == "xml_aecg":
+        text = path.read_text(encoding="utf-8")
+        old = f'<scale value="{cf.AECG_UV_PER_DIGIT}" unit="uV"/>'
+        assert text.count(old) == 12
+        text = text.replace(old, f'<scale value="{cf.AECG_UV_PER_DIGIT}"/>')
+        path.write_text(text.replace('<origin value="0" unit="uV"/>', '<origin value="0"/>'),
+                        encoding="utf-8")
+    elif fmt == "edf":  # 256 header bytes, then ns x (16 label, 80 transducer, 8 dimension...)
+        data = bytearray(path.read_bytes())
+        ns = int(data[252:256])
+        dimension = 256 + ns * 96
+        assert data[dimension:dimension + 8] == b"uV      "
+        data[dimension:dimension + 8 * len(cf.LEADS)] = b" " * 8 * len(cf.LEADS)
+        path.write_bytes(bytes(data))
+    else:
+        import pydicom
+        ds = pydicom.dcmread(path)
+        for channel in ds.WaveformSequence[0].ChannelDefinitionSequence:
+            channel.ChannelSensitivityUnitsSequence[0].CodeValue = ""
+        ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(RecordError) as err:
+        clinical.read_clinical(path)
+    assert err.value.reason == "bad_units"
+    assert str(path) in str(err.value) and field in str(err.value)
+    assert "states no unit" in str(err.value)
