@@ -25,7 +25,8 @@ then maps them. `Parsed.patient_key` is the file's patient identifier, for a sal
 (clinical.py): names, birth dates and the identifier itself never go into `meta`.
 
 Failures raise RecordError: unknown_format, unreadable (the library refused the file),
-truncated_signal, bad_sampling_rate, bad_units (also an amplitude scale that is not a positive
+truncated_signal, bad_shape (a DICOM channel count that contradicts its channel
+definitions), bad_sampling_rate, bad_units (also an amplitude scale that is not a positive
 finite number: ecg.positive_scale), unequal_lengths, too_large (an XML file over
 MAX_XML_BYTES, a deflated DICOM inflating past MAX_INFLATED_DICOM_BYTES, a Philips XML declaring
 more than ecg.MAX_SAMPLES samples).
@@ -150,6 +151,13 @@ def _dicom(path) -> Parsed:
     if not channels or len(group.get("WaveformData", b"")) < want:
         raise RecordError(path, "truncated_signal", f"{path}: WaveformData holds "
                           f"{len(group.get('WaveformData', b''))} bytes, expected {want}")
+    declared = group.get("NumberOfWaveformChannels")
+    if declared is None or int(declared) != len(channels):
+        # pydicom's waveform_array reshapes WaveformData by NumberOfWaveformChannels: 24 over 12
+        # channel definitions (with half the samples) read every other sample as another lead.
+        raise RecordError(path, "bad_shape", f"{path}: NumberOfWaveformChannels is {declared}, "
+                          f"ChannelDefinitionSequence defines {len(channels)} channels; "
+                          "expected one count")
     names, units = [], []
     for ch in channels:
         source = ch.ChannelSourceSequence[0] if ch.get("ChannelSourceSequence") else None

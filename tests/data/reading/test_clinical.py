@@ -546,3 +546,21 @@ def test_a_missing_unit_is_a_bad_units_skip_not_millivolts(tmp_path, signal_mv, 
     assert err.value.reason == "bad_units"
     assert str(path) in str(err.value) and field in str(err.value)
     assert "states no unit" in str(err.value)
+
+
+def test_dicom_channel_count_contradicting_its_definitions_is_a_skip(tmp_path, signal_mv):
+    """NumberOfWaveformChannels 24 over 12 channel definitions, NumberOfWaveformSamples halved
+    so the byte count still matches: pydicom's waveform_array had split each instant's samples
+    into two rows (a lead's neighbour read as its next sample), exit 0."""
+    import pydicom
+    path = tmp_path / "exam.dcm"
+    cf.write_dicom(path, signal_mv[:, :3000], FS)
+    ds = pydicom.dcmread(path)
+    group = ds.WaveformSequence[0]
+    group.NumberOfWaveformChannels, group.NumberOfWaveformSamples = 24, 1500  # 3 s at 500 Hz
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(RecordError) as err:
+        clinical.read_clinical(path)
+    assert err.value.reason == "bad_shape" and str(path) in str(err.value)
+    assert ("NumberOfWaveformChannels is 24, ChannelDefinitionSequence defines 12 channels"
+            in str(err.value))
