@@ -28,8 +28,8 @@ Failures raise RecordError: unknown_format, unreadable (the library refused the 
 truncated_signal, bad_shape (a DICOM channel count that contradicts its channel
 definitions), bad_sampling_rate, bad_units (also an amplitude scale that is not a positive
 finite number: ecg.positive_scale), unequal_lengths, too_large (an XML file over
-MAX_XML_BYTES, a deflated DICOM inflating past MAX_INFLATED_DICOM_BYTES, a Philips XML declaring
-more than ecg.MAX_SAMPLES samples).
+MAX_XML_BYTES, a deflated DICOM inflating past MAX_INFLATED_DICOM_BYTES, a Philips XML or an EDF
+header declaring more than ecg.MAX_SAMPLES samples).
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ from xml.etree.ElementTree import ParseError
 import numpy as np
 
 from crema_jax.data.reading import philips_xml, safe_files, scp_ecg
-from crema_jax.data.reading.ecg import RecordError, positive_scale, stated_unit
+from crema_jax.data.reading.ecg import MAX_SAMPLES, RecordError, positive_scale, stated_unit
 
 HL7 = "{urn:hl7-org:v3}"
 # The largest XML export parsed (~0.8 GB at its peak); a 10-s ECG is 0.1-1 MB, 15 min of 12 leads
@@ -350,12 +350,15 @@ def _scp(path, decode: bool) -> Parsed:
                   _rate(path, fs, "the Section 6 sample interval"), "scp", meta, key)
 
 
-def _edf_expected_bytes(path) -> int | None:
-    """Header bytes + records x record bytes from the EDF header (Kemp & Olivan 2003: "number of
-    data records" at byte 236, ns at 252, each signal's samples per record after its 216 bytes
-    of other fields); None when the header does not say (-1: still recording). A header-bytes
-    field other than 256 x (ns + 1) is a RecordError (edfio read such a file's data from the
-    wrong offset)."""
+def _check_edf_sizes(path) -> None:
+    """The EDF header's sizes against the file, before edfio reads (and allocates) its data
+    (Kemp & Olivan 2003: "number of data records" at byte 236, ns at 252, each signal's samples
+    per record after its 216 bytes of other fields; -1 records: still recording, the file's size
+    tells). RecordError: a header-bytes field other than 256 x (ns + 1) (edfio read such a
+    file's data from the wrong offset) or a record count below -1 (unreadable), fewer bytes than
+    the records declared (truncated_signal), more than ecg.MAX_SAMPLES samples (too_large: a
+    sparse 4 GB file had been read into ~8 GB). Fields that do not parse are left to edfio."""
+    size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(256)
         try:
@@ -365,23 +368,31 @@ def _edf_expected_bytes(path) -> int | None:
             per_record = sum(int(spr[8 * k:8 * k + 8]) for k in range(ns))
             header_bytes = int(head[184:192])
         except ValueError:
-            return None
+            return
     if records < -1:
         raise RecordError(path, "unreadable", f"{path}: EDF header says {records} data records, "
                           "expected a count or -1 (a recording whose length is unknown)")
     if header_bytes != 256 * (ns + 1):
         raise RecordError(path, "unreadable", f"{path}: EDF header says {header_bytes} header "
                           f"bytes, expected 256 x (1 + {ns} signals) = {256 * (ns + 1)}")
-    return header_bytes + 2 * per_record * records if records >= 0 else None
+    want = header_bytes + 2 * per_record * records
+    if records >= 0 and size < want:
+        # edfio reads a short file's complete data records with a warning only.
+        raise RecordError(path, "truncated_signal", f"{path}: EDF file holds {size} bytes, its "
+                          f"header declares {want}")
+    if per_record <= 0:
+        return  # no samples: edfio's to refuse
+    if records < 0:
+        records = (size - header_bytes) // (2 * per_record)
+    if per_record * records > MAX_SAMPLES:
+        raise RecordError(path, "too_large", f"{path}: EDF file of {records} data records x "
+                          f"{per_record} samples, more than the {MAX_SAMPLES} samples a record is "
+                          "read whole with")
 
 
 def _edf(path) -> Parsed:
     import edfio  # the [clinical] extra; only EDF files need it
-    # edfio reads a short file's complete data records with a warning only: check the size first.
-    want, size = _edf_expected_bytes(path), os.path.getsize(path)
-    if want is not None and size < want:
-        raise RecordError(path, "truncated_signal", f"{path}: EDF file holds {size} bytes, its "
-                          f"header declares {want}")
+    _check_edf_sizes(path)
     try:
         with warnings.catch_warnings():  # -1 records: edfio counts them, and says so twice
             warnings.filterwarnings("ignore", r".*(data records|data record at the end)",

@@ -2,6 +2,7 @@
 clinical_files.py) give the stored signal in mV, in canonical lead order, at the file's rate;
 damaged files are RecordErrors with their reason."""
 import base64
+import os
 import re
 
 import numpy as np
@@ -564,3 +565,27 @@ def test_dicom_channel_count_contradicting_its_definitions_is_a_skip(tmp_path, s
     assert err.value.reason == "bad_shape" and str(path) in str(err.value)
     assert ("NumberOfWaveformChannels is 24, ChannelDefinitionSequence defines 12 channels"
             in str(err.value))
+
+
+@pytest.mark.parametrize("declared", ["20000", "-1"])
+def test_edf_declaring_more_samples_than_a_record_is_read_with_is_too_large(tmp_path, signal_mv,
+                                                                            declared):
+    """A sparse EDF of 20,000 one-second data records (13 signals, 6,016 samples each: 1.2e8
+    samples, 240 MB on disk but none of it stored) is refused from its header before edfio
+    allocates the data; with -1 (still recording) the count comes from the file's size. edfio
+    had read such files whole (a sparse 4 GB one into ~8 GB)."""
+    path = tmp_path / "exam.edf"
+    cf.write_edf(path, signal_mv[:, :1000], FS)
+    data = bytearray(path.read_bytes())
+    header_bytes, per_record = int(data[184:192]), 12 * 500 + 16
+    data[236:244] = declared.encode().ljust(8)
+    path.write_bytes(bytes(data[:header_bytes]))
+    with open(path, "r+b") as f:
+        f.truncate(header_bytes + 2 * per_record * 20000)
+    assert os.stat(path).st_blocks * 512 < 1 << 20  # sparse: nothing but the header stored
+    with pytest.raises(RecordError) as err:
+        clinical.read_meta(path)  # indexing reads the header the same way
+    assert err.value.reason == "too_large" and str(path) in str(err.value)
+    assert f"20000 data records x {per_record} samples" in str(err.value)
+    with pytest.raises(RecordError, match="too_large"):
+        clinical.read_clinical(path)
