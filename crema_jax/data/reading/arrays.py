@@ -17,8 +17,9 @@ A record that cannot be used raises RecordError, the message naming the file:
                     dropped; text; booleans)
   missing_row       ROW beyond the array's records
   not_a_regular_file  a FIFO, device or socket (never opened: reading it could block or never end)
-  too_large         a compressed .npz member inflating beyond MAX_INFLATED_BYTES, or one HDF5
-                    record beyond MAX_RECORD_BYTES
+  too_large         a compressed .npz member inflating beyond MAX_INFLATED_BYTES, or one
+                    record (a row, or a per-record .npy) beyond MAX_RECORD_BYTES stored or
+                    ecg.MAX_SAMPLES values, from its header
   no_signal         nothing but zero padding, or every lead NaN (canonical_ecg's reasons follow)
 
 Shapes come from headers, never from loading an array: the .npy header, the .npz member's own
@@ -43,7 +44,7 @@ import zlib
 import numpy as np
 
 from crema_jax.data.reading import safe_files
-from crema_jax.data.reading.ecg import RecordError, canonical_ecg
+from crema_jax.data.reading.ecg import MAX_SAMPLES, RecordError, canonical_ecg
 
 HDF5_SUFFIXES = (".hdf5", ".h5", ".hdf")
 # DEFLATE (zip, HDF5 gzip) never compresses better than ~1032:1, so more than that many bytes per
@@ -325,15 +326,19 @@ def checked_array(path: str, fmt: ArrayFormat):
 
 
 def _record_array(path: str, fmt: ArrayFormat):
-    """One record's stored array (h5py reads the row here; a memory map stays lazy)."""
+    """One record's stored array (h5py reads the row here; a memory map stays lazy), its size
+    checked from the header first: too_large beyond MAX_RECORD_BYTES stored or ecg.MAX_SAMPLES
+    values (read_array makes float64 of them: a (12, 2**28) int8 .npy had asked for 24 GiB)."""
     array, file, row = checked_array(path, fmt)
+    shape = tuple(array.shape[row is not None:])
+    samples = math.prod(shape)
+    if samples * array.dtype.itemsize > MAX_RECORD_BYTES or samples > MAX_SAMPLES:
+        raise RecordError(path, "too_large", f"{file}: one record of shape {shape} "
+                          f"{array.dtype} is {samples * array.dtype.itemsize} bytes, "
+                          f"{samples} samples; expected at most {MAX_RECORD_BYTES} bytes and "
+                          f"{MAX_SAMPLES} samples")
     if row is None:
         return array
-    row_bytes = math.prod(array.shape[1:]) * array.dtype.itemsize
-    if row_bytes > MAX_RECORD_BYTES:
-        raise RecordError(path, "too_large", f"{file}: one record of shape "
-                          f"{tuple(array.shape[1:])} {array.dtype} is {row_bytes} bytes, "
-                          f"expected at most {MAX_RECORD_BYTES}")
     try:
         return array[row]
     except (OSError, ValueError) as err:

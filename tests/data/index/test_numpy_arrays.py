@@ -165,3 +165,22 @@ def test_pipeline_and_prepare_read_the_array(arrays, tmp_path, name):
         stored = record_format.decode_record(cached.record_bytes(i))["signal"]
         step = np.abs(expected).max(axis=1, keepdims=True) / 32767
         assert (np.abs(stored - expected) <= step / 2 + 1e-6).all()
+
+
+def test_per_record_npy_too_large_to_read_is_refused_from_its_header(tmp_path):
+    """A per-record .npy whose header declares (12, 2**28) int8, its 3 GiB all there but
+    sparse: read_array's float64 copy had asked for 24 GiB. The header's shape is checked
+    against ecg.MAX_SAMPLES (and MAX_RECORD_BYTES) first: a too_large skip, nothing read."""
+    from crema_jax.data.reading import arrays
+    path = tmp_path / "huge.npy"
+    shape = (12, 2**28)
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "|i1", "fortran_order": False,
+                                                 "shape": shape})
+        f.truncate(f.tell() + 12 * 2**28)
+    assert os.stat(path).st_blocks * 512 < 1 << 20  # sparse: nothing but the header stored
+    fmt = arrays.ArrayFormat(fs=500.0, leads=tuple(ecg_lib.leads_lib.LEADS))
+    with pytest.raises(ecg_lib.RecordError) as err:
+        read_lib.read(str(path), fmt)
+    assert err.value.reason == "too_large" and str(path) in str(err.value)
+    assert f"shape {shape} int8 is {12 * 2**28} bytes, {12 * 2**28} samples" in str(err.value)
