@@ -107,8 +107,20 @@ def read_bytes(path, *, limit: int | None = None) -> bytes:
         return f.read(size)
 
 
-def read_text(path, *, limit: int | None = None, encoding: str = "latin-1") -> str:
-    return read_bytes(path, limit=limit).decode(encoding)
+def decode_text(data: bytes) -> str:
+    """UTF-8 when the bytes are valid UTF-8 (ASCII is), else Latin-1 (every byte a character,
+    so any file decodes): a WFDB header's "µV" is written in either, and read as Latin-1 the
+    UTF-8 spelling had become "ÂµV", a unit refused as not a voltage."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def read_text(path, *, limit: int | None = None, encoding: str | None = None) -> str:
+    """A regular file's text (read_bytes), in `encoding`, or by default as `decode_text`."""
+    data = read_bytes(path, limit=limit)
+    return decode_text(data) if encoding is None else data.decode(encoding)
 
 
 def walk(root, suffixes: tuple[str, ...], *, max_depth: int | None = None) -> list[str]:

@@ -164,7 +164,12 @@ def _read_wfdb(base: pathlib.Path, header: wfdb_header.Header):
         raise RecordError(base, "truncated_signal", f"record {base} is truncated: header "
                           f"announces {header.sig_len} samples, the signal files hold {got}")
     signal = np.zeros((0, 0)) if signal is None else np.asarray(signal, np.float64)
-    return signal, list(record.sig_name or []), list(record.units or [])
+    units = list(record.units or [])
+    if header.n_seg is None and len(header.signals) == len(units):
+        # wfdb decodes a local header as ASCII, dropping other bytes ("µV" became "V", volts);
+        # the units of our own parse (safe_files.decode_text) are the file's.
+        units = [s.units for s in header.signals]
+    return signal, list(record.sig_name or []), units
 
 
 def read_record(path, *, target_fs: float | None = 250.0, derive_limb_leads: bool = True,

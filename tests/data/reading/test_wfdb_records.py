@@ -270,3 +270,24 @@ def test_multi_segment_record_through_wfdb(tmp_path):
     ecg = wfdb_records.read_record(tmp_path / "multi", target_fs=None, derive_limb_leads=False)
     np.testing.assert_allclose(ecg.signal, signal, atol=0.5e-3 + 1e-6)  # One ADC step.
     assert ecg.meta["labels"] == ("164889003",) and ecg.lead_present.all()
+
+
+@pytest.mark.parametrize("fmt", ["16", "516"])  # numpy's fast path; FLAC: wfdb.rdrecord's
+@pytest.mark.parametrize("micro", ["µV".encode("utf-8"), "µV".encode("latin-1")],
+                         ids=["utf8", "latin1"])
+def test_micro_sign_units_in_utf8_or_latin1_headers(tmp_path, fmt, micro):
+    """A header unit "µV" reads as uV in either encoding. Decoded as Latin-1 the UTF-8 spelling
+    had been "ÂµV", refused as not a voltage; wfdb (which decodes headers as ASCII, dropping
+    other bytes) had made either spelling "V", volts: 10^6 times too large."""
+    rng = np.random.default_rng(0)
+    signal_uv = rng.normal(0.0, 300.0, (3, 1500)).clip(-2000, 2000)
+    wfdb.wrsamp("f", fs=500, units=["uV"] * 3, sig_name=["I", "II", "V1"], p_signal=signal_uv.T,
+                fmt=[fmt] * 3, adc_gain=[0.2] * 3, baseline=[0] * 3, write_dir=str(tmp_path))
+    want = wfdb_records.read_record(tmp_path / "f", target_fs=None, min_seconds=None)
+    np.testing.assert_allclose(want.signal[[0, 1, 6]], signal_uv / 1000, atol=0.0026)
+    hea = tmp_path / "f.hea"
+    text = hea.read_bytes()
+    assert text.count(b"/uV") == 3
+    hea.write_bytes(text.replace(b"/uV", b"/" + micro))
+    ecg = wfdb_records.read_record(tmp_path / "f", target_fs=None, min_seconds=None)
+    np.testing.assert_array_equal(ecg.signal, want.signal)
