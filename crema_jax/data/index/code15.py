@@ -31,7 +31,9 @@ Labels: the six abnormalities of exams.csv's boolean columns, in the README's or
 Indexing reads each part's `exam_id` and the shape of `tracings`, never a signal;
 reading/arrays.py reads one exam's row when it is needed. Skipped and counted (a BadRecord, read
 as a RecordError like a broken WFDB file): an exam exams.csv does not list (not_in_exams_csv);
-an exam id seen twice (duplicate_exam_id, the first is kept); every exam of a part that does not
+an exam id seen twice (duplicate_exam_id, the first is kept), in the parts or in exams.csv (a
+later row listing it again is a record of its own, skipped and naming both lines: its labels,
+age and patient had silently replaced the first row's); every exam of a part that does not
 open (truncated_signal, unreadable: the exams exams.csv's trace_file places there) or whose
 datasets have other shapes (bad_shape). Exams of parts absent from ROOT (a partial download) are
 left out and their number logged. Input files are opened read-only.
@@ -74,10 +76,12 @@ def _integer_text(value: str) -> str:
     return value[:-2] if value.endswith(".0") and value[:-2].isdigit() else value
 
 
-def _read_exams(path: pathlib.Path) -> dict[int, dict]:
+def _read_exams(path: pathlib.Path) -> tuple[dict[int, dict], dict[int, list[tuple[str, dict]]]]:
+    """(exam_id -> its first row, exam_id -> [(message, row)] of each later row listing it
+    again: a duplicate_exam_id skip naming both lines, as mimic_iv_ecg's duplicate study ids)."""
     if not path.is_file():
         raise FileNotFoundError(f"code15 layout: expected {path} (CODE-15%'s exam table)")
-    exams = {}
+    exams, lines, repeats = {}, {}, {}
     with safe_files.open_text(path, newline="") as f:
         reader = csv.DictReader(f, strict=True)
         missing = [c for c in _REQUIRED if c not in (reader.fieldnames or [])]
@@ -88,8 +92,14 @@ def _read_exams(path: pathlib.Path) -> dict[int, dict]:
             exam = _integer_text(row["exam_id"])
             if not exam.isdigit():
                 raise ValueError(f"{path}:{line}: exam_id {row['exam_id']!r}, expected an integer")
-            exams[int(exam)] = row
-    return exams
+            exam = int(exam)
+            if exam in exams:  # its labels, age and patient would silently replace the first's
+                repeats.setdefault(exam, []).append((
+                    f"{path}:{line}: exam_id {exam} appears again (line {lines[exam]} is used)",
+                    row))
+                continue
+            exams[exam], lines[exam] = row, line
+    return exams, repeats
 
 
 def _parts(root: pathlib.Path) -> list[pathlib.Path]:
@@ -164,7 +174,7 @@ def code15(root, *, val_fraction: float = 0.1, test_fraction: float = 0.1,
         raise FileNotFoundError(f"code15 layout: {root} is not a folder (expected exams.csv and "
                                 "exams_part*.hdf5)")
     csv_path = root / csv_name
-    exams = _read_exams(csv_path)
+    exams, repeats = _read_exams(csv_path)
     parts = _parts(root)
     if not parts:
         raise FileNotFoundError(f"code15 layout: no exams_part*.hdf5 in {root}")
@@ -191,9 +201,14 @@ def code15(root, *, val_fraction: float = 0.1, test_fraction: float = 0.1,
                 reader = BadRecord("not_in_exams_csv", f"{path}: exam_id {exam_id} is "
                                    f"not listed in {csv_path}; expected a row for "
                                    "every exam of a part")
+            first = exam_id not in seen
             seen.add(exam_id)
             records.append(_record(exam_id, path, exams.get(exam_id), reader,
                                    fractions))
+            if first:  # the rows of exams.csv listing it again
+                records.extend(_record(exam_id, path, again, BadRecord("duplicate_exam_id",
+                                                                       message), fractions)
+                               for message, again in repeats.get(exam_id, ()))
     absent = len(set(exams) - seen)
     if absent:
         logging.info("code15: %d exams of %s are in no exams_part*.hdf5 below %s", absent,

@@ -239,3 +239,34 @@ def test_stmem_windows_drop_the_7_second_exams(code15_root):
     assert kept == [101, 103, 201]
     assert stats.counts["too_short"] == 2 and sorted(stats.paths["too_short"]) == sorted(
         [f"{root / 'exams_part0.hdf5'}#1", f"{root / 'exams_part1.hdf5'}#2"])
+
+
+def test_exam_listed_twice_in_exams_csv_keeps_its_first_row_and_skips_the_repeat(tmp_path):
+    """exams.csv listing exam 7 again (line 4, other labels, age and patient) had silently
+    given the exam the last row's; as MIMIC-IV-ECG's repeated study ids, the first row is used
+    and the repeat is a duplicate_exam_id skip of its own, naming both lines."""
+    from crema_jax.data.index import code15
+    with h5py.File(tmp_path / "exams_part0.hdf5", "w") as f:
+        f.create_dataset("tracings", data=np.ones((3, STORED, 12), np.float32))
+        f.create_dataset("exam_id", data=np.asarray([7, 8, 0], np.int64))
+    rows = [COLUMNS]
+    for exam, age, patient, labels in ((7, 61, 501, ("AF",)), (8, 40, 502, ()),
+                                       (7, 33, 503, ("RBBB", "ST"))):
+        cells = {"exam_id": exam, "age": age, "is_male": "True", "patient_id": patient,
+                 "trace_file": "exams_part0.hdf5",
+                 **{label: label in labels for label in LABELS}}
+        rows.append([str(cells.get(c, "")) for c in COLUMNS])
+    csv_path = tmp_path / "exams.csv"
+    with open(csv_path, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    index = code15.code15(tmp_path)
+    sevens = [r for r in index.records if r.record_id == "7"]
+    assert len(sevens) == 2 and len(index.records) == 3
+    first, repeat = sevens
+    assert first.labels == ("AF",) and first.meta["age"] == 61
+    assert first.meta["patient_id"] == "501" and not isinstance(first.reader, read_lib.BadRecord)
+    assert repeat.reader == read_lib.BadRecord(
+        "duplicate_exam_id", f"{csv_path}:4: exam_id 7 appears again (line 2 is used)")
+    with pytest.raises(ecg_lib.RecordError) as err:
+        read_lib.read(repeat.path, repeat.reader)
+    assert err.value.reason == "duplicate_exam_id"
