@@ -193,6 +193,24 @@ def test_manifest_relative_paths_labels_and_splits(tmp_path):
         manifest.manifest(tmp_path / "nopath.csv")
 
 
+def test_manifest_keeps_urls_as_urls(tmp_path):
+    """A gs:// path cell had become the local path <cwd>/gs:/bucket/...; it stays the URL (read
+    through runtime/storage.py, as wfdb_folder's are), its extension dropped, its name the
+    record id and its folder the source; a URL naming a folder is refused with its line."""
+    with open(tmp_path / "manifest.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["path", "split"], ["gs://bucket/site9/E1", "train"],
+                                 ["gs://bucket/site9/HR2.hea", "test"]])
+    index = manifest.manifest(tmp_path)
+    assert [r.path for r in index] == ["gs://bucket/site9/E1", "gs://bucket/site9/HR2"]
+    assert [r.record_id for r in index] == ["E1", "HR2"]
+    assert [r.source for r in index] == [dataset_index.infer_source("E1", "site9"),
+                                         dataset_index.infer_source("HR2", "site9")]
+    with open(tmp_path / "folder.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["path"], ["gs://bucket/site9/"]])
+    with pytest.raises(ValueError, match=r"folder.csv:2: path 'gs://bucket/site9/' names a "):
+        manifest.manifest(tmp_path / "folder.csv")
+
+
 def test_hash_split_matches_hashlib_and_is_stable_across_processes():
     keys = [f"patient{i}" for i in range(300)] + ["E07500", "HR06000", "ünïcode"]
     ours = [dataset_index.hash_split(k) for k in keys]
