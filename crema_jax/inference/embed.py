@@ -149,11 +149,12 @@ def embed(backbone, *, records=None, array=None, fs: float | None = None, raw: b
     if raw:
         if array is None:
             raise EmbedError("raw input needs an array (.npy), not WFDB records")
-        check_real(np.asarray(array))
-        if not np.isfinite(np.asarray(array)).all():
+        values = np.asarray(array)
+        check_real(values)
+        if not np.isfinite(values).all():
             raise EmbedError("raw input holds NaN/Inf samples; --raw feeds the array as given, "
                              "so clean it, or drop --raw to have them handled")
-        peak = float(np.max(np.abs(array))) if np.size(array) else 0.0
+        peak = float(np.max(np.abs(values))) if values.size else 0.0
         if peak > MAX_ABS_MV:  # 1e19 had given every ECG the features of a flat one
             raise EmbedError(f"raw input holds a sample of magnitude {peak:.3g}, above "
                              f"{MAX_ABS_MV:g} (a model input is a preprocessed signal, an ECG "

@@ -166,16 +166,16 @@ def _dicom(path) -> Parsed:
         names.append(SCPECG_LEADS.get(code.rsplit("-", 1)[-1], "") if scheme == "SCPECG"
                      and code.startswith("5.6.3-9-") else
                      str(source.get("CodeMeaning", "")) if source else "")
+        channel = names[-1] or len(names)
         if "ChannelSensitivity" not in ch or not ch.get("ChannelSensitivityUnitsSequence"):
-            raise RecordError(path, "bad_units", f"{path}: channel {names[-1] or len(names)} "
-                              "has no ChannelSensitivity and units, expected both")
+            raise RecordError(path, "bad_units", f"{path}: channel {channel} has no "
+                              "ChannelSensitivity and units, expected both")
         for field in ("ChannelSensitivity", "ChannelSensitivityCorrectionFactor"):
             if field in ch:  # pydicom's waveform_array multiplies the samples by both
-                positive_scale(path, ch.get(field), f"DICOM channel {names[-1] or len(names)} "
-                               f"{field}")
+                positive_scale(path, ch.get(field), f"DICOM channel {channel} {field}")
         units.append(stated_unit(path, ch.ChannelSensitivityUnitsSequence[0].get("CodeValue"),
-                                 f"DICOM channel {names[-1] or len(names)} "
-                                 "ChannelSensitivityUnitsSequence CodeValue"))
+                                 f"DICOM channel {channel} ChannelSensitivityUnitsSequence "
+                                 "CodeValue"))
     signal = ds.waveform_array(index).astype(np.float64)
     statements = [str(a.UnformattedTextValue) for a in ds.get("WaveformAnnotationSequence", [])
                   if "UnformattedTextValue" in a]
