@@ -18,6 +18,7 @@ asked to write.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -46,6 +47,40 @@ def _fs(url: str):
     except ValueError as err:
         raise ValueError(f"{url}: {err}; expected a local path or a URL of an fsspec file "
                          "system (gs://, s3://, ...)") from None
+    except Exception as err:  # noqa: BLE001 - a file system that connects when made (ftp://)
+        raise OSError(f"{url}: {type(err).__name__}: {err}") from err
+
+
+@contextlib.contextmanager
+def _reach(url: str):
+    """(file system, path inside it) of `url`, for a block whose errors name `url`: a refused
+    or reset connection had said only "[Errno 111] Connection refused", and an FTP or object
+    store error that is no OSError had been a traceback. FileNotFoundError, ValueError and
+    ImportError keep their type; any other error of the store becomes an OSError."""
+    fs, inner = _fs(url)
+    try:
+        yield fs, inner
+    except Exception as err:  # noqa: BLE001 - every store's own error types, named
+        text = str(err)
+        if url in text:
+            raise
+        for kind in (FileNotFoundError, ValueError, ImportError):
+            if isinstance(err, kind):
+                raise kind(f"{url}: {text or type(err).__name__}") from err
+        raise OSError(f"{url}: {type(err).__name__}: {text}") from err
+
+
+def _is(fs, inner: str, test: str) -> bool:
+    """fs.isdir/isfile/exists(inner), raising what they swallow when they answer False (they
+    do on any error, so an unreachable store had read as a missing folder): asked again with
+    `info`, an absent path raises FileNotFoundError (False), a failure raises itself."""
+    if getattr(fs, test)(inner):
+        return True
+    try:
+        fs.info(inner)
+    except FileNotFoundError:
+        pass
+    return False
 
 
 def check_url(url: str) -> None:
@@ -68,44 +103,40 @@ def absolute(path) -> str:
     return path if is_remote(path) else os.path.abspath(path)
 
 
+def _remote_test(path, test: str) -> bool:
+    with _reach(path) as (fs, inner):
+        return _is(fs, inner, test)
+
+
 def exists(path) -> bool:
-    if not is_remote(path):
-        return os.path.exists(path)
-    fs, inner = _fs(path)
-    return fs.exists(inner)
+    return os.path.exists(path) if not is_remote(path) else _remote_test(path, "exists")
 
 
 def isfile(path) -> bool:
-    if not is_remote(path):
-        return os.path.isfile(path)
-    fs, inner = _fs(path)
-    return fs.isfile(inner)
+    return os.path.isfile(path) if not is_remote(path) else _remote_test(path, "isfile")
 
 
 def isdir(path) -> bool:
-    if not is_remote(path):
-        return os.path.isdir(path)
-    fs, inner = _fs(path)
-    return fs.isdir(inner)
+    return os.path.isdir(path) if not is_remote(path) else _remote_test(path, "isdir")
 
 
 def listdir(url: str) -> list[str]:
     """The names (not paths) directly in a remote folder, sorted; [] when it does not exist."""
-    fs, inner = _fs(url)
-    if not fs.isdir(inner):
-        return []
-    return sorted(os.path.basename(p.rstrip("/")) for p in fs.ls(inner, detail=False))
+    with _reach(url) as (fs, inner):
+        if not _is(fs, inner, "isdir"):
+            return []
+        return sorted(os.path.basename(p.rstrip("/")) for p in fs.ls(inner, detail=False))
 
 
 def read_bytes(url: str, *, limit: int | None = None) -> bytes:
     """A remote file's bytes; ValueError when it is larger than `limit` (nothing read)."""
-    fs, inner = _fs(url)
-    if not fs.isfile(inner):
-        raise FileNotFoundError(f"{url}: no such file")
-    size = fs.size(inner)
-    if limit is not None and size > limit:
-        raise ValueError(f"{url} is {size} bytes, expected at most {limit}")
-    return fs.cat_file(inner)
+    with _reach(url) as (fs, inner):
+        if not _is(fs, inner, "isfile"):
+            raise FileNotFoundError(f"{url}: no such file")
+        size = fs.size(inner)
+        if limit is not None and size > limit:
+            raise ValueError(f"{url} is {size} bytes, expected at most {limit}")
+        return fs.cat_file(inner)
 
 
 def read_range(path, offset: int, length: int) -> bytes:
@@ -116,8 +147,8 @@ def read_range(path, offset: int, length: int) -> bytes:
         with open(path, "rb") as f:
             f.seek(offset)
             return f.read(length)
-    fs, inner = _fs(path)
-    return fs.cat_file(inner, start=offset, end=offset + length)
+    with _reach(path) as (fs, inner):
+        return fs.cat_file(inner, start=offset, end=offset + length)
 
 
 def remove(path) -> None:
@@ -127,9 +158,9 @@ def remove(path) -> None:
         if os.path.lexists(path):
             os.remove(path)
         return
-    fs, inner = _fs(path)
-    if fs.exists(inner):
-        fs.rm_file(inner)
+    with _reach(path) as (fs, inner):
+        if _is(fs, inner, "exists"):
+            fs.rm_file(inner)
 
 
 def create_exclusive(path, data: bytes) -> bool:
@@ -147,15 +178,15 @@ def create_exclusive(path, data: bytes) -> bool:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         return True
-    fs, inner = _fs(path)
-    if fs.exists(inner):
-        return False
-    try:
-        with fs.open(inner, "xb") as f:
-            f.write(data)
-    except FileExistsError:
-        return False
-    return True
+    with _reach(path) as (fs, inner):
+        if fs.exists(inner):
+            return False
+        try:
+            with fs.open(inner, "xb") as f:
+                f.write(data)
+        except FileExistsError:
+            return False
+        return True
 
 
 def replace_bytes(path, data: bytes) -> None:
@@ -165,8 +196,8 @@ def replace_bytes(path, data: bytes) -> None:
         with open(path, "wb") as f:
             f.write(data)
         return
-    fs, inner = _fs(path)
-    fs.pipe_file(inner, data)
+    with _reach(path) as (fs, inner):
+        fs.pipe_file(inner, data)
 
 
 def modified(path) -> float | None:
@@ -176,8 +207,8 @@ def modified(path) -> float | None:
     try:
         if not is_remote(path):
             return os.path.getmtime(path)
-        fs, inner = _fs(path)
-        return fs.modified(inner).timestamp()
+        with _reach(path) as (fs, inner):
+            return fs.modified(inner).timestamp()
     except (OSError, NotImplementedError, AttributeError, ValueError):
         return None
 
@@ -186,35 +217,35 @@ def walk(url: str, suffixes: tuple[str, ...]) -> list[str]:
     """Every file below the remote folder `url` whose name ends with one of `suffixes`, in the
     order of safe_files.walk (each folder's files sorted, then its sub-folders in sorted order),
     as URLs spelled from `url`."""
-    fs, inner = _fs(url)
-    prefix = inner.rstrip("/") + "/"
-    relative = [p[len(prefix):] for p in fs.find(inner) if p.startswith(prefix)]
-    relative = [r for r in relative if r.endswith(suffixes)]
+    with _reach(url) as (fs, inner):
+        prefix = inner.rstrip("/") + "/"
+        relative = [p[len(prefix):] for p in fs.find(inner) if p.startswith(prefix)]
+        relative = [r for r in relative if r.endswith(suffixes)]
 
-    def order(rel: str):
-        parts = rel.split("/")
-        return [(1, d) for d in parts[:-1]] + [(0, parts[-1])]
-    return [join(url, r) for r in sorted(relative, key=order)]
+        def order(rel: str):
+            parts = rel.split("/")
+            return [(1, d) for d in parts[:-1]] + [(0, parts[-1])]
+        return [join(url, r) for r in sorted(relative, key=order)]
 
 
 def download(url: str, local_path: str) -> None:
     """Copy a remote file to `local_path` (written atomically)."""
-    fs, inner = _fs(url)
-    files.write_atomic(local_path, lambda tmp: fs.get_file(inner, tmp))
+    with _reach(url) as (fs, inner):
+        files.write_atomic(local_path, lambda tmp: fs.get_file(inner, tmp))
 
 
 def upload_atomic(local_path: str, url: str) -> None:
     """Upload a complete local file to `url`: under a unique temporary name beside it, then
     renamed into place, so `url` is never seen half-written."""
-    fs, inner = _fs(url)
-    folder, name = inner.rsplit("/", 1)
-    tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
-    try:
-        fs.put_file(local_path, tmp)
-        fs.mv(tmp, inner)
-    finally:
-        if fs.exists(tmp):
-            fs.rm_file(tmp)
+    with _reach(url) as (fs, inner):
+        folder, name = inner.rsplit("/", 1)
+        tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+        try:
+            fs.put_file(local_path, tmp)
+            fs.mv(tmp, inner)
+        finally:
+            if fs.exists(tmp):
+                fs.rm_file(tmp)
 
 
 def write_atomic(path, write: Callable[[str], Any]) -> None:
@@ -249,14 +280,14 @@ def mirror(url: str, local_dir: str, *, names: list[str] | None = None,
     """Copy the files directly in the remote folder `url` (or only `names`) into `local_dir`;
     with `resume`, a file already there with the remote size is kept (files that never change
     once written: a resumed copy). Returns local_dir."""
-    fs, inner = _fs(url)
     os.makedirs(local_dir, exist_ok=True)
-    for name in names if names is not None else listdir(url):
-        remote = f"{inner.rstrip('/')}/{name}"
-        if not fs.isfile(remote):
-            continue
-        local = os.path.join(local_dir, name)
-        if resume and os.path.isfile(local) and os.path.getsize(local) == fs.size(remote):
-            continue
-        files.write_atomic(local, lambda tmp, remote=remote: fs.get_file(remote, tmp))
-    return local_dir
+    with _reach(url) as (fs, inner):
+        for name in names if names is not None else listdir(url):
+            remote = f"{inner.rstrip('/')}/{name}"
+            if not _is(fs, remote, "isfile"):
+                continue
+            local = os.path.join(local_dir, name)
+            if resume and os.path.isfile(local) and os.path.getsize(local) == fs.size(remote):
+                continue
+            files.write_atomic(local, lambda tmp, remote=remote: fs.get_file(remote, tmp))
+        return local_dir
