@@ -3,8 +3,10 @@ checkpoint (warm start: `import-torch --out` output in the workdir, or config.tr
 or a fresh init.
 
 A training checkpoint that fails to restore is set aside (`<step>.damaged-TIME`, kept) and the
-step before it is tried. A warm start takes the weights only: the optimizer, RNG and data order
-start fresh, because an imported file has no optimizer state to resume.
+step before it is tried; a failure of the machine or the store while restoring (memory, network,
+permissions) is no damage: the run stops with the step kept in place. A warm start takes the
+weights only: the optimizer, RNG and data order start fresh, because an imported file has no
+optimizer state to resume.
 """
 from __future__ import annotations
 
@@ -28,6 +30,27 @@ from crema_jax.train import progress, warm_start
 # iterator state per worker, and a restore with another count fails on every step).
 _STATE_FIELDS = ("model.scan_layers", "optim.name", "optim.decay_mask", "train.global_batch_size",
                  "data.num_workers")
+
+
+# Errors that say nothing about the checkpoint's bytes: the machine or the store failed. A step
+# that fails with one is kept where it is (set aside, it would be skipped by every later resume)
+# and the run stops. The status words are those tensorstore and gRPC put in their messages.
+_NOT_DAMAGE_TYPES = (MemoryError, ConnectionError, TimeoutError, PermissionError,
+                     InterruptedError)
+_NOT_DAMAGE_STATUS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
+                      "PERMISSION_DENIED", "UNAUTHENTICATED", "Out of memory")
+
+
+def _not_damage(err: BaseException) -> bool:
+    """Whether `err`, or an error it was raised from, is a failure of the machine or the store
+    (memory, network, permissions) rather than damage to the checkpoint."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, _NOT_DAMAGE_TYPES) or any(w in str(err) for w in _NOT_DAMAGE_STATUS):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 @dataclasses.dataclass
@@ -101,6 +124,12 @@ def _restore(setup, config, workdir, manager, target, grain_iter) -> Start:
                 manager, step, abstract_params=trees.merge(target["params"], target["fixed"]),
                 abstract_opt_state=target["opt_state"], data_iter=grain_iter)
         except Exception as err:  # noqa: BLE001 - any damage: truncated, corrupt
+            if _not_damage(err):
+                reason = " ".join(str(err).split())[:300]
+                raise OSError(f"{root / str(step)}: could not be restored ({type(err).__name__}: "
+                              f"{reason}); this is no damage to the checkpoint, which is kept "
+                              "as it is: fix the cause (memory, the store, permissions) and "
+                              "rerun to resume") from err
             manager = set_aside(step, err)
             continue
         state = {"params": trees.select_like(restored["params"], target["params"]),

@@ -218,3 +218,32 @@ def test_a_second_run_on_the_same_workdir_is_refused(tmp_path, jax_cache_dir):
     assert workdir_lib.complete_steps(tmp_path / "checkpoints")[-1] == 6
     params, _, step = ckpt_lib.load_model_checkpoint(tmp_path)
     assert step == 6 and not lock.exists()
+
+
+@pytest.mark.parametrize("failure", [
+    ConnectionResetError(104, "Connection reset by peer"),
+    MemoryError(),
+    ValueError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 4.00GiB"),
+])
+def test_a_restore_that_fails_for_the_machine_or_store_keeps_the_step(tmp_path, capsys,
+                                                                      monkeypatch, failure):
+    """Out of memory, a dropped connection: not damage. The step stays where it is (set aside,
+    every later resume would skip it) and the run stops, naming it and the cause."""
+    workdir = tmp_path / "run"
+    _run(workdir, **{"train.num_steps": 2})
+    root = workdir / "checkpoints"
+    before = sorted(p.name for p in root.iterdir())
+
+    def fail(*args, **kwargs):
+        try:
+            raise failure
+        except Exception as err:  # as Orbax does: the cause wrapped in its own error
+            raise RuntimeError("restore failed") from err
+    monkeypatch.setattr(ckpt_lib, "restore_train_state", fail)
+    with pytest.raises(OSError, match=rf"^{re.escape(str(root / '2'))}: could not be restored "
+                                      r"\(RuntimeError: restore failed\); this is no damage"):
+        _run(workdir, **{"train.num_steps": 4})
+    assert sorted(p.name for p in root.iterdir()) == before
+    monkeypatch.undo()
+    out = _run(workdir, **{"train.num_steps": 4})                  # the cause gone: it resumes
+    assert sorted(out["losses"]) == [3, 4] and "resumed from step 2" in capsys.readouterr().out
