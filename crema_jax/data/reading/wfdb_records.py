@@ -129,10 +129,10 @@ def _read_fast(base: pathlib.Path, header: wfdb_header.Header) -> np.ndarray:
     return out.T
 
 
-def _check_segments(base: pathlib.Path, header: wfdb_header.Header) -> None:
+def _check_segments(base: pathlib.Path, header: wfdb_header.Header) -> dict:
     """A multi-segment record's segment headers and their signal files checked as a record's
-    own are (kind, place, size) before wfdb opens any of them."""
-    samples = {}
+    own are (kind, place, size) before wfdb opens any of them; {segment: its parsed header}."""
+    samples, headers = {}, {}
     for segment in dict.fromkeys(header.segments):
         if segment == "~":
             continue
@@ -140,7 +140,7 @@ def _check_segments(base: pathlib.Path, header: wfdb_header.Header) -> None:
             raise RecordError(base, "unsafe_signal_path", f"{base}.hea names segment "
                               f"{segment!r}; only segments beside the header are read")
         seg_base = base.parent / segment
-        seg_header = read_header(seg_base)
+        seg_header = headers[segment] = read_header(seg_base)
         if seg_header.n_seg is None:
             wfdb_checks.check_before_reading(seg_base, seg_header)
             samples[segment] = wfdb_checks.record_samples(seg_base, seg_header)
@@ -148,11 +148,33 @@ def _check_segments(base: pathlib.Path, header: wfdb_header.Header) -> None:
     total = sum(samples.get(segment, 0) for segment in header.segments)
     if total > MAX_SAMPLES:
         raise wfdb_checks.too_large(base, total, header.n_sig, header.fs)
+    return headers
+
+
+def _segment_units(base: pathlib.Path, names: list[str], segments: dict) -> list[str] | None:
+    """Each merged signal's units from the segment headers' own parse (wfdb's would have read
+    "µV" as "V"); a RecordError when two segments state different units for one signal (wfdb
+    would join volts to millivolts); None when a name is in no segment header."""
+    stated: dict[str, dict[str, str]] = {}
+    for segment, seg_header in segments.items():
+        for signal in seg_header.signals:
+            stated.setdefault(signal.name, {}).setdefault(signal.units, segment)
+    units = []
+    for name in names:
+        found = stated.get(name, {})
+        if len(found) > 1:
+            listed = ", ".join(f"{u!r} in {seg}.hea" for u, seg in found.items())
+            raise RecordError(base, "bad_units", f"{base}.hea: signal {name!r} has different "
+                              f"units in its segments ({listed}); expected one unit")
+        if not found:
+            return None
+        units.append(next(iter(found)))
+    return units
 
 
 def _read_wfdb(base: pathlib.Path, header: wfdb_header.Header):
     """(T, n_sig) physical values, lead names and units through wfdb.rdrecord."""
-    _check_segments(base, header)
+    segments = _check_segments(base, header)
     try:
         record = wfdb.rdrecord(str(base), physical=True, m2s=True, smooth_frames=True)
     except Exception as err:  # wfdb raises ValueError, IndexError, OSError, struct.error, ...
@@ -164,12 +186,14 @@ def _read_wfdb(base: pathlib.Path, header: wfdb_header.Header):
         raise RecordError(base, "truncated_signal", f"record {base} is truncated: header "
                           f"announces {header.sig_len} samples, the signal files hold {got}")
     signal = np.zeros((0, 0)) if signal is None else np.asarray(signal, np.float64)
-    units = list(record.units or [])
+    units, names = list(record.units or []), list(record.sig_name or [])
+    # wfdb decodes a local header as ASCII, dropping other bytes ("µV" became "V", volts); the
+    # units of our own parse (safe_files.decode_text) are the file's.
     if header.n_seg is None and len(header.signals) == len(units):
-        # wfdb decodes a local header as ASCII, dropping other bytes ("µV" became "V", volts);
-        # the units of our own parse (safe_files.decode_text) are the file's.
         units = [s.units for s in header.signals]
-    return signal, list(record.sig_name or []), units
+    elif header.n_seg is not None:
+        units = _segment_units(base, names, segments) or units
+    return signal, names, units
 
 
 def read_record(path, *, target_fs: float | None = 250.0, derive_limb_leads: bool = True,

@@ -272,6 +272,38 @@ def test_multi_segment_record_through_wfdb(tmp_path):
     assert ecg.meta["labels"] == ("164889003",) and ecg.lead_present.all()
 
 
+def _two_segments(tmp_path, units: tuple[str, str]) -> np.ndarray:
+    """multi.hea: two 1500-sample segments of 3 signals in uV, segment k stating units[k]."""
+    signal_uv = np.random.default_rng(4).normal(0.0, 300.0, (3, 3000)).clip(-2000, 2000)
+    for k in range(2):
+        wfdb.wrsamp(f"seg{k}", fs=500, units=["uV"] * 3, sig_name=["I", "II", "V1"],
+                    p_signal=signal_uv[:, k * 1500:(k + 1) * 1500].T, fmt=["16"] * 3,
+                    adc_gain=[0.2] * 3, baseline=[0] * 3, write_dir=str(tmp_path))
+        hea = tmp_path / f"seg{k}.hea"
+        hea.write_bytes(hea.read_bytes().replace(b"/uV", b"/" + units[k].encode(
+            "latin-1" if k else "utf-8")))
+    (tmp_path / "multi.hea").write_text("multi/2 3 500 3000\nseg0 1500\nseg1 1500\n")
+    return signal_uv
+
+
+def test_multi_segment_units_are_read_from_the_segment_headers(tmp_path):
+    """"µV" in a segment header (UTF-8 in one, Latin-1 in the other) is uV: wfdb, which reads
+    headers as ASCII, had made it "V", volts, 10^6 times too large."""
+    signal_uv = _two_segments(tmp_path, ("µV", "µV"))
+    ecg = wfdb_records.read_record(tmp_path / "multi", target_fs=None, min_seconds=None,
+                                   derive_limb_leads=False)
+    # Half an ADC step (5 uV):
+    np.testing.assert_allclose(ecg.signal[[0, 1, 6]], signal_uv / 1000, atol=0.0026)
+
+
+def test_multi_segment_signal_with_two_units_is_refused(tmp_path):
+    _two_segments(tmp_path, ("µV", "mV"))
+    with pytest.raises(ecg_lib.RecordError, match=r"multi\.hea: signal 'I' has different units "
+                       r"in its segments \('µV' in seg0\.hea, 'mV' in seg1\.hea\)") as err:
+        wfdb_records.read_record(tmp_path / "multi", target_fs=None, min_seconds=None)
+    assert err.value.reason == "bad_units"
+
+
 @pytest.mark.parametrize("fmt", ["16", "516"])  # numpy's fast path; FLAC: wfdb.rdrecord's
 @pytest.mark.parametrize("micro", ["µV".encode("utf-8"), "µV".encode("latin-1")],
                          ids=["utf8", "latin1"])
