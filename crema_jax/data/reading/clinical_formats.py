@@ -256,15 +256,19 @@ def _aecg(path) -> Parsed:
             raise RecordError(path, "bad_units", f"{path}: aECG lead {code} has no scale or "
                               "digits, expected an SLIST_PQ")
         unit = stated_unit(path, scale.get("unit"), f"aECG lead {code} scale unit")
-        if origin is not None and origin.get("unit", unit) != unit:
-            raise RecordError(path, "bad_units", f"{path}: aECG lead {code}: origin in "
-                              f"{origin.get('unit')!r}, scale in {unit!r}, expected one unit")
         gain = positive_scale(path, scale.get("value"), f"aECG lead {code} scale value")
         try:
             samples = np.array((digits.text or "").split(), np.float64)
-            row = gain * samples + float(origin.get("value", 0) if origin is not None else 0)
+            offset = float(origin.get("value", 0) if origin is not None else 0)
         except (TypeError, ValueError) as e:
             raise RecordError(path, "unreadable", f"{path}: aECG lead {code}: {e}") from e
+        # An HL7 quantity without a unit is dimensionless: only a zero origin needs none.
+        offset_unit = origin.get("unit") if origin is not None else None
+        if offset_unit != unit and (offset_unit is not None or offset != 0):
+            raise RecordError(path, "bad_units", f"{path}: aECG lead {code}: origin "
+                              f"{offset:g} in {offset_unit or 'no unit'}, scale in {unit!r}, "
+                              "expected one unit")
+        row = gain * samples + offset
         names.append(code.removeprefix("MDC_ECG_LEAD_"))
         units.append(unit)
         rows.append(row)

@@ -589,3 +589,26 @@ def test_edf_declaring_more_samples_than_a_record_is_read_with_is_too_large(tmp_
     assert f"20000 data records x {per_record} samples" in str(err.value)
     with pytest.raises(RecordError, match="too_large"):
         clinical.read_clinical(path)
+
+
+@pytest.mark.parametrize("origin,shift_mv", [('<origin value="0"/>', 0.0),
+                                             ('<origin value="50" unit="uV"/>', 0.05),
+                                             ('<origin value="50"/>', None)])
+def test_aecg_origin_is_added_in_the_scales_unit_and_must_state_it(tmp_path, signal_mv, origin,
+                                                                  shift_mv):
+    """physical = origin + scale x digit. An origin without a unit is an HL7 dimensionless
+    quantity: a zero one is zero in any unit, a non-zero one had been taken in the scale's unit
+    (uV here) without a word; it is now a bad_units skip."""
+    path = tmp_path / "exam.xml"
+    stored = cf.write_aecg(path, signal_mv[:, :1000], FS)
+    text = path.read_text(encoding="utf-8")
+    assert text.count('<origin value="0" unit="uV"/>') == 12
+    path.write_text(text.replace('<origin value="0" unit="uV"/>', origin), encoding="utf-8")
+    if shift_mv is None:
+        with pytest.raises(RecordError, match=r"exam\.xml: aECG lead MDC_ECG_LEAD_I: origin 50 "
+                           r"in no unit, scale in 'uV', expected one unit") as err:
+            clinical.read_clinical(path, target_fs=None)
+        assert err.value.reason == "bad_units"
+        return
+    ecg = clinical.read_clinical(path, target_fs=None, min_seconds=None)
+    np.testing.assert_allclose(ecg.signal, stored + shift_mv, rtol=1.2e-7, atol=1e-7)
