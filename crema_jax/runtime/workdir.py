@@ -14,7 +14,8 @@ looks complete: `latest_step` and `resolve_checkpoint` only see committed steps.
 - a step that cannot be restored is moved aside as `<step>.damaged-TIME` by the trainer, which
   then resumes from the newest step that restores; a resume finding every step set aside is
   refused (a start from step 0 would hide them);
-- `WorkdirLock` keeps a second run from writing into the same workdir.
+- `WorkdirLock` keeps a second run from writing into the same workdir, and `check_workdir`
+  keeps a run out of a folder that holds other files or its own inputs.
 """
 from __future__ import annotations
 
@@ -123,6 +124,19 @@ def set_aside(path: epath.Path, why: str, *, name: str | None = None) -> epath.P
         n += 1
     path.rename(target)
     return target
+
+
+def check_workdir(workdir, *, inputs=()) -> None:
+    """files.OutputError unless the local `workdir` is new, empty or one a run (or
+    `import-torch --out`) wrote: it holds `checkpoints/`, a moved-aside `checkpoints.replaced-*`
+    or the lock. Nor may it be one of the run's input folders or lie inside one (a run had
+    written its checkpoints, metrics and plot into a user's folder, its dataset or its cache).
+    A URL workdir (gs://) is not checked: an object store has no folder to share."""
+    if storage.is_remote(str(workdir)):
+        return
+    files.check_output_dir(str(workdir), marker=(CHECKPOINTS_DIRNAME, CHECKPOINTS_DIRNAME
+                                                 + ".replaced-*", WorkdirLock.NAME),
+                           flag="--workdir", inputs=inputs, outside=inputs, create=False)
 
 
 def prepare_workdir(workdir, *, resume: bool, overwrite: bool) -> list[str]:

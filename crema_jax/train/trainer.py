@@ -235,8 +235,10 @@ def train(config, workdir, *, devices=None, batch_iter=None, evaluators=None,
         raise ValueError(f"config.evals.names={tuple(config.evals.names)} needs "
                          "evaluators=crema_jax.evaluate.evaluators.build (the pretrain command "
                          "passes it)")
-    workdir = epath.Path(workdir)
     lock = None
+    if jax.process_index() == 0:
+        workdir_lib.check_workdir(workdir, inputs=[config.data.root, config.data.cache_dir])
+    workdir = epath.Path(workdir)
     if jax.process_index() == 0:
         lock = workdir_lib.WorkdirLock(workdir,
                                        stale_seconds=float(config.checkpoint.lock_stale_seconds))
