@@ -3,6 +3,7 @@
 import importlib
 import os
 import sys
+import traceback
 
 from absl import flags
 
@@ -44,10 +45,31 @@ def run(argv=None) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(141)  # 128 + SIGPIPE, as a shell reports it
     except KeyboardInterrupt:  # Ctrl-C: one line, no traceback (`--verbose` keeps it)
-        if "--verbose" in argv or "--verbose=true" in argv:
+        if not from_process and ("--verbose" in argv or "--verbose=true" in argv):
             raise
+        if "--verbose" in argv or "--verbose=true" in argv:
+            traceback.print_exc()
         print(f"\ncrema-jax {name}: interrupted", file=sys.stderr)  # after a progress line
+        if from_process:
+            _exit_now(130)
         sys.exit(130)  # 128 + SIGINT, as a shell reports it
+
+
+def _exit_now(code: int) -> None:
+    """Ends the process without the interpreter's shutdown. A Ctrl-C that interrupted XLA's
+    compiler left it in a state that crashed that shutdown (a segmentation fault, exit 139,
+    in most Ctrl-Cs during a pretrain's compile). The command's own `finally` blocks have run
+    by now (saves waited for, locks released, input workers closed); worker processes left
+    are stopped, output streams flushed."""
+    import multiprocessing
+    for child in multiprocessing.active_children():
+        child.terminate()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Careless and hostile inputs, eleventh round: a pretraining workdir that holds a user's files
 or is one of the run's inputs. Each is one line naming the folder, with nothing written."""
+import pathlib
 import shutil
+import time
 
 import pytest
 
@@ -40,3 +42,48 @@ def test_a_workdir_that_is_or_lies_in_an_input_folder_is_refused(tmp_path, capsy
     _fails(pretrain, [DEMO, f"--workdir={data / 'run'}", *source], capsys,
            f"--workdir={data / 'run'}: inside the input {data}")
     assert _hashes(data) == before and not (data / "run").exists()
+
+
+_INTERRUPTED_COMMAND = """
+import multiprocessing, sys, threading, time, types
+from crema_jax import cli, main
+
+class Command:
+    def run(self, argv):
+        # Left running at the Ctrl-C, as XLA's compiler threads were: the interpreter's
+        # shutdown waits for a thread like this one for ever (and crashed on XLA's).
+        threading.Thread(target=time.sleep, args=(600,)).start()
+        child = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(600,))
+        child.start()
+        print(child.pid, flush=True)
+        raise KeyboardInterrupt
+
+module = types.ModuleType("interrupted_command")
+module.COMMAND = Command()
+sys.modules["interrupted_command"] = module
+cli.COMMANDS["interrupted"] = ("interrupted_command", "a command Ctrl-C stops", False)
+sys.argv = ["crema-jax", "interrupted"]
+main.run()
+"""
+
+
+def test_ctrl_c_ends_the_process_at_once_whatever_threads_are_left(tmp_path):
+    """A Ctrl-C during pretrain's compile had ended in a segmentation fault (exit 139) in the
+    interpreter's shutdown. The process now ends with exit 130 and its one line, without that
+    shutdown, and stops the worker processes left."""
+    import os
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", _INTERRUPTED_COMMAND], capture_output=True,
+                          text=True, timeout=120, cwd=str(REPO),
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == "crema-jax interrupted: interrupted"
+    child = int(done.stdout.split()[0])
+    status = pathlib.Path(f"/proc/{child}/status")
+    for _ in range(50):  # terminated: gone, or a zombie no one has reaped yet
+        if not status.exists() or "\nState:\tZ" in status.read_text():
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"worker process {child} still runs")
