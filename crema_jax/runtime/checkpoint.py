@@ -98,10 +98,14 @@ def restore_train_state(manager: ocp.CheckpointManager, step: int, *, abstract_p
     import grain  # here: see make_manager
 
     replicated = _replicated_like(abstract_params)
+    # The key as host data, placed below: restored with its saved sharding, it had named the
+    # devices it was saved on, and a resume on fewer devices failed ("Topology mismatch").
+    key_shape = jax.random.key_data(jax.random.key(0, impl=rng_impl)).shape
     items = dict(
         params=ocp.args.StandardRestore(abstract_params),
         opt_state=ocp.args.StandardRestore(abstract_opt_state),
-        rng=ocp.args.StandardRestore(None),
+        rng=ocp.args.StandardRestore({"key": np.zeros(key_shape, np.uint32),
+                                      "step": np.zeros((), np.int64)}),
     )
     if data_iter is not None:
         items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)

@@ -2,6 +2,7 @@
 checkpoint written on one mesh restores onto another."""
 import json
 import os
+import pathlib
 import signal
 import threading
 import time
@@ -157,6 +158,50 @@ def test_restore_onto_a_different_mesh(sharded_runs):
     assert restored["step"] == 5
     assert np.array_equal(jax.random.key_data(restored["rng"]),
                           jax.random.key_data(jax.random.key(0)))
+
+
+_RESTORE_ON_TWO_DEVICES = """
+import json, sys
+import jax, numpy as np
+from crema_jax.runtime import checkpoint as ckpt_lib, trees
+from crema_jax.train import trainer
+from tests.configs import tiny_config
+setup = trainer.build(tiny_config(**{"mesh.data": 2}))
+target = trainer.abstract_state(setup)
+manager = ckpt_lib.make_manager(sys.argv[1])
+with setup.on_mesh():
+    restored = ckpt_lib.restore_train_state(
+        manager, 5, abstract_params=trees.merge(target["params"], target["fixed"]),
+        abstract_opt_state=target["opt_state"])
+manager.close()
+print(json.dumps({"devices": jax.device_count(), "step": restored["step"],
+                  "key": np.asarray(jax.random.key_data(restored["rng"])).tolist(),
+                  "params": float(sum(np.abs(np.asarray(x, np.float64)).sum()
+                                      for x in jax.tree.leaves(restored["params"])))}))
+"""
+
+
+def test_restore_on_fewer_devices(sharded_runs):
+    """The data=8 checkpoint restored by a process with 2 devices: its RNG item, restored with
+    its saved sharding, had named devices 2-7 ("Topology mismatch"), and the resume had set the
+    good step aside as damaged."""
+    import subprocess
+    import sys
+
+    from tests import xla_flags
+    run, workdir = sharded_runs["data8"]
+    done = subprocess.run([sys.executable, "-c", _RESTORE_ON_TWO_DEVICES, str(workdir)],
+                          capture_output=True, text=True, timeout=600, check=False,
+                          cwd=str(pathlib.Path(__file__).resolve().parents[2]),
+                          env={**os.environ, "XLA_FLAGS": xla_flags.cpu_devices(2)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    saved = jax.device_get(run["state"])
+    want = sum(np.abs(np.asarray(x, np.float64)).sum()
+               for x in jax.tree.leaves(trees.merge(saved["params"], saved["fixed"])))
+    assert got["devices"] == 2 and got["step"] == 5
+    assert got["key"] == np.asarray(jax.random.key_data(jax.random.key(0))).tolist()
+    assert got["params"] == pytest.approx(float(want), rel=1e-12)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
