@@ -29,7 +29,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from crema_jax.runtime import digests, files, trees
-from crema_jax.runtime.workdir import checkpoints_dir, resolve_checkpoint
+from crema_jax.runtime.workdir import (checkpoints_dir, complete_steps, has_train_state,
+                                       resolve_checkpoint)
 
 TRAIN_ITEMS = ("params", "opt_state", "rng", "data_iter", "config", "digests")
 
@@ -54,11 +55,20 @@ def _json_default(obj):
 # ------------------------------------------------------------------------------------------------
 def make_manager(workdir, *, max_to_keep: int = 3, async_save: bool = True,
                  create: bool = True) -> ocp.CheckpointManager:
-    """The CheckpointManager for `<workdir>/checkpoints` with the Grain handler registered."""
-    import grain  # here: model-only readers (export, probe, the accelerator bench) need no Grain
+    """The CheckpointManager for `<workdir>/checkpoints` with the Grain handler registered.
 
+    It keeps the newest `max_to_keep` steps, and always a params-only step (the weights
+    `import-torch --out` wrote, which a run in that workdir started from): Orbax's retention
+    had deleted it, the one converted copy of the imported weights."""
+    import grain  # here: model-only readers (export, probe, the accelerator bench) need no Grain
+    from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
+
+    root = checkpoints_dir(workdir)
+    imported = [s for s in complete_steps(root) if not has_train_state(workdir, s)]
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=create)
+        enable_async_checkpointing=async_save, create=create,
+        preservation_policy=policies.AnyPreservationPolicy(
+            [policies.LatestN(max_to_keep), policies.CustomSteps(imported)]))
     return ocp.CheckpointManager(
         checkpoints_dir(workdir), item_names=TRAIN_ITEMS,
         item_handlers={"data_iter": grain.checkpoint.CheckpointHandler()},

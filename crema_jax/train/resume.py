@@ -70,23 +70,38 @@ def start_state(setup, config, workdir, *, manager, target, rng, grain_iter,
     `target`: the abstract, sharded train state; `rng`: the run's base key; `grain_iter`: the
     input iterator restored in place with a training checkpoint; `fresh()`: a new init.
     """
-    step = (workdir_lib.latest_step(workdir_lib.checkpoints_dir(workdir))
-            if config.checkpoint.resume else None)
+    root = workdir_lib.checkpoints_dir(workdir)
+    step = workdir_lib.latest_step(root) if config.checkpoint.resume else None
     init_from = str(config.train.init_from or "")
-    if step is not None and not workdir_lib.has_train_state(workdir, step):
-        init_from = str(workdir)  # e.g. `import-torch --out=W` then `pretrain --workdir=W`
-    elif step is not None:
-        init_from = ""  # the workdir's own training state wins over init_from
-    if init_from:
-        state, step = _warm_start(setup, config, init_from, target, fresh, own=step is not None)
+    imported = step is not None and not workdir_lib.has_train_state(workdir, step)
+    if imported:  # e.g. `import-torch --out=W` then `pretrain --workdir=W`
+        if init_from and not _within(init_from, workdir):
+            raise ValueError(
+                f"config.train.init_from={init_from}: the workdir {workdir} holds imported "
+                f"weights too (checkpoints/{step}, params only), which a run in it starts from; "
+                "name one source: clear config.train.init_from or choose a new --workdir")
+        init_from = str(workdir)
+    if imported or (step is None and init_from):
+        state, step = _warm_start(setup, config, init_from, target, fresh, own=imported)
         return Start(state, rng, step, manager)
     if step is None:
         return Start(fresh(), rng, 0, manager)
     restored = _restore(setup, config, workdir, manager, target, grain_iter)
-    if restored.state is None:
-        return Start(fresh(), rng, 0, restored.manager)
-    progress.print_line(f"resumed from step {restored.step} of {workdir}")
+    if restored.state is None:  # every training step set aside: the imported weights are left
+        progress.print_line(f"no training checkpoint of {workdir} restores; starting again from "
+                            "its imported weights")
+        state, step = _warm_start(setup, config, str(workdir), target, fresh, own=True)
+        return Start(state, rng, step, restored.manager)
+    unused = (f" (config.train.init_from={init_from} serves a run's first start only)"
+              if init_from else "")
+    progress.print_line(f"resumed from step {restored.step} of {workdir}{unused}")
     return restored
+
+
+def _within(path: str, workdir) -> bool:
+    """Whether `path` is the workdir or lies inside it (its checkpoints/STEP)."""
+    path, workdir = str(workdir_lib.absolute_path(path)), str(workdir_lib.absolute_path(workdir))
+    return path.rstrip("/") == workdir.rstrip("/") or path.startswith(workdir.rstrip("/") + "/")
 
 
 def _restore(setup, config, workdir, manager, target, grain_iter) -> Start:
@@ -96,7 +111,8 @@ def _restore(setup, config, workdir, manager, target, grain_iter) -> Start:
     it is tried; state None when the workdir held none (a workdir whose every step is damaged is
     an error)."""
     root = workdir_lib.checkpoints_dir(workdir)
-    steps = sorted(workdir_lib.complete_steps(root), reverse=True)
+    steps = sorted((s for s in workdir_lib.complete_steps(root)   # not an imported params-only
+                    if workdir_lib.has_train_state(workdir, s)), reverse=True)  # step
 
     def set_aside(step, err):
         if jax.process_count() > 1:
@@ -137,7 +153,7 @@ def _restore(setup, config, workdir, manager, target, grain_iter) -> Start:
                  "opt_state": restored["opt_state"],
                  "step": mesh_lib.place(np.int32(step), setup.replicated)}
         return Start(state, restored["rng"], step, manager)
-    if steps:
+    if steps and workdir_lib.latest_step(root) is None:
         raise ValueError(f"{root}: no checkpoint step restores (all set aside as damaged); "
                          "start a new run with a new --workdir")
     return Start(None, None, 0, manager)

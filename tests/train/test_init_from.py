@@ -1,5 +1,7 @@
 """Continued pretraining from a params-only checkpoint (what `import-torch` writes): the run must
 start from exactly the saved weights (fixed tables included) with a fresh optimizer."""
+import pathlib
+
 import jax
 import numpy as np
 import pytest
@@ -189,3 +191,43 @@ def test_a_warm_start_refuses_other_patch_norms_and_names_what_it_leaves_unused(
     assert warm_start.meaning_changes(position.model, config.model) == [
         "config.model.lead_embedding: run 'position', checkpoint 'canonical'"]
     assert warm_start.meaning_changes(config.model, config.model) == []
+
+
+def test_imported_step_is_kept_by_retention_and_is_never_a_damaged_training_step(
+        tmp_path, tiny_params, capsys):
+    """The workdir is an import (params-only step 0). Orbax's max_to_keep had deleted step 0,
+    the one converted copy of the imported weights; and when the run's own step went bad, step
+    0 had been restored as a training state, renamed `0.damaged-*`, and the run refused."""
+    workdir, saved = _saved_model(tmp_path, tiny_params, name="workdir")
+    config = _frozen_config(**{"checkpoint.every_steps": 1, "checkpoint.max_to_keep": 1})
+    trainer.train(config, workdir, devices=jax.devices()[:1])
+    root = workdir_lib.checkpoints_dir(workdir)
+    assert workdir_lib.complete_steps(root) == [0, 2]       # step 1 retired, step 0 kept
+
+    for path in pathlib.Path(root, "2", "params").rglob("*"):  # step 2's weights: a disk fault
+        if path.is_file() and path.parent.name == "d":
+            path.write_bytes(b"\0garbage" * 8)
+    capsys.readouterr()
+    out = trainer.train(config, workdir, devices=jax.devices()[:1])
+    printed = capsys.readouterr().out
+    assert "checkpoint step 2 could not be restored" in printed
+    assert f"no training checkpoint of {workdir} restores; starting again from its imported " \
+           "weights" in printed and f"initialised params from {workdir}" in printed
+    assert sorted(out["losses"]) == [1, 2]
+    names = sorted(p.name for p in root.iterdir())
+    assert "0" in names and not any(n.startswith("0.damaged") for n in names)
+    assert sum(n.startswith("2.damaged-") for n in names) == 1
+    got = {**_flat(out["state"]["params"]), **_flat(out["state"]["fixed"])}
+    for path, value in saved.items():                       # lr 0: still the imported weights
+        np.testing.assert_array_equal(got[path], value, err_msg=path)
+
+
+def test_init_from_beside_an_imported_workdir_is_refused(tmp_path, tiny_params):
+    """Both name the starting weights; config.train.init_from had been ignored without a word."""
+    workdir, _ = _saved_model(tmp_path, tiny_params, name="workdir")
+    other, _ = _saved_model(tmp_path, tiny_params, name="other")
+    with pytest.raises(ValueError, match=rf"^config\.train\.init_from={other}: the workdir "
+                       rf"{workdir} holds imported weights too \(checkpoints/0, params only\)"):
+        trainer.train(_frozen_config(**{"train.init_from": str(other)}), workdir,
+                      devices=jax.devices()[:1])
+    assert workdir_lib.complete_steps(workdir_lib.checkpoints_dir(workdir)) == [0]
