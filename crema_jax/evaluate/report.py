@@ -202,11 +202,13 @@ def nothing_scored(report: dict) -> str | None:
             "positives and negatives of a class")
 
 
-def records(data, record_folds=None) -> dict:
+def records(data, record_folds=None, head=None) -> dict:
     """report.json's `records`: what was evaluated and what loading left out. train/val/test
     count the records the headline protocol's heads train, select and test on, as the runs
     table does: the splits, or with K folds the mean per fold of training and validation
-    records and every record tested (once)."""
+    records and every record tested (once). With the headline run `head`, they count the
+    records its model could read and scored; `unreadable` counts the test records its data
+    path skipped (a damaged or too short record: the log names each, with its reason)."""
     counts = {"indexed": int(data.counts.get("indexed", len(data.infos))),
               "duplicates_merged": int(data.counts.get("duplicates_merged", 0)),
               "no_class_left": int(data.counts.get("no_class_left", 0)),
@@ -216,10 +218,17 @@ def records(data, record_folds=None) -> dict:
         used = {"train": round(float(np.mean([len(p["train"]) for p in record_folds])), 1),
                 "val": round(float(np.mean([len(p["val"]) for p in record_folds])), 1),
                 "test": int(sum(len(p["test"]) for p in record_folds))}
+        tested = [int(len(part["test"])) for part in record_folds]
     else:
         used = {s: int(np.sum(data.splits == s)) for s in ("train", "val", "test")}
+        tested = []
+    planned_test = used["test"]
+    if head is not None:  # what the headline run's model read, not what the plan assigned
+        used = {"train": head["n_train"], "val": head["n_val"], "test": head["test"]["n"]}
+        if record_folds and head.get("folds"):
+            tested = [int(fold["test"]["n"]) for fold in head["folds"]]
     return {"total": int(len(data.infos)), **counts, **used,
-            "folds": [int(len(part["test"])) for part in record_folds or []]}
+            "unreadable": int(planned_test - used["test"]), "folds": tested}
 
 
 def _records_markdown(report: dict) -> list[str]:
@@ -237,7 +246,10 @@ def _records_markdown(report: dict) -> list[str]:
         line += (f"{len(r['folds'])} folds of {', '.join(map(str, r['folds']))} test records; "
                  f"per fold {r['train']:g} train, {r['val']:g} val; {r['test']} tested")
     else:
-        line += f"{r['train']} train, {r['val']} val, {r['test']} test"
+        line += f"{r['train']:g} train, {r['val']:g} val, {r['test']} test"
+    if r.get("unreadable"):
+        line += (f"; {r['unreadable']} test records could not be read (skipped: the log names "
+                 "each, with its reason)")
     return [line, ""]
 
 
@@ -252,7 +264,7 @@ def new_report(*, title: str, command: str, settings: dict, data, models: dict, 
         "title": title, "command": command, "settings": settings, "models": models,
         "label_type": data.label_type, "classes": list(data.classes),
         "class_display": data.display,
-        "records": records(data, record_folds),
+        "records": records(data, record_folds, head),
         "headline": {"run": head["name"], "model": head["model"],
                      "macro_auroc": head["test"]["macro_auroc"], "ci": head["test"]["ci"],
                      "verdict": comparisons[0]["verdict"] if comparisons else None},

@@ -165,6 +165,34 @@ def test_random_init_baseline_probe(cinc_sample_dir, tmp_path):
     assert report["settings"]["checkpoint"] == "random"
 
 
+def test_records_that_cannot_be_read_are_counted_not_reported_as_tested(cinc_sample_dir,
+                                                                        tmp_path):
+    """Two records whose signal files are damaged (read: skipped) had been counted in the
+    report's records as evaluated and tested, and named nowhere in it."""
+    import shutil
+    root = tmp_path / "records"
+    shutil.copytree(cinc_sample_dir, root)
+    data = (root / "E07501.mat").read_bytes()
+    (root / "E07501.mat").write_bytes(data[:len(data) // 3])    # truncated
+    (root / "E07502.mat").write_bytes(b"")                        # empty
+    _run(probe, checkpoint="random", model_size="tiny", root=str(root),
+         workdir=str(tmp_path / "out"), lead_sets=["12"], label_fractions=["1.0"],
+         cross_domain=False, probe_steps=50, folds=3, min_positives=3, bootstrap=20,
+         batch_size=16)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    pred = np.load(tmp_path / "out" / "predictions.npz")
+    ids = {str(r) for r in pred["record_id"]}
+    assert not ids & {"E07501", "E07502"}
+    records = report["records"]
+    assert records["unreadable"] == 2
+    assert records["test"] == len(ids) == report["runs"][0]["test"]["n"] == records["total"] - 2
+    assert records["folds"] == np.bincount(pred["fold"])[1:].tolist()
+    assert sum(records["folds"]) == records["total"] - 2   # every readable record tested once
+    line = next(x for x in (tmp_path / "out" / "report.md").read_text().splitlines()
+                if x.startswith("**Records**"))
+    assert f"{records['test']} tested; 2 test records could not be read (skipped" in line
+
+
 def test_net1d_backbone_probe(cinc_sample_dir, tmp_path):
     """A Net1D checkpoint in the layout import-torch writes (default config, model = net1d)."""
     from flax import nnx

@@ -104,6 +104,8 @@ def check_markdown_agrees(rep: dict, md: str) -> None:
                f"{records['test']} tested" in line, line
     else:
         assert f"{records['train']} train, {records['val']} val, {records['test']} test" in line
+    assert (f"; {records['unreadable']} test records could not be read" in line) is (
+        records["unreadable"] > 0), line
     header = _cells(next(x for x in lines if x.startswith("| run | model |")))
     rows = {_cells(x)[0] + "/" + _cells(x)[1]: dict(zip(header, _cells(x))) for x in lines
             if x.startswith("| ") and any(x.startswith(f"| {r['name']} |") for r in rep["runs"])}
@@ -157,7 +159,7 @@ def test_report_json_and_markdown_agree_on_counts_and_p_values(tmp_path):
     assert rep["records"] == {"total": 45, "indexed": 50, "duplicates_merged": 2,
                               "no_class_left": 3, "not_one_class": 0, "unlabelled": 4,
                               "train": 27.0,
-                              "val": 9.0, "test": 45, "folds": [9] * 5}
+                              "val": 9.0, "test": 45, "unreadable": 0, "folds": [9] * 5}
     macro = rep["comparisons"][0]["macro_auroc"]
     assert macro["n_valid"] == 1000 and macro["p_bound"] == "<"
     assert macro["p"] == 2 / 1001
