@@ -290,8 +290,8 @@ def prediction_arrays(pred: dict, classes, **more) -> dict:
     return {**arrays, **more}
 
 
-# Every file an evaluation report may have (write_all); a new report removes the ones it does
-# not write, so that no figure of an earlier report stays beside it.
+# Every file an evaluation report may have (write_all); a new report removes an earlier
+# report's before writing its own, so that no figure of an earlier report stays beside it.
 REPORT_FILES = ("report.json", "report.md", "predictions.npz", "roc.png", "embeddings_pca.png",
                 "paired_differences.png")
 
@@ -337,7 +337,8 @@ def workdir_path(workdir: str, *, inputs=(), checkpoints=(), log=print) -> pathl
 
 def write_all(report: dict, workdir, *, roc=None, embeddings=None, predictions=None,
               paired: bool = False) -> dict:
-    """Writes report.json, report.md and the PNGs under workdir; returns their paths.
+    """Writes report.md, predictions.npz, the PNGs and, last, report.json under workdir (an
+    earlier report's files removed first); returns their paths.
 
     roc: (labels, scores, class_names, title) of the headline test run.
     embeddings: (features, {"label": [...], "source": [...]}, title).
@@ -347,8 +348,15 @@ def write_all(report: dict, workdir, *, roc=None, embeddings=None, predictions=N
     """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": workdir / "report.json", "markdown": workdir / "report.md"}
-    files.write_atomic(paths["json"], lambda tmp: write_json(report, tmp))
+    # An earlier report's files go first, and report.json is written last: a run stopped
+    # part-way (Ctrl-C) leaves some of its own files and no report.json, never a report.json
+    # beside another run's figures (a compare's paired_differences.png had stayed beside a
+    # probe's report, and a probe stopped after its report.json beside the earlier figures).
+    for name in REPORT_FILES:
+        stale = workdir / name
+        if stale.is_file() and not stale.is_symlink():
+            stale.unlink()
+    paths = {"markdown": workdir / "report.md"}
     files.write_text_atomic(paths["markdown"], markdown(report))
     if predictions is not None:
         paths["predictions"] = workdir / "predictions.npz"
@@ -369,8 +377,6 @@ def write_all(report: dict, workdir, *, roc=None, embeddings=None, predictions=N
         paths["paired"] = workdir / "paired_differences.png"
         files.write_atomic(paths["paired"], lambda tmp: plots.plot_paired_differences(
             report["comparisons"], report.get("class_display", {}), report["models"], tmp))
-    for name in set(REPORT_FILES) - {p.name for p in paths.values()}:
-        stale = workdir / name  # an earlier report's (a compare's paired_differences.png had
-        if stale.is_file() and not stale.is_symlink():  # stayed beside a probe's report)
-            stale.unlink()
+    paths["json"] = workdir / "report.json"
+    files.write_atomic(paths["json"], lambda tmp: write_json(report, tmp))
     return {k: str(v) for k, v in paths.items()}

@@ -3,6 +3,7 @@ import json
 
 import matplotlib.image
 import numpy as np
+import pytest
 from sklearn.decomposition import PCA
 from sklearn.metrics import roc_auc_score
 
@@ -173,3 +174,35 @@ def test_report_json_and_markdown_agree_on_counts_and_p_values(tmp_path):
     assert "| macro auroc |" in md and md.split("| macro auroc |")[1].split("\n")[0] \
         .rstrip().endswith("| < 0.002 |")
     check_markdown_agrees(loaded, md)
+
+
+def test_a_report_stopped_part_way_leaves_no_report_json_beside_earlier_figures(
+        tmp_path, monkeypatch):
+    """Ctrl-C while a probe wrote its report into a compare's workdir had left the probe's
+    report.json beside the compare's paired_differences.png (and no roc.png): a report
+    mixing two runs. An earlier report's files now go first and report.json comes last."""
+    labels = np.eye(2, dtype=np.float32)[np.arange(20) % 2]
+    scores = np.random.default_rng(0).random((20, 2))
+    test = scoring.classification_report(labels, scores, ["AF", "SR"], thresholds=np.full(2, .5))
+    test["ci"] = None
+    from types import SimpleNamespace
+    data = SimpleNamespace(infos=[None] * 20, splits=np.full(20, "test"), label_type="multiclass",
+                           classes=["AF", "SR"], display={}, counts={})
+    runs = [{"name": "probe leads=12 labels=1", "model": "A", "n_train": 0, "n_val": 0,
+             "protocol": {"leads": "12", "label_fraction": 1.0, "folds": 0}, "test": test}]
+    rep = report.new_report(title="t", command="probe", settings={}, data=data, models={},
+                            runs=runs, cross_domain=[], seconds=1.0)
+    for name in ("report.json", "report.md", "paired_differences.png", "roc.png"):
+        (tmp_path / name).write_text("an earlier compare's")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(plots, "plot_roc", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        report.write_all(rep, tmp_path, roc=(labels, scores, ["AF", "SR"], "t"))
+    left = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
+    assert left == ["report.md"]                          # this run's own, and no report.json
+    assert "an earlier" not in (tmp_path / "report.md").read_text()
+    monkeypatch.undo()
+    report.write_all(rep, tmp_path, roc=(labels, scores, ["AF", "SR"], "t"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "report.md", "roc.png"]
