@@ -3,6 +3,7 @@ probe, finetune, compare), `add_probe_head` (probe, compare) and `add_finetune_r
 (finetune, compare)."""
 
 from crema_jax.cli import command
+from crema_jax.data.signal import augment
 from crema_jax.evaluate import ranges
 
 
@@ -90,6 +91,10 @@ def settings(args) -> dict:
     if split_fractions and not ranges.split_fractions_ok(split_fractions):
         raise command.FlagValueError(f"--split_fractions={','.join(args.split_fractions)}: "
                                      f"{ranges.SPLIT_FRACTIONS_TEXT}")
+    if 0 < args.folds < ranges.MIN_FOLDS:  # wrong whatever the data: before it is indexed
+        raise command.FlagValueError(f"--folds={args.folds}: expected 0 (the layout's splits) "
+                                     f"or at least {ranges.MIN_FOLDS} (a test, a validation and "
+                                     "a training fold)")
     if args.folds and split_fractions and not args.cross_domain:  # it was ignored, unsaid
         raise command.CommandError(f"--split_fractions with --folds={args.folds}: the folds "
                                    "replace the splits (only --cross_domain reads both); give "
@@ -180,6 +185,13 @@ def add_finetune_recipe(cmd: command.Command) -> None:
 
 def finetune_recipe(args) -> dict:
     """The fine-tuning recipe (evaluate.finetune's `ft`)."""
+    names = list(args.augment)
+    unknown = [a for a in names if a not in ("config", "none", *augment.AUGMENTS)]
+    if unknown or (len(names) > 1 and {"config", "none"} & set(names)):
+        why = (f"unknown augmentation {unknown[0]!r}" if unknown else
+               "'config' and 'none' stand alone")
+        raise command.FlagValueError(f"--augment={','.join(names)}: {why}; expected 'config', "
+                                     f"'none', or names among {', '.join(augment.AUGMENTS)}")
     return {"epochs": args.epochs, "base_lr": args.base_lr, "weight_decay": args.weight_decay,
             "layer_decay": args.layer_decay, "drop_path": args.drop_path,
             "label_smoothing": args.label_smoothing, "warmup_epochs": args.warmup_epochs,

@@ -20,9 +20,9 @@ from typing import Callable
 
 import numpy as np
 
-from crema_jax.evaluate import datasets, protocols, scoring
+from crema_jax.evaluate import datasets, protocols, ranges, scoring
 
-MIN_FOLDS = 3  # a test fold, a validation fold and at least one training fold
+MIN_FOLDS = ranges.MIN_FOLDS
 
 
 def stratified_group_folds(labels: np.ndarray, groups, k: int, *, seed: int = 0) -> np.ndarray:

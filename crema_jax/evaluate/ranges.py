@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+MIN_FOLDS = 3  # K-fold cross-validation: a test fold, a validation fold and a training fold
+
 
 @dataclasses.dataclass(frozen=True)
 class Range:

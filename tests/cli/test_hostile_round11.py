@@ -87,3 +87,22 @@ def test_ctrl_c_ends_the_process_at_once_whatever_threads_are_left(tmp_path):
         time.sleep(0.1)
     else:
         raise AssertionError(f"worker process {child} still runs")
+
+
+def test_folds_below_three_and_unknown_augmentations_are_flag_errors(tmp_path, capsys,
+                                                                    cinc_sample_dir):
+    """--folds=2 had been refused with exit 1 after the whole dataset was indexed, and
+    --augment=bogus with exit 1 naming a config field (data.augment.names)."""
+    from crema_jax.cli import finetune, probe
+    common = ["--checkpoint=random", f"--root={cinc_sample_dir}", f"--workdir={tmp_path / 'w'}"]
+    for k in (1, 2):
+        _fails(probe, [*common, f"--folds={k}"], capsys, f"--folds={k}: expected 0 (the "
+               "layout's splits) or at least 3 (a test, a validation and a training fold)",
+               code=2)
+    names = "amplitude_scale, baseline_wander, gaussian_noise, time_shift, lead_drop"
+    _fails(finetune, [*common, "--augment=gaussian_noise,bogus"], capsys,
+           "--augment=gaussian_noise,bogus: unknown augmentation 'bogus'; expected 'config', "
+           f"'none', or names among {names}", code=2)
+    _fails(finetune, [*common, "--augment=none,lead_drop"], capsys,
+           "--augment=none,lead_drop: 'config' and 'none' stand alone", code=2)
+    assert not (tmp_path / "w").exists()
