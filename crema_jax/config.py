@@ -531,3 +531,38 @@ def validate(config) -> None:
     if c.loss.name in losses.CONTRASTING:
         _check(c.data.num_views == 2, "data.num_views", c.data.num_views,
                f"2 for loss {c.loss.name!r} (its contrastive term pairs two views)")
+    _check_mesh_rules(c.mesh)
+
+
+def _check_mesh_rules(mesh) -> None:
+    """config.mesh.rules: (logical axis, mesh axes) pairs naming axes that exist. An unknown
+    mesh axis had been dropped (the parameter replicated) and an unknown logical axis ignored,
+    both with exit 0."""
+    import difflib
+
+    from crema_jax.models.sharding import DEFAULT_RULES
+    from crema_jax.runtime.mesh import MESH_AXES
+
+    rules = mesh.rules
+    logical = [name for name, _ in DEFAULT_RULES]
+
+    def near(name, names):
+        close = difflib.get_close_matches(str(name), names, n=1)
+        return f" (did you mean {close[0]!r}?)" if close else ""
+
+    _check(isinstance(rules, (tuple, list)), "mesh.rules", rules,
+           "a tuple of (logical axis, mesh axes) pairs")
+    for entry in rules:
+        _check(isinstance(entry, (tuple, list)) and len(entry) == 2, "mesh.rules", rules,
+               f"(logical axis, mesh axes) pairs; {entry!r} is not a pair")
+        name, target = entry
+        _check(name in logical, "mesh.rules", rules,
+               f"logical axes among {logical}; {name!r} is none of them{near(name, logical)}")
+        targets = (() if target is None else (target,) if isinstance(target, str)
+                   else tuple(target) if isinstance(target, (tuple, list)) else (target,))
+        for axis in targets:
+            _check(axis in MESH_AXES, "mesh.rules", rules,
+                   f"mesh axes among {list(MESH_AXES)}, a tuple of them or None; {axis!r} "
+                   f"(for {name!r}) is no mesh axis{near(axis, list(MESH_AXES))}")
+        _check(len(set(targets)) == len(targets), "mesh.rules", rules,
+               f"each mesh axis once per entry; {entry!r} repeats one")

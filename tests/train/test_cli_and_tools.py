@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
+from crema_jax.cli import pretrain
 from crema_jax.models.config import resolve_size
+from tests.cli.test_hostile import _fails
 from tests.configs import load_config_file
 from tests.train.helpers import REPO, cli_env, start_cli
 
@@ -116,3 +118,26 @@ def test_bench_runs_from_outside_the_repo(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["step_seconds"] > 0 and result["flops"] > 0 and result["batch"] == 2
+
+
+# ------------------------------------------------------------------ refused before any compile
+DEMO = f"--config={REPO / 'configs' / 'demo.py'}"
+
+
+@pytest.mark.parametrize("rules, said", [
+    ('(("embed","fsdpp"),)', "flag --config.mesh.rules=(('embed', 'fsdpp'),): expected mesh axes "
+     "among ['data', 'fsdp', 'tensor'], a tuple of them or None; 'fsdpp' (for 'embed') is no "
+     "mesh axis (did you mean 'fsdp'?)"),
+    ('(("embedd","fsdp"),)', "flag --config.mesh.rules=(('embedd', 'fsdp'),): expected logical "
+     "axes among ['activation_batch', 'activation_length', 'activation_embed', 'embed', 'mlp', "
+     "'heads', 'qkv', 'head_dim', 'patch', 'leads', 'layers', 'norm', 'classes', 'proj']; "
+     "'embedd' is none of them (did you mean 'embed'?)"),
+    ('(("embed",("fsdp","fsdp")),)', "flag --config.mesh.rules=(('embed', ('fsdp', 'fsdp')),): "
+     "expected each mesh axis once per entry; ('embed', ('fsdp', 'fsdp')) repeats one"),
+])
+def test_mesh_rules_naming_no_axis_are_refused(capsys, rules, said):
+    """An unknown mesh axis had been dropped (the parameter replicated) and an unknown logical
+    axis ignored: both compiled, exit 0."""
+    line = _fails(pretrain, [DEMO, "--dry_run", "--config.mesh.fsdp=4",
+                             f"--config.mesh.rules={rules}"], capsys, code=2)
+    assert line == f"crema-jax pretrain: error: {said}"
