@@ -76,11 +76,12 @@ def main(args) -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
     from crema_jax.evaluate import evaluators  # after the distributed start, as said above
-    from crema_jax.train import hooks, trainer
+    from crema_jax.train import hooks, layout, trainer
 
+    # An unknown slice: a ValueError says why.
+    devices = mesh_lib.tpu_topology_devices(args.topology) if args.topology else None
+    layout.check(config, devices)  # the mesh and rules fit the model, before anything is built
     if args.dry_run:
-        # An unknown slice, or a mesh or batch that does not fit: a ValueError says why.
-        devices = mesh_lib.tpu_topology_devices(args.topology) if args.topology else None
         report = trainer.dry_run(config, devices=devices)
         mem = report["memory_per_device"]
         print(f"{report['devices']} x {report['device_kind']} on {report['processes']} "

@@ -141,3 +141,13 @@ def test_mesh_rules_naming_no_axis_are_refused(capsys, rules, said):
     line = _fails(pretrain, [DEMO, "--dry_run", "--config.mesh.fsdp=4",
                              f"--config.mesh.rules={rules}"], capsys, code=2)
     assert line == f"crema-jax pretrain: error: {said}"
+
+
+def test_mesh_rules_putting_two_axes_of_a_parameter_on_one_mesh_axis_are_refused(capsys):
+    """jax's DuplicateSpecError had ended the dry run in a 113-line traceback."""
+    line = _fails(pretrain, [DEMO, "--dry_run", "--config.mesh.data=-1",
+                             '--config.mesh.rules=(("embed","tensor"),)'], capsys, code=2)
+    assert line == ("crema-jax pretrain: error: flag --config.mesh.rules=(('embed', 'tensor'),): "
+                    "logical axes 'heads' and 'embed' of parameter decoder/blocks/0/attn/out/"
+                    "kernel (axes heads, head_dim, embed) both map to mesh axis 'tensor'; "
+                    "expected rules that put the axes of a parameter on different mesh axes")
