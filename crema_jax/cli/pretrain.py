@@ -78,8 +78,12 @@ def main(args) -> None:
     from crema_jax.evaluate import evaluators  # after the distributed start, as said above
     from crema_jax.train import hooks, layout, trainer
 
-    # An unknown slice: a ValueError says why.
-    devices = mesh_lib.tpu_topology_devices(args.topology) if args.topology else None
+    devices = None
+    if args.topology:
+        try:
+            devices = mesh_lib.tpu_topology_devices(args.topology)
+        except ValueError as err:  # a slice no TPU type has, or one libtpu refuses: a bad flag
+            raise command.FlagValueError(str(err)) from None
     layout.check(config, devices)  # the mesh and rules fit the model, before anything is built
     if args.dry_run:
         report = trainer.dry_run(config, devices=devices)

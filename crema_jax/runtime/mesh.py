@@ -130,28 +130,65 @@ def process_count(mesh) -> int:
     return len({d.process_index for d in mesh.devices.flat})
 
 
+# The largest single slice of each TPU type libtpu describes, in chips along each axis (the
+# number of axes is the type's torus: 2-D or 3-D). From the Cloud TPU documentation's pages on
+# each version (cloud.google.com/tpu/docs/v5e, /v6e: "TPU Pod size 256 chips", "2D torus";
+# /v5p: "The maximum v5p shape is 16x16x24"; /v4: 4096 chips in a 3-D torus, 16x16x16;
+# /system-architecture-tpu-vm: a v2 Pod is 16x16 chips (v2-512), a v3 Pod 32x32 (v3-2048)).
+# libtpu itself accepted v5e:1000x1000 as a million devices (45 s and 3.8 GB before the mesh
+# failed) and aborted the process (SIGABRT) on v5e:32x32.
+TPU_MAX_SHAPES = {"v2": (16, 16), "v3": (32, 32), "v4": (16, 16, 16), "v5e": (16, 16),
+                  "v5p": (16, 16, 24), "v6e": (16, 16)}
+
+
+def _check_tpu_slice(name: str) -> None:
+    """ValueError naming `--topology` unless it is a TPU type of TPU_MAX_SHAPES with a chip grid
+    of its torus's axes, within its largest slice."""
+    if not re.fullmatch(r"v\d+[a-z]*:\d+(x\d+)+", name):
+        raise ValueError(f"--topology={name}: expected a TPU type and chip grid such as "
+                         "v5e:4x4, v5p:2x2x2, v6e:8x8 or v4:2x2x2")
+    kind, grid = name.split(":")
+    dims = tuple(int(d) for d in grid.split("x"))
+    bound = TPU_MAX_SHAPES.get(kind)
+    if bound is None:
+        raise ValueError(f"--topology={name}: unknown TPU type {kind!r}; expected one of "
+                         f"{', '.join(TPU_MAX_SHAPES)}")
+    largest = "x".join(map(str, bound))
+    if len(dims) != len(bound):
+        example = "x".join(["2"] * len(bound))
+        raise ValueError(f"--topology={name}: a {kind} slice is a {len(bound)}-D grid of chips; "
+                         f"expected {len(bound)} sizes, such as {kind}:{example} (at most "
+                         f"{largest})")
+    if min(dims) < 1 or any(d > b for d, b in zip(sorted(dims), sorted(bound))):
+        raise ValueError(f"--topology={name}: larger than any {kind} slice; expected a chip grid "
+                         f"within {largest}, the largest single {kind} slice")
+
+
 def tpu_topology_devices(name: str) -> list:
     """The abstract devices of a TPU slice, e.g. "v5e:4x4", "v5p:2x2x2", "v6e:8x8", "v4:2x2x2".
 
     XLA compiles for them on any machine (ahead-of-time, nothing runs). It needs libtpu installed
-    (`pip install "crema_jax[tpu]"`), not a TPU.
+    (`pip install "crema_jax[tpu]"`), not a TPU. A ValueError naming `--topology` says what is
+    wrong with `name` (a type or grid no slice has, or one libtpu refuses, with its reason).
     """
+    _check_tpu_slice(name)
+    from crema_jax.runtime import platforms
+    if not platforms.libtpu_installed():
+        raise ValueError(f"--topology={name}: ahead-of-time TPU compilation needs libtpu, which "
+                         "is not installed: pip install \"crema_jax[tpu]\"")
     from jax.experimental import topologies  # here: libtpu's, only for TPU dry runs
 
-    from crema_jax.runtime import platforms
     if not platforms.tpu_present():
         # libtpu's lock file (/tmp/libtpu_lockfile) guards a machine's TPU chips from a second
         # process; without chips it guards nothing, and would refuse a second dry run at once.
         os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    if not re.fullmatch(r"v\d+[a-z]*:\d+(x\d+)+", name):
-        raise ValueError(f"--topology={name!r}: expected a TPU type and chip grid such as "
-                         "v5e:4x4, v5p:2x2x2, v6e:8x8 or v4:2x2x2")
     try:
         topology = topologies.get_topology_desc(name, "tpu")
-    except Exception as err:  # noqa: BLE001 - libtpu missing, or a type it does not know.
-        raise ValueError(f"--topology={name!r}: could not describe this TPU slice ({err}). "
-                         "Ahead-of-time TPU compilation needs libtpu: "
-                         "pip install \"crema_jax[tpu]\"") from err
+    except Exception as err:  # noqa: BLE001 - libtpu refuses the slice: its reason, one line
+        reason = " ".join(str(err).split()).removeprefix("INVALID_ARGUMENT: ")
+        raise ValueError(f"--topology={name}: libtpu cannot describe this slice ({reason}); "
+                         "expected a slice shape Cloud TPU offers (whole hosts: e.g. v5e:2x2, "
+                         "v5e:4x4, v5p:2x2x2)") from err
     return list(topology.devices)
 
 

@@ -80,3 +80,29 @@ def test_two_tpu_dry_runs_at_once_on_a_machine_without_tpu(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.parametrize("name, said", [
+    # libtpu had aborted the process (SIGABRT, a C++ stack) on 32x32, and described 1000x1000 as
+    # a million devices (45 s and 3.8 GB before failing).
+    ("v5e:32x32", "--topology=v5e:32x32: larger than any v5e slice; expected a chip grid within "
+                  "16x16, the largest single v5e slice"),
+    ("v5e:1000x1000", "--topology=v5e:1000x1000: larger than any v5e slice; expected a chip grid "
+                      "within 16x16, the largest single v5e slice"),
+    ("v5p:24x24x1", "--topology=v5p:24x24x1: larger than any v5p slice; expected a chip grid "
+                    "within 16x16x24, the largest single v5p slice"),
+    ("v5e:4x4x4", "--topology=v5e:4x4x4: a v5e slice is a 2-D grid of chips; expected 2 sizes, "
+                  "such as v5e:2x2 (at most 16x16)"),
+    # Both had said "Ahead-of-time TPU compilation needs libtpu" with libtpu installed.
+    ("v9z:4x4", "--topology=v9z:4x4: unknown TPU type 'v9z'; expected one of v2, v3, v4, v5e, "
+                "v5p, v6e"),
+    ("v5e:3x5", "--topology=v5e:3x5: libtpu cannot describe this slice (Topology layout "
+                "\"v5e:3x5\" is not divisible by the given (or default) chips_per_host_bounds "
+                "\"2x2x1\"); expected a slice shape Cloud TPU offers (whole hosts: e.g. v5e:2x2, "
+                "v5e:4x4, v5p:2x2x2)"),
+])
+def test_a_tpu_slice_no_tpu_type_has_is_refused_naming_the_bound(name, said):
+    with pytest.raises(ValueError) as refused:
+        mesh_lib.tpu_topology_devices(name)
+    assert str(refused.value) == said
+    assert len(mesh_lib.tpu_topology_devices("v5p:16x16x24")) == 6144   # the largest v5p slice

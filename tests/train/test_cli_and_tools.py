@@ -81,7 +81,7 @@ def test_dry_run_for_a_tpu_pod_slice_and_for_n_cpu_devices(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("extra, message", [
     (("--dry_run", "--topology=v5e"), "expected a TPU type and chip grid"),
-    (("--dry_run", "--topology=v9z:2x2"), "could not describe this TPU slice"),
+    (("--dry_run", "--topology=v9z:2x2"), "unknown TPU type 'v9z'"),
     (("--topology=v5e:2x2",), "only go with --dry_run"),
     (("--dry_run", "--num_devices=3", "--config.train.global_batch_size=4"),
      "must divide by the ('data', 'fsdp') mesh axes (3 shards)"),
@@ -151,3 +151,10 @@ def test_mesh_rules_putting_two_axes_of_a_parameter_on_one_mesh_axis_are_refused
                     "logical axes 'heads' and 'embed' of parameter decoder/blocks/0/attn/out/"
                     "kernel (axes heads, head_dim, embed) both map to mesh axis 'tensor'; "
                     "expected rules that put the axes of a parameter on different mesh axes")
+
+
+def test_a_bad_topology_is_a_flag_error(capsys):
+    """Every --topology refusal had exited 1, as for bad data; v5e:32x32 had aborted libtpu."""
+    line = _fails(pretrain, [DEMO, "--dry_run", "--topology=v5e:32x32"], capsys, code=2)
+    assert line == ("crema-jax pretrain: error: --topology=v5e:32x32: larger than any v5e slice; "
+                    "expected a chip grid within 16x16, the largest single v5e slice")
