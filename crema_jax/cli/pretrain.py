@@ -78,6 +78,9 @@ def main(args) -> None:
     from crema_jax.evaluate import evaluators  # after the distributed start, as said above
     from crema_jax.train import hooks, layout, trainer
 
+    evaluators.check_names(config)  # what the run would refuse, the dry run refuses too
+    if args.dry_run and config.train.init_from:
+        _check_init_from(config)
     devices = None
     if args.topology:
         try:
@@ -86,25 +89,9 @@ def main(args) -> None:
             raise command.FlagValueError(str(err)) from None
     layout.check(config, devices)  # the mesh and rules fit the model, before anything is built
     if args.dry_run:
-        report = trainer.dry_run(config, devices=devices)
-        mem = report["memory_per_device"]
-        print(f"{report['devices']} x {report['device_kind']} on {report['processes']} "
-              f"host(s), mesh {report['mesh']}  global batch {report['global_batch']}")
-        print(f"FLOPs per step: {report['flops_per_step']:.4g} "
-              f"({report['flops_per_step_per_device']:.4g} per device)")
-        if mem:
-            print(f"memory per device: {mem['total_bytes'] / 2**30:.3f} GiB "
-                  f"(arguments {mem['argument_size_in_bytes'] / 2**30:.3f}, temporaries "
-                  f"{mem['temp_size_in_bytes'] / 2**30:.3f}, outputs "
-                  f"{mem['output_size_in_bytes'] / 2**30:.3f}, aliased "
-                  f"{mem['alias_size_in_bytes'] / 2**30:.3f})")
-        if "step_seconds_at_peak" in report:
-            print(f"step time at 100% of peak: {report['step_seconds_at_peak'] * 1e3:.3g} ms "
-                  f"(at 40% MFU: {report['step_seconds_at_peak'] / 0.4 * 1e3:.3g} ms)")
-        print(json.dumps(report))
+        _print_dry_run(trainer.dry_run(config, devices=devices))
         return
 
-    evaluators.check_names(config)
     if not args.verbose:
         from crema_jax.runtime import checkpoint
 
@@ -123,3 +110,34 @@ def main(args) -> None:
             return
         path = reconstruction.write_png(config, result, args.workdir)
         print(f"wrote {path}")
+
+
+def _check_init_from(config) -> None:
+    """The dry run's check of config.train.init_from, as the run makes it before loading the
+    weights (train/resume.py): a checkpoint there, of this run's architecture. A run checks it
+    itself, and only when its workdir holds no training state of its own."""
+    from crema_jax import config as config_lib
+    from crema_jax.train import warm_start
+
+    source = str(config.train.init_from)
+    saved = config_lib.load_checkpoint_config(source)
+    warm_start.check_architecture(config.model, saved.model, source=source)
+
+
+def _print_dry_run(report: dict) -> None:
+    """The dry run's lines, then its report as one JSON line."""
+    mem = report["memory_per_device"]
+    print(f"{report['devices']} x {report['device_kind']} on {report['processes']} "
+          f"host(s), mesh {report['mesh']}  global batch {report['global_batch']}")
+    print(f"FLOPs per step: {report['flops_per_step']:.4g} "
+          f"({report['flops_per_step_per_device']:.4g} per device)")
+    if mem:
+        print(f"memory per device: {mem['total_bytes'] / 2**30:.3f} GiB "
+              f"(arguments {mem['argument_size_in_bytes'] / 2**30:.3f}, temporaries "
+              f"{mem['temp_size_in_bytes'] / 2**30:.3f}, outputs "
+              f"{mem['output_size_in_bytes'] / 2**30:.3f}, aliased "
+              f"{mem['alias_size_in_bytes'] / 2**30:.3f})")
+    if "step_seconds_at_peak" in report:
+        print(f"step time at 100% of peak: {report['step_seconds_at_peak'] * 1e3:.3g} ms "
+              f"(at 40% MFU: {report['step_seconds_at_peak'] / 0.4 * 1e3:.3g} ms)")
+    print(json.dumps(report))

@@ -7,8 +7,11 @@ import sys
 
 import pytest
 
+from crema_jax import config as config_lib
 from crema_jax.cli import pretrain
+from crema_jax.models import params as params_lib
 from crema_jax.models.config import resolve_size
+from crema_jax.runtime import checkpoint
 from tests.cli.test_hostile import _fails
 from tests.configs import load_config_file
 from tests.train.helpers import REPO, cli_env, start_cli
@@ -122,6 +125,7 @@ def test_bench_runs_from_outside_the_repo(tmp_path):
 
 # ------------------------------------------------------------------ refused before any compile
 DEMO = f"--config={REPO / 'configs' / 'demo.py'}"
+DRY = [DEMO, "--dry_run", "--config.mesh.data=-1"]  # demo.py's mesh: 1 device; the tests have 8
 
 
 @pytest.mark.parametrize("rules, said", [
@@ -158,3 +162,26 @@ def test_a_bad_topology_is_a_flag_error(capsys):
     line = _fails(pretrain, [DEMO, "--dry_run", "--topology=v5e:32x32"], capsys, code=2)
     assert line == ("crema-jax pretrain: error: --topology=v5e:32x32: larger than any v5e slice; "
                     "expected a chip grid within 16x16, the largest single v5e slice")
+
+
+def test_the_dry_run_refuses_what_the_run_refuses(tmp_path, capsys):
+    """An unknown evaluator and an init_from naming no checkpoint (or another architecture's)
+    had passed --dry_run with exit 0; the run refused them. The evaluator name is a flag error."""
+    line = _fails(pretrain, [*DRY, '--config.evals.names=("reconstructoin",)'],
+                  capsys, code=2)
+    assert line == ("crema-jax pretrain: error: flag --config.evals.names=('reconstructoin',): "
+                    "unknown ['reconstructoin']; expected names from ['fewshot_probe', "
+                    "'reconstruction']")
+    missing = tmp_path / "nonexistent"
+    line = _fails(pretrain, [*DRY, f"--config.train.init_from={missing}"], capsys)
+    assert line == (f"crema-jax pretrain: error: {missing}: no complete checkpoint found "
+                    "(expected a workdir with checkpoints/<step>/, a checkpoints dir, or a step "
+                    "dir containing 'params')")
+    other = config_lib.default_config()
+    other.model.size = "tiny"
+    checkpoint.save_model_checkpoint(tmp_path / "ckpt", params_lib.init_params(other.model, 0),
+                                     other)
+    line = _fails(pretrain, [*DRY, f"--config.train.init_from={tmp_path / 'ckpt'}"],
+                  capsys)
+    assert line.startswith(f"crema-jax pretrain: error: {tmp_path / 'ckpt'}: the checkpoint's "
+                           "model architecture differs from this run's config.model (")
