@@ -255,11 +255,15 @@ def _merge(node: ml_collections.ConfigDict, saved: dict, prefix: str) -> None:
 class ConfigValueError(ValueError):
     """A config field outside its domain; `.config_field` names it ("train.global_batch_size"),
     so that a command can tell a value set by a --config.FIELD= override (a usage error, exit
-    2) from one in the config file (exit 1)."""
+    2) from one in the config file (exit 1). `related`: the other fields whose values the
+    refusal also rests on (the mesh's sizes for a batch that does not divide over them); an
+    override of one of them makes it a usage error too. config_field may then be "" (no one
+    field: a mesh whose sizes do not multiply to the device count)."""
 
-    def __init__(self, message: str, config_field: str):
+    def __init__(self, message: str, config_field: str, *, related=()):
         super().__init__(message)
         self.config_field = config_field
+        self.related = tuple(related)
 
 
 def _check(ok: bool, field: str, value, expected: str) -> None:

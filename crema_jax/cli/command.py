@@ -238,6 +238,9 @@ class Command:
             flag = self._overriding_flag(err, argv)
             if flag:
                 self._fail(f"flag --{flag}{_one_line(err).removeprefix('config')}", code=2)
+            override = self._related_override(err, argv)
+            if override:  # another field's override the refusal rests on: a usage error too
+                self._fail(f"flag {override}: {_one_line(err)}", code=2)
             self._fail(_one_line(err), code=2 if isinstance(err, FlagValueError) else 1)
 
     def _overriding_flag(self, err: BaseException, argv) -> str | None:
@@ -248,6 +251,17 @@ class Command:
             if field and f.kind == "config" and any(
                     a.startswith(f"--{f.name}.{field}=") for a in argv):
                 return f.name
+        return None
+
+    def _related_override(self, err: BaseException, argv) -> str | None:
+        """The first --NAME.FIELD=VALUE argument overriding one of the fields `err` also rests
+        on (config.ConfigValueError's `related`), else None."""
+        for field in getattr(err, "related", ()):
+            for f in self._flags:
+                arg = next((a for a in argv if f.kind == "config"
+                            and a.startswith(f"--{f.name}.{field}=")), None)
+                if arg:
+                    return arg
         return None
 
     def _config_file_problem(self, argv) -> str | None:

@@ -3,7 +3,8 @@ parameter's logical axes mapped by the rules onto mesh axes it can be split over
 
 jax had refused these only while building the sharded state, in a traceback naming neither the
 config field nor the parameter (DuplicateSpecError for a `mesh.rules` entry that puts two axes
-of one parameter on the same mesh axis).
+of one parameter on the same mesh axis; "implies that array axis 0 is partitioned 4 times, but
+the dimension size is 2" for mesh.tensor=4 and a model of 2 heads).
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ def check(config, devices=None) -> None:
     rules = dict(mesh_lib.logical_rules(mesh, config.mesh, sharding.DEFAULT_RULES))
     for path, shape, axes in parameter_axes(trainer.for_target(config.model, mesh)):
         _check_parameter(config, rules, path, axes)
+        for size, name in zip(shape, axes):
+            _check_divides(config, mesh, rules, path, size, name)
 
 
 def parameter_axes(model_cfg) -> list[tuple[str, tuple, tuple]]:
@@ -55,3 +58,48 @@ def _check_parameter(config, rules: dict, path: str, axes: tuple) -> None:
                     f"to mesh axis {axis!r}; expected rules that put the axes of a parameter on "
                     "different mesh axes", "mesh.rules")
             used[axis] = name
+
+
+# The model fields that may set a logical axis's size, for the message.
+_SIZE_FIELDS = {sharding.HEADS: "num_heads", sharding.EMBED: "width", sharding.HEAD_DIM: "head_dim",
+                sharding.PROJ: "proj_dim", sharding.CLASSES: "num_classes"}
+
+
+def _size_field(model_cfg, path: str, name, size: int) -> str:
+    """"model.F" of the field whose value is `size` ("" when none is): the encoder's (its size
+    resolved: 0 = the size's own) or, first for a decoder parameter, the decoder's."""
+    field = _SIZE_FIELDS.get(name)
+    if not field:
+        return ""
+    values = {}
+    if "size" in model_cfg:
+        from crema_jax.models.config import resolve_size
+        values[field] = resolve_size(model_cfg).get(field)
+    if field in model_cfg and model_cfg[field]:
+        values[field] = model_cfg[field]
+    if f"decoder_{field}" in model_cfg:
+        values[f"decoder_{field}"] = model_cfg[f"decoder_{field}"]
+    order = sorted(values, key=lambda f: f.startswith("decoder_") != path.startswith("decoder/"))
+    return next((f"model.{f}" for f in order if values[f] == size), "")
+
+
+def _check_divides(config, mesh, rules: dict, path: str, size: int, name) -> None:
+    """A parameter axis split over mesh axes must divide by their product."""
+    axes = _targets(rules, name)
+    shards = 1
+    for axis in axes:
+        shards *= mesh.shape[axis]
+    if size % shards == 0:
+        return
+    over = " x ".join(f"mesh.{a}={config.mesh[a]}" + (f" ({mesh.shape[a]} devices)"
+                                                       if config.mesh[a] == -1 else "")
+                      for a in axes)
+    field = _size_field(config.model, path, name, size)
+    source = f", set by {field}" if field else ""
+    raise config_lib.ConfigValueError(
+        f"config.{over.split(' x ')[0]}: the model's {name!r} axis does not divide over it "
+        f"(parameter {path} has {size} along {name!r}{source}, split {shards} ways over "
+        f"{over} by the rule ({name!r}, {rules.get(name)!r})); expected mesh sizes that divide "
+        f"{size}, or a mesh.rules entry ({name!r}, None) to keep it whole",
+        f"mesh.{axes[0]}", related=(*(f"mesh.{a}" for a in axes[1:]), "mesh.rules",
+                                    *((field,) if field else ())))

@@ -185,3 +185,25 @@ def test_the_dry_run_refuses_what_the_run_refuses(tmp_path, capsys):
                   capsys)
     assert line.startswith(f"crema-jax pretrain: error: {tmp_path / 'ckpt'}: the checkpoint's "
                            "model architecture differs from this run's config.model (")
+
+
+def test_a_mesh_axis_a_model_dimension_does_not_divide_by_is_refused_naming_both(capsys):
+    """jax had said "Sharding NamedSharding(...) implies that array axis 0 is partitioned 8
+    times, but the dimension size is 2", exit 1, naming neither the field nor the parameter."""
+    line = _fails(pretrain, [DEMO, "--dry_run", "--config.mesh.data=1", "--config.mesh.tensor=8"],
+                  capsys, code=2)
+    assert line == ("crema-jax pretrain: error: flag --config.mesh.tensor=8: the model's 'heads' "
+                    "axis does not divide over it (parameter decoder/blocks/0/attn/out/kernel has "
+                    "2 along 'heads', set by model.decoder_num_heads, split 8 ways over "
+                    "mesh.tensor=8 by the rule ('heads', 'tensor')); expected mesh sizes that "
+                    "divide 2, or a mesh.rules entry ('heads', None) to keep it whole")
+    line = _fails(pretrain, [DEMO, "--dry_run", "--config.mesh.data=-1",
+                             '--config.mesh.rules=(("embed",("data","fsdp")),)',
+                             "--config.train.global_batch_size=24", "--config.model.width=36"],
+                  capsys, code=2)
+    assert line == ("crema-jax pretrain: error: flag --config.mesh.data=-1 (8 devices): the "
+                    "model's 'embed' axis does not divide over it (parameter decoder/embed/kernel "
+                    "has 36 along 'embed', set by model.width, split 8 ways over mesh.data=-1 "
+                    "(8 devices) x mesh.fsdp=1 by the rule ('embed', ('data', 'fsdp'))); expected "
+                    "mesh sizes that divide 36, or a mesh.rules entry ('embed', None) to keep it "
+                    "whole")
