@@ -266,9 +266,10 @@ class ConfigValueError(ValueError):
         self.related = tuple(related)
 
 
-def _check(ok: bool, field: str, value, expected: str) -> None:
+def _check(ok: bool, field: str, value, expected: str, *, related=()) -> None:
     if not ok:
-        raise ConfigValueError(f"config.{field}={value!r}: expected {expected}", field)
+        raise ConfigValueError(f"config.{field}={value!r}: expected {expected}", field,
+                               related=related)
 
 
 def _one_of(config, field: str, allowed) -> None:
@@ -536,6 +537,16 @@ def validate(config) -> None:
         _check(c.data.num_views == 2, "data.num_views", c.data.num_views,
                f"2 for loss {c.loss.name!r} (its contrastive term pairs two views)")
     _check_mesh_rules(c.mesh)
+    sizes = {a: c.mesh[a] for a in ("data", "fsdp", "tensor")}
+    if list(sizes.values()).count(-1) > 1:
+        raise ConfigValueError(
+            f"config.mesh ({', '.join(f'{a}={v}' for a, v in sizes.items())}): expected at most "
+            "one axis of size -1 (the one that takes every device the others leave)", "",
+            related=tuple(f"mesh.{a}" for a in sizes))
+    accum, batch = c.optim.grad_accum_steps, c.train.global_batch_size
+    _check(batch % accum == 0, "optim.grad_accum_steps", accum,
+           f"a divisor of train.global_batch_size={batch} (each optimizer step's batch is "
+           f"split into this many equal micro-batches)", related=("train.global_batch_size",))
 
 
 def _check_mesh_rules(mesh) -> None:

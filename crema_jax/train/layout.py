@@ -18,11 +18,21 @@ from crema_jax.runtime import mesh as mesh_lib
 from crema_jax.train import trainer
 
 
+_MESH_FIELDS = tuple(f"mesh.{a}" for a in mesh_lib.MESH_AXES)
+
+
 def check(config, devices=None) -> None:
-    """ConfigValueError naming the field when the config's mesh and rules cannot lay out the
-    model on `devices` (None: this process's devices)."""
+    """ConfigValueError naming the field when the config's mesh, batch and rules cannot lay out
+    the model on `devices` (None: this process's devices): mesh sizes that do not make the
+    device count, a global batch the processes or batch shards do not divide, rules that put
+    two axes of a parameter on one mesh axis, a parameter axis its mesh axes do not divide."""
     devices = jax.devices() if devices is None else list(devices)
+    try:
+        mesh_lib.mesh_shape(config.mesh, len(devices))
+    except ValueError as err:  # sizes that do not make the device count
+        raise config_lib.ConfigValueError(str(err), "", related=_MESH_FIELDS) from None
     mesh = mesh_lib.make_mesh(config.mesh, devices)
+    trainer.batch_sizes(config, mesh)
     rules = dict(mesh_lib.logical_rules(mesh, config.mesh, sharding.DEFAULT_RULES))
     for path, shape, axes in parameter_axes(trainer.for_target(config.model, mesh)):
         _check_parameter(config, rules, path, axes)

@@ -65,18 +65,26 @@ class Setup:
 # ================================================================================ the setup
 def batch_sizes(config, mesh) -> tuple[int, int]:
     """(global batch, per-process batch) from config.train.global_batch_size: every process reads
-    an equal share, and the global batch splits evenly over the mesh's batch shards."""
+    an equal share, and the global batch splits evenly over the mesh's batch shards. A
+    ConfigValueError naming the field (and the mesh sizes it rests on) otherwise."""
     if config.data.batch_size is not None:
-        raise ValueError(f"config.data.batch_size={config.data.batch_size}: pretraining derives "
-                         "the per-process batch from config.train.global_batch_size; set that "
-                         "instead")
+        raise config_lib.ConfigValueError(
+            f"config.data.batch_size={config.data.batch_size}: pretraining derives the "
+            "per-process batch from config.train.global_batch_size; set that instead",
+            "data.batch_size")
     global_batch, processes = int(config.train.global_batch_size), mesh_lib.process_count(mesh)
     if global_batch <= 0 or global_batch % processes:
-        raise ValueError(f"config.train.global_batch_size={global_batch} must be a positive "
-                         f"multiple of the {processes} processes (each reads an equal share)")
-    if global_batch % mesh_lib.batch_divisor(mesh):
-        raise ValueError(f"config.train.global_batch_size={global_batch} must divide by the "
-                         f"{mesh_lib.BATCH_AXES} mesh axes ({mesh_lib.batch_divisor(mesh)} shards)")
+        raise config_lib.ConfigValueError(
+            f"config.train.global_batch_size={global_batch}: expected a positive multiple of "
+            f"the {processes} processes (each reads an equal share)", "train.global_batch_size")
+    shards = mesh_lib.batch_divisor(mesh)
+    if global_batch % shards:
+        sizes = " x ".join(f"{a} {mesh.shape[a]}" for a in mesh_lib.BATCH_AXES)
+        raise config_lib.ConfigValueError(
+            f"config.train.global_batch_size={global_batch}: expected a multiple of the "
+            f"{shards} batch shards of the mesh axes {mesh_lib.BATCH_AXES} ({sizes})",
+            "train.global_batch_size",
+            related=tuple(f"mesh.{a}" for a in mesh_lib.BATCH_AXES))
     return global_batch, global_batch // processes
 
 

@@ -87,7 +87,8 @@ def test_dry_run_for_a_tpu_pod_slice_and_for_n_cpu_devices(tmp_path):
     (("--dry_run", "--topology=v9z:2x2"), "unknown TPU type 'v9z'"),
     (("--topology=v5e:2x2",), "only go with --dry_run"),
     (("--dry_run", "--num_devices=3", "--config.train.global_batch_size=4"),
-     "must divide by the ('data', 'fsdp') mesh axes (3 shards)"),
+     "expected a multiple of the 3 batch shards of the mesh axes ('data', 'fsdp') (data 3 x "
+     "fsdp 1)"),
     (("--dry_run", "--config.data.batch_size=4"), "set that instead"),
 ])
 def test_dry_run_rejects_a_bad_target(tmp_path, extra, message):
@@ -207,3 +208,30 @@ def test_a_mesh_axis_a_model_dimension_does_not_divide_by_is_refused_naming_both
                     "(8 devices) x mesh.fsdp=1 by the rule ('embed', ('data', 'fsdp'))); expected "
                     "mesh sizes that divide 36, or a mesh.rules entry ('embed', None) to keep it "
                     "whole")
+
+
+@pytest.mark.parametrize("flags, said", [
+    (("--config.mesh.data=-1", "--config.mesh.fsdp=-1"),
+     "flag --config.mesh.data=-1: config.mesh (data=-1, fsdp=-1, tensor=1): expected at most one "
+     "axis of size -1 (the one that takes every device the others leave)"),
+    (("--config.mesh.data=3",),
+     "flag --config.mesh.data=3: config.mesh {'data': 3, 'fsdp': 1, 'tensor': 1} needs 3 "
+     "devices; 8 are available (use -1 on one axis to fill)"),
+    (("--config.mesh.data=-1", "--config.train.global_batch_size=6"),
+     "flag --config.train.global_batch_size=6: expected a multiple of the 8 batch shards of the "
+     "mesh axes ('data', 'fsdp') (data 8 x fsdp 1)"),
+    (("--config.mesh.data=4", "--config.mesh.fsdp=-1", "--config.train.global_batch_size=12"),
+     "flag --config.train.global_batch_size=12: expected a multiple of the 8 batch shards of the "
+     "mesh axes ('data', 'fsdp') (data 4 x fsdp 2)"),
+    (("--config.optim.grad_accum_steps=3",),
+     "flag --config.optim.grad_accum_steps=3: expected a divisor of train.global_batch_size=16 "
+     "(each optimizer step's batch is split into this many equal micro-batches)"),
+])
+def test_a_mesh_or_batch_that_does_not_fit_is_a_flag_error(tmp_path, capsys, flags, said):
+    """Each had exited 1 as for bad data; grad_accum_steps=3 had also created WORKDIR/checkpoints
+    before refusing. Each is refused before anything is built or written, the run's as the dry
+    run's."""
+    for target in (["--dry_run"], [f"--workdir={tmp_path / 'run'}"]):
+        line = _fails(pretrain, [DEMO, *target, *flags], capsys, code=2)
+        assert line == f"crema-jax pretrain: error: {said}"
+        assert not (tmp_path / "run").exists()
