@@ -29,6 +29,15 @@ def main(args) -> None:
     if args.mask not in masking.MASKS:  # it was named as config field data.mask.name
         raise command.FlagValueError(f"--mask={args.mask}: expected one of "
                                      f"{sorted(masking.MASKS)}")
+    from crema_jax.data import config as data_config
+    cfg = data_config.default_data_config()
+    patches = cfg.crop_samples // cfg.patch_size
+    try:  # the strategy's own count: 0.999 of 30 patches a lead hides them all
+        masking.mask_sizes(args.mask, 12, patches, args.mask_ratio)
+    except ValueError:
+        raise command.FlagValueError(
+            f"flag --mask_ratio={args.mask_ratio}: expected a ratio that leaves a patch visible "
+            f"({args.mask} masking of {patches} patches a lead hides them all); lower it") from None
     element, title = preview.load_ecg(args.record)
     preview.render(element, title, args.out, mask_name=args.mask, ratio=args.mask_ratio,
                    seed=args.seed)

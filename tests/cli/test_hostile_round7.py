@@ -253,6 +253,23 @@ def test_preview_names_its_mask_flag_and_makes_the_out_folder(tmp_path, capsys):
     assert sorted(p.name for p in out.parent.iterdir()) == ["p.png"]   # no temporary left
 
 
+@pytest.mark.parametrize("flags, said", [
+    (["--mask_ratio=0.999"], "flag --mask_ratio=0.999: expected a ratio that leaves a patch "
+     "visible (random_per_lead masking of 30 patches a lead hides them all); lower it"),
+    (["--mask=time_block", "--mask_ratio=0.99"], "flag --mask_ratio=0.99: expected a ratio that "
+     "leaves a patch visible (time_block masking of 30 patches a lead hides them all); lower it"),
+])
+def test_preview_names_its_mask_ratio_when_it_hides_every_patch(tmp_path, capsys, flags, said):
+    """Both had been 'mask ... leaves no visible patch; lower the ratio', exit 1, naming no
+    flag, where --mask_ratio=1 is a flag error."""
+    from crema_jax.cli import preview
+    from tests.cli.test_hostile import _fails
+
+    line = _fails(preview, [f"--out={tmp_path / 'p.png'}", *flags], capsys, code=2)
+    assert line == f"crema-jax preview: error: {said}"
+    assert not list(tmp_path.iterdir())
+
+
 def test_embed_of_inputs_that_are_all_unreadable_names_the_input_and_why(tmp_path, capsys):
     """It was 'the dataset yielded no readable records', naming neither."""
     from crema_jax.cli import embed
