@@ -3,6 +3,8 @@
     crema-jax preview [--out=preview.png] [--record=E07500] [--mask=random_per_lead] \
         [--mask_ratio=0.75] [--seed=0]
 """
+import os
+
 from crema_jax.cli import command
 from crema_jax.evaluate import ranges
 from crema_jax.runtime import files
@@ -39,6 +41,11 @@ def main(args) -> None:
             f"flag --mask_ratio={args.mask_ratio}: expected a ratio that leaves a patch visible "
             f"({args.mask} masking of {patches} patches a lead hides them all); lower it") from None
     element, title = preview.load_ecg(args.record)
-    preview.render(element, title, args.out, mask_name=args.mask, ratio=args.mask_ratio,
-                   seed=args.seed)
+    try:
+        preview.render(element, title, args.out, mask_name=args.mask, ratio=args.mask_ratio,
+                       seed=args.seed)
+    except OSError as err:  # a folder that cannot hold a file (/proc), read-only, full
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        raise command.CommandError(f"--out={args.out}: cannot write the PNG there ({reason}); "
+                                   "choose a path in a folder you can write to") from None
     print(f"wrote {args.out}")

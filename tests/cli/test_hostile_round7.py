@@ -270,6 +270,18 @@ def test_preview_names_its_mask_ratio_when_it_hides_every_patch(tmp_path, capsys
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's")
+def test_preview_names_an_out_it_cannot_write(capsys):
+    """It was '[Errno 2] cannot write /proc/x.png: No such file or directory', naming no flag
+    and no remedy."""
+    from crema_jax.cli import preview
+    from tests.cli.test_hostile import _fails
+
+    line = _fails(preview, ["--out=/proc/x.png"], capsys)
+    assert line == ("crema-jax preview: error: --out=/proc/x.png: cannot write the PNG there (No "
+                    "such file or directory); choose a path in a folder you can write to")
+
+
 def test_embed_of_inputs_that_are_all_unreadable_names_the_input_and_why(tmp_path, capsys):
     """It was 'the dataset yielded no readable records', naming neither."""
     from crema_jax.cli import embed
