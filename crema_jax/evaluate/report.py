@@ -206,9 +206,10 @@ def records(data, record_folds=None, head=None) -> dict:
     """report.json's `records`: what was evaluated and what loading left out. train/val/test
     count the records the headline protocol's heads train, select and test on, as the runs
     table does: the splits, or with K folds the mean per fold of training and validation
-    records and every record tested (once). With the headline run `head`, they count the
-    records its model could read and scored; `unreadable` counts the test records its data
-    path skipped (a damaged or too short record: the log names each, with its reason)."""
+    records and every record tested (once). With `head` (the headline model's run on its
+    lead set and all labels), they count the records its model could read and scored;
+    `unreadable` counts the test records its data path skipped (a damaged or too short
+    record: the log names each, with its reason)."""
     counts = {"indexed": int(data.counts.get("indexed", len(data.infos))),
               "duplicates_merged": int(data.counts.get("duplicates_merged", 0)),
               "no_class_left": int(data.counts.get("no_class_left", 0)),
@@ -253,6 +254,15 @@ def _records_markdown(report: dict) -> list[str]:
     return [line, ""]
 
 
+def _all_labels_run(runs: list) -> dict:
+    """The headline model's run on its lead set with the most training labels (all of them,
+    unless --label_fractions leaves 1 out): the run whose records `records` counts."""
+    head = runs[0]
+    same = [r for r in runs if r["model"] == head["model"]
+            and r["protocol"]["leads"] == head["protocol"]["leads"]]
+    return max(same, key=lambda r: r["protocol"]["label_fraction"])
+
+
 def new_report(*, title: str, command: str, settings: dict, data, models: dict, runs: list,
                cross_domain: list, record_folds=None, comparisons=(),
                cross_domain_comparisons=(), seconds: float) -> dict:
@@ -264,7 +274,7 @@ def new_report(*, title: str, command: str, settings: dict, data, models: dict, 
         "title": title, "command": command, "settings": settings, "models": models,
         "label_type": data.label_type, "classes": list(data.classes),
         "class_display": data.display,
-        "records": records(data, record_folds, head),
+        "records": records(data, record_folds, _all_labels_run(runs)),
         "headline": {"run": head["name"], "model": head["model"],
                      "macro_auroc": head["test"]["macro_auroc"], "ci": head["test"]["ci"],
                      "verdict": comparisons[0]["verdict"] if comparisons else None},

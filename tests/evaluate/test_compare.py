@@ -114,6 +114,7 @@ def test_compare_refuses_bad_flags_in_one_line(pretrained_workdir, cinc_sample_d
             f"--root={cinc_sample_dir}", f"--workdir={tmp_path / 'out'}"]
     _fails(compare, argv + ["--alpha=1.5"], capsys,
            "flag --alpha=1.5: expected a finite number in (0, 1)", code=2)
-    _fails(compare, argv + ["--folds=2"], capsys, "--folds=2: expected at least 3")
+    _fails(compare, argv + ["--folds=2"], capsys, "--folds=2: expected 0 (the layout's splits) "
+           "or at least 3", code=2)
     _fails(compare, argv[1:], capsys, "--checkpoint required", code=2)
     assert not (tmp_path / "out").exists()
