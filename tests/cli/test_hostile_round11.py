@@ -9,7 +9,9 @@ import pytest
 from crema_jax.cli import pretrain
 from tests.cli.test_hostile import REPO, _fails, _hashes
 
+# The demo's mesh (data 1) on the test process's 8 devices: data -1 takes them all.
 DEMO = f"--config={REPO / 'configs' / 'demo.py'}"
+MESH = "--config.mesh.data=-1"
 
 
 def test_a_workdir_holding_a_users_files_is_refused(tmp_path, capsys):
@@ -20,7 +22,7 @@ def test_a_workdir_holding_a_users_files_is_refused(tmp_path, capsys):
     (workdir / "metrics.jsonl").write_text("my precious notes\n")
     (workdir / "reconstruction.png").write_text("my image")
     before = _hashes(workdir)
-    _fails(pretrain, [DEMO, f"--workdir={workdir}", "--config.train.num_steps=2"], capsys,
+    _fails(pretrain, [DEMO, MESH, f"--workdir={workdir}", "--config.train.num_steps=2"], capsys,
            f"--workdir={workdir}: the folder holds files this command did not write "
            "(metrics.jsonl, reconstruction.png); choose a new or empty folder")
     assert _hashes(workdir) == before and sorted(p.name for p in workdir.iterdir()) == [
@@ -37,9 +39,9 @@ def test_a_workdir_that_is_or_lies_in_an_input_folder_is_refused(tmp_path, capsy
     before = _hashes(data)
     source = ([f"--config.data.root={data}"] if field == "root" else
               ["--config.data.root=", "--config.data.layout=", f"--config.data.cache_dir={data}"])
-    _fails(pretrain, [DEMO, f"--workdir={data}", *source], capsys,
+    _fails(pretrain, [DEMO, MESH, f"--workdir={data}", *source], capsys,
            f"--workdir={data}: that is an input of this command")
-    _fails(pretrain, [DEMO, f"--workdir={data / 'run'}", *source], capsys,
+    _fails(pretrain, [DEMO, MESH, f"--workdir={data / 'run'}", *source], capsys,
            f"--workdir={data / 'run'}: inside the input {data}")
     assert _hashes(data) == before and not (data / "run").exists()
 

@@ -39,7 +39,8 @@ def test_global_batch_size_sets_the_global_batch_on_8_devices():
         flops[global_batch] = lowered.cost_analysis()["flops"]
     # XLA's own count of the step's work doubles with the batch.
     assert flops[16] / flops[8] == pytest.approx(2.0, rel=0.05)
-    with pytest.raises(ValueError, match="global_batch_size=12 must divide"):
+    with pytest.raises(ValueError, match=r"global_batch_size=12: expected a multiple of the 8 "
+                       r"batch shards"):
         trainer.build(tiny_config(**{"train.global_batch_size": 12, "mesh.data": 8}),
                       devices=jax.devices()[:8])
     with pytest.raises(ValueError, match="data.batch_size=4: pretraining derives"):
