@@ -50,9 +50,18 @@ def run(argv=None) -> None:
         if "--verbose" in argv or "--verbose=true" in argv:
             traceback.print_exc()
         print(f"\ncrema-jax {name}: interrupted", file=sys.stderr)  # after a progress line
-        if from_process:
+        if from_process and _jax_backend_started():
             _exit_now(130)
         sys.exit(130)  # 128 + SIGINT, as a shell reports it
+
+
+def _jax_backend_started() -> bool:
+    """Whether this process started a JAX backend (XLA's threads: see _exit_now); a command
+    that never did (prepare) leaves through the interpreter's usual shutdown."""
+    if "jax" not in sys.modules:
+        return False
+    from jax._src import xla_bridge
+    return xla_bridge.backends_are_initialized()
 
 
 def _exit_now(code: int) -> None:
@@ -60,10 +69,14 @@ def _exit_now(code: int) -> None:
     compiler left it in a state that crashed that shutdown (a segmentation fault, exit 139,
     in most Ctrl-Cs during a pretrain's compile). The command's own `finally` blocks have run
     by now (saves waited for, locks released, input workers closed); worker processes left
-    are stopped, output streams flushed."""
+    are stopped, and multiprocessing's own exit handler run (it releases the semaphores of a
+    worker pool, which its resource tracker had otherwise reported as leaked, with a
+    traceback, under the one line), output streams flushed."""
     import multiprocessing
+    import multiprocessing.util
     for child in multiprocessing.active_children():
         child.terminate()
+    multiprocessing.util._exit_function()  # what atexit runs for multiprocessing
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

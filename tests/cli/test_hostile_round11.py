@@ -52,6 +52,8 @@ from crema_jax import cli, main
 
 class Command:
     def run(self, argv):
+        import jax
+        jax.devices()  # a JAX backend started, as in every command that compiles
         # Left running at the Ctrl-C, as XLA's compiler threads were: the interpreter's
         # shutdown waits for a thread like this one for ever (and crashed on XLA's).
         threading.Thread(target=time.sleep, args=(600,)).start()
@@ -71,8 +73,8 @@ main.run()
 
 def test_ctrl_c_ends_the_process_at_once_whatever_threads_are_left(tmp_path):
     """A Ctrl-C during pretrain's compile had ended in a segmentation fault (exit 139) in the
-    interpreter's shutdown. The process now ends with exit 130 and its one line, without that
-    shutdown, and stops the worker processes left."""
+    interpreter's shutdown. A process that started a JAX backend now ends with exit 130 and
+    its one line, without that shutdown, and stops the worker processes left."""
     import os
     import subprocess
     import sys
