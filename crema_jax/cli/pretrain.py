@@ -76,7 +76,7 @@ def main(args) -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
     from crema_jax.evaluate import evaluators  # after the distributed start, as said above
-    from crema_jax.train import hooks, layout, trainer
+    from crema_jax.train import hooks, trainer
 
     evaluators.check_names(config)  # what the run would refuse, the dry run refuses too
     if args.dry_run and config.train.init_from:
@@ -87,7 +87,6 @@ def main(args) -> None:
             devices = mesh_lib.tpu_topology_devices(args.topology)
         except ValueError as err:  # a slice no TPU type has, or one libtpu refuses: a bad flag
             raise command.FlagValueError(str(err)) from None
-    layout.check(config, devices)  # the mesh and rules fit the model, before anything is built
     if args.dry_run:
         _print_dry_run(trainer.dry_run(config, devices=devices))
         return

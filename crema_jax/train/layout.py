@@ -1,5 +1,8 @@
-"""The run's layout on its devices, checked before anything is built, compiled or written: every
-parameter's logical axes mapped by the rules onto mesh axes it can be split over.
+"""The run's layout on its devices, checked before anything is built, compiled or written: the
+global batch split over processes and batch shards (`batch_sizes`), every parameter's logical
+axes mapped by the rules onto mesh axes it can be split over. `trainer.train` and
+`trainer.dry_run` call `check` first, so a Python caller gets the same one-line errors as the
+pretrain command.
 
 jax had refused these only while building the sharded state, in a traceback naming neither the
 config field nor the parameter (DuplicateSpecError for a `mesh.rules` entry that puts two axes
@@ -15,7 +18,6 @@ from crema_jax import config as config_lib
 from crema_jax import models
 from crema_jax.models import sharding
 from crema_jax.runtime import mesh as mesh_lib
-from crema_jax.train import trainer
 
 
 _MESH_FIELDS = tuple(f"mesh.{a}" for a in mesh_lib.MESH_AXES)
@@ -32,12 +34,50 @@ def check(config, devices=None) -> None:
     except ValueError as err:  # sizes that do not make the device count
         raise config_lib.ConfigValueError(str(err), "", related=_MESH_FIELDS) from None
     mesh = mesh_lib.make_mesh(config.mesh, devices)
-    trainer.batch_sizes(config, mesh)
+    batch_sizes(config, mesh)
     rules = dict(mesh_lib.logical_rules(mesh, config.mesh, sharding.DEFAULT_RULES))
-    for path, shape, axes in parameter_axes(trainer.for_target(config.model, mesh)):
+    for path, shape, axes in parameter_axes(for_target(config.model, mesh)):
         _check_parameter(config, rules, path, axes)
         for size, name in zip(shape, axes):
             _check_divides(config, mesh, rules, path, size, name)
+
+
+def batch_sizes(config, mesh) -> tuple[int, int]:
+    """(global batch, per-process batch) from config.train.global_batch_size: every process reads
+    an equal share, and the global batch splits evenly over the mesh's batch shards. A
+    ConfigValueError naming the field (and the mesh sizes it rests on) otherwise."""
+    if config.data.batch_size is not None:
+        raise config_lib.ConfigValueError(
+            f"config.data.batch_size={config.data.batch_size}: pretraining derives the "
+            "per-process batch from config.train.global_batch_size; set that instead",
+            "data.batch_size")
+    global_batch, processes = int(config.train.global_batch_size), mesh_lib.process_count(mesh)
+    if global_batch <= 0 or global_batch % processes:
+        raise config_lib.ConfigValueError(
+            f"config.train.global_batch_size={global_batch}: expected a positive multiple of "
+            f"the {processes} processes (each reads an equal share)", "train.global_batch_size")
+    shards = mesh_lib.batch_divisor(mesh)
+    if global_batch % shards:
+        sizes = " x ".join(f"{a} {mesh.shape[a]}" for a in mesh_lib.BATCH_AXES)
+        raise config_lib.ConfigValueError(
+            f"config.train.global_batch_size={global_batch}: expected a multiple of the "
+            f"{shards} batch shards of the mesh axes {mesh_lib.BATCH_AXES} ({sizes})",
+            "train.global_batch_size",
+            related=tuple(f"mesh.{a}" for a in mesh_lib.BATCH_AXES))
+    return global_batch, global_batch // processes
+
+
+def for_target(model_cfg, mesh):
+    """config.model with residual_boundary="auto" resolved for the devices the step is compiled
+    for (the mesh's), not this process's default backend: a TPU dry run compiled on a CPU host
+    must carry the plain identity."""
+    if model_cfg.residual_boundary != "auto":
+        return model_cfg
+    resolved = model_cfg.copy_and_resolve_references()
+    on_cpu = mesh.devices.flat[0].platform == "cpu"
+    with resolved.unlocked():
+        resolved.residual_boundary = "on" if on_cpu else "off"
+    return resolved
 
 
 def parameter_axes(model_cfg) -> list[tuple[str, tuple, tuple]]:

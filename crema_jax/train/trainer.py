@@ -28,7 +28,7 @@ from crema_jax.runtime import mesh as mesh_lib
 from crema_jax.runtime import optimizer as optim_lib
 from crema_jax.runtime import trees
 from crema_jax.runtime import workdir as workdir_lib
-from crema_jax.train import hooks, perf, progress, resume
+from crema_jax.train import hooks, layout, perf, progress, resume
 from crema_jax.train import step as step_lib
 
 
@@ -41,7 +41,7 @@ class Setup:
     """Everything the loop, the dry run and the evaluators share, built once by `build`."""
     mesh: jax.sharding.Mesh
     rules: tuple            # logical axis -> mesh axes
-    model_cfg: Any          # config.model resolved for the mesh's devices (for_target)
+    model_cfg: Any          # config.model resolved for the mesh's devices (layout.for_target)
     graphdef: Any           # the pretraining model's nnx graph (params travel separately)
     tx: Any                 # the optax optimizer
     schedule: Callable      # step -> learning rate
@@ -63,51 +63,13 @@ class Setup:
 
 
 # ================================================================================ the setup
-def batch_sizes(config, mesh) -> tuple[int, int]:
-    """(global batch, per-process batch) from config.train.global_batch_size: every process reads
-    an equal share, and the global batch splits evenly over the mesh's batch shards. A
-    ConfigValueError naming the field (and the mesh sizes it rests on) otherwise."""
-    if config.data.batch_size is not None:
-        raise config_lib.ConfigValueError(
-            f"config.data.batch_size={config.data.batch_size}: pretraining derives the "
-            "per-process batch from config.train.global_batch_size; set that instead",
-            "data.batch_size")
-    global_batch, processes = int(config.train.global_batch_size), mesh_lib.process_count(mesh)
-    if global_batch <= 0 or global_batch % processes:
-        raise config_lib.ConfigValueError(
-            f"config.train.global_batch_size={global_batch}: expected a positive multiple of "
-            f"the {processes} processes (each reads an equal share)", "train.global_batch_size")
-    shards = mesh_lib.batch_divisor(mesh)
-    if global_batch % shards:
-        sizes = " x ".join(f"{a} {mesh.shape[a]}" for a in mesh_lib.BATCH_AXES)
-        raise config_lib.ConfigValueError(
-            f"config.train.global_batch_size={global_batch}: expected a multiple of the "
-            f"{shards} batch shards of the mesh axes {mesh_lib.BATCH_AXES} ({sizes})",
-            "train.global_batch_size",
-            related=tuple(f"mesh.{a}" for a in mesh_lib.BATCH_AXES))
-    return global_batch, global_batch // processes
-
-
-def for_target(model_cfg, mesh):
-    """config.model with residual_boundary="auto" resolved for the devices the step is compiled
-    for (the mesh's), not this process's default backend: a TPU dry run compiled on a CPU host
-    must carry the plain identity."""
-    if model_cfg.residual_boundary != "auto":
-        return model_cfg
-    resolved = model_cfg.copy_and_resolve_references()
-    on_cpu = mesh.devices.flat[0].platform == "cpu"
-    with resolved.unlocked():
-        resolved.residual_boundary = "on" if on_cpu else "off"
-    return resolved
-
-
 def build(config, *, devices=None) -> Setup:
     """Mesh, rules, optimizer, the model's abstract state and shardings, the jitted step."""
     # ------------------------------------------------------------------------ set up the mesh
     mesh = mesh_lib.make_mesh(config.mesh, devices)
     rules = mesh_lib.logical_rules(mesh, config.mesh, sharding.DEFAULT_RULES)
-    global_batch, per_process = batch_sizes(config, mesh)
-    model_cfg = for_target(config.model, mesh)
+    global_batch, per_process = layout.batch_sizes(config, mesh)
+    model_cfg = layout.for_target(config.model, mesh)
     # ------------------------------------------------------------ create model and optimizer
     tx, schedule = optim_lib.make_optimizer(config.optim, global_batch=global_batch,
                                             total_steps=int(config.train.num_steps))
@@ -202,6 +164,7 @@ def dry_run(config, *, devices=None) -> dict:
     compiled by the TPU compiler on this machine, and its per-device memory is the TPU's plan.
     """
     config_lib.validate(config)
+    layout.check(config, devices)
     setup = build(config, devices=devices)
     compiled = compile_step(setup, config, abstract_state(setup))
     flops = perf.compiled_flops_per_device(
@@ -239,6 +202,7 @@ def train(config, workdir, *, devices=None, batch_iter=None, evaluators=None,
     checkpoint.overwrite (workdir.prepare_workdir).
     """
     config_lib.validate(config)
+    layout.check(config, devices)  # the mesh, batch and rules fit the model: nothing written yet
     if config.evals.names and evaluators is None:
         raise ValueError(f"config.evals.names={tuple(config.evals.names)} needs "
                          "evaluators=crema_jax.evaluate.evaluators.build (the pretrain command "

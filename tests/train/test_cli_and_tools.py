@@ -235,3 +235,22 @@ def test_a_mesh_or_batch_that_does_not_fit_is_a_flag_error(tmp_path, capsys, fla
         line = _fails(pretrain, [DEMO, *target, *flags], capsys, code=2)
         assert line == f"crema-jax pretrain: error: {said}"
         assert not (tmp_path / "run").exists()
+
+
+def test_a_python_call_of_train_or_dry_run_gets_the_commands_layout_checks(tmp_path):
+    """The layout checks had run in the pretrain command only: `trainer.train` called from
+    Python with a mesh axis the heads do not divide by ended in jax's own message, after the
+    workdir was created and locked."""
+    from crema_jax.evaluate import evaluators
+    from crema_jax.train import trainer
+
+    config = load_config_file("demo").get_config()
+    config.mesh.data, config.mesh.tensor = 1, 8   # the decoder has 2 heads
+    workdir = tmp_path / "run"
+    for call in (lambda: trainer.train(config, workdir, evaluators=evaluators.build),
+                 lambda: trainer.dry_run(config)):
+        with pytest.raises(config_lib.ConfigValueError) as err:
+            call()
+        assert err.value.config_field == "mesh.tensor"
+        assert "parameter decoder/blocks/0/attn/out/kernel has 2 along 'heads'" in str(err.value)
+    assert not workdir.exists()
