@@ -112,15 +112,19 @@ def predict_fns(setup: Setup) -> dict:
 
 
 def input_iterator(config, per_process_batch: int):
-    """This process's Grain iterator of pretraining batches: config.data with its batch size."""
+    """This process's Grain iterator of pretraining batches: config.data with its batch size.
+    Prints the run's data line: how many ECGs, from where (sources.describe)."""
     data_cfg = config.data.copy_and_resolve_references()
     with data_cfg.unlocked():
         data_cfg.batch_size = int(per_process_batch)
     # Imported here, not at the top: the input pipeline needs grain and wfdb, and the compiled
     # step alone (dry runs, bench/accelerator.sh on an image without them) does not.
     from crema_jax.data.pipeline import datasets as pipeline
+    from crema_jax.data.pipeline import sources
 
-    return iter(pipeline.make_pretrain_dataset(data_cfg))
+    source = sources.make_source(data_cfg)
+    progress.print_line(f"data: {len(source)} ECGs from {sources.describe(data_cfg)}")
+    return iter(pipeline.make_pretrain_dataset(data_cfg, source=source))
 
 
 def abstract_state(setup: Setup):

@@ -124,10 +124,14 @@ def test_pretrain_skips_and_counts_damaged_records_with_the_flag(flipped_cache, 
     result = _crema_jax("pretrain", f"--config={TINY}", f"--workdir={workdir}",
                         f"--config.data.cache_dir={flipped_cache}", "--config.data.split=",
                         "--config.train.global_batch_size=8", "--config.train.num_steps=2",
-                        "--config.data.skip_damaged_cache_records=true", timeout_s=400,
+                        "--config.data.skip_damaged_cache_records=true",
+                        f"--config.data.root={tmp_path / 'raw'}", timeout_s=400,
                         memory_gib=12.0)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "step 2/2" in result.stdout
+    # The run's first line names what it reads, and the root beside the cache it does not.
+    assert result.stdout.splitlines()[0] == (
+        f"data: 8 ECGs from the cache {flipped_cache} (data.root={tmp_path / 'raw'} not read)")
     shard = flipped_cache / (record_format.shard_name(0, 2) + ".arrayrecord")
     assert f"skipping {shard}#1 [damaged_cache_record]" in result.stderr
     assert hashes(flipped_cache) == before
