@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from crema_jax.evaluate import benchmark_tasks, compare, paired, plots, scoring
+from crema_jax.evaluate import benchmark_tasks, compare, paired, plots, report, scoring
 from crema_jax.runtime import files
 
 
@@ -134,18 +134,12 @@ def build(models, cols, suite: dict, cells: dict) -> dict:
                          f"over the {sizes['per_class']} per-class tests of the table"}}
 
 
-def _fmt(value, digits: int = 3) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
-
-
 def _p(value, bound: str | None = None) -> str:
-    """A p-value as the reports write it (paired.p_text), "—" without one."""
-    text = paired.p_text({"p": value, "p_bound": bound})
-    return "—" if text is None else text
+    return report.p_text({"p": value, "p_bound": bound})
 
 
 def markdown(board: dict) -> str:
-    level = f"{100 * (1 - board['settings']['alpha']):g}%"
+    level = report.level(board['settings']['alpha'])
     keys = [(b["column"], b["protocol"]) for b in board["best"]]
     best = {(b["column"], b["protocol"]): b["model"] for b in board["best"]}
     by_cell = {(s["model"], s["column"], s["protocol"]): s for s in board["cells"]}
@@ -161,9 +155,10 @@ def markdown(board: dict) -> str:
         for column, protocol in keys:
             s = by_cell.get((model["name"], column, protocol))
             if s is None or s["macro_auroc"] is None:
-                row.append("—")
+                row.append(report.DASH)
                 continue
-            text = f"{s['macro_auroc']:.3f} [{_fmt(s['ci']['low'])}, {_fmt(s['ci']['high'])}]"
+            ci = s["ci"]
+            text = f"{s['macro_auroc']:.3f} [{report.fmt(ci['low'])}, {report.fmt(ci['high'])}]"
             text = f"**{text}**" if best[(column, protocol)] == model["name"] else text
             row.append(text + ("\\*" if (model["name"], column, protocol) in worse else ""))
         lines.append(f"| {model['name']} | " + " | ".join(row) + " |")
@@ -175,8 +170,8 @@ def markdown(board: dict) -> str:
         m = t["macro_auroc"]
         lines.append(f"| {t['column']} | {t['protocol']} | {t['model']} | "
                      f"{' and '.join(t['against'])} | {t['reference']} | "
-                     f"{_fmt(m['difference'])} | [{_fmt(m['ci']['low'])}, "
-                     f"{_fmt(m['ci']['high'])}] | {_p(m['p'], m['p_bound'])} | "
+                     f"{report.fmt(m['difference'])} | [{report.fmt(m['ci']['low'])}, "
+                     f"{report.fmt(m['ci']['high'])}] | {_p(m['p'], m['p_bound'])} | "
                      f"{_p(m.get('p_holm'), m['p_bound'])} |")
     lines += ["", "## Models", ""] + [
         f"- {m['name']}: {m['family']}, {m['checkpoint']}"

@@ -19,8 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-# Canonical lead order (crema_jax.data.reading.leads.LEADS): index -> name.
-LEAD_NAMES = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+from crema_jax.data.reading.leads import LEADS as LEAD_NAMES  # canonical order: index -> name
 
 LEAD_SETS = {
     "12": LEAD_NAMES,
@@ -45,10 +44,6 @@ def lead_set(name: str) -> tuple[str, ...]:
         raise ValueError(f"--lead_sets entry {name!r}: {'+'.join(repeated)} named twice; "
                          "expected distinct leads")
     return tuple(sorted(leads, key=LEAD_NAMES.index))
-
-
-def lead_indices(leads: Sequence[str]) -> tuple[int, ...]:
-    return tuple(LEAD_NAMES.index(lead) for lead in leads)
 
 
 def label_matrix(infos, class_names: Sequence[str]) -> np.ndarray:

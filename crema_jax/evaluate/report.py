@@ -18,7 +18,7 @@ from crema_jax.evaluate import paired, plots, scoring
 DASH = "\u2014"
 
 
-def _fmt(value, digits: int = 3) -> str:
+def fmt(value, digits: int = 3) -> str:
     return DASH if value is None else f"{value:.{digits}f}"
 
 
@@ -42,10 +42,10 @@ def _fold_spread(run: dict) -> str:
     spread = run.get("fold_summary", {}).get("macro_auroc")
     if not spread or spread["mean"] is None:
         return DASH
-    return f"{spread['mean']:.3f} ± {_fmt(spread['std'])}"
+    return f"{spread['mean']:.3f} ± {fmt(spread['std'])}"
 
 
-def _level(alpha: float) -> str:
+def level(alpha: float) -> str:
     return f"{100 * (1 - alpha):g}%"
 
 
@@ -67,8 +67,8 @@ def _runs_markdown(report: dict) -> list[str]:
         lines.append(
             f"| {run['name']} | {run['model']} | {run['protocol']['leads']} | "
             f"{run['protocol']['label_fraction']:g} | {run['n_train']:g} | {test['n']} | "
-            f"{_fmt(test['macro_auroc'])} | {_ci(test.get('ci'))} | {_fold_spread(run)} | "
-            f"{_fmt(test['macro_auprc'])} | {_fmt(test['macro_f1'])} | {skipped} |")
+            f"{fmt(test['macro_auroc'])} | {_ci(test.get('ci'))} | {_fold_spread(run)} | "
+            f"{fmt(test['macro_auprc'])} | {fmt(test['macro_f1'])} | {skipped} |")
     lines.append("")
     for run in runs:
         if run.get("folds") and run["protocol"] == runs[0]["protocol"]:
@@ -76,8 +76,8 @@ def _runs_markdown(report: dict) -> list[str]:
                       "| fold | train | val | test | macro AUROC | macro AUPRC | macro F1 |",
                       "|---|---|---|---|---|---|---|"]
             lines += [f"| {f['fold']} | {f['n_train']} | {f['n_val']} | {f['test']['n']} | "
-                      f"{_fmt(f['test']['macro_auroc'])} | {_fmt(f['test']['macro_auprc'])} | "
-                      f"{_fmt(f['test']['macro_f1'])} |" for f in run["folds"]]
+                      f"{fmt(f['test']['macro_auroc'])} | {fmt(f['test']['macro_auprc'])} | "
+                      f"{fmt(f['test']['macro_f1'])} |" for f in run["folds"]]
             lines.append("")
     head = runs[0]
     lines += [f"## Per class ({head['name']}, model {head['model']})", "",
@@ -85,8 +85,8 @@ def _runs_markdown(report: dict) -> list[str]:
               "|---|---|---|---|---|---|"]
     for name, e in head["test"]["per_class"].items():
         lines.append(f"| {display(report, name)} | {e['n_pos']}/{e['n_pos'] + e['n_neg']} "
-                     f"| {_fmt(e['auroc'])} | {_fmt(e['auprc'])} | {_fmt(e['f1'])} "
-                     f"| {_fmt(e['threshold'])} |")
+                     f"| {fmt(e['auroc'])} | {fmt(e['auprc'])} | {fmt(e['f1'])} "
+                     f"| {fmt(e['threshold'])} |")
     return lines + [""]
 
 
@@ -94,15 +94,15 @@ def _comparison_markdown(report: dict, comparison: dict) -> list[str]:
     lines = [f"## A vs B: {comparison['run']}", "",
              f"**{comparison['verdict']}** (macro AUROC, paired bootstrap over "
              f"{comparison['n']} records, patients resampled together)", "",
-             f"| figure | A | B | A − B | {_level(comparison['alpha'])} CI "
+             f"| figure | A | B | A − B | {level(comparison['alpha'])} CI "
              "| p (paired bootstrap) |",
              "|---|---|---|---|---|---|"]
     for key in ("macro_auroc", "macro_auprc"):
         m = comparison[key]
-        lines.append(f"| {key.replace('_', ' ')} | {_fmt(m['a'])} | {_fmt(m['b'])} | "
-                     f"{_fmt(m['difference'])} | {_ci(m['ci'])} | {p_text(m)} |")
+        lines.append(f"| {key.replace('_', ' ')} | {fmt(m['a'])} | {fmt(m['b'])} | "
+                     f"{fmt(m['difference'])} | {_ci(m['ci'])} | {p_text(m)} |")
     lines += ["", "| class | positives | AUROC A | AUROC B | A − B "
-              f"| {_level(comparison['alpha'])} CI (DeLong) "
+              f"| {level(comparison['alpha'])} CI (DeLong) "
               "| p (DeLong) | verdict |", "|---|---|---|---|---|---|---|---|"]
     for name, c in comparison["per_class"].items():
         if "skipped" in c:
@@ -110,7 +110,7 @@ def _comparison_markdown(report: dict, comparison: dict) -> list[str]:
                          f"{DASH} | {DASH} | {c['skipped'].replace('_', ' ')} |")
             continue
         lines.append(f"| {display(report, name)} | {c['n_pos']}/{c['n_pos'] + c['n_neg']} | "
-                     f"{_fmt(c['auroc_a'])} | {_fmt(c['auroc_b'])} | {_fmt(c['difference'])} "
+                     f"{fmt(c['auroc_a'])} | {fmt(c['auroc_b'])} | {fmt(c['difference'])} "
                      f"| {_ci(c['ci'])} | {p_text(c)} | {c['verdict']} |")
     return lines + [""]
 
@@ -151,18 +151,18 @@ def markdown(report: dict) -> str:
             for other, drop in entry["drop"].items():
                 lines.append(
                     f"| {entry['model']} | {entry['train_source']} | {other} | "
-                    f"{_fmt(drop['in_domain'])} | {_fmt(drop['out_of_domain'])} | "
-                    f"{_fmt(drop['drop'])} | {len(drop['classes'])} | "
-                    f"{_fmt(entry['out_of_domain'][other]['macro_auroc'])} |")
+                    f"{fmt(drop['in_domain'])} | {fmt(drop['out_of_domain'])} | "
+                    f"{fmt(drop['drop'])} | {len(drop['classes'])} | "
+                    f"{fmt(entry['out_of_domain'][other]['macro_auroc'])} |")
         lines.append("")
     drops = report.get("cross_domain_comparisons", [])
     if drops:
         lines += ["## Robustness: the drop of A vs the drop of B (paired bootstrap)", "",
                   "| train source | test source | drop A | drop B | A − B "
-                  f"| {_level(drops[0]['alpha'])} CI | p | verdict |",
+                  f"| {level(drops[0]['alpha'])} CI | p | verdict |",
                   "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {d['train_source']} | {d['test_source']} | {_fmt(d['drop_a'])} | "
-                  f"{_fmt(d['drop_b'])} | {_fmt(d['difference'])} | {_ci(d['ci'])} | "
+        lines += [f"| {d['train_source']} | {d['test_source']} | {fmt(d['drop_a'])} | "
+                  f"{fmt(d['drop_b'])} | {fmt(d['difference'])} | {_ci(d['ci'])} | "
                   f"{p_text(d)} | {d['verdict']} |" for d in drops]
         lines.append("")
     return "\n".join(lines)

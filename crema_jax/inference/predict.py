@@ -45,7 +45,8 @@ def predict_probabilities(backbone, *, records=None, array=None, fs=None, batch_
     check_backbone(backbone)
     out = embed.embed(backbone, records=records, array=array, fs=fs, logits=True,
                       batch_size=batch_size, preset=preset)
-    out["probs"] = 1.0 / (1.0 + np.exp(-out["outputs"].astype(np.float64)))
+    # The sigmoid through tanh: 1 / (1 + exp(-x)) overflowed (a RuntimeWarning) below x = -709.
+    out["probs"] = 0.5 * (1.0 + np.tanh(0.5 * out["outputs"].astype(np.float64)))
     return out
 
 

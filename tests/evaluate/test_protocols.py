@@ -93,9 +93,10 @@ def test_label_matrix_and_type():
 
 
 def test_lead_sets():
-    assert protocols.lead_indices(protocols.lead_set("I")) == (0,)
-    assert protocols.lead_indices(protocols.lead_set("limb6")) == (0, 1, 2, 3, 4, 5)
-    assert protocols.lead_indices(protocols.lead_set("V2+I")) == (0, 7)
+    assert protocols.lead_set("I") == ("I",)
+    assert protocols.lead_set("limb6") == ("I", "II", "III", "aVR", "aVL", "aVF")
+    assert protocols.lead_set("V2+I") == ("I", "V2")   # canonical order
+    assert protocols.lead_set("12")[6:] == ("V1", "V2", "V3", "V4", "V5", "V6")
     with pytest.raises(ValueError, match="unknown leads"):
         protocols.lead_set("I+V7")
     with pytest.raises(ValueError, match=r"'V2\+I\+V2\+I': I\+V2 named twice; expected distinct"):

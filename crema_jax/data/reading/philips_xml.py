@@ -43,8 +43,8 @@ import math
 import numpy as np
 
 from crema_jax.data.reading.ecg import MAX_SAMPLES, RecordError, positive_scale
+from crema_jax.data.reading.leads import LEADS as STD_LEADS
 
-STD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 MAX_DURATION_MS = 3_600_000  # a resting ECG is 10-11 s; longer is a damaged header
 
 
