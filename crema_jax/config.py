@@ -452,10 +452,9 @@ def validate_data(config) -> None:
     _one_of(c, "data.nan_policy", ("interpolate", "zero", "drop_window"))
     _one_of(c, "data.flat_leads", ("absent", "keep"))
     _one_of(c, "data.eval_crop_average", ("embedding", "probability"))
-    # The rates a record file may have (the readers' fs_range): 1 Hz had put every record past
-    # its filters' Nyquist limit, 1e9 Hz had asked for 449 GiB a record.
-    _check(50 <= c.data.target_fs <= 10_000, "data.target_fs", c.data.target_fs,
-           "a rate in Hz in [50, 10000]")
+    from crema_jax.data.reading.limits import FS_RANGE  # the rates a record file may have
+    _check(FS_RANGE[0] <= c.data.target_fs <= FS_RANGE[1], "data.target_fs", c.data.target_fs,
+           f"a rate in Hz in [{FS_RANGE[0]:g}, {FS_RANGE[1]:g}]")
     from crema_jax.data.pipeline import crops
     crops.lead_rows(tuple(c.data.leads))  # names known, each once
     if c.data.preprocess is not None:

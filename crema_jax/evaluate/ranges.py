@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from crema_jax.data.reading.limits import FS_RANGE
+
 MIN_FOLDS = 3  # K-fold cross-validation: a test fold, a validation fold and a training fold
 
 
@@ -56,7 +58,7 @@ NON_NEGATIVE = Range(0)
 FRACTION = Range(0, 1, high_open=True)      # drop-path, label smoothing: 1 would drop all
 COUNT = Range(1, integer=True)
 INDEX = Range(0, integer=True)
-SAMPLING_RATE = Range(50, 10_000)   # Hz: the rates the readers accept from a file (fs_range)
+SAMPLING_RATE = Range(*FS_RANGE)   # Hz: the rates the readers accept from a file
 
 FINETUNE = {"epochs": COUNT, "base_lr": POSITIVE, "weight_decay": NON_NEGATIVE,
             "layer_decay": Range(0, 1, low_open=True), "drop_path": FRACTION,

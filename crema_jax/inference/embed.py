@@ -19,7 +19,8 @@ from crema_jax.data.index import dataset_index as layouts
 from crema_jax.data.pipeline import datasets as pipeline
 from crema_jax.data.pipeline import skips, sources
 from crema_jax.data.reading import clinical
-from crema_jax.data.reading.ecg import MAX_ABS_MV, MIN_SECONDS
+from crema_jax.data.reading.ecg import MAX_ABS_MV
+from crema_jax.data.reading.limits import MIN_SECONDS
 from crema_jax.data.reading.leads import LEADS
 from crema_jax.inference import backbones
 from crema_jax.runtime import mesh as mesh_lib

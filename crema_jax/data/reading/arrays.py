@@ -19,7 +19,7 @@ A record that cannot be used raises RecordError, the message naming the file:
   not_a_regular_file  a FIFO, device or socket (never opened: reading it could block or never end)
   too_large         a compressed .npz member inflating beyond MAX_INFLATED_BYTES, or one
                     record (a row, or a per-record .npy) beyond MAX_RECORD_BYTES stored or
-                    ecg.MAX_SAMPLES values, from its header
+                    limits.MAX_SAMPLES values, from its header
   no_signal         nothing but zero padding, or every lead NaN (canonical_ecg's reasons follow)
 
 Shapes come from headers, never from loading an array: the .npy header, the .npz member's own
@@ -44,7 +44,8 @@ import zlib
 import numpy as np
 
 from crema_jax.data.reading import safe_files
-from crema_jax.data.reading.ecg import MAX_SAMPLES, RecordError, canonical_ecg
+from crema_jax.data.reading.ecg import RecordError, canonical_ecg, check_sampling_rate
+from crema_jax.data.reading.limits import FS_RANGE, MAX_SAMPLES
 
 HDF5_SUFFIXES = (".hdf5", ".h5", ".hdf")
 # DEFLATE (zip, HDF5 gzip) never compresses better than ~1032:1, so more than that many bytes per
@@ -327,7 +328,7 @@ def checked_array(path: str, fmt: ArrayFormat):
 
 def _record_array(path: str, fmt: ArrayFormat):
     """One record's stored array (h5py reads the row here; a memory map stays lazy), its size
-    checked from the header first: too_large beyond MAX_RECORD_BYTES stored or ecg.MAX_SAMPLES
+    checked from the header first: too_large beyond MAX_RECORD_BYTES stored or limits.MAX_SAMPLES
     values (read_array makes float64 of them: a (12, 2**28) int8 .npy had asked for 24 GiB)."""
     array, file, row = checked_array(path, fmt)
     shape = tuple(array.shape[row is not None:])
@@ -346,10 +347,8 @@ def _record_array(path: str, fmt: ArrayFormat):
                           f"{err}") from None
 
 
-def read_array(path: str, fmt: ArrayFormat, *, fs_range=(50.0, 10000.0), **kwargs):
-    if not fs_range[0] <= fmt.fs <= fs_range[1]:
-        raise RecordError(path, "bad_sampling_rate", f"{path}: stated sampling rate "
-                          f"{fmt.fs:g} Hz, expected {fs_range[0]:g}-{fs_range[1]:g} Hz")
+def read_array(path: str, fmt: ArrayFormat, *, fs_range=FS_RANGE, **kwargs):
+    check_sampling_rate(path, fmt.fs, "stated sampling rate", fs_range=fs_range)
     stored = _record_array(path, fmt)
     raw = np.asarray(stored, np.float64)  # one record (copied out of a memory map)
     raw = raw if fmt.time_axis == 0 else raw.T

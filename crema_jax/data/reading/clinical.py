@@ -23,7 +23,8 @@ from absl import logging
 
 from crema_jax.data.reading import clinical_formats
 from crema_jax.data.reading import leads as leads_lib
-from crema_jax.data.reading.ecg import Ecg, RecordError, canonical_ecg
+from crema_jax.data.reading.ecg import Ecg, RecordError, canonical_ecg, check_sampling_rate
+from crema_jax.data.reading.limits import FS_RANGE
 
 SALT_ENV = "CREMA_JAX_PATIENT_SALT"
 _DEFAULT_SALT = "crema_jax.patient"
@@ -83,16 +84,14 @@ def _meta(parsed) -> dict:
 
 
 def read_clinical(path, reader: ClinicalFile = ClinicalFile(), *,
-                  fs_range=(50.0, 10000.0), **kwargs) -> Ecg:
+                  fs_range=FS_RANGE, **kwargs) -> Ecg:
     """The export at `path` as the canonical Ecg; kwargs are canonical_ecg's."""
     path = str(path)
     try:
         parsed = clinical_formats.parse(path)
     except OSError as e:
         raise RecordError(path, "unreadable", f"{path}: {e.strerror or e}") from e
-    if not fs_range[0] <= parsed.fs <= fs_range[1]:
-        raise RecordError(path, "bad_sampling_rate", f"{path}: sampling rate {parsed.fs:g} Hz, "
-                          f"expected {fs_range[0]:g}-{fs_range[1]:g} Hz")
+    check_sampling_rate(path, parsed.fs, "sampling rate", fs_range=fs_range)
     if reader.require_12_leads:
         _check_leads(path, parsed.names)
     return canonical_ecg(parsed.signal, parsed.names, parsed.units, parsed.fs, path=path,

@@ -29,7 +29,7 @@ truncated_signal, bad_shape (a DICOM channel count that contradicts its channel
 definitions), bad_sampling_rate, bad_units (also an amplitude scale that is not a positive
 finite number: ecg.positive_scale), unequal_lengths, too_large (an XML file over
 MAX_XML_BYTES, a deflated DICOM inflating past MAX_INFLATED_DICOM_BYTES, a Philips XML or an EDF
-header declaring more than ecg.MAX_SAMPLES samples).
+header declaring more than limits.MAX_SAMPLES samples).
 """
 from __future__ import annotations
 
@@ -45,7 +45,9 @@ from xml.etree.ElementTree import ParseError
 import numpy as np
 
 from crema_jax.data.reading import philips_xml, safe_files, scp_ecg
-from crema_jax.data.reading.ecg import MAX_SAMPLES, RecordError, positive_scale, stated_unit
+from crema_jax.data.reading.ecg import (RecordError, check_sampling_rate, positive_scale,
+                                        stated_unit)
+from crema_jax.data.reading.limits import MAX_SAMPLES
 
 HL7 = "{urn:hl7-org:v3}"
 # The largest XML export parsed (~0.8 GB at its peak); a 10-s ECG is 0.1-1 MB, 15 min of 12 leads
@@ -120,14 +122,7 @@ def _stacked(path, rows, fmt: str) -> np.ndarray:
 
 
 def _rate(path, fs, field: str) -> float:
-    try:
-        fs = float(fs)
-    except (TypeError, ValueError):
-        fs = float("nan")
-    if not 50 <= fs <= 10000:
-        raise RecordError(path, "bad_sampling_rate", f"{path}: {field} gives {fs} Hz, expected "
-                          "50-10000")
-    return fs
+    return check_sampling_rate(path, fs, f"{field} gives")
 
 
 def _dicom(path) -> Parsed:
@@ -360,7 +355,7 @@ def _check_edf_sizes(path) -> None:
     per record after its 216 bytes of other fields; -1 records: still recording, the file's size
     tells). RecordError: a header-bytes field other than 256 x (ns + 1) (edfio read such a
     file's data from the wrong offset) or a record count below -1 (unreadable), fewer bytes than
-    the records declared (truncated_signal), more than ecg.MAX_SAMPLES samples (too_large: a
+    the records declared (truncated_signal), more than limits.MAX_SAMPLES samples (too_large: a
     sparse 4 GB file had been read into ~8 GB). Fields that do not parse are left to edfio."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:

@@ -34,6 +34,7 @@ import warnings
 import numpy as np
 
 from crema_jax.data.reading import leads as leads_lib
+from crema_jax.data.reading.limits import FS_RANGE, MIN_SECONDS
 from crema_jax.data.signal.resample import resample
 
 UNIT_TO_MV = {"mv": 1.0, "millivolt": 1.0, "millivolts": 1.0, "uv": 1e-3, "µv": 1e-3,
@@ -54,6 +55,20 @@ class RecordError(Exception):
         # Grain worker processes and `crema-jax prepare` workers send errors back pickled; the
         # default Exception pickling would call __init__ with the formatted message only.
         return (type(self), (self.path, self.reason, self.message))
+
+
+def check_sampling_rate(path, fs, said: str, *, fs_range=FS_RANGE, file=None) -> float:
+    """`fs` as a float within fs_range (limits.FS_RANGE), else a bad_sampling_rate RecordError of
+    record `path`: "<file or path>: <said> <fs> Hz, expected 50-10000 Hz"."""
+    try:
+        value = float(fs)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not fs_range[0] <= value <= fs_range[1]:
+        shown = f"{value:g}" if math.isfinite(value) else str(fs)
+        raise RecordError(path, "bad_sampling_rate", f"{file or path}: {said} {shown} Hz, "
+                          f"expected {fs_range[0]:g}-{fs_range[1]:g} Hz")
+    return value
 
 
 def positive_scale(path, value, field: str) -> float:
@@ -119,12 +134,6 @@ def repair_nans(x: np.ndarray, present: np.ndarray, repairs: dict) -> None:
         repairs["nan_replaced"] = repairs.get("nan_replaced", 0) + int(bad.sum())
 
 
-MIN_SECONDS = 2.0  # a shorter record is a too_short skip (every reader, every source)
-# The most samples (x channels) a record is read whole with: 3.1 h of 12 leads at 500 Hz, 24 h
-# of 3 leads at 256 Hz. Reading one costs ~14 bytes a sample at its peak (float64 rows, their
-# float32 copy, the resampled output): ~0.9 GB here, where a 24 h 12-lead record at 500 Hz
-# peaked at 12.8 GB. A longer record is a too_large skip.
-MAX_SAMPLES = 2**26
 NAN_POLICIES = ("interpolate", "zero", "drop_window", "keep")
 FLAT_LEADS = ("absent", "keep")
 

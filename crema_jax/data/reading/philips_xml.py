@@ -42,7 +42,8 @@ import math
 
 import numpy as np
 
-from crema_jax.data.reading.ecg import MAX_SAMPLES, RecordError, positive_scale
+from crema_jax.data.reading.ecg import RecordError, positive_scale
+from crema_jax.data.reading.limits import MAX_SAMPLES
 from crema_jax.data.reading.leads import LEADS as STD_LEADS
 
 MAX_DURATION_MS = 3_600_000  # a resting ECG is 10-11 s; longer is a damaged header

@@ -20,7 +20,8 @@ import pathlib
 import numpy as np
 
 from crema_jax.data.reading import safe_files, wfdb_header
-from crema_jax.data.reading.ecg import MAX_SAMPLES, RecordError
+from crema_jax.data.reading.ecg import RecordError
+from crema_jax.data.reading.limits import MAX_SAMPLES
 
 # Stored bytes per sample of the formats whose size is fixed (FLAC 508/516/524 compress, so
 # their size says nothing in advance).
@@ -113,7 +114,7 @@ def check_announced_sizes(base: pathlib.Path, header: wfdb_header.Header) -> Non
 
 
 def check_length(base: pathlib.Path, header: wfdb_header.Header) -> None:
-    """too_large when the record holds more than ecg.MAX_SAMPLES samples (all signals): it is
+    """too_large when the record holds more than limits.MAX_SAMPLES samples (all signals): it is
     read whole, and its peak memory grows with it."""
     if header.n_seg is None:
         samples, signals = record_samples(base, header), len(header.signals)

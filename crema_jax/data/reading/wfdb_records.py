@@ -19,7 +19,7 @@ canonical_ecg's reasons:
   (a signal's samples do not sum to the checksum its header line gives), signal_file_mismatch
   (a .mat file whose MATLAB header contradicts the WFDB header: transposed, another variable
   name moving the data, a MATLAB 5 file), header_syntax also for a skew longer than the record,
-  too_large (more than ecg.MAX_SAMPLES samples: a 24 h 12-lead record is not read whole).
+  too_large (more than limits.MAX_SAMPLES samples: a 24 h 12-lead record is not read whole).
 Reads are bounded by the files' real sizes (safe_files.py): a header is read up to its size
 (and refused above MAX_HEADER_BYTES); what it announces is checked against the signal files
 before anything is allocated, and the decoded samples against its checksums (wfdb_checks.py).
@@ -33,8 +33,9 @@ import numpy as np
 import wfdb
 
 from crema_jax.data.reading import safe_files, wfdb_checks, wfdb_header
-from crema_jax.data.reading.ecg import (MAX_SAMPLES, MIN_SECONDS, Ecg, RecordError, Window,
-                                        canonical_ecg, check_nan_policy)
+from crema_jax.data.reading.ecg import (Ecg, RecordError, Window, canonical_ecg,
+                                        check_nan_policy, check_sampling_rate)
+from crema_jax.data.reading.limits import FS_RANGE, MAX_SAMPLES, MIN_SECONDS
 
 _EXTENSIONS = (".hea", ".mat", ".dat")
 # Headers are a few hundred bytes (a multi-segment one lists a line per segment); a "header" of
@@ -198,7 +199,7 @@ def _read_wfdb(base: pathlib.Path, header: wfdb_header.Header):
 
 def read_record(path, *, target_fs: float | None = 250.0, derive_limb_leads: bool = True,
                 min_seconds: float | None = MIN_SECONDS,
-                fs_range: tuple[float, float] = (50.0, 10000.0),
+                fs_range: tuple[float, float] = FS_RANGE,
                 nan_policy: str = "interpolate", resample_method: str = "polyphase",
                 flat_leads: str = "absent", window: Window | None = None) -> Ecg:
     """Reads a WFDB record as a canonical 12-lead ECG (ecg.py says what is repaired).
@@ -218,9 +219,8 @@ def read_record(path, *, target_fs: float | None = 250.0, derive_limb_leads: boo
     check_nan_policy(nan_policy, target_fs)
     base = record_base(path)
     header = read_header(base)
-    if header.fs is None or not fs_range[0] <= header.fs <= fs_range[1]:
-        raise RecordError(base, "bad_sampling_rate", f"{base}.hea: sampling frequency "
-                          f"{header.fs} Hz, expected {fs_range[0]:g}-{fs_range[1]:g} Hz")
+    check_sampling_rate(base, header.fs, "sampling frequency", fs_range=fs_range,
+                        file=f"{base}.hea")
     wfdb_checks.check_before_reading(base, header)
     if _fast_path_ok(header):
         raw = _read_fast(base, header)

@@ -170,7 +170,7 @@ def test_pipeline_and_prepare_read_the_array(arrays, tmp_path, name):
 def test_per_record_npy_too_large_to_read_is_refused_from_its_header(tmp_path):
     """A per-record .npy whose header declares (12, 2**28) int8, its 3 GiB all there but
     sparse: read_array's float64 copy had asked for 24 GiB. The header's shape is checked
-    against ecg.MAX_SAMPLES (and MAX_RECORD_BYTES) first: a too_large skip, nothing read."""
+    against limits.MAX_SAMPLES (and MAX_RECORD_BYTES) first: a too_large skip, nothing read."""
     from crema_jax.data.reading import arrays
     path = tmp_path / "huge.npy"
     shape = (12, 2**28)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from crema_jax.data.reading.ecg import RecordError, Window, canonical_ecg
+from crema_jax.data.reading.ecg import RecordError, Window, canonical_ecg, check_sampling_rate
 from crema_jax.data.reading.leads import LEADS
 
 FS = 500.0
@@ -80,3 +80,18 @@ def test_samples_beyond_any_ecg_are_bad_units_not_silent_inf(tmp_path, cinc_samp
     with pytest.raises(RecordError) as err:
         wfdb_records.read_record(str(tmp_path / "tiny"))
     assert err.value.reason == "bad_units" and "tiny" in str(err.value)
+
+
+@pytest.mark.parametrize("fs, shown", [(49.99, "49.99"), (10_000.5, "10000.5"), ("nan", "nan"),
+                                       (None, "None"), ("500 Hz", "500 Hz"), (-500, "-500")])
+def test_a_sampling_rate_outside_50_to_10000_hz_is_a_bad_sampling_rate_skip(fs, shown):
+    """Every reader checks a file's stated rate here (it had been written out six times)."""
+    with pytest.raises(RecordError) as err:
+        check_sampling_rate("rec", fs, "the header gives", file="rec.hea")
+    assert err.value.reason == "bad_sampling_rate" and err.value.path == "rec"
+    assert err.value.message == f"rec.hea: the header gives {shown} Hz, expected 50-10000 Hz"
+
+
+def test_the_bounds_of_the_sampling_rate_are_accepted():
+    assert check_sampling_rate("rec", "50", "rate") == 50.0
+    assert check_sampling_rate("rec", 10_000, "rate") == 10_000.0
