@@ -15,7 +15,8 @@
   CI excludes 0" agree (up to that interpolation). A bootstrap cannot give p = 0: when no
   resample reaches 0, p is the bound 2 / (B + 1) with "p_bound": "<" (DeLong's p-values are
   exact: "p_bound": null).
-- Verdict at alpha: "A better" / "B better" when p < alpha, else "no detectable difference".
+- Verdict at alpha: "A better" / "B better" when p < alpha, else "no detectable difference";
+  "not tested: no class scorable ..." when no class (or no resample) could be scored.
 """
 from __future__ import annotations
 
@@ -30,8 +31,16 @@ ALPHA = 0.05
 TIE = 1e-12  # bootstrap differences this close to 0 are ties (_percentile_test)
 
 
-def verdict(difference: float | None, p: float | None, alpha: float) -> str:
-    if difference is None or p is None or p >= alpha or difference == 0:
+# The verdict of a comparison no class could be scored in (or no resample): nothing was tested.
+# It had read "no detectable difference", as if a test had found none.
+NOT_TESTED = "not tested: no class scorable"
+
+
+def verdict(difference: float | None, p: float | None, alpha: float,
+            untested: str = NOT_TESTED) -> str:
+    if difference is None or p is None:
+        return untested
+    if p >= alpha or difference == 0:
         return f"no detectable difference at alpha={alpha:g}"
     return f"{'A' if difference > 0 else 'B'} better at alpha={alpha:g}"
 
@@ -162,7 +171,8 @@ def paired_bootstrap(labels, scores_a, scores_b, *, metric: str = "macro_auroc",
            "n_valid": int(len(values)), "seed": seed, "alpha": alpha}
     if out["difference"] is not None:
         out["ci"], out["p"], out["p_bound"] = _percentile_test(values, alpha)
-    out["verdict"] = verdict(out["difference"], out["p"], alpha)
+    out["verdict"] = verdict(out["difference"], out["p"], alpha,
+                             f"{NOT_TESTED} on these records")
     return out
 
 
@@ -224,7 +234,8 @@ def paired_drop_difference(in_domain: dict, out_of_domain: dict, classes, *, alp
         out["ci"], out["p"], out["p_bound"] = _percentile_test(values, alpha)
     # A smaller drop is the better (more robust) model: the verdict names it.
     out["verdict"] = verdict(None if out["difference"] is None else -out["difference"],
-                             out["p"], alpha).replace("better", "more robust")
+                             out["p"], alpha, f"{NOT_TESTED} both in-domain and out of domain"
+                             ).replace("better", "more robust")
     return out
 
 

@@ -212,3 +212,22 @@ def test_drop_difference_resamples_both_sets_jointly():
     assert got["p_bound"] == ("<" if p == 0 else None)
     assert got["p"] == pytest.approx(2 / (len(diffs) + 1) if p == 0 else p, abs=1e-12)
     assert got["verdict"].endswith("at alpha=0.05")
+
+
+def test_a_comparison_with_no_class_scorable_is_not_tested_rather_than_no_difference():
+    """A cross-domain drop with no class scorable in-domain (difference, p: None) had said "no
+    detectable difference at alpha=0.05", as if a test had found none."""
+    rng = np.random.default_rng(0)
+    positive_everywhere = {"labels": np.ones((20, 2), np.float32),   # no negatives: no AUROC
+                           "a": rng.random((20, 2)), "b": rng.random((20, 2))}
+    mixed = {"labels": (rng.random((30, 2)) < 0.5).astype(np.float32),
+             "a": rng.random((30, 2)), "b": rng.random((30, 2))}
+    drop = paired.paired_drop_difference(positive_everywhere, mixed, ["x", "y"], n_resamples=20)
+    assert drop["difference"] is None and drop["p"] is None and drop["n_valid"] == 0
+    assert drop["verdict"] == ("not tested: no class scorable both in-domain and out of "
+                               "domain")
+    macro = paired.compare_predictions(positive_everywhere["labels"], positive_everywhere["a"],
+                                       positive_everywhere["b"], ["x", "y"], n_resamples=20)
+    assert macro["macro_auroc"]["difference"] is None
+    assert macro["verdict"] == "not tested: no class scorable on these records"
+    assert {c.get("skipped") is not None for c in macro["per_class"].values()} == {True}

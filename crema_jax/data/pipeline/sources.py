@@ -276,13 +276,11 @@ def _cache_source(data_cfg: Mapping, *, split: str = ""):
 
 def describe(data_cfg: Mapping, *, split: str | None = None) -> str:
     """Where make_source(data_cfg) reads the configured dataset from, for a run's first line,
-    naming the configured inputs it does not read (a cache_dir beside a root reads the cache
-    alone; synthetic records read neither)."""
+    naming a data.root it does not read (a cache_dir beside a root reads the cache alone;
+    config.validate refuses a root or cache beside synthetic records)."""
     split = data_cfg["split"] if split is None else split
     if int(data_cfg["synthetic_records"]) > 0:
-        unread = [f for f in ("root", "cache_dir") if data_cfg[f]]
-        return "synthetic ECGs (data.synthetic_records)" + (
-            f"; {' and '.join(f'data.{f}' for f in unread)} not read" if unread else "")
+        return "synthetic ECGs (data.synthetic_records)"
     where = (f"the cache {data_cfg['cache_dir']}" if data_cfg["cache_dir"]
              else f"{data_cfg['layout']} records under {data_cfg['root']}")
     if split:
