@@ -242,24 +242,40 @@ def parse_models(items) -> list[tuple[str, str]]:
     return out
 
 
+# Data fields that do not change what an evaluation reads from a record: where the records are
+# and how pretraining fed them (masks, views, augmentations, workers). Every other field (the
+# preset, the rate, preprocess, resampling, NaN and flat-lead policies, leads, crops) does.
+_NOT_READ_BY_EVALUATION = frozenset({
+    "augment", "batch_size", "cache_dir", "independent_view_crops", "keep_in_memory", "layout",
+    "layout_options", "mask", "num_epochs", "num_views", "num_workers", "per_worker_buffer_size",
+    "prefetch_buffer_size", "read_threads", "root", "seed", "skip_damaged_cache_records",
+    "skip_log_dir", "split", "strict", "synthetic_records"})
+
+
 def architecture(config) -> str:
-    """What a random init copies: the model config and the data path (its crops)."""
-    data_cfg = backbones.runner_of(config).data_config(config, None)
+    """What a random init copies: the model config and the data path, every field of it that
+    decides an evaluation's crops (a summary of preset, rate and crops had let two checkpoints
+    of other preprocessing share features)."""
+    data_cfg = backbones.runner_of(config).data_config(config, None).to_dict()
     text = json.dumps({"model": config.model.to_dict(),
-                       "data": backbones.data_path_summary(data_cfg)}, sort_keys=True,
+                       "data": {k: v for k, v in data_cfg.items()
+                                if k not in _NOT_READ_BY_EVALUATION}}, sort_keys=True,
                       default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def weights_digest(config, params, seed: int) -> str:
-    """A digest of what a model computes with: every parameter's name, dtype, shape and bytes (a
-    checkpoint retrained or replaced at the same path is another model), or for a random init
-    (params None) its architecture and the seed it is drawn with (the suite's: a task file
-    whose seed changed had reused the features of the other seed's random weights)."""
+    """A digest of what a model computes with: its architecture and data path (`architecture`:
+    the same weights under another config or preprocessing had reused the first one's
+    features) and every parameter's name, dtype, shape and bytes (a checkpoint retrained or
+    replaced at the same path is another model), or for a random init (params None) its
+    architecture and the seed it is drawn with (the suite's: a task file whose seed changed
+    had reused the features of the other seed's random weights)."""
     digest = hashlib.sha256()
     if params is None:
         digest.update(f"random:{architecture(config)}:seed={int(seed)}".encode())
     else:
+        digest.update(f"trained:{architecture(config)}|".encode())
         for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
             array = np.ascontiguousarray(np.asarray(leaf))
             digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype}|{array.shape}|".encode())

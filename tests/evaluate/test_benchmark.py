@@ -220,6 +220,18 @@ def test_other_weights_at_the_same_checkpoint_path_are_another_model(tmp_path):
     assert digest(config, None) != digest(config, params)
     # Random weights drawn with another seed are another model (their features had been reused).
     assert digest(config, None, seed=1) != digest(config, None)
+    # The same weights under another data path or model config are another model: a copy whose
+    # preprocessing differed had reused the first checkpoint's features, exit 0.
+    filtered = tiny_config()
+    filtered.data.preprocess.high_hz = 20.0
+    assert digest(filtered, params) != digest(config, params)
+    assert digest(other, params) != digest(config, params)
+    # What only pretraining used (where the records were, masks, views) leaves it one model.
+    elsewhere = tiny_config()
+    elsewhere.data.synthetic_records, elsewhere.data.root = 0, "/data/other"
+    elsewhere.data.mask.ratio, elsewhere.data.num_workers = 0.5, 4
+    assert digest(elsewhere, params) == digest(config, params)
+    assert digest(elsewhere, None) == digest(config, None)
 
     models = [benchmark_tasks.Model("tiny", "/runs/tiny", config, p,
                                     weights=digest(config, p)) for p in (params, nudged)]
