@@ -21,8 +21,8 @@ REPAIRED (the record is kept; counts land in `Ecg.repairs`):
   resulting rate.
 
 SKIPPED here (RecordError with `.reason`; the message names the file and what was expected):
-  bad_units (a lead in e.g. mmHg), no_signal (no usable lead left), too_short (fewer than
-  `min_seconds`). The readers add their own reasons (wfdb_records.py, arrays.py).
+  bad_units (a lead in e.g. mmHg), no_signal (no usable lead left; with flat leads kept, every
+  lead constant or NaN), too_short (fewer than `min_seconds`). The readers add their own reasons (wfdb_records.py, arrays.py).
 """
 from __future__ import annotations
 
@@ -194,6 +194,12 @@ def canonical_ecg(raw: np.ndarray, names, units, fs: float, *, path: str, where:
     _check_magnitude(signal, path=path, where=where or path)
     signal = _apply_nan_policy(signal, present, repairs, nan_policy)
     _drop_flat_leads(signal, present, repairs, flat_leads)
+    if flat_leads == "keep" and present.any() and not _varies(signal[present]).any():
+        # Every lead constant or NaN on a path that keeps them (ECGFounder's: NaN -> 0, flat
+        # leads kept): `predict` had scored such records (0.5 for every label) without a word.
+        _check_length(raw.T, float(fs), min_seconds, path)
+        raise RecordError(path, "no_signal", f"record {path}: every lead is constant or NaN "
+                          f"(lead names {list(names)}): no signal to read")
     if not present.any():
         # One sample is flat in every lead: such a record is named for its length.
         _check_length(raw.T, float(fs), min_seconds, path)
@@ -285,6 +291,14 @@ def _apply_nan_policy(signal: np.ndarray, present: np.ndarray, repairs: dict,
         repairs["nan_zeroed"] = int(np.isnan(signal).sum())
         signal = np.nan_to_num(signal, nan=0.0)
     return signal
+
+
+def _varies(rows: np.ndarray) -> np.ndarray:
+    """Per row: does it take two different finite values (NaN ignored)?"""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        span = np.nanmax(rows, axis=1) - np.nanmin(rows, axis=1)
+    return np.nan_to_num(span, nan=0.0) > 0
 
 
 def _drop_flat_leads(signal: np.ndarray, present: np.ndarray, repairs: dict,

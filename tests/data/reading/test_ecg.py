@@ -95,3 +95,26 @@ def test_a_sampling_rate_outside_50_to_10000_hz_is_a_bad_sampling_rate_skip(fs, 
 def test_the_bounds_of_the_sampling_rate_are_accepted():
     assert check_sampling_rate("rec", "50", "rate") == 50.0
     assert check_sampling_rate("rec", 10_000, "rate") == 10_000.0
+
+
+@pytest.mark.parametrize("fill", ["nan", "zero", "constant"])
+def test_a_record_with_no_signal_is_skipped_on_a_path_keeping_flat_leads(fill):
+    """ECGFounder's path (NaN -> 0, flat leads kept) had turned an all-NaN or all-flat record
+    into zeros, and `predict` scored it 0.5 for every label without a word."""
+    raw = {"nan": np.full((5000, 12), np.nan), "zero": np.zeros((5000, 12)),
+           "constant": np.full((5000, 12), 0.3)}[fill]
+    with pytest.raises(RecordError) as err:
+        canonical_ecg(raw, LEADS, [""] * 12, 500.0, path="rec", target_fs=500.0,
+                      nan_policy="zero", flat_leads="keep")
+    assert err.value.reason == "no_signal"
+    assert err.value.message.startswith("record rec: every lead is constant or NaN")
+
+
+def test_one_varying_lead_is_signal_on_a_path_keeping_flat_leads():
+    raw = np.full((5000, 12), np.nan)
+    raw[:, 1] = np.sin(np.arange(5000) / 50.0)          # lead II alone, the rest NaN
+    ecg = canonical_ecg(raw, LEADS, [""] * 12, 500.0, path="rec", target_fs=500.0,
+                        nan_policy="zero", flat_leads="keep", derive_limb_leads=False)
+    np.testing.assert_array_equal(ecg.signal[0], np.zeros(5000, np.float32))  # NaN -> 0, kept
+    np.testing.assert_allclose(ecg.signal[1], np.sin(np.arange(5000) / 50.0), atol=1e-6)
+    assert ecg.lead_present.all() and ecg.repairs["nan_zeroed"] == 11 * 5000
