@@ -2,6 +2,7 @@
 (crema_jax/cli/). Only the chosen command's module is imported."""
 import importlib
 import os
+import signal
 import sys
 import traceback
 
@@ -38,21 +39,48 @@ def run(argv=None) -> None:
         host_malloc.reexec_with_hugetlb()
     if not flags.FLAGS.is_parsed():  # absl logging and Grain workers expect parsed flags
         flags.FLAGS([argv[0]])
+    if from_process:
+        _terminate_as_interrupt()
     module = importlib.import_module(module_name)
+    verbose = "--verbose" in argv or "--verbose=true" in argv
     try:
         sys.exit(module.COMMAND.run(argv[2:]) or 0)
     except BrokenPipeError:  # `crema-jax ... | head`: the reader left; no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(141)  # 128 + SIGPIPE, as a shell reports it
-    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback (`--verbose` keeps it)
-        if not from_process and ("--verbose" in argv or "--verbose=true" in argv):
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: one line, no traceback (`--verbose`
+        if not from_process and verbose:  # keeps it)
             raise
-        if "--verbose" in argv or "--verbose=true" in argv:
+        if verbose:
             traceback.print_exc()
-        print(f"\ncrema-jax {name}: interrupted", file=sys.stderr)  # after a progress line
+        terminated = isinstance(err, Terminated)
+        # After a progress line; 128 + the signal's number, as a shell reports it.
+        print(f"\ncrema-jax {name}: {'terminated' if terminated else 'interrupted'}",
+              file=sys.stderr)
+        code = 128 + (signal.SIGTERM if terminated else signal.SIGINT)
         if from_process and _jax_backend_started():
-            _exit_now(130)
-        sys.exit(130)  # 128 + SIGINT, as a shell reports it
+            _exit_now(code)
+        sys.exit(code)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler, `timeout`, `kill`), raised as a Ctrl-C is: the command's
+    `finally` blocks then run (temporary files removed, the workdir lock released, workers
+    stopped) before the exit with 143. Killed outright, an export had left its full-size
+    temporary file behind, and a pretrain its lock. A pretrain's train loop handles SIGTERM
+    itself while it runs (train/hooks.py: save the step, then exit)."""
+
+
+def _terminate_as_interrupt() -> None:
+    main_pid = os.getpid()
+
+    def handle(signum, frame):
+        if os.getpid() != main_pid:  # a forked child: end as SIGTERM ends it
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated()
+    signal.signal(signal.SIGTERM, handle)
 
 
 def _jax_backend_started() -> bool:
