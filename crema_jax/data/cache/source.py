@@ -171,8 +171,32 @@ def check_settings(index: Mapping, path: str, *, target_fs: float | None = None,
         raise ValueError(f"{path}: cache built at target_fs={settings['target_fs']} but "
                          f"data.target_fs={target_fs}; rebuild it with `crema-jax prepare`")
     if preprocess != "unchecked" and settings["preprocess"] != preprocess:
-        raise ValueError(f"{path}: cache built with preprocess={settings['preprocess']} but "
-                         f"data.preprocess={preprocess}; rebuild it with `crema-jax prepare`")
+        raise ValueError(f"{path}: cache built with other preprocessing than data.preprocess "
+                         f"({_preprocess_difference(settings, preprocess)}); rebuild it with "
+                         f"`crema-jax prepare{_preset_flag(preprocess)}`")
+
+
+def _preprocess_difference(settings: Mapping, expected) -> str:
+    """The preprocessing fields a cache and a data path disagree on, e.g. "high_hz: cache 40.0,
+    data 20.0" (the two 15-field dicts had been printed whole)."""
+    cached = settings["preprocess"]
+    name = settings.get("preprocess_preset")
+    built = f"--preprocess={name}" if name else "its preprocessing"
+    if cached is None or expected is None:
+        return (f"cache {built}, data {'no' if expected is None else 'its own'} "
+                "record preprocessing")
+    keys = sorted(set(cached) | set(expected))
+    return f"cache {built}; " + ", ".join(
+        f"{k}: cache {cached.get(k)!r}, data {expected.get(k)!r}" for k in keys
+        if cached.get(k) != expected.get(k))
+
+
+def _preset_flag(expected) -> str:
+    """" --preprocess=NAME" of the preset whose preprocessing is `expected` ("" when none is)."""
+    from crema_jax.data import presets
+
+    return next((f" --preprocess={name}" for name in presets.PRESETS
+                 if presets.preprocessing(name).to_dict() == expected), "")
 
 
 class CacheSource:

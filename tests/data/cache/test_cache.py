@@ -114,3 +114,25 @@ def test_cache_split_and_settings_checks(sample_cache, cinc_sample_dir):
     cfg = one_epoch_config(cache_dir=str(sample_cache), flat_leads="keep")
     with pytest.raises(ValueError, match="data.flat_leads='absent'"):
         sources.make_source(cfg)
+
+
+def test_a_cache_of_other_preprocessing_names_the_fields_and_the_prepare_flag():
+    """The refusal had printed the cache's and the data path's 15-field dicts whole."""
+    from crema_jax.data import presets
+    from crema_jax.data.cache import source
+
+    crema = presets.preprocessing("crema").to_dict()
+    wanted = dict(crema, high_hz=20.0, filter_order=3)
+    index = {"settings": {"preprocess": crema, "preprocess_preset": "crema",
+                          "derive_limb_leads": True, "target_fs": 250.0}}
+    with pytest.raises(ValueError) as err:
+        source.check_settings(index, "/c", preprocess=wanted)
+    assert str(err.value) == (
+        "/c: cache built with other preprocessing than data.preprocess (cache "
+        f"--preprocess=crema; filter_order: cache {crema['filter_order']!r}, data 3, high_hz: "
+        f"cache {crema['high_hz']!r}, data 20.0); rebuild it with `crema-jax prepare`")
+    with pytest.raises(ValueError, match=r"rebuild it with `crema-jax prepare "
+                                         r"--preprocess=ecgfounder`$"):
+        source.check_settings(index, "/c", preprocess=presets.preprocessing(
+            "ecgfounder").to_dict())
+    source.check_settings(index, "/c", preprocess=dict(crema))   # the same: no error
