@@ -288,8 +288,13 @@ def resolve_recipe(ft: dict, data_path: str) -> dict:
 
 
 def prediction_averaging(data_cfg) -> str:
-    return ("mean of the crops' probabilities" if data_cfg.eval_crop_average == "probability"
+    return ("mean of the crops' probabilities" if _averaged(data_cfg) == "probability"
             else "mean of the crops' logits")
+
+
+def _averaged(data_cfg) -> str:
+    """What fine-tuning averages over a record's crops: its head has no embedding to average."""
+    return "probability" if data_cfg.eval_crop_average == "probability" else "logit"
 
 
 def lead_setup(config, lead_name: str, settings: dict, ft: dict, mesh):
@@ -322,13 +327,14 @@ def finetune_model(config, params, data, settings: dict, ft: dict, mesh, *, mode
         first = lead_name == settings["lead_sets"][0]
         if first:
             out["recipe"] = ft
-            print(f"model {model}: " + backbones.describe_data_path(data_cfg,
-                                                                    settings["preset"])
+            print(f"model {model}: " + backbones.describe_data_path(
+                data_cfg, settings["preset"], averaging=_averaged(data_cfg))
                   + f"; layer decay {ft['layer_decay']:g}, drop-path {ft['drop_path']:g}",
                   flush=True)
             out["model"] = {"checkpoint": settings["checkpoint"], "backbone": family.name,
                             "data_path": data_cfg.preset,
-                            "data": backbones.data_path_summary(data_cfg),
+                            "data": backbones.data_path_summary(
+                                data_cfg, averaging=_averaged(data_cfg)),
                             "crop_averaging": prediction_averaging(data_cfg),
                             "recipe": {k: ft[k] for k in ("layer_decay", "drop_path")}}
         fit_predict = finetune_fit_predict(config, params, data, data_cfg, mesh, settings, ft,

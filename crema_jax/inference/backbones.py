@@ -230,17 +230,18 @@ def eval_data_config(backbone_or_config, leads, *, batch_size: int, num_workers:
 
 
 # ------------------------------------------------------------------------------------ applying
-def data_path_summary(data_cfg) -> str:
+def data_path_summary(data_cfg, averaging: str = "") -> str:
     """The data path and the crops it cuts, e.g. 'crema: 250 Hz, 3 crop(s) of 2250, embedding
-    averaging' (two models with the same summary read the same crops)."""
+    averaging' (two models with the same summary read the same crops); `averaging` replaces
+    data.eval_crop_average where a command averages otherwise (fine-tuning: logits)."""
     return (f"{data_cfg.preset}: {data_cfg.target_fs:g} Hz, {data_cfg.eval_num_crops} crop(s) "
-            f"of {data_cfg.crop_samples}, {data_cfg.eval_crop_average} averaging")
+            f"of {data_cfg.crop_samples}, {averaging or data_cfg.eval_crop_average} averaging")
 
 
-def describe_data_path(data_cfg, preset_flag: str = "") -> str:
+def describe_data_path(data_cfg, preset_flag: str = "", averaging: str = "") -> str:
     """One line naming the data path a command uses and where it came from."""
     origin = "--preset" if preset_flag else "the checkpoint's config"
-    name, details = data_path_summary(data_cfg).split(": ", 1)
+    name, details = data_path_summary(data_cfg, averaging).split(": ", 1)
     return f"data path: {name} (from {origin}; {details})"
 
 

@@ -152,6 +152,8 @@ def test_finetune_lead_i_end_to_end(pretrained_workdir, cinc_sample_dir, tmp_pat
                                                                  rank[i][1], -i))
     assert run["chosen_by"] == "validation macro AUROC"
     assert report["models"]["A"]["crop_averaging"] == "mean of the crops' logits"
+    # Its data line names what it averages (it had said "embedding averaging").
+    assert report["models"]["A"]["data"].endswith(", logit averaging")
     # Unset recipe flags follow the data path: ours decays the lr by layer and drops paths.
     assert report["models"]["A"]["recipe"] == {"layer_decay": 0.75, "drop_path": 0.1}
     assert report["settings"]["layer_decay"] == 0.75
