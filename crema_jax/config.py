@@ -532,7 +532,7 @@ def validate(config) -> None:
         _check(c.model.num_patches == c.data.crop_samples // c.data.patch_size,
                "model.num_patches", c.model.num_patches,
                f"data.crop_samples / data.patch_size = {c.data.crop_samples // c.data.patch_size}")
-    if c.loss.name in losses.CONTRASTING:
+    if "projector" in losses.TRAINS.get(c.loss.name, ()):
         _check(c.data.num_views == 2, "data.num_views", c.data.num_views,
                f"2 for loss {c.loss.name!r} (its contrastive term pairs two views)")
     _check_mesh_rules(c.mesh)

@@ -24,9 +24,13 @@ LOSSES = {
 # Keyword parameters whose config value is the NAME of another registered loss.
 LOSS_VALUED = ("contrastive",)
 # The parts of the pretraining model each loss trains: a decoder no loss term reaches stays at
-# its random init (its reconstructions mean nothing), likewise a projection head.
-RECONSTRUCTING = ("mae", "stmem", "crema")
-CONTRASTING = ("infonce", "simclr", "siglip", "crema")
+# its random init (its reconstructions mean nothing), likewise a projection head. The
+# evaluators report only what the loss trains; a registered loss says what it trains.
+PARTS = ("decoder", "projector")
+TRAINS = {"mae": ("decoder",), "stmem": ("decoder",), "infonce": ("projector",),
+          "simclr": ("projector",), "siglip": ("projector",), "crema": PARTS}
+RECONSTRUCTING = tuple(name for name, parts in TRAINS.items() if "decoder" in parts)
+CONTRASTING = tuple(name for name, parts in TRAINS.items() if "projector" in parts)
 
 
 def trained_parts(loss_cfg) -> dict:
@@ -34,13 +38,21 @@ def trained_parts(loss_cfg) -> dict:
     contrastive projection head (crema with contrastive_weight 0 trains no projection head)."""
     name = loss_cfg["name"]
     weight = float(loss_cfg.get("contrastive_weight", 1.0)) if name == "crema" else 1.0
-    return {"decoder": name in RECONSTRUCTING, "projector": name in CONTRASTING and weight != 0}
+    parts = TRAINS.get(name, ())
+    return {"decoder": "decoder" in parts, "projector": "projector" in parts and weight != 0}
 
 
-def register_loss(name, fn):
-    """Add `fn(outputs, batch, *, ...) -> (loss, metrics)` under `name`; returns fn (decorator-
-    friendly via functools.partial(register_loss, name))."""
+def register_loss(name, fn, *, trains=PARTS):
+    """Add `fn(outputs, batch, *, ...) -> (loss, metrics)` under `name`; returns fn. `trains`:
+    the parts of the pretraining model its terms reach, among PARTS ("decoder": it reads
+    outputs["pred"]; "projector": outputs["proj"]), which the evaluators then report on (a
+    registered L1 reconstruction loss had been reported as training no decoder)."""
+    unknown = [part for part in trains if part not in PARTS]
+    if unknown or isinstance(trains, str):
+        raise ValueError(f"register_loss({name!r}, trains={trains!r}): expected a tuple of "
+                         f"parts among {PARTS}")
     LOSSES[name] = fn
+    TRAINS[name] = tuple(trains)
     return fn
 
 
@@ -72,6 +84,7 @@ def get_loss(loss_cfg):
     return bind(_lookup(loss_cfg["name"], "name"), loss_cfg)
 
 
-__all__ = ["LOSSES", "CONTRASTIVE", "LOSS_VALUED", "RECONSTRUCTING", "CONTRASTING",
+__all__ = ["LOSSES", "CONTRASTIVE", "LOSS_VALUED", "PARTS", "TRAINS", "RECONSTRUCTING",
+           "CONTRASTING",
            "trained_parts", "register_loss", "bind", "get_loss",
            "default_loss_config", "mae", "stmem", "infonce", "simclr", "siglip", "crema"]

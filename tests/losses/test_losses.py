@@ -186,3 +186,28 @@ def test_crema_binds_its_contrastive_term_like_any_loss():
             get_loss({**cfg, "contrastive": "crema"})
     finally:
         del losses.LOSSES["halved_infonce"]
+
+
+def test_a_registered_loss_says_which_parts_it_trains():
+    """The evaluators report on the parts a loss trains: a registered L1 reconstruction loss
+    had been reported as training no decoder (the names were a fixed list)."""
+    from crema_jax import losses
+
+    def l1(outputs, batch):
+        return jax.numpy.abs(outputs["pred"] - batch["patches"]).mean(), {}
+
+    losses.register_loss("l1_test", l1, trains=("decoder",))
+    try:
+        assert losses.trained_parts({"name": "l1_test"}) == {"decoder": True, "projector": False}
+        assert losses.trained_parts({"name": "infonce"}) == {"decoder": False, "projector": True}
+        assert losses.trained_parts({"name": "crema", "contrastive_weight": 0.0}) == {
+            "decoder": True, "projector": False}
+        with pytest.raises(ValueError, match=r"trains='decoder'\): expected a tuple of parts"):
+            losses.register_loss("l1_bad", l1, trains="decoder")
+        with pytest.raises(ValueError, match=r"expected a tuple of parts among \('decoder', "
+                                             r"'projector'\)"):
+            losses.register_loss("l1_bad", l1, trains=("decoderr",))
+        assert "l1_bad" not in losses.LOSSES
+    finally:
+        losses.LOSSES.pop("l1_test", None)
+        losses.TRAINS.pop("l1_test", None)
