@@ -95,12 +95,19 @@ def main(args) -> None:
     names_text = "".join(_one_line(name) + "\n" for name in names)
     npy = io.BytesIO()  # written by Python, not by numpy's C writer, so that a full disk is
     np.save(npy, out["outputs"])  # an OSError with its errno ("No space left on device")
-    files.write_bytes_atomic(args.out, npy.getvalue())
-    files.write_text_atomic(side, names_text)
+    files.write_atomic_group([(args.out, _writer(npy.getvalue())),   # both or neither: never
+                              (side, _writer(names_text.encode("utf-8")))])  # new Y, old names
     skipped = out["skipped"].total
     print(f"wrote {args.out}: {out['outputs'].shape} {'logits' if args.logits else 'features'}"
           f", each row's ECG in {side}"
           + (f"; skipped {skipped} unreadable records" if skipped else ""))
+
+
+def _writer(data: bytes):
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return write
 
 
 def _one_line(name: str) -> str:

@@ -77,19 +77,20 @@ def build_state_dict(params, model_cfg, *, layout: str, include_decoder: bool
     return convert.jax_to_torch(params, rules, layout=layout, allow_unused=unused)
 
 
-def write_safetensors(state_dict, out: str, model_config: dict) -> None:
-    """`out` (.safetensors), atomically, with the model config in its metadata."""
+def safetensors_writer(state_dict, model_config: dict):
+    """The write(path) of a .safetensors file with the model config in its metadata."""
     meta = {"format": "pt", "crema_model_config": json.dumps(model_config)}
-    files.write_atomic(out, lambda p: safetensors.numpy.save_file(state_dict, p, metadata=meta))
+    return lambda p: safetensors.numpy.save_file(state_dict, p, metadata=meta)
 
 
 def write_files(state_dict, out: str, *, layout: str, model_config: dict, full_config: dict,
                 step: int, include_decoder: bool) -> tuple[str, str]:
-    """Writes FILE (.safetensors or .pth) and FILE.json; returns both paths."""
+    """Writes FILE (.safetensors or .pth) and FILE.json as a pair (both written before either
+    replaces an old one); returns both paths."""
     info = {"layout": layout, "include_decoder": include_decoder, "step": step,
             "num_keys": len(state_dict), "model": model_config, "config": full_config}
     if out.endswith(".safetensors"):
-        write_safetensors(state_dict, out, model_config)
+        save = safetensors_writer(state_dict, model_config)
     elif out.endswith((".pth", ".pt")):
         if layout == "crema":
             raise ExportError("the crema layout is written as .safetensors only")
@@ -100,14 +101,13 @@ def write_files(state_dict, out: str, *, layout: str, model_config: dict, full_c
         def save(tmp):
             with open(tmp, "wb") as f:  # a file object: torch rejects some temp file names
                 torch.save(obj, f)
-        files.write_atomic(out, save)
     else:
         raise ExportError(f"--out={out}: expected a .safetensors or .pth file name")
     side = os.path.splitext(out)[0] + ".json"
     def dump(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(info, f, indent=1)
-    files.write_atomic(side, dump)
+    files.write_atomic_group([(out, save), (side, dump)])
     return out, side
 
 

@@ -84,9 +84,12 @@ def write_folder(checkpoint: str, folder: str, *, include_decoder: bool = False,
     text = json.dumps(info, indent=1)
     os.makedirs(folder, exist_ok=True)
     paths = [os.path.join(folder, name) for name in FILES]
-    export_torch.write_safetensors(state_dict, paths[1], info["model"])
-    files.write_atomic(paths[0], lambda tmp: _write_text(tmp, text))
-    files.write_atomic(paths[2], lambda tmp: _write_text(tmp, card))
+    # All three written before any replaces an old one: new weights never sit beside the old
+    # config.json (whose data path import-torch would then have restored).
+    files.write_atomic_group([
+        (paths[1], export_torch.safetensors_writer(state_dict, info["model"])),
+        (paths[0], lambda tmp: _write_text(tmp, text)),
+        (paths[2], lambda tmp: _write_text(tmp, card))])
     return paths
 
 

@@ -168,28 +168,50 @@ def folder_name(text: str) -> str:
 
 def write_atomic(path, write: Callable[[str], Any]) -> None:
     """write(temporary path) then rename it to `path` (see the module docstring)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = None
+    write_atomic_group([(path, write)])
+
+
+def _naming(err: OSError, path: str) -> OSError:
+    """`err` naming the output `path`, not the temporary file."""
+    if err.filename == path:
+        return err
+    if err.errno is None:  # e.g. numpy's "N requested and M written"
+        return OSError(f"cannot write {path}: {err}")
+    return OSError(err.errno, f"cannot write {path}: {err.strerror or err}")
+
+
+def write_atomic_group(writes: Iterable[tuple[Any, Callable[[str], Any]]]) -> None:
+    """Several files that belong together (Y.npy and Y.records.txt, weights and their config):
+    every (path, write) writes a temporary file beside its output first, and only when all of
+    them are written are they renamed over the outputs, one right after the other. A failure
+    while writing (a full disk, a Ctrl-C) removes the temporaries and leaves every old file as
+    it was: never new weights beside the old config."""
+    writes = [(os.fspath(path), write) for path, write in writes]
+    temps: list[tuple[str, str]] = []
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
-                                   suffix=f".{os.getpid()}.tmp")
-        os.close(fd)
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result is an ordinary file
-        os.replace(tmp, path)
-    except OSError as err:  # a full disk, a read-only folder: name the output, not the temp
-        if err.filename == path:
-            raise
-        if err.errno is None:  # e.g. numpy's "N requested and M written"
-            raise OSError(f"cannot write {path}: {err}") from None
-        raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}") from None
+        for path, write in writes:
+            folder = os.path.dirname(os.path.abspath(path))
+            try:
+                os.makedirs(folder, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
+                                           suffix=f".{os.getpid()}.tmp")
+                os.close(fd)
+                temps.append((tmp, path))
+                write(tmp)
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result is an ordinary file
+            except OSError as err:  # a full disk, a read-only folder: name the output
+                raise _naming(err, path) from None
+        for tmp, path in temps:
+            try:
+                os.replace(tmp, path)
+            except OSError as err:
+                raise _naming(err, path) from None
     finally:
-        if tmp is not None and os.path.lexists(tmp):
-            os.remove(tmp)
+        for tmp, _ in temps:
+            if os.path.lexists(tmp):
+                os.remove(tmp)
 
 
 def write_bytes_atomic(path, data: bytes) -> None:
