@@ -196,9 +196,15 @@ class WorkdirLock:
     renewed by `refresh`) is older than `stale_seconds` from another host, is taken over with a
     note; any other lock, or one whose age the store cannot tell, refuses the run. Only process
     0 of a multi-process job takes it.
+
+    A lock whose holder cannot be read (empty, not JSON, nested too deeply, no pid: a full disk
+    or a crash while a run created it) names no run, so no run can be waited for: one older
+    than `DAMAGED_GRACE_SECONDS` is taken over with a note; a younger one (a run may be between
+    creating and writing it) refuses the run, naming it as an unreadable lock.
     """
 
     NAME = "crema_jax.lock"
+    DAMAGED_GRACE_SECONDS = 10.0
 
     def __init__(self, workdir, *, stale_seconds: float = 3600.0, name: str = NAME):
         self.folder = storage.absolute(str(workdir))  # a local path or a URL (storage.py)
@@ -217,7 +223,9 @@ class WorkdirLock:
             files.make_folder(self.folder, self.folder)
         note = None
         if not self._create():
-            holder = self._holder()
+            holder = self._read_holder()
+            if holder is None:
+                return self._take_over_damaged()
             if not self._stale(holder):
                 raise WorkdirLockedError(
                     f"{self.folder} is in use: a run by pid {holder.get('pid', '?')} on "
@@ -233,24 +241,57 @@ class WorkdirLock:
         self.held = True
         return note
 
+    def _take_over_damaged(self) -> str:
+        """Takes over an unreadable lock (see the class docstring) or refuses the run."""
+        mtime = storage.modified(self.path)
+        grace = self.DAMAGED_GRACE_SECONDS
+        if mtime is not None and time.time() - mtime <= grace:
+            raise WorkdirLockedError(
+                f"{self.path}: an unreadable lock (empty or damaged) that names no run, written "
+                f"in the last {grace:.0f} s (a run may be starting: try again), or remove it if "
+                "no run uses this folder")
+        if mtime is None and storage.exists(self.path):  # a store that cannot tell its age
+            raise WorkdirLockedError(
+                f"{self.path}: an unreadable lock (empty or damaged) that names no run; remove "
+                "it if no run uses this folder")
+        if storage.exists(self.path):
+            storage.remove(self.path)
+        if not self._create():
+            raise WorkdirLockedError(f"{self.folder}: another run took the lock first")
+        self.held = True
+        return (f"took over the unreadable lock {self.path} (empty or damaged: left by a crash "
+                "or a full disk)")
+
     def _create(self) -> bool:
         text = json.dumps(self.info)
-        if not storage.create_exclusive(self.path, text.encode()):
-            return False
+        try:
+            if not storage.create_exclusive(self.path, text.encode()):
+                return False
+        except OSError as err:  # "[Errno 28] No space left on device" had named no file
+            raise OSError(err.errno, f"cannot create the lock {self.path}: "
+                          f"{err.strerror or err}") from None
         # A store that ignores the exclusive mode lets the last of two writers win: read back.
         return not self.remote or self._holder() == self.info
 
     def _holder(self) -> dict:
+        return self._read_holder() or {}
+
+    def _read_holder(self) -> dict | None:
+        """The lock's holder; {} when the file cannot be read (gone meanwhile, say); None when
+        it reads but names no holder (empty, not JSON, nested too deeply, no pid)."""
         try:
             if self.remote:
                 text = storage.read_bytes(self.path, limit=1 << 16)
             else:
                 with open(self.path, "rb") as f:
                     text = f.read(1 << 16)
-            holder = json.loads(text)
-            return holder if isinstance(holder, dict) else {}
-        except (OSError, ValueError):
+        except OSError:
             return {}
+        try:
+            holder = json.loads(text)
+        except (ValueError, RecursionError):
+            return None
+        return holder if isinstance(holder, dict) and "pid" in holder else None
 
     def _stale(self, holder: dict) -> bool:
         if holder.get("host") == self.info["host"] and isinstance(holder.get("pid"), int):

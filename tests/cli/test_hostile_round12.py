@@ -3,13 +3,21 @@ files, JSON nested too deeply, crafted safetensors headers and sidecar configs, 
 import, and messages that name the file. Each refusal is one line naming the file, with the
 user's files as they were."""
 import errno
+import os
 import tempfile
+import time
 
 import numpy as np
+import pytest
 
-from crema_jax.cli import embed, export_torch
-from crema_jax.runtime import files
-from tests.cli.test_hostile import _fails, _hashes
+from crema_jax.cli import embed, export_torch, pretrain
+from crema_jax.runtime import files, storage
+from crema_jax.runtime import workdir as workdir_lib
+from tests.cli.test_hostile import REPO, _fails, _hashes
+
+# The demo's mesh (data 1) on the test process's 8 devices: data -1 takes them all.
+DEMO = f"--config={REPO / 'configs' / 'demo.py'}"
+MESH = "--config.mesh.data=-1"
 
 
 def _full_disk_for(monkeypatch, name: str) -> None:
@@ -65,3 +73,35 @@ def test_export_torch_writes_weights_and_config_as_a_pair(sit_checkpoint, tmp_pa
     assert _hashes(tmp_path) == before
     assert not [p for p in tmp_path.rglob(".*") if p.name.endswith(".tmp")]
 
+
+def test_an_unreadable_lock_is_named_as_such_and_taken_over_once_old(tmp_path, capsys):
+    """An empty crema_jax.lock (a full disk or a crash while a run created it) had made every
+    run say "in use: a run by pid ? on ? since ?" for an hour. A fresh one is named as an
+    unreadable lock; one older than a few seconds is taken over with a note."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    lock = workdir / workdir_lib.WorkdirLock.NAME
+    lock.write_bytes(b"")
+    _fails(pretrain, [DEMO, MESH, f"--workdir={workdir}", "--config.train.num_steps=1"], capsys,
+           f"{lock}: an unreadable lock (empty or damaged) that names no run")
+    assert lock.read_bytes() == b"" and sorted(os.listdir(workdir)) == [lock.name]
+    for text in (b"", b"{", b"[" * 5000 + b"]" * 5000, b"{}"):  # nested: a RecursionError
+        lock.write_bytes(text)
+        old = time.time() - 60
+        os.utime(lock, (old, old))
+        held = workdir_lib.WorkdirLock(workdir)
+        note = held.acquire()
+        assert note.startswith(f"took over the unreadable lock {lock}"), note
+        held.release()
+        assert not lock.exists()
+
+
+def test_a_full_disk_while_creating_the_lock_names_it(tmp_path, monkeypatch):
+    """"[Errno 28] No space left on device" had named no file."""
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(storage, "create_exclusive", full)
+    lock = workdir_lib.WorkdirLock(tmp_path)
+    with pytest.raises(OSError, match="^.Errno 28. cannot create the lock "
+                       f"{tmp_path / lock.NAME}: No space left on device$"):
+        lock.acquire()
