@@ -119,8 +119,9 @@ def _weights_named_in(config_path: str, uri: str) -> str:
     try:
         with open(config_path, encoding="utf-8") as f:
             name = json.load(f).get("weights")
-    except (OSError, ValueError, AttributeError) as err:
-        raise HubError(f"{uri}: not a crema_jax folder config ({_first_line(err)})") from None
+    except (OSError, ValueError, AttributeError, RecursionError) as err:
+        why = "nested too deeply" if isinstance(err, RecursionError) else _first_line(err)
+        raise HubError(f"{uri}: not a crema_jax folder config ({why})") from None
     if not isinstance(name, str) or not name or os.path.basename(name) != name:
         raise HubError(f"{uri}: expected a \"weights\" entry naming a file in the folder, got "
                        f"{name!r}")

@@ -105,7 +105,7 @@ def _check_written_here(folder: str) -> None:
     try:
         with open(os.path.join(folder, CONFIG_FILE), encoding="utf-8") as f:
             ours = json.load(f).get("library_name") == LIBRARY
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):  # nested too deeply, too
         ours = False
     if not ours:
         raise files.OutputError(f"--hub_folder={folder}: its {CONFIG_FILE} is missing or was not "
@@ -122,11 +122,8 @@ def read_folder(folder: str) -> tuple[str, str, dict]:
     """(weight file, layout, saved data section) of a folder write_folder wrote; a
     CheckpointFileError naming the file and field otherwise."""
     path = os.path.join(folder, CONFIG_FILE)
-    try:
-        with open(path, encoding="utf-8") as f:
-            info = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise safe_load.CheckpointFileError(f"{path}: not JSON ({err})") from None
+    with open(path, "rb") as f:
+        info = safe_load.parse_json(f.read(), path)  # nested too deeply, a 5000-digit number
     if not isinstance(info, dict) or info.get("library_name") != LIBRARY:
         raise safe_load.CheckpointFileError(
             f"{path}: expected a crema_jax folder config (\"library_name\": \"{LIBRARY}\", as "

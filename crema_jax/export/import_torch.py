@@ -186,9 +186,9 @@ def _json(what: str, text: str):
     deep to parse."""
     try:
         return json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as err:
-        reason = "nests too deep" if isinstance(err, RecursionError) else f"({err})"
-        raise safe_load.CheckpointFileError(f"{what} is not readable JSON {reason}") from None
+    except (ValueError, RecursionError) as err:  # a 5000-digit number: a ValueError
+        raise safe_load.CheckpointFileError(
+            f"{what} is not readable JSON ({safe_load.json_problem(err)})") from None
 
 
 def _saved_lead_embedding(obj) -> str:
@@ -198,7 +198,7 @@ def _saved_lead_embedding(obj) -> str:
     if isinstance(text, str):
         try:
             saved = json.loads(text)
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):
             saved = None
         if isinstance(saved, dict) and saved.get("lead_embedding") in ("canonical", "position"):
             return saved["lead_embedding"]

@@ -44,6 +44,27 @@ class UnsafeCheckpointError(CheckpointFileError):
     """A torch pickle that would need arbitrary code execution to load."""
 
 
+def json_problem(err: BaseException) -> str:
+    """Why JSON text did not parse, in words: "nested too deeply" for a RecursionError, "a
+    number of more than N digits" for Python's int limit (whose own message advises
+    sys.set_int_max_str_digits), else the parser's message."""
+    if isinstance(err, RecursionError):
+        return "nested too deeply"
+    text = str(err)
+    limit = re.search(r"Exceeds the limit \((\d+) digits\)", text)
+    if limit:
+        return f"a number of more than {limit.group(1)} digits"
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def parse_json(text, where: str) -> Any:
+    """json.loads(text), or a CheckpointFileError "`where`: not valid JSON (why)"."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError included
+        raise CheckpointFileError(f"{where}: not valid JSON ({json_problem(err)})") from None
+
+
 def import_torch(purpose: str):
     """torch, or an ImportError that says how to get it."""
     try:
@@ -76,9 +97,9 @@ def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
                 f"{size} bytes: the file is truncated or not a safetensors file")
         try:
             header = json.loads(f.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-            raise CheckpointFileError(f"{path}: unreadable safetensors header "
-                                      f"({type(err).__name__}: {err})") from None
+        except (ValueError, RecursionError) as err:  # a 5000-digit number: a ValueError
+            raise CheckpointFileError(f"{path}: unreadable safetensors header (not valid JSON: "
+                                      f"{json_problem(err)})") from None
         data = f.read()
     if not isinstance(header, dict):
         raise CheckpointFileError(f"{path}: the safetensors header is a JSON "

@@ -149,6 +149,8 @@ def load_json(read: Callable[[], str], where, kind: type, error: type[Exception]
         value = json.loads(read())
     except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError included
         raise error(f"{where}: damaged ({err}){remedy}") from None
+    except RecursionError:
+        raise error(f"{where}: damaged (JSON nested too deeply){remedy}") from None
     if not isinstance(value, kind):
         raise error(f"{where}: damaged (a {type(value).__name__}, expected a {kind.__name__})"
                     f"{remedy}")

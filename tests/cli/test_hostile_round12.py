@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from crema_jax.cli import embed, export_torch, pretrain
+from crema_jax.cli import embed, export_torch, import_torch, pretrain
 from crema_jax.runtime import files, storage
 from crema_jax.runtime import workdir as workdir_lib
 from tests.cli.test_hostile import REPO, _fails, _hashes
@@ -105,3 +105,26 @@ def test_a_full_disk_while_creating_the_lock_names_it(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="^.Errno 28. cannot create the lock "
                        f"{tmp_path / lock.NAME}: No space left on device$"):
         lock.acquire()
+
+
+DEEP = "[" * 100000 + "]" * 100000
+LONG_NUMBER = '{"library_name": "crema_jax", "n": ' + "9" * 5000 + "}"
+
+
+@pytest.mark.parametrize("text, why", [(DEEP, "nested too deeply"),
+                                       (LONG_NUMBER, "a number of more than 4300 digits")])
+def test_json_nested_too_deeply_or_with_a_huge_number_is_named(sit_checkpoint, tmp_path, capsys,
+                                                               text, why):
+    """A hub folder's config.json (import-torch DIR, export-torch --hub_folder=DIR --overwrite)
+    nested 100000 deep had ended in a RecursionError traceback, a 5000-digit number in Python's
+    advice to call sys.set_int_max_str_digits()."""
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    (hub / "config.json").write_text(text)
+    before = _hashes(tmp_path)
+    _fails(import_torch, [str(hub), f"--out={tmp_path / 'out'}"], capsys,
+           f"{hub / 'config.json'}: not valid JSON ({why})")
+    _fails(export_torch, [f"--checkpoint={sit_checkpoint}", f"--hub_folder={hub}",
+                          "--overwrite"], capsys,
+           f"--hub_folder={hub}: its config.json is missing or was not written by export-torch")
+    assert _hashes(tmp_path) == before

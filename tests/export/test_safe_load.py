@@ -238,7 +238,7 @@ def crema_file(tmp_path_factory):
 
 
 @pytest.mark.parametrize("case,fragment", [
-    ("deep", "is not readable JSON nests too deep"),
+    ("deep", "is not readable JSON (nested too deeply)"),
     ("family", "names model 'net1d'; a crema-layout file holds a SiT"),
     ("huge_int", "num_classes"),
     ("side_without_model", "expected a JSON object with a 'model' object"),
