@@ -34,6 +34,7 @@ _ST_DTYPES = {
     "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
 }
 _MAX_HEADER_BYTES = 100 * 1024 * 1024  # The format's own limit; larger means a corrupt file.
+_MAX_DIMS, _MAX_ELEMENTS = 8, 2**48  # a weight has at most 5; no file holds 2**48 numbers
 
 
 class CheckpointFileError(ValueError):
@@ -109,7 +110,7 @@ def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
             isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise CheckpointFileError(f"{path}: the safetensors __metadata__ must map strings to "
                                   "strings")
-    tensors, problems = {}, []
+    tensors, problems, beyond = {}, [], []
     for key, info in header.items():
         problem = _entry_problem(info)
         if problem:
@@ -119,20 +120,22 @@ def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         start, end = info["data_offsets"]
         shape = tuple(info["shape"])
         if dtype is None:
-            problems.append(f"{key}: unsupported dtype {info.get('dtype')!r}")
+            problems.append(f"{key}: unsupported dtype {info['dtype']!r} (expected one of "
+                            f"{', '.join(_ST_DTYPES)})")
         elif end > len(data):
-            problems.append(f"{key}: bytes {start}..{end} lie beyond the {len(data)} data bytes")
+            beyond.append(f"{key}: bytes {start}..{end} lie beyond the {len(data)} data bytes")
         elif end - start != dtype.itemsize * math.prod(shape):
             problems.append(f"{key}: {end - start} bytes do not hold {shape} {info['dtype']}")
         else:
             array = np.frombuffer(data, dtype=dtype, count=math.prod(shape),
                                   offset=start).reshape(shape)
             tensors[key] = to_float32(array).copy()
-    if problems:  # the first few: a truncated file has every later tensor beyond its end
-        shown = problems[:3] + ([f"and {len(problems) - 3} more tensors"]
-                                if len(problems) > 3 else [])
-        raise CheckpointFileError(f"{path}: not a complete safetensors file (truncated?):\n  "
-                                  + "\n  ".join(shown))
+    if problems or beyond:  # the first few: a truncated file has every later tensor beyond
+        every = problems + beyond  # its end
+        shown = every[:3] + ([f"and {len(every) - 3} more tensors"] if len(every) > 3 else [])
+        what = ("not a complete safetensors file (truncated?)" if not problems else
+                "not a valid safetensors file")
+        raise CheckpointFileError(f"{path}: {what}:\n  " + "\n  ".join(shown))
     tiling = _tiling_problem(header, len(data))
     if tiling:  # two tensors on the same bytes had been read as each other's weights
         raise CheckpointFileError(f"{path}: not a valid safetensors file: {tiling} (the format's "
@@ -165,12 +168,22 @@ def _entry_problem(info) -> str | None:
     shape, offsets = info.get("shape"), info.get("data_offsets")
     if not isinstance(shape, list) or not all(
             isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        return f"shape must be a list of non-negative integers, got {shape!r}"
+        return f"shape must be a list of non-negative integers, got {_short(shape)}"
+    if len(shape) > _MAX_DIMS or math.prod(max(d, 1) for d in shape) > _MAX_ELEMENTS:
+        # numpy refuses more than 64 dimensions, and sizes whose product overflows, even
+        # when one of them is 0 ("Maximum allowed dimension exceeded")
+        return (f"shape {_short(shape)}: expected at most {_MAX_DIMS} dimensions of at most "
+                "2**48 elements in all")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(
             isinstance(o, int) and not isinstance(o, bool) for o in offsets)
             and 0 <= offsets[0] <= offsets[1]):
         return f"data_offsets must be two integers 0 <= start <= end, got {offsets!r}"
     return None
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)"
 
 
 _MAX_NESTING = 32  # a checkpoint nests a state_dict a few levels deep

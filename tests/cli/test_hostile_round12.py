@@ -13,7 +13,7 @@ import pytest
 from crema_jax.cli import embed, export_torch, import_torch, pretrain
 from crema_jax.runtime import files, storage
 from crema_jax.runtime import workdir as workdir_lib
-from tests.cli.test_hostile import REPO, _fails, _hashes
+from tests.cli.test_hostile import REPO, _fails, _hashes, _safetensors
 
 # The demo's mesh (data 1) on the test process's 8 devices: data -1 takes them all.
 DEMO = f"--config={REPO / 'configs' / 'demo.py'}"
@@ -128,3 +128,26 @@ def test_json_nested_too_deeply_or_with_a_huge_number_is_named(sit_checkpoint, t
                           "--overwrite"], capsys,
            f"--hub_folder={hub}: its config.json is missing or was not written by export-torch")
     assert _hashes(tmp_path) == before
+
+
+@pytest.mark.parametrize("header, fragment", [
+    ({"w": {"dtype": "F32", "shape": [1] * 100, "data_offsets": [0, 4]}},
+     "w: shape [1, 1, 1"),                   # numpy: "maximum supported dimension ... 64"
+    ({"w": {"dtype": "F32", "shape": [2**62, 2**62, 0], "data_offsets": [0, 0]},
+      "v": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}},
+     "w: shape [4611686018427387904, 4611686018427387904, 0]: expected at most 8 dimensions "
+     "of at most 2**48 elements in all"),    # "Maximum allowed dimension exceeded"
+    ({"w": {"dtype": "F8_E4M3", "shape": [4], "data_offsets": [0, 4]}},
+     "not a valid safetensors file: w: unsupported dtype 'F8_E4M3' (expected one of F64"),
+    (b'{"w": {"dtype": "F32", "shape": [' + b"9" * 5000 + b'], "data_offsets": [0, 4]}}',
+     "unreadable safetensors header (not valid JSON: a number of more than 4300 digits)"),
+])
+def test_crafted_safetensors_entries_are_named_with_the_file(tmp_path, capsys, header,
+                                                             fragment):
+    """Each had been numpy's or Python's message without the file, or (an unknown dtype) "not a
+    complete safetensors file (truncated?)"."""
+    path = _safetensors(tmp_path / "w.safetensors", header, b"\0" * 4)
+    before = _hashes(tmp_path)
+    _fails(import_torch, ["--format=crema", f"--out={tmp_path / 'out'}", str(path)], capsys,
+           f"{path}: ", fragment)
+    assert _hashes(tmp_path) == before and not (tmp_path / "out").exists()
