@@ -383,6 +383,16 @@ def validate_model(config) -> None:
     of the model, and all that a weight file's own model config is checked against."""
     _check_domains(config, model=True)
     model = config.model
+    # Numbers finite and choices known here too, not only in `validate`: a weight file's model
+    # config ("logit_scale_init": Infinity, "dtype": "float8") had been imported as it was.
+    for field, value, values in _numbers(model, "model."):
+        _check(all(math.isfinite(v) for v in values), field, value, "a finite number")
+    from crema_jax.models import families
+    if families.current_name(str(model.get("name", ""))) in families.MODEL_NAMES:
+        for field, allowed in families.family_of(
+                families.current_name(model.name)).field_choices.items():
+            if field in model:
+                _one_of(config, f"model.{field}", allowed)
     if "size" in model and "width" in model:
         from crema_jax.models.config import resolve_size  # numpy-free registry
         width = resolve_size(model)["width"]

@@ -159,7 +159,8 @@ def _crema_model_config(path: str, metadata: Mapping[str, str]):
         model_cfg = config_lib.from_saved({"model": saved}).model
     except (ValueError, OverflowError) as err:
         raise safe_load.CheckpointFileError(f"{path}: its model config has {err}") from None
-    return _checked(path, model_cfg, "its model config")
+    return _checked(path, model_cfg, "its model config" if where != side else
+                    f"its model config in {side}")
 
 
 def _checked(path: str, model_cfg, what: str):

@@ -3,6 +3,7 @@ files, JSON nested too deeply, crafted safetensors headers and sidecar configs, 
 import, and messages that name the file. Each refusal is one line naming the file, with the
 user's files as they were."""
 import errno
+import json
 import os
 import tempfile
 import time
@@ -151,3 +152,48 @@ def test_crafted_safetensors_entries_are_named_with_the_file(tmp_path, capsys, h
     _fails(import_torch, ["--format=crema", f"--out={tmp_path / 'out'}", str(path)], capsys,
            f"{path}: ", fragment)
     assert _hashes(tmp_path) == before and not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def crema_export(sit_checkpoint, tmp_path_factory):
+    """(tensors, model config) of the tiny SiT as export-torch writes them."""
+    import safetensors
+    import safetensors.numpy
+    out = tmp_path_factory.mktemp("export") / "w.safetensors"
+    export_torch.COMMAND.run([f"--checkpoint={sit_checkpoint}", f"--out={out}"])
+    with safetensors.safe_open(str(out), "np") as f:
+        model = json.loads(f.metadata()["crema_model_config"])
+    return safetensors.numpy.load_file(str(out)), model
+
+
+@pytest.mark.parametrize("field, value, fragment", [
+    ("dtype", "float8", "config.model.dtype='float8': expected one of ['bfloat16', 'float32']"),
+    ("dtype", None, "config.model.dtype=None: expected one of ['bfloat16', 'float32']"),
+    ("lead_embedding", "bogus", "config.model.lead_embedding='bogus': expected one of "
+     "['canonical', 'position']"),
+    ("logit_scale_init", float("inf"), "config.model.logit_scale_init=inf: expected a finite "
+     "number"),
+])
+@pytest.mark.parametrize("where", ["sidecar", "metadata"])
+def test_a_weight_files_model_config_is_checked_like_a_runs(crema_export, tmp_path, capsys,
+                                                            field, value, fragment, where):
+    """A dtype, lead embedding or non-finite number in F.json or the crema_model_config
+    metadata had been refused only when the model was built, naming no file, and
+    "logit_scale_init": Infinity imported (exit 0) though pretrain refuses it."""
+    import safetensors.numpy
+    tensors, model = crema_export
+    text = json.dumps({**model, field: value})
+    path = tmp_path / "w.safetensors"
+    if where == "sidecar":
+        safetensors.numpy.save_file(tensors, str(path), metadata={"format": "pt"})
+        (tmp_path / "w.json").write_text('{"layout": "crema", "model": ' + text + "}")
+        named = f"{path}: its model config in {tmp_path / 'w.json'} has "
+    else:
+        safetensors.numpy.save_file(tensors, str(path), metadata={
+            "format": "pt", "crema_model_config": text})
+        named = f"{path}: its model config has "
+    before = _hashes(tmp_path)
+    _fails(import_torch, ["--format=crema", f"--out={tmp_path / 'out'}", str(path)], capsys,
+           named + fragment)
+    assert _hashes(tmp_path) == before and not (tmp_path / "out").exists()
+
