@@ -23,6 +23,7 @@ from crema_jax.models import families
 from crema_jax.models import params as params_lib
 from crema_jax.runtime import checkpoint as ckpt_lib
 from crema_jax.runtime import files, storage, trees
+from crema_jax.runtime import workdir as workdir_lib
 
 FORMATS = ("crema", "stmem", "ecgfounder")
 PRESET_OF_FORMAT = {"crema": "crema", "stmem": "stmem", "ecgfounder": "ecgfounder"}
@@ -320,6 +321,26 @@ def resolve_source(source: str, fmt: str | None) -> tuple[str, str, dict | None,
     return local, fmt, data, {**record, "format": fmt}
 
 
+def _unfinished_import(out: str) -> str | None:
+    """The unfinished step an interrupted import left in `out` ("checkpoints/0.orbax-checkpoint-
+    tmp-..."), when `out` holds nothing else: only `checkpoints/`, holding only Orbax's
+    temporary step folders (or nothing). None for any other folder (nothing is deleted: the
+    user is told what it is)."""
+    root = os.path.join(out, workdir_lib.CHECKPOINTS_DIRNAME)
+    try:
+        if (os.path.islink(out) or os.listdir(out) != [workdir_lib.CHECKPOINTS_DIRNAME]
+                or os.path.islink(root) or not os.path.isdir(root)):
+            return None
+        entries = sorted(os.listdir(root))
+    except OSError:
+        return None
+    if not all(workdir_lib.is_unfinished_step_name(e) and os.path.isdir(os.path.join(root, e))
+               and not os.path.islink(os.path.join(root, e)) for e in entries):
+        return None
+    return (f"{workdir_lib.CHECKPOINTS_DIRNAME}/{entries[0]}" if entries else
+            f"an empty {workdir_lib.CHECKPOINTS_DIRNAME}/")
+
+
 def run_import(source: str, fmt: str | None, out: str, *, seed: int = 0) -> str:
     """Checks everything, then writes `out/checkpoints/0`; returns the step dir. The source (the
     path, or the hub id and the commit fetched) is recorded in the checkpoint's config as
@@ -328,6 +349,11 @@ def run_import(source: str, fmt: str | None, out: str, *, seed: int = 0) -> str:
     if storage.is_remote(out):
         storage.check_url(str(out))
     else:  # a new or empty folder: an import never mixes with other files
+        unfinished = _unfinished_import(out)
+        if unfinished:
+            raise files.OutputError(
+                f"--out={out}: an unfinished import from an interrupted run ({unfinished}); "
+                "remove the folder or choose another --out")
         files.check_output_dir(out, marker=None, flag="--out", inputs=[path], outside=[source],
                                create=False)
     params, model_cfg, kept = import_weights(path, fmt, seed=seed)

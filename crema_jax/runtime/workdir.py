@@ -53,6 +53,11 @@ def checkpoints_dir(workdir) -> epath.Path:
     return absolute_path(workdir) / CHECKPOINTS_DIRNAME
 
 
+def is_unfinished_step_name(name: str) -> bool:
+    """Whether `name` is Orbax's temporary folder of a step whose save has not finished."""
+    return bool(_TMP_STEP_DIR.match(name))
+
+
 def is_complete_step_dir(path: epath.Path) -> bool:
     """A committed step: "<digits>/" holding params, Orbax's commit marker, and the marker of
     every item inside it. Local writes are atomic renames of tmp dirs; on gs:// (no rename)

@@ -197,3 +197,23 @@ def test_a_weight_files_model_config_is_checked_like_a_runs(crema_export, tmp_pa
            named + fragment)
     assert _hashes(tmp_path) == before and not (tmp_path / "out").exists()
 
+
+def test_an_interrupted_import_is_named_as_one(tmp_path, capsys):
+    """A Ctrl-C while Orbax saved had left DIR/checkpoints/0.orbax-checkpoint-tmp-..., and the
+    rerun said the folder held "files this command did not write (checkpoints)". Nothing in
+    the folder is deleted."""
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"not read: the output is checked first")
+    out = tmp_path / "out"
+    step = out / "checkpoints" / "0.orbax-checkpoint-tmp-1733480000123456"
+    (step / "params").mkdir(parents=True)
+    (step / "params" / "manifest.ocdbt").write_bytes(b"half")
+    before = _hashes(tmp_path)
+    _fails(import_torch, ["--format=crema", f"--out={out}", str(weights)], capsys,
+           f"--out={out}: an unfinished import from an interrupted run (checkpoints/"
+           f"{step.name}); remove the folder or choose another --out")
+    (out / "checkpoints" / "notes.txt").write_text("mine")  # not only the import's own step
+    _fails(import_torch, ["--format=crema", f"--out={out}", str(weights)], capsys,
+           f"--out={out}: the folder holds files this command did not write (checkpoints)")
+    (out / "checkpoints" / "notes.txt").unlink()
+    assert _hashes(tmp_path) == before
