@@ -52,8 +52,8 @@ def build_state_dict(params, model_cfg, *, layout: str, include_decoder: bool
     if layout == "stmem":
         problems = sit_layouts.stmem_incompatibilities(model_cfg, include_decoder=include_decoder)
         if problems:
-            raise ExportError("this model cannot be written as an ST-MEM checkpoint:\n  "
-                              + "\n  ".join(problems))
+            raise ExportError("this model cannot be written as an ST-MEM checkpoint: "
+                              + "; ".join(problems))
     if layout == "stmem":  # blocks ST-MEM builds without `to_out` must hold the identity
         flat = trees.flatten(params)
         for path in sit_layouts.identity_out_paths(params, model_cfg):

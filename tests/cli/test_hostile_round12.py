@@ -217,3 +217,21 @@ def test_an_interrupted_import_is_named_as_one(tmp_path, capsys):
            f"--out={out}: the folder holds files this command did not write (checkpoints)")
     (out / "checkpoints" / "notes.txt").unlink()
     assert _hashes(tmp_path) == before
+
+
+def test_the_reasons_a_model_is_no_st_mem_one_are_told_apart(tmp_path, capsys):
+    """export-torch --layout=stmem had run its reasons together ("...ST-MEM heads have 64 dims
+    model.patch_norms=False: ...")."""
+    from crema_jax import config as config_lib
+    from crema_jax.models import params as params_lib
+    from crema_jax.runtime import checkpoint
+
+    config = config_lib.default_config()
+    config.model.size, config.model.patch_norms = "tiny", False
+    checkpoint.save_model_checkpoint(tmp_path / "ckpt", params_lib.init_params(config.model, 0),
+                                     config)
+    _fails(export_torch, [f"--checkpoint={tmp_path / 'ckpt'}", "--layout=stmem",
+                          f"--out={tmp_path / 'w.pth'}"], capsys,
+           "this model cannot be written as an ST-MEM checkpoint: model.head_dim=32: ST-MEM "
+           "heads have 64 dims; model.patch_norms=False: ST-MEM's patch embedding")
+    assert not (tmp_path / "w.pth").exists() and not (tmp_path / "w.json").exists()
