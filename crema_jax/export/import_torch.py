@@ -207,11 +207,27 @@ def _saved_lead_embedding(obj) -> str:
     return "position"
 
 
-def _inferred(path: str, infer, sd):
+def _inferred(path: str, infer, sd, fmt: str):
     try:
         return infer(sd)
     except safe_load.CheckpointFileError as err:
-        raise safe_load.CheckpointFileError(f"{path}: {err}") from None
+        raise safe_load.CheckpointFileError(f"{path}: {err}{_sidecar_hint(path, fmt)}") from None
+
+
+def _sidecar_hint(path: str, fmt: str) -> str:
+    """"; F.json says layout 'crema': use --format=crema" when export-torch's F.json beside
+    `path` names another layout than --format; "" otherwise (no such file, or unreadable)."""
+    side = os.path.splitext(path)[0] + ".json"
+    try:
+        if not os.path.isfile(side) or os.path.getsize(side) > 64 << 20:
+            return ""
+        with open(side, "rb") as f:
+            layout = json.loads(f.read()).get("layout")
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return ""
+    if layout in FORMATS and layout != fmt:
+        return f"; {side} says layout {layout!r}: use --format={layout}"
+    return ""
 
 
 def read_torch_weights(path: str, fmt: str):
@@ -220,13 +236,13 @@ def read_torch_weights(path: str, fmt: str):
     if fmt == "ecgfounder":
         sd = safe_load.strip_prefix(safe_load.extract_state_dict(obj, path, ("state_dict",)),
                                     "module.")
-        cfg = _checked(path, _inferred(path, infer_net1d_config, sd),
+        cfg = _checked(path, _inferred(path, infer_net1d_config, sd, fmt),
                        "the model its tensors' shapes give")
         return sd, cfg, convert.ecgfounder_rules(cfg), convert.ECGFOUNDER_IGNORED
     sd = safe_load.strip_prefix(safe_load.extract_state_dict(obj, path, ("model", "state_dict")),
                                 "module.")
     if fmt == "stmem":
-        cfg, full = _inferred(path, infer_stmem_config, sd)
+        cfg, full = _inferred(path, infer_stmem_config, sd, fmt)
         cfg = _checked(path, cfg, "the model its tensors' shapes give")
         cfg.lead_embedding = _saved_lead_embedding(obj)
         has_head = any(k.endswith("head.weight") and "decoder" not in k for k in sd)

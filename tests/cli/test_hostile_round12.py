@@ -235,3 +235,18 @@ def test_the_reasons_a_model_is_no_st_mem_one_are_told_apart(tmp_path, capsys):
            "this model cannot be written as an ST-MEM checkpoint: model.head_dim=32: ST-MEM "
            "heads have 64 dims; model.patch_norms=False: ST-MEM's patch embedding")
     assert not (tmp_path / "w.pth").exists() and not (tmp_path / "w.json").exists()
+
+
+def test_a_format_the_sidecar_contradicts_is_pointed_at_it(crema_export, tmp_path, capsys):
+    """--format=stmem on a crema-layout file whose F.json says so had said only "cannot infer
+    the model size: none of [...] is in the file"."""
+    import safetensors.numpy
+    tensors, model = crema_export
+    path = tmp_path / "w.safetensors"
+    safetensors.numpy.save_file(tensors, str(path), metadata={
+        "format": "pt", "crema_model_config": json.dumps(model)})
+    (tmp_path / "w.json").write_text(json.dumps({"layout": "crema", "model": model}))
+    _fails(import_torch, ["--format=stmem", f"--out={tmp_path / 'out'}", str(path)], capsys,
+           f"{path}: cannot infer the model size: none of [", f"is in the file; "
+           f"{tmp_path / 'w.json'} says layout 'crema': use --format=crema")
+    assert not (tmp_path / "out").exists()
