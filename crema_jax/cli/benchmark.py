@@ -24,7 +24,7 @@ from crema_jax.cli import command, evaluation_flags
 COMMAND = command.Command("benchmark", __doc__,
                           usage="--models=NAME=CHECKPOINT,... --tasks=FILE.py --workdir=DIR")
 COMMAND.list("models", None, "NAME=CHECKPOINT pairs (CHECKPOINT: a checkpoint folder, random "
-             "or random:FAMILY).")
+             "or random:FAMILY).", required=True)
 COMMAND.string("tasks", None, "The task file (a Python config, configs/benchmarks/*.py).",
                required=True)
 COMMAND.string("workdir", None, "Output folder: cells/, features/, leaderboard.json/.md/.png; "
@@ -39,8 +39,8 @@ def main(args) -> None:
     # run time: --help needs no JAX
     from crema_jax.evaluate import benchmark, benchmark_leaderboard, benchmark_tasks
 
-    if not args.models:
-        raise command.CommandError("--models: expected NAME=CHECKPOINT pairs")
+    if not args.models:  # a usage error (exit 2), as a missing required flag is
+        raise command.FlagValueError("--models: expected NAME=CHECKPOINT pairs")
     evaluation_flags.check_model_size(args.model_size)
     try:  # a usage error (exit 2), before the task file and the models are read
         benchmark_tasks.parse_models(list(args.models))

@@ -101,8 +101,8 @@ class Command:
     def enum(self, name, default, values, help_text, *, required=False):
         self._add("enum", name, default, help_text, required=required, values=list(values))
 
-    def list(self, name, default, help_text):
-        self._add("list", name, default, help_text)
+    def list(self, name, default, help_text, *, required=False):
+        self._add("list", name, default, help_text, required=required)
 
     def multi_string(self, name, default, help_text):
         self._add("multi_string", name, default, help_text)
@@ -155,8 +155,8 @@ class Command:
         if positional and not self.positional:
             raise flags.Error(f"unexpected arguments {positional}; flags are --name=value")
         values = {f.name: fv[f.name].value for f in self._flags}
-        missing = [f"--{f.name}" for f in self._flags if f.required and values[f.name] in
-                   (None, "")]
+        missing = [f"--{f.name}" for f in self._flags if f.required and (
+            values[f.name] is None or values[f.name] == "" or values[f.name] == [])]
         if missing:
             raise flags.Error(f"{' and '.join(missing)} required (usage: {self.usage_line()})")
         for f in self._flags:

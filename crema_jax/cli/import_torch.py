@@ -30,7 +30,7 @@ def main(args) -> None:
     from crema_jax.export import import_torch  # at run time: --help answers without importing JAX
 
     if len(args.positional) != 1:
-        raise command.CommandError(f"expected one weight FILE, FOLDER or hub id, got {len(args.positional)} "
-                                   f"(usage: {COMMAND.usage_line()})")
+        raise command.FlagValueError(f"expected one weight FILE, FOLDER or hub id, got "
+                                     f"{len(args.positional)} (usage: {COMMAND.usage_line()})")
     step_dir = import_torch.run_import(args.positional[0], args.format, args.out, seed=args.seed)
     print(f"wrote {step_dir}")

@@ -28,7 +28,7 @@ def main(args) -> None:
     from crema_jax.inference import backbones, embed, predict
 
     if not args.positional:
-        raise command.CommandError(f"no records given (usage: {COMMAND.usage_line()})")
+        raise command.FlagValueError(f"no records given (usage: {COMMAND.usage_line()})")
     # Each argument is one spec: a path with a comma in it stays one path.
     paths = dataset_index.unique_records(p for spec in args.positional
                                          for p in dataset_index.expand_records(spec))

@@ -250,3 +250,26 @@ def test_a_format_the_sidecar_contradicts_is_pointed_at_it(crema_export, tmp_pat
            f"{path}: cannot infer the model size: none of [", f"is in the file; "
            f"{tmp_path / 'w.json'} says layout 'crema': use --format=crema")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["benchmark", "--tasks=t.py", "--workdir=w"], "--models required (usage: "),
+    (["benchmark", "--models=", "--tasks=t.py", "--workdir=w"], "--models required (usage: "),
+    (["predict", "--checkpoint=ck"], "no records given (usage: "),
+    (["import-torch", "--out=o"], "expected one weight FILE, FOLDER or hub id, got 0"),
+])
+def test_a_missing_required_input_is_a_usage_error(tmp_path, capsys, monkeypatch, args,
+                                                   message):
+    """They had exited 1, as bad data does; the README says a usage error exits 2."""
+    from tests.cli.conftest import assert_one_error_line, run_in_process
+    monkeypatch.chdir(tmp_path)
+    done = run_in_process(capsys, *args)
+    assert done.returncode == 2, done.stderr
+    assert_one_error_line(args[0], done.stdout, done.stderr, message)
+    assert os.listdir(tmp_path) == []
+
+
+def test_benchmark_help_marks_models_required(capsys):
+    from tests.cli.conftest import run_in_process
+    done = run_in_process(capsys, "benchmark", "--help")
+    assert "\n  --models=VALUE (required)\n" in done.stdout, done.stdout
