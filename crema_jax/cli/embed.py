@@ -70,9 +70,12 @@ def main(args) -> None:
             array = np.asarray(arrays.open_npy(args.input))
         except RecordError as err:
             raise command.CommandError(f"--input={err.message}") from None
-        out = embed.embed(backbone, array=array, fs=fs,
-                          raw=args.raw, logits=args.logits, batch_size=args.batch_size,
-                          preset=args.preset or None, windows=args.windows)
+        try:  # the array's shape, dtype or length: named with its file
+            out = embed.embed(backbone, array=array, fs=fs,
+                              raw=args.raw, logits=args.logits, batch_size=args.batch_size,
+                              preset=args.preset or None, windows=args.windows)
+        except embed.EmbedError as err:
+            raise command.CommandError(f"--input={args.input}: {err}") from None
     else:
         out = embed.embed(backbone, records=records, raw=args.raw, logits=args.logits,
                           batch_size=args.batch_size, preset=args.preset or None,

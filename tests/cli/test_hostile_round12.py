@@ -273,3 +273,20 @@ def test_benchmark_help_marks_models_required(capsys):
     from tests.cli.conftest import run_in_process
     done = run_in_process(capsys, "benchmark", "--help")
     assert "\n  --models=VALUE (required)\n" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize("shape, message", [
+    ((2, 15, 2500), "expected an array (N, 12, samples) in canonical lead order, or (N, 1, "
+     "samples) of lead I, with N >= 1; got shape (2, 15, 2500)"),
+    ((2, 12, 10), "ECGs of 10 samples at 250 Hz (0.04 s), expected at least"),
+])
+def test_an_arrays_shape_is_named_with_its_file(sit_checkpoint, tmp_path, capsys, shape,
+                                                message):
+    """They had said "error: expected an array ..." and "error: ECGs of 10 samples ...",
+    naming no file."""
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros(shape, np.float32))
+    _fails(embed, [f"--checkpoint={sit_checkpoint}", f"--input={x}",
+                   f"--out={tmp_path / 'y.npy'}"], capsys, f"error: --input={x}: {message}")
+    assert not (tmp_path / "y.npy").exists()
+
