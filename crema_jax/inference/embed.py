@@ -71,12 +71,21 @@ def array_source(x: np.ndarray, fs: float, data_cfg):
     bad = ~np.isfinite(signals)
     note = None
     if bad.any():
-        rows = np.flatnonzero(bad.any(axis=(1, 2)))
         signals[bad] = np.nan
+        # An ECG with no finite sample at all has nothing to repair: counted apart (it is
+        # skipped as unreadable, and had been counted among the "interpolated" ones).
+        empty = bad[:, : x.shape[1]].all(axis=(1, 2))
+        partly = bad.any(axis=(1, 2)) & ~empty
         what = {"interpolate": "interpolated (a lead with no finite sample left out)",
                 "zero": "set to 0"}.get(data_cfg.nan_policy, "left in: those ECGs are skipped")
-        note = (f"input: {int(bad.sum())} non-finite samples (NaN/Inf) in {len(rows)} of "
-                f"{x.shape[0]} ECGs, {what} ({data_cfg.preset} data path)")
+        parts = []
+        if partly.any():
+            parts.append(f"{int(bad[partly].sum())} non-finite samples (NaN/Inf) in "
+                         f"{int(partly.sum())} of {x.shape[0]} ECGs, {what}")
+        if empty.any():
+            parts.append(f"{int(empty.sum())} of {x.shape[0]} ECGs hold no finite sample at "
+                         "all (nothing to repair)")
+        note = f"input: {'; '.join(parts)} ({data_cfg.preset} data path)"
     return sources.make_source(data_cfg, arrays=signals, fs=fs, lead_present=present), note
 
 

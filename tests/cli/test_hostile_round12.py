@@ -290,3 +290,21 @@ def test_an_arrays_shape_is_named_with_its_file(sit_checkpoint, tmp_path, capsys
                    f"--out={tmp_path / 'y.npy'}"], capsys, f"error: --input={x}: {message}")
     assert not (tmp_path / "y.npy").exists()
 
+
+def test_an_ecg_with_no_finite_sample_is_not_counted_as_repaired(sit_checkpoint, tmp_path,
+                                                                 capsys):
+    """One all-NaN ECG of three, skipped, had been counted as "interpolated": "60005
+    non-finite samples ... in 2 of 3 ECGs, interpolated" beside "skipped 1 unreadable
+    records"."""
+    x = np.random.default_rng(0).normal(size=(3, 12, 5000)).astype(np.float32)
+    x[1] = np.nan
+    x[2, 4, 10:15] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    embed.COMMAND.run([f"--checkpoint={sit_checkpoint}", f"--input={tmp_path / 'x.npy'}",
+                       f"--out={tmp_path / 'y.npy'}", "--fs=500"])
+    printed = capsys.readouterr().out
+    assert ("input: 5 non-finite samples (NaN/Inf) in 1 of 3 ECGs, interpolated (a lead with "
+            "no finite sample left out); 1 of 3 ECGs hold no finite sample at all (nothing to "
+            "repair)") in printed, printed
+    assert "skipped 1 unreadable records" in printed, printed
+    assert np.load(tmp_path / "y.npy").shape[0] == 2
