@@ -297,7 +297,6 @@ _POSITIVE_INT = (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
 _NON_NEGATIVE_INT = (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
 _NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
 _POSITIVE = (lambda v: v > 0, "> 0")
-_FRACTION = (lambda v: 0 <= v <= 1, "a probability in [0, 1]")
 _DOMAINS = {
     **{f: _POSITIVE_INT for f in (
         "checkpoint.every_steps", "checkpoint.max_to_keep", "train.num_steps",

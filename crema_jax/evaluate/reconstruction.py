@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from crema_jax import models
+from crema_jax import losses, models
 from crema_jax.data.pipeline import batch as batch_lib
 from crema_jax.data.pipeline import crops, sources
 from crema_jax.data.pipeline.transforms import PretrainViews
@@ -172,8 +172,6 @@ def png_skip_reason(config) -> str | None:
     """Why `crema-jax pretrain` draws no reconstruction.png for this config, or None: the figure
     is drawn by a single process, of a decoder the loss trains (a contrastive-only loss leaves it
     at its random init: its reconstructions would mean nothing)."""
-    from crema_jax import losses
-
     if jax.process_count() > 1:
         return "single-process runs only"
     if not losses.trained_parts(config.loss)["decoder"]:

@@ -19,8 +19,9 @@ from absl import logging
 from crema_jax import config as config_lib
 from crema_jax.data import presets
 from crema_jax.export import convert, hub, hub_folder, safe_load, sit_layouts
-from crema_jax.models import families
+from crema_jax.models import SIZES, default_model_config, families
 from crema_jax.models import params as params_lib
+from crema_jax.models.net1d import default_net1d_config
 from crema_jax.runtime import checkpoint as ckpt_lib
 from crema_jax.runtime import files, storage, trees
 from crema_jax.runtime import workdir as workdir_lib
@@ -40,8 +41,6 @@ def _count(keys, pattern: str) -> int:
 
 
 def _sit_config(width, depth, heads, head_dim, **fields):
-    from crema_jax.models import SIZES, default_model_config
-
     cfg = default_model_config()
     wanted = dict(width=width, depth=depth, num_heads=heads, head_dim=head_dim)
     match = [name for name, size in SIZES.items() if size == wanted]
@@ -111,8 +110,6 @@ def infer_stmem_config(sd: Mapping[str, np.ndarray]):
 
 def infer_net1d_config(sd: Mapping[str, np.ndarray]):
     """Net1D config: leads from first_conv, stages/blocks/widths from the keys."""
-    from crema_jax.models.net1d import default_net1d_config
-
     leads = _dim(sd, 1, "first_conv.conv.weight")
     if leads not in (1, 12):  # 3 leads had been fed leads I, II and III without a word
         raise safe_load.CheckpointFileError(

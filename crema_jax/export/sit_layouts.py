@@ -18,6 +18,7 @@ import numpy as np
 from crema_jax.export.convert import (Rule, alias, fused_in, fused_out, linear, reshaped, rows,
                                       same)
 from crema_jax.models import config as model_config
+from crema_jax.models import pretrain, sit  # the numerics (LayerNorm eps) live there
 from crema_jax.runtime import trees
 
 _STMEM_BLOCK = dict(attn_norm="attn.norm", qkv="attn.fn.to_qkv", out="attn.fn.to_out.0",
@@ -153,8 +154,6 @@ SIT_LAYOUTS = {"crema": crema_rules, "stmem": stmem_rules}
 
 def stmem_incompatibilities(model_cfg, *, include_decoder: bool) -> list[str]:
     """Why a SiT config cannot be written as an ST-MEM checkpoint ([] = it can)."""
-    from crema_jax.models import pretrain, sit  # the numerics live there, not in the config
-
     size, c, problems = _sizes(model_cfg), model_cfg, []
     if sit.ENCODER_LN_EPS != 1e-5:
         problems.append(f"encoder LayerNorm eps {sit.ENCODER_LN_EPS}, ST-MEM uses 1e-5")

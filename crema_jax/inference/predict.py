@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from crema_jax.inference import embed
+from crema_jax.runtime import files
 
 LABELS_FILE = os.path.join(os.path.dirname(__file__), "ecgfounder_labels.txt")
 LABELS_SHA256 = "7c087a0d383c7ea9ae9b818ad00a551b029334edfa5f1fbb5036bfbaa0df0c39"
@@ -51,9 +52,7 @@ def predict_probabilities(backbone, *, records=None, array=None, fs=None, batch_
 
 
 def write_csv(path: str, ids, probs: np.ndarray, labels) -> None:
-    """The probabilities as CSV, written atomically (crema_jax/files.py)."""
-    from crema_jax.runtime import files
-
+    """The probabilities as CSV, written atomically (runtime/files.py)."""
     def write(tmp):
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)

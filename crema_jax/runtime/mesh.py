@@ -18,6 +18,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from crema_jax.runtime import platforms
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # The batch dim is split over both; tensor-parallel ranks share it.
 DATA_PARALLEL = {"data": -1, "fsdp": 1, "tensor": 1}
@@ -172,7 +174,6 @@ def tpu_topology_devices(name: str) -> list:
     wrong with `name` (a type or grid no slice has, or one libtpu refuses, with its reason).
     """
     _check_tpu_slice(name)
-    from crema_jax.runtime import platforms
     if not platforms.libtpu_installed():
         raise ValueError(f"--topology={name}: ahead-of-time TPU compilation needs libtpu, which "
                          "is not installed: pip install \"crema_jax[tpu]\"")
@@ -197,8 +198,8 @@ def tpu_topology_devices(name: str) -> list:
 # ------------------------------------------------------------------------------------------------
 def _multi_host_env() -> bool:
     """A TPU pod slice (more than one worker host) or a multislice job."""
-    hosts = [h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
-    return len(hosts) > 1 or bool(os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"))
+    return (len(platforms.tpu_worker_hosts()) > 1
+            or bool(os.environ.get("MEGASCALE_COORDINATOR_ADDRESS")))
 
 
 def maybe_initialize_distributed(coordinator_address: str = "", num_processes: int = 0,

@@ -25,6 +25,12 @@ GOOGLE_PCI_VENDOR = "0x1ae0"
 GPU_PLUGIN_PREFIXES = {"xla_cuda": "cuda", "cuda": "cuda", "xla_rocm": "rocm", "rocm": "rocm"}
 
 
+def tpu_worker_hosts(environ=os.environ) -> list[str]:
+    """The TPU VM's worker hosts (TPU_WORKER_HOSTNAMES, comma-separated; blanks dropped): more
+    than one on a pod slice."""
+    return [h for h in environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
+
+
 def tpu_present() -> bool:
     if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):
         return True

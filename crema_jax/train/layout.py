@@ -16,6 +16,7 @@ from flax import nnx
 
 from crema_jax import config as config_lib
 from crema_jax import models
+from crema_jax.models import config as model_config
 from crema_jax.models import sharding
 from crema_jax.runtime import mesh as mesh_lib
 
@@ -123,8 +124,7 @@ def _size_field(model_cfg, path: str, name, size: int) -> str:
         return ""
     values = {}
     if "size" in model_cfg:
-        from crema_jax.models.config import resolve_size
-        values[field] = resolve_size(model_cfg).get(field)
+        values[field] = model_config.resolve_size(model_cfg).get(field)
     if field in model_cfg and model_cfg[field]:
         values[field] = model_cfg[field]
     if f"decoder_{field}" in model_cfg:

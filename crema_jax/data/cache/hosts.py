@@ -22,6 +22,8 @@ import os
 import sys
 from typing import Mapping
 
+from crema_jax.runtime import platforms
+
 
 def host_shards(num_shards: int, num_hosts: int, host: int) -> range:
     """The shards host `host` of `num_hosts` writes (a contiguous block; see the docstring)."""
@@ -57,7 +59,7 @@ def detect(environ: Mapping | None = None) -> tuple[int, int, str]:
     tasks, proc = _int(environ, "SLURM_NTASKS"), _int(environ, "SLURM_PROCID")
     if tasks and tasks > 1 and proc is not None:
         return proc, tasks, "SLURM tasks (SLURM_PROCID/NTASKS)"
-    workers = [h for h in environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
+    workers = platforms.tpu_worker_hosts(environ)
     worker = _int(environ, "TPU_WORKER_ID")
     if len(workers) > 1 and worker is not None:
         return worker, len(workers), "TPU VM (TPU_WORKER_ID/TPU_WORKER_HOSTNAMES)"
