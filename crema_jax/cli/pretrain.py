@@ -76,7 +76,7 @@ def main(args) -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
     from crema_jax.evaluate import evaluators  # after the distributed start, as said above
-    from crema_jax.train import hooks, trainer
+    from crema_jax.train import hooks, loop, trainer
 
     evaluators.check_names(config)  # what the run would refuse, the dry run refuses too
     if args.dry_run and config.train.init_from:
@@ -98,7 +98,7 @@ def main(args) -> None:
     try:
         result = trainer.train(config, args.workdir, evaluators=evaluators.build,
                                drill=hooks.FaultDrill.from_env())
-    except trainer.NonFiniteLossError as err:
+    except loop.NonFiniteLossError as err:
         raise command.CommandError(str(err)) from None
     if config.train.reconstruction_png:
         from crema_jax.evaluate import reconstruction  # matplotlib: only for this figure

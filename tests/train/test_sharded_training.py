@@ -15,7 +15,7 @@ import pytest
 from crema_jax.runtime import trees
 from crema_jax.runtime import checkpoint as ckpt_lib
 from crema_jax.runtime import workdir as workdir_lib
-from crema_jax.train import hooks, trainer
+from crema_jax.train import hooks, loop, trainer
 from tests.configs import tiny_config
 
 pytestmark = pytest.mark.slow  # trains the tiny model on every mesh shape
@@ -206,7 +206,7 @@ def test_restore_on_fewer_devices(sharded_runs):
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     config = tiny_config()
-    with pytest.raises(trainer.NonFiniteLossError, match=r"at step 4\b.*step 2"):
+    with pytest.raises(loop.NonFiniteLossError, match=r"at step 4\b.*step 2"):
         trainer.train(config, tmp_path, devices=jax.devices()[:1],
                       drill=hooks.FaultDrill(nan_batch_at_step=4))
     assert workdir_lib.latest_step(tmp_path / "checkpoints") == 2
@@ -223,7 +223,7 @@ def test_an_update_that_overflows_the_weights_is_never_saved(tmp_path):
     config = tiny_config()
     config.optim.base_lr, config.optim.warmup_steps = 1e20, 0
     config.checkpoint.every_steps = 1
-    with pytest.raises(trainer.NonFiniteLossError,
+    with pytest.raises(loop.NonFiniteLossError,
                        match=r"parameters' norm became inf .* at step 1; .*step None"):
         trainer.train(config, tmp_path, devices=jax.devices()[:1])
     assert workdir_lib.latest_step(tmp_path / "checkpoints") is None
