@@ -7,7 +7,7 @@ DirectRunner (this machine), Dataflow, or Flink / Spark through Beam's portable 
     canonical ECG + preprocess + ArrayRecord shard and sidecar (shard_writer.build_shard, the one
     function that writes a shard, whoever runs it) -> every shard's light sidecar (counts and
     skips) -> index.json and summary.json, the rows streamed from the sidecar files one shard at
-    a time (prepare.finish) -> the plan file removed
+    a time (sidecars.finish) -> the plan file removed
 
 settings.json is written before the pipeline starts, as the local path does. The cache is
 byte-identical to a local `crema-jax prepare` with the same flags (tests/data/cache/
@@ -31,6 +31,7 @@ import math
 import re
 
 from crema_jax.data.cache import prepare, record_format
+from crema_jax.data.cache import sidecars as sidecar_lib
 from crema_jax.data.cache.shard_writer import build_shard
 from crema_jax.runtime import storage, workdir
 
@@ -78,28 +79,28 @@ def write_plan(plan: prepare.Plan, strict: bool) -> list[tuple[int, int, int]]:
 def write_shard(span: tuple[int, int, int], plan_path: str) -> dict:
     """build_shard of the shard whose task is at `span` of the plan file, unless the shard is
     already complete in the output (a rerun); the skips counted by reason. Returns the shard's
-    light sidecar (prepare.light: no record rows). A bad record under --strict fails the
+    light sidecar (sidecars.light: no record rows). A bad record under --strict fails the
     pipeline."""
     from apache_beam.metrics import Metrics  # the optional [beam] extra (module docstring)
 
     _, offset, length = span
     task = json.loads(storage.read_range(plan_path, offset, length))
     name = record_format.shard_name(task["shard"], task["num_shards"])
-    sidecar = prepare.load_sidecar(task["out_dir"], name, task["settings_digest"])
-    if sidecar is None or prepare.worth_rebuilding(sidecar):
+    sidecar = sidecar_lib.load_sidecar(task["out_dir"], name, task["settings_digest"])
+    if sidecar is None or sidecar_lib.worth_rebuilding(sidecar):
         sidecar = build_shard(task)
         if "strict_error" in sidecar:
             raise prepare.PrepareError(f"(--strict) {sidecar['strict_error']}")
     Metrics.counter(COUNTERS, "records_written").inc(sidecar["num_records"])
     for skip in sidecar["skipped"]:
         Metrics.counter(COUNTERS, _SKIPPED + skip["reason"]).inc()
-    return prepare.light(sidecar)
+    return sidecar_lib.light(sidecar)
 
 
 def merge_sidecars(sidecars: list[dict], out: str, label_names: list, settings: dict) -> int:
     """index.json and summary.json from every shard's light sidecar, in shard order (the rows
-    streamed from the sidecar files: prepare.finish)."""
-    written, _ = prepare.finish(out, label_names, settings,
+    streamed from the sidecar files: sidecars.finish)."""
+    written, _ = sidecar_lib.finish(out, label_names, settings,
                                 sorted(sidecars, key=lambda s: s["file"]))
     return written
 
@@ -222,9 +223,9 @@ def prepare_on_beam(*, layout: str, root: str, out: str, layout_options: dict | 
             storage.remove(plan_path)
     finally:
         lock.release()
-    summary = prepare.read_summary(out)
+    summary = sidecar_lib.read_summary(out)
     reasons = {name[len(_SKIPPED):]: count for name, count in sorted(counters.items())
                if name.startswith(_SKIPPED) and count}
-    prepare.print_table({reason: {"count": count} for reason, count in reasons.items()})
+    sidecar_lib.print_table({reason: {"count": count} for reason, count in reasons.items()})
     return {"records": summary["records_written"], "skipped": summary["skipped"],
             "counters": counters}

@@ -20,13 +20,12 @@ record_format.py).
   per host as a local one is, with the store's conditional write (runtime/workdir.WorkdirLock).
 - Memory is flat in the number of records past indexing: what is kept of each finished shard is
   its light sidecar (counts and skips), and the merge streams index.json's rows from the
-  sidecar files one shard at a time (`finish`).
+  sidecar files one shard at a time (sidecars.finish).
 - Bad records are skipped and reported (a table by reason; per host, then for the whole cache;
   summary.json with the paths); strict=True stops at the first bad record.
 """
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import dataclasses
 import fnmatch
@@ -40,17 +39,14 @@ import time
 from crema_jax.data import presets
 from crema_jax.data.cache import hosts
 from crema_jax.data.cache import record_format
+from crema_jax.data.cache import sidecars as sidecar_lib
+from crema_jax.data.cache.sidecars import PrepareError
 from crema_jax.data.cache.shard_writer import build_shard, finish_record_on_interrupt
 from crema_jax.data.index import duplicates, registry
 from crema_jax.data.index.dataset_index import DatasetIndex
 from crema_jax.data.reading import read as read_lib
-from crema_jax.data.reading import safe_files
 from crema_jax.data.signal.preprocess import stage_config
 from crema_jax.runtime import files, processes, storage, workdir
-
-
-class PrepareError(ValueError):
-    """A cache that cannot be built as asked; the message says why."""
 
 
 def _records_sha1(index) -> str:
@@ -80,7 +76,7 @@ def check_or_write_settings(out: str, settings: dict, *, write: bool) -> None:
     """settings.json written (when absent and `write`) or checked to equal `settings`."""
     path = storage.join(out, record_format.SETTINGS_FILE)
     if storage.isfile(path):
-        old = _read_json(path, "use a new --out folder", dict)
+        old = sidecar_lib.read_json(path, "use a new --out folder", dict)
         if old.get("format") != settings["format"]:  # another program's settings.json
             raise PrepareError(f"{path}: not the settings of a crema_jax cache (no \"format\": "
                                f"\"{settings['format']}\"); use a new --out folder")
@@ -159,120 +155,6 @@ def _run_tasks(tasks: list[dict], workers: int):
                 future.cancel()
 
 
-def settings_digest(settings: dict) -> str:
-    """What a shard's sidecar keeps of the settings.json it was built for: a shard copied in
-    from another cache or another run (other settings, other records) is told apart (a merge
-    had mixed such shards into a cache that still claimed its own settings)."""
-    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-
-
-def _sidecar_problem(sidecar: dict, name: str, digest: str) -> str | None:
-    file, records = sidecar.get("file"), sidecar.get("records")
-    count, skipped = sidecar.get("num_records"), sidecar.get("skipped")
-    if file != name + ".arrayrecord":
-        return f"it names the shard {file!r}, not {name}.arrayrecord"
-    if not isinstance(records, list) or not all(
-            isinstance(r, dict) and r.get("shard") == file and r.get("position") == i
-            for i, r in enumerate(records)):
-        return "its records are not this shard's rows, in order"
-    if type(count) is not int or count != len(records):
-        return f"num_records={count!r} for {len(records)} records"
-    if not isinstance(skipped, list) or not all(
-            isinstance(k, dict) and isinstance(k.get("reason"), str)
-            and isinstance(k.get("path"), str) for k in skipped):
-        return "its skipped entries are not {reason, path, message} objects"
-    if sidecar.get("settings_digest", digest) != digest:  # (none: a shard of an older version)
-        return ("it was built for other settings than this folder's settings.json (a shard "
-                "copied from another cache or run)")
-    return None
-
-
-def load_sidecar(out: str, name: str, digest: str) -> dict | None:
-    """Shard `name`'s sidecar when the shard is complete (its .json and .arrayrecord there),
-    checked to be this shard's, built for the settings whose settings_digest is `digest`."""
-    path = storage.join(out, name + ".json")
-    if not (storage.isfile(path) and storage.isfile(storage.join(out, name + ".arrayrecord"))):
-        return None
-    remedy = f"delete it and {name}.arrayrecord, then rerun prepare (it rewrites that shard)"
-    sidecar = _read_json(path, remedy, dict)
-    problem = _sidecar_problem(sidecar, name, digest)
-    if problem:
-        raise PrepareError(f"{path}: {problem}; {remedy}")
-    return sidecar
-
-
-def worth_rebuilding(sidecar: dict | None) -> bool:
-    """Whether a written shard skipped a record for an unexpected error (a MemoryError, an I/O
-    fault, an interrupted import: not the record's own damage, a RecordError): a rerun builds
-    such a shard again rather than keep those records lost."""
-    return sidecar is not None and any(skip.get("reason") == "unexpected_error"
-                                       for skip in sidecar["skipped"])
-
-
-def _light_sidecar(out: str, name: str, digest: str) -> dict | None:
-    sidecar = load_sidecar(out, name, digest)
-    return None if sidecar is None else light(sidecar)
-
-
-def _read_json(path: str, remedy: str, kind: type):
-    """A JSON file of the cache; PrepareError naming it (and `remedy`) when it is damaged."""
-    return files.load_json(lambda: safe_files.read_text(path, encoding="utf-8"), path, kind,
-                           PrepareError, f"; {remedy}")
-
-
-def read_summary(out: str) -> dict:
-    """summary.json of a finished cache."""
-    return _read_json(storage.join(out, record_format.SUMMARY_FILE), "rerun prepare", dict)
-
-
-def _skip_table(sidecars) -> dict:
-    skipped = collections.defaultdict(list)
-    for sidecar in sidecars:
-        for skip in sidecar["skipped"]:
-            skipped[skip["reason"]].append(skip["path"])
-    return {reason: {"count": len(paths), "paths": sorted(paths)}
-            for reason, paths in sorted(skipped.items())}
-
-
-def print_table(skipped: dict, title: str = "") -> None:
-    if skipped:
-        width = max(len("reason"), *(len(r) for r in skipped))
-        print(f"{'reason'.ljust(width)}  skipped{title}")
-        for reason, entry in skipped.items():
-            print(f"{reason.ljust(width)}  {entry['count']}")
-
-
-def light(sidecar: dict) -> dict:
-    """A shard's sidecar without its record rows: what progress, skip tables and the merge keep
-    of each shard (the rows are read back from the folder, one shard at a time, by `finish`)."""
-    return {k: v for k, v in sidecar.items() if k != "records"}
-
-
-def finish(out: str, label_names, settings: dict, sidecars: list[dict]) -> tuple[int, dict]:
-    """Merge every shard's sidecar (in shard order; light ones will do) into index.json and
-    summary.json; returns (records written, skip table). The record rows are streamed from the
-    sidecar files in `out`, one shard at a time: no step holds the whole index."""
-    digest = settings_digest(settings)
-
-    def rows():
-        for s in sidecars:
-            full = load_sidecar(out, s["file"][:-len(".arrayrecord")], digest)
-            if full is None or full["num_records"] != s["num_records"]:
-                raise PrepareError(f"{out}: shard {s['file']} changed or went missing during "
-                                   "the merge; rerun prepare")
-            yield from full["records"]
-
-    head = {"settings": settings, "label_names": list(label_names),
-            "shards": [{"file": s["file"], "num_records": s["num_records"]} for s in sidecars]}
-    written = []
-    storage.write_atomic(storage.join(out, record_format.INDEX_FILE), lambda tmp: written.append(
-        files.write_json_streamed(tmp, head, "records", rows())))
-    skipped = _skip_table(sidecars)
-    storage.write_json_atomic(storage.join(out, record_format.SUMMARY_FILE),
-                              {"records_written": written[0], "skipped": skipped})
-    return written[0], skipped
-
-
 def shard_tasks(plan, strict: bool, shards) -> list[dict]:
     """build_shard's task of each shard in `shards`."""
     return [shard_task(plan, strict, s) for s in shards]
@@ -289,7 +171,7 @@ def shard_task(plan, strict: bool, s: int) -> dict:
                         for r in plan.index.records[s * per:(s + 1) * per]],
             "target_fs": float(opts["target_fs"]), "preprocess": opts["preprocess_cfg"],
             "derive_limb_leads": True, "dtype": opts["dtype"], "strict": strict,
-            "settings_digest": settings_digest(plan.settings)}
+            "settings_digest": sidecar_lib.settings_digest(plan.settings)}
 
 
 def prepare(*, layout: str, root: str, out: str, layout_options: dict | None = None,
@@ -327,9 +209,9 @@ def lock_name(host_index: int) -> str:
 def _prepare_claimed(plan, out, *, workers, strict, stop_after_shards, num_hosts,
                      host_index) -> dict:
     mine = plan.mine
-    digest = settings_digest(plan.settings)
-    sidecars = {s: _light_sidecar(out, plan.names[s], digest) for s in mine}
-    retried = [s for s in mine if worth_rebuilding(sidecars[s])]
+    digest = sidecar_lib.settings_digest(plan.settings)
+    sidecars = {s: sidecar_lib.light_sidecar(out, plan.names[s], digest) for s in mine}
+    retried = [s for s in mine if sidecar_lib.worth_rebuilding(sidecars[s])]
     for s in retried:
         sidecars[s] = None
     if retried:
@@ -342,14 +224,15 @@ def _prepare_claimed(plan, out, *, workers, strict, stop_after_shards, num_hosts
                 "shards": mine}
     if mine:
         sys.stderr.write("\n")
-    host_skipped = _skip_table(sidecars[s] for s in mine)
+    host_skipped = sidecar_lib.skip_table(sidecars[s] for s in mine)
     if num_hosts > 1 and mine:
-        print_table(host_skipped, f" (host {host_index}, shards {mine.start}-{mine.stop - 1})")
+        sidecar_lib.print_table(host_skipped,
+                                f" (host {host_index}, shards {mine.start}-{mine.stop - 1})")
     if not plan.merges:
         return {"records": progress.records, "skipped": host_skipped, "stopped": False,
                 "merged": False, "shards": mine}
     written, skipped = merge(plan, sidecars, num_hosts=num_hosts)
-    print_table(skipped)
+    sidecar_lib.print_table(skipped)
     return {"records": written, "skipped": skipped, "stopped": False, "merged": True,
             "shards": mine}
 
@@ -472,7 +355,8 @@ def _write_shards(plan: Plan, sidecars: dict, *, workers: int, strict: bool,
         if "strict_error" in result:
             sys.stderr.write("\n")
             raise PrepareError(f"(--strict) {result['strict_error']}")
-        sidecars[plan.names.index(result["file"][:-len(".arrayrecord")])] = light(result)
+        shard = plan.names.index(result["file"][:-len(".arrayrecord")])
+        sidecars[shard] = sidecar_lib.light(result)
         progress.add(result)
         new += 1
         if stop_after_shards and new >= stop_after_shards:
@@ -488,7 +372,8 @@ def merge(plan: Plan, sidecars: dict, *, num_hosts: int) -> tuple[int, dict]:
     names, num_shards = plan.names, len(plan.names)
     for s in range(num_shards):
         if sidecars.get(s) is None:
-            sidecars[s] = _light_sidecar(plan.out, names[s], settings_digest(plan.settings))
+            sidecars[s] = sidecar_lib.light_sidecar(plan.out, names[s],
+                                                    sidecar_lib.settings_digest(plan.settings))
     left = [names[s] for s in range(num_shards) if sidecars[s] is None]
     if left:
         # The hosts that write them, when the host count is known (a plain --merge's is not:
@@ -500,5 +385,5 @@ def merge(plan: Plan, sidecars: dict, *, num_hosts: int) -> tuple[int, dict]:
                            f"{f'; hosts {owners} of {num_hosts}' if owners else ''}): run (or "
                            "rerun) the hosts that write them, then `crema-jax prepare ... "
                            "--merge`")
-    return finish(plan.out, plan.index.label_names, plan.settings,
+    return sidecar_lib.finish(plan.out, plan.index.label_names, plan.settings,
                   [sidecars[s] for s in range(num_shards)])

@@ -47,7 +47,7 @@ def build_shard(task: Mapping) -> dict:
     `task` (JSON data): out_dir, shard, num_shards, records (RecordInfo fields as dicts:
     record_id, path, labels, split, source, reader as read.reader_to_json), target_fs,
     preprocess (dict or None), derive_limb_leads, dtype, strict, settings_digest (of the
-    cache's settings.json: kept in the sidecar, prepare.load_sidecar). Runs in a worker
+    cache's settings.json: kept in the sidecar, sidecars.load_sidecar). Runs in a worker
     process, so it returns plain data; a bad record under `strict` comes back as
     {"strict_error": message} (exceptions with custom constructors do not survive the trip
     between processes).
