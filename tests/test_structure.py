@@ -16,7 +16,7 @@ LAYERS = (                         # bottom to top
     ("data", ("crema_jax.data",)),
     ("models", ("crema_jax.models",)),
     ("losses", ("crema_jax.losses",)),
-    ("config", ("crema_jax.config",)),
+    ("config", ("crema_jax.config", "crema_jax.config_checks")),
     ("train", ("crema_jax.train",)),
     ("inference", ("crema_jax.inference",)),
     ("evaluate", ("crema_jax.evaluate",)),

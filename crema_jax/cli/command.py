@@ -245,7 +245,7 @@ class Command:
 
     def _overriding_flag(self, err: BaseException, argv) -> str | None:
         """The config flag whose --NAME.FIELD=VALUE override set the field `err` refuses
-        (config.ConfigValueError's `config_field`), else None."""
+        (config_checks.ConfigValueError's `config_field`), else None."""
         field = getattr(err, "config_field", None)
         for f in self._flags:
             if field and f.kind == "config" and any(
@@ -255,7 +255,7 @@ class Command:
 
     def _related_override(self, err: BaseException, argv) -> str | None:
         """The first --NAME.FIELD=VALUE argument overriding one of the fields `err` also rests
-        on (config.ConfigValueError's `related`), else None."""
+        on (config_checks.ConfigValueError's `related`), else None."""
         for field in getattr(err, "related", ()):
             for f in self._flags:
                 arg = next((a for a in argv if f.kind == "config"

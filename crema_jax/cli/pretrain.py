@@ -48,9 +48,9 @@ def main(args) -> None:
     if args.topology and args.num_devices:
         raise command.CommandError("give --topology or --num_devices, not both")
     # Here, as every import below: --help answers without importing JAX.
-    from crema_jax import config as config_lib
+    from crema_jax import config_checks
 
-    config_lib.validate(config)  # before the workdir or a backend is touched
+    config_checks.validate(config)  # before the workdir or a backend is touched
     if args.dry_run and (args.topology or args.num_devices):
         import jax
         # Before any backend starts: the machine's own devices are CPUs here; libtpu (when

@@ -28,7 +28,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from crema_jax import config as config_lib
+from crema_jax import config_checks
 from crema_jax import losses
 from crema_jax.data.pipeline import batch as batch_lib
 from crema_jax.data.pipeline import datasets as pipeline
@@ -183,7 +183,7 @@ def check_names(config) -> None:
     """config.evals.names must all be EVALUATORS keys (checked before anything is built)."""
     unknown = [n for n in config.evals.names if n not in EVALUATORS]
     if unknown:
-        raise config_lib.ConfigValueError(
+        raise config_checks.ConfigValueError(
             f"config.evals.names={tuple(config.evals.names)!r}: unknown {unknown}; expected "
             f"names from {sorted(EVALUATORS)}", "evals.names")
 

@@ -17,6 +17,7 @@ import numpy as np
 from absl import logging
 
 from crema_jax import config as config_lib
+from crema_jax import config_checks
 from crema_jax.data import presets
 from crema_jax.export import convert, hub, hub_folder, safe_load, sit_layouts
 from crema_jax.models import SIZES, default_model_config, families
@@ -162,13 +163,13 @@ def _crema_model_config(path: str, metadata: Mapping[str, str]):
 
 
 def _checked(path: str, model_cfg, what: str):
-    """model_cfg when its fields are in their domains (config.validate_model), before a model
+    """model_cfg when its fields are in their domains (config_checks.validate_model), before a model
     is built from it: num_heads=-1, patch_size=0 or num_patches=-1 ended in tracebacks or in a
     checkpoint nothing could run."""
     config = config_lib.default_config(model_cfg.name)
     config.model = model_cfg
     try:
-        config_lib.validate_model(config)
+        config_checks.validate_model(config)
     except (ValueError, OverflowError) as err:
         raise safe_load.CheckpointFileError(f"{path}: {what} has {err}") from None
     for key, value in model_cfg.items():  # sizes numpy's shapes can hold (10**30 overflowed)
@@ -377,7 +378,7 @@ def run_import(source: str, fmt: str | None, out: str, *, seed: int = 0) -> str:
         try:
             config.data = config_lib.from_saved({"model": {"name": model_cfg.name},
                                                  "data": saved_data}).data
-            config_lib.validate_data(config)
+            config_checks.validate_data(config)
         except (ValueError, OverflowError) as err:
             raise safe_load.CheckpointFileError(f"{where}: its data path (\"config\".\"data\") "
                                                 f"has {err}") from None

@@ -41,7 +41,7 @@ class Family(abc.ABC):
     # The config.model fields that fix the parameter shapes or meaning: a warm start from a
     # checkpoint that differs in one of them is a different model.
     arch_fields: tuple[str, ...]
-    # config.model fields with a closed set of values (config.validate checks them, in order).
+    # config.model fields with a closed set of values, checked in order by config_checks.validate.
     field_choices: Mapping[str, tuple]
     reads_patches: bool         # the model reads the data path's patches (its sizes must agree)
     has_sizes: bool             # config.model.size picks the width/depth/heads (SIZES)

@@ -13,7 +13,7 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from crema_jax import config as config_lib
+from crema_jax import config_checks
 from crema_jax.train import progress
 
 
@@ -22,7 +22,7 @@ class Profile:
     WORKDIR/profile (process 0; TensorBoard's profile plugin reads it)."""
 
     def __init__(self, spec: str, workdir):
-        self.range = config_lib.profile_range(spec) if spec else None
+        self.range = config_checks.profile_range(spec) if spec else None
         self.dir = str(epath.Path(workdir) / "profile")
         self.active = False
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from crema_jax import config as config_lib
+from crema_jax import config_checks
 from crema_jax import models
 from crema_jax.models import config as model_config
 from crema_jax.models import sharding
@@ -33,7 +33,7 @@ def check(config, devices=None) -> None:
     try:
         mesh_lib.mesh_shape(config.mesh, len(devices))
     except ValueError as err:  # sizes that do not make the device count
-        raise config_lib.ConfigValueError(str(err), "", related=_MESH_FIELDS) from None
+        raise config_checks.ConfigValueError(str(err), "", related=_MESH_FIELDS) from None
     mesh = mesh_lib.make_mesh(config.mesh, devices)
     batch_sizes(config, mesh)
     rules = dict(mesh_lib.logical_rules(mesh, config.mesh, sharding.DEFAULT_RULES))
@@ -48,19 +48,19 @@ def batch_sizes(config, mesh) -> tuple[int, int]:
     an equal share, and the global batch splits evenly over the mesh's batch shards. A
     ConfigValueError naming the field (and the mesh sizes it rests on) otherwise."""
     if config.data.batch_size is not None:
-        raise config_lib.ConfigValueError(
+        raise config_checks.ConfigValueError(
             f"config.data.batch_size={config.data.batch_size}: pretraining derives the "
             "per-process batch from config.train.global_batch_size; set that instead",
             "data.batch_size")
     global_batch, processes = int(config.train.global_batch_size), mesh_lib.process_count(mesh)
     if global_batch <= 0 or global_batch % processes:
-        raise config_lib.ConfigValueError(
+        raise config_checks.ConfigValueError(
             f"config.train.global_batch_size={global_batch}: expected a positive multiple of "
             f"the {processes} processes (each reads an equal share)", "train.global_batch_size")
     shards = mesh_lib.batch_divisor(mesh)
     if global_batch % shards:
         sizes = " x ".join(f"{a} {mesh.shape[a]}" for a in mesh_lib.BATCH_AXES)
-        raise config_lib.ConfigValueError(
+        raise config_checks.ConfigValueError(
             f"config.train.global_batch_size={global_batch}: expected a multiple of the "
             f"{shards} batch shards of the mesh axes {mesh_lib.BATCH_AXES} ({sizes})",
             "train.global_batch_size",
@@ -103,7 +103,7 @@ def _check_parameter(config, rules: dict, path: str, axes: tuple) -> None:
     for name in axes:
         for axis in _targets(rules, name):
             if axis in used:
-                raise config_lib.ConfigValueError(
+                raise config_checks.ConfigValueError(
                     f"config.mesh.rules={config.mesh.rules!r}: logical axes {used[axis]!r} and "
                     f"{name!r} of parameter {path} (axes {', '.join(map(str, axes))}) both map "
                     f"to mesh axis {axis!r}; expected rules that put the axes of a parameter on "
@@ -146,7 +146,7 @@ def _check_divides(config, mesh, rules: dict, path: str, size: int, name) -> Non
                       for a in axes)
     field = _size_field(config.model, path, name, size)
     source = f", set by {field}" if field else ""
-    raise config_lib.ConfigValueError(
+    raise config_checks.ConfigValueError(
         f"config.{over.split(' x ')[0]}: the model's {name!r} axis does not divide over it "
         f"(parameter {path} has {size} along {name!r}{source}, split {shards} ways over "
         f"{over} by the rule ({name!r}, {rules.get(name)!r})); expected mesh sizes that divide "

@@ -17,7 +17,7 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
-from crema_jax import config as config_lib
+from crema_jax import config_checks
 from crema_jax import losses, models
 from crema_jax.data.pipeline import batch as batch_lib
 from crema_jax.models import sharding
@@ -161,7 +161,7 @@ def dry_run(config, *, devices=None) -> dict:
     `devices` may be abstract (mesh_lib.tpu_topology_devices): a pod slice's step is then
     compiled by the TPU compiler on this machine, and its per-device memory is the TPU's plan.
     """
-    config_lib.validate(config)
+    config_checks.validate(config)
     layout.check(config, devices)
     setup = build(config, devices=devices)
     compiled = compile_step(setup, config, abstract_state(setup))
@@ -199,7 +199,7 @@ def train(config, workdir, *, devices=None, batch_iter=None, evaluators=None,
     crash left are set aside; resume=False on a workdir with checkpoints is refused unless
     checkpoint.overwrite (workdir.prepare_workdir).
     """
-    config_lib.validate(config)
+    config_checks.validate(config)
     layout.check(config, devices)  # the mesh, batch and rules fit the model: nothing written yet
     if config.evals.names and evaluators is None:
         raise ValueError(f"config.evals.names={tuple(config.evals.names)} needs "

@@ -58,20 +58,20 @@ def test_a_float64_sample_beyond_float32_is_a_bad_units_skip_not_a_missing_one(
 def test_synthetic_records_beside_a_named_dataset_is_a_config_error(tmp_path):
     """pretrain with data.synthetic_records=16 and data.root=/data had trained on synthetic
     ECGs, the root never read or named, exit 0."""
-    from crema_jax import config as config_lib
+    from crema_jax import config_checks
     from tests.configs import tiny_config
 
     config = tiny_config(**{"data.synthetic_records": 16, "data.root": str(tmp_path)})
-    with pytest.raises(config_lib.ConfigValueError) as refused:
-        config_lib.validate(config)
+    with pytest.raises(config_checks.ConfigValueError) as refused:
+        config_checks.validate(config)
     assert str(refused.value) == (
         f"config.data.synthetic_records=16: expected 0 when a dataset is named (data.root="
         f"{str(tmp_path)!r}, which synthetic records would leave unused): set "
         "data.synthetic_records=0 to train on it")
     config.data.synthetic_records = 0
-    config_lib.validate(config)
+    config_checks.validate(config)
     config = tiny_config(**{"data.synthetic_records": 16})
-    config_lib.validate(config)  # synthetic records alone: the quick runs' data
+    config_checks.validate(config)  # synthetic records alone: the quick runs' data
 
 
 def test_a_preset_whose_crops_do_not_fit_the_sit_is_named(sit_checkpoint, tmp_path, capsys):

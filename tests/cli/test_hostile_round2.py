@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from crema_jax import config as config_lib
+from crema_jax import config_checks
 from crema_jax.data.cache import prepare as prepare_lib
 from crema_jax.models import params as params_lib
 from crema_jax.runtime import checkpoint, files
@@ -169,14 +170,14 @@ def test_a_config_file_value_outside_its_domain_is_an_input_error(tmp_path):
 ])
 def test_every_numeric_field_names_itself_when_out_of_domain(field, value, expected):
     config = config_lib.load_config_file(TINY)
-    config_lib.validate(config)                             # the preset itself is valid
+    config_checks.validate(config)                             # the preset itself is valid
     *sections, name = field.split(".")
     node = config
     for section in sections:
         node = node[section]
     node[name] = value
     with pytest.raises(ValueError) as err:
-        config_lib.validate(config)
+        config_checks.validate(config)
     assert str(err.value) == f"config.{field}={value!r}: expected {expected}"
 
 
@@ -190,7 +191,7 @@ def test_learning_rates_that_cannot_train_are_refused(field, value, expected):
     config[section][name] = value
     peak = config.optim.base_lr * config.train.global_batch_size / 256
     with pytest.raises(ValueError) as err:
-        config_lib.validate(config)
+        config_checks.validate(config)
     assert str(err.value).startswith(f"config.{field}={value!r}: {expected}")
     assert f"{peak:g}" in str(err.value)
 

@@ -409,12 +409,13 @@ def test_an_unknown_augmentation_is_refused_with_the_config():
     """data.augment.names=('foo',) passed validation and --dry_run, and stopped the run only
     once data loading began, after the compile."""
     from crema_jax import config as config_lib
+    from crema_jax import config_checks
     from crema_jax.data.signal.augment import AUGMENTS
     config = config_lib.load_config_file(str(REPO / "configs" / "crema_tiny.py"))
     config.data.augment.names = ("gaussian_noise",)
-    config_lib.validate(config)
+    config_checks.validate(config)
     config.data.augment.names = ("gaussian_noise", "foo")
     with pytest.raises(ValueError) as err:
-        config_lib.validate(config)
+        config_checks.validate(config)
     assert str(err.value).startswith("config.data.augment.names=('gaussian_noise', 'foo'): "
                                      f"expected names among {sorted(AUGMENTS)}")

@@ -374,18 +374,18 @@ def test_include_decoder_for_a_family_without_one_is_refused():
 def test_a_mask_ratio_that_hides_every_patch_is_a_config_error():
     """0.999 passed validation and failed in the data pipeline with a message naming no field.
     By hand: ST-MEM's per-lead masking hides round(0.999 * 30) = 30 of 30 patches a lead."""
-    from crema_jax import config as config_lib
+    from crema_jax import config_checks
     from tests.configs import tiny_config
 
     config = tiny_config()
     config.data.mask.ratio = 0.999
     patches = config.data.crop_samples // config.data.patch_size
-    with pytest.raises(config_lib.ConfigValueError,
+    with pytest.raises(config_checks.ConfigValueError,
                        match=rf"config.data.mask.ratio=0.999: expected a ratio that leaves a "
                              rf"patch visible \(random_per_lead masking of {patches} patches"):
-        config_lib.validate(config)
+        config_checks.validate(config)
     config.data.mask.ratio = 0.9
-    config_lib.validate(config)
+    config_checks.validate(config)
 
 
 @pytest.mark.parametrize("leads, said", [(("I", "I"), "I named twice"),
@@ -393,13 +393,13 @@ def test_a_mask_ratio_that_hides_every_patch_is_a_config_error():
                                          (("I", "X"), "expected names from")])
 def test_a_lead_fed_twice_or_unknown_is_a_config_error(leads, said):
     """data.leads=('I', 'I') had passed: one row fed twice, under two lead embeddings."""
-    from crema_jax import config as config_lib
+    from crema_jax import config_checks
     from tests.configs import tiny_config
 
     config = tiny_config()
     config.data.leads = leads
     with pytest.raises(ValueError, match="^data.leads: ") as err:
-        config_lib.validate(config)
+        config_checks.validate(config)
     assert said in str(err.value)
     config.data.leads = ("V1", "II")
-    config_lib.validate(config)
+    config_checks.validate(config)

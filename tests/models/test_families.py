@@ -3,6 +3,7 @@ the known ones; the older name "sit" of the pretraining model is read as "sit_pr
 import pytest
 
 from crema_jax import config as config_lib
+from crema_jax import config_checks
 from crema_jax.models import families
 from crema_jax.models.net1d import Net1D
 from crema_jax.models.pretrain import PretrainModel
@@ -49,5 +50,5 @@ def test_the_older_name_of_the_pretraining_model_is_read_as_today_s():
     assert config_lib.from_saved(saved).model.name == "sit_pretrain"
     config = config_lib.default_config()
     config.model.name = "sit"                 # a config file or flag written for it
-    config_lib.validate(config)
+    config_checks.validate(config)
     assert config.model.name == "sit_pretrain"

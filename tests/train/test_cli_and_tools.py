@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from crema_jax import config as config_lib
+from crema_jax import config_checks
 from crema_jax.cli import pretrain
 from crema_jax.models import params as params_lib
 from crema_jax.models.config import resolve_size
@@ -249,7 +250,7 @@ def test_a_python_call_of_train_or_dry_run_gets_the_commands_layout_checks(tmp_p
     workdir = tmp_path / "run"
     for call in (lambda: trainer.train(config, workdir, evaluators=evaluators.build),
                  lambda: trainer.dry_run(config)):
-        with pytest.raises(config_lib.ConfigValueError) as err:
+        with pytest.raises(config_checks.ConfigValueError) as err:
             call()
         assert err.value.config_field == "mesh.tensor"
         assert "parameter decoder/blocks/0/attn/out/kernel has 2 along 'heads'" in str(err.value)
