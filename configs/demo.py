@@ -44,7 +44,7 @@ def _tiny_config():
 
 def get_config():
     # Tiny SiT (64 wide, 2 deep) with the two variants above and an axial decoder 64 wide (2
-    # blocks of 2 heads x 32): a step takes ~0.3 s on 2 cores.
+    # blocks of 2 heads x 32): a step takes 0.2-0.4 s on 2 cores.
     config = _tiny_config()
     config.model.patch_norms = False
     config.model.decoder_variant = "axial"
@@ -53,7 +53,7 @@ def get_config():
     # 60% of each lead's patches hidden (ST-MEM: 75%): more leads visible at each instant.
     # Measured at 800 steps (4 held-back records, plain views): mask 0.75 with a 32-wide decoder
     # 0.44 x predict-zero, mask 0.6 with this decoder 0.26 x. This config, 500 steps: 0.50 x on
-    # the 6 held-back records, 3 min 38 s on 2 cores.
+    # the 6 held-back records, 2 min 31 s on 2 cores (README.md's quickstart).
     config.data.mask.ratio = 0.6
     # The 36 CinC 2021 records shipped in the package; 30% held back by record hash (30 train,
     # 6 test), kept in memory after their first read.
