@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from crema_jax.data.index import duplicates
-from crema_jax.data.reading import safe_files
+from crema_jax.data.reading import safe_files, wfdb_header
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
@@ -140,11 +140,6 @@ def record_id_of(path: str) -> str:
     return os.path.basename(str(path))
 
 
-def _record_path(path: str) -> str:
-    """A WFDB file -> its record (no extension); any other file stays as named."""
-    return os.path.splitext(path)[0] if path.endswith((".hea", ".mat", ".dat")) else path
-
-
 def files_read(records: Sequence[str]) -> list[str]:
     """Every file the records `expand_records` named are read from: a WFDB record's header and
     signal files, an export file itself (so a command's output is never one of them)."""
@@ -177,7 +172,7 @@ def expand_records(spec: str) -> list[str]:
             matches = safe_files.glob_paths(item)
             if not matches:
                 raise FileNotFoundError(f"{item}: the pattern matches no file")
-            out += [_record_path(p) for p in matches
+            out += [wfdb_header.record_name(p) for p in matches
                     if p.endswith(".hea") or not os.path.exists(os.path.splitext(p)[0] + ".hea")]
         else:
             out.append(item[:-4] if item.endswith((".hea", ".mat", ".dat")) else item)

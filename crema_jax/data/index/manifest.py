@@ -10,10 +10,9 @@ import posixpath
 
 from crema_jax.data.index.dataset_index import (DatasetIndex, RecordInfo, infer_source,
                                                 parse_labels, parse_split, vocabulary)
-from crema_jax.data.reading import safe_files
+from crema_jax.data.reading import safe_files, wfdb_header
 from crema_jax.runtime import storage
 
-_EXTENSIONS = (".hea", ".mat", ".dat")
 
 
 def manifest(root, *, csv_name: str = "manifest.csv", val_fraction: float = 0.1,
@@ -56,7 +55,7 @@ def _record_path(text: str, csv_path: pathlib.Path, line: int) -> tuple[str, str
     (gs://...) stays a URL, read through runtime/storage.py (as wfdb_folder's are): pathlib had
     made gs://bucket/x/E1 the local path <cwd>/gs:/bucket/x/E1."""
     if storage.is_remote(text):
-        base = text[:-4] if text.lower().endswith(_EXTENSIONS) else text
+        base = text[:-4] if text.lower().endswith(wfdb_header.FILE_EXTENSIONS) else text
         if not posixpath.basename(base):
             raise ValueError(f"{csv_path}:{line}: path {text!r} names a folder, expected a record")
         return base, posixpath.basename(base), posixpath.basename(posixpath.dirname(base))
@@ -64,6 +63,6 @@ def _record_path(text: str, csv_path: pathlib.Path, line: int) -> tuple[str, str
     if not str(path) or str(path) == ".":
         raise ValueError(f"{csv_path}:{line}: empty path")
     path = path if path.is_absolute() else csv_path.parent / path
-    if path.suffix.lower() in _EXTENSIONS:
+    if path.suffix.lower() in wfdb_header.FILE_EXTENSIONS:
         path = path.with_suffix("")
     return str(path), path.name, path.parent.name

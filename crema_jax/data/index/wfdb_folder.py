@@ -11,7 +11,7 @@ import pathlib
 
 from crema_jax.data.index.dataset_index import (DatasetIndex, RecordInfo, hash_split,
                                                 infer_source, vocabulary)
-from crema_jax.data.reading import safe_files, wfdb_header, wfdb_records
+from crema_jax.data.reading import safe_files, wfdb_header
 from crema_jax.data.reading.read import BadRecord
 from crema_jax.runtime import storage
 
@@ -41,7 +41,7 @@ def _read_fields(hea: str):
     readable regular file of a header's size: skipped and counted when the record is read,
     never opened here if it could block (a FIFO) or never end (a device)."""
     try:
-        text = safe_files.read_text(hea, limit=wfdb_records.MAX_HEADER_BYTES)
+        text = safe_files.read_text(hea, limit=wfdb_header.MAX_HEADER_BYTES)
     except (OSError, ValueError) as err:
         reason = ("not_a_regular_file" if isinstance(err, safe_files.NotRegularFileError)
                   else "missing_header" if isinstance(err, OSError) else "header_syntax")

@@ -19,8 +19,6 @@ from crema_jax.data.reading import safe_files, wfdb_header
 from crema_jax.data.reading.ecg import Ecg, RecordError
 from crema_jax.runtime import storage
 
-_WFDB_EXTENSIONS = (".hea", ".mat", ".dat")
-_MAX_HEADER_BYTES = 4 << 20   # wfdb_records.MAX_HEADER_BYTES
 
 
 def _beside(name: str) -> bool:
@@ -37,7 +35,7 @@ def _wfdb_files(folder: str, name: str) -> list[str]:
         names.append(header_name)
         try:
             header = wfdb_header.parse_header(safe_files.read_text(
-                storage.join(folder, header_name), limit=_MAX_HEADER_BYTES))
+                storage.join(folder, header_name), limit=wfdb_header.MAX_HEADER_BYTES))
         except (OSError, ValueError, wfdb_header.HeaderError):
             continue
         names += [s.file_name for s in header.signals if _beside(s.file_name)]
@@ -49,7 +47,7 @@ def _wfdb_files(folder: str, name: str) -> list[str]:
 def read_staged(url: str, reader, read_local: Callable[..., Ecg], **kwargs) -> Ecg:
     """read_local(local copy of the record at `url`, reader, **kwargs), naming `url`."""
     folder, name = url.rstrip("/").rsplit("/", 1)
-    if reader is None and os.path.splitext(name)[1].lower() in _WFDB_EXTENSIONS:
+    if reader is None and os.path.splitext(name)[1].lower() in wfdb_header.FILE_EXTENSIONS:
         name = os.path.splitext(name)[0]
     wanted = _wfdb_files(folder, name) if reader is None else [name]
     with tempfile.TemporaryDirectory(prefix="crema_jax-record-") as tmp:

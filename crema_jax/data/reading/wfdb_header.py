@@ -17,7 +17,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
+
+# A WFDB record's files: its header, and its signal file (.dat; .mat in the CinC challenges).
+FILE_EXTENSIONS = (".hea", ".mat", ".dat")
+# Headers are a few hundred bytes (a multi-segment one lists a line per segment); a "header" of
+# megabytes is not one, and is refused before it is read.
+MAX_HEADER_BYTES = 4 << 20
+
+
+def record_name(path: str) -> str:
+    """A WFDB file's path without its extension (any case: E1.HEA too); any other path as is."""
+    root, ext = os.path.splitext(path)
+    return root if ext.lower() in FILE_EXTENSIONS else path
+
 
 _FMT_RE = re.compile(r"^(\d+)(?:x(\d+))?(?::(\d+))?(?:\+(\d+))?$")
 _GAIN_RE = re.compile(r"^([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)(?:\((-?\d+)\))?(?:/(\S*))?$")

@@ -21,7 +21,7 @@ canonical_ecg's reasons:
   name moving the data, a MATLAB 5 file), header_syntax also for a skew longer than the record,
   too_large (more than limits.MAX_SAMPLES samples: a 24 h 12-lead record is not read whole).
 Reads are bounded by the files' real sizes (safe_files.py): a header is read up to its size
-(and refused above MAX_HEADER_BYTES); what it announces is checked against the signal files
+(and refused above wfdb_header.MAX_HEADER_BYTES); what it announces is checked against the signal files
 before anything is allocated, and the decoded samples against its checksums (wfdb_checks.py).
 """
 from __future__ import annotations
@@ -37,21 +37,16 @@ from crema_jax.data.reading.ecg import (Ecg, RecordError, Window, canonical_ecg,
                                         check_nan_policy, check_sampling_rate)
 from crema_jax.data.reading.limits import FS_RANGE, MAX_SAMPLES, MIN_SECONDS
 
-_EXTENSIONS = (".hea", ".mat", ".dat")
-# Headers are a few hundred bytes (a multi-segment one lists a line per segment); a "header" of
-# megabytes is not one, and is refused before it is read.
-MAX_HEADER_BYTES = 4 << 20
 def record_base(path) -> pathlib.Path:
     """The record path without its .hea/.mat/.dat extension."""
-    path = pathlib.Path(path)
-    return path.with_suffix("") if path.suffix.lower() in _EXTENSIONS else path
+    return pathlib.Path(wfdb_header.record_name(os.fspath(path)))
 
 
 def read_header(path) -> wfdb_header.Header:
     """Parses `<record>.hea`; RecordError missing_header / header_syntax."""
     hea = record_base(path).with_name(record_base(path).name + ".hea")
     try:
-        text = safe_files.read_text(hea, limit=MAX_HEADER_BYTES)
+        text = safe_files.read_text(hea, limit=wfdb_header.MAX_HEADER_BYTES)
     except safe_files.NotRegularFileError as err:
         raise RecordError(hea, "not_a_regular_file", f"cannot read header {hea}: {err}") \
             from None
