@@ -32,13 +32,7 @@ def build_model(model_cfg, *, rngs):
         return module(model_cfg, rngs=rngs)
 
 
-def build_encoder(model_cfg, *, rngs):
-    """The bare SiT encoder (for fine-tuning and feature extraction)."""
-    with nnx.use_eager_sharding(_eager_sharding()):
-        return SiT(model_cfg, rngs=rngs)
-
-
-__all__ = ["SIZES", "default_model_config", "resolve_size", "build_model", "build_encoder",
+__all__ = ["SIZES", "default_model_config", "resolve_size", "build_model",
            "forward", "encode_features", "classify", "PretrainModel", "SiT", "MaeDecoder",
            "ProjectionHead", "FixedEmbedding", "sincos_table", "Net1D", "default_net1d_config",
            "families"]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from crema_jax.models import (build_encoder, classify, default_model_config, encode_features,
-                              forward)
+from crema_jax.models import (build_model, classify, default_model_config, encode_features,
+                              families, forward)
 from tests.models import helpers
 
 fwd = jax.jit(forward, static_argnums=0, static_argnames="train")
@@ -73,7 +73,8 @@ def test_pooled_is_norm_of_mean_over_visible_valid_tokens():
 def _abstract_encoder_count(size):
     c = default_model_config()
     c.size = size
-    state = nnx.state(nnx.eval_shape(lambda: build_encoder(c, rngs=nnx.Rngs(0))))
+    encoder = families.family_of(c).encoder_config(c)   # the bare encoder, as evaluation builds it
+    state = nnx.state(nnx.eval_shape(lambda: build_model(encoder, rngs=nnx.Rngs(0))))
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state))
 
 
