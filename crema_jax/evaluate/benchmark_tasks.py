@@ -242,14 +242,16 @@ def parse_models(items) -> list[tuple[str, str]]:
     return out
 
 
-# Data fields that do not change what an evaluation reads from a record: where the records are
-# and how pretraining fed them (masks, views, augmentations, workers). Every other field (the
-# preset, the rate, preprocess, resampling, NaN and flat-lead policies, leads, crops) does.
+# Data fields that do not change what an evaluation reads from a record: where the records are,
+# how pretraining fed them (masks, views, workers), and the leads (each column sets its own lead
+# set: backbones.eval_data_config). Every other field (the preset, the rate, preprocess,
+# resampling, NaN and flat-lead policies, crops, and the augmentations a fine-tuning recipe of
+# augment "config" trains with) does.
 _NOT_READ_BY_EVALUATION = frozenset({
-    "augment", "batch_size", "cache_dir", "independent_view_crops", "keep_in_memory", "layout",
-    "layout_options", "mask", "num_epochs", "num_views", "num_workers", "per_worker_buffer_size",
-    "prefetch_buffer_size", "read_threads", "root", "seed", "skip_damaged_cache_records",
-    "skip_log_dir", "split", "strict", "synthetic_records"})
+    "batch_size", "cache_dir", "independent_view_crops", "keep_in_memory", "layout",
+    "layout_options", "leads", "mask", "num_epochs", "num_views", "num_workers",
+    "per_worker_buffer_size", "prefetch_buffer_size", "read_threads", "root", "seed",
+    "skip_damaged_cache_records", "skip_log_dir", "split", "strict", "synthetic_records"})
 
 
 def architecture(config) -> str:

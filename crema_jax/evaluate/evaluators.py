@@ -65,7 +65,7 @@ class Reconstruction:
         opts = config.evals.reconstruction
         data_cfg = config.data
         self.parts = losses.trained_parts(config.loss)
-        self.notes = [f"no {what}: loss {config.loss.name!r} trains no {part}"
+        self.notes = [f"no {what}: {losses.untrained(config.loss, part)}"
                       for part, what in (("decoder", "reconstruction MSE"),
                                          ("projector", "view matching"))
                       if not self.parts[part]]

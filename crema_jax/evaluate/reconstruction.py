@@ -175,7 +175,7 @@ def png_skip_reason(config) -> str | None:
     if jax.process_count() > 1:
         return "single-process runs only"
     if not losses.trained_parts(config.loss)["decoder"]:
-        return f"loss {config.loss.name!r} trains no decoder"
+        return losses.untrained(config.loss, "decoder")
     return None
 
 

@@ -42,17 +42,29 @@ def trained_parts(loss_cfg) -> dict:
     return {"decoder": "decoder" in parts, "projector": "projector" in parts and weight != 0}
 
 
-def register_loss(name, fn, *, trains=PARTS):
+def untrained(loss_cfg, part: str) -> str:
+    """Why the evaluators leave `part` of the model out, for their notes."""
+    name = loss_cfg["name"]
+    if name in TRAINS:
+        return f"loss {name!r} trains no {part}"
+    return (f"loss {name!r} was registered without trains= (register_loss(..., "
+            f"trains=({part!r},)) has the evaluators report on its {part})")
+
+
+def register_loss(name, fn, *, trains=None):
     """Add `fn(outputs, batch, *, ...) -> (loss, metrics)` under `name`; returns fn. `trains`:
     the parts of the pretraining model its terms reach, among PARTS ("decoder": it reads
     outputs["pred"]; "projector": outputs["proj"]), which the evaluators then report on (a
-    registered L1 reconstruction loss had been reported as training no decoder)."""
-    unknown = [part for part in trains if part not in PARTS]
-    if unknown or isinstance(trains, str):
+    registered L1 reconstruction loss had been reported as training no decoder). Without it
+    the evaluators report on neither part and say so, and one view per ECG is allowed."""
+    if trains is not None and (isinstance(trains, str)
+                               or any(part not in PARTS for part in trains)):
         raise ValueError(f"register_loss({name!r}, trains={trains!r}): expected a tuple of "
                          f"parts among {PARTS}")
     LOSSES[name] = fn
-    TRAINS[name] = tuple(trains)
+    TRAINS.pop(name, None)
+    if trains is not None:
+        TRAINS[name] = tuple(trains)
     return fn
 
 
@@ -86,5 +98,5 @@ def get_loss(loss_cfg):
 
 __all__ = ["LOSSES", "CONTRASTIVE", "LOSS_VALUED", "PARTS", "TRAINS", "RECONSTRUCTING",
            "CONTRASTING",
-           "trained_parts", "register_loss", "bind", "get_loss",
+           "trained_parts", "untrained", "register_loss", "bind", "get_loss",
            "default_loss_config", "mae", "stmem", "infonce", "simclr", "siglip", "crema"]

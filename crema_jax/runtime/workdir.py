@@ -259,6 +259,10 @@ class WorkdirLock:
             raise WorkdirLockedError(
                 f"{self.path}: an unreadable lock (empty or damaged) that names no run; remove "
                 "it if no run uses this folder")
+        # Still the same unreadable file? Another run may have taken it over meanwhile: its
+        # valid lock must not be removed (two runs had then both held the workdir).
+        if self._read_holder() is not None or storage.modified(self.path) != mtime:
+            raise WorkdirLockedError(f"{self.folder}: another run took the lock first")
         if storage.exists(self.path):
             storage.remove(self.path)
         if not self._create():

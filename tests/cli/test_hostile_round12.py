@@ -97,6 +97,31 @@ def test_an_unreadable_lock_is_named_as_such_and_taken_over_once_old(tmp_path, c
         assert not lock.exists()
 
 
+def test_a_damaged_lock_another_run_took_over_meanwhile_is_not_removed(tmp_path, monkeypatch):
+    """Two runs that both saw the same old unreadable lock had both taken it: the second
+    removed the first one's new, valid lock and wrote its own."""
+    lock = tmp_path / workdir_lib.WorkdirLock.NAME
+    lock.write_bytes(b"")
+    old = time.time() - 60
+    os.utime(lock, (old, old))
+    first, second = workdir_lib.WorkdirLock(tmp_path), workdir_lib.WorkdirLock(tmp_path)
+    modified = storage.modified
+    calls = []
+
+    def first_runs_between(path):   # after second's age check, first takes the lock over
+        calls.append(path)
+        if len(calls) == 2:
+            assert first.acquire().startswith("took over the unreadable lock")
+        return modified(path)
+    monkeypatch.setattr(storage, "modified", first_runs_between)
+    with pytest.raises(workdir_lib.WorkdirLockedError, match="another run took the lock first"):
+        second.acquire()
+    monkeypatch.setattr(storage, "modified", modified)
+    assert first.held and not second.held
+    assert json.loads(lock.read_text())["id"] == first.info["id"]   # first's lock is intact
+    first.release()
+
+
 def test_a_full_disk_while_creating_the_lock_names_it(tmp_path, monkeypatch):
     """"[Errno 28] No space left on device" had named no file."""
     def full(path, data):

@@ -230,8 +230,13 @@ def test_other_weights_at_the_same_checkpoint_path_are_another_model(tmp_path):
     elsewhere = tiny_config()
     elsewhere.data.synthetic_records, elsewhere.data.root = 0, "/data/other"
     elsewhere.data.mask.ratio, elsewhere.data.num_workers = 0.5, 4
+    elsewhere.data.leads = ("I",)       # each column feeds its own lead set
     assert digest(elsewhere, params) == digest(config, params)
     assert digest(elsewhere, None) == digest(config, None)
+    # Augmentations: a fine-tuning recipe of augment "config" trains with the checkpoint's.
+    augmented = tiny_config()
+    augmented.data.augment.amplitude_scale.prob = 0.9
+    assert digest(augmented, None) != digest(config, None)
 
     models = [benchmark_tasks.Model("tiny", "/runs/tiny", config, p,
                                     weights=digest(config, p)) for p in (params, nudged)]

@@ -208,6 +208,21 @@ def test_a_registered_loss_says_which_parts_it_trains():
                                              r"'projector'\)"):
             losses.register_loss("l1_bad", l1, trains=("decoderr",))
         assert "l1_bad" not in losses.LOSSES
+        assert losses.untrained({"name": "l1_test"}, "projector") == ("loss 'l1_test' trains "
+                                                                      "no projector")
+        # Registered without trains=: neither part is reported on (as before the option), the
+        # note says how to ask, and one view per ECG is still allowed.
+        losses.register_loss("l1_test", l1)
+        assert losses.trained_parts({"name": "l1_test"}) == {"decoder": False,
+                                                             "projector": False}
+        assert losses.untrained({"name": "l1_test"}, "decoder") == (
+            "loss 'l1_test' was registered without trains= (register_loss(..., "
+            "trains=('decoder',)) has the evaluators report on its decoder)")
+        from crema_jax import config_checks
+        from tests.configs import load_config_file
+        config = load_config_file("demo").get_config()
+        config.loss.name, config.data.num_views = "l1_test", 1
+        config_checks.validate(config)
     finally:
         losses.LOSSES.pop("l1_test", None)
         losses.TRAINS.pop("l1_test", None)
