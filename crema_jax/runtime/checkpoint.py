@@ -17,6 +17,7 @@ as a JSON-safe dict: reading it onto today's defaults is crema_jax.config.from_s
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -208,7 +209,16 @@ def _cause(err: BaseException, limit: int = 300) -> str:
         return f"{err.strerror or os.strerror(err.errno)} (errno {err.errno})"
     if code:
         return f"{os.strerror(int(code.group(1)))} (errno {code.group(1)})"
+    for number in _STORAGE_ERRNOS:  # a TensorStore message that lost its os_error_code
+        if os.strerror(number) in text:
+            return f"{os.strerror(number)} (errno {number})"
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+# What a checkpoint write fails with for want of room or rights. Which file of a step meets the
+# limit first varies, and an error TensorStore wraps (opening a driver) had carried only the
+# words: "... Failed writing: "<path>": File too large", cut at the limit before them.
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES)
 
 
 def quiet_background_save_errors() -> None:

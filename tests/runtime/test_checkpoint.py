@@ -65,3 +65,20 @@ def test_latest_complete_step_ignores_half_written_ones(tmp_path):
 def test_missing_checkpoint_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         config_lib.load_checkpoint(tmp_path)
+
+
+def test_a_save_failure_is_told_by_the_os_error_whichever_file_met_the_limit():
+    """A wrapped TensorStore error had carried the OS's words but no os_error_code, and was cut
+    at 300 characters before them: the one line then depended on which file hit the limit."""
+    from crema_jax.runtime import checkpoint as ckpt
+
+    wrapped = ValueError(
+        'OUT_OF_RANGE: Error opening "zarr" driver: Error writing "0.0.nu.encoder.blocks.1.mlp'
+        '.fc2.bias/.zarray" in OCDBT database at local file "/tmp/' + "x" * 300 + '/ocdbt.'
+        'process_0/": Failed writing: "/tmp/' + "y" * 100 + '/d/abc": File too large')
+    assert ckpt._cause(wrapped) == "File too large (errno 27)"
+    coded = RuntimeError("Failed writing: ... [os_error_code='28']")
+    assert ckpt._cause(coded) == "No space left on device (errno 28)"
+    assert ckpt._cause(OSError(13, "Permission denied")) == "Permission denied (errno 13)"
+    other = RuntimeError("DATA_LOSS: " + "z" * 400)
+    assert ckpt._cause(other) == ("DATA_LOSS: " + "z" * 400)[:297] + "..."
