@@ -29,8 +29,6 @@ LOSS_VALUED = ("contrastive",)
 PARTS = ("decoder", "projector")
 TRAINS = {"mae": ("decoder",), "stmem": ("decoder",), "infonce": ("projector",),
           "simclr": ("projector",), "siglip": ("projector",), "crema": PARTS}
-RECONSTRUCTING = tuple(name for name, parts in TRAINS.items() if "decoder" in parts)
-CONTRASTING = tuple(name for name, parts in TRAINS.items() if "projector" in parts)
 
 
 def trained_parts(loss_cfg) -> dict:
@@ -96,7 +94,6 @@ def get_loss(loss_cfg):
     return bind(_lookup(loss_cfg["name"], "name"), loss_cfg)
 
 
-__all__ = ["LOSSES", "CONTRASTIVE", "LOSS_VALUED", "PARTS", "TRAINS", "RECONSTRUCTING",
-           "CONTRASTING",
+__all__ = ["LOSSES", "CONTRASTIVE", "LOSS_VALUED", "PARTS", "TRAINS",
            "trained_parts", "untrained", "register_loss", "bind", "get_loss",
            "default_loss_config", "mae", "stmem", "infonce", "simclr", "siglip", "crema"]

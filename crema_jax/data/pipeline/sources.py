@@ -274,11 +274,11 @@ def _cache_source(data_cfg: Mapping, *, split: str = ""):
                                                               False)))
 
 
-def describe(data_cfg: Mapping, *, split: str | None = None) -> str:
+def describe(data_cfg: Mapping) -> str:
     """Where make_source(data_cfg) reads the configured dataset from, for a run's first line,
     naming a data.root it does not read (a cache_dir beside a root reads the cache alone;
     config_checks.validate refuses a root or cache beside synthetic records)."""
-    split = data_cfg["split"] if split is None else split
+    split = data_cfg["split"]
     if int(data_cfg["synthetic_records"]) > 0:
         return "synthetic ECGs (data.synthetic_records)"
     where = (f"the cache {data_cfg['cache_dir']}" if data_cfg["cache_dir"]
