@@ -32,6 +32,16 @@ def assert_one_error_line(command: str, out: str, err: str, *fragments) -> str:
     return lines[0]
 
 
+def _fails(command, argv, capsys, *fragments, code=1):
+    """Run a command (its module, e.g. crema_jax.cli.embed) in this process where it must refuse;
+    check the one-line error (exit `code`: 1 for data, 2 for a usage error); returns the line."""
+    with pytest.raises(SystemExit) as exit_info:
+        command.COMMAND.run(argv)
+    captured = capsys.readouterr()
+    assert exit_info.value.code == code, (exit_info.value.code, captured.err)
+    return assert_one_error_line(command.COMMAND.name, captured.out, captured.err, *fragments)
+
+
 def run_in_process(capsys, *args) -> types.SimpleNamespace:
     """`crema-jax ARGS` through the console script's entry point, in this process (a refusal
     that stops before any work costs no interpreter start): returncode, stdout, stderr."""

@@ -17,7 +17,7 @@ from crema_jax.data import synthetic
 from crema_jax.data.reading import ecg as ecg_lib
 from crema_jax.data.reading import wfdb_records
 from crema_jax.models import params as params_lib
-from tests.cli.conftest import assert_one_error_line
+from tests.cli.conftest import _fails
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "crema_tiny.py")
@@ -37,15 +37,6 @@ def _hashes(*roots) -> dict:
             elif p.is_dir():
                 out[str(p)] = "dir"
     return out
-
-
-def _fails(command, argv, capsys, *fragments, code=1):
-    """Run a command that must refuse; check the one-line error."""
-    with pytest.raises(SystemExit) as exit_info:
-        command.COMMAND.run(argv)
-    captured = capsys.readouterr()
-    assert exit_info.value.code == code, (exit_info.value.code, captured.err)
-    return assert_one_error_line(command.COMMAND.name, captured.out, captured.err, *fragments)
 
 
 # ----------------------------------------------------------------------------- outputs

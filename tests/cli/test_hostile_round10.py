@@ -10,7 +10,7 @@ import pytest
 from crema_jax.cli import embed
 from crema_jax.data.pipeline import skips
 from crema_jax.data.reading.ecg import MAX_ABS_MV
-from tests.cli.test_hostile import _fails
+from tests.cli.conftest import _fails
 
 
 def test_a_scalar_array_is_refused_for_its_shape(sit_checkpoint, tmp_path, capsys):

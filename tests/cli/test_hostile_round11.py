@@ -7,7 +7,8 @@ import time
 import pytest
 
 from crema_jax.cli import pretrain
-from tests.cli.test_hostile import REPO, _fails, _hashes
+from tests.cli.conftest import _fails
+from tests.cli.test_hostile import REPO, _hashes
 
 # The demo's mesh (data 1) on the test process's 8 devices: data -1 takes them all.
 DEMO = f"--config={REPO / 'configs' / 'demo.py'}"

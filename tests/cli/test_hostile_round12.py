@@ -14,7 +14,8 @@ import pytest
 from crema_jax.cli import embed, export_torch, import_torch, pretrain
 from crema_jax.runtime import files, storage
 from crema_jax.runtime import workdir as workdir_lib
-from tests.cli.test_hostile import REPO, _fails, _hashes, _safetensors
+from tests.cli.conftest import _fails
+from tests.cli.test_hostile import REPO, _hashes, _safetensors
 
 # The demo's mesh (data 1) on the test process's 8 devices: data -1 takes them all.
 DEMO = f"--config={REPO / 'configs' / 'demo.py'}"

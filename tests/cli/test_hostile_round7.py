@@ -263,7 +263,7 @@ def test_preview_names_its_mask_ratio_when_it_hides_every_patch(tmp_path, capsys
     """Both had been 'mask ... leaves no visible patch; lower the ratio', exit 1, naming no
     flag, where --mask_ratio=1 is a flag error."""
     from crema_jax.cli import preview
-    from tests.cli.test_hostile import _fails
+    from tests.cli.conftest import _fails
 
     line = _fails(preview, [f"--out={tmp_path / 'p.png'}", *flags], capsys, code=2)
     assert line == f"crema-jax preview: error: {said}"
@@ -275,7 +275,7 @@ def test_preview_names_an_out_it_cannot_write(capsys):
     """It was '[Errno 2] cannot write /proc/x.png: No such file or directory', naming no flag
     and no remedy."""
     from crema_jax.cli import preview
-    from tests.cli.test_hostile import _fails
+    from tests.cli.conftest import _fails
 
     line = _fails(preview, ["--out=/proc/x.png"], capsys)
     assert line == ("crema-jax preview: error: --out=/proc/x.png: cannot write the PNG there (No "

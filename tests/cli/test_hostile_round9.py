@@ -17,7 +17,7 @@ from crema_jax.data import synthetic
 from crema_jax.evaluate import benchmark_tasks, linear_probe
 from crema_jax.models import params as params_lib
 from crema_jax.runtime import checkpoint, files
-from tests.cli.test_hostile import _fails
+from tests.cli.conftest import _fails
 
 TASK_FILE = """import ml_collections
 def get_config():

@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from crema_jax.cli import compare
-from tests.cli.test_hostile import _fails
+from tests.cli.conftest import _fails
 from tests.evaluate.conftest import evaluated_ids
 from tests.evaluate.test_report import check_markdown_agrees
 from tests.evaluate.test_cli import RUN_KEYS, SCHEMA, _macro, _run

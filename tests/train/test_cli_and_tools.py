@@ -13,7 +13,7 @@ from crema_jax.cli import pretrain
 from crema_jax.models import params as params_lib
 from crema_jax.models.config import resolve_size
 from crema_jax.runtime import checkpoint
-from tests.cli.test_hostile import _fails
+from tests.cli.conftest import _fails
 from tests.configs import load_config_file
 from tests.train.helpers import REPO, cli_env, start_cli
 
