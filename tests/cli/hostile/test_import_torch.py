@@ -1,0 +1,326 @@
+"""import-torch and the weight files it reads: an --out in use or left by an interrupted import, a
+hub folder's config.json nested too deeply or holding a huge number; safetensors headers that
+are malformed or crafted, files that are no weights or no regular file, a truncated file,
+tensors of NaN or integers; a model config (metadata or F.json sidecar) that contradicts the
+tensors, holds a value a run would refuse, or says another layout than --format. Each is one
+line naming the file, with nothing written."""
+import json
+import os
+import pickle
+import struct
+
+import numpy as np
+import pytest
+
+from crema_jax import config as config_lib
+from crema_jax.cli import export_torch, import_torch
+from crema_jax.export import safe_load
+from crema_jax.models import params as params_lib
+from tests.cli.conftest import _fails
+from tests.cli.hostile.helpers import _hashes
+
+
+def test_import_torch_refuses_a_used_folder(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.md").write_text("mine")
+    before = _hashes(tmp_path)
+    _fails(import_torch, ["--format=crema", f"--out={out}", str(tmp_path / "w.safetensors")],
+           capsys, f"--out={out}")
+    assert _hashes(tmp_path) == before
+
+
+def test_an_interrupted_import_is_named_as_one(tmp_path, capsys):
+    """A Ctrl-C while Orbax saved had left DIR/checkpoints/0.orbax-checkpoint-tmp-..., and the
+    rerun said the folder held "files this command did not write (checkpoints)". Nothing in
+    the folder is deleted."""
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"not read: the output is checked first")
+    out = tmp_path / "out"
+    step = out / "checkpoints" / "0.orbax-checkpoint-tmp-1733480000123456"
+    (step / "params").mkdir(parents=True)
+    (step / "params" / "manifest.ocdbt").write_bytes(b"half")
+    before = _hashes(tmp_path)
+    _fails(import_torch, ["--format=crema", f"--out={out}", str(weights)], capsys,
+           f"--out={out}: an unfinished import from an interrupted run (checkpoints/"
+           f"{step.name}); remove the folder or choose another --out")
+    (out / "checkpoints" / "notes.txt").write_text("mine")  # not only the import's own step
+    _fails(import_torch, ["--format=crema", f"--out={out}", str(weights)], capsys,
+           f"--out={out}: the folder holds files this command did not write (checkpoints)")
+    (out / "checkpoints" / "notes.txt").unlink()
+    assert _hashes(tmp_path) == before
+
+
+DEEP = "[" * 100000 + "]" * 100000
+LONG_NUMBER = '{"library_name": "crema_jax", "n": ' + "9" * 5000 + "}"
+
+
+@pytest.mark.parametrize("text, why", [(DEEP, "nested too deeply"),
+                                       (LONG_NUMBER, "a number of more than 4300 digits")])
+def test_json_nested_too_deeply_or_with_a_huge_number_is_named(sit_checkpoint, tmp_path, capsys,
+                                                               text, why):
+    """A hub folder's config.json (import-torch DIR, export-torch --hub_folder=DIR --overwrite)
+    nested 100000 deep had ended in a RecursionError traceback, a 5000-digit number in Python's
+    advice to call sys.set_int_max_str_digits()."""
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    (hub / "config.json").write_text(text)
+    before = _hashes(tmp_path)
+    _fails(import_torch, [str(hub), f"--out={tmp_path / 'out'}"], capsys,
+           f"{hub / 'config.json'}: not valid JSON ({why})")
+    _fails(export_torch, [f"--checkpoint={sit_checkpoint}", f"--hub_folder={hub}",
+                          "--overwrite"], capsys,
+           f"--hub_folder={hub}: its config.json is missing or was not written by export-torch")
+    assert _hashes(tmp_path) == before
+
+
+def _safetensors(path, header, data=b""):
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    return path
+
+
+@pytest.mark.parametrize("name, header, fragment", [
+    ("deep", b"[" * 100000 + b"]" * 100000, "unreadable safetensors header"),
+    ("list", [1, 2, 3], "is a JSON list"),
+    ("string_entry", {"w": "abc"}, "w: expected an object"),
+    ("negative_shape", {"w": {"dtype": "F32", "shape": [-1, 4], "data_offsets": [0, 16]}},
+     "non-negative"),
+    ("list_dtype", {"w": {"dtype": ["F32"], "shape": [4], "data_offsets": [0, 16]}},
+     "dtype must be a string"),
+    ("float_offsets", {"w": {"dtype": "F32", "shape": [4], "data_offsets": [0.0, 16.5]}},
+     "data_offsets must be two integers"),
+    ("list_metadata", {"__metadata__": ["a"], "w": {"dtype": "F32", "shape": [4],
+                                                    "data_offsets": [0, 16]}},
+     "__metadata__ must map strings"),
+])
+def test_malformed_safetensors_headers(tmp_path, capsys, name, header, fragment):
+    path = _safetensors(tmp_path / f"{name}.safetensors", header, b"\0" * 16)
+    before = _hashes(tmp_path)
+    _fails(import_torch, ["--format=crema", f"--out={tmp_path / 'out'}", str(path)], capsys,
+           str(path), fragment)
+    assert _hashes(tmp_path) == before and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("header, fragment", [
+    ({"w": {"dtype": "F32", "shape": [1] * 100, "data_offsets": [0, 4]}},
+     "w: shape [1, 1, 1"),                   # numpy: "maximum supported dimension ... 64"
+    ({"w": {"dtype": "F32", "shape": [2**62, 2**62, 0], "data_offsets": [0, 0]},
+      "v": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}},
+     "w: shape [4611686018427387904, 4611686018427387904, 0]: expected at most 8 dimensions "
+     "of at most 2**48 elements in all"),    # "Maximum allowed dimension exceeded"
+    ({"w": {"dtype": "F8_E4M3", "shape": [4], "data_offsets": [0, 4]}},
+     "not a valid safetensors file: w: unsupported dtype 'F8_E4M3' (expected one of F64"),
+    (b'{"w": {"dtype": "F32", "shape": [' + b"9" * 5000 + b'], "data_offsets": [0, 4]}}',
+     "unreadable safetensors header (not valid JSON: a number of more than 4300 digits)"),
+])
+def test_crafted_safetensors_entries_are_named_with_the_file(tmp_path, capsys, header,
+                                                             fragment):
+    """Each had been numpy's or Python's message without the file, or (an unknown dtype) "not a
+    complete safetensors file (truncated?)"."""
+    path = _safetensors(tmp_path / "w.safetensors", header, b"\0" * 4)
+    before = _hashes(tmp_path)
+    _fails(import_torch, ["--format=crema", f"--out={tmp_path / 'out'}", str(path)], capsys,
+           f"{path}: ", fragment)
+    assert _hashes(tmp_path) == before and not (tmp_path / "out").exists()
+
+
+def _torch_save(path, obj):
+    import torch
+    torch.save(obj, path)
+
+
+@pytest.mark.parametrize("make, said", [
+    (lambda p: p.write_text("hello world\n"), "not a readable torch.save file"),
+    (lambda p: p.write_bytes(np.random.default_rng(0).bytes(3000)),
+     "not a torch.save file of weights"),
+    (lambda p: p.write_bytes(pickle.dumps({"a": 1}, protocol=4)),
+     "not a torch.save file of weights"),
+    (lambda p: _torch_save(p, {"when": __import__("datetime").date(2020, 1, 1)}),
+     "refused. This file needs arbitrary Python objects unpickled")])
+def test_files_that_are_no_weights_are_named_for_what_they_are(tmp_path, make, said):
+    path = tmp_path / "weights.pth"
+    make(path)
+    with pytest.raises(safe_load.CheckpointFileError) as raised:
+        safe_load.read_torch_file(str(path))
+    assert str(raised.value).startswith(f"{path}: {said}"), str(raised.value)
+    if "arbitrary" not in said:  # garbage is not called unsafe
+        assert "arbitrary" not in str(raised.value)
+
+
+def test_a_weights_path_that_is_no_regular_file_is_named_as_such(tmp_path):
+    """A FIFO or a folder was "no such file" (and a FIFO must never be opened: it blocks)."""
+    os.mkfifo(tmp_path / "pipe.pth")
+    (tmp_path / "folder.safetensors").mkdir()
+    for name, what in (("pipe.pth", "not a regular file (a FIFO, a device or a socket)"),
+                       ("folder.safetensors", "a folder"), ("none.pth", "no such file")):
+        with pytest.raises(safe_load.CheckpointFileError) as raised:
+            safe_load.read_weight_file(str(tmp_path / name))
+        assert str(raised.value) == (f"{tmp_path / name}: {what}; expected a .safetensors or "
+                                     "torch.save file")
+
+
+def _crema_file(tmp_path, name: str, change=None, meta_change=None):
+    """A tiny SiT exported in the crema layout, its tensors or saved model config changed."""
+    import safetensors.numpy
+
+    from crema_jax import config as config_lib
+    from crema_jax.export import export_torch as export_lib
+    from crema_jax.models import params as params_lib
+
+    cfg = config_lib.default_config()
+    cfg.model.size = "tiny"
+    params = params_lib.init_params(cfg.model, 0)
+    sd = export_lib.build_state_dict(params, cfg.model, layout="crema", include_decoder=False)
+    meta = export_lib.resolved_model_config(cfg.model)
+    sd = change(sd) if change else sd
+    meta.update(meta_change or {})
+    path = tmp_path / f"{name}.safetensors"
+    safetensors.numpy.save_file(sd, str(path), metadata={"format": "pt",
+                                                         "crema_model_config": json.dumps(meta)})
+    return path
+
+
+def _import_fails(tmp_path, capsys, path) -> str:
+    from crema_jax.cli import import_torch
+    from tests.cli.conftest import assert_one_error_line
+
+    with pytest.raises(SystemExit) as exit_info:
+        import_torch.COMMAND.run(["--format=crema", f"--out={tmp_path / 'out'}", str(path)])
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 1, captured.err
+    assert not (tmp_path / "out").exists()
+    return assert_one_error_line("import-torch", captured.out, captured.err, str(path))
+
+
+def test_a_truncated_weight_file_is_one_short_line(tmp_path, capsys):
+    """Every tensor past the cut was listed: one 'line' of several KB."""
+    path = _crema_file(tmp_path, "whole")
+    data = path.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[:len(data) // 2])
+    line = _import_fails(tmp_path, capsys, cut)
+    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    beyond = sum(1 for k, v in header.items() if k != "__metadata__"
+                 and v["data_offsets"][1] > len(data) // 2 - 8 - int.from_bytes(data[:8], "little"))
+    assert "not a complete safetensors file (truncated?): " in line
+    assert f"and {beyond - 3} more tensors" in line and len(line) < 600, line
+
+
+def test_weights_that_are_nan_or_integers_are_refused_naming_each_tensor(tmp_path, capsys):
+    """A NaN file imported with exit 0; embed gave NaN features and compare a verdict."""
+    def poison(sd):
+        sd = dict(sd)
+        key = sorted(sd)[3]
+        sd[key] = sd[key].copy()
+        sd[key].flat[[0, 5]] = [np.nan, np.inf]
+        return sd
+
+    line = _import_fails(tmp_path, capsys, _crema_file(tmp_path, "nan", poison))
+    assert "holds unusable weights not finite (1): " in line and "2 NaN or inf values" in line
+    ints = _crema_file(tmp_path, "ints", lambda sd: {k: np.round(v * 100).astype(np.int32)
+                                                    for k, v in sd.items()})
+    line = _import_fails(tmp_path, capsys, ints)
+    assert "not floating-point (" in line and ": int32" in line
+
+
+@pytest.mark.parametrize("field, value, said", [
+    ("num_heads", -1, "its model config has config.model.num_heads=-1: expected an integer >= 0"),
+    ("patch_size", 0, "its model config has config.model.patch_size=0: expected an integer >= 1"),
+])
+def test_a_weight_files_model_config_is_checked_before_a_model_is_built(tmp_path, capsys, field,
+                                                                        value, said):
+    """num_heads=-1 ended in a 98-line reshape traceback, patch_size=0 in a ZeroDivisionError."""
+    line = _import_fails(tmp_path, capsys, _crema_file(tmp_path, field, meta_change={
+        field: value}))
+    assert line.endswith(said), line
+
+
+def test_crema_metadata_may_only_agree_with_the_tensors(tmp_path, capsys):
+    """An encoder-only file whose metadata claims a 2048-wide decoder imports as a bare encoder
+    (nothing built from the metadata's word alone); metadata that contradicts the tensors is an
+    error naming them."""
+    import safetensors.numpy
+
+    from crema_jax.export import export_torch as export_lib
+
+    cfg = config_lib.default_config()
+    cfg.model.size = "tiny"
+    params = params_lib.init_params(cfg.model, 0)
+    sd = export_lib.build_state_dict(params, cfg.model, layout="crema", include_decoder=False)
+    meta = export_lib.resolved_model_config(cfg.model)
+    meta["decoder_width"] = 2048
+    path = tmp_path / "enc.safetensors"
+    safetensors.numpy.save_file(sd, str(path), metadata={"format": "pt",
+                                                         "crema_model_config": json.dumps(meta)})
+    import_torch.COMMAND.run(["--format=crema", f"--out={tmp_path / 'ok'}", str(path)])
+    size = sum(p.stat().st_size for p in (tmp_path / "ok").rglob("*") if p.is_file())
+    assert size < 4 * path.stat().st_size, size        # no decoder the file never held
+    assert config_lib.load_checkpoint_config(tmp_path / "ok").model.name == "sit_encoder"
+    meta["width"], meta["decoder_width"] = 128, 32
+    bad = tmp_path / "bad.safetensors"
+    safetensors.numpy.save_file(sd, str(bad), metadata={"format": "pt",
+                                                        "crema_model_config": json.dumps(meta)})
+    capsys.readouterr()
+    _fails(import_torch, ["--format=crema", f"--out={tmp_path / 'no'}", str(bad)], capsys,
+           str(bad), "mis-shaped")
+    assert not (tmp_path / "no").exists()
+
+
+@pytest.fixture(scope="module")
+def crema_export(sit_checkpoint, tmp_path_factory):
+    """(tensors, model config) of the tiny SiT as export-torch writes them."""
+    import safetensors
+    import safetensors.numpy
+    out = tmp_path_factory.mktemp("export") / "w.safetensors"
+    export_torch.COMMAND.run([f"--checkpoint={sit_checkpoint}", f"--out={out}"])
+    with safetensors.safe_open(str(out), "np") as f:
+        model = json.loads(f.metadata()["crema_model_config"])
+    return safetensors.numpy.load_file(str(out)), model
+
+
+@pytest.mark.parametrize("field, value, fragment", [
+    ("dtype", "float8", "config.model.dtype='float8': expected one of ['bfloat16', 'float32']"),
+    ("dtype", None, "config.model.dtype=None: expected one of ['bfloat16', 'float32']"),
+    ("lead_embedding", "bogus", "config.model.lead_embedding='bogus': expected one of "
+     "['canonical', 'position']"),
+    ("logit_scale_init", float("inf"), "config.model.logit_scale_init=inf: expected a finite "
+     "number"),
+])
+@pytest.mark.parametrize("where", ["sidecar", "metadata"])
+def test_a_weight_files_model_config_is_checked_like_a_runs(crema_export, tmp_path, capsys,
+                                                            field, value, fragment, where):
+    """A dtype, lead embedding or non-finite number in F.json or the crema_model_config
+    metadata had been refused only when the model was built, naming no file, and
+    "logit_scale_init": Infinity imported (exit 0) though pretrain refuses it."""
+    import safetensors.numpy
+    tensors, model = crema_export
+    text = json.dumps({**model, field: value})
+    path = tmp_path / "w.safetensors"
+    if where == "sidecar":
+        safetensors.numpy.save_file(tensors, str(path), metadata={"format": "pt"})
+        (tmp_path / "w.json").write_text('{"layout": "crema", "model": ' + text + "}")
+        named = f"{path}: its model config in {tmp_path / 'w.json'} has "
+    else:
+        safetensors.numpy.save_file(tensors, str(path), metadata={
+            "format": "pt", "crema_model_config": text})
+        named = f"{path}: its model config has "
+    before = _hashes(tmp_path)
+    _fails(import_torch, ["--format=crema", f"--out={tmp_path / 'out'}", str(path)], capsys,
+           named + fragment)
+    assert _hashes(tmp_path) == before and not (tmp_path / "out").exists()
+
+
+def test_a_format_the_sidecar_contradicts_is_pointed_at_it(crema_export, tmp_path, capsys):
+    """--format=stmem on a crema-layout file whose F.json says so had said only "cannot infer
+    the model size: none of [...] is in the file"."""
+    import safetensors.numpy
+    tensors, model = crema_export
+    path = tmp_path / "w.safetensors"
+    safetensors.numpy.save_file(tensors, str(path), metadata={
+        "format": "pt", "crema_model_config": json.dumps(model)})
+    (tmp_path / "w.json").write_text(json.dumps({"layout": "crema", "model": model}))
+    _fails(import_torch, ["--format=stmem", f"--out={tmp_path / 'out'}", str(path)], capsys,
+           f"{path}: cannot infer the model size: none of [", f"is in the file; "
+           f"{tmp_path / 'w.json'} says layout 'crema': use --format=crema")
+    assert not (tmp_path / "out").exists()
