@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from crema_jax.data.reading.leads import LEADS as LEAD_NAMES  # canonical order: index -> name
+from crema_jax.data.reading.leads import check_lead_names
 
 LEAD_SETS = {
     "12": LEAD_NAMES,
@@ -35,14 +36,8 @@ def lead_set(name: str) -> tuple[str, ...]:
     if name in LEAD_SETS:
         return LEAD_SETS[name]
     leads = tuple(name.split("+"))
-    unknown = [lead for lead in leads if lead not in LEAD_NAMES]
-    if unknown:
-        raise ValueError(f"--lead_sets entry {name!r}: unknown leads {unknown}; expected one of "
-                         f"{sorted(LEAD_SETS)} or '+'-joined names from {LEAD_NAMES}")
-    repeated = sorted({lead for lead in leads if leads.count(lead) > 1}, key=LEAD_NAMES.index)
-    if repeated:  # I+I fed lead I once, and its column was named as two leads
-        raise ValueError(f"--lead_sets entry {name!r}: {'+'.join(repeated)} named twice; "
-                         "expected distinct leads")
+    check_lead_names(leads, f"--lead_sets entry {name!r}",
+                     expected=f"one of {sorted(LEAD_SETS)} or '+'-joined names")
     return tuple(sorted(leads, key=LEAD_NAMES.index))
 
 

@@ -8,19 +8,14 @@ import ml_collections
 import numpy as np
 
 from crema_jax.data.pipeline import batch as batch_lib
+from crema_jax.data.reading import leads as leads_lib
 from crema_jax.data.reading.leads import LEADS
 from crema_jax.data.signal import preprocess as preprocess_lib
 
 
 def lead_rows(names: Sequence[str]) -> np.ndarray:
     """Canonical row ids of the configured leads (data.leads), in the configured order."""
-    unknown = [name for name in names if name not in LEADS]
-    if unknown or not names:
-        raise ValueError(f"data.leads: expected names from {LEADS}, got {tuple(names)}")
-    repeated = sorted({name for name in names if list(names).count(name) > 1}, key=LEADS.index)
-    if repeated:  # ("I", "I") had fed one row twice, under two lead embeddings
-        raise ValueError(f"data.leads: each lead once, got {tuple(names)} ({'+'.join(repeated)} "
-                         "named twice)")
+    leads_lib.check_lead_names(names, "data.leads")
     return np.asarray([LEADS.index(name) for name in names], dtype=np.int32)
 
 

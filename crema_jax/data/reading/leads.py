@@ -13,6 +13,8 @@ Deliberately NOT mapped (the channel is dropped, and a limb lead may then be der
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
@@ -42,6 +44,20 @@ def lead_index(name: str) -> int | None:
     """Canonical index (0..11) of a header lead name, or None when it is not a standard lead."""
     canonical = _ALIASES.get(_normalise(name))
     return None if canonical is None else LEAD_INDEX[canonical]
+
+
+def check_lead_names(names: Sequence[str], field: str, *, expected: str = "names") -> None:
+    """ValueError starting `field: ` unless `names` are one or more canonical lead names
+    (`LEADS`, spelled exactly), each once. `expected` says what else the field accepts in the
+    message (e.g. "one of [...] or '+'-joined names"). The order is the caller's."""
+    names = tuple(names)
+    unknown = [name for name in names if name not in LEADS]
+    if unknown or not names:
+        raise ValueError(f"{field}: {f'unknown leads {unknown}' if unknown else 'no leads'}; "
+                         f"expected {expected} from {LEADS}")
+    repeated = sorted({name for name in names if names.count(name) > 1}, key=LEAD_INDEX.get)
+    if repeated:  # ("I", "I") had fed one row twice, under two lead embeddings
+        raise ValueError(f"{field}: {'+'.join(repeated)} named twice; expected distinct leads")
 
 
 def derive_limb_leads(signal: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
