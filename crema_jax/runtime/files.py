@@ -32,18 +32,30 @@ def _real(path) -> str:
     return os.path.realpath(os.fspath(path))
 
 
-def special_kind(path) -> str | None:
-    """"a FIFO", "a character device", ... for a special file at `path` (not followed if a link),
-    None for a regular file, a folder, a link or nothing. Never opens it (a FIFO would block)."""
+# What a file that is not a regular one is, in the words of every message ("... is a FIFO, not a
+# regular file").
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
+
+
+def kind_of(mode: int) -> str | None:
+    """What a file of st_mode `mode` is, in words ("a FIFO", "a folder", ...); None for a
+    regular file or a symbolic link (lstat's mode of a link not followed)."""
+    if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+        return None
+    return next((kind for test, kind in _KINDS if test(mode)), "a special file")
+
+
+def special_kind(path, *, follow_links: bool) -> str | None:
+    """What `path` is, in words (`kind_of`), when it is a FIFO, a device, a socket or a folder;
+    None for a regular file or nothing. follow_links: judge the file a link leads to (what a
+    read of an input gets) rather than the link itself (None: an output replaces a link, never
+    its target). Never opens it (a FIFO would block)."""
     try:
-        mode = os.lstat(path).st_mode
+        mode = (os.stat if follow_links else os.lstat)(path).st_mode
     except OSError:
         return None
-    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return kind
-    return None
+    return kind_of(mode)
 
 
 def same_file(a, b) -> bool:
@@ -75,7 +87,7 @@ def check_output_file(path, *, inputs: Iterable = (), flag: str = "--out",
         raise OutputError(f"{flag}={path}: a folder; expected a file name")
     if os.path.islink(path):
         raise OutputError(f"{flag}={path}: a symbolic link; name a plain file")
-    kind = special_kind(path)
+    kind = special_kind(path, follow_links=False)
     if kind:
         raise OutputError(f"{flag}={path}: {kind}, not a regular file; name a plain file")
     if os.path.exists(path) and not overwrite and not (owned and owned(path)):
@@ -117,9 +129,9 @@ def check_output_dir(path, *, marker, flag: str, inputs: Iterable = (), outside:
         for m in ours:
             if (path / m).is_symlink():
                 raise OutputError(f"{flag}={path}: {m} is a symbolic link")
-            if special_kind(path / m):
-                raise OutputError(f"{flag}={path}: {m} is {special_kind(path / m)}, not a "
-                                  "regular file")
+            kind = special_kind(path / m, follow_links=False)
+            if kind and not (path / m).is_dir():  # a marker may be a folder (checkpoints/)
+                raise OutputError(f"{flag}={path}: {m} is {kind}, not a regular file")
     return make_folder(path, f"{flag}={path}", create=create)
 
 

@@ -24,7 +24,7 @@ from crema_jax.data.cache.record_format import INDEX_FILE, decode_quantised
 from crema_jax.data.index.dataset_index import DatasetIndex, RecordInfo, multi_hot
 from crema_jax.data.reading import safe_files
 from crema_jax.data.reading.ecg import RecordError
-from crema_jax.runtime import storage
+from crema_jax.runtime import files, storage
 
 SKIP_FLAG = "--config.data.skip_damaged_cache_records=true"   # pretrain's
 EVAL_SKIP_FLAG = "--skip_damaged_cache_records"                 # probe, finetune, compare
@@ -241,9 +241,9 @@ class CacheSource:
         np.maximum.at(needed, self.shards, self.positions)
         for shard in np.flatnonzero(needed >= 0):
             path, listed = self.shard_files[shard], int(shards[shard]["num_records"])
-            kind = safe_files.special_kind(path)
+            kind = files.special_kind(path, follow_links=True)
             if kind is not None or not os.path.isfile(path):
-                problem = f"is a {kind}, not a shard" if kind else "listed in the index, missing"
+                problem = f"is {kind}, not a shard" if kind else "listed in the index, missing"
             else:
                 try:
                     held = self._reader(int(shard)).num_records()

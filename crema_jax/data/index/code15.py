@@ -52,6 +52,7 @@ from crema_jax.data.reading import safe_files
 from crema_jax.data.reading.arrays import (ArrayFormat, hdf5_elsewhere, hdf5_storage_problem,
                                           locator)
 from crema_jax.data.reading.read import BadRecord
+from crema_jax.runtime import files
 
 CODE15_LABELS = ("1dAVb", "RBBB", "LBBB", "SB", "AF", "ST")
 CODE15_LEADS = ("DI", "DII", "DIII", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6")
@@ -112,9 +113,9 @@ def _probe(part: pathlib.Path):
     """(exam ids of the part, None) or (None, BadRecord for all its exams)."""
     import h5py  # optional heavy import (HDF5's C library, ~0.1 s): this layout only
 
-    kind = safe_files.special_kind(part)
+    kind = files.special_kind(part, follow_links=True)
     if kind is not None:   # never opened: a FIFO would block, a device never end
-        return None, BadRecord("not_a_regular_file", f"{part} is a {kind}, not a regular file")
+        return None, BadRecord("not_a_regular_file", f"{part} is {kind}, not a regular file")
     try:
         with h5py.File(part, "r") as f:
             if any(isinstance(f.get(name, getlink=True), h5py.ExternalLink)

@@ -46,6 +46,7 @@ import numpy as np
 from crema_jax.data.reading import safe_files
 from crema_jax.data.reading.ecg import RecordError, canonical_ecg, check_sampling_rate
 from crema_jax.data.reading.limits import FS_RANGE, MAX_SAMPLES
+from crema_jax.runtime import files
 
 HDF5_SUFFIXES = (".hdf5", ".h5", ".hdf")
 # DEFLATE (zip, HDF5 gzip) never compresses better than ~1032:1, so more than that many bytes per
@@ -137,10 +138,9 @@ class _Hdf5Dataset:
 
 
 def _check_regular(path: str, file: str) -> None:
-    kind = safe_files.special_kind(file)
+    kind = files.special_kind(file, follow_links=True)
     if kind is not None:
-        raise RecordError(path, "not_a_regular_file", f"{file} is a {kind}, not a regular "
-                          "file")
+        raise RecordError(path, "not_a_regular_file", f"{file} is {kind}, not a regular file")
 
 
 def hdf5_elsewhere(dataset) -> str | None:

@@ -21,34 +21,12 @@ import os
 import re
 import stat
 
-from crema_jax.runtime import storage
+from crema_jax.runtime import files, storage
 
 
 class NotRegularFileError(OSError, ValueError):
     """A path that leads to a FIFO, device, socket or folder where a file was expected (a
     ValueError too: an input the command cannot use, reported in one line)."""
-
-
-_KINDS = ((stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISCHR, "character device"),
-          (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"), (stat.S_ISDIR, "folder"))
-
-
-def kind_of(mode: int) -> str:
-    """A file's kind in words ("regular file", "FIFO (named pipe)", ...) from its st_mode."""
-    for test, name in _KINDS:
-        if test(mode):
-            return name
-    return "regular file" if stat.S_ISREG(mode) else "special file"
-
-
-def special_kind(path) -> str | None:
-    """None for a regular file (links followed) or a missing one, else its kind in words; stat
-    never opens the file, so it does not block on a FIFO."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return None
-    return None if stat.S_ISREG(mode) else kind_of(mode)
 
 
 def open_regular(path):
@@ -58,8 +36,8 @@ def open_regular(path):
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise NotRegularFileError(f"{os.fspath(path)} is a {kind_of(mode)}, not a regular "
-                                      "file")
+            raise NotRegularFileError(f"{os.fspath(path)} is {files.kind_of(mode)}, not a "
+                                      "regular file")
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
@@ -133,11 +111,11 @@ def walk(root, suffixes: tuple[str, ...], *, max_depth: int | None = None) -> li
     out = []
     root = os.fspath(root)
     top = root.rstrip(os.sep).count(os.sep)
-    for folder, dirs, files in os.walk(root, followlinks=False):
+    for folder, dirs, names in os.walk(root, followlinks=False):
         dirs.sort()
         if max_depth is not None and folder.rstrip(os.sep).count(os.sep) - top >= max_depth:
             dirs.clear()
-        out.extend(os.path.join(folder, f) for f in sorted(files) if f.endswith(suffixes))
+        out.extend(os.path.join(folder, f) for f in sorted(names) if f.endswith(suffixes))
     return out
 
 

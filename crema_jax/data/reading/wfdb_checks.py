@@ -22,6 +22,7 @@ import numpy as np
 from crema_jax.data.reading import safe_files, wfdb_header
 from crema_jax.data.reading.ecg import RecordError
 from crema_jax.data.reading.limits import MAX_SAMPLES
+from crema_jax.runtime import files
 
 # Stored bytes per sample of the formats whose size is fixed (FLAC 508/516/524 compress, so
 # their size says nothing in advance).
@@ -248,11 +249,10 @@ def check_signal_files(base: pathlib.Path, header: wfdb_header.Header) -> None:
             raise RecordError(base, "unsafe_signal_path", f"{base}.hea names signal file "
                               f"{file_name!r}, outside the record's folder {folder}; "
                               "only files beside the header are read")
-        kind = safe_files.special_kind(target)
+        kind = files.special_kind(target, follow_links=True)
         if kind is not None:
             raise RecordError(base, "not_a_regular_file", f"{base}.hea names signal file "
-                              f"{base.parent / file_name}, which is a {kind}, not a regular "
-                              "file")
+                              f"{base.parent / file_name}, which is {kind}, not a regular file")
         if not target.is_file():
             raise RecordError(base, "missing_signal_file", f"{base}.hea names signal file "
                               f"{base.parent / file_name}, which does not exist")
