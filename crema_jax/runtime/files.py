@@ -66,12 +66,29 @@ def same_file(a, b) -> bool:
         return _real(a) == _real(b)
 
 
+def inside(folder) -> Callable[[Any], bool]:
+    """A test of whether a path lies strictly below `folder` once both are resolved (links
+    followed, ".." applied); a relative path is taken from `folder`. So "../x", a link that leads
+    out, a sibling whose name starts with the folder's ("data2" beside "data") and the folder
+    itself are not inside it. `folder` is resolved once: a loop over many paths resolves each
+    path only."""
+    real = _real(folder)
+
+    def test(path) -> bool:
+        try:
+            target = os.path.realpath(os.path.join(real, os.fspath(path)))
+        except ValueError:  # a NUL byte: no path at all
+            return False
+        return target != real and os.path.commonpath([target, real]) == real
+    return test
+
+
 def _is_or_inside(path, item) -> bool:
     """Whether `path` is the input `item`, or lies inside it when it is a folder."""
     if item is None or item == "":
         return False
-    return same_file(path, item) or (os.path.isdir(item) and _real(path).startswith(
-        _real(item).rstrip(os.sep) + os.sep))
+    return same_file(path, item) or (os.path.isdir(item)
+                                     and inside(item)(os.path.abspath(os.fspath(path))))
 
 
 def check_output_file(path, *, inputs: Iterable = (), flag: str = "--out",

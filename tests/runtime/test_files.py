@@ -1,4 +1,5 @@
-"""runtime/files.py's judgements of paths: what kind a file is (special_kind)."""
+"""runtime/files.py's judgements of paths: what kind a file is (special_kind), whether a path
+lies inside a folder (inside)."""
 import os
 import socket
 import stat
@@ -39,3 +40,41 @@ def test_a_device_is_named_as_one():
     assert files.kind_of(stat.S_IFREG | 0o644) is None
     assert files.kind_of(stat.S_IFLNK | 0o777) is None
     assert files.kind_of(0o644) == "a special file"   # no type bits: none of the known kinds
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """tmp_path/data (the folder), tmp_path/data2 (a sibling sharing its name's start), links
+    in data/ to a file outside, to data2, to a file inside, and a folder linked to data itself."""
+    data, data2 = tmp_path / "data", tmp_path / "data2"
+    (data / "sub").mkdir(parents=True)
+    data2.mkdir()
+    (data / "sub" / "r.dat").write_bytes(b"x")
+    (data2 / "r.dat").write_bytes(b"x")
+    (tmp_path / "secret").write_bytes(b"x")
+    os.symlink(tmp_path / "secret", data / "out_link")
+    os.symlink(data2, data / "to_data2")
+    os.symlink("sub/r.dat", data / "in_link")
+    os.symlink(data, tmp_path / "data_link")
+    return tmp_path
+
+
+@pytest.mark.parametrize("path, expected", [
+    ("sub/r.dat", True), ("sub", True), ("not_there_yet.dat", True), ("in_link", True),
+    ("sub/../sub/r.dat", True),
+    ("", False), (".", False), ("sub/..", False),           # the folder itself
+    ("..", False), ("../secret", False), ("sub/../../secret", False),
+    ("../data2/r.dat", False),                              # a sibling named data2
+    ("out_link", False), ("to_data2/r.dat", False),         # links that lead out
+    ("/etc/passwd", False), ("bad\0name", False)])   # a NUL byte: no path
+def test_inside_resolves_dots_and_links_before_judging(tree, path, expected):
+    assert files.inside(tree / "data")(path) is expected
+
+
+def test_inside_takes_absolute_paths_and_a_linked_folder_as_what_they_lead_to(tree):
+    data = tree / "data"
+    assert files.inside(data)(data / "sub" / "r.dat") and not files.inside(data)(tree / "data2")
+    assert files.inside(tree / "data_link")(data / "sub" / "r.dat")   # the folder a link
+    assert files.inside(tree / "data_link")("sub/r.dat")
+    assert not files.inside(tree / "data_link")(tree / "data2" / "r.dat")
+    assert files.inside("/")("/etc") and not files.inside("/")("/")

@@ -34,6 +34,7 @@ import re
 from crema_jax.data.index.dataset_index import DatasetIndex, RecordInfo, hash_split
 from crema_jax.data.reading import safe_files
 from crema_jax.data.reading.read import BadRecord
+from crema_jax.runtime import files
 
 REPORT_COLUMNS = tuple(f"report_{k}" for k in range(18))
 # label -> (include, exclude). Names follow CODE-15%'s six where they overlap (code15.py).
@@ -149,7 +150,7 @@ def mimic_iv_ecg(root, *, label_map: str = "", drop_unlabelled: bool = False,
     keywords = label_map_rules(label_map)
     labeller = ReportLabeller(keywords) if keywords else None
     reports = _reports(root / "machine_measurements.csv")
-    real_root = os.path.realpath(root)
+    inside_root = files.inside(root)
     records, seen = [], {}
     with safe_files.open_text(record_list, newline="") as f:
         reader = csv.DictReader(f, strict=True)
@@ -161,8 +162,7 @@ def mimic_iv_ecg(root, *, label_map: str = "", drop_unlabelled: bool = False,
         for line, row in enumerate(reader, start=2):
             subject, study, relative = ((row[k] or "").strip()
                                         for k in ("subject_id", "study_id", "path"))
-            path = os.path.realpath(root / relative)
-            if not relative or os.path.isabs(relative) or not path.startswith(real_root + os.sep):
+            if not relative or not inside_root(relative):
                 raise ValueError(f"{record_list}:{line}: path {relative!r} is not a record path "
                                  f"inside {root}")
             path = str(root / relative)

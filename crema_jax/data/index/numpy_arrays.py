@@ -29,7 +29,6 @@ read, and counted.
 from __future__ import annotations
 
 import csv
-import os
 import pathlib
 
 from crema_jax.data.index.dataset_index import (DatasetIndex, RecordInfo, parse_labels,
@@ -38,6 +37,7 @@ from crema_jax.data.reading import arrays
 from crema_jax.data.reading import leads as leads_lib
 from crema_jax.data.reading import safe_files
 from crema_jax.data.reading.ecg import UNIT_TO_MV, RecordError
+from crema_jax.runtime import files
 
 ORDERS = {"leads_samples": 1, "samples_leads": 0}   # -> arrays.ArrayFormat.time_axis
 
@@ -109,17 +109,18 @@ def _array_records(file: pathlib.Path, fmt, table, csv_path):
 def _folder_records(folder: pathlib.Path, table, csv_path):
     """(file, record_id, cells, where) of each per-record .npy file."""
     if table is None:
-        files = sorted(pathlib.Path(f) for f in safe_files.walk(folder, (".npy",)))
-        return [(f, f.stem, {}, str(f)) for f in files]
-    out = []
+        found = sorted(pathlib.Path(f) for f in safe_files.walk(folder, (".npy",)))
+        return [(f, f.stem, {}, str(f)) for f in found]
+    out, inside_folder = [], files.inside(folder)
     for line, cells in table:
         name = cells.get("file") or cells.get("record_id")
         if not name:
             raise ValueError(f"{csv_path}:{line}: expected a `file` (or `record_id`) naming a "
                              f".npy file below {folder}")
-        if os.path.isabs(name) or ".." in pathlib.PurePath(name).parts:
+        relative = name if name.endswith(".npy") else name + ".npy"
+        if not inside_folder(relative):
             raise ValueError(f"{csv_path}:{line}: file {name!r} is not a path inside {folder}")
-        file = folder / (name if name.endswith(".npy") else name + ".npy")
+        file = folder / relative
         out.append((file, cells.get("record_id") or file.stem, cells, f"{csv_path}:{line}"))
     return out
 

@@ -11,6 +11,7 @@ import pathlib
 
 from crema_jax.data.index.dataset_index import DatasetIndex, RecordInfo, number, vocabulary
 from crema_jax.data.reading import safe_files
+from crema_jax.runtime import files
 
 PTBXL_LABEL_SETS = ("superclass", "subclass", "diagnostic", "form", "rhythm", "all")
 
@@ -60,14 +61,14 @@ def _ptbxl_labels(scp_codes: dict, statements: dict, label_set: str) -> tuple[st
     return tuple(sorted(labels))
 
 
-def _row_problem(scp_codes, fold: float, filename: str) -> str | None:
-    """What is wrong with a ptbxl_database.csv row's fields (None: nothing)."""
+def _row_problem(scp_codes, fold: float, filename: str, inside_root) -> str | None:
+    """What is wrong with a ptbxl_database.csv row's fields (None: nothing); `inside_root` tests
+    that the record's path lies inside the folder (files.inside)."""
     if not isinstance(scp_codes, dict) or not all(isinstance(k, str) for k in scp_codes):
         return f"scp_codes is a {type(scp_codes).__name__}, not a dict of statement codes"
     if fold not in range(1, 11):   # NaN and inf too
         return f"strat_fold {fold:g}"
-    parts = pathlib.PurePosixPath(filename.replace("\\", "/")).parts
-    if not filename.strip() or os.path.isabs(filename) or ".." in parts or "/" == filename[:1]:
+    if not filename.strip() or not inside_root(filename):
         return f"{filename!r}"
     return None
 
@@ -95,14 +96,14 @@ def ptbxl(root, *, label_set: str = "superclass", sampling_rate: int = 500,
             raise FileNotFoundError(f"ptbxl layout: expected {path} (PTB-XL's folder layout)")
     statements = _read_scp_statements(scp)
     column = "filename_hr" if sampling_rate == 500 else "filename_lr"
-    records = []
+    records, inside_root = [], files.inside(root)
     with safe_files.open_text(database, newline="") as f:
         for line, row in enumerate(csv.DictReader(f, strict=True), start=2):
             try:  # literal_eval: Python literals only, never code
                 scp_codes = ast.literal_eval(row["scp_codes"] or "")
                 fold = float(row["strat_fold"] or "")
                 filename = row[column] or ""
-                problem = _row_problem(scp_codes, fold, filename)
+                problem = _row_problem(scp_codes, fold, filename, inside_root)
             except (KeyError, ValueError, TypeError, SyntaxError, MemoryError,
                     RecursionError) as err:
                 problem = repr(err)

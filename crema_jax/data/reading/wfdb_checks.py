@@ -235,7 +235,7 @@ def _mat_problem(head: bytes, channels: list, sig_len: int | None) -> str | None
 
 def check_signal_files(base: pathlib.Path, header: wfdb_header.Header) -> None:
     """Every signal file the header names exists beside it (never a path out of its folder)."""
-    folder = base.parent.resolve()
+    inside_folder = files.inside(base.parent)
     for file_name in signal_files(header):
         if file_name == "~":
             continue
@@ -245,10 +245,10 @@ def check_signal_files(base: pathlib.Path, header: wfdb_header.Header) -> None:
             raise RecordError(base, "missing_signal_file", f"{base}.hea names signal file "
                               f"{base.parent / file_name}, which does not resolve to a file "
                               f"({err})") from None
-        if folder not in target.parents:
+        if not inside_folder(file_name):
             raise RecordError(base, "unsafe_signal_path", f"{base}.hea names signal file "
-                              f"{file_name!r}, outside the record's folder {folder}; "
-                              "only files beside the header are read")
+                              f"{file_name!r}, outside the record's folder "
+                              f"{base.parent.resolve()}; only files beside the header are read")
         kind = files.special_kind(target, follow_links=True)
         if kind is not None:
             raise RecordError(base, "not_a_regular_file", f"{base}.hea names signal file "

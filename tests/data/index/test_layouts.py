@@ -238,3 +238,37 @@ def test_infer_source_and_unknown_layout():
     assert dataset_index.infer_source("rec12", "mysite") == "mysite"
     with pytest.raises(ValueError, match="wfdb_folder"):
         registry.build_index("hdf5", "/tmp")
+
+
+
+def _layout_naming(root, layout: str, name: str):
+    """The index of a one-record `layout` folder at root whose table names the record `name`."""
+    if layout == "ptbxl":
+        (root / "scp_statements.csv").write_text(",diagnostic_class\nNORM,NORM\n")
+        (root / "ptbxl_database.csv").write_text(
+            f"ecg_id,scp_codes,strat_fold,filename_lr,filename_hr\n1,{{}},1,x,{name}\n")
+        return ptbxl.ptbxl(root, label_set="all", drop_unlabelled=False)
+    if layout == "mimic_iv_ecg":
+        (root / "record_list.csv").write_text(f"subject_id,study_id,path\n1,2,{name}\n")
+        return registry.build_index("mimic_iv_ecg", root)
+    (root / "labels.csv").write_text(f"file\n{name}\n")
+    return registry.build_index("numpy", root, fs=250, leads="I", units="mV")
+
+
+@pytest.mark.parametrize("layout, said", [
+    ("ptbxl", "filename_hr (a path inside the folder): '{}'"),
+    ("mimic_iv_ecg", "path '{}' is not a record path inside"),
+    ("numpy", "file '{}' is not a path inside")])
+def test_a_record_named_outside_the_folder_is_refused_by_every_layout(tmp_path, layout, said):
+    """data2 is a sibling whose name starts with the folder's (data), data/out a link to it."""
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (tmp_path / "data2").mkdir()
+    os.symlink(tmp_path / "data2", data / "out")
+    for name in ("../data2/r", "out/r", "/etc/r", "sub/../../data2/r"):
+        with pytest.raises(ValueError, match=":2: ") as raised:
+            _layout_naming(data, layout, name)
+        assert said.format(name) in str(raised.value)
+    index = _layout_naming(data, layout, "sub/r")
+    assert [r.path for r in index.records] in ([str(data / "sub" / "r")],
+                                               [str(data / "sub" / "r.npy")])
