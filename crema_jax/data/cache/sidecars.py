@@ -4,11 +4,11 @@ or the merge reads it; the merge of the sidecars into index.json and summary.jso
 streamed one shard at a time); the skip table. Used by prepare.py and beam_pipeline.py."""
 from __future__ import annotations
 
-import collections
 import hashlib
 import json
 
 from crema_jax.data.cache import record_format
+from crema_jax.data.pipeline import skips
 from crema_jax.data.reading import safe_files
 from crema_jax.runtime import files, storage
 
@@ -84,12 +84,9 @@ def read_summary(out: str) -> dict:
 
 
 def skip_table(sidecars) -> dict:
-    skipped = collections.defaultdict(list)
-    for sidecar in sidecars:
-        for skip in sidecar["skipped"]:
-            skipped[skip["reason"]].append(skip["path"])
-    return {reason: {"count": len(paths), "paths": sorted(paths)}
-            for reason, paths in sorted(skipped.items())}
+    """The skip table (skips.skip_table) of the records these shards skipped."""
+    return skips.skip_table((skip["reason"], skip["path"]) for sidecar in sidecars
+                            for skip in sidecar["skipped"])
 
 
 def print_table(skipped: dict, title: str = "") -> None:

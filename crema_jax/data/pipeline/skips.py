@@ -18,8 +18,19 @@ import collections
 import json
 import os
 import threading
+from typing import Iterable
 
 from absl import logging
+
+
+def skip_table(events: Iterable[tuple[str, str]]) -> dict:
+    """The skip table of (reason, path) events: {reason: {"count": events, "paths": sorted}},
+    reasons in sorted order (SkipStats.summary, and prepare's summary.json and printed table)."""
+    paths = collections.defaultdict(list)
+    for reason, path in events:
+        paths[reason].append(path)
+    return {reason: {"count": len(paths[reason]), "paths": sorted(paths[reason])}
+            for reason in sorted(paths)}
 
 
 class SkipStats:
@@ -57,8 +68,8 @@ class SkipStats:
         return sum(self.counts.values())
 
     def summary(self) -> dict:
-        return {reason: {"count": self.counts[reason], "paths": sorted(self.paths[reason])}
-                for reason in sorted(self.counts)}
+        return skip_table((reason, path) for reason, paths in self.paths.items()
+                          for path in paths)
 
     @classmethod
     def from_log_dir(cls, log_dir: str) -> "SkipStats":
