@@ -11,14 +11,7 @@ import jax
 import numpy as np
 from etils import epath
 
-
-def format_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+from crema_jax.runtime import durations
 
 
 def progress_line(step: int, total_steps: int, metrics: dict, eta_seconds: float) -> str:
@@ -30,7 +23,7 @@ def progress_line(step: int, total_steps: int, metrics: dict, eta_seconds: float
             f"{metrics.get('perf/step_time_seconds', float('nan')) * 1e3:.0f}ms/step "
             f"{metrics.get('perf/ecgs_per_sec', float('nan')):.1f}ecg/s "
             f"mfu={metrics.get('perf/mfu', float('nan')):.2%} "
-            f"eta={format_duration(eta_seconds)}").replace("  ", " ")
+            f"eta={durations.format_duration(eta_seconds)}").replace("  ", " ")
 
 
 class MetricWriter:

@@ -46,7 +46,7 @@ from crema_jax.data.index import duplicates, registry
 from crema_jax.data.index.dataset_index import DatasetIndex
 from crema_jax.data.reading import read as read_lib
 from crema_jax.data.signal.preprocess import stage_config
-from crema_jax.runtime import files, processes, storage, workdir
+from crema_jax.runtime import durations, files, processes, storage, workdir
 
 
 def _records_sha1(index) -> str:
@@ -120,8 +120,8 @@ class _Progress:
         eta = ""
         if self.seen and elapsed > 0:
             rate = self.seen / elapsed
-            left = int(max(self.todo - self.seen, 0) / rate)
-            eta = f", {rate:.0f} ECG/s, ETA {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
+            left = max(self.todo - self.seen, 0) / rate
+            eta = f", {rate:.0f} ECG/s, ETA {durations.format_duration(left)}"
         sys.stderr.write(f"\rprepare{self.label}: {self.shards}/{self.total} shards, "
                          f"{self.records} records, {self.skipped} skipped{eta}")
         sys.stderr.flush()

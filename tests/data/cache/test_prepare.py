@@ -150,3 +150,16 @@ def test_a_cache_finds_its_duplicates_without_its_source_files(tmp_path, cinc_sa
     assert data.counts["duplicates_merged"] == 1 and len(data.infos) == 4
     assert data.counts["duplicate_groups"] == [["COPY", "E07500"]] or \
         data.counts["duplicate_groups"] == [["E07500", "COPY"]]
+
+
+def test_the_status_line_gives_the_eta_as_training_does(monkeypatch, capsys):
+    """1,000 of 10,000 records in 100 s: 10 ECG/s, 9,000 left, 900 s."""
+    from crema_jax.data.cache import prepare
+
+    clock = iter([0.0, 0.0, 100.0])   # start; the first line (nothing seen); after a shard
+    monkeypatch.setattr(prepare.time, "monotonic", lambda: next(clock))
+    progress = prepare._Progress(" (host 0)", 4, [], 10_000)
+    progress.add({"num_records": 990, "skipped": [{"reason": "x", "path": "p"}] * 10})
+    line = capsys.readouterr().err.rsplit("\r", 1)[-1]
+    assert line == ("prepare (host 0): 1/4 shards, 990 records, 10 skipped, 10 ECG/s, "
+                    "ETA 15m00s")
