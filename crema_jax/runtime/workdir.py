@@ -222,33 +222,31 @@ class WorkdirLock:
         self._refreshed = 0.0
 
     def acquire(self) -> str | None:
-        """Takes the lock or raises WorkdirLockedError; returns a note when a stale lock was
-        taken over."""
+        """Takes the lock or raises WorkdirLockedError; returns a note when a stale or
+        unreadable lock was taken over."""
         if not self.remote:  # object stores have no folders to make
             files.make_folder(self.folder, self.folder)
         note = None
         if not self._create():
             holder = self._read_holder()
+            mtime = storage.modified(self.path)  # the lock as judged: its holder and its age
             if holder is None:
-                return self._take_over_damaged()
-            if not self._stale(holder):
+                note = self._judge_damaged(mtime)
+            elif not self._stale(holder, mtime):
                 raise WorkdirLockedError(
                     f"{self.folder} is in use: a run by pid {holder.get('pid', '?')} on "
                     f"{holder.get('host', '?')} since {holder.get('started', '?')} holds "
                     f"{self.path}; wait for it to finish, or delete that file if the run is gone")
-            note = (f"took over the stale lock of pid {holder.get('pid', '?')} on "
-                    f"{holder.get('host', '?')} (that run is gone)")
-            if self._holder() != holder:  # another run took it over (or renewed it) meanwhile
-                raise WorkdirLockedError(f"{self.folder}: another run took the lock first")
-            storage.remove(self.path)
-            if not self._create():
-                raise WorkdirLockedError(f"{self.folder}: another run took the lock first")
+            else:
+                note = (f"took over the stale lock of pid {holder.get('pid', '?')} on "
+                        f"{holder.get('host', '?')} (that run is gone)")
+            self._take_over(holder, mtime)
         self.held = True
         return note
 
-    def _take_over_damaged(self) -> str:
-        """Takes over an unreadable lock (see the class docstring) or refuses the run."""
-        mtime = storage.modified(self.path)
+    def _judge_damaged(self, mtime: float | None) -> str:
+        """The note of taking over an unreadable lock (see the class docstring) modified at
+        `mtime`, or WorkdirLockedError when it may belong to a run that is starting."""
         grace = self.DAMAGED_GRACE_SECONDS
         if mtime is not None and time.time() - mtime <= grace:
             raise WorkdirLockedError(
@@ -259,17 +257,24 @@ class WorkdirLock:
             raise WorkdirLockedError(
                 f"{self.path}: an unreadable lock (empty or damaged) that names no run; remove "
                 "it if no run uses this folder")
-        # Still the same unreadable file? Another run may have taken it over meanwhile: its
-        # valid lock must not be removed (two runs had then both held the workdir).
-        if self._read_holder() is not None or storage.modified(self.path) != mtime:
-            raise WorkdirLockedError(f"{self.folder}: another run took the lock first")
-        if storage.exists(self.path):
-            storage.remove(self.path)
-        if not self._create():
-            raise WorkdirLockedError(f"{self.folder}: another run took the lock first")
-        self.held = True
         return (f"took over the unreadable lock {self.path} (empty or damaged: left by a crash "
                 "or a full disk)")
+
+    def _still_the_same(self, holder: dict | None, mtime: float | None) -> bool:
+        """Whether the lock is still the one judged stale or damaged: the same holder (None:
+        unreadable) and the same modification time. Another run may have taken it over
+        meanwhile, or its holder renewed it: that lock must not be removed (two runs had then
+        both held the workdir)."""
+        return self._read_holder() == holder and storage.modified(self.path) == mtime
+
+    def _take_over(self, holder: dict | None, mtime: float | None) -> None:
+        """Replaces the lock judged stale or damaged with this run's, if it is still that lock
+        and no other run creates one first; else WorkdirLockedError."""
+        if not self._still_the_same(holder, mtime):
+            raise WorkdirLockedError(f"{self.folder}: another run took the lock first")
+        storage.remove(self.path)
+        if not self._create():
+            raise WorkdirLockedError(f"{self.folder}: another run took the lock first")
 
     def _create(self) -> bool:
         text = json.dumps(self.info)
@@ -302,7 +307,8 @@ class WorkdirLock:
             return None
         return holder if isinstance(holder, dict) and "pid" in holder else None
 
-    def _stale(self, holder: dict) -> bool:
+    def _stale(self, holder: dict, mtime: float | None) -> bool:
+        """Whether the lock of `holder`, modified at `mtime`, is stale (the class docstring)."""
         if holder.get("host") == self.info["host"] and isinstance(holder.get("pid"), int):
             try:
                 os.kill(holder["pid"], 0)
@@ -311,7 +317,6 @@ class WorkdirLock:
             except PermissionError:
                 return False
             return False
-        mtime = storage.modified(self.path)
         if mtime is None:  # gone since it was read (stale), or a store that cannot tell (not)
             return not storage.exists(self.path)
         return time.time() - mtime > self.stale_seconds
