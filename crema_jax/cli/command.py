@@ -91,7 +91,7 @@ class Command:
                   upper_bound=upper_bound)
 
     def float(self, name, default, help_text, *, valid=None):
-        """A float flag; with `valid` (an evaluate/ranges.Range: `.ok(value)`, `.text`) a value
+        """A float flag; with `valid` (a runtime/ranges.Range: `.ok(value)`, `.text`) a value
         it refuses (NaN included) is a usage error naming the flag."""
         self._add("float", name, default, help_text, valid=valid)
 

@@ -138,9 +138,8 @@ def _numbers(items, flag: str, valid: ranges.Range, which: str = "") -> list[flo
     except ValueError:
         values = [float("nan")]
     if not all(valid.ok(v) for v in values):
-        each = valid.text.removeprefix("expected ")
         raise command.FlagValueError(f"--{flag}={','.join(items)}: expected numbers, {which}"
-                                     f"each {each}")
+                                     f"each {valid.expected}")
     return values
 
 

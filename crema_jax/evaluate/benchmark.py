@@ -76,7 +76,7 @@ def recipe(suite: dict, protocol: str) -> dict:
         grid = list(out["l2_grid"] or [])
         if not grid or not all(ranges.L2.ok(v) for v in grid):
             raise ValueError(f"{where}.l2_grid={out['l2_grid']!r}: expected strengths, each "
-                             f"{ranges.L2.text[len('expected '):]}")
+                             f"{ranges.L2.expected}")
         out["l2_grid"] = tuple(float(v) for v in grid)
     # Checked here, before any model loads (a bad optimizer had surfaced after the feature
     # extraction as a flag the benchmark has not got; an augment string letter by letter).

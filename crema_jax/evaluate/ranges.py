@@ -1,63 +1,15 @@
 """The allowed values of the evaluation settings (and of the sampling-rate flags), written
 once: the commands' flags (cli/) and the benchmark's task file (benchmark_tasks.load_suite)
-check the same ranges. Pure Python, so that `--help` imports nothing heavy."""
+check the same ranges, each a runtime/ranges.py Range. Pure Python, so that `--help` imports
+nothing heavy."""
 from __future__ import annotations
 
-import dataclasses
-import math
-
 from crema_jax.data.reading.limits import FS_RANGE
+# The generic ranges (and Range itself) are runtime/ranges.py's, shared with the config's checks.
+from crema_jax.runtime.ranges import COUNT, FRACTION, INDEX, NON_NEGATIVE, POSITIVE, Range
 
 MIN_FOLDS = 3  # K-fold cross-validation: a test fold, a validation fold and a training fold
 
-
-@dataclasses.dataclass(frozen=True)
-class Range:
-    """A finite number (an integer with `integer`) from `low` to `high` (None: unbounded),
-    ends included unless open; None passes (a setting left to the data path's recipe)."""
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    integer: bool = False
-
-    def ok(self, value) -> bool:
-        if value is None:
-            return True
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return False
-        if self.integer and not isinstance(value, int):  # 20.0 bootstrap resamples had been a
-            return False                                   # TypeError after the checks
-        if not math.isfinite(value):
-            return False
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        return self.high is None or (value < self.high if self.high_open else value <= self.high)
-
-    @property
-    def text(self) -> str:
-        kind = "an integer" if self.integer else "a finite number"
-        low, high = _shown(self.low), _shown(self.high)
-        if self.high is None:
-            return f"expected {kind} {'>' if self.low_open else '>='} {low}"
-        if self.low is None:
-            return f"expected {kind} {'<' if self.high_open else '<='} {high}"
-        return (f"expected {kind} in {'(' if self.low_open else '['}{low}, "
-                f"{high}{')' if self.high_open else ']'}")
-
-
-def _shown(bound) -> str:
-    """A bound as written: integers in full (4294967295, not 4.29497e+09)."""
-    if bound is None:
-        return ""
-    return str(int(bound)) if float(bound).is_integer() and abs(bound) < 1e16 else f"{bound:g}"
-
-
-POSITIVE = Range(0, low_open=True)
-NON_NEGATIVE = Range(0)
-FRACTION = Range(0, 1, high_open=True)      # drop-path, label smoothing: 1 would drop all
-COUNT = Range(1, integer=True)
-INDEX = Range(0, integer=True)
 SAMPLING_RATE = Range(*FS_RANGE)   # Hz: the rates the readers accept from a file
 
 FINETUNE = {"epochs": COUNT, "base_lr": POSITIVE, "weight_decay": NON_NEGATIVE,
