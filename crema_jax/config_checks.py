@@ -8,6 +8,8 @@ import numbers
 
 import ml_collections
 
+from crema_jax.runtime.ranges import COUNT, INDEX, Range
+
 
 class ConfigValueError(ValueError):
     """A config field outside its domain; `.config_field` names it ("train.global_batch_size"),
@@ -29,6 +31,12 @@ def _check(ok: bool, field: str, value, expected: str, *, related=()) -> None:
                                related=related)
 
 
+def _check_in(field: str, value, valid: Range) -> None:
+    """`value` within `valid`, its refusal saying `valid.expected` (None is refused here: a Range
+    lets it pass, as a setting left to a recipe)."""
+    _check(value is not None and valid.ok(value), field, value, valid.expected)
+
+
 def _one_of(config, field: str, allowed) -> None:
     section, name = field.split(".", 1)
     value = config[section]
@@ -48,52 +56,50 @@ def profile_range(spec: str) -> tuple[int, int]:
     return first, last
 
 
-# Every numeric field's domain: (field, test, what is expected). Fields absent from a config (a
-# model family without them) are not checked; every number anywhere must also be finite.
-_POSITIVE_INT = (lambda v: isinstance(v, int) and v >= 1, "an integer >= 1")
-_NON_NEGATIVE_INT = (lambda v: isinstance(v, int) and v >= 0, "an integer >= 0")
-_NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
-_POSITIVE = (lambda v: v > 0, "> 0")
+# Every numeric field's domain, a Range (runtime/ranges.py) whose `expected` the refusal says.
+# Fields absent from a config (a model family without them) are not checked; every number
+# anywhere must also be finite, checked first, so that these name no "finite number".
+_NON_NEGATIVE = Range(0, what="")
+_POSITIVE = Range(0, low_open=True, what="")
 _DOMAINS = {
-    **{f: _POSITIVE_INT for f in (
+    **{f: COUNT for f in (
         "checkpoint.every_steps", "checkpoint.max_to_keep", "train.num_steps",
         "train.log_every_steps", "train.global_batch_size", "optim.grad_accum_steps",
         "evals.every_steps", "data.eval_num_crops", "data.per_worker_buffer_size",
         "data.prefetch_buffer_size", "evals.fewshot_probe.batch_size",
         "evals.fewshot_probe.min_positives", "evals.reconstruction.correlation_records")},
-    **{f: _NON_NEGATIVE_INT for f in (
+    **{f: INDEX for f in (
         "optim.warmup_steps", "train.seed", "train.stop_after_steps", "train.num_processes",
         "data.seed", "data.synthetic_records", "data.num_workers", "data.read_threads",
         "evals.fewshot_probe.seed", "evals.reconstruction.seed")},
     **{f: _NON_NEGATIVE for f in (
         "optim.base_lr", "optim.weight_decay", "optim.min_lr", "loss.contrastive_weight",
         "data.window_seconds")},
-    "optim.grad_clip_norm": (lambda v: v >= 0, ">= 0 (0 = no clipping)"),
+    "optim.grad_clip_norm": Range(0, what="", note="0 = no clipping"),
     "optim.eps": _POSITIVE, "loss.temperature": _POSITIVE,
     "checkpoint.lock_stale_seconds": _POSITIVE,
-    "optim.betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v),
-                    "two decay rates in [0, 1)"),
-    "evals.fewshot_probe.l2_grid": (lambda v: len(v) >= 1 and all(x > 0 for x in v),
-                                    "one or more penalties > 0"),
-    "evals.fewshot_probe.label_fraction": (lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
-    "evals.reconstruction.num_records": (lambda v: isinstance(v, int) and v >= 2,
-                                         "an integer >= 2"),
-    "train.process_id": (lambda v: isinstance(v, int) and v >= -1, "-1 (auto) or an id >= 0"),
-    **{f: (lambda v: isinstance(v, int) and (v == -1 or v >= 1),
-           "-1 (every device the other axes leave) or an integer >= 1")
+    "optim.betas": Range(0, 1, high_open=True, what="two decay rates"),
+    "evals.fewshot_probe.l2_grid": Range(0, low_open=True, what="one or more penalties"),
+    "evals.fewshot_probe.label_fraction": Range(0, 1, low_open=True, what="a fraction"),
+    "evals.reconstruction.num_records": Range(2, integer=True),
+    "train.process_id": Range(0, integer=True, what="an id", special=(-1, "auto")),
+    **{f: Range(1, integer=True, special=(-1, "every device the other axes leave"))
        for f in ("mesh.data", "mesh.fsdp", "mesh.tensor")},
-    "model.drop_path": (lambda v: 0 <= v < 1, "a rate in [0, 1)"),
+    "model.drop_path": Range(0, 1, high_open=True, what="a rate"),
     # The model's own numbers (also what a weight file's saved config can get wrong): SiT's
     # size overrides (0 = the size's own), and every count of either family.
-    **{f"model.{f}": _NON_NEGATIVE_INT for f in (
+    **{f"model.{f}": INDEX for f in (
         "width", "depth", "num_heads", "head_dim", "proj_hidden_dim", "proj_depth",
         "num_classes")},
-    **{f"model.{f}": _POSITIVE_INT for f in (
+    **{f"model.{f}": COUNT for f in (
         "patch_size", "num_patches", "num_lead_embeddings", "decoder_width", "decoder_depth",
         "decoder_num_heads", "decoder_head_dim", "proj_dim", "in_channels", "kernel", "stride",
         "group_width", "sample_rate", "num_samples")},
     **{f"model.{f}": _POSITIVE for f in ("mlp_ratio", "decoder_mlp_ratio")},
 }
+# The fields of _DOMAINS that hold a tuple, each of its numbers in the range: how many (None:
+# one or more).
+_TUPLE_LENGTHS = {"optim.betas": 2, "evals.fewshot_probe.l2_grid": None}
 
 
 def _numbers(node, prefix: str = ""):
@@ -115,7 +121,7 @@ def _numbers(node, prefix: str = ""):
 def _check_domains(c, *, model: bool) -> None:
     """Every field of _DOMAINS that `c` has, of the model section or of the others, in its
     domain."""
-    for field, (test, expected) in _DOMAINS.items():
+    for field, valid in _DOMAINS.items():
         if field.startswith("model.") != model:
             continue
         section, *keys = field.split(".")
@@ -126,23 +132,25 @@ def _check_domains(c, *, model: bool) -> None:
                 break
         if value is None:
             continue
-        try:
-            ok = bool(test(value))
-        except TypeError:
-            ok = False
-        _check(ok, field, value, expected)
+        if field not in _TUPLE_LENGTHS:
+            _check_in(field, value, valid)
+            continue
+        length = _TUPLE_LENGTHS[field]
+        _check(isinstance(value, (tuple, list)) and None not in value
+               and (len(value) == length if length is not None else len(value) >= 1)
+               and all(valid.ok(v) for v in value), field, value, valid.expected)
 
 
 def validate_model(config) -> None:
     """The model section's fields in their domains, and a SiT's widths even (its sin-cos position
     tables pair a sine with a cosine): ConfigValueError naming the field. What `validate` checks
     of the model, and all that a weight file's own model config is checked against."""
-    _check_domains(config, model=True)
     model = config.model
     # Numbers finite and choices known here too, not only in `validate`: a weight file's model
     # config ("logit_scale_init": Infinity, "dtype": "float8") had been imported as it was.
     for field, value, values in _numbers(model, "model."):
         _check(all(math.isfinite(v) for v in values), field, value, "a finite number")
+    _check_domains(config, model=True)
     from crema_jax.models import families
     if families.current_name(str(model.get("name", ""))) in families.MODEL_NAMES:
         for field, allowed in families.family_of(
@@ -172,21 +180,23 @@ def _check_numbers(c) -> None:
                names, f"names among {sorted(AUGMENTS)}, each with its data.augment.NAME "
                "section (it was found only once data loading began, after the compile)")
         for field, value, values in _numbers(c.data.augment, "data.augment."):
-            if field.endswith("prob"):
-                _check(all(0 <= v <= 1 for v in values), field, value, "a probability in [0, 1]")
-            else:
-                _check(all(v >= 0 for v in values), field, value, ">= 0")
+            valid = _PROBABILITY if field.endswith("prob") else _NON_NEGATIVE
+            _check(all(valid.ok(v) for v in values), field, value, valid.expected)
         _check_augment_ranges(c.data.augment)
 
 
+_PROBABILITY = Range(0, 1, what="a probability")
 # Upper limits of the augmentations' numbers, where a larger one allocates or draws without
-# bound (1e5 wander components: a (12, 1e5, T) array a view; a 1e30 s shift overflowed int64).
-_AUGMENT_LIMITS = {"baseline_wander.num_components": 64, "time_shift.max_shift_s": 60.0}
+# bound (1e5 wander components: a (12, 1e5, T) array a view; a 1e30 s shift overflowed int64),
+# and the wander's lowest frequency (its components are drawn from [0.05 Hz, max_freq_hz]).
+_AUGMENT_RANGES = {"baseline_wander.max_freq_hz": Range(0.05, what="", unit="Hz"),
+                   "baseline_wander.num_components": Range(high=64, what=""),
+                   "time_shift.max_shift_s": Range(high=60.0, what="")}
 
 
 def _check_augment_ranges(augment) -> None:
     """Each augmentation's numbers agreeing with each other (they had failed after the compile
-    with numpy's "high - low < 0", naming no field)."""
+    with numpy's "high - low < 0", naming no field) and within _AUGMENT_RANGES."""
     def get(path):
         section, key = path.split(".")
         return augment[section][key] if section in augment and key in augment[section] else None
@@ -195,13 +205,9 @@ def _check_augment_ranges(augment) -> None:
     if low is not None and high is not None:
         _check(low <= high, "data.augment.amplitude_scale.low", low,
                f"<= data.augment.amplitude_scale.high={high}")
-    wander = get("baseline_wander.max_freq_hz")
-    if wander is not None:  # its components are drawn from [0.05 Hz, max_freq_hz]
-        _check(wander >= 0.05, "data.augment.baseline_wander.max_freq_hz", wander, ">= 0.05 Hz")
-    for path, limit in _AUGMENT_LIMITS.items():
-        value = get(path)
-        if value is not None:
-            _check(value <= limit, f"data.augment.{path}", value, f"<= {limit}")
+    for path, valid in _AUGMENT_RANGES.items():
+        if get(path) is not None:
+            _check_in(f"data.augment.{path}", get(path), valid)
 
 
 def validate_data(config) -> None:
@@ -219,8 +225,7 @@ def validate_data(config) -> None:
     _one_of(c, "data.flat_leads", ("absent", "keep"))
     _one_of(c, "data.eval_crop_average", ("embedding", "probability"))
     from crema_jax.data.reading.limits import FS_RANGE  # the rates a record file may have
-    _check(FS_RANGE[0] <= c.data.target_fs <= FS_RANGE[1], "data.target_fs", c.data.target_fs,
-           f"a rate in Hz in [{FS_RANGE[0]:g}, {FS_RANGE[1]:g}]")
+    _check_in("data.target_fs", c.data.target_fs, Range(*FS_RANGE, what="a rate in Hz"))
     from crema_jax.data.pipeline import crops
     crops.lead_rows(tuple(c.data.leads))  # names known, each once
     if c.data.preprocess is not None:
@@ -239,6 +244,10 @@ def validate_data(config) -> None:
                f"preprocessing that runs on a 10-s ECG at {fs:g} Hz (it {problem})")
 
 
+_MASK_RATIO = Range(0, 1, low_open=True, high_open=True, what="a fraction",
+                    note="0 hides nothing to reconstruct, 1 leaves the encoder nothing to see")
+
+
 def validate(config) -> None:
     """Impossible values refused before anything is built or compiled: a ValueError naming the
     field, its value and what is allowed."""
@@ -254,9 +263,7 @@ def validate(config) -> None:
     _check(int(c.data.synthetic_records) == 0 or not dataset, "data.synthetic_records",
            c.data.synthetic_records, f"0 when a dataset is named ({', '.join(dataset)}, which "
            "synthetic records would leave unused): set data.synthetic_records=0 to train on it")
-    _check(0.0 < float(c.data.mask.ratio) < 1.0, "data.mask.ratio", c.data.mask.ratio,
-           "a fraction strictly between 0 and 1 (0 hides nothing to reconstruct, 1 leaves the "
-           "encoder nothing to see)")
+    _check_in("data.mask.ratio", c.data.mask.ratio, _MASK_RATIO)
     _one_of(c, "data.mask.name", masking.MASKS)
     _one_of(c, "data.num_views", (1, 2))
     from crema_jax.data import presets

@@ -1,0 +1,47 @@
+"""config_checks: the config's numeric fields checked by runtime/ranges.py's Range (the values it
+refuses beyond the bounds, and the words of each refusal)."""
+import pathlib
+
+import pytest
+
+from crema_jax import config as config_lib
+from crema_jax import config_checks
+
+TINY = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "crema_tiny.py")
+
+
+def _refusal(field: str, value) -> str | None:
+    config = config_lib.load_config_file(TINY)
+    *sections, name = field.split(".")
+    node = config
+    for section in sections:
+        node = node[section]
+    node[name] = value
+    try:
+        config_checks.validate(config)
+    except config_checks.ConfigValueError as err:
+        assert err.config_field == field
+        return str(err)
+    return None
+
+
+@pytest.mark.parametrize("field,value,expected", [
+    ("train.seed", True, "an integer >= 0"),              # a bool is no count (it had passed)
+    ("train.process_id", -2, "-1 (auto) or an id >= 0"),
+    ("optim.betas", (0.9, 0.95, 0.99), "two decay rates in [0, 1)"),
+    ("evals.fewshot_probe.l2_grid", (), "one or more penalties > 0"),
+    ("data.mask.ratio", 1.0, "a fraction in (0, 1) (0 hides nothing to reconstruct, 1 leaves "
+                             "the encoder nothing to see)"),
+    ("data.target_fs", None, "a rate in Hz in [50, 10000]"),
+    ("model.drop_path", float("inf"), "a finite number"),  # said before its range, as elsewhere
+])
+def test_a_field_outside_its_range_names_field_value_and_range(field, value, expected):
+    assert _refusal(field, value) == f"config.{field}={value!r}: expected {expected}"
+
+
+@pytest.mark.parametrize("field,value", [
+    ("train.process_id", -1), ("train.process_id", 0), ("data.mask.ratio", 0.5),
+    ("evals.fewshot_probe.l2_grid", (0.1,)), ("data.target_fs", 10_000),
+])
+def test_values_at_the_edges_of_a_range_pass(field, value):
+    assert _refusal(field, value) is None
