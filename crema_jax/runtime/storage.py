@@ -151,6 +151,15 @@ def read_range(path, offset: int, length: int) -> bytes:
         return fs.cat_file(inner, start=offset, end=offset + length)
 
 
+def file_size(path) -> int:
+    """The length in bytes of a local file or URL."""
+    path = os.fspath(path)
+    if not is_remote(path):
+        return os.path.getsize(path)
+    with _reach(path) as (fs, inner):
+        return int(fs.size(inner))
+
+
 def remove(path) -> None:
     """Delete a file this program wrote (a local path or a URL); absent is fine."""
     path = os.fspath(path)

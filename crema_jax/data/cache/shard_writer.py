@@ -11,6 +11,7 @@ from typing import Mapping, Sequence
 import ml_collections
 from array_record.python.array_record_module import ArrayRecordWriter
 
+from crema_jax.data.cache import fingerprint
 from crema_jax.data.cache.record_format import WRITER_OPTIONS, encode_record, shard_name
 from crema_jax.data.index import duplicates
 from crema_jax.data.reading import read as read_lib
@@ -19,13 +20,19 @@ from crema_jax.data.signal.preprocess import preprocess_record
 from crema_jax.runtime import storage
 
 
-def write_arrayrecord_atomic(path: str, payloads: Sequence[bytes]) -> None:
+def write_arrayrecord_atomic(path: str, payloads: Sequence[bytes]) -> dict:
+    """Writes the shard file (local or URL) atomically; returns its fingerprint
+    (fingerprint.py), taken from the new file before it is renamed into place or uploaded."""
+    made = {}
+
     def write(tmp):
         writer = ArrayRecordWriter(tmp, WRITER_OPTIONS)
         for payload in payloads:
             writer.write(payload)
         writer.close()
+        made.update(fingerprint.of_file(tmp))
     storage.write_atomic(path, write)
+    return made
 
 
 # Set in a prepare worker process by Ctrl-C (its SIGINT handler, `finish_record_on_interrupt`).
@@ -47,7 +54,8 @@ def build_shard(task: Mapping) -> dict:
     `task` (JSON data): out_dir, shard, num_shards, records (RecordInfo fields as dicts:
     record_id, path, labels, split, source, reader as read.reader_to_json), target_fs,
     preprocess (dict or None), derive_limb_leads, dtype, strict, settings_digest (of the
-    cache's settings.json: kept in the sidecar, sidecars.load_sidecar). Runs in a worker
+    cache's settings.json: kept in the sidecar, sidecars.load_sidecar). The sidecar also keeps
+    the shard file's fingerprint (fingerprint.py: size, sha256, edge_sha256). Runs in a worker
     process, so it returns plain data; a bad record under `strict` comes back as
     {"strict_error": message} (exceptions with custom constructors do not survive the trip
     between processes).
@@ -78,8 +86,8 @@ def build_shard(task: Mapping) -> dict:
                      "repairs": {k: int(v) for k, v in sorted(ecg.repairs.items())}})
     if _INTERRUPTED.is_set():
         raise KeyboardInterrupt(f"shard {name} interrupted")
-    write_arrayrecord_atomic(storage.join(task["out_dir"], name + ".arrayrecord"), payloads)
-    sidecar = {"file": name + ".arrayrecord", "num_records": len(rows), "records": rows,
+    made = write_arrayrecord_atomic(storage.join(task["out_dir"], name + ".arrayrecord"), payloads)
+    sidecar = {"file": name + ".arrayrecord", "num_records": len(rows), **made, "records": rows,
                "skipped": skipped, "settings_digest": task["settings_digest"]}
     # The sidecar is renamed into place last: its presence marks the shard complete.
     storage.write_json_atomic(storage.join(task["out_dir"], name + ".json"), sidecar)
