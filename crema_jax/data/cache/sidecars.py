@@ -1,13 +1,14 @@
 """The JSON files of a cache being written (record_format.py has their names): each shard's
-sidecar (its records and skips, for the settings whose digest it names), checked when a rerun
-or the merge reads it; the merge of the sidecars into index.json and summary.json (`finish`,
+sidecar (its records and skips, for the settings whose digest it names, and its shard file's
+fingerprint), checked, with the shard file against that fingerprint, when a rerun or the merge
+reads it; the merge of the sidecars into index.json and summary.json (`finish`,
 streamed one shard at a time); the skip table. Used by prepare.py and beam_pipeline.py."""
 from __future__ import annotations
 
 import hashlib
 import json
 
-from crema_jax.data.cache import record_format
+from crema_jax.data.cache import fingerprint, record_format
 from crema_jax.data.pipeline import skips
 from crema_jax.data.reading import safe_files
 from crema_jax.runtime import files, storage
@@ -39,6 +40,9 @@ def _sidecar_problem(sidecar: dict, name: str, digest: str) -> str | None:
             isinstance(k, dict) and isinstance(k.get("reason"), str)
             and isinstance(k.get("path"), str) for k in skipped):
         return "its skipped entries are not {reason, path, message} objects"
+    fields = fingerprint.fields_problem(sidecar)
+    if fields:
+        return fields
     if sidecar.get("settings_digest", digest) != digest:  # (none: a shard of an older version)
         return ("it was built for other settings than this folder's settings.json (a shard "
                 "copied from another cache or run)")
@@ -47,15 +51,24 @@ def _sidecar_problem(sidecar: dict, name: str, digest: str) -> str | None:
 
 def load_sidecar(out: str, name: str, digest: str) -> dict | None:
     """Shard `name`'s sidecar when the shard is complete (its .json and .arrayrecord there),
-    checked to be this shard's, built for the settings whose settings_digest is `digest`."""
+    checked to be this shard's, built for the settings whose settings_digest is `digest`.
+    A shard file that is not the one its sidecar's fingerprint describes (fingerprint.py:
+    truncated, swapped, replaced since) counts as not written, said in one line: a rerun of
+    its host rebuilds it, and a merge names it among the shards still to write."""
     path = storage.join(out, name + ".json")
-    if not (storage.isfile(path) and storage.isfile(storage.join(out, name + ".arrayrecord"))):
+    shard = storage.join(out, name + ".arrayrecord")
+    if not (storage.isfile(path) and storage.isfile(shard)):
         return None
     remedy = f"delete it and {name}.arrayrecord, then rerun prepare (it rewrites that shard)"
     sidecar = read_json(path, remedy, dict)
     problem = _sidecar_problem(sidecar, name, digest)
     if problem:
         raise PrepareError(f"{path}: {problem}; {remedy}")
+    mismatch = fingerprint.problem(shard, sidecar)
+    if mismatch:
+        print(f"prepare: {shard}: {mismatch}; it counts as not written (the run of the host "
+              "that writes it rewrites it)")
+        return None
     return sidecar
 
 
@@ -118,7 +131,8 @@ def finish(out: str, label_names, settings: dict, sidecars: list[dict]) -> tuple
             yield from full["records"]
 
     head = {"settings": settings, "label_names": list(label_names),
-            "shards": [{"file": s["file"], "num_records": s["num_records"]} for s in sidecars]}
+            "shards": [{"file": s["file"], "num_records": s["num_records"],
+                        **{k: s[k] for k in fingerprint.FIELDS if k in s}} for s in sidecars]}
     written = []
     storage.write_atomic(storage.join(out, record_format.INDEX_FILE), lambda tmp: written.append(
         files.write_json_streamed(tmp, head, "records", rows())))

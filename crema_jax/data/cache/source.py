@@ -6,9 +6,14 @@ A damaged cache is named, never trained on. index.json that does not parse or la
 a shard listed but missing (or a FIFO, device, ...), a shard holding fewer records than its
 index says (a truncated file), and a record that fails its checksum (Riegeli's chunk hashes:
 a bit flip) or is not a crema_jax record raise DamagedCacheError, one line naming the file and
-what to do. With data.skip_damaged_cache_records, the records of a damaged shard and the records
-that fail to read are skipped instead, counted as `damaged_cache_record` like any bad record
-(pipeline/skips.py); a damaged index.json is never skipped: nothing says what it held.
+what to do; so does a shard that is not the file prepare wrote (its size, or the SHA-256 of
+its first and last 256 KiB, differs from the fingerprint index.json keeps: fingerprint.py), as
+when two shards were swapped or one was copied in from another cache, whose message is the
+`prepare` rerun that rewrites it (a bit flip that changes the fingerprint stays a damaged
+record, named and skipped alone). With data.skip_damaged_cache_records, the records of a
+damaged shard and the records that fail to read are skipped instead, counted as
+`damaged_cache_record` like any bad record (pipeline/skips.py); a damaged index.json is never
+skipped: nothing says what it held.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader
 
+from crema_jax.data.cache import fingerprint
 from crema_jax.data.cache.record_format import INDEX_FILE, decode_quantised
 from crema_jax.data.index.dataset_index import DatasetIndex, RecordInfo, multi_hot
 from crema_jax.data.reading import safe_files
@@ -44,6 +50,30 @@ def _rebuild_index(path: str, problem: str) -> DamagedCacheError:
     return DamagedCacheError(f"{path}: {problem}; the cache index is damaged: rerun `crema-jax "
                              f"prepare` with the same flags and --out={cache_dir} (it rebuilds "
                              "index.json from the shards' sidecars)")
+
+
+def _replaced_shard(path: str, problem: str, out: str, settings: Mapping) -> str:
+    """A shard that is not the file prepare wrote (fingerprint.py): the rerun of prepare that
+    builds it again (it checks every shard against its sidecar and rewrites those that differ)."""
+    return (f"{path}: {problem}; the cache is damaged: rerun `{prepare_command(settings, out)}` "
+            f"(it rewrites the shards that differ from what it wrote), or set {SKIP_FLAG} "
+            f"(pretrain; {EVAL_SKIP_FLAG} for probe, finetune and compare) to skip and count "
+            "its records")
+
+
+def prepare_command(settings: Mapping, out: str) -> str:
+    """The `crema-jax prepare` command line that built a cache of these settings (settings.json,
+    as index.json keeps it) into `out`: a rerun of it resumes that cache."""
+    flags = [f"--layout={settings.get('layout', 'wfdb_folder')}",
+             f"--root={settings.get('root', 'DIR')}", f"--out={out}"]
+    for key, value in sorted(dict(settings.get("layout_options") or {}).items()):
+        flags.append(f"--layout_option={key}="
+                     f"{value if isinstance(value, str) else json.dumps(value)}")
+    for flag, key in (("target_fs", "target_fs"), ("preprocess", "preprocess_preset"),
+                      ("dtype", "dtype"), ("records_per_shard", "records_per_shard")):
+        if settings.get(key) is not None:
+            flags.append(f"--{flag}={settings[key]}")
+    return " ".join(["crema-jax prepare", *flags])
 
 
 def _damaged_shard(path: str, problem: str) -> str:
@@ -114,6 +144,9 @@ def _check_index(index, path: str) -> None:
             raise _rebuild_index(path, f"shard {i} is {name!r}, expected a file name in the cache")
         if type(count) is not int or count < 0:  # noqa: E721 - bool is no count
             raise _rebuild_index(path, f"shard {i} holds {count!r} records, expected a count")
+        problem = fingerprint.fields_problem(shard)
+        if problem:
+            raise _rebuild_index(path, f"shard {i}: {problem}")
     missing = [k for k in _SETTINGS_KEYS if k not in index["settings"]]
     if missing:
         raise _rebuild_index(path, f"its settings lack {missing}")
@@ -230,35 +263,65 @@ class CacheSource:
         self.paths = [r["path"] for r in self.records]
         self.record_rows = np.arange(len(self.records), dtype=np.int64)
         self._readers: dict[int, Any] = {}
-        self.shard_damage = self._check_shards(index["shards"])
+        self.shard_damage = self._check_shards(
+            index, cache_dir if storage.is_remote(cache_dir) else self.cache_dir)
 
-    def _check_shards(self, shards: list) -> dict[int, str]:
+    def _check_shards(self, index: Mapping, out: str) -> dict[int, str]:
         """{shard: what is wrong} for the shards this source reads that are missing, not regular
-        files, or hold fewer records than the index says or than its records' positions need
-        (a truncated shard); raises on the first unless skip_damaged."""
-        damage = {}
+        files, hold fewer records than the index says or than its records' positions need (a
+        truncated shard), or are not the files prepare wrote (their size, the digest of their
+        ends: fingerprint.py; a shard swapped with another or copied in from another cache, not
+        one whose record fails its hash: `_a_record_fails`);
+        raises on the first unless skip_damaged. `out`: the cache as prepare's --out named it."""
+        shards, damage = index["shards"], {}
         needed = np.full(len(shards), -1, np.int64)
         np.maximum.at(needed, self.shards, self.positions)
         for shard in np.flatnonzero(needed >= 0):
-            path, listed = self.shard_files[shard], int(shards[shard]["num_records"])
-            kind = files.special_kind(path, follow_links=True)
-            if kind is not None or not os.path.isfile(path):
-                problem = f"is {kind}, not a shard" if kind else "listed in the index, missing"
+            path, row = self.shard_files[shard], shards[shard]
+            problem = self._count_problem(int(shard), int(row["num_records"]), int(needed[shard]))
+            if problem is not None:
+                message = _damaged_shard(path, problem)
             else:
-                try:
-                    held = self._reader(int(shard)).num_records()
-                except Exception as err:  # noqa: BLE001 - Riegeli raises RuntimeError, OSError
-                    held, problem = -1, f"does not open ({err})"
-                if held >= 0 and (held != listed or needed[shard] >= held):
-                    problem = (f"holds {held} records, the index lists {listed} (records up to "
-                               f"position {needed[shard]}): truncated or replaced")
-                elif held >= 0:
-                    continue
+                problem = fingerprint.problem(path, row)
+                if problem is None or self._a_record_fails(int(shard), int(row["num_records"])):
+                    continue   # (damage inside a record: its read names it, `_read`)
+                message = _replaced_shard(path, problem, out, index["settings"])
             if not self.skip_damaged:
-                raise DamagedCacheError(_damaged_shard(path, problem))
+                raise DamagedCacheError(message)
             damage[int(shard)] = f"{path}: {problem}"
         self._readers.clear()  # opened here to check; each process opens its own
         return damage
+
+    def _count_problem(self, shard: int, listed: int, needed: int) -> str | None:
+        """What makes shard `shard` unreadable as the index lists it (None: it opens and holds
+        the `listed` records, past position `needed`)."""
+        path = self.shard_files[shard]
+        kind = files.special_kind(path, follow_links=True)
+        if kind is not None:
+            return f"is {kind}, not a shard"
+        if not os.path.isfile(path):
+            return "listed in the index, missing"
+        try:
+            held = self._reader(shard).num_records()
+        except Exception as err:  # noqa: BLE001 - Riegeli raises RuntimeError, OSError
+            return f"does not open ({err})"
+        if held != listed or needed >= held:
+            return (f"holds {held} records, the index lists {listed} (records up to position "
+                    f"{needed}): truncated or replaced")
+        return None
+
+    def _a_record_fails(self, shard: int, count: int) -> bool:
+        """Whether a record of the shard fails its Riegeli chunk hash. For a shard whose
+        fingerprint differs (read whole only then): damage inside records (a bit flip), which
+        each record's read names and skips alone; a shard whose every record reads is another
+        whole shard (swapped, copied in from another cache), none of whose records is right."""
+        reader = self._reader(shard)
+        for start in range(0, count, 64):
+            try:
+                reader.read(list(range(start, min(start + 64, count))))
+            except Exception:  # noqa: BLE001 - Riegeli raises RuntimeError
+                return True
+        return False
 
     def __getstate__(self):
         return {**self.__dict__, "_readers": {}}

@@ -5,6 +5,7 @@ index without its keys each stop the read with one message naming the file and w
 skipped and counted as `damaged_cache_record`, the others read. Each case reads the whole split
 through the evaluation pipeline in a child process, under a timeout and RLIMIT_AS
 (tests/data/bounded.py), and no file of the cache changes."""
+import hashlib
 import json
 import os
 import shutil
@@ -163,6 +164,105 @@ def test_shard_replaced_by_a_fifo_is_named_without_opening_it(cache, tmp_path):
     _refused(_read(cache_dir), os.path.join(cache_dir, SHARDS[0]), "FIFO", SKIP_FLAG)
 
 
+@pytest.fixture(scope="module")
+def float16_cache(cache, tmp_path_factory):
+    """The records of `cache` stored as float16: shards of the same record counts and byte
+    sizes, holding other bytes (another cache's shards)."""
+    out = tmp_path_factory.mktemp("float16") / "cache"
+    prepare.prepare(layout="wfdb_folder", root=_root(cache), out=str(out), workers=1,
+                    records_per_shard=PER_SHARD, dtype="float16")
+    return out
+
+
+def _root(cache) -> str:
+    return json.loads((cache / "settings.json").read_text())["root"]
+
+
+def _swap_shards(copy):
+    first, second = copy / SHARDS[0], copy / SHARDS[1]
+    data = first.read_bytes()
+    first.write_bytes(second.read_bytes())
+    second.write_bytes(data)
+
+
+def _foreign_shard(float16_cache):
+    def damage(copy):
+        assert os.path.getsize(float16_cache / SHARDS[1]) == os.path.getsize(copy / SHARDS[1])
+        shutil.copyfile(float16_cache / SHARDS[1], copy / SHARDS[1])
+    return damage
+
+
+def _fingerprint(path) -> tuple[int, str, str]:
+    """(size, SHA-256, SHA-256 of the first and last 256 KiB) of a file, computed here."""
+    data, window = path.read_bytes(), 256 * 1024
+    edges = data if len(data) <= 2 * window else data[:window] + data[-window:]
+    return len(data), hashlib.sha256(data).hexdigest(), hashlib.sha256(edges).hexdigest()
+
+
+def test_the_index_keeps_each_shards_fingerprint(cache):
+    for shard in _index(cache)["shards"]:
+        assert (shard["size"], shard["sha256"], shard["edge_sha256"]) == _fingerprint(
+            cache / shard["file"])
+        sidecar = json.loads((cache / shard["file"].replace(".arrayrecord", ".json")).read_text())
+        assert {k: sidecar[k] for k in ("size", "sha256", "edge_sha256")} == {
+            k: shard[k] for k in ("size", "sha256", "edge_sha256")}
+
+
+@pytest.mark.parametrize("kind", ["swapped", "foreign"])
+def test_a_swapped_or_foreign_shard_is_named_with_the_prepare_rerun(cache, float16_cache,
+                                                                    tmp_path, kind):
+    """Both had been read without a word (the same record counts): each ECG paired with another
+    record's labels, and a probe's report written from them."""
+    damage = _swap_shards if kind == "swapped" else _foreign_shard(float16_cache)
+    cache_dir = _damaged(cache, tmp_path, damage)
+    shard = os.path.join(cache_dir, SHARDS[0] if kind == "swapped" else SHARDS[1])
+    _refused(_read(cache_dir), shard, f"{shard}: does not hold the bytes prepare wrote there: "
+             "the SHA-256 of its first and last 256 KiB is",
+             f"rerun `crema-jax prepare --layout=wfdb_folder --root={_root(cache)} "
+             f"--out={cache_dir} --target_fs=250.0 --preprocess=crema --dtype=int16 "
+             f"--records_per_shard={PER_SHARD}` (it rewrites the shards", SKIP_FLAG)
+    if kind == "foreign":
+        outcome = _read(cache_dir, skip=True)
+        bad = _rows_of_shard(cache_dir, SHARDS[1])
+        assert outcome["read"] == [i for i in range(RECORDS) if i not in bad]
+        assert outcome["skips"]["damaged_cache_record"]["count"] == PER_SHARD
+
+
+@pytest.mark.parametrize("kind", ["swapped", "foreign", "truncated", "grown"])
+def test_a_prepare_rerun_rewrites_a_shard_changed_since_it_was_written(
+        cache, float16_cache, tmp_path, capsys, kind):
+    """A rerun had trusted every shard with a sidecar: one truncated, swapped or replaced after
+    it was written stayed in the cache. Now its file is checked against the sidecar's
+    fingerprint, said, and written again: the cache equals the one first built, byte for byte."""
+    damage = {"swapped": _swap_shards, "foreign": _foreign_shard(float16_cache),
+              "truncated": lambda copy: (copy / SHARDS[1]).write_bytes(
+                  (copy / SHARDS[1]).read_bytes()[:-4096]),
+              "grown": lambda copy: (copy / SHARDS[1]).write_bytes(
+                  (copy / SHARDS[1]).read_bytes() + b"\0")}[kind]
+    cache_dir = _damaged(cache, tmp_path, damage)
+    capsys.readouterr()
+    result = prepare.prepare(layout="wfdb_folder", root=_root(cache), out=cache_dir, workers=1,
+                             records_per_shard=PER_SHARD)
+    assert result["records"] == RECORDS
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("prepare: ")]
+    changed = SHARDS if kind == "swapped" else SHARDS[1:]
+    assert [line.split(": ")[1] for line in said] == [os.path.join(cache_dir, s) for s in changed]
+    assert all(line.endswith("it counts as not written (the run of the host that writes it "
+                             "rewrites it)") for line in said), said
+    for name in sorted(os.listdir(cache)):
+        assert (cache / name).read_bytes() == open(os.path.join(cache_dir, name), "rb").read(), \
+            name
+
+
+def test_a_cache_from_before_fingerprints_still_reads(cache, tmp_path):
+    def strip(copy):
+        index = _index(copy)
+        index["shards"] = [{"file": s["file"], "num_records": s["num_records"]}
+                           for s in index["shards"]]
+        (copy / "index.json").write_text(json.dumps(index))
+    assert _read(_damaged(cache, tmp_path, strip)) == {"read": list(range(RECORDS)), "skips": {}}
+
+
 @pytest.mark.parametrize("damage, fragment", [
     (lambda text: text[:len(text) // 2], "not JSON"),
     (lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "records"}),
@@ -228,11 +328,14 @@ def _records_edited(edit):
     (_records_edited(lambda i, r: r.update(split=7)), "record 0: record_id, path, split"),
     (lambda text: json.dumps({**json.loads(text), "label_names": [1, 2, 3]}),
      "its label_names are not all strings"),
+    (lambda text: json.dumps({**json.loads(text), "shards": [
+        {**s, "size": "big"} for s in json.loads(text)["shards"]]}),
+     "shard 0: its size is 'big', expected a byte count"),
     (lambda text: json.dumps({**json.loads(text), "settings": {
         **json.loads(text)["settings"], "target_fs": "abc"}}),
      "its settings' target_fs is 'abc', expected a rate in Hz"),
 ], ids=["position_overflow", "one_position_for_all", "labels_null", "labels_text", "split_number",
-        "label_names_numbers", "target_fs_text"])
+        "label_names_numbers", "shard_size_text", "target_fs_text"])
 def test_an_index_whose_rows_cannot_be_right_is_named(cache, tmp_path, damage, fragment):
     """Each had been a traceback (OverflowError, TypeError), an error naming no file, a
     'no class has >= 1 training positives' blaming the data, or (one position for every
