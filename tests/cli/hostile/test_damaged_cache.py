@@ -2,7 +2,8 @@
 `crema-jax` child process under a timeout and an address-space limit) stops in one line naming
 the shard, or skips and counts the record with --config.data.skip_damaged_cache_records; the
 evaluation commands' features stop or skip the same way with --skip_damaged_cache_records. A
-cache_dir that is a file is named as such. The cache is never modified (sha256)."""
+cache_dir that is a file is named as such. The cache is never modified (sha256). Two shards
+swapped: probe stops in one line naming the shard and the `prepare` rerun, which mends it."""
 import os
 import shutil
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from crema_jax.data.cache import record_format
+from tests.cli.conftest import run_in_process
 from tests.cli.hostile.helpers import SAMPLE, TINY, _crema_jax, _hashes, _one_error_line
 
 
@@ -100,3 +102,40 @@ def test_a_cache_dir_that_is_a_file_is_named_as_such(tmp_path):
     with pytest.raises(NotADirectoryError, match=r"^" + __import__("re").escape(
             f"{tmp_path / 'x.npy'}: a file, not a cache folder")):
         source.load_index(str(tmp_path / "x.npy"))
+
+
+def test_probe_on_swapped_shards_stops_and_the_named_rerun_mends_the_cache(
+        tmp_path, capsys, sit_checkpoint):
+    """Two shards of 8 records swapped: probe had written report.json (exit 0) from ECGs paired
+    with other records' labels. Now it stops in one line naming the shard and the `prepare`
+    command that rewrites it; that command, run as said, gives back the cache as built."""
+    import shlex
+
+    from crema_jax.data.cache import prepare
+
+    records = tmp_path / "records"
+    records.mkdir()
+    for name in sorted(os.listdir(SAMPLE))[:32]:
+        shutil.copyfile(SAMPLE / name, records / name)
+    built, cache = tmp_path / "built", tmp_path / "cache"
+    prepare.prepare(layout="wfdb_folder", root=str(records), out=str(built), workers=1,
+                    records_per_shard=8)
+    shutil.copytree(built, cache)
+    first, second = (cache / (record_format.shard_name(s, 2) + ".arrayrecord") for s in (0, 1))
+    first.write_bytes((built / second.name).read_bytes())
+    second.write_bytes((built / first.name).read_bytes())
+    before = _hashes(cache)
+    done = run_in_process(capsys, "probe", f"--checkpoint={sit_checkpoint}",
+                          f"--cache_dir={cache}", f"--workdir={tmp_path / 'probe'}",
+                          "--split_fractions=0.6,0.2,0.2", "--min_positives=1")
+    assert done.returncode == 1 and not (tmp_path / "probe" / "report.json").exists()
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"crema-jax probe: error: {first}: does not hold the bytes prepare "
+                           "wrote there"), line
+    assert "--skip_damaged_cache_records for probe" in line
+    assert _hashes(cache) == before
+    rerun = shlex.split(line.split("rerun `", 1)[1].split("`", 1)[0])
+    assert rerun[:2] == ["crema-jax", "prepare"] and f"--out={cache}" in rerun
+    assert run_in_process(capsys, *rerun[1:]).returncode == 0
+    assert _hashes(cache) == {path.replace(str(built), str(cache)): digest
+                              for path, digest in _hashes(built).items()}

@@ -139,3 +139,32 @@ def test_ctrl_c_inside_the_direct_runner_is_an_interruption(tmp_path):
     pipeline.run = interrupted
     with pytest.raises(KeyboardInterrupt):
         beam_pipeline.run_pipeline(pipeline, str(tmp_path), [], [], {})
+
+
+def test_a_beam_rerun_rewrites_a_shard_swapped_since_it_was_written(tmp_path, cinc_sample_dir):
+    """Beam's shard step (beam_pipeline.write_shard, here outside a pipeline) checks a written
+    shard against its sidecar's fingerprint as the local path does: shards swapped since are
+    written again, the others kept."""
+    from crema_jax.data.cache import beam_pipeline, prepare
+
+    root = tmp_path / "records"
+    root.mkdir()
+    for head in sorted(cinc_sample_dir.glob("*.hea"))[:6]:
+        for suffix in (".hea", ".mat"):
+            shutil.copy(head.with_suffix(suffix), root / head.with_suffix(suffix).name)
+    out = tmp_path / "cache"
+    prepare.prepare(layout="wfdb_folder", root=str(root), out=str(out), workers=1,
+                    records_per_shard=2)
+    built = _files(out)
+    names = [f"shard-{s:05d}-of-00003.arrayrecord" for s in range(3)]
+    (out / names[0]).write_bytes(built[names[1]])
+    (out / names[1]).write_bytes(built[names[0]])
+    plan = prepare.make_plan(layout="wfdb_folder", root=str(root), out=str(out),
+                             records_per_shard=2)
+    stamps = {name: os.stat(out / name).st_mtime_ns for name in names}
+    spans = beam_pipeline.write_plan(plan, strict=False)
+    for span in spans:
+        beam_pipeline.write_shard(span, str(out / beam_pipeline.PLAN_FILE))
+    (out / beam_pipeline.PLAN_FILE).unlink()
+    assert _files(out) == built
+    assert os.stat(out / names[2]).st_mtime_ns == stamps[names[2]]   # kept, not rewritten

@@ -279,3 +279,28 @@ def test_another_programs_settings_json_is_not_called_a_cache(tmp_path, six_reco
             "\"crema_jax.cache/1\"); use a new --out folder")):
         prepare.prepare(layout="wfdb_folder", root=str(six_records), out=str(out), workers=1)
     assert (out / "settings.json").read_text() == '{"editor.tabSize": 4}'
+
+
+def test_a_merge_takes_a_shard_cut_short_since_its_host_wrote_it_as_not_written(
+        tmp_path, six_records, capsys):
+    """A host's shard truncated after its sidecar was written had been merged into the index
+    (its sidecar was all the merge looked at). Now it is named as not written, with its host;
+    that host's rerun rewrites it and the merge then succeeds."""
+    common = dict(layout="wfdb_folder", root=str(six_records), records_per_shard=2, workers=1,
+                  num_hosts=2)
+    out = tmp_path / "cache"
+    for host in (0, 1):   # 3 shards: host 0 writes shard 0, host 1 shards 1 and 2
+        prepare.prepare(out=str(out), host_index=host, **common)
+    shard = out / "shard-00002-of-00003.arrayrecord"
+    written = shard.read_bytes()
+    shard.write_bytes(written[:len(written) // 2])
+    capsys.readouterr()
+    with pytest.raises(prepare.PrepareError, match=re.escape(
+            "1 of 3 shards are not written yet (shard-00002-of-00003; hosts [1] of 2)")):
+        prepare.prepare(out=str(out), merge_only=True, **common)
+    assert capsys.readouterr().out.startswith(
+        f"prepare: {shard}: is {len(written) // 2} bytes, not the {len(written)} prepare wrote")
+    assert not (out / "index.json").exists()
+    prepare.prepare(out=str(out), host_index=1, **common)
+    assert shard.read_bytes() == written
+    assert prepare.prepare(out=str(out), merge_only=True, **common)["records"] == 6
