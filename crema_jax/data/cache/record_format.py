@@ -5,7 +5,8 @@ read by source.py):
 
     settings.json                      what the cache was built from (checked on restart and read)
     shard-00000-of-00007.arrayrecord   one serialised record per entry (format below)
-    shard-00000-of-00007.json          sidecar: metadata of the shard's records and its skips
+    shard-00000-of-00007.json          sidecar: metadata of the shard's records and its skips,
+                                       and the shard file's fingerprint (fingerprint.py)
     index.json                         all sidecars merged, plus label_names and the settings
     summary.json                       records written, skipped counts by reason with paths
 
