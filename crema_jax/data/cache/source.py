@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from typing import Any, Mapping, Sequence
 
@@ -63,7 +64,7 @@ def _replaced_shard(path: str, problem: str, out: str, settings: Mapping) -> str
 
 def prepare_command(settings: Mapping, out: str) -> str:
     """The `crema-jax prepare` command line that built a cache of these settings (settings.json,
-    as index.json keeps it) into `out`: a rerun of it resumes that cache."""
+    as index.json keeps it) into `out`, quoted for a shell: a rerun of it resumes that cache."""
     flags = [f"--layout={settings.get('layout', 'wfdb_folder')}",
              f"--root={settings.get('root', 'DIR')}", f"--out={out}"]
     for key, value in sorted(dict(settings.get("layout_options") or {}).items()):
@@ -73,7 +74,7 @@ def prepare_command(settings: Mapping, out: str) -> str:
                       ("dtype", "dtype"), ("records_per_shard", "records_per_shard")):
         if settings.get(key) is not None:
             flags.append(f"--{flag}={settings[key]}")
-    return " ".join(["crema-jax prepare", *flags])
+    return " ".join(["crema-jax prepare", *(shlex.quote(flag) for flag in flags)])
 
 
 def _damaged_shard(path: str, problem: str) -> str:

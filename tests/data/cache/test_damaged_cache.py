@@ -349,3 +349,30 @@ def test_an_index_whose_rows_cannot_be_right_is_named(cache, tmp_path, damage, f
     with pytest.raises(source.DamagedCacheError) as raised:
         source.load_index(cache_dir)
     assert str(raised.value).startswith(f"{cache_dir}/index.json: {fragment}")
+
+
+def test_the_named_prepare_command_rebuilds_a_cache_of_other_flags(tmp_path):
+    """The rerun a swapped shard's message names carries every flag the cache was built with
+    (layout options, rate, preprocessing, dtype, shard size; paths with spaces quoted): run as
+    given, it resumes that cache (other flags would be refused) and restores it."""
+    import shlex
+
+    from crema_jax.cli import prepare as prepare_cli
+    from crema_jax.data.cache import source
+
+    root, out = tmp_path / "my data", tmp_path / "the cache"
+    root.mkdir()
+    signals = np.random.default_rng(0).normal(0, 0.5, (4, 12, 5000)).astype(np.float32)
+    np.save(root / "ecgs.npy", signals)
+    prepare.prepare(layout="numpy", root=str(root / "ecgs.npy"), out=str(out), workers=1,
+                    layout_options={"fs": 500}, target_fs=100.0, preprocess="none",
+                    dtype="float16", records_per_shard=2)
+    built = hashes(out)
+    _swap_shards(out)
+    with pytest.raises(source.DamagedCacheError) as raised:
+        source.CacheSource(str(out))
+    command = str(raised.value).split("rerun `", 1)[1].split("`", 1)[0]
+    argv = shlex.split(command)
+    assert argv[:2] == ["crema-jax", "prepare"] and "--layout_option=fs=500" in argv, command
+    assert prepare_cli.COMMAND.run(argv[2:]) == 0
+    assert hashes(out) == built
