@@ -158,24 +158,28 @@ def _cross_domain_cell(fit_predict, data, column, seed: int):
     split, test on every record of column.test_source."""
     own, other = data.sources == column.train_source, data.sources == column.test_source
     train, val = (np.flatnonzero(own & (data.splits == s)) for s in ("train", "val"))
-    test = np.flatnonzero(other)
+    # Not the records of a patient the head trains or is selected on (runs.py: the same rule).
+    test, left_out = protocols.unseen_patients(np.flatnonzero(other), np.r_[train, val],
+                                               protocols.patient_keys(data.infos))
     if not (len(train) and len(val) and len(test)):
         raise ValueError(f"task {column.task!r}: source {column.train_source!r} needs train and "
-                         f"val records and {column.test_source!r} records (sources: "
-                         f"{sorted(set(data.sources.tolist()))})")
+                         f"val records and {column.test_source!r} records of other patients "
+                         f"({left_out} left out: their patients train or select the head; "
+                         f"sources: {sorted(set(data.sources.tolist()))})")
     train = train[protocols.label_fraction_subset(data.labels[train], column.label_fraction,
                                                   seed=seed)]
     out = fit_predict(train, val, {"test": test})
-    # A class without positives in the training source was never learnt: its test AUROC is
-    # noise and is not scored (it was, and ranked).
-    learnt = data.labels[train].sum(0) > 0
+    # A class without positives (or without negatives) in the training source was never
+    # learnt: its test AUROC is noise (or a constant's 0.5) and is not scored (it was, and
+    # ranked).
+    learnt = runs.learnt_classes(data.labels[train])
     if not learnt.any():
-        raise ValueError(f"task {column.task!r}: no class has positives in the training records "
-                         f"of {column.train_source!r}")
+        raise ValueError(f"task {column.task!r}: no class has both positives and negatives in "
+                         f"the training records of {column.train_source!r}")
     pred = runs.learnt_only(out, learnt)["tests"]["test"]
-    unlearnt = [c for c, ok in zip(data.classes, learnt) if not ok]
     return {"n_train": len(train), "n_val": len(val), **out["info"],
-            "classes_without_train_positives": unlearnt}, pred, learnt
+            **runs.unlearnt(data.classes, data.labels[train]),
+            "out_of_domain_left_out": left_out}, pred, learnt
 
 
 def _fit_predict(model, protocol, rec, data, column, settings, store, mesh):
@@ -200,7 +204,8 @@ def compute_cell(model, column, protocol: str, suite: dict, loaded: Datasets, st
                                store, mesh)
     learnt = np.ones(len(data.classes), bool)
     if column.train_source:
-        fields, pred, learnt = _cross_domain_cell(fit_predict, data, column, suite["seed"])
+        fields, pred, learnt = _cross_domain_cell(runs.finite_outputs(fit_predict, model.name),
+                                                  data, column, suite["seed"])
     else:
         found, _, preds = runs.model_runs(fit_predict, data, column.leads, settings,
                                           method=protocol, model=model.name, plan=plan,

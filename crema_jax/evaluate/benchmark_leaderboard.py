@@ -81,7 +81,8 @@ def _column(column, protocol, names, cells, random_row, suite):
                       "macro_auroc": {k: macro[k]
                                       for k in ("a", "b", "difference", "ci", "p", "p_bound")},
                       "per_class": {c: {"difference": e["difference"], "p": e["p"]}
-                                    for c, e in test["per_class"].items() if "skipped" not in e}})
+                                    for c, e in test["per_class"].items()
+                                    if e.get("p") is not None}})
     return scores, best, tests
 
 
@@ -208,6 +209,6 @@ def plot(board: dict, path) -> None:
 
 
 def write_all(board: dict, workdir) -> None:
-    files.write_json_atomic(workdir / "leaderboard.json", board)
+    files.write_json_atomic(workdir / "leaderboard.json", report.json_safe(board))
     files.write_text_atomic(workdir / "leaderboard.md", markdown(board))
     files.write_atomic(workdir / "leaderboard.png", lambda tmp: plot(board, tmp))

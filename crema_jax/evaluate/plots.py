@@ -104,7 +104,7 @@ def plot_paired_differences(comparisons: list[dict], class_display: dict, models
     for ax, comparison in zip(axes[0], comparisons):
         names, points, lows, highs, labels = [], [], [], [], []
         for name, c in comparison["per_class"].items():
-            if "skipped" in c:
+            if "skipped" in c or c["p"] is None:  # no test: no CI to draw
                 continue
             names.append(f"{class_display.get(name, name)} ({c['n_pos']})")
             points.append(c["difference"])

@@ -3,12 +3,14 @@
 - Label vocabulary: classes with at least `min_positives` training positives (tiny datasets
   otherwise give columns that cannot be scored).
 - Splits: the layout's split, or (with `split_fractions`) a seeded re-split made per source so
-  every source has train, validation and test records, a patient's records in one split.
+  every source has train, validation and test records, a patient's records in one split (the
+  same split in every source).
 - Label fractions (1%, 10%, 100%): a seeded subset of the TRAINING split only, stratified by label
   combination, that keeps at least one positive of every class present in the training split.
 - Reduced leads: `LEAD_SETS` names the canonical lead subsets; the same weights see fewer leads.
 - Cross-domain: train on one source, test in-domain (the source's test split) and out-of-domain
-  (every record of each other source: the head never saw them), and report the drop.
+  (each other source's records, less those of patients the head trained or was selected on),
+  and report the drop.
 """
 from __future__ import annotations
 
@@ -95,9 +97,11 @@ def patient_keys(infos) -> np.ndarray:
 
 
 def resplit(infos, fractions: Sequence[float], *, seed: int = 0) -> list[str]:
-    """Train/val/test per record: within each source, patients ordered by a hash of their key
-    (patient_keys), cut at the fractions' record counts; a patient's records share the split
-    where its first record falls (so the sizes hold up to one patient)."""
+    """Train/val/test per record: within each source (in sorted order), patients ordered by a
+    hash of their key (patient_keys), cut at the fractions' record counts; a patient's records
+    share the split where its first record falls (so the sizes hold up to one patient), in
+    every source: a patient already placed from another source keeps that split, so no patient
+    is trained on in one source and tested in another."""
     if len(fractions) != 3 or min(fractions) < 0 or sum(fractions) <= 0:
         raise ValueError(f"--split_fractions={fractions}: expected three non-negative "
                          "train,val,test fractions")
@@ -106,7 +110,8 @@ def resplit(infos, fractions: Sequence[float], *, seed: int = 0) -> list[str]:
     for i, info in enumerate(infos):
         by_source[info.source].append(i)
     splits = [""] * len(infos)
-    for members in by_source.values():
+    placed: dict[str, str] = {}  # patient key -> split, across sources
+    for _, members in sorted(by_source.items()):
         members = sorted(members, key=lambda i: (_stable_unit(keys[i], seed), keys[i],
                                                  infos[i].record_id))
         ends = np.cumsum(split_counts(len(members), fractions))
@@ -115,7 +120,9 @@ def resplit(infos, fractions: Sequence[float], *, seed: int = 0) -> list[str]:
             stop = start
             while stop < len(members) and keys[members[stop]] == keys[members[start]]:
                 stop += 1
-            name = SPLITS[min(int(np.searchsorted(ends, start, side="right")), 2)]
+            name = placed.setdefault(  # a patient met in an earlier source keeps its split
+                keys[members[start]],
+                SPLITS[min(int(np.searchsorted(ends, start, side="right")), 2)])
             for i in members[start:stop]:
                 splits[i] = name
             start = stop
@@ -159,21 +166,36 @@ def label_fraction_subset(labels: np.ndarray, fraction: float, *, seed: int = 0)
     return np.array(sorted(chosen), dtype=np.int64)
 
 
-def cross_domain_plan(sources: Sequence[str], splits: Sequence[str]) -> list[dict]:
-    """For each source with train and val records: record indices for the head and its tests."""
-    sources, splits = np.asarray(sources), np.asarray(splits)
+def cross_domain_plan(sources: Sequence[str], splits: Sequence[str],
+                      patients: Sequence[str]) -> list[dict]:
+    """For each source with train, val and test records: record indices for the head and its
+    tests. An out-of-domain test set is every record of the other source EXCEPT those of a
+    patient (patient_keys) among the head's training or validation records: a patient with
+    records in two sources would otherwise be tested on the head that trained on them. How many
+    were left out: "left_out" {other source: records}."""
+    sources, splits, patients = np.asarray(sources), np.asarray(splits), np.asarray(patients)
     plan = []
     for source in sorted(set(sources.tolist())):
         own = sources == source
         train, val, test = (np.flatnonzero(own & (splits == s)) for s in SPLITS)
         if len(train) == 0 or len(val) == 0 or len(test) == 0:
             continue
+        tests = {o: unseen_patients(np.flatnonzero(sources == o), np.r_[train, val], patients)
+                 for o in sorted(set(sources.tolist()) - {source})}
         plan.append({
             "train_source": source, "train": train, "val": val, "in_domain_test": test,
-            "out_of_domain": {other: np.flatnonzero(sources == other)
-                              for other in sorted(set(sources.tolist())) if other != source},
+            "out_of_domain": {o: rows for o, (rows, _) in tests.items()},
+            "left_out": {o: n for o, (_, n) in tests.items()},
         })
     return plan
+
+
+def unseen_patients(rows: np.ndarray, seen: np.ndarray, patients) -> tuple[np.ndarray, int]:
+    """(the records of `rows` whose patient has no record among `seen`, how many were left
+    out): an out-of-domain test set without the patients its head trained or selected on."""
+    patients = np.asarray(patients)
+    keep = ~np.isin(patients[rows], patients[seen])
+    return rows[keep], int(np.sum(~keep))
 
 
 def common_class_macro(in_report: dict, out_report: dict) -> dict:

@@ -28,8 +28,22 @@ def _ci(ci: dict | None) -> str:
     return f"[{ci['low']:.3f}, {ci['high']:.3f}]"
 
 
+def json_safe(value):
+    """`value` with every NaN or infinite float made None: JSON has no NaN or Infinity (Python
+    wrote them as bare `NaN`/`Infinity`, which strict parsers refuse). Where a figure is
+    undefined the entry beside it says why (`skipped`, `not_testable`, a "not tested" verdict)."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+        return None
+    return value
+
+
 def write_json(report: dict, path) -> None:
-    pathlib.Path(path).write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    text = json.dumps(json_safe(report), indent=2, sort_keys=False, allow_nan=False)
+    pathlib.Path(path).write_text(text + "\n")
 
 
 def display(report: dict, name: str) -> str:
@@ -155,6 +169,12 @@ def markdown(report: dict) -> str:
                     f"{fmt(drop['drop'])} | {len(drop['classes'])} | "
                     f"{fmt(entry['out_of_domain'][other]['macro_auroc'])} |")
         lines.append("")
+        left_out = [f"{n} of {other} (model {e['model']}, trained on {e['train_source']})"
+                    for e in cross for other, n in e.get("out_of_domain_left_out", {}).items()
+                    if n]
+        if left_out:
+            lines += ["**Left out of out-of-domain tests** (records of patients the head trained "
+                      f"or was selected on): {'; '.join(left_out)}.", ""]
     drops = report.get("cross_domain_comparisons", [])
     if drops:
         lines += ["## Robustness: the drop of A vs the drop of B (paired bootstrap)", "",

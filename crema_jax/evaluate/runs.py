@@ -9,9 +9,14 @@ records `train_rows`, select it on `val_rows` (L2 strength, epoch), then predict
 Per lead set and label fraction, one run: on the layout's splits (train / val / test), or with
 K folds (folds.py) K heads whose out-of-fold predictions are pooled. With cross_domain, one
 head per source (on its train and val splits), tested in-domain and on every other source, on
-the classes with a positive among that source's training records (a class the head never saw
-positive has a test AUROC of noise: it was scored, and entered the drop; the entry names the
-others in `classes_without_train_positives`, and a source with none is left out).
+the classes with a positive AND a negative among that source's training records (a class the
+head never saw positive, or never saw negative, has a test AUROC of noise, or of a constant
+0.5: it was scored, and entered the drop; the entry names the others in
+`classes_without_train_positives` and `classes_without_train_negatives`, and a source with
+none is left out). An out-of-domain test set leaves out the records of patients among the
+head's training and validation records (protocols.cross_domain_plan), counted per test source
+in `out_of_domain_left_out`. A model whose probabilities are not finite stops the run
+(`finite_outputs`).
 Every test set's bootstrap CI resamples patients (`groups`: protocols.patient_keys).
 """
 from __future__ import annotations
@@ -57,10 +62,31 @@ def _kfold_run(fit_predict, data, fraction, settings, plan, groups):
     return {**sizes, **fields}, oof
 
 
+def learnt_classes(train_labels) -> np.ndarray:
+    """(C,) bool: the classes a head trained on these labels (n, C) could learn, those with at
+    least one positive and one negative among them."""
+    y = np.asarray(train_labels) > 0.5
+    return y.any(0) & (~y).any(0)
+
+
+def finite_outputs(fit_predict, model: str):
+    """fit_predict whose output is checked: a NaN or infinite probability of the chosen head
+    (validation or any test set) is an error naming the model and the count
+    (scoring.check_finite), never a figure."""
+    def checked(train_rows, val_rows, tests):
+        out = fit_predict(train_rows, val_rows, tests)
+        scoring.check_finite({f"model {model}'s {name} probabilities": pred["probs"]
+                              for name, pred in [("validation", out["val"]),
+                                                 *out["tests"].items()]})
+        return out
+    return checked
+
+
 def model_runs(fit_predict, data, lead_name: str, settings: dict, *, method: str, model: str,
                plan=None, groups=None, cross_domain: bool = False):
     """(runs, cross-domain entries, predictions {"runs": {name: pred}, "cross_domain":
     {(train source, test set): pred}}) of one model on one lead set."""
+    fit_predict = finite_outputs(fit_predict, model)
     k = len(plan) if plan is not None else 0
     groups = None if groups is None else np.asarray(groups)
     runs, predictions = [], {"runs": {}, "cross_domain": {}}
@@ -76,9 +102,10 @@ def model_runs(fit_predict, data, lead_name: str, settings: dict, *, method: str
         predictions["runs"][name] = pred
     cross = []
     if cross_domain:
-        for entry_plan in protocols.cross_domain_plan(data.sources, data.splits):
+        patients = protocols.patient_keys(data.infos) if groups is None else groups
+        for entry_plan in protocols.cross_domain_plan(data.sources, data.splits, patients):
             tests = {"in_domain": entry_plan["in_domain_test"], **entry_plan["out_of_domain"]}
-            learnt = data.labels[entry_plan["train"]].sum(0) > 0
+            learnt = learnt_classes(data.labels[entry_plan["train"]])
             if not learnt.any():
                 continue
             out = fit_predict(entry_plan["train"], entry_plan["val"], tests)
@@ -90,8 +117,8 @@ def model_runs(fit_predict, data, lead_name: str, settings: dict, *, method: str
             cross.append({
                 "model": model, "leads": lead_name, "train_source": source,
                 "n_train": int(len(entry_plan["train"])), **out["info"],
-                "classes_without_train_positives": [c for c, ok in zip(data.classes, learnt)
-                                                    if not ok],
+                **unlearnt(data.classes, data.labels[entry_plan["train"]]),
+                "out_of_domain_left_out": entry_plan["left_out"],
                 "in_domain": scores["in_domain"],
                 "out_of_domain": {o: scores[o] for o in others},
                 "drop": {o: protocols.common_class_macro(scores["in_domain"], scores[o])
@@ -107,3 +134,12 @@ def learnt_only(out: dict, learnt: np.ndarray) -> dict:
         return {**pred, "probs": np.asarray(pred["probs"])[:, learnt],
                 "labels": np.asarray(pred["labels"])[:, learnt]}
     return {**out, "val": cut(out["val"]), "tests": {n: cut(p) for n, p in out["tests"].items()}}
+
+
+def unlearnt(classes, train_labels) -> dict:
+    """The classes learnt_classes leaves out, by why: {"classes_without_train_positives",
+    "classes_without_train_negatives"}."""
+    y = np.asarray(train_labels) > 0.5
+    return {"classes_without_train_positives": [c for c, ok in zip(classes, y.any(0)) if not ok],
+            "classes_without_train_negatives": [c for c, ok in zip(classes, (~y).any(0))
+                                                if not ok]}

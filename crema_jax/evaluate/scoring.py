@@ -11,6 +11,8 @@ Definitions match scikit-learn so numbers are comparable with published tables:
 
 A class with no positives (or no negatives) in a split has no AUROC: it is listed under
 "skipped" with the reason and left out of every macro average, so tables never show NaN.
+Scores must be finite (`check_finite`): a NaN or infinite probability is an error naming its
+model and count, not a class quietly dropped.
 
 Test figures are per record: a record cut into windows (ST-MEM's data path) is scored once, its
 windows' probabilities averaged (`per_record`), as the paired comparisons and the benchmark
@@ -33,6 +35,19 @@ def class_status(y_true: np.ndarray) -> str | None:
     if n_pos == len(y_true):
         return NO_NEGATIVES
     return None
+
+
+def check_finite(named: dict) -> None:
+    """Every array of {what: scores} must be finite. A NaN or infinite probability means the
+    model (or its head) broke: ranked, it gave a class AUROC of NaN next to an AUPRC of 1.0,
+    and dropped, a macro figure over fewer classes than the report said. So it is an error
+    naming what held it and how many, never a figure."""
+    for what, values in named.items():
+        values = np.asarray(values, np.float64)
+        bad = int(values.size - np.isfinite(values).sum())
+        if bad:
+            raise ValueError(f"{what}: {bad} of {values.size} scores are NaN or infinite "
+                             "(expected finite probabilities; the model's output is broken)")
 
 
 def _binary(y_true, y_score) -> tuple[np.ndarray, np.ndarray]:
@@ -138,6 +153,7 @@ def classification_report(labels: np.ndarray, scores: np.ndarray, class_names, *
     """
     labels = np.asarray(labels)
     scores = np.asarray(scores, dtype=np.float64)
+    check_finite({"scores": scores})
     if labels.shape != scores.shape or labels.ndim != 2:
         raise ValueError(f"labels {labels.shape} and scores {scores.shape}: expected equal (n, C)")
     if len(class_names) != labels.shape[1]:
@@ -258,6 +274,7 @@ def bootstrap_ci(labels: np.ndarray, scores: np.ndarray, metric_fn=macro_auroc, 
     counted, never averaged in.
     """
     labels, scores = np.asarray(labels), np.asarray(scores)
+    check_finite({"scores": scores})
     resampler = Groups(labels.shape[0], groups)
     rng = np.random.default_rng(seed)
     values = []

@@ -231,3 +231,111 @@ def test_a_comparison_with_no_class_scorable_is_not_tested_rather_than_no_differ
     assert macro["macro_auroc"]["difference"] is None
     assert macro["verdict"] == "not tested: no class scorable on these records"
     assert {c.get("skipped") is not None for c in macro["per_class"].values()} == {True}
+
+
+def _audit_null_sets(rng, n_in):
+    """The robustness audit's exact null (A and B exchangeable): an in-domain test set as small
+    as compare's documented example makes it on the 50 CinC records (--split_fractions=0.6,0.2,
+    0.2: 3 or 4 records, 1 and 2 positives), 20 out-of-domain records."""
+    y_in = np.zeros((n_in, 2))
+    y_in[0, 0] = 1
+    y_in[:2, 1] = 1
+    y_out = np.zeros((20, 2))
+    y_out[:5, 0] = 1
+    y_out[:16, 1] = 1
+    s = lambda y, k: k * y + rng.normal(size=y.shape)  # noqa: E731
+    return ({"labels": y_in, "a": s(y_in, 1.5), "b": s(y_in, 1.5)},
+            {"labels": y_out, "a": s(y_out, 0.7), "b": s(y_out, 0.7)})
+
+
+def test_the_docs_robustness_example_on_tiny_sets_is_not_tested_rather_than_significant():
+    """On 3 in-domain records (1 positive of c0) the drop test rejected this exact null 13% of
+    the time at alpha 0.05 (4 records: 9%): "A more robust, p=0.015" on the docs' example. With
+    fewer than DROP_MIN_PER_CLASS positive or negative patients of a class it is not tested."""
+    rng = np.random.default_rng(7)
+    for seed in range(40):
+        sets = _audit_null_sets(rng, 3 + seed % 2)
+        got = paired.paired_drop_difference(*sets, ["c0", "c1"], n_resamples=200, seed=seed)
+        assert got["p"] is None and got["n_valid"] == 0, seed
+        assert got["verdict"] == (
+            "not tested: the in-domain test set has 1 positive and "
+            f"{2 + seed % 2} negative patients of class c0 (the drop test needs >= 5 of each, "
+            "for every class scorable in both)")
+        # The drops themselves are still reported (the cross-domain table shows them).
+        macro = [np.mean([roc_auc_score(s["labels"][:, c], s["a"][:, c]) for c in range(2)])
+                 for s in sets]
+        assert got["drop_a"] == pytest.approx(macro[0] - macro[1], abs=1e-12)
+
+
+def test_the_drop_tests_floor_counts_patients_in_both_sets():
+    """Five positive records of ONE patient are one positive patient: refused; the out-of-domain
+    set is held to the same floor."""
+    y = np.zeros((12, 1))
+    y[:5] = 1
+    scores = np.linspace(0, 1, 12)[:, None]
+    ok = {"labels": y, "a": scores, "b": scores[::-1]}
+    one_patient = {**ok, "groups": ["p"] * 5 + [f"q{i}" for i in range(7)]}
+    assert paired._drop_floor([ok, ok], ["c"]) is None
+    assert paired.paired_drop_difference(ok, one_patient, ["c"], n_resamples=10)["verdict"] == (
+        "not tested: the out-of-domain test set has 1 positive and 7 negative patients of "
+        "class c (the drop test needs >= 5 of each, for every class scorable in both)")
+
+
+def test_the_drop_tests_class_set_is_fixed_and_a_resample_losing_one_is_discarded():
+    """The classes are those scorable on both full sets (y is not: no out-of-domain positive),
+    the same in every resample: a resample in which x has no positive or no negative is
+    discarded, never scored on fewer classes (a different statistic). Reproduced with
+    scikit-learn over the same draws."""
+    rng = np.random.default_rng(11)
+    sets = []
+    for n, n_pos_y in ((10, 5), (11, 0)):
+        labels = np.zeros((n, 2))
+        labels[:5, 0] = 1                       # x: 5 positives of 10 (11), at the floor
+        labels[:n_pos_y, 1] = 1
+        sets.append({"labels": labels, "a": labels + rng.normal(size=(n, 2)),
+                     "b": 0.5 * labels + rng.normal(size=(n, 2))})
+    got = paired.paired_drop_difference(sets[0], sets[1], ["x", "y"], n_resamples=1000, seed=2)
+    assert got["classes"] == ["x"]
+    auc = lambda s, m, idx: roc_auc_score(s["labels"][idx, 0], s[m][idx, 0])  # noqa: E731
+    r, diffs = np.random.default_rng(2), []
+    for _ in range(1000):
+        i, o = r.integers(0, 10, 10), r.integers(0, 11, 11)
+        if any(len(set(s["labels"][idx, 0])) < 2 for s, idx in zip(sets, (i, o))):
+            continue
+        diffs.append(auc(sets[0], "a", i) - auc(sets[1], "a", o)
+                     - auc(sets[0], "b", i) + auc(sets[1], "b", o))
+    assert 900 < got["n_valid"] == len(diffs) < 1000   # some resamples were discarded
+    assert got["ci"]["low"] == pytest.approx(np.percentile(diffs, 2.5), abs=1e-12)
+    diffs = np.array(diffs)
+    p = min(1, 2 * min(np.mean(diffs <= 0), np.mean(diffs >= 0)))
+    assert got["p"] == pytest.approx(p if p else 2 / (len(diffs) + 1), abs=1e-12)
+
+
+def test_delong_with_zero_variance_is_not_testable_rather_than_certain():
+    """A perfect A against a constant B: every placement equal within each model, variance 0.
+    It had given z = inf, p = 0, "A better" on two positives (and Infinity in report.json)."""
+    y = np.r_[np.ones(2), np.zeros(40)]
+    a = np.r_[0.9, 0.95, np.linspace(0.1, 0.8, 40)]
+    b = np.full(42, 0.999)
+    got = paired.delong(y, a, b)
+    assert got["difference"] == pytest.approx(0.5) and got["variance"] == 0.0
+    assert got["p"] is None and got["z"] is None and got["not_testable"] == "zero_variance"
+    out = paired.compare_predictions(y[:, None], a[:, None], b[:, None], ["c"], n_resamples=20)
+    assert out["per_class"]["c"]["verdict"] == (
+        "not tested: zero_variance (DeLong's variance estimate is 0)")
+    same = paired.delong(y, a, a)
+    assert (same["p"], same["z"], same["not_testable"]) == (1.0, 0.0, None)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_non_finite_probability_is_an_error_naming_the_model_and_count(bad):
+    """A NaN had made the class's AUROC NaN and dropped it from the bootstrap's macro figure."""
+    rng = np.random.default_rng(0)
+    labels = (rng.random((30, 2)) < 0.5).astype(np.float32)
+    a, b = rng.random((30, 2)), rng.random((30, 2))
+    b[[3, 7], 1] = bad
+    with pytest.raises(ValueError, match=r"^model B: 2 of 60 scores are NaN or infinite"):
+        paired.compare_predictions(labels, a, b, ["x", "y"], n_resamples=20)
+    with pytest.raises(ValueError, match=r"^model B \(out-of-domain\): 2 of 60 scores"):
+        paired.paired_drop_difference({"labels": labels, "a": a, "b": a},
+                                      {"labels": labels, "a": a, "b": b}, ["x", "y"])

@@ -106,7 +106,8 @@ def test_lead_sets():
 def test_cross_domain_plan_and_drop():
     sources = ["g"] * 6 + ["n"] * 4
     splits = ["train", "train", "val", "test", "test", "train", "train", "val", "test", "test"]
-    plan = {p["train_source"]: p for p in protocols.cross_domain_plan(sources, splits)}
+    patients = [f"r{i}" for i in range(10)]   # each record its own patient
+    plan = {p["train_source"]: p for p in protocols.cross_domain_plan(sources, splits, patients)}
     np.testing.assert_array_equal(plan["g"]["train"], [0, 1, 5])
     np.testing.assert_array_equal(plan["g"]["out_of_domain"]["n"], [6, 7, 8, 9])
     np.testing.assert_array_equal(plan["n"]["in_domain_test"], [8, 9])
@@ -115,3 +116,32 @@ def test_cross_domain_plan_and_drop():
     drop = protocols.common_class_macro(ind, ood)
     assert drop["classes"] == ["a"] and drop["drop"] == pytest.approx(0.2)
 
+
+
+def test_a_patient_with_records_in_two_sources_is_in_one_split_and_never_tested_out_of_domain():
+    """--split_fractions re-split each source on its own and an out-of-domain test used every
+    record of the other source: a patient with records in both (the audit's manifest: P6 =
+    E07518, E07519, HR06000) was trained on in one source and tested in the other. Now the
+    patient has one split everywhere, and the out-of-domain set of a head leaves out (and
+    counts) the records of the patients it trained or was selected on."""
+    infos = []
+    for i in range(40):                      # 20 patients, one record in each source
+        for source in ("e", "h"):
+            infos.append(SimpleNamespace(record_id=f"{source}{i:03d}", source=source,
+                                         labels=("a",), meta={"patient_id": f"p{i // 2}"}))
+    for seed in range(5):
+        splits = protocols.resplit(infos, (0.6, 0.2, 0.2), seed=seed)
+        by_patient = collections.defaultdict(set)
+        for info, split in zip(infos, splits):
+            by_patient[info.meta["patient_id"]].add(split)
+        assert all(len(s) == 1 for s in by_patient.values()), seed
+        patients = protocols.patient_keys(infos)
+        sources = [i.source for i in infos]
+        for entry in protocols.cross_domain_plan(sources, splits, patients):
+            other = "h" if entry["train_source"] == "e" else "e"
+            seen = {patients[r] for r in np.r_[entry["train"], entry["val"]]}
+            expected = [r for r in range(len(infos))
+                        if sources[r] == other and patients[r] not in seen]
+            np.testing.assert_array_equal(entry["out_of_domain"][other], expected)
+            assert entry["left_out"] == {other: 2 * len(seen)}   # two records each in `other`
+            assert 0 < len(expected) < 40

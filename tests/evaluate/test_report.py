@@ -206,3 +206,13 @@ def test_a_report_stopped_part_way_leaves_no_report_json_beside_earlier_figures(
     monkeypatch.undo()
     report.write_all(rep, tmp_path, roc=(labels, scores, ["AF", "SR"], "t"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "report.md", "roc.png"]
+
+
+def test_report_json_never_holds_nan_or_infinity(tmp_path):
+    """json.dumps wrote a DeLong z of inf as the bare `Infinity` (not JSON): a strict parser
+    refused report.json. Non-finite numbers are written as null."""
+    path = tmp_path / "report.json"
+    report.write_json({"z": float("inf"), "p": np.float64("nan"), "ok": 0.5,
+                       "nested": [{"low": float("-inf")}, 1]}, path)
+    strict = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert strict == {"z": None, "p": None, "ok": 0.5, "nested": [{"low": None}, 1]}

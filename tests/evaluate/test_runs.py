@@ -158,3 +158,40 @@ def test_a_heads_counts_are_the_records_it_read():
     (run,), _, _ = runs.model_runs(fit_predict, data, "12", settings, method="probe", model="A")
     assigned = np.flatnonzero(data.splits == "train")
     assert run["n_train"] == int(np.sum(assigned % 5 != 0)) < len(assigned)
+
+
+def test_a_class_without_negatives_in_a_sources_training_records_is_not_scored():
+    """Every training record of source n is positive for y (NSR in all PTB-XL records of the
+    sample): its head never saw a negative, its constant output put 0.5 into the out-of-domain
+    macro AUROC. Now y leaves n's figures like a class never seen positive, named apart."""
+    rng = np.random.default_rng(4)
+    data = _dataset(rng)
+    n_train = (data.sources == "n") & (data.splits == "train")
+    data.labels[n_train, 1] = 1.0
+    score = data.labels + rng.normal(size=data.labels.shape)
+    settings = {"label_fractions": [1.0], "seed": 0, "bootstrap": 20}
+    _, cross, preds = runs.model_runs(_fixed_model(data, score), data, "12", settings,
+                                      method="probe", model="A",
+                                      groups=protocols.patient_keys(data.infos),
+                                      cross_domain=True)
+    n_entry = {e["train_source"]: e for e in cross}["n"]
+    assert n_entry["classes_without_train_negatives"] == ["y"]
+    assert n_entry["classes_without_train_positives"] == []
+    g_all = np.flatnonzero(data.sources == "g")
+    assert list(n_entry["out_of_domain"]["g"]["per_class"]) == ["x"]
+    assert n_entry["out_of_domain"]["g"]["macro_auroc"] == pytest.approx(
+        roc_auc_score(data.labels[g_all, 0], score[g_all, 0]), abs=1e-12)
+    np.testing.assert_array_equal(preds["cross_domain"][("n", "g")]["learnt"], [True, False])
+
+
+def test_a_model_with_a_non_finite_probability_stops_the_run_naming_it():
+    rng = np.random.default_rng(5)
+    data = _dataset(rng)
+    score = data.labels + rng.normal(size=data.labels.shape)
+    score[np.flatnonzero(data.splits == "test")[:3], 0] = np.nan
+    settings = {"label_fractions": [1.0], "seed": 0, "bootstrap": 20}
+    n_test = int(np.sum(data.splits == "test"))
+    with pytest.raises(ValueError, match=rf"^model B's test probabilities: 3 of {2 * n_test} "
+                                         "scores are NaN or infinite"):
+        runs.model_runs(_fixed_model(data, score), data, "12", settings, method="probe",
+                        model="B")

@@ -99,3 +99,14 @@ def test_bootstrap_ci_covers_estimate_and_is_seeded():
 def test_undefined_binary_metric_names_the_reason():
     with pytest.raises(ValueError, match="no positives"):
         scoring.auroc(np.zeros(5), np.arange(5))
+
+
+def test_a_non_finite_score_is_an_error_not_a_class_dropped():
+    """With one NaN probability the class's AUROC was NaN, its AUPRC 1.0 and the macro AUROC
+    NaN; the bootstrap dropped the class. Now each says which scores and how many."""
+    labels = np.array([[1], [0], [1], [0]], np.float32)
+    scores = np.array([[0.9], [np.nan], [0.8], [0.1]])
+    with pytest.raises(ValueError, match=r"^scores: 1 of 4 scores are NaN or infinite"):
+        scoring.classification_report(labels, scores, ["c"])
+    with pytest.raises(ValueError, match=r"^scores: 1 of 4 scores are NaN or infinite"):
+        scoring.bootstrap_ci(labels, scores, n_resamples=5)
