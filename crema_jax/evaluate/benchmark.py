@@ -153,14 +153,16 @@ def restrict_classes(data, classes: list[str]):
     return data
 
 
-def _cross_domain_cell(fit_predict, data, column, seed: int):
+def _cross_domain_cell(fit_predict, data, column, seed: int, groups=None):
     """Train on column.train_source's train split (its label fraction), select on its val
-    split, test on every record of column.test_source."""
+    split, test on column.test_source's records of other patients (`groups`: patient keys;
+    None: each record its own)."""
     own, other = data.sources == column.train_source, data.sources == column.test_source
     train, val = (np.flatnonzero(own & (data.splits == s)) for s in ("train", "val"))
     # Not the records of a patient the head trains or is selected on (runs.py: the same rule).
+    patients = np.arange(len(data.sources)) if groups is None else groups
     test, left_out = protocols.unseen_patients(np.flatnonzero(other), np.r_[train, val],
-                                               protocols.patient_keys(data.infos))
+                                               patients)
     if not (len(train) and len(val) and len(test)):
         raise ValueError(f"task {column.task!r}: source {column.train_source!r} needs train and "
                          f"val records and {column.test_source!r} records of other patients "
@@ -205,7 +207,7 @@ def compute_cell(model, column, protocol: str, suite: dict, loaded: Datasets, st
     learnt = np.ones(len(data.classes), bool)
     if column.train_source:
         fields, pred, learnt = _cross_domain_cell(runs.finite_outputs(fit_predict, model.name),
-                                                  data, column, suite["seed"])
+                                                  data, column, suite["seed"], groups)
     else:
         found, _, preds = runs.model_runs(fit_predict, data, column.leads, settings,
                                           method=protocol, model=model.name, plan=plan,
