@@ -1,6 +1,8 @@
 """A checkpoint's weights as a PyTorch state_dict, plus FILE.json (config): `crema-jax export-torch`.
 
 - FILE.safetensors: flat keys, metadata {"format": "pt", "crema_model_config": JSON}.
+- FILE.json: the layout, step, model config and the full config (LOCAL_FIELDS blank), whose data
+  section `import-torch FILE` restores.
 - FILE.pth (stmem, ecgfounder): torch.save of plain tensors and numbers, loadable with
   torch.load(weights_only=True): ST-MEM's {'model': state_dict, 'epoch', 'config'} wrapping, or
   ECGFounder's {'state_dict': ..., 'epoch'}.
@@ -22,6 +24,12 @@ from crema_jax.runtime import checkpoint as ckpt_lib
 from crema_jax.runtime import files, trees
 
 LAYOUTS = ("crema", "stmem", "ecgfounder")
+# Config fields that say where one machine keeps things (datasets and their options, caches,
+# logs, other checkpoints): an exported config is shared, so they are written blank. The model
+# and its data path (rate, crop, leads, filters) stay: a reader needs those.
+LOCAL_FIELDS = ("data.root", "data.cache_dir", "data.skip_log_dir", "data.layout_options",
+                "train.init_from", "train.compilation_cache_dir", "evals.fewshot_probe.root",
+                "evals.fewshot_probe.layout_options")
 
 
 class ExportError(ValueError):
@@ -31,6 +39,19 @@ class ExportError(ValueError):
 def resolved_model_config(model_cfg) -> dict:
     """The model config as a dict with the size entry resolved (width/depth/heads/head_dim)."""
     return {**model_cfg.to_dict(), **families.family_of(model_cfg).size_fields(model_cfg)}
+
+
+def shared_config(config) -> dict:
+    """The config as JSON for an exported file: LOCAL_FIELDS blank ("" or {})."""
+    full = ckpt_lib.config_to_json_dict(config)
+    for field in LOCAL_FIELDS:
+        *parents, key = field.split(".")
+        section = full
+        for name in parents:
+            section = section.get(name) if isinstance(section, dict) else None
+        if isinstance(section, dict) and key in section:
+            section[key] = {} if isinstance(section[key], dict) else ""
+    return full
 
 
 def build_state_dict(params, model_cfg, *, layout: str, include_decoder: bool
@@ -125,5 +146,5 @@ def run_export(checkpoint: str, out: str, *, layout: str | None = None,
     state_dict = build_state_dict(params, model_cfg, layout=layout,
                                   include_decoder=include_decoder)
     return write_files(state_dict, out, layout=layout, model_config=resolved_model_config(
-        model_cfg), full_config=ckpt_lib.config_to_json_dict(config), step=step,
+        model_cfg), full_config=shared_config(config), step=step,
         include_decoder=include_decoder)

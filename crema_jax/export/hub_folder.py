@@ -6,7 +6,8 @@ by `crema-jax import-torch DIR` (or `hf://OWNER/REPO` once uploaded) with no fur
     DIR/config.json         {"library_name": "crema_jax", "layout", "weights", "model" (the
                             architecture), "data_path" (the preset's fields with this model's
                             values: rate, crop, filters), "labels" (or null), "pretraining"
-                            (step and the sections that say how), "config" (the full config)}
+                            (step and the sections that say how), "config" (the full config,
+                            its machine-local paths blank: export_torch.LOCAL_FIELDS)}
     DIR/README.md           the model card: what the model is, its data path step by step, its
                             labels, how it was pretrained, how to load it in crema_jax and PyTorch
 
@@ -55,16 +56,24 @@ def labels_of(model_cfg) -> list[str] | None:
 
 def folder_config(config, saved: dict, step: int, *, layout: str) -> dict:
     """config.json's content for a checkpoint's config (`saved`: as stored, with its source)."""
-    full = ckpt_lib.config_to_json_dict(config)
+    full = export_torch.shared_config(config)
     pretraining = {"step": int(step), "train": full["train"], "optim": full["optim"],
                    "loss": full["loss"], "data": {k: full["data"][k] for k in
-                                                  ("layout", "root", "synthetic_records")}}
+                                                  ("layout", "synthetic_records")}}
     if "source" in saved:  # imported weights: their origin, as import-torch recorded it
-        pretraining["imported_from"] = saved["source"]
+        pretraining["imported_from"] = _shared_source(saved["source"])
     return {"library_name": LIBRARY, "layout": layout, "weights": WEIGHTS_FILE,
             "model": export_torch.resolved_model_config(config.model),
             "data_path": data_path_entry(config.data), "labels": labels_of(config.model),
             "pretraining": pretraining, "config": full}
+
+
+def _shared_source(source):
+    """import-torch's record of where weights came from, a local file by its name alone (its
+    folder is this machine's); a hub id, or a hand-edited record, as it is."""
+    if isinstance(source, dict) and isinstance(source.get("path"), str):
+        return {**source, "path": os.path.basename(source["path"])}
+    return source
 
 
 def write_folder(checkpoint: str, folder: str, *, include_decoder: bool = False,

@@ -95,7 +95,7 @@ def _pretraining(info: dict) -> list[str]:
         return lines
     train, data, loss, optim = pre["train"], pre["data"], pre["loss"], pre["optim"]
     where = (f"{data['synthetic_records']} synthetic ECGs" if data["synthetic_records"] else
-             f"layout `{data['layout']}` at `{data['root']}`")
+             f"layout `{data['layout']}`")
     lines += [f"- steps: {pre['step']} of {train['num_steps']}, global batch "
               f"{train['global_batch_size']}, seed {train['seed']}",
               f"- data: {where}", f"- loss: `{loss['name']}`",

@@ -71,3 +71,60 @@ def test_the_reasons_a_model_is_no_st_mem_one_are_told_apart(tmp_path, capsys):
            "this model cannot be written as an ST-MEM checkpoint: model.head_dim=32: ST-MEM "
            "heads have 64 dims; model.patch_norms=False: ST-MEM's patch embedding")
     assert not (tmp_path / "w.pth").exists() and not (tmp_path / "w.json").exists()
+
+
+def test_exports_leave_out_where_this_machine_keeps_its_data(tmp_path, capsys):
+    """F.json and a hub folder's config.json had carried the full config: the dataset's folder,
+    the cache, the label file of the layout options, the run it started from: where a hospital
+    keeps its records. Those are blank; the data path a reader needs stays."""
+    import json
+
+    from crema_jax import config as config_lib
+    from crema_jax.models import params as params_lib
+    from crema_jax.runtime import checkpoint
+
+    config = config_lib.default_config()
+    config.model.size, config.data.target_fs = "tiny", 500.0
+    config.data.root, config.data.cache_dir = "/hospital/ecg_records", "/hospital/cache"
+    config.data.skip_log_dir, config.train.init_from = "/hospital/skips", "/hospital/runs/a"
+    config.train.compilation_cache_dir = "/hospital/xla"
+    config.data.layout_options = {"label_map": "/hospital/labels.csv"}
+    config.evals.fewshot_probe.root = "/hospital/probe"
+    checkpoint.save_model_checkpoint(tmp_path / "ckpt", params_lib.init_params(config.model, 0),
+                                     config)
+    export_torch.COMMAND.run([f"--checkpoint={tmp_path / 'ckpt'}",
+                              f"--out={tmp_path / 'w.safetensors'}"])
+    export_torch.COMMAND.run([f"--checkpoint={tmp_path / 'ckpt'}",
+                              f"--hub_folder={tmp_path / 'hub'}"])
+    for path in (tmp_path / "w.json", tmp_path / "hub" / "config.json",
+                 tmp_path / "hub" / "README.md"):
+        assert "/hospital" not in path.read_text(), path
+    for path in (tmp_path / "w.json", tmp_path / "hub" / "config.json"):
+        full = json.loads(path.read_text())["config"]
+        assert (full["data"]["root"], full["data"]["cache_dir"], full["data"]["skip_log_dir"],
+                full["data"]["layout_options"], full["train"]["init_from"],
+                full["train"]["compilation_cache_dir"], full["evals"]["fewshot_probe"]["root"]
+                ) == ("", "", "", {}, "", "", "")
+        assert full["data"]["target_fs"] == 500.0 and full["model"]["size"] == "tiny"
+
+
+def test_an_imported_files_folder_is_not_exported(tmp_path):
+    """A hub folder of imported weights had named the folder the file was imported from."""
+    import json
+
+    import torch
+
+    from crema_jax.cli import import_torch
+    from tests.references.ecgfounder_torch import Net1DRef
+
+    (tmp_path / "hospital").mkdir()
+    weights = tmp_path / "hospital" / "net1d.pth"
+    torch.save({"state_dict": Net1DRef(in_channels=12, filters=(16, 32),
+                                       blocks=(1, 2)).state_dict()}, weights)
+    import_torch.COMMAND.run(["--format=ecgfounder", str(weights), f"--out={tmp_path / 'ckpt'}"])
+    export_torch.COMMAND.run([f"--checkpoint={tmp_path / 'ckpt'}",
+                              f"--hub_folder={tmp_path / 'hub'}"])
+    info = json.loads((tmp_path / "hub" / "config.json").read_text())
+    assert info["pretraining"]["imported_from"]["path"] == "net1d.pth"
+    for name in ("config.json", "README.md"):
+        assert str(tmp_path / "hospital") not in (tmp_path / "hub" / name).read_text()
