@@ -10,8 +10,11 @@ probe, finetune, embed and predict read.
 
 `hf://OWNER/REPO[@REVISION][/FILE]` is fetched through huggingface_hub (`pip install
 crema_jax[hub]`; its cache, HF_HUB_OFFLINE and token apply); the commit fetched is recorded in
-the checkpoint's config (`source`). The model config is inferred from the tensor shapes. Files are loaded safely (safetensors, or
-torch.load(weights_only=True) only) and checked completely before anything is written.
+the checkpoint's config (`source`). The model config is inferred from the tensor shapes; the
+data path (rate, crop, filters) is the one in the folder's config.json or in the FILE.json
+export-torch wrote beside a file, else the format's preset (the printed line says which).
+Files are loaded safely (safetensors, or torch.load(weights_only=True) only) and checked
+completely before anything is written.
 """
 from crema_jax.cli import command
 from crema_jax.evaluate import ranges
@@ -32,5 +35,6 @@ def main(args) -> None:
     if len(args.positional) != 1:
         raise command.FlagValueError(f"expected one weight FILE, FOLDER or hub id, got "
                                      f"{len(args.positional)} (usage: {COMMAND.usage_line()})")
-    step_dir = import_torch.run_import(args.positional[0], args.format, args.out, seed=args.seed)
-    print(f"wrote {step_dir}")
+    step_dir, data_from = import_torch.run_import(args.positional[0], args.format, args.out,
+                                                  seed=args.seed)
+    print(f"wrote {step_dir} ({data_from})")

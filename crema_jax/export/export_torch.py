@@ -104,6 +104,36 @@ def safetensors_writer(state_dict, model_config: dict):
     return lambda p: safetensors.numpy.save_file(state_dict, p, metadata=meta)
 
 
+def sidecar_path(out: str) -> str:
+    """FILE.json, the config written beside the weight file FILE.safetensors or FILE.pth."""
+    return os.path.splitext(out)[0] + ".json"
+
+
+def saved_data(info: dict, path: str) -> dict:
+    """"config"."data" of what an export wrote at `path` (FILE.json, or a hub folder's
+    config.json): the data path its model was trained with."""
+    full = info.get("config")
+    data = full.get("data") if isinstance(full, dict) else None
+    if not isinstance(data, dict):
+        raise safe_load.CheckpointFileError(f"{path}: \"config\".\"data\" (the data path) is "
+                                            "missing or not an object")
+    return data
+
+
+def read_sidecar_data(path: str) -> tuple[str, dict] | None:
+    """(FILE.json, its "config"."data") when the FILE.json beside the weight file `path` holds
+    the config write_files writes; None without one, or for a FILE.json without "config" (one
+    written by hand: import-torch takes the format's preset, and says so)."""
+    side = sidecar_path(path)
+    if not os.path.isfile(side):
+        return None
+    with open(side, "rb") as f:
+        info = safe_load.parse_json(f.read(), side)  # nested too deeply, a 5000-digit number
+    if not isinstance(info, dict) or "config" not in info:
+        return None
+    return side, saved_data(info, side)
+
+
 def write_files(state_dict, out: str, *, layout: str, model_config: dict, full_config: dict,
                 step: int, include_decoder: bool) -> tuple[str, str]:
     """Writes FILE (.safetensors or .pth) and FILE.json as a pair (both written before either
@@ -124,7 +154,7 @@ def write_files(state_dict, out: str, *, layout: str, model_config: dict, full_c
                 torch.save(obj, f)
     else:
         raise ExportError(f"--out={out}: expected a .safetensors or .pth file name")
-    side = os.path.splitext(out)[0] + ".json"
+    side = sidecar_path(out)
     def dump(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(info, f, indent=1)
@@ -138,7 +168,7 @@ def run_export(checkpoint: str, out: str, *, layout: str | None = None,
     then writes FILE and FILE.json atomically."""
     if not out.endswith((".safetensors", ".pth", ".pt")):
         raise ExportError(f"--out={out}: expected a .safetensors or .pth file name")
-    for path in (out, os.path.splitext(out)[0] + ".json"):
+    for path in (out, sidecar_path(out)):
         files.check_output_file(path, inputs=[checkpoint], overwrite=overwrite)
     params, config, step = config_lib.load_checkpoint(checkpoint)
     model_cfg = config.model

@@ -144,8 +144,5 @@ def read_folder(folder: str) -> tuple[str, str, dict]:
     if not isinstance(weights, str) or os.path.basename(weights) != weights or not weights:
         raise safe_load.CheckpointFileError(
             f"{path}: \"weights\" is {weights!r}; expected a file name in the folder")
-    data = (info.get("config") or {}).get("data") if isinstance(info.get("config"), dict) else None
-    if not isinstance(data, dict):
-        raise safe_load.CheckpointFileError(f"{path}: \"config\".\"data\" (the data path) is "
-                                            "missing or not an object")
-    return os.path.join(folder, weights), layout, data
+    return os.path.join(folder, weights), layout, export_torch.saved_data(info, path)
+

@@ -2,9 +2,11 @@
 `probe`, `finetune`, `embed` and `predict` read.
 
 The model config is inferred from the tensor shapes (ViT-B from width 768 and 12 blocks; Net1D 12-
-or 1-lead from first_conv) and written with the full default config. Files are loaded safely
-(safe_load.py: safetensors, or torch.load(weights_only=True) only) and checked completely before
-anything is written: on any error the output directory is left untouched.
+or 1-lead from first_conv) and written with the full default config; its data path is the one
+export-torch wrote (a hub folder's config.json, or FILE.json beside a weight file), else the
+format's preset. Files are loaded safely (safe_load.py: safetensors, or
+torch.load(weights_only=True) only) and checked completely before anything is written: on any
+error the output directory is left untouched.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from absl import logging
 from crema_jax import config as config_lib
 from crema_jax import config_checks
 from crema_jax.data import presets
-from crema_jax.export import convert, hub, hub_folder, safe_load, sit_layouts
+from crema_jax.export import convert, export_torch, hub, hub_folder, safe_load, sit_layouts
 from crema_jax.models import SIZES, default_model_config, families
 from crema_jax.models import params as params_lib
 from crema_jax.models.net1d import default_net1d_config
@@ -133,7 +135,7 @@ def infer_net1d_config(sd: Mapping[str, np.ndarray]):
 # ------------------------------------------------------------------------------------------------
 def _crema_model_config(path: str, metadata: Mapping[str, str]):
     text, where = metadata.get("crema_model_config"), "its safetensors metadata"
-    side = os.path.splitext(path)[0] + ".json"
+    side = export_torch.sidecar_path(path)
     if text is None and os.path.isfile(side):
         with open(side, encoding="utf-8", errors="replace") as f:
             side_json = _json(side, f.read())
@@ -215,7 +217,7 @@ def _inferred(path: str, infer, sd, fmt: str):
 def _sidecar_hint(path: str, fmt: str) -> str:
     """"; F.json says layout 'crema': use --format=crema" when export-torch's F.json beside
     `path` names another layout than --format; "" otherwise (no such file, or unreadable)."""
-    side = os.path.splitext(path)[0] + ".json"
+    side = export_torch.sidecar_path(path)
     try:
         if not os.path.isfile(side) or os.path.getsize(side) > 64 << 20:
             return ""
@@ -310,14 +312,16 @@ def _summarise(paths: list[str]) -> str:
     return ", ".join(f"{k} ({n} tensors)" for k, n in sorted(groups.items()))
 
 
-def resolve_source(source: str, fmt: str | None) -> tuple[str, str, dict | None, dict]:
-    """(weight file, format, saved data section or None, source record) for a weight file, a
-    folder export-torch --hub_folder wrote, or a hub id of either (fetched into the hub cache)."""
+def resolve_source(source: str, fmt: str | None
+                   ) -> tuple[str, str, tuple[str, dict] | None, dict]:
+    """(weight file, format, (where, saved data section) or None, source record) for a weight
+    file, a folder export-torch --hub_folder wrote, or a hub id of either (fetched into the hub
+    cache). The data section is the folder's config.json's, or that of the FILE.json export-torch
+    wrote beside a weight file."""
     if hub.is_hub_id(source):
         local, record = hub.fetch(source, hub_folder.CONFIG_FILE)
     else:
         local, record = source, {"path": os.path.abspath(source)}
-    data = None
     if hub_folder.is_folder(local):
         local, layout, data = hub_folder.read_folder(local)
         if fmt not in (None, layout):
@@ -325,6 +329,8 @@ def resolve_source(source: str, fmt: str | None) -> tuple[str, str, dict | None,
                 f"{source}: a folder of {layout}-layout weights; drop --format={fmt} (the "
                 "folder's config.json says its layout)")
         fmt = layout
+        where = os.path.join(source, hub_folder.CONFIG_FILE) if os.path.isdir(source) else source
+        saved = (where, data)
     elif os.path.isdir(local):
         raise safe_load.CheckpointFileError(
             f"{source}: a folder without {hub_folder.CONFIG_FILE}; expected a weight file or a "
@@ -332,7 +338,9 @@ def resolve_source(source: str, fmt: str | None) -> tuple[str, str, dict | None,
     elif fmt is None:
         raise safe_load.CheckpointFileError(
             f"{source}: a weight file needs --format ({'|'.join(FORMATS)})")
-    return local, fmt, data, {**record, "format": fmt}
+    else:
+        saved = export_torch.read_sidecar_data(local)
+    return local, fmt, saved, {**record, "format": fmt}
 
 
 def _unfinished_import(out: str) -> str | None:
@@ -355,10 +363,10 @@ def _unfinished_import(out: str) -> str | None:
             f"an empty {workdir_lib.CHECKPOINTS_DIRNAME}/")
 
 
-def run_import(source: str, fmt: str | None, out: str, *, seed: int = 0) -> str:
-    """Checks everything, then writes `out/checkpoints/0`; returns the step dir. The source (the
-    path, or the hub id and the commit fetched) is recorded in the checkpoint's config as
-    `source`, which readers of the config leave aside."""
+def run_import(source: str, fmt: str | None, out: str, *, seed: int = 0) -> tuple[str, str]:
+    """Checks everything, then writes `out/checkpoints/0`; returns the step dir and where its data
+    path came from. The source (the path, or the hub id and the commit fetched) is recorded in
+    the checkpoint's config as `source`, which readers of the config leave aside."""
     path, fmt, saved_data, record = resolve_source(source, fmt)
     if storage.is_remote(out):
         storage.check_url(str(out))
@@ -373,19 +381,21 @@ def run_import(source: str, fmt: str | None, out: str, *, seed: int = 0) -> str:
     params, model_cfg, kept = import_weights(path, fmt, seed=seed)
     config = config_lib.default_config(model_cfg.name)
     config.model = model_cfg
-    if saved_data is not None:  # a hub folder: the data path its model was trained with
-        where = os.path.join(source, hub_folder.CONFIG_FILE) if os.path.isdir(source) else source
+    if saved_data is not None:  # export-torch's config: the data path the model was trained with
+        where, data = saved_data
         try:
             config.data = config_lib.from_saved({"model": {"name": model_cfg.name},
-                                                 "data": saved_data}).data
+                                                 "data": data}).data
             config_checks.validate_data(config)
         except (ValueError, OverflowError) as err:
             raise safe_load.CheckpointFileError(f"{where}: its data path (\"config\".\"data\") "
                                                 f"has {err}") from None
+        data_from = f"data path from {where}"
     else:
         # The peer's own data path, file to model input, so that embed/probe/finetune/predict
         # give its authors' outputs with no flag (data/presets.py).
         presets.apply(config.data, PRESET_OF_FORMAT[fmt])
+        data_from = f"data path: the {PRESET_OF_FORMAT[fmt]} preset"
     config.source = record
     if kept:
         logging.warning("*** %s holds no weights for: %s. These are FRESHLY INITIALISED (seed %d)"
@@ -393,4 +403,4 @@ def run_import(source: str, fmt: str | None, out: str, *, seed: int = 0) -> str:
                         "starts them from scratch. ***", path, _summarise(kept), seed)
         print(f"WARNING: freshly initialised (not in the file): {_summarise(kept)}")
     step_dir = ckpt_lib.save_model_checkpoint(out, params, config, step=0)
-    return str(step_dir)
+    return str(step_dir), data_from

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from crema_jax import config as config_lib
+from crema_jax.data import presets
 from crema_jax.runtime import trees
 from crema_jax.export import convert, export_torch, import_torch, sit_layouts, torch_sit
 from crema_jax.models import params as params_lib
@@ -204,12 +205,16 @@ def test_fine_tuned_encoder_with_head_exports_to_both_layouts(tmp_path):
     # takes the exported file with strict=True and computes the original's logits.
     clone = StMemEncoder(64, 2, 1, num_classes=5).eval()
     clone.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
-    # The lead-embedding rule travels with the file: position (ST-MEM's) and canonical.
+    # The lead-embedding rule travels with the file: position (ST-MEM's) and canonical; so does
+    # the data path (F.json's config, as export-torch writes it).
+    run = config_lib.default_config("sit_encoder")
+    presets.apply(run.data, "stmem")
     for rule in ("position", "canonical"):
         cfg.lead_embedding = rule
         export_torch.write_files(sd, str(tmp_path / f"{rule}.pth"), layout="stmem",
                                  model_config=export_torch.resolved_model_config(cfg),
-                                 full_config={}, step=0, include_decoder=False)
+                                 full_config=export_torch.shared_config(run), step=0,
+                                 include_decoder=False)
         import_torch.run_import(str(tmp_path / f"{rule}.pth"), "stmem", str(tmp_path / rule))
         saved = config_lib.load_checkpoint_config(tmp_path / rule)
         assert saved.model.lead_embedding == rule and saved.data.preset == "stmem"

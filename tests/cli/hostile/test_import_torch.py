@@ -324,3 +324,67 @@ def test_a_format_the_sidecar_contradicts_is_pointed_at_it(crema_export, tmp_pat
            f"{path}: cannot infer the model size: none of [", f"is in the file; "
            f"{tmp_path / 'w.json'} says layout 'crema': use --format=crema")
     assert not (tmp_path / "out").exists()
+
+
+def _run_with_own_data_path(folder):
+    """A tiny SiT checkpoint whose data path is not the crema preset's (500 Hz, a 20 Hz
+    low-pass, a notch, six leads, probability averaging): the config it was saved with."""
+    config = config_lib.default_config()
+    config.model.size, config.model.width, config.model.head_dim = "tiny", 128, 64  # ST-MEM's
+    config.data.target_fs, config.data.leads = 500.0, ("I", "II", "III", "aVR", "aVL", "aVF")
+    config.data.preprocess.high_hz, config.data.preprocess.notch_hz = 20.0, 50.0
+    config.data.eval_crop_average, config.data.resample = "probability", "fft"
+    from crema_jax.runtime import checkpoint
+    checkpoint.save_model_checkpoint(folder, params_lib.init_params(config.model, 0), config)
+    return config
+
+
+@pytest.mark.parametrize("name", ["w.safetensors", "w.pth"])
+def test_a_file_export_torch_wrote_imports_with_its_data_path(tmp_path, capsys, name):
+    """export-torch --out=F then import-torch F had come back with the format's preset (250 Hz,
+    40 Hz low-pass), exit 0, and embed's features then differed from the run's; a hub folder
+    kept its data path. F.json holds it: the import restores it, and says so."""
+    original = _run_with_own_data_path(tmp_path / "run")
+    weights = tmp_path / name
+    fmt = "crema" if name.endswith(".safetensors") else "stmem"
+    export_torch.COMMAND.run([f"--checkpoint={tmp_path / 'run'}", f"--out={weights}",
+                              f"--layout={fmt}"])
+    capsys.readouterr()
+    import_torch.COMMAND.run([f"--format={fmt}", str(weights), f"--out={tmp_path / 'back'}"])
+    assert f"(data path from {tmp_path / 'w.json'})" in capsys.readouterr().out
+    back = config_lib.load_checkpoint_config(tmp_path / "back").data
+    assert (back.target_fs, back.preprocess.high_hz, back.preprocess.notch_hz) == (500.0, 20.0,
+                                                                                   50.0)
+    assert back.leads == ("I", "II", "III", "aVR", "aVL", "aVF")
+    want = original.data.to_dict()
+    assert {k: v for k, v in back.to_dict().items() if k != "batch_size"} == \
+        {k: v for k, v in want.items() if k != "batch_size"}
+
+
+def test_a_file_without_export_torchs_config_takes_the_formats_preset_and_says_so(
+        crema_export, tmp_path, capsys):
+    """A weight file with no F.json, or an F.json of the model alone (no "config"), gets its
+    format's preset, named in the printed line; an F.json whose "config" holds no data section,
+    or one that cannot run, is refused naming F.json."""
+    import safetensors.numpy
+    tensors, model = crema_export
+    path = tmp_path / "w.safetensors"
+    safetensors.numpy.save_file(tensors, str(path), metadata={
+        "format": "pt", "crema_model_config": json.dumps(model)})
+    side = tmp_path / "w.json"
+    for content in (None, {"layout": "crema", "model": model}):
+        if content is not None:
+            side.write_text(json.dumps(content))
+        out = tmp_path / f"out{content is None}"
+        capsys.readouterr()
+        import_torch.COMMAND.run(["--format=crema", str(path), f"--out={out}"])
+        assert "(data path: the crema preset)" in capsys.readouterr().out
+        assert config_lib.load_checkpoint_config(out).data.target_fs == 250.0
+    for config, said in (({"model": model}, f"{side}: \"config\".\"data\" (the data path) is "
+                          "missing or not an object"),
+                         ({"data": {"target_fs": -5.0}}, f"{side}: its data path (\"config\"."
+                          "\"data\") has config.data.target_fs=-5.0: expected a rate in Hz")):
+        side.write_text(json.dumps({"layout": "crema", "model": model, "config": config}))
+        _fails(import_torch, ["--format=crema", str(path), f"--out={tmp_path / 'no'}"], capsys,
+               said)
+        assert not (tmp_path / "no").exists()
