@@ -84,12 +84,10 @@ def main(args) -> None:
         print(backbones.describe_data_path(out["data_cfg"], args.preset))
     if out["note"]:
         print(out["note"])
-    if not len(out["outputs"]):
-        reasons = ", ".join(f"{reason} {count}" for reason, count in
-                            sorted(out["skipped"].counts.items()))
-        raise command.CommandError(f"--input={args.input}: no ECG could be read "
-                                   f"({out['skipped'].total} skipped: {reasons or 'none'}); "
-                                   "nothing written")
+    try:
+        embed.check_some_read(out)
+    except embed.EmbedError as err:
+        raise command.CommandError(f"--input={args.input}: {err}") from None
     # Each row's ECG: a record, or for an array its row number (an unreadable one is skipped,
     # so row i of Y need not be row i of X). Both files' bytes are made before either is
     # written (a name that did not encode had left Y.npy without its records).
@@ -103,7 +101,8 @@ def main(args) -> None:
     skipped = out["skipped"].total
     print(f"wrote {args.out}: {out['outputs'].shape} {'logits' if args.logits else 'features'}"
           f", each row's ECG in {side}"
-          + (f"; skipped {skipped} unreadable records" if skipped else ""))
+          + (f"; skipped {skipped} unreadable records ({embed.skip_reasons(out['skipped'])})"
+             if skipped else ""))
 
 
 def _writer(data: bytes):

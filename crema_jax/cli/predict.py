@@ -41,11 +41,18 @@ def main(args) -> None:
     predict.check_backbone(backbone)
     out = predict.predict_probabilities(backbone, records=paths, batch_size=args.batch_size,
                                         preset=args.preset or None)
+    try:  # every record skipped: an error, as embed's (it had written a CSV of no row, exit 0)
+        embed.check_some_read(out)
+    except embed.EmbedError as err:
+        given = args.positional
+        named = ", ".join(given[:3]) + (f" and {len(given) - 3} more" if len(given) > 3 else "")
+        raise command.CommandError(f"{named}: {err}") from None
     print(backbones.describe_data_path(out["data_cfg"], args.preset))
     ids = embed.row_names(paths, out["record"], out["window"])
     print(predict.format_top(ids, out["probs"], labels, args.top))
     if out["skipped"].total:
-        print(f"skipped {out['skipped'].total} unreadable records: "
+        print(f"skipped {out['skipped'].total} unreadable records "
+              f"({embed.skip_reasons(out['skipped'])}): "
               f"{sorted(p for ps in out['skipped'].paths.values() for p in ps)}")
     if args.out:
         predict.write_csv(args.out, ids, out["probs"], labels)

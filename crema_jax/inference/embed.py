@@ -30,6 +30,20 @@ class EmbedError(ValueError):
     """An input the model cannot take; the message says what was expected."""
 
 
+def skip_reasons(skipped: skips.SkipStats) -> str:
+    """"truncated_signal 1, missing_file 2": the records skipped, by reason, as embed and predict
+    print them ("none" for no reason recorded)."""
+    return ", ".join(f"{reason} {count}" for reason, count in
+                     sorted(skipped.counts.items())) or "none"
+
+
+def check_some_read(out: dict) -> None:
+    """EmbedError when embed's dict `out` holds no row: every ECG was skipped, and why."""
+    if not len(out["outputs"]):
+        raise EmbedError(f"no ECG could be read ({out['skipped'].total} skipped: "
+                         f"{skip_reasons(out['skipped'])}); nothing written")
+
+
 def record_source(paths, data_cfg) -> sources.WfdbSource:
     infos = [layouts.RecordInfo(record_id=layouts.record_id_of(p), path=p, labels=(), split="",
                                 source="", reader=clinical.ClinicalFile()

@@ -271,3 +271,29 @@ def test_embed_from_a_training_checkpoint_warns_of_nothing(tmp_path, ecgs):
     assert done.returncode == 0, done.stderr
     assert "data_iter" not in done.stderr, done.stderr
     assert np.load(out).shape == (16, 64)
+
+
+def test_predict_of_records_none_of_which_can_be_read_is_an_error_as_embeds(tmp_path, capsys):
+    """predict had printed "skipped 1 unreadable records: [...]" then written a CSV of 0 rows,
+    exit 0, and never said why a record was skipped. Every record skipped is embed's one-line
+    error; a record skipped among readable ones is printed with its reason."""
+    net = config_lib.default_config("net1d")
+    net.model.filters, net.model.blocks = [16, 32], [1, 1]
+    ckpt = tmp_path / "net1d"
+    checkpoint.save_model_checkpoint(ckpt, params_lib.init_params(net.model, 0), net)
+    folder = tmp_path / "records"
+    folder.mkdir()
+    _copy_record(folder, "GOOD")
+    (folder / "CUT.hea").write_text((SAMPLE / "E07500.hea").read_text().replace("E07500", "CUT"))
+    (folder / "CUT.mat").write_bytes((SAMPLE / "E07500.mat").read_bytes()[:5000])
+    csv = tmp_path / "p.csv"
+    _fails(predict, [f"--checkpoint={ckpt}", str(folder / "CUT"), str(tmp_path / "NOPE"),
+                     f"--out={csv}"], capsys,
+           f"{folder / 'CUT'}, {tmp_path / 'NOPE'}: no ECG could be read (2 skipped: ")
+    assert not csv.exists()
+    assert predict.COMMAND.run([f"--checkpoint={ckpt}", str(folder / "CUT"),
+                                str(folder / "GOOD"), f"--out={csv}"]) is None
+    printed = capsys.readouterr().out
+    assert f"skipped 1 unreadable records (truncated_signal 1): ['{folder / 'CUT.mat'}']" in \
+        printed
+    assert [row.split(",")[0] for row in csv.read_text().splitlines()[1:]] == ["GOOD"]
