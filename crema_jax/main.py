@@ -8,7 +8,7 @@ import traceback
 
 from absl import flags
 
-from crema_jax.cli import COMMANDS
+from crema_jax.cli import COMMANDS, command
 from crema_jax.runtime import host_malloc, platforms
 
 
@@ -53,7 +53,7 @@ def run(argv=None) -> None:
             raise
         if verbose:
             traceback.print_exc()
-        terminated = isinstance(err, Terminated)
+        terminated = isinstance(err, command.Terminated)
         # After a progress line; 128 + the signal's number, as a shell reports it.
         print(f"\ncrema-jax {name}: {'terminated' if terminated else 'interrupted'}",
               file=sys.stderr)
@@ -61,14 +61,6 @@ def run(argv=None) -> None:
         if from_process and _jax_backend_started():
             _exit_now(code)
         sys.exit(code)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a job scheduler, `timeout`, `kill`), raised as a Ctrl-C is: the command's
-    `finally` blocks then run (temporary files removed, the workdir lock released, workers
-    stopped) before the exit with 143. Killed outright, an export had left its full-size
-    temporary file behind, and a pretrain its lock. A pretrain's train loop handles SIGTERM
-    itself while it runs (train/hooks.py: save the step, then exit)."""
 
 
 def _terminate_as_interrupt() -> None:
@@ -79,7 +71,7 @@ def _terminate_as_interrupt() -> None:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
             return
-        raise Terminated()
+        raise command.Terminated()
     signal.signal(signal.SIGTERM, handle)
 
 

@@ -43,6 +43,15 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 USER_ERRORS = (ValueError, OSError, ImportError)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler, `timeout`, `kill`), raised as a Ctrl-C is (main.py installs the
+    handler): the command's `finally` blocks then run (temporary files removed, the workdir lock
+    released, workers stopped) before main's exit with 143 and its last line, `terminated`.
+    Killed outright, an export had left its full-size temporary file behind, and a pretrain its
+    lock. A pretrain's train loop handles SIGTERM itself while it runs (train/hooks.py: save the
+    step), then the command raises this: the run is unfinished, whatever it saved."""
+
+
 class CommandError(Exception):
     """An input or setting the command cannot use; the message says what was expected."""
 

@@ -6,7 +6,8 @@
         [--config.train.global_batch_size=512 ...]   # check a pod config here: libtpu, no TPU
 
 Re-running the same command resumes from the latest complete checkpoint in the workdir. SIGTERM
-(preemption) saves a checkpoint at the current step and exits 0. A NaN/Inf loss exits 1 with a
+(preemption) saves a checkpoint at the current step, then ends as on any command: `terminated`,
+exit 143 (the run is unfinished; the same command resumes it). A NaN/Inf loss exits 1 with a
 message naming the step; the NaN state is never saved.
 """
 from __future__ import annotations
@@ -100,6 +101,8 @@ def main(args) -> None:
                                drill=hooks.FaultDrill.from_env())
     except loop.NonFiniteLossError as err:
         raise command.CommandError(str(err)) from None
+    if result["preempted"]:  # saved, unfinished: `terminated`, exit 143, as any command's
+        raise command.Terminated()  # SIGTERM (a `pretrain && probe` had gone on, exit 0)
     if config.train.reconstruction_png:
         from crema_jax.evaluate import reconstruction  # matplotlib: only for this figure
 

@@ -39,6 +39,7 @@ class Loop:
                                             resume_step=start.step)
         self.profile = hooks.Profile(config.train.profile_steps, workdir)
         self.preemption = hooks.PreemptionWatch()
+        self.preempted = False  # SIGTERM ended the loop before num_steps (the step was saved)
 
     def run(self, data_iter) -> None:
         num_steps, cfg = int(self.config.train.num_steps), self.config
@@ -56,6 +57,7 @@ class Loop:
                 progress.print_line(f"SIGTERM while waiting for data: "
                                     f"{'saved' if self.step > self.start else 'at'} step "
                                     f"{self.step}, exiting")
+                self.preempted = True
                 break
             finally:
                 self.preemption.waiting_for_data = False
@@ -78,6 +80,7 @@ class Loop:
                 self.save()
             if preempted:
                 progress.print_line(f"SIGTERM: saved step {self.step}, exiting")
+                self.preempted = self.step < num_steps  # the last step: the run is finished
                 break
             if early:
                 break

@@ -185,6 +185,7 @@ def dry_run(config, *, devices=None) -> dict:
 def train(config, workdir, *, devices=None, batch_iter=None, evaluators=None,
           drill: hooks.FaultDrill | None = None) -> dict:
     """Pretrains per `config` in `workdir`; returns {"losses": {step: loss}, "last_step",
+    "preempted" (SIGTERM stopped the run before config.train.num_steps, its step saved),
     "evals": {step: row}, ...}.
 
     `batch_iter` replaces the configured Grain pipeline (tests, benchmarks): any iterator of
@@ -271,7 +272,7 @@ def _train(config, workdir, *, devices, batch_iter, lock, evaluators, drill) -> 
         if hasattr(data_iter, "close"):
             data_iter.close()
     return _result(setup, loop.state, loop.step, losses=loop.losses, evals=loop.eval_rows,
-                   evaluators=evals, flops=flops)
+                   evaluators=evals, flops=flops, preempted=loop.preempted)
 
 
 def _nothing_to_train(config, workdir, setup, start, data_iter) -> dict:
@@ -285,8 +286,10 @@ def _nothing_to_train(config, workdir, setup, start, data_iter) -> dict:
     return _result(setup, start.state, start.step)
 
 
-def _result(setup, state, last_step, *, losses=None, evals=None, evaluators=(), flops=0.0):
+def _result(setup, state, last_step, *, losses=None, evals=None, evaluators=(), flops=0.0,
+            preempted=False):
     """What `train` returns (see its docstring)."""
-    return {"losses": losses or {}, "last_step": last_step, "evals": evals or {},
+    return {"losses": losses or {}, "last_step": last_step, "preempted": preempted,
+            "evals": evals or {},
             "evaluators": list(evaluators), "state": state, "graphdef": setup.graphdef,
             "mesh": setup.mesh, "flops_per_device": flops, "model_cfg": setup.model_cfg}

@@ -22,3 +22,27 @@ def test_sigterm_before_the_train_loop_releases_the_lock_and_exits_143(tmp_path)
     assert err.strip().splitlines()[-1] == "crema-jax pretrain: terminated", err[-3000:]
     assert not (workdir / "crema_jax.lock").exists()   # released by train()'s finally
     assert not (workdir / "checkpoints").exists() or not any((workdir / "checkpoints").iterdir())
+
+
+@pytest.mark.slow
+def test_sigterm_in_the_train_loop_saves_the_step_then_exits_143(tmp_path):
+    """The loop saved the step and the run exited 0, so `pretrain && probe` (or a scheduler's
+    dependency) went on with a model of 2 of its 50 steps. The step is saved, the run ends as
+    any command's SIGTERM ends it."""
+    from crema_jax.runtime import workdir as workdir_lib
+
+    workdir = tmp_path / "run"
+    proc = start_cli(workdir, "--config.train.num_steps=50", "--config.checkpoint.every_steps=100",
+                     step_delay_seconds=0.5, stderr=subprocess.PIPE)
+    lines = []
+    while not any(line.startswith("step 2/50") for line in lines):
+        line = proc.stdout.readline()
+        assert line, (lines, proc.stderr.read()[-3000:])
+        lines.append(line)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-3000:]
+    assert err.strip().splitlines()[-1] == "crema-jax pretrain: terminated", err[-3000:]
+    saved = workdir_lib.latest_step(workdir / "checkpoints")
+    assert 2 <= saved < 50 and f"SIGTERM: saved step {saved}, exiting" in out, out
+    assert not (workdir / "crema_jax.lock").exists()

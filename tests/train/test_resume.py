@@ -81,8 +81,9 @@ def test_kill_minus_9_resumes_with_identicallosses_by_step(drills):
         np.testing.assert_array_equal(values, [clean[step][0]] * len(values), err_msg=f"step {step}")
 
 
-def test_sigterm_saves_a_restorable_checkpoint_and_exits_cleanly(drills):
-    assert drills["term_rc"] == 0, drills["term_out"]
+def test_sigterm_saves_a_restorable_checkpoint_and_exits_143(drills):
+    assert drills["term_rc"] == 143, drills["term_out"]   # unfinished: never exit 0
+    assert drills["term_out"].strip().splitlines()[-1] == "crema-jax pretrain: terminated"
     step = drills["after_term"]
     assert f"SIGTERM: saved step {step}" in drills["term_out"]
     assert step > drills["after_kill"]
