@@ -351,17 +351,20 @@ def _write_shards(plan: Plan, sidecars: dict, *, workers: int, strict: bool,
                          [s for s in sidecars.values() if s is not None],
                          sum(len(t["records"]) for t in tasks))
     new = 0
-    for result in _run_tasks(tasks, workers):
-        if "strict_error" in result:
-            sys.stderr.write("\n")
-            raise PrepareError(f"(--strict) {result['strict_error']}")
-        shard = plan.names.index(result["file"][:-len(".arrayrecord")])
-        sidecars[shard] = sidecar_lib.light(result)
-        progress.add(result)
-        new += 1
-        if stop_after_shards and new >= stop_after_shards:
-            sys.stderr.write("\n")
-            return progress, True
+    try:
+        for result in _run_tasks(tasks, workers):
+            if "strict_error" in result:
+                raise PrepareError(f"(--strict) {result['strict_error']}")
+            shard = plan.names.index(result["file"][:-len(".arrayrecord")])
+            sidecars[shard] = sidecar_lib.light(result)
+            progress.add(result)
+            new += 1
+            if stop_after_shards and new >= stop_after_shards:
+                sys.stderr.write("\n")
+                return progress, True
+    except Exception:  # a full disk, --strict: the error's line starts below the status line
+        sys.stderr.write("\n")
+        raise
     return progress, False
 
 

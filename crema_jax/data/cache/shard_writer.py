@@ -4,6 +4,9 @@ file and its JSON sidecar, atomically. The one function that writes a shard, who
 (beam_pipeline.py); the output folder may be a URL (runtime/storage.py)."""
 from __future__ import annotations
 
+import errno
+import os
+import re
 import signal
 import threading
 from typing import Mapping, Sequence
@@ -22,17 +25,40 @@ from crema_jax.runtime import storage
 
 def write_arrayrecord_atomic(path: str, payloads: Sequence[bytes]) -> dict:
     """Writes the shard file (local or URL) atomically; returns its fingerprint
-    (fingerprint.py), taken from the new file before it is renamed into place or uploaded."""
+    (fingerprint.py), taken from the new file before it is renamed into place or uploaded. A
+    write the OS refused (a full disk) is an OSError naming `path` and the reason, its temporary
+    file removed."""
     made = {}
 
     def write(tmp):
-        writer = ArrayRecordWriter(tmp, WRITER_OPTIONS)
-        for payload in payloads:
-            writer.write(payload)
-        writer.close()
+        try:
+            writer = ArrayRecordWriter(tmp, WRITER_OPTIONS)
+            for payload in payloads:
+                writer.write(payload)
+            writer.close()
+        except RuntimeError as err:
+            raise os_error(err, tmp) from None
         made.update(fingerprint.of_file(tmp))
     storage.write_atomic(path, write)
     return made
+
+
+# strerror -> errno: array_record reports a failed system call by its text alone.
+_ERRNO_OF = {os.strerror(code): code for code in errno.errorcode}
+_FAILED_CALL = re.compile(r"\b\w+\(\) failed: ([^;]+)")
+
+
+def os_error(err: RuntimeError, tmp: str) -> Exception:
+    """array_record's RuntimeError for a system call that failed while it wrote `tmp` ("write()
+    failed: No space left on device; writing TMP; at byte N; Failed to close chunk_writer"), as
+    the OSError it stands for (files.write_atomic then names the output); `err` itself when it
+    reports no failed call (a bug keeps its traceback)."""
+    match = _FAILED_CALL.search(str(err))
+    if match is None:
+        return err
+    reason = match.group(1).strip()
+    code = _ERRNO_OF.get(reason)
+    return OSError(code, reason, tmp) if code is not None else OSError(f"{reason}: {tmp}")
 
 
 # Set in a prepare worker process by Ctrl-C (its SIGINT handler, `finish_record_on_interrupt`).

@@ -203,3 +203,22 @@ def test_a_rerun_retries_the_records_an_unexpected_error_skipped(tmp_path, cinc_
     assert second["records"] == 3 and second["skipped"] == {}
     assert "rebuilding 1 shard(s) that skipped records for unexpected errors" in \
         capsys.readouterr().out
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_full_disk_under_a_shard_is_one_line_naming_the_shard(tmp_path, cinc_sample_dir,
+                                                                workers):
+    """array_record's RuntimeError ("write() failed: No space left on device ... Failed to close
+    chunk_writer") had ended in a traceback. Disk full at 100 KB (a file-size limit: EFBIG as
+    ENOSPC): one line naming the shard and the OS's reason, the status line ended before it,
+    and no temporary shard left."""
+    out = tmp_path / "cache"
+    done = _cli("prepare", f"--root={cinc_sample_dir}", f"--out={out}", f"--workers={workers}",
+                "--records_per_shard=10", file_size_limit=100 << 10)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr + done.stdout, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("crema-jax prepare: error: [Errno 27] cannot write "
+                           f"{out}/shard-0000"), last
+    assert last.endswith("-of-00005.arrayrecord: File too large"), last
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], list(out.iterdir())

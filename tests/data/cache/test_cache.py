@@ -136,3 +136,19 @@ def test_a_cache_of_other_preprocessing_names_the_fields_and_the_prepare_flag():
         source.check_settings(index, "/c", preprocess=presets.preprocessing(
             "ecgfounder").to_dict())
     source.check_settings(index, "/c", preprocess=dict(crema))   # the same: no error
+
+
+def test_array_record_write_failures_become_os_errors():
+    """array_record reports a failed system call as a RuntimeError holding strerror's text."""
+    import errno
+
+    from crema_jax.data.cache import shard_writer
+    full = shard_writer.os_error(RuntimeError(
+        "write() failed: No space left on device; writing /c/.s.tmp; at byte 7; Failed to close "
+        "chunk_writer"), "/c/.s.tmp")
+    assert isinstance(full, OSError) and (full.errno, full.strerror, full.filename) == (
+        errno.ENOSPC, "No space left on device", "/c/.s.tmp")
+    odd = shard_writer.os_error(RuntimeError("fsync() failed: a reason of its own; x"), "/t")
+    assert isinstance(odd, OSError) and odd.errno is None and str(odd) == "a reason of its own: /t"
+    bug = RuntimeError("Invalid options: chunk_size:x")
+    assert shard_writer.os_error(bug, "/t") is bug
