@@ -161,8 +161,9 @@ def probe_head(args) -> dict:
 
 
 def add_finetune_recipe(cmd: command.Command) -> None:
-    cmd.integer("epochs", 30, "Maximum fine-tuning epochs.", lower_bound=1)
     ft = ranges.FINETUNE
+    cmd.integer("epochs", 30, "Maximum fine-tuning epochs.", lower_bound=ft["epochs"].low,
+                upper_bound=ft["epochs"].high)
     cmd.float("base_lr", 1e-3, "Peak lr = base_lr x batch / 256 (ST-MEM fine-tuning).",
               valid=ft["base_lr"])
     cmd.float("weight_decay", 0.05, "AdamW weight decay.", valid=ft["weight_decay"])
@@ -178,8 +179,9 @@ def add_finetune_recipe(cmd: command.Command) -> None:
     cmd.list("augment", ["config"], "Training augmentations: 'config' = the checkpoint's "
              "data.augment.names, 'none', or names (amplitude_scale, baseline_wander, "
              "gaussian_noise, time_shift, lead_drop).")
-    cmd.integer("steps_per_epoch", 0, "0 = one pass over the training records per epoch.",
-                lower_bound=0)
+    cmd.integer("steps_per_epoch", 0, "0 = one pass over the training records per epoch "
+                "(epochs x steps_per_epoch below 2**31).", lower_bound=ft["steps_per_epoch"].low,
+                upper_bound=ft["steps_per_epoch"].high)
 
 
 def finetune_recipe(args) -> dict:
@@ -191,11 +193,15 @@ def finetune_recipe(args) -> dict:
                "'config' and 'none' stand alone")
         raise command.FlagValueError(f"--augment={','.join(names)}: {why}; expected 'config', "
                                      f"'none', or names among {', '.join(augment.AUGMENTS)}")
-    return {"epochs": args.epochs, "base_lr": args.base_lr, "weight_decay": args.weight_decay,
-            "layer_decay": args.layer_decay, "drop_path": args.drop_path,
-            "label_smoothing": args.label_smoothing, "warmup_epochs": args.warmup_epochs,
-            "patience": args.patience, "augment": list(args.augment),
-            "steps_per_epoch": args.steps_per_epoch}
+    ft = {"epochs": args.epochs, "base_lr": args.base_lr, "weight_decay": args.weight_decay,
+          "layer_decay": args.layer_decay, "drop_path": args.drop_path,
+          "label_smoothing": args.label_smoothing, "warmup_epochs": args.warmup_epochs,
+          "patience": args.patience, "augment": list(args.augment),
+          "steps_per_epoch": args.steps_per_epoch}
+    problem = ranges.finetune_steps_problem(ft, "--")
+    if problem:
+        raise command.FlagValueError(problem)
+    return ft
 
 
 def evaluation_command(name: str, doc: str, add_recipe) -> command.Command:

@@ -72,6 +72,10 @@ def recipe(suite: dict, protocol: str) -> dict:
     out = {**PROTOCOL_DEFAULTS[protocol], **given}
     where = f"task file: protocols[{protocol!r}]"
     ranges.check(out, RANGES[protocol], f"{where}.")
+    problem = (ranges.finetune_steps_problem(out, f"protocols[{protocol!r}].")
+               if protocol == "finetune" else None)
+    if problem:  # 3e9 steps: an OverflowError traceback in the first cell
+        raise ValueError(f"task file: {problem}")
     if "l2_grid" in out:
         grid = list(out["l2_grid"] or [])
         if not grid or not all(ranges.L2.ok(v) for v in grid):

@@ -32,7 +32,7 @@ from flax import nnx
 
 from crema_jax.data.pipeline import batch as batch_lib
 from crema_jax.data.pipeline import datasets as pipeline
-from crema_jax.evaluate import datasets, folds, plots, protocols, report, runs, scoring
+from crema_jax.evaluate import datasets, folds, plots, protocols, ranges, report, runs, scoring
 from crema_jax.inference import backbones
 from crema_jax.models import families, resolve_size, sit
 from crema_jax.runtime import mesh as mesh_lib
@@ -239,6 +239,11 @@ def finetune_fit_predict(config, params, data, data_cfg, mesh, settings, ft, kee
         train_iter = train_batches(data_cfg, datasets.make_source(data, data_cfg, train_rows),
                                    batch_size=batch_size, seed=settings["seed"], seen=trained_on)
         steps = ft["steps_per_epoch"] or max(1, math.ceil(len(train_rows) / batch_size))
+        problem = ranges.finetune_steps_problem(ft, "", steps, f"{steps} steps per epoch (one "
+                                                f"pass over {len(train_rows)} training records "
+                                                f"at batch {batch_size})")
+        if problem:  # the flags' own product was checked with them; this one needs the data
+            raise ValueError(problem)
         val_batches = _eval_batches(data, data_cfg, val_rows)
         best, history, best_epoch, chosen_by, evaluate = fit(
             model, mesh=mesh, train_iter=train_iter, val_batches=val_batches,

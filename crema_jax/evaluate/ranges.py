@@ -12,10 +12,16 @@ MIN_FOLDS = 3  # K-fold cross-validation: a test fold, a validation fold and a t
 
 SAMPLING_RATE = Range(*FS_RANGE)   # Hz: the rates the readers accept from a file
 
-FINETUNE = {"epochs": COUNT, "base_lr": POSITIVE, "weight_decay": NON_NEGATIVE,
-            "layer_decay": Range(0, 1, low_open=True), "drop_path": FRACTION,
-            "label_smoothing": FRACTION, "warmup_epochs": NON_NEGATIVE, "patience": INDEX,
-            "steps_per_epoch": INDEX}
+# Fine-tuning counts its optimizer steps in int32 (the train state's step, the lr schedule's):
+# epochs x steps per epoch, and the warm-up's steps, must stay below 2**31 (1e9 warm-up epochs
+# had been an OverflowError traceback). A million epochs is far more than any run needs.
+MAX_FINETUNE_STEPS = 2**31 - 1
+MAX_EPOCHS = 1_000_000
+FINETUNE = {"epochs": Range(1, MAX_EPOCHS, integer=True), "base_lr": POSITIVE,
+            "weight_decay": NON_NEGATIVE, "layer_decay": Range(0, 1, low_open=True),
+            "drop_path": FRACTION, "label_smoothing": FRACTION,
+            "warmup_epochs": Range(0, MAX_EPOCHS), "patience": INDEX,
+            "steps_per_epoch": Range(0, MAX_FINETUNE_STEPS, integer=True)}
 PROBE = {"steps": COUNT}
 MLP = {"hidden": COUNT, "steps": COUNT, "learning_rate": POSITIVE}
 L2 = NON_NEGATIVE                                  # each L2 strength of a grid
@@ -44,6 +50,25 @@ def split_fractions_ok(values) -> bool:
 
 SPLIT_FRACTIONS_TEXT = ("expected three fractions, train,val,test, each in [0, 1], summing to "
                         "at most 1")
+
+
+def finetune_steps_problem(ft: dict, where: str, steps_per_epoch: int | None = None,
+                           steps_said: str = "") -> str | None:
+    """Why fine-tuning recipe `ft` cannot count its steps in int32 ("{where}epochs=E x
+    {where}steps_per_epoch=S = N optimizer steps: expected at most 2147483647"), or None.
+    `steps_per_epoch`: the count a run derived for ft["steps_per_epoch"]=0, and `steps_said`
+    how ("one pass over R records")."""
+    steps = int(steps_per_epoch if steps_per_epoch is not None else ft["steps_per_epoch"])
+    said = steps_said or f"{where}steps_per_epoch={steps}"
+    total = int(ft["epochs"]) * steps
+    warmup = round(float(ft["warmup_epochs"]) * steps)
+    limit = f"expected at most {MAX_FINETUNE_STEPS} (steps are counted in int32)"
+    if total > MAX_FINETUNE_STEPS:
+        return f"{where}epochs={ft['epochs']} x {said} = {total} optimizer steps: {limit}"
+    if warmup > MAX_FINETUNE_STEPS:
+        return (f"{where}warmup_epochs={ft['warmup_epochs']} x {said} = {warmup} warm-up "
+                f"steps: {limit}")
+    return None
 
 
 def check(values: dict, ranges: dict, where: str) -> None:

@@ -113,7 +113,13 @@ def test_a_task_files_numbers_are_checked(tmp_path, extra, said):
     ("probe", {"steps": -5}, "protocols['probe'].steps=-5: expected an integer >= 1"),
     ("probe", {"l2_grid": [float("nan")]}, "protocols['probe'].l2_grid=[nan]: expected"),
     ("mlp", {"learning_rate": 0.0}, "protocols['mlp'].learning_rate=0.0: expected a finite"),
-    ("finetune", {"drop_path": 1.0}, "protocols['finetune'].drop_path=1.0: expected")])
+    ("finetune", {"drop_path": 1.0}, "protocols['finetune'].drop_path=1.0: expected"),
+    # Past int32 step counts: an OverflowError traceback in the first cell.
+    ("finetune", {"warmup_epochs": 1e9}, "protocols['finetune'].warmup_epochs=1000000000.0: "
+     "expected a finite number in [0, 1000000]"),
+    ("finetune", {"epochs": 1000, "steps_per_epoch": 3_000_000},
+     "protocols['finetune'].epochs=1000 x protocols['finetune'].steps_per_epoch=3000000 = "
+     "3000000000 optimizer steps: expected at most 2147483647 (steps are counted in int32)")])
 def test_a_task_files_protocol_numbers_are_checked(protocol, fields, said):
     with pytest.raises(ValueError, match=r"^task file: " + __import__("re").escape(said)):
         benchmark.recipe({"protocols": {protocol: fields}}, protocol)

@@ -22,7 +22,17 @@ from tests.cli.hostile.helpers import REPO
     ("finetune", ["--drop_path=1.5"], "flag --drop_path=1.5: expected a finite number in [0, 1)"),
     ("finetune", ["--label_smoothing=2"], "flag --label_smoothing=2.0: expected a finite number"),
     ("finetune", ["--warmup_epochs=-1"], "flag --warmup_epochs=-1.0: expected a finite number "
-                                         ">= 0"),
+                                         "in [0, 1000000]"),
+    # Steps are counted in int32: 1e9 warm-up epochs, 3e9 steps an epoch, or their products
+    # past 2**31 had ended in an OverflowError traceback.
+    ("finetune", ["--warmup_epochs=1e9"], "flag --warmup_epochs=1000000000.0: expected a finite "
+                                          "number in [0, 1000000]"),
+    ("finetune", ["--steps_per_epoch=3000000000"], "flag --steps_per_epoch=3000000000: "
+     "3000000000 is not an integer in the range [0, 2147483647]"),
+    ("finetune", ["--epochs=2000", "--steps_per_epoch=2000000"], "--epochs=2000 x "
+     "--steps_per_epoch=2000000 = 4000000000 optimizer steps: expected at most 2147483647"),
+    ("finetune", ["--warmup_epochs=5000", "--steps_per_epoch=1000000"], "--warmup_epochs=5000.0 "
+     "x --steps_per_epoch=1000000 = 5000000000 warm-up steps: expected at most 2147483647"),
     ("probe", ["--l2_grid=nan"], "--l2_grid=nan: expected numbers, each a finite number >= 0"),
     ("probe", ["--l2_grid=-1,0"], "--l2_grid=-1,0: expected numbers, each a finite number >= 0"),
     ("probe", ["--label_fractions=0"], "--label_fractions=0: expected numbers, each a finite "
@@ -62,6 +72,16 @@ def test_a_number_out_of_range_is_a_usage_error_naming_its_flag(tmp_path, monkey
     assert done.returncode == 2, done.stderr
     assert_one_error_line(command, done.stdout, done.stderr, said)
     assert os.listdir(tmp_path) == []   # nothing written
+
+
+def test_fine_tunings_step_count_with_steps_a_run_derived_names_how():
+    """--steps_per_epoch=0: the steps of one pass over the training records, known only once
+    the data is; the product is checked then, naming the epochs and how the steps came."""
+    ft = {"epochs": 1_000_000, "warmup_epochs": 1.0, "steps_per_epoch": 0}
+    assert ranges.finetune_steps_problem(ft, "", 2148, "2148 steps per epoch (one pass)") == (
+        "epochs=1000000 x 2148 steps per epoch (one pass) = 2148000000 optimizer steps: "
+        "expected at most 2147483647 (steps are counted in int32)")
+    assert ranges.finetune_steps_problem(ft, "", 2147, "2147 steps") is None
 
 
 def test_ranges_by_hand():
