@@ -272,15 +272,22 @@ def validate(config) -> None:
            f"the data path whose fields this config holds; {', '.join(wrong[:4])} contradict "
            "it (a preset's fields are set in the config file, presets.apply(config.data, "
            "NAME): a --config.data.preset= override renames the path only)")
-    _check(c.data.patch_size >= 1 and c.data.crop_samples % c.data.patch_size == 0,
-           "data.crop_samples", c.data.crop_samples,
-           f"a multiple of data.patch_size={c.data.patch_size}")
-    patches = c.data.crop_samples // c.data.patch_size
+    # The crop is cut into whole patches, at least one a lead: 0 and -75 had passed as
+    # multiples of 75 and been refused as a mask ratio of "-1 patches a lead".
+    _check_in("data.patch_size", c.data.patch_size, Range(1, integer=True, unit="samples"))
+    crop, patch = c.data.crop_samples, c.data.patch_size
+    _check(isinstance(crop, int) and crop >= patch and crop % patch == 0, "data.crop_samples",
+           crop, f"a positive multiple of data.patch_size={patch} (whole patches, at least one "
+           "a lead)", related=("data.patch_size",))
+    patches = crop // patch
     try:  # the strategy's own count (0.999 of 30 patches a lead hides them all)
         masking.mask_sizes(c.data.mask.name, 12, patches, float(c.data.mask.ratio))
     except ValueError:
         _check(False, "data.mask.ratio", c.data.mask.ratio, f"a ratio that leaves a patch "
-               f"visible ({c.data.mask.name} masking of {patches} patches a lead)")
+               f"visible ({c.data.mask.name} masking of {patches} patch"
+               f"{'es' if patches > 1 else ''} a lead: data.crop_samples={crop} / "
+               f"data.patch_size={patch})",
+               related=("data.crop_samples", "data.patch_size", "data.mask.name"))
     _check(c.data.get("num_epochs") is None, "data.num_epochs", c.data.get("num_epochs"),
            "None for pretraining (an endless stream; train.num_steps ends the run)")
     from crema_jax.runtime import optimizer

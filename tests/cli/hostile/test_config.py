@@ -37,6 +37,12 @@ def test_a_config_file_that_gives_no_config_is_one_line_naming_it(tmp_path, text
     ("--config.checkpoint.every_steps=0", "config.checkpoint.every_steps=0", 2),
     ("--config.data.mask.ratio=0.0", "config.data.mask.ratio=0.0", 2),
     ("--config.data.crop_samples=2000", "data.crop_samples=2000", 2),
+    # It had said "random_per_lead masking of -1 patches a lead" of the mask ratio.
+    ("--config.data.crop_samples=0", "flag --config.data.crop_samples=0: expected a positive "
+     "multiple of data.patch_size=75 (whole patches, at least one a lead)", 2),
+    ("--config.data.crop_samples=75", "flag --config.data.crop_samples=75: config.data.mask."
+     "ratio=0.75: expected a ratio that leaves a patch visible (random_per_lead masking of 1 "
+     "patch a lead: data.crop_samples=75 / data.patch_size=75)", 2),
 ])
 def test_impossible_config_values_are_refused_before_any_compile(tmp_path, capsys, override,
                                                                  fragment, code):
@@ -106,6 +112,18 @@ def test_a_config_file_value_outside_its_domain_is_an_input_error(tmp_path):
     ("data.augment.baseline_wander.max_freq_hz", 0.01, ">= 0.05 Hz"),
     ("data.augment.baseline_wander.num_components", 100_000, "<= 64"),
     ("data.augment.time_shift.max_shift_s", 1e30, "<= 60.0"),
+    # A crop of 0 or -75 samples (multiples of 75) had been refused as a mask ratio that
+    # "leaves a patch visible (random_per_lead masking of -1 patches a lead)".
+    ("data.crop_samples", 0, "a positive multiple of data.patch_size=75 (whole patches, at "
+                             "least one a lead)"),
+    ("data.crop_samples", -75, "a positive multiple of data.patch_size=75 (whole patches, at "
+                               "least one a lead)"),
+    ("data.crop_samples", 100, "a positive multiple of data.patch_size=75 (whole patches, at "
+                               "least one a lead)"),
+    ("data.patch_size", 0, "an integer >= 1 samples"),
+    ("data.mask.ratio", 0.99, "a ratio that leaves a patch visible (random_per_lead masking of "
+                              "30 patches a lead: data.crop_samples=2250 / "
+                              "data.patch_size=75)"),
 ])
 def test_every_numeric_field_names_itself_when_out_of_domain(field, value, expected):
     config = config_lib.load_config_file(TINY)
