@@ -19,6 +19,7 @@ from flax import nnx
 
 from crema_jax import config as config_lib
 from crema_jax import models
+from crema_jax.models import families
 from crema_jax.runtime import checkpoint as ckpt_lib
 from crema_jax.runtime import mesh as mesh_lib
 from crema_jax.runtime import trees
@@ -200,6 +201,12 @@ def _state_shapes(model_cfg) -> dict[str, tuple]:
         {"params": nnx.to_pure_dict(params), "fixed": nnx.to_pure_dict(fixed)}).items()}
 
 
+def _effective(flat: dict, model_cfg) -> dict:
+    """`flat` (a config flattened: "model.depth": 0) with the size entry's fields resolved."""
+    sizes = families.family_of(model_cfg).size_fields(model_cfg)
+    return {**flat, **{f"model.{k}": v for k, v in sizes.items()}}
+
+
 def resume_changes(config, saved, *, source: str, target=None) -> list[str]:
     """Lines naming what differs between the run's config and the checkpoint's. A change that
     the saved state cannot follow (the architecture, decoder and heads included: any model field
@@ -212,16 +219,13 @@ def resume_changes(config, saved, *, source: str, target=None) -> list[str]:
     if not changed:
         return []
     arch_run, arch_old = (warm_start.architecture(c.model) for c in (config, saved))
-    model_changes = [f"config.{k}: checkpoint {old.get(k)!r}, run {run.get(k)!r}"
-                     for k in changed if k.startswith("model.")]
-    fatal = []
-    if arch_run != arch_old:  # name the fields as the user set them (model.size) and resolved
-        fatal = list(model_changes)
-        # Resolved too: "width: checkpoint 0" is the size's own width, "(model width: 64 vs
-        # 128)" says which.
-        fatal += [f"(model {k}: {arch_old.get(k)!r} vs {arch_run.get(k)!r})"
-                  for k in sorted(set(arch_run) | set(arch_old))
-                  if arch_run.get(k) != arch_old.get(k)]
+    # The model's values as they take effect: a size entry's field of 0 is the size's own value
+    # ("depth: checkpoint 0, run 3" had named the placeholder, not the checkpoint's 2).
+    eff_run, eff_old = _effective(run, config.model), _effective(old, saved.model)
+    model_changes = [f"config.{k}: checkpoint {eff_old.get(k)!r}, run {eff_run.get(k)!r}"
+                     for k in sorted(set(eff_run) | set(eff_old))
+                     if k.startswith("model.") and eff_run.get(k) != eff_old.get(k)]
+    fatal = list(model_changes) if arch_run != arch_old else []
     if not fatal and target is not None and model_changes:
         ours = {k: tuple(v.shape) for k, v in trees.flatten(
             {"params": target["params"], "fixed": target["fixed"]}).items()}

@@ -145,17 +145,20 @@ def test_misshaped_params_are_listed(tmp_path, tiny_params):
     assert "decoder/norm/scale: checkpoint (32,), model (48,)" in message
 
 
-def test_a_resume_refused_for_another_width_names_the_widths_it_resolves_to():
-    """A size override of 0 is the size's own width: "checkpoint 0, run 128" named no width."""
+@pytest.mark.parametrize("field, value", [("width", 128), ("depth", 3)])
+def test_a_resume_refused_for_another_size_field_names_the_values_it_resolves_to(field, value):
+    """A size override of 0 is the size's own value: "config.model.depth: checkpoint 0, run 3;
+    (model depth: 2 vs 3)" named the placeholder, then the values. Each field once, as it
+    takes effect."""
     from crema_jax.train import resume
 
-    saved, run = tiny_config(), tiny_config(**{"model.width": 128})
+    saved, run = tiny_config(), tiny_config(**{f"model.{field}": value})
     with pytest.raises(ValueError) as raised:
         resume.resume_changes(run, saved, source="W")
-    text = str(raised.value)
-    assert text.startswith("W: this run cannot resume the workdir's checkpoint: ")
-    assert "config.model.width: checkpoint 0, run 128" in text
-    assert f"(model width: {SIZES[saved.model.size]['width']} vs 128)" in text  # the registry's
+    ckpt = SIZES[saved.model.size][field]   # the registry's, e.g. tiny's depth 2
+    assert str(raised.value) == (
+        f"W: this run cannot resume the workdir's checkpoint: config.model.{field}: checkpoint "
+        f"{ckpt!r}, run {value!r}. Use the checkpoint's values, or a new --workdir")
 
 
 def test_a_resume_with_another_worker_count_is_refused_before_any_restore():
