@@ -227,7 +227,16 @@ def validate_data(config) -> None:
     from crema_jax.data.reading.limits import FS_RANGE  # the rates a record file may have
     _check_in("data.target_fs", c.data.target_fs, Range(*FS_RANGE, what="a rate in Hz"))
     from crema_jax.data.pipeline import crops
-    crops.lead_rows(tuple(c.data.leads))  # names known, each once
+    leads = tuple(c.data.leads)
+    try:
+        crops.lead_rows(leads)  # names known, each once
+    except ValueError as err:
+        # ml_collections reads a tuple override as a Python literal; anything else is ONE name.
+        hint = ("; a tuple on the command line is a Python literal: --config.data.leads="
+                "\"('I','II')\"" if any("," in str(name) for name in leads) else "")
+        raise ConfigValueError(f"config.data.leads={leads!r}: "
+                               f"{str(err).removeprefix('data.leads: ')}{hint}",
+                               "data.leads") from None
     if c.data.preprocess is not None:
         import numpy as np
 

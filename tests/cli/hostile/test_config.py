@@ -209,11 +209,27 @@ def test_a_lead_fed_twice_or_unknown_is_a_config_error(leads, said):
 
     config = tiny_config()
     config.data.leads = leads
-    with pytest.raises(ValueError, match="^data.leads: ") as err:
+    with pytest.raises(ValueError, match=r"^config\.data\.leads=\(") as err:
         config_checks.validate(config)
     assert said in str(err.value)
     config.data.leads = ("V1", "II")
     config_checks.validate(config)
+
+
+def test_leads_given_as_a_b_on_the_command_line_say_how_to_write_a_tuple(tmp_path, capsys):
+    """--config.data.leads=I,II is ONE name 'I,II' to ml_collections: the refusal had named
+    neither the flag nor the way to write two leads (a Python literal, which it parses)."""
+    workdir = tmp_path / "run"
+    _fails(pretrain, [f"--config={TINY}", f"--workdir={workdir}", "--config.data.leads=I,II",
+                      "--config.data.synthetic_records=16"], capsys,
+           "flag --config.data.leads=('I,II',): unknown leads ['I,II']; expected names from (",
+           "; a tuple on the command line is a Python literal: "
+           "--config.data.leads=\"('I','II')\"", code=2)
+    assert not workdir.exists()
+    args = pretrain.COMMAND.parse([f"--config={TINY}", f"--workdir={workdir}",
+                                   "--config.data.leads=('I','II')"])   # the syntax it says
+    assert args.config.data.leads == ("I", "II")
+    config_checks.validate_data(args.config)
 
 
 def test_synthetic_records_beside_a_named_dataset_is_a_config_error(tmp_path):
