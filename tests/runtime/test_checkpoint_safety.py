@@ -1,7 +1,6 @@
 """Nothing lost: damaged and incomplete steps, a stale lock, a second run on one workdir,
 starting over on a used workdir, and resuming with another model."""
 import json
-import os
 import re
 import socket
 import time
@@ -13,6 +12,7 @@ from crema_jax.runtime import checkpoint as ckpt_lib
 from crema_jax.runtime import workdir as workdir_lib
 from crema_jax.train import trainer
 from tests.configs import tiny_config
+from tests.runtime.pids import dead_pid
 from tests.train.helpers import start_cli
 
 pytestmark = pytest.mark.slow  # drills: every test trains the tiny model, some several times
@@ -20,18 +20,6 @@ pytestmark = pytest.mark.slow  # drills: every test trains the tiny model, some 
 
 def _run(workdir, **overrides):
     return trainer.train(tiny_config(**overrides), workdir, devices=jax.devices()[:1])
-
-
-def _dead_pid() -> int:
-    pid = 4_000_000
-    while True:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return pid
-        except PermissionError:
-            pass
-        pid -= 1
 
 
 def test_damaged_incomplete_and_stale_are_survived(tmp_path, capsys):
@@ -45,7 +33,7 @@ def test_damaged_incomplete_and_stale_are_survived(tmp_path, capsys):
         if path.is_file() and path.parent.name == "d":
             path.write_bytes(b"\0garbage" * 8)
     (workdir / workdir_lib.WorkdirLock.NAME).write_text(json.dumps(
-        {"pid": _dead_pid(), "host": socket.gethostname(), "started": "earlier"}))
+        {"pid": dead_pid(), "host": socket.gethostname(), "started": "earlier"}))
     capsys.readouterr()
     out = _run(workdir, **{"train.num_steps": 6})
     printed = capsys.readouterr().out

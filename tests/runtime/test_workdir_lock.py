@@ -10,22 +10,10 @@ import pytest
 
 from crema_jax.runtime import storage
 from crema_jax.runtime import workdir as workdir_lib
-
-
-def _dead_pid() -> int:
-    pid = 4_000_000
-    while True:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return pid
-        except PermissionError:
-            pass
-        pid -= 1
-
+from tests.runtime.pids import dead_pid
 
 OLD = int(time.time()) - 60   # past DAMAGED_GRACE_SECONDS
-LOCKS = {"stale": (json.dumps({"pid": _dead_pid(), "host": socket.gethostname(),
+LOCKS = {"stale": (json.dumps({"pid": dead_pid(), "host": socket.gethostname(),
                                "started": "earlier"}).encode(), "took over the stale lock of pid"),
          "unreadable": (b"", "took over the unreadable lock")}
 
