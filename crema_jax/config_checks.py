@@ -283,7 +283,8 @@ def validate(config) -> None:
            "NAME): a --config.data.preset= override renames the path only)")
     # The crop is cut into whole patches, at least one a lead: 0 and -75 had passed as
     # multiples of 75 and been refused as a mask ratio of "-1 patches a lead".
-    _check_in("data.patch_size", c.data.patch_size, Range(1, integer=True, unit="samples"))
+    _check_in("data.patch_size", c.data.patch_size,
+              Range(1, integer=True, what="a whole number of samples"))
     crop, patch = c.data.crop_samples, c.data.patch_size
     _check(isinstance(crop, int) and crop >= patch and crop % patch == 0, "data.crop_samples",
            crop, f"a positive multiple of data.patch_size={patch} (whole patches, at least one "

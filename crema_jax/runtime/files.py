@@ -48,9 +48,9 @@ def kind_of(mode: int) -> str | None:
 
 def special_kind(path, *, follow_links: bool) -> str | None:
     """What `path` is, in words (`kind_of`), when it is a FIFO, a device, a socket or a folder;
-    None for a regular file or nothing. follow_links: judge the file a link leads to (what a
-    read of an input gets) rather than the link itself (None: an output replaces a link, never
-    its target). Never opens it (a FIFO would block)."""
+    None for a regular file or nothing. follow_links: True judges the file a link leads to (what a
+    read of an input gets); False the link itself (an output replaces a link, never its target).
+    Never opens it (a FIFO would block)."""
     try:
         mode = (os.stat if follow_links else os.lstat)(path).st_mode
     except OSError:

@@ -120,7 +120,7 @@ def test_a_config_file_value_outside_its_domain_is_an_input_error(tmp_path):
                                "least one a lead)"),
     ("data.crop_samples", 100, "a positive multiple of data.patch_size=75 (whole patches, at "
                                "least one a lead)"),
-    ("data.patch_size", 0, "an integer >= 1 samples"),
+    ("data.patch_size", 0, "a whole number of samples >= 1"),
     ("data.mask.ratio", 0.99, "a ratio that leaves a patch visible (random_per_lead masking of "
                               "30 patches a lead: data.crop_samples=2250 / "
                               "data.patch_size=75)"),
