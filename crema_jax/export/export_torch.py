@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import NamedTuple
 
 import numpy as np
 import safetensors.numpy
@@ -30,6 +31,8 @@ LAYOUTS = ("crema", "stmem", "ecgfounder")
 LOCAL_FIELDS = ("data.root", "data.cache_dir", "data.skip_log_dir", "data.layout_options",
                 "train.init_from", "train.compilation_cache_dir", "evals.fewshot_probe.root",
                 "evals.fewshot_probe.layout_options")
+# FILE.json larger than this is not export-torch's (it writes a few KiB): not parsed.
+SIDECAR_MAX_BYTES = 64 << 20
 
 
 class ExportError(ValueError):
@@ -120,18 +123,49 @@ def saved_data(info: dict, path: str) -> dict:
     return data
 
 
-def read_sidecar_data(path: str) -> tuple[str, dict] | None:
-    """(FILE.json, its "config"."data") when the FILE.json beside the weight file `path` holds
-    the config write_files writes; None without one, or for a FILE.json without "config" (one
-    written by hand: import-torch takes the format's preset, and says so)."""
-    side = sidecar_path(path)
-    if not os.path.isfile(side):
-        return None
-    with open(side, "rb") as f:
-        info = safe_load.parse_json(f.read(), side)  # nested too deeply, a 5000-digit number
-    if not isinstance(info, dict) or "config" not in info:
-        return None
-    return side, saved_data(info, side)
+class SavedData(NamedTuple):
+    """The data path an import restores: `data`, the "config"."data" of the file `where`, or
+    None (the format's preset is taken) with `why_not` saying why ("" for no such file)."""
+    where: str
+    data: dict | None
+    why_not: str = ""
+
+
+def load_sidecar(side: str, where: str | None = None) -> tuple[dict | None, str]:
+    """(FILE.json's content, "") when `side` is export-torch's own FILE.json: a JSON object of at
+    most SIDECAR_MAX_BYTES whose "layout" is one of LAYOUTS and whose "model" is an object. Else
+    (None, why): no such file (why ""), too large, not JSON, or another program's file (a
+    config.json-like file beside third-party weights). `where` names it in `why`."""
+    where = where or side
+    try:
+        if not os.path.isfile(side):
+            return None, ""
+        if os.path.getsize(side) > SIDECAR_MAX_BYTES:
+            return None, f"{where} is over {SIDECAR_MAX_BYTES} bytes: not export-torch's"
+        with open(side, "rb") as f:
+            info = safe_load.parse_json(f.read(), where)
+    except safe_load.CheckpointFileError as err:
+        return None, str(err)
+    except OSError as err:
+        return None, f"{where} is unreadable ({err.strerror or type(err).__name__})"
+    if (not isinstance(info, dict) or info.get("layout") not in LAYOUTS
+            or not isinstance(info.get("model"), dict)):
+        return None, (f"{where} is not export-torch's (no \"layout\" of {'|'.join(LAYOUTS)} with "
+                      "a \"model\" object)")
+    return info, ""
+
+
+def read_sidecar_data(side: str, where: str | None = None) -> SavedData:
+    """The data path in `side`, the FILE.json beside a weight file, when it is export-torch's own
+    and holds its config; else SavedData(where, None, why) (load_sidecar; or the model alone, no
+    "config"). export-torch's FILE.json whose config has no data object: a CheckpointFileError."""
+    where = where or side
+    info, why = load_sidecar(side, where)
+    if info is not None and "config" not in info:
+        why = f"{where} holds the model config only (no \"config\")"
+    if info is None or "config" not in info:
+        return SavedData(where, None, why)
+    return SavedData(where, saved_data(info, where))
 
 
 def write_files(state_dict, out: str, *, layout: str, model_config: dict, full_config: dict,

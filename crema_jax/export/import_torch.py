@@ -218,13 +218,8 @@ def _sidecar_hint(path: str, fmt: str) -> str:
     """"; F.json says layout 'crema': use --format=crema" when export-torch's F.json beside
     `path` names another layout than --format; "" otherwise (no such file, or unreadable)."""
     side = export_torch.sidecar_path(path)
-    try:
-        if not os.path.isfile(side) or os.path.getsize(side) > 64 << 20:
-            return ""
-        with open(side, "rb") as f:
-            layout = json.loads(f.read()).get("layout")
-    except (OSError, ValueError, RecursionError, AttributeError):
-        return ""
+    info, _ = export_torch.load_sidecar(side)
+    layout = info["layout"] if info is not None else None
     if layout in FORMATS and layout != fmt:
         return f"; {side} says layout {layout!r}: use --format={layout}"
     return ""
@@ -313,11 +308,11 @@ def _summarise(paths: list[str]) -> str:
 
 
 def resolve_source(source: str, fmt: str | None
-                   ) -> tuple[str, str, tuple[str, dict] | None, dict]:
-    """(weight file, format, (where, saved data section) or None, source record) for a weight
-    file, a folder export-torch --hub_folder wrote, or a hub id of either (fetched into the hub
-    cache). The data section is the folder's config.json's, or that of the FILE.json export-torch
-    wrote beside a weight file."""
+                   ) -> tuple[str, str, export_torch.SavedData, dict]:
+    """(weight file, format, the saved data path or why there is none, source record) for a
+    weight file, a folder export-torch --hub_folder wrote, or a hub id of either (fetched into
+    the hub cache). The data section is the folder's config.json's, or that of the FILE.json
+    export-torch wrote beside a weight file."""
     if hub.is_hub_id(source):
         local, record = hub.fetch(source, hub_folder.CONFIG_FILE)
     else:
@@ -330,7 +325,7 @@ def resolve_source(source: str, fmt: str | None
                 "folder's config.json says its layout)")
         fmt = layout
         where = os.path.join(source, hub_folder.CONFIG_FILE) if os.path.isdir(source) else source
-        saved = (where, data)
+        saved = export_torch.SavedData(where, data)
     elif os.path.isdir(local):
         raise safe_load.CheckpointFileError(
             f"{source}: a folder without {hub_folder.CONFIG_FILE}; expected a weight file or a "
@@ -339,7 +334,7 @@ def resolve_source(source: str, fmt: str | None
         raise safe_load.CheckpointFileError(
             f"{source}: a weight file needs --format ({'|'.join(FORMATS)})")
     else:
-        saved = export_torch.read_sidecar_data(local)
+        saved = export_torch.read_sidecar_data(export_torch.sidecar_path(local))
     return local, fmt, saved, {**record, "format": fmt}
 
 
@@ -367,7 +362,7 @@ def run_import(source: str, fmt: str | None, out: str, *, seed: int = 0) -> tupl
     """Checks everything, then writes `out/checkpoints/0`; returns the step dir and where its data
     path came from. The source (the path, or the hub id and the commit fetched) is recorded in
     the checkpoint's config as `source`, which readers of the config leave aside."""
-    path, fmt, saved_data, record = resolve_source(source, fmt)
+    path, fmt, saved, record = resolve_source(source, fmt)
     if storage.is_remote(out):
         storage.check_url(str(out))
     else:  # a new or empty folder: an import never mixes with other files
@@ -381,21 +376,21 @@ def run_import(source: str, fmt: str | None, out: str, *, seed: int = 0) -> tupl
     params, model_cfg, kept = import_weights(path, fmt, seed=seed)
     config = config_lib.default_config(model_cfg.name)
     config.model = model_cfg
-    if saved_data is not None:  # export-torch's config: the data path the model was trained with
-        where, data = saved_data
+    if saved.data is not None:  # export-torch's config: the data path the model was trained with
         try:
             config.data = config_lib.from_saved({"model": {"name": model_cfg.name},
-                                                 "data": data}).data
+                                                 "data": saved.data}).data
             config_checks.validate_data(config)
         except (ValueError, OverflowError) as err:
-            raise safe_load.CheckpointFileError(f"{where}: its data path (\"config\".\"data\") "
-                                                f"has {err}") from None
-        data_from = f"data path from {where}"
+            raise safe_load.CheckpointFileError(f"{saved.where}: its data path (\"config\"."
+                                                f"\"data\") has {err}") from None
+        data_from = f"data path from {saved.where}"
     else:
         # The peer's own data path, file to model input, so that embed/probe/finetune/predict
         # give its authors' outputs with no flag (data/presets.py).
         presets.apply(config.data, PRESET_OF_FORMAT[fmt])
-        data_from = f"data path: the {PRESET_OF_FORMAT[fmt]} preset"
+        data_from = f"data path: the {PRESET_OF_FORMAT[fmt]} preset" + (
+            f"; {saved.why_not}" if saved.why_not else "")
     config.source = record
     if kept:
         logging.warning("*** %s holds no weights for: %s. These are FRESHLY INITIALISED (seed %d)"

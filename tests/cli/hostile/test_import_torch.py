@@ -378,7 +378,9 @@ def test_a_file_without_export_torchs_config_takes_the_formats_preset_and_says_s
         out = tmp_path / f"out{content is None}"
         capsys.readouterr()
         import_torch.COMMAND.run(["--format=crema", str(path), f"--out={out}"])
-        assert "(data path: the crema preset)" in capsys.readouterr().out
+        assert ("(data path: the crema preset)" if content is None else
+                f"(data path: the crema preset; {side} holds the model config only (no "
+                "\"config\"))") in capsys.readouterr().out
         assert config_lib.load_checkpoint_config(out).data.target_fs == 250.0
     for config, said in (({"model": model}, f"{side}: \"config\".\"data\" (the data path) is "
                           "missing or not an object"),
@@ -388,3 +390,32 @@ def test_a_file_without_export_torchs_config_takes_the_formats_preset_and_says_s
         _fails(import_torch, ["--format=crema", str(path), f"--out={tmp_path / 'no'}"], capsys,
                said)
         assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize("text, why", [
+    ("{not json", "not valid JSON (Expecting property name enclosed in double quotes"),
+    (json.dumps({"architectures": ["X"], "config": {"hidden_size": 8}}),
+     "is not export-torch's (no \"layout\" of crema|stmem|ecgfounder with a \"model\" object)"),
+    (json.dumps({"layout": "crema", "config": {"hidden_size": 8}}), "is not export-torch's"),
+    (json.dumps({"layout": "crema", "model": {}, "config": {}}) + " " * 100,
+     "is over 100 bytes: not export-torch's"),
+])
+def test_a_json_beside_the_weights_that_is_not_export_torchs_takes_the_preset(
+        crema_export, tmp_path, capsys, monkeypatch, text, why):
+    """F.json beside a weight file that is not JSON, another program's config.json-like file
+    (no export-torch "layout" and "model"), or larger than the cap the format hint also keeps,
+    had stopped the import; it is passed over: the preset, and the printed line says why."""
+    import safetensors.numpy
+    from crema_jax.export import export_torch as export_lib
+    tensors, model = crema_export
+    path = tmp_path / "w.safetensors"
+    safetensors.numpy.save_file(tensors, str(path), metadata={
+        "format": "pt", "crema_model_config": json.dumps(model)})
+    (tmp_path / "w.json").write_text(text)
+    if "over" in why:
+        monkeypatch.setattr(export_lib, "SIDECAR_MAX_BYTES", 100)
+    capsys.readouterr()
+    import_torch.COMMAND.run(["--format=crema", str(path), f"--out={tmp_path / 'out'}"])
+    line = capsys.readouterr().out
+    assert f"(data path: the crema preset; {tmp_path / 'w.json'}" in line and why in line
+    assert config_lib.load_checkpoint_config(tmp_path / "out").data.target_fs == 250.0
