@@ -66,8 +66,9 @@ def _huggingface_hub():
     return huggingface_hub
 
 
-def download(ref: HubRef, filename: str) -> tuple[str, str]:
-    """(local path in the hub cache, commit hash) of `filename` at `ref`'s revision."""
+def download(ref: HubRef, filename: str, *, missing_ok: bool = False) -> tuple[str | None, str]:
+    """(local path in the hub cache, commit hash) of `filename` at `ref`'s revision; with
+    missing_ok, (None, the revision) when the hub says the repository has no such file."""
     hub = _huggingface_hub()
     errors = hub.errors
     uri = ref.uri(filename)
@@ -87,7 +88,9 @@ def download(ref: HubRef, filename: str) -> tuple[str, str]:
                else "the hub could not be reached")
         raise HubError(f"{uri}: not in the hub cache ({hub.constants.HF_HUB_CACHE}) and {why}; "
                        "fetch it once with a connection") from None
-    except errors.EntryNotFoundError:
+    except errors.EntryNotFoundError:  # the hub's answer (a cache miss offline is caught above)
+        if missing_ok:
+            return None, ref.revision
         raise HubError(f"{uri}: {ref.repo_id} has no file {filename!r} at revision "
                        f"{ref.revision or 'main'}") from None
     except errors.HFValidationError as err:
@@ -113,6 +116,18 @@ def fetch(spec: str, folder_config: str) -> tuple[str, dict]:
     source = {"uri": spec, "repo_id": ref.repo_id, "revision": ref.revision or "main",
               "commit": commit, "file": ref.filename or folder_config}
     return path, source
+
+
+def fetch_optional(spec: str, commit: str, filename: str) -> str | None:
+    """The local path of `filename` in the hub id's repository at `commit` (the one its weight
+    file was fetched at), or None when the repository has no such file there: the hub says so,
+    or offline, the cache kept that answer. A HubError when neither can tell (offline and never
+    asked): the result never depends on what the cache happens to hold."""
+    hub = _huggingface_hub()
+    ref = dataclasses.replace(parse(spec), revision=commit)
+    if hub.try_to_load_from_cache(ref.repo_id, filename, revision=commit) is hub._CACHED_NO_EXIST:
+        return None  # (hf_hub_download reads this record online only)
+    return download(ref, filename, missing_ok=True)[0]
 
 
 def _weights_named_in(config_path: str, uri: str) -> str:

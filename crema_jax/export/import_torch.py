@@ -312,7 +312,7 @@ def resolve_source(source: str, fmt: str | None
     """(weight file, format, the saved data path or why there is none, source record) for a
     weight file, a folder export-torch --hub_folder wrote, or a hub id of either (fetched into
     the hub cache). The data section is the folder's config.json's, or that of the FILE.json
-    export-torch wrote beside a weight file."""
+    export-torch wrote beside a weight file (for a hub id, fetched at the weight file's commit)."""
     if hub.is_hub_id(source):
         local, record = hub.fetch(source, hub_folder.CONFIG_FILE)
     else:
@@ -333,6 +333,12 @@ def resolve_source(source: str, fmt: str | None
     elif fmt is None:
         raise safe_load.CheckpointFileError(
             f"{source}: a weight file needs --format ({'|'.join(FORMATS)})")
+    elif hub.is_hub_id(source):  # FILE.json from the hub, not whatever the cache holds
+        name = export_torch.sidecar_path(record["file"])
+        side = hub.fetch_optional(source, record["commit"], name)
+        where = hub.HubRef(record["repo_id"], record["commit"], name).uri()
+        saved = (export_torch.read_sidecar_data(side, where) if side is not None else
+                 export_torch.SavedData(where, None, f"{where}: not in the repository"))
     else:
         saved = export_torch.read_sidecar_data(export_torch.sidecar_path(local))
     return local, fmt, saved, {**record, "format": fmt}

@@ -75,6 +75,10 @@ def test_import_by_hub_id_equals_the_local_import_and_records_the_commit(tmp_pat
     path, ref = tiny_ecgfounder
     cache = tmp_path / "hub"
     cache_file(cache, "acme/ecgfounder-tiny", FILE, path.read_bytes())
+    # The hub's answer that the repository has no FILE.json, as the cache keeps it.
+    no_json = cache / "models--acme--ecgfounder-tiny" / ".no_exist" / COMMIT / SIDE
+    no_json.parent.mkdir(parents=True)
+    no_json.touch()
     proc = run_cli("import-torch", "--format=ecgfounder", f"hf://acme/ecgfounder-tiny/{FILE}",
                    f"--out={tmp_path / 'by_id'}", cache=cache)
     assert proc.returncode == 0, proc.stderr
@@ -289,3 +293,67 @@ def test_a_folder_whose_data_path_cannot_run_is_refused_on_import(tmp_path, tiny
     assert str(err.value).startswith(f"{folder / 'config.json'}: its data path") and \
         said in str(err.value), str(err.value)
     assert not (tmp_path / "back").exists()
+
+
+REAL_DOWNLOAD = huggingface_hub.hf_hub_download
+
+
+def fake_hub(monkeypatch, cache, repo_id, files):
+    """The hub online, holding `files` ({name: bytes}) of `repo_id` at COMMIT: a download puts
+    the file in `cache` (cache_file); a file it lacks is the hub's 404."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+    def download(repo, filename, revision=None, **kwargs):
+        assert repo == repo_id and revision in (None, COMMIT), (repo, revision)
+        if filename not in files:
+            response = types.SimpleNamespace(headers={}, request=None, status_code=404)
+            raise huggingface_hub.errors.RemoteEntryNotFoundError("404", response=response)
+        local = cache / ("models--" + repo_id.replace("/", "--")) / "snapshots" / COMMIT / filename
+        if not local.exists():
+            cache_file(cache, repo_id, filename, files[filename])
+        return str(local)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+
+
+SIDECAR = json.dumps({"layout": "ecgfounder", "model": {}, "config": {"data": {
+    "target_fs": 400.0}}}).encode()
+SIDE = FILE.replace(".pth", ".json")
+
+
+def test_a_weight_file_by_hub_id_takes_the_json_export_torch_wrote_beside_it_on_the_hub(
+        tmp_path, tiny_ecgfounder, monkeypatch, capsys):
+    """hf://OWNER/REPO/FILE had fetched FILE alone and read FILE.json only if the local cache
+    happened to hold it: on a fresh machine, the preset. FILE.json is fetched at FILE's commit."""
+    path, _ = tiny_ecgfounder
+    fake_hub(monkeypatch, tmp_path / "hub", "acme/x", {FILE: path.read_bytes(), SIDE: SIDECAR})
+    import_cli.COMMAND.run(["--format=ecgfounder", f"hf://acme/x/{FILE}",
+                            f"--out={tmp_path / 'out'}"])
+    assert f"(data path from hf://acme/x@{COMMIT}/{SIDE})" in capsys.readouterr().out
+    assert config_lib.load_checkpoint_config(tmp_path / "out").data.target_fs == 400.0
+
+
+def test_a_weight_file_by_hub_id_without_a_json_takes_the_preset_online_and_offline(
+        tmp_path, tiny_ecgfounder, monkeypatch, capsys):
+    """A repository without FILE.json: the preset, and the line says so; offline, the same from
+    the cache's record of the hub's answer. Offline with no such record (never asked), the
+    import stops rather than guess: the answer would depend on the cache."""
+    path, _ = tiny_ecgfounder
+    cache = tmp_path / "hub"
+    fake_hub(monkeypatch, cache, "acme/x", {FILE: path.read_bytes()})
+    (cache / "models--acme--x" / ".no_exist" / COMMIT).mkdir(parents=True)  # what 404s leave
+    for offline in (False, True):
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline)
+        out = tmp_path / f"out{offline}"
+        import_cli.COMMAND.run(["--format=ecgfounder", f"hf://acme/x/{FILE}", f"--out={out}"])
+        assert (f"(data path: the ecgfounder preset; hf://acme/x@{COMMIT}/{SIDE}: not in the "
+                "repository)") in capsys.readouterr().out
+        assert config_lib.load_checkpoint_config(out).data.target_fs == 500.0
+        (cache / "models--acme--x" / ".no_exist" / COMMIT / SIDE).touch()
+    (cache / "models--acme--x" / ".no_exist" / COMMIT / SIDE).unlink()
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", REAL_DOWNLOAD)
+    with pytest.raises(SystemExit):
+        import_cli.COMMAND.run(["--format=ecgfounder", f"hf://acme/x/{FILE}",
+                                f"--out={tmp_path / 'no'}"])
+    assert f"hf://acme/x@{COMMIT}/{SIDE}: not in the hub cache" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
