@@ -125,7 +125,11 @@ def fetch_optional(spec: str, commit: str, filename: str) -> str | None:
     asked): the result never depends on what the cache happens to hold."""
     hub = _huggingface_hub()
     ref = dataclasses.replace(parse(spec), revision=commit)
-    if hub.try_to_load_from_cache(ref.repo_id, filename, revision=commit) is hub._CACHED_NO_EXIST:
+    # huggingface_hub's cache records a "no such file" answer as this sentinel (a private name:
+    # without it, only the online answer tells).
+    no_file = getattr(hub, "_CACHED_NO_EXIST", None)
+    if no_file is not None and hub.try_to_load_from_cache(
+            ref.repo_id, filename, revision=commit) is no_file:
         return None  # (hf_hub_download reads this record online only)
     return download(ref, filename, missing_ok=True)[0]
 
