@@ -179,13 +179,20 @@ def markdown(report: dict) -> str:
     if drops:
         lines += ["## Robustness: the drop of A vs the drop of B (paired bootstrap)", "",
                   "| train source | test source | drop A | drop B | A − B "
-                  f"| {level(drops[0]['alpha'])} CI | p | verdict |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  f"| {level(drops[0]['alpha'])} CI | p | verdict | classes below the floor |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {d['train_source']} | {d['test_source']} | {fmt(d['drop_a'])} | "
                   f"{fmt(d['drop_b'])} | {fmt(d['difference'])} | {_ci(d['ci'])} | "
-                  f"{p_text(d)} | {d['verdict']} |" for d in drops]
+                  f"{p_text(d)} | {d['verdict']} | {_below_floor(report, d)} |" for d in drops]
         lines.append("")
     return "\n".join(lines)
+
+
+def _below_floor(report: dict, drop: dict) -> str:
+    """The classes a drop test left out for too few patients (paired.below_floor_text)."""
+    below = [paired.below_floor_text({**b, "class": display(report, b["class"])})
+             for b in drop.get("classes_below_floor", [])]
+    return "; ".join(below) or DASH
 
 
 def chosen_by_loss(report: dict) -> list[str]:

@@ -101,10 +101,12 @@ def test_compare_a_checkpoint_with_random_on_the_same_folds_and_crops(
         # The docs' example on 50 records: 3-4 in-domain records a source, 1-2 positives a
         # class, below the drop test's floor: refused (it had said "A more robust, p=0.015"
         # where an exact null is rejected 9-13% of the time). The drops are still reported.
-        assert re.fullmatch(r"not tested: the (in-domain|out-of-domain) test set has \d+ "
-                            r"positive and \d+ negative patients of class \S+ \(the drop test "
-                            r"needs >= 5 of each, for every class scorable in both\)",
-                            d["verdict"]), d["verdict"]
+        assert re.fullmatch(r"not tested: no class has >= 5 positive and 5 negative patients "
+                            r"in both test sets; first short: \S+ \(the (in-domain|"
+                            r"out-of-domain) test set has \d+ positive and \d+ negative "
+                            r"patients\)", d["verdict"]), d["verdict"]
+        assert d["classes_below_floor"] and d["classes"] == [
+            b["class"] for b in d["classes_below_floor"]]
         assert d["p"] is None and d["n_valid"] == 0
         defined += 1
         assert d["drop_a"] == pytest.approx(own_a, abs=1e-12)

@@ -258,9 +258,10 @@ def test_the_docs_robustness_example_on_tiny_sets_is_not_tested_rather_than_sign
         got = paired.paired_drop_difference(*sets, ["c0", "c1"], n_resamples=200, seed=seed)
         assert got["p"] is None and got["n_valid"] == 0, seed
         assert got["verdict"] == (
-            "not tested: the in-domain test set has 1 positive and "
-            f"{2 + seed % 2} negative patients of class c0 (the drop test needs >= 5 of each, "
-            "for every class scorable in both)")
+            "not tested: no class has >= 5 positive and 5 negative patients in both test "
+            "sets; first short: c0 (the in-domain test set has 1 positive and "
+            f"{2 + seed % 2} negative patients)")
+        assert [b["class"] for b in got["classes_below_floor"]] == ["c0", "c1"]
         # The drops themselves are still reported (the cross-domain table shows them).
         macro = [np.mean([roc_auc_score(s["labels"][:, c], s["a"][:, c]) for c in range(2)])
                  for s in sets]
@@ -275,10 +276,57 @@ def test_the_drop_tests_floor_counts_patients_in_both_sets():
     scores = np.linspace(0, 1, 12)[:, None]
     ok = {"labels": y, "a": scores, "b": scores[::-1]}
     one_patient = {**ok, "groups": ["p"] * 5 + [f"q{i}" for i in range(7)]}
-    assert paired._drop_floor([ok, ok], ["c"]) is None
-    assert paired.paired_drop_difference(ok, one_patient, ["c"], n_resamples=10)["verdict"] == (
-        "not tested: the out-of-domain test set has 1 positive and 7 negative patients of "
-        "class c (the drop test needs >= 5 of each, for every class scorable in both)")
+    assert paired._below_floor([ok, ok], ["c"]) == []
+    got = paired.paired_drop_difference(ok, one_patient, ["c"], n_resamples=10)
+    assert got["verdict"] == (
+        "not tested: no class has >= 5 positive and 5 negative patients in both test sets; "
+        "first short: c (the out-of-domain test set has 1 positive and 7 negative patients)")
+    assert got["classes_below_floor"] == [{"class": "c", "test_set": "out-of-domain",
+                                           "positives": 1, "negatives": 7}]
+
+
+def test_a_class_below_the_drop_floor_leaves_the_set_and_the_others_are_tested():
+    """One rare class (2 positives in-domain) had refused the whole drop test. It now leaves
+    the fixed set (listed in classes_below_floor) and the test runs on the others; the drops
+    and the bootstrap are those of the remaining class alone (scikit-learn, same draws)."""
+    rng = np.random.default_rng(5)
+    sets = []
+    for n in (12, 14):
+        labels = np.zeros((n, 2))
+        labels[:6, 0] = 1                       # x: 6 positives, >= 6 negatives: at the floor
+        labels[:2, 1] = 1                       # rare: 2 positives, below it
+        sets.append({"labels": labels, "a": labels + rng.normal(size=(n, 2)),
+                     "b": 0.5 * labels + rng.normal(size=(n, 2))})
+    got = paired.paired_drop_difference(sets[0], sets[1], ["x", "rare"], n_resamples=200,
+                                        seed=4)
+    assert got["classes"] == ["x"]
+    assert got["classes_below_floor"] == [{"class": "rare", "test_set": "in-domain",
+                                           "positives": 2, "negatives": 10}]
+    auc = lambda s, m, idx: roc_auc_score(s["labels"][idx, 0], s[m][idx, 0])  # noqa: E731
+    every = [np.arange(12), np.arange(14)]
+    drop_a = auc(sets[0], "a", every[0]) - auc(sets[1], "a", every[1])
+    assert got["drop_a"] == pytest.approx(drop_a, abs=1e-12)
+    r, diffs = np.random.default_rng(4), []
+    for _ in range(200):
+        i, o = r.integers(0, 12, 12), r.integers(0, 14, 14)
+        if any(len(set(s["labels"][idx, 0])) < 2 for s, idx in zip(sets, (i, o))):
+            continue
+        diffs.append(auc(sets[0], "a", i) - auc(sets[1], "a", o)
+                     - auc(sets[0], "b", i) + auc(sets[1], "b", o))
+    assert got["n_valid"] == len(diffs) > 0
+    assert got["ci"]["low"] == pytest.approx(np.percentile(diffs, 2.5), abs=1e-12)
+    assert not got["verdict"].startswith("not tested")
+
+
+def test_a_drop_test_with_no_valid_resample_says_so():
+    """n_valid = 0 with a fixed class set: no resample could score EVERY class of the set (it
+    had said "no class scorable on any resample")."""
+    y = np.zeros((10, 1))
+    y[:5] = 1
+    s = {"labels": y, "a": np.linspace(0, 1, 10)[:, None], "b": np.zeros((10, 1))}
+    got = paired.paired_drop_difference(s, s, ["c"], n_resamples=0)
+    assert got["n_valid"] == 0 and got["p"] is None
+    assert got["verdict"] == "not tested: no resample could score every class of the fixed set"
 
 
 def test_the_drop_tests_class_set_is_fixed_and_a_resample_losing_one_is_discarded():

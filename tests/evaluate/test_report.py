@@ -216,3 +216,17 @@ def test_report_json_never_holds_nan_or_infinity(tmp_path):
                        "nested": [{"low": float("-inf")}, 1]}, path)
     strict = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(c))
     assert strict == {"z": None, "p": None, "ok": 0.5, "nested": [{"low": None}, 1]}
+
+
+def test_the_robustness_table_lists_the_classes_left_below_the_drop_floor():
+    drop = {"train_source": "s1", "test_source": "s2", "drop_a": 0.1, "drop_b": 0.2,
+            "difference": -0.1, "ci": {"low": -0.3, "high": 0.1}, "p": 0.4, "p_bound": None,
+            "alpha": 0.05, "verdict": "no detectable difference at alpha=0.05",
+            "classes_below_floor": [{"class": "164889003", "test_set": "in-domain",
+                                     "positives": 2, "negatives": 9}]}
+    md = report.markdown({"class_display": {"164889003": "AF"},
+                          "cross_domain_comparisons": [drop]})
+    row = next(line for line in md.splitlines() if line.startswith("| s1 | s2 |"))
+    assert row.endswith("| no detectable difference at alpha=0.05 | AF (164889003) (the "
+                        "in-domain test set has 2 positive and 9 negative patients) |")
+    assert "| classes below the floor |" in md
