@@ -316,13 +316,23 @@ def model_random_row(models: list[Model]) -> dict:
     return {m.name: random_by_key[architecture(m.config)] for m in models}
 
 
+# The version of the evaluation rules a cell's figures follow, part of every cell spec: bump
+# it when a rule changes what a finished cell would hold, so a resumed benchmark recomputes
+# its cells rather than ranking old ones beside new. Features (feature_store, keyed by their
+# records, lead set and weights) do not follow these rules and are reused.
+# 2: cross-domain cells leave out test records of patients that trained or selected the head,
+#    a class is learnt only with a training negative, patient-grouped splits across sources.
+EVALUATION_RULES = 2
+
+
 def cell_spec(model: Model, column: Column, protocol: str, suite: dict,
               dataset_digest: str = "") -> str:
     """A digest of everything a cell's predictions depend on: a finished cell is reused only
     when it matches (another checkpoint, other weights at the same path, recipe, dataset
     settings or, by `dataset_digest` (benchmark.Datasets.fingerprint), the dataset's records and
-    labels recompute it)."""
-    text = json.dumps({"model": [model.name, model.checkpoint, model.weights],
+    labels recompute it), and the EVALUATION_RULES a finished cell was computed under."""
+    text = json.dumps({"rules": EVALUATION_RULES,
+                       "model": [model.name, model.checkpoint, model.weights],
                        "column": dataclasses.asdict(column),
                        "dataset": suite["datasets"][column.dataset],
                        "dataset_digest": dataset_digest, "protocol": protocol,

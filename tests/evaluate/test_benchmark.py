@@ -255,6 +255,24 @@ def test_other_weights_at_the_same_checkpoint_path_are_another_model(tmp_path):
     assert load(path, models[0].weights, ["r3"]) is None            # a record never read
 
 
+def test_cells_of_older_evaluation_rules_are_recomputed_and_features_reused(monkeypatch):
+    """A resumed benchmark had reused cells computed under older evaluation rules (cross-domain
+    cells with no patient exclusion) beside new ones: the rules' version is in the cell spec.
+    The feature cache's key (records, lead set, weights) does not hold it."""
+    from crema_jax.evaluate import feature_store
+    from tests.configs import tiny_config
+    model = benchmark_tasks.Model("tiny", "/runs/tiny", tiny_config(), None, weights="w")
+    column = benchmark_tasks.Column("c", "t", "d", "12", 1.0, "", "")
+    suite = {"datasets": {"d": {}}, "protocols": {"probe": {}}, "seed": 0, "batch_size": 8}
+    settings = {"layout": "wfdb", "root": "/data", "layout_options": {}, "cache_dir": ""}
+    before = benchmark_tasks.cell_spec(model, column, "probe", suite)
+    features_before = feature_store.records_key(settings)
+    assert benchmark_tasks.cell_spec(model, column, "probe", suite) == before
+    monkeypatch.setattr(benchmark_tasks, "EVALUATION_RULES", benchmark_tasks.EVALUATION_RULES + 1)
+    assert benchmark_tasks.cell_spec(model, column, "probe", suite) != before
+    assert feature_store.records_key(settings) == features_before
+
+
 @pytest.mark.slow
 def test_leaderboard_figures_are_recomputed_from_the_saved_predictions(uninterrupted):
     workdir, board = uninterrupted
