@@ -71,6 +71,11 @@ def recipe(suite: dict, protocol: str) -> dict:
                          f"expected {sorted(PROTOCOL_DEFAULTS[protocol])}")
     out = {**PROTOCOL_DEFAULTS[protocol], **given}
     where = f"task file: protocols[{protocol!r}]"
+    # Range.ok lets None through (a setting left to the data path's recipe): only the fields
+    # whose default is None may be; a null epochs had been a TypeError traceback (int(None)).
+    for name, valid in RANGES[protocol].items():
+        if out.get(name, 0) is None and PROTOCOL_DEFAULTS[protocol][name] is not None:
+            raise ValueError(f"{where}.{name}=None: {valid.text}")
     ranges.check(out, RANGES[protocol], f"{where}.")
     problem = (ranges.finetune_steps_problem(out, f"protocols[{protocol!r}].")
                if protocol == "finetune" else None)

@@ -119,10 +119,25 @@ def test_a_task_files_numbers_are_checked(tmp_path, extra, said):
      "expected a finite number in [0, 1000000]"),
     ("finetune", {"epochs": 1000, "steps_per_epoch": 3_000_000},
      "protocols['finetune'].epochs=1000 x protocols['finetune'].steps_per_epoch=3000000 = "
-     "3000000000 optimizer steps: expected at most 2147483647 (steps are counted in int32)")])
+     "3000000000 optimizer steps: expected at most 2147483647 (steps are counted in int32)"),
+    # A null where the default is a number: int(None), a TypeError traceback, had been the
+    # first cell's error. Only fields whose default is null (the data path's) may be null.
+    ("finetune", {"epochs": None}, "protocols['finetune'].epochs=None: expected an integer in "
+     "[1, 1000000]"),
+    ("finetune", {"warmup_epochs": None}, "protocols['finetune'].warmup_epochs=None: expected "
+     "a finite number in [0, 1000000]"),
+    ("finetune", {"steps_per_epoch": None}, "protocols['finetune'].steps_per_epoch=None: "
+     "expected an integer in [0, 2147483647]"),
+    ("probe", {"steps": None}, "protocols['probe'].steps=None: expected an integer >= 1")])
 def test_a_task_files_protocol_numbers_are_checked(protocol, fields, said):
     with pytest.raises(ValueError, match=r"^task file: " + __import__("re").escape(said)):
         benchmark.recipe({"protocols": {protocol: fields}}, protocol)
+
+
+def test_a_null_is_allowed_where_the_default_is_the_data_paths():
+    got = benchmark.recipe({"protocols": {"finetune": {"layer_decay": None, "drop_path": None}}},
+                           "finetune")
+    assert got["layer_decay"] is None and got["drop_path"] is None
 
 
 def test_a_cross_domain_class_the_training_source_lacks_is_not_scored():
