@@ -190,7 +190,7 @@ def _cross_domain_cell(fit_predict, data, column, seed: int, groups=None):
     pred = runs.learnt_only(out, learnt)["tests"]["test"]
     return {"n_train": len(train), "n_val": len(val), **out["info"],
             **runs.unlearnt(data.classes, data.labels[train]),
-            "out_of_domain_left_out": left_out}, pred, learnt
+            "out_of_domain_left_out": {column.test_source: left_out}}, pred, learnt
 
 
 def _fit_predict(model, protocol, rec, data, column, settings, store, mesh):

@@ -175,6 +175,14 @@ def test_a_cross_domain_class_the_training_source_lacks_is_not_scored():
     assert pred["probs"].shape == (6, 2) and pred["labels"].tolist() == labels[12:][:, [0, 2]] \
         .tolist()
     assert set(seen["train"]) <= set(range(8))
+    assert fields["out_of_domain_left_out"] == {"georgia": 0}
+    # Per test source, as report.json's cross_domain entries hold it (it had been a bare int):
+    # Georgia's record 13 is the patient of Ningbo's training record 0.
+    patients = np.array([f"p{i}" for i in range(18)])
+    patients[13] = "p0"
+    fields, pred, _ = benchmark._cross_domain_cell(fit_predict, data, column, seed=0,
+                                                   groups=patients)
+    assert fields["out_of_domain_left_out"] == {"georgia": 1} and len(pred["probs"]) == 5
 
 
 @pytest.mark.parametrize("item, said", [
