@@ -166,14 +166,35 @@ def label_fraction_subset(labels: np.ndarray, fraction: float, *, seed: int = 0)
     return np.array(sorted(chosen), dtype=np.int64)
 
 
+def shared_patient_note(sources, patients) -> str | None:
+    """A one-line note when one patient id (patient_keys' "patient:ID") has records in two or
+    more sources, else None. Such records are one patient (the leak cross_domain_plan closes),
+    which is wrong where each site numbers its own patients (1, 2, ...): the note says so."""
+    sources, patients = np.asarray(sources), np.asarray(patients)
+    seen: dict = {}
+    for source, key in zip(sources.tolist(), patients.tolist()):
+        if str(key).startswith("patient:"):
+            seen.setdefault(key, set()).add(source)
+    shared = sum(len(s) > 1 for s in seen.values())
+    if not shared:
+        return None
+    return (f"note: {shared} patient id(s) have records in more than one source and are taken "
+            "as one patient each; patient ids must be global (prefix them with the site where "
+            "a site numbers its own)")
+
+
 def cross_domain_plan(sources: Sequence[str], splits: Sequence[str],
-                      patients: Sequence[str]) -> list[dict]:
+                      patients: Sequence[str], log=print) -> list[dict]:
     """For each source with train, val and test records: record indices for the head and its
     tests. An out-of-domain test set is every record of the other source EXCEPT those of a
     patient (patient_keys) among the head's training or validation records: a patient with
     records in two sources would otherwise be tested on the head that trained on them. How many
-    were left out: "left_out" {other source: records}."""
+    were left out: "left_out" {other source: records}. A patient id found in two sources is
+    noted through `log` (shared_patient_note)."""
     sources, splits, patients = np.asarray(sources), np.asarray(splits), np.asarray(patients)
+    note = shared_patient_note(sources, patients)
+    if note:
+        log(note)
     plan = []
     for source in sorted(set(sources.tolist())):
         own = sources == source

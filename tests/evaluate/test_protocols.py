@@ -145,3 +145,22 @@ def test_a_patient_with_records_in_two_sources_is_in_one_split_and_never_tested_
             np.testing.assert_array_equal(entry["out_of_domain"][other], expected)
             assert entry["left_out"] == {other: 2 * len(seen)}   # two records each in `other`
             assert 0 < len(expected) < 40
+
+
+def test_a_patient_id_in_two_sources_is_one_patient_and_noted():
+    """A site numbering its own patients (1, 2, ...) gets unrelated patients matched across
+    sources: the matching stays (a patient seen in two sources is the leak it closes), and the
+    plan says how many ids it found in two sources, so such numbering is seen."""
+    sources = ["e"] * 6 + ["h"] * 6
+    splits = ["train", "train", "val", "test", "test", "test"] * 2
+    ids = ["1", "2", "3", "4", "5", "6", "1", "9", "3", "", "", "8"]     # 1 and 3 in both
+    infos = [SimpleNamespace(record_id=f"r{i}", meta={"patient_id": p}) for i, p in enumerate(ids)]
+    patients = protocols.patient_keys(infos)
+    logged = []
+    plan = protocols.cross_domain_plan(sources, splits, patients, log=logged.append)
+    assert logged == ["note: 2 patient id(s) have records in more than one source and are "
+                      "taken as one patient each; patient ids must be global (prefix them with "
+                      "the site where a site numbers its own)"]
+    assert plan[0]["left_out"] == {"h": 2}              # h's patients 1 and 3: e trained on them
+    # Records with no patient id are their own patients: never shared, never noted.
+    assert protocols.shared_patient_note(["e", "h"], ["r1", "r1"]) is None
