@@ -285,6 +285,20 @@ def test_the_drop_tests_floor_counts_patients_in_both_sets():
                                            "positives": 1, "negatives": 7}]
 
 
+def _drop_differences_by_hand(sets, seed, n_resamples):
+    """scikit-learn's drop differences (a's drop minus b's) of class 0 over the same draws as
+    paired_drop_difference, a resample in which a set has one label value discarded."""
+    auc = lambda s, m, idx: roc_auc_score(s["labels"][idx, 0], s[m][idx, 0])  # noqa: E731
+    (n_in, n_out), r, diffs = (len(s["labels"]) for s in sets), np.random.default_rng(seed), []
+    for _ in range(n_resamples):
+        i, o = r.integers(0, n_in, n_in), r.integers(0, n_out, n_out)
+        if any(len(set(s["labels"][idx, 0])) < 2 for s, idx in zip(sets, (i, o))):
+            continue
+        diffs.append(auc(sets[0], "a", i) - auc(sets[1], "a", o)
+                     - auc(sets[0], "b", i) + auc(sets[1], "b", o))
+    return diffs
+
+
 def test_a_class_below_the_drop_floor_leaves_the_set_and_the_others_are_tested():
     """One rare class (2 positives in-domain) had refused the whole drop test. It now leaves
     the fixed set (listed in classes_below_floor) and the test runs on the others; the drops
@@ -306,13 +320,7 @@ def test_a_class_below_the_drop_floor_leaves_the_set_and_the_others_are_tested()
     every = [np.arange(12), np.arange(14)]
     drop_a = auc(sets[0], "a", every[0]) - auc(sets[1], "a", every[1])
     assert got["drop_a"] == pytest.approx(drop_a, abs=1e-12)
-    r, diffs = np.random.default_rng(4), []
-    for _ in range(200):
-        i, o = r.integers(0, 12, 12), r.integers(0, 14, 14)
-        if any(len(set(s["labels"][idx, 0])) < 2 for s, idx in zip(sets, (i, o))):
-            continue
-        diffs.append(auc(sets[0], "a", i) - auc(sets[1], "a", o)
-                     - auc(sets[0], "b", i) + auc(sets[1], "b", o))
+    diffs = _drop_differences_by_hand(sets, seed=4, n_resamples=200)
     assert got["n_valid"] == len(diffs) > 0
     assert got["ci"]["low"] == pytest.approx(np.percentile(diffs, 2.5), abs=1e-12)
     assert not got["verdict"].startswith("not tested")
@@ -344,14 +352,7 @@ def test_the_drop_tests_class_set_is_fixed_and_a_resample_losing_one_is_discarde
                      "b": 0.5 * labels + rng.normal(size=(n, 2))})
     got = paired.paired_drop_difference(sets[0], sets[1], ["x", "y"], n_resamples=1000, seed=2)
     assert got["classes"] == ["x"]
-    auc = lambda s, m, idx: roc_auc_score(s["labels"][idx, 0], s[m][idx, 0])  # noqa: E731
-    r, diffs = np.random.default_rng(2), []
-    for _ in range(1000):
-        i, o = r.integers(0, 10, 10), r.integers(0, 11, 11)
-        if any(len(set(s["labels"][idx, 0])) < 2 for s, idx in zip(sets, (i, o))):
-            continue
-        diffs.append(auc(sets[0], "a", i) - auc(sets[1], "a", o)
-                     - auc(sets[0], "b", i) + auc(sets[1], "b", o))
+    diffs = _drop_differences_by_hand(sets, seed=2, n_resamples=1000)
     assert 900 < got["n_valid"] == len(diffs) < 1000   # some resamples were discarded
     assert got["ci"]["low"] == pytest.approx(np.percentile(diffs, 2.5), abs=1e-12)
     diffs = np.array(diffs)

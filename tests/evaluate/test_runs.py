@@ -80,20 +80,26 @@ def test_split_runs_and_cross_domain_drops_with_patient_resampled_cis():
     np.testing.assert_array_equal(preds["cross_domain"][("g", "n")]["rows"], n_all)
 
 
-def test_a_class_without_positives_in_a_sources_training_records_is_not_scored():
-    """Source n's training records hold no positive of class y: its head never learnt y, so y's
-    test AUROC (noise; 0.889 in one report) leaves n's in-domain, out-of-domain and drop
-    figures, named in the entry; source g still scores both classes."""
-    rng = np.random.default_rng(1)
+def _cross_domain_with_ys_training_labels_of_n_set_to(value, seed):
+    """A cross-domain probe run where every training record of source n has class y = value."""
+    rng = np.random.default_rng(seed)
     data = _dataset(rng)
     n_train = (data.sources == "n") & (data.splits == "train")
-    data.labels[n_train, 1] = 0.0
+    data.labels[n_train, 1] = value
     score = data.labels + rng.normal(size=data.labels.shape)
     settings = {"label_fractions": [1.0], "seed": 0, "bootstrap": 20}
     _, cross, preds = runs.model_runs(_fixed_model(data, score), data, "12", settings,
                                       method="probe", model="A",
                                       groups=protocols.patient_keys(data.infos),
                                       cross_domain=True)
+    return data, score, cross, preds
+
+
+def test_a_class_without_positives_in_a_sources_training_records_is_not_scored():
+    """Source n's training records hold no positive of class y: its head never learnt y, so y's
+    test AUROC (noise; 0.889 in one report) leaves n's in-domain, out-of-domain and drop
+    figures, named in the entry; source g still scores both classes."""
+    data, score, cross, preds = _cross_domain_with_ys_training_labels_of_n_set_to(0.0, seed=1)
     by_source = {e["train_source"]: e for e in cross}
     n_entry, g_entry = by_source["n"], by_source["g"]
     assert n_entry["classes_without_train_positives"] == ["y"]
@@ -164,16 +170,7 @@ def test_a_class_without_negatives_in_a_sources_training_records_is_not_scored()
     """Every training record of source n is positive for y (NSR in all PTB-XL records of the
     sample): its head never saw a negative, its constant output put 0.5 into the out-of-domain
     macro AUROC. Now y leaves n's figures like a class never seen positive, named apart."""
-    rng = np.random.default_rng(4)
-    data = _dataset(rng)
-    n_train = (data.sources == "n") & (data.splits == "train")
-    data.labels[n_train, 1] = 1.0
-    score = data.labels + rng.normal(size=data.labels.shape)
-    settings = {"label_fractions": [1.0], "seed": 0, "bootstrap": 20}
-    _, cross, preds = runs.model_runs(_fixed_model(data, score), data, "12", settings,
-                                      method="probe", model="A",
-                                      groups=protocols.patient_keys(data.infos),
-                                      cross_domain=True)
+    data, score, cross, preds = _cross_domain_with_ys_training_labels_of_n_set_to(1.0, seed=4)
     n_entry = {e["train_source"]: e for e in cross}["n"]
     assert n_entry["classes_without_train_negatives"] == ["y"]
     assert n_entry["classes_without_train_positives"] == []
