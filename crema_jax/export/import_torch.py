@@ -12,122 +12,23 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from typing import Mapping
 
-import numpy as np
 from absl import logging
 
 from crema_jax import config as config_lib
 from crema_jax import config_checks
 from crema_jax.data import presets
-from crema_jax.export import convert, export_torch, hub, hub_folder, safe_load, sit_layouts
-from crema_jax.models import SIZES, default_model_config, families
+from crema_jax.export import (convert, export_torch, hub, hub_folder, infer_config, safe_load,
+                               sit_layouts)
+from crema_jax.models import families
 from crema_jax.models import params as params_lib
-from crema_jax.models.net1d import default_net1d_config
 from crema_jax.runtime import checkpoint as ckpt_lib
 from crema_jax.runtime import files, storage, trees
 from crema_jax.runtime import workdir as workdir_lib
 
 FORMATS = ("crema", "stmem", "ecgfounder")
 PRESET_OF_FORMAT = {"crema": "crema", "stmem": "stmem", "ecgfounder": "ecgfounder"}
-
-
-# ------------------------------------------------------------------------------------------------
-# Config inference from shapes.
-# ------------------------------------------------------------------------------------------------
-def _count(keys, pattern: str) -> int:
-    found = {int(m.group(1)) for k in keys if (m := re.match(pattern, k))}
-    if found != set(range(len(found))):
-        raise safe_load.CheckpointFileError(f"block indices {sorted(found)} are not 0..n-1")
-    return len(found)
-
-
-def _sit_config(width, depth, heads, head_dim, **fields):
-    cfg = default_model_config()
-    wanted = dict(width=width, depth=depth, num_heads=heads, head_dim=head_dim)
-    match = [name for name, size in SIZES.items() if size == wanted]
-    cfg.size = match[0] if match else "base"
-    if not match:  # explicit overrides of the size entry
-        cfg.width, cfg.depth, cfg.num_heads, cfg.head_dim = width, depth, heads, head_dim
-    for key, value in fields.items():
-        setattr(cfg, key, value)
-    return cfg
-
-
-def _first(sd: Mapping[str, np.ndarray], *keys: str) -> str:
-    """The first of `keys` present. Inference looks at alternatives so that a file with a
-    renamed or missing key still reaches the full key check, which lists every problem."""
-    key = next((k for k in keys if k in sd), None)
-    if key is None:
-        raise safe_load.CheckpointFileError(
-            f"cannot infer the model size: none of {list(keys)} is in the file")
-    return key
-
-
-def _shape(sd: Mapping[str, np.ndarray], *keys: str) -> tuple:
-    """Shape of the first of `keys` present."""
-    return tuple(sd[_first(sd, *keys)].shape)
-
-
-def _dim(sd: Mapping[str, np.ndarray], axis: int, *keys: str) -> int:
-    """Size of `axis` of the first of `keys` present, at least 1: a tensor with too few axes
-    or an empty one names the key (they had ended in IndexError and ZeroDivisionError
-    tracebacks)."""
-    key = _first(sd, *keys)
-    shape = tuple(sd[key].shape)
-    if len(shape) <= axis or shape[axis] < 1:
-        raise safe_load.CheckpointFileError(
-            f"{key} has shape {shape}: cannot infer the model size from it (expected at least "
-            f"{axis + 1} ax{'is' if axis == 0 else 'es'}, none empty)")
-    return int(shape[axis])
-
-
-def infer_stmem_config(sd: Mapping[str, np.ndarray]):
-    """ST-MEM model config from an encoder-only or full state_dict (head_dim 64 as in ST-MEM)."""
-    t = "encoder." if any(k.startswith("encoder.") for k in sd) else ""
-    width = _dim(sd, 0, t + "sep_embedding", t + "norm.weight", t + "to_patch_embedding.3.weight")
-    qkv = t + "block0.attn.fn.to_qkv."
-    has_head = (t + "head.weight") in sd or (t + "head.bias") in sd
-    fields = dict(
-        patch_size=_dim(sd, 0, t + "to_patch_embedding.1.weight", t + "to_patch_embedding.1.bias"),
-        num_patches=_dim(sd, 1, t + "pos_embedding") - 2,
-        num_lead_embeddings=_count(sd, re.escape(t) + r"lead_embeddings\.(\d+)$"),
-        mlp_ratio=_dim(sd, 0, t + "block0.ff.fn.net.0.weight", t + "block0.ff.fn.net.0.bias")
-        // width,
-        num_classes=_dim(sd, 0, t + "head.weight", t + "head.bias") if has_head else 0)
-    if t:
-        dec_width = _dim(sd, 0, "to_decoder_embedding.weight", "to_decoder_embedding.bias",
-                         "decoder_norm.weight")
-        fields.update(
-            decoder_width=dec_width, decoder_head_dim=64,
-            decoder_depth=_count(sd, r"decoder_blocks\.(\d+)\."),
-            decoder_num_heads=_dim(sd, 0, "decoder_blocks.0.attn.fn.to_qkv.weight",
-                                   "decoder_blocks.0.attn.fn.to_qkv.bias") // 3 // 64,
-            decoder_mlp_ratio=_dim(sd, 0, "decoder_blocks.0.ff.fn.net.0.weight",
-                                   "decoder_blocks.0.ff.fn.net.0.bias") // dec_width)
-    depth = _count(sd, re.escape(t) + r"block(\d+)\.")
-    heads = _dim(sd, 0, qkv + "weight", qkv + "bias") // 3 // 64
-    return _sit_config(int(width), depth, int(heads), 64, **fields), bool(t)
-
-
-def infer_net1d_config(sd: Mapping[str, np.ndarray]):
-    """Net1D config: leads from first_conv, stages/blocks/widths from the keys."""
-    leads = _dim(sd, 1, "first_conv.conv.weight")
-    if leads not in (1, 12):  # 3 leads had been fed leads I, II and III without a word
-        raise safe_load.CheckpointFileError(
-            f"first_conv.conv.weight has shape {_shape(sd, 'first_conv.conv.weight')}: "
-            f"{leads} input leads; ECGFounder's Net1D takes 12 leads or lead I alone")
-    cfg = default_net1d_config(leads)
-    stages = _count(sd, r"stage_list\.(\d+)\.")
-    cfg.blocks = [_count(sd, rf"stage_list\.{i}\.block_list\.(\d+)\.") for i in range(stages)]
-    cfg.filters = [_dim(sd, 0, f"stage_list.{i}.block_list.0.conv1.conv.weight",
-                        f"stage_list.{i}.block_list.0.conv1.conv.bias")
-                   for i in range(stages)]
-    cfg.kernel = _dim(sd, 2, "first_conv.conv.weight")
-    cfg.group_width = _dim(sd, 1, "stage_list.0.block_list.0.conv2.conv.weight")
-    cfg.num_classes = _dim(sd, 0, "dense.weight", "dense.bias")
-    return cfg
 
 
 # ------------------------------------------------------------------------------------------------
@@ -231,13 +132,13 @@ def read_torch_weights(path: str, fmt: str):
     if fmt == "ecgfounder":
         sd = safe_load.strip_prefix(safe_load.extract_state_dict(obj, path, ("state_dict",)),
                                     "module.")
-        cfg = _checked(path, _inferred(path, infer_net1d_config, sd, fmt),
+        cfg = _checked(path, _inferred(path, infer_config.infer_net1d_config, sd, fmt),
                        "the model its tensors' shapes give")
         return sd, cfg, convert.ecgfounder_rules(cfg), convert.ECGFOUNDER_IGNORED
     sd = safe_load.strip_prefix(safe_load.extract_state_dict(obj, path, ("model", "state_dict")),
                                 "module.")
     if fmt == "stmem":
-        cfg, full = _inferred(path, infer_stmem_config, sd, fmt)
+        cfg, full = _inferred(path, infer_config.infer_stmem_config, sd, fmt)
         cfg = _checked(path, cfg, "the model its tensors' shapes give")
         cfg.lead_embedding = _saved_lead_embedding(obj)
         has_head = any(k.endswith("head.weight") and "decoder" not in k for k in sd)

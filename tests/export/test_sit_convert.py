@@ -12,7 +12,8 @@ import torch
 from crema_jax import config as config_lib
 from crema_jax.data import presets
 from crema_jax.runtime import trees
-from crema_jax.export import convert, export_torch, import_torch, sit_layouts, torch_sit
+from crema_jax.export import (convert, export_torch, import_torch, infer_config, sit_layouts,
+                              torch_sit)
 from crema_jax.models import params as params_lib
 from crema_jax.models import default_model_config
 from tests.references.stmem_torch import StMemEncoder, StMemPretrain, randomise_norms
@@ -161,7 +162,7 @@ def test_stmem_key_count_and_size_for_vit_b():
     # import-torch infers ViT-B from the shapes alone (zero-stride arrays: no memory).
     for shapes, want_full in ((enc, False), (full, True)):
         fake = {k: np.broadcast_to(np.float32(0), s) for k, s in shapes.items()}
-        inferred, is_full = import_torch.infer_stmem_config(fake)
+        inferred, is_full = infer_config.infer_stmem_config(fake)
         assert is_full == want_full and inferred.size == "base" and inferred.num_classes == 0
         assert not inferred.width and inferred.num_patches == 30 and inferred.patch_size == 75
 
@@ -192,7 +193,7 @@ def test_fine_tuned_encoder_with_head_exports_to_both_layouts(tmp_path):
     torch.manual_seed(6)
     ref = randomise_norms(StMemEncoder(64, 2, 1, num_classes=5), seed=7).eval()
     state = {k: v.numpy() for k, v in ref.state_dict().items()}
-    cfg, full = import_torch.infer_stmem_config(state)
+    cfg, full = infer_config.infer_stmem_config(state)
     assert cfg.num_classes == 5 and not full
     cfg.name = "sit_encoder"  # the bare encoder, as a fine-tuned checkpoint holds it
     rules = sit_layouts.stmem_rules(cfg, jax_prefix="", include_head=True, include_decoder=False)
