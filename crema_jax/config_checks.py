@@ -226,10 +226,10 @@ def validate_data(config) -> None:
     _one_of(c, "data.eval_crop_average", ("embedding", "probability"))
     from crema_jax.data.reading.limits import FS_RANGE  # the rates a record file may have
     _check_in("data.target_fs", c.data.target_fs, Range(*FS_RANGE, what="a rate in Hz"))
-    from crema_jax.data.pipeline import crops
+    from crema_jax.data.reading import leads as leads_lib
     leads = tuple(c.data.leads)
     try:
-        crops.lead_rows(leads)  # names known, each once
+        leads_lib.check_lead_names(leads, "data.leads")  # names known, each once
     except ValueError as err:
         # ml_collections reads a tuple override as a Python literal; anything else is ONE name.
         hint = ("; a tuple on the command line is a Python literal: --config.data.leads="

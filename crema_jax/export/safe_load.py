@@ -24,6 +24,8 @@ from typing import Any, Mapping
 import ml_dtypes
 import numpy as np
 
+from crema_jax.runtime import files
+
 TORCH_INSTALL_HINT = "pip install crema_jax[torch]"
 
 # safetensors dtype tag -> numpy dtype (all little-endian on disk).
@@ -255,8 +257,9 @@ def read_torch_file(path: str) -> Any:
 def read_weight_file(path: str) -> tuple[Any, dict[str, str]]:
     """(loaded object, safetensors metadata or {}) for a .safetensors or torch file."""
     if not os.path.isfile(path):  # (a FIFO would block the reader)
-        what = ("no such file" if not os.path.exists(path) else "a folder" if os.path.isdir(path)
-                else "not a regular file (a FIFO, a device or a socket)")
+        kind = files.special_kind(path, follow_links=True)
+        what = (("a folder" if kind == "a folder" else f"{kind}, not a regular file") if kind
+                else "no such file")
         raise CheckpointFileError(f"{path}: {what}; expected a .safetensors or torch.save file")
     if path.endswith(".safetensors"):
         return read_safetensors(path)

@@ -152,7 +152,7 @@ def test_a_weights_path_that_is_no_regular_file_is_named_as_such(tmp_path):
     """A FIFO or a folder was "no such file" (and a FIFO must never be opened: it blocks)."""
     os.mkfifo(tmp_path / "pipe.pth")
     (tmp_path / "folder.safetensors").mkdir()
-    for name, what in (("pipe.pth", "not a regular file (a FIFO, a device or a socket)"),
+    for name, what in (("pipe.pth", "a FIFO, not a regular file"),
                        ("folder.safetensors", "a folder"), ("none.pth", "no such file")):
         with pytest.raises(safe_load.CheckpointFileError) as raised:
             safe_load.read_weight_file(str(tmp_path / name))
