@@ -284,19 +284,38 @@ def staging_dir(url: str, purpose: str) -> str:
     return os.path.join(base, f"crema_jax-{purpose}-{digest}")
 
 
+MIRROR_THREADS = 8  # files copied at once: object stores serve each stream at a fraction of a
+#                     host's bandwidth, and each small request waits a round trip
+
+
 def mirror(url: str, local_dir: str, *, names: list[str] | None = None,
-           resume: bool = True) -> str:
-    """Copy the files directly in the remote folder `url` (or only `names`) into `local_dir`;
-    with `resume`, a file already there with the remote size is kept (files that never change
-    once written: a resumed copy). Returns local_dir."""
+           resume: bool = True, threads: int = MIRROR_THREADS) -> str:
+    """Copy the files directly in the remote folder `url` (or only `names`) into `local_dir`,
+    up to `threads` at a time; with `resume`, a file already there with the remote size is kept
+    (files that never change once written: a resumed copy). Each file lands whole or not at all
+    (files.write_atomic); on the first error the copies not begun are dropped and it is raised,
+    naming `url`. Returns local_dir."""
+    from concurrent import futures
+
     os.makedirs(local_dir, exist_ok=True)
     with _reach(url) as (fs, inner):
-        for name in names if names is not None else listdir(url):
+        def copy(name: str) -> None:
             remote = f"{inner.rstrip('/')}/{name}"
             if not _is(fs, remote, "isfile"):
-                continue
+                return
             local = os.path.join(local_dir, name)
             if resume and os.path.isfile(local) and os.path.getsize(local) == fs.size(remote):
-                continue
-            files.write_atomic(local, lambda tmp, remote=remote: fs.get_file(remote, tmp))
+                return
+            files.write_atomic(local, lambda tmp: fs.get_file(remote, tmp))
+
+        wanted = list(names if names is not None else listdir(url))
+        with futures.ThreadPoolExecutor(max(1, min(threads, len(wanted)))) as pool:
+            pending = [pool.submit(copy, name) for name in wanted]
+            try:
+                for done in pending:
+                    done.result()
+            except BaseException:
+                for other in pending:
+                    other.cancel()
+                raise
         return local_dir

@@ -1,0 +1,86 @@
+"""storage.mirror: a remote folder copied to local disk several files at a time, each file
+whole or not at all (a cache on gs:// is read from such a copy: data/cache/source.py)."""
+import os
+import threading
+import time
+import uuid
+
+import fsspec
+import pytest
+from fsspec.implementations.memory import MemoryFileSystem
+
+from crema_jax.runtime import storage
+
+
+@pytest.fixture
+def remote():
+    fs = fsspec.filesystem("memory")
+    base = f"memory://mirror-{uuid.uuid4().hex}"
+    blobs = {f"shard-{i:03d}.arrayrecord": os.urandom(1000 + 37 * i) for i in range(24)}
+    for name, data in blobs.items():
+        fs.pipe(f"{base}/{name}", data)
+    yield base, blobs
+    fs.rm(base, recursive=True)
+
+
+def _slow_copies(monkeypatch, fail_on=None):
+    """Makes get_file take 20 ms and records how many ran at once (and fail on one name)."""
+    state = {"now": 0, "most": 0, "calls": []}
+    lock, real = threading.Lock(), MemoryFileSystem.get_file
+
+    def get_file(self, rpath, lpath, **kwargs):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+            state["calls"].append(rpath)
+        try:
+            time.sleep(0.02)
+            if fail_on and rpath.endswith(fail_on):
+                with open(lpath, "wb") as f:   # a copy cut off half-way
+                    f.write(b"partial")
+                raise ConnectionResetError(104, "Connection reset by peer")
+            return real(self, rpath, lpath, **kwargs)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    monkeypatch.setattr(MemoryFileSystem, "get_file", get_file)
+    return state
+
+
+def test_every_file_is_copied_byte_for_byte_several_at_a_time(remote, tmp_path, monkeypatch):
+    base, blobs = remote
+    state = _slow_copies(monkeypatch)
+    assert storage.mirror(base, str(tmp_path / "copy"), threads=4) == str(tmp_path / "copy")
+    assert sorted(os.listdir(tmp_path / "copy")) == sorted(blobs)
+    for name, data in blobs.items():
+        assert (tmp_path / "copy" / name).read_bytes() == data
+    assert len(state["calls"]) == len(blobs)
+    assert 2 <= state["most"] <= 4
+
+
+def test_a_resumed_copy_keeps_files_of_the_remote_size_and_fetches_the_others(remote, tmp_path,
+                                                                               monkeypatch):
+    base, blobs = remote
+    names = sorted(blobs)
+    local = tmp_path / "copy"
+    local.mkdir()
+    (local / names[0]).write_bytes(blobs[names[0]])               # complete: kept
+    (local / names[1]).write_bytes(blobs[names[1]][:10])          # cut short: fetched again
+    state = _slow_copies(monkeypatch)
+    storage.mirror(base, str(local), names=names[:5])
+    assert sorted(os.path.basename(c) for c in state["calls"]) == names[1:5]
+    assert sorted(os.listdir(local)) == names[:5]
+    assert all((local / n).read_bytes() == blobs[n] for n in names[:5])
+
+
+def test_a_failed_copy_names_the_url_and_leaves_no_partial_file(remote, tmp_path, monkeypatch):
+    base, blobs = remote
+    bad = sorted(blobs)[5]
+    _slow_copies(monkeypatch, fail_on=bad)
+    with pytest.raises(OSError, match=rf"^{base}: .*Connection reset by peer"):
+        storage.mirror(base, str(tmp_path / "copy"), threads=3)
+    left = os.listdir(tmp_path / "copy")
+    assert bad not in left
+    assert set(left) <= set(blobs)             # no temporary file left behind
+    assert all((tmp_path / "copy" / n).read_bytes() == blobs[n] for n in left)
