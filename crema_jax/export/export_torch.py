@@ -125,10 +125,14 @@ def saved_data(info: dict, path: str) -> dict:
 
 class SavedData(NamedTuple):
     """The data path an import restores: `data`, the "config"."data" of the file `where`, or
-    None (the format's preset is taken) with `why_not` saying why ("" for no such file)."""
+    None (the format's preset is taken) with `why_not` saying why ("" for no such file).
+    `layout` and `model`: what FILE.json says the weights beside it are (None: a hub folder,
+    whose config.json and weights are one export)."""
     where: str
     data: dict | None
     why_not: str = ""
+    layout: str | None = None
+    model: dict | None = None
 
 
 def load_sidecar(side: str, where: str | None = None) -> tuple[dict | None, str]:
@@ -165,7 +169,7 @@ def read_sidecar_data(side: str, where: str | None = None) -> SavedData:
         why = f"{where} holds the model config only (no \"config\")"
     if info is None or "config" not in info:
         return SavedData(where, None, why)
-    return SavedData(where, saved_data(info, where))
+    return SavedData(where, saved_data(info, where), layout=info["layout"], model=info["model"])
 
 
 def write_files(state_dict, out: str, *, layout: str, model_config: dict, full_config: dict,

@@ -26,6 +26,7 @@ from crema_jax.models import params as params_lib
 from crema_jax.runtime import checkpoint as ckpt_lib
 from crema_jax.runtime import files, storage, trees
 from crema_jax.runtime import workdir as workdir_lib
+from crema_jax.train import warm_start
 
 FORMATS = ("crema", "stmem", "ecgfounder")
 PRESET_OF_FORMAT = {"crema": "crema", "stmem": "stmem", "ecgfounder": "ecgfounder"}
@@ -245,6 +246,26 @@ def resolve_source(source: str, fmt: str | None
     return local, fmt, saved, {**record, "format": fmt}
 
 
+def _another_models(saved: export_torch.SavedData, fmt: str, model_cfg) -> str:
+    """Why FILE.json does not describe the weights beside it ("" when it does, or says nothing):
+    written for another layout, or a model of another architecture (warm_start.architecture:
+    a JSON left beside other weights had given ECGFounder's Net1D ST-MEM's data path)."""
+    if saved.layout is None or saved.data is None:
+        return ""
+    if saved.layout != fmt:
+        return (f"{saved.where} was written for {saved.layout}-layout weights, not "
+                f"--format={fmt}'s: not these weights' file")
+    try:
+        theirs = warm_start.architecture(config_lib.from_saved({"model": saved.model}).model)
+    except (ValueError, KeyError, TypeError, OverflowError) as err:
+        return f"{saved.where}: its model config does not read ({err})"
+    ours = warm_start.architecture(model_cfg)
+    diff = [f"{k} {theirs.get(k)!r}, the weights' {ours.get(k)!r}"
+            for k in sorted(set(ours) | set(theirs)) if theirs.get(k) != ours.get(k)]
+    return (f"{saved.where} describes another model ({'; '.join(diff)}): not these weights' "
+            "file") if diff else ""
+
+
 def _unfinished_import(out: str) -> str | None:
     """The unfinished step an interrupted import left in `out` ("checkpoints/0.orbax-checkpoint-
     tmp-..."), when `out` holds nothing else: only `checkpoints/`, holding only Orbax's
@@ -283,6 +304,9 @@ def run_import(source: str, fmt: str | None, out: str, *, seed: int = 0) -> tupl
     params, model_cfg, kept = import_weights(path, fmt, seed=seed)
     config = config_lib.default_config(model_cfg.name)
     config.model = model_cfg
+    other = _another_models(saved, fmt, model_cfg)
+    if other:
+        saved = export_torch.SavedData(saved.where, None, other)
     if saved.data is not None:  # export-torch's config: the data path the model was trained with
         try:
             config.data = config_lib.from_saved({"model": {"name": model_cfg.name},

@@ -316,8 +316,15 @@ def fake_hub(monkeypatch, cache, repo_id, files):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
 
 
-SIDECAR = json.dumps({"layout": "ecgfounder", "model": {}, "config": {"data": {
-    "target_fs": 400.0}}}).encode()
+def _sidecar() -> bytes:
+    """export-torch's FILE.json of tiny_ecgfounder's Net1D, its data path at 400 Hz."""
+    from crema_jax.models.net1d import default_net1d_config
+    model = default_net1d_config(12)
+    model.filters, model.blocks = [16, 32], [1, 2]
+    return json.dumps({"layout": "ecgfounder", "model": model.to_dict(),
+                       "config": {"data": {"target_fs": 400.0}}}).encode()
+
+
 SIDE = FILE.replace(".pth", ".json")
 
 
@@ -326,7 +333,7 @@ def test_a_weight_file_by_hub_id_takes_the_json_export_torch_wrote_beside_it_on_
     """hf://OWNER/REPO/FILE had fetched FILE alone and read FILE.json only if the local cache
     happened to hold it: on a fresh machine, the preset. FILE.json is fetched at FILE's commit."""
     path, _ = tiny_ecgfounder
-    fake_hub(monkeypatch, tmp_path / "hub", "acme/x", {FILE: path.read_bytes(), SIDE: SIDECAR})
+    fake_hub(monkeypatch, tmp_path / "hub", "acme/x", {FILE: path.read_bytes(), SIDE: _sidecar()})
     import_cli.COMMAND.run(["--format=ecgfounder", f"hf://acme/x/{FILE}",
                             f"--out={tmp_path / 'out'}"])
     assert f"(data path from hf://acme/x@{COMMIT}/{SIDE})" in capsys.readouterr().out

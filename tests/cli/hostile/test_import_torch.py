@@ -361,6 +361,41 @@ def test_a_file_export_torch_wrote_imports_with_its_data_path(tmp_path, capsys, 
         {k: v for k, v in want.items() if k != "batch_size"}
 
 
+def test_a_json_written_for_other_weights_is_passed_over_for_the_preset(tmp_path, capsys):
+    """w.json left by an export of ST-MEM-layout weights beside ECGFounder weights (or beside
+    ST-MEM weights of another width) had been taken: the Net1D ran on ST-MEM's 250 Hz windowed
+    data path, exit 0. Its layout and architecture must be the weights'; else the preset, and the
+    printed line says why."""
+    import torch
+    from tests.references.ecgfounder_torch import Net1DRef
+    _run_with_own_data_path(tmp_path / "run")
+    export_torch.COMMAND.run([f"--checkpoint={tmp_path / 'run'}", f"--out={tmp_path / 'w.pth'}",
+                              "--layout=stmem"])
+    wider = config_lib.default_config()
+    wider.model.size, wider.model.width, wider.model.head_dim = "tiny", 192, 64
+    from crema_jax.runtime import checkpoint
+    checkpoint.save_model_checkpoint(tmp_path / "wider", params_lib.init_params(wider.model, 0),
+                                     wider)
+    export_torch.COMMAND.run([f"--checkpoint={tmp_path / 'wider'}",
+                              f"--out={tmp_path / 'wider.pth'}", "--layout=stmem"])
+    side = tmp_path / "w.json"
+    os.replace(tmp_path / "wider.pth", tmp_path / "w.pth")
+    capsys.readouterr()
+    import_torch.COMMAND.run(["--format=stmem", str(tmp_path / "w.pth"),
+                              f"--out={tmp_path / 'a'}"])
+    assert (f"(data path: the stmem preset; {side} describes another model (width 128, the "
+            "weights' 192): not these weights' file)") in capsys.readouterr().out
+    assert config_lib.load_checkpoint_config(tmp_path / "a").data.target_fs == 250.0
+    net1d = Net1DRef(in_channels=12, filters=(16, 32), blocks=(1, 2))
+    torch.save({"state_dict": net1d.state_dict()}, tmp_path / "w.pth")
+    import_torch.COMMAND.run(["--format=ecgfounder", str(tmp_path / "w.pth"),
+                              f"--out={tmp_path / 'b'}"])
+    assert (f"(data path: the ecgfounder preset; {side} was written for stmem-layout weights, "
+            "not --format=ecgfounder's: not these weights' file)") in capsys.readouterr().out
+    back = config_lib.load_checkpoint_config(tmp_path / "b").data
+    assert (back.target_fs, back.crop_samples) == (500.0, 5000)
+
+
 def test_a_file_without_export_torchs_config_takes_the_formats_preset_and_says_so(
         crema_export, tmp_path, capsys):
     """A weight file with no F.json, or an F.json of the model alone (no "config"), gets its
