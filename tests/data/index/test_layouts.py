@@ -3,6 +3,7 @@ import collections
 import csv
 import hashlib
 import os
+import re
 import subprocess
 import sys
 
@@ -191,6 +192,24 @@ def test_manifest_relative_paths_labels_and_splits(tmp_path):
         csv.writer(f).writerows([["file"], ["data/SYN00000"]])
     with pytest.raises(ValueError, match="'path' column"):
         manifest.manifest(tmp_path / "nopath.csv")
+
+
+def test_manifest_header_names_are_read_without_spaces_and_a_capitalised_one_is_refused(
+        tmp_path):
+    """"path, split, labels" (a space after each comma) had read columns ' split' and ' labels'
+    as unknown: every row unlabelled, the test rows hashed into train/val, exit 0."""
+    (tmp_path / "m.csv").write_text("path, split , labels,notes\n"
+                                    "data/A1, test, x;y,seen twice\n"
+                                    "data/A2,train,y,\n")
+    index = manifest.manifest(tmp_path / "m.csv")
+    assert [(r.record_id, r.split, r.labels) for r in index] == [("A1", "test", ("x", "y")),
+                                                                  ("A2", "train", ("y",))]
+    for header, said in (("path,Split", "column 'Split': expected 'split' (column names are "
+                                        "lower-case)"),
+                         ("path,split, split", "column 'split' appears twice in the header")):
+        (tmp_path / "bad.csv").write_text(header + "\ndata/A1,test,test\n")
+        with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'bad.csv'}: {said}")):
+            manifest.manifest(tmp_path / "bad.csv")
 
 
 def test_manifest_keeps_urls_as_urls(tmp_path):
