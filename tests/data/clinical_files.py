@@ -28,7 +28,9 @@ read-back that matches is a check against the standard, not against ourselves:
   Section 2; Section 8 the statements.
 
 Every writer quantises the signal; `quantised(...)` returns the exact mV values a correct reader
-must give back.
+must give back. `extra` (DICOM, aECG, MUSE, EDF) adds channels that are not ECG leads, as Holter
+and sleep exports carry them (a respiration or pacing trace), each unlike a lead in every field
+a lead is checked by (`non_ecg_channel`).
 """
 from __future__ import annotations
 
@@ -50,15 +52,22 @@ SCPECG_CODES = {"I": 1, "II": 2, **{f"V{k}": k + 2 for k in range(1, 7)}, "III":
 MUSE_LEADS = ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")
 
 
+def non_ecg_channel(samples: int) -> np.ndarray:
+    """An extra channel's int16 counts: a quarter of the leads' samples, a slow ramp."""
+    return (np.arange(max(samples // 4, 1)) % 200 - 100).astype(np.int16)
+
+
 def quantised(signal_mv: np.ndarray, uv_per_bit: float) -> np.ndarray:
     """(leads, T) mV -> the int16 counts a writer stores at `uv_per_bit`."""
     return np.clip(np.round(signal_mv * 1000.0 / uv_per_bit), -32768, 32767).astype(np.int16)
 
 
 def write_dicom(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_NAME,
-                patient_id=PATIENT_ID, statements=STATEMENTS, deflated=False) -> np.ndarray:
+                patient_id=PATIENT_ID, statements=STATEMENTS, deflated=False,
+                extra=()) -> np.ndarray:
     """12-lead ECG waveform object (deflated: in the Deflated Explicit VR Little Endian transfer
-    syntax); returns the stored values in mV."""
+    syntax); returns the stored values in mV. extra: channels after the leads, named by their
+    CodeMeaning (scheme MDC), with no ChannelSensitivity or units."""
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence
@@ -79,7 +88,7 @@ def write_dicom(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_
     group = Dataset()
     group.MultiplexGroupTimeOffset = 0.0
     group.WaveformOriginality = "ORIGINAL"
-    group.NumberOfWaveformChannels = len(LEADS)
+    group.NumberOfWaveformChannels = len(LEADS) + len(extra)
     group.NumberOfWaveformSamples = counts.shape[1]
     group.SamplingFrequency = fs
     group.MultiplexGroupLabel = "RHYTHM"
@@ -99,10 +108,18 @@ def write_dicom(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_
         ch.ChannelBaseline = 0.0
         ch.WaveformBitsStored = 16
         channels.append(ch)
+    for name in extra:
+        ch, source = Dataset(), Dataset()
+        source.CodeValue, source.CodingSchemeDesignator, source.CodeMeaning = "0", "MDC", name
+        ch.ChannelSourceSequence = Sequence([source])
+        ch.WaveformBitsStored = 16
+        channels.append(ch)
     group.ChannelDefinitionSequence = Sequence(channels)
     group.WaveformBitsAllocated = 16
     group.WaveformSampleInterpretation = "SS"
-    group.WaveformData = np.ascontiguousarray(counts.T).astype("<i2").tobytes()  # interleaved
+    written = np.concatenate([counts, np.resize(non_ecg_channel(counts.shape[1]),
+                                                (len(extra), counts.shape[1]))])
+    group.WaveformData = np.ascontiguousarray(written.T).astype("<i2").tobytes()  # interleaved
     ds.WaveformSequence = Sequence([group])
     notes = []
     for text in statements:
@@ -120,8 +137,9 @@ def _esc(text: str) -> str:
 
 
 def write_aecg(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_NAME,
-               patient_id=PATIENT_ID, statements=STATEMENTS) -> np.ndarray:
-    """HL7 aECG rhythm series; returns the stored values in mV."""
+               patient_id=PATIENT_ID, statements=STATEMENTS, extra=()) -> np.ndarray:
+    """HL7 aECG rhythm series; returns the stored values in mV. extra: sequences after the
+    leads, coded by these names, their scale without a unit and a quarter of the digits."""
     counts = quantised(signal_mv, AECG_UV_PER_DIGIT)
     given, family = patient_name.split("^")[1], patient_name.split("^")[0]
     seqs = [f"""<component><sequence><code code="TIME_ABSOLUTE" codeSystem="2.16.840.1.113883.5.4"/>
@@ -131,6 +149,11 @@ def write_aecg(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_N
         seqs.append(f"""<component><sequence><code code="MDC_ECG_LEAD_{lead.upper() if lead[0] != 'a' else 'a' + lead[1:]}" codeSystem="2.16.840.1.113883.6.24"/>
 <value xsi:type="SLIST_PQ"><origin value="0" unit="uV"/><scale value="{AECG_UV_PER_DIGIT}" unit="uV"/>
 <digits>{' '.join(map(str, row.tolist()))}</digits></value></sequence></component>""")
+    extra_digits = " ".join(map(str, non_ecg_channel(counts.shape[1]).tolist()))
+    for name in extra:
+        seqs.append(f"""<component><sequence><code code="{name}"/>
+<value xsi:type="SLIST_PQ"><origin value="0"/><scale value="1"/>
+<digits>{extra_digits}</digits></value></sequence></component>""")
     notes = "".join(f"""<component><annotation><code code="MDC_ECG_INTERPRETATION_STATEMENT" codeSystem="2.16.840.1.113883.6.24"/>
 <value xsi:type="ST">{_esc(t)}</value></annotation></component>""" for t in statements)
     xml = f"""<?xml version="1.0" encoding="UTF-8"?>
@@ -152,9 +175,11 @@ def write_aecg(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_N
 
 
 def write_muse(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_NAME,
-               patient_id=PATIENT_ID, statements=STATEMENTS) -> np.ndarray:
+               patient_id=PATIENT_ID, statements=STATEMENTS, extra=()) -> np.ndarray:
     """GE MUSE RestingECG with the 8 recorded leads; returns all 12 leads in mV as a reader
-    must give them (III, aVR, aVL, aVF by Einthoven/Goldberger from the stored I and II)."""
+    must give them (III, aVR, aVL, aVF by Einthoven/Goldberger from the stored I and II).
+    extra: LeadData after the leads with these LeadIDs, no LeadAmplitudeUnits and a quarter of
+    the samples."""
     rows = [LEADS.index(lead) for lead in MUSE_LEADS]
     counts = quantised(signal_mv[rows], MUSE_UV_PER_BIT)
     family, given = patient_name.split("^")
@@ -164,6 +189,11 @@ def write_muse(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_N
 <LeadAmplitudeUnits>MICROVOLTS</LeadAmplitudeUnits><LeadID>{lead}</LeadID>
 <WaveFormData>{base64.b64encode(row.astype('<i2').tobytes()).decode()}</WaveFormData></LeadData>"""
                     for lead, row in zip(MUSE_LEADS, counts))
+    for name in extra:
+        row = non_ecg_channel(counts.shape[1])
+        leads += f"""<LeadData><LeadSampleCountTotal>{len(row)}</LeadSampleCountTotal>
+<LeadAmplitudeUnitsPerBit>1</LeadAmplitudeUnitsPerBit><LeadID>{name}</LeadID>
+<WaveFormData>{base64.b64encode(row.astype('<i2').tobytes()).decode()}</WaveFormData></LeadData>"""
     stmts = "".join(f"<DiagnosisStatement><StmtFlag>ENDSLINE</StmtFlag><StmtText>{_esc(t)}"
                     f"</StmtText></DiagnosisStatement>" for t in statements)
     xml = f"""<?xml version="1.0" encoding="ISO-8859-1"?>
@@ -194,29 +224,37 @@ def _field(value, width: int) -> bytes:
 
 
 def write_edf(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_NAME,
-              patient_id=PATIENT_ID) -> np.ndarray:
+              patient_id=PATIENT_ID, extra=()) -> np.ndarray:
     """EDF+C, one data record per second, labels "ECG <lead>" (EDF+ signal type + name), in uV
-    with physical range +-32768*2.5 uV; returns the stored values in mV."""
+    with physical range +-32768*2.5 uV; returns the stored values in mV. extra: signals after
+    the leads with these labels, no physical dimension and a quarter of the leads' rate."""
     per_record = int(fs)
     seconds = signal_mv.shape[1] // per_record
     counts = quantised(signal_mv[:, :seconds * per_record], DICOM_UV_PER_BIT)
     pmin, pmax, dmin, dmax = -32768 * 2.5, 32767 * 2.5, -32768, 32767
-    ns, tal_samples = len(LEADS) + 1, 16   # + the EDF+ "EDF Annotations" signal
+    ecg, other = len(LEADS), len(extra)
+    ns, tal_samples = ecg + other + 1, 16   # + the EDF+ "EDF Annotations" signal
     name = patient_name.replace("^", "_").replace(" ", "_")
     head = b"".join([
         _field("0", 8), _field(f"{patient_id} F 02-MAY-1951 {name}", 80),
         _field("Startdate 01-JAN-2026 X X X", 80), _field("01.01.26", 8), _field("12.00.00", 8),
         _field(256 * (ns + 1), 8), _field("EDF+C", 44), _field(seconds, 8), _field(1, 8),
         _field(ns, 4)])
-    ecg = len(LEADS)
+    extra_row = non_ecg_channel(per_record)
     columns = [
-        [_field(f"ECG {lead}", 16) for lead in LEADS] + [_field("EDF Annotations", 16)],
-        [_field("AgAgCl electrode", 80)] * ns, [_field("uV", 8)] * ecg + [_field("", 8)],
-        [_field(pmin, 8)] * ecg + [_field(-1, 8)], [_field(pmax, 8)] * ecg + [_field(1, 8)],
+        [_field(f"ECG {lead}", 16) for lead in LEADS] + [_field(label, 16) for label in extra]
+        + [_field("EDF Annotations", 16)],
+        [_field("AgAgCl electrode", 80)] * ns, [_field("uV", 8)] * ecg + [_field("", 8)] * (
+            other + 1),
+        [_field(pmin, 8)] * ecg + [_field(-1, 8)] * (other + 1),
+        [_field(pmax, 8)] * ecg + [_field(1, 8)] * (other + 1),
         [_field(dmin, 8)] * ns, [_field(dmax, 8)] * ns, [_field("HP:0.05Hz LP:150Hz", 80)] * ns,
-        [_field(per_record, 8)] * ecg + [_field(tal_samples, 8)], [_field("", 32)] * ns]
+        [_field(per_record, 8)] * ecg + [_field(len(extra_row), 8)] * other
+        + [_field(tal_samples, 8)], [_field("", 32)] * ns]
     blocks = counts.reshape(ecg, seconds, per_record).transpose(1, 0, 2).astype("<i2")
-    data = b"".join(block.tobytes() + f"+{k}\x14\x14\x00".encode().ljust(2 * tal_samples, b"\x00")
+    others = extra_row.astype("<i2").tobytes() * other
+    data = b"".join(block.tobytes() + others
+                    + f"+{k}\x14\x14\x00".encode().ljust(2 * tal_samples, b"\x00")
                     for k, block in enumerate(blocks))   # each record opens with its time stamp
     pathlib.Path(path).write_bytes(head + b"".join(b"".join(c) for c in columns) + data)
     gain = (pmax - pmin) / (dmax - dmin)

@@ -8,6 +8,9 @@ The salt is the environment variable CREMA_JAX_PATIENT_SALT (set it to a secret:
 such as record numbers are few enough to be recovered from an unsalted hash by trying them all),
 read from the environment so that it is never written into a cache's settings.
 
+Channels the reader dropped as no
+ECG lead (clinical_formats.Parsed.dropped) count in the Ecg's repairs as leads_dropped.
+
 Beyond canonical_ecg's own checks, a file whose leads do not give all 12 (after deriving the
 limb leads) is skipped as `missing_leads` unless the reader says `require_12_leads=False`.
 """
@@ -93,9 +96,12 @@ def read_clinical(path, reader: ClinicalFile = ClinicalFile(), *,
         raise RecordError(path, "unreadable", f"{path}: {e.strerror or e}") from e
     check_sampling_rate(path, parsed.fs, "sampling rate", fs_range=fs_range)
     if reader.require_12_leads:
-        _check_leads(path, parsed.names)
-    return canonical_ecg(parsed.signal, parsed.names, parsed.units, parsed.fs, path=path,
-                         meta=_meta(parsed), **kwargs)
+        _check_leads(path, parsed.names + parsed.dropped)
+    ecg = canonical_ecg(parsed.signal, parsed.names, parsed.units, parsed.fs, path=path,
+                        meta=_meta(parsed), **kwargs)
+    if parsed.dropped:  # the channels the reader left unread, counted as canonical_ecg counts
+        ecg.repairs["leads_dropped"] = ecg.repairs.get("leads_dropped", 0) + len(parsed.dropped)
+    return ecg
 
 
 def _check_leads(path: str, names) -> None:
@@ -108,4 +114,4 @@ def _check_leads(path: str, names) -> None:
     if not derivable.all():
         missing = [lead for lead, ok in zip(leads_lib.LEADS, derivable) if not ok]
         raise RecordError(path, "missing_leads", f"{path}: leads {missing} are neither recorded "
-                          f"nor derivable (the file's leads: {list(names)}), expected 12")
+                          f"nor derivable (the file's channels: {list(names)}), expected 12")

@@ -17,7 +17,12 @@ leads' rows stacked into one signal (`_stacked`) and the rate checked where a mo
 
 Lead names: DICOM's CID 3001 SCPECG codes, aECG's MDC_ECG_LEAD_*, MUSE's LeadID, EDF+'s
 "ECG <lead>" labels, Philips' @leadlabels, SCP-ECG's lead codes; the alias table (leads.py)
-then maps them. `Parsed.patient_key` is the file's patient identifier, for a salted hash only
+then maps them. A channel that names no ECG lead (a respiration, pacing or EEG channel of a
+Holter or sleep export) is dropped by the DICOM, aECG, MUSE and EDF readers before its units,
+scale, rate or length are checked, and listed in `Parsed.dropped` (clinical.py counts it in the
+record's repairs as leads_dropped); a file with no lead left is no_signal. Philips and SCP-ECG
+leads share one scale and rate, and pass their names to canonical_ecg, which drops the same
+channels. `Parsed.patient_key` is the file's patient identifier, for a salted hash only
 (clinical.py): names, birth dates and the identifier itself never go into `meta`.
 
 Failures raise RecordError: unknown_format, unreadable (the library refused the file),
@@ -38,6 +43,7 @@ import numpy as np
 
 from crema_jax.data.reading import (dicom_waveform, edf_ecg, hl7_aecg, muse_xml, philips_xml,
                                     safe_files, scp_ecg)
+from crema_jax.data.reading import leads as leads_lib
 from crema_jax.data.reading.ecg import RecordError, check_sampling_rate
 
 # The largest XML export parsed (~0.8 GB at its peak); a 10-s ECG is 0.1-1 MB, 15 min of 12 leads
@@ -54,6 +60,7 @@ class Parsed:
     format: str
     meta: dict                  # exam_id, statements, age, sex: no patient identity
     patient_key: str | None     # the file's patient identifier, to be hashed
+    dropped: list[str] = dataclasses.field(default_factory=list)  # channels that are no lead
 
 
 def detect(path) -> str | None:
@@ -93,7 +100,15 @@ def parse(path, *, decode: bool = True) -> Parsed:
                           f"({type(e).__name__}: {e})") from e
 
 
-def _stacked(path, rows, fmt: str) -> np.ndarray:
+def _some_lead(path, names, dropped, fmt: str) -> None:
+    """no_signal when every channel of the file was dropped as no ECG lead."""
+    if dropped and not names:
+        raise RecordError(path, "no_signal", f"{path}: the {fmt} file holds no ECG lead: its "
+                          f"channels {dropped} name none of {list(leads_lib.LEADS)} (leads.py)")
+
+
+def _stacked(path, rows, fmt: str, names=(), dropped=()) -> np.ndarray:
+    _some_lead(path, names, dropped, fmt)
     lengths = sorted({len(r) for r in rows})
     if not rows or lengths[0] == 0:
         raise RecordError(path, "no_signal", f"{path}: the {fmt} file holds no lead samples")
@@ -123,24 +138,29 @@ def _xml_root(path, fmt: str):
 
 
 def _dicom(path) -> Parsed:
-    signal, names, units, fs, meta, key = dicom_waveform.read(path)
-    return Parsed(signal, names, units, _rate(path, fs, "SamplingFrequency"), "dicom", meta, key)
+    signal, names, units, fs, meta, key, dropped = dicom_waveform.read(path)
+    _some_lead(path, names, dropped, "DICOM")
+    return Parsed(signal, names, units, _rate(path, fs, "SamplingFrequency"), "dicom", meta, key,
+                  dropped)
 
 
 def _aecg(path) -> Parsed:
-    rows, names, units, fs, meta, key = hl7_aecg.read(path, _xml_root(path, "HL7 aECG"))
-    return Parsed(_stacked(path, rows, "HL7 aECG"), names, units, fs, "aecg", meta, key)
+    rows, names, units, fs, meta, key, dropped = hl7_aecg.read(path, _xml_root(path, "HL7 aECG"))
+    return Parsed(_stacked(path, rows, "HL7 aECG", names, dropped), names, units, fs, "aecg",
+                  meta, key, dropped)
 
 
 def _muse(path) -> Parsed:
-    rows, names, units, fs, meta, key = muse_xml.read(path, _xml_root(path, "GE MUSE"))
-    return Parsed(_stacked(path, rows, "GE MUSE"), names, units, fs, "muse", meta, key)
+    rows, names, units, fs, meta, key, dropped = muse_xml.read(path, _xml_root(path, "GE MUSE"))
+    return Parsed(_stacked(path, rows, "GE MUSE", names, dropped), names, units, fs, "muse",
+                  meta, key, dropped)
 
 
 def _edf(path) -> Parsed:
-    rows, names, units, fs, meta, key = edf_ecg.read(path)
-    return Parsed(_stacked(path, rows, "EDF"), names, units,
-                  _rate(path, fs, "samples per data record / duration"), "edf", meta, key)
+    rows, names, units, fs, meta, key, dropped = edf_ecg.read(path)
+    return Parsed(_stacked(path, rows, "EDF", names, dropped), names, units,
+                  _rate(path, fs, "samples per data record / duration"), "edf", meta, key,
+                  dropped)
 
 
 def _philips(path, decode: bool) -> Parsed:

@@ -1,14 +1,17 @@
 """DICOM 12-lead / general ECG waveform files, read by pydicom (the [clinical] extra).
 
-    read(path) -> (signal, names, units, fs, meta, patient_key)   fs as stated, checked by the
-                                                                   caller (clinical_formats.py)
+    read(path) -> (signal, names, units, fs, meta, patient_key, dropped)   fs as stated,
+                   checked by the caller (clinical_formats.py); dropped: the channels that are
+                   not ECG leads, left out of signal
 
 The first ORIGINAL multiplex group of WaveformSequence: sample * ChannelSensitivity *
-ChannelSensitivityCorrectionFactor + ChannelBaseline (pydicom's waveform_array), float64
-(T, channels); each channel's unit from ChannelSensitivityUnitsSequence (UCUM); lead names from
-CID 3001's SCPECG codes ("5.6.3-9-<n>"), else the code meaning; statements from the annotations'
-UnformattedTextValue; exam_id the AccessionNumber (else StudyInstanceUID), PatientAge ("061Y")
-in years. PatientID is returned for hashing only.
+ChannelSensitivityCorrectionFactor + ChannelBaseline (pydicom's waveform_array's formula),
+float64 (T, leads); each channel's unit from ChannelSensitivityUnitsSequence (UCUM); lead names from
+CID 3001's SCPECG codes ("5.6.3-9-<n>"), else the code meaning; a channel whose name is no
+ECG lead (leads.py: a respiration or pacing channel) is dropped before its sensitivity and
+units are checked; statements from the annotations' UnformattedTextValue; exam_id the
+AccessionNumber (else StudyInstanceUID), PatientAge ("061Y") in years. PatientID is returned
+for hashing only.
 
 Refused, each a RecordError: a file pydicom cannot read (unreadable), no ORIGINAL group
 (no_signal), WaveformData shorter than its samples x channels x bits (truncated_signal), a
@@ -24,6 +27,7 @@ import zlib
 
 import numpy as np
 
+from crema_jax.data.reading import leads as leads_lib
 from crema_jax.data.reading.ecg import RecordError, positive_scale, stated_unit
 
 # The most bytes a deflated DICOM file may inflate to (pydicom inflates it whole, before any
@@ -35,7 +39,7 @@ SCPECG_LEADS = {"1": "I", "2": "II", **{str(k + 2): f"V{k}" for k in range(1, 7)
 
 
 def read(path):
-    """(signal, names, units, fs, meta, patient_key) of the DICOM file at `path`."""
+    """(signal, names, units, fs, meta, patient_key, dropped) of the DICOM file at `path`."""
     import pydicom  # the [clinical] extra; only DICOM files need it
     from pydicom.errors import InvalidDicomError
     try:
@@ -63,15 +67,19 @@ def read(path):
         raise RecordError(path, "bad_shape", f"{path}: NumberOfWaveformChannels is {declared}, "
                           f"ChannelDefinitionSequence defines {len(channels)} channels; "
                           "expected one count")
-    names, units = [], []
-    for ch in channels:
+    names, units, kept, dropped = [], [], [], []
+    for number, ch in enumerate(channels, 1):
         source = ch.ChannelSourceSequence[0] if ch.get("ChannelSourceSequence") else None
         code = str(source.get("CodeValue", "")) if source else ""
         scheme = str(source.get("CodingSchemeDesignator", "")) if source else ""
-        names.append(SCPECG_LEADS.get(code.rsplit("-", 1)[-1], "") if scheme == "SCPECG"
-                     and code.startswith("5.6.3-9-") else
-                     str(source.get("CodeMeaning", "")) if source else "")
-        channel = names[-1] or len(names)
+        channel = (SCPECG_LEADS.get(code.rsplit("-", 1)[-1], "") if scheme == "SCPECG"
+                   and code.startswith("5.6.3-9-") else
+                   str(source.get("CodeMeaning", "")) if source else "")
+        if leads_lib.lead_index(channel) is None:
+            dropped.append(channel or f"channel {number}")
+            continue
+        names.append(channel)
+        kept.append(number - 1)
         if "ChannelSensitivity" not in ch or not ch.get("ChannelSensitivityUnitsSequence"):
             raise RecordError(path, "bad_units", f"{path}: channel {channel} has no "
                               "ChannelSensitivity and units, expected both")
@@ -81,14 +89,28 @@ def read(path):
         units.append(stated_unit(path, ch.ChannelSensitivityUnitsSequence[0].get("CodeValue"),
                                  f"DICOM channel {channel} ChannelSensitivityUnitsSequence "
                                  "CodeValue"))
-    signal = ds.waveform_array(index).astype(np.float64)
+    signal = _lead_samples(ds, index, channels, kept)
     statements = [str(a.UnformattedTextValue) for a in ds.get("WaveformAnnotationSequence", [])
                   if "UnformattedTextValue" in a]
     meta = {"exam_id": str(ds.get("AccessionNumber", "") or ds.get("StudyInstanceUID", "")),
             "statements": statements, "sex": str(ds.get("PatientSex", "")),
             "age": _dicom_age(str(ds.get("PatientAge", "")))}
     return (signal, names, units, group.get("SamplingFrequency"), meta,
-            str(ds.get("PatientID", "")) or None)
+            str(ds.get("PatientID", "")) or None, dropped)
+
+
+def _lead_samples(ds, index: int, channels: list, columns: list[int]) -> np.ndarray:
+    """float64 (T, leads): the stored samples of `columns` (pydicom's multiplex_array, raw) as
+    sample * ChannelSensitivity * ChannelSensitivityCorrectionFactor + ChannelBaseline, pydicom's
+    waveform_array's formula, applied to the leads alone (another channel's fields, which
+    waveform_array would need as numbers, are never read)."""
+    from pydicom.waveforms import multiplex_array
+    raw = multiplex_array(ds, index, as_raw=True)[:, columns].astype(np.float64)
+    for column, ch in enumerate(channels[k] for k in columns):
+        raw[:, column] *= (float(ch.get("ChannelSensitivity", 1.0))
+                           * float(ch.get("ChannelSensitivityCorrectionFactor", 1.0)))
+        raw[:, column] += float(ch.get("ChannelBaseline", 0.0))
+    return raw
 
 
 def _check_inflated_size(path, file_meta) -> None:

@@ -1,18 +1,21 @@
 """EDF / EDF+ (Kemp & Olivan 2003), read by edfio (the [clinical] extra): the ECG signals.
 
-    read(path) -> (rows, names, units, fs, meta, patient_key)   fs as stated, checked by the
-                                                                 caller (clinical_formats.py)
+    read(path) -> (rows, names, units, fs, meta, patient_key, dropped)   fs as stated, checked
+                   by the caller (clinical_formats.py); dropped: the labels of the signals that
+                   are not ECG leads
 
-The physical values of every signal but "EDF Annotations", each in its physical dimension,
-named by its label without EDF+'s signal type ("ECG V1" -> "V1"; the alias table, leads.py,
-then picks the leads); the rate samples per data record / record duration, one for all of
-them; EDF+'s patient code (not "X") for hashing only; no statements.
+The physical values of each signal whose label, without EDF+'s signal type ("ECG V1" -> "V1"),
+names an ECG lead (the alias table, leads.py), in its physical dimension; the rate samples per
+data record / record duration, one for all of them; EDF+'s patient code (not "X") for hashing
+only; no statements. Every other signal (respiration, EEG, SpO2, "EDF Annotations") is dropped
+before any check: a Holter or sleep recording's unitless "Resp" at 25 Hz is no reason to refuse
+its ECG.
 
 Refused, each a RecordError, before edfio reads the data (`_check_edf_sizes`): a header-bytes
 field other than 256 x (signals + 1) or fewer than -1 data records (unreadable), a file shorter
-than its records (truncated_signal), more than limits.MAX_SAMPLES samples (too_large). After:
-a signal whose physical or digital range is empty (bad_units: no scale), one stating no unit
-(bad_units), signals at different rates (bad_sampling_rate), anything edfio refuses.
+than its records (truncated_signal), more than limits.MAX_SAMPLES samples (too_large). After, of
+the ECG signals: a physical or digital range that is empty (bad_units: no scale), no unit stated
+(bad_units), different rates (bad_sampling_rate); anything edfio refuses.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import warnings
 
 import numpy as np
 
+from crema_jax.data.reading import leads as leads_lib
 from crema_jax.data.reading.ecg import RecordError, stated_unit
 from crema_jax.data.reading.limits import MAX_SAMPLES
 
@@ -69,7 +73,7 @@ def _check_edf_sizes(path) -> None:
 
 
 def read(path):
-    """(rows, names, units, fs, meta, patient_key) of the EDF file at `path`."""
+    """(rows, names, units, fs, meta, patient_key, dropped) of the EDF file at `path`."""
     import edfio  # the [clinical] extra; only EDF files need it
     _check_edf_sizes(path)
     try:
@@ -77,7 +81,10 @@ def read(path):
             warnings.filterwarnings("ignore", r".*(data records|data record at the end)",
                                     UserWarning)
             edf = edfio.read_edf(path, lazy_load_data=False)
-        signals = [s for s in edf.signals if _lead_label(s.label)]
+        is_lead = [leads_lib.lead_index(_lead_label(s.label)) is not None for s in edf.signals]
+        signals = [s for s, lead in zip(edf.signals, is_lead) if lead]
+        dropped = [s.label.strip() for s, lead in zip(edf.signals, is_lead)
+                   if not lead and s.label.strip() != "EDF Annotations"]
         for s in signals:  # the scale (pmax - pmin) / (dmax - dmin): edfio warns and goes on
             if s.physical_min == s.physical_max or s.digital_min == s.digital_max:
                 raise RecordError(path, "bad_units", f"{path}: EDF signal {s.label!r} has "
@@ -101,11 +108,9 @@ def read(path):
         key = None
     return (rows, [_lead_label(s.label) for s in signals],
             [s.physical_dimension.strip() for s in signals], rates[0] if rates else None,
-            {"statements": []}, key)
+            {"statements": []}, key, dropped)
 
 
 def _lead_label(label: str) -> str:
-    """EDF+ "ECG V1" -> "V1"; "EDF Annotations" and other signal types -> ""."""
-    if label.strip() == "EDF Annotations":
-        return ""
+    """EDF+ "ECG V1" -> "V1" (other labels as they are, stripped)."""
     return _EDF_TYPE.sub("", label).strip()

@@ -1,12 +1,14 @@
 """HL7 aECG (HL7 v3 Annotated ECG, the FDA's submission format): the rhythm series' fields.
 
-    read(path, root) -> (rows, names, units, fs, meta, patient_key)   root: the parsed XML's
-                                                                       (clinical_formats.py)
+    read(path, root) -> (rows, names, units, fs, meta, patient_key, dropped)
+                        root: the parsed XML's (clinical_formats.py); dropped: the codes of
+                        the sequences that are not ECG leads, left unread
 
 The first series' sequenceSet: each lead's SLIST_PQ as origin + scale * digits, its unit the
 scale's (an origin in another unit, or a non-zero origin without one, is refused); the rate
 1 / the increment of the TIME_ sequence's GLIST_TS (s or ms), checked where it is read; lead
-names the MDC_ECG_LEAD_* codes without the prefix; statements the
+names the MDC_ECG_LEAD_* codes without the prefix (a sequence whose code names no ECG lead,
+leads.py, is dropped before its scale and digits are read); statements the
 MDC_ECG_INTERPRETATION_STATEMENT annotations; exam_id the document id; the trial subject's id is
 returned for hashing only.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from crema_jax.data.reading import leads as leads_lib
 from crema_jax.data.reading.ecg import (RecordError, check_sampling_rate, positive_scale,
                                         stated_unit)
 
@@ -21,12 +24,12 @@ HL7 = "{urn:hl7-org:v3}"
 
 
 def read(path, root):
-    """(rows, names, units, fs, meta, patient_key) of the aECG document `root` read from `path`."""
+    """(rows, names, units, fs, meta, patient_key, dropped) of the aECG document `root`."""
     series = root.find(f"{HL7}component/{HL7}series")
     seq_set = None if series is None else series.find(f"{HL7}component/{HL7}sequenceSet")
     if seq_set is None:
         raise RecordError(path, "no_signal", f"{path}: HL7 aECG has no series/sequenceSet")
-    fs, names, units, rows = None, [], [], []
+    fs, names, units, rows, dropped = None, [], [], [], []
     for seq in seq_set.iter(f"{HL7}sequence"):
         code = (seq.find(f"{HL7}code").get("code", "") if seq.find(f"{HL7}code") is not None
                 else "")
@@ -40,6 +43,9 @@ def read(path, root):
                                                float("nan"))
             fs = check_sampling_rate(path, 1.0 / step if step > 0 else None,
                                      "the GLIST_TS increment gives")
+            continue
+        if leads_lib.lead_index(code.removeprefix("MDC_ECG_LEAD_")) is None:
+            dropped.append(code)  # e.g. a respiration or pacing channel
             continue
         origin, scale = value.find(f"{HL7}origin"), value.find(f"{HL7}scale")
         digits = value.find(f"{HL7}digits")
@@ -76,5 +82,5 @@ def read(path, root):
     meta = {"exam_id": "" if exam is None else exam.get("extension") or exam.get("root", ""),
             "statements": statements, "sex": "" if sex is None else sex.get("code", "")}
     key = None if subject is None else subject.get("extension") or subject.get("root")
-    return rows, names, units, fs, meta, key
+    return rows, names, units, fs, meta, key, dropped
 

@@ -1,14 +1,16 @@
 """GE MUSE XML (root RestingECG): the Rhythm waveform's fields.
 
-    read(path, root) -> (rows, names, units, fs, meta, patient_key)   root: the parsed XML's
-                                                                       (clinical_formats.py)
+    read(path, root) -> (rows, names, units, fs, meta, patient_key, dropped)
+                        root: the parsed XML's (clinical_formats.py); dropped: the LeadIDs
+                        that are not ECG leads (leads.py), left unread
 
 The Waveform whose WaveformType is Rhythm: each LeadData's WaveFormData, base64 little-endian
 int16 (the first LeadSampleCountTotal samples) x LeadAmplitudeUnitsPerBit, in
 LeadAmplitudeUnits (MICROVOLTS, MILLIVOLTS or VOLTS); the rate SampleBase * 10^SampleExponent,
 checked before the leads are read; lead names the LeadIDs; statements
 Diagnosis/DiagnosisStatement/StmtText; PatientDemographics' age and gender, and its PatientID
-for hashing only.
+for hashing only. A LeadData whose LeadID is not an ECG lead is
+dropped before its units and samples are checked.
 """
 from __future__ import annotations
 
@@ -17,13 +19,14 @@ import binascii
 
 import numpy as np
 
+from crema_jax.data.reading import leads as leads_lib
 from crema_jax.data.reading.ecg import RecordError, check_sampling_rate, positive_scale
 
 MUSE_UNITS = {"MICROVOLTS": "uV", "MILLIVOLTS": "mV", "VOLTS": "V"}
 
 
 def read(path, root):
-    """(rows, names, units, fs, meta, patient_key) of the MUSE document `root` read from `path`."""
+    """(rows, names, units, fs, meta, patient_key, dropped) of the MUSE document `root`."""
     wave = next((w for w in root.findall("Waveform")
                  if (w.findtext("WaveformType") or "").strip() == "Rhythm"), None)
     if wave is None:
@@ -34,9 +37,12 @@ def read(path, root):
     except (TypeError, ValueError):
         fs = None
     fs = check_sampling_rate(path, fs, "SampleBase/SampleExponent gives")
-    names, units, rows = [], [], []
+    names, units, rows, dropped = [], [], [], []
     for lead in wave.findall("LeadData"):
         name = (lead.findtext("LeadID") or "").strip()
+        if leads_lib.lead_index(name) is None:  # a pacing or respiration channel: not read
+            dropped.append(name)
+            continue
         unit = MUSE_UNITS.get((lead.findtext("LeadAmplitudeUnits") or "").strip().upper())
         if unit is None:
             raise RecordError(path, "bad_units", f"{path}: MUSE lead {name}: LeadAmplitudeUnits "
@@ -67,5 +73,5 @@ def read(path, root):
             "sex": (demo.findtext("Gender") or "") if demo is not None else "",
             "age": int(age) if age and age.strip().isdigit() else None}
     key = (demo.findtext("PatientID") or "").strip() if demo is not None else ""
-    return rows, names, units, fs, meta, key or None
+    return rows, names, units, fs, meta, key or None, dropped
 
