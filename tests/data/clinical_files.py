@@ -30,7 +30,7 @@ read-back that matches is a check against the standard, not against ourselves:
 Every writer quantises the signal; `quantised(...)` returns the exact mV values a correct reader
 must give back. `extra` (DICOM, aECG, MUSE, EDF) adds channels that are not ECG leads, as Holter
 and sleep exports carry them (a respiration or pacing trace), each unlike a lead in every field
-a lead is checked by (`non_ecg_channel`).
+a lead is checked by (`non_ecg_channel`); `age` is the patient field as the format spells it.
 """
 from __future__ import annotations
 
@@ -63,11 +63,12 @@ def quantised(signal_mv: np.ndarray, uv_per_bit: float) -> np.ndarray:
 
 
 def write_dicom(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_NAME,
-                patient_id=PATIENT_ID, statements=STATEMENTS, deflated=False,
-                extra=()) -> np.ndarray:
+                patient_id=PATIENT_ID, statements=STATEMENTS, deflated=False, extra=(),
+                age=None) -> np.ndarray:
     """12-lead ECG waveform object (deflated: in the Deflated Explicit VR Little Endian transfer
     syntax); returns the stored values in mV. extra: channels after the leads, named by their
-    CodeMeaning (scheme MDC), with no ChannelSensitivity or units."""
+    CodeMeaning (scheme MDC), with no ChannelSensitivity or units; age: PatientAge (AS, e.g.
+    "006M")."""
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence
@@ -83,6 +84,8 @@ def write_dicom(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.Modality = "ECG"
     ds.PatientName, ds.PatientID = patient_name, patient_id
+    if age is not None:
+        ds.PatientAge = age
     ds.AccessionNumber = "ACC123"
     ds.StudyInstanceUID = generate_uid()
     group = Dataset()
@@ -175,11 +178,12 @@ def write_aecg(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_N
 
 
 def write_muse(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_NAME,
-               patient_id=PATIENT_ID, statements=STATEMENTS, extra=()) -> np.ndarray:
+               patient_id=PATIENT_ID, statements=STATEMENTS, extra=(), age="61",
+               age_units=None) -> np.ndarray:
     """GE MUSE RestingECG with the 8 recorded leads; returns all 12 leads in mV as a reader
     must give them (III, aVR, aVL, aVF by Einthoven/Goldberger from the stored I and II).
     extra: LeadData after the leads with these LeadIDs, no LeadAmplitudeUnits and a quarter of
-    the samples."""
+    the samples; age, age_units: PatientAge and AgeUnits (None: no element)."""
     rows = [LEADS.index(lead) for lead in MUSE_LEADS]
     counts = quantised(signal_mv[rows], MUSE_UV_PER_BIT)
     family, given = patient_name.split("^")
@@ -194,13 +198,14 @@ def write_muse(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_N
         leads += f"""<LeadData><LeadSampleCountTotal>{len(row)}</LeadSampleCountTotal>
 <LeadAmplitudeUnitsPerBit>1</LeadAmplitudeUnitsPerBit><LeadID>{name}</LeadID>
 <WaveFormData>{base64.b64encode(row.astype('<i2').tobytes()).decode()}</WaveFormData></LeadData>"""
+    units = "" if age_units is None else f"<AgeUnits>{age_units}</AgeUnits>"
     stmts = "".join(f"<DiagnosisStatement><StmtFlag>ENDSLINE</StmtFlag><StmtText>{_esc(t)}"
                     f"</StmtText></DiagnosisStatement>" for t in statements)
     xml = f"""<?xml version="1.0" encoding="ISO-8859-1"?>
 <!DOCTYPE RestingECG SYSTEM "restecg.dtd">
 <RestingECG><MuseInfo><MuseVersion>9.0.9.18167</MuseVersion></MuseInfo>
 <PatientDemographics><PatientID>{_esc(patient_id)}</PatientID><PatientLastName>{_esc(family)}</PatientLastName>
-<PatientFirstName>{_esc(given)}</PatientFirstName><PatientAge>61</PatientAge><Gender>FEMALE</Gender></PatientDemographics>
+<PatientFirstName>{_esc(given)}</PatientFirstName><PatientAge>{age}</PatientAge>{units}<Gender>FEMALE</Gender></PatientDemographics>
 <TestDemographics><AcquisitionDate>01-01-2026</AcquisitionDate><AcquisitionTime>12:00:00</AcquisitionTime></TestDemographics>
 <Diagnosis>{stmts}</Diagnosis>
 <Waveform><WaveformType>Median</WaveformType><SampleBase>500</SampleBase><SampleExponent>0</SampleExponent></Waveform>

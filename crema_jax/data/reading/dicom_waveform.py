@@ -10,8 +10,8 @@ float64 (T, leads); each channel's unit from ChannelSensitivityUnitsSequence (UC
 CID 3001's SCPECG codes ("5.6.3-9-<n>"), else the code meaning; a channel whose name is no
 ECG lead (leads.py: a respiration or pacing channel) is dropped before its sensitivity and
 units are checked; statements from the annotations' UnformattedTextValue; exam_id the
-AccessionNumber (else StudyInstanceUID), PatientAge ("061Y") in years. PatientID is returned
-for hashing only.
+AccessionNumber (else StudyInstanceUID), PatientAge ("061Y", "006M") in completed years
+(demographics.age_in_years). PatientID is returned for hashing only.
 
 Refused, each a RecordError: a file pydicom cannot read (unreadable), no ORIGINAL group
 (no_signal), WaveformData shorter than its samples x channels x bits (truncated_signal), a
@@ -28,6 +28,7 @@ import zlib
 import numpy as np
 
 from crema_jax.data.reading import leads as leads_lib
+from crema_jax.data.reading.demographics import age_in_years
 from crema_jax.data.reading.ecg import RecordError, positive_scale, stated_unit
 
 # The most bytes a deflated DICOM file may inflate to (pydicom inflates it whole, before any
@@ -136,7 +137,7 @@ def _check_inflated_size(path, file_meta) -> None:
 
 
 def _dicom_age(text: str):
-    """DICOM AS "061Y" -> 61 (years only; D/W/M ages are infants -> 0)."""
+    """DICOM AS "061Y" -> 61, "030M" -> 2, "006M" -> 0: completed years (None: no age)."""
     match = re.fullmatch(r"(\d{3})([DWMY])", text.strip())
-    return None if not match else (int(match.group(1)) if match.group(2) == "Y" else 0)
+    return None if not match else age_in_years(match.group(1), match.group(2))
 

@@ -8,8 +8,9 @@ The Waveform whose WaveformType is Rhythm: each LeadData's WaveFormData, base64 
 int16 (the first LeadSampleCountTotal samples) x LeadAmplitudeUnitsPerBit, in
 LeadAmplitudeUnits (MICROVOLTS, MILLIVOLTS or VOLTS); the rate SampleBase * 10^SampleExponent,
 checked before the leads are read; lead names the LeadIDs; statements
-Diagnosis/DiagnosisStatement/StmtText; PatientDemographics' age and gender, and its PatientID
-for hashing only. A LeadData whose LeadID is not an ECG lead is
+Diagnosis/DiagnosisStatement/StmtText; PatientDemographics' PatientAge in its AgeUnits (YEARS
+when absent; MONTHS, WEEKS, DAYS, HOURS: completed years, demographics.age_in_years) and
+Gender, and its PatientID for hashing only. A LeadData whose LeadID is not an ECG lead is
 dropped before its units and samples are checked.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ import binascii
 import numpy as np
 
 from crema_jax.data.reading import leads as leads_lib
+from crema_jax.data.reading.demographics import age_in_years
 from crema_jax.data.reading.ecg import RecordError, check_sampling_rate, positive_scale
 
 MUSE_UNITS = {"MICROVOLTS": "uV", "MILLIVOLTS": "mV", "VOLTS": "V"}
@@ -67,11 +69,11 @@ def read(path, root):
         rows.append(samples * gain)
     statements = [" ".join((t.text or "").strip() for t in s.findall("StmtText"))
                   for s in root.findall("Diagnosis/DiagnosisStatement")]
-    demo = root.find("PatientDemographics")
-    age = demo.findtext("PatientAge") if demo is not None else None
-    meta = {"statements": [s for s in statements if s],
-            "sex": (demo.findtext("Gender") or "") if demo is not None else "",
-            "age": int(age) if age and age.strip().isdigit() else None}
-    key = (demo.findtext("PatientID") or "").strip() if demo is not None else ""
+
+    def demo(field: str) -> str:
+        return (root.findtext(f"PatientDemographics/{field}") or "").strip()
+    meta = {"statements": [s for s in statements if s], "sex": demo("Gender"),
+            "age": age_in_years(demo("PatientAge"), demo("AgeUnits") or "YEARS")}
+    key = demo("PatientID")
     return rows, names, units, fs, meta, key or None, dropped
 
