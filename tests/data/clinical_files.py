@@ -30,7 +30,8 @@ read-back that matches is a check against the standard, not against ourselves:
 Every writer quantises the signal; `quantised(...)` returns the exact mV values a correct reader
 must give back. `extra` (DICOM, aECG, MUSE, EDF) adds channels that are not ECG leads, as Holter
 and sleep exports carry them (a respiration or pacing trace), each unlike a lead in every field
-a lead is checked by (`non_ecg_channel`); `age` is the patient field as the format spells it.
+a lead is checked by (`non_ecg_channel`); `sex` and `age` are the patient fields as the format
+spells them.
 """
 from __future__ import annotations
 
@@ -64,11 +65,11 @@ def quantised(signal_mv: np.ndarray, uv_per_bit: float) -> np.ndarray:
 
 def write_dicom(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_NAME,
                 patient_id=PATIENT_ID, statements=STATEMENTS, deflated=False, extra=(),
-                age=None) -> np.ndarray:
+                sex=None, age=None) -> np.ndarray:
     """12-lead ECG waveform object (deflated: in the Deflated Explicit VR Little Endian transfer
     syntax); returns the stored values in mV. extra: channels after the leads, named by their
-    CodeMeaning (scheme MDC), with no ChannelSensitivity or units; age: PatientAge (AS, e.g.
-    "006M")."""
+    CodeMeaning (scheme MDC), with no ChannelSensitivity or units; sex: PatientSex; age:
+    PatientAge (AS, e.g. "006M")."""
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence
@@ -84,6 +85,8 @@ def write_dicom(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.Modality = "ECG"
     ds.PatientName, ds.PatientID = patient_name, patient_id
+    if sex is not None:
+        ds.PatientSex = sex
     if age is not None:
         ds.PatientAge = age
     ds.AccessionNumber = "ACC123"
@@ -140,9 +143,10 @@ def _esc(text: str) -> str:
 
 
 def write_aecg(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_NAME,
-               patient_id=PATIENT_ID, statements=STATEMENTS, extra=()) -> np.ndarray:
+               patient_id=PATIENT_ID, statements=STATEMENTS, extra=(), sex=None) -> np.ndarray:
     """HL7 aECG rhythm series; returns the stored values in mV. extra: sequences after the
-    leads, coded by these names, their scale without a unit and a quarter of the digits."""
+    leads, coded by these names, their scale without a unit and a quarter of the digits; sex:
+    the administrativeGenderCode."""
     counts = quantised(signal_mv, AECG_UV_PER_DIGIT)
     given, family = patient_name.split("^")[1], patient_name.split("^")[0]
     seqs = [f"""<component><sequence><code code="TIME_ABSOLUTE" codeSystem="2.16.840.1.113883.5.4"/>
@@ -157,6 +161,7 @@ def write_aecg(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_N
         seqs.append(f"""<component><sequence><code code="{name}"/>
 <value xsi:type="SLIST_PQ"><origin value="0"/><scale value="1"/>
 <digits>{extra_digits}</digits></value></sequence></component>""")
+    gender = "" if sex is None else f'<administrativeGenderCode code="{sex}"/>'
     notes = "".join(f"""<component><annotation><code code="MDC_ECG_INTERPRETATION_STATEMENT" codeSystem="2.16.840.1.113883.6.24"/>
 <value xsi:type="ST">{_esc(t)}</value></annotation></component>""" for t in statements)
     xml = f"""<?xml version="1.0" encoding="UTF-8"?>
@@ -165,7 +170,7 @@ def write_aecg(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_N
 <code code="93000" codeSystem="2.16.840.1.113883.6.12"/>
 <componentOf><timepointEvent><componentOf><subjectAssignment><subject><trialSubject>
 <id root="1.2.3" extension="{_esc(patient_id)}"/>
-<subjectDemographicPerson><name><given>{_esc(given)}</given><family>{_esc(family)}</family></name></subjectDemographicPerson>
+<subjectDemographicPerson><name><given>{_esc(given)}</given><family>{_esc(family)}</family></name>{gender}</subjectDemographicPerson>
 </trialSubject></subject></subjectAssignment></componentOf></timepointEvent></componentOf>
 <component><series><code code="RHYTHM" codeSystem="2.16.840.1.113883.5.4"/>
 <component><sequenceSet>{''.join(seqs)}</sequenceSet></component>
@@ -178,12 +183,12 @@ def write_aecg(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_N
 
 
 def write_muse(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_NAME,
-               patient_id=PATIENT_ID, statements=STATEMENTS, extra=(), age="61",
+               patient_id=PATIENT_ID, statements=STATEMENTS, extra=(), sex="FEMALE", age="61",
                age_units=None) -> np.ndarray:
     """GE MUSE RestingECG with the 8 recorded leads; returns all 12 leads in mV as a reader
     must give them (III, aVR, aVL, aVF by Einthoven/Goldberger from the stored I and II).
     extra: LeadData after the leads with these LeadIDs, no LeadAmplitudeUnits and a quarter of
-    the samples; age, age_units: PatientAge and AgeUnits (None: no element)."""
+    the samples; sex: Gender; age, age_units: PatientAge and AgeUnits (None: no element)."""
     rows = [LEADS.index(lead) for lead in MUSE_LEADS]
     counts = quantised(signal_mv[rows], MUSE_UV_PER_BIT)
     family, given = patient_name.split("^")
@@ -205,7 +210,7 @@ def write_muse(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_N
 <!DOCTYPE RestingECG SYSTEM "restecg.dtd">
 <RestingECG><MuseInfo><MuseVersion>9.0.9.18167</MuseVersion></MuseInfo>
 <PatientDemographics><PatientID>{_esc(patient_id)}</PatientID><PatientLastName>{_esc(family)}</PatientLastName>
-<PatientFirstName>{_esc(given)}</PatientFirstName><PatientAge>{age}</PatientAge>{units}<Gender>FEMALE</Gender></PatientDemographics>
+<PatientFirstName>{_esc(given)}</PatientFirstName><PatientAge>{age}</PatientAge>{units}<Gender>{sex}</Gender></PatientDemographics>
 <TestDemographics><AcquisitionDate>01-01-2026</AcquisitionDate><AcquisitionTime>12:00:00</AcquisitionTime></TestDemographics>
 <Diagnosis>{stmts}</Diagnosis>
 <Waveform><WaveformType>Median</WaveformType><SampleBase>500</SampleBase><SampleExponent>0</SampleExponent></Waveform>
@@ -313,9 +318,10 @@ def xli_chunk(samples: np.ndarray) -> bytes:
 
 
 def write_philips(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_NAME,
-                  patient_id=PATIENT_ID, statements=STATEMENTS, compression="XLI") -> np.ndarray:
+                  patient_id=PATIENT_ID, statements=STATEMENTS, compression="XLI",
+                  sex="Female") -> np.ndarray:
     """Philips Sierra XML 1.04.01 with the 12 leads, XLI-compressed (or compression=None:
-    plain base64 little-endian int16); returns the stored values in mV."""
+    plain base64 little-endian int16); returns the stored values in mV. sex: the sex element."""
     counts = quantised(signal_mv, PHILIPS_UV_PER_BIT).astype(np.int64)
     if compression == "XLI":
         i, ii, iii, avr, avl, avf = counts[:6]
@@ -341,7 +347,7 @@ def write_philips(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIEN
 <numberchannelsallocated>12</numberchannelsallocated><numberchannelsvalid>12</numberchannelsvalid><electrodeplacement>STD</electrodeplacement></signalcharacteristics></dataacquisition>
 <patient criteriaversionforpatientdata="Unknown"><generalpatientdata><patientid>{_esc(patient_id)}</patientid>
 <name><lastname>{_esc(family)}</lastname><firstname>{_esc(given)}</firstname></name>
-<age><years>61</years></age><pacestatus>Non paced</pacestatus><sex>Female</sex></generalpatientdata></patient>
+<age><years>61</years></age><pacestatus>Non paced</pacestatus><sex>{sex}</sex></generalpatientdata></patient>
 <interpretations><interpretation>{stmts}</interpretation></interpretations>
 <waveforms><parsedwaveforms dataencoding="Base64" {attrs} numberofleads="12" leadlabels="{' '.join(LEADS)}"
  durationperchannel="{duration_ms}" samplespersecond="{fs}" resolution="{PHILIPS_UV_PER_BIT}" signaloffset="0"
@@ -391,14 +397,15 @@ def _scp_lead_data(counts: np.ndarray, huffman: bool) -> list[bytes]:
 
 def write_scp(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_NAME,
               patient_id=PATIENT_ID, statements=STATEMENTS, huffman=True, reference_avm=None,
-              lead_starts=None) -> np.ndarray:
+              lead_starts=None, sex=2) -> np.ndarray:
     """SCP-ECG 2.0 record with the 12 leads; returns the stored values in mV.
 
     reference_avm: reference-beat subtraction (Section 3 flag bit 0): Section 5 holds a 100-ms
     reference beat (fiducial at its sample 25) at that AVM (nV), Section 4 one type-0 QRS zone
     around the first R peak of lead II; Section 6 then holds rhythm - beat (beat sample k
     aligned with rhythm sample k + fiducial - 25, inside the zone) at SCP_NV_PER_COUNT.
-    lead_starts: each lead's first sample (1-based), for leads not recorded together."""
+    lead_starts: each lead's first sample (1-based), for leads not recorded together.
+    sex: Section 1 tag 8's code (0 not known, 1 male, 2 female, 9 unspecified)."""
     n = signal_mv.shape[1]
     counts = quantised(signal_mv, SCP_NV_PER_COUNT / 1000).astype(np.int64)
     stored_nv = counts * SCP_NV_PER_COUNT
@@ -409,7 +416,7 @@ def write_scp(path, signal_mv: np.ndarray, fs: float, *, patient_name=PATIENT_NA
 
     sections = {1: b"".join([tag(0, family.encode() + b"\0"), tag(1, given.encode() + b"\0"),
                              tag(2, patient_id.encode() + b"\0"),
-                             tag(4, (61).to_bytes(2, "little") + b"\x01"), tag(8, b"\x02"),
+                             tag(4, (61).to_bytes(2, "little") + b"\x01"), tag(8, bytes([sex])),
                              tag(255, b"")])}
     starts = lead_starts or [1] * 12
     sections[3] = bytes([12, 0x04 | (12 << 3) | (1 if reference_avm else 0)]) + b"".join(

@@ -8,7 +8,8 @@ The salt is the environment variable CREMA_JAX_PATIENT_SALT (set it to a secret:
 such as record numbers are few enough to be recovered from an unsalted hash by trying them all),
 read from the environment so that it is never written into a cache's settings.
 
-Channels the reader dropped as no
+The file's sex, however its format spells it (MALE, Female, F, ...), is "Male", "Female" or left
+out (demographics.sex_of), as every other source writes it. Channels the reader dropped as no
 ECG lead (clinical_formats.Parsed.dropped) count in the Ecg's repairs as leads_dropped.
 
 Beyond canonical_ecg's own checks, a file whose leads do not give all 12 (after deriving the
@@ -24,7 +25,7 @@ import os
 import numpy as np
 from absl import logging
 
-from crema_jax.data.reading import clinical_formats
+from crema_jax.data.reading import clinical_formats, demographics
 from crema_jax.data.reading import leads as leads_lib
 from crema_jax.data.reading.ecg import Ecg, RecordError, canonical_ecg, check_sampling_rate
 from crema_jax.data.reading.limits import FS_RANGE
@@ -80,7 +81,8 @@ def read_meta(path) -> dict:
 
 
 def _meta(parsed) -> dict:
-    meta = {k: v for k, v in parsed.meta.items() if v not in (None, "", [])}
+    meta = {**parsed.meta, "sex": demographics.sex_of(parsed.meta.get("sex"))}
+    meta = {k: v for k, v in meta.items() if v not in (None, "", [])}
     meta["statements"] = tuple(parsed.meta.get("statements", ()))
     meta.update(format=parsed.format, patient_id=patient_hash(parsed.patient_key))
     return meta

@@ -1,13 +1,18 @@
-"""A record's age in years, whatever unit its format stated it in.
+"""A record's age and sex in one vocabulary, however its format spelled them.
 
+    sex_of(text) -> "Male" | "Female" | None      MALE / Male / M / male, FEMALE / Female / F
     age_in_years(value, unit) -> int | None        completed years of an age in years, months,
                                                    weeks, days or hours
 
-Every source writes `meta["age"]` in years; an unknown or unstated value is None, never guessed.
+Every source writes `meta["sex"]` as "Male" or "Female" (WFDB `# Sex:` comments, PTB-XL's and
+CODE-15's codes, the hospital exports' MALE, Female, M, ...) and `meta["age"]` in years; an
+unknown or unstated value ("Unknown", "U", "O", "UN", "") is None, never guessed.
 """
 from __future__ import annotations
 
 import math
+
+_SEX = {"m": "Male", "male": "Male", "f": "Female", "female": "Female"}
 
 # Units of an age per year: MUSE's AgeUnits words and DICOM AS's letters (PS3.5 6.2).
 _YEAR, _MONTH, _WEEK, _DAY, _HOUR = 1.0, 12.0, 365.25 / 7, 365.25, 365.25 * 24
@@ -18,6 +23,12 @@ AGE_UNITS_PER_YEAR = {
     "days": _DAY, "day": _DAY, "d": _DAY,
     "hours": _HOUR, "hour": _HOUR, "h": _HOUR,
 }
+
+
+def sex_of(text) -> str | None:
+    """"Male" or "Female" for the spellings of either (case-insensitive: M, MALE, F, Female,
+    ...); None for anything else (unknown, other, unstated)."""
+    return _SEX.get(str(text or "").strip().casefold())
 
 
 def age_in_years(value, unit="years") -> int | None:

@@ -138,7 +138,7 @@ def _details(record) -> tuple[dict, str | None]:
                   (record.interpretation.statements if record.interpretation else [])]
     patient = record.patient
     meta = {"statements": [s for s in statements if s],
-            "sex": patient.sex if patient.sex in ("M", "F") else "", "age": patient.age}
+            "sex": patient.sex, "age": patient.age}
     return meta, patient.patient_id.strip() or None
 
 

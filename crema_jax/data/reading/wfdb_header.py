@@ -20,6 +20,8 @@ import math
 import os
 import re
 
+from crema_jax.data.reading import demographics
+
 # A WFDB record's files: its header, and its signal file (.dat; .mat in the CinC challenges).
 FILE_EXTENSIONS = (".hea", ".mat", ".dat")
 # Headers are a few hundred bytes (a multi-segment one lists a line per segment); a "header" of
@@ -169,7 +171,8 @@ def parse_header(text: str) -> Header:
 def parse_comments(comments: tuple[str, ...] | list[str]) -> dict:
     """Age, sex and SNOMED-CT labels from CinC-style comments (`Age: 78`, `Sex: Male`, `Dx: a,b`).
 
-    Unknown or unparseable values ("Unknown", "NaN", "") become None; labels an empty tuple.
+    Sex is demographics.sex_of's "Male" or "Female" (M, male, F, FEMALE, ...). Unknown or
+    unparseable values ("Unknown", "NaN", "") become None; labels an empty tuple.
     """
     fields = {}
     for comment in comments:
@@ -183,6 +186,6 @@ def parse_comments(comments: tuple[str, ...] | list[str]) -> dict:
             age = int(age_value) if age_value.is_integer() else age_value
     except ValueError:
         pass
-    sex = {"m": "Male", "f": "Female"}.get(fields.get("sex", "")[:1].casefold())
+    sex = demographics.sex_of(fields.get("sex"))
     labels = tuple(dict.fromkeys(c.strip() for c in fields.get("dx", "").split(",") if c.strip()))
     return {"age": age, "sex": sex, "labels": labels}
