@@ -1,7 +1,8 @@
 """The canonical ECG: every reader's decoded samples become one `Ecg` here (`canonical_ecg`),
 12 leads in a fixed order, in millivolts, at the target rate.
 
-REPAIRED (the record is kept; counts land in `Ecg.repairs`):
+REPAIRED (the record is kept; counts land in `Ecg.repairs`, the leads (channels) each repair
+concerns in `Ecg.repaired_leads`; reading/repairs.py puts both into words):
 - lead names differ in case or use an alias ("LEAD I", "DI", "avr", "C1"; see `leads.py`)
   -> mapped onto the canonical order I, II, III, aVR, aVL, aVF, V1-V6.
 - extra channels (Frank vx/vy/vz, respiration, duplicates of a lead) -> dropped
@@ -9,7 +10,9 @@ REPAIRED (the record is kept; counts land in `Ecg.repairs`):
 - missing leads -> zero rows, `lead_present` False.
 - isolated NaN / WFDB invalid samples inside a lead -> linear interpolation between the nearest
   valid samples, edges held ("nan_replaced": number of samples). Interpolation (rather than
-  ECGFounder's NaN -> 0) avoids steps that make the band-pass filters ring.
+  ECGFounder's NaN -> 0) avoids steps that make the band-pass filters ring. nan_policy "zero"
+  sets every NaN to 0 instead ("nan_zeroed"; a lead entirely NaN, fed as zeros:
+  "all_nan_leads_zeroed").
 - a lead that is entirely NaN ("all_nan_leads") -> zero row, marked absent; a constant lead,
   e.g. all zero ("flat_leads") -> zero row, marked absent with flat_leads "absent" (ours); kept
   as recorded with "keep" (the peers' scripts feed it like any other lead).
@@ -115,9 +118,19 @@ class Ecg:
     path: str                 # the record path without extension.
     meta: dict = dataclasses.field(default_factory=dict)     # age, sex, labels, source_fs, ...
     repairs: dict = dataclasses.field(default_factory=dict)  # repair name -> count.
+    # repair name -> the canonical leads it concerns, in lead order (for "leads_dropped": the
+    # dropped channels' names as the file gives them).
+    repaired_leads: dict = dataclasses.field(default_factory=dict)
 
 
-def repair_nans(x: np.ndarray, present: np.ndarray, repairs: dict) -> None:
+def _name_leads(repaired_leads: dict, repair: str, rows) -> None:
+    """Adds the canonical leads of `rows` to repaired_leads[repair] (Ecg.repaired_leads)."""
+    repaired_leads[repair] = (repaired_leads.get(repair, ())
+                              + tuple(leads_lib.LEADS[int(r)] for r in rows))
+
+
+def repair_nans(x: np.ndarray, present: np.ndarray, repairs: dict,
+                repaired_leads: dict) -> None:
     """In place: interpolates partial NaN runs; all-NaN leads become absent zero rows."""
     nan = np.isnan(x)
     if not nan.any():
@@ -128,10 +141,12 @@ def repair_nans(x: np.ndarray, present: np.ndarray, repairs: dict) -> None:
             x[row] = 0.0
             present[row] = False
             repairs["all_nan_leads"] = repairs.get("all_nan_leads", 0) + 1
+            _name_leads(repaired_leads, "all_nan_leads", [row])
             continue
         idx = np.arange(x.shape[1])
         x[row, bad] = np.interp(idx[bad], idx[~bad], x[row, ~bad])
         repairs["nan_replaced"] = repairs.get("nan_replaced", 0) + int(bad.sum())
+        _name_leads(repaired_leads, "nan_replaced", [row])
 
 
 NAN_POLICIES = ("interpolate", "zero", "drop_window", "keep")
@@ -189,11 +204,11 @@ def canonical_ecg(raw: np.ndarray, names, units, fs: float, *, path: str, where:
         raise ValueError(f"flat_leads={flat_leads!r}: expected one of {FLAT_LEADS}")
     if raw.shape[0] == 0:
         raise RecordError(path, "no_signal", f"record {path} holds no samples")
-    signal, present, repairs = _to_leads(raw, names, units, path=path, where=where or path,
-                                         owned=owned)
+    signal, present, repairs, named = _to_leads(raw, names, units, path=path,
+                                                where=where or path, owned=owned)
     _check_magnitude(signal, path=path, where=where or path)
-    signal = _apply_nan_policy(signal, present, repairs, nan_policy)
-    _drop_flat_leads(signal, present, repairs, flat_leads)
+    signal = _apply_nan_policy(signal, present, repairs, named, nan_policy)
+    _drop_flat_leads(signal, present, repairs, named, flat_leads)
     if flat_leads == "keep" and present.any() and not _varies(signal[present]).any():
         # Every lead constant or NaN on a path that keeps them (ECGFounder's: NaN -> 0, flat
         # leads kept): `predict` had scored such records (0.5 for every label) without a word.
@@ -212,10 +227,10 @@ def canonical_ecg(raw: np.ndarray, names, units, fs: float, *, path: str, where:
         if target_fs is not None:
             signal, fs = _resample_recorded(signal, present, fs, float(target_fs),
                                             resample_method)
-        signal, present = _derive(signal, present, repairs, derive_limb_leads)
+        signal, present = _derive(signal, present, repairs, named, derive_limb_leads)
         _check_length(signal, fs, min_seconds, path)
     else:
-        signal, present = _derive(signal, present, repairs, derive_limb_leads)
+        signal, present = _derive(signal, present, repairs, named, derive_limb_leads)
         _check_length(signal, fs, min_seconds, path)
         signal = _cut(signal, window, fs, path)
         if nan_policy == "drop_window" and np.isnan(signal).any():
@@ -227,21 +242,24 @@ def canonical_ecg(raw: np.ndarray, names, units, fs: float, *, path: str, where:
     meta = dict(meta or {})
     meta.update(source_fs=source_fs, source_leads=tuple(names))
     return Ecg(signal=np.ascontiguousarray(signal, np.float32), lead_present=present, fs=fs,
-               record_id=os.path.basename(path), path=path, meta=meta, repairs=repairs)
+               record_id=os.path.basename(path), path=path, meta=meta, repairs=repairs,
+               repaired_leads=named)
 
 
 def _to_leads(raw: np.ndarray, names, units, *, path: str, where: str, owned: bool = False):
-    """(float64 (12, T) in mV, lead_present, repairs): each channel named after a standard lead
-    goes to its row; unknown names and repeats of a lead are dropped. An `owned` raw whose
-    transpose already is those rows (12 channels in lead order, in mV, float64, C order) is
-    used as it is."""
+    """(float64 (12, T) in mV, lead_present, repairs, repaired_leads): each channel named after a
+    standard lead goes to its row; unknown names and repeats of a lead are dropped (and named in
+    repaired_leads["leads_dropped"]). An `owned` raw whose transpose already is those rows (12
+    channels in lead order, in mV, float64, C order) is used as it is."""
     present = np.zeros(leads_lib.NUM_LEADS, bool)
     repairs: dict[str, int] = {}
+    named: dict[str, tuple] = {}
     rows, channels, factors = [], [], []
     for ch, name in enumerate(names):
         row = leads_lib.lead_index(name or "")
         if row is None or present[row]:
             repairs["leads_dropped"] = repairs.get("leads_dropped", 0) + 1
+            named["leads_dropped"] = named.get("leads_dropped", ()) + (str(name or ""),)
             continue
         unit = (units[ch] or "mV").strip().casefold()
         if unit not in UNIT_TO_MV:
@@ -256,13 +274,13 @@ def _to_leads(raw: np.ndarray, names, units, *, path: str, where: str, owned: bo
             and raw.shape[1] == leads_lib.NUM_LEADS and all(f == 1.0 for f in factors)
             and rows_view.dtype == np.float64 and rows_view.flags.c_contiguous
             and rows_view.flags.writeable):
-        return rows_view, present, repairs
+        return rows_view, present, repairs, named
     signal = np.zeros((leads_lib.NUM_LEADS, raw.shape[0]), np.float64)
     if rows:  # one transposing copy: (T, channels) -> the lead rows, scaled to mV
         factor = np.asarray(factors)
         picked = raw.T[channels]  # contiguous rows when raw is a transposed (leads, T) array
         signal[rows] = picked if (factor == 1.0).all() else picked * factor[:, None]
-    return signal, present, repairs
+    return signal, present, repairs, named
 
 
 # 100 V: ECGs are millivolts, and even raw 16-bit counts read at 1 count per mV stay below
@@ -282,13 +300,19 @@ def _check_magnitude(signal: np.ndarray, *, path: str, where: str) -> None:
                           f"at most {MAX_ABS_MV:g} mV (a gain or unit that misstates the signal)")
 
 
-def _apply_nan_policy(signal: np.ndarray, present: np.ndarray, repairs: dict,
+def _apply_nan_policy(signal: np.ndarray, present: np.ndarray, repairs: dict, named: dict,
                       nan_policy: str) -> np.ndarray:
     """"interpolate" and "zero" repair NaN here; "drop_window" and "keep" leave it in place."""
     if nan_policy == "interpolate":
-        repair_nans(signal, present, repairs)
+        repair_nans(signal, present, repairs, named)
     elif nan_policy == "zero" and np.isnan(signal).any():
-        repairs["nan_zeroed"] = int(np.isnan(signal).sum())
+        nan = np.isnan(signal)
+        repairs["nan_zeroed"] = int(nan.sum())
+        _name_leads(named, "nan_zeroed", np.flatnonzero(nan.any(axis=1)))
+        empty = np.flatnonzero(nan.all(axis=1) & present)
+        if empty.size:  # a lead the record does not hold, fed as zeros: said apart
+            repairs["all_nan_leads_zeroed"] = int(empty.size)
+            _name_leads(named, "all_nan_leads_zeroed", empty)
         signal = np.nan_to_num(signal, nan=0.0)
     return signal
 
@@ -301,7 +325,7 @@ def _varies(rows: np.ndarray) -> np.ndarray:
     return np.nan_to_num(span, nan=0.0) > 0
 
 
-def _drop_flat_leads(signal: np.ndarray, present: np.ndarray, repairs: dict,
+def _drop_flat_leads(signal: np.ndarray, present: np.ndarray, repairs: dict, named: dict,
                      flat_leads: str) -> None:
     """In place, flat_leads "absent": a constant lead becomes an absent zero row."""
     if np.isnan(signal).any():  # NaN left in place: an all-NaN lead is not "flat"
@@ -316,6 +340,7 @@ def _drop_flat_leads(signal: np.ndarray, present: np.ndarray, repairs: dict,
         signal[flat] = 0.0
         present &= ~flat
         repairs["flat_leads"] = int(flat.sum())
+        _name_leads(named, "flat_leads", np.flatnonzero(flat))
 
 
 def _resample_recorded(signal: np.ndarray, present: np.ndarray, fs: float, target_fs: float,
@@ -330,11 +355,14 @@ def _resample_recorded(signal: np.ndarray, present: np.ndarray, fs: float, targe
     return out, fs
 
 
-def _derive(signal: np.ndarray, present: np.ndarray, repairs: dict, derive_limb_leads: bool):
+def _derive(signal: np.ndarray, present: np.ndarray, repairs: dict, named: dict,
+            derive_limb_leads: bool):
     if derive_limb_leads:
-        signal, present, derived = leads_lib.derive_limb_leads(signal, present)
+        signal, now, derived = leads_lib.derive_limb_leads(signal, present)
         if derived:
             repairs["leads_derived"] = derived
+            _name_leads(named, "leads_derived", np.flatnonzero(now & ~present))
+        present = now
     return signal, present
 
 

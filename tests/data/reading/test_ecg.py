@@ -118,3 +118,7 @@ def test_one_varying_lead_is_signal_on_a_path_keeping_flat_leads():
     np.testing.assert_array_equal(ecg.signal[0], np.zeros(5000, np.float32))  # NaN -> 0, kept
     np.testing.assert_allclose(ecg.signal[1], np.sin(np.arange(5000) / 50.0), atol=1e-6)
     assert ecg.lead_present.all() and ecg.repairs["nan_zeroed"] == 11 * 5000
+    # Fed as zeros, and named: every lead but II held no sample at all.
+    assert ecg.repairs["all_nan_leads_zeroed"] == 11
+    others = ("I", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+    assert ecg.repaired_leads == {"nan_zeroed": others, "all_nan_leads_zeroed": others}

@@ -133,6 +133,7 @@ def test_fifteen_lead_1khz_lower_case_names(broken):
     assert ecg.signal.shape == (12, 2500) and ecg.fs == 250.0
     assert ecg.lead_present.all()
     assert ecg.repairs == {"leads_dropped": 3}
+    assert ecg.repaired_leads == {"leads_dropped": ("vx", "vy", "vz")}   # as the file names them
     np.testing.assert_allclose(ecg.signal, expected, rtol=1e-5, atol=2e-5)
 
 
@@ -148,6 +149,7 @@ def test_limb_leads_derived_from_i_and_ii(broken):
     np.testing.assert_array_equal(ecg.lead_present, [True] * 6 + [False] * 6)
     assert not ecg.signal[6:].any()
     assert ecg.repairs == {"leads_derived": 4}
+    assert ecg.repaired_leads == {"leads_derived": ("III", "aVR", "aVL", "aVF")}
     plain = wfdb_records.read_record(broken["limb_i_ii_only"], derive_limb_leads=False)
     np.testing.assert_array_equal(plain.lead_present, [True, True] + [False] * 10)
     assert not plain.signal[2:].any()
@@ -157,6 +159,7 @@ def test_nan_lead_zero_filled_and_flagged(broken):
     ecg = wfdb_records.read_record(broken["nan_lead"], target_fs=None)
     assert not ecg.lead_present[NAN_LEAD] and not ecg.signal[NAN_LEAD].any()
     assert ecg.lead_present.sum() == 11 and ecg.repairs == {"all_nan_leads": 1}
+    assert ecg.repaired_leads == {"all_nan_leads": (CANONICAL[NAN_LEAD],)} and NAN_LEAD == 8
     raw = wfdb.rdrecord(broken["nan_lead"]).p_signal.T
     keep = np.arange(12) != NAN_LEAD
     np.testing.assert_allclose(ecg.signal[keep], raw[keep], rtol=1e-6, atol=1e-7)
@@ -171,12 +174,14 @@ def test_nan_samples_interpolated(broken):
     steps = np.arange(1, 11) / 11.0
     np.testing.assert_allclose(ecg.signal[lead, span], left + (right - left) * steps, atol=1e-6)
     assert ecg.repairs == {"nan_replaced": 10} and ecg.lead_present.all()
+    assert ecg.repaired_leads == {"nan_replaced": ("V1",)} and lead == 6
 
 
 def test_zero_lead_flagged(broken):
     ecg = wfdb_records.read_record(broken["zero_lead"])
     assert not ecg.lead_present[ZERO_LEAD] and ecg.lead_present.sum() == 11
     assert ecg.repairs == {"flat_leads": 1}
+    assert ecg.repaired_leads == {"flat_leads": ("V2",)} and ZERO_LEAD == 7
 
 
 def test_microvolts_in_format_212(broken):
