@@ -11,7 +11,10 @@ over crops); --raw feeds an array as given. Y.records.txt names the ECG of each 
 ones are skipped and counted): for an array its row number in X; for WFDB input the record's
 file name, or its path below the records' common folder when two share a name ("ID#k" for
 window k when the data path cuts records into windows). One line per row: a backslash, newline
-or carriage return in a name is written as \\\\, \\n or \\r.
+or carriage return in a name is written as \\\\, \\n or \\r. What the data path did to the
+input is said in one line beginning "input:": an array's NaN/Inf samples, or what reading
+repaired in records (NaN samples interpolated or set to 0, all-NaN or flat leads dropped, limb
+leads derived, extra channels dropped), per kind with the first records it names.
 """
 import io
 import math

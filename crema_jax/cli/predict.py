@@ -5,7 +5,9 @@
 The checkpoint is an `import-torch --format=ecgfounder` import (12-lead, or 1-lead reading lead
 I). Records take ECGFounder's own data path: NaN -> 0, 50 Hz notch, 0.67-40 Hz band-pass, running
 median baseline removed, one z-score, 500 Hz, 10 s (a longer record's centred 10 s). RECORD:
-paths, globs or folders (each may also be comma-separated).
+paths, globs or folders (each may also be comma-separated). What reading repaired in a record
+(NaN samples set to 0, an all-NaN lead fed as zeros, extra channels dropped) is said in one line
+for the run, beside the record's name, and in the CSV's last column, "repairs".
 """
 from crema_jax.cli import command
 from crema_jax.runtime import files
@@ -14,7 +16,8 @@ COMMAND = command.Command("predict", __doc__, usage="--model=ecgfounder --checkp
                           positional="RECORD...")
 COMMAND.enum("model", "ecgfounder", ["ecgfounder"], "The label model.")
 COMMAND.string("checkpoint", None, "Workdir, checkpoints dir or step dir to read.", required=True)
-COMMAND.string("out", "", "Output CSV of all label probabilities per record.")
+COMMAND.string("out", "", "Output CSV of all label probabilities per record, and its "
+               "repairs.")
 COMMAND.integer("top", 5, "Labels printed per record.", lower_bound=0)
 COMMAND.boolean("overwrite", False, "Replace the --out CSV when it exists.")
 COMMAND.integer("batch_size", 16, "ECGs per forward pass.", lower_bound=1)
@@ -48,12 +51,15 @@ def main(args) -> None:
         named = ", ".join(given[:3]) + (f" and {len(given) - 3} more" if len(given) > 3 else "")
         raise command.CommandError(f"{named}: {err}") from None
     print(backbones.describe_data_path(out["data_cfg"], args.preset))
+    if out["note"]:
+        print(out["note"])
     ids = embed.row_names(paths, out["record"], out["window"])
-    print(predict.format_top(ids, out["probs"], labels, args.top))
+    repairs = predict.row_repairs(out)
+    print(predict.format_top(ids, out["probs"], labels, args.top, repairs))
     if out["skipped"].total:
         print(f"skipped {out['skipped'].total} unreadable records "
               f"({embed.skip_reasons(out['skipped'])}): "
               f"{sorted(p for ps in out['skipped'].paths.values() for p in ps)}")
     if args.out:
-        predict.write_csv(args.out, ids, out["probs"], labels)
+        predict.write_csv(args.out, ids, out["probs"], labels, repairs)
         print(f"wrote {args.out} ({len(ids)} records x {len(labels)} labels)")

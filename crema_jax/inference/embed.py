@@ -4,7 +4,9 @@ One row per ECG. Inputs are WFDB records (paths, globs, folders) or arrays (N, l
 at a stated rate, with leads in canonical order (12 leads, or lead I alone). They go through
 the SAME path as probe and finetune: the evaluation pipeline with the backbone's data section
 (resampling to its rate, its preprocessing, the crops of `batch.eval_crop_starts`), then the
-backbone's features averaged over crops (logits averaged with `logits=True`).
+backbone's features averaged over crops (logits averaged with `logits=True`). What the data
+path did to the input is one note for the user: an array's non-finite samples (array_source), a
+record file's repairs (record_repairs, in reading/repairs.py's words).
 
 `raw=True` feeds an array as given, one crop: (N, 12, num_patches * patch_size) for a SiT,
 (N, in_channels, T) for Net1D.
@@ -18,7 +20,7 @@ import numpy as np
 from crema_jax.data.index import dataset_index as layouts
 from crema_jax.data.pipeline import datasets as pipeline
 from crema_jax.data.pipeline import skips, sources
-from crema_jax.data.reading import clinical
+from crema_jax.data.reading import clinical, repairs as repairs_lib
 from crema_jax.data.reading.ecg import MAX_ABS_MV
 from crema_jax.data.reading.limits import MIN_SECONDS
 from crema_jax.data.reading.leads import LEADS
@@ -48,7 +50,20 @@ def record_source(paths, data_cfg) -> sources.WfdbSource:
     infos = [layouts.RecordInfo(record_id=layouts.record_id_of(p), path=p, labels=(), split="",
                                 source="", reader=clinical.ClinicalFile()
                                 if clinical.is_clinical_path(p) else None) for p in paths]
-    return sources.make_source(data_cfg, records=infos)
+    return sources.make_source(data_cfg, records=infos, keep_repairs=True)
+
+
+def record_repairs(source: sources.WfdbSource, records, data_cfg) -> tuple[str | None, list]:
+    """(note, words): the repairs `source` made to the records it read, as one note for the
+    run ("input: 1 of 2 records repaired (crema data path): ...", None when none was; named
+    as row_names names them), and each record's in words ("" for none), in `records`' order."""
+    ids = row_names(records, range(len(records)), [-1] * len(records))
+    made = {row: source.repairs[row] for row in sorted(source.repairs)}
+    text = repairs_lib.summary([(ids[row], *made[row]) for row in made], len(records),
+                               f"{data_cfg.preset} data path")
+    words = [repairs_lib.describe(*made[row]) if row in made else "" for row in
+             range(len(records))]
+    return (f"input: {text}" if text else None), words
 
 
 def check_real(x: np.ndarray) -> None:
@@ -156,8 +171,9 @@ def embed(backbone, *, records=None, array=None, fs: float | None = None, raw: b
 
     Returns {"outputs": (rows, D or classes), "record": (rows,) position in `records`/`array`,
     "window": (rows,) window number (-1: the whole record, or its windows' mean),
-    "skipped": SkipStats,
-    "data_cfg": the data section used (None for raw)}."""
+    "skipped": SkipStats, "data_cfg": the data section used (None for raw),
+    "note": what was done to the input, for the user (array_source's note, record_repairs'),
+    or None; "repairs": each record's repairs in words ("" for none; None for an array)}."""
     if windows not in ("rows", "mean"):
         raise EmbedError(f"windows={windows!r}: expected 'rows' or 'mean'")
     mesh = mesh_lib.make_mesh() if mesh is None else mesh
@@ -202,9 +218,14 @@ def embed(backbone, *, records=None, array=None, fs: float | None = None, raw: b
     try:
         out = backbones.run(apply, batches)
     except backbones.NoRecordsError:  # the caller names its input and the skips' reasons
+        out = None
+    told = {"skipped": stats, "data_cfg": data_cfg, "note": None if raw else note,
+            "repairs": None}
+    if records is not None:  # (raw input is an array) the records' repairs, once all are read
+        told["note"], told["repairs"] = record_repairs(source, records, data_cfg)
+    if out is None:
         return {"outputs": np.zeros((0, 0), np.float32), "record": np.zeros(0, np.int64),
-                "window": np.zeros(0, np.int64), "skipped": stats, "data_cfg": data_cfg,
-                "note": None if raw else note}
+                "window": np.zeros(0, np.int64), **told}
     outputs, index = out["outputs"].mean(axis=1), out["index"]
     record = index if rows_of is None else rows_of[index]
     window = np.full(len(index), -1, np.int64) if windows_of is None else windows_of[index]
@@ -212,5 +233,4 @@ def embed(backbone, *, records=None, array=None, fs: float | None = None, raw: b
         kept = np.unique(record)
         outputs = np.stack([outputs[record == r].mean(0) for r in kept])
         record, window = kept, np.full(len(kept), -1, np.int64)
-    return {"outputs": outputs, "record": record, "window": window, "skipped": stats,
-            "data_cfg": data_cfg, "note": None if raw else note}
+    return {"outputs": outputs, "record": record, "window": window, **told}

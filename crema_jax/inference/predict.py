@@ -51,21 +51,33 @@ def predict_probabilities(backbone, *, records=None, array=None, fs=None, batch_
     return out
 
 
-def write_csv(path: str, ids, probs: np.ndarray, labels) -> None:
-    """The probabilities as CSV, written atomically (runtime/files.py)."""
+def row_repairs(out: dict) -> list[str]:
+    """Each output row's record's repairs in words (embed's "repairs"; "" for none)."""
+    words = out.get("repairs")
+    return [words[int(r)] if words else "" for r in out["record"]]
+
+
+def write_csv(path: str, ids, probs: np.ndarray, labels, repairs=None) -> None:
+    """The probabilities as CSV, written atomically (runtime/files.py): a row per record, its
+    id, the labels' probabilities, then "repairs": what reading repaired in it ("" for none;
+    reading/repairs.py's words)."""
+    repairs = [""] * len(ids) if repairs is None else repairs
+
     def write(tmp):
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
-            writer.writerow(["record"] + list(labels))
-            for rid, row in zip(ids, probs):
-                writer.writerow([rid] + [f"{p:.6f}" for p in row])
+            writer.writerow(["record"] + list(labels) + ["repairs"])
+            for rid, row, repaired in zip(ids, probs, repairs):
+                writer.writerow([rid] + [f"{p:.6f}" for p in row] + [repaired])
     files.write_atomic(path, write)
 
 
-def format_top(ids, probs: np.ndarray, labels, top: int) -> str:
+def format_top(ids, probs: np.ndarray, labels, top: int, repairs=None) -> str:
+    """Each record's `top` labels, under a line naming it (and what was repaired in it)."""
     lines = []
-    for rid, row in zip(ids, probs):
-        lines.append(f"{rid}:")
+    for i, (rid, row) in enumerate(zip(ids, probs)):
+        repaired = repairs[i] if repairs is not None else ""
+        lines.append(f"{rid}:" + (f" (repaired: {repaired})" if repaired else ""))
         for c in np.argsort(-row, kind="stable")[:top]:
             lines.append(f"  {row[c]:.3f}  {labels[c]}")
     return "\n".join(lines)

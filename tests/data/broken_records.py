@@ -134,3 +134,15 @@ def make_broken_records(tmp_dir) -> dict[str, str]:
     paths["microvolt_212"] = _write(folder, "microvolt_212", ecg * 1000.0, 500.0, names12,
                                     fmt="212", gain=0.2, units="uV")
     return paths
+
+
+def write_damaged(folder, name: str = "DAMAGED") -> str:
+    """A 10 s, 500 Hz 12-lead record (5000 samples a lead) damaged three ways at once, each
+    kept by reading: lead III entirely invalid (NaN), the 10 samples 1000..1009 of lead II NaN,
+    lead V2 constant at 0.3 mV. Returns the record's path."""
+    ecg = synthetic.synthetic_ecg(7, seconds=10.0, fs=500.0)
+    ecg[2] = np.nan
+    ecg[1, 1000:1010] = np.nan
+    ecg[7] = 0.3
+    names12 = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+    return _write(pathlib.Path(folder), name, ecg, 500.0, names12)

@@ -12,11 +12,14 @@ import scipy.ndimage
 import scipy.signal
 import torch
 
+from crema_jax import config as config_lib
+from crema_jax.models import params as params_lib
 from crema_jax.runtime import checkpoint
 from crema_jax.data.index import dataset_index
 from crema_jax.data.reading import wfdb_records
 from crema_jax.export import import_torch
 from crema_jax.inference import backbones, embed, predict
+from tests.data.broken_records import write_damaged
 from tests.references.ecgfounder_torch import Net1DRef
 from tests.references.stmem_torch import StMemEncoder, randomise_norms
 
@@ -119,8 +122,9 @@ def test_predict_matches_reference_on_real_records(net1d_ckpt, cinc_sample_dir, 
         capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert result.returncode == 0, result.stderr[-2000:]
     rows = list(csv.reader(out.open()))
-    assert rows[0] == ["record"] + predict.label_names() and len(rows) == 3
-    np.testing.assert_allclose(np.array(rows[1][1:], float), want[0], atol=2e-6)
+    assert rows[0] == ["record"] + predict.label_names() + ["repairs"] and len(rows) == 3
+    np.testing.assert_allclose(np.array(rows[1][1:-1], float), want[0], atol=2e-6)
+    assert rows[1][-1] == rows[2][-1] == ""   # nothing repaired in these two
     best = predict.label_names()[int(np.argmax(want[0]))]
     assert f"{want[0].max():.3f}  {best}" in result.stdout
 
@@ -263,3 +267,30 @@ def test_stmem_lead_subsets_take_lead_embeddings_by_position(sit_ckpt):
     graphdef, state = backbone.runner.build(config, params, seed=0)
     canonical = np.asarray(backbone.runner.features(graphdef, state, batch))[:, 0]
     assert rel_err(canonical, want) > 1e-3
+
+
+def test_embed_and_predict_say_what_reading_repaired(net1d_ckpt, tmp_path, cinc_sample_dir):
+    """A record with lead III all invalid, 10 NaN samples in lead II and V2 constant: embed and
+    predict had said nothing of it, and ECGFounder's path fed lead III as zeros. Each data
+    path's repairs are said, with the counts and leads damaged here (write_damaged)."""
+    damaged, clean = write_damaged(tmp_path), str(cinc_sample_dir / "E07500")
+    config = config_lib.default_config()
+    config.model.size = "tiny"
+    checkpoint.save_model_checkpoint(tmp_path / "crema", params_lib.init_params(config.model, 0),
+                                     config)
+    out = embed.embed(backbones.load(str(tmp_path / "crema")), records=[damaged, clean])
+    # Ours: II's 10 samples interpolated, III dropped then derived from I and II, V2 dropped.
+    assert out["note"] == (
+        "input: 1 of 2 records repaired (crema data path): NaN samples interpolated in 1: "
+        "DAMAGED (10 in II); all-NaN leads dropped in 1: DAMAGED (III); flat leads dropped in "
+        "1: DAMAGED (V2); limb leads derived in 1: DAMAGED (III)")
+    assert out["repairs"] == ["NaN samples interpolated (10 in II); all-NaN leads dropped "
+                              "(III); flat leads dropped (V2); limb leads derived (III)", ""]
+    # ECGFounder's: every NaN set to 0 (III's 5000 samples and II's 10), flat leads kept.
+    got = predict.predict_probabilities(backbones.load(net1d_ckpt[1], with_head=True),
+                                        records=[clean, damaged])
+    assert got["note"] == (
+        "input: 1 of 2 records repaired (ecgfounder data path): NaN samples set to 0 in 1: "
+        "DAMAGED (5010 in II, III); all-NaN leads fed as zeros in 1: DAMAGED (III)")
+    assert predict.row_repairs(got) == [
+        "", "NaN samples set to 0 (5010 in II, III); all-NaN leads fed as zeros (III)"]

@@ -119,14 +119,19 @@ class WfdbSource:
     `record_rows[i]` is the position in `infos` of element i's record.
     `keep_in_memory`: every example's loaded arrays are kept after its first read (datasets that
     fit in memory, e.g. the bundled records: later epochs read and filter nothing again).
+    `keep_repairs`: `repairs` maps each record row read (and repaired) to its (Ecg.repairs,
+    Ecg.repaired_leads), for embed and predict to report; read in this process only
+    (data.num_workers=0, as they read), since worker processes fill their own copies.
 
     The leads the model is not fed are zeroed and marked absent BEFORE preprocessing, so the
     statistics of a lead subset are its own (ST-MEM and ECGFounder select leads first, too)."""
 
     def __init__(self, infos: Sequence[Any], label_names: Sequence[str], *,
-                 reading: Reading | None = None, keep_in_memory: bool = False):
+                 reading: Reading | None = None, keep_in_memory: bool = False,
+                 keep_repairs: bool = False):
         self.reading = Reading() if reading is None else reading
         self.kept = {} if keep_in_memory else None
+        self.repairs: dict[int, tuple[dict, dict]] | None = {} if keep_repairs else None
         self.label_names = list(label_names)
         record_paths = [str(info.path) for info in infos]
         record_readers = [getattr(info, "reader", None) for info in infos]
@@ -180,8 +185,11 @@ class WfdbSource:
             raise RecordError(path, "too_short", f"{path} is shorter than one "
                               f"{r.window_seconds:g} s window")
         ecg = read_lib.read(path, self.readers[index], **r.canonical_options(window))
-        return r.element(ecg.signal, ecg.fs, ecg.lead_present, self.preprocess_cfg,
-                         path=ecg.path)
+        element = r.element(ecg.signal, ecg.fs, ecg.lead_present, self.preprocess_cfg,
+                            path=ecg.path)
+        if self.repairs is not None and ecg.repairs:  # a record's windows: the same repairs
+            self.repairs[int(self.record_rows[index])] = (ecg.repairs, ecg.repaired_leads)
+        return element
 
 
 class ArraySource:
@@ -292,12 +300,14 @@ def describe(data_cfg: Mapping) -> str:
 
 def make_source(data_cfg: Mapping, *, split: str | None = None, records: Sequence | None = None,
                 label_names: Sequence[str] = (), arrays: np.ndarray | None = None,
-                fs: float | None = None, lead_present: np.ndarray | None = None):
+                fs: float | None = None, lead_present: np.ndarray | None = None,
+                keep_repairs: bool = False):
     """THE source of a data config: every command builds the source of its records here.
 
     - `arrays` (n, 12, T) in mV at `fs` Hz (rows outside `lead_present` absent): RawArraySource.
     - `records` (a layout index's RecordInfos; with data.cache_dir, the cache's own, from
-      cache/source.py's cache_index): those records in that order, labels over `label_names`.
+      cache/source.py's cache_index): those records in that order, labels over `label_names`
+      (`keep_repairs`: the files' WfdbSource collects each record's repairs).
     - otherwise the configured dataset: synthetic ECGs when data.synthetic_records > 0, the
       ArrayRecord cache when data.cache_dir is set, else the records of data.layout under
       data.root (kept in memory with data.keep_in_memory); `split` ("" = all records)
@@ -310,7 +320,8 @@ def make_source(data_cfg: Mapping, *, split: str | None = None, records: Sequenc
         if data_cfg["cache_dir"]:
             rows = [info.meta["cache_row"] for info in records]
             return _cache_source(data_cfg).subset(rows, label_names)
-        return WfdbSource(records, label_names, reading=Reading.from_data_config(data_cfg))
+        return WfdbSource(records, label_names, reading=Reading.from_data_config(data_cfg),
+                          keep_repairs=keep_repairs)
     split = data_cfg["split"] if split is None else split
     if int(data_cfg["synthetic_records"]) > 0:
         signals, name = synthetic.synthetic_records(data_cfg)

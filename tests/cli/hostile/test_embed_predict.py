@@ -3,8 +3,10 @@ existing file, a FIFO or a device; a full disk under the features or between Y.n
 Y.records.txt (the old pair stays whole; a failed checkpoint save has its own drill:
 tests/train/test_save_failure.py); record folders with symlink loops or only unreadable
 records; records sharing a name, names holding a newline, a byte that is no UTF-8 or a comma; a
-batch larger than the input; a training checkpoint as --checkpoint. Each ends in one line naming
-the file or flag, or in the output a user would expect; no input is modified."""
+batch larger than the input; a training checkpoint as --checkpoint; a damaged record and a
+hospital export (what was repaired is said). Each ends in one line naming the file or flag, or
+in the output a user would expect; no input is modified."""
+import csv as csv_lib
 import hashlib
 import os
 import pathlib
@@ -20,6 +22,8 @@ from crema_jax.data import synthetic
 from crema_jax.models import params as params_lib
 from crema_jax.runtime import checkpoint, files
 from tests.cli.conftest import _fails, assert_one_error_line
+from tests.data import clinical_files
+from tests.data.broken_records import write_damaged
 from tests.cli.hostile.helpers import (SAMPLE, _cli, _copy_record, _crema_jax, _full_disk_for,
                                        _hashes, _one_line)
 
@@ -223,16 +227,23 @@ def test_a_record_name_that_is_not_utf8_is_escaped_in_records_txt(sit_checkpoint
     assert out.with_suffix(".records.txt").read_bytes() == b"r\\xffx\n"
 
 
-def test_predict_reads_a_record_path_with_a_comma_as_one_path(records, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def net1d_checkpoint(tmp_path_factory):
+    """A small random Net1D model checkpoint (ECGFounder's data path)."""
+    net = config_lib.default_config("net1d")
+    net.model.filters, net.model.blocks = [16, 32], [1, 1]
+    ckpt = tmp_path_factory.mktemp("net1d") / "ckpt"
+    checkpoint.save_model_checkpoint(ckpt, params_lib.init_params(net.model, 0), net)
+    return ckpt
+
+
+def test_predict_reads_a_record_path_with_a_comma_as_one_path(records, tmp_path, capsys,
+                                                             net1d_checkpoint):
     """Positional records were joined with "," and split again: "c,d/E1" became "c" and
     "d/E1", neither of them a record."""
     root, plain = records
-    net = config_lib.default_config("net1d")
-    net.model.filters, net.model.blocks = [16, 32], [1, 1]
-    checkpoint.save_model_checkpoint(tmp_path / "net1d", params_lib.init_params(net.model, 0),
-                                     net)
     csv = tmp_path / "p.csv"
-    assert predict.COMMAND.run([f"--checkpoint={tmp_path / 'net1d'}", str(plain[2]),
+    assert predict.COMMAND.run([f"--checkpoint={net1d_checkpoint}", str(plain[2]),
                                 str(root / "odd" / "c,d" / "E1"), f"--out={csv}"]) is None
     printed = capsys.readouterr().out
     assert "skipped" not in printed, printed
@@ -273,14 +284,12 @@ def test_embed_from_a_training_checkpoint_warns_of_nothing(tmp_path, ecgs):
     assert np.load(out).shape == (16, 64)
 
 
-def test_predict_of_records_none_of_which_can_be_read_is_an_error_as_embeds(tmp_path, capsys):
+def test_predict_of_records_none_of_which_can_be_read_is_an_error_as_embeds(tmp_path, capsys,
+                                                                           net1d_checkpoint):
     """predict had printed "skipped 1 unreadable records: [...]" then written a CSV of 0 rows,
     exit 0, and never said why a record was skipped. Every record skipped is embed's one-line
     error; a record skipped among readable ones is printed with its reason."""
-    net = config_lib.default_config("net1d")
-    net.model.filters, net.model.blocks = [16, 32], [1, 1]
-    ckpt = tmp_path / "net1d"
-    checkpoint.save_model_checkpoint(ckpt, params_lib.init_params(net.model, 0), net)
+    ckpt = net1d_checkpoint
     folder = tmp_path / "records"
     folder.mkdir()
     _copy_record(folder, "GOOD")
@@ -297,3 +306,33 @@ def test_predict_of_records_none_of_which_can_be_read_is_an_error_as_embeds(tmp_
     assert f"skipped 1 unreadable records (truncated_signal 1): ['{folder / 'CUT.mat'}']" in \
         printed
     assert [row.split(",")[0] for row in csv.read_text().splitlines()[1:]] == ["GOOD"]
+
+
+def test_embed_and_predict_say_what_was_repaired(tmp_path, capsys, sit_checkpoint,
+                                                 net1d_checkpoint):
+    """A WFDB record with lead III all invalid, 10 NaN samples in II and V2 constant, and a
+    MUSE export (8 leads stored: III, aVR, aVL, aVF derived on our path). embed and predict had
+    printed only their output."""
+    damaged = write_damaged(tmp_path)
+    muse = tmp_path / "exam.xml"
+    clinical_files.write_muse(muse, synthetic.synthetic_ecg(3, seconds=10.0, fs=500.0), 500.0)
+    csv = tmp_path / "p.csv"
+    assert predict.COMMAND.run([f"--checkpoint={net1d_checkpoint}", damaged, str(muse),
+                                f"--out={csv}", "--top=1"]) is None
+    printed = capsys.readouterr().out.splitlines()
+    # ECGFounder's path derives no lead: the export's four limb leads are absent, not repaired.
+    assert ("input: 1 of 2 records repaired (ecgfounder data path): NaN samples set to 0 in 1: "
+            "DAMAGED (5010 in II, III); all-NaN leads fed as zeros in 1: DAMAGED (III)") in printed
+    assert ("DAMAGED: (repaired: NaN samples set to 0 (5010 in II, III); all-NaN leads fed as "
+            "zeros (III))") in printed
+    rows = list(csv_lib.reader(csv.open()))
+    assert rows[0][-1] == "repairs" and [(r[0], r[-1]) for r in rows[1:]] == [
+        ("DAMAGED", "NaN samples set to 0 (5010 in II, III); all-NaN leads fed as zeros (III)"),
+        ("exam.xml", "")]
+    out = tmp_path / "y.npy"
+    embed.COMMAND.run([f"--checkpoint={sit_checkpoint}", f"--input={damaged},{muse}",
+                       f"--out={out}"])
+    assert ("input: 2 of 2 records repaired (crema data path): NaN samples interpolated in 1: "
+            "DAMAGED (10 in II); all-NaN leads dropped in 1: DAMAGED (III); flat leads dropped "
+            "in 1: DAMAGED (V2); limb leads derived in 2: DAMAGED (III), exam.xml (III, aVR, "
+            "aVL, aVF)") in capsys.readouterr().out.splitlines()
