@@ -13,6 +13,8 @@ stays in the index as a BadRecord, so reading it counts a skip with its reason.
 meta: format, exam_id, statements (the machine's interpretation), age, sex and patient_id, the
 salted hash of the file's patient identifier (clinical.patient_hash). Splits: hash_split of that
 hash (a patient never straddles splits), or of the record id when the file names no patient.
+An index holding patient ids hashed with the public default salt (CREMA_JAX_PATIENT_SALT unset)
+warns once (clinical.warn_if_public_salt): this index is what puts them into a cache.
 
 Indexing parses every file for its meta (clinical.read_meta: Philips XLI and SCP-ECG rhythm data
 left coded, its damage found when the record is read): in `index_workers` spawned processes (0: one
@@ -67,7 +69,7 @@ def _read_meta(path: str) -> tuple[dict, BadRecord | None]:
 
 
 def _quiet_worker() -> None:
-    logging.set_verbosity(logging.ERROR)  # the parent gave the salt warning once
+    logging.set_verbosity(logging.ERROR)  # the parent warns, once, of what the index holds
     processes.interrupt_raises()
 
 
@@ -75,7 +77,6 @@ def _metas(paths: list[str], workers: int) -> list[tuple[dict, BadRecord | None]
     """_read_meta of each path, in order; over `workers` spawned processes when > 1."""
     if workers <= 1:
         return [_read_meta(p) for p in paths]
-    clinical.warn_if_public_salt()
     with concurrent.futures.ProcessPoolExecutor(
             workers, mp_context=processes.spawn_context(),
             initializer=_quiet_worker) as pool:
@@ -124,7 +125,10 @@ def clinical_exports(root, *, labels: str = "", label_map: str = "",
     records, paths = [], _files(root)
     workers = int(index_workers) or (min(os.cpu_count() or 1, 8)
                                      if len(paths) >= INDEX_POOL_MIN_FILES else 1)
-    for path, (meta, bad) in zip(paths, _metas(paths, workers)):
+    metas = _metas(paths, workers)
+    if any(meta.get("patient_id") for meta, _ in metas):
+        clinical.warn_if_public_salt()
+    for path, (meta, bad) in zip(paths, metas):
         rel = pathlib.Path(path).relative_to(root).as_posix()
         reader = bad or clinical.ClinicalFile()
         row = rows.get(rel, {})

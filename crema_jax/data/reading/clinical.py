@@ -6,7 +6,10 @@ detected by content (clinical_formats.py). What a file says about its patient is
 Names, birth dates and identifiers never reach an Ecg, an index, a cache, a log or a report.
 The salt is the environment variable CREMA_JAX_PATIENT_SALT (set it to a secret: identifiers
 such as record numbers are few enough to be recovered from an unsalted hash by trying them all),
-read from the environment so that it is never written into a cache's settings.
+read from the environment so that it is never written into a cache's settings. Hashing is
+silent: the warning that the salt is the public default (`warn_if_public_salt`) is given where
+the hashes are kept, by the clinical_exports layout whose index puts them into a cache, its
+splits and reports; reading a file for its signal (embed, predict) keeps no patient id.
 
 The file's sex, however its format spells it (MALE, Female, F, ...), is "Male", "Female" or left
 out (demographics.sex_of), as every other source writes it. Channels the reader dropped as no
@@ -42,19 +45,17 @@ class ClinicalFile:
 
 
 def patient_hash(key: str | None) -> str:
-    """"p" + 16 hex digits of SHA-256(salt NUL key); "" for no key."""
+    """"p" + 16 hex digits of SHA-256(salt NUL key); "" for no key. Silent (the module
+    docstring says where the default salt is warned about)."""
     if not key:
         return ""
-    salt = os.environ.get(SALT_ENV)
-    if not salt:
-        _warn_public_salt()
-        salt = _DEFAULT_SALT
+    salt = os.environ.get(SALT_ENV) or _DEFAULT_SALT
     return "p" + hashlib.sha256(f"{salt}\0{key}".encode("utf-8")).hexdigest()[:16]
 
 
 def warn_if_public_salt() -> None:
-    """The once-per-process warning patient_hash gives without CREMA_JAX_PATIENT_SALT, given up
-    front (for a caller whose worker processes hash, silenced, on its behalf)."""
+    """Once per process, without CREMA_JAX_PATIENT_SALT: a warning that the patient ids about to
+    be kept (an index, a cache) are hashed with the public default salt."""
     if not os.environ.get(SALT_ENV):
         _warn_public_salt()
 

@@ -3,9 +3,10 @@ existing file, a FIFO or a device; a full disk under the features or between Y.n
 Y.records.txt (the old pair stays whole; a failed checkpoint save has its own drill:
 tests/train/test_save_failure.py); record folders with symlink loops or only unreadable
 records; records sharing a name, names holding a newline, a byte that is no UTF-8 or a comma; a
-batch larger than the input; a training checkpoint as --checkpoint; a damaged record and a
-hospital export (what was repaired is said). Each ends in one line naming the file or flag, or
-in the output a user would expect; no input is modified."""
+batch larger than the input; a training checkpoint as --checkpoint; a damaged record (what was
+repaired is said) and a hospital export without CREMA_JAX_PATIENT_SALT (no salt warning: no
+patient id is kept). Each ends in one line naming the file or flag, or in the output a user
+would expect; no input is modified."""
 import csv as csv_lib
 import hashlib
 import os
@@ -17,8 +18,9 @@ import numpy as np
 import pytest
 
 from crema_jax import config as config_lib
-from crema_jax.cli import embed, predict
+from crema_jax.cli import embed, predict, prepare
 from crema_jax.data import synthetic
+from crema_jax.data.reading import clinical
 from crema_jax.models import params as params_lib
 from crema_jax.runtime import checkpoint, files
 from tests.cli.conftest import _fails, assert_one_error_line
@@ -308,14 +310,26 @@ def test_predict_of_records_none_of_which_can_be_read_is_an_error_as_embeds(tmp_
     assert [row.split(",")[0] for row in csv.read_text().splitlines()[1:]] == ["GOOD"]
 
 
-def test_embed_and_predict_say_what_was_repaired(tmp_path, capsys, sit_checkpoint,
-                                                 net1d_checkpoint):
+def _salt_warnings(monkeypatch) -> list:
+    """The warnings logged from now on, without CREMA_JAX_PATIENT_SALT (and its once-per-process
+    warning not yet given)."""
+    monkeypatch.delenv(clinical.SALT_ENV, raising=False)
+    clinical._warn_public_salt.cache_clear()
+    warned = []
+    monkeypatch.setattr(clinical.logging, "warning", lambda msg, *a: warned.append(msg % a))
+    return warned
+
+
+def test_embed_and_predict_say_what_was_repaired_and_keep_no_patient_id(
+        tmp_path, capsys, monkeypatch, sit_checkpoint, net1d_checkpoint):
     """A WFDB record with lead III all invalid, 10 NaN samples in II and V2 constant, and a
     MUSE export (8 leads stored: III, aVR, aVL, aVF derived on our path). embed and predict had
-    printed only their output."""
+    printed only their output, and warned that patient ids were hashed with the public salt
+    though neither keeps one; prepare, which writes them into a cache, still warns."""
     damaged = write_damaged(tmp_path)
     muse = tmp_path / "exam.xml"
     clinical_files.write_muse(muse, synthetic.synthetic_ecg(3, seconds=10.0, fs=500.0), 500.0)
+    warned = _salt_warnings(monkeypatch)
     csv = tmp_path / "p.csv"
     assert predict.COMMAND.run([f"--checkpoint={net1d_checkpoint}", damaged, str(muse),
                                 f"--out={csv}", "--top=1"]) is None
@@ -336,3 +350,9 @@ def test_embed_and_predict_say_what_was_repaired(tmp_path, capsys, sit_checkpoin
             "DAMAGED (10 in II); all-NaN leads dropped in 1: DAMAGED (III); flat leads dropped "
             "in 1: DAMAGED (V2); limb leads derived in 2: DAMAGED (III), exam.xml (III, aVR, "
             "aVL, aVF)") in capsys.readouterr().out.splitlines()
+    assert not [w for w in warned if clinical.SALT_ENV in w], warned
+    (tmp_path / "exports").mkdir()
+    shutil.copy(muse, tmp_path / "exports" / "exam.xml")
+    prepare.COMMAND.run(["--layout=clinical_exports", f"--root={tmp_path / 'exports'}",
+                         f"--out={tmp_path / 'cache'}", "--workers=1"])
+    assert len([w for w in warned if clinical.SALT_ENV in w]) == 1, warned

@@ -132,9 +132,13 @@ def test_the_index_leaves_philips_and_scp_rhythm_data_coded(tmp_path, signal_mv,
     assert clinical.read_meta(good)["patient_id"] == clinical.patient_hash(cf.PATIENT_ID)
 
 
-def test_the_public_default_salt_is_warned_about_once(monkeypatch):
+def test_the_public_default_salt_is_warned_about_where_ids_are_kept(monkeypatch, tmp_path,
+                                                                    signal_mv):
     """Without CREMA_JAX_PATIENT_SALT the hash uses the documented public salt (recoverable by
-    trying every id), and the user is told once per process."""
+    trying every id). Reading a file for its signal keeps no id and says nothing (embed and
+    predict had warned of a cache they never write); an index of exports, which puts the ids
+    into a cache, tells the user once per process."""
+    from crema_jax.data.index import clinical_exports
     monkeypatch.delenv(clinical.SALT_ENV, raising=False)
     clinical._warn_public_salt.cache_clear()
     warned = []
@@ -142,6 +146,14 @@ def test_the_public_default_salt_is_warned_about_once(monkeypatch):
     got = [clinical.patient_hash("12345"), clinical.patient_hash("67890")]
     import hashlib
     assert got[0] == "p" + hashlib.sha256(b"crema_jax.patient\x0012345").hexdigest()[:16]
+    for name in ("a.xml", "b.xml"):
+        cf.write_muse(tmp_path / name, signal_mv, FS)
+    assert clinical.read_clinical(tmp_path / "a.xml").meta["patient_id"] == \
+        clinical.patient_hash(cf.PATIENT_ID)
+    assert warned == []
+    for _ in range(2):
+        index = clinical_exports.clinical_exports(tmp_path, index_workers=1)
+    assert [r.meta["patient_id"] for r in index.records] == [clinical.patient_hash(cf.PATIENT_ID)]*2
     assert len(warned) == 1 and clinical.SALT_ENV in warned[0]
     monkeypatch.setenv(clinical.SALT_ENV, "site-secret")
     assert clinical.patient_hash("12345") != got[0] and len(warned) == 1
