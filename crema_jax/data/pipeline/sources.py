@@ -187,9 +187,25 @@ class WfdbSource:
         ecg = read_lib.read(path, self.readers[index], **r.canonical_options(window))
         element = r.element(ecg.signal, ecg.fs, ecg.lead_present, self.preprocess_cfg,
                             path=ecg.path)
-        if self.repairs is not None and ecg.repairs:  # a record's windows: the same repairs
-            self.repairs[int(self.record_rows[index])] = (ecg.repairs, ecg.repaired_leads)
+        if self.repairs is not None:  # a record's windows: the same repairs
+            made, named = _with_absent_leads(ecg, fed_leads_mask(r.leads))
+            if made:
+                self.repairs[int(self.record_rows[index])] = (made, named)
         return element
+
+
+def _with_absent_leads(ecg, fed: np.ndarray) -> tuple[dict, dict]:
+    """(Ecg.repairs, Ecg.repaired_leads) with "leads_absent": the leads the model reads that
+    the file does not hold and no repair removed (a MUSE export's 8 leads on a data path that
+    derives none: ECGFounder's Net1D reads zeros there, said nowhere before)."""
+    named = dict(ecg.repaired_leads)
+    told = {lead for leads in named.values() for lead in leads}
+    absent = [LEADS[row] for row in np.flatnonzero(fed & ~ecg.lead_present)
+              if LEADS[row] not in told]
+    made = dict(ecg.repairs)
+    if absent:
+        made["leads_absent"], named["leads_absent"] = len(absent), tuple(absent)
+    return made, named
 
 
 class ArraySource:

@@ -20,6 +20,7 @@ WORDS = {
     "all_nan_leads_zeroed": "all-NaN leads fed as zeros",
     "flat_leads": "flat leads dropped",
     "leads_derived": "limb leads derived",
+    "leads_absent": "leads not in the file",
 }
 # Repairs counted in samples rather than in leads: "10 in II".
 SAMPLE_COUNTS = ("nan_replaced", "nan_zeroed")

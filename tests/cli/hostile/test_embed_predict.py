@@ -323,9 +323,10 @@ def _salt_warnings(monkeypatch) -> list:
 def test_embed_and_predict_say_what_was_repaired_and_keep_no_patient_id(
         tmp_path, capsys, monkeypatch, sit_checkpoint, net1d_checkpoint):
     """A WFDB record with lead III all invalid, 10 NaN samples in II and V2 constant, and a
-    MUSE export (8 leads stored: III, aVR, aVL, aVF derived on our path). embed and predict had
-    printed only their output, and warned that patient ids were hashed with the public salt
-    though neither keeps one; prepare, which writes them into a cache, still warns."""
+    MUSE export (8 leads stored: III, aVR, aVL, aVF derived on our path, absent on
+    ECGFounder's). embed and predict had printed only their output, and warned that patient
+    ids were hashed with the public salt though neither keeps one; prepare, which writes them
+    into a cache, still warns."""
     damaged = write_damaged(tmp_path)
     muse = tmp_path / "exam.xml"
     clinical_files.write_muse(muse, synthetic.synthetic_ecg(3, seconds=10.0, fs=500.0), 500.0)
@@ -334,15 +335,17 @@ def test_embed_and_predict_say_what_was_repaired_and_keep_no_patient_id(
     assert predict.COMMAND.run([f"--checkpoint={net1d_checkpoint}", damaged, str(muse),
                                 f"--out={csv}", "--top=1"]) is None
     printed = capsys.readouterr().out.splitlines()
-    # ECGFounder's path derives no lead: the export's four limb leads are absent, not repaired.
-    assert ("input: 1 of 2 records repaired (ecgfounder data path): NaN samples set to 0 in 1: "
-            "DAMAGED (5010 in II, III); all-NaN leads fed as zeros in 1: DAMAGED (III)") in printed
+    # ECGFounder's path derives no lead: the export's four limb leads are absent (the Net1D
+    # reads zeros there), said as such.
+    assert ("input: 2 of 2 records repaired (ecgfounder data path): NaN samples set to 0 in 1: "
+            "DAMAGED (5010 in II, III); all-NaN leads fed as zeros in 1: DAMAGED (III); leads "
+            "not in the file in 1: exam.xml (III, aVR, aVL, aVF)") in printed
     assert ("DAMAGED: (repaired: NaN samples set to 0 (5010 in II, III); all-NaN leads fed as "
             "zeros (III))") in printed
     rows = list(csv_lib.reader(csv.open()))
     assert rows[0][-1] == "repairs" and [(r[0], r[-1]) for r in rows[1:]] == [
         ("DAMAGED", "NaN samples set to 0 (5010 in II, III); all-NaN leads fed as zeros (III)"),
-        ("exam.xml", "")]
+        ("exam.xml", "leads not in the file (III, aVR, aVL, aVF)")]
     out = tmp_path / "y.npy"
     embed.COMMAND.run([f"--checkpoint={sit_checkpoint}", f"--input={damaged},{muse}",
                        f"--out={out}"])
