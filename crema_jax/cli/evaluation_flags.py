@@ -43,6 +43,11 @@ def add(cmd: command.Command) -> None:
     cmd.list("split_fractions", [], "train,val,test fractions of a seeded per-source re-split, "
              "a patient's records in one split (default: the layout's splits). Small datasets "
              "need it (or --folds) so every split has records.")
+    cmd.enum("patients_across_splits", "refuse", ["refuse", "allow"], "The layout's own splits "
+             "(a manifest's split column) putting a patient's records in two of train/val/test: "
+             "refuse = stop with their count (re-split with --split_fractions, or --folds), "
+             "allow = keep the splits (printed, and counted in report.json): scores of those "
+             "patients' test records are inflated.")
     cmd.list("label_fractions", ["1.0"], "Fractions of the training labels, e.g. 0.01,0.1,1.0.")
     cmd.list("lead_sets", ["12"], "Lead sets: 12, limb6, I, or '+'-joined lead names (the same "
              "weights see fewer leads).")
@@ -106,7 +111,7 @@ def settings(args) -> dict:
         "skip_damaged_cache_records": args.skip_damaged_cache_records,
         "label_set": args.label_set, "layout_options": options, "workdir": args.workdir,
         "label_type": args.label_type, "min_positives": args.min_positives,
-        "duplicates": args.duplicates,
+        "duplicates": args.duplicates, "patients_across_splits": args.patients_across_splits,
         "split_fractions": split_fractions, "label_fractions": label_fractions,
         "lead_sets": list(args.lead_sets), "folds": args.folds, "cross_domain": args.cross_domain,
         "batch_size": args.batch_size, "num_workers": args.num_workers,

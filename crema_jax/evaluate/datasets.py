@@ -29,7 +29,8 @@ class Dataset:
     skip_damaged_cache_records: bool = False   # a damaged shard's records skipped, not fatal
     # What loading left out: "indexed" rows, "duplicates_merged" (and their "duplicate_groups"),
     # "no_class_left" (every class dropped by min_positives), "not_one_class" (multiclass);
-    # and what was kept: "unlabelled" (no label at all: a negative of every class).
+    # and what was kept: "unlabelled" (no label at all: a negative of every class); and
+    # "patients_across_splits" (_checked_patients: the given splits' shared patients, or None).
     counts: dict = dataclasses.field(default_factory=dict)
 
 
@@ -116,11 +117,47 @@ def _checked_splits(splits, settings: dict, root: str, infos) -> None:
                          f"per source){folds}")
 
 
+PATIENTS_ACROSS_SPLITS = ("refuse", "allow")
+
+
+def _checked_patients(infos, splits, settings: dict, where: str) -> dict | None:
+    """The given splits' (a layout's or a manifest's own) protocols.patients_across_splits,
+    refused when a patient has records in two of them unless settings["patients_across_splits"]
+    is "allow" (then printed): a test score on patients the head trained or was selected on is
+    inflated. None where the splits are not the given ones (a re-split) or not read (K folds
+    without cross_domain): those group patients."""
+    k = int(settings.get("folds") or 0)
+    if settings.get("split_fractions") or (k and not settings.get("cross_domain")):
+        return None
+    found = protocols.patients_across_splits(splits, protocols.patient_keys(infos))
+    if not found["patients"]:
+        return found
+    policy = settings.get("patients_across_splits", "refuse")
+    if policy not in PATIENTS_ACROSS_SPLITS:
+        raise ValueError(f"{flag(settings, 'patients_across_splits')}={policy!r}: expected one "
+                         f"of {PATIENTS_ACROSS_SPLITS}")
+    what = (f"{where}: its own splits put {found['patients']} patient(s) in more than one of "
+            f"train/val/test ({found['records']} records, e.g. {', '.join(found['examples'])})")
+    if policy == "allow":
+        print(f"warning: {what}; kept ({flag(settings, 'patients_across_splits')}=allow): "
+              "the scores of their test records are inflated")
+        return found
+    remedy = f"{flag(settings, 'split_fractions')}=0.6,0.2,0.2 (a seeded re-split, a " \
+        "patient's records in one split)"
+    if "folds" in settings and not k:
+        remedy += f" or {flag(settings, 'folds')}=5 (folds over patients)"
+    if "patients_across_splits" in settings:  # commands only: a task file has no such field
+        remedy += f", or {flag(settings, 'patients_across_splits')}=allow to keep these splits"
+    raise ValueError(f"{what}: a test score on patients the head trained or was selected on "
+                     f"is inflated; pass {remedy}")
+
+
 def load_dataset(settings: dict) -> Dataset:
     """The dataset named by an evaluation command's settings (layout, root, layout_options or
-    cache_dir; duplicates, split_fractions, min_positives, label_type, seed, folds): the index
-    with every ECG once, (re-)split, restricted to classes with enough training positives (with
-    K folds: positives); records left with no class are dropped and counted in `counts`."""
+    cache_dir; duplicates, split_fractions, min_positives, label_type, seed, folds,
+    patients_across_splits): the index with every ECG once, (re-)split, restricted to classes
+    with enough training positives (with K folds: positives); records left with no class are
+    dropped and counted in `counts`; given splits that put a patient in two are refused."""
     root, cache_dir, seed = settings["root"], settings["cache_dir"], settings["seed"]
     split_fractions, min_positives = settings["split_fractions"], settings["min_positives"]
     if cache_dir:
@@ -180,10 +217,21 @@ def load_dataset(settings: dict) -> Dataset:
     infos = [info for info, k in zip(infos, keep) if k]
     splits, labels = splits[keep], labels[keep]
     _checked_splits(splits, settings, root, infos)
+    counts["patients_across_splits"] = _checked_patients(infos, splits, settings,
+                                                         root or cache_dir)
     return Dataset(infos, splits, np.asarray([info.source for info in infos]), classes, labels,
                    label_type, class_display_names(root, classes), cache_dir=cache_dir,
                    skip_damaged_cache_records=bool(settings.get("skip_damaged_cache_records")),
                    counts=counts)
+
+
+def add_loading_checks(report_json: dict, dataset: Dataset) -> dict:
+    """report.json's `records` with what loading checked beyond its counts:
+    `patients_across_splits` ({"patients", "records", "examples"} of the given splits, or None
+    where the splits were re-split or not read)."""
+    report_json["records"]["patients_across_splits"] = dataset.counts.get(
+        "patients_across_splits")
+    return report_json
 
 
 def make_source(dataset: Dataset, data_cfg, rows=None):

@@ -96,6 +96,19 @@ def patient_keys(infos) -> np.ndarray:
     return np.asarray(keys)
 
 
+def patients_across_splits(splits, patients, *, show: int = 5) -> dict:
+    """The patients (patient_keys' "patient:ID"; a record without a patient id is its own
+    patient and never counted) with records in more than one of the splits: {"patients": how
+    many, "records": all their records, "examples": the first `show` ids, in record order}."""
+    seen: dict = {}
+    for split, key in zip(np.asarray(splits).tolist(), np.asarray(patients).tolist()):
+        if str(key).startswith("patient:"):
+            seen.setdefault(key, []).append(split)
+    shared = [key for key, found in seen.items() if len(set(found)) > 1]
+    return {"patients": len(shared), "records": sum(len(seen[key]) for key in shared),
+            "examples": [key.split(":", 1)[1] for key in shared[:show]]}
+
+
 def resplit(infos, fractions: Sequence[float], *, seed: int = 0) -> list[str]:
     """Train/val/test per record: within each source (in sorted order), patients ordered by a
     hash of their key (patient_keys), cut at the fractions' record counts; a patient's records

@@ -30,7 +30,8 @@ OWN_FLAGS = {
     "import-torch": ["--format"],
 }
 EVALUATION = ["--checkpoint", "--label_fractions", "--lead_sets", "--cross_domain", "--folds",
-              "--root", "--layout", "--workdir", "--seed", "--skip_damaged_cache_records"]
+              "--root", "--layout", "--workdir", "--seed", "--skip_damaged_cache_records",
+              "--patients_across_splits"]
 PROBE_HEAD = ["--l2_grid", "--probe_optimizer", "--probe_steps"]
 FINETUNE_RECIPE = ["--epochs", "--layer_decay", "--patience"]
 # Shared by design (evaluation commands take a checkpoint), listed where they belong.

@@ -1,0 +1,126 @@
+"""A dataset's own splits (a manifest's `split` column) that put one patient's records in two of
+train/val/test are refused, or with --patients_across_splits=allow kept, printed and counted in
+report.json. The manifest below is written by hand: P0 (train + test), P1 (val + test) and P2
+(train + val) straddle splits, 3 patients with 6 records; P3 to P5 do not, and two records
+without a patient id (each its own patient) sit in train and test."""
+import csv
+import hashlib
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from crema_jax.cli import probe
+from crema_jax.evaluate import datasets, protocols
+from tests.cli.conftest import _fails
+from tests.evaluate.test_cli import _run
+
+# (patient_id, split) per record, in manifest order; labels alternate 1000 / 2000.
+ROWS = [("P0", "train"), ("P0", "test"), ("P1", "val"), ("P1", "test"), ("P2", "train"),
+        ("P2", "val"), ("P3", "train"), ("P3", "train"), ("", "train"), ("", "test"),
+        ("P4", "test"), ("P5", "val")]
+SHARED = {"patients": 3, "records": 6, "examples": ["P0", "P1", "P2"]}
+
+
+@pytest.fixture
+def split_manifest(cinc_sample_dir, tmp_path):
+    """ROWS over 12 CinC records with distinct signals (a duplicate would be merged)."""
+    heads, seen = [], set()
+    for head in sorted(cinc_sample_dir.glob("*.hea")):
+        digest = hashlib.sha256(head.with_suffix(".mat").read_bytes()).hexdigest()
+        if digest not in seen and len(heads) < len(ROWS):
+            seen.add(digest)
+            heads.append(head)
+    path = tmp_path / "split_manifest.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "labels", "patient_id", "split"])
+        for i, (head, (patient, split)) in enumerate(zip(heads, ROWS)):
+            writer.writerow([str(head.with_suffix("")), "1000" if i % 2 else "2000", patient,
+                             split])
+    return path
+
+
+def _settings(root, **more):
+    return {"root": str(root), "cache_dir": "", "layout": "manifest", "layout_options": {},
+            "seed": 0, "split_fractions": [], "min_positives": 1, "label_type": "auto",
+            "folds": 0, "patients_across_splits": "refuse", **more}
+
+
+def _said(root) -> str:
+    return (f"{root}: its own splits put 3 patient(s) in more than one of train/val/test "
+            "(6 records, e.g. P0, P1, P2)")
+
+
+def test_patients_in_two_splits_are_counted_by_their_ids_alone():
+    """A record without a patient id is its own patient (patient_keys: its record id) and is
+    never counted, even where its id equals a patient's."""
+    infos = [SimpleNamespace(record_id=r, meta={"patient_id": p}) for r, p in [
+        ("r1", "a"), ("r2", "a"), ("r3", "b"), ("r4", None), ("a", ""), ("r6", "c"),
+        ("r7", "c"), ("r8", "c"), ("r9", "d")]]
+    splits = ["train", "test", "val", "test", "train", "val", "val", "test", "test"]
+    found = protocols.patients_across_splits(splits, protocols.patient_keys(infos))
+    assert found == {"patients": 2, "records": 5, "examples": ["a", "c"]}
+    assert protocols.patients_across_splits(["train"] * 9, protocols.patient_keys(infos)) == \
+        {"patients": 0, "records": 0, "examples": []}
+
+
+def test_given_splits_with_a_patient_in_two_are_refused_with_the_remedy(split_manifest):
+    with pytest.raises(ValueError) as raised:
+        datasets.load_dataset(_settings(split_manifest))
+    assert str(raised.value) == (
+        f"{_said(split_manifest)}: a test score on patients the head trained or was selected "
+        "on is inflated; pass --split_fractions=0.6,0.2,0.2 (a seeded re-split, a patient's "
+        "records in one split) or --folds=5 (folds over patients), or "
+        "--patients_across_splits=allow to keep these splits")
+
+
+def test_a_task_file_is_told_its_own_fields(split_manifest):
+    """The benchmark's task file has split_fractions and folds, and no allow."""
+    settings = _settings(split_manifest, flag_prefix="the task file's datasets['d'].")
+    del settings["patients_across_splits"]
+    with pytest.raises(ValueError) as raised:
+        datasets.load_dataset(settings)
+    assert str(raised.value).endswith(
+        "pass the task file's datasets['d'].split_fractions=0.6,0.2,0.2 (a seeded re-split, a "
+        "patient's records in one split) or the task file's datasets['d'].folds=5 (folds over "
+        "patients)")
+
+
+def test_allowed_they_are_kept_printed_and_counted(split_manifest, capsys):
+    data = datasets.load_dataset(_settings(split_manifest, patients_across_splits="allow"))
+    assert len(data.infos) == len(ROWS) and data.splits.tolist() == [s for _, s in ROWS]
+    assert data.counts["patients_across_splits"] == SHARED
+    assert (f"warning: {_said(split_manifest)}; kept (--patients_across_splits=allow): the "
+            "scores of their test records are inflated\n") in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("more, checked", [
+    ({"split_fractions": [0.6, 0.2, 0.2]}, False),   # a re-split groups patients
+    ({"folds": 3}, False),                            # so do folds (the splits are not read)
+    ({"folds": 3, "cross_domain": True}, True),       # cross-domain runs read the splits
+])
+def test_only_the_given_splits_that_are_read_are_checked(split_manifest, more, checked):
+    settings = _settings(split_manifest, **more)
+    if checked:
+        with pytest.raises(ValueError, match="its own splits put 3 patient"):
+            datasets.load_dataset(settings)
+        return
+    data = datasets.load_dataset(settings)
+    assert data.counts["patients_across_splits"] is None
+
+
+def test_the_probe_refuses_in_one_line_and_allowed_records_it_in_report_json(
+        split_manifest, tmp_path, capsys):
+    argv = ["--checkpoint=random", "--layout=manifest", f"--root={split_manifest}",
+            f"--workdir={tmp_path / 'refused'}"]
+    _fails(probe, argv, capsys, "its own splits put 3 patient(s) in more than one of "
+           "train/val/test (6 records, e.g. P0, P1, P2)", "--patients_across_splits=allow")
+    assert not (tmp_path / "refused").exists()
+    _run(probe, checkpoint="random", layout="manifest", root=str(split_manifest),
+         workdir=str(tmp_path / "allowed"), patients_across_splits="allow", probe_steps=5,
+         bootstrap=20, batch_size=8, l2_grid=["0.01"])
+    report = json.loads((tmp_path / "allowed" / "report.json").read_text())
+    assert report["records"]["patients_across_splits"] == SHARED
+    assert (report["records"]["train"], report["records"]["val"], report["records"]["test"]) \
+        == (5, 3, 4)
