@@ -1,8 +1,11 @@
 """Two models on the same records, folds and crops, with paired tests (`crema-jax compare`).
 
 Model A is --checkpoint; model B is --checkpoint_b: another checkpoint, an imported ECGFounder
-(Net1D), or "random": A's own architecture and data path, randomly initialised (seeded), so the
-two read identical crops (--backbone_b=sit|net1d picks another family's default instead). Both
+(Net1D), or "random": A's own architecture and data path, randomly initialised, so the two read
+identical crops (--backbone_b=sit|net1d picks another family's default instead). A random model
+is drawn from --seed, B's from --init_seed_b when given: with --seed fixed, the folds, label
+subsets and bootstrap stay, and only B's init changes (two random inits: a calibration). A and B
+that are the same model (the same weights, or the same random init) are said to be. Both
 go through the same protocol runs (runs.py: the same splits or the same K folds, label
 fractions, lead sets) by linear probing (features once per model and lead set) or fine-tuning.
 
@@ -19,7 +22,8 @@ import time
 
 import numpy as np
 
-from crema_jax.evaluate import datasets, finetune, folds, linear_probe, paired, report, scoring
+from crema_jax.evaluate import (benchmark_tasks, datasets, finetune, folds, linear_probe, paired,
+                                report, runs, scoring)
 from crema_jax.inference import backbones
 from crema_jax.models import families
 from crema_jax.runtime import mesh as mesh_lib
@@ -44,12 +48,44 @@ def load_models(settings: dict) -> dict:
     return {"A": (config_a, params_a), "B": b}
 
 
-def _evaluate(label, config, params, data, settings, method_kwargs, mesh, plan, groups):
-    own = {**settings, "checkpoint": settings["checkpoint" if label == "A" else "checkpoint_b"]}
-    if settings["method"] == "finetune":
+def own_settings(settings: dict, label: str) -> dict:
+    """The settings model `label` runs with: its checkpoint, and the seed of its random weights
+    (runs.init_seed: A's --seed, B's --init_seed_b when given)."""
+    if label == "A":
+        return {**settings, "init_seed": settings["seed"]}
+    seed_b = settings["init_seed_b"]
+    return {**settings, "checkpoint": settings["checkpoint_b"],
+            "init_seed": settings["seed"] if seed_b is None else seed_b}
+
+
+def model_text(own: dict) -> str:
+    """A model as the report's title names it: its checkpoint, a random one with its seed."""
+    seed = runs.random_init_seed(own)
+    return own["checkpoint"] + ("" if seed is None else f" (init seed {seed})")
+
+
+def same_model(models: dict, owns: dict) -> str | None:
+    """One line when A and B compute the same thing (benchmark_tasks.weights_digest: the same
+    weights, architecture and data path; a random init's by its seed), else None: every
+    difference is then 0 and no test can find one."""
+    digests = {label: benchmark_tasks.weights_digest(*models[label],
+                                                     runs.init_seed(owns[label]))
+               for label in models}
+    if digests["A"] != digests["B"]:
+        return None
+    if models["A"][1] is None:
+        return (f"note: A and B are the same random init (seed {runs.init_seed(owns['A'])}, "
+                "one architecture and data path): every difference is 0; --init_seed_b=N "
+                "draws B from another seed, the folds, label subsets and bootstrap kept")
+    return ("note: A and B are the same model (equal weights, architecture and data path): "
+            "every difference is 0")
+
+
+def _evaluate(label, config, params, data, own, method_kwargs, mesh, plan, groups):
+    if own["method"] == "finetune":
         return finetune.finetune_model(config, params, data, own, method_kwargs, mesh,
                                        model=label, plan=plan, groups=groups)
-    backbone = backbones.build(config, params, seed=settings["seed"])
+    backbone = backbones.build(config, params, seed=runs.init_seed(own))
     return linear_probe.probe_model(backbone, data, own, method_kwargs, mesh, model=label,
                                     plan=plan, groups=groups)
 
@@ -124,16 +160,21 @@ def run_compare(settings: dict, method_kwargs: dict) -> dict:
         settings["workdir"], inputs=[settings["root"], settings["cache_dir"]],
         checkpoints=[settings["checkpoint"], settings["checkpoint_b"]]) as workdir:
         models = load_models(settings)
+        owns = {label: own_settings(settings, label) for label in models}
+        same = same_model(models, owns)
+        if same:
+            print(same, flush=True)
         data = datasets.load_dataset(settings)
         plan, groups = folds.dataset_plan(data, settings)
         mesh = mesh_lib.make_mesh()
-        results = {label: _evaluate(label, *models[label], data, settings, method_kwargs, mesh,
-                                    plan, groups) for label in models}
+        results = {label: _evaluate(label, *models[label], data, owns[label], method_kwargs,
+                                    mesh, plan, groups) for label in models}
         comparisons, drops, pairs = compare_runs(results, data, groups, settings)
         descriptions = {label: results[label]["model"] for label in results}
+        descriptions["B"]["same_as_A"] = same is not None
         out = report.new_report(
-            title=f"Compare ({settings['method']}): A = {settings['checkpoint']} vs "
-                  f"B = {settings['checkpoint_b']}",
+            title=f"Compare ({settings['method']}): A = {model_text(owns['A'])} vs "
+                  f"B = {model_text(owns['B'])}",
             command="compare", settings={**settings, **method_kwargs}, data=data,
             models=descriptions, runs=results["A"]["runs"] + results["B"]["runs"],
             cross_domain=results["A"]["cross_domain"] + results["B"]["cross_domain"],

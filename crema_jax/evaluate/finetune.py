@@ -234,7 +234,7 @@ def finetune_fit_predict(config, params, data, data_cfg, mesh, settings, ft, kee
 
     def fit_predict(train_rows, val_rows, tests):
         model = classifier(config, params, len(data.classes), drop_path=ft["drop_path"],
-                           seed=settings["seed"])
+                           seed=runs.init_seed(settings))
         trained_on: set = set()
         train_iter = train_batches(data_cfg, datasets.make_source(data, data_cfg, train_rows),
                                    batch_size=batch_size, seed=settings["seed"], seen=trained_on)
@@ -337,6 +337,7 @@ def finetune_model(config, params, data, settings: dict, ft: dict, mesh, *, mode
                   + f"; layer decay {ft['layer_decay']:g}, drop-path {ft['drop_path']:g}",
                   flush=True)
             out["model"] = {"checkpoint": settings["checkpoint"], "backbone": family.name,
+                            "init_seed": runs.random_init_seed(settings),
                             "data_path": data_cfg.preset,
                             "data": backbones.data_path_summary(
                                 data_cfg, averaging=_averaged(data_cfg)),

@@ -288,6 +288,7 @@ def probe_model(backbone, data, settings: dict, probe_kwargs: dict, mesh, *, mod
             out["predictions"][key].update(preds[key])
     cfg = out["features"].data_cfg
     out["model"] = {"checkpoint": settings["checkpoint"], "backbone": backbone.name,
+                    "init_seed": runs.random_init_seed(settings),
                     "data_path": cfg.preset, "data": backbones.data_path_summary(cfg),
                     "crop_averaging": crop_averaging(cfg),
                     "examples_read": int(len(out["features"].rows))}
@@ -301,7 +302,8 @@ def run_probe(settings: dict, probe_kwargs: dict) -> dict:
     with report.claimed_workdir(settings["workdir"], checkpoints=[settings["checkpoint"]],
                                   inputs=[settings["root"], settings["cache_dir"]]) as workdir:
         backbone = backbones.load(settings["checkpoint"], backbone=settings["backbone"],
-                                  model_size=settings["model_size"], seed=settings["seed"])
+                                  model_size=settings["model_size"],
+                                  seed=runs.init_seed(settings))
         data = datasets.load_dataset(settings)
         plan, groups = folds.dataset_plan(data, settings)
         result = probe_model(backbone, data, settings, probe_kwargs, mesh_lib.make_mesh(),

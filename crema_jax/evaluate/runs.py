@@ -24,6 +24,20 @@ from __future__ import annotations
 import numpy as np
 
 from crema_jax.evaluate import folds, protocols, scoring
+from crema_jax.inference import backbones
+
+
+def init_seed(settings: dict) -> int:
+    """The seed a model's random weights are drawn with (a random init's, a fresh head's):
+    settings["init_seed"] where a command sets one per model (compare's --init_seed_b), else
+    --seed, which also draws the folds, label subsets, training order and bootstrap."""
+    return int(settings.get("init_seed", settings["seed"]))
+
+
+def random_init_seed(settings: dict) -> int | None:
+    """A report's model entry's `init_seed`: the seed of a random init, None for a checkpoint's
+    weights."""
+    return init_seed(settings) if settings["checkpoint"] == backbones.RANDOM else None
 
 
 def run_name(method: str, leads: str, fraction: float, k: int) -> str:

@@ -23,7 +23,7 @@ OWN_FLAGS = {
     "pretrain": ["--config", "--dry_run", "--topology", "--coordinator_address"],
     "probe": [],
     "finetune": [],
-    "compare": ["--checkpoint_b", "--backbone_b", "--alpha", "--method"],
+    "compare": ["--checkpoint_b", "--backbone_b", "--alpha", "--method", "--init_seed_b"],
     "embed": ["--input", "--raw", "--logits", "--fs"],
     "predict": ["--top", "--model"],
     "export-torch": ["--include_decoder"],

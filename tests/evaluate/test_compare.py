@@ -130,3 +130,86 @@ def test_compare_refuses_bad_flags_in_one_line(pretrained_workdir, cinc_sample_d
            "or at least 3", code=2)
     _fails(compare, argv[1:], capsys, "--checkpoint required", code=2)
     assert not (tmp_path / "out").exists()
+
+
+def _random_models(settings):
+    from crema_jax.evaluate import compare
+
+    models = compare.load_models(settings)
+    owns = {label: compare.own_settings(settings, label) for label in models}
+    return models, owns
+
+
+RANDOM_PAIR = {"checkpoint": "random", "backbone": "", "model_size": "tiny",
+               "checkpoint_b": "random", "backbone_b": "", "seed": 7, "init_seed_b": None}
+
+
+def test_two_random_inits_are_one_model_unless_b_has_its_own_seed():
+    from crema_jax.evaluate import compare
+
+    models, owns = _random_models(RANDOM_PAIR)
+    assert (owns["A"]["init_seed"], owns["B"]["init_seed"]) == (7, 7)
+    assert compare.same_model(models, owns) == (
+        "note: A and B are the same random init (seed 7, one architecture and data path): "
+        "every difference is 0; --init_seed_b=N draws B from another seed, the folds, label "
+        "subsets and bootstrap kept")
+    assert compare.model_text(owns["B"]) == "random (init seed 7)"
+    models, owns = _random_models({**RANDOM_PAIR, "init_seed_b": 3})
+    assert (owns["A"]["init_seed"], owns["B"]["init_seed"], owns["B"]["seed"]) == (7, 3, 7)
+    assert compare.same_model(models, owns) is None
+    assert compare.model_text(owns["B"]) == "random (init seed 3)"
+    # Another architecture drawn from the same seed is another model.
+    models, owns = _random_models({**RANDOM_PAIR, "backbone_b": "net1d"})
+    assert compare.same_model(models, owns) is None
+
+
+def test_equal_weights_are_one_model_and_other_weights_are_not():
+    from crema_jax.evaluate import compare
+
+    config = _random_models(RANDOM_PAIR)[0]["A"][0]
+    owns = {"A": {"checkpoint": "/a", "seed": 0, "init_seed": 0},
+            "B": {"checkpoint": "/b", "seed": 0, "init_seed": 0}}
+    weights = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    copied = {"w": weights["w"].copy()}
+    assert compare.same_model({"A": (config, weights), "B": (config, copied)}, owns) == (
+        "note: A and B are the same model (equal weights, architecture and data path): every "
+        "difference is 0")
+    assert compare.model_text(owns["B"]) == "/b"
+    copied["w"][1, 2] += 1
+    assert compare.same_model({"A": (config, weights), "B": (config, copied)}, owns) is None
+
+
+@pytest.mark.slow
+def test_init_seed_b_changes_b_s_init_alone(cinc_sample_dir, tmp_path, capsys):
+    """Two random inits from --seed are one model: said, and marked in report.json; with
+    --init_seed_b only B's probabilities change (the folds and A's stay)."""
+    common = dict(checkpoint="random", checkpoint_b="random", root=str(cinc_sample_dir),
+                  folds=3, min_positives=5, probe_steps=30, bootstrap=50, batch_size=16)
+    _run(compare, workdir=str(tmp_path / "same"), **common)
+    assert ("note: A and B are the same random init (seed 0, one architecture and data path)"
+            in capsys.readouterr().out)
+    _run(compare, workdir=str(tmp_path / "other"), init_seed_b=5, **common)
+    assert "note: A and B" not in capsys.readouterr().out
+    same, other = (json.loads((tmp_path / n / "report.json").read_text())
+                   for n in ("same", "other"))
+    assert same["title"] == ("Compare (probe): A = random (init seed 0) vs B = random "
+                             "(init seed 0)")
+    assert other["title"] == ("Compare (probe): A = random (init seed 0) vs B = random "
+                              "(init seed 5)")
+    assert [(m["init_seed"], m.get("same_as_A")) for m in same["models"].values()] == \
+        [(0, None), (0, True)]
+    assert [(m["init_seed"], m.get("same_as_A")) for m in other["models"].values()] == \
+        [(0, None), (5, False)]
+    pred_same, pred_other = (np.load(tmp_path / n / "predictions.npz") for n in ("same", "other"))
+    np.testing.assert_array_equal(pred_same["probs_a"], pred_same["probs_b"])
+    np.testing.assert_array_equal(pred_same["fold"], pred_other["fold"])
+    np.testing.assert_array_equal(pred_same["probs_a"], pred_other["probs_a"])
+    assert np.abs(pred_other["probs_a"] - pred_other["probs_b"]).max() > 1e-3
+
+
+def test_init_seed_b_is_refused_beside_a_checkpoint_b(cinc_sample_dir, tmp_path, capsys):
+    argv = ["--checkpoint=random", f"--checkpoint_b={tmp_path}", "--init_seed_b=1",
+            f"--root={cinc_sample_dir}", f"--workdir={tmp_path / 'out'}"]
+    _fails(compare, argv, capsys, "--init_seed_b=1: only with --checkpoint_b=random (a "
+           "checkpoint's weights are not drawn)", code=2)
+    assert not (tmp_path / "out").exists()
