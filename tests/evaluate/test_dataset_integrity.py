@@ -198,3 +198,18 @@ def test_the_pretraining_probe_names_its_config_fields(one_class_manifest, field
     with pytest.raises(ValueError) as raised:
         evaluators.FewShotProbe(config, None, {})
     assert said in str(raised.value) and "--folds" not in str(raised.value)
+
+
+def test_a_small_test_split_is_said_to_be_noise_and_k_folds_are_not(one_class_manifest,
+                                                                     capsys):
+    """A plain probe of the 50 sample records had reported the macro AUROC of 3 test records
+    without a word. The test split's size is counted here from the split column."""
+    path, _ = one_class_manifest
+    data = datasets.load_dataset(_settings(path))
+    n_test = int(np.sum(data.splits == "test"))
+    assert 0 < n_test < datasets.SMALL_TEST_SPLIT
+    assert (f"warning: the test split holds {n_test} records (fewer than 30): its figures are "
+            "mostly noise, as their confidence intervals show; --folds=5 tests every record "
+            "once (cross-validation)") in capsys.readouterr().out.splitlines()
+    datasets.load_dataset(_settings(path, folds=5))
+    assert "test split holds" not in capsys.readouterr().out
