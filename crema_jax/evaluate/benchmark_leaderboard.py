@@ -88,12 +88,13 @@ def _column(column, protocol, names, cells, random_row, suite):
 
 def _apply_holm(tests: list, alpha: float) -> dict:
     """Holm-adjusted p-values written into `tests`; the two families' sizes. A bootstrap p that
-    no resample resolved enters as its bound 2/(B+1) (paired.py), so its adjusted value is a
-    bound too."""
+    no resample resolved enters as its bound 2/(B+1) (paired.py): an adjusted p that comes from
+    it is a bound too (`p_holm_bound`, paired.holm_bounded)."""
     macro = [t["macro_auroc"] for t in tests if t["macro_auroc"]["p"] is not None]
-    for entry, adjusted in zip(macro, paired.holm([m["p"] for m in macro])):
-        entry["p_holm"] = adjusted
-        entry["significant"] = bool(adjusted < alpha)
+    adjusted = paired.holm_bounded([m["p"] for m in macro], [m["p_bound"] for m in macro])
+    for entry, (value, bound) in zip(macro, adjusted):
+        entry["p_holm"], entry["p_holm_bound"] = value, bound
+        entry["significant"] = bool(value < alpha)
     per_class = [e for t in tests for e in t["per_class"].values()]
     for entry, adjusted in zip(per_class, paired.holm([e["p"] for e in per_class])):
         entry["p_holm"] = adjusted
@@ -129,7 +130,8 @@ def build(models, cols, suite: dict, cells: dict) -> dict:
             "macro_auroc": f"paired bootstrap of the macro AUROC difference over patients "
                            f"({b} resamples, seed {suite['seed']}: a p no resample resolves "
                            f"is the bound 2/{b + 1}, shown as < and entering Holm's correction "
-                           f"at that value); Holm's correction over the "
+                           f"at that value: an adjusted p it decides is a bound too); Holm's "
+                           f"correction over the "
                            f"{sizes['macro']} comparisons of the table",
             "per_class": f"DeLong's test of each class's AUROC difference; Holm's correction "
                          f"over the {sizes['per_class']} per-class tests of the table"}}
@@ -173,7 +175,7 @@ def markdown(board: dict) -> str:
                      f"{' and '.join(t['against'])} | {t['reference']} | "
                      f"{report.fmt(m['difference'])} | [{report.fmt(m['ci']['low'])}, "
                      f"{report.fmt(m['ci']['high'])}] | {_p(m['p'], m['p_bound'])} | "
-                     f"{_p(m.get('p_holm'), m['p_bound'])} |")
+                     f"{_p(m.get('p_holm'), m.get('p_holm_bound'))} |")
     lines += ["", "## Models", ""] + [
         f"- {m['name']}: {m['family']}, {m['checkpoint']}"
         + (f" (the random init of {m['random_of']}'s architecture)" if m["random_of"] else "")

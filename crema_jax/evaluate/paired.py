@@ -138,16 +138,22 @@ def _percentile_test(values: np.ndarray, alpha: float) -> tuple[dict, float | No
     return {"low": float(low), "high": float(high)}, p, None
 
 
+# How a bound is written: "<" the true p is below the value, "<=" at most the value.
+BOUND_TEXT = {"<": "<", "<=": "≤"}
+
+
 def p_text(entry: dict) -> str | None:
     """An entry's p-value as the reports write it (None without one): its bound, rounded up
-    to two significant digits, when `p_bound` is "<" (no resample resolved it), else the value
-    (below 0.001: "< 0.001")."""
+    to two significant digits, when `p_bound` is "<" (no resample resolved it) or "<="
+    (holm_bounded: "≤"), else the value (below 0.001: "< 0.001")."""
     value = entry.get("p")
     if value is None:
         return None
-    if entry.get("p_bound") == "<":
+    bound = entry.get("p_bound")
+    if bound is not None:
         digits = 1 - math.floor(math.log10(value))
-        return f"< {math.ceil(round(value * 10 ** digits, 9)) / 10 ** digits:g}"
+        return (f"{BOUND_TEXT[bound]} "
+                f"{math.ceil(round(value * 10 ** digits, 9)) / 10 ** digits:g}")
     return "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
@@ -319,3 +325,40 @@ def holm(p_values) -> list[float]:
     adjusted = np.empty_like(p)
     adjusted[order] = np.maximum.accumulate(scaled) if len(p) else scaled
     return adjusted.tolist()
+
+
+def holm_bounded(p_values, bounds) -> list[tuple[float, str | None]]:
+    """Holm's adjusted p-values (`holm`) of p-values some of which are bounds (`bounds[i]`
+    "<": the true p is below p_values[i], as a bootstrap p no resample resolved; None: exact),
+    each with its own bound: (adjusted, None) when exact, else (adjusted, "<" or "<=").
+
+    Holm's adjusted p never decreases when a raw p increases, so with each bounded p at its
+    bound (`holm` of p_values) every adjusted value is an upper bound, and with each at 0 a
+    lower one: where the two agree the value is exact (an exact p's term is the running max).
+    Otherwise it inherits the bound of the raw p whose term is the running max: "<" when that
+    p is a "<" bound and its term (m - j + 1) p_(j) is below the cap of 1, else "<=" (a capped
+    term, or an exact term that a bounded p could displace in the order)."""
+    p = np.asarray(p_values, np.float64)
+    bounded = np.asarray([b is not None for b in bounds], bool)
+    if len(bounds) != len(p) or any(b not in (None, "<") for b in bounds):
+        raise ValueError(f"bounds {list(bounds)}: expected one None or '<' per p-value "
+                         f"({len(p)})")
+    upper, lower = holm(p), holm(np.where(bounded, 0.0, p))
+    order = np.argsort(p, kind="stable")
+    scaled = (len(p) - np.arange(len(p))) * p[order]
+    source = np.empty(len(p), np.int64)
+    best = -1
+    for rank, i in enumerate(order):  # the term that is the running max (the first reaching it)
+        if best < 0 or scaled[rank] > scaled[best]:
+            best = rank
+        source[i] = best
+    out = []
+    for i in range(len(p)):
+        rank = source[i]
+        if upper[i] == lower[i]:
+            out.append((upper[i], None))
+        elif bounded[order[rank]] and scaled[rank] < 1.0:
+            out.append((upper[i], "<"))
+        else:
+            out.append((upper[i], "<="))
+    return out
