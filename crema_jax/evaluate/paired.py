@@ -15,7 +15,8 @@
   CI excludes 0" agree (up to that interpolation). A bootstrap cannot give p = 0: when no
   resample reaches 0, p is the bound 2 / (B + 1) with "p_bound": "<" (DeLong's p-values are
   exact: "p_bound": null).
-- Verdict at alpha: "A better" / "B better" when p < alpha, else "no detectable difference";
+- Verdict at alpha: "A better" / "B better" when p < alpha (a class's: its p after Holm's
+  correction over the classes of the comparison), else "no detectable difference";
   "not tested: ..." when no class (or no resample) could be scored, or (the drop test) no class
   reaches its floor.
 """
@@ -195,7 +196,11 @@ def paired_bootstrap(labels, scores_a, scores_b, *, metric: str = "macro_auroc",
 def compare_predictions(labels, probs_a, probs_b, classes, *, groups=None, alpha: float = ALPHA,
                         n_resamples: int = 1000, seed: int = 0) -> dict:
     """Per-class DeLong tests and paired-bootstrap macro AUROC/AUPRC differences of two models'
-    predictions on the same records (rows aligned); the verdict is the macro AUROC's."""
+    predictions on the same records (rows aligned); the verdict is the macro AUROC's.
+
+    A class's verdict is decided on its Holm-adjusted p (`p_holm`; Holm's correction over the
+    `per_class_tests` classes of this comparison with a p), its raw DeLong p beside it: ten
+    unadjusted tests between two near-random models had called one class in ten "better"."""
     labels = np.asarray(labels)
     scoring.check_finite({"model A": probs_a, "model B": probs_b})
     per_class = {}
@@ -204,14 +209,20 @@ def compare_predictions(labels, probs_a, probs_b, classes, *, groups=None, alpha
         if reason is not None:
             per_class[name] = {"skipped": reason}
             continue
-        test = delong(labels[:, c], probs_a[:, c], probs_b[:, c], alpha=alpha)
-        untested = f"not tested: {test['not_testable']} (DeLong's variance estimate is 0)"
-        per_class[name] = {**test, "verdict": verdict(test["difference"], test["p"], alpha,
-                                                      untested)}
+        per_class[name] = {**delong(labels[:, c], probs_a[:, c], probs_b[:, c], alpha=alpha),
+                           "p_holm": None}
+    tested = [e for e in per_class.values() if e.get("p") is not None]
+    for entry, adjusted in zip(tested, holm([e["p"] for e in tested])):
+        entry["p_holm"] = adjusted
+    for entry in per_class.values():
+        if "skipped" not in entry:
+            untested = f"not tested: {entry['not_testable']} (DeLong's variance estimate is 0)"
+            entry["verdict"] = verdict(entry["difference"], entry["p_holm"], alpha, untested)
     macro = {metric: paired_bootstrap(labels, probs_a, probs_b, metric=metric, groups=groups,
                                       n_resamples=n_resamples, seed=seed, alpha=alpha)
              for metric in MACRO_METRICS}
-    return {"n": int(len(labels)), "alpha": alpha, "per_class": per_class, **macro,
+    return {"n": int(len(labels)), "alpha": alpha, "per_class": per_class,
+            "per_class_tests": len(tested), **macro,
             "verdict": macro["macro_auroc"]["verdict"]}
 
 

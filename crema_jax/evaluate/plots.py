@@ -87,9 +87,14 @@ def plot_embeddings(features: np.ndarray, groups: dict, path, title: str) -> Non
 
 
 def _p_label(entry: dict) -> str:
-    """"p=0.078", or "p < 0.002" for a bound (paired.p_text); "" without a p-value."""
+    """"p=0.078", or "p < 0.002" for a bound (paired.p_text), and a class's Holm-adjusted p
+    (", Holm 0.78", what its verdict is decided on); "" without a p-value."""
     text = paired.p_text(entry)
-    return "" if text is None else (f"p {text}" if text.startswith("<") else f"p={text}")
+    if text is None:
+        return ""
+    label = f"p {text}" if text[0] in "<≤" else f"p={text}"
+    holm = paired.p_text({"p": entry.get("p_holm")})
+    return label + (f", Holm {holm}" if holm is not None else "")
 
 
 def plot_paired_differences(comparisons: list[dict], class_display: dict, models: dict,

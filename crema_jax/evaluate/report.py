@@ -115,17 +115,21 @@ def _comparison_markdown(report: dict, comparison: dict) -> list[str]:
         m = comparison[key]
         lines.append(f"| {key.replace('_', ' ')} | {fmt(m['a'])} | {fmt(m['b'])} | "
                      f"{fmt(m['difference'])} | {_ci(m['ci'])} | {p_text(m)} |")
-    lines += ["", "| class | positives | AUROC A | AUROC B | A − B "
+    tests = comparison.get("per_class_tests")
+    lines += ["", f"Per class: DeLong's test; each verdict is decided on the p after Holm's "
+              f"correction over the {tests} classes tested here (p (Holm)), the raw p beside it.",
+              "", "| class | positives | AUROC A | AUROC B | A − B "
               f"| {level(comparison['alpha'])} CI (DeLong) "
-              "| p (DeLong) | verdict |", "|---|---|---|---|---|---|---|---|"]
+              "| p (DeLong) | p (Holm) | verdict (Holm) |", "|---|---|---|---|---|---|---|---|---|"]
     for name, c in comparison["per_class"].items():
         if "skipped" in c:
             lines.append(f"| {display(report, name)} | {DASH} | {DASH} | {DASH} | {DASH} | "
-                         f"{DASH} | {DASH} | {c['skipped'].replace('_', ' ')} |")
+                         f"{DASH} | {DASH} | {DASH} | {c['skipped'].replace('_', ' ')} |")
             continue
         lines.append(f"| {display(report, name)} | {c['n_pos']}/{c['n_pos'] + c['n_neg']} | "
                      f"{fmt(c['auroc_a'])} | {fmt(c['auroc_b'])} | {fmt(c['difference'])} "
-                     f"| {_ci(c['ci'])} | {p_text(c)} | {c['verdict']} |")
+                     f"| {_ci(c['ci'])} | {p_text(c)} | {p_text({'p': c.get('p_holm')})} "
+                     f"| {c['verdict']} |")
     return lines + [""]
 
 

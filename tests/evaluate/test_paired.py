@@ -388,3 +388,33 @@ def test_a_non_finite_probability_is_an_error_naming_the_model_and_count(bad):
     with pytest.raises(ValueError, match=r"^model B \(out-of-domain\): 2 of 60 scores"):
         paired.paired_drop_difference({"labels": labels, "a": a, "b": a},
                                       {"labels": labels, "a": a, "b": b}, ["x", "y"])
+
+
+def test_per_class_verdicts_are_decided_on_holm_adjusted_p_values():
+    """Two models of independent random scores, 11 classes of 6 positives in 49 records (one
+    class with a single positive: no test, not in the family). Two raw DeLong p-values are
+    below 0.05; after Holm's correction over the 10 tested classes (by hand) one is."""
+    rng = np.random.default_rng(23)
+    y = np.zeros((49, 11))
+    for c in range(10):
+        y[rng.choice(49, 6, replace=False), c] = 1
+    a, b = (np.c_[rng.random((49, 10)), np.linspace(0, 1, 49)] for _ in range(2))
+    y[5, 10] = 1
+    names = [f"c{c}" for c in range(11)]
+    out = paired.compare_predictions(y, a, b, names, n_resamples=20)
+    raw = [reference_delong(y[:, c], a[:, c], b[:, c])[3] for c in range(10)]
+    order = np.argsort(raw)
+    assert raw[order[0]] < raw[order[1]] < 0.05 < raw[order[2]]
+    adjusted, running = {}, 0.0
+    for rank, c in enumerate(order):  # Holm by hand: the i-th smallest x (10 - i), running max
+        running = max(running, min(1.0, (10 - rank) * raw[c]))
+        adjusted[c] = running
+    assert adjusted[order[0]] < 0.05 < adjusted[order[1]]
+    assert out["per_class_tests"] == 10 and out["per_class"]["c10"] == {"skipped": "one_positive"}
+    for c in range(10):
+        entry = out["per_class"][names[c]]
+        assert entry["p"] == pytest.approx(raw[c], abs=1e-9)
+        assert entry["p_holm"] == pytest.approx(adjusted[c], abs=1e-9)
+        better = "A" if entry["difference"] > 0 else "B"
+        assert entry["verdict"] == (f"{better} better at alpha=0.05" if adjusted[c] < 0.05
+                                    else "no detectable difference at alpha=0.05")

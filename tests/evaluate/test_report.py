@@ -124,8 +124,9 @@ def check_markdown_agrees(rep: dict, md: str) -> None:
             _check_p(row[-1], comparison[key])
         start = next(i for i, x in enumerate(block) if x.startswith("| class | positives |"))
         for entry, line in zip(comparison["per_class"].values(), block[start + 2:]):
-            if "skipped" not in entry:
-                _check_p(_cells(line)[-2], entry)
+            if "skipped" not in entry:  # the raw DeLong p, then the Holm-adjusted one
+                _check_p(_cells(line)[-3], entry)
+                _check_p(_cells(line)[-2], {"p": entry["p_holm"]})
 
 
 def test_report_json_and_markdown_agree_on_counts_and_p_values(tmp_path):
