@@ -177,6 +177,7 @@ def _cross_domain_cell(fit_predict, data, column, seed: int, groups=None):
                          f"val records and {column.test_source!r} records of other patients "
                          f"({left_out} left out: their patients train or select the head; "
                          f"sources: {sorted(set(data.sources.tolist()))})")
+    pool = len(train)
     train = train[protocols.label_fraction_subset(data.labels[train], column.label_fraction,
                                                   seed=seed)]
     out = fit_predict(train, val, {"test": test})
@@ -188,7 +189,8 @@ def _cross_domain_cell(fit_predict, data, column, seed: int, groups=None):
         raise ValueError(f"task {column.task!r}: no class has both positives and negatives in "
                          f"the training records of {column.train_source!r}")
     pred = runs.learnt_only(out, learnt)["tests"]["test"]
-    return {"n_train": len(train), "n_val": len(val), **out["info"],
+    return {"n_train": len(train), "n_val": len(val),
+            **protocols.labels_used(len(train), pool), **out["info"],
             **runs.unlearnt(data.classes, data.labels[train]),
             "out_of_domain_left_out": {column.test_source: left_out}}, pred, learnt
 

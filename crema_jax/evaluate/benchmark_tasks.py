@@ -322,7 +322,9 @@ def model_random_row(models: list[Model]) -> dict:
 # records, lead set and weights) do not follow these rules and are reused.
 # 2: cross-domain cells leave out test records of patients that trained or selected the head,
 #    a class is learnt only with a training negative, patient-grouped splits across sources.
-EVALUATION_RULES = 2
+# 3: a cell's fields say what its label fraction used (n_labelled, n_train_pool,
+#    label_fraction_used: protocols.labels_used).
+EVALUATION_RULES = 3
 
 
 def cell_spec(model: Model, column: Column, protocol: str, suite: dict,

@@ -132,7 +132,9 @@ def cross_validate(fit_predict: Callable, plan: list[dict], labels: np.ndarray, 
         test = scoring.classification_report(fold_labels, probs, classes, thresholds=thresholds)
         test["ci"] = None  # the pooled figures carry the CI; the folds give the spread
         entries.append({"fold": part["fold"] + 1, "n_train": int(len(train)),
-                        "n_val": int(len(part["val"])), "test": test, **out["info"]})
+                        "n_val": int(len(part["val"])),
+                        **protocols.labels_used(len(train), len(part["train"])), "test": test,
+                        **out["info"]})
         n_test = len(pred["rows"])
         pooled["probs"].append(np.asarray(pred["probs"], np.float64))
         pooled["labels"].append(np.asarray(pred["labels"]))

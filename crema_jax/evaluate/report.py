@@ -68,10 +68,28 @@ def p_text(entry: dict) -> str:
     return DASH if text is None else text
 
 
+def labels_used_text(fraction: float, entry: dict) -> str:
+    """A label fraction asked for and what it used (protocols.labels_used's fields of `entry`):
+    "0.1 (used 0.178: 4.8 of 27)", the records drawn of the training records (with folds the
+    means per fold); the fraction alone where `entry` does not say."""
+    used = entry.get("label_fraction_used")
+    if used is None:
+        return f"{fraction:g}"
+    return f"{fraction:g} (used {used:.3g}: {entry['n_labelled']:g} of {entry['n_train_pool']:g})"
+
+
+def _labels_note(report: dict, run_name: str) -> str:
+    """"; label fraction 0.1 (used ...)" of the run named `run_name` ("" where it has none)."""
+    run = next((r for r in report.get("runs", []) if r["name"] == run_name), None)
+    if run is None or "label_fraction" not in run.get("protocol", {}):
+        return ""
+    return f"; label fraction {labels_used_text(run['protocol']['label_fraction'], run)}"
+
+
 def _runs_markdown(report: dict) -> list[str]:
     runs = report["runs"]
     lines = ["## Test results", "",
-             "| run | model | leads | label fraction | train records | test records "
+             "| run | model | leads | label fraction (used) | train records | test records "
              "| macro AUROC | 95% CI | folds: mean ± std | macro AUPRC | macro F1 "
              "| skipped classes |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
@@ -80,21 +98,25 @@ def _runs_markdown(report: dict) -> list[str]:
                             for s in test["skipped"]) or DASH
         lines.append(
             f"| {run['name']} | {run['model']} | {run['protocol']['leads']} | "
-            f"{run['protocol']['label_fraction']:g} | {run['n_train']:g} | {test['n']} | "
+            f"{labels_used_text(run['protocol']['label_fraction'], run)} | "
+            f"{run['n_train']:g} | {test['n']} | "
             f"{fmt(test['macro_auroc'])} | {_ci(test.get('ci'))} | {_fold_spread(run)} | "
             f"{fmt(test['macro_auprc'])} | {fmt(test['macro_f1'])} | {skipped} |")
     lines.append("")
     for run in runs:
         if run.get("folds") and run["protocol"] == runs[0]["protocol"]:
             lines += [f"### Folds of {run['name']} (model {run['model']})", "",
-                      "| fold | train | val | test | macro AUROC | macro AUPRC | macro F1 |",
-                      "|---|---|---|---|---|---|---|"]
-            lines += [f"| {f['fold']} | {f['n_train']} | {f['n_val']} | {f['test']['n']} | "
+                      "| fold | labels used | train | val | test | macro AUROC | macro AUPRC "
+                      "| macro F1 |", "|---|---|---|---|---|---|---|---|"]
+            lines += [f"| {f['fold']} | "
+                      f"{labels_used_text(run['protocol']['label_fraction'], f)} | "
+                      f"{f['n_train']} | {f['n_val']} | {f['test']['n']} | "
                       f"{fmt(f['test']['macro_auroc'])} | {fmt(f['test']['macro_auprc'])} | "
                       f"{fmt(f['test']['macro_f1'])} |" for f in run["folds"]]
             lines.append("")
     head = runs[0]
-    lines += [f"## Per class ({head['name']}, model {head['model']})", "",
+    lines += [f"## Per class ({head['name']}, model {head['model']}"
+              f"{_labels_note(report, head['name'])})", "",
               "| class | test positives | AUROC | AUPRC | F1 | threshold (val) |",
               "|---|---|---|---|---|---|"]
     for name, e in head["test"]["per_class"].items():
@@ -107,7 +129,8 @@ def _runs_markdown(report: dict) -> list[str]:
 def _comparison_markdown(report: dict, comparison: dict) -> list[str]:
     lines = [f"## A vs B: {comparison['run']}", "",
              f"**{comparison['verdict']}** (macro AUROC, paired bootstrap over "
-             f"{comparison['n']} records, patients resampled together)", "",
+             f"{comparison['n']} records, patients resampled together"
+             f"{_labels_note(report, comparison['run'])})", "",
              f"| figure | A | B | A − B | {level(comparison['alpha'])} CI "
              "| p (paired bootstrap) |",
              "|---|---|---|---|---|---|"]

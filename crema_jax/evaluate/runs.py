@@ -62,8 +62,8 @@ def _split_run(fit_predict, data, fraction, settings, groups):
     out = fit_predict(subset, val, {"test": test})
     pred = out["tests"]["test"]
     scores = _scores(out, "test", data, settings, groups)
-    fields = {"n_train": int(len(subset)), "n_val": int(len(val)), "test": scores,
-              **out["info"]}
+    fields = {"n_train": int(len(subset)), "n_val": int(len(val)),
+              **protocols.labels_used(len(subset), len(train)), "test": scores, **out["info"]}
     return fields, pred
 
 
@@ -73,7 +73,9 @@ def _kfold_run(fit_predict, data, fraction, settings, plan, groups):
                                        bootstrap=settings["bootstrap"])
     sizes = {key: round(float(np.mean([f[key] for f in fields["folds"]])), 1)
              for key in ("n_train", "n_val")}  # per fold in fields["folds"]
-    return {**sizes, **fields}, oof
+    used = protocols.labels_used([f["n_labelled"] for f in fields["folds"]],
+                                 [f["n_train_pool"] for f in fields["folds"]])
+    return {**sizes, **used, **fields}, oof
 
 
 def learnt_classes(train_labels) -> np.ndarray:

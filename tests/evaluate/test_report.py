@@ -231,3 +231,32 @@ def test_the_robustness_table_lists_the_classes_left_below_the_drop_floor():
     assert row.endswith("| no detectable difference at alpha=0.05 | AF (164889003) (the "
                         "in-domain test set has 2 positive and 9 negative patients) |")
     assert "| classes below the floor |" in md
+
+
+def test_every_label_fraction_shown_says_what_it_used():
+    """The audit's 5-fold run: 0.1 of 27 training records a fold drew 4, 5, 6, 5, 4 (one
+    positive of each of ten classes first): 24 of 135 records, 0.178, a mean of 4.8 a fold."""
+    from crema_jax.evaluate import paired, protocols
+
+    rng = np.random.default_rng(0)
+    labels = np.eye(2, dtype=np.float32)[np.arange(45) % 2]
+    test = scoring.classification_report(labels, rng.random((45, 2)), ["AF", "SR"],
+                                         thresholds=np.full(2, 0.5))
+    drawn = [4, 5, 6, 5, 4]
+    folds_ = [{"fold": f + 1, "n_train": d, "n_val": 9, "test": test,
+               **protocols.labels_used(d, 27)} for f, d in enumerate(drawn)]
+    run = {"name": "probe leads=12 labels=0.1 folds=5", "model": "A", "n_train": 4.8,
+           "n_val": 9.0, "protocol": {"leads": "12", "label_fraction": 0.1, "folds": 5},
+           "test": test, "folds": folds_, **protocols.labels_used(drawn, [27] * 5)}
+    assert (run["n_labelled"], run["n_train_pool"]) == (4.8, 27.0)
+    assert run["label_fraction_used"] == pytest.approx(24 / 135, abs=1e-12)
+    comparison = {"run": run["name"], **paired.compare_predictions(
+        labels, rng.random((45, 2)), rng.random((45, 2)), ["AF", "SR"], n_resamples=20)}
+    md = report.markdown({"runs": [run], "comparisons": [comparison]})
+    row = next(x for x in md.splitlines() if x.startswith(f"| {run['name']} |"))
+    assert _cells(row)[3] == "0.1 (used 0.178: 4.8 of 27)"
+    fold_rows = [x for x in md.splitlines() if x.startswith("| 3 | ")]
+    assert _cells(fold_rows[0])[1] == "0.1 (used 0.222: 6 of 27)"       # 6 / 27
+    assert "patients resampled together; label fraction 0.1 (used 0.178: 4.8 of 27))" in md
+    assert "## Per class (probe leads=12 labels=0.1 folds=5, model A; label fraction 0.1 " \
+           "(used 0.178: 4.8 of 27))" in md

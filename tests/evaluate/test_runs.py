@@ -192,3 +192,64 @@ def test_a_model_with_a_non_finite_probability_stops_the_run_naming_it():
                                          "scores are NaN or infinite"):
         runs.model_runs(_fixed_model(data, score), data, "12", settings, method="probe",
                         model="B")
+
+
+def _counting_model(data, score, seen):
+    """_fixed_model that also records the training rows of each head it fits."""
+    inner = _fixed_model(data, score)
+
+    def fit_predict(train, val, tests):
+        seen.append(np.asarray(train))
+        return inner(train, val, tests)
+    return fit_predict
+
+
+def test_a_small_label_fraction_says_what_it_used():
+    """27 training records, ten classes of one positive each (records 0-9) and 17 records with
+    no label: 0.1 asks for ceil(2.7) = 3 records, but one positive of every class comes first,
+    so all ten positives train: used 10 of 27. The runs say so, counted from the rows the head
+    was given and the splits set here."""
+    n = 40
+    labels = np.zeros((n, 10), np.float32)
+    labels[np.arange(10), np.arange(10)] = 1
+    splits = np.asarray(["train"] * 27 + ["val"] * 6 + ["test"] * 7)
+    labels[27:] = np.eye(10, dtype=np.float32)[np.arange(13) % 10]  # val and test: every class
+    data = SimpleNamespace(infos=[SimpleNamespace(record_id=f"r{i}") for i in range(n)],
+                           labels=labels, splits=splits, classes=[f"c{c}" for c in range(10)],
+                           sources=np.asarray(["g"] * n))
+    seen = []
+    score = np.random.default_rng(0).random(labels.shape)
+    out_runs, _, _ = runs.model_runs(_counting_model(data, score, seen), data, "12",
+                                     {"label_fractions": [0.1, 1.0], "seed": 0, "bootstrap": 10},
+                                     method="probe", model="A")
+    tenth, full = out_runs
+    assert sorted(seen[0].tolist()) == list(range(10))    # every positive, no unlabelled one
+    assert (tenth["n_labelled"], tenth["n_train_pool"]) == (len(seen[0]), 27)
+    assert tenth["label_fraction_used"] == pytest.approx(10 / 27, abs=1e-12)
+    assert (full["n_labelled"], full["n_train_pool"], full["label_fraction_used"]) == (27, 27, 1)
+
+
+def test_k_fold_label_fractions_say_what_each_fold_used():
+    """Three folds of 12 records (fold f tests, f + 1 selects, the third trains: 12 records a
+    fold, six of each class); the fractions used are the heads' training rows counted here
+    over the pool."""
+    from crema_jax.evaluate import folds
+
+    rng = np.random.default_rng(2)
+    n = 36
+    labels = np.eye(2, dtype=np.float32)[np.arange(n) // 3 % 2]  # one class a record, both
+    data = SimpleNamespace(infos=[SimpleNamespace(record_id=f"r{i}") for i in range(n)],
+                           labels=labels, splits=np.full(n, "train"), classes=["x", "y"],
+                           sources=np.asarray(["g"] * n))
+    plan = folds.fold_plan(np.arange(n) % 3, 3)
+    seen = []
+    (run,), _, _ = runs.model_runs(_counting_model(data, rng.random((n, 2)), seen), data, "12",
+                                   {"label_fractions": [0.05], "seed": 0, "bootstrap": 10},
+                                   method="probe", model="A", plan=plan,
+                                   groups=np.arange(n).astype(str))
+    drawn = [len(rows) for rows in seen]
+    assert [(f["n_labelled"], f["n_train_pool"]) for f in run["folds"]] == [(d, 12) for d in
+                                                                            drawn]
+    assert all(d >= 2 for d in drawn)  # a positive of each class, though 0.05 x 12 is one
+    assert run["n_labelled"] == round(np.mean(drawn), 1) and run["n_train_pool"] == 12
+    assert run["label_fraction_used"] == pytest.approx(sum(drawn) / 36, abs=1e-12)
