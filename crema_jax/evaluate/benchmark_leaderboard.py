@@ -1,14 +1,17 @@
 """The benchmark's leaderboard, computed from the cells' saved predictions alone.
 
-Per column x protocol: the records every model predicted (a record's windows averaged,
-compare.common_records; records only some models read are left out and counted), each model's
-macro AUROC and AUPRC over the classes scorable there, with a 95% bootstrap CI of the macro
-AUROC over patients; the best model (highest macro AUROC; ties: the first listed); then paired
-tests (paired.compare_predictions: DeLong per class, a paired bootstrap of the macro AUROC over
-patients) of every model against the best and against the random init of its architecture.
-Holm's correction runs across the whole table: once over every macro AUROC comparison, once
-over every per-class DeLong test. A difference is called significant where the Holm-adjusted
-p < alpha.
+Per column x protocol (a panel): the records every model predicted (a record's windows
+averaged, compare.common_records; records only some models read are left out and counted), each
+model's macro AUROC and AUPRC over the classes scorable there, with a 1 - alpha bootstrap CI of
+the macro AUROC over patients; the top model (highest macro AUROC; ties: the first listed);
+then paired tests (paired.compare_predictions: DeLong per class, a paired bootstrap of the
+macro AUROC over patients) of every model against the top one and against the random init of
+its architecture. Holm's correction runs across the whole table: once over every macro AUROC
+comparison, once over every per-class DeLong test. A difference is called significant where
+the Holm-adjusted p < alpha. The best of a panel are the top model and every model whose test
+against it is not significant: a point estimate alone had crowned one of two models tied to
+the fourth decimal (p = 1). Each panel says what it scored: its records, classes, and the
+label fraction asked for and used (protocols.labels_used).
 """
 from __future__ import annotations
 
@@ -55,8 +58,20 @@ def _references(names: list, best: str, random_row: dict) -> list[tuple[str, str
     return tests
 
 
+def _panel(column, protocol, group: dict, scores: list, top) -> dict:
+    """What one column x protocol scored: records, classes, the label fraction asked for and
+    what it used (the first model's cell: every model's head draws the same rows), its top
+    model (`best` is filled in once Holm's correction has run)."""
+    fields = next(iter(group.values()))["fields"]
+    return {"column": column.name, "protocol": protocol, "leads": column.leads,
+            "label_fraction": column.label_fraction,
+            **{k: fields.get(k) for k in ("n_labelled", "n_train_pool", "label_fraction_used")},
+            "n": scores[0]["n"], "n_classes": scores[0]["n_scored_classes"], "top": top,
+            "best": []}
+
+
 def _column(column, protocol, names, cells, random_row, suite):
-    """(cells' scores, the best model, paired tests) of one column x protocol."""
+    """(cells' scores, the panel, paired tests) of one column x protocol."""
     group = {n: cells[(n, column.name, protocol)] for n in names}
     classes = [str(c) for c in group[names[0]]["classes"]]
     common = compare.common_records(group, len(classes))
@@ -83,7 +98,18 @@ def _column(column, protocol, names, cells, random_row, suite):
                       "per_class": {c: {"difference": e["difference"], "p": e["p"]}
                                     for c, e in test["per_class"].items()
                                     if e.get("p") is not None}})
-    return scores, best, tests
+    return scores, _panel(column, protocol, group, scores, best), tests
+
+
+def _mark_best(panels: list, tests: list) -> None:
+    """Each panel's `best`: its top model first, then every model whose test against it is not
+    significant after Holm's correction (not distinguishable from it)."""
+    for panel in panels:
+        key = (panel["column"], panel["protocol"])
+        panel["best"] = [panel["top"]] + [
+            t["model"] for t in tests if (t["column"], t["protocol"]) == key
+            and "best" in t["against"] and not t["macro_auroc"].get("significant")
+        ] if panel["top"] is not None else []
 
 
 def _apply_holm(tests: list, alpha: float) -> dict:
@@ -104,7 +130,7 @@ def _apply_holm(tests: list, alpha: float) -> dict:
 def build(models, cols, suite: dict, cells: dict) -> dict:
     """leaderboard.json's content (module docstring)."""
     random_row = benchmark_tasks.model_random_row(models)
-    scores, best, tests, not_applicable = [], [], [], []
+    scores, panels, tests, not_applicable = [], [], [], []
     for column in cols:
         for protocol in suite["protocols"]:
             names = [m.name for m in models if (m.name, column.name, protocol) in cells]
@@ -112,12 +138,13 @@ def build(models, cols, suite: dict, cells: dict) -> dict:
                                for m in models if m.name not in names]
             if not names:
                 continue
-            found, winner, found_tests = _column(column, protocol, names, cells, random_row,
-                                                 suite)
+            found, panel, found_tests = _column(column, protocol, names, cells, random_row,
+                                                suite)
             scores += found
             tests += found_tests
-            best.append({"column": column.name, "protocol": protocol, "model": winner})
+            panels.append(panel)
     sizes = _apply_holm(tests, suite["alpha"])
+    _mark_best(panels, tests)
     b = suite["bootstrap"]
     return {
         "models": [{"name": m.name, "checkpoint": m.checkpoint, "random_of": m.random_of,
@@ -125,7 +152,8 @@ def build(models, cols, suite: dict, cells: dict) -> dict:
                     "family": m.config.model.name} for m in models],
         "columns": [c.__dict__ for c in cols], "protocols": list(suite["protocols"]),
         "settings": {k: suite[k] for k in ("bootstrap", "alpha", "seed")},
-        "cells": scores, "best": best, "comparisons": tests, "not_applicable": not_applicable,
+        "cells": scores, "panels": panels, "comparisons": tests,
+        "not_applicable": not_applicable,
         "tests": {
             "macro_auroc": f"paired bootstrap of the macro AUROC difference over patients "
                            f"({b} resamples, seed {suite['seed']}: a p no resample resolves "
@@ -141,31 +169,70 @@ def _p(value, bound: str | None = None) -> str:
     return report.p_text({"p": value, "p_bound": bound})
 
 
-def markdown(board: dict) -> str:
-    level = report.level(board['settings']['alpha'])
-    keys = [(b["column"], b["protocol"]) for b in board["best"]]
-    best = {(b["column"], b["protocol"]): b["model"] for b in board["best"]}
+def decimals(values, least: int = 3, most: int = 6) -> int:
+    """The fewest decimals (least..most) at which values that differ (at `most` decimals)
+    print differently: 0.5578986 and 0.5578826 are both 0.558, and 0.55790 and 0.55788."""
+    values = [v for v in values if v is not None]
+    distinct = len({f"{v:.{most}f}" for v in values})
+    for digits in range(least, most):
+        if len({f"{v:.{digits}f}" for v in values}) == distinct:
+            return digits
+    return most
+
+
+def _table(board: dict) -> list[str]:
+    """The leaderboard's table: a column per panel, a row per model."""
+    panels = board["panels"]
     by_cell = {(s["model"], s["column"], s["protocol"]): s for s in board["cells"]}
     worse = {(t["model"], t["column"], t["protocol"]) for t in board["comparisons"]
              if "best" in t["against"] and t["macro_auroc"].get("significant")}
-    lines = ["# Benchmark leaderboard", "",
-             (f"Macro AUROC [{level} CI over patients]; **bold**: the best of the column; "
-              "\\*: below the best after Holm's correction; —: not applicable."), "",
-             "| model | " + " | ".join(f"{c} / {p}" for c, p in keys) + " |",
-             "|---|" + "---|" * len(keys)]
+    lines = ["| model | " + " | ".join(f"{p['column']} / {p['protocol']}" for p in panels)
+             + " |", "|---|" + "---|" * len(panels)]
+    places = [decimals([s["macro_auroc"] for s in board["cells"]
+                        if (s["column"], s["protocol"]) == (p["column"], p["protocol"])])
+              for p in panels]
     for model in board["models"]:
         row = []
-        for column, protocol in keys:
-            s = by_cell.get((model["name"], column, protocol))
+        for panel, digits in zip(panels, places):
+            key = (model["name"], panel["column"], panel["protocol"])
+            s = by_cell.get(key)
             if s is None or s["macro_auroc"] is None:
                 row.append(report.DASH)
                 continue
             ci = s["ci"]
-            text = f"{s['macro_auroc']:.3f} [{report.fmt(ci['low'])}, {report.fmt(ci['high'])}]"
-            text = f"**{text}**" if best[(column, protocol)] == model["name"] else text
-            row.append(text + ("\\*" if (model["name"], column, protocol) in worse else ""))
+            text = (f"{s['macro_auroc']:.{digits}f} [{report.fmt(ci['low'])}, "
+                    f"{report.fmt(ci['high'])}]")
+            text = f"**{text}**" if model["name"] in panel["best"] else text
+            row.append(text + ("\\*" if key in worse else ""))
         lines.append(f"| {model['name']} | " + " | ".join(row) + " |")
-    lines += ["", "## Paired tests", "", f"- macro AUROC: {board['tests']['macro_auroc']}",
+    return lines
+
+
+def _panels_table(board: dict) -> list[str]:
+    """What each column x protocol scored: its leads, the label fraction asked for and used,
+    its test records and classes."""
+    lines = ["| column | protocol | leads | label fraction (used: labelled of training "
+             "records) | test records | classes |", "|---|---|---|---|---|---|"]
+    for p in board["panels"]:
+        lines.append(f"| {p['column']} | {p['protocol']} | {p['leads']} | "
+                     f"{report.labels_used_text(p['label_fraction'], p)} | {p['n']} | "
+                     f"{p['n_classes']} |")
+    return lines
+
+
+def markdown(board: dict) -> str:
+    level = report.level(board['settings']['alpha'])
+    lines = ["# Benchmark leaderboard", "",
+             (f"Macro AUROC [{level} CI over patients]; **bold**: the best (highest macro "
+              "AUROC), or not distinguishable from it (its paired test against the best: "
+              "Holm-adjusted p >= alpha); \\*: below the best after Holm's correction; —: not "
+              "applicable. A column's macro AUROCs get more decimals where two that differ "
+              "would print alike."), "",
+             *_table(board), "",
+             "Label fractions: at least one positive of every class trains, so a small "
+             "fraction can use more records than it names; with folds the records are means "
+             "per fold.", "", *_panels_table(board),
+             "", "## Paired tests", "", f"- macro AUROC: {board['tests']['macro_auroc']}",
               f"- per class: {board['tests']['per_class']}", "",
               ("| column | protocol | model | against | reference | Δ macro AUROC | "
                f"{level} CI | p | p (Holm) |"), "|---|---|---|---|---|---|---|---|---|"]
@@ -184,14 +251,16 @@ def markdown(board: dict) -> str:
 
 
 def plot(board: dict, path) -> None:
-    """One panel per column x protocol: each model's macro AUROC with its CI, the best black."""
+    """One panel per column x protocol: each model's macro AUROC with its CI, the best (bold in
+    leaderboard.md) black."""
     plt = plots.pyplot()
-    keys = [(b["column"], b["protocol"], b["model"]) for b in board["best"]]
+    keys = [(p["column"], p["protocol"], p["best"]) for p in board["panels"]]
     names = [m["name"] for m in board["models"]]
     by_cell = {(s["model"], s["column"], s["protocol"]): s for s in board["cells"]}
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 1.2 + 0.4 * len(names)),
                              squeeze=False, sharey=True)
-    for ax, (column, protocol, winner) in zip(axes[0], keys):
+    level = report.level(board["settings"]["alpha"])
+    for ax, (column, protocol, best) in zip(axes[0], keys):
         for y, name in enumerate(names[::-1]):
             s = by_cell.get((name, column, protocol))
             if s is None or s["macro_auroc"] is None:
@@ -200,10 +269,10 @@ def plot(board: dict, path) -> None:
             high = s["ci"]["high"] if s["ci"]["high"] is not None else s["macro_auroc"]
             ax.errorbar(s["macro_auroc"], y, xerr=[[s["macro_auroc"] - low],
                                                    [high - s["macro_auroc"]]], fmt="o",
-                        capsize=3, color="black" if name == winner else "tab:blue")
+                        capsize=3, color="black" if name in best else "tab:blue")
         ax.set_yticks(range(len(names)), names[::-1], fontsize=8)
         ax.axvline(0.5, color="grey", ls="--", lw=1)
-        ax.set(title=f"{column}\n{protocol}", xlabel="macro AUROC (95% CI)")
+        ax.set(title=f"{column}\n{protocol}", xlabel=f"macro AUROC ({level} CI)")
         ax.title.set_fontsize(9)
     fig.tight_layout()
     fig.savefig(path, dpi=110, format="png")

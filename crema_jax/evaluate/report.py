@@ -19,13 +19,21 @@ DASH = "\u2014"
 
 
 def fmt(value, digits: int = 3) -> str:
-    return DASH if value is None else f"{value:.{digits}f}"
+    """`value` to `digits` decimals; one that would print as zero but is not, to two significant
+    digits ("-0.00016", where "-0.000" had said a difference was there and was nothing)."""
+    if value is None:
+        return DASH
+    if value == 0:
+        return f"{0.0:.{digits}f}"  # not "-0.000" for -0.0
+    if abs(value) < 0.5 * 10.0 ** -digits:
+        return np.format_float_positional(value, precision=2, unique=False, fractional=False)
+    return f"{value:.{digits}f}"
 
 
 def _ci(ci: dict | None) -> str:
     if not ci or ci.get("low") is None:
         return DASH
-    return f"[{ci['low']:.3f}, {ci['high']:.3f}]"
+    return f"[{fmt(ci['low'])}, {fmt(ci['high'])}]"
 
 
 def json_safe(value):

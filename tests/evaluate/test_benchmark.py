@@ -288,8 +288,8 @@ def test_leaderboard_figures_are_recomputed_from_the_saved_predictions(uninterru
     assert len(cells) == 16
     root = dataset_index.sample_data_dir()
     scores = {(s["model"], s["column"], s["protocol"]): s for s in board["cells"]}
-    for best in board["best"]:
-        column, protocol = best["column"], best["protocol"]
+    for panel in board["panels"]:
+        column, protocol = panel["column"], panel["protocol"]
         per = {m: _per_record(cells[(m, column, protocol)]) for m in
                ["tiny", "random", "net1d", "random:net1d"]}
         ids, _, labels = per["tiny"]
@@ -315,9 +315,19 @@ def test_leaderboard_figures_are_recomputed_from_the_saved_predictions(uninterru
             low, high = _reference_ci(labels, probs, BOOTSTRAP, 0)
             assert (s["ci"]["low"], s["ci"]["high"]) == pytest.approx((low, high), abs=1e-12)
             assert s["n"] == len(ids) and s["unpaired"] == 0
-        assert best["model"] == max(macro, key=macro.get)
+        assert panel["top"] == max(macro, key=macro.get)
+        assert (panel["n"], panel["n_classes"]) == (len(ids), len(ok))
+        if "fold" in cells[("tiny", column, protocol)]:  # 3 folds: f tests, f + 1 selects
+            fold = cells[("tiny", column, protocol)]["fold"]
+            record_fold = {r: f for r, f in zip(cells[("tiny", column, protocol)]["record_id"],
+                                                fold)}
+            pools = [sum(f not in (k, k % 3 + 1) for f in record_fold.values())
+                     for k in (1, 2, 3)]
+            assert panel["n_train_pool"] == round(np.mean(pools), 1)
+        assert panel["label_fraction"] == panel["label_fraction_used"] == 1.0  # all labels
+        assert panel["n_labelled"] == panel["n_train_pool"]
         random_row = {"tiny": "random", "net1d": "random:net1d"}
-        expected = {frozenset((m, best["model"])) for m in macro if m != best["model"]}
+        expected = {frozenset((m, panel["top"])) for m in macro if m != panel["top"]}
         expected |= {frozenset(pair) for pair in random_row.items()}
         tests = [t for t in board["comparisons"]
                  if (t["column"], t["protocol"]) == (column, protocol)]
@@ -346,6 +356,13 @@ def test_leaderboard_figures_are_recomputed_from_the_saved_predictions(uninterru
         holm_by_hand(macro_p), abs=1e-12)
     assert [t["macro_auroc"]["significant"] for t in board["comparisons"]] == \
         [p < ALPHA for p in holm_by_hand(macro_p)]
+    for panel in board["panels"]:  # bold: the top model, and those not below it after Holm
+        against_top = {t["model"]: p < ALPHA for t, p in zip(board["comparisons"],
+                                                             holm_by_hand(macro_p))
+                       if (t["column"], t["protocol"]) == (panel["column"], panel["protocol"])
+                       and t["reference"] == panel["top"]}
+        assert set(panel["best"]) == {panel["top"]} | {m for m, below in against_top.items()
+                                                       if not below}
     per_class = [e for t in board["comparisons"] for e in t["per_class"].values()]
     assert [e["p_holm"] for e in per_class] == pytest.approx(
         holm_by_hand([e["p"] for e in per_class]), abs=1e-12)
@@ -353,8 +370,8 @@ def test_leaderboard_figures_are_recomputed_from_the_saved_predictions(uninterru
         board["tests"]["macro_auroc"]
     md = (workdir / "leaderboard.md").read_text()
     assert board["tests"]["per_class"] in md
-    assert sum(md.count(f"\n| {b['column']} | {b['protocol']} |") for b in board["best"]) \
-        == len(board["comparisons"])
+    assert sum(md.count(f"\n| {p['column']} | {p['protocol']} |") for p in board["panels"]) \
+        == len(board["comparisons"]) + len(board["panels"])   # the tests, the columns table
     image = matplotlib.image.imread(workdir / "leaderboard.png")
     assert image.shape[0] > 200 and image[..., :3].std() > 0.05
 

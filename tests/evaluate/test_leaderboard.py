@@ -1,5 +1,9 @@
-"""The leaderboard's statistics on made-up predictions (no model runs): Holm's correction of
-p-values some of which are bootstrap bounds, worked by hand."""
+"""The leaderboard on made-up predictions (no model runs): Holm's correction of p-values some
+of which are bootstrap bounds, worked by hand; the best of a column (the top model and those
+not distinguishable from it), the decimals that tell two values apart, what a column's label
+fraction used, the level of its CIs."""
+import re
+
 import pytest
 
 from crema_jax.evaluate import benchmark_leaderboard, paired
@@ -38,3 +42,103 @@ def test_a_capped_or_displaceable_bound_is_at_most_rather_than_below():
     assert paired.holm_bounded([], []) == []
     with pytest.raises(ValueError, match=r"bounds \['>'\]: expected one None or '<' per p-value"):
         paired.holm_bounded([0.1], [">"])
+
+
+def _board(alpha=0.05):
+    """A leaderboard of made-up cells: 60 records (each its own patient), 3 classes; model a
+    informative, b = a but for one score (macro AUROCs 1/2400 apart), c and random:a
+    uninformative. The cells' fields: a 5-fold run whose 0.1 of 27 training records drew 24 of
+    135 (4.8 a fold)."""
+    import numpy as np
+
+    from crema_jax.evaluate import benchmark_tasks
+    from tests.configs import tiny_config
+
+    rng = np.random.default_rng(1)   # a seed at which a and b print alike at three decimals
+    n = 60
+    labels = np.zeros((n, 3), np.float32)
+    labels[np.arange(n), np.arange(n) % 3] = 1
+    a = 0.5 * labels + rng.random((n, 3))
+    b = a.copy()   # one pair of class 0 ranked the other way round: its AUROC 1/800 apart
+    pos, neg = np.flatnonzero(labels[:, 0]), np.flatnonzero(labels[:, 0] == 0)
+    gap = a[pos, 0][:, None] - a[neg, 0][None, :]
+    i, j = np.unravel_index(np.argmin(np.where(gap > 0, gap, np.inf)), gap.shape)
+    b[pos[i], 0] = a[neg[j], 0] - 1e-9
+    probs = {"a": a, "b": b, "c": rng.random((n, 3)), "random:a": rng.random((n, 3))}
+    config = tiny_config()
+    models = [benchmark_tasks.Model(name, "random" if name == "random:a" else f"/ckpt/{name}",
+                                    config, None if name == "random:a" else {"w": 1})
+              for name in probs]
+    column = benchmark_tasks.Column("rhythm", "rhythm", "d", "12", 0.1, "", "")
+    fields = {"n_train": 4.8, "n_val": 9.0, "n_labelled": 4.8, "n_train_pool": 27.0,
+              "label_fraction_used": 24 / 135}
+    cells = {(name, "rhythm", "probe"): {
+        "probs": p, "labels": labels, "rows": np.arange(n), "group": np.arange(n).astype(str),
+        "record_id": np.asarray([f"r{i}" for i in range(n)]),
+        "classes": np.asarray(["x", "y", "z"]), "fields": fields} for name, p in probs.items()}
+    suite = {"protocols": {"probe": {}}, "bootstrap": 200, "alpha": alpha, "seed": 0}
+    return benchmark_leaderboard.build(models, [column], suite, cells), labels, probs
+
+
+def test_the_best_are_the_top_model_and_those_not_distinguishable_from_it():
+    from sklearn.metrics import roc_auc_score
+
+    board, labels, probs = _board()
+    macro = {m: roc_auc_score(labels, p, average="macro") for m, p in probs.items()}
+    assert abs(macro["a"] - macro["b"]) == pytest.approx(1 / 2400, abs=1e-12)
+    top = max(macro, key=macro.get)
+    other = "b" if top == "a" else "a"
+    (panel,) = board["panels"]
+    assert panel["top"] == top
+    tests = {t["model"]: t["macro_auroc"] for t in board["comparisons"] if "best" in t["against"]}
+    assert tests[other]["p_holm"] >= 0.05 and tests["c"]["significant"]
+    assert tests["random:a"]["significant"]
+    assert panel["best"] == [top, other]               # a and b bold; c and random:a not
+    md = benchmark_leaderboard.markdown(board)
+    rows = {line.split(" | ")[0][2:]: line for line in md.splitlines()
+            if line.startswith("| ") and " | **" in line or line.startswith("| c |")
+            or line.startswith("| random:a |")}
+    # The fewest decimals (from 3) at which the two tied values print apart.
+    digits = next(d for d in range(3, 7) if f"{macro['a']:.{d}f}" != f"{macro['b']:.{d}f}")
+    assert digits > 3
+    for name in ("a", "b"):
+        assert f"| **{macro[name]:.{digits}f} [" in rows[name]
+    for name in ("c", "random:a"):
+        assert f"| {macro[name]:.{digits}f} [" in rows[name] and rows[name].endswith("\\* |")
+    assert "**bold**: the best (highest macro AUROC), or not distinguishable from it" in md
+    # What the column used: 0.1 asked for, 24 of 135 records (0.178), 60 test records, 3 classes.
+    assert "| rhythm | probe | 12 | 0.1 (used 0.178: 4.8 of 27) | 60 | 3 |" in md
+    assert (panel["n"], panel["n_classes"], panel["label_fraction"]) == (60, 3, 0.1)
+    assert panel["label_fraction_used"] == pytest.approx(24 / 135)
+    # The tie's difference, -1/2400, is not "-0.000": two significant digits below 0.0005.
+    assert f"| {other} | best | {top} | -0.00042 | [" in md
+    assert not re.search(r"-0\.000(?!\d)", md)
+
+
+def test_a_holm_p_from_a_bound_is_printed_as_a_bound_and_the_plot_uses_the_tasks_alpha(
+        monkeypatch, tmp_path):
+    import matplotlib.axes
+
+    board, _, _ = _board(alpha=0.1)
+    assert "Macro AUROC [90% CI over patients]" in benchmark_leaderboard.markdown(board)
+    # The audit's p-values: 2/1001 (a bound) then an exact 2/1000, among five comparisons.
+    tests = [{**t, "macro_auroc": {**t["macro_auroc"], "p": p, "p_bound": bound}}
+             for t, p, bound in zip(board["comparisons"] * 2,
+                                    [2 / 1001, 2 / 1000, 0.03, 0.04, 0.5],
+                                    ["<", None, None, None, None])]
+    benchmark_leaderboard._apply_holm(tests, 0.05)
+    md = benchmark_leaderboard.markdown({**board, "comparisons": tests})
+    rows = [line for line in md.splitlines() if line.startswith("| rhythm | probe | ")
+            and line.count("|") == 10]
+    assert [line.split(" | ")[-2:] for line in rows] == [
+        ["< 0.002", "< 0.01 |"], ["0.002", "< 0.01 |"], ["0.030", "0.090 |"],
+        ["0.040", "0.090 |"], ["0.500", "0.500 |"]]
+    labels = []
+    original = matplotlib.axes.Axes.set
+
+    def recording(ax, **kwargs):
+        labels.append(kwargs.get("xlabel"))
+        return original(ax, **kwargs)
+    monkeypatch.setattr(matplotlib.axes.Axes, "set", recording)
+    benchmark_leaderboard.plot(board, tmp_path / "board.png")
+    assert "macro AUROC (90% CI)" in labels
