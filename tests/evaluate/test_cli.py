@@ -261,6 +261,11 @@ def test_probe_folds_test_every_record_once_and_keep_patients_together(
     assert run["test"]["ci"]["low"] < run["test"]["macro_auroc"] < run["test"]["ci"]["high"]
     assert report["headline"]["macro_auroc"] == run["test"]["macro_auroc"]
     assert "### Folds of probe leads=12 labels=1 folds=5" in (tmp_path / "report.md").read_text()
+    # What the label fraction (all labels) used, counted from the saved folds: fold f trains on
+    # the records of the folds other than f and f + 1.
+    pools = [int(np.sum((fold != f) & (fold != f % 5 + 1))) for f in range(1, 6)]
+    assert [(f["n_labelled"], f["n_train_pool"]) for f in run["folds"]] == list(zip(pools, pools))
+    assert (run["n_train_pool"], run["label_fraction_used"]) == (round(np.mean(pools), 1), 1.0)
 
 
 @pytest.mark.slow
