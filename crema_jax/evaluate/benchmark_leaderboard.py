@@ -97,7 +97,7 @@ def _column(column, protocol, names, cells, random_row, suite):
                                       for k in ("a", "b", "difference", "ci", "p", "p_bound")},
                       "per_class": {c: {"difference": e["difference"], "p": e["p"]}
                                     for c, e in test["per_class"].items()
-                                    if e.get("p") is not None}})
+                                    if e.get("p") is not None and not e["not_testable"]}})
     return scores, _panel(column, protocol, group, scores, best), tests
 
 

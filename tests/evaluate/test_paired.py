@@ -103,6 +103,13 @@ def delong_testable(labels) -> list[int]:
             if 2 <= labels[:, c].sum() <= len(labels) - 2]
 
 
+def verdict_testable(labels) -> list[int]:
+    """The columns that get a per-class verdict: at least 10 positives and 10 negatives."""
+    labels = np.asarray(labels) > 0.5
+    return [c for c in range(labels.shape[1])
+            if 10 <= labels[:, c].sum() <= len(labels) - 10]
+
+
 def test_one_positive_gets_no_test_rather_than_a_false_verdict():
     """With one positive S10 is undefined (the reference divides by m - 1 = 0); taken as 0 it
     left out the term that dominates, and two models of independent random scores were called
@@ -391,19 +398,23 @@ def test_a_non_finite_probability_is_an_error_naming_the_model_and_count(bad):
 
 
 def test_per_class_verdicts_are_decided_on_holm_adjusted_p_values():
-    """Two models of independent random scores, 11 classes of 6 positives in 49 records (one
-    class with a single positive: no test, not in the family). Two raw DeLong p-values are
-    below 0.05; after Holm's correction over the 10 tested classes (by hand) one is."""
-    rng = np.random.default_rng(23)
-    y = np.zeros((49, 11))
+    """Two models of independent random scores, 10 classes of 12 positives in 80 records, one
+    class with a single positive (no test) and one with 9 (below VERDICT_MIN_PER_CLASS: its
+    AUROCs and raw p, no verdict, not in Holm's family). Two raw DeLong p-values are below 0.05;
+    after Holm's correction over the 10 tested classes (by hand) one is."""
+    rng = np.random.default_rng(50)
+    y = np.zeros((80, 12))
     for c in range(10):
-        y[rng.choice(49, 6, replace=False), c] = 1
-    a, b = (np.c_[rng.random((49, 10)), np.linspace(0, 1, 49)] for _ in range(2))
+        y[rng.choice(80, 12, replace=False), c] = 1
+    a, b = (np.c_[rng.random((80, 10)), np.linspace(0, 1, 80), np.zeros(80)] for _ in range(2))
     y[5, 10] = 1
-    names = [f"c{c}" for c in range(11)]
+    few = np.random.default_rng(7)
+    y[few.choice(80, 9, replace=False), 11] = 1
+    a[:, 11], b[:, 11] = few.random(80), few.random(80)
+    names = [f"c{c}" for c in range(12)]
     out = paired.compare_predictions(y, a, b, names, n_resamples=20)
-    raw = [reference_delong(y[:, c], a[:, c], b[:, c])[3] for c in range(10)]
-    order = np.argsort(raw)
+    raw = [reference_delong(y[:, c], a[:, c], b[:, c])[3] for c in range(12) if c != 10]
+    order = np.argsort(raw[:10])
     assert raw[order[0]] < raw[order[1]] < 0.05 < raw[order[2]]
     adjusted, running = {}, 0.0
     for rank, c in enumerate(order):  # Holm by hand: the i-th smallest x (10 - i), running max
@@ -418,3 +429,8 @@ def test_per_class_verdicts_are_decided_on_holm_adjusted_p_values():
         better = "A" if entry["difference"] > 0 else "B"
         assert entry["verdict"] == (f"{better} better at alpha=0.05" if adjusted[c] < 0.05
                                     else "no detectable difference at alpha=0.05")
+    short = out["per_class"]["c11"]
+    assert short["p"] == pytest.approx(raw[10], abs=1e-9) and short["p_holm"] is None
+    assert short["auroc_a"] == pytest.approx(roc_auc_score(y[:, 11], a[:, 11]), abs=1e-12)
+    assert short["verdict"] == ("not tested: 9 positives, 71 negatives (a class's verdict needs "
+                                "10 of each)")
