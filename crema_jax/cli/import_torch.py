@@ -8,6 +8,8 @@ probe, finetune, embed and predict read.
     crema-jax import-torch hf://OWNER/REPO --out=/ckpt/model    # a folder export-torch
                                                                  # --hub_folder wrote (or its path)
 
+ST-MEM's two files (encoder; encoder + decoder) are published by its authors through their
+repository, bakqui/ST-MEM on GitHub (st_mem_vit_base.pth above stands for either).
 `hf://OWNER/REPO[@REVISION][/FILE]` is fetched through huggingface_hub (`pip install
 crema_jax[hub]`; its cache, HF_HUB_OFFLINE and token apply); the commit fetched is recorded in
 the checkpoint's config (`source`). The model config is inferred from the tensor shapes; the
@@ -22,7 +24,8 @@ from crema_jax.evaluate import ranges
 COMMAND = command.Command("import-torch", __doc__, usage="[--format=crema|stmem|ecgfounder] "
                           "--out=DIR", positional="FILE|FOLDER|hf://OWNER/REPO[@REV][/FILE]")
 COMMAND.enum("format", None, ["crema", "stmem", "ecgfounder"], "Layout of the PyTorch file "
-             "(required for a file; a folder's config.json says its own).")
+             "(required for a file; a folder's config.json says its own). stmem: ST-MEM's files, "
+             "published through its authors' repository, bakqui/ST-MEM on GitHub.")
 COMMAND.string("out", None, "Output: a new workdir (checkpoints/0/ inside).", required=True)
 COMMAND.integer("seed", 0, "Seed for model parts the file does not hold (e.g. the "
                 "decoder).", lower_bound=ranges.SEED.low, upper_bound=ranges.SEED.high)
