@@ -30,6 +30,7 @@ import jax
 import numpy as np
 
 from crema_jax import config as config_lib
+from crema_jax.data.index.dataset_index import CINC_SOURCES
 from crema_jax.evaluate import protocols, ranges
 from crema_jax.inference import backbones
 from crema_jax.models import families
@@ -118,6 +119,21 @@ def _section(config: dict, key: str, kind: type, path) -> None:
                             "a list of tasks, each a mapping {name, dataset, ...}"))
 
 
+def _check_source_name(task: dict, data: dict, where: str) -> None:
+    """A wfdb_folder dataset names a CinC 2021 record's source by its database, never by the
+    record prefix: train_source "JS" matched no record, an error only after every model's
+    features were extracted."""
+    if data["layout"] != "wfdb_folder" or "source" in data["layout_options"]:
+        return
+    for field in ("train_source", "test_source"):
+        if task[field] in CINC_SOURCES:
+            known = ", ".join(f"{prefix} {name}" for prefix, name in CINC_SOURCES.items())
+            raise ValueError(f"{where}.{field}={task[field]!r} is a CinC 2021 record prefix; "
+                             f"the wfdb_folder layout names that source "
+                             f"{CINC_SOURCES[task[field]]!r} (prefix and source: {known}; "
+                             "other records: their parent folder's name)")
+
+
 def load_suite(path, roots: dict | None = None) -> dict:
     """The task file as plain dicts, defaults filled in and checked; `roots` ({dataset: folder})
     replaces datasets' roots (the data lives where the user downloaded it)."""
@@ -164,6 +180,7 @@ def load_suite(path, roots: dict | None = None) -> dict:
                              "every record is tested, the training ones too: a cross-domain "
                              "pair needs two sources (leave both out for in-domain figures)")
         data = datasets[task["dataset"]]
+        _check_source_name(task, data, f"task file {path}: tasks[{i}]")
         if data["folds"] and data["split_fractions"] and not task["train_source"] and not any(
                 t["dataset"] == task["dataset"] and t["train_source"] for t in tasks):
             raise ValueError(f"task file {path}: datasets[{task['dataset']!r}] gives folds and "

@@ -85,6 +85,29 @@ def test_a_cross_domain_pair_of_one_source_is_refused(tmp_path):
     assert said.startswith("task 't': train_source and test_source are both 'georgia'")
 
 
+def test_a_cinc_record_prefix_as_a_source_is_refused_before_any_model_runs(tmp_path):
+    """train_source "JS" (the prefix of ningbo's records) matched no record: the run stopped
+    only after extracting every model's features. The prefixes are CinC 2021's published ones,
+    written out here."""
+    said = _suite_error(tmp_path, '"dataset": "d"}', '"dataset": "d", "train_source": "ningbo",'
+                                                     ' "test_source": "E"}')
+    assert said == ("tasks[0].test_source='E' is a CinC 2021 record prefix; the wfdb_folder "
+                    "layout names that source 'georgia' (prefix and source: A cpsc2018, "
+                    "Q cpsc2018_extra, I incart, S ptb, HR ptbxl, E georgia, JS ningbo; other "
+                    "records: their parent folder's name)")
+    said = _suite_error(tmp_path, '"dataset": "d"}', '"dataset": "d", "train_source": "JS",'
+                                                     ' "test_source": "georgia"}')
+    assert said.startswith("tasks[0].train_source='JS' is a CinC 2021 record prefix; the "
+                           "wfdb_folder layout names that source 'ningbo'")
+    # Source names are the layout's: a manifest's source column, or wfdb_folder's source
+    # option, may well be called "E".
+    path = tmp_path / "tasks.py"
+    for dataset in ('"layout": "manifest", ', '"layout_options": {"source": "E"}, '):
+        path.write_text(TASK_FILE.replace('"folds": 3', dataset + '"folds": 3').replace(
+            '"dataset": "d"}', '"dataset": "d", "train_source": "E", "test_source": "x"}'))
+        assert benchmark_tasks.load_suite(path)["tasks"][0]["train_source"] == "E"
+
+
 def _task_file(tmp_path, root, extra: str) -> pathlib.Path:
     path = tmp_path / "tasks.py"
     path.write_text(
