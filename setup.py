@@ -43,7 +43,10 @@ setuptools.setup(
     python_requires=">=3.11",
     install_requires=CORE,
     extras_require={
-        # torch 2.13.0 is pinned: an unpinned torch pulls several GB of CUDA wheels.
+        # torch 2.13.0, the version the tests run with. The pin picks no build: PyPI's Linux
+        # wheel brings several GB of CUDA libraries; the CPU build comes from PyTorch's index
+        # (`pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu`,
+        # installed first: it satisfies the pin).
         "torch": ["torch==2.13.0"],
         # huggingface_hub: `import-torch hf://OWNER/REPO/FILE` fetches through its download
         # cache, offline mode and token handling (the peers publish their weights there).
