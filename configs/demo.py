@@ -21,9 +21,10 @@ to 3,000 steps) is two CREMA variants of the architecture, both config fields:
 Raw z-scored targets (loss.norm_pix_loss=False) keep the figure in signal units.
 
 The contrastive term: each view has its own crop offset and augmentations (amplitude, noise,
-baseline wander). On the 30 training records it is soon solved (the model tells 30 ECGs apart);
-what it learned is shown on the held-back records, never trained on: the evaluator prints how
-often a held-back ECG's two views find each other among them (chance = 1 / records).
+baseline wander). On the 30 training records it is soon solved (the model tells their 29
+distinct ECGs apart: E07509 and E07510 hold the same signal); what it learned is shown on the
+held-back records, never trained on: the evaluator prints how often a held-back ECG's two views
+find each other among them (chance = 1 / records).
 """
 import importlib.util
 import pathlib
