@@ -3,6 +3,7 @@ probe, finetune, compare), `add_probe_head` (probe, compare) and `add_finetune_r
 (finetune, compare)."""
 
 from crema_jax.cli import command
+from crema_jax.data.index import registry
 from crema_jax.data.signal import augment
 from crema_jax.evaluate import ranges
 
@@ -16,8 +17,7 @@ def add(cmd: command.Command) -> None:
              "input (data/presets.py): '' = the checkpoint's own (import-torch writes ST-MEM's "
              "or ECGFounder's; ours is crema).")
     cmd.string("model_size", "tiny", "SiT size for --checkpoint=random (tiny/small/base/large).")
-    cmd.string("layout", "wfdb_folder", "Dataset layout: wfdb_folder, ptbxl, manifest, code15, "
-               "mimic_iv_ecg or numpy.")
+    cmd.string("layout", "wfdb_folder", f"Dataset layout: {', '.join(registry.NAMES)}.")
     cmd.string("root", None, "Dataset folder (or the manifest CSV); not with --cache_dir.")
     cmd.string("label_set", "superclass", "ptbxl layout: label set (superclass, subclass, "
                "diagnostic, form, rhythm, all).")

@@ -24,11 +24,11 @@ environment): each task writes its block of shards, then one merge writes the in
 Whichever way it is built, the cache is byte-identical to a one-process run (docs/data.md).
 """
 from crema_jax.cli import command
+from crema_jax.data.index import registry
 from crema_jax.evaluate import ranges
 
 COMMAND = command.Command("prepare", __doc__, usage="--layout=NAME --root=DIR --out=DIR")
-COMMAND.string("layout", "wfdb_folder", "Dataset layout (a key of data.index.registry.LAYOUTS: "
-               "wfdb_folder, ptbxl, manifest, code15, mimic_iv_ecg, numpy, clinical_exports).")
+COMMAND.string("layout", "wfdb_folder", f"Dataset layout: {', '.join(registry.NAMES)}.")
 COMMAND.string("root", None, "Dataset folder read by the layout (or the manifest CSV's folder).",
                required=True)
 COMMAND.string("out", None, "Output folder of the cache (created; rerun into it to resume).",

@@ -14,21 +14,38 @@ importing only the shared index helpers. Indexing never loads a signal.
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
+from collections.abc import Mapping
 
-from crema_jax.data.index.clinical_exports import clinical_exports
-from crema_jax.data.index.code15 import code15
 from crema_jax.data.index.dataset_index import DatasetIndex
-from crema_jax.data.index.manifest import manifest
-from crema_jax.data.index.mimic_iv_ecg import mimic_iv_ecg
-from crema_jax.data.index.numpy_arrays import numpy_arrays
-from crema_jax.data.index.ptbxl import ptbxl
-from crema_jax.data.index.wfdb_folder import wfdb_folder
 
-LAYOUTS = {"wfdb_folder": wfdb_folder, "ptbxl": ptbxl, "manifest": manifest, "code15": code15,
-           "mimic_iv_ecg": mimic_iv_ecg, "numpy": numpy_arrays,
-           "clinical_exports": clinical_exports}
+# name -> (its module in this package, the function that builds its index).
+_BUILDERS = {"wfdb_folder": ("wfdb_folder", "wfdb_folder"), "ptbxl": ("ptbxl", "ptbxl"),
+             "manifest": ("manifest", "manifest"), "code15": ("code15", "code15"),
+             "mimic_iv_ecg": ("mimic_iv_ecg", "mimic_iv_ecg"),
+             "numpy": ("numpy_arrays", "numpy_arrays"),
+             "clinical_exports": ("clinical_exports", "clinical_exports")}
+
+
+class _Layouts(Mapping):
+    """name -> index builder, its module imported when first looked up: the commands' --help
+    lists the layouts (NAMES) without loading every reader (SciPy, wfdb, pandas: 1.7 s)."""
+
+    def __getitem__(self, name: str):
+        module, function = _BUILDERS[name]
+        return getattr(importlib.import_module(f"{__package__}.{module}"), function)
+
+    def __iter__(self):
+        return iter(_BUILDERS)
+
+    def __len__(self) -> int:
+        return len(_BUILDERS)
+
+
+LAYOUTS = _Layouts()
+NAMES = tuple(_BUILDERS)
 
 
 # Layout options that change how an index is built, never what it holds: a cache's settings

@@ -136,11 +136,30 @@ def test_benchmark_help_marks_models_required(capsys):
     assert "\n  --models=VALUE (required)\n" in done.stdout, done.stdout
 
 
-def test_prepare_help_lists_every_layout():
-    from crema_jax.cli import prepare
-    from crema_jax.data.index import registry
-    text = prepare.COMMAND.help()
-    assert all(name in text for name in registry.LAYOUTS), text
+@pytest.mark.parametrize("name", ["prepare", "probe", "finetune", "compare"])
+def test_layout_help_lists_every_layout(name):
+    """probe, finetune and compare had listed six layouts, without clinical_exports."""
+    import importlib
+    text = importlib.import_module(f"crema_jax.cli.{name}").COMMAND.help()
+    layouts = ("wfdb_folder", "ptbxl", "manifest", "code15", "mimic_iv_ecg", "numpy",
+               "clinical_exports")
+    assert f"Dataset layout: {', '.join(layouts)}." in " ".join(text.split()), text
+
+
+def test_the_layout_registry_imports_a_layout_only_when_it_is_used():
+    """--help names the layouts without loading their readers (wfdb, SciPy, pandas: 1.7 s)."""
+    import subprocess
+    import sys
+    modules = [f"crema_jax.data.index.{m}" for m in ("wfdb_folder", "ptbxl", "manifest", "code15",
+                                                     "mimic_iv_ecg", "numpy_arrays",
+                                                     "clinical_exports")]
+    code = (f"import sys; from crema_jax.data.index import registry; m = {modules!r}; "
+            "print([x for x in m if x in sys.modules]); registry.LAYOUTS['numpy']; "
+            "print([x for x in m if x in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.stdout.split("\n")[:2] == ["[]", "['crema_jax.data.index.numpy_arrays']"], \
+        done.stdout
 
 
 def test_verbose_adds_the_traceback(tmp_path, capsys):
