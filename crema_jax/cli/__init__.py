@@ -18,8 +18,8 @@ COMMANDS = {
     "benchmark": ("crema_jax.cli.benchmark", "many models x many tasks: a resumable leaderboard",
                   False),
     "embed": ("crema_jax.cli.embed", "write pooled features (or logits) for ECGs", False),
-    "predict": ("crema_jax.cli.predict", "ECGFounder label probabilities for WFDB records",
-                False),
+    "predict": ("crema_jax.cli.predict", "ECGFounder label probabilities for ECG records (WFDB "
+                "or hospital exports)", False),
     "export-torch": ("crema_jax.cli.export_torch", "export a checkpoint to PyTorch weights",
                      False),
     "import-torch": ("crema_jax.cli.import_torch",

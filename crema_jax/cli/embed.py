@@ -2,13 +2,13 @@
 per ECG.
 
     crema-jax embed --checkpoint=DIR --input=X.npy --out=Y.npy [--fs=500] [--raw] [--logits]
-    crema-jax embed --checkpoint=DIR --input=/data/records --out=Y.npy   # WFDB: a,b | glob | folder
+    crema-jax embed --checkpoint=DIR --input=/data/records --out=Y.npy   # a,b | glob | folder
 
 SiT: SEP tokens dropped, mean over lead x patch tokens, the final LayerNorm (ST-MEM); Net1D: the
 time-averaged features of the last stage. Without --raw the input takes the evaluation path of
 probe and finetune (resampling, the checkpoint's preprocessing, its crops, features averaged
 over crops); --raw feeds an array as given. Y.records.txt names the ECG of each row (unreadable
-ones are skipped and counted): for an array its row number in X; for WFDB input the record's
+ones are skipped and counted): for an array its row number in X; for records the record's
 file name, or its path below the records' common folder when two share a name ("ID#k" for
 window k when the data path cuts records into windows). One line per row: a backslash, newline
 or carriage return in a name is written as \\\\, \\n or \\r. What the data path did to the
@@ -29,8 +29,9 @@ from crema_jax.runtime import files
 COMMAND = command.Command("embed", __doc__,
                           usage="--checkpoint=DIR --input=X.npy|RECORDS --out=Y.npy")
 COMMAND.string("checkpoint", None, "Workdir, checkpoints dir or step dir to read.", required=True)
-COMMAND.string("input", None, "X.npy (N, 12 or 1 leads, samples) in mV, or WFDB records: "
-               "a,b | a glob | a folder.", required=True)
+COMMAND.string("input", None, "X.npy (N, 12 or 1 leads, samples) in mV, or records: a,b | a "
+               "glob | a folder (its WFDB records); a record is a WFDB record or a hospital "
+               "export file (DICOM, HL7 aECG, GE MUSE, Philips, EDF+, SCP-ECG).", required=True)
 COMMAND.string("out", None, "Output Y.npy: (N, features) float32.", required=True)
 COMMAND.string("fs", "", "Sampling rate of an .npy input in Hz (default: the model's rate).")
 COMMAND.boolean("raw", False, "Feed the array as given: no resampling, preprocessing or crops.")
