@@ -38,6 +38,6 @@ def main(args) -> None:
     if len(args.positional) != 1:
         raise command.FlagValueError(f"expected one weight FILE, FOLDER or hub id, got "
                                      f"{len(args.positional)} (usage: {COMMAND.usage_line()})")
-    step_dir, data_from = import_torch.run_import(args.positional[0], args.format, args.out,
-                                                  seed=args.seed)
-    print(f"wrote {step_dir} ({data_from})")
+    step_dir, model, data_from = import_torch.run_import(args.positional[0], args.format,
+                                                         args.out, seed=args.seed)
+    print(f"wrote {step_dir}, {model} ({data_from})")

@@ -14,8 +14,6 @@ import json
 import os
 from typing import Mapping
 
-from absl import logging
-
 from crema_jax import config as config_lib
 from crema_jax import config_checks
 from crema_jax.data import presets
@@ -206,7 +204,8 @@ def _summarise(paths: list[str]) -> str:
     for p in paths:
         head = p.split("/")[0]
         groups[head] = groups.get(head, 0) + 1
-    return ", ".join(f"{k} ({n} tensors)" for k, n in sorted(groups.items()))
+    return ", ".join(f"{k} ({n} tensor{'s' if n != 1 else ''})"
+                     for k, n in sorted(groups.items()))
 
 
 def resolve_source(source: str, fmt: str | None
@@ -286,10 +285,12 @@ def _unfinished_import(out: str) -> str | None:
             f"an empty {workdir_lib.CHECKPOINTS_DIRNAME}/")
 
 
-def run_import(source: str, fmt: str | None, out: str, *, seed: int = 0) -> tuple[str, str]:
-    """Checks everything, then writes `out/checkpoints/0`; returns the step dir and where its data
-    path came from. The source (the path, or the hub id and the commit fetched) is recorded in
-    the checkpoint's config as `source`, which readers of the config leave aside."""
+def run_import(source: str, fmt: str | None, out: str, *, seed: int = 0
+               ) -> tuple[str, str, str]:
+    """Checks everything, then writes `out/checkpoints/0`; returns the step dir, the model it
+    holds in one clause (its family's describe) and where its data path came from. The source
+    (the path, or the hub id and the commit fetched) is recorded in the checkpoint's config as
+    `source`, which readers of the config leave aside."""
     path, fmt, saved, record = resolve_source(source, fmt)
     if storage.is_remote(out):
         storage.check_url(str(out))
@@ -324,9 +325,8 @@ def run_import(source: str, fmt: str | None, out: str, *, seed: int = 0) -> tupl
             f"; {saved.why_not}" if saved.why_not else "")
     config.source = record
     if kept:
-        logging.warning("*** %s holds no weights for: %s. These are FRESHLY INITIALISED (seed %d)"
-                        " — fine for probing/fine-tuning the encoder; continued pretraining "
-                        "starts them from scratch. ***", path, _summarise(kept), seed)
-        print(f"WARNING: freshly initialised (not in the file): {_summarise(kept)}")
+        print(f"WARNING: freshly initialised (seed {seed}; not in {path}): {_summarise(kept)}; "
+              "fine for probing or fine-tuning the encoder, continued pretraining starts them "
+              "from scratch")
     step_dir = ckpt_lib.save_model_checkpoint(out, params, config, step=0)
-    return str(step_dir), data_from
+    return str(step_dir), families.family_of(model_cfg).describe(model_cfg), data_from

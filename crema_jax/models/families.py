@@ -66,6 +66,11 @@ class Family(abc.ABC):
     def width(self, model_cfg) -> int:
         """The width of the features the backbone extracts (each family says)."""
 
+    @abc.abstractmethod
+    def describe(self, model_cfg) -> str:
+        """The model in one short clause for a command's output, e.g. 'SiT base: width 768,
+        depth 12, 12 heads, with decoder' or 'Net1D 12-lead, 150 labels'."""
+
     def input_leads(self, model_cfg, leads) -> tuple:
         """The leads (canonical names) the model reads when `leads` are asked for."""
         return tuple(leads)
@@ -90,6 +95,14 @@ class SitFamily(Family):
     def width(self, model_cfg) -> int:
         return model_config.resolve_size(model_cfg)["width"]
 
+    def describe(self, model_cfg) -> str:
+        size = model_config.resolve_size(model_cfg)
+        named = f" {model_cfg.size}" if model_config.SIZES[model_cfg.size] == size else ""
+        heads = size["num_heads"]
+        return (f"{self.title}{named}: width {size['width']}, depth {size['depth']}, {heads} "
+                f"head{'s' if heads != 1 else ''}, "
+                + ("with decoder" if self.has_decoder(model_cfg.name) else "encoder only"))
+
     def encoder_config(self, model_cfg, *, num_classes: int = 0, drop_path: float = 0.0):
         """The bare encoder's config.model of a pretraining (or encoder) config, with a head of
         num_classes (0 = none) and stochastic depth drop_path."""
@@ -107,6 +120,11 @@ class SitFamily(Family):
 class Net1dFamily(Family):
     def width(self, model_cfg) -> int:
         return int(model_cfg.filters[-1])
+
+    def describe(self, model_cfg) -> str:
+        classes = int(model_cfg.num_classes)
+        return (f"{self.title} {int(model_cfg.in_channels)}-lead, "
+                + (f"{classes} label{'s' if classes != 1 else ''}" if classes else "no head"))
 
     def input_leads(self, model_cfg, leads) -> tuple:
         """The 1-lead model reads lead I."""

@@ -308,3 +308,22 @@ def test_a_scan_layers_model_round_trips_through_the_crema_layout(tmp_path, incl
     got = trees.flatten(again)
     assert got.keys() == expected.keys()
     assert all(np.array_equal(got[p], expected[p]) for p in got)
+
+
+def test_import_torch_warns_once_and_names_the_model_it_found(tmp_path, capsys, caplog):
+    """A full ST-MEM file holds no projection head: that is said in ONE line (it had been printed
+    and logged), and the last line names the model: width 64, depth 2, one head, with decoder."""
+    from crema_jax.cli import import_torch as import_cli
+    torch.manual_seed(0)
+    torch.save({"epoch": 3, "model": StMemPretrain(**SIZES["tiny"]).state_dict()},
+               tmp_path / "full.pth")
+    import_cli.COMMAND.run(["--format=stmem", str(tmp_path / "full.pth"),
+                            f"--out={tmp_path / 'out'}"])
+    out, err = capsys.readouterr()
+    said = (out + err + caplog.text).lower()
+    assert said.count("freshly initialised") == 1, said
+    assert (f"freshly initialised (seed 0; not in {tmp_path / 'full.pth'}): logit_bias (1 "
+            "tensor), logit_scale (1 tensor), projector (4 tensors)") in out
+    assert out.splitlines()[-1] == (f"wrote {tmp_path / 'out' / 'checkpoints' / '0'}, SiT: width "
+                                    "64, depth 2, 1 head, with decoder (data path: the stmem "
+                                    "preset)")

@@ -52,3 +52,17 @@ def test_the_older_name_of_the_pretraining_model_is_read_as_today_s():
     config.model.name = "sit"                 # a config file or flag written for it
     config_checks.validate(config)
     assert config.model.name == "sit_pretrain"
+
+
+def test_each_family_describes_a_model_in_one_clause():
+    """What import-torch's last line names: ViT-B (ST-MEM's released size) is 768 wide, 12 deep
+    with 12 heads; ECGFounder's Net1D reads 12 leads and predicts 150 labels."""
+    base = config_lib.default_config("sit_pretrain").model
+    assert families.SIT.describe(base) == "SiT base: width 768, depth 12, 12 heads, with decoder"
+    encoder = config_lib.default_config("sit_encoder").model
+    encoder.size, encoder.width, encoder.head_dim, encoder.num_heads = "tiny", 64, 64, 1
+    assert families.SIT.describe(encoder) == "SiT: width 64, depth 2, 1 head, encoder only"
+    net1d = config_lib.default_config("net1d").model
+    assert families.NET1D.describe(net1d) == "Net1D 12-lead, 150 labels"
+    net1d.in_channels, net1d.num_classes = 1, 0
+    assert families.NET1D.describe(net1d) == "Net1D 1-lead, no head"
