@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 from crema_jax.data import presets
+from crema_jax.data.pipeline import batch as batch_lib
 
 
 def preset_steps(preset: str) -> list[tuple[str, str]]:
@@ -62,7 +63,7 @@ def _data_path(info: dict) -> list[str]:
     lines += ["", "This model's values (`config.json` `data_path`):", "",
               f"- sampling rate: {values.get('target_fs')} Hz ({values.get('resample')} "
               f"resampling); crop: {values.get('crop_samples')} samples, "
-              f"{values.get('eval_num_crops')} crop(s) at evaluation",
+              f"{batch_lib.crops_text(values.get('eval_num_crops'))} at evaluation",
               "- " + ", ".join(f"{k}={v}" for k, v in values.items()),
               "- filters and normalisation: "
               + ", ".join(f"{k}={v}" for k, v in path["preprocess"].items()), ""]

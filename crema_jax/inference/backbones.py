@@ -32,6 +32,7 @@ from flax import nnx
 from crema_jax import config as config_lib
 from crema_jax import models
 from crema_jax.data import presets
+from crema_jax.data.pipeline import batch as batch_lib
 from crema_jax.models import families
 from crema_jax.models import params as params_lib
 from crema_jax.runtime import mesh as mesh_lib
@@ -231,11 +232,12 @@ def eval_data_config(backbone_or_config, leads, *, batch_size: int, num_workers:
 
 # ------------------------------------------------------------------------------------ applying
 def data_path_summary(data_cfg, averaging: str = "") -> str:
-    """The data path and the crops it cuts, e.g. 'crema: 250 Hz, 3 crop(s) of 2250, embedding
-    averaging' (two models with the same summary read the same crops); `averaging` replaces
-    data.eval_crop_average where a command averages otherwise (fine-tuning: logits)."""
-    return (f"{data_cfg.preset}: {data_cfg.target_fs:g} Hz, {data_cfg.eval_num_crops} crop(s) "
-            f"of {data_cfg.crop_samples}, {averaging or data_cfg.eval_crop_average} averaging")
+    """The data path and the crops it cuts, e.g. 'crema: 250 Hz, 3 crops of 2250 samples,
+    embedding averaging' (two models with the same summary read the same crops); `averaging`
+    replaces data.eval_crop_average where a command averages otherwise (fine-tuning: logits)."""
+    crops = batch_lib.crops_text(data_cfg.eval_num_crops, data_cfg.crop_samples)
+    return (f"{data_cfg.preset}: {data_cfg.target_fs:g} Hz, {crops}, "
+            f"{averaging or data_cfg.eval_crop_average} averaging")
 
 
 def describe_data_path(data_cfg, preset_flag: str = "", averaging: str = "") -> str:

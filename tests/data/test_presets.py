@@ -137,6 +137,20 @@ def test_crop_starts_are_stmems_formula(seconds):
     assert batch.eval_crop_starts(2 * t, 5000, 1) == [(2 * t - 5000) // 2]  # Net1D: centred
 
 
+def test_the_data_path_line_names_the_crops_in_words():
+    """Every evaluation command prints this summary ("1 crop(s) of 5000" had been ECGFounder's)."""
+    from crema_jax.inference import backbones
+
+    def summary(name, averaging=""):
+        data = presets.apply(config_lib.default_data_config(), name)
+        return backbones.data_path_summary(data, averaging)
+    assert summary("crema") == "crema: 250 Hz, 3 crops of 2250 samples, embedding averaging"
+    assert summary("stmem", "logit") == "stmem: 250 Hz, 3 crops of 2250 samples, logit averaging"
+    assert summary("ecgfounder") == ("ecgfounder: 500 Hz, one crop of 5000 samples, embedding "
+                                     "averaging")
+    assert batch.crops_text(1) == "one crop" and batch.crops_text(2) == "2 crops"
+
+
 def test_probability_averaging_is_the_mean_of_the_crops_probabilities():
     from crema_jax.evaluate import finetune, linear_probe
 

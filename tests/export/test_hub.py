@@ -172,7 +172,7 @@ def test_hub_folder_round_trip_gives_equal_embeddings(tmp_path, cinc_sample_dir)
 
     card = (folder / "README.md").read_text()
     assert "`stmem` data path" in card and "FFT (scipy.signal.resample)" in card
-    assert "sampling rate: 250.0 Hz" in card and "crop: 2250 samples" in card
+    assert "sampling rate: 250.0 Hz" in card and "crop: 2250 samples, 3 crops at evaluation" in card
     assert "steps: 40 of 123" in card and "No classification head" in card
 
 

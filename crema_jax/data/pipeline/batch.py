@@ -72,6 +72,13 @@ def eval_crop_starts(length: int, crop: int, num_crops: int) -> list[int]:
     return [i * step for i in range(num_crops)]
 
 
+def crops_text(count: int, samples: int | None = None) -> str:
+    """How messages name the evaluation crops: 'one crop of 5000 samples', '3 crops of 2250
+    samples' ('one crop', '3 crops' without `samples`)."""
+    text = "one crop" if int(count) == 1 else f"{int(count)} crops"
+    return text if samples is None else f"{text} of {int(samples)} samples"
+
+
 def pretrain_spec(data_cfg: Mapping, batch_size: int) -> dict:
     """{key: (shape, dtype)} of the device part of a pretraining batch of `batch_size` ECGs; K and
     M come from one draw of the configured mask strategy (they never depend on the draw)."""
