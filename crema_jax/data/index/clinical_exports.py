@@ -34,8 +34,8 @@ import pathlib
 
 from absl import logging
 
-from crema_jax.data.index.dataset_index import (DatasetIndex, RecordInfo, parse_labels,
-                                                parse_split, vocabulary)
+from crema_jax.data.index.dataset_index import (DatasetIndex, RecordInfo, csv_columns,
+                                                parse_labels, parse_split, vocabulary)
 from crema_jax.data.index.mimic_iv_ecg import ReportLabeller, label_map_rules
 from crema_jax.data.reading import clinical, safe_files
 from crema_jax.data.reading.ecg import RecordError
@@ -92,9 +92,8 @@ def _label_rows(spec: str, root: pathlib.Path) -> tuple[dict[str, dict], pathlib
     rows, lines = {}, {}
     with safe_files.open_text(path, newline="") as f:
         reader = csv.DictReader(f, strict=True)
-        if "file" not in (reader.fieldnames or []) or "labels" not in reader.fieldnames:
-            raise ValueError(f"{path}: expected columns file, labels (and optional split), got "
-                             f"{reader.fieldnames}")
+        reader.fieldnames = csv_columns(reader.fieldnames, path, ("file", "labels", "split"),
+                                        ("file", "labels"))
         for line, row in enumerate(reader, start=2):
             rel = pathlib.PurePath((row["file"] or "").strip()).as_posix()
             given = (parse_labels(row.get("labels") or ""), (row.get("split") or "").strip())

@@ -124,6 +124,29 @@ def parse_labels(value: str) -> tuple[str, ...]:
     return tuple(sorted({s.strip() for s in _LABEL_SEPARATORS.split(value or "") if s.strip()}))
 
 
+def csv_columns(header, csv_path, known: Sequence[str], required: Sequence[str]) -> list[str]:
+    """A CSV header's column names, spaces around each dropped ("path, split, labels", as
+    spreadsheets and hand-written files have it, had read as columns " split" and " labels":
+    ignored, the test rows trained on, exit 0). ValueError naming the CSV for a name that is one
+    of `known` but for its case, a known column named twice, or a `required` one missing; other
+    columns (a user's own notes) are the caller's to ignore."""
+    names = [str(name).strip() for name in header or []]
+    for name in names:
+        if name not in known and name.lower() in known:
+            raise ValueError(f"{csv_path}: column {name!r}: expected {name.lower()!r} (column "
+                             "names are lower-case)")
+    twice = sorted({name for name in names if names.count(name) > 1 and name in known})
+    if twice:
+        raise ValueError(f"{csv_path}: column {twice[0]!r} appears twice in the header")
+    missing = [name for name in required if name not in names]
+    if missing:
+        optional = [name for name in known if name not in required]
+        raise ValueError(f"{csv_path}: expected the column{'s' * (len(required) > 1)} "
+                         f"{', '.join(map(repr, required))} (optional: {', '.join(optional)}), "
+                         f"got {header}")
+    return names
+
+
 def parse_split(value: str, key: str, *, where: str, val_fraction: float = 0.1,
                 test_fraction: float = 0.1) -> str:
     """A CSV split cell (train/val/test and their aliases), or hash_split(key) when empty."""

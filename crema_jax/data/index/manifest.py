@@ -8,10 +8,13 @@ import csv
 import pathlib
 import posixpath
 
-from crema_jax.data.index.dataset_index import (DatasetIndex, RecordInfo, infer_source,
-                                                parse_labels, parse_split, vocabulary)
+from crema_jax.data.index.dataset_index import (DatasetIndex, RecordInfo, csv_columns,
+                                                infer_source, parse_labels, parse_split,
+                                                vocabulary)
 from crema_jax.data.reading import safe_files, wfdb_header
 from crema_jax.runtime import storage
+
+COLUMNS = ("path", "labels", "split", "source", "patient_id", "record_id")
 
 
 def manifest(root, *, csv_name: str = "manifest.csv", val_fraction: float = 0.1,
@@ -32,7 +35,7 @@ def manifest(root, *, csv_name: str = "manifest.csv", val_fraction: float = 0.1,
     records = []
     with safe_files.open_text(csv_path, newline="") as f:
         reader = csv.DictReader(f, strict=True)
-        reader.fieldnames = _columns(reader.fieldnames or [], csv_path)
+        reader.fieldnames = csv_columns(reader.fieldnames, csv_path, COLUMNS, ("path",))
         for line, row in enumerate(reader, start=2):
             get = lambda key: (row.get(key) or "").strip()  # noqa: E731
             path, name, folder = _record_path(get("path"), csv_path, line)
@@ -45,28 +48,6 @@ def manifest(root, *, csv_name: str = "manifest.csv", val_fraction: float = 0.1,
             records.append(RecordInfo(record_id, path, labels, split,
                                       get("source") or infer_source(record_id, folder), meta))
     return DatasetIndex(records, vocabulary(records, label_names), "manifest", str(csv_path))
-
-
-COLUMNS = ("path", "labels", "split", "source", "patient_id", "record_id")
-
-
-def _columns(header: list[str], csv_path) -> list[str]:
-    """The header's column names, spaces around each dropped ("path, split, labels", as
-    spreadsheets and hand-written files have it, had read as columns " split" and " labels":
-    ignored, the test rows trained on, exit 0). A name that is one of COLUMNS but for its case,
-    or a column named twice, is refused; other columns (a user's own notes) are ignored."""
-    names = [name.strip() for name in header]
-    for name in names:
-        if name not in COLUMNS and name.lower() in COLUMNS:
-            raise ValueError(f"{csv_path}: column {name!r}: expected {name.lower()!r} (column "
-                             "names are lower-case)")
-    twice = sorted({name for name in names if names.count(name) > 1 and name in COLUMNS})
-    if twice:
-        raise ValueError(f"{csv_path}: column {twice[0]!r} appears twice in the header")
-    if "path" not in names:
-        raise ValueError(f"{csv_path}: expected a 'path' column (optional: labels, split, "
-                         f"source, patient_id, record_id), got {header}")
-    return names
 
 
 def _record_path(text: str, csv_path: pathlib.Path, line: int) -> tuple[str, str, str]:

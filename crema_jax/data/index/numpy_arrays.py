@@ -31,8 +31,8 @@ from __future__ import annotations
 import csv
 import pathlib
 
-from crema_jax.data.index.dataset_index import (DatasetIndex, RecordInfo, parse_labels,
-                                                parse_split, vocabulary)
+from crema_jax.data.index.dataset_index import (DatasetIndex, RecordInfo, csv_columns,
+                                                parse_labels, parse_split, vocabulary)
 from crema_jax.data.reading import arrays
 from crema_jax.data.reading import leads as leads_lib
 from crema_jax.data.reading import safe_files
@@ -67,11 +67,15 @@ def _format(fs, leads, units, order, key) -> arrays.ArrayFormat:
                               time_axis=ORDERS[order], key=str(key))
 
 
+COLUMNS = ("row", "file", "labels", "split", "source", "patient_id", "record_id")
+
+
 def _csv_rows(path: pathlib.Path | None) -> list[tuple[int, dict]] | None:
     if path is None:
         return None
     with safe_files.open_text(path, newline="") as f:
         reader = csv.DictReader(f, strict=True)
+        reader.fieldnames = csv_columns(reader.fieldnames, path, COLUMNS, ())
         rows = [(line, {k: (v or "").strip() for k, v in row.items() if k})
                 for line, row in enumerate(reader, start=2)]
     return rows

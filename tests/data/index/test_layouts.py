@@ -190,7 +190,7 @@ def test_manifest_relative_paths_labels_and_splits(tmp_path):
         manifest.manifest(tmp_path / "bad.csv")
     with open(tmp_path / "nopath.csv", "w", newline="") as f:
         csv.writer(f).writerows([["file"], ["data/SYN00000"]])
-    with pytest.raises(ValueError, match="'path' column"):
+    with pytest.raises(ValueError, match=r"expected the column 'path' \(optional: labels, "):
         manifest.manifest(tmp_path / "nopath.csv")
 
 
@@ -291,3 +291,25 @@ def test_a_record_named_outside_the_folder_is_refused_by_every_layout(tmp_path, 
     index = _layout_naming(data, layout, "sub/r")
     assert [r.path for r in index.records] in ([str(data / "sub" / "r")],
                                                [str(data / "sub" / "r.npy")])
+
+
+def test_array_and_export_label_csvs_read_their_header_without_spaces(tmp_path):
+    """The numpy layout's CSV and the clinical exports' labels CSV had kept ' split' and
+    ' patient_id' as unknown columns, like the manifest (above): the given splits dropped."""
+    from crema_jax.data.index import clinical_exports, numpy_arrays
+    (tmp_path / "a.csv").write_text("row, labels , split, patient_id\n0, AF, test, P1\n")
+    assert numpy_arrays._csv_rows(tmp_path / "a.csv") == [
+        (2, {"row": "0", "labels": "AF", "split": "test", "patient_id": "P1"})]
+    (tmp_path / "l.csv").write_text("file, labels, split\nx.xml,AF, test\n")
+    rows, _ = clinical_exports._label_rows("l.csv", tmp_path)
+    assert (rows["x.xml"]["labels"], rows["x.xml"]["split"].strip()) == ("AF", "test")
+    (tmp_path / "m.csv").write_text("file,Labels\nx.xml,AF\n")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'm.csv'}: column 'Labels': "
+                                                   "expected 'labels' (column names are "
+                                                   "lower-case)")):
+        clinical_exports._label_rows("m.csv", tmp_path)
+    (tmp_path / "n.csv").write_text("file\nx.xml\n")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'n.csv'}: expected the columns "
+                                                   "'file', 'labels' (optional: split), got "
+                                                   "['file']")):
+        clinical_exports._label_rows("n.csv", tmp_path)
