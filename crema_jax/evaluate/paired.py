@@ -381,8 +381,10 @@ def holm_bounded(p_values, bounds) -> list[tuple[float, str | None]]:
     scaled = (len(p) - np.arange(len(p))) * p[order]
     source = np.empty(len(p), np.int64)
     best = -1
-    for rank, i in enumerate(order):  # the term that is the running max (the first reaching it)
-        if best < 0 or scaled[rank] > scaled[best]:
+    for rank, i in enumerate(order):  # the term that is the running max (the first reaching
+        # it; on a tie an exact p's term, which the bounded one need not reach)
+        if (best < 0 or scaled[rank] > scaled[best]
+                or (scaled[rank] == scaled[best] and not bounded[i] and bounded[order[best]])):
             best = rank
         source[i] = best
     out = []

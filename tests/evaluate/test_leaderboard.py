@@ -40,6 +40,13 @@ def test_a_capped_or_displaceable_bound_is_at_most_rather_than_below():
     got = paired.holm_bounded([0.0021, 0.002], ["<", None])
     assert got == [(pytest.approx(0.004, abs=1e-15), "<="), (pytest.approx(0.004, abs=1e-15), "<=")]
     assert paired.holm_bounded([], []) == []
+    # A tie: the bound 0.02 ("<") and the exact 0.03 both give the term 0.06. The exact one's
+    # is reached whatever the bound's true p: 0.03's adjusted value is 0.06 unless the bound
+    # 0.5 turns out below it (then less), at most 0.06, never "below 0.06"; the bound's own
+    # adjusted value, its term 3 x p < 0.06, is below.
+    got = paired.holm_bounded([0.03, 0.02, 0.5], [None, "<", "<"])
+    assert [b for _, b in got][:2] == ["<=", "<"]
+    assert [v for v, _ in got][:2] == pytest.approx([0.06, 0.06], abs=1e-15)
     with pytest.raises(ValueError, match=r"bounds \['>'\]: expected one None or '<' per p-value"):
         paired.holm_bounded([0.1], [">"])
 

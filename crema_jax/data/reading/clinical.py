@@ -104,6 +104,8 @@ def read_clinical(path, reader: ClinicalFile = ClinicalFile(), *,
                         meta=_meta(parsed), **kwargs)
     if parsed.dropped:  # the channels the reader left unread, counted as canonical_ecg counts
         ecg.repairs["leads_dropped"] = ecg.repairs.get("leads_dropped", 0) + len(parsed.dropped)
+        ecg.repaired_leads["leads_dropped"] = (ecg.repaired_leads.get("leads_dropped", ())
+                                               + tuple(parsed.dropped))
     return ecg
 
 

@@ -33,6 +33,7 @@ def test_non_ecg_channels_are_dropped_and_counted_not_a_refusal(tmp_path, signal
     stored = cf.WRITERS[fmt](path, signal_mv, FS, extra=EXTRA[fmt])
     ecg = clinical.read_clinical(path, target_fs=None)
     assert ecg.repairs["leads_dropped"] == len(EXTRA[fmt])
+    assert ecg.repaired_leads["leads_dropped"] == tuple(EXTRA[fmt])   # named, not only counted
     assert ecg.fs == FS and ecg.signal.shape == (12, 5000) and ecg.lead_present.all()
     recorded = MUSE_RECORDED if fmt == "xml_muse" else list(range(12))
     np.testing.assert_allclose(ecg.signal[recorded], stored[recorded], rtol=1.2e-7, atol=1e-9)
