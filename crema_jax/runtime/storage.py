@@ -286,6 +286,10 @@ def staging_dir(url: str, purpose: str) -> str:
 
 MIRROR_THREADS = 8  # files copied at once: object stores serve each stream at a fraction of a
 #                     host's bandwidth, and each small request waits a round trip
+# Stores whose clients take requests from several threads at once (each its own HTTP request);
+# any other (ftp://, sftp://: one shared connection) copies one file at a time.
+_CONCURRENT_PROTOCOLS = {"gs", "gcs", "s3", "s3a", "az", "abfs", "abfss", "adl", "http", "https",
+                         "memory"}
 
 
 def mirror(url: str, local_dir: str, *, names: list[str] | None = None,
@@ -309,13 +313,18 @@ def mirror(url: str, local_dir: str, *, names: list[str] | None = None,
             files.write_atomic(local, lambda tmp: fs.get_file(remote, tmp))
 
         wanted = list(names if names is not None else listdir(url))
-        with futures.ThreadPoolExecutor(max(1, min(threads, len(wanted)))) as pool:
-            pending = [pool.submit(copy, name) for name in wanted]
-            try:
-                for done in pending:
-                    done.result()
-            except BaseException:
-                for other in pending:
-                    other.cancel()
-                raise
+        protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+        if not _CONCURRENT_PROTOCOLS & set(protocols):
+            threads = 1
+        pool = futures.ThreadPoolExecutor(max(1, min(threads, len(wanted))))
+        try:
+            for done in [pool.submit(copy, name) for name in wanted]:
+                done.result()
+        except BaseException as err:
+            # The first failure ends the copy: the files not begun are dropped, the ones running
+            # finish (each whole or not at all: write_atomic) before it is raised; Ctrl-C does
+            # not wait for them.
+            pool.shutdown(wait=not isinstance(err, KeyboardInterrupt), cancel_futures=True)
+            raise
+        pool.shutdown()
         return local_dir

@@ -84,3 +84,16 @@ def test_a_failed_copy_names_the_url_and_leaves_no_partial_file(remote, tmp_path
     assert bad not in left
     assert set(left) <= set(blobs)             # no temporary file left behind
     assert all((tmp_path / "copy" / n).read_bytes() == blobs[n] for n in left)
+
+
+def test_a_store_whose_client_shares_one_connection_copies_one_file_at_a_time(
+        remote, tmp_path, monkeypatch):
+    """ftp:// and sftp:// clients hold one connection: eight copies at once on it would mix
+    their transfers. Only the stores named concurrent copy in parallel (here memory:// is taken
+    out of that set)."""
+    base, blobs = remote
+    monkeypatch.setattr(storage, "_CONCURRENT_PROTOCOLS", {"gs", "s3"})
+    state = _slow_copies(monkeypatch)
+    storage.mirror(base, str(tmp_path / "copy"), threads=4)
+    assert state["most"] == 1 and len(state["calls"]) == len(blobs)
+    assert all((tmp_path / "copy" / n).read_bytes() == d for n, d in blobs.items())
