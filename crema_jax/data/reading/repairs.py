@@ -22,6 +22,8 @@ WORDS = {
     "leads_derived": "limb leads derived",
     "leads_absent": "leads not in the file",
 }
+# Not repairs but what a file lacks: said beside them, counted apart in a run's summary.
+NOTES = ("leads_absent",)
 # Repairs counted in samples rather than in leads: "10 in II".
 SAMPLE_COUNTS = ("nan_replaced", "nan_zeroed")
 SHOWN = 3  # records named per kind of repair in a run's summary
@@ -61,11 +63,17 @@ def summary(records: Sequence[tuple[str, Mapping, Mapping]], total: int, where: 
     """A run's repairs, per kind: how many records and which (the first SHOWN, with their
     details): "2 of 5 records repaired (WHERE): NaN samples interpolated in 2: A (10 in II),
     B (3 in V1); flat leads dropped in 1: A (V2)". `records`: (id, repairs, repaired_leads) of
-    records read (with or without repairs); `total`: the records given. "" when none was
-    repaired."""
+    records read (with or without repairs); `total`: the records given. Records that only lack
+    leads (NOTES) are counted apart: "1 of 2 records repaired, 1 of 2 without leads the model
+    reads (WHERE): ...". "" when none was repaired or lacks a lead."""
     repaired = [r for r in records if _order(r[1])]
     if not repaired:
         return ""
+    fixed = sum(any(name not in NOTES for name in _order(r[1])) for r in repaired)
+    lacking = sum(any(name in NOTES for name in _order(r[1])) for r in repaired)
+    heads = ([f"{fixed} of {total} records repaired"] if fixed else []) + (
+        [f"{lacking} of {total} {'records ' * (not fixed)}without leads the model reads"]
+        if lacking else [])
     kinds: dict[str, list[str]] = {}
     for record_id, repairs, named in repaired:
         for name in _order(repairs):
@@ -78,4 +86,4 @@ def summary(records: Sequence[tuple[str, Mapping, Mapping]], total: int, where: 
         parts.append(f"{_what(name)} in {len(kinds[name])}: {', '.join(shown)}"
                      + (f" and {more} more" if more else ""))
     where = f" ({where})" if where else ""
-    return f"{len(repaired)} of {total} records repaired{where}: {'; '.join(parts)}"
+    return f"{', '.join(heads)}{where}: {'; '.join(parts)}"

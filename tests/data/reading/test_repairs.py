@@ -32,3 +32,19 @@ def test_a_runs_summary_names_the_first_records_of_each_kind():
         "5 of 9 records repaired (crema data path): NaN samples interpolated in 1: A (3 in V1); "
         "flat leads dropped in 4: B (V2), C (V3), D (I) and 1 more")
     assert repairs.summary([("CLEAN", {}, {})], 1) == ""
+
+
+def test_records_that_only_lack_leads_are_not_counted_as_repaired():
+    """A 1-lead file given to a 12-lead model is not "repaired": it lacks leads, said apart."""
+    absent = {"leads_absent": 11}
+    named = {"leads_absent": ("II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5",
+                              "V6")}
+    assert repairs.summary([("L1", absent, named), ("L2", absent, named)], 2) == (
+        "2 of 2 records without leads the model reads: leads not in the file in 2: L1 (II, III, "
+        "aVR, aVL, aVF, V1, V2, V3, V4, V5, V6), L2 (II, III, aVR, aVL, aVF, V1, V2, V3, V4, V5, "
+        "V6)")
+    assert repairs.summary([("A", {"nan_zeroed": 2}, {}), ("M", {"leads_absent": 1},
+                                                          {"leads_absent": ("III",)})],
+                           3, "ecgfounder data path") == (
+        "1 of 3 records repaired, 1 of 3 without leads the model reads (ecgfounder data path): "
+        "NaN samples set to 0 in 1: A (2); leads not in the file in 1: M (III)")
