@@ -112,6 +112,7 @@ class Datasets:
         if name not in self.loaded:
             settings = benchmark_tasks.dataset_settings(self.suite, name)
             data = datasets.load_dataset(settings)
+            benchmark_tasks.check_sources(self.suite, name, data.sources)
             if settings["classes"]:
                 data = restrict_classes(data, [str(c) for c in settings["classes"]])
             plan, groups = folds.dataset_plan(data, settings)
@@ -278,6 +279,8 @@ def run_cells(models, cols, suite: dict, workdir: pathlib.Path, log=print) -> tu
     loaded, mesh = Datasets(suite), mesh_lib.make_mesh()
     store = feature_store.FeatureStore(workdir / "features", counts, log=log,
                                        records_of=loaded.records_like)
+    for name in dict.fromkeys(c.dataset for c in cols if c.train_source):
+        loaded.get(name)  # its task sources checked before any column extracts features
     cells = {}
     for column in cols:
         for protocol in suite["protocols"]:

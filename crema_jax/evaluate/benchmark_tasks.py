@@ -119,19 +119,25 @@ def _section(config: dict, key: str, kind: type, path) -> None:
                             "a list of tasks, each a mapping {name, dataset, ...}"))
 
 
-def _check_source_name(task: dict, data: dict, where: str) -> None:
-    """A wfdb_folder dataset names a CinC 2021 record's source by its database, never by the
-    record prefix: train_source "JS" matched no record, an error only after every model's
-    features were extracted."""
-    if data["layout"] != "wfdb_folder" or "source" in data["layout_options"]:
-        return
-    for field in ("train_source", "test_source"):
-        if task[field] in CINC_SOURCES:
-            known = ", ".join(f"{prefix} {name}" for prefix, name in CINC_SOURCES.items())
-            raise ValueError(f"{where}.{field}={task[field]!r} is a CinC 2021 record prefix; "
-                             f"the wfdb_folder layout names that source "
-                             f"{CINC_SOURCES[task[field]]!r} (prefix and source: {known}; "
-                             "other records: their parent folder's name)")
+def check_sources(suite: dict, name: str, sources) -> None:
+    """Every cross-domain task on dataset `name` names sources its records have (`sources`, as
+    the layout named them), checked once it is indexed and before any feature is extracted: a
+    source no record has (the CinC 2021 prefix "JS", where the layout names that source
+    "ningbo") had failed only after every model's features were extracted."""
+    have = sorted(set(np.asarray(sources).tolist()))
+    shown = ", ".join(have[:20]) + (f", ... ({len(have)} in all)" if len(have) > 20 else "")
+    for task in (t for t in suite["tasks"] if t["dataset"] == name):
+        for field in ("train_source", "test_source"):
+            given = task[field]
+            if not given or given in have:
+                continue
+            hint = ""
+            if given in CINC_SOURCES:
+                known = ", ".join(f"{prefix} {source}" for prefix, source in CINC_SOURCES.items())
+                hint = (f"; {given!r} is a CinC 2021 record prefix: the source of its records "
+                        f"is {CINC_SOURCES[given]!r} (prefix and source: {known})")
+            raise ValueError(f"task file: task {task['name']!r}: {field}={given!r} is not a "
+                             f"source of dataset {name!r} (its sources: {shown}){hint}")
 
 
 def load_suite(path, roots: dict | None = None) -> dict:
@@ -180,7 +186,6 @@ def load_suite(path, roots: dict | None = None) -> dict:
                              "every record is tested, the training ones too: a cross-domain "
                              "pair needs two sources (leave both out for in-domain figures)")
         data = datasets[task["dataset"]]
-        _check_source_name(task, data, f"task file {path}: tasks[{i}]")
         if data["folds"] and data["split_fractions"] and not task["train_source"] and not any(
                 t["dataset"] == task["dataset"] and t["train_source"] for t in tasks):
             raise ValueError(f"task file {path}: datasets[{task['dataset']!r}] gives folds and "

@@ -1,13 +1,17 @@
 """benchmark: task files whose fields have the wrong kind, a number out of range or a value listed
-twice, a cross-domain pair of one source, a class the training source lacks; --models entries
-that were paths ("..") or another row's ("random:a"); cells that must follow their dataset and
-never share a file. Each is one line naming the field or flag, or is scored as what it is."""
+twice, a cross-domain pair of one source or a source no record has, a class the training source
+lacks; --models entries that were paths ("..") or another row's ("random:a"); cells that must
+follow their dataset and never share a file. Each is one line naming the field or flag, or is
+scored as what it is."""
 import pathlib
+import shutil
 
 import pytest
 
+from crema_jax.data.index import dataset_index
 from crema_jax.evaluate import benchmark, benchmark_tasks
 from crema_jax.runtime import files
+from crema_jax.runtime import workdir as workdir_lib
 from tests.cli.conftest import _fails
 
 
@@ -85,27 +89,67 @@ def test_a_cross_domain_pair_of_one_source_is_refused(tmp_path):
     assert said.startswith("task 't': train_source and test_source are both 'georgia'")
 
 
-def test_a_cinc_record_prefix_as_a_source_is_refused_before_any_model_runs(tmp_path):
-    """train_source "JS" (the prefix of ningbo's records) matched no record: the run stopped
-    only after extracting every model's features. The prefixes are CinC 2021's published ones,
-    written out here."""
-    said = _suite_error(tmp_path, '"dataset": "d"}', '"dataset": "d", "train_source": "ningbo",'
-                                                     ' "test_source": "E"}')
-    assert said == ("tasks[0].test_source='E' is a CinC 2021 record prefix; the wfdb_folder "
-                    "layout names that source 'georgia' (prefix and source: A cpsc2018, "
-                    "Q cpsc2018_extra, I incart, S ptb, HR ptbxl, E georgia, JS ningbo; other "
-                    "records: their parent folder's name)")
-    said = _suite_error(tmp_path, '"dataset": "d"}', '"dataset": "d", "train_source": "JS",'
-                                                     ' "test_source": "georgia"}')
-    assert said.startswith("tasks[0].train_source='JS' is a CinC 2021 record prefix; the "
-                           "wfdb_folder layout names that source 'ningbo'")
-    # Source names are the layout's: a manifest's source column, or wfdb_folder's source
-    # option, may well be called "E".
+SPLIT_TASKS = """import ml_collections
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.datasets = {"folds": {"root": ROOT, "folds": 3, "min_positives": 5,
+                            "layout_options": {"source": "all"}},   # extracted first
+                  "split": {"root": ROOT, "split_fractions": [0.6, 0.2, 0.2]}}
+    c.tasks = [{"name": "in", "dataset": "folds"},
+               {"name": "x", "dataset": "split", "train_source": TRAIN, "test_source": TEST}]
+    c.protocols = {"probe": {"steps": 5}}
+    return c
+"""
+# CinC 2021's published record prefixes and the sources they name, written out here.
+CINC_TABLE = ("A cpsc2018, Q cpsc2018_extra, I incart, S ptb, HR ptbxl, E georgia, JS ningbo")
+
+
+def _split_tasks(tmp_path, root, train: str, test: str) -> pathlib.Path:
     path = tmp_path / "tasks.py"
-    for dataset in ('"layout": "manifest", ', '"layout_options": {"source": "E"}, '):
-        path.write_text(TASK_FILE.replace('"folds": 3', dataset + '"folds": 3').replace(
-            '"dataset": "d"}', '"dataset": "d", "train_source": "E", "test_source": "x"}'))
-        assert benchmark_tasks.load_suite(path)["tasks"][0]["train_source"] == "E"
+    path.write_text(SPLIT_TASKS.replace("ROOT", repr(str(root))).replace(
+        "TRAIN", repr(train)).replace("TEST", repr(test)))
+    return path
+
+
+def test_a_source_no_record_has_is_refused_before_any_feature_is_extracted(tmp_path):
+    """test_source "E" (the prefix of georgia's records) matched no record: the run stopped only
+    after extracting every model's features (here: the first task's, on another dataset)."""
+    root = dataset_index.sample_data_dir()   # sources georgia (E...), ningbo (JS...), ptbxl (HR...)
+    path = _split_tasks(tmp_path, root, "ningbo", "E")
+    with pytest.raises(ValueError) as raised:
+        benchmark.run_benchmark(["r=random"], str(path), str(tmp_path / "bench"))
+    assert str(raised.value) == (
+        "task file: task 'x': test_source='E' is not a source of dataset 'split' (its sources: "
+        "georgia, ningbo, ptbxl); 'E' is a CinC 2021 record prefix: the source of its records "
+        f"is 'georgia' (prefix and source: {CINC_TABLE})")
+    assert not [p for p in (tmp_path / "bench").rglob("*") if p.is_file()
+                and p.name != workdir_lib.WorkdirLock.NAME]   # no feature, no cell
+    path = _split_tasks(tmp_path, root, "nowhere", "georgia")   # no prefix: no table
+    with pytest.raises(ValueError) as raised:
+        benchmark.Datasets(benchmark_tasks.load_suite(path)).get("split")
+    assert str(raised.value) == ("task file: task 'x': train_source='nowhere' is not a source of "
+                                 "dataset 'split' (its sources: georgia, ningbo, ptbxl)")
+
+
+def _renamed_copy(record: pathlib.Path, folder: pathlib.Path, name: str) -> None:
+    """A WFDB record under another name: its header's record and signal-file names replaced."""
+    folder.mkdir(parents=True, exist_ok=True)
+    header = record.with_suffix(".hea").read_text().replace(record.name, name)
+    (folder / f"{name}.hea").write_text(header)
+    shutil.copyfile(record.with_suffix(".mat"), folder / f"{name}.mat")
+
+
+def test_sources_named_after_folders_a_and_e_are_sources_like_any_other(tmp_path):
+    """Records whose ids carry no CinC prefix take their folder's name as their source: a
+    private dataset in folders A/ and E/ had been refused as if A and E were CinC prefixes."""
+    sample = dataset_index.sample_data_dir()
+    for folder, prefix in (("A", "JS"), ("E", "E")):   # A/ holds what were ningbo records
+        for k, head in enumerate(sorted(sample.glob(f"{prefix}*.hea"))[:12]):
+            _renamed_copy(head.with_suffix(""), tmp_path / "data" / folder, f"rec{folder}{k:02d}")
+    suite = benchmark_tasks.load_suite(_split_tasks(tmp_path, tmp_path / "data", "A", "E"))
+    data = benchmark.Datasets(suite).get("split")[0]
+    assert sorted(set(data.sources.tolist())) == ["A", "E"]
+    assert all(i.record_id.startswith(f"rec{s}") for i, s in zip(data.infos, data.sources))
 
 
 def _task_file(tmp_path, root, extra: str) -> pathlib.Path:
