@@ -19,8 +19,8 @@ COMMAND = command.Command("predict", __doc__, usage="--model=ecgfounder --checkp
                           positional="RECORD...")
 COMMAND.enum("model", "ecgfounder", ["ecgfounder"], "The label model.")
 COMMAND.string("checkpoint", None, "Workdir, checkpoints dir or step dir to read.", required=True)
-COMMAND.string("out", "", "Output CSV of all label probabilities per record, and its "
-               "repairs.")
+COMMAND.string("out", "", "Output CSV: per record its id, all label probabilities and its "
+               "repairs (the last column, repairs, is text: read the label columns by name).")
 COMMAND.integer("top", 5, "Labels printed per record.", lower_bound=0)
 COMMAND.boolean("overwrite", False, "Replace the --out CSV when it exists.")
 COMMAND.integer("batch_size", 16, "ECGs per forward pass.", lower_bound=1)
