@@ -13,8 +13,9 @@ file name, or its path below the records' common folder when two share a name ("
 window k when the data path cuts records into windows). One line per row: a backslash, newline
 or carriage return in a name is written as \\\\, \\n or \\r. What the data path did to the
 input is said in one line beginning "input:": an array's NaN/Inf samples, or what reading
-repaired in records (NaN samples interpolated or set to 0, all-NaN or flat leads dropped, limb
-leads derived, extra channels dropped), per kind with the first records it names.
+repaired in records, per kind as data/reading/repairs.py's WORDS names it (e.g. "NaN samples
+interpolated", "all-NaN leads fed as zeros", "leads not in the file"), with the first records
+it names.
 """
 import io
 import math

@@ -44,7 +44,8 @@ def add(cmd: command.Command) -> None:
              "a patient's records in one split (default: the layout's splits). Small datasets "
              "need it (or --folds) so every split has records.")
     cmd.enum("patients_across_splits", "refuse", ["refuse", "allow"], "The layout's own splits "
-             "(a manifest's split column) putting a patient's records in two of train/val/test: "
+             "(a split column: of a manifest, of the numpy layout's CSV or of clinical_exports' "
+             "labels CSV) putting a patient's records in two of train/val/test: "
              "refuse = stop with their count (re-split with --split_fractions, or --folds), "
              "allow = keep the splits (printed, and counted in report.json): scores of those "
              "patients' test records are inflated.")

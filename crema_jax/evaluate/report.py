@@ -146,9 +146,7 @@ def _comparison_markdown(report: dict, comparison: dict) -> list[str]:
         m = comparison[key]
         lines.append(f"| {key.replace('_', ' ')} | {fmt(m['a'])} | {fmt(m['b'])} | "
                      f"{fmt(m['difference'])} | {_ci(m['ci'])} | {p_text(m)} |")
-    tests = comparison.get("per_class_tests")
-    lines += ["", f"Per class: DeLong's test; each verdict is decided on the p after Holm's "
-              f"correction over the {tests} classes tested here (p (Holm)), the raw p beside it.",
+    lines += ["", _holm_note(comparison.get("per_class_tests")),
               "", "| class | positives | AUROC A | AUROC B | A − B "
               f"| {level(comparison['alpha'])} CI (DeLong) "
               "| p (DeLong) | p (Holm) | verdict (Holm) |", "|---|---|---|---|---|---|---|---|---|"]
@@ -162,6 +160,16 @@ def _comparison_markdown(report: dict, comparison: dict) -> list[str]:
                      f"| {_ci(c['ci'])} | {p_text(c)} | {p_text({'p': c.get('p_holm')})} "
                      f"| {c['verdict']} |")
     return lines + [""]
+
+
+def _holm_note(tests: int | None) -> str:
+    """The line above a comparison's per-class table: how many classes Holm's correction ran
+    over (`per_class_tests`; a comparison without it had printed "over the None classes")."""
+    if tests == 0:
+        return "Per class: DeLong's test; no class tested here (each verdict says why)."
+    over = "the classes" if tests is None else f"the {tests} classes"
+    return (f"Per class: DeLong's test; each verdict is decided on the p after Holm's correction "
+            f"over {over} tested here (p (Holm)), the raw p beside it.")
 
 
 def markdown(report: dict) -> str:

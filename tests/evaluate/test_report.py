@@ -260,3 +260,25 @@ def test_every_label_fraction_shown_says_what_it_used():
     assert "patients resampled together; label fraction 0.1 (used 0.178: 4.8 of 27))" in md
     assert "## Per class (probe leads=12 labels=0.1 folds=5, model A; label fraction 0.1 " \
            "(used 0.178: 4.8 of 27))" in md
+
+
+def test_the_per_class_table_says_how_many_classes_holm_ran_over():
+    """A comparison without `per_class_tests` had printed "over the None classes"; one where
+    no class was tested says so."""
+    from crema_jax.evaluate import paired
+
+    rng = np.random.default_rng(0)
+    labels = np.eye(2, dtype=np.float32)[np.arange(40) % 2]
+    comparison = {"run": "probe", **paired.compare_predictions(
+        labels, rng.random((40, 2)), rng.random((40, 2)), ["AF", "SR"], n_resamples=20)}
+    holm = [e for e in comparison["per_class"].values() if e.get("p_holm") is not None]
+    assert len(holm) == 2    # 20 positives and 20 negatives a class: both tested
+
+    def note(**changed):
+        md = report.markdown({"comparisons": [{**comparison, **changed}]})
+        return next(x for x in md.splitlines() if x.startswith("Per class: "))
+    assert "over the 2 classes tested here (p (Holm))" in note()
+    assert note(per_class_tests=0) == ("Per class: DeLong's test; no class tested here (each "
+                                       "verdict says why).")
+    del comparison["per_class_tests"]
+    assert "None" not in note() and "over the classes tested here (p (Holm))" in note()
