@@ -145,7 +145,8 @@ def _checked_patients(infos, splits, settings: dict, where: str) -> dict | None:
     k = int(settings.get("folds") or 0)
     if settings.get("split_fractions") or (k and not settings.get("cross_domain")):
         return None
-    found = protocols.patients_across_splits(splits, protocols.patient_keys(infos))
+    found = protocols.patients_across_splits(splits, protocols.patient_keys(infos),
+                                             [info.record_id for info in infos])
     if not found["patients"]:
         return found
     policy = settings.get("patients_across_splits", "refuse")
@@ -153,7 +154,8 @@ def _checked_patients(infos, splits, settings: dict, where: str) -> dict | None:
         raise ValueError(f"{flag(settings, 'patients_across_splits')}={policy!r}: expected one "
                          f"of {PATIENTS_ACROSS_SPLITS}")
     what = (f"{where}: its own splits put {found['patients']} patient(s) in more than one of "
-            f"train/val/test ({found['records']} records, e.g. {', '.join(found['examples'])})")
+            f"train/val/test ({found['records']} records, e.g. records "
+            f"{', '.join(found['examples'])})")
     if policy == "allow":
         print(f"warning: {what}; kept ({flag(settings, 'patients_across_splits')}=allow): "
               "the scores of their test records are inflated")

@@ -97,17 +97,20 @@ def patient_keys(infos) -> np.ndarray:
     return np.asarray(keys)
 
 
-def patients_across_splits(splits, patients, *, show: int = 5) -> dict:
+def patients_across_splits(splits, patients, record_ids, *, show: int = 5) -> dict:
     """The patients (patient_keys' "patient:ID"; a record without a patient id is its own
     patient and never counted) with records in more than one of the splits: {"patients": how
-    many, "records": all their records, "examples": the first `show` ids, in record order}."""
+    many, "records": all their records, "examples": the first `show` of those records' ids, in
+    record order}. Record ids, never patient ids: a patient id (a hospital's record number) must
+    not reach a log or a report, and record ids are in the predictions already."""
     seen: dict = {}
     for split, key in zip(np.asarray(splits).tolist(), np.asarray(patients).tolist()):
         if str(key).startswith("patient:"):
             seen.setdefault(key, []).append(split)
-    shared = [key for key, found in seen.items() if len(set(found)) > 1]
-    return {"patients": len(shared), "records": sum(len(seen[key]) for key in shared),
-            "examples": [key.split(":", 1)[1] for key in shared[:show]]}
+    shared = {key for key, found in seen.items() if len(set(found)) > 1}
+    records = [str(r) for r, key in zip(record_ids, np.asarray(patients).tolist())
+               if key in shared]
+    return {"patients": len(shared), "records": len(records), "examples": records[:show]}
 
 
 def resplit(infos, fractions: Sequence[float], *, seed: int = 0) -> list[str]:

@@ -1,11 +1,13 @@
 """A dataset's own splits (a manifest's `split` column) that put one patient's records in two of
 train/val/test are refused, or with --patients_across_splits=allow kept, printed and counted in
-report.json. The manifest below is written by hand: P0 (train + test), P1 (val + test) and P2
-(train + val) straddle splits, 3 patients with 6 records; P3 to P5 do not, and two records
-without a patient id (each its own patient) sit in train and test."""
+report.json, named by the ids of their records (never by patient id: a hospital's record number
+must not reach a report). The manifest below is written by hand: P0 (train + test), P1 (val +
+test) and P2 (train + val) straddle splits, 3 patients with 6 records; P3 to P5 do not, and two
+records without a patient id (each its own patient) sit in train and test."""
 import csv
 import hashlib
 import json
+import pathlib
 from types import SimpleNamespace
 
 import pytest
@@ -19,7 +21,7 @@ from tests.evaluate.test_cli import _run
 ROWS = [("P0", "train"), ("P0", "test"), ("P1", "val"), ("P1", "test"), ("P2", "train"),
         ("P2", "val"), ("P3", "train"), ("P3", "train"), ("", "train"), ("", "test"),
         ("P4", "test"), ("P5", "val")]
-SHARED = {"patients": 3, "records": 6, "examples": ["P0", "P1", "P2"]}
+STRADDLING = ("P0", "P1", "P2")
 
 
 @pytest.fixture
@@ -47,9 +49,19 @@ def _settings(root, **more):
             "folds": 0, "patients_across_splits": "refuse", **more}
 
 
+def _shared(manifest) -> dict:
+    """What loading should find, read back from the manifest: the straddling patients' records
+    named by file name (the manifest layout's record id), the first five in row order."""
+    with open(manifest, newline="") as f:
+        ids = [pathlib.Path(row["path"]).name for row in csv.DictReader(f)
+               if row["patient_id"] in STRADDLING]
+    assert len(ids) == 6
+    return {"patients": 3, "records": 6, "examples": ids[:5]}
+
+
 def _said(root) -> str:
     return (f"{root}: its own splits put 3 patient(s) in more than one of train/val/test "
-            "(6 records, e.g. P0, P1, P2)")
+            f"(6 records, e.g. records {', '.join(_shared(root)['examples'])})")
 
 
 def test_patients_in_two_splits_are_counted_by_their_ids_alone():
@@ -59,10 +71,13 @@ def test_patients_in_two_splits_are_counted_by_their_ids_alone():
         ("r1", "a"), ("r2", "a"), ("r3", "b"), ("r4", None), ("a", ""), ("r6", "c"),
         ("r7", "c"), ("r8", "c"), ("r9", "d")]]
     splits = ["train", "test", "val", "test", "train", "val", "val", "test", "test"]
-    found = protocols.patients_across_splits(splits, protocols.patient_keys(infos))
-    assert found == {"patients": 2, "records": 5, "examples": ["a", "c"]}
-    assert protocols.patients_across_splits(["train"] * 9, protocols.patient_keys(infos)) == \
-        {"patients": 0, "records": 0, "examples": []}
+    ids = [i.record_id for i in infos]
+    found = protocols.patients_across_splits(splits, protocols.patient_keys(infos), ids)
+    assert found == {"patients": 2, "records": 5, "examples": ["r1", "r2", "r6", "r7", "r8"]}
+    assert protocols.patients_across_splits(splits, protocols.patient_keys(infos), ids,
+                                            show=3)["examples"] == ["r1", "r2", "r6"]
+    assert protocols.patients_across_splits(["train"] * 9, protocols.patient_keys(infos),
+                                            ids) == {"patients": 0, "records": 0, "examples": []}
 
 
 def test_given_splits_with_a_patient_in_two_are_refused_with_the_remedy(split_manifest):
@@ -90,7 +105,7 @@ def test_a_task_file_is_told_its_own_fields(split_manifest):
 def test_allowed_they_are_kept_printed_and_counted(split_manifest, capsys):
     data = datasets.load_dataset(_settings(split_manifest, patients_across_splits="allow"))
     assert len(data.infos) == len(ROWS) and data.splits.tolist() == [s for _, s in ROWS]
-    assert data.counts["patients_across_splits"] == SHARED
+    assert data.counts["patients_across_splits"] == _shared(split_manifest)
     assert (f"warning: {_said(split_manifest)}; kept (--patients_across_splits=allow): the "
             "scores of their test records are inflated\n") in capsys.readouterr().out
 
@@ -114,13 +129,14 @@ def test_the_probe_refuses_in_one_line_and_allowed_records_it_in_report_json(
         split_manifest, tmp_path, capsys):
     argv = ["--checkpoint=random", "--layout=manifest", f"--root={split_manifest}",
             f"--workdir={tmp_path / 'refused'}"]
-    _fails(probe, argv, capsys, "its own splits put 3 patient(s) in more than one of "
-           "train/val/test (6 records, e.g. P0, P1, P2)", "--patients_across_splits=allow")
+    _fails(probe, argv, capsys, _said(split_manifest).removeprefix(f"{split_manifest}: "),
+           "--patients_across_splits=allow")
     assert not (tmp_path / "refused").exists()
     _run(probe, checkpoint="random", layout="manifest", root=str(split_manifest),
          workdir=str(tmp_path / "allowed"), patients_across_splits="allow", probe_steps=5,
          bootstrap=20, batch_size=8, l2_grid=["0.01"])
     report = json.loads((tmp_path / "allowed" / "report.json").read_text())
-    assert report["records"]["patients_across_splits"] == SHARED
+    assert report["records"]["patients_across_splits"] == _shared(split_manifest)
+    assert not any(f"\"{p}\"" in json.dumps(report) for p in STRADDLING)   # no patient id
     assert (report["records"]["train"], report["records"]["val"], report["records"]["test"]) \
         == (5, 3, 4)
