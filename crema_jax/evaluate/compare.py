@@ -180,7 +180,6 @@ def run_compare(settings: dict, method_kwargs: dict) -> dict:
             cross_domain=results["A"]["cross_domain"] + results["B"]["cross_domain"],
             record_folds=plan, comparisons=comparisons, cross_domain_comparisons=drops,
             seconds=time.time() - start)
-        datasets.add_loading_checks(out, data)
         head = pairs[comparisons[0]["run"]]
         arrays = {"record_id": np.asarray([data.infos[r].record_id for r in head["rows"]]),
                   "row": head["rows"], "labels": data.labels[head["rows"]],

@@ -244,15 +244,6 @@ def load_dataset(settings: dict) -> Dataset:
                    counts=counts)
 
 
-def add_loading_checks(report_json: dict, dataset: Dataset) -> dict:
-    """report.json's `records` with what loading checked beyond its counts:
-    `patients_across_splits` ({"patients", "records", "examples"} of the given splits, or None
-    where the splits were re-split or not read)."""
-    report_json["records"]["patients_across_splits"] = dataset.counts.get(
-        "patients_across_splits")
-    return report_json
-
-
 def make_source(dataset: Dataset, data_cfg, rows=None):
     """A source over dataset records (all, or `rows`): WFDB files, or the prepared cache's
     records (checked against the data path). Its examples map back to `rows` through

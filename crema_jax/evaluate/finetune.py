@@ -376,7 +376,6 @@ def run_finetune(settings: dict, ft: dict) -> dict:
             settings={**settings, **result["recipe"]},
             data=data, models={"A": result["model"]}, runs=result["runs"],
             cross_domain=result["cross_domain"], record_folds=plan, seconds=time.time() - start)
-        datasets.add_loading_checks(out, data)
         head = result["predictions"]["runs"][out["headline"]["run"]]
         readable = [data.display.get(c, c) for c in data.classes]
         features, rows = result["embedding"]

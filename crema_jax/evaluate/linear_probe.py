@@ -313,7 +313,6 @@ def run_probe(settings: dict, probe_kwargs: dict) -> dict:
             settings={**settings, **probe_kwargs}, data=data, models={"A": result["model"]},
             runs=result["runs"], cross_domain=result["cross_domain"], record_folds=plan,
             seconds=time.time() - start)
-        datasets.add_loading_checks(out, data)
         features = result["features"]
         readable = [data.display.get(c, c) for c in data.classes]
         head = result["predictions"]["runs"][out["headline"]["run"]]

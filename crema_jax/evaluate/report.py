@@ -279,12 +279,15 @@ def records(data, record_folds=None, head=None) -> dict:
     records and every record tested (once). With `head` (the headline model's run on its
     lead set and all labels), they count the records its model could read and scored;
     `unreadable` counts the test records its data path skipped (a damaged or too short
-    record: the log names each, with its reason)."""
+    record: the log names each, with its reason). `patients_across_splits` is what loading
+    found of the given splits (datasets._checked_patients: {"patients", "records", "examples"},
+    or None where the splits were re-split or not read)."""
     counts = {"indexed": int(data.counts.get("indexed", len(data.infos))),
               "duplicates_merged": int(data.counts.get("duplicates_merged", 0)),
               "no_class_left": int(data.counts.get("no_class_left", 0)),
               "not_one_class": int(data.counts.get("not_one_class", 0)),
-              "unlabelled": int(data.counts.get("unlabelled", 0))}
+              "unlabelled": int(data.counts.get("unlabelled", 0)),
+              "patients_across_splits": data.counts.get("patients_across_splits")}
     if record_folds:
         used = {"train": round(float(np.mean([len(p["train"]) for p in record_folds])), 1),
                 "val": round(float(np.mean([len(p["val"]) for p in record_folds])), 1),

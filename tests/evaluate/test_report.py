@@ -160,7 +160,7 @@ def test_report_json_and_markdown_agree_on_counts_and_p_values(tmp_path):
                             comparisons=[comparison], seconds=1.0)
     assert rep["records"] == {"total": 45, "indexed": 50, "duplicates_merged": 2,
                               "no_class_left": 3, "not_one_class": 0, "unlabelled": 4,
-                              "train": 27.0,
+                              "patients_across_splits": None, "train": 27.0,
                               "val": 9.0, "test": 45, "unreadable": 0, "folds": [9] * 5}
     macro = rep["comparisons"][0]["macro_auroc"]
     assert macro["n_valid"] == 1000 and macro["p_bound"] == "<"
