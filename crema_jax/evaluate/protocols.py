@@ -184,11 +184,15 @@ def label_fraction_subset(labels: np.ndarray, fraction: float, *, seed: int = 0)
 
 
 def labels_used(labelled, pools) -> dict:
-    """What a label fraction used, of one head or of K fold heads: {"n_labelled": the records
-    label_fraction_subset drew, "n_train_pool": the training records it drew them from (with
-    folds the means per fold, one decimal), "label_fraction_used": their ratio (over all
-    folds)}. One positive of every class comes first, so the fraction used can exceed the one
-    asked for: 0.1 of 27 records of ten classes drew 4 to 6 of them."""
+    """What a label fraction used, of one head (counts: ints) or of K fold heads (lists of
+    them): {"n_labelled": the records label_fraction_subset drew, "n_train_pool": the training
+    records it drew them from (whole counts for one head; with folds the means per fold, one
+    decimal), "label_fraction_used": their ratio (over all folds)}. One positive of every class
+    comes first, so the fraction used can exceed the one asked for: 0.1 of 27 records of ten
+    classes drew 4 to 6 of them."""
+    if np.ndim(labelled) == 0 and np.ndim(pools) == 0:  # one head: 27, not 27.0
+        return {"n_labelled": int(labelled), "n_train_pool": int(pools),
+                "label_fraction_used": float(labelled / pools) if pools else None}
     labelled, pools = np.atleast_1d(labelled), np.atleast_1d(pools)
     return {"n_labelled": round(float(labelled.mean()), 1),
             "n_train_pool": round(float(pools.mean()), 1),

@@ -1,6 +1,7 @@
 """The protocol runs of one model (runs.py) with a model whose scores are fixed per record:
 split runs, label fractions and cross-domain drops against scikit-learn, and CIs that resample
 patients, re-drawn here."""
+import json
 from types import SimpleNamespace
 
 import numpy as np
@@ -227,6 +228,9 @@ def test_a_small_label_fraction_says_what_it_used():
     assert (tenth["n_labelled"], tenth["n_train_pool"]) == (len(seen[0]), 27)
     assert tenth["label_fraction_used"] == pytest.approx(10 / 27, abs=1e-12)
     assert (full["n_labelled"], full["n_train_pool"], full["label_fraction_used"]) == (27, 27, 1)
+    # One head's counts are whole numbers: report.json had said 27.0 of 27.0.
+    assert json.dumps({k: full[k] for k in ("n_labelled", "n_train_pool")}) == \
+        '{"n_labelled": 27, "n_train_pool": 27}'
 
 
 def test_k_fold_label_fractions_say_what_each_fold_used():
@@ -250,6 +254,8 @@ def test_k_fold_label_fractions_say_what_each_fold_used():
     drawn = [len(rows) for rows in seen]
     assert [(f["n_labelled"], f["n_train_pool"]) for f in run["folds"]] == [(d, 12) for d in
                                                                             drawn]
+    assert all(type(f["n_labelled"]) is int for f in run["folds"])   # a fold's head: whole
+    assert type(run["n_train_pool"]) is float                         # the mean over folds
     assert all(d >= 2 for d in drawn)  # a positive of each class, though 0.05 x 12 is one
     assert run["n_labelled"] == round(np.mean(drawn), 1) and run["n_train_pool"] == 12
     assert run["label_fraction_used"] == pytest.approx(sum(drawn) / 36, abs=1e-12)
