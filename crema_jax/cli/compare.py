@@ -46,7 +46,7 @@ evaluation_flags.add_finetune_recipe(COMMAND)
 
 @COMMAND.main
 def main(args) -> None:
-    from crema_jax.evaluate import compare, report  # run time: --help needs no JAX
+    from crema_jax.evaluate import compare, report_markdown  # run time: --help needs no JAX
 
     if args.init_seed_b is not None and args.checkpoint_b != "random":
         raise command.FlagValueError(f"--init_seed_b={args.init_seed_b}: only with "
@@ -58,7 +58,7 @@ def main(args) -> None:
     method_kwargs = (evaluation_flags.probe_head(args) if args.method == "probe"
                      else evaluation_flags.finetune_recipe(args))
     result = compare.run_compare(settings, method_kwargs)
-    print(report.markdown(result))
+    print(report_markdown.markdown(result))
     for comparison in result["comparisons"]:
         print(f"{comparison['run']}: {comparison['verdict']}")
     for drop in result["cross_domain_comparisons"]:

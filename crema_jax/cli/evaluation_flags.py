@@ -222,11 +222,11 @@ def evaluation_command(name: str, doc: str, add_recipe) -> command.Command:
 def run_and_report(run, args, recipe: dict) -> None:
     """An evaluation command's body: `run(settings, recipe)` (run_probe or run_finetune) on the
     parsed flags, then its report printed and the files it wrote named."""
-    from crema_jax.evaluate import report  # here: --help answers without importing JAX
+    from crema_jax.evaluate import report_markdown  # here: --help answers without importing JAX
 
     chosen = settings(args)
     result = run(chosen, recipe)
-    print(report.markdown(result))
+    print(report_markdown.markdown(result))
     print(f"wrote {chosen['workdir']}/report.json, report.md, roc.png, embeddings_pca.png, "
           "predictions.npz")
     refuse_if_nothing_scored(result)

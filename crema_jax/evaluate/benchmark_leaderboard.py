@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from crema_jax.evaluate import benchmark_tasks, compare, paired, plots, report, scoring
+from crema_jax.evaluate import (benchmark_tasks, compare, paired, plots, report,
+                                report_markdown, scoring)
 from crema_jax.runtime import files
 
 
@@ -166,7 +167,7 @@ def build(models, cols, suite: dict, cells: dict) -> dict:
 
 
 def _p(value, bound: str | None = None) -> str:
-    return report.p_text({"p": value, "p_bound": bound})
+    return report_markdown.p_text({"p": value, "p_bound": bound})
 
 
 def decimals(values, least: int = 3, most: int = 6) -> int:
@@ -197,11 +198,11 @@ def _table(board: dict) -> list[str]:
             key = (model["name"], panel["column"], panel["protocol"])
             s = by_cell.get(key)
             if s is None or s["macro_auroc"] is None:
-                row.append(report.DASH)
+                row.append(report_markdown.DASH)
                 continue
             ci = s["ci"]
-            text = (f"{s['macro_auroc']:.{digits}f} [{report.fmt(ci['low'])}, "
-                    f"{report.fmt(ci['high'])}]")
+            text = (f"{s['macro_auroc']:.{digits}f} [{report_markdown.fmt(ci['low'])}, "
+                    f"{report_markdown.fmt(ci['high'])}]")
             text = f"**{text}**" if model["name"] in panel["best"] else text
             row.append(text + ("\\*" if key in worse else ""))
         lines.append(f"| {model['name']} | " + " | ".join(row) + " |")
@@ -215,13 +216,13 @@ def _panels_table(board: dict) -> list[str]:
              "records) | test records | classes |", "|---|---|---|---|---|---|"]
     for p in board["panels"]:
         lines.append(f"| {p['column']} | {p['protocol']} | {p['leads']} | "
-                     f"{report.labels_used_text(p['label_fraction'], p)} | {p['n']} | "
+                     f"{report_markdown.labels_used_text(p['label_fraction'], p)} | {p['n']} | "
                      f"{p['n_classes']} |")
     return lines
 
 
 def markdown(board: dict) -> str:
-    level = report.level(board['settings']['alpha'])
+    level = report_markdown.level(board['settings']['alpha'])
     lines = ["# Benchmark leaderboard", "",
              (f"Macro AUROC [{level} CI over patients]; **bold**: the best (highest macro "
               "AUROC), or not distinguishable from it (its paired test against the best: "
@@ -240,8 +241,9 @@ def markdown(board: dict) -> str:
         m = t["macro_auroc"]
         lines.append(f"| {t['column']} | {t['protocol']} | {t['model']} | "
                      f"{' and '.join(t['against'])} | {t['reference']} | "
-                     f"{report.fmt(m['difference'])} | [{report.fmt(m['ci']['low'])}, "
-                     f"{report.fmt(m['ci']['high'])}] | {_p(m['p'], m['p_bound'])} | "
+                     f"{report_markdown.fmt(m['difference'])} | "
+                     f"[{report_markdown.fmt(m['ci']['low'])}, "
+                     f"{report_markdown.fmt(m['ci']['high'])}] | {_p(m['p'], m['p_bound'])} | "
                      f"{_p(m.get('p_holm'), m.get('p_holm_bound'))} |")
     lines += ["", "## Models", ""] + [
         f"- {m['name']}: {m['family']}, {m['checkpoint']}"
@@ -259,7 +261,7 @@ def plot(board: dict, path) -> None:
     by_cell = {(s["model"], s["column"], s["protocol"]): s for s in board["cells"]}
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 1.2 + 0.4 * len(names)),
                              squeeze=False, sharey=True)
-    level = report.level(board["settings"]["alpha"])
+    level = report_markdown.level(board["settings"]["alpha"])
     for ax, (column, protocol, best) in zip(axes[0], keys):
         for y, name in enumerate(names[::-1]):
             s = by_cell.get((name, column, protocol))

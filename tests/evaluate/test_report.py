@@ -7,7 +7,7 @@ import pytest
 from sklearn.decomposition import PCA
 from sklearn.metrics import roc_auc_score
 
-from crema_jax.evaluate import plots, report, scoring
+from crema_jax.evaluate import plots, report, report_markdown, scoring
 
 
 def _report(rng):
@@ -43,7 +43,7 @@ def test_write_all_outputs(tmp_path):
     assert "RBBB: no positives" in md
     assert "| A | georgia | ningbo | 0.900 | 0.700 | 0.200 | 1 |" in md
     rep["class_display"] = {"AF": "atrial fibrillation"}
-    assert "| atrial fibrillation (AF) |" in report.markdown(rep)
+    assert "| atrial fibrillation (AF) |" in report_markdown.markdown(rep)
     for key in ("roc", "embeddings"):
         image = matplotlib.image.imread(paths[key])
         assert image.shape[0] > 300 and image.shape[1] > 300
@@ -75,7 +75,7 @@ def _check_p(cell: str, entry: dict) -> None:
     significant digit when p_bound is "<"; else p to three decimals (or "< 0.001")."""
     p = entry["p"]
     if p is None:
-        assert cell == report.DASH
+        assert cell == report_markdown.DASH
     elif entry.get("p_bound") == "<":
         assert cell.startswith("< "), (cell, entry)
         shown = float(cell[2:])
@@ -225,7 +225,7 @@ def test_the_robustness_table_lists_the_classes_left_below_the_drop_floor():
             "alpha": 0.05, "verdict": "no detectable difference at alpha=0.05",
             "classes_below_floor": [{"class": "164889003", "test_set": "in-domain",
                                      "positives": 2, "negatives": 9}]}
-    md = report.markdown({"class_display": {"164889003": "AF"},
+    md = report_markdown.markdown({"class_display": {"164889003": "AF"},
                           "cross_domain_comparisons": [drop]})
     row = next(line for line in md.splitlines() if line.startswith("| s1 | s2 |"))
     assert row.endswith("| no detectable difference at alpha=0.05 | AF (164889003) (the "
@@ -252,7 +252,7 @@ def test_every_label_fraction_shown_says_what_it_used():
     assert run["label_fraction_used"] == pytest.approx(24 / 135, abs=1e-12)
     comparison = {"run": run["name"], **paired.compare_predictions(
         labels, rng.random((45, 2)), rng.random((45, 2)), ["AF", "SR"], n_resamples=20)}
-    md = report.markdown({"runs": [run], "comparisons": [comparison]})
+    md = report_markdown.markdown({"runs": [run], "comparisons": [comparison]})
     row = next(x for x in md.splitlines() if x.startswith(f"| {run['name']} |"))
     assert _cells(row)[3] == "0.1 (used 0.178: 4.8 of 27)"
     fold_rows = [x for x in md.splitlines() if x.startswith("| 3 | ")]
@@ -275,7 +275,7 @@ def test_the_per_class_table_says_how_many_classes_holm_ran_over():
     assert len(holm) == 2    # 20 positives and 20 negatives a class: both tested
 
     def note(**changed):
-        md = report.markdown({"comparisons": [{**comparison, **changed}]})
+        md = report_markdown.markdown({"comparisons": [{**comparison, **changed}]})
         return next(x for x in md.splitlines() if x.startswith("Per class: "))
     assert "over the 2 classes tested here (p (Holm))" in note()
     assert note(per_class_tests=0) == ("Per class: DeLong's test; no class tested here (each "
