@@ -14,8 +14,8 @@ window k when the data path cuts records into windows). One line per row: a back
 or carriage return in a name is written as \\\\, \\n or \\r. What the data path did to the
 input is said in one line beginning "input:": an array's NaN/Inf samples, or what reading
 repaired in records, per kind as data/reading/repairs.py's WORDS names it (e.g. "NaN samples
-interpolated", "all-NaN leads fed as zeros", "leads not in the file"), with the first records
-it names.
+interpolated", "all-NaN leads fed as zeros"), and the leads the model reads that records lack
+("leads not in the file", counted apart), with the first records it names.
 """
 import io
 import math

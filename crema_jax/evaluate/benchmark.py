@@ -103,16 +103,18 @@ def recipe(suite: dict, protocol: str) -> dict:
 
 
 class Datasets:
-    """Each dataset of the task file loaded on first use: (Dataset, fold plan, patient keys)."""
+    """Each dataset of the task file loaded on first use: (Dataset, fold plan, patient keys).
+    `tasks_path` names the task file in errors."""
 
-    def __init__(self, suite: dict):
+    def __init__(self, suite: dict, tasks_path: str = ""):
         self.suite, self.loaded, self.digests = suite, {}, {}
+        self.tasks_path = str(tasks_path)
 
     def get(self, name: str):
         if name not in self.loaded:
             settings = benchmark_tasks.dataset_settings(self.suite, name)
             data = datasets.load_dataset(settings)
-            benchmark_tasks.check_sources(self.suite, name, data.sources)
+            benchmark_tasks.check_sources(self.suite, name, data.sources, self.tasks_path)
             if settings["classes"]:
                 data = restrict_classes(data, [str(c) for c in settings["classes"]])
             plan, groups = folds.dataset_plan(data, settings)
@@ -272,11 +274,12 @@ def _drill(counts: dict) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def run_cells(models, cols, suite: dict, workdir: pathlib.Path, log=print) -> tuple[dict, dict]:
+def run_cells(models, cols, suite: dict, workdir: pathlib.Path, log=print,
+              tasks_path: str = "") -> tuple[dict, dict]:
     """Every cell, computed or reused: ({(model, column, protocol): cell}, counts)."""
     counts = {"cells_computed": 0, "cells_reused": 0, "cells_not_applicable": 0,
               "feature_extractions": 0, "features_reused": 0}
-    loaded, mesh = Datasets(suite), mesh_lib.make_mesh()
+    loaded, mesh = Datasets(suite, tasks_path), mesh_lib.make_mesh()
     store = feature_store.FeatureStore(workdir / "features", counts, log=log,
                                        records_of=loaded.records_like)
     for name in dict.fromkeys(c.dataset for c in cols if c.train_source):
@@ -334,7 +337,7 @@ def run_benchmark(model_items, tasks_path, workdir, *, roots=None, model_size: s
         for folder in (workdir / "cells").rglob("*"):
             if folder.is_dir():  # a killed run's half-written temporaries
                 files.remove_stale_temporaries(folder)
-        cells, counts = run_cells(models, cols, suite, workdir, log=log)
+        cells, counts = run_cells(models, cols, suite, workdir, log=log, tasks_path=tasks_path)
         board = benchmark_leaderboard.build(models, cols, suite, cells)
         board.update(counts=counts, seconds=round(time.time() - start, 1),
                      task_file=str(tasks_path))

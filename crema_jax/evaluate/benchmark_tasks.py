@@ -119,11 +119,12 @@ def _section(config: dict, key: str, kind: type, path) -> None:
                             "a list of tasks, each a mapping {name, dataset, ...}"))
 
 
-def check_sources(suite: dict, name: str, sources) -> None:
+def check_sources(suite: dict, name: str, sources, path: str = "") -> None:
     """Every cross-domain task on dataset `name` names sources its records have (`sources`, as
     the layout named them), checked once it is indexed and before any feature is extracted: a
     source no record has (the CinC 2021 prefix "JS", where the layout names that source
-    "ningbo") had failed only after every model's features were extracted."""
+    "ningbo") had failed only after every model's features were extracted. `path`: the task
+    file, named in the error."""
     have = sorted(set(np.asarray(sources).tolist()))
     shown = ", ".join(have[:20]) + (f", ... ({len(have)} in all)" if len(have) > 20 else "")
     for task in (t for t in suite["tasks"] if t["dataset"] == name):
@@ -136,8 +137,8 @@ def check_sources(suite: dict, name: str, sources) -> None:
                 known = ", ".join(f"{prefix} {source}" for prefix, source in CINC_SOURCES.items())
                 hint = (f"; {given!r} is a CinC 2021 record prefix: the source of its records "
                         f"is {CINC_SOURCES[given]!r} (prefix and source: {known})")
-            raise ValueError(f"task file: task {task['name']!r}: {field}={given!r} is not a "
-                             f"source of dataset {name!r} (its sources: {shown}){hint}")
+            raise ValueError(f"task file {path}: task {task['name']!r}: {field}={given!r} is "
+                             f"not a source of dataset {name!r} (its sources: {shown}){hint}")
 
 
 def load_suite(path, roots: dict | None = None) -> dict:

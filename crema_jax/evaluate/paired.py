@@ -382,15 +382,16 @@ def holm_bounded(p_values, bounds) -> list[tuple[float, str | None]]:
     source = np.empty(len(p), np.int64)
     best = -1
     for rank, i in enumerate(order):  # the term that is the running max (the first reaching
-        # it; on a tie an exact p's term, which the bounded one need not reach)
-        if (best < 0 or scaled[rank] > scaled[best]
-                or (scaled[rank] == scaled[best] and not bounded[i] and bounded[order[best]])):
+        # it; on a tie, to rounding, an exact p's term, which the bounded one need not reach)
+        tie = best >= 0 and bool(np.isclose(scaled[rank], scaled[best], rtol=1e-9, atol=0.0))
+        if (best < 0 or (scaled[rank] > scaled[best] and not tie)
+                or (tie and not bounded[i] and bounded[order[best]])):
             best = rank
         source[i] = best
     out = []
     for i in range(len(p)):
         rank = source[i]
-        if upper[i] == lower[i]:
+        if np.isclose(upper[i], lower[i], rtol=1e-9, atol=0.0):
             out.append((upper[i], None))
         elif bounded[order[rank]] and scaled[rank] < 1.0:
             out.append((upper[i], "<"))

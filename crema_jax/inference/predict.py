@@ -73,11 +73,12 @@ def write_csv(path: str, ids, probs: np.ndarray, labels, repairs=None) -> None:
 
 
 def format_top(ids, probs: np.ndarray, labels, top: int, repairs=None) -> str:
-    """Each record's `top` labels, under a line naming it (and what was repaired in it)."""
+    """Each record's `top` labels, under a line naming it (and what reading repaired in it or
+    found missing: "input: ...")."""
     lines = []
     for i, (rid, row) in enumerate(zip(ids, probs)):
         repaired = repairs[i] if repairs is not None else ""
-        lines.append(f"{rid}:" + (f" (repaired: {repaired})" if repaired else ""))
+        lines.append(f"{rid}:" + (f" (input: {repaired})" if repaired else ""))
         for c in np.argsort(-row, kind="stable")[:top]:
             lines.append(f"  {row[c]:.3f}  {labels[c]}")
     return "\n".join(lines)

@@ -295,8 +295,10 @@ _CONCURRENT_PROTOCOLS = {"gs", "gcs", "s3", "s3a", "az", "abfs", "abfss", "adl",
 def mirror(url: str, local_dir: str, *, names: list[str] | None = None,
            resume: bool = True, threads: int = MIRROR_THREADS) -> str:
     """Copy the files directly in the remote folder `url` (or only `names`) into `local_dir`,
-    up to `threads` at a time; with `resume`, a file already there with the remote size is kept
-    (files that never change once written: a resumed copy). Each file lands whole or not at all
+    up to `threads` at a time on a store whose client takes concurrent requests
+    (_CONCURRENT_PROTOCOLS; any other, e.g. ftp://, sftp://, hf://, one file at a time); with
+    `resume`, a file already there with the remote size is kept (files that never change once
+    written: a resumed copy). Each file lands whole or not at all
     (files.write_atomic); on the first error the copies not begun are dropped and it is raised,
     naming `url`. Returns local_dir."""
     from concurrent import futures
@@ -322,8 +324,9 @@ def mirror(url: str, local_dir: str, *, names: list[str] | None = None,
                 done.result()
         except BaseException as err:
             # The first failure ends the copy: the files not begun are dropped, the ones running
-            # finish (each whole or not at all: write_atomic) before it is raised; Ctrl-C does
-            # not wait for them.
+            # finish (each whole or not at all: write_atomic) before it is raised. On Ctrl-C the
+            # function returns at once; the running copies still finish before the process
+            # exits.
             pool.shutdown(wait=not isinstance(err, KeyboardInterrupt), cancel_futures=True)
             raise
         pool.shutdown()

@@ -47,6 +47,13 @@ def test_a_capped_or_displaceable_bound_is_at_most_rather_than_below():
     got = paired.holm_bounded([0.03, 0.02, 0.5], [None, "<", "<"])
     assert [b for _, b in got][:2] == ["<=", "<"]
     assert [v for v, _ in got][:2] == pytest.approx([0.06, 0.06], abs=1e-15)
+    # A tie on the bootstrap grid k/(B + 1), where the two products differ by one ulp: the
+    # bound 1/1000 first (9 x 1/1000 = 0.009000000000000001), the exact 9/1000 last (1 x 9/1000
+    # = 0.009), the exact 1/1000s between (8 x ... 2 x 1/1000, below): the last adjusted p is
+    # its own term, exactly, however low the bound's true p.
+    p = [1 / 1000] * 8 + [9 / 1000]
+    got = paired.holm_bounded(p, ["<"] + [None] * 8)
+    assert got[-1] == (pytest.approx(0.009, abs=1e-15), None)
     with pytest.raises(ValueError, match=r"bounds \['>'\]: expected one None or '<' per p-value"):
         paired.holm_bounded([0.1], [">"])
 

@@ -64,15 +64,15 @@ def summary(records: Sequence[tuple[str, Mapping, Mapping]], total: int, where: 
     details): "2 of 5 records repaired (WHERE): NaN samples interpolated in 2: A (10 in II),
     B (3 in V1); flat leads dropped in 1: A (V2)". `records`: (id, repairs, repaired_leads) of
     records read (with or without repairs); `total`: the records given. Records that only lack
-    leads (NOTES) are counted apart: "1 of 2 records repaired, 1 of 2 without leads the model
-    reads (WHERE): ...". "" when none was repaired or lacks a lead."""
+    leads (NOTES) are counted apart: "1 of 2 records repaired, 1 of 2 lacking some leads the
+    model reads (WHERE): ...". "" when none was repaired or lacks a lead."""
     repaired = [r for r in records if _order(r[1])]
     if not repaired:
         return ""
     fixed = sum(any(name not in NOTES for name in _order(r[1])) for r in repaired)
     lacking = sum(any(name in NOTES for name in _order(r[1])) for r in repaired)
     heads = ([f"{fixed} of {total} records repaired"] if fixed else []) + (
-        [f"{lacking} of {total} {'records ' * (not fixed)}without leads the model reads"]
+        [f"{lacking} of {total} {'records ' * (not fixed)}lacking some leads the model reads"]
         if lacking else [])
     kinds: dict[str, list[str]] = {}
     for record_id, repairs, named in repaired:

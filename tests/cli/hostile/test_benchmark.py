@@ -119,16 +119,16 @@ def test_a_source_no_record_has_is_refused_before_any_feature_is_extracted(tmp_p
     with pytest.raises(ValueError) as raised:
         benchmark.run_benchmark(["r=random"], str(path), str(tmp_path / "bench"))
     assert str(raised.value) == (
-        "task file: task 'x': test_source='E' is not a source of dataset 'split' (its sources: "
-        "georgia, ningbo, ptbxl); 'E' is a CinC 2021 record prefix: the source of its records "
-        f"is 'georgia' (prefix and source: {CINC_TABLE})")
+        f"task file {path}: task 'x': test_source='E' is not a source of dataset 'split' (its "
+        "sources: georgia, ningbo, ptbxl); 'E' is a CinC 2021 record prefix: the source of its "
+        f"records is 'georgia' (prefix and source: {CINC_TABLE})")
     assert not [p for p in (tmp_path / "bench").rglob("*") if p.is_file()
                 and p.name != workdir_lib.WorkdirLock.NAME]   # no feature, no cell
     path = _split_tasks(tmp_path, root, "nowhere", "georgia")   # no prefix: no table
     with pytest.raises(ValueError) as raised:
-        benchmark.Datasets(benchmark_tasks.load_suite(path)).get("split")
-    assert str(raised.value) == ("task file: task 'x': train_source='nowhere' is not a source of "
-                                 "dataset 'split' (its sources: georgia, ningbo, ptbxl)")
+        benchmark.Datasets(benchmark_tasks.load_suite(path), path).get("split")
+    assert str(raised.value) == (f"task file {path}: task 'x': train_source='nowhere' is not a "
+                                 "source of dataset 'split' (its sources: georgia, ningbo, ptbxl)")
 
 
 def _renamed_copy(record: pathlib.Path, folder: pathlib.Path, name: str) -> None:

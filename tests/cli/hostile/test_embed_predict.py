@@ -337,11 +337,11 @@ def test_embed_and_predict_say_what_was_repaired_and_keep_no_patient_id(
     printed = capsys.readouterr().out.splitlines()
     # ECGFounder's path derives no lead: the export's four limb leads are absent (the Net1D
     # reads zeros there), said as such.
-    assert ("input: 1 of 2 records repaired, 1 of 2 without leads the model reads (ecgfounder "
-            "data path): NaN samples set to 0 in 1: "
-            "DAMAGED (5010 in II, III); all-NaN leads fed as zeros in 1: DAMAGED (III); leads "
-            "not in the file in 1: exam.xml (III, aVR, aVL, aVF)") in printed
-    assert ("DAMAGED: (repaired: NaN samples set to 0 (5010 in II, III); all-NaN leads fed as "
+    assert ("input: 1 of 2 records repaired, 1 of 2 lacking some leads the model reads "
+            "(ecgfounder data path): NaN samples set to 0 in 1: DAMAGED (5010 in II, III); "
+            "all-NaN leads fed as zeros in 1: DAMAGED (III); leads not in the file in 1: "
+            "exam.xml (III, aVR, aVL, aVF)") in printed
+    assert ("DAMAGED: (input: NaN samples set to 0 (5010 in II, III); all-NaN leads fed as "
             "zeros (III))") in printed
     rows = list(csv_lib.reader(csv.open()))
     assert rows[0][-1] == "repairs" and [(r[0], r[-1]) for r in rows[1:]] == [

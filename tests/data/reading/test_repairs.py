@@ -40,11 +40,11 @@ def test_records_that_only_lack_leads_are_not_counted_as_repaired():
     named = {"leads_absent": ("II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5",
                               "V6")}
     assert repairs.summary([("L1", absent, named), ("L2", absent, named)], 2) == (
-        "2 of 2 records without leads the model reads: leads not in the file in 2: L1 (II, III, "
-        "aVR, aVL, aVF, V1, V2, V3, V4, V5, V6), L2 (II, III, aVR, aVL, aVF, V1, V2, V3, V4, V5, "
-        "V6)")
+        "2 of 2 records lacking some leads the model reads: leads not in the file in 2: L1 (II, "
+        "III, aVR, aVL, aVF, V1, V2, V3, V4, V5, V6), L2 (II, III, aVR, aVL, aVF, V1, V2, V3, V4, "
+        "V5, V6)")
     assert repairs.summary([("A", {"nan_zeroed": 2}, {}), ("M", {"leads_absent": 1},
                                                           {"leads_absent": ("III",)})],
                            3, "ecgfounder data path") == (
-        "1 of 3 records repaired, 1 of 3 without leads the model reads (ecgfounder data path): "
-        "NaN samples set to 0 in 1: A (2); leads not in the file in 1: M (III)")
+        "1 of 3 records repaired, 1 of 3 lacking some leads the model reads (ecgfounder data "
+        "path): NaN samples set to 0 in 1: A (2); leads not in the file in 1: M (III)")
