@@ -75,7 +75,7 @@ ZERO_VARIANCE = "zero_variance"
 # approximation rejects a true null far more often than alpha: two models of independent
 # random scores, 60 records, alpha 0.05, 400 x 10 classes: 17% of tests with 3 positives, 10%
 # with 5, 7.6% with 10, 5.8% with 20 (Holm over ten classes: 58%, 32%, 13%, 9% of comparisons
-# called some class different). Such a class keeps its AUROCs, difference, CI and raw p,
+# called some class different; `python bench/calibration.py`). Such a class keeps its AUROCs, difference, CI and raw p,
 # without a verdict or a place in Holm's family (docs/evaluation.md).
 VERDICT_MIN_PER_CLASS = 10
 FEW = "few_positives_or_negatives"
