@@ -31,8 +31,9 @@ COMMAND = command.Command("embed", __doc__,
                           usage="--checkpoint=DIR --input=X.npy|RECORDS --out=Y.npy")
 COMMAND.string("checkpoint", None, "Workdir, checkpoints dir or step dir to read.", required=True)
 COMMAND.string("input", None, "X.npy (N, 12 or 1 leads, samples) in mV, or records: a,b | a "
-               "glob | a folder (its WFDB records); a record is a WFDB record or a hospital "
-               "export file (DICOM, HL7 aECG, GE MUSE, Philips, EDF+, SCP-ECG).", required=True)
+               "glob | a folder (its WFDB records and export files); a record is a WFDB record "
+               "or a hospital export file (DICOM, HL7 aECG, GE MUSE, Philips, EDF+, SCP-ECG).",
+               required=True)
 COMMAND.string("out", None, "Output Y.npy: (N, features) float32.", required=True)
 COMMAND.string("fs", "", "Sampling rate of an .npy input in Hz (default: the model's rate).")
 COMMAND.boolean("raw", False, "Feed the array as given: no resampling, preprocessing or crops.")

@@ -6,8 +6,8 @@ hospital export files (DICOM, HL7 aECG, GE MUSE, Philips, EDF+, SCP-ECG; the `cl
 The checkpoint is an `import-torch --format=ecgfounder` import (12-lead, or 1-lead reading lead
 I). Records take ECGFounder's own data path: NaN -> 0, 50 Hz notch, 0.67-40 Hz band-pass, running
 median baseline removed, one z-score, 500 Hz, 10 s (a longer record's centred 10 s). RECORD:
-records or export files, globs ('exports/*.xml'), or folders (their WFDB records; `prepare
---layout=clinical_exports` indexes a folder of exports); each may be comma-separated. What
+records or export files, globs ('exports/*.xml'), or folders (their WFDB records and export
+files); each may be comma-separated. What
 reading repaired in a record (NaN samples set to 0, an all-NaN lead fed as zeros, extra channels
 dropped, leads not in the file) is said in one line for the run, beside the record's name, and
 in the CSV's last column, "repairs".

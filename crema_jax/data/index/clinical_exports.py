@@ -43,18 +43,6 @@ from crema_jax.data.reading.read import BadRecord
 from crema_jax.runtime import processes
 
 
-def _files(root: pathlib.Path) -> list[str]:
-    """Every file below root (safe_files.walk: sorted, never into a symlinked folder) except
-    hidden ones, those in hidden folders, and the suffixes of tables and WFDB files."""
-    out = []
-    for path in safe_files.walk(root, ("",)):
-        parts = os.path.relpath(path, root).split(os.sep)
-        if not any(part.startswith(".") for part in parts) and \
-                not parts[-1].lower().endswith(clinical.NOT_ECG_SUFFIXES):
-            out.append(path)
-    return out
-
-
 INDEX_POOL_MIN_FILES = 2048  # fewer files: in-process (spawning the pool costs a few seconds)
 
 
@@ -121,7 +109,7 @@ def clinical_exports(root, *, labels: str = "", label_map: str = "",
     rules = label_map_rules(label_map, "clinical_exports")
     labeller = ReportLabeller(rules) if rules else None
     fractions = dict(val_fraction=val_fraction, test_fraction=test_fraction)
-    records, paths = [], _files(root)
+    records, paths = [], clinical.export_candidates(root)
     workers = int(index_workers) or (min(os.cpu_count() or 1, 8)
                                      if len(paths) >= INDEX_POOL_MIN_FILES else 1)
     metas = _metas(paths, workers)

@@ -176,11 +176,12 @@ def files_read(records: Sequence[str]) -> list[str]:
 def expand_records(spec: str) -> list[str]:
     """Records named on a command line, in a stable order, without extension: comma-separated
     paths ('a,b', with or without .hea/.mat/.dat), globs ('dir/*.hea', 'exports/*.xml') or
-    folders (every .hea below them, sorted). A file of another kind (a hospital export) keeps its
-    extension. A spec that names an existing path as a whole is that one path, commas and all.
-    Folders are walked by safe_files.walk, globs expanded by safe_files.glob_paths:
-    neither enters a symlinked folder (no link loops). Duplicates (unique_records) are dropped;
-    a pattern matching nothing is an error."""
+    folders (every WFDB record and hospital export file below them: clinical.exports_in,
+    sorted). A file of another kind (a hospital export) keeps its extension. A spec that names
+    an existing path as a whole is that one path, commas and all. Folders are walked by
+    safe_files.walk, globs expanded by safe_files.glob_paths: neither enters a symlinked folder
+    (no link loops). Duplicates (unique_records) are dropped; a pattern matching nothing is an
+    error."""
     out = []
     # A path that exists as written is one item, commas and all ("ECG, 2021/").
     # Items of a comma-separated list lose the spaces around them, a whole path keeps its own.
@@ -189,8 +190,10 @@ def expand_records(spec: str) -> list[str]:
     for item in items:
         if not item:
             continue
-        if os.path.isdir(item):
-            out += sorted(p[:-4] for p in safe_files.walk(item, (".hea",)))
+        if os.path.isdir(item):  # its WFDB records and hospital export files
+            from crema_jax.data.reading import clinical
+            out += sorted([p[:-4] for p in safe_files.walk(item, (".hea",))]
+                          + clinical.exports_in(item))
         elif any(ch in item for ch in "*?["):
             matches = safe_files.glob_paths(item)
             if not matches:

@@ -28,7 +28,7 @@ import os
 import numpy as np
 from absl import logging
 
-from crema_jax.data.reading import clinical_formats, demographics
+from crema_jax.data.reading import clinical_formats, demographics, safe_files
 from crema_jax.data.reading import leads as leads_lib
 from crema_jax.data.reading.ecg import Ecg, RecordError, canonical_ecg, check_sampling_rate
 from crema_jax.data.reading.limits import FS_RANGE
@@ -66,6 +66,32 @@ def _warn_public_salt() -> None:
                     "so a holder of the cache could recover them by trying every id; set it to a "
                     "secret (the same on every host of a run) for data that leaves this machine",
                     SALT_ENV)
+
+
+def export_candidates(root) -> list[str]:
+    """Every file below `root` that may be an export (safe_files.walk: sorted, never into a
+    symlinked folder), except hidden ones, those in hidden folders, and the suffixes of tables
+    and WFDB files (NOT_ECG_SUFFIXES)."""
+    out = []
+    for path in safe_files.walk(root, ("",)):
+        parts = os.path.relpath(path, root).split(os.sep)
+        if not any(part.startswith(".") for part in parts) and \
+                not parts[-1].lower().endswith(NOT_ECG_SUFFIXES):
+            out.append(path)
+    return out
+
+
+def exports_in(folder) -> list[str]:
+    """The export files below `folder` (export_candidates whose first bytes name a format:
+    clinical_formats.detect); any other file (a PDF, a FIFO) is passed over."""
+    found = []
+    for path in export_candidates(folder):
+        try:
+            if clinical_formats.detect(path):
+                found.append(path)
+        except (RecordError, OSError):
+            continue
+    return found
 
 
 def is_clinical_path(path) -> bool:

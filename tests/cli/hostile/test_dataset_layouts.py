@@ -144,6 +144,29 @@ def test_a_records_folder_with_a_comma_in_its_name_is_one_folder(tmp_path, cinc_
         str(cinc_sample_dir / "E07500"), str(cinc_sample_dir / "E07501")]
 
 
+def test_a_records_folder_gives_its_export_files_too(tmp_path, cinc_sample_dir):
+    """`predict exports/` (a folder of hospital exports) had found "no records": only .hea files
+    were looked for. Export files whose first bytes name a format are records too; a PDF, a
+    FIFO, a table and hidden files are passed over."""
+    import os
+
+    from crema_jax.data import synthetic
+    from crema_jax.data.index.dataset_index import expand_records
+    from tests.data import clinical_files
+    folder = tmp_path / "ward"
+    (folder / "night").mkdir(parents=True)
+    for ext in (".hea", ".mat"):
+        shutil.copy(cinc_sample_dir / f"E07500{ext}", folder / f"E07500{ext}")
+    ecg = synthetic.synthetic_ecg(3, seconds=10.0, fs=500.0)
+    clinical_files.write_muse(folder / "night" / "exam.xml", ecg, 500.0)
+    clinical_files.write_muse(folder / ".hidden.xml", ecg, 500.0)
+    (folder / "scan.pdf").write_bytes(b"%PDF-1.4 not an ECG")
+    (folder / "labels.csv").write_text("file,labels\n")
+    os.mkfifo(folder / "pipe.xml")
+    assert expand_records(str(folder)) == [str(folder / "E07500"),
+                                           str(folder / "night" / "exam.xml")]
+
+
 def test_a_folder_named_with_spaces_around_is_read_as_named(tmp_path, cinc_sample_dir):
     from crema_jax.data.index import dataset_index
 
