@@ -26,6 +26,10 @@ COMMAND.boolean("overwrite", False, "Replace the --out CSV when it exists.")
 COMMAND.integer("batch_size", 16, "ECGs per forward pass.", lower_bound=1)
 COMMAND.enum("preset", "", ["", "crema", "stmem", "ecgfounder"], "The data path (data/"
              "presets.py): '' = the checkpoint's own (ECGFounder's for an import).")
+COMMAND.boolean("derive_limb_leads", False, "Derive a record's absent III, aVR, aVL and aVF "
+                "from I and II (III = II - I, aVR = -(I + II)/2, aVL = I - II/2, aVF = II - I/2) "
+                "rather than feed zeros, as ECGFounder's own path does: e.g. GE MUSE exports "
+                "store 8 leads. A record holding all 12 is read as without it.")
 
 
 @COMMAND.main
@@ -46,14 +50,17 @@ def main(args) -> None:
     backbone = backbones.load(args.checkpoint, with_head=True)
     predict.check_backbone(backbone)
     out = predict.predict_probabilities(backbone, records=paths, batch_size=args.batch_size,
-                                        preset=args.preset or None)
+                                        preset=args.preset or None,
+                                        derive_limb_leads=args.derive_limb_leads)
     try:  # every record skipped: an error, as embed's (it had written a CSV of no row, exit 0)
         embed.check_some_read(out)
     except embed.EmbedError as err:
         given = args.positional
         named = ", ".join(given[:3]) + (f" and {len(given) - 3} more" if len(given) > 3 else "")
         raise command.CommandError(f"{named}: {err}") from None
-    print(backbones.describe_data_path(out["data_cfg"], args.preset))
+    print(backbones.describe_data_path(out["data_cfg"], args.preset)
+          + (", absent limb leads derived (--derive_limb_leads)" if args.derive_limb_leads
+             else ""))
     if out["note"]:
         print(out["note"])
     ids = embed.row_names(paths, out["record"], out["window"])

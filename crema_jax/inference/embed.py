@@ -160,12 +160,13 @@ def raw_batches(backbone, x: np.ndarray, batch_size: int):
 
 def embed(backbone, *, records=None, array=None, fs: float | None = None, raw: bool = False,
           logits: bool = False, batch_size: int = 16, preset: str | None = None,
-          windows: str = "rows", mesh=None) -> dict:
+          windows: str = "rows", mesh=None, derive_limb_leads: bool = False) -> dict:
     """Crop-averaged features (or logits) of ECGs, one row per example.
 
     Give `records` (WFDB paths) or `array` (with `fs`, default: the model's rate). `preset`
-    replaces the checkpoint's data path. When the data path cuts records into windows (ST-MEM's),
-    windows="rows" gives one row per window, "mean" one row per record (its windows' mean).
+    replaces the checkpoint's data path; `derive_limb_leads` derives absent limb leads from I and
+    II on a path that derives none (ECGFounder's). When the data path cuts records into windows
+    (ST-MEM's), windows="rows" gives one row per window, "mean" one per record (their mean).
     Records that cannot be read (and windows with NaN under ST-MEM's path) are skipped and
     counted, never fatal.
 
@@ -204,6 +205,9 @@ def embed(backbone, *, records=None, array=None, fs: float | None = None, raw: b
     else:
         data_cfg = backbones.eval_data_config(backbone, backbone.family.input_leads(
             backbone.config.model, LEADS), batch_size=batch_size, preset=preset)
+        if derive_limb_leads:
+            with data_cfg.unlocked():
+                data_cfg.derive_limb_leads = True
         note = None
         if records is not None:
             source = record_source(records, data_cfg)

@@ -41,11 +41,11 @@ def check_backbone(backbone) -> None:
 
 
 def predict_probabilities(backbone, *, records=None, array=None, fs=None, batch_size: int = 16,
-                          preset: str | None = None) -> dict:
+                          preset: str | None = None, derive_limb_leads: bool = False) -> dict:
     """embed.embed's dict with "probs" (N, 150) float64: the sigmoid of each label's logit."""
     check_backbone(backbone)
     out = embed.embed(backbone, records=records, array=array, fs=fs, logits=True,
-                      batch_size=batch_size, preset=preset)
+                      batch_size=batch_size, preset=preset, derive_limb_leads=derive_limb_leads)
     # The sigmoid through tanh: 1 / (1 + exp(-x)) overflowed (a RuntimeWarning) below x = -709.
     out["probs"] = 0.5 * (1.0 + np.tanh(0.5 * out["outputs"].astype(np.float64)))
     return out

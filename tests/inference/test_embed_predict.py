@@ -209,6 +209,37 @@ def test_one_lead_model_reads_lead_one(cinc_sample_dir, tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_predict_derives_an_exports_absent_limb_leads_when_asked(net1d_ckpt, tmp_path, capsys):
+    """A GE MUSE export stores 8 leads: ECGFounder's own path feeds III, aVR, aVL and aVF as
+    zeros (said as leads not in the file). --derive_limb_leads derives them from the stored I
+    and II first; the probabilities are then PyTorch's on the 12 leads by Einthoven's and
+    Goldberger's formulas (computed by the test's writer from the stored leads)."""
+    from crema_jax.cli import predict as predict_cli
+    from crema_jax.data import synthetic
+    from tests.data import clinical_files
+    ref, ckpt = net1d_ckpt
+    muse = tmp_path / "exam.xml"
+    twelve = clinical_files.write_muse(muse, synthetic.synthetic_ecg(3, seconds=10.0, fs=500.0),
+                                       500.0)
+    with torch.no_grad():
+        x = torch.from_numpy(ecgfounder_preprocess(twelve)[None].astype(np.float32))
+        want = torch.sigmoid(ref(x)).numpy()
+    backbone = backbones.load(ckpt, with_head=True)
+    derived = predict.predict_probabilities(backbone, records=[str(muse)],
+                                            derive_limb_leads=True)
+    np.testing.assert_allclose(derived["probs"], want, rtol=1e-5, atol=1e-6)
+    assert derived["repairs"] == ["limb leads derived (III, aVR, aVL, aVF)"]
+    plain = predict.predict_probabilities(backbone, records=[str(muse)])
+    assert plain["repairs"] == ["leads not in the file (III, aVR, aVL, aVF)"]
+    assert np.max(np.abs(plain["probs"] - want)) > 1e-3   # without it: zeros there, not these
+    capsys.readouterr()
+    predict_cli.COMMAND.run([f"--checkpoint={ckpt}", str(muse), "--derive_limb_leads",
+                             "--top=1"])
+    printed = capsys.readouterr().out
+    assert "absent limb leads derived (--derive_limb_leads)" in printed
+    assert "exam.xml: (input: limb leads derived (III, aVR, aVL, aVF))" in printed
+
+
 def _write_record(folder, name, seconds, fs=500.0, seed=0):
     import wfdb
 
