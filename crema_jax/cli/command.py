@@ -158,6 +158,13 @@ class Command:
         fv = self._flag_values(argv)
         try:
             positional = fv(argv)[1:]
+        except flags.IllegalFlagValueError as err:  # absl's words for a boolean had a tuple
+            found = re.match(r"flag --([\w.]+)=(.*?): \('Non-boolean argument", str(err))
+            if not found:
+                raise
+            name, value = found.groups()
+            raise flags.Error(f"flag --{name}={value}: expected true or false (or --{name} / "
+                              f"--no{name})") from None
         except (AttributeError, KeyError, TypeError) as err:  # a config override that misses
             configs = [f.name for f in self._flags if f.kind == "config"]
             raise flags.Error(_config_override_problem(argv, configs) or str(err)) from None

@@ -113,6 +113,19 @@ def test_a_single_value_flag_given_twice_is_refused(capsys):
     assert args.layout_option == ["a=1", "b=2"]
 
 
+def test_a_boolean_flag_given_a_word_says_what_it_takes(capsys):
+    """absl's own words had reached the user as a tuple: "flag --overwrite=2: ('Non-boolean
+    argument to boolean flag', '2')"."""
+    from crema_jax.cli import predict
+    for value in ("maybe", "2"):
+        with pytest.raises(SystemExit) as exit_:
+            predict.COMMAND.run(["--checkpoint=/c", f"--derive_limb_leads={value}", "r"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 2 and err == [
+            f"crema-jax predict: error: flag --derive_limb_leads={value}: expected true or false "
+            "(or --derive_limb_leads / --noderive_limb_leads)"], err
+
+
 @pytest.mark.parametrize("args, message", [
     (["benchmark", "--tasks=t.py", "--workdir=w"], "--models required (usage: "),
     (["benchmark", "--models=", "--tasks=t.py", "--workdir=w"], "--models required (usage: "),
