@@ -15,10 +15,11 @@ rule), the tasks (lead sets, label fractions, cross-domain source pairs) and the
 Every model sees the same records, splits and label fractions, each through its own data path.
 Frozen features are extracted once per model x dataset and cached in --workdir; every finished
 cell's predictions are saved, so a killed benchmark rerun with the same flags computes only the
-missing cells. Writes leaderboard.json, leaderboard.md and leaderboard.png: paired tests (DeLong
-per class, paired bootstrap of the macro AUROC over patients) of every model against the top
-one (highest macro AUROC) and against its random init, Holm-corrected across the table; per
-column the best models, in bold: the top one and every model not distinguishable from it.
+missing cells. Writes leaderboard.json, leaderboard.md and leaderboard.png: paired tests (a
+permutation test per class, paired bootstrap of the macro AUROC over patients) of every model
+against the top one (highest macro AUROC) and against its random init, Holm-corrected across
+the table; per column the best models, in bold: the top one and every model not
+distinguishable from it.
 """
 from crema_jax.cli import command, evaluation_flags
 

@@ -14,7 +14,8 @@ their init alone score apart):
     crema-jax compare --checkpoint=random --checkpoint_b=random --init_seed_b=1 --root=DATA \
         --workdir=/tmp/cmp_null --folds=5
 
-Per class: AUROC(A) - AUROC(B) with DeLong's test; macro AUROC and AUPRC: a paired bootstrap
+Per class: AUROC(A) - AUROC(B) with a paired permutation test (DeLong's at 100 positives and
+negatives) and DeLong's CI; macro AUROC and AUPRC: a paired bootstrap
 over patients; a verdict "A better / B better / no detectable difference at alpha". With
 --cross_domain: each model's in-domain minus out-of-domain drop and the paired difference of the
 drops. A and B that are the same model (the same weights, or the same random init) are said to

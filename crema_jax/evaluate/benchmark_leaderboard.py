@@ -4,14 +4,15 @@ Per column x protocol (a panel): the records every model predicted (a record's w
 averaged, compare.common_records; records only some models read are left out and counted), each
 model's macro AUROC and AUPRC over the classes scorable there, with a 1 - alpha bootstrap CI of
 the macro AUROC over patients; the top model (highest macro AUROC; ties: the first listed);
-then paired tests (paired.compare_predictions: DeLong per class, a paired bootstrap of the
-macro AUROC over patients) of every model against the top one and against the random init of
-its architecture. Holm's correction runs across the whole table: once over every macro AUROC
-comparison, once over every per-class DeLong test. A difference is called significant where
-the Holm-adjusted p < alpha. The best of a panel are the top model and every model whose test
-against it is not significant: a point estimate alone had crowned one of two models tied to
-the fourth decimal (p = 1). Each panel says what it scored: its records, classes, and the
-label fraction asked for and used (protocols.labels_used).
+then paired tests (paired.compare_predictions: per class a permutation test, or DeLong's at
+100 positives and negatives; a paired bootstrap of the macro AUROC over patients) of every
+model against the top one and against the random init of its architecture. Holm's correction
+runs across the whole table: once over every macro AUROC comparison, once over every per-class
+test. A difference is called significant where the Holm-adjusted p < alpha. The best of a
+panel are the top model and every model whose test against it is not significant: a point
+estimate alone had crowned one of two models tied to the fourth decimal (p = 1). Each panel
+says what it scored: its records, classes, and the label fraction asked for and used
+(protocols.labels_used).
 """
 from __future__ import annotations
 
@@ -162,8 +163,11 @@ def build(models, cols, suite: dict, cells: dict) -> dict:
                            f"at that value: an adjusted p it decides is a bound too); Holm's "
                            f"correction over the "
                            f"{sizes['macro']} comparisons of the table",
-            "per_class": f"DeLong's test of each class's AUROC difference; Holm's correction "
-                         f"over the {sizes['per_class']} per-class tests of the table"}}
+            "per_class": f"each class's AUROC difference by a paired permutation test (the "
+                         f"models' ranks exchanged within patients), DeLong's test at "
+                         f"{paired.PERMUTATION_BELOW} positives and negatives; Holm's "
+                         f"correction over the {sizes['per_class']} per-class tests of the "
+                         f"table"}}
 
 
 def _p(value, bound: str | None = None) -> str:

@@ -1,11 +1,13 @@
 """Paired tests of two models scored on the SAME records: is a difference real?
 
-- Per class: DeLong, DeLong & Clarke-Pearson (1988), "Comparing the areas under two or more
-  correlated receiver operating characteristic curves", in the fast midrank form of Sun & Xu
-  (2014): each record's placement value (the fraction of the other class it outranks, ties one
-  half) for each model; var(AUC_A - AUC_B) = S10/m + S01/n from the covariances of the two
-  models' placements over the m positives (S10) and the n negatives (S01); z = difference / sd,
-  two-sided normal p-value.
+- Per class: AUROC(A) - AUROC(B) with DeLong's variance and CI, DeLong, DeLong &
+  Clarke-Pearson (1988), in the fast midrank form of Sun & Xu (2014): each record's placement
+  value (the fraction of the other class it outranks, ties one half) for each model;
+  var(AUC_A - AUC_B) = S10/m + S01/n from the covariances of the two models' placements over
+  the m positives (S10) and the n negatives (S01); CI difference +- z_(1-alpha/2) sd. The p-value
+  is DeLong's two-sided normal one where the class has at least PERMUTATION_BELOW positives and
+  negatives; below, where that normal approximation rejects a true null too often, it is the
+  paired permutation test's (permutation.py: the two models' ranks exchanged within patients).
 - Macro figures: a paired bootstrap. Each resample draws patients with replacement (all of a
   patient's records together, scoring.Groups) and scores BOTH models on that same resample;
   the statistic is macro(A) - macro(B) over the classes the resample can score.
@@ -27,7 +29,7 @@ import math
 import numpy as np
 import scipy.stats
 
-from crema_jax.evaluate import scoring
+from crema_jax.evaluate import permutation, scoring
 
 ALPHA = 0.05
 TIE = 1e-12  # bootstrap differences this close to 0 are ties (_percentile_test)
@@ -71,14 +73,14 @@ MIN_PER_CLASS = 2
 ZERO_VARIANCE = "zero_variance"
 
 
-# A class's verdict needs this many positives and negatives. Below it DeLong's normal
-# approximation rejects a true null far more often than alpha: two models of independent
-# random scores, 60 records, alpha 0.05, 400 x 10 classes: 17% of tests with 3 positives, 10%
-# with 5, 7.6% with 10, 5.8% with 20 (Holm over ten classes: 58%, 32%, 13%, 9% of comparisons
-# called some class different; `python bench/calibration.py`). Such a class keeps its AUROCs, difference, CI and raw p,
-# without a verdict or a place in Holm's family (docs/evaluation.md).
-VERDICT_MIN_PER_CLASS = 10
-FEW = "few_positives_or_negatives"
+# Below this many positives (or negatives) a class's p is the permutation test's, not DeLong's.
+# Two models of independent random scores, alpha 0.05 (`python bench/calibration.py`,
+# docs/benchmarks.md): in 60 records DeLong rejected 17% of the tests with 3 positives, 10%
+# with 5, 7.6% with 10, 5.8% with 20 and 30; the permutation test 0.0%, 5.1%, 4.9%, 5.2%, 5.2%.
+# In 300 records: DeLong 7.1% with 10 and 5.6% with 30, the permutation test 4.5% and 5.0%;
+# with 100, DeLong 5.7% (binomial se 0.5%). Above, DeLong's costs nothing; the permutation
+# test's cost grows with the smaller class.
+PERMUTATION_BELOW = 100
 
 
 def delong_status(y_true) -> str | None:
@@ -205,19 +207,33 @@ def paired_bootstrap(labels, scores_a, scores_b, *, metric: str = "macro_auroc",
 
 def _untested(entry: dict) -> str:
     """The verdict of a class DeLong's test does not decide."""
-    if entry["not_testable"] == FEW:
-        return (f"not tested: {entry['n_pos']} positives, {entry['n_neg']} negatives (a "
-                f"class's verdict needs {VERDICT_MIN_PER_CLASS} of each)")
     return f"not tested: {entry['not_testable']} (DeLong's variance estimate is 0)"
+
+
+def class_test(y_true, scores_a, scores_b, *, groups=None, seed=0, alpha: float = ALPHA,
+               n_permutations: int = permutation.N_PERMUTATIONS) -> dict:
+    """One class's paired test (module docstring): DeLong's entry (`delong`) with `test`
+    "delong", or, below PERMUTATION_BELOW positives or negatives, its `p` the permutation
+    test's (`test` "permutation", `n_permutations`, `p_delong` DeLong's p beside it; a zero
+    DeLong variance does not stop it). `p_holm` is left None for the caller's family."""
+    entry = {**delong(y_true, scores_a, scores_b, alpha=alpha), "test": "delong", "p_holm": None}
+    if min(entry["n_pos"], entry["n_neg"]) >= PERMUTATION_BELOW:
+        return entry
+    exchanged = permutation.auroc_difference(y_true, scores_a, scores_b, groups=groups,
+                                             n_permutations=n_permutations, seed=seed)
+    entry.update(test="permutation", p_delong=entry["p"], p=exchanged["p"], not_testable=None,
+                 n_permutations=exchanged["n_permutations"])
+    return entry
 
 
 def compare_predictions(labels, probs_a, probs_b, classes, *, groups=None, alpha: float = ALPHA,
                         n_resamples: int = 1000, seed: int = 0) -> dict:
-    """Per-class DeLong tests and paired-bootstrap macro AUROC/AUPRC differences of two models'
-    predictions on the same records (rows aligned); the verdict is the macro AUROC's.
+    """Per-class paired tests (`class_test`; class c's permutations drawn from seed [seed, c])
+    and paired-bootstrap macro AUROC/AUPRC differences of two models' predictions on the same
+    records (rows aligned); the verdict is the macro AUROC's.
 
     A class's verdict is decided on its Holm-adjusted p (`p_holm`; Holm's correction over the
-    `per_class_tests` classes of this comparison with a p), its raw DeLong p beside it: ten
+    `per_class_tests` classes of this comparison with a p), its raw p beside it: ten
     unadjusted tests between two near-random models had called one class in ten "better"."""
     labels = np.asarray(labels)
     scoring.check_finite({"model A": probs_a, "model B": probs_b})
@@ -227,12 +243,8 @@ def compare_predictions(labels, probs_a, probs_b, classes, *, groups=None, alpha
         if reason is not None:
             per_class[name] = {"skipped": reason}
             continue
-        entry = {**delong(labels[:, c], probs_a[:, c], probs_b[:, c], alpha=alpha),
-                 "p_holm": None}
-        if (entry["not_testable"] is None
-                and min(entry["n_pos"], entry["n_neg"]) < VERDICT_MIN_PER_CLASS):
-            entry["not_testable"] = FEW
-        per_class[name] = entry
+        per_class[name] = class_test(labels[:, c], probs_a[:, c], probs_b[:, c], groups=groups,
+                                     seed=[seed, c], alpha=alpha)
     tested = [e for e in per_class.values() if e.get("p") is not None and not e["not_testable"]]
     for entry, adjusted in zip(tested, holm([e["p"] for e in tested])):
         entry["p_holm"] = adjusted

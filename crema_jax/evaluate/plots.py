@@ -112,9 +112,9 @@ def plot_paired_differences(comparisons: list[dict], class_display: dict, models
             if "skipped" in c or c["p"] is None:  # no test: no CI to draw
                 continue
             names.append(f"{class_display.get(name, name)} ({c['n_pos']})")
-            points.append(c["difference"])
-            lows.append(c["ci"]["low"])
-            highs.append(c["ci"]["high"])
+            points.append(c["difference"])  # no CI where DeLong's variance is 0
+            lows.append(np.nan if c["ci"]["low"] is None else c["ci"]["low"])
+            highs.append(np.nan if c["ci"]["high"] is None else c["ci"]["high"])
             labels.append(_p_label(c))
         macro = comparison["macro_auroc"]
         if macro["difference"] is not None:

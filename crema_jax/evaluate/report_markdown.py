@@ -125,27 +125,36 @@ def _comparison_markdown(report: dict, comparison: dict) -> list[str]:
     lines += ["", _holm_note(comparison.get("per_class_tests")),
               "", "| class | positives | AUROC A | AUROC B | A − B "
               f"| {level(comparison['alpha'])} CI (DeLong) "
-              "| p (DeLong) | p (Holm) | verdict (Holm) |", "|---|---|---|---|---|---|---|---|---|"]
+              "| p | test | p (Holm) | verdict (Holm) |", "|---" * 10 + "|"]
     for name, c in comparison["per_class"].items():
         if "skipped" in c:
             lines.append(f"| {display(report, name)} | {DASH} | {DASH} | {DASH} | {DASH} | "
-                         f"{DASH} | {DASH} | {DASH} | {c['skipped'].replace('_', ' ')} |")
+                         f"{DASH} | {DASH} | {DASH} | {DASH} | {c['skipped'].replace('_', ' ')} |")
             continue
         lines.append(f"| {display(report, name)} | {c['n_pos']}/{c['n_pos'] + c['n_neg']} | "
                      f"{fmt(c['auroc_a'])} | {fmt(c['auroc_b'])} | {fmt(c['difference'])} "
-                     f"| {_ci(c['ci'])} | {p_text(c)} | {p_text({'p': c.get('p_holm')})} "
+                     f"| {_ci(c['ci'])} | {p_text(c)} | {TEST_NAMES[c.get('test', 'delong')]} "
+                     f"| {p_text({'p': c.get('p_holm')})} "
                      f"| {c['verdict']} |")
     return lines + [""]
 
 
+# A class's test as report.md names it (paired.class_test's `test`).
+TEST_NAMES = {"delong": "DeLong", "permutation": "permutation"}
+
+
 def _holm_note(tests: int | None) -> str:
-    """The line above a comparison's per-class table: how many classes Holm's correction ran
-    over (`per_class_tests`; a comparison without it had printed "over the None classes")."""
+    """The line above a comparison's per-class table: which test gave each p, and how many
+    classes Holm's correction ran over (`per_class_tests`; a comparison without it had printed
+    "over the None classes")."""
+    which = (f"Per class: a paired permutation test (ranks exchanged within patients) where a "
+             f"class has fewer than {paired.PERMUTATION_BELOW} positives or negatives, DeLong's "
+             f"test above (column test)")
     if tests == 0:
-        return "Per class: DeLong's test; no class tested here (each verdict says why)."
+        return f"{which}; no class tested here (each verdict says why)."
     over = "the classes" if tests is None else f"the {tests} classes"
-    return (f"Per class: DeLong's test; each verdict is decided on the p after Holm's correction "
-            f"over {over} tested here (p (Holm)), the raw p beside it.")
+    return (f"{which}; each verdict is decided on the p after Holm's correction over {over} "
+            f"tested here (p (Holm)), the raw p beside it.")
 
 
 def markdown(report: dict) -> str:

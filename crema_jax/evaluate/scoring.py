@@ -237,17 +237,19 @@ def best_on_validation(candidates: list[dict]) -> int:
 
 class Groups:
     """Records grouped for resampling (patients), groups in order of first appearance; None:
-    every record its own group, so a resample draws records."""
+    every record its own group, so a resample draws records. `ids`: each record's group, 0 to
+    G - 1."""
 
     def __init__(self, n: int, groups=None):
         if groups is None:
-            self.flat = self.starts = np.arange(n)
+            self.ids = self.flat = self.starts = np.arange(n)
             self.sizes = np.ones(n, np.int64)
             return
         _, first, inverse = np.unique(np.asarray(groups), return_index=True,
                                       return_inverse=True)
         rank = np.empty(len(first), np.int64)
         rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+        self.ids = rank[inverse]
         self.flat = np.argsort(rank[inverse], kind="stable")   # records, group by group
         self.sizes = np.bincount(rank[inverse])
         self.starts = np.r_[0, np.cumsum(self.sizes)[:-1]]

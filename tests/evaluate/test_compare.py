@@ -16,6 +16,7 @@ from tests.evaluate.test_report import check_markdown_agrees
 from tests.evaluate.test_cli import RUN_KEYS, SCHEMA, _macro, _run
 from tests.evaluate.test_paired import (_reference_paired_bootstrap, delong_testable,
                                         reference_delong)
+from tests.evaluate.test_permutation import reference_exchange_p
 
 
 @pytest.mark.slow
@@ -33,11 +34,10 @@ def test_two_identical_checkpoints_give_no_detectable_difference(
     assert comparison["macro_auroc"]["difference"] == 0 and comparison["macro_auroc"]["p"] == 1
     for entry in comparison["per_class"].values():
         assert entry["difference"] == 0 and entry["p"] == 1
-        few = min(entry["n_pos"], entry["n_neg"]) < 10   # no verdict below 10 of each
-        assert entry["verdict"] == (f"not tested: {entry['n_pos']} positives, "
-                                    f"{entry['n_neg']} negatives (a class's verdict needs 10 "
-                                    "of each)" if few else
-                                    "no detectable difference at alpha=0.05")
+        # Every class here has fewer than 100 of each: the permutation test's p, which is 1
+        # exactly for equal scores (every exchange leaves the difference at 0).
+        assert entry["test"] == "permutation" and entry["p_delong"] == 1
+        assert entry["verdict"] == "no detectable difference at alpha=0.05"
 
 
 @pytest.mark.slow
@@ -65,6 +65,7 @@ def test_compare_a_checkpoint_with_random_on_the_same_folds_and_crops(
     comparison = report["comparisons"][0]
     assert comparison["n"] == len(expected)
     ok = delong_testable(labels)
+    groups = [patients[str(r)] for r in pred["record_id"]]
     for c, name in enumerate(report["classes"]):
         entry = comparison["per_class"][name]
         if c not in ok:
@@ -75,10 +76,14 @@ def test_compare_a_checkpoint_with_random_on_the_same_folds_and_crops(
         assert entry["auroc_b"] == pytest.approx(auc_b, abs=1e-12)
         assert entry["variance"] == pytest.approx(var, abs=1e-8, rel=0)
         if var == 0:  # paired.delong: equal AUCs are p = 1, unequal ones not testable
-            assert entry["p"] == (1.0 if auc_a == auc_b else None)
+            assert entry["p_delong"] == (1.0 if auc_a == auc_b else None)
         else:
-            assert entry["p"] == pytest.approx(p, abs=1e-8, rel=0)
-    groups = [patients[str(r)] for r in pred["record_id"]]
+            assert entry["p_delong"] == pytest.approx(p, abs=1e-8, rel=0)
+        # Fewer than 100 of each: the p is the permutation test's, a patient's records
+        # exchanged together, class c's exchanges drawn from seed [0, c] (--seed 0).
+        assert entry["test"] == "permutation"
+        assert entry["p"] == pytest.approx(reference_exchange_p(
+            labels[:, c], a[:, c], b[:, c], groups=groups, seed=[0, c])[1], abs=1e-12)
     low, high, p, n_valid = _reference_paired_bootstrap(labels, a, b, groups, 200, 0,
                                                         roc_auc_score)
     macro = comparison["macro_auroc"]

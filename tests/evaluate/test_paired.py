@@ -7,6 +7,7 @@ import scipy.stats
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from crema_jax.evaluate import paired
+from tests.evaluate.test_permutation import reference_exchange_p
 
 
 def reference_delong(y, score_a, score_b):
@@ -101,13 +102,6 @@ def delong_testable(labels) -> list[int]:
     labels = np.asarray(labels) > 0.5
     return [c for c in range(labels.shape[1])
             if 2 <= labels[:, c].sum() <= len(labels) - 2]
-
-
-def verdict_testable(labels) -> list[int]:
-    """The columns that get a per-class verdict: at least 10 positives and 10 negatives."""
-    labels = np.asarray(labels) > 0.5
-    return [c for c in range(labels.shape[1])
-            if 10 <= labels[:, c].sum() <= len(labels) - 10]
 
 
 def test_one_positive_gets_no_test_rather_than_a_false_verdict():
@@ -376,7 +370,16 @@ def test_delong_with_zero_variance_is_not_testable_rather_than_certain():
     got = paired.delong(y, a, b)
     assert got["difference"] == pytest.approx(0.5) and got["variance"] == 0.0
     assert got["p"] is None and got["z"] is None and got["not_testable"] == "zero_variance"
+    # Below 100 of each the permutation test decides; it needs no variance estimate.
     out = paired.compare_predictions(y[:, None], a[:, None], b[:, None], ["c"], n_resamples=20)
+    entry = out["per_class"]["c"]
+    assert entry["test"] == "permutation" and entry["p_delong"] is None
+    assert entry["p"] == pytest.approx(reference_exchange_p(y, a, b, seed=[0, 0])[1], abs=1e-12)
+    assert entry["p"] > 0.05 and entry["verdict"] == "no detectable difference at alpha=0.05"
+    # At 100 of each DeLong's test decides, and its zero variance leaves the class untested.
+    y, a = np.r_[np.ones(100), np.zeros(100)], np.r_[np.ones(100), np.zeros(100)]
+    out = paired.compare_predictions(y[:, None], a[:, None], np.full((200, 1), 0.5), ["c"],
+                                     n_resamples=20)
     assert out["per_class"]["c"]["verdict"] == (
         "not tested: zero_variance (DeLong's variance estimate is 0)")
     same = paired.delong(y, a, a)
@@ -399,9 +402,10 @@ def test_a_non_finite_probability_is_an_error_naming_the_model_and_count(bad):
 
 def test_per_class_verdicts_are_decided_on_holm_adjusted_p_values():
     """Two models of independent random scores, 10 classes of 12 positives in 80 records, one
-    class with a single positive (no test) and one with 9 (below VERDICT_MIN_PER_CLASS: its
-    AUROCs and raw p, no verdict, not in Holm's family). Two raw DeLong p-values are below 0.05;
-    after Holm's correction over the 10 tested classes (by hand) one is."""
+    class with a single positive (no test) and one with 9. Every tested class has fewer than
+    100 positives, so its p is the permutation test's (reference_exchange_p, class c's
+    exchanges from seed [0, c]), DeLong's beside it. Two raw p-values are below 0.05; after
+    Holm's correction over the 11 tested classes (by hand) one is."""
     rng = np.random.default_rng(50)
     y = np.zeros((80, 12))
     for c in range(10):
@@ -413,24 +417,43 @@ def test_per_class_verdicts_are_decided_on_holm_adjusted_p_values():
     a[:, 11], b[:, 11] = few.random(80), few.random(80)
     names = [f"c{c}" for c in range(12)]
     out = paired.compare_predictions(y, a, b, names, n_resamples=20)
-    raw = [reference_delong(y[:, c], a[:, c], b[:, c])[3] for c in range(12) if c != 10]
-    order = np.argsort(raw[:10])
+    tested = [c for c in range(12) if c != 10]
+    raw = {c: reference_exchange_p(y[:, c], a[:, c], b[:, c], seed=[0, c])[1] for c in tested}
+    order = sorted(tested, key=raw.get)
     assert raw[order[0]] < raw[order[1]] < 0.05 < raw[order[2]]
     adjusted, running = {}, 0.0
-    for rank, c in enumerate(order):  # Holm by hand: the i-th smallest x (10 - i), running max
-        running = max(running, min(1.0, (10 - rank) * raw[c]))
+    for rank, c in enumerate(order):  # Holm by hand: the i-th smallest x (11 - i), running max
+        running = max(running, min(1.0, (11 - rank) * raw[c]))
         adjusted[c] = running
     assert adjusted[order[0]] < 0.05 < adjusted[order[1]]
-    assert out["per_class_tests"] == 10 and out["per_class"]["c10"] == {"skipped": "one_positive"}
-    for c in range(10):
+    assert out["per_class_tests"] == 11 and out["per_class"]["c10"] == {"skipped": "one_positive"}
+    for c in tested:
         entry = out["per_class"][names[c]]
-        assert entry["p"] == pytest.approx(raw[c], abs=1e-9)
-        assert entry["p_holm"] == pytest.approx(adjusted[c], abs=1e-9)
+        assert entry["test"] == "permutation" and entry["n_permutations"] == 9999
+        assert entry["p"] == pytest.approx(raw[c], abs=1e-12)
+        assert entry["p_delong"] == pytest.approx(
+            reference_delong(y[:, c], a[:, c], b[:, c])[3], abs=1e-9)
+        assert entry["p_holm"] == pytest.approx(adjusted[c], abs=1e-12)
         better = "A" if entry["difference"] > 0 else "B"
         assert entry["verdict"] == (f"{better} better at alpha=0.05" if adjusted[c] < 0.05
                                     else "no detectable difference at alpha=0.05")
-    short = out["per_class"]["c11"]
-    assert short["p"] == pytest.approx(raw[10], abs=1e-9) and short["p_holm"] is None
-    assert short["auroc_a"] == pytest.approx(roc_auc_score(y[:, 11], a[:, 11]), abs=1e-12)
-    assert short["verdict"] == ("not tested: 9 positives, 71 negatives (a class's verdict needs "
-                                "10 of each)")
+    assert out["per_class"]["c11"]["auroc_a"] == pytest.approx(
+        roc_auc_score(y[:, 11], a[:, 11]), abs=1e-12)
+
+
+def test_a_class_with_100_of_each_is_tested_by_delong():
+    """At PERMUTATION_BELOW positives and negatives DeLong's normal p decides (no exchange);
+    one fewer positive and the permutation test does."""
+    rng = np.random.default_rng(4)
+    y = np.zeros((260, 2))
+    y[:100, 0] = 1
+    y[:99, 1] = 1
+    a, b = rng.normal(size=(260, 2)), rng.normal(size=(260, 2))
+    a[:, :] += 0.3 * y
+    out = paired.compare_predictions(y, a, b, ["hundred", "ninety-nine"], n_resamples=20)
+    big, small = out["per_class"]["hundred"], out["per_class"]["ninety-nine"]
+    assert big["test"] == "delong" and "p_delong" not in big
+    assert big["p"] == pytest.approx(reference_delong(y[:, 0], a[:, 0], b[:, 0])[3], abs=1e-9)
+    assert small["test"] == "permutation"
+    assert small["p"] == pytest.approx(
+        reference_exchange_p(y[:, 1], a[:, 1], b[:, 1], seed=[0, 1])[1], abs=1e-12)

@@ -124,8 +124,10 @@ def check_markdown_agrees(rep: dict, md: str) -> None:
             _check_p(row[-1], comparison[key])
         start = next(i for i, x in enumerate(block) if x.startswith("| class | positives |"))
         for entry, line in zip(comparison["per_class"].values(), block[start + 2:]):
-            if "skipped" not in entry:  # the raw DeLong p, then the Holm-adjusted one
-                _check_p(_cells(line)[-3], entry)
+            if "skipped" not in entry:  # the raw p, the test that gave it, Holm's p
+                _check_p(_cells(line)[-4], entry)
+                assert _cells(line)[-3] == {"delong": "DeLong",
+                                            "permutation": "permutation"}[entry["test"]]
                 _check_p(_cells(line)[-2], {"p": entry["p_holm"]})
 
 
@@ -278,7 +280,9 @@ def test_the_per_class_table_says_how_many_classes_holm_ran_over():
         md = report_markdown.markdown({"comparisons": [{**comparison, **changed}]})
         return next(x for x in md.splitlines() if x.startswith("Per class: "))
     assert "over the 2 classes tested here (p (Holm))" in note()
-    assert note(per_class_tests=0) == ("Per class: DeLong's test; no class tested here (each "
-                                       "verdict says why).")
+    assert note(per_class_tests=0) == (
+        "Per class: a paired permutation test (ranks exchanged within patients) where a class "
+        "has fewer than 100 positives or negatives, DeLong's test above (column test); no class "
+        "tested here (each verdict says why).")
     del comparison["per_class_tests"]
     assert "None" not in note() and "over the classes tested here (p (Holm))" in note()
