@@ -4,6 +4,8 @@ SIGINT ignored, so a Ctrl-C that arrives while a worker is still starting (impor
 cannot end it in a KeyboardInterrupt traceback on the user's terminal. A spawned child keeps an
 ignored signal ignored, and Python installs its KeyboardInterrupt handler only where SIGINT is
 left at its default; each pool's initializer then says what a Ctrl-C does in its workers.
+A worker whose parent was killed outright (SIGKILL, the OOM killer) exits by itself
+(`exit_with_parent`).
 
 spawn, never fork: worker processes must not inherit a parent's threads (JAX, Grain, pytest).
 """
@@ -34,6 +36,26 @@ class _SpawnContext(multiprocessing.context.SpawnContext):
 def spawn_context() -> multiprocessing.context.SpawnContext:
     """The context for a ProcessPoolExecutor (`mp_context=`) or a Process of our commands."""
     return _SpawnContext()
+
+
+# How often a worker looks whether its parent is still there (exit_with_parent).
+PARENT_POLL_SECONDS = 0.5
+
+
+def exit_with_parent(parent_pid: int, *, poll_seconds: float = PARENT_POLL_SECONDS) -> None:
+    """A worker initializer's part: the worker ends (os._exit, at once, mid-task) once the
+    process `parent_pid` that started it is gone. A parent killed outright runs no clean-up:
+    its workers had kept running the tasks already queued to them, then waited for more for
+    ever, with multiprocessing's resource tracker. An orphan is adopted by another process
+    (init, a subreaper), so its os.getppid() changes: a daemon thread checks it every
+    `poll_seconds`. (Linux's prctl(PR_SET_PDEATHSIG) is not used: it fires when the thread that
+    started the worker ends, not its process, and exists on Linux only.)"""
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit_with_parent", daemon=True).start()
 
 
 def interrupt_raises() -> None:

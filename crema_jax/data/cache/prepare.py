@@ -33,6 +33,7 @@ import hashlib
 import json
 import math
 import multiprocessing
+import os
 import sys
 import time
 
@@ -131,6 +132,13 @@ class _Progress:
 STOP_GRACE_SECONDS = 10.0
 
 
+def _worker_init(parent_pid: int) -> None:
+    """A worker's set-up: Ctrl-C stops it after its record (finish_record_on_interrupt); a
+    parent killed outright ends it, its shard unwritten (processes.exit_with_parent)."""
+    finish_record_on_interrupt()
+    processes.exit_with_parent(parent_pid)
+
+
 def _run_tasks(tasks: list[dict], workers: int):
     """Yield shard results as they finish (worker processes, or in-process when workers <= 1)."""
     if workers <= 1:
@@ -138,8 +146,8 @@ def _run_tasks(tasks: list[dict], workers: int):
             yield build_shard(task)
         return
     with concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=processes.spawn_context(),
-            initializer=finish_record_on_interrupt) as pool:
+            workers, mp_context=processes.spawn_context(), initializer=_worker_init,
+            initargs=(os.getpid(),)) as pool:
         futures = []
         try:
             futures += [pool.submit(build_shard, task) for task in tasks]

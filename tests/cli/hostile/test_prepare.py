@@ -176,6 +176,53 @@ def test_ctrl_c_during_prepare_is_one_line_and_the_rerun_has_every_record(tmp_pa
     assert done.stdout.strip().splitlines()[-1] == "prepared 50 records, skipped 0"
 
 
+def _children(pid: int) -> list[int]:
+    """The live (not zombie) processes whose parent is `pid` (Linux's /proc)."""
+    found = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            state, parent = open(f"/proc/{name}/stat").read().rsplit(")", 1)[1].split()[:2]
+        except OSError:  # ended meanwhile
+            continue
+        if int(parent) == pid and state != "Z":
+            found.append(int(name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the workers through /proc")
+def test_workers_end_when_prepare_alone_is_killed(tmp_path, cinc_sample_dir):
+    """SIGKILL of the prepare process only (the OOM killer, `kill -9 PID`): its workers and
+    multiprocessing's resource tracker had gone on with the queued shards, then waited for ever."""
+    out = tmp_path / "cache"
+    run = subprocess.Popen(CLI + ["prepare", f"--root={cinc_sample_dir}", f"--out={out}",
+                                  "--workers=2", "--records_per_shard=1"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("shard-*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = _children(run.pid)
+    run.kill()
+    run.wait()
+    try:
+        assert len(workers) >= 2, workers    # the two workers (and the resource tracker)
+        sidecars = len(list(out.glob("shard-*.json")))
+        assert 0 < sidecars < 50
+        deadline = time.monotonic() + 10
+        while any(map(_alive, workers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [w for w in workers if _alive(w)] == []
+    finally:
+        for worker in filter(_alive, workers):
+            os.kill(worker, signal.SIGKILL)
+
+
 def test_a_rerun_retries_the_records_an_unexpected_error_skipped(tmp_path, cinc_sample_dir,
                                                                  monkeypatch, capsys):
     """A record skipped for an unexpected error (here a MemoryError on its first read: not
