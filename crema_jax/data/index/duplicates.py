@@ -8,6 +8,8 @@ head in one fold and test it in another. `content_key` names a record by what it
   the header is left out, since a copy's header names the copy's own record;
 - a file read whole (a clinical export): the SHA-256 of the file;
 - a row of an array file ("FILE#ROW") or anything else: its resolved path;
+- the same for a record under a URL (gs://, memory://: its files read through
+  runtime/storage.py), so a copy in a bucket has the key of the local one;
 - a record of a prepared cache: the key `prepare` stored for it (`content_key`, the same
   SHA-256 of its source files when they were read), so that the source need not be there.
 
@@ -46,18 +48,21 @@ class Duplicates:
 
 def record_files(path) -> list[str]:
     """The files whose bytes are the record at `path`'s signal ([] for a row of an array
-    file)."""
+    file); a URL's are looked up through runtime/storage.py."""
     path = str(path)
-    if os.path.isfile(path):
+    if storage.isfile(path):
         return [path]
-    return [path + s for s in SIGNAL_SUFFIXES if os.path.isfile(path + s)]
+    return [path + s for s in SIGNAL_SUFFIXES if storage.isfile(path + s)]
 
 
 def file_stats(path) -> list:
     """[size, modification time in ns] (None when it cannot be seen) of each file the record at
     `path` is read from (a WFDB header and signal files, a file read whole, the array file of
-    "FILE#ROW"): a record rewritten since is told apart from the one read before."""
+    "FILE#ROW"): a record rewritten since is told apart from the one read before. A URL's
+    files are not looked at ([None]): indexing asks no store about each record."""
     file = str(path)
+    if storage.is_remote(file):
+        return [None]
     base, sep, row = file.rpartition("#")
     file = base if sep and row.isdigit() and os.path.isfile(base) else file
     stats = []
@@ -71,8 +76,18 @@ def file_stats(path) -> list:
 
 
 def _digest(files, *, limit: int | None) -> str:
+    """SHA-256 of each file's size and its first `limit` bytes (None: all); a local file opened
+    as a regular file only, a URL read a range at a time through runtime/storage.py (the same
+    bytes give the same digest, wherever they are)."""
     h = hashlib.sha256()
     for name in files:
+        if storage.is_remote(name):
+            size = storage.file_size(name)
+            h.update(f"{size}:".encode())
+            end = size if limit is None else min(size, limit)
+            for offset in range(0, end, _CHUNK):
+                h.update(storage.read_range(name, offset, min(_CHUNK, end - offset)))
+            continue
         with safe_files.open_regular(name) as f:
             size = os.fstat(f.fileno()).st_size
             h.update(f"{size}:".encode())
@@ -89,11 +104,14 @@ def _digest(files, *, limit: int | None) -> str:
 def content_key(path) -> str:
     """The whole-file key of the record at `path` (what content_keys gives a record whose
     fingerprint is shared), computed now: `prepare` stores it with each cached record."""
-    if storage.is_remote(path):
-        return f"path:{path}"
     files = record_files(path)
-    return f"sha256:{_digest(files, limit=None)}" if files else \
-        f"path:{os.path.realpath(str(path))}"
+    return f"sha256:{_digest(files, limit=None)}" if files else _path_key(path)
+
+
+def _path_key(path) -> str:
+    """The key of a record without files of its own: its resolved path (a URL as spelled)."""
+    path = str(path)
+    return f"path:{path if storage.is_remote(path) else os.path.realpath(path)}"
 
 
 def content_keys(infos) -> list[str]:
@@ -101,8 +119,7 @@ def content_keys(infos) -> list[str]:
     without files, when they name the same path)."""
     stored = [(info.meta or {}).get("content_key") for info in infos]
     files = [[] if key else record_files(info.path) for info, key in zip(infos, stored)]
-    keys = [key or (f"sha256-prefix:{_digest(f, limit=_PREFIX)}" if f
-                    else f"path:{os.path.realpath(info.path)}")
+    keys = [key or (f"sha256-prefix:{_digest(f, limit=_PREFIX)}" if f else _path_key(info.path))
             for info, f, key in zip(infos, files, stored)]
     rows = defaultdict(list)
     for i, key in enumerate(keys):

@@ -1,5 +1,6 @@
 """Records read and a cache written through a non-local file system (fsspec's memory://, which
 works offline like gs:// and s3:// do online), then pretraining from that cache."""
+import hashlib
 import json
 import uuid
 
@@ -31,6 +32,22 @@ def memory_records(cinc_sample_dir, tmp_path, monkeypatch):
             (local / (name + ext)).write_bytes(data)
     yield fs, base, local, names
     fs.rm(base, recursive=True)
+
+
+def test_a_cache_of_url_records_keeps_their_content_keys(memory_records, tmp_path):
+    """content_key (the duplicate check's) of a record read from a URL: the SHA-256 of its
+    signal file, as for the same file on disk, not its URL."""
+    fs, base, local, names = memory_records
+    flags = dict(layout="wfdb_folder", workers=1, records_per_shard=8)
+    prepare.prepare(root=f"{base}/records", out=str(tmp_path / "remote"), **flags)
+    prepare.prepare(root=str(local), out=str(tmp_path / "local"), **flags)
+    expected = []
+    for name in names:
+        data = (local / f"{name}.mat").read_bytes()
+        expected.append(f"sha256:{hashlib.sha256(f'{len(data)}:'.encode() + data).hexdigest()}")
+    for cache in ("remote", "local"):
+        rows = json.loads((tmp_path / cache / "index.json").read_text())["records"]
+        assert [r["content_key"] for r in rows] == expected, cache
 
 
 @pytest.mark.slow

@@ -32,3 +32,31 @@ def test_rows_of_an_array_file_are_told_apart_by_their_locator(tmp_path):
              for i, row in enumerate((0, 1, 0))]
     found = duplicates.find(infos)
     assert [i.record_id for i in found.kept] == ["0", "1"] and found.groups == [["0", "2"]]
+
+
+def test_records_under_a_url_have_the_keys_of_their_local_copies(tmp_path):
+    """The same bytes under memory:// (as under gs://) and on disk: one key, the SHA-256 of the
+    signal file's size and bytes (read a range at a time: longer than one 1 MiB range)."""
+    import uuid
+
+    import fsspec
+    body = bytes(range(256)) * (10 * 1024 + 7)          # 2.5 MiB: three ranged reads
+    other = body[:-1] + b"\x01"
+    fs, base = fsspec.filesystem("memory"), f"memory://dups-{uuid.uuid4().hex}"
+    try:
+        for name, signal in (("A1", body), ("B7", body), ("C2", other)):
+            fs.pipe(f"{base}/{name}.dat", signal)
+            fs.pipe(f"{base}/{name}.hea", f"{name} 12 500 5000\n".encode())
+        local = [_record(tmp_path, name, signal) for name, signal in
+                 (("A1", body), ("B7", body), ("C2", other))]
+        remote = [RecordInfo(i.record_id, f"{base}/{i.record_id}", i.labels, i.split, i.source)
+                  for i in local]
+        whole = [f"sha256:{hashlib.sha256(f'{len(b)}:'.encode() + b).hexdigest()}"
+                 for b in (body, body, other)]
+        assert [duplicates.content_key(i.path) for i in remote] == whole
+        assert [duplicates.content_key(i.path) for i in local] == whole
+        assert duplicates.content_keys(remote)[:2] == whole[:2]   # the shared prefix, hashed
+        assert duplicates.find(remote).groups == [["A1", "B7"]]
+        assert duplicates.content_key(f"{base}/none") == f"path:{base}/none"  # no files
+    finally:
+        fs.rm(base, recursive=True)
