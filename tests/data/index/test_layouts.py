@@ -66,6 +66,35 @@ def test_wfdb_folder_recursive_with_folder_sources_and_unknown_meta(tmp_path):
         wfdb_folder.wfdb_folder(tmp_path / "nope")
 
 
+def test_wfdb_folder_counts_a_signal_file_without_its_header(tmp_path):
+    """A .dat or .mat whose NAME.hea is missing is a record skipped as missing_header (it had
+    been invisible); one a header names under another name, or beside its header, is not."""
+    from crema_jax.data.cache import prepare
+    from crema_jax.data.reading import read as read_lib
+    from crema_jax.data.reading.ecg import RecordError
+    synthetic.write_synthetic_wfdb(tmp_path, 2, seconds=2.5)
+    signal = (tmp_path / "SYN00001.dat").read_bytes()
+    (tmp_path / "SYN00001.dat").rename(tmp_path / "SYN00001_signals.dat")  # a header names it
+    hea = tmp_path / "SYN00001.hea"
+    hea.write_text(hea.read_text().replace("SYN00001.dat", "SYN00001_signals.dat"))
+    (tmp_path / "sub").mkdir()
+    for name in ("A0.dat", "sub/B1.mat", "sub/B1.dat"):    # B1: one record, two signal files
+        (tmp_path / name).write_bytes(signal)
+    index = wfdb_folder.wfdb_folder(tmp_path)
+    assert [r.record_id for r in index] == ["SYN00000", "SYN00001", "A0", "B1"]
+    assert [r.path for r in index[2:]] == [str(tmp_path / "A0"), str(tmp_path / "sub" / "B1")]
+    assert index[3].source == "sub" and index[2].labels == ()
+    with pytest.raises(RecordError) as err:
+        read_lib.read(index[2].path, index[2].reader)
+    assert err.value.reason == "missing_header"
+    assert err.value.message == (f"cannot read header {tmp_path / 'A0'}.hea: no such file "
+                                 f"beside the signal file {tmp_path / 'A0.dat'}")
+    done = prepare.prepare(layout="wfdb_folder", root=str(tmp_path), out=str(tmp_path / "c"),
+                           workers=1)
+    assert done["records"] == 2
+    assert done["skipped"]["missing_header"]["count"] == 2
+
+
 def test_package_sample_data():
     index = wfdb_folder.wfdb_folder(dataset_index.sample_data_dir())
     assert collections.Counter(r.source for r in index) == {"georgia": 14, "ptbxl": 10,
