@@ -1,19 +1,25 @@
 """A dataset's own splits (a manifest's `split` column) that put one patient's records in two of
 train/val/test are refused, or with --patients_across_splits=allow kept, printed and counted in
 report.json, named by the ids of their records (never by patient id: a hospital's record number
-must not reach a report). The manifest below is written by hand: P0 (train + test), P1 (val +
+must not reach a report); a prepared cache of the manifest groups patients as the manifest
+does (its rows keep the patient ids), and an older cache without them still reads, saying so.
+The manifest below is written by hand: P0 (train + test), P1 (val +
 test) and P2 (train + val) straddle splits, 3 patients with 6 records; P3 to P5 do not, and two
 records without a patient id (each its own patient) sit in train and test."""
 import csv
 import hashlib
 import json
 import pathlib
+import re
+from collections import defaultdict
 from types import SimpleNamespace
 
 import pytest
 
 from crema_jax.cli import probe
-from crema_jax.evaluate import datasets, protocols
+from crema_jax.data.cache import prepare
+from crema_jax.data.cache.source import DamagedCacheError, cache_index
+from crema_jax.evaluate import datasets, folds, protocols
 from tests.cli.conftest import _fails
 from tests.evaluate.test_cli import _run
 
@@ -140,3 +146,86 @@ def test_the_probe_refuses_in_one_line_and_allowed_records_it_in_report_json(
     assert not any(f"\"{p}\"" in json.dumps(report) for p in STRADDLING)   # no patient id
     assert (report["records"]["train"], report["records"]["val"], report["records"]["test"]) \
         == (5, 3, 4)
+
+
+@pytest.fixture
+def cached(split_manifest, tmp_path):
+    """split_manifest prepared into a cache (settings: the cache alone, no root)."""
+    out = tmp_path / "cache"
+    prepare.prepare(layout="manifest", root=str(split_manifest), out=str(out), workers=1,
+                    records_per_shard=5)
+    return out
+
+
+def test_a_cache_refuses_the_given_splits_as_its_raw_manifest_does(split_manifest, cached):
+    """A cache's rows had no patient id: its given splits were accepted, 0 patients found."""
+    with pytest.raises(ValueError) as raw:
+        datasets.load_dataset(_settings(split_manifest))
+    with pytest.raises(ValueError) as from_cache:
+        datasets.load_dataset(_settings("", cache_dir=str(cached)))
+    assert str(from_cache.value) == str(raw.value)
+    assert str(from_cache.value).startswith(f"{_said(split_manifest)}: a test score")
+
+
+def _parts(data, settings) -> dict:
+    """record id -> its split (a re-split) or the fold that tests it (folds)."""
+    plan, _ = folds.dataset_plan(data, settings)
+    if plan is None:
+        return {info.record_id: str(s) for info, s in zip(data.infos, data.splits)}
+    return {data.infos[i].record_id: part["fold"] for part in plan for i in part["test"]}
+
+
+@pytest.mark.parametrize("more", [{"split_fractions": [0.6, 0.2, 0.2]}, {"folds": 3}])
+def test_a_cache_re_splits_and_folds_patients_as_its_raw_manifest_does(split_manifest, cached,
+                                                                       more):
+    raw_settings = _settings(split_manifest, **more)
+    cache_settings = _settings("", cache_dir=str(cached), **more)
+    raw = _parts(datasets.load_dataset(raw_settings), raw_settings)
+    from_cache = _parts(datasets.load_dataset(cache_settings), cache_settings)
+    assert from_cache == raw and len(raw) == len(ROWS)
+    with open(split_manifest, newline="") as f:   # the patients, read back from the CSV
+        patient_of = {pathlib.Path(row["path"]).name: row["patient_id"]
+                      for row in csv.DictReader(f)}
+    parts = defaultdict(set)
+    for record_id, part in from_cache.items():
+        if patient_of[record_id]:
+            parts[patient_of[record_id]].add(part)
+    assert sorted(parts) == ["P0", "P1", "P2", "P3", "P4", "P5"]
+    assert all(len(found) == 1 for found in parts.values()), parts
+
+
+def _rewrite_index(cache, change) -> None:
+    path = cache / "index.json"
+    index = json.loads(path.read_text())
+    change(index)
+    path.write_text(json.dumps(index))
+
+
+def test_a_cache_written_before_rows_kept_patient_ids_reads_and_says_so_once(cached, capsys):
+    def older(index):   # as crema_jax.cache/1 wrote it: no row meta
+        index["settings"]["format"] = "crema_jax.cache/1"
+        for row in index["records"]:
+            del row["meta"]
+    _rewrite_index(cached, older)
+    data = datasets.load_dataset(_settings("", cache_dir=str(cached)))
+    assert len(data.infos) == len(ROWS)
+    assert data.counts["patients_across_splits"] == {"patients": 0, "records": 0,
+                                                      "examples": []}
+    out = capsys.readouterr().out
+    note = (f"note: {cached} was prepared before caches kept patient ids (format "
+            "crema_jax.cache/1): each of its records is taken as its own patient "
+            "(patients-across-splits check, re-splits, folds, bootstrap); prepare it again into "
+            "a new --out to keep them\n")
+    assert out.count(note) == 1, out
+    # A wfdb_folder layout never has patient ids: its older cache groups as its records do.
+    _rewrite_index(cached, lambda index: index["settings"].update(layout="wfdb_folder"))
+    assert len(cache_index(str(cached)).records) == len(ROWS)
+    assert "note:" not in capsys.readouterr().out
+
+
+def test_a_cache_row_whose_meta_is_no_object_is_a_damaged_index(cached):
+    _rewrite_index(cached, lambda index: index["records"][3].update(meta="P1"))
+    with pytest.raises(DamagedCacheError, match=re.escape(
+            f"{cached / 'index.json'}: record 3: meta is 'P1', expected an object; the cache "
+            "index is damaged")):
+        cache_index(str(cached))

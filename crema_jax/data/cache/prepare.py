@@ -64,7 +64,7 @@ def _records_sha1(index) -> str:
 
 def _settings(index, opts: dict, preprocess_cfg) -> dict:
     paths = _records_sha1(index)
-    return {"format": "crema_jax.cache/1", "layout": opts["layout"],
+    return {"format": record_format.FORMAT, "layout": opts["layout"],
             "layout_options": opts["layout_options"],
             "root": storage.absolute(opts["root"]), "target_fs": float(opts["target_fs"]),
             "preprocess_preset": opts["preprocess"], "preprocess": preprocess_cfg,
@@ -78,6 +78,11 @@ def check_or_write_settings(out: str, settings: dict, *, write: bool) -> None:
     path = storage.join(out, record_format.SETTINGS_FILE)
     if storage.isfile(path):
         old = sidecar_lib.read_json(path, "use a new --out folder", dict)
+        if str(old.get("format", "")).startswith("crema_jax.cache/") \
+                and old["format"] != settings["format"]:
+            raise PrepareError(f"{path}: a cache of format {old['format']}, not this "
+                               f"version's {settings['format']} (resumed, it would mix the "
+                               "two); use a new --out folder")
         if old.get("format") != settings["format"]:  # another program's settings.json
             raise PrepareError(f"{path}: not the settings of a crema_jax cache (no \"format\": "
                                f"\"{settings['format']}\"); use a new --out folder")
@@ -175,6 +180,7 @@ def shard_task(plan, strict: bool, s: int) -> dict:
     return {"out_dir": plan.out, "shard": s, "num_shards": len(plan.names),
             "records": [{"record_id": r.record_id, "path": str(r.path), "labels": list(r.labels),
                          "split": r.split, "source": r.source,
+                         "meta": record_format.row_meta(r.meta),
                          "reader": read_lib.reader_to_json(r.reader)}
                         for r in plan.index.records[s * per:(s + 1) * per]],
             "target_fs": float(opts["target_fs"]), "preprocess": opts["preprocess_cfg"],

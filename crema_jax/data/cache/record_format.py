@@ -10,6 +10,12 @@ read by source.py):
     index.json                         all sidecars merged, plus label_names and the settings
     summary.json                       records written, skipped counts by reason with paths
 
+A record's row (in its sidecar and index.json) keeps what the evaluation reads of it without the
+source files: record_id, path, labels, split, source, content_key and `meta`, the record's
+ROW_META (patient id, age, sex) where the layout's index had them, so a cache groups patients
+exactly as the raw records do. settings.json's "format" is FORMAT; a cache of an earlier format
+(crema_jax.cache/1) has rows without `meta` and still reads (source.cache_index).
+
 Record format (no pickle; decoding is one struct.unpack and two np.frombuffer calls):
 
     header  "<4sBBHIH2x" magic b"CRMA", version 1, dtype code, num_leads L, length T,
@@ -38,6 +44,8 @@ VERSION = 1
 _HEADER = struct.Struct("<4sBBHIH2x")  # 16 bytes: the arrays after it stay aligned.
 DTYPES = {1: np.dtype("<i2"), 2: np.dtype("<f2")}
 DTYPE_CODES = {"int16": 1, "float16": 2}
+FORMAT = "crema_jax.cache/2"   # /1: rows without `meta`
+ROW_META = ("patient_id", "age", "sex")
 INDEX_FILE = "index.json"
 SETTINGS_FILE = "settings.json"
 SUMMARY_FILE = "summary.json"
@@ -90,6 +98,11 @@ def decode_record(data: bytes) -> dict:
     if out["scale"] is not None:
         signal *= out["scale"][:, None]
     return {"signal": signal, "lead_present": out["lead_present"]}
+
+
+def row_meta(meta: dict) -> dict:
+    """What a cache row keeps of a record's meta: its ROW_META that are set (JSON data)."""
+    return {k: meta[k] for k in ROW_META if meta.get(k) not in (None, "")}
 
 
 def shard_name(shard: int, num_shards: int) -> str:

@@ -78,7 +78,8 @@ def build_shard(task: Mapping) -> dict:
     """Read, preprocess and write the records of one shard; return its sidecar metadata.
 
     `task` (JSON data): out_dir, shard, num_shards, records (RecordInfo fields as dicts:
-    record_id, path, labels, split, source, reader as read.reader_to_json), target_fs,
+    record_id, path, labels, split, source, meta as record_format.row_meta, reader as
+    read.reader_to_json; all but the reader make the record's index row), target_fs,
     preprocess (dict or None), derive_limb_leads, dtype, strict, settings_digest (of the
     cache's settings.json: kept in the sidecar, sidecars.load_sidecar). The sidecar also keeps
     the shard file's fingerprint (fingerprint.py: size, sha256, edge_sha256). Runs in a worker

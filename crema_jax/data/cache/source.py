@@ -172,6 +172,9 @@ def _check_index(index, path: str) -> None:
             raise _rebuild_index(path, f"record {i} at position {position} of shard "
                                  f"{row['shard']}, where an earlier record is")
         seen.add((row["shard"], position))
+        if not isinstance(row.get("meta", {}), dict):
+            raise _rebuild_index(path, f"record {i}: meta is {row['meta']!r}, expected an "
+                                 "object")
         texts = (row["record_id"], row["path"], row["split"], row["source"])
         if not all(isinstance(t, str) for t in texts) or not isinstance(row["labels"], list) \
                 or not all(isinstance(label, str) for label in row["labels"]):
@@ -179,15 +182,28 @@ def _check_index(index, path: str) -> None:
                                  "be strings and labels a list of strings")
 
 
+_NO_PATIENT_IDS = ("wfdb_folder",)   # no patient id in its index: an older cache is not noted
+
+
 def cache_index(cache_dir: str) -> DatasetIndex:
-    """A prepared cache's records as a layout index; each info's meta["cache_row"] is its row
-    (what CacheSource.subset takes)."""
+    """A prepared cache's records as a layout index; each info's meta is its row's `meta`
+    (record_format.ROW_META, as the layout's index had them), "content_key" and "cache_row",
+    its row (what CacheSource.subset takes). A cache whose rows have no meta (format /1) reads
+    with a printed line: each of its records is then its own patient (protocols.patient_keys)."""
     index = load_index(cache_dir)
     infos = [RecordInfo(record_id=r["record_id"], path=r["path"], labels=tuple(r["labels"]),
                         split=r["split"], source=r["source"],
-                        meta={"cache_row": row, **({"content_key": r["content_key"]}
-                                                   if r.get("content_key") else {})})
+                        meta={**r.get("meta", {}), "cache_row": row,
+                              **({"content_key": r["content_key"]} if r.get("content_key")
+                                 else {})})
              for row, r in enumerate(index["records"])]
+    settings = index["settings"]
+    if settings.get("layout") not in _NO_PATIENT_IDS \
+            and any("meta" not in r for r in index["records"]):
+        print(f"note: {cache_dir} was prepared before caches kept patient ids (format "
+              f"{settings.get('format', '?')}): each of its records is taken as its own patient "
+              "(patients-across-splits check, re-splits, folds, bootstrap); prepare it again "
+              "into a new --out to keep them")
     return DatasetIndex(infos, list(index["label_names"]),
                         layout=index["settings"].get("layout", ""),
                         root=index["settings"].get("root", ""))
