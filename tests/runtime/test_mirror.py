@@ -1,4 +1,4 @@
-"""storage.mirror: a remote folder copied to local disk several files at a time, each file
+"""staging.mirror: a remote folder copied to local disk several files at a time, each file
 whole or not at all (a cache on gs:// is read from such a copy: data/cache/source.py)."""
 import os
 import threading
@@ -9,7 +9,7 @@ import fsspec
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from crema_jax.runtime import storage
+from crema_jax.runtime import staging
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def _slow_copies(monkeypatch, fail_on=None):
 def test_every_file_is_copied_byte_for_byte_several_at_a_time(remote, tmp_path, monkeypatch):
     base, blobs = remote
     state = _slow_copies(monkeypatch)
-    assert storage.mirror(base, str(tmp_path / "copy"), threads=4) == str(tmp_path / "copy")
+    assert staging.mirror(base, str(tmp_path / "copy"), threads=4) == str(tmp_path / "copy")
     assert sorted(os.listdir(tmp_path / "copy")) == sorted(blobs)
     for name, data in blobs.items():
         assert (tmp_path / "copy" / name).read_bytes() == data
@@ -68,7 +68,7 @@ def test_a_resumed_copy_keeps_files_of_the_remote_size_and_fetches_the_others(re
     (local / names[0]).write_bytes(blobs[names[0]])               # complete: kept
     (local / names[1]).write_bytes(blobs[names[1]][:10])          # cut short: fetched again
     state = _slow_copies(monkeypatch)
-    storage.mirror(base, str(local), names=names[:5])
+    staging.mirror(base, str(local), names=names[:5])
     assert sorted(os.path.basename(c) for c in state["calls"]) == names[1:5]
     assert sorted(os.listdir(local)) == names[:5]
     assert all((local / n).read_bytes() == blobs[n] for n in names[:5])
@@ -79,7 +79,7 @@ def test_a_failed_copy_names_the_url_and_leaves_no_partial_file(remote, tmp_path
     bad = sorted(blobs)[5]
     _slow_copies(monkeypatch, fail_on=bad)
     with pytest.raises(OSError, match=rf"^{base}: .*Connection reset by peer"):
-        storage.mirror(base, str(tmp_path / "copy"), threads=3)
+        staging.mirror(base, str(tmp_path / "copy"), threads=3)
     left = os.listdir(tmp_path / "copy")
     assert bad not in left
     assert set(left) <= set(blobs)             # no temporary file left behind
@@ -92,8 +92,8 @@ def test_a_store_whose_client_shares_one_connection_copies_one_file_at_a_time(
     their transfers. Only the stores named concurrent copy in parallel (here memory:// is taken
     out of that set)."""
     base, blobs = remote
-    monkeypatch.setattr(storage, "_CONCURRENT_PROTOCOLS", {"gs", "s3"})
+    monkeypatch.setattr(staging, "_CONCURRENT_PROTOCOLS", {"gs", "s3"})
     state = _slow_copies(monkeypatch)
-    storage.mirror(base, str(tmp_path / "copy"), threads=4)
+    staging.mirror(base, str(tmp_path / "copy"), threads=4)
     assert state["most"] == 1 and len(state["calls"]) == len(blobs)
     assert all((tmp_path / "copy" / n).read_bytes() == d for n, d in blobs.items())

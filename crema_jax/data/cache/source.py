@@ -31,7 +31,7 @@ from crema_jax.data.cache.record_format import INDEX_FILE, decode_quantised
 from crema_jax.data.index.dataset_index import DatasetIndex, RecordInfo, multi_hot
 from crema_jax.data.reading import safe_files
 from crema_jax.data.reading.ecg import RecordError
-from crema_jax.runtime import files, storage
+from crema_jax.runtime import files, staging, storage
 
 SKIP_FLAG = "--config.data.skip_damaged_cache_records=true"   # pretrain's
 EVAL_SKIP_FLAG = "--skip_damaged_cache_records"                 # probe, finetune, compare
@@ -88,21 +88,21 @@ def local_cache_dir(cache_dir: str) -> str:
     """`cache_dir` itself, or for a URL (gs://, s3://; runtime/storage.py) a local copy of it:
     ArrayRecord's reader is C++ and opens local files only, and Grain reads records in random
     order, which local disk serves far better than an object store. The copy goes to
-    storage.staging_dir (CREMA_JAX_STAGING or the temporary folder; one per URL, so a later run
+    staging.staging_dir (CREMA_JAX_STAGING or the temporary folder; one per URL, so a later run
     reuses it): index.json always fresh; a shard already there with the remote size is kept
     when index.json is unchanged, else copied again."""
     if not storage.is_remote(cache_dir):
         return cache_dir
-    local = storage.staging_dir(cache_dir, "cache")
+    local = staging.staging_dir(cache_dir, "cache")
     old = os.path.join(local, INDEX_FILE)
     old_bytes = safe_files.read_bytes(old) if os.path.isfile(old) else None
     if not storage.isfile(storage.join(cache_dir, INDEX_FILE)):
         raise FileNotFoundError(f"{storage.join(cache_dir, INDEX_FILE)}: no cache index; build "
                                 f"the cache with `crema-jax prepare --out={cache_dir}`")
-    storage.mirror(cache_dir, local, names=[INDEX_FILE], resume=False)
+    staging.mirror(cache_dir, local, names=[INDEX_FILE], resume=False)
     index = load_index(local)
     sys.stderr.write(f"cache: reading {cache_dir} from a local copy in {local}\n")
-    storage.mirror(cache_dir, local, names=[s["file"] for s in index["shards"]],
+    staging.mirror(cache_dir, local, names=[s["file"] for s in index["shards"]],
                    resume=old_bytes == safe_files.read_bytes(old))
     return local
 
