@@ -197,6 +197,15 @@ def folder_name(text: str) -> str:
     return f"{safe}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
+def sha256_of(path) -> str:
+    """The SHA-256 (hex) of all the bytes of the local file at `path`, read 1 MiB at a time."""
+    whole = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            whole.update(chunk)
+    return whole.hexdigest()
+
+
 def write_atomic(path, write: Callable[[str], Any]) -> None:
     """write(temporary path) then rename it to `path` (see the module docstring)."""
     write_atomic_group([(path, write)])

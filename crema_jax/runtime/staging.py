@@ -1,12 +1,25 @@
 """Local copies of remote folders: a cache on gs:// or s3:// is read from one (ArrayRecord's
 reader opens local files only; data/cache/source.py). `staging_dir` is where a URL's copy lives,
 `mirror` copies a remote folder's files there.
+
+A copied file is reused by a later run only as mirror left it: beside each file it fetched,
+mirror keeps a copy record, .NAME.copied, holding the SHA-256 of the bytes it fetched and the
+file's size, modification time and inode right then. A file whose record is missing (a copy
+interrupted before the record was written, a file put there by hand) or no longer matches it (the
+file was edited, cut short or replaced since) is fetched again; so is one whose SHA-256 differs
+from what the caller expects (`sha256`: a cache's index.json records its shards'), as when the
+remote was rebuilt since. `copied_sha256` tells a reader whether a damaged copy holds the bytes
+the remote had (the remote's damage) or not (the copy's own, since it was fetched), and
+`forget_copy` makes the next run fetch a damaged copy again.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import tempfile
+from typing import Mapping
 
 from crema_jax.runtime import files
 from crema_jax.runtime.storage import _is, _reach, listdir
@@ -29,27 +42,76 @@ _CONCURRENT_PROTOCOLS = {"gs", "gcs", "s3", "s3a", "az", "abfs", "abfss", "adl",
                          "memory"}
 
 
-def mirror(url: str, local_dir: str, *, names: list[str] | None = None,
-           resume: bool = True, threads: int = MIRROR_THREADS) -> str:
+def _record_path(local_path: str) -> str:
+    folder, name = os.path.split(local_path)
+    return os.path.join(folder, f".{name}.copied")
+
+
+def _state(stat: os.stat_result) -> list[int]:
+    """What changes when a file is edited, cut short or replaced: size, mtime, inode."""
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+
+
+def copied_sha256(local_path: str) -> str | None:
+    """The SHA-256 of the bytes `mirror` fetched into `local_path`; None when mirror did not
+    write the file there or it changed since (see the module docstring)."""
+    try:
+        with open(_record_path(local_path), encoding="utf-8") as f:
+            record = json.load(f)
+        state = _state(os.stat(local_path))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("state") != state:
+        return None
+    digest = record.get("sha256")
+    return digest if isinstance(digest, str) else None
+
+
+def forget_copy(local_path: str) -> None:
+    """Makes the next `mirror` fetch `local_path` again (a copy found damaged); the file itself
+    stays, for readers that have it open."""
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(_record_path(local_path))
+
+
+def _fetch(fs, remote: str, local: str) -> None:
+    """The remote file copied to `local` whole (files.write_atomic), then its copy record."""
+    record = {}
+
+    def get(tmp: str) -> None:
+        fs.get_file(remote, tmp)
+        record.update(sha256=files.sha256_of(tmp), state=_state(os.stat(tmp)))
+
+    forget_copy(local)
+    files.write_atomic(local, get)   # a rename keeps the size, mtime and inode recorded
+    files.write_json_atomic(_record_path(local), record)
+
+
+def mirror(url: str, local_dir: str, *, names: list[str] | None = None, resume: bool = True,
+           threads: int = MIRROR_THREADS, sha256: Mapping[str, str] | None = None) -> str:
     """Copy the files directly in the remote folder `url` (or only `names`) into `local_dir`,
     up to `threads` at a time on a store whose client takes concurrent requests
-    (_CONCURRENT_PROTOCOLS; any other, e.g. ftp://, sftp://, hf://, one file at a time); with
-    `resume`, a file already there with the remote size is kept (files that never change once
-    written: a resumed copy). Each file lands whole or not at all
-    (files.write_atomic); on the first error the copies not begun are dropped and it is raised,
-    naming `url`. Returns local_dir."""
+    (_CONCURRENT_PROTOCOLS; any other, e.g. ftp://, sftp://, hf://, one file at a time). A file
+    an earlier mirror fetched there and that is unchanged since (its copy record: the module
+    docstring) is kept when `sha256` gives its name and the digest of its fetched bytes equals
+    it, or else, with `resume`, when it has the remote size; any other is fetched again. Each
+    file lands whole or not at all (files.write_atomic); on the first error the copies not begun
+    are dropped and it is raised, naming `url`. Returns local_dir."""
     from concurrent import futures
 
     os.makedirs(local_dir, exist_ok=True)
+    sha256 = dict(sha256 or {})
     with _reach(url) as (fs, inner):
         def copy(name: str) -> None:
             remote = f"{inner.rstrip('/')}/{name}"
             if not _is(fs, remote, "isfile"):
                 return
             local = os.path.join(local_dir, name)
-            if resume and os.path.isfile(local) and os.path.getsize(local) == fs.size(remote):
+            fetched = copied_sha256(local)
+            if fetched is not None and (fetched == sha256[name] if name in sha256 else
+                                        resume and os.path.getsize(local) == fs.size(remote)):
                 return
-            files.write_atomic(local, lambda tmp: fs.get_file(remote, tmp))
+            _fetch(fs, remote, local)
 
         wanted = list(names if names is not None else listdir(url))
         protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)

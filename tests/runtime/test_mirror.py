@@ -1,5 +1,6 @@
 """staging.mirror: a remote folder copied to local disk several files at a time, each file
 whole or not at all (a cache on gs:// is read from such a copy: data/cache/source.py)."""
+import hashlib
 import os
 import threading
 import time
@@ -52,26 +53,51 @@ def test_every_file_is_copied_byte_for_byte_several_at_a_time(remote, tmp_path, 
     base, blobs = remote
     state = _slow_copies(monkeypatch)
     assert staging.mirror(base, str(tmp_path / "copy"), threads=4) == str(tmp_path / "copy")
-    assert sorted(os.listdir(tmp_path / "copy")) == sorted(blobs)
+    assert sorted(n for n in os.listdir(tmp_path / "copy") if not n.endswith(".copied")) == \
+        sorted(blobs)
     for name, data in blobs.items():
         assert (tmp_path / "copy" / name).read_bytes() == data
     assert len(state["calls"]) == len(blobs)
     assert 2 <= state["most"] <= 4
 
 
-def test_a_resumed_copy_keeps_files_of_the_remote_size_and_fetches_the_others(remote, tmp_path,
-                                                                               monkeypatch):
+def test_a_later_copy_keeps_only_the_files_it_fetched_unchanged_and_as_expected(
+        remote, tmp_path, monkeypatch):
+    """A file is reused only as mirror left it (its copy record): one cut short, one edited in
+    place at the same size, one put there by hand, and one whose digest is not the expected
+    SHA-256 are fetched again; an untouched one, and one of the expected SHA-256, are kept."""
     base, blobs = remote
-    names = sorted(blobs)
+    names = sorted(blobs)[:6]
     local = tmp_path / "copy"
-    local.mkdir()
-    (local / names[0]).write_bytes(blobs[names[0]])               # complete: kept
-    (local / names[1]).write_bytes(blobs[names[1]][:10])          # cut short: fetched again
+    staging.mirror(base, str(local), names=names)
+    with open(local / names[1], "r+b") as f:                      # cut short
+        f.truncate(10)
+    with open(local / names[2], "r+b") as f:                      # a byte flipped, same size
+        f.seek(500)
+        byte = f.read(1)[0]
+        f.seek(500)
+        f.write(bytes([byte ^ 0xFF]))
+    os.remove(local / names[3])                                   # put back by hand
+    (local / names[3]).write_bytes(blobs[names[3]])
+    digests = {names[4]: "0" * 64,                                # not what was fetched
+               names[5]: hashlib.sha256(blobs[names[5]]).hexdigest()}
     state = _slow_copies(monkeypatch)
-    staging.mirror(base, str(local), names=names[:5])
+    staging.mirror(base, str(local), names=names, sha256=digests)
     assert sorted(os.path.basename(c) for c in state["calls"]) == names[1:5]
-    assert sorted(os.listdir(local)) == names[:5]
-    assert all((local / n).read_bytes() == blobs[n] for n in names[:5])
+    assert all((local / n).read_bytes() == blobs[n] for n in names)
+    assert sorted(os.listdir(local)) == sorted(names + [f".{n}.copied" for n in names])
+    assert staging.copied_sha256(str(local / names[2])) == hashlib.sha256(
+        blobs[names[2]]).hexdigest()
+
+
+def test_a_resumed_copy_of_a_changed_index_fetches_every_file_again(remote, tmp_path,
+                                                                    monkeypatch):
+    base, blobs = remote
+    names = sorted(blobs)[:3]
+    staging.mirror(base, str(tmp_path / "copy"), names=names)
+    state = _slow_copies(monkeypatch)
+    staging.mirror(base, str(tmp_path / "copy"), names=names, resume=False)
+    assert sorted(os.path.basename(c) for c in state["calls"]) == names
 
 
 def test_a_failed_copy_names_the_url_and_leaves_no_partial_file(remote, tmp_path, monkeypatch):
@@ -80,7 +106,7 @@ def test_a_failed_copy_names_the_url_and_leaves_no_partial_file(remote, tmp_path
     _slow_copies(monkeypatch, fail_on=bad)
     with pytest.raises(OSError, match=rf"^{base}: .*Connection reset by peer"):
         staging.mirror(base, str(tmp_path / "copy"), threads=3)
-    left = os.listdir(tmp_path / "copy")
+    left = [n for n in os.listdir(tmp_path / "copy") if not n.endswith(".copied")]
     assert bad not in left
     assert set(left) <= set(blobs)             # no temporary file left behind
     assert all((tmp_path / "copy" / n).read_bytes() == blobs[n] for n in left)

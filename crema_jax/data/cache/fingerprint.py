@@ -36,7 +36,7 @@ import os
 import re
 from typing import Mapping
 
-from crema_jax.runtime import storage
+from crema_jax.runtime import files, storage
 
 EDGE_BYTES = 256 * 1024
 FIELDS = ("size", "sha256", "edge_sha256")
@@ -45,12 +45,8 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 def of_file(path: str) -> dict:
     """{"size", "sha256", "edge_sha256"} of the local file at `path` (read once, then its ends)."""
-    whole = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            whole.update(chunk)
     size = os.path.getsize(path)
-    return {"size": size, "sha256": whole.hexdigest(), "edge_sha256": edge_sha256(path, size)}
+    return {"size": size, "sha256": files.sha256_of(path), "edge_sha256": edge_sha256(path, size)}
 
 
 def edge_sha256(path: str, size: int) -> str:

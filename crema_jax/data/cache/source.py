@@ -13,13 +13,18 @@ when two shards were swapped or one was copied in from another cache, whose mess
 record, named and skipped alone). With data.skip_damaged_cache_records, the records of a
 damaged shard and the records that fail to read are skipped instead, counted as
 `damaged_cache_record` like any bad record (pipeline/skips.py); a damaged index.json is never
-skipped: nothing says what it held.
+skipped: nothing says what it held. The messages: damage.py.
+
+A remote cache (gs://, s3://) is read from a local copy (`local_cache_dir`). A damaged shard
+of it is named as what it is: the remote shard, by its URL, when the bytes fetched from it are
+not the ones index.json records (its SHA-256); else the local copy, damaged since it was
+fetched, which is then forgotten (runtime/staging.py), so that the next run fetches it again.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
-import shlex
 import sys
 from typing import Any, Mapping, Sequence
 
@@ -27,14 +32,13 @@ import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader
 
 from crema_jax.data.cache import fingerprint
+from crema_jax.data.cache.damage import damaged_copy, damaged_shard, replaced_shard
 from crema_jax.data.cache.record_format import INDEX_FILE, decode_quantised
 from crema_jax.data.index.dataset_index import DatasetIndex, RecordInfo, multi_hot
 from crema_jax.data.reading import safe_files
 from crema_jax.data.reading.ecg import RecordError
 from crema_jax.runtime import files, staging, storage
 
-SKIP_FLAG = "--config.data.skip_damaged_cache_records=true"   # pretrain's
-EVAL_SKIP_FLAG = "--skip_damaged_cache_records"                 # probe, finetune, compare
 DAMAGED = "damaged_cache_record"   # the skip reason
 _INDEX_KEYS = {"settings": dict, "label_names": list, "shards": list, "records": list}
 _SHARD_KEYS = ("file", "num_records")
@@ -53,57 +57,32 @@ def _rebuild_index(path: str, problem: str) -> DamagedCacheError:
                              "index.json from the shards' sidecars)")
 
 
-def _replaced_shard(path: str, problem: str, out: str, settings: Mapping) -> str:
-    """A shard that is not the file prepare wrote (fingerprint.py): the rerun of prepare that
-    builds it again (it checks every shard against its sidecar and rewrites those that differ)."""
-    return (f"{path}: {problem}; the cache is damaged: rerun `{prepare_command(settings, out)}` "
-            f"(it rewrites the shards that differ from what it wrote), or set {SKIP_FLAG} "
-            f"(pretrain; {EVAL_SKIP_FLAG} for probe, finetune and compare) to skip and count "
-            "its records")
-
-
-def prepare_command(settings: Mapping, out: str) -> str:
-    """The `crema-jax prepare` command line that built a cache of these settings (settings.json,
-    as index.json keeps it) into `out`, quoted for a shell: a rerun of it resumes that cache."""
-    flags = [f"--layout={settings.get('layout', 'wfdb_folder')}",
-             f"--root={settings.get('root', 'DIR')}", f"--out={out}"]
-    for key, value in sorted(dict(settings.get("layout_options") or {}).items()):
-        flags.append(f"--layout_option={key}="
-                     f"{value if isinstance(value, str) else json.dumps(value)}")
-    for flag, key in (("target_fs", "target_fs"), ("preprocess", "preprocess_preset"),
-                      ("dtype", "dtype"), ("records_per_shard", "records_per_shard")):
-        if settings.get(key) is not None:
-            flags.append(f"--{flag}={settings[key]}")
-    return " ".join(["crema-jax prepare", *(shlex.quote(flag) for flag in flags)])
-
-
-def _damaged_shard(path: str, problem: str) -> str:
-    return (f"{path}: {problem}; the cache is damaged: delete this shard and its .json sidecar "
-            f"and rerun `crema-jax prepare` into the same --out (it rewrites missing shards), "
-            f"or set {SKIP_FLAG} (pretrain; {EVAL_SKIP_FLAG} for probe, finetune and compare, "
-            "skip_damaged_cache_records in a benchmark dataset) to skip and count its records")
-
-
 def local_cache_dir(cache_dir: str) -> str:
     """`cache_dir` itself, or for a URL (gs://, s3://; runtime/storage.py) a local copy of it:
     ArrayRecord's reader is C++ and opens local files only, and Grain reads records in random
     order, which local disk serves far better than an object store. The copy goes to
     staging.staging_dir (CREMA_JAX_STAGING or the temporary folder; one per URL, so a later run
-    reuses it): index.json always fresh; a shard already there with the remote size is kept
-    when index.json is unchanged, else copied again."""
+    reuses it). index.json is always fetched, and written there last, once every shard it lists
+    is; a shard copied by an earlier run is kept when it is unchanged since and its SHA-256 is
+    the one index.json records (runtime/staging.py; a cache written before fingerprints: when it
+    has the remote size and index.json is unchanged), else fetched again."""
     if not storage.is_remote(cache_dir):
         return cache_dir
     local = staging.staging_dir(cache_dir, "cache")
+    remote_index = storage.join(cache_dir, INDEX_FILE)
+    if not storage.isfile(remote_index):
+        raise FileNotFoundError(f"{remote_index}: no cache index; build the cache with "
+                                f"`crema-jax prepare --out={cache_dir}`")
+    data = storage.read_bytes(remote_index)
+    index = _parse_index(data, remote_index)
     old = os.path.join(local, INDEX_FILE)
-    old_bytes = safe_files.read_bytes(old) if os.path.isfile(old) else None
-    if not storage.isfile(storage.join(cache_dir, INDEX_FILE)):
-        raise FileNotFoundError(f"{storage.join(cache_dir, INDEX_FILE)}: no cache index; build "
-                                f"the cache with `crema-jax prepare --out={cache_dir}`")
-    staging.mirror(cache_dir, local, names=[INDEX_FILE], resume=False)
-    index = load_index(local)
+    unchanged = os.path.isfile(old) and safe_files.read_bytes(old) == data
     sys.stderr.write(f"cache: reading {cache_dir} from a local copy in {local}\n")
     staging.mirror(cache_dir, local, names=[s["file"] for s in index["shards"]],
-                   resume=old_bytes == safe_files.read_bytes(old))
+                   resume=unchanged,
+                   sha256={s["file"]: s["sha256"] for s in index["shards"] if "sha256" in s})
+    if not unchanged:
+        files.write_bytes_atomic(old, data)
     return local
 
 
@@ -116,10 +95,20 @@ def load_index(cache_dir: str) -> dict:
                                  "`crema-jax prepare`)")
     if not os.path.lexists(path):
         raise FileNotFoundError(f"{path}: no cache index; build the cache with `crema-jax prepare "
-                                f"--out={cache_dir}` (an interrupted run writes it only at the end)")
+                                f"--out={cache_dir}` (an interrupted run writes it only at the "
+                                "end)")
     try:
-        index = json.loads(safe_files.read_text(path, encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as err:
+        data = safe_files.read_bytes(path)
+    except OSError as err:
+        raise _rebuild_index(path, f"does not read ({err})") from None
+    return _parse_index(data, path)
+
+
+def _parse_index(data: bytes, path: str) -> dict:
+    """The index in `data` (index.json's bytes, read from `path`), checked."""
+    try:
+        index = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as err:
         raise _rebuild_index(path, f"does not read ({err})") from None
     except json.JSONDecodeError as err:
         raise _rebuild_index(path, f"not JSON ({err})") from None
@@ -280,8 +269,9 @@ class CacheSource:
         self.paths = [r["path"] for r in self.records]
         self.record_rows = np.arange(len(self.records), dtype=np.int64)
         self._readers: dict[int, Any] = {}
-        self.shard_damage = self._check_shards(
-            index, cache_dir if storage.is_remote(cache_dir) else self.cache_dir)
+        self.remote = cache_dir if storage.is_remote(cache_dir) else None  # copied from there
+        self.shard_sha256 = [s.get("sha256") for s in index["shards"]]
+        self.shard_damage = self._check_shards(index, self.remote or self.cache_dir)
 
     def _check_shards(self, index: Mapping, out: str) -> dict[int, str]:
         """{shard: what is wrong} for the shards this source reads that are missing, not regular
@@ -296,18 +286,37 @@ class CacheSource:
         for shard in np.flatnonzero(needed >= 0):
             path, row = self.shard_files[shard], shards[shard]
             problem = self._count_problem(int(shard), int(row["num_records"]), int(needed[shard]))
-            if problem is not None:
-                message = _damaged_shard(path, problem)
-            else:
+            advice = damaged_shard
+            if problem is None:
                 problem = fingerprint.problem(path, row)
                 if problem is None or self._a_record_fails(int(shard), int(row["num_records"])):
                     continue   # (damage inside a record: its read names it, `_read`)
-                message = _replaced_shard(path, problem, out, index["settings"])
+                advice = functools.partial(replaced_shard, out=out, settings=index["settings"])
+            message = self._advice(int(shard), problem, advice)
             if not self.skip_damaged:
                 raise DamagedCacheError(message)
             damage[int(shard)] = f"{path}: {problem}"
         self._readers.clear()  # opened here to check; each process opens its own
         return damage
+
+    def _advice(self, shard: int, problem: str, advice) -> str:
+        """The message of shard `shard`'s `problem`: advice(path, problem) for a local cache's
+        shard or a remote shard that is missing or whose bytes differ from what index.json
+        records (named by its URL); for a damaged local copy of a remote shard, that it is one,
+        and the copy is forgotten, so that the next run fetches it again (runtime/staging.py)."""
+        path = self.shard_files[shard]
+        if self.remote is None:
+            return advice(path, problem)
+        url = storage.join(self.remote, os.path.basename(path))
+        expected, fetched = self.shard_sha256[shard], staging.copied_sha256(path)
+        if not os.path.lexists(path):   # every shard the remote holds is copied
+            return advice(url, problem)
+        if expected is not None and fetched not in (None, expected):
+            return advice(url, f"{problem} in its local copy {path}, whose bytes are the "
+                               f"remote's: their SHA-256 is {fetched[:12]}..., not the "
+                               f"{expected[:12]}... index.json records")
+        staging.forget_copy(path)
+        return damaged_copy(path, url, problem, checked=expected is not None)
 
     def _count_problem(self, shard: int, listed: int, needed: int) -> str | None:
         """What makes shard `shard` unreadable as the index lists it (None: it opens and holds
@@ -393,7 +402,7 @@ class CacheSource:
             return data, decode_quantised(data)
         except Exception as err:  # noqa: BLE001 - Riegeli raises RuntimeError; decode ValueError
             problem = f"record {position} ({self.paths[index]}) does not read: {err}"
+            message = self._advice(shard, problem, damaged_shard)
             if not self.skip_damaged:
-                raise DamagedCacheError(_damaged_shard(self.shard_files[shard], problem)) \
-                    from None
+                raise DamagedCacheError(message) from None
             raise RecordError(where, DAMAGED, f"{self.shard_files[shard]}: {problem}") from None
