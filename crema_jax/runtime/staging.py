@@ -95,11 +95,13 @@ def mirror(url: str, local_dir: str, *, names: list[str] | None = None, resume: 
     an earlier mirror fetched there and that is unchanged since (its copy record: the module
     docstring) is kept when `sha256` gives its name and the digest of its fetched bytes equals
     it, or else, with `resume`, when it has the remote size; any other is fetched again. Each
-    file lands whole or not at all (files.write_atomic); on the first error the copies not begun
+    file lands whole or not at all (files.write_atomic; the temporary files of a mirror that was
+    killed are removed first); on the first error the copies not begun
     are dropped and it is raised, naming `url`. Returns local_dir."""
     from concurrent import futures
 
     os.makedirs(local_dir, exist_ok=True)
+    files.remove_stale_temporaries(local_dir)   # a killed mirror's; a running one's are kept
     sha256 = dict(sha256 or {})
     with _reach(url) as (fs, inner):
         def copy(name: str) -> None:

@@ -11,6 +11,7 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 from crema_jax.runtime import staging
+from tests.runtime.pids import dead_pid
 
 
 @pytest.fixture
@@ -123,3 +124,18 @@ def test_a_store_whose_client_shares_one_connection_copies_one_file_at_a_time(
     staging.mirror(base, str(tmp_path / "copy"), threads=4)
     assert state["most"] == 1 and len(state["calls"]) == len(blobs)
     assert all((tmp_path / "copy" / n).read_bytes() == d for n, d in blobs.items())
+
+
+def test_a_killed_mirror_s_temporary_files_are_removed_and_a_running_one_s_kept(remote,
+                                                                                 tmp_path):
+    base, blobs = remote
+    names = sorted(blobs)[:2]
+    local = tmp_path / "copy"
+    local.mkdir()
+    killed = local / f".{names[0]}.k3j2x9.{dead_pid()}.tmp"
+    running = local / f".{names[1]}.a8b7c6.{os.getpid()}.tmp"   # a live process's
+    for path in (killed, running):
+        path.write_bytes(b"half a shard")
+    staging.mirror(base, str(local), names=names)
+    assert not killed.exists() and running.read_bytes() == b"half a shard"
+    assert all((local / n).read_bytes() == blobs[n] for n in names)
