@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from typing import Mapping
 
@@ -26,12 +27,39 @@ from crema_jax.runtime.storage import _is, _reach, listdir
 
 
 def staging_dir(url: str, purpose: str) -> str:
-    """A local folder standing for `url` (the same one on every call, so an interrupted copy or
-    build resumes): $CREMA_JAX_STAGING, else the system's temporary folder, then
-    crema_jax-PURPOSE-<hash of url>."""
-    base = os.environ.get("CREMA_JAX_STAGING") or tempfile.gettempdir()
+    """The local folder standing for `url`, made when absent (the same one on every call, so an
+    interrupted copy or build resumes): in $CREMA_JAX_STAGING, else in this user's folder of
+    the system's temporary folder (crema_jax-UID, mode 0700: a remote cache two users read is
+    copied once for each, and no one else can plant or change their copies),
+    crema_jax-PURPOSE-<hash of url>. PermissionError, one line naming CREMA_JAX_STAGING, when
+    it cannot be written there."""
+    chosen = os.environ.get("CREMA_JAX_STAGING")
+    base = chosen or os.path.join(tempfile.gettempdir(), f"crema_jax-{os.getuid()}")
     digest = hashlib.sha1(url.encode()).hexdigest()[:16]
-    return os.path.join(base, f"crema_jax-{purpose}-{digest}")
+    folder = os.path.join(base, f"crema_jax-{purpose}-{digest}")
+    try:
+        if not chosen:
+            _own_folder(base)
+        os.makedirs(folder, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(f"not writable by uid {os.getuid()}")
+    except PermissionError as err:
+        raise PermissionError(f"{folder}: cannot hold the local copy of {url} ({err}); set "
+                              "CREMA_JAX_STAGING to a folder you can write") from None
+    return folder
+
+
+def _own_folder(path: str) -> None:
+    """Makes the folder `path` (mode 0700) unless it exists; PermissionError unless it is a
+    folder (not a link) of this user's."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    found = os.lstat(path)
+    if not stat.S_ISDIR(found.st_mode):
+        raise PermissionError(f"{path} is not a folder")
+    if found.st_uid != os.getuid():
+        raise PermissionError(f"{path} belongs to uid {found.st_uid}, not to this user (uid "
+                              f"{os.getuid()})")
 
 
 MIRROR_THREADS = 8  # files copied at once: object stores serve each stream at a fraction of a

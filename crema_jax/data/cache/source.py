@@ -61,11 +61,12 @@ def local_cache_dir(cache_dir: str) -> str:
     """`cache_dir` itself, or for a URL (gs://, s3://; runtime/storage.py) a local copy of it:
     ArrayRecord's reader is C++ and opens local files only, and Grain reads records in random
     order, which local disk serves far better than an object store. The copy goes to
-    staging.staging_dir (CREMA_JAX_STAGING or the temporary folder; one per URL, so a later run
-    reuses it). index.json is always fetched, and written there last, once every shard it lists
-    is; a shard copied by an earlier run is kept when it is unchanged since and its SHA-256 is
-    the one index.json records (runtime/staging.py; a cache written before fingerprints: when it
-    has the remote size and index.json is unchanged), else fetched again."""
+    staging.staging_dir (CREMA_JAX_STAGING or the user's own folder in the temporary folder;
+    one per URL, so a later run reuses it). index.json is always fetched, and written there
+    last, once every shard it lists is; a shard copied by an earlier run is kept when it is
+    unchanged since and its SHA-256 is the one index.json records (runtime/staging.py; a cache
+    written before fingerprints: when it has the remote size and index.json is unchanged), else
+    fetched again."""
     if not storage.is_remote(cache_dir):
         return cache_dir
     local = staging.staging_dir(cache_dir, "cache")
