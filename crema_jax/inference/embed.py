@@ -20,7 +20,7 @@ import numpy as np
 from crema_jax.data.index import dataset_index as layouts
 from crema_jax.data.pipeline import datasets as pipeline
 from crema_jax.data.pipeline import skips, sources
-from crema_jax.data.reading import clinical, repairs as repairs_lib
+from crema_jax.data.reading import clinical, read, repairs as repairs_lib
 from crema_jax.data.reading.ecg import MAX_ABS_MV
 from crema_jax.data.reading.limits import MIN_SECONDS
 from crema_jax.data.reading.leads import LEADS
@@ -48,9 +48,22 @@ def check_some_read(out: dict) -> None:
 
 def record_source(paths, data_cfg) -> sources.WfdbSource:
     infos = [layouts.RecordInfo(record_id=layouts.record_id_of(p), path=p, labels=(), split="",
-                                source="", reader=clinical.ClinicalFile()
-                                if clinical.is_clinical_path(p) else None) for p in paths]
+                                source="", reader=_reader(p)) for p in paths]
     return sources.make_source(data_cfg, records=infos, keep_repairs=True)
+
+
+def _reader(path):
+    """How a listed record is read: a folder (one expand_records could not list) as an
+    `unreadable` skip naming it, an export file as such, anything else as a WFDB record."""
+    if os.path.isdir(path):
+        try:
+            os.scandir(path).close()
+            why = "not when its records were listed"
+        except OSError as err:
+            why = err.strerror or str(err)
+        return read.BadRecord("unreadable", f"{path}: a folder that cannot be listed ({why}); "
+                              "expected a readable folder of records")
+    return clinical.ClinicalFile() if clinical.is_clinical_path(path) else None
 
 
 def record_repairs(source: sources.WfdbSource, records, data_cfg) -> tuple[str | None, list]:

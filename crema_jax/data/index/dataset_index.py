@@ -176,34 +176,41 @@ def files_read(records: Sequence[str]) -> list[str]:
 def expand_records(spec: str) -> list[str]:
     """Records named on a command line, in a stable order, without extension: comma-separated
     paths ('a,b', with or without .hea/.mat/.dat), globs ('dir/*.hea', 'exports/*.xml') or
-    folders (every WFDB record and hospital export file below them: clinical.exports_in,
-    sorted). A file of another kind (a hospital export) keeps its extension. A spec that names
-    an existing path as a whole is that one path, commas and all. Folders are walked by
-    safe_files.walk, globs expanded by safe_files.glob_paths: neither enters a symlinked folder
-    (no link loops). Duplicates (unique_records) are dropped; a pattern matching nothing is an
-    error."""
+    folders (every WFDB record and hospital export file below them: clinical.exports_among,
+    sorted). A file of another kind (a hospital export) keeps its extension, also when a WFDB
+    record of its stem is beside it (E07501.dcm and E07501.hea are two records). A spec that
+    names an existing path as a whole is that one path, commas and all. Folders are walked
+    once by safe_files.walk, globs expanded by safe_files.glob_paths: neither enters a
+    symlinked folder (no link loops); a folder that cannot be listed is itself in the list, so
+    that reading it is a skip that names it. Duplicates (unique_records) are dropped; a pattern
+    matching nothing is an error, and so is a file beside a WFDB header of its name
+    (clinical.is_clinical_path: which one is meant cannot be told)."""
+    from crema_jax.data.reading import clinical
     out = []
     # A path that exists as written is one item, commas and all ("ECG, 2021/").
     # Items of a comma-separated list lose the spaces around them, a whole path keeps its own.
     items = ([spec] if os.path.exists(spec) or os.path.exists(spec + ".hea")
              else [s.strip() for s in spec.split(",")])
     for item in items:
+        unreadable: list[str] = []
         if not item:
             continue
         if os.path.isdir(item):  # its WFDB records and hospital export files
-            from crema_jax.data.reading import clinical
-            out += sorted([p[:-4] for p in safe_files.walk(item, (".hea",))]
-                          + clinical.exports_in(item))
+            found = safe_files.walk(item, ("",), unreadable=unreadable)
+            out += sorted([p[:-4] for p in found if p.endswith(".hea")] + clinical.exports_among(
+                p for p in found if clinical.is_export_candidate(p, item)))
         elif any(ch in item for ch in "*?["):
-            matches = safe_files.glob_paths(item)
-            if not matches:
+            matches = safe_files.glob_paths(item, unreadable=unreadable)
+            if not matches and not unreadable:
                 raise FileNotFoundError(f"{item}: the pattern matches no file")
-            out += [wfdb_header.record_name(p) for p in matches
-                    if p.endswith(".hea") or not os.path.exists(os.path.splitext(p)[0] + ".hea")]
+            out += [wfdb_header.record_name(p) for p in matches]  # a WFDB file: its record
         else:
             out.append(item[:-4] if item.endswith((".hea", ".mat", ".dat")) else item)
+        out += sorted(unreadable)
     if not out:
         raise FileNotFoundError(f"no records in {spec!r}")
+    for path in out:
+        clinical.is_clinical_path(path)  # a file and a WFDB record of one name: refused here
     return unique_records(out)
 
 

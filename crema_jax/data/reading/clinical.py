@@ -68,35 +68,53 @@ def _warn_public_salt() -> None:
                     SALT_ENV)
 
 
+def is_export_candidate(path, root) -> bool:
+    """Whether a file below `root` may be an export: not hidden nor in a hidden folder, not of a
+    table's or a WFDB file's suffix (NOT_ECG_SUFFIXES)."""
+    parts = os.path.relpath(path, root).split(os.sep)
+    return not any(part.startswith(".") for part in parts) and \
+        not parts[-1].lower().endswith(NOT_ECG_SUFFIXES)
+
+
 def export_candidates(root) -> list[str]:
     """Every file below `root` that may be an export (safe_files.walk: sorted, never into a
-    symlinked folder), except hidden ones, those in hidden folders, and the suffixes of tables
-    and WFDB files (NOT_ECG_SUFFIXES)."""
-    out = []
-    for path in safe_files.walk(root, ("",)):
-        parts = os.path.relpath(path, root).split(os.sep)
-        if not any(part.startswith(".") for part in parts) and \
-                not parts[-1].lower().endswith(NOT_ECG_SUFFIXES):
-            out.append(path)
-    return out
+    symlinked folder; is_export_candidate)."""
+    return [path for path in safe_files.walk(root, ("",)) if is_export_candidate(path, root)]
 
 
-def exports_in(folder) -> list[str]:
-    """The export files below `folder` (export_candidates whose first bytes name a format:
-    clinical_formats.detect); any other file (a PDF, a FIFO) is passed over."""
+def exports_among(paths) -> list[str]:
+    """The candidate `paths` whose first bytes name an export format (clinical_formats.detect);
+    any other file (a PDF, a FIFO) is passed over. A file that cannot be opened (no permission,
+    removed meanwhile) is kept: read, it is an `unreadable` skip, counted and named, never
+    dropped without a word."""
     found = []
-    for path in export_candidates(folder):
+    for path in paths:
         try:
             if clinical_formats.detect(path):
                 found.append(path)
-        except (RecordError, OSError):
+        except RecordError:  # not a regular file
             continue
+        except OSError:
+            found.append(path)
     return found
 
 
 def is_clinical_path(path) -> bool:
-    """Whether a command-line record path names an export file (rather than a WFDB record)."""
-    return os.path.isfile(path) and not str(path).lower().endswith(NOT_ECG_SUFFIXES)
+    """Whether a command-line record path names an export file rather than a WFDB record: a
+    path with a WFDB header beside it (`path.hea`) is a record, any other path that is a file or
+    has a suffix (not one of NOT_ECG_SUFFIXES) an export, so an export removed after it was
+    listed reads as an unreadable export, not a missing `.hea`. ValueError (one line naming
+    both files) for a file beside a WFDB header of its name (E07500 and E07500.hea): which one
+    is meant cannot be told, and one had silently been read for the other."""
+    path = str(path)
+    if os.path.isfile(path + ".hea"):
+        if os.path.isfile(path):
+            raise ValueError(f"{path} and {path}.hea: a file and a WFDB record share the name "
+                             f"{os.path.basename(path)!r}; expected one record per name (rename "
+                             "the file, e.g. with its format's suffix)")
+        return False
+    named = os.path.splitext(os.path.basename(path))[1] != ""
+    return (os.path.isfile(path) or named) and not path.lower().endswith(NOT_ECG_SUFFIXES)
 
 
 def read_meta(path) -> dict:

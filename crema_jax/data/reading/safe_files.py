@@ -101,17 +101,21 @@ def read_text(path, *, limit: int | None = None, encoding: str | None = None) ->
     return decode_text(data) if encoding is None else data.decode(encoding)
 
 
-def walk(root, suffixes: tuple[str, ...], *, max_depth: int | None = None) -> list[str]:
+def walk(root, suffixes: tuple[str, ...], *, max_depth: int | None = None,
+         unreadable: list | None = None) -> list[str]:
     """Every file below `root` whose name ends with one of `suffixes`: each folder's files
     sorted, then its sub-folders in sorted order; symlinked folders are not entered.
-    max_depth: how many folders down to look (0 = `root`'s own files; None = all). A URL
+    max_depth: how many folders down to look (0 = `root`'s own files; None = all).
+    unreadable: a list that gets each folder that cannot be listed (no permission, removed
+    meanwhile), for the caller to report; without it such a folder is passed over. A URL
     (gs://...) is listed through runtime/storage.py (object stores hold no links)."""
     if storage.is_remote(root) and max_depth is None:
         return storage.walk(os.fspath(root), suffixes)
     out = []
     root = os.fspath(root)
     top = root.rstrip(os.sep).count(os.sep)
-    for folder, dirs, names in os.walk(root, followlinks=False):
+    onerror = None if unreadable is None else (lambda err: unreadable.append(err.filename))
+    for folder, dirs, names in os.walk(root, followlinks=False, onerror=onerror):
         dirs.sort()
         if max_depth is not None and folder.rstrip(os.sep).count(os.sep) - top >= max_depth:
             dirs.clear()
@@ -119,10 +123,11 @@ def walk(root, suffixes: tuple[str, ...], *, max_depth: int | None = None) -> li
     return out
 
 
-def glob_paths(pattern: str) -> list[str]:
+def glob_paths(pattern: str, *, unreadable: list | None = None) -> list[str]:
     """The files glob.glob(pattern, recursive=True) names, sorted, except those reached through
     a symlinked folder: the pattern's fixed leading folder is walked by `walk` (as deep as the
-    pattern reaches; never into a link loop) and the paths below it matched."""
+    pattern reaches; never into a link loop) and the paths below it matched. unreadable: as
+    `walk`'s, the folders within the pattern's reach that cannot be listed."""
     parts = pattern.split(os.sep)
     fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), None)
     if fixed is None:
@@ -131,7 +136,7 @@ def glob_paths(pattern: str) -> list[str]:
     regex = re.compile(_pattern_regex(parts[fixed:]))
     depth = None if "**" in parts[fixed:] else len(parts) - fixed - 1
     out = []
-    for path in walk(base, ("",), max_depth=depth):
+    for path in walk(base, ("",), max_depth=depth, unreadable=unreadable):
         relative = os.path.relpath(path, base)
         hidden = any(p.startswith(".") for p in relative.split(os.sep))  # as glob: no dotfiles
         if regex.fullmatch(relative) and not hidden:

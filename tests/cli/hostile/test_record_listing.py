@@ -1,0 +1,104 @@
+"""The records embed and predict are given (paths, globs, folders): an export file named like a
+WFDB record beside it, export files and subfolders that cannot be read, globs over a folder of
+WFDB records and exports sharing stems, an export removed after it was listed. Each is a record
+read, a skip counted and named, or one line naming the files; never a record silently dropped or
+read for another. Unreadable files are simulated (os.open, os.scandir) so the tests hold when run
+as root."""
+import errno
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from crema_jax.cli import embed as embed_cli
+from crema_jax.cli import predict as predict_cli
+from crema_jax.data import synthetic
+from crema_jax.data.index.dataset_index import expand_records
+from crema_jax.data.reading import clinical
+from tests.cli.conftest import _fails
+from tests.cli.hostile.helpers import SAMPLE
+from tests.data import clinical_files
+
+ECG = synthetic.synthetic_ecg(3, seconds=10.0, fs=500.0)
+
+
+def _wfdb(folder, name="E07500"):
+    for ext in (".hea", ".mat"):
+        shutil.copy(SAMPLE / f"{name}{ext}", folder / f"{name}{ext}")
+
+
+def test_an_export_named_like_a_wfdb_record_beside_it_is_refused_naming_both(tmp_path, capsys):
+    """A DICOM saved as "E07500" beside E07500.hea had been read in the record's place (one
+    row, the DICOM's probabilities, exit 0): the two paths were one string."""
+    _wfdb(tmp_path)
+    clinical_files.write_dicom(tmp_path / "E07500", ECG, 500.0)
+    both = f"{tmp_path / 'E07500'} and {tmp_path / 'E07500.hea'}: a file and a WFDB record share"
+    for spec in (str(tmp_path), str(tmp_path / "E07500.hea"), str(tmp_path / "*")):
+        with pytest.raises(ValueError, match="share the name 'E07500'") as err:
+            expand_records(spec)
+        assert both in str(err.value)
+    _fails(predict_cli, ["--checkpoint=/nonexistent", str(tmp_path)], capsys, both)
+    # With its format's suffix the export is a record of its own beside the WFDB one.
+    os.rename(tmp_path / "E07500", tmp_path / "E07500.dcm")
+    assert expand_records(str(tmp_path)) == [str(tmp_path / "E07500"),
+                                             str(tmp_path / "E07500.dcm")]
+
+
+def test_a_glob_lists_the_exports_that_share_a_wfdb_records_stem(tmp_path):
+    """"dir/*.dcm" had found no record when E07501.hea was beside E07501.dcm, and "dir/*" had
+    given fewer records than the folder."""
+    for name in ("E07500", "E07501"):
+        _wfdb(tmp_path, name)
+    clinical_files.write_muse(tmp_path / "E07500.xml", ECG, 500.0)
+    clinical_files.write_dicom(tmp_path / "E07501.dcm", ECG, 500.0)
+    assert expand_records(str(tmp_path / "*.dcm")) == [str(tmp_path / "E07501.dcm")]
+    expected = [str(tmp_path / n) for n in ("E07500", "E07500.xml", "E07501", "E07501.dcm")]
+    assert sorted(expand_records(str(tmp_path / "*"))) == expected
+    assert expand_records(str(tmp_path)) == expected
+
+
+def _unreadable(monkeypatch, file, folder):
+    """Opening `file` and listing `folder` fail as they do for a user without permission."""
+    real_open, real_scandir = os.open, os.scandir
+
+    def fake_open(path, *args, **kwargs):
+        if os.fspath(path) == str(file):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real_open(path, *args, **kwargs)
+
+    def fake_scandir(path="."):
+        if os.fspath(path) == str(folder):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+    monkeypatch.setattr(os, "open", fake_open)
+    monkeypatch.setattr(os, "scandir", fake_scandir)
+
+
+def test_unreadable_exports_and_folders_are_skips_that_name_them(tmp_path, capsys, monkeypatch,
+                                                                  sit_checkpoint):
+    """An export file and a subfolder the user cannot read had vanished from the records
+    without a word ("1 of 4 records" of a folder of 6), where an unreadable header is a skip."""
+    folder = tmp_path / "ward"
+    (folder / "locked").mkdir(parents=True)
+    _wfdb(folder)
+    clinical_files.write_aecg(folder / "aecg.xml", ECG, 500.0)
+    clinical_files.write_muse(folder / "locked" / "exam.xml", ECG, 500.0)
+    _unreadable(monkeypatch, folder / "aecg.xml", folder / "locked")
+    assert expand_records(str(folder)) == [str(folder / p) for p in ("E07500", "aecg.xml",
+                                                                     "locked")]
+    assert expand_records(str(folder / "*" / "*.xml")) == [str(folder / "locked")]
+    out = tmp_path / "y.npy"
+    assert embed_cli.COMMAND.run([f"--checkpoint={sit_checkpoint}", f"--input={folder}",
+                                  f"--out={out}"]) is None
+    assert "skipped 2 unreadable records (unreadable 2)" in capsys.readouterr().out
+    assert len(np.load(out)) == 1
+    assert out.with_suffix(".records.txt").read_text() == "E07500\n"
+
+
+def test_an_export_removed_after_listing_is_an_unreadable_export_not_a_missing_header(tmp_path):
+    """A listed aecg.xml removed before it was read had been reported as a missing header
+    ".../aecg.xml.hea", a file that never existed."""
+    assert clinical.is_clinical_path(tmp_path / "aecg.xml")
+    assert not clinical.is_clinical_path(tmp_path / "E07500")      # a WFDB record's name
+    assert not clinical.is_clinical_path(tmp_path / "labels.csv")
