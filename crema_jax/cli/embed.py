@@ -99,7 +99,7 @@ def main(args) -> None:
     # written (a name that did not encode had left Y.npy without its records).
     names = (embed.row_names(records, out["record"], out["window"]) if records is not None
              else [str(int(r)) for r in out["record"]])
-    names_text = "".join(_one_line(name) + "\n" for name in names)
+    names_text = "".join(embed.one_line_name(name) + "\n" for name in names)
     npy = io.BytesIO()  # written by Python, not by numpy's C writer, so that a full disk is
     np.save(npy, out["outputs"])  # an OSError with its errno ("No space left on device")
     files.write_atomic_group([(args.out, _writer(npy.getvalue())),   # both or neither: never
@@ -116,10 +116,3 @@ def _writer(data: bytes):
         with open(tmp, "wb") as f:
             f.write(data)
     return write
-
-
-def _one_line(name: str) -> str:
-    """A row's name on one line of Y.records.txt (a record named "A\\nB" took two); a file
-    name's bytes that are not UTF-8 as \\xNN (b"r\\xffx" is written r\\xffx)."""
-    name = name.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

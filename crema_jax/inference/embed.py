@@ -144,6 +144,15 @@ def row_names(records, record_rows, windows) -> list[str]:
             for r, w in zip(record_rows, windows)]
 
 
+def one_line_name(name: str) -> str:
+    """A row's name as one line of valid UTF-8 text, as embed's Y.records.txt and predict's CSV
+    write it: a backslash, newline or carriage return as \\\\, \\n or \\r (a record named
+    "A\\nB" took two lines), a file name's bytes that are not UTF-8 as \\xNN (b"r\\xffx" is
+    written r\\xffx; predict's CSV had failed on it after all its work)."""
+    name = name.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def raw_batches(backbone, x: np.ndarray, batch_size: int):
     """An array taken as the model input itself: one crop per ECG, every patch valid."""
     x = np.asarray(x, np.float32)

@@ -59,8 +59,9 @@ def row_repairs(out: dict) -> list[str]:
 
 def write_csv(path: str, ids, probs: np.ndarray, labels, repairs=None) -> None:
     """The probabilities as CSV, written atomically (runtime/files.py): a row per record, its
-    id, the labels' probabilities, then "repairs": what reading repaired in it ("" for none;
-    reading/repairs.py's words)."""
+    id (as embed.one_line_name writes it: any file name, valid UTF-8), the labels'
+    probabilities, then "repairs": what reading repaired in it ("" for none; reading/repairs.py's
+    words)."""
     repairs = [""] * len(ids) if repairs is None else repairs
 
     def write(tmp):
@@ -68,17 +69,19 @@ def write_csv(path: str, ids, probs: np.ndarray, labels, repairs=None) -> None:
             writer = csv.writer(f)
             writer.writerow(["record"] + list(labels) + ["repairs"])
             for rid, row, repaired in zip(ids, probs, repairs):
-                writer.writerow([rid] + [f"{p:.6f}" for p in row] + [repaired])
+                writer.writerow([embed.one_line_name(rid)] + [f"{p:.6f}" for p in row]
+                                + [repaired])
     files.write_atomic(path, write)
 
 
 def format_top(ids, probs: np.ndarray, labels, top: int, repairs=None) -> str:
-    """Each record's `top` labels, under a line naming it (and what reading repaired in it or
-    found missing: "input: ...")."""
+    """Each record's `top` labels, under a line naming it (embed.one_line_name; and what
+    reading repaired in it or found missing: "input: ...")."""
     lines = []
     for i, (rid, row) in enumerate(zip(ids, probs)):
         repaired = repairs[i] if repairs is not None else ""
-        lines.append(f"{rid}:" + (f" (input: {repaired})" if repaired else ""))
+        lines.append(f"{embed.one_line_name(rid)}:" + (f" (input: {repaired})" if repaired
+                                                        else ""))
         for c in np.argsort(-row, kind="stable")[:top]:
             lines.append(f"  {row[c]:.3f}  {labels[c]}")
     return "\n".join(lines)

@@ -1,9 +1,10 @@
 """The records embed and predict are given (paths, globs, folders): an export file named like a
 WFDB record beside it, export files and subfolders that cannot be read, globs over a folder of
-WFDB records and exports sharing stems, an export removed after it was listed. Each is a record
-read, a skip counted and named, or one line naming the files; never a record silently dropped or
-read for another. Unreadable files are simulated (os.open, os.scandir) so the tests hold when run
-as root."""
+WFDB records and exports sharing stems, an export removed after it was listed, a file name that
+is not UTF-8 in predict's CSV. Each is a record read, a skip counted and named, or one line
+naming the files; never a record silently dropped or read for another. Unreadable files are
+simulated (os.open, os.scandir) so the tests hold when run as root."""
+import csv
 import errno
 import os
 import shutil
@@ -16,6 +17,7 @@ from crema_jax.cli import predict as predict_cli
 from crema_jax.data import synthetic
 from crema_jax.data.index.dataset_index import expand_records
 from crema_jax.data.reading import clinical
+from crema_jax.inference import predict
 from tests.cli.conftest import _fails
 from tests.cli.hostile.helpers import SAMPLE
 from tests.data import clinical_files
@@ -102,3 +104,14 @@ def test_an_export_removed_after_listing_is_an_unreadable_export_not_a_missing_h
     assert clinical.is_clinical_path(tmp_path / "aecg.xml")
     assert not clinical.is_clinical_path(tmp_path / "E07500")      # a WFDB record's name
     assert not clinical.is_clinical_path(tmp_path / "labels.csv")
+
+
+def test_predicts_csv_writes_a_file_name_that_is_not_utf8(tmp_path):
+    """A file name with the byte 0xff had ended predict, after all its work, in "'utf-8' codec
+    can't encode character '\\udcff'", naming no file and writing no CSV."""
+    out = tmp_path / "p.csv"
+    name = os.fsdecode(b"r\xffx.xml")
+    predict.write_csv(str(out), [name, "a\nb"], np.array([[0.25], [0.5]]), ["AF"])
+    assert out.read_bytes().split(b"\r\n")[1:3] == [b"r\\xffx.xml,0.250000,", b"a\\nb,0.500000,"]
+    assert [row[0] for row in csv.reader(out.open(encoding="utf-8"))] == [
+        "record", "r\\xffx.xml", "a\\nb"]
