@@ -94,7 +94,9 @@ def _is_or_inside(path, item) -> bool:
 def check_output_file(path, *, inputs: Iterable = (), flag: str = "--out",
                       overwrite: bool = False, owned: Callable[[str], bool] | None = None) -> str:
     """`path` as a safe output file name, or OutputError: not an input (nor inside an input
-    folder), not a folder, not a link; an existing file only with overwrite or when `owned`."""
+    folder), not a folder, not a link; an existing file only with overwrite or when `owned`;
+    its folder (or the nearest existing one above a folder still to be made) writable, so that a
+    command finds it out before its work, not after."""
     path = os.fspath(path)
     for item in inputs:
         if _is_or_inside(path, item):
@@ -109,9 +111,7 @@ def check_output_file(path, *, inputs: Iterable = (), flag: str = "--out",
         raise OutputError(f"{flag}={path}: {kind}, not a regular file; name a plain file")
     if os.path.exists(path) and not overwrite and not (owned and owned(path)):
         raise OutputError(f"{flag}={path}: the file exists; choose a new name or pass --overwrite")
-    parent = os.path.dirname(os.path.abspath(path))
-    if os.path.exists(parent) and not os.path.isdir(parent):
-        raise OutputError(f"{flag}={path}: {parent} is a file, not a folder")
+    make_folder(os.path.dirname(os.path.abspath(path)), f"{flag}={path}", create=False)
     return path
 
 

@@ -1,9 +1,10 @@
 """The records embed and predict are given (paths, globs, folders): an export file named like a
 WFDB record beside it, export files and subfolders that cannot be read, globs over a folder of
 WFDB records and exports sharing stems, an export removed after it was listed, a file name that
-is not UTF-8 in predict's CSV. Each is a record read, a skip counted and named, or one line
-naming the files; never a record silently dropped or read for another. Unreadable files are
-simulated (os.open, os.scandir) so the tests hold when run as root."""
+is not UTF-8 in predict's CSV, an --out in a folder that cannot be written. Each is a record
+read, a skip counted and named, or one line naming the files or the flag; never a record
+silently dropped or read for another. Unreadable files are simulated (os.open, os.scandir,
+os.access) so the tests hold when run as root."""
 import csv
 import errno
 import os
@@ -115,3 +116,21 @@ def test_predicts_csv_writes_a_file_name_that_is_not_utf8(tmp_path):
     assert out.read_bytes().split(b"\r\n")[1:3] == [b"r\\xffx.xml,0.250000,", b"a\\nb,0.500000,"]
     assert [row[0] for row in csv.reader(out.open(encoding="utf-8"))] == [
         "record", "r\\xffx.xml", "a\\nb"]
+
+
+def test_an_out_in_a_folder_that_cannot_be_written_is_refused_before_any_record(
+        tmp_path, capsys, monkeypatch):
+    """predict --out=RO/p.csv and embed --out=RO/y.npy had read every record (and loaded the
+    checkpoint) before finding the folder read-only."""
+    _wfdb(tmp_path)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if (
+        os.fspath(path) == str(ro) and mode & os.W_OK) else real_access(path, mode, **kw))
+    record = str(tmp_path / "E07500")
+    _fails(predict_cli, ["--checkpoint=/nonexistent", record, f"--out={ro / 'p.csv'}"], capsys,
+           f"--out={ro / 'p.csv'}: {ro} is not writable")
+    _fails(embed_cli, ["--checkpoint=/nonexistent", f"--input={record}",
+                       f"--out={ro / 'sub' / 'y.npy'}"], capsys,
+           f"--out={ro / 'sub' / 'y.npy'}: {ro} is not writable")
