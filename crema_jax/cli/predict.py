@@ -67,9 +67,7 @@ def main(args) -> None:
     repairs = predict.row_repairs(out)
     print(predict.format_top(ids, out["probs"], labels, args.top, repairs))
     if out["skipped"].total:
-        print(f"skipped {out['skipped'].total} unreadable records "
-              f"({embed.skip_reasons(out['skipped'])}): "
-              f"{sorted(p for ps in out['skipped'].paths.values() for p in ps)}")
+        print(embed.skipped_line(out["skipped"]))
     if args.out:
         predict.write_csv(args.out, ids, out["probs"], labels, repairs)
         print(f"wrote {args.out} ({len(ids)} records x {len(labels)} labels)")

@@ -39,6 +39,20 @@ def skip_reasons(skipped: skips.SkipStats) -> str:
                      sorted(skipped.counts.items())) or "none"
 
 
+# Skips embed and predict log one by one, and name in predict's summary line; the rest are
+# counted (a folder of 300 CT images had given 300 warnings and a line naming every file).
+SKIPS_NAMED = 5
+
+
+def skipped_line(skipped: skips.SkipStats) -> str:
+    """"skipped 300 unreadable records (no_signal 300): ['a', ...] and 295 more": the records
+    skipped, by reason, and the first SKIPS_NAMED of them by path, as predict prints them."""
+    paths = sorted(p for ps in skipped.paths.values() for p in ps)
+    more = len(paths) - SKIPS_NAMED
+    return (f"skipped {skipped.total} unreadable records ({skip_reasons(skipped)}): "
+            f"{paths[:SKIPS_NAMED]}" + (f" and {more} more" if more > 0 else ""))
+
+
 def check_some_read(out: dict) -> None:
     """EmbedError when embed's dict `out` holds no row: every ECG was skipped, and why."""
     if not len(out["outputs"]):
@@ -208,7 +222,7 @@ def embed(backbone, *, records=None, array=None, fs: float | None = None, raw: b
     # No larger than the input: a batch is padded to its size (--batch_size=100000 for one
     # record allocated 22 GiB).
     batch_size = mesh_lib.round_batch(min(batch_size, max(count, 1)), mesh)
-    stats, data_cfg = skips.SkipStats(), None
+    stats, data_cfg = skips.SkipStats(log_limit=SKIPS_NAMED), None
     if raw:
         if array is None:
             raise EmbedError("raw input needs an array (.npy), not WFDB records")

@@ -36,8 +36,12 @@ def skip_table(events: Iterable[tuple[str, str]]) -> dict:
 class SkipStats:
     """Counts of skipped records by reason, with their paths (see the module docstring)."""
 
-    def __init__(self, log_dir: str = ""):
+    def __init__(self, log_dir: str = "", log_limit: int | None = None):
+        """log_limit: how many skips are logged one by one (None: all); later ones are counted
+        and kept as every skip is, and one warning says that they are no longer logged (a
+        folder of 300 CT images had given 300 warning lines)."""
         self.log_dir = log_dir
+        self.log_limit = log_limit
         self.counts: collections.Counter = collections.Counter()
         self.paths: dict[str, list[str]] = collections.defaultdict(list)
         self._lock = threading.Lock()  # Grain reads with several threads per process.
@@ -52,8 +56,12 @@ class SkipStats:
         self._lock = threading.Lock()
 
     def record(self, reason: str, path: str, message: str) -> None:
-        logging.warning("skipping %s [%s]: %s", path, reason, message)
         with self._lock:
+            logged = self.total
+            if self.log_limit is None or logged < self.log_limit:
+                logging.warning("skipping %s [%s]: %s", path, reason, message)
+            elif logged == self.log_limit:
+                logging.warning("more records skipped: counted, no longer logged one by one")
             self.counts[reason] += 1
             self.paths[reason].append(path)
             if self.log_dir:

@@ -1,10 +1,10 @@
 """The records embed and predict are given (paths, globs, folders): an export file named like a
 WFDB record beside it, export files and subfolders that cannot be read, globs over a folder of
 WFDB records and exports sharing stems, an export removed after it was listed, a file name that
-is not UTF-8 in predict's CSV, an --out in a folder that cannot be written. Each is a record
-read, a skip counted and named, or one line naming the files or the flag; never a record
-silently dropped or read for another. Unreadable files are simulated (os.open, os.scandir,
-os.access) so the tests hold when run as root."""
+is not UTF-8 in predict's CSV, an --out in a folder that cannot be written, and a folder of
+hundreds of files that are no ECG. Each is a record read, a skip counted and named, or one line
+naming the files or the flag; never a record silently dropped or read for another. Unreadable
+files are simulated (os.open, os.scandir, os.access) so the tests hold when run as root."""
 import csv
 import errno
 import os
@@ -17,8 +17,9 @@ from crema_jax.cli import embed as embed_cli
 from crema_jax.cli import predict as predict_cli
 from crema_jax.data import synthetic
 from crema_jax.data.index.dataset_index import expand_records
+from crema_jax.data.pipeline import skips
 from crema_jax.data.reading import clinical
-from crema_jax.inference import predict
+from crema_jax.inference import embed, predict
 from tests.cli.conftest import _fails
 from tests.cli.hostile.helpers import SAMPLE
 from tests.data import clinical_files
@@ -134,3 +135,19 @@ def test_an_out_in_a_folder_that_cannot_be_written_is_refused_before_any_record(
     _fails(embed_cli, ["--checkpoint=/nonexistent", f"--input={record}",
                        f"--out={ro / 'sub' / 'y.npy'}"], capsys,
            f"--out={ro / 'sub' / 'y.npy'}: {ro} is not writable")
+
+
+def test_hundreds_of_skips_are_one_summary_line_and_a_few_warnings(monkeypatch):
+    """A folder of 300 CT images had given 300 warnings and a line listing every path."""
+    warned = []
+    monkeypatch.setattr(skips.logging, "warning", lambda msg, *a: warned.append(msg % a))
+    stats = skips.SkipStats(log_limit=embed.SKIPS_NAMED)
+    for i in range(300):
+        stats.record("no_signal", f"ct/IM{i:03d}", f"ct/IM{i:03d}: no waveform")
+    assert stats.total == 300 and len(stats.paths["no_signal"]) == 300
+    assert warned == [f"skipping ct/IM{i:03d} [no_signal]: ct/IM{i:03d}: no waveform"
+                      for i in range(5)] + [
+        "more records skipped: counted, no longer logged one by one"]
+    assert embed.skipped_line(stats) == (
+        "skipped 300 unreadable records (no_signal 300): ['ct/IM000', 'ct/IM001', 'ct/IM002', "
+        "'ct/IM003', 'ct/IM004'] and 295 more")
