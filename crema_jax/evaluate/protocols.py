@@ -22,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
+from crema_jax.data.reading.demographics import patient_id_of
 from crema_jax.data.reading.leads import LEADS as LEAD_NAMES  # canonical order: index -> name
 from crema_jax.data.reading.leads import check_lead_names
 
@@ -89,11 +90,12 @@ def split_counts(n: int, fractions: Sequence[float]) -> list[int]:
 
 def patient_keys(infos) -> np.ndarray:
     """One grouping key per record: "patient:ID" from its meta["patient_id"], or its own record
-    id when it has none (then it is its own patient)."""
+    id when it has none (then it is its own patient; a missing-value word such as "NaN" is
+    none: demographics.patient_id_of)."""
     keys = []
     for info in infos:
-        patient = (getattr(info, "meta", None) or {}).get("patient_id")
-        keys.append(f"patient:{patient}" if patient not in (None, "") else info.record_id)
+        patient = patient_id_of((getattr(info, "meta", None) or {}).get("patient_id"))
+        keys.append(f"patient:{patient}" if patient is not None else info.record_id)
     return np.asarray(keys)
 
 

@@ -229,3 +229,44 @@ def test_a_cache_row_whose_meta_is_no_object_is_a_damaged_index(cached):
             f"{cached / 'index.json'}: record 3: meta is 'P1', expected an object; the cache "
             "index is damaged")):
         cache_index(str(cached))
+
+
+def _distinct_heads(cinc_sample_dir):
+    heads, seen = [], set()
+    for head in sorted(cinc_sample_dir.glob("*.hea")):
+        digest = hashlib.sha256(head.with_suffix(".mat").read_bytes()).hexdigest()
+        if digest not in seen:
+            seen.add(digest)
+            heads.append(head)
+    return heads
+
+
+def _sha1_split(key: str) -> str:
+    """The documented hash split, written out: u = first 8 bytes of SHA-1 / 2**64, cut at
+    0.8 / 0.9 (the default 0.1 val and test fractions)."""
+    u = int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") / 2.0**64
+    return "train" if u < 0.8 else "val" if u < 0.9 else "test"
+
+
+@pytest.mark.parametrize("word", ["NaN", "nan", "NA", "N/A", " None ", "null"])
+def test_a_missing_value_word_as_patient_id_is_no_patient(cinc_sample_dir, tmp_path, word):
+    """20 of the 49 distinct records carry the word, the rest their own P<i>: each of the 20 is
+    its own patient, as with an empty cell (one patient "NaN" had given 37/6/6 and all 20 one
+    hashed split)."""
+    heads = _distinct_heads(cinc_sample_dir)
+    assert len(heads) == 49
+    path = tmp_path / "m.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "labels", "patient_id"])
+        for i, head in enumerate(heads):
+            writer.writerow([str(head.with_suffix("")), "1000" if i % 2 else "2000",
+                             word if i < 20 else f"P{i}"])
+    data = datasets.load_dataset(_settings(path, split_fractions=[0.6, 0.2, 0.2]))
+    # 49 one-record patients cut at 0.6 / 0.2 / 0.2 of 49: 9.8 -> 10 val and 10 test.
+    assert data.splits.tolist().count("train") == 29
+    assert data.splits.tolist().count("test") == 10
+    keys = protocols.patient_keys(data.infos).tolist()
+    assert keys[:20] == [h.name.removesuffix(".hea") for h in heads[:20]]
+    hashed = datasets.load_dataset(_settings(path))
+    assert hashed.splits.tolist()[:20] == [_sha1_split(h.stem) for h in heads[:20]]

@@ -49,6 +49,7 @@ from absl import logging
 
 from crema_jax.data.index.dataset_index import DatasetIndex, RecordInfo, hash_split, number
 from crema_jax.data.reading import safe_files
+from crema_jax.data.reading.demographics import patient_id_of
 from crema_jax.data.reading.arrays import (ArrayFormat, hdf5_elsewhere, hdf5_storage_problem,
                                           locator)
 from crema_jax.data.reading.read import BadRecord
@@ -154,10 +155,10 @@ def _record(exam_id: int, path: str, row: dict | None, reader, fractions):
         return RecordInfo(str(exam_id), path, (),
                           hash_split(str(exam_id), **fractions), "code15",
                           {"exam_id": exam_id}, reader)
-    patient = _integer_text(row["patient_id"])
+    patient = patient_id_of(_integer_text(row["patient_id"]))
     labels = tuple(name for name in CODE15_LABELS if _flag(row.get(name)))
     is_male = _flag(row.get("is_male"))
-    meta = {"exam_id": exam_id, "patient_id": patient or None,
+    meta = {"exam_id": exam_id, "patient_id": patient,
             "age": number(row.get("age")),
             "sex": None if is_male is None else ("Male" if is_male else "Female"),
             "nn_predicted_age": number(row.get("nn_predicted_age")),

@@ -12,6 +12,7 @@ from crema_jax.data.index.dataset_index import (DatasetIndex, RecordInfo, csv_co
                                                 infer_source, parse_labels, parse_split,
                                                 vocabulary)
 from crema_jax.data.reading import safe_files, wfdb_header
+from crema_jax.data.reading.demographics import patient_id_of
 from crema_jax.runtime import storage
 
 COLUMNS = ("path", "labels", "split", "source", "patient_id", "record_id")
@@ -25,7 +26,7 @@ def manifest(root, *, csv_name: str = "manifest.csv", val_fraction: float = 0.1,
     .hea extension), labels (codes separated by ';', '|' or ',' -- a ',' list must be quoted),
     split (train/val/test; also training/valid/validation/dev/testing), source, patient_id,
     record_id (default: the file name without extension). A missing split is hashed from
-    patient_id, else record_id.
+    patient_id, else record_id; a patient_id of NaN, NA, None, ... is none (patient_id_of).
     """
     csv_path = pathlib.Path(root)
     if csv_path.is_dir():
@@ -40,11 +41,12 @@ def manifest(root, *, csv_name: str = "manifest.csv", val_fraction: float = 0.1,
             get = lambda key: (row.get(key) or "").strip()  # noqa: E731
             path, name, folder = _record_path(get("path"), csv_path, line)
             record_id = get("record_id") or name
-            split = parse_split(get("split"), get("patient_id") or record_id,
+            patient = patient_id_of(get("patient_id"))
+            split = parse_split(get("split"), patient or record_id,
                                 where=f"{csv_path}:{line}", val_fraction=val_fraction,
                                 test_fraction=test_fraction)
             labels = parse_labels(get("labels"))
-            meta = {"patient_id": get("patient_id") or None}
+            meta = {"patient_id": patient}
             records.append(RecordInfo(record_id, path, labels, split,
                                       get("source") or infer_source(record_id, folder), meta))
     return DatasetIndex(records, vocabulary(records, label_names), "manifest", str(csv_path))

@@ -33,6 +33,7 @@ import re
 
 from crema_jax.data.index.dataset_index import DatasetIndex, RecordInfo, hash_split
 from crema_jax.data.reading import safe_files
+from crema_jax.data.reading.demographics import patient_id_of
 from crema_jax.data.reading.read import BadRecord
 from crema_jax.runtime import files
 
@@ -172,7 +173,7 @@ def mimic_iv_ecg(root, *, label_map: str = "", drop_unlabelled: bool = False,
             labels = labeller(lines) if labeller else ()
             if drop_unlabelled and labeller and not labels:
                 continue
-            meta = {"patient_id": subject or None, "study_id": study,
+            meta = {"patient_id": patient_id_of(subject), "study_id": study,
                     "ecg_time": row.get("ecg_time"), "report": lines}
             reader = None
             if study in seen:  # its report (and labels) would be another record's
@@ -180,7 +181,7 @@ def mimic_iv_ecg(root, *, label_map: str = "", drop_unlabelled: bool = False,
                                    f"{study} appears again (line {seen[study]} is used)")
             seen.setdefault(study, line)
             records.append(RecordInfo(
-                study, path, labels, hash_split(subject or study,
+                study, path, labels, hash_split(patient_id_of(subject) or study,
                                                 val_fraction=val_fraction,
                                                 test_fraction=test_fraction),
                 source, meta, reader))

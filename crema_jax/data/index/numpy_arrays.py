@@ -36,6 +36,7 @@ from crema_jax.data.index.dataset_index import (DatasetIndex, RecordInfo, csv_co
 from crema_jax.data.reading import arrays
 from crema_jax.data.reading import leads as leads_lib
 from crema_jax.data.reading import safe_files
+from crema_jax.data.reading.demographics import patient_id_of
 from crema_jax.data.reading.ecg import UNIT_TO_MV, RecordError
 from crema_jax.runtime import files
 
@@ -160,12 +161,12 @@ def numpy_arrays(root, *, fs: float = 0.0, leads="", units: str = "mV",
                    for row, rid, cells, where in _array_records(root, fmt, table, csv_path)]
     records_ = []
     for path, record_id, cells, where in entries:
-        patient = cells.get("patient_id", "")
+        patient = patient_id_of(cells.get("patient_id"))
         split = parse_split(cells.get("split", ""), patient or record_id, where=where,
                             val_fraction=val_fraction, test_fraction=test_fraction)
         records_.append(RecordInfo(
             record_id, path, parse_labels(cells.get("labels", "")), split,
-            cells.get("source") or source, {"patient_id": patient or None}, fmt))
+            cells.get("source") or source, {"patient_id": patient}, fmt))
     if not records_:
         raise FileNotFoundError(f"numpy layout: no records in {root}")
     return DatasetIndex(records_, vocabulary(records_, label_names), "numpy",

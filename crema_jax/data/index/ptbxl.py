@@ -11,6 +11,7 @@ import pathlib
 
 from crema_jax.data.index.dataset_index import DatasetIndex, RecordInfo, number, vocabulary
 from crema_jax.data.reading import safe_files
+from crema_jax.data.reading.demographics import patient_id_of
 from crema_jax.runtime import files
 
 PTBXL_LABEL_SETS = ("superclass", "subclass", "diagnostic", "form", "rhythm", "all")
@@ -115,7 +116,7 @@ def ptbxl(root, *, label_set: str = "superclass", sampling_rate: int = 500,
             labels = _ptbxl_labels(scp_codes, statements, label_set)
             if drop_unlabelled and not labels:
                 continue
-            meta = {"ecg_id": row.get("ecg_id"), "patient_id": row.get("patient_id"),
+            meta = {"ecg_id": row.get("ecg_id"), "patient_id": patient_id_of(row.get("patient_id")),
                     "strat_fold": fold, "scp_codes": scp_codes,
                     "age": number(row.get("age")),
                     # PTB-XL codes sex as 0 = male, 1 = female.

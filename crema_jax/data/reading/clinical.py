@@ -45,9 +45,11 @@ class ClinicalFile:
 
 
 def patient_hash(key: str | None) -> str:
-    """"p" + 16 hex digits of SHA-256(salt NUL key); "" for no key. Silent (the module
-    docstring says where the default salt is warned about)."""
-    if not key:
+    """"p" + 16 hex digits of SHA-256(salt NUL key); "" for no key (blank or a missing-value
+    word: demographics.patient_id_of). Silent (the module docstring says where the default salt
+    is warned about)."""
+    key = demographics.patient_id_of(key)
+    if key is None:
         return ""
     salt = os.environ.get(SALT_ENV) or _DEFAULT_SALT
     return "p" + hashlib.sha256(f"{salt}\0{key}".encode("utf-8")).hexdigest()[:16]

@@ -60,6 +60,16 @@ def test_patient_identity_is_only_a_salted_hash(tmp_path, signal_mv, fmt, monkey
     assert meta["patient_id"] == want
 
 
+@pytest.mark.parametrize("word", ["NaN", "N/A", "null"])
+def test_a_missing_value_word_as_patient_id_is_no_patient_id(tmp_path, signal_mv, word):
+    """A file whose patient id is "NaN" has none (""), as a file without one: never the hash of
+    "NaN" that would make every such file one patient."""
+    path = tmp_path / "exam.dcm"
+    cf.write_dicom(path, signal_mv[:, :1000], FS, patient_id=word)
+    assert clinical.read_meta(path)["patient_id"] == ""
+    assert clinical.patient_hash(f" {word} ") == ""
+
+
 @pytest.mark.parametrize("fmt", sorted(cf.WRITERS))
 def test_the_index_meta_is_the_files_facts_and_the_reads_meta(tmp_path, signal_mv, fmt):
     """read_meta (what an index stores; Philips XLI and SCP-ECG rhythm data left coded) gives
