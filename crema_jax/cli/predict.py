@@ -26,10 +26,13 @@ COMMAND.boolean("overwrite", False, "Replace the --out CSV when it exists.")
 COMMAND.integer("batch_size", 16, "ECGs per forward pass.", lower_bound=1)
 COMMAND.enum("preset", "", ["", "crema", "stmem", "ecgfounder"], "The data path (data/"
              "presets.py): '' = the checkpoint's own (ECGFounder's for an import).")
-COMMAND.boolean("derive_limb_leads", False, "Derive a record's absent III, aVR, aVL and aVF "
-                "from I and II (III = II - I, aVR = -(I + II)/2, aVL = I - II/2, aVF = II - I/2) "
-                "rather than feed zeros, as ECGFounder's own path does: e.g. GE MUSE exports "
-                "store 8 leads. A record holding all 12 is read as without it.")
+COMMAND.boolean("derive_limb_leads", False, "Derive a record's absent limb leads, and those "
+                "held without signal (all NaN or constant), rather than feed them as they are as "
+                "ECGFounder's own path does (an absent lead as zeros; GE MUSE exports store 8 "
+                "leads): first I = II - III or II = I + III when only one of I, II has signal and "
+                "III has, then from I and II: III = II - I, aVR = -(I + II)/2, aVL = I - II/2, "
+                "aVF = II - I/2. Leads with signal are never replaced: a record whose 12 leads "
+                "all have signal reads the same without it.")
 
 
 @COMMAND.main

@@ -200,11 +200,11 @@ def embed(backbone, *, records=None, array=None, fs: float | None = None, raw: b
     """Crop-averaged features (or logits) of ECGs, one row per example.
 
     Give `records` (WFDB paths) or `array` (with `fs`, default: the model's rate). `preset`
-    replaces the checkpoint's data path; `derive_limb_leads` derives absent limb leads from I and
-    II on a path that derives none (ECGFounder's). When the data path cuts records into windows
-    (ST-MEM's), windows="rows" gives one row per window, "mean" one per record (their mean).
-    Records that cannot be read (and windows with NaN under ST-MEM's path) are skipped and
-    counted, never fatal.
+    replaces the checkpoint's data path; `derive_limb_leads` derives absent limb leads, and held
+    ones without signal, on a path that derives none (ECGFounder's; ecg.canonical_ecg). When the
+    data path cuts records into windows (ST-MEM's), windows="rows" gives one row per window,
+    "mean" one per record (their mean). Records that cannot be read (and windows with NaN
+    under ST-MEM's path) are skipped and counted, never fatal.
 
     Returns {"outputs": (rows, D or classes), "record": (rows,) position in `records`/`array`,
     "window": (rows,) window number (-1: the whole record, or its windows' mean),

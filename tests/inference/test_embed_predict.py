@@ -320,8 +320,18 @@ def test_embed_and_predict_say_what_reading_repaired(net1d_ckpt, tmp_path, cinc_
     # ECGFounder's: every NaN set to 0 (III's 5000 samples and II's 10), flat leads kept.
     got = predict.predict_probabilities(backbones.load(net1d_ckpt[1], with_head=True),
                                         records=[clean, damaged])
+    # V2, constant, is fed as it is: said beside the repairs, as a lead not in the file is.
     assert got["note"] == (
-        "input: 1 of 2 records repaired (ecgfounder data path): NaN samples set to 0 in 1: "
-        "DAMAGED (5010 in II, III); all-NaN leads fed as zeros in 1: DAMAGED (III)")
+        "input: 1 of 2 records repaired, 1 of 2 lacking some leads the model reads (ecgfounder "
+        "data path): NaN samples set to 0 in 1: DAMAGED (5010 in II, III); all-NaN leads fed "
+        "as zeros in 1: DAMAGED (III); flat leads fed as recorded in 1: DAMAGED (V2)")
     assert predict.row_repairs(got) == [
-        "", "NaN samples set to 0 (5010 in II, III); all-NaN leads fed as zeros (III)"]
+        "", "NaN samples set to 0 (5010 in II, III); all-NaN leads fed as zeros (III); flat "
+        "leads fed as recorded (V2)"]
+    # --derive_limb_leads: the all-NaN III counts as absent and is derived from I and II, as
+    # it is for a file that lacks it (it had stayed "fed as zeros").
+    derived = predict.predict_probabilities(backbones.load(net1d_ckpt[1], with_head=True),
+                                            records=[damaged], derive_limb_leads=True)
+    assert predict.row_repairs(derived) == [
+        "NaN samples set to 0 (5010 in II, III); flat leads fed as recorded (V2); limb leads "
+        "derived (III)"]

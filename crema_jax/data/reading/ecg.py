@@ -15,9 +15,11 @@ concerns in `Ecg.repaired_leads`; reading/repairs.py puts both into words):
   "all_nan_leads_zeroed").
 - a lead that is entirely NaN ("all_nan_leads") -> zero row, marked absent; a constant lead,
   e.g. all zero ("flat_leads") -> zero row, marked absent with flat_leads "absent" (ours); kept
-  as recorded with "keep" (the peers' scripts feed it like any other lead).
+  as recorded with "keep" (the peers' scripts feed it like any other lead: "flat_leads_kept").
 - absent III, aVR, aVL, aVF (and I or II when the other two of I/II/III exist) -> derived with
-  the Einthoven/Goldberger identities when `derive_limb_leads` ("leads_derived").
+  the Einthoven/Goldberger identities when `derive_limb_leads` ("leads_derived"); with flat
+  leads kept, a held limb lead without signal (all NaN fed as zeros, or constant) counts as
+  absent there, derived when the leads it is derived from are held with signal.
 - units uV/µV/V/nV -> converted to mV; a missing units field means mV (the WFDB default;
   the export readers refuse a file that states no unit: `stated_unit`).
 - any sampling rate -> resampled to `target_fs` (signal/resample.py); `Ecg.fs` is the exact
@@ -32,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import warnings
 
 import numpy as np
 
@@ -209,7 +210,8 @@ def canonical_ecg(raw: np.ndarray, names, units, fs: float, *, path: str, where:
     _check_magnitude(signal, path=path, where=where or path)
     signal = _apply_nan_policy(signal, present, repairs, named, nan_policy)
     _drop_flat_leads(signal, present, repairs, named, flat_leads)
-    if flat_leads == "keep" and present.any() and not _varies(signal[present]).any():
+    unusable = _kept_flat_leads(signal, present, repairs, named, flat_leads)
+    if present.any() and not (present & ~unusable).any():
         # Every lead constant or NaN on a path that keeps them (ECGFounder's: NaN -> 0, flat
         # leads kept): `predict` had scored such records (0.5 for every label) without a word.
         _check_length(raw.T, float(fs), min_seconds, path)
@@ -227,10 +229,10 @@ def canonical_ecg(raw: np.ndarray, names, units, fs: float, *, path: str, where:
         if target_fs is not None:
             signal, fs = _resample_recorded(signal, present, fs, float(target_fs),
                                             resample_method)
-        signal, present = _derive(signal, present, repairs, named, derive_limb_leads)
+        signal, present = _derive(signal, present, unusable, repairs, named, derive_limb_leads)
         _check_length(signal, fs, min_seconds, path)
     else:
-        signal, present = _derive(signal, present, repairs, named, derive_limb_leads)
+        signal, present = _derive(signal, present, unusable, repairs, named, derive_limb_leads)
         _check_length(signal, fs, min_seconds, path)
         signal = _cut(signal, window, fs, path)
         if nan_policy == "drop_window" and np.isnan(signal).any():
@@ -317,30 +319,40 @@ def _apply_nan_policy(signal: np.ndarray, present: np.ndarray, repairs: dict, na
     return signal
 
 
-def _varies(rows: np.ndarray) -> np.ndarray:
-    """Per row: does it take two different finite values (NaN ignored)?"""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        span = np.nanmax(rows, axis=1) - np.nanmin(rows, axis=1)
-    return np.nan_to_num(span, nan=0.0) > 0
+def _span(rows: np.ndarray) -> np.ndarray:
+    """Per row: its largest minus its smallest sample, NaN ignored (fmax/fmin: no copies, no
+    warnings); NaN for a row entirely NaN."""
+    return np.fmax.reduce(rows, axis=1) - np.fmin.reduce(rows, axis=1)
 
 
 def _drop_flat_leads(signal: np.ndarray, present: np.ndarray, repairs: dict, named: dict,
                      flat_leads: str) -> None:
-    """In place, flat_leads "absent": a constant lead becomes an absent zero row."""
-    if np.isnan(signal).any():  # NaN left in place: an all-NaN lead is not "flat"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            span = np.nanmax(signal, axis=1) - np.nanmin(signal, axis=1)
-        span = np.where(np.isnan(span), 1.0, span)
-    else:
-        span = np.ptp(signal, axis=1)
-    flat = present & (span == 0) & (flat_leads == "absent")
+    """In place, flat_leads "absent": a constant lead becomes an absent zero row (an all-NaN
+    lead left in place by the NaN policy is not "flat")."""
+    flat = present & (_span(signal) == 0) & (flat_leads == "absent")
     if flat.any():
         signal[flat] = 0.0
         present &= ~flat
         repairs["flat_leads"] = int(flat.sum())
         _name_leads(named, "flat_leads", np.flatnonzero(flat))
+
+
+def _kept_flat_leads(signal: np.ndarray, present: np.ndarray, repairs: dict, named: dict,
+                     flat_leads: str) -> np.ndarray:
+    """flat_leads "keep": the held leads without signal (constant, or all NaN), which limb-lead
+    derivation may replace; the constant ones not already said as all-NaN are named
+    "flat_leads_kept" (fed to the model as they are, as an absent lead's zeros are said)."""
+    if flat_leads != "keep" or not present.any():
+        return np.zeros_like(present)
+    span = _span(signal)
+    unusable = present & ~(span > 0)
+    said = set(named.get("all_nan_leads_zeroed", ()))
+    flat = [row for row in np.flatnonzero(unusable & ~np.isnan(span))
+            if leads_lib.LEADS[row] not in said]
+    if flat:
+        repairs["flat_leads_kept"] = len(flat)
+        _name_leads(named, "flat_leads_kept", flat)
+    return unusable
 
 
 def _resample_recorded(signal: np.ndarray, present: np.ndarray, fs: float, target_fs: float,
@@ -355,15 +367,24 @@ def _resample_recorded(signal: np.ndarray, present: np.ndarray, fs: float, targe
     return out, fs
 
 
-def _derive(signal: np.ndarray, present: np.ndarray, repairs: dict, named: dict,
-            derive_limb_leads: bool):
-    if derive_limb_leads:
-        signal, now, derived = leads_lib.derive_limb_leads(signal, present)
-        if derived:
-            repairs["leads_derived"] = derived
-            _name_leads(named, "leads_derived", np.flatnonzero(now & ~present))
-        present = now
-    return signal, present
+def _derive(signal: np.ndarray, present: np.ndarray, unusable: np.ndarray, repairs: dict,
+            named: dict, derive_limb_leads: bool):
+    """Absent limb leads, and held ones without signal (`unusable`: all NaN fed as zeros, or
+    flat), derived from the usable ones; a derived lead is no longer said as zeroed or flat."""
+    if not derive_limb_leads:
+        return signal, present
+    usable = present & ~unusable
+    signal, now, derived = leads_lib.derive_limb_leads(signal, usable)
+    if derived:
+        rows = np.flatnonzero(now & ~usable)
+        repairs["leads_derived"] = derived
+        _name_leads(named, "leads_derived", rows)
+        for repair in ("all_nan_leads_zeroed", "flat_leads_kept"):
+            left = tuple(x for x in named.pop(repair, ()) if x not in named["leads_derived"])
+            repairs.pop(repair, None)
+            if left:
+                repairs[repair], named[repair] = len(left), left
+    return signal, present | now
 
 
 def _check_length(signal: np.ndarray, fs: float, min_seconds: float | None, path: str) -> None:

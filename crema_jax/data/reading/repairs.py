@@ -19,11 +19,13 @@ WORDS = {
     "all_nan_leads": "all-NaN leads dropped",
     "all_nan_leads_zeroed": "all-NaN leads fed as zeros",
     "flat_leads": "flat leads dropped",
+    "flat_leads_kept": "flat leads fed as recorded",
     "leads_derived": "limb leads derived",
     "leads_absent": "leads not in the file",
 }
-# Not repairs but what a file lacks: said beside them, counted apart in a run's summary.
-NOTES = ("leads_absent",)
+# Not repairs but what a file lacks (a lead, or a lead's signal): said beside them, counted
+# apart in a run's summary.
+NOTES = ("leads_absent", "flat_leads_kept")
 # Repairs counted in samples rather than in leads: "10 in II".
 SAMPLE_COUNTS = ("nan_replaced", "nan_zeroed")
 SHOWN = 3  # records named per kind of repair in a run's summary

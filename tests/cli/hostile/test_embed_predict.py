@@ -336,17 +336,17 @@ def test_embed_and_predict_say_what_was_repaired_and_keep_no_patient_id(
                                 f"--out={csv}", "--top=1"]) is None
     printed = capsys.readouterr().out.splitlines()
     # ECGFounder's path derives no lead: the export's four limb leads are absent (the Net1D
-    # reads zeros there), said as such.
-    assert ("input: 1 of 2 records repaired, 1 of 2 lacking some leads the model reads "
+    # reads zeros there), said as such, and so is the constant V2 it is fed.
+    assert ("input: 1 of 2 records repaired, 2 of 2 lacking some leads the model reads "
             "(ecgfounder data path): NaN samples set to 0 in 1: DAMAGED (5010 in II, III); "
-            "all-NaN leads fed as zeros in 1: DAMAGED (III); leads not in the file in 1: "
-            "exam.xml (III, aVR, aVL, aVF)") in printed
-    assert ("DAMAGED: (input: NaN samples set to 0 (5010 in II, III); all-NaN leads fed as "
-            "zeros (III))") in printed
+            "all-NaN leads fed as zeros in 1: DAMAGED (III); flat leads fed as recorded in 1: "
+            "DAMAGED (V2); leads not in the file in 1: exam.xml (III, aVR, aVL, aVF)") in printed
+    damage = ("NaN samples set to 0 (5010 in II, III); all-NaN leads fed as zeros (III); flat "
+              "leads fed as recorded (V2)")
+    assert f"DAMAGED: (input: {damage})" in printed
     rows = list(csv_lib.reader(csv.open()))
     assert rows[0][-1] == "repairs" and [(r[0], r[-1]) for r in rows[1:]] == [
-        ("DAMAGED", "NaN samples set to 0 (5010 in II, III); all-NaN leads fed as zeros (III)"),
-        ("exam.xml", "leads not in the file (III, aVR, aVL, aVF)")]
+        ("DAMAGED", damage), ("exam.xml", "leads not in the file (III, aVR, aVL, aVF)")]
     out = tmp_path / "y.npy"
     embed.COMMAND.run([f"--checkpoint={sit_checkpoint}", f"--input={damaged},{muse}",
                        f"--out={out}"])

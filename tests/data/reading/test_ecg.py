@@ -122,3 +122,57 @@ def test_one_varying_lead_is_signal_on_a_path_keeping_flat_leads():
     assert ecg.repairs["all_nan_leads_zeroed"] == 11
     others = ("I", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
     assert ecg.repaired_leads == {"nan_zeroed": others, "all_nan_leads_zeroed": others}
+
+
+def _founder(raw, **options):
+    """ECGFounder's reading (NaN -> 0, flat leads kept) at the record's own rate."""
+    return canonical_ecg(raw, list(LEADS), ["mV"] * 12, FS, path="rec", target_fs=FS,
+                         nan_policy="zero", flat_leads="keep", **options)
+
+
+@pytest.mark.parametrize("fill", ["nan", "zero", "constant"])
+def test_held_limb_leads_without_signal_are_derived_by_einthoven_and_goldberger(fill):
+    """III and aVF held but without signal (all NaN fed as zeros, all zero, or constant) had
+    been fed as they were under derive_limb_leads, while a file lacking them had them derived:
+    both now come from I and II by the formulas written here, and are said as derived only."""
+    raw = _raw(10.0, seed=3)
+    raw[:, [2, 5]] = {"nan": np.nan, "zero": 0.0, "constant": 0.3}[fill]
+    ecg = _founder(raw, derive_limb_leads=True)
+    lead_i, lead_ii = raw[:, 0], raw[:, 1]
+    np.testing.assert_allclose(ecg.signal[2], lead_ii - lead_i, atol=1e-5)        # III
+    np.testing.assert_allclose(ecg.signal[5], lead_ii - lead_i / 2, atol=1e-5)    # aVF
+    np.testing.assert_allclose(ecg.signal[3], raw[:, 3], atol=1e-6)   # aVR: held, kept
+    assert ecg.lead_present.all()
+    assert ecg.repairs["leads_derived"] == 2 and ecg.repaired_leads["leads_derived"] == (
+        "III", "aVF")
+    assert "all_nan_leads_zeroed" not in ecg.repairs and "flat_leads_kept" not in ecg.repairs
+
+
+def test_held_i_without_signal_is_derived_from_ii_and_iii_then_avr_and_avl_from_i_and_ii():
+    raw = _raw(10.0, seed=4)
+    raw[:, [0, 3, 4]] = 0.0                              # I, aVR, aVL flat
+    ecg = _founder(raw, derive_limb_leads=True)
+    lead_i = raw[:, 1] - raw[:, 2]                       # I = II - III
+    np.testing.assert_allclose(ecg.signal[0], lead_i, atol=1e-5)
+    np.testing.assert_allclose(ecg.signal[3], -(lead_i + raw[:, 1]) / 2, atol=1e-5)  # aVR
+    np.testing.assert_allclose(ecg.signal[4], lead_i - raw[:, 1] / 2, atol=1e-5)     # aVL
+    assert ecg.repaired_leads == {"leads_derived": ("I", "aVR", "aVL")}
+
+
+def test_a_flat_lead_fed_to_the_model_is_said_like_an_absent_one():
+    """A flat aVF kept (no derivation asked, or its inputs I and II flat too) is named
+    "flat_leads_kept", a note beside the repairs, as a lead not in the file is."""
+    from crema_jax.data.reading import repairs
+    raw = _raw(10.0, seed=5)
+    raw[:, 5] = 0.0
+    ecg = _founder(raw, derive_limb_leads=False)
+    np.testing.assert_array_equal(ecg.signal[5], np.zeros(5000, np.float32))
+    assert ecg.repairs == {"flat_leads_kept": 1}
+    assert ecg.repaired_leads == {"flat_leads_kept": ("aVF",)}
+    assert repairs.describe(ecg.repairs, ecg.repaired_leads) == "flat leads fed as recorded (aVF)"
+    assert repairs.summary([("R", ecg.repairs, ecg.repaired_leads)], 2) == (
+        "1 of 2 records lacking some leads the model reads: flat leads fed as recorded in 1: "
+        "R (aVF)")
+    raw[:, [0, 1]] = 0.0                                 # I and II flat: nothing to derive from
+    ecg = _founder(raw, derive_limb_leads=True)
+    assert ecg.repaired_leads == {"flat_leads_kept": ("I", "II", "aVF")}
