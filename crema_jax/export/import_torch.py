@@ -265,24 +265,32 @@ def _another_models(saved: export_torch.SavedData, fmt: str, model_cfg) -> str:
             "file") if diff else ""
 
 
-def _unfinished_import(out: str) -> str | None:
-    """The unfinished step an interrupted import left in `out` ("checkpoints/0.orbax-checkpoint-
-    tmp-..."), when `out` holds nothing else: only `checkpoints/`, holding only Orbax's
-    temporary step folders (or nothing). None for any other folder (nothing is deleted: the
-    user is told what it is)."""
-    root = os.path.join(out, workdir_lib.CHECKPOINTS_DIRNAME)
+def _earlier_import(out: str) -> str | None:
+    """What an earlier import left in `out`, as the refusal says it, when `out` holds only
+    `checkpoints/`: only Orbax's temporary step folders (or nothing) -- an interrupted import
+    ("checkpoints/0.orbax-checkpoint-tmp-...") -- or only finished steps ("checkpoints/0", as
+    an import writes: it had been called files this command did not write). None for any
+    other folder (check_output_dir names what it holds; nothing is deleted)."""
+    name = workdir_lib.CHECKPOINTS_DIRNAME
+    root = os.path.join(out, name)
     try:
-        if (os.path.islink(out) or os.listdir(out) != [workdir_lib.CHECKPOINTS_DIRNAME]
+        if (os.path.islink(out) or os.listdir(out) != [name]
                 or os.path.islink(root) or not os.path.isdir(root)):
             return None
         entries = sorted(os.listdir(root))
     except OSError:
         return None
-    if not all(workdir_lib.is_unfinished_step_name(e) and os.path.isdir(os.path.join(root, e))
-               and not os.path.islink(os.path.join(root, e)) for e in entries):
+    if not all(os.path.isdir(os.path.join(root, e)) and not os.path.islink(os.path.join(root, e))
+               for e in entries):
         return None
-    return (f"{workdir_lib.CHECKPOINTS_DIRNAME}/{entries[0]}" if entries else
-            f"an empty {workdir_lib.CHECKPOINTS_DIRNAME}/")
+    if all(workdir_lib.is_unfinished_step_name(e) for e in entries):
+        where = f"{name}/{entries[0]}" if entries else f"an empty {name}/"
+        return (f"--out={out}: an unfinished import from an interrupted run ({where}); remove "
+                "the folder or choose another --out")
+    if all(e.isdigit() for e in entries):
+        return (f"--out={out}: already holds an import ({name}/{entries[0]}); remove the folder "
+                "to import again, or choose another --out")
+    return None
 
 
 def run_import(source: str, fmt: str | None, out: str, *, seed: int = 0
@@ -295,11 +303,9 @@ def run_import(source: str, fmt: str | None, out: str, *, seed: int = 0
     if storage.is_remote(out):
         storage.check_url(str(out))
     else:  # a new or empty folder: an import never mixes with other files
-        unfinished = _unfinished_import(out)
-        if unfinished:
-            raise files.OutputError(
-                f"--out={out}: an unfinished import from an interrupted run ({unfinished}); "
-                "remove the folder or choose another --out")
+        earlier = _earlier_import(out)
+        if earlier:
+            raise files.OutputError(earlier)
         files.check_output_dir(out, marker=None, flag="--out", inputs=[path], outside=[source],
                                create=False)
     params, model_cfg, kept = import_weights(path, fmt, seed=seed)

@@ -51,6 +51,21 @@ def test_an_interrupted_import_is_named_as_one(tmp_path, capsys):
     assert _hashes(tmp_path) == before
 
 
+def test_a_second_import_into_its_own_output_is_told_so(sit_checkpoint, tmp_path, capsys):
+    """import-torch --out=DIR again into the folder its first run wrote had said the folder
+    "holds files this command did not write (checkpoints)"."""
+    weights = tmp_path / "w.safetensors"
+    export_torch.COMMAND.run([f"--checkpoint={sit_checkpoint}", f"--out={weights}"])
+    out = tmp_path / "out"
+    import_torch.COMMAND.run(["--format=crema", f"--out={out}", str(weights)])
+    assert os.listdir(out / "checkpoints") == ["0"]
+    before = _hashes(tmp_path)
+    _fails(import_torch, ["--format=crema", f"--out={out}", str(weights)], capsys,
+           f"--out={out}: already holds an import (checkpoints/0); remove the folder to import "
+           "again, or choose another --out")
+    assert _hashes(tmp_path) == before
+
+
 DEEP = "[" * 100000 + "]" * 100000
 LONG_NUMBER = '{"library_name": "crema_jax", "n": ' + "9" * 5000 + "}"
 
