@@ -182,7 +182,8 @@ def write_files(state_dict, out: str, *, layout: str, model_config: dict, full_c
         save = safetensors_writer(state_dict, model_config)
     elif out.endswith((".pth", ".pt")):
         if layout == "crema":
-            raise ExportError("the crema layout is written as .safetensors only")
+            raise ExportError(f"--out={out}: the crema layout is written as .safetensors "
+                              "only; expected FILE.safetensors (or --layout=stmem for a .pth)")
         torch = safe_load.import_torch("Writing a .pth file")
         tensors = {k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}
         key = "state_dict" if layout == "ecgfounder" else "model"

@@ -19,6 +19,14 @@ def test_export_and_probe_refuse_to_write_into_their_inputs(sit_checkpoint, tmp_
     assert _hashes(sit_checkpoint) == before
 
 
+def test_a_pth_of_the_crema_layout_is_refused_naming_out(sit_checkpoint, tmp_path, capsys):
+    out = tmp_path / "a.pth"
+    _fails(export_torch, [f"--checkpoint={sit_checkpoint}", f"--out={out}"], capsys,
+           f"--out={out}: the crema layout is written as .safetensors only; expected "
+           "FILE.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_export_torch_writes_weights_and_config_as_a_pair(sit_checkpoint, tmp_path, capsys,
                                                           monkeypatch):
     """--out=F.safetensors --overwrite had replaced F.safetensors before F.json, and
