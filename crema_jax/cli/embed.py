@@ -62,8 +62,10 @@ def main(args) -> None:
     if not ranges.SAMPLING_RATE.ok(fs):
         raise command.FlagValueError(f"--fs={args.fs}: a sampling rate in Hz, "
                                      f"{ranges.SAMPLING_RATE.text}")
-    if not args.out.endswith(".npy"):
-        raise command.CommandError(f"--out={args.out}: expected a file name ending in .npy")
+    if not args.out.endswith(".npy") or os.path.basename(args.out) == ".npy":
+        # A bare ".npy" had written the hidden files .npy and .npy.records.txt.
+        raise command.CommandError(f"--out={args.out}: expected a file name ending in .npy, "
+                                   "such as Y.npy (a name before the extension)")
     side = os.path.splitext(args.out)[0] + ".records.txt"
     records = None if args.input.endswith(".npy") else dataset_index.expand_records(args.input)
     for path in (args.out, side):   # checked before any work: nothing is written on error

@@ -43,6 +43,9 @@ def test_embed_refuses_its_input_a_folder_and_an_existing_file(sit_checkpoint, t
     _fails(embed, [ck, f"--input={x}", f"--out={x}"], capsys, "--out=", "an input")
     _fails(embed, [ck, f"--input={x}", f"--out={folder}"], capsys, "expected a file name")
     _fails(embed, [ck, f"--input={x}", f"--out={old}"], capsys, "exists", "--overwrite")
+    bare = tmp_path / ".npy"   # had written the hidden .npy and .npy.records.txt
+    _fails(embed, [ck, f"--input={x}", f"--out={bare}"], capsys,
+           f"--out={bare}: expected a file name ending in .npy, such as Y.npy")
     assert _hashes(tmp_path, sit_checkpoint) == before
     assert not list(folder.glob(".*"))                     # no hidden file either
 
