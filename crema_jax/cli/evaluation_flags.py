@@ -65,7 +65,8 @@ def add(cmd: command.Command) -> None:
                 lower_bound=ranges.NUM_WORKERS.low, upper_bound=ranges.NUM_WORKERS.high)
     cmd.integer("bootstrap", 1000, "Bootstrap resamples for the 95% CI.",
                 lower_bound=ranges.BOOTSTRAP.low, upper_bound=ranges.BOOTSTRAP.high)
-    cmd.integer("seed", 0, "Seed of splits, label fractions, init and bootstrap.",
+    cmd.integer("seed", 0, "Seed of splits, label fractions, init, bootstrap and permutation "
+                "tests.",
                 lower_bound=ranges.SEED.low, upper_bound=ranges.SEED.high)
 
 

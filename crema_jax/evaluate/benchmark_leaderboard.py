@@ -4,8 +4,9 @@ Per column x protocol (a panel): the records every model predicted (a record's w
 averaged, compare.common_records; records only some models read are left out and counted), each
 model's macro AUROC and AUPRC over the classes scorable there, with a 1 - alpha bootstrap CI of
 the macro AUROC over patients; the top model (highest macro AUROC; ties: the first listed);
-then paired tests (paired.compare_predictions: per class a permutation test, or DeLong's at
-100 positives and negatives; a paired bootstrap of the macro AUROC over patients) of every
+then paired tests (paired.compare_predictions: per class a permutation test, its exchanges
+enough for the table's Holm family (permutations_for), or DeLong's at 100 positives and
+negatives; a paired bootstrap of the macro AUROC over patients) of every
 model against the top one and against the random init of its architecture. Holm's correction
 runs across the whole table: once over every macro AUROC comparison, once over every per-class
 test. A difference is called significant where the Holm-adjusted p < alpha. The best of a
@@ -16,9 +17,11 @@ says what it scored: its records, classes, and the label fraction asked for and 
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from crema_jax.evaluate import (benchmark_tasks, compare, paired, plots, report,
+from crema_jax.evaluate import (benchmark_tasks, compare, paired, permutation, plots, report,
                                 report_markdown, scoring)
 from crema_jax.runtime import files
 
@@ -73,7 +76,8 @@ def _panel(column, protocol, group: dict, scores: list, top) -> dict:
 
 
 def _column(column, protocol, names, cells, random_row, suite):
-    """(cells' scores, the panel, paired tests) of one column x protocol."""
+    """(cells' scores, the panel, its paired tests to run: `_run_test`) of one column x
+    protocol."""
     group = {n: cells[(n, column.name, protocol)] for n in names}
     classes = [str(c) for c in group[names[0]]["classes"]]
     common = compare.common_records(group, len(classes))
@@ -87,20 +91,44 @@ def _column(column, protocol, names, cells, random_row, suite):
                        **_score(labels, common["probs"][name], groups, suite)})
     ranked = [s for s in scores if s["macro_auroc"] is not None]
     best = max(ranked, key=lambda s: s["macro_auroc"])["model"] if ranked else None
-    tests = []
-    for name, ref, against in (_references(names, best, random_row) if best else []):
-        test = paired.compare_predictions(labels, common["probs"][name], common["probs"][ref],
-                                          classes, groups=groups, alpha=suite["alpha"],
-                                          n_resamples=suite["bootstrap"], seed=suite["seed"])
-        macro = test["macro_auroc"]
-        tests.append({"column": column.name, "protocol": protocol, "model": name,
-                      "reference": ref, "against": against,
-                      "macro_auroc": {k: macro[k]
-                                      for k in ("a", "b", "difference", "ci", "p", "p_bound")},
-                      "per_class": {c: {"difference": e["difference"], "p": e["p"]}
-                                    for c, e in test["per_class"].items()
-                                    if e.get("p") is not None and not e["not_testable"]}})
-    return scores, _panel(column, protocol, group, scores, best), tests
+    pending = [dict(column=column.name, protocol=protocol, model=name, reference=ref,
+                    against=against, labels=labels, a=common["probs"][name],
+                    b=common["probs"][ref], classes=classes, groups=groups)
+               for name, ref, against in (_references(names, best, random_row) if best else [])]
+    return scores, _panel(column, protocol, group, scores, best), pending
+
+
+def permutations_for(pending: list, alpha: float) -> int:
+    """The exchanges each per-class permutation test draws: permutation.enough_for the table's
+    per-class Holm family (at most one test per class of each pending comparison)."""
+    return permutation.enough_for(sum(len(t["classes"]) for t in pending), alpha)
+
+
+def resamples_for(pending: list, suite: dict) -> int:
+    """The resamples of each paired bootstrap: the task file's `bootstrap`, raised so that
+    Holm's correction over the table's m macro comparisons can reach alpha / 2 with the
+    smallest p a bootstrap gives, its bound 2 / (B + 1): B + 1 >= 4 m / alpha, raised to at
+    most RESAMPLES_CAP. With 500 resamples and 40 comparisons no model could be called worse
+    (40 x 2 / 501 = 0.16)."""
+    needed = math.ceil(4 * len(pending) / suite["alpha"]) - 1
+    return int(max(suite["bootstrap"], min(RESAMPLES_CAP, needed)))
+
+
+RESAMPLES_CAP = 19_999
+
+
+def _run_test(t: dict, suite: dict, n_resamples: int, n_permutations: int) -> dict:
+    """One pending paired test (`_column`) run and reduced to what the table keeps."""
+    test = paired.compare_predictions(t["labels"], t["a"], t["b"], t["classes"],
+                                      groups=t["groups"], alpha=suite["alpha"],
+                                      n_resamples=n_resamples, seed=suite["seed"],
+                                      n_permutations=n_permutations)
+    macro = test["macro_auroc"]
+    return {**{k: t[k] for k in ("column", "protocol", "model", "reference", "against")},
+            "macro_auroc": {k: macro[k] for k in ("a", "b", "difference", "ci", "p", "p_bound")},
+            "per_class": {c: {"difference": e["difference"], "p": e["p"], "test": e["test"]}
+                          for c, e in test["per_class"].items()
+                          if e.get("p") is not None and not e["not_testable"]}}
 
 
 def _mark_best(panels: list, tests: list) -> None:
@@ -132,7 +160,7 @@ def _apply_holm(tests: list, alpha: float) -> dict:
 def build(models, cols, suite: dict, cells: dict) -> dict:
     """leaderboard.json's content (module docstring)."""
     random_row = benchmark_tasks.model_random_row(models)
-    scores, panels, tests, not_applicable = [], [], [], []
+    scores, panels, pending, not_applicable = [], [], [], []
     for column in cols:
         for protocol in suite["protocols"]:
             names = [m.name for m in models if (m.name, column.name, protocol) in cells]
@@ -143,31 +171,57 @@ def build(models, cols, suite: dict, cells: dict) -> dict:
             found, panel, found_tests = _column(column, protocol, names, cells, random_row,
                                                 suite)
             scores += found
-            tests += found_tests
+            pending += found_tests
             panels.append(panel)
+    n_permutations = permutations_for(pending, suite["alpha"])
+    n_resamples = resamples_for(pending, suite)
+    tests = [_run_test(t, suite, n_resamples, n_permutations) for t in pending]
     sizes = _apply_holm(tests, suite["alpha"])
     _mark_best(panels, tests)
-    b = suite["bootstrap"]
     return {
         "models": [{"name": m.name, "checkpoint": m.checkpoint, "random_of": m.random_of,
                     "random_row": random_row[m.name],
                     "family": m.config.model.name} for m in models],
         "columns": [c.__dict__ for c in cols], "protocols": list(suite["protocols"]),
-        "settings": {k: suite[k] for k in ("bootstrap", "alpha", "seed")},
+        "settings": {**{k: suite[k] for k in ("bootstrap", "alpha", "seed")},
+                     "test_resamples": n_resamples, "test_permutations": n_permutations},
         "cells": scores, "panels": panels, "comparisons": tests,
         "not_applicable": not_applicable,
-        "tests": {
-            "macro_auroc": f"paired bootstrap of the macro AUROC difference over patients "
-                           f"({b} resamples, seed {suite['seed']}: a p no resample resolves "
-                           f"is the bound 2/{b + 1}, shown as < and entering Holm's correction "
-                           f"at that value: an adjusted p it decides is a bound too); Holm's "
-                           f"correction over the "
-                           f"{sizes['macro']} comparisons of the table",
-            "per_class": f"each class's AUROC difference by a paired permutation test (the "
-                         f"models' ranks exchanged within patients), DeLong's test at "
-                         f"{paired.PERMUTATION_BELOW} positives and negatives; Holm's "
-                         f"correction over the {sizes['per_class']} per-class tests of the "
-                         f"table"}}
+        "tests": {"macro_auroc": _macro_text(sizes["macro"], n_resamples, suite),
+                  "per_class": _per_class_text(sizes["per_class"], n_permutations,
+                                               suite["alpha"])}}
+
+
+def _macro_text(m: int, b: int, suite: dict) -> str:
+    """What the macro tests were: their resamples (raised from the task file's for Holm's
+    family, resamples_for), and the smallest adjusted p a bound can give where the cap leaves
+    it above alpha / 2."""
+    raised = (f", raised from the task file's {suite['bootstrap']} so that Holm's correction "
+              f"can reach alpha" if b > suite["bootstrap"] else "")
+    text = (f"paired bootstrap of the macro AUROC difference over patients ({b} resamples"
+            f"{raised}; seed {suite['seed']}: a p no resample resolves is the bound "
+            f"2/{b + 1}, shown as < and entering Holm's correction at that value: an adjusted "
+            f"p it decides is a bound too); Holm's correction over the {m} comparisons of the "
+            f"table")
+    floor = m * 2 / (b + 1)
+    if floor > suite["alpha"] / 2:
+        text += (f" (an adjusted p is at least {floor:.2g}: more comparisons than {b} "
+                 f"resamples resolve; raise bootstrap)")
+    return text
+
+
+def _per_class_text(m: int, n_permutations: int, alpha: float) -> str:
+    """What the per-class tests were, and the smallest Holm-adjusted p a permutation p can
+    give (m / (n + 1)) where the cap on exchanges leaves it above alpha / 2."""
+    text = (f"each class's AUROC difference by a paired permutation test ({n_permutations} "
+            f"exchanges of the models' ranks within patients), DeLong's test at "
+            f"{paired.PERMUTATION_BELOW} positives and negatives; Holm's correction over the "
+            f"{m} per-class tests of the table")
+    floor = m / (n_permutations + 1)
+    if floor > alpha / 2:
+        text += (f" (a permutation-tested class's adjusted p is at least {floor:.2g}: more "
+                 f"tests than {n_permutations} exchanges resolve)")
+    return text
 
 
 def _p(value, bound: str | None = None) -> str:

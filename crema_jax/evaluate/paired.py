@@ -222,13 +222,15 @@ def class_test(y_true, scores_a, scores_b, *, groups=None, seed=0, alpha: float 
     exchanged = permutation.auroc_difference(y_true, scores_a, scores_b, groups=groups,
                                              n_permutations=n_permutations, seed=seed)
     entry.update(test="permutation", p_delong=entry["p"], p=exchanged["p"], not_testable=None,
-                 n_permutations=exchanged["n_permutations"])
+                 n_permutations=exchanged["n_permutations"], exact=exchanged["exact"])
     return entry
 
 
 def compare_predictions(labels, probs_a, probs_b, classes, *, groups=None, alpha: float = ALPHA,
-                        n_resamples: int = 1000, seed: int = 0) -> dict:
-    """Per-class paired tests (`class_test`; class c's permutations drawn from seed [seed, c])
+                        n_resamples: int = 1000, seed: int = 0,
+                        n_permutations: int | None = None) -> dict:
+    """Per-class paired tests (`class_test`; class c's permutations drawn from seed [seed, c],
+    n_permutations by default permutation.enough_for the comparison's classes)
     and paired-bootstrap macro AUROC/AUPRC differences of two models' predictions on the same
     records (rows aligned); the verdict is the macro AUROC's.
 
@@ -237,6 +239,8 @@ def compare_predictions(labels, probs_a, probs_b, classes, *, groups=None, alpha
     unadjusted tests between two near-random models had called one class in ten "better"."""
     labels = np.asarray(labels)
     scoring.check_finite({"model A": probs_a, "model B": probs_b})
+    if n_permutations is None:
+        n_permutations = permutation.enough_for(len(classes), alpha)
     per_class = {}
     for c, name in enumerate(classes):
         reason = delong_status(labels[:, c])
@@ -244,7 +248,7 @@ def compare_predictions(labels, probs_a, probs_b, classes, *, groups=None, alpha
             per_class[name] = {"skipped": reason}
             continue
         per_class[name] = class_test(labels[:, c], probs_a[:, c], probs_b[:, c], groups=groups,
-                                     seed=[seed, c], alpha=alpha)
+                                     seed=[seed, c], alpha=alpha, n_permutations=n_permutations)
     tested = [e for e in per_class.values() if e.get("p") is not None and not e["not_testable"]]
     for entry, adjusted in zip(tested, holm([e["p"] for e in tested])):
         entry["p_holm"] = adjusted

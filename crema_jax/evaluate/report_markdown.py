@@ -149,7 +149,7 @@ def _holm_note(tests: int | None) -> str:
     "over the None classes")."""
     which = (f"Per class: a paired permutation test (ranks exchanged within patients) where a "
              f"class has fewer than {paired.PERMUTATION_BELOW} positives or negatives, DeLong's "
-             f"test above (column test)")
+             f"test above (column test; the CI is DeLong's either way)")
     if tests == 0:
         return f"{which}; no class tested here (each verdict says why)."
     over = "the classes" if tests is None else f"the {tests} classes"

@@ -6,6 +6,7 @@ the references of test_paired.py; Holm's correction by hand; a run killed mid-wa
 reuses its finished cells and gives the uninterrupted run's leaderboard."""
 import hashlib
 import json
+import math
 import os
 import pathlib
 import re
@@ -288,6 +289,15 @@ def test_leaderboard_figures_are_recomputed_from_the_saved_predictions(uninterru
     assert len(cells) == 16
     root = dataset_index.sample_data_dir()
     scores = {(s["model"], s["column"], s["protocol"]): s for s in board["cells"]}
+    # The paired tests' resamples: the task file's 200, raised to 4 m / alpha - 1 for Holm over
+    # the table's m macro comparisons (so that the bound 2 / (B + 1) can reach alpha / 2); the
+    # permutation tests' exchanges: 9,999 at least, 2 m' / alpha - 1 for m' per-class tests.
+    resamples = max(BOOTSTRAP, math.ceil(4 * len(board["comparisons"]) / ALPHA) - 1)
+    assert board["settings"]["test_resamples"] == resamples
+    per_class_m = sum(len(_cells(workdir)[(t["model"], t["column"], t["protocol"])]["classes"])
+                      for t in board["comparisons"])
+    permutations = max(9999, math.ceil(2 * per_class_m / ALPHA) - 1)
+    assert board["settings"]["test_permutations"] == permutations
     for panel in board["panels"]:
         column, protocol = panel["column"], panel["protocol"]
         per = {m: _per_record(cells[(m, column, protocol)]) for m in
@@ -335,7 +345,7 @@ def test_leaderboard_figures_are_recomputed_from_the_saved_predictions(uninterru
         for t in tests:
             a, b = per[t["model"]][1], per[t["reference"]][1]
             low, high, p, n_valid = _reference_paired_bootstrap(labels, a, b, list(ids),
-                                                                BOOTSTRAP, 0, roc_auc_score)
+                                                                resamples, 0, roc_auc_score)
             m = t["macro_auroc"]
             assert m["difference"] == pytest.approx(macro[t["model"]] - macro[t["reference"]],
                                                     abs=1e-12)
@@ -352,7 +362,8 @@ def test_leaderboard_figures_are_recomputed_from_the_saved_predictions(uninterru
             for c in delong_testable(labels):
                 assert min(labels[:, c].sum(), len(labels) - labels[:, c].sum()) < 100
                 _, p_exchange = reference_exchange_p(labels[:, c], a[:, c], b[:, c],
-                                                     groups=list(ids), seed=[0, c])
+                                                     groups=list(ids), seed=[0, c],
+                                                     n_permutations=permutations)
                 assert t["per_class"][classes[c]]["p"] == pytest.approx(p_exchange, abs=1e-12)
     # Holm across the whole table, by hand, from the p-values checked above (bounds as given).
     macro_p = [t["macro_auroc"]["p"] for t in board["comparisons"]]

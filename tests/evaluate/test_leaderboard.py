@@ -156,3 +156,19 @@ def test_a_holm_p_from_a_bound_is_printed_as_a_bound_and_the_plot_uses_the_tasks
     monkeypatch.setattr(matplotlib.axes.Axes, "set", recording)
     benchmark_leaderboard.plot(board, tmp_path / "board.png")
     assert "macro AUROC (90% CI)" in labels
+
+
+def test_paired_tests_draw_enough_resamples_for_holm_over_the_table():
+    """The smallest p of a paired bootstrap is its bound 2 / (B + 1): with the task file's 500
+    resamples Holm's correction over 40 comparisons could call nothing worse (40 x 2 / 501 =
+    0.16). The tests draw 4 m / alpha - 1 (3,199 for 40, by hand), never fewer than the task
+    file's, at most 19,999; past the cap the text names the floor m x 2 / (B + 1)."""
+    suite = {"bootstrap": 500, "alpha": 0.05, "seed": 0}
+    assert benchmark_leaderboard.resamples_for([{}] * 40, suite) == 3199
+    assert 40 * 2 / (3199 + 1) == pytest.approx(0.025)
+    assert benchmark_leaderboard.resamples_for([{}] * 2, suite) == 500
+    assert benchmark_leaderboard.resamples_for([{}] * 400, suite) == 19_999
+    assert "raise bootstrap" not in benchmark_leaderboard._macro_text(40, 3199, suite)
+    assert "raised from the task file's 500" in benchmark_leaderboard._macro_text(40, 3199, suite)
+    capped = benchmark_leaderboard._macro_text(400, 19_999, suite)
+    assert "an adjusted p is at least 0.04: more comparisons than 19999 resamples" in capped

@@ -113,3 +113,27 @@ def test_refusals():
         permutation.auroc_difference([0, 1, 0, 1, 0], np.arange(4.0), np.arange(5.0))
     with pytest.raises(ValueError, match="model B"):
         permutation.auroc_difference([0, 1, 0, 1, 0], np.arange(5.0), [0, 1, np.nan, 2, 3])
+
+
+def test_random_exchanges_do_not_depend_on_the_block_size(monkeypatch):
+    """The exchanges are drawn in blocks of rows (memory); any block size gives the bytes of
+    one call, as the reference draws them: 45 patients, 6 bytes a row, blocks of 4 and 8
+    rows."""
+    rng = np.random.default_rng(11)
+    y = rng.random(45) < 0.3
+    y[:2] = [True, False]
+    a, b = rng.normal(size=45), rng.normal(size=45) + 0.8 * y
+    _, want = reference_exchange_p(y, a, b, seed=5, n_permutations=999)
+    for cells in (45 * 4, 45 * 8 + 7, 1 << 22):
+        monkeypatch.setattr(permutation, "_BLOCK_CELLS", cells)
+        got = permutation.auroc_difference(y, a, b, seed=5, n_permutations=999)
+        assert got["p"] == pytest.approx(want, abs=1e-12)
+
+
+def test_enough_exchanges_for_a_holm_family():
+    """n + 1 >= 2 m / alpha, so that m / (n + 1), the smallest adjusted p of a permutation p,
+    stays at or below alpha / 2; 9,999 at least, 99,999 at most."""
+    assert permutation.enough_for(10, 0.05) == 9999
+    assert permutation.enough_for(1000, 0.05) == 39_999    # 2 x 1000 / 0.05 - 1
+    assert permutation.enough_for(1000, 0.01) == 99_999    # 199,999 capped
+    assert 1000 / (permutation.enough_for(1000, 0.05) + 1) == pytest.approx(0.025)

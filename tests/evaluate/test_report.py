@@ -282,7 +282,7 @@ def test_the_per_class_table_says_how_many_classes_holm_ran_over():
     assert "over the 2 classes tested here (p (Holm))" in note()
     assert note(per_class_tests=0) == (
         "Per class: a paired permutation test (ranks exchanged within patients) where a class "
-        "has fewer than 100 positives or negatives, DeLong's test above (column test); no class "
-        "tested here (each verdict says why).")
+        "has fewer than 100 positives or negatives, DeLong's test above (column test; the CI "
+        "is DeLong's either way); no class tested here (each verdict says why).")
     del comparison["per_class_tests"]
     assert "None" not in note() and "over the classes tested here (p (Holm))" in note()
