@@ -8,10 +8,15 @@ head in one fold and test it in another. `content_key` names a record by what it
   the header is left out, since a copy's header names the copy's own record;
 - a file read whole (a clinical export): the SHA-256 of the file;
 - a row of an array file ("FILE#ROW") or anything else: its resolved path;
-- the same for a record under a URL (gs://, memory://: its files read through
-  runtime/storage.py), so a copy in a bucket has the key of the local one;
 - a record of a prepared cache: the key `prepare` stored for it (`content_key`, the same
   SHA-256 of its source files when they were read), so that the source need not be there.
+
+A record under a URL (gs://, s3://, memory://) is keyed two ways. `content_keys`, which indexes
+a raw root for evaluation, gives it its URL ("path:URL": one URL listed twice is one ECG, a
+byte-identical copy under another name is not found), so indexing asks no store about each
+record. `content_key`, which `prepare` stores with each cached record, hashes its files
+through runtime/storage.py, so a cache built from a bucket holds the keys of the local records
+and an evaluation on that cache finds their duplicates.
 
 Hashing every byte of a large dataset is slow, so files are first told apart by their size and
 the hash of their first 4 KiB (a few hundred samples of 12 leads); only records whose
@@ -102,8 +107,9 @@ def _digest(files, *, limit: int | None) -> str:
 
 
 def content_key(path) -> str:
-    """The whole-file key of the record at `path` (what content_keys gives a record whose
-    fingerprint is shared), computed now: `prepare` stores it with each cached record."""
+    """The whole-file key of the record at `path` (what content_keys gives a local record whose
+    fingerprint is shared), computed now: `prepare` stores it with each cached record. A URL's
+    files are read through runtime/storage.py: the same bytes give the same key anywhere."""
     files = record_files(path)
     return f"sha256:{_digest(files, limit=None)}" if files else _path_key(path)
 
@@ -116,9 +122,11 @@ def _path_key(path) -> str:
 
 def content_keys(infos) -> list[str]:
     """One key per record; two records share a key when their files hold the same bytes (or,
-    without files, when they name the same path)."""
+    without files, when they name the same path). A record under a URL without a stored key is
+    keyed by its URL: no store is asked about it (one round trip or more per record)."""
     stored = [(info.meta or {}).get("content_key") for info in infos]
-    files = [[] if key else record_files(info.path) for info, key in zip(infos, stored)]
+    files = [[] if key or storage.is_remote(info.path) else record_files(info.path)
+             for info, key in zip(infos, stored)]
     keys = [key or (f"sha256-prefix:{_digest(f, limit=_PREFIX)}" if f else _path_key(info.path))
             for info, f, key in zip(infos, files, stored)]
     rows = defaultdict(list)
