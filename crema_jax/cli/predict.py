@@ -62,8 +62,8 @@ def main(args) -> None:
         named = ", ".join(given[:3]) + (f" and {len(given) - 3} more" if len(given) > 3 else "")
         raise command.CommandError(f"{named}: {err}") from None
     print(backbones.describe_data_path(out["data_cfg"], args.preset)
-          + (", absent limb leads derived (--derive_limb_leads)" if args.derive_limb_leads
-             else ""))
+          + (", limb leads absent or held without signal (all NaN, constant) derived from the "
+             "others (--derive_limb_leads)" if args.derive_limb_leads else ""))
     if out["note"]:
         print(out["note"])
     ids = embed.row_names(paths, out["record"], out["window"])

@@ -236,7 +236,8 @@ def test_predict_derives_an_exports_absent_limb_leads_when_asked(net1d_ckpt, tmp
     predict_cli.COMMAND.run([f"--checkpoint={ckpt}", str(muse), "--derive_limb_leads",
                              "--top=1"])
     printed = capsys.readouterr().out
-    assert "absent limb leads derived (--derive_limb_leads)" in printed
+    assert ("limb leads absent or held without signal (all NaN, constant) derived from the "
+            "others (--derive_limb_leads)") in printed
     assert "exam.xml: (input: limb leads derived (III, aVR, aVL, aVF))" in printed
 
 
