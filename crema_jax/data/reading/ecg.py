@@ -2,7 +2,8 @@
 12 leads in a fixed order, in millivolts, at the target rate.
 
 REPAIRED (the record is kept; counts land in `Ecg.repairs`, the leads (channels) each repair
-concerns in `Ecg.repaired_leads`; reading/repairs.py puts both into words):
+concerns in `Ecg.repaired_leads`; reading/repairs.py puts both into words; the NaN, flat-lead
+and limb-lead repairs are reading/lead_repairs.py's, applied here):
 - lead names differ in case or use an alias ("LEAD I", "DI", "avr", "C1"; see `leads.py`)
   -> mapped onto the canonical order I, II, III, aVR, aVL, aVF, V1-V6.
 - extra channels (Frank vx/vy/vz, respiration, duplicates of a lead) -> dropped
@@ -27,7 +28,8 @@ concerns in `Ecg.repaired_leads`; reading/repairs.py puts both into words):
 
 SKIPPED here (RecordError with `.reason`; the message names the file and what was expected):
   bad_units (a lead in e.g. mmHg), no_signal (no usable lead left; with flat leads kept, every
-  lead constant or NaN), too_short (fewer than `min_seconds`). The readers add their own reasons (wfdb_records.py, arrays.py).
+  lead constant or NaN), too_short (fewer than `min_seconds`). The readers add their own
+  reasons (wfdb_records.py, arrays.py).
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ import os
 
 import numpy as np
 
+from crema_jax.data.reading import lead_repairs
 from crema_jax.data.reading import leads as leads_lib
 from crema_jax.data.reading.limits import FS_RANGE, MIN_SECONDS
 from crema_jax.data.signal.resample import resample
@@ -124,32 +127,6 @@ class Ecg:
     repaired_leads: dict = dataclasses.field(default_factory=dict)
 
 
-def _name_leads(repaired_leads: dict, repair: str, rows) -> None:
-    """Adds the canonical leads of `rows` to repaired_leads[repair] (Ecg.repaired_leads)."""
-    repaired_leads[repair] = (repaired_leads.get(repair, ())
-                              + tuple(leads_lib.LEADS[int(r)] for r in rows))
-
-
-def repair_nans(x: np.ndarray, present: np.ndarray, repairs: dict,
-                repaired_leads: dict) -> None:
-    """In place: interpolates partial NaN runs; all-NaN leads become absent zero rows."""
-    nan = np.isnan(x)
-    if not nan.any():
-        return
-    for row in np.flatnonzero(nan.any(axis=1)):
-        bad = nan[row]
-        if bad.all():
-            x[row] = 0.0
-            present[row] = False
-            repairs["all_nan_leads"] = repairs.get("all_nan_leads", 0) + 1
-            _name_leads(repaired_leads, "all_nan_leads", [row])
-            continue
-        idx = np.arange(x.shape[1])
-        x[row, bad] = np.interp(idx[bad], idx[~bad], x[row, ~bad])
-        repairs["nan_replaced"] = repairs.get("nan_replaced", 0) + int(bad.sum())
-        _name_leads(repaired_leads, "nan_replaced", [row])
-
-
 NAN_POLICIES = ("interpolate", "zero", "drop_window", "keep")
 FLAT_LEADS = ("absent", "keep")
 
@@ -208,9 +185,9 @@ def canonical_ecg(raw: np.ndarray, names, units, fs: float, *, path: str, where:
     signal, present, repairs, named = _to_leads(raw, names, units, path=path,
                                                 where=where or path, owned=owned)
     _check_magnitude(signal, path=path, where=where or path)
-    signal = _apply_nan_policy(signal, present, repairs, named, nan_policy)
-    _drop_flat_leads(signal, present, repairs, named, flat_leads)
-    unusable = _kept_flat_leads(signal, present, repairs, named, flat_leads)
+    signal = lead_repairs.apply_nan_policy(signal, present, repairs, named, nan_policy)
+    lead_repairs.drop_flat_leads(signal, present, repairs, named, flat_leads)
+    unusable = lead_repairs.kept_flat_leads(signal, present, repairs, named, flat_leads)
     if present.any() and not (present & ~unusable).any():
         # Every lead constant or NaN on a path that keeps them (ECGFounder's: NaN -> 0, flat
         # leads kept): `predict` had scored such records (0.5 for every label) without a word.
@@ -229,10 +206,12 @@ def canonical_ecg(raw: np.ndarray, names, units, fs: float, *, path: str, where:
         if target_fs is not None:
             signal, fs = _resample_recorded(signal, present, fs, float(target_fs),
                                             resample_method)
-        signal, present = _derive(signal, present, unusable, repairs, named, derive_limb_leads)
+        signal, present = lead_repairs.derive(signal, present, unusable, repairs, named,
+                                              derive_limb_leads)
         _check_length(signal, fs, min_seconds, path)
     else:
-        signal, present = _derive(signal, present, unusable, repairs, named, derive_limb_leads)
+        signal, present = lead_repairs.derive(signal, present, unusable, repairs, named,
+                                              derive_limb_leads)
         _check_length(signal, fs, min_seconds, path)
         signal = _cut(signal, window, fs, path)
         if nan_policy == "drop_window" and np.isnan(signal).any():
@@ -302,59 +281,6 @@ def _check_magnitude(signal: np.ndarray, *, path: str, where: str) -> None:
                           f"at most {MAX_ABS_MV:g} mV (a gain or unit that misstates the signal)")
 
 
-def _apply_nan_policy(signal: np.ndarray, present: np.ndarray, repairs: dict, named: dict,
-                      nan_policy: str) -> np.ndarray:
-    """"interpolate" and "zero" repair NaN here; "drop_window" and "keep" leave it in place."""
-    if nan_policy == "interpolate":
-        repair_nans(signal, present, repairs, named)
-    elif nan_policy == "zero" and np.isnan(signal).any():
-        nan = np.isnan(signal)
-        repairs["nan_zeroed"] = int(nan.sum())
-        _name_leads(named, "nan_zeroed", np.flatnonzero(nan.any(axis=1)))
-        empty = np.flatnonzero(nan.all(axis=1) & present)
-        if empty.size:  # a lead the record does not hold, fed as zeros: said apart
-            repairs["all_nan_leads_zeroed"] = int(empty.size)
-            _name_leads(named, "all_nan_leads_zeroed", empty)
-        signal = np.nan_to_num(signal, nan=0.0)
-    return signal
-
-
-def _span(rows: np.ndarray) -> np.ndarray:
-    """Per row: its largest minus its smallest sample, NaN ignored (fmax/fmin: no copies, no
-    warnings); NaN for a row entirely NaN."""
-    return np.fmax.reduce(rows, axis=1) - np.fmin.reduce(rows, axis=1)
-
-
-def _drop_flat_leads(signal: np.ndarray, present: np.ndarray, repairs: dict, named: dict,
-                     flat_leads: str) -> None:
-    """In place, flat_leads "absent": a constant lead becomes an absent zero row (an all-NaN
-    lead left in place by the NaN policy is not "flat")."""
-    flat = present & (_span(signal) == 0) & (flat_leads == "absent")
-    if flat.any():
-        signal[flat] = 0.0
-        present &= ~flat
-        repairs["flat_leads"] = int(flat.sum())
-        _name_leads(named, "flat_leads", np.flatnonzero(flat))
-
-
-def _kept_flat_leads(signal: np.ndarray, present: np.ndarray, repairs: dict, named: dict,
-                     flat_leads: str) -> np.ndarray:
-    """flat_leads "keep": the held leads without signal (constant, or all NaN), which limb-lead
-    derivation may replace; the constant ones not already said as all-NaN are named
-    "flat_leads_kept" (fed to the model as they are, as an absent lead's zeros are said)."""
-    if flat_leads != "keep" or not present.any():
-        return np.zeros_like(present)
-    span = _span(signal)
-    unusable = present & ~(span > 0)
-    said = set(named.get("all_nan_leads_zeroed", ()))
-    flat = [row for row in np.flatnonzero(unusable & ~np.isnan(span))
-            if leads_lib.LEADS[row] not in said]
-    if flat:
-        repairs["flat_leads_kept"] = len(flat)
-        _name_leads(named, "flat_leads_kept", flat)
-    return unusable
-
-
 def _resample_recorded(signal: np.ndarray, present: np.ndarray, fs: float, target_fs: float,
                        method: str) -> tuple[np.ndarray, float]:
     """The recorded rows resampled (absent rows stay zero, at the new length)."""
@@ -365,26 +291,6 @@ def _resample_recorded(signal: np.ndarray, present: np.ndarray, fs: float, targe
     out = np.zeros((leads_lib.NUM_LEADS, resampled.shape[1]), np.float32)
     out[rows] = resampled
     return out, fs
-
-
-def _derive(signal: np.ndarray, present: np.ndarray, unusable: np.ndarray, repairs: dict,
-            named: dict, derive_limb_leads: bool):
-    """Absent limb leads, and held ones without signal (`unusable`: all NaN fed as zeros, or
-    flat), derived from the usable ones; a derived lead is no longer said as zeroed or flat."""
-    if not derive_limb_leads:
-        return signal, present
-    usable = present & ~unusable
-    signal, now, derived = leads_lib.derive_limb_leads(signal, usable)
-    if derived:
-        rows = np.flatnonzero(now & ~usable)
-        repairs["leads_derived"] = derived
-        _name_leads(named, "leads_derived", rows)
-        for repair in ("all_nan_leads_zeroed", "flat_leads_kept"):
-            left = tuple(x for x in named.pop(repair, ()) if x not in named["leads_derived"])
-            repairs.pop(repair, None)
-            if left:
-                repairs[repair], named[repair] = len(left), left
-    return signal, present | now
 
 
 def _check_length(signal: np.ndarray, fs: float, min_seconds: float | None, path: str) -> None:
