@@ -205,7 +205,7 @@ def expand_records(spec: str) -> list[str]:
                 raise FileNotFoundError(f"{item}: the pattern matches no file")
             out += [wfdb_header.record_name(p) for p in matches]  # a WFDB file: its record
         else:
-            out.append(item[:-4] if item.endswith((".hea", ".mat", ".dat")) else item)
+            out.append(item[:-4] if item.endswith(wfdb_header.FILE_EXTENSIONS) else item)
         out += sorted(unreadable)
     if not out:
         raise FileNotFoundError(f"no records in {spec!r}")

@@ -29,10 +29,9 @@ import hashlib
 import os
 from collections import defaultdict
 
-from crema_jax.data.reading import safe_files
+from crema_jax.data.reading import safe_files, wfdb_header
 from crema_jax.runtime import storage
 
-SIGNAL_SUFFIXES = (".dat", ".mat")
 _PREFIX = 4 * 1024
 _CHUNK = 1 << 20
 
@@ -57,7 +56,7 @@ def record_files(path) -> list[str]:
     path = str(path)
     if storage.isfile(path):
         return [path]
-    return [path + s for s in SIGNAL_SUFFIXES if storage.isfile(path + s)]
+    return [path + s for s in wfdb_header.SIGNAL_SUFFIXES if storage.isfile(path + s)]
 
 
 def file_stats(path) -> list:

@@ -14,7 +14,6 @@ import pathlib
 
 from crema_jax.data.index.dataset_index import (DatasetIndex, RecordInfo, hash_split,
                                                 infer_source, vocabulary)
-from crema_jax.data.index.duplicates import SIGNAL_SUFFIXES
 from crema_jax.data.reading import safe_files, wfdb_header
 from crema_jax.data.reading.read import BadRecord
 from crema_jax.runtime import storage
@@ -64,7 +63,7 @@ def _headerless(found: list[str], named: set[str]) -> dict[str, str]:
     orphans = {}
     for path in found:
         base = path[:-4]
-        if path.endswith(SIGNAL_SUFFIXES) and base not in headers and path not in named:
+        if path.endswith(wfdb_header.SIGNAL_SUFFIXES) and base not in headers and path not in named:
             orphans.setdefault(base, path)
     return orphans
 
@@ -93,7 +92,7 @@ def wfdb_folder(root, *, val_fraction: float = 0.1, test_fraction: float = 0.1,
     if not storage.isdir(root):
         raise FileNotFoundError(f"wfdb_folder layout: {root} is not a directory of WFDB records")
     fields = dict(val_fraction=val_fraction, test_fraction=test_fraction, source=source)
-    found = safe_files.walk(root, (".hea", *SIGNAL_SUFFIXES))
+    found = safe_files.walk(root, wfdb_header.FILE_EXTENSIONS)
     records, named = [], set()
     for hea in (path for path in found if path.endswith(".hea")):
         meta, names, reader = _read_fields(hea)

@@ -28,7 +28,7 @@ import os
 import numpy as np
 from absl import logging
 
-from crema_jax.data.reading import clinical_formats, demographics, safe_files
+from crema_jax.data.reading import clinical_formats, demographics, safe_files, wfdb_header
 from crema_jax.data.reading import leads as leads_lib
 from crema_jax.data.reading.ecg import Ecg, RecordError, canonical_ecg, check_sampling_rate
 from crema_jax.data.reading.limits import FS_RANGE
@@ -36,7 +36,7 @@ from crema_jax.data.reading.limits import FS_RANGE
 SALT_ENV = "CREMA_JAX_PATIENT_SALT"
 _DEFAULT_SALT = "crema_jax.patient"
 # Files that a folder of exports may hold beside the ECGs; the folder layout does not read them.
-NOT_ECG_SUFFIXES = (".csv", ".json", ".txt", ".md", ".hea", ".mat", ".dat")
+NOT_ECG_SUFFIXES = (".csv", ".json", ".txt", ".md", *wfdb_header.FILE_EXTENSIONS)
 
 
 @dataclasses.dataclass(frozen=True)

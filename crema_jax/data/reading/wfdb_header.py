@@ -22,8 +22,10 @@ import re
 
 from crema_jax.data.reading import demographics
 
-# A WFDB record's files: its header, and its signal file (.dat; .mat in the CinC challenges).
-FILE_EXTENSIONS = (".hea", ".mat", ".dat")
+# A WFDB record's files: its header, and its signal files (.dat; .mat in the CinC challenges).
+# The one list of WFDB suffixes: every layout, listing and file check takes it from here.
+SIGNAL_SUFFIXES = (".dat", ".mat")
+FILE_EXTENSIONS = (".hea", *SIGNAL_SUFFIXES)
 # Headers are a few hundred bytes (a multi-segment one lists a line per segment); a "header" of
 # megabytes is not one, and is refused before it is read.
 MAX_HEADER_BYTES = 4 << 20
