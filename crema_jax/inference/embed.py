@@ -46,11 +46,12 @@ SKIPS_NAMED = 5
 
 def skipped_line(skipped: skips.SkipStats) -> str:
     """"skipped 300 unreadable records (no_signal 300): ['a', ...] and 295 more": the records
-    skipped, by reason, and the first SKIPS_NAMED of them by path, as predict prints them."""
-    paths = sorted(p for ps in skipped.paths.values() for p in ps)
-    more = len(paths) - SKIPS_NAMED
+    skipped, by reason, and by path the first SKIPS_NAMED logged one by one (SkipStats.logged:
+    the ones the warnings above named), as predict prints them."""
+    named = skipped.logged[:SKIPS_NAMED]
+    more = skipped.total - len(named)
     return (f"skipped {skipped.total} unreadable records ({skip_reasons(skipped)}): "
-            f"{paths[:SKIPS_NAMED]}" + (f" and {more} more" if more > 0 else ""))
+            f"{named}" + (f" and {more} more" if more > 0 else ""))
 
 
 def check_some_read(out: dict) -> None:

@@ -44,6 +44,7 @@ class SkipStats:
         self.log_limit = log_limit
         self.counts: collections.Counter = collections.Counter()
         self.paths: dict[str, list[str]] = collections.defaultdict(list)
+        self.logged: list[str] = []  # the paths logged one by one, in the order recorded
         self._lock = threading.Lock()  # Grain reads with several threads per process.
 
     def __getstate__(self):
@@ -60,6 +61,7 @@ class SkipStats:
             logged = self.total
             if self.log_limit is None or logged < self.log_limit:
                 logging.warning("skipping %s [%s]: %s", path, reason, message)
+                self.logged.append(path)
             elif logged == self.log_limit:
                 logging.warning("more records skipped: counted, no longer logged one by one")
             self.counts[reason] += 1

@@ -151,3 +151,18 @@ def test_hundreds_of_skips_are_one_summary_line_and_a_few_warnings(monkeypatch):
     assert embed.skipped_line(stats) == (
         "skipped 300 unreadable records (no_signal 300): ['ct/IM000', 'ct/IM001', 'ct/IM002', "
         "'ct/IM003', 'ct/IM004'] and 295 more")
+
+
+def test_the_skipped_line_names_the_skips_the_warnings_named(monkeypatch):
+    """The line had named the first five paths after sorting, not the five logged above it."""
+    warned = []
+    monkeypatch.setattr(skips.logging, "warning", lambda msg, *a: warned.append(msg % a))
+    stats = skips.SkipStats(log_limit=embed.SKIPS_NAMED)
+    for path, reason in [("z9", "no_signal"), ("m1", "too_short"), ("y2", "no_signal"),
+                         ("b4", "unreadable"), ("x0", "no_signal"), ("a0", "no_signal"),
+                         ("a1", "too_short")]:
+        stats.record(reason, path, "why")
+    assert [w.split()[1] for w in warned[:5]] == ["z9", "m1", "y2", "b4", "x0"]
+    assert embed.skipped_line(stats) == (
+        "skipped 7 unreadable records (no_signal 4, too_short 2, unreadable 1): "
+        "['z9', 'm1', 'y2', 'b4', 'x0'] and 2 more")
