@@ -71,11 +71,11 @@ def _warn_public_salt() -> None:
 
 
 def is_export_candidate(path, root) -> bool:
-    """Whether a file below `root` may be an export: not hidden nor in a hidden folder, not of a
-    table's or a WFDB file's suffix (NOT_ECG_SUFFIXES)."""
-    parts = os.path.relpath(path, root).split(os.sep)
-    return not any(part.startswith(".") for part in parts) and \
-        not parts[-1].lower().endswith(NOT_ECG_SUFFIXES)
+    """Whether a file below `root` may be an export: not hidden nor in a hidden or system
+    folder (safe_files.is_system), not of a table's or a WFDB file's suffix
+    (NOT_ECG_SUFFIXES)."""
+    return not safe_files.is_system(path, root) and \
+        not os.path.basename(path).lower().endswith(NOT_ECG_SUFFIXES)
 
 
 def export_candidates(root) -> list[str]:

@@ -107,20 +107,36 @@ def walk(root, suffixes: tuple[str, ...], *, max_depth: int | None = None,
     sorted, then its sub-folders in sorted order; symlinked folders are not entered.
     max_depth: how many folders down to look (0 = `root`'s own files; None = all).
     unreadable: a list that gets each folder that cannot be listed (no permission, removed
-    meanwhile), for the caller to report; without it such a folder is passed over. A URL
-    (gs://...) is listed through runtime/storage.py (object stores hold no links)."""
+    meanwhile), for the caller to report, but for a system one (`is_system`: hidden, as
+    .Trash-1000, or lost+found), passed over as the files in it would be; without the list
+    every such folder is passed over. A URL (gs://...) is listed through runtime/storage.py
+    (object stores hold no links)."""
     if storage.is_remote(root) and max_depth is None:
         return storage.walk(os.fspath(root), suffixes)
     out = []
     root = os.fspath(root)
     top = root.rstrip(os.sep).count(os.sep)
-    onerror = None if unreadable is None else (lambda err: unreadable.append(err.filename))
+    onerror = None if unreadable is None else (
+        lambda err: None if is_system(err.filename, root) else unreadable.append(err.filename))
     for folder, dirs, names in os.walk(root, followlinks=False, onerror=onerror):
         dirs.sort()
         if max_depth is not None and folder.rstrip(os.sep).count(os.sep) - top >= max_depth:
             dirs.clear()
         out.extend(os.path.join(folder, f) for f in sorted(names) if f.endswith(suffixes))
     return out
+
+
+# Folders a file system keeps for itself (lost+found: the fragments fsck recovered).
+SYSTEM_FOLDERS = ("lost+found",)
+
+
+def is_system(path, root) -> bool:
+    """Whether `path` below `root` is hidden or in a hidden folder (a name starting with "."),
+    or in one of SYSTEM_FOLDERS: no place of records (clinical.is_export_candidate passes its
+    files over, `walk` does not report it unreadable)."""
+    parts = os.path.relpath(path, root).split(os.sep)
+    return any(part.startswith(".") and part not in (".", "..") or part in SYSTEM_FOLDERS
+               for part in parts)
 
 
 def glob_paths(pattern: str, *, unreadable: list | None = None) -> list[str]:

@@ -166,3 +166,27 @@ def test_the_skipped_line_names_the_skips_the_warnings_named(monkeypatch):
     assert embed.skipped_line(stats) == (
         "skipped 7 unreadable records (no_signal 4, too_short 2, unreadable 1): "
         "['z9', 'm1', 'y2', 'b4', 'x0'] and 2 more")
+
+
+def test_unreadable_hidden_and_system_folders_are_not_skipped_records(tmp_path, monkeypatch):
+    """A disk's lost+found and .Trash-1000, which the user cannot list, had each been an
+    `unreadable` record skipped and named, where hidden files are passed over; any other
+    folder that cannot be listed still is one, and so is the folder given itself."""
+    _wfdb(tmp_path)
+    locked = {str(tmp_path / n) for n in ("lost+found", ".Trash-1000", "locked")}
+    for folder in locked:
+        os.mkdir(folder)
+    real_scandir = os.scandir
+
+    def fake_scandir(path="."):
+        if os.fspath(path) in locked:
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+    monkeypatch.setattr(os, "scandir", fake_scandir)
+    assert expand_records(str(tmp_path)) == [str(tmp_path / "E07500"), str(tmp_path / "locked")]
+    assert expand_records(str(tmp_path / "*" / "*")) == [str(tmp_path / "locked")]
+    assert expand_records(str(tmp_path / "lost+found")) == [str(tmp_path / "lost+found")]
+    # Nor is a file in them an export candidate (as a hidden file is not).
+    assert [clinical.is_export_candidate(tmp_path / p, tmp_path) for p in (
+        "lost+found/#1207", ".Trash-1000/files/a.xml", "ward/a.xml", "ward/lost+found.xml")] == [
+        False, False, True, True]
