@@ -20,18 +20,16 @@ from crema_jax.runtime import storage
 
 
 def _header_fields(text: str) -> tuple[dict, list[str]]:
-    """(comments and the record line of a header, the first field of each line after it: the
-    signal files it names), without validating the signal lines (the reader does that when it
-    loads the record and reports a broken one as RecordError)."""
-    comments, record_line, names = [], None, []
+    """(comments and the record line of a header, the signal files it names:
+    wfdb_header.signal_file_names), without validating the signal lines (the reader does that
+    when it loads the record and reports a broken one as RecordError)."""
+    comments, record_line = [], None
     for line in text.splitlines():
         stripped = line.strip()
         if stripped.startswith("#"):
             comments.append(stripped[1:].strip())
         elif stripped and record_line is None:
             record_line = stripped.split()
-        elif stripped:
-            names.append(stripped.split()[0])
     meta = wfdb_header.parse_comments(comments)
     try:
         meta["num_signals"] = int(record_line[1])
@@ -39,7 +37,7 @@ def _header_fields(text: str) -> tuple[dict, list[str]]:
         meta["num_samples"] = int(record_line[3])
     except (TypeError, IndexError, ValueError):
         pass  # Optional fields, or a broken record line the reader will report.
-    return meta, names
+    return meta, wfdb_header.signal_file_names(text)
 
 
 def _read_fields(hea: str):

@@ -28,7 +28,8 @@ import os
 import numpy as np
 from absl import logging
 
-from crema_jax.data.reading import clinical_formats, demographics, safe_files, wfdb_header
+from crema_jax.data.reading import (clinical_formats, demographics, safe_files, wfdb_header,
+                                    wfdb_records)
 from crema_jax.data.reading import leads as leads_lib
 from crema_jax.data.reading.ecg import Ecg, RecordError, canonical_ecg, check_sampling_rate
 from crema_jax.data.reading.limits import FS_RANGE
@@ -106,11 +107,13 @@ def is_clinical_path(path) -> bool:
     path with a WFDB header beside it (`path.hea`) is a record, any other path that is a file or
     has a suffix (not one of NOT_ECG_SUFFIXES) an export, so an export removed after it was
     listed reads as an unreadable export, not a missing `.hea`. ValueError (one line naming
-    both files) for a file beside a WFDB header of its name (E07500 and E07500.hea): which one
-    is meant cannot be told, and one had silently been read for the other."""
+    both files) for a file beside a WFDB header of its name (E07500 and E07500.hea) that the
+    header does not name as its signal file: which one is meant cannot be told, and one had
+    silently been read for the other. A file the header names (WFDB allows an extensionless
+    signal file, E1 beside E1.hea) is that record's signal."""
     path = str(path)
     if os.path.isfile(path + ".hea"):
-        if os.path.isfile(path):
+        if os.path.isfile(path) and not wfdb_records.names_file(path + ".hea", path):
             raise ValueError(f"{path} and {path}.hea: a file and a WFDB record share the name "
                              f"{os.path.basename(path)!r}; expected one record per name (rename "
                              "the file, e.g. with its format's suffix)")

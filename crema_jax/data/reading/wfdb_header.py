@@ -143,6 +143,15 @@ def _parse_signal_line(tokens: list[str], line: int) -> SignalSpec:
     )
 
 
+def signal_file_names(text: str) -> list[str]:
+    """The first field of each line after a header's record line (comments and blank lines
+    aside): the signal files it names (a multi-segment header's segment names), without
+    validating the lines, so a header `parse_header` refuses still says which files are its."""
+    lines = [line.split()[0] for line in text.splitlines()
+             if line.strip() and not line.strip().startswith("#")]
+    return lines[1:]
+
+
 def parse_header(text: str) -> Header:
     """Parses the text of a .hea file; raises HeaderError on any malformed field."""
     comments, lines = [], []

@@ -61,6 +61,25 @@ def read_header(path) -> wfdb_header.Header:
         raise RecordError(hea, "header_syntax", f"{where}: {err}") from None
 
 
+def signal_files_named(hea) -> list[str]:
+    """The paths of the signal files the header `hea` names (wfdb_header.signal_file_names,
+    joined to its folder), read without validating it; [] for a header that cannot be read
+    (its record is a skip when read)."""
+    try:
+        text = safe_files.read_text(hea, limit=wfdb_header.MAX_HEADER_BYTES)
+    except (OSError, ValueError):
+        return []
+    folder = os.path.dirname(os.fspath(hea))
+    return [os.path.join(folder, name) for name in wfdb_header.signal_file_names(text)]
+
+
+def names_file(hea, path) -> bool:
+    """Whether the header `hea` names the file `path` as one of its signal files (WFDB lets a
+    header name any file beside it: E1 beside E1.hea, r.sig beside r.hea)."""
+    return os.path.normpath(os.fspath(path)) in {os.path.normpath(p)
+                                                 for p in signal_files_named(hea)}
+
+
 def _decode(raw: np.ndarray, fmt: str, n: int) -> np.ndarray:
     """n stored samples of a WFDB format -> integer digital values (a view of `raw` for the
     two's complement formats 16, 61 and 32: no copy of a long record)."""

@@ -168,6 +168,21 @@ def test_the_skipped_line_names_the_skips_the_warnings_named(monkeypatch):
         "['z9', 'm1', 'y2', 'b4', 'x0'] and 2 more")
 
 
+def test_a_header_naming_an_extensionless_signal_file_beside_it_is_a_record(tmp_path):
+    """WFDB lets E1.hea name the signal file E1; embed/predict had refused the record as "a
+    file and a WFDB record share the name" (the wfdb_folder layout read it)."""
+    from crema_jax.data.reading import read as read_lib
+    shutil.copy(SAMPLE / "E07500.mat", tmp_path / "E1")
+    (tmp_path / "E1.hea").write_text((SAMPLE / "E07500.hea").read_text().replace(
+        "E07500.mat", "E1").replace("E07500 ", "E1 ", 1))
+    record = str(tmp_path / "E1")
+    for spec in (record, record + ".hea", str(tmp_path), str(tmp_path / "*")):
+        assert expand_records(spec) == [record]
+    assert not clinical.is_clinical_path(record)
+    got = read_lib.read(record, embed._reader(record)).signal
+    np.testing.assert_array_equal(got, read_lib.read(str(SAMPLE / "E07500")).signal)
+
+
 def test_unreadable_hidden_and_system_folders_are_not_skipped_records(tmp_path, monkeypatch):
     """A disk's lost+found and .Trash-1000, which the user cannot list, had each been an
     `unreadable` record skipped and named, where hidden files are passed over; any other
