@@ -177,14 +177,16 @@ def expand_records(spec: str) -> list[str]:
     """Records named on a command line, in a stable order, without extension: comma-separated
     paths ('a,b', with or without .hea/.mat/.dat), globs ('dir/*.hea', 'exports/*.xml') or
     folders (every WFDB record and hospital export file below them: clinical.exports_among,
-    sorted). A file of another kind (a hospital export) keeps its extension, also when a WFDB
-    record of its stem is beside it (E07501.dcm and E07501.hea are two records). A spec that
-    names an existing path as a whole is that one path, commas and all. Folders are walked
-    once by safe_files.walk, globs expanded by safe_files.glob_paths: neither enters a
+    sorted); a glob's matches are records as _glob_records says.
+    A file of another kind (a hospital export) keeps its extension, also when a WFDB record of
+    its stem is beside it (E07501.dcm and E07501.hea are two records); any other file beside
+    a header of its stem (r.atr, r.xws beside r.hea) is the record's side file, no record. A
+    spec that names an existing path as a whole is that one path, commas and all. Folders are
+    walked once by safe_files.walk, globs expanded by safe_files.glob_paths: neither enters a
     symlinked folder (no link loops); a folder that cannot be listed is itself in the list, so
     that reading it is a skip that names it. Duplicates (unique_records) are dropped; a pattern
-    matching nothing is an error, and so is a file beside a WFDB header of its name
-    (clinical.is_clinical_path: which one is meant cannot be told)."""
+    matching nothing is an error, and so is a file beside a WFDB header of its name that the
+    header does not name (clinical.is_clinical_path: which one is meant cannot be told)."""
     from crema_jax.data.reading import clinical
     out = []
     # A path that exists as written is one item, commas and all ("ECG, 2021/").
@@ -203,7 +205,7 @@ def expand_records(spec: str) -> list[str]:
             matches = safe_files.glob_paths(item, unreadable=unreadable)
             if not matches and not unreadable:
                 raise FileNotFoundError(f"{item}: the pattern matches no file")
-            out += [wfdb_header.record_name(p) for p in matches]  # a WFDB file: its record
+            out += _glob_records(matches)
         else:
             out.append(item[:-4] if item.endswith(wfdb_header.FILE_EXTENSIONS) else item)
         out += sorted(unreadable)
@@ -212,6 +214,24 @@ def expand_records(spec: str) -> list[str]:
     for path in out:
         clinical.is_clinical_path(path)  # a file and a WFDB record of one name: refused here
     return unique_records(out)
+
+
+def _glob_records(matches: list[str]) -> list[str]:
+    """The records of a glob's matches, in their order: a WFDB file's record; a file beside a
+    header of its stem (r.atr beside r.hea) its record's signal file when the header names it,
+    an export file when its bytes say so (E07501.dcm), else a side file left out; any other
+    file as is."""
+    from crema_jax.data.reading import clinical, wfdb_records
+    out = []
+    for path in matches:
+        stem = os.path.splitext(path)[0]
+        if wfdb_header.record_name(path) != path or not os.path.isfile(stem + ".hea"):
+            out.append(wfdb_header.record_name(path))
+        elif wfdb_records.names_file(stem + ".hea", path):
+            out.append(stem)
+        elif clinical.exports_among([path]):
+            out.append(path)
+    return out
 
 
 def unique_records(paths) -> list[str]:

@@ -168,6 +168,26 @@ def test_the_skipped_line_names_the_skips_the_warnings_named(monkeypatch):
         "['z9', 'm1', 'y2', 'b4', 'x0'] and 2 more")
 
 
+def test_a_glob_of_a_physionet_folder_leaves_the_records_side_files_out(tmp_path):
+    """"mitdb/*" had listed r.atr and r.xws (annotations, a viewer's settings) as export files
+    beside record r, each read as a skip; an export beside a header of its stem stays a record,
+    and a signal file the header names under its own suffix is the record's."""
+    for name in ("r.atr", "r.xws", "E07501.dcm"):
+        (tmp_path / name).write_bytes(b"not an ECG")
+    _wfdb(tmp_path, "E07501")
+    clinical_files.write_dicom(tmp_path / "E07501.dcm", ECG, 500.0)
+    synthetic.write_synthetic_wfdb(tmp_path, 1, seconds=2.5)
+    (tmp_path / "SYN00000.dat").rename(tmp_path / "r.sig")
+    (tmp_path / "r.hea").write_text((tmp_path / "SYN00000.hea").read_text().replace(
+        "SYN00000.dat", "r.sig").replace("SYN00000 ", "r ", 1))
+    (tmp_path / "SYN00000.hea").unlink()
+    records = [str(tmp_path / n) for n in ("E07501", "E07501.dcm", "r")]
+    assert sorted(expand_records(str(tmp_path / "*"))) == records
+    assert expand_records(str(tmp_path / "r.*")) == [str(tmp_path / "r")]
+    assert expand_records(str(tmp_path / "*.sig")) == [str(tmp_path / "r")]
+    assert expand_records(str(tmp_path)) == records
+
+
 def test_a_header_naming_an_extensionless_signal_file_beside_it_is_a_record(tmp_path):
     """WFDB lets E1.hea name the signal file E1; embed/predict had refused the record as "a
     file and a WFDB record share the name" (the wfdb_folder layout read it)."""
