@@ -176,8 +176,8 @@ def files_read(records: Sequence[str]) -> list[str]:
 def expand_records(spec: str) -> list[str]:
     """Records named on a command line, in a stable order, without extension: comma-separated
     paths ('a,b', with or without .hea/.mat/.dat), globs ('dir/*.hea', 'exports/*.xml') or
-    folders (every WFDB record and hospital export file below them: clinical.exports_among,
-    sorted); a glob's matches are records as _glob_records says.
+    folders (every WFDB record, signal file without its header and hospital export file below
+    them, sorted: _folder_records); a glob's matches are records as _glob_records says.
     A file of another kind (a hospital export) keeps its extension, also when a WFDB record of
     its stem is beside it (E07501.dcm and E07501.hea are two records); any other file beside
     a header of its stem (r.atr, r.xws beside r.hea) is the record's side file, no record. A
@@ -198,9 +198,7 @@ def expand_records(spec: str) -> list[str]:
         if not item:
             continue
         if os.path.isdir(item):  # its WFDB records and hospital export files
-            found = safe_files.walk(item, ("",), unreadable=unreadable)
-            out += sorted([p[:-4] for p in found if p.endswith(".hea")] + clinical.exports_among(
-                p for p in found if clinical.is_export_candidate(p, item)))
+            out += _folder_records(item, unreadable)
         elif any(ch in item for ch in "*?["):
             matches = safe_files.glob_paths(item, unreadable=unreadable)
             if not matches and not unreadable:
@@ -214,6 +212,35 @@ def expand_records(spec: str) -> list[str]:
     for path in out:
         clinical.is_clinical_path(path)  # a file and a WFDB record of one name: refused here
     return unique_records(out)
+
+
+def headerless_signals(found, named: set[str]) -> dict[str, str]:
+    """{record path: its first signal file} of the WFDB signal files (wfdb_header's
+    SIGNAL_SUFFIXES) in `found` that have no header beside them (NAME.hea) and that no header
+    names (`named`): records skipped as missing_header when read, never left out unseen."""
+    headers = {path[:-4] for path in found if path.endswith(".hea")}
+    orphans = {}
+    for path in found:
+        base = path[:-4]
+        if path.endswith(wfdb_header.SIGNAL_SUFFIXES) and base not in headers and \
+                path not in named:
+            orphans.setdefault(base, path)
+    return orphans
+
+
+def _folder_records(folder: str, unreadable: list) -> list[str]:
+    """The records below `folder`, sorted: each WFDB header's, each signal file's without one
+    (headerless_signals; the headers are read for the files they name only when there is such
+    a file) and each export file (clinical.exports_among; hidden files are passed over)."""
+    from crema_jax.data.reading import clinical, wfdb_records
+    found = safe_files.walk(folder, ("",), unreadable=unreadable)
+    headers = [path for path in found if path.endswith(".hea")]
+    orphans = headerless_signals(found, set())
+    if orphans:
+        orphans = headerless_signals(found, {name for hea in headers
+                                             for name in wfdb_records.signal_files_named(hea)})
+    return sorted([path[:-4] for path in headers] + list(orphans) + clinical.exports_among(
+        path for path in found if clinical.is_export_candidate(path, folder)))
 
 
 def _glob_records(matches: list[str]) -> list[str]:

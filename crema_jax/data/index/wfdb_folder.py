@@ -13,7 +13,7 @@ import os
 import pathlib
 
 from crema_jax.data.index.dataset_index import (DatasetIndex, RecordInfo, hash_split,
-                                                infer_source, vocabulary)
+                                                headerless_signals, infer_source, vocabulary)
 from crema_jax.data.reading import safe_files, wfdb_header
 from crema_jax.data.reading.read import BadRecord
 from crema_jax.runtime import storage
@@ -54,18 +54,6 @@ def _read_fields(hea: str):
     return (*_header_fields(text), None)
 
 
-def _headerless(found: list[str], named: set[str]) -> dict[str, str]:
-    """{record path: its first signal file} of the signal files (.dat, .mat) in `found` that
-    have no header beside them (NAME.hea) and that no header names."""
-    headers = {path[:-4] for path in found if path.endswith(".hea")}
-    orphans = {}
-    for path in found:
-        base = path[:-4]
-        if path.endswith(wfdb_header.SIGNAL_SUFFIXES) and base not in headers and path not in named:
-            orphans.setdefault(base, path)
-    return orphans
-
-
 def _record(base: str, root, meta: dict, reader, *, val_fraction, test_fraction,
             source) -> RecordInfo:
     record_id = os.path.basename(base)
@@ -97,7 +85,7 @@ def wfdb_folder(root, *, val_fraction: float = 0.1, test_fraction: float = 0.1,
         named.update(storage.join(os.path.dirname(hea), name) for name in names)
         records.append(_record(hea[:-4], root, meta, reader, **fields))
     # A signal file without its header: counted among the skipped, after every record.
-    for base, signal_file in _headerless(found, named).items():
+    for base, signal_file in headerless_signals(found, named).items():
         bad = BadRecord("missing_header", f"cannot read header {base}.hea: no such file beside "
                                           f"the signal file {signal_file}")
         records.append(_record(base, root, wfdb_header.parse_comments(()), bad, **fields))

@@ -188,6 +188,25 @@ def test_a_glob_of_a_physionet_folder_leaves_the_records_side_files_out(tmp_path
     assert expand_records(str(tmp_path)) == records
 
 
+def test_a_signal_file_without_its_header_is_listed_and_read_as_a_missing_header(tmp_path):
+    """A lone x.dat in a folder given to embed/predict had been left out without a word (the
+    wfdb_folder layout counts it); a signal file another header names is no record."""
+    from crema_jax.data.reading import read as read_lib
+    from crema_jax.data.reading.ecg import RecordError
+    synthetic.write_synthetic_wfdb(tmp_path, 2, seconds=2.5)
+    (tmp_path / "SYN00001.dat").rename(tmp_path / "SYN00001_signals.dat")
+    hea = tmp_path / "SYN00001.hea"
+    hea.write_text(hea.read_text().replace("SYN00001.dat", "SYN00001_signals.dat"))
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "x.mat").write_bytes(b"\0" * 64)
+    listed = expand_records(str(tmp_path))
+    assert listed == [str(tmp_path / p) for p in ("SYN00000", "SYN00001", "sub/x")]
+    with pytest.raises(RecordError) as err:
+        read_lib.read(listed[2], embed._reader(listed[2]))
+    assert err.value.reason == "missing_header"
+    assert f"{tmp_path / 'sub' / 'x'}.hea" in err.value.message
+
+
 def test_a_header_naming_an_extensionless_signal_file_beside_it_is_a_record(tmp_path):
     """WFDB lets E1.hea name the signal file E1; embed/predict had refused the record as "a
     file and a WFDB record share the name" (the wfdb_folder layout read it)."""

@@ -93,6 +93,12 @@ def test_wfdb_folder_counts_a_signal_file_without_its_header(tmp_path):
                            workers=1)
     assert done["records"] == 2
     assert done["skipped"]["missing_header"]["count"] == 2
+    # --strict stops at the first of them, as at any skip, naming the signal file.
+    with pytest.raises(prepare.PrepareError, match=(
+            rf"^\(--strict\) cannot read header {tmp_path / 'A0'}.hea: no such file beside the "
+            rf"signal file {tmp_path / 'A0.dat'} \[missing_header\]$")):
+        prepare.prepare(layout="wfdb_folder", root=str(tmp_path), out=str(tmp_path / "s"),
+                        workers=1, strict=True)
 
 
 def test_package_sample_data():
