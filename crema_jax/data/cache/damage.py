@@ -12,6 +12,10 @@ SKIP_FLAG = "--config.data.skip_damaged_cache_records=true"   # pretrain's
 EVAL_SKIP_FLAG = "--skip_damaged_cache_records"                 # probe, finetune, compare
 
 
+class DamagedCacheError(ValueError):
+    """A cache file that fails its checks; the message names it and the ways on."""
+
+
 def replaced_shard(path: str, problem: str, out: str, settings: Mapping) -> str:
     """A shard that is not the file prepare wrote (fingerprint.py): the rerun of prepare that
     builds it again (it checks every shard against its sidecar and rewrites those that differ)."""

@@ -5,7 +5,8 @@ record_format.py).
   writes one shard at a time.
 - Resumable: each shard is written under a temporary name and renamed when complete (its JSON
   sidecar last); a restart skips finished shards, so an interrupted-then-restarted run produces
-  exactly the files of an uninterrupted one. Restarting with other settings is refused.
+  exactly the files of an uninterrupted one. Restarting with other settings is refused
+  (settings_file.py).
 - An array job (num_hosts H > 1: a SLURM array, TPU VM hosts; one folder they all see, or a
   bucket): host h writes its block of shards only (hosts.py: the same shards, whatever H) and
   the settings.json every host writes or checks (the same bytes); nothing waits for anything.
@@ -29,8 +30,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import fnmatch
-import hashlib
-import json
 import math
 import multiprocessing
 import os
@@ -39,66 +38,15 @@ import time
 
 from crema_jax.data import presets
 from crema_jax.data.cache import hosts
-from crema_jax.data.cache import record_format
+from crema_jax.data.cache import record_format, settings_file
 from crema_jax.data.cache import sidecars as sidecar_lib
 from crema_jax.data.cache.sidecars import PrepareError
 from crema_jax.data.cache.shard_writer import build_shard, finish_record_on_interrupt
-from crema_jax.data.index import duplicates, registry
+from crema_jax.data.index import registry
 from crema_jax.data.index.dataset_index import DatasetIndex
 from crema_jax.data.reading import read as read_lib
 from crema_jax.data.signal.preprocess import stage_config
 from crema_jax.runtime import durations, files, processes, storage, workdir
-
-
-def _records_sha1(index) -> str:
-    """What the cache's rows are made of: each record's path, id, labels, split, source, meta
-    and (local files) their sizes and modification times: a record relabelled or rewritten
-    since the cache was started changes it (a rerun kept the old labels and signals)."""
-    digest = hashlib.sha1()
-    for r in index.records:
-        digest.update(json.dumps([r.path, r.record_id, list(r.labels), r.split, r.source,
-                                  r.meta, duplicates.file_stats(r.path)], sort_keys=True,
-                                 default=str).encode() + b"\n")
-    return digest.hexdigest()
-
-
-def _settings(index, opts: dict, preprocess_cfg) -> dict:
-    paths = _records_sha1(index)
-    return {"format": record_format.FORMAT, "layout": opts["layout"],
-            "layout_options": opts["layout_options"],
-            "root": storage.absolute(opts["root"]), "target_fs": float(opts["target_fs"]),
-            "preprocess_preset": opts["preprocess"], "preprocess": preprocess_cfg,
-            "derive_limb_leads": True, "dtype": opts["dtype"],
-            "records_per_shard": int(opts["records_per_shard"]),
-            "num_records": len(index.records), "records_sha1": paths}
-
-
-def check_or_write_settings(out: str, settings: dict, *, write: bool) -> None:
-    """settings.json written (when absent and `write`) or checked to equal `settings`."""
-    path = storage.join(out, record_format.SETTINGS_FILE)
-    if storage.isfile(path):
-        old = sidecar_lib.read_json(path, "use a new --out folder", dict)
-        if str(old.get("format", "")).startswith("crema_jax.cache/") \
-                and old["format"] != settings["format"]:
-            raise PrepareError(f"{path}: a cache of format {old['format']}, not this "
-                               f"version's {settings['format']} (resumed, it would mix the "
-                               "two); use a new --out folder")
-        if old.get("format") != settings["format"]:  # another program's settings.json
-            raise PrepareError(f"{path}: not the settings of a crema_jax cache (no \"format\": "
-                               f"\"{settings['format']}\"); use a new --out folder")
-        changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-        if changed == ["records_sha1"]:
-            raise PrepareError(f"{out} holds a cache of these records as they were: one or more "
-                               "was relabelled, rewritten, added or removed since (records_sha1)"
-                               "; use a new --out folder")
-        if changed:
-            raise PrepareError(f"{out} holds a cache built with other settings (changed: "
-                               f"{', '.join(changed)}); use a new --out folder")
-    elif write:
-        storage.write_json_atomic(path, settings)
-    else:
-        raise PrepareError(f"{out}: no {record_format.SETTINGS_FILE}; nothing to merge (run "
-                           "prepare there first)")
 
 
 class _Progress:
@@ -300,9 +248,10 @@ def make_plan(*, layout, root, out, layout_options=None, target_fs=250.0, prepro
     # How the index is built (e.g. clinical_exports' index_workers) is not what it holds.
     content_options = {k: v for k, v in layout_options.items()
                        if k not in registry.EXECUTION_OPTIONS}
-    settings = _settings(index, dict(layout=layout, layout_options=content_options, root=root,
-                                     target_fs=target_fs, preprocess=preprocess, dtype=dtype,
-                                     records_per_shard=records_per_shard), preprocess_cfg)
+    options = dict(layout=layout, layout_options=content_options, root=root,
+                   target_fs=target_fs, preprocess=preprocess, dtype=dtype,
+                   records_per_shard=records_per_shard)
+    settings = settings_file.cache_settings(index, options, preprocess_cfg)
     num_shards = max(1, -(-len(index.records) // records_per_shard))
     return Plan(
         out=out, index=index, settings=settings,
@@ -334,7 +283,7 @@ def claim_output(plan: Plan, root: str, *, lock: workdir.WorkdirLock,
     checks)."""
     out = plan.out
     if merge_only:  # before the lock makes the folder: a mistyped --out is left as it was
-        check_or_write_settings(out, plan.settings, write=False)
+        settings_file.check_or_write(out, plan.settings, write=False)
     if storage.is_remote(out):
         _check_remote_output(out)
     else:
@@ -353,7 +302,7 @@ def claim_output(plan: Plan, root: str, *, lock: workdir.WorkdirLock,
         if plan.merges:
             own += [record_format.INDEX_FILE, record_format.SUMMARY_FILE]
         files.remove_stale_temporaries(out, names=own)   # this host's crashed half-written files
-    check_or_write_settings(out, plan.settings, write=not merge_only)
+    settings_file.check_or_write(out, plan.settings, write=not merge_only)
 
 
 def _write_shards(plan: Plan, sidecars: dict, *, workers: int, strict: bool,

@@ -13,7 +13,8 @@ when two shards were swapped or one was copied in from another cache, whose mess
 record, named and skipped alone). With data.skip_damaged_cache_records, the records of a
 damaged shard and the records that fail to read are skipped instead, counted as
 `damaged_cache_record` like any bad record (pipeline/skips.py); a damaged index.json is never
-skipped: nothing says what it held. The messages: damage.py.
+skipped: nothing says what it held. The messages: damage.py; index.json's checks:
+index_file.py.
 
 A remote cache (gs://, s3://) is read from a local copy (`local_cache_dir`). A damaged shard
 of it is named as what it is: the remote shard, by its URL, when the bytes fetched from it are
@@ -23,7 +24,6 @@ fetched, which is then forgotten (runtime/staging.py), so that the next run fetc
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 from typing import Any, Mapping, Sequence
@@ -32,7 +32,9 @@ import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader
 
 from crema_jax.data.cache import fingerprint
-from crema_jax.data.cache.damage import damaged_copy, damaged_shard, replaced_shard
+from crema_jax.data.cache.damage import (DamagedCacheError, damaged_copy, damaged_shard,
+                                         replaced_shard)
+from crema_jax.data.cache.index_file import parse_index, rebuild_index
 from crema_jax.data.cache.record_format import INDEX_FILE, decode_quantised
 from crema_jax.data.index.dataset_index import DatasetIndex, RecordInfo, multi_hot
 from crema_jax.data.reading import safe_files
@@ -40,21 +42,6 @@ from crema_jax.data.reading.ecg import RecordError
 from crema_jax.runtime import files, staging, storage
 
 DAMAGED = "damaged_cache_record"   # the skip reason
-_INDEX_KEYS = {"settings": dict, "label_names": list, "shards": list, "records": list}
-_SHARD_KEYS = ("file", "num_records")
-_RECORD_KEYS = ("record_id", "path", "labels", "split", "source", "shard", "position")
-_SETTINGS_KEYS = ("target_fs", "preprocess", "derive_limb_leads")  # what check_settings reads
-
-
-class DamagedCacheError(ValueError):
-    """A cache file that fails its checks; the message names it and the ways on."""
-
-
-def _rebuild_index(path: str, problem: str) -> DamagedCacheError:
-    cache_dir = os.path.dirname(path)
-    return DamagedCacheError(f"{path}: {problem}; the cache index is damaged: rerun `crema-jax "
-                             f"prepare` with the same flags and --out={cache_dir} (it rebuilds "
-                             "index.json from the shards' sidecars)")
 
 
 def local_cache_dir(cache_dir: str) -> str:
@@ -75,7 +62,7 @@ def local_cache_dir(cache_dir: str) -> str:
         raise FileNotFoundError(f"{remote_index}: no cache index; build the cache with "
                                 f"`crema-jax prepare --out={cache_dir}`")
     data = storage.read_bytes(remote_index)
-    index = _parse_index(data, remote_index)
+    index = parse_index(data, remote_index)
     old = os.path.join(local, INDEX_FILE)
     unchanged = os.path.isfile(old) and safe_files.read_bytes(old) == data
     sys.stderr.write(f"cache: reading {cache_dir} from a local copy in {local}\n")
@@ -101,75 +88,8 @@ def load_index(cache_dir: str) -> dict:
     try:
         data = safe_files.read_bytes(path)
     except OSError as err:
-        raise _rebuild_index(path, f"does not read ({err})") from None
-    return _parse_index(data, path)
-
-
-def _parse_index(data: bytes, path: str) -> dict:
-    """The index in `data` (index.json's bytes, read from `path`), checked."""
-    try:
-        index = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise _rebuild_index(path, f"does not read ({err})") from None
-    except json.JSONDecodeError as err:
-        raise _rebuild_index(path, f"not JSON ({err})") from None
-    _check_index(index, path)
-    return index
-
-
-def _check_index(index, path: str) -> None:
-    if not isinstance(index, dict):
-        raise _rebuild_index(path, f"holds a {type(index).__name__}, expected an object")
-    for key, kind in _INDEX_KEYS.items():
-        if not isinstance(index.get(key), kind):
-            raise _rebuild_index(path, f"no {key!r} {kind.__name__} (keys: {sorted(index)})")
-    for what, rows, keys in (("shard", index["shards"], _SHARD_KEYS),
-                             ("record", index["records"], _RECORD_KEYS)):
-        for i, row in enumerate(rows):
-            missing = [k for k in keys if not isinstance(row, dict) or k not in row]
-            if missing:
-                raise _rebuild_index(path, f"{what} {i} lacks {missing}")
-    for i, shard in enumerate(index["shards"]):
-        name, count = shard["file"], shard["num_records"]
-        if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
-            raise _rebuild_index(path, f"shard {i} is {name!r}, expected a file name in the cache")
-        if type(count) is not int or count < 0:  # noqa: E721 - bool is no count
-            raise _rebuild_index(path, f"shard {i} holds {count!r} records, expected a count")
-        problem = fingerprint.fields_problem(shard)
-        if problem:
-            raise _rebuild_index(path, f"shard {i}: {problem}")
-    missing = [k for k in _SETTINGS_KEYS if k not in index["settings"]]
-    if missing:
-        raise _rebuild_index(path, f"its settings lack {missing}")
-    target_fs = index["settings"]["target_fs"]
-    if not isinstance(target_fs, (int, float)) or isinstance(target_fs, bool) \
-            or not 0 < target_fs < float("inf"):
-        raise _rebuild_index(path, f"its settings' target_fs is {target_fs!r}, expected a rate "
-                             "in Hz")
-    if not all(isinstance(name, str) for name in index["label_names"]):
-        raise _rebuild_index(path, "its label_names are not all strings")
-    counts = {s["file"]: s["num_records"] for s in index["shards"]}
-    seen = set()
-    for i, row in enumerate(index["records"]):
-        if row["shard"] not in counts:
-            raise _rebuild_index(path, f"record {i} is in shard {row['shard']!r}, which the "
-                                 "index does not list")
-        position = row["position"]
-        if type(position) is not int or not 0 <= position < counts[row["shard"]]:  # noqa: E721
-            raise _rebuild_index(path, f"record {i} at position {position!r} of shard "
-                                 f"{row['shard']}, expected 0 to {counts[row['shard']] - 1}")
-        if (row["shard"], position) in seen:  # one ECG had been read for 50 records
-            raise _rebuild_index(path, f"record {i} at position {position} of shard "
-                                 f"{row['shard']}, where an earlier record is")
-        seen.add((row["shard"], position))
-        if not isinstance(row.get("meta", {}), dict):
-            raise _rebuild_index(path, f"record {i}: meta is {row['meta']!r}, expected an "
-                                 "object")
-        texts = (row["record_id"], row["path"], row["split"], row["source"])
-        if not all(isinstance(t, str) for t in texts) or not isinstance(row["labels"], list) \
-                or not all(isinstance(label, str) for label in row["labels"]):
-            raise _rebuild_index(path, f"record {i}: record_id, path, split and source must "
-                                 "be strings and labels a list of strings")
+        raise rebuild_index(path, f"does not read ({err})") from None
+    return parse_index(data, path)
 
 
 _NO_PATIENT_IDS = ("wfdb_folder",)   # no patient id in its index: an older cache is not noted

@@ -85,7 +85,7 @@ def test_bad_record_skipped_or_fatal_with_strict(tmp_path, cinc_sample_dir, stri
 def test_a_rerun_after_records_changed_is_refused_not_resumed(tmp_path, cinc_sample_dir):
     """A relabelled header or a rewritten signal file under unchanged paths: the rerun counted
     every shard done and kept the old labels and signals (exit 0)."""
-    from crema_jax.data.cache import prepare
+    from crema_jax.data.cache import prepare, settings_file
 
     root, out = tmp_path / "data", str(tmp_path / "cache")
     root.mkdir()
@@ -95,7 +95,7 @@ def test_a_rerun_after_records_changed_is_refused_not_resumed(tmp_path, cinc_sam
 
     def check():
         plan = prepare.make_plan(layout="wfdb_folder", root=str(root), out=out)
-        prepare.check_or_write_settings(out, plan.settings, write=True)
+        settings_file.check_or_write(out, plan.settings, write=True)
 
     check()
     check()   # the same records: a resume
