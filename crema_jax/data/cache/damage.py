@@ -1,12 +1,17 @@
 """The messages of a damaged cache shard (source.py finds the damage and raises them as
 DamagedCacheError): one line each, naming the file (a local cache's shard, a remote cache's
-shard by its URL, or the local copy of a remote shard) and the ways on.
+shard by its URL, or the local copy of a remote shard) and the ways on. A rerun of prepare
+into the same --out rewrites a shard only for a cache of this version's format
+(record_format.FORMAT; prepare refuses to resume any other): a cache of an earlier format is
+sent to prepare again into a new --out.
 """
 from __future__ import annotations
 
 import json
 import shlex
 from typing import Mapping
+
+from crema_jax.data.cache.record_format import FORMAT
 
 SKIP_FLAG = "--config.data.skip_damaged_cache_records=true"   # pretrain's
 EVAL_SKIP_FLAG = "--skip_damaged_cache_records"                 # probe, finetune, compare
@@ -16,11 +21,22 @@ class DamagedCacheError(ValueError):
     """A cache file that fails its checks; the message names it and the ways on."""
 
 
+def _earlier_format(settings: Mapping) -> str | None:
+    """What to do instead of resuming a cache of an earlier format (None: it is this version's;
+    settings.json's "format", as index.json keeps it)."""
+    found = settings.get("format")
+    if found == FORMAT:
+        return None
+    return (f"prepare the cache again into a new --out (this one is of format {found}, which "
+            f"prepare does not resume: it writes {FORMAT})")
+
+
 def replaced_shard(path: str, problem: str, out: str, settings: Mapping) -> str:
     """A shard that is not the file prepare wrote (fingerprint.py): the rerun of prepare that
     builds it again (it checks every shard against its sidecar and rewrites those that differ)."""
-    return (f"{path}: {problem}; the cache is damaged: rerun `{prepare_command(settings, out)}` "
-            f"(it rewrites the shards that differ from what it wrote), or set {SKIP_FLAG} "
+    rebuild = _earlier_format(settings) or (f"rerun `{prepare_command(settings, out)}` (it "
+                                            "rewrites the shards that differ from what it wrote)")
+    return (f"{path}: {problem}; the cache is damaged: {rebuild}, or set {SKIP_FLAG} "
             f"(pretrain; {EVAL_SKIP_FLAG} for probe, finetune and compare) to skip and count "
             "its records")
 
@@ -45,18 +61,24 @@ _SKIP_ADVICE = (f"or set {SKIP_FLAG} (pretrain; {EVAL_SKIP_FLAG} for probe, fine
                 "its records")
 
 
-def damaged_shard(path: str, problem: str) -> str:
+def _rewrite(settings: Mapping, shard: str) -> str:
+    """How a damaged shard (`shard`: "this shard", "it") is written again."""
+    return _earlier_format(settings) or (f"delete {shard} and its .json sidecar and rerun "
+                                         "`crema-jax prepare` into the same --out (it rewrites "
+                                         "missing shards)")
+
+
+def damaged_shard(path: str, problem: str, settings: Mapping) -> str:
     """A shard that does not open, holds too few records or a record that fails its hash."""
-    return (f"{path}: {problem}; the cache is damaged: delete this shard and its .json sidecar "
-            f"and rerun `crema-jax prepare` into the same --out (it rewrites missing shards), "
+    return (f"{path}: {problem}; the cache is damaged: {_rewrite(settings, 'this shard')}, "
             f"{_SKIP_ADVICE}")
 
 
-def damaged_copy(path: str, url: str, problem: str, checked: bool) -> str:
+def damaged_copy(path: str, url: str, problem: str, checked: bool, settings: Mapping) -> str:
     """A damaged local copy of the remote shard `url` (`checked`: the remote's bytes were as
     index.json records when it was fetched, so the remote is fine)."""
     remote = ("the remote shard is as prepare wrote it" if checked else
-              "if the fresh copy fails alike, the remote shard is damaged: delete it and its "
-              "sidecar and rerun `crema-jax prepare` into the same --out")
+              "if the fresh copy fails alike, the remote shard is damaged: "
+              f"{_rewrite(settings, 'it')}")
     return (f"{path}: {problem}; this is the local copy of {url}, damaged since it was fetched "
             f"({remote}): rerun to fetch it again (or delete {path}), {_SKIP_ADVICE}")

@@ -181,6 +181,7 @@ class CacheSource:
         self.split = split
         self.skip_damaged = bool(skip_damaged_records)
         self.label_names = list(index["label_names"])
+        self.settings = index["settings"]   # its format decides how a damaged shard is rebuilt
         self.shard_files = [os.path.join(self.cache_dir, s["file"]) for s in index["shards"]]
         shard_of = {s["file"]: i for i, s in enumerate(index["shards"])}
         self.records = [r for r in index["records"] if not split or r["split"] == split]
@@ -207,7 +208,7 @@ class CacheSource:
         for shard in np.flatnonzero(needed >= 0):
             path, row = self.shard_files[shard], shards[shard]
             problem = self._count_problem(int(shard), int(row["num_records"]), int(needed[shard]))
-            advice = damaged_shard
+            advice = functools.partial(damaged_shard, settings=self.settings)
             if problem is None:
                 problem = fingerprint.problem(path, row)
                 if problem is None or self._a_record_fails(int(shard), int(row["num_records"])):
@@ -237,7 +238,8 @@ class CacheSource:
                                f"remote's: their SHA-256 is {fetched[:12]}..., not the "
                                f"{expected[:12]}... index.json records")
         staging.forget_copy(path)
-        return damaged_copy(path, url, problem, checked=expected is not None)
+        return damaged_copy(path, url, problem, settings=self.settings,
+                            checked=expected is not None and fetched == expected)
 
     def _count_problem(self, shard: int, listed: int, needed: int) -> str | None:
         """What makes shard `shard` unreadable as the index lists it (None: it opens and holds
@@ -323,7 +325,8 @@ class CacheSource:
             return data, decode_quantised(data)
         except Exception as err:  # noqa: BLE001 - Riegeli raises RuntimeError; decode ValueError
             problem = f"record {position} ({self.paths[index]}) does not read: {err}"
-            message = self._advice(shard, problem, damaged_shard)
+            message = self._advice(shard, problem,
+                                   functools.partial(damaged_shard, settings=self.settings))
             if not self.skip_damaged:
                 raise DamagedCacheError(message) from None
             raise RecordError(where, DAMAGED, f"{self.shard_files[shard]}: {problem}") from None

@@ -376,3 +376,35 @@ def test_the_named_prepare_command_rebuilds_a_cache_of_other_flags(tmp_path):
     assert argv[:2] == ["crema-jax", "prepare"] and "--layout_option=fs=500" in argv, command
     assert prepare_cli.COMMAND.run(argv[2:]) == 0
     assert hashes(out) == built
+
+
+def _of_an_earlier_format(damage):
+    """`damage`, in a cache whose settings say format crema_jax.cache/1 (as one written by an
+    earlier version, which prepare refuses to resume)."""
+    def both(copy):
+        damage(copy)
+        for name in ("settings.json", "index.json"):
+            data = json.loads((copy / name).read_text())
+            (data["settings"] if name == "index.json" else data)["format"] = "crema_jax.cache/1"
+            (copy / name).write_text(json.dumps(data))
+    return both
+
+
+@pytest.mark.parametrize("damage", [_truncate_shard, _swap_shards])
+def test_a_damaged_shard_of_an_earlier_format_is_sent_to_a_new_out(cache, tmp_path, damage):
+    """The advice to rerun prepare into the same --out failed for such a cache: that rerun
+    refuses its settings.json (checked below), so the message names a new --out instead."""
+    from crema_jax.data.cache import source
+
+    cache_dir = _damaged(cache, tmp_path, _of_an_earlier_format(damage))
+    with pytest.raises(source.DamagedCacheError) as caught:
+        source.CacheSource(cache_dir)
+    message = str(caught.value)
+    assert ("the cache is damaged: prepare the cache again into a new --out (this one is of "
+            "format crema_jax.cache/1, which prepare does not resume: it writes "
+            f"{record_format.FORMAT}), or set ") in message, message
+    assert "same --out" not in message and "rerun `crema-jax prepare" not in message
+    assert "\n" not in message
+    with pytest.raises(prepare.PrepareError, match="a cache of format crema_jax.cache/1"):
+        prepare.prepare(layout="wfdb_folder", root=_root(cache), out=cache_dir, workers=1,
+                        records_per_shard=PER_SHARD)

@@ -132,6 +132,26 @@ def test_a_damaged_copy_is_named_as_the_local_copy_and_fetched_on_the_next_run(
     assert _records(url) == _records(caches["v1"])
 
 
+def test_a_copy_changed_after_this_run_fetched_it_does_not_vouch_for_the_remote(caches,
+                                                                                  remote):
+    """The copy edited (its times changed) after this source fetched and checked it: its copy
+    record no longer holds, so what the remote holds is unknown; the message had still said
+    the remote shard is as prepare wrote it."""
+    url, publish = remote
+    publish("v1")
+    src = source.CacheSource(url)
+    staged = os.path.join(src.cache_dir, SHARD)
+    _flip_file(staged, keep_times=False)
+    assert staging.copied_sha256(staged) is None
+    with pytest.raises(source.DamagedCacheError) as caught:
+        [src.record_bytes(i) for i in range(len(src))]
+    message = str(caught.value)
+    assert f"this is the local copy of {url}/{SHARD}, damaged since it was fetched" in message
+    assert "the remote shard is as prepare wrote it" not in message
+    assert "if the fresh copy fails alike, the remote shard is damaged" in message
+    assert _records(url) == _records(caches["v1"])
+
+
 def test_a_damaged_remote_shard_is_named_as_the_remote_s_and_a_repair_is_fetched(caches,
                                                                                  remote):
     url, publish = remote
