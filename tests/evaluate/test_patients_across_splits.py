@@ -18,6 +18,7 @@ import pytest
 
 from crema_jax.cli import probe
 from crema_jax.data.cache import prepare
+from crema_jax.data.cache import source as cache_source
 from crema_jax.data.cache.source import DamagedCacheError, cache_index
 from crema_jax.evaluate import datasets, folds, protocols
 from tests.cli.conftest import _fails
@@ -217,7 +218,11 @@ def test_a_cache_written_before_rows_kept_patient_ids_reads_and_says_so_once(cac
             "(patients-across-splits check, re-splits, folds, bootstrap); prepare it again into "
             "a new --out to keep them\n")
     assert out.count(note) == 1, out
+    # Read again in this process (compare, each host of a run): not said again.
+    assert len(cache_index(str(cached)).records) == len(ROWS)
+    assert "note:" not in capsys.readouterr().out
     # A wfdb_folder layout never has patient ids: its older cache groups as its records do.
+    cache_source._NOTED.discard(str(cached))   # as in a fresh process
     _rewrite_index(cached, lambda index: index["settings"].update(layout="wfdb_folder"))
     assert len(cache_index(str(cached)).records) == len(ROWS)
     assert "note:" not in capsys.readouterr().out

@@ -93,13 +93,15 @@ def load_index(cache_dir: str) -> dict:
 
 
 _NO_PATIENT_IDS = ("wfdb_folder",)   # no patient id in its index: an older cache is not noted
+_NOTED: set[str] = set()             # the caches whose format /1 note this process printed
 
 
 def cache_index(cache_dir: str) -> DatasetIndex:
     """A prepared cache's records as a layout index; each info's meta is its row's `meta`
     (record_format.ROW_META, as the layout's index had them), "content_key" and "cache_row",
     its row (what CacheSource.subset takes). A cache whose rows have no meta (format /1) reads
-    with a printed line: each of its records is then its own patient (protocols.patient_keys)."""
+    with a printed line, once per process and cache: each of its records is then its own
+    patient (protocols.patient_keys)."""
     index = load_index(cache_dir)
     infos = [RecordInfo(record_id=r["record_id"], path=r["path"], labels=tuple(r["labels"]),
                         split=r["split"], source=r["source"],
@@ -108,8 +110,9 @@ def cache_index(cache_dir: str) -> DatasetIndex:
                                  else {})})
              for row, r in enumerate(index["records"])]
     settings = index["settings"]
-    if settings.get("layout") not in _NO_PATIENT_IDS \
+    if settings.get("layout") not in _NO_PATIENT_IDS and cache_dir not in _NOTED \
             and any("meta" not in r for r in index["records"]):
+        _NOTED.add(cache_dir)
         print(f"note: {cache_dir} was prepared before caches kept patient ids (format "
               f"{settings.get('format', '?')}): each of its records is taken as its own patient "
               "(patients-across-splits check, re-splits, folds, bootstrap); prepare it again "
