@@ -138,3 +138,15 @@ def test_every_package_folder_is_a_regular_package():
     missing = sorted(str(f.relative_to(PACKAGE.parent)) for f in folders
                      if not (f / "__init__.py").is_file())
     assert not missing, missing
+
+
+def test_no_module_imports_another_modules_private_name():
+    """A name with a leading underscore is its module's own: another module that needs it
+    asks for it under a public name (staging.py had imported storage's _is and _reach)."""
+    found = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("crema_jax"):
+                found += [f"{name}: {node.module}.{a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not found, found

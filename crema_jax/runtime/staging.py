@@ -23,7 +23,7 @@ import tempfile
 from typing import Mapping
 
 from crema_jax.runtime import files
-from crema_jax.runtime.storage import _is, _reach, listdir
+from crema_jax.runtime.storage import fs_is, listdir, reach
 
 
 def staging_dir(url: str, purpose: str) -> str:
@@ -131,10 +131,10 @@ def mirror(url: str, local_dir: str, *, names: list[str] | None = None, resume: 
     os.makedirs(local_dir, exist_ok=True)
     files.remove_stale_temporaries(local_dir)   # a killed mirror's; a running one's are kept
     sha256 = dict(sha256 or {})
-    with _reach(url) as (fs, inner):
+    with reach(url) as (fs, inner):
         def copy(name: str) -> None:
             remote = f"{inner.rstrip('/')}/{name}"
-            if not _is(fs, remote, "isfile"):
+            if not fs_is(fs, remote, "isfile"):
                 return
             local = os.path.join(local_dir, name)
             fetched = copied_sha256(local)

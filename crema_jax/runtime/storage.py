@@ -51,7 +51,7 @@ def _fs(url: str):
 
 
 @contextlib.contextmanager
-def _reach(url: str):
+def reach(url: str):
     """(file system, path inside it) of `url`, for a block whose errors name `url`: a refused
     or reset connection had said only "[Errno 111] Connection refused", and an FTP or object
     store error that is no OSError had been a traceback. FileNotFoundError, ValueError and
@@ -69,7 +69,7 @@ def _reach(url: str):
         raise OSError(f"{url}: {type(err).__name__}: {text}") from err
 
 
-def _is(fs, inner: str, test: str) -> bool:
+def fs_is(fs, inner: str, test: str) -> bool:
     """fs.isdir/isfile/exists(inner), raising what they swallow when they answer False (they
     do on any error, so an unreachable store had read as a missing folder): asked again with
     `info`, an absent path raises FileNotFoundError (False), a failure raises itself."""
@@ -103,8 +103,8 @@ def absolute(path) -> str:
 
 
 def _remote_test(path, test: str) -> bool:
-    with _reach(path) as (fs, inner):
-        return _is(fs, inner, test)
+    with reach(path) as (fs, inner):
+        return fs_is(fs, inner, test)
 
 
 def exists(path) -> bool:
@@ -121,16 +121,16 @@ def isdir(path) -> bool:
 
 def listdir(url: str) -> list[str]:
     """The names (not paths) directly in a remote folder, sorted; [] when it does not exist."""
-    with _reach(url) as (fs, inner):
-        if not _is(fs, inner, "isdir"):
+    with reach(url) as (fs, inner):
+        if not fs_is(fs, inner, "isdir"):
             return []
         return sorted(os.path.basename(p.rstrip("/")) for p in fs.ls(inner, detail=False))
 
 
 def read_bytes(url: str, *, limit: int | None = None) -> bytes:
     """A remote file's bytes; ValueError when it is larger than `limit` (nothing read)."""
-    with _reach(url) as (fs, inner):
-        if not _is(fs, inner, "isfile"):
+    with reach(url) as (fs, inner):
+        if not fs_is(fs, inner, "isfile"):
             raise FileNotFoundError(f"{url}: no such file")
         size = fs.size(inner)
         if limit is not None and size > limit:
@@ -146,7 +146,7 @@ def read_range(path, offset: int, length: int) -> bytes:
         with open(path, "rb") as f:
             f.seek(offset)
             return f.read(length)
-    with _reach(path) as (fs, inner):
+    with reach(path) as (fs, inner):
         return fs.cat_file(inner, start=offset, end=offset + length)
 
 
@@ -155,7 +155,7 @@ def file_size(path) -> int:
     path = os.fspath(path)
     if not is_remote(path):
         return os.path.getsize(path)
-    with _reach(path) as (fs, inner):
+    with reach(path) as (fs, inner):
         return int(fs.size(inner))
 
 
@@ -166,8 +166,8 @@ def remove(path) -> None:
         if os.path.lexists(path):
             os.remove(path)
         return
-    with _reach(path) as (fs, inner):
-        if _is(fs, inner, "exists"):
+    with reach(path) as (fs, inner):
+        if fs_is(fs, inner, "exists"):
             fs.rm_file(inner)
 
 
@@ -186,7 +186,7 @@ def create_exclusive(path, data: bytes) -> bool:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         return True
-    with _reach(path) as (fs, inner):
+    with reach(path) as (fs, inner):
         if fs.exists(inner):
             return False
         try:
@@ -204,7 +204,7 @@ def replace_bytes(path, data: bytes) -> None:
         with open(path, "wb") as f:
             f.write(data)
         return
-    with _reach(path) as (fs, inner):
+    with reach(path) as (fs, inner):
         fs.pipe_file(inner, data)
 
 
@@ -215,7 +215,7 @@ def modified(path) -> float | None:
     try:
         if not is_remote(path):
             return os.path.getmtime(path)
-        with _reach(path) as (fs, inner):
+        with reach(path) as (fs, inner):
             return fs.modified(inner).timestamp()
     except (OSError, NotImplementedError, AttributeError, ValueError):
         return None
@@ -225,7 +225,7 @@ def walk(url: str, suffixes: tuple[str, ...]) -> list[str]:
     """Every file below the remote folder `url` whose name ends with one of `suffixes`, in the
     order of safe_files.walk (each folder's files sorted, then its sub-folders in sorted order),
     as URLs spelled from `url`."""
-    with _reach(url) as (fs, inner):
+    with reach(url) as (fs, inner):
         prefix = inner.rstrip("/") + "/"
         relative = [p[len(prefix):] for p in fs.find(inner) if p.startswith(prefix)]
         relative = [r for r in relative if r.endswith(suffixes)]
@@ -238,14 +238,14 @@ def walk(url: str, suffixes: tuple[str, ...]) -> list[str]:
 
 def download(url: str, local_path: str) -> None:
     """Copy a remote file to `local_path` (written atomically)."""
-    with _reach(url) as (fs, inner):
+    with reach(url) as (fs, inner):
         files.write_atomic(local_path, lambda tmp: fs.get_file(inner, tmp))
 
 
 def upload_atomic(local_path: str, url: str) -> None:
     """Upload a complete local file to `url`: under a unique temporary name beside it, then
     renamed into place, so `url` is never seen half-written."""
-    with _reach(url) as (fs, inner):
+    with reach(url) as (fs, inner):
         folder, name = inner.rsplit("/", 1)
         tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
         try:
