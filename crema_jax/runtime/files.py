@@ -21,6 +21,7 @@ import os
 import pathlib
 import stat
 import tempfile
+import time
 from typing import Any, Callable, Iterable
 
 
@@ -296,12 +297,16 @@ def write_json_streamed(path, obj: dict, key: str, items: Iterable) -> int:
     return count
 
 
-def remove_stale_temporaries(folder, names: Iterable[str] | None = None) -> int:
+def remove_stale_temporaries(folder, names: Iterable[str] | None = None, *,
+                             older_than_s: float = 0.0) -> int:
     """Delete the temporary files `write_atomic` left in `folder` when its process died (their
     names carry the writer's pid; a live writer's are kept). `names`: only the temporaries of
     these output file names (a host sharing the folder with other hosts removes only its own:
-    another machine's pids mean nothing here). Returns how many were removed."""
+    another machine's pids mean nothing here). `older_than_s`: only those not written to for
+    that long as well (a folder other hosts may share, whose writers' pids are no one's here).
+    Returns how many were removed."""
     removed = 0
+    now = time.time()
     folder = pathlib.Path(folder)
     if not folder.is_dir():
         return 0
@@ -311,6 +316,11 @@ def remove_stale_temporaries(folder, names: Iterable[str] | None = None) -> int:
         if len(parts) != 4 or not parts[2].isdigit() or path.is_symlink():
             continue
         if names is not None and parts[0] not in names:
+            continue
+        try:
+            if now - path.stat().st_mtime < older_than_s:
+                continue                   # maybe another host's copy, being written
+        except FileNotFoundError:
             continue
         try:
             os.kill(int(parts[2]), 0)

@@ -26,6 +26,17 @@ from crema_jax.runtime import files
 from crema_jax.runtime.storage import fs_is, listdir, reach
 
 
+# A shared CREMA_JAX_STAGING (one folder that several hosts see): a temporary file of a dead
+# pid may be another host's copy in progress (pids are per host), so only one untouched this
+# long is taken for a killed copy's and removed. The per-user default folder is host-local.
+SHARED_STALE_AFTER_S = 24 * 3600.0
+
+
+def _default_base() -> str:
+    """This user's own folder of the system's temporary folder: on this host only."""
+    return os.path.join(tempfile.gettempdir(), f"crema_jax-{os.getuid()}")
+
+
 def staging_dir(url: str, purpose: str) -> str:
     """The local folder standing for `url`, made when absent (the same one on every call, so an
     interrupted copy or build resumes): in $CREMA_JAX_STAGING, else in this user's folder of
@@ -34,7 +45,7 @@ def staging_dir(url: str, purpose: str) -> str:
     crema_jax-PURPOSE-<hash of url>. PermissionError, one line naming CREMA_JAX_STAGING, when
     it cannot be written there."""
     chosen = os.environ.get("CREMA_JAX_STAGING")
-    base = chosen or os.path.join(tempfile.gettempdir(), f"crema_jax-{os.getuid()}")
+    base = chosen or _default_base()
     digest = hashlib.sha1(url.encode()).hexdigest()[:16]
     folder = os.path.join(base, f"crema_jax-{purpose}-{digest}")
     try:
@@ -124,12 +135,18 @@ def mirror(url: str, local_dir: str, *, names: list[str] | None = None, resume: 
     docstring) is kept when `sha256` gives its name and the digest of its fetched bytes equals
     it, or else, with `resume`, when it has the remote size; any other is fetched again. Each
     file lands whole or not at all (files.write_atomic; the temporary files of a mirror that was
-    killed are removed first); on the first error the copies not begun
+    killed are removed first: in the per-user default folder, those whose process is gone; in
+    any other, which hosts may share, only those untouched for SHARED_STALE_AFTER_S as well);
+    on the first error the copies not begun
     are dropped and it is raised, naming `url`. Returns local_dir."""
     from concurrent import futures
 
     os.makedirs(local_dir, exist_ok=True)
-    files.remove_stale_temporaries(local_dir)   # a killed mirror's; a running one's are kept
+    # A killed mirror's temporaries; a running one's are kept (SHARED_STALE_AFTER_S).
+    host_local = os.path.dirname(os.path.realpath(local_dir)) == \
+        os.path.realpath(_default_base())
+    files.remove_stale_temporaries(local_dir,
+                                   older_than_s=0.0 if host_local else SHARED_STALE_AFTER_S)
     sha256 = dict(sha256 or {})
     with reach(url) as (fs, inner):
         def copy(name: str) -> None:

@@ -2,6 +2,8 @@
 whole or not at all (a cache on gs:// is read from such a copy: data/cache/source.py)."""
 import hashlib
 import os
+import pathlib
+import tempfile
 import threading
 import time
 import uuid
@@ -126,16 +128,43 @@ def test_a_store_whose_client_shares_one_connection_copies_one_file_at_a_time(
     assert all((tmp_path / "copy" / n).read_bytes() == d for n, d in blobs.items())
 
 
-def test_a_killed_mirror_s_temporary_files_are_removed_and_a_running_one_s_kept(remote,
-                                                                                 tmp_path):
-    base, blobs = remote
-    names = sorted(blobs)[:2]
-    local = tmp_path / "copy"
-    local.mkdir()
+def _half_written(local, names):
+    """(a killed copy's temporary file, a running one's) in `local`, as write_atomic names them."""
     killed = local / f".{names[0]}.k3j2x9.{dead_pid()}.tmp"
     running = local / f".{names[1]}.a8b7c6.{os.getpid()}.tmp"   # a live process's
     for path in (killed, running):
         path.write_bytes(b"half a shard")
+    return killed, running
+
+
+def test_a_killed_mirror_s_temporary_files_are_removed_and_a_running_one_s_kept(
+        remote, tmp_path, monkeypatch):
+    """In the per-user default folder (host-local): a dead pid is a killed copy."""
+    monkeypatch.delenv("CREMA_JAX_STAGING", raising=False)
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
+    base, blobs = remote
+    names = sorted(blobs)[:2]
+    local = pathlib.Path(staging.staging_dir(base, "cache"))
+    killed, running = _half_written(local, names)
+    staging.mirror(base, str(local), names=names)
+    assert not killed.exists() and running.read_bytes() == b"half a shard"
+    assert all((local / n).read_bytes() == blobs[n] for n in names)
+
+
+def test_in_a_folder_hosts_may_share_only_a_day_old_temporary_of_a_dead_pid_is_removed(
+        remote, tmp_path, monkeypatch):
+    """CREMA_JAX_STAGING may be one folder for several hosts: a pid dead here may be another
+    host's copy in progress, which had been deleted under it."""
+    monkeypatch.setenv("CREMA_JAX_STAGING", str(tmp_path / "shared"))
+    base, blobs = remote
+    names = sorted(blobs)[:2]
+    local = pathlib.Path(staging.staging_dir(base, "cache"))
+    killed, running = _half_written(local, names)
+    staging.mirror(base, str(local), names=names)
+    assert killed.read_bytes() == running.read_bytes() == b"half a shard"   # fresh: kept
+    two_days_ago = time.time() - 2 * 24 * 3600
+    for path in (killed, running):
+        os.utime(path, (two_days_ago, two_days_ago))
     staging.mirror(base, str(local), names=names)
     assert not killed.exists() and running.read_bytes() == b"half a shard"
     assert all((local / n).read_bytes() == blobs[n] for n in names)
