@@ -2,7 +2,8 @@
 train/val/test are refused, or with --patients_across_splits=allow kept, printed and counted in
 report.json, named by the ids of their records (never by patient id: a hospital's record number
 must not reach a report); a prepared cache of the manifest groups patients as the manifest
-does (its rows keep the patient ids), and an older cache without them still reads, saying so.
+does (its rows keep the patient ids' salted hashes), and an older cache without them still
+reads, saying so.
 The manifest below is written by hand: P0 (train + test), P1 (val +
 test) and P2 (train + val) straddle splits, 3 patients with 6 records; P3 to P5 do not, and two
 records without a patient id (each its own patient) sit in train and test."""
@@ -177,13 +178,15 @@ def _parts(data, settings) -> dict:
 
 
 @pytest.mark.parametrize("more", [{"split_fractions": [0.6, 0.2, 0.2]}, {"folds": 3}])
-def test_a_cache_re_splits_and_folds_patients_as_its_raw_manifest_does(split_manifest, cached,
-                                                                       more):
+def test_a_cache_re_splits_and_folds_by_patient_as_its_raw_manifest_does(split_manifest, cached,
+                                                                         more):
+    """Each patient's records in one part, as on the raw manifest; which part a patient lands
+    in follows its hashed id (the cache keeps no raw id), so it may differ from the raw's."""
     raw_settings = _settings(split_manifest, **more)
     cache_settings = _settings("", cache_dir=str(cached), **more)
     raw = _parts(datasets.load_dataset(raw_settings), raw_settings)
     from_cache = _parts(datasets.load_dataset(cache_settings), cache_settings)
-    assert from_cache == raw and len(raw) == len(ROWS)
+    assert sorted(from_cache) == sorted(raw) and len(raw) == len(ROWS)
     with open(split_manifest, newline="") as f:   # the patients, read back from the CSV
         patient_of = {pathlib.Path(row["path"]).name: row["patient_id"]
                       for row in csv.DictReader(f)}
@@ -193,6 +196,20 @@ def test_a_cache_re_splits_and_folds_patients_as_its_raw_manifest_does(split_man
             parts[patient_of[record_id]].add(part)
     assert sorted(parts) == ["P0", "P1", "P2", "P3", "P4", "P5"]
     assert all(len(found) == 1 for found in parts.values()), parts
+
+
+def test_a_cache_keeps_the_salted_hash_of_each_patient_id_never_the_id(cached, monkeypatch):
+    """The manifest's ids had gone into index.json and the sidecars as written (a cache is
+    handed around; clinical exports' ids were already hashed). The hash is computed here from
+    the default salt, as clinical.patient_hash documents it."""
+    monkeypatch.delenv("CREMA_JAX_PATIENT_SALT", raising=False)
+    rows = json.loads((cached / "index.json").read_text())["records"]
+    expected = ["p" + hashlib.sha256(f"crema_jax.patient\0{p}".encode()).hexdigest()[:16]
+                if p else None for p, _ in ROWS]
+    assert [r["meta"].get("patient_id") for r in rows] == expected
+    for path in cached.glob("*.json"):
+        text = path.read_text()
+        assert not any(f"\"{p}\"" in text for p in {p for p, _ in ROWS if p}), path
 
 
 def _rewrite_index(cache, change) -> None:

@@ -44,6 +44,7 @@ from crema_jax.data.cache.sidecars import PrepareError
 from crema_jax.data.cache.shard_writer import build_shard, finish_record_on_interrupt
 from crema_jax.data.index import registry
 from crema_jax.data.index.dataset_index import DatasetIndex
+from crema_jax.data.reading import clinical
 from crema_jax.data.reading import read as read_lib
 from crema_jax.data.signal.preprocess import stage_config
 from crema_jax.runtime import durations, files, processes, storage, workdir
@@ -240,6 +241,8 @@ def make_plan(*, layout, root, out, layout_options=None, target_fs=250.0, prepro
     if not index.records:
         raise PrepareError(f"--root={root}: the {layout} layout finds no record there; nothing "
                            "to prepare")
+    if any(r.meta.get("patient_id") not in (None, "") for r in index.records):
+        clinical.warn_if_public_salt()   # the cache keeps their salted hashes
     preprocess_cfg = presets.preprocessing(preprocess).to_dict()
     if stage_config(preprocess_cfg, "record") is None:
         raise PrepareError(f"--preprocess={preprocess}: it runs on each crop, not on the record, "

@@ -12,9 +12,13 @@ read by source.py):
 
 A record's row (in its sidecar and index.json) keeps what the evaluation reads of it without the
 source files: record_id, path, labels, split, source, content_key and `meta`, the record's
-ROW_META (patient id, age, sex) where the layout's index had them, so a cache groups patients
-exactly as the raw records do. settings.json's "format" is FORMAT; a cache of an earlier format
-(crema_jax.cache/1) has rows without `meta` and still reads (source.cache_index).
+ROW_META (patient id, age, sex) where the layout's index had them (`row_meta`). The patient id
+is kept as its salted hash (clinical.patient_hash, the one clinical exports use; a clinical
+export's id, a hash already, is hashed again), never as written: a cache is handed around and
+put in shared buckets. Equal ids give equal hashes, so a cache groups patients as the raw
+records do. settings.json's "format" is FORMAT; a cache of an earlier format still reads:
+crema_jax.cache/1 has rows without `meta` (source.cache_index), /2 rows with the layout's
+patient id as written.
 
 Record format (no pickle; decoding is one struct.unpack and two np.frombuffer calls):
 
@@ -44,7 +48,7 @@ VERSION = 1
 _HEADER = struct.Struct("<4sBBHIH2x")  # 16 bytes: the arrays after it stay aligned.
 DTYPES = {1: np.dtype("<i2"), 2: np.dtype("<f2")}
 DTYPE_CODES = {"int16": 1, "float16": 2}
-FORMAT = "crema_jax.cache/2"   # /1: rows without `meta`
+FORMAT = "crema_jax.cache/3"   # /1: rows without `meta`; /2: patient ids as written
 ROW_META = ("patient_id", "age", "sex")
 INDEX_FILE = "index.json"
 SETTINGS_FILE = "settings.json"
@@ -101,8 +105,16 @@ def decode_record(data: bytes) -> dict:
 
 
 def row_meta(meta: dict) -> dict:
-    """What a cache row keeps of a record's meta: its ROW_META that are set (JSON data)."""
-    return {k: meta[k] for k in ROW_META if meta.get(k) not in (None, "")}
+    """What a cache row keeps of a record's meta: its ROW_META that are set (JSON data), the
+    patient id as its salted hash (the module docstring)."""
+    from crema_jax.data.reading.clinical import patient_hash   # only prepare writes rows
+
+    kept = {k: meta[k] for k in ROW_META if meta.get(k) not in (None, "")}
+    if "patient_id" in kept:
+        kept["patient_id"] = patient_hash(str(kept["patient_id"]))
+        if not kept["patient_id"]:   # a missing-value word: no patient id
+            del kept["patient_id"]
+    return kept
 
 
 def shard_name(shard: int, num_shards: int) -> str:

@@ -276,21 +276,23 @@ def test_another_programs_settings_json_is_not_called_a_cache(tmp_path, six_reco
     (out / "settings.json").write_text('{"editor.tabSize": 4}')
     with pytest.raises(prepare.PrepareError, match=re.escape(
             f"{out / 'settings.json'}: not the settings of a crema_jax cache (no \"format\": "
-            "\"crema_jax.cache/2\"); use a new --out folder")):
+            "\"crema_jax.cache/3\"); use a new --out folder")):
         prepare.prepare(layout="wfdb_folder", root=str(six_records), out=str(out), workers=1)
     assert (out / "settings.json").read_text() == '{"editor.tabSize": 4}'
 
 
-def test_a_cache_of_an_earlier_format_is_not_resumed(tmp_path, six_records):
-    """Its finished shards' rows keep no patient id: resumed, one cache would mix the two."""
+@pytest.mark.parametrize("earlier", ["crema_jax.cache/1", "crema_jax.cache/2"])
+def test_a_cache_of_an_earlier_format_is_not_resumed(tmp_path, six_records, earlier):
+    """Its finished shards' rows keep no patient id (/1) or keep it as written (/2): resumed,
+    one cache would mix the two."""
     out = tmp_path / "older"
     prepare.prepare(layout="wfdb_folder", root=str(six_records), out=str(out), workers=1,
                     stop_after_shards=1, records_per_shard=2)
     settings = json.loads((out / "settings.json").read_text())
-    (out / "settings.json").write_text(json.dumps({**settings, "format": "crema_jax.cache/1"}))
+    (out / "settings.json").write_text(json.dumps({**settings, "format": earlier}))
     with pytest.raises(prepare.PrepareError, match=re.escape(
-            f"{out / 'settings.json'}: a cache of format crema_jax.cache/1, not this version's "
-            "crema_jax.cache/2 (resumed, it would mix the two); use a new --out folder")):
+            f"{out / 'settings.json'}: a cache of format {earlier}, not this version's "
+            "crema_jax.cache/3 (resumed, it would mix the two); use a new --out folder")):
         prepare.prepare(layout="wfdb_folder", root=str(six_records), out=str(out), workers=1,
                         records_per_shard=2)
 
