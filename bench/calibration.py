@@ -6,7 +6,7 @@
 Two models of independent random scores, labels independent of both (each class's AUROC is 0.5
 for both models): every "A better"/"B better" is a false positive. For each number of positives
 per class, prints the share of per-class tests with p < 0.05, and the share of comparisons in
-which Holm's correction over the classes (paired.holm) still names a class at alpha 0.05: the
+which Holm's correction over the classes (holm.holm) still names a class at alpha 0.05: the
 family-wise error a valid test keeps at 5%. Two tests side by side: DeLong's normal p
 (paired.delong) and the test compare and benchmark decide on (paired.class_test: the paired
 permutation test below paired.PERMUTATION_BELOW positives or negatives, DeLong's above;
@@ -18,7 +18,7 @@ import argparse
 
 import numpy as np
 
-from crema_jax.evaluate import paired
+from crema_jax.evaluate import holm, paired
 
 
 def main():
@@ -52,7 +52,7 @@ def main():
             for key, values in p.items():
                 values = np.asarray([1.0 if v is None else v for v in values])
                 counts[key][0] += int(np.sum(values < 0.05))
-                counts[key][1] += bool(np.any(np.asarray(paired.holm(values)) < 0.05))
+                counts[key][1] += bool(np.any(np.asarray(holm.holm(values)) < 0.05))
         (d, dh), (c, ch) = ((counts[k][0] / (args.trials * args.classes),
                              counts[k][1] / args.trials) for k in ("delong", "class"))
         print(f"{n_pos:>9}  {d:>7.1%} {dh:>6.1%}  {c:>10.1%} {ch:>6.1%}  {test}")

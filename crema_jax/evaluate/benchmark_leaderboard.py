@@ -21,8 +21,8 @@ import math
 
 import numpy as np
 
-from crema_jax.evaluate import (benchmark_tasks, compare, paired, permutation, plots, report,
-                                report_markdown, scoring)
+from crema_jax.evaluate import (benchmark_tasks, compare, holm, paired, permutation, plots,
+                                report, report_markdown, scoring)
 from crema_jax.runtime import files
 
 
@@ -145,14 +145,14 @@ def _mark_best(panels: list, tests: list) -> None:
 def _apply_holm(tests: list, alpha: float) -> dict:
     """Holm-adjusted p-values written into `tests`; the two families' sizes. A bootstrap p that
     no resample resolved enters as its bound 2/(B+1) (paired.py): an adjusted p that comes from
-    it is a bound too (`p_holm_bound`, paired.holm_bounded)."""
+    it is a bound too (`p_holm_bound`, holm.holm_bounded)."""
     macro = [t["macro_auroc"] for t in tests if t["macro_auroc"]["p"] is not None]
-    adjusted = paired.holm_bounded([m["p"] for m in macro], [m["p_bound"] for m in macro])
+    adjusted = holm.holm_bounded([m["p"] for m in macro], [m["p_bound"] for m in macro])
     for entry, (value, bound) in zip(macro, adjusted):
         entry["p_holm"], entry["p_holm_bound"] = value, bound
         entry["significant"] = bool(value < alpha)
     per_class = [e for t in tests for e in t["per_class"].values()]
-    for entry, adjusted in zip(per_class, paired.holm([e["p"] for e in per_class])):
+    for entry, adjusted in zip(per_class, holm.holm([e["p"] for e in per_class])):
         entry["p_holm"] = adjusted
     return {"macro": len(macro), "per_class": len(per_class)}
 

@@ -23,7 +23,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from crema_jax import config as config_lib
 from crema_jax.cli import benchmark as benchmark_cli
 from crema_jax.data.index import dataset_index
-from crema_jax.evaluate import benchmark, benchmark_tasks, paired
+from crema_jax.evaluate import benchmark, benchmark_tasks, holm
 from crema_jax.export import import_torch
 from crema_jax.models import params as params_lib
 from crema_jax.runtime import checkpoint
@@ -126,9 +126,9 @@ def _first_of_each_content(root, stems) -> list:
 
 def test_holm_on_numbers_worked_by_hand():
     # sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04 -> 0.06.
-    assert paired.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02],
+    assert holm.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02],
                                                                    abs=1e-15)
-    assert paired.holm([0.5, 0.9]) == [1.0, 1.0] and paired.holm([]) == []
+    assert holm.holm([0.5, 0.9]) == [1.0, 1.0] and holm.holm([]) == []
 
 
 def test_task_file_and_model_errors_name_the_field(tmp_path):

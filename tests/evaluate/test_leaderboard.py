@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from crema_jax.evaluate import benchmark_leaderboard, paired
+from crema_jax.evaluate import benchmark_leaderboard, holm
 
 
 def test_an_adjusted_p_inherits_the_bound_of_the_raw_p_it_comes_from():
@@ -14,7 +14,7 @@ def test_an_adjusted_p_inherits_the_bound_of_the_raw_p_it_comes_from():
     # p is below 2/1001), 4 x 0.002 = 0.008, 3 x 0.03 = 0.09, 2 x 0.04 = 0.08, 1 x 0.5 = 0.5;
     # running max 0.00999, 0.00999, 0.09, 0.09, 0.5. The second p is exact but its adjusted
     # value is the first's term: a bound too.
-    got = paired.holm_bounded([2 / 1001, 2 / 1000, 0.03, 0.04, 0.5], ["<", None, None, None, None])
+    got = holm.holm_bounded([2 / 1001, 2 / 1000, 0.03, 0.04, 0.5], ["<", None, None, None, None])
     assert [v for v, _ in got] == pytest.approx([10 / 1001, 10 / 1001, 0.09, 0.09, 0.5],
                                                 abs=1e-15)
     assert [b for _, b in got] == ["<", "<", None, None, None]
@@ -24,7 +24,7 @@ def test_an_adjusted_p_inherits_the_bound_of_the_raw_p_it_comes_from():
 
 def test_an_exact_term_above_a_bound_gives_an_exact_adjusted_p():
     # terms 3 x 0.002 = 0.006 (bound), 2 x 0.01 = 0.02, 1 x 0.02 = 0.02.
-    got = paired.holm_bounded([0.002, 0.01, 0.02], ["<", None, None])
+    got = holm.holm_bounded([0.002, 0.01, 0.02], ["<", None, None])
     assert got == [(pytest.approx(0.006, abs=1e-15), "<"), (pytest.approx(0.02, abs=1e-15), None),
                    (pytest.approx(0.02, abs=1e-15), None)]
 
@@ -32,19 +32,19 @@ def test_an_exact_term_above_a_bound_gives_an_exact_adjusted_p():
 def test_a_capped_or_displaceable_bound_is_at_most_rather_than_below():
     # terms 2 x 0.6 = 1.2 -> 1 (a bound, capped: the true p could give anything up to 1),
     # 1 x 0.7: both adjusted values are 1, at most.
-    assert paired.holm_bounded([0.6, 0.7], ["<", None]) == [(1.0, "<="), (1.0, "<=")]
+    assert holm.holm_bounded([0.6, 0.7], ["<", None]) == [(1.0, "<="), (1.0, "<=")]
     assert benchmark_leaderboard._p(1.0, "<=") == "≤ 1"
     # An exact 0.002 sorts before the bound 0.0021 (two tests of other valid resample counts);
     # the true p of the bound may sort first: 0.002's adjusted value is 2 x 0.002 = 0.004 or
     # as low as 1 x 0.002, so at most 0.004.
-    got = paired.holm_bounded([0.0021, 0.002], ["<", None])
+    got = holm.holm_bounded([0.0021, 0.002], ["<", None])
     assert got == [(pytest.approx(0.004, abs=1e-15), "<="), (pytest.approx(0.004, abs=1e-15), "<=")]
-    assert paired.holm_bounded([], []) == []
+    assert holm.holm_bounded([], []) == []
     # A tie: the bound 0.02 ("<") and the exact 0.03 both give the term 0.06. The exact one's
     # is reached whatever the bound's true p: 0.03's adjusted value is 0.06 unless the bound
     # 0.5 turns out below it (then less), at most 0.06, never "below 0.06"; the bound's own
     # adjusted value, its term 3 x p < 0.06, is below.
-    got = paired.holm_bounded([0.03, 0.02, 0.5], [None, "<", "<"])
+    got = holm.holm_bounded([0.03, 0.02, 0.5], [None, "<", "<"])
     assert [b for _, b in got][:2] == ["<=", "<"]
     assert [v for v, _ in got][:2] == pytest.approx([0.06, 0.06], abs=1e-15)
     # A tie on the bootstrap grid k/(B + 1), where the two products differ by one ulp: the
@@ -52,10 +52,10 @@ def test_a_capped_or_displaceable_bound_is_at_most_rather_than_below():
     # = 0.009), the exact 1/1000s between (8 x ... 2 x 1/1000, below): the last adjusted p is
     # its own term, exactly, however low the bound's true p.
     p = [1 / 1000] * 8 + [9 / 1000]
-    got = paired.holm_bounded(p, ["<"] + [None] * 8)
+    got = holm.holm_bounded(p, ["<"] + [None] * 8)
     assert got[-1] == (pytest.approx(0.009, abs=1e-15), None)
     with pytest.raises(ValueError, match=r"bounds \['>'\]: expected one None or '<' per p-value"):
-        paired.holm_bounded([0.1], [">"])
+        holm.holm_bounded([0.1], [">"])
 
 
 def _board(alpha=0.05):
