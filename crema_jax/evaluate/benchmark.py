@@ -16,6 +16,7 @@ leaderboard (benchmark_leaderboard.py) is computed from the saved predictions al
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import os
@@ -116,7 +117,9 @@ class Datasets:
             data = datasets.load_dataset(settings)
             benchmark_tasks.check_sources(self.suite, name, data.sources, self.tasks_path)
             if settings["classes"]:
-                data = restrict_classes(data, [str(c) for c in settings["classes"]])
+                data = restrict_classes(
+                    data, [str(c) for c in settings["classes"]], settings["min_positives"],
+                    benchmark_tasks.dataset_where(self.suite, name, self.tasks_path))
             plan, groups = folds.dataset_plan(data, settings)
             self.loaded[name] = (data, plan, groups)
         return self.loaded[name]
@@ -146,13 +149,25 @@ class Datasets:
         return list(union.values())
 
 
-def restrict_classes(data, classes: list[str]):
+def restrict_classes(data, classes: list[str], min_positives: int = 1,
+                     where: str = "task file: "):
     """The dataset scored on the task file's classes only (a label set such as CPSC2018's nine
-    or CODE-15%'s six); a class absent from the dataset is an error naming it."""
+    or CODE-15%'s six). A class no record is labelled with (a typo: it had been called one with
+    too few positives) or one that min_positives left out is an error naming it; `where`
+    prefixes the field (benchmark_tasks.dataset_where)."""
+    vocabulary = data.label_names or data.classes
+    unknown = [c for c in classes if c not in vocabulary]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], vocabulary, n=1)
+        raise ValueError(f"{where}classes: {unknown[0]!r} is not a class of the dataset: no "
+                         "record is labelled with it"
+                         + (f" (did you mean {close[0]!r}?)" if close else "")
+                         + f"; its {len(vocabulary)} classes: {_shown(vocabulary)}")
     missing = [c for c in classes if c not in data.classes]
     if missing:
-        raise ValueError(f"task file: classes {missing} have too few positives in the dataset "
-                         f"(its classes: {data.classes[:20]}...)")
+        raise ValueError(f"{where}classes: {missing} have fewer than min_positives="
+                         f"{min_positives} positives; the classes with enough: "
+                         f"{_shown(data.classes)}")
     keep = [data.classes.index(c) for c in classes]
     data.classes, data.labels = list(classes), data.labels[:, keep]
     data.display = {c: n for c, n in data.display.items() if c in classes}
@@ -163,6 +178,11 @@ def restrict_classes(data, classes: list[str]):
                                    splits=data.splits[one], sources=data.sources[one],
                                    labels=data.labels[one])
     return data
+
+
+def _shown(names, limit: int = 20) -> str:
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit
+                                       else "")
 
 
 def _cross_domain_cell(fit_predict, data, column, seed: int, groups=None):
@@ -282,8 +302,11 @@ def run_cells(models, cols, suite: dict, workdir: pathlib.Path, log=print,
     loaded, mesh = Datasets(suite, tasks_path), mesh_lib.make_mesh()
     store = feature_store.FeatureStore(workdir / "features", counts, log=log,
                                        records_of=loaded.records_like)
-    for name in dict.fromkeys(c.dataset for c in cols if c.train_source):
-        loaded.get(name)  # its task sources checked before any column extracts features
+    # Every task's dataset indexed (and its classes, folds, sources checked) before any cell
+    # runs: a later task's class typo or too few positives had failed after the earlier cells.
+    # Each is loaded once per run in any case (a cell's digest holds its dataset's).
+    for name in dict.fromkeys(c.dataset for c in cols):
+        loaded.get(name)
     cells = {}
     for column in cols:
         for protocol in suite["protocols"]:
@@ -319,6 +342,7 @@ def run_benchmark(model_items, tasks_path, workdir, *, roots=None, model_size: s
     leaderboard.json, leaderboard.md and leaderboard.png in workdir."""
     start = time.time()
     suite = benchmark_tasks.load_suite(tasks_path, roots)
+    benchmark_tasks.check_datasets(suite, tasks_path)  # layouts, options, roots: no record read
     cols = benchmark_tasks.columns(suite)
     for protocol in suite["protocols"]:
         recipe(suite, protocol)  # a bad field fails before any model loads

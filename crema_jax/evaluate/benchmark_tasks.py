@@ -22,6 +22,7 @@ architecture in the table is always a row: one `random:NAME` row is added per ar
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import os
@@ -30,10 +31,12 @@ import jax
 import numpy as np
 
 from crema_jax import config as config_lib
+from crema_jax.data.index import registry
 from crema_jax.data.index.dataset_index import CINC_SOURCES
 from crema_jax.evaluate import protocols, ranges
 from crema_jax.inference import backbones
 from crema_jax.models import families
+from crema_jax.runtime import storage
 
 PROTOCOLS = ("probe", "mlp", "finetune")
 DATASET_DEFAULTS = {"layout": "wfdb_folder", "root": "", "layout_options": {}, "classes": [],
@@ -192,7 +195,8 @@ def load_suite(path, roots: dict | None = None) -> dict:
             raise ValueError(f"task file {path}: datasets[{task['dataset']!r}] gives folds and "
                              "split_fractions, and no cross-domain task reads its splits: the "
                              "folds replace them; give one of the two")
-        lead_sets = [protocols.lead_set(leads) for leads in task["leads"]]
+        lead_sets = [protocols.lead_set(leads, f"task file {path}: task {task['name']!r}: "
+                                            f"leads entry {leads!r}") for leads in task["leads"]]
         if not lead_sets or len(set(lead_sets)) != len(lead_sets):
             raise ValueError(f"task file {path}: tasks[{i}].leads={task['leads']!r}: expected "
                              "distinct lead sets")
@@ -214,6 +218,42 @@ def load_suite(path, roots: dict | None = None) -> dict:
                              f"{task['label_fractions']}: each {ranges.FRACTION_OF_LABELS.text}")
     ordered = {name: config["protocols"][name] for name in PROTOCOLS if name in config["protocols"]}
     return {**suite, "datasets": datasets, "tasks": tasks, "protocols": ordered}
+
+
+def dataset_where(suite: dict, name: str, path) -> str:
+    """How errors name dataset `name`'s fields: the task file, the first task on it, the entry."""
+    users = [t["name"] for t in suite["tasks"] if t["dataset"] == name]
+    return (f"task file {path}: " + (f"task {users[0]!r}: " if users else "")
+            + f"datasets[{name!r}].")
+
+
+def check_datasets(suite: dict, path) -> None:
+    """Every dataset's layout, layout_options and root (or cache_dir), checked without reading a
+    record, before any model loads or cell runs: a layout or option typo, or a missing root, in
+    a later task's dataset had failed only once every earlier task's cells had run, and named
+    flags the benchmark has not got (--layout). Each error names the task file, the first task
+    on the dataset and the field."""
+    for name, entry in suite["datasets"].items():
+        where = dataset_where(suite, name, path)
+        layout, options = entry["layout"], entry["layout_options"]
+        if layout not in registry.NAMES:
+            close = difflib.get_close_matches(layout, registry.NAMES, n=1)
+            raise ValueError(f"{where}layout={layout!r}: unknown dataset layout"
+                             + (f" (did you mean {close[0]!r}?)" if close else "")
+                             + f"; expected one of {sorted(registry.NAMES)}")
+        try:
+            registry.check_options(layout, options)
+        except ValueError as err:
+            raise ValueError(f"{where}layout_options: {err}") from None
+        field = "cache_dir" if entry["cache_dir"] else "root"
+        folder = os.fspath(entry[field])
+        if not storage.exists(folder):
+            raise ValueError(f"{where}{field}={folder!r}: no such file or folder"
+                             + (f" (give --roots={name}=FOLDER where the data lives)"
+                                if field == "root" else ""))
+        if not storage.is_remote(folder) and not os.access(
+                folder, os.R_OK | (os.X_OK if os.path.isdir(folder) else 0)):
+            raise ValueError(f"{where}{field}={folder!r}: not readable (permissions)")
 
 
 def columns(suite: dict) -> list[Column]:

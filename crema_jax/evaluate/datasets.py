@@ -32,6 +32,8 @@ class Dataset:
     # and what was kept: "unlabelled" (no label at all: a negative of every class); and
     # "patients_across_splits" (_checked_patients: the given splits' shared patients, or None).
     counts: dict = dataclasses.field(default_factory=dict)
+    # Every class the layout's labels name, before min_positives ([]: unknown).
+    label_names: list = dataclasses.field(default_factory=list)
 
 
 def class_display_names(root: str, classes) -> dict:
@@ -241,7 +243,7 @@ def load_dataset(settings: dict) -> Dataset:
     return Dataset(infos, splits, np.asarray([info.source for info in infos]), classes, labels,
                    label_type, class_display_names(root, classes), cache_dir=cache_dir,
                    skip_damaged_cache_records=bool(settings.get("skip_damaged_cache_records")),
-                   counts=counts)
+                   counts=counts, label_names=list(index.label_names))
 
 
 def make_source(dataset: Dataset, data_cfg, rows=None):

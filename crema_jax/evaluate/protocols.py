@@ -35,12 +35,13 @@ LEAD_SETS = {
 SPLITS = ("train", "val", "test")
 
 
-def lead_set(name: str) -> tuple[str, ...]:
-    """A named lead set, or '+'-joined lead names (e.g. 'I+II+V2') in canonical order."""
+def lead_set(name: str, where: str = "") -> tuple[str, ...]:
+    """A named lead set, or '+'-joined lead names (e.g. 'I+II+V2') in canonical order. `where`
+    names the entry in errors (default: the commands' --lead_sets flag)."""
     if name in LEAD_SETS:
         return LEAD_SETS[name]
     leads = tuple(name.split("+"))
-    check_lead_names(leads, f"--lead_sets entry {name!r}",
+    check_lead_names(leads, where or f"--lead_sets entry {name!r}",
                      expected=f"one of {sorted(LEAD_SETS)} or '+'-joined names")
     return tuple(sorted(leads, key=LEAD_NAMES.index))
 

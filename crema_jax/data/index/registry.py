@@ -58,16 +58,20 @@ def build_index(layout: str, root, **opts) -> DatasetIndex:
     if layout not in LAYOUTS:
         raise ValueError(f"--layout={layout!r}: unknown dataset layout; expected one of "
                          f"{sorted(LAYOUTS)}")
-    accepted = [name for name, p in inspect.signature(LAYOUTS[layout]).parameters.items()
-                if p.kind == p.KEYWORD_ONLY]
+    return LAYOUTS[layout](root, **check_options(layout, opts))
+
+
+def check_options(layout: str, opts: Mapping) -> dict:
+    """`opts` as the keywords of `layout` (a known one) take them, each of its annotated type; an
+    unknown option or a value of the wrong kind is one line naming it. Reads no record."""
+    parameters = inspect.signature(LAYOUTS[layout]).parameters
+    accepted = [name for name, p in parameters.items() if p.kind == p.KEYWORD_ONLY]
     unknown = sorted(set(opts) - set(accepted))
     if unknown:
         raise ValueError(f"layout {layout}: unknown option {unknown[0]!r}; it takes "
                          f"{', '.join(accepted)}")
-    parameters = inspect.signature(LAYOUTS[layout]).parameters
-    opts = {name: _typed(layout, name, parameters[name].annotation, value)
+    return {name: _typed(layout, name, parameters[name].annotation, value)
             for name, value in opts.items()}
-    return LAYOUTS[layout](root, **opts)
 
 
 def _typed(layout: str, name: str, annotation, value):
