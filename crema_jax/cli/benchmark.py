@@ -7,7 +7,8 @@
 
 --models: NAME=CHECKPOINT pairs; CHECKPOINT a checkpoint (ours, or imported ST-MEM/ECGFounder),
 `random` (a SiT of --model_size) or `random:sit` / `random:net1d`. The random init of every
-architecture in the table is added as a row (`random:NAME`) when none is given.
+architecture in the table is added as a row (`random:FAMILY`, e.g. random:sit) when none is
+given; its cells are filed under its architecture and seed, whatever the order of --models.
 --tasks: a task file (configs/benchmarks/*.py) naming the datasets (layout, root, classes, split
 rule), the tasks (lead sets, label fractions, cross-domain source pairs) and the protocols
 (probe: linear head; mlp: frozen encoder + a small MLP head; finetune: SiT models only).

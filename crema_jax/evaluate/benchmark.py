@@ -9,9 +9,11 @@ on one column (task x lead set x label fraction, benchmark_tasks.py) by one prot
   are marked not applicable).
 Frozen features are extracted ONCE per model x records x lead set and cached under
 workdir/features (feature_store.py). Each finished cell's predictions are written atomically to
-workdir/cells/MODEL/COLUMN/PROTOCOL.npz with a digest of what they depend on; a rerun (after a
-kill, or with more models) reuses every cell whose digest matches and computes the rest. The
-leaderboard (benchmark_leaderboard.py) is computed from the saved predictions alone.
+workdir/cells/MODEL/COLUMN/PROTOCOL.npz (MODEL: benchmark_tasks.Model.filed_as, its name or,
+for an added random row, its architecture and seed) with a digest of what they depend on; a
+rerun (after a kill, with more models or in another order) reuses every cell whose digest
+matches and computes the rest. The leaderboard (benchmark_leaderboard.py) is computed from the
+saved predictions alone.
 """
 from __future__ import annotations
 
@@ -316,7 +318,7 @@ def run_cells(models, cols, suite: dict, workdir: pathlib.Path, log=print,
                         model.config.model).fine_tunable:
                     counts["cells_not_applicable"] += 1
                     continue
-                path = cell_path(workdir, *key)
+                path = cell_path(workdir, model.filed_as, column.name, protocol)
                 spec = benchmark_tasks.cell_spec(model, column, protocol, suite,
                                                  loaded.fingerprint(column.dataset))
                 cell = load_cell(path, spec)

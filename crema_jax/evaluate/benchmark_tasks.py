@@ -16,8 +16,11 @@ every column by every protocol: one cell per model x column x protocol.
 
 Models: `NAME=CHECKPOINT` pairs; CHECKPOINT a checkpoint (ours, or imported ST-MEM/ECGFounder),
 `random` (a SiT of the default size) or `random:FAMILY` (sit, net1d). The random init of every
-architecture in the table is always a row: one `random:NAME` row is added per architecture
-(model config and data path) that has no random row yet, NAME the first model of it.
+architecture in the table is always a row: one row is added per architecture (model config and
+data path) that has no random row yet, shown as `random:FAMILY` (`random:FAMILY-DIGEST`, 8 hex
+digits of the architecture, when two added rows are of one family) and filed (cells, features)
+under what defines it, its architecture and seed (`Model.filed_as`): adding or reordering models
+reuses its cells.
 """
 from __future__ import annotations
 
@@ -76,8 +79,16 @@ class Model:
     checkpoint: str
     config: object
     params: object      # None: random init (seeded)
-    random_of: str = ""  # the model whose architecture this random row is
+    random_of: str = ""  # an added random row: the first model of its architecture
     weights: str = ""    # weights_digest: what its predictions are computed from
+
+    @property
+    def filed_as(self) -> str:
+        """The name its cells and features are filed and digested under: its own, or for an
+        added random row `random:WEIGHTS` (its architecture, data path and seed; no --models
+        name starts with `random:`): it had been named after the first model of its
+        architecture, so a model added in front recomputed its every cell and feature."""
+        return f"{backbones.RANDOM}:{self.weights}" if self.random_of else self.name
 
 
 def _fields(entry, defaults: dict, where: str) -> dict:
@@ -361,16 +372,20 @@ def load_models(items, *, seed: int, model_size: str = "tiny") -> list[Model]:
                                                           model_size=model_size)
         models.append(Model(name, checkpoint if not family else f"random:{family}", config,
                             params, weights=weights_digest(config, params, seed)))
-    covered = {architecture(m.config) for m in models if m.params is None}
-    for model in list(models):
+    covered, added = {architecture(m.config) for m in models if m.params is None}, []
+    for model in models:
         key = architecture(model.config)
         if key not in covered:
             covered.add(key)
-            models.append(Model(f"random:{model.name}", backbones.RANDOM,
-                                model.config.copy_and_resolve_references(), None,
-                                random_of=model.name,
-                                weights=weights_digest(model.config, None, seed)))
-    return models
+            added.append(Model(families.family_of(model.config.model).name, backbones.RANDOM,
+                               model.config.copy_and_resolve_references(), None,
+                               random_of=model.name,
+                               weights=weights_digest(model.config, None, seed)))
+    family_names = [m.name for m in added]
+    for model in added:  # named by what it is, not by the order of --models
+        model.name = f"{backbones.RANDOM}:{model.name}" + (
+            f"-{architecture(model.config)[:8]}" if family_names.count(model.name) > 1 else "")
+    return models + added
 
 
 def model_random_row(models: list[Model]) -> dict:
@@ -397,7 +412,7 @@ def cell_spec(model: Model, column: Column, protocol: str, suite: dict,
     settings or, by `dataset_digest` (benchmark.Datasets.fingerprint), the dataset's records and
     labels recompute it), and the EVALUATION_RULES a finished cell was computed under."""
     text = json.dumps({"rules": EVALUATION_RULES,
-                       "model": [model.name, model.checkpoint, model.weights],
+                       "model": [model.filed_as, model.checkpoint, model.weights],
                        "column": dataclasses.asdict(column),
                        "dataset": suite["datasets"][column.dataset],
                        "dataset_digest": dataset_digest, "protocol": protocol,

@@ -1,8 +1,9 @@
 """Frozen features cached on disk: one extraction per model x records x lead set.
 
-A dataset's features are written to FOLDER/MODEL/RECORDS-LEADS.npz, RECORDS a digest of the
-layout, root and layout options other than the label set (PTB-XL's label sets, or two split
-rules over one folder, read the same records). Each example is stored with its record's key
+A dataset's features are written to FOLDER/MODEL/RECORDS-LEADS.npz (MODEL: the model's
+benchmark_tasks.Model.filed_as), RECORDS a digest of the layout, root and layout options other
+than the label set (PTB-XL's label sets, or two split rules over one folder, read the same
+records). Each example is stored with its record's key
 (`record_key`: id, path, and the size and modification time of its files, so that two records
 of one name in two folders stay two, and a record whose files changed is read again), so
 another dataset over the same records (other classes, other splits) maps them to its own rows;
@@ -55,14 +56,15 @@ class FeatureStore:
         return [self.keys.setdefault(info, record_key(info)) for info in infos]
 
     def _backbone(self, model, seed: int):
-        if model.name not in self.backbones:
-            self.backbones[model.name] = backbones.build(model.config, model.params, seed=seed)
-        return self.backbones[model.name]
+        if model.filed_as not in self.backbones:
+            self.backbones[model.filed_as] = backbones.build(model.config, model.params,
+                                                             seed=seed)
+        return self.backbones[model.filed_as]
 
     def features(self, model, data, leads: str, settings: dict, mesh) -> linear_probe.Features:
         """`model`'s features of `data`'s records with `leads`: from the cache, or extracted
         (and cached) when the cache lacks a record of `data`."""
-        path = (self.folder / files.folder_name(model.name)
+        path = (self.folder / files.folder_name(model.filed_as)
                 / f"{records_key(settings)}-{leads.replace('+', '_')}.npz")
         ids = self._keys(data.infos)
         cached = self._load(path, model.weights, ids)

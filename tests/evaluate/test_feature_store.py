@@ -45,8 +45,8 @@ def store(tmp_path, monkeypatch):
     return made, counts, read
 
 
-MODEL = types.SimpleNamespace(name="m", weights="w1", checkpoint="/ckpt", config=None,
-                              params=None)
+MODEL = types.SimpleNamespace(name="m", filed_as="m", weights="w1", checkpoint="/ckpt",
+                              config=None, params=None)
 
 
 def _features(store, infos):

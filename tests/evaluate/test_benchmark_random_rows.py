@@ -1,0 +1,68 @@
+"""benchmark: the random-init row the benchmark adds per architecture was named after the first
+model of that architecture (`random:b`), and that name was in its cells' digest and in its
+feature folder: a model added at the front of --models (`a`, of b's architecture) renamed it
+`random:a` and recomputed its every cell and feature. It is shown as `random:FAMILY` and filed
+under its architecture and seed, whatever the order of --models."""
+import numpy as np
+
+from crema_jax import config as config_lib
+from crema_jax.data.index import dataset_index
+from crema_jax.evaluate import benchmark, benchmark_tasks
+from crema_jax.models import params as params_lib
+from crema_jax.runtime import checkpoint
+
+ONE_TASK = f"""import ml_collections
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.datasets = {{"d": {{"root": {str(dataset_index.sample_data_dir())!r}, "folds": 3,
+                        "min_positives": 5, "label_type": "multilabel"}}}}
+    c.tasks = [{{"name": "t", "dataset": "d"}}]
+    c.protocols = {{"probe": {{"steps": 5}}}}
+    c.bootstrap = 20
+    return c
+"""
+
+
+def test_a_model_added_in_front_reuses_the_random_rows_cells(tmp_path):
+    config = config_lib.default_config()
+    config.model.size = "tiny"
+    sit = tmp_path / "sit"
+    checkpoint.save_model_checkpoint(sit, params_lib.init_params(config.model, 1), config)
+    tasks = tmp_path / "tasks.py"
+    tasks.write_text(ONE_TASK)
+    workdir = tmp_path / "bench"
+    first = benchmark.run_benchmark([f"b={sit}"], str(tasks), str(workdir))
+    assert [m["name"] for m in first["models"]] == ["b", "random:sit"]
+    assert first["counts"]["cells_computed"] == 2
+    again = benchmark.run_benchmark([f"a={sit}", f"b={sit}"], str(tasks), str(workdir))
+    rows = {m["name"]: (m["random_of"], m["random_row"]) for m in again["models"]}
+    assert rows == {"a": ("", "random:sit"), "b": ("", "random:sit"),
+                    "random:sit": ("a", "random:sit")}
+    # a's cell and features are new; b's and the random row's are the first run's.
+    assert {k: again["counts"][k] for k in ("cells_computed", "cells_reused",
+                                            "feature_extractions", "features_reused")} == {
+        "cells_computed": 1, "cells_reused": 2, "feature_extractions": 1, "features_reused": 0}
+    scores = [{(s["model"], s["column"], s["protocol"]): s["macro_auroc"] for s in board["cells"]}
+              for board in (first, again)]
+    assert scores[1][("random:sit", "t", "probe")] == scores[0][("random:sit", "t", "probe")]
+
+
+def test_added_random_rows_of_one_family_are_told_apart_by_their_architecture(monkeypatch):
+    """Two SiT sizes: two added rows, random:sit-DIGEST each, DIGEST 8 hex digits of the
+    architecture (its model config and data path); the same names in either order."""
+    configs = {}
+    for size in ("tiny", "small"):
+        configs[size] = config_lib.default_config()
+        configs[size].model.size = size
+    monkeypatch.setattr(benchmark_tasks.backbones, "load_config_and_params",
+                        lambda path, **_: (configs[path], {"w": np.ones(2, np.float32)}))
+
+    def added(items):
+        return {m.random_of: m.name for m in benchmark_tasks.load_models(items, seed=0)
+                if m.random_of}
+    one = added(["x=tiny", "y=small"])
+    assert set(one) == {"x", "y"} and len(set(one.values())) == 2
+    digests = {k: benchmark_tasks.architecture(c)[:8] for k, c in configs.items()}
+    assert one == {"x": f"random:sit-{digests['tiny']}", "y": f"random:sit-{digests['small']}"}
+    assert added(["y=small", "x=tiny"]) == one
+    assert added(["x=tiny"]) == {"x": "random:sit"}
