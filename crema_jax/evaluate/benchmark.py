@@ -30,6 +30,7 @@ import numpy as np
 
 from crema_jax.data.signal import augment
 from crema_jax.evaluate import (
+    benchmark_datasets,
     benchmark_leaderboard,
     benchmark_tasks,
     datasets,
@@ -117,11 +118,11 @@ class Datasets:
         if name not in self.loaded:
             settings = benchmark_tasks.dataset_settings(self.suite, name)
             data = datasets.load_dataset(settings)
-            benchmark_tasks.check_sources(self.suite, name, data.sources, self.tasks_path)
+            benchmark_datasets.check_sources(self.suite, name, data.sources, self.tasks_path)
             if settings["classes"]:
                 data = restrict_classes(
                     data, [str(c) for c in settings["classes"]], settings["min_positives"],
-                    benchmark_tasks.dataset_where(self.suite, name, self.tasks_path))
+                    benchmark_datasets.dataset_where(self.suite, name, self.tasks_path))
             plan, groups = folds.dataset_plan(data, settings)
             self.loaded[name] = (data, plan, groups)
         return self.loaded[name]
@@ -156,7 +157,7 @@ def restrict_classes(data, classes: list[str], min_positives: int = 1,
     """The dataset scored on the task file's classes only (a label set such as CPSC2018's nine
     or CODE-15%'s six). A class no record is labelled with (a typo: it had been called one with
     too few positives) or one that min_positives left out is an error naming it; `where`
-    prefixes the field (benchmark_tasks.dataset_where)."""
+    prefixes the field (benchmark_datasets.dataset_where)."""
     vocabulary = data.label_names or data.classes
     unknown = [c for c in classes if c not in vocabulary]
     if unknown:
@@ -344,7 +345,7 @@ def run_benchmark(model_items, tasks_path, workdir, *, roots=None, model_size: s
     leaderboard.json, leaderboard.md and leaderboard.png in workdir."""
     start = time.time()
     suite = benchmark_tasks.load_suite(tasks_path, roots)
-    benchmark_tasks.check_datasets(suite, tasks_path)  # layouts, options, roots: no record read
+    benchmark_datasets.check_datasets(suite, tasks_path)  # layouts, options, roots: no record read
     cols = benchmark_tasks.columns(suite)
     for protocol in suite["protocols"]:
         recipe(suite, protocol)  # a bad field fails before any model loads
