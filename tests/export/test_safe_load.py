@@ -147,7 +147,7 @@ def test_import_then_export_through_the_checkpoint(tmp_path):
     params, config, step = config_lib.load_checkpoint(str(out))
     assert config.model.name == "net1d" and config.model.in_channels == 1
     assert list(config.model.filters) == [16, 32] and list(config.model.blocks) == [1, 2]
-    with pytest.raises(ValueError, match="holds files this command did not write"):
+    with pytest.raises(ValueError, match=r"already holds an import \(checkpoints/0\)"):
         import_torch.run_import(str(path), "ecgfounder", str(out))   # never into a used folder
     pth, side = export_torch.run_export(str(out), str(tmp_path / "back.pth"))
     back = torch.load(pth, weights_only=True)["state_dict"]

@@ -27,12 +27,14 @@ def _files(folder):
 @pytest.fixture(scope="module")
 def mixed_root(tmp_path_factory, cinc_sample_dir):
     """The 50 bundled CinC records and the broken ones, with the skips expected by reason (the
-    broken records that have a header, so that the wfdb_folder layout lists them)."""
+    broken records the wfdb_folder layout lists: those with a header, and a signal file without
+    one, counted as missing_header)."""
     root = tmp_path_factory.mktemp("mixed")
     for path in sorted(cinc_sample_dir.iterdir()):
         shutil.copy(path, root / path.name)
     broken = broken_records.make_broken_records(root / "broken")
-    listed = [name for name, path in broken.items() if os.path.isfile(path + ".hea")]
+    listed = [name for name, path in broken.items()
+              if any(os.path.isfile(path + suffix) for suffix in (".hea", ".dat", ".mat"))]
     expected = collections.Counter(broken_records.EXPECTED_REASONS[name] for name in listed
                                    if broken_records.EXPECTED_REASONS[name] is not None)
     readable = sum(broken_records.EXPECTED_REASONS[name] is None for name in listed)
