@@ -12,7 +12,13 @@ from crema_jax.data.cache import record_format
 from crema_jax.data.cache import sidecars as sidecar_lib
 from crema_jax.data.cache.sidecars import PrepareError
 from crema_jax.data.index import duplicates
+from crema_jax.data.reading import clinical
 from crema_jax.runtime import storage
+
+# The salted hash of this fixed key: the same on every host and rerun of a build exactly when
+# they hash patient ids with the same CREMA_JAX_PATIENT_SALT (record_format keeps ids only as
+# such hashes). It tells no more about the salt than any hashed id in the cache does.
+SALT_CHECK_KEY = "crema_jax.salt-check"
 
 
 def _records_sha1(index) -> str:
@@ -36,7 +42,8 @@ def cache_settings(index, opts: dict, preprocess_cfg) -> dict:
             "preprocess_preset": opts["preprocess"], "preprocess": preprocess_cfg,
             "derive_limb_leads": True, "dtype": opts["dtype"],
             "records_per_shard": int(opts["records_per_shard"]),
-            "num_records": len(index.records), "records_sha1": paths}
+            "num_records": len(index.records), "records_sha1": paths,
+            "patient_salt_check": clinical.patient_hash(SALT_CHECK_KEY)}
 
 
 def check_or_write(out: str, settings: dict, *, write: bool) -> None:
@@ -53,6 +60,11 @@ def check_or_write(out: str, settings: dict, *, write: bool) -> None:
             raise PrepareError(f"{path}: not the settings of a crema_jax cache (no \"format\": "
                                f"\"{settings['format']}\"); use a new --out folder")
         changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if changed == ["patient_salt_check"]:
+            raise PrepareError(f"{out} holds a cache whose patient ids were hashed with another "
+                               f"{clinical.SALT_ENV} (patient_salt_check): resumed, one patient "
+                               "would get two ids; set the salt it was built with, or use a new "
+                               "--out folder")
         if changed == ["records_sha1"]:
             raise PrepareError(f"{out} holds a cache of these records as they were: one or more "
                                "was relabelled, rewritten, added or removed since (records_sha1)"

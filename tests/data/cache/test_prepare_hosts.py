@@ -2,6 +2,7 @@
 shards, then one `--merge`, must write exactly the files of a one-host run, also when a task is
 killed mid-way and rerun; nothing waits for anything."""
 import csv
+import hashlib
 import json
 import os
 import pathlib
@@ -320,3 +321,27 @@ def test_a_merge_takes_a_shard_cut_short_since_its_host_wrote_it_as_not_written(
     prepare.prepare(out=str(out), host_index=1, **common)
     assert shard.read_bytes() == written
     assert prepare.prepare(out=str(out), merge_only=True, **common)["records"] == 6
+
+
+def test_a_cache_is_not_resumed_with_another_patient_salt(tmp_path, six_records, monkeypatch):
+    """Cache rows keep patient ids as salted hashes: a rerun (or another host) with another
+    CREMA_JAX_PATIENT_SALT would give one patient two ids, and the splits and folds would part
+    its records. settings.json holds the salted hash of a fixed key, which the rerun compares;
+    the same salt resumes."""
+    out = tmp_path / "salted"
+    monkeypatch.setenv("CREMA_JAX_PATIENT_SALT", "first secret")
+    prepare.prepare(layout="wfdb_folder", root=str(six_records), out=str(out), workers=1,
+                    stop_after_shards=1, records_per_shard=2)
+    check = json.loads((out / "settings.json").read_text())["patient_salt_check"]
+    assert check == "p" + hashlib.sha256(b"first secret\0crema_jax.salt-check").hexdigest()[:16]
+    monkeypatch.setenv("CREMA_JAX_PATIENT_SALT", "second secret")
+    with pytest.raises(prepare.PrepareError, match=re.escape(
+            f"{out} holds a cache whose patient ids were hashed with another "
+            "CREMA_JAX_PATIENT_SALT (patient_salt_check): resumed, one patient would get two "
+            "ids; set the salt it was built with, or use a new --out folder")):
+        prepare.prepare(layout="wfdb_folder", root=str(six_records), out=str(out), workers=1,
+                        records_per_shard=2)
+    monkeypatch.setenv("CREMA_JAX_PATIENT_SALT", "first secret")
+    prepare.prepare(layout="wfdb_folder", root=str(six_records), out=str(out), workers=1,
+                    records_per_shard=2)
+    assert (out / "index.json").is_file()
