@@ -160,6 +160,11 @@ def restrict_classes(data, classes: list[str], min_positives: int = 1,
     prefixes the field (benchmark_datasets.dataset_where)."""
     vocabulary = data.label_names or data.classes
     unknown = [c for c in classes if c not in vocabulary]
+    if unknown and not data.label_names:   # a layout that names no vocabulary: either reason
+        raise ValueError(f"{where}classes: {unknown[0]!r} is not a class the dataset keeps (no "
+                         f"record is labelled with it, or it has fewer than min_positives="
+                         f"{min_positives} positives); the classes kept: "
+                         f"{_shown(data.classes)}")
     if unknown:
         close = difflib.get_close_matches(unknown[0], vocabulary, n=1)
         raise ValueError(f"{where}classes: {unknown[0]!r} is not a class of the dataset: no "
@@ -169,7 +174,8 @@ def restrict_classes(data, classes: list[str], min_positives: int = 1,
     missing = [c for c in classes if c not in data.classes]
     if missing:
         raise ValueError(f"{where}classes: {missing} have fewer than min_positives="
-                         f"{min_positives} positives; the classes with enough: "
+                         f"{min_positives} positives (among the training records; among all "
+                         f"records with folds); the classes with enough: "
                          f"{_shown(data.classes)}")
     keep = [data.classes.index(c) for c in classes]
     data.classes, data.labels = list(classes), data.labels[:, keep]

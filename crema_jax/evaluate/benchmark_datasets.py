@@ -27,7 +27,10 @@ def check_datasets(suite: dict, path) -> None:
     a later task's dataset had failed only once every earlier task's cells had run, and named
     flags the benchmark has not got (--layout). Each error names the task file, the first task
     on the dataset and the field."""
+    used = {task["dataset"] for task in suite["tasks"]}
     for name, entry in suite["datasets"].items():
+        if name not in used:   # an entry no task reads is never loaded
+            continue
         where = dataset_where(suite, name, path)
         layout, options = entry["layout"], entry["layout_options"]
         if layout not in registry.NAMES:

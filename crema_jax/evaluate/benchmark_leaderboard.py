@@ -104,6 +104,10 @@ def permutations_for(pending: list, alpha: float) -> int:
     return permutation.enough_for(sum(len(t["classes"]) for t in pending), alpha)
 
 
+# The most resamples the paired tests draw unless the task file's bootstrap asks for more.
+RESAMPLES_CAP = 19_999
+
+
 def resamples_for(pending: list, suite: dict) -> int:
     """The resamples of each paired bootstrap: the task file's `bootstrap`, raised so that
     Holm's correction over the table's m macro comparisons can reach alpha / 2 with the
@@ -113,8 +117,6 @@ def resamples_for(pending: list, suite: dict) -> int:
     needed = math.ceil(4 * len(pending) / suite["alpha"]) - 1
     return int(max(suite["bootstrap"], min(RESAMPLES_CAP, needed)))
 
-
-RESAMPLES_CAP = 19_999
 
 
 def _run_test(t: dict, suite: dict, n_resamples: int, n_permutations: int) -> dict:
@@ -205,8 +207,9 @@ def _macro_text(m: int, b: int, suite: dict) -> str:
             f"table")
     floor = m * 2 / (b + 1)
     if floor > suite["alpha"] / 2:
+        needed = math.ceil(4 * m / suite["alpha"]) - 1
         text += (f" (an adjusted p is at least {floor:.2g}: more comparisons than {b} "
-                 f"resamples resolve; raise bootstrap)")
+                 f"resamples resolve; set the task file's bootstrap to {needed} or more)")
     return text
 
 

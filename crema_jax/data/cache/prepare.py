@@ -241,7 +241,7 @@ def make_plan(*, layout, root, out, layout_options=None, target_fs=250.0, prepro
     if not index.records:
         raise PrepareError(f"--root={root}: the {layout} layout finds no record there; nothing "
                            "to prepare")
-    if any(r.meta.get("patient_id") not in (None, "") for r in index.records):
+    if settings_file.has_patient_ids(index):
         clinical.warn_if_public_salt()   # the cache keeps their salted hashes
     preprocess_cfg = presets.preprocessing(preprocess).to_dict()
     if stage_config(preprocess_cfg, "record") is None:

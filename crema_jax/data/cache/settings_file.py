@@ -43,7 +43,14 @@ def cache_settings(index, opts: dict, preprocess_cfg) -> dict:
             "derive_limb_leads": True, "dtype": opts["dtype"],
             "records_per_shard": int(opts["records_per_shard"]),
             "num_records": len(index.records), "records_sha1": paths,
-            "patient_salt_check": clinical.patient_hash(SALT_CHECK_KEY)}
+            # Only where ids are hashed: a cache without them is the same under any salt.
+            "patient_salt_check": (clinical.patient_hash(SALT_CHECK_KEY)
+                                   if has_patient_ids(index) else None)}
+
+
+def has_patient_ids(index) -> bool:
+    """Whether any record of `index` has a patient id (which the cache keeps as its hash)."""
+    return any(r.meta.get("patient_id") not in (None, "") for r in index.records)
 
 
 def check_or_write(out: str, settings: dict, *, write: bool) -> None:
@@ -60,7 +67,7 @@ def check_or_write(out: str, settings: dict, *, write: bool) -> None:
             raise PrepareError(f"{path}: not the settings of a crema_jax cache (no \"format\": "
                                f"\"{settings['format']}\"); use a new --out folder")
         changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-        if changed == ["patient_salt_check"]:
+        if "patient_salt_check" in changed:   # clinical exports' ids change records_sha1 too
             raise PrepareError(f"{out} holds a cache whose patient ids were hashed with another "
                                f"{clinical.SALT_ENV} (patient_salt_check): resumed, one patient "
                                "would get two ids; set the salt it was built with, or use a new "

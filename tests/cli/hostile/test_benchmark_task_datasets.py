@@ -43,7 +43,8 @@ LAYOUTS = "['clinical_exports', 'code15', 'manifest', 'mimic_iv_ecg', 'numpy', '
      "datasets['other'].classes: '42708400' is not a class of the dataset: no record is "
      "labelled with it (did you mean '427084000'?); its "),
     ('"classes": ["427084000"]', '"classes": ["55827005"]',   # 3 records of the sample
-     "datasets['other'].classes: ['55827005'] have fewer than min_positives=5 positives; "),
+     "datasets['other'].classes: ['55827005'] have fewer than min_positives=5 positives "
+     "(among the training records; among all records with folds); "),
 ], ids=["layout", "root", "layout_option", "leads", "class_typo", "class_too_rare"])
 def test_a_later_tasks_dataset_mistake_stops_the_run_before_any_cell(tmp_path, old, new, said):
     assert old in TWO_TASKS
@@ -56,3 +57,38 @@ def test_a_later_tasks_dataset_mistake_stops_the_run_before_any_cell(tmp_path, o
         f"task file {path}: task 'second': {said}"), message
     assert not [p for p in (tmp_path / "bench").rglob("*") if p.is_file()
                 and p.name != workdir_lib.WorkdirLock.NAME]   # no cell, no feature
+
+
+def test_a_dataset_no_task_reads_is_not_checked(tmp_path):
+    """An entry of `datasets` that no task names is never loaded, so its root (here one that
+    does not exist, and one left at the default "") is not refused; a task's is."""
+    from crema_jax.evaluate import benchmark_datasets, benchmark_tasks
+
+    spare = TWO_TASKS.replace(
+        '"folds": 3, "classes": ["427084000"]}}',
+        '"folds": 3, "classes": ["427084000"]},\n                  "spare": {"root": "/no/such"},'
+        ' "blank": {}}').replace("ROOT", repr(ROOT))
+    path = tmp_path / "tasks.py"
+    path.write_text(spare)
+    suite = benchmark_tasks.load_suite(str(path))
+    assert {"spare", "blank"} <= set(suite["datasets"])
+    benchmark_datasets.check_datasets(suite, str(path))   # no error
+    path.write_text(spare.replace('"dataset": "other"}', '"dataset": "spare"}'))
+    suite = benchmark_tasks.load_suite(str(path))
+    with pytest.raises(ValueError, match=r"task 'second': datasets\['spare'\]\.root='/no/such'"):
+        benchmark_datasets.check_datasets(suite, str(path))
+
+
+def test_a_class_of_a_layout_that_names_no_vocabulary_is_refused_for_either_reason():
+    """A layout that lists no label names: a class missing from the kept classes may be a typo
+    or one min_positives left out; the message says both rather than "no record is labelled"
+    (which had been said of a class with too few positives)."""
+    from types import SimpleNamespace
+
+    data = SimpleNamespace(label_names=[], classes=["164934002", "284470004"])
+    with pytest.raises(ValueError) as raised:
+        benchmark.restrict_classes(data, ["426783006"], 5, "W: ")
+    assert str(raised.value) == (
+        "W: classes: '426783006' is not a class the dataset keeps (no record is labelled with "
+        "it, or it has fewer than min_positives=5 positives); the classes kept: "
+        f"{benchmark._shown(data.classes)}")

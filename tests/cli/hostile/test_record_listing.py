@@ -199,6 +199,9 @@ def test_a_signal_file_without_its_header_is_listed_and_read_as_a_missing_header
     hea.write_text(hea.read_text().replace("SYN00001.dat", "SYN00001_signals.dat"))
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "x.mat").write_bytes(b"\0" * 64)
+    for system in (".Trash-1000", "lost+found"):   # passed over there, as export files are
+        (tmp_path / system).mkdir()
+        (tmp_path / system / "old.dat").write_bytes(b"\0" * 64)
     listed = expand_records(str(tmp_path))
     assert listed == [str(tmp_path / p) for p in ("SYN00000", "SYN00001", "sub/x")]
     with pytest.raises(RecordError) as err:

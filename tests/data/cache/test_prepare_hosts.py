@@ -327,21 +327,32 @@ def test_a_cache_is_not_resumed_with_another_patient_salt(tmp_path, six_records,
     """Cache rows keep patient ids as salted hashes: a rerun (or another host) with another
     CREMA_JAX_PATIENT_SALT would give one patient two ids, and the splits and folds would part
     its records. settings.json holds the salted hash of a fixed key, which the rerun compares;
-    the same salt resumes."""
-    out = tmp_path / "salted"
+    the same salt resumes. A cache of records without patient ids (wfdb_folder) is the same
+    under any salt and resumes under another."""
+    manifest = tmp_path / "m.csv"
+    with open(manifest, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "labels", "patient_id"])
+        for i, head in enumerate(sorted(six_records.glob("*.hea"))):
+            writer.writerow([str(head.with_suffix("")), "1000", f"P{i // 2}"])
+    out, plain = tmp_path / "salted", tmp_path / "plain"
     monkeypatch.setenv("CREMA_JAX_PATIENT_SALT", "first secret")
-    prepare.prepare(layout="wfdb_folder", root=str(six_records), out=str(out), workers=1,
-                    stop_after_shards=1, records_per_shard=2)
+    for layout, root, folder in (("manifest", manifest, out), ("wfdb_folder", six_records, plain)):
+        prepare.prepare(layout=layout, root=str(root), out=str(folder), workers=1,
+                        stop_after_shards=1, records_per_shard=2)
     check = json.loads((out / "settings.json").read_text())["patient_salt_check"]
     assert check == "p" + hashlib.sha256(b"first secret\0crema_jax.salt-check").hexdigest()[:16]
+    assert json.loads((plain / "settings.json").read_text())["patient_salt_check"] is None
     monkeypatch.setenv("CREMA_JAX_PATIENT_SALT", "second secret")
     with pytest.raises(prepare.PrepareError, match=re.escape(
             f"{out} holds a cache whose patient ids were hashed with another "
             "CREMA_JAX_PATIENT_SALT (patient_salt_check): resumed, one patient would get two "
             "ids; set the salt it was built with, or use a new --out folder")):
-        prepare.prepare(layout="wfdb_folder", root=str(six_records), out=str(out), workers=1,
+        prepare.prepare(layout="manifest", root=str(manifest), out=str(out), workers=1,
                         records_per_shard=2)
-    monkeypatch.setenv("CREMA_JAX_PATIENT_SALT", "first secret")
-    prepare.prepare(layout="wfdb_folder", root=str(six_records), out=str(out), workers=1,
+    prepare.prepare(layout="wfdb_folder", root=str(six_records), out=str(plain), workers=1,
                     records_per_shard=2)
-    assert (out / "index.json").is_file()
+    monkeypatch.setenv("CREMA_JAX_PATIENT_SALT", "first secret")
+    prepare.prepare(layout="manifest", root=str(manifest), out=str(out), workers=1,
+                    records_per_shard=2)
+    assert (out / "index.json").is_file() and (plain / "index.json").is_file()
