@@ -104,7 +104,9 @@ def read_text(path, *, limit: int | None = None, encoding: str | None = None) ->
 def walk(root, suffixes: tuple[str, ...], *, max_depth: int | None = None,
          unreadable: list | None = None) -> list[str]:
     """Every file below `root` whose name ends with one of `suffixes`: each folder's files
-    sorted, then its sub-folders in sorted order; symlinked folders are not entered.
+    sorted, then its sub-folders in sorted order; symlinked folders are not entered. Hidden
+    files and folders (a name starting with ".": macOS's ._E1.hea metadata twins, .git) and
+    SYSTEM_FOLDERS are passed over (`is_system`): no place of records.
     max_depth: how many folders down to look (0 = `root`'s own files; None = all).
     unreadable: a list that gets each folder that cannot be listed (no permission, removed
     meanwhile), for the caller to report, but for a system one (`is_system`: hidden, as
@@ -119,10 +121,11 @@ def walk(root, suffixes: tuple[str, ...], *, max_depth: int | None = None,
     onerror = None if unreadable is None else (
         lambda err: None if is_system(err.filename, root) else unreadable.append(err.filename))
     for folder, dirs, names in os.walk(root, followlinks=False, onerror=onerror):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SYSTEM_FOLDERS)
         if max_depth is not None and folder.rstrip(os.sep).count(os.sep) - top >= max_depth:
             dirs.clear()
-        out.extend(os.path.join(folder, f) for f in sorted(names) if f.endswith(suffixes))
+        out.extend(os.path.join(folder, f) for f in sorted(names)
+                   if f.endswith(suffixes) and not f.startswith("."))
     return out
 
 

@@ -247,3 +247,21 @@ def test_unreadable_hidden_and_system_folders_are_not_skipped_records(tmp_path, 
     assert [clinical.is_export_candidate(tmp_path / p, tmp_path) for p in (
         "lost+found/#1207", ".Trash-1000/files/a.xml", "ward/a.xml", "ward/lost+found.xml")] == [
         False, False, True, True]
+
+
+def test_hidden_files_and_folders_are_no_records(tmp_path):
+    """A folder copied from a Mac holds a ._NAME.hea metadata twin (AppleDouble bytes, not a
+    header) beside each record; each had been listed as a record and skipped as a broken
+    header, doubling the skips. Hidden files and folders (.git) are passed over by the
+    folder listing of embed/predict and by the wfdb_folder layout alike."""
+    from crema_jax.data.index import wfdb_folder
+    for name in ("E07500", "E07501"):
+        for suffix in (".hea", ".mat"):
+            shutil.copy(SAMPLE / f"{name}{suffix}", tmp_path / f"{name}{suffix}")
+        (tmp_path / f"._{name}.hea").write_bytes(b"\0\5\26\7\0\2\0\0Mac OS X        ")
+    (tmp_path / ".git").mkdir()
+    shutil.copy(SAMPLE / "E07502.hea", tmp_path / ".git" / "E07502.hea")
+    want = [str(tmp_path / "E07500"), str(tmp_path / "E07501")]
+    assert expand_records(str(tmp_path)) == want
+    index = wfdb_folder.wfdb_folder(tmp_path)
+    assert [r.path for r in index.records] == want
