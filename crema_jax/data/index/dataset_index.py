@@ -235,8 +235,7 @@ def _folder_records(folder: str, unreadable: list) -> list[str]:
     from crema_jax.data.reading import clinical, wfdb_records
     found = safe_files.walk(folder, ("",), unreadable=unreadable)
     headers = [path for path in found if path.endswith(".hea")]
-    orphans = {base: path for base, path in headerless_signals(found, set()).items()
-               if not safe_files.is_system(path, folder)}   # as exports there: passed over
+    orphans = headerless_signals(found, set())   # none in hidden or system folders: walk
     if orphans:
         named = {name for hea in headers for name in wfdb_records.signal_files_named(hea)}
         orphans = {base: path for base, path in orphans.items() if path not in named}

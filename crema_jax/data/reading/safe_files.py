@@ -121,11 +121,11 @@ def walk(root, suffixes: tuple[str, ...], *, max_depth: int | None = None,
     onerror = None if unreadable is None else (
         lambda err: None if is_system(err.filename, root) else unreadable.append(err.filename))
     for folder, dirs, names in os.walk(root, followlinks=False, onerror=onerror):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SYSTEM_FOLDERS)
+        dirs[:] = sorted(d for d in dirs if not _no_place_of_records(d))
         if max_depth is not None and folder.rstrip(os.sep).count(os.sep) - top >= max_depth:
             dirs.clear()
         out.extend(os.path.join(folder, f) for f in sorted(names)
-                   if f.endswith(suffixes) and not f.startswith("."))
+                   if f.endswith(suffixes) and not f.startswith("."))   # a file: hidden only
     return out
 
 
@@ -138,8 +138,12 @@ def is_system(path, root) -> bool:
     or in one of SYSTEM_FOLDERS: no place of records (clinical.is_export_candidate passes its
     files over, `walk` does not report it unreadable)."""
     parts = os.path.relpath(path, root).split(os.sep)
-    return any(part.startswith(".") and part not in (".", "..") or part in SYSTEM_FOLDERS
-               for part in parts)
+    return any(part not in (".", "..") and _no_place_of_records(part) for part in parts)
+
+
+def _no_place_of_records(name: str) -> bool:
+    """A hidden name (".git", "._E1.hea") or one of SYSTEM_FOLDERS."""
+    return name.startswith(".") or name in SYSTEM_FOLDERS
 
 
 def glob_paths(pattern: str, *, unreadable: list | None = None) -> list[str]:
