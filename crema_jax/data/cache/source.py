@@ -35,8 +35,9 @@ from crema_jax.data.cache import fingerprint
 from crema_jax.data.cache.damage import (DamagedCacheError, damaged_copy, damaged_shard,
                                          replaced_shard)
 from crema_jax.data.cache.index_file import parse_index, rebuild_index
+from crema_jax.data.cache.packed import PackedLabels, PackedStrings
 from crema_jax.data.cache.record_format import INDEX_FILE, decode_quantised
-from crema_jax.data.index.dataset_index import DatasetIndex, RecordInfo, multi_hot
+from crema_jax.data.index.dataset_index import DatasetIndex, RecordInfo
 from crema_jax.data.reading import safe_files
 from crema_jax.data.reading.ecg import RecordError
 from crema_jax.runtime import files, staging, storage
@@ -187,12 +188,14 @@ class CacheSource:
         self.settings = index["settings"]   # its format decides how a damaged shard is rebuilt
         self.shard_files = [os.path.join(self.cache_dir, s["file"]) for s in index["shards"]]
         shard_of = {s["file"]: i for i, s in enumerate(index["shards"])}
-        self.records = [r for r in index["records"] if not split or r["split"] == split]
-        self.shards = np.asarray([shard_of[r["shard"]] for r in self.records], np.int64)
-        self.positions = np.asarray([r["position"] for r in self.records], np.int64)
-        self.labels = multi_hot([tuple(r["labels"]) for r in self.records], self.label_names)
-        self.paths = [r["path"] for r in self.records]
-        self.record_rows = np.arange(len(self.records), dtype=np.int64)
+        records = [r for r in index["records"] if not split or r["split"] == split]
+        self.shards = np.asarray([shard_of[r["shard"]] for r in records], np.int64)
+        self.positions = np.asarray([r["position"] for r in records], np.int64)
+        # Packed (packed.py): a source is held by the main process and every Grain worker.
+        self.record_ids = PackedStrings(r["record_id"] for r in records)
+        self.paths = PackedStrings(r["path"] for r in records)
+        self.record_labels = PackedLabels((r["labels"] for r in records), self.label_names)
+        self.record_rows = np.arange(len(records), dtype=np.int64)
         self._readers: dict[int, Any] = {}
         self.remote = cache_dir if storage.is_remote(cache_dir) else None  # copied from there
         self.shard_sha256 = [s.get("sha256") for s in index["shards"]]
@@ -279,18 +282,22 @@ class CacheSource:
         return {**self.__dict__, "_readers": {}}
 
     def subset(self, rows: Sequence[int], label_names: Sequence[str]) -> "CacheSource":
-        """The records at `rows` (positions in self.records, in that order), with multi-hot
+        """The records at `rows` (positions in this source, in that order), with multi-hot
         labels over `label_names` (e.g. the classes an evaluation kept)."""
         out = CacheSource.__new__(CacheSource)
         out.__dict__.update(self.__getstate__())
         rows = np.asarray(rows, np.int64)
-        out.records = [self.records[i] for i in rows]
         out.shards, out.positions = self.shards[rows], self.positions[rows]
-        out.paths = [self.paths[i] for i in rows]
+        out.record_ids, out.paths = self.record_ids.take(rows), self.paths.take(rows)
         out.record_rows = np.arange(len(rows), dtype=np.int64)
         out.label_names = list(label_names)
-        out.labels = multi_hot([tuple(r["labels"]) for r in out.records], out.label_names)
+        out.record_labels = self.record_labels.take(rows, out.label_names)
         return out
+
+    @property
+    def labels(self) -> np.ndarray:
+        """float32 (records, len(label_names)) multi-hot labels, built on each call."""
+        return self.record_labels.dense()
 
     def _reader(self, shard: int):
         if shard not in self._readers:
@@ -299,10 +306,11 @@ class CacheSource:
         return self._readers[shard]
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.paths)
 
     def __getitem__(self, index: int) -> dict:
-        return {"index": np.int64(index), "path": self.paths[index], "labels": self.labels[index]}
+        return {"index": np.int64(index), "path": self.paths[index],
+                "labels": self.record_labels.multi_hot(index)}
 
     def __repr__(self) -> str:
         return f"CacheSource(dir={self.cache_dir!r}, split={self.split!r}, records={len(self)})"

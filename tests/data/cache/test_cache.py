@@ -96,7 +96,7 @@ def test_cache_split_and_settings_checks(sample_cache, cinc_sample_dir):
     train = {info.record_id for info in wfdb_folder.wfdb_folder(cinc_sample_dir).records
              if info.split == "train"}
     source = sources.make_source(one_epoch_config(cache_dir=str(sample_cache), split="train"))
-    assert {r["record_id"] for r in source.records} == train and len(source) == len(train)
+    assert set(source.record_ids) == train and len(source) == len(train)
     assert repr(source) == repr(sources.make_source(one_epoch_config(cache_dir=str(sample_cache),
                                                          split="train")))
     with pytest.raises(ValueError, match="target_fs=500"):

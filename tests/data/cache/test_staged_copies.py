@@ -86,7 +86,7 @@ def test_a_copy_interrupted_after_a_rebuilt_remote_s_index_is_fetched_again(cach
     local = staging.staging_dir(url, "cache")
     shutil.copyfile(caches["v2"] / "index.json", os.path.join(local, "index.json"))
     assert _records(url) == _records(caches["v2"]) != _records(caches["v1"])
-    assert [r["path"] for r in source.CacheSource(url).records] == \
+    assert list(source.CacheSource(url).paths) == \
         [r["path"] for r in source.load_index(str(caches["v2"]))["records"]]
 
 

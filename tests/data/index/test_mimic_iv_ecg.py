@@ -166,9 +166,9 @@ def test_eval_pipeline_and_prepare(mimic_root, tmp_path):
     assert done.stdout.strip().splitlines()[-1] == "prepared 5 records, skipped 1"
     assert ["missing_header", "1"] in [line.split() for line in done.stdout.splitlines()]
     cached = cache_source.CacheSource(str(out))
-    for i, row in enumerate(cached.records):
-        expected = _expected_mv(digital, int(row["record_id"]))
+    for i, record_id in enumerate(cached.record_ids):
+        expected = _expected_mv(digital, int(record_id))
         stored = record_format.decode_record(cached.record_bytes(i))["signal"]
         step = np.abs(expected).max(axis=1, keepdims=True) / 32767
         assert (np.abs(stored - expected) <= step / 2 + 1e-6).all()
-        assert tuple(row["labels"]) == STUDIES[i][3]
+        assert tuple(cached.record_labels.names(i)) == STUDIES[i][3]
