@@ -5,12 +5,14 @@ cannot end it in a KeyboardInterrupt traceback on the user's terminal. A spawned
 ignored signal ignored, and Python installs its KeyboardInterrupt handler only where SIGINT is
 left at its default; each pool's initializer then says what a Ctrl-C does in its workers.
 A worker whose parent was killed outright (SIGKILL, the OOM killer) exits by itself
-(`exit_with_parent`).
+(`exit_with_parent`): `worker_pool` is the one way our commands start a pool, and gives every
+worker both.
 
 spawn, never fork: worker processes must not inherit a parent's threads (JAX, Grain, pytest).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import multiprocessing.context
 import os
 import signal
@@ -56,6 +58,22 @@ def exit_with_parent(parent_pid: int, *, poll_seconds: float = PARENT_POLL_SECON
         os._exit(1)
 
     threading.Thread(target=watch, name="exit_with_parent", daemon=True).start()
+
+
+def _start_worker(parent_pid: int, initializer, initargs: tuple) -> None:
+    exit_with_parent(parent_pid)
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def worker_pool(workers: int, initializer=None,
+                initargs: tuple = ()) -> concurrent.futures.ProcessPoolExecutor:
+    """A ProcessPoolExecutor of `workers` spawned processes (spawn_context: Ctrl-C ignored while
+    they start) that end once this process is gone (exit_with_parent); then `initializer`
+    (initargs) says what Ctrl-C does in them."""
+    return concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=spawn_context(), initializer=_start_worker,
+        initargs=(os.getpid(), initializer, tuple(initargs)))
 
 
 def interrupt_raises() -> None:

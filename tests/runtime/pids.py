@@ -1,4 +1,5 @@
-"""Process ids for the lock tests."""
+"""Process ids: a pid no process holds (the lock tests), and a process's children and whether a
+process still runs (the tests of workers that must end with their parent; Linux's /proc)."""
 import os
 
 
@@ -13,3 +14,24 @@ def dead_pid() -> int:
         except PermissionError:
             pass
         pid -= 1
+
+
+def children(pid: int) -> list[int]:
+    """The live (not zombie) processes whose parent is `pid`."""
+    found = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            state, parent = open(f"/proc/{name}/stat").read().rsplit(")", 1)[1].split()[:2]
+        except OSError:  # ended meanwhile
+            continue
+        if int(parent) == pid and state != "Z":
+            found.append(int(name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists and is no zombie."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

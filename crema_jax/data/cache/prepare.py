@@ -32,7 +32,6 @@ import dataclasses
 import fnmatch
 import math
 import multiprocessing
-import os
 import sys
 import time
 
@@ -86,22 +85,15 @@ class _Progress:
 STOP_GRACE_SECONDS = 10.0
 
 
-def _worker_init(parent_pid: int) -> None:
-    """A worker's set-up: Ctrl-C stops it after its record (finish_record_on_interrupt); a
-    parent killed outright ends it, its shard unwritten (processes.exit_with_parent)."""
-    finish_record_on_interrupt()
-    processes.exit_with_parent(parent_pid)
-
-
 def _run_tasks(tasks: list[dict], workers: int):
     """Yield shard results as they finish (worker processes, or in-process when workers <= 1)."""
     if workers <= 1:
         for task in tasks:
             yield build_shard(task)
         return
-    with concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=processes.spawn_context(), initializer=_worker_init,
-            initargs=(os.getpid(),)) as pool:
+    # Ctrl-C stops a worker after its record (finish_record_on_interrupt); a parent killed
+    # outright ends it, its shard unwritten (processes.worker_pool).
+    with processes.worker_pool(workers, finish_record_on_interrupt) as pool:
         futures = []
         try:
             futures += [pool.submit(build_shard, task) for task in tasks]

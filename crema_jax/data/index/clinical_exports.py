@@ -19,7 +19,7 @@ warns once (clinical.warn_if_public_salt): this index is what puts them into a c
 Indexing parses every file for its meta (clinical.read_meta: Philips XLI and SCP-ECG rhythm data
 left coded, its damage found when the record is read): in `index_workers` spawned processes (0: one
 per core, at most 8, from INDEX_POOL_MIN_FILES files on; 1: in this process), the same index
-either way.
+either way; the workers end when the indexing process is killed (processes.worker_pool).
 
 Labels (optional): `labels=CSV` with a `file` column (the path relative to root) and `labels`
 (codes separated by ';', '|' or ','; optional `split`); or `label_map=default|JSON`: the
@@ -27,7 +27,6 @@ MIMIC-IV-ECG keyword map over the statements (mimic_iv_ecg.ReportLabeller, the s
 """
 from __future__ import annotations
 
-import concurrent.futures
 import csv
 import os
 import pathlib
@@ -65,9 +64,7 @@ def _metas(paths: list[str], workers: int) -> list[tuple[dict, BadRecord | None]
     """_read_meta of each path, in order; over `workers` spawned processes when > 1."""
     if workers <= 1:
         return [_read_meta(p) for p in paths]
-    with concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=processes.spawn_context(),
-            initializer=_quiet_worker) as pool:
+    with processes.worker_pool(workers, _quiet_worker) as pool:  # ends if this process is killed
         return list(pool.map(_read_meta, paths, chunksize=max(1, len(paths) // (8 * workers))))
 
 

@@ -18,6 +18,7 @@ from crema_jax.data.cache import record_format, shard_writer
 from crema_jax.data.reading import read as read_lib
 from tests.cli.conftest import _fails, assert_one_error_line
 from tests.cli.hostile.helpers import CLI, _cli, _copy_record, _crema_jax, _hashes, _one_line
+from tests.runtime.pids import alive, children
 
 
 def test_prepare_refuses_a_folder_of_someone_elses_files(cinc_sample_dir, tmp_path, capsys):
@@ -176,26 +177,6 @@ def test_ctrl_c_during_prepare_is_one_line_and_the_rerun_has_every_record(tmp_pa
     assert done.stdout.strip().splitlines()[-1] == "prepared 50 records, skipped 0"
 
 
-def _children(pid: int) -> list[int]:
-    """The live (not zombie) processes whose parent is `pid` (Linux's /proc)."""
-    found = []
-    for name in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            state, parent = open(f"/proc/{name}/stat").read().rsplit(")", 1)[1].split()[:2]
-        except OSError:  # ended meanwhile
-            continue
-        if int(parent) == pid and state != "Z":
-            found.append(int(name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the workers through /proc")
 def test_workers_end_when_prepare_alone_is_killed(tmp_path, cinc_sample_dir):
     """SIGKILL of the prepare process only (the OOM killer, `kill -9 PID`): its workers and
@@ -207,7 +188,7 @@ def test_workers_end_when_prepare_alone_is_killed(tmp_path, cinc_sample_dir):
     deadline = time.monotonic() + 120
     while not list(out.glob("shard-*.json")) and time.monotonic() < deadline:
         time.sleep(0.05)
-    workers = _children(run.pid)
+    workers = children(run.pid)
     run.kill()
     run.wait()
     try:
@@ -215,11 +196,11 @@ def test_workers_end_when_prepare_alone_is_killed(tmp_path, cinc_sample_dir):
         sidecars = len(list(out.glob("shard-*.json")))
         assert 0 < sidecars < 50
         deadline = time.monotonic() + 10
-        while any(map(_alive, workers)) and time.monotonic() < deadline:
+        while any(map(alive, workers)) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert [w for w in workers if _alive(w)] == []
+        assert [w for w in workers if alive(w)] == []
     finally:
-        for worker in filter(_alive, workers):
+        for worker in filter(alive, workers):
             os.kill(worker, signal.SIGKILL)
 
 

@@ -4,8 +4,10 @@ prepared with a skip table; no patient name or identifier reaches the cache, ind
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from crema_jax.data.index import registry
 from crema_jax.data.index.dataset_index import hash_split
 from crema_jax.data.reading import clinical
 from tests.data import clinical_files as cf
+from tests.runtime.pids import alive, children
 
 CLI = [os.path.join(os.path.dirname(sys.executable), "crema-jax"), "prepare"]
 RECORDS = ("E07500", "E07501")
@@ -193,3 +196,45 @@ def test_index_workers_give_the_same_index_and_cache_settings(tmp_path, cinc_sam
                                layout_options={"labels": "labels.csv", "index_workers": n})
              for o, n in (("a", 1), ("b", 2))]
     assert plans[0].settings == plans[1].settings
+
+
+# Parses one export file again and again in 2 index workers (long enough to be killed meanwhile).
+_INDEXING = """
+import sys
+from crema_jax.data.index import clinical_exports
+clinical_exports._metas([sys.argv[1]] * 200_000, 2)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the workers through /proc")
+def test_index_workers_end_when_their_parent_is_killed(tmp_path, cinc_sample_dir):
+    """SIGKILL of an indexing process (the OOM killer, `kill -9 PID`): its index workers had
+    gone on with their queued files, then waited for more for ever."""
+    path = tmp_path / "one.dcm"
+    cf.write_dicom(path, _signal(cinc_sample_dir, "E07500"), 500.0)
+    run = subprocess.Popen([sys.executable, "-c", _INDEXING, str(path)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers, deadline = [], time.monotonic() + 120
+    while len(workers) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        workers = [p for p in children(run.pid) if _is_pool_worker(p)]
+    time.sleep(2)  # the workers parse
+    run.kill()
+    run.wait()
+    try:
+        assert len(workers) == 2, workers
+        deadline = time.monotonic() + 10
+        while any(map(alive, workers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [w for w in workers if alive(w)] == []
+    finally:
+        for worker in filter(alive, workers):
+            os.kill(worker, signal.SIGKILL)
+
+
+def _is_pool_worker(pid: int) -> bool:
+    """A spawned worker (multiprocessing's spawn_main), not the resource tracker."""
+    try:
+        return b"spawn_main" in pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
