@@ -236,10 +236,29 @@ def walk(url: str, suffixes: tuple[str, ...]) -> list[str]:
         return [join(url, r) for r in sorted(relative, key=order)]
 
 
-def download(url: str, local_path: str) -> None:
-    """Copy a remote file to `local_path` (written atomically)."""
+class _NoSuchFile(Exception):
+    """A download's source is missing (no OSError: write_atomic would make it one naming the
+    local output)."""
+
+
+def download(url: str, local_path: str, *, missing_ok: bool = False) -> bool:
+    """Copy a remote file to `local_path` (written atomically): True. A `url` that is no file
+    raises FileNotFoundError naming it, or with `missing_ok` is False, nothing written: one
+    request, where asking first (isfile) and then fetching took two or more."""
+    def fetch(tmp):
+        try:
+            fs.get_file(inner, tmp)
+        except FileNotFoundError:
+            raise _NoSuchFile from None
+
     with reach(url) as (fs, inner):
-        files.write_atomic(local_path, lambda tmp: fs.get_file(inner, tmp))
+        try:
+            files.write_atomic(local_path, fetch)
+        except _NoSuchFile:
+            if missing_ok:
+                return False
+            raise FileNotFoundError(f"{url}: no such file") from None
+    return True
 
 
 def upload_atomic(local_path: str, url: str) -> None:

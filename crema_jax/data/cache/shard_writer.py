@@ -96,8 +96,9 @@ def build_shard(task: Mapping) -> dict:
         reader = read_lib.reader_from_json(info.get("reader"))
         info = {k: v for k, v in info.items() if k != "reader"}  # the index row: JSON only
         try:
-            ecg = read_lib.read(info["path"], reader, target_fs=task["target_fs"],
-                                derive_limb_leads=task["derive_limb_leads"])
+            ecg, key = read_lib.read_keyed(info["path"], reader, duplicates.content_key,
+                                           target_fs=task["target_fs"],
+                                           derive_limb_leads=task["derive_limb_leads"])
             signal = preprocess_record(ecg.signal, ecg.fs, cfg, ecg.lead_present)
         except Exception as e:  # noqa: BLE001 - a new kind of broken file must not stop the run.
             reason, path, message = read_failure(e, info["path"])
@@ -106,7 +107,7 @@ def build_shard(task: Mapping) -> dict:
             skipped.append({"path": path, "reason": reason, "message": message})
             continue
         payloads.append(encode_record(signal, ecg.lead_present, task["dtype"]))
-        rows.append({**info, "content_key": duplicates.content_key(info["path"]),
+        rows.append({**info, "content_key": key,
                      "shard": name + ".arrayrecord", "position": len(rows),
                      "length": int(signal.shape[1]),
                      "lead_present": [bool(b) for b in ecg.lead_present],

@@ -14,9 +14,9 @@ head in one fold and test it in another. `content_key` names a record by what it
 A record under a URL (gs://, s3://, memory://) is keyed two ways. `content_keys`, which indexes
 a raw root for evaluation, gives it its URL ("path:URL": one URL listed twice is one ECG, a
 byte-identical copy under another name is not found), so indexing asks no store about each
-record. `content_key`, which `prepare` stores with each cached record, hashes its files
-through runtime/storage.py, so a cache built from a bucket holds the keys of the local records
-and an evaluation on that cache finds their duplicates.
+record. `content_key`, which `prepare` stores with each cached record, hashes its files (the
+local copy `prepare` read them from: fetched once), so a cache built from a bucket holds the
+keys of the local records and an evaluation on that cache finds their duplicates.
 
 Hashing every byte of a large dataset is slow, so files are first told apart by their size and
 the hash of their first 4 KiB (a few hundred samples of 12 leads); only records whose
@@ -105,12 +105,15 @@ def _digest(files, *, limit: int | None) -> str:
     return h.hexdigest()
 
 
-def content_key(path) -> str:
+def content_key(path, *, copy_of=None) -> str:
     """The whole-file key of the record at `path` (what content_keys gives a local record whose
     fingerprint is shared), computed now: `prepare` stores it with each cached record. A URL's
-    files are read through runtime/storage.py: the same bytes give the same key anywhere."""
+    files are read through runtime/storage.py: the same bytes give the same key anywhere.
+    `copy_of`: the record `path` is a local copy of (a URL's record staged to be read,
+    read.read_keyed): its files are hashed here, and a record without files is keyed by
+    `copy_of`."""
     files = record_files(path)
-    return f"sha256:{_digest(files, limit=None)}" if files else _path_key(path)
+    return f"sha256:{_digest(files, limit=None)}" if files else _path_key(copy_of or path)
 
 
 def _path_key(path) -> str:

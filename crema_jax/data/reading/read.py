@@ -10,11 +10,13 @@ A layout's RecordInfo names a record by `path` and says how to read it by `reade
   skipped and counted where every bad record is (the pipeline's SkipStats, prepare's table).
 
 `read(path, reader, **kwargs)` takes read_record's keyword arguments and returns what it
-returns; a record it cannot use raises RecordError, the message naming the file.
+returns; a record it cannot use raises RecordError, the message naming the file. `read_keyed`
+also hashes the files read (prepare's content_key), a URL's from the one local copy.
 """
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 from crema_jax.data.reading import arrays, clinical, remote_records, wfdb_records
 from crema_jax.data.reading.ecg import Ecg, RecordError
@@ -61,6 +63,23 @@ def read(path, reader=None, **kwargs) -> Ecg:
     if isinstance(reader, clinical.ClinicalFile):
         return clinical.read_clinical(path, reader, **kwargs)
     return arrays.read_array(str(path), reader, **kwargs)
+
+
+def read_keyed(path, reader, key: Callable[..., str], **kwargs) -> tuple[Ecg, str]:
+    """(read(path, reader, **kwargs), key(the path read, copy_of=`path`)): `key` is
+    duplicates.content_key, of a URL's record computed on the local copy it is read from
+    (remote_records.read_staged), so its files are fetched once, not again to be hashed."""
+    if not storage.is_remote(path) or isinstance(reader, BadRecord):
+        ecg = read(path, reader, **kwargs)
+        return ecg, key(path, copy_of=path)
+    keys = []
+
+    def read_and_key(local, local_reader, **local_kwargs):
+        ecg = read(local, local_reader, **local_kwargs)
+        keys.append(key(local, copy_of=str(path)))
+        return ecg
+
+    return remote_records.read_staged(str(path), reader, read_and_key, **kwargs), keys[0]
 
 
 def stored_length(path, reader=None) -> tuple[int, float]:
