@@ -7,10 +7,12 @@ re-raises instead, naming the file and the problem. A damaged cache (cache/sourc
 DamagedCacheError) always stops the run, naming the shard, unless
 data.skip_damaged_cache_records makes it a `damaged_cache_record` skip. How counts are surfaced:
 - in-process (num_workers=0): the `SkipStats` passed to `make_*_dataset` holds exact counts;
-- worker processes: every skip is logged (absl warning, with path and reason) and, when
-  `data.skip_log_dir` is set, appended as one JSON line to `<skip_log_dir>/skips-<pid>.jsonl`;
-  `SkipStats.from_log_dir(dir)` sums them (each worker owns its file, so no locking between
-  processes). Counts are events: a bad record is counted once per epoch in which it is read.
+- worker processes: each skip is logged (absl warning, with path and reason; past a
+  `log_limit`, counted only) and, when `data.skip_log_dir` is set, appended as one JSON line to
+  `<skip_log_dir>/skips-<pid>.jsonl` (reason, path, message, and whether it was logged one by
+  one: `logged`); `SkipStats.from_log_dir(dir)` sums them (each worker owns its file, so no
+  locking between processes). Counts are events: a bad record is counted once per epoch in
+  which it is read.
 """
 from __future__ import annotations
 
@@ -58,20 +60,26 @@ class SkipStats:
 
     def record(self, reason: str, path: str, message: str) -> None:
         with self._lock:
-            logged = self.total
-            if self.log_limit is None or logged < self.log_limit:
+            before = self.total
+            logged = self.log_limit is None or before < self.log_limit
+            if logged:
                 logging.warning("skipping %s [%s]: %s", path, reason, message)
-                self.logged.append(path)
-            elif logged == self.log_limit:
+            elif before == self.log_limit:
                 logging.warning("more records skipped: counted, no longer logged one by one")
-            self.counts[reason] += 1
-            self.paths[reason].append(path)
+            self._add(reason, path, logged)
             if self.log_dir:
                 os.makedirs(self.log_dir, exist_ok=True)
-                line = json.dumps({"reason": reason, "path": path, "message": message})
+                line = json.dumps({"reason": reason, "path": path, "message": message,
+                                   "logged": logged})
                 with open(os.path.join(self.log_dir, f"skips-{os.getpid()}.jsonl"), "a",
                           encoding="utf-8") as f:
                     f.write(line + "\n")
+
+    def _add(self, reason: str, path: str, logged: bool) -> None:
+        self.counts[reason] += 1
+        self.paths[reason].append(path)
+        if logged:
+            self.logged.append(path)
 
     @property
     def total(self) -> int:
@@ -83,7 +91,10 @@ class SkipStats:
 
     @classmethod
     def from_log_dir(cls, log_dir: str) -> "SkipStats":
-        """Sum the per-process JSON-lines files written by every worker."""
+        """Sum the per-process JSON-lines files written by every worker: counts, paths, and
+        `logged`, the paths the workers logged one by one (file by file, each in the order its
+        worker recorded them; a line written before lines said so counts as logged, as every
+        worker skip then was)."""
         stats = cls()
         if os.path.isdir(log_dir):
             for name in sorted(os.listdir(log_dir)):
@@ -91,6 +102,6 @@ class SkipStats:
                     with open(os.path.join(log_dir, name), encoding="utf-8") as f:
                         for line in f:
                             event = json.loads(line)
-                            stats.counts[event["reason"]] += 1
-                            stats.paths[event["reason"]].append(event["path"])
+                            stats._add(event["reason"], event["path"],
+                                       bool(event.get("logged", True)))
         return stats

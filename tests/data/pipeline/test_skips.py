@@ -23,3 +23,18 @@ def test_skip_stats_and_prepares_sidecars_give_the_same_table(tmp_path):
     shards = [{"skipped": [{"reason": r, "path": p} for r, p in EVENTS[:2]]},
               {"skipped": []}, {"skipped": [{"reason": r, "path": p} for r, p in EVENTS[2:]]}]
     assert sidecars.skip_table(shards) == TABLE
+
+
+def test_the_skips_logged_one_by_one_come_back_from_the_log_dir(tmp_path):
+    """`logged` (the paths the warnings named, which predict's summary line names) had come back
+    empty from the workers' files: "skipped 4 unreadable records (...): [] and 4 more"."""
+    stats = skips.SkipStats(log_dir=str(tmp_path), log_limit=2)
+    for reason, path in EVENTS:
+        stats.record(reason, path, "why")
+    assert stats.logged == ["/d/b", "/d/z"]
+    merged = skips.SkipStats.from_log_dir(str(tmp_path))
+    assert merged.logged == ["/d/b", "/d/z"] and merged.summary() == TABLE
+    # A line written before lines said whether they were logged: every worker skip then was.
+    (tmp_path / "skips-1.jsonl").write_text('{"reason": "unreadable", "path": "/d/old", '
+                                           '"message": "why"}\n')
+    assert skips.SkipStats.from_log_dir(str(tmp_path)).logged == ["/d/old", "/d/b", "/d/z"]
