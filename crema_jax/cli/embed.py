@@ -72,6 +72,7 @@ def main(args) -> None:
         files.check_output_file(path, inputs=[args.input, args.checkpoint,
                                               *dataset_index.files_read(records or [])],
                                 overwrite=args.overwrite)
+    new_folder = files.new_folders_note(args.out)
     backbone = backbones.load(args.checkpoint, with_head=args.logits)
     if records is None:
         try:  # the header checked against the file's size before anything is allocated
@@ -106,6 +107,8 @@ def main(args) -> None:
     np.save(npy, out["outputs"])  # an OSError with its errno ("No space left on device")
     files.write_atomic_group([(args.out, _writer(npy.getvalue())),   # both or neither: never
                               (side, _writer(names_text.encode("utf-8")))])  # new Y, old names
+    if new_folder:
+        print(new_folder)
     skipped = out["skipped"].total
     print(f"wrote {args.out}: {out['outputs'].shape} {'logits' if args.logits else 'features'}"
           f", each row's ECG in {side}"

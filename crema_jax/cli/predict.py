@@ -49,6 +49,7 @@ def main(args) -> None:
         files.check_output_file(args.out, inputs=[args.checkpoint, *args.positional,
                                                   *dataset_index.files_read(paths)],
                                 overwrite=args.overwrite)
+    new_folder = files.new_folders_note(args.out) if args.out else ""
     labels = predict.label_names()
     backbone = backbones.load(args.checkpoint, with_head=True)
     predict.check_backbone(backbone)
@@ -73,4 +74,6 @@ def main(args) -> None:
         print(embed.skipped_line(out["skipped"]))
     if args.out:
         predict.write_csv(args.out, ids, out["probs"], labels, repairs)
+        if new_folder:
+            print(new_folder)
         print(f"wrote {args.out} ({len(ids)} records x {len(labels)} labels)")

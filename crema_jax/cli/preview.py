@@ -27,6 +27,7 @@ def main(args) -> None:
     if not args.out.lower().endswith(".png"):  # matplotlib would add ".png" to another name
         raise command.FlagValueError(f"--out={args.out}: expected a file name ending in .png")
     files.check_output_file(args.out, overwrite=args.overwrite)
+    new_folder = files.new_folders_note(args.out)
     from crema_jax.data.pipeline import masking  # numpy only
     if args.mask not in masking.MASKS:  # it was named as config field data.mask.name
         raise command.FlagValueError(f"--mask={args.mask}: expected one of "
@@ -48,4 +49,6 @@ def main(args) -> None:
         reason = os.strerror(err.errno) if err.errno else str(err)
         raise command.CommandError(f"--out={args.out}: cannot write the PNG there ({reason}); "
                                    "choose a path in a folder you can write to") from None
+    if new_folder:
+        print(new_folder)
     print(f"wrote {args.out}")

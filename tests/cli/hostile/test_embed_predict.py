@@ -363,3 +363,26 @@ def test_embed_and_predict_say_what_was_repaired_and_keep_no_patient_id(
     prepare.COMMAND.run(["--layout=clinical_exports", f"--root={tmp_path / 'exports'}",
                          f"--out={tmp_path / 'cache'}", "--workers=1"])
     assert len([w for w in warned if clinical.SALT_ENV in w]) == 1, warned
+
+
+def test_embed_and_predict_say_which_folders_an_out_path_created(tmp_path, sit_checkpoint,
+                                                                 net1d_checkpoint, capsys):
+    """A mistyped --out folder ("reslts/run1") had been created without a word."""
+    x = tmp_path / "x.npy"
+    np.save(x, np.random.default_rng(0).normal(size=(2, 12, 2250)).astype(np.float32))
+    out = tmp_path / "reslts" / "run1" / "y.npy"
+    embed.COMMAND.run([f"--checkpoint={sit_checkpoint}", f"--input={x}", f"--out={out}",
+                       "--raw"])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-2] == (f"--out: created folder {tmp_path / 'reslts' / 'run1'} "
+                           f"(and above it {tmp_path / 'reslts'})")
+    assert printed[-1].startswith(f"wrote {out}: (2, ")
+    embed.COMMAND.run([f"--checkpoint={sit_checkpoint}", f"--input={x}", f"--out={out}",
+                       "--raw", "--overwrite"])
+    assert "created folder" not in capsys.readouterr().out     # the folder is there now
+    csv = tmp_path / "probs" / "p.csv"
+    predict.COMMAND.run([f"--checkpoint={net1d_checkpoint}", str(SAMPLE / "E07500"),
+                         f"--out={csv}"])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-2] == f"--out: created folder {tmp_path / 'probs'}"
+    assert printed[-1].startswith(f"wrote {csv} (1 records x ")
