@@ -186,7 +186,9 @@ def expand_records(spec: str) -> list[str]:
     symlinked folder (no link loops); a folder that cannot be listed is itself in the list, so
     that reading it is a skip that names it. Duplicates (unique_records) are dropped; a pattern
     matching nothing is an error, and so is a file beside a WFDB header of its name that the
-    header does not name (clinical.is_clinical_path: which one is meant cannot be told)."""
+    header does not name (clinical.is_clinical_path: which one is meant cannot be told), and
+    so is a glob whose matches hold no record (side files, signal files without their header,
+    label CSVs only): the error says how many files it matched and why none is one."""
     from crema_jax.data.reading import clinical
     out = []
     # A path that exists as written is one item, commas and all ("ECG, 2021/").
@@ -203,7 +205,10 @@ def expand_records(spec: str) -> list[str]:
             matches = safe_files.glob_paths(item, unreadable=unreadable)
             if not matches and not unreadable:
                 raise FileNotFoundError(f"{item}: the pattern matches no file")
-            out += _glob_records(matches)
+            found = _glob_records(matches)
+            if not unreadable and not any(map(_may_be_record, found)):
+                raise FileNotFoundError(_none_is_a_record(item, matches))
+            out += found
         else:
             out.append(item[:-4] if item.endswith(wfdb_header.FILE_EXTENSIONS) else item)
         out += sorted(unreadable)
@@ -259,6 +264,34 @@ def _glob_records(matches: list[str]) -> list[str]:
         elif clinical.exports_among([path]):
             out.append(path)
     return out
+
+
+def _may_be_record(path: str) -> bool:
+    """Whether a listed path can be read as an ECG: a WFDB record with its header, or a file
+    that may be an export (clinical.is_clinical_path); anything else is a certain skip."""
+    from crema_jax.data.reading import clinical
+    return os.path.isfile(path + ".hea") or (os.path.isfile(path) and
+                                             clinical.is_clinical_path(path))
+
+
+def _none_is_a_record(pattern: str, matches: list[str]) -> str:
+    """The error of a glob whose matches hold no record: how many files it matched, and why
+    each kind is none ("3 files matched, none is a record: WFDB needs the .hea header ...")."""
+    kinds: dict[str, list[str]] = {}
+    for path in matches:
+        stem, ext = os.path.splitext(path)
+        why = ("side files of a WFDB record (beside its .hea, which does not name them)"
+               if os.path.isfile(stem + ".hea") else
+               "WFDB needs the .hea header beside a signal file"
+               if ext.lower() in wfdb_header.SIGNAL_SUFFIXES else
+               "no ECG files (neither a WFDB record with its .hea nor a hospital export)")
+        kinds.setdefault(why, []).append(os.path.basename(path))
+    said = "; ".join(f"{why}: {', '.join(names[:3])}"
+                     + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+                     for why, names in kinds.items())
+    count = f"{len(matches)} file{'s' if len(matches) != 1 else ''}"
+    return (f"{pattern}: {count} matched, none is a record: {said}; name the records' .hea "
+            "files, their folder or the export files")
 
 
 def unique_records(paths) -> list[str]:

@@ -265,3 +265,39 @@ def test_hidden_files_and_folders_are_no_records(tmp_path):
     assert expand_records(str(tmp_path)) == want
     index = wfdb_folder.wfdb_folder(tmp_path)
     assert [r.path for r in index.records] == want
+
+
+def test_a_glob_of_files_none_of_which_is_a_record_says_what_it_matched(tmp_path, capsys):
+    """A glob matching only a record's side files had said "no records in '...'"; one of
+    signal files without their headers, or of a label CSV, listed each as a record, every one
+    then skipped as missing its header. Each says how many files matched and why none is one."""
+    (tmp_path / "with").mkdir()
+    _wfdb(tmp_path / "with")
+    for name in ("E07500.atr", "E07500.xws"):
+        (tmp_path / "with" / name).write_bytes(b"not an ECG")
+    for name in ("E07500.mat", "E07501.mat", "E07502.mat"):
+        shutil.copy(SAMPLE / name, tmp_path / name)
+    (tmp_path / "labels.csv").write_text("file,labels\nE07500,AF\n")
+    side = ("side files of a WFDB record (beside its .hea, which does not name them): "
+            "E07500.atr, E07500.xws")
+    headerless = "WFDB needs the .hea header beside a signal file: E07500.mat, E07501.mat, " \
+                 "E07502.mat"
+    not_ecg = "no ECG files (neither a WFDB record with its .hea nor a hospital export): " \
+              "labels.csv"
+    for pattern, said in ((tmp_path / "with" / "*.[ax]*", f"2 files matched, none is a record: "
+                           f"{side}"),
+                          (tmp_path / "*.mat", f"3 files matched, none is a record: {headerless}"),
+                          (tmp_path / "*.csv", f"1 file matched, none is a record: {not_ecg}"),
+                          (tmp_path / "*", f"4 files matched, none is a record: {headerless}; "
+                                           f"{not_ecg}")):
+        with pytest.raises(FileNotFoundError) as err:
+            expand_records(str(pattern))
+        assert str(err.value) == (f"{pattern}: {said}; name the records' .hea files, their "
+                                  "folder or the export files")
+    _fails(embed_cli, [f"--checkpoint={tmp_path}", f"--input={tmp_path / '*.mat'}",
+                       f"--out={tmp_path / 'y.npy'}"], capsys,
+           f"{tmp_path / '*.mat'}: 3 files matched, none is a record")
+    # One record among them: the rest are listed as before (a missing header is a counted skip).
+    _wfdb(tmp_path, "E07501")
+    assert expand_records(str(tmp_path / "*.mat")) == [str(tmp_path / n) for n in
+                                                       ("E07500", "E07501", "E07502")]
