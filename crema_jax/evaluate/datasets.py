@@ -222,7 +222,7 @@ def load_dataset(settings: dict) -> Dataset:
     if counts["no_class_left"]:
         print(f"{flag(settings, 'min_positives')}={min_positives}: {counts['no_class_left']} "
               f"records whose classes were all dropped ({len(classes)} of "
-              f"{len(index.label_names)} kept) are left out")
+              f"{len(index.label_names)} classes kept) are left out")
     counts["not_one_class"] = 0
     if label_type == "multiclass":  # softmax targets need exactly one class per record
         counts["not_one_class"] = int((keep & (labels.sum(1) != 1)).sum())

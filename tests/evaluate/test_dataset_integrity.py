@@ -59,7 +59,9 @@ def test_a_class_dropped_by_min_positives_leaves_the_label_type_as_it_was(one_cl
     assert np.all(data.labels.sum(1) == 1)
     out = capsys.readouterr().out
     assert "label type: multiclass (auto" in out
-    assert f"{rare} records whose classes were all dropped" in out
+    # The two counts of the line are records, then classes: each says which it counts.
+    assert (f"--min_positives=4: {rare} records whose classes were all dropped (2 of 3 classes "
+            "kept) are left out\n") in out
     # The class itself is named (a class with positives in test only had vanished unsaid).
     assert f"--min_positives=4: 1 class(es) with fewer positives left out (e.g. {RARE})" in out
 
