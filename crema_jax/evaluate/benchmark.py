@@ -17,8 +17,6 @@ saved predictions alone.
 """
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import hashlib
 import json
 import os
@@ -116,13 +114,12 @@ class Datasets:
 
     def get(self, name: str):
         if name not in self.loaded:
-            settings = benchmark_tasks.dataset_settings(self.suite, name)
+            # Its fields named as the task file's, with the first task on it, in every line:
+            # its `classes` define the task, min_positives applied to them (load_dataset).
+            settings = {**benchmark_tasks.dataset_settings(self.suite, name), "flag_prefix":
+                        benchmark_datasets.dataset_where(self.suite, name, self.tasks_path)}
             data = datasets.load_dataset(settings)
             benchmark_datasets.check_sources(self.suite, name, data.sources, self.tasks_path)
-            if settings["classes"]:
-                data = restrict_classes(
-                    data, [str(c) for c in settings["classes"]], settings["min_positives"],
-                    benchmark_datasets.dataset_where(self.suite, name, self.tasks_path))
             plan, groups = folds.dataset_plan(data, settings)
             self.loaded[name] = (data, plan, groups)
         return self.loaded[name]
@@ -150,48 +147,6 @@ class Datasets:
                 for info in self.get(name)[0].infos:
                     union.setdefault((info.record_id, str(info.path)), info)
         return list(union.values())
-
-
-def restrict_classes(data, classes: list[str], min_positives: int = 1,
-                     where: str = "task file: "):
-    """The dataset scored on the task file's classes only (a label set such as CPSC2018's nine
-    or CODE-15%'s six). A class no record is labelled with (a typo: it had been called one with
-    too few positives) or one that min_positives left out is an error naming it; `where`
-    prefixes the field (benchmark_datasets.dataset_where)."""
-    vocabulary = data.label_names or data.classes
-    unknown = [c for c in classes if c not in vocabulary]
-    if unknown and not data.label_names:   # a layout that names no vocabulary: either reason
-        raise ValueError(f"{where}classes: {unknown[0]!r} is not a class the dataset keeps (no "
-                         f"record is labelled with it, or it has fewer than min_positives="
-                         f"{min_positives} positives); the classes kept: "
-                         f"{_shown(data.classes)}")
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], vocabulary, n=1)
-        raise ValueError(f"{where}classes: {unknown[0]!r} is not a class of the dataset: no "
-                         "record is labelled with it"
-                         + (f" (did you mean {close[0]!r}?)" if close else "")
-                         + f"; its {len(vocabulary)} classes: {_shown(vocabulary)}")
-    missing = [c for c in classes if c not in data.classes]
-    if missing:
-        raise ValueError(f"{where}classes: {missing} have fewer than min_positives="
-                         f"{min_positives} positives (among the training records; among all "
-                         f"records with folds); the classes with enough: "
-                         f"{_shown(data.classes)}")
-    keep = [data.classes.index(c) for c in classes]
-    data.classes, data.labels = list(classes), data.labels[:, keep]
-    data.display = {c: n for c, n in data.display.items() if c in classes}
-    if data.label_type == "multiclass":  # softmax targets: exactly one of the classes kept
-        one = data.labels.sum(1) == 1  # (records of another class had stayed, all-zero rows)
-        data.counts["not_one_class"] = data.counts.get("not_one_class", 0) + int((~one).sum())
-        data = dataclasses.replace(data, infos=[i for i, k in zip(data.infos, one) if k],
-                                   splits=data.splits[one], sources=data.sources[one],
-                                   labels=data.labels[one])
-    return data
-
-
-def _shown(names, limit: int = 20) -> str:
-    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit
-                                       else "")
 
 
 def _cross_domain_cell(fit_predict, data, column, seed: int, groups=None):

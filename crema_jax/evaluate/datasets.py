@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import difflib
 import pathlib
 
 import numpy as np
@@ -29,11 +30,10 @@ class Dataset:
     skip_damaged_cache_records: bool = False   # a damaged shard's records skipped, not fatal
     # What loading left out: "indexed" rows, "duplicates_merged" (and their "duplicate_groups"),
     # "no_class_left" (every class dropped by min_positives), "not_one_class" (multiclass);
-    # and what was kept: "unlabelled" (no label at all: a negative of every class); and
+    # and what was kept: "unlabelled" (no label at all: a negative of every class),
+    # "other_classes_only" (labels outside a task file's `classes` only: a negative too); and
     # "patients_across_splits" (_checked_patients: the given splits' shared patients, or None).
     counts: dict = dataclasses.field(default_factory=dict)
-    # Every class the layout's labels name, before min_positives ([]: unknown).
-    label_names: list = dataclasses.field(default_factory=list)
 
 
 def class_display_names(root: str, classes) -> dict:
@@ -172,14 +172,91 @@ def _checked_patients(infos, splits, settings: dict, where: str) -> dict | None:
                      f"is inflated; pass {remedy}")
 
 
+def shown(names, limit: int = 20) -> str:
+    """Names for a message: the first `limit`, then how many in all."""
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit
+                                       else "")
+
+
+def _classes(infos, label_names, counted, settings: dict, root) -> tuple[list, list]:
+    """(the classes evaluated, the vocabulary they are chosen from): the classes of
+    settings["classes"] (a task file's list, in its order: they define the task, and each must
+    have min_positives positives among the `counted` records: one without is an error, never
+    dropped), else those of the layout's `label_names` with that many (the others left out
+    and said). A listed class is checked BEFORE min_positives reads any other class: a record
+    whose only label was a rare class outside the list had been dropped, one of a frequent
+    class outside it kept as a negative."""
+    min_positives, k = settings["min_positives"], int(settings.get("folds") or 0)
+    listed = [str(c) for c in settings.get("classes") or []]
+    unknown = [c for c in listed if c not in label_names]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], label_names, n=1)
+        raise ValueError(f"{flag(settings, 'classes')}: {unknown[0]!r} is not a class of the "
+                         "dataset: no record is labelled with it"
+                         + (f" (did you mean {close[0]!r}?)" if close else "")
+                         + f"; its {len(label_names)} classes: {shown(label_names)}")
+    vocabulary = listed or list(label_names)
+    classes = protocols.select_classes(infos, vocabulary, counted, min_positives=min_positives)
+    missing = [c for c in listed if c not in classes]
+    if missing:
+        enough = protocols.select_classes(infos, label_names, counted,
+                                          min_positives=min_positives)
+        raise ValueError(f"{flag(settings, 'classes')}: {missing} have fewer than min_positives="
+                         f"{min_positives} positives (among the training records; among all "
+                         f"records with folds); the classes with enough: {shown(enough)}")
+    present = protocols.label_matrix(infos, vocabulary).any(0)
+    left_out = [c for c, has in zip(vocabulary, present) if has and c not in set(classes)]
+    if left_out and classes:  # a class with positives in test only had vanished unsaid
+        print(f"{flag(settings, 'min_positives')}={min_positives}: {len(left_out)} class(es) "
+              f"with fewer {'' if k else 'training '}positives left out (e.g. "
+              f"{', '.join(left_out[:5])})")
+    if not classes:
+        raise ValueError(f"no class has >= {min_positives} {'' if k else 'training '}positives "
+                         f"in {root} ({flag(settings, 'min_positives')}); "
+                         f"{len(label_names)} classes in the layout")
+    return classes, vocabulary
+
+
+def _kept_records(labels, had_class, labelled, label_type: str, settings: dict, counts: dict,
+                  n_vocabulary: int) -> np.ndarray:
+    """Which records are evaluated, each left out or kept as a negative counted in `counts`:
+    `labels` over the classes kept, `had_class` a class of the vocabulary they were chosen
+    from (_classes), `labelled` any label of the layout's."""
+    min_positives = settings["min_positives"]
+    keep = ~(had_class & (labels.sum(1) == 0))
+    counts["no_class_left"] = int((~keep).sum())
+    if counts["no_class_left"]:
+        print(f"{flag(settings, 'min_positives')}={min_positives}: {counts['no_class_left']} "
+              f"records whose classes were all dropped ({labels.shape[1]} of "
+              f"{n_vocabulary} classes kept) are left out")
+    counts["not_one_class"] = 0
+    if label_type == "multiclass":  # softmax targets need exactly one class per record
+        counts["not_one_class"] = int((keep & (labels.sum(1) != 1)).sum())
+        if counts["not_one_class"]:
+            logging.warning("multiclass: leaving out %d records without exactly one class",
+                            counts["not_one_class"])
+        keep &= labels.sum(1) == 1
+    counts["unlabelled"] = int((keep & ~labelled).sum())
+    if counts["unlabelled"]:  # CODE-15%'s normal ECGs; a header without its `# Dx:` line too
+        print(f"{counts['unlabelled']} records carry no label of the layout's: each is scored "
+              "as a negative of every class")
+    counts["other_classes_only"] = int((keep & labelled & ~had_class).sum())
+    if counts["other_classes_only"]:
+        print(f"{flag(settings, 'classes')}: {counts['other_classes_only']} records carry only "
+              "classes outside this list: each is scored as a negative of every class of the "
+              "list")
+    return keep
+
+
 def load_dataset(settings: dict) -> Dataset:
     """The dataset named by an evaluation command's settings (layout, root, layout_options or
     cache_dir; duplicates, split_fractions, min_positives, label_type, seed, folds,
-    patients_across_splits): the index with every ECG once, (re-)split, restricted to classes
-    with enough training positives (with K folds: positives); records left with no class are
-    dropped and counted in `counts`; given splits that put a patient in two are refused."""
+    patients_across_splits; a task file's classes): the index with every ECG once, (re-)split,
+    restricted to the classes with enough training positives (with K folds: positives), or to
+    the classes listed (_classes); records left with no class are dropped and counted in
+    `counts`; given splits that put a patient in two are refused."""
     root, cache_dir, seed = settings["root"], settings["cache_dir"], settings["seed"]
-    split_fractions, min_positives = settings["split_fractions"], settings["min_positives"]
+    split_fractions = settings["split_fractions"]
     if cache_dir:
         index = cache_index(cache_dir)
         root = root or index.root
@@ -200,40 +277,13 @@ def load_dataset(settings: dict) -> Dataset:
         splits = [info.split for info in infos]
     splits = np.asarray(splits)
     # With K folds every record trains some fold's head: classes count all their positives.
-    k = int(settings.get("folds") or 0)
-    counted = np.full(len(infos), "train") if k else splits
-    classes = protocols.select_classes(infos, index.label_names, counted,
-                                       min_positives=min_positives)
-    every_class = protocols.label_matrix(infos, index.label_names)
-    left_out = [c for c, present in zip(index.label_names, every_class.any(0))
-                if present and c not in set(classes)]
-    if left_out and classes:  # a class with positives in test only had vanished unsaid
-        print(f"{flag(settings, 'min_positives')}={min_positives}: {len(left_out)} class(es) "
-              f"with fewer {'' if k else 'training '}positives left out (e.g. "
-              f"{', '.join(left_out[:5])})")
-    if not classes:
-        raise ValueError(f"no class has >= {min_positives} {'' if k else 'training '}positives "
-                         f"in {root} ({flag(settings, 'min_positives')}); "
-                         f"{len(index.label_names)} classes in the layout")
+    counted = np.full(len(infos), "train") if int(settings.get("folds") or 0) else splits
+    classes, vocabulary = _classes(infos, index.label_names, counted, settings, root)
     labels = protocols.label_matrix(infos, classes)
-    had_class = every_class.sum(1) > 0
-    keep = ~(had_class & (labels.sum(1) == 0))
-    counts["no_class_left"] = int((~keep).sum())
-    if counts["no_class_left"]:
-        print(f"{flag(settings, 'min_positives')}={min_positives}: {counts['no_class_left']} "
-              f"records whose classes were all dropped ({len(classes)} of "
-              f"{len(index.label_names)} classes kept) are left out")
-    counts["not_one_class"] = 0
-    if label_type == "multiclass":  # softmax targets need exactly one class per record
-        counts["not_one_class"] = int((keep & (labels.sum(1) != 1)).sum())
-        if counts["not_one_class"]:
-            logging.warning("multiclass: leaving out %d records without exactly one class",
-                            counts["not_one_class"])
-        keep &= labels.sum(1) == 1
-    counts["unlabelled"] = int((keep & ~had_class).sum())
-    if counts["unlabelled"]:  # CODE-15%'s normal ECGs; a header without its `# Dx:` line too
-        print(f"{counts['unlabelled']} records carry no label of the layout's: each is scored "
-              "as a negative of every class")
+    had_class = protocols.label_matrix(infos, vocabulary).sum(1) > 0
+    labelled = protocols.label_matrix(infos, index.label_names).sum(1) > 0
+    keep = _kept_records(labels, had_class, labelled, label_type, settings, counts,
+                         len(vocabulary))
     infos = [info for info, k in zip(infos, keep) if k]
     splits, labels = splits[keep], labels[keep]
     _checked_splits(splits, settings, root, infos)
@@ -243,7 +293,7 @@ def load_dataset(settings: dict) -> Dataset:
     return Dataset(infos, splits, np.asarray([info.source for info in infos]), classes, labels,
                    label_type, class_display_names(root, classes), cache_dir=cache_dir,
                    skip_damaged_cache_records=bool(settings.get("skip_damaged_cache_records")),
-                   counts=counts, label_names=list(index.label_names))
+                   counts=counts)
 
 
 def make_source(dataset: Dataset, data_cfg, rows=None):

@@ -433,25 +433,6 @@ def test_a_killed_benchmark_resumes_without_recomputing_finished_cells(
     assert board == clean
 
 
-@pytest.mark.parametrize("label_type", ["multiclass", "multilabel"])
-def test_a_multiclass_dataset_restricted_to_some_classes_leaves_out_the_others(label_type):
-    """Records of a class the task file leaves out had stayed in a multiclass task as all-zero
-    rows, whose softmax probabilities still summed to 1."""
-    from crema_jax.evaluate import datasets
-
-    labels = np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 2]]   # classes A B C A C
-    data = datasets.Dataset(infos=["r0", "r1", "r2", "r3", "r4"],
-                            splits=np.asarray(["train", "val", "test", "test", "train"]),
-                            sources=np.asarray(["s"] * 5), classes=["A", "B", "C"],
-                            labels=labels, label_type=label_type, counts={"not_one_class": 0})
-    out = benchmark.restrict_classes(data, ["A", "B"])
-    kept = [0, 1, 3] if label_type == "multiclass" else [0, 1, 2, 3, 4]
-    assert out.infos == [f"r{i}" for i in kept] and out.classes == ["A", "B"]
-    np.testing.assert_array_equal(out.labels, labels[kept][:, :2])
-    assert out.splits.tolist() == [["train", "val", "test", "test", "train"][i] for i in kept]
-    assert out.counts["not_one_class"] == (2 if label_type == "multiclass" else 0)
-
-
 def test_a_damaged_saved_cell_is_computed_again(tmp_path, capsys):
     """A cell file cut short (or its metadata unreadable) had been a BadZipFile (or a JSON)
     traceback on the resume; it is a cell to compute again, as a missing one."""

@@ -78,17 +78,3 @@ def test_a_dataset_no_task_reads_is_not_checked(tmp_path):
     with pytest.raises(ValueError, match=r"task 'second': datasets\['spare'\]\.root='/no/such'"):
         benchmark_datasets.check_datasets(suite, str(path))
 
-
-def test_a_class_of_a_layout_that_names_no_vocabulary_is_refused_for_either_reason():
-    """A layout that lists no label names: a class missing from the kept classes may be a typo
-    or one min_positives left out; the message says both rather than "no record is labelled"
-    (which had been said of a class with too few positives)."""
-    from types import SimpleNamespace
-
-    data = SimpleNamespace(label_names=[], classes=["164934002", "284470004"])
-    with pytest.raises(ValueError) as raised:
-        benchmark.restrict_classes(data, ["426783006"], 5, "W: ")
-    assert str(raised.value) == (
-        "W: classes: '426783006' is not a class the dataset keeps (no record is labelled with "
-        "it, or it has fewer than min_positives=5 positives); the classes kept: "
-        f"{benchmark._shown(data.classes)}")
