@@ -116,11 +116,17 @@ class Datasets:
         if name not in self.loaded:
             # Its fields named as the task file's, with the first task on it, in every line:
             # its `classes` define the task, min_positives applied to them (load_dataset).
+            # Its test split is tested by its in-domain tasks alone (a cross-domain pair tests
+            # another source's records: the split's size, and folds, say nothing of it).
+            tasks = [t for t in self.suite["tasks"] if t["dataset"] == name]
             settings = {**benchmark_tasks.dataset_settings(self.suite, name), "flag_prefix":
-                        benchmark_datasets.dataset_where(self.suite, name, self.tasks_path)}
+                        benchmark_datasets.dataset_where(self.suite, name, self.tasks_path),
+                        "test_split_read": any(not t["train_source"] for t in tasks)}
             data = datasets.load_dataset(settings)
             benchmark_datasets.check_sources(self.suite, name, data.sources, self.tasks_path)
             plan, groups = folds.dataset_plan(data, settings)
+            for task in (t for t in tasks if t["train_source"]):
+                _warn_small_cross_domain_test(task, data, groups)
             self.loaded[name] = (data, plan, groups)
         return self.loaded[name]
 
@@ -149,16 +155,38 @@ class Datasets:
         return list(union.values())
 
 
-def _cross_domain_cell(fit_predict, data, column, seed: int, groups=None):
-    """Train on column.train_source's train split (its label fraction), select on its val
-    split, test on column.test_source's records of other patients (`groups`: patient keys;
-    None: each record its own)."""
-    own, other = data.sources == column.train_source, data.sources == column.test_source
+def cross_domain_rows(data, train_source: str, test_source: str, groups=None):
+    """(train, val, test rows, test records left out) of a cross-domain pair: train_source's
+    train and val splits, test_source's records of other patients (`groups`: patient keys;
+    None: each record its own; runs.py: the same rule)."""
+    own, other = data.sources == train_source, data.sources == test_source
     train, val = (np.flatnonzero(own & (data.splits == s)) for s in ("train", "val"))
-    # Not the records of a patient the head trains or is selected on (runs.py: the same rule).
     patients = np.arange(len(data.sources)) if groups is None else groups
     test, left_out = protocols.unseen_patients(np.flatnonzero(other), np.r_[train, val],
                                                patients)
+    return train, val, test, left_out
+
+
+def _warn_small_cross_domain_test(task: dict, data, groups) -> None:
+    """One line when a cross-domain task tests fewer than datasets.SMALL_TEST_SPLIT records:
+    what does apply (more records of its test source), not the folds an in-domain split's
+    warning suggests (they had been suggested, to a pair they cannot change)."""
+    test = cross_domain_rows(data, task["train_source"], task["test_source"], groups)[2]
+    source = task["test_source"]
+    line = datasets.small_test_warning(
+        len(test), f"the test set of task {task['name']!r} (its {source!r} records, less those "
+        f"of patients in the train and val splits of {task['train_source']!r})",
+        f"; a cross-domain pair tests every such record (folds do not apply): only more "
+        f"{source!r} records narrow them")
+    if line and len(test):   # none at all: the cell's error says so
+        print(line)
+
+
+def _cross_domain_cell(fit_predict, data, column, seed: int, groups=None):
+    """Train on column.train_source's train split (its label fraction), select on its val
+    split, test on column.test_source's records of other patients (cross_domain_rows)."""
+    train, val, test, left_out = cross_domain_rows(data, column.train_source,
+                                                   column.test_source, groups)
     if not (len(train) and len(val) and len(test)):
         raise ValueError(f"task {column.task!r}: source {column.train_source!r} needs train and "
                          f"val records and {column.test_source!r} records of other patients "

@@ -122,17 +122,28 @@ def _checked_splits(splits, settings: dict, root: str, infos) -> None:
 SMALL_TEST_SPLIT = 30  # test records below which one split's figures are mostly noise
 
 
+def small_test_warning(n_test: int, tested: str, hint: str = "") -> str | None:
+    """The `warning:` line of a test set (`tested` names it) of fewer than SMALL_TEST_SPLIT
+    records, `hint` saying what would help; None for a larger one."""
+    if n_test >= SMALL_TEST_SPLIT:
+        return None
+    return (f"warning: {tested} holds {n_test} records (fewer than {SMALL_TEST_SPLIT}): its "
+            f"figures are mostly noise, as their confidence intervals show{hint}")
+
+
 def _warn_small_test(splits, settings: dict) -> None:
     """One line when a single train/val/test split (no K folds) tests fewer than
     SMALL_TEST_SPLIT records: a plain probe of the 50 sample records had reported a macro AUROC
-    of 3 test records without a word."""
-    n_test = int(np.sum(np.asarray(splits) == "test"))
-    if int(settings.get("folds") or 0) or n_test >= SMALL_TEST_SPLIT:
+    of 3 test records without a word. None where settings["test_split_read"] is False (a
+    benchmark dataset only cross-domain pairs read: they test another source's records, and
+    folds do not apply to them)."""
+    if int(settings.get("folds") or 0) or not settings.get("test_split_read", True):
         return
     folds = (f"; {flag(settings, 'folds')}=5 tests every record once (cross-validation)"
              if "folds" in settings else "")
-    print(f"warning: the test split holds {n_test} records (fewer than {SMALL_TEST_SPLIT}): "
-          f"its figures are mostly noise, as their confidence intervals show{folds}")
+    line = small_test_warning(int(np.sum(np.asarray(splits) == "test")), "the test split", folds)
+    if line:
+        print(line)
 
 
 PATIENTS_ACROSS_SPLITS = ("refuse", "allow")
