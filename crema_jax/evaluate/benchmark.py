@@ -9,10 +9,10 @@ on one column (task x lead set x label fraction, benchmark_tasks.py) by one prot
   are marked not applicable).
 Frozen features are extracted ONCE per model x records x lead set and cached under
 workdir/features (feature_store.py). Each finished cell's predictions are written atomically to
-workdir/cells/MODEL/COLUMN/PROTOCOL.npz (MODEL: benchmark_tasks.Model.filed_as, its name or,
-for an added random row, its architecture and seed) with a digest of what they depend on; a
-rerun (after a kill, with more models or in another order) reuses every cell whose digest
-matches and computes the rest. The leaderboard (benchmark_leaderboard.py) is computed from the
+workdir/cells/MODEL/COLUMN/PROTOCOL.npz (MODEL: benchmark_tasks.Model.filed_as, a digest of
+its weights, never its name) with a digest of what they depend on; a rerun (after a kill, with
+more models, in another order or under other names) reuses every cell whose digest matches and
+computes the rest. The leaderboard (benchmark_leaderboard.py) is computed from the
 saved predictions alone.
 """
 from __future__ import annotations
@@ -238,7 +238,8 @@ def compute_cell(model, column, protocol: str, suite: dict, loaded: Datasets, st
         found, _, preds = runs.model_runs(fit_predict, data, column.leads, settings,
                                           method=protocol, model=model.name, plan=plan,
                                           groups=groups)
-        fields = {k: v for k, v in found[0].items() if k not in ("test", "folds")}
+        # Not its "model": a cell is filed under the weights, shown under today's name.
+        fields = {k: v for k, v in found[0].items() if k not in ("test", "folds", "model")}
         pred = preds["runs"][found[0]["name"]]
     rows = np.asarray(pred["rows"], np.int64)
     return fields, {"probs": np.asarray(pred["probs"], np.float64),
@@ -255,7 +256,8 @@ def cell_path(workdir: pathlib.Path, model: str, column: str, protocol: str) -> 
 
 
 def save_cell(path, key: tuple, spec: str, fields: dict, arrays: dict) -> None:
-    """The cell's predictions and, in `meta`, which cell it is, its digest and its run fields."""
+    """The cell's predictions and, in `meta`, which cell it is (`key`: the model's filed_as,
+    the column, the protocol), its digest and its run fields."""
     meta = json.dumps({"model": key[0], "column": key[1], "protocol": key[2], "spec": spec,
                        "fields": fields}, default=float)
 
@@ -320,7 +322,7 @@ def run_cells(models, cols, suite: dict, workdir: pathlib.Path, log=print,
                 fields, arrays = compute_cell(model, column, protocol, suite, loaded, store,
                                               mesh)
                 fields["seconds"] = round(time.time() - t0, 1)
-                save_cell(path, key, spec, fields, arrays)
+                save_cell(path, (model.filed_as, column.name, protocol), spec, fields, arrays)
                 cells[key] = {**arrays, "fields": fields}
                 counts["cells_computed"] += 1
                 log(f"cell {model.name} | {column.name} | {protocol}: {fields['seconds']} s")

@@ -181,7 +181,8 @@ def build(models, cols, suite: dict, cells: dict) -> dict:
     sizes = _apply_holm(tests, suite["alpha"])
     _mark_best(panels, tests)
     return {
-        "models": [{"name": m.name, "checkpoint": m.checkpoint, "random_of": m.random_of,
+        "models": [{"name": m.name, "checkpoint": m.checkpoint, "filed_as": m.filed_as,
+                    "random_of": m.random_of,
                     "random_row": random_row[m.name],
                     "family": m.config.model.name} for m in models],
         "columns": [c.__dict__ for c in cols], "protocols": list(suite["protocols"]),

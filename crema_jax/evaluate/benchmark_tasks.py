@@ -18,9 +18,9 @@ Models: `NAME=CHECKPOINT` pairs; CHECKPOINT a checkpoint (ours, or imported ST-M
 `random` (a SiT of the default size) or `random:FAMILY` (sit, net1d). The random init of every
 architecture in the table is always a row: one row is added per architecture (model config and
 data path) that has no random row yet, shown as `random:FAMILY` (`random:FAMILY-DIGEST`, 8 hex
-digits of the architecture, when two added rows are of one family) and filed (cells, features)
-under what defines it, its architecture and seed (`Model.filed_as`): adding or reordering models
-reuses its cells.
+digits of the architecture, when two added rows are of one family). Every model is filed (cells,
+features) under what defines it, its weights (`Model.filed_as`), never under its name: adding,
+reordering or renaming models reuses their cells.
 """
 from __future__ import annotations
 
@@ -80,11 +80,12 @@ class Model:
 
     @property
     def filed_as(self) -> str:
-        """The name its cells and features are filed and digested under: its own, or for an
-        added random row `random:WEIGHTS` (its architecture, data path and seed; no --models
-        name starts with `random:`): it had been named after the first model of its
-        architecture, so a model added in front recomputed its every cell and feature."""
-        return f"{backbones.RANDOM}:{self.weights}" if self.random_of else self.name
+        """What its cells and features are filed under: `weights:WEIGHTS`, or `random:WEIGHTS`
+        for a random init (weights_digest: its architecture, data path and parameters, or
+        seed), never its name: they had been filed under the name given on --models (a
+        renamed model recomputed its every cell and feature, and the saved cell named it by
+        its old name) and an added random row under the first model of its architecture's."""
+        return f"{backbones.RANDOM if self.params is None else 'weights'}:{self.weights}"
 
 
 def _fields(entry, defaults: dict, where: str) -> dict:
@@ -243,7 +244,7 @@ def parse_models(items) -> list[tuple[str, str]]:
         if not sep or not name or not checkpoint or "/" in name or name.strip(".") == "":
             raise ValueError(f"--models entry {item!r}: expected NAME=CHECKPOINT (a name "
                              "without '/', then a checkpoint folder, random or random:FAMILY)")
-        if name.startswith(backbones.RANDOM + ":"):  # it would share the added row's files
+        if name.startswith(backbones.RANDOM + ":"):  # two rows would be shown as one
             raise ValueError(f"--models entry {item!r}: names starting with "
                              f"'{backbones.RANDOM}:' are the random-init rows the benchmark "
                              "adds; choose another name")
@@ -346,11 +347,10 @@ EVALUATION_RULES = 3
 def cell_spec(model: Model, column: Column, protocol: str, suite: dict,
               dataset_digest: str = "") -> str:
     """A digest of everything a cell's predictions depend on: a finished cell is reused only
-    when it matches (another checkpoint, other weights at the same path, recipe, dataset
+    when it matches (other weights, at the same path or another, recipe, dataset
     settings or, by `dataset_digest` (benchmark.Datasets.fingerprint), the dataset's records and
     labels recompute it), and the EVALUATION_RULES a finished cell was computed under."""
-    text = json.dumps({"rules": EVALUATION_RULES,
-                       "model": [model.filed_as, model.checkpoint, model.weights],
+    text = json.dumps({"rules": EVALUATION_RULES, "model": model.filed_as,
                        "column": dataclasses.asdict(column),
                        "dataset": suite["datasets"][column.dataset],
                        "dataset_digest": dataset_digest, "protocol": protocol,

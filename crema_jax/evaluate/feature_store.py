@@ -1,16 +1,16 @@
 """Frozen features cached on disk: one extraction per model x records x lead set.
 
 A dataset's features are written to FOLDER/MODEL/RECORDS-LEADS.npz (MODEL: the model's
-benchmark_tasks.Model.filed_as), RECORDS a digest of the layout, root and layout options other
-than the label set (PTB-XL's label sets, or two split rules over one folder, read the same
-records). Each example is stored with its record's key
-(`record_key`: id, path, and the size and modification time of its files, so that two records
-of one name in two folders stay two, and a record whose files changed is read again), so
-another dataset over the same records (other classes, other splits) maps them to its own rows;
-it is reused when every record of that dataset was among those the extraction read. An
-extraction reads every record of the task file's datasets over the same records (`records_of`),
-so datasets that keep different records of one folder (other classes dropped by
-min_positives, another label set) share it.
+benchmark_tasks.Model.filed_as, its weights), RECORDS a digest of the layout, root and layout
+options other than the label set (PTB-XL's label sets, or two split rules over one folder,
+read the same records). Each example is stored with its record's key (`record_key`: id, path,
+and the size and modification time of its files, so that two records of one name in two
+folders stay two, and a record whose files changed is read again), so another dataset over
+the same records (other classes, other splits) maps them to its own rows; it is reused when
+every record of that dataset was among those the extraction read. An extraction reads every
+record of the task file's datasets over the same records (`records_of`), so datasets that
+keep different records of one folder (other classes dropped by min_positives, another label
+set) share it.
 """
 from __future__ import annotations
 

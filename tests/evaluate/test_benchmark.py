@@ -67,14 +67,16 @@ def uninterrupted(model_flags, tmp_path_factory):
     return workdir, _run(model_flags, workdir)
 
 
-def _cells(workdir) -> dict:
-    """{(model, column, protocol): the cell's saved arrays}, read with numpy alone."""
+def _cells(workdir, board) -> dict:
+    """{(model, column, protocol): the cell's saved arrays}, read with numpy alone; a cell
+    names the weights it is filed under, each model of the board its own."""
+    name = {m["filed_as"]: m["name"] for m in board["models"]}
     out = {}
     for path in (workdir / "cells").rglob("*.npz"):
         with np.load(path, allow_pickle=False) as saved:
             arrays = {k: saved[k] for k in saved.files}
         meta = json.loads(str(arrays["meta"]))
-        out[(meta["model"], meta["column"], meta["protocol"])] = arrays
+        out[(name[meta["model"]], meta["column"], meta["protocol"])] = arrays
     return out
 
 
@@ -285,7 +287,7 @@ def test_leaderboard_figures_are_recomputed_from_the_saved_predictions(uninterru
     assert board["counts"] == {"cells_computed": 16, "cells_reused": 0,
                                "cells_not_applicable": 0, "feature_extractions": 4,
                                "features_reused": 12}
-    cells = _cells(workdir)
+    cells = _cells(workdir, board)
     assert len(cells) == 16
     root = dataset_index.sample_data_dir()
     scores = {(s["model"], s["column"], s["protocol"]): s for s in board["cells"]}
@@ -294,7 +296,7 @@ def test_leaderboard_figures_are_recomputed_from_the_saved_predictions(uninterru
     # permutation tests' exchanges: 9,999 at least, 2 m' / alpha - 1 for m' per-class tests.
     resamples = max(BOOTSTRAP, math.ceil(4 * len(board["comparisons"]) / ALPHA) - 1)
     assert board["settings"]["test_resamples"] == resamples
-    per_class_m = sum(len(_cells(workdir)[(t["model"], t["column"], t["protocol"])]["classes"])
+    per_class_m = sum(len(cells[(t["model"], t["column"], t["protocol"])]["classes"])
                       for t in board["comparisons"])
     permutations = max(9999, math.ceil(2 * per_class_m / ALPHA) - 1)
     assert board["settings"]["test_permutations"] == permutations

@@ -1,8 +1,11 @@
 """benchmark: the random-init row the benchmark adds per architecture was named after the first
 model of that architecture (`random:b`), and that name was in its cells' digest and in its
 feature folder: a model added at the front of --models (`a`, of b's architecture) renamed it
-`random:a` and recomputed its every cell and feature. It is shown as `random:FAMILY` and filed
-under its architecture and seed, whatever the order of --models."""
+`random:a` and recomputed its every cell and feature. It is shown as `random:FAMILY`, and every
+model is filed under its weights (a random init's: its architecture and seed), whatever the order
+or the names of --models."""
+import json
+
 import numpy as np
 
 from crema_jax import config as config_lib
@@ -23,7 +26,18 @@ def get_config():
 """
 
 
-def test_a_model_added_in_front_reuses_the_random_rows_cells(tmp_path):
+def _saved_cells(workdir) -> list[dict]:
+    out = []
+    for path in sorted((workdir / "cells").rglob("*.npz")):
+        with np.load(path, allow_pickle=False) as saved:
+            out.append(json.loads(str(saved["meta"])))
+    return out
+
+
+def test_a_model_added_in_front_or_renamed_reuses_the_cells(tmp_path):
+    """Cells are filed under the weights, never under a name: a model added in front (here of
+    the same weights as b), or b renamed, reuses every cell and is shown under its new name
+    (cells had been filed under the --models name: a renamed model recomputed them all)."""
     config = config_lib.default_config()
     config.model.size = "tiny"
     sit = tmp_path / "sit"
@@ -35,16 +49,26 @@ def test_a_model_added_in_front_reuses_the_random_rows_cells(tmp_path):
     assert [m["name"] for m in first["models"]] == ["b", "random:sit"]
     assert first["counts"]["cells_computed"] == 2
     again = benchmark.run_benchmark([f"a={sit}", f"b={sit}"], str(tasks), str(workdir))
-    rows = {m["name"]: (m["random_of"], m["random_row"]) for m in again["models"]}
-    assert rows == {"a": ("", "random:sit"), "b": ("", "random:sit"),
-                    "random:sit": ("a", "random:sit")}
-    # a's cell and features are new; b's and the random row's are the first run's.
+    rows = {m["name"]: m["random_row"] for m in again["models"]}
+    assert rows == {"a": "random:sit", "b": "random:sit", "random:sit": "random:sit"}
+    # a is b's weights: its cell and features are b's, and the random row's are the first run's.
     assert {k: again["counts"][k] for k in ("cells_computed", "cells_reused",
                                             "feature_extractions", "features_reused")} == {
-        "cells_computed": 1, "cells_reused": 2, "feature_extractions": 1, "features_reused": 0}
+        "cells_computed": 0, "cells_reused": 3, "feature_extractions": 0, "features_reused": 0}
+    renamed = benchmark.run_benchmark([f"renamed={sit}"], str(tasks), str(workdir))
+    assert [m["name"] for m in renamed["models"]] == ["renamed", "random:sit"]
+    assert renamed["counts"]["cells_reused"] == 2 and renamed["counts"]["cells_computed"] == 0
     scores = [{(s["model"], s["column"], s["protocol"]): s["macro_auroc"] for s in board["cells"]}
-              for board in (first, again)]
+              for board in (first, again, renamed)]
     assert scores[1][("random:sit", "t", "probe")] == scores[0][("random:sit", "t", "probe")]
+    assert scores[1][("a", "t", "probe")] == scores[2][("renamed", "t", "probe")] == \
+        scores[0][("b", "t", "probe")]
+    # The saved cells name no model: each its weights (filed_as), its fields no name either.
+    filed = {m["name"]: m["filed_as"] for m in first["models"]}
+    assert filed["b"].startswith("weights:") and filed["random:sit"].startswith("random:")
+    metas = _saved_cells(workdir)
+    assert sorted(m["model"] for m in metas) == sorted(filed.values())
+    assert all("model" not in m["fields"] for m in metas)
 
 
 def test_added_random_rows_of_one_family_are_told_apart_by_their_architecture(monkeypatch):
