@@ -309,7 +309,8 @@ def markdown(board: dict) -> str:
                      f"{_p(m.get('p_holm'), m.get('p_holm_bound'))} |")
     lines += ["", "## Models", ""] + [
         f"- {m['name']}: {m['family']}, {m['checkpoint']}"
-        + (f" (the random init of {m['random_of']}'s architecture)" if m["random_of"] else "")
+        + (f" (the random init, seed {board['settings']['seed']}, of {m['random_of']})"
+           if m["random_of"] else "")
         for m in board["models"]]
     return "\n".join(lines) + "\n"
 

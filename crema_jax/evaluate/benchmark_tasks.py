@@ -18,7 +18,8 @@ Models: `NAME=CHECKPOINT` pairs; CHECKPOINT a checkpoint (ours, or imported ST-M
 `random` (a SiT of the default size) or `random:FAMILY` (sit, net1d). The random init of every
 architecture in the table is always a row: one row is added per architecture (model config and
 data path) that has no random row yet, shown as `random:FAMILY` (`random:FAMILY-DIGEST`, 8 hex
-digits of the architecture, when two added rows are of one family). Every model is filed (cells,
+digits of the architecture, when two added rows are of one family) and described by its
+architecture (`architecture_text`). Every model is filed (cells,
 features) under what defines it, its weights (`Model.filed_as`), never under its name: adding,
 reordering or renaming models reuses their cells.
 """
@@ -75,7 +76,7 @@ class Model:
     checkpoint: str
     config: object
     params: object      # None: random init (seeded)
-    random_of: str = ""  # an added random row: the first model of its architecture
+    random_of: str = ""  # an added random row: its architecture (architecture_text)
     weights: str = ""    # weights_digest: what its predictions are computed from
 
     @property
@@ -318,13 +319,21 @@ def load_models(items, *, seed: int, model_size: str = "tiny") -> list[Model]:
             covered.add(key)
             added.append(Model(families.family_of(model.config.model).name, backbones.RANDOM,
                                model.config.copy_and_resolve_references(), None,
-                               random_of=model.name,
+                               random_of=architecture_text(model.config),
                                weights=weights_digest(model.config, None, seed)))
     family_names = [m.name for m in added]
     for model in added:  # named by what it is, not by the order of --models
         model.name = f"{backbones.RANDOM}:{model.name}" + (
             f"-{architecture(model.config)[:8]}" if family_names.count(model.name) > 1 else "")
     return models + added
+
+
+def architecture_text(config) -> str:
+    """An architecture as the leaderboard names it: the family's one clause (Family.describe:
+    'SiT tiny: width 64, depth 2, 2 heads, with decoder') and the data path's preset. An added
+    random row had been called the random init of the first model of its architecture."""
+    return (f"{families.family_of(config.model).describe(config.model)}; data path "
+            f"{config.data.get('preset') or 'of its own'}")
 
 
 def model_random_row(models: list[Model]) -> dict:

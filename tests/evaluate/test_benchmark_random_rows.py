@@ -7,6 +7,7 @@ or the names of --models."""
 import json
 
 import numpy as np
+import pytest
 
 from crema_jax import config as config_lib
 from crema_jax.data.index import dataset_index
@@ -55,6 +56,8 @@ def test_a_model_added_in_front_or_renamed_reuses_the_cells(tmp_path):
     assert {k: again["counts"][k] for k in ("cells_computed", "cells_reused",
                                             "feature_extractions", "features_reused")} == {
         "cells_computed": 0, "cells_reused": 3, "feature_extractions": 0, "features_reused": 0}
+    md = (workdir / "leaderboard.md").read_text()
+    assert f"\n- random:sit: sit_pretrain, random (the random init, seed 0, of {TINY})\n" in md
     renamed = benchmark.run_benchmark([f"renamed={sit}"], str(tasks), str(workdir))
     assert [m["name"] for m in renamed["models"]] == ["renamed", "random:sit"]
     assert renamed["counts"]["cells_reused"] == 2 and renamed["counts"]["cells_computed"] == 0
@@ -71,22 +74,35 @@ def test_a_model_added_in_front_or_renamed_reuses_the_cells(tmp_path):
     assert all("model" not in m["fields"] for m in metas)
 
 
-def test_added_random_rows_of_one_family_are_told_apart_by_their_architecture(monkeypatch):
-    """Two SiT sizes: two added rows, random:sit-DIGEST each, DIGEST 8 hex digits of the
-    architecture (its model config and data path); the same names in either order."""
+TINY = "SiT tiny: width 64, depth 2, 2 heads, with decoder; data path crema"
+SMALL = "SiT small: width 384, depth 12, 6 heads, with decoder; data path crema"
+
+
+@pytest.fixture
+def sizes(monkeypatch):
+    """`--models` entries x=tiny, y=small: the default config at those sizes, all weights one;
+    `random` the tiny one, randomly initialised."""
     configs = {}
     for size in ("tiny", "small"):
         configs[size] = config_lib.default_config()
         configs[size].model.size = size
-    monkeypatch.setattr(benchmark_tasks.backbones, "load_config_and_params",
-                        lambda path, **_: (configs[path], {"w": np.ones(2, np.float32)}))
+    monkeypatch.setattr(
+        benchmark_tasks.backbones, "load_config_and_params",
+        lambda path, **_: (configs["tiny"], None) if path == "random" else (
+            configs[path], {"w": np.ones(2, np.float32)}))
+    return configs
 
+
+def test_added_random_rows_of_one_family_are_told_apart_by_their_architecture(sizes):
+    """Two SiT sizes: two added rows, random:sit-DIGEST each, DIGEST 8 hex digits of the
+    architecture (its model config and data path); the same names in either order, each said
+    to be the random init of its architecture (it had been "of x's architecture", x the first
+    model given of it)."""
     def added(items):
-        return {m.random_of: m.name for m in benchmark_tasks.load_models(items, seed=0)
+        return {m.name: m.random_of for m in benchmark_tasks.load_models(items, seed=0)
                 if m.random_of}
     one = added(["x=tiny", "y=small"])
-    assert set(one) == {"x", "y"} and len(set(one.values())) == 2
-    digests = {k: benchmark_tasks.architecture(c)[:8] for k, c in configs.items()}
-    assert one == {"x": f"random:sit-{digests['tiny']}", "y": f"random:sit-{digests['small']}"}
+    digests = {k: benchmark_tasks.architecture(c)[:8] for k, c in sizes.items()}
+    assert one == {f"random:sit-{digests['tiny']}": TINY, f"random:sit-{digests['small']}": SMALL}
     assert added(["y=small", "x=tiny"]) == one
-    assert added(["x=tiny"]) == {"x": "random:sit"}
+    assert added(["x=tiny"]) == added(["z=tiny", "x=tiny"]) == {"random:sit": TINY}
