@@ -344,6 +344,8 @@ def run_benchmark(model_items, tasks_path, workdir, *, roots=None, model_size: s
                                      inputs=[d["root"] for d in suite["datasets"].values()],
                                      create=False)  # makes it, once the models are loaded
     models = benchmark_tasks.load_models(model_items, seed=suite["seed"], model_size=model_size)
+    for note in benchmark_tasks.same_models(models, suite["seed"]).values():
+        log(f"note: {note}")
     # One run per workdir: a second would compute the same features and cells alongside the
     # first, each overwriting the other's (a killed run's lock, its pid gone, is taken over).
     lock = workdir_lib.WorkdirLock(workdir)

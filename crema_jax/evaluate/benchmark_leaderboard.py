@@ -162,6 +162,7 @@ def _apply_holm(tests: list, alpha: float) -> dict:
 def build(models, cols, suite: dict, cells: dict) -> dict:
     """leaderboard.json's content (module docstring)."""
     random_row = benchmark_tasks.model_random_row(models)
+    same = benchmark_tasks.same_models(models, suite["seed"])
     scores, panels, pending, not_applicable = [], [], [], []
     for column in cols:
         for protocol in suite["protocols"]:
@@ -182,7 +183,7 @@ def build(models, cols, suite: dict, cells: dict) -> dict:
     _mark_best(panels, tests)
     return {
         "models": [{"name": m.name, "checkpoint": m.checkpoint, "filed_as": m.filed_as,
-                    "random_of": m.random_of,
+                    "random_of": m.random_of, "same_model": same.get(m.name),
                     "random_row": random_row[m.name],
                     "family": m.config.model.name} for m in models],
         "columns": [c.__dict__ for c in cols], "protocols": list(suite["protocols"]),
@@ -292,6 +293,8 @@ def markdown(board: dict) -> str:
               "applicable. A column's macro AUROCs get more decimals where two that differ "
               "would print alike."), "",
              *_table(board), "",
+             *[f"Note: {m['same_model']}." for m in board["models"] if m["same_model"]],
+             *([""] if any(m["same_model"] for m in board["models"]) else []),
              "Label fractions: at least one positive of every class trains, so a small "
              "fraction can use more records than it names; with folds the records are means "
              "per fold.", "", *_panels_table(board),

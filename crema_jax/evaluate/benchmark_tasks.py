@@ -19,9 +19,9 @@ Models: `NAME=CHECKPOINT` pairs; CHECKPOINT a checkpoint (ours, or imported ST-M
 architecture in the table is always a row: one row is added per architecture (model config and
 data path) that has no random row yet, shown as `random:FAMILY` (`random:FAMILY-DIGEST`, 8 hex
 digits of the architecture, when two added rows are of one family) and described by its
-architecture (`architecture_text`). Every model is filed (cells,
-features) under what defines it, its weights (`Model.filed_as`), never under its name: adding,
-reordering or renaming models reuses their cells.
+architecture (`architecture_text`). Every model is filed (cells, features) under what defines
+it, its weights (`Model.filed_as`), never under its name: adding, reordering or renaming models
+reuses their cells; two entries of one model are said to be one (`same_models`).
 """
 from __future__ import annotations
 
@@ -334,6 +334,24 @@ def architecture_text(config) -> str:
     random row had been called the random init of the first model of its architecture."""
     return (f"{families.family_of(config.model).describe(config.model)}; data path "
             f"{config.data.get('preset') or 'of its own'}")
+
+
+def same_models(models: list[Model], seed: int) -> dict:
+    """{model name: one line saying it is an earlier model again} for each model whose weights
+    (filed_as) an earlier one has: equal parameters, architecture and data path, or one random
+    init of one architecture and seed. They share their cells, and every difference between
+    them is 0: a comparison of the two is no finding."""
+    first, out = {}, {}
+    for model in models:
+        other = first.setdefault(model.filed_as, model.name)
+        if other == model.name:
+            continue
+        what = (f"the same random init as {other} (one architecture and data path, seed {seed})"
+                if model.params is None else f"the same model as {other} (equal weights, "
+                "architecture and data path)")
+        out[model.name] = (f"{model.name} is {what}: its figures are {other}'s, and every "
+                           "difference between the two is 0, which says nothing of either")
+    return out
 
 
 def model_random_row(models: list[Model]) -> dict:

@@ -56,7 +56,11 @@ def test_a_model_added_in_front_or_renamed_reuses_the_cells(tmp_path):
     assert {k: again["counts"][k] for k in ("cells_computed", "cells_reused",
                                             "feature_extractions", "features_reused")} == {
         "cells_computed": 0, "cells_reused": 3, "feature_extractions": 0, "features_reused": 0}
+    same = ("b is the same model as a (equal weights, architecture and data path): its figures "
+            "are a's, and every difference between the two is 0, which says nothing of either")
+    assert [m["same_model"] for m in again["models"]] == [None, same, None]
     md = (workdir / "leaderboard.md").read_text()
+    assert f"\n\nNote: {same}.\n\n" in md
     assert f"\n- random:sit: sit_pretrain, random (the random init, seed 0, of {TINY})\n" in md
     renamed = benchmark.run_benchmark([f"renamed={sit}"], str(tasks), str(workdir))
     assert [m["name"] for m in renamed["models"]] == ["renamed", "random:sit"]
@@ -106,3 +110,19 @@ def test_added_random_rows_of_one_family_are_told_apart_by_their_architecture(si
     assert one == {f"random:sit-{digests['tiny']}": TINY, f"random:sit-{digests['small']}": SMALL}
     assert added(["y=small", "x=tiny"]) == one
     assert added(["x=tiny"]) == added(["z=tiny", "x=tiny"]) == {"random:sit": TINY}
+
+
+def test_two_entries_of_one_model_are_said_to_be_one(sizes):
+    """Two names for the same weights (or one random init twice) had been compared as two
+    models, "no detectable difference" reading as a finding."""
+    def notes(items):
+        return benchmark_tasks.same_models(benchmark_tasks.load_models(items, seed=3), seed=3)
+    assert notes(["x=tiny", "y=small"]) == notes(["r=random", "x=tiny"]) == {}
+    assert notes(["x=tiny", "y=small", "z=tiny"]) == {
+        "z": "z is the same model as x (equal weights, architecture and data path): its "
+             "figures are x's, and every difference between the two is 0, which says nothing "
+             "of either"}
+    assert notes(["r=random", "s=random"]) == {
+        "s": "s is the same random init as r (one architecture and data path, seed 3): its "
+             "figures are r's, and every difference between the two is 0, which says nothing "
+             "of either"}
