@@ -8,7 +8,8 @@
 --models: NAME=CHECKPOINT pairs; CHECKPOINT a checkpoint (ours, or imported ST-MEM/ECGFounder),
 `random` (a SiT of --model_size) or `random:sit` / `random:net1d`. The random init of every
 architecture in the table is added as a row (`random:FAMILY`, e.g. random:sit) when none is
-given; its cells are filed under its architecture and seed, whatever the order of --models.
+given. Every model's cells are filed under its weights (a random init's: its architecture and
+seed), whatever the order or the names of --models; one model given twice is said to be one.
 --tasks: a task file (configs/benchmarks/*.py) naming the datasets (layout, root, classes, split
 rule), the tasks (lead sets, label fractions, cross-domain source pairs) and the protocols
 (probe: linear head; mlp: frozen encoder + a small MLP head; finetune: SiT models only).
