@@ -183,7 +183,7 @@ def _checked_patients(infos, splits, settings: dict, where: str) -> dict | None:
                      f"is inflated; pass {remedy}")
 
 
-def shown(names, limit: int = 20) -> str:
+def _shown(names, limit: int = 20) -> str:
     """Names for a message: the first `limit`, then how many in all."""
     return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit
                                        else "")
@@ -205,7 +205,7 @@ def _classes(infos, label_names, counted, settings: dict, root) -> tuple[list, l
         raise ValueError(f"{flag(settings, 'classes')}: {unknown[0]!r} is not a class of the "
                          "dataset: no record is labelled with it"
                          + (f" (did you mean {close[0]!r}?)" if close else "")
-                         + f"; its {len(label_names)} classes: {shown(label_names)}")
+                         + f"; its {len(label_names)} classes: {_shown(label_names)}")
     vocabulary = listed or list(label_names)
     classes = protocols.select_classes(infos, vocabulary, counted, min_positives=min_positives)
     missing = [c for c in listed if c not in classes]
@@ -214,7 +214,7 @@ def _classes(infos, label_names, counted, settings: dict, root) -> tuple[list, l
                                           min_positives=min_positives)
         raise ValueError(f"{flag(settings, 'classes')}: {missing} have fewer than min_positives="
                          f"{min_positives} positives (among the training records; among all "
-                         f"records with folds); the classes with enough: {shown(enough)}")
+                         f"records with folds); the classes with enough: {_shown(enough)}")
     present = protocols.label_matrix(infos, vocabulary).any(0)
     left_out = [c for c, has in zip(vocabulary, present) if has and c not in set(classes)]
     if left_out and classes:  # a class with positives in test only had vanished unsaid
