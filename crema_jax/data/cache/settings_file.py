@@ -13,6 +13,7 @@ from crema_jax.data.cache import sidecars as sidecar_lib
 from crema_jax.data.cache.sidecars import PrepareError
 from crema_jax.data.index import duplicates
 from crema_jax.data.reading import clinical
+from crema_jax.data.reading.demographics import patient_id_of
 from crema_jax.runtime import storage
 
 # The salted hash of this fixed key: the same on every host and rerun of a build exactly when
@@ -49,8 +50,9 @@ def cache_settings(index, opts: dict, preprocess_cfg) -> dict:
 
 
 def has_patient_ids(index) -> bool:
-    """Whether any record of `index` has a patient id (which the cache keeps as its hash)."""
-    return any(r.meta.get("patient_id") not in (None, "") for r in index.records)
+    """Whether any record of `index` has a patient id (which the cache keeps as its hash): ids
+    that are blank or a missing-value word ("NaN", "N/A", ...) are none, as in the rows."""
+    return any(patient_id_of(r.meta.get("patient_id")) is not None for r in index.records)
 
 
 def check_or_write(out: str, settings: dict, *, write: bool) -> None:

@@ -356,3 +356,32 @@ def test_a_cache_is_not_resumed_with_another_patient_salt(tmp_path, six_records,
     prepare.prepare(layout="manifest", root=str(manifest), out=str(out), workers=1,
                     records_per_shard=2)
     assert (out / "index.json").is_file() and (plain / "index.json").is_file()
+
+
+def test_ids_that_are_all_missing_value_words_are_no_patient_ids(tmp_path, six_records,
+                                                                 monkeypatch):
+    """A layout whose patient ids are all "NaN", "N/A", ... (the rows keep none of them) had
+    counted them as ids: the public-salt warning, a patient_salt_check, and a rerun under another
+    salt refused. Such a cache is the same under any salt, as one without ids is."""
+    from crema_jax.data.index import registry
+    from crema_jax.data.reading import clinical
+
+    build = registry.build_index
+    words = ("NaN", "N/A", " none ", "", "NULL", "na")
+
+    def index_with_missing_ids(*args, **kwargs):
+        index = build(*args, **kwargs)
+        for record, word in zip(index.records, words):
+            record.meta["patient_id"] = word
+        return index
+
+    warned = []
+    monkeypatch.setattr(registry, "build_index", index_with_missing_ids)
+    monkeypatch.setattr(clinical, "warn_if_public_salt", lambda: warned.append(1))
+    out = tmp_path / "cache"
+    for salt in ("first secret", "second secret"):
+        monkeypatch.setenv("CREMA_JAX_PATIENT_SALT", salt)
+        prepare.prepare(layout="wfdb_folder", root=str(six_records), out=str(out), workers=1,
+                        records_per_shard=2)
+    assert json.loads((out / "settings.json").read_text())["patient_salt_check"] is None
+    assert warned == [] and (out / "index.json").is_file()
