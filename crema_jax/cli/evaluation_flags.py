@@ -99,9 +99,7 @@ def settings(args) -> dict:
         raise command.FlagValueError(f"--split_fractions={','.join(args.split_fractions)}: "
                                      f"{ranges.SPLIT_FRACTIONS_TEXT}")
     if 0 < args.folds < ranges.MIN_FOLDS:  # wrong whatever the data: before it is indexed
-        raise command.FlagValueError(f"--folds={args.folds}: expected 0 (the layout's splits) "
-                                     f"or at least {ranges.MIN_FOLDS} (a test, a validation and "
-                                     "a training fold)")
+        raise command.FlagValueError(f"--folds={args.folds}: {ranges.FOLDS_TEXT}")
     if args.folds and split_fractions and not args.cross_domain:  # it was ignored, unsaid
         raise command.CommandError(f"--split_fractions with --folds={args.folds}: the folds "
                                    "replace the splits (only --cross_domain reads both); give "

@@ -22,11 +22,11 @@ import numpy as np
 
 from crema_jax.evaluate import datasets, protocols, ranges, scoring
 
-MIN_FOLDS = ranges.MIN_FOLDS
 
-
-def stratified_group_folds(labels: np.ndarray, groups, k: int, *, seed: int = 0) -> np.ndarray:
-    """The fold (0..k-1) of every record: label-stratified, patients kept together, seeded."""
+def stratified_group_folds(labels: np.ndarray, groups, k: int, *, seed: int = 0,
+                           where: str = "--folds") -> np.ndarray:
+    """The fold (0..k-1) of every record: label-stratified, patients kept together, seeded.
+    `where` names the fold count in the error of a count outside MIN_FOLDS..patients."""
     positives = np.asarray(labels) > 0.5
     groups = np.asarray(groups)
     if positives.ndim != 2 or len(positives) != len(groups):
@@ -34,9 +34,10 @@ def stratified_group_folds(labels: np.ndarray, groups, k: int, *, seed: int = 0)
                          "and (n,)")
     names, inverse = np.unique(groups, return_inverse=True)
     n_groups = len(names)
-    if k < 2 or n_groups < k:
-        raise ValueError(f"--folds={k}: expected 2 <= folds <= the number of patients "
-                         f"({n_groups})")
+    if not ranges.MIN_FOLDS <= k <= n_groups:  # it had said "expected 2 <= folds"
+        raise ValueError(f"{where}={k}: expected {ranges.MIN_FOLDS} to {n_groups}, the number of "
+                         "patients (patient_id, else record id): a patient's records share a "
+                         "fold")
     counts = np.zeros((n_groups, positives.shape[1]))
     np.add.at(counts, inverse, positives)
     sizes = np.bincount(inverse, minlength=n_groups).astype(np.float64)
@@ -69,23 +70,18 @@ def dataset_plan(data, settings: dict):
     if not k:
         return None, groups
     where = datasets.flag(settings, "folds")
-    if k < MIN_FOLDS:
-        raise ValueError(f"{where}={k}: expected at least {MIN_FOLDS} (a test, a validation and "
-                         "a training fold), or 0 for the layout's splits")
-    patients = len(set(groups.tolist()))
-    if k > patients:  # it had said "expected 2 <= folds", 2 being no choice
-        raise ValueError(f"{where}={k}: expected {MIN_FOLDS} to {patients}, the number of "
-                         "patients (patient_id, else record id): a patient's records share a "
-                         "fold")
-    return fold_plan(stratified_group_folds(data.labels, groups, k, seed=settings["seed"]), k), \
-        groups
+    if k < ranges.MIN_FOLDS:
+        raise ValueError(f"{where}={k}: {ranges.FOLDS_TEXT}")
+    record_folds = stratified_group_folds(data.labels, groups, k, seed=settings["seed"],
+                                          where=where)
+    return fold_plan(record_folds, k), groups
 
 
 def fold_plan(record_folds: np.ndarray, k: int) -> list[dict]:
     """Per fold f: record indices of its training folds, its validation fold (f + 1 mod k) and
     its test fold."""
-    if k < MIN_FOLDS:
-        raise ValueError(f"{k} folds: expected at least {MIN_FOLDS}")
+    if k < ranges.MIN_FOLDS:
+        raise ValueError(f"{k} folds: expected at least {ranges.MIN_FOLDS}")
     record_folds = np.asarray(record_folds)
     plan = []
     for f in range(k):

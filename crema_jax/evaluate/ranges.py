@@ -9,6 +9,8 @@ from crema_jax.data.reading.limits import FS_RANGE
 from crema_jax.runtime.ranges import COUNT, FRACTION, INDEX, NON_NEGATIVE, POSITIVE, Range
 
 MIN_FOLDS = 3  # K-fold cross-validation: a test fold, a validation fold and a training fold
+FOLDS_TEXT = (f"expected 0 (the layout's splits) or at least {MIN_FOLDS} (a test, a validation "
+              "and a training fold)")
 
 SAMPLING_RATE = Range(*FS_RANGE)   # Hz: the rates the readers accept from a file
 

@@ -105,11 +105,16 @@ def test_folds_are_seeded():
 
 def test_bad_fold_counts_name_the_flag():
     labels = np.ones((4, 1), np.float32)
-    with pytest.raises(ValueError, match=r"--folds=5: .*patients \(4\)"):
-        folds.stratified_group_folds(labels, np.arange(4), 5)
+    # The folds' own range is fold_plan's: 2 folds had been accepted here ("2 <= folds").
+    for k in (2, 5):
+        with pytest.raises(ValueError, match=re.escape(f"--folds={k}: expected 3 to 4, the "
+                                                       "number of patients")):
+            folds.stratified_group_folds(labels, np.arange(4), k)
     data = SimpleNamespace(infos=[SimpleNamespace(record_id=str(i), meta={}) for i in range(4)],
                            labels=labels)
-    with pytest.raises(ValueError, match="--folds=2: expected at least 3"):
+    with pytest.raises(ValueError, match=re.escape(
+            "--folds=2: expected 0 (the layout's splits) or at least 3 (a test, a validation and "
+            "a training fold)")):
         folds.dataset_plan(data, {"folds": 2, "seed": 0})
     # More folds than patients: the range the command accepts (it had said "2 <= folds").
     with pytest.raises(ValueError, match=re.escape("--folds=60: expected 3 to 4, the number "
