@@ -25,6 +25,7 @@ import numpy as np
 from crema_jax.data.reading.demographics import patient_id_of
 from crema_jax.data.reading.leads import LEADS as LEAD_NAMES  # canonical order: index -> name
 from crema_jax.data.reading.leads import check_lead_names
+from crema_jax.evaluate import ranges
 
 LEAD_SETS = {
     "12": LEAD_NAMES,
@@ -122,9 +123,9 @@ def resplit(infos, fractions: Sequence[float], *, seed: int = 0) -> list[str]:
     share the split where its first record falls (so the sizes hold up to one patient), in
     every source: a patient already placed from another source keeps that split, so no patient
     is trained on in one source and tested in another."""
-    if len(fractions) != 3 or min(fractions) < 0 or sum(fractions) <= 0:
-        raise ValueError(f"--split_fractions={fractions}: expected three non-negative "
-                         "train,val,test fractions")
+    if not ranges.split_fractions_ok(list(fractions)):
+        raise ValueError(f"--split_fractions={','.join(map(str, fractions))}: "
+                         f"{ranges.SPLIT_FRACTIONS_TEXT}")
     keys = patient_keys(infos)
     by_source = defaultdict(list)
     for i, info in enumerate(infos):

@@ -51,7 +51,7 @@ def split_fractions_ok(values) -> bool:
 
 
 SPLIT_FRACTIONS_TEXT = ("expected three fractions, train,val,test, each in [0, 1], summing to "
-                        "at most 1")
+                        "more than 0 and at most 1")
 
 
 def finetune_steps_problem(ft: dict, where: str, steps_per_epoch: int | None = None,

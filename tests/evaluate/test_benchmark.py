@@ -154,11 +154,11 @@ def test_task_file_and_model_errors_name_the_field(tmp_path):
                                ("min_positives", "0", "min_positives=0: expected an integer >= 1"),
                                ("split_fractions", "[0.5, 0.5]", "split_fractions=[0.5, 0.5]: "
                                 "expected three fractions, train,val,test, each in [0, 1], "
-                                "summing to at most 1"),
+                                "summing to more than 0 and at most 1"),
                                # [1, 1, 1] had become thirds (the flag refuses it)
                                ("split_fractions", "[1, 1, 1]", "split_fractions=[1, 1, 1]: "
                                 "expected three fractions, train,val,test, each in [0, 1], "
-                                "summing to at most 1")):
+                                "summing to more than 0 and at most 1")):
         bad.write_text(template.replace("'root': ''", f"'root': '/x', '{field}': {value}"))
         with pytest.raises(ValueError) as raised:
             benchmark_tasks.load_suite(bad)

@@ -2,6 +2,8 @@
 import collections
 from types import SimpleNamespace
 
+import re
+
 import numpy as np
 import pytest
 
@@ -15,6 +17,18 @@ def _infos(n_by_source):
             infos.append(SimpleNamespace(record_id=f"{source}{i:04d}", source=source,
                                          labels=("a",) if i % 3 else ("a", "b")))
     return infos
+
+
+@pytest.mark.parametrize("fractions", [(0, 0, 0), (0.9, 0.9, 0.9), (0.5, 0.5), (-0.2, 0.6, 0.6)])
+def test_resplit_refuses_the_fractions_the_flag_refuses(fractions):
+    """resplit had its own rule (any three non-negative fractions, more than 0 in all): 0.9 each
+    passed here and was refused by --split_fractions and the task file."""
+    said = ",".join(map(str, fractions))
+    with pytest.raises(ValueError, match=re.escape(
+            f"--split_fractions={said}: expected three fractions, train,val,test, each in [0, 1], "
+            "summing to more than 0 and at most 1")):
+        protocols.resplit(_infos({"x": 10}), fractions)
+    assert set(protocols.resplit(_infos({"x": 10}), (1.0, 0.0, 0.0))) == {"train"}
 
 
 def test_resplit_gives_every_source_every_split_deterministically():

@@ -37,7 +37,11 @@ from tests.cli.hostile.helpers import REPO
     ("probe", ["--l2_grid=-1,0"], "--l2_grid=-1,0: expected numbers, each a finite number >= 0"),
     ("probe", ["--label_fractions=0"], "--label_fractions=0: expected numbers, each a finite "
                                        "number in (0, 1]"),
-    ("probe", ["--split_fractions=0.9,0.9,0.9"], "--split_fractions=0.9,0.9,0.9: expected three"),
+    # [0, 0, 0] had been refused by a text that allowed it ("summing to at most 1").
+    ("probe", ["--split_fractions=0.9,0.9,0.9"], "--split_fractions=0.9,0.9,0.9: expected three "
+     "fractions, train,val,test, each in [0, 1], summing to more than 0 and at most 1"),
+    ("probe", ["--split_fractions=0,0,0"], "--split_fractions=0,0,0: expected three fractions, "
+     "train,val,test, each in [0, 1], summing to more than 0 and at most 1"),
     ("probe", ["--split_fractions=nan,0.5,0.5"], "--split_fractions=nan,0.5,0.5: expected"),
     ("compare", ["--checkpoint_b=random", "--alpha=nan"], "flag --alpha=nan: expected a finite"),
     ("prepare", ["--target_fs=nan"], "flag --target_fs=nan: expected a finite number in "
