@@ -16,6 +16,11 @@ from crema_jax.data.cache.record_format import FORMAT
 SKIP_FLAG = "--config.data.skip_damaged_cache_records=true"   # pretrain's
 EVAL_SKIP_FLAG = "--skip_damaged_cache_records"                 # probe, finetune, compare
 
+# The last way on of every damaged-shard message.
+_SKIP_ADVICE = (f"or set {SKIP_FLAG} (pretrain; {EVAL_SKIP_FLAG} for probe, finetune and "
+                "compare, skip_damaged_cache_records in a benchmark dataset) to skip and count "
+                "its records")
+
 
 class DamagedCacheError(ValueError):
     """A cache file that fails its checks; the message names it and the ways on."""
@@ -36,9 +41,7 @@ def replaced_shard(path: str, problem: str, out: str, settings: Mapping) -> str:
     builds it again (it checks every shard against its sidecar and rewrites those that differ)."""
     rebuild = _earlier_format(settings) or (f"rerun `{prepare_command(settings, out)}` (it "
                                             "rewrites the shards that differ from what it wrote)")
-    return (f"{path}: {problem}; the cache is damaged: {rebuild}, or set {SKIP_FLAG} "
-            f"(pretrain; {EVAL_SKIP_FLAG} for probe, finetune and compare) to skip and count "
-            "its records")
+    return f"{path}: {problem}; the cache is damaged: {rebuild}, {_SKIP_ADVICE}"
 
 
 def prepare_command(settings: Mapping, out: str) -> str:
@@ -54,11 +57,6 @@ def prepare_command(settings: Mapping, out: str) -> str:
         if settings.get(key) is not None:
             flags.append(f"--{flag}={settings[key]}")
     return " ".join(["crema-jax prepare", *(shlex.quote(flag) for flag in flags)])
-
-
-_SKIP_ADVICE = (f"or set {SKIP_FLAG} (pretrain; {EVAL_SKIP_FLAG} for probe, finetune and "
-                "compare, skip_damaged_cache_records in a benchmark dataset) to skip and count "
-                "its records")
 
 
 def _rewrite(settings: Mapping, shard: str) -> str:

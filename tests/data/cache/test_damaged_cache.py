@@ -220,7 +220,9 @@ def test_a_swapped_or_foreign_shard_is_named_with_the_prepare_rerun(cache, float
              "the SHA-256 of its first and last 256 KiB is",
              f"rerun `crema-jax prepare --layout=wfdb_folder --root={_root(cache)} "
              f"--out={cache_dir} --target_fs=250.0 --preprocess=crema --dtype=int16 "
-             f"--records_per_shard={PER_SHARD}` (it rewrites the shards", SKIP_FLAG)
+             f"--records_per_shard={PER_SHARD}` (it rewrites the shards", f"or set {SKIP_FLAG} "
+             "(pretrain; --skip_damaged_cache_records for probe, finetune and compare, "
+             "skip_damaged_cache_records in a benchmark dataset) to skip and count its records")
     if kind == "foreign":
         outcome = _read(cache_dir, skip=True)
         bad = _rows_of_shard(cache_dir, SHARDS[1])
