@@ -9,7 +9,7 @@ family (RUNNERS, keyed by family name) says how to apply one:
 - `build`: the nnx module holding the checkpoint's params (a SiT encoder, optionally with a
   classification head; Net1D);
 - `features` / `logits`: per-crop outputs (B, C, D) / (B, C, classes) of an evaluation batch
-  (crema_jax/data/batch.py).
+  (crema_jax/data/pipeline/batch.py).
 
 Crop averaging: the linear probe and `embed` average the crops' FEATURES (one vector per ECG; a
 linear head on averaged features equals the average of the per-crop heads' logits); fine-tuning

@@ -33,7 +33,7 @@ def unshuffle(visible_tokens, mask_token, visible_idx, num_slots):
 
     A gather, not a scatter: slot s reads visible token #(rank of s among visible slots) or a mask
     token. Gathers along a batch-sharded axis partition cleanly under SPMD. Needs visible_idx
-    ASCENDING per row (the batch format of crema_jax/data/batch.py).
+    ASCENDING per row (the batch format of crema_jax/data/pipeline/batch.py).
     """
     b, k, w = visible_tokens.shape
     slots = jnp.arange(num_slots)
@@ -160,8 +160,9 @@ class PretrainModel(nnx.Module):
         self.logit_bias = nnx.Param(jnp.asarray(model_cfg.logit_bias_init, jnp.float32))
 
     def __call__(self, batch, *, rng=None):
-        """batch as crema_jax/data/batch.py's pretraining batch (view axis V). Returns "pred" (B,V,L,N,P), "pooled" (B,V,D),
-        "proj" (B,V,E), "logit_scale", "logit_bias" (all float32)."""
+        """batch as crema_jax/data/pipeline/batch.py's pretraining batch (view axis V). Returns
+        "pred" (B,V,L,N,P), "pooled" (B,V,D), "proj" (B,V,E), "logit_scale", "logit_bias" (all
+        float32)."""
         patches = batch["patches"]
         b, v, num_leads, n, p = patches.shape
         flat = patches.reshape(b * v, num_leads, n, p)

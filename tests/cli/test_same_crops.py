@@ -1,5 +1,5 @@
 """probe, finetune, embed and predict give the model the SAME crops of the same 15 s record: the
-one crop policy (data/batch.py eval_crop_starts), with the offsets worked out here by hand.
+one crop policy (data/pipeline/batch.py eval_crop_starts), with the offsets worked out here by hand.
 
 The commands run in this process; every evaluation batch they build is recorded on its way out
 of the evaluation pipeline, and the record's crops are compared with slices of its preprocessed

@@ -20,7 +20,7 @@ def per_lead_keep(rng, b, v, keep=7, num_leads=L, n=N):
 
 
 def make_batch(rng, b=2, v=2, keep=7, num_leads=L, n=N, p=P, keep_ids=None):
-    """A pretraining batch (crema_jax/data/batch.py) with per-lead random masking."""
+    """A pretraining batch (crema_jax/data/pipeline/batch.py) with per-lead random masking."""
     keep_ids = per_lead_keep(rng, b, v, keep, num_leads, n) if keep_ids is None else keep_ids
     mask = np.ones((b, v, num_leads, n), bool)
     np.put_along_axis(mask, keep_ids, False, axis=-1)
