@@ -33,7 +33,6 @@ from crema_jax.evaluate import permutation, scoring
 from crema_jax.evaluate.holm import holm
 
 ALPHA = 0.05
-TIE = 1e-12  # bootstrap differences this close to 0 are ties (_percentile_test)
 
 
 # The verdict of a comparison no class could be scored in (or no resample): nothing was tested.
@@ -145,7 +144,7 @@ def _percentile_test(values: np.ndarray, alpha: float) -> tuple[dict, float | No
     low, high = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     # Two AUROCs equal in exact arithmetic can differ by rounding (1e-17) in floating point;
     # such a resample is a tie and counts on both sides, whatever the sign of its rounding.
-    tie = np.abs(values) <= TIE
+    tie = np.abs(values) <= permutation.TIE
     p = float(min(1.0, 2 * min(np.mean((values <= 0) | tie), np.mean((values >= 0) | tie))))
     if p == 0.0:
         return {"low": float(low), "high": float(high)}, 2.0 / (len(values) + 1), "<"

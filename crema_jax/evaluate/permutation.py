@@ -41,6 +41,8 @@ from crema_jax.evaluate import scoring
 N_PERMUTATIONS = 9999
 # The most exchanges a test draws for a large Holm family (`enough_for`).
 MAX_PERMUTATIONS = 99_999
+# Statistics this close are equal (rounding of values equal in exact arithmetic): here an
+# exchange's |statistic| against the observed one, in paired.py a bootstrap difference against 0.
 TIE = 1e-12
 # Exchange flags drawn per block: at most this many (permutation, record) cells at once.
 _BLOCK_CELLS = 1 << 22
