@@ -139,16 +139,16 @@ def _percentile_test(values: np.ndarray, alpha: float) -> tuple[dict, float | No
     """(percentile CI, p-value, p_bound) of bootstrap differences (module docstring). When no
     resample reaches 0 the resampling cannot resolve p: it is reported as the bound
     p < 2 / (B + 1) (B valid resamples; two-sided, each side < 1 / (B + 1)), p_bound "<"."""
+    ci = scoring.percentile_ci(values, alpha)
     if not len(values):
-        return {"low": None, "high": None}, None, None
-    low, high = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+        return ci, None, None
     # Two AUROCs equal in exact arithmetic can differ by rounding (1e-17) in floating point;
     # such a resample is a tie and counts on both sides, whatever the sign of its rounding.
     tie = np.abs(values) <= permutation.TIE
     p = float(min(1.0, 2 * min(np.mean((values <= 0) | tie), np.mean((values >= 0) | tie))))
     if p == 0.0:
-        return {"low": float(low), "high": float(high)}, 2.0 / (len(values) + 1), "<"
-    return {"low": float(low), "high": float(high)}, p, None
+        return ci, 2.0 / (len(values) + 1), "<"
+    return ci, p, None
 
 
 # How a bound is written: "<" the true p is below the value, "<=" at most the value.

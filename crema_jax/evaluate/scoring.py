@@ -285,12 +285,18 @@ def bootstrap_ci(labels: np.ndarray, scores: np.ndarray, metric_fn=macro_auroc, 
         value = metric_fn(labels[idx], scores[idx])
         if np.isfinite(value):
             values.append(value)
-    if not values:
-        return {"low": None, "high": None, "n_resamples": n_resamples, "n_valid": 0,
-                "alpha": alpha, "seed": seed}
+    return {**percentile_ci(values, alpha), "n_resamples": n_resamples, "n_valid": len(values),
+            "alpha": alpha, "seed": seed}
+
+
+def percentile_ci(values, alpha: float) -> dict:
+    """The percentile interval {"low", "high"} of resampled `values`: their alpha / 2 and
+    1 - alpha / 2 quantiles, linearly interpolated between order statistics (np.percentile's
+    default, Hyndman and Fan's type 7); None for both without a value."""
+    if not len(values):
+        return {"low": None, "high": None}
     low, high = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return {"low": float(low), "high": float(high), "n_resamples": n_resamples,
-            "n_valid": len(values), "alpha": alpha, "seed": seed}
+    return {"low": float(low), "high": float(high)}
 
 
 def per_record(rows, *arrays) -> tuple:

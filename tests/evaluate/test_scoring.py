@@ -96,6 +96,16 @@ def test_bootstrap_ci_covers_estimate_and_is_seeded():
     assert ci != scoring.bootstrap_ci(labels, scores, n_resamples=300, seed=2)
 
 
+def test_percentile_ci_interpolates_between_order_statistics():
+    """The bootstrap CI and the paired tests' CI (one function): the alpha / 2 quantile of n
+    sorted values sits at position (n - 1) * alpha / 2, between two of them (worked by hand)."""
+    values = [5.0, 1.0, 4.0, 2.0, 3.0]            # sorted 1..5; positions 0.2 and 3.8 at 10 %
+    ci = scoring.percentile_ci(values, 0.1)
+    assert ci["low"] == pytest.approx(1.2) and ci["high"] == pytest.approx(4.8)
+    assert scoring.percentile_ci(np.arange(101.0), 0.05) == {"low": 2.5, "high": 97.5}
+    assert scoring.percentile_ci([], 0.05) == {"low": None, "high": None}
+
+
 def test_undefined_binary_metric_names_the_reason():
     with pytest.raises(ValueError, match="no positives"):
         scoring.auroc(np.zeros(5), np.arange(5))
