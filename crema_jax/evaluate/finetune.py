@@ -64,10 +64,6 @@ def loss_fn(logits, labels, *, label_type: str, label_smoothing: float = 0.0):
     return jnp.mean(jnp.sum(optax.sigmoid_binary_cross_entropy(logits, targets), -1))
 
 
-def probabilities(logits, label_type: str):
-    return jax.nn.softmax(logits, -1) if label_type == "multiclass" else jax.nn.sigmoid(logits)
-
-
 # ------------------------------------------------------------------- training batches
 def train_batches(data_cfg, source, *, batch_size: int, seed: int, seen: set | None = None):
     """Endless shuffled training batches (B, 1 crop, L, N, P) with labels.
@@ -125,11 +121,11 @@ def crop_probabilities(logits, label_type: str, crop_average: str):
     """(B, C crops, classes) logits -> (B, classes): probabilities of the crops' mean logits
     ("embedding", ours) or the mean of the crops' probabilities ("probability", ST-MEM)."""
     if crop_average == "probability":
-        return probabilities(logits, label_type).mean(1)
+        return backbones.probabilities(logits, label_type).mean(1)
     if crop_average != "embedding":
         raise ValueError(f"data.eval_crop_average={crop_average!r}: expected 'embedding' or "
                          "'probability'")
-    return probabilities(logits.mean(1), label_type)
+    return backbones.probabilities(logits.mean(1), label_type)
 
 
 def predict(evaluate, params, rest, batches: Iterable[dict], label_type: str,

@@ -58,15 +58,6 @@ def _logits(params, x):
     return x @ params["kernel"] + params["bias"]
 
 
-def probabilities(logits, label_type: str) -> np.ndarray:
-    """Sigmoid (multilabel) or softmax (multiclass) probabilities, in numpy."""
-    logits = np.asarray(logits, np.float64)
-    if label_type == "multiclass":
-        e = np.exp(logits - logits.max(-1, keepdims=True))
-        return e / e.sum(-1, keepdims=True)
-    return 0.5 * (1.0 + np.tanh(0.5 * logits))  # overflow-free sigmoid
-
-
 def weighted_data_loss(logits, y, w, label_type: str):
     """Mean cross-entropy weighted by w (0 on padding rows): softmax (multiclass) or summed
     sigmoid (multilabel). The probe's and the MLP head's objectives add their L2 terms to it."""
@@ -160,7 +151,7 @@ def fit_linear_probe(x_train, y_train, x_val, y_val, *, label_type: str = "multi
     val_logits = np.einsum("ncd,gdk->gnck", xv, all_params["kernel"]) \
         + all_params["bias"][:, None, None, :]
     candidates = [scoring.validation_key(np.asarray(y_val),
-                                         probabilities(val_logits[g], label_type).mean(1),
+                                         backbones.probabilities(val_logits[g], label_type).mean(1),
                                          label_type) for g in range(len(l2_grid))]
     best = scoring.best_on_validation(candidates)
     return LinearProbe(kernel=np.asarray(all_params["kernel"][best]),
@@ -175,7 +166,7 @@ def predict_proba(probe: LinearProbe, features: np.ndarray) -> np.ndarray:
     """Class probabilities (sigmoid or softmax) for raw (unstandardised) features (n, D); for
     (n, C, D) crops, the mean of the crops' probabilities (ST-MEM's averaging)."""
     x = (np.asarray(features, np.float32) - probe.mean) / probe.std
-    probs = probabilities(x @ probe.kernel + probe.bias, probe.label_type)
+    probs = backbones.probabilities(x @ probe.kernel + probe.bias, probe.label_type)
     return probs.mean(1) if probs.ndim == 3 else probs
 
 

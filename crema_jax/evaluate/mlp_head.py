@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 from crema_jax.evaluate import linear_probe, scoring
+from crema_jax.inference import backbones
 
 DEFAULT_L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
 
@@ -89,5 +90,5 @@ def predict_proba(head: MlpHead, features: np.ndarray) -> np.ndarray:
     """Probabilities for raw features (n, D), or the mean over crops of (n, C, D)."""
     x = (np.asarray(features, np.float32) - head.mean) / head.std
     logits = np.asarray(_logits(head.params, jnp.asarray(x)), np.float64)
-    probs = linear_probe.probabilities(logits, head.label_type)
+    probs = backbones.probabilities(logits, head.label_type)
     return probs.mean(1) if probs.ndim == 3 else probs

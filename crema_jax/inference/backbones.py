@@ -294,3 +294,15 @@ def run(apply_fn, batches: Iterable[dict]) -> dict:
     if not out["index"]:
         raise NoRecordsError("the dataset yielded no readable records")
     return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def probabilities(logits, label_type: str) -> np.ndarray:
+    """Label probabilities (float64, numpy) of logits (..., classes): a softmax over the classes
+    for "multiclass", else a sigmoid per label (multilabel), neither overflowing at any logit
+    (the softmax less its row's maximum; the sigmoid through tanh: 1 / (1 + exp(-x)) overflows
+    below x = -709)."""
+    logits = np.asarray(logits, np.float64)
+    if label_type == "multiclass":
+        e = np.exp(logits - logits.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+    return 0.5 * (1.0 + np.tanh(0.5 * logits))

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from crema_jax.inference import embed
+from crema_jax.inference import backbones, embed
 from crema_jax.runtime import files
 
 LABELS_FILE = os.path.join(os.path.dirname(__file__), "ecgfounder_labels.txt")
@@ -46,8 +46,7 @@ def predict_probabilities(backbone, *, records=None, array=None, fs=None, batch_
     check_backbone(backbone)
     out = embed.embed(backbone, records=records, array=array, fs=fs, logits=True,
                       batch_size=batch_size, preset=preset, derive_limb_leads=derive_limb_leads)
-    # The sigmoid through tanh: 1 / (1 + exp(-x)) overflowed (a RuntimeWarning) below x = -709.
-    out["probs"] = 0.5 * (1.0 + np.tanh(0.5 * out["outputs"].astype(np.float64)))
+    out["probs"] = backbones.probabilities(out["outputs"], "multilabel")
     return out
 
 
