@@ -69,7 +69,7 @@ class Reconstruction:
                       for part, what in (("decoder", "reconstruction MSE"),
                                          ("projector", "view matching"))
                       if not self.parts[part]]
-        self.norm_pix_loss = bool(config.loss.norm_pix_loss) or config.loss.name == "stmem"
+        self.norm_pix_loss = losses.uses_norm_pix(config.loss)
         self.batch, self.paths = recon_lib.held_back_batch(
             data_cfg, split=opts.split, num_records=opts.num_records, seed=int(opts.seed))
         self.corr = None

@@ -186,7 +186,7 @@ def write_png(config, result: dict, workdir) -> epath.Path:
     if jax.process_count() > 1:
         raise ValueError("reconstruction.png is drawn by single-process runs only "
                          "(set config.train.reconstruction_png=False on multi-host jobs)")
-    norm_pix = bool(config.loss.norm_pix_loss) or config.loss.name == "stmem"
+    norm_pix = losses.uses_norm_pix(config.loss)
     ran = [e for e in result.get("evaluators", ()) if getattr(e, "name", "") == "reconstruction"]
     if ran and ran[0].last is not None:
         batch, pred, paths = ran[0].batch, ran[0].last, ran[0].paths

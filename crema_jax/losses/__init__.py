@@ -40,6 +40,13 @@ def trained_parts(loss_cfg) -> dict:
     return {"decoder": "decoder" in parts, "projector": "projector" in parts and weight != 0}
 
 
+def uses_norm_pix(loss_cfg) -> bool:
+    """Whether config.loss's reconstruction targets are patches standardised per patch (its
+    predictions are in those units): always for stmem (ST-MEM's objective), else as
+    norm_pix_loss says (mae, crema's mae term)."""
+    return bool(loss_cfg["norm_pix_loss"]) or loss_cfg["name"] == "stmem"
+
+
 def untrained(loss_cfg, part: str) -> str:
     """Why the evaluators leave `part` of the model out, for their notes."""
     name = loss_cfg["name"]
@@ -95,5 +102,5 @@ def get_loss(loss_cfg):
 
 
 __all__ = ["LOSSES", "CONTRASTIVE", "LOSS_VALUED", "PARTS", "TRAINS",
-           "trained_parts", "untrained", "register_loss", "bind", "get_loss",
+           "trained_parts", "uses_norm_pix", "untrained", "register_loss", "bind", "get_loss",
            "default_loss_config", "mae", "stmem", "infonce", "simclr", "siglip", "crema"]

@@ -100,6 +100,23 @@ def test_loss_matches_numpy(name):
     assert all(np.isfinite(np.asarray(v)).all() for v in metrics.values())
 
 
+@pytest.mark.parametrize("name, norm_pix_loss", [("mae", False), ("mae", True),
+                                                 ("stmem", False), ("crema", False)])
+def test_uses_norm_pix_says_the_targets_the_loss_reconstructs(name, norm_pix_loss):
+    """The evaluators plot and score reconstructions in the units the loss trained them in:
+    stmem standardises its targets whatever norm_pix_loss says."""
+    from crema_jax.losses import uses_norm_pix
+
+    outputs, batch = make_inputs(2)
+    cfg = {**default_loss_config().to_dict(), "name": name, "norm_pix_loss": norm_pix_loss,
+           "contrastive_weight": 0.0}
+    views = slice(0, 1) if name == "stmem" else slice(None)
+    loss = float(get_loss(cfg)(outputs, batch)[0])
+    normalised, raw = (np_mae(outputs, batch, flag, views) for flag in (True, False))
+    assert uses_norm_pix(cfg) == (abs(loss - normalised) < abs(loss - raw))
+    assert uses_norm_pix(cfg) == (name == "stmem" or norm_pix_loss)
+
+
 def test_mae_raw_targets_and_crema_variants_match_numpy():
     outputs, batch = make_inputs(1)
     raw = get_loss({"name": "mae", "norm_pix_loss": False})(outputs, batch)[0]
