@@ -90,6 +90,14 @@ def split_counts(n: int, fractions: Sequence[float]) -> list[int]:
     return counts.tolist()
 
 
+_PATIENT = "patient:"   # patient_keys' key of a patient; a record without one keys by its id
+
+
+def _is_patient_key(key) -> bool:
+    """Whether a patient_keys key names a patient (not a record without a patient id)."""
+    return str(key).startswith(_PATIENT)
+
+
 def patient_keys(infos) -> np.ndarray:
     """One grouping key per record: "patient:ID" from its meta["patient_id"], or its own record
     id when it has none (then it is its own patient; a missing-value word such as "NaN" is
@@ -97,7 +105,7 @@ def patient_keys(infos) -> np.ndarray:
     keys = []
     for info in infos:
         patient = patient_id_of((getattr(info, "meta", None) or {}).get("patient_id"))
-        keys.append(f"patient:{patient}" if patient is not None else info.record_id)
+        keys.append(_PATIENT + patient if patient is not None else info.record_id)
     return np.asarray(keys)
 
 
@@ -109,7 +117,7 @@ def patients_across_splits(splits, patients, record_ids, *, show: int = 5) -> di
     not reach a log or a report, and record ids are in the predictions already."""
     seen: dict = {}
     for split, key in zip(np.asarray(splits).tolist(), np.asarray(patients).tolist()):
-        if str(key).startswith("patient:"):
+        if _is_patient_key(key):
             seen.setdefault(key, []).append(split)
     shared = {key for key, found in seen.items() if len(set(found)) > 1}
     records = [str(r) for r, key in zip(record_ids, np.asarray(patients).tolist())
@@ -210,7 +218,7 @@ def shared_patient_note(sources, patients) -> str | None:
     sources, patients = np.asarray(sources), np.asarray(patients)
     seen: dict = {}
     for source, key in zip(sources.tolist(), patients.tolist()):
-        if str(key).startswith("patient:"):
+        if _is_patient_key(key):
             seen.setdefault(key, set()).add(source)
     shared = sum(len(s) > 1 for s in seen.values())
     if not shared:
