@@ -21,8 +21,13 @@ missing cells. Writes leaderboard.json, leaderboard.md and leaderboard.png: pair
 permutation test per class, paired bootstrap of the macro AUROC over patients) of every model
 against the top one (highest macro AUROC) and against its random init, Holm-corrected across
 the table; per column the best models, in bold: the top one and every model not
-distinguishable from it.
+distinguishable from it; per class each model's AUROC and its test against the top one. Prints
+a line per column as the leaderboard's tests run, then the ranking table and each column's
+verdict, and where leaderboard.md is; a rerun over the same cells reuses the tests (cached in
+--workdir).
 """
+import pathlib
+
 from crema_jax.cli import command, evaluation_flags
 
 COMMAND = command.Command("benchmark", __doc__,
@@ -54,9 +59,13 @@ def main(args) -> None:
     board = benchmark.run_benchmark(list(args.models), args.tasks, args.workdir, roots=roots,
                                     model_size=args.model_size)
     counts = board["counts"]
-    print(benchmark_leaderboard.markdown(board))
+    print("\n".join(benchmark_leaderboard.summary(board)))
     print(f"cells: {counts['cells_computed']} computed, {counts['cells_reused']} reused, "
           f"{counts['cells_not_applicable']} not applicable; feature extractions: "
-          f"{counts['feature_extractions']} ({counts['features_reused']} reused); "
-          f"{board['seconds']} s")
-    print(f"wrote {args.workdir}/leaderboard.json, leaderboard.md, leaderboard.png")
+          f"{counts['feature_extractions']} ({counts['features_reused']} reused); leaderboard "
+          f"statistics: {counts['statistics_computed']} computed, "
+          f"{counts['statistics_reused']} reused; {board['seconds']} s")
+    workdir = pathlib.Path(args.workdir)
+    print(f"the whole leaderboard (per-class results, every paired test): "
+          f"{workdir / 'leaderboard.md'}; figures: {workdir / 'leaderboard.json'}, "
+          f"{workdir / 'leaderboard.png'}")

@@ -35,6 +35,7 @@ from crema_jax.evaluate import (
     feature_store,
     finetune,
     folds,
+    leaderboard_tests,
     linear_probe,
     mlp_head,
     protocols,
@@ -358,10 +359,13 @@ def run_benchmark(model_items, tasks_path, workdir, *, roots=None, model_size: s
             if folder.is_dir():  # a killed run's half-written temporaries
                 files.remove_stale_temporaries(folder)
         cells, counts = run_cells(models, cols, suite, workdir, log=log, tasks_path=tasks_path)
-        board = benchmark_leaderboard.build(models, cols, suite, cells)
-        board.update(counts=counts, seconds=round(time.time() - start, 1),
-                     task_file=str(tasks_path))
+        # The leaderboard's statistics of unchanged cells are reused (leaderboard_tests.py).
+        cache = leaderboard_tests.Cache(workdir / leaderboard_tests.CACHE_FILE, log=log)
+        board = benchmark_leaderboard.build(models, cols, suite, cells, cache=cache, log=log)
+        board.update(counts={**counts, **board["counts"]},
+                     seconds=round(time.time() - start, 1), task_file=str(tasks_path))
         benchmark_leaderboard.write_all(board, workdir)
+        cache.save()
     finally:
         lock.release()
     return board

@@ -5,23 +5,26 @@ averaged, compare.common_records; records only some models read are left out and
 model's macro AUROC and AUPRC over the classes scorable there, with a 1 - alpha bootstrap CI of
 the macro AUROC over patients; the top model (highest macro AUROC; ties: the first listed);
 then paired tests (paired.compare_predictions: per class a permutation test, its exchanges
-enough for the table's Holm family (permutations_for), or DeLong's at 100 positives and
-negatives; a paired bootstrap of the macro AUROC over patients) of every
-model against the top one and against the random init of its architecture. Holm's correction
+enough for the table's Holm family (leaderboard_tests.permutations_for), or DeLong's at 100
+positives and negatives; a paired bootstrap of the macro AUROC over patients) of every model
+against the top one and against the random init of its architecture. Holm's correction
 runs across the whole table: once over every macro AUROC comparison, once over every per-class
 test. A difference is called significant where the Holm-adjusted p < alpha. The best of a
 panel are the top model and every model whose test against it is not significant: a point
 estimate alone had crowned one of two models tied to the fourth decimal (p = 1). Each panel
 says what it scored: its records, classes, and the label fraction asked for and used
-(protocols.labels_used).
+(protocols.labels_used). The slow statistics (each cell's CI, the paired tests) come from
+leaderboard_tests.py, which caches them. leaderboard.md: the table, the panels, every paired
+test, and per panel each class's counts, each model's AUROC and its test against the top one;
+`summary`: what the benchmark prints, the table and each panel's verdict.
 """
 from __future__ import annotations
 
-import math
+import time
 
 import numpy as np
 
-from crema_jax.evaluate import (benchmark_tasks, compare, holm, paired, permutation, plots,
+from crema_jax.evaluate import (benchmark_tasks, compare, holm, leaderboard_tests, paired, plots,
                                 report, report_markdown, scoring)
 from crema_jax.runtime import files
 
@@ -41,7 +44,8 @@ def _score(labels, probs, groups, suite) -> dict:
     scored = np.isfinite(auroc)
     return {"macro_auroc": float(auroc[scored].mean()) if scored.any() else None,
             "macro_auprc": float(auprc[scored].mean()) if scored.any() else None,
-            "ci": {"low": ci["low"], "high": ci["high"]}, "n_scored_classes": int(scored.sum())}
+            "ci": {"low": ci["low"], "high": ci["high"]}, "n_scored_classes": int(scored.sum()),
+            "auroc": [float(v) if np.isfinite(v) else None for v in auroc]}
 
 
 def _references(names: list, best: str, random_row: dict) -> list[tuple[str, str, list]]:
@@ -75,62 +79,36 @@ def _panel(column, protocol, group: dict, scores: list, top) -> dict:
             "best": []}
 
 
-def _column(column, protocol, names, cells, random_row, suite):
-    """(cells' scores, the panel, its paired tests to run: `_run_test`) of one column x
-    protocol."""
+def _column(column, protocol, names, cells, random_row, suite, cache):
+    """(cells' scores, the panel, its paired tests to run: leaderboard_tests.run_test) of one
+    column x protocol; each cell's score from `cache` where it holds it."""
     group = {n: cells[(n, column.name, protocol)] for n in names}
     classes = [str(c) for c in group[names[0]]["classes"]]
     common = compare.common_records(group, len(classes))
     labels, groups, _ = _per_record_truth(group[names[0]], common["rows"])
     scores = []
+    settings = {k: suite[k] for k in ("bootstrap", "seed", "alpha")}
     for name in names:
         fields = group[name]["fields"]
+        probs = common["probs"][name]
+        score, _ = cache.get("cell score", {"labels": labels, "probs": probs, "groups": groups},
+                             settings, lambda probs=probs: _score(labels, probs, groups, suite))
+        score["auroc"] = dict(zip(classes, score["auroc"]))  # each class's AUROC
         scores.append({"model": name, "column": column.name, "protocol": protocol,
                        "n": len(common["rows"]), "unpaired": common["unpaired"][name],
                        "n_train": fields.get("n_train"), "n_val": fields.get("n_val"),
-                       **_score(labels, common["probs"][name], groups, suite)})
+                       **score})
     ranked = [s for s in scores if s["macro_auroc"] is not None]
     best = max(ranked, key=lambda s: s["macro_auroc"])["model"] if ranked else None
     pending = [dict(column=column.name, protocol=protocol, model=name, reference=ref,
                     against=against, labels=labels, a=common["probs"][name],
                     b=common["probs"][ref], classes=classes, groups=groups)
                for name, ref, against in (_references(names, best, random_row) if best else [])]
-    return scores, _panel(column, protocol, group, scores, best), pending
-
-
-def permutations_for(pending: list, alpha: float) -> int:
-    """The exchanges each per-class permutation test draws: permutation.enough_for the table's
-    per-class Holm family (at most one test per class of each pending comparison)."""
-    return permutation.enough_for(sum(len(t["classes"]) for t in pending), alpha)
-
-
-# The most resamples the paired tests draw unless the task file's bootstrap asks for more.
-RESAMPLES_CAP = 19_999
-
-
-def resamples_for(pending: list, suite: dict) -> int:
-    """The resamples of each paired bootstrap: the task file's `bootstrap`, raised so that
-    Holm's correction over the table's m macro comparisons can reach alpha / 2 with the
-    smallest p a bootstrap gives, its bound 2 / (B + 1): B + 1 >= 4 m / alpha, raised to at
-    most RESAMPLES_CAP. With 500 resamples and 40 comparisons no model could be called worse
-    (40 x 2 / 501 = 0.16)."""
-    needed = math.ceil(4 * len(pending) / suite["alpha"]) - 1
-    return int(max(suite["bootstrap"], min(RESAMPLES_CAP, needed)))
-
-
-
-def _run_test(t: dict, suite: dict, n_resamples: int, n_permutations: int) -> dict:
-    """One pending paired test (`_column`) run and reduced to what the table keeps."""
-    test = paired.compare_predictions(t["labels"], t["a"], t["b"], t["classes"],
-                                      groups=t["groups"], alpha=suite["alpha"],
-                                      n_resamples=n_resamples, seed=suite["seed"],
-                                      n_permutations=n_permutations)
-    macro = test["macro_auroc"]
-    return {**{k: t[k] for k in ("column", "protocol", "model", "reference", "against")},
-            "macro_auroc": {k: macro[k] for k in ("a", "b", "difference", "ci", "p", "p_bound")},
-            "per_class": {c: {"difference": e["difference"], "p": e["p"], "test": e["test"]}
-                          for c, e in test["per_class"].items()
-                          if e.get("p") is not None and not e["not_testable"]}}
+    panel = _panel(column, protocol, group, scores, best)
+    positives = (labels > 0.5).sum(0)
+    panel["class_counts"] = {c: {"positives": int(k), "negatives": int(len(labels) - k)}
+                             for c, k in zip(classes, positives)}
+    return scores, panel, pending
 
 
 def _mark_best(panels: list, tests: list) -> None:
@@ -159,8 +137,10 @@ def _apply_holm(tests: list, alpha: float) -> dict:
     return {"macro": len(macro), "per_class": len(per_class)}
 
 
-def build(models, cols, suite: dict, cells: dict) -> dict:
-    """leaderboard.json's content (module docstring)."""
+def build(models, cols, suite: dict, cells: dict, *, cache=None, log=lambda line: None) -> dict:
+    """leaderboard.json's content (module docstring). `cache`: a leaderboard_tests.Cache whose
+    results are reused (None: everything computed); `log` gets a progress line per panel."""
+    cache = leaderboard_tests.Cache() if cache is None else cache
     random_row = benchmark_tasks.model_random_row(models)
     same = benchmark_tasks.same_models(models, suite["seed"])
     scores, panels, pending, not_applicable = [], [], [], []
@@ -171,14 +151,16 @@ def build(models, cols, suite: dict, cells: dict) -> dict:
                                for m in models if m.name not in names]
             if not names:
                 continue
+            t0, reused = time.time(), cache.reused
             found, panel, found_tests = _column(column, protocol, names, cells, random_row,
-                                                suite)
+                                                suite, cache)
+            log(f"leaderboard: {column.name} / {protocol}: {len(names)} cells scored "
+                f"({cache.reused - reused} reused) in {time.time() - t0:.1f} s")
             scores += found
             pending += found_tests
             panels.append(panel)
-    n_permutations = permutations_for(pending, suite["alpha"])
-    n_resamples = resamples_for(pending, suite)
-    tests = [_run_test(t, suite, n_resamples, n_permutations) for t in pending]
+    tests, drawn = leaderboard_tests.run_tests(pending, suite, cache, log)
+    n_resamples, n_permutations = drawn["test_resamples"], drawn["test_permutations"]
     sizes = _apply_holm(tests, suite["alpha"])
     _mark_best(panels, tests)
     return {
@@ -191,42 +173,10 @@ def build(models, cols, suite: dict, cells: dict) -> dict:
                      "test_resamples": n_resamples, "test_permutations": n_permutations},
         "cells": scores, "panels": panels, "comparisons": tests,
         "not_applicable": not_applicable,
-        "tests": {"macro_auroc": _macro_text(sizes["macro"], n_resamples, suite),
-                  "per_class": _per_class_text(sizes["per_class"], n_permutations,
-                                               suite["alpha"])}}
-
-
-def _macro_text(m: int, b: int, suite: dict) -> str:
-    """What the macro tests were: their resamples (raised from the task file's for Holm's
-    family, resamples_for), and the smallest adjusted p a bound can give where the cap leaves
-    it above alpha / 2."""
-    raised = (f", raised from the task file's {suite['bootstrap']} so that Holm's correction "
-              f"can reach alpha" if b > suite["bootstrap"] else "")
-    text = (f"paired bootstrap of the macro AUROC difference over patients ({b} resamples"
-            f"{raised}; seed {suite['seed']}: a p no resample resolves is the bound "
-            f"2/{b + 1}, shown as < and entering Holm's correction at that value: an adjusted "
-            f"p it decides is a bound too); Holm's correction over the {m} comparisons of the "
-            f"table")
-    floor = m * 2 / (b + 1)
-    if floor > suite["alpha"] / 2:
-        needed = math.ceil(4 * m / suite["alpha"]) - 1
-        text += (f" (an adjusted p is at least {floor:.2g}: more comparisons than {b} "
-                 f"resamples resolve; set the task file's bootstrap to {needed} or more)")
-    return text
-
-
-def _per_class_text(m: int, n_permutations: int, alpha: float) -> str:
-    """What the per-class tests were, and the smallest Holm-adjusted p a permutation p can
-    give (m / (n + 1)) where the cap on exchanges leaves it above alpha / 2."""
-    text = (f"each class's AUROC difference by a paired permutation test ({n_permutations} "
-            f"exchanges of the models' ranks within patients), DeLong's test at "
-            f"{paired.PERMUTATION_BELOW} positives and negatives; Holm's correction over the "
-            f"{m} per-class tests of the table")
-    floor = m / (n_permutations + 1)
-    if floor > alpha / 2:
-        text += (f" (a permutation-tested class's adjusted p is at least {floor:.2g}: more "
-                 f"tests than {n_permutations} exchanges resolve)")
-    return text
+        "counts": {"statistics_computed": cache.computed, "statistics_reused": cache.reused},
+        "tests": {"macro_auroc": leaderboard_tests.macro_text(sizes["macro"], n_resamples, suite),
+                  "per_class": leaderboard_tests.per_class_text(sizes["per_class"],
+                                                                n_permutations, suite["alpha"])}}
 
 
 def _p(value, bound: str | None = None) -> str:
@@ -310,12 +260,90 @@ def markdown(board: dict) -> str:
                      f"[{report_markdown.fmt(m['ci']['low'])}, "
                      f"{report_markdown.fmt(m['ci']['high'])}] | {_p(m['p'], m['p_bound'])} | "
                      f"{_p(m.get('p_holm'), m.get('p_holm_bound'))} |")
-    lines += ["", "## Models", ""] + [
+    lines += ["", *_per_class_section(board), "## Models", ""] + [
         f"- {m['name']}: {m['family']}, {m['checkpoint']}"
         + (f" (the random init, seed {board['settings']['seed']}, of {m['random_of']})"
            if m["random_of"] else "")
         for m in board["models"]]
     return "\n".join(lines) + "\n"
+
+
+def _against_top(test: dict | None, alpha: float) -> str:
+    """A model's per-class test against its panel's top model, as a cell of the per-class
+    table: its Holm-adjusted p, and "below" / "above" where that p < alpha."""
+    if test is None or test.get("p_holm") is None:
+        return ""
+    side = (", below" if test["difference"] < 0 else ", above"
+            if test["difference"] > 0 else "") if test["p_holm"] < alpha else ""
+    return f" (p {_p(test['p_holm'])}{side})"
+
+
+def _per_class_section(board: dict) -> list[str]:
+    """## Per class: a table per panel, a row per class: its test positives / negatives, the
+    test its comparisons used, each model's AUROC and its test against the top model."""
+    alpha = board["settings"]["alpha"]
+    lines = ["## Per class", "",
+             "Each panel's classes: positives / negatives among its test records, each model's "
+             "AUROC and, beside it, its paired test of that class against the panel's top model "
+             "(column test: DeLong's, or the permutation test below "
+             f"{paired.PERMUTATION_BELOW} positives or negatives): the p after Holm's "
+             "correction over the table's per-class tests; below / above: that p < alpha. No p: "
+             "the class could not be tested (too few positives or negatives). Each model's "
+             "tests against its random init are in leaderboard.json (comparisons[].per_class).",
+             ""]
+    by_cell = {(s["model"], s["column"], s["protocol"]): s for s in board["cells"]}
+    for panel in board["panels"]:
+        key = (panel["column"], panel["protocol"])
+        names = [m["name"] for m in board["models"] if (m["name"], *key) in by_cell]
+        against = {t["model"]: t["per_class"] for t in board["comparisons"]
+                   if (t["column"], t["protocol"]) == key and "best" in t["against"]
+                   and t["reference"] == panel["top"]}
+        lines += [f"### {panel['column']} / {panel['protocol']}", "",
+                  "| class | positives / negatives | test | "
+                  + " | ".join(f"{n} (top)" if n == panel["top"] else n for n in names) + " |",
+                  "|---|---|---|" + "---|" * len(names)]
+        for name, counts in panel["class_counts"].items():
+            tests = [against[n][name] for n in names if name in against.get(n, {})]
+            row = [name, f"{counts['positives']} / {counts['negatives']}",
+                   report_markdown.TEST_NAMES[tests[0]["test"]] if tests else report_markdown.DASH]
+            row += [report_markdown.fmt(by_cell[(n, *key)]["auroc"].get(name))
+                    + _against_top(against.get(n, {}).get(name), alpha) for n in names]
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    return lines
+
+
+def summary(board: dict) -> list[str]:
+    """What the benchmark prints: the ranking table, then per panel its top model, the models
+    not distinguishable from it and those below it, and each model against its random init."""
+    random_row = {m["name"]: m["random_row"] for m in board["models"]}
+    lines = [*_table(board), ""]
+    for panel in board["panels"]:
+        key = (panel["column"], panel["protocol"])
+        name = f"{panel['column']} / {panel['protocol']}"
+        if panel["top"] is None:
+            lines.append(f"{name}: no model could be scored")
+            continue
+        tests = [t for t in board["comparisons"] if (t["column"], t["protocol"]) == key]
+        top = next(s for s in board["cells"] if (s["model"], s["column"], s["protocol"])
+                   == (panel["top"], *key))
+        below = [t["model"] for t in tests if "best" in t["against"]
+                 and t["macro_auroc"].get("significant")]
+        lines.append(f"{name}: top {panel['top']} ({report_markdown.fmt(top['macro_auroc'])}); "
+                     f"not distinguishable from it: {', '.join(panel['best'][1:]) or 'none'}; "
+                     f"below it: {', '.join(below) or 'none'}")
+        for t in tests:
+            if "random init" not in t["against"]:
+                continue
+            m, flip = t["macro_auroc"], random_row[t["model"]] != t["reference"]
+            model, init = (t["reference"], t["model"]) if flip else (t["model"], t["reference"])
+            difference = -m["difference"] if flip else m["difference"]
+            verdict = ("above it" if difference > 0 else "below it") if m.get("significant") \
+                else "not distinguishable from it"
+            lines.append(f"  {model} vs its random init {init}: "
+                         f"{report_markdown.fmt(difference)} macro AUROC, p (Holm) "
+                         f"{_p(m.get('p_holm'), m.get('p_holm_bound'))}: {verdict}")
+    return lines
 
 
 def plot(board: dict, path) -> None:

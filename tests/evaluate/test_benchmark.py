@@ -10,6 +10,7 @@ import math
 import os
 import pathlib
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -284,9 +285,11 @@ def test_leaderboard_figures_are_recomputed_from_the_saved_predictions(uninterru
         "tiny": "random", "random": "random", "net1d": "random:net1d",
         "random:net1d": "random:net1d"}
     # One extraction per model (both tasks read records of the same folder), 4 x 2 x 2 cells.
+    # 16 cells' scores and 16 paired tests (statistics), none from a cache yet.
     assert board["counts"] == {"cells_computed": 16, "cells_reused": 0,
                                "cells_not_applicable": 0, "feature_extractions": 4,
-                               "features_reused": 12}
+                               "features_reused": 12, "statistics_computed": 32,
+                               "statistics_reused": 0}
     cells = _cells(workdir, board)
     assert len(cells) == 16
     root = dataset_index.sample_data_dir()
@@ -428,11 +431,76 @@ def test_a_killed_benchmark_resumes_without_recomputing_finished_cells(
     # The 5 finished cells are reused; the features the killed run cached are too.
     assert board["counts"] == {"cells_computed": 11, "cells_reused": 5,
                                "cells_not_applicable": 0, "feature_extractions": 0,
-                               "features_reused": 11}
+                               "features_reused": 11, "statistics_computed": 32,
+                               "statistics_reused": 0}
     clean = dict(uninterrupted[1])
     for key in ("counts", "seconds"):
         board.pop(key), clean.pop(key)
     assert board == clean
+
+
+def test_a_rerun_reuses_the_leaderboards_statistics_and_prints_a_summary(
+        model_flags, uninterrupted, tmp_path, capsys):
+    """Over the same cells a rerun reuses every statistic (the same leaderboard), says how far
+    the leaderboard is per panel, and prints the ranking table and each panel's verdict, not
+    the whole leaderboard.md, whose per-class section holds each model's AUROC of each class
+    (scikit-learn's). A task file with another alpha reuses the cells, not the statistics."""
+    source, first = uninterrupted
+    workdir = tmp_path / "bench"
+    shutil.copytree(source, workdir)
+    capsys.readouterr()
+    again = _run(model_flags, workdir)
+    out = capsys.readouterr().out.splitlines()
+    assert again["counts"] == {"cells_computed": 0, "cells_reused": 16,
+                               "cells_not_applicable": 0, "feature_extractions": 0,
+                               "features_reused": 0, "statistics_computed": 0,
+                               "statistics_reused": 32}
+    same = {k: v for k, v in again.items() if k not in ("counts", "seconds")}
+    assert same == {k: v for k, v in first.items() if k not in ("counts", "seconds")}
+    progress = [line for line in out if line.startswith("leaderboard: ")]
+    assert progress[4] == "leaderboard: 16 paired tests in 4 panels (1279 resamples, 9999 " \
+        "exchanges)"   # 4 x 16 / 0.05 - 1 resamples for Holm over 16 comparisons
+    assert [re.sub(r"\d+\.\d s", "T s", line) for line in progress[5:]] == [
+        f"leaderboard: {p['column']} / {p['protocol']}: 4 tests (4 reused) in T s; {4 * k} of "
+        "16 done, T s" for k, p in enumerate(again["panels"], 1)]
+    md = (workdir / "leaderboard.md").read_text()
+    table = md.splitlines()[4:10]   # the ranking table: a header, a rule, 4 models
+    start = out.index(table[0])
+    assert out[start:start + 6] == table
+    cells = _cells(workdir, again)
+    for panel in again["panels"]:
+        ids, probs, labels = _per_record(cells[(panel["top"], panel["column"],
+                                                panel["protocol"])])
+        ok = [c for c in range(labels.shape[1]) if 0 < labels[:, c].sum() < len(labels)]
+        macro = roc_auc_score(labels[:, ok], probs[:, ok], average="macro")
+        assert any(line.startswith(f"{panel['column']} / {panel['protocol']}: top "
+                                   f"{panel['top']} ({macro:.3f}); not distinguishable from it: ")
+                   for line in out)
+        section = md[md.index(f"### {panel['column']} / {panel['protocol']}\n"):].splitlines()
+        classes = [str(c) for c in cells[(panel["top"], panel["column"], panel["protocol"])][
+            "classes"]]
+        for c, name in enumerate(classes):
+            row = next(line for line in section if line.startswith(f"| {name} | "))
+            n_pos = int(labels[:, c].sum())
+            assert row.startswith(f"| {name} | {n_pos} / {len(labels) - n_pos} | ")
+            figures = row.split(" | ")[3:]
+            for model, text in zip(["tiny", "random", "net1d", "random:net1d"], figures):
+                model_probs = _per_record(cells[(model, panel["column"], panel["protocol"])])[1]
+                expected = (f"{roc_auc_score(labels[:, c], model_probs[:, c]):.3f}"
+                            if c in ok else "\u2014")
+                assert text.startswith(expected)
+    assert out[-1] == (f"the whole leaderboard (per-class results, every paired test): "
+                       f"{workdir / 'leaderboard.md'}; figures: {workdir / 'leaderboard.json'}, "
+                       f"{workdir / 'leaderboard.png'}")
+    assert "## Paired tests" in md and not any(line.startswith("## ") for line in out)
+    # alpha 0.1 (not part of a cell's digest): every cell reused, every statistic computed.
+    tasks = tmp_path / "alpha.py"
+    tasks.write_text(TASKS.read_text().replace("config.alpha = 0.05", "config.alpha = 0.1"))
+    assert benchmark_cli.COMMAND.run([f"--models={','.join(model_flags)}", f"--tasks={tasks}",
+                                      f"--workdir={workdir}"]) is None
+    counts = json.loads((workdir / "leaderboard.json").read_text())["counts"]
+    assert (counts["cells_reused"], counts["statistics_computed"],
+            counts["statistics_reused"]) == (16, 32, 0)
 
 
 def test_a_damaged_saved_cell_is_computed_again(tmp_path, capsys):

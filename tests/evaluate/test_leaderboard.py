@@ -1,12 +1,16 @@
 """The leaderboard on made-up predictions (no model runs): Holm's correction of p-values some
 of which are bootstrap bounds, worked by hand; the best of a column (the top model and those
 not distinguishable from it), the decimals that tell two values apart, what a column's label
-fraction used, the level of its CIs."""
+fraction used, the level of its CIs; the per-class section and the printed summary, recomputed
+with scikit-learn; the cache of its statistics, keyed by every input and setting."""
+import json
 import re
 
+import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
-from crema_jax.evaluate import benchmark_leaderboard, holm
+from crema_jax.evaluate import benchmark_leaderboard, holm, leaderboard_tests
 
 
 def test_an_adjusted_p_inherits_the_bound_of_the_raw_p_it_comes_from():
@@ -58,7 +62,7 @@ def test_a_capped_or_displaceable_bound_is_at_most_rather_than_below():
         holm.holm_bounded([0.1], [">"])
 
 
-def _board(alpha=0.05):
+def _board(alpha=0.05, cache=None, log=lambda line: None):
     """A leaderboard of made-up cells: 60 records (each its own patient), 3 classes; model a
     informative, b = a but for one score (macro AUROCs 1/2400 apart), c and random:a
     uninformative. The cells' fields: a 5-fold run whose 0.1 of 27 training records drew 24 of
@@ -91,7 +95,8 @@ def _board(alpha=0.05):
         "record_id": np.asarray([f"r{i}" for i in range(n)]),
         "classes": np.asarray(["x", "y", "z"]), "fields": fields} for name, p in probs.items()}
     suite = {"protocols": {"probe": {}}, "bootstrap": 200, "alpha": alpha, "seed": 0}
-    return benchmark_leaderboard.build(models, [column], suite, cells), labels, probs
+    board = benchmark_leaderboard.build(models, [column], suite, cells, cache=cache, log=log)
+    return board, labels, probs
 
 
 def test_the_best_are_the_top_model_and_those_not_distinguishable_from_it():
@@ -164,12 +169,107 @@ def test_paired_tests_draw_enough_resamples_for_holm_over_the_table():
     0.16). The tests draw 4 m / alpha - 1 (3,199 for 40, by hand), never fewer than the task
     file's, at most 19,999; past the cap the text names the floor m x 2 / (B + 1)."""
     suite = {"bootstrap": 500, "alpha": 0.05, "seed": 0}
-    assert benchmark_leaderboard.resamples_for([{}] * 40, suite) == 3199
+    assert leaderboard_tests.resamples_for([{}] * 40, suite) == 3199
     assert 40 * 2 / (3199 + 1) == pytest.approx(0.025)
-    assert benchmark_leaderboard.resamples_for([{}] * 2, suite) == 500
-    assert benchmark_leaderboard.resamples_for([{}] * 400, suite) == 19_999
-    assert "or more)" not in benchmark_leaderboard._macro_text(40, 3199, suite)
-    assert "raised from the task file's 500" in benchmark_leaderboard._macro_text(40, 3199, suite)
-    capped = benchmark_leaderboard._macro_text(400, 19_999, suite)
+    assert leaderboard_tests.resamples_for([{}] * 2, suite) == 500
+    assert leaderboard_tests.resamples_for([{}] * 400, suite) == 19_999
+    assert "or more)" not in leaderboard_tests.macro_text(40, 3199, suite)
+    assert "raised from the task file's 500" in leaderboard_tests.macro_text(40, 3199, suite)
+    capped = leaderboard_tests.macro_text(400, 19_999, suite)
     assert capped.endswith("(an adjusted p is at least 0.04: more comparisons than 19999 "
                            "resamples resolve; set the task file's bootstrap to 31999 or more)")
+
+
+def test_the_per_class_section_gives_each_class_its_counts_aurocs_and_test_against_the_top():
+    board, labels, probs = _board()
+    auroc = {m: [roc_auc_score(labels[:, c], p[:, c]) for c in range(3)] for m, p in probs.items()}
+    top = board["panels"][0]["top"]
+    against = {t["model"]: t["per_class"] for t in board["comparisons"]
+               if t["reference"] == top and "best" in t["against"]}
+    md = benchmark_leaderboard.markdown(board)
+    section = md[md.index("## Per class"):md.index("## Models")].splitlines()
+    header = section.index("### rhythm / probe") + 2
+    assert section[header] == ("| class | positives / negatives | test | " + " | ".join(
+        f"{m} (top)" if m == top else m for m in probs) + " |")
+    rows = section[header + 2:header + 5]
+    for c, (name, row) in enumerate(zip(["x", "y", "z"], rows)):
+        cells = []
+        for m in probs:
+            text = f"{auroc[m][c]:.3f}"
+            if m != top:   # its test against the top: a - b = the model's AUROC - the top's
+                test = against[m][name]
+                assert test["difference"] == pytest.approx(auroc[m][c] - auroc[top][c],
+                                                           abs=1e-12)
+                below = test["p_holm"] < 0.05 and test["difference"] < 0
+                text += f" (p {test['p_holm']:.3f}{', below' if below else ''})"
+            cells.append(text)
+        # 60 records, class c on every third: 20 positives, 40 negatives, < 100: permutation.
+        assert row == f"| {name} | 20 / 40 | permutation | " + " | ".join(cells) + " |"
+    # c and random:a are uninformative: on some class each is below the top after Holm.
+    assert any(", below)" in row.split(" | ")[5] for row in rows)
+    assert board["panels"][0]["class_counts"]["y"] == {"positives": 20, "negatives": 40}
+
+
+def test_the_printed_summary_is_the_table_and_each_panels_verdict():
+    board, labels, probs = _board()
+    macro = {m: roc_auc_score(labels, p, average="macro") for m, p in probs.items()}
+    top = max(macro, key=macro.get)
+    other = "b" if top == "a" else "a"
+    lines = benchmark_leaderboard.summary(board)
+    md = benchmark_leaderboard.markdown(board)
+    assert lines[:6] == md.splitlines()[4:10]   # the ranking table, as in leaderboard.md
+    assert lines[7] == (f"rhythm / probe: top {top} ({macro[top]:.3f}); not distinguishable "
+                        f"from it: {other}; below it: c, random:a")
+    tests = {frozenset((t["model"], t["reference"])): t["macro_auroc"]
+             for t in board["comparisons"]}
+    for line, model in zip(lines[8:], ["a", "b", "c"]):
+        m = tests[frozenset((model, "random:a"))]
+        verdict = "above it" if m["p_holm"] < 0.05 else "not distinguishable from it"
+        assert line.startswith(f"  {model} vs its random init random:a: "
+                               f"{macro[model] - macro['random:a']:.3f} macro AUROC, p (Holm) ")
+        assert line.endswith(f": {verdict}")
+    assert len(lines) == 11 and lines[8].endswith("above it") and lines[10].endswith(
+        "not distinguishable from it")   # a informative, c not
+    assert "## Per class" not in "\n".join(lines)
+
+
+def test_a_rebuild_reuses_the_cached_statistics_and_a_changed_input_recomputes_them(tmp_path):
+    path = tmp_path / "cache.json"
+    cache, said = leaderboard_tests.Cache(path), []
+    first, _, _ = _board(cache=cache, log=said.append)
+    cache.save()
+    # 4 cells' scores and 5 paired tests (each model against the top and random:a, a pair once).
+    assert (cache.computed, cache.reused) == (9, 0)
+    assert first["counts"] == {"statistics_computed": 9, "statistics_reused": 0}
+    assert said[0] == "leaderboard: rhythm / probe: 4 cells scored (0 reused) in " + \
+        said[0].split(" in ")[1]
+    # 4 x 5 / 0.05 - 1 = 399 resamples for Holm over 5 comparisons (resamples_for).
+    assert said[1] == "leaderboard: 5 paired tests in 1 panel (399 resamples, 9999 exchanges)"
+    assert re.fullmatch(r"leaderboard: rhythm / probe: 5 tests \(0 reused\) in \d+\.\d s; 5 of 5 "
+                        r"done, \d+\.\d s", said[2])
+    again = leaderboard_tests.Cache(path)
+    second, _, _ = _board(cache=again)
+    assert (again.computed, again.reused) == (0, 9)
+    assert json.dumps({**second, "counts": 0}, sort_keys=True) == json.dumps(
+        {**first, "counts": 0}, sort_keys=True)   # the same leaderboard, to the last digit
+    # Every input of a result is in its key: a setting, the seed, one probability, a class name.
+    arrays = {"labels": np.eye(3), "a": np.arange(3.0)}
+    settings = {"alpha": 0.05, "seed": 0, "n_resamples": 200, "n_permutations": 9999,
+                "classes": ["x"]}
+    key = leaderboard_tests.Cache.key("paired test", arrays, settings)
+    changed = [{**settings, "seed": 1}, {**settings, "alpha": 0.1},
+               {**settings, "n_resamples": 201}, {**settings, "n_permutations": 10_000},
+               {**settings, "classes": ["w"]}]
+    assert key not in {leaderboard_tests.Cache.key("paired test", arrays, s) for s in changed}
+    assert key != leaderboard_tests.Cache.key("paired test", {**arrays, "a": np.r_[0, 1, 2.5]},
+                                              settings)
+    assert key != leaderboard_tests.Cache.key("cell score", arrays, settings)
+    assert key == leaderboard_tests.Cache.key("paired test", dict(arrays), dict(settings))
+    # alpha 0.1: every statistic computed again; a damaged file: read as empty, said so.
+    third = leaderboard_tests.Cache(path)
+    _board(alpha=0.1, cache=third)
+    assert (third.computed, third.reused) == (9, 0)
+    path.write_text("{not json")
+    lines = []
+    assert leaderboard_tests.Cache(path, log=lines.append).found == {}
+    assert lines[0].startswith(f"{path}: does not read (JSONDecodeError: ")
