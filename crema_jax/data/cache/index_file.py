@@ -13,7 +13,7 @@ from crema_jax.data.cache.damage import DamagedCacheError
 _INDEX_KEYS = {"settings": dict, "label_names": list, "shards": list, "records": list}
 _SHARD_KEYS = ("file", "num_records")
 _RECORD_KEYS = ("record_id", "path", "labels", "split", "source", "shard", "position")
-_SETTINGS_KEYS = ("target_fs", "preprocess", "derive_limb_leads")  # what check_settings reads
+_SETTINGS_KEYS = ("target_fs", "preprocess", "derive_limb_leads")  # what settings_check.py reads
 
 
 def rebuild_index(path: str, problem: str) -> DamagedCacheError:

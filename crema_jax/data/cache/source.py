@@ -1,6 +1,6 @@
-"""Reading a prepared cache: its index (also as a layout's DatasetIndex), the check that it was
-built as the data path expects, and CacheSource, the Grain source over its records (file format:
-record_format.py).
+"""Reading a prepared cache: its index (also as a layout's DatasetIndex) and CacheSource, the
+Grain source over its records (file format: record_format.py), which checks that the cache was
+built as the data path expects (settings_check.py).
 
 A damaged cache is named, never trained on. index.json that does not parse or lacks its keys,
 a shard listed but missing (or a FIFO, device, ...), a shard holding fewer records than its
@@ -37,6 +37,7 @@ from crema_jax.data.cache.damage import (DamagedCacheError, damaged_copy, damage
 from crema_jax.data.cache.index_file import parse_index, rebuild_index
 from crema_jax.data.cache.packed import PackedLabels, PackedStrings
 from crema_jax.data.cache.record_format import INDEX_FILE, decode_quantised
+from crema_jax.data.cache.settings_check import UNCHECKED, check_settings
 from crema_jax.data.index.dataset_index import DatasetIndex, RecordInfo
 from crema_jax.data.reading import safe_files
 from crema_jax.data.reading.ecg import RecordError
@@ -123,46 +124,6 @@ def cache_index(cache_dir: str) -> DatasetIndex:
                         root=index["settings"].get("root", ""))
 
 
-def check_settings(index: Mapping, path: str, *, target_fs: float | None = None,
-                   preprocess: Any = "unchecked", derive_limb_leads: bool | None = None) -> None:
-    """Raise if the cache was built at another rate or with other preprocessing than expected."""
-    settings = index["settings"]
-    if derive_limb_leads is not None and bool(settings["derive_limb_leads"]) != derive_limb_leads:
-        raise ValueError(f"{path}: cache built with derive_limb_leads="
-                         f"{settings['derive_limb_leads']} but data.derive_limb_leads="
-                         f"{derive_limb_leads}; rebuild it with `crema-jax prepare`")
-    if target_fs is not None and float(settings["target_fs"]) != float(target_fs):
-        raise ValueError(f"{path}: cache built at target_fs={settings['target_fs']} but "
-                         f"data.target_fs={target_fs}; rebuild it with `crema-jax prepare`")
-    if preprocess != "unchecked" and settings["preprocess"] != preprocess:
-        raise ValueError(f"{path}: cache built with other preprocessing than data.preprocess "
-                         f"({_preprocess_difference(settings, preprocess)}); rebuild it with "
-                         f"`crema-jax prepare{_preset_flag(preprocess)}`")
-
-
-def _preprocess_difference(settings: Mapping, expected) -> str:
-    """The preprocessing fields a cache and a data path disagree on, e.g. "high_hz: cache 40.0,
-    data 20.0" (the two 15-field dicts had been printed whole)."""
-    cached = settings["preprocess"]
-    name = settings.get("preprocess_preset")
-    built = f"--preprocess={name}" if name else "its preprocessing"
-    if cached is None or expected is None:
-        return (f"cache {built}, data {'no' if expected is None else 'its own'} "
-                "record preprocessing")
-    keys = sorted(set(cached) | set(expected))
-    return f"cache {built}; " + ", ".join(
-        f"{k}: cache {cached.get(k)!r}, data {expected.get(k)!r}" for k in keys
-        if cached.get(k) != expected.get(k))
-
-
-def _preset_flag(expected) -> str:
-    """" --preprocess=NAME" of the preset whose preprocessing is `expected` ("" when none is)."""
-    from crema_jax.data import presets
-
-    return next((f" --preprocess={name}" for name in presets.PRESETS
-                 if presets.preprocessing(name).to_dict() == expected), "")
-
-
 class CacheSource:
     """Grain random-access source over a prepared cache, optionally restricted to one split.
 
@@ -170,12 +131,13 @@ class CacheSource:
     pickle): ~30 us per 60 kB record, against ~75 us through grain.sources.ArrayRecordDataSource
     (its small file buffer and per-call bookkeeping; measured on the bench cache). A record is
     read in `load`, where the pipeline names and counts bad records (transforms.ReadChunk);
-    `__getitem__` only says which record. Damage: the module docstring.
+    `__getitem__` only says which record. Damage: the module docstring. `expect_*`: the rate,
+    preprocessing and limb-lead derivation the data path reads (settings_check.py; UNCHECKED:
+    any).
     """
 
-    def __init__(self, cache_dir: str, *, split: str = "", expect_target_fs: float | None = None,
-                 expect_preprocess: Any = "unchecked",
-                 expect_derive_limb_leads: bool | None = None,
+    def __init__(self, cache_dir: str, *, split: str = "", expect_target_fs: Any = UNCHECKED,
+                 expect_preprocess: Any = UNCHECKED, expect_derive_limb_leads: Any = UNCHECKED,
                  skip_damaged_records: bool = False):
         self.cache_dir = os.path.abspath(local_cache_dir(cache_dir))
         index = load_index(self.cache_dir)

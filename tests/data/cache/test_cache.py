@@ -119,23 +119,47 @@ def test_cache_split_and_settings_checks(sample_cache, cinc_sample_dir):
 def test_a_cache_of_other_preprocessing_names_the_fields_and_the_prepare_flag():
     """The refusal had printed the cache's and the data path's 15-field dicts whole."""
     from crema_jax.data import presets
-    from crema_jax.data.cache import source
+    from crema_jax.data.cache import settings_check
 
     crema = presets.preprocessing("crema").to_dict()
     wanted = dict(crema, high_hz=20.0, filter_order=3)
     index = {"settings": {"preprocess": crema, "preprocess_preset": "crema",
                           "derive_limb_leads": True, "target_fs": 250.0}}
     with pytest.raises(ValueError) as err:
-        source.check_settings(index, "/c", preprocess=wanted)
+        settings_check.check_settings(index, "/c", preprocess=wanted)
     assert str(err.value) == (
         "/c: cache built with other preprocessing than data.preprocess (cache "
         f"--preprocess=crema; filter_order: cache {crema['filter_order']!r}, data 3, high_hz: "
         f"cache {crema['high_hz']!r}, data 20.0); rebuild it with `crema-jax prepare`")
     with pytest.raises(ValueError, match=r"rebuild it with `crema-jax prepare "
                                          r"--preprocess=ecgfounder`$"):
-        source.check_settings(index, "/c", preprocess=presets.preprocessing(
+        settings_check.check_settings(index, "/c", preprocess=presets.preprocessing(
             "ecgfounder").to_dict())
-    source.check_settings(index, "/c", preprocess=dict(crema))   # the same: no error
+    settings_check.check_settings(index, "/c", preprocess=dict(crema))   # the same: no error
+
+
+def test_no_preprocessing_is_checked_and_only_unchecked_settings_pass():
+    """data.preprocess=None (no record preprocessing) is a value to check, not "unchecked": a
+    cache of preprocessed records is refused for it; UNCHECKED (the default) lets any pass."""
+    from crema_jax.data import presets
+    from crema_jax.data.cache import settings_check
+
+    index = {"settings": {"preprocess": presets.preprocessing("crema").to_dict(),
+                          "preprocess_preset": "crema", "derive_limb_leads": True,
+                          "target_fs": 250.0}}
+    with pytest.raises(ValueError, match=r"^/c: cache built with other preprocessing than "
+                                         r"data.preprocess \(cache --preprocess=crema, data no "
+                                         r"record preprocessing\)"):
+        settings_check.check_settings(index, "/c", preprocess=None)
+    with pytest.raises(ValueError, match=r"^/c: cache built at target_fs=250.0 but "
+                                         r"data.target_fs=500.0;"):
+        settings_check.check_settings(index, "/c", target_fs=500.0)
+    with pytest.raises(ValueError, match=r"^/c: cache built with derive_limb_leads=True but "
+                                         r"data.derive_limb_leads=False;"):
+        settings_check.check_settings(index, "/c", derive_limb_leads=False)
+    settings_check.check_settings(index, "/c")   # nothing asked: nothing refused
+    unpreprocessed = {"settings": dict(index["settings"], preprocess=None)}
+    settings_check.check_settings(unpreprocessed, "/c", preprocess=None)
 
 
 def test_array_record_write_failures_become_os_errors():
