@@ -23,7 +23,7 @@ import zipfile
 import numpy as np
 
 from crema_jax.data.index import duplicates
-from crema_jax.evaluate import linear_probe
+from crema_jax.evaluate import frozen_features
 from crema_jax.inference import backbones
 from crema_jax.runtime import files
 
@@ -61,7 +61,7 @@ class FeatureStore:
                                                              seed=seed)
         return self.backbones[model.filed_as]
 
-    def features(self, model, data, leads: str, settings: dict, mesh) -> linear_probe.Features:
+    def features(self, model, data, leads: str, settings: dict, mesh) -> frozen_features.Features:
         """`model`'s features of `data`'s records with `leads`: from the cache, or extracted
         (and cached) when the cache lacks a record of `data`."""
         path = (self.folder / files.folder_name(model.filed_as)
@@ -75,8 +75,8 @@ class FeatureStore:
         every = dataclasses.replace(data, infos=self.records_of(settings)) \
             if self.records_of else data
         every_ids = self._keys(every.infos)
-        features = linear_probe.extract_features(self._backbone(model, settings["seed"]), every,
-                                                 leads, settings, mesh)
+        features = frozen_features.extract_features(self._backbone(model, settings["seed"]),
+                                                    every, leads, settings, mesh)
         self.counts["feature_extractions"] += 1
         self.log(f"features {model.name} | {leads} leads: {len(features.rows)} examples")
         arrays = {"values": np.asarray(features.values, np.float32),
@@ -117,7 +117,7 @@ def load_saved(path) -> dict | None:
         return None
 
 
-def _for_dataset(cached: dict, keys) -> linear_probe.Features:
+def _for_dataset(cached: dict, keys) -> frozen_features.Features:
     """Cached examples of the dataset's records, mapped to its rows (in the cache's order; a
     record on two rows, a path listed twice, gives its examples to both)."""
     rows_of = collections.defaultdict(list)
@@ -126,6 +126,6 @@ def _for_dataset(cached: dict, keys) -> linear_probe.Features:
     pairs = [(example, row) for example, key in enumerate(cached["record_key"])
              for row in rows_of.get(str(key), ())]
     examples = np.asarray([e for e, _ in pairs], np.int64)
-    return linear_probe.Features(cached["values"][examples],
-                                 np.asarray([r for _, r in pairs], np.int64),
-                                 [str(cached["ids"][e]) for e in examples], None)
+    return frozen_features.Features(cached["values"][examples],
+                                    np.asarray([r for _, r in pairs], np.int64),
+                                    [str(cached["ids"][e]) for e in examples], None)

@@ -11,7 +11,8 @@ Objective: mean over records of BCE (multilabel) or softmax cross-entropy (multi
 C = 1 / (l2 * n_train), which the tests use as the independent reference.
 
 `probe_model` (the body of `crema-jax probe`, and of `compare` for each model): features are
-extracted once per lead set (the backbone's evaluation crops, averaged), then every protocol of
+extracted once per lead set (the backbone's evaluation crops, averaged; frozen_features.py, with
+the training rows and data loss every head on them shares), then every protocol of
 runs.py trains a head on them (label fractions, on the splits or K folds, and cross-domain).
 Multi-process runs are not supported (one process, all its devices).
 """
@@ -25,10 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import logging
 
-from crema_jax.data.pipeline import datasets as pipeline
-from crema_jax.evaluate import datasets, folds, plots, protocols, report, runs, scoring
+from crema_jax.evaluate import datasets, folds, frozen_features, plots, report, runs, scoring
 from crema_jax.inference import backbones
 from crema_jax.runtime import mesh as mesh_lib
 
@@ -47,30 +46,13 @@ class LinearProbe:
     chosen_by: str = scoring.BY_AUROC  # what chose the L2 (scoring.chosen_by)
 
 
-def standardiser(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std of training features; constant dimensions get std 1 (left unscaled)."""
-    features = np.asarray(features, np.float64)
-    mean, std = features.mean(0), features.std(0)
-    return mean.astype(np.float32), np.where(std > 1e-8, std, 1.0).astype(np.float32)
-
-
 def _logits(params, x):
     return x @ params["kernel"] + params["bias"]
 
 
-def weighted_data_loss(logits, y, w, label_type: str):
-    """Mean cross-entropy weighted by w (0 on padding rows): softmax (multiclass) or summed
-    sigmoid (multilabel). The probe's and the MLP head's objectives add their L2 terms to it."""
-    if label_type == "multiclass":
-        per_row = optax.softmax_cross_entropy(logits, y)
-    else:
-        per_row = jnp.sum(optax.sigmoid_binary_cross_entropy(logits, y), axis=-1)
-    return jnp.sum(w * per_row) / jnp.sum(w)
-
-
 def _objective(params, x, y, w, l2, label_type):
     """Weighted mean data loss (w = 0 on padding rows) + l2/2 ||W||^2."""
-    data = weighted_data_loss(_logits(params, x), y, w, label_type)
+    data = frozen_features.weighted_data_loss(_logits(params, x), y, w, label_type)
     return data + 0.5 * l2 * jnp.sum(params["kernel"] ** 2)
 
 
@@ -108,25 +90,7 @@ def _fit_grid(x, y, w, l2s, learning_rate, *, label_type, optimizer, steps):
                                         steps=steps, learning_rate=learning_rate))(l2s)
 
 
-def _bucket(n: int) -> int:
-    """Rows padded to a power of two (>= 64): label fractions and per-source heads then share
-    compiled shapes instead of compiling once per training-set size."""
-    return max(64, 1 << (int(n) - 1).bit_length())
-
-
 OPTIMIZERS = ("lbfgs", "adam")
-
-
-def training_rows(x_train, y_train):
-    """(standardised features, labels, row weights, mean, std) of a head's training rows,
-    padded to _bucket rows with weight 0 (the heads of linear_probe.py and mlp_head.py)."""
-    mean, std = standardiser(x_train)
-    n = len(x_train)
-    pad = _bucket(n) - n
-    xt = np.pad((np.asarray(x_train, np.float32) - mean) / std, ((0, pad), (0, 0)))
-    yt = np.pad(np.asarray(y_train, np.float32), ((0, pad), (0, 0)))
-    w = np.r_[np.ones(n, np.float32), np.zeros(pad, np.float32)]
-    return xt, yt, w, mean, std
 
 
 def fit_linear_probe(x_train, y_train, x_val, y_val, *, label_type: str = "multilabel",
@@ -137,12 +101,12 @@ def fit_linear_probe(x_train, y_train, x_val, y_val, *, label_type: str = "multi
     Features are (n, D), or (n, C, D) for C crops per example (ST-MEM's protocol): every crop is
     then a training row with its example's labels, and an example's validation probabilities
     are the mean of its crops' (as `predict_proba`)."""
-    x_train, y_train = crop_rows(x_train, y_train)
+    x_train, y_train = frozen_features.crop_rows(x_train, y_train)
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"--probe_optimizer={optimizer!r}: expected one of {OPTIMIZERS}")
     if label_type not in ("multilabel", "multiclass"):
         raise ValueError(f"label_type={label_type!r}: expected 'multilabel' or 'multiclass'")
-    xt, yt, w, mean, std = training_rows(x_train, y_train)
+    xt, yt, w, mean, std = frozen_features.training_rows(x_train, y_train)
     xv = (np.asarray(x_val, np.float32) - mean) / std
     all_params = jax.device_get(_fit_grid(
         jnp.asarray(xt), jnp.asarray(yt), jnp.asarray(w), jnp.asarray(l2_grid, jnp.float32),
@@ -170,84 +134,14 @@ def predict_proba(probe: LinearProbe, features: np.ndarray) -> np.ndarray:
     return probs.mean(1) if probs.ndim == 3 else probs
 
 
-def crop_rows(x, y):
-    """(n, C, D) crops and (n, K) labels -> (n*C, D) rows and their labels; 2-D x as it is."""
-    x = np.asarray(x)
-    if x.ndim == 2:
-        return x, y
-    return x.reshape(-1, x.shape[-1]), np.repeat(np.asarray(y), x.shape[1], axis=0)
-
-
 # ------------------------------------------------------------------------------ the protocols
-@dataclasses.dataclass
-class Features:
-    """One backbone's frozen features of a dataset's readable examples, for one lead set."""
-    values: np.ndarray  # (n, 1, D) the crops' mean, or (n, C, D) per crop (probability averaging)
-    rows: np.ndarray    # (n,) the dataset record of each example
-    ids: list           # (n,) record ids, "ID#k" for window k of a record cut into windows
-    data_cfg: object
-
-
-def extract_features(backbone, data, lead_name: str, settings: dict, mesh) -> Features:
-    """Features of every readable example of `data` through `backbone`'s evaluation crops."""
-    # No larger than the records: the last batch is padded to its size (--batch_size=2048 on
-    # 45 records was killed for memory).
-    batch_size = mesh_lib.round_batch(min(settings["batch_size"], max(len(data.infos), 1)),
-                                      mesh)
-    data_cfg = backbones.eval_data_config(backbone, protocols.lead_set(lead_name),
-                                          batch_size=batch_size,
-                                          num_workers=settings["num_workers"],
-                                          preset=settings["preset"])
-    t0 = time.time()
-    source = datasets.make_source(data, data_cfg)
-    out = backbones.run(backbones.make_apply(backbone, mesh, output="features"),
-                        pipeline.make_eval_dataset(data_cfg, source=source))
-    logging.info("features (%s leads): %d examples in %.1fs", lead_name, len(out["index"]),
-                 time.time() - t0)
-    # (n, 1, D): the crops' features averaged; (n, C, D): each crop a row, its probabilities
-    # averaged (data.eval_crop_average "probability", ST-MEM).
-    values = (out["outputs"] if data_cfg.eval_crop_average == "probability"
-              else out["outputs"].mean(1, keepdims=True))
-    windowed = getattr(source, "reading", None) is not None and source.reading.window_seconds > 0
-    rows = source.record_rows[out["index"]]
-    ids = [f"{data.infos[r].record_id}#{int(source.windows[i])}" if windowed
-           else data.infos[r].record_id for r, i in zip(rows, out["index"])]
-    return Features(values, np.asarray(rows, np.int64), ids, data_cfg)
-
-
-def head_fit_predict(features: Features, data, probe_kwargs: dict, *, fit=None, predict=None):
-    """The linear probe (or another head on frozen features: `fit` like fit_linear_probe,
-    `predict` like predict_proba) on `features` as a runs.py model: records -> their
-    examples. Its info's n_train and n_val count the records it read (they replace the
-    records assigned in the run's entry)."""
-    fit, predict = fit or fit_linear_probe, predict or predict_proba
-    labels = data.labels[features.rows]
-
-    def examples(rows):
-        return np.flatnonzero(np.isin(features.rows, rows))
-
-    def fit_predict(train_rows, val_rows, tests):
-        train, val = examples(train_rows), examples(val_rows)
-        head = fit(features.values[train], labels[train], features.values[val], labels[val],
-                   label_type=data.label_type, **probe_kwargs)
-        out = {"val": {"probs": predict(head, features.values[val]),
-                       "labels": labels[val]},
-               "tests": {},
-               "info": {"selection": {"l2": head.l2, "chosen_by": head.chosen_by,
-                                      "val_macro_auroc_by_l2": {
-                                          str(k): v for k, v in head.val_auroc_by_l2.items()}},
-                        # The records the head saw (a record the backbone could not read, e.g.
-                        # too short for its windows, is not counted as trained on).
-                        "n_train": int(len(np.unique(features.rows[train]))),
-                        "n_val": int(len(np.unique(features.rows[val])))}}
-        for name, rows in tests.items():
-            ex = examples(rows)
-            out["tests"][name] = {"probs": predict(head, features.values[ex]),
-                                  "labels": labels[ex], "rows": features.rows[ex],
-                                  "ids": [features.ids[i] for i in ex]}
-        return out
-
-    return fit_predict
+def head_fit_predict(features: frozen_features.Features, data, probe_kwargs: dict, *,
+                     fit=None, predict=None):
+    """frozen_features.head_fit_predict with the linear probe as the head (`fit` like
+    fit_linear_probe and `predict` like predict_proba: another head on the features)."""
+    return frozen_features.head_fit_predict(features, data, probe_kwargs,
+                                            fit=fit or fit_linear_probe,
+                                            predict=predict or predict_proba)
 
 
 def crop_averaging(data_cfg) -> str:
@@ -262,7 +156,7 @@ def probe_model(backbone, data, settings: dict, probe_kwargs: dict, mesh, *, mod
     lead set's), "model" (the report's description)}."""
     out = {"runs": [], "cross_domain": [], "predictions": {"runs": {}, "cross_domain": {}}}
     for lead_name in settings["lead_sets"]:
-        features = extract_features(backbone, data, lead_name, settings, mesh)
+        features = frozen_features.extract_features(backbone, data, lead_name, settings, mesh)
         first = lead_name == settings["lead_sets"][0]
         if first:
             print(f"model {model}: " + backbones.describe_data_path(features.data_cfg,

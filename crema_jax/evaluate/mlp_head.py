@@ -1,10 +1,10 @@
 """The frozen-encoder protocol's small MLP head: one hidden ReLU layer on frozen, standardised
 features (the benchmark protocol between the linear probe and fine-tuning).
 
-Objective: the linear probe's (linear_probe.py: mean BCE or softmax cross-entropy) on
-x -> relu(x W1 + b1) W2 + b2, plus l2/2 (||W1||^2 + ||W2||^2). Trained full-batch with Adam
-for a fixed number of steps from a seeded init (He-normal W1, zero W2), every L2 strength of
-the grid at once (`jax.vmap`); chosen on validation as the probe is
+Objective: the linear probe's data loss (frozen_features.weighted_data_loss: mean BCE or
+softmax cross-entropy) on x -> relu(x W1 + b1) W2 + b2, plus l2/2 (||W1||^2 + ||W2||^2).
+Trained full-batch with Adam for a fixed number of steps from a seeded init (He-normal W1, zero
+W2), every L2 strength of the grid at once (`jax.vmap`); chosen on validation as the probe is
 (scoring.validation_key).
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from crema_jax.evaluate import linear_probe, scoring
+from crema_jax.evaluate import frozen_features, scoring
 from crema_jax.inference import backbones
 
 DEFAULT_L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
@@ -40,7 +40,7 @@ def _logits(params, x):
 
 
 def _objective(params, x, y, w, l2, label_type):
-    data = linear_probe.weighted_data_loss(_logits(params, x), y, w, label_type)
+    data = frozen_features.weighted_data_loss(_logits(params, x), y, w, label_type)
     return data + 0.5 * l2 * (jnp.sum(params["w1"] ** 2) + jnp.sum(params["w2"] ** 2))
 
 
@@ -70,8 +70,8 @@ def fit_mlp_head(x_train, y_train, x_val, y_val, *, label_type: str = "multilabe
                  learning_rate: float = 1e-3, seed: int = 0) -> MlpHead:
     """One head per L2 strength on standardised features; the best on validation is kept.
     Features (n, D) or (n, C crops, D) as linear_probe.fit_linear_probe takes them."""
-    xt, yt, w, mean, std = linear_probe.training_rows(
-        *linear_probe.crop_rows(x_train, y_train))
+    xt, yt, w, mean, std = frozen_features.training_rows(
+        *frozen_features.crop_rows(x_train, y_train))
     grid = jax.device_get(_fit_grid(jnp.asarray(xt), jnp.asarray(yt), jnp.asarray(w),
                                     jnp.asarray(l2_grid, jnp.float32), jnp.float32(learning_rate),
                                     int(seed), hidden=int(hidden), label_type=label_type,

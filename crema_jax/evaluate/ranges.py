@@ -31,7 +31,7 @@ FRACTION_OF_LABELS = Range(0, 1, low_open=True)    # each label fraction
 SPLIT_FRACTION = Range(0, 1)                       # each of train,val,test
 DATASET = {"folds": INDEX, "min_positives": COUNT}   # a benchmark task file's dataset entry
 # Records per evaluation batch: 10**12 asked Grain for 7 TiB (a traceback); a frozen-feature
-# extraction is cut to the records there are (linear_probe.extract_features).
+# extraction is cut to the records there are (frozen_features.extract_features).
 MAX_EVAL_BATCH = 65_536
 # Seeds a PRNG takes (2**64 had been an OverflowError traceback); bootstrap resamples and reader
 # processes a run can finish (10**9 resamples, 10**20 workers had run for ever).

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from crema_jax.data.index.dataset_index import RecordInfo
-from crema_jax.evaluate import feature_store, linear_probe
+from crema_jax.evaluate import feature_store, frozen_features
 
 SETTINGS = {"layout": "wfdb_folder", "root": "/data", "layout_options": {}, "cache_dir": "",
             "seed": 0}
@@ -34,11 +34,11 @@ def store(tmp_path, monkeypatch):
     def extract(backbone, data, leads, settings, mesh):
         values = [float(open(info.path + ".dat").read()) for info in data.infos]
         read.append(len(values))
-        return linear_probe.Features(np.asarray(values, np.float32)[:, None, None],
-                                     np.arange(len(values)),
-                                     [info.record_id for info in data.infos], None)
+        return frozen_features.Features(np.asarray(values, np.float32)[:, None, None],
+                                        np.arange(len(values)),
+                                        [info.record_id for info in data.infos], None)
 
-    monkeypatch.setattr(linear_probe, "extract_features", extract)
+    monkeypatch.setattr(frozen_features, "extract_features", extract)
     monkeypatch.setattr(feature_store.FeatureStore, "_backbone", lambda self, m, seed: None)
     counts = {"features_reused": 0, "feature_extractions": 0}
     made = feature_store.FeatureStore(tmp_path / "features", counts, log=lambda _: None)

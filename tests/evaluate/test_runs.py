@@ -145,17 +145,17 @@ def test_a_record_cut_into_windows_is_scored_once_its_windows_averaged():
 def test_a_heads_counts_are_the_records_it_read():
     """A record the backbone could not read (too short for its windows) was still counted in
     the run's n_train and n_val: a model reading 11 of 16 training records said 16."""
-    from crema_jax.evaluate import linear_probe
+    from crema_jax.evaluate import frozen_features
 
     rng = np.random.default_rng(3)
     data = _dataset(rng, n=30)
     data.label_type = "multilabel"
     readable = np.asarray([r for r in range(30) if r % 5])          # every fifth unreadable
     rows = np.repeat(readable, 2)                                     # two windows each
-    features = linear_probe.Features(rng.normal(size=(len(rows), 1, 4)), rows,
-                                     [f"r{r}" for r in rows], None)
+    features = frozen_features.Features(rng.normal(size=(len(rows), 1, 4)), rows,
+                                        [f"r{r}" for r in rows], None)
     head = SimpleNamespace(l2=1.0, chosen_by="val_macro_auroc", val_auroc_by_l2={1.0: 0.5})
-    fit_predict = linear_probe.head_fit_predict(
+    fit_predict = frozen_features.head_fit_predict(
         features, data, {}, fit=lambda *a, **k: head,
         predict=lambda h, x: np.full((len(x), 2), 0.5))
     train, val = np.arange(0, 20), np.arange(20, 30)

@@ -72,7 +72,7 @@ def test_probe_features_of_a_damaged_cache_stop_or_skip_with_the_flag(flipped_ca
     import jax
 
     from crema_jax.data.cache.source import DamagedCacheError
-    from crema_jax.evaluate import datasets, linear_probe
+    from crema_jax.evaluate import datasets, frozen_features
     from crema_jax.inference import backbones
     from crema_jax.runtime import mesh as mesh_lib
 
@@ -86,9 +86,9 @@ def test_probe_features_of_a_damaged_cache_stop_or_skip_with_the_flag(flipped_ca
     data = datasets.load_dataset(settings)
     damaged = data.infos.index(next(i for i in data.infos if i.meta["cache_row"] == 1))
     with pytest.raises(DamagedCacheError, match="--skip_damaged_cache_records for probe"):
-        linear_probe.extract_features(backbone, data, "12", settings, mesh)
+        frozen_features.extract_features(backbone, data, "12", settings, mesh)
     data = datasets.load_dataset({**settings, "skip_damaged_cache_records": True})
-    features = linear_probe.extract_features(backbone, data, "12", settings, mesh)
+    features = frozen_features.extract_features(backbone, data, "12", settings, mesh)
     assert sorted(features.rows) == [r for r in range(len(data.infos)) if r != damaged]
     assert np.isfinite(features.values).all()
     assert _hashes(flipped_cache) == before

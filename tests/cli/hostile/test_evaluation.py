@@ -9,7 +9,7 @@ import types
 import pytest
 
 from crema_jax.cli import probe
-from crema_jax.evaluate import linear_probe
+from crema_jax.evaluate import frozen_features
 from tests.cli.conftest import _fails
 from tests.cli.hostile.helpers import _cli, _hashes, _one_line
 
@@ -80,12 +80,12 @@ def test_frozen_features_of_a_small_dataset_use_a_batch_no_larger_than_it(monkey
         seen["batch_size"] = batch_size
         raise StopIteration  # nothing further is needed from the extraction
 
-    monkeypatch.setattr(linear_probe.backbones, "eval_data_config", capture)
+    monkeypatch.setattr(frozen_features.backbones, "eval_data_config", capture)
     mesh = types.SimpleNamespace(shape={"data": 1, "fsdp": 1})
     data = types.SimpleNamespace(infos=[None] * 45)
     with pytest.raises(StopIteration):
-        linear_probe.extract_features(None, data, "12", {"batch_size": 2048, "num_workers": 0,
-                                                         "preset": ""}, mesh)
+        frozen_features.extract_features(None, data, "12", {"batch_size": 2048,
+                                                            "num_workers": 0, "preset": ""}, mesh)
     assert seen["batch_size"] == 45
 
 
