@@ -18,6 +18,7 @@ import optax
 from absl import logging
 
 from crema_jax.data.pipeline import datasets as pipeline
+from crema_jax.data.pipeline import sources
 from crema_jax.evaluate import datasets, protocols
 from crema_jax.inference import backbones
 from crema_jax.runtime import mesh as mesh_lib
@@ -52,10 +53,9 @@ def extract_features(backbone, data, lead_name: str, settings: dict, mesh) -> Fe
     # averaged (data.eval_crop_average "probability", ST-MEM).
     values = (out["outputs"] if data_cfg.eval_crop_average == "probability"
               else out["outputs"].mean(1, keepdims=True))
-    windowed = getattr(source, "reading", None) is not None and source.reading.window_seconds > 0
     rows = source.record_rows[out["index"]]
-    ids = [f"{data.infos[r].record_id}#{int(source.windows[i])}" if windowed
-           else data.infos[r].record_id for r, i in zip(rows, out["index"])]
+    ids = [sources.example_name(data.infos[r].record_id, window)
+           for r, window in zip(rows, sources.example_windows(source, out["index"]))]
     return Features(values, np.asarray(rows, np.int64), ids, data_cfg)
 
 

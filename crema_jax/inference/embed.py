@@ -155,8 +155,7 @@ def row_names(records, record_rows, windows) -> list[str]:
     if len(set(ids)) < len(ids):
         common = os.path.commonpath([os.path.abspath(r) for r in records])
         ids = [os.path.relpath(os.path.abspath(r), common) for r in records]
-    return [ids[int(r)] if w < 0 else f"{ids[int(r)]}#{int(w)}"
-            for r, w in zip(record_rows, windows)]
+    return [sources.example_name(ids[int(r)], w) for r, w in zip(record_rows, windows)]
 
 
 def one_line_name(name: str) -> str:
@@ -238,7 +237,7 @@ def embed(backbone, *, records=None, array=None, fs: float | None = None, raw: b
                              f"{MAX_ABS_MV:g} (a model input is a preprocessed signal, an ECG "
                              "in mV stays far below); check its scaling, or drop --raw")
         batches = raw_batches(backbone, array, batch_size)
-        rows_of = windows_of = None
+        source = None
     else:
         data_cfg = backbones.eval_data_config(backbone, backbone.family.input_leads(
             backbone.config.model, LEADS), batch_size=batch_size, preset=preset)
@@ -252,9 +251,6 @@ def embed(backbone, *, records=None, array=None, fs: float | None = None, raw: b
             source, note = array_source(array, float(fs or data_cfg.target_fs), data_cfg)
         batches = pipeline.make_eval_dataset(data_cfg, source=source, process_index=0,
                                              process_count=1, stats=stats)
-        rows_of = source.record_rows
-        windows_of = source.windows if data_cfg.window_seconds > 0 and records is not None \
-            else None
     apply = backbones.make_apply(backbone, mesh, output="logits" if logits else "features")
     try:
         out = backbones.run(apply, batches)
@@ -268,8 +264,9 @@ def embed(backbone, *, records=None, array=None, fs: float | None = None, raw: b
         return {"outputs": np.zeros((0, 0), np.float32), "record": np.zeros(0, np.int64),
                 "window": np.zeros(0, np.int64), **told}
     outputs, index = out["outputs"].mean(axis=1), out["index"]
-    record = index if rows_of is None else rows_of[index]
-    window = np.full(len(index), -1, np.int64) if windows_of is None else windows_of[index]
+    record = index if source is None else source.record_rows[index]
+    window = (np.full(len(index), -1, np.int64) if source is None
+              else sources.example_windows(source, index))
     if windows == "mean":
         kept = np.unique(record)
         outputs = np.stack([outputs[record == r].mean(0) for r in kept])

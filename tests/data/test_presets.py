@@ -106,6 +106,26 @@ def test_stmem_windows_fft_resampling_and_skips(folder):
     assert sum(int(b["valid"].sum()) for b in batches) == 4
 
 
+def test_an_example_is_named_by_its_record_and_window_on_a_windowed_path_only(folder):
+    """The "ID#k" names of embed, predict and the evaluation reports: window k of a record cut
+    into windows (ST-MEM's path), the record's id alone where records are not cut (crema's, and
+    an array source on any path)."""
+    paths = [folder["r35"], folder["rnan"]]
+    windowed = _source(paths, _data_cfg("stmem"))
+    examples = [4, 0, 2, 3]        # of R35's three 10 s windows, then RNAN's two
+    got = sources.example_windows(windowed, examples)
+    np.testing.assert_array_equal(got, [1, 0, 2, 0])
+    names = [("R35", "RNAN")[r] for r in windowed.record_rows[examples]]
+    assert [sources.example_name(n, w) for n, w in zip(names, got)] == [
+        "RNAN#1", "R35#0", "R35#2", "RNAN#0"]
+    whole = _source(paths, _data_cfg("crema"))
+    np.testing.assert_array_equal(sources.example_windows(whole, [1, 0]), [-1, -1])
+    assert sources.example_name("R35", -1) == "R35"
+    arrays = sources.RawArraySource(np.zeros((2, 12, 5000), np.float32), fs=FS,
+                                    reading=sources.Reading.from_data_config(_data_cfg("stmem")))
+    np.testing.assert_array_equal(sources.example_windows(arrays, [0, 1]), [-1, -1])
+
+
 def test_stmem_crops_are_cut_then_filtered_and_standardised_each(folder):
     cfg = _data_cfg("stmem")
     source = _source([folder["r35"]], cfg)

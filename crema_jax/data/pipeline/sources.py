@@ -194,6 +194,23 @@ class WfdbSource:
         return element
 
 
+def example_windows(source, examples) -> np.ndarray:
+    """The window number (0, 1, ...) in its record of each of `examples` (positions in
+    `source`), -1 for an example that is its whole record: only a WfdbSource on a data path
+    that cuts records into windows (reading.window_seconds > 0, ST-MEM's) has windows."""
+    examples = np.asarray(examples, np.int64)
+    if isinstance(source, WfdbSource) and source.reading.window_seconds > 0:
+        return source.windows[examples]
+    return np.full(len(examples), -1, np.int64)
+
+
+def example_name(record_name: str, window: int) -> str:
+    """An example's name: its record's, with "#k" for window k of a record cut into windows
+    (window -1: the whole record), as embed's Y.records.txt, predict's rows and the evaluation
+    reports' ids write it."""
+    return record_name if window < 0 else f"{record_name}#{int(window)}"
+
+
 def _with_absent_leads(ecg, fed: np.ndarray) -> tuple[dict, dict]:
     """(Ecg.repairs, Ecg.repaired_leads) with "leads_absent": the leads the model reads that
     the file does not hold and no repair removed (a MUSE export's 8 leads on a data path that
