@@ -23,7 +23,7 @@ import os
 
 import numpy as np
 
-from crema_jax.cli import command
+from crema_jax.cli import command, skipped_records
 from crema_jax.evaluate import ranges
 from crema_jax.runtime import files
 
@@ -93,10 +93,7 @@ def main(args) -> None:
         print(backbones.describe_data_path(out["data_cfg"], args.preset))
     if out["note"]:
         print(out["note"])
-    try:
-        embed.check_some_read(out)
-    except embed.EmbedError as err:
-        raise command.CommandError(f"--input={args.input}: {err}") from None
+    skipped_records.check_some_read(out, f"--input={args.input}")
     # Each row's ECG: a record, or for an array its row number (an unreadable one is skipped,
     # so row i of Y need not be row i of X). Both files' bytes are made before either is
     # written (a name that did not encode had left Y.npy without its records).
@@ -109,11 +106,10 @@ def main(args) -> None:
                               (side, _writer(names_text.encode("utf-8")))])  # new Y, old names
     if new_folder:
         print(new_folder)
-    skipped = out["skipped"].total
     print(f"wrote {args.out}: {out['outputs'].shape} {'logits' if args.logits else 'features'}"
-          f", each row's ECG in {side}"
-          + (f"; skipped {skipped} unreadable records ({embed.skip_reasons(out['skipped'])})"
-             if skipped else ""))
+          f", each row's ECG in {side}")
+    if out["skipped"].total:
+        print(skipped_records.line(out["skipped"]))
 
 
 def _writer(data: bytes):

@@ -12,7 +12,7 @@ reading repaired in a record (NaN samples set to 0, an all-NaN lead fed as zeros
 dropped, leads not in the file) is said in one line for the run, beside the record's name, and
 in the CSV's last column, "repairs".
 """
-from crema_jax.cli import command
+from crema_jax.cli import command, skipped_records
 from crema_jax.runtime import files
 
 COMMAND = command.Command("predict", __doc__, usage="--model=ecgfounder --checkpoint=DIR",
@@ -56,12 +56,9 @@ def main(args) -> None:
     out = predict.predict_probabilities(backbone, records=paths, batch_size=args.batch_size,
                                         preset=args.preset or None,
                                         derive_limb_leads=args.derive_limb_leads)
-    try:  # every record skipped: an error, as embed's (it had written a CSV of no row, exit 0)
-        embed.check_some_read(out)
-    except embed.EmbedError as err:
-        given = args.positional
-        named = ", ".join(given[:3]) + (f" and {len(given) - 3} more" if len(given) > 3 else "")
-        raise command.CommandError(f"{named}: {err}") from None
+    given = args.positional
+    skipped_records.check_some_read(out, ", ".join(given[:3]) + (
+        f" and {len(given) - 3} more" if len(given) > 3 else ""))
     print(backbones.describe_data_path(out["data_cfg"], args.preset)
           + (", limb leads absent or held without signal (all NaN, constant) derived from the "
              "others (--derive_limb_leads)" if args.derive_limb_leads else ""))
@@ -71,7 +68,7 @@ def main(args) -> None:
     repairs = predict.row_repairs(out)
     print(predict.format_top(ids, out["probs"], labels, args.top, repairs))
     if out["skipped"].total:
-        print(embed.skipped_line(out["skipped"]))
+        print(skipped_records.line(out["skipped"]))
     if args.out:
         predict.write_csv(args.out, ids, out["probs"], labels, repairs)
         if new_folder:

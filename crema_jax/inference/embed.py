@@ -32,33 +32,9 @@ class EmbedError(ValueError):
     """An input the model cannot take; the message says what was expected."""
 
 
-def skip_reasons(skipped: skips.SkipStats) -> str:
-    """"truncated_signal 1, missing_file 2": the records skipped, by reason, as embed and predict
-    print them ("none" for no reason recorded)."""
-    return ", ".join(f"{reason} {count}" for reason, count in
-                     sorted(skipped.counts.items())) or "none"
-
-
-# Skips embed and predict log one by one, and name in predict's summary line; the rest are
-# counted (a folder of 300 CT images had given 300 warnings and a line naming every file).
+# Skips embed and predict log one by one (a folder of 300 CT images had given 300 warnings);
+# the rest are counted, and cli/skipped_records.py's summary line names the ones logged.
 SKIPS_NAMED = 5
-
-
-def skipped_line(skipped: skips.SkipStats) -> str:
-    """"skipped 300 unreadable records (no_signal 300): ['a', ...] and 295 more": the records
-    skipped, by reason, and by path the first SKIPS_NAMED logged one by one (SkipStats.logged:
-    the ones the warnings above named), as predict prints them."""
-    named = skipped.logged[:SKIPS_NAMED]
-    more = skipped.total - len(named)
-    return (f"skipped {skipped.total} unreadable records ({skip_reasons(skipped)}): "
-            f"{named}" + (f" and {more} more" if more > 0 else ""))
-
-
-def check_some_read(out: dict) -> None:
-    """EmbedError when embed's dict `out` holds no row: every ECG was skipped, and why."""
-    if not len(out["outputs"]):
-        raise EmbedError(f"no ECG could be read ({out['skipped'].total} skipped: "
-                         f"{skip_reasons(out['skipped'])}); nothing written")
 
 
 def record_source(paths, data_cfg) -> sources.WfdbSource:

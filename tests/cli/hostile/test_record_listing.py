@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from crema_jax.cli import embed as embed_cli
+from crema_jax.cli import skipped_records
 from crema_jax.cli import predict as predict_cli
 from crema_jax.data import synthetic
 from crema_jax.data.index.dataset_index import expand_records
@@ -95,7 +96,9 @@ def test_unreadable_exports_and_folders_are_skips_that_name_them(tmp_path, capsy
     out = tmp_path / "y.npy"
     assert embed_cli.COMMAND.run([f"--checkpoint={sit_checkpoint}", f"--input={folder}",
                                   f"--out={out}"]) is None
-    assert "skipped 2 unreadable records (unreadable 2)" in capsys.readouterr().out
+    # The summary line is predict's: the reasons, and the paths the warnings named.
+    assert (f"skipped 2 unreadable records (unreadable 2): ['{folder / 'aecg.xml'}', "
+            f"'{folder / 'locked'}']") in capsys.readouterr().out.splitlines()
     assert len(np.load(out)) == 1
     assert out.with_suffix(".records.txt").read_text() == "E07500\n"
 
@@ -148,7 +151,7 @@ def test_hundreds_of_skips_are_one_summary_line_and_a_few_warnings(monkeypatch):
     assert warned == [f"skipping ct/IM{i:03d} [no_signal]: ct/IM{i:03d}: no waveform"
                       for i in range(5)] + [
         "more records skipped: counted, no longer logged one by one"]
-    assert embed.skipped_line(stats) == (
+    assert skipped_records.line(stats) == (
         "skipped 300 unreadable records (no_signal 300): ['ct/IM000', 'ct/IM001', 'ct/IM002', "
         "'ct/IM003', 'ct/IM004'] and 295 more")
 
@@ -163,7 +166,7 @@ def test_the_skipped_line_names_the_skips_the_warnings_named(monkeypatch):
                          ("a1", "too_short")]:
         stats.record(reason, path, "why")
     assert [w.split()[1] for w in warned[:5]] == ["z9", "m1", "y2", "b4", "x0"]
-    assert embed.skipped_line(stats) == (
+    assert skipped_records.line(stats) == (
         "skipped 7 unreadable records (no_signal 4, too_short 2, unreadable 1): "
         "['z9', 'm1', 'y2', 'b4', 'x0'] and 2 more")
 
