@@ -77,6 +77,12 @@ def alias(torch_keys: tuple[str, ...], jax_path: str, *, linear_weight: bool = F
                 lambda *ts: (swap(ts[0]),))
 
 
+def holds_decoder(keys) -> bool:
+    """Whether a state_dict's keys in the "crema" layout (sit_layouts.crema_rules: export-torch's,
+    torch_sit's) hold the MAE decoder ("decoder." keys), not an encoder alone."""
+    return any(k.startswith("decoder.") for k in keys)
+
+
 # ------------------------------------------------------------------------------------------------
 # Conversions.
 # ------------------------------------------------------------------------------------------------

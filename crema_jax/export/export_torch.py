@@ -64,7 +64,7 @@ def build_state_dict(params, model_cfg, *, layout: str, include_decoder: bool
     if layout not in family.export_layouts:
         raise ExportError(f"a {family.title} checkpoint exports as --layout="
                           f"{' or '.join(family.export_layouts)}, not {layout}")
-    if include_decoder and not family.has_decoder(getattr(family, "pretrain_model", "")):
+    if include_decoder and not family.has_decoder_model:
         raise ExportError(f"--include_decoder: a {family.title} model has no decoder")
     if layout == "ecgfounder":
         sd = convert.jax_to_torch(params, convert.ecgfounder_rules(model_cfg), layout=layout)

@@ -148,7 +148,7 @@ def read_torch_weights(path: str, fmt: str):
     # The architecture comes from the tensors; the metadata may only agree with them (the shape
     # check lists every disagreement). A file without a decoder is a bare encoder: nothing the
     # file does not hold is built from the metadata's word alone.
-    has_decoder = any(k.startswith("decoder.") for k in sd)
+    has_decoder = convert.holds_decoder(sd)
     cfg.name = families.SIT.pretrain_model if has_decoder else families.SIT.encoder_model
     held = {"patch_norms": "encoder.patch_embed.in_norm.weight" in sd,
             "decoder_variant": ("axial" if any(k.startswith("decoder.lead_blocks.") for k in sd)

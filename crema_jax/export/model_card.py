@@ -11,6 +11,7 @@ import json
 
 from crema_jax.data import presets
 from crema_jax.data.pipeline import batch as batch_lib
+from crema_jax.export import convert
 
 
 def preset_steps(preset: str) -> list[tuple[str, str]]:
@@ -40,11 +41,10 @@ def _what(info: dict, keys) -> list[str]:
                  f"stage widths {model['filters']}, blocks {model['blocks']}, "
                  f"{model['num_classes']} outputs")
     else:
-        has_decoder = any(k.startswith("decoder.") for k in keys)
         shape = (f"SiT encoder (CREMA / ST-MEM family), width {model['width']}, depth "
                  f"{model['depth']}, {model['num_heads']} heads, patches of "
                  f"{model['patch_size']} samples, {model['num_classes']} head outputs"
-                 + (", with its MAE decoder" if has_decoder else ""))
+                 + (", with its MAE decoder" if convert.holds_decoder(keys) else ""))
     return ["## What it is", "",
             f"A 12-lead ECG model in crema_jax: {shape}. The weights are `{info['weights']}` "
             f"({len(keys)} tensors) in the `{info['layout']}` PyTorch key layout; the full "

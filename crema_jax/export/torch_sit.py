@@ -15,6 +15,7 @@ import json
 import math
 import os
 
+from crema_jax.export import convert
 from crema_jax.export.safe_load import TORCH_INSTALL_HINT
 
 try:
@@ -219,6 +220,6 @@ def load_sit(path: str, *, config: dict | None = None) -> CremaSiT:
         with open(os.path.splitext(path)[0] + ".json", encoding="utf-8") as f:
             config = json.load(f)["model"]
     state = load_file(path)
-    model = CremaSiT(config, with_decoder=any(k.startswith("decoder.") for k in state))
+    model = CremaSiT(config, with_decoder=convert.holds_decoder(state))
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     return model.eval()

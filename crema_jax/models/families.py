@@ -54,6 +54,11 @@ class Family(abc.ABC):
         """Whether the model named `model_name` is a pretraining model (encoder + decoder)."""
         return False
 
+    @property
+    def has_decoder_model(self) -> bool:
+        """Whether a model of this family holds a decoder (one `has_decoder` names)."""
+        return any(self.has_decoder(name) for name in self.modules)
+
     def size_fields(self, model_cfg) -> dict:
         """The fields the size entry sets, resolved ({} for a family without sizes)."""
         return {}

@@ -167,6 +167,20 @@ def test_stmem_key_count_and_size_for_vit_b():
         assert not inferred.width and inferred.num_patches == 30 and inferred.patch_size == 75
 
 
+def test_a_crema_layout_file_holds_a_decoder_exactly_when_written_with_one():
+    """import-torch, torch_sit and the model card tell an encoder from a pretraining model by
+    convert.holds_decoder; here against the crema rule table's keys, both decoder variants."""
+    for variant in ("per_lead", "axial"):
+        cfg = default_model_config()
+        cfg.size, cfg.decoder_variant = "tiny", variant
+        for with_decoder in (False, True):
+            rules = sit_layouts.crema_rules(cfg, jax_prefix="encoder/", include_head=False,
+                                            include_decoder=with_decoder)
+            keys = [k for r in rules for k in r.torch_keys]
+            assert convert.holds_decoder(keys) == with_decoder
+    assert not convert.holds_decoder(["encoder.decoder_like.weight", "head.weight"])
+
+
 def test_configs_stmem_cannot_express_are_refused():
     cfg = default_model_config()
     cfg.size = "tiny"  # 2 heads of 32

@@ -23,6 +23,7 @@ def test_every_model_name_has_one_family_and_module():
 def test_which_model_has_a_decoder_and_which_model_params_hold():
     assert [families.SIT.has_decoder(n) for n in ("sit_pretrain", "sit_encoder")] == [True, False]
     assert not families.NET1D.has_decoder("net1d")
+    assert families.SIT.has_decoder_model and not families.NET1D.has_decoder_model
     assert families.SIT.model_of_params({"encoder": {}, "decoder": {}}) == "sit_pretrain"
     assert families.SIT.model_of_params({"blocks": {}, "norm": {}}) == "sit_encoder"
     assert families.NET1D.model_of_params({"first_conv": {}}) == "net1d"
