@@ -40,7 +40,7 @@ def _bench_size(size: str, *, num_ecgs: int, batch_size: int, max_seconds: float
     }
     fn = backbones.make_apply(backbone, mesh)
     t0 = time.perf_counter()
-    jax.block_until_ready(fn(batch))  # compile + first batch, not timed below
+    width = jax.block_until_ready(fn(batch)).shape[-1]  # compile + first batch, not timed below
     compile_s = time.perf_counter() - t0
     done, t0 = 0, time.perf_counter()
     pending = None
@@ -56,7 +56,7 @@ def _bench_size(size: str, *, num_ecgs: int, batch_size: int, max_seconds: float
     seconds = time.perf_counter() - t0
     rate = done / seconds
     flops = _flops_per_ecg(backbone, batch_size)
-    return {"size": size, "width": backbone.width, "batch": batch_size, "measured": done,
+    return {"size": size, "width": int(width), "batch": batch_size, "measured": done,
             "seconds": seconds, "ecg_per_s": rate, "projected_s": num_ecgs / rate,
             "compile_s": compile_s, "gflop_per_ecg": flops / 1e9,
             "gflop_per_s": flops * rate / 1e9}

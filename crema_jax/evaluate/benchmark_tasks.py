@@ -226,15 +226,14 @@ def columns(suite: dict) -> list[Column]:
     return out
 
 
-def dataset_settings(suite: dict, name: str, **more) -> dict:
+def dataset_settings(suite: dict, name: str) -> dict:
     """The settings datasets.load_dataset and the protocol runs read, for one dataset."""
     entry = suite["datasets"][name]
     return {**entry, "label_set": entry["layout_options"].get("label_set", ""),
             "seed": suite["seed"], "bootstrap": suite["bootstrap"],
             "batch_size": suite["batch_size"], "num_workers": suite["num_workers"],
             "preset": "", "cross_domain": False, "lead_sets": ["12"],
-            "label_fractions": [1.0], "flag_prefix": f"the task file's datasets[{name!r}].",
-            **more}
+            "label_fractions": [1.0], "flag_prefix": f"the task file's datasets[{name!r}]."}
 
 
 def parse_models(items) -> list[tuple[str, str]]:

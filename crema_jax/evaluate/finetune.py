@@ -269,7 +269,7 @@ def finetune_fit_predict(config, params, data, data_cfg, mesh, settings, ft, kee
 
 def _embeddings(model, best, batches, mesh):
     """Pooled features of the fine-tuned encoder (crops averaged) for the PCA plot."""
-    backbone = backbones.Backbone(model.runner, model.graphdef, (best, model.rest), None, 0, 0)
+    backbone = backbones.Backbone(model.runner, model.graphdef, (best, model.rest), None, 0)
     out = backbones.run(backbones.make_apply(backbone, mesh), batches)
     return out["outputs"].mean(1), out["index"]
 

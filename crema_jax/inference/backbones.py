@@ -159,7 +159,6 @@ class Backbone:
     graphdef: Any
     state: Any
     config: Any      # the full config (model + data sections at least)
-    width: int
     num_classes: int  # of the loaded head; 0 = features only
 
     @property
@@ -202,7 +201,7 @@ def build(config, params, *, seed: int = 0, with_head: bool = False) -> Backbone
     runner = runner_of(config)
     classes = int(config.model.num_classes) if with_head else 0
     graphdef, state = runner.build(config, params, seed=seed, num_classes=classes)
-    return Backbone(runner, graphdef, state, config, runner.family.width(config.model), classes)
+    return Backbone(runner, graphdef, state, config, classes)
 
 
 EVAL_READ_THREADS = 2

@@ -68,10 +68,6 @@ class Family(abc.ABC):
         return self.default_model
 
     @abc.abstractmethod
-    def width(self, model_cfg) -> int:
-        """The width of the features the backbone extracts (each family says)."""
-
-    @abc.abstractmethod
     def describe(self, model_cfg) -> str:
         """The model in one short clause for a command's output, e.g. 'SiT base: width 768,
         depth 12, 12 heads, with decoder' or 'Net1D 12-lead, 150 labels'."""
@@ -97,9 +93,6 @@ class SitFamily(Family):
         encoder (fine-tuned)."""
         return self.pretrain_model if "encoder" in params else self.encoder_model
 
-    def width(self, model_cfg) -> int:
-        return model_config.resolve_size(model_cfg)["width"]
-
     def describe(self, model_cfg) -> str:
         size = model_config.resolve_size(model_cfg)
         named = f" {model_cfg.size}" if model_config.SIZES[model_cfg.size] == size else ""
@@ -123,9 +116,6 @@ class SitFamily(Family):
 
 @dataclasses.dataclass(frozen=True)
 class Net1dFamily(Family):
-    def width(self, model_cfg) -> int:
-        return int(model_cfg.filters[-1])
-
     def describe(self, model_cfg) -> str:
         classes = int(model_cfg.num_classes)
         return (f"{self.title} {int(model_cfg.in_channels)}-lead, "
