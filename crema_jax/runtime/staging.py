@@ -23,7 +23,7 @@ import tempfile
 from typing import Mapping
 
 from crema_jax.runtime import files
-from crema_jax.runtime.storage import fs_is, listdir, reach
+from crema_jax.runtime.storage import fs_is, join, listdir, named_error, reach
 
 
 # A shared CREMA_JAX_STAGING (one folder that several hosts see): a temporary file of a dead
@@ -114,15 +114,26 @@ def forget_copy(local_path: str) -> None:
 
 
 def _fetch(fs, remote: str, local: str) -> None:
-    """The remote file copied to `local` whole (files.write_atomic), then its copy record."""
-    record = {}
+    """The remote file copied to `local` whole (files.write_atomic), then its copy record. A
+    failed transfer is raised as the store raised it (write_atomic would word a reset
+    connection "cannot write LOCAL"); `mirror` names the file's URL and local path."""
+    record, failed = {}, []
 
     def get(tmp: str) -> None:
-        fs.get_file(remote, tmp)
+        try:
+            fs.get_file(remote, tmp)
+        except Exception as err:
+            failed.append(err)
+            raise
         record.update(sha256=files.sha256_of(tmp), state=_state(os.stat(tmp)))
 
     forget_copy(local)
-    files.write_atomic(local, get)   # a rename keeps the size, mtime and inode recorded
+    try:
+        files.write_atomic(local, get)   # a rename keeps the size, mtime and inode recorded
+    except OSError:
+        if failed:
+            raise failed[0] from None
+        raise
     files.write_json_atomic(_record_path(local), record)
 
 
@@ -137,8 +148,9 @@ def mirror(url: str, local_dir: str, *, names: list[str] | None = None, resume: 
     file lands whole or not at all (files.write_atomic; the temporary files of a mirror that was
     killed are removed first: in the per-user default folder, those whose process is gone; in
     any other, which hosts may share, only those untouched for SHARED_STALE_AFTER_S as well);
-    on the first error the copies not begun
-    are dropped and it is raised, naming `url`. Returns local_dir."""
+    on the first error the copies not begun are dropped and it is raised in one line naming the
+    file's URL and its local path (storage.named_error keeps its type or makes it an OSError).
+    Returns local_dir."""
     from concurrent import futures
 
     os.makedirs(local_dir, exist_ok=True)
@@ -150,15 +162,17 @@ def mirror(url: str, local_dir: str, *, names: list[str] | None = None, resume: 
     sha256 = dict(sha256 or {})
     with reach(url) as (fs, inner):
         def copy(name: str) -> None:
-            remote = f"{inner.rstrip('/')}/{name}"
-            if not fs_is(fs, remote, "isfile"):
-                return
-            local = os.path.join(local_dir, name)
-            fetched = copied_sha256(local)
-            if fetched is not None and (fetched == sha256[name] if name in sha256 else
-                                        resume and os.path.getsize(local) == fs.size(remote)):
-                return
-            _fetch(fs, remote, local)
+            remote, local = f"{inner.rstrip('/')}/{name}", os.path.join(local_dir, name)
+            try:
+                if not fs_is(fs, remote, "isfile"):
+                    return
+                fetched = copied_sha256(local)
+                if fetched is not None and (fetched == sha256[name] if name in sha256 else
+                                            resume and os.path.getsize(local) == fs.size(remote)):
+                    return
+                _fetch(fs, remote, local)
+            except Exception as err:  # noqa: BLE001 - the store's own types too: named
+                raise named_error(err, f"{join(url, name)} (copying to {local})") from err
 
         wanted = list(names if names is not None else listdir(url))
         protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)

@@ -60,13 +60,20 @@ def reach(url: str):
     try:
         yield fs, inner
     except Exception as err:  # noqa: BLE001 - every store's own error types, named
-        text = str(err)
-        if url in text:
+        if url in str(err):
             raise
-        for kind in (FileNotFoundError, ValueError, ImportError):
-            if isinstance(err, kind):
-                raise kind(f"{url}: {text or type(err).__name__}") from err
-        raise OSError(f"{url}: {type(err).__name__}: {text}") from err
+        raise named_error(err, url) from err
+
+
+def named_error(err: Exception, where: str) -> Exception:
+    """`err` as one line beginning with `where` (a URL, or what was being done with one):
+    FileNotFoundError, ValueError and ImportError keep their type, any other error becomes an
+    OSError naming its type."""
+    text = str(err)
+    for kind in (FileNotFoundError, ValueError, ImportError):
+        if isinstance(err, kind):
+            return kind(f"{where}: {text or type(err).__name__}")
+    return OSError(f"{where}: {type(err).__name__}: {text}")
 
 
 def fs_is(fs, inner: str, test: str) -> bool:
