@@ -86,9 +86,9 @@ def _record_path(local_path: str) -> str:
     return os.path.join(folder, f".{name}.copied")
 
 
-def _state(stat: os.stat_result) -> list[int]:
+def _state(found: os.stat_result) -> list[int]:
     """What changes when a file is edited, cut short or replaced: size, mtime, inode."""
-    return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+    return [found.st_size, found.st_mtime_ns, found.st_ino]
 
 
 def copied_sha256(local_path: str) -> str | None:
