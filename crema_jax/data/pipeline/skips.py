@@ -47,6 +47,9 @@ class SkipStats:
         self.counts: collections.Counter = collections.Counter()
         self.paths: dict[str, list[str]] = collections.defaultdict(list)
         self.logged: list[str] = []  # the paths logged one by one, in the order recorded
+        # Every skip as (reason, path, message), in the order recorded (embed's and predict's
+        # side file of skips names them all).
+        self.events: list[tuple[str, str, str]] = []
         self._lock = threading.Lock()  # Grain reads with several threads per process.
 
     def __getstate__(self):
@@ -66,7 +69,7 @@ class SkipStats:
                 logging.warning("skipping %s [%s]: %s", path, reason, message)
             elif before == self.log_limit:
                 logging.warning("more records skipped: counted, no longer logged one by one")
-            self._add(reason, path, logged)
+            self._add(reason, path, logged, message)
             if self.log_dir:
                 os.makedirs(self.log_dir, exist_ok=True)
                 line = json.dumps({"reason": reason, "path": path, "message": message,
@@ -75,8 +78,9 @@ class SkipStats:
                           encoding="utf-8") as f:
                     f.write(line + "\n")
 
-    def _add(self, reason: str, path: str, logged: bool) -> None:
+    def _add(self, reason: str, path: str, logged: bool, message: str = "") -> None:
         self.counts[reason] += 1
+        self.events.append((reason, path, message))
         self.paths[reason].append(path)
         if logged:
             self.logged.append(path)
@@ -88,6 +92,16 @@ class SkipStats:
     def summary(self) -> dict:
         return skip_table((reason, path) for reason, paths in self.paths.items()
                           for path in paths)
+
+    @classmethod
+    def of_events(cls, events: Iterable[tuple[str, str, str]],
+                  log_limit: int | None = None) -> "SkipStats":
+        """The stats of (reason, path, message) events recorded earlier (a resumed run's kept
+        skips and its own), logging nothing again: the first `log_limit` count as logged."""
+        stats = cls(log_limit=log_limit)
+        for i, (reason, path, message) in enumerate(events):
+            stats._add(reason, path, log_limit is None or i < log_limit, message)
+        return stats
 
     @classmethod
     def from_log_dir(cls, log_dir: str) -> "SkipStats":
@@ -103,5 +117,6 @@ class SkipStats:
                         for line in f:
                             event = json.loads(line)
                             stats._add(event["reason"], event["path"],
-                                       bool(event.get("logged", True)))
+                                       bool(event.get("logged", True)),
+                                       event.get("message", ""))
         return stats

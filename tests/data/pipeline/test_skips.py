@@ -38,3 +38,17 @@ def test_the_skips_logged_one_by_one_come_back_from_the_log_dir(tmp_path):
     (tmp_path / "skips-1.jsonl").write_text('{"reason": "unreadable", "path": "/d/old", '
                                            '"message": "why"}\n')
     assert skips.SkipStats.from_log_dir(str(tmp_path)).logged == ["/d/old", "/d/b", "/d/z"]
+
+
+def test_every_skip_keeps_its_message_and_kept_skips_rebuild_the_counts():
+    """embed's and predict's side file names every skip with its message (only the first
+    log_limit were logged); a resumed run rebuilds its stats from the skips it kept."""
+    stats = skips.SkipStats(log_limit=1)
+    stats.record("truncated_signal", "a.mat", "a.mat is truncated")
+    stats.record("header_syntax", "b.hea", "b.hea:1: bad")
+    assert stats.events == [("truncated_signal", "a.mat", "a.mat is truncated"),
+                            ("header_syntax", "b.hea", "b.hea:1: bad")]
+    assert stats.logged == ["a.mat"]
+    again = skips.SkipStats.of_events(stats.events + [("header_syntax", "c.hea", "c")], log_limit=2)
+    assert again.counts == {"header_syntax": 2, "truncated_signal": 1}
+    assert again.logged == ["a.mat", "b.hea"] and again.events[2] == ("header_syntax", "c.hea", "c")
