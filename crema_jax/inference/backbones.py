@@ -274,20 +274,28 @@ class NoRecordsError(ValueError):
     """Every record of an evaluation pass was skipped (the skip counts say why)."""
 
 
-def run(apply_fn, batches: Iterable[dict]) -> dict:
+def run(apply_fn, batches: Iterable[dict], on_batch=None) -> dict | None:
     """apply_fn over evaluation batches, keeping the real rows (the batches' "valid").
 
-    Returns {"outputs": (n, C, D) float32 per crop, "labels": (n, K), "index": (n,) int64}.
-    Dispatch is asynchronous: the next batch is read while the devices compute.
+    Returns {"outputs": (n, C, D) float32 per crop, "labels": (n, K), "index": (n,) int64};
+    with `on_batch`, each batch's real rows go to on_batch(that dict of the batch) instead, as
+    it finishes, and None is returned. Dispatch is asynchronous: the next batch is read while
+    the devices compute.
     """
     pending, out = [], {"outputs": [], "labels": [], "index": []}
 
     def collect(item):
         result, batch = item
         keep = np.asarray(batch["valid"])
-        out["outputs"].append(np.asarray(result, np.float32)[keep])
-        out["labels"].append(np.asarray(batch["labels"])[keep])
-        out["index"].append(np.asarray(batch["index"], np.int64)[keep])
+        piece = {"outputs": np.asarray(result, np.float32)[keep],
+                 "labels": np.asarray(batch["labels"])[keep],
+                 "index": np.asarray(batch["index"], np.int64)[keep]}
+        if on_batch is not None:
+            on_batch(piece)
+            out["index"].append(piece["index"])
+            return
+        for key, value in piece.items():
+            out[key].append(value)
 
     for batch in batches:
         pending.append((apply_fn(batch), batch))
@@ -297,7 +305,7 @@ def run(apply_fn, batches: Iterable[dict]) -> dict:
         collect(item)
     if not out["index"]:
         raise NoRecordsError("the dataset yielded no readable records")
-    return {k: np.concatenate(v) for k, v in out.items()}
+    return None if on_batch is not None else {k: np.concatenate(v) for k, v in out.items()}
 
 
 def probabilities(logits, label_type: str) -> np.ndarray:

@@ -14,6 +14,7 @@ record file's repairs (record_repairs, in reading/repairs.py's words).
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 
@@ -24,7 +25,8 @@ from crema_jax.data.reading import clinical, read, repairs as repairs_lib
 from crema_jax.data.reading.ecg import MAX_ABS_MV
 from crema_jax.data.reading.limits import MIN_SECONDS
 from crema_jax.data.reading.leads import LEADS
-from crema_jax.inference import backbones
+from crema_jax.inference import backbones, partial
+from crema_jax.inference import tracker as tracker_lib
 from crema_jax.runtime import mesh as mesh_lib
 
 
@@ -57,12 +59,13 @@ def _reader(path):
     return clinical.ClinicalFile() if clinical.is_clinical_path(path) else None
 
 
-def record_repairs(source: sources.WfdbSource, records, data_cfg) -> tuple[str | None, list]:
-    """(note, words): the repairs `source` made to the records it read, as one note for the
-    run ("input: 1 of 2 records repaired (crema data path): ...", None when none was; named
-    as row_names names them), and each record's in words ("" for none), in `records`' order."""
+def record_repairs(repairs: dict, records, data_cfg) -> tuple[str | None, list]:
+    """(note, words): the repairs made to the records read ({position in `records`:
+    (Ecg.repairs, Ecg.repaired_leads)}, as a WfdbSource's `repairs`), as one note for the run
+    ("input: 1 of 2 records repaired (crema data path): ...", None when none was; named as
+    row_names names them), and each record's in words ("" for none), in `records`' order."""
     ids = row_names(records, range(len(records)), [-1] * len(records))
-    made = {row: source.repairs[row] for row in sorted(source.repairs)}
+    made = {row: repairs[row] for row in sorted(repairs)}
     text = repairs_lib.summary([(ids[row], *made[row]) for row in made], len(records),
                                f"{data_cfg.preset} data path")
     words = [repairs_lib.describe(*made[row]) if row in made else "" for row in
@@ -172,7 +175,8 @@ def raw_batches(backbone, x: np.ndarray, batch_size: int):
 
 def embed(backbone, *, records=None, array=None, fs: float | None = None, raw: bool = False,
           logits: bool = False, batch_size: int = 16, preset: str | None = None,
-          windows: str = "rows", mesh=None, derive_limb_leads: bool = False) -> dict:
+          windows: str = "rows", mesh=None, derive_limb_leads: bool = False, keeper=None,
+          progress: str = "") -> dict:
     """Crop-averaged features (or logits) of ECGs, one row per example.
 
     Give `records` (WFDB paths) or `array` (with `fs`, default: the model's rate). `preset`
@@ -180,15 +184,20 @@ def embed(backbone, *, records=None, array=None, fs: float | None = None, raw: b
     ones without signal, on a path that derives none (ECGFounder's; ecg.canonical_ecg). When the
     data path cuts records into windows (ST-MEM's), windows="rows" gives one row per window,
     "mean" one per record (their mean). Records that cannot be read (and windows with NaN
-    under ST-MEM's path) are skipped and counted, never fatal.
+    under ST-MEM's path) are skipped and counted, never fatal. `keeper` (a partial.Keeper;
+    records only) keeps the finished records on disk as the run goes and reads none it kept
+    before; `progress` (a label, e.g. "predict") prints a progress line on stderr as it goes.
 
     Returns {"outputs": (rows, D or classes), "record": (rows,) position in `records`/`array`,
     "window": (rows,) window number (-1: the whole record, or its windows' mean),
     "skipped": SkipStats, "data_cfg": the data section used (None for raw),
     "note": what was done to the input, for the user (array_source's note, record_repairs'),
-    or None; "repairs": each record's repairs in words ("" for none; None for an array)}."""
+    or None; "repairs": each record's repairs in words ("" for none; None for an array);
+    "skips": every skip (reason, path, message), in the order of the records}."""
     if windows not in ("rows", "mean"):
         raise EmbedError(f"windows={windows!r}: expected 'rows' or 'mean'")
+    if keeper is not None and records is None:
+        raise EmbedError("keeping partial outputs needs records, not an array")
     mesh = mesh_lib.make_mesh() if mesh is None else mesh
     count = 0  # (a 0-d array too: refused below for its shape)
     if records is not None:
@@ -198,53 +207,100 @@ def embed(backbone, *, records=None, array=None, fs: float | None = None, raw: b
     # No larger than the input: a batch is padded to its size (--batch_size=100000 for one
     # record allocated 22 GiB).
     batch_size = mesh_lib.round_batch(min(batch_size, max(count, 1)), mesh)
-    stats, data_cfg = skips.SkipStats(log_limit=SKIPS_NAMED), None
     if raw:
-        if array is None:
-            raise EmbedError("raw input needs an array (.npy), not WFDB records")
-        values = np.asarray(array)
-        check_real(values)
-        if not np.isfinite(values).all():
-            raise EmbedError("raw input holds NaN/Inf samples; --raw feeds the array as given, "
-                             "so clean it, or drop --raw to have them handled")
-        peak = float(np.max(np.abs(values))) if values.size else 0.0
-        if peak > MAX_ABS_MV:  # 1e19 had given every ECG the features of a flat one
-            raise EmbedError(f"raw input holds a sample of magnitude {peak:.3g}, above "
-                             f"{MAX_ABS_MV:g} (a model input is a preprocessed signal, an ECG "
-                             "in mV stays far below); check its scaling, or drop --raw")
-        batches = raw_batches(backbone, array, batch_size)
-        source = None
+        reading = _raw_reading(backbone, array, batch_size)
     else:
-        data_cfg = backbones.eval_data_config(backbone, backbone.family.input_leads(
-            backbone.config.model, LEADS), batch_size=batch_size, preset=preset)
-        if derive_limb_leads:
-            with data_cfg.unlocked():
-                data_cfg.derive_limb_leads = True
-        note = None
-        if records is not None:
-            source = record_source(records, data_cfg)
-        else:
-            source, note = array_source(array, float(fs or data_cfg.target_fs), data_cfg)
-        batches = pipeline.make_eval_dataset(data_cfg, source=source, process_index=0,
-                                             process_count=1, stats=stats)
+        reading = _reading(backbone, records, array, fs, batch_size=batch_size, preset=preset,
+                           derive_limb_leads=derive_limb_leads, keeper=keeper)
+    track = tracker_lib.Tracker(
+        reading["positions"], reading["keys"], rows_of=reading["rows_of"],
+        windows_of=reading["windows_of"], paths=reading["paths"], stats=reading["stats"],
+        repairs=reading["repairs"], keeper=keeper,
+        progress=tracker_lib.Progress(progress, count, count - len(reading["positions"]))
+        if progress else None)
     apply = backbones.make_apply(backbone, mesh, output="logits" if logits else "features")
     try:
-        out = backbones.run(apply, batches)
+        backbones.run(apply, reading["batches"], on_batch=track)
     except backbones.NoRecordsError:  # the caller names its input and the skips' reasons
-        out = None
-    told = {"skipped": stats, "data_cfg": data_cfg, "note": None if raw else note,
+        pass
+    except BaseException:  # Ctrl-C, SIGTERM, an error: what is finished is kept
+        if keeper is not None:
+            track.save()
+            print(partial.stopped_line(keeper, count), file=sys.stderr)
+        raise
+    track.end()
+    return _result(reading, track, keeper, records, windows)
+
+
+def _reading(backbone, records, array, fs, *, batch_size, preset, derive_limb_leads, keeper):
+    """What the evaluation pipeline reads: the batches and how their rows map to the input
+    (Tracker's arguments); with a keeper, only the records it does not hold."""
+    data_cfg = backbones.eval_data_config(backbone, backbone.family.input_leads(
+        backbone.config.model, LEADS), batch_size=batch_size, preset=preset)
+    if derive_limb_leads:
+        with data_cfg.unlocked():
+            data_cfg.derive_limb_leads = True
+    stats, note, positions, keys = skips.SkipStats(log_limit=SKIPS_NAMED), None, None, None
+    if records is not None:
+        keys = [str(i) for i in range(len(records))]
+        positions = list(range(len(records)))
+        if keeper is not None:
+            keys = [partial.record_key(r) for r in records]
+            positions = keeper.start(backbone, data_cfg, keys)
+        source = record_source([records[i] for i in positions], data_cfg)
+    else:
+        source, note = array_source(array, float(fs or data_cfg.target_fs), data_cfg)
+        positions, keys = range(len(array)), [str(i) for i in range(len(array))]
+    batches = pipeline.make_eval_dataset(data_cfg, source=source, process_index=0,
+                                         process_count=1, stats=stats)
+    return {"batches": batches, "positions": positions, "keys": keys, "stats": stats,
+            "rows_of": source.record_rows,
+            "windows_of": sources.example_windows(source, np.arange(len(source))),
+            "paths": [] if records is None else [records[i] for i in positions],
+            "repairs": getattr(source, "repairs", None) if records is not None else None,
+            "data_cfg": data_cfg, "note": note}
+
+
+def _raw_reading(backbone, array, batch_size):
+    """_reading's dict for an array fed as given (raw=True)."""
+    if array is None:
+        raise EmbedError("raw input needs an array (.npy), not WFDB records")
+    values = np.asarray(array)
+    check_real(values)
+    if not np.isfinite(values).all():
+        raise EmbedError("raw input holds NaN/Inf samples; --raw feeds the array as given, "
+                         "so clean it, or drop --raw to have them handled")
+    peak = float(np.max(np.abs(values))) if values.size else 0.0
+    if peak > MAX_ABS_MV:  # 1e19 had given every ECG the features of a flat one
+        raise EmbedError(f"raw input holds a sample of magnitude {peak:.3g}, above "
+                         f"{MAX_ABS_MV:g} (a model input is a preprocessed signal, an ECG "
+                         "in mV stays far below); check its scaling, or drop --raw")
+    batches = raw_batches(backbone, array, batch_size)
+    return {"batches": batches, "positions": range(len(values)),
+            "keys": [str(i) for i in range(len(values))], "stats": None, "rows_of": None,
+            "windows_of": None, "paths": [], "repairs": None, "data_cfg": None, "note": None,
+            "skipped": skips.SkipStats(log_limit=SKIPS_NAMED)}
+
+
+def _result(reading, track, keeper, records, windows) -> dict:
+    """embed's dict from the finished records (this run's, and a keeper's from before)."""
+    entries = dict(keeper.kept) if keeper is not None else {}
+    entries.update(track.finished)
+    got = tracker_lib.assemble(reading["keys"], entries)
+    stats = reading["stats"] if reading["stats"] is not None else reading["skipped"]
+    if len(reading["positions"]) < len(reading["keys"]):  # some read by an earlier run
+        stats = skips.SkipStats.of_events(got["events"], log_limit=SKIPS_NAMED)
+    told = {"skipped": stats, "data_cfg": reading["data_cfg"], "note": reading["note"],
             "repairs": None}
-    if records is not None:  # (raw input is an array) the records' repairs, once all are read
-        told["note"], told["repairs"] = record_repairs(source, records, data_cfg)
-    if out is None:
-        return {"outputs": np.zeros((0, 0), np.float32), "record": np.zeros(0, np.int64),
-                "window": np.zeros(0, np.int64), **told}
-    outputs, index = out["outputs"].mean(axis=1), out["index"]
-    record = index if source is None else source.record_rows[index]
-    window = (np.full(len(index), -1, np.int64) if source is None
-              else sources.example_windows(source, index))
-    if windows == "mean":
+    if records is not None:  # the records' repairs, once all are read
+        told["note"], told["repairs"] = record_repairs(got["made"], records,
+                                                       reading["data_cfg"])
+    outputs, record, window = got["outputs"], got["record"], got["window"]
+    if windows == "mean" and len(record):
         kept = np.unique(record)
         outputs = np.stack([outputs[record == r].mean(0) for r in kept])
         record, window = kept, np.full(len(kept), -1, np.int64)
-    return {"outputs": outputs, "record": record, "window": window, **told}
+    if not len(record):
+        outputs = np.zeros((0, 0), np.float32)
+    return {"outputs": outputs, "record": record, "window": window,
+            "skips": got["events"] + track.loose, **told}

@@ -1,0 +1,185 @@
+"""embed's and predict's work kept on disk as it goes, so that an interrupted run resumes.
+
+A run over records with an output file (`embed --out=Y.npy`, `predict --out=P.csv`) keeps what
+it has finished in a hidden folder beside that file, `.NAME.partial` (NAME: the output's file
+name), which is this module's alone:
+- `manifest.json`: FORMAT and the digests of what the outputs depend on (`settings`): the
+  checkpoint's weights (runtime/digests.py over every array), the data path (the data section
+  the records are read with: preset, rate, crops, preprocessing, lead options) and the outputs
+  asked for (features, logits);
+- `chunk-NNNNNN.npz`, one per FLUSH_SECONDS (and one when the run stops: the end, Ctrl-C,
+  SIGTERM, an error), each written atomically (runtime/files.py): the records finished since
+  the last one, by key (the record's absolute path and the size and mtime of each file it is
+  read from), their rows (crop-averaged outputs, window), their skips (reason, path, message)
+  and their repairs. A record is finished once every row of it is computed or skipped.
+
+The same command run again reads the records no chunk holds and no others (a record whose
+files changed since is read again), writes the output from all the chunks and removes the
+folder. With other settings it says so in one line and starts over (the folder's files are
+removed); a folder of that name without our manifest is refused, never touched.
+
+CREMA_JAX_FLUSH_SECONDS overrides FLUSH_SECONDS (0: a chunk after every batch);
+CREMA_JAX_TEST_KILL_AFTER_CHUNK=N makes the process SIGKILL itself right after writing chunk N
+(a test's deterministic interruption).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import signal
+
+import jax
+import numpy as np
+from flax import nnx
+
+from crema_jax.data.index import dataset_index
+from crema_jax.runtime import digests, files
+
+FORMAT = "crema_jax.partial_outputs.v1"
+MANIFEST = "manifest.json"
+FLUSH_SECONDS = 10.0
+_CHUNK = re.compile(r"chunk-(\d{6})\.npz")
+# The data section's fields that change how fast, not what, is computed.
+_RUNTIME_FIELDS = ("batch_size", "num_workers", "read_threads", "prefetch_buffer_size",
+                   "per_worker_buffer_size")
+
+
+def folder_of(out_path: str) -> str:
+    """The partial folder of an output file: `.NAME.partial` beside it."""
+    head, name = os.path.split(os.path.abspath(out_path))
+    return os.path.join(head, f".{name}.partial")
+
+
+def record_key(path: str) -> str:
+    """A record's key: its absolute path, and the size and mtime of each file it is read from
+    (a record whose files changed is another record)."""
+    stamps = []
+    for name in dataset_index.files_read([path]):
+        try:
+            st = os.stat(name)
+            stamps.append([st.st_size, st.st_mtime_ns])
+        except OSError:
+            stamps.append(None)
+    return json.dumps([os.path.abspath(path), stamps])
+
+
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def settings_of(backbone, data_cfg, output: str) -> dict:
+    """{what the outputs depend on: its digest} (the module docstring)."""
+    weights = jax.tree.map(np.asarray, nnx.to_pure_dict(backbone.state))
+    data = {k: v for k, v in data_cfg.to_dict().items() if k not in _RUNTIME_FIELDS}
+    return {"checkpoint weights": _sha(digests.of_tree(weights)),
+            "data path": _sha(json.loads(json.dumps(data, default=str))), "outputs": output}
+
+
+class Keeper:
+    """The partial folder of one output file (the module docstring). `say` prints its lines."""
+
+    def __init__(self, out_path: str, output: str, *, say=print):
+        self.out_path, self.output, self.say = out_path, output, say
+        self.folder = folder_of(out_path)
+        self.kept: dict[str, dict] = {}   # record key -> {"rows", "window", "skips", "repairs"}
+        self.chunks = 0
+        self.flush_seconds = float(os.environ.get("CREMA_JAX_FLUSH_SECONDS", FLUSH_SECONDS))
+
+    def start(self, backbone, data_cfg, keys: list[str]) -> list[int]:
+        """Open (or make) the folder for these settings; returns the positions in `keys` of
+        the records still to compute, having said what is kept."""
+        settings = settings_of(backbone, data_cfg, self.output)
+        manifest = os.path.join(self.folder, MANIFEST)
+        if os.path.lexists(self.folder):
+            saved = self._manifest(manifest)
+            changed = [k for k in settings if saved.get("settings", {}).get(k) != settings[k]]
+            if changed:
+                self.say(f"{self.folder}: kept outputs of a run with another "
+                         f"{', '.join(changed)}; not used, starting over")
+                self.remove()
+            else:
+                self._load()
+        if not os.path.isdir(self.folder):
+            os.makedirs(self.folder)
+            files.write_json_atomic(manifest, {"format": FORMAT, "settings": settings})
+        todo = [i for i, key in enumerate(keys) if key not in self.kept]
+        done = len(keys) - len(todo)
+        if done:
+            self.say(f"resuming: {done} of {len(keys)} records kept in {self.folder} from an "
+                     f"earlier run, {len(todo)} to compute")
+        return todo
+
+    def _manifest(self, manifest: str) -> dict:
+        """The folder's manifest; refuses a folder that is not ours."""
+        why = "no " + MANIFEST
+        if os.path.isdir(self.folder) and not os.path.islink(self.folder):
+            try:
+                with open(manifest, encoding="utf-8") as f:
+                    saved = json.load(f)
+                if isinstance(saved, dict) and saved.get("format") == FORMAT:
+                    return saved
+                why = f"{MANIFEST} is not {FORMAT}"
+            except (OSError, ValueError) as err:
+                why = f"{MANIFEST} unreadable: {err}" if os.path.exists(manifest) else why
+        raise ValueError(f"{self.folder}: exists but is not the partial outputs of a run "
+                         f"({why}); move it away or choose another --out")
+
+    def _load(self) -> None:
+        for name in sorted(os.listdir(self.folder)):
+            match = _CHUNK.fullmatch(name)
+            if not match:
+                continue
+            self.chunks = max(self.chunks, int(match.group(1)))
+            with np.load(os.path.join(self.folder, name), allow_pickle=False) as z:
+                meta, rows = json.loads(str(z["meta"])), z["outputs"]
+            for key, entry in zip(meta["keys"], meta["records"]):
+                self.kept[key] = {"rows": rows[entry["rows"][0]:entry["rows"][1]],
+                                  "window": entry["window"], "skips": entry["skips"],
+                                  "repairs": entry["repairs"]}
+
+    def save(self, finished: dict[str, dict]) -> None:
+        """One chunk of finished records {key: {"rows" (n, D), "window", "skips",
+        "repairs"}}; kept in memory too."""
+        if not finished:
+            return
+        records, blocks, start = [], [], 0
+        for entry in finished.values():
+            rows = np.asarray(entry["rows"], np.float32)
+            records.append({"rows": [start, start + len(rows)], "window": entry["window"],
+                            "skips": entry["skips"], "repairs": entry["repairs"]})
+            blocks.append(rows)
+            start += len(rows)
+        width = max((b.shape[-1] for b in blocks if len(b)), default=0)
+        outputs = np.concatenate([b if len(b) else np.zeros((0, width), np.float32)
+                                  for b in blocks])
+        meta = json.dumps({"keys": list(finished), "records": records})
+        buffer = io.BytesIO()
+        np.savez(buffer, outputs=outputs, meta=np.array(meta))
+        self.chunks += 1
+        files.write_bytes_atomic(os.path.join(self.folder, f"chunk-{self.chunks:06d}.npz"),
+                                 buffer.getvalue())
+        self.kept.update(finished)
+        if os.environ.get("CREMA_JAX_TEST_KILL_AFTER_CHUNK") == str(self.chunks):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def remove(self) -> None:
+        """Removes the folder's files (ours only: the manifest, the chunks, their temporaries)
+        and the folder; a file of another name is left, and so is the folder then."""
+        ours = re.compile(r"\.?(manifest\.json|chunk-\d{6}\.npz)(\..*\.tmp)?")
+        for name in os.listdir(self.folder):
+            if ours.fullmatch(name):
+                os.remove(os.path.join(self.folder, name))
+        try:
+            os.rmdir(self.folder)
+        except OSError:
+            pass
+        self.kept, self.chunks = {}, 0
+
+
+def stopped_line(keeper: Keeper, total: int) -> str:
+    """What an interrupted run leaves: how much is kept and how to go on."""
+    return (f"kept the outputs of {len(keeper.kept)} of {total} records in {keeper.folder}: "
+            "the same command resumes from them")
