@@ -10,8 +10,19 @@ records or export files, globs ('exports/*.xml'), or folders (their WFDB records
 files); each may be comma-separated. What
 reading repaired in a record (NaN samples set to 0, an all-NaN lead fed as zeros, extra channels
 dropped, leads not in the file) is said in one line for the run, beside the record's name, and
-in the CSV's last column, "repairs".
+in the CSV's last column, "repairs". The CSV's "path" column is each record's absolute path:
+the same in every run, where its id ("record") is its file name, or its path below the
+records' common folder when two share a name. Every skipped record is written to
+OUT.skipped.csv (path, reason, message) beside the CSV when any was, and a progress line
+(records done, records/s, ETA) goes to stderr every 10 s.
+
+An interrupted run (Ctrl-C, SIGTERM, SIGKILL, a crash) loses no finished batch: with --out,
+they are kept as it goes in the hidden folder .OUT.partial beside it, and the same command run
+again reads only the records not kept, then writes the CSV and removes the folder. Run with
+another checkpoint or data path, it says so and starts over (inference/partial.py).
 """
+import os
+
 from crema_jax.cli import command, skipped_records
 from crema_jax.runtime import files
 
@@ -19,11 +30,19 @@ COMMAND = command.Command("predict", __doc__, usage="--model=ecgfounder --checkp
                           positional="RECORD...")
 COMMAND.enum("model", "ecgfounder", ["ecgfounder"], "The label model.")
 COMMAND.string("checkpoint", None, "Workdir, checkpoints dir or step dir to read.", required=True)
-COMMAND.string("out", "", "Output CSV: per record its id, all label probabilities and its "
-               "repairs (the last column, repairs, is text: read the label columns by name).")
-COMMAND.integer("top", 5, "Labels printed per record.", lower_bound=0)
-COMMAND.boolean("overwrite", False, "Replace the --out CSV when it exists.")
-COMMAND.integer("batch_size", 16, "ECGs per forward pass.", lower_bound=1)
+COMMAND.string("out", "", "Output CSV: per record its id, its absolute path, all label "
+               "probabilities and its repairs (the last column, repairs, is text: read the label "
+               "columns by name); skipped records in OUT.skipped.csv. Finished batches are kept "
+               "in .OUT.partial beside it as the run goes: an interrupted run, run again, "
+               "resumes.")
+COMMAND.integer("top", 5, "Labels printed per record (0: no line per record).",
+                lower_bound=0)
+COMMAND.boolean("overwrite", False, "Replace the --out CSV (and OUT.skipped.csv) when they "
+                "exist.")
+COMMAND.integer("batch_size", 16, "ECGs per forward pass (at most the records given, rounded "
+                "up to a multiple of the devices); the last batch is padded to this size: its "
+                "padding is computed too, then dropped.",
+                lower_bound=1)
 COMMAND.enum("preset", "", ["", "crema", "stmem", "ecgfounder"], "The data path (data/"
              "presets.py): '' = the checkpoint's own (ECGFounder's for an import).")
 COMMAND.boolean("derive_limb_leads", False, "Derive a record's absent limb leads, and those "
@@ -38,39 +57,65 @@ COMMAND.boolean("derive_limb_leads", False, "Derive a record's absent limb leads
 @COMMAND.main
 def main(args) -> None:
     from crema_jax.data.index import dataset_index  # run time: --help needs no JAX
-    from crema_jax.inference import backbones, embed, predict
+    from crema_jax.inference import backbones, embed, partial, predict, skip_file
 
     if not args.positional:
         raise command.FlagValueError(f"no records given (usage: {COMMAND.usage_line()})")
     # Each argument is one spec: a path with a comma in it stays one path.
     paths = dataset_index.unique_records(p for spec in args.positional
                                          for p in dataset_index.expand_records(spec))
-    if args.out:  # never one of the records' files, --overwrite or not
-        files.check_output_file(args.out, inputs=[args.checkpoint, *args.positional,
-                                                  *dataset_index.files_read(paths)],
+    skipped_csv = skip_file.path_of(args.out) if args.out else ""
+    for path in filter(None, (args.out, skipped_csv)):  # never one of the records' files,
+        files.check_output_file(path, inputs=[args.checkpoint, *args.positional,  # --overwrite
+                                              *dataset_index.files_read(paths)],  # or not
                                 overwrite=args.overwrite)
     new_folder = files.new_folders_note(args.out) if args.out else ""
     labels = predict.label_names()
     backbone = backbones.load(args.checkpoint, with_head=True)
     predict.check_backbone(backbone)
+    keeper = partial.Keeper(args.out, "logits") if args.out else None
     out = predict.predict_probabilities(backbone, records=paths, batch_size=args.batch_size,
                                         preset=args.preset or None,
-                                        derive_limb_leads=args.derive_limb_leads)
+                                        derive_limb_leads=args.derive_limb_leads, keeper=keeper,
+                                        progress="predict")
     given = args.positional
-    skipped_records.check_some_read(out, ", ".join(given[:3]) + (
-        f" and {len(given) - 3} more" if len(given) > 3 else ""))
-    print(backbones.describe_data_path(out["data_cfg"], args.preset)
+    try:  # every record skipped: an error, as embed's (it had written a CSV of no row, exit 0)
+        skipped_records.check_some_read(out, ", ".join(given[:3]) + (
+            f" and {len(given) - 3} more" if len(given) > 3 else ""))
+    except command.CommandError:
+        if keeper is not None:  # nothing to resume: the folder would outlive the error
+            keeper.remove()
+        raise
+    print(backbones.describe_data_path(out["data_cfg"], args.preset, averaging="logit")
           + (", limb leads absent or held without signal (all NaN, constant) derived from the "
              "others (--derive_limb_leads)" if args.derive_limb_leads else ""))
     if out["note"]:
         print(out["note"])
     ids = embed.row_names(paths, out["record"], out["window"])
     repairs = predict.row_repairs(out)
-    print(predict.format_top(ids, out["probs"], labels, args.top, repairs))
+    if args.top:
+        print(predict.format_top(ids, out["probs"], labels, args.top, repairs))
     if out["skipped"].total:
         print(skipped_records.line(out["skipped"]))
     if args.out:
-        predict.write_csv(args.out, ids, out["probs"], labels, repairs)
-        if new_folder:
-            print(new_folder)
-        print(f"wrote {args.out} ({len(ids)} records x {len(labels)} labels)")
+        _write(args, out, ids, labels, repairs, [paths[int(r)] for r in out["record"]],
+               keeper, new_folder)
+
+
+def _write(args, out, ids, labels, repairs, row_paths, keeper, new_folder) -> None:
+    """The CSV and, when records were skipped, OUT.skipped.csv, as one group; then the partial
+    folder is removed, and a stale OUT.skipped.csv of an earlier run (--overwrite)."""
+    from crema_jax.inference import embed, predict, skip_file
+
+    skipped_csv = skip_file.path_of(args.out)
+    writes = [(args.out, predict.csv_writer(ids, out["probs"], labels, repairs, row_paths))]
+    if out["skips"]:
+        writes.append((skipped_csv, skip_file.writer(out["skips"], embed.one_line_name)))
+    files.write_atomic_group(writes)
+    if not out["skips"] and os.path.isfile(skipped_csv):
+        os.remove(skipped_csv)   # --overwrite: an earlier run's, naming skips not made now
+    keeper.remove()
+    if new_folder:
+        print(new_folder)
+    print(f"wrote {args.out} ({len(ids)} records x {len(labels)} labels)"
+          + (f"; every skipped record in {skipped_csv}" if out["skips"] else ""))

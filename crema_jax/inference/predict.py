@@ -14,7 +14,6 @@ import os
 import numpy as np
 
 from crema_jax.inference import backbones, embed
-from crema_jax.runtime import files
 
 LABELS_FILE = os.path.join(os.path.dirname(__file__), "ecgfounder_labels.txt")
 LABELS_SHA256 = "7c087a0d383c7ea9ae9b818ad00a551b029334edfa5f1fbb5036bfbaa0df0c39"
@@ -41,11 +40,14 @@ def check_backbone(backbone) -> None:
 
 
 def predict_probabilities(backbone, *, records=None, array=None, fs=None, batch_size: int = 16,
-                          preset: str | None = None, derive_limb_leads: bool = False) -> dict:
-    """embed.embed's dict with "probs" (N, 150) float64: the sigmoid of each label's logit."""
+                          preset: str | None = None, derive_limb_leads: bool = False,
+                          keeper=None, progress: str = "") -> dict:
+    """embed.embed's dict with "probs" (N, 150) float64: the sigmoid of each label's logit
+    (`keeper`, `progress`: embed.embed's)."""
     check_backbone(backbone)
     out = embed.embed(backbone, records=records, array=array, fs=fs, logits=True,
-                      batch_size=batch_size, preset=preset, derive_limb_leads=derive_limb_leads)
+                      batch_size=batch_size, preset=preset, derive_limb_leads=derive_limb_leads,
+                      keeper=keeper, progress=progress)
     out["probs"] = backbones.probabilities(out["outputs"], "multilabel")
     return out
 
@@ -56,26 +58,32 @@ def row_repairs(out: dict) -> list[str]:
     return [words[int(r)] if words else "" for r in out["record"]]
 
 
-def write_csv(path: str, ids, probs: np.ndarray, labels, repairs=None) -> None:
-    """The probabilities as CSV, written atomically (runtime/files.py): a row per record, its
-    id (as embed.one_line_name writes it: any file name, valid UTF-8), the labels'
-    probabilities, then "repairs": what reading repaired in it ("" for none; reading/repairs.py's
-    words)."""
+def csv_writer(ids, probs: np.ndarray, labels, repairs=None, paths=None):
+    """write(tmp) for files.write_atomic(_group): the probabilities as CSV, a row per record:
+    "record", its id (as embed.one_line_name writes it: any file name, valid UTF-8), "path",
+    the record's absolute path (the same file in every run, where the id of a record depends on
+    the others given: "E1" alone, "2023-01/E1" beside another E1; "" when not given), the
+    labels' probabilities, then "repairs": what reading repaired in it ("" for none;
+    reading/repairs.py's words)."""
     repairs = [""] * len(ids) if repairs is None else repairs
+    paths = [""] * len(ids) if paths is None else [os.path.abspath(p) for p in paths]
 
     def write(tmp):
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
-            writer.writerow(["record"] + list(labels) + ["repairs"])
-            for rid, row, repaired in zip(ids, probs, repairs):
-                writer.writerow([embed.one_line_name(rid)] + [f"{p:.6f}" for p in row]
-                                + [repaired])
-    files.write_atomic(path, write)
+            writer.writerow(["record", "path"] + list(labels) + ["repairs"])
+            for rid, path, row, repaired in zip(ids, paths, probs, repairs):
+                writer.writerow([embed.one_line_name(rid), embed.one_line_name(path)]
+                                + [f"{p:.6f}" for p in row] + [repaired])
+    return write
 
 
 def format_top(ids, probs: np.ndarray, labels, top: int, repairs=None) -> str:
     """Each record's `top` labels, under a line naming it (embed.one_line_name; and what
-    reading repaired in it or found missing: "input: ...")."""
+    reading repaired in it or found missing: "input: ..."); "" for top=0 (no line at all: it
+    had printed a bare "NAME:" line per record)."""
+    if top <= 0:
+        return ""
     lines = []
     for i, (rid, row) in enumerate(zip(ids, probs)):
         repaired = repairs[i] if repairs is not None else ""

@@ -122,8 +122,9 @@ def test_predict_matches_reference_on_real_records(net1d_ckpt, cinc_sample_dir, 
         capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert result.returncode == 0, result.stderr[-2000:]
     rows = list(csv.reader(out.open()))
-    assert rows[0] == ["record"] + predict.label_names() + ["repairs"] and len(rows) == 3
-    np.testing.assert_allclose(np.array(rows[1][1:-1], float), want[0], atol=2e-6)
+    assert rows[0] == ["record", "path"] + predict.label_names() + ["repairs"]
+    assert [r[:2] for r in rows[1:]] == [["E07500", paths[0]], ["E07503", paths[1]]]
+    np.testing.assert_allclose(np.array(rows[1][2:-1], float), want[0], atol=2e-6)
     assert rows[1][-1] == rows[2][-1] == ""   # nothing repaired in these two
     best = predict.label_names()[int(np.argmax(want[0]))]
     assert f"{want[0].max():.3f}  {best}" in result.stdout

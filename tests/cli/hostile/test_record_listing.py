@@ -21,6 +21,7 @@ from crema_jax.data.index.dataset_index import expand_records
 from crema_jax.data.pipeline import skips
 from crema_jax.data.reading import clinical
 from crema_jax.inference import embed, predict
+from crema_jax.runtime import files
 from tests.cli.conftest import _fails
 from tests.cli.hostile.helpers import SAMPLE
 from tests.data import clinical_files
@@ -116,10 +117,12 @@ def test_predicts_csv_writes_a_file_name_that_is_not_utf8(tmp_path):
     can't encode character '\\udcff'", naming no file and writing no CSV."""
     out = tmp_path / "p.csv"
     name = os.fsdecode(b"r\xffx.xml")
-    predict.write_csv(str(out), [name, "a\nb"], np.array([[0.25], [0.5]]), ["AF"])
-    assert out.read_bytes().split(b"\r\n")[1:3] == [b"r\\xffx.xml,0.250000,", b"a\\nb,0.500000,"]
-    assert [row[0] for row in csv.reader(out.open(encoding="utf-8"))] == [
-        "record", "r\\xffx.xml", "a\\nb"]
+    files.write_atomic(str(out), predict.csv_writer(
+        [name, "a\nb"], np.array([[0.25], [0.5]]), ["AF"], paths=["/d/" + name, "/d/a\nb"]))
+    assert out.read_bytes().split(b"\r\n")[1:3] == [
+        b"r\\xffx.xml,/d/r\\xffx.xml,0.250000,", b"a\\nb,/d/a\\nb,0.500000,"]
+    assert [row[:2] for row in csv.reader(out.open(encoding="utf-8"))] == [
+        ["record", "path"], ["r\\xffx.xml", "/d/r\\xffx.xml"], ["a\\nb", "/d/a\\nb"]]
 
 
 def test_an_out_in_a_folder_that_cannot_be_written_is_refused_before_any_record(

@@ -1,0 +1,208 @@
+"""predict and embed over many records: an interrupted run resumes from what it kept on disk
+(inference/partial.py), a progress line, every skip in a side file, each row's file named.
+
+The killed runs are SIGKILLed by the process itself right after writing a chunk
+(CREMA_JAX_TEST_KILL_AFTER_CHUNK): the same point of the run every time."""
+import csv
+import io
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from crema_jax.cli import predict as predict_cli
+from crema_jax.export import import_torch
+from crema_jax.inference import backbones, embed, partial, predict, tracker
+from tests.cli.conftest import _fails
+from tests.data.broken_records import write_damaged
+from tests.references.ecgfounder_torch import Net1DRef
+from tests.train.helpers import cli_env
+
+SMALL_NET1D = dict(in_channels=12, filters=(16, 32), blocks=(1, 2), n_classes=150)
+
+
+@pytest.fixture(scope="module")
+def net1d(tmp_path_factory):
+    torch.manual_seed(3)
+    root = tmp_path_factory.mktemp("net1d")
+    torch.save({"state_dict": Net1DRef(**SMALL_NET1D).eval().state_dict()}, root / "small.pth")
+    import_torch.run_import(str(root / "small.pth"), "ecgfounder", str(root / "ckpt"))
+    return str(root / "ckpt")
+
+
+@pytest.fixture
+def records(tmp_path, cinc_sample_dir):
+    """25 records in sorted order: A_DAMAGED (read with repairs), 24 CinC records of which the
+    second, E07501-like, has a truncated signal file (a skip)."""
+    folder = tmp_path / "recs"
+    folder.mkdir()
+    write_damaged(folder, "A_DAMAGED")
+    names = sorted(p.stem for p in cinc_sample_dir.glob("*.hea"))[:24]
+    for name in names:
+        for ext in (".hea", ".mat"):
+            shutil.copy(cinc_sample_dir / (name + ext), folder / (name + ext))
+    broken = folder / (names[1] + ".mat")
+    broken.write_bytes(broken.read_bytes()[:1000])
+    return folder, [str(folder / "A_DAMAGED")] + [str(folder / n) for n in names]
+
+
+def _crema_jax(*args, kill_after=None):
+    env = cli_env(1)
+    env["CREMA_JAX_FLUSH_SECONDS"] = "0"   # a chunk after every batch
+    if kill_after:
+        env["CREMA_JAX_TEST_KILL_AFTER_CHUNK"] = str(kill_after)
+    return subprocess.run([sys.executable, "-m", "crema_jax.main", *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _tamper(paths):
+    """Each record's signal file zeroed, its size and mtime kept: a run that read it again
+    would compute other numbers, one that took it from the partial folder the same."""
+    for path in paths:
+        mat = path + ".mat"
+        st = os.stat(mat)
+        with open(mat, "r+b") as f:
+            f.seek(24)
+            f.write(bytes(st.st_size - 24))
+        os.utime(mat, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@pytest.mark.slow
+def test_a_killed_predict_resumes_computing_only_the_records_it_had_not_kept(net1d, records,
+                                                                            tmp_path):
+    folder, paths = records
+    # The uninterrupted run, in this process (no partial folder), before any file is touched.
+    want = predict.predict_probabilities(backbones.load(net1d, with_head=True), records=paths,
+                                         batch_size=8, derive_limb_leads=True)
+    out = tmp_path / "out" / "p.csv"
+    hidden = out.parent / ".p.csv.partial"
+    args = ["predict", f"--checkpoint={net1d}", str(folder), f"--out={out}", "--top=0",
+            "--batch_size=8"]
+    first = _crema_jax(*args, kill_after=1)
+    assert first.returncode == -9, first.stderr[-2000:]
+    assert sorted(os.listdir(hidden)) == ["chunk-000001.npz", "manifest.json"] and not out.exists()
+    # Other settings: said in one line, started over (then killed after two batches of 8: the
+    # truncated record, 3rd, is skipped, so the first batch ends at the 9th record, the second
+    # at the 17th).
+    second = _crema_jax(*args, "--derive_limb_leads", kill_after=2)
+    assert second.returncode == -9
+    assert second.stdout.splitlines()[0] == (
+        f"{hidden}: kept outputs of a run with another data path; not used, starting over")
+    _tamper([p for p in paths[1:17] if p != paths[2]])
+    third = _crema_jax(*args, "--derive_limb_leads")
+    assert third.returncode == 0, third.stderr[-2000:]
+    lines = third.stdout.splitlines()
+    assert lines[0] == (f"resuming: 17 of 25 records kept in {hidden} from an earlier run, "
+                        "8 to compute")
+    assert want["note"] in lines
+    skipped = out.parent / "p.skipped.csv"
+    assert lines[-1] == f"wrote {out} (24 records x 150 labels); every skipped record in {skipped}"
+    assert not hidden.exists()
+    rows = list(csv.reader(out.open(encoding="utf-8")))
+    assert rows[0][:2] == ["record", "path"] and len(rows) == 25
+    kept = [p for p in paths if p != paths[2]]
+    assert [r[:2] for r in rows[1:]] == [[os.path.basename(p), p] for p in kept]
+    np.testing.assert_allclose(np.array([r[2:-1] for r in rows[1:]], float), want["probs"],
+                               atol=1e-6)
+    assert [r[-1] for r in rows[1:]] == predict.row_repairs(want)
+    assert rows[1][-1].startswith("NaN samples set to 0 (5010 in II, III)")
+    (reason, path, message), = want["skips"]
+    assert list(csv.reader(skipped.open(encoding="utf-8"))) == [
+        ["path", "reason", "message"], [paths[2] + ".mat", "truncated_signal", message]]
+    assert reason == "truncated_signal" and path == paths[2] + ".mat"
+
+
+@pytest.mark.slow
+def test_a_killed_embed_resumes_into_the_same_rows_and_side_files(net1d, records, tmp_path):
+    folder, paths = records
+    want = embed.embed(backbones.load(net1d), records=paths, batch_size=8)
+    out = tmp_path / "y.npy"
+    args = ["embed", f"--checkpoint={net1d}", f"--input={folder}", f"--out={out}",
+            "--batch_size=8"]
+    assert _crema_jax(*args, kill_after=1).returncode == -9
+    _tamper([p for p in paths[1:9] if p != paths[2]])
+    done = _crema_jax(*args)
+    assert done.returncode == 0, done.stderr[-2000:]
+    hidden = tmp_path / ".y.npy.partial"
+    assert done.stdout.splitlines()[0] == (
+        f"resuming: 9 of 25 records kept in {hidden} from an earlier run, 16 to compute")
+    stem = str(tmp_path / "y")
+    assert done.stdout.splitlines()[-1] == (
+        f"wrote {out}: (24, 32) features, each row's ECG in {stem}.records.txt (its file in "
+        f"{stem}.paths.txt); skipped 1 unreadable records (truncated_signal 1), each in "
+        f"{stem}.skipped.csv")
+    np.testing.assert_allclose(np.load(out), want["outputs"], rtol=1e-5, atol=1e-6)
+    kept = [p for p in paths if p != paths[2]]
+    assert open(stem + ".paths.txt").read().splitlines() == kept
+    assert open(stem + ".records.txt").read().splitlines() == [os.path.basename(p) for p in kept]
+    assert sorted(os.listdir(tmp_path)) == ["recs", "y.npy", "y.paths.txt", "y.records.txt",
+                                            "y.skipped.csv"]
+
+
+def test_a_partial_folder_that_is_not_ours_is_refused_and_left_alone(net1d, records, tmp_path,
+                                                                     capsys):
+    folder, _ = records
+    hidden = tmp_path / ".p.csv.partial"
+    hidden.mkdir()
+    (hidden / "notes.txt").write_text("mine")
+    _fails(predict_cli, [f"--checkpoint={net1d}", str(folder), f"--out={tmp_path / 'p.csv'}"],
+           capsys, f"{hidden}: exists but is not the partial outputs of a run (no manifest.json);"
+           " move it away or choose another --out")
+    assert os.listdir(hidden) == ["notes.txt"] and (hidden / "notes.txt").read_text() == "mine"
+
+
+def test_top_zero_prints_no_record_lines_and_the_data_line_says_logits(net1d, cinc_sample_dir,
+                                                                       capsys):
+    predict_cli.COMMAND.run([f"--checkpoint={net1d}", str(cinc_sample_dir / "E07500"),
+                             "--top=0"])
+    assert capsys.readouterr().out.splitlines() == [
+        "data path: ecgfounder (from the checkpoint's config; 500 Hz, one crop of 5000 samples, "
+        "logit averaging)"]
+
+
+def test_the_progress_line_counts_records_rate_and_eta():
+    line = tracker.Progress("predict", 4000, 1000).line(2200, 40.0)
+    assert line == "predict: 2200/4000 records, 30.0 records/s, ETA 1m00s"
+    assert tracker.Progress("embed", 10).line(0, 0.0) == "embed: 0/10 records, 0.0 records/s, ETA ?"
+    # Printed every `every` seconds; the end's line only after an earlier one.
+    stream = io.StringIO()
+    progress = tracker.Progress("embed", 10, stream=stream, every=3600.0)
+    progress.update(4)
+    progress.update(10, last=True)
+    assert stream.getvalue() == ""
+    progress.every = 0.0
+    progress.update(5)
+    progress.update(10, last=True)
+    assert [line.split(",")[0] for line in stream.getvalue().splitlines()] == [
+        "embed: 5/10 records", "embed: 10/10 records"]
+
+
+def test_a_record_cut_in_windows_is_finished_with_its_last_window():
+    """Source rows of records 0 (3 windows), 1 (1), 2 (2): a record is handed on only once the
+    batches have reached its last window."""
+    keys = ["a", "b", "c"]
+    track = tracker.Tracker(range(3), keys, rows_of=[0, 0, 0, 1, 2, 2],
+                            windows_of=np.array([0, 1, 2, 0, 0, 1]), paths=keys)
+
+    def batch(*index):
+        return {"index": np.array(index), "outputs": np.ones((len(index), 1, 2), np.float32)
+                * np.array(index, np.float32)[:, None, None]}
+    track(batch(0, 1))
+    assert track.finished == {}
+    track(batch(2, 3, 4))
+    assert list(track.finished) == ["a", "b"] and track.finished["a"]["window"] == [0, 1, 2]
+    np.testing.assert_array_equal(track.finished["a"]["rows"][:, 0], [0, 1, 2])
+    track(batch(5))
+    assert track.finished["c"]["window"] == [0, 1]
+    got = tracker.assemble(keys, track.finished)
+    assert got["record"].tolist() == [0, 0, 0, 1, 2, 2]
+    np.testing.assert_array_equal(got["outputs"][:, 1], [0, 1, 2, 3, 4, 5])
+
+
+def test_the_partial_folder_is_hidden_beside_the_output(tmp_path):
+    assert partial.folder_of(str(tmp_path / "a" / "p.csv")) == str(
+        tmp_path / "a" / ".p.csv.partial")
