@@ -123,12 +123,12 @@ def main(args) -> None:
         keeper.remove()
     if new_folder:
         print(new_folder)
+    if out["skipped"].total:
+        print(skipped_records.line(out["skipped"]))
     print(f"wrote {args.out}: {out['outputs'].shape} {'logits' if args.logits else 'features'}"
           f", each row's ECG in {written['records']}"
-          + (f" (its file in {written['paths']})" if "paths" in written else ""))
-    if out["skipped"].total:
-        print(skipped_records.line(out["skipped"])
-              + (f"; each in {written['skipped']}" if "skipped" in written else ""))
+          + (f" (its file in {written['paths']})" if "paths" in written else "")
+          + (f"; every skipped record in {written['skipped']}" if "skipped" in written else ""))
 
 
 def _side_files(out_path: str) -> dict:

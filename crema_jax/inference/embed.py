@@ -161,8 +161,12 @@ def raw_batches(backbone, x: np.ndarray, batch_size: int):
             raise EmbedError(f"this Net1D takes (N, {channels} leads, samples >= 1), the input "
                              f"has shape {x.shape}")
         patches = x[:, None, :, None, :]
+    return _raw_batches(patches, batch_size)   # the shape checked now, not at the first batch
+
+
+def _raw_batches(patches: np.ndarray, batch_size: int):
     leads = np.arange(patches.shape[2], dtype=np.int32)
-    for start in range(0, x.shape[0], batch_size):
+    for start in range(0, patches.shape[0], batch_size):
         chunk = patches[start:start + batch_size]
         pad = batch_size - len(chunk)
         yield {"patches": np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], np.float32)]),
@@ -275,7 +279,7 @@ def _raw_reading(backbone, array, batch_size):
         raise EmbedError(f"raw input holds a sample of magnitude {peak:.3g}, above "
                          f"{MAX_ABS_MV:g} (a model input is a preprocessed signal, an ECG "
                          "in mV stays far below); check its scaling, or drop --raw")
-    batches = raw_batches(backbone, array, batch_size)
+    batches = raw_batches(backbone, array, batch_size)   # its shape checked: (N, ...)
     return {"batches": batches, "positions": range(len(values)),
             "keys": [str(i) for i in range(len(values))], "stats": None, "rows_of": None,
             "windows_of": None, "paths": [], "repairs": None, "data_cfg": None, "note": None,

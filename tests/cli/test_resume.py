@@ -131,10 +131,10 @@ def test_a_killed_embed_resumes_into_the_same_rows_and_side_files(net1d, records
     assert done.stdout.splitlines()[0] == (
         f"resuming: 9 of 25 records kept in {hidden} from an earlier run, 16 to compute")
     stem = str(tmp_path / "y")
-    assert done.stdout.splitlines()[-1] == (
+    assert done.stdout.splitlines()[-2:] == [
+        f"skipped 1 unreadable records (truncated_signal 1): ['{paths[2]}.mat']",
         f"wrote {out}: (24, 32) features, each row's ECG in {stem}.records.txt (its file in "
-        f"{stem}.paths.txt); skipped 1 unreadable records (truncated_signal 1), each in "
-        f"{stem}.skipped.csv")
+        f"{stem}.paths.txt); every skipped record in {stem}.skipped.csv"]
     np.testing.assert_allclose(np.load(out), want["outputs"], rtol=1e-5, atol=1e-6)
     kept = [p for p in paths if p != paths[2]]
     assert open(stem + ".paths.txt").read().splitlines() == kept
