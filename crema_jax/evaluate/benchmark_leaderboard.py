@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from crema_jax.evaluate import (benchmark_tasks, compare, holm, leaderboard_tests, paired, plots,
-                                report, report_markdown, scoring)
+                                report, report_markdown, scoring, texts)
 from crema_jax.runtime import files
 
 
@@ -180,7 +180,7 @@ def build(models, cols, suite: dict, cells: dict, *, cache=None, log=lambda line
 
 
 def _p(value, bound: str | None = None) -> str:
-    return report_markdown.p_text({"p": value, "p_bound": bound})
+    return texts.p_text({"p": value, "p_bound": bound})
 
 
 def decimals(values, least: int = 3, most: int = 6) -> int:
@@ -211,7 +211,7 @@ def _table(board: dict) -> list[str]:
             key = (model["name"], panel["column"], panel["protocol"])
             s = by_cell.get(key)
             if s is None or s["macro_auroc"] is None:
-                row.append(report_markdown.DASH)
+                row.append(texts.DASH)
                 continue
             ci = s["ci"]
             text = (f"{s['macro_auroc']:.{digits}f} [{report_markdown.fmt(ci['low'])}, "
@@ -305,7 +305,7 @@ def _per_class_section(board: dict) -> list[str]:
         for name, counts in panel["class_counts"].items():
             tests = [against[n][name] for n in names if name in against.get(n, {})]
             row = [name, f"{counts['positives']} / {counts['negatives']}",
-                   report_markdown.TEST_NAMES[tests[0]["test"]] if tests else report_markdown.DASH]
+                   report_markdown.TEST_NAMES[tests[0]["test"]] if tests else texts.DASH]
             row += [report_markdown.fmt(by_cell[(n, *key)]["auroc"].get(name))
                     + _against_top(against.get(n, {}).get(name), alpha) for n in names]
             lines.append("| " + " | ".join(row) + " |")

@@ -24,12 +24,10 @@
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import scipy.stats
 
-from crema_jax.evaluate import permutation, scoring
+from crema_jax.evaluate import permutation, scoring, texts
 from crema_jax.evaluate.holm import holm
 
 ALPHA = 0.05
@@ -149,25 +147,6 @@ def _percentile_test(values: np.ndarray, alpha: float) -> tuple[dict, float | No
     if p == 0.0:
         return ci, 2.0 / (len(values) + 1), "<"
     return ci, p, None
-
-
-# How a bound is written: "<" the true p is below the value, "<=" at most the value.
-BOUND_TEXT = {"<": "<", "<=": "≤"}
-
-
-def p_text(entry: dict) -> str | None:
-    """An entry's p-value as the reports write it (None without one): its bound, rounded up
-    to two significant digits, when `p_bound` is "<" (no resample resolved it) or "<="
-    (holm_bounded: "≤"), else the value (below 0.001: "< 0.001")."""
-    value = entry.get("p")
-    if value is None:
-        return None
-    bound = entry.get("p_bound")
-    if bound is not None:
-        digits = 1 - math.floor(math.log10(value))
-        return (f"{BOUND_TEXT[bound]} "
-                f"{math.ceil(round(value * 10 ** digits, 9)) / 10 ** digits:g}")
-    return "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
 MACRO_METRICS = {"macro_auroc": scoring.columnwise_auroc, "macro_auprc": _columnwise_auprc}
@@ -294,16 +273,10 @@ def _below_floor(sets, classes) -> list[dict]:
     return [below[name] for name in classes if name in below]
 
 
-def below_floor_text(entry: dict) -> str:
-    """One class left out of the drop test, as the verdict and the reports write it."""
-    return (f"{entry['class']} (the {entry['test_set']} test set has {entry['positives']} "
-            f"positive and {entry['negatives']} negative patients)")
-
-
 def _floor_refusal(below: list[dict]) -> str:
     return (f"not tested: no class has >= {DROP_MIN_PER_CLASS} positive and "
             f"{DROP_MIN_PER_CLASS} negative patients in both test sets; first short: "
-            f"{below_floor_text(below[0])}")
+            f"{texts.below_floor_text(below[0])}")
 
 
 def paired_drop_difference(in_domain: dict, out_of_domain: dict, classes, *, alpha=ALPHA,

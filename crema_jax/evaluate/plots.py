@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from crema_jax.evaluate import paired, scoring
+from crema_jax.evaluate import scoring, texts
 
 
 def pyplot():
@@ -87,14 +87,14 @@ def plot_embeddings(features: np.ndarray, groups: dict, path, title: str) -> Non
 
 
 def _p_label(entry: dict) -> str:
-    """"p=0.078", or "p < 0.002" for a bound (paired.p_text), and a class's Holm-adjusted p
+    """"p=0.078", or "p < 0.002" for a bound (texts.p_text), and a class's Holm-adjusted p
     (", Holm 0.78", what its verdict is decided on); "" without a p-value."""
-    text = paired.p_text(entry)
-    if text is None:
+    if entry.get("p") is None:
         return ""
+    text = texts.p_text(entry)
     label = f"p {text}" if text[0] in "<≤" else f"p={text}"
-    holm = paired.p_text({"p": entry.get("p_holm")})
-    return label + (f", Holm {holm}" if holm is not None else "")
+    holm = entry.get("p_holm")
+    return label + (f", Holm {texts.p_text({'p': holm})}" if holm is not None else "")
 
 
 def plot_paired_differences(comparisons: list[dict], class_display: dict, models: dict,

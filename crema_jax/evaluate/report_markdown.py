@@ -1,15 +1,15 @@
 """report.md: an evaluation report (report.py's dict) as Markdown tables, and the texts every
-table of figures shares (fmt, level, p_text, labels_used_text; the leaderboard's too).
+table of figures shares (fmt, level, labels_used_text; the leaderboard's too; p-values and the
+drop test's left-out classes: texts.py).
 
-Missing values (classes that could not be scored, undefined CIs) are an em dash (DASH).
+Missing values (classes that could not be scored, undefined CIs) are an em dash (texts.DASH).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from crema_jax.evaluate import paired, scoring
-
-DASH = "\u2014"
+from crema_jax.evaluate.texts import DASH, below_floor_text, p_text
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -45,11 +45,6 @@ def _fold_spread(run: dict) -> str:
 
 def level(alpha: float) -> str:
     return f"{100 * (1 - alpha):g}%"
-
-
-def p_text(entry: dict) -> str:
-    text = paired.p_text(entry)
-    return DASH if text is None else text
 
 
 def labels_used_text(fraction: float, entry: dict) -> str:
@@ -217,8 +212,8 @@ def markdown(report: dict) -> str:
 
 
 def _below_floor(report: dict, drop: dict) -> str:
-    """The classes a drop test left out for too few patients (paired.below_floor_text)."""
-    below = [paired.below_floor_text({**b, "class": display(report, b["class"])})
+    """The classes a drop test left out for too few patients (texts.below_floor_text)."""
+    below = [below_floor_text({**b, "class": display(report, b["class"])})
              for b in drop.get("classes_below_floor", [])]
     return "; ".join(below) or DASH
 

@@ -7,7 +7,7 @@ import pytest
 from sklearn.decomposition import PCA
 from sklearn.metrics import roc_auc_score
 
-from crema_jax.evaluate import plots, report, report_markdown, scoring
+from crema_jax.evaluate import plots, report, report_markdown, scoring, texts
 
 
 def _report(rng):
@@ -66,6 +66,15 @@ def test_primary_label_is_rarest_positive():
     assert plots.primary_label(labels, ["a", "b", "c"]) == ["b", "a", "none", "c"]
 
 
+def test_plot_p_labels():
+    """The forest plot's label of each row: its p (a bound rounded up to two significant
+    digits), its Holm-adjusted p where it has one, nothing without a p."""
+    assert plots._p_label({"p": 0.0781, "p_holm": 0.7812}) == "p=0.078, Holm 0.781"
+    assert plots._p_label({"p": 2 / 1001, "p_bound": "<"}) == "p < 0.002"
+    assert plots._p_label({"p": 0.0004, "p_holm": None}) == "p < 0.001"
+    assert plots._p_label({"p": None, "p_holm": 0.5}) == ""
+
+
 def _cells(line: str) -> list[str]:
     return [c.strip() for c in line.strip().strip("|").split("|")]
 
@@ -75,7 +84,7 @@ def _check_p(cell: str, entry: dict) -> None:
     significant digit when p_bound is "<"; else p to three decimals (or "< 0.001")."""
     p = entry["p"]
     if p is None:
-        assert cell == report_markdown.DASH
+        assert cell == texts.DASH
     elif entry.get("p_bound") == "<":
         assert cell.startswith("< "), (cell, entry)
         shown = float(cell[2:])
