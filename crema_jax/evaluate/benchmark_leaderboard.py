@@ -37,14 +37,13 @@ def _per_record_truth(cell: dict, rows: np.ndarray):
 
 
 def _score(labels, probs, groups, suite) -> dict:
-    auprc = paired.MACRO_METRICS["macro_auprc"](labels > 0.5, probs)
     auroc = scoring.columnwise_auroc(labels, probs)
     ci = scoring.bootstrap_ci(labels, probs, n_resamples=suite["bootstrap"], seed=suite["seed"],
                               alpha=suite["alpha"], groups=groups)
-    scored = np.isfinite(auroc)
-    return {"macro_auroc": float(auroc[scored].mean()) if scored.any() else None,
-            "macro_auprc": float(auprc[scored].mean()) if scored.any() else None,
-            "ci": {"low": ci["low"], "high": ci["high"]}, "n_scored_classes": int(scored.sum()),
+    return {"macro_auroc": scoring.macro_over_scorable(auroc),
+            "macro_auprc": scoring.macro_over_scorable(scoring.columnwise_auprc(labels, probs)),
+            "ci": {"low": ci["low"], "high": ci["high"]},
+            "n_scored_classes": int(np.isfinite(auroc).sum()),
             "auroc": [float(v) if np.isfinite(v) else None for v in auroc]}
 
 

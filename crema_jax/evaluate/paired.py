@@ -124,15 +124,6 @@ def delong(y_true, scores_a, scores_b, *, alpha: float = ALPHA) -> dict:
     return out
 
 
-def _columnwise_auprc(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Average precision of every column (NaN where a column lacks a class)."""
-    out = np.full(labels.shape[1], np.nan)
-    for c in range(labels.shape[1]):
-        if scoring.class_status(labels[:, c]) is None:
-            out[c] = scoring.average_precision(labels[:, c], scores[:, c])
-    return out
-
-
 def _percentile_test(values: np.ndarray, alpha: float) -> tuple[dict, float | None, str | None]:
     """(percentile CI, p-value, p_bound) of bootstrap differences (module docstring). When no
     resample reaches 0 the resampling cannot resolve p: it is reported as the bound
@@ -149,7 +140,8 @@ def _percentile_test(values: np.ndarray, alpha: float) -> tuple[dict, float | No
     return ci, p, None
 
 
-MACRO_METRICS = {"macro_auroc": scoring.columnwise_auroc, "macro_auprc": _columnwise_auprc}
+MACRO_METRICS = {"macro_auroc": scoring.columnwise_auroc,
+                 "macro_auprc": scoring.columnwise_auprc}
 
 
 def paired_bootstrap(labels, scores_a, scores_b, *, metric: str = "macro_auroc", groups=None,
@@ -161,12 +153,12 @@ def paired_bootstrap(labels, scores_a, scores_b, *, metric: str = "macro_auroc",
     columnwise = MACRO_METRICS[metric]
 
     def difference(idx):
-        a, b = columnwise(labels[idx], scores_a[idx]), columnwise(labels[idx], scores_b[idx])
-        scored = np.isfinite(a)  # the labels decide, so the same classes for both models
-        if not scored.any():
+        # The labels decide which classes are scorable, so the same classes for both models.
+        a = scoring.macro_over_scorable(columnwise(labels[idx], scores_a[idx]))
+        b = scoring.macro_over_scorable(columnwise(labels[idx], scores_b[idx]))
+        if a is None:
             return np.nan, np.nan, np.nan
-        return float(a[scored].mean()), float(b[scored].mean()), float(
-            a[scored].mean() - b[scored].mean())
+        return a, b, a - b
 
     a, b, diff = difference(np.arange(len(labels)))
     resampler = scoring.Groups(len(labels), groups)

@@ -25,7 +25,7 @@ import numpy as np
 from crema_jax.data.reading.demographics import patient_id_of
 from crema_jax.data.reading.leads import LEADS as LEAD_NAMES  # canonical order: index -> name
 from crema_jax.data.reading.leads import check_lead_names
-from crema_jax.evaluate import ranges
+from crema_jax.evaluate import ranges, scoring
 
 LEAD_SETS = {
     "12": LEAD_NAMES,
@@ -270,7 +270,7 @@ def common_class_macro(in_report: dict, out_report: dict) -> dict:
              if e["auroc"] is not None and out_report["per_class"][n]["auroc"] is not None]
     if not names:
         return {"classes": [], "in_domain": None, "out_of_domain": None, "drop": None}
-    in_auc = float(np.mean([in_report["per_class"][n]["auroc"] for n in names]))
-    out_auc = float(np.mean([out_report["per_class"][n]["auroc"] for n in names]))
+    in_auc = scoring.macro_over_scorable([in_report["per_class"][n]["auroc"] for n in names])
+    out_auc = scoring.macro_over_scorable([out_report["per_class"][n]["auroc"] for n in names])
     return {"classes": names, "in_domain": in_auc, "out_of_domain": out_auc,
             "drop": in_auc - out_auc}

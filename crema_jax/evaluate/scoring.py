@@ -108,6 +108,15 @@ def average_precision(y_true, y_score) -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
+def columnwise_auprc(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
+    """Average precision of every column (NaN where a column lacks a class)."""
+    out = np.full(y_true.shape[1], np.nan)
+    for c in range(y_true.shape[1]):
+        if class_status(y_true[:, c]) is None:
+            out[c] = average_precision(y_true[:, c], y_score[:, c])
+    return out
+
+
 def f1_at(y_true, y_score, threshold) -> float:
     """F1 of the predictions `score >= threshold` (a number, or one per record; 0 when nothing
     is predicted or present)."""
@@ -137,10 +146,6 @@ def choose_thresholds(labels: np.ndarray, scores: np.ndarray, default: float = 0
     """Per-class F1-optimal thresholds, (C,), chosen on validation labels/scores (n, C)."""
     return np.array([best_threshold(labels[:, c], scores[:, c], default)
                      for c in range(labels.shape[1])], dtype=np.float64)
-
-
-def _macro(values: list[float]) -> float | None:
-    return float(np.mean(values)) if values else None
 
 
 def classification_report(labels: np.ndarray, scores: np.ndarray, class_names, *,
@@ -182,19 +187,29 @@ def classification_report(labels: np.ndarray, scores: np.ndarray, class_names, *
         per_class[name] = entry
     return {
         "n": int(labels.shape[0]),
-        "macro_auroc": _macro(sums["auroc"]),
-        "macro_auprc": _macro(sums["auprc"]),
-        "macro_f1": _macro(sums["f1"]),
+        "macro_auroc": macro_over_scorable(sums["auroc"]),
+        "macro_auprc": macro_over_scorable(sums["auprc"]),
+        "macro_f1": macro_over_scorable(sums["f1"]),
         "n_scored_classes": len(sums["auroc"]),
         "per_class": per_class,
         "skipped": skipped,
     }
 
 
+def macro_over_scorable(values) -> float | None:
+    """A macro figure: the mean of per-class `values` over the scorable classes (the finite
+    ones: a columnwise_* NaN is a class without a positive or a negative); None when there is
+    none. Every macro AUROC, AUPRC and F1 is this."""
+    values = np.asarray(values, np.float64).reshape(-1)
+    scored = values[np.isfinite(values)]
+    return float(scored.mean()) if len(scored) else None
+
+
 def macro_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Macro AUROC over the scorable columns; NaN only when no column is scorable."""
-    values = columnwise_auroc(np.asarray(labels), np.asarray(scores, dtype=np.float64))
-    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+    value = macro_over_scorable(columnwise_auroc(np.asarray(labels),
+                                                 np.asarray(scores, dtype=np.float64)))
+    return float("nan") if value is None else value
 
 
 # ------------------------------------------------------------------ choosing a head on validation

@@ -76,6 +76,63 @@ def test_report_macro_matches_sklearn_and_skips_degenerate_classes():
     assert scoring.macro_auroc(labels, scores) == pytest.approx(report["macro_auroc"], abs=1e-9)
 
 
+def _with_degenerate_classes(seed: int, n: int = 120, c: int = 12):
+    """Labels (n, c) with classes 3 (no positives) and 7 (no negatives), and tied scores; 12
+    classes, so a mean over the scorable ones that summed NaN slots as 0 would be out of step
+    with a plain mean's pairwise sum."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((n, c)) < 0.3).astype(np.float32)
+    labels[:, 3], labels[:, 7] = 0.0, 1.0
+    return labels, rng.random((n, c)).round(2), [i for i in range(c) if i not in (3, 7)]
+
+
+def test_columnwise_auprc_and_macro_over_scorable_match_sklearn():
+    labels, scores, ok = _with_degenerate_classes(11)
+    auprc = scoring.columnwise_auprc(labels, scores)
+    assert np.isnan(auprc[[3, 7]]).all()
+    np.testing.assert_allclose(auprc[ok], [skm.average_precision_score(labels[:, c], scores[:, c])
+                                           for c in ok], atol=1e-12)
+    assert scoring.macro_over_scorable(auprc) == pytest.approx(
+        skm.average_precision_score(labels[:, ok], scores[:, ok], average="macro"), abs=1e-12)
+    assert scoring.macro_over_scorable(scoring.columnwise_auroc(labels, scores)) == pytest.approx(
+        skm.roc_auc_score(labels[:, ok], scores[:, ok], average="macro"), abs=1e-12)
+    assert scoring.macro_over_scorable([np.nan, np.nan]) is None
+    assert scoring.macro_over_scorable([]) is None
+
+
+def test_every_macro_figure_is_the_mean_over_the_scorable_classes():
+    """The report, the paired bootstrap's observed figures, the leaderboard's cell score and
+    the cross-domain drop all give sklearn's macro over the classes with both a positive and
+    a negative (each had computed it on its own)."""
+    from crema_jax.evaluate import benchmark_leaderboard, paired, protocols
+    labels, scores, ok = _with_degenerate_classes(12)
+    other = np.random.default_rng(13).random(scores.shape)
+    auroc = skm.roc_auc_score(labels[:, ok], scores[:, ok], average="macro")
+    auprc = skm.average_precision_score(labels[:, ok], scores[:, ok], average="macro")
+    names = [str(i) for i in range(labels.shape[1])]
+    report = scoring.classification_report(labels, scores, names)
+    assert (report["macro_auroc"], report["macro_auprc"]) == pytest.approx((auroc, auprc),
+                                                                            abs=1e-12)
+    cell = benchmark_leaderboard._score(labels, scores, None,
+                                        {"bootstrap": 5, "seed": 0, "alpha": 0.05})
+    assert (cell["macro_auroc"], cell["macro_auprc"]) == pytest.approx((auroc, auprc), abs=1e-12)
+    assert cell["n_scored_classes"] == len(ok)
+    for metric, want in (("macro_auroc", auroc), ("macro_auprc", auprc)):
+        got = paired.paired_bootstrap(labels, scores, other, metric=metric, n_resamples=5)
+        assert got["a"] == pytest.approx(want, abs=1e-12)
+    # The drop: over the classes scorable in both sets (here: not class 0 out of domain).
+    out_labels = labels.copy()
+    out_labels[:, 0] = 0.0
+    both = [c for c in ok if c != 0]
+    drop = protocols.common_class_macro(report, scoring.classification_report(
+        out_labels, other, names))
+    assert drop["classes"] == [names[c] for c in both]
+    assert drop["in_domain"] == pytest.approx(
+        skm.roc_auc_score(labels[:, both], scores[:, both], average="macro"), abs=1e-12)
+    assert drop["out_of_domain"] == pytest.approx(
+        skm.roc_auc_score(out_labels[:, both], other[:, both], average="macro"), abs=1e-12)
+
+
 def test_all_classes_degenerate_gives_none_not_nan():
     labels = np.zeros((10, 2), np.float32)
     report = scoring.classification_report(labels, np.random.rand(10, 2), ["a", "b"])
