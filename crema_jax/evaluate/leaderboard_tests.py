@@ -42,13 +42,18 @@ def permutations_for(pending: list, alpha: float) -> int:
     return permutation.enough_for(sum(len(t["classes"]) for t in pending), alpha)
 
 
+def holm_resamples(m: int, alpha: float) -> int:
+    """The fewest bootstrap resamples B with which Holm's correction over m comparisons can
+    reach alpha / 2 from the smallest p a bootstrap gives, its bound 2 / (B + 1):
+    m x 2 / (B + 1) <= alpha / 2, so B + 1 >= 4 m / alpha."""
+    return math.ceil(4 * m / alpha) - 1
+
+
 def resamples_for(pending: list, suite: dict) -> int:
-    """The resamples of each paired bootstrap: the task file's `bootstrap`, raised so that
-    Holm's correction over the table's m macro comparisons can reach alpha / 2 with the
-    smallest p a bootstrap gives, its bound 2 / (B + 1): B + 1 >= 4 m / alpha, raised to at
-    most RESAMPLES_CAP. With 500 resamples and 40 comparisons no model could be called worse
-    (40 x 2 / 501 = 0.16)."""
-    needed = math.ceil(4 * len(pending) / suite["alpha"]) - 1
+    """The resamples of each paired bootstrap: the task file's `bootstrap`, raised to
+    holm_resamples over the table's macro comparisons, at most to RESAMPLES_CAP. With 500
+    resamples and 40 comparisons no model could be called worse (40 x 2 / 501 = 0.16)."""
+    needed = holm_resamples(len(pending), suite["alpha"])
     return int(max(suite["bootstrap"], min(RESAMPLES_CAP, needed)))
 
 
@@ -65,9 +70,9 @@ def macro_text(m: int, b: int, suite: dict) -> str:
             f"table")
     floor = m * 2 / (b + 1)
     if floor > suite["alpha"] / 2:
-        needed = math.ceil(4 * m / suite["alpha"]) - 1
         text += (f" (an adjusted p is at least {floor:.2g}: more comparisons than {b} "
-                 f"resamples resolve; set the task file's bootstrap to {needed} or more)")
+                 f"resamples resolve; set the task file's bootstrap to "
+                 f"{holm_resamples(m, suite['alpha'])} or more)")
     return text
 
 

@@ -180,6 +180,16 @@ def test_paired_tests_draw_enough_resamples_for_holm_over_the_table():
                            "resamples resolve; set the task file's bootstrap to 31999 or more)")
 
 
+@pytest.mark.parametrize("m,alpha", [(1, 0.05), (7, 0.05), (40, 0.05), (13, 0.01), (3, 0.1)])
+def test_holm_resamples_is_the_fewest_that_reach_alpha(m, alpha):
+    """With B = holm_resamples(m, alpha), Holm's smallest adjusted bound m x 2 / (B + 1)
+    reaches alpha / 2; with B - 1 it does not (searched here, not by the formula)."""
+    def reaches(b):
+        return m * 2 / (b + 1) <= alpha / 2 + 1e-15
+    fewest = next(b for b in range(1, 100_000) if reaches(b))
+    assert leaderboard_tests.holm_resamples(m, alpha) == fewest
+
+
 def test_the_per_class_section_gives_each_class_its_counts_aurocs_and_test_against_the_top():
     board, labels, probs = _board()
     auroc = {m: [roc_auc_score(labels[:, c], p[:, c]) for c in range(3)] for m, p in probs.items()}
