@@ -261,11 +261,7 @@ def save_cell(path, key: tuple, spec: str, fields: dict, arrays: dict) -> None:
     the column, the protocol), its digest and its run fields."""
     meta = json.dumps({"model": key[0], "column": key[1], "protocol": key[2], "spec": spec,
                        "fields": fields}, default=float)
-
-    def write(tmp):
-        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz"
-            np.savez(f, meta=np.asarray(meta), **arrays)
-    files.write_atomic(path, write)
+    files.write_npz_atomic(path, {"meta": np.asarray(meta), **arrays})
 
 
 def load_cell(path, spec: str) -> dict | None:

@@ -85,11 +85,7 @@ class FeatureStore:
                   "tried": np.asarray(every_ids, dtype=str),
                   "checkpoint": np.asarray(model.checkpoint),
                   "weights": np.asarray(model.weights)}
-
-        def write(tmp):
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-        files.write_atomic(path, write)
+        files.write_npz_atomic(path, arrays)
         return _for_dataset(arrays, ids)
 
     @staticmethod

@@ -201,12 +201,8 @@ def write_all(report: dict, workdir, *, roc=None, embeddings=None, predictions=N
     files.write_text_atomic(paths["markdown"], report_markdown.markdown(report))
     if predictions is not None:
         paths["predictions"] = workdir / "predictions.npz"
-        arrays = {k: np.asarray(v) for k, v in predictions.items()}
-
-        def save_npz(tmp):
-            with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz"
-                np.savez(f, **arrays)
-        files.write_atomic(paths["predictions"], save_npz)
+        files.write_npz_atomic(paths["predictions"],
+                               {k: np.asarray(v) for k, v in predictions.items()})
     if roc is not None:
         paths["roc"] = workdir / "roc.png"
         files.write_atomic(paths["roc"], lambda tmp: plots.plot_roc(*roc[:3], tmp, roc[3]))

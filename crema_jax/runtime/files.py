@@ -279,6 +279,16 @@ def write_text_atomic(path, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
+def write_npz_atomic(path, arrays: dict) -> None:
+    """{name: array} as an uncompressed .npz (np.savez) at `path`, written atomically."""
+    import numpy as np  # here: the rest of this module needs only the standard library
+
+    def write(tmp):
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+            np.savez(f, **arrays)
+    write_atomic(path, write)
+
+
 def write_json_atomic(path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 

@@ -1,9 +1,10 @@
 """runtime/files.py's judgements of paths: what kind a file is (special_kind), whether a path
-lies inside a folder (inside)."""
+lies inside a folder (inside); the .npz writer (write_npz_atomic)."""
 import os
 import socket
 import stat
 
+import numpy as np
 import pytest
 
 from crema_jax.runtime import files
@@ -78,3 +79,27 @@ def test_inside_takes_absolute_paths_and_a_linked_folder_as_what_they_lead_to(tr
     assert files.inside(tree / "data_link")("sub/r.dat")
     assert not files.inside(tree / "data_link")(tree / "data2" / "r.dat")
     assert files.inside("/")("/etc") and not files.inside("/")("/")
+
+
+def test_write_npz_atomic_writes_the_arrays_under_the_name_given(tmp_path):
+    """np.savez given a name appends ".npz" to one without it; the arrays read back whole."""
+    path = tmp_path / "cell.part"
+    files.write_npz_atomic(path, {"values": np.arange(6.0).reshape(2, 3),
+                                  "ids": np.asarray(["a", "b"])})
+    assert sorted(os.listdir(tmp_path)) == ["cell.part"]
+    with np.load(path) as saved:
+        assert saved["values"].tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+        assert saved["ids"].tolist() == ["a", "b"]
+
+
+def test_write_npz_atomic_that_fails_leaves_the_old_file_and_no_temporary(tmp_path):
+
+    class Broken:
+        def __array__(self, dtype=None, copy=None):
+            raise RuntimeError("disk full")
+
+    path = tmp_path / "features.npz"
+    path.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="disk full"):
+        files.write_npz_atomic(path, {"ok": np.zeros(3), "bad": Broken()})
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["features.npz"]
