@@ -375,6 +375,6 @@ def plot(board: dict, path) -> None:
 
 
 def write_all(board: dict, workdir) -> None:
-    files.write_json_atomic(workdir / "leaderboard.json", report.json_safe(board))
+    report.write_json(board, workdir / "leaderboard.json")
     files.write_text_atomic(workdir / "leaderboard.md", markdown(board))
     files.write_atomic(workdir / "leaderboard.png", lambda tmp: plot(board, tmp))

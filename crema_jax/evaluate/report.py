@@ -30,8 +30,11 @@ def json_safe(value):
 
 
 def write_json(report: dict, path) -> None:
+    """An evaluation's JSON output (report.json, the benchmark's leaderboard.json), written
+    atomically: non-finite numbers as null (json_safe; a strict dump), keys in the order the
+    dict was built (classes in the task's order), indent 2."""
     text = json.dumps(json_safe(report), indent=2, sort_keys=False, allow_nan=False)
-    pathlib.Path(path).write_text(text + "\n")
+    files.write_text_atomic(path, text + "\n")
 
 
 def nothing_scored(report: dict) -> str | None:
@@ -215,5 +218,5 @@ def write_all(report: dict, workdir, *, roc=None, embeddings=None, predictions=N
         files.write_atomic(paths["paired"], lambda tmp: plots.plot_paired_differences(
             report["comparisons"], report.get("class_display", {}), report["models"], tmp))
     paths["json"] = workdir / "report.json"
-    files.write_atomic(paths["json"], lambda tmp: write_json(report, tmp))
+    write_json(report, paths["json"])
     return {k: str(v) for k, v in paths.items()}

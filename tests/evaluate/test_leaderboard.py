@@ -283,3 +283,18 @@ def test_a_rebuild_reuses_the_cached_statistics_and_a_changed_input_recomputes_t
     lines = []
     assert leaderboard_tests.Cache(path, log=lines.append).found == {}
     assert lines[0].startswith(f"{path}: does not read (JSONDecodeError: ")
+
+
+def test_leaderboard_json_is_written_as_report_json_is(tmp_path):
+    """leaderboard.json: a strict JSON dump (no NaN), its keys in the order built (a panel's
+    classes in the task's order, not sorted), indent 2: report.write_json, as report.json."""
+    board, _, _ = _board()
+    panel = board["panels"][0]
+    panel["class_counts"] = dict(reversed(list(panel["class_counts"].items())))
+    board["cells"][0]["ci"]["low"] = float("nan")
+    benchmark_leaderboard.write_all(board, tmp_path)
+    text = (tmp_path / "leaderboard.json").read_text()
+    loaded = json.loads(text, parse_constant=lambda c: pytest.fail(c))
+    assert list(loaded["panels"][0]["class_counts"]) == ["z", "y", "x"]
+    assert loaded["cells"][0]["ci"]["low"] is None
+    assert list(loaded) == list(board) and text.startswith('{\n  "models": [')
