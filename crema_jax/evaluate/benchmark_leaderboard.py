@@ -5,15 +5,15 @@ averaged, compare.common_records; records only some models read are left out and
 model's macro AUROC and AUPRC over the classes scorable there, with a 1 - alpha bootstrap CI of
 the macro AUROC over patients; the top model (highest macro AUROC; ties: the first listed);
 then paired tests (paired.compare_predictions: per class a permutation test, its exchanges
-enough for the table's Holm family (leaderboard_tests.permutations_for), or DeLong's at 100
-positives and negatives; a paired bootstrap of the macro AUROC over patients) of every model
-against the top one and against the random init of its architecture. Holm's correction
-runs across the whole table: once over every macro AUROC comparison, once over every per-class
-test. A difference is called significant where the Holm-adjusted p < alpha. The best of a
-panel are the top model and every model whose test against it is not significant: a point
-estimate alone had crowned one of two models tied to the fourth decimal (p = 1). Each panel
-says what it scored: its records, classes, and the label fraction asked for and used
-(protocols.labels_used). The slow statistics (each cell's CI, the paired tests) come from
+enough for the table's Holm family (leaderboard_tests.permutations_for), or DeLong's at
+paired.PERMUTATION_BELOW positives and negatives; a paired bootstrap of the macro AUROC over
+patients) of every model against the top one and against the random init of its architecture.
+Holm's correction runs across the whole table: once over every macro AUROC comparison, once over
+every per-class test. A difference is called significant where the Holm-adjusted p < alpha.
+The best of a panel are the top model and every model whose test against it is not
+significant: a point estimate alone had crowned one of two models tied to the fourth decimal
+(p = 1). Each panel says what it scored: its records, classes, and the label fraction asked for
+and used (protocols.labels_used). The slow statistics (each cell's CI, the paired tests) come from
 leaderboard_tests.py, which caches them. leaderboard.md: the table, the panels, every paired
 test, and per panel each class's counts, each model's AUROC and its test against the top one;
 `summary`: what the benchmark prints, the table and each panel's verdict.

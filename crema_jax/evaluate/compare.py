@@ -11,8 +11,8 @@ fractions, lead sets) by linear probing (features once per model and lead set) o
 
 Each run's predictions are paired record by record (a record's windows averaged, records only
 one model could read left out and counted), then compared (paired.py): per class a paired
-permutation test (DeLong's at 100 positives and negatives), macro AUROC and AUPRC by a paired
-bootstrap over patients, and a verdict at --alpha. With
+permutation test (DeLong's at paired.PERMUTATION_BELOW positives and negatives), macro AUROC
+and AUPRC by a paired bootstrap over patients, and a verdict at --alpha. With
 --cross_domain, each model's in-domain minus out-of-domain drop, and the paired difference of
 the two drops.
 """
