@@ -185,15 +185,17 @@ def class_test(y_true, scores_a, scores_b, *, groups=None, seed=0, alpha: float 
                n_permutations: int = permutation.N_PERMUTATIONS) -> dict:
     """One class's paired test (module docstring): DeLong's entry (`delong`) with `test`
     "delong", or, below PERMUTATION_BELOW positives or negatives, its `p` the permutation
-    test's (`test` "permutation", `n_permutations`, `p_delong` DeLong's p beside it; a zero
-    DeLong variance does not stop it). `p_holm` is left None for the caller's family."""
+    test's (`test` "permutation", `n_permutations`, `enumerated`, `p_delong` DeLong's p beside
+    it; a zero DeLong variance does not stop it). `p_holm` is left None for the caller's
+    family."""
     entry = {**delong(y_true, scores_a, scores_b, alpha=alpha), "test": "delong", "p_holm": None}
     if min(entry["n_pos"], entry["n_neg"]) >= PERMUTATION_BELOW:
         return entry
     exchanged = permutation.auroc_difference(y_true, scores_a, scores_b, groups=groups,
                                              n_permutations=n_permutations, seed=seed)
     entry.update(test="permutation", p_delong=entry["p"], p=exchanged["p"], not_testable=None,
-                 n_permutations=exchanged["n_permutations"], exact=exchanged["exact"])
+                 n_permutations=exchanged["n_permutations"],
+                 enumerated=exchanged["enumerated"])
     return entry
 
 

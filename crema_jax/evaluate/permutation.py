@@ -12,8 +12,8 @@ is as likely as the one observed; the test is sensitive to AUROC differences.
 
 - p, two-sided: the share of exchanges whose |difference| reaches the observed one (within
   1e-12). With G patients, every one of the 2^G exchanges when 2^G <= n_permutations (a
-  complete enumeration, `exact`), else n_permutations random ones (each patient exchanged with
-  probability 1/2: the bits, most significant first, of the bytes of
+  complete enumeration, `enumerated`), else n_permutations random ones (each patient exchanged
+  with probability 1/2: the bits, most significant first, of the bytes of
   numpy's default_rng(seed).integers(0, 256, (n_permutations, ceil(G / 8)), uint8), drawn in
   blocks of a multiple of 4 rows, which give the same bytes as one call) and
   p = (1 + hits) / (n_permutations + 1), a valid p-value that is never 0 (Phipson & Smyth
@@ -86,8 +86,8 @@ class _Differences:
 def auroc_difference(y_true, scores_a, scores_b, *, groups=None,
                      n_permutations: int = N_PERMUTATIONS, seed=0) -> dict:
     """The paired permutation test of AUROC(A) - AUROC(B) for one binary column (at least one
-    positive and one negative): {"difference", "p", "n_permutations", "exact"} (module
-    docstring)."""
+    positive and one negative): {"difference", "p", "n_permutations", "enumerated"}
+    (module docstring)."""
     y = np.asarray(y_true).reshape(-1) > 0.5
     scoring.check_finite({"model A": scores_a, "model B": scores_b})
     a = np.asarray(scores_a, np.float64).reshape(-1)
@@ -100,12 +100,12 @@ def auroc_difference(y_true, scores_a, scores_b, *, groups=None,
     patient = scoring.Groups(len(y), groups).ids
     n_groups = int(patient.max()) + 1
     observed = float(differences(np.zeros((1, len(y)), bool))[0])
-    exact = n_groups < 63 and 2 ** n_groups <= n_permutations
+    enumerated = n_groups < 63 and 2 ** n_groups <= n_permutations
     # Rows per block: a multiple of 4, so that each block's bytes are whole 32-bit draws and
     # the blocks together are the bytes of one call (numpy discards a draw's unused bytes).
     per_block = max(4, _BLOCK_CELLS // len(y) // 4 * 4)
     hits, total = 0, 0
-    if exact:
+    if enumerated:
         codes = np.arange(2 ** n_groups, dtype=np.int64)
         for start in range(0, len(codes), per_block):
             block = codes[start:start + per_block]
@@ -120,7 +120,8 @@ def auroc_difference(y_true, scores_a, scores_b, *, groups=None,
             total += len(flags)
         p = (1 + hits) / (n_permutations + 1)
     return {"difference": observed, "p": float(min(1.0, p)),
-            "n_permutations": 2 ** n_groups if exact else n_permutations, "exact": exact}
+            "n_permutations": 2 ** n_groups if enumerated else n_permutations,
+            "enumerated": enumerated}
 
 
 def enough_for(tests: int, alpha: float) -> int:

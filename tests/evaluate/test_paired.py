@@ -430,6 +430,7 @@ def test_per_class_verdicts_are_decided_on_holm_adjusted_p_values():
     for c in tested:
         entry = out["per_class"][names[c]]
         assert entry["test"] == "permutation" and entry["n_permutations"] == 9999
+        assert entry["enumerated"] is False  # 2^G exchanges are more than 9,999: drawn
         assert entry["p"] == pytest.approx(raw[c], abs=1e-12)
         assert entry["p_delong"] == pytest.approx(
             reference_delong(y[:, c], a[:, c], b[:, c])[3], abs=1e-9)
