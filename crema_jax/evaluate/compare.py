@@ -91,9 +91,9 @@ def _evaluate(label, config, params, data, own, method_kwargs, mesh, plan, group
                                     plan=plan, groups=groups)
 
 
-def per_record(pred: dict, n_classes: int):
-    """(records, probabilities (records, classes), fold per record or None): a record's
-    examples (windows) averaged."""
+def _record_predictions(pred: dict, n_classes: int):
+    """One model's predictions record by record (scoring.per_record, shaped to its classes,
+    with its folds): (records, probabilities (records, classes), fold per record or None)."""
     probs = np.asarray(pred["probs"], np.float64).reshape(-1, n_classes)
     if "fold" not in pred:
         rows, probs = scoring.per_record(pred["rows"], probs)
@@ -106,7 +106,7 @@ def common_records(preds: dict, n_classes: int) -> dict:
     """The records every model of {name: predictions} predicted: {"rows" (sorted), "probs":
     {name: (records, classes)}, "fold" (the first model's, or None), "unpaired": {name: how
     many of its records the others lack}}."""
-    per = {name: per_record(pred, n_classes) for name, pred in preds.items()}
+    per = {name: _record_predictions(pred, n_classes) for name, pred in preds.items()}
     rows = functools.reduce(np.intersect1d, [r for r, _, _ in per.values()])
     first_rows, _, fold = next(iter(per.values()))
     return {"rows": rows,
