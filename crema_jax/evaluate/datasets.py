@@ -53,10 +53,11 @@ def class_display_names(root: str, classes) -> dict:
 DUPLICATES = ("merge", "refuse")
 
 
-def unique_records(infos, policy: str, where: str) -> tuple[list, dict]:
+def apply_duplicates_policy(infos, policy: str, where: str) -> tuple[list, dict]:
     """The records with every ECG once (duplicates.py: a path listed twice, or byte-identical
-    signal files under two ids), so no ECG sits in two splits or folds. policy "merge" keeps
-    each ECG's first row and counts the rest; "refuse" stops with the count."""
+    signal files under two ids), so no ECG sits in two splits or folds. policy (--duplicates,
+    one of DUPLICATES) "merge" keeps each ECG's first row and counts the rest; "refuse" stops
+    with the count."""
     if policy not in DUPLICATES:
         raise ValueError(f"--duplicates={policy!r}: expected one of {DUPLICATES}")
     found = duplicates.find(infos)
@@ -277,8 +278,8 @@ def load_dataset(settings: dict) -> Dataset:
         if not index.records:  # it went on to "no class has >= 1 training positives"
             raise ValueError(f"{flag(settings, 'root')}={root}: the {settings['layout']} "
                              "layout finds no record there")
-    infos, counts = unique_records(index.records, settings.get("duplicates", "merge"),
-                                   root or cache_dir)
+    infos, counts = apply_duplicates_policy(index.records, settings.get("duplicates", "merge"),
+                                            root or cache_dir)
     counts["indexed"] = len(index.records)
     label_type, why = decide_label_type(settings, infos, index.label_names)
     print(f"label type: {label_type} ({why})")
