@@ -30,9 +30,6 @@ import hashlib
 import json
 import os
 
-import jax
-import numpy as np
-
 from crema_jax import config as config_lib
 from crema_jax.evaluate import protocols, ranges
 from crema_jax.inference import backbones
@@ -255,49 +252,6 @@ def parse_models(items) -> list[tuple[str, str]]:
     return out
 
 
-# Data fields that do not change what an evaluation reads from a record: where the records are,
-# how pretraining fed them (masks, views, workers), and the leads (each column sets its own lead
-# set: backbones.eval_data_config). Every other field (the preset, the rate, preprocess,
-# resampling, NaN and flat-lead policies, crops, and the augmentations a fine-tuning recipe of
-# augment "config" trains with) does.
-_NOT_READ_BY_EVALUATION = frozenset({
-    "batch_size", "cache_dir", "independent_view_crops", "keep_in_memory", "layout",
-    "layout_options", "leads", "mask", "num_epochs", "num_views", "num_workers",
-    "per_worker_buffer_size", "prefetch_buffer_size", "read_threads", "root", "seed",
-    "skip_damaged_cache_records", "skip_log_dir", "split", "strict", "synthetic_records"})
-
-
-def architecture(config) -> str:
-    """What a random init copies: the model config and the data path, every field of it that
-    decides an evaluation's crops (a summary of preset, rate and crops had let two checkpoints
-    of other preprocessing share features)."""
-    data_cfg = backbones.runner_of(config).data_config(config, None).to_dict()
-    text = json.dumps({"model": config.model.to_dict(),
-                       "data": {k: v for k, v in data_cfg.items()
-                                if k not in _NOT_READ_BY_EVALUATION}}, sort_keys=True,
-                      default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def weights_digest(config, params, seed: int) -> str:
-    """A digest of what a model computes with: its architecture and data path (`architecture`:
-    the same weights under another config or preprocessing had reused the first one's
-    features) and every parameter's name, dtype, shape and bytes (a checkpoint retrained or
-    replaced at the same path is another model), or for a random init (params None) its
-    architecture and the seed it is drawn with (the suite's: a task file whose seed changed
-    had reused the features of the other seed's random weights)."""
-    digest = hashlib.sha256()
-    if params is None:
-        digest.update(f"random:{architecture(config)}:seed={int(seed)}".encode())
-    else:
-        digest.update(f"trained:{architecture(config)}|".encode())
-        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-            array = np.ascontiguousarray(np.asarray(leaf))
-            digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype}|{array.shape}|".encode())
-            digest.update(array.tobytes())
-    return digest.hexdigest()[:16]
-
-
 def load_models(items, *, seed: int, model_size: str = "tiny") -> list[Model]:
     """The models named on the command line, then one random row per architecture lacking one
     (random weights drawn with `seed`, the suite's)."""
@@ -310,20 +264,21 @@ def load_models(items, *, seed: int, model_size: str = "tiny") -> list[Model]:
         config, params = backbones.load_config_and_params(checkpoint, backbone=family,
                                                           model_size=model_size)
         models.append(Model(name, checkpoint if not family else f"random:{family}", config,
-                            params, weights=weights_digest(config, params, seed)))
-    covered, added = {architecture(m.config) for m in models if m.params is None}, []
+                            params, weights=backbones.weights_digest(config, params, seed)))
+    covered, added = {backbones.architecture(m.config) for m in models if m.params is None}, []
     for model in models:
-        key = architecture(model.config)
+        key = backbones.architecture(model.config)
         if key not in covered:
             covered.add(key)
             added.append(Model(families.family_of(model.config.model).name, backbones.RANDOM,
                                model.config.copy_and_resolve_references(), None,
                                random_of=architecture_text(model.config),
-                               weights=weights_digest(model.config, None, seed)))
+                               weights=backbones.weights_digest(model.config, None, seed)))
     family_names = [m.name for m in added]
     for model in added:  # named by what it is, not by the order of --models
         model.name = f"{backbones.RANDOM}:{model.name}" + (
-            f"-{architecture(model.config)[:8]}" if family_names.count(model.name) > 1 else "")
+            f"-{backbones.architecture(model.config)[:8]}"
+            if family_names.count(model.name) > 1 else "")
     return models + added
 
 
@@ -355,8 +310,9 @@ def same_models(models: list[Model], seed: int) -> dict:
 
 def model_random_row(models: list[Model]) -> dict:
     """{model name: the name of the random row of its architecture}."""
-    random_by_key = {architecture(m.config): m.name for m in models if m.params is None}
-    return {m.name: random_by_key[architecture(m.config)] for m in models}
+    random_by_key = {backbones.architecture(m.config): m.name for m in models
+                     if m.params is None}
+    return {m.name: random_by_key[backbones.architecture(m.config)] for m in models}
 
 
 # The version of the evaluation rules a cell's figures follow, part of every cell spec: bump

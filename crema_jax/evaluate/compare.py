@@ -23,8 +23,8 @@ import time
 
 import numpy as np
 
-from crema_jax.evaluate import (benchmark_tasks, datasets, finetune, folds, linear_probe, paired,
-                                report, runs, scoring)
+from crema_jax.evaluate import (datasets, finetune, folds, linear_probe, paired, report, runs,
+                                scoring)
 from crema_jax.inference import backbones
 from crema_jax.models import families
 from crema_jax.runtime import mesh as mesh_lib
@@ -66,11 +66,10 @@ def model_text(own: dict) -> str:
 
 
 def same_model(models: dict, owns: dict) -> str | None:
-    """One line when A and B compute the same thing (benchmark_tasks.weights_digest: the same
+    """One line when A and B compute the same thing (backbones.weights_digest: the same
     weights, architecture and data path; a random init's by its seed), else None: every
     difference is then 0 and no test can find one."""
-    digests = {label: benchmark_tasks.weights_digest(*models[label],
-                                                     runs.init_seed(owns[label]))
+    digests = {label: backbones.weights_digest(*models[label], runs.init_seed(owns[label]))
                for label in models}
     if digests["A"] != digests["B"]:
         return None

@@ -90,7 +90,7 @@ class FeatureStore:
 
     @staticmethod
     def _load(path, weights: str, ids) -> dict | None:
-        """The cached features of the same weights (benchmark_tasks.weights_digest: a checkpoint
+        """The cached features of the same weights (backbones.weights_digest: a checkpoint
         retrained at the same path is extracted again) covering `ids`, or None."""
         arrays = load_saved(path)
         if arrays is None or "weights" not in arrays or str(arrays["weights"]) != weights \

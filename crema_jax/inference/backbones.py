@@ -22,6 +22,8 @@ rounded up to a multiple of the device count; the pipeline pads the last batch).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from typing import Any, Iterable
 
 import jax
@@ -33,6 +35,7 @@ from crema_jax import config as config_lib
 from crema_jax import models
 from crema_jax.data import presets
 from crema_jax.data.pipeline import batch as batch_lib
+from crema_jax.data.reading.leads import LEADS
 from crema_jax.models import families
 from crema_jax.models import params as params_lib
 from crema_jax.runtime import mesh as mesh_lib
@@ -212,6 +215,22 @@ def build(config, params, *, seed: int = 0, with_head: bool = False) -> Backbone
 EVAL_READ_THREADS = 2
 
 
+def _set_by_evaluation(runner, config, leads, *, batch_size: int, num_workers: int) -> dict:
+    """The data fields every evaluation sets itself, whatever the checkpoint's config holds:
+    the leads, how records are read (batches, workers, threads) and from where (no split, no
+    cache, no synthetic records), one pass. What an evaluation reads from a record is the rest
+    (`architecture`)."""
+    return {"leads": runner.family.input_leads(config.model, leads),
+            "batch_size": int(batch_size), "num_workers": int(num_workers),
+            # In-process reading runs on two threads ahead of the model: the filters,
+            # resampling and running median release the GIL, ~1.6x the records per second on 2
+            # cores (bench/data.py, eval table); worker processes parallelise by themselves.
+            "read_threads": EVAL_READ_THREADS if int(num_workers) == 0 else 0,
+            "prefetch_buffer_size": 2 * EVAL_READ_THREADS,  # batches read ahead
+            "split": "", "cache_dir": "", "strict": False, "synthetic_records": 0,
+            "num_epochs": 1}
+
+
 def eval_data_config(backbone_or_config, leads, *, batch_size: int, num_workers: int = 0,
                      preset: str | None = None):
     """The data section a backbone's evaluation batches are built with (the same data path and
@@ -221,17 +240,54 @@ def eval_data_config(backbone_or_config, leads, *, batch_size: int, num_workers:
     runner = runner_of(config)
     cfg = runner.data_config(config, preset or None)
     with cfg.unlocked():
-        cfg.leads = runner.family.input_leads(config.model, leads)
-        cfg.batch_size = int(batch_size)
-        cfg.num_workers = int(num_workers)
-        # In-process reading runs on two threads ahead of the model: the filters, resampling
-        # and running median release the GIL, ~1.6x the records per second on 2 cores
-        # (bench/data.py, eval table); worker processes parallelise by themselves.
-        cfg.read_threads = EVAL_READ_THREADS if cfg.num_workers == 0 else 0
-        cfg.prefetch_buffer_size = 2 * EVAL_READ_THREADS  # batches read ahead
-        cfg.split, cfg.cache_dir, cfg.strict, cfg.synthetic_records = "", "", False, 0
-        cfg.num_epochs = 1
+        for field, value in _set_by_evaluation(runner, config, leads, batch_size=batch_size,
+                                               num_workers=num_workers).items():
+            cfg[field] = value
     return cfg
+
+
+# ------------------------------------------------------------------------------------ identity
+# Data fields, besides those every evaluation sets (_set_by_evaluation), that do not change what
+# an evaluation reads from a record: where the records are and how pretraining fed them (masks,
+# views, buffers). Every other field (the preset, the rate, preprocess, resampling, NaN and
+# flat-lead policies, crops, and the augmentations a fine-tuning recipe of augment "config"
+# trains with) does.
+_NOT_READ_BY_EVALUATION = frozenset({
+    "independent_view_crops", "keep_in_memory", "layout", "layout_options", "mask", "num_views",
+    "per_worker_buffer_size", "root", "seed", "skip_damaged_cache_records", "skip_log_dir"})
+
+
+def architecture(config) -> str:
+    """What a random init copies: the model config and the data path, every field of it that
+    decides an evaluation's crops (a summary of preset, rate and crops had let two checkpoints
+    of other preprocessing share features)."""
+    runner = runner_of(config)
+    data_cfg = runner.data_config(config, None).to_dict()
+    ignored = _NOT_READ_BY_EVALUATION | set(_set_by_evaluation(
+        runner, config, LEADS, batch_size=1, num_workers=0))
+    text = json.dumps({"model": config.model.to_dict(),
+                       "data": {k: v for k, v in data_cfg.items() if k not in ignored}},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def weights_digest(config, params, seed: int) -> str:
+    """A digest of what a model computes with: its architecture and data path (`architecture`:
+    the same weights under another config or preprocessing had reused the first one's
+    features) and every parameter's name, dtype, shape and bytes (a checkpoint retrained or
+    replaced at the same path is another model), or for a random init (params None) its
+    architecture and the seed it is drawn with (the benchmark suite's: a task file whose seed
+    changed had reused the features of the other seed's random weights)."""
+    digest = hashlib.sha256()
+    if params is None:
+        digest.update(f"random:{architecture(config)}:seed={int(seed)}".encode())
+    else:
+        digest.update(f"trained:{architecture(config)}|".encode())
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+            array = np.ascontiguousarray(np.asarray(leaf))
+            digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype}|{array.shape}|".encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------------ applying

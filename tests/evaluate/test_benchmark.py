@@ -25,6 +25,7 @@ from crema_jax import config as config_lib
 from crema_jax.cli import benchmark as benchmark_cli
 from crema_jax.data.index import dataset_index
 from crema_jax.evaluate import benchmark, benchmark_tasks, holm
+from crema_jax.inference import backbones
 from crema_jax.export import import_torch
 from crema_jax.models import params as params_lib
 from crema_jax.runtime import checkpoint
@@ -215,7 +216,7 @@ def test_other_weights_at_the_same_checkpoint_path_are_another_model(tmp_path):
     nudged["encoder"]["w"][1, 2] = np.nextafter(np.float32(5), np.float32(6))   # one ulp
     renamed = {"encoder": {"w2": params["encoder"]["w"], "b": params["encoder"]["b"]}}
     def digest(config, params, seed=0):
-        return benchmark_tasks.weights_digest(config, params, seed)
+        return backbones.weights_digest(config, params, seed)
 
     assert digest(config, params) == digest(config, same) == digest(config, params, seed=1)
     assert len({digest(config, p) for p in (params, nudged, renamed)}) == 3

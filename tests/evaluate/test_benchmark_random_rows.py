@@ -12,6 +12,7 @@ import pytest
 from crema_jax import config as config_lib
 from crema_jax.data.index import dataset_index
 from crema_jax.evaluate import benchmark, benchmark_tasks
+from crema_jax.inference import backbones
 from crema_jax.models import params as params_lib
 from crema_jax.runtime import checkpoint
 
@@ -106,7 +107,7 @@ def test_added_random_rows_of_one_family_are_told_apart_by_their_architecture(si
         return {m.name: m.random_of for m in benchmark_tasks.load_models(items, seed=0)
                 if m.random_of}
     one = added(["x=tiny", "y=small"])
-    digests = {k: benchmark_tasks.architecture(c)[:8] for k, c in sizes.items()}
+    digests = {k: backbones.architecture(c)[:8] for k, c in sizes.items()}
     assert one == {f"random:sit-{digests['tiny']}": TINY, f"random:sit-{digests['small']}": SMALL}
     assert added(["y=small", "x=tiny"]) == one
     assert added(["x=tiny"]) == added(["z=tiny", "x=tiny"]) == {"random:sit": TINY}

@@ -126,3 +126,22 @@ def test_a_checkpoint_of_the_older_model_name_loads_with_the_same_outputs(tmp_pa
     want = model.encoder.features(b["patches"][:, 0], b["lead_indices"], b["patch_valid"][:, 0])
     assert np.shape(got) == (4, 1, 64)   # the tiny SiT's width
     np.testing.assert_allclose(np.asarray(got)[:, 0], np.asarray(want), rtol=1e-5, atol=1e-6)
+
+
+def test_what_every_evaluation_sets_is_no_part_of_a_models_identity():
+    """The fields eval_data_config sets itself (whatever the checkpoint held) are left out of
+    the architecture digest, and only those and the pretraining ones: how a checkpoint's run
+    read its records is not what an evaluation reads from one."""
+    from tests.configs import tiny_config
+
+    config, reading = tiny_config(), tiny_config()
+    reading.data.read_threads, reading.data.prefetch_buffer_size = 7, 9
+    reading.data.split, reading.data.strict, reading.data.num_epochs = "val", True, 5
+    reading.data.batch_size, reading.data.cache_dir = 3, "/cache/elsewhere"
+    assert backbones.architecture(reading) == backbones.architecture(config)
+    got = backbones.eval_data_config(reading, ("I", "II"), batch_size=8)
+    assert (got.read_threads, got.prefetch_buffer_size, got.split, got.strict, got.num_epochs,
+            got.batch_size, got.cache_dir) == (2, 4, "", False, 1, 8, "")
+    cropped = tiny_config()
+    cropped.data.crop_samples = int(config.data.crop_samples) // 2
+    assert backbones.architecture(cropped) != backbones.architecture(config)
