@@ -1,16 +1,20 @@
-"""The benchmark task file's datasets checked against what is there, each error one line naming
+"""The benchmark task file's datasets: checked against what is there, each error one line naming
 the task file, the task and the field: before any model loads, what needs no record read
 (`check_datasets`: layouts, layout options, roots); once a dataset is indexed, before any cell,
-its cross-domain sources (`check_sources`)."""
+its cross-domain sources (`check_sources`). `Datasets` loads each on first use, with its fold
+plan, patient keys and a digest of what it holds."""
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import os
 
 import numpy as np
 
 from crema_jax.data.index import registry
 from crema_jax.data.index.dataset_index import CINC_SOURCES
+from crema_jax.evaluate import benchmark_tasks, datasets, feature_store, folds, protocols
 from crema_jax.runtime import storage
 
 
@@ -73,3 +77,81 @@ def check_sources(suite: dict, name: str, sources, path: str = "") -> None:
                         f"is {CINC_SOURCES[given]!r} (prefix and source: {known})")
             raise ValueError(f"task file {path}: task {task['name']!r}: {field}={given!r} is "
                              f"not a source of dataset {name!r} (its sources: {shown}){hint}")
+
+
+class Datasets:
+    """Each dataset of the task file loaded on first use: (Dataset, fold plan, patient keys).
+    `tasks_path` names the task file in errors."""
+
+    def __init__(self, suite: dict, tasks_path: str = ""):
+        self.suite, self.loaded, self.digests = suite, {}, {}
+        self.tasks_path = str(tasks_path)
+
+    def get(self, name: str):
+        if name not in self.loaded:
+            # Its fields named as the task file's, with the first task on it, in every line:
+            # its `classes` define the task, min_positives applied to them (load_dataset).
+            # Its test split is tested by its in-domain tasks alone (a cross-domain pair tests
+            # another source's records: the split's size, and folds, say nothing of it).
+            tasks = [t for t in self.suite["tasks"] if t["dataset"] == name]
+            settings = {**benchmark_tasks.dataset_settings(self.suite, name), "flag_prefix":
+                        dataset_where(self.suite, name, self.tasks_path),
+                        "test_split_read": any(not t["train_source"] for t in tasks)}
+            data = datasets.load_dataset(settings)
+            check_sources(self.suite, name, data.sources, self.tasks_path)
+            plan, groups = folds.dataset_plan(data, settings)
+            for task in (t for t in tasks if t["train_source"]):
+                _warn_small_cross_domain_test(task, data, groups)
+            self.loaded[name] = (data, plan, groups)
+        return self.loaded[name]
+
+    def fingerprint(self, name: str) -> str:
+        """A digest of what dataset `name` holds (feature_store.record_key: ids, paths and file
+        stats; splits, sources, classes, labels): a cell computed before its records, their
+        files or labels changed is not reused."""
+        if name in self.digests:
+            return self.digests[name]
+        data = self.get(name)[0]
+        digest = hashlib.sha256(json.dumps(
+            [[feature_store.record_key(i) for i in data.infos], data.splits.tolist(),
+             data.sources.tolist(), list(data.classes)]).encode())
+        digest.update(np.ascontiguousarray(data.labels, np.uint8).tobytes())
+        self.digests[name] = digest.hexdigest()[:16]
+        return self.digests[name]
+
+    def records_like(self, settings: dict) -> list:
+        """Every record of the task file's datasets over the same records as `settings`
+        (feature_store.records_key), in first-seen order: one extraction serves them all."""
+        key, union = feature_store.records_key(settings), {}
+        for name in self.suite["datasets"]:
+            if feature_store.records_key(benchmark_tasks.dataset_settings(self.suite, name)) == key:
+                for info in self.get(name)[0].infos:
+                    union.setdefault((info.record_id, str(info.path)), info)
+        return list(union.values())
+
+
+def cross_domain_rows(data, train_source: str, test_source: str, groups=None):
+    """(train, val, test rows, test records left out) of a cross-domain pair: train_source's
+    train and val splits, test_source's records of other patients (`groups`: patient keys;
+    None: each record its own; runs.py: the same rule)."""
+    own, other = data.sources == train_source, data.sources == test_source
+    train, val = (np.flatnonzero(own & (data.splits == s)) for s in ("train", "val"))
+    patients = np.arange(len(data.sources)) if groups is None else groups
+    test, left_out = protocols.unseen_patients(np.flatnonzero(other), np.r_[train, val],
+                                               patients)
+    return train, val, test, left_out
+
+
+def _warn_small_cross_domain_test(task: dict, data, groups) -> None:
+    """One line when a cross-domain task tests fewer than datasets.SMALL_TEST_SPLIT records:
+    what does apply (more records of its test source), not the folds an in-domain split's
+    warning suggests (they had been suggested, to a pair they cannot change)."""
+    test = cross_domain_rows(data, task["train_source"], task["test_source"], groups)[2]
+    source = task["test_source"]
+    line = datasets.small_test_warning(
+        len(test), f"the test set of task {task['name']!r} (its {source!r} records, less those "
+        f"of patients in the train and val splits of {task['train_source']!r})",
+        f"; a cross-domain pair tests every such record (folds do not apply): only more "
+        f"{source!r} records narrow them")
+    if line and len(test):   # none at all: the cell's error says so
+        print(line)

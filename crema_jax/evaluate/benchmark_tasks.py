@@ -31,7 +31,8 @@ import json
 import os
 
 from crema_jax import config as config_lib
-from crema_jax.evaluate import protocols, ranges
+from crema_jax.data.signal import augment
+from crema_jax.evaluate import linear_probe, mlp_head, protocols, ranges
 from crema_jax.inference import backbones
 from crema_jax.models import families
 
@@ -156,8 +157,28 @@ def load_suite(path, roots: dict | None = None) -> dict:
             raise ValueError(f"--roots: {name!r} is not a dataset of {path} "
                              f"({sorted(datasets)})")
         datasets[name]["root"] = root
+    tasks = _tasks(config["tasks"], datasets, path)
+    protocols_given = _protocols(config["protocols"], path)
+    suite = {key: config.get(key, default) for key, default in SUITE_DEFAULTS.items()}
+    ranges.check(suite, ranges.SUITE, f"task file {path}: ")
+    # "protocols": each recipe as the file gives it (a cell's digest holds it); "recipes": each
+    # with its defaults filled in and checked, here, before any model loads (a bad optimizer had
+    # surfaced after the feature extraction as a flag the benchmark has not got).
+    out = {**suite, "datasets": datasets, "tasks": tasks, "protocols": protocols_given,
+           "recipes": {name: recipe(given, name, path) for name, given in
+                       protocols_given.items()}}
+    names = [c.name for c in columns(out)]
+    shared = sorted({n for n in names if names.count(n) > 1})
+    if shared:
+        raise ValueError(f"task file {path}: two tasks (or a task's lead sets and label "
+                         f"fractions) give the same column {shared[0]!r}; rename one")
+    return out
+
+
+def _tasks(entries, datasets: dict, path) -> list[dict]:
+    """The task file's tasks, defaults filled in and checked against its `datasets`."""
     tasks = [_fields(task, TASK_DEFAULTS, f"task file {path}: tasks[{i}]")
-             for i, task in enumerate(config["tasks"])]
+             for i, task in enumerate(entries)]
     for i, task in enumerate(tasks):
         if task.get("dataset") not in datasets or not task.get("name"):
             raise ValueError(f"task file {path}: tasks[{i}] needs a name and a dataset of "
@@ -187,25 +208,80 @@ def load_suite(path, roots: dict | None = None) -> dict:
         if not task["label_fractions"]:
             raise ValueError(f"task file {path}: tasks[{i}].label_fractions=[]: expected at "
                              "least one fraction")
-    unknown = sorted(set(config["protocols"]) - set(PROTOCOLS))
-    if unknown:
-        raise ValueError(f"task file {path}: protocols {unknown}: expected some of {PROTOCOLS}")
-    for name, recipe in config["protocols"].items():
-        if recipe is not None and not isinstance(recipe, dict):
-            raise ValueError(f"task file {path}: protocols[{name!r}]={recipe!r}: expected a "
-                             "mapping of its recipe's fields ({} for the defaults)")
-    suite = {key: config.get(key, default) for key, default in SUITE_DEFAULTS.items()}
-    ranges.check(suite, ranges.SUITE, f"task file {path}: ")
     for name, task in zip([t["name"] for t in tasks], tasks):
         if not all(ranges.FRACTION_OF_LABELS.ok(f) for f in task["label_fractions"]):
             raise ValueError(f"task file {path}: tasks {name!r}: label_fractions="
                              f"{task['label_fractions']}: each {ranges.FRACTION_OF_LABELS.text}")
-    ordered = {name: config["protocols"][name] for name in PROTOCOLS if name in config["protocols"]}
-    return {**suite, "datasets": datasets, "tasks": tasks, "protocols": ordered}
+    return tasks
+
+
+def _protocols(given: dict, path) -> dict:
+    """The task file's protocols, in PROTOCOLS order, each as the file gives it."""
+    unknown = sorted(set(given) - set(PROTOCOLS))
+    if unknown:
+        raise ValueError(f"task file {path}: protocols {unknown}: expected some of {PROTOCOLS}")
+    for name, fields in given.items():
+        if fields is not None and not isinstance(fields, dict):
+            raise ValueError(f"task file {path}: protocols[{name!r}]={fields!r}: expected a "
+                             "mapping of its recipe's fields ({} for the defaults)")
+    return {name: given[name] for name in PROTOCOLS if name in given}
+
+
+PROTOCOL_DEFAULTS = {
+    "probe": {"l2_grid": list(linear_probe.DEFAULT_L2_GRID), "optimizer": "lbfgs", "steps": 200},
+    "mlp": {"l2_grid": list(mlp_head.DEFAULT_L2_GRID), "hidden": 128, "steps": 300,
+            "learning_rate": 1e-3},
+    # The finetune command's defaults (cli/evaluation_flags.py); None: the data path's.
+    "finetune": {"epochs": 30, "base_lr": 1e-3, "weight_decay": 0.05, "layer_decay": None,
+                 "drop_path": None, "label_smoothing": 0.0, "warmup_epochs": 1.0,
+                 "patience": 10, "augment": ["config"], "steps_per_epoch": 0},
+}
+
+
+RANGES = {"probe": ranges.PROBE, "mlp": ranges.MLP, "finetune": ranges.FINETUNE}
+
+
+def recipe(given: dict | None, protocol: str, path) -> dict:
+    """Protocol `protocol`'s recipe as task file `path` gives it (None: the defaults), its
+    defaults filled in and every field checked; each error names the file and the field."""
+    given = dict(given or {})
+    where = f"task file {path}: protocols[{protocol!r}]"
+    unknown = sorted(set(given) - set(PROTOCOL_DEFAULTS[protocol]))
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown}; expected "
+                         f"{sorted(PROTOCOL_DEFAULTS[protocol])}")
+    out = {**PROTOCOL_DEFAULTS[protocol], **given}
+    # Range.ok lets None through (a setting left to the data path's recipe): only the fields
+    # whose default is None may be; a null epochs had been a TypeError traceback (int(None)).
+    for name, valid in RANGES[protocol].items():
+        if out.get(name, 0) is None and PROTOCOL_DEFAULTS[protocol][name] is not None:
+            raise ValueError(f"{where}.{name}=None: {valid.text}")
+    ranges.check(out, RANGES[protocol], f"{where}.")
+    problem = (ranges.finetune_steps_problem(out, f"protocols[{protocol!r}].")
+               if protocol == "finetune" else None)
+    if problem:  # 3e9 steps: an OverflowError traceback in the first cell
+        raise ValueError(f"task file {path}: {problem}")
+    if "l2_grid" in out:
+        grid = list(out["l2_grid"] or [])
+        if not grid or not all(ranges.L2.ok(v) for v in grid):
+            raise ValueError(f"{where}.l2_grid={out['l2_grid']!r}: expected strengths, each "
+                             f"{ranges.L2.expected}")
+        out["l2_grid"] = tuple(float(v) for v in grid)
+    if "optimizer" in out and out["optimizer"] not in linear_probe.OPTIMIZERS:
+        raise ValueError(f"{where}.optimizer={out['optimizer']!r}: expected one of "
+                         f"{list(linear_probe.OPTIMIZERS)}")
+    if "augment" in out:   # a string had been read letter by letter
+        known = sorted({"config", "none", *augment.AUGMENTS})
+        names = out["augment"]
+        if not isinstance(names, (list, tuple)) or not all(n in known for n in names):
+            raise ValueError(f"{where}.augment={names!r}: expected a list of names from "
+                             f"{known}")
+        out["augment"] = list(names)
+    return out
 
 
 def columns(suite: dict) -> list[Column]:
-    """Every task expanded over its lead sets and label fractions."""
+    """Every task expanded over its lead sets and label fractions (distinct: load_suite)."""
     out = []
     for task in suite["tasks"]:
         several = len(task["leads"]) * len(task["label_fractions"]) > 1
@@ -215,11 +291,6 @@ def columns(suite: dict) -> list[Column]:
                                        else "")
                 out.append(Column(name, task["name"], task["dataset"], str(leads),
                                   float(fraction), task["train_source"], task["test_source"]))
-    names = [c.name for c in out]
-    shared = sorted({n for n in names if names.count(n) > 1})
-    if shared:
-        raise ValueError(f"task file: two tasks (or a task's lead sets and label fractions) "
-                         f"give the same column {shared[0]!r}; rename one")
     return out
 
 

@@ -524,18 +524,36 @@ def test_a_damaged_saved_cell_is_computed_again(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("protocol, field, value, said", [
-    ("probe", "optimizer", "sgd", "expected one of ['lbfgs', 'adam']"),
-    ("finetune", "augment", "none", "expected a list of names from ["),
-    ("finetune", "augment", ["jitter"], "expected a list of names from ["),
+    ("probe", "optimizer", "'sgd'", "expected one of ['lbfgs', 'adam']"),
+    ("finetune", "augment", "'none'", "expected a list of names from ["),
+    ("finetune", "augment", "['jitter']", "expected a list of names from ["),
 ])
-def test_a_recipe_field_is_checked_before_any_model_loads(protocol, field, value, said):
+def test_a_recipe_field_is_refused_when_the_task_file_loads(tmp_path, protocol, field, value,
+                                                            said):
     """A probe optimizer 'sgd' had surfaced after the feature extraction, as a flag the
-    benchmark has not got; an augment string had been read letter by letter."""
-    suite = {"protocols": {protocol: {field: value}}}
+    benchmark has not got; an augment string had been read letter by letter. The error names
+    the task file, as every other of its errors does (it had said "task file: ...")."""
+    path = tmp_path / "tasks.py"
+    path.write_text("import ml_collections\ndef get_config():\n    c = ml_collections."
+                    "ConfigDict()\n    c.datasets = {'d': {'root': '/x'}}\n"
+                    "    c.tasks = [{'name': 't', 'dataset': 'd'}]\n    c.protocols = "
+                    f"{{{protocol!r}: {{{field!r}: {value}}}}}\n    return c\n")
     with pytest.raises(ValueError) as raised:
-        benchmark.recipe(suite, protocol)
+        benchmark_tasks.load_suite(path)
     assert str(raised.value).startswith(
-        f"task file: protocols[{protocol!r}].{field}={value!r}: {said}")
+        f"task file {path}: protocols[{protocol!r}].{field}={eval(value)!r}: {said}")
+
+
+def test_two_tasks_of_one_column_are_refused_naming_the_task_file(tmp_path):
+    path = tmp_path / "tasks.py"
+    path.write_text("import ml_collections\ndef get_config():\n    c = ml_collections."
+                    "ConfigDict()\n    c.datasets = {'d': {'root': '/x'}}\n"
+                    "    c.tasks = [{'name': 't', 'dataset': 'd'}, {'name': 't', 'dataset': 'd'}]"
+                    "\n    c.protocols = {'probe': {}}\n    return c\n")
+    with pytest.raises(ValueError) as raised:
+        benchmark_tasks.load_suite(path)
+    assert str(raised.value) == (f"task file {path}: two tasks (or a task's lead sets and label "
+                                 "fractions) give the same column 't'; rename one")
 
 
 def test_a_benchmark_refused_at_its_models_makes_no_workdir(tmp_path):

@@ -10,7 +10,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from crema_jax.evaluate import benchmark, benchmark_tasks
+from crema_jax.evaluate import benchmark_datasets, benchmark_tasks
 
 A, B, FREQUENT, RARE = "1000", "2000", "3000", "9999"   # FREQUENT and RARE: not in the list
 # The rows' labels: A x6 (one with FREQUENT), B x5, FREQUENT alone x2, RARE alone x1, none x1:
@@ -50,7 +50,7 @@ def _load(manifest, tmp_path, label_type):
     tasks = tmp_path / "tasks.py"
     tasks.write_text(TASKS.format(root=str(manifest), label_type=label_type, a=A, b=B))
     suite = benchmark_tasks.load_suite(tasks)
-    return benchmark.Datasets(suite, str(tasks)).get("d")[0]
+    return benchmark_datasets.Datasets(suite, str(tasks)).get("d")[0]
 
 
 def test_a_record_of_other_classes_only_is_a_negative_whatever_their_positives(
@@ -89,7 +89,7 @@ def test_a_listed_class_with_too_few_positives_is_refused_not_dropped(manifest, 
     tasks = tmp_path / "tasks.py"
     tasks.write_text(TASKS.format(root=str(manifest), label_type="multilabel", a=A, b=RARE))
     with pytest.raises(ValueError) as raised:
-        benchmark.Datasets(benchmark_tasks.load_suite(tasks), str(tasks)).get("d")
+        benchmark_datasets.Datasets(benchmark_tasks.load_suite(tasks), str(tasks)).get("d")
     assert str(raised.value).startswith(
         f"task file {tasks}: task 't': datasets['d'].classes: ['{RARE}'] have fewer than "
         "min_positives=2 positives")

@@ -5,7 +5,7 @@ than 30 test records says so of its own test set (counted here from the files)."
 import hashlib
 
 from crema_jax.data.index import dataset_index
-from crema_jax.evaluate import benchmark, benchmark_tasks
+from crema_jax.evaluate import benchmark_datasets, benchmark_tasks
 
 ROOT = dataset_index.sample_data_dir()
 TASKS = f"""import ml_collections
@@ -30,7 +30,7 @@ def _georgia_records() -> int:
 def _loaded(tmp_path, text, capsys) -> tuple[list, str]:
     path = tmp_path / "tasks.py"
     path.write_text(text)
-    benchmark.Datasets(benchmark_tasks.load_suite(path), str(path)).get("split")
+    benchmark_datasets.Datasets(benchmark_tasks.load_suite(path), str(path)).get("split")
     return [line for line in capsys.readouterr().out.splitlines()
             if line.startswith("warning:")], str(path)
 

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from crema_jax.data.index import dataset_index
-from crema_jax.evaluate import benchmark, benchmark_tasks
+from crema_jax.evaluate import benchmark, benchmark_datasets, benchmark_tasks
 from crema_jax.runtime import files
 from crema_jax.runtime import workdir as workdir_lib
 from tests.cli.conftest import _fails
@@ -126,7 +126,7 @@ def test_a_source_no_record_has_is_refused_before_any_feature_is_extracted(tmp_p
                 and p.name != workdir_lib.WorkdirLock.NAME]   # no feature, no cell
     path = _split_tasks(tmp_path, root, "nowhere", "georgia")   # no prefix: no table
     with pytest.raises(ValueError) as raised:
-        benchmark.Datasets(benchmark_tasks.load_suite(path), path).get("split")
+        benchmark_datasets.Datasets(benchmark_tasks.load_suite(path), path).get("split")
     assert str(raised.value) == (f"task file {path}: task 'x': train_source='nowhere' is not a "
                                  "source of dataset 'split' (its sources: georgia, ningbo, ptbxl)")
 
@@ -147,7 +147,7 @@ def test_sources_named_after_folders_a_and_e_are_sources_like_any_other(tmp_path
         for k, head in enumerate(sorted(sample.glob(f"{prefix}*.hea"))[:12]):
             _renamed_copy(head.with_suffix(""), tmp_path / "data" / folder, f"rec{folder}{k:02d}")
     suite = benchmark_tasks.load_suite(_split_tasks(tmp_path, tmp_path / "data", "A", "E"))
-    data = benchmark.Datasets(suite).get("split")[0]
+    data = benchmark_datasets.Datasets(suite).get("split")[0]
     assert sorted(set(data.sources.tolist())) == ["A", "E"]
     assert all(i.record_id.startswith(f"rec{s}") for i, s in zip(data.infos, data.sources))
 
@@ -197,13 +197,12 @@ def test_a_task_files_numbers_are_checked(tmp_path, extra, said):
      "expected an integer in [0, 2147483647]"),
     ("probe", {"steps": None}, "protocols['probe'].steps=None: expected an integer >= 1")])
 def test_a_task_files_protocol_numbers_are_checked(protocol, fields, said):
-    with pytest.raises(ValueError, match=r"^task file: " + __import__("re").escape(said)):
-        benchmark.recipe({"protocols": {protocol: fields}}, protocol)
+    with pytest.raises(ValueError, match=r"^task file t\.py: " + __import__("re").escape(said)):
+        benchmark_tasks.recipe(fields, protocol, "t.py")
 
 
 def test_a_null_is_allowed_where_the_default_is_the_data_paths():
-    got = benchmark.recipe({"protocols": {"finetune": {"layer_decay": None, "drop_path": None}}},
-                           "finetune")
+    got = benchmark_tasks.recipe({"layer_decay": None, "drop_path": None}, "finetune", "t.py")
     assert got["layer_decay"] is None and got["drop_path"] is None
 
 
@@ -284,7 +283,7 @@ def test_benchmark_cells_follow_their_dataset_and_never_share_a_file(tmp_path, c
     """A rerun after records were added or removed or a label edited reused every cell of the
     old data (the digest held the dataset's settings only); "rhythm a" and "rhythm_a" (and
     "random:m" and "random_m") shared one cell file, so each rerun recomputed the other's."""
-    from crema_jax.evaluate import benchmark, benchmark_tasks
+    from crema_jax.evaluate import benchmark_datasets, benchmark_tasks
     from crema_jax.runtime import files
     root = tmp_path / "data"
     root.mkdir()
@@ -301,7 +300,7 @@ def test_benchmark_cells_follow_their_dataset_and_never_share_a_file(tmp_path, c
 
     def digest():
         suite = benchmark_tasks.load_suite(tasks)
-        return benchmark.Datasets(suite).fingerprint("d")
+        return benchmark_datasets.Datasets(suite).fingerprint("d")
 
     first = digest()
     assert digest() == first                                  # the same data, the same digest
