@@ -4,7 +4,6 @@ probe, finetune, compare), `add_probe_head` (probe, compare) and `add_finetune_r
 
 from crema_jax.cli import command
 from crema_jax.data.index import registry
-from crema_jax.data.signal import augment
 from crema_jax.evaluate import ranges
 
 
@@ -191,13 +190,9 @@ def add_finetune_recipe(cmd: command.Command) -> None:
 
 def finetune_recipe(args) -> dict:
     """The fine-tuning recipe (evaluate.finetune's `ft`)."""
-    names = list(args.augment)
-    unknown = [a for a in names if a not in ("config", "none", *augment.AUGMENTS)]
-    if unknown or (len(names) > 1 and {"config", "none"} & set(names)):
-        why = (f"unknown augmentation {unknown[0]!r}" if unknown else
-               "'config' and 'none' stand alone")
-        raise command.FlagValueError(f"--augment={','.join(names)}: {why}; expected 'config', "
-                                     f"'none', or names among {', '.join(augment.AUGMENTS)}")
+    problem = ranges.augment_names_problem(list(args.augment))
+    if problem:
+        raise command.FlagValueError(f"--augment={','.join(args.augment)}: {problem}")
     ft = {"epochs": args.epochs, "base_lr": args.base_lr, "weight_decay": args.weight_decay,
           "layer_decay": args.layer_decay, "drop_path": args.drop_path,
           "label_smoothing": args.label_smoothing, "warmup_epochs": args.warmup_epochs,

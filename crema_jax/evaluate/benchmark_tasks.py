@@ -31,7 +31,6 @@ import json
 import os
 
 from crema_jax import config as config_lib
-from crema_jax.data.signal import augment
 from crema_jax.evaluate import linear_probe, mlp_head, protocols, ranges
 from crema_jax.inference import backbones
 from crema_jax.models import families
@@ -271,12 +270,10 @@ def recipe(given: dict | None, protocol: str, path) -> dict:
         raise ValueError(f"{where}.optimizer={out['optimizer']!r}: expected one of "
                          f"{list(linear_probe.OPTIMIZERS)}")
     if "augment" in out:   # a string had been read letter by letter
-        known = sorted({"config", "none", *augment.AUGMENTS})
-        names = out["augment"]
-        if not isinstance(names, (list, tuple)) or not all(n in known for n in names):
-            raise ValueError(f"{where}.augment={names!r}: expected a list of names from "
-                             f"{known}")
-        out["augment"] = list(names)
+        problem = ranges.augment_names_problem(out["augment"])
+        if problem:
+            raise ValueError(f"{where}.augment={out['augment']!r}: {problem}")
+        out["augment"] = list(out["augment"])
     return out
 
 

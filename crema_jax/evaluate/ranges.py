@@ -73,6 +73,24 @@ def finetune_steps_problem(ft: dict, where: str, steps_per_epoch: int | None = N
     return None
 
 
+def augment_names_problem(names) -> str | None:
+    """Why `names` is no fine-tuning recipe's augment list, or None. It is 'config' (the
+    checkpoint's data.augment.names) alone, 'none' alone, or augmentation names (an empty list:
+    none); the command's flag and the benchmark's task file had checked it by two rules, and
+    the task file's ["config", "lead_drop"] had failed at its first fine-tuning cell."""
+    from crema_jax.data.signal.augment import AUGMENTS  # here: --help imports no numpy
+
+    expected = f"expected 'config', 'none', or names among {', '.join(AUGMENTS)}"
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        return f"not a list of names; {expected}"
+    unknown = [n for n in names if n not in ("config", "none", *AUGMENTS)]
+    if unknown:
+        return f"unknown augmentation {unknown[0]!r}; {expected}"
+    if len(names) > 1 and {"config", "none"} & set(names):
+        return f"'config' and 'none' stand alone; {expected}"
+    return None
+
+
 def check(values: dict, ranges: dict, where: str) -> None:
     """ValueError naming the first of `values` outside its range in `ranges` ("{where}NAME=...")."""
     for name, valid in ranges.items():

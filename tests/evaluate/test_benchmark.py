@@ -525,8 +525,14 @@ def test_a_damaged_saved_cell_is_computed_again(tmp_path, capsys):
 
 @pytest.mark.parametrize("protocol, field, value, said", [
     ("probe", "optimizer", "'sgd'", "expected one of ['lbfgs', 'adam']"),
-    ("finetune", "augment", "'none'", "expected a list of names from ["),
-    ("finetune", "augment", "['jitter']", "expected a list of names from ["),
+    ("finetune", "augment", "'none'", "not a list of names; expected 'config', 'none', or "
+     "names among amplitude_scale, "),
+    ("finetune", "augment", "['jitter']", "unknown augmentation 'jitter'; expected 'config', "),
+    # The finetune flag's rule: these had passed the task file and failed at the first
+    # fine-tuning cell, after every probe cell ran ('config' read as an augmentation's name).
+    ("finetune", "augment", "['config', 'lead_drop']", "'config' and 'none' stand alone; "
+     "expected 'config', 'none', or names among "),
+    ("finetune", "augment", "['none', 'config']", "'config' and 'none' stand alone; "),
 ])
 def test_a_recipe_field_is_refused_when_the_task_file_loads(tmp_path, protocol, field, value,
                                                             said):
