@@ -148,44 +148,46 @@ def _numbers(items, flag: str, valid: ranges.Range, which: str = "") -> list[flo
 
 
 def add_probe_head(cmd: command.Command) -> None:
+    probe = ranges.PROBE_DEFAULTS
     cmd.list("l2_grid", [], "L2 strengths tried; the best validation macro AUROC wins "
-             "(default: six decades, 1e-6 to 0.1).")
-    cmd.enum("probe_optimizer", "lbfgs", ["lbfgs", "adam"], "Full-batch optimizer of the "
-             "linear head.")
-    cmd.integer("probe_steps", 200, "Full-batch optimizer steps.", lower_bound=1)
+             f"(default: {', '.join(f'{v:g}' for v in probe['l2_grid'])}).")
+    cmd.enum("probe_optimizer", probe["optimizer"], ["lbfgs", "adam"], "Full-batch optimizer of "
+             "the linear head.")
+    cmd.integer("probe_steps", probe["steps"], "Full-batch optimizer steps.", lower_bound=1)
 
 
 def probe_head(args) -> dict:
     """The linear head's settings (evaluate.linear_probe.fit_linear_probe's keywords)."""
-    from crema_jax.evaluate import linear_probe  # at run time: --help answers without importing JAX
-
     l2_grid = (tuple(_numbers(args.l2_grid, "l2_grid", ranges.L2))
-               or linear_probe.DEFAULT_L2_GRID)
+               or ranges.PROBE_DEFAULTS["l2_grid"])
     return {"l2_grid": l2_grid, "optimizer": args.probe_optimizer, "steps": args.probe_steps}
 
 
 def add_finetune_recipe(cmd: command.Command) -> None:
-    ft = ranges.FINETUNE
-    cmd.integer("epochs", 30, "Maximum fine-tuning epochs.", lower_bound=ft["epochs"].low,
-                upper_bound=ft["epochs"].high)
-    cmd.float("base_lr", 1e-3, "Peak lr = base_lr x batch / 256 (ST-MEM fine-tuning).",
-              valid=ft["base_lr"])
-    cmd.float("weight_decay", 0.05, "AdamW weight decay.", valid=ft["weight_decay"])
-    cmd.float("layer_decay", None, "Layer-wise lr decay (1 = off). Default: the checkpoint's "
-              "data path's recipe: 0.75 (crema), 1 (stmem: ST-MEM's configs decay no layer).",
-              valid=ft["layer_decay"])
-    cmd.float("drop_path", None, "Stochastic depth (max rate). Default: the data path's "
-              "recipe: 0.1 (crema), 0 (stmem).", valid=ft["drop_path"])
-    cmd.float("label_smoothing", 0.0, "Label smoothing.", valid=ft["label_smoothing"])
-    cmd.float("warmup_epochs", 1.0, "Linear lr warm-up in epochs.", valid=ft["warmup_epochs"])
-    cmd.integer("patience", 10, "Early stopping: epochs without a better validation macro "
-                "AUROC (0 = never stop early).", lower_bound=0)
-    cmd.list("augment", ["config"], "Training augmentations: 'config' = the checkpoint's "
-             "data.augment.names, 'none', or names (amplitude_scale, baseline_wander, "
-             "gaussian_noise, time_shift, lead_drop).")
-    cmd.integer("steps_per_epoch", 0, "0 = one pass over the training records per epoch "
-                "(epochs x steps_per_epoch below 2**31).", lower_bound=ft["steps_per_epoch"].low,
-                upper_bound=ft["steps_per_epoch"].high)
+    ft, default = ranges.FINETUNE, ranges.FINETUNE_DEFAULTS
+    cmd.integer("epochs", default["epochs"], "Maximum fine-tuning epochs.",
+                lower_bound=ft["epochs"].low, upper_bound=ft["epochs"].high)
+    cmd.float("base_lr", default["base_lr"], "Peak lr = base_lr x batch / 256 (ST-MEM "
+              "fine-tuning).", valid=ft["base_lr"])
+    cmd.float("weight_decay", default["weight_decay"], "AdamW weight decay.",
+              valid=ft["weight_decay"])
+    cmd.float("layer_decay", default["layer_decay"], "Layer-wise lr decay (1 = off). Default: "
+              "the checkpoint's data path's recipe: 0.75 (crema), 1 (stmem: ST-MEM's configs "
+              "decay no layer).", valid=ft["layer_decay"])
+    cmd.float("drop_path", default["drop_path"], "Stochastic depth (max rate). Default: the "
+              "data path's recipe: 0.1 (crema), 0 (stmem).", valid=ft["drop_path"])
+    cmd.float("label_smoothing", default["label_smoothing"], "Label smoothing.",
+              valid=ft["label_smoothing"])
+    cmd.float("warmup_epochs", default["warmup_epochs"], "Linear lr warm-up in epochs.",
+              valid=ft["warmup_epochs"])
+    cmd.integer("patience", default["patience"], "Early stopping: epochs without a better "
+                "validation macro AUROC (0 = never stop early).", lower_bound=0)
+    cmd.list("augment", list(default["augment"]), "Training augmentations: 'config' = the "
+             "checkpoint's data.augment.names, 'none', or names (amplitude_scale, "
+             "baseline_wander, gaussian_noise, time_shift, lead_drop).")
+    cmd.integer("steps_per_epoch", default["steps_per_epoch"], "0 = one pass over the training "
+                "records per epoch (epochs x steps_per_epoch below 2**31).",
+                lower_bound=ft["steps_per_epoch"].low, upper_bound=ft["steps_per_epoch"].high)
 
 
 def finetune_recipe(args) -> dict:

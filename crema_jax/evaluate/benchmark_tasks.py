@@ -31,7 +31,7 @@ import json
 import os
 
 from crema_jax import config as config_lib
-from crema_jax.evaluate import linear_probe, mlp_head, protocols, ranges
+from crema_jax.evaluate import linear_probe, protocols, ranges
 from crema_jax.inference import backbones
 from crema_jax.models import families
 
@@ -226,17 +226,8 @@ def _protocols(given: dict, path) -> dict:
     return {name: given[name] for name in PROTOCOLS if name in given}
 
 
-PROTOCOL_DEFAULTS = {
-    "probe": {"l2_grid": list(linear_probe.DEFAULT_L2_GRID), "optimizer": "lbfgs", "steps": 200},
-    "mlp": {"l2_grid": list(mlp_head.DEFAULT_L2_GRID), "hidden": 128, "steps": 300,
-            "learning_rate": 1e-3},
-    # The finetune command's defaults (cli/evaluation_flags.py); None: the data path's.
-    "finetune": {"epochs": 30, "base_lr": 1e-3, "weight_decay": 0.05, "layer_decay": None,
-                 "drop_path": None, "label_smoothing": 0.0, "warmup_epochs": 1.0,
-                 "patience": 10, "augment": ["config"], "steps_per_epoch": 0},
-}
-
-
+PROTOCOL_DEFAULTS = {"probe": ranges.PROBE_DEFAULTS, "mlp": ranges.MLP_DEFAULTS,
+                     "finetune": ranges.FINETUNE_DEFAULTS}
 RANGES = {"probe": ranges.PROBE, "mlp": ranges.MLP, "finetune": ranges.FINETUNE}
 
 

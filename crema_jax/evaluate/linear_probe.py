@@ -27,11 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from crema_jax.evaluate import datasets, folds, frozen_features, plots, report, runs, scoring
+from crema_jax.evaluate import datasets, folds, frozen_features, plots, ranges, report, runs, \
+    scoring
 from crema_jax.inference import backbones
 from crema_jax.runtime import mesh as mesh_lib
-
-DEFAULT_L2_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +93,9 @@ OPTIMIZERS = ("lbfgs", "adam")
 
 
 def fit_linear_probe(x_train, y_train, x_val, y_val, *, label_type: str = "multilabel",
-                     l2_grid=DEFAULT_L2_GRID, optimizer: str = "lbfgs", steps: int = 200,
+                     l2_grid=ranges.PROBE_DEFAULTS["l2_grid"],
+                     optimizer: str = ranges.PROBE_DEFAULTS["optimizer"],
+                     steps: int = ranges.PROBE_DEFAULTS["steps"],
                      learning_rate: float = 1e-2) -> LinearProbe:
     """Train one head per L2 value on standardised features; keep the best on validation.
 

@@ -17,10 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from crema_jax.evaluate import frozen_features, scoring
+from crema_jax.evaluate import frozen_features, ranges, scoring
 from crema_jax.inference import backbones
-
-DEFAULT_L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +64,11 @@ def _fit_grid(x, y, w, l2s, learning_rate, seed, *, hidden, label_type, steps):
 
 
 def fit_mlp_head(x_train, y_train, x_val, y_val, *, label_type: str = "multilabel",
-                 l2_grid=DEFAULT_L2_GRID, hidden: int = 128, steps: int = 300,
-                 learning_rate: float = 1e-3, seed: int = 0) -> MlpHead:
+                 l2_grid=ranges.MLP_DEFAULTS["l2_grid"],
+                 hidden: int = ranges.MLP_DEFAULTS["hidden"],
+                 steps: int = ranges.MLP_DEFAULTS["steps"],
+                 learning_rate: float = ranges.MLP_DEFAULTS["learning_rate"],
+                 seed: int = 0) -> MlpHead:
     """One head per L2 strength on standardised features; the best on validation is kept.
     Features (n, D) or (n, C crops, D) as linear_probe.fit_linear_probe takes them."""
     xt, yt, w, mean, std = frozen_features.training_rows(

@@ -26,6 +26,18 @@ FINETUNE = {"epochs": Range(1, MAX_EPOCHS, integer=True), "base_lr": POSITIVE,
             "steps_per_epoch": Range(0, MAX_FINETUNE_STEPS, integer=True)}
 PROBE = {"steps": COUNT}
 MLP = {"hidden": COUNT, "steps": COUNT, "learning_rate": POSITIVE}
+# Each recipe's defaults, beside its ranges, written once: the probe and finetune commands'
+# flags, the heads' keywords (linear_probe.fit_linear_probe, mlp_head.fit_mlp_head) and the
+# benchmark task file's protocols (benchmark_tasks.recipe) read them; docs/evaluation.md lists
+# them. (They had been written three times, and the benchmark's copy said so.)
+PROBE_DEFAULTS = {"l2_grid": (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1), "optimizer": "lbfgs",
+                  "steps": 200}
+MLP_DEFAULTS = {"l2_grid": (1e-4, 1e-3, 1e-2, 1e-1), "hidden": 128, "steps": 300,
+                "learning_rate": 1e-3}
+# None: the data path's recipe (finetune.resolve_recipe); "augment": augment_names_problem.
+FINETUNE_DEFAULTS = {"epochs": 30, "base_lr": 1e-3, "weight_decay": 0.05, "layer_decay": None,
+                     "drop_path": None, "label_smoothing": 0.0, "warmup_epochs": 1.0,
+                     "patience": 10, "augment": ("config",), "steps_per_epoch": 0}
 L2 = NON_NEGATIVE                                  # each L2 strength of a grid
 FRACTION_OF_LABELS = Range(0, 1, low_open=True)    # each label fraction
 SPLIT_FRACTION = Range(0, 1)                       # each of train,val,test
