@@ -50,7 +50,9 @@ ENV_DRILL_KILL = "CREMA_JAX_DRILL_KILL_AFTER_CELLS"
 
 def _cross_domain_cell(fit_predict, data, column, seed: int, groups=None):
     """Train on column.train_source's train split (its label fraction), select on its val
-    split, test on column.test_source's records of other patients (cross_domain_rows)."""
+    split, test on column.test_source's records of other patients (cross_domain_rows), on the
+    classes the head could learn (runs.cross_domain_head: the protocol of probe --cross_domain).
+    A cell with no class to learn is an error (a table cell is never left out unsaid)."""
     train, val, test, left_out = benchmark_datasets.cross_domain_rows(
         data, column.train_source, column.test_source, groups)
     if not (len(train) and len(val) and len(test)):
@@ -61,19 +63,15 @@ def _cross_domain_cell(fit_predict, data, column, seed: int, groups=None):
     pool = len(train)
     train = train[protocols.label_fraction_subset(data.labels[train], column.label_fraction,
                                                   seed=seed)]
-    out = fit_predict(train, val, {"test": test})
-    # A class without positives (or without negatives) in the training source was never
-    # learnt: its test AUROC is noise (or a constant's 0.5) and is not scored (it was, and
-    # ranked).
-    learnt = runs.learnt_classes(data.labels[train])
-    if not learnt.any():
+    head = runs.cross_domain_head(fit_predict, data, train, val, {"test": test})
+    if head is None:
         raise ValueError(f"task {column.task!r}: no class has both positives and negatives in "
-                         f"the training records of {column.train_source!r}")
-    pred = runs.learnt_only(out, learnt)["tests"]["test"]
-    return {"n_train": len(train), "n_val": len(val),
-            **protocols.labels_used(len(train), pool), **out["info"],
-            **runs.unlearnt(data.classes, data.labels[train]),
-            "out_of_domain_left_out": {column.test_source: left_out}}, pred, learnt
+                         f"the {len(train)} training records of {column.train_source!r}: the "
+                         "head has nothing to learn")
+    pred = runs.learnt_only(head["out"], head["learnt"])["tests"]["test"]
+    return {"n_train": len(train), "n_val": len(val), **protocols.labels_used(len(train), pool),
+            **head["fields"], "out_of_domain_left_out": {column.test_source: left_out}}, \
+        pred, head["learnt"]
 
 
 def _fit_predict(model, protocol, rec, data, column, settings, store, mesh):

@@ -131,15 +131,14 @@ class Datasets:
 
 
 def cross_domain_rows(data, train_source: str, test_source: str, groups=None):
-    """(train, val, test rows, test records left out) of a cross-domain pair: train_source's
-    train and val splits, test_source's records of other patients (`groups`: patient keys;
-    None: each record its own; runs.py: the same rule)."""
-    own, other = data.sources == train_source, data.sources == test_source
-    train, val = (np.flatnonzero(own & (data.splits == s)) for s in ("train", "val"))
+    """(train, val, test rows, test records left out) of a cross-domain pair
+    (protocols.source_rows: train_source's train and val splits, test_source's records of other
+    patients; `groups`: patient keys, None: each record its own)."""
     patients = np.arange(len(data.sources)) if groups is None else groups
-    test, left_out = protocols.unseen_patients(np.flatnonzero(other), np.r_[train, val],
-                                               patients)
-    return train, val, test, left_out
+    rows = protocols.source_rows(data.sources, data.splits, patients, train_source,
+                                 [test_source])
+    return (rows["train"], rows["val"], rows["out_of_domain"][test_source],
+            rows["left_out"][test_source])
 
 
 def _warn_small_cross_domain_test(task: dict, data, groups) -> None:

@@ -230,30 +230,36 @@ def shared_patient_note(sources, patients) -> str | None:
 
 def cross_domain_plan(sources: Sequence[str], splits: Sequence[str],
                       patients: Sequence[str], log=print) -> list[dict]:
-    """For each source with train, val and test records: record indices for the head and its
-    tests. An out-of-domain test set is every record of the other source EXCEPT those of a
-    patient (patient_keys) among the head's training or validation records: a patient with
-    records in two sources would otherwise be tested on the head that trained on them. How many
-    were left out: "left_out" {other source: records}. A patient id found in two sources is
-    noted through `log` (shared_patient_note)."""
+    """For each source with train, val and test records, its head's records (source_rows:
+    tested in-domain and on every other source). A patient id found in two sources is noted
+    through `log` (shared_patient_note)."""
     sources, splits, patients = np.asarray(sources), np.asarray(splits), np.asarray(patients)
     note = shared_patient_note(sources, patients)
     if note:
         log(note)
     plan = []
-    for source in sorted(set(sources.tolist())):
-        own = sources == source
-        train, val, test = (np.flatnonzero(own & (splits == s)) for s in SPLITS)
-        if len(train) == 0 or len(val) == 0 or len(test) == 0:
-            continue
-        tests = {o: unseen_patients(np.flatnonzero(sources == o), np.r_[train, val], patients)
-                 for o in sorted(set(sources.tolist()) - {source})}
-        plan.append({
-            "train_source": source, "train": train, "val": val, "in_domain_test": test,
-            "out_of_domain": {o: rows for o, (rows, _) in tests.items()},
-            "left_out": {o: n for o, (_, n) in tests.items()},
-        })
+    names = sorted(set(sources.tolist()))
+    for source in names:
+        entry = source_rows(sources, splits, patients, source, [o for o in names if o != source])
+        if len(entry["train"]) and len(entry["val"]) and len(entry["in_domain_test"]):
+            plan.append(entry)
     return plan
+
+
+def source_rows(sources, splits, patients, source: str, others: Sequence[str]) -> dict:
+    """The records of a head trained on `source`, the cross-domain protocol's one rule: its
+    train, val and test splits ("train", "val", "in_domain_test") and, per source of `others`,
+    that source's records EXCEPT those of a patient (patient_keys) among the head's training or
+    validation records ("out_of_domain"; how many were left out: "left_out"): a patient with
+    records in two sources would otherwise be tested on the head that trained on them."""
+    sources, splits = np.asarray(sources), np.asarray(splits)
+    own = sources == source
+    train, val, test = (np.flatnonzero(own & (splits == s)) for s in SPLITS)
+    tests = {o: unseen_patients(np.flatnonzero(sources == o), np.r_[train, val], patients)
+             for o in others}
+    return {"train_source": source, "train": train, "val": val, "in_domain_test": test,
+            "out_of_domain": {o: rows for o, (rows, _) in tests.items()},
+            "left_out": {o: n for o, (_, n) in tests.items()}}
 
 
 def unseen_patients(rows: np.ndarray, seen: np.ndarray, patients) -> tuple[np.ndarray, int]:

@@ -13,9 +13,10 @@ the classes with a positive AND a negative among that source's training records 
 head never saw positive, or never saw negative, has a test AUROC of noise, or of a constant
 0.5: it was scored, and entered the drop; the entry names the others in
 `classes_without_train_positives` and `classes_without_train_negatives`, and a source with
-none is left out). An out-of-domain test set leaves out the records of patients among the
-head's training and validation records (protocols.cross_domain_plan), counted per test source
-in `out_of_domain_left_out`. A model whose probabilities are not finite stops the run
+none is left out, in a printed line). An out-of-domain test set leaves out the records of
+patients among the head's training and validation records (protocols.source_rows), counted per
+test source in `out_of_domain_left_out`. `cross_domain_head` is the protocol's one head, also
+the benchmark's cross-domain cells'. A model whose probabilities are not finite stops the run
 (`finite_outputs`).
 Every test set's bootstrap CI resamples patients (`groups`: protocols.patient_keys).
 """
@@ -120,28 +121,53 @@ def model_runs(fit_predict, data, lead_name: str, settings: dict, *, method: str
     if cross_domain:
         patients = protocols.patient_keys(data.infos) if groups is None else groups
         for entry_plan in protocols.cross_domain_plan(data.sources, data.splits, patients):
-            tests = {"in_domain": entry_plan["in_domain_test"], **entry_plan["out_of_domain"]}
-            learnt = learnt_classes(data.labels[entry_plan["train"]])
-            if not learnt.any():
-                continue
-            out = fit_predict(entry_plan["train"], entry_plan["val"], tests)
-            classes = [c for c, ok in zip(data.classes, learnt) if ok]
-            scores = {name: _scores(learnt_only(out, learnt), name, data, settings, groups,
-                                    classes) for name in out["tests"]}
-            source = entry_plan["train_source"]
-            others = list(entry_plan["out_of_domain"])
-            cross.append({
-                "model": model, "leads": lead_name, "train_source": source,
-                "n_train": int(len(entry_plan["train"])), **out["info"],
-                **unlearnt(data.classes, data.labels[entry_plan["train"]]),
-                "out_of_domain_left_out": entry_plan["left_out"],
-                "in_domain": scores["in_domain"],
-                "out_of_domain": {o: scores[o] for o in others},
-                "drop": {o: protocols.common_class_macro(scores["in_domain"], scores[o])
-                         for o in others}})
-            for name, pred in out["tests"].items():
-                predictions["cross_domain"][(source, name)] = {**pred, "learnt": learnt}
+            entry = _cross_domain_entry(fit_predict, data, entry_plan, settings, groups,
+                                        model=model, lead_name=lead_name)
+            if entry is not None:
+                cross.append(entry[0])
+                predictions["cross_domain"].update(entry[1])
     return runs, cross, predictions
+
+
+def cross_domain_head(fit_predict, data, train, val, tests: dict) -> dict | None:
+    """One head of the cross-domain protocol (its records: protocols.source_rows), trained on
+    `train`, selected on `val`, predicting `tests` ({name: rows}), scored on the classes it
+    could learn (learnt_classes: one it never saw positive, or never negative, has a test AUROC
+    of noise, or of a constant's 0.5). {"out": fit_predict's output, "learnt": (C,) bool,
+    "fields": n_train, the head's info, the classes left out by why}, or None when it can learn
+    no class (then nothing is trained): the caller says so, or skips the source saying so."""
+    learnt = learnt_classes(data.labels[train])
+    if not learnt.any():
+        return None
+    out = fit_predict(train, val, tests)
+    return {"out": out, "learnt": learnt,
+            "fields": {"n_train": int(len(train)), **out["info"],
+                       **unlearnt(data.classes, data.labels[train])}}
+
+
+def _cross_domain_entry(fit_predict, data, plan: dict, settings, groups, *, model, lead_name):
+    """(report entry, predictions) of one source's head (protocols.cross_domain_plan entry
+    `plan`), tested in-domain and on every other source; None when it can learn no class (a
+    printed line: the other sources' heads still run)."""
+    source, others = plan["train_source"], list(plan["out_of_domain"])
+    tests = {"in_domain": plan["in_domain_test"], **plan["out_of_domain"]}
+    head = cross_domain_head(fit_predict, data, plan["train"], plan["val"], tests)
+    if head is None:
+        print(f"cross-domain: source {source!r} left out (model {model}, leads {lead_name}): "
+              f"no class has both a positive and a negative among its {len(plan['train'])} "
+              "training records")
+        return None
+    learnt = head["learnt"]
+    classes = [c for c, ok in zip(data.classes, learnt) if ok]
+    scores = {name: _scores(learnt_only(head["out"], learnt), name, data, settings, groups,
+                            classes) for name in tests}
+    entry = {"model": model, "leads": lead_name, "train_source": source, **head["fields"],
+             "out_of_domain_left_out": plan["left_out"], "in_domain": scores["in_domain"],
+             "out_of_domain": {o: scores[o] for o in others},
+             "drop": {o: protocols.common_class_macro(scores["in_domain"], scores[o])
+                      for o in others}}
+    return entry, {(source, name): {**pred, "learnt": learnt}
+                   for name, pred in head["out"]["tests"].items()}
 
 
 def learnt_only(out: dict, learnt: np.ndarray) -> dict:

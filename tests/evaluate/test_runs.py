@@ -115,6 +115,31 @@ def test_a_class_without_positives_in_a_sources_training_records_is_not_scored()
         _macro(data.labels[data.sources == "n"], score[data.sources == "n"]), abs=1e-12)
 
 
+def test_a_source_with_no_class_to_learn_is_left_out_saying_so(capsys):
+    """Source n's training records hold no class with both a positive and a negative: its head
+    is not trained (it had been skipped unsaid); the run says so in one line, and source g's
+    head still runs."""
+    rng = np.random.default_rng(2)
+    data = _dataset(rng)
+    n_train = (data.sources == "n") & (data.splits == "train")
+    data.labels[n_train] = 0.0
+    score = data.labels + rng.normal(size=data.labels.shape)
+    seen = []
+    settings = {"label_fractions": [1.0], "seed": 0, "bootstrap": 20}
+    _, cross, preds = runs.model_runs(_counting_model(data, score, seen), data, "12", settings,
+                                      method="probe", model="A",
+                                      groups=protocols.patient_keys(data.infos),
+                                      cross_domain=True)
+    assert [e["train_source"] for e in cross] == ["g"]
+    assert sorted(preds["cross_domain"]) == [("g", "in_domain"), ("g", "n")]
+    # Two heads: the split run's (every source) and g's; none on n's training records alone.
+    assert len(seen) == 2 and not any(
+        np.array_equal(rows, np.flatnonzero(n_train)) for rows in seen)
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"cross-domain: source 'n' left out (model A, leads 12): no class has both a positive "
+        f"and a negative among its {int(n_train.sum())} training records")
+
+
 def test_a_record_cut_into_windows_is_scored_once_its_windows_averaged():
     """ST-MEM's data path cuts a long record into windows: the run's AUROC was per window
     while its paired comparison was per record (two figures for one model, one report)."""

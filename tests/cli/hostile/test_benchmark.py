@@ -251,6 +251,32 @@ def test_a_cross_domain_class_the_training_source_lacks_is_not_scored():
     assert fields["out_of_domain_left_out"] == {"georgia": 1} and len(pred["probs"]) == 5
 
 
+def test_a_cross_domain_cell_with_no_class_to_learn_says_so_before_training():
+    """A training source whose records hold no class with both a positive and a negative: the
+    cell is an error naming the task and the source, raised before any head is trained (the
+    head had been trained first; probe --cross_domain leaves such a source out, saying so)."""
+    import types
+
+    import numpy as np
+
+    from crema_jax.evaluate import benchmark
+    from crema_jax.evaluate.benchmark_tasks import Column
+    sources = np.array(["ningbo"] * 12 + ["georgia"] * 6)
+    splits = np.array(["train"] * 8 + ["val"] * 4 + ["test"] * 6)
+    labels = np.zeros((18, 2), np.float32)
+    labels[:8, 0] = 1                                # class a: every Ningbo training record
+    labels[[9, 13], 1] = 1                           # class b: none of them
+    data = types.SimpleNamespace(sources=sources, splits=splits, labels=labels,
+                                 classes=["a", "b"])
+    trained = []
+    column = Column("x", "pair", "d", "12", 1.0, "ningbo", "georgia")
+    with pytest.raises(ValueError) as raised:
+        benchmark._cross_domain_cell(lambda *args: trained.append(args), data, column, seed=0)
+    assert str(raised.value) == ("task 'pair': no class has both positives and negatives in the "
+                                 "8 training records of 'ningbo': the head has nothing to learn")
+    assert trained == []
+
+
 @pytest.mark.parametrize("item, said", [
     ("random:a=random:net1d", "names starting with 'random:' are the random-init rows"),
     ("..=/ckpt", "expected NAME=CHECKPOINT"), (".=/ckpt", "expected NAME=CHECKPOINT"),
