@@ -31,6 +31,7 @@ from crema_jax.evaluate import (
     benchmark_tasks,
     feature_store,
     finetune,
+    frozen_features,
     leaderboard_tests,
     linear_probe,
     mlp_head,
@@ -81,9 +82,9 @@ def _fit_predict(model, protocol, rec, data, column, settings, store, mesh):
                                              settings, ft, keep={})
     features = store.features(model, data, column.leads, settings, mesh)
     if protocol == "mlp":
-        return linear_probe.head_fit_predict(features, data, {**rec, "seed": settings["seed"]},
-                                             fit=mlp_head.fit_mlp_head,
-                                             predict=mlp_head.predict_proba)
+        return frozen_features.head_fit_predict(features, data, {**rec, "seed": settings["seed"]},
+                                                fit=mlp_head.fit_mlp_head,
+                                                predict=mlp_head.predict_proba)
     return linear_probe.head_fit_predict(features, data, rec)
 
 

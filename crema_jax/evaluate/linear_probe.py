@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from crema_jax.evaluate import datasets, folds, frozen_features, plots, ranges, report, runs, \
-    scoring
+from crema_jax.evaluate import (datasets, folds, frozen_features, plots, ranges, report, runs,
+                                scoring)
 from crema_jax.inference import backbones
 from crema_jax.runtime import mesh as mesh_lib
 
@@ -136,13 +136,10 @@ def predict_proba(probe: LinearProbe, features: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ the protocols
-def head_fit_predict(features: frozen_features.Features, data, probe_kwargs: dict, *,
-                     fit=None, predict=None):
-    """frozen_features.head_fit_predict with the linear probe as the head (`fit` like
-    fit_linear_probe and `predict` like predict_proba: another head on the features)."""
+def head_fit_predict(features: frozen_features.Features, data, probe_kwargs: dict):
+    """frozen_features.head_fit_predict with the linear probe as the head."""
     return frozen_features.head_fit_predict(features, data, probe_kwargs,
-                                            fit=fit or fit_linear_probe,
-                                            predict=predict or predict_proba)
+                                            fit=fit_linear_probe, predict=predict_proba)
 
 
 def crop_averaging(data_cfg) -> str:
