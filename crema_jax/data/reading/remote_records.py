@@ -50,8 +50,9 @@ def _stage_wfdb(folder: str, name: str, tmp: str) -> None:
     """Copy into `tmp` each file of `folder` that reading WFDB record `name` opens (as far as
     its headers tell: a multi-segment record's segment headers and their signal files too) and
     the record's own NAME.dat / NAME.mat (the files its content_key hashes, duplicates.py), each
-    fetched once; a file that is not there is left out, for the reader to report."""
-    names, headers, seen = [name + s for s in wfdb_header.SIGNAL_SUFFIXES], [name], set()
+    fetched once; a file that is not there is left out, for the reader to report. A record
+    whose own header is missing or does not parse fetches nothing more: it is skipped."""
+    names, headers, seen = [], [name], set()
     while headers:
         header_name = headers.pop(0) + ".hea"
         if header_name in seen:
@@ -60,6 +61,8 @@ def _stage_wfdb(folder: str, name: str, tmp: str) -> None:
         header = _stage_header(storage.join(folder, header_name), os.path.join(tmp, header_name))
         if header is None:
             continue
+        if not names:   # the record's own header: its NAME.dat / NAME.mat too
+            names += [name + s for s in wfdb_header.SIGNAL_SUFFIXES]
         names += [s.file_name for s in header.signals if _beside(s.file_name)]
         if len(headers) + len(names) < 10_000 and header.n_seg is not None:
             headers += [s for s in dict.fromkeys(header.segments) if _beside(s)]

@@ -58,3 +58,19 @@ def test_prepare_fetches_each_signal_file_of_a_url_record_once(http_root, tmp_pa
         expected.append(f"sha256:{hashlib.sha256(f'{len(data)}:'.encode() + data).hexdigest()}")
     assert [r["content_key"] for r in rows] == expected
     assert [r["path"] for r in rows] == [url + name for name in NAMES]
+
+
+def test_a_url_record_without_its_header_fetches_no_signal_file(http_root):
+    """Its NAME.dat / NAME.mat had been downloaded whole, only for the record to be skipped
+    as missing_header."""
+    from crema_jax.data.reading import read
+    from crema_jax.data.reading.ecg import RecordError
+    url, folder, requests = http_root
+    (folder / "E07500.hea").unlink()
+    with pytest.raises(RecordError) as err:
+        read.read(url + "E07500")
+    assert err.value.reason == "missing_header"
+    assert not [k for k in requests if k[1].startswith("/E07500.") and k[1] != "/E07500.hea"], \
+        dict(requests)
+    read.read(url + "E07501")   # a record with its header still fetches its signal file
+    assert requests[("GET", "/E07501.mat")] == 1, dict(requests)
