@@ -23,7 +23,7 @@ import tempfile
 from typing import Mapping
 
 from crema_jax.runtime import files
-from crema_jax.runtime.storage import fs_is, join, listdir, named_error, reach
+from crema_jax.runtime.storage import fs_is, get_file_atomic, join, listdir, named_error, reach
 
 
 # A shared CREMA_JAX_STAGING (one folder that several hosts see): a temporary file of a dead
@@ -114,26 +114,16 @@ def forget_copy(local_path: str) -> None:
 
 
 def _fetch(fs, remote: str, local: str) -> None:
-    """The remote file copied to `local` whole (files.write_atomic), then its copy record. A
-    failed transfer is raised as the store raised it (write_atomic would word a reset
-    connection "cannot write LOCAL"); `mirror` names the file's URL and local path."""
-    record, failed = {}, []
+    """The remote file copied to `local` whole (storage.get_file_atomic: a failed transfer is
+    raised as the store raised it; `mirror` names the file's URL and local path), then its
+    copy record."""
+    record = {}
 
-    def get(tmp: str) -> None:
-        try:
-            fs.get_file(remote, tmp)
-        except Exception as err:
-            failed.append(err)
-            raise
+    def note(tmp: str) -> None:
         record.update(sha256=files.sha256_of(tmp), state=_state(os.stat(tmp)))
 
     forget_copy(local)
-    try:
-        files.write_atomic(local, get)   # a rename keeps the size, mtime and inode recorded
-    except OSError:
-        if failed:
-            raise failed[0] from None
-        raise
+    get_file_atomic(fs, remote, local, then=note)  # a rename keeps size, mtime, inode
     files.write_json_atomic(_record_path(local), record)
 
 

@@ -243,28 +243,44 @@ def walk(url: str, suffixes: tuple[str, ...]) -> list[str]:
         return [join(url, r) for r in sorted(relative, key=order)]
 
 
-class _NoSuchFile(Exception):
-    """A download's source is missing (no OSError: write_atomic would make it one naming the
-    local output)."""
+def get_file_atomic(fs, inner: str, local_path: str, then=None) -> None:
+    """fs.get_file(inner) into `local_path`, written atomically (files.write_atomic), then
+    `then(temporary path)` before the rename. A failed transfer raises the store's own error
+    (FileNotFoundError for a missing file, ConnectionResetError, ...): write_atomic would word
+    it "cannot write LOCAL", naming a temporary file no longer there."""
+    failed = []
+
+    def get(tmp: str) -> None:
+        try:
+            fs.get_file(inner, tmp)
+        except Exception as err:
+            failed.append(err)
+            raise
+        if then is not None:
+            then(tmp)
+
+    try:
+        files.write_atomic(local_path, get)
+    except OSError:
+        if failed:
+            raise failed[0] from None
+        raise
 
 
 def download(url: str, local_path: str, *, missing_ok: bool = False) -> bool:
-    """Copy a remote file to `local_path` (written atomically): True. A `url` that is no file
-    raises FileNotFoundError naming it, or with `missing_ok` is False, nothing written: one
-    request, where asking first (isfile) and then fetching took two or more."""
-    def fetch(tmp):
-        try:
-            fs.get_file(inner, tmp)
-        except FileNotFoundError:
-            raise _NoSuchFile from None
-
+    """Copy a remote file to `local_path` (written atomically): True, in one request (asking
+    first, isfile, then fetching took two or more). A `url` that is no file: False with
+    `missing_ok`, else FileNotFoundError naming it; a failed transfer: one line naming `url`
+    (named_error), never the local temporary file."""
     with reach(url) as (fs, inner):
         try:
-            files.write_atomic(local_path, fetch)
-        except _NoSuchFile:
+            get_file_atomic(fs, inner, local_path)
+        except FileNotFoundError:
             if missing_ok:
                 return False
             raise FileNotFoundError(f"{url}: no such file") from None
+        except Exception as err:  # noqa: BLE001 - a store's errors are of its own kinds
+            raise named_error(err, url) from None
     return True
 
 

@@ -103,3 +103,35 @@ def test_a_refused_ftp_connection_names_the_url(tmp_path, capsys):
     err = done.stderr.strip()
     assert err.startswith(f"crema-jax prepare: error: {url}: ConnectionRefusedError: ")
     assert "\n" not in err
+
+
+class _ResetOnGetStore(AbstractFileSystem):
+    """A store that lists a file, then drops the connection while sending it."""
+    protocol = "resetongetstore"
+
+    def get_file(self, rpath, lpath, **kwargs):
+        with open(lpath, "wb") as f:
+            f.write(b"half")
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+
+def test_a_failed_download_names_the_url_not_a_temporary_file(tmp_path):
+    """It had said "cannot write /tmp/.../.E1.mat.XXXX.tmp: Connection reset by peer"."""
+    fsspec.register_implementation("resetongetstore", _ResetOnGetStore, clobber=True)
+    url = "resetongetstore://bucket/E1.mat"
+    with pytest.raises(OSError) as err:
+        storage.download(url, str(tmp_path / "E1.mat"), missing_ok=True)
+    assert str(err.value) == (f"{url}: ConnectionResetError: [Errno 104] Connection reset by "
+                              "peer")
+    assert list(tmp_path.iterdir()) == []   # nothing half-written left
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/storage-errors/E2.mat", b"abc")
+    try:
+        assert not storage.download("memory://storage-errors/none.mat", str(tmp_path / "n"),
+                                    missing_ok=True)
+        with pytest.raises(FileNotFoundError, match="^memory://storage-errors/none.mat: no such"):
+            storage.download("memory://storage-errors/none.mat", str(tmp_path / "n"))
+        assert storage.download("memory://storage-errors/E2.mat", str(tmp_path / "E2.mat"))
+        assert (tmp_path / "E2.mat").read_bytes() == b"abc"
+    finally:
+        fs.rm("/storage-errors", recursive=True)
