@@ -44,6 +44,8 @@ from crema_jax.runtime import mesh as mesh_lib
 from crema_jax.runtime import workdir as workdir_lib
 
 MARKERS = ("cells", "features", "leaderboard.json", workdir_lib.WorkdirLock.NAME)
+OUTPUTS = ("leaderboard.json", "leaderboard.md", "leaderboard.png",   # in the workdir itself
+           leaderboard_tests.CACHE_FILE)
 # A fault drill for the resume test: the process kills itself (SIGKILL, no clean-up) once it has
 # computed this many cells.
 ENV_DRILL_KILL = "CREMA_JAX_DRILL_KILL_AFTER_CELLS"
@@ -217,6 +219,7 @@ def run_benchmark(model_items, tasks_path, workdir, *, roots=None, model_size: s
         for folder in (workdir / "cells").rglob("*"):
             if folder.is_dir():  # a killed run's half-written temporaries
                 files.remove_stale_temporaries(folder)
+        files.remove_stale_temporaries(workdir, OUTPUTS)
         cells, counts = run_cells(models, cols, suite, workdir, log=log, tasks_path=tasks_path)
         # The leaderboard's statistics of unchanged cells are reused (leaderboard_tests.py).
         cache = leaderboard_tests.Cache(workdir / leaderboard_tests.CACHE_FILE, log=log)

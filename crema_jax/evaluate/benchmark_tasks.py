@@ -388,9 +388,9 @@ EVALUATION_RULES = 3
 def cell_spec(model: Model, column: Column, protocol: str, suite: dict,
               dataset_digest: str = "") -> str:
     """A digest of everything a cell's predictions depend on: a finished cell is reused only
-    when it matches (other weights, at the same path or another, recipe, dataset
-    settings or, by `dataset_digest` (benchmark.Datasets.fingerprint), the dataset's records and
-    labels recompute it), and the EVALUATION_RULES a finished cell was computed under."""
+    when it matches (other weights, at the same path or another, recipe, dataset settings
+    or, by `dataset_digest` (benchmark_datasets.Datasets.fingerprint), the dataset's records
+    and labels recompute it), and the EVALUATION_RULES a finished cell was computed under."""
     text = json.dumps({"rules": EVALUATION_RULES, "model": model.filed_as,
                        "column": dataclasses.asdict(column),
                        "dataset": suite["datasets"][column.dataset],

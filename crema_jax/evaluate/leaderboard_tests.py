@@ -9,7 +9,7 @@ probabilities, patient keys: dtype, shape and bytes), the settings (seed, alpha,
 exchanges, classes) and the code that computes it (the source of this module and of
 benchmark_leaderboard, paired, permutation, scoring and holm; numpy's and scipy's versions). A
 result is reused only where all of these are the same, so it is the result that computing it
-again would give; anything else (a cell recomputed, a model added, which raises the resamples
+again would give; anything else (a cell recomputed, a model added once it raises the resamples
 of every test, a setting or the code changed) gives another digest, and it is computed. Only
 the entries a run used are written back: the file does not grow with old results.
 """
@@ -127,15 +127,15 @@ class Cache:
         return digest.hexdigest()
 
     def get(self, kind: str, arrays: dict, settings: dict, compute) -> tuple[dict, bool]:
-        """(`compute()`'s result, or the cached one, a copy either way; whether it was
-        reused)."""
+        """(`compute()`'s result, or the cached one, a copy either way; whether it came from
+        the cache file). A result asked for again in this run (two entries of one model) is
+        this run's, counted once: neither computed again nor reused."""
         key = self.key(kind, arrays, settings)
-        reused = key in self.found or key in self.used
-        if not reused:
-            self.used[key] = json.loads(json.dumps(compute()))  # as a rerun will read it
-        elif key not in self.used:
-            self.used[key] = self.found[key]
-        self.computed, self.reused = self.computed + (not reused), self.reused + reused
+        reused = key in self.found
+        if key not in self.used:
+            self.used[key] = (self.found[key] if reused
+                              else json.loads(json.dumps(compute())))  # as a rerun reads it
+            self.computed, self.reused = self.computed + (not reused), self.reused + reused
         return copy.deepcopy(self.used[key]), reused
 
     def save(self) -> None:

@@ -285,6 +285,22 @@ def test_a_rebuild_reuses_the_cached_statistics_and_a_changed_input_recomputes_t
     assert lines[0].startswith(f"{path}: does not read (JSONDecodeError: ")
 
 
+def test_a_result_asked_twice_in_one_run_is_computed_once_and_not_called_reused(tmp_path):
+    """Two entries of one model give one key twice: the second had been counted "reused" on a
+    first run with no cache file."""
+    cache, calls = leaderboard_tests.Cache(tmp_path / "cache.json"), []
+    arrays = {"labels": np.eye(2), "a": np.arange(2.0)}
+    results = [cache.get("cell score", arrays, {"seed": 0},
+                         lambda: calls.append(1) or {"auroc": 0.5}) for _ in range(2)]
+    assert [hit for _, hit in results] == [False, False] and len(calls) == 1
+    assert (cache.computed, cache.reused) == (1, 0)
+    cache.save()
+    again = leaderboard_tests.Cache(tmp_path / "cache.json")
+    assert [again.get("cell score", arrays, {"seed": 0}, lambda: 1 / 0)[1]
+            for _ in range(2)] == [True, True]
+    assert (again.computed, again.reused) == (0, 1)
+
+
 def test_leaderboard_json_is_written_as_report_json_is(tmp_path):
     """leaderboard.json: a strict JSON dump (no NaN), its keys in the order built (a panel's
     classes in the task's order, not sorted), indent 2: report.write_json, as report.json."""
