@@ -359,11 +359,10 @@ def same_models(models: list[Model], seed: int) -> dict:
         other = first.setdefault(model.filed_as, model.name)
         if other == model.name:
             continue
-        what = (f"the same random init as {other} (one architecture and data path, seed {seed})"
-                if model.params is None else f"the same model as {other} (equal weights, "
-                "architecture and data path)")
-        out[model.name] = (f"{model.name} is {what}: its figures are {other}'s, and every "
-                           "difference between the two is 0, which says nothing of either")
+        what = backbones.same_weights_text(model.params is None, seed)
+        out[model.name] = (f"{model.name} and {other} are {what}: {model.name}'s figures are "
+                           f"{other}'s, and every difference between the two is 0, which says "
+                           "nothing of either")
     return out
 
 

@@ -73,12 +73,11 @@ def same_model(models: dict, owns: dict) -> str | None:
                for label in models}
     if digests["A"] != digests["B"]:
         return None
-    if models["A"][1] is None:
-        return (f"note: A and B are the same random init (seed {runs.init_seed(owns['A'])}, "
-                "one architecture and data path): every difference is 0; --init_seed_b=N "
-                "draws B from another seed, the folds, label subsets and bootstrap kept")
-    return ("note: A and B are the same model (equal weights, architecture and data path): "
-            "every difference is 0")
+    random = models["A"][1] is None
+    return (f"note: A and B are {backbones.same_weights_text(random, runs.init_seed(owns['A']))}"
+            ": every difference is 0" + ("; --init_seed_b=N draws B from another seed, the "
+                                         "folds, label subsets and bootstrap kept" if random
+                                         else ""))
 
 
 def _evaluate(label, config, params, data, own, method_kwargs, mesh, plan, groups):

@@ -57,8 +57,9 @@ def test_a_model_added_in_front_or_renamed_reuses_the_cells(tmp_path):
     assert {k: again["counts"][k] for k in ("cells_computed", "cells_reused",
                                             "feature_extractions", "features_reused")} == {
         "cells_computed": 0, "cells_reused": 3, "feature_extractions": 0, "features_reused": 0}
-    same = ("b is the same model as a (equal weights, architecture and data path): its figures "
-            "are a's, and every difference between the two is 0, which says nothing of either")
+    same = ("b and a are the same model (equal weights, architecture and data path): b's "
+            "figures are a's, and every difference between the two is 0, which says nothing of "
+            "either")
     assert [m["same_model"] for m in again["models"]] == [None, same, None]
     md = (workdir / "leaderboard.md").read_text()
     assert f"\n\nNote: {same}.\n\n" in md
@@ -120,10 +121,10 @@ def test_two_entries_of_one_model_are_said_to_be_one(sizes):
         return benchmark_tasks.same_models(benchmark_tasks.load_models(items, seed=3), seed=3)
     assert notes(["x=tiny", "y=small"]) == notes(["r=random", "x=tiny"]) == {}
     assert notes(["x=tiny", "y=small", "z=tiny"]) == {
-        "z": "z is the same model as x (equal weights, architecture and data path): its "
+        "z": "z and x are the same model (equal weights, architecture and data path): z's "
              "figures are x's, and every difference between the two is 0, which says nothing "
              "of either"}
     assert notes(["r=random", "s=random"]) == {
-        "s": "s is the same random init as r (one architecture and data path, seed 3): its "
+        "s": "s and r are the same random init (seed 3, one architecture and data path): s's "
              "figures are r's, and every difference between the two is 0, which says nothing "
              "of either"}
