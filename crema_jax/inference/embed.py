@@ -255,8 +255,10 @@ def _reading(backbone, records, array, fs, *, batch_size, preset, derive_limb_le
     else:
         source, note = array_source(array, float(fs or data_cfg.target_fs), data_cfg)
         positions, keys = range(len(array)), [str(i) for i in range(len(array))]
+    # No record left to read (every one kept by an earlier run that stopped before writing
+    # its output): no batch, and the output is the kept records' (an empty source is refused).
     batches = pipeline.make_eval_dataset(data_cfg, source=source, process_index=0,
-                                         process_count=1, stats=stats)
+                                         process_count=1, stats=stats) if len(source) else []
     return {"batches": batches, "positions": positions, "keys": keys, "stats": stats,
             "rows_of": source.record_rows,
             "windows_of": sources.example_windows(source, np.arange(len(source))),

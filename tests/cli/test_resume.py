@@ -206,3 +206,25 @@ def test_a_record_cut_in_windows_is_finished_with_its_last_window():
 def test_the_partial_folder_is_hidden_beside_the_output(tmp_path):
     assert partial.folder_of(str(tmp_path / "a" / "p.csv")) == str(
         tmp_path / "a" / ".p.csv.partial")
+
+
+@pytest.mark.slow
+def test_a_run_killed_after_keeping_every_record_writes_its_output_when_run_again(
+        net1d, records, tmp_path):
+    """Killed after its last chunk (3 batches of 8: 24 records read, 1 skipped), before the
+    output was written: run again, nothing is left to read and the output is the kept one."""
+    folder, paths = records
+    want = embed.embed(backbones.load(net1d), records=paths, batch_size=8)
+    out = tmp_path / "y.npy"
+    args = ["embed", f"--checkpoint={net1d}", f"--input={folder}", f"--out={out}",
+            "--batch_size=8"]
+    assert _crema_jax(*args, kill_after=3).returncode == -9
+    hidden = tmp_path / ".y.npy.partial"
+    assert sorted(os.listdir(hidden))[-2:] == ["chunk-000003.npz", "manifest.json"]
+    assert not out.exists()
+    done = _crema_jax(*args)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[0] == (
+        f"resuming: 25 of 25 records kept in {hidden} from an earlier run, 0 to compute")
+    np.testing.assert_allclose(np.load(out), want["outputs"], rtol=1e-5, atol=1e-6)
+    assert not hidden.exists()
