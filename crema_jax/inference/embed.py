@@ -218,7 +218,7 @@ def embed(backbone, *, records=None, array=None, fs: float | None = None, raw: b
                            derive_limb_leads=derive_limb_leads, keeper=keeper)
     track = tracker_lib.Tracker(
         reading["positions"], reading["keys"], rows_of=reading["rows_of"],
-        windows_of=reading["windows_of"], paths=reading["paths"], stats=reading["stats"],
+        windows_of=reading["windows_of"], stats=reading["stats"],
         repairs=reading["repairs"], keeper=keeper,
         progress=tracker_lib.Progress(progress, count, count - len(reading["positions"]))
         if progress else None)
@@ -262,7 +262,6 @@ def _reading(backbone, records, array, fs, *, batch_size, preset, derive_limb_le
     return {"batches": batches, "positions": positions, "keys": keys, "stats": stats,
             "rows_of": source.record_rows,
             "windows_of": sources.example_windows(source, np.arange(len(source))),
-            "paths": [] if records is None else [records[i] for i in positions],
             "repairs": getattr(source, "repairs", None) if records is not None else None,
             "data_cfg": data_cfg, "note": note}
 
@@ -284,7 +283,7 @@ def _raw_reading(backbone, array, batch_size):
     batches = raw_batches(backbone, array, batch_size)   # its shape checked: (N, ...)
     return {"batches": batches, "positions": range(len(values)),
             "keys": [str(i) for i in range(len(values))], "stats": None, "rows_of": None,
-            "windows_of": None, "paths": [], "repairs": None, "data_cfg": None, "note": None,
+            "windows_of": None, "repairs": None, "data_cfg": None, "note": None,
             "skipped": skips.SkipStats(log_limit=SKIPS_NAMED)}
 
 
@@ -309,4 +308,4 @@ def _result(reading, track, keeper, records, windows) -> dict:
     if not len(record):
         outputs = np.zeros((0, 0), np.float32)
     return {"outputs": outputs, "record": record, "window": window,
-            "skips": got["events"] + track.loose, **told}
+            "skips": got["events"], **told}

@@ -9,7 +9,6 @@ with its last window.
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 
@@ -57,19 +56,17 @@ class Tracker:
     positions: the record positions (in the run's full list) the source reads, in order;
     keys: every record's key (partial.record_key, or the position as text); rows_of/windows_of:
     each source row's position in `positions` and window (None: one row per record);
-    paths: the records' paths, to tell whose a skip is; stats, repairs: the pipeline's
-    SkipStats and the source's repairs (None for an array)."""
+    stats, repairs: the pipeline's SkipStats (each skip with its source row: whose it is,
+    whatever file it names) and the source's repairs (None for an array)."""
 
-    def __init__(self, positions, keys, *, rows_of=None, windows_of=None, paths=(),
-                 stats=None, repairs=None, keeper=None, progress: Progress | None = None):
+    def __init__(self, positions, keys, *, rows_of=None, windows_of=None, stats=None,
+                 repairs=None, keeper=None, progress: Progress | None = None):
         self.positions, self.keys = list(positions), keys
         self.rows_of = None if rows_of is None else np.asarray(rows_of)
         self.windows_of, self.stats, self.repairs = windows_of, stats, repairs
         self.keeper, self.progress = keeper, progress
-        self.owner = {p: i for i, p in reversed(list(enumerate(paths)))}
         self.rows: dict[int, list] = {}       # source record (position in `positions`) -> rows
         self.skips: dict[int, list] = {}
-        self.loose: list = []                 # skips of a path no record has
         self.high, self.scanned, self.done = -1, 0, 0
         self.finished: dict[str, dict] = {}   # not yet handed to the keeper (or no keeper)
         self.saved_at = time.monotonic()
@@ -97,16 +94,17 @@ class Tracker:
 
     def _finish(self, count: int) -> None:
         if self.stats is not None:
-            events = self.stats.events[self.scanned:]
+            events = self.stats.rows_since(self.scanned)
             self.scanned += len(events)
-            for event in events:
-                owner = self.owner.get(event[1], self.owner.get(os.path.splitext(event[1])[0]))
-                (self.loose if owner is None else self.skips.setdefault(owner, [])).append(
-                    list(event))
+            for row, event in events:
+                if row is None:
+                    raise ValueError(f"skip {event}: no source row recorded with it")
+                owner = row if self.rows_of is None else int(self.rows_of[row])
+                self.skips.setdefault(owner, []).append(list(event))
         for owner in range(self.done, count):
             rows = self.rows.pop(owner, [])
             made = None if self.repairs is None else self.repairs.get(owner)
-            skips, self.loose = self.skips.pop(owner, []) + self.loose, []
+            skips = self.skips.pop(owner, [])
             self.finished[self.keys[self.positions[owner]]] = {
                 "rows": np.stack([r for _, r in rows]) if rows else np.zeros((0, 0), np.float32),
                 "window": [w for w, _ in rows], "skips": skips,

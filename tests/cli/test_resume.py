@@ -16,6 +16,7 @@ import torch
 
 from crema_jax.cli import predict as predict_cli
 from crema_jax.export import import_torch
+from crema_jax.data.pipeline import skips
 from crema_jax.inference import backbones, embed, partial, predict, tracker
 from tests.cli.conftest import _fails
 from tests.data.broken_records import write_damaged
@@ -34,29 +35,33 @@ def net1d(tmp_path_factory):
     return str(root / "ckpt")
 
 
-@pytest.fixture
-def records(tmp_path, cinc_sample_dir):
-    """25 records in sorted order: A_DAMAGED (read with repairs), 24 CinC records of which the
-    second, E07501-like, has a truncated signal file (a skip)."""
-    folder = tmp_path / "recs"
+def _records(folder, cinc_sample_dir, broken: int):
+    """25 records in sorted order in `folder`: A_DAMAGED (read with repairs), 24 CinC records
+    of which the one at position `broken` has a truncated signal file (a skip)."""
     folder.mkdir()
     write_damaged(folder, "A_DAMAGED")
     names = sorted(p.stem for p in cinc_sample_dir.glob("*.hea"))[:24]
     for name in names:
         for ext in (".hea", ".mat"):
             shutil.copy(cinc_sample_dir / (name + ext), folder / (name + ext))
-    broken = folder / (names[1] + ".mat")
-    broken.write_bytes(broken.read_bytes()[:1000])
+    cut = folder / (names[broken - 1] + ".mat")
+    cut.write_bytes(cut.read_bytes()[:1000])
     return folder, [str(folder / "A_DAMAGED")] + [str(folder / n) for n in names]
 
 
-def _crema_jax(*args, kill_after=None):
+@pytest.fixture
+def records(tmp_path, cinc_sample_dir):
+    """_records' 25, the third (E07501-like) truncated."""
+    return _records(tmp_path / "recs", cinc_sample_dir, 2)
+
+
+def _crema_jax(*args, kill_after=None, cwd=None):
     env = cli_env(1)
     env["CREMA_JAX_FLUSH_SECONDS"] = "0"   # a chunk after every batch
     if kill_after:
         env["CREMA_JAX_TEST_KILL_AFTER_CHUNK"] = str(kill_after)
     return subprocess.run([sys.executable, "-m", "crema_jax.main", *args], env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
 def _tamper(paths):
@@ -186,7 +191,7 @@ def test_a_record_cut_in_windows_is_finished_with_its_last_window():
     batches have reached its last window."""
     keys = ["a", "b", "c"]
     track = tracker.Tracker(range(3), keys, rows_of=[0, 0, 0, 1, 2, 2],
-                            windows_of=np.array([0, 1, 2, 0, 0, 1]), paths=keys)
+                            windows_of=np.array([0, 1, 2, 0, 0, 1]))
 
     def batch(*index):
         return {"index": np.array(index), "outputs": np.ones((len(index), 1, 2), np.float32)
@@ -228,3 +233,36 @@ def test_a_run_killed_after_keeping_every_record_writes_its_output_when_run_agai
         f"resuming: 25 of 25 records kept in {hidden} from an earlier run, 0 to compute")
     np.testing.assert_allclose(np.load(out), want["outputs"], rtol=1e-5, atol=1e-6)
     assert not hidden.exists()
+
+
+def test_a_skip_read_ahead_is_its_own_records_whatever_file_it_names():
+    """Records a, b, c, one row each; c's skip is recorded (read ahead) before the batch of a:
+    it is c's, though its path names no record given (a file spelled otherwise)."""
+    stats = skips.SkipStats()
+    track = tracker.Tracker(range(3), ["a", "b", "c"], stats=stats)
+    stats.record("truncated_signal", "elsewhere/c.mat", "c.mat is truncated", index=2)
+
+    def batch(*index):
+        return {"index": np.array(index), "outputs": np.zeros((len(index), 1, 2), np.float32)}
+    track(batch(0))
+    assert track.finished["a"]["skips"] == []
+    track(batch(1))
+    track.end()
+    assert [track.finished[k]["skips"] for k in "bc"] == [
+        [], [["truncated_signal", "elsewhere/c.mat", "c.mat is truncated"]]]
+
+
+@pytest.mark.slow
+def test_a_skip_after_the_kept_records_is_written_once_on_resume(net1d, cinc_sample_dir,
+                                                                tmp_path):
+    """--input=./recs (a skip's file is named d/x.mat, the record ./d/x); the skipped record is
+    the 12th, in the second batch, read ahead while the first is computed; killed after it."""
+    _, paths = _records(tmp_path / "recs", cinc_sample_dir, 11)
+    args = ["embed", f"--checkpoint={net1d}", "--input=./recs", "--out=y.npy", "--batch_size=8"]
+    assert _crema_jax(*args, kill_after=1, cwd=tmp_path).returncode == -9
+    done = _crema_jax(*args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[0].startswith("resuming: 8 of 25 records kept")
+    rows = list(csv.reader((tmp_path / "y.skipped.csv").open(encoding="utf-8")))
+    assert [r[:2] for r in rows[1:]] == [[paths[11] + ".mat", "truncated_signal"]]
+    assert "skipped 1 unreadable records (truncated_signal 1)" in done.stdout

@@ -48,8 +48,10 @@ class SkipStats:
         self.paths: dict[str, list[str]] = collections.defaultdict(list)
         self.logged: list[str] = []  # the paths logged one by one, in the order recorded
         # Every skip as (reason, path, message), in the order recorded (embed's and predict's
-        # side file of skips names them all).
+        # side file of skips names them all), and each one's source row (`record`'s `index`;
+        # None when not given): whose skip it is, whatever file its path names.
         self.events: list[tuple[str, str, str]] = []
+        self.rows: list[int | None] = []
         self._lock = threading.Lock()  # Grain reads with several threads per process.
 
     def __getstate__(self):
@@ -61,7 +63,8 @@ class SkipStats:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    def record(self, reason: str, path: str, message: str) -> None:
+    def record(self, reason: str, path: str, message: str, index: int | None = None) -> None:
+        """One skip; `index`: the source row (example) it is of."""
         with self._lock:
             before = self.total
             logged = self.log_limit is None or before < self.log_limit
@@ -69,7 +72,7 @@ class SkipStats:
                 logging.warning("skipping %s [%s]: %s", path, reason, message)
             elif before == self.log_limit:
                 logging.warning("more records skipped: counted, no longer logged one by one")
-            self._add(reason, path, logged, message)
+            self._add(reason, path, logged, message, index)
             if self.log_dir:
                 os.makedirs(self.log_dir, exist_ok=True)
                 line = json.dumps({"reason": reason, "path": path, "message": message,
@@ -78,12 +81,20 @@ class SkipStats:
                           encoding="utf-8") as f:
                     f.write(line + "\n")
 
-    def _add(self, reason: str, path: str, logged: bool, message: str = "") -> None:
+    def _add(self, reason: str, path: str, logged: bool, message: str = "",
+             index: int | None = None) -> None:
         self.counts[reason] += 1
         self.events.append((reason, path, message))
+        self.rows.append(index)
         self.paths[reason].append(path)
         if logged:
             self.logged.append(path)
+
+    def rows_since(self, start: int) -> list[tuple[int | None, tuple[str, str, str]]]:
+        """(source row, event) of each skip after the first `start`, as one snapshot (reading
+        threads may record more meanwhile)."""
+        with self._lock:
+            return list(zip(self.rows[start:], self.events[start:]))
 
     @property
     def total(self) -> int:

@@ -48,7 +48,7 @@ class ReadChunk(grain.transforms.Map):
             ref = self.source[int(index)]
             element, failure = read_record(self.source, ref, strict=self.strict)
             if failure is not None:
-                self.stats.record(*failure)
+                self.stats.record(*failure, index=int(index))
                 continue
             element["index"], element["labels"] = ref["index"], ref["labels"]
             loaded.append(element)
