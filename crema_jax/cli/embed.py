@@ -17,8 +17,9 @@ repaired in records, per kind as data/reading/repairs.py's WORDS names it (e.g. 
 interpolated", "all-NaN leads fed as zeros"), and the leads the model reads that records lack
 ("leads not in the file", counted apart), with the first records it names. For records,
 Y.paths.txt gives each row's record by its absolute path (the same in every run: a record's
-name depends on the others given); every skipped ECG is written to Y.skipped.csv (path,
-reason, message) when any was; Y.npy and these side files are written as one group. A
+name depends on the others given); every skipped ECG is written to Y.skipped.csv (path: the
+record's as in Y.paths.txt, or an array's row number; reason, message, and the file that
+failed) when any was; Y.npy and these side files are written as one group. A
 progress line (records done, records/s, ETA) goes to stderr every 10 s.
 
 An interrupted run over records (Ctrl-C, SIGTERM, SIGKILL, a crash) loses no finished batch:
@@ -158,7 +159,8 @@ def _write(out_path: str, out: dict, records) -> dict:
     writes = [(out_path, _writer(npy.getvalue()))] + [
         (side[kind], _writer(text.encode("utf-8"))) for kind, text in texts.items()]
     if out["skips"]:
-        writes.append((side["skipped"], skip_file.writer(out["skips"], embed.one_line_name)))
+        writes.append((side["skipped"], skip_file.writer(out["skips"], records,
+                                                         embed.one_line_name)))
     files.write_atomic_group(writes)   # both or neither: never new Y, old names
     written = {kind: side[kind] for kind in texts}
     if out["skips"]:

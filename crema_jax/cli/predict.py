@@ -13,7 +13,8 @@ dropped, leads not in the file) is said in one line for the run, beside the reco
 in the CSV's last column, "repairs". The CSV's "path" column is each record's absolute path:
 the same in every run, where its id ("record") is its file name, or its path below the
 records' common folder when two share a name. Every skipped record is written to
-OUT.skipped.csv (path, reason, message) beside the CSV when any was, and a progress line
+OUT.skipped.csv (path: the record's, as the CSV's; reason, message, and the file that failed)
+beside the CSV when any was, and a progress line
 (records done, records/s, ETA) goes to stderr every 10 s.
 
 An interrupted run (Ctrl-C, SIGTERM, SIGKILL, a crash) loses no finished batch: with --out,
@@ -98,19 +99,19 @@ def main(args) -> None:
     if out["skipped"].total:
         print(skipped_records.line(out["skipped"]))
     if args.out:
-        _write(args, out, ids, labels, repairs, [paths[int(r)] for r in out["record"]],
-               keeper, new_folder)
+        _write(args, out, ids, labels, repairs, paths, keeper, new_folder)
 
 
-def _write(args, out, ids, labels, repairs, row_paths, keeper, new_folder) -> None:
+def _write(args, out, ids, labels, repairs, paths, keeper, new_folder) -> None:
     """The CSV and, when records were skipped, OUT.skipped.csv, as one group; then the partial
     folder is removed, and a stale OUT.skipped.csv of an earlier run (--overwrite)."""
     from crema_jax.inference import embed, predict, skip_file
 
     skipped_csv = skip_file.path_of(args.out)
+    row_paths = [paths[int(r)] for r in out["record"]]
     writes = [(args.out, predict.csv_writer(ids, out["probs"], labels, repairs, row_paths))]
     if out["skips"]:
-        writes.append((skipped_csv, skip_file.writer(out["skips"], embed.one_line_name)))
+        writes.append((skipped_csv, skip_file.writer(out["skips"], paths, embed.one_line_name)))
     files.write_atomic_group(writes)
     if not out["skips"] and os.path.isfile(skipped_csv):
         os.remove(skipped_csv)   # --overwrite: an earlier run's, naming skips not made now

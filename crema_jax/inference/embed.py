@@ -197,7 +197,8 @@ def embed(backbone, *, records=None, array=None, fs: float | None = None, raw: b
     "skipped": SkipStats, "data_cfg": the data section used (None for raw),
     "note": what was done to the input, for the user (array_source's note, record_repairs'),
     or None; "repairs": each record's repairs in words ("" for none; None for an array);
-    "skips": every skip (reason, path, message), in the order of the records}."""
+    "skips": every skip (position in `records`/`array`, reason, path, message), in the order
+    of the records; path: the file that failed ("" for an array)}."""
     if windows not in ("rows", "mean"):
         raise EmbedError(f"windows={windows!r}: expected 'rows' or 'mean'")
     if keeper is not None and records is None:
@@ -294,7 +295,8 @@ def _result(reading, track, keeper, records, windows) -> dict:
     got = tracker_lib.assemble(reading["keys"], entries)
     stats = reading["stats"] if reading["stats"] is not None else reading["skipped"]
     if len(reading["positions"]) < len(reading["keys"]):  # some read by an earlier run
-        stats = skips.SkipStats.of_events(got["events"], log_limit=SKIPS_NAMED)
+        stats = skips.SkipStats.of_events([e[1:] for e in got["events"]],
+                                          log_limit=SKIPS_NAMED)
     told = {"skipped": stats, "data_cfg": reading["data_cfg"], "note": reading["note"],
             "repairs": None}
     if records is not None:  # the records' repairs, once all are read
@@ -307,5 +309,6 @@ def _result(reading, track, keeper, records, windows) -> dict:
         record, window = kept, np.full(len(kept), -1, np.int64)
     if not len(record):
         outputs = np.zeros((0, 0), np.float32)
-    return {"outputs": outputs, "record": record, "window": window,
-            "skips": got["events"], **told}
+    events = got["events"] if records is not None else [  # an array's rows are no files
+        (position, reason, "", message) for position, reason, _, message in got["events"]]
+    return {"outputs": outputs, "record": record, "window": window, "skips": events, **told}

@@ -141,14 +141,15 @@ def assemble(keys, entries: dict) -> dict:
     """The rows of the records `keys` names (every one finished: in `entries`, by key), in
     their order and their windows' order, as an uninterrupted run yields them: {"outputs"
     (rows, D), "record" (rows,) position in `keys`, "window" (rows,), "events" the skips
-    (reason, path, message) in record order, "made" {position: (repairs, repaired_leads)}}."""
+    (position in `keys`, reason, path, message) in record order, "made" {position: (repairs,
+    repaired_leads)}}."""
     rows, record, window, events, made = [], [], [], [], {}
     for position, key in enumerate(keys):
         entry = entries[key]
         rows += list(entry["rows"])
         record += [position] * len(entry["window"])
         window += entry["window"]
-        events += [tuple(skip) for skip in entry["skips"]]
+        events += [(position, *skip) for skip in entry["skips"]]
         if entry["repairs"] is not None:
             made[position] = tuple(entry["repairs"])
     return {"outputs": np.stack(rows) if rows else np.zeros((0, 0), np.float32),

@@ -115,10 +115,11 @@ def test_a_killed_predict_resumes_computing_only_the_records_it_had_not_kept(net
                                atol=1e-6)
     assert [r[-1] for r in rows[1:]] == predict.row_repairs(want)
     assert rows[1][-1].startswith("NaN samples set to 0 (5010 in II, III)")
-    (reason, path, message), = want["skips"]
+    (position, reason, path, message), = want["skips"]
     assert list(csv.reader(skipped.open(encoding="utf-8"))) == [
-        ["path", "reason", "message"], [paths[2] + ".mat", "truncated_signal", message]]
-    assert reason == "truncated_signal" and path == paths[2] + ".mat"
+        ["path", "reason", "message", "file"],
+        [paths[2], "truncated_signal", message, paths[2] + ".mat"]]
+    assert (position, reason, path) == (2, "truncated_signal", paths[2] + ".mat")
 
 
 @pytest.mark.slow
@@ -264,5 +265,21 @@ def test_a_skip_after_the_kept_records_is_written_once_on_resume(net1d, cinc_sam
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines()[0].startswith("resuming: 8 of 25 records kept")
     rows = list(csv.reader((tmp_path / "y.skipped.csv").open(encoding="utf-8")))
-    assert [r[:2] for r in rows[1:]] == [[paths[11] + ".mat", "truncated_signal"]]
+    assert [r[:2] + r[3:] for r in rows[1:]] == [
+        [paths[11], "truncated_signal", paths[11] + ".mat"]]
     assert "skipped 1 unreadable records (truncated_signal 1)" in done.stdout
+
+
+def test_an_arrays_skips_are_named_by_row_number_and_no_file(net1d, tmp_path, capsys):
+    """Row 1 of X holds no finite sample: skipped; Y.skipped.csv names it "1", as Y.records.txt
+    names rows, with no file (there is none: it had written os.path.abspath("arrays[1]"))."""
+    from crema_jax.cli import embed as embed_cli
+    x = np.random.default_rng(0).normal(0, 0.1, (3, 12, 5000)).astype(np.float32)
+    x[1] = np.nan
+    np.save(tmp_path / "x.npy", x)
+    embed_cli.COMMAND.run([f"--checkpoint={net1d}", f"--input={tmp_path / 'x.npy'}",
+                           f"--out={tmp_path / 'y.npy'}"])
+    capsys.readouterr()
+    assert (tmp_path / "y.records.txt").read_text().split() == ["0", "2"]
+    rows = list(csv.reader((tmp_path / "y.skipped.csv").open(encoding="utf-8")))
+    assert [r[:2] + r[3:] for r in rows] == [["path", "reason", "file"], ["1", "no_signal", ""]]
