@@ -35,7 +35,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from crema_jax.data.index import dataset_index
+from crema_jax.data.index import duplicates
+from crema_jax.data.reading import wfdb_records
 from crema_jax.runtime import digests, files
 
 FORMAT = "crema_jax.partial_outputs.v1"
@@ -55,15 +56,12 @@ def folder_of(out_path: str) -> str:
 
 def record_key(path: str) -> str:
     """A record's key: its absolute path, and the size and mtime of each file it is read from
-    (a record whose files changed is another record)."""
-    stamps = []
-    for name in dataset_index.files_read([path]):
-        try:
-            st = os.stat(name)
-            stamps.append([st.st_size, st.st_mtime_ns])
-        except OSError:
-            stamps.append(None)
-    return json.dumps([os.path.abspath(path), stamps])
+    (duplicates.file_stats: its header and own signal files, or the file read whole; and the
+    signal files its header names, of any name): a record whose files changed is another."""
+    header = path + ".hea"
+    named = wfdb_records.signal_files_named(header) if os.path.isfile(header) else []
+    return json.dumps([os.path.abspath(path), duplicates.file_stats(path),
+                       {name: duplicates.file_stats(name) for name in sorted(set(named))}])
 
 
 def _sha(obj) -> str:

@@ -283,3 +283,18 @@ def test_an_arrays_skips_are_named_by_row_number_and_no_file(net1d, tmp_path, ca
     assert (tmp_path / "y.records.txt").read_text().split() == ["0", "2"]
     rows = list(csv.reader((tmp_path / "y.skipped.csv").open(encoding="utf-8")))
     assert [r[:2] + r[3:] for r in rows] == [["path", "reason", "file"], ["1", "no_signal", ""]]
+
+
+def test_a_record_key_changes_with_a_signal_file_its_header_names(tmp_path, cinc_sample_dir):
+    """rec.hea names E07500.mat (WFDB allows any name): rewriting that file makes rec another
+    record, as rewriting its header does."""
+    text = (cinc_sample_dir / "E07500.hea").read_text()
+    (tmp_path / "rec.hea").write_text(text.replace("E07500 12", "rec 12", 1))
+    mat = tmp_path / "E07500.mat"
+    shutil.copy(cinc_sample_dir / "E07500.mat", mat)
+    rec = str(tmp_path / "rec")
+    before = partial.record_key(rec)
+    assert partial.record_key(rec) == before
+    st = mat.stat()
+    os.utime(mat, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert partial.record_key(rec) != before
