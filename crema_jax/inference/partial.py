@@ -5,8 +5,8 @@ it has finished in a hidden folder beside that file, `.NAME.partial` (NAME: the 
 name), which is this module's alone:
 - `manifest.json`: FORMAT and the digests of what the outputs depend on (`settings`): the
   checkpoint's weights (runtime/digests.py over every array), the data path (the data section
-  the records are read with: preset, rate, crops, preprocessing, lead options) and the outputs
-  asked for (features, logits);
+  the records are read with: preset, rate, crops, preprocessing, lead options), the outputs
+  asked for (features, logits) and the package version (an upgrade may compute otherwise);
 - `chunk-NNNNNN.npz`, one per FLUSH_SECONDS (and one when the run stops: the end, Ctrl-C,
   SIGTERM, an error), each written atomically (runtime/files.py): the records finished since
   the last one, by key (the record's absolute path and the size and mtime of each file it is
@@ -35,6 +35,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+import crema_jax
 from crema_jax.data.index import duplicates
 from crema_jax.data.reading import wfdb_records
 from crema_jax.runtime import digests, files
@@ -73,7 +74,8 @@ def settings_of(backbone, data_cfg, output: str) -> dict:
     weights = jax.tree.map(np.asarray, nnx.to_pure_dict(backbone.state))
     data = {k: v for k, v in data_cfg.to_dict().items() if k not in _RUNTIME_FIELDS}
     return {"checkpoint weights": _sha(digests.of_tree(weights)),
-            "data path": _sha(json.loads(json.dumps(data, default=str))), "outputs": output}
+            "data path": _sha(json.loads(json.dumps(data, default=str))), "outputs": output,
+            "package version": crema_jax.__version__}
 
 
 class Keeper:

@@ -298,3 +298,20 @@ def test_a_record_key_changes_with_a_signal_file_its_header_names(tmp_path, cinc
     st = mat.stat()
     os.utime(mat, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert partial.record_key(rec) != before
+
+
+def test_kept_outputs_of_another_package_version_are_not_used(net1d, tmp_path, monkeypatch):
+    import crema_jax
+    backbone = backbones.load(net1d)
+    data_cfg = backbones.eval_data_config(backbone, ["I"], batch_size=1)
+    lines = []
+    first = partial.Keeper(str(tmp_path / "y.npy"), "features", say=lines.append)
+    assert first.start(backbone, data_cfg, ["a", "b"]) == [0, 1]
+    first.save({"a": {"rows": np.ones((1, 2)), "window": [-1], "skips": [], "repairs": None}})
+    again = partial.Keeper(str(tmp_path / "y.npy"), "features", say=lines.append)
+    assert again.start(backbone, data_cfg, ["a", "b"]) == [1]
+    monkeypatch.setattr(crema_jax, "__version__", crema_jax.__version__ + ".post1")
+    upgraded = partial.Keeper(str(tmp_path / "y.npy"), "features", say=lines.append)
+    assert upgraded.start(backbone, data_cfg, ["a", "b"]) == [0, 1]
+    assert lines[-1] == (f"{first.folder}: kept outputs of a run with another package version; "
+                         "not used, starting over")
