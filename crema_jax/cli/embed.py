@@ -84,6 +84,9 @@ def main(args) -> None:
         raise command.CommandError(f"--out={args.out}: expected a file name ending in .npy, "
                                    "such as Y.npy (a name before the extension)")
     records = None if args.input.endswith(".npy") else dataset_index.expand_records(args.input)
+    stale = partial.clear_stale(args.out) if records is not None else None
+    if stale:
+        print(stale)
     for path in (args.out, *_side_files(args.out).values()):  # checked before any work:
         files.check_output_file(path, inputs=[args.input, args.checkpoint,  # nothing is
                                               *dataset_index.files_read(records or [])],

@@ -66,6 +66,9 @@ def main(args) -> None:
     paths = dataset_index.unique_records(p for spec in args.positional
                                          for p in dataset_index.expand_records(spec))
     skipped_csv = skip_file.path_of(args.out) if args.out else ""
+    stale = partial.clear_stale(args.out) if args.out else None
+    if stale:
+        print(stale)
     for path in filter(None, (args.out, skipped_csv)):  # never one of the records' files,
         files.check_output_file(path, inputs=[args.checkpoint, *args.positional,  # --overwrite
                                               *dataset_index.files_read(paths)],  # or not

@@ -212,6 +212,7 @@ def embed(backbone, *, records=None, array=None, fs: float | None = None, raw: b
     # No larger than the input: a batch is padded to its size (--batch_size=100000 for one
     # record allocated 22 GiB).
     batch_size = mesh_lib.round_batch(min(batch_size, max(count, 1)), mesh)
+    apply = backbones.make_apply(backbone, mesh, output="logits" if logits else "features")
     if raw:
         reading = _raw_reading(backbone, array, batch_size)
     else:
@@ -223,7 +224,6 @@ def embed(backbone, *, records=None, array=None, fs: float | None = None, raw: b
         repairs=reading["repairs"], keeper=keeper,
         progress=tracker_lib.Progress(progress, count, count - len(reading["positions"]))
         if progress else None)
-    apply = backbones.make_apply(backbone, mesh, output="logits" if logits else "features")
     try:
         backbones.run(apply, reading["batches"], on_batch=track)
     except backbones.NoRecordsError:  # the caller names its input and the skips' reasons
@@ -231,7 +231,10 @@ def embed(backbone, *, records=None, array=None, fs: float | None = None, raw: b
     except BaseException:  # Ctrl-C, SIGTERM, an error: what is finished is kept
         if keeper is not None:
             track.save()
-            print(partial.stopped_line(keeper, count), file=sys.stderr)
+            if keeper.kept:
+                print(partial.stopped_line(keeper, count), file=sys.stderr)
+            else:  # nothing to resume from
+                keeper.remove()
         raise
     track.end()
     return _result(reading, track, keeper, records, windows)

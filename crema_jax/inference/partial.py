@@ -16,7 +16,11 @@ name), which is this module's alone:
 The same command run again reads the records no chunk holds and no others (a record whose
 files changed since is read again), writes the output from all the chunks and removes the
 folder. With other settings it says so in one line and starts over (the folder's files are
-removed); a folder of that name without our manifest is refused, never touched.
+removed); a folder of that name without our manifest, or holding a file of another name, is
+refused, never touched. An empty folder (a run stopped before its manifest was written) is
+ours; a run stopped before finishing any record removes its folder; a folder whose files are
+all older than the output beside it (a run stopped between writing its output and removing
+the folder) is removed as stale, said in one line (`clear_stale`).
 
 CREMA_JAX_FLUSH_SECONDS overrides FLUSH_SECONDS (0: a chunk after every batch);
 CREMA_JAX_TEST_KILL_AFTER_CHUNK=N makes the process SIGKILL itself right after writing chunk N
@@ -44,6 +48,7 @@ FORMAT = "crema_jax.partial_outputs.v1"
 MANIFEST = "manifest.json"
 FLUSH_SECONDS = 10.0
 _CHUNK = re.compile(r"chunk-(\d{6})\.npz")
+_OURS = re.compile(r"\.?(manifest\.json|chunk-\d{6}\.npz)(\..*\.tmp)?")  # and temporaries
 # The data section's fields that change how fast, not what, is computed.
 _RUNTIME_FIELDS = ("batch_size", "num_workers", "read_threads", "prefetch_buffer_size",
                    "per_worker_buffer_size")
@@ -93,6 +98,8 @@ class Keeper:
         the records still to compute, having said what is kept."""
         settings = settings_of(backbone, data_cfg, self.output)
         manifest = os.path.join(self.folder, MANIFEST)
+        if os.path.lexists(self.folder) and self._unstarted():
+            self.remove()
         if os.path.lexists(self.folder):
             saved = self._manifest(manifest)
             changed = [k for k in settings if saved.get("settings", {}).get(k) != settings[k]]
@@ -112,20 +119,33 @@ class Keeper:
                      f"earlier run, {len(todo)} to compute")
         return todo
 
+    def _unstarted(self) -> bool:
+        """The folder is a real one holding nothing but our temporaries, if anything: a run
+        stopped between making it and writing its manifest."""
+        if not os.path.isdir(self.folder) or os.path.islink(self.folder):
+            return False
+        return all(_OURS.fullmatch(n) and n.endswith(".tmp") for n in os.listdir(self.folder))
+
     def _manifest(self, manifest: str) -> dict:
-        """The folder's manifest; refuses a folder that is not ours."""
-        why = "no " + MANIFEST
+        """The folder's manifest; refuses a folder that is not ours (no manifest of ours, or a
+        file of another name: neither read nor removed)."""
+        why, saved = "no " + MANIFEST, None
         if os.path.isdir(self.folder) and not os.path.islink(self.folder):
             try:
                 with open(manifest, encoding="utf-8") as f:
                     saved = json.load(f)
-                if isinstance(saved, dict) and saved.get("format") == FORMAT:
-                    return saved
                 why = f"{MANIFEST} is not {FORMAT}"
             except (OSError, ValueError) as err:
                 why = f"{MANIFEST} unreadable: {err}" if os.path.exists(manifest) else why
-        raise ValueError(f"{self.folder}: exists but is not the partial outputs of a run "
-                         f"({why}); move it away or choose another --out")
+        if not isinstance(saved, dict) or saved.get("format") != FORMAT:
+            raise ValueError(f"{self.folder}: exists but is not the partial outputs of a run "
+                             f"({why}); move it away or choose another --out")
+        foreign = sorted(n for n in os.listdir(self.folder) if not _OURS.fullmatch(n))
+        if foreign:
+            raise ValueError(f"{self.folder}: the partial outputs of a run, and files of another "
+                             f"name ({', '.join(foreign[:3])}); move it away or choose another "
+                             "--out")
+        return saved
 
     def _load(self) -> None:
         for name in sorted(os.listdir(self.folder)):
@@ -168,15 +188,32 @@ class Keeper:
     def remove(self) -> None:
         """Removes the folder's files (ours only: the manifest, the chunks, their temporaries)
         and the folder; a file of another name is left, and so is the folder then."""
-        ours = re.compile(r"\.?(manifest\.json|chunk-\d{6}\.npz)(\..*\.tmp)?")
         for name in os.listdir(self.folder):
-            if ours.fullmatch(name):
+            if _OURS.fullmatch(name):
                 os.remove(os.path.join(self.folder, name))
         try:
             os.rmdir(self.folder)
         except OSError:
             pass
         self.kept, self.chunks = {}, 0
+
+
+def clear_stale(out_path: str) -> str | None:
+    """Removes the partial folder of `out_path` when the output exists and was written after
+    every file in the folder (its run stopped between writing the output and removing the
+    folder); returns the line saying so, else None (no folder, not ours, or newer)."""
+    folder = folder_of(out_path)
+    if (not os.path.isfile(out_path) or not os.path.isdir(folder) or os.path.islink(folder)):
+        return None
+    names = os.listdir(folder)
+    if MANIFEST not in names or not all(_OURS.fullmatch(n) for n in names):
+        return None
+    written = os.stat(out_path).st_mtime_ns
+    if any(os.stat(os.path.join(folder, n)).st_mtime_ns > written for n in names):
+        return None
+    Keeper(out_path, "").remove()
+    return (f"removed {folder}: left by the run that wrote {out_path} (stopped before "
+            "removing it)")
 
 
 def stopped_line(keeper: Keeper, total: int) -> str:

@@ -315,3 +315,68 @@ def test_kept_outputs_of_another_package_version_are_not_used(net1d, tmp_path, m
     assert upgraded.start(backbone, data_cfg, ["a", "b"]) == [0, 1]
     assert lines[-1] == (f"{first.folder}: kept outputs of a run with another package version; "
                          "not used, starting over")
+
+
+def _keeper(net1d, tmp_path, output="features"):
+    backbone = backbones.load(net1d)
+    keeper = partial.Keeper(str(tmp_path / "y.npy"), output, say=lambda line: None)
+    return keeper, backbone, backbones.eval_data_config(backbone, ["I"], batch_size=1)
+
+
+def test_an_empty_partial_folder_is_ours(net1d, tmp_path):
+    """Killed between making the folder and writing its manifest: the next run uses it."""
+    keeper, backbone, data_cfg = _keeper(net1d, tmp_path)
+    os.mkdir(keeper.folder)
+    assert keeper.start(backbone, data_cfg, ["a"]) == [0]
+    assert os.listdir(keeper.folder) == ["manifest.json"]
+
+
+def test_a_partial_folder_with_a_file_not_ours_is_refused_under_other_settings(net1d, tmp_path):
+    """Starting over would keep notes.txt, and the folder, then write chunks without a
+    manifest into it: refused, nothing touched."""
+    keeper, backbone, data_cfg = _keeper(net1d, tmp_path)
+    keeper.start(backbone, data_cfg, ["a"])
+    keeper.save({"a": {"rows": np.ones((1, 2)), "window": [-1], "skips": [], "repairs": None}})
+    (tmp_path / ".y.npy.partial" / "notes.txt").write_text("mine")
+    other, _, _ = _keeper(net1d, tmp_path, output="logits")
+    with pytest.raises(ValueError) as err:
+        other.start(backbone, data_cfg, ["a"])
+    assert str(err.value) == (
+        f"{keeper.folder}: the partial outputs of a run, and files of another name (notes.txt); "
+        "move it away or choose another --out")
+    assert sorted(os.listdir(keeper.folder)) == ["chunk-000001.npz", "manifest.json",
+                                                 "notes.txt"]
+
+
+def test_a_run_stopped_before_finishing_a_record_leaves_no_folder(net1d, records, tmp_path,
+                                                                  monkeypatch):
+    _, paths = records
+    keeper, backbone, _ = _keeper(net1d, tmp_path)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(backbones, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        embed.embed(backbone, records=paths[:2], keeper=keeper)
+    assert not os.path.lexists(keeper.folder)
+
+
+def test_a_folder_older_than_its_output_is_removed_as_stale(net1d, records, tmp_path, capsys):
+    """Killed between writing p.csv and removing the folder: the next run (refused for the
+    existing p.csv) removes it, and says so; a folder newer than the output is kept."""
+    folder, _ = records
+    out = tmp_path / "p.csv"
+    keeper = partial.Keeper(str(out), "logits")
+    os.mkdir(keeper.folder)
+    (tmp_path / ".p.csv.partial" / "manifest.json").write_text("{}")
+    out.write_text("record,path\n")
+    os.utime(out, ns=(0, os.stat(keeper.folder + "/manifest.json").st_mtime_ns + 1))
+    with pytest.raises(SystemExit):
+        predict_cli.COMMAND.run([f"--checkpoint={net1d}", str(folder), f"--out={out}"])
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"removed {keeper.folder}: left by the run that wrote {out} (stopped before removing it)")
+    assert not os.path.lexists(keeper.folder)
+    os.mkdir(keeper.folder)
+    (tmp_path / ".p.csv.partial" / "manifest.json").write_text("{}")
+    os.utime(out, ns=(0, 0))
+    assert partial.clear_stale(str(out)) is None and os.path.isdir(keeper.folder)
