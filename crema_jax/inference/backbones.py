@@ -374,10 +374,11 @@ def run(apply_fn, batches: Iterable[dict], on_batch=None) -> dict | None:
 def probabilities(logits, label_type: str) -> np.ndarray:
     """Label probabilities (float64, numpy) of logits (..., classes): a softmax over the classes
     for "multiclass", else a sigmoid per label (multilabel), neither overflowing at any logit
-    (the softmax less its row's maximum; the sigmoid through tanh: 1 / (1 + exp(-x)) overflows
-    below x = -709)."""
+    (the softmax less its row's maximum; the sigmoid of x < 0 as e^x / (1 + e^x): 1 / (1 +
+    exp(-x)) overflows below x = -709, and through tanh every x below about -37 gave 0)."""
     logits = np.asarray(logits, np.float64)
     if label_type == "multiclass":
         e = np.exp(logits - logits.max(-1, keepdims=True))
         return e / e.sum(-1, keepdims=True)
-    return 0.5 * (1.0 + np.tanh(0.5 * logits))
+    e = np.exp(-np.abs(logits))   # never above 1
+    return np.where(logits >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
