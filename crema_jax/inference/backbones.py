@@ -118,15 +118,13 @@ class Net1dRunner:
 
     def build(self, config, params, *, seed: int, num_classes: int = 0, drop_path: float = 0.0):
         """(graphdef, state); params None = random init. With params the model is built
-        abstractly (nnx.eval_shape) and filled: a random init first had compiled each layer's
+        abstractly and filled (params_lib.merge): a random init first had compiled each layer's
         initialiser eagerly, then been overwritten (10 s of a one-record predict at ECGFounder's
         size)."""
         del num_classes, drop_path
         if params is None:
             return nnx.split(models.build_model(config.model, rngs=nnx.Rngs(seed)))
-        graphdef, state = nnx.split(nnx.eval_shape(
-            lambda: models.build_model(config.model, rngs=nnx.Rngs(seed))))
-        return graphdef, params_lib.fill_state(state, params, "Net1D")
+        return nnx.split(params_lib.merge(config.model, params))
 
     def _inputs(self, model, batch):
         """(B*C, in_channels, T): the crops' leads in canonical rows; leads the batch lacks
