@@ -22,10 +22,11 @@ record's as in Y.paths.txt, or an array's row number; reason, message, and the f
 failed) when any was; Y.npy and these side files are written as one group. A
 progress line (records done, records/s, ETA) goes to stderr every 10 s.
 
-An interrupted run over records (Ctrl-C, SIGTERM, SIGKILL, a crash) loses no finished batch:
-they are kept as it goes in the hidden folder .Y.npy.partial beside Y.npy, and the same command
-run again reads only the records not kept, then writes Y.npy and removes the folder. Run with
-another checkpoint, data path or --logits, it says so and starts over (inference/partial.py).
+An interrupted run over records keeps its finished batches in the hidden folder .Y.npy.partial
+beside Y.npy, every 10 s as it goes and when it stops (Ctrl-C, SIGTERM, a crash; SIGKILL loses
+the batches of the last 10 s at most), and the same command run again reads only the records
+not kept, then writes Y.npy and removes the folder. Run with another checkpoint, data path,
+--logits or package version, it says so and starts over (inference/partial.py).
 """
 import io
 import math

@@ -17,10 +17,11 @@ OUT.skipped.csv (path: the record's, as the CSV's; reason, message, and the file
 beside the CSV when any was, and a progress line
 (records done, records/s, ETA) goes to stderr every 10 s.
 
-An interrupted run (Ctrl-C, SIGTERM, SIGKILL, a crash) loses no finished batch: with --out,
-they are kept as it goes in the hidden folder .OUT.partial beside it, and the same command run
-again reads only the records not kept, then writes the CSV and removes the folder. Run with
-another checkpoint or data path, it says so and starts over (inference/partial.py).
+With --out, an interrupted run keeps its finished batches in the hidden folder .OUT.partial
+beside it, every 10 s as it goes and when it stops (Ctrl-C, SIGTERM, a crash; SIGKILL loses the
+batches of the last 10 s at most), and the same command run again reads only the records not
+kept, then writes the CSV and removes the folder. Run with another checkpoint, data path or
+package version, it says so and starts over (inference/partial.py).
 """
 import os
 
