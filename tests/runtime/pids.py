@@ -35,3 +35,17 @@ def alive(pid: int) -> bool:
         return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def end_within(pids, seconds: float = 10.0) -> list[int]:
+    """Wait up to `seconds` for the processes `pids` to end; return those still running, after
+    killing them (SIGKILL), so that a failing test leaves none behind."""
+    import signal
+    import time
+    deadline = time.monotonic() + seconds
+    while any(map(alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in pids if alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    return left
