@@ -5,12 +5,12 @@ out, one whose only label was a frequent class outside it was kept as a negative
 listed class, so the records evaluated depended on classes the task does not use. Counts here
 are worked out by hand from the rows written."""
 import csv
-import hashlib
 
 import numpy as np
 import pytest
 
 from crema_jax.evaluate import benchmark_datasets, benchmark_tasks
+from tests.evaluate import sample_records
 
 A, B, FREQUENT, RARE = "1000", "2000", "3000", "9999"   # FREQUENT and RARE: not in the list
 # The rows' labels: A x6 (one with FREQUENT), B x5, FREQUENT alone x2, RARE alone x1, none x1:
@@ -31,12 +31,7 @@ def get_config():
 @pytest.fixture
 def manifest(cinc_sample_dir, tmp_path):
     """One row per entry of ROWS, each a distinct signal of the sample (no duplicates merged)."""
-    heads, seen = [], set()
-    for head in sorted(cinc_sample_dir.glob("*.hea")):
-        digest = hashlib.sha256(head.with_suffix(".mat").read_bytes()).hexdigest()
-        if digest not in seen and len(heads) < len(ROWS):
-            seen.add(digest)
-            heads.append(head)
+    heads = sample_records.distinct_heads(cinc_sample_dir, len(ROWS))
     path = tmp_path / "manifest.csv"
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)

@@ -23,6 +23,7 @@ from crema_jax.data.cache import source as cache_source
 from crema_jax.data.cache.source import DamagedCacheError, cache_index
 from crema_jax.evaluate import datasets, folds, protocols
 from tests.cli.conftest import _fails
+from tests.evaluate import sample_records
 from tests.evaluate.test_cli import _run
 
 # (patient_id, split) per record, in manifest order; labels alternate 1000 / 2000.
@@ -35,12 +36,7 @@ STRADDLING = ("P0", "P1", "P2")
 @pytest.fixture
 def split_manifest(cinc_sample_dir, tmp_path):
     """ROWS over 12 CinC records with distinct signals (a duplicate would be merged)."""
-    heads, seen = [], set()
-    for head in sorted(cinc_sample_dir.glob("*.hea")):
-        digest = hashlib.sha256(head.with_suffix(".mat").read_bytes()).hexdigest()
-        if digest not in seen and len(heads) < len(ROWS):
-            seen.add(digest)
-            heads.append(head)
+    heads = sample_records.distinct_heads(cinc_sample_dir, len(ROWS))
     path = tmp_path / "split_manifest.csv"
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
