@@ -32,7 +32,7 @@ def add(cmd: command.Command) -> None:
                "embeddings_pca.png, predictions.npz.", required=True)
     cmd.enum("label_type", "auto", ["auto", "multilabel", "multiclass"], "BCE per class or "
              "softmax CE; auto = multiclass when every record has exactly one class of the "
-             "layout's, decided before --min_positives drops any (printed).")
+             "layout's (two or more), decided before --min_positives drops any (printed).")
     cmd.enum("duplicates", "merge", ["merge", "refuse"], "Records holding the same ECG (a path "
              "listed twice, or byte-identical signal files under two ids): merge = keep each "
              "ECG's first row (counted and printed), refuse = stop with their count.")

@@ -84,15 +84,27 @@ def flag(settings: dict, name: str) -> str:
     return f"{settings.get('flag_prefix', '--')}{name}"
 
 
+def _listed_classes(settings: dict) -> list[str]:
+    """The classes a task file lists (settings["classes"]), in its order; [] where none."""
+    return [str(c) for c in settings.get("classes") or []]
+
+
 def decide_label_type(settings: dict, infos, label_names) -> tuple[str, str]:
     """(label type, why): settings["label_type"], or with "auto" multiclass when every record
-    has exactly one class of the layout's vocabulary, decided BEFORE min_positives drops any
-    class (a dropped class must not turn one-class records into "multilabel" rows with no
-    class)."""
+    has exactly one of the classes the task uses (protocols.infer_label_type): a task file's
+    `classes` where it lists them, else the layout's vocabulary; decided BEFORE min_positives
+    drops any class (a dropped class must not turn one-class records into "multilabel" rows
+    with no class). The whole vocabulary had decided for a listed task too: two mutually
+    exclusive classes of a multi-label vocabulary were multilabel, and one listed class of a
+    one-class-per-record vocabulary a softmax over one column that keeps only its positives."""
     if settings["label_type"] != "auto":
         return settings["label_type"], flag(settings, "label_type")
-    inferred = protocols.infer_label_type(protocols.label_matrix(infos, label_names))
-    return inferred, f"auto: from every record's labels, before {flag(settings, 'min_positives')}"
+    listed = _listed_classes(settings)
+    used = listed or list(label_names)
+    inferred = protocols.infer_label_type(protocols.label_matrix(infos, used))
+    what = (f"the {len(listed)} classes of {flag(settings, 'classes')}" if listed
+            else "every record's labels")
+    return inferred, f"auto: from {what}, before {flag(settings, 'min_positives')}"
 
 
 def _checked_splits(splits, settings: dict, root: str, infos) -> None:
@@ -199,7 +211,7 @@ def _classes(infos, label_names, counted, settings: dict, root) -> tuple[list, l
     whose only label was a rare class outside the list had been dropped, one of a frequent
     class outside it kept as a negative."""
     min_positives, k = settings["min_positives"], int(settings.get("folds") or 0)
-    listed = [str(c) for c in settings.get("classes") or []]
+    listed = _listed_classes(settings)
     unknown = [c for c in listed if c not in label_names]
     if unknown:
         close = difflib.get_close_matches(unknown[0], label_names, n=1)

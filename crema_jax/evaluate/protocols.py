@@ -67,8 +67,11 @@ def select_classes(infos, label_names: Sequence[str], splits: Sequence[str], *,
 
 
 def infer_label_type(labels: np.ndarray) -> str:
-    """'multiclass' when every record has exactly one class, else 'multilabel'."""
-    return "multiclass" if len(labels) and np.all(labels.sum(1) == 1) else "multilabel"
+    """'multiclass' when there are two or more classes and every record has exactly one, else
+    'multilabel' (a softmax over one class is a constant 1: one class is a binary task)."""
+    labels = np.asarray(labels)
+    one_each = len(labels) and np.all(labels.sum(1) == 1)
+    return "multiclass" if one_each and labels.shape[1] >= 2 else "multilabel"
 
 
 def _stable_unit(key: str, seed: int) -> float:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from crema_jax.evaluate import datasets, folds
+from tests.evaluate import sample_records
 
 # The rows' own labels (not the headers'): a one-class-per-record dataset with a rare class.
 COMMON, OTHER, RARE = "1000", "2000", "9999"
@@ -75,6 +76,51 @@ def test_without_a_drop_nothing_is_left_out_and_the_flag_fixes_the_type(one_clas
                                             label_type="multilabel"))
     assert fixed.label_type == "multilabel"
     assert fixed.counts["no_class_left"] == labels.count(RARE)
+
+
+# Two classes never on one record, with a third that shares records with both.
+PAIRED = ["1000;3000", "2000", "1000", "2000;3000"]
+
+
+@pytest.fixture
+def paired_manifest(cinc_sample_dir, tmp_path):
+    """20 records with distinct signals labelled PAIRED in turn: a multi-label vocabulary in
+    which 1000 and 2000 are mutually exclusive."""
+    heads = sample_records.distinct_heads(cinc_sample_dir, 20)
+    labels = [PAIRED[i % len(PAIRED)] for i in range(len(heads))]
+    rows = [[str(h.with_suffix("")), label, h.stem] for h, label in zip(heads, labels)]
+    return _write(tmp_path / "paired.csv", rows), labels
+
+
+def test_auto_decides_from_the_classes_a_task_lists(paired_manifest, capsys):
+    """The two listed classes are one per record (multiclass); the vocabulary, with 3000 on
+    half the records, is not."""
+    path, labels = paired_manifest
+    whole = datasets.load_dataset(_settings(path))
+    assert whole.label_type == "multilabel" and whole.classes == ["1000", "2000", "3000"]
+    listed = datasets.load_dataset(_settings(path, classes=["1000", "2000"],
+                                             flag_prefix="the task file's datasets['d']."))
+    assert listed.label_type == "multiclass"
+    assert listed.counts["not_one_class"] == 0 and len(listed.infos) == len(labels)
+    by_id = {row[2]: row[1] for row in list(csv.reader(open(path)))[1:]}
+    expected = [[float("1000" in by_id[i.record_id].split(";")),
+                 float("2000" in by_id[i.record_id].split(";"))] for i in listed.infos]
+    assert listed.labels.tolist() == expected
+    assert ("label type: multiclass (auto: from the 2 classes of the task file's "
+            "datasets['d'].classes, before the task file's datasets['d'].min_positives)\n"
+            ) in capsys.readouterr().out
+
+
+def test_one_listed_class_is_a_binary_task_not_a_softmax_of_one(one_class_manifest):
+    """Every record has one class of the vocabulary, so the vocabulary alone said multiclass:
+    the one listed class then kept only its own records, each a positive of a constant
+    softmax."""
+    path, labels = one_class_manifest
+    data = datasets.load_dataset(_settings(path, classes=[COMMON]))
+    assert data.label_type == "multilabel" and data.classes == [COMMON]
+    assert len(data.infos) == len(labels) and data.counts["not_one_class"] == 0
+    assert int(data.labels.sum()) == labels.count(COMMON) == 14
+    assert data.counts["other_classes_only"] == len(labels) - 14
 
 
 def test_records_with_no_label_are_kept_as_negatives_and_counted(one_class_manifest, tmp_path,

@@ -104,6 +104,8 @@ def test_label_matrix_and_type():
     np.testing.assert_array_equal(y, [[1, 0], [1, 1], [0, 0]])
     assert protocols.infer_label_type(y) == "multilabel"
     assert protocols.infer_label_type(np.eye(3)) == "multiclass"
+    # One class on every record is a binary task: a softmax over one column is a constant 1.
+    assert protocols.infer_label_type(np.ones((4, 1))) == "multilabel"
 
 
 def test_lead_sets():
