@@ -45,7 +45,8 @@ def add(cmd: command.Command) -> None:
     cmd.enum("patients_across_splits", "refuse", ["refuse", "allow"], "The layout's own splits "
              "(a split column: of a manifest, of the numpy layout's CSV or of clinical_exports' "
              "labels CSV) putting a patient's records in two of train/val/test: "
-             "refuse = stop with their count (re-split with --split_fractions, or --folds), "
+             "refuse = stop with their count (re-split with --split_fractions, or --folds "
+             "without --cross_domain, whose heads read the splits with folds too), "
              "allow = keep the splits (printed, and counted in report.json): scores of those "
              "patients' test records are inflated.")
     cmd.list("label_fractions", ["1.0"], "Fractions of the training labels, e.g. 0.01,0.1,1.0.")

@@ -107,11 +107,29 @@ def decide_label_type(settings: dict, infos, label_names) -> tuple[str, str]:
     return inferred, f"auto: from {what}, before {flag(settings, 'min_positives')}"
 
 
+def _splits_read(settings: dict) -> bool:
+    """Whether a run reads the train/val/test splits: without K folds, or with them when
+    settings["cross_domain"] trains each source's head on its splits (the folds replace the
+    splits otherwise). The one rule of every split check: empty splits, a small test split,
+    patients across splits."""
+    return not int(settings.get("folds") or 0) or bool(settings.get("cross_domain"))
+
+
+def _folds_hint(settings: dict, before: str, then: str) -> str:
+    """`before` --folds=5 `then` where K folds would replace the splits a command reads (it has
+    the flag, and gives no folds and no cross_domain: cross-domain heads read the splits with
+    or without folds), else "": --cross_domain had been told to pass folds that leave its
+    splits as they are."""
+    if "folds" not in settings or int(settings.get("folds") or 0) \
+            or settings.get("cross_domain"):
+        return ""
+    return f"{before}{flag(settings, 'folds')}=5 {then}"
+
+
 def _checked_splits(splits, settings: dict, root: str, infos) -> None:
     """ValueError naming an empty split and what would fill it: a re-split, or (when the
     records belong to too few patients for any split to fill three) more patients."""
-    k = int(settings.get("folds") or 0)
-    for split in protocols.SPLITS if not k or settings.get("cross_domain") else ():
+    for split in protocols.SPLITS if _splits_read(settings) else ():
         if np.any(splits == split):
             continue
         patients = len(set(protocols.patient_keys(infos)))
@@ -125,11 +143,9 @@ def _checked_splits(splits, settings: dict, root: str, infos) -> None:
             raise ValueError(f"the {split!r} split of {root} is empty after "
                              f"{flag(settings, 'split_fractions')}={fractions} ({len(infos)} "
                              f"records of {patients} patients); give it a larger fraction")
-        folds = "" if k or "folds" not in settings else f" or {flag(settings, 'folds')}=5 " \
-            "(cross-validation)"
         raise ValueError(f"the {split!r} split of {root} is empty; pass "
                          f"{flag(settings, 'split_fractions')}=0.6,0.2,0.2 (a seeded re-split "
-                         f"per source){folds}")
+                         f"per source){_folds_hint(settings, ' or ', '(cross-validation)')}")
 
 
 SMALL_TEST_SPLIT = 30  # test records below which one split's figures are mostly noise
@@ -145,16 +161,18 @@ def small_test_warning(n_test: int, tested: str, hint: str = "") -> str | None:
 
 
 def _warn_small_test(splits, settings: dict) -> None:
-    """One line when a single train/val/test split (no K folds) tests fewer than
+    """One line when the test split a run reads (_splits_read) holds fewer than
     SMALL_TEST_SPLIT records: a plain probe of the 50 sample records had reported a macro AUROC
-    of 3 test records without a word. None where settings["test_split_read"] is False (a
-    benchmark dataset only cross-domain pairs read: they test another source's records, and
-    folds do not apply to them)."""
-    if int(settings.get("folds") or 0) or not settings.get("test_split_read", True):
+    of 3 test records without a word. With cross_domain it is read with K folds too (the
+    in-domain tests), and folds are not suggested. None where settings["test_split_read"] is
+    False (a benchmark dataset only cross-domain pairs read: they test another source's
+    records, and folds do not apply to them)."""
+    if not _splits_read(settings) or not settings.get("test_split_read", True):
         return
-    folds = (f"; {flag(settings, 'folds')}=5 tests every record once (cross-validation)"
-             if "folds" in settings else "")
-    line = small_test_warning(int(np.sum(np.asarray(splits) == "test")), "the test split", folds)
+    hint = (_folds_hint(settings, "; ", "tests every record once (cross-validation)")
+            or (f"; {flag(settings, 'cross_domain')}'s in-domain tests read it with or without "
+                f"{flag(settings, 'folds')}" if settings.get("cross_domain") else ""))
+    line = small_test_warning(int(np.sum(np.asarray(splits) == "test")), "the test split", hint)
     if line:
         print(line)
 
@@ -166,10 +184,9 @@ def _checked_patients(infos, splits, settings: dict, where: str) -> dict | None:
     """The given splits' (a layout's or a manifest's own) protocols.patients_across_splits,
     refused when a patient has records in two of them unless settings["patients_across_splits"]
     is "allow" (then printed): a test score on patients the head trained or was selected on is
-    inflated. None where the splits are not the given ones (a re-split) or not read (K folds
-    without cross_domain): those group patients."""
-    k = int(settings.get("folds") or 0)
-    if settings.get("split_fractions") or (k and not settings.get("cross_domain")):
+    inflated. None where the splits are not the given ones (a re-split) or not read
+    (_splits_read: K folds without cross_domain): those group patients."""
+    if settings.get("split_fractions") or not _splits_read(settings):
         return None
     found = protocols.patients_across_splits(splits, protocols.patient_keys(infos),
                                              [info.record_id for info in infos])
@@ -188,8 +205,7 @@ def _checked_patients(infos, splits, settings: dict, where: str) -> dict | None:
         return found
     remedy = f"{flag(settings, 'split_fractions')}=0.6,0.2,0.2 (a seeded re-split, a " \
         "patient's records in one split)"
-    if "folds" in settings and not k:
-        remedy += f" or {flag(settings, 'folds')}=5 (folds over patients)"
+    remedy += _folds_hint(settings, " or ", "(folds over patients)")
     if "patients_across_splits" in settings:  # commands only: a task file has no such field
         remedy += f", or {flag(settings, 'patients_across_splits')}=allow to keep these splits"
     raise ValueError(f"{what}: a test score on patients the head trained or was selected on "

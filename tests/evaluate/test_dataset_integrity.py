@@ -261,3 +261,40 @@ def test_a_small_test_split_is_said_to_be_noise_and_k_folds_are_not(one_class_ma
             "once (cross-validation)") in capsys.readouterr().out.splitlines()
     datasets.load_dataset(_settings(path, folds=5))
     assert "test split holds" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("folds", [0, 5])
+def test_with_cross_domain_a_small_test_split_is_said_without_the_folds_hint(
+        one_class_manifest, capsys, folds):
+    """Cross-domain heads test in-domain on the test split, with or without folds: the folds
+    hint had been printed to --cross_domain, and with --folds the split went unsaid."""
+    path, _ = one_class_manifest
+    data = datasets.load_dataset(_settings(path, cross_domain=True, folds=folds))
+    n_test = int(np.sum(data.splits == "test"))
+    assert 0 < n_test < datasets.SMALL_TEST_SPLIT
+    warnings = [line for line in capsys.readouterr().out.splitlines()
+                if line.startswith("warning:")]
+    assert warnings == [
+        f"warning: the test split holds {n_test} records (fewer than 30): its figures are "
+        "mostly noise, as their confidence intervals show; --cross_domain's in-domain tests "
+        "read it with or without --folds"]
+
+
+@pytest.mark.parametrize("cross_domain, hint", [
+    (False, " or --folds=5 (cross-validation)"),
+    (True, ""),   # its heads read the splits with folds too: folds would not fill it
+])
+def test_an_empty_given_split_suggests_folds_only_where_they_replace_it(
+        one_class_manifest, tmp_path, cross_domain, hint):
+    path, _ = one_class_manifest
+    rows = list(csv.reader(open(path)))[1:]
+    with open(tmp_path / "no_test.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "labels", "record_id", "split"])
+        writer.writerows(row + ["train" if i % 3 else "val"] for i, row in enumerate(rows))
+    with pytest.raises(ValueError) as raised:
+        datasets.load_dataset(_settings(tmp_path / "no_test.csv", split_fractions=[],
+                                        cross_domain=cross_domain))
+    assert str(raised.value) == (
+        f"the 'test' split of {tmp_path / 'no_test.csv'} is empty; pass "
+        f"--split_fractions=0.6,0.2,0.2 (a seeded re-split per source){hint}")

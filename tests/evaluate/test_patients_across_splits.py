@@ -94,6 +94,18 @@ def test_given_splits_with_a_patient_in_two_are_refused_with_the_remedy(split_ma
         "--patients_across_splits=allow to keep these splits")
 
 
+@pytest.mark.parametrize("folds", [0, 3])
+def test_cross_domain_checks_the_given_splits_and_suggests_no_folds(split_manifest, folds):
+    """Cross-domain heads train, select and test on the given splits with or without folds:
+    the check runs with --folds too, and --folds=5 (which had been suggested) would not help."""
+    with pytest.raises(ValueError) as raised:
+        datasets.load_dataset(_settings(split_manifest, cross_domain=True, folds=folds))
+    assert str(raised.value) == (
+        f"{_said(split_manifest)}: a test score on patients the head trained or was selected "
+        "on is inflated; pass --split_fractions=0.6,0.2,0.2 (a seeded re-split, a patient's "
+        "records in one split), or --patients_across_splits=allow to keep these splits")
+
+
 def test_a_task_file_is_told_its_own_fields(split_manifest):
     """The benchmark's task file has split_fractions and folds, and no allow."""
     settings = _settings(split_manifest, flag_prefix="the task file's datasets['d'].")
@@ -136,6 +148,11 @@ def test_the_probe_refuses_in_one_line_and_allowed_records_it_in_report_json(
     _fails(probe, argv, capsys, _said(split_manifest).removeprefix(f"{split_manifest}: "),
            "--patients_across_splits=allow")
     assert not (tmp_path / "refused").exists()
+    for more in (["--cross_domain"], ["--cross_domain", "--folds=3"]):
+        line = _fails(probe, argv + more, capsys,
+                      _said(split_manifest).removeprefix(f"{split_manifest}: "),
+                      "--patients_across_splits=allow")
+        assert "--folds" not in line
     _run(probe, checkpoint="random", layout="manifest", root=str(split_manifest),
          workdir=str(tmp_path / "allowed"), patients_across_splits="allow", probe_steps=5,
          bootstrap=20, batch_size=8, l2_grid=["0.01"])
