@@ -152,8 +152,8 @@ def add_probe_head(cmd: command.Command) -> None:
     probe = ranges.PROBE_DEFAULTS
     cmd.list("l2_grid", [], "L2 strengths tried; the best validation macro AUROC wins "
              f"(default: {', '.join(f'{v:g}' for v in probe['l2_grid'])}).")
-    cmd.enum("probe_optimizer", probe["optimizer"], ["lbfgs", "adam"], "Full-batch optimizer of "
-             "the linear head.")
+    cmd.enum("probe_optimizer", probe["optimizer"], ranges.PROBE_OPTIMIZERS, "Full-batch "
+             "optimizer of the linear head.")
     cmd.integer("probe_steps", probe["steps"], "Full-batch optimizer steps.", lower_bound=1)
 
 

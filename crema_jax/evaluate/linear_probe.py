@@ -63,9 +63,12 @@ def _fit_one(x, y, w, l2, *, label_type: str, optimizer: str, steps: int, learni
     if optimizer == "lbfgs":
         tx = optax.lbfgs()
         value_and_grad = optax.value_and_grad_from_state(value_fn)
-    else:
+    elif optimizer == "adam":
         tx = optax.adam(learning_rate)
         value_and_grad = jax.value_and_grad(value_fn)
+    else:  # a name of ranges.PROBE_OPTIMIZERS without its code here must not run Adam
+        raise ValueError(f"probe optimizer {optimizer!r}: expected one of "
+                         f"{ranges.PROBE_OPTIMIZERS}, each with its code in _fit_one")
 
     def step(carry, _):
         p, state = carry
@@ -89,7 +92,7 @@ def _fit_grid(x, y, w, l2s, learning_rate, *, label_type, optimizer, steps):
                                         steps=steps, learning_rate=learning_rate))(l2s)
 
 
-OPTIMIZERS = ("lbfgs", "adam")
+OPTIMIZERS = ranges.PROBE_OPTIMIZERS   # written in ranges.py (the flag reads it without JAX)
 
 
 def fit_linear_probe(x_train, y_train, x_val, y_val, *, label_type: str = "multilabel",
@@ -103,8 +106,9 @@ def fit_linear_probe(x_train, y_train, x_val, y_val, *, label_type: str = "multi
     then a training row with its example's labels, and an example's validation probabilities
     are the mean of its crops' (as `predict_proba`)."""
     x_train, y_train = frozen_features.crop_rows(x_train, y_train)
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"--probe_optimizer={optimizer!r}: expected one of {OPTIMIZERS}")
+    if optimizer not in ranges.PROBE_OPTIMIZERS:
+        raise ValueError(f"--probe_optimizer={optimizer!r}: expected one of "
+                         f"{ranges.PROBE_OPTIMIZERS}")
     if label_type not in ("multilabel", "multiclass"):
         raise ValueError(f"label_type={label_type!r}: expected 'multilabel' or 'multiclass'")
     xt, yt, w, mean, std = frozen_features.training_rows(x_train, y_train)

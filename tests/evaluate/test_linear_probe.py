@@ -70,3 +70,24 @@ def test_constant_features_do_not_produce_nan():
     y = (np.arange(20) > 9).astype(np.float32)[:, None]
     probe = linear_probe.fit_linear_probe(x, y, x, y, l2_grid=(1e-3,), optimizer="adam", steps=30)
     assert np.all(np.isfinite(linear_probe.predict_proba(probe, x)))
+
+
+def test_the_optimizer_names_are_written_once(monkeypatch):
+    """--probe_optimizer's values and the head's check both read ranges.PROBE_OPTIMIZERS (the
+    flag had its own list): narrowed there, the flag and the head refuse alike."""
+    from absl import flags
+
+    from crema_jax.cli import evaluation_flags
+    from crema_jax.evaluate import ranges
+
+    monkeypatch.setattr(ranges, "PROBE_OPTIMIZERS", ("lbfgs",))
+    cmd = evaluation_flags.evaluation_command("probe", "", evaluation_flags.add_probe_head)
+    required = ["--checkpoint=random", "--workdir=w", "--root=r"]
+    assert cmd.parse(required + ["--probe_optimizer=lbfgs"]).probe_optimizer == "lbfgs"
+    with pytest.raises(flags.Error, match="probe_optimizer"):
+        cmd.parse(required + ["--probe_optimizer=adam"])
+    x = np.zeros((4, 2), np.float32)
+    y = np.array([[0], [1], [0], [1]], np.float32)
+    with pytest.raises(ValueError, match=r"^--probe_optimizer='adam': expected one of "
+                                         r"\('lbfgs',\)$"):
+        linear_probe.fit_linear_probe(x, y, x, y, optimizer="adam")
