@@ -6,9 +6,11 @@
 
 The decoding (Section 2's Huffman tables or the standard's default one, first or second
 differences, reference-beat subtraction with Sections 4 and 5) is `ecgdatakit`'s SCP-ECG parser
-(Apache-2.0, the [clinical] extra), the one maintained Python decoder of the format; it is used
-for this format alone (its EDF reader rounds rates to integers and reads a truncated file with a
-warning only, so EDF stays on edfio). What is read from its record, by the standard's fields:
+(Apache-2.0, the [clinical] extra), the one maintained Python decoder of the format, its
+bit-by-bit Huffman loop replaced by `scp_huffman`'s vectorised one (the same values and
+errors); it is used for this format alone (its EDF reader rounds rates to integers and reads a
+truncated file with a warning only, so EDF stays on edfio). What is read from its record, by
+the standard's fields:
 - Section 3: the leads and their SCP lead codes (1 I, 2 II, 3-8 V1-V6, 61 III, 62 aVR,
   63 aVL, 64 aVF), names as the parser normalises them;
 - Section 6: samples x AVM (nV per count, as uV: AVM / 1000; after reference-beat subtraction
@@ -32,6 +34,7 @@ import warnings
 
 import numpy as np
 
+from crema_jax.data.reading import scp_huffman
 from crema_jax.data.reading.ecg import RecordError
 
 
@@ -118,6 +121,8 @@ def _parse(path, decode: bool):
                           f"{MAX_BYTES})")
     with open(path, "rb") as f:
         _check_layout(path, f.read())
+    if decode:
+        scp_huffman.install()
     parser = SCPECGParser() if decode else _meta_parser_class()()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

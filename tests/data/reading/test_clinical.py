@@ -118,9 +118,10 @@ def _philips_payload(path, data: bytearray | None = None) -> bytearray | None:
 @pytest.mark.parametrize("fmt", ["xml_philips", "scp"])
 def test_the_index_leaves_philips_and_scp_rhythm_data_coded(tmp_path, signal_mv, fmt,
                                                             monkeypatch):
-    """Indexing never runs the two decoders (XLI's LZW, ecgdatakit's Huffman: Python loops,
-    the file's cost); damage inside the coded leads is found when the record is
-    read, a RecordError naming the file (a skip, counted with its reason)."""
+    """Indexing never runs the two decoders (XLI's LZW, SCP-ECG's Huffman as scp_huffman
+    installs it in ecgdatakit's parser: the file's cost); damage inside the coded leads is
+    found when the record is read, a RecordError naming the file (a skip, counted with its
+    reason)."""
     from crema_jax.data.index import registry
     from crema_jax.data.reading import read
     path = tmp_path / f"exam{cf.SUFFIX[fmt]}"
