@@ -55,6 +55,29 @@ def has_patient_ids(index) -> bool:
     return any(patient_id_of(r.meta.get("patient_id")) is not None for r in index.records)
 
 
+def _salt_problem(out: str, before, now, changed: list) -> str | None:
+    """Why a patient_salt_check differs, where that is the cause (`changed` loses it where the
+    records' change, named after, is: ids that appear or vanish with the records)."""
+    if "patient_salt_check" not in changed:
+        return None
+    if before and now:   # clinical exports' ids change records_sha1 too
+        return (f"{out} holds a cache whose patient ids were hashed with another "
+                f"{clinical.SALT_ENV} (patient_salt_check): resumed, one patient would get two "
+                "ids; set the salt it was built with, or use a new --out folder")
+    if changed != ["patient_salt_check"]:
+        changed.remove("patient_salt_check")
+        return None
+    if before:
+        return (f"{out} holds a cache of these records whose settings.json has a patient-id salt "
+                "check (patient_salt_check) although none of them has a patient id (each is "
+                "blank or a missing-value word: NaN, N/A, ...; an earlier version counted such "
+                "words as ids): its rows hold no ids, but its shards were written for that "
+                "settings.json; use a new --out folder")
+    return (f"{out} holds a cache whose settings.json records no patient ids "
+            "(patient_salt_check null) but these records have some: resumed, its rows would "
+            "lack the ids the new ones keep; use a new --out folder")
+
+
 def check_or_write(out: str, settings: dict, *, write: bool) -> None:
     """settings.json written (when absent and `write`) or checked to equal `settings`."""
     path = storage.join(out, record_format.SETTINGS_FILE)
@@ -69,11 +92,10 @@ def check_or_write(out: str, settings: dict, *, write: bool) -> None:
             raise PrepareError(f"{path}: not the settings of a crema_jax cache (no \"format\": "
                                f"\"{settings['format']}\"); use a new --out folder")
         changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-        if "patient_salt_check" in changed:   # clinical exports' ids change records_sha1 too
-            raise PrepareError(f"{out} holds a cache whose patient ids were hashed with another "
-                               f"{clinical.SALT_ENV} (patient_salt_check): resumed, one patient "
-                               "would get two ids; set the salt it was built with, or use a new "
-                               "--out folder")
+        salt = _salt_problem(out, old.get("patient_salt_check"), settings["patient_salt_check"],
+                             changed)
+        if salt:
+            raise PrepareError(salt)
         if changed == ["records_sha1"]:
             raise PrepareError(f"{out} holds a cache of these records as they were: one or more "
                                "was relabelled, rewritten, added or removed since (records_sha1)"

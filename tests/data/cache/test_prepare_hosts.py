@@ -385,3 +385,40 @@ def test_ids_that_are_all_missing_value_words_are_no_patient_ids(tmp_path, six_r
                         records_per_shard=2)
     assert json.loads((out / "settings.json").read_text())["patient_salt_check"] is None
     assert warned == [] and (out / "index.json").is_file()
+
+
+def test_an_older_cache_of_missing_value_ids_is_refused_for_that_not_another_salt(
+        tmp_path, six_records, monkeypatch):
+    """A cache begun by a version that counted "NaN", "N/A", ... as patient ids has a
+    patient_salt_check; this version, counting none, records none. The rerun was refused as
+    "hashed with another salt" under the very same salt: now the message says what differs."""
+    from crema_jax.data.cache import settings_file
+    from crema_jax.data.index import registry
+
+    build = registry.build_index
+
+    def index_with_missing_ids(*args, **kwargs):
+        index = build(*args, **kwargs)
+        for record, word in zip(index.records, ("NaN", "N/A", "none", "NULL", "na", "nan")):
+            record.meta["patient_id"] = word
+        return index
+
+    monkeypatch.setattr(registry, "build_index", index_with_missing_ids)
+    monkeypatch.setenv("CREMA_JAX_PATIENT_SALT", "one secret")
+    out = tmp_path / "cache"
+    common = dict(layout="wfdb_folder", root=str(six_records), out=str(out), workers=1,
+                  records_per_shard=2)
+    with monkeypatch.context() as older:   # that version's test for ids
+        older.setattr(settings_file, "has_patient_ids", lambda index: any(
+            r.meta.get("patient_id") not in (None, "") for r in index.records))
+        prepare.prepare(stop_after_shards=1, **common)
+    assert json.loads((out / "settings.json").read_text())["patient_salt_check"] == \
+        "p" + hashlib.sha256(b"one secret\0crema_jax.salt-check").hexdigest()[:16]
+    with pytest.raises(prepare.PrepareError) as err:
+        prepare.prepare(**common)
+    assert str(err.value) == (
+        f"{out} holds a cache of these records whose settings.json has a patient-id salt check "
+        "(patient_salt_check) although none of them has a patient id (each is blank or a "
+        "missing-value word: NaN, N/A, ...; an earlier version counted such words as ids): its "
+        "rows hold no ids, but its shards were written for that settings.json; use a new --out "
+        "folder")
