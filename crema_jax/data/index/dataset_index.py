@@ -177,7 +177,8 @@ def expand_records(spec: str) -> list[str]:
     """Records named on a command line, in a stable order, without extension: comma-separated
     paths ('a,b', with or without .hea/.mat/.dat), globs ('dir/*.hea', 'exports/*.xml') or
     folders (every WFDB record, signal file without its header and hospital export file below
-    them, sorted: _folder_records); a glob's matches are records as _glob_records says.
+    them, sorted: _folder_records); a glob's matches are records as _glob_records says (a
+    signal file a header beside it names is that header's record, as in a folder).
     A file of another kind (a hospital export) keeps its extension, also when a WFDB record of
     its stem is beside it (E07501.dcm and E07501.hea are two records); any other file beside
     a header of its stem (r.atr, r.xws beside r.hea) is the record's side file, no record. A
@@ -248,16 +249,38 @@ def _folder_records(folder: str, unreadable: list) -> list[str]:
         path for path in found if clinical.is_export_candidate(path, folder)))
 
 
+def _signal_owners(folder: str, known: dict) -> dict[str, list[str]]:
+    """{signal file path (normalised): the records whose headers in `folder` name it}, read
+    once per folder into `known`."""
+    from crema_jax.data.reading import wfdb_records
+    if folder not in known:
+        try:
+            names = sorted(n for n in os.listdir(folder or ".") if n.endswith(".hea"))
+        except OSError:
+            names = []
+        known[folder] = {}
+        for name in names:
+            hea = os.path.join(folder, name)
+            for signal in wfdb_records.signal_files_named(hea):
+                known[folder].setdefault(os.path.normpath(signal), []).append(hea[:-4])
+    return known[folder]
+
+
 def _glob_records(matches: list[str]) -> list[str]:
-    """The records of a glob's matches, in their order: a WFDB file's record; a file beside a
-    header of its stem (r.atr beside r.hea) its record's signal file when the header names it,
-    an export file when its bytes say so (E07501.dcm), else a side file left out; any other
-    file as is."""
+    """The records of a glob's matches, in their order: a WFDB file's record; a signal file
+    without a header of its stem that headers beside it name (shared.mat named by E1.hea),
+    their records (it had been listed as a record of its own, skipped as missing_header); a
+    file beside a header of its stem (r.atr beside r.hea) its record's signal file when the
+    header names it, an export file when its bytes say so (E07501.dcm), else a side file left
+    out; any other file as is."""
     from crema_jax.data.reading import clinical, wfdb_records
-    out = []
+    out, owners = [], {}
     for path in matches:
-        stem = os.path.splitext(path)[0]
-        if wfdb_header.record_name(path) != path or not os.path.isfile(stem + ".hea"):
+        stem, ext = os.path.splitext(path)
+        if ext.lower() in wfdb_header.SIGNAL_SUFFIXES and not os.path.isfile(stem + ".hea"):
+            out += _signal_owners(os.path.dirname(path), owners).get(
+                os.path.normpath(path)) or [stem]
+        elif wfdb_header.record_name(path) != path or not os.path.isfile(stem + ".hea"):
             out.append(wfdb_header.record_name(path))
         elif wfdb_records.names_file(stem + ".hea", path):
             out.append(stem)
