@@ -248,7 +248,8 @@ def _reading(backbone, records, array, fs, *, batch_size, preset, derive_limb_le
     if derive_limb_leads:
         with data_cfg.unlocked():
             data_cfg.derive_limb_leads = True
-    stats, note, positions, keys = skips.SkipStats(log_limit=SKIPS_NAMED), None, None, None
+    stats = skips.SkipStats(log_limit=SKIPS_NAMED, hand_over=True)  # Tracker takes each
+    note, positions, keys = None, None, None
     if records is not None:
         keys = [str(i) for i in range(len(records))]
         positions = list(range(len(records)))
@@ -298,8 +299,9 @@ def _result(reading, track, keeper, records, windows) -> dict:
     got = tracker_lib.assemble(reading["keys"], entries)
     stats = reading["stats"] if reading["stats"] is not None else reading["skipped"]
     if len(reading["positions"]) < len(reading["keys"]):  # some read by an earlier run
-        stats = skips.SkipStats.of_events([e[1:] for e in got["events"]],
-                                          log_limit=SKIPS_NAMED)
+        stats = skips.SkipStats(log_limit=SKIPS_NAMED)
+        for i, (_, reason, path, message) in enumerate(got["events"]):
+            stats.add(reason, path, message, logged=i < SKIPS_NAMED)
     told = {"skipped": stats, "data_cfg": reading["data_cfg"], "note": reading["note"],
             "repairs": None}
     if records is not None:  # the records' repairs, once all are read

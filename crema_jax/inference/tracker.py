@@ -56,8 +56,10 @@ class Tracker:
     positions: the record positions (in the run's full list) the source reads, in order;
     keys: every record's key (partial.record_key, or the position as text); rows_of/windows_of:
     each source row's position in `positions` and window (None: one row per record);
-    stats, repairs: the pipeline's SkipStats (each skip with its source row: whose it is,
-    whatever file it names) and the source's repairs (None for an array)."""
+    stats, repairs: the pipeline's SkipStats, made with hand_over=True (each skip taken with
+    its source row: whose it is, whatever file it names; kept here, with its record, as the
+    stats keep only counts and a few of each reason) and the source's repairs (None for an
+    array)."""
 
     def __init__(self, positions, keys, *, rows_of=None, windows_of=None, stats=None,
                  repairs=None, keeper=None, progress: Progress | None = None):
@@ -67,7 +69,7 @@ class Tracker:
         self.keeper, self.progress = keeper, progress
         self.rows: dict[int, list] = {}       # source record (position in `positions`) -> rows
         self.skips: dict[int, list] = {}
-        self.high, self.scanned, self.done = -1, 0, 0
+        self.high, self.done = -1, 0
         self.finished: dict[str, dict] = {}   # not yet handed to the keeper (or no keeper)
         self.saved_at = time.monotonic()
 
@@ -94,9 +96,7 @@ class Tracker:
 
     def _finish(self, count: int) -> None:
         if self.stats is not None:
-            events = self.stats.rows_since(self.scanned)
-            self.scanned += len(events)
-            for row, event in events:
+            for row, event in self.stats.take():
                 if row is None:
                     raise ValueError(f"skip {event}: no source row recorded with it")
                 owner = row if self.rows_of is None else int(self.rows_of[row])

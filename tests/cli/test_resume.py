@@ -239,7 +239,7 @@ def test_a_run_killed_after_keeping_every_record_writes_its_output_when_run_agai
 def test_a_skip_read_ahead_is_its_own_records_whatever_file_it_names():
     """Records a, b, c, one row each; c's skip is recorded (read ahead) before the batch of a:
     it is c's, though its path names no record given (a file spelled otherwise)."""
-    stats = skips.SkipStats()
+    stats = skips.SkipStats(hand_over=True)
     track = tracker.Tracker(range(3), ["a", "b", "c"], stats=stats)
     stats.record("truncated_signal", "elsewhere/c.mat", "c.mat is truncated", index=2)
 
