@@ -129,7 +129,7 @@ def main(args) -> None:
     if new_folder:
         print(new_folder)
     if out["skipped"].total:
-        print(skipped_records.line(out["skipped"]))
+        print(skipped_records.line(out["skipped"], out["skipped_earlier"]))
     print(f"wrote {args.out}: {out['outputs'].shape} {'logits' if args.logits else 'features'}"
           f", each row's ECG in {written['records']}"
           + (f" (its file in {written['paths']})" if "paths" in written else "")

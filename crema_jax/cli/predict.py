@@ -101,7 +101,7 @@ def main(args) -> None:
     if args.top:
         print(predict.format_top(ids, out["probs"], labels, args.top, repairs))
     if out["skipped"].total:
-        print(skipped_records.line(out["skipped"]))
+        print(skipped_records.line(out["skipped"], out["skipped_earlier"]))
     if args.out:
         _write(args, out, ids, labels, repairs, paths, keeper, new_folder)
 

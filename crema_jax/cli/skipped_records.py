@@ -15,13 +15,18 @@ def reasons(skipped) -> str:
                      sorted(skipped.counts.items())) or "none"
 
 
-def line(skipped) -> str:
+def line(skipped, earlier: int = 0) -> str:
     """"skipped 300 unreadable records (no_signal 300): ['a', ...] and 295 more": the records
-    skipped, by reason, and by path the ones the warnings above it named (SkipStats.logged)."""
+    skipped, by reason, and by path the ones the warnings above it named (SkipStats.logged).
+    `earlier`: how many of them a resumed run kept from an earlier run (counted once, and
+    named by no warning of this run): "skipped 3 unreadable records (no_signal 3; 2 kept from
+    an earlier run): ['c']"."""
     named = list(skipped.logged)
-    more = skipped.total - len(named)
-    return (f"skipped {skipped.total} unreadable records ({reasons(skipped)}): "
-            f"{named}" + (f" and {more} more" if more > 0 else ""))
+    now = skipped.total - earlier
+    more = now - len(named)
+    return (f"skipped {skipped.total} unreadable records ({reasons(skipped)}"
+            + (f"; {earlier} kept from an earlier run" if earlier else "") + ")"
+            + (f": {named}" if now else "") + (f" and {more} more" if more > 0 else ""))
 
 
 def check_some_read(out: dict, given: str) -> None:

@@ -194,7 +194,9 @@ def embed(backbone, *, records=None, array=None, fs: float | None = None, raw: b
 
     Returns {"outputs": (rows, D or classes), "record": (rows,) position in `records`/`array`,
     "window": (rows,) window number (-1: the whole record, or its windows' mean),
-    "skipped": SkipStats, "data_cfg": the data section used (None for raw),
+    "skipped": SkipStats (every skip counted, this run's and those a keeper held from an
+    earlier run; `logged`: this run's warnings), "skipped_earlier": how many of them the keeper
+    held, "data_cfg": the data section used (None for raw),
     "note": what was done to the input, for the user (array_source's note, record_repairs'),
     or None; "repairs": each record's repairs in words ("" for none; None for an array);
     "skips": every skip (position in `records`/`array`, reason, path, message), in the order
@@ -298,12 +300,12 @@ def _result(reading, track, keeper, records, windows) -> dict:
     entries.update(track.finished)
     got = tracker_lib.assemble(reading["keys"], entries)
     stats = reading["stats"] if reading["stats"] is not None else reading["skipped"]
-    if len(reading["positions"]) < len(reading["keys"]):  # some read by an earlier run
-        stats = skips.SkipStats(log_limit=SKIPS_NAMED)
-        for i, (_, reason, path, message) in enumerate(got["events"]):
-            stats.add(reason, path, message, logged=i < SKIPS_NAMED)
-    told = {"skipped": stats, "data_cfg": reading["data_cfg"], "note": reading["note"],
-            "repairs": None}
+    read_now = set(reading["positions"])  # the others kept by an earlier run: their skips
+    earlier = [e for e in got["events"] if e[0] not in read_now]  # counted, not logged again
+    for _, reason, path, message in earlier:
+        stats.add(reason, path, message)
+    told = {"skipped": stats, "skipped_earlier": len(earlier), "data_cfg": reading["data_cfg"],
+            "note": reading["note"], "repairs": None}
     if records is not None:  # the records' repairs, once all are read
         told["note"], told["repairs"] = record_repairs(got["made"], records,
                                                        reading["data_cfg"])

@@ -138,7 +138,7 @@ def test_a_killed_embed_resumes_into_the_same_rows_and_side_files(net1d, records
         f"resuming: 9 of 25 records kept in {hidden} from an earlier run, 16 to compute")
     stem = str(tmp_path / "y")
     assert done.stdout.splitlines()[-2:] == [
-        f"skipped 1 unreadable records (truncated_signal 1): ['{paths[2]}.mat']",
+        "skipped 1 unreadable records (truncated_signal 1; 1 kept from an earlier run)",
         f"wrote {out}: (24, 32) features, each row's ECG in {stem}.records.txt (its file in "
         f"{stem}.paths.txt); every skipped record in {stem}.skipped.csv"]
     np.testing.assert_allclose(np.load(out), want["outputs"], rtol=1e-5, atol=1e-6)
@@ -256,18 +256,26 @@ def test_a_skip_read_ahead_is_its_own_records_whatever_file_it_names():
 @pytest.mark.slow
 def test_a_skip_after_the_kept_records_is_written_once_on_resume(net1d, cinc_sample_dir,
                                                                 tmp_path):
-    """--input=./recs (a skip's file is named d/x.mat, the record ./d/x); the skipped record is
-    the 12th, in the second batch, read ahead while the first is computed; killed after it."""
+    """--input=./recs (a skip's file is named d/x.mat, the record ./d/x); the skipped records
+    are the 4th, in the first batch (kept), and the 12th, in the second, read ahead while the
+    first is computed; killed after the first. The resumed run counts each skip once and
+    names only its own warning: it had named the kept skip as if this run had warned of it."""
     _, paths = _records(tmp_path / "recs", cinc_sample_dir, 11)
+    with open(paths[3] + ".mat", "r+b") as f:
+        f.truncate(1000)
     args = ["embed", f"--checkpoint={net1d}", "--input=./recs", "--out=y.npy", "--batch_size=8"]
     assert _crema_jax(*args, kill_after=1, cwd=tmp_path).returncode == -9
     done = _crema_jax(*args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.splitlines()[0].startswith("resuming: 8 of 25 records kept")
+    assert done.stdout.splitlines()[0].startswith("resuming: 9 of 25 records kept")
     rows = list(csv.reader((tmp_path / "y.skipped.csv").open(encoding="utf-8")))
     assert [r[:2] + r[3:] for r in rows[1:]] == [
+        [paths[3], "truncated_signal", paths[3] + ".mat"],
         [paths[11], "truncated_signal", paths[11] + ".mat"]]
-    assert "skipped 1 unreadable records (truncated_signal 1)" in done.stdout
+    name = os.path.basename(paths[11])
+    assert done.stdout.splitlines()[-2] == (
+        "skipped 2 unreadable records (truncated_signal 2; 1 kept from an earlier run): "
+        f"['recs/{name}.mat']")
 
 
 def test_an_arrays_skips_are_named_by_row_number_and_no_file(net1d, tmp_path, capsys):

@@ -174,6 +174,25 @@ def test_the_skipped_line_names_the_skips_the_warnings_named(monkeypatch):
         "['z9', 'm1', 'y2', 'b4', 'x0'] and 2 more")
 
 
+def test_a_resumed_runs_line_counts_the_kept_skips_once_and_names_only_its_own(monkeypatch):
+    """4 skips kept from the interrupted run, 3 made now (2 logged): the line had named the
+    kept ones as this run's warnings. Each is counted once; only this run's warnings named."""
+    monkeypatch.setattr(skips.logging, "warning", lambda *args: None)
+    stats = skips.SkipStats(log_limit=2)
+    for path in ("c", "d", "e"):
+        stats.record("no_signal", path, "why")
+    for path, reason in [("a", "no_signal"), ("b", "too_short"), ("f", "too_short"),
+                         ("g", "no_signal")]:
+        stats.add(reason, path, "why")
+    assert skipped_records.line(stats, earlier=4) == (
+        "skipped 7 unreadable records (no_signal 5, too_short 2; 4 kept from an earlier run): "
+        "['c', 'd'] and 1 more")
+    kept_only = skips.SkipStats(log_limit=2)
+    kept_only.add("truncated_signal", "a.mat", "why")
+    assert skipped_records.line(kept_only, earlier=1) == (
+        "skipped 1 unreadable records (truncated_signal 1; 1 kept from an earlier run)")
+
+
 def test_a_glob_of_a_physionet_folder_leaves_the_records_side_files_out(tmp_path):
     """"mitdb/*" had listed r.atr and r.xws (annotations, a viewer's settings) as export files
     beside record r, each read as a skip; an export beside a header of its stem stays a record,
