@@ -26,7 +26,9 @@ An interrupted run over records keeps its finished batches in the hidden folder 
 beside Y.npy, every 10 s as it goes and when it stops (Ctrl-C, SIGTERM, a crash; SIGKILL loses
 the batches of the last 10 s at most), and the same command run again reads only the records
 not kept, then writes Y.npy and removes the folder. Run with another checkpoint, data path,
---logits or package version, it says so and starts over (inference/partial.py).
+--logits or package version, it says so and starts over (inference/partial.py). One run at a
+time writes a Y.npy of records: another started with the same --out while it runs is refused in
+one line naming the output and the running one's pid.
 """
 import io
 import math
@@ -69,9 +71,7 @@ COMMAND.enum("windows", "rows", ["rows", "mean"], "When the data path cuts recor
 @COMMAND.main
 def main(args) -> None:
     from crema_jax.data.index import dataset_index  # run time: --help needs no JAX
-    from crema_jax.data.reading import arrays
-    from crema_jax.data.reading.ecg import RecordError
-    from crema_jax.inference import backbones, embed, partial
+    from crema_jax.inference import partial
 
     try:
         fs = float(args.fs) if args.fs else None
@@ -93,6 +93,23 @@ def main(args) -> None:
                                               *dataset_index.files_read(records or [])],
                                 overwrite=args.overwrite)  # written on error
     new_folder = files.new_folders_note(args.out)
+    keeper = (partial.Keeper(args.out, "logits" if args.logits else "features")
+              if records is not None else None)
+    if keeper is not None:  # before any work: a second run with this --out is refused now
+        keeper.lock()
+    try:
+        _embed(args, fs, records, keeper, new_folder)
+    finally:
+        if keeper is not None:
+            keeper.close()
+
+
+def _embed(args, fs, records, keeper, new_folder) -> None:
+    """embed's work once its output is checked (and locked, for records)."""
+    from crema_jax.data.reading import arrays
+    from crema_jax.data.reading.ecg import RecordError
+    from crema_jax.inference import backbones, embed
+
     backbone = backbones.load(args.checkpoint, with_head=args.logits)
     if records is None:
         try:  # the header checked against the file's size before anything is allocated
@@ -106,9 +123,7 @@ def main(args) -> None:
                               progress="embed")
         except embed.EmbedError as err:
             raise command.CommandError(f"--input={args.input}: {err}") from None
-        keeper = None
     else:
-        keeper = partial.Keeper(args.out, "logits" if args.logits else "features")
         out = embed.embed(backbone, records=records, raw=args.raw, logits=args.logits,
                           batch_size=args.batch_size, preset=args.preset or None,
                           windows=args.windows, keeper=keeper, progress="embed")

@@ -21,7 +21,9 @@ With --out, an interrupted run keeps its finished batches in the hidden folder .
 beside it, every 10 s as it goes and when it stops (Ctrl-C, SIGTERM, a crash; SIGKILL loses the
 batches of the last 10 s at most), and the same command run again reads only the records not
 kept, then writes the CSV and removes the folder. Run with another checkpoint, data path or
-package version, it says so and starts over (inference/partial.py).
+package version, it says so and starts over (inference/partial.py). One run at a time writes an
+--out: another started with the same --out while it runs is refused in one line naming the
+output and the running one's pid.
 """
 import os
 
@@ -59,7 +61,7 @@ COMMAND.boolean("derive_limb_leads", False, "Derive a record's absent limb leads
 @COMMAND.main
 def main(args) -> None:
     from crema_jax.data.index import dataset_index  # run time: --help needs no JAX
-    from crema_jax.inference import backbones, embed, partial, predict, skip_file
+    from crema_jax.inference import partial, skip_file
 
     if not args.positional:
         raise command.FlagValueError(f"no records given (usage: {COMMAND.usage_line()})")
@@ -75,10 +77,23 @@ def main(args) -> None:
                                               *dataset_index.files_read(paths)],  # or not
                                 overwrite=args.overwrite)
     new_folder = files.new_folders_note(args.out) if args.out else ""
+    keeper = partial.Keeper(args.out, "logits") if args.out else None
+    if keeper is not None:  # before any work: a second run with this --out is refused now
+        keeper.lock()
+    try:
+        _predict(args, paths, keeper, new_folder)
+    finally:
+        if keeper is not None:
+            keeper.close()
+
+
+def _predict(args, paths, keeper, new_folder) -> None:
+    """predict's work once its output is checked (and locked, with --out)."""
+    from crema_jax.inference import backbones, embed, predict
+
     labels = predict.label_names()
     backbone = backbones.load(args.checkpoint, with_head=True)
     predict.check_backbone(backbone)
-    keeper = partial.Keeper(args.out, "logits") if args.out else None
     out = predict.predict_probabilities(backbone, records=paths, batch_size=args.batch_size,
                                         preset=args.preset or None,
                                         derive_limb_leads=args.derive_limb_leads, keeper=keeper,

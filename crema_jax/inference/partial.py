@@ -3,6 +3,11 @@
 A run over records with an output file (`embed --out=Y.npy`, `predict --out=P.csv`) keeps what
 it has finished in a hidden folder beside that file, `.NAME.partial` (NAME: the output's file
 name), which is this module's alone:
+- `lock`: one run at a time writes an output (`Keeper.lock`, an fcntl.flock on this file,
+  which holds the pid of the run holding it): a second run with the same --out (a cron job
+  fired twice) is refused in one line naming the output and that pid. The OS releases the lock
+  when its process ends, however it ends, so a SIGKILLed run leaves no stale lock; the file
+  stays in a folder kept for a resume;
 - `manifest.json`: FORMAT and the digests of what the outputs depend on (`settings`): the
   checkpoint's weights (runtime/digests.py over every array), the data path (the data section
   the records are read with: preset, rate, crops, preprocessing, lead options), the outputs
@@ -24,14 +29,18 @@ the folder) is removed as stale, said in one line (`clear_stale`).
 
 CREMA_JAX_FLUSH_SECONDS overrides FLUSH_SECONDS (0: a chunk after every batch);
 CREMA_JAX_TEST_KILL_AFTER_CHUNK=N makes the process SIGKILL itself right after writing chunk N
-(a test's deterministic interruption).
+(a test's deterministic interruption), CREMA_JAX_TEST_STOP_AFTER_CHUNK=N SIGSTOP itself there
+(a run still alive, holding its lock, at a known point).
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import io
 import json
 import os
+import pathlib
 import re
 import signal
 
@@ -46,9 +55,12 @@ from crema_jax.runtime import digests, files
 
 FORMAT = "crema_jax.partial_outputs.v1"
 MANIFEST = "manifest.json"
+LOCK = "lock"
 FLUSH_SECONDS = 10.0
 _CHUNK = re.compile(r"chunk-(\d{6})\.npz")
-_OURS = re.compile(r"\.?(manifest\.json|chunk-\d{6}\.npz)(\..*\.tmp)?")  # and temporaries
+_OURS = re.compile(r"\.?(manifest\.json|chunk-\d{6}\.npz)(\..*\.tmp)?|lock")  # temporaries too
+_TEST_SIGNALS = {"CREMA_JAX_TEST_KILL_AFTER_CHUNK": signal.SIGKILL,
+                 "CREMA_JAX_TEST_STOP_AFTER_CHUNK": signal.SIGSTOP}
 # The data section's fields that change how fast, not what, is computed.
 _RUNTIME_FIELDS = ("batch_size", "num_workers", "read_threads", "prefetch_buffer_size",
                    "per_worker_buffer_size")
@@ -92,25 +104,69 @@ class Keeper:
         self.kept: dict[str, dict] = {}   # record key -> {"rows", "window", "skips", "repairs"}
         self.chunks = 0
         self.flush_seconds = float(os.environ.get("CREMA_JAX_FLUSH_SECONDS", FLUSH_SECONDS))
+        self._lock_fd: int | None = None   # the lock file, open and flocked while held
+        self._made: list[str] = []   # the output's folders `lock` made, deepest first
+
+    def lock(self) -> None:
+        """Takes the folder's lock for this run (the module docstring), making the folder (and
+        the output's folders) if new; BusyError when another run holds it. A folder that is not
+        ours (a link, a file, a folder holding files of other names) is left untouched, not
+        locked: `start` refuses it."""
+        if self._lock_fd is not None or (os.path.lexists(self.folder) and not self._ours()):
+            return
+        path = os.path.join(self.folder, LOCK)
+        above = os.path.dirname(self.folder)
+        self._made = [] if os.path.isdir(above) else [str(p) for p in (
+            pathlib.Path(above), *pathlib.Path(above).parents) if not p.exists()]
+        for _ in range(3):  # again when the run that held it removed it as it ended
+            os.makedirs(self.folder, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:
+                continue
+            if not _flock(fd):
+                holder = os.read(fd, 32).decode("ascii", "replace").strip()
+                os.close(fd)
+                raise BusyError(f"{self.out_path}: another run"
+                                + (f" (pid {holder})" if holder.isdigit() else "")
+                                + f" is writing it (its lock: {path}); wait for it to end, or "
+                                "choose another --out")
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                self._lock_fd = fd
+                return
+            os.close(fd)
+        raise BusyError(f"{self.out_path}: {path} keeps being removed by other runs; try again")
+
+    def _ours(self) -> bool:
+        """The folder is a real one holding only names of ours (or nothing)."""
+        return (os.path.isdir(self.folder) and not os.path.islink(self.folder)
+                and all(_OURS.fullmatch(n) for n in os.listdir(self.folder)))
 
     def start(self, backbone, data_cfg, keys: list[str]) -> list[int]:
         """Open (or make) the folder for these settings; returns the positions in `keys` of
         the records still to compute, having said what is kept."""
+        self.lock()
         settings = settings_of(backbone, data_cfg, self.output)
         manifest = os.path.join(self.folder, MANIFEST)
         if os.path.lexists(self.folder) and self._unstarted():
-            self.remove()
-        if os.path.lexists(self.folder):
+            self._clear()
+        elif os.path.lexists(self.folder):
             saved = self._manifest(manifest)
             changed = [k for k in settings if saved.get("settings", {}).get(k) != settings[k]]
             if changed:
                 self.say(f"{self.folder}: kept outputs of a run with another "
                          f"{', '.join(changed)}; not used, starting over")
-                self.remove()
+                self._clear()
             else:
                 self._load()
-        if not os.path.isdir(self.folder):
-            os.makedirs(self.folder)
+        if not os.path.isfile(manifest):
+            os.makedirs(self.folder, exist_ok=True)
             files.write_json_atomic(manifest, {"format": FORMAT, "settings": settings})
         todo = [i for i, key in enumerate(keys) if key not in self.kept]
         done = len(keys) - len(todo)
@@ -120,11 +176,12 @@ class Keeper:
         return todo
 
     def _unstarted(self) -> bool:
-        """The folder is a real one holding nothing but our temporaries, if anything: a run
-        stopped between making it and writing its manifest."""
+        """The folder is a real one holding nothing but our temporaries and lock, if anything:
+        a run stopped between making it and writing its manifest."""
         if not os.path.isdir(self.folder) or os.path.islink(self.folder):
             return False
-        return all(_OURS.fullmatch(n) and n.endswith(".tmp") for n in os.listdir(self.folder))
+        return all(n == LOCK or (_OURS.fullmatch(n) and n.endswith(".tmp"))
+                   for n in os.listdir(self.folder))
 
     def _manifest(self, manifest: str) -> dict:
         """The folder's manifest; refuses a folder that is not ours (no manifest of ours, or a
@@ -182,20 +239,55 @@ class Keeper:
         files.write_bytes_atomic(os.path.join(self.folder, f"chunk-{self.chunks:06d}.npz"),
                                  buffer.getvalue())
         self.kept.update(finished)
-        if os.environ.get("CREMA_JAX_TEST_KILL_AFTER_CHUNK") == str(self.chunks):
-            os.kill(os.getpid(), signal.SIGKILL)
+        for variable, number in _TEST_SIGNALS.items():
+            if os.environ.get(variable) == str(self.chunks):
+                os.kill(os.getpid(), number)
+
+    def _clear(self) -> None:
+        """Removes what the folder keeps (ours only: the manifest, the chunks, their
+        temporaries), not its lock: this run starts over in it."""
+        for name in os.listdir(self.folder):
+            if _OURS.fullmatch(name) and name != LOCK:
+                os.remove(os.path.join(self.folder, name))
+        self.kept, self.chunks = {}, 0
 
     def remove(self) -> None:
-        """Removes the folder's files (ours only: the manifest, the chunks, their temporaries)
-        and the folder; a file of another name is left, and so is the folder then."""
-        for name in os.listdir(self.folder):
-            if _OURS.fullmatch(name):
-                os.remove(os.path.join(self.folder, name))
-        try:
+        """Removes the folder's files (ours only: the manifest, the chunks, their temporaries,
+        the lock) and the folder, and releases the lock: the run is done with it. A file of
+        another name is left, and so is the folder then; a folder another run holds the lock
+        of is left whole."""
+        if os.path.isdir(self.folder) and (self._lock_fd is not None or _unlocked(self.folder)):
+            self._clear()
+            if os.path.lexists(os.path.join(self.folder, LOCK)):
+                os.remove(os.path.join(self.folder, LOCK))
+            try:
+                os.rmdir(self.folder)
+            except OSError:
+                pass
+        self.close()
+        self._remove_made()
+
+    def close(self) -> None:
+        """Releases the lock (the end of the command, whatever the end): a folder holding
+        nothing else (the run stopped before keeping anything) is removed with it."""
+        if self._lock_fd is None:
+            return
+        if os.path.isdir(self.folder) and os.listdir(self.folder) == [LOCK]:
+            os.remove(os.path.join(self.folder, LOCK))
             os.rmdir(self.folder)
-        except OSError:
-            pass
-        self.kept, self.chunks = {}, 0
+            self._remove_made()
+        os.close(self._lock_fd)
+        self._lock_fd = None
+
+    def _remove_made(self) -> None:
+        """The output's folders `lock` made, while empty (the run wrote nothing): a run that
+        fails leaves no stray tree."""
+        for folder in self._made:
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
+        self._made = []
 
 
 def clear_stale(out_path: str) -> str | None:
@@ -208,12 +300,41 @@ def clear_stale(out_path: str) -> str | None:
     names = os.listdir(folder)
     if MANIFEST not in names or not all(_OURS.fullmatch(n) for n in names):
         return None
+    if not _unlocked(folder):  # a run writing it, between writing the output and removing it
+        return None
     written = os.stat(out_path).st_mtime_ns
     if any(os.stat(os.path.join(folder, n)).st_mtime_ns > written for n in names):
         return None
     Keeper(out_path, "").remove()
     return (f"removed {folder}: left by the run that wrote {out_path} (stopped before "
             "removing it)")
+
+
+class BusyError(ValueError):
+    """Another run writes the same output (holds its partial folder's lock)."""
+
+
+def _flock(fd: int) -> bool:
+    """Takes the exclusive flock on `fd` without waiting: False when another holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return False
+        raise
+    return True
+
+
+def _unlocked(folder: str) -> bool:
+    """No run holds the folder's lock (none may have made one)."""
+    try:
+        fd = os.open(os.path.join(folder, LOCK), os.O_RDONLY)
+    except FileNotFoundError:
+        return True
+    try:
+        return _flock(fd)
+    finally:
+        os.close(fd)
 
 
 def stopped_line(keeper: Keeper, total: int) -> str:

@@ -89,7 +89,8 @@ def test_a_killed_predict_resumes_computing_only_the_records_it_had_not_kept(net
             "--batch_size=8"]
     first = _crema_jax(*args, kill_after=1)
     assert first.returncode == -9, first.stderr[-2000:]
-    assert sorted(os.listdir(hidden)) == ["chunk-000001.npz", "manifest.json"] and not out.exists()
+    assert sorted(os.listdir(hidden)) == ["chunk-000001.npz", "lock", "manifest.json"]
+    assert not out.exists()
     # Other settings: said in one line, started over (then killed after two batches of 8: the
     # truncated record, 3rd, is skipped, so the first batch ends at the 9th record, the second
     # at the 17th).
@@ -226,7 +227,7 @@ def test_a_run_killed_after_keeping_every_record_writes_its_output_when_run_agai
             "--batch_size=8"]
     assert _crema_jax(*args, kill_after=3).returncode == -9
     hidden = tmp_path / ".y.npy.partial"
-    assert sorted(os.listdir(hidden))[-2:] == ["chunk-000003.npz", "manifest.json"]
+    assert sorted(os.listdir(hidden))[-3:] == ["chunk-000003.npz", "lock", "manifest.json"]
     assert not out.exists()
     done = _crema_jax(*args)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -316,8 +317,10 @@ def test_kept_outputs_of_another_package_version_are_not_used(net1d, tmp_path, m
     first = partial.Keeper(str(tmp_path / "y.npy"), "features", say=lines.append)
     assert first.start(backbone, data_cfg, ["a", "b"]) == [0, 1]
     first.save({"a": {"rows": np.ones((1, 2)), "window": [-1], "skips": [], "repairs": None}})
+    first.close()
     again = partial.Keeper(str(tmp_path / "y.npy"), "features", say=lines.append)
     assert again.start(backbone, data_cfg, ["a", "b"]) == [1]
+    again.close()
     monkeypatch.setattr(crema_jax, "__version__", crema_jax.__version__ + ".post1")
     upgraded = partial.Keeper(str(tmp_path / "y.npy"), "features", say=lines.append)
     assert upgraded.start(backbone, data_cfg, ["a", "b"]) == [0, 1]
@@ -336,7 +339,7 @@ def test_an_empty_partial_folder_is_ours(net1d, tmp_path):
     keeper, backbone, data_cfg = _keeper(net1d, tmp_path)
     os.mkdir(keeper.folder)
     assert keeper.start(backbone, data_cfg, ["a"]) == [0]
-    assert os.listdir(keeper.folder) == ["manifest.json"]
+    assert sorted(os.listdir(keeper.folder)) == ["lock", "manifest.json"]
 
 
 def test_a_partial_folder_with_a_file_not_ours_is_refused_under_other_settings(net1d, tmp_path):
@@ -352,7 +355,7 @@ def test_a_partial_folder_with_a_file_not_ours_is_refused_under_other_settings(n
     assert str(err.value) == (
         f"{keeper.folder}: the partial outputs of a run, and files of another name (notes.txt); "
         "move it away or choose another --out")
-    assert sorted(os.listdir(keeper.folder)) == ["chunk-000001.npz", "manifest.json",
+    assert sorted(os.listdir(keeper.folder)) == ["chunk-000001.npz", "lock", "manifest.json",
                                                  "notes.txt"]
 
 
