@@ -178,6 +178,10 @@ def build(models, cols, suite: dict, cells: dict, *, cache=None, log=lambda line
                                                                 n_permutations, suite["alpha"])}}
 
 
+# How the terminal's table marks the best and those below it (leaderboard.md: bold and \*).
+PLAIN_BEST, PLAIN_BELOW = " +", " *"
+
+
 def _p(value, bound: str | None = None) -> str:
     return texts.p_text({"p": value, "p_bound": bound})
 
@@ -193,32 +197,60 @@ def decimals(values, least: int = 3, most: int = 6) -> int:
     return most
 
 
-def _table(board: dict) -> list[str]:
-    """The leaderboard's table: a column per panel, a row per model."""
+def _ranking(board: dict) -> tuple[list[str], list[tuple[str, list]]]:
+    """The ranking table's panels (column, protocol) and per model its name and, per panel, None
+    (not applicable) or (macro AUROC [CI], best, below the best after Holm's correction)."""
     panels = board["panels"]
     by_cell = {(s["model"], s["column"], s["protocol"]): s for s in board["cells"]}
     worse = {(t["model"], t["column"], t["protocol"]) for t in board["comparisons"]
              if "best" in t["against"] and t["macro_auroc"].get("significant")}
-    lines = ["| model | " + " | ".join(f"{p['column']} / {p['protocol']}" for p in panels)
-             + " |", "|---|" + "---|" * len(panels)]
     places = [decimals([s["macro_auroc"] for s in board["cells"]
                         if (s["column"], s["protocol"]) == (p["column"], p["protocol"])])
               for p in panels]
+    rows = []
     for model in board["models"]:
         row = []
         for panel, digits in zip(panels, places):
             key = (model["name"], panel["column"], panel["protocol"])
             s = by_cell.get(key)
-            if s is None or s["macro_auroc"] is None:
-                row.append(texts.DASH)
-                continue
-            ci = s["ci"]
-            text = (f"{s['macro_auroc']:.{digits}f} [{report_markdown.fmt(ci['low'])}, "
-                    f"{report_markdown.fmt(ci['high'])}]")
-            text = f"**{text}**" if model["name"] in panel["best"] else text
-            row.append(text + ("\\*" if key in worse else ""))
-        lines.append(f"| {model['name']} | " + " | ".join(row) + " |")
+            ci = s["ci"] if s is not None and s["macro_auroc"] is not None else None
+            row.append(None if ci is None else (
+                f"{s['macro_auroc']:.{digits}f} [{report_markdown.fmt(ci['low'])}, "
+                f"{report_markdown.fmt(ci['high'])}]", model["name"] in panel["best"],
+                key in worse))
+        rows.append((model["name"], row))
+    return [(p["column"], p["protocol"]) for p in panels], rows
+
+
+def _table(board: dict) -> list[str]:
+    """The leaderboard's table in Markdown: a column per panel, a row per model; the best bold,
+    those below it \\*, names escaped (report_markdown.escape)."""
+    panels, rows = _ranking(board)
+    lines = ["| model | " + " | ".join(f"{report_markdown.escape(column)} / {protocol}"
+                                       for column, protocol in panels) + " |",
+             "|---|" + "---|" * len(panels)]
+    for name, row in rows:
+        cells = [texts.DASH if c is None else (f"**{c[0]}**" if c[1] else c[0])
+                 + ("\\*" if c[2] else "") for c in row]
+        lines.append(f"| {report_markdown.escape(name)} | " + " | ".join(cells) + " |")
     return lines
+
+
+def plain_table(board: dict) -> list[str]:
+    """The leaderboard's table as the terminal shows it: a legend, then aligned columns, names
+    as given; PLAIN_BEST marks the best (bold in leaderboard.md), PLAIN_BELOW those below it.
+    The Markdown table's escapes had been printed (`\\*`, and `**` round the best)."""
+    panels, rows = _ranking(board)
+    table = [["model", *[f"{column} / {protocol}" for column, protocol in panels]]]
+    table += [[name, *[texts.DASH if c is None else c[0] + (PLAIN_BEST if c[1] else "")
+                       + (PLAIN_BELOW if c[2] else "") for c in row]] for name, row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    level = report_markdown.level(board["settings"]["alpha"])
+    return [f"macro AUROC [{level} CI over patients]",
+            f"{PLAIN_BEST.strip()}: the best, or not distinguishable from it; "
+            f"{PLAIN_BELOW.strip()}: below the best after Holm's correction; {texts.DASH}: not "
+            "applicable",
+            *["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in table]]
 
 
 def _panels_table(board: dict) -> list[str]:
@@ -227,7 +259,7 @@ def _panels_table(board: dict) -> list[str]:
     lines = ["| column | protocol | leads | label fraction (used: labelled of training "
              "records) | test records | classes |", "|---|---|---|---|---|---|"]
     for p in board["panels"]:
-        lines.append(f"| {p['column']} | {p['protocol']} | {p['leads']} | "
+        lines.append(f"| {report_markdown.escape(p['column'])} | {p['protocol']} | {p['leads']} | "
                      f"{report_markdown.labels_used_text(p['label_fraction'], p)} | {p['n']} | "
                      f"{p['n_classes']} |")
     return lines
@@ -242,7 +274,8 @@ def markdown(board: dict) -> str:
               "applicable. A column's macro AUROCs get more decimals where two that differ "
               "would print alike."), "",
              *_table(board), "",
-             *[f"Note: {m['same_model']}." for m in board["models"] if m["same_model"]],
+             *[f"Note: {report_markdown.escape(m['same_model'])}." for m in board["models"]
+               if m["same_model"]],
              *([""] if any(m["same_model"] for m in board["models"]) else []),
              "Label fractions: at least one positive of every class trains, so a small "
              "fraction can use more records than it names; with folds the records are means "
@@ -251,17 +284,18 @@ def markdown(board: dict) -> str:
               f"- per class: {board['tests']['per_class']}", "",
               ("| column | protocol | model | against | reference | Δ macro AUROC | "
                f"{level} CI | p | p (Holm) |"), "|---|---|---|---|---|---|---|---|---|"]
+    name = report_markdown.escape
     for t in board["comparisons"]:
         m = t["macro_auroc"]
-        lines.append(f"| {t['column']} | {t['protocol']} | {t['model']} | "
-                     f"{' and '.join(t['against'])} | {t['reference']} | "
+        lines.append(f"| {name(t['column'])} | {t['protocol']} | {name(t['model'])} | "
+                     f"{' and '.join(t['against'])} | {name(t['reference'])} | "
                      f"{report_markdown.fmt(m['difference'])} | "
                      f"[{report_markdown.fmt(m['ci']['low'])}, "
                      f"{report_markdown.fmt(m['ci']['high'])}] | {_p(m['p'], m['p_bound'])} | "
                      f"{_p(m.get('p_holm'), m.get('p_holm_bound'))} |")
     lines += ["", *_per_class_section(board), "## Models", ""] + [
-        f"- {m['name']}: {m['family']}, {m['checkpoint']}"
-        + (f" (the random init, seed {board['settings']['seed']}, of {m['random_of']})"
+        f"- {name(m['name'])}: {name(m['family'])}, {name(m['checkpoint'])}"
+        + (f" (the random init, seed {board['settings']['seed']}, of {name(m['random_of'])})"
            if m["random_of"] else "")
         for m in board["models"]]
     return "\n".join(lines) + "\n"
@@ -297,13 +331,14 @@ def _per_class_section(board: dict) -> list[str]:
         against = {t["model"]: t["per_class"] for t in board["comparisons"]
                    if (t["column"], t["protocol"]) == key and "best" in t["against"]
                    and t["reference"] == panel["top"]}
-        lines += [f"### {panel['column']} / {panel['protocol']}", "",
-                  "| class | positives / negatives | test | "
-                  + " | ".join(f"{n} (top)" if n == panel["top"] else n for n in names) + " |",
+        lines += [f"### {report_markdown.escape(panel['column'])} / {panel['protocol']}", "",
+                  "| class | positives / negatives | test | " + " | ".join(
+                      report_markdown.escape(n) + (" (top)" if n == panel["top"] else "")
+                      for n in names) + " |",
                   "|---|---|---|" + "---|" * len(names)]
         for name, counts in panel["class_counts"].items():
             tests = [against[n][name] for n in names if name in against.get(n, {})]
-            row = [name, f"{counts['positives']} / {counts['negatives']}",
+            row = [report_markdown.escape(name), f"{counts['positives']} / {counts['negatives']}",
                    report_markdown.TEST_NAMES[tests[0]["test"]] if tests else texts.DASH]
             row += [report_markdown.fmt(by_cell[(n, *key)]["auroc"].get(name))
                     + _against_top(against.get(n, {}).get(name), alpha) for n in names]
@@ -313,10 +348,11 @@ def _per_class_section(board: dict) -> list[str]:
 
 
 def summary(board: dict) -> list[str]:
-    """What the benchmark prints: the ranking table, then per panel its top model, the models
-    not distinguishable from it and those below it, and each model against its random init."""
+    """What the benchmark prints, plain text: the ranking table (plain_table), then per panel
+    its top model, the models not distinguishable from it and those below it, and each model
+    against its random init."""
     random_row = {m["name"]: m["random_row"] for m in board["models"]}
-    lines = [*_table(board), ""]
+    lines = [*plain_table(board), ""]
     for panel in board["panels"]:
         key = (panel["column"], panel["protocol"])
         name = f"{panel['column']} / {panel['protocol']}"

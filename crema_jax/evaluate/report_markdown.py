@@ -1,6 +1,6 @@
 """report.md: an evaluation report (report.py's dict) as Markdown tables, and the texts every
-table of figures shares (fmt, level, labels_used_text; the leaderboard's too; p-values and the
-drop test's left-out classes: texts.py).
+table of figures shares (fmt, level, labels_used_text, escape; the leaderboard's too; p-values
+and the drop test's left-out classes: texts.py).
 
 Missing values (classes that could not be scored, undefined CIs) are an em dash (texts.DASH).
 """
@@ -22,6 +22,18 @@ def fmt(value, digits: int = 3) -> str:
     if abs(value) < 0.5 * 10.0 ** -digits:
         return np.format_float_positional(value, precision=2, unique=False, fractional=False)
     return f"{value:.{digits}f}"
+
+
+# The characters Markdown reads in running text or a table cell (emphasis, code, links, HTML,
+# headings, strikethrough, the cell bar): a name holding one is written with it escaped.
+_MARKDOWN_SPECIAL = frozenset("\\`*_[]<|~#")
+
+
+def escape(name) -> str:
+    """A name (a model, column, class, checkpoint path) as Markdown shows it as written: each of
+    its characters Markdown reads backslash-escaped ("ISC_" -> "ISC\\_", "a|b" -> "a\\|b",
+    which had split a table row in two cells). Only for Markdown: a terminal shows the name."""
+    return "".join("\\" + c if c in _MARKDOWN_SPECIAL else c for c in str(name))
 
 
 def _ci(ci: dict | None) -> str:

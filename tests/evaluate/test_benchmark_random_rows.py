@@ -63,7 +63,7 @@ def test_a_model_added_in_front_or_renamed_reuses_the_cells(tmp_path):
     assert [m["same_model"] for m in again["models"]] == [None, same, None]
     md = (workdir / "leaderboard.md").read_text()
     assert f"\n\nNote: {same}.\n\n" in md
-    assert f"\n- random:sit: sit_pretrain, random (the random init, seed 0, of {TINY})\n" in md
+    assert f"\n- random:sit: sit\\_pretrain, random (the random init, seed 0, of {TINY})\n" in md
     renamed = benchmark.run_benchmark([f"renamed={sit}"], str(tasks), str(workdir))
     assert [m["name"] for m in renamed["models"]] == ["renamed", "random:sit"]
     assert renamed["counts"]["cells_reused"] == 2 and renamed["counts"]["cells_computed"] == 0

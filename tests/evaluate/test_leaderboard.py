@@ -62,11 +62,11 @@ def test_a_capped_or_displaceable_bound_is_at_most_rather_than_below():
         holm.holm_bounded([0.1], [">"])
 
 
-def _board(alpha=0.05, cache=None, log=lambda line: None):
+def _board(alpha=0.05, cache=None, log=lambda line: None, names=None, column="rhythm"):
     """A leaderboard of made-up cells: 60 records (each its own patient), 3 classes; model a
     informative, b = a but for one score (macro AUROCs 1/2400 apart), c and random:a
     uninformative. The cells' fields: a 5-fold run whose 0.1 of 27 training records drew 24 of
-    135 (4.8 a fold)."""
+    135 (4.8 a fold). `names`: {a, b or c: another name for it}; `column`: the column's name."""
     import numpy as np
 
     from crema_jax.evaluate import benchmark_tasks
@@ -83,14 +83,15 @@ def _board(alpha=0.05, cache=None, log=lambda line: None):
     i, j = np.unravel_index(np.argmin(np.where(gap > 0, gap, np.inf)), gap.shape)
     b[pos[i], 0] = a[neg[j], 0] - 1e-9
     probs = {"a": a, "b": b, "c": rng.random((n, 3)), "random:a": rng.random((n, 3))}
+    probs = {(names or {}).get(name, name): p for name, p in probs.items()}
     config = tiny_config()
     models = [benchmark_tasks.Model(name, "random" if name == "random:a" else f"/ckpt/{name}",
                                     config, None if name == "random:a" else {"w": 1})
               for name in probs]
-    column = benchmark_tasks.Column("rhythm", "rhythm", "d", "12", 0.1, "", "")
+    column = benchmark_tasks.Column(column, "rhythm", "d", "12", 0.1, "", "")
     fields = {"n_train": 4.8, "n_val": 9.0, "n_labelled": 4.8, "n_train_pool": 27.0,
               "label_fraction_used": 24 / 135}
-    cells = {(name, "rhythm", "probe"): {
+    cells = {(name, column.name, "probe"): {
         "probs": p, "labels": labels, "rows": np.arange(n), "group": np.arange(n).astype(str),
         "record_id": np.asarray([f"r{i}" for i in range(n)]),
         "classes": np.asarray(["x", "y", "z"]), "fields": fields} for name, p in probs.items()}
@@ -220,27 +221,77 @@ def test_the_per_class_section_gives_each_class_its_counts_aurocs_and_test_again
     assert board["panels"][0]["class_counts"]["y"] == {"positives": 20, "negatives": 40}
 
 
+def _plain_rows(board, macro: dict, digits: int) -> list[str]:
+    """The terminal's table rows, from the sklearn macro AUROCs: the name padded to the longest
+    (or "model"), two spaces, the figure with its CI, " +" for the best, " *" below it."""
+    (panel,) = board["panels"]
+    below = {t["model"] for t in board["comparisons"]
+             if "best" in t["against"] and t["macro_auroc"]["significant"]}
+    width = max(len(n) for n in [*macro, "model"])
+    rows = []
+    for name, value in macro.items():
+        ci = next(s["ci"] for s in board["cells"] if s["model"] == name)
+        mark = " +" if name in panel["best"] else " *" if name in below else ""
+        rows.append(f"{name.ljust(width)}  {value:.{digits}f} [{ci['low']:.3f}, "
+                    f"{ci['high']:.3f}]{mark}")
+    return rows
+
+
 def test_the_printed_summary_is_the_table_and_each_panels_verdict():
     board, labels, probs = _board()
     macro = {m: roc_auc_score(labels, p, average="macro") for m, p in probs.items()}
     top = max(macro, key=macro.get)
     other = "b" if top == "a" else "a"
     lines = benchmark_leaderboard.summary(board)
-    md = benchmark_leaderboard.markdown(board)
-    assert lines[:6] == md.splitlines()[4:10]   # the ranking table, as in leaderboard.md
-    assert lines[7] == (f"rhythm / probe: top {top} ({macro[top]:.3f}); not distinguishable "
+    # The ranking table, plain: a legend, then a, b (the best: +), c, random:a (below it: *).
+    assert lines[:2] == ["macro AUROC [95% CI over patients]",
+                         "+: the best, or not distinguishable from it; *: below the best after "
+                         "Holm's correction; \u2014: not applicable"]
+    assert lines[2] == "model     rhythm / probe"
+    assert lines[3:7] == _plain_rows(board, macro, 4)   # 4 decimals: a and b differ there
+    assert [row[-1] for row in lines[3:7]] == ["+", "+", "*", "*"]
+    assert lines[8] == (f"rhythm / probe: top {top} ({macro[top]:.3f}); not distinguishable "
                         f"from it: {other}; below it: c, random:a")
     tests = {frozenset((t["model"], t["reference"])): t["macro_auroc"]
              for t in board["comparisons"]}
-    for line, model in zip(lines[8:], ["a", "b", "c"]):
+    for line, model in zip(lines[9:], ["a", "b", "c"]):
         m = tests[frozenset((model, "random:a"))]
         verdict = "above it" if m["p_holm"] < 0.05 else "not distinguishable from it"
         assert line.startswith(f"  {model} vs its random init random:a: "
                                f"{macro[model] - macro['random:a']:.3f} macro AUROC, p (Holm) ")
         assert line.endswith(f": {verdict}")
-    assert len(lines) == 11 and lines[8].endswith("above it") and lines[10].endswith(
+    assert len(lines) == 12 and lines[9].endswith("above it") and lines[11].endswith(
         "not distinguishable from it")   # a informative, c not
     assert "## Per class" not in "\n".join(lines)
+
+
+def test_the_terminal_gets_names_as_given_and_leaderboard_md_escapes_them():
+    """The printed table had been leaderboard.md's: `\\*` after a model below the best, `**`
+    round the best. In leaderboard.md a name's `|` had split its row in two cells and its `_` or
+    `*` started emphasis; there they are escaped, on the terminal written as given."""
+    names = {"a": "st_mem|v2", "c": "*c*"}
+    board, labels, probs = _board(names=names, column="rhythm_[x]")
+    macro = {m: roc_auc_score(labels, p, average="macro") for m, p in probs.items()}
+    lines = benchmark_leaderboard.summary(board)
+    assert lines[2] == "model      rhythm_[x] / probe"
+    assert lines[3:7] == _plain_rows(board, macro, 4)
+    assert lines[3].startswith("st_mem|v2  ") and lines[5].startswith("*c*        ")
+    assert lines[8].startswith("rhythm_[x] / probe: top ")
+    assert not any("\\" in line or "**" in line for line in lines)
+    md = benchmark_leaderboard.markdown(board)
+    table = md.splitlines()[4:10]
+    assert table[0] == "| model | rhythm\\_\\[x\\] / probe |"
+    ci = {s["model"]: s["ci"] for s in board["cells"]}
+    assert table[2] == (f"| st\\_mem\\|v2 | **{macro['st_mem|v2']:.4f} "
+                        f"[{ci['st_mem|v2']['low']:.3f}, {ci['st_mem|v2']['high']:.3f}]** |")
+    assert table[4].startswith("| \\*c\\* | ") and table[4].endswith("]\\* |")
+    # Every row of every table of leaderboard.md has its header's cells (bars not escaped).
+    cells = [len(re.split(r"(?<!\\)\|", line)) for line in md.splitlines()]
+    for start in (i for i, line in enumerate(md.splitlines()) if line.startswith("|---")):
+        end = next((i for i in range(start, len(cells)) if cells[i] == 1), len(cells))
+        assert set(cells[start - 1:end]) == {cells[start - 1]}, md.splitlines()[start - 1]
+    assert "\n### rhythm\\_\\[x\\] / probe\n" in md
+    assert "\n- st\\_mem\\|v2: sit\\_pretrain, /ckpt/st\\_mem\\|v2\n" in md
 
 
 def test_a_rebuild_reuses_the_cached_statistics_and_a_changed_input_recomputes_them(tmp_path):
