@@ -297,6 +297,25 @@ def test_a_bad_models_flag_is_a_usage_error(tmp_path, capsys):
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.parametrize("name, text, said", [
+    ("none.py", None, "no such file"), ("", None, "a folder; expected a Python file"),
+    ("bad.py", "def get_config(:\n", "SyntaxError: "),
+    ("empty.py", "", "defines no get_config()"),
+])
+def test_a_task_file_that_does_not_load_is_named_with_the_tasks_flag(tmp_path, capsys, name,
+                                                                     text, said):
+    """A missing --tasks file had said "config file none.py: no such file", naming no flag."""
+    from crema_jax.cli import benchmark as benchmark_cli
+
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text)
+    line = _fails(benchmark_cli, ["--models=a=random", f"--tasks={path}",
+                                  f"--workdir={tmp_path / 'w'}"], capsys)
+    assert line.startswith(f"crema-jax benchmark: error: --tasks: config file {path}: {said}")
+    assert not (tmp_path / "w").exists()
+
+
 def test_a_folder_name_is_never_a_path_step():
     for text in ("..", ".", "", "..."):
         name = files.folder_name(text)
