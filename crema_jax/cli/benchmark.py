@@ -47,7 +47,7 @@ COMMAND.string("model_size", "tiny", "SiT size of a `random` model (tiny/small/b
 def main(args) -> None:
     # run time: --help needs no JAX
     from crema_jax import config as config_lib
-    from crema_jax.evaluate import benchmark, benchmark_leaderboard, benchmark_tasks
+    from crema_jax.evaluate import benchmark, benchmark_tasks, leaderboard_markdown
 
     if not args.models:  # a usage error (exit 2), as a missing required flag is
         raise command.FlagValueError("--models: expected NAME=CHECKPOINT pairs")
@@ -64,7 +64,7 @@ def main(args) -> None:
     board = benchmark.run_benchmark(list(args.models), args.tasks, args.workdir, roots=roots,
                                     model_size=args.model_size)
     counts = board["counts"]
-    print("\n".join(benchmark_leaderboard.summary(board)))
+    print("\n".join(leaderboard_markdown.summary(board)))
     print(f"cells: {counts['cells_computed']} computed, {counts['cells_reused']} reused, "
           f"{counts['cells_not_applicable']} not applicable; feature extractions: "
           f"{counts['feature_extractions']} ({counts['features_reused']} reused); leaderboard "

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from crema_jax.evaluate import benchmark_leaderboard, holm, leaderboard_tests
+from crema_jax.evaluate import benchmark_leaderboard, holm, leaderboard_markdown, leaderboard_tests
 
 
 def test_an_adjusted_p_inherits_the_bound_of_the_raw_p_it_comes_from():
@@ -22,7 +22,7 @@ def test_an_adjusted_p_inherits_the_bound_of_the_raw_p_it_comes_from():
     assert [v for v, _ in got] == pytest.approx([10 / 1001, 10 / 1001, 0.09, 0.09, 0.5],
                                                 abs=1e-15)
     assert [b for _, b in got] == ["<", "<", None, None, None]
-    texts = [benchmark_leaderboard._p(v, b) for v, b in got]
+    texts = [leaderboard_markdown._p(v, b) for v, b in got]
     assert texts == ["< 0.01", "< 0.01", "0.090", "0.090", "0.500"]
 
 
@@ -37,7 +37,7 @@ def test_a_capped_or_displaceable_bound_is_at_most_rather_than_below():
     # terms 2 x 0.6 = 1.2 -> 1 (a bound, capped: the true p could give anything up to 1),
     # 1 x 0.7: both adjusted values are 1, at most.
     assert holm.holm_bounded([0.6, 0.7], ["<", None]) == [(1.0, "<="), (1.0, "<=")]
-    assert benchmark_leaderboard._p(1.0, "<=") == "≤ 1"
+    assert leaderboard_markdown._p(1.0, "<=") == "≤ 1"
     # An exact 0.002 sorts before the bound 0.0021 (two tests of other valid resample counts);
     # the true p of the bound may sort first: 0.002's adjusted value is 2 x 0.002 = 0.004 or
     # as low as 1 x 0.002, so at most 0.004.
@@ -114,7 +114,7 @@ def test_the_best_are_the_top_model_and_those_not_distinguishable_from_it():
     assert tests[other]["p_holm"] >= 0.05 and tests["c"]["significant"]
     assert tests["random:a"]["significant"]
     assert panel["best"] == [top, other]               # a and b bold; c and random:a not
-    md = benchmark_leaderboard.markdown(board)
+    md = leaderboard_markdown.markdown(board)
     rows = {line.split(" | ")[0][2:]: line for line in md.splitlines()
             if line.startswith("| ") and " | **" in line or line.startswith("| c |")
             or line.startswith("| random:a |")}
@@ -140,14 +140,14 @@ def test_a_holm_p_from_a_bound_is_printed_as_a_bound_and_the_plot_uses_the_tasks
     import matplotlib.axes
 
     board, _, _ = _board(alpha=0.1)
-    assert "Macro AUROC [90% CI over patients]" in benchmark_leaderboard.markdown(board)
+    assert "Macro AUROC [90% CI over patients]" in leaderboard_markdown.markdown(board)
     # The audit's p-values: 2/1001 (a bound) then an exact 2/1000, among five comparisons.
     tests = [{**t, "macro_auroc": {**t["macro_auroc"], "p": p, "p_bound": bound}}
              for t, p, bound in zip(board["comparisons"] * 2,
                                     [2 / 1001, 2 / 1000, 0.03, 0.04, 0.5],
                                     ["<", None, None, None, None])]
     benchmark_leaderboard._apply_holm(tests, 0.05)
-    md = benchmark_leaderboard.markdown({**board, "comparisons": tests})
+    md = leaderboard_markdown.markdown({**board, "comparisons": tests})
     rows = [line for line in md.splitlines() if line.startswith("| rhythm | probe | ")
             and line.count("|") == 10]
     assert [line.split(" | ")[-2:] for line in rows] == [
@@ -197,7 +197,7 @@ def test_the_per_class_section_gives_each_class_its_counts_aurocs_and_test_again
     top = board["panels"][0]["top"]
     against = {t["model"]: t["per_class"] for t in board["comparisons"]
                if t["reference"] == top and "best" in t["against"]}
-    md = benchmark_leaderboard.markdown(board)
+    md = leaderboard_markdown.markdown(board)
     section = md[md.index("## Per class"):md.index("## Models")].splitlines()
     header = section.index("### rhythm / probe") + 2
     assert section[header] == ("| class | positives / negatives | test | " + " | ".join(
@@ -242,7 +242,7 @@ def test_the_printed_summary_is_the_table_and_each_panels_verdict():
     macro = {m: roc_auc_score(labels, p, average="macro") for m, p in probs.items()}
     top = max(macro, key=macro.get)
     other = "b" if top == "a" else "a"
-    lines = benchmark_leaderboard.summary(board)
+    lines = leaderboard_markdown.summary(board)
     # The ranking table, plain: a legend, then a, b (the best: +), c, random:a (below it: *).
     assert lines[:2] == ["macro AUROC [95% CI over patients]",
                          "+: the best, or not distinguishable from it; *: below the best after "
@@ -272,13 +272,13 @@ def test_the_terminal_gets_names_as_given_and_leaderboard_md_escapes_them():
     names = {"a": "st_mem|v2", "c": "*c*"}
     board, labels, probs = _board(names=names, column="rhythm_[x]")
     macro = {m: roc_auc_score(labels, p, average="macro") for m, p in probs.items()}
-    lines = benchmark_leaderboard.summary(board)
+    lines = leaderboard_markdown.summary(board)
     assert lines[2] == "model      rhythm_[x] / probe"
     assert lines[3:7] == _plain_rows(board, macro, 4)
     assert lines[3].startswith("st_mem|v2  ") and lines[5].startswith("*c*        ")
     assert lines[8].startswith("rhythm_[x] / probe: top ")
     assert not any("\\" in line or "**" in line for line in lines)
-    md = benchmark_leaderboard.markdown(board)
+    md = leaderboard_markdown.markdown(board)
     table = md.splitlines()[4:10]
     assert table[0] == "| model | rhythm\\_\\[x\\] / probe |"
     ci = {s["model"]: s["ci"] for s in board["cells"]}
