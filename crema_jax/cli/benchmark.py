@@ -47,13 +47,13 @@ COMMAND.string("model_size", "tiny", "SiT size of a `random` model (tiny/small/b
 def main(args) -> None:
     # run time: --help needs no JAX
     from crema_jax import config as config_lib
-    from crema_jax.evaluate import benchmark, benchmark_tasks, leaderboard_markdown
+    from crema_jax.evaluate import benchmark, benchmark_models, leaderboard_markdown
 
     if not args.models:  # a usage error (exit 2), as a missing required flag is
         raise command.FlagValueError("--models: expected NAME=CHECKPOINT pairs")
     evaluation_flags.check_model_size(args.model_size)
     try:  # a usage error (exit 2), before the task file and the models are read
-        benchmark_tasks.parse_models(list(args.models))
+        benchmark_models.parse_models(list(args.models))
     except ValueError as err:
         raise command.FlagValueError(str(err)) from None
     roots = {k: str(v) for k, v in command.parse_key_values(args.roots, flag="roots").items()}

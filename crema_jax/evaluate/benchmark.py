@@ -9,7 +9,7 @@ on one column (task x lead set x label fraction, benchmark_tasks.py) by one prot
   are marked not applicable).
 Frozen features are extracted ONCE per model x records x lead set and cached under
 workdir/features (feature_store.py). Each finished cell's predictions are written atomically to
-workdir/cells/MODEL/COLUMN/PROTOCOL.npz (MODEL: benchmark_tasks.Model.filed_as, a digest of
+workdir/cells/MODEL/COLUMN/PROTOCOL.npz (MODEL: benchmark_models.Model.filed_as, a digest of
 its weights, never its name) with a digest of what they depend on; a rerun (after a kill, with
 more models, in another order or under other names) reuses every cell whose digest matches and
 computes the rest. The leaderboard (benchmark_leaderboard.py) is computed from the
@@ -28,6 +28,7 @@ import numpy as np
 from crema_jax.evaluate import (
     benchmark_datasets,
     benchmark_leaderboard,
+    benchmark_models,
     benchmark_tasks,
     feature_store,
     finetune,
@@ -205,8 +206,8 @@ def run_benchmark(model_items, tasks_path, workdir, *, roots=None, model_size: s
     workdir = files.check_output_dir(workdir, marker=MARKERS, flag="--workdir",  # the lock
                                      inputs=[d["root"] for d in suite["datasets"].values()],
                                      create=False)  # makes it, once the models are loaded
-    models = benchmark_tasks.load_models(model_items, seed=suite["seed"], model_size=model_size)
-    for note in benchmark_tasks.same_models(models, suite["seed"]).values():
+    models = benchmark_models.load_models(model_items, seed=suite["seed"], model_size=model_size)
+    for note in benchmark_models.same_models(models, suite["seed"]).values():
         log(f"note: {note}")
     # One run per workdir: a second would compute the same features and cells alongside the
     # first, each overwriting the other's (a killed run's lock, its pid gone, is taken over).

@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from crema_jax.evaluate import (benchmark_tasks, compare, holm, leaderboard_markdown,
+from crema_jax.evaluate import (benchmark_models, compare, holm, leaderboard_markdown,
                                 leaderboard_tests, plots, report, report_markdown, scoring)
 from crema_jax.runtime import files
 
@@ -141,8 +141,8 @@ def build(models, cols, suite: dict, cells: dict, *, cache=None, log=lambda line
     """leaderboard.json's content (module docstring). `cache`: a leaderboard_tests.Cache whose
     results are reused (None: everything computed); `log` gets a progress line per panel."""
     cache = leaderboard_tests.Cache() if cache is None else cache
-    random_row = benchmark_tasks.model_random_row(models)
-    same = benchmark_tasks.same_models(models, suite["seed"])
+    random_row = benchmark_models.model_random_row(models)
+    same = benchmark_models.same_models(models, suite["seed"])
     scores, panels, pending, not_applicable = [], [], [], []
     for column in cols:
         for protocol in suite["protocols"]:

@@ -1,7 +1,7 @@
 """Frozen features cached on disk: one extraction per model x records x lead set.
 
 A dataset's features are written to FOLDER/MODEL/RECORDS-LEADS.npz (MODEL: the model's
-benchmark_tasks.Model.filed_as, its weights), RECORDS a digest of the layout, root and layout
+benchmark_models.Model.filed_as, its weights), RECORDS a digest of the layout, root and layout
 options other than the label set (PTB-XL's label sets, or two split rules over one folder,
 read the same records). Each example is stored with its record's key (`record_key`: id, path,
 and the size and modification time of its files, so that two records of one name in two

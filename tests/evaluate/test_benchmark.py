@@ -24,7 +24,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from crema_jax import config as config_lib
 from crema_jax.cli import benchmark as benchmark_cli
 from crema_jax.data.index import dataset_index
-from crema_jax.evaluate import benchmark, benchmark_tasks, holm
+from crema_jax.evaluate import benchmark, benchmark_models, benchmark_tasks, holm
 from crema_jax.inference import backbones
 from crema_jax.export import import_torch
 from crema_jax.models import params as params_lib
@@ -191,15 +191,15 @@ def test_task_file_and_model_errors_name_the_field(tmp_path):
     # The flag the user gave is named (both had named --backbone, a flag neither command has).
     with pytest.raises(ValueError, match=re.escape("--models entry 'a': random:FAMILY, "
                                                    "FAMILY='foo': expected one of")):
-        benchmark_tasks.load_models(["a=random:foo"], seed=0)
+        benchmark_models.load_models(["a=random:foo"], seed=0)
     from crema_jax.evaluate import compare
     with pytest.raises(ValueError, match=re.escape("--backbone_b='foo': expected one of")):
         compare.load_models({"checkpoint": "random", "backbone": "", "model_size": "tiny",
                              "checkpoint_b": "random", "backbone_b": "foo"})
     with pytest.raises(ValueError, match="expected NAME=CHECKPOINT"):
-        benchmark_tasks.parse_models(["just_a_path"])
+        benchmark_models.parse_models(["just_a_path"])
     with pytest.raises(ValueError, match="expected distinct names"):
-        benchmark_tasks.parse_models(["a=random", "a=random:net1d"])
+        benchmark_models.parse_models(["a=random", "a=random:net1d"])
 
 
 def test_other_weights_at_the_same_checkpoint_path_are_another_model(tmp_path):
@@ -243,7 +243,7 @@ def test_other_weights_at_the_same_checkpoint_path_are_another_model(tmp_path):
     augmented.data.augment.amplitude_scale.prob = 0.9
     assert digest(augmented, None) != digest(config, None)
 
-    models = [benchmark_tasks.Model("tiny", "/runs/tiny", config, p,
+    models = [benchmark_models.Model("tiny", "/runs/tiny", config, p,
                                     weights=digest(config, p)) for p in (params, nudged)]
     column = benchmark_tasks.Column("c", "t", "d", "12", 1.0, "", "")
     suite = {"datasets": {"d": {}}, "protocols": {"probe": {}}, "seed": 0, "batch_size": 8}
@@ -266,7 +266,7 @@ def test_cells_of_older_evaluation_rules_are_recomputed_and_features_reused(monk
     The feature cache's key (records, lead set, weights) does not hold it."""
     from crema_jax.evaluate import feature_store
     from tests.configs import tiny_config
-    model = benchmark_tasks.Model("tiny", "/runs/tiny", tiny_config(), None, weights="w")
+    model = benchmark_models.Model("tiny", "/runs/tiny", tiny_config(), None, weights="w")
     column = benchmark_tasks.Column("c", "t", "d", "12", 1.0, "", "")
     suite = {"datasets": {"d": {}}, "protocols": {"probe": {}}, "seed": 0, "batch_size": 8}
     settings = {"layout": "wfdb", "root": "/data", "layout_options": {}, "cache_dir": ""}

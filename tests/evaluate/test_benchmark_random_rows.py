@@ -11,7 +11,7 @@ import pytest
 
 from crema_jax import config as config_lib
 from crema_jax.data.index import dataset_index
-from crema_jax.evaluate import benchmark, benchmark_tasks
+from crema_jax.evaluate import benchmark, benchmark_models
 from crema_jax.inference import backbones
 from crema_jax.models import params as params_lib
 from crema_jax.runtime import checkpoint
@@ -93,7 +93,7 @@ def sizes(monkeypatch):
         configs[size] = config_lib.default_config()
         configs[size].model.size = size
     monkeypatch.setattr(
-        benchmark_tasks.backbones, "load_config_and_params",
+        benchmark_models.backbones, "load_config_and_params",
         lambda path, **_: (configs["tiny"], None) if path == "random" else (
             configs[path], {"w": np.ones(2, np.float32)}))
     return configs
@@ -105,7 +105,7 @@ def test_added_random_rows_of_one_family_are_told_apart_by_their_architecture(si
     to be the random init of its architecture (it had been "of x's architecture", x the first
     model given of it)."""
     def added(items):
-        return {m.name: m.random_of for m in benchmark_tasks.load_models(items, seed=0)
+        return {m.name: m.random_of for m in benchmark_models.load_models(items, seed=0)
                 if m.random_of}
     one = added(["x=tiny", "y=small"])
     digests = {k: backbones.architecture(c)[:8] for k, c in sizes.items()}
@@ -118,7 +118,7 @@ def test_two_entries_of_one_model_are_said_to_be_one(sizes):
     """Two names for the same weights (or one random init twice) had been compared as two
     models, "no detectable difference" reading as a finding."""
     def notes(items):
-        return benchmark_tasks.same_models(benchmark_tasks.load_models(items, seed=3), seed=3)
+        return benchmark_models.same_models(benchmark_models.load_models(items, seed=3), seed=3)
     assert notes(["x=tiny", "y=small"]) == notes(["r=random", "x=tiny"]) == {}
     assert notes(["x=tiny", "y=small", "z=tiny"]) == {
         "z": "z and x are the same model (equal weights, architecture and data path): z's "

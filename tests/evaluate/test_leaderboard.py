@@ -69,7 +69,7 @@ def _board(alpha=0.05, cache=None, log=lambda line: None, names=None, column="rh
     135 (4.8 a fold). `names`: {a, b or c: another name for it}; `column`: the column's name."""
     import numpy as np
 
-    from crema_jax.evaluate import benchmark_tasks
+    from crema_jax.evaluate import benchmark_models, benchmark_tasks
     from tests.configs import tiny_config
 
     rng = np.random.default_rng(1)   # a seed at which a and b print alike at three decimals
@@ -85,7 +85,7 @@ def _board(alpha=0.05, cache=None, log=lambda line: None, names=None, column="rh
     probs = {"a": a, "b": b, "c": rng.random((n, 3)), "random:a": rng.random((n, 3))}
     probs = {(names or {}).get(name, name): p for name, p in probs.items()}
     config = tiny_config()
-    models = [benchmark_tasks.Model(name, "random" if name == "random:a" else f"/ckpt/{name}",
+    models = [benchmark_models.Model(name, "random" if name == "random:a" else f"/ckpt/{name}",
                                     config, None if name == "random:a" else {"w": 1})
               for name in probs]
     column = benchmark_tasks.Column(column, "rhythm", "d", "12", 0.1, "", "")

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from crema_jax.data.index import dataset_index
-from crema_jax.evaluate import benchmark, benchmark_datasets, benchmark_tasks
+from crema_jax.evaluate import benchmark, benchmark_datasets, benchmark_models, benchmark_tasks
 from crema_jax.runtime import files
 from crema_jax.runtime import workdir as workdir_lib
 from tests.cli.conftest import _fails
@@ -285,7 +285,7 @@ def test_model_names_that_were_paths_or_another_rows_are_refused(item, said):
     """"random:a" shared the added random row's files (both rows printed one model's figure);
     ".." put a model's cells beside the workdir."""
     with pytest.raises(ValueError, match=said):
-        benchmark_tasks.parse_models(["a=/ckpt", item])
+        benchmark_models.parse_models(["a=/ckpt", item])
 
 
 def test_a_bad_models_flag_is_a_usage_error(tmp_path, capsys):
