@@ -106,14 +106,14 @@ class Datasets:
         return self.loaded[name]
 
     def fingerprint(self, name: str) -> str:
-        """A digest of what dataset `name` holds (feature_store.record_key: ids, paths and file
+        """A digest of what dataset `name` holds (feature_store.record_cache_key: ids, paths, file
         stats; splits, sources, classes, labels): a cell computed before its records, their
         files or labels changed is not reused."""
         if name in self.digests:
             return self.digests[name]
         data = self.get(name)[0]
         digest = hashlib.sha256(json.dumps(
-            [[feature_store.record_key(i) for i in data.infos], data.splits.tolist(),
+            [[feature_store.record_cache_key(i) for i in data.infos], data.splits.tolist(),
              data.sources.tolist(), list(data.classes)]).encode())
         digest.update(np.ascontiguousarray(data.labels, np.uint8).tobytes())
         self.digests[name] = digest.hexdigest()[:16]
@@ -121,10 +121,12 @@ class Datasets:
 
     def records_like(self, settings: dict) -> list:
         """Every record of the task file's datasets over the same records as `settings`
-        (feature_store.records_key), in first-seen order: one extraction serves them all."""
-        key, union = feature_store.records_key(settings), {}
+        (feature_store.record_set_digest), in first-seen order: one extraction serves them
+        all."""
+        key, union = feature_store.record_set_digest(settings), {}
         for name in self.suite["datasets"]:
-            if feature_store.records_key(benchmark_tasks.dataset_settings(self.suite, name)) == key:
+            other = benchmark_tasks.dataset_settings(self.suite, name)
+            if feature_store.record_set_digest(other) == key:
                 for info in self.get(name)[0].infos:
                     union.setdefault((info.record_id, str(info.path)), info)
         return list(union.values())

@@ -1,11 +1,12 @@
 """Frozen features cached on disk: one extraction per model x records x lead set.
 
 A dataset's features are written to FOLDER/MODEL/RECORDS-LEADS.npz (MODEL: the model's
-benchmark_models.Model.filed_as, its weights), RECORDS a digest of the layout, root and layout
-options other than the label set (PTB-XL's label sets, or two split rules over one folder,
-read the same records). Each example is stored with its record's key (`record_key`: id, path,
-and the size and modification time of its files, so that two records of one name in two
-folders stay two, and a record whose files changed is read again), so another dataset over
+benchmark_models.Model.filed_as, its weights), RECORDS the digest of the records its settings
+read (`record_set_digest`: the layout, root and layout options other than the label set;
+PTB-XL's label sets, or two split rules over one folder, read the same records). Each example
+is stored (array `record_key`) with its record's `record_cache_key` (id, path, and the size and
+modification time of its files, so that two records of one name in two folders stay two, and
+a record whose files changed is read again), so another dataset over
 the same records (other classes, other splits) maps them to its own rows; it is reused when
 every record of that dataset was among those the extraction read. An extraction reads every
 record of the task file's datasets over the same records (`records_of`), so datasets that
@@ -28,16 +29,20 @@ from crema_jax.inference import backbones
 from crema_jax.runtime import files
 
 
-def records_key(settings: dict) -> str:
+def record_set_digest(settings: dict) -> str:
+    """The records a dataset's settings read, as 12 hex digits: its layout, root, layout options
+    but the label set (which picks classes, not records) and cache dir. Datasets of one digest
+    share their feature files (RECORDS in the module docstring)."""
     options = {k: v for k, v in settings["layout_options"].items() if k != "label_set"}
     text = json.dumps([settings["layout"], str(settings["root"]), options,
                        settings["cache_dir"]], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def record_key(info) -> str:
-    """A record as the caches know it: its id, its path, and the size and modification time of
-    each file it is read from (duplicates.file_stats; none for a remote path)."""
+def record_cache_key(info) -> str:
+    """A record as the caches (features, a cell's dataset digest) know it: its id, its path, and
+    the size and modification time of each file it is read from (duplicates.file_stats; none
+    for a remote path): a record whose files changed has another key."""
     return json.dumps([str(info.record_id), str(info.path),
                        duplicates.file_stats(info.path)])
 
@@ -50,10 +55,10 @@ class FeatureStore:
         self.folder, self.counts, self.log = folder, counts, log
         self.records_of = records_of
         self.backbones = {}
-        self.keys = {}   # RecordInfo -> record_key, once per run
+        self.keys = {}   # RecordInfo -> record_cache_key, once per run
 
     def _keys(self, infos) -> list[str]:
-        return [self.keys.setdefault(info, record_key(info)) for info in infos]
+        return [self.keys.setdefault(info, record_cache_key(info)) for info in infos]
 
     def _backbone(self, model, seed: int):
         if model.filed_as not in self.backbones:
@@ -65,7 +70,7 @@ class FeatureStore:
         """`model`'s features of `data`'s records with `leads`: from the cache, or extracted
         (and cached) when the cache lacks a record of `data`."""
         path = (self.folder / files.folder_name(model.filed_as)
-                / f"{records_key(settings)}-{leads.replace('+', '_')}.npz")
+                / f"{record_set_digest(settings)}-{leads.replace('+', '_')}.npz")
         ids = self._keys(data.infos)
         cached = self._load(path, model.weights, ids)
         if cached is not None:

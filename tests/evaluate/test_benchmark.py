@@ -271,11 +271,11 @@ def test_cells_of_older_evaluation_rules_are_recomputed_and_features_reused(monk
     suite = {"datasets": {"d": {}}, "protocols": {"probe": {}}, "seed": 0, "batch_size": 8}
     settings = {"layout": "wfdb", "root": "/data", "layout_options": {}, "cache_dir": ""}
     before = benchmark_tasks.cell_spec(model, column, "probe", suite)
-    features_before = feature_store.records_key(settings)
+    features_before = feature_store.record_set_digest(settings)
     assert benchmark_tasks.cell_spec(model, column, "probe", suite) == before
     monkeypatch.setattr(benchmark_tasks, "EVALUATION_RULES", benchmark_tasks.EVALUATION_RULES + 1)
     assert benchmark_tasks.cell_spec(model, column, "probe", suite) != before
-    assert feature_store.records_key(settings) == features_before
+    assert feature_store.record_set_digest(settings) == features_before
 
 
 @pytest.mark.slow
