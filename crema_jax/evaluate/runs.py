@@ -50,7 +50,7 @@ def _scores(out, name, data, settings, groups, classes=None):
     averaged); its CI resamples patients."""
     pred = out["tests"][name]
     records, probs, labels = scoring.per_record(pred["rows"], pred["probs"], pred["labels"])
-    return scoring.test_report(out["val"]["probs"], out["val"]["labels"], probs, labels,
+    return scoring.report_on_test(out["val"]["probs"], out["val"]["labels"], probs, labels,
                                data.classes if classes is None else classes,
                                bootstrap=settings["bootstrap"], seed=settings["seed"],
                                groups=None if groups is None else groups[records])

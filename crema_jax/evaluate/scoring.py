@@ -329,7 +329,7 @@ def per_record(rows, *arrays) -> tuple:
     return (records, *out)
 
 
-def test_report(probs_val, labels_val, probs_test, labels_test, classes, *, bootstrap: int,
+def report_on_test(probs_val, labels_val, probs_test, labels_test, classes, *, bootstrap: int,
                 seed: int, groups=None) -> dict:
     """A head's test metrics: F1 thresholds chosen on validation, plus the bootstrap 95% CI of
     the macro AUROC (test records, or with `groups` their patients, resampled)."""
