@@ -23,9 +23,10 @@ files changed since is read again), writes the output from all the chunks and re
 folder. With other settings it says so in one line and starts over (the folder's files are
 removed); a folder of that name without our manifest, or holding a file of another name, is
 refused, never touched. An empty folder (a run stopped before its manifest was written) is
-ours; a run stopped before finishing any record removes its folder; a folder whose files are
-all older than the output beside it (a run stopped between writing its output and removing
-the folder) is removed as stale, said in one line (`clear_stale`).
+ours; a run stopped before finishing any record (no chunk written) removes its folder, its
+manifest and lock too; a folder whose files are all older than the output beside it (a run
+stopped between writing its output and removing the folder) is removed as stale, said in one
+line (`clear_stale`).
 
 CREMA_JAX_FLUSH_SECONDS overrides FLUSH_SECONDS (0: a chunk after every batch);
 CREMA_JAX_TEST_KILL_AFTER_CHUNK=N makes the process SIGKILL itself right after writing chunk N
@@ -257,24 +258,28 @@ class Keeper:
         another name is left, and so is the folder then; a folder another run holds the lock
         of is left whole."""
         if os.path.isdir(self.folder) and (self._lock_fd is not None or _unlocked(self.folder)):
-            self._clear()
-            if os.path.lexists(os.path.join(self.folder, LOCK)):
-                os.remove(os.path.join(self.folder, LOCK))
-            try:
-                os.rmdir(self.folder)
-            except OSError:
-                pass
+            self._delete()
         self.close()
         self._remove_made()
 
+    def _delete(self) -> None:
+        """Removes the folder's files of ours, the lock too, and the folder once empty."""
+        self._clear()
+        if os.path.lexists(os.path.join(self.folder, LOCK)):
+            os.remove(os.path.join(self.folder, LOCK))
+        try:
+            os.rmdir(self.folder)
+        except OSError:
+            pass
+
     def close(self) -> None:
-        """Releases the lock (the end of the command, whatever the end): a folder holding
-        nothing else (the run stopped before keeping anything) is removed with it."""
+        """Releases the lock (the end of the command, whatever the end): a folder of ours
+        holding no chunk (the run stopped before keeping anything, even once its manifest was
+        written: an error or Ctrl-C before its first batch) is removed with it."""
         if self._lock_fd is None:
             return
-        if os.path.isdir(self.folder) and os.listdir(self.folder) == [LOCK]:
-            os.remove(os.path.join(self.folder, LOCK))
-            os.rmdir(self.folder)
+        if self._ours() and not any(_CHUNK.fullmatch(n) for n in os.listdir(self.folder)):
+            self._delete()
             self._remove_made()
         os.close(self._lock_fd)
         self._lock_fd = None

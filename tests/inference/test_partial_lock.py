@@ -51,13 +51,14 @@ def test_a_locked_folder_is_not_removed_as_stale(tmp_path):
     keeper = partial.Keeper(str(out), "logits")
     keeper.lock()
     (tmp_path / ".p.csv.partial" / "manifest.json").write_text("{}")
+    (tmp_path / ".p.csv.partial" / "chunk-000001.npz").write_bytes(b"")   # what it kept
     out.write_text("record,path\n")
     newer = max(os.stat(os.path.join(keeper.folder, n)).st_mtime_ns
                 for n in os.listdir(keeper.folder)) + 1
     os.utime(out, ns=(newer, newer))
     assert partial.clear_stale(str(out)) is None
-    assert sorted(os.listdir(keeper.folder)) == ["lock", "manifest.json"]
-    keeper.close()   # the lock released, the manifest kept: now it is stale
+    assert sorted(os.listdir(keeper.folder)) == ["chunk-000001.npz", "lock", "manifest.json"]
+    keeper.close()   # the lock released, the chunk kept: now it is stale
     assert partial.clear_stale(str(out)).startswith(f"removed {keeper.folder}: ")
     assert not os.path.lexists(keeper.folder)
 
@@ -128,3 +129,24 @@ def test_a_second_predict_with_the_same_out_is_refused_and_a_killed_one_leaves_n
     assert lines[-1] == (f"wrote {out} (24 records x 150 labels); every skipped record in "
                          f"{tmp_path / 'p.skipped.csv'}")
     assert not hidden.exists() and len(out.read_text().splitlines()) == 25
+
+
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt, MemoryError])
+def test_a_run_that_stops_before_its_first_batch_leaves_nothing(
+        net1d, cinc_sample_dir, tmp_path, monkeypatch, interruption):  # noqa: F811 - net1d
+    """Stopped once its manifest is written but before its pipeline gave a batch (Ctrl-C
+    while the pipeline starts, an error making it): it kept nothing, so it leaves nothing, no
+    `.Y.npy.partial/manifest.json` nor lock (the next run would have said it resumes)."""
+    from crema_jax.cli import embed as embed_cli
+    from crema_jax.inference import embed
+
+    def stop(*args, **kwargs):
+        assert os.path.isfile(tmp_path / "new" / ".Y.npy.partial" / "manifest.json")
+        raise interruption("stopped")
+
+    monkeypatch.setattr(embed.pipeline, "make_eval_dataset", stop)
+    with pytest.raises(BaseException) as stopped:
+        embed_cli.COMMAND.run([f"--checkpoint={net1d}", f"--input={cinc_sample_dir / 'E07500'}",
+                               f"--out={tmp_path / 'new' / 'Y.npy'}"])
+    assert not isinstance(stopped.value, AssertionError), stopped.value
+    assert os.listdir(tmp_path) == []
