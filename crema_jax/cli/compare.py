@@ -19,7 +19,9 @@ negatives) and DeLong's CI; macro AUROC and AUPRC: a paired bootstrap
 over patients; a verdict "A better / B better / no detectable difference at alpha". With
 --cross_domain: each model's in-domain minus out-of-domain drop and the paired difference of the
 drops. A and B that are the same model (the same weights, or the same random init) are said to
-be, in one line. Writes report.json, report.md, paired_differences.png and predictions.npz.
+be, in one line (and in report.md). Prints each comparison's verdict and macro AUROCs as plain
+text; writes report.json, report.md (the whole report, Markdown), paired_differences.png and
+predictions.npz.
 """
 from crema_jax.cli import command, evaluation_flags
 from crema_jax.evaluate import ranges
@@ -59,11 +61,7 @@ def main(args) -> None:
     method_kwargs = (evaluation_flags.probe_head(args) if args.method == "probe"
                      else evaluation_flags.finetune_recipe(args))
     result = compare.run_compare(settings, method_kwargs)
-    print(report_markdown.markdown(result))
-    for comparison in result["comparisons"]:
-        print(f"{comparison['run']}: {comparison['verdict']}")
-    for drop in result["cross_domain_comparisons"]:
-        print(f"drop {drop['train_source']} -> {drop['test_source']}: {drop['verdict']}")
-    print(f"wrote {settings['workdir']}/report.json, report.md, paired_differences.png, "
-          "predictions.npz")
+    print("\n".join(report_markdown.summary(result)))  # plain text: report.md is Markdown
+    print(f"wrote {settings['workdir']}/report.json, report.md (the whole report: models, runs, "
+          "per-class tests), paired_differences.png, predictions.npz")
     evaluation_flags.refuse_if_nothing_scored(result)

@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 from crema_jax.evaluate import (datasets, finetune, folds, linear_probe, paired, report, runs,
-                                scoring)
+                                scoring, texts)
 from crema_jax.inference import backbones
 from crema_jax.models import families
 from crema_jax.runtime import mesh as mesh_lib
@@ -73,11 +73,7 @@ def same_model(models: dict, owns: dict) -> str | None:
                for label in models}
     if digests["A"] != digests["B"]:
         return None
-    random = models["A"][1] is None
-    return (f"note: A and B are {backbones.same_weights_text(random, runs.init_seed(owns['A']))}"
-            ": every difference is 0" + ("; --init_seed_b=N draws B from another seed, the "
-                                         "folds, label subsets and bootstrap kept" if random
-                                         else ""))
+    return "note: " + texts.same_model_text(models["A"][1] is None, runs.init_seed(owns["A"]))
 
 
 def _evaluate(label, config, params, data, own, method_kwargs, mesh, plan, groups):

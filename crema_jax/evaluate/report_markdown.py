@@ -1,14 +1,18 @@
-"""report.md: an evaluation report (report.py's dict) as Markdown tables, and the texts every
-table of figures shares (fmt, level, labels_used_text, escape; the leaderboard's too; p-values
-and the drop test's left-out classes: texts.py).
+"""report.md: an evaluation report (report.py's dict) as Markdown tables (`markdown`: every
+name in it escaped, `escape`), what compare prints of it as plain text (`summary`), and the
+texts every table of figures shares (fmt, level, labels_used_text, escape; the leaderboard's
+too; p-values, the drop test's left-out classes and the same-model note: texts.py).
 
 Missing values (classes that could not be scored, undefined CIs) are an em dash (texts.DASH).
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from crema_jax.evaluate import paired, scoring
+from crema_jax.evaluate import texts
 from crema_jax.evaluate.texts import DASH, below_floor_text, p_text
 
 
@@ -36,6 +40,15 @@ def escape(name) -> str:
     return "".join("\\" + c if c in _MARKDOWN_SPECIAL else c for c in str(name))
 
 
+def _code(value) -> str:
+    """A value as inline code, shown as written: fenced by more backticks than it holds in a
+    row (backslashes do not escape inside code)."""
+    text = str(value)
+    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def _ci(ci: dict | None) -> str:
     if not ci or ci.get("low") is None:
         return DASH
@@ -46,6 +59,11 @@ def display(report: dict, name: str) -> str:
     """'PAC (284470004)' when the report has a readable name for a class code."""
     readable = report.get("class_display", {}).get(name)
     return f"{readable} ({name})" if readable else name
+
+
+def _class(report: dict, name: str) -> str:
+    """A class as report.md's tables name it: display, escaped."""
+    return escape(display(report, name))
 
 
 def _fold_spread(run: dict) -> str:
@@ -85,10 +103,11 @@ def _runs_markdown(report: dict) -> list[str]:
              "| skipped classes |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
         test = run["test"]
-        skipped = ", ".join(f"{display(report, s['class'])}: {s['reason'].replace('_', ' ')}"
+        skipped = ", ".join(f"{_class(report, s['class'])}: {s['reason'].replace('_', ' ')}"
                             for s in test["skipped"]) or DASH
         lines.append(
-            f"| {run['name']} | {run['model']} | {run['protocol']['leads']} | "
+            f"| {escape(run['name'])} | {escape(run['model'])} | "
+            f"{escape(run['protocol']['leads'])} | "
             f"{labels_used_text(run['protocol']['label_fraction'], run)} | "
             f"{run['n_train']:g} | {test['n']} | "
             f"{fmt(test['macro_auroc'])} | {_ci(test.get('ci'))} | {_fold_spread(run)} | "
@@ -96,7 +115,7 @@ def _runs_markdown(report: dict) -> list[str]:
     lines.append("")
     for run in runs:
         if run.get("folds") and run["protocol"] == runs[0]["protocol"]:
-            lines += [f"### Folds of {run['name']} (model {run['model']})", "",
+            lines += [f"### Folds of {escape(run['name'])} (model {escape(run['model'])})", "",
                       "| fold | labels used | train | val | test | macro AUROC | macro AUPRC "
                       "| macro F1 |", "|---|---|---|---|---|---|---|---|"]
             lines += [f"| {f['fold']} | "
@@ -106,20 +125,20 @@ def _runs_markdown(report: dict) -> list[str]:
                       f"{fmt(f['test']['macro_f1'])} |" for f in run["folds"]]
             lines.append("")
     head = runs[0]
-    lines += [f"## Per class ({head['name']}, model {head['model']}"
+    lines += [f"## Per class ({escape(head['name'])}, model {escape(head['model'])}"
               f"{_labels_note(report, head['name'])})", "",
               "| class | test positives | AUROC | AUPRC | F1 | threshold (val) |",
               "|---|---|---|---|---|---|"]
     for name, e in head["test"]["per_class"].items():
-        lines.append(f"| {display(report, name)} | {e['n_pos']}/{e['n_pos'] + e['n_neg']} "
+        lines.append(f"| {_class(report, name)} | {e['n_pos']}/{e['n_pos'] + e['n_neg']} "
                      f"| {fmt(e['auroc'])} | {fmt(e['auprc'])} | {fmt(e['f1'])} "
                      f"| {fmt(e['threshold'])} |")
     return lines + [""]
 
 
 def _comparison_markdown(report: dict, comparison: dict) -> list[str]:
-    lines = [f"## A vs B: {comparison['run']}", "",
-             f"**{comparison['verdict']}** (macro AUROC, paired bootstrap over "
+    lines = [f"## A vs B: {escape(comparison['run'])}", "",
+             f"**{escape(comparison['verdict'])}** (macro AUROC, paired bootstrap over "
              f"{comparison['n']} records, patients resampled together"
              f"{_labels_note(report, comparison['run'])})", "",
              f"| figure | A | B | A − B | {level(comparison['alpha'])} CI "
@@ -135,14 +154,14 @@ def _comparison_markdown(report: dict, comparison: dict) -> list[str]:
               "| p | test | p (Holm) | verdict (Holm) |", "|---" * 10 + "|"]
     for name, c in comparison["per_class"].items():
         if "skipped" in c:
-            lines.append(f"| {display(report, name)} | {DASH} | {DASH} | {DASH} | {DASH} | "
+            lines.append(f"| {_class(report, name)} | {DASH} | {DASH} | {DASH} | {DASH} | "
                          f"{DASH} | {DASH} | {DASH} | {DASH} | {c['skipped'].replace('_', ' ')} |")
             continue
-        lines.append(f"| {display(report, name)} | {c['n_pos']}/{c['n_pos'] + c['n_neg']} | "
+        lines.append(f"| {_class(report, name)} | {c['n_pos']}/{c['n_pos'] + c['n_neg']} | "
                      f"{fmt(c['auroc_a'])} | {fmt(c['auroc_b'])} | {fmt(c['difference'])} "
                      f"| {_ci(c['ci'])} | {p_text(c)} | {TEST_NAMES[c.get('test', 'delong')]} "
                      f"| {p_text({'p': c.get('p_holm')})} "
-                     f"| {c['verdict']} |")
+                     f"| {escape(c['verdict'])} |")
     return lines + [""]
 
 
@@ -167,27 +186,21 @@ def _holm_note(tests: int | None) -> str:
 def markdown(report: dict) -> str:
     """The report as Markdown tables: models, runs, folds, per-class figures, cross-domain
     drops, and the paired comparisons of two models."""
-    lines = [f"# {report.get('title', 'Evaluation')}", ""]
+    lines = [f"# {escape(report.get('title', 'Evaluation'))}", ""]
     settings = report.get("settings", {})
     if settings:
-        lines += [", ".join(f"{k}: `{v}`" for k, v in settings.items()), ""]
-    models = report.get("models", {})
-    if models:
-        lines += ["| model | checkpoint | backbone | data path and crops | crop averaging |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {label} | {m['checkpoint']} | {m['backbone']} | {m['data']} | "
-                  f"{m['crop_averaging']} |" for label, m in models.items()]
-        lines.append("")
+        lines += [", ".join(f"{k}: {_code(v)}" for k, v in settings.items()), ""]
+    lines += _models_markdown(report.get("models", {}))
     if report.get("records"):
         lines += _records_markdown(report)
     if report.get("runs"):
         lines += _runs_markdown(report)
     by_loss = chosen_by_loss(report)
     if by_loss:
-        lines += [f"**Chosen by validation loss alone**: {', '.join(by_loss)}: no class was "
-                  "scorable on their validation records (none had both a positive and a "
-                  "negative), so the L2 strength or epoch was chosen by validation loss, not "
-                  "validation macro AUROC.", ""]
+        lines += [f"**Chosen by validation loss alone**: {escape(', '.join(by_loss))}: no "
+                  "class was scorable on their validation records (none had both a positive "
+                  "and a negative), so the L2 strength or epoch was chosen by validation loss, "
+                  "not validation macro AUROC.", ""]
     for comparison in report.get("comparisons", []):
         lines += _comparison_markdown(report, comparison)
     cross = report.get("cross_domain", [])
@@ -199,7 +212,8 @@ def markdown(report: dict) -> str:
         for entry in cross:
             for other, drop in entry["drop"].items():
                 lines.append(
-                    f"| {entry['model']} | {entry['train_source']} | {other} | "
+                    f"| {escape(entry['model'])} | {escape(entry['train_source'])} | "
+                    f"{escape(other)} | "
                     f"{fmt(drop['in_domain'])} | {fmt(drop['out_of_domain'])} | "
                     f"{fmt(drop['drop'])} | {len(drop['classes'])} | "
                     f"{fmt(entry['out_of_domain'][other]['macro_auroc'])} |")
@@ -209,25 +223,59 @@ def markdown(report: dict) -> str:
                     if n]
         if left_out:
             lines += ["**Left out of out-of-domain tests** (records of patients the head trained "
-                      f"or was selected on): {'; '.join(left_out)}.", ""]
+                      f"or was selected on): {escape('; '.join(left_out))}.", ""]
     drops = report.get("cross_domain_comparisons", [])
     if drops:
         lines += ["## Robustness: the drop of A vs the drop of B (paired bootstrap)", "",
                   "| train source | test source | drop A | drop B | A − B "
                   f"| {level(drops[0]['alpha'])} CI | p | verdict | classes below the floor |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {d['train_source']} | {d['test_source']} | {fmt(d['drop_a'])} | "
-                  f"{fmt(d['drop_b'])} | {fmt(d['difference'])} | {_ci(d['ci'])} | "
-                  f"{p_text(d)} | {d['verdict']} | {_below_floor(report, d)} |" for d in drops]
+        lines += [f"| {escape(d['train_source'])} | {escape(d['test_source'])} | "
+                  f"{fmt(d['drop_a'])} | {fmt(d['drop_b'])} | {fmt(d['difference'])} | "
+                  f"{_ci(d['ci'])} | {p_text(d)} | {escape(d['verdict'])} | "
+                  f"{_below_floor(report, d)} |" for d in drops]
         lines.append("")
     return "\n".join(lines)
+
+
+def summary(report: dict) -> list[str]:
+    """What compare prints, plain text (report.md's figures, names as given, no Markdown): its
+    title, then per comparison its verdict and macro AUROCs (A, B, A − B with its CI and p), per
+    drop comparison its verdict and drops."""
+    lines = [report.get("title", "Evaluation")]
+    for c in report.get("comparisons", []):
+        m = c["macro_auroc"]
+        lines.append(f"{c['run']}: {c['verdict']} (macro AUROC A {fmt(m['a'])}, B {fmt(m['b'])}, "
+                     f"A − B {fmt(m['difference'])}, {level(c['alpha'])} CI {_ci(m['ci'])}, "
+                     f"p {p_text(m)}; {c['n']} records)")
+    for d in report.get("cross_domain_comparisons", []):
+        lines.append(f"drop {d['train_source']} -> {d['test_source']}: {d['verdict']} (drop A "
+                     f"{fmt(d['drop_a'])}, B {fmt(d['drop_b'])}, A − B {fmt(d['difference'])}, "
+                     f"{level(d['alpha'])} CI {_ci(d['ci'])}, p {p_text(d)})")
+    return lines
 
 
 def _below_floor(report: dict, drop: dict) -> str:
     """The classes a drop test left out for too few patients (texts.below_floor_text)."""
     below = [below_floor_text({**b, "class": display(report, b["class"])})
              for b in drop.get("classes_below_floor", [])]
-    return "; ".join(below) or DASH
+    return escape("; ".join(below)) or DASH
+
+
+def _models_markdown(models: dict) -> list[str]:
+    """The models table; under it, when compare's B is A (`same_as_A`), the note compare
+    prints (texts.same_model_text): every difference below is 0 by construction."""
+    if not models:
+        return []
+    lines = ["| model | checkpoint | backbone | data path and crops | crop averaging |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {escape(label)} | {escape(m['checkpoint'])} | {escape(m['backbone'])} | "
+              f"{escape(m['data'])} | {escape(m['crop_averaging'])} |"
+              for label, m in models.items()]
+    if models.get("B", {}).get("same_as_A"):
+        seed = models["A"].get("init_seed")
+        lines += ["", f"**Note**: {escape(texts.same_model_text(seed is not None, seed))}."]
+    return lines + [""]
 
 
 def chosen_by_loss(report: dict) -> list[str]:

@@ -1,11 +1,13 @@
 """The texts the reports write for the statistics' results (report.md, the comparison plots,
 the leaderboard and the drop test's verdict): a missing value, a p-value, a class left out of
-the drop test. Here, below both paired.py and the reports, so the statistics can word a verdict
-with them and every report writes them alike.
+the drop test, compare's A and B that are one model. Here, below both paired.py and the
+reports, so the statistics can word a verdict with them and every report writes them alike.
 """
 from __future__ import annotations
 
 import math
+
+from crema_jax.inference import backbones
 
 # A missing value (a class that could not be scored, an undefined CI, no p-value).
 DASH = "\u2014"
@@ -34,3 +36,11 @@ def below_floor_text(entry: dict) -> str:
     `classes_below_floor`), as its verdict and the reports write it."""
     return (f"{entry['class']} (the {entry['test_set']} test set has {entry['positives']} "
             f"positive and {entry['negatives']} negative patients)")
+
+
+def same_model_text(random: bool, seed: int | None) -> str:
+    """compare's A and B that compute the same thing (`random`: the same random init, drawn
+    from `seed`), as compare prints it and report.md notes it."""
+    return (f"A and B are {backbones.same_weights_text(random, seed)}: every difference is 0"
+            + ("; --init_seed_b=N draws B from another seed, the folds, label subsets and "
+               "bootstrap kept" if random else ""))
