@@ -79,6 +79,21 @@ def check_sources(suite: dict, name: str, sources, path: str = "") -> None:
                              f"not a source of dataset {name!r} (its sources: {shown}){hint}")
 
 
+def splits_read(suite: dict, name: str) -> tuple[str, ...]:
+    """The splits of dataset `name` its tasks read, those load_dataset checks (empty, a small
+    test split, patients across them): a cross-domain pair its train_source's train and val
+    (it tests another source's records, of whatever split), with folds or without; an
+    in-domain task all three without folds, none with them (the folds replace the splits)."""
+    with_folds = bool(int(suite["datasets"][name]["folds"] or 0))
+    read = set()
+    for task in (t for t in suite["tasks"] if t["dataset"] == name):
+        if task["train_source"]:
+            read |= {"train", "val"}
+        elif not with_folds:
+            read |= set(protocols.SPLITS)
+    return tuple(s for s in protocols.SPLITS if s in read)
+
+
 class Datasets:
     """Each dataset of the task file loaded on first use: (Dataset, fold plan, patient keys).
     `tasks_path` names the task file in errors."""
@@ -90,17 +105,16 @@ class Datasets:
     def get(self, name: str):
         if name not in self.loaded:
             # Its fields named as the task file's, with the first task on it, in every line:
-            # its `classes` define the task, min_positives applied to them (load_dataset).
-            # Its test split is tested by its in-domain tasks alone (a cross-domain pair tests
-            # another source's records: the split's size, and folds, say nothing of it).
-            tasks = [t for t in self.suite["tasks"] if t["dataset"] == name]
+            # its `classes` define the task, min_positives applied to them (load_dataset); the
+            # split checks over the splits its tasks read (splits_read).
             settings = {**benchmark_tasks.dataset_settings(self.suite, name), "flag_prefix":
                         dataset_where(self.suite, name, self.tasks_path),
-                        "test_split_read": any(not t["train_source"] for t in tasks)}
+                        "splits_read": splits_read(self.suite, name)}
             data = datasets.load_dataset(settings)
             check_sources(self.suite, name, data.sources, self.tasks_path)
             plan, groups = folds.dataset_plan(data, settings)
-            for task in (t for t in tasks if t["train_source"]):
+            for task in (t for t in self.suite["tasks"]
+                         if t["dataset"] == name and t["train_source"]):
                 _warn_small_cross_domain_test(task, data, groups)
             self.loaded[name] = (data, plan, groups)
         return self.loaded[name]

@@ -107,12 +107,17 @@ def decide_label_type(settings: dict, infos, label_names) -> tuple[str, str]:
     return inferred, f"auto: from {what}, before {flag(settings, 'min_positives')}"
 
 
-def _splits_read(settings: dict) -> bool:
-    """Whether a run reads the train/val/test splits: without K folds, or with them when
-    settings["cross_domain"] trains each source's head on its splits (the folds replace the
-    splits otherwise). The one rule of every split check: empty splits, a small test split,
-    patients across splits."""
-    return not int(settings.get("folds") or 0) or bool(settings.get("cross_domain"))
+def _splits_read(settings: dict) -> tuple[str, ...]:
+    """The splits a run reads: settings["splits_read"] where its caller says (a benchmark
+    dataset: those its tasks read, benchmark_datasets.splits_read), else all three without K
+    folds, or with them when settings["cross_domain"] trains each source's head on its splits,
+    and none with K folds alone (the folds replace the splits). The one rule of every split
+    check: empty splits, a small test split, patients across splits."""
+    if "splits_read" in settings:
+        return tuple(s for s in protocols.SPLITS if s in settings["splits_read"])
+    if not int(settings.get("folds") or 0) or settings.get("cross_domain"):
+        return protocols.SPLITS
+    return ()
 
 
 def _folds_hint(settings: dict, before: str, then: str) -> str:
@@ -129,7 +134,7 @@ def _folds_hint(settings: dict, before: str, then: str) -> str:
 def _checked_splits(splits, settings: dict, root: str, infos) -> None:
     """ValueError naming an empty split and what would fill it: a re-split, or (when the
     records belong to too few patients for any split to fill three) more patients."""
-    for split in protocols.SPLITS if _splits_read(settings) else ():
+    for split in _splits_read(settings):
         if np.any(splits == split):
             continue
         patients = len(set(protocols.patient_keys(infos)))
@@ -164,10 +169,10 @@ def _warn_small_test(splits, settings: dict) -> None:
     """One line when the test split a run reads (_splits_read) holds fewer than
     SMALL_TEST_SPLIT records: a plain probe of the 50 sample records had reported a macro AUROC
     of 3 test records without a word. With cross_domain it is read with K folds too (the
-    in-domain tests), and folds are not suggested. None where settings["test_split_read"] is
-    False (a benchmark dataset only cross-domain pairs read: they test another source's
-    records, and folds do not apply to them)."""
-    if not _splits_read(settings) or not settings.get("test_split_read", True):
+    in-domain tests), and folds are not suggested. None where no run reads it (K folds alone;
+    a benchmark dataset only cross-domain pairs read: they test another source's records, and
+    folds do not apply to them)."""
+    if "test" not in _splits_read(settings):
         return
     hint = (_folds_hint(settings, "; ", "tests every record once (cross-validation)")
             or (f"; {flag(settings, 'cross_domain')}'s in-domain tests read it with or without "
@@ -184,12 +189,15 @@ def _checked_patients(infos, splits, settings: dict, where: str) -> dict | None:
     """The given splits' (a layout's or a manifest's own) protocols.patients_across_splits,
     refused when a patient has records in two of them unless settings["patients_across_splits"]
     is "allow" (then printed): a test score on patients the head trained or was selected on is
-    inflated. None where the splits are not the given ones (a re-split) or not read
-    (_splits_read: K folds without cross_domain): those group patients."""
-    if settings.get("split_fractions") or not _splits_read(settings):
+    inflated. Over the splits read alone (_splits_read: a benchmark's cross-domain pair on a
+    dataset with folds reads train and val); None where the splits are not the given ones (a
+    re-split) or fewer than two are read (K folds alone): those group patients."""
+    read = _splits_read(settings)
+    if settings.get("split_fractions") or len(read) < 2:
         return None
-    found = protocols.patients_across_splits(splits, protocols.patient_keys(infos),
-                                             [info.record_id for info in infos])
+    rows = np.flatnonzero(np.isin(splits, read))
+    found = protocols.patients_across_splits(splits[rows], protocols.patient_keys(infos)[rows],
+                                             [infos[i].record_id for i in rows])
     if not found["patients"]:
         return found
     policy = settings.get("patients_across_splits", "refuse")
@@ -197,7 +205,7 @@ def _checked_patients(infos, splits, settings: dict, where: str) -> dict | None:
         raise ValueError(f"{flag(settings, 'patients_across_splits')}={policy!r}: expected one "
                          f"of {PATIENTS_ACROSS_SPLITS}")
     what = (f"{where}: its own splits put {found['patients']} patient(s) in more than one of "
-            f"train/val/test ({found['records']} records, e.g. records "
+            f"{'/'.join(read)} ({found['records']} records, e.g. records "
             f"{', '.join(found['examples'])})")
     if policy == "allow":
         print(f"warning: {what}; kept ({flag(settings, 'patients_across_splits')}=allow): "
