@@ -226,14 +226,16 @@ def _shown(names, limit: int = 20) -> str:
                                        else "")
 
 
-def _classes(infos, label_names, counted, settings: dict, root) -> tuple[list, list]:
+def _classes(infos, label_names, counted, settings: dict, root,
+             label_type: str) -> tuple[list, list]:
     """(the classes evaluated, the vocabulary they are chosen from): the classes of
     settings["classes"] (a task file's list, in its order: they define the task, and each must
     have min_positives positives among the `counted` records: one without is an error, never
     dropped), else those of the layout's `label_names` with that many (the others left out
     and said). A listed class is checked BEFORE min_positives reads any other class: a record
     whose only label was a rare class outside the list had been dropped, one of a frequent
-    class outside it kept as a negative."""
+    class outside it kept as a negative. One class left under `label_type` multiclass is
+    refused (_one_class)."""
     min_positives, k = settings["min_positives"], int(settings.get("folds") or 0)
     listed = _listed_classes(settings)
     unknown = [c for c in listed if c not in label_names]
@@ -254,15 +256,32 @@ def _classes(infos, label_names, counted, settings: dict, root) -> tuple[list, l
                          f"records with folds); the classes with enough: {_shown(enough)}")
     present = protocols.label_matrix(infos, vocabulary).any(0)
     left_out = [c for c, has in zip(vocabulary, present) if has and c not in set(classes)]
-    if left_out and classes:  # a class with positives in test only had vanished unsaid
-        print(f"{flag(settings, 'min_positives')}={min_positives}: {len(left_out)} class(es) "
-              f"with fewer {'' if k else 'training '}positives left out (e.g. "
-              f"{', '.join(left_out[:5])})")
     if not classes:
         raise ValueError(f"no class has >= {min_positives} {'' if k else 'training '}positives "
                          f"in {root} ({flag(settings, 'min_positives')}); "
                          f"{len(label_names)} classes in the layout")
+    if label_type == "multiclass" and len(classes) == 1:
+        raise ValueError(_one_class(classes[0], left_out, settings))
+    if left_out:  # a class with positives in test only had vanished unsaid
+        print(f"{flag(settings, 'min_positives')}={min_positives}: {len(left_out)} class(es) "
+              f"with fewer {'' if k else 'training '}positives left out (e.g. "
+              f"{', '.join(left_out[:5])})")
     return classes, vocabulary
+
+
+def _one_class(kept: str, left_out: list, settings: dict) -> str:
+    """Why a multiclass task of one class is refused: its softmax over one column is a constant
+    1 (every record left is its positive, nothing to learn or score); what left it alone."""
+    constant = ("a multiclass (softmax) head over one class is a constant: every record left "
+                "is its positive")
+    if left_out:
+        k = int(settings.get("folds") or 0)
+        return (f"{flag(settings, 'min_positives')}={settings['min_positives']} leaves one "
+                f"class, {kept}, and drops the other {len(left_out)} (fewer "
+                f"{'' if k else 'training '}positives: {_shown(left_out)}): {constant}; lower "
+                f"{flag(settings, 'min_positives')}")
+    return (f"{flag(settings, 'label_type')}=multiclass with one class, {kept}: {constant}; "
+            "give two classes or more, or label_type multilabel (one class: a binary task)")
 
 
 def _kept_records(labels, had_class, labelled, label_type: str, settings: dict, counts: dict,
@@ -326,7 +345,8 @@ def load_dataset(settings: dict) -> Dataset:
     splits = np.asarray(splits)
     # With K folds every record trains some fold's head: classes count all their positives.
     counted = np.full(len(infos), "train") if int(settings.get("folds") or 0) else splits
-    classes, vocabulary = _classes(infos, index.label_names, counted, settings, root)
+    classes, vocabulary = _classes(infos, index.label_names, counted, settings, root,
+                                   label_type)
     labels = protocols.label_matrix(infos, classes)
     had_class = protocols.label_matrix(infos, vocabulary).sum(1) > 0
     labelled = protocols.label_matrix(infos, index.label_names).sum(1) > 0

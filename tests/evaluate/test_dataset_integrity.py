@@ -298,3 +298,35 @@ def test_an_empty_given_split_suggests_folds_only_where_they_replace_it(
     assert str(raised.value) == (
         f"the 'test' split of {tmp_path / 'no_test.csv'} is empty; pass "
         f"--split_fractions=0.6,0.2,0.2 (a seeded re-split per source){hint}")
+
+
+def test_multiclass_left_with_one_class_by_min_positives_is_refused(one_class_manifest, capsys):
+    """min_positives=14 keeps COMMON alone (14 positives; OTHER 13, RARE 3): the records of the
+    other two dropped, a softmax over one column had been trained, a constant 1 on every
+    record. Refused in one line naming the classes dropped, before any other line of it."""
+    path, labels = one_class_manifest
+    assert (labels.count(COMMON), labels.count(OTHER), labels.count(RARE)) == (14, 13, 3)
+    with pytest.raises(ValueError) as raised:
+        datasets.load_dataset(_settings(path, min_positives=14, folds=5))
+    assert str(raised.value) == (
+        f"--min_positives=14 leaves one class, {COMMON}, and drops the other 2 (fewer "
+        f"positives: {OTHER}, {RARE}): a multiclass (softmax) head over one class is a "
+        "constant: every record left is its positive; lower --min_positives")
+    assert "left out" not in capsys.readouterr().out
+    # Under multilabel one class is a binary task: not refused.
+    kept = datasets.load_dataset(_settings(path, min_positives=14, folds=5,
+                                           label_type="multilabel"))
+    assert kept.classes == [COMMON]
+
+
+def test_multiclass_of_one_listed_class_is_refused(one_class_manifest):
+    path, _ = one_class_manifest
+    settings = _settings(path, classes=[COMMON], label_type="multiclass",
+                         flag_prefix="the task file's datasets['d'].")
+    with pytest.raises(ValueError) as raised:
+        datasets.load_dataset(settings)
+    assert str(raised.value) == (
+        f"the task file's datasets['d'].label_type=multiclass with one class, {COMMON}: a "
+        "multiclass (softmax) head over one class is a constant: every record left is its "
+        "positive; give two classes or more, or label_type multilabel (one class: a binary "
+        "task)")
