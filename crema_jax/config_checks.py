@@ -8,7 +8,7 @@ import numbers
 
 import ml_collections
 
-from crema_jax.runtime.ranges import COUNT, INDEX, Range
+from crema_jax.runtime.ranges import COUNT, INDEX, NUM_WORKERS, READ_THREADS, Range
 
 
 class ConfigValueError(ValueError):
@@ -70,8 +70,9 @@ _DOMAINS = {
         "evals.fewshot_probe.min_positives", "evals.reconstruction.correlation_records")},
     **{f: INDEX for f in (
         "optim.warmup_steps", "train.seed", "train.stop_after_steps", "train.num_processes",
-        "data.seed", "data.synthetic_records", "data.num_workers", "data.read_threads",
-        "evals.fewshot_probe.seed", "evals.reconstruction.seed")},
+        "data.seed", "data.synthetic_records", "evals.fewshot_probe.seed",
+        "evals.reconstruction.seed")},
+    "data.num_workers": NUM_WORKERS, "data.read_threads": READ_THREADS,
     **{f: _NON_NEGATIVE for f in (
         "optim.base_lr", "optim.weight_decay", "optim.min_lr", "loss.contrastive_weight",
         "data.window_seconds")},

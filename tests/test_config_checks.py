@@ -34,6 +34,10 @@ def _refusal(field: str, value) -> str | None:
                              "the encoder nothing to see)"),
     ("data.target_fs", None, "a rate in Hz in [50, 10000]"),
     ("model.drop_path", float("inf"), "a finite number"),  # said before its range, as elsewhere
+    # 100000 workers had started hundreds of processes that ignored SIGTERM and Ctrl-C.
+    ("data.num_workers", 100_000, "an integer in [0, 256]"),
+    ("data.num_workers", 257, "an integer in [0, 256]"),
+    ("data.read_threads", 257, "an integer in [0, 256]"),
 ])
 def test_a_field_outside_its_range_names_field_value_and_range(field, value, expected):
     assert _refusal(field, value) == f"config.{field}={value!r}: expected {expected}"
@@ -42,6 +46,7 @@ def test_a_field_outside_its_range_names_field_value_and_range(field, value, exp
 @pytest.mark.parametrize("field,value", [
     ("train.process_id", -1), ("train.process_id", 0), ("data.mask.ratio", 0.5),
     ("evals.fewshot_probe.l2_grid", (0.1,)), ("data.target_fs", 10_000),
+    ("data.num_workers", 256), ("data.read_threads", 256),
 ])
 def test_values_at_the_edges_of_a_range_pass(field, value):
     assert _refusal(field, value) is None

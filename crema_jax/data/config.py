@@ -85,6 +85,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     cfg.num_epochs = placeholder(int)  # None = endless pretraining stream; 1 = one pass.
     cfg.seed = 0                 # Shuffle order, crops, masks and augmentations all derive from it.
     # Worker processes for mp_prefetch; 0 = in-process (tests, debugging, exact skip counts).
+    # At most 256, as data.read_threads (runtime/ranges.py's MAX_READERS).
     cfg.num_workers = 0
     cfg.per_worker_buffer_size = 2  # Batches buffered per worker: enough to hide jitter.
     # Threads per process reading records; 0 for the cache (in page cache, GIL-bound decode).

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from crema_jax.data.reading.limits import FS_RANGE
 # The generic ranges (and Range itself) are runtime/ranges.py's, shared with the config's checks.
-from crema_jax.runtime.ranges import COUNT, FRACTION, INDEX, NON_NEGATIVE, POSITIVE, Range
+from crema_jax.runtime.ranges import (COUNT, FRACTION, INDEX, NON_NEGATIVE, NUM_WORKERS,
+                                      POSITIVE, Range)
 
 MIN_FOLDS = 3  # K-fold cross-validation: a test fold, a validation fold and a training fold
 FOLDS_TEXT = (f"expected 0 (the layout's splits) or at least {MIN_FOLDS} (a test, a validation "
@@ -48,11 +49,10 @@ DATASET = {"folds": INDEX, "min_positives": COUNT}   # a benchmark task file's d
 # Records per evaluation batch: 10**12 asked Grain for 7 TiB (a traceback); a frozen-feature
 # extraction is cut to the records there are (frozen_features.extract_features).
 MAX_EVAL_BATCH = 65_536
-# Seeds a PRNG takes (2**64 had been an OverflowError traceback); bootstrap resamples and reader
-# processes a run can finish (10**9 resamples, 10**20 workers had run for ever).
+# Seeds a PRNG takes (2**64 had been an OverflowError traceback); bootstrap resamples a run can
+# finish (10**9 had run for ever). Reader processes: runtime/ranges.py's NUM_WORKERS, the config's.
 SEED = Range(0, 2**32 - 1, integer=True)
 BOOTSTRAP = Range(1, 100_000, integer=True)
-NUM_WORKERS = Range(0, 256, integer=True)
 SUITE = {"bootstrap": BOOTSTRAP, "alpha": Range(0, 1, low_open=True, high_open=True),
          "seed": SEED, "batch_size": Range(1, MAX_EVAL_BATCH, integer=True),
          "num_workers": NUM_WORKERS}

@@ -76,3 +76,13 @@ NON_NEGATIVE = Range(0)
 FRACTION = Range(0, 1, high_open=True)      # drop-path, label smoothing: 1 would drop all
 COUNT = Range(1, integer=True)
 INDEX = Range(0, integer=True)
+
+# Reader processes (data.num_workers, the evaluation commands' --num_workers, a benchmark task
+# file's num_workers) and reading threads per process (data.read_threads). A fixed cap, not one
+# of os.cpu_count(): a config checked on a laptop runs unchanged on a 96-core host, which 256
+# leaves room for (2.7 readers a core). data.num_workers=100000 had started hundreds of worker
+# processes, taken ~15 GB and then ignored SIGTERM and Ctrl-C (only SIGKILL ended it, its
+# workdir's lock left behind); 10**20 evaluation workers had run for ever.
+MAX_READERS = 256
+NUM_WORKERS = Range(0, MAX_READERS, integer=True)
+READ_THREADS = Range(0, MAX_READERS, integer=True)

@@ -52,6 +52,15 @@ def test_impossible_config_values_are_refused_before_any_compile(tmp_path, capsy
     assert not workdir.exists()
 
 
+@pytest.mark.parametrize("field", ["num_workers", "read_threads"])
+def test_more_readers_than_any_host_runs_is_a_usage_error(capsys, field):
+    """--config.data.num_workers=100000 had started hundreds of worker processes (~15 GB) that
+    ignored SIGTERM and Ctrl-C. A dry run reads no data: were the cap gone, this would compile
+    and exit 0, never start a reader."""
+    _fails(pretrain, [f"--config={TINY}", "--dry_run", f"--config.data.{field}=100000"],
+           capsys, f"flag --config.data.{field}=100000: expected an integer in [0, 256]", code=2)
+
+
 @pytest.mark.parametrize("override,expected", [
     ("optim.weight_decay=nan", "flag --config.optim.weight_decay=nan: expected a finite number"),
     ("optim.grad_clip_norm=nan",
@@ -92,7 +101,7 @@ def test_a_config_file_value_outside_its_domain_is_an_input_error(tmp_path):
     ("loss.contrastive_weight", -0.1, ">= 0"),
     ("train.seed", -3, "an integer >= 0"),
     ("train.stop_after_steps", -1, "an integer >= 0"),
-    ("data.num_workers", -2, "an integer >= 0"),
+    ("data.num_workers", -2, "an integer in [0, 256]"),
     ("data.prefetch_buffer_size", 0, "an integer >= 1"),
     ("checkpoint.lock_stale_seconds", 0.0, "> 0"),
     ("mesh.fsdp", 0, "-1 (every device the other axes leave) or an integer >= 1"),
