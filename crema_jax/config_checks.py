@@ -254,6 +254,39 @@ def validate_data(config) -> None:
                f"preprocessing that runs on a 10-s ECG at {fs:g} Hz (it {problem})")
 
 
+def _check_dataset(c) -> None:
+    """The records a pretraining run reads: synthetic ones or a dataset, not both; a known
+    layout where one is read (no cache, no synthetic records), its options its own; splits an
+    index holds (dataset_index.SPLITS) or "" (every record). They had been refused once the
+    model was built: as --layout, a flag pretrain has not, and a split matching no record as
+    "no record of the data could be read"."""
+    from crema_jax.data.index import registry
+    from crema_jax.data.index.dataset_index import SPLITS
+
+    dataset = [f"data.{k}={c.data[k]!r}" for k in ("root", "cache_dir") if c.data[k]]
+    # Synthetic records win over a dataset (data/pipeline/sources.py): a root beside them had
+    # been left unused, the run training on synthetic ECGs with exit 0.
+    _check(int(c.data.synthetic_records) == 0 or not dataset, "data.synthetic_records",
+           c.data.synthetic_records, f"0 when a dataset is named ({', '.join(dataset)}, which "
+           "synthetic records would leave unused): set data.synthetic_records=0 to train on it")
+    if not c.data.cache_dir and int(c.data.synthetic_records) == 0:  # the layout is read
+        _one_of(c, "data.layout", registry.NAMES)
+        options = c.data.layout_options
+        options = options.to_dict() if hasattr(options, "to_dict") else dict(options or {})
+        try:
+            if options:  # none: nothing to check, the layout's readers left unimported
+                registry.check_options(c.data.layout, options)
+        except ValueError as err:
+            raise ConfigValueError(f"config.data.layout_options={options!r}: {err}",
+                                   "data.layout_options", related=("data.layout",)) from None
+    splits = {"data.split": c.data.split}
+    if "split" in c.evals.get("reconstruction", {}):
+        splits["evals.reconstruction.split"] = c.evals.reconstruction.split
+    for field, split in splits.items():
+        _check(split in ("", *SPLITS), field, split,
+               f"one of {', '.join(map(repr, SPLITS))} or '' (every record)")
+
+
 _MASK_RATIO = Range(0, 1, low_open=True, high_open=True, what="a fraction",
                     note="0 hides nothing to reconstruct, 1 leaves the encoder nothing to see")
 
@@ -267,12 +300,7 @@ def validate(config) -> None:
 
     c = config
     validate_data(c)
-    dataset = [f"data.{k}={c.data[k]!r}" for k in ("root", "cache_dir") if c.data[k]]
-    # Synthetic records win over a dataset (data/pipeline/sources.py): a root beside them had
-    # been left unused, the run training on synthetic ECGs with exit 0.
-    _check(int(c.data.synthetic_records) == 0 or not dataset, "data.synthetic_records",
-           c.data.synthetic_records, f"0 when a dataset is named ({', '.join(dataset)}, which "
-           "synthetic records would leave unused): set data.synthetic_records=0 to train on it")
+    _check_dataset(c)
     _check_in("data.mask.ratio", c.data.mask.ratio, _MASK_RATIO)
     _one_of(c, "data.mask.name", masking.MASKS)
     _one_of(c, "data.num_views", (1, 2))

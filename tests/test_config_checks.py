@@ -38,6 +38,13 @@ def _refusal(field: str, value) -> str | None:
     ("data.num_workers", 100_000, "an integer in [0, 256]"),
     ("data.num_workers", 257, "an integer in [0, 256]"),
     ("data.read_threads", 257, "an integer in [0, 256]"),
+    # An unknown split had read no record: "no record of the data could be read (0 tried: the
+    # source is empty)"; an unknown layout was named as --layout, a flag pretrain has not.
+    ("data.split", "bogus", "one of 'train', 'val', 'test' or '' (every record)"),
+    ("evals.reconstruction.split", "validation", "one of 'train', 'val', 'test' or '' (every "
+                                                 "record)"),
+    ("data.layout", "nope", "one of ['clinical_exports', 'code15', 'manifest', 'mimic_iv_ecg', "
+                            "'numpy', 'ptbxl', 'wfdb_folder']"),
 ])
 def test_a_field_outside_its_range_names_field_value_and_range(field, value, expected):
     assert _refusal(field, value) == f"config.{field}={value!r}: expected {expected}"
@@ -47,6 +54,22 @@ def test_a_field_outside_its_range_names_field_value_and_range(field, value, exp
     ("train.process_id", -1), ("train.process_id", 0), ("data.mask.ratio", 0.5),
     ("evals.fewshot_probe.l2_grid", (0.1,)), ("data.target_fs", 10_000),
     ("data.num_workers", 256), ("data.read_threads", 256),
+    ("data.split", ""), ("data.split", "test"), ("evals.reconstruction.split", "val"),
 ])
 def test_values_at_the_edges_of_a_range_pass(field, value):
     assert _refusal(field, value) is None
+
+
+def test_a_layout_option_the_layout_has_not_is_refused_with_the_config():
+    """A misspelt option had been refused only once the model was built, the run's workdir made."""
+    config = config_lib.load_config_file(TINY)
+    config.data.layout = "wfdb_folder"
+    config.data.layout_options = {"val_fracton": 0.1}
+    with pytest.raises(config_checks.ConfigValueError) as refused:
+        config_checks.validate(config)
+    assert refused.value.config_field == "data.layout_options"
+    assert str(refused.value) == (
+        "config.data.layout_options={'val_fracton': 0.1}: layout wfdb_folder: unknown option "
+        "'val_fracton'; it takes val_fraction, test_fraction, label_names, source")
+    config.data.layout_options = {"val_fraction": 0.1}
+    config_checks.validate(config)

@@ -9,7 +9,7 @@ from crema_jax import config as config_lib
 from crema_jax import config_checks
 from crema_jax.cli import pretrain
 from tests.cli.conftest import _fails, assert_one_error_line
-from tests.cli.hostile.helpers import REPO, TINY, _cli, _hashes, _one_line
+from tests.cli.hostile.helpers import REPO, SAMPLE, TINY, _cli, _hashes, _one_line
 
 
 @pytest.mark.parametrize("text,message", [
@@ -59,6 +59,19 @@ def test_more_readers_than_any_host_runs_is_a_usage_error(capsys, field):
     and exit 0, never start a reader."""
     _fails(pretrain, [f"--config={TINY}", "--dry_run", f"--config.data.{field}=100000"],
            capsys, f"flag --config.data.{field}=100000: expected an integer in [0, 256]", code=2)
+
+
+@pytest.mark.parametrize("override,said", [
+    ("split=bogus", "flag --config.data.split='bogus': expected one of 'train', 'val', 'test' "
+                    "or '' (every record)"),
+    ("layout=nope", "flag --config.data.layout='nope': expected one of ['clinical_exports', "),
+])
+def test_an_unknown_split_or_layout_is_a_usage_error_naming_the_field(capsys, override, said):
+    """A split had been refused as "no record of the data could be read (0 tried: the source
+    is empty)" and a layout as --layout, a flag pretrain has not: both once the model was built,
+    and neither by a dry run."""
+    _fails(pretrain, [f"--config={TINY}", "--dry_run", f"--config.data.root={SAMPLE}",
+                      f"--config.data.{override}"], capsys, said, code=2)
 
 
 @pytest.mark.parametrize("override,expected", [
