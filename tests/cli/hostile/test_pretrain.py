@@ -146,3 +146,47 @@ def test_a_full_disk_while_creating_the_lock_names_it(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="^.Errno 28. cannot create the lock "
                        f"{tmp_path / lock.NAME}: No space left on device$"):
         lock.acquire()
+
+
+def test_a_run_refused_by_its_data_leaves_no_folder_it_made(tmp_path, capsys):
+    """data.root=/nonexistent (found once the model was built) had left behind the --workdir
+    the run made, empty. A workdir that existed before stays, and so does its parent's file."""
+    missing = tmp_path / "nonexistent"
+    said = f"wfdb_folder layout: {missing} is not a directory of WFDB records"
+    new = tmp_path / "runs" / "a" / "run"   # runs/ and runs/a made for it too
+    _fails(pretrain, [DEMO, MESH, f"--workdir={new}", f"--config.data.root={missing}"], capsys,
+           said)
+    assert os.listdir(tmp_path) == []
+    mine = tmp_path / "mine"
+    (mine / "run").mkdir(parents=True)
+    (mine / "notes.txt").write_text("kept")
+    _fails(pretrain, [DEMO, MESH, f"--workdir={mine / 'run'}", f"--config.data.root={missing}"],
+           capsys, said)
+    assert sorted(os.listdir(mine)) == ["notes.txt", "run"] and os.listdir(mine / "run") == []
+
+
+def test_a_run_that_fails_after_its_checkpoint_manager_leaves_only_what_it_wrote(
+        tmp_path, monkeypatch):
+    """A failure after checkpoints/ was made (here: the compile) leaves no empty tree; one
+    after the run wrote a file leaves the workdir whole."""
+    import jax
+
+    from crema_jax.train import trainer
+    from tests.configs import tiny_config
+
+    seen = []
+
+    def fails(setup, config, target):
+        seen.append(sorted(os.listdir(workdir)))
+        if write:
+            (workdir / "metrics.jsonl").write_text("{}\n")
+        raise RuntimeError("compile failed")
+
+    monkeypatch.setattr(trainer, "compile_step", fails)
+    for write in (False, True):
+        workdir = tmp_path / f"run_{write}"
+        with pytest.raises(RuntimeError, match="compile failed"):
+            trainer.train(tiny_config(), workdir, devices=jax.devices()[:1])
+    assert seen == [["checkpoints", workdir_lib.WorkdirLock.NAME]] * 2  # what it had made
+    assert os.listdir(tmp_path) == ["run_True"]
+    assert sorted(os.listdir(tmp_path / "run_True")) == ["checkpoints", "metrics.jsonl"]
