@@ -11,6 +11,8 @@ Rules (every command follows them):
   renamed over the output in one step (os.replace renames a link itself, never its target). A
   crash leaves the old file or the new one, never half of one; two processes never share a
   temporary name.
+- Paths here are local: a URL (gs://bucket/x), which the os module would take for the local
+  folders gs:/bucket, is refused (`refuse_url`); runtime/storage.py checks and writes URLs.
 """
 from __future__ import annotations
 
@@ -27,6 +29,22 @@ from typing import Any, Callable, Iterable
 
 class OutputError(ValueError):
     """An output the command refuses to write; the message names it and says why."""
+
+
+def is_url(path) -> bool:
+    """Whether `path` has a scheme (gs://, s3://, memory://, file://): no local path, though the
+    os module would take it for one ("gs://b/x" is the folders gs:/b under the current one).
+    runtime/storage.py writes URLs; this module refuses them (`refuse_url`)."""
+    return "://" in os.fspath(path)
+
+
+def refuse_url(path, flag: str, what: str = "file") -> None:
+    """OutputError when `path` is a URL: the writer of this output writes a local `what` only
+    (it had made the local folders gs:/bucket/... and said "wrote gs://bucket/...")."""
+    if is_url(path):
+        raise OutputError(f"{flag}={os.fspath(path)}: a URL, but this output is written as a "
+                          f"local {what} only; name a local path (and copy it to the store "
+                          "after)")
 
 
 def _real(path) -> str:
@@ -100,6 +118,7 @@ def check_output_file(path, *, inputs: Iterable = (), flag: str = "--out",
     command finds it out before its work, not after. A folder still to be made is created with
     the file, and said (new_folders_note)."""
     path = os.fspath(path)
+    refuse_url(path, flag)  # storage.check_output_file checks an output URL
     for item in inputs:
         if _is_or_inside(path, item):
             raise OutputError(f"{flag}={path}: that is an input of this command ({item}); "
@@ -120,7 +139,10 @@ def check_output_file(path, *, inputs: Iterable = (), flag: str = "--out",
 def new_folders_note(path, flag: str = "--out") -> str:
     """What writing output file `path` will create, as the line a command prints once it is
     written ("--out: created folder /a/b"; "" when its folder exists): a typo in the path then
-    shows at once, not as a stray tree found later. Asked before writing (after, all exist)."""
+    shows at once, not as a stray tree found later. Asked before writing (after, all exist).
+    A URL: "" (an object store has no folders to create)."""
+    if is_url(path):
+        return ""
     folder = pathlib.Path(os.path.abspath(os.fspath(path))).parent
     missing = [p for p in (folder, *folder.parents) if not p.exists()]
     if not missing:
@@ -136,6 +158,7 @@ def check_output_dir(path, *, marker, flag: str, inputs: Iterable = (), outside:
     writes there; None: new or empty only), not be one of `inputs` nor lie inside one of the
     folders `outside`. Anything else: OutputError. create=False checks without creating it (the
     writer creates it later, so that a command failing before then leaves nothing)."""
+    refuse_url(path, flag, "folder")  # before pathlib makes "gs://b" the local "gs:/b"
     markers = () if marker is None else (marker,) if isinstance(marker, str) else tuple(marker)
     path = pathlib.Path(os.fspath(path))
     for item in inputs:
@@ -170,6 +193,8 @@ def make_folder(path, label: str, *, create: bool = True) -> pathlib.Path:
     """`path` created as a folder (parents too), or an OutputError starting with `label` that
     says why: it or a parent is a file ('[Errno 17] File exists' had been all a run said), or
     the nearest existing folder is not writable. create=False only checks."""
+    if is_url(path):
+        raise OutputError(f"{label}: {os.fspath(path)} is a URL; expected a local folder")
     path = pathlib.Path(os.fspath(path))
     existing = next((p for p in (path, *path.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():
@@ -225,8 +250,8 @@ def write_atomic(path, write: Callable[[str], Any]) -> None:
     write_atomic_group([(path, write)])
 
 
-def _naming(err: OSError, path: str) -> OSError:
-    """`err` naming the output `path`, not the temporary file."""
+def write_error(err: OSError, path: str) -> OSError:
+    """`err` naming the output `path`, not the temporary file it was written to."""
     if err.filename == path:
         return err
     if err.errno is None:  # e.g. numpy's "N requested and M written"
@@ -241,6 +266,10 @@ def write_atomic_group(writes: Iterable[tuple[Any, Callable[[str], Any]]]) -> No
     while writing (a full disk, a Ctrl-C) removes the temporaries and leaves every old file as
     it was: never new weights beside the old config."""
     writes = [(os.fspath(path), write) for path, write in writes]
+    for path, _ in writes:  # storage.write_atomic_group writes URLs
+        if is_url(path):
+            raise OutputError(f"{path}: a URL, written here as a local path; expected a local "
+                              "path (runtime/storage.py writes URLs)")
     temps: list[tuple[str, str]] = []
     try:
         for path, write in writes:
@@ -256,12 +285,12 @@ def write_atomic_group(writes: Iterable[tuple[Any, Callable[[str], Any]]]) -> No
                 os.umask(umask)
                 os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result is an ordinary file
             except OSError as err:  # a full disk, a read-only folder: name the output
-                raise _naming(err, path) from None
+                raise write_error(err, path) from None
         for tmp, path in temps:
             try:
                 os.replace(tmp, path)
             except OSError as err:
-                raise _naming(err, path) from None
+                raise write_error(err, path) from None
     finally:
         for tmp, _ in temps:
             if os.path.lexists(tmp):

@@ -12,7 +12,10 @@ ArrayRecord's writer and reader are C++ and open local paths only, as do wfdb an
   name beside the target and renaming it into place (`write_atomic`): the target is either
   absent or complete, as with local files (object stores publish an object whole; a rename there
   is a copy of the complete object, then a delete of the temporary one);
-- reading remote files that a C++ reader opens = a local copy first (`download`).
+- reading remote files that a C++ reader opens = a local copy first (`download`);
+- a command's output file given as a URL: checked on the store before any work
+  (`check_output_file`), then written locally and uploaded with its side files as one group
+  (`write_atomic_group`: every file uploaded under its temporary name before any is renamed).
 Nothing here deletes or overwrites anything but the temporaries it made and the target it was
 asked to write.
 """
@@ -284,31 +287,96 @@ def download(url: str, local_path: str, *, missing_ok: bool = False) -> bool:
     return True
 
 
+def check_output_file(path, *, inputs=(), flag: str = "--out", overwrite: bool = False,
+                      owned: Callable[[str], bool] | None = None) -> str:
+    """files.check_output_file for a local path. A URL (written by `write_atomic_group`): its
+    scheme one an installed file system reads, not one of the URL `inputs` nor inside one, not
+    a folder in the store, and an existing object replaced only with `overwrite` or when
+    `owned`. Every refusal is one line beginning "FLAG=URL: "; the store is asked before any
+    work, so that a command does not find out after it."""
+    path = os.fspath(path)
+    if not is_remote(path):
+        return files.check_output_file(path, inputs=inputs, flag=flag, overwrite=overwrite,
+                                       owned=owned)
+    try:
+        check_url(path)
+    except (ValueError, ImportError) as err:  # they begin with the URL
+        raise type(err)(f"{flag}={err}") from None
+    for item in inputs:
+        item = os.fspath(item) if item else ""
+        base = item.rstrip("/")
+        if is_remote(item) and (path.rstrip("/") == base or path.startswith(base + "/")):
+            raise files.OutputError(f"{flag}={path}: that is an input of this command ({item}); "
+                                    "choose another output")
+    with reach(path) as (fs, inner):
+        folder = fs_is(fs, inner, "isdir")
+        exists = not folder and fs_is(fs, inner, "exists")
+    if folder:
+        raise files.OutputError(f"{flag}={path}: a folder; expected a file name")
+    if exists and not overwrite and not (owned and owned(path)):
+        raise files.OutputError(f"{flag}={path}: the file exists; choose a new name or pass "
+                                "--overwrite")
+    return path
+
+
+def _upload_group(pairs: list[tuple[str, str]]) -> None:
+    """Every (complete local file, URL): each uploaded under a unique temporary name beside its
+    URL, then, once all are, each renamed into place, one right after the other. A failed upload
+    leaves every old object as it was; the temporaries are removed whatever happens."""
+    placed = []
+    try:
+        for local, url in pairs:
+            with reach(url) as (fs, inner):
+                folder, _, name = inner.rpartition("/")
+                tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+                placed.append((fs, tmp))  # before the upload: half of one is removed too
+                fs.put_file(local, tmp)
+        for (fs, tmp), (_, url) in zip(placed, pairs):
+            with reach(url) as (_, inner):
+                fs.mv(tmp, inner)
+    finally:
+        for fs, tmp in placed:
+            with contextlib.suppress(Exception):  # noqa: BLE001 - never hides the error above
+                if fs.exists(tmp):
+                    fs.rm_file(tmp)
+
+
 def upload_atomic(local_path: str, url: str) -> None:
     """Upload a complete local file to `url`: under a unique temporary name beside it, then
     renamed into place, so `url` is never seen half-written."""
-    with reach(url) as (fs, inner):
-        folder, name = inner.rsplit("/", 1)
-        tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
-        try:
-            fs.put_file(local_path, tmp)
-            fs.mv(tmp, inner)
-        finally:
-            if fs.exists(tmp):
-                fs.rm_file(tmp)
+    _upload_group([(local_path, url)])
+
+
+def write_atomic_group(writes) -> None:
+    """files.write_atomic_group, also to URLs: every write(local temporary file) first, in a
+    temporary folder, then all uploaded together (`_upload_group`): a failure while writing or
+    uploading any of them leaves every old object as it was (see the module docstring). The
+    local temporary file has its output's name (a writer may read its extension). One group is
+    all local paths or all URLs."""
+    writes = [(os.fspath(path), write) for path, write in writes]
+    remote = [is_remote(path) for path, _ in writes]
+    if not any(remote):
+        files.write_atomic_group(writes)
+        return
+    if not all(remote):
+        raise ValueError("one group of outputs mixes local paths and URLs: "
+                         + ", ".join(path for path, _ in writes))
+    with tempfile.TemporaryDirectory(prefix="crema_jax-upload-") as tmp_dir:
+        pairs = []
+        for i, (path, write) in enumerate(writes):
+            local = os.path.join(tmp_dir, str(i), path.rsplit("/", 1)[-1])
+            os.mkdir(os.path.dirname(local))
+            try:
+                write(local)
+            except OSError as err:  # a full local disk: named by the output, not the temporary
+                raise files.write_error(err, path) from None
+            pairs.append((local, path))
+        _upload_group(pairs)
 
 
 def write_atomic(path, write: Callable[[str], Any]) -> None:
-    """files.write_atomic for local paths; for a URL, write(local temporary file), then
-    `upload_atomic` (see the module docstring)."""
-    path = os.fspath(path)
-    if not is_remote(path):
-        files.write_atomic(path, write)
-        return
-    with tempfile.TemporaryDirectory(prefix="crema_jax-upload-") as tmp_dir:
-        local = os.path.join(tmp_dir, path.rsplit("/", 1)[-1])
-        write(local)
-        upload_atomic(local, path)
+    """files.write_atomic, also to a URL (`write_atomic_group` of one file)."""
+    write_atomic_group([(path, write)])
 
 
 def write_json_atomic(path, obj: Any) -> None:
