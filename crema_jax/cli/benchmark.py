@@ -36,8 +36,8 @@ COMMAND.list("models", None, "NAME=CHECKPOINT pairs (CHECKPOINT: a checkpoint fo
              "or random:FAMILY).", required=True)
 COMMAND.string("tasks", None, "The task file (a Python config, configs/benchmarks/*.py).",
                required=True)
-COMMAND.string("workdir", None, "Output folder: cells/, features/, leaderboard.json/.md/.png; "
-               "rerunning into it resumes.", required=True)
+COMMAND.string("workdir", None, "Output folder, a local path: cells/, features/, "
+               "leaderboard.json/.md/.png; rerunning into it resumes.", required=True)
 COMMAND.multi_string("roots", [], "DATASET=FOLDER (repeatable): where a dataset of the task "
                      "file lives, replacing its root.")
 COMMAND.string("model_size", "tiny", "SiT size of a `random` model (tiny/small/base/large).")

@@ -28,7 +28,7 @@ def add(cmd: command.Command) -> None:
     cmd.boolean("skip_damaged_cache_records", False, "With --cache_dir: skip the records of a "
                 "damaged shard (missing, truncated, failing its checksum), counted as "
                 "damaged_cache_record, instead of stopping.")
-    cmd.string("workdir", None, "Output folder: report.json, report.md, roc.png, "
+    cmd.string("workdir", None, "Output folder, a local path: report.json, report.md, roc.png, "
                "embeddings_pca.png, predictions.npz.", required=True)
     cmd.enum("label_type", "auto", ["auto", "multilabel", "multiclass"], "BCE per class or "
              "softmax CE; auto = multiclass when every record has exactly one class of the "

@@ -17,8 +17,8 @@ COMMAND = command.Command("export-torch", __doc__,
                           usage="--checkpoint=DIR --out=FILE.safetensors|FILE.pth | --hub_folder=DIR")
 COMMAND.string("checkpoint", None, "Workdir, checkpoints dir or step dir to read.", required=True)
 COMMAND.string("out", None, "Output FILE.safetensors or FILE.pth (FILE.json is written beside "
-               "it).")
-COMMAND.string("hub_folder", None, "Output folder for the hub (instead of --out): "
+               "it): a path, or a URL (gs://, s3://) both are uploaded to.")
+COMMAND.string("hub_folder", None, "Output folder for the hub (instead of --out), a local path: "
                "model.safetensors, config.json, README.md.")
 COMMAND.enum("layout", "", ["", "crema", "stmem", "ecgfounder"], "Key layout ('' = crema for a "
              "SiT, ecgfounder for Net1D).")

@@ -7,10 +7,11 @@ import os
 
 from crema_jax.cli import command
 from crema_jax.evaluate import ranges
-from crema_jax.runtime import files
+from crema_jax.runtime import files, storage
 
 COMMAND = command.Command("preview", __doc__, usage="[--out=preview.png] [--record=ID]")
-COMMAND.string("out", "preview.png", "Output PNG.")
+COMMAND.string("out", "preview.png", "Output PNG: a path, or a URL (gs://, s3://) it is "
+               "uploaded to.")
 COMMAND.string("record", "", "Record id of the bundled sample (default: the first).")
 COMMAND.string("mask", "random_per_lead", "Masking strategy (a key of "
                "data.pipeline.masking.MASKS).")
@@ -26,7 +27,7 @@ def main(args) -> None:
 
     if not args.out.lower().endswith(".png"):  # matplotlib would add ".png" to another name
         raise command.FlagValueError(f"--out={args.out}: expected a file name ending in .png")
-    files.check_output_file(args.out, overwrite=args.overwrite)
+    storage.check_output_file(args.out, overwrite=args.overwrite)  # a URL: uploaded
     new_folder = files.new_folders_note(args.out)
     from crema_jax.data.pipeline import masking  # numpy only
     if args.mask not in masking.MASKS:  # it was named as config field data.mask.name

@@ -18,7 +18,7 @@ from crema_jax.data.pipeline.transforms import PretrainViews
 from crema_jax.data.reading.leads import LEADS
 from crema_jax.data.reading.wfdb_records import read_record
 from crema_jax.data.signal.preprocess import preprocess_record
-from crema_jax.runtime import files
+from crema_jax.runtime import storage
 
 
 def load_ecg(record_id: str = "") -> tuple[dict, str]:
@@ -76,7 +76,7 @@ def render(element: dict, title: str, out: str, *, mask_name: str, ratio: float,
                  f"{cfg.target_fs:g} Hz)", fontsize=10)
     np.atleast_1d(axes)[-1].set_xlabel("seconds into the crop")
     fig.tight_layout()
-    # Atomic, into a folder made if missing: a figure is never half-written.
-    files.write_atomic(out, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
+    # Atomic, into a folder made if missing (or uploaded, to a URL): never half-written.
+    storage.write_atomic(out, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
     plt.close(fig)
     return views

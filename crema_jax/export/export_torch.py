@@ -22,7 +22,7 @@ from crema_jax import config as config_lib
 from crema_jax.export import convert, safe_load, sit_layouts
 from crema_jax.models import families
 from crema_jax.runtime import checkpoint as ckpt_lib
-from crema_jax.runtime import files, trees
+from crema_jax.runtime import storage, trees
 
 LAYOUTS = ("crema", "stmem", "ecgfounder")
 # Config fields that say where one machine keeps things (datasets and their options, caches,
@@ -197,7 +197,7 @@ def write_files(state_dict, out: str, *, layout: str, model_config: dict, full_c
     def dump(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(info, f, indent=1)
-    files.write_atomic_group([(out, save), (side, dump)])
+    storage.write_atomic_group([(out, save), (side, dump)])  # or uploads them (a URL)
     return out, side
 
 
@@ -208,7 +208,7 @@ def run_export(checkpoint: str, out: str, *, layout: str | None = None,
     if not out.endswith((".safetensors", ".pth", ".pt")):
         raise ExportError(f"--out={out}: expected a .safetensors or .pth file name")
     for path in (out, sidecar_path(out)):
-        files.check_output_file(path, inputs=[checkpoint], overwrite=overwrite)
+        storage.check_output_file(path, inputs=[checkpoint], overwrite=overwrite)
     params, config, step = config_lib.load_checkpoint(checkpoint)
     model_cfg = config.model
     layout = layout or families.family_of(model_cfg).export_layouts[0]

@@ -1,0 +1,110 @@
+"""Outputs given as URLs (gs://, s3://): a single-file output is written locally, then uploaded
+(export-torch's pair, preview's PNG); a folder output (--hub_folder, an evaluation's --workdir)
+is refused in one line before any work. Each had exited 0 saying "wrote gs://bucket/..." with
+the files in ./gs:/bucket/ instead.
+
+The store is fakegs://, an fsspec file system keeping its objects in a local folder as a bucket
+does (an upload makes the folders above it); the commands run in a folder of their own, which
+must stay empty."""
+import pathlib
+
+import fsspec
+import pytest
+from fsspec.implementations.dirfs import DirFileSystem
+from fsspec.implementations.local import LocalFileSystem
+
+from tests.cli.conftest import assert_one_error_line, run_in_process
+
+TASKS = pathlib.Path(__file__).parents[2] / "configs" / "benchmarks" / "bundled_sample.py"
+
+
+class _Store(DirFileSystem):
+    """fakegs://BUCKET/PATH: the object ROOT/BUCKET/PATH."""
+    protocol = "fakegs"
+    cachable = False
+    root = ""
+
+    def __init__(self, **kwargs):
+        super().__init__(path=_Store.root, fs=LocalFileSystem(), **kwargs)
+
+    def put_file(self, lpath, rpath, **kwargs):
+        self.makedirs(self._parent(rpath), exist_ok=True)
+        return super().put_file(lpath, rpath, **kwargs)
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """(the store's folder, the commands' current folder)."""
+    root, cwd = tmp_path / "store", tmp_path / "cwd"
+    root.mkdir()
+    cwd.mkdir()
+    monkeypatch.setattr(_Store, "root", str(root))
+    fsspec.register_implementation("fakegs", _Store, clobber=True)
+    monkeypatch.chdir(cwd)
+    return root, cwd
+
+
+def _listing(folder: pathlib.Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def _bytes(folder: pathlib.Path) -> dict:
+    return {name: (folder / name).read_bytes() for name in _listing(folder)}
+
+
+def test_export_torch_uploads_the_weights_and_their_config(sit_checkpoint, store, tmp_path,
+                                                          capsys):
+    root, cwd = store
+    url = "fakegs://bucket/models/x.safetensors"
+    done = run_in_process(capsys, "export-torch", f"--checkpoint={sit_checkpoint}",
+                          f"--out={url}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == (
+        f"wrote {url} and fakegs://bucket/models/x.json")
+    local = tmp_path / "local"
+    assert run_in_process(capsys, "export-torch", f"--checkpoint={sit_checkpoint}",
+                          f"--out={local / 'x.safetensors'}").returncode == 0
+    assert _bytes(root / "bucket" / "models") == _bytes(local)   # no temporary beside them
+    assert _listing(cwd) == []
+
+    again = run_in_process(capsys, "export-torch", f"--checkpoint={sit_checkpoint}",
+                           f"--out={url}")
+    assert again.returncode == 1
+    assert_one_error_line("export-torch", again.stdout, again.stderr,
+                          f"--out={url}: the file exists; choose a new name or pass --overwrite")
+    assert run_in_process(capsys, "export-torch", f"--checkpoint={sit_checkpoint}",
+                          f"--out={url}", "--overwrite").returncode == 0
+    assert _listing(root) == ["bucket/models/x.json", "bucket/models/x.safetensors"]
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["export-torch", "--hub_folder=fakegs://bucket/out"], "--hub_folder"),
+    (["probe", "--workdir=fakegs://bucket/out"], "--workdir"),
+    (["finetune", "--workdir=fakegs://bucket/out"], "--workdir"),
+    (["compare", "--checkpoint_b=random", "--workdir=fakegs://bucket/out"], "--workdir"),
+    (["benchmark", "--models=a=random", f"--tasks={TASKS}", "--workdir=fakegs://bucket/out"],
+     "--workdir")])
+def test_a_folder_output_given_as_a_url_is_refused_before_any_work(argv, flag, sit_checkpoint,
+                                                                   cinc_sample_dir, store,
+                                                                   capsys):
+    root, cwd = store
+    if argv[0] != "benchmark":
+        argv = [*argv, f"--checkpoint={sit_checkpoint}"]
+    if argv[0] in ("probe", "finetune", "compare"):
+        argv.append(f"--root={cinc_sample_dir}")
+    done = run_in_process(capsys, *argv)
+    assert done.returncode == 1, done.stderr
+    assert_one_error_line(argv[0], done.stdout, done.stderr,
+                          f"{flag}=fakegs://bucket/out: a URL, but this output is written as a "
+                          "local folder only; name a local path")
+    assert done.stdout == ""   # nothing loaded, nothing scored
+    assert _listing(root) == [] and list(cwd.iterdir()) == []
+
+
+def test_preview_uploads_its_png(store, capsys):
+    root, cwd = store
+    done = run_in_process(capsys, "preview", "--out=fakegs://bucket/p/preview.png")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines() == ["wrote fakegs://bucket/p/preview.png"]
+    assert (root / "bucket" / "p" / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert _listing(root) == ["bucket/p/preview.png"] and list(cwd.iterdir()) == []
