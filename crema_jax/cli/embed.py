@@ -22,13 +22,15 @@ record's as in Y.paths.txt, or an array's row number; reason, message, and the f
 failed) when any was; Y.npy and these side files are written as one group. A
 progress line (records done, records/s, ETA) goes to stderr every 10 s.
 
-An interrupted run over records keeps its finished batches in the hidden folder .Y.npy.partial
-beside Y.npy, every 10 s as it goes and when it stops (Ctrl-C, SIGTERM, a crash; SIGKILL loses
-the batches of the last 10 s at most), and the same command run again reads only the records
-not kept, then writes Y.npy and removes the folder. Run with another checkpoint, data path,
---logits or package version, it says so and starts over (inference/partial.py). One run at a
-time writes a Y.npy of records: another started with the same --out while it runs is refused in
-one line naming the output and the running one's pid.
+--out may be a URL (gs://, s3://): Y.npy and its side files are written locally, then uploaded
+as a group (runtime/storage.py), with no resuming. An interrupted run over records with a local
+--out keeps its finished batches in the hidden folder .Y.npy.partial beside Y.npy, every 10 s as
+it goes and when it stops (Ctrl-C, SIGTERM, a crash; SIGKILL loses the batches of the last 10 s
+at most), and the same command run again reads only the records not kept, then writes Y.npy and
+removes the folder. Run with another checkpoint, data path, --logits or package version, it says
+so and starts over (inference/partial.py). One run at a time writes a local Y.npy of records:
+another started with the same --out while it runs is refused in one line naming the output and
+the running one's pid.
 """
 import io
 import math
@@ -38,7 +40,7 @@ import numpy as np
 
 from crema_jax.cli import command, skipped_records
 from crema_jax.evaluate import ranges
-from crema_jax.runtime import files
+from crema_jax.runtime import files, storage
 
 COMMAND = command.Command("embed", __doc__,
                           usage="--checkpoint=DIR --input=X.npy|RECORDS --out=Y.npy")
@@ -47,9 +49,10 @@ COMMAND.string("input", None, "X.npy (N, 12 or 1 leads, samples) in mV, or recor
                "glob | a folder (its WFDB records and export files); a record is a WFDB record "
                "or a hospital export file (DICOM, HL7 aECG, GE MUSE, Philips, EDF+, SCP-ECG).",
                required=True)
-COMMAND.string("out", None, "Output Y.npy: (N, features) float32. For records, finished "
-               "batches are kept in .Y.npy.partial beside it as the run goes: an interrupted "
-               "run, run again, resumes.", required=True)
+COMMAND.string("out", None, "Output Y.npy: (N, features) float32; a path, or a URL (gs://, "
+               "s3://) it and its side files are uploaded to. For records, finished batches are "
+               "kept in .Y.npy.partial beside a local Y.npy as the run goes: an interrupted run, "
+               "run again, resumes.", required=True)
 COMMAND.string("fs", "", "Sampling rate of an .npy input in Hz (default: the model's rate).")
 COMMAND.boolean("raw", False, "Feed the array as given: no resampling, preprocessing or crops.")
 COMMAND.boolean("logits", False, "Write classification logits (crop-averaged) instead of "
@@ -85,16 +88,18 @@ def main(args) -> None:
         raise command.CommandError(f"--out={args.out}: expected a file name ending in .npy, "
                                    "such as Y.npy (a name before the extension)")
     records = None if args.input.endswith(".npy") else dataset_index.expand_records(args.input)
-    stale = partial.clear_stale(args.out) if records is not None else None
+    # A URL output keeps no finished batches: they live in a local folder beside the output.
+    resumable = records is not None and not storage.is_remote(args.out)
+    stale = partial.clear_stale(args.out) if resumable else None
     if stale:
         print(stale)
     for path in (args.out, *_side_files(args.out).values()):  # checked before any work:
-        files.check_output_file(path, inputs=[args.input, args.checkpoint,  # nothing is
-                                              *dataset_index.files_read(records or [])],
-                                overwrite=args.overwrite)  # written on error
+        storage.check_output_file(path, inputs=[args.input, args.checkpoint,  # nothing is
+                                                *dataset_index.files_read(records or [])],
+                                  overwrite=args.overwrite)  # written on error
     new_folder = files.new_folders_note(args.out)
     keeper = (partial.Keeper(args.out, "logits" if args.logits else "features")
-              if records is not None else None)
+              if resumable else None)
     if keeper is not None:  # before any work: a second run with this --out is refused now
         keeper.lock()
     try:
@@ -180,13 +185,13 @@ def _write(out_path: str, out: dict, records) -> dict:
     if out["skips"]:
         writes.append((side["skipped"], skip_file.writer(out["skips"], records,
                                                          embed.one_line_name)))
-    files.write_atomic_group(writes)   # both or neither: never new Y, old names
+    storage.write_atomic_group(writes)   # both or neither: never new Y, old names
     written = {kind: side[kind] for kind in texts}
     if out["skips"]:
         written["skipped"] = side["skipped"]
     for kind, path in side.items():
-        if kind not in written and os.path.isfile(path):
-            os.remove(path)   # --overwrite: an earlier run's, that would name other rows
+        if kind not in written and storage.isfile(path):
+            storage.remove(path)   # --overwrite: an earlier run's, that would name other rows
     return written
 
 

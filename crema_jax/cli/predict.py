@@ -17,18 +17,18 @@ OUT.skipped.csv (path: the record's, as the CSV's; reason, message, and the file
 beside the CSV when any was, and a progress line
 (records done, records/s, ETA) goes to stderr every 10 s.
 
-With --out, an interrupted run keeps its finished batches in the hidden folder .OUT.partial
+--out may be a URL (gs://, s3://): the CSV (and OUT.skipped.csv) are written locally, then
+uploaded as a group (runtime/storage.py), with no resuming. With a local --out, an interrupted
+run keeps its finished batches in the hidden folder .OUT.partial
 beside it, every 10 s as it goes and when it stops (Ctrl-C, SIGTERM, a crash; SIGKILL loses the
 batches of the last 10 s at most), and the same command run again reads only the records not
 kept, then writes the CSV and removes the folder. Run with another checkpoint, data path or
-package version, it says so and starts over (inference/partial.py). One run at a time writes an
---out: another started with the same --out while it runs is refused in one line naming the
+package version, it says so and starts over (inference/partial.py). One run at a time writes a
+local --out: another started with the same --out while it runs is refused in one line naming the
 output and the running one's pid.
 """
-import os
-
 from crema_jax.cli import command, skipped_records
-from crema_jax.runtime import files
+from crema_jax.runtime import files, storage
 
 COMMAND = command.Command("predict", __doc__, usage="--model=ecgfounder --checkpoint=DIR",
                           positional="RECORD...")
@@ -36,9 +36,9 @@ COMMAND.enum("model", "ecgfounder", ["ecgfounder"], "The label model.")
 COMMAND.string("checkpoint", None, "Workdir, checkpoints dir or step dir to read.", required=True)
 COMMAND.string("out", "", "Output CSV: per record its id, its absolute path, all label "
                "probabilities and its repairs (the last column, repairs, is text: read the label "
-               "columns by name); skipped records in OUT.skipped.csv. Finished batches are kept "
-               "in .OUT.partial beside it as the run goes: an interrupted run, run again, "
-               "resumes.")
+               "columns by name); skipped records in OUT.skipped.csv. A path, or a URL (gs://, "
+               "s3://) they are uploaded to. Finished batches are kept in .OUT.partial beside a "
+               "local CSV as the run goes: an interrupted run, run again, resumes.")
 COMMAND.integer("top", 5, "Labels printed per record (0: no line per record).",
                 lower_bound=0)
 COMMAND.boolean("overwrite", False, "Replace the --out CSV (and OUT.skipped.csv) when they "
@@ -69,15 +69,17 @@ def main(args) -> None:
     paths = dataset_index.unique_records(p for spec in args.positional
                                          for p in dataset_index.expand_records(spec))
     skipped_csv = skip_file.path_of(args.out) if args.out else ""
-    stale = partial.clear_stale(args.out) if args.out else None
+    # A URL output keeps no finished batches: they live in a local folder beside the output.
+    resumable = bool(args.out) and not storage.is_remote(args.out)
+    stale = partial.clear_stale(args.out) if resumable else None
     if stale:
         print(stale)
     for path in filter(None, (args.out, skipped_csv)):  # never one of the records' files,
-        files.check_output_file(path, inputs=[args.checkpoint, *args.positional,  # --overwrite
-                                              *dataset_index.files_read(paths)],  # or not
-                                overwrite=args.overwrite)
+        storage.check_output_file(path, inputs=[args.checkpoint, *args.positional,  # --overwrite
+                                                *dataset_index.files_read(paths)],  # or not
+                                  overwrite=args.overwrite)
     new_folder = files.new_folders_note(args.out) if args.out else ""
-    keeper = partial.Keeper(args.out, "logits") if args.out else None
+    keeper = partial.Keeper(args.out, "logits") if resumable else None
     if keeper is not None:  # before any work: a second run with this --out is refused now
         keeper.lock()
     try:
@@ -131,10 +133,11 @@ def _write(args, out, ids, labels, repairs, paths, keeper, new_folder) -> None:
     writes = [(args.out, predict.csv_writer(ids, out["probs"], labels, repairs, row_paths))]
     if out["skips"]:
         writes.append((skipped_csv, skip_file.writer(out["skips"], paths, embed.one_line_name)))
-    files.write_atomic_group(writes)
-    if not out["skips"] and os.path.isfile(skipped_csv):
-        os.remove(skipped_csv)   # --overwrite: an earlier run's, naming skips not made now
-    keeper.remove()
+    storage.write_atomic_group(writes)   # a URL: written here, then uploaded
+    if not out["skips"] and storage.isfile(skipped_csv):
+        storage.remove(skipped_csv)   # --overwrite: an earlier run's, naming skips not made now
+    if keeper is not None:
+        keeper.remove()
     if new_folder:
         print(new_folder)
     print(f"wrote {args.out} ({len(ids)} records x {len(labels)} labels)"

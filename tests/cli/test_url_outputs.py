@@ -1,7 +1,7 @@
 """Outputs given as URLs (gs://, s3://): a single-file output is written locally, then uploaded
-(export-torch's pair, preview's PNG); a folder output (--hub_folder, an evaluation's --workdir)
-is refused in one line before any work. Each had exited 0 saying "wrote gs://bucket/..." with
-the files in ./gs:/bucket/ instead.
+(export-torch's pair, preview's PNG, embed's Y.npy and side files, predict's CSV); a folder output
+(--hub_folder, an evaluation's --workdir) is refused in one line before any work. Each had exited
+0 saying "wrote gs://bucket/..." with the files in ./gs:/bucket/ instead.
 
 The store is fakegs://, an fsspec file system keeping its objects in a local folder as a bucket
 does (an upload makes the folders above it); the commands run in a folder of their own, which
@@ -10,11 +10,15 @@ import pathlib
 
 import fsspec
 import pytest
+import torch
 from fsspec.implementations.dirfs import DirFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
+from crema_jax.export import import_torch
 from tests.cli.conftest import assert_one_error_line, run_in_process
+from tests.references.ecgfounder_torch import Net1DRef
 
+SMALL_NET1D = dict(in_channels=12, filters=(16, 32), blocks=(1, 2), n_classes=150)
 TASKS = pathlib.Path(__file__).parents[2] / "configs" / "benchmarks" / "bundled_sample.py"
 
 
@@ -108,3 +112,52 @@ def test_preview_uploads_its_png(store, capsys):
     assert done.stdout.strip().splitlines() == ["wrote fakegs://bucket/p/preview.png"]
     assert (root / "bucket" / "p" / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert _listing(root) == ["bucket/p/preview.png"] and list(cwd.iterdir()) == []
+
+
+def test_embed_uploads_y_and_its_side_files(sit_checkpoint, cinc_sample_dir, store, tmp_path,
+                                            capsys):
+    """Records (no resuming: the partial folder stays local, so nowhere); an earlier run's
+    Y.skipped.csv on the store is refused, then, with --overwrite, removed."""
+    root, cwd = store
+    records = ",".join(str(cinc_sample_dir / name) for name in ("E07500", "E07503"))
+    local = tmp_path / "local"
+    assert run_in_process(capsys, "embed", f"--checkpoint={sit_checkpoint}", f"--input={records}",
+                          f"--out={local / 'Y.npy'}").returncode == 0
+    (root / "bucket" / "e").mkdir(parents=True)
+    (root / "bucket" / "e" / "Y.skipped.csv").write_text("an earlier run's skips\n")
+    url = "fakegs://bucket/e/Y.npy"
+    argv = ["embed", f"--checkpoint={sit_checkpoint}", f"--input={records}", f"--out={url}"]
+    refused = run_in_process(capsys, *argv)
+    assert refused.returncode == 1
+    assert_one_error_line("embed", refused.stdout, refused.stderr,
+                          "--out=fakegs://bucket/e/Y.skipped.csv: the file exists")
+    done = run_in_process(capsys, *argv, "--overwrite")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1].startswith(f"wrote {url}: (2, ")
+    assert _bytes(root / "bucket" / "e") == _bytes(local)
+    assert _listing(local) == ["Y.npy", "Y.paths.txt", "Y.records.txt"]
+    assert list(cwd.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def net1d(tmp_path_factory):
+    torch.manual_seed(3)
+    root = tmp_path_factory.mktemp("net1d")
+    torch.save({"state_dict": Net1DRef(**SMALL_NET1D).eval().state_dict()}, root / "small.pth")
+    import_torch.run_import(str(root / "small.pth"), "ecgfounder", str(root / "ckpt"))
+    return str(root / "ckpt")
+
+
+def test_predict_uploads_its_csv(net1d, cinc_sample_dir, store, tmp_path, capsys):
+    root, cwd = store
+    records = [str(cinc_sample_dir / name) for name in ("E07500", "E07503")]
+    local = tmp_path / "local"
+    assert run_in_process(capsys, "predict", f"--checkpoint={net1d}", *records, "--top=0",
+                          f"--out={local / 'probs.csv'}").returncode == 0
+    done = run_in_process(capsys, "predict", f"--checkpoint={net1d}", *records, "--top=0",
+                          "--out=fakegs://bucket/p/probs.csv")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == (
+        "wrote fakegs://bucket/p/probs.csv (2 records x 150 labels)")
+    assert _bytes(root / "bucket" / "p") == _bytes(local) and _listing(local) == ["probs.csv"]
+    assert list(cwd.iterdir()) == []
