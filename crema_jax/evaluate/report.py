@@ -11,7 +11,7 @@ import pathlib
 
 import numpy as np
 
-from crema_jax.runtime import files
+from crema_jax.runtime import files, made_folders
 from crema_jax.runtime import workdir as workdir_lib
 from crema_jax.evaluate import plots, report_markdown, scoring
 
@@ -145,9 +145,9 @@ def claimed_workdir(workdir: str, *, inputs=(), checkpoints=(), log=print):
     """workdir_path's folder, held by this run (runtime/workdir.WorkdirLock) while it computes
     and writes: two evaluations into one workdir had both ended "wrote ...", one report lost
     and their files mixed. A folder this run made and left empty (it failed before writing) is
-    removed."""
+    removed, with the parents it made (runtime/made_folders)."""
     path = workdir_path(workdir, inputs=inputs, checkpoints=checkpoints, log=log)
-    made = not path.exists()
+    made = made_folders.to_make(path)
     lock = workdir_lib.WorkdirLock(path)
     note = lock.acquire()
     if note:
@@ -156,8 +156,7 @@ def claimed_workdir(workdir: str, *, inputs=(), checkpoints=(), log=print):
         yield path
     finally:
         lock.release()
-        if made and path.is_dir() and not any(path.iterdir()):
-            path.rmdir()
+        made_folders.remove_if_empty(made)
 
 
 def workdir_path(workdir: str, *, inputs=(), checkpoints=(), log=print) -> pathlib.Path:

@@ -41,7 +41,6 @@ import hashlib
 import io
 import json
 import os
-import pathlib
 import re
 import signal
 
@@ -52,7 +51,7 @@ from flax import nnx
 import crema_jax
 from crema_jax.data.index import duplicates
 from crema_jax.data.reading import wfdb_records
-from crema_jax.runtime import digests, files
+from crema_jax.runtime import digests, files, made_folders
 
 FORMAT = "crema_jax.partial_outputs.v1"
 MANIFEST = "manifest.json"
@@ -116,9 +115,7 @@ class Keeper:
         if self._lock_fd is not None or (os.path.lexists(self.folder) and not self._ours()):
             return
         path = os.path.join(self.folder, LOCK)
-        above = os.path.dirname(self.folder)
-        self._made = [] if os.path.isdir(above) else [str(p) for p in (
-            pathlib.Path(above), *pathlib.Path(above).parents) if not p.exists()]
+        self._made = made_folders.to_make(os.path.dirname(self.folder))
         for _ in range(3):  # again when the run that held it removed it as it ended
             os.makedirs(self.folder, exist_ok=True)
             try:
@@ -260,7 +257,7 @@ class Keeper:
         if os.path.isdir(self.folder) and (self._lock_fd is not None or _unlocked(self.folder)):
             self._delete()
         self.close()
-        self._remove_made()
+        made_folders.remove_if_empty(self._made)
 
     def _delete(self) -> None:
         """Removes the folder's files of ours, the lock too, and the folder once empty."""
@@ -280,19 +277,9 @@ class Keeper:
             return
         if self._ours() and not any(_CHUNK.fullmatch(n) for n in os.listdir(self.folder)):
             self._delete()
-            self._remove_made()
+            made_folders.remove_if_empty(self._made)
         os.close(self._lock_fd)
         self._lock_fd = None
-
-    def _remove_made(self) -> None:
-        """The output's folders `lock` made, while empty (the run wrote nothing): a run that
-        fails leaves no stray tree."""
-        for folder in self._made:
-            try:
-                os.rmdir(folder)
-            except OSError:
-                break
-        self._made = []
 
 
 def clear_stale(out_path: str) -> str | None:

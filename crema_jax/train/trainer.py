@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 from typing import Any, Callable
 
 import jax
@@ -23,9 +22,9 @@ from crema_jax import losses, models
 from crema_jax.data.pipeline import batch as batch_lib
 from crema_jax.models import sharding
 from crema_jax.runtime import checkpoint as ckpt_lib
+from crema_jax.runtime import made_folders
 from crema_jax.runtime import mesh as mesh_lib
 from crema_jax.runtime import optimizer as optim_lib
-from crema_jax.runtime import storage
 from crema_jax.runtime import workdir as workdir_lib
 from crema_jax.train import hooks, layout, perf, progress, resume
 from crema_jax.train import loop as loop_lib
@@ -212,7 +211,7 @@ def train(config, workdir, *, devices=None, batch_iter=None, evaluators=None,
     lock, made = None, []
     if jax.process_index() == 0:
         workdir_lib.check_workdir(workdir, inputs=[config.data.root, config.data.cache_dir])
-        made = _folders_to_make(workdir)
+        made = made_folders.to_make(workdir)
     workdir = epath.Path(workdir)
     try:
         if jax.process_index() == 0:
@@ -230,40 +229,7 @@ def train(config, workdir, *, devices=None, batch_iter=None, evaluators=None,
     finally:
         if lock is not None:
             lock.release()
-        _remove_if_empty(made)
-
-
-def _folders_to_make(workdir) -> list[str]:
-    """The local folders a run in `workdir` creates (it and any missing parents), deepest first;
-    none for a URL (an object store has no folders)."""
-    if storage.is_remote(str(workdir)):
-        return []
-    path = os.path.abspath(os.fspath(workdir))
-    made = []
-    while not os.path.lexists(path) and path != os.path.dirname(path):
-        made.append(path)
-        path = os.path.dirname(path)
-    return made
-
-
-def _remove_if_empty(made: list[str]) -> None:
-    """The folders this run made (`_folders_to_make`) removed when it leaves no file in them:
-    a run refused before it did any work (a missing data.root, no record readable, a failed
-    compile) had left an empty workdir (or one holding an empty checkpoints/) the user never
-    had. Only empty folders are removed: nothing a run or anyone else wrote there is lost."""
-    if not made or not os.path.isdir(made[0]) or os.path.islink(made[0]):
-        return
-    tree = list(os.walk(made[0], topdown=False))
-    if any(files or any(os.path.islink(os.path.join(folder, d)) for d in folders)
-           for folder, folders, files in tree):
-        return
-    try:
-        for folder, *_ in tree:           # deepest first, the workdir last
-            os.rmdir(folder)
-        for parent in made[1:]:
-            os.rmdir(parent)
-    except OSError:                       # written meanwhile, or a link: left as it is
-        pass
+        made_folders.remove_if_empty(made)
 
 
 def _train(config, workdir, *, devices, batch_iter, lock, evaluators, drill) -> dict:

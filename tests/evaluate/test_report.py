@@ -295,3 +295,17 @@ def test_the_per_class_table_says_how_many_classes_holm_ran_over():
         "is DeLong's either way); no class tested here (each verdict says why).")
     del comparison["per_class_tests"]
     assert "None" not in note() and "over the classes tested here (p (Holm))" in note()
+
+
+def test_an_evaluation_failing_in_its_workdir_leaves_no_folder_it_made(tmp_path):
+    """claimed_workdir: the workdir and its missing parents go when the run wrote nothing (a
+    parent made for it had been left behind); a file written keeps them."""
+    with pytest.raises(RuntimeError, match="boom"):
+        with report.claimed_workdir(str(tmp_path / "runs" / "a"), log=lambda line: None):
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError, match="boom"):
+        with report.claimed_workdir(str(tmp_path / "runs" / "b"), log=lambda line: None) as path:
+            (path / "figures.txt").write_text("kept")
+            raise RuntimeError("boom")
+    assert (tmp_path / "runs" / "b" / "figures.txt").read_text() == "kept"
