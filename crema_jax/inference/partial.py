@@ -7,7 +7,8 @@ name), which is this module's alone:
   which holds the pid of the run holding it): a second run with the same --out (a cron job
   fired twice) is refused in one line naming the output and that pid. The OS releases the lock
   when its process ends, however it ends, so a SIGKILLed run leaves no stale lock; the file
-  stays in a folder kept for a resume;
+  stays in a folder kept for a resume. On a file system without locks (Lustre mounted without
+  -o flock) a run goes on unlocked and says so in one line;
 - `manifest.json`: FORMAT and the digests of what the outputs depend on (`settings`): the
   checkpoint's weights (runtime/digests.py over every array), the data path (the data section
   the records are read with: preset, rate, crops, preprocessing, lead options), the outputs
@@ -122,7 +123,8 @@ class Keeper:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             except FileNotFoundError:
                 continue
-            if not _flock(fd):
+            taken = _flock(fd)
+            if taken is False:
                 holder = os.read(fd, 32).decode("ascii", "replace").strip()
                 os.close(fd)
                 raise BusyError(f"{self.out_path}: another run"
@@ -134,6 +136,10 @@ class Keeper:
             except FileNotFoundError:
                 same = False
             if same:
+                if taken is not True:
+                    self.say(f"warning: {self.folder}: its file system takes no locks "
+                             f"({taken}); nothing stops another run writing {self.out_path} "
+                             "at the same time")
                 os.ftruncate(fd, 0)
                 os.write(fd, f"{os.getpid()}\n".encode())
                 self._lock_fd = fd
@@ -256,7 +262,7 @@ class Keeper:
         of is left whole."""
         if os.path.isdir(self.folder) and (self._lock_fd is not None or _unlocked(self.folder)):
             self._delete()
-        self.close()
+        self._release()   # not close(): its clean-up could remove a new run's folder
         made_folders.remove_if_empty(self._made)
 
     def _delete(self) -> None:
@@ -278,8 +284,13 @@ class Keeper:
         if self._ours() and not any(_CHUNK.fullmatch(n) for n in os.listdir(self.folder)):
             self._delete()
             made_folders.remove_if_empty(self._made)
-        os.close(self._lock_fd)
-        self._lock_fd = None
+        self._release()
+
+    def _release(self) -> None:
+        """Closes the lock file, which releases its flock."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
 
 def clear_stale(out_path: str) -> str | None:
@@ -306,25 +317,39 @@ class BusyError(ValueError):
     """Another run writes the same output (holds its partial folder's lock)."""
 
 
-def _flock(fd: int) -> bool:
-    """Takes the exclusive flock on `fd` without waiting: False when another holds it."""
+# flock's errors on a file system without locks (Lustre mounted without -o flock, some FUSE
+# mounts): there a run goes on unlocked, saying so, as embed and predict ran before the lock.
+_NO_LOCKS = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP)
+
+
+def _flock(fd: int) -> bool | str:
+    """Takes the exclusive flock on `fd` without waiting: True, False when another holds it,
+    or the error's text where the file system has no locks (_NO_LOCKS)."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
         if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
             return False
+        if err.errno in _NO_LOCKS:
+            return os.strerror(err.errno)
         raise
     return True
 
 
 def _unlocked(folder: str) -> bool:
-    """No run holds the folder's lock (none may have made one)."""
+    """No run holds the folder's lock (none may have made one, or the file system has none).
+    Opened for writing where it can be: NFS emulates flock with fcntl locks, whose exclusive
+    lock needs a file open for writing."""
+    path = os.path.join(folder, LOCK)
     try:
-        fd = os.open(os.path.join(folder, LOCK), os.O_RDONLY)
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except PermissionError:
+            fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return True
     try:
-        return _flock(fd)
+        return _flock(fd) is not False
     finally:
         os.close(fd)
 

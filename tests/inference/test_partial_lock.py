@@ -34,6 +34,48 @@ def test_a_second_keeper_of_the_same_output_is_refused_until_the_first_lets_go(t
     second.close()
 
 
+@pytest.mark.parametrize("code", ["ENOSYS", "ENOLCK", "EOPNOTSUPP"])
+def test_a_file_system_without_locks_runs_unlocked_and_says_so(tmp_path, monkeypatch, code):
+    """flock fails there (Lustre without -o flock): embed and predict had stopped working."""
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    out, lines = str(tmp_path / "p.csv"), []
+    keeper = partial.Keeper(out, "logits", say=lines.append)
+    keeper.lock()
+    assert lines == [f"warning: {keeper.folder}: its file system takes no locks "
+                     f"({os.strerror(getattr(errno, code))}); nothing stops another run writing "
+                     f"{out} at the same time"]
+    assert partial._unlocked(keeper.folder)
+    keeper.close()
+    assert os.listdir(tmp_path) == []
+
+
+def test_removing_a_done_folder_leaves_a_new_run_s_lock_alone(tmp_path):
+    """remove() released its lock through close(), whose clean-up could delete the folder a
+    new run had made meanwhile, with that run's held lock in it."""
+    out = str(tmp_path / "p.csv")
+    done, newer = partial.Keeper(out, "logits"), partial.Keeper(out, "logits")
+    done.lock()
+    delete = done._delete
+
+    def then_a_new_run_starts():      # remove()'s delete, then a new run takes the folder
+        delete()
+        newer.lock()
+
+    done._delete = then_a_new_run_starts
+    done.remove()
+    assert os.listdir(newer.folder) == ["lock"]
+    assert open(os.path.join(newer.folder, "lock")).read() == f"{os.getpid()}\n"
+    with pytest.raises(partial.BusyError):
+        partial.Keeper(out, "logits").lock()
+    newer.close()
+
+
 def test_a_run_that_fails_after_taking_the_lock_leaves_no_folder(cinc_sample_dir, tmp_path,
                                                                  capsys):
     """The lock is taken before the checkpoint is read: a run refused for its checkpoint
