@@ -40,7 +40,7 @@ import numpy as np
 
 from crema_jax.cli import command, skipped_records
 from crema_jax.evaluate import ranges
-from crema_jax.runtime import files, storage
+from crema_jax.runtime import made_folders, storage
 
 COMMAND = command.Command("embed", __doc__,
                           usage="--checkpoint=DIR --input=X.npy|RECORDS --out=Y.npy")
@@ -97,7 +97,7 @@ def main(args) -> None:
         storage.check_output_file(path, inputs=[args.input, args.checkpoint,  # nothing is
                                                 *dataset_index.files_read(records or [])],
                                   overwrite=args.overwrite)  # written on error
-    new_folder = files.new_folders_note(args.out)
+    new_folder = made_folders.note(args.out)
     keeper = (partial.Keeper(args.out, "logits" if args.logits else "features")
               if resumable else None)
     if keeper is not None:  # before any work: a second run with this --out is refused now

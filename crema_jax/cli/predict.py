@@ -28,7 +28,7 @@ local --out: another started with the same --out while it runs is refused in one
 output and the running one's pid.
 """
 from crema_jax.cli import command, skipped_records
-from crema_jax.runtime import files, storage
+from crema_jax.runtime import made_folders, storage
 
 COMMAND = command.Command("predict", __doc__, usage="--model=ecgfounder --checkpoint=DIR",
                           positional="RECORD...")
@@ -78,7 +78,7 @@ def main(args) -> None:
         storage.check_output_file(path, inputs=[args.checkpoint, *args.positional,  # --overwrite
                                                 *dataset_index.files_read(paths)],  # or not
                                   overwrite=args.overwrite)
-    new_folder = files.new_folders_note(args.out) if args.out else ""
+    new_folder = made_folders.note(args.out) if args.out else ""
     keeper = partial.Keeper(args.out, "logits") if resumable else None
     if keeper is not None:  # before any work: a second run with this --out is refused now
         keeper.lock()

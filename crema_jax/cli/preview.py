@@ -7,7 +7,7 @@ import os
 
 from crema_jax.cli import command
 from crema_jax.evaluate import ranges
-from crema_jax.runtime import files, storage
+from crema_jax.runtime import made_folders, storage
 
 COMMAND = command.Command("preview", __doc__, usage="[--out=preview.png] [--record=ID]")
 COMMAND.string("out", "preview.png", "Output PNG: a path, or a URL (gs://, s3://) it is "
@@ -28,7 +28,7 @@ def main(args) -> None:
     if not args.out.lower().endswith(".png"):  # matplotlib would add ".png" to another name
         raise command.FlagValueError(f"--out={args.out}: expected a file name ending in .png")
     storage.check_output_file(args.out, overwrite=args.overwrite)  # a URL: uploaded
-    new_folder = files.new_folders_note(args.out)
+    new_folder = made_folders.note(args.out)
     from crema_jax.data.pipeline import masking  # numpy only
     if args.mask not in masking.MASKS:  # it was named as config field data.mask.name
         raise command.FlagValueError(f"--mask={args.mask}: expected one of "

@@ -116,7 +116,7 @@ def check_output_file(path, *, inputs: Iterable = (), flag: str = "--out",
     folder), not a folder, not a link; an existing file only with overwrite or when `owned`;
     its folder (or the nearest existing one above a folder still to be made) writable, so that a
     command finds it out before its work, not after. A folder still to be made is created with
-    the file, and said (new_folders_note)."""
+    the file, and said (runtime/made_folders.note)."""
     path = os.fspath(path)
     refuse_url(path, flag)  # storage.check_output_file checks an output URL
     for item in inputs:
@@ -134,21 +134,6 @@ def check_output_file(path, *, inputs: Iterable = (), flag: str = "--out",
         raise OutputError(f"{flag}={path}: the file exists; choose a new name or pass --overwrite")
     make_folder(os.path.dirname(os.path.abspath(path)), f"{flag}={path}", create=False)
     return path
-
-
-def new_folders_note(path, flag: str = "--out") -> str:
-    """What writing output file `path` will create, as the line a command prints once it is
-    written ("--out: created folder /a/b"; "" when its folder exists): a typo in the path then
-    shows at once, not as a stray tree found later. Asked before writing (after, all exist).
-    A URL: "" (an object store has no folders to create)."""
-    if is_url(path):
-        return ""
-    folder = pathlib.Path(os.path.abspath(os.fspath(path))).parent
-    missing = [p for p in (folder, *folder.parents) if not p.exists()]
-    if not missing:
-        return ""
-    made = str(missing[0]) if len(missing) == 1 else f"{missing[0]} (and above it {missing[-1]})"
-    return f"{flag}: created folder {made}"
 
 
 def check_output_dir(path, *, marker, flag: str, inputs: Iterable = (), outside: Iterable = (),

@@ -3,6 +3,7 @@ nothing there: a run refused before doing any work (a missing data.root, a faile
 error before the first batch) had left an empty workdir or output folder the user never had.
 
     made = to_make(path)      # before the run: `path` and its missing parents, deepest first
+    note(out_file, "--out")   # or the line a command prints for the folders its output makes
     ...                       # the run (it creates them as it needs)
     remove_if_empty(made)     # after it, however it ended
 
@@ -13,13 +14,13 @@ from __future__ import annotations
 
 import os
 
-from crema_jax.runtime import storage
+from crema_jax.runtime import files
 
 
 def to_make(path) -> list[str]:
     """The local folders that do not exist yet on the way to `path` (it and its missing
     parents), deepest first; none for a URL (an object store has no folders)."""
-    if storage.is_remote(str(path)):
+    if files.is_url(path):
         return []
     path = os.path.abspath(os.fspath(path))
     made = []
@@ -27,6 +28,20 @@ def to_make(path) -> list[str]:
         made.append(path)
         path = os.path.dirname(path)
     return made
+
+
+def note(path, flag: str = "--out") -> str:
+    """What writing output file `path` will create, as the line a command prints once it is
+    written ("--out: created folder /a/b"; "" when its folder exists, or for a URL): a typo in
+    the path then shows at once, not as a stray tree found later. Asked before writing (after,
+    all exist)."""
+    if files.is_url(path):
+        return ""
+    missing = to_make(os.path.dirname(os.path.abspath(os.fspath(path))))
+    if not missing:
+        return ""
+    made = missing[0] if len(missing) == 1 else f"{missing[0]} (and above it {missing[-1]})"
+    return f"{flag}: created folder {made}"
 
 
 def remove_if_empty(made: list[str]) -> None:

@@ -9,7 +9,7 @@ import fsspec
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from crema_jax.runtime import files, storage
+from crema_jax.runtime import files, made_folders, storage
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_the_local_writers_refuse_a_url_and_make_no_folder(tmp_path, monkeypatch
         files.write_atomic_group([("gs://bucket/e.npy", _text_writer("x"))])
     with pytest.raises(files.OutputError, match=r"^--hub_folder: gs://bucket/hub is a URL; "):
         files.make_folder("gs://bucket/hub", "--hub_folder")
-    assert files.new_folders_note("gs://bucket/new/p.png") == ""
+    assert made_folders.note("gs://bucket/new/p.png") == ""
     assert list(tmp_path.iterdir()) == []   # no "gs:" nor "s3:" folder
 
 
