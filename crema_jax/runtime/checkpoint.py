@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import logging
 import os
 import re
+import time
 from typing import Any
 
 import jax
@@ -29,9 +31,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from crema_jax.runtime import digests, files, trees
+from crema_jax.runtime import digests, files, storage, trees
 from crema_jax.runtime.workdir import (checkpoints_dir, complete_steps, has_train_state,
-                                       resolve_checkpoint)
+                                       is_unfinished_step_name, resolve_checkpoint)
 
 TRAIN_ITEMS = ("params", "opt_state", "rng", "data_iter", "config", "digests")
 
@@ -222,11 +224,12 @@ _STORAGE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.E
 
 
 def quiet_background_save_errors() -> None:
-    """A failed save is reported once, by SaveWatch: Orbax's own error logs of it (a traceback
-    per background thread) are dropped, and so are the failed write coroutines asyncio logs
-    when they are collected ("Task exception was never retrieved"). For this process from now
-    on (the callbacks outlive the run); `--verbose` keeps them. (The CLI drops TensorStore's
-    "Event loop is closed" tracebacks of any failed read or save: cli/command.py.)"""
+    """A failed save is reported once, by SaveWatch or save_model_checkpoint: Orbax's own error
+    logs of it (a traceback per background thread) are dropped, and so are the failed write
+    coroutines asyncio logs when they are collected ("Task exception was never retrieved"). For
+    this process from now on (the callbacks outlive the run); `--verbose` keeps them. (The CLI
+    drops TensorStore's "Event loop is closed" tracebacks of any failed read or save:
+    cli/command.py.)"""
     logging.getLogger("absl").addFilter(_drop_orbax_errors)
     logging.getLogger("asyncio").addFilter(_drop_unretrieved_task_errors)
 
@@ -257,16 +260,51 @@ def _drop_orbax_errors(record: logging.LogRecord) -> bool:
 # Model-only checkpoints (import-torch writes them; probe, finetune, embed read any checkpoint).
 # ------------------------------------------------------------------------------------------------
 def save_model_checkpoint(workdir, params, config, step: int = 0) -> epath.Path:
-    """Writes `<workdir>/checkpoints/<step>/{params,config}` synchronously; returns the step dir."""
-    with ocp.CheckpointManager(
-            checkpoints_dir(workdir), item_names=("params", "config", "digests"),
-            options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False)) as manager:
-        manager.save(step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params),
-            config=ocp.args.JsonSave(config_to_json_dict(config)),
-            digests=_digests_save(params=params)), force=True)
-        manager.wait_until_finished()
-    return checkpoints_dir(workdir) / str(step)
+    """Writes `<workdir>/checkpoints/<step>/{params,config}` synchronously; returns the step dir.
+    A failed save (a full disk) is a CheckpointSaveError, "cannot write WORKDIR: CAUSE", that
+    leaves nothing behind (see _remove_unfinished; a rerun had been told of "an unfinished
+    import from an interrupted run"); quiet_background_save_errors drops Orbax's logs of it."""
+    root = checkpoints_dir(workdir)
+    made = [] if storage.is_remote(root) else list(  # the folders the save will make
+        itertools.takewhile(lambda folder: not folder.exists(), (root, *root.parents)))
+    try:
+        with ocp.CheckpointManager(
+                root, item_names=("params", "config", "digests"),
+                options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False)) as manager:
+            manager.save(step, args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params),
+                config=ocp.args.JsonSave(config_to_json_dict(config)),
+                digests=_digests_save(params=params)), force=True)
+            manager.wait_until_finished()
+    except Exception as err:  # noqa: BLE001 - whatever the writer raised, named once
+        if not storage.is_remote(root):  # an object store's step has no temporary folder
+            _remove_unfinished(root, step, made)
+        raise CheckpointSaveError(f"cannot write {workdir}: {_cause(err)}") from err
+    return root / str(step)
+
+
+def _remove_unfinished(root: epath.Path, step: int, made: list, *, quiet_s: float = 1.0,
+                       limit_s: float = 30.0) -> None:
+    """Removes Orbax's temporary folders of `step` under `root`, then the folders `made` (the
+    innermost first) once empty. TensorStore's writes of a failed save go on in its own threads
+    after the save raised, making those folders again, so this repeats until nothing reappears
+    for `quiet_s` seconds (at most `limit_s`). Best effort: the save's error is the one told."""
+    start = quiet_since = time.monotonic()
+    while time.monotonic() - quiet_since < quiet_s and time.monotonic() - start < limit_s:
+        try:
+            found = [e for e in (root.iterdir() if root.is_dir() else ())
+                     if is_unfinished_step_name(e.name) and e.name.split(".")[0] == str(step)]
+            for entry in found:
+                entry.rmtree()
+            for folder in made:
+                if folder.is_dir() and not any(folder.iterdir()):
+                    found.append(folder)
+                    folder.rmdir()
+        except OSError:  # a file written while it was removed: the next pass
+            found = [root]
+        if found:
+            quiet_since = time.monotonic()
+        time.sleep(0.05)
 
 
 def load_model_checkpoint(path) -> tuple[dict, dict, int]:
