@@ -1,4 +1,4 @@
-"""A checkpoint's weights as a PyTorch state_dict, plus FILE.json (config): `crema-jax export-torch`.
+"""A checkpoint's weights as a PyTorch state_dict, plus FILE.json (config): crema-jax export-torch.
 
 - FILE.safetensors: flat keys, metadata {"format": "pt", "crema_model_config": JSON}.
 - FILE.json: the layout, step, model config and the full config (LOCAL_FIELDS blank), whose data
@@ -11,6 +11,7 @@ cannot express are refused with the reason), ecgfounder (Net1D checkpoints; defa
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from typing import NamedTuple
@@ -22,7 +23,7 @@ from crema_jax import config as config_lib
 from crema_jax.export import convert, safe_load, sit_layouts
 from crema_jax.models import families
 from crema_jax.runtime import checkpoint as ckpt_lib
-from crema_jax.runtime import storage, trees
+from crema_jax.runtime import made_folders, storage, trees
 
 LAYOUTS = ("crema", "stmem", "ecgfounder")
 # Config fields that say where one machine keeps things (datasets and their options, caches,
@@ -104,7 +105,16 @@ def build_state_dict(params, model_cfg, *, layout: str, include_decoder: bool
 def safetensors_writer(state_dict, model_config: dict):
     """The write(path) of a .safetensors file with the model config in its metadata."""
     meta = {"format": "pt", "crema_model_config": json.dumps(model_config)}
-    return lambda p: safetensors.numpy.save_file(state_dict, p, metadata=meta)
+    return lambda p: _write_bytes(p, safetensors.numpy.save(state_dict, metadata=meta))
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    """`data` written by Python: a full disk is then an OSError (runtime/files.py names the
+    output with it). Serialised in memory first because the native writers lose it: safetensors
+    raised its own SafetensorError, torch.save a RuntimeError ("unexpected pos 10176 vs 10070"),
+    each ending in a traceback."""
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 def sidecar_path(out: str) -> str:
@@ -189,15 +199,17 @@ def write_files(state_dict, out: str, *, layout: str, model_config: dict, full_c
         key = "state_dict" if layout == "ecgfounder" else "model"
         obj = {key: tensors, "epoch": int(step), "config": json.dumps(model_config)}
         def save(tmp):
-            with open(tmp, "wb") as f:  # a file object: torch rejects some temp file names
-                torch.save(obj, f)
+            buffer = io.BytesIO()  # see _write_bytes; a file object: torch rejects some names
+            torch.save(obj, buffer)
+            _write_bytes(tmp, buffer.getbuffer())
     else:
         raise ExportError(f"--out={out}: expected a .safetensors or .pth file name")
     side = sidecar_path(out)
     def dump(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(info, f, indent=1)
-    storage.write_atomic_group([(out, save), (side, dump)])  # or uploads them (a URL)
+    with made_folders.removed_on_failure(os.path.dirname(out)):
+        storage.write_atomic_group([(out, save), (side, dump)])  # or uploads them (a URL)
     return out, side
 
 

@@ -26,7 +26,7 @@ from crema_jax.export import export_torch, model_card, safe_load
 from crema_jax.inference import predict
 from crema_jax.models import families
 from crema_jax.runtime import checkpoint as ckpt_lib
-from crema_jax.runtime import files
+from crema_jax.runtime import files, made_folders
 
 LIBRARY = "crema_jax"
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.json", "model.safetensors", "README.md"
@@ -91,14 +91,15 @@ def write_folder(checkpoint: str, folder: str, *, include_decoder: bool = False,
     info = folder_config(config, saved, step, layout=layout)
     card = model_card.render(info, state_dict.keys())  # all made before any file is written
     text = json.dumps(info, indent=1)
-    os.makedirs(folder, exist_ok=True)
     paths = [os.path.join(folder, name) for name in FILES]
     # All three written before any replaces an old one: new weights never sit beside the old
     # config.json (whose data path import-torch would then have restored).
-    files.write_atomic_group([
-        (paths[1], export_torch.safetensors_writer(state_dict, info["model"])),
-        (paths[0], lambda tmp: _write_text(tmp, text)),
-        (paths[2], lambda tmp: _write_text(tmp, card))])
+    with made_folders.removed_on_failure(folder):
+        os.makedirs(folder, exist_ok=True)
+        files.write_atomic_group([
+            (paths[1], export_torch.safetensors_writer(state_dict, info["model"])),
+            (paths[0], lambda tmp: _write_text(tmp, text)),
+            (paths[2], lambda tmp: _write_text(tmp, card))])
     return paths
 
 

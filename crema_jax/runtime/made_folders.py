@@ -6,12 +6,14 @@ error before the first batch) had left an empty workdir or output folder the use
     note(out_file, "--out")   # or the line a command prints for the folders its output makes
     ...                       # the run (it creates them as it needs)
     remove_if_empty(made)     # after it, however it ended
+    with removed_on_failure(folder): ...   # or only when the block raises (a failed write)
 
 Only empty folders are removed: nothing a run or anyone else wrote there is lost, and a folder
 that existed before the run is never in `made`.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 from crema_jax.runtime import files
@@ -60,3 +62,15 @@ def remove_if_empty(made: list[str]) -> None:
             os.rmdir(parent)
     except OSError:                       # written meanwhile, or a link: left as it is
         pass
+
+
+@contextlib.contextmanager
+def removed_on_failure(path):
+    """The folders `to_make(path)` lists, removed while empty when the block raises: a failed
+    write (a full disk) leaves no folder it made (an empty --hub_folder had stayed)."""
+    made = to_make(path)
+    try:
+        yield
+    except BaseException:
+        remove_if_empty(made)
+        raise

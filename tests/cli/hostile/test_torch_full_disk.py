@@ -39,3 +39,27 @@ def test_a_full_disk_under_import_torch_is_one_line_and_leaves_nothing(net1d_fil
         line = _one_line(done, "import-torch", f"cannot write {out}: File too large (errno 27)")
         assert len(line) < 200 and "tensorstore" not in line, line
         assert _tree(tmp_path) == before
+
+
+@pytest.fixture(scope="module")
+def net1d_checkpoint(net1d_file, tmp_path_factory):
+    from crema_jax.cli import import_torch
+    out = tmp_path_factory.mktemp("ckpt") / "net1d"
+    import_torch.COMMAND.run(["--format=ecgfounder", str(net1d_file), f"--out={out}"])
+    return out
+
+
+@pytest.mark.parametrize("flag, name", [("--out", "new/e.safetensors"), ("--out", "e.pth"),
+                                        ("--hub_folder", "new/hub")])
+def test_a_full_disk_under_export_torch_is_one_line_and_leaves_nothing(net1d_checkpoint,
+                                                                        tmp_path, flag, name):
+    """safetensors' SafetensorError and torch.save's RuntimeError ("unexpected pos 10176 vs
+    10070") are no OSErrors: each had ended in a traceback, and --hub_folder had left its empty
+    folder. The weights are the first file written, the one the disk cannot hold."""
+    target = tmp_path / name
+    written = target / "model.safetensors" if flag == "--hub_folder" else target
+    before = _tree(tmp_path)
+    done = _cli("export-torch", f"--checkpoint={net1d_checkpoint}", f"{flag}={target}",
+                file_size_limit=LIMIT)
+    _one_line(done, "export-torch", f"cannot write {written}: File too large")
+    assert _tree(tmp_path) == before
