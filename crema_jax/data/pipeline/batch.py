@@ -46,6 +46,8 @@ EVAL_KEYS = ("patches", "patch_valid", "lead_indices")
 
 def num_patches(data_cfg: Mapping) -> int:
     crop, patch = int(data_cfg["crop_samples"]), int(data_cfg["patch_size"])
+    if patch < 1:  # a checkpoint's saved data path: 0 had been a ZeroDivisionError traceback
+        raise ValueError(f"data.patch_size={patch} must be a whole number of samples >= 1")
     if crop % patch:
         raise ValueError(f"data.crop_samples={crop} must be a multiple of data.patch_size={patch}")
     return crop // patch
