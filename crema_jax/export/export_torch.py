@@ -136,8 +136,8 @@ def saved_data(info: dict, path: str) -> dict:
 class SavedData(NamedTuple):
     """The data path an import restores: `data`, the "config"."data" of the file `where`, or
     None (the format's preset is taken) with `why_not` saying why ("" for no such file).
-    `layout` and `model`: what FILE.json says the weights beside it are (None: a hub folder,
-    whose config.json and weights are one export)."""
+    `layout` and `model`: what FILE.json, or a hub folder's config.json, says the weights
+    are (None: it says nothing), which import-torch compares with the weights."""
     where: str
     data: dict | None
     why_not: str = ""

@@ -128,9 +128,9 @@ def _write_text(path: str, text: str) -> None:
         f.write(text)
 
 
-def read_folder(folder: str) -> tuple[str, str, dict]:
-    """(weight file, layout, saved data section) of a folder write_folder wrote; a
-    CheckpointFileError naming the file and field otherwise."""
+def read_folder(folder: str) -> tuple[str, str, dict, dict | None]:
+    """(weight file, layout, saved data section, "model" or None when it is no object) of a
+    folder write_folder wrote; a CheckpointFileError naming the file and field otherwise."""
     path = os.path.join(folder, CONFIG_FILE)
     with open(path, "rb") as f:
         info = safe_load.parse_json(f.read(), path)  # nested too deeply, a 5000-digit number
@@ -145,5 +145,6 @@ def read_folder(folder: str) -> tuple[str, str, dict]:
     if not isinstance(weights, str) or os.path.basename(weights) != weights or not weights:
         raise safe_load.CheckpointFileError(
             f"{path}: \"weights\" is {weights!r}; expected a file name in the folder")
-    return os.path.join(folder, weights), layout, export_torch.saved_data(info, path)
+    model = info.get("model") if isinstance(info.get("model"), dict) else None
+    return os.path.join(folder, weights), layout, export_torch.saved_data(info, path), model
 

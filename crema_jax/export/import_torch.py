@@ -219,14 +219,14 @@ def resolve_source(source: str, fmt: str | None
     else:
         local, record = source, {"path": os.path.abspath(source)}
     if hub_folder.is_folder(local):
-        local, layout, data = hub_folder.read_folder(local)
+        local, layout, data, model = hub_folder.read_folder(local)
         if fmt not in (None, layout):
             raise safe_load.CheckpointFileError(
                 f"{source}: a folder of {layout}-layout weights; drop --format={fmt} (the "
                 "folder's config.json says its layout)")
         fmt = layout
         where = os.path.join(source, hub_folder.CONFIG_FILE) if os.path.isdir(source) else source
-        saved = export_torch.SavedData(where, data)
+        saved = export_torch.SavedData(where, data, layout=layout, model=model)
     elif os.path.isdir(local):
         raise safe_load.CheckpointFileError(
             f"{source}: a folder without {hub_folder.CONFIG_FILE}; expected a weight file or a "
@@ -246,10 +246,11 @@ def resolve_source(source: str, fmt: str | None
 
 
 def _another_models(saved: export_torch.SavedData, fmt: str, model_cfg) -> str:
-    """Why FILE.json does not describe the weights beside it ("" when it does, or says nothing):
-    written for another layout, or a model of another architecture (warm_start.architecture:
-    a JSON left beside other weights had given ECGFounder's Net1D ST-MEM's data path)."""
-    if saved.layout is None or saved.data is None:
+    """Why FILE.json, or a hub folder's config.json, does not describe the weights ("" when it
+    does, or says nothing): written for another layout, or a model of another architecture
+    (warm_start.architecture: a JSON left beside other weights had given ECGFounder's Net1D
+    ST-MEM's data path; a config.json saying width 128 beside 64-wide weights was taken)."""
+    if saved.layout is None or saved.data is None or saved.model is None:
         return ""
     if saved.layout != fmt:
         return (f"{saved.where} was written for {saved.layout}-layout weights, not "

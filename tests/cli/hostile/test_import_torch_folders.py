@@ -1,7 +1,8 @@
 """import-torch of a hub folder export-torch --hub_folder wrote, then hand-edited or damaged: a
-config.json whose data path the model cannot read, or whose "model" is not the weights' model,
-is refused naming config.json and the field, with nothing written. And a checkpoint whose saved
-data path has patch_size=0 is one line in embed, not a ZeroDivisionError traceback."""
+config.json whose data path the model cannot read is refused naming config.json and the field,
+with nothing written; one whose "model" is not the weights' is passed over for the format's
+preset, as FILE.json beside a weight file is. And a checkpoint whose saved data path has
+patch_size=0 is one line in embed, not a ZeroDivisionError traceback."""
 import json
 import shutil
 
@@ -60,3 +61,19 @@ def test_embed_of_a_checkpoint_with_patch_size_0_is_one_line(tmp_path, capsys, c
                    f"--out={tmp_path / 'y.npy'}"], capsys,
            "data.patch_size=0 must be a whole number of samples >= 1")
     assert not (tmp_path / "y.npy").exists()
+
+
+def test_a_config_json_of_another_model_is_passed_over_as_a_json_beside_a_file_is(
+        hub, tmp_path, capsys):
+    """A config.json whose "model" says width 128 beside 64-wide weights had been taken, its data
+    path with it, while FILE.json of another model beside a weight file is passed over for the
+    format's preset: both alike now, the printed line saying why."""
+    def edit(info):
+        info["model"]["width"] = 128
+        info["config"]["data"]["target_fs"] = 500.0   # what taking it would give
+    folder = _edited(hub, tmp_path, edit)
+    capsys.readouterr()
+    import_torch.COMMAND.run([str(folder), f"--out={tmp_path / 'out'}"])
+    assert (f"(data path: the crema preset; {folder / 'config.json'} describes another model "
+            "(width 128, the weights' 64): not these weights' file)") in capsys.readouterr().out
+    assert config_lib.load_checkpoint_config(tmp_path / "out").data.target_fs == 250.0
