@@ -63,18 +63,44 @@ def _dim(sd: Mapping[str, np.ndarray], axis: int, *keys: str) -> int:
     return int(shape[axis])
 
 
+def _multiple(sd: Mapping[str, np.ndarray], unit: int, what: str, *keys: str) -> int:
+    """Axis 0 of the first of `keys` present over `unit`, which must divide it: a tensor with a
+    row missing names itself (383 rows of to_qkv had been read as one 64-dim head, and the
+    key check then blamed 5 intact tensors)."""
+    rows = _dim(sd, 0, *keys)
+    if rows % unit:
+        key = _first(sd, *keys)
+        raise safe_load.CheckpointFileError(
+            f"{key} has shape {tuple(sd[key].shape)}: {rows} rows, not a multiple of {what}")
+    return rows // unit
+
+
+# Keys of ST-MEM's encoder: a full file holds them under "encoder.", an encoder-only one bare.
+_ENCODER_KEYS = ("sep_embedding", "pos_embedding", "to_patch_embedding.1.weight",
+                 "block0.attn.fn.to_qkv.weight", "norm.weight")
+
+
+def _stmem_prefix(sd: Mapping[str, np.ndarray]) -> str:
+    """"encoder." when more of the encoder's keys are there under it than bare (any key under
+    "encoder." had decided it: one stray "encoder.extra.weight" and an encoder-only file was
+    "cannot infer the model size")."""
+    nested = sum(f"encoder.{k}" in sd for k in _ENCODER_KEYS)
+    return "encoder." if nested > sum(k in sd for k in _ENCODER_KEYS) else ""
+
+
 def infer_stmem_config(sd: Mapping[str, np.ndarray]):
     """ST-MEM model config from an encoder-only or full state_dict (head_dim 64 as in ST-MEM)."""
-    t = "encoder." if any(k.startswith("encoder.") for k in sd) else ""
+    t = _stmem_prefix(sd)
     width = _dim(sd, 0, t + "sep_embedding", t + "norm.weight", t + "to_patch_embedding.3.weight")
     qkv = t + "block0.attn.fn.to_qkv."
+    heads_of = "3 x 64 (query, key and value of ST-MEM's 64-dim heads)"
     has_head = (t + "head.weight") in sd or (t + "head.bias") in sd
     fields = dict(
         patch_size=_dim(sd, 0, t + "to_patch_embedding.1.weight", t + "to_patch_embedding.1.bias"),
         num_patches=_dim(sd, 1, t + "pos_embedding") - 2,
         num_lead_embeddings=_count(sd, re.escape(t) + r"lead_embeddings\.(\d+)$"),
-        mlp_ratio=_dim(sd, 0, t + "block0.ff.fn.net.0.weight", t + "block0.ff.fn.net.0.bias")
-        // width,
+        mlp_ratio=_multiple(sd, width, f"the width {width} (a whole MLP ratio)",
+                            t + "block0.ff.fn.net.0.weight", t + "block0.ff.fn.net.0.bias"),
         num_classes=_dim(sd, 0, t + "head.weight", t + "head.bias") if has_head else 0)
     if t:
         dec_width = _dim(sd, 0, "to_decoder_embedding.weight", "to_decoder_embedding.bias",
@@ -82,12 +108,14 @@ def infer_stmem_config(sd: Mapping[str, np.ndarray]):
         fields.update(
             decoder_width=dec_width, decoder_head_dim=64,
             decoder_depth=_count(sd, r"decoder_blocks\.(\d+)\."),
-            decoder_num_heads=_dim(sd, 0, "decoder_blocks.0.attn.fn.to_qkv.weight",
-                                   "decoder_blocks.0.attn.fn.to_qkv.bias") // 3 // 64,
-            decoder_mlp_ratio=_dim(sd, 0, "decoder_blocks.0.ff.fn.net.0.weight",
-                                   "decoder_blocks.0.ff.fn.net.0.bias") // dec_width)
+            decoder_num_heads=_multiple(sd, 3 * 64, heads_of,
+                                        "decoder_blocks.0.attn.fn.to_qkv.weight",
+                                        "decoder_blocks.0.attn.fn.to_qkv.bias"),
+            decoder_mlp_ratio=_multiple(sd, dec_width, f"the decoder width {dec_width} (a whole "
+                                        "MLP ratio)", "decoder_blocks.0.ff.fn.net.0.weight",
+                                        "decoder_blocks.0.ff.fn.net.0.bias"))
     depth = _count(sd, re.escape(t) + r"block(\d+)\.")
-    heads = _dim(sd, 0, qkv + "weight", qkv + "bias") // 3 // 64
+    heads = _multiple(sd, 3 * 64, heads_of, qkv + "weight", qkv + "bias")
     return _sit_config(int(width), depth, int(heads), 64, **fields), bool(t)
 
 

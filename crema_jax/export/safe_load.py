@@ -137,7 +137,7 @@ def read_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         shown = every[:3] + ([f"and {len(every) - 3} more tensors"] if len(every) > 3 else [])
         what = ("not a complete safetensors file (truncated?)" if not problems else
                 "not a valid safetensors file")
-        raise CheckpointFileError(f"{path}: {what}:\n  " + "\n  ".join(shown))
+        raise CheckpointFileError(f"{path}: {what}: " + "; ".join(shown))
     tiling = _tiling_problem(header, len(data))
     if tiling:  # two tensors on the same bytes had been read as each other's weights
         raise CheckpointFileError(f"{path}: not a valid safetensors file: {tiling} (the format's "
@@ -307,12 +307,11 @@ def check_state_dict(state_dict: Mapping[str, np.ndarray], expected: Mapping[str
                         and v.dtype.kind == "f" and not np.isfinite(v).all())
     if not (missing or unexpected or misshaped or not_float or not_finite):
         return
-    lines = [f"{path}: does not match the {layout!r} layout of the configured model"
-             if missing or unexpected or misshaped else f"{path}: holds unusable weights"]
-    for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                         ("mis-shaped keys", misshaped), ("not floating-point", not_float),
-                         ("not finite", not_finite)):
-        if items:
-            lines.append(f"  {title} ({len(items)}):")
-            lines.extend(f"    {item}" for item in items)
-    raise CheckpointFileError("\n".join(lines))
+    # One line, as the command prints it: the groups apart (". "), each entry apart ("; ").
+    groups = [f"{title} ({len(items)}): " + "; ".join(items) for title, items in (
+        ("missing keys", missing), ("unexpected keys", unexpected),
+        ("mis-shaped keys", misshaped), ("not floating-point", not_float),
+        ("not finite", not_finite)) if items]
+    head = (f"{path}: does not match the {layout!r} layout of the configured model"
+            if missing or unexpected or misshaped else f"{path}: holds unusable weights")
+    raise CheckpointFileError(f"{head}: " + ". ".join(groups))

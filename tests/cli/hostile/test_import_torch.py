@@ -219,7 +219,8 @@ def test_a_truncated_weight_file_is_one_short_line(tmp_path, capsys):
     beyond = sum(1 for k, v in header.items() if k != "__metadata__"
                  and v["data_offsets"][1] > len(data) // 2 - 8 - int.from_bytes(data[:8], "little"))
     assert "not a complete safetensors file (truncated?): " in line
-    assert f"and {beyond - 3} more tensors" in line and len(line) < 600, line
+    assert f"; and {beyond - 3} more tensors" in line and len(line) < 600, line
+    assert line.count(" lie beyond the ") == 3 and line.count(" data bytes; ") == 3, line
 
 
 def test_weights_that_are_nan_or_integers_are_refused_naming_each_tensor(tmp_path, capsys):
@@ -232,7 +233,7 @@ def test_weights_that_are_nan_or_integers_are_refused_naming_each_tensor(tmp_pat
         return sd
 
     line = _import_fails(tmp_path, capsys, _crema_file(tmp_path, "nan", poison))
-    assert "holds unusable weights not finite (1): " in line and "2 NaN or inf values" in line
+    assert "holds unusable weights: not finite (1): " in line and "2 NaN or inf values" in line
     ints = _crema_file(tmp_path, "ints", lambda sd: {k: np.round(v * 100).astype(np.int32)
                                                     for k, v in sd.items()})
     line = _import_fails(tmp_path, capsys, ints)
