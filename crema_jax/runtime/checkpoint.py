@@ -314,7 +314,7 @@ def load_model_checkpoint(path) -> tuple[dict, dict, int]:
     Works for training and model-only checkpoints and for any mesh they were written on:
     arrays come back to host memory, the caller places them.
     """
-    root, step = resolve_checkpoint(path)
+    root, step = _resolve(path)
     # read_only makes Orbax warn "Given directory is read only" on every read: it is meant.
     # The step's _CHECKPOINT_METADATA (Orbax's timestamps) is not read for anything here: a
     # damaged one logged its content on ERROR lines, 2-4 per read, for a checkpoint that loads.
@@ -351,6 +351,26 @@ def load_model_checkpoint(path) -> tuple[dict, dict, int]:
     params = trees.int_keys(restored["params"])
     _check_finite(params, params_dir)
     return params, load_saved_config(root / str(step)), step
+
+
+def _resolve(path) -> tuple[epath.Path, int]:
+    """resolve_checkpoint(path); its refusal of a hub folder (PyTorch weights and the
+    config.json of a crema_jax library, as export-torch --hub_folder writes) says how to read
+    one: it had said only "no complete checkpoint found"."""
+    try:
+        return resolve_checkpoint(path)
+    except FileNotFoundError as err:
+        config = epath.Path(path) / "config.json"
+        try:
+            hub = json.loads(config.read_text()).get("library_name") == "crema_jax"
+        except (OSError, ValueError, AttributeError, RecursionError):
+            hub = False
+        if not hub:
+            raise
+        raise FileNotFoundError(
+            f"{err}; {path} is a hub folder of PyTorch weights (export-torch --hub_folder "
+            f"writes them): run `crema-jax import-torch {path} --out=DIR` first, then pass "
+            "the checkpoint DIR") from None
 
 
 def _check_finite(params, params_dir) -> None:
@@ -423,7 +443,7 @@ class DamagedConfigError(ValueError):
 def load_saved_config(path) -> dict:
     """Only the saved config (a JSON dict) of the latest complete checkpoint under `path` (or
     of the step dir `path`); DamagedConfigError naming the file when it does not read."""
-    root, step = resolve_checkpoint(path)
+    root, step = _resolve(path)
     file = root / str(step) / "config" / "metadata"
     return files.load_json(file.read_text, file, dict, DamagedConfigError,
                            " (the checkpoint's saved config)")

@@ -77,3 +77,20 @@ def test_a_config_json_of_another_model_is_passed_over_as_a_json_beside_a_file_i
     assert (f"(data path: the crema preset; {folder / 'config.json'} describes another model "
             "(width 128, the weights' 64): not these weights' file)") in capsys.readouterr().out
     assert config_lib.load_checkpoint_config(tmp_path / "out").data.target_fs == 250.0
+
+
+def test_a_hub_folder_given_as_a_checkpoint_says_to_import_it_first(hub, tmp_path, capsys,
+                                                                     cinc_sample_dir):
+    """--checkpoint=HUB had said only "no complete checkpoint found"."""
+    hint = (f"; {hub} is a hub folder of PyTorch weights (export-torch --hub_folder writes them): "
+            f"run `crema-jax import-torch {hub} --out=DIR` first, then pass the checkpoint DIR")
+    line = _fails(embed, [f"--checkpoint={hub}", f"--input={cinc_sample_dir}",
+                          f"--out={tmp_path / 'y.npy'}"], capsys, hint)
+    assert "no complete checkpoint found" in line and line.endswith(hint), line
+    _fails(export_torch, [f"--checkpoint={hub}", f"--out={tmp_path / 'w.safetensors'}"], capsys,
+           hint)
+    (tmp_path / "other").mkdir()   # a folder with another program's config.json: no hint
+    (tmp_path / "other" / "config.json").write_text('{"architectures": ["X"]}')
+    line = _fails(embed, [f"--checkpoint={tmp_path / 'other'}", f"--input={cinc_sample_dir}",
+                          f"--out={tmp_path / 'y.npy'}"], capsys, "no complete checkpoint found")
+    assert "import-torch" not in line
