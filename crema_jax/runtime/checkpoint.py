@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import itertools
 import json
 import logging
 import os
@@ -31,7 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from crema_jax.runtime import digests, files, storage, trees
+from crema_jax.runtime import digests, files, made_folders, storage, trees
 from crema_jax.runtime.workdir import (checkpoints_dir, complete_steps, has_train_state,
                                        is_unfinished_step_name, resolve_checkpoint)
 
@@ -265,8 +264,7 @@ def save_model_checkpoint(workdir, params, config, step: int = 0) -> epath.Path:
     leaves nothing behind (see _remove_unfinished; a rerun had been told of "an unfinished
     import from an interrupted run"); quiet_background_save_errors drops Orbax's logs of it."""
     root = checkpoints_dir(workdir)
-    made = [] if storage.is_remote(root) else list(  # the folders the save will make
-        itertools.takewhile(lambda folder: not folder.exists(), (root, *root.parents)))
+    made = made_folders.to_make(root)  # the folders the save will make (none for a URL)
     try:
         with ocp.CheckpointManager(
                 root, item_names=("params", "config", "digests"),
@@ -283,12 +281,13 @@ def save_model_checkpoint(workdir, params, config, step: int = 0) -> epath.Path:
     return root / str(step)
 
 
-def _remove_unfinished(root: epath.Path, step: int, made: list, *, quiet_s: float = 1.0,
+def _remove_unfinished(root: epath.Path, step: int, made: list[str], *, quiet_s: float = 1.0,
                        limit_s: float = 30.0) -> None:
-    """Removes Orbax's temporary folders of `step` under `root`, then the folders `made` (the
-    innermost first) once empty. TensorStore's writes of a failed save go on in its own threads
-    after the save raised, making those folders again, so this repeats until nothing reappears
-    for `quiet_s` seconds (at most `limit_s`). Best effort: the save's error is the one told."""
+    """Removes Orbax's temporary folders of `step` under `root`, then the folders `made`
+    (made_folders.to_make) once nothing is in them. TensorStore's writes of a failed save go on
+    in its own threads after the save raised, making those folders again, so this repeats until
+    nothing reappears for `quiet_s` seconds (at most `limit_s`). Best effort: the save's error
+    is the one told."""
     start = quiet_since = time.monotonic()
     while time.monotonic() - quiet_since < quiet_s and time.monotonic() - start < limit_s:
         try:
@@ -296,10 +295,10 @@ def _remove_unfinished(root: epath.Path, step: int, made: list, *, quiet_s: floa
                      if is_unfinished_step_name(e.name) and e.name.split(".")[0] == str(step)]
             for entry in found:
                 entry.rmtree()
-            for folder in made:
-                if folder.is_dir() and not any(folder.iterdir()):
-                    found.append(folder)
-                    folder.rmdir()
+            if made and os.path.isdir(made[0]):
+                made_folders.remove_if_empty(made)
+                if not os.path.isdir(made[0]):   # removed this pass
+                    found.append(made[0])
         except OSError:  # a file written while it was removed: the next pass
             found = [root]
         if found:
