@@ -345,12 +345,7 @@ def validate(config) -> None:
     for field, allowed in family.field_choices.items():
         _one_of(c, f"model.{field}", allowed)
     validate_model(c)
-    if family.reads_patches:
-        _check(c.model.patch_size == c.data.patch_size, "model.patch_size", c.model.patch_size,
-               f"data.patch_size={c.data.patch_size} (the patches the data path cuts)")
-        _check(c.model.num_patches == c.data.crop_samples // c.data.patch_size,
-               "model.num_patches", c.model.num_patches,
-               f"data.crop_samples / data.patch_size = {c.data.crop_samples // c.data.patch_size}")
+    validate_patches(c)
     if "projector" in losses.TRAINS.get(c.loss.name, ()):
         _check(c.data.num_views == 2, "data.num_views", c.data.num_views,
                f"2 for loss {c.loss.name!r} (its contrastive term pairs two views)")
@@ -365,6 +360,25 @@ def validate(config) -> None:
     _check(batch % accum == 0, "optim.grad_accum_steps", accum,
            f"a divisor of train.global_batch_size={batch} (each optimizer step's batch is "
            f"split into this many equal micro-batches)", related=("train.global_batch_size",))
+
+
+def validate_patches(config) -> None:
+    """The data path cuts the patches a patch-reading model's weights read: data.patch_size is
+    model.patch_size and data.crop_samples is model.num_patches x model.patch_size. `validate`
+    checks it for a run; import-torch for a saved data path (config.json's patch_size=0 or
+    crop_samples=7 had imported, embed then failing with a ZeroDivisionError or a refusal)."""
+    from crema_jax.models import families
+    model, data = config.model, config.data
+    if not families.family_of(model).reads_patches:
+        return
+    _check(data.patch_size == model.patch_size, "data.patch_size", data.patch_size,
+           f"the model's patch_size {model.patch_size} (the patches its weights read)",
+           related=("model.patch_size",))
+    crop = model.num_patches * model.patch_size
+    _check(data.crop_samples == crop, "data.crop_samples", data.crop_samples,
+           f"{crop}, the model's num_patches {model.num_patches} x patch_size "
+           f"{model.patch_size} (the patches a lead its weights read)",
+           related=("model.num_patches", "model.patch_size"))
 
 
 def _check_mesh_rules(mesh) -> None:

@@ -73,3 +73,19 @@ def test_a_layout_option_the_layout_has_not_is_refused_with_the_config():
         "'val_fracton'; it takes val_fraction, test_fraction, label_names, source")
     config.data.layout_options = {"val_fraction": 0.1}
     config_checks.validate(config)
+
+
+def test_a_model_whose_patches_the_data_path_does_not_cut_is_refused_naming_both():
+    """validate_patches, for a run as for an import: model.num_patches 20 against a crop of
+    crop_samples / patch_size patches is told as the crop the model reads (num_patches x
+    patch_size), an override of either field a usage error (related)."""
+    config = config_lib.load_config_file(TINY)
+    patch = config.data.patch_size
+    config.model.num_patches = 20
+    with pytest.raises(config_checks.ConfigValueError) as err:
+        config_checks.validate(config)
+    assert str(err.value) == (
+        f"config.data.crop_samples={config.data.crop_samples}: expected {20 * patch}, the "
+        f"model's num_patches 20 x patch_size {patch} (the patches a lead its weights read)")
+    assert err.value.config_field == "data.crop_samples"
+    assert set(err.value.related) == {"model.num_patches", "model.patch_size"}

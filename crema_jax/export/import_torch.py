@@ -266,25 +266,6 @@ def _another_models(saved: export_torch.SavedData, fmt: str, model_cfg) -> str:
             "file") if diff else ""
 
 
-def _check_patches(config) -> None:
-    """ValueError unless the data path cuts the patches the model's weights read (a SiT's:
-    model.num_patches patches of model.patch_size samples a lead): config.json's patch_size=0
-    or crop_samples=7 had imported, embed then failing with a ZeroDivisionError or a refusal.
-    config_checks.validate checks them for a run, among checks a saved data path need not pass
-    (a pretraining mask over ECGFounder's one-patch crop)."""
-    model, data = config.model, config.data
-    if not families.family_of(model).reads_patches:
-        return
-    if data.patch_size != model.patch_size:
-        raise ValueError(f"config.data.patch_size={data.patch_size!r}: expected the model's "
-                         f"patch_size {model.patch_size} (the patches its weights read)")
-    crop = model.num_patches * model.patch_size
-    if data.crop_samples != crop:
-        raise ValueError(f"config.data.crop_samples={data.crop_samples!r}: expected {crop}, the "
-                         f"model's num_patches {model.num_patches} x patch_size "
-                         f"{model.patch_size} (the patches a lead its weights read)")
-
-
 def _earlier_import(out: str) -> str | None:
     """What an earlier import left in `out`, as the refusal says it, when `out` holds only
     `checkpoints/`: only Orbax's temporary step folders (or nothing) -- an interrupted import
@@ -339,7 +320,7 @@ def run_import(source: str, fmt: str | None, out: str, *, seed: int = 0
             config.data = config_lib.from_saved({"model": {"name": model_cfg.name},
                                                  "data": saved.data}).data
             config_checks.validate_data(config)
-            _check_patches(config)
+            config_checks.validate_patches(config)
         except (ValueError, OverflowError) as err:
             raise safe_load.CheckpointFileError(f"{saved.where}: its data path (\"config\"."
                                                 f"\"data\") has {err}") from None
