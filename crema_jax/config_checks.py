@@ -8,7 +8,7 @@ import numbers
 
 import ml_collections
 
-from crema_jax.runtime.ranges import COUNT, INDEX, NUM_WORKERS, READ_THREADS, Range
+from crema_jax.runtime.ranges import COUNT, INDEX, READERS, Range
 
 
 class ConfigValueError(ValueError):
@@ -72,7 +72,7 @@ _DOMAINS = {
         "optim.warmup_steps", "train.seed", "train.stop_after_steps", "train.num_processes",
         "data.seed", "data.synthetic_records", "evals.fewshot_probe.seed",
         "evals.reconstruction.seed")},
-    "data.num_workers": NUM_WORKERS, "data.read_threads": READ_THREADS,
+    "data.num_workers": READERS, "data.read_threads": READERS,
     **{f: _NON_NEGATIVE for f in (
         "optim.base_lr", "optim.weight_decay", "optim.min_lr", "loss.contrastive_weight",
         "data.window_seconds")},

@@ -62,7 +62,7 @@ def add(cmd: command.Command) -> None:
                 "count; frozen features: at most the records there are).", lower_bound=1,
                 upper_bound=ranges.MAX_EVAL_BATCH)
     cmd.integer("num_workers", 0, "Grain worker processes reading records.",
-                lower_bound=ranges.NUM_WORKERS.low, upper_bound=ranges.NUM_WORKERS.high)
+                lower_bound=ranges.READERS.low, upper_bound=ranges.READERS.high)
     cmd.integer("bootstrap", 1000, "Bootstrap resamples for the 95% CI.",
                 lower_bound=ranges.BOOTSTRAP.low, upper_bound=ranges.BOOTSTRAP.high)
     cmd.integer("seed", 0, "Seed of splits, label fractions, init, bootstrap and permutation "

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from crema_jax.data.reading.limits import FS_RANGE
 # The generic ranges (and Range itself) are runtime/ranges.py's, shared with the config's checks.
-from crema_jax.runtime.ranges import (COUNT, FRACTION, INDEX, NON_NEGATIVE, NUM_WORKERS,
-                                      POSITIVE, Range)
+from crema_jax.runtime.ranges import (COUNT, FRACTION, INDEX, NON_NEGATIVE, POSITIVE,
+                                      READERS, Range)
 
 MIN_FOLDS = 3  # K-fold cross-validation: a test fold, a validation fold and a training fold
 FOLDS_TEXT = (f"expected 0 (the layout's splits) or at least {MIN_FOLDS} (a test, a validation "
@@ -50,12 +50,12 @@ DATASET = {"folds": INDEX, "min_positives": COUNT}   # a benchmark task file's d
 # extraction is cut to the records there are (frozen_features.extract_features).
 MAX_EVAL_BATCH = 65_536
 # Seeds a PRNG takes (2**64 had been an OverflowError traceback); bootstrap resamples a run can
-# finish (10**9 had run for ever). Reader processes: runtime/ranges.py's NUM_WORKERS, the config's.
+# finish (10**9 had run for ever). Reader processes: runtime/ranges.py's READERS, the config's.
 SEED = Range(0, 2**32 - 1, integer=True)
 BOOTSTRAP = Range(1, 100_000, integer=True)
 SUITE = {"bootstrap": BOOTSTRAP, "alpha": Range(0, 1, low_open=True, high_open=True),
          "seed": SEED, "batch_size": Range(1, MAX_EVAL_BATCH, integer=True),
-         "num_workers": NUM_WORKERS}
+         "num_workers": READERS}
 
 
 def split_fractions_ok(values) -> bool:

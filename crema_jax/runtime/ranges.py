@@ -84,5 +84,4 @@ INDEX = Range(0, integer=True)
 # processes, taken ~15 GB and then ignored SIGTERM and Ctrl-C (only SIGKILL ended it, its
 # workdir's lock left behind); 10**20 evaluation workers had run for ever.
 MAX_READERS = 256
-NUM_WORKERS = Range(0, MAX_READERS, integer=True)
-READ_THREADS = Range(0, MAX_READERS, integer=True)
+READERS = Range(0, MAX_READERS, integer=True)
