@@ -16,6 +16,8 @@ its value.
 Anything the fast path does not take (a bit stream that ends early or holds an invalid code or a
 switch to an unknown table, a code prefix over 16 bits or more than 32 extra bits) goes to
 `reference`, ecgdatakit's own decoder: its result, or its error message, is then the one given.
+So does a stream of more than MAX_STATES bits x tables in the bytes `count` values can need
+(`decode`): the fast path's memory and time grow with those, the reference's with `count`.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ MAX_EXTRA_BITS = 32   # a code's bits after its prefix that it reads (40-bit win
 LOG_STRIDE = 5        # the chain of codes is walked 2**5 codes a step, then filled in
 STRIDE = 1 << LOG_STRIDE
 STOP = 1 << 40        # the bits "taken" by an invalid code: past any stream's end
+MAX_STATES = 1 << 23  # the (bit position, table) states the fast path takes (~0.3 GB at most)
 
 
 def _patterns(data: bytes, bits: int) -> np.ndarray:
@@ -157,12 +160,19 @@ def _fast(data: bytes, count: int, tables) -> np.ndarray | None:
 
 def decode(data: bytes, count: int, tables, what: str, reference) -> np.ndarray:
     """`count` values from the Huffman bit stream `data` (MSB first) in `tables`, as
-    `reference(data, count, tables, what)` (ecgdatakit's decoder) gives them."""
+    `reference(data, count, tables, what)` (ecgdatakit's decoder) gives them. The fast path is
+    given only the bytes that `count` codes of the longest total bits span, and only where their
+    bits times the tables (its memory and time) are at most MAX_STATES; a larger stream, or one
+    whose values go on past those bytes (table switches between them), goes to `reference`."""
     if count == 0 or any(c.total_bits - c.prefix_bits > MAX_EXTRA_BITS
                          or c.prefix_bits > MAX_PREFIX_BITS
                          for table in tables for c in table.codes.values()):
         return reference(data, count, tables, what)
-    values = _fast(data, count, tables)
+    longest = max((c.total_bits for table in tables for c in table.codes.values()), default=0)
+    needed = data[:count * longest // 8 + 1]
+    if 8 * len(needed) * len(tables) > MAX_STATES:
+        return reference(data, count, tables, what)
+    values = _fast(needed, count, tables)
     return reference(data, count, tables, what) if values is None else values
 
 

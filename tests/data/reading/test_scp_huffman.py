@@ -159,3 +159,71 @@ def test_a_stream_cut_inside_a_codes_extra_bits_is_the_reference_decoders_error(
         scp_huffman.decode(data, 3, [ecg_parser._DEFAULT_TABLE], "Section 6", _reference)
     assert scp_huffman._fast(data, 3, [ecg_parser._DEFAULT_TABLE]) is None
     assert scp_huffman._fast(data, 2, [ecg_parser._DEFAULT_TABLE]).tolist() == [5, -3]
+
+
+def test_a_long_tail_past_the_values_is_not_decoded_in_every_table(monkeypatch):
+    """1,000 values in 20 tables, then 100 KB the values never reach: the fast path was given
+    all of it (every bit position in every table: 3.4 s and ~500 MB, an 8 MB stream of dozens
+    of tables past any worker's memory); now only the bytes 1,000 codes can span."""
+    import tracemalloc
+    rng = np.random.default_rng(5)
+    spec = [_random_table(rng, 3, complete=True) for _ in range(3)]
+    spec += [_random_table(rng, 1, complete=True) for _ in range(17)]   # tables never used
+    tables = ecg_parser._parse_huffman_tables(_section2(spec))
+    data, expected = _encode(rng, spec, 1000)
+    data += rng.integers(0, 256, 100_000, dtype=np.uint8).tobytes()
+    given = []
+    fast = scp_huffman._fast
+    monkeypatch.setattr(scp_huffman, "_fast", lambda *a: given.append(len(a[0])) or fast(*a))
+    longest = max(c[2] for table in spec for c in table)
+    tracemalloc.start()
+    try:
+        decoded = scp_huffman.decode(data, 1000, tables, "Section 6", _refuse)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert given == [1000 * longest // 8 + 1] and peak < 64 << 20
+    assert decoded.tolist() == expected.tolist()
+    assert _reference(data, 1000, tables, "Section 6").tolist() == expected.tolist()
+
+
+# Table 1: "1" a switch to table 2, "01" the value 3, "00" 4; table 2: "1" back to table 1,
+# "0" the value 9. Every code is 1 or 2 bits: 100 values span at most 26 bytes.
+_SWITCHING = [[(1, "1", 1, 0, 2), (2, "01", 2, 1, 3), (2, "00", 2, 1, 4)],
+              [(1, "1", 1, 0, 1), (1, "0", 1, 1, 9)]]
+
+
+def _bits(text: str) -> bytes:
+    text += "0" * (-len(text) % 8)
+    return int(text, 2).to_bytes(len(text) // 8, "big")
+
+
+def test_values_past_the_bytes_their_codes_span_are_decoded_from_the_whole_stream():
+    """1,000 table switches before the 100 values: the bytes 100 codes can span hold none of
+    them, so the whole stream is decoded (by the reference), to the same values and errors (the
+    7 bits padding the last byte are 3 more fours and a bit)."""
+    tables = ecg_parser._parse_huffman_tables(_section2(_SWITCHING))
+    data = _bits("11" * 500 + "01" * 50 + "1" + "0" * 25 + "1" + "00" * 25)
+    expected = [3] * 50 + [9] * 25 + [4] * 25
+    assert scp_huffman.decode(data, 100, tables, "Section 6", _reference).tolist() == expected
+    assert _outcome(scp_huffman.decode, data, 104, tables, "Section 6", _reference) == \
+        "CorruptedFileError: SCP Section 6: Huffman data ends after 103 of 104 samples"
+
+
+def test_a_stream_over_the_state_budget_goes_to_the_reference_decoder(monkeypatch):
+    """Bits x tables past MAX_STATES: the reference decodes it (on all the bytes) and the fast
+    path is not run; at the budget, the fast path is."""
+    tables = ecg_parser._parse_huffman_tables(_section2(_SWITCHING))
+    data = _bits("01" * 300 + "1" + "0" * 300)   # 300 threes, then table 2's 300 nines: 113 B
+    expected = [3] * 300 + [9] * 300
+    calls = []
+
+    def reference(*args):
+        calls.append(len(args[0]))
+        return _reference(*args)
+
+    monkeypatch.setattr(scp_huffman, "MAX_STATES", 8 * 113 * 2 - 1)   # 113 bytes, 2 tables
+    assert scp_huffman.decode(data, 600, tables, "x", reference).tolist() == expected
+    assert calls == [len(data)]
+    monkeypatch.setattr(scp_huffman, "MAX_STATES", 8 * 113 * 2)
+    assert scp_huffman.decode(data, 600, tables, "x", _refuse).tolist() == expected
