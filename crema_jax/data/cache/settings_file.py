@@ -55,27 +55,27 @@ def has_patient_ids(index) -> bool:
     return any(patient_id_of(r.meta.get("patient_id")) is not None for r in index.records)
 
 
-def _salt_problem(out: str, before, now, changed: list) -> str | None:
-    """Why a patient_salt_check differs, where that is the cause (`changed` loses it where the
-    records' change, named after, is: ids that appear or vanish with the records)."""
+def _salt_problem(out: str, before, now, changed: list) -> tuple[str | None, list]:
+    """(why patient_salt_check differs, where that is the cause; the `changed` keys left to
+    name): ids that appear or vanish along with other changes (records_sha1: records added,
+    removed or relabelled) are named by those, patient_salt_check dropped from the list."""
     if "patient_salt_check" not in changed:
-        return None
+        return None, changed
     if before and now:   # clinical exports' ids change records_sha1 too
         return (f"{out} holds a cache whose patient ids were hashed with another "
                 f"{clinical.SALT_ENV} (patient_salt_check): resumed, one patient would get two "
-                "ids; set the salt it was built with, or use a new --out folder")
+                "ids; set the salt it was built with, or use a new --out folder"), changed
     if changed != ["patient_salt_check"]:
-        changed.remove("patient_salt_check")
-        return None
+        return None, [key for key in changed if key != "patient_salt_check"]
     if before:
         return (f"{out} holds a cache of these records whose settings.json has a patient-id salt "
                 "check (patient_salt_check) although none of them has a patient id (each is "
                 "blank or a missing-value word: NaN, N/A, ...; an earlier version counted such "
                 "words as ids): its rows hold no ids, but its shards were written for that "
-                "settings.json; use a new --out folder")
+                "settings.json; use a new --out folder"), changed
     return (f"{out} holds a cache whose settings.json records no patient ids "
             "(patient_salt_check null) but these records have some: resumed, its rows would "
-            "lack the ids the new ones keep; use a new --out folder")
+            "lack the ids the new ones keep; use a new --out folder"), changed
 
 
 def check_or_write(out: str, settings: dict, *, write: bool) -> None:
@@ -92,8 +92,8 @@ def check_or_write(out: str, settings: dict, *, write: bool) -> None:
             raise PrepareError(f"{path}: not the settings of a crema_jax cache (no \"format\": "
                                f"\"{settings['format']}\"); use a new --out folder")
         changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-        salt = _salt_problem(out, old.get("patient_salt_check"), settings["patient_salt_check"],
-                             changed)
+        salt, changed = _salt_problem(out, old.get("patient_salt_check"),
+                                      settings["patient_salt_check"], changed)
         if salt:
             raise PrepareError(salt)
         if changed == ["records_sha1"]:

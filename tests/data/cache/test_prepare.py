@@ -2,6 +2,7 @@
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -113,6 +114,26 @@ def test_a_rerun_after_records_changed_is_refused_not_resumed(tmp_path, cinc_sam
     os.utime(signal, ns=(stat.st_mtime_ns + 10**9,) * 2)
     with pytest.raises(prepare.PrepareError, match=r"\(records_sha1\); use a new --out folder"):
         check()
+
+
+def test_patient_ids_that_come_with_other_changes_are_named_by_those(tmp_path):
+    """A patient_salt_check that appears along with changed records or settings: the error
+    names those (ids came with the records), not the salt; on its own, the salt check."""
+    from crema_jax.data.cache import prepare, record_format, settings_file
+
+    out = str(tmp_path / "cache")
+    os.makedirs(out)
+    before = {"format": record_format.FORMAT, "dtype": "float16", "records_sha1": "a",
+              "patient_salt_check": None}
+    settings_file.check_or_write(out, before, write=True)
+    with_ids = {**before, "patient_salt_check": "p0123"}
+    for now, error in [
+            ({**with_ids, "records_sha1": "b"}, "one or more was relabelled, rewritten, added or "
+             "removed since (records_sha1); use a new --out folder"),
+            ({**with_ids, "dtype": "float32"}, "built with other settings (changed: dtype); use"),
+            (with_ids, "records no patient ids (patient_salt_check null) but these records")]:
+        with pytest.raises(prepare.PrepareError, match=re.escape(error)):
+            settings_file.check_or_write(out, now, write=True)
 
 
 def test_a_cache_finds_its_duplicates_without_its_source_files(tmp_path, cinc_sample_dir,
