@@ -178,7 +178,8 @@ def expand_records(spec: str) -> list[str]:
     paths ('a,b', with or without .hea/.mat/.dat), globs ('dir/*.hea', 'exports/*.xml') or
     folders (every WFDB record, signal file without its header and hospital export file below
     them, sorted: _folder_records); a glob's matches are records as _glob_records says (a
-    signal file a header beside it names is that header's record, as in a folder).
+    signal file a header beside it names is that header's record, as in a folder; so is one
+    named as is: _signal_file_records).
     A file of another kind (a hospital export) keeps its extension, also when a WFDB record of
     its stem is beside it (E07501.dcm and E07501.hea are two records); any other file beside
     a header of its stem (r.atr, r.xws beside r.hea) is the record's side file, no record. A
@@ -196,6 +197,7 @@ def expand_records(spec: str) -> list[str]:
     # Items of a comma-separated list lose the spaces around them, a whole path keeps its own.
     items = ([spec] if os.path.exists(spec) or os.path.exists(spec + ".hea")
              else [s.strip() for s in spec.split(",")])
+    owners: dict = {}   # _signal_owners' headers read, per folder
     for item in items:
         unreadable: list[str] = []
         if not item:
@@ -206,10 +208,12 @@ def expand_records(spec: str) -> list[str]:
             matches = safe_files.glob_paths(item, unreadable=unreadable)
             if not matches and not unreadable:
                 raise FileNotFoundError(f"{item}: the pattern matches no file")
-            found = _glob_records(matches)
+            found = _glob_records(matches, owners)
             if not unreadable and not any(map(_may_be_record, found)):
                 raise FileNotFoundError(_none_is_a_record(item, matches))
             out += found
+        elif item.endswith(wfdb_header.SIGNAL_SUFFIXES):
+            out += _signal_file_records(item, owners) or [item[:-4]]
         else:
             out.append(item[:-4] if item.endswith(wfdb_header.FILE_EXTENSIONS) else item)
         out += sorted(unreadable)
@@ -266,20 +270,29 @@ def _signal_owners(folder: str, known: dict) -> dict[str, list[str]]:
     return known[folder]
 
 
-def _glob_records(matches: list[str]) -> list[str]:
+def _signal_file_records(path: str, owners: dict) -> list[str] | None:
+    """The records of a WFDB signal file without a header of its stem (a glob's match or a
+    path as given): those whose headers beside it name it (shared.mat named by E1.hea; it had
+    been a record of its own, skipped as missing_header), else its stem's; None for any other
+    path. `owners`: _signal_owners' headers read so far."""
+    stem, ext = os.path.splitext(path)
+    if ext.lower() not in wfdb_header.SIGNAL_SUFFIXES or os.path.isfile(stem + ".hea"):
+        return None
+    return _signal_owners(os.path.dirname(path), owners).get(os.path.normpath(path)) or [stem]
+
+
+def _glob_records(matches: list[str], owners: dict) -> list[str]:
     """The records of a glob's matches, in their order: a WFDB file's record; a signal file
-    without a header of its stem that headers beside it name (shared.mat named by E1.hea),
-    their records (it had been listed as a record of its own, skipped as missing_header); a
-    file beside a header of its stem (r.atr beside r.hea) its record's signal file when the
-    header names it, an export file when its bytes say so (E07501.dcm), else a side file left
-    out; any other file as is."""
+    without a header of its stem, _signal_file_records'; a file beside a header of its stem
+    (r.atr beside r.hea) its record's signal file when the header names it, an export file
+    when its bytes say so (E07501.dcm), else a side file left out; any other file as is."""
     from crema_jax.data.reading import clinical, wfdb_records
-    out, owners = [], {}
+    out = []
     for path in matches:
-        stem, ext = os.path.splitext(path)
-        if ext.lower() in wfdb_header.SIGNAL_SUFFIXES and not os.path.isfile(stem + ".hea"):
-            out += _signal_owners(os.path.dirname(path), owners).get(
-                os.path.normpath(path)) or [stem]
+        stem = os.path.splitext(path)[0]
+        signal_records = _signal_file_records(path, owners)
+        if signal_records is not None:
+            out += signal_records
         elif wfdb_header.record_name(path) != path or not os.path.isfile(stem + ".hea"):
             out.append(wfdb_header.record_name(path))
         elif wfdb_records.names_file(stem + ".hea", path):

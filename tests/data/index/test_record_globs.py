@@ -43,3 +43,17 @@ def test_a_signal_file_two_headers_name_is_both_records_and_a_lone_one_still_ref
     with pytest.raises(FileNotFoundError, match="1 file matched, none is a record: WFDB needs "
                        "the .hea header beside a signal file: lone.mat"):
         dataset_index.expand_records(str(root / "lone.mat*"))
+
+
+def test_a_signal_file_named_as_is_is_the_record_whose_header_names_it(shared_signal):
+    """The path shared.mat, as a glob of it did, names E07500 (it had been record "shared",
+    skipped as missing_header); a signal file no header names is still its stem's record."""
+    root = str(shared_signal)
+    shared = os.path.join(root, "shared.mat")
+    assert dataset_index.expand_records(os.path.join(root, "shared.m?t")) == \
+        dataset_index.expand_records(shared) == [os.path.join(root, "E07500")]
+    assert dataset_index.expand_records(f"{shared}, {root}/E07501.mat") == [
+        os.path.join(root, "E07500"), os.path.join(root, "E07501")]
+    os.rename(shared_signal / "E07501.mat", shared_signal / "lone.mat")
+    assert dataset_index.expand_records(os.path.join(root, "lone.mat")) == [
+        os.path.join(root, "lone")]
