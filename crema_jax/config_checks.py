@@ -372,12 +372,12 @@ def validate_patches(config) -> None:
     if not families.family_of(model).reads_patches:
         return
     _check(data.patch_size == model.patch_size, "data.patch_size", data.patch_size,
-           f"the model's patch_size {model.patch_size} (the patches its weights read)",
+           f"the model's patch_size {model.patch_size} (the patches the model reads)",
            related=("model.patch_size",))
     crop = model.num_patches * model.patch_size
     _check(data.crop_samples == crop, "data.crop_samples", data.crop_samples,
            f"{crop}, the model's num_patches {model.num_patches} x patch_size "
-           f"{model.patch_size} (the patches a lead its weights read)",
+           f"{model.patch_size} (the patches a lead the model reads)",
            related=("model.num_patches", "model.patch_size"))
 
 

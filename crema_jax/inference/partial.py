@@ -60,6 +60,13 @@ LOCK = "lock"
 FLUSH_SECONDS = 10.0
 _CHUNK = re.compile(r"chunk-(\d{6})\.npz")
 _OURS = re.compile(r"\.?(manifest\.json|chunk-\d{6}\.npz)(\..*\.tmp)?|lock")  # temporaries too
+
+
+def _ours(folder: str, name: str) -> bool:
+    """An entry of the folder this module writes: one of its names, and a plain file (a link
+    named `lock` had been followed, its target overwritten with the pid)."""
+    path = os.path.join(folder, name)
+    return bool(_OURS.fullmatch(name)) and os.path.isfile(path) and not os.path.islink(path)
 _TEST_SIGNALS = {"CREMA_JAX_TEST_KILL_AFTER_CHUNK": signal.SIGKILL,
                  "CREMA_JAX_TEST_STOP_AFTER_CHUNK": signal.SIGSTOP}
 # The data section's fields that change how fast, not what, is computed.
@@ -119,10 +126,12 @@ class Keeper:
         self._made = made_folders.to_make(os.path.dirname(self.folder))
         for _ in range(3):  # again when the run that held it removed it as it ended
             os.makedirs(self.folder, exist_ok=True)
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:  # never through a link; 0o666 less the umask, as the run's other files
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
             except FileNotFoundError:
                 continue
+            except PermissionError:  # another member of a shared folder's group made it
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
             taken = _flock(fd)
             if taken is False:
                 holder = os.read(fd, 32).decode("ascii", "replace").strip()
@@ -140,8 +149,9 @@ class Keeper:
                     self.say(f"warning: {self.folder}: its file system takes no locks "
                              f"({taken}); nothing stops another run writing {self.out_path} "
                              "at the same time")
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
+                if os.fstat(fd).st_mode & 0o200 and os.access(path, os.W_OK):
+                    os.ftruncate(fd, 0)
+                    os.write(fd, f"{os.getpid()}\n".encode())
                 self._lock_fd = fd
                 return
             os.close(fd)
@@ -150,7 +160,7 @@ class Keeper:
     def _ours(self) -> bool:
         """The folder is a real one holding only names of ours (or nothing)."""
         return (os.path.isdir(self.folder) and not os.path.islink(self.folder)
-                and all(_OURS.fullmatch(n) for n in os.listdir(self.folder)))
+                and all(_ours(self.folder, n) for n in os.listdir(self.folder)))
 
     def start(self, backbone, data_cfg, keys: list[str]) -> list[int]:
         """Open (or make) the folder for these settings; returns the positions in `keys` of
@@ -184,7 +194,7 @@ class Keeper:
         a run stopped between making it and writing its manifest."""
         if not os.path.isdir(self.folder) or os.path.islink(self.folder):
             return False
-        return all(n == LOCK or (_OURS.fullmatch(n) and n.endswith(".tmp"))
+        return all(_ours(self.folder, n) and (n == LOCK or n.endswith(".tmp"))
                    for n in os.listdir(self.folder))
 
     def _manifest(self, manifest: str) -> dict:
@@ -201,7 +211,7 @@ class Keeper:
         if not isinstance(saved, dict) or saved.get("format") != FORMAT:
             raise ValueError(f"{self.folder}: exists but is not the partial outputs of a run "
                              f"({why}); move it away or choose another --out")
-        foreign = sorted(n for n in os.listdir(self.folder) if not _OURS.fullmatch(n))
+        foreign = sorted(n for n in os.listdir(self.folder) if not _ours(self.folder, n))
         if foreign:
             raise ValueError(f"{self.folder}: the partial outputs of a run, and files of another "
                              f"name ({', '.join(foreign[:3])}); move it away or choose another "
@@ -301,7 +311,7 @@ def clear_stale(out_path: str) -> str | None:
     if (not os.path.isfile(out_path) or not os.path.isdir(folder) or os.path.islink(folder)):
         return None
     names = os.listdir(folder)
-    if MANIFEST not in names or not all(_OURS.fullmatch(n) for n in names):
+    if MANIFEST not in names or not all(_ours(folder, n) for n in names):
         return None
     if not _unlocked(folder):  # a run writing it, between writing the output and removing it
         return None
@@ -319,7 +329,9 @@ class BusyError(ValueError):
 
 # flock's errors on a file system without locks (Lustre mounted without -o flock, some FUSE
 # mounts): there a run goes on unlocked, saying so, as embed and predict ran before the lock.
-_NO_LOCKS = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP)
+# EBADF: NFS emulates flock with fcntl locks, whose exclusive lock a file opened read-only
+# (another group member's lock file) cannot take.
+_NO_LOCKS = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EBADF)
 
 
 def _flock(fd: int) -> bool | str:

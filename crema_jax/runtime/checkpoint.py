@@ -265,14 +265,15 @@ def save_model_checkpoint(workdir, params, config, step: int = 0) -> epath.Path:
     import from an interrupted run"); quiet_background_save_errors drops Orbax's logs of it."""
     root = checkpoints_dir(workdir)
     made = made_folders.to_make(root)  # the folders the save will make (none for a URL)
+    items = ocp.args.Composite(  # before the save: an error here is no write's, raised as it is
+        params=ocp.args.StandardSave(params),
+        config=ocp.args.JsonSave(config_to_json_dict(config)),
+        digests=_digests_save(params=params))
     try:
         with ocp.CheckpointManager(
                 root, item_names=("params", "config", "digests"),
                 options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False)) as manager:
-            manager.save(step, args=ocp.args.Composite(
-                params=ocp.args.StandardSave(params),
-                config=ocp.args.JsonSave(config_to_json_dict(config)),
-                digests=_digests_save(params=params)), force=True)
+            manager.save(step, args=items, force=True)
             manager.wait_until_finished()
     except Exception as err:  # noqa: BLE001 - whatever the writer raised, named once
         if not storage.is_remote(root):  # an object store's step has no temporary folder

@@ -52,8 +52,8 @@ def remove_if_empty(made: list[str]) -> None:
     if not made or not os.path.isdir(made[0]) or os.path.islink(made[0]):
         return
     tree = list(os.walk(made[0], topdown=False))
-    if any(files or any(os.path.islink(os.path.join(folder, d)) for d in folders)
-           for folder, folders, files in tree):
+    if any(names or any(os.path.islink(os.path.join(folder, d)) for d in folders)
+           for folder, folders, names in tree):
         return
     try:
         for folder, *_ in tree:           # deepest first, made[0] last

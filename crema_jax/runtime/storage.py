@@ -38,6 +38,11 @@ def is_remote(path) -> bool:
     return "://" in text and not text.startswith("file://")
 
 
+def _local(path: str) -> str:
+    """A local path or file:///PATH (which is_remote calls local) as the local path."""
+    return path[len("file://"):] if path.startswith("file:///") else path
+
+
 def _fs(url: str):
     """(fsspec file system, path inside it) of a URL; one line naming the URL and the fix when
     its scheme is unknown or its implementation is not installed."""
@@ -296,8 +301,8 @@ def check_output_file(path, *, inputs=(), flag: str = "--out", overwrite: bool =
     work, so that a command does not find out after it."""
     path = os.fspath(path)
     if not is_remote(path):
-        return files.check_output_file(path, inputs=inputs, flag=flag, overwrite=overwrite,
-                                       owned=owned)
+        return files.check_output_file(_local(path), inputs=inputs, flag=flag,
+                                       overwrite=overwrite, owned=owned)
     try:
         check_url(path)
     except (ValueError, ImportError) as err:  # they begin with the URL
@@ -341,12 +346,6 @@ def _upload_group(pairs: list[tuple[str, str]]) -> None:
                     fs.rm_file(tmp)
 
 
-def upload_atomic(local_path: str, url: str) -> None:
-    """Upload a complete local file to `url`: under a unique temporary name beside it, then
-    renamed into place, so `url` is never seen half-written."""
-    _upload_group([(local_path, url)])
-
-
 def write_atomic_group(writes) -> None:
     """files.write_atomic_group, also to URLs: every write(local temporary file) first, in a
     temporary folder, then all uploaded together (`_upload_group`): a failure while writing or
@@ -356,7 +355,7 @@ def write_atomic_group(writes) -> None:
     writes = [(os.fspath(path), write) for path, write in writes]
     remote = [is_remote(path) for path, _ in writes]
     if not any(remote):
-        files.write_atomic_group(writes)
+        files.write_atomic_group([(_local(path), write) for path, write in writes])
         return
     if not all(remote):
         raise ValueError("one group of outputs mixes local paths and URLs: "

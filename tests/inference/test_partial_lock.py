@@ -192,3 +192,34 @@ def test_a_run_that_stops_before_its_first_batch_leaves_nothing(
                                f"--out={tmp_path / 'new' / 'Y.npy'}"])
     assert not isinstance(stopped.value, AssertionError), stopped.value
     assert os.listdir(tmp_path) == []
+
+
+def test_a_link_named_lock_is_not_ours_and_its_target_is_never_written(tmp_path):
+    """The folder's `lock` had been opened through a planted link, its target truncated and
+    overwritten with the pid, the link then removed."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious data")
+    out = str(tmp_path / "p.csv")
+    keeper = partial.Keeper(out, "logits", say=lambda line: None)
+    os.makedirs(keeper.folder)
+    os.symlink(victim, os.path.join(keeper.folder, "lock"))
+    keeper.lock()
+    assert keeper._lock_fd is None            # not taken: the folder is not ours
+    with pytest.raises(ValueError, match=r"exists but is not the partial outputs of a run"):
+        keeper._manifest(os.path.join(keeper.folder, "manifest.json"))   # what start() says
+    keeper.close()
+    assert victim.read_text() == "precious data"
+    assert os.path.islink(os.path.join(keeper.folder, "lock"))
+
+
+def test_the_lock_file_is_made_with_the_umask_s_rights_as_the_run_s_other_files(tmp_path):
+    """0o644 whatever the umask had kept a group member from resuming a shared folder's run."""
+    old = os.umask(0o002)
+    try:
+        keeper = partial.Keeper(str(tmp_path / "p.csv"), "logits")
+        keeper.lock()
+        mode = os.stat(os.path.join(keeper.folder, "lock")).st_mode & 0o777
+        keeper.close()
+    finally:
+        os.umask(old)
+    assert mode == 0o664

@@ -82,3 +82,17 @@ def test_a_save_failure_is_told_by_the_os_error_whichever_file_met_the_limit():
     assert ckpt._cause(OSError(13, "Permission denied")) == "Permission denied (errno 13)"
     other = RuntimeError("DATA_LOSS: " + "z" * 400)
     assert ckpt._cause(other) == ("DATA_LOSS: " + "z" * 400)[:297] + "..."
+
+
+def test_a_config_that_cannot_be_written_is_raised_as_itself_not_as_a_failed_save(
+        tmp_path, monkeypatch):
+    """save_model_checkpoint names a failed write "cannot write DIR: CAUSE"; a config error
+    before any write had been told as one too, its type lost."""
+    def unserialisable(config):
+        raise TypeError("config field x: object of type set is not JSON serializable")
+
+    monkeypatch.setattr(ckpt_lib, "config_to_json_dict", unserialisable)
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        ckpt_lib.save_model_checkpoint(tmp_path / "w", {"w": np.zeros(2, np.float32)},
+                                       config_lib.default_config())
+    assert not (tmp_path / "w").exists()

@@ -48,6 +48,8 @@ def test_a_link_inside_keeps_the_tree_and_its_target(tmp_path):
 
 def test_a_folder_that_existed_before_is_never_removed(tmp_path):
     (tmp_path / "mine").mkdir()
-    made = made_folders.to_make(tmp_path / "mine")
+    made = made_folders.to_make(tmp_path / "mine" / "run")
+    (tmp_path / "mine" / "run").mkdir()
     made_folders.remove_if_empty(made)
-    assert (tmp_path / "mine").is_dir()
+    assert list(tmp_path.iterdir()) == [tmp_path / "mine"]
+    assert list((tmp_path / "mine").iterdir()) == []
