@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from crema_jax.evaluate import texts
 from crema_jax.inference import backbones
 from crema_jax.models import families
 
@@ -104,7 +105,7 @@ def same_models(models: list[Model], seed: int) -> dict:
         other = first.setdefault(model.filed_as, model.name)
         if other == model.name:
             continue
-        what = backbones.same_weights_text(model.params is None, seed)
+        what = texts.same_weights_text(model.params is None, seed)
         out[model.name] = (f"{model.name} and {other} are {what}: {model.name}'s figures are "
                            f"{other}'s, and every difference between the two is 0, which says "
                            "nothing of either")

@@ -1,13 +1,12 @@
 """The texts the reports write for the statistics' results (report.md, the comparison plots,
 the leaderboard and the drop test's verdict): a missing value, a p-value, a class left out of
-the drop test, compare's A and B that are one model. Here, below both paired.py and the
-reports, so the statistics can word a verdict with them and every report writes them alike.
+the drop test, two models of one weights (compare's A and B, the benchmark's rows). Here, below
+both paired.py and the reports, so the statistics can word a verdict with them and every report
+writes them alike; plain text, no JAX (paired.py, plots.py and report_markdown.py import it).
 """
 from __future__ import annotations
 
 import math
-
-from crema_jax.inference import backbones
 
 # A missing value (a class that could not be scored, an undefined CI, no p-value).
 DASH = "\u2014"
@@ -38,9 +37,17 @@ def below_floor_text(entry: dict) -> str:
             f"positive and {entry['negatives']} negative patients)")
 
 
+def same_weights_text(random: bool, seed: int) -> str:
+    """What two models of one weights_digest (inference/backbones.py) are, in the words compare
+    and the benchmark use: '(seed 3, one architecture and data path)' for a random init, else
+    equal weights."""
+    return (f"the same random init (seed {int(seed)}, one architecture and data path)" if random
+            else "the same model (equal weights, architecture and data path)")
+
+
 def same_model_text(random: bool, seed: int | None) -> str:
     """compare's A and B that compute the same thing (`random`: the same random init, drawn
     from `seed`), as compare prints it and report.md notes it."""
-    return (f"A and B are {backbones.same_weights_text(random, seed)}: every difference is 0"
+    return (f"A and B are {same_weights_text(random, seed)}: every difference is 0"
             + ("; --init_seed_b=N draws B from another seed, the folds, label subsets and "
                "bootstrap kept" if random else ""))

@@ -288,13 +288,6 @@ def weights_digest(config, params, seed: int) -> str:
     return digest.hexdigest()[:16]
 
 
-def same_weights_text(random: bool, seed: int) -> str:
-    """What two models of one weights_digest are, in the words compare and the benchmark use:
-    '(seed 3, one architecture and data path)' for a random init, else equal weights."""
-    return (f"the same random init (seed {int(seed)}, one architecture and data path)" if random
-            else "the same model (equal weights, architecture and data path)")
-
-
 # ------------------------------------------------------------------------------------ applying
 def data_path_summary(data_cfg, averaging: str = "") -> str:
     """The data path and the crops it cuts, e.g. 'crema: 250 Hz, 3 crops of 2250 samples,

@@ -1,5 +1,9 @@
 """Report rendering: JSON without NaN, Markdown figures, PNGs, PCA against scikit-learn."""
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import matplotlib.image
 import numpy as np
@@ -309,3 +313,16 @@ def test_an_evaluation_failing_in_its_workdir_leaves_no_folder_it_made(tmp_path)
             (path / "figures.txt").write_text("kept")
             raise RuntimeError("boom")
     assert (tmp_path / "runs" / "b" / "figures.txt").read_text() == "kept"
+
+
+def test_the_report_texts_and_statistics_import_no_jax():
+    """texts.py had imported inference.backbones for one f-string, pulling JAX, flax and the
+    models into paired.py, plots.py and report_markdown.py (about 5 s an import, not 1)."""
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    script = ("import sys\nfrom crema_jax.evaluate import texts, report_markdown, paired, plots\n"
+              "print(sorted(m for m in ('jax', 'flax', 'crema_jax.inference.backbones') "
+              "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, cwd=str(repo), env={**os.environ, "PYTHONPATH": str(repo)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
