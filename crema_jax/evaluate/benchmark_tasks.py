@@ -23,7 +23,7 @@ import json
 import os
 
 from crema_jax import config as config_lib
-from crema_jax.evaluate import benchmark_models, linear_probe, protocols, ranges
+from crema_jax.evaluate import benchmark_models, protocols, ranges
 
 PROTOCOLS = ("probe", "mlp", "finetune")
 DATASET_DEFAULTS = {"layout": "wfdb_folder", "root": "", "layout_options": {}, "classes": [],
@@ -228,9 +228,9 @@ def recipe(given: dict | None, protocol: str, path) -> dict:
             raise ValueError(f"{where}.l2_grid={out['l2_grid']!r}: expected strengths, each "
                              f"{ranges.L2.expected}")
         out["l2_grid"] = tuple(float(v) for v in grid)
-    if "optimizer" in out and out["optimizer"] not in linear_probe.OPTIMIZERS:
+    if "optimizer" in out and out["optimizer"] not in ranges.PROBE_OPTIMIZERS:
         raise ValueError(f"{where}.optimizer={out['optimizer']!r}: expected one of "
-                         f"{list(linear_probe.OPTIMIZERS)}")
+                         f"{list(ranges.PROBE_OPTIMIZERS)}")
     if "augment" in out:   # a string had been read letter by letter
         problem = ranges.augment_names_problem(out["augment"])
         if problem:

@@ -92,9 +92,6 @@ def _fit_grid(x, y, w, l2s, learning_rate, *, label_type, optimizer, steps):
                                         steps=steps, learning_rate=learning_rate))(l2s)
 
 
-OPTIMIZERS = ranges.PROBE_OPTIMIZERS   # written in ranges.py (the flag reads it without JAX)
-
-
 def fit_linear_probe(x_train, y_train, x_val, y_val, *, label_type: str = "multilabel",
                      l2_grid=ranges.PROBE_DEFAULTS["l2_grid"],
                      optimizer: str = ranges.PROBE_DEFAULTS["optimizer"],

@@ -34,7 +34,7 @@ MLP = {"hidden": COUNT, "steps": COUNT, "learning_rate": POSITIVE}
 PROBE_DEFAULTS = {"l2_grid": (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1), "optimizer": "lbfgs",
                   "steps": 200}
 # The linear head's full-batch optimizers (linear_probe._fit_one): --probe_optimizer's values,
-# the head's check and the task file's (through linear_probe.OPTIMIZERS) read this tuple.
+# the head's check and the task file's (benchmark_tasks.recipe) read this tuple, here.
 PROBE_OPTIMIZERS = ("lbfgs", "adam")
 MLP_DEFAULTS = {"l2_grid": (1e-4, 1e-3, 1e-2, 1e-1), "hidden": 128, "steps": 300,
                 "learning_rate": 1e-3}

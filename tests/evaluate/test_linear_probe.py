@@ -73,12 +73,13 @@ def test_constant_features_do_not_produce_nan():
 
 
 def test_the_optimizer_names_are_written_once(monkeypatch):
-    """--probe_optimizer's values and the head's check both read ranges.PROBE_OPTIMIZERS (the
-    flag had its own list): narrowed there, the flag and the head refuse alike."""
+    """--probe_optimizer's values, the head's check and the task file's all read
+    ranges.PROBE_OPTIMIZERS (the flag had its own list; the task file a copy bound at import):
+    narrowed there, the flag, the head and the task file refuse alike."""
     from absl import flags
 
     from crema_jax.cli import evaluation_flags
-    from crema_jax.evaluate import ranges
+    from crema_jax.evaluate import benchmark_tasks, ranges
 
     monkeypatch.setattr(ranges, "PROBE_OPTIMIZERS", ("lbfgs",))
     cmd = evaluation_flags.evaluation_command("probe", "", evaluation_flags.add_probe_head)
@@ -91,3 +92,6 @@ def test_the_optimizer_names_are_written_once(monkeypatch):
     with pytest.raises(ValueError, match=r"^--probe_optimizer='adam': expected one of "
                                          r"\('lbfgs',\)$"):
         linear_probe.fit_linear_probe(x, y, x, y, optimizer="adam")
+    with pytest.raises(ValueError, match=r"^task file t.py: protocols\['probe'\]\.optimizer="
+                                         r"'adam': expected one of \['lbfgs'\]$"):
+        benchmark_tasks.recipe({"optimizer": "adam"}, "probe", "t.py")
