@@ -281,7 +281,8 @@ def _one_class(kept: str, left_out: list, settings: dict) -> str:
                 f"{'' if k else 'training '}positives: {_shown(left_out)}): {constant}; lower "
                 f"{flag(settings, 'min_positives')}")
     return (f"{flag(settings, 'label_type')}=multiclass with one class, {kept}: {constant}; "
-            "give two classes or more, or label_type multilabel (one class: a binary task)")
+            f"give two classes or more, or {flag(settings, 'label_type')}=multilabel (one class: "
+            "a binary task)")
 
 
 def _kept_records(labels, had_class, labelled, label_type: str, settings: dict, counts: dict,

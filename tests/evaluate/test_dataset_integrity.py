@@ -328,5 +328,5 @@ def test_multiclass_of_one_listed_class_is_refused(one_class_manifest):
     assert str(raised.value) == (
         f"the task file's datasets['d'].label_type=multiclass with one class, {COMMON}: a "
         "multiclass (softmax) head over one class is a constant: every record left is its "
-        "positive; give two classes or more, or label_type multilabel (one class: a binary "
-        "task)")
+        "positive; give two classes or more, or the task file's datasets['d'].label_type="
+        "multilabel (one class: a binary task)")
