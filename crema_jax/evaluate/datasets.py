@@ -89,6 +89,12 @@ def _listed_classes(settings: dict) -> list[str]:
     return [str(c) for c in settings.get("classes") or []]
 
 
+def _task_vocabulary(settings: dict, label_names) -> list[str]:
+    """The classes a task is chosen from: the classes its task file lists (_listed_classes),
+    else the layout's whole vocabulary `label_names`."""
+    return _listed_classes(settings) or list(label_names)
+
+
 def decide_label_type(settings: dict, infos, label_names) -> tuple[str, str]:
     """(label type, why): settings["label_type"], or with "auto" multiclass when every record
     has exactly one of the classes the task uses (protocols.infer_label_type): a task file's
@@ -99,11 +105,10 @@ def decide_label_type(settings: dict, infos, label_names) -> tuple[str, str]:
     one-class-per-record vocabulary a softmax over one column that keeps only its positives."""
     if settings["label_type"] != "auto":
         return settings["label_type"], flag(settings, "label_type")
-    listed = _listed_classes(settings)
-    used = listed or list(label_names)
+    used = _task_vocabulary(settings, label_names)
     inferred = protocols.infer_label_type(protocols.label_matrix(infos, used))
-    what = (f"the {len(listed)} classes of {flag(settings, 'classes')}" if listed
-            else "every record's labels")
+    what = (f"the {len(used)} classes of {flag(settings, 'classes')}"
+            if _listed_classes(settings) else "every record's labels")
     return inferred, f"auto: from {what}, before {flag(settings, 'min_positives')}"
 
 
@@ -245,7 +250,7 @@ def _classes(infos, label_names, counted, settings: dict, root,
                          "dataset: no record is labelled with it"
                          + (f" (did you mean {close[0]!r}?)" if close else "")
                          + f"; its {len(label_names)} classes: {_shown(label_names)}")
-    vocabulary = listed or list(label_names)
+    vocabulary = _task_vocabulary(settings, label_names)
     classes = protocols.select_classes(infos, vocabulary, counted, min_positives=min_positives)
     missing = [c for c in listed if c not in classes]
     if missing:

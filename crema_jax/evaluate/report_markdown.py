@@ -12,8 +12,7 @@ import re
 import numpy as np
 
 from crema_jax.evaluate import paired, scoring
-from crema_jax.evaluate import texts
-from crema_jax.evaluate.texts import DASH, below_floor_text, p_text
+from crema_jax.evaluate.texts import DASH, below_floor_text, p_text, same_model_text
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -274,7 +273,7 @@ def _models_markdown(models: dict) -> list[str]:
               for label, m in models.items()]
     if models.get("B", {}).get("same_as_A"):
         seed = models["A"].get("init_seed")
-        lines += ["", f"**Note**: {escape(texts.same_model_text(seed is not None, seed))}."]
+        lines += ["", f"**Note**: {escape(same_model_text(seed is not None, seed))}."]
     return lines + [""]
 
 

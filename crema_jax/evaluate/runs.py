@@ -51,9 +51,9 @@ def _scores(out, name, data, settings, groups, classes=None):
     pred = out["tests"][name]
     records, probs, labels = scoring.per_record(pred["rows"], pred["probs"], pred["labels"])
     return scoring.report_on_test(out["val"]["probs"], out["val"]["labels"], probs, labels,
-                               data.classes if classes is None else classes,
-                               bootstrap=settings["bootstrap"], seed=settings["seed"],
-                               groups=None if groups is None else groups[records])
+                                 data.classes if classes is None else classes,
+                                 bootstrap=settings["bootstrap"], seed=settings["seed"],
+                                 groups=None if groups is None else groups[records])
 
 
 def _split_run(fit_predict, data, fraction, settings, groups):
