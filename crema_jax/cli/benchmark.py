@@ -46,7 +46,6 @@ COMMAND.string("model_size", "tiny", "SiT size of a `random` model (tiny/small/b
 @COMMAND.main
 def main(args) -> None:
     # run time: --help needs no JAX
-    from crema_jax import config as config_lib
     from crema_jax.evaluate import benchmark, benchmark_models, leaderboard_markdown
 
     if not args.models:  # a usage error (exit 2), as a missing required flag is
@@ -57,10 +56,7 @@ def main(args) -> None:
     except ValueError as err:
         raise command.FlagValueError(str(err)) from None
     roots = {k: str(v) for k, v in command.parse_key_values(args.roots, flag="roots").items()}
-    try:  # named with its flag, as a --config file is ("config file F: no such file" named none)
-        config_lib.load_config_file(args.tasks)
-    except ValueError as err:
-        raise command.CommandError(f"--tasks: {err}") from None
+    # The task file is loaded once, first (benchmark_tasks.load_suite: a load error names --tasks).
     board = benchmark.run_benchmark(list(args.models), args.tasks, args.workdir, roots=roots,
                                     model_size=args.model_size)
     counts = board["counts"]

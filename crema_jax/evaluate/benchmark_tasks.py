@@ -101,8 +101,13 @@ def _section(config: dict, key: str, kind: type, path) -> None:
 
 def load_suite(path, roots: dict | None = None) -> dict:
     """The task file as plain dicts, defaults filled in and checked; `roots` ({dataset: folder})
-    replaces datasets' roots (the data lives where the user downloaded it)."""
-    config = config_lib.load_config_file(path).to_dict()
+    replaces datasets' roots (the data lives where the user downloaded it). A file that does not
+    load is one line naming the flag, as a --config file's is; it is loaded once (the CLI had
+    loaded it too, running its get_config() twice)."""
+    try:
+        config = config_lib.load_config_file(path).to_dict()
+    except ValueError as err:   # "config file F: no such file" had named no flag
+        raise ValueError(f"--tasks: {err}") from None
     known = {"datasets", "tasks", "protocols", *SUITE_DEFAULTS}
     unknown = sorted(set(config) - known)
     if unknown:  # a typo (boostrap = 200) had been ignored

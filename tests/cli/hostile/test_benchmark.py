@@ -316,6 +316,20 @@ def test_a_task_file_that_does_not_load_is_named_with_the_tasks_flag(tmp_path, c
     assert not (tmp_path / "w").exists()
 
 
+def test_the_task_file_is_loaded_once(tmp_path, capsys):
+    """The command loaded --tasks to name the flag in a load error, and run_benchmark loaded it
+    again: the user's get_config() ran twice."""
+    from crema_jax.cli import benchmark as benchmark_cli
+
+    calls = tmp_path / "calls.txt"
+    path = tmp_path / "tasks.py"
+    path.write_text(TASK_FILE.replace("def get_config():\n", "def get_config():\n    open("
+                                      f"{str(calls)!r}, 'a').write('called\\n')\n"))
+    _fails(benchmark_cli, ["--models=a=random", f"--tasks={path}",
+                           f"--workdir={tmp_path / 'w'}"], capsys, "root='/data'")
+    assert calls.read_text() == "called\n"
+
+
 def test_a_folder_name_is_never_a_path_step():
     for text in ("..", ".", "", "..."):
         name = files.folder_name(text)
