@@ -121,14 +121,16 @@ class Datasets:
 
     def fingerprint(self, name: str) -> str:
         """A digest of what dataset `name` holds (feature_store.record_cache_key: ids, paths, file
-        stats; splits, sources, classes, labels): a cell computed before its records, their
-        files or labels changed is not reused."""
+        stats; splits, sources, classes, labels, the label type decided): a cell computed
+        before its records, their files or labels changed, or before label_type auto decided
+        otherwise over the same labels (a softmax head, not one sigmoid per class), is not
+        reused."""
         if name in self.digests:
             return self.digests[name]
         data = self.get(name)[0]
         digest = hashlib.sha256(json.dumps(
             [[feature_store.record_cache_key(i) for i in data.infos], data.splits.tolist(),
-             data.sources.tolist(), list(data.classes)]).encode())
+             data.sources.tolist(), list(data.classes), data.label_type]).encode())
         digest.update(np.ascontiguousarray(data.labels, np.uint8).tobytes())
         self.digests[name] = digest.hexdigest()[:16]
         return self.digests[name]

@@ -277,15 +277,18 @@ def dataset_settings(suite: dict, name: str) -> dict:
 #    a class is learnt only with a training negative, patient-grouped splits across sources.
 # 3: a cell's fields say what its label fraction used (n_labelled, n_train_pool,
 #    label_fraction_used: protocols.labels_used).
-EVALUATION_RULES = 3
+# 4: label_type auto is decided from the classes a task lists (datasets.decide_label_type), not
+#    the whole vocabulary: a task may change label type over the same records and labels.
+EVALUATION_RULES = 4
 
 
 def cell_spec(model: benchmark_models.Model, column: Column, protocol: str, suite: dict,
               dataset_digest: str = "") -> str:
     """A digest of everything a cell's predictions depend on: a finished cell is reused only
     when it matches (other weights, at the same path or another, recipe, dataset settings
-    or, by `dataset_digest` (benchmark_datasets.Datasets.fingerprint), the dataset's records
-    and labels recompute it), and the EVALUATION_RULES a finished cell was computed under."""
+    or, by `dataset_digest` (benchmark_datasets.Datasets.fingerprint), the dataset's records,
+    labels and decided label type recompute it), and the EVALUATION_RULES a finished cell was
+    computed under."""
     text = json.dumps({"rules": EVALUATION_RULES, "model": model.filed_as,
                        "column": dataclasses.asdict(column),
                        "dataset": suite["datasets"][column.dataset],

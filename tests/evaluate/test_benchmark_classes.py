@@ -9,7 +9,7 @@ import csv
 import numpy as np
 import pytest
 
-from crema_jax.evaluate import benchmark_datasets, benchmark_tasks
+from crema_jax.evaluate import benchmark_datasets, benchmark_tasks, datasets
 from tests.evaluate import sample_records
 
 A, B, FREQUENT, RARE = "1000", "2000", "3000", "9999"   # FREQUENT and RARE: not in the list
@@ -28,24 +28,32 @@ def get_config():
 """
 
 
-@pytest.fixture
-def manifest(cinc_sample_dir, tmp_path):
-    """One row per entry of ROWS, each a distinct signal of the sample (no duplicates merged)."""
-    heads = sample_records.distinct_heads(cinc_sample_dir, len(ROWS))
+def _manifest(cinc_sample_dir, tmp_path, rows):
+    """One row per entry of `rows`, each a distinct signal of the sample (no duplicates
+    merged)."""
+    heads = sample_records.distinct_heads(cinc_sample_dir, len(rows))
     path = tmp_path / "manifest.csv"
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "labels", "record_id"])
         writer.writerows([str(h.with_suffix("")), labels, f"r{i}"]
-                         for i, (h, labels) in enumerate(zip(heads, ROWS)))
+                         for i, (h, labels) in enumerate(zip(heads, rows)))
     return path
 
 
-def _load(manifest, tmp_path, label_type):
+@pytest.fixture
+def manifest(cinc_sample_dir, tmp_path):
+    return _manifest(cinc_sample_dir, tmp_path, ROWS)
+
+
+def _datasets(manifest, tmp_path, label_type):
     tasks = tmp_path / "tasks.py"
     tasks.write_text(TASKS.format(root=str(manifest), label_type=label_type, a=A, b=B))
-    suite = benchmark_tasks.load_suite(tasks)
-    return benchmark_datasets.Datasets(suite, str(tasks)).get("d")[0]
+    return benchmark_datasets.Datasets(benchmark_tasks.load_suite(tasks), str(tasks))
+
+
+def _load(manifest, tmp_path, label_type):
+    return _datasets(manifest, tmp_path, label_type).get("d")[0]
 
 
 def test_a_record_of_other_classes_only_is_a_negative_whatever_their_positives(
@@ -88,3 +96,27 @@ def test_a_listed_class_with_too_few_positives_is_refused_not_dropped(manifest, 
     assert str(raised.value).startswith(
         f"task file {tasks}: task 't': datasets['d'].classes: ['{RARE}'] have fewer than "
         "min_positives=2 positives")
+
+
+def test_a_cell_follows_the_label_type_auto_decides(cinc_sample_dir, tmp_path, monkeypatch):
+    """auto is decided from the listed classes: multiclass here, every row having exactly one
+    of A and B. The whole vocabulary had decided multilabel (A;FREQUENT has two), over the same
+    records, splits and labels, so the dataset digest (part of every cell's spec) was the same
+    and a resumed benchmark reused the cells trained under the other label type."""
+    path = _manifest(cinc_sample_dir, tmp_path, [A] * 5 + [B] * 5 + [f"{A};{FREQUENT}"])
+    now = _datasets(path, tmp_path, "auto")
+    new = now.get("d")[0]
+
+    def whole_vocabulary(settings, infos, label_names):   # the rule before
+        labels = np.asarray([[c in i.labels for c in label_names] for i in infos], float)
+        return ("multiclass" if np.all(labels.sum(1) == 1) else "multilabel"), "vocabulary"
+
+    monkeypatch.setattr(datasets, "decide_label_type", whole_vocabulary)
+    before = _datasets(path, tmp_path, "auto")
+    old = before.get("d")[0]
+    assert (new.label_type, old.label_type) == ("multiclass", "multilabel")
+    assert [i.record_id for i in new.infos] == [i.record_id for i in old.infos] == [
+        f"r{i}" for i in range(11)]
+    assert new.splits.tolist() == old.splits.tolist() and new.classes == old.classes == [B, A]
+    np.testing.assert_array_equal(new.labels, old.labels)
+    assert now.fingerprint("d") != before.fingerprint("d")
