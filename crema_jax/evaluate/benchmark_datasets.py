@@ -79,12 +79,12 @@ def check_sources(suite: dict, name: str, sources, path: str = "") -> None:
                              f"not a source of dataset {name!r} (its sources: {shown}){hint}")
 
 
-def splits_read(suite: dict, name: str) -> tuple[str, ...]:
-    """The splits of dataset `name` its tasks read, those load_dataset checks (empty, a small
-    test split, patients across them): a cross-domain pair its train_source's train and val
-    (it tests another source's records, of whatever split), with folds or without; an
-    in-domain task all three without folds, none with them (the folds replace the splits)."""
-    with_folds = bool(int(suite["datasets"][name]["folds"] or 0))
+def splits_read(suite: dict, name: str, with_folds: bool) -> tuple[str, ...]:
+    """The splits of dataset `name` its tasks read, with K folds or without (`with_folds`),
+    those load_dataset checks (empty, a small test split, patients across them) and where it
+    suggests folds: a cross-domain pair its train_source's train and val (it tests another
+    source's records, of whatever split), with folds or without; an in-domain task all three
+    without folds, none with them (the folds replace the splits)."""
     read = set()
     for task in (t for t in suite["tasks"] if t["dataset"] == name):
         if task["train_source"]:
@@ -92,6 +92,18 @@ def splits_read(suite: dict, name: str) -> tuple[str, ...]:
         elif not with_folds:
             read |= set(protocols.SPLITS)
     return tuple(s for s in protocols.SPLITS if s in read)
+
+
+def sources_read(suite: dict, name: str) -> list[str] | None:
+    """The sources of dataset `name` whose splits its tasks read: every source (None) where an
+    in-domain task reads them (no folds), else the pairs' train_sources (a pair trains and
+    selects on its train_source's train and val alone): a patient in the train and val splits
+    of a pair's test source had stopped a benchmark that never reads them as splits."""
+    tasks = [t for t in suite["tasks"] if t["dataset"] == name]
+    if not int(suite["datasets"][name]["folds"] or 0) and any(
+            not t["train_source"] for t in tasks):
+        return None
+    return sorted({t["train_source"] for t in tasks if t["train_source"]})
 
 
 class Datasets:
@@ -106,10 +118,12 @@ class Datasets:
         if name not in self.loaded:
             # Its fields named as the task file's, with the first task on it, in every line:
             # its `classes` define the task, min_positives applied to them (load_dataset); the
-            # split checks over the splits its tasks read (splits_read).
+            # split checks over the splits and sources its tasks read (splits_read, with and
+            # without folds: folds are suggested only where they would leave a split unread).
             settings = {**benchmark_tasks.dataset_settings(self.suite, name), "flag_prefix":
                         dataset_where(self.suite, name, self.tasks_path),
-                        "splits_read": splits_read(self.suite, name)}
+                        "splits_read": {k: splits_read(self.suite, name, k) for k in (False, True)},
+                        "sources_read": sources_read(self.suite, name)}
             data = datasets.load_dataset(settings)
             check_sources(self.suite, name, data.sources, self.tasks_path)
             plan, groups = folds.dataset_plan(data, settings)

@@ -112,26 +112,31 @@ def decide_label_type(settings: dict, infos, label_names) -> tuple[str, str]:
     return inferred, f"auto: from {what}, before {flag(settings, 'min_positives')}"
 
 
-def _splits_read(settings: dict) -> tuple[str, ...]:
-    """The splits a run reads: settings["splits_read"] where its caller says (a benchmark
-    dataset: those its tasks read, benchmark_datasets.splits_read), else all three without K
-    folds, or with them when settings["cross_domain"] trains each source's head on its splits,
-    and none with K folds alone (the folds replace the splits). The one rule of every split
-    check: empty splits, a small test split, patients across splits."""
+def _splits_read(settings: dict, with_folds: bool | None = None) -> tuple[str, ...]:
+    """The splits a run reads, with settings["folds"] or (`with_folds`) with or without K
+    folds: settings["splits_read"][with_folds] where its caller says (a benchmark dataset:
+    those its tasks read, benchmark_datasets.splits_read), else all three without K folds, or
+    with them when settings["cross_domain"] trains each source's head on its splits, and none
+    with K folds alone (the folds replace the splits). The one rule of every split check and
+    of where folds are suggested (_folds_hint): empty splits, a small test split, patients
+    across splits."""
+    if with_folds is None:
+        with_folds = bool(int(settings.get("folds") or 0))
     if "splits_read" in settings:
-        return tuple(s for s in protocols.SPLITS if s in settings["splits_read"])
-    if not int(settings.get("folds") or 0) or settings.get("cross_domain"):
+        return tuple(s for s in protocols.SPLITS if s in settings["splits_read"][with_folds])
+    if not with_folds or settings.get("cross_domain"):
         return protocols.SPLITS
     return ()
 
 
-def _folds_hint(settings: dict, before: str, then: str) -> str:
-    """`before` --folds=5 `then` where K folds would replace the splits a command reads (it has
-    the flag, and gives no folds and no cross_domain: cross-domain heads read the splits with
-    or without folds), else "": --cross_domain had been told to pass folds that leave its
-    splits as they are."""
+def _folds_hint(settings: dict, splits, before: str, then: str) -> str:
+    """`before` --folds=5 `then` where K folds would leave none of `splits` (those a check
+    found wanting) read: the command has the flag, gives no folds, and with them no run reads
+    these splits (_splits_read), else "". Cross-domain heads (--cross_domain, a benchmark's
+    pairs) read their splits with or without folds: --cross_domain, and a benchmark dataset a
+    pair reads, had been told to pass folds that leave those splits as they are."""
     if "folds" not in settings or int(settings.get("folds") or 0) \
-            or settings.get("cross_domain"):
+            or set(splits) & set(_splits_read(settings, with_folds=True)):
         return ""
     return f"{before}{flag(settings, 'folds')}=5 {then}"
 
@@ -153,9 +158,10 @@ def _checked_splits(splits, settings: dict, root: str, infos) -> None:
             raise ValueError(f"the {split!r} split of {root} is empty after "
                              f"{flag(settings, 'split_fractions')}={fractions} ({len(infos)} "
                              f"records of {patients} patients); give it a larger fraction")
+        folds = _folds_hint(settings, [split], " or ", "(cross-validation)")
         raise ValueError(f"the {split!r} split of {root} is empty; pass "
                          f"{flag(settings, 'split_fractions')}=0.6,0.2,0.2 (a seeded re-split "
-                         f"per source){_folds_hint(settings, ' or ', '(cross-validation)')}")
+                         f"per source){folds}")
 
 
 SMALL_TEST_SPLIT = 30  # test records below which one split's figures are mostly noise
@@ -179,7 +185,7 @@ def _warn_small_test(splits, settings: dict) -> None:
     folds do not apply to them)."""
     if "test" not in _splits_read(settings):
         return
-    hint = (_folds_hint(settings, "; ", "tests every record once (cross-validation)")
+    hint = (_folds_hint(settings, ["test"], "; ", "tests every record once (cross-validation)")
             or (f"; {flag(settings, 'cross_domain')}'s in-domain tests read it with or without "
                 f"{flag(settings, 'folds')}" if settings.get("cross_domain") else ""))
     line = small_test_warning(int(np.sum(np.asarray(splits) == "test")), "the test split", hint)
@@ -195,12 +201,17 @@ def _checked_patients(infos, splits, settings: dict, where: str) -> dict | None:
     refused when a patient has records in two of them unless settings["patients_across_splits"]
     is "allow" (then printed): a test score on patients the head trained or was selected on is
     inflated. Over the splits read alone (_splits_read: a benchmark's cross-domain pair on a
-    dataset with folds reads train and val); None where the splits are not the given ones (a
-    re-split) or fewer than two are read (K folds alone): those group patients."""
+    dataset with folds reads train and val), of the sources read (settings["sources_read"]
+    where its caller says: a benchmark's pairs read their train_source's splits alone); None
+    where the splits are not the given ones (a re-split) or fewer than two are read (K folds
+    alone): those group patients."""
     read = _splits_read(settings)
     if settings.get("split_fractions") or len(read) < 2:
         return None
-    rows = np.flatnonzero(np.isin(splits, read))
+    checked = np.isin(splits, read)
+    if settings.get("sources_read") is not None:
+        checked &= np.isin([info.source for info in infos], list(settings["sources_read"]))
+    rows = np.flatnonzero(checked)
     found = protocols.patients_across_splits(splits[rows], protocols.patient_keys(infos)[rows],
                                              [infos[i].record_id for i in rows])
     if not found["patients"]:
@@ -218,7 +229,7 @@ def _checked_patients(infos, splits, settings: dict, where: str) -> dict | None:
         return found
     remedy = f"{flag(settings, 'split_fractions')}=0.6,0.2,0.2 (a seeded re-split, a " \
         "patient's records in one split)"
-    remedy += _folds_hint(settings, " or ", "(folds over patients)")
+    remedy += _folds_hint(settings, read, " or ", "(folds over patients)")
     if "patients_across_splits" in settings:  # commands only: a task file has no such field
         remedy += f", or {flag(settings, 'patients_across_splits')}=allow to keep these splits"
     raise ValueError(f"{what}: a test score on patients the head trained or was selected on "

@@ -3,6 +3,8 @@ train split and selects on its val split whatever the folds, and those splits ha
 no check (the folds switched every split check off): a patient in train and val, or no val
 split at all, went through. The checks now run over the splits the tasks read (train and val);
 the test split, which neither the pair nor the folds read, is neither required nor warned of.
+Patients are checked among the pair's train_source's records (its test source's splits are not
+read as splits), and folds are not suggested where the pair would still read the split.
 
 The manifest is written by hand: sources "a" (the pair's train_source) and "b"; patient id and
 split per record."""
@@ -17,6 +19,7 @@ from tests.evaluate import sample_records
 ROWS = [("a", "P0", "train"), ("a", "P0", "val"), ("a", "P1", "train"), ("a", "P2", "train"),
         ("a", "P3", "val"), ("a", "P4", "val"), ("a", "P5", "train"), ("a", "P6", "val"),
         ("b", "P7", "train"), ("b", "P8", "train"), ("b", "P9", "val"), ("b", "P10", "val")]
+TESTS = [("a", "P12", "test"), ("b", "P13", "test")]   # the test split an in-domain task reads
 
 
 def _tasks(tmp_path, cinc_sample_dir, rows, *, folds=3, in_domain=True) -> str:
@@ -49,23 +52,44 @@ def _load(path):
     return benchmark_datasets.Datasets(benchmark_tasks.load_suite(path), path).get("d")
 
 
-def test_a_patient_in_the_train_and_val_splits_a_pair_reads_is_refused_with_folds(
-        tmp_path, cinc_sample_dir):
-    path = _tasks(tmp_path, cinc_sample_dir, ROWS)
+@pytest.mark.parametrize("folds, in_domain", [(3, True), (0, False), (0, True)])
+def test_a_patient_in_the_train_and_val_splits_a_pair_reads_is_refused(
+        tmp_path, cinc_sample_dir, folds, in_domain):
+    """P0 in a's train and val. No folds suggested: with them the pair still reads a's train and
+    val (folds had been suggested to a dataset a pair reads, and gave the same refusal)."""
+    path = _tasks(tmp_path, cinc_sample_dir, ROWS + TESTS, folds=folds, in_domain=in_domain)
     heads = sample_records.distinct_heads(cinc_sample_dir, 2)
     with pytest.raises(ValueError) as raised:
         _load(path)
+    read, task = ("train/val/test", "in") if in_domain and not folds else (
+        "train/val", "in" if in_domain else "pair")
     assert str(raised.value) == (
         f"{tmp_path / 'manifest.csv'}: its own splits put 1 patient(s) in more than one of "
-        f"train/val (2 records, e.g. records {heads[0].stem}, {heads[1].stem}): a test score on "
+        f"{read} (2 records, e.g. records {heads[0].stem}, {heads[1].stem}): a test score on "
         "patients the head trained or was selected on is inflated; pass task file "
-        f"{path}: task 'in': datasets['d'].split_fractions=0.6,0.2,0.2 (a seeded re-split, a "
-        "patient's records in one split)")
+        f"{path}: task '{task}': datasets['d'].split_fractions=0.6,0.2,0.2 (a seeded re-split, "
+        "a patient's records in one split)")
 
 
-def test_an_empty_val_split_is_refused_with_folds(tmp_path, cinc_sample_dir):
+def test_a_patient_in_the_splits_of_a_pairs_test_source_is_no_refusal(tmp_path, cinc_sample_dir):
+    """P7 in b's train and val: the pair a -> b trains and selects on a's train and val alone,
+    and the in-domain task reads no split with folds, so no run reads b's splits; their check
+    had stopped a benchmark that used to run. (Without folds the in-domain task reads them.)"""
+    rows = [ROWS[0], ("a", "P11", "val")] + ROWS[2:9] + [("b", "P7", "val"), ROWS[10]] + TESTS
+    data, _, _ = _load(_tasks(tmp_path, cinc_sample_dir, rows))
+    assert data.splits.tolist() == [split for _, _, split in rows]
+    assert data.counts["patients_across_splits"] == {"patients": 0, "records": 0,
+                                                     "examples": []}
+    with pytest.raises(ValueError, match=r"1 patient\(s\) in more than one of train/val/test "):
+        _load(_tasks(tmp_path, cinc_sample_dir, rows, folds=0))
+
+
+@pytest.mark.parametrize("folds", [3, 0])
+def test_an_empty_val_split_is_refused_with_no_folds_suggested(tmp_path, cinc_sample_dir, folds):
+    """A dataset only a pair reads: with folds it still reads the train and val splits, so
+    folds are not suggested (they had been, without folds, and gave the same refusal)."""
     rows = [(source, patient, "train") for source, patient, _ in ROWS]
-    path = _tasks(tmp_path, cinc_sample_dir, rows, in_domain=False)
+    path = _tasks(tmp_path, cinc_sample_dir, rows, folds=folds, in_domain=False)
     with pytest.raises(ValueError) as raised:
         _load(path)
     assert str(raised.value) == (
