@@ -2,7 +2,7 @@
 
     crema-jax export-torch --checkpoint=DIR --out=crema.safetensors          # our PyTorch SiT
     crema-jax export-torch --checkpoint=DIR --out=stmem.pth --layout=stmem --include_decoder
-    crema-jax export-torch --checkpoint=DIR --hub_folder=FOLDER   # then `hf upload OWNER/REPO FOLDER`
+    crema-jax export-torch --checkpoint=DIR --hub_folder=FOLDER  # then: hf upload OWNER/REPO FOLDER
 
 Layouts: crema (crema_jax/export/torch_sit.py loads it; .safetensors), stmem (ST-MEM's keys and
 {'model': state_dict} wrapping; configs ST-MEM cannot express are refused with the reason),
@@ -14,7 +14,8 @@ reads it back, from the folder or the hub, with no further flag.
 from crema_jax.cli import command
 
 COMMAND = command.Command("export-torch", __doc__,
-                          usage="--checkpoint=DIR --out=FILE.safetensors|FILE.pth | --hub_folder=DIR")
+                          usage="--checkpoint=DIR --out=FILE.safetensors|FILE.pth "
+                                "| --hub_folder=DIR")
 COMMAND.string("checkpoint", None, "Workdir, checkpoints dir or step dir to read.", required=True)
 COMMAND.string("out", None, "Output FILE.safetensors or FILE.pth (FILE.json is written beside "
                "it): a path, or a URL (gs://, s3://) both are uploaded to.")

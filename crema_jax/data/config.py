@@ -1,4 +1,4 @@
-"""`config.data`: everything the input pipeline needs, each field with the reason for its default."""
+"""`config.data`: everything the input pipeline needs, each field with why it has its default."""
 from __future__ import annotations
 
 import ml_collections
@@ -98,7 +98,7 @@ def default_data_config() -> ml_collections.ConfigDict:
 
     # --- bad records
     cfg.strict = False           # True: the first bad record raises, naming the file and problem.
-    cfg.skip_log_dir = ""        # Worker processes append skip events here (SkipStats.from_log_dir).
+    cfg.skip_log_dir = ""        # Worker processes append skip events here (SkipStats.from_log_dir)
     # A damaged cache (a shard failing its checksum, truncated or missing; cache/source.py) stops
     # the run, naming the file: a damaged record is never trained on. True: its records are
     # skipped instead and counted as `damaged_cache_record` (e.g. to finish a run, then rebuild).
