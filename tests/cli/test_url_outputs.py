@@ -10,15 +10,13 @@ import pathlib
 
 import fsspec
 import pytest
-import torch
 from fsspec.implementations.dirfs import DirFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
-from crema_jax.export import import_torch
 from tests.cli.conftest import assert_one_error_line, run_in_process
-from tests.references.ecgfounder_torch import Net1DRef
+from tests.cli import test_resume
 
-SMALL_NET1D = dict(in_channels=12, filters=(16, 32), blocks=(1, 2), n_classes=150)
+net1d = test_resume.net1d   # the small Net1D checkpoint fixture
 TASKS = pathlib.Path(__file__).parents[2] / "configs" / "benchmarks" / "bundled_sample.py"
 
 
@@ -137,15 +135,6 @@ def test_embed_uploads_y_and_its_side_files(sit_checkpoint, cinc_sample_dir, sto
     assert _bytes(root / "bucket" / "e") == _bytes(local)
     assert _listing(local) == ["Y.npy", "Y.paths.txt", "Y.records.txt"]
     assert list(cwd.iterdir()) == []
-
-
-@pytest.fixture(scope="module")
-def net1d(tmp_path_factory):
-    torch.manual_seed(3)
-    root = tmp_path_factory.mktemp("net1d")
-    torch.save({"state_dict": Net1DRef(**SMALL_NET1D).eval().state_dict()}, root / "small.pth")
-    import_torch.run_import(str(root / "small.pth"), "ecgfounder", str(root / "ckpt"))
-    return str(root / "ckpt")
 
 
 def test_predict_uploads_its_csv(net1d, cinc_sample_dir, store, tmp_path, capsys):
