@@ -377,7 +377,7 @@ def validate_patches(config) -> None:
     crop = model.num_patches * model.patch_size
     _check(data.crop_samples == crop, "data.crop_samples", data.crop_samples,
            f"{crop}, the model's num_patches {model.num_patches} x patch_size "
-           f"{model.patch_size} (the patches a lead the model reads)",
+           f"{model.patch_size} (the patches of one lead that the model reads)",
            related=("model.num_patches", "model.patch_size"))
 
 

@@ -86,6 +86,6 @@ def test_a_model_whose_patches_the_data_path_does_not_cut_is_refused_naming_both
         config_checks.validate(config)
     assert str(err.value) == (
         f"config.data.crop_samples={config.data.crop_samples}: expected {20 * patch}, the "
-        f"model's num_patches 20 x patch_size {patch} (the patches a lead the model reads)")
+        f"model's num_patches 20 x patch_size {patch} (the patches of one lead that the model reads)")
     assert err.value.config_field == "data.crop_samples"
     assert set(err.value.related) == {"model.num_patches", "model.patch_size"}

@@ -61,17 +61,18 @@ FLUSH_SECONDS = 10.0
 _CHUNK = re.compile(r"chunk-(\d{6})\.npz")
 _OURS = re.compile(r"\.?(manifest\.json|chunk-\d{6}\.npz)(\..*\.tmp)?|lock")  # temporaries too
 
+_TEST_SIGNALS = {"CREMA_JAX_TEST_KILL_AFTER_CHUNK": signal.SIGKILL,
+                 "CREMA_JAX_TEST_STOP_AFTER_CHUNK": signal.SIGSTOP}
+# The data section's fields that change how fast, not what, is computed.
+_RUNTIME_FIELDS = ("batch_size", "num_workers", "read_threads", "prefetch_buffer_size",
+                   "per_worker_buffer_size")
+
 
 def _ours(folder: str, name: str) -> bool:
     """An entry of the folder this module writes: one of its names, and a plain file (a link
     named `lock` had been followed, its target overwritten with the pid)."""
     path = os.path.join(folder, name)
     return bool(_OURS.fullmatch(name)) and os.path.isfile(path) and not os.path.islink(path)
-_TEST_SIGNALS = {"CREMA_JAX_TEST_KILL_AFTER_CHUNK": signal.SIGKILL,
-                 "CREMA_JAX_TEST_STOP_AFTER_CHUNK": signal.SIGSTOP}
-# The data section's fields that change how fast, not what, is computed.
-_RUNTIME_FIELDS = ("batch_size", "num_workers", "read_threads", "prefetch_buffer_size",
-                   "per_worker_buffer_size")
 
 
 def folder_of(out_path: str) -> str:
@@ -130,8 +131,10 @@ class Keeper:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
             except FileNotFoundError:
                 continue
-            except PermissionError:  # another member of a shared folder's group made it
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            except PermissionError:
+                raise BusyError(f"{self.out_path}: its lock file {path} is not writable by this "
+                                "user (another user's run made it); ask its owner to remove "
+                                "the folder, or choose another --out") from None
             taken = _flock(fd)
             if taken is False:
                 holder = os.read(fd, 32).decode("ascii", "replace").strip()
@@ -149,9 +152,8 @@ class Keeper:
                     self.say(f"warning: {self.folder}: its file system takes no locks "
                              f"({taken}); nothing stops another run writing {self.out_path} "
                              "at the same time")
-                if os.fstat(fd).st_mode & 0o200 and os.access(path, os.W_OK):
-                    os.ftruncate(fd, 0)
-                    os.write(fd, f"{os.getpid()}\n".encode())
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
                 self._lock_fd = fd
                 return
             os.close(fd)
@@ -329,9 +331,7 @@ class BusyError(ValueError):
 
 # flock's errors on a file system without locks (Lustre mounted without -o flock, some FUSE
 # mounts): there a run goes on unlocked, saying so, as embed and predict ran before the lock.
-# EBADF: NFS emulates flock with fcntl locks, whose exclusive lock a file opened read-only
-# (another group member's lock file) cannot take.
-_NO_LOCKS = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EBADF)
+_NO_LOCKS = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP)
 
 
 def _flock(fd: int) -> bool | str:
@@ -350,16 +350,15 @@ def _flock(fd: int) -> bool | str:
 
 def _unlocked(folder: str) -> bool:
     """No run holds the folder's lock (none may have made one, or the file system has none).
-    Opened for writing where it can be: NFS emulates flock with fcntl locks, whose exclusive
-    lock needs a file open for writing."""
+    Opened for writing (NFS emulates flock with fcntl locks, whose exclusive lock needs it) and
+    never through a link; a lock file that cannot be so opened counts as held."""
     path = os.path.join(folder, LOCK)
     try:
-        try:
-            fd = os.open(path, os.O_RDWR)
-        except PermissionError:
-            fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
     except FileNotFoundError:
         return True
+    except OSError:  # a link (ELOOP), or not ours to write: taken as held, left alone
+        return False
     try:
         return _flock(fd) is not False
     finally:

@@ -300,8 +300,8 @@ def _remove_unfinished(root: epath.Path, step: int, made: list[str], *, quiet_s:
                 made_folders.remove_if_empty(made)
                 if not os.path.isdir(made[0]):   # removed this pass
                     found.append(made[0])
-        except OSError:  # a file written while it was removed: the next pass
-            found = [root]
+        except OSError:  # a file written while it was removed (the next pass), or a store
+            found = []     # refusing removal (EROFS, EACCES: not waited out for limit_s)
         if found:
             quiet_since = time.monotonic()
         time.sleep(0.05)

@@ -38,11 +38,6 @@ def is_remote(path) -> bool:
     return "://" in text and not text.startswith("file://")
 
 
-def _local(path: str) -> str:
-    """A local path or file:///PATH (which is_remote calls local) as the local path."""
-    return path[len("file://"):] if path.startswith("file:///") else path
-
-
 def _fs(url: str):
     """(fsspec file system, path inside it) of a URL; one line naming the URL and the fix when
     its scheme is unknown or its implementation is not installed."""
@@ -301,8 +296,8 @@ def check_output_file(path, *, inputs=(), flag: str = "--out", overwrite: bool =
     work, so that a command does not find out after it."""
     path = os.fspath(path)
     if not is_remote(path):
-        return files.check_output_file(_local(path), inputs=inputs, flag=flag,
-                                       overwrite=overwrite, owned=owned)
+        return files.check_output_file(path, inputs=inputs, flag=flag, overwrite=overwrite,
+                                       owned=owned)
     try:
         check_url(path)
     except (ValueError, ImportError) as err:  # they begin with the URL
@@ -355,7 +350,7 @@ def write_atomic_group(writes) -> None:
     writes = [(os.fspath(path), write) for path, write in writes]
     remote = [is_remote(path) for path, _ in writes]
     if not any(remote):
-        files.write_atomic_group([(_local(path), write) for path, write in writes])
+        files.write_atomic_group(writes)
         return
     if not all(remote):
         raise ValueError("one group of outputs mixes local paths and URLs: "

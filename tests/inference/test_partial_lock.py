@@ -223,3 +223,23 @@ def test_the_lock_file_is_made_with_the_umask_s_rights_as_the_run_s_other_files(
     finally:
         os.umask(old)
     assert mode == 0o664
+
+
+def test_a_lock_file_this_user_cannot_write_is_refused_in_one_line(tmp_path, monkeypatch):
+    """Another user's lock (umask 022): refused, naming the file, not a PermissionError."""
+    out = str(tmp_path / "p.csv")
+    keeper = partial.Keeper(out, "logits")
+    lock = os.path.join(keeper.folder, "lock")
+    opened = os.open
+
+    def not_writable(path, flags, *mode):
+        if path == lock and flags & os.O_RDWR:
+            raise PermissionError(13, "Permission denied", path)
+        return opened(path, flags, *mode)
+
+    monkeypatch.setattr(os, "open", not_writable)
+    with pytest.raises(partial.BusyError) as err:
+        keeper.lock()
+    assert str(err.value) == (f"{out}: its lock file {lock} is not writable by this user "
+                              "(another user's run made it); ask its owner to remove the "
+                              "folder, or choose another --out")

@@ -139,10 +139,3 @@ def test_one_group_never_mixes_local_paths_and_urls(bucket, tmp_path):
                                     (f"{base}/b", _text_writer("b"))])
     assert list(tmp_path.iterdir()) == [] and not fs.exists(f"{base}/b")
 
-
-def test_a_file_url_is_the_local_path_it_names(tmp_path):
-    """storage calls file:///PATH local; files had refused it as a URL."""
-    out = tmp_path / "e.npy"
-    assert storage.check_output_file(f"file://{out}") == str(out)
-    storage.write_atomic_group([(f"file://{out}", _text_writer("x"))])
-    assert out.read_text() == "x"
