@@ -34,10 +34,10 @@ COMMAND.integer("seed", 0, "Seed for model parts the file does not hold (e.g. th
 @COMMAND.main
 def main(args) -> None:
     from crema_jax.export import import_torch  # at run time: --help answers without importing JAX
-    from crema_jax.runtime import checkpoint
+    from crema_jax.runtime import checkpoint_errors
 
     if not args.verbose:  # a failed save (a full disk) is its one error line, not Orbax's logs
-        checkpoint.quiet_background_save_errors()
+        checkpoint_errors.quiet_background_save_errors()
     if len(args.positional) != 1:
         raise command.FlagValueError(f"expected one weight FILE, FOLDER or hub id, got "
                                      f"{len(args.positional)} (usage: {COMMAND.usage_line()})")

@@ -93,9 +93,9 @@ def main(args) -> None:
         return
 
     if not args.verbose:
-        from crema_jax.runtime import checkpoint
+        from crema_jax.runtime import checkpoint_errors
 
-        checkpoint.quiet_background_save_errors()
+        checkpoint_errors.quiet_background_save_errors()
     try:
         result = trainer.train(config, args.workdir, evaluators=evaluators.build,
                                drill=hooks.FaultDrill.from_env())

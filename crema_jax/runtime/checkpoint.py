@@ -16,10 +16,7 @@ as a JSON-safe dict: reading it onto today's defaults is crema_jax.config.from_s
 """
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
-import logging
 import os
 import re
 import time
@@ -30,7 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from crema_jax.runtime import digests, files, made_folders, storage, trees
+from crema_jax.runtime import checkpoint_errors, digests, files, made_folders, storage, trees
 from crema_jax.runtime.workdir import (checkpoints_dir, complete_steps, has_train_state,
                                        is_unfinished_step_name, resolve_checkpoint)
 
@@ -142,10 +139,6 @@ def _replicated_like(tree):
     return None
 
 
-class CheckpointSaveError(OSError):
-    """A checkpoint save failed; the message names the step, its path and the cause."""
-
-
 class SaveWatch:
     """Whether the saves a run started were written. Orbax writes asynchronously and reports a
     failure only when asked, so the train loop asks before every step it dispatches (`poll`,
@@ -184,75 +177,14 @@ class SaveWatch:
             raise self._failure(step, err) from None
         self.last_complete = step
 
-    def _failure(self, step: int, err: BaseException) -> CheckpointSaveError:
+    def _failure(self, step: int, err: BaseException) -> checkpoint_errors.CheckpointSaveError:
         path = epath.Path(self.manager.directory)
         kept = (f"step {self.last_complete} is the last complete checkpoint; a rerun resumes "
                 "from it" if self.last_complete is not None else
                 "no complete checkpoint was written; a rerun starts over")
-        return CheckpointSaveError(f"saving checkpoint step {step} to {path / str(step)} "
-                                   f"failed: {_cause(err)}; {kept}")
-
-
-def _cause(err: BaseException, limit: int = 300) -> str:
-    """The OS's account of the failure when the message carries one (TensorStore writes
-    "... [os_error_code='28']" for a full disk), else the innermost error's message; one line."""
-    seen = set()
-    while id(err) not in seen:
-        seen.add(id(err))
-        inner = err.__cause__ or err.__context__
-        if inner is None:
-            break
-        err = inner
-    text = " ".join((str(err) or type(err).__name__).split())
-    text = re.sub(r" ?\[tensorstore_spec='.*'\]$", "", text)  # the store's full spec, ~1 KB
-    code = re.search(r"os_error_code='?(\d+)", text)
-    if isinstance(err, OSError) and err.errno:
-        return f"{err.strerror or os.strerror(err.errno)} (errno {err.errno})"
-    if code:
-        return f"{os.strerror(int(code.group(1)))} (errno {code.group(1)})"
-    for number in _STORAGE_ERRNOS:  # a TensorStore message that lost its os_error_code
-        if os.strerror(number) in text:
-            return f"{os.strerror(number)} (errno {number})"
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-# What a checkpoint write fails with for want of room or rights. Which file of a step meets the
-# limit first varies, and an error TensorStore wraps (opening a driver) had carried only the
-# words: "... Failed writing: "<path>": File too large", cut at the limit before them.
-_STORAGE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES)
-
-
-def quiet_background_save_errors() -> None:
-    """A failed save is reported once, by SaveWatch or save_model_checkpoint: Orbax's own error
-    logs of it (a traceback per background thread) are dropped, and so are the failed write
-    coroutines asyncio logs when they are collected ("Task exception was never retrieved"). For
-    this process from now on (the callbacks outlive the run); `--verbose` keeps them. (The CLI
-    drops TensorStore's "Event loop is closed" tracebacks of any failed read or save:
-    cli/command.py.)"""
-    logging.getLogger("absl").addFilter(_drop_orbax_errors)
-    logging.getLogger("asyncio").addFilter(_drop_unretrieved_task_errors)
-
-
-@contextlib.contextmanager
-def _absl_quiet(*message_starts: str):
-    """Absl log records starting with one of `message_starts` dropped inside the block."""
-    def drop(record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(message_starts)
-    logger = logging.getLogger("absl")
-    logger.addFilter(drop)
-    try:
-        yield
-    finally:
-        logger.removeFilter(drop)
-
-
-def _drop_unretrieved_task_errors(record: logging.LogRecord) -> bool:
-    return not str(record.msg).split("\n", 1)[0].endswith("exception was never retrieved")
-
-
-def _drop_orbax_errors(record: logging.LogRecord) -> bool:
-    return not (record.levelno >= logging.ERROR and
-                f"{os.sep}orbax{os.sep}" in (record.pathname or ""))
+        return checkpoint_errors.CheckpointSaveError(
+            f"saving checkpoint step {step} to {path / str(step)} failed: "
+            f"{checkpoint_errors.cause(err)}; {kept}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -278,7 +210,8 @@ def save_model_checkpoint(workdir, params, config, step: int = 0) -> epath.Path:
     except Exception as err:  # noqa: BLE001 - whatever the writer raised, named once
         if not storage.is_remote(root):  # an object store's step has no temporary folder
             _remove_unfinished(root, step, made)
-        raise CheckpointSaveError(f"cannot write {workdir}: {_cause(err)}") from err
+        raise checkpoint_errors.CheckpointSaveError(
+            f"cannot write {workdir}: {checkpoint_errors.cause(err)}") from err
     return root / str(step)
 
 
@@ -318,7 +251,8 @@ def load_model_checkpoint(path) -> tuple[dict, dict, int]:
     # read_only makes Orbax warn "Given directory is read only" on every read: it is meant.
     # The step's _CHECKPOINT_METADATA (Orbax's timestamps) is not read for anything here: a
     # damaged one logged its content on ERROR lines, 2-4 per read, for a checkpoint that loads.
-    with _absl_quiet("Given directory is read only", "Failed to json parse Metadata file"), \
+    with checkpoint_errors.absl_quiet("Given directory is read only",
+                                      "Failed to json parse Metadata file"), \
             ocp.CheckpointManager(
             root,
             # Handlers for the training-only items too, so Orbax does not warn that it found them
@@ -425,10 +359,10 @@ def _damage(err: BaseException) -> str:
     """The last file TensorStore names and what was wrong with it ("d/0323...: Requested byte
     range [0, 11944) is not valid for value of size 16", "manifest.ocdbt: Error decoding
     manifest: ...", "d/0323...: not found"), else the cause in one line."""
-    text = _cause(err, limit=10_000)
+    text = checkpoint_errors.cause(err, limit=10_000)
     found = list(re.finditer(r'local file "([^"]+)"', text))
     if not found:
-        return _cause(err)
+        return checkpoint_errors.cause(err)
     reason = text[found[-1].end():].lstrip(": ")
     status = re.match(r"([A-Z_]+): ", text)
     reason = reason or (status.group(1).lower().replace("_", " ") if status else "unreadable")

@@ -70,18 +70,18 @@ def test_missing_checkpoint_names_the_path(tmp_path):
 def test_a_save_failure_is_told_by_the_os_error_whichever_file_met_the_limit():
     """A wrapped TensorStore error had carried the OS's words but no os_error_code, and was cut
     at 300 characters before them: the one line then depended on which file hit the limit."""
-    from crema_jax.runtime import checkpoint as ckpt
+    from crema_jax.runtime import checkpoint_errors as ckpt
 
     wrapped = ValueError(
         'OUT_OF_RANGE: Error opening "zarr" driver: Error writing "0.0.nu.encoder.blocks.1.mlp'
         '.fc2.bias/.zarray" in OCDBT database at local file "/tmp/' + "x" * 300 + '/ocdbt.'
         'process_0/": Failed writing: "/tmp/' + "y" * 100 + '/d/abc": File too large')
-    assert ckpt._cause(wrapped) == "File too large (errno 27)"
+    assert ckpt.cause(wrapped) == "File too large (errno 27)"
     coded = RuntimeError("Failed writing: ... [os_error_code='28']")
-    assert ckpt._cause(coded) == "No space left on device (errno 28)"
-    assert ckpt._cause(OSError(13, "Permission denied")) == "Permission denied (errno 13)"
+    assert ckpt.cause(coded) == "No space left on device (errno 28)"
+    assert ckpt.cause(OSError(13, "Permission denied")) == "Permission denied (errno 13)"
     other = RuntimeError("DATA_LOSS: " + "z" * 400)
-    assert ckpt._cause(other) == ("DATA_LOSS: " + "z" * 400)[:297] + "..."
+    assert ckpt.cause(other) == ("DATA_LOSS: " + "z" * 400)[:297] + "..."
 
 
 def test_a_config_that_cannot_be_written_is_raised_as_itself_not_as_a_failed_save(
