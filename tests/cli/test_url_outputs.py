@@ -6,6 +6,7 @@
 The store is fakegs://, an fsspec file system keeping its objects in a local folder as a bucket
 does (an upload makes the folders above it); the commands run in a folder of their own, which
 must stay empty."""
+import json
 import pathlib
 
 import fsspec
@@ -51,7 +52,16 @@ def _listing(folder: pathlib.Path) -> list[str]:
 
 
 def _bytes(folder: pathlib.Path) -> dict:
-    return {name: (folder / name).read_bytes() for name in _listing(folder)}
+    """Each file's bytes; a .safetensors file's as (header, data): its header's JSON is written
+    from a hash map, its metadata keys in an order that varies between writes."""
+    out = {}
+    for name in _listing(folder):
+        data = (folder / name).read_bytes()
+        if name.endswith(".safetensors"):
+            size = int.from_bytes(data[:8], "little")
+            data = (json.loads(data[8:8 + size]), data[8 + size:])
+        out[name] = data
+    return out
 
 
 def test_export_torch_uploads_the_weights_and_their_config(sit_checkpoint, store, tmp_path,
