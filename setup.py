@@ -38,7 +38,8 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["crema_jax", "crema_jax.*"]),
     package_data={"crema_jax.data": ["sample_data/*", "sample_data/**/*"],
-                  "crema_jax.inference": ["ecgfounder_labels.txt"]},  # predict's label names
+                  "crema_jax.inference": ["ecgfounder_labels.txt"],  # predict's label names
+                  "crema_jax.models": ["*.cc"]},  # native CPU kernels (runtime/native.py)
     include_package_data=True,
     python_requires=">=3.11",
     install_requires=CORE,

@@ -124,7 +124,8 @@ def _print_stages(model, ref, xj, xt, iters):
     import torch.nn.functional as F
     from flax import nnx
 
-    from crema_jax.models.net1d import grouped_conv, silu
+    from crema_jax.models.grouped_conv import grouped_conv
+    from crema_jax.models.net1d import silu
 
     def jax_fn(module, fn):
         graphdef, state = nnx.split(module)
@@ -142,7 +143,8 @@ def _print_stages(model, ref, xj, xt, iters):
                                                   iters)))
         # The grouped convolutions alone, each on an input of its real shape (the stage's
         # first block takes the stage input's length, the others the output's).
-        convs_j = [jax_fn(b, lambda m, v: grouped_conv(m.conv2, v, m.groups))
+        convs_j = [jax_fn(b, lambda m, v: grouped_conv(v, m.conv2.kernel[...], m.conv2.bias[...],
+                                                       stride=m.stride, groups=m.groups))
                    for b in stage_j.block_list]
         convs_t = [b.conv2 for b in stage_t.block_list]
         width = stage_j.block_list[0].out_ch

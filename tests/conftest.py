@@ -3,9 +3,10 @@
 - 8 fake CPU devices, so sharding tests run on any laptop (single-device tests simply use
   device 0), compiled at XLA's backend optimisation level 0 (tests/xla_flags.py).
 - absl flags parsed once, as Grain worker processes require.
-- One persistent XLA compilation cache for the whole run, shared by the xdist workers and the
-  crema-jax processes the tests start (they inherit the environment): the tiny models' programs
-  recur across tests, and compiling them again is most of the suite's time.
+- One persistent XLA compilation cache (and one native-kernel folder) for the whole run, shared
+  by the xdist workers and the crema-jax processes the tests start (they inherit the
+  environment): the tiny models' programs recur across tests, and compiling them again is most
+  of the suite's time.
 """
 import os
 import shutil
@@ -23,6 +24,8 @@ _LEAD_PID = os.getppid() if "PYTEST_XDIST_WORKER" in os.environ else os.getpid()
 _RUN_CACHE = os.path.join(tempfile.gettempdir(), f"crema_jax_tests_xla_{_LEAD_PID}")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _RUN_CACHE)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+# Native CPU kernels (runtime/native.py) are built into the run's folder, not the user's ~/.cache.
+os.environ.setdefault("CREMA_JAX_NATIVE_CACHE", os.path.join(_RUN_CACHE, "native"))
 
 import jax  # noqa: E402
 

@@ -10,16 +10,14 @@ identical outputs:
 
 Three choices make the forward faster on CPU (XLA:CPU, 2 cores, batch 64 x 12 x 5000), each with
 the same sums as the plain formulation:
-- the middle (grouped) convolution runs as one plain convolution per group on that group's
-  channels (`grouped_conv`), every group unrolled: XLA:CPU's own `feature_group_count`
-  convolution was half of the model's time at a quarter of its FLOPs; split per group, the
-  forward ran 15-20% faster; unrolled rather than looped (lax.map) over the 64-group stages,
-  a few % more, for a compile of ~5 s instead of ~3 s;
+- the middle (grouped) convolution is models/grouped_conv.py: on CPU a native kernel (XLA:CPU's
+  own `feature_group_count` convolution was half of the model's time at a quarter of its
+  FLOPs), elsewhere one plain convolution per group;
 - Swish is x / (1 + exp(-x)) (`silu`), ~4% faster than jax.nn.silu's logistic there;
 - the stem and the first four stages (long signals, few channels: 0.3-0.6 MB per ECG and
   activation) run over micro-batches of 8 ECGs (`micro_batched`, a loop inside the jit), so their
   activations stay in cache; the wide late stages run on the whole batch, where their 1x1
-  convolutions are larger matrix products. Together ~10-15% on that input.
+  convolutions are larger matrix products.
 
 Input layout is PyTorch's (B, leads, samples); the model transposes to channels-last once.
 Parameter names mirror the PyTorch module (first_conv, stage_list/i/block_list/j/conv1, ...), which
@@ -31,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
+
+from crema_jax.models.grouped_conv import grouped_conv
 
 # PyTorch's default Conv1d/Linear weight init, U(+-1/sqrt(fan_in)): training from scratch then
 # starts where the reference implementation starts.
@@ -116,22 +116,6 @@ def micro_batched(fn, x: jax.Array, size: int) -> jax.Array:
     return out.reshape((count * step,) + out.shape[2:])[:b]
 
 
-def grouped_conv(conv: nnx.Conv, x: jax.Array, groups: int) -> jax.Array:
-    """`conv(x)` for a grouped nnx.Conv, as one ungrouped convolution per group (unrolled).
-
-    Same parameters and padding as the module (kernel (k, in // groups, out), outputs group-major,
-    "SAME"), the same sums; XLA:CPU runs these faster than one `feature_group_count` convolution.
-    """
-    in_w, out_w = x.shape[-1] // groups, conv.out_features // groups
-    kernel = conv.kernel[...]
-    out = jnp.concatenate([
-        jax.lax.conv_general_dilated(x[..., g * in_w:(g + 1) * in_w],
-                                     kernel[..., g * out_w:(g + 1) * out_w], conv.strides, "SAME",
-                                     dimension_numbers=("NWC", "WIO", "NWC"))
-        for g in range(groups)], axis=-1)
-    return out + conv.bias[...]
-
-
 class SqueezeExcite(nnx.Module):
     def __init__(self, channels: int, *, rngs: nnx.Rngs):
         self.se_fc1 = _linear(channels, channels // 2, rngs)
@@ -163,7 +147,8 @@ class Block(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         out = x if self.is_first_block else silu(x)
         out = silu(self.conv1(out))
-        out = silu(grouped_conv(self.conv2, out, self.groups))
+        out = silu(grouped_conv(out, self.conv2.kernel[...], self.conv2.bias[...],
+                                stride=self.stride, groups=self.groups))
         out = self.se(self.conv3(out))
         shortcut = maxpool_pad_right_zero(x) if self.stride > 1 else x
         return out + pad_channels_centred(shortcut, self.out_ch)

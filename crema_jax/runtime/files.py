@@ -16,6 +16,7 @@ Rules (every command follows them):
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import json
@@ -172,6 +173,19 @@ def check_output_dir(path, *, marker, flag: str, inputs: Iterable = (), outside:
             if kind and not (path / m).is_dir():  # a marker may be a folder (checkpoints/)
                 raise OutputError(f"{flag}={path}: {m} is {kind}, not a regular file")
     return make_folder(path, f"{flag}={path}", create=create)
+
+
+def own_folder(path: str) -> None:
+    """Makes the folder `path` (mode 0700) unless it exists; PermissionError unless it is a
+    folder (not a link) of this user's."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    found = os.lstat(path)
+    if not stat.S_ISDIR(found.st_mode):
+        raise PermissionError(f"{path} is not a folder")
+    if found.st_uid != os.getuid():
+        raise PermissionError(f"{path} belongs to uid {found.st_uid}, not to this user (uid "
+                              f"{os.getuid()})")
 
 
 def make_folder(path, label: str, *, create: bool = True) -> pathlib.Path:

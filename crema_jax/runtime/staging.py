@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import json
 import os
-import stat
 import tempfile
 from typing import Mapping
 
@@ -50,7 +49,7 @@ def staging_dir(url: str, purpose: str) -> str:
     folder = os.path.join(base, f"crema_jax-{purpose}-{digest}")
     try:
         if not chosen:
-            _own_folder(base)
+            files.own_folder(base)
         os.makedirs(folder, exist_ok=True)
         if not os.access(folder, os.W_OK | os.X_OK):
             raise PermissionError(f"not writable by uid {os.getuid()}")
@@ -58,19 +57,6 @@ def staging_dir(url: str, purpose: str) -> str:
         raise PermissionError(f"{folder}: cannot hold the local copy of {url} ({err}); set "
                               "CREMA_JAX_STAGING to a folder you can write") from None
     return folder
-
-
-def _own_folder(path: str) -> None:
-    """Makes the folder `path` (mode 0700) unless it exists; PermissionError unless it is a
-    folder (not a link) of this user's."""
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path, 0o700)
-    found = os.lstat(path)
-    if not stat.S_ISDIR(found.st_mode):
-        raise PermissionError(f"{path} is not a folder")
-    if found.st_uid != os.getuid():
-        raise PermissionError(f"{path} belongs to uid {found.st_uid}, not to this user (uid "
-                              f"{os.getuid()})")
 
 
 MIRROR_THREADS = 8  # files copied at once: object stores serve each stream at a fraction of a

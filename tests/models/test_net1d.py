@@ -2,7 +2,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from flax import nnx
 
 from crema_jax.models import net1d
@@ -81,36 +80,6 @@ def test_wrong_lead_count_is_refused():
         assert "1 leads" in str(err)
     else:
         raise AssertionError("a 12-lead input to a 1-lead Net1D must be refused")
-
-
-def _grouped_conv_numpy(x, kernel, bias, stride, groups):
-    """Direct sum: PyTorch's 'same' padding (left p // 2), kernel (k, in // groups, out)."""
-    b, t, c = x.shape
-    k, in_w, out_c = kernel.shape
-    out_w = out_c // groups
-    out_t = -(-t // stride)
-    pad = max(0, (out_t - 1) * stride + k - t)
-    xp = np.pad(x, ((0, 0), (pad // 2, pad - pad // 2), (0, 0))).astype(np.float64)
-    out = np.zeros((b, out_t, out_c))
-    for g in range(groups):
-        for tau in range(out_t):
-            window = xp[:, tau * stride:tau * stride + k, g * in_w:(g + 1) * in_w]
-            out[:, tau, g * out_w:(g + 1) * out_w] = np.einsum(
-                "bki,kio->bo", window, kernel[:, :, g * out_w:(g + 1) * out_w])
-    return out + bias
-
-
-@pytest.mark.parametrize("groups", [3, 40])
-@pytest.mark.parametrize("stride", [1, 2])
-def test_grouped_conv_matches_direct_sum(groups, stride):
-    conv = nnx.Conv(groups * 4, groups * 4, kernel_size=(5,), strides=(stride,), padding="SAME",
-                    feature_group_count=groups, rngs=nnx.Rngs(0))
-    conv.bias[...] = jnp.asarray(np.random.default_rng(1).standard_normal(groups * 4), jnp.float32)
-    x = np.random.default_rng(0).standard_normal((2, 13, groups * 4)).astype(np.float32)
-    got = net1d.grouped_conv(conv, jnp.asarray(x), groups)
-    want = _grouped_conv_numpy(x, np.asarray(conv.kernel[...]), np.asarray(conv.bias[...]),
-                               stride, groups)
-    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
 
 
 def test_silu_and_its_derivative_match_the_sigmoid_formulas_everywhere():
