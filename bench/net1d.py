@@ -3,7 +3,9 @@
     python bench/net1d.py [--batch=64] [--samples=5000] [--iters=3] [--compile] [--stages]
 
 Same random weights in both frameworks (converted with crema_jax.export), float32, one batch of
-(batch, 12, samples). JAX: jax.jit of the forward (compile excluded, reported apart). PyTorch:
+(batch, 12, samples). JAX: jax.jit of the forward (compile excluded, reported apart), its grouped
+convolutions in the native CPU kernel (models/grouped_conv.py; CREMA_JAX_NATIVE=0: XLA's; the
+header says which ran). PyTorch:
 eager under torch.no_grad(); --compile adds torch.compile (off by default: on a 2-core CPU it
 compiled for 3.5 minutes and then ran slower than eager for batch 8 x 1000).
 Prints ms/batch (median of --iters timed runs after one warm-up) and ECGs/s, and the max relative
@@ -51,6 +53,7 @@ def main():
     from flax import nnx
 
     from crema_jax.export import convert
+    from crema_jax.models import grouped_conv
     from crema_jax.models import params as params_lib
     from crema_jax.models.net1d import default_net1d_config
     from crema_jax.train import perf
@@ -84,8 +87,10 @@ def main():
                 rows.append(("PyTorch torch.compile", float("nan"), f"failed: {type(err).__name__}"))
     diff = float(np.max(np.abs(np.asarray(out_j) - out_t.numpy())) / np.max(np.abs(out_t.numpy())))
 
+    grouped = ("native CPU kernel" if grouped_conv.native_ready()
+               else "XLA's convolutions (native kernel off or unavailable)")
     print(f"Net1D 12-lead inference, batch {args.batch} x 12 x {args.samples}, float32, "
-          f"{perf.host_cpu()}, "
+          f"grouped convolutions: {grouped}, {perf.host_cpu()}, "
           f"jax {jax.__version__}, torch {torch.__version__}, torch threads "
           f"{torch.get_num_threads()}")
     print(f"{'framework':<26} {'ms/batch':>10} {'ECGs/s':>9}  note")

@@ -63,6 +63,8 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "slow: an end-to-end drill (crema-jax processes, kill -9, several processes, "
         "sharded runs); `-m 'not slow'` runs the unit tests alone, CI runs both")
+    if config.option.durations is None:  # the slowest tests, listed at the end of every run
+        config.option.durations = 25
 
 
 def pytest_unconfigure(config):
