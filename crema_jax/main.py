@@ -4,6 +4,7 @@ import importlib
 import os
 import signal
 import sys
+import threading
 import traceback
 
 from absl import flags
@@ -73,6 +74,24 @@ def _terminate_as_interrupt() -> None:
             return
         raise command.Terminated()
     signal.signal(signal.SIGTERM, handle)
+    previous = sys.unraisablehook
+
+    def send_again(unraisable):
+        # An interrupt raised while Python ran a callback that cannot raise (a garbage
+        # collector callback such as XLA's, a __del__) is printed and dropped, and the command
+        # went on as if never signalled: a SIGTERM during a pretrain's start-up ended it with
+        # exit 0 after all its steps. The signal is sent again a moment later, from another
+        # thread (sent from here, its handler would run inside this hook and be dropped too),
+        # so the handler runs at the main thread's next step after the callback.
+        value = unraisable.exc_value
+        if isinstance(value, KeyboardInterrupt) and os.getpid() == main_pid:
+            number = signal.SIGTERM if isinstance(value, command.Terminated) else signal.SIGINT
+            later = threading.Timer(0.01, os.kill, (main_pid, number))
+            later.daemon = True
+            later.start()
+        else:
+            previous(unraisable)
+    sys.unraisablehook = send_again
 
 
 def _jax_backend_started() -> bool:
