@@ -1,6 +1,7 @@
 """Net1D (ECGFounder, 12-lead, 30.75 M params) inference: JAX vs PyTorch on this machine's CPU.
 
     python bench/net1d.py [--batch=64] [--samples=5000] [--iters=3] [--compile] [--stages]
+                          [--grouped]
 
 Same random weights in both frameworks (converted with crema_jax.export), float32, one batch of
 (batch, 12, samples). JAX: jax.jit of the forward (compile excluded, reported apart), its grouped
@@ -12,6 +13,8 @@ Prints ms/batch (median of --iters timed runs after one warm-up) and ECGs/s, and
 difference of the logits between frameworks.
 --stages adds a per-stage table: the stem and each stage alone on its real input, and the stage's
 grouped (middle) convolutions alone, JAX against PyTorch eager, timings interleaved per repeat.
+--grouped adds the native grouped-convolution kernel against XLA's formulation (one plain
+convolution per group) at each distinct shape of Net1D's grouped convolutions, in GFLOP/s.
 """
 from __future__ import annotations
 
@@ -44,6 +47,9 @@ def main():
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--stages", action="store_true",
                         help="also time the stem, each stage and its grouped convolutions alone")
+    parser.add_argument("--grouped", action="store_true",
+                        help="also time the native grouped-convolution kernel against XLA's "
+                             "formulation at each shape")
     args = parser.parse_args()
 
     import jax
@@ -103,6 +109,8 @@ def main():
     print(f"max relative logit difference JAX vs PyTorch: {diff:.1e}")
     if args.stages:
         _print_stages(model, ref, xj, xt, args.iters)
+    if args.grouped:
+        _print_grouped(cfg, args.batch, args.samples, args.iters)
     print(f"load average (1 min) at the end: {os.getloadavg()[0]:.1f}")
 
 
@@ -166,6 +174,48 @@ def _print_stages(model, ref, xj, xt, iters):
     print(f"{'part':<24} {'JAX':>8} {'PyTorch':>8} {'PyTorch/JAX':>12}")
     for name, tj, tt in rows:
         print(f"{name:<24} {tj * 1e3:>8.0f} {tt * 1e3:>8.0f} {tt / tj:>12.2f}")
+
+
+def _print_grouped(cfg, batch, samples, iters):
+    """Each distinct (length, width, stride) of Net1D's grouped convolutions: the native kernel
+    against the XLA formulation, alternated, random inputs."""
+    import jax
+    import numpy as np
+
+    from crema_jax.models import grouped_conv
+
+    if not grouped_conv.native_ready():
+        print("\n--grouped: the native kernel is off or unavailable (see the warning above)")
+        return
+    shapes, length = [], -(-samples // cfg.stride)   # after the stem
+    for width, blocks in zip(cfg.filters, cfg.blocks):
+        for j in range(blocks):
+            stride = cfg.stride if j == 0 else 1
+            if (length, width, stride) not in shapes:
+                shapes.append((length, width, stride))
+            length = -(-length // stride)
+    rng = np.random.default_rng(0)
+    print(f"\ngrouped convolutions alone, batch {batch}, ms (medians of {iters}, alternated)")
+    print(f"{'length':>7} {'width':>6} {'stride':>6} {'native':>8} {'GFLOP/s':>8} {'XLA':>8} "
+          f"{'GFLOP/s':>8}")
+    totals = [0.0, 0.0]
+    for length, width, stride in shapes:
+        groups = width // cfg.group_width
+        x = jax.numpy.asarray(rng.standard_normal((batch, length, width), np.float32))
+        k = jax.numpy.asarray(rng.standard_normal((cfg.kernel, cfg.group_width, width),
+                                                  np.float32))
+        b = jax.numpy.zeros((width,), np.float32)
+        native = jax.jit(lambda x, k, b: grouped_conv.grouped_conv(
+            x, k, b, stride=stride, groups=groups))
+        xla = jax.jit(lambda x, k, b: grouped_conv.xla_grouped_conv(x, k, b, stride, groups))
+        tn, tx = _interleaved(lambda: native(x, k, b).block_until_ready(),
+                              lambda: xla(x, k, b).block_until_ready(), iters)
+        flop = 2 * batch * -(-length // stride) * width * cfg.group_width * cfg.kernel
+        totals[0] += tn
+        totals[1] += tx
+        print(f"{length:>7} {width:>6} {stride:>6} {tn * 1e3:>8.2f} {flop / tn / 1e9:>8.0f} "
+              f"{tx * 1e3:>8.2f} {flop / tx / 1e9:>8.0f}")
+    print(f"{'sum':>21} {totals[0] * 1e3:>8.1f} {'':>8} {totals[1] * 1e3:>8.1f}")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ inputs; "SAME" pads p // 2 on the left, as PyTorch's padding='same' and ECGFound
 - On CPU, for float32, 16 channels per group and stride 1 or 2 (every Net1D grouped
   convolution): a native kernel, grouped_conv.cc, compiled once per machine
   (runtime/native.py). XLA:CPU has no fast grouped convolution; this kernel runs Net1D's at
-  150-190 GFLOP/s on two Zen 4 cores, against ~100 for the XLA formulation below, and took the
-  whole Net1D forward from ~1,250 to ~900 ms (docs/benchmarks.md).
+  ~120-170 GFLOP/s on two Zen 4 cores, against ~60-100 for the XLA formulation below, and
+  took the batch-64 Net1D forward to ~900 ms, 1.6-1.8x torch.compile (docs/benchmarks.md).
 - Elsewhere (GPU, TPU, other dtypes or widths), or where the kernel cannot be built: XLA's
   convolutions, one per group, unrolled (on XLA:CPU ~2x faster than one `feature_group_count`
   convolution).
