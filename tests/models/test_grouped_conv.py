@@ -39,10 +39,13 @@ def _inputs(batch, length, groups, width, taps, seed=0):
 
 # (batch, length, groups, width, taps, stride): Net1D's widths and kernel (16, 16) at odd and even
 # lengths, shorter than the kernel, one position, a register block's edges (12, 13, 60, 61 output
-# positions), and widths the kernel does not take (4: the XLA formulation).
+# positions), and widths the kernel does not take (4: the XLA formulation). The kernel splits
+# few positions by groups and many (the last two native cases: 2,000 and 4,000 positions, more
+# than 4 tiles per worker for up to 8 workers) by runs of positions.
 CASES = [(2, 13, 3, 16, 16, 1), (2, 13, 3, 16, 16, 2), (1, 1, 1, 16, 16, 2), (3, 5, 2, 16, 16, 1),
          (2, 24, 1, 16, 5, 2), (2, 26, 1, 16, 16, 2), (1, 121, 4, 16, 16, 2), (1, 61, 2, 16, 1, 1),
-         (5, 100, 64, 16, 16, 2), (2, 13, 3, 4, 5, 1), (2, 13, 40, 4, 5, 2)]
+         (5, 100, 64, 16, 16, 2), (4, 999, 3, 16, 16, 2), (8, 500, 2, 16, 16, 1),
+         (2, 13, 3, 4, 5, 1), (2, 13, 40, 4, 5, 2)]
 
 
 @pytest.mark.parametrize("batch,length,groups,width,taps,stride", CASES)
