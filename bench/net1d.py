@@ -5,8 +5,8 @@
 
 Same random weights in both frameworks (converted with crema_jax.export), float32, one batch of
 (batch, 12, samples). JAX: jax.jit of the forward (compile excluded, reported apart), its grouped
-convolutions in the native CPU kernel (models/grouped_conv.py; CREMA_JAX_NATIVE=0: XLA's; the
-header says which ran). PyTorch:
+convolutions and (at 1-4 ECGs) squeeze-excite and head layers in the native CPU kernels
+(models/cpu_kernels.py; CREMA_JAX_NATIVE=0: XLA's; the header says which ran). PyTorch:
 eager under torch.no_grad(); --compile adds torch.compile (off by default: on a 2-core CPU it
 compiled for 3.5 minutes and then ran slower than eager for batch 8 x 1000).
 Prints ms/batch (median of --iters timed runs after one warm-up) and ECGs/s, and the max relative
@@ -59,7 +59,7 @@ def main():
     from flax import nnx
 
     from crema_jax.export import convert
-    from crema_jax.models import grouped_conv
+    from crema_jax.models import cpu_kernels
     from crema_jax.models import params as params_lib
     from crema_jax.models.net1d import default_net1d_config
     from crema_jax.train import perf
@@ -77,9 +77,11 @@ def main():
     x = np.random.default_rng(0).standard_normal((args.batch, 12, args.samples)).astype(np.float32)
     xj, xt = jnp.asarray(x), torch.from_numpy(x)
 
-    forward = jax.jit(lambda s, v: nnx.merge(graphdef, s)(v))
+    # Parameters as a flat list of arrays, as crema-jax predict passes them (inference/backbones.py)
+    leaves, treedef = jax.tree.flatten(state)
+    forward = jax.jit(lambda leaves, v: nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))(v))
     rows = []
-    out_j, first, t = _time(lambda: forward(state, xj).block_until_ready(), args.iters)
+    out_j, first, t = _time(lambda: forward(leaves, xj).block_until_ready(), args.iters)
     rows.append(("JAX jit (XLA CPU)", t, f"compile+first {first:.1f} s"))
     with torch.no_grad():
         out_t, first, t = _time(lambda: ref(xt), args.iters)
@@ -93,10 +95,10 @@ def main():
                 rows.append(("PyTorch torch.compile", float("nan"), f"failed: {type(err).__name__}"))
     diff = float(np.max(np.abs(np.asarray(out_j) - out_t.numpy())) / np.max(np.abs(out_t.numpy())))
 
-    grouped = ("native CPU kernel" if grouped_conv.native_ready()
-               else "XLA's convolutions (native kernel off or unavailable)")
+    kernels = ("native CPU kernels" if cpu_kernels.ready()
+               else "XLA's (native kernels off or unavailable)")
     print(f"Net1D 12-lead inference, batch {args.batch} x 12 x {args.samples}, float32, "
-          f"grouped convolutions: {grouped}, {perf.host_cpu()}, "
+          f"grouped convolutions and matrix-vector products: {kernels}, {perf.host_cpu()}, "
           f"jax {jax.__version__}, torch {torch.__version__}, torch threads "
           f"{torch.get_num_threads()}")
     print(f"{'framework':<26} {'ms/batch':>10} {'ECGs/s':>9}  note")
@@ -182,9 +184,9 @@ def _print_grouped(cfg, batch, samples, iters):
     import jax
     import numpy as np
 
-    from crema_jax.models import grouped_conv
+    from crema_jax.models import cpu_kernels, grouped_conv
 
-    if not grouped_conv.native_ready():
+    if not cpu_kernels.ready():
         print("\n--grouped: the native kernel is off or unavailable (see the warning above)")
         return
     shapes, length = [], -(-samples // cfg.stride)   # after the stem

@@ -314,14 +314,18 @@ def make_apply(backbone: Backbone, mesh, *, output: str = "features"):
     fn = backbone.runner.features if output == "features" else backbone.runner.logits
     batch_sh, replicated = mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)
 
-    def apply(state, patches, lead_indices, patch_valid):
-        return fn(backbone.graphdef, state, {"patches": patches, "lead_indices": lead_indices,
-                                             "patch_valid": patch_valid})
+    # The parameters pass as a flat list of arrays: flattening the nnx.State at every call cost
+    # ~0.7 ms of Python per batch for Net1D (~200 arrays), 3% of a batch-1 forward on CPU.
+    leaves, treedef = jax.tree.flatten(backbone.state)
+
+    def apply(leaves, patches, lead_indices, patch_valid):
+        return fn(backbone.graphdef, jax.tree.unflatten(treedef, leaves),
+                  {"patches": patches, "lead_indices": lead_indices, "patch_valid": patch_valid})
 
     jitted = jax.jit(apply, in_shardings=(replicated, batch_sh, batch_sh, batch_sh),
                      out_shardings=batch_sh)
-    state = jax.device_put(backbone.state, replicated)
-    return lambda b: jitted(state, b["patches"], b["lead_indices"], b["patch_valid"])
+    leaves = jax.device_put(leaves, replicated)
+    return lambda b: jitted(leaves, b["patches"], b["lead_indices"], b["patch_valid"])
 
 
 class NoRecordsError(ValueError):

@@ -6,7 +6,7 @@ the same sums as one `feature_group_count=g` convolution (group j's outputs read
 inputs; "SAME" pads p // 2 on the left, as PyTorch's padding='same' and ECGFounder's Net1D do).
 
 - On CPU, for float32, 16 channels per group and stride 1 or 2 (every Net1D grouped
-  convolution): a native kernel, grouped_conv.cc, compiled once per machine
+  convolution): a native kernel (cpu_kernels.cc), compiled once per machine
   (runtime/native.py). XLA:CPU has no fast grouped convolution; this kernel runs Net1D's at
   ~120-170 GFLOP/s on two Zen 4 cores, against ~60-100 for the XLA formulation below, and
   took the batch-64 Net1D forward to ~900 ms, 1.6-1.8x torch.compile (docs/benchmarks.md).
@@ -14,43 +14,21 @@ inputs; "SAME" pads p // 2 on the left, as PyTorch's padding='same' and ECGFound
   convolutions, one per group, unrolled (on XLA:CPU ~2x faster than one `feature_group_count`
   convolution).
 
-The choice is made per platform inside the compiled program (`lax.platform_dependent`), so one
-jitted function serves CPU and accelerators. Gradients are the XLA formulation's (a custom VJP:
-the op is linear in x and in the kernel), so training on CPU runs the kernel forward and XLA's
+The choice is made per platform inside the compiled program, and gradients are the XLA
+formulation's (cpu_kernels.on_cpu): training on CPU runs the kernel forward and XLA's
 convolutions backward.
 """
 from __future__ import annotations
-
-import functools
-import pathlib
-import threading
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from crema_jax.runtime import native
+from crema_jax.models import cpu_kernels
 
-SOURCE = pathlib.Path(__file__).with_name("grouped_conv.cc")
-TARGET = "crema_grouped_conv"
+TARGET = cpu_kernels.GROUPED_CONV
 GROUP_WIDTH = 16   # what the kernel takes (Net1D's group_width)
 STRIDES = (1, 2)
-
-_registered: bool | None = None
-_registering = threading.Lock()
-
-
-def native_ready() -> bool:
-    """Whether the CPU kernel is built, loaded and registered with XLA (once per process)."""
-    global _registered
-    with _registering:
-        if _registered is None:
-            library = native.load(str(SOURCE))
-            if library is not None:
-                jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.CremaGroupedConv),
-                                            platform="cpu")
-            _registered = library is not None
-    return _registered
 
 
 def xla_grouped_conv(x, kernel, bias, stride: int, groups: int):
@@ -71,31 +49,6 @@ def _native_call(x, kernel, bias, stride: int):
                                                                    stride=np.int64(stride))
 
 
-def _cpu_or_xla(x, kernel, bias, stride: int, groups: int):
-    return jax.lax.platform_dependent(
-        x, kernel, bias,
-        cpu=lambda x, k, b: _native_call(x, k, b, stride),
-        default=lambda x, k, b: xla_grouped_conv(x, k, b, stride, groups))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _with_xla_gradient(x, kernel, bias, stride, groups):
-    return _cpu_or_xla(x, kernel, bias, stride, groups)
-
-
-def _forward(x, kernel, bias, stride, groups):
-    return _cpu_or_xla(x, kernel, bias, stride, groups), (x, kernel, bias)
-
-
-def _backward(stride, groups, residuals, grad):
-    x, kernel, bias = residuals
-    _, vjp = jax.vjp(lambda x, k, b: xla_grouped_conv(x, k, b, stride, groups), x, kernel, bias)
-    return vjp(grad)
-
-
-_with_xla_gradient.defvjp(_forward, _backward)
-
-
 def native_takes(x, kernel, bias, stride: int, groups: int) -> bool:
     """Whether the CPU kernel computes this call (the XLA formulation does otherwise)."""
     return (x.ndim == 3 and x.shape[-1] == groups * GROUP_WIDTH
@@ -107,6 +60,8 @@ def native_takes(x, kernel, bias, stride: int, groups: int) -> bool:
 def grouped_conv(x, kernel, bias, *, stride: int, groups: int):
     """(B, T, C) -> (B, ceil(T / stride), C_out): the grouped convolution (module docstring)."""
     stride, groups = int(stride), int(groups)
-    if native_takes(x, kernel, bias, stride, groups) and native_ready():
-        return _with_xla_gradient(x, kernel, bias, stride, groups)
+    if native_takes(x, kernel, bias, stride, groups) and cpu_kernels.ready():
+        return cpu_kernels.on_cpu(lambda x, k, b: _native_call(x, k, b, stride),
+                                  lambda x, k, b: xla_grouped_conv(x, k, b, stride, groups),
+                                  x, kernel, bias)
     return xla_grouped_conv(x, kernel, bias, stride, groups)

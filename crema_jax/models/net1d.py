@@ -8,11 +8,13 @@ identical outputs:
   length the last window is max(x_last, 0);
 - a widening shortcut pads zero channels centred: (out - in) // 2 before, the rest after.
 
-Three choices make the forward faster on CPU (XLA:CPU, 2 cores, batch 64 x 12 x 5000), each with
-the same sums as the plain formulation:
+Four choices make the forward faster on CPU (XLA:CPU, 2 cores, batch 64 x 12 x 5000, and 1),
+each with the same sums as the plain formulation:
 - the middle (grouped) convolution is models/grouped_conv.py: on CPU a native kernel (XLA:CPU's
   own `feature_group_count` convolution was half of the model's time at a quarter of its
   FLOPs), elsewhere one plain convolution per group;
+- the squeeze-excite layers and the head are models/matvec.py: at 1-4 ECGs, on CPU, a native
+  kernel that streams their weights on every core (XLA's dot reads them on one);
 - Swish is x / (1 + exp(-x)) (`silu`), ~4% faster than jax.nn.silu's logistic there;
 - the stem and the first four stages (long signals, few channels: 0.3-0.6 MB per ECG and
   activation) run over micro-batches of 8 ECGs (`micro_batched`, a loop inside the jit), so their
@@ -31,6 +33,7 @@ import ml_collections
 from flax import nnx
 
 from crema_jax.models.grouped_conv import grouped_conv
+from crema_jax.models.matvec import matvec
 
 # PyTorch's default Conv1d/Linear weight init, U(+-1/sqrt(fan_in)): training from scratch then
 # starts where the reference implementation starts.
@@ -62,6 +65,11 @@ def _conv(in_ch: int, out_ch: int, kernel: int, stride: int, groups: int, rngs: 
 
 def _linear(in_f: int, out_f: int, rngs: nnx.Rngs):
     return nnx.Linear(in_f, out_f, kernel_init=_TORCH_DEFAULT_INIT, rngs=rngs)
+
+
+def _apply(layer: nnx.Linear, x: jax.Array) -> jax.Array:
+    """layer(x) for (B, features) inputs, a few rows in the native kernel (models/matvec.py)."""
+    return matvec(x, layer.kernel[...], layer.bias[...])
 
 
 def maxpool_pad_right_zero(x: jax.Array) -> jax.Array:
@@ -123,7 +131,7 @@ class SqueezeExcite(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         s = jnp.mean(x, axis=1)
-        s = jax.nn.sigmoid(self.se_fc2(silu(self.se_fc1(s))))
+        s = jax.nn.sigmoid(_apply(self.se_fc2, silu(_apply(self.se_fc1, s))))
         return x * s[:, None, :]
 
 
@@ -213,4 +221,4 @@ class Net1D(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """(B, leads, T) -> (B, num_classes) logits (sigmoid per label: multi-label)."""
-        return self.dense(self.features(x))
+        return _apply(self.dense, self.features(x))

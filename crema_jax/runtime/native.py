@@ -1,6 +1,6 @@
 """Native CPU kernels: C++ sources of XLA FFI handlers, compiled once per machine, then loaded.
 
-A kernel's source ships inside the package (models/grouped_conv.cc). The first process that needs
+A kernel's source ships inside the package (models/cpu_kernels.cc). The first process that needs
 it compiles it with the host's C++ compiler (`$CXX`, else c++, g++ or clang++; -O3
 -march=native, a few seconds) against the XLA FFI headers jaxlib ships, into this user's kernel
 folder, and every later process loads that library. The library's name holds a digest of

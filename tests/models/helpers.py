@@ -1,13 +1,17 @@
 """Small shared builders for model tests (tiny sizes only)."""
 import functools
+import shutil
 
 import numpy as np
 from flax import nnx
 
 from crema_jax.models import build_model
+from crema_jax.runtime import native
 from tests.configs import tiny_model_config
 
 L, N, P = 12, 30, 75
+# Whether the native CPU kernels (models/cpu_kernels.cc) can be built here.
+HAS_COMPILER = any(shutil.which(name) for name in native.COMPILERS)
 
 
 def tiny_model(seed=0, **overrides):

@@ -1,15 +1,13 @@
 """models/grouped_conv.py: the native CPU kernel and the XLA formulation against direct sums."""
-import shutil
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from crema_jax.models import cpu_kernels
 from crema_jax.models import grouped_conv as gc
 from crema_jax.runtime import native
-
-HAS_COMPILER = any(shutil.which(name) for name in native.COMPILERS)
+from tests.models.helpers import HAS_COMPILER
 
 
 def direct_sum(x, kernel, bias, stride, groups):
@@ -70,7 +68,7 @@ def test_native_kernel_is_built_and_runs_on_cpu_only():
     if not HAS_COMPILER:
         pytest.skip(f"no C++ compiler ({', '.join(native.COMPILERS)}): the XLA formulation "
                     "runs, tested above")
-    assert gc.native_ready(), "a C++ compiler is on PATH but the kernel did not build"
+    assert cpu_kernels.ready(), "a C++ compiler is on PATH but the kernels did not build"
     assert gc.TARGET in _lowered("cpu")
     for platform in ("cuda", "tpu"):  # accelerators lower XLA's convolutions, never the call
         text = _lowered(platform)

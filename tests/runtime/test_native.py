@@ -1,14 +1,14 @@
 """runtime/native.py: compile once per machine, load, and say why not in one line."""
 import logging
 import os
-import shutil
 
 import pytest
 
 from crema_jax.runtime import native
+from tests.models.helpers import HAS_COMPILER
 
 pytestmark = pytest.mark.skipif(
-    not any(shutil.which(name) for name in native.COMPILERS),
+    not HAS_COMPILER,
     reason="no C++ compiler on this machine (the callers' XLA fallback is tested without one)")
 
 SOURCE = 'extern "C" int crema_answer() { return 6 * 7; }\n'
