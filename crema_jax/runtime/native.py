@@ -26,6 +26,7 @@ import hashlib
 import os
 import pathlib
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -52,14 +53,24 @@ def enabled() -> bool:
     return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def compiler() -> str:
-    """The C++ compiler's path: $CXX (a name or a path), else the first of COMPILERS found."""
+def compiler() -> list[str]:
+    """The C++ compiler's command: $CXX (a name or a path, with any wrapper or options before
+    or after it, as in "ccache g++"; split as a shell would), else the first of COMPILERS found.
+    Its first word is resolved on PATH."""
     chosen = os.environ.get("CXX", "").strip()
-    for name in ([chosen] if chosen else COMPILERS):
-        found = shutil.which(name)
+    try:
+        words = shlex.split(chosen)
+    except ValueError as err:
+        raise Unavailable(f"CXX={chosen!r} does not parse as a command: {err}") from None
+    for command in ([words] if words else [[name] for name in COMPILERS]):
+        found = shutil.which(command[0])
         if found:
-            return found
-    looked = f"CXX={chosen} is not" if chosen else f"none of {', '.join(COMPILERS)} is"
+            return [found, *command[1:]]
+    if not words:
+        looked = f"none of {', '.join(COMPILERS)} is"
+    else:
+        looked = (f"CXX={chosen} is not" if len(words) == 1
+                  else f"{words[0]} (from CXX={chosen}) is not")
     raise Unavailable(f"no C++ compiler: {looked} on PATH (set CXX)")
 
 
@@ -90,41 +101,43 @@ def _cpu_identity() -> str:
     return platform.machine() + "\n" + "\n".join(sorted(set(keep)))
 
 
-def _version_of(cxx: str) -> str:
+def _version_of(cxx: list[str]) -> str:
     try:
-        done = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30)
+        done = subprocess.run([*cxx, "--version"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as err:
-        raise Unavailable(f"{cxx} --version failed: {err}") from None
+        raise Unavailable(f"{shlex.join(cxx)} --version failed: {err}") from None
     return done.stdout
 
 
-def library_path(source: pathlib.Path, cxx: str, include_dir: str) -> pathlib.Path:
+def library_path(source: pathlib.Path, cxx: list[str], include_dir: str) -> pathlib.Path:
     """Where `source`'s library for this compiler, jaxlib and CPU lives."""
     import jaxlib
 
     digest = hashlib.sha256()
-    for part in (source.read_bytes(), cxx.encode(), _version_of(cxx).encode(),
+    for part in (source.read_bytes(), shlex.join(cxx).encode(), _version_of(cxx).encode(),
                  " ".join(FLAGS).encode(), include_dir.encode(), jaxlib.__version__.encode(),
                  _cpu_identity().encode()):
         digest.update(hashlib.sha256(part).digest())
     return cache_dir() / f"{source.stem}-{digest.hexdigest()[:20]}.so"
 
 
-def build(source: pathlib.Path, target: pathlib.Path, cxx: str, include_dir: str) -> None:
+def build(source: pathlib.Path, target: pathlib.Path, cxx: list[str], include_dir: str) -> None:
     """Compiles `source` to `target`, written under a temporary name and renamed when whole."""
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
-        cmd = [cxx, *FLAGS, f"-I{include_dir}", str(source), "-o", tmp]
+        cmd = [*cxx, *FLAGS, f"-I{include_dir}", str(source), "-o", tmp]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            raise Unavailable(f"{cxx} took over {BUILD_TIMEOUT_S} s on {source.name}") from None
+            raise Unavailable(f"{shlex.join(cxx)} took over {BUILD_TIMEOUT_S} s on "
+                              f"{source.name}") from None
         if done.returncode:
             lines = done.stderr.strip().splitlines()
             first = next((line for line in lines if "error" in line), None)
-            raise Unavailable(f"{cxx} failed on {source.name} (exit {done.returncode}): "
-                              f"{(first or (lines or ['(no message)'])[-1]).strip()}")
+            said = (first or (lines or ["(no message)"])[-1]).strip()
+            raise Unavailable(f"{shlex.join(cxx)} failed on {source.name} (exit "
+                              f"{done.returncode}): {said}")
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):

@@ -1,6 +1,7 @@
 """runtime/native.py: compile once per machine, load, and say why not in one line."""
 import logging
 import os
+import shutil
 
 import pytest
 
@@ -85,6 +86,22 @@ def test_no_compiler_and_switched_off(kernels, tmp_path, monkeypatch, caplog):
     native.load.cache_clear()
     assert native.load(str(source)) is None
     assert not kernels.exists()
+
+
+def test_cxx_may_hold_a_wrapper_and_options(kernels, tmp_path, monkeypatch, caplog):
+    """CXX="env VAR=1 c++" (a wrapper before the compiler, as "ccache g++") builds and loads;
+    an unparsable CXX is one warning line naming it."""
+    source = _source(tmp_path)
+    cxx = native.compiler()[0]
+    monkeypatch.setenv("CXX", f"env CREMA_TEST_WRAPPED=1 '{cxx}'")
+    assert native.compiler() == [shutil.which("env"), "CREMA_TEST_WRAPPED=1", cxx]
+    assert native.load(str(source)).crema_answer() == 42
+    monkeypatch.setenv("CXX", "g++ 'unterminated")
+    native.load.cache_clear()
+    with caplog.at_level(logging.WARNING):
+        assert native.load(str(source)) is None
+    assert any("CXX=\"g++ 'unterminated\" does not parse as a command" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_a_kernel_folder_that_is_a_link_is_refused(kernels, tmp_path, caplog):
