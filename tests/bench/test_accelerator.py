@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+from tests import xla_flags
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 NET1D_BATCH, NET1D_SAMPLES = 4, 1000
 ROWS = ("crema_jax tiny train step, bf16",
@@ -41,7 +43,11 @@ def parse_count(text: str) -> float:
 
 def test_dry_run_reports_every_row(tmp_path):
     # One CPU device (not the suite's 8 fake ones), and no $OUT: the table goes to tmp_path.
+    # The JAX rows compile at XLA's backend optimisation level 0, as every process the suite
+    # starts does (tests/xla_flags.py: the code generation only, not what is computed; the tiny
+    # train step compiles in about half the time).
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "OUT")}
+    env["XLA_FLAGS"] = xla_flags.FAST_COMPILE
     env["PYTHON"] = sys.executable
     out = tmp_path / "table.md"
     proc = subprocess.run(

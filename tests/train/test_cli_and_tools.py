@@ -54,8 +54,11 @@ def test_dry_run_reports_flops_and_memory(tmp_path):
     assert not (tmp_path / "checkpoints").exists()     # nothing trained, nothing written
 
 
-def _dry_run(tmp_path, *extra):
-    proc = start_cli(tmp_path, "--dry_run", "--config.mesh.fsdp=4", *extra)
+def _start_dry_run(tmp_path, *extra):
+    return start_cli(tmp_path, "--dry_run", "--config.mesh.fsdp=4", *extra)
+
+
+def _dry_run_report(proc) -> dict:
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
     return json.loads(out.strip().splitlines()[-1])
@@ -65,14 +68,23 @@ def _dry_run(tmp_path, *extra):
 def test_dry_run_for_a_tpu_pod_slice_and_for_n_cpu_devices(tmp_path):
     """A v5e 4x4 slice (16 chips on 4 hosts) compiled here by the TPU compiler from libtpu, and
     the same mesh on 16 CPU devices of this one process."""
-    tpu = _dry_run(tmp_path, "--topology=v5e:4x4", "--config.train.global_batch_size=16")
+    # Two independent processes (a dry run writes nothing), run side by side: each spends
+    # seconds in start-up and single-threaded tracing and compiling.
+    procs = [_start_dry_run(tmp_path, target, "--config.train.global_batch_size=16")
+             for target in ("--topology=v5e:4x4", "--num_devices=16")]
+    try:
+        tpu, cpu = [_dry_run_report(proc) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     assert tpu["device_kind"] == "TPU v5 lite" and tpu["devices"] == 16
     assert tpu["processes"] == 4 and tpu["global_batch"] == 16   # 4 ECGs per host
     assert tpu["mesh"] == {"data": 4, "fsdp": 4, "tensor": 1}
     assert tpu["memory_per_device"]["total_bytes"] > 0
     assert tpu["step_seconds_at_peak"] > 0
 
-    cpu = _dry_run(tmp_path, "--num_devices=16", "--config.train.global_batch_size=16")
     assert cpu["device_kind"] == "cpu" and cpu["devices"] == 16 and cpu["processes"] == 1
     assert cpu["mesh"] == tpu["mesh"] and cpu["global_batch"] == 16
     assert "step_seconds_at_peak" not in cpu   # no table peak for a CPU
