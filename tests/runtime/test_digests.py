@@ -40,7 +40,16 @@ def _arrays():
             "blocks": {0: {"b": rng.standard_normal(5).astype(np.float32)}}}
 
 
-def test_host_and_device_digests_equal_the_formula_from_the_bytes():
+@pytest.mark.parametrize("host_digest_bytes", [0, digests.HOST_DIGEST_BYTES])
+def test_host_and_device_digests_equal_the_formula_from_the_bytes(host_digest_bytes,
+                                                                   monkeypatch):
+    """jax arrays through the jitted program (0: none digested in numpy) and through numpy (a
+    little state on CPU, the default)."""
+    monkeypatch.setattr(digests, "HOST_DIGEST_BYTES", host_digest_bytes)
+    programs = []
+    jitted = digests._device_digests
+    monkeypatch.setattr(digests, "_device_digests", lambda leaves: programs.append(1) or
+                        jitted(leaves))
     tree = _arrays()
     expected = {"w": _reference(tree["w"]), "half": _reference(tree["half"]),
                 "ids": _reference(tree["ids"]), "mask": _reference(tree["mask"]),
@@ -51,6 +60,7 @@ def test_host_and_device_digests_equal_the_formula_from_the_bytes():
                                   {0: {"b": jnp.asarray(v[0]["b"])}}) for k, v in tree.items()})
     assert {name: entry["sums"] for name, entry in host.items()} == expected
     assert device == host
+    assert len(programs) == (1 if host_digest_bytes == 0 else 0)
     assert host["half"]["dtype"] == "bfloat16" and host["w"]["shape"] == [13, 7]
     assert _reference(np.float32(-0.0).reshape(1)) == [2**31, (2**31 * 1) % M]   # by hand
 
