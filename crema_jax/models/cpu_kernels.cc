@@ -2,8 +2,8 @@
 // crema_jax/runtime/native.py and registered by crema_jax/models/cpu_kernels.py. Each op's
 // module says when it runs and holds the XLA formulation it equals:
 // - "crema_grouped_conv" (models/grouped_conv.py): the grouped 1-D convolution;
-// - "crema_matvec" (models/matvec.py): a dense layer applied to a few rows (the squeeze-excite
-//   layers and the head at batch 1-4).
+// - "crema_small_dense" (models/small_dense.py): a dense layer (a 1x1 convolution) on a few rows:
+//   the squeeze-excite layers, head and middle stages' 1x1 convolutions at batch 1-4.
 // Both share their work among the calling thread and XLA's intra-op threads (parallel_for).
 //
 // Grouped convolution: 16 channels per group, "SAME" padding (left share p // 2), stride 1 or 2,
@@ -26,11 +26,17 @@
 // loaded once per register block; packing them per call measured no faster at batch 64 and
 // slower at 1).
 //
-// Matrix-vector products: x (M, K) @ w (K, N) + bias (N) for M <= 4 rows, float32, any K and N.
-// Memory-bound (each weight is used M times): the rows of w are split among the workers in
-// contiguous runs, each streamed once in order (which the hardware prefetchers follow) into
-// partial sums of all N outputs; the calling thread adds the partial sums and the bias. XLA's
-// dot reads such weights on one thread at ~11 GB/s on two Zen 4 cores; this reaches ~16-23.
+// Small dense layers: y (M, N) = x (M, K) @ w (K, N) + bias (N), float32.
+// - M <= 4 rows (matrix-vector products, memory-bound: each weight is used M times): the rows
+//   of w are split among the workers in contiguous runs, each streamed once in order (which the
+//   hardware prefetchers follow) into partial sums of all N outputs; the calling thread adds
+//   them and the bias. XLA's dot reads such weights on one thread at ~11 GB/s on two Zen 4
+//   cores; this reaches ~16-23.
+// - More rows, N a multiple of 16: blocks of 64 columns shared among the workers; per block, MR
+//   rows at a time accumulate in MR x 4 registers of 16 lanes. The first pass reads the block
+//   of w in place, prefetching ahead, and packs it; the later passes read the packed copy. At
+//   Net1D's batch-1 shapes with weights of <= 1 MB this ran 1.3-1.7x XLA's dot; with 4 MB
+//   weights (1024 x 1024) it was slower (models/small_dense.py routes only the former).
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -196,24 +202,100 @@ ffi::Error GroupedConvImpl(ffi::ThreadPool pool, Rank3 x, Rank3 w, Rank1 bias, R
   return ffi::Error::Success();
 }
 
-// ---- matrix-vector products
+// ---- small dense layers
 
-constexpr int64_t MATVEC_ROWS = 4;  // the most rows x may have (crema_jax/models/matvec.py)
+constexpr int64_t ROWS_MAX = 4;        // the rows path's limit (models/small_dense.py)
+constexpr int MR = 6;                  // rows per register block (columns path)
+constexpr int NV = 4;                  // 16-lane vectors per column block (columns path)
+constexpr int PREFETCH_ROWS = 8;       // how far ahead the first pass prefetches w's rows
+
+// y[0:MB, 0:16 NB] = bias + x[0:MB, :] @ w[:, 0:16 NB], w's rows ldw apart. prefetch: fetch w's
+// rows PREFETCH_ROWS ahead (its first reading, from memory); pack: also store the w block read
+// there, rows of 16 NB, for the passes over the next rows of x.
+template <int MB, int NB>
+inline void dense_block(const float* x, int64_t K, const float* w, int64_t ldw,
+                        const float* bias, float* y, int64_t N, bool prefetch, float* pack) {
+  v16 acc[MB][NB];
+  for (int j = 0; j < NB; ++j) {
+    const v16 bv = *reinterpret_cast<const v16u*>(bias + 16 * j);
+    for (int i = 0; i < MB; ++i) acc[i][j] = bv;
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    const float* wk = w + k * ldw;
+    if (prefetch && k + PREFETCH_ROWS < K) {
+      for (int j = 0; j < NB; ++j) __builtin_prefetch(wk + PREFETCH_ROWS * ldw + 16 * j, 0, 2);
+    }
+    v16 wv[NB];
+    for (int j = 0; j < NB; ++j) wv[j] = *reinterpret_cast<const v16u*>(wk + 16 * j);
+    if (pack) {
+      for (int j = 0; j < NB; ++j) *reinterpret_cast<v16u*>(pack + k * 16 * NB + 16 * j) = wv[j];
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < MB; ++i) {
+      const float xi = x[i * K + k];
+      for (int j = 0; j < NB; ++j) acc[i][j] += wv[j] * xi;
+    }
+  }
+  for (int i = 0; i < MB; ++i) {
+    for (int j = 0; j < NB; ++j) *reinterpret_cast<v16u*>(y + i * N + 16 * j) = acc[i][j];
+  }
+}
+
+// Columns [0, 16 NB) of y = x @ w + bias, MR rows at a time: the first pass reads w where it
+// is, the others the packed copy (contiguous: no cache-set conflicts between w's rows).
+template <int NB>
+void dense_columns(const float* x, int64_t M, int64_t K, const float* w, int64_t N,
+                   const float* bias, float* y, float* pack) {
+  for (int64_t m0 = 0; m0 < M; m0 += MR) {
+    const bool first = m0 == 0;
+    const float* src = first ? w : pack;
+    const int64_t ld = first ? N : 16 * NB;
+    float* to_pack = first && M > MR ? pack : nullptr;
+    const float* xm = x + m0 * K;
+    float* ym = y + m0 * N;
+    switch (std::min<int64_t>(MR, M - m0)) {
+      case 6: dense_block<6, NB>(xm, K, src, ld, bias, ym, N, first, to_pack); break;
+      case 5: dense_block<5, NB>(xm, K, src, ld, bias, ym, N, first, to_pack); break;
+      case 4: dense_block<4, NB>(xm, K, src, ld, bias, ym, N, first, to_pack); break;
+      case 3: dense_block<3, NB>(xm, K, src, ld, bias, ym, N, first, to_pack); break;
+      case 2: dense_block<2, NB>(xm, K, src, ld, bias, ym, N, first, to_pack); break;
+      default: dense_block<1, NB>(xm, K, src, ld, bias, ym, N, first, to_pack); break;
+    }
+  }
+}
 
 using Rank2 = ffi::Buffer<ffi::F32, 2>;
 using Rank2Out = ffi::ResultBuffer<ffi::F32, 2>;
 
-ffi::Error MatvecImpl(ffi::ThreadPool pool, Rank2 x, Rank2 w, Rank1 bias, Rank2Out y) {
+ffi::Error SmallDenseImpl(ffi::ThreadPool pool, Rank2 x, Rank2 w, Rank1 bias, Rank2Out y) {
   const int64_t M = x.dimensions()[0], K = x.dimensions()[1], N = w.dimensions()[1];
   if (w.dimensions()[0] != K || bias.dimensions()[0] != N || y->dimensions()[0] != M ||
-      y->dimensions()[1] != N || M > MATVEC_ROWS) {
-    return ffi::Error::InvalidArgument("expected x (M <= 4, K), w (K, N), bias (N), y (M, N)");
+      y->dimensions()[1] != N || (M > ROWS_MAX && N % 16)) {
+    return ffi::Error::InvalidArgument(
+        "expected x (M, K), w (K, N), bias (N), y (M, N), N a multiple of 16 where M > 4");
   }
   const float *xs = x.typed_data(), *ws = w.typed_data(), *bs = bias.typed_data();
   float* ys = y->typed_data();
   if (M == 0 || N == 0) return ffi::Error::Success();
-  // Runs of rows, about 2 per worker; each run's partial sums (M, N) in its own buffer.
   const int64_t workers = workers_of(pool);
+  if (M > ROWS_MAX) {  // columns path: blocks of 16 NV columns
+    const int64_t pack_floats = K * 16 * NV + 16;
+    std::vector<float> packs(pack_floats * workers);
+    float* const pack0 = packs.data();
+    parallel_for(pool, (N + 16 * NV - 1) / (16 * NV), workers, [=](int64_t unit, int64_t slot) {
+      const int64_t n0 = unit * 16 * NV;
+      float* pack = pack0 + slot * pack_floats;
+      switch (std::min<int64_t>(NV, (N - n0) / 16)) {
+        case 4: dense_columns<4>(xs, M, K, ws + n0, N, bs + n0, ys + n0, pack); break;
+        case 3: dense_columns<3>(xs, M, K, ws + n0, N, bs + n0, ys + n0, pack); break;
+        case 2: dense_columns<2>(xs, M, K, ws + n0, N, bs + n0, ys + n0, pack); break;
+        default: dense_columns<1>(xs, M, K, ws + n0, N, bs + n0, ys + n0, pack); break;
+      }
+    });
+    return ffi::Error::Success();
+  }
+  // Rows path: runs of w's rows, about 2 per worker; each run's partial sums (M, N) in its own
+  // buffer, added with the bias at the end.
   const int64_t rows_per_run = std::max<int64_t>(1, (K + 2 * workers - 1) / (2 * workers));
   const int64_t runs = std::max<int64_t>(1, (K + rows_per_run - 1) / rows_per_run);
   const int64_t vectors = N / 16;
@@ -246,7 +328,7 @@ ffi::Error MatvecImpl(ffi::ThreadPool pool, Rank2 x, Rank2 w, Rank1 bias, Rank2O
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CremaMatvec, MatvecImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CremaSmallDense, SmallDenseImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<Rank2>()

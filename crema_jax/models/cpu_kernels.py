@@ -9,7 +9,7 @@ warning line says why), and the callers run their XLA formulations. `on_cpu` run
 call on CPU and the XLA formulation on every other platform, chosen inside the compiled program
 (`lax.platform_dependent`: one jitted function serves CPU and accelerators), with the XLA
 formulation's gradients (a custom VJP: CPU training runs the kernel forward, XLA backward).
-The ops: grouped_conv.py and matvec.py.
+The ops: grouped_conv.py and small_dense.py.
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ import jax
 from crema_jax.runtime import native
 
 SOURCE = pathlib.Path(__file__).with_name("cpu_kernels.cc")
-GROUPED_CONV, MATVEC = "crema_grouped_conv", "crema_matvec"   # XLA FFI target names
-HANDLERS = {GROUPED_CONV: "CremaGroupedConv", MATVEC: "CremaMatvec"}   # -> symbols
+GROUPED_CONV, SMALL_DENSE = "crema_grouped_conv", "crema_small_dense"   # XLA FFI targets
+HANDLERS = {GROUPED_CONV: "CremaGroupedConv", SMALL_DENSE: "CremaSmallDense"}   # -> symbols
 
 _registered: bool | None = None
 _registering = threading.Lock()

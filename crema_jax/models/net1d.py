@@ -13,8 +13,10 @@ each with the same sums as the plain formulation:
 - the middle (grouped) convolution is models/grouped_conv.py: on CPU a native kernel (XLA:CPU's
   own `feature_group_count` convolution was half of the model's time at a quarter of its
   FLOPs), elsewhere one plain convolution per group;
-- the squeeze-excite layers and the head are models/matvec.py: at 1-4 ECGs, on CPU, a native
-  kernel that streams their weights on every core (XLA's dot reads them on one);
+- the squeeze-excite layers, the head and the 1x1 convolutions are models/small_dense.py: on
+  CPU, a native kernel where the batch has few rows for their weights (at batch 1: the first
+  two streamed on every core, where XLA's dot reads them on one; the middle stages' 1x1
+  convolutions in register blocks), XLA's dot or convolution elsewhere;
 - Swish is x / (1 + exp(-x)) (`silu`), ~4% faster than jax.nn.silu's logistic there;
 - the stem and the first four stages (long signals, few channels: 0.3-0.6 MB per ECG and
   activation) run over micro-batches of 8 ECGs (`micro_batched`, a loop inside the jit), so their
@@ -33,7 +35,7 @@ import ml_collections
 from flax import nnx
 
 from crema_jax.models.grouped_conv import grouped_conv
-from crema_jax.models.matvec import matvec
+from crema_jax.models import small_dense
 
 # PyTorch's default Conv1d/Linear weight init, U(+-1/sqrt(fan_in)): training from scratch then
 # starts where the reference implementation starts.
@@ -68,8 +70,19 @@ def _linear(in_f: int, out_f: int, rngs: nnx.Rngs):
 
 
 def _apply(layer: nnx.Linear, x: jax.Array) -> jax.Array:
-    """layer(x) for (B, features) inputs, a few rows in the native kernel (models/matvec.py)."""
-    return matvec(x, layer.kernel[...], layer.bias[...])
+    """layer(x) for (B, features) inputs (models/small_dense.py)."""
+    return small_dense.small_dense(x, layer.kernel[...], layer.bias[...])
+
+
+def _pointwise(conv: nnx.Conv, x: jax.Array) -> jax.Array:
+    """conv(x) for a 1x1 convolution, (B, T, C): a dense layer over the B T positions where the
+    native kernel takes them (models/small_dense.py; XLA's dot where it is not built), else
+    XLA's convolution."""
+    b, t, c = x.shape
+    rows, kernel, bias = x.reshape(b * t, c), conv.kernel[...][0], conv.bias[...]
+    if small_dense.native_takes(rows, kernel, bias):
+        return small_dense.small_dense(rows, kernel, bias).reshape(b, t, -1)
+    return conv(x)
 
 
 def maxpool_pad_right_zero(x: jax.Array) -> jax.Array:
@@ -154,10 +167,10 @@ class Block(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         out = x if self.is_first_block else silu(x)
-        out = silu(self.conv1(out))
+        out = silu(_pointwise(self.conv1, out))
         out = silu(grouped_conv(out, self.conv2.kernel[...], self.conv2.bias[...],
                                 stride=self.stride, groups=self.groups))
-        out = self.se(self.conv3(out))
+        out = self.se(_pointwise(self.conv3, out))
         shortcut = maxpool_pad_right_zero(x) if self.stride > 1 else x
         return out + pad_channels_centred(shortcut, self.out_ch)
 
