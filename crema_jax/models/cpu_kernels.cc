@@ -118,7 +118,7 @@ inline void block(const float* xp, const float* wg, v16 bias, int64_t K, int nr,
   for (int r = 0; r < nr; ++r) *reinterpret_cast<v16u*>(out + r * C) = acc[r];
 }
 
-// Output positions [ta, tb) of one ECG (xb, ob), every group; xp: this worker's buffer.
+// Output positions [ta, tb) of one ECG (xb, ob), groups [g0, g1); xp: this worker's buffer.
 template <int S>
 void run_tile(const Shape& s, const float* xb, const float* w, const float* bias, float* ob,
               int64_t ta, int64_t tb, int64_t g0, int64_t g1, float* xp) {
@@ -279,9 +279,11 @@ ffi::Error SmallDenseImpl(ffi::ThreadPool pool, Rank2 x, Rank2 w, Rank1 bias, Ra
   if (M == 0 || N == 0) return ffi::Error::Success();
   const int64_t workers = workers_of(pool);
   if (M > ROWS_MAX) {  // columns path: blocks of 16 NV columns
-    const int64_t pack_floats = K * 16 * NV + 16;
-    std::vector<float> packs(pack_floats * workers);
-    float* const pack0 = packs.data();
+    // Per worker, the packed copy of a block of w (uninitialised: written before it is read;
+    // none where one pass of MR rows covers x).
+    const int64_t pack_floats = M > MR ? K * 16 * NV : 0;
+    std::unique_ptr<float[]> packs(new float[pack_floats * workers + 1]);
+    float* const pack0 = packs.get();
     parallel_for(pool, (N + 16 * NV - 1) / (16 * NV), workers, [=](int64_t unit, int64_t slot) {
       const int64_t n0 = unit * 16 * NV;
       float* pack = pack0 + slot * pack_floats;

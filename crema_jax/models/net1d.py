@@ -34,8 +34,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from crema_jax.models.grouped_conv import grouped_conv
 from crema_jax.models import small_dense
+from crema_jax.models.grouped_conv import grouped_conv
 
 # PyTorch's default Conv1d/Linear weight init, U(+-1/sqrt(fan_in)): training from scratch then
 # starts where the reference implementation starts.
