@@ -46,21 +46,22 @@ def plan(args) -> list[dict]:
     train = ["--batch", str(args.batch), "--steps", str(args.steps), "--loss", args.loss]
     net1d = ["--batch", str(args.net1d_batch), "--samples", str(args.samples),
              "--net1d", args.net1d, "--steps", str(args.steps)]
-    # --dry: inductor's C++ build of the training graph alone takes ~95 s on 2 cores; aot_eager
-    # traces forward and backward the same way and runs them eagerly.
-    train_backend = "aot_eager" if args.dry else "inductor"
+    # --dry: inductor's C++ build of the training graph alone takes ~95 s on 2 cores (Net1D's
+    # ~20 s); aot_eager traces forward and backward the same way and runs them eagerly. On a
+    # GPU inductor generates Triton, not the C++ a CPU dry run would build.
+    backend = "aot_eager" if args.dry else "inductor"
+    suffix = "" if backend == "inductor" else f" ({backend})"
     rows = [dict(kind="jax_train", model=m, argv=["--model", m] + train,
                  label=f"crema_jax {m} train step, bf16") for m in models]
     rows.append(dict(kind="jax_net1d", model="net1d", argv=net1d,
                      label=f"crema_jax Net1D inference, f32 ({args.net1d_batch} x 12 x "
                            f"{args.samples})"))
-    rows += [dict(kind="torch_train", model=m,
-                  argv=["--model", m, "--torch_backend", train_backend] + train,
-                  label=f"PyTorch {m} train step, AMP bf16 + torch.compile"
-                        + ("" if train_backend == "inductor" else f" ({train_backend})"))
+    rows += [dict(kind="torch_train", model=m, argv=["--model", m, "--torch_backend", backend]
+                  + train, label=f"PyTorch {m} train step, AMP bf16 + torch.compile{suffix}")
              for m in models]
-    rows.append(dict(kind="torch_net1d", model="net1d", argv=net1d,
-                     label="PyTorch Net1D inference, f32, torch.compile"))
+    rows.append(dict(kind="torch_net1d", model="net1d",
+                     argv=net1d + ["--torch_backend", backend],
+                     label=f"PyTorch Net1D inference, f32, torch.compile{suffix}"))
     return rows
 
 

@@ -13,7 +13,7 @@ NET1D_BATCH, NET1D_SAMPLES = 4, 1000
 ROWS = ("crema_jax tiny train step, bf16",
         "PyTorch tiny train step, AMP bf16 + torch.compile (aot_eager)",
         f"crema_jax Net1D inference, f32 ({NET1D_BATCH} x 12 x {NET1D_SAMPLES})",
-        "PyTorch Net1D inference, f32, torch.compile")
+        "PyTorch Net1D inference, f32, torch.compile (aot_eager)")
 UNITS = {"k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 
 
