@@ -29,14 +29,15 @@ def _float64(x, kernel, bias):
 # convolutions at batch 1 (79 and 157 x 400 -> 400, 313 x 160 -> 400), one register block of
 # rows and one row more (6, 7: the packed copy's first use), every tail of rows after whole
 # blocks of 6 (1-5: 7, 8, 9, 10, 11 rows), column tails (80 and 48 columns: 1-3 vectors of 16
-# after whole blocks of 64), K = 1.
+# after whole blocks of 64: 80, 96, 48), K = 1. Empty inputs: no rows, K = 0 (the bias).
 # XLA's dot: 5 rows with N not a multiple of 16, more than 1024 rows, weights over 1 MB.
 CASES = [(1, 1024, 512, True), (1, 512, 1024, True), (1, 400, 200, True), (1, 1024, 150, True),
          (2, 160, 80, True), (3, 37, 33, True), (4, 5, 7, True), (2, 1, 16, True),
          (4, 3, 48, True),
          (79, 400, 400, True), (157, 400, 400, True), (313, 160, 400, True), (6, 64, 64, True),
          (7, 64, 64, True), (8, 30, 80, True), (9, 20, 48, True), (10, 16, 112, True),
-         (11, 30, 64, True), (1024, 1, 16, True),
+         (11, 30, 64, True), (7, 20, 96, True), (1024, 1, 16, True), (0, 8, 16, True),
+         (3, 0, 16, True), (9, 0, 32, True),
          (5, 64, 40, False), (1025, 8, 16, False), (8, 513, 512, False)]
 
 
