@@ -375,13 +375,17 @@ def _one_line(err: BaseException) -> str:
 
 def _ignore_closed_event_loop_callbacks() -> None:
     """After a failed checkpoint read or save, TensorStore's late callbacks find the event loop
-    Orbax used already closed and each prints an "Event loop is closed" traceback, often after
-    the command's one-line error: the same failure, already reported. They are dropped for this
+    Orbax used already closed and each prints an "Event loop is closed" traceback, and asyncio
+    logs the step's other failed reads ("Task exception was never retrieved"), often after the
+    command's one-line error: the same failure, already reported. They are dropped for this
     process from now on (the callbacks outlive the command); `--verbose` keeps them."""
     global _closed_loop_hook_installed
     if _closed_loop_hook_installed:
         return
     _closed_loop_hook_installed = True
+    from crema_jax.runtime import checkpoint_errors  # here: --help answers without it
+
+    checkpoint_errors.quiet_unretrieved_task_errors()
     previous = sys.unraisablehook
 
     def unraisablehook(unraisable):

@@ -1,7 +1,8 @@
 """Checkpoint writes that fail, told once: `CheckpointSaveError`, `cause` (the OS's account of
 a failure, out of TensorStore's long messages), and Orbax's and asyncio's logs of it dropped
-(`quiet_background_save_errors`, `absl_quiet`), so that a user sees one line, not a traceback
-per background thread. runtime/checkpoint.py raises them (SaveWatch, save_model_checkpoint).
+(`quiet_background_save_errors`, `quiet_unretrieved_task_errors`, `absl_quiet`), so that a user
+sees one line, not a traceback per background thread. runtime/checkpoint.py raises them
+(SaveWatch, save_model_checkpoint).
 """
 from __future__ import annotations
 
@@ -53,7 +54,17 @@ def quiet_background_save_errors() -> None:
     drops TensorStore's "Event loop is closed" tracebacks of any failed read or save:
     cli/command.py.)"""
     logging.getLogger("absl").addFilter(_drop_orbax_errors)
-    logging.getLogger("asyncio").addFilter(_drop_unretrieved_task_errors)
+    quiet_unretrieved_task_errors()
+
+
+def quiet_unretrieved_task_errors() -> None:
+    """Drops asyncio's logs of coroutines whose failure nobody awaited ("Task exception was
+    never retrieved"): after a checkpoint read or write fails, TensorStore's other reads or
+    writes of the same step fail too, and asyncio prints each with a traceback when it is
+    collected, after the one line that reported the failure. For this process from now on."""
+    logger = logging.getLogger("asyncio")
+    if _drop_unretrieved_task_errors not in logger.filters:
+        logger.addFilter(_drop_unretrieved_task_errors)
 
 
 @contextlib.contextmanager

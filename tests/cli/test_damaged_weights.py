@@ -84,3 +84,34 @@ def test_a_damaged_saved_config_is_named_as_the_config(damaged_copy):
     metadata.write_text("{bad")
     with pytest.raises(checkpoint.DamagedConfigError, match=f"^{metadata}: damaged"):
         checkpoint.load_model_checkpoint(damaged_copy)
+
+
+_UNRETRIEVED = """
+import asyncio, gc, sys
+from crema_jax.cli import command
+if sys.argv[1] == "quiet":
+    command._ignore_closed_event_loop_callbacks()
+async def read():
+    raise ValueError("OUT_OF_RANGE: another read of the damaged step")
+async def main():
+    asyncio.ensure_future(read())
+    await asyncio.sleep(0.01)
+asyncio.run(main())
+gc.collect()
+print("done")
+"""
+
+
+@pytest.mark.parametrize("mode", ["quiet", "verbose"])
+def test_unawaited_failed_reads_print_nothing_after_the_one_line(mode):
+    """After one read of a damaged step fails, TensorStore's other reads fail unawaited, and
+    asyncio printed each with a traceback when it was collected ("Task exception was never
+    retrieved"), after the command's one line (seen once in export-torch). A command drops them
+    unless --verbose (which skips the hook: the control)."""
+    proc = subprocess.run([sys.executable, "-c", _UNRETRIEVED, mode], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr
+    if mode == "quiet":
+        assert proc.stderr == "", proc.stderr
+    else:
+        assert "Task exception was never retrieved" in proc.stderr
