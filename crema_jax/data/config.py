@@ -92,6 +92,8 @@ def default_data_config() -> ml_collections.ConfigDict:
     # embed/probe/finetune/predict read raw records on 2 in-process (inference/backbones.py).
     cfg.read_threads = 0
     cfg.prefetch_buffer_size = 64   # Elements read ahead per process when read_threads > 0.
+    # Both buffers hold batch-sized chunks; pretrain refuses buffers whose batches would not fit
+    # in the machine's memory (train/layout.read_ahead).
     # Keep every raw-WFDB record in memory once read and preprocessed (each worker its own
     # copy): for datasets that fit, such as the bundled records (36 x 12 x 2500 float32, 4 MB).
     cfg.keep_in_memory = False

@@ -11,11 +11,15 @@ the dimension size is 2" for mesh.tensor=4 and a model of 2 heads).
 """
 from __future__ import annotations
 
+import os
+
 import jax
 from flax import nnx
 
 from crema_jax import config_checks
 from crema_jax import models
+from crema_jax.data import config as data_config
+from crema_jax.data.pipeline import batch as batch_lib
 from crema_jax.models import config as model_config
 from crema_jax.models import sharding
 from crema_jax.runtime import mesh as mesh_lib
@@ -24,18 +28,22 @@ from crema_jax.runtime import mesh as mesh_lib
 _MESH_FIELDS = tuple(f"mesh.{a}" for a in mesh_lib.MESH_AXES)
 
 
-def check(config, devices=None) -> None:
+def check(config, devices=None, *, reads: bool = True) -> None:
     """ConfigValueError naming the field when the config's mesh, batch and rules cannot lay out
     the model on `devices` (None: this process's devices): mesh sizes that do not make the
     device count, a global batch the processes or batch shards do not divide, rules that put
-    two axes of a parameter on one mesh axis, a parameter axis its mesh axes do not divide."""
+    two axes of a parameter on one mesh axis, a parameter axis its mesh axes do not divide.
+    `reads`: also the input pipeline's read-ahead against this machine's memory (`read_ahead`;
+    False for a dry run, which reads nothing and may be compiled for other hosts)."""
     devices = jax.devices() if devices is None else list(devices)
     try:
         mesh_lib.mesh_shape(config.mesh, len(devices))
     except ValueError as err:  # sizes that do not make the device count
         raise config_checks.ConfigValueError(str(err), "", related=_MESH_FIELDS) from None
     mesh = mesh_lib.make_mesh(config.mesh, devices)
-    batch_sizes(config, mesh)
+    _, per_process_batch = batch_sizes(config, mesh)
+    if reads:
+        read_ahead(config, per_process_batch)
     rules = dict(mesh_lib.logical_rules(mesh, config.mesh, sharding.DEFAULT_RULES))
     for path, shape, axes in parameter_axes(for_target(config.model, mesh)):
         _check_parameter(config, rules, path, axes)
@@ -96,6 +104,55 @@ def parameter_axes(model_cfg) -> list[tuple[str, tuple, tuple]]:
 def _targets(rules: dict, name) -> tuple:
     target = rules.get(name) if name else None
     return () if target is None else (target,) if isinstance(target, str) else tuple(target)
+
+
+def read_ahead(config, per_process_batch: int, memory: int | None = None) -> None:
+    """ConfigValueError naming the buffer field when the batches the input pipeline reads ahead
+    (batch_lib.read_ahead_bytes, a lower bound) would not fit in this machine's memory
+    (`memory`, default the host's). data.prefetch_buffer_size=10**8 had grown the process by
+    ~150 MB/s (12 GB in 80 s, 8 ECGs a batch) without training a step. Checked for the
+    endless stream (data.num_epochs None, pretraining's default), whose buffers always fill;
+    a bounded one may hold fewer batches than its buffers take."""
+    if config.data.num_epochs is not None:
+        return
+    by_field = batch_lib.read_ahead_bytes(config.data, per_process_batch)
+    memory = host_memory_bytes() if memory is None else memory
+    if memory is None or sum(by_field.values()) <= memory:
+        return
+    field = max(by_field, key=by_field.get)
+    data, total = config.data, sum(by_field.values())
+    defaults = data_config.default_data_config()
+    readers = max(int(data.num_workers), 1)
+    each = (int(data.prefetch_buffer_size) if int(data.read_threads) else 0) + (
+        int(data.per_worker_buffer_size) if int(data.num_workers) else 0)
+    raise config_checks.ConfigValueError(
+        f"config.{field}={data[field.split('.')[1]]}: the input pipeline would hold at least "
+        f"{total / 1e9:,.1f} GB of batches read ahead ({readers} reader"
+        f"{'s' if readers > 1 else ''} x {each:,} batches of {per_process_batch} ECGs, "
+        f"{total / (readers * each) / 1e6:,.1f} MB each), more than this machine's "
+        f"{memory / 1e9:,.1f} GB of memory; expected fewer batches read ahead (defaults: "
+        + ", ".join(f"{f}={defaults[f.split('.')[1]]}" for f in by_field) + ")", field,
+        related=tuple(f for f in (*by_field, "data.num_workers", "data.read_threads",
+                                  "train.global_batch_size") if f != field))
+
+
+def host_memory_bytes() -> int | None:
+    """This machine's memory as the process may use it: the physical memory, or the cgroup's
+    limit (a container) where lower; None where neither can be read."""
+    sizes = []
+    try:
+        sizes.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        pass
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            sizes.append(int(text))
+    return min(sizes) if sizes else None
 
 
 def _check_parameter(config, rules: dict, path: str, axes: tuple) -> None:

@@ -163,7 +163,7 @@ def dry_run(config, *, devices=None) -> dict:
     compiled by the TPU compiler on this machine, and its per-device memory is the TPU's plan.
     """
     config_checks.validate(config)
-    layout.check(config, devices)
+    layout.check(config, devices, reads=False)
     setup = build(config, devices=devices)
     compiled = compile_step(setup, config, abstract_state(setup))
     flops = perf.compiled_flops_per_device(
@@ -203,7 +203,8 @@ def train(config, workdir, *, devices=None, batch_iter=None, evaluators=None,
     missing parents) are removed again when it ends leaving no file in them.
     """
     config_checks.validate(config)
-    layout.check(config, devices)  # the mesh, batch and rules fit the model: nothing written yet
+    # The mesh, batch and rules fit the model, the read-ahead this machine: nothing written yet.
+    layout.check(config, devices, reads=batch_iter is None)
     if config.evals.names and evaluators is None:
         raise ValueError(f"config.evals.names={tuple(config.evals.names)} needs "
                          "evaluators=crema_jax.evaluate.evaluators.build (the pretrain command "

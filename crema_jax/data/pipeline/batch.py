@@ -96,6 +96,24 @@ def pretrain_spec(data_cfg: Mapping, batch_size: int) -> dict:
             "lead_indices": ((b, leads), np.int32)}
 
 
+def read_ahead_bytes(data_cfg: Mapping, batch_size: int) -> dict[str, int]:
+    """Bytes of the batches the pretraining pipeline (datasets.py) holds read ahead in one
+    process and its workers, by the field that sets them, a lower bound: each reader (the
+    process, or each of data.num_workers workers) keeps data.prefetch_buffer_size batch-sized
+    chunks when data.read_threads > 0, and each worker data.per_worker_buffer_size batches;
+    a chunk is counted as one view's arrays (views share their crop until the last step),
+    without the records read to make it."""
+    one_view = {**dict(data_cfg), "num_views": 1}
+    batch = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize
+                for shape, dtype in pretrain_spec(one_view, batch_size).values())
+    workers, threads = int(data_cfg["num_workers"]), int(data_cfg["read_threads"])
+    readers = max(workers, 1)
+    return {"data.prefetch_buffer_size":
+            readers * int(data_cfg["prefetch_buffer_size"]) * batch if threads else 0,
+            "data.per_worker_buffer_size":
+            workers * int(data_cfg["per_worker_buffer_size"]) * batch}
+
+
 def device_part(batch: Mapping, keys=PRETRAIN_KEYS) -> dict:
     """The entries a model reads (host-only entries such as `index` stay behind)."""
     return {k: batch[k] for k in keys if k in batch}

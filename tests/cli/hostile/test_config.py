@@ -61,6 +61,19 @@ def test_more_readers_than_any_host_runs_is_a_usage_error(capsys, field):
            capsys, f"flag --config.data.{field}=100000: expected an integer in [0, 256]", code=2)
 
 
+def test_a_read_ahead_larger_than_the_memory_is_refused_before_any_work(tmp_path, capsys):
+    """data.prefetch_buffer_size=10**8 had grown the process by ~150 MB/s without training a
+    step, until the memory ran out."""
+    workdir = tmp_path / "run"
+    _fails(pretrain, [f"--config={TINY}", f"--workdir={workdir}", "--config.data.read_threads=2",
+                      "--config.data.prefetch_buffer_size=1000000000",
+                      "--config.data.synthetic_records=16"], capsys,
+           "flag --config.data.prefetch_buffer_size=1000000000: the input pipeline would hold at "
+           "least ", " GB of batches read ahead (1 reader x 1,000,000,000 batches of 8 ECGs, ",
+           "GB of memory; expected fewer batches read ahead", code=2)
+    assert not workdir.exists()
+
+
 @pytest.mark.parametrize("override,said", [
     ("split=bogus", "flag --config.data.split='bogus': expected one of 'train', 'val', 'test' "
                     "or '' (every record)"),
