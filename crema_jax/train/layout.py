@@ -1,5 +1,6 @@
 """The run's layout on its devices, checked before anything is built, compiled or written: the
-global batch split over processes and batch shards (`batch_sizes`), every parameter's logical
+global batch split over processes and batch shards (`batch_sizes`), the batches the input
+pipeline reads ahead within this machine's memory (`read_ahead`), every parameter's logical
 axes mapped by the rules onto mesh axes it can be split over. `trainer.train` and
 `trainer.dry_run` call `check` first, so a Python caller gets the same one-line errors as the
 pretrain command.

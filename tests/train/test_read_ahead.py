@@ -58,9 +58,19 @@ def test_a_bounded_stream_and_the_defaults_pass():
     layout.read_ahead(tiny_config(**{"data.read_threads": 2}), 8)   # this machine's memory
 
 
-def test_host_memory_is_at_most_the_physical_memory():
+def test_host_memory_is_the_physical_memory_or_a_lower_cgroup_limit():
     with open("/proc/meminfo") as f:
-        total_kb = int(next(line for line in f if line.startswith("MemTotal:")).split()[1])
+        physical = 1024 * int(next(line for line in f if line.startswith("MemTotal:")).split()[1])
+    limits = []
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        limits += [int(text)] if text.isdigit() else []
     memory = layout.host_memory_bytes()
-    # MemTotal leaves out the kernel's reserved pages: the physical pages count them.
-    assert 0.8 * total_kb * 1024 <= memory <= 1.25 * total_kb * 1024
+    if limits and min(limits) < 0.8 * physical:
+        assert memory == min(limits)
+    else:  # MemTotal leaves out the kernel's reserved pages; the physical pages count them
+        assert 0.8 * physical <= memory <= 1.25 * physical
