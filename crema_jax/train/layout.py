@@ -137,6 +137,10 @@ def read_ahead(config, per_process_batch: int, memory: int | None = None) -> Non
                                   "train.global_batch_size") if f != field))
 
 
+# A container's memory limit: cgroup v2, then v1 ("max" or a huge number where none is set).
+CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
 def host_memory_bytes() -> int | None:
     """This machine's memory as the process may use it: the physical memory, or the cgroup's
     limit (a container) where lower; None where neither can be read."""
@@ -145,7 +149,7 @@ def host_memory_bytes() -> int | None:
         sizes.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError, AttributeError):
         pass
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+    for path in CGROUP_LIMITS:
         try:
             with open(path) as f:
                 text = f.read().strip()

@@ -58,19 +58,23 @@ def test_a_bounded_stream_and_the_defaults_pass():
     layout.read_ahead(tiny_config(**{"data.read_threads": 2}), 8)   # this machine's memory
 
 
-def test_host_memory_is_the_physical_memory_or_a_lower_cgroup_limit():
+def _physical():
     with open("/proc/meminfo") as f:
-        physical = 1024 * int(next(line for line in f if line.startswith("MemTotal:")).split()[1])
-    limits = []
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            with open(path) as f:
-                text = f.read().strip()
-        except OSError:
-            continue
-        limits += [int(text)] if text.isdigit() else []
+        return 1024 * int(next(line for line in f if line.startswith("MemTotal:")).split()[1])
+
+
+@pytest.mark.parametrize("limits,lower", [
+    ((), False), (("max",), False), (("garbage\n",), False), (("1000000\n",), True),
+    (("max", "2000000"), True), (("9223372036854771712",), False)])
+def test_host_memory_is_the_physical_memory_or_a_lower_cgroup_limit(tmp_path, monkeypatch,
+                                                                    limits, lower):
+    files = []
+    for i, text in enumerate(limits):
+        files.append(tmp_path / f"limit{i}")
+        files[-1].write_text(text)
+    monkeypatch.setattr(layout, "CGROUP_LIMITS", (*map(str, files), str(tmp_path / "absent")))
     memory = layout.host_memory_bytes()
-    if limits and min(limits) < 0.8 * physical:
-        assert memory == min(limits)
+    if lower:
+        assert memory == min(int(t) for t in limits if t.strip().isdigit())
     else:  # MemTotal leaves out the kernel's reserved pages; the physical pages count them
-        assert 0.8 * physical <= memory <= 1.25 * physical
+        assert 0.8 * _physical() <= memory <= 1.25 * _physical()
