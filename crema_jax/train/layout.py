@@ -124,8 +124,7 @@ def read_ahead(config, per_process_batch: int, memory: int | None = None) -> Non
     data, total = config.data, sum(by_field.values())
     defaults = data_config.default_data_config()
     readers = max(int(data.num_workers), 1)
-    each = (int(data.prefetch_buffer_size) if int(data.read_threads) else 0) + (
-        int(data.per_worker_buffer_size) if int(data.num_workers) else 0)
+    each = sum(batch_lib.read_ahead_batches(data).values()) // readers
     raise config_checks.ConfigValueError(
         f"config.{field}={data[field.split('.')[1]]}: the input pipeline would hold at least "
         f"{total / 1e9:,.1f} GB of batches read ahead ({readers} reader"

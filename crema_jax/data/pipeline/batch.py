@@ -96,22 +96,25 @@ def pretrain_spec(data_cfg: Mapping, batch_size: int) -> dict:
             "lead_indices": ((b, leads), np.int32)}
 
 
+def read_ahead_batches(data_cfg: Mapping) -> dict[str, int]:
+    """Batch-sized chunks the pretraining pipeline (datasets.py) holds read ahead in one process
+    and its workers, by the field that sets them: each reader (the process, or each of
+    data.num_workers workers) keeps data.prefetch_buffer_size chunks when data.read_threads > 0,
+    and each worker data.per_worker_buffer_size batches."""
+    workers, threads = int(data_cfg["num_workers"]), int(data_cfg["read_threads"])
+    return {"data.prefetch_buffer_size":
+            max(workers, 1) * int(data_cfg["prefetch_buffer_size"]) if threads else 0,
+            "data.per_worker_buffer_size": workers * int(data_cfg["per_worker_buffer_size"])}
+
+
 def read_ahead_bytes(data_cfg: Mapping, batch_size: int) -> dict[str, int]:
-    """Bytes of the batches the pretraining pipeline (datasets.py) holds read ahead in one
-    process and its workers, by the field that sets them, a lower bound: each reader (the
-    process, or each of data.num_workers workers) keeps data.prefetch_buffer_size batch-sized
-    chunks when data.read_threads > 0, and each worker data.per_worker_buffer_size batches;
-    a chunk is counted as one view's arrays (views share their crop until the last step),
-    without the records read to make it."""
+    """The bytes of `read_ahead_batches`, a lower bound: a chunk is counted as one view's
+    arrays (views share their crop until the last step), without the records read to make
+    it."""
     one_view = {**dict(data_cfg), "num_views": 1}
     batch = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize
                 for shape, dtype in pretrain_spec(one_view, batch_size).values())
-    workers, threads = int(data_cfg["num_workers"]), int(data_cfg["read_threads"])
-    readers = max(workers, 1)
-    return {"data.prefetch_buffer_size":
-            readers * int(data_cfg["prefetch_buffer_size"]) * batch if threads else 0,
-            "data.per_worker_buffer_size":
-            workers * int(data_cfg["per_worker_buffer_size"]) * batch}
+    return {field: n * batch for field, n in read_ahead_batches(data_cfg).items()}
 
 
 def device_part(batch: Mapping, keys=PRETRAIN_KEYS) -> dict:
